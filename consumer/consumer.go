@@ -1,0 +1,606 @@
+package consumer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/queuekit/queuekit/retry"
+)
+
+// A Consumer takes deliveries from a Source, runs a Handler on each with
+// bounded concurrency, and settles every delivery according to the result:
+// nil → Ack; a permanent error (retry.Permanent) → DeadLetter at once; any
+// other error → Requeue, until the delivery budget (WithMaxDeliveries) is
+// spent, then DeadLetter with the reason in the message headers.
+//
+// A Consumer is safe for concurrent use. Its methods may be called from any
+// goroutine; Run must not be called twice at once.
+//
+// # Lifecycle
+//
+// Run blocks until ctx is done, Shutdown or Close is called, or the source
+// fails. Stopping is graceful: intake stops first (deliveries received but not
+// started are given back), in-flight handlers finish within the drain timeout,
+// and at the deadline their contexts are cancelled with cause ErrDrainTimeout
+// and their messages given back to be redelivered. Run then closes the source.
+// When Run returns because the source failed, the source is left open and Run
+// may be called again (a Supervisor does so, with backoff).
+//
+// A handler that ignores its context cannot be stopped: Go has no way to kill
+// a goroutine. At the drain deadline its message is given back and its result,
+// whenever it comes, is dropped; Run returns without waiting for it.
+type Consumer struct {
+	src Source
+	h   Handler
+	o   options
+	log *slog.Logger
+	sup atomic.Pointer[func(Event)] // the Supervisor's event sink, if any
+
+	mu     sync.Mutex
+	cur    *run // the Run in progress, or nil
+	closed bool // no Run may start: Shutdown/Close called, or a Run stopped for good
+	paused bool
+}
+
+// New returns a Consumer that handles deliveries from src with h.
+// It returns an error wrapping ErrInvalidConfig when src or h is nil or an
+// option is out of range.
+func New(src Source, h Handler, opts ...Option) (*Consumer, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if src == nil {
+		return nil, fmt.Errorf("%w: nil source", ErrInvalidConfig)
+	}
+	if h == nil {
+		return nil, fmt.Errorf("%w: nil handler", ErrInvalidConfig)
+	}
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	c := &Consumer{src: src, h: h, o: o, log: o.logger}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	c.log = c.log.With("consumer", o.name)
+	if es, ok := src.(EventSource); ok {
+		es.SetEventHook(c.emit)
+	}
+	return c, nil
+}
+
+// Name returns the consumer's name (WithName).
+func (c *Consumer) Name() string { return c.o.name }
+
+// Run takes and handles deliveries until ctx is done, Shutdown or Close is
+// called, or the source fails, and then drains (see Lifecycle).
+//
+// It returns nil after a clean stop on ctx; an error wrapping ErrDrainTimeout
+// when handlers had to be abandoned; ErrConsumerClosed after Shutdown or Close
+// (also when Run is called after them); or the source's error.
+func (c *Consumer) Run(ctx context.Context) error {
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		c.mu.Unlock()
+		return ErrConsumerClosed
+	case c.cur != nil:
+		c.mu.Unlock()
+		return ErrAlreadyRunning
+	}
+	r := newRun(c, ctx)
+	c.cur = r
+	c.mu.Unlock()
+
+	err := r.run(ctx)
+
+	c.mu.Lock()
+	c.cur = nil
+	if err == nil || ctx.Err() != nil || r.closing.Load() {
+		c.closed = true
+	}
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		if cerr := c.src.Close(); cerr != nil {
+			c.log.Warn("queuekit: closing source", "error", cerr)
+		}
+		c.emit(Event{Kind: EventStopped})
+	}
+	close(r.done)
+	if r.closing.Load() && err == nil {
+		err = ErrConsumerClosed
+	}
+	return err
+}
+
+// Shutdown stops the consumer gracefully, like net/http's Server.Shutdown:
+// it stops intake, waits for in-flight handlers to finish, and returns nil.
+// If ctx is done first, the handlers still running are cancelled with cause
+// ErrDrainTimeout, their messages given back, and Shutdown returns ctx.Err().
+// Run returns ErrConsumerClosed. Shutdown is idempotent.
+func (c *Consumer) Shutdown(ctx context.Context) error {
+	c.mu.Lock()
+	c.closed = true
+	r := c.cur
+	c.mu.Unlock()
+	if r == nil {
+		return c.src.Close()
+	}
+	r.requestStop(true)
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		r.requestAbandon(ErrDrainTimeout)
+		<-r.done
+		return ctx.Err()
+	}
+}
+
+// Close stops the consumer at once: intake stops, running handlers are
+// cancelled (cause ErrConsumerClosed) and their messages given back to be
+// redelivered. Nothing unsettled is acknowledged. Close is idempotent.
+func (c *Consumer) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	r := c.cur
+	c.mu.Unlock()
+	if r == nil {
+		return c.src.Close()
+	}
+	r.requestStop(true)
+	r.requestAbandon(ErrConsumerClosed)
+	<-r.done
+	return nil
+}
+
+// Pause stops intake without stopping the consumer: handlers already running
+// finish and are settled, no new delivery is taken until Resume. If the source
+// implements Pauser it is paused too (a RabbitMQ subscription is cancelled,
+// so prefetched messages go back to the queue). Pausing a paused consumer does
+// nothing. A consumer paused before Run starts paused.
+func (c *Consumer) Pause(ctx context.Context) error {
+	c.mu.Lock()
+	if c.paused {
+		c.mu.Unlock()
+		return nil
+	}
+	c.paused = true
+	if r := c.cur; r != nil {
+		r.setIntake(pausedIntake())
+	}
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventPaused})
+	if p, ok := c.src.(Pauser); ok {
+		if err := p.Pause(ctx); err != nil {
+			return fmt.Errorf("queuekit: pause source: %w", err)
+		}
+	}
+	return nil
+}
+
+// Resume restarts intake after Pause. Resuming a running consumer does nothing.
+func (c *Consumer) Resume(ctx context.Context) error {
+	c.mu.Lock()
+	if !c.paused {
+		c.mu.Unlock()
+		return nil
+	}
+	if p, ok := c.src.(Pauser); ok {
+		// Resume the source before the workers, so that they find it subscribed.
+		if err := p.Resume(ctx); err != nil {
+			c.mu.Unlock()
+			return fmt.Errorf("queuekit: resume source: %w", err)
+		}
+	}
+	c.paused = false
+	if r := c.cur; r != nil && !r.stopping.Load() {
+		r.setIntake(r.openIntake())
+	}
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventResumed})
+	return nil
+}
+
+// State reports the consumer's state: StateRunning while it takes deliveries;
+// StatePaused, StateDraining or StateReconnecting (its source reports no
+// connection) when it does not; StateStarting before Run and StateStopped
+// after the last Run.
+func (c *Consumer) State() State {
+	c.mu.Lock()
+	r, paused, closed := c.cur, c.paused, c.closed
+	c.mu.Unlock()
+	switch {
+	case r == nil && closed:
+		return StateStopped
+	case r == nil:
+		return StateStarting
+	case r.stopping.Load():
+		return StateDraining
+	case paused:
+		return StatePaused
+	}
+	if sr, ok := c.src.(StatusReporter); ok && !sr.Status().Connected {
+		return StateReconnecting
+	}
+	return StateRunning
+}
+
+func (c *Consumer) emit(e Event) {
+	if e.Runner == "" {
+		e.Runner = c.o.name
+	}
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	if c.o.hook != nil {
+		c.o.hook(e)
+	}
+	if f := c.sup.Load(); f != nil {
+		(*f)(e)
+	}
+}
+
+// intake is one period of intake: open (ctx live until intake stops),
+// paused (wake is closed on resume or stop), or final (stopping for good).
+// The current intake is swapped atomically; workers load it once per delivery.
+type intake struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	stopped atomic.Bool   // set before cancel; a delivery received after it is given back
+	wake    chan struct{} // non-nil when paused
+	final   bool
+}
+
+func pausedIntake() *intake { return &intake{wake: make(chan struct{})} }
+
+// slot states: a worker's delivery is idle, being handled, or abandoned by the
+// drain deadline (the drain gave it back; the worker must not settle it).
+const (
+	slotIdle int32 = iota
+	slotRunning
+	slotAbandoned
+)
+
+type slot struct {
+	state atomic.Int32
+	d     Delivery // written by the worker before state becomes slotRunning
+}
+
+// run is the state of one call to Run.
+type run struct {
+	c              *Consumer
+	base           context.Context // ctx without its cancellation: values only
+	handlerCtx     context.Context
+	cancelHandlers context.CancelCauseFunc
+
+	cur        atomic.Pointer[intake] // guarded for writes by c.mu
+	stopping   atomic.Bool            // intake stopped for good
+	closing    atomic.Bool            // stop requested by Shutdown or Close
+	abandoning atomic.Bool            // the drain deadline passed
+
+	stopOnce    sync.Once
+	stopCh      chan struct{} // closed when the drain must begin
+	abandonOnce sync.Once
+	abandonCh   chan struct{} // closed when handlers must be abandoned now
+	abandonErr  error         // cause for abandonCh; written before it is closed
+	done        chan struct{} // closed when Run returns
+
+	failOnce sync.Once
+	failErr  error // written before stopCh is closed by fail
+
+	slots     []slot
+	wg        sync.WaitGroup // workers not abandoned
+	settled   atomic.Int64
+	givenBack atomic.Int64
+}
+
+func newRun(c *Consumer, ctx context.Context) *run {
+	r := &run{
+		c:         c,
+		base:      context.WithoutCancel(ctx),
+		stopCh:    make(chan struct{}),
+		abandonCh: make(chan struct{}),
+		done:      make(chan struct{}),
+		slots:     make([]slot, c.o.concurrency),
+	}
+	r.handlerCtx, r.cancelHandlers = context.WithCancelCause(r.base)
+	if c.paused {
+		r.cur.Store(pausedIntake())
+	} else {
+		r.cur.Store(r.openIntake())
+	}
+	return r
+}
+
+func (r *run) openIntake() *intake {
+	ctx, cancel := context.WithCancel(r.base)
+	return &intake{ctx: ctx, cancel: cancel}
+}
+
+// setIntake replaces the current intake and ends the old one. The caller holds c.mu.
+func (r *run) setIntake(next *intake) {
+	old := r.cur.Swap(next)
+	if old.wake != nil {
+		close(old.wake)
+	}
+	if old.cancel != nil {
+		old.stopped.Store(true)
+		old.cancel()
+	}
+}
+
+func (r *run) requestStop(closing bool) {
+	if closing {
+		r.closing.Store(true)
+	}
+	r.stopOnce.Do(func() { close(r.stopCh) })
+}
+
+func (r *run) requestAbandon(cause error) {
+	r.abandonOnce.Do(func() {
+		r.abandonErr = cause
+		close(r.abandonCh)
+	})
+}
+
+func (r *run) fail(err error) {
+	r.failOnce.Do(func() { r.failErr = err })
+	r.requestStop(false)
+}
+
+func (r *run) run(ctx context.Context) error {
+	c := r.c
+	r.wg.Add(len(r.slots))
+	for i := range r.slots {
+		go r.work(i)
+	}
+	c.emit(Event{Kind: EventRunning})
+
+	select {
+	case <-ctx.Done():
+	case <-r.stopCh:
+	}
+
+	// Phase 1: stop intake. Workers blocked in Receive return; a delivery that
+	// arrives anyway is given back. In-flight handlers keep their contexts.
+	c.mu.Lock()
+	r.stopping.Store(true)
+	r.setIntake(&intake{final: true})
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventDraining})
+	start := time.Now()
+	settledBefore := r.settled.Load()
+	c.log.Info("queuekit: draining", "drain_timeout", c.o.drainTimeout)
+
+	allDone := make(chan struct{})
+	go func() { r.wg.Wait(); close(allDone) }()
+	timer := time.NewTimer(c.o.drainTimeout)
+	defer timer.Stop()
+
+	// Phase 2: wait for in-flight handlers, up to the deadline.
+	abandoned := 0
+	select {
+	case <-allDone:
+	case <-timer.C:
+		abandoned = r.abandon(ErrDrainTimeout)
+	case <-r.abandonCh:
+		abandoned = r.abandon(r.abandonErr)
+	}
+	// Workers that were settling when the deadline passed finish that
+	// settlement (bounded by the settle timeout), then exit; abandoned
+	// workers no longer count in r.wg.
+	<-allDone
+	r.cancelHandlers(ErrConsumerClosed) // no-op if already cancelled; releases resources
+
+	rep := DrainReport{
+		Handled:   int(r.settled.Load() - settledBefore),
+		GivenBack: int(r.givenBack.Load()),
+		Abandoned: abandoned,
+		Duration:  time.Since(start),
+	}
+	c.emit(Event{Kind: EventDrained, Drain: rep})
+	c.log.Info("queuekit: drained", "handled", rep.Handled, "given_back", rep.GivenBack,
+		"abandoned", rep.Abandoned, "duration", rep.Duration)
+
+	switch {
+	case r.failErr != nil:
+		return fmt.Errorf("queuekit: consumer %s: receive: %w", c.o.name, r.failErr)
+	case abandoned > 0:
+		return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.o.name, abandoned, ErrDrainTimeout)
+	}
+	return nil
+}
+
+// abandon cancels the running handlers with cause and gives their messages
+// back (phase 3: settlement with a deadline of its own). It returns how many
+// handlers it abandoned.
+func (r *run) abandon(cause error) int {
+	r.abandoning.Store(true)
+	r.cancelHandlers(cause)
+	ctx, cancel := context.WithTimeout(r.base, r.c.o.settleTimeout)
+	defer cancel()
+	n := 0
+	for i := range r.slots {
+		s := &r.slots[i]
+		if !s.state.CompareAndSwap(slotRunning, slotAbandoned) {
+			continue
+		}
+		// The worker no longer counts: it exits, unsettled, whenever its
+		// handler returns, and Run does not wait for it.
+		r.wg.Done()
+		n++
+		m := s.d.Message()
+		if err := s.d.Requeue(ctx); err != nil {
+			r.settleFailed(m, "requeue", err)
+		}
+		r.c.log.Warn("queuekit: handler abandoned at drain deadline; message given back",
+			"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "cause", cause)
+	}
+	return n
+}
+
+// worker holds a worker's reusable settle context.
+type worker struct {
+	i       int
+	sctx    context.Context
+	scancel context.CancelFunc
+	sexp    time.Time
+}
+
+// settleCtx returns a context with between half and all of the settle timeout
+// left, derived from the run's values but not its cancellation. Reusing it
+// while it has at least half its time left keeps settlement free of per-message
+// allocations and still bounded.
+func (w *worker) settleCtx(base context.Context, timeout time.Duration) context.Context {
+	now := time.Now()
+	if w.sctx == nil || w.sexp.Sub(now) < timeout/2 {
+		if w.scancel != nil {
+			w.scancel()
+		}
+		w.sexp = now.Add(timeout)
+		w.sctx, w.scancel = context.WithDeadline(base, w.sexp)
+	}
+	return w.sctx
+}
+
+func (r *run) work(i int) {
+	w := &worker{i: i}
+	defer func() {
+		if w.scancel != nil {
+			w.scancel()
+		}
+	}()
+	for {
+		in := r.cur.Load()
+		if in.final {
+			r.wg.Done()
+			return
+		}
+		if in.wake != nil {
+			<-in.wake
+			continue
+		}
+		d, err := r.c.src.Receive(in.ctx)
+		if err != nil {
+			if in.ctx.Err() != nil {
+				continue // paused or stopping: look at the new intake
+			}
+			r.fail(err)
+			r.wg.Done()
+			return
+		}
+		if in.stopped.Load() {
+			r.giveBack(w, d)
+			continue
+		}
+		if !r.process(w, d) {
+			return // abandoned: the drain already gave the message back and released us
+		}
+	}
+}
+
+// process runs the handler on d and settles it. It reports false when the
+// drain deadline abandoned the delivery; the worker must then exit.
+func (r *run) process(w *worker, d Delivery) bool {
+	s := &r.slots[w.i]
+	s.d = d
+	s.state.Store(slotRunning)
+	// Pairs with abandon: either abandon sees slotRunning and takes the
+	// delivery, or we see abandoning and give it back ourselves.
+	if r.abandoning.Load() {
+		if s.state.CompareAndSwap(slotRunning, slotIdle) {
+			r.giveBack(w, d)
+			r.wg.Done()
+		}
+		return false
+	}
+	m := d.Message()
+	err := r.call(m)
+	if !s.state.CompareAndSwap(slotRunning, slotIdle) {
+		return false
+	}
+	r.settle(w, d, m, err)
+	return true
+}
+
+func (r *run) call(m *Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			pe := &PanicError{Value: p, Stack: debug.Stack()}
+			r.c.log.Error("queuekit: handler panicked", "topic", m.Topic, "message_id", m.ID,
+				"attempt", m.Attempt, "panic", fmt.Sprint(p), "stack", string(pe.Stack))
+			err = pe
+		}
+	}()
+	return r.c.h.Handle(r.handlerCtx, m)
+}
+
+func (r *run) giveBack(w *worker, d Delivery) {
+	r.givenBack.Add(1)
+	if err := d.Requeue(w.settleCtx(r.base, r.c.o.settleTimeout)); err != nil {
+		r.settleFailed(d.Message(), "requeue", err)
+	}
+}
+
+// settle applies the settlement rules to a finished handler's result.
+func (r *run) settle(w *worker, d Delivery, m *Message, herr error) {
+	ctx := w.settleCtx(r.base, r.c.o.settleTimeout)
+	var err error
+	op := "ack"
+	switch {
+	case herr == nil:
+		err = d.Ack(ctx)
+	case r.handlerCtx.Err() != nil:
+		// The handler gave up because the consumer is stopping, not because
+		// of the message: give it back without spending its budget on a verdict.
+		op = "requeue"
+		err = d.Requeue(ctx)
+	case retry.IsPermanent(herr) || m.Attempt >= r.c.o.maxDeliveries:
+		op = "dead-letter"
+		err = r.deadLetter(ctx, d, m, herr)
+	default:
+		op = "requeue"
+		if delay, ok := retry.RetryAfter(herr); ok && delay > 0 {
+			if dr, ok := d.(DelayedRequeuer); ok {
+				err = dr.RequeueAfter(ctx, delay)
+				break
+			}
+		}
+		err = d.Requeue(ctx)
+	}
+	r.settled.Add(1)
+	if err != nil {
+		r.settleFailed(m, op, err)
+	}
+}
+
+func (r *run) deadLetter(ctx context.Context, d Delivery, m *Message, herr error) error {
+	attempts := max(m.Attempt, 1)
+	reason := Reason{
+		Err:       herr.Error(),
+		Attempts:  attempts,
+		Source:    m.Topic,
+		Permanent: retry.IsPermanent(herr),
+		Time:      time.Now(),
+	}
+	r.c.log.Warn("queuekit: dead-lettering message", "topic", m.Topic, "message_id", m.ID,
+		"attempt", attempts, "permanent", reason.Permanent, "error", reason.Err)
+	r.c.emit(Event{Kind: EventDeadLettered, MessageID: m.ID, Err: herr})
+	return d.DeadLetter(ctx, reason)
+}
+
+func (r *run) settleFailed(m *Message, op string, err error) {
+	r.c.log.Warn("queuekit: settlement failed; the broker will redeliver", "op", op,
+		"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "error", err)
+	r.c.emit(Event{Kind: EventSettleFailed, MessageID: m.ID, Err: fmt.Errorf("%s: %w", op, err)})
+}

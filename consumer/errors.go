@@ -1,0 +1,74 @@
+package consumer
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors of the runtime.
+var (
+	// ErrConsumerClosed is returned by Run after Shutdown or Close, like
+	// net/http's ErrServerClosed.
+	ErrConsumerClosed = errors.New("queuekit: consumer closed")
+	// ErrDrainTimeout is the cause of a handler context cancelled because
+	// the drain deadline passed. Read it with context.Cause.
+	ErrDrainTimeout = errors.New("queuekit: drain deadline exceeded")
+	// ErrAlreadyRunning is returned by Run while another Run of the same
+	// consumer is in progress.
+	ErrAlreadyRunning = errors.New("queuekit: consumer already running")
+	// ErrInvalidConfig is wrapped by every configuration error from a
+	// constructor. Such errors are fatal: a Supervisor does not restart them.
+	ErrInvalidConfig = errors.New("queuekit: invalid configuration")
+	// ErrUnknownRunner is returned by Supervisor.Pause and Resume for a
+	// name that was never added.
+	ErrUnknownRunner = errors.New("queuekit: unknown runner")
+	// ErrNotPausable is returned by Supervisor.Pause and Resume for a runner
+	// that cannot pause.
+	ErrNotPausable = errors.New("queuekit: runner cannot pause")
+)
+
+// FatalError marks an error that restarting cannot fix, such as invalid
+// configuration or a broker refusing access. A Supervisor does not restart a
+// runner that fails with a FatalError: it stops all runners and returns it.
+type FatalError struct {
+	Err error
+}
+
+// Fatal marks err as fatal. Fatal(nil) is nil.
+func Fatal(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &FatalError{Err: err}
+}
+
+func (e *FatalError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the wrapped error.
+func (e *FatalError) Unwrap() error { return e.Err }
+
+// IsFatal reports whether err is marked with Fatal anywhere in its chain, or
+// wraps ErrInvalidConfig.
+func IsFatal(err error) bool {
+	var fe *FatalError
+	return errors.As(err, &fe) || errors.Is(err, ErrInvalidConfig)
+}
+
+// PanicError is a handler panic turned into an error, by the runtime or by
+// middleware.Recover. The message is treated as failed, like any other error:
+// it is redelivered within the budget, then dead-lettered with the panic text.
+type PanicError struct {
+	// Value is what the handler panicked with.
+	Value any
+	// Stack is the goroutine stack at the panic.
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v", e.Value) }
+
+// Unwrap returns Value if it is an error, so errors.Is sees through a
+// panic(err).
+func (e *PanicError) Unwrap() error {
+	err, _ := e.Value.(error)
+	return err
+}

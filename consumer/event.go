@@ -1,0 +1,105 @@
+package consumer
+
+import (
+	"fmt"
+	"time"
+)
+
+// EventKind says what happened.
+type EventKind int
+
+// Event kinds. Runners and sources emit the lifecycle kinds; the runtime emits
+// the settlement kinds.
+const (
+	// EventStarting: a runner is being started (or restarted).
+	EventStarting EventKind = iota + 1
+	// EventRunning: a consumer's workers are taking deliveries.
+	EventRunning
+	// EventPaused: intake was paused.
+	EventPaused
+	// EventResumed: intake was resumed.
+	EventResumed
+	// EventDraining: intake stopped; in-flight handlers are finishing.
+	EventDraining
+	// EventDrained: the drain ended; Event.Drain has the counts.
+	EventDrained
+	// EventStopped: a runner returned and will not be restarted.
+	EventStopped
+	// EventFailed: a runner returned an error; Event.Err has it.
+	EventFailed
+	// EventRestarting: a failed runner will be restarted after Event.Delay.
+	EventRestarting
+	// EventConnected: a source (re)connected and subscribed.
+	EventConnected
+	// EventReconnecting: a source lost its connection (Event.Err) and is reconnecting.
+	EventReconnecting
+	// EventCancelled: the broker cancelled a source's subscription (Event.Err).
+	EventCancelled
+	// EventDeadLettered: a message was dead-lettered (Event.Err is the reason).
+	EventDeadLettered
+	// EventSettleFailed: acking, requeueing or dead-lettering failed (Event.Err);
+	// the broker redelivers the message.
+	EventSettleFailed
+)
+
+var eventKindNames = [...]string{
+	EventStarting:     "starting",
+	EventRunning:      "running",
+	EventPaused:       "paused",
+	EventResumed:      "resumed",
+	EventDraining:     "draining",
+	EventDrained:      "drained",
+	EventStopped:      "stopped",
+	EventFailed:       "failed",
+	EventRestarting:   "restarting",
+	EventConnected:    "connected",
+	EventReconnecting: "reconnecting",
+	EventCancelled:    "cancelled",
+	EventDeadLettered: "dead-lettered",
+	EventSettleFailed: "settle-failed",
+}
+
+func (k EventKind) String() string {
+	if k > 0 && int(k) < len(eventKindNames) {
+		return eventKindNames[k]
+	}
+	return fmt.Sprintf("EventKind(%d)", int(k))
+}
+
+// An Event is something that happened to a runner, consumer or source. Events
+// are passed to hooks by value; hooks must not block for long (a Supervisor
+// queues events for its OnEvent hook so that a slow hook never stalls a
+// consumer, and drops them when the queue is full).
+type Event struct {
+	Kind EventKind
+	// Runner is the name the runner was added to a Supervisor with, or the
+	// consumer's own name (WithName).
+	Runner string
+	Time   time.Time
+	// Err is the error or reason, for the kinds that have one.
+	Err error
+	// Delay is the wait before a restart (EventRestarting).
+	Delay time.Duration
+	// MessageID is set for per-message events (EventDeadLettered, EventSettleFailed).
+	MessageID string
+	// Drain has the outcome of a drain (EventDrained).
+	Drain DrainReport
+	// Restarts counts the restarts of the runner so far (EventRestarting).
+	Restarts int
+}
+
+// DrainReport is the outcome of a drain.
+type DrainReport struct {
+	// Handled counts the in-flight handlers that finished during the drain
+	// and had their message settled.
+	Handled int
+	// GivenBack counts deliveries received but not started, given back to
+	// the broker.
+	GivenBack int
+	// Abandoned counts handlers still running at the drain deadline: their
+	// contexts were cancelled with ErrDrainTimeout and their messages given
+	// back to be redelivered.
+	Abandoned int
+	// Duration is how long the drain took.
+	Duration time.Duration
+}

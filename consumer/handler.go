@@ -1,0 +1,40 @@
+package consumer
+
+import "context"
+
+// A Handler processes one message.
+//
+// Handle returns nil when the message was handled: the runtime then
+// acknowledges it. A non-nil error means the message was not handled: the
+// runtime gives it back to the broker for another delivery, until the delivery
+// budget is spent, and then dead-letters it with the error text. An error
+// marked with retry.Permanent is dead-lettered at once.
+//
+// ctx is cancelled when the handler must give up: at the drain deadline (cause
+// ErrDrainTimeout) or when the consumer is closed. A handler that returns
+// after its ctx is done has its message redelivered, whatever it returns.
+type Handler interface {
+	Handle(ctx context.Context, m *Message) error
+}
+
+// HandlerFunc adapts an ordinary function to a Handler.
+type HandlerFunc func(ctx context.Context, m *Message) error
+
+// Handle calls f(ctx, m).
+func (f HandlerFunc) Handle(ctx context.Context, m *Message) error { return f(ctx, m) }
+
+// Middleware wraps a Handler with behaviour that runs around it.
+type Middleware func(Handler) Handler
+
+// Chain composes middleware: the first listed is the outermost, so
+// Chain(a, b, c)(h) is a(b(c(h))).
+func Chain(mw ...Middleware) Middleware {
+	return func(h Handler) Handler {
+		for i := len(mw) - 1; i >= 0; i-- {
+			if mw[i] != nil {
+				h = mw[i](h)
+			}
+		}
+		return h
+	}
+}

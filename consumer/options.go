@@ -1,0 +1,77 @@
+package consumer
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// An Option configures a Consumer.
+type Option func(*options)
+
+type options struct {
+	name          string
+	concurrency   int
+	maxDeliveries int
+	drainTimeout  time.Duration
+	settleTimeout time.Duration
+	logger        *slog.Logger
+	hook          func(Event)
+}
+
+func defaultOptions() options {
+	return options{
+		name:          "consumer",
+		concurrency:   1,
+		maxDeliveries: 5,
+		drainTimeout:  30 * time.Second,
+		settleTimeout: 5 * time.Second,
+	}
+}
+
+func (o *options) validate() error {
+	switch {
+	case o.name == "":
+		return fmt.Errorf("%w: empty consumer name", ErrInvalidConfig)
+	case o.concurrency < 1:
+		return fmt.Errorf("%w: concurrency %d, want at least 1", ErrInvalidConfig, o.concurrency)
+	case o.maxDeliveries < 1:
+		return fmt.Errorf("%w: max deliveries %d, want at least 1", ErrInvalidConfig, o.maxDeliveries)
+	case o.drainTimeout <= 0:
+		return fmt.Errorf("%w: drain timeout %v, want > 0", ErrInvalidConfig, o.drainTimeout)
+	case o.settleTimeout <= 0:
+		return fmt.Errorf("%w: settle timeout %v, want > 0", ErrInvalidConfig, o.settleTimeout)
+	}
+	return nil
+}
+
+// WithName names the consumer in logs and events. Default "consumer".
+func WithName(name string) Option { return func(o *options) { o.name = name } }
+
+// WithConcurrency sets how many handlers run at once (default 1). It bounds
+// the goroutines and in-flight messages of the consumer; set the broker
+// prefetch to at least this.
+func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
+
+// WithMaxDeliveries sets the delivery budget (default 5): a message whose
+// handler failed on its n-th delivery is dead-lettered instead of requeued.
+func WithMaxDeliveries(n int) Option { return func(o *options) { o.maxDeliveries = n } }
+
+// WithDrainTimeout bounds how long in-flight handlers may run after intake
+// stopped (default 30s). At the deadline their contexts are cancelled with
+// cause ErrDrainTimeout and their messages are given back for redelivery.
+func WithDrainTimeout(d time.Duration) Option { return func(o *options) { o.drainTimeout = d } }
+
+// WithSettleTimeout bounds each ack, requeue or dead-letter call (default 5s).
+// Settlement runs on a context of its own, never on the run context, so that
+// shutting down does not cancel the acks of finished work.
+func WithSettleTimeout(d time.Duration) Option { return func(o *options) { o.settleTimeout = d } }
+
+// WithLogger sets the logger for lifecycle and settlement failures
+// (default slog.Default()). Per-message logging is middleware.Log's job.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithEventHook sets a function called with every event of this consumer and
+// its source. It is called synchronously from the consumer's goroutines and
+// must not block; a Supervisor's OnEvent hook is queued instead.
+func WithEventHook(f func(Event)) Option { return func(o *options) { o.hook = f } }

@@ -1,0 +1,127 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+)
+
+// A Source is what a broker adapter implements: a stream of deliveries.
+//
+// Receive must be safe for concurrent use: the runtime calls it from every
+// worker goroutine at once. It blocks until a delivery is available or ctx is
+// done, in which case it returns ctx's error (or an error wrapping it). A
+// source that reconnects by itself keeps Receive blocked while it reconnects;
+// it returns any other error only when it cannot go on, and should mark errors
+// that restarting cannot fix with Fatal.
+//
+// Close stops intake for good and gives back to the broker every delivery the
+// source holds that it has not handed out. The runtime calls Close only after
+// every delivery it received was settled or abandoned. After Close, Receive
+// returns ErrSourceClosed. Close is idempotent.
+type Source interface {
+	Receive(ctx context.Context) (Delivery, error)
+	Close() error
+}
+
+// A Delivery is one message received from a Source, and the means to settle it.
+// The runtime settles each delivery exactly once, with a context that is not
+// the (possibly cancelled) run context but a fresh one bounded by the settle
+// timeout.
+//
+// A delivery that outlived the connection or session it came on is stale: its
+// Ack, Requeue and DeadLetter return an error wrapping ErrStaleDelivery and
+// do nothing, and the broker redelivers the message.
+type Delivery interface {
+	// Message returns the message. It returns the same pointer every time.
+	Message() *Message
+	// Ack tells the broker the message was handled.
+	Ack(ctx context.Context) error
+	// Requeue gives the message back to the broker for another delivery.
+	Requeue(ctx context.Context) error
+	// DeadLetter moves the message to the dead-letter destination, with the
+	// reason in its headers (see Reason.Header), and removes it from the source.
+	DeadLetter(ctx context.Context, reason Reason) error
+}
+
+// A DelayedRequeuer is a Delivery that can give its message back to be
+// redelivered after a delay, without holding a consumer slot while it waits.
+// The runtime uses it when a handler error carries a retry-after delay
+// (see retry.After).
+type DelayedRequeuer interface {
+	RequeueAfter(ctx context.Context, delay time.Duration) error
+}
+
+// A Pauser is a Source that can stop and resume intake without closing, for
+// example by cancelling its broker subscription. The runtime calls Pause when
+// the consumer is paused and Resume when it resumes. A source that does not
+// implement Pauser keeps what it prefetched while the consumer is paused.
+type Pauser interface {
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+}
+
+// A StatusReporter is a Source that reports the state of its broker connection.
+// Status must be cheap and must not block: Health calls it.
+type StatusReporter interface {
+	Status() SourceStatus
+}
+
+// SourceStatus is the connection state a StatusReporter reports.
+type SourceStatus struct {
+	// Connected is true when the source is connected and subscribed.
+	Connected bool
+	// Err is the reason the source is not connected, if any.
+	Err error
+}
+
+// An EventSource is a Source that emits events (connected, reconnecting,
+// cancelled…). The runtime installs a hook before the first Receive; the
+// source must call it without blocking on it and must not call it after Close
+// returned.
+type EventSource interface {
+	SetEventHook(func(Event))
+}
+
+// Reason says why a message is dead-lettered.
+type Reason struct {
+	// Err is the text of the last error.
+	Err string
+	// Attempts is the number of deliveries the message had.
+	Attempts int
+	// Source is the queue or topic the message came from.
+	Source string
+	// Permanent is true when the error was permanent and not retried.
+	Permanent bool
+	// Time is when the runtime gave up on the message.
+	Time time.Time
+}
+
+// Header returns the reason as message headers (HeaderError and friends),
+// merged over a copy of h. h is not modified.
+func (r Reason) Header(h map[string]string) map[string]string {
+	out := make(map[string]string, len(h)+5)
+	for k, v := range h {
+		out[k] = v
+	}
+	out[HeaderError] = r.Err
+	out[HeaderAttempts] = strconv.Itoa(r.Attempts)
+	out[HeaderSource] = r.Source
+	out[HeaderPermanent] = strconv.FormatBool(r.Permanent)
+	if !r.Time.IsZero() {
+		out[HeaderFailedAt] = r.Time.UTC().Format(time.RFC3339Nano)
+	}
+	return out
+}
+
+// Errors of the adapter contract.
+var (
+	// ErrStaleDelivery is returned when settling a delivery that outlived the
+	// connection, channel or generation it came on. The broker redelivers it.
+	ErrStaleDelivery = errors.New("queuekit: stale delivery")
+	// ErrSourceClosed is returned by Receive after Close.
+	ErrSourceClosed = errors.New("queuekit: source closed")
+	// ErrAlreadySettled is returned when a delivery is settled twice.
+	ErrAlreadySettled = errors.New("queuekit: delivery already settled")
+)
