@@ -440,7 +440,9 @@ func (r *run) abandon(cause error) int {
 		r.wg.Done()
 		n++
 		m := s.d.Message()
-		if err := s.d.Requeue(ctx); err != nil {
+		err := s.d.Requeue(ctx)
+		r.observe(m, SettledAbandon, err)
+		if err != nil {
 			r.settleFailed(m, "requeue", err)
 		}
 		r.c.log.Warn("queuekit: handler abandoned at drain deadline; message given back",
@@ -547,7 +549,9 @@ func (r *run) call(m *Message) (err error) {
 
 func (r *run) giveBack(w *worker, d Delivery) {
 	r.givenBack.Add(1)
-	if err := d.Requeue(w.settleCtx(r.base, r.c.o.settleTimeout)); err != nil {
+	err := d.Requeue(w.settleCtx(r.base, r.c.o.settleTimeout))
+	r.observe(d.Message(), SettledGiveBack, err)
+	if err != nil {
 		r.settleFailed(d.Message(), "requeue", err)
 	}
 }
@@ -556,31 +560,32 @@ func (r *run) giveBack(w *worker, d Delivery) {
 func (r *run) settle(w *worker, d Delivery, m *Message, herr error) {
 	ctx := w.settleCtx(r.base, r.c.o.settleTimeout)
 	var err error
-	op := "ack"
+	var s Settlement
 	switch {
 	case herr == nil:
-		err = d.Ack(ctx)
+		s, err = SettledAck, d.Ack(ctx)
 	case r.handlerCtx.Err() != nil:
 		// The handler gave up because the consumer is stopping, not because
-		// of the message: give it back without spending its budget on a verdict.
-		op = "requeue"
-		err = d.Requeue(ctx)
+		// of the message: give it back without a verdict on the message.
+		s, err = SettledGiveBack, d.Requeue(ctx)
 	case retry.IsPermanent(herr) || m.Attempt >= r.c.o.maxDeliveries:
-		op = "dead-letter"
-		err = r.deadLetter(ctx, d, m, herr)
+		s, err = SettledDeadLetter, r.deadLetter(ctx, d, m, herr)
 	default:
-		op = "requeue"
+		s = SettledRequeue
 		if delay, ok := retry.RetryAfter(herr); ok && delay > 0 {
 			if dr, ok := d.(DelayedRequeuer); ok {
-				err = dr.RequeueAfter(ctx, delay)
+				s, err = SettledDelayedRequeue, dr.RequeueAfter(ctx, delay)
 				break
 			}
 		}
-		err = d.Requeue(ctx)
+		if s == SettledRequeue {
+			err = d.Requeue(ctx)
+		}
 	}
 	r.settled.Add(1)
+	r.observe(m, s, err)
 	if err != nil {
-		r.settleFailed(m, op, err)
+		r.settleFailed(m, s.String(), err)
 	}
 }
 
@@ -597,6 +602,12 @@ func (r *run) deadLetter(ctx context.Context, d Delivery, m *Message, herr error
 		"attempt", attempts, "permanent", reason.Permanent, "error", reason.Err)
 	r.c.emit(Event{Kind: EventDeadLettered, MessageID: m.ID, Err: herr})
 	return d.DeadLetter(ctx, reason)
+}
+
+func (r *run) observe(m *Message, s Settlement, err error) {
+	if f := r.c.o.observer; f != nil {
+		f(m, s, err)
+	}
 }
 
 func (r *run) settleFailed(m *Message, op string, err error) {

@@ -103,3 +103,43 @@ type DrainReport struct {
 	// Duration is how long the drain took.
 	Duration time.Duration
 }
+
+// Settlement is what the runtime did with a delivery. An observer set with
+// WithObserver receives one per settled delivery.
+type Settlement int
+
+// Settlements.
+const (
+	// SettledAck: the handler succeeded and the delivery was acknowledged.
+	SettledAck Settlement = iota + 1
+	// SettledRequeue: the handler failed within the budget; the message was
+	// given back for another delivery.
+	SettledRequeue
+	// SettledDelayedRequeue: as SettledRequeue, after a retry.After delay.
+	SettledDelayedRequeue
+	// SettledDeadLetter: the message was dead-lettered (permanent error or
+	// budget spent).
+	SettledDeadLetter
+	// SettledGiveBack: received after intake stopped, or its handler gave up
+	// because the consumer was stopping; given back unhandled.
+	SettledGiveBack
+	// SettledAbandon: its handler was still running at the drain deadline;
+	// given back to be redelivered.
+	SettledAbandon
+)
+
+var settlementNames = [...]string{
+	SettledAck:            "ack",
+	SettledRequeue:        "requeue",
+	SettledDelayedRequeue: "delayed-requeue",
+	SettledDeadLetter:     "dead-letter",
+	SettledGiveBack:       "give-back",
+	SettledAbandon:        "abandon",
+}
+
+func (s Settlement) String() string {
+	if s > 0 && int(s) < len(settlementNames) {
+		return settlementNames[s]
+	}
+	return fmt.Sprintf("Settlement(%d)", int(s))
+}

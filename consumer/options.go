@@ -17,6 +17,7 @@ type options struct {
 	settleTimeout time.Duration
 	logger        *slog.Logger
 	hook          func(Event)
+	observer      func(*Message, Settlement, error)
 }
 
 func defaultOptions() options {
@@ -75,3 +76,13 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 // its source. It is called synchronously from the consumer's goroutines and
 // must not block; a Supervisor's OnEvent hook is queued instead.
 func WithEventHook(f func(Event)) Option { return func(o *options) { o.hook = f } }
+
+// WithObserver sets f, called after every settlement with the message, what
+// the runtime did, and the error of the settlement call itself (nil when the
+// broker took it; an error wrapping ErrStaleDelivery when the delivery had
+// outlived its connection). It is called from the worker goroutines, at the
+// same time from several; it must be fast and must not keep m. Metrics
+// recorders use it to count outcomes.
+func WithObserver(f func(m *Message, s Settlement, err error)) Option {
+	return func(o *options) { o.observer = f }
+}
