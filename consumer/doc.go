@@ -1,0 +1,70 @@
+// Package consumer is the contract and the runtime of queuekit: a Consumer
+// takes deliveries from a broker Source, runs a Handler on each with bounded
+// concurrency, and settles every delivery for you; a Supervisor runs many
+// consumers tied to one context, restarts the ones that fail, reports their
+// health, and stops them gracefully.
+//
+// The contract has three parts:
+//
+//   - Message, Handler and HandlerFunc, Middleware and Chain: what users write.
+//     A handler is one method, Handle(ctx, *Message) error, like net/http's.
+//   - Source and Delivery: what a broker adapter implements (broker/memory,
+//     broker/rabbitmq, broker/kafka, or your own, checked by broker/brokertest).
+//   - Consumer and Supervisor: the runtime that ties them together.
+//
+// # Acknowledgement
+//
+// Settlement is the runtime's job, never the handler's. When Handle returns:
+//
+//   - nil: the delivery is acknowledged.
+//   - an error marked with retry.Permanent (for example a body that JSON could
+//     not decode): the message is dead-lettered at once, with the reason.
+//   - any other error: the message is given back to the broker and delivered
+//     again, until it has had WithMaxDeliveries deliveries (default 5); then it
+//     is dead-lettered with the error text, the number of attempts and its
+//     source in headers (HeaderError, HeaderAttempts, HeaderSource…).
+//     An error from retry.After is requeued after its delay where the broker
+//     supports it.
+//   - anything, after the consumer began to stop and cancelled the handler's
+//     context: an error is not held against the message; it is given back.
+//
+// A panic in a handler is recovered and counts as an error of that message
+// only. A delivery is never acknowledged before its handler returned nil:
+// whatever stops the consumer — shutdown, crash, lost connection — the
+// broker keeps every unfinished message and delivers it again (at-least-once).
+// Settlement runs on a context of its own, bounded by WithSettleTimeout, never
+// on the cancelled run context.
+//
+// # Lifecycle
+//
+// Run blocks until its context is done, Shutdown or Close is called, or the
+// source fails. Stopping is in phases: (1) intake stops and readiness turns
+// false; deliveries received but not started are given back; in-flight
+// handlers keep their contexts. (2) At the drain deadline (WithDrainTimeout,
+// or the context given to Shutdown) the handlers still running are cancelled
+// with cause ErrDrainTimeout and their messages given back. (3) Settlement
+// finishes within its own short deadline, and the source is closed. The
+// outcome (handled, given back, abandoned) is logged and reported as an
+// EventDrained.
+//
+// A Supervisor does the same for all its runners when its context is done,
+// and returns only when they have all returned. queuekit installs no signal
+// handlers: use signal.NotifyContext and pass the context to Supervisor.Run.
+//
+// # Concurrency
+//
+// WithConcurrency(n) runs n worker goroutines; each takes one delivery, runs
+// the handler, settles, and takes the next. Goroutines and in-flight messages
+// are bounded by n (and the broker's prefetch), never by the queue length.
+// Handlers run concurrently with each other and must be safe for that; each
+// Message is seen by one handler at a time.
+//
+// # Errors
+//
+// Constructors return errors wrapping ErrInvalidConfig; a Supervisor does not
+// restart a runner failing with such an error, nor one marked with Fatal. The
+// lifecycle errors are ErrConsumerClosed (Run after Shutdown or Close, like
+// net/http's ErrServerClosed) and ErrDrainTimeout (the cause of a handler
+// context cancelled at the drain deadline). Adapters return ErrStaleDelivery
+// when asked to settle a delivery that outlived its connection.
+package consumer
