@@ -1,0 +1,134 @@
+// Command quickstart runs a queuekit consumer on the embedded in-memory
+// broker: it publishes a batch of orders (two of them bad), consumes them with
+// the standard middleware under a Supervisor, and shuts down gracefully when
+// the queue is empty or on Ctrl-C, printing what happened to every message.
+//
+//	go run ./examples/quickstart
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/queuekit/queuekit/broker/memory"
+	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/middleware"
+	"github.com/queuekit/queuekit/retry"
+)
+
+// Order is the payload of the "orders" queue.
+type Order struct {
+	ID    string `json:"id"`
+	Total int    `json:"total_cents"`
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "quickstart:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	// The library installs no signal handlers; the program owns them.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	broker := memory.NewBroker()
+	const orders = 100
+	for i := 1; i <= orders; i++ {
+		body, _ := json.Marshal(Order{ID: fmt.Sprintf("o-%03d", i), Total: i * 100})
+		if i == 13 {
+			body = []byte(`{"id": "o-013", "total_cents": "thirteen"}`) // does not decode: dead-lettered at once
+		}
+		if err := broker.Publish(ctx, "orders", consumer.Message{Body: body}); err != nil {
+			return err
+		}
+	}
+
+	var saved atomic.Int64
+	var flaky atomic.Int64
+	handler := consumer.JSON(func(ctx context.Context, m *consumer.Message, o Order) error {
+		switch {
+		case o.ID == "o-042" && flaky.Add(1) <= 2:
+			return errors.New("inventory service: 503") // transient: retried, then succeeds
+		case o.ID == "o-077":
+			panic("nil pointer in the discount code") // every time: dead-lettered after the budget
+		}
+		time.Sleep(2 * time.Millisecond) // pretend to write to a database
+		saved.Add(1)
+		return nil
+	})
+
+	h := consumer.Chain(
+		middleware.Recover(),
+		middleware.Log(logger),
+		middleware.Retry(retry.MaxAttempts(retry.Exponential(5*time.Millisecond, 50*time.Millisecond), 2)),
+		middleware.Timeout(time.Second),
+	)(handler)
+
+	src, err := broker.Source("orders", memory.SourceConfig{Prefetch: 8})
+	if err != nil {
+		return err
+	}
+	c, err := consumer.New(src, h,
+		consumer.WithName("orders"),
+		consumer.WithConcurrency(4),
+		consumer.WithMaxDeliveries(3),
+		consumer.WithDrainTimeout(5*time.Second),
+		consumer.WithLogger(logger),
+	)
+	if err != nil {
+		return err
+	}
+
+	sup := &consumer.Supervisor{Logger: logger, OnEvent: func(e consumer.Event) {
+		if e.Kind == consumer.EventDrained {
+			fmt.Printf("drained: %d handled, %d given back, %d abandoned in %v\n",
+				e.Drain.Handled, e.Drain.GivenBack, e.Drain.Abandoned, e.Drain.Duration.Round(time.Millisecond))
+		}
+	}}
+	if err := sup.Add("orders", c); err != nil {
+		return err
+	}
+
+	// Stop when every message is settled (acked or dead-lettered), or on Ctrl-C.
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-t.C:
+				if st := broker.Stats("orders"); st.Acked+st.DeadLettered == orders {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	if err := sup.Run(runCtx); err != nil {
+		return err
+	}
+
+	st := broker.Stats("orders")
+	fmt.Printf("orders: %d published, %d acked, %d dead-lettered, %d still queued\n", orders, st.Acked, st.DeadLettered, st.Ready)
+	fmt.Printf("saved %d orders\n", saved.Load())
+	for _, m := range broker.DeadLetters("orders") {
+		fmt.Printf("dead letter %s after %s attempt(s): %s\n", m.ID, m.Header[consumer.HeaderAttempts], m.Header[consumer.HeaderError])
+	}
+	return nil
+}
