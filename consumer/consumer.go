@@ -116,7 +116,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.emit(Event{Kind: EventStopped})
 	}
 	close(r.done)
-	if r.closing.Load() && err == nil {
+	if r.closing.Load() {
+		// Like net/http after Shutdown: the stop was asked for, the drain
+		// outcome is Shutdown's to report.
 		err = ErrConsumerClosed
 	}
 	return err

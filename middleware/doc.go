@@ -6,18 +6,22 @@
 // # Recommended order
 //
 //	h = consumer.Chain(
-//		middleware.Recover(),            // outermost: a panic anywhere below becomes an error
-//		middleware.Log(logger),          // sees the final outcome of all in-process attempts
-//		middleware.Metrics(recorder),    // one measurement per delivery, including retries
+//		middleware.Log(logger),          // one line per delivery, with the final outcome
+//		middleware.Metrics(recorder),    // one observation per delivery, retries included
+//		middleware.Recover(),            // a panic below becomes a *consumer.PanicError
 //		middleware.Retry(policy),        // in-process retries of transient errors
 //		middleware.Timeout(time.Second), // innermost: bounds each attempt, not the sum
 //	)(handler)
 //
-// Why this order: Recover must be outside everything it protects. Log and
-// Metrics outside Retry report one line and one observation per delivery
-// (put them inside Retry to see each attempt instead). Timeout inside Retry
-// gives every attempt its own deadline; outside, the first slow attempt would
-// use up the time of all the others (Watermill issue #467).
+// Why this order: Log and Metrics outside Retry report one line and one
+// observation per delivery (put them inside Retry to see each attempt
+// instead). Recover inside them turns a panic into an error they can see; a
+// panic unwinding through them would skip their reporting (the runtime still
+// recovers it, as a last line of defence). Recover outside Retry means a panic
+// is not retried in process: it fails the delivery, which the broker redelivers
+// within the budget. Timeout inside Retry gives every attempt its own
+// deadline; outside, the first slow attempt would use up the time of all the
+// others (Watermill issue #467).
 //
 // # Context
 //

@@ -10,11 +10,11 @@ import (
 // Recover returns middleware that turns a panic in the handlers inside it into
 // a *consumer.PanicError carrying the panic value and the stack. The message
 // then fails like any other: it is retried within the budget and
-// dead-lettered with the panic text. Put it outermost, so that it also catches
-// panics in the other middleware.
+// dead-lettered with the panic text. Put it inside Log and Metrics, so that
+// they see the panic as an error (see the package doc for the order).
 //
-// The runtime recovers panics too, as a last line of defence; Recover exists
-// so that the middleware outside it (Log, Metrics) sees the panic as an error.
+// The runtime recovers panics too, as a last line of defence, so a panic in
+// middleware outside Recover is still contained to its message.
 func Recover() consumer.Middleware {
 	return func(next consumer.Handler) consumer.Handler {
 		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) (err error) {

@@ -71,8 +71,8 @@ func run() error {
 	})
 
 	h := consumer.Chain(
-		middleware.Recover(),
 		middleware.Log(logger),
+		middleware.Recover(),
 		middleware.Retry(retry.MaxAttempts(retry.Exponential(5*time.Millisecond, 50*time.Millisecond), 2)),
 		middleware.Timeout(time.Second),
 	)(handler)

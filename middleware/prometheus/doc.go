@@ -1,0 +1,5 @@
+// Package prometheus is a placeholder.
+package prometheus
+
+import _ "github.com/prometheus/client_golang/prometheus"
+import _ "github.com/prometheus/client_golang/prometheus/testutil"
