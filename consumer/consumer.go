@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -498,6 +499,10 @@ func (r *run) work(i int) {
 		if err != nil {
 			if in.ctx.Err() != nil {
 				continue // paused or stopping: look at the new intake
+			}
+			if errors.Is(err, ErrSourceClosed) {
+				// Someone closed the source under us: restarting cannot help.
+				err = Fatal(err)
 			}
 			r.fail(err)
 			r.wg.Done()

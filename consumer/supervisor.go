@@ -128,6 +128,9 @@ func (s *Supervisor) Add(name string, r Runner) error {
 	s.byName[name] = e
 	if c, ok := r.(*Consumer); ok {
 		sink := func(ev Event) {
+			if ev.Kind == EventStopped {
+				return // the Supervisor reports its runners' stops itself
+			}
 			ev.Runner = name
 			s.emit(ev)
 		}
