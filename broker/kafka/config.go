@@ -1,0 +1,274 @@
+package kafka
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// Ordering says which records of a partition may be handled at the same time.
+type Ordering int
+
+const (
+	// ByPartition handles the records of a partition one at a time, in
+	// offset order. It is the default.
+	ByPartition Ordering = iota
+	// ByKey handles records with the same key in offset order, and records
+	// with different keys of the same partition concurrently (up to
+	// Config.MaxInFlight per partition). Records without a key share one lane.
+	ByKey
+)
+
+func (o Ordering) String() string {
+	switch o {
+	case ByPartition:
+		return "by-partition"
+	case ByKey:
+		return "by-key"
+	}
+	return fmt.Sprintf("Ordering(%d)", int(o))
+}
+
+// Config configures a Source. Brokers, GroupID and Topic are required; every
+// other zero field means the documented default. NewSource validates the
+// config and returns an error wrapping consumer.ErrInvalidConfig instead of
+// panicking as kafka-go's NewReader does.
+//
+// The defaults are tuned so that a rebalance or Close never waits for
+// kafka-go's default 10 s fetch MaxWait.
+type Config struct {
+	// Brokers are the bootstrap broker addresses, host:port.
+	Brokers []string
+	// GroupID is the consumer group.
+	GroupID string
+	// Topic is the topic to consume.
+	Topic string
+
+	// Dialer opens broker connections. Set its TLS and SASLMechanism fields
+	// for TLS and SASL; the same settings are used for the dead-letter
+	// writer and the lag client. Default: a dialer with a 10 s timeout.
+	Dialer *kafkago.Dialer
+
+	// Ordering: ByPartition (default) or ByKey.
+	Ordering Ordering
+	// MaxInFlight bounds, per partition, the records fetched and not yet
+	// settled (waiting or being handled). When a partition reaches it, that
+	// partition is not fetched until a record settles (backpressure).
+	// Default 256.
+	MaxInFlight int
+
+	// CommitInterval is the longest time a handled record waits before its
+	// offset is committed. Default 1 s.
+	CommitInterval time.Duration
+	// CommitBatch commits as soon as this many records were settled since
+	// the last commit. Default 1000. Committing every record is about 20×
+	// slower on Kafka.
+	CommitBatch int
+
+	// DrainTimeout bounds how long a generation that is ending (rebalance or
+	// Close) waits for its in-flight records before it commits and gives its
+	// partitions up. Records still unsettled then are fenced and redelivered
+	// to the partition's next owner. It must be less than SessionTimeout and
+	// RebalanceTimeout, because kafka-go stops heartbeating once a generation
+	// ends. Default: a third of the smaller of the two.
+	DrainTimeout time.Duration
+
+	// HeartbeatInterval is how often the member heartbeats; a member learns
+	// of a rebalance on its next heartbeat. Default 3 s.
+	HeartbeatInterval time.Duration
+	// SessionTimeout is how long the coordinator waits for a heartbeat
+	// before it declares the member dead. Default 30 s.
+	SessionTimeout time.Duration
+	// RebalanceTimeout is how long the coordinator waits for members to
+	// rejoin during a rebalance. Default 30 s.
+	RebalanceTimeout time.Duration
+	// JoinGroupBackoff is the wait before rejoining after a failed join.
+	// Default 1 s.
+	JoinGroupBackoff time.Duration
+	// Timeout bounds each request to the group coordinator. Default 5 s.
+	Timeout time.Duration
+
+	// StartOffset is where a partition without a committed offset starts:
+	// kafkago.FirstOffset (default) or kafkago.LastOffset.
+	StartOffset int64
+	// MaxWait is the longest a fetch waits for new records. It also bounds
+	// how long Close and a rebalance wait for a pending fetch. Default 250 ms
+	// (kafka-go's default is 10 s).
+	MaxWait time.Duration
+	// MinBytes and MaxBytes bound the size of a fetch response.
+	// Defaults 1 and 1 MB.
+	MinBytes, MaxBytes int
+	// QueueCapacity is the number of records kafka-go prefetches per
+	// partition, on top of MaxInFlight. Default 100.
+	QueueCapacity int
+
+	// DeadLetterTopic receives records that failed for good, with the
+	// reason in their headers. Default: Topic + ".dlt". The topic must exist
+	// unless the cluster creates topics automatically.
+	DeadLetterTopic string
+	// DeadLetterBatchTimeout is the longest a dead-letter write waits for
+	// others to batch with. Default 5 ms (kafka-go's default is 1 s).
+	DeadLetterBatchTimeout time.Duration
+	// DeadLetterRetryDelay is the wait before a record whose dead-letter
+	// write failed is delivered again (it is not committed). Default 1 s.
+	DeadLetterRetryDelay time.Duration
+
+	// Logger receives lifecycle and commit failures. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Dialer == nil {
+		c.Dialer = &kafkago.Dialer{Timeout: 10 * time.Second, DualStack: true}
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 256
+	}
+	if c.CommitInterval == 0 {
+		c.CommitInterval = time.Second
+	}
+	if c.CommitBatch == 0 {
+		c.CommitBatch = 1000
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 3 * time.Second
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = 30 * time.Second
+	}
+	if c.RebalanceTimeout == 0 {
+		c.RebalanceTimeout = 30 * time.Second
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = min(c.SessionTimeout, c.RebalanceTimeout) / 3
+	}
+	if c.JoinGroupBackoff == 0 {
+		c.JoinGroupBackoff = time.Second
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 5 * time.Second
+	}
+	if c.StartOffset == 0 {
+		c.StartOffset = kafkago.FirstOffset
+	}
+	if c.MaxWait == 0 {
+		c.MaxWait = 250 * time.Millisecond
+	}
+	if c.MinBytes == 0 {
+		c.MinBytes = 1
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = 1 << 20
+	}
+	if c.QueueCapacity == 0 {
+		c.QueueCapacity = 100
+	}
+	if c.DeadLetterTopic == "" && c.Topic != "" {
+		c.DeadLetterTopic = c.Topic + ".dlt"
+	}
+	if c.DeadLetterBatchTimeout == 0 {
+		c.DeadLetterBatchTimeout = 5 * time.Millisecond
+	}
+	if c.DeadLetterRetryDelay == 0 {
+		c.DeadLetterRetryDelay = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: kafka: "+format, append([]any{consumer.ErrInvalidConfig}, args...)...)
+}
+
+func validateBrokers(brokers []string) error {
+	if len(brokers) == 0 {
+		return invalid("no brokers")
+	}
+	for i, b := range brokers {
+		// Say which entry is wrong without echoing it: an address list
+		// copied from a URL could carry credentials.
+		if strings.Contains(b, "@") || strings.Contains(b, "://") {
+			return invalid("broker %d is not host:port (a URL or credentials?)", i)
+		}
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			return invalid("broker %d is not host:port", i)
+		}
+	}
+	return nil
+}
+
+// validate checks a defaulted config.
+func (c *Config) validate() error {
+	const maxMillis = time.Duration(1<<31-1) * time.Millisecond
+	if err := validateBrokers(c.Brokers); err != nil {
+		return err
+	}
+	switch {
+	case c.GroupID == "":
+		return invalid("empty GroupID")
+	case c.Topic == "":
+		return invalid("empty Topic")
+	case c.DeadLetterTopic == c.Topic:
+		return invalid("DeadLetterTopic %q is the consumed topic", c.Topic)
+	case c.Ordering != ByPartition && c.Ordering != ByKey:
+		return invalid("unknown Ordering %d", int(c.Ordering))
+	case c.MaxInFlight < 1:
+		return invalid("MaxInFlight %d, want at least 1", c.MaxInFlight)
+	case c.CommitBatch < 1:
+		return invalid("CommitBatch %d, want at least 1", c.CommitBatch)
+	case c.QueueCapacity < 1:
+		return invalid("QueueCapacity %d, want at least 1", c.QueueCapacity)
+	case c.MinBytes < 1 || c.MaxBytes < c.MinBytes:
+		return invalid("MinBytes %d / MaxBytes %d, want 1 <= MinBytes <= MaxBytes", c.MinBytes, c.MaxBytes)
+	case c.StartOffset != kafkago.FirstOffset && c.StartOffset != kafkago.LastOffset:
+		return invalid("StartOffset %d, want kafkago.FirstOffset or kafkago.LastOffset", c.StartOffset)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"CommitInterval", c.CommitInterval}, {"DrainTimeout", c.DrainTimeout},
+		{"HeartbeatInterval", c.HeartbeatInterval}, {"SessionTimeout", c.SessionTimeout},
+		{"RebalanceTimeout", c.RebalanceTimeout}, {"JoinGroupBackoff", c.JoinGroupBackoff},
+		{"Timeout", c.Timeout}, {"MaxWait", c.MaxWait},
+		{"DeadLetterBatchTimeout", c.DeadLetterBatchTimeout}, {"DeadLetterRetryDelay", c.DeadLetterRetryDelay},
+	} {
+		if d.v <= 0 || d.v > maxMillis {
+			return invalid("%s %v out of range", d.name, d.v)
+		}
+	}
+	switch {
+	case c.HeartbeatInterval >= c.SessionTimeout:
+		return invalid("HeartbeatInterval %v must be less than SessionTimeout %v", c.HeartbeatInterval, c.SessionTimeout)
+	case c.DrainTimeout >= c.SessionTimeout || c.DrainTimeout >= c.RebalanceTimeout:
+		return invalid("DrainTimeout %v must be less than SessionTimeout %v and RebalanceTimeout %v",
+			c.DrainTimeout, c.SessionTimeout, c.RebalanceTimeout)
+	case c.MaxWait >= c.DrainTimeout:
+		return invalid("MaxWait %v must be less than DrainTimeout %v", c.MaxWait, c.DrainTimeout)
+	}
+	return nil
+}
+
+// transport builds a kafka-go Transport (for the dead-letter writer and the
+// lag client) with the dialer's TLS, SASL and client ID.
+func transport(d *kafkago.Dialer) *kafkago.Transport {
+	t := &kafkago.Transport{
+		TLS:         d.TLS,
+		SASL:        d.SASLMechanism,
+		ClientID:    d.ClientID,
+		DialTimeout: d.Timeout,
+	}
+	if d.DialFunc != nil {
+		t.Dial = d.DialFunc
+	} else if d.Timeout == 0 {
+		t.DialTimeout = 10 * time.Second
+	}
+	return t
+}

@@ -1,0 +1,201 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// delivery is one hand-out of a record by Receive. A record that is
+// requeued is handed out again as a new delivery, so a late second
+// settlement of the first one cannot touch the second.
+type delivery struct {
+	s       *Source
+	rec     *record
+	msg     consumer.Message
+	settled bool // under s.mu
+}
+
+var (
+	_ consumer.Delivery        = (*delivery)(nil)
+	_ consumer.DelayedRequeuer = (*delivery)(nil)
+	_ consumer.StatusReporter  = (*Source)(nil)
+	_ consumer.EventSource     = (*Source)(nil)
+)
+
+func (s *Source) newDelivery(rec *record, attempt int) *delivery {
+	m := &rec.m
+	return &delivery{s: s, rec: rec, msg: consumer.Message{
+		ID:      messageID(m.Topic, m.Partition, m.Offset),
+		Topic:   m.Topic,
+		Key:     m.Key,
+		Body:    m.Value,
+		Header:  fromHeaders(m.Headers),
+		Time:    m.Time,
+		Attempt: attempt,
+	}}
+}
+
+func (d *delivery) Message() *consumer.Message { return &d.msg }
+
+// claimLocked marks d settled, or says why it cannot be.
+func (d *delivery) claimLocked() error {
+	if d.settled {
+		return consumer.ErrAlreadySettled
+	}
+	d.settled = true
+	if d.rec.g.fenced {
+		return fmt.Errorf("%w: %s: consumer group generation %d ended before it was settled; it will be redelivered",
+			consumer.ErrStaleDelivery, d.msg.ID, d.rec.g.kg.ID)
+	}
+	return nil
+}
+
+// Ack marks the record handled. Its offset is committed with the next batch
+// once every earlier record of its partition is handled too.
+func (d *delivery) Ack(context.Context) error {
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := d.claimLocked(); err != nil {
+		return err
+	}
+	s.handledLocked(d.rec)
+	return nil
+}
+
+// handledLocked records that rec is done for good and frees its lane.
+func (s *Source) handledLocked(rec *record) {
+	g, p := rec.g, rec.p
+	g.dispatched--
+	p.trk.Done(rec.m.Offset)
+	p.held--
+	select {
+	case p.room <- struct{}{}:
+	default:
+	}
+	if g.draining {
+		// Nothing more is dispatched; the lane stays blocked until the
+		// generation ends.
+		if g.dispatched == 0 {
+			g.closeDrainedLocked()
+		}
+		return
+	}
+	ln := p.lanes[rec.lane]
+	if len(ln.q) > 0 {
+		next := ln.q[0]
+		ln.q[0] = nil
+		ln.q = ln.q[1:]
+		s.pushReadyLocked(next)
+	} else {
+		delete(p.lanes, rec.lane)
+	}
+	g.settled++
+	if g.settled == s.cfg.CommitBatch {
+		select {
+		case g.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// retryLocked takes back an unsettled hand-out of rec. The record keeps its
+// lane (nothing after it on that lane is dispatched first) and is handed
+// out again with the next attempt number, after delay if delay > 0. During
+// a drain it is not handed out again: the partition's next owner gets it,
+// since it is not committed.
+func (s *Source) retryLocked(rec *record, delay time.Duration) {
+	g := rec.g
+	g.dispatched--
+	if g.draining {
+		if g.dispatched == 0 {
+			g.closeDrainedLocked()
+		}
+		return
+	}
+	rec.attempt++
+	if delay <= 0 {
+		s.pushReadyLocked(rec)
+		return
+	}
+	// The timer holds the lane, not a consumer slot. A timer that fires
+	// after the generation ended or the Source closed drops the record.
+	time.AfterFunc(delay, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !g.draining && !s.closed {
+			s.pushReadyLocked(rec)
+		}
+	})
+}
+
+// Requeue hands the record out again in process (Kafka has no per-message
+// nack), before anything after it in its lane.
+func (d *delivery) Requeue(context.Context) error {
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := d.claimLocked(); err != nil {
+		return err
+	}
+	s.retryLocked(d.rec, 0)
+	return nil
+}
+
+// RequeueAfter is Requeue after delay; the record's lane stays blocked
+// meanwhile, so per-key order holds.
+func (d *delivery) RequeueAfter(_ context.Context, delay time.Duration) error {
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := d.claimLocked(); err != nil {
+		return err
+	}
+	s.retryLocked(d.rec, delay)
+	return nil
+}
+
+// DeadLetter writes the record to the dead-letter topic with the reason and
+// its origin in the headers, and only then marks it handled. If the write
+// fails, the record is not committed and is handed out again after
+// DeadLetterRetryDelay.
+func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error {
+	s := d.s
+	s.mu.Lock()
+	err := d.claimLocked()
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	// The record still counts as dispatched while it is written, so a
+	// drain waits for the write.
+	m := &d.rec.m
+	if reason.Source == "" {
+		reason.Source = m.Topic
+	}
+	h := reason.Header(fromHeaders(m.Headers))
+	h[HeaderTopic] = m.Topic
+	h[HeaderPartition] = strconv.Itoa(m.Partition)
+	h[HeaderOffset] = strconv.FormatInt(m.Offset, 10)
+	werr := s.dlt.Publish(ctx, &consumer.Message{
+		Topic: s.cfg.DeadLetterTopic, Key: m.Key, Body: m.Value, Header: h, Time: m.Time,
+	})
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if werr != nil {
+		s.retryLocked(d.rec, s.cfg.DeadLetterRetryDelay)
+		return fmt.Errorf("kafka: dead-letter %s to %s: %w", d.msg.ID, s.cfg.DeadLetterTopic, werr)
+	}
+	if d.rec.g.fenced {
+		d.rec.g.dispatched--
+		return fmt.Errorf("%w: %s was written to %s but its generation ended first; it will be redelivered",
+			consumer.ErrStaleDelivery, d.msg.ID, s.cfg.DeadLetterTopic)
+	}
+	s.handledLocked(d.rec)
+	return nil
+}

@@ -1,0 +1,617 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/queuekit/queuekit/broker/kafka/internal/offsets"
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// ErrRebalance is the Err of the consumer.EventReconnecting event a Source
+// emits when a generation of its consumer group ended (a member joined or
+// left, or the coordinator moved). The Source drains, commits and rejoins by
+// itself.
+var ErrRebalance = errors.New("kafka: consumer group rebalance")
+
+// Headers a Source adds to a dead-lettered record, next to the
+// consumer.Reason headers (x-queuekit-error, -attempts, -source, …).
+const (
+	// HeaderTopic holds the topic the record was consumed from.
+	HeaderTopic = "x-queuekit-topic"
+	// HeaderPartition holds the partition the record was consumed from.
+	HeaderPartition = "x-queuekit-partition"
+	// HeaderOffset holds the offset of the record in that partition.
+	HeaderOffset = "x-queuekit-offset"
+)
+
+// A Source consumes one topic as a member of a Kafka consumer group and
+// implements consumer.Source (plus StatusReporter, EventSource and
+// DelayedRequeuer on its deliveries). See the package documentation for the
+// guarantees. A Source is safe for concurrent use. It joins the group on the
+// first Receive; after Close it cannot be used again.
+type Source struct {
+	cfg    Config
+	log    *slog.Logger
+	dlt    *Publisher
+	lagTr  *kafkago.Transport
+	lagCli *kafkago.Client
+	seed   maphash.Seed
+	hook   atomic.Pointer[func(consumer.Event)]
+
+	// The group and the run goroutine are created once by start. They are
+	// written before startOnce.Do returns and only read after it.
+	startOnce sync.Once
+	group     *kafkago.ConsumerGroup
+	startErr  error
+	cancelRun context.CancelFunc
+	runDone   chan struct{}
+
+	// mu guards everything below and every field of generation, partition,
+	// lane and record documented as "under s.mu". One lock keeps the
+	// settle/dispatch/commit bookkeeping simple to reason about; it is held
+	// only for short, non-blocking sections.
+	mu        sync.Mutex
+	ready     []*record // records whose lane is free, waiting for Receive
+	closed    bool
+	status    consumer.SourceStatus
+	gen       *generation // the current generation, or nil
+	notify    chan struct{}
+	closedCh  chan struct{}
+	closeDone chan struct{}
+}
+
+// NewSource returns a Source for cfg. It returns an error wrapping
+// consumer.ErrInvalidConfig when cfg is invalid. It does not connect: the
+// first Receive joins the group.
+func NewSource(cfg Config) (*Source, error) {
+	cfg.Brokers = append([]string(nil), cfg.Brokers...)
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if rc := readerConfig(&cfg, 0); rc.Validate() != nil {
+		err := rc.Validate()
+		return nil, invalid("%v", err)
+	}
+	dlt, err := NewPublisher(PublisherConfig{
+		Brokers:      cfg.Brokers,
+		Topic:        cfg.DeadLetterTopic,
+		Dialer:       cfg.Dialer,
+		BatchTimeout: cfg.DeadLetterBatchTimeout,
+		WriteTimeout: cfg.Timeout,
+	})
+	if err != nil {
+		return nil, err
+	}
+	tr := transport(cfg.Dialer)
+	return &Source{
+		cfg:       cfg,
+		log:       cfg.Logger.With("topic", cfg.Topic, "group", cfg.GroupID),
+		dlt:       dlt,
+		lagTr:     tr,
+		lagCli:    &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: tr},
+		seed:      maphash.MakeSeed(),
+		notify:    make(chan struct{}, 1),
+		closedCh:  make(chan struct{}),
+		closeDone: make(chan struct{}),
+		status:    consumer.SourceStatus{Err: errors.New("kafka: not joined yet")},
+	}, nil
+}
+
+func readerConfig(cfg *Config, partition int) kafkago.ReaderConfig {
+	return kafkago.ReaderConfig{
+		Brokers:       cfg.Brokers,
+		Topic:         cfg.Topic,
+		Partition:     partition,
+		Dialer:        cfg.Dialer,
+		MinBytes:      cfg.MinBytes,
+		MaxBytes:      cfg.MaxBytes,
+		MaxWait:       cfg.MaxWait,
+		QueueCapacity: cfg.QueueCapacity,
+		ErrorLogger:   kafkago.LoggerFunc(errorLogger(cfg.Logger)),
+	}
+}
+
+func errorLogger(l *slog.Logger) func(string, ...any) {
+	return func(msg string, args ...any) {
+		l.Warn("kafka-go: " + fmt.Sprintf(msg, args...))
+	}
+}
+
+// SetEventHook implements consumer.EventSource. The hook is called from the
+// Source's goroutines, never while a lock is held, and never after Close
+// returned.
+func (s *Source) SetEventHook(f func(consumer.Event)) {
+	if f == nil {
+		s.hook.Store(nil)
+		return
+	}
+	s.hook.Store(&f)
+}
+
+func (s *Source) emit(kind consumer.EventKind, err error) {
+	if f := s.hook.Load(); f != nil {
+		(*f)(consumer.Event{Kind: kind, Err: err, Time: time.Now()})
+	}
+}
+
+// Status implements consumer.StatusReporter: Connected is true while the
+// Source is a member of the group (including during a rebalance); Err is the
+// last error from joining.
+func (s *Source) Status() consumer.SourceStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+func (s *Source) start() {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return
+	}
+	cfg := &s.cfg
+	g, err := kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
+		ID:                cfg.GroupID,
+		Brokers:           cfg.Brokers,
+		Dialer:            cfg.Dialer,
+		Topics:            []string{cfg.Topic},
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		SessionTimeout:    cfg.SessionTimeout,
+		RebalanceTimeout:  cfg.RebalanceTimeout,
+		JoinGroupBackoff:  cfg.JoinGroupBackoff,
+		StartOffset:       cfg.StartOffset,
+		Timeout:           cfg.Timeout,
+		ErrorLogger:       kafkago.LoggerFunc(errorLogger(cfg.Logger)),
+	})
+	if err != nil {
+		s.startErr = consumer.Fatal(fmt.Errorf("kafka: consumer group: %w", err))
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.group, s.cancelRun, s.runDone = g, cancel, make(chan struct{})
+	go s.run(ctx)
+}
+
+// run owns the group membership: it takes each generation from the group
+// and starts its goroutines. kafka-go hands out the next generation only
+// after every goroutine of the previous one returned, so two generations
+// never overlap.
+func (s *Source) run(ctx context.Context) {
+	defer close(s.runDone)
+	for {
+		kg, err := s.group.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, kafkago.ErrGroupClosed) {
+				return
+			}
+			s.mu.Lock()
+			s.status = consumer.SourceStatus{Err: err}
+			s.mu.Unlock()
+			s.log.Warn("kafka: joining the consumer group failed; retrying", "error", err)
+			s.emit(consumer.EventReconnecting, err)
+			continue // the group backs off by itself
+		}
+		s.serve(kg)
+	}
+}
+
+// A generation is this member's share of one consumer group generation.
+type generation struct {
+	s     *Source
+	kg    *kafkago.Generation
+	parts map[int]*partition // fixed after serve
+	kick  chan struct{}      // asks the committer to commit now; cap 1
+
+	draining   bool // under s.mu: no more dispatching; settling still counts
+	fenced     bool // under s.mu: settling returns ErrStaleDelivery
+	dispatched int  // under s.mu: handed out by Receive and not settled
+	settled    int  // under s.mu: settled since the last commit
+	drained    chan struct{}
+	drainOnce  bool // under s.mu: drained was closed
+}
+
+// A partition is one assigned partition within a generation.
+type partition struct {
+	id        int
+	start     int64 // assigned offset (committed, or FirstOffset/LastOffset)
+	trk       offsets.Tracker
+	lanes     map[uint64]*lane // under s.mu; a lane exists while busy
+	held      int              // under s.mu: fetched and not settled
+	room      chan struct{}    // wakes the fetcher when held drops; cap 1
+	committed int64            // owned by the committer goroutine
+}
+
+// A lane is the unit of ordering: the whole partition (ByPartition) or one
+// key hash (ByKey). At most one record of a lane is out at a time; the rest
+// wait in q, in offset order.
+type lane struct {
+	q []*record
+}
+
+// A record is one fetched Kafka message. It lives until it is settled for
+// good (acked, dead-lettered) or its generation ends; Requeue sends the same
+// record out again.
+type record struct {
+	g       *generation
+	p       *partition
+	lane    uint64
+	m       kafkago.Message
+	attempt int // under s.mu
+}
+
+func (s *Source) serve(kg *kafkago.Generation) {
+	g := &generation{
+		s:       s,
+		kg:      kg,
+		parts:   make(map[int]*partition),
+		kick:    make(chan struct{}, 1),
+		drained: make(chan struct{}),
+	}
+	ids := make([]int, 0, len(kg.Assignments[s.cfg.Topic]))
+	for _, a := range kg.Assignments[s.cfg.Topic] {
+		g.parts[a.ID] = &partition{
+			id: a.ID, start: a.Offset, lanes: make(map[uint64]*lane),
+			room: make(chan struct{}, 1), committed: a.Offset,
+		}
+		ids = append(ids, a.ID)
+	}
+	s.mu.Lock()
+	s.gen = g
+	s.status = consumer.SourceStatus{Connected: true}
+	s.mu.Unlock()
+	s.log.Info("kafka: generation started", "generation", kg.ID, "member", kg.MemberID, "partitions", ids)
+	s.emit(consumer.EventConnected, nil)
+
+	// Every function started here returns when the generation ends;
+	// kafka-go waits for all of them before it rejoins or leaves, which is
+	// what gives the drain its chance to commit before the partitions move.
+	kg.Start(g.commitLoop)
+	for _, p := range g.parts {
+		kg.Start(func(ctx context.Context) { g.fetch(ctx, p) })
+	}
+}
+
+// fetch reads one partition and queues its records on their lanes. It stops
+// fetching while the partition holds MaxInFlight unsettled records.
+func (g *generation) fetch(ctx context.Context, p *partition) {
+	s := g.s
+	r := kafkago.NewReader(readerConfig(&s.cfg, p.id)) // config validated in NewSource
+	defer r.Close()                                    // waits at most MaxWait for a pending fetch
+	if err := r.SetOffset(p.start); err != nil {
+		s.log.Error("kafka: set offset", "partition", p.id, "error", err)
+		return
+	}
+	byKey := s.cfg.Ordering == ByKey
+	for {
+		s.mu.Lock()
+		for p.held >= s.cfg.MaxInFlight && !g.draining {
+			s.mu.Unlock()
+			select {
+			case <-p.room:
+			case <-ctx.Done():
+				return
+			}
+			s.mu.Lock()
+		}
+		draining := g.draining
+		s.mu.Unlock()
+		if draining {
+			return
+		}
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "error", err)
+			select {
+			case <-time.After(100 * time.Millisecond):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		rec := &record{g: g, p: p, m: m, attempt: 1}
+		if byKey {
+			rec.lane = maphash.Bytes(s.seed, m.Key)
+		}
+		s.mu.Lock()
+		if g.draining {
+			s.mu.Unlock()
+			return
+		}
+		if !p.trk.Add(m.Offset) {
+			// kafka-go redelivered an offset (it never should): keep the
+			// tracker consistent by not handing it out twice.
+			s.mu.Unlock()
+			continue
+		}
+		p.held++
+		if ln, busy := p.lanes[rec.lane]; busy {
+			ln.q = append(ln.q, rec)
+		} else {
+			p.lanes[rec.lane] = &lane{}
+			s.pushReadyLocked(rec)
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *Source) pushReadyLocked(rec *record) {
+	s.ready = append(s.ready, rec)
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// commitLoop commits the generation's progress by count and interval, and
+// drains and commits a last time when the generation ends.
+func (g *generation) commitLoop(ctx context.Context) {
+	t := time.NewTicker(g.s.cfg.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-g.kick:
+		case <-ctx.Done():
+			g.drain()
+			return
+		}
+		g.commit()
+	}
+}
+
+// drain runs when the generation ends: stop dispatching, wait up to
+// DrainTimeout for records already handed out, fence the rest, commit.
+func (g *generation) drain() {
+	s := g.s
+	start := time.Now()
+	s.mu.Lock()
+	g.draining = true
+	// Records waiting for Receive were never started: leave them to the
+	// partition's next owner (they are not committed).
+	kept := s.ready[:0]
+	for _, r := range s.ready {
+		if r.g != g {
+			kept = append(kept, r)
+		}
+	}
+	clear(s.ready[len(kept):])
+	s.ready = kept
+	waiting := g.dispatched
+	if waiting == 0 {
+		g.closeDrainedLocked()
+	}
+	s.mu.Unlock()
+
+	timer := time.NewTimer(s.cfg.DrainTimeout)
+	select {
+	case <-g.drained:
+	case <-timer.C:
+	}
+	timer.Stop()
+
+	s.mu.Lock()
+	g.fenced = true
+	fenced := g.dispatched
+	if s.gen == g {
+		s.gen = nil
+	}
+	closing := s.closed
+	s.mu.Unlock()
+
+	err := g.commit()
+	s.log.Info("kafka: generation ended", "generation", g.kg.ID, "in_flight_at_end", waiting,
+		"fenced", fenced, "drain", time.Since(start), "commit_error", err)
+	if !closing {
+		s.emit(consumer.EventReconnecting, fmt.Errorf("%w: generation %d ended (%d in flight finished, %d fenced)",
+			ErrRebalance, g.kg.ID, waiting-fenced, fenced))
+	}
+}
+
+func (g *generation) closeDrainedLocked() {
+	if !g.drainOnce {
+		g.drainOnce = true
+		close(g.drained)
+	}
+}
+
+// commit commits, per partition, the offset after the longest handled
+// prefix, if it moved. Only the committer goroutine calls it.
+func (g *generation) commit() error {
+	s := g.s
+	offs := make(map[int]int64)
+	s.mu.Lock()
+	g.settled = 0
+	for id, p := range g.parts {
+		if off, ok := p.trk.Committable(); ok && off > p.committed {
+			offs[id] = off
+		}
+	}
+	s.mu.Unlock()
+	if len(offs) == 0 {
+		return nil
+	}
+	if err := g.kg.CommitOffsets(map[string]map[int]int64{s.cfg.Topic: offs}); err != nil {
+		s.log.Warn("kafka: commit failed; the records will be redelivered if it is not retried",
+			"generation", g.kg.ID, "error", err)
+		return err
+	}
+	for id, off := range offs {
+		g.parts[id].committed = off
+	}
+	return nil
+}
+
+// Receive implements consumer.Source. It returns the next record whose lane
+// is free: never a record while an earlier record of its lane is unsettled.
+func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
+	s.startOnce.Do(s.start)
+	if s.startErr != nil {
+		return nil, s.startErr
+	}
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, consumer.ErrSourceClosed
+		}
+		if len(s.ready) > 0 {
+			rec := s.ready[0]
+			s.ready[0] = nil
+			s.ready = s.ready[1:]
+			rec.g.dispatched++
+			attempt := rec.attempt
+			more := len(s.ready) > 0
+			s.mu.Unlock()
+			if more {
+				// Pass the wake-up on: one token may stand for many records.
+				select {
+				case s.notify <- struct{}{}:
+				default:
+				}
+			}
+			return s.newDelivery(rec, attempt), nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.notify:
+		case <-s.closedCh:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Close implements consumer.Source: it leaves the group after the current
+// generation drained (up to DrainTimeout) and committed what was handled.
+// Records not handled are not committed and go to the partitions' next
+// owner. Close waits for every goroutine of the Source; it takes at most
+// about DrainTimeout + MaxWait + Timeout. It is idempotent.
+func (s *Source) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		<-s.closeDone
+		return nil
+	}
+	s.closed = true
+	close(s.closedCh)
+	s.mu.Unlock()
+	s.startOnce.Do(func() {}) // no group after Close
+	if s.group != nil {
+		s.cancelRun()
+		s.group.Close() // ends the generation: drain and final commit, then LeaveGroup
+		<-s.runDone
+	}
+	err := s.dlt.Close()
+	s.lagTr.CloseIdleConnections()
+	s.mu.Lock()
+	s.status = consumer.SourceStatus{Err: consumer.ErrSourceClosed}
+	s.ready = nil
+	s.mu.Unlock()
+	close(s.closeDone)
+	return err
+}
+
+// PartitionLag is the consumer lag of one partition.
+type PartitionLag struct {
+	Partition int
+	// Committed is the group's committed offset, or -1 if none.
+	Committed int64
+	// HighWatermark is the offset the next produced record will get.
+	HighWatermark int64
+	// Lag is HighWatermark - Committed; with no commit yet, the records the
+	// group would still read from StartOffset.
+	Lag int64
+}
+
+// Lag returns the group's lag on every partition of the topic, read from the
+// brokers (committed offsets and high-water marks), so it covers partitions
+// owned by other members too. It is meant for metrics and health checks.
+func (s *Source) Lag(ctx context.Context) ([]PartitionLag, error) {
+	topic := s.cfg.Topic
+	md, err := s.lagCli.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, fmt.Errorf("kafka: lag: metadata: %w", err)
+	}
+	var ids []int
+	for _, t := range md.Topics {
+		if t.Name != topic {
+			continue
+		}
+		if t.Error != nil {
+			return nil, fmt.Errorf("kafka: lag: metadata: %w", t.Error)
+		}
+		for _, p := range t.Partitions {
+			ids = append(ids, p.ID)
+		}
+	}
+	reqs := make([]kafkago.OffsetRequest, 0, 2*len(ids))
+	for _, id := range ids {
+		reqs = append(reqs, kafkago.FirstOffsetOf(id), kafkago.LastOffsetOf(id))
+	}
+	lo, err := s.lagCli.ListOffsets(ctx, &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("kafka: lag: list offsets: %w", err)
+	}
+	of, err := s.lagCli.OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: s.cfg.GroupID, Topics: map[string][]int{topic: ids}})
+	if err != nil {
+		return nil, fmt.Errorf("kafka: lag: offset fetch: %w", err)
+	}
+	if of.Error != nil {
+		return nil, fmt.Errorf("kafka: lag: offset fetch: %w", of.Error)
+	}
+	committed := make(map[int]int64, len(ids))
+	for _, p := range of.Topics[topic] {
+		if p.Error != nil {
+			return nil, fmt.Errorf("kafka: lag: offset fetch partition %d: %w", p.Partition, p.Error)
+		}
+		committed[p.Partition] = p.CommittedOffset
+	}
+	out := make([]PartitionLag, 0, len(ids))
+	for _, p := range lo.Topics[topic] {
+		if p.Error != nil {
+			return nil, fmt.Errorf("kafka: lag: list offsets partition %d: %w", p.Partition, p.Error)
+		}
+		c, ok := committed[p.Partition]
+		if !ok || c < 0 {
+			c = -1
+		}
+		pl := PartitionLag{Partition: p.Partition, Committed: c, HighWatermark: p.LastOffset}
+		switch {
+		case c >= 0:
+			pl.Lag = p.LastOffset - c
+		case s.cfg.StartOffset == kafkago.FirstOffset:
+			pl.Lag = p.LastOffset - p.FirstOffset
+		}
+		out = append(out, pl)
+	}
+	sortLag(out)
+	return out, nil
+}
+
+func sortLag(l []PartitionLag) {
+	for i := 1; i < len(l); i++ {
+		for j := i; j > 0 && l[j].Partition < l[j-1].Partition; j-- {
+			l[j], l[j-1] = l[j-1], l[j]
+		}
+	}
+}
+
+func messageID(topic string, partition int, offset int64) string {
+	return topic + "/" + strconv.Itoa(partition) + "/" + strconv.FormatInt(offset, 10)
+}
