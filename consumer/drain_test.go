@@ -57,6 +57,9 @@ func TestSupervisorDrainAcksInFlightAndLeavesTheRestQueued(t *testing.T) {
 	)
 	b := memory.NewBroker()
 	publishN(t, b, queue, total)
+	// Slow acks that honour their context: had settlement used the cancelled
+	// run context, every ack below would fail and the count would show it.
+	b.SetAckDelay(20 * time.Millisecond)
 
 	var started, finished atomic.Int64
 	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
@@ -109,7 +112,7 @@ func TestSupervisorDrainAcksInFlightAndLeavesTheRestQueued(t *testing.T) {
 	if st.DeadLettered != 0 {
 		t.Errorf("dead-lettered = %d; want 0", st.DeadLettered)
 	}
-	if took > 5*busy {
+	if took > 5*busy+20*time.Millisecond {
 		t.Errorf("Run returned %v after cancel; want about one handler duration (%v)", took, busy)
 	}
 	mu.Lock()
@@ -271,4 +274,60 @@ func TestCloseCancelsHandlersAndGivesTheirMessagesBack(t *testing.T) {
 		return true
 	})
 	_ = n // handlers may still be recording when Close returns for abandoned ones
+}
+
+// A delivery that outlived its connection cannot be acked: the runtime reports
+// the stale settlement and the broker redelivers the message, which is then
+// handled and acked on the new connection.
+func TestStaleDeliveryIsNotAckedAndIsRedelivered(t *testing.T) {
+	const queue = "stale"
+	b := memory.NewBroker()
+	publishN(t, b, queue, 1)
+	src, err := b.Source(queue, memory.SourceConfig{Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	var attempts []int
+	var mu sync.Mutex
+	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		mu.Lock()
+		attempts = append(attempts, m.Attempt)
+		first := len(attempts) == 1
+		mu.Unlock()
+		if first {
+			close(entered)
+			<-release
+		}
+		return nil
+	})
+	var staleErrs atomic.Int64
+	c, err := consumer.New(src, h, consumer.WithLogger(quiet), consumer.WithObserver(func(m *consumer.Message, s consumer.Settlement, err error) {
+		if s == consumer.SettledAck && errors.Is(err, consumer.ErrStaleDelivery) {
+			staleErrs.Add(1)
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	<-entered
+	src.DropConnection() // the handler's delivery is now stale
+	close(release)
+	waitFor(t, "the redelivery to be acked", func() bool { return b.Stats(queue).Acked == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if staleErrs.Load() != 1 || len(attempts) != 2 || attempts[1] != 2 {
+		t.Errorf("stale acks %d, attempts %v; want 1 stale ack refused and a redelivery with Attempt 2", staleErrs.Load(), attempts)
+	}
+	if st := b.Stats(queue); st.Acked != 1 || st.Ready != 0 || st.Unacked != 0 {
+		t.Errorf("stats %+v; want exactly one ack and an empty queue", st)
+	}
 }
