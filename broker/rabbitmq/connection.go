@@ -1,0 +1,198 @@
+package rabbitmq
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// DefaultURL is the URL used when a configuration leaves it empty.
+const DefaultURL = "amqp://guest:guest@localhost:5672/"
+
+// Dialer settles how to reach the broker. Its zero value dials DefaultURL.
+type Dialer struct {
+	// URL is the amqp:// or amqps:// URL of the broker (default DefaultURL).
+	// Its password never appears in errors or logs.
+	URL string
+	// TLS configures TLS for amqps:// URLs (default: the system roots and the
+	// URL's host name).
+	TLS *tls.Config
+	// Dial opens the network connection (default: net.Dialer with a 30s
+	// timeout). Use it for proxies, custom resolvers or tests.
+	Dial func(network, addr string) (net.Conn, error)
+	// Heartbeat is the AMQP heartbeat interval (default 10s): a dead peer is
+	// noticed within about twice this.
+	Heartbeat time.Duration
+	// Name is the connection name shown in the management UI
+	// (default "queuekit <program> <pid>").
+	Name string
+}
+
+func (d Dialer) url() string {
+	if d.URL == "" {
+		return DefaultURL
+	}
+	return d.URL
+}
+
+func (d Dialer) validate() error {
+	raw := d.url()
+	uri, err := amqp.ParseURI(raw)
+	if err != nil {
+		return fmt.Errorf("%w: rabbitmq: URL %s: %v", consumer.ErrInvalidConfig, redactURL(raw), redactText(err.Error(), raw))
+	}
+	if uri.Scheme != "amqp" && uri.Scheme != "amqps" {
+		return fmt.Errorf("%w: rabbitmq: URL %s: scheme must be amqp or amqps", consumer.ErrInvalidConfig, redactURL(raw))
+	}
+	if d.Heartbeat < 0 {
+		return fmt.Errorf("%w: rabbitmq: negative heartbeat %v", consumer.ErrInvalidConfig, d.Heartbeat)
+	}
+	return nil
+}
+
+func (d Dialer) dial() (*amqp.Connection, error) {
+	raw := d.url()
+	cfg := amqp.Config{
+		Heartbeat:       d.Heartbeat,
+		TLSClientConfig: d.TLS,
+		Dial:            d.Dial,
+		Locale:          "en_US",
+		Properties:      amqp.NewConnectionProperties(),
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = 10 * time.Second
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = amqp.DefaultDial(30 * time.Second)
+	}
+	name := d.Name
+	if name == "" {
+		name = fmt.Sprintf("queuekit %s %d", progName(), os.Getpid())
+	}
+	cfg.Properties.SetClientConnectionName(name)
+	c, err := amqp.DialConfig(raw, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("rabbitmq: dial %s: %w", redactURL(raw), redactErr(err, raw))
+	}
+	return c, nil
+}
+
+func progName() string {
+	if len(os.Args) == 0 {
+		return "go"
+	}
+	p := os.Args[0]
+	for i := len(p) - 1; i >= 0; i-- {
+		if p[i] == '/' {
+			return p[i+1:]
+		}
+	}
+	return p
+}
+
+// A Connection is an AMQP connection that redials by itself, to be shared by
+// several Sources and Publishers (each opens its own channel on it). Without
+// one, each Source and Publisher owns a connection of its own.
+//
+// A Connection is safe for concurrent use. It dials lazily, when a Source or
+// Publisher first needs a channel, and again whenever the connection it had
+// was closed. Close closes it for good; the Sources and Publishers using it
+// then fail with ErrConnectionClosed, so close them first.
+type Connection struct {
+	d Dialer
+
+	mu     sync.Mutex // held while dialling, so that concurrent users share one dial
+	cur    *amqp.Connection
+	closed bool
+}
+
+// ErrConnectionClosed is returned when a Connection was closed by its owner.
+var ErrConnectionClosed = errors.New("rabbitmq: connection closed")
+
+// NewConnection returns a Connection that dials with d. It does not dial yet.
+// It returns an error wrapping consumer.ErrInvalidConfig when d is invalid.
+func NewConnection(d Dialer) (*Connection, error) {
+	if err := d.validate(); err != nil {
+		return nil, err
+	}
+	return &Connection{d: d}, nil
+}
+
+// channel opens a channel on the current connection, dialling a new one if
+// there is none or it is closed.
+func (c *Connection) channel() (*amqp.Channel, error) {
+	conn, err := c.get()
+	if err != nil {
+		return nil, err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		if conn.IsClosed() {
+			// Lost between get and Channel: the next call redials.
+			return nil, fmt.Errorf("rabbitmq: open channel: %w", err)
+		}
+		return nil, fmt.Errorf("rabbitmq: open channel: %w", err)
+	}
+	return ch, nil
+}
+
+func (c *Connection) get() (*amqp.Connection, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrConnectionClosed
+	}
+	if c.cur != nil && !c.cur.IsClosed() {
+		return c.cur, nil
+	}
+	conn, err := c.d.dial()
+	if err != nil {
+		return nil, err
+	}
+	// The library sends the close reason on this channel without blocking
+	// when it has room (it does: capacity 1, one error per connection), so
+	// nobody needs to read it; IsClosed tells us the rest.
+	conn.NotifyClose(make(chan *amqp.Error, 1))
+	c.cur = conn
+	return conn, nil
+}
+
+// Close closes the connection for good. It is idempotent.
+func (c *Connection) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	if c.cur != nil && !c.cur.IsClosed() {
+		if err := c.cur.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
+			return fmt.Errorf("rabbitmq: close connection: %w", err)
+		}
+	}
+	return nil
+}
+
+// sleepCtx waits for d or until ctx or stop is done; it reports whether the
+// full wait elapsed.
+func sleepCtx(ctx context.Context, stop <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-stop:
+		return false
+	}
+}

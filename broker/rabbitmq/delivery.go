@@ -1,0 +1,244 @@
+package rabbitmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// HeaderDeliveries is set on a message the source publishes again (a delayed
+// retry, or a requeue on a classic queue): it holds the number of deliveries
+// the message had so far, so that Message.Attempt keeps counting on the copy.
+const HeaderDeliveries = "x-queuekit-deliveries"
+
+// delivery is one amqp.Delivery and the session it came on.
+type delivery struct {
+	s       *Source
+	sess    *session
+	d       *amqp.Delivery
+	msg     consumer.Message
+	settled atomic.Bool
+}
+
+var _ consumer.DelayedRequeuer = (*delivery)(nil)
+
+func (s *Source) newDelivery(sess *session, d *amqp.Delivery) *delivery {
+	return &delivery{
+		s:    s,
+		sess: sess,
+		d:    d,
+		msg: consumer.Message{
+			ID:      d.MessageId,
+			Topic:   s.cfg.Queue,
+			Key:     []byte(d.RoutingKey),
+			Body:    d.Body,
+			Header:  stringHeaders(d.Headers),
+			Time:    d.Timestamp,
+			Attempt: attempt(d),
+		},
+	}
+}
+
+// attempt computes Message.Attempt: the deliveries before the last publish of
+// this message (our HeaderDeliveries, or else the x-death counts the broker
+// keeps across dead-lettering), plus the deliveries since (x-delivery-count
+// on quorum queues counts the previous ones; on classic queues the
+// redelivered flag says only "at least one").
+func attempt(d *amqp.Delivery) int {
+	prior, ok := tableInt(d.Headers, HeaderDeliveries)
+	if !ok {
+		prior = xDeathCount(d.Headers)
+	}
+	n := int64(1)
+	if dc, ok := tableInt(d.Headers, "x-delivery-count"); ok {
+		n += dc
+	} else if d.Redelivered {
+		n++
+	}
+	if prior < 0 {
+		prior = 0
+	}
+	return int(prior + n)
+}
+
+// xDeathCount sums the counts of the x-death entries: how many times the
+// broker dead-lettered this message (rejected, expired…).
+func xDeathCount(h amqp.Table) int64 {
+	deaths, ok := h["x-death"].([]any)
+	if !ok {
+		return 0
+	}
+	var n int64
+	for _, e := range deaths {
+		if t, ok := e.(amqp.Table); ok {
+			if c, ok := tableInt(t, "count"); ok {
+				n += c
+			}
+		}
+	}
+	return n
+}
+
+// stringHeaders converts the headers that have a scalar value to strings.
+func stringHeaders(t amqp.Table) map[string]string {
+	if len(t) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(t))
+	for k, v := range t {
+		switch v := v.(type) {
+		case string:
+			out[k] = v
+		case []byte:
+			out[k] = string(v)
+		case bool:
+			out[k] = strconv.FormatBool(v)
+		case float32, float64, int, int8, int16, int32, int64, uint8, uint16, uint32, uint64, amqp.Decimal:
+			out[k] = fmt.Sprint(v)
+		case time.Time:
+			out[k] = v.UTC().Format(time.RFC3339)
+		}
+	}
+	return out
+}
+
+func (d *delivery) Message() *consumer.Message { return &d.msg }
+
+// begin marks d settled. It fails when d was settled before, or when its
+// channel is gone (stale: the broker has requeued the message already).
+func (d *delivery) begin(op string) error {
+	if !d.settled.CompareAndSwap(false, true) {
+		return fmt.Errorf("rabbitmq: %s message %q: %w", op, d.msg.ID, consumer.ErrAlreadySettled)
+	}
+	if d.sess.ch.IsClosed() {
+		return d.stale(op)
+	}
+	return nil
+}
+
+func (d *delivery) stale(op string) error {
+	return fmt.Errorf("rabbitmq: %s message %q from subscription %d: channel closed, the broker redelivers it: %w",
+		op, d.msg.ID, d.sess.gen, consumer.ErrStaleDelivery)
+}
+
+// settleErr turns a failed basic.ack/nack into a stale-delivery error when the
+// channel died under it.
+func (d *delivery) settleErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, amqp.ErrClosed) || d.sess.ch.IsClosed() {
+		return d.stale(op)
+	}
+	return fmt.Errorf("rabbitmq: %s message %q: %w", op, d.msg.ID, err)
+}
+
+// Ack implements consumer.Delivery. It is sent only on the channel the
+// delivery came on; if that channel is closed it returns an error wrapping
+// consumer.ErrStaleDelivery.
+func (d *delivery) Ack(ctx context.Context) error {
+	if err := d.begin("ack"); err != nil {
+		return err
+	}
+	return d.settleErr("ack", d.sess.ch.Ack(d.d.DeliveryTag, false))
+}
+
+// Requeue implements consumer.Delivery. On a quorum queue it nacks with
+// requeue (the broker counts the delivery in x-delivery-count). On a classic
+// queue, which counts nothing, it publishes a copy to the queue with
+// HeaderDeliveries set, waits for the confirm, and acks the original, so
+// that the delivery budget is enforced there too; the copy goes to the back
+// of the queue. If that publish fails it falls back to a nack with requeue.
+func (d *delivery) Requeue(ctx context.Context) error {
+	if err := d.begin("requeue"); err != nil {
+		return err
+	}
+	if d.s.cfg.Topology.QueueType == Quorum {
+		return d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true))
+	}
+	if err := d.s.pub.Publish(ctx, "", d.s.cfg.Queue, d.copyWith(nil)); err != nil {
+		d.s.cfg.Logger.Warn("rabbitmq: requeue by republishing failed; nacking instead (this delivery is not counted)",
+			"queue", d.s.cfg.Queue, "message_id", d.msg.ID, "error", err)
+		return d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true))
+	}
+	return d.settleErr("requeue", d.sess.ch.Ack(d.d.DeliveryTag, false))
+}
+
+// RequeueAfter implements consumer.DelayedRequeuer: it publishes a copy to
+// the retry queue with a per-message TTL of delay, waits for the confirm, and
+// only then acks the original. When the TTL expires the broker dead-letters
+// the copy back to the queue. If the publish fails the original is nacked
+// with requeue, so it comes back at once instead of being lost.
+func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error {
+	if err := d.begin("requeue after delay"); err != nil {
+		return err
+	}
+	ms := max(delay.Milliseconds(), 0)
+	pub := d.copyWith(nil)
+	pub.Expiration = strconv.FormatInt(ms, 10)
+	if err := d.s.pub.Publish(ctx, "", d.s.cfg.Topology.RetryQueue, pub); err != nil {
+		nerr := d.sess.ch.Nack(d.d.DeliveryTag, false, true)
+		return errors.Join(fmt.Errorf("rabbitmq: requeue message %q to %q after %v: %w", d.msg.ID, d.s.cfg.Topology.RetryQueue, delay, err),
+			d.settleErr("requeue", nerr))
+	}
+	return d.settleErr("requeue after delay", d.sess.ch.Ack(d.d.DeliveryTag, false))
+}
+
+// DeadLetter implements consumer.Delivery: it publishes a copy to the
+// dead-letter exchange with the reason headers, waits for the confirm, and
+// only then acks the original, so a message is never lost between the two
+// (at worst, after a connection loss, it is dead-lettered twice). If the
+// publish fails the original is nacked with requeue.
+func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error {
+	if err := d.begin("dead-letter"); err != nil {
+		return err
+	}
+	extra := reason.Header(nil)
+	pub := d.copyWith(extra)
+	x := d.s.cfg.Topology.DeadLetterExchange
+	if err := d.s.pub.Publish(ctx, x, d.s.cfg.Queue, pub); err != nil {
+		nerr := d.sess.ch.Nack(d.d.DeliveryTag, false, true)
+		return errors.Join(fmt.Errorf("rabbitmq: dead-letter message %q to exchange %q: %w", d.msg.ID, x, err),
+			d.settleErr("requeue", nerr))
+	}
+	return d.settleErr("dead-letter", d.sess.ch.Ack(d.d.DeliveryTag, false))
+}
+
+// copyWith returns the delivery as a publishing with its properties and
+// headers, plus extra headers and HeaderDeliveries = this attempt.
+// x-delivery-count is dropped: it belongs to the original.
+func (d *delivery) copyWith(extra map[string]string) amqp.Publishing {
+	h := make(amqp.Table, len(d.d.Headers)+len(extra)+1)
+	for k, v := range d.d.Headers {
+		if k == "x-delivery-count" || k == seqHeader {
+			continue
+		}
+		h[k] = v
+	}
+	for k, v := range extra {
+		h[k] = v
+	}
+	h[HeaderDeliveries] = int64(d.msg.Attempt)
+	return amqp.Publishing{
+		Headers:         h,
+		ContentType:     d.d.ContentType,
+		ContentEncoding: d.d.ContentEncoding,
+		DeliveryMode:    amqp.Persistent,
+		Priority:        d.d.Priority,
+		CorrelationId:   d.d.CorrelationId,
+		ReplyTo:         d.d.ReplyTo,
+		MessageId:       d.d.MessageId,
+		Timestamp:       d.d.Timestamp,
+		Type:            d.d.Type,
+		UserId:          d.d.UserId,
+		AppId:           d.d.AppId,
+		Body:            d.d.Body,
+	}
+}

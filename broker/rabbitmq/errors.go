@@ -1,0 +1,87 @@
+package rabbitmq
+
+import (
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Errors of the publisher.
+var (
+	// ErrNacked is returned by Publish when the broker refused the message
+	// (basic.nack): it was not stored.
+	ErrNacked = errors.New("rabbitmq: publish nacked by the broker")
+	// ErrReturned is returned by Publish when a mandatory message could not
+	// be routed to any queue (basic.return). Use errors.As with *ReturnError
+	// for the broker's reason.
+	ErrReturned = errors.New("rabbitmq: publish returned unroutable")
+	// ErrPublisherClosed is returned by Publish after Close.
+	ErrPublisherClosed = errors.New("rabbitmq: publisher closed")
+)
+
+// ReturnError is the error of a mandatory publish the broker returned.
+type ReturnError struct {
+	Exchange, RoutingKey string
+	Code                 int
+	Reason               string
+}
+
+func (e *ReturnError) Error() string {
+	return "rabbitmq: publish to exchange " + quoteName(e.Exchange) + " with routing key " +
+		quoteName(e.RoutingKey) + " returned: " + e.Reason
+}
+
+// Unwrap returns ErrReturned.
+func (e *ReturnError) Unwrap() error { return ErrReturned }
+
+func quoteName(s string) string {
+	if s == "" {
+		return `"" (default)`
+	}
+	return `"` + s + `"`
+}
+
+// unfixable reports whether err is an AMQP error that reconnecting cannot
+// fix: the broker refused access, or an existing object does not match what
+// we declare. NOT_FOUND is unfixable only where the caller says so (passive
+// declaration), since a declared topology creates what is missing.
+func unfixable(err error, notFoundToo bool) bool {
+	var ae *amqp.Error
+	if !errors.As(err, &ae) {
+		return false
+	}
+	switch ae.Code {
+	case amqp.AccessRefused, amqp.PreconditionFailed, amqp.NotAllowed, amqp.CommandInvalid:
+		return true
+	case amqp.NotFound:
+		return notFoundToo
+	}
+	return false
+}
+
+// backoff is a capped exponential backoff with full jitter: the n-th wait is
+// drawn uniformly from [min/2, min(max, min·2^n)]. It never returns less than
+// min/2, so a loop using it can never spin hot. Owned by one goroutine.
+type backoff struct {
+	min, max time.Duration
+	n        int
+}
+
+func (b *backoff) next() time.Duration {
+	ceil := b.min << min(b.n, 30)
+	if ceil > b.max || ceil <= 0 {
+		ceil = b.max
+	}
+	if b.n < 31 {
+		b.n++
+	}
+	lo := b.min / 2
+	if ceil <= lo {
+		return lo
+	}
+	return lo + rand.N(ceil-lo)
+}
+
+func (b *backoff) reset() { b.n = 0 }

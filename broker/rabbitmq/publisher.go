@@ -1,0 +1,400 @@
+package rabbitmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// PublisherConfig configures a Publisher. Zero fields mean the documented
+// defaults.
+type PublisherConfig struct {
+	// Dialer says how to reach the broker when Conn is nil.
+	Dialer Dialer
+	// Conn, when set, is a shared connection to open the publisher's channel
+	// on. The publisher then does not close it.
+	Conn *Connection
+	// Timeout bounds a Publish whose context has no deadline (default 10s).
+	Timeout time.Duration
+	// Transient publishes non-persistent messages. By default every message
+	// is persistent (delivery mode 2): it survives a broker restart once
+	// confirmed.
+	Transient bool
+	// AllowUnroutable publishes without the mandatory flag. By default a
+	// message that no queue receives is returned by the broker and Publish
+	// fails with ErrReturned, instead of being dropped silently.
+	AllowUnroutable bool
+	// Exchanges are declared (durable) on every (re)connect.
+	Exchanges []Exchange
+	// ReconnectMin and ReconnectMax bound the jittered exponential backoff
+	// between attempts to reopen the channel (defaults 100ms and 5s).
+	ReconnectMin, ReconnectMax time.Duration
+	// Logger receives reconnection warnings (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (c *PublisherConfig) resolve() error {
+	if c.Conn == nil {
+		if err := c.Dialer.validate(); err != nil {
+			return err
+		}
+	}
+	if c.Timeout < 0 || c.ReconnectMin < 0 || c.ReconnectMax < 0 {
+		return fmt.Errorf("%w: rabbitmq: negative publisher timeout or backoff", consumer.ErrInvalidConfig)
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.ReconnectMin == 0 {
+		c.ReconnectMin = 100 * time.Millisecond
+	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = 5 * time.Second
+	}
+	if c.ReconnectMax < c.ReconnectMin {
+		return fmt.Errorf("%w: rabbitmq: ReconnectMax %v < ReconnectMin %v", consumer.ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
+	}
+	for i := range c.Exchanges {
+		if c.Exchanges[i].Name == "" {
+			return fmt.Errorf("%w: rabbitmq: exchange %d has no name", consumer.ErrInvalidConfig, i)
+		}
+		if c.Exchanges[i].Kind == "" {
+			c.Exchanges[i].Kind = amqp.ExchangeDirect
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// A Publisher publishes messages with publisher confirms: Publish returns nil
+// only once the broker has taken responsibility for the message.
+//
+// A Publisher is safe for concurrent use; publishes from several goroutines
+// share one channel and are confirmed independently. It opens its channel
+// lazily and reopens it (redialling if needed) when it was closed, waiting
+// with backoff inside the deadline of the Publish that needs it. Close waits
+// for nothing: publishes still waiting for their confirm fail.
+type Publisher struct {
+	cfg     PublisherConfig
+	conn    *Connection
+	ownConn bool
+
+	mu     sync.Mutex // guards cur and closed
+	cur    *confirmChannel
+	closed bool
+	done   chan struct{} // closed by Close
+}
+
+// NewPublisher returns a Publisher. It does not connect yet. It returns an
+// error wrapping consumer.ErrInvalidConfig when cfg is invalid.
+func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
+	if err := cfg.resolve(); err != nil {
+		return nil, err
+	}
+	p := &Publisher{cfg: cfg, conn: cfg.Conn, done: make(chan struct{})}
+	if p.conn == nil {
+		p.conn = &Connection{d: cfg.Dialer}
+		p.ownConn = true
+	}
+	return p, nil
+}
+
+// Publish publishes msg to exchange with routing key key and waits for the
+// broker's confirm. Unless configured otherwise the message is persistent and
+// mandatory.
+//
+// It returns nil once confirmed; an error wrapping ErrNacked or ErrReturned
+// when the broker refused or could not route it; ctx's error (wrapped) when
+// ctx is done first (a context without a deadline is bounded by
+// PublisherConfig.Timeout); and an error wrapping the *amqp.Error when the
+// channel was closed before the confirm, e.g. because the exchange does not
+// exist (404 NOT_FOUND). After a timeout or a closed channel the message may
+// or may not have been stored: publishing again is at-least-once.
+//
+// msg.Headers is not modified.
+func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.cfg.Timeout)
+		defer cancel()
+	}
+	if !p.cfg.Transient && msg.DeliveryMode == 0 {
+		msg.DeliveryMode = amqp.Persistent
+	}
+	bo := backoff{min: p.cfg.ReconnectMin, max: p.cfg.ReconnectMax}
+	for {
+		cc, err := p.channel()
+		if err == nil {
+			var w *pendingPublish
+			w, err = cc.publish(ctx, exchange, key, !p.cfg.AllowUnroutable, msg)
+			if err == nil {
+				select {
+				case <-w.done:
+					return w.err
+				case <-ctx.Done():
+					return fmt.Errorf("rabbitmq: publish to %s: waiting for confirm: %w", quoteName(exchange), context.Cause(ctx))
+				}
+			}
+			p.drop(cc)
+		}
+		switch {
+		case errors.Is(err, ErrPublisherClosed), errors.Is(err, ErrConnectionClosed), consumer.IsFatal(err):
+			return err
+		case ctx.Err() != nil:
+			return fmt.Errorf("rabbitmq: publish to %s: %w (last error: %w)", quoteName(exchange), context.Cause(ctx), err)
+		}
+		p.cfg.Logger.Warn("rabbitmq: publisher channel unavailable; retrying", "error", err)
+		if !sleepCtx(ctx, p.done, bo.next()) {
+			if ctx.Err() != nil {
+				return fmt.Errorf("rabbitmq: publish to %s: %w (last error: %w)", quoteName(exchange), context.Cause(ctx), err)
+			}
+			return ErrPublisherClosed
+		}
+	}
+}
+
+// channel returns the live confirm channel, opening one if needed.
+func (p *Publisher) channel() (*confirmChannel, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrPublisherClosed
+	}
+	if p.cur != nil && !p.cur.isDead() {
+		return p.cur, nil
+	}
+	ch, err := p.conn.channel()
+	if err != nil {
+		return nil, err
+	}
+	for _, x := range p.cfg.Exchanges {
+		if err := ch.ExchangeDeclare(x.Name, x.Kind, true, false, false, false, nil); err != nil {
+			err = fmt.Errorf("rabbitmq: declare exchange %q: %w", x.Name, err)
+			if unfixable(err, false) {
+				return nil, consumer.Fatal(err)
+			}
+			return nil, err
+		}
+	}
+	cc, err := newConfirmChannel(ch)
+	if err != nil {
+		return nil, err
+	}
+	p.cur = cc
+	return cc, nil
+}
+
+func (p *Publisher) drop(cc *confirmChannel) {
+	p.mu.Lock()
+	if p.cur == cc {
+		p.cur = nil
+	}
+	p.mu.Unlock()
+	cc.close()
+}
+
+// Close closes the publisher's channel, and its connection if it owns one.
+// Publishes still waiting fail. Close is idempotent.
+func (p *Publisher) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	close(p.done)
+	cc := p.cur
+	p.cur = nil
+	p.mu.Unlock()
+	if cc != nil {
+		cc.close()
+	}
+	if p.ownConn {
+		return p.conn.Close()
+	}
+	return nil
+}
+
+// seqHeader carries the publish sequence number of a mandatory message, so
+// that a basic.return (which has no delivery tag) finds its publish.
+const seqHeader = "x-queuekit-publish-seq"
+
+// A confirmChannel is a channel in confirm mode with one goroutine, the
+// drainer, that reads both its returns and its confirms. Reading both on one
+// goroutine is what makes returns reliable: the broker sends a message's
+// basic.return before its basic.ack, the client hands the return to the
+// drainer (unbuffered) before it reads the ack, and the drainer records the
+// return before it reads the confirm.
+type confirmChannel struct {
+	ch    *amqp.Channel
+	pubMu sync.Mutex // serializes publishes: the sequence number we read is the one the broker assigns
+
+	mu      sync.Mutex // guards pending and dead
+	pending map[uint64]*pendingPublish
+	dead    error
+	exited  chan struct{} // closed when the drainer exits
+}
+
+type pendingPublish struct {
+	exchange, key string
+	done          chan struct{} // closed by the drainer once err is set
+	err           error
+	returned      *ReturnError
+}
+
+func newConfirmChannel(ch *amqp.Channel) (*confirmChannel, error) {
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return nil, fmt.Errorf("rabbitmq: confirm mode: %w", err)
+	}
+	cc := &confirmChannel{ch: ch, pending: map[uint64]*pendingPublish{}, exited: make(chan struct{})}
+	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
+	returns := ch.NotifyReturn(make(chan amqp.Return)) // unbuffered: see confirmChannel
+	// Buffered so that a burst of confirms does not wait on map operations;
+	// the drainer reads it until the library closes it with the channel.
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 256))
+	go cc.drain(closes, returns, confirms)
+	return cc, nil
+}
+
+// drain runs on its own goroutine until the channel closes. It owns the
+// notify channels; it completes pending publishes.
+func (cc *confirmChannel) drain(closes <-chan *amqp.Error, returns <-chan amqp.Return, confirms <-chan amqp.Confirmation) {
+	defer close(cc.exited)
+	for {
+		select {
+		case r, ok := <-returns:
+			if !ok {
+				returns = nil
+				continue
+			}
+			seq, ok := tableInt(r.Headers, seqHeader)
+			if !ok {
+				continue
+			}
+			cc.mu.Lock()
+			if w := cc.pending[uint64(seq)]; w != nil {
+				w.returned = &ReturnError{Exchange: r.Exchange, RoutingKey: r.RoutingKey, Code: int(r.ReplyCode), Reason: r.ReplyText}
+			}
+			cc.mu.Unlock()
+		case c, ok := <-confirms:
+			if !ok {
+				var cause error = amqp.ErrClosed
+				select {
+				case e := <-closes:
+					if e != nil {
+						cause = e
+					}
+				default:
+				}
+				// The library closes returns before confirms, so nothing
+				// is left to read on either.
+				cc.fail(fmt.Errorf("rabbitmq: channel closed before the confirm: %w", cause))
+				return
+			}
+			cc.mu.Lock()
+			w := cc.pending[c.DeliveryTag]
+			delete(cc.pending, c.DeliveryTag)
+			cc.mu.Unlock()
+			if w == nil {
+				continue
+			}
+			switch {
+			case w.returned != nil:
+				w.err = w.returned
+			case !c.Ack:
+				w.err = fmt.Errorf("rabbitmq: publish to %s with routing key %q: %w", quoteName(w.exchange), w.key, ErrNacked)
+			}
+			close(w.done)
+		}
+	}
+}
+
+func (cc *confirmChannel) fail(err error) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.dead == nil {
+		cc.dead = err
+	}
+	for tag, w := range cc.pending {
+		w.err = err
+		close(w.done)
+		delete(cc.pending, tag)
+	}
+}
+
+func (cc *confirmChannel) isDead() bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.dead != nil || cc.ch.IsClosed()
+}
+
+func (cc *confirmChannel) publish(ctx context.Context, exchange, key string, mandatory bool, msg amqp.Publishing) (*pendingPublish, error) {
+	w := &pendingPublish{exchange: exchange, key: key, done: make(chan struct{})}
+	cc.pubMu.Lock()
+	defer cc.pubMu.Unlock()
+	seq := cc.ch.GetNextPublishSeqNo()
+	cc.mu.Lock()
+	if cc.dead != nil {
+		err := cc.dead
+		cc.mu.Unlock()
+		return nil, err
+	}
+	cc.pending[seq] = w
+	cc.mu.Unlock()
+	if mandatory {
+		h := make(amqp.Table, len(msg.Headers)+1)
+		for k, v := range msg.Headers {
+			h[k] = v
+		}
+		h[seqHeader] = int64(seq)
+		msg.Headers = h
+	}
+	if err := cc.ch.PublishWithContext(ctx, exchange, key, mandatory, false, msg); err != nil {
+		cc.mu.Lock()
+		delete(cc.pending, seq)
+		cc.mu.Unlock()
+		return nil, fmt.Errorf("rabbitmq: publish: %w", err)
+	}
+	return w, nil
+}
+
+// close closes the channel; the drainer then fails what is pending and exits.
+func (cc *confirmChannel) close() {
+	_ = cc.ch.Close()
+	<-cc.exited
+}
+
+// tableInt reads an integer header of any AMQP integer type.
+func tableInt(t amqp.Table, key string) (int64, bool) {
+	switch v := t[key].(type) {
+	case int:
+		return int64(v), true
+	case int8:
+		return int64(v), true
+	case int16:
+		return int64(v), true
+	case int32:
+		return int64(v), true
+	case int64:
+		return v, true
+	case uint8:
+		return int64(v), true
+	case uint16:
+		return int64(v), true
+	case uint32:
+		return int64(v), true
+	case uint64:
+		return int64(v), true
+	}
+	return 0, false
+}

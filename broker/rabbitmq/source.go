@@ -1,0 +1,482 @@
+package rabbitmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// Config configures a Source. Zero fields mean the documented defaults; Queue
+// is required.
+type Config struct {
+	// Dialer says how to reach the broker when Conn is nil.
+	Dialer Dialer
+	// Conn, when set, is a shared connection to open the source's channels
+	// on. The source then does not close it.
+	Conn *Connection
+	// Queue is the queue to consume from. Required.
+	Queue string
+	// Prefetch is the channel's basic.qos prefetch count (default 32). Set
+	// it to at least the consumer's concurrency, or workers sit idle.
+	Prefetch int
+	// ConsumerTag prefixes the consumer tags of the subscriptions
+	// (default "queuekit-<program>-<pid>"); a counter is appended, so every
+	// subscription has a tag of its own.
+	ConsumerTag string
+	// Topology says what to declare on every (re)connect (see Topology).
+	Topology Topology
+	// ReconnectMin and ReconnectMax bound the jittered exponential backoff
+	// between reconnection attempts (defaults 100ms and 10s).
+	ReconnectMin, ReconnectMax time.Duration
+	// Logger receives connection-state logs (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (c *Config) resolve() error {
+	if c.Queue == "" {
+		return fmt.Errorf("%w: rabbitmq: empty queue name", consumer.ErrInvalidConfig)
+	}
+	if c.Conn == nil {
+		if err := c.Dialer.validate(); err != nil {
+			return err
+		}
+	}
+	if c.Prefetch < 0 || c.Prefetch > 65535 {
+		return fmt.Errorf("%w: rabbitmq: prefetch %d, want 0..65535", consumer.ErrInvalidConfig, c.Prefetch)
+	}
+	if c.Prefetch == 0 {
+		c.Prefetch = 32
+	}
+	if c.ReconnectMin < 0 || c.ReconnectMax < 0 {
+		return fmt.Errorf("%w: rabbitmq: negative reconnect backoff", consumer.ErrInvalidConfig)
+	}
+	if c.ReconnectMin == 0 {
+		c.ReconnectMin = 100 * time.Millisecond
+	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = 10 * time.Second
+	}
+	if c.ReconnectMax < c.ReconnectMin {
+		return fmt.Errorf("%w: rabbitmq: ReconnectMax %v < ReconnectMin %v", consumer.ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
+	}
+	if c.ConsumerTag == "" {
+		c.ConsumerTag = fmt.Sprintf("queuekit-%s-%d", progName(), os.Getpid())
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c.Topology.resolve(c.Queue)
+}
+
+// A Source consumes a RabbitMQ queue with manual acknowledgements. It
+// implements consumer.Source, consumer.Pauser, consumer.StatusReporter and
+// consumer.EventSource; its deliveries implement consumer.DelayedRequeuer.
+//
+// A Source is safe for concurrent use: the runtime calls Receive from all its
+// workers at once. It connects on the first Receive, and from then on one
+// goroutine of its own (the session loop) keeps it subscribed: it reconnects
+// with backoff and jitter when the channel or connection closes or the broker
+// cancels the subscription, re-declares the topology and resubscribes.
+// Close stops that goroutine and waits for it.
+type Source struct {
+	cfg     Config
+	conn    *Connection
+	ownConn bool
+	pub     *Publisher // dead letters, delayed retries and classic requeues
+
+	hook atomic.Pointer[func(consumer.Event)]
+
+	// st is the state Receive and Status read without locking. It is
+	// immutable; writers hold mu and replace it (see setState), closing
+	// the old state's changed channel to wake the Receives waiting on it.
+	st atomic.Pointer[state]
+
+	mu       sync.Mutex
+	started  bool
+	closed   bool
+	paused   bool
+	wake     chan struct{} // capacity 1: pokes the session loop after Pause/Resume
+	stop     chan struct{} // closed by Close
+	loopDone chan struct{} // closed when the session loop exits
+
+	gen atomic.Uint64 // subscription counter: consumer tags and fencing
+}
+
+// state is a snapshot of the source for Receive and Status.
+type state struct {
+	sess    *session      // the live subscription, or nil
+	changed chan struct{} // closed when this state is replaced
+	fatal   error         // set when the source gave up for good
+	closed  bool
+	down    error // why the source is not subscribed
+}
+
+// A session is one subscription on one channel. Deliveries hold their
+// session; acks go only to that session's channel, so a delivery from a
+// channel that died can never be acknowledged on its successor (delivery
+// tags are per channel): it is fenced with consumer.ErrStaleDelivery instead.
+type session struct {
+	gen        uint64
+	ch         *amqp.Channel
+	tag        string
+	deliveries <-chan amqp.Delivery
+}
+
+// NewSource returns a Source for cfg. It does not connect yet: the first
+// Receive does. It returns an error wrapping consumer.ErrInvalidConfig when
+// cfg is invalid.
+func NewSource(cfg Config) (*Source, error) {
+	if err := cfg.resolve(); err != nil {
+		return nil, err
+	}
+	s := &Source{
+		cfg:      cfg,
+		conn:     cfg.Conn,
+		wake:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		loopDone: make(chan struct{}),
+	}
+	if s.conn == nil {
+		s.conn = &Connection{d: cfg.Dialer}
+		s.ownConn = true
+	}
+	pub, err := NewPublisher(PublisherConfig{
+		Conn:         s.conn,
+		ReconnectMin: cfg.ReconnectMin,
+		ReconnectMax: cfg.ReconnectMax,
+		Logger:       cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.pub = pub
+	s.st.Store(&state{changed: make(chan struct{}), down: errors.New("rabbitmq: not connected yet")})
+	return s, nil
+}
+
+// SetEventHook implements consumer.EventSource. The hook is called from the
+// session loop, never while a lock is held, and never after Close returned.
+func (s *Source) SetEventHook(f func(consumer.Event)) {
+	if f == nil {
+		s.hook.Store(nil)
+		return
+	}
+	s.hook.Store(&f)
+}
+
+func (s *Source) emit(kind consumer.EventKind, err error) {
+	if f := s.hook.Load(); f != nil {
+		(*f)(consumer.Event{Kind: kind, Err: err, Time: time.Now()})
+	}
+}
+
+// Status implements consumer.StatusReporter: Connected is true while the
+// source is subscribed (or paused on a live channel).
+func (s *Source) Status() consumer.SourceStatus {
+	st := s.st.Load()
+	switch {
+	case st.fatal != nil:
+		return consumer.SourceStatus{Err: st.fatal}
+	case st.closed:
+		return consumer.SourceStatus{Err: consumer.ErrSourceClosed}
+	case st.down != nil:
+		return consumer.SourceStatus{Err: st.down}
+	}
+	return consumer.SourceStatus{Connected: true}
+}
+
+// setState replaces the state with f applied to a copy of it. The caller holds s.mu.
+func (s *Source) setState(f func(*state)) {
+	old := s.st.Load()
+	next := *old
+	next.changed = make(chan struct{})
+	f(&next)
+	s.st.Store(&next)
+	close(old.changed)
+}
+
+func (s *Source) update(f func(*state)) {
+	s.mu.Lock()
+	s.setState(f)
+	s.mu.Unlock()
+}
+
+// Receive implements consumer.Source. It blocks while the source reconnects.
+// It returns ctx's error when ctx is done, consumer.ErrSourceClosed after
+// Close, and a consumer.Fatal error when the source gave up (access refused,
+// a declaration that does not match, a passive queue that does not exist).
+func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
+	st := s.st.Load()
+	if st.sess == nil && !st.closed && st.fatal == nil {
+		s.start()
+	}
+	for {
+		st = s.st.Load()
+		switch {
+		case st.closed:
+			return nil, consumer.ErrSourceClosed
+		case st.fatal != nil:
+			return nil, st.fatal
+		case st.sess == nil:
+			select {
+			case <-st.changed:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		select {
+		case d, ok := <-st.sess.deliveries:
+			if ok {
+				return s.newDelivery(st.sess, &d), nil
+			}
+			// The subscription ended (channel closed, cancelled or
+			// paused): wait for the session loop to replace it.
+			select {
+			case <-st.changed:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		case <-st.changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (s *Source) start() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started || s.closed {
+		return
+	}
+	s.started = true
+	go s.loop()
+}
+
+// Pause implements consumer.Pauser: it cancels the subscription (basic.cancel)
+// and gives back the deliveries the client buffered but nobody received, so
+// they go back to the queue for other consumers. Deliveries already received
+// stay valid and are settled as usual.
+func (s *Source) Pause(ctx context.Context) error {
+	s.mu.Lock()
+	if s.paused || s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.paused = true
+	sess := s.st.Load().sess
+	if sess != nil {
+		s.setState(func(st *state) { st.sess = nil })
+	}
+	s.mu.Unlock()
+	s.poke()
+	if sess == nil {
+		return nil
+	}
+	return s.unsubscribe(ctx, sess)
+}
+
+// unsubscribe cancels sess's subscription and requeues what the client had
+// buffered for it.
+func (s *Source) unsubscribe(ctx context.Context, sess *session) error {
+	if err := sess.ch.Cancel(sess.tag, false); err != nil {
+		// The channel is gone, and its deliveries went back with it.
+		return nil
+	}
+	for {
+		select {
+		case d, ok := <-sess.deliveries:
+			if !ok {
+				return nil
+			}
+			_ = d.Nack(false, true)
+		case <-ctx.Done():
+			return fmt.Errorf("rabbitmq: pause: %w", ctx.Err())
+		}
+	}
+}
+
+// Resume implements consumer.Pauser: the session loop subscribes again.
+func (s *Source) Resume(ctx context.Context) error {
+	s.mu.Lock()
+	s.paused = false
+	s.mu.Unlock()
+	s.poke()
+	return nil
+}
+
+func (s *Source) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close implements consumer.Source. It stops the session loop, closes the
+// channel (the broker requeues what was prefetched and not settled) and the
+// connection if the source owns it. Close is idempotent.
+func (s *Source) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	started := s.started
+	close(s.stop)
+	s.setState(func(st *state) { st.closed = true; st.sess = nil })
+	s.mu.Unlock()
+	if started {
+		<-s.loopDone
+	}
+	err := s.pub.Close()
+	if s.ownConn {
+		err = errors.Join(err, s.conn.Close())
+	}
+	return err
+}
+
+// loop is the session loop: the one goroutine that opens channels, declares
+// the topology, subscribes and reconnects. It owns the channel's NotifyClose
+// and NotifyCancel listeners and reads them until the channel is replaced.
+func (s *Source) loop() {
+	defer close(s.loopDone)
+	bo := backoff{min: s.cfg.ReconnectMin, max: s.cfg.ReconnectMax}
+	log := s.cfg.Logger.With("queue", s.cfg.Queue)
+	connected := false
+	for {
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		ch, err := s.conn.channel()
+		if err == nil {
+			err = s.cfg.Topology.declare(ch, s.cfg.Queue)
+			if err == nil {
+				err = ch.Qos(s.cfg.Prefetch, 0, false)
+			}
+			if err != nil {
+				_ = ch.Close()
+			}
+		}
+		if err != nil {
+			if consumer.IsFatal(err) || errors.Is(err, ErrConnectionClosed) {
+				log.Error("rabbitmq: source gave up", "error", err)
+				s.update(func(st *state) { st.fatal = consumer.Fatal(err); st.down = err })
+				s.emit(consumer.EventReconnecting, err)
+				return
+			}
+			s.update(func(st *state) { st.down = err })
+			if connected || bo.n == 0 {
+				s.emit(consumer.EventReconnecting, err)
+			}
+			connected = false
+			d := bo.next()
+			log.Warn("rabbitmq: cannot subscribe; retrying", "error", err, "retry_in", d)
+			if !sleepCtx(context.Background(), s.stop, d) {
+				return
+			}
+			continue
+		}
+		// Capacity 1 each: the library sends one close reason per channel
+		// and one cancel per consumer tag, and we read both below.
+		closes := ch.NotifyClose(make(chan *amqp.Error, 1))
+		cancels := ch.NotifyCancel(make(chan string, 1))
+		reason, stopped := s.serve(ch, closes, cancels, &bo, &connected, log)
+		if stopped {
+			return
+		}
+		s.update(func(st *state) { st.sess = nil; st.down = reason })
+		if connected {
+			s.emit(consumer.EventReconnecting, reason)
+		}
+		connected = false
+		d := bo.next()
+		log.Warn("rabbitmq: subscription lost; reconnecting", "error", reason, "retry_in", d)
+		if !sleepCtx(context.Background(), s.stop, d) {
+			return
+		}
+	}
+}
+
+// serve subscribes on ch and follows Pause/Resume until ch closes, the broker
+// cancels the subscription, or the source is closed. It reports why the
+// channel is no longer usable, or stopped=true after Close (ch closed).
+func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-chan string, bo *backoff, connected *bool, log *slog.Logger) (reason error, stopped bool) {
+	defer func() {
+		// Closing the channel gives every unacknowledged delivery on it back
+		// to the queue; deliveries still held by handlers are now stale.
+		_ = ch.Close()
+	}()
+	var sess *session
+	for {
+		s.mu.Lock()
+		paused := s.paused
+		if !paused && sess == nil {
+			gen := s.gen.Add(1)
+			tag := fmt.Sprintf("%s-%d", s.cfg.ConsumerTag, gen)
+			deliveries, err := ch.Consume(s.cfg.Queue, tag, false, false, false, false, nil)
+			if err != nil {
+				s.mu.Unlock()
+				err = fmt.Errorf("rabbitmq: consume %q: %w", s.cfg.Queue, err)
+				if unfixable(err, s.cfg.Topology.Passive) {
+					err = consumer.Fatal(err)
+				}
+				if consumer.IsFatal(err) {
+					log.Error("rabbitmq: source gave up", "error", err)
+					s.update(func(st *state) { st.fatal = err; st.down = err })
+					s.emit(consumer.EventReconnecting, err)
+					return err, true
+				}
+				return err, false
+			}
+			sess = &session{gen: gen, ch: ch, tag: tag, deliveries: deliveries}
+			s.setState(func(st *state) { st.sess = sess; st.down = nil })
+			s.mu.Unlock()
+			bo.reset()
+			*connected = true
+			log.Info("rabbitmq: subscribed", "consumer_tag", tag, "prefetch", s.cfg.Prefetch)
+			s.emit(consumer.EventConnected, nil)
+		} else {
+			if paused {
+				if sess != nil && s.st.Load().sess == sess {
+					s.setState(func(st *state) { st.sess = nil })
+				}
+				sess = nil // Pause cancelled it
+				if !*connected {
+					s.setState(func(st *state) { st.down = nil })
+					*connected = true
+				}
+			}
+			s.mu.Unlock()
+		}
+		select {
+		case e := <-closes:
+			if e == nil {
+				return errors.New("rabbitmq: channel closed"), false
+			}
+			return fmt.Errorf("rabbitmq: channel closed: %w", e), false
+		case tag := <-cancels:
+			err := fmt.Errorf("rabbitmq: the broker cancelled subscription %s to queue %q (was the queue deleted?)", tag, s.cfg.Queue)
+			log.Warn("rabbitmq: subscription cancelled by the broker", "consumer_tag", tag)
+			s.update(func(st *state) { st.sess = nil; st.down = err })
+			*connected = false
+			s.emit(consumer.EventCancelled, err)
+			return err, false
+		case <-s.wake:
+		case <-s.stop:
+			return nil, true
+		}
+	}
+}

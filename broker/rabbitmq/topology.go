@@ -1,0 +1,161 @@
+package rabbitmq
+
+import (
+	"fmt"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// Queue types.
+const (
+	// Classic is RabbitMQ's classic queue (the default).
+	Classic = "classic"
+	// Quorum is a replicated quorum queue. Its x-delivery-count header makes
+	// Message.Attempt exact across requeues and consumer restarts.
+	Quorum = "quorum"
+)
+
+// Topology says what a Source declares before it subscribes, and again after
+// every reconnect. Everything declared is durable. The zero value declares the
+// queue (classic), a dead-letter exchange and queue, and a retry queue.
+type Topology struct {
+	// Passive declares nothing: the source only checks that the queue, the
+	// dead-letter exchange and the retry queue exist, for infrastructure that
+	// is provisioned elsewhere. A missing one is a fatal error
+	// (consumer.Fatal), not a reason to retry.
+	Passive bool
+	// QueueType is Classic (default) or Quorum.
+	QueueType string
+	// QueueArgs are extra x-arguments for the queue (x-max-length…).
+	QueueArgs amqp.Table
+	// Exchanges are declared before the bindings.
+	Exchanges []Exchange
+	// Bindings bind the queue to exchanges.
+	Bindings []Binding
+	// DeadLetterExchange receives dead letters, with the queue name as the
+	// routing key (default "<queue>.dlx", a direct exchange).
+	DeadLetterExchange string
+	// DeadLetterQueue is bound to DeadLetterExchange with the queue name
+	// (default "<queue>.dlq").
+	DeadLetterQueue string
+	// RetryQueue holds messages given back with a delay (RequeueAfter) until
+	// their per-message TTL expires; it dead-letters them back to the queue
+	// through the default exchange (default "<queue>.retry"). Because RabbitMQ
+	// expires messages only at the head of a queue, a message with a short
+	// delay may wait behind one with a longer delay.
+	RetryQueue string
+}
+
+// Exchange is an exchange to declare.
+type Exchange struct {
+	Name string
+	// Kind is direct (default), fanout, topic or headers.
+	Kind string
+}
+
+// Binding binds the source's queue to an exchange.
+type Binding struct {
+	Exchange   string
+	RoutingKey string
+}
+
+// resolve fills the defaults and validates.
+func (t *Topology) resolve(queue string) error {
+	switch t.QueueType {
+	case "":
+		t.QueueType = Classic
+	case Classic, Quorum:
+	default:
+		return fmt.Errorf("%w: rabbitmq: queue type %q, want %q or %q", consumer.ErrInvalidConfig, t.QueueType, Classic, Quorum)
+	}
+	if t.DeadLetterExchange == "" {
+		t.DeadLetterExchange = queue + ".dlx"
+	}
+	if t.DeadLetterQueue == "" {
+		t.DeadLetterQueue = queue + ".dlq"
+	}
+	if t.RetryQueue == "" {
+		t.RetryQueue = queue + ".retry"
+	}
+	if t.RetryQueue == queue || t.DeadLetterQueue == queue {
+		return fmt.Errorf("%w: rabbitmq: the retry and dead-letter queues must differ from the queue %q", consumer.ErrInvalidConfig, queue)
+	}
+	for i := range t.Exchanges {
+		if t.Exchanges[i].Name == "" {
+			return fmt.Errorf("%w: rabbitmq: exchange %d has no name", consumer.ErrInvalidConfig, i)
+		}
+		if t.Exchanges[i].Kind == "" {
+			t.Exchanges[i].Kind = amqp.ExchangeDirect
+		}
+	}
+	for i, b := range t.Bindings {
+		if b.Exchange == "" {
+			return fmt.Errorf("%w: rabbitmq: binding %d has no exchange (the default exchange cannot be bound)", consumer.ErrInvalidConfig, i)
+		}
+	}
+	return nil
+}
+
+// declare declares (or, when passive, checks) the topology on ch. An error
+// closes ch. The error is wrapped with consumer.Fatal when retrying cannot fix it.
+func (t *Topology) declare(ch *amqp.Channel, queue string) error {
+	fail := func(what string, err error) error {
+		err = fmt.Errorf("rabbitmq: declare %s: %w", what, err)
+		if unfixable(err, t.Passive) {
+			return consumer.Fatal(err)
+		}
+		return err
+	}
+	if t.Passive {
+		if _, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil); err != nil {
+			return fail(fmt.Sprintf("queue %q (passive)", queue), err)
+		}
+		if err := ch.ExchangeDeclarePassive(t.DeadLetterExchange, amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
+			return fail(fmt.Sprintf("dead-letter exchange %q (passive)", t.DeadLetterExchange), err)
+		}
+		if _, err := ch.QueueDeclarePassive(t.RetryQueue, true, false, false, false, nil); err != nil {
+			return fail(fmt.Sprintf("retry queue %q (passive)", t.RetryQueue), err)
+		}
+		return nil
+	}
+	for _, x := range t.Exchanges {
+		if err := ch.ExchangeDeclare(x.Name, x.Kind, true, false, false, false, nil); err != nil {
+			return fail(fmt.Sprintf("exchange %q", x.Name), err)
+		}
+	}
+	args := amqp.Table{}
+	for k, v := range t.QueueArgs {
+		args[k] = v
+	}
+	args[amqp.QueueTypeArg] = t.QueueType
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
+		return fail(fmt.Sprintf("queue %q", queue), err)
+	}
+	for _, b := range t.Bindings {
+		if err := ch.QueueBind(queue, b.RoutingKey, b.Exchange, false, nil); err != nil {
+			return fail(fmt.Sprintf("binding of %q to %q", queue, b.Exchange), err)
+		}
+	}
+	if err := ch.ExchangeDeclare(t.DeadLetterExchange, amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
+		return fail(fmt.Sprintf("dead-letter exchange %q", t.DeadLetterExchange), err)
+	}
+	if _, err := ch.QueueDeclare(t.DeadLetterQueue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: t.QueueType}); err != nil {
+		return fail(fmt.Sprintf("dead-letter queue %q", t.DeadLetterQueue), err)
+	}
+	if err := ch.QueueBind(t.DeadLetterQueue, queue, t.DeadLetterExchange, false, nil); err != nil {
+		return fail(fmt.Sprintf("binding of %q to %q", t.DeadLetterQueue, t.DeadLetterExchange), err)
+	}
+	// A classic queue: per-message TTL with dead-lettering on expiry is
+	// what it does best, and a delay queue needs no replication.
+	retryArgs := amqp.Table{
+		amqp.QueueTypeArg:       Classic,
+		"x-dead-letter-exchange":    "",
+		"x-dead-letter-routing-key": queue,
+	}
+	if _, err := ch.QueueDeclare(t.RetryQueue, true, false, false, false, retryArgs); err != nil {
+		return fail(fmt.Sprintf("retry queue %q", t.RetryQueue), err)
+	}
+	return nil
+}
