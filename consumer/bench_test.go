@@ -29,7 +29,10 @@ import (
 //     Receive/handle/Ack on a broker/memory source directly, without and with
 //     the hand-written chain (the broker's own cost, without the runtime);
 //   - queuekit and queuekit-chain: consumer.Consumer on broker/memory, without
-//     middleware and with Chain(Metrics, Recover, Retry, Timeout).
+//     middleware and with Chain(Metrics, Recover, Retry, Timeout);
+//   - queuekit-chansource: consumer.Consumer, no middleware, on a Source that
+//     is a bare channel with no-op settlement — the runtime's own cost, to set
+//     against bare-channel without the broker's.
 //
 // Each reports ns/msg (ns/op, one op = one message) and allocs/msg.
 func BenchmarkConsumer(b *testing.B) {
@@ -40,6 +43,7 @@ func BenchmarkConsumer(b *testing.B) {
 		b.Run(fmt.Sprintf("handwritten-memory-loop/c=%d", conc), func(b *testing.B) { benchMemoryLoop(b, conc, true) })
 		b.Run(fmt.Sprintf("queuekit/c=%d", conc), func(b *testing.B) { benchConsumer(b, conc, false) })
 		b.Run(fmt.Sprintf("queuekit-chain/c=%d", conc), func(b *testing.B) { benchConsumer(b, conc, true) })
+		b.Run(fmt.Sprintf("queuekit-chansource/c=%d", conc), func(b *testing.B) { benchChanSource(b, conc) })
 	}
 }
 
@@ -202,5 +206,53 @@ func benchConsumer(b *testing.B, conc int, chain bool) {
 	b.StopTimer()
 	if st := broker.Stats("bench"); st.Acked != b.N {
 		b.Fatalf("acked %d of %d", st.Acked, b.N)
+	}
+}
+
+// chanSource is the cheapest possible Source: a channel of deliveries whose
+// settlement does nothing. It isolates the runtime's own per-message cost.
+type chanSource struct{ ch chan consumer.Delivery }
+
+func (s *chanSource) Receive(ctx context.Context) (consumer.Delivery, error) {
+	select {
+	case d := <-s.ch:
+		return d, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (s *chanSource) Close() error { return nil }
+
+type chanDelivery struct{ m consumer.Message }
+
+func (d *chanDelivery) Message() *consumer.Message                        { return &d.m }
+func (d *chanDelivery) Ack(context.Context) error                         { return nil }
+func (d *chanDelivery) Requeue(context.Context) error                     { return nil }
+func (d *chanDelivery) DeadLetter(context.Context, consumer.Reason) error { return nil }
+
+func benchChanSource(b *testing.B, conc int) {
+	src := &chanSource{ch: make(chan consumer.Delivery, b.N)}
+	ds := make([]chanDelivery, b.N)
+	for i := range ds {
+		ds[i].m = consumer.Message{ID: "m", Body: []byte("body")}
+		src.ch <- &ds[i]
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var handled atomic.Int64
+	n := int64(b.N)
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		if handled.Add(1) == n {
+			cancel()
+		}
+		return nil
+	}), consumer.WithConcurrency(conc), consumer.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	if err := c.Run(ctx); err != nil {
+		b.Fatal(err)
 	}
 }

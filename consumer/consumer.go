@@ -277,6 +277,7 @@ const (
 type slot struct {
 	state atomic.Int32
 	d     Delivery // written by the worker before state becomes slotRunning
+	_     [64 - 4 - 16 - 4]byte // one cache line per slot: workers do not share lines
 }
 
 // run is the state of one call to Run.
@@ -302,6 +303,7 @@ type run struct {
 	failErr  error // written before stopCh is closed by fail
 
 	slots     []slot
+	clock     *settleClock
 	wg        sync.WaitGroup // workers not abandoned
 	settled   atomic.Int64
 	givenBack atomic.Int64
@@ -363,6 +365,8 @@ func (r *run) fail(err error) {
 
 func (r *run) run(ctx context.Context) error {
 	c := r.c
+	r.clock = startSettleClock(r.base, c.o.settleTimeout)
+	defer r.clock.Stop()
 	r.wg.Add(len(r.slots))
 	for i := range r.slots {
 		go r.work(i)
@@ -454,37 +458,7 @@ func (r *run) abandon(cause error) int {
 	return n
 }
 
-// worker holds a worker's reusable settle context.
-type worker struct {
-	i       int
-	sctx    context.Context
-	scancel context.CancelFunc
-	sexp    time.Time
-}
-
-// settleCtx returns a context with between half and all of the settle timeout
-// left, derived from the run's values but not its cancellation. Reusing it
-// while it has at least half its time left keeps settlement free of per-message
-// allocations and still bounded.
-func (w *worker) settleCtx(base context.Context, timeout time.Duration) context.Context {
-	now := time.Now()
-	if w.sctx == nil || w.sexp.Sub(now) < timeout/2 {
-		if w.scancel != nil {
-			w.scancel()
-		}
-		w.sexp = now.Add(timeout)
-		w.sctx, w.scancel = context.WithDeadline(base, w.sexp)
-	}
-	return w.sctx
-}
-
 func (r *run) work(i int) {
-	w := &worker{i: i}
-	defer func() {
-		if w.scancel != nil {
-			w.scancel()
-		}
-	}()
 	for {
 		in := r.cur.Load()
 		if in.final {
@@ -509,10 +483,10 @@ func (r *run) work(i int) {
 			return
 		}
 		if in.stopped.Load() {
-			r.giveBack(w, d)
+			r.giveBack(d)
 			continue
 		}
-		if !r.process(w, d) {
+		if !r.process(i, d) {
 			return // abandoned: the drain already gave the message back and released us
 		}
 	}
@@ -520,15 +494,15 @@ func (r *run) work(i int) {
 
 // process runs the handler on d and settles it. It reports false when the
 // drain deadline abandoned the delivery; the worker must then exit.
-func (r *run) process(w *worker, d Delivery) bool {
-	s := &r.slots[w.i]
+func (r *run) process(i int, d Delivery) bool {
+	s := &r.slots[i]
 	s.d = d
 	s.state.Store(slotRunning)
 	// Pairs with abandon: either abandon sees slotRunning and takes the
 	// delivery, or we see abandoning and give it back ourselves.
 	if r.abandoning.Load() {
 		if s.state.CompareAndSwap(slotRunning, slotIdle) {
-			r.giveBack(w, d)
+			r.giveBack(d)
 			r.wg.Done()
 		}
 		return false
@@ -538,7 +512,7 @@ func (r *run) process(w *worker, d Delivery) bool {
 	if !s.state.CompareAndSwap(slotRunning, slotIdle) {
 		return false
 	}
-	r.settle(w, d, m, err)
+	r.settle(d, m, err)
 	return true
 }
 
@@ -554,9 +528,9 @@ func (r *run) call(m *Message) (err error) {
 	return r.c.h.Handle(r.handlerCtx, m)
 }
 
-func (r *run) giveBack(w *worker, d Delivery) {
+func (r *run) giveBack(d Delivery) {
 	r.givenBack.Add(1)
-	err := d.Requeue(w.settleCtx(r.base, r.c.o.settleTimeout))
+	err := d.Requeue(r.clock.Context())
 	r.observe(d.Message(), SettledGiveBack, err)
 	if err != nil {
 		r.settleFailed(d.Message(), "requeue", err)
@@ -564,8 +538,8 @@ func (r *run) giveBack(w *worker, d Delivery) {
 }
 
 // settle applies the settlement rules to a finished handler's result.
-func (r *run) settle(w *worker, d Delivery, m *Message, herr error) {
-	ctx := w.settleCtx(r.base, r.c.o.settleTimeout)
+func (r *run) settle(d Delivery, m *Message, herr error) {
+	ctx := r.clock.Context()
 	var err error
 	var s Settlement
 	switch {
