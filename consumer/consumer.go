@@ -276,7 +276,7 @@ const (
 
 type slot struct {
 	state atomic.Int32
-	d     Delivery // written by the worker before state becomes slotRunning
+	d     Delivery              // written by the worker before state becomes slotRunning
 	_     [64 - 4 - 16 - 4]byte // one cache line per slot: workers do not share lines
 }
 
