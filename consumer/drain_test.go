@@ -90,8 +90,16 @@ func TestSupervisorDrainAcksInFlightAndLeavesTheRestQueued(t *testing.T) {
 	go func() { done <- sup.Run(ctx) }()
 
 	waitFor(t, "8 handlers in flight", func() bool { return started.Load() == workers })
+	if h := sup.Health(); !h.Ready {
+		t.Errorf("Health while consuming = %+v; want ready", h)
+	}
 	cancel()
 	stopAt := time.Now()
+	// Phase 1 flips readiness: while the handlers finish, the consumer reports draining.
+	waitFor(t, "Health to report draining", func() bool {
+		h := sup.Health()
+		return !h.Ready && h.Runners[0].State == consumer.StateDraining
+	})
 	if err := <-done; err != nil {
 		t.Fatalf("Supervisor.Run = %v; want nil after a clean drain", err)
 	}
