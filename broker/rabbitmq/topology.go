@@ -150,7 +150,7 @@ func (t *Topology) declare(ch *amqp.Channel, queue string) error {
 	// A classic queue: per-message TTL with dead-lettering on expiry is
 	// what it does best, and a delay queue needs no replication.
 	retryArgs := amqp.Table{
-		amqp.QueueTypeArg:       Classic,
+		amqp.QueueTypeArg:           Classic,
 		"x-dead-letter-exchange":    "",
 		"x-dead-letter-routing-key": queue,
 	}
