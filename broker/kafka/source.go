@@ -572,12 +572,13 @@ func (s *Source) Lag(ctx context.Context) ([]PartitionLag, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: lag: offset fetch: %w", err)
 	}
-	if of.Error != nil {
+	// A group that never committed may not exist yet: that is "no commits".
+	if of.Error != nil && !errors.Is(of.Error, kafkago.GroupIdNotFound) {
 		return nil, fmt.Errorf("kafka: lag: offset fetch: %w", of.Error)
 	}
 	committed := make(map[int]int64, len(ids))
 	for _, p := range of.Topics[topic] {
-		if p.Error != nil {
+		if p.Error != nil && !errors.Is(p.Error, kafkago.GroupIdNotFound) {
 			return nil, fmt.Errorf("kafka: lag: offset fetch partition %d: %w", p.Partition, p.Error)
 		}
 		committed[p.Partition] = p.CommittedOffset
