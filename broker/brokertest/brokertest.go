@@ -1,0 +1,236 @@
+package brokertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// Capabilities declares what an adapter supports beyond the core contract.
+// Cases that need a capability the adapter lacks are skipped, with the name of
+// the capability in the skip message.
+type Capabilities struct {
+	// DeliveryCount: Message.Attempt is 1 on the first delivery and grows by
+	// one after each Requeue (the runtime's delivery budget depends on it).
+	// An adapter that redelivers in process (Kafka) counts there.
+	DeliveryCount bool
+	// DurableDeliveryCount: Attempt also grows when a message is redelivered
+	// because its source closed or its delivery went stale, including to a
+	// new source (RabbitMQ quorum queues' x-delivery-count, memory). Kafka
+	// cannot know: a new member starts again at 1.
+	DurableDeliveryCount bool
+	// Prefetch: a source never has more than its prefetch deliveries handed
+	// out and unsettled; Receive blocks at the bound.
+	Prefetch bool
+	// DelayedRequeue: deliveries implement consumer.DelayedRequeuer.
+	DelayedRequeue bool
+	// StaleDeliveries: Fixture.MakeStale can make the outstanding deliveries
+	// of a source stale, and the adapter then redelivers their messages to
+	// the same source after it recovered.
+	StaleDeliveries bool
+}
+
+// A Harness plugs an adapter into the suite.
+type Harness struct {
+	// Capabilities declares what the adapter supports.
+	Capabilities Capabilities
+	// Setup creates a fresh, empty destination (queue, topic, subscription
+	// group) for one test case and returns its fixture. It is called once per
+	// case, on the case's *testing.T; use t.Cleanup to delete what it created.
+	// Cases may run in parallel only if Parallel is set.
+	Setup func(t *testing.T) Fixture
+	// Timeout bounds each wait of the suite for something that should happen
+	// (a delivery, a dead letter, a consumer draining). Zero means 10s.
+	Timeout time.Duration
+	// Quiet is how long the suite waits to be confident that something does
+	// not happen (no redelivery of an acked message, Receive blocking at the
+	// prefetch bound). Zero means 300ms. Raise it for a broker whose
+	// redeliveries can take longer.
+	Quiet time.Duration
+}
+
+// A Fixture is one fresh destination of the adapter under test.
+type Fixture struct {
+	// Destination is the queue or topic name the adapter reports in
+	// Message.Topic and Reason.Source. If empty, those are not checked.
+	Destination string
+	// Publish publishes msgs to the destination, in order, and returns once
+	// the broker has them. Message.ID may be empty; Attempt is ignored.
+	// Required.
+	Publish func(ctx context.Context, msgs ...consumer.Message) error
+	// NewSource returns a new, open source (a new consumer or group member)
+	// on the destination, with the given prefetch (>= 1). Sources of one
+	// fixture share their messages: what one source gave back, a source
+	// created later receives. The suite closes every source it creates, but
+	// NewSource may also register t.Cleanup to close it. Required.
+	NewSource func(t *testing.T, prefetch int) consumer.Source
+	// DeadLetters waits until at least n messages were dead-lettered from the
+	// destination, or ctx is done, and returns the dead letters it found, in
+	// order (possibly fewer than n when ctx ended). Required.
+	DeadLetters func(ctx context.Context, t *testing.T, n int) []consumer.Message
+	// MakeStale makes every outstanding delivery of src stale, as a dropped
+	// connection or a rebalance does, and returns when settling them can
+	// only fail with consumer.ErrStaleDelivery. src is a source made by
+	// NewSource. Required if Capabilities.StaleDeliveries.
+	MakeStale func(t *testing.T, src consumer.Source)
+}
+
+// Run runs the conformance suite against h. Each case is a subtest of t
+// whose name reads as the contract it checks.
+func Run(t *testing.T, h Harness) {
+	t.Helper()
+	if h.Setup == nil {
+		t.Fatal("brokertest: Harness.Setup is nil")
+	}
+	if h.Timeout <= 0 {
+		h.Timeout = 10 * time.Second
+	}
+	if h.Quiet <= 0 {
+		h.Quiet = 300 * time.Millisecond
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for _, need := range c.needs {
+				if ok, name := need(h.Capabilities); !ok {
+					t.Skipf("adapter does not declare Capabilities.%s", name)
+				}
+			}
+			f := h.Setup(t)
+			if f.Publish == nil || f.NewSource == nil || f.DeadLetters == nil {
+				t.Fatal("brokertest: Fixture.Publish, NewSource and DeadLetters are required")
+			}
+			if h.Capabilities.StaleDeliveries && f.MakeStale == nil {
+				t.Fatal("brokertest: Capabilities.StaleDeliveries is set but Fixture.MakeStale is nil")
+			}
+			c.run(&env{T: t, h: h, f: f})
+		})
+	}
+}
+
+type need func(Capabilities) (bool, string)
+
+func needDeliveryCount(c Capabilities) (bool, string) { return c.DeliveryCount, "DeliveryCount" }
+func needPrefetch(c Capabilities) (bool, string)      { return c.Prefetch, "Prefetch" }
+func needDelayed(c Capabilities) (bool, string)       { return c.DelayedRequeue, "DelayedRequeue" }
+func needStale(c Capabilities) (bool, string)         { return c.StaleDeliveries, "StaleDeliveries" }
+
+type testCase struct {
+	name  string
+	needs []need
+	run   func(e *env)
+}
+
+// env is what a case works with: the fixture plus helpers bounded by the
+// harness timeouts.
+type env struct {
+	*testing.T
+	h Harness
+	f Fixture
+}
+
+func (e *env) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
+	e.Cleanup(cancel)
+	return ctx
+}
+
+func (e *env) publish(msgs ...consumer.Message) {
+	e.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
+	defer cancel()
+	if err := e.f.Publish(ctx, msgs...); err != nil {
+		e.Fatalf("Publish(%d messages) = %v; the fixture must be able to publish", len(msgs), err)
+	}
+}
+
+func (e *env) source(prefetch int) consumer.Source {
+	e.Helper()
+	src := e.f.NewSource(e.T, prefetch)
+	if src == nil {
+		e.Fatal("Fixture.NewSource returned nil")
+	}
+	e.Cleanup(func() { src.Close() })
+	return src
+}
+
+// receive waits up to Timeout for a delivery; what says what was expected.
+func (e *env) receive(src consumer.Source, what string) consumer.Delivery {
+	e.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
+	defer cancel()
+	d, err := src.Receive(ctx)
+	if err != nil {
+		e.Fatalf("%s: Receive = %v after waiting up to %v", what, err, e.h.Timeout)
+	}
+	if d == nil || d.Message() == nil {
+		e.Fatalf("%s: Receive returned a nil delivery or message with a nil error", what)
+	}
+	return d
+}
+
+// nothing checks that Receive delivers nothing for Quiet.
+func (e *env) nothing(src consumer.Source, why string) {
+	e.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), e.h.Quiet)
+	defer cancel()
+	d, err := src.Receive(ctx)
+	if err == nil {
+		e.Fatalf("%s; but Receive delivered %s", why, describe(d.Message()))
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		e.Fatalf("%s: Receive = %v; want it to block until its context ends and return context.DeadlineExceeded", why, err)
+	}
+}
+
+func (e *env) ack(d consumer.Delivery) {
+	e.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
+	defer cancel()
+	if err := d.Ack(ctx); err != nil {
+		e.Fatalf("Ack(%s) = %v; want nil for a delivery settled once", describe(d.Message()), err)
+	}
+}
+
+func (e *env) requeue(d consumer.Delivery) {
+	e.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
+	defer cancel()
+	if err := d.Requeue(ctx); err != nil {
+		e.Fatalf("Requeue(%s) = %v; want nil for a delivery settled once", describe(d.Message()), err)
+	}
+}
+
+func (e *env) close(src consumer.Source) {
+	e.Helper()
+	if err := src.Close(); err != nil {
+		e.Fatalf("Source.Close() = %v; want nil", err)
+	}
+}
+
+// msg returns a test message whose body is "<prefix>-<i>".
+func msg(prefix string, i int) consumer.Message {
+	return consumer.Message{
+		Key:    []byte(fmt.Sprintf("key-%d", i)),
+		Body:   []byte(fmt.Sprintf("%s-%d", prefix, i)),
+		Header: map[string]string{"x-test-index": fmt.Sprint(i)},
+	}
+}
+
+func msgs(prefix string, n int) []consumer.Message {
+	out := make([]consumer.Message, n)
+	for i := range out {
+		out[i] = msg(prefix, i)
+	}
+	return out
+}
+
+func describe(m *consumer.Message) string {
+	if m == nil {
+		return "<nil message>"
+	}
+	return fmt.Sprintf("message %q (ID %q, Attempt %d)", m.Body, m.ID, m.Attempt)
+}

@@ -1,0 +1,232 @@
+package memory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// ErrBrokerClosed is returned by Publish and Source after Broker.Close.
+var ErrBrokerClosed = errors.New("memory: broker closed")
+
+// ErrConnectionDropped is the error of the EventReconnecting emitted by
+// Source.DropConnection.
+var ErrConnectionDropped = errors.New("memory: connection dropped")
+
+// A Broker is an in-process broker of named queues, with the semantics of a
+// real one: prefetch, acknowledgement, requeue with a delivery count, a
+// dead-letter queue per queue, and fault injection for tests.
+//
+// A Broker is safe for concurrent use. Use NewBroker; the zero value is not
+// usable. Queues are created on first use (Publish or Source) and live as long
+// as the Broker. After Close, Publish and Source return ErrBrokerClosed.
+type Broker struct {
+	ackDelay atomic.Int64 // time.Duration; read without the lock on every settlement
+
+	// mu guards every queue, source and outstanding delivery of the broker.
+	// One lock keeps each operation to a single lock round trip; the broker
+	// does no I/O, so nothing slow ever runs under it (hooks run outside).
+	mu      sync.Mutex
+	queues  map[string]*queue
+	sources map[*Source]struct{}
+	closed  bool
+}
+
+// NewBroker returns an empty Broker.
+func NewBroker() *Broker {
+	return &Broker{queues: make(map[string]*queue), sources: make(map[*Source]struct{})}
+}
+
+// DeadLetterQueue returns the name of the dead-letter queue of queue:
+// queue + ".dlq". It is an ordinary queue that can be consumed.
+func DeadLetterQueue(queue string) string { return queue + ".dlq" }
+
+// QueueStats counts what happened to a queue.
+type QueueStats struct {
+	// Ready counts messages waiting to be delivered.
+	Ready int
+	// Unacked counts messages handed out and not yet settled.
+	Unacked int
+	// Delayed counts messages waiting out a RequeueAfter delay.
+	Delayed int
+	// Consumers counts the open sources of the queue.
+	Consumers int
+	// Published counts messages published to the queue (for a dead-letter
+	// queue, messages dead-lettered into it).
+	Published int
+	// Delivered counts deliveries handed out, redeliveries included.
+	Delivered int
+	// Acked counts acknowledged deliveries.
+	Acked int
+	// Requeued counts deliveries given back by Requeue or RequeueAfter.
+	Requeued int
+	// Returned counts deliveries given back by the broker because their
+	// source closed, was cancelled or dropped its connection.
+	Returned int
+	// DeadLettered counts messages moved to DeadLetterQueue(queue).
+	DeadLettered int
+}
+
+// queue returns the named queue, creating it. The caller holds b.mu.
+func (b *Broker) queue(name string) *queue {
+	q := b.queues[name]
+	if q == nil {
+		q = &queue{name: name}
+		b.queues[name] = q
+	}
+	return q
+}
+
+// Publish appends a copy of m to queue, creating the queue on first use.
+// The copy's Topic is queue; its ID is "<queue>-<n>" (n counting from 1) if
+// m.ID is empty, and its Time is now if m.Time is zero. m.Attempt is ignored.
+// Publish returns ctx's error if ctx is done, and ErrBrokerClosed after Close.
+func (b *Broker) Publish(ctx context.Context, queue string, m consumer.Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if queue == "" {
+		return fmt.Errorf("memory: publish: %w: empty queue name", consumer.ErrInvalidConfig)
+	}
+	e := &entry{msg: copyMessage(&m)}
+	e.msg.Topic = queue
+	e.msg.Attempt = 0
+	if e.msg.Time.IsZero() {
+		e.msg.Time = time.Now()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrBrokerClosed
+	}
+	q := b.queue(queue)
+	q.seq++
+	if e.msg.ID == "" {
+		e.msg.ID = queue + "-" + strconv.FormatUint(q.seq, 10)
+	}
+	q.stats.Published++
+	q.ready.pushBack(e)
+	q.wake()
+	return nil
+}
+
+// Stats returns the counters of queue. A queue never used has zero stats.
+func (b *Broker) Stats(queue string) QueueStats {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	q := b.queues[queue]
+	if q == nil {
+		return QueueStats{}
+	}
+	s := q.stats
+	s.Ready = q.ready.len()
+	s.Unacked = q.unacked
+	s.Delayed = len(q.delayed)
+	s.Consumers = q.sources
+	return s
+}
+
+// DeadLetters returns copies of the messages dead-lettered from queue, in the
+// order they were dead-lettered, with the reason in their headers (see
+// consumer.Reason.Header). It is a record kept by the broker: consuming
+// DeadLetterQueue(queue) does not change it.
+func (b *Broker) DeadLetters(queue string) []consumer.Message {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	q := b.queues[queue]
+	if q == nil {
+		return nil
+	}
+	out := make([]consumer.Message, len(q.dead))
+	for i := range q.dead {
+		out[i] = copyMessage(&q.dead[i])
+	}
+	return out
+}
+
+// SetAckDelay makes every later Ack, Requeue, RequeueAfter and DeadLetter
+// wait d before it takes effect, to simulate a slow broker. If the settling
+// call's context ends first, the call returns the context's error and the
+// delivery stays unsettled: it is redelivered when its source closes.
+// d <= 0 removes the delay.
+func (b *Broker) SetAckDelay(d time.Duration) { b.ackDelay.Store(int64(max(d, 0))) }
+
+// Close closes every source of the broker (their outstanding deliveries go
+// back to their queues) and makes every message waiting out a RequeueAfter
+// delay ready at once, so that nothing is lost and no timer outlives the
+// broker. Later Publish and Source calls return ErrBrokerClosed; the
+// counters, Stats and DeadLetters stay readable. Close is idempotent.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	srcs := make([]*Source, 0, len(b.sources))
+	for s := range b.sources {
+		srcs = append(srcs, s)
+	}
+	for _, q := range b.queues {
+		for e := range q.delayed {
+			e.timer.Stop()
+			e.timer = nil
+			q.ready.pushBack(e)
+		}
+		clear(q.delayed)
+		q.wake()
+	}
+	b.mu.Unlock()
+	for _, s := range srcs {
+		s.Close()
+	}
+	return nil
+}
+
+// settleDelay waits out the ack delay, if any.
+func (b *Broker) settleDelay(ctx context.Context) error {
+	d := time.Duration(b.ackDelay.Load())
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// copyMessage returns a deep copy of m. Key and Body share one allocation.
+func copyMessage(m *consumer.Message) consumer.Message {
+	c := *m
+	if n := len(m.Key) + len(m.Body); n > 0 {
+		buf := make([]byte, n)
+		k := copy(buf, m.Key)
+		copy(buf[k:], m.Body)
+		c.Key, c.Body = nil, nil
+		if m.Key != nil {
+			c.Key = buf[:k:k]
+		}
+		if m.Body != nil {
+			c.Body = buf[k:]
+		}
+	} else {
+		// Empty but non-nil: keep it so, without sharing a backing array.
+		if m.Key != nil {
+			c.Key = m.Key[:0:0]
+		}
+		if m.Body != nil {
+			c.Body = m.Body[:0:0]
+		}
+	}
+	if m.Header != nil {
+		c.Header = maps.Clone(m.Header)
+	}
+	return c
+}

@@ -1,0 +1,67 @@
+package memory_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/broker/brokertest"
+	"github.com/queuekit/queuekit/broker/memory"
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// TestConformance runs the public conformance suite against the memory
+// broker, with every capability declared.
+func TestConformance(t *testing.T) {
+	var n atomic.Int64
+	brokertest.Run(t, brokertest.Harness{
+		Capabilities: brokertest.Capabilities{
+			DeliveryCount:        true,
+			DurableDeliveryCount: true,
+			Prefetch:             true,
+			DelayedRequeue:       true,
+			StaleDeliveries:      true,
+		},
+		Setup: func(t *testing.T) brokertest.Fixture {
+			b := memory.NewBroker()
+			t.Cleanup(func() { b.Close() })
+			queue := fmt.Sprintf("conformance-%d", n.Add(1))
+			return brokertest.Fixture{
+				Destination: queue,
+				Publish: func(ctx context.Context, msgs ...consumer.Message) error {
+					for _, m := range msgs {
+						if err := b.Publish(ctx, queue, m); err != nil {
+							return err
+						}
+					}
+					return nil
+				},
+				NewSource: func(t *testing.T, prefetch int) consumer.Source {
+					src, err := b.Source(queue, memory.SourceConfig{Prefetch: prefetch})
+					if err != nil {
+						t.Fatalf("Source(%q, prefetch %d) = %v", queue, prefetch, err)
+					}
+					return src
+				},
+				DeadLetters: func(ctx context.Context, t *testing.T, n int) []consumer.Message {
+					for {
+						dead := b.DeadLetters(queue)
+						if len(dead) >= n {
+							return dead
+						}
+						select {
+						case <-ctx.Done():
+							return dead
+						case <-time.After(5 * time.Millisecond):
+						}
+					}
+				},
+				MakeStale: func(t *testing.T, src consumer.Source) {
+					src.(*memory.Source).DropConnection()
+				},
+			}
+		},
+	})
+}

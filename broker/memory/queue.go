@@ -1,0 +1,95 @@
+package memory
+
+import (
+	"time"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// entry is one stored message. The broker owns it: publishers and consumers
+// only ever see copies of msg, so neither can change what is redelivered.
+// All fields are guarded by Broker.mu.
+type entry struct {
+	msg        consumer.Message // Topic, ID and Time set; Attempt unused
+	deliveries int              // how many times it was handed out
+	timer      *time.Timer      // set while it waits out a RequeueAfter delay
+}
+
+// queue is a named queue. All fields are guarded by Broker.mu.
+type queue struct {
+	name  string
+	ready deque
+	seq   uint64 // last ID sequence number assigned by Publish
+
+	// signal is closed (and set to nil) when something a blocked Receive
+	// may be waiting for happens on this queue: a message became ready, a
+	// delivery of one of its sources was settled (prefetch freed), or a
+	// source was resumed, cancelled or closed. Receive creates it lazily,
+	// so a queue nobody waits on costs no allocation per message.
+	signal chan struct{}
+
+	delayed map[*entry]struct{} // entries waiting out a RequeueAfter delay
+	dead    []consumer.Message  // every message dead-lettered from this queue, in order
+	stats   QueueStats          // counters; Ready, Unacked, Delayed are derived in Stats
+	unacked int
+	sources int
+}
+
+// wake wakes every Receive blocked on q.
+func (q *queue) wake() {
+	if q.signal != nil {
+		close(q.signal)
+		q.signal = nil
+	}
+}
+
+// wait returns the channel that the next wake closes.
+func (q *queue) wait() <-chan struct{} {
+	if q.signal == nil {
+		q.signal = make(chan struct{})
+	}
+	return q.signal
+}
+
+// deque is a ring buffer of entries: Publish pushes at the back, Receive pops
+// at the front, Requeue pushes at the front. It grows by doubling and never
+// shrinks below what the queue once held, so steady traffic does not allocate.
+type deque struct {
+	buf  []*entry
+	head int
+	n    int
+}
+
+func (d *deque) len() int { return d.n }
+
+func (d *deque) grow() {
+	if d.n < len(d.buf) {
+		return
+	}
+	nb := make([]*entry, max(16, 2*len(d.buf)))
+	for i := 0; i < d.n; i++ {
+		nb[i] = d.buf[(d.head+i)%len(d.buf)]
+	}
+	d.buf, d.head = nb, 0
+}
+
+func (d *deque) pushBack(e *entry) {
+	d.grow()
+	d.buf[(d.head+d.n)%len(d.buf)] = e
+	d.n++
+}
+
+func (d *deque) pushFront(e *entry) {
+	d.grow()
+	d.head = (d.head - 1 + len(d.buf)) % len(d.buf)
+	d.buf[d.head] = e
+	d.n++
+}
+
+func (d *deque) popFront() *entry {
+	e := d.buf[d.head]
+	d.buf[d.head] = nil
+	d.head = (d.head + 1) % len(d.buf)
+	d.n--
+	return e
+}
