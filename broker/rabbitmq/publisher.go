@@ -174,6 +174,9 @@ func (p *Publisher) channel() (*confirmChannel, error) {
 	}
 	ch, err := p.conn.channel()
 	if err != nil {
+		if unfixable(err, false) {
+			return nil, consumer.Fatal(err) // e.g. ACCESS_REFUSED: retrying cannot help
+		}
 		return nil, err
 	}
 	for _, x := range p.cfg.Exchanges {

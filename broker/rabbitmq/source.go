@@ -371,6 +371,9 @@ func (s *Source) loop() {
 			}
 		}
 		if err != nil {
+			if unfixable(err, false) && !consumer.IsFatal(err) {
+				err = consumer.Fatal(err) // e.g. ACCESS_REFUSED: bad credentials or no access to the vhost
+			}
 			if consumer.IsFatal(err) || errors.Is(err, ErrConnectionClosed) {
 				log.Error("rabbitmq: source gave up", "error", err)
 				s.update(func(st *state) { st.fatal = consumer.Fatal(err); st.down = err })
