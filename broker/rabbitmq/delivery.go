@@ -29,20 +29,35 @@ type delivery struct {
 
 var _ consumer.DelayedRequeuer = (*delivery)(nil)
 
+// routingKeyHeader keeps a message's original routing key on the copies the
+// source publishes (they are routed by queue name), so Message.Key stays the
+// key the producer chose.
+const routingKeyHeader = "x-queuekit-routing-key"
+
 func (s *Source) newDelivery(sess *session, d *amqp.Delivery) *delivery {
-	return &delivery{
-		s:    s,
-		sess: sess,
-		d:    d,
-		msg: consumer.Message{
-			ID:      d.MessageId,
-			Topic:   s.cfg.Queue,
-			Key:     []byte(d.RoutingKey),
-			Body:    d.Body,
-			Header:  stringHeaders(d.Headers),
-			Time:    d.Timestamp,
-			Attempt: attempt(d),
-		},
+	dl := &delivery{s: s, sess: sess, d: d, msg: toMessage(d, s.cfg.Queue)}
+	if dl.msg.ID == "" {
+		// No message-id (our Publisher always sets one): name the delivery
+		// for logs. It is not stable across redeliveries.
+		dl.msg.ID = s.cfg.Queue + "/" + strconv.FormatUint(sess.gen, 10) + "." + strconv.FormatUint(d.DeliveryTag, 10)
+	}
+	return dl
+}
+
+// toMessage converts an AMQP delivery from queue into a consumer.Message.
+func toMessage(d *amqp.Delivery, queue string) consumer.Message {
+	key := d.RoutingKey
+	if k, ok := d.Headers[routingKeyHeader].(string); ok {
+		key = k
+	}
+	return consumer.Message{
+		ID:      d.MessageId,
+		Topic:   queue,
+		Key:     []byte(key),
+		Body:    d.Body,
+		Header:  stringHeaders(d.Headers),
+		Time:    d.Timestamp,
+		Attempt: attempt(d),
 	}
 }
 
@@ -93,6 +108,10 @@ func stringHeaders(t amqp.Table) map[string]string {
 	}
 	out := make(map[string]string, len(t))
 	for k, v := range t {
+		switch k {
+		case seqHeader, routingKeyHeader:
+			continue // ours, for the adapter only
+		}
 		switch v := v.(type) {
 		case string:
 			out[k] = v
@@ -226,6 +245,7 @@ func (d *delivery) copyWith(extra map[string]string) amqp.Publishing {
 		h[k] = v
 	}
 	h[HeaderDeliveries] = int64(d.msg.Attempt)
+	h[routingKeyHeader] = string(d.msg.Key)
 	return amqp.Publishing{
 		Headers:         h,
 		ContentType:     d.d.ContentType,

@@ -2,6 +2,8 @@ package rabbitmq
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -120,12 +122,16 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 // exist (404 NOT_FOUND). After a timeout or a closed channel the message may
 // or may not have been stored: publishing again is at-least-once.
 //
-// msg.Headers is not modified.
+// A message without a MessageId gets a random one, so that consumers can
+// identify and deduplicate it. msg.Headers is not modified.
 func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.Timeout)
 		defer cancel()
+	}
+	if msg.MessageId == "" {
+		msg.MessageId = newID()
 	}
 	if !p.cfg.Transient && msg.DeliveryMode == 0 {
 		msg.DeliveryMode = amqp.Persistent
@@ -400,4 +406,11 @@ func tableInt(t amqp.Table, key string) (int64, bool) {
 		return int64(v), true
 	}
 	return 0, false
+}
+
+// newID returns a random 128-bit id in hex.
+func newID() string {
+	var b [16]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

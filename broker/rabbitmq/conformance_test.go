@@ -1,0 +1,157 @@
+package rabbitmq
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/broker/brokertest"
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// TestConformance runs the public conformance suite (broker/brokertest)
+// against the real RabbitMQ, on a classic and on a quorum queue. Only quorum
+// queues count deliveries durably (x-delivery-count): a classic queue counts
+// requeues itself (by republishing) but knows only "redelivered" after a
+// connection loss.
+func TestConformance(t *testing.T) {
+	needBroker(t)
+	for _, typ := range []string{Classic, Quorum} {
+		t.Run(typ, func(t *testing.T) {
+			brokertest.Run(t, brokertest.Harness{
+				Capabilities: brokertest.Capabilities{
+					DeliveryCount:        true,
+					DurableDeliveryCount: typ == Quorum,
+					Prefetch:             true,
+					DelayedRequeue:       true,
+					StaleDeliveries:      true,
+				},
+				Setup:   func(t *testing.T) brokertest.Fixture { return conformanceFixture(t, typ) },
+				Timeout: 20 * time.Second,
+				Quiet:   500 * time.Millisecond,
+			})
+		})
+	}
+}
+
+// conformanceFixture declares a fresh queue of type typ, bound to a fanout
+// exchange so that published routing keys reach the queue unchanged.
+func conformanceFixture(t *testing.T, typ string) brokertest.Fixture {
+	q := uniqueQueue(t)
+	x := q + ".in"
+	topo := Topology{
+		QueueType: typ,
+		Exchanges: []Exchange{{Name: x, Kind: amqp.ExchangeFanout}},
+		Bindings:  []Binding{{Exchange: x}},
+	}
+	if err := topo.resolve(q); err != nil {
+		t.Fatal(err)
+	}
+	conn := rawConn(t)
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := topo.declare(ch, q); err != nil {
+		t.Fatalf("declare: %v", err)
+	}
+	_ = ch.Close()
+	t.Cleanup(func() {
+		if ch, err := conn.Channel(); err == nil {
+			_ = ch.ExchangeDelete(x, false, false)
+			_ = ch.Close()
+		}
+	})
+	pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pub.Close() })
+	return brokertest.Fixture{
+		Destination: q,
+		Publish: func(ctx context.Context, msgs ...consumer.Message) error {
+			for _, m := range msgs {
+				h := amqp.Table{}
+				for k, v := range m.Header {
+					h[k] = v
+				}
+				err := pub.Publish(ctx, x, string(m.Key), amqp.Publishing{
+					MessageId: m.ID, Body: m.Body, Headers: h, Timestamp: m.Time,
+				})
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		NewSource: func(t *testing.T, prefetch int) consumer.Source {
+			cfg := testConfig(q)
+			cfg.Prefetch = prefetch
+			cfg.Topology = topo
+			src, err := NewSource(cfg)
+			if err != nil {
+				t.Fatalf("NewSource(prefetch %d) = %v", prefetch, err)
+			}
+			t.Cleanup(func() { _ = src.Close() })
+			return src
+		},
+		DeadLetters: func(ctx context.Context, t *testing.T, n int) []consumer.Message {
+			return readQueue(ctx, t, topo.DeadLetterQueue, n)
+		},
+		MakeStale: func(t *testing.T, src consumer.Source) {
+			dropConnection(t, src.(*Source))
+		},
+	}
+}
+
+// readQueue gets messages from q (without removing them: they are nacked
+// back when the channel closes) until it has n or ctx is done.
+func readQueue(ctx context.Context, t *testing.T, q string, n int) []consumer.Message {
+	t.Helper()
+	c, err := amqp.Dial(amqpURL())
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	ch, err := c.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []consumer.Message
+	for len(out) < n {
+		d, ok, err := ch.Get(q, false)
+		if err != nil {
+			t.Fatalf("get from %s: %v", q, err)
+		}
+		if ok {
+			out = append(out, toMessage(&d, q))
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return out
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return out
+}
+
+// dropConnection closes the source's AMQP connection under it, as a network
+// failure would, and returns once its channel is closed: from then on its
+// outstanding deliveries are stale.
+func dropConnection(t testing.TB, s *Source) {
+	t.Helper()
+	s.conn.mu.Lock()
+	conn := s.conn.cur
+	s.conn.mu.Unlock()
+	if conn == nil {
+		t.Fatal("dropConnection: source not connected")
+	}
+	_ = conn.Close()
+	waitFor(t, 10*time.Second, "channel closed", func() bool {
+		st := s.st.Load()
+		return st.sess == nil || st.sess.ch.IsClosed()
+	})
+}
