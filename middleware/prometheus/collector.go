@@ -24,6 +24,34 @@ type LagSource interface {
 	Lag(ctx context.Context) (map[int]int64, error)
 }
 
+// LagFunc adapts a function to a LagSource, for a source whose lag method
+// has another shape. For broker/kafka, whose Source.Lag returns
+// []kafka.PartitionLag:
+//
+//	prometheus.LagFunc(func(ctx context.Context) (map[int]int64, error) {
+//		ls, err := src.Lag(ctx)
+//		if err != nil {
+//			return nil, err
+//		}
+//		m := make(map[int]int64, len(ls))
+//		for _, l := range ls {
+//			m[l.Partition] = l.Lag
+//		}
+//		return m, nil
+//	})
+type LagFunc func(ctx context.Context) (map[int]int64, error)
+
+// Lag calls f(ctx).
+func (f LagFunc) Lag(ctx context.Context) (map[int]int64, error) { return f(ctx) }
+
+// DepthFunc adapts a function to a DepthSource.
+type DepthFunc func(ctx context.Context) (messages, consumers int, err error)
+
+// QueueDepth calls f(ctx).
+func (f DepthFunc) QueueDepth(ctx context.Context) (messages, consumers int, err error) {
+	return f(ctx)
+}
+
 // A DepthSource reports the depth of a RabbitMQ queue: the messages ready in
 // it and the consumers subscribed to it, as a passive queue declare returns
 // them. The RabbitMQ source of broker/rabbitmq is meant to satisfy it.

@@ -115,3 +115,35 @@ func TestCollectorsRejectBadConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestLagFuncAdaptsASliceShapedSource(t *testing.T) {
+	type partitionLag struct {
+		Partition int
+		Lag       int64
+	}
+	lagOf := func(context.Context) ([]partitionLag, error) { return []partitionLag{{0, 7}, {3, 1}}, nil }
+	src := qprom.LagFunc(func(ctx context.Context) (map[int]int64, error) {
+		ls, err := lagOf(ctx)
+		if err != nil {
+			return nil, err
+		}
+		m := make(map[int]int64, len(ls))
+		for _, l := range ls {
+			m[l.Partition] = l.Lag
+		}
+		return m, nil
+	})
+	c, err := qprom.NewLagCollector(src, qprom.CollectorConfig{Consumer: "c", Destination: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prom.NewRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	diff(t, scrape(t, reg, func(string) bool { return false }), map[string]float64{
+		"queuekit_kafka_consumer_lag{consumer=c,partition=0,topic=t}":     7,
+		"queuekit_kafka_consumer_lag{consumer=c,partition=3,topic=t}":     1,
+		"queuekit_collector_errors_total{collector=kafka_lag,consumer=c}": 0,
+	})
+}
