@@ -73,9 +73,13 @@ func (s *Source) handledLocked(rec *record) {
 	g.dispatched--
 	p.trk.Done(rec.m.Offset)
 	p.held--
-	select {
-	case p.room <- struct{}{}:
-	default:
+	// Wake a fetcher stopped at MaxInFlight only once half the room is
+	// free, so that it fetches in bursts instead of waking per record.
+	if p.held <= s.cfg.MaxInFlight/2 {
+		select {
+		case p.room <- struct{}{}:
+		default:
+		}
 	}
 	if g.draining {
 		// Nothing more is dispatched; the lane stays blocked until the

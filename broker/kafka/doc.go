@@ -1,0 +1,97 @@
+// Package kafka is the queuekit adapter for Apache Kafka, over
+// github.com/segmentio/kafka-go (imported as kafkago): a consumer.Source that
+// consumes a topic as a member of a consumer group, and a Publisher.
+//
+// It is built on kafka-go's ConsumerGroup and Generation API, not on the
+// group Reader, because the Reader cannot finish and commit work before its
+// partitions are taken away (kafka-go #674, #1398) and lets a stale member
+// commit (kafka-go #1308). Each assigned partition is fetched by a
+// partition Reader of its own.
+//
+// # Lifecycle
+//
+// NewSource validates the Config and returns an error wrapping
+// consumer.ErrInvalidConfig instead of panicking. The first Receive joins
+// the group. Each generation of the group (a new set of assignments after a
+// member joined or left) starts one fetcher per assigned partition and one
+// committer. When the generation ends, the Source drains it:
+//
+//  1. it stops handing out records of its partitions (records fetched but
+//     not handed out are dropped, uncommitted);
+//  2. it waits up to Config.DrainTimeout for the records already handed out
+//     to be settled;
+//  3. it fences the generation: settling a record still out returns an error
+//     wrapping consumer.ErrStaleDelivery and is never committed;
+//  4. it commits what was handled, and only then lets kafka-go rejoin (or
+//     leave, on Close) and give the partitions up.
+//
+// So a record handled before a rebalance is committed before the next owner
+// reads the offsets, and is not handled twice. DrainTimeout must be below the
+// session and rebalance timeouts, because kafka-go stops heartbeating when a
+// generation ends. Close drains and commits the same way, then leaves the
+// group; it waits for every goroutine of the Source, and its fetches wait at
+// most Config.MaxWait (250 ms by default, where kafka-go's default is 10 s).
+//
+// # Acknowledgement
+//
+// Kafka has no per-message acknowledgement: a consumer group stores one
+// offset per partition, meaning "everything before this was handled". The
+// Source therefore tracks, per partition, which fetched records were
+// settled, and commits only the offset after the longest settled prefix:
+// a record still running holds the commit back even if later records are
+// done, so a crash never skips it (at-least-once). Commits are batched by
+// Config.CommitBatch records and Config.CommitInterval; a commit per record
+// is about 20 times slower.
+//
+// Kafka has no per-message nack either, so:
+//
+//   - Requeue hands the same record out again in this process, with Attempt
+//     one higher, before anything after it in its lane (see Concurrency). The
+//     consumer runtime's delivery budget bounds these retries.
+//   - RequeueAfter does the same after a delay, holding the lane but not a
+//     worker (consumer.DelayedRequeuer).
+//   - DeadLetter writes the record to Config.DeadLetterTopic (default
+//     Topic + ".dlt") with the consumer.Reason headers plus HeaderTopic,
+//     HeaderPartition and HeaderOffset, and marks it handled only after the
+//     write succeeded. If the write fails, the record is not committed and is
+//     handed out again after Config.DeadLetterRetryDelay.
+//
+// Attempt counts deliveries within this process only: a record redelivered
+// to another member, or after a restart, starts again at 1.
+//
+// # Concurrency
+//
+// A Source is safe for concurrent use; the runtime calls Receive from all its
+// workers. Records are handed out by lane, and a lane never has more than one
+// record out: with Ordering ByPartition (the default) a lane is a partition,
+// so each partition's records are handled one at a time in offset order; with
+// ByKey a lane is a key within a partition, so records with the same key keep
+// their order and different keys run concurrently. Config.MaxInFlight bounds
+// the records a partition holds fetched and not yet settled; at the bound the
+// partition is not fetched until records settle (backpressure).
+//
+// # Errors
+//
+// Settling a record of an ended generation returns an error wrapping
+// consumer.ErrStaleDelivery; the record goes to the partition's next owner.
+// Settling twice returns consumer.ErrAlreadySettled. Receive returns
+// consumer.ErrSourceClosed after Close. Failures to join the group are
+// retried by kafka-go; the Source reports them through Status and a
+// consumer.EventReconnecting event, and keeps Receive blocked meanwhile. A
+// rebalance emits consumer.EventReconnecting with an error wrapping
+// ErrRebalance, and consumer.EventConnected when the next generation starts.
+//
+// # Operations
+//
+// Source.Lag reports, per partition, the high-water mark minus the group's
+// committed offset, read from the brokers, for metrics and health checks.
+// TLS and SASL are set on Config.Dialer (kafkago.Dialer's TLS and
+// SASLMechanism) and apply to every connection the Source makes.
+//
+// # Testing
+//
+// The package's tests run against the Kafka wire protocol served by an
+// in-process cluster (github.com/twmb/franz-go/pkg/kfake) with 4 partitions:
+// a protocol-level stand-in, not Apache Kafka. Set
+// QUEUEKIT_KAFKA_BROKERS=host:port to run them against a real cluster.
+package kafka
