@@ -40,6 +40,9 @@ const (
 	// EventSettleFailed: acking, requeueing or dead-lettering failed (Event.Err);
 	// the broker redelivers the message.
 	EventSettleFailed
+	// EventRebalanced: a Kafka consumer group generation ended (partitions
+	// were revoked or reassigned); Event.Err says why.
+	EventRebalanced
 )
 
 var eventKindNames = [...]string{
@@ -57,6 +60,7 @@ var eventKindNames = [...]string{
 	EventCancelled:    "cancelled",
 	EventDeadLettered: "dead-lettered",
 	EventSettleFailed: "settle-failed",
+	EventRebalanced:   "rebalanced",
 }
 
 func (k EventKind) String() string {

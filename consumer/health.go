@@ -46,6 +46,18 @@ func (s State) String() string {
 // MarshalText encodes the state as its name, for JSON health reports.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText decodes a state from its name, so that a JSON health report
+// can be read back.
+func (s *State) UnmarshalText(b []byte) error {
+	for i, name := range stateNames {
+		if name == string(b) {
+			*s = State(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("queuekit: unknown state %q", b)
+}
+
 // Health is a snapshot of a Supervisor's runners.
 type Health struct {
 	// Ready is true when there is at least one runner and every runner is

@@ -25,12 +25,20 @@ func Metrics(r Recorder) consumer.Middleware {
 		if r == nil {
 			return next
 		}
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) (err error) {
 			r.HandlerStarted(m)
 			start := time.Now()
-			err := next.Handle(ctx, m)
-			r.HandlerDone(m, err, time.Since(start))
-			return err
+			// Deferred, so that a panic passing through (Recover placed
+			// outside Metrics) still ends the measurement; it is recorded as
+			// a panic and re-raised for the Recover outside to handle.
+			defer func() {
+				if p := recover(); p != nil {
+					r.HandlerDone(m, &consumer.PanicError{Value: p}, time.Since(start))
+					panic(p)
+				}
+				r.HandlerDone(m, err, time.Since(start))
+			}()
+			return next.Handle(ctx, m)
 		})
 	}
 }

@@ -163,3 +163,16 @@ func TestMetricsReportsEveryCallWithItsOutcome(t *testing.T) {
 		t.Errorf("recorder saw started %d, done %v; want 4 and ok 2, error 1, permanent 1", rec.started, rec.done)
 	}
 }
+
+func TestMetricsEndsTheMeasurementWhenAPanicPassesThrough(t *testing.T) {
+	rec := &recorder{done: map[string]int{}}
+	h := consumer.Chain(middleware.Recover(), middleware.Metrics(rec))(consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+		panic("boom")
+	}))
+	if err := h.Handle(context.Background(), msg); middleware.Outcome(err) != "panic" {
+		t.Fatalf("Handle = %v; want the panic, recovered outside Metrics", err)
+	}
+	if rec.started != 1 || rec.done["panic"] != 1 {
+		t.Errorf("recorder saw started %d, done %v; want 1 and panic 1", rec.started, rec.done)
+	}
+}
