@@ -84,6 +84,7 @@ type metrics struct {
 	events     *prom.CounterVec   // consumer, event
 	reconnects *prom.CounterVec   // consumer
 	restarts   *prom.CounterVec   // consumer
+	rebalances *prom.CounterVec   // consumer
 	drainMsgs  *prom.CounterVec   // consumer, outcome
 	drainTime  *prom.HistogramVec // consumer
 	stuck      *prom.CounterVec   // consumer
@@ -168,6 +169,8 @@ func New(reg prom.Registerer, opts ...Option) (*Recorder, error) {
 			Help: "Times a source lost its broker connection and started reconnecting."}, []string{LabelConsumer}),
 		restarts: prom.NewCounterVec(prom.CounterOpts{Namespace: ns, Name: "restarts_total",
 			Help: "Times a Supervisor restarted a failed runner."}, []string{LabelConsumer}),
+		rebalances: prom.NewCounterVec(prom.CounterOpts{Namespace: ns, Name: "rebalances_total",
+			Help: "Kafka consumer group generations that ended (partitions revoked or reassigned)."}, []string{LabelConsumer}),
 		drainMsgs: prom.NewCounterVec(prom.CounterOpts{Namespace: ns, Name: "drain_messages_total",
 			Help: "Deliveries dealt with by drains, by outcome: handled, given-back, abandoned."},
 			[]string{LabelConsumer, LabelOutcome}),
@@ -178,7 +181,7 @@ func New(reg prom.Registerer, opts ...Option) (*Recorder, error) {
 			Help: "Handler calls that ran past the stuck-handler watchdog's threshold."}, []string{LabelConsumer}),
 	}
 	cs := []prom.Collector{m.handled, m.duration, m.inFlight, m.attempts, m.events,
-		m.reconnects, m.restarts, m.drainMsgs, m.drainTime, m.stuck}
+		m.reconnects, m.restarts, m.rebalances, m.drainMsgs, m.drainTime, m.stuck}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			// Leave reg as we found it, so that the caller may retry with
@@ -265,8 +268,8 @@ func (r *Recorder) Observe(m *consumer.Message, s consumer.Settlement, err error
 // unless the Recorder has a fixed name (WithConsumer, For).
 //
 // Every event is counted in queuekit_events_total by kind; reconnects
-// (EventReconnecting) and restarts (EventRestarting) also have counters of
-// their own, and EventDrained adds its report to queuekit_drain_messages_total
+// (EventReconnecting), restarts (EventRestarting) and Kafka rebalances
+// (EventRebalanced) also have counters of their own, and EventDrained adds its report to queuekit_drain_messages_total
 // and queuekit_drain_duration_seconds. Per-message events
 // (EventDeadLettered, EventSettleFailed) are counted too, but their message
 // ids are not used as labels.
@@ -281,6 +284,8 @@ func (r *Recorder) Event(e consumer.Event) {
 		r.m.reconnects.WithLabelValues(c).Inc()
 	case consumer.EventRestarting:
 		r.m.restarts.WithLabelValues(c).Inc()
+	case consumer.EventRebalanced:
+		r.m.rebalances.WithLabelValues(c).Inc()
 	case consumer.EventDrained:
 		r.m.drainMsgs.WithLabelValues(c, "handled").Add(float64(e.Drain.Handled))
 		r.m.drainMsgs.WithLabelValues(c, "given-back").Add(float64(e.Drain.GivenBack))

@@ -263,6 +263,7 @@ func TestLabelsComeFromTopicAndRunner(t *testing.T) {
 	rec.Observe(m, consumer.SettledAck, fmt.Errorf("ack: %w", consumer.ErrStaleDelivery))
 	rec.Observe(m, consumer.SettledAck, errors.New("channel closed"))
 	rec.Event(consumer.Event{Kind: consumer.EventRestarting, Runner: "pay"})
+	rec.Event(consumer.Event{Kind: consumer.EventRebalanced, Runner: "pay"})
 	rec.Event(consumer.Event{Kind: consumer.EventDrained, Runner: "pay",
 		Drain: consumer.DrainReport{Handled: 3, GivenBack: 2, Abandoned: 1, Duration: time.Second}})
 	rec.HandlerStuck("payments")
@@ -275,6 +276,8 @@ func TestLabelsComeFromTopicAndRunner(t *testing.T) {
 		"queuekit_handler_duration_seconds_count{consumer=payments,result=error}":  1,
 		"queuekit_handlers_in_flight{consumer=payments}":                           0,
 		"queuekit_restarts_total{consumer=pay}":                                    1,
+		"queuekit_rebalances_total{consumer=pay}":                                  1,
+		"queuekit_events_total{consumer=pay,event=rebalanced}":                     1,
 		"queuekit_events_total{consumer=pay,event=restarting}":                     1,
 		"queuekit_drain_messages_total{consumer=pay,outcome=handled}":              3,
 		"queuekit_drain_messages_total{consumer=pay,outcome=given-back}":           2,
