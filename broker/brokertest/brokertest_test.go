@@ -1,0 +1,202 @@
+package brokertest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/broker/brokertest"
+	"github.com/queuekit/queuekit/broker/memory"
+	"github.com/queuekit/queuekit/consumer"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// A mutant is the memory broker with one deliberate contract violation.
+// The suite must fail the named cases against it: a conformance suite that
+// passes a broken adapter checks nothing.
+var mutants = []struct {
+	name string
+	want []string // cases that must fail
+}{
+	{"requeue-acks", []string{"a requeued message is delivered again"}},
+	{"close-acks", []string{"Close gives unsettled deliveries back to a new source"}},
+	{"attempt-stuck", []string{"a requeued message is delivered again with Attempt 2", "the consumer runtime dead-letters a failing message after the delivery budget"}},
+	{"ack-requeues", []string{"an acked message is not delivered again", "the consumer runtime handles every published message once"}},
+	{"second-settle-ok", []string{"settling a delivery twice returns ErrAlreadySettled"}},
+	{"receive-ignores-ctx", []string{"Receive returns the context's error when the context is cancelled, and loses no message"}},
+	{"dead-letter-drops-reason", []string{"DeadLetter moves the message to the dead-letter destination with the reason in its headers"}},
+	{"no-prefetch", []string{"Receive blocks while prefetch deliveries are unsettled"}},
+	{"stale-acks", []string{"a stale delivery cannot be settled and its message is redelivered"}},
+}
+
+const mutantEnv = "BROKERTEST_MUTANT"
+
+// TestSuiteFailsBrokenAdapters runs the suite against each mutant in a
+// child process and checks that the expected cases fail, with a message.
+func TestSuiteFailsBrokenAdapters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the suite once per mutant in a child process")
+	}
+	for _, m := range mutants {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel() // the children mostly wait
+			cmd := exec.Command(os.Args[0], "-test.run=^TestMutant$", "-test.v", "-test.count=1", "-test.timeout=2m")
+			cmd.Env = append(os.Environ(), mutantEnv+"="+m.name)
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("the suite passed the %s mutant; want it to fail %q\n%s", m.name, m.want, out)
+			}
+			for _, c := range m.want {
+				line := "--- FAIL: TestMutant/" + strings.ReplaceAll(c, " ", "_")
+				if !strings.Contains(string(out), line) {
+					t.Errorf("against the %s mutant, the case %q did not fail; want it to\n%s", m.name, c, out)
+				}
+			}
+			if strings.Contains(string(out), "panic:") {
+				t.Errorf("the suite panicked against the %s mutant; want test failures only\n%s", m.name, out)
+			}
+		})
+	}
+}
+
+// TestMutant is the child process of TestSuiteFailsBrokenAdapters.
+func TestMutant(t *testing.T) {
+	mut := os.Getenv(mutantEnv)
+	if mut == "" {
+		t.Skip("child process of TestSuiteFailsBrokenAdapters")
+	}
+	var n atomic.Int64
+	brokertest.Run(t, brokertest.Harness{
+		Capabilities: brokertest.Capabilities{
+			DeliveryCount: true, DurableDeliveryCount: true, Prefetch: true,
+			DelayedRequeue: true, StaleDeliveries: true,
+		},
+		Timeout: 2 * time.Second,
+		Setup: func(t *testing.T) brokertest.Fixture {
+			b := memory.NewBroker()
+			t.Cleanup(func() { b.Close() })
+			queue := fmt.Sprintf("mutant-%d", n.Add(1))
+			return brokertest.Fixture{
+				Destination: queue,
+				Publish: func(ctx context.Context, msgs ...consumer.Message) error {
+					for _, m := range msgs {
+						if err := b.Publish(ctx, queue, m); err != nil {
+							return err
+						}
+					}
+					return nil
+				},
+				NewSource: func(t *testing.T, prefetch int) consumer.Source {
+					if mut == "no-prefetch" {
+						prefetch = 1000
+					}
+					src, err := b.Source(queue, memory.SourceConfig{Prefetch: prefetch})
+					if err != nil {
+						t.Fatal(err)
+					}
+					return &mutSource{Source: src, mut: mut}
+				},
+				DeadLetters: func(ctx context.Context, t *testing.T, n int) []consumer.Message {
+					for {
+						dead := b.DeadLetters(queue)
+						if len(dead) >= n || ctx.Err() != nil {
+							return dead
+						}
+						time.Sleep(5 * time.Millisecond)
+					}
+				},
+				MakeStale: func(t *testing.T, src consumer.Source) {
+					src.(*mutSource).Source.DropConnection()
+				},
+			}
+		},
+	})
+}
+
+type mutSource struct {
+	*memory.Source
+	mut  string
+	outs []*mutDelivery
+}
+
+func (s *mutSource) Receive(ctx context.Context) (consumer.Delivery, error) {
+	if _, ok := ctx.Deadline(); s.mut == "receive-ignores-ctx" && !ok {
+		// Ignore cancellation but keep deadlines, so that the cases that
+		// wait for Receive to time out still end.
+		ctx = context.WithoutCancel(ctx)
+	}
+	d, err := s.Source.Receive(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.mut == "attempt-stuck" {
+		d.Message().Attempt = 1
+	}
+	md := &mutDelivery{Delivery: d, mut: s.mut}
+	if s.mut == "close-acks" {
+		s.outs = append(s.outs, md) // only used by single-goroutine cases and the runtime's Close
+	}
+	return md, nil
+}
+
+func (s *mutSource) Close() error {
+	if s.mut == "close-acks" {
+		for _, d := range s.outs {
+			d.Delivery.Ack(context.Background())
+		}
+	}
+	return s.Source.Close()
+}
+
+type mutDelivery struct {
+	consumer.Delivery
+	mut string
+}
+
+func (d *mutDelivery) Ack(ctx context.Context) error {
+	var err error
+	switch d.mut {
+	case "ack-requeues":
+		err = d.Delivery.Requeue(ctx)
+	case "stale-acks":
+		if err = d.Delivery.Ack(ctx); errors.Is(err, consumer.ErrStaleDelivery) {
+			err = nil
+		}
+	default:
+		err = d.Delivery.Ack(ctx)
+	}
+	return d.filter(err)
+}
+
+func (d *mutDelivery) Requeue(ctx context.Context) error {
+	if d.mut == "requeue-acks" {
+		return d.filter(d.Delivery.Ack(ctx))
+	}
+	return d.filter(d.Delivery.Requeue(ctx))
+}
+
+func (d *mutDelivery) DeadLetter(ctx context.Context, r consumer.Reason) error {
+	if d.mut == "dead-letter-drops-reason" {
+		r = consumer.Reason{}
+	}
+	return d.filter(d.Delivery.DeadLetter(ctx, r))
+}
+
+func (d *mutDelivery) RequeueAfter(ctx context.Context, delay time.Duration) error {
+	return d.filter(d.Delivery.(consumer.DelayedRequeuer).RequeueAfter(ctx, delay))
+}
+
+func (d *mutDelivery) filter(err error) error {
+	if d.mut == "second-settle-ok" && errors.Is(err, consumer.ErrAlreadySettled) {
+		return nil
+	}
+	return err
+}
