@@ -10,6 +10,7 @@
 //	go run ./examples/gin
 //	curl -s -XPOST localhost:8080/orders -d '{"id":"o-1","sku":"book","quantity":2}'
 //	curl -s localhost:8080/readyz
+//	curl -s localhost:8080/metrics | grep queuekit_
 //
 // The same program runs on RabbitMQ or Kafka by swapping the Source built in
 // newOrdersSource for one from broker/rabbitmq or broker/kafka.
@@ -30,10 +31,14 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/health"
 	"github.com/queuekit/queuekit/middleware"
+	qprom "github.com/queuekit/queuekit/middleware/prometheus"
 	"github.com/queuekit/queuekit/retry"
 )
 
@@ -67,9 +72,13 @@ func main() {
 
 // service holds what the HTTP handlers need.
 type service struct {
-	broker *memory.Broker
-	sup    *consumer.Supervisor
-	log    *slog.Logger
+	broker  *memory.Broker
+	sup     *consumer.Supervisor
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *qprom.Recorder
+	wd      *health.Watchdog
+	probes  *health.Handler
 }
 
 // run serves HTTP on ln and consumes orders until ctx is done, then shuts down
@@ -81,8 +90,22 @@ func run(ctx context.Context, ln net.Listener, logger *slog.Logger) error {
 
 // runWith is run with a hook that sees the service once it is built (tests use it).
 func runWith(ctx context.Context, ln net.Listener, logger *slog.Logger, built func(*service)) error {
-	s := &service{broker: memory.NewBroker(), log: logger}
+	s := &service{broker: memory.NewBroker(), log: logger, reg: prometheus.NewRegistry()}
 	defer s.broker.Close()
+
+	var err error
+	if s.metrics, err = qprom.New(s.reg); err != nil {
+		return err
+	}
+	// A handler running past 30s is stuck: liveness fails, a metric counts it.
+	s.wd, err = health.NewWatchdog(health.WatchdogConfig{
+		Threshold: 30 * time.Second,
+		Logger:    logger,
+		OnStuck:   func(st health.Stuck) { s.metrics.HandlerStuck(st.Consumer) },
+	})
+	if err != nil {
+		return err
+	}
 
 	src, err := s.broker.Source("orders", memory.SourceConfig{Prefetch: 16})
 	if err != nil {
@@ -94,6 +117,7 @@ func runWith(ctx context.Context, ln net.Listener, logger *slog.Logger, built fu
 		consumer.WithMaxDeliveries(5),
 		consumer.WithDrainTimeout(15*time.Second),
 		consumer.WithLogger(logger),
+		consumer.WithObserver(s.metrics.Observe),
 	)
 	if err != nil {
 		return err
@@ -102,6 +126,7 @@ func runWith(ctx context.Context, ln net.Listener, logger *slog.Logger, built fu
 		DrainTimeout: 15 * time.Second,
 		Logger:       logger,
 		OnEvent: func(e consumer.Event) {
+			s.metrics.Event(e)
 			switch e.Kind {
 			case consumer.EventDrained:
 				logger.Info("consumer drained", "runner", e.Runner, "handled", e.Drain.Handled,
@@ -112,6 +137,12 @@ func runWith(ctx context.Context, ln net.Listener, logger *slog.Logger, built fu
 		},
 	}
 	if err := s.sup.Add("orders", orders); err != nil {
+		return err
+	}
+	if err := s.sup.Add("watchdog", s.wd); err != nil {
+		return err
+	}
+	if s.probes, err = health.NewHandler(s.sup, health.WithWatchdog(s.wd)); err != nil {
 		return err
 	}
 
@@ -179,6 +210,8 @@ func (s *service) ordersHandler() consumer.Handler {
 	})
 	return consumer.Chain(
 		middleware.Log(s.log),
+		middleware.Metrics(s.metrics),
+		s.wd.Middleware("orders"),
 		middleware.Recover(),
 		middleware.Retry(retry.MaxAttempts(retry.Exponential(50*time.Millisecond, time.Second), 3)),
 		middleware.Timeout(5*time.Second),
@@ -194,27 +227,13 @@ func (s *service) routes() http.Handler {
 		c.JSON(http.StatusOK, gin.H{"orders": s.broker.Stats("orders"), "dead_letters": s.broker.Stats(memory.DeadLetterQueue("orders"))})
 	})
 
-	// Liveness: the process is up and the supervisor is not stopped.
-	r.GET("/healthz", func(c *gin.Context) {
-		h := s.sup.Health()
-		for _, rh := range h.Runners {
-			if rh.State == consumer.StateStopped {
-				c.JSON(http.StatusServiceUnavailable, h)
-				return
-			}
-		}
-		c.JSON(http.StatusOK, h)
-	})
-	// Readiness: every consumer is running (not starting, paused, draining,
-	// reconnecting or failed).
-	r.GET("/readyz", func(c *gin.Context) {
-		h := s.sup.Health()
-		code := http.StatusOK
-		if !h.Ready {
-			code = http.StatusServiceUnavailable
-		}
-		c.JSON(code, h)
-	})
+	// Kubernetes probes: liveness fails for a stuck handler, readiness
+	// unless every consumer is running (not starting, paused, draining,
+	// reconnecting or failed). 200 or 503, with a JSON report.
+	r.GET("/livez", gin.WrapH(s.probes.Live()))
+	r.GET("/readyz", gin.WrapH(s.probes.Ready()))
+	r.GET("/health", gin.WrapH(s.probes))
+	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
 
 	admin := r.Group("/admin/consumers/:name")
 	admin.POST("/pause", func(c *gin.Context) { s.pauseResume(c, s.sup.Pause) })

@@ -103,6 +103,24 @@ func TestServiceAcceptsProcessesAndShutsDownCleanly(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
+	if code, _ := do(t, "GET", base+"/livez", ""); code != http.StatusOK {
+		t.Errorf("GET /livez = %d; want 200", code)
+	}
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		fmt.Sprintf(`queuekit_messages_handled_total{consumer="orders",outcome="ack"} %d`, n-1),
+		`queuekit_messages_handled_total{consumer="orders",outcome="dead-letter"} 1`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("GET /metrics lacks %q", want)
+		}
+	}
+
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("run = %v; want nil after a graceful shutdown", err)
