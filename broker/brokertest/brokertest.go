@@ -41,7 +41,6 @@ type Harness struct {
 	// Setup creates a fresh, empty destination (queue, topic, subscription
 	// group) for one test case and returns its fixture. It is called once per
 	// case, on the case's *testing.T; use t.Cleanup to delete what it created.
-	// Cases may run in parallel only if Parallel is set.
 	Setup func(t *testing.T) Fixture
 	// Timeout bounds each wait of the suite for something that should happen
 	// (a delivery, a dead letter, a consumer draining). Zero means 10s.

@@ -377,7 +377,10 @@ func testConcurrentReceive(e *env) {
 					}
 					return
 				}
-				if err := d.Ack(context.WithoutCancel(ctx)); err != nil {
+				actx, acancel := context.WithTimeout(context.Background(), e.h.Timeout)
+				err = d.Ack(actx)
+				acancel()
+				if err != nil {
 					mu.Lock()
 					errs = append(errs, fmt.Errorf("Ack(%s) = %w", describe(d.Message()), err))
 					mu.Unlock()

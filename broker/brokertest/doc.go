@@ -15,32 +15,8 @@
 // how to publish to it, how to open a source on it, how to read what was
 // dead-lettered from it, and (optionally) how to make deliveries stale.
 //
-//	func TestConformance(t *testing.T) {
-//		brokertest.Run(t, brokertest.Harness{
-//			Capabilities: brokertest.Capabilities{DeliveryCount: true, Prefetch: true},
-//			Setup: func(t *testing.T) brokertest.Fixture {
-//				queue := declareFreshQueue(t) // deleted by t.Cleanup
-//				return brokertest.Fixture{
-//					Destination: queue,
-//					Publish: func(ctx context.Context, msgs ...consumer.Message) error {
-//						return publishAll(ctx, queue, msgs)
-//					},
-//					NewSource: func(t *testing.T, prefetch int) consumer.Source {
-//						src, err := mybroker.NewSource(queue, mybroker.Config{Prefetch: prefetch})
-//						if err != nil {
-//							t.Fatal(err)
-//						}
-//						return src
-//					},
-//					DeadLetters: func(ctx context.Context, t *testing.T, n int) []consumer.Message {
-//						return readDeadLetters(ctx, t, queue, n) // waits for n or ctx
-//					},
-//				}
-//			},
-//		})
-//	}
-//
-// broker/memory's conformance_test.go is a complete, short example.
+// The package example (Example_adapter) is a complete, compiled harness for
+// broker/memory; its conformance_test.go runs it.
 //
 // # What is checked
 //
