@@ -16,6 +16,8 @@ import (
 var cases = []testCase{
 	{name: "Receive returns what was published", run: testRoundTrip},
 	{name: "Receive returns the context's error when the context is cancelled, and loses no message", run: testReceiveCancel},
+	{name: "a blocked Receive returns a message published after it started", run: testReceiveWakes},
+	{name: "after Close, Receive returns ErrSourceClosed and Close is idempotent", run: testClosed},
 	{name: "an acked message is not delivered again", run: testAck},
 	{name: "a requeued message is delivered again", run: testRequeue},
 	{name: "a requeued message is delivered again with Attempt 2", needs: []need{needDeliveryCount}, run: testRequeueAttempt},
@@ -113,6 +115,50 @@ func testReceiveCancel(e *env) {
 		e.Errorf("received %q after cancelled Receive calls; want %q", got, "after-cancel-0")
 	}
 	e.ack(d)
+}
+
+func testReceiveWakes(e *env) {
+	src := e.source(1)
+	got := make(chan consumer.Delivery, 1)
+	errc := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
+	defer cancel()
+	go func() {
+		d, err := src.Receive(ctx)
+		if err != nil {
+			errc <- err
+			return
+		}
+		got <- d
+	}()
+	time.Sleep(50 * time.Millisecond) // let Receive block on the empty destination
+	e.publish(msg("wake", 0))
+	select {
+	case d := <-got:
+		if b := string(d.Message().Body); b != "wake-0" {
+			e.Errorf("a blocked Receive returned %s; want the message published while it waited", describe(d.Message()))
+		}
+		e.ack(d)
+	case err := <-errc:
+		e.Fatalf("a Receive blocked on an empty destination returned %v after a message was published; want the message", err)
+	}
+}
+
+func testClosed(e *env) {
+	src := e.source(1)
+	e.close(src)
+	if err := src.Close(); err != nil {
+		e.Errorf("a second Close = %v; want nil (Close is idempotent)", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
+	defer cancel()
+	d, err := src.Receive(ctx)
+	switch {
+	case err == nil:
+		e.Errorf("Receive after Close delivered %s; want consumer.ErrSourceClosed", describe(d.Message()))
+	case !errors.Is(err, consumer.ErrSourceClosed):
+		e.Errorf("Receive after Close = %v; want an error wrapping consumer.ErrSourceClosed", err)
+	}
 }
 
 func testAck(e *env) {

@@ -24,7 +24,9 @@
 // messages say what was expected and why. Without any capability, the suite
 // checks: what is published is received with its body, key and headers;
 // Receive returns its context's error when the context ends, and a cancelled
-// Receive loses no message; an acked message is not delivered again; a
+// Receive loses no message; a blocked Receive returns a message published
+// while it waits; after Close, Receive returns consumer.ErrSourceClosed and a
+// second Close returns nil; an acked message is not delivered again; a
 // requeued message is delivered again; Close gives unsettled deliveries back
 // to a new source; DeadLetter moves a message to the dead-letter destination
 // with the consumer.Reason headers and its own headers; settling twice returns
