@@ -24,7 +24,8 @@
 // deleted. A Source lives until Source.Close; Broker.Close closes every
 // source and makes delayed messages ready at once, so that no timer
 // outlives the broker. The broker starts no goroutine of its own: a
-// RequeueAfter delay is a time.AfterFunc timer.
+// RequeueAfter delay is a time.AfterFunc timer, whose function only makes
+// the message ready and returns.
 //
 // # Acknowledgement
 //
@@ -32,9 +33,9 @@
 // exactly once, by one of:
 //
 //   - Ack: the message is removed.
-//   - Requeue: the message goes back to the head of the queue (where
-//     RabbitMQ puts it: its original position) and is delivered again
-//     with Attempt+1.
+//   - Requeue: the message goes back to the head of the queue and is the
+//     next delivered, with Attempt+1. RabbitMQ puts a requeued message back
+//     at its original position, which is the head for the oldest message.
 //   - RequeueAfter(d): the delivery is released at once, and the message
 //     becomes ready again after d, at the tail of the queue.
 //   - DeadLetter(reason): the message moves to the queue
