@@ -14,35 +14,21 @@ import (
 
 // A LagSource reports how far a Kafka consumer group is behind, per
 // partition of the topic it consumes: the partition's high watermark minus
-// the group's committed offset. The Kafka source of broker/kafka is meant to
-// satisfy it; the interface is structural so that broker/kafka does not import
-// this package (nor Prometheus).
+// the group's committed offset. *kafka.Source of broker/kafka satisfies it;
+// the interface is structural so that broker/kafka does not import this
+// package (nor Prometheus).
 //
-// Lag is called from a Prometheus scrape, at most once per
+// LagByPartition is called from a Prometheus scrape, at most once per
 // CollectorConfig.MinInterval, with a context bounded by CollectorConfig.Timeout.
 type LagSource interface {
-	Lag(ctx context.Context) (map[int]int64, error)
+	LagByPartition(ctx context.Context) (map[int]int64, error)
 }
 
-// LagFunc adapts a function to a LagSource, for a source whose lag method
-// has another shape. For broker/kafka, whose Source.Lag returns
-// []kafka.PartitionLag:
-//
-//	prometheus.LagFunc(func(ctx context.Context) (map[int]int64, error) {
-//		ls, err := src.Lag(ctx)
-//		if err != nil {
-//			return nil, err
-//		}
-//		m := make(map[int]int64, len(ls))
-//		for _, l := range ls {
-//			m[l.Partition] = l.Lag
-//		}
-//		return m, nil
-//	})
+// LagFunc adapts a function to a LagSource, for a source of another shape.
 type LagFunc func(ctx context.Context) (map[int]int64, error)
 
-// Lag calls f(ctx).
-func (f LagFunc) Lag(ctx context.Context) (map[int]int64, error) { return f(ctx) }
+// LagByPartition calls f(ctx).
+func (f LagFunc) LagByPartition(ctx context.Context) (map[int]int64, error) { return f(ctx) }
 
 // DepthFunc adapts a function to a DepthSource.
 type DepthFunc func(ctx context.Context) (messages, consumers int, err error)
@@ -164,7 +150,7 @@ func NewLagCollector(src LagSource, cfg CollectorConfig) (*LagCollector, error) 
 			[]string{"partition"}, prom.Labels{LabelConsumer: cfg.Consumer, "topic": cfg.Destination}),
 		errs: collectorErrors(cfg, "kafka_lag"),
 	}
-	c.lim = limiter[map[int]int64]{cfg: cfg, fetch: src.Lag, now: time.Now, errs: c.errs}
+	c.lim = limiter[map[int]int64]{cfg: cfg, fetch: src.LagByPartition, now: time.Now, errs: c.errs}
 	return c, nil
 }
 

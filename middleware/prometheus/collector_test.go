@@ -19,7 +19,7 @@ type fakeLag struct {
 	err   error
 }
 
-func (f *fakeLag) Lag(ctx context.Context) (map[int]int64, error) {
+func (f *fakeLag) LagByPartition(ctx context.Context) (map[int]int64, error) {
 	f.calls.Add(1)
 	if _, ok := ctx.Deadline(); !ok {
 		return nil, errors.New("Lag called without a deadline")
