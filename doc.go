@@ -17,6 +17,9 @@
 //     examples, tests and development.
 //   - broker/rabbitmq and broker/kafka: the adapters for real brokers.
 //   - broker/brokertest: the conformance suite every adapter passes.
+//   - middleware/prometheus, middleware/otel, middleware/correlation and
+//     health: metrics, tracing, correlation ids, and liveness/readiness
+//     probes with a stuck-handler watchdog.
 //
 // # A consumer in five steps
 //
