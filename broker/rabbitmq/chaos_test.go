@@ -88,9 +88,13 @@ func TestChaosCloseAllConnections(t *testing.T) {
 	}
 	cnt := newCounter()
 	var evs eventLog
+	// Pace the handlers so that the stream lasts about 12s, longer than the
+	// closes take (rabbitmqctl needs ~1s each): every close must land while
+	// handlers run and messages remain.
+	work := max(time.Millisecond, 12*time.Second*concurrency/time.Duration(n))
 	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
 		cnt.add(m.ID)
-		time.Sleep(time.Millisecond) // work, so that closes land while handlers run
+		time.Sleep(work)
 		return nil
 	}), consumer.WithConcurrency(concurrency), consumer.WithEventHook(evs.hook))
 	if err != nil {
@@ -108,6 +112,9 @@ func TestChaosCloseAllConnections(t *testing.T) {
 		before := evs.count(consumer.EventConnected)
 		if _, err := ctl("close_all_connections", "test"); err != nil {
 			t.Fatal(err)
+		}
+		if cnt.distinct() == n {
+			t.Fatalf("close %d came after every message was handled; the run proves nothing (slow rabbitmqctl?)", i)
 		}
 		// Wait for the source to have resubscribed before the next close,
 		// so that each close hits a live subscription.

@@ -329,7 +329,9 @@ func TestUnfixableErrorsFailFast(t *testing.T) {
 	t.Run("precondition failed", func(t *testing.T) {
 		q := uniqueQueue(t)
 		declareQueue(t, q, Quorum)
-		err := receive(t, testConfig(q)) // declares it classic
+		cfg := testConfig(q)
+		cfg.Topology.Strict = true // declares it classic, actively
+		err := receive(t, cfg)
 		t.Logf("Receive = %v", err)
 		if !consumer.IsFatal(err) || !strings.Contains(err.Error(), "PRECONDITION_FAILED") {
 			t.Errorf("Receive on a mismatched queue = %v; want a fatal PRECONDITION_FAILED", err)

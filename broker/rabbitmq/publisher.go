@@ -145,6 +145,9 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 			if err == nil {
 				select {
 				case <-w.done:
+					if w.err != nil && !errors.Is(w.err, ErrReturned) && !errors.Is(w.err, ErrNacked) {
+						return fmt.Errorf("rabbitmq: publish to %s with routing key %q: %w", quoteName(exchange), key, w.err)
+					}
 					return w.err
 				case <-ctx.Done():
 					return fmt.Errorf("rabbitmq: publish to %s: waiting for confirm: %w", quoteName(exchange), context.Cause(ctx))
@@ -158,7 +161,9 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 		case ctx.Err() != nil:
 			return fmt.Errorf("rabbitmq: publish to %s: %w (last error: %w)", quoteName(exchange), context.Cause(ctx), err)
 		}
-		p.cfg.Logger.Warn("rabbitmq: publisher channel unavailable; retrying", "error", err)
+		if bo.n == 0 { // once per Publish: a long outage must not flood the log
+			p.cfg.Logger.Warn("rabbitmq: publisher channel unavailable; retrying until the deadline", "error", err)
+		}
 		if !sleepCtx(ctx, p.done, bo.next()) {
 			if ctx.Err() != nil {
 				return fmt.Errorf("rabbitmq: publish to %s: %w (last error: %w)", quoteName(exchange), context.Cause(ctx), err)

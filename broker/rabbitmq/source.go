@@ -360,13 +360,16 @@ func (s *Source) loop() {
 			return
 		default:
 		}
-		ch, err := s.conn.channel()
+		// The topology is ensured on channels of its own, so that a failed
+		// passive check (which closes its channel) never costs the
+		// subscription's channel.
+		var ch *amqp.Channel
+		err := s.cfg.Topology.ensure(s.conn.channel, s.cfg.Queue)
 		if err == nil {
-			err = s.cfg.Topology.declare(ch, s.cfg.Queue)
-			if err == nil {
-				err = ch.Qos(s.cfg.Prefetch, 0, false)
-			}
-			if err != nil {
+			ch, err = s.conn.channel()
+		}
+		if err == nil {
+			if err = ch.Qos(s.cfg.Prefetch, 0, false); err != nil {
 				_ = ch.Close()
 			}
 		}

@@ -1,0 +1,287 @@
+package rabbitmq
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/middleware"
+	"github.com/queuekit/queuekit/retry"
+)
+
+// benchCase is one configuration of the comparison with the raw client.
+type benchCase struct {
+	name     string
+	prefetch int
+	workers  int
+	work     time.Duration // handler time
+	msgs     int           // per side, split over two rounds
+}
+
+// TestBenchmarkAgainstRawClient compares consuming through queuekit (Source +
+// consumer runtime + the standard middleware chain) with a hand-written
+// amqp091-go loop (one channel, Qos(prefetch), N goroutines ranging over the
+// deliveries and acking each), in the same run, on the same broker. It reports
+// msgs/s and client CPU per message (getrusage, user+system) of both, and the
+// ratios. Run it with:
+//
+//	QUEUEKIT_BENCH=1 go test -run TestBenchmarkAgainstRawClient -v ./broker/rabbitmq/
+//
+// Every queue is declared and pre-published (256-byte persistent messages)
+// before any consuming, and the broker is left to settle, so both sides meet
+// it in the same state. Each side runs twice per case, in the order raw, qk,
+// qk, raw, to cancel drift. QUEUEKIT_BENCH_MESSAGES overrides the messages
+// per side and case (default 20,000; 5,000 for the 1 ms / 1 worker case,
+// which is bound by the handler at ~1,000 msg/s).
+func TestBenchmarkAgainstRawClient(t *testing.T) {
+	if os.Getenv("QUEUEKIT_BENCH") != "1" {
+		t.Skip("set QUEUEKIT_BENCH=1 to run the comparison with the raw client")
+	}
+	needBroker(t)
+	n := 20000
+	if v, err := strconv.Atoi(os.Getenv("QUEUEKIT_BENCH_MESSAGES")); err == nil && v > 0 {
+		n = v
+	}
+	cases := []benchCase{
+		{"prefetch64-workers8-noop", 64, 8, 0, n},
+		{"prefetch64-workers8-1ms", 64, 8, time.Millisecond, n},
+		{"prefetch1-workers1-noop", 1, 1, 0, n},
+		{"prefetch1-workers1-1ms", 1, 1, time.Millisecond, max(n/4, 1)},
+	}
+	if only := os.Getenv("QUEUEKIT_BENCH_CASE"); only != "" {
+		var keep []benchCase
+		for _, c := range cases {
+			if c.name == only {
+				keep = append(keep, c)
+			}
+		}
+		cases = keep
+	}
+	rounds := 2
+	if v, err := strconv.Atoi(os.Getenv("QUEUEKIT_BENCH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	var order []string // raw, qk, qk, raw, raw, qk, …: each side as often first as second
+	for i := 0; i < rounds; i++ {
+		if i%2 == 0 {
+			order = append(order, "raw", "qk")
+		} else {
+			order = append(order, "qk", "raw")
+		}
+	}
+
+	// Declare everything, then pre-publish everything, then settle.
+	queues := map[string]string{}
+	conn := rawConn(t)
+	for _, c := range cases {
+		for i, side := range order {
+			q := fmt.Sprintf("%s.%s.%d", uniqueQueue(t), side, i)
+			queues[c.name+"/"+strconv.Itoa(i)] = q
+			topo := Topology{}
+			if err := topo.resolve(q); err != nil {
+				t.Fatal(err)
+			}
+			ch, err := conn.Channel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := topo.declare(ch, q); err != nil {
+				t.Fatal(err)
+			}
+			_ = ch.Close()
+			t.Cleanup(func() { deleteQueues(q) })
+		}
+	}
+	for _, c := range cases {
+		for i := range order {
+			prepublish(t, queues[c.name+"/"+strconv.Itoa(i)], c.msgs/rounds, 256)
+		}
+	}
+	time.Sleep(5 * time.Second)
+
+	t.Logf("%-26s %10s %10s %7s %12s %12s %7s", "case", "raw msg/s", "qk msg/s", "ratio", "raw CPU/msg", "qk CPU/msg", "ratio")
+	for _, c := range cases {
+		var sum [2]struct {
+			msgs    int
+			elapsed time.Duration
+			cpu     time.Duration
+		}
+		for i, side := range order {
+			q := queues[c.name+"/"+strconv.Itoa(i)]
+			var el, cpu time.Duration
+			if side == "raw" {
+				el, cpu = runRaw(t, q, c, c.msgs/rounds)
+			} else {
+				el, cpu = runQueuekit(t, q, c, c.msgs/rounds)
+			}
+			k := 0
+			if side == "qk" {
+				k = 1
+			}
+			sum[k].msgs += c.msgs / rounds
+			sum[k].elapsed += el
+			sum[k].cpu += cpu
+		}
+		rate := func(k int) float64 { return float64(sum[k].msgs) / sum[k].elapsed.Seconds() }
+		cpuPer := func(k int) time.Duration { return sum[k].cpu / time.Duration(sum[k].msgs) }
+		t.Logf("%-26s %10.0f %10.0f %7.3f %12v %12v %7.3f", c.name, rate(0), rate(1), rate(1)/rate(0),
+			cpuPer(0), cpuPer(1), float64(cpuPer(1))/float64(cpuPer(0)))
+	}
+}
+
+func cpuNow(t testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func benchWork(d time.Duration) {
+	if d > 0 {
+		time.Sleep(d)
+	}
+}
+
+// runRaw is the hand-written loop users write with amqp091-go.
+func runRaw(t *testing.T, q string, c benchCase, n int) (elapsed, cpu time.Duration) {
+	t.Helper()
+	cpu0, start := cpuNow(t), time.Now()
+	conn, err := amqp.Dial(amqpURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Qos(c.prefetch, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	switch os.Getenv("QUEUEKIT_BENCH_RAWDECLARE") {
+	case "main":
+		if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{amqp.QueueTypeArg: Classic}); err != nil {
+			t.Fatal(err)
+		}
+	case "other":
+		if _, err := ch.QueueDeclare(q+".retry", true, false, false, false, amqp.Table{amqp.QueueTypeArg: Classic, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": q}); err != nil {
+			t.Fatal(err)
+		}
+	case "passive":
+		if _, err := ch.QueueDeclarePassive(q, true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if os.Getenv("QUEUEKIT_BENCH_RAWDECLARE") == "1" {
+		topo := Topology{}
+		_ = topo.resolve(q)
+		if err := topo.declare(ch, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var count atomic.Int64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < c.workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range deliveries {
+				benchWork(c.work)
+				if err := d.Ack(false); err != nil {
+					return
+				}
+				if count.Add(1) == int64(n) {
+					close(done)
+				}
+			}
+		}()
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Minute):
+		t.Fatalf("raw: %d of %d after 5 minutes", count.Load(), n)
+	}
+	elapsed, cpu = time.Since(start), cpuNow(t)-cpu0
+	_ = ch.Close()
+	wg.Wait()
+	return elapsed, cpu
+}
+
+// countingRecorder is a middleware.Recorder doing what a metrics recorder does
+// per message: a few atomic updates.
+type countingRecorder struct {
+	inFlight, done, failed atomic.Int64
+	nanos                  atomic.Int64
+}
+
+func (r *countingRecorder) HandlerStarted(*consumer.Message) { r.inFlight.Add(1) }
+func (r *countingRecorder) HandlerDone(_ *consumer.Message, err error, d time.Duration) {
+	r.inFlight.Add(-1)
+	r.done.Add(1)
+	r.nanos.Add(int64(d))
+	if err != nil {
+		r.failed.Add(1)
+	}
+}
+
+// runQueuekit consumes through Source + consumer runtime + the standard
+// middleware chain (Metrics, Recover, Retry, Timeout; not Log, whose cost
+// is the log sink's).
+func runQueuekit(t *testing.T, q string, c benchCase, n int) (elapsed, cpu time.Duration) {
+	t.Helper()
+	cpu0, start := cpuNow(t), time.Now()
+	cfg := Config{Dialer: Dialer{URL: amqpURL()}, Queue: q, Prefetch: c.prefetch}
+	cfg.Topology.Passive = os.Getenv("QUEUEKIT_BENCH_PASSIVE") == "1"
+	src, err := NewSource(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var count atomic.Int64
+	done := make(chan struct{})
+	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		benchWork(c.work)
+		if count.Add(1) == int64(n) {
+			close(done)
+		}
+		return nil
+	})
+	chain := consumer.Chain(
+		middleware.Metrics(&countingRecorder{}),
+		middleware.Recover(),
+		middleware.Retry(retry.MaxAttempts(retry.Exponential(10*time.Millisecond, time.Second), 3)),
+		middleware.Timeout(10*time.Second),
+	)
+	cons, err := consumer.New(src, chain(h), consumer.WithConcurrency(c.workers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- cons.Run(ctx) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Minute):
+		t.Fatalf("queuekit: %d of %d after 5 minutes", count.Load(), n)
+	}
+	elapsed, cpu = time.Since(start), cpuNow(t)-cpu0
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	return elapsed, cpu
+}
