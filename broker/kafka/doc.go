@@ -77,14 +77,18 @@
 // Settling twice returns consumer.ErrAlreadySettled. Receive returns
 // consumer.ErrSourceClosed after Close. Failures to join the group are
 // retried by kafka-go; the Source reports them through Status and a
-// consumer.EventReconnecting event, and keeps Receive blocked meanwhile. A
-// rebalance emits consumer.EventReconnecting with an error wrapping
-// ErrRebalance, and consumer.EventConnected when the next generation starts.
+// consumer.EventReconnecting event, and keeps Receive blocked meanwhile. The
+// end of a generation (a rebalance) emits consumer.EventRebalanced with an
+// error wrapping ErrRebalance, after the drain and its commit, and
+// consumer.EventConnected when the next generation starts. Close ends the
+// last generation without an event.
 //
 // # Operations
 //
 // Source.Lag reports, per partition, the high-water mark minus the group's
-// committed offset, read from the brokers, for metrics and health checks.
+// committed offset, read from the brokers, for metrics and health checks;
+// Source.LagByPartition returns the same as a map, which makes a Source the
+// LagSource of middleware/prometheus's lag collector.
 // TLS and SASL are set on Config.Dialer (kafkago.Dialer's TLS and
 // SASLMechanism) and apply to every connection the Source makes.
 //

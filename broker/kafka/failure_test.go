@@ -350,4 +350,18 @@ func TestLagReportsHighWatermarkMinusCommitted(t *testing.T) {
 	if total != n-100 {
 		t.Errorf("total lag = %d; want %d", total, n-100)
 	}
+
+	// LagByPartition (the prometheus LagSource method) reports the same.
+	byPart, err := src2.LagByPartition(ctx)
+	if err != nil {
+		t.Fatalf("LagByPartition: %v", err)
+	}
+	if len(byPart) != partitions {
+		t.Errorf("LagByPartition = %v; want %d partitions", byPart, partitions)
+	}
+	for _, l := range lag {
+		if got, ok := byPart[l.Partition]; !ok || got != l.Lag {
+			t.Errorf("LagByPartition[%d] = %d, %v; want %d as Lag reports", l.Partition, got, ok, l.Lag)
+		}
+	}
 }

@@ -43,20 +43,21 @@ func TestTwoMembersOneShutDownMidRunLosesNothingAndDuplicatesNothing(t *testing.
 		return nil
 	})
 	var events [2]atomic.Int64
+	var misfiled atomic.Int64 // rebalances reported as anything but EventRebalanced + ErrRebalance
+	hook := func(i int) func(consumer.Event) {
+		return func(ev consumer.Event) {
+			switch {
+			case ev.Kind == consumer.EventRebalanced && errors.Is(ev.Err, kafka.ErrRebalance):
+				events[i].Add(1)
+			case ev.Kind == consumer.EventRebalanced || errors.Is(ev.Err, kafka.ErrRebalance):
+				misfiled.Add(1)
+			}
+		}
+	}
 	cfg := e.config(topic, "g-two")
-	a := startMember(t, newSource(t, cfg), h, consumer.WithConcurrency(4),
-		consumer.WithEventHook(func(ev consumer.Event) {
-			if ev.Kind == consumer.EventReconnecting {
-				events[0].Add(1)
-			}
-		}))
+	a := startMember(t, newSource(t, cfg), h, consumer.WithConcurrency(4), consumer.WithEventHook(hook(0)))
 	waitFor(t, "member A to start handling", 20*time.Second, func() bool { return l.distinct() > n/10 })
-	b := startMember(t, newSource(t, cfg), h, consumer.WithConcurrency(4),
-		consumer.WithEventHook(func(ev consumer.Event) {
-			if ev.Kind == consumer.EventReconnecting {
-				events[1].Add(1)
-			}
-		}))
+	b := startMember(t, newSource(t, cfg), h, consumer.WithConcurrency(4), consumer.WithEventHook(hook(1)))
 	waitFor(t, "both members to share the work", 20*time.Second, func() bool { return l.distinct() > n/3 })
 	took := a.stop(t)
 	atStop := l.distinct()
@@ -69,7 +70,10 @@ func TestTwoMembersOneShutDownMidRunLosesNothingAndDuplicatesNothing(t *testing.
 		t.Errorf("duplicates = %d; want 0 (every handled record was committed before its partition moved)", d)
 	}
 	if events[1].Load() == 0 {
-		t.Errorf("member B saw no rebalance; the test did not exercise one")
+		t.Errorf("member B saw no EventRebalanced wrapping ErrRebalance; the test did not exercise a rebalance")
+	}
+	if m := misfiled.Load(); m != 0 {
+		t.Errorf("%d rebalance events were not EventRebalanced with an ErrRebalance error", m)
 	}
 	// The budget: the runtime's drain (in-flight handlers, ~100µs each)
 	// plus the source's DrainTimeout plus a LeaveGroup round trip. Generous.
@@ -154,7 +158,7 @@ func TestDeliveryOutlivingItsGenerationIsFencedAndNotCommitted(t *testing.T) {
 	src := newSource(t, cfg)
 	rebalanced := make(chan error, 4)
 	src.SetEventHook(func(ev consumer.Event) {
-		if ev.Kind == consumer.EventReconnecting {
+		if ev.Kind == consumer.EventRebalanced {
 			select {
 			case rebalanced <- ev.Err:
 			default:

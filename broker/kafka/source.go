@@ -17,10 +17,11 @@ import (
 	"github.com/queuekit/queuekit/consumer"
 )
 
-// ErrRebalance is the Err of the consumer.EventReconnecting event a Source
-// emits when a generation of its consumer group ended (a member joined or
-// left, or the coordinator moved). The Source drains, commits and rejoins by
-// itself.
+// ErrRebalance is wrapped by the Err of the consumer.EventRebalanced event a
+// Source emits when a generation of its consumer group ended (a member joined
+// or left, or the coordinator moved). The Source drains, commits and rejoins
+// by itself. The error text says how many in-flight records finished during
+// the drain and how many were fenced.
 var ErrRebalance = errors.New("kafka: consumer group rebalance")
 
 // Headers a Source adds to a dead-lettered record, next to the
@@ -417,7 +418,9 @@ func (g *generation) drain() {
 	s.log.Info("kafka: generation ended", "generation", g.kg.ID, "in_flight_at_end", waiting,
 		"fenced", fenced, "drain", time.Since(start), "commit_error", err)
 	if !closing {
-		s.emit(consumer.EventReconnecting, fmt.Errorf("%w: generation %d ended (%d in flight finished, %d fenced)",
+		// EventRebalanced, not EventReconnecting: the connection is fine,
+		// the group moved partitions (metrics count the two apart).
+		s.emit(consumer.EventRebalanced, fmt.Errorf("%w: generation %d ended (%d in flight finished, %d fenced)",
 			ErrRebalance, g.kg.ID, waiting-fenced, fenced))
 	}
 }
@@ -602,6 +605,22 @@ func (s *Source) Lag(ctx context.Context) ([]PartitionLag, error) {
 		out = append(out, pl)
 	}
 	sortLag(out)
+	return out, nil
+}
+
+// LagByPartition returns the group's lag per partition of the topic
+// (partition → high-water mark minus committed offset), as Lag does. It
+// makes a Source a LagSource of middleware/prometheus, without this package
+// importing it.
+func (s *Source) LagByPartition(ctx context.Context) (map[int]int64, error) {
+	l, err := s.Lag(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int]int64, len(l))
+	for _, p := range l {
+		out[p.Partition] = p.Lag
+	}
 	return out, nil
 }
 
