@@ -109,6 +109,10 @@ type Source struct {
 	loopDone chan struct{} // closed when the session loop exits
 
 	gen atomic.Uint64 // subscription counter: consumer tags and fencing
+
+	events        chan consumer.Event // sent to by the session loop only; closed when it exits
+	dispatchDone  chan struct{}       // closed when dispatch has delivered the last event
+	droppedEvents atomic.Int64
 }
 
 // state is a snapshot of the source for Receive and Status.
@@ -144,6 +148,9 @@ func NewSource(cfg Config) (*Source, error) {
 		wake:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
+
+		events:       make(chan consumer.Event, 64),
+		dispatchDone: make(chan struct{}),
 	}
 	if s.conn == nil {
 		s.conn = &Connection{d: cfg.Dialer}
@@ -163,8 +170,10 @@ func NewSource(cfg Config) (*Source, error) {
 	return s, nil
 }
 
-// SetEventHook implements consumer.EventSource. The hook is called from the
-// session loop, never while a lock is held, and never after Close returned.
+// SetEventHook implements consumer.EventSource. The hook is called from a
+// goroutine of the source, one event at a time and in order, never while a
+// lock is held and never after Close returned. A slow hook does not delay
+// reconnection; one more than 64 events behind misses events.
 func (s *Source) SetEventHook(f func(consumer.Event)) {
 	if f == nil {
 		s.hook.Store(nil)
@@ -173,9 +182,25 @@ func (s *Source) SetEventHook(f func(consumer.Event)) {
 	s.hook.Store(&f)
 }
 
+// emit queues an event for the hook. Only the session loop calls it, and it
+// never blocks: a hook that falls 64 events behind loses the newest ones
+// (counted in droppedEvents) rather than stalling reconnection.
 func (s *Source) emit(kind consumer.EventKind, err error) {
-	if f := s.hook.Load(); f != nil {
-		(*f)(consumer.Event{Kind: kind, Err: err, Time: time.Now()})
+	select {
+	case s.events <- consumer.Event{Kind: kind, Err: err, Time: time.Now()}:
+	default:
+		s.droppedEvents.Add(1)
+	}
+}
+
+// dispatch runs on its own goroutine and calls the hook with each event, in
+// order, until the session loop closes s.events on exit.
+func (s *Source) dispatch() {
+	defer close(s.dispatchDone)
+	for e := range s.events {
+		if f := s.hook.Load(); f != nil {
+			(*f)(e)
+		}
 	}
 }
 
@@ -260,6 +285,7 @@ func (s *Source) start() {
 		return
 	}
 	s.started = true
+	go s.dispatch()
 	go s.loop()
 }
 
@@ -338,6 +364,7 @@ func (s *Source) Close() error {
 	s.mu.Unlock()
 	if started {
 		<-s.loopDone
+		<-s.dispatchDone // so that the hook is never called after Close returned
 	}
 	err := s.pub.Close()
 	if s.ownConn {
@@ -351,6 +378,7 @@ func (s *Source) Close() error {
 // and NotifyCancel listeners and reads them until the channel is replaced.
 func (s *Source) loop() {
 	defer close(s.loopDone)
+	defer close(s.events)
 	bo := backoff{min: s.cfg.ReconnectMin, max: s.cfg.ReconnectMax}
 	log := s.cfg.Logger.With("queue", s.cfg.Queue)
 	connected := false
