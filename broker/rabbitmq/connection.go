@@ -26,7 +26,7 @@ type Dialer struct {
 	// TLS configures TLS for amqps:// URLs (default: the system roots and the
 	// URL's host name).
 	TLS *tls.Config
-	// Dial opens the network connection (default: net.Dialer with a 30s
+	// Dial opens the network connection (default: net.Dialer with a 10s
 	// timeout). Use it for proxies, custom resolvers or tests.
 	Dial func(network, addr string) (net.Conn, error)
 	// Heartbeat is the AMQP heartbeat interval (default 10s): a dead peer is
@@ -72,7 +72,7 @@ func (d Dialer) dial() (*amqp.Connection, error) {
 		cfg.Heartbeat = 10 * time.Second
 	}
 	if cfg.Dial == nil {
-		cfg.Dial = amqp.DefaultDial(30 * time.Second)
+		cfg.Dial = amqp.DefaultDial(10 * time.Second)
 	}
 	name := d.Name
 	if name == "" {

@@ -23,9 +23,11 @@ var (
 
 // ReturnError is the error of a mandatory publish the broker returned.
 type ReturnError struct {
+	// Exchange and RoutingKey are those of the returned publish.
 	Exchange, RoutingKey string
-	Code                 int
-	Reason               string
+	// Code and Reason are the broker's reply code and text (312 NO_ROUTE).
+	Code   int
+	Reason string
 }
 
 func (e *ReturnError) Error() string {

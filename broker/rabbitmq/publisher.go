@@ -123,7 +123,9 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 // or may not have been stored: publishing again is at-least-once.
 //
 // A message without a MessageId gets a random one, so that consumers can
-// identify and deduplicate it. msg.Headers is not modified.
+// identify and deduplicate it. A mandatory message carries one more header,
+// x-queuekit-publish-seq, which ties a basic.return to its publish (Sources
+// of this package hide it from handlers). msg.Headers is not modified.
 func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc

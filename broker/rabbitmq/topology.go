@@ -63,6 +63,7 @@ type Topology struct {
 
 // Exchange is an exchange to declare.
 type Exchange struct {
+	// Name is the exchange's name. Required.
 	Name string
 	// Kind is direct (default), fanout, topic or headers.
 	Kind string
@@ -70,7 +71,10 @@ type Exchange struct {
 
 // Binding binds the source's queue to an exchange.
 type Binding struct {
-	Exchange   string
+	// Exchange is the exchange to bind to. Required: the default exchange
+	// routes by queue name without bindings.
+	Exchange string
+	// RoutingKey is the binding key (ignored by fanout exchanges).
 	RoutingKey string
 }
 
