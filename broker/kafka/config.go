@@ -57,10 +57,11 @@ type Config struct {
 
 	// Ordering: ByPartition (default) or ByKey.
 	Ordering Ordering
-	// MaxInFlight bounds, per partition, the records fetched and not yet
-	// settled (waiting or being handled). When a partition reaches it, that
-	// partition is not fetched until a record settles (backpressure).
-	// Default 256.
+	// MaxInFlight bounds, per partition, the records queued for handling
+	// and not yet settled (waiting or being handled). When a partition
+	// reaches it, that partition is not fetched until records settle
+	// (backpressure); the partition's fetcher holds at most one more fetch
+	// response (at most MaxBytes), fetched ahead. Default 256.
 	MaxInFlight int
 
 	// CommitInterval is the longest time a handled record waits before its
@@ -101,12 +102,9 @@ type Config struct {
 	// how long Close and a rebalance wait for a pending fetch. Default 250 ms
 	// (kafka-go's default is 10 s).
 	MaxWait time.Duration
-	// MinBytes and MaxBytes bound the size of a fetch response.
-	// Defaults 1 and 1 MB.
+	// MinBytes and MaxBytes bound the size of a fetch response (one
+	// partition). Defaults 1 and 1 MB.
 	MinBytes, MaxBytes int
-	// QueueCapacity is the number of records kafka-go prefetches per
-	// partition, on top of MaxInFlight. Default 100.
-	QueueCapacity int
 
 	// DeadLetterTopic receives records that failed for good, with the
 	// reason in their headers. Default: Topic + ".dlt". The topic must exist
@@ -166,9 +164,6 @@ func (c *Config) setDefaults() {
 	if c.MaxBytes == 0 {
 		c.MaxBytes = 1 << 20
 	}
-	if c.QueueCapacity == 0 {
-		c.QueueCapacity = 100
-	}
 	if c.DeadLetterTopic == "" && c.Topic != "" {
 		c.DeadLetterTopic = c.Topic + ".dlt"
 	}
@@ -223,8 +218,6 @@ func (c *Config) validate() error {
 		return invalid("MaxInFlight %d, want at least 1", c.MaxInFlight)
 	case c.CommitBatch < 1:
 		return invalid("CommitBatch %d, want at least 1", c.CommitBatch)
-	case c.QueueCapacity < 1:
-		return invalid("QueueCapacity %d, want at least 1", c.QueueCapacity)
 	case c.MinBytes < 1 || c.MaxBytes < c.MinBytes:
 		return invalid("MinBytes %d / MaxBytes %d, want 1 <= MinBytes <= MaxBytes", c.MinBytes, c.MaxBytes)
 	case c.StartOffset != kafkago.FirstOffset && c.StartOffset != kafkago.LastOffset:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -80,10 +81,6 @@ func NewSource(cfg Config) (*Source, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if rc := readerConfig(&cfg, 0); rc.Validate() != nil {
-		err := rc.Validate()
-		return nil, invalid("%v", err)
-	}
 	dlt, err := NewPublisher(PublisherConfig{
 		Brokers:      cfg.Brokers,
 		Topic:        cfg.DeadLetterTopic,
@@ -107,20 +104,6 @@ func NewSource(cfg Config) (*Source, error) {
 		closeDone: make(chan struct{}),
 		status:    consumer.SourceStatus{Err: errors.New("kafka: not joined yet")},
 	}, nil
-}
-
-func readerConfig(cfg *Config, partition int) kafkago.ReaderConfig {
-	return kafkago.ReaderConfig{
-		Brokers:       cfg.Brokers,
-		Topic:         cfg.Topic,
-		Partition:     partition,
-		Dialer:        cfg.Dialer,
-		MinBytes:      cfg.MinBytes,
-		MaxBytes:      cfg.MaxBytes,
-		MaxWait:       cfg.MaxWait,
-		QueueCapacity: cfg.QueueCapacity,
-		ErrorLogger:   kafkago.LoggerFunc(errorLogger(cfg.Logger)),
-	}
 }
 
 func errorLogger(l *slog.Logger) func(string, ...any) {
@@ -284,59 +267,199 @@ func (s *Source) serve(kg *kafkago.Generation) {
 	}
 }
 
-// fetch reads one partition and queues its records on their lanes. It stops
-// fetching while the partition holds MaxInFlight unsettled records.
+// fetch reads one partition over a connection of its own to the
+// partition's leader, and queues each fetch response's records on their
+// lanes under one lock. It is not a kafkago.Reader on purpose: the Reader
+// hands records over one by one through a channel from a goroutine of its
+// own, and its Close waits for a pending fetch (up to MaxWait), where closing
+// the connection ends it at once.
+//
+// The fetcher owns conn, offset and pending. It holds at most one fetch
+// response (at most MaxBytes) beyond the MaxInFlight records its partition
+// holds on its lanes, so that the next response is on its way while the
+// current one is handled; at MaxInFlight it stops fetching (backpressure)
+// until handled records make room.
 func (g *generation) fetch(ctx context.Context, p *partition) {
 	s := g.s
-	r := kafkago.NewReader(readerConfig(&s.cfg, p.id)) // config validated in NewSource
-	defer r.Close()                                    // waits at most MaxWait for a pending fetch
-	if err := r.SetOffset(p.start); err != nil {
-		s.log.Error("kafka: set offset", "partition", p.id, "error", err)
-		return
+	var (
+		conn    *kafkago.Conn
+		unwatch func() bool // stops closing conn when the generation ends
+		offset  = p.start
+		pending []*record // fetched, not yet on a lane
+		fails   int       // consecutive failures, for the backoff
+	)
+	drop := func() {
+		if conn != nil {
+			unwatch()
+			conn.Close()
+			conn = nil
+		}
 	}
-	byKey := s.cfg.Ordering == ByKey
+	defer drop()
 	for {
-		s.mu.Lock()
-		for p.held >= s.cfg.MaxInFlight && !g.draining {
-			s.mu.Unlock()
-			select {
-			case <-p.room:
-			case <-ctx.Done():
+		if len(pending) > 0 {
+			var ok bool
+			if pending, ok = g.queue(ctx, p, pending); !ok {
 				return
 			}
-			s.mu.Lock()
+			if len(pending) > 0 {
+				continue // queue waited for room and was woken; queue more
+			}
 		}
-		draining := g.draining
-		s.mu.Unlock()
-		if draining {
+		if fails > 0 && !sleepCtx(ctx, backoff(fails)) {
 			return
 		}
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
+		if conn == nil {
+			c, off, err := g.dial(ctx, p.id, offset)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				fails++
+				s.log.Warn("kafka: connecting to the partition leader failed; retrying", "partition", p.id, "error", err)
+				continue
 			}
-			s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "error", err)
-			select {
-			case <-time.After(100 * time.Millisecond):
-			case <-ctx.Done():
-				return
+			// The generation's end (rebalance, Close) closes the
+			// connection, which ends a pending fetch at once.
+			conn, offset, unwatch = c, off, context.AfterFunc(ctx, func() { c.Close() })
+		}
+		recs, next, err := g.read(conn, p, offset)
+		if ctx.Err() != nil {
+			return
+		}
+		offset = next
+		pending = recs
+		switch {
+		case err == nil, errors.Is(err, kafkago.RequestTimedOut):
+			fails = 0
+		case errors.Is(err, kafkago.OffsetOutOfRange):
+			conn.SetDeadline(time.Now().Add(s.cfg.Timeout))
+			first, _, oerr := conn.ReadOffsets()
+			conn.SetDeadline(time.Time{})
+			switch {
+			case oerr != nil:
+				drop()
+				fails++
+			case offset < first:
+				// Retention deleted records before they were handled:
+				// carry on from the oldest, as kafkago.Reader does.
+				s.log.Error("kafka: offset out of range; skipping to the first offset",
+					"partition", p.id, "offset", offset, "first", first)
+				offset, fails = first, 0
+			default:
+				fails++ // beyond the end: wait for records
 			}
+		default:
+			// Leader moved, connection broken, or a broker error: start
+			// over on a fresh connection to the (possibly new) leader.
+			s.log.Warn("kafka: fetch failed; reconnecting", "partition", p.id, "offset", offset, "error", err)
+			drop()
+			fails++
+		}
+	}
+}
+
+// dial connects to the leader of partition id and resolves offset: a
+// partition without a committed offset starts at StartOffset (which
+// kafka-go passes as FirstOffset or LastOffset), and an offset below the
+// partition's first (deleted by retention) starts at the first.
+func (g *generation) dial(ctx context.Context, id int, offset int64) (*kafkago.Conn, int64, error) {
+	cfg := &g.s.cfg
+	var err error
+	for _, b := range cfg.Brokers {
+		var c *kafkago.Conn
+		if c, err = cfg.Dialer.DialLeader(ctx, "tcp", b, cfg.Topic, id); err != nil {
 			continue
 		}
-		rec := &record{g: g, p: p, m: m, attempt: 1}
+		c.SetDeadline(time.Now().Add(cfg.Timeout))
+		first, last, oerr := c.ReadOffsets()
+		c.SetDeadline(time.Time{})
+		if oerr != nil {
+			c.Close()
+			err = oerr
+			continue
+		}
+		switch {
+		case offset == kafkago.LastOffset:
+			offset = last
+		case offset < first: // FirstOffset, or deleted by retention
+			offset = first
+		}
+		return c, offset, nil
+	}
+	return nil, offset, err
+}
+
+// read fetches one response from offset and returns its records and the
+// offset to fetch next. Records read before an error are returned too.
+func (g *generation) read(conn *kafkago.Conn, p *partition, offset int64) ([]*record, int64, error) {
+	s := g.s
+	cfg := &s.cfg
+	if _, err := conn.Seek(offset, kafkago.SeekAbsolute|kafkago.SeekDontCheck); err != nil {
+		return nil, offset, err
+	}
+	// The broker answers within MaxWait; Timeout bounds the rest.
+	conn.SetReadDeadline(time.Now().Add(cfg.MaxWait + cfg.Timeout))
+	b := conn.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: cfg.MinBytes, MaxBytes: cfg.MaxBytes, MaxWait: cfg.MaxWait})
+	var (
+		recs  []*record
+		block []record // records are allocated in blocks, not one by one
+		err   error
+	)
+	byKey := cfg.Ordering == ByKey
+	for {
+		var m kafkago.Message
+		if m, err = b.ReadMessage(); err != nil {
+			break
+		}
+		if m.Offset < offset {
+			continue // a compressed batch can start before the offset asked for
+		}
+		offset = m.Offset + 1
+		if len(block) == 0 {
+			block = make([]record, 64)
+		}
+		rec := &block[0]
+		block = block[1:]
+		*rec = record{g: g, p: p, m: m, attempt: 1}
 		if byKey {
 			rec.lane = maphash.Bytes(s.seed, m.Key)
 		}
-		s.mu.Lock()
-		if g.draining {
-			s.mu.Unlock()
-			return
+		recs = append(recs, rec)
+	}
+	if cerr := b.Close(); errors.Is(err, io.EOF) {
+		err = cerr // the response was read to its end; Close reports a broken one
+	}
+	conn.SetReadDeadline(time.Time{})
+	return recs, offset, err
+}
+
+// queue puts as many of recs on their lanes as the partition has room for
+// (MaxInFlight), under one lock, and returns the rest. When there is no room
+// it waits for some. It reports false when the generation is ending.
+func (g *generation) queue(ctx context.Context, p *partition, recs []*record) ([]*record, bool) {
+	s := g.s
+	s.mu.Lock()
+	if g.draining {
+		s.mu.Unlock()
+		return nil, false
+	}
+	room := s.cfg.MaxInFlight - p.held
+	if room <= 0 {
+		s.mu.Unlock()
+		select {
+		case <-p.room:
+			return recs, true
+		case <-ctx.Done():
+			return nil, false
 		}
-		if !p.trk.Add(m.Offset) {
-			// kafka-go redelivered an offset (it never should): keep the
-			// tracker consistent by not handing it out twice.
-			s.mu.Unlock()
+	}
+	n := min(room, len(recs))
+	woke := false
+	for _, rec := range recs[:n] {
+		if !p.trk.Add(rec.m.Offset) {
+			// An offset fetched twice (never expected): keep the tracker
+			// consistent by not handing it out twice.
 			continue
 		}
 		p.held++
@@ -344,14 +467,42 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			ln.q = append(ln.q, rec)
 		} else {
 			p.lanes[rec.lane] = &lane{}
-			s.pushReadyLocked(rec)
+			s.ready = append(s.ready, rec)
+			woke = true
 		}
-		s.mu.Unlock()
 	}
+	if woke {
+		s.wakeLocked()
+	}
+	s.mu.Unlock()
+	clear(recs[:n])
+	return recs[n:], true
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// backoff is the wait before retry number n (n >= 1): 100 ms doubling up
+// to 2 s.
+func backoff(n int) time.Duration {
+	return 100 * time.Millisecond << min(n-1, 4)
 }
 
 func (s *Source) pushReadyLocked(rec *record) {
 	s.ready = append(s.ready, rec)
+	s.wakeLocked()
+}
+
+// wakeLocked wakes one Receive waiting for a record, if any.
+func (s *Source) wakeLocked() {
 	select {
 	case s.notify <- struct{}{}:
 	default:
