@@ -22,7 +22,7 @@ const HeaderDeliveries = "x-queuekit-deliveries"
 type delivery struct {
 	s       *Source
 	sess    *session
-	d       *amqp.Delivery
+	d       amqp.Delivery // by value: one allocation per delivery, not two
 	msg     consumer.Message
 	settled atomic.Bool
 }
@@ -34,8 +34,9 @@ var _ consumer.DelayedRequeuer = (*delivery)(nil)
 // key the producer chose.
 const routingKeyHeader = "x-queuekit-routing-key"
 
-func (s *Source) newDelivery(sess *session, d *amqp.Delivery) *delivery {
-	dl := &delivery{s: s, sess: sess, d: d, msg: toMessage(d, s.cfg.Queue)}
+func (s *Source) newDelivery(sess *session, d amqp.Delivery) *delivery {
+	dl := &delivery{s: s, sess: sess, d: d}
+	dl.msg = toMessage(&dl.d, s.cfg.Queue)
 	if dl.msg.ID == "" {
 		// No message-id (our Publisher always sets one): name the delivery
 		// for logs. It is not stable across redeliveries.

@@ -262,7 +262,7 @@ func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
 		select {
 		case d, ok := <-st.sess.deliveries:
 			if ok {
-				return s.newDelivery(st.sess, &d), nil
+				return s.newDelivery(st.sess, d), nil
 			}
 			// The subscription ended (channel closed, cancelled or
 			// paused): wait for the session loop to replace it.
