@@ -390,21 +390,27 @@ func (g *generation) dial(ctx context.Context, id int, offset int64) (*kafkago.C
 	return nil, offset, err
 }
 
-// read fetches one response from offset and returns its records and the
-// offset to fetch next. Records read before an error are returned too.
+// read fetches one response from offset and returns the offset to fetch
+// next and the records it could not queue yet for want of room (see
+// queueLocked). It queues records while it reads the response, a chunk at a
+// time, so that handling starts before a large response is read to its end.
+// Records read before an error are kept.
 func (g *generation) read(conn *kafkago.Conn, p *partition, offset int64) ([]*record, int64, error) {
 	s := g.s
 	cfg := &s.cfg
 	if _, err := conn.Seek(offset, kafkago.SeekAbsolute|kafkago.SeekDontCheck); err != nil {
 		return nil, offset, err
 	}
-	// The broker answers within MaxWait; Timeout bounds the rest.
+	// The broker answers within MaxWait; Timeout bounds the rest. The read
+	// never waits for room (that could outlast the deadline): records that
+	// do not fit are returned and queued after the response was read.
 	conn.SetReadDeadline(time.Now().Add(cfg.MaxWait + cfg.Timeout))
 	b := conn.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: cfg.MinBytes, MaxBytes: cfg.MaxBytes, MaxWait: cfg.MaxWait})
 	var (
-		recs  []*record
-		block []record // records are allocated in blocks, not one by one
+		recs  []*record // read and not queued
+		block []record  // records are allocated in blocks, not one by one
 		err   error
+		full  bool // the partition had no room: stop trying until the end
 	)
 	byKey := cfg.Ordering == ByKey
 	for {
@@ -417,7 +423,7 @@ func (g *generation) read(conn *kafkago.Conn, p *partition, offset int64) ([]*re
 		}
 		offset = m.Offset + 1
 		if len(block) == 0 {
-			block = make([]record, 64)
+			block = make([]record, readChunk)
 		}
 		rec := &block[0]
 		block = block[1:]
@@ -426,6 +432,13 @@ func (g *generation) read(conn *kafkago.Conn, p *partition, offset int64) ([]*re
 			rec.lane = maphash.Bytes(s.seed, m.Key)
 		}
 		recs = append(recs, rec)
+		if !full && len(recs) == readChunk {
+			var ok bool
+			if recs, ok = g.queueLocked(p, recs); !ok {
+				break // the generation is ending
+			}
+			full = len(recs) > 0
+		}
 	}
 	if cerr := b.Close(); errors.Is(err, io.EOF) {
 		err = cerr // the response was read to its end; Close reports a broken one
@@ -434,27 +447,37 @@ func (g *generation) read(conn *kafkago.Conn, p *partition, offset int64) ([]*re
 	return recs, offset, err
 }
 
+// readChunk is how many records read queues at a time while it reads a
+// response.
+const readChunk = 64
+
 // queue puts as many of recs on their lanes as the partition has room for
-// (MaxInFlight), under one lock, and returns the rest. When there is no room
-// it waits for some. It reports false when the generation is ending.
+// (MaxInFlight) and returns the rest. When there is no room it waits for
+// some. It reports false when the generation is ending.
 func (g *generation) queue(ctx context.Context, p *partition, recs []*record) ([]*record, bool) {
+	rest, ok := g.queueLocked(p, recs)
+	if !ok || len(rest) < len(recs) {
+		return rest, ok
+	}
+	select {
+	case <-p.room:
+		return rest, true
+	case <-ctx.Done():
+		return nil, false
+	}
+}
+
+// queueLocked puts as many of recs on their lanes as there is room for,
+// taking s.mu once, and returns the rest; false if the generation is ending.
+// When all were queued it returns recs[:0], for reuse.
+func (g *generation) queueLocked(p *partition, recs []*record) ([]*record, bool) {
 	s := g.s
 	s.mu.Lock()
 	if g.draining {
 		s.mu.Unlock()
 		return nil, false
 	}
-	room := s.cfg.MaxInFlight - p.held
-	if room <= 0 {
-		s.mu.Unlock()
-		select {
-		case <-p.room:
-			return recs, true
-		case <-ctx.Done():
-			return nil, false
-		}
-	}
-	n := min(room, len(recs))
+	n := min(max(s.cfg.MaxInFlight-p.held, 0), len(recs))
 	woke := false
 	for _, rec := range recs[:n] {
 		if !p.trk.Add(rec.m.Offset) {
@@ -475,6 +498,10 @@ func (g *generation) queue(ctx context.Context, p *partition, recs []*record) ([
 		s.wakeLocked()
 	}
 	s.mu.Unlock()
+	if n == len(recs) {
+		clear(recs)
+		return recs[:0], true
+	}
 	clear(recs[:n])
 	return recs[n:], true
 }
