@@ -266,7 +266,34 @@ func runQueuekit(t *testing.T, q string, c benchCase, n int) (elapsed, cpu time.
 		middleware.Retry(retry.MaxAttempts(retry.Exponential(10*time.Millisecond, time.Second), 3)),
 		middleware.Timeout(10*time.Second),
 	)
-	cons, err := consumer.New(src, chain(h), consumer.WithConcurrency(c.workers))
+	var wrapped consumer.Handler = chain(h)
+	if os.Getenv("QUEUEKIT_BENCH_NOMW") == "1" {
+		wrapped = h
+	}
+	if os.Getenv("QUEUEKIT_BENCH_SOURCEONLY") == "1" {
+		// The Source alone, in a raw-style loop: no runtime, no middleware.
+		var wg sync.WaitGroup
+		for i := 0; i < c.workers; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					d, err := src.Receive(context.Background())
+					if err != nil {
+						return
+					}
+					_ = h(context.Background(), d.Message())
+					_ = d.Ack(context.Background())
+				}
+			}()
+		}
+		<-done
+		elapsed, cpu = time.Since(start), cpuNow(t)-cpu0
+		_ = src.Close()
+		wg.Wait()
+		return elapsed, cpu
+	}
+	cons, err := consumer.New(src, wrapped, consumer.WithConcurrency(c.workers))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,16 +84,19 @@ func (c *PublisherConfig) resolve() error {
 // share one channel and are confirmed independently. It opens its channel
 // lazily and reopens it (redialling if needed) when it was closed, waiting
 // with backoff inside the deadline of the Publish that needs it. Close waits
-// for nothing: publishes still waiting for their confirm fail.
+// for no confirm: publishes still waiting for theirs fail. It waits for a
+// dial in progress (at most the dial timeout).
 type Publisher struct {
 	cfg     PublisherConfig
 	conn    *Connection
 	ownConn bool
 
-	mu     sync.Mutex // guards cur and closed
+	dialMu sync.Mutex // held while opening a channel (see channel)
+	mu     sync.Mutex // guards cur and closed; never held while dialling
 	cur    *confirmChannel
 	closed bool
-	done   chan struct{} // closed by Close
+	done   chan struct{}  // closed by Close
+	dials  sync.WaitGroup // goroutines of channelCtx
 }
 
 // NewPublisher returns a Publisher. It does not connect yet. It returns an
@@ -139,8 +142,15 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 		msg.DeliveryMode = amqp.Persistent
 	}
 	bo := backoff{min: p.cfg.ReconnectMin, max: p.cfg.ReconnectMax}
+	var lastErr error // the last failure that was not the deadline, for the final error
+	expired := func() error {
+		if lastErr == nil {
+			return fmt.Errorf("rabbitmq: publish to %s: %w", quoteName(exchange), context.Cause(ctx))
+		}
+		return fmt.Errorf("rabbitmq: publish to %s: %w (last error: %w)", quoteName(exchange), context.Cause(ctx), lastErr)
+	}
 	for {
-		cc, err := p.channel()
+		cc, err := p.channelCtx(ctx)
 		if err == nil {
 			var w *pendingPublish
 			w, err = cc.publish(ctx, exchange, key, !p.cfg.AllowUnroutable, msg)
@@ -155,36 +165,81 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 					return fmt.Errorf("rabbitmq: publish to %s: waiting for confirm: %w", quoteName(exchange), context.Cause(ctx))
 				}
 			}
-			p.drop(cc)
+			if cc.isDead() {
+				p.drop(cc)
+			}
 		}
 		switch {
 		case errors.Is(err, ErrPublisherClosed), errors.Is(err, ErrConnectionClosed), consumer.IsFatal(err):
 			return err
 		case ctx.Err() != nil:
-			return fmt.Errorf("rabbitmq: publish to %s: %w (last error: %w)", quoteName(exchange), context.Cause(ctx), err)
+			return expired()
 		}
+		lastErr = err
 		if bo.n == 0 { // once per Publish: a long outage must not flood the log
 			p.cfg.Logger.Warn("rabbitmq: publisher channel unavailable; retrying until the deadline", "error", err)
 		}
 		if !sleepCtx(ctx, p.done, bo.next()) {
 			if ctx.Err() != nil {
-				return fmt.Errorf("rabbitmq: publish to %s: %w (last error: %w)", quoteName(exchange), context.Cause(ctx), err)
+				return expired()
 			}
 			return ErrPublisherClosed
 		}
 	}
 }
 
-// channel returns the live confirm channel, opening one if needed.
-func (p *Publisher) channel() (*confirmChannel, error) {
+// channelCtx is channel bounded by ctx. Dialling cannot be interrupted (the
+// client library has no context for it), so it runs on a goroutine of its
+// own that Close waits for; a Publish whose deadline passes meanwhile returns
+// at its deadline, and the connection, once up, serves the next Publish.
+func (p *Publisher) channelCtx(ctx context.Context) (*confirmChannel, error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.closed {
+		p.mu.Unlock()
 		return nil, ErrPublisherClosed
 	}
 	if p.cur != nil && !p.cur.isDead() {
-		return p.cur, nil
+		cc := p.cur
+		p.mu.Unlock()
+		return cc, nil
 	}
+	p.dials.Add(1) // under p.mu, so never after Close started waiting
+	p.mu.Unlock()
+	type result struct {
+		cc  *confirmChannel
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		defer p.dials.Done()
+		cc, err := p.channel()
+		res <- result{cc, err}
+	}()
+	select {
+	case r := <-res:
+		return r.cc, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("rabbitmq: connecting: %w", context.Cause(ctx))
+	}
+}
+
+// channel returns the live confirm channel, opening one if needed. p.dialMu
+// makes concurrent callers share one dial; p.mu is never held while dialling,
+// so that Publish and Close never wait for a dial behind a lock.
+func (p *Publisher) channel() (*confirmChannel, error) {
+	p.dialMu.Lock()
+	defer p.dialMu.Unlock()
+	p.mu.Lock()
+	switch {
+	case p.closed:
+		p.mu.Unlock()
+		return nil, ErrPublisherClosed
+	case p.cur != nil && !p.cur.isDead():
+		cc := p.cur
+		p.mu.Unlock()
+		return cc, nil
+	}
+	p.mu.Unlock()
 	ch, err := p.conn.channel()
 	if err != nil {
 		if unfixable(err, false) {
@@ -205,7 +260,14 @@ func (p *Publisher) channel() (*confirmChannel, error) {
 	if err != nil {
 		return nil, err
 	}
+	p.mu.Lock()
+	if p.closed { // Close ran while we dialled: it will not see this channel
+		p.mu.Unlock()
+		cc.close()
+		return nil, ErrPublisherClosed
+	}
 	p.cur = cc
+	p.mu.Unlock()
 	return cc, nil
 }
 
@@ -234,6 +296,9 @@ func (p *Publisher) Close() error {
 	if cc != nil {
 		cc.close()
 	}
+	// A dial in progress finishes within the dial timeout and closes what
+	// it opened, since p.closed is set.
+	p.dials.Wait()
 	if p.ownConn {
 		return p.conn.Close()
 	}
