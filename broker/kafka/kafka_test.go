@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"strconv"
 	"strings"
@@ -130,6 +131,21 @@ func (e *env) endOffsets(t testing.TB, topic string) map[int]int64 {
 	return out
 }
 
+// onlyMember returns the member ID of the group's single member.
+func (e *env) onlyMember(t testing.TB, group string) string {
+	t.Helper()
+	cli, tr := e.client()
+	defer tr.CloseIdleConnections()
+	resp, err := cli.DescribeGroups(context.Background(), &kafkago.DescribeGroupsRequest{GroupIDs: []string{group}})
+	if err != nil {
+		t.Fatalf("DescribeGroups: %v", err)
+	}
+	if len(resp.Groups) != 1 || len(resp.Groups[0].Members) != 1 {
+		t.Fatalf("DescribeGroups(%s) = %+v; want one group with one member", group, resp.Groups)
+	}
+	return resp.Groups[0].Members[0].MemberID
+}
+
 func (e *env) committed(t testing.TB, group, topic string) map[int]int64 {
 	t.Helper()
 	cli, tr := e.client()
@@ -240,6 +256,19 @@ func (l *ledger) add(id string) {
 	l.seen[id]++
 	l.total++
 	l.mu.Unlock()
+}
+
+func (l *ledger) has(id string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seen[id] > 0
+}
+
+// ids returns a copy of the handled IDs.
+func (l *ledger) ids() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.seen)
 }
 
 func (l *ledger) distinct() int {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/queuekit/queuekit/broker/kafka"
@@ -88,9 +89,13 @@ func TestTwoMembersOneShutDownMidRunLosesNothingAndDuplicatesNothing(t *testing.
 	}
 }
 
-// A member that vanishes without LeaveGroup (kfake swallows the request)
-// keeps its partitions until the coordinator's session timeout; then the
-// other member takes them over, and nothing is lost.
+// A member that crashes — it neither leaves the group nor commits after the
+// crash point (kfake swallows its LeaveGroup and fails its OffsetCommit
+// requests) — keeps its partitions until the coordinator's session timeout;
+// then the other member takes them over from the last offsets the crashed
+// member did commit. Nothing is lost, the committed offsets reach the end,
+// and the records the crashed member handled but never committed are
+// handled again by the survivor (at-least-once): the test counts them.
 func TestVanishedMemberPartitionsAreTakenOverAfterSessionTimeout(t *testing.T) {
 	e := newEnv(t)
 	e.needKfake(t)
@@ -99,44 +104,119 @@ func TestVanishedMemberPartitionsAreTakenOverAfterSessionTimeout(t *testing.T) {
 	const n = 4000
 	e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i) })
 
-	l := newLedger()
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
-		time.Sleep(100 * time.Microsecond)
-		l.add(m.ID)
-		return nil
+	all, byA, byB := newLedger(), newLedger(), newLedger()
+	handler := func(own *ledger) consumer.Handler {
+		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+			time.Sleep(100 * time.Microsecond)
+			own.add(m.ID)
+			all.add(m.ID)
+			return nil
+		})
+	}
+	const group = "g-vanish"
+	cfg := e.config(topic, group)
+	// A commits only by count (1,000) and when a generation ends, so that it
+	// has handled work of its own last generation left uncommitted when it
+	// vanishes.
+	cfgA := cfg
+	cfgA.CommitInterval = time.Minute
+	var genA atomic.Int64
+	a := startMember(t, newSource(t, cfgA), handler(byA), consumer.WithConcurrency(4),
+		consumer.WithEventHook(func(ev consumer.Event) {
+			if ev.Kind == consumer.EventConnected {
+				genA.Add(1)
+			}
+		}))
+	waitFor(t, "member A to start handling", 20*time.Second, func() bool { return all.distinct() > 100 })
+	memberA := e.onlyMember(t, group)
+	b := startMember(t, newSource(t, cfg), handler(byB), consumer.WithConcurrency(4))
+	waitFor(t, "A to be in its second generation", 20*time.Second, func() bool { return genA.Load() >= 2 })
+	before := byA.distinct()
+	waitFor(t, "both members handling", 20*time.Second, func() bool {
+		return byA.distinct() > before+100 && byB.distinct() > 0
 	})
-	cfg := e.config(topic, "g-vanish")
-	srcA := newSource(t, cfg)
-	a := startMember(t, srcA, h, consumer.WithConcurrency(4))
-	waitFor(t, "member A to start handling", 20*time.Second, func() bool { return l.distinct() > 100 })
-	b := startMember(t, newSource(t, cfg), h, consumer.WithConcurrency(4))
-	before := l.distinct()
-	waitFor(t, "both members handling", 20*time.Second, func() bool { return l.distinct() > before+200 })
 
-	var swallowed atomic.Int64
+	// From here on, A is dead to the coordinator: its commits fail and its
+	// LeaveGroup is answered without reaching the group. B's requests pass.
+	var leaves, commits atomic.Int64
 	e.cluster.ControlKey(int16(kmsg.LeaveGroup), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		e.cluster.KeepControl()
-		swallowed.Add(1)
+		if r := req.(*kmsg.LeaveGroupRequest); r.MemberID != memberA &&
+			(len(r.Members) == 0 || r.Members[0].MemberID != memberA) {
+			return nil, nil, false
+		}
+		leaves.Add(1)
 		resp := req.ResponseKind().(*kmsg.LeaveGroupResponse)
 		resp.SetVersion(req.GetVersion())
 		return resp, nil, true // the client thinks it left; the coordinator does not know
 	})
+	e.cluster.ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		e.cluster.KeepControl()
+		r := req.(*kmsg.OffsetCommitRequest)
+		if r.MemberID != memberA {
+			return nil, nil, false
+		}
+		commits.Add(1)
+		resp := r.ResponseKind().(*kmsg.OffsetCommitResponse)
+		resp.SetVersion(r.GetVersion())
+		for _, rt := range r.Topics {
+			st := kmsg.OffsetCommitResponseTopic{Topic: rt.Topic}
+			for _, rp := range rt.Partitions {
+				st.Partitions = append(st.Partitions, kmsg.OffsetCommitResponseTopicPartition{
+					Partition: rp.Partition, ErrorCode: kerr.RequestTimedOut.Code,
+				})
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true // nothing is stored
+	})
 	vanished := time.Now()
-	a.stop(t)
-	atVanish := l.distinct()
-	waitFor(t, "every record handled", 60*time.Second, func() bool { return l.distinct() == n })
+	a.stop(t) // handlers finish; the final commit and the leave go nowhere
+	atVanish := all.distinct()
+	// What the group holds for A's partitions now is what B will start
+	// from: A cannot commit any more, and B does not own them until the
+	// session timeout.
+	frozen := e.committed(t, group, topic)
+	waitFor(t, "every record handled", 60*time.Second, func() bool { return all.distinct() == n })
 	takeover := time.Since(vanished)
 	b.stop(t)
 
-	t.Logf("A vanished after %d records; LeaveGroup requests swallowed: %d; all %d handled %v later (session timeout %v); duplicates %d",
-		atVanish, swallowed.Load(), n, takeover, cfg.SessionTimeout, l.duplicates())
-	if swallowed.Load() == 0 {
-		t.Fatal("no LeaveGroup was swallowed; the member left cleanly and the test proves nothing")
+	// Every record A handled at or past the offsets the group held when A
+	// vanished was never committed, so B must handle it again; every record
+	// A handled before them was committed, so B must not.
+	var redelivered, uncommitted, committedTwice int
+	for id := range byA.ids() {
+		p, off := idOffset(id)
+		switch past := off >= frozen[p]; {
+		case past && byB.has(id):
+			redelivered++
+			uncommitted++
+		case past:
+			uncommitted++
+			t.Errorf("%s: handled by A after its last commit (group offset %d) but never by B: lost", id, frozen[p])
+		case byB.has(id):
+			committedTwice++
+		}
+	}
+	t.Logf("A vanished after %d records (A handled %d, B %d); A's LeaveGroup swallowed %d, OffsetCommit failed %d; all %d handled %v later (session timeout %v); offsets held for the group at the vanish point %v; A's handled-but-uncommitted records %d, redelivered to B %d; committed records handled twice %d",
+		atVanish, byA.distinct(), byB.distinct(), leaves.Load(), commits.Load(), n, takeover, cfg.SessionTimeout, frozen, uncommitted, redelivered, committedTwice)
+	if leaves.Load() == 0 || commits.Load() == 0 || uncommitted == 0 {
+		t.Fatalf("A's LeaveGroup swallowed %d times, OffsetCommit failed %d times, %d handled records uncommitted; want all > 0, or A did not vanish with uncommitted work",
+			leaves.Load(), commits.Load(), uncommitted)
+	}
+	if committedTwice != 0 {
+		t.Errorf("%d records committed by A were handled again by B; want 0", committedTwice)
+	}
+	if d := byB.duplicates(); d != 0 {
+		t.Errorf("B handled %d records twice; want 0", d)
+	}
+	if all.distinct() != n {
+		t.Errorf("%d distinct records handled; want %d", all.distinct(), n)
 	}
 	if takeover < cfg.SessionTimeout/2 {
 		t.Errorf("takeover after %v; a vanished member's partitions should wait for the session timeout (%v)", takeover, cfg.SessionTimeout)
 	}
-	end, got := e.endOffsets(t, topic), e.committed(t, "g-vanish", topic)
+	end, got := e.endOffsets(t, topic), e.committed(t, group, topic)
 	for p := range partitions {
 		if got[p] != end[p] {
 			t.Errorf("partition %d: committed = %d; want end offset %d", p, got[p], end[p])
