@@ -38,8 +38,9 @@ type benchCase struct {
 //
 // Every queue is declared and pre-published (256-byte persistent messages)
 // before any consuming, and the broker is left to settle, so both sides meet
-// it in the same state. Each side runs twice per case, in the order raw, qk,
-// qk, raw, to cancel drift. QUEUEKIT_BENCH_MESSAGES overrides the messages
+// it in the same state. Each side runs QUEUEKIT_BENCH_ROUNDS times (default
+// 4) per case on its own queue, in the order raw, qk, qk, raw, raw, qk…, to
+// cancel drift; the figures are totals over the rounds. QUEUEKIT_BENCH_MESSAGES overrides the messages
 // per side and case (default 20,000; 5,000 for the 1 ms / 1 worker case,
 // which is bound by the handler at ~1,000 msg/s).
 func TestBenchmarkAgainstRawClient(t *testing.T) {
@@ -66,7 +67,7 @@ func TestBenchmarkAgainstRawClient(t *testing.T) {
 		}
 		cases = keep
 	}
-	rounds := 2
+	rounds := 4
 	if v, err := strconv.Atoi(os.Getenv("QUEUEKIT_BENCH_ROUNDS")); err == nil && v > 0 {
 		rounds = v
 	}
@@ -153,7 +154,7 @@ func benchWork(d time.Duration) {
 }
 
 // runRaw is the hand-written loop users write with amqp091-go.
-func runRaw(t *testing.T, q string, c benchCase, n int) (elapsed, cpu time.Duration) {
+func runRaw(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.Duration) {
 	t.Helper()
 	cpu0, start := cpuNow(t), time.Now()
 	conn, err := amqp.Dial(amqpURL())
@@ -242,7 +243,7 @@ func (r *countingRecorder) HandlerDone(_ *consumer.Message, err error, d time.Du
 // runQueuekit consumes through Source + consumer runtime + the standard
 // middleware chain (Metrics, Recover, Retry, Timeout; not Log, whose cost
 // is the log sink's).
-func runQueuekit(t *testing.T, q string, c benchCase, n int) (elapsed, cpu time.Duration) {
+func runQueuekit(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.Duration) {
 	t.Helper()
 	cpu0, start := cpuNow(t), time.Now()
 	cfg := Config{Dialer: Dialer{URL: amqpURL()}, Queue: q, Prefetch: c.prefetch}
@@ -311,4 +312,57 @@ func runQueuekit(t *testing.T, q string, c benchCase, n int) (elapsed, cpu time.
 		t.Fatalf("Run = %v", err)
 	}
 	return elapsed, cpu
+}
+
+// BenchmarkConsume consumes b.N pre-published 256-byte persistent messages
+// with the raw client and with queuekit (Source + runtime + standard
+// middleware), for each prefetch/workers/handler case, and reports msgs/s and
+// client CPU per message. The queue is declared and filled, and the broker
+// left to settle for 3s, before the timer starts. Use a fixed count:
+//
+//	go test -run '^$' -bench BenchmarkConsume -benchtime 20000x ./broker/rabbitmq/
+//
+// TestBenchmarkAgainstRawClient runs the same comparison interleaved, which
+// is the fairer measure on a noisy machine.
+func BenchmarkConsume(b *testing.B) {
+	needBroker(b)
+	cases := []benchCase{
+		{"prefetch64-workers8-noop", 64, 8, 0, 0},
+		{"prefetch64-workers8-1ms", 64, 8, time.Millisecond, 0},
+		{"prefetch1-workers1-noop", 1, 1, 0, 0},
+		{"prefetch1-workers1-1ms", 1, 1, time.Millisecond, 0},
+	}
+	for _, c := range cases {
+		for _, side := range []string{"raw", "queuekit"} {
+			b.Run(c.name+"/"+side, func(b *testing.B) {
+				q := fmt.Sprintf("qk-bench-%s-%s-%d", c.name, side, time.Now().UnixNano())
+				b.Cleanup(func() { deleteQueues(q) })
+				topo := Topology{}
+				if err := topo.resolve(q); err != nil {
+					b.Fatal(err)
+				}
+				conn := rawConn(b)
+				ch, err := conn.Channel()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := topo.declare(ch, q); err != nil {
+					b.Fatal(err)
+				}
+				_ = ch.Close()
+				prepublish(b, q, b.N, 256)
+				time.Sleep(3 * time.Second)
+				b.ResetTimer()
+				var el, cpu time.Duration
+				if side == "raw" {
+					el, cpu = runRaw(b, q, c, b.N)
+				} else {
+					el, cpu = runQueuekit(b, q, c, b.N)
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
+				b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/msg")
+			})
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,6 +101,7 @@ func TestChaosCloseAllConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tagErrorsBefore, logReadable := brokerLogCount("unknown delivery tag")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -150,6 +152,13 @@ func TestChaosCloseAllConnections(t *testing.T) {
 		"%d stale settlements fenced, %d reconnecting events, %d connected events, queue ready=%d unacked=%d, %v",
 		n, closes, concurrency, prefetch, total, dups, prefetch*closes, stale,
 		evs.count(consumer.EventReconnecting), evs.count(consumer.EventConnected), ready, unacked, elapsed.Round(time.Millisecond))
+	if logReadable {
+		after, _ := brokerLogCount("unknown delivery tag")
+		t.Logf("broker log: %d new \"unknown delivery tag\" errors", after-tagErrorsBefore)
+		if after != tagErrorsBefore {
+			t.Errorf("the broker logged %d \"unknown delivery tag\" errors during the run; want 0", after-tagErrorsBefore)
+		}
+	}
 	if cnt.distinct() != n {
 		t.Errorf("distinct messages handled = %d; want %d", cnt.distinct(), n)
 	}
@@ -170,4 +179,26 @@ func TestChaosCloseAllConnections(t *testing.T) {
 	if got := evs.count(consumer.EventReconnecting); got < closes {
 		t.Errorf("reconnecting events = %d; want >= %d (one per close)", got, closes)
 	}
+}
+
+// brokerLogCount counts the lines of the broker's log that contain s, when the
+// log is readable (QUEUEKIT_RABBITMQ_LOG, default the Debian location).
+func brokerLogCount(s string) (int, bool) {
+	paths := []string{os.Getenv("QUEUEKIT_RABBITMQ_LOG")}
+	if paths[0] == "" {
+		paths, _ = filepath.Glob("/var/log/rabbitmq/rabbit@*.log")
+	}
+	n, ok := 0, false
+	for _, p := range paths {
+		if strings.HasSuffix(p, "_upgrade.log") {
+			continue
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		ok = true
+		n += strings.Count(string(b), s)
+	}
+	return n, ok
 }
