@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,7 @@ type Consumer struct {
 	log *slog.Logger
 	sup atomic.Pointer[func(Event)] // the Supervisor's event sink, if any
 
+	pmu    sync.Mutex // serialises Pause and Resume, source calls included
 	mu     sync.Mutex
 	cur    *run // the Run in progress, or nil
 	closed bool // no Run may start: Shutdown/Close called, or a Run stopped for good
@@ -58,10 +60,10 @@ func New(src Source, h Handler, opts ...Option) (*Consumer, error) {
 			opt(&o)
 		}
 	}
-	if src == nil {
+	if isNil(src) {
 		return nil, fmt.Errorf("%w: nil source", ErrInvalidConfig)
 	}
-	if h == nil {
+	if isNil(h) {
 		return nil, fmt.Errorf("%w: nil handler", ErrInvalidConfig)
 	}
 	if err := o.validate(); err != nil {
@@ -76,6 +78,20 @@ func New(src Source, h Handler, opts ...Option) (*Consumer, error) {
 		es.SetEventHook(c.emit)
 	}
 	return c, nil
+}
+
+// isNil reports whether v is nil or an interface holding a nil pointer or func
+// (a typed nil such as (*memory.Source)(nil) or HandlerFunc(nil)), which
+// would panic on first use.
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	switch rv := reflect.ValueOf(v); rv.Kind() {
+	case reflect.Pointer, reflect.Func, reflect.Map, reflect.Chan, reflect.Interface, reflect.Slice:
+		return rv.IsNil()
+	}
+	return false
 }
 
 // Name returns the consumer's name (WithName).
@@ -141,6 +157,10 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 	r.requestStop(true)
 	select {
 	case <-r.done:
+		if r.abandoned > 0 {
+			// The consumer's own drain timeout passed before ctx's deadline.
+			return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.o.name, r.abandoned, ErrDrainTimeout)
+		}
 		return nil
 	case <-ctx.Done():
 		r.requestAbandon(ErrDrainTimeout)
@@ -172,6 +192,8 @@ func (c *Consumer) Close() error {
 // so prefetched messages go back to the queue). Pausing a paused consumer does
 // nothing. A consumer paused before Run starts paused.
 func (c *Consumer) Pause(ctx context.Context) error {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
 	c.mu.Lock()
 	if c.paused {
 		c.mu.Unlock()
@@ -182,31 +204,39 @@ func (c *Consumer) Pause(ctx context.Context) error {
 		r.setIntake(pausedIntake())
 	}
 	c.mu.Unlock()
-	c.emit(Event{Kind: EventPaused})
+	var err error
 	if p, ok := c.src.(Pauser); ok {
-		if err := p.Pause(ctx); err != nil {
-			return fmt.Errorf("queuekit: pause source: %w", err)
+		// Outside c.mu: a source may emit events (and hooks may call State)
+		// while it pauses, and a network round trip must not block Health.
+		if perr := p.Pause(ctx); perr != nil {
+			err = fmt.Errorf("queuekit: pause source: %w", perr)
 		}
 	}
-	return nil
+	c.emit(Event{Kind: EventPaused, Err: err})
+	return err
 }
 
 // Resume restarts intake after Pause. Resuming a running consumer does nothing.
+// If the source fails to resume, the consumer stays paused and Resume returns
+// the error.
 func (c *Consumer) Resume(ctx context.Context) error {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
 	c.mu.Lock()
-	if !c.paused {
-		c.mu.Unlock()
+	paused := c.paused
+	c.mu.Unlock()
+	if !paused {
 		return nil
 	}
 	if p, ok := c.src.(Pauser); ok {
 		// Resume the source before the workers, so that they find it subscribed.
 		if err := p.Resume(ctx); err != nil {
-			c.mu.Unlock()
 			return fmt.Errorf("queuekit: resume source: %w", err)
 		}
 	}
+	c.mu.Lock()
 	c.paused = false
-	if r := c.cur; r != nil && !r.stopping.Load() {
+	if r := c.cur; r != nil {
 		r.setIntake(r.openIntake())
 	}
 	c.mu.Unlock()
@@ -225,6 +255,8 @@ func (c *Consumer) State() State {
 	switch {
 	case r == nil && closed:
 		return StateStopped
+	case r == nil && paused:
+		return StatePaused
 	case r == nil:
 		return StateStarting
 	case r.stopping.Load():
@@ -296,6 +328,7 @@ type run struct {
 	stopCh      chan struct{} // closed when the drain must begin
 	abandonOnce sync.Once
 	abandonCh   chan struct{} // closed when handlers must be abandoned now
+	abandonNow  chan struct{} // closed by abandon, after abandoning is set
 	abandonErr  error         // cause for abandonCh; written before it is closed
 	done        chan struct{} // closed when Run returns
 
@@ -307,16 +340,18 @@ type run struct {
 	wg        sync.WaitGroup // workers not abandoned
 	settled   atomic.Int64
 	givenBack atomic.Int64
+	abandoned int // written by run before done is closed
 }
 
 func newRun(c *Consumer, ctx context.Context) *run {
 	r := &run{
-		c:         c,
-		base:      context.WithoutCancel(ctx),
-		stopCh:    make(chan struct{}),
-		abandonCh: make(chan struct{}),
-		done:      make(chan struct{}),
-		slots:     make([]slot, c.o.concurrency),
+		c:          c,
+		base:       context.WithoutCancel(ctx),
+		stopCh:     make(chan struct{}),
+		abandonCh:  make(chan struct{}),
+		abandonNow: make(chan struct{}),
+		done:       make(chan struct{}),
+		slots:      make([]slot, c.o.concurrency),
 	}
 	r.handlerCtx, r.cancelHandlers = context.WithCancelCause(r.base)
 	if c.paused {
@@ -332,8 +367,13 @@ func (r *run) openIntake() *intake {
 	return &intake{ctx: ctx, cancel: cancel}
 }
 
-// setIntake replaces the current intake and ends the old one. The caller holds c.mu.
+// setIntake replaces the current intake and ends the old one. The caller
+// holds c.mu. Once the drain installed the final intake, nothing replaces it:
+// a Pause or Resume during the drain must not hand workers a new intake.
 func (r *run) setIntake(next *intake) {
+	if r.cur.Load().final {
+		return
+	}
 	old := r.cur.Swap(next)
 	if old.wake != nil {
 		close(old.wake)
@@ -380,13 +420,15 @@ func (r *run) run(ctx context.Context) error {
 
 	// Phase 1: stop intake. Workers blocked in Receive return; a delivery that
 	// arrives anyway is given back. In-flight handlers keep their contexts.
+	// Snapshot the counters first: a delivery given back because of the stop
+	// must count in this drain's report.
+	start := time.Now()
+	settledBefore, givenBackBefore := r.settled.Load(), r.givenBack.Load()
 	c.mu.Lock()
 	r.stopping.Store(true)
 	r.setIntake(&intake{final: true})
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventDraining})
-	start := time.Now()
-	settledBefore := r.settled.Load()
 	c.log.Info("queuekit: draining", "drain_timeout", c.o.drainTimeout)
 
 	allDone := make(chan struct{})
@@ -408,10 +450,11 @@ func (r *run) run(ctx context.Context) error {
 	// workers no longer count in r.wg.
 	<-allDone
 	r.cancelHandlers(ErrConsumerClosed) // no-op if already cancelled; releases resources
+	r.abandoned = abandoned
 
 	rep := DrainReport{
 		Handled:   int(r.settled.Load() - settledBefore),
-		GivenBack: int(r.givenBack.Load()),
+		GivenBack: int(r.givenBack.Load() - givenBackBefore),
 		Abandoned: abandoned,
 		Duration:  time.Since(start),
 	}
@@ -421,7 +464,7 @@ func (r *run) run(ctx context.Context) error {
 
 	switch {
 	case r.failErr != nil:
-		return fmt.Errorf("queuekit: consumer %s: receive: %w", c.o.name, r.failErr)
+		return fmt.Errorf("queuekit: consumer %s: %w", c.o.name, r.failErr)
 	case abandoned > 0:
 		return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.o.name, abandoned, ErrDrainTimeout)
 	}
@@ -433,10 +476,11 @@ func (r *run) run(ctx context.Context) error {
 // handlers it abandoned.
 func (r *run) abandon(cause error) int {
 	r.abandoning.Store(true)
-	r.cancelHandlers(cause)
-	ctx, cancel := context.WithTimeout(r.base, r.c.o.settleTimeout)
-	defer cancel()
-	n := 0
+	close(r.abandonNow)
+	// Take every running delivery first, so that each handler still running
+	// at the deadline counts as abandoned, then cancel the handlers: their
+	// results, however quickly they come, are dropped.
+	var taken []Delivery
 	for i := range r.slots {
 		s := &r.slots[i]
 		if !s.state.CompareAndSwap(slotRunning, slotAbandoned) {
@@ -445,9 +489,14 @@ func (r *run) abandon(cause error) int {
 		// The worker no longer counts: it exits, unsettled, whenever its
 		// handler returns, and Run does not wait for it.
 		r.wg.Done()
-		n++
-		m := s.d.Message()
-		err := s.d.Requeue(ctx)
+		taken = append(taken, s.d)
+	}
+	r.cancelHandlers(cause)
+	ctx, cancel := context.WithTimeout(r.base, r.c.o.settleTimeout)
+	defer cancel()
+	for _, d := range taken {
+		m := d.Message()
+		err := d.Requeue(ctx)
 		r.observe(m, SettledAbandon, err)
 		if err != nil {
 			r.settleFailed(m, "requeue", err)
@@ -455,7 +504,7 @@ func (r *run) abandon(cause error) int {
 		r.c.log.Warn("queuekit: handler abandoned at drain deadline; message given back",
 			"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "cause", cause)
 	}
-	return n
+	return len(taken)
 }
 
 func (r *run) work(i int) {
@@ -470,15 +519,18 @@ func (r *run) work(i int) {
 			continue
 		}
 		d, err := r.c.src.Receive(in.ctx)
+		if err == nil && d == nil {
+			err = Fatal(errors.New("queuekit: source returned a nil delivery and no error"))
+		}
 		if err != nil {
-			if in.ctx.Err() != nil {
+			if in.ctx.Err() != nil && !IsFatal(err) {
 				continue // paused or stopping: look at the new intake
 			}
 			if errors.Is(err, ErrSourceClosed) {
 				// Someone closed the source under us: restarting cannot help.
 				err = Fatal(err)
 			}
-			r.fail(err)
+			r.fail(fmt.Errorf("receive: %w", err))
 			r.wg.Done()
 			return
 		}
@@ -539,50 +591,103 @@ func (r *run) giveBack(d Delivery) {
 
 // settle applies the settlement rules to a finished handler's result.
 func (r *run) settle(d Delivery, m *Message, herr error) {
-	ctx := r.clock.Context()
-	var err error
-	var s Settlement
-	switch {
-	case herr == nil:
-		s, err = SettledAck, d.Ack(ctx)
-	case r.handlerCtx.Err() != nil:
-		// The handler gave up because the consumer is stopping, not because
-		// of the message: give it back without a verdict on the message.
-		s, err = SettledGiveBack, d.Requeue(ctx)
-	case retry.IsPermanent(herr) || m.Attempt >= r.c.o.maxDeliveries:
-		s, err = SettledDeadLetter, r.deadLetter(ctx, d, m, herr)
-	default:
-		s = SettledRequeue
-		if delay, ok := retry.RetryAfter(herr); ok && delay > 0 {
-			if dr, ok := d.(DelayedRequeuer); ok {
-				s, err = SettledDelayedRequeue, dr.RequeueAfter(ctx, delay)
-				break
-			}
+	s, delay := r.verdict(m, herr)
+	var reason Reason
+	if s == SettledDeadLetter {
+		reason = r.reason(m, herr)
+	}
+	err := r.apply(r.clock.Context(), d, s, reason, delay)
+	// A settlement that failed for another reason than staleness (a slow or
+	// briefly unreachable broker) leaves the delivery outstanding, holding a
+	// prefetch slot. Try again, with backoff and a fresh context each time,
+	// until the broker takes it or the drain deadline passes; the worker
+	// takes no new delivery meanwhile, which is right: the broker is sick.
+	wait := settleBackoffMin
+	for err != nil && retriableSettle(err) && !r.abandoning.Load() {
+		r.settleFailed(m, s.String(), err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-r.abandonNow:
+			t.Stop()
+			continue
 		}
-		if s == SettledRequeue {
-			err = d.Requeue(ctx)
-		}
+		wait = min(2*wait, settleBackoffMax)
+		ctx, cancel := context.WithTimeout(r.base, r.c.o.settleTimeout)
+		err = r.apply(ctx, d, s, reason, delay)
+		cancel()
 	}
 	r.settled.Add(1)
 	r.observe(m, s, err)
-	if err != nil {
+	switch {
+	case err == nil:
+		if s == SettledDeadLetter {
+			r.c.emit(Event{Kind: EventDeadLettered, MessageID: m.ID, Err: herr})
+		}
+	default:
+		// Stale, already settled, or given up at the drain deadline: the
+		// message stays with the broker, which delivers it again.
 		r.settleFailed(m, s.String(), err)
 	}
 }
 
-func (r *run) deadLetter(ctx context.Context, d Delivery, m *Message, herr error) error {
-	attempts := max(m.Attempt, 1)
+// The backoff between tries of a failed settlement.
+const (
+	settleBackoffMin = 50 * time.Millisecond
+	settleBackoffMax = 5 * time.Second
+)
+
+// retriableSettle reports whether trying a failed settlement again may help:
+// not for a stale or already settled delivery, which the broker has taken back.
+func retriableSettle(err error) bool {
+	return !errors.Is(err, ErrStaleDelivery) && !errors.Is(err, ErrAlreadySettled)
+}
+
+// verdict applies the settlement rules to a finished handler's result.
+func (r *run) verdict(m *Message, herr error) (Settlement, time.Duration) {
+	switch {
+	case r.abandoning.Load():
+		// The handler's context was cancelled because the consumer is
+		// stopping: whatever it returned (a handler may well return nil on
+		// ctx.Done() without having done its work), give the message back.
+		// A duplicate is better than a loss.
+		return SettledGiveBack, 0
+	case herr == nil:
+		return SettledAck, 0
+	case retry.IsPermanent(herr) || m.Attempt >= r.c.o.maxDeliveries:
+		return SettledDeadLetter, 0
+	}
+	if delay, ok := retry.RetryAfter(herr); ok && delay > 0 {
+		return SettledDelayedRequeue, delay
+	}
+	return SettledRequeue, 0
+}
+
+func (r *run) apply(ctx context.Context, d Delivery, s Settlement, reason Reason, delay time.Duration) error {
+	switch s {
+	case SettledAck:
+		return d.Ack(ctx)
+	case SettledDeadLetter:
+		return d.DeadLetter(ctx, reason)
+	case SettledDelayedRequeue:
+		if dr, ok := d.(DelayedRequeuer); ok {
+			return dr.RequeueAfter(ctx, delay)
+		}
+	}
+	return d.Requeue(ctx)
+}
+
+func (r *run) reason(m *Message, herr error) Reason {
 	reason := Reason{
 		Err:       herr.Error(),
-		Attempts:  attempts,
+		Attempts:  max(m.Attempt, 1),
 		Source:    m.Topic,
 		Permanent: retry.IsPermanent(herr),
 		Time:      time.Now(),
 	}
 	r.c.log.Warn("queuekit: dead-lettering message", "topic", m.Topic, "message_id", m.ID,
-		"attempt", attempts, "permanent", reason.Permanent, "error", reason.Err)
-	r.c.emit(Event{Kind: EventDeadLettered, MessageID: m.ID, Err: herr})
-	return d.DeadLetter(ctx, reason)
+		"attempt", reason.Attempts, "permanent", reason.Permanent, "error", reason.Err)
+	return reason
 }
 
 func (r *run) observe(m *Message, s Settlement, err error) {
@@ -592,7 +697,7 @@ func (r *run) observe(m *Message, s Settlement, err error) {
 }
 
 func (r *run) settleFailed(m *Message, op string, err error) {
-	r.c.log.Warn("queuekit: settlement failed; the broker will redeliver", "op", op,
+	r.c.log.Warn("queuekit: settlement failed; the message stays with the broker", "op", op,
 		"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "error", err)
 	r.c.emit(Event{Kind: EventSettleFailed, MessageID: m.ID, Err: fmt.Errorf("%s: %w", op, err)})
 }

@@ -37,8 +37,9 @@ const (
 	EventCancelled
 	// EventDeadLettered: a message was dead-lettered (Event.Err is the reason).
 	EventDeadLettered
-	// EventSettleFailed: acking, requeueing or dead-lettering failed (Event.Err);
-	// the broker redelivers the message.
+	// EventSettleFailed: acking, requeueing or dead-lettering failed
+	// (Event.Err). A stale delivery is redelivered by the broker; any other
+	// failure is tried again with backoff (see WithSettleTimeout).
 	EventSettleFailed
 	// EventRebalanced: a Kafka consumer group generation ended (partitions
 	// were revoked or reassigned); Event.Err says why.

@@ -40,8 +40,8 @@ func (o *options) validate() error {
 		return fmt.Errorf("%w: max deliveries %d, want at least 1", ErrInvalidConfig, o.maxDeliveries)
 	case o.drainTimeout <= 0:
 		return fmt.Errorf("%w: drain timeout %v, want > 0", ErrInvalidConfig, o.drainTimeout)
-	case o.settleTimeout <= 0:
-		return fmt.Errorf("%w: settle timeout %v, want > 0", ErrInvalidConfig, o.settleTimeout)
+	case o.settleTimeout < minSettleTimeout:
+		return fmt.Errorf("%w: settle timeout %v, want at least %v", ErrInvalidConfig, o.settleTimeout, minSettleTimeout)
 	}
 	return nil
 }
@@ -63,7 +63,15 @@ func WithMaxDeliveries(n int) Option { return func(o *options) { o.maxDeliveries
 // cause ErrDrainTimeout and their messages are given back for redelivery.
 func WithDrainTimeout(d time.Duration) Option { return func(o *options) { o.drainTimeout = d } }
 
-// WithSettleTimeout bounds each ack, requeue or dead-letter call (default 5s).
+// minSettleTimeout keeps the settle clock's rotation (a quarter of the
+// timeout) meaningful: below it, contexts would expire mid-settlement.
+const minSettleTimeout = 10 * time.Millisecond
+
+// WithSettleTimeout bounds each ack, requeue or dead-letter call (default 5s,
+// at least 10ms). A settlement that fails for a reason other than a stale
+// delivery is tried again, with backoff (50ms growing to 5s) and a fresh
+// context each time, until it succeeds or the drain deadline passes; each
+// failure is reported as an EventSettleFailed.
 // Settlement runs on a context of its own, never on the run context, so that
 // shutting down does not cancel the acks of finished work.
 func WithSettleTimeout(d time.Duration) Option { return func(o *options) { o.settleTimeout = d } }

@@ -208,6 +208,19 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 // supervise runs one runner until ctx is done, restarting it after failures.
 func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFunc, e *entry) {
+	// Whatever ends the supervision — ctx done during a restart delay, the
+	// restart policy giving up, a fatal failure — a runner that holds broker
+	// resources (a *Consumer whose failed Run left its source open) is shut
+	// down, so that nothing it holds outlives Supervisor.Run.
+	defer func() {
+		if sd, ok := e.r.(shutdowner); ok {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.finalShutdownTimeout())
+			defer cancel()
+			if err := sd.Shutdown(sctx); err != nil && !errors.Is(err, ErrDrainTimeout) {
+				s.logger().Warn("queuekit: runner shutdown", "runner", e.name, "error", err)
+			}
+		}
+	}()
 	var bo backoff.BackOff
 	log := s.logger().With("runner", e.name)
 	for {
@@ -347,6 +360,15 @@ func (s *Supervisor) logger() *slog.Logger {
 		return s.Logger
 	}
 	return slog.Default()
+}
+
+// finalShutdownTimeout bounds the Shutdown of a runner that is no longer
+// running (it only closes what the runner holds).
+func (s *Supervisor) finalShutdownTimeout() time.Duration {
+	if s.DrainTimeout > 0 {
+		return s.DrainTimeout
+	}
+	return 5 * time.Second
 }
 
 func (s *Supervisor) restartReset() time.Duration {

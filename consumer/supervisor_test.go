@@ -83,7 +83,12 @@ func TestSupervisorRestartsAFailingRunnerWithGrowingDelays(t *testing.T) {
 	if h := sup.Health(); h.Ready {
 		t.Errorf("Health while a runner fails: Ready = true; want false (%+v)", h)
 	}
-	waitFor(t, "ready after the failures", func() bool { return sup.Health().Ready })
+	// A RunnerFunc counts as running from the moment it is started (the
+	// Supervisor cannot see inside it), so wait for the last restart too.
+	waitFor(t, "ready after the failures", func() bool {
+		h := sup.Health()
+		return h.Ready && stateOf(h, "flaky").Restarts == failures
+	})
 	h := sup.Health()
 	if fl := stateOf(h, "flaky"); fl.Restarts != failures || fl.State != consumer.StateRunning || fl.LastError == "" {
 		t.Errorf("Health(flaky) = %+v; want %d restarts, running, with the last error", fl, failures)
@@ -213,6 +218,7 @@ func TestPauseResumeUnderLoadLosesAndDuplicatesNothing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- sup.Run(ctx) }()
+	waitFor(t, "the consumer to run", func() bool { return stateOf(sup.Health(), "load").State == consumer.StateRunning })
 
 	for i := 0; i < 10; i++ {
 		time.Sleep(5 * time.Millisecond)
