@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -109,33 +110,52 @@ func TestBenchmarkAgainstRawClient(t *testing.T) {
 	}
 	time.Sleep(5 * time.Second)
 
-	t.Logf("%-26s %10s %10s %7s %12s %12s %7s", "case", "raw msg/s", "qk msg/s", "ratio", "raw CPU/msg", "qk CPU/msg", "ratio")
+	t.Logf("%-26s %10s %10s %7s %12s %12s %7s   %s", "case", "raw msg/s", "qk msg/s", "ratio", "raw CPU/msg", "qk CPU/msg", "ratio",
+		"per-round throughput ratios (median)")
 	for _, c := range cases {
 		var sum [2]struct {
 			msgs    int
 			elapsed time.Duration
 			cpu     time.Duration
 		}
+		per := c.msgs / rounds
+		var last [2]time.Duration // elapsed of the latest run of each side
+		var pairRatios []float64  // qk/raw throughput of each round (adjacent runs)
 		for i, side := range order {
 			q := queues[c.name+"/"+strconv.Itoa(i)]
 			var el, cpu time.Duration
-			if side == "raw" {
-				el, cpu = runRaw(t, q, c, c.msgs/rounds)
-			} else {
-				el, cpu = runQueuekit(t, q, c, c.msgs/rounds)
-			}
 			k := 0
-			if side == "qk" {
+			if side == "raw" {
+				el, cpu = runRaw(t, q, c, per)
+			} else {
 				k = 1
+				el, cpu = runQueuekit(t, q, c, per)
 			}
-			sum[k].msgs += c.msgs / rounds
+			sum[k].msgs += per
 			sum[k].elapsed += el
 			sum[k].cpu += cpu
+			last[k] = el
+			if i%2 == 1 {
+				pairRatios = append(pairRatios, float64(last[0])/float64(last[1]))
+			}
+			if os.Getenv("QUEUEKIT_BENCH_VERBOSE") == "1" {
+				t.Logf("  %s run %d %-3s: %6.0f msg/s, %v CPU/msg", c.name, i, side, float64(per)/el.Seconds(), cpu/time.Duration(per))
+			}
 		}
 		rate := func(k int) float64 { return float64(sum[k].msgs) / sum[k].elapsed.Seconds() }
 		cpuPer := func(k int) time.Duration { return sum[k].cpu / time.Duration(sum[k].msgs) }
-		t.Logf("%-26s %10.0f %10.0f %7.3f %12v %12v %7.3f", c.name, rate(0), rate(1), rate(1)/rate(0),
-			cpuPer(0), cpuPer(1), float64(cpuPer(1))/float64(cpuPer(0)))
+		sorted := append([]float64(nil), pairRatios...)
+		sort.Float64s(sorted)
+		median := sorted[len(sorted)/2]
+		if len(sorted)%2 == 0 {
+			median = (sorted[len(sorted)/2-1] + sorted[len(sorted)/2]) / 2
+		}
+		rs := ""
+		for _, r := range pairRatios {
+			rs += fmt.Sprintf(" %.2f", r)
+		}
+		t.Logf("%-26s %10.0f %10.0f %7.3f %12v %12v %7.3f  %s (%.3f)", c.name, rate(0), rate(1), rate(1)/rate(0),
+			cpuPer(0), cpuPer(1), float64(cpuPer(1))/float64(cpuPer(0)), rs, median)
 	}
 }
 
