@@ -35,6 +35,11 @@
 // Settlement runs on a context of its own, bounded by WithSettleTimeout, never
 // on the cancelled run context.
 //
+// Message.Attempt counts deliveries, as the broker counts them. A message
+// given back unhandled (received as the consumer paused or stopped, or cut
+// off at the drain deadline) has been delivered, so on brokers that count
+// deliveries (quorum queues, broker/memory) it uses one of its attempts.
+//
 // # Lifecycle
 //
 // Run blocks until its context is done, Shutdown or Close is called, or the

@@ -74,7 +74,8 @@ type Supervisor struct {
 	// OnEvent, if set, receives every event of the Supervisor and its
 	// runners. Events are queued and delivered in order by one goroutine, so a
 	// slow hook never stalls a consumer; when 1024 events are waiting, new ones
-	// are dropped.
+	// are dropped. Run delivers the queued events before it returns, so a hook
+	// that never returns keeps Run from returning.
 	OnEvent func(Event)
 
 	mu      sync.Mutex
