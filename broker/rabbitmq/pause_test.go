@@ -134,3 +134,54 @@ func TestSourcesShareAConnectionAndACustomDialer(t *testing.T) {
 		t.Errorf("shared connection closed by a source; want it open until its owner closes it")
 	}
 }
+
+// TestPauseAndResumeInQuickSuccessionLoseNothing pauses and resumes a
+// consumer 20 times while it works: every message is handled, the queue ends
+// empty with nothing unacked (no subscription was left behind).
+func TestPauseAndResumeInQuickSuccessionLoseNothing(t *testing.T) {
+	needCtl(t)
+	const n = 2000
+	q := uniqueQueue(t)
+	declareQueue(t, q, Classic)
+	prepublish(t, q, n, 16)
+	src, err := NewSource(testConfig(q))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cnt := newCounter()
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		time.Sleep(200 * time.Microsecond)
+		cnt.add(m.ID)
+		return nil
+	}), consumer.WithConcurrency(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	waitFor(t, 10*time.Second, "connected", func() bool { return src.Status().Connected })
+	for i := 0; i < 20; i++ {
+		if err := c.Pause(context.Background()); err != nil {
+			t.Fatalf("Pause %d: %v", i, err)
+		}
+		if i%2 == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := c.Resume(context.Background()); err != nil {
+			t.Fatalf("Resume %d: %v", i, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFor(t, 60*time.Second, "all handled", func() bool { return cnt.distinct() == n })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	ready, unacked := queueCounts(t, q)
+	t.Logf("20 pause/resume cycles: %d messages handled %d times; queue ready=%d unacked=%d", n, cnt.n.Load(), ready, unacked)
+	if ready != 0 || unacked != 0 {
+		t.Errorf("queue after run: ready=%d unacked=%d; want 0 0", ready, unacked)
+	}
+}

@@ -133,6 +133,7 @@ type session struct {
 	ch         *amqp.Channel
 	tag        string
 	deliveries <-chan amqp.Delivery
+	cancelled  atomic.Bool // set by the first unsubscribe
 }
 
 // NewSource returns a Source for cfg. It does not connect yet: the first
@@ -315,6 +316,9 @@ func (s *Source) Pause(ctx context.Context) error {
 // unsubscribe cancels sess's subscription and requeues what the client had
 // buffered for it.
 func (s *Source) unsubscribe(ctx context.Context, sess *session) error {
+	if !sess.cancelled.CompareAndSwap(false, true) {
+		return nil // Pause and the session loop both try; one does it
+	}
 	if err := sess.ch.Cancel(sess.tag, false); err != nil {
 		// The channel is gone, and its deliveries went back with it.
 		return nil
@@ -453,16 +457,21 @@ func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-ch
 		// to the queue; deliveries still held by handlers are now stale.
 		_ = ch.Close()
 	}()
-	var sess *session
+	var sess *session // the subscription this loop made on ch, if any
 	for {
 		s.mu.Lock()
 		paused := s.paused
+		s.mu.Unlock()
+		if sess != nil && sess.cancelled.Load() {
+			sess = nil // Pause cancelled it (and maybe Resume came before we looked)
+		}
 		if !paused && sess == nil {
+			// Consume is a round trip: no lock is held during it, so
+			// Pause may run meanwhile; it is checked again below.
 			gen := s.gen.Add(1)
 			tag := fmt.Sprintf("%s-%d", s.cfg.ConsumerTag, gen)
 			deliveries, err := ch.Consume(s.cfg.Queue, tag, false, false, false, false, nil)
 			if err != nil {
-				s.mu.Unlock()
 				err = fmt.Errorf("rabbitmq: consume %q: %w", s.cfg.Queue, err)
 				if unfixable(err, s.cfg.Topology.Passive) {
 					err = consumer.Fatal(err)
@@ -476,24 +485,40 @@ func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-ch
 				return err, false
 			}
 			sess = &session{gen: gen, ch: ch, tag: tag, deliveries: deliveries}
-			s.setState(func(st *state) { st.sess = sess; st.down = nil })
+			s.mu.Lock()
+			paused = s.paused
+			if !paused {
+				s.setState(func(st *state) { st.sess = sess; st.down = nil })
+			}
 			s.mu.Unlock()
 			bo.reset()
 			*connected = true
-			log.Info("rabbitmq: subscribed", "consumer_tag", tag, "prefetch", s.cfg.Prefetch)
-			s.emit(consumer.EventConnected, nil)
-		} else {
-			if paused {
-				if sess != nil && s.st.Load().sess == sess {
-					s.setState(func(st *state) { st.sess = nil })
-				}
-				sess = nil // Pause cancelled it
-				if !*connected {
-					s.setState(func(st *state) { st.down = nil })
-					*connected = true
-				}
+			if !paused {
+				log.Info("rabbitmq: subscribed", "consumer_tag", tag, "prefetch", s.cfg.Prefetch)
+				s.emit(consumer.EventConnected, nil)
+			}
+		}
+		if paused && sess != nil {
+			// Pause cancels the subscription it finds in the state; one
+			// made while Pause ran is left to us. unsubscribe runs once
+			// per session, whoever calls it first.
+			s.mu.Lock()
+			if s.st.Load().sess == sess {
+				s.setState(func(st *state) { st.sess = nil })
 			}
 			s.mu.Unlock()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = s.unsubscribe(ctx, sess)
+			cancel()
+			sess = nil
+		}
+		if paused {
+			s.mu.Lock()
+			if s.st.Load().down != nil && !*connected {
+				s.setState(func(st *state) { st.down = nil }) // paused on a live channel counts as connected
+			}
+			s.mu.Unlock()
+			*connected = true
 		}
 		select {
 		case e := <-closes:
