@@ -40,8 +40,8 @@ func (o Ordering) String() string {
 // config and returns an error wrapping consumer.ErrInvalidConfig instead of
 // panicking as kafka-go's NewReader does.
 //
-// The defaults are tuned so that a rebalance or Close never waits for
-// kafka-go's default 10 s fetch MaxWait.
+// The defaults are tuned so that a rebalance or Close never waits for a
+// pending fetch (kafka-go's default fetch MaxWait is 10 s).
 type Config struct {
 	// Brokers are the bootstrap broker addresses, host:port.
 	Brokers []string
@@ -98,9 +98,9 @@ type Config struct {
 	// StartOffset is where a partition without a committed offset starts:
 	// kafkago.FirstOffset (default) or kafkago.LastOffset.
 	StartOffset int64
-	// MaxWait is the longest a fetch waits for new records. It also bounds
-	// how long Close and a rebalance wait for a pending fetch. Default 250 ms
-	// (kafka-go's default is 10 s).
+	// MaxWait is the longest a fetch waits for new records at the end of a
+	// partition. Close and a rebalance do not wait for it: they close the
+	// fetch connections. Default 250 ms (kafka-go's default is 10 s).
 	MaxWait time.Duration
 	// MinBytes and MaxBytes bound the size of a fetch response (one
 	// partition). Defaults 1 and 1 MB.

@@ -5,8 +5,10 @@
 // It is built on kafka-go's ConsumerGroup and Generation API, not on the
 // group Reader, because the Reader cannot finish and commit work before its
 // partitions are taken away (kafka-go #674, #1398) and lets a stale member
-// commit (kafka-go #1308). Each assigned partition is fetched by a
-// partition Reader of its own.
+// commit (kafka-go #1308). Each assigned partition is fetched over a
+// kafkago.Conn of its own (ReadBatch), not through a kafkago.Reader: a whole
+// fetch response is queued under one lock instead of record by record
+// through a channel, and closing the connection ends a pending fetch at once.
 //
 // # Lifecycle
 //
@@ -29,8 +31,10 @@
 // reads the offsets, and is not handled twice. DrainTimeout must be below the
 // session and rebalance timeouts, because kafka-go stops heartbeating when a
 // generation ends. Close drains and commits the same way, then leaves the
-// group; it waits for every goroutine of the Source, and its fetches wait at
-// most Config.MaxWait (250 ms by default, where kafka-go's default is 10 s).
+// group; it waits for every goroutine of the Source. A generation's end
+// closes its fetch connections, so neither Close nor a rebalance waits for a
+// pending fetch (Config.MaxWait, 250 ms by default, bounds how long a fetch
+// waits for new records).
 //
 // # Acknowledgement
 //
@@ -67,8 +71,18 @@
 // so each partition's records are handled one at a time in offset order; with
 // ByKey a lane is a key within a partition, so records with the same key keep
 // their order and different keys run concurrently. Config.MaxInFlight bounds
-// the records a partition holds fetched and not yet settled; at the bound the
-// partition is not fetched until records settle (backpressure).
+// the records a partition holds queued and not yet settled; at the bound the
+// partition is not fetched until records settle (backpressure). On top of
+// that bound, a partition's fetcher holds at most one fetch response (at
+// most Config.MaxBytes) that it fetched ahead.
+//
+// Who owns what: one fetcher goroutine per assigned partition owns that
+// partition's connection and its fetched-but-not-queued records; one
+// committer goroutine per generation commits and runs the drain; every
+// other piece of state (lanes, the ready queue, offset trackers, counters)
+// is guarded by one mutex of the Source, held only for short non-blocking
+// sections: a fetcher takes it once per chunk of records, Receive and each
+// settlement once per record.
 //
 // # Errors
 //

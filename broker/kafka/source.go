@@ -681,7 +681,8 @@ func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
 // generation drained (up to DrainTimeout) and committed what was handled.
 // Records not handled are not committed and go to the partitions' next
 // owner. Close waits for every goroutine of the Source; it takes at most
-// about DrainTimeout + MaxWait + Timeout. It is idempotent.
+// about DrainTimeout plus a few Timeouts (the final commit, the leave). It is
+// idempotent.
 func (s *Source) Close() error {
 	s.mu.Lock()
 	if s.closed {
