@@ -1,0 +1,129 @@
+package kafka_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// The Source fetches each partition over a connection of its own. When a
+// fetch fails — the broker answers NotLeaderForPartition, or the connection
+// breaks — the fetcher reconnects to the partition's leader and carries on
+// from the next offset it has not queued: every record is handled exactly
+// once and the committed offsets reach the end.
+func TestFetchErrorsReconnectAndLoseOrRepeatNothing(t *testing.T) {
+	e := newEnv(t)
+	e.needKfake(t)
+	t.Logf("running against %s", e.what)
+	topic := e.topic(t, "fetcherr")
+	const n = 2000
+	e.produce(t, topic, 0, n, func(i int) string { return "k" + strconv.Itoa(i) })
+
+	l := newLedger()
+	cfg := e.config(topic, "g-fetcherr")
+	cfg.MaxBytes = 2048 // many small fetches, so that the faults land mid-stream
+	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+		l.add(msg.ID)
+		return nil
+	}), consumer.WithConcurrency(4))
+	waitFor(t, "some records handled", 20*time.Second, func() bool { return l.distinct() > 100 })
+
+	// The next 3 fetches get NotLeaderForPartition on every partition, the 2
+	// after them a closed connection; then the cluster serves fetches again.
+	var notLeader, dropped atomic.Int64
+	var seq atomic.Int64
+	e.cluster.ControlKey(int16(kmsg.Fetch), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		i := seq.Add(1)
+		if i > 5 {
+			return nil, nil, false // dropped after this call: fetches are served again
+		}
+		e.cluster.KeepControl()
+		if i > 3 {
+			dropped.Add(1)
+			return nil, errors.New("injected: connection dropped"), true
+		}
+		notLeader.Add(1)
+		r := req.(*kmsg.FetchRequest)
+		resp := r.ResponseKind().(*kmsg.FetchResponse)
+		resp.SetVersion(r.GetVersion())
+		for _, rt := range r.Topics {
+			st := kmsg.NewFetchResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewFetchResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.NotLeaderForPartition.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	waitFor(t, "every record handled", 60*time.Second, func() bool { return l.distinct() == n })
+	m.stop(t)
+
+	t.Logf("injected %d NotLeaderForPartition answers and %d dropped connections; %d records handled, %d duplicates",
+		notLeader.Load(), dropped.Load(), l.distinct(), l.duplicates())
+	if notLeader.Load() != 3 || dropped.Load() != 2 {
+		t.Fatalf("injected %d NotLeaderForPartition and %d drops; want 3 and 2 (the faults did not land)", notLeader.Load(), dropped.Load())
+	}
+	if d := l.duplicates(); d != 0 {
+		t.Errorf("duplicates = %d; want 0", d)
+	}
+	end, got := e.endOffsets(t, topic), e.committed(t, "g-fetcherr", topic)
+	for p := range partitions {
+		if got[p] != end[p] {
+			t.Errorf("partition %d: committed = %d; want end offset %d", p, got[p], end[p])
+		}
+	}
+}
+
+// A fetch at the end of a partition waits up to MaxWait for new records.
+// Close does not wait for it: ending the generation closes the fetch
+// connections. MaxWait here is 4 s; Close of a caught-up Source returns far
+// sooner (the bound is generous on purpose, for a loaded machine).
+func TestCloseDoesNotWaitForAPendingFetch(t *testing.T) {
+	e := newEnv(t)
+	t.Logf("running against %s", e.what)
+	topic := e.topic(t, "closefast")
+	e.produce(t, topic, 0, 8, func(i int) string { return "k" + strconv.Itoa(i) })
+	cfg := e.config(topic, "g-closefast")
+	cfg.SessionTimeout, cfg.RebalanceTimeout, cfg.DrainTimeout = 10*time.Second, 10*time.Second, 5*time.Second
+	cfg.MaxWait = 4 * time.Second
+	src := newSource(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for range 8 {
+		d, err := src.Receive(ctx)
+		if err != nil {
+			t.Fatalf("Receive: %v", err)
+		}
+		if err := d.Ack(ctx); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // the fetchers now wait at the end of their partitions
+	start := time.Now()
+	if err := src.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	took := time.Since(start)
+	t.Logf("Close of a caught-up Source took %v (MaxWait %v)", took, cfg.MaxWait)
+	if took >= cfg.MaxWait/2 {
+		t.Errorf("Close took %v; it waited for a pending fetch (MaxWait %v)", took, cfg.MaxWait)
+	}
+	end, got := e.endOffsets(t, topic), e.committed(t, "g-closefast", topic)
+	for p := range partitions {
+		if got[p] != end[p] {
+			t.Errorf("partition %d: committed = %d; want end offset %d", p, got[p], end[p])
+		}
+	}
+}
