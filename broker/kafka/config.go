@@ -61,7 +61,7 @@ type Config struct {
 	// and not yet settled (waiting or being handled). When a partition
 	// reaches it, that partition is not fetched until records settle
 	// (backpressure); the partition's fetcher holds at most one more fetch
-	// response (at most MaxBytes), fetched ahead. Default 256.
+	// response, fetched ahead (see MaxBytes). Default 256.
 	MaxInFlight int
 
 	// CommitInterval is the longest time a handled record waits before its
@@ -103,7 +103,8 @@ type Config struct {
 	// fetch connections. Default 250 ms (kafka-go's default is 10 s).
 	MaxWait time.Duration
 	// MinBytes and MaxBytes bound the size of a fetch response (one
-	// partition). Defaults 1 and 1 MB.
+	// partition). Kafka returns the first record batch of a response whole
+	// even when it is larger than MaxBytes. Defaults 1 and 1 MB.
 	MinBytes, MaxBytes int
 
 	// DeadLetterTopic receives records that failed for good, with the

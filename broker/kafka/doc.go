@@ -73,8 +73,9 @@
 // their order and different keys run concurrently. Config.MaxInFlight bounds
 // the records a partition holds queued and not yet settled; at the bound the
 // partition is not fetched until records settle (backpressure). On top of
-// that bound, a partition's fetcher holds at most one fetch response (at
-// most Config.MaxBytes) that it fetched ahead.
+// that bound, a partition's fetcher holds at most one fetch response that it
+// fetched ahead: at most Config.MaxBytes, except that Kafka always returns
+// the first record batch whole, however large the producer made it.
 //
 // Who owns what: one fetcher goroutine per assigned partition owns that
 // partition's connection and its fetched-but-not-queued records; one

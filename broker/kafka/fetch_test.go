@@ -25,12 +25,20 @@ func TestFetchErrorsReconnectAndLoseOrRepeatNothing(t *testing.T) {
 	t.Logf("running against %s", e.what)
 	topic := e.topic(t, "fetcherr")
 	const n = 2000
-	e.produce(t, topic, 0, n, func(i int) string { return "k" + strconv.Itoa(i) })
+	// In batches of 8: a fetch returns at least one whole record batch,
+	// whatever MaxBytes says, so big batches would be fetched in one go.
+	for i := 0; i < n; i += 8 {
+		e.produce(t, topic, i, 8, func(i int) string { return "k" + strconv.Itoa(i) })
+	}
 
 	l := newLedger()
 	cfg := e.config(topic, "g-fetcherr")
-	cfg.MaxBytes = 2048 // many small fetches, so that the faults land mid-stream
+	// Many small fetches, each only when records were handled, so that the
+	// faults land mid-stream.
+	cfg.MaxBytes = 512
+	cfg.MaxInFlight = 8
 	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+		time.Sleep(100 * time.Microsecond)
 		l.add(msg.ID)
 		return nil
 	}), consumer.WithConcurrency(4))

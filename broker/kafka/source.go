@@ -275,8 +275,7 @@ func (s *Source) serve(kg *kafkago.Generation) {
 // the connection ends it at once.
 //
 // The fetcher owns conn, offset and pending. It holds at most one fetch
-// response (at most MaxBytes) beyond the MaxInFlight records its partition
-// holds on its lanes, so that the next response is on its way while the
+// response beyond the MaxInFlight records its partition holds on its lanes, so that the next response is on its way while the
 // current one is handled; at MaxInFlight it stops fetching (backpressure)
 // until handled records make room.
 func (g *generation) fetch(ctx context.Context, p *partition) {
