@@ -268,16 +268,17 @@ func (s *Source) serve(kg *kafkago.Generation) {
 }
 
 // fetch reads one partition over a connection of its own to the
-// partition's leader, and queues each fetch response's records on their
-// lanes under one lock. It is not a kafkago.Reader on purpose: the Reader
-// hands records over one by one through a channel from a goroutine of its
-// own, and its Close waits for a pending fetch (up to MaxWait), where closing
-// the connection ends it at once.
+// partition's leader, and queues the records of each fetch response on their
+// lanes a chunk at a time, taking the lock once per chunk. It is not a
+// kafkago.Reader on purpose: the Reader hands records over one by one
+// through a channel from a goroutine of its own, and its Close waits for a
+// pending fetch (up to MaxWait), where closing the connection ends it at once.
 //
 // The fetcher owns conn, offset and pending. It holds at most one fetch
-// response beyond the MaxInFlight records its partition holds on its lanes, so that the next response is on its way while the
-// current one is handled; at MaxInFlight it stops fetching (backpressure)
-// until handled records make room.
+// response beyond the MaxInFlight records its partition holds on its lanes,
+// so that the next response is on its way while the current one is handled;
+// at MaxInFlight it stops fetching (backpressure) until handled records make
+// room.
 func (g *generation) fetch(ctx context.Context, p *partition) {
 	s := g.s
 	var (
