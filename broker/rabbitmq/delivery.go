@@ -20,11 +20,12 @@ const HeaderDeliveries = "x-queuekit-deliveries"
 
 // delivery is one amqp.Delivery and the session it came on.
 type delivery struct {
-	s       *Source
-	sess    *session
-	d       amqp.Delivery // by value: one allocation per delivery, not two
-	msg     consumer.Message
-	settled atomic.Bool
+	s        *Source
+	sess     *session
+	d        amqp.Delivery // by value: one allocation per delivery, not two
+	msg      consumer.Message
+	settling atomic.Bool // a settlement is in progress
+	done     atomic.Bool // settled (or stale): nothing more to do
 }
 
 var _ consumer.DelayedRequeuer = (*delivery)(nil)
@@ -131,16 +132,32 @@ func stringHeaders(t amqp.Table) map[string]string {
 
 func (d *delivery) Message() *consumer.Message { return &d.msg }
 
-// begin marks d settled. It fails when d was settled before, or when its
-// channel is gone (stale: the broker has requeued the message already).
+// begin starts a settlement of d. It fails with ErrAlreadySettled when d was
+// settled before or a settlement is in progress, and with ErrStaleDelivery
+// when d's channel is gone (the broker has requeued the message already).
+// The caller must call end with the outcome.
 func (d *delivery) begin(op string) error {
-	if !d.settled.CompareAndSwap(false, true) {
+	if d.done.Load() || !d.settling.CompareAndSwap(false, true) {
 		return fmt.Errorf("rabbitmq: %s message %q: %w", op, d.msg.ID, consumer.ErrAlreadySettled)
 	}
 	if d.sess.ch.IsClosed() {
+		d.done.Store(true)
+		d.settling.Store(false)
 		return d.stale(op)
 	}
 	return nil
+}
+
+// end finishes a settlement begun with begin. A settlement that failed for
+// another reason than staleness leaves d unsettled, so that the runtime may
+// try again (it does, with backoff); if it gives up, the message stays
+// unacknowledged and the broker redelivers it when the channel closes.
+func (d *delivery) end(err error) error {
+	if err == nil || errors.Is(err, consumer.ErrStaleDelivery) {
+		d.done.Store(true)
+	}
+	d.settling.Store(false)
+	return err
 }
 
 func (d *delivery) stale(op string) error {
@@ -167,7 +184,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.begin("ack"); err != nil {
 		return err
 	}
-	return d.settleErr("ack", d.sess.ch.Ack(d.d.DeliveryTag, false))
+	return d.end(d.settleErr("ack", d.sess.ch.Ack(d.d.DeliveryTag, false)))
 }
 
 // Requeue implements consumer.Delivery. On a quorum queue it nacks with
@@ -181,21 +198,21 @@ func (d *delivery) Requeue(ctx context.Context) error {
 		return err
 	}
 	if d.s.cfg.Topology.QueueType == Quorum {
-		return d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true))
+		return d.end(d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
 	}
 	if err := d.s.pub.Publish(ctx, "", d.s.cfg.Queue, d.copyWith(nil)); err != nil {
 		d.s.cfg.Logger.Warn("rabbitmq: requeue by republishing failed; nacking instead (this delivery is not counted)",
 			"queue", d.s.cfg.Queue, "message_id", d.msg.ID, "error", err)
-		return d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true))
+		return d.end(d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
 	}
-	return d.settleErr("requeue", d.sess.ch.Ack(d.d.DeliveryTag, false))
+	return d.end(d.settleErr("requeue", d.sess.ch.Ack(d.d.DeliveryTag, false)))
 }
 
 // RequeueAfter implements consumer.DelayedRequeuer: it publishes a copy to
 // the retry queue with a per-message TTL of delay, waits for the confirm, and
 // only then acks the original. When the TTL expires the broker dead-letters
-// the copy back to the queue. If the publish fails the original is nacked
-// with requeue, so it comes back at once instead of being lost.
+// the copy back to the queue. If the publish fails, the error is returned and
+// the delivery stays unsettled, so that it can be settled again.
 func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error {
 	if err := d.begin("requeue after delay"); err != nil {
 		return err
@@ -204,18 +221,17 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 	pub := d.copyWith(nil)
 	pub.Expiration = strconv.FormatInt(ms, 10)
 	if err := d.s.pub.Publish(ctx, "", d.s.cfg.Topology.RetryQueue, pub); err != nil {
-		nerr := d.sess.ch.Nack(d.d.DeliveryTag, false, true)
-		return errors.Join(fmt.Errorf("rabbitmq: requeue message %q to %q after %v: %w", d.msg.ID, d.s.cfg.Topology.RetryQueue, delay, err),
-			d.settleErr("requeue", nerr))
+		return d.end(fmt.Errorf("rabbitmq: requeue message %q to %q after %v: %w", d.msg.ID, d.s.cfg.Topology.RetryQueue, delay, err))
 	}
-	return d.settleErr("requeue after delay", d.sess.ch.Ack(d.d.DeliveryTag, false))
+	return d.end(d.settleErr("requeue after delay", d.sess.ch.Ack(d.d.DeliveryTag, false)))
 }
 
 // DeadLetter implements consumer.Delivery: it publishes a copy to the
 // dead-letter exchange with the reason headers, waits for the confirm, and
 // only then acks the original, so a message is never lost between the two
 // (at worst, after a connection loss, it is dead-lettered twice). If the
-// publish fails the original is nacked with requeue.
+// publish fails, the error is returned and the delivery stays unsettled, so
+// that it can be settled again; the runtime retries with backoff.
 func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error {
 	if err := d.begin("dead-letter"); err != nil {
 		return err
@@ -224,11 +240,9 @@ func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error
 	pub := d.copyWith(extra)
 	x := d.s.cfg.Topology.DeadLetterExchange
 	if err := d.s.pub.Publish(ctx, x, d.s.cfg.Queue, pub); err != nil {
-		nerr := d.sess.ch.Nack(d.d.DeliveryTag, false, true)
-		return errors.Join(fmt.Errorf("rabbitmq: dead-letter message %q to exchange %q: %w", d.msg.ID, x, err),
-			d.settleErr("requeue", nerr))
+		return d.end(fmt.Errorf("rabbitmq: dead-letter message %q to exchange %q: %w", d.msg.ID, x, err))
 	}
-	return d.settleErr("dead-letter", d.sess.ch.Ack(d.d.DeliveryTag, false))
+	return d.end(d.settleErr("dead-letter", d.sess.ch.Ack(d.d.DeliveryTag, false)))
 }
 
 // copyWith returns the delivery as a publishing with its properties and

@@ -64,7 +64,11 @@
 //     original.
 //
 // Every copy is confirmed before the original is acked, so no path loses a
-// message; when the publish fails, the original is nacked back to the queue.
+// message. When a dead-letter or delayed-retry publish fails, the settlement
+// returns the error and the delivery stays unsettled: the runtime tries
+// again with backoff, and a delivery it gives up on stays with the broker,
+// which redelivers it when the channel closes. (A classic-queue Requeue whose
+// copy cannot be published falls back to basic.nack with requeue, uncounted.)
 // Message.Attempt is computed from what the broker and the copies carry:
 // HeaderDeliveries (or else the x-death counts) for the deliveries before
 // the last copy, plus x-delivery-count on quorum queues (or 1 when a classic

@@ -30,6 +30,7 @@ type ReturnError struct {
 	Reason string
 }
 
+// Error says where the publish went and why the broker returned it.
 func (e *ReturnError) Error() string {
 	return "rabbitmq: publish to exchange " + quoteName(e.Exchange) + " with routing key " +
 		quoteName(e.RoutingKey) + " returned: " + e.Reason
