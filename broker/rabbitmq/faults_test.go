@@ -52,7 +52,8 @@ func TestBrokerRestartConsumerAndPublisherRecoverByThemselves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sup consumer.Supervisor
+	var supEvents eventLog
+	sup := consumer.Supervisor{OnEvent: supEvents.hook}
 	if err := sup.Add("orders", c); err != nil {
 		t.Fatal(err)
 	}
@@ -141,8 +142,14 @@ func TestBrokerRestartConsumerAndPublisherRecoverByThemselves(t *testing.T) {
 	if err := <-supDone; err != nil {
 		t.Fatalf("Supervisor.Run = %v; want nil", err)
 	}
-	t.Logf("restart: %d confirmed publishes (%d publish errors), %d handled (%d distinct), ready again %v after stop_app",
-		len(ids), pubErrs.Load(), cnt.n.Load(), cnt.distinct(), recovered.Round(time.Millisecond))
+	t.Logf("restart: %d confirmed publishes (%d publish errors), %d handled (%d distinct), ready again %v after stop_app; "+
+		"supervisor events: %d reconnecting, %d connected",
+		len(ids), pubErrs.Load(), cnt.n.Load(), cnt.distinct(), recovered.Round(time.Millisecond),
+		supEvents.count(consumer.EventReconnecting), supEvents.count(consumer.EventConnected))
+	if supEvents.count(consumer.EventReconnecting) < 1 || supEvents.count(consumer.EventConnected) < 2 {
+		t.Errorf("Supervisor.OnEvent saw %d reconnecting and %d connected events; want >= 1 and >= 2",
+			supEvents.count(consumer.EventReconnecting), supEvents.count(consumer.EventConnected))
+	}
 }
 
 // TestShutdownMidRunLeavesTheRestInTheQueue shuts a consumer down while it
