@@ -310,7 +310,7 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			return
 		}
 		if conn == nil {
-			c, off, err := g.dial(ctx, p.id, offset)
+			c, off, stop, err := g.dial(ctx, p.id, offset)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -319,9 +319,7 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 				s.log.Warn("kafka: connecting to the partition leader failed; retrying", "partition", p.id, "error", err)
 				continue
 			}
-			// The generation's end (rebalance, Close) closes the
-			// connection, which ends a pending fetch at once.
-			conn, offset, unwatch = c, off, context.AfterFunc(ctx, func() { c.Close() })
+			conn, offset, unwatch = c, off, stop
 		}
 		recs, next, err := g.read(conn, p, offset)
 		if ctx.Err() != nil {
@@ -362,19 +360,22 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 // dial connects to the leader of partition id and resolves offset: a
 // partition without a committed offset starts at StartOffset (which
 // kafka-go passes as FirstOffset or LastOffset), and an offset below the
-// partition's first (deleted by retention) starts at the first.
-func (g *generation) dial(ctx context.Context, id int, offset int64) (*kafkago.Conn, int64, error) {
+// partition's first (deleted by retention) starts at the first. The end of
+// the generation (rebalance, Close) closes the connection, which ends a
+// pending request at once; stop cancels that.
+func (g *generation) dial(ctx context.Context, id int, offset int64) (_ *kafkago.Conn, _ int64, stop func() bool, err error) {
 	cfg := &g.s.cfg
-	var err error
 	for _, b := range cfg.Brokers {
 		var c *kafkago.Conn
 		if c, err = cfg.Dialer.DialLeader(ctx, "tcp", b, cfg.Topic, id); err != nil {
 			continue
 		}
+		stop = context.AfterFunc(ctx, func() { c.Close() })
 		c.SetDeadline(time.Now().Add(cfg.Timeout))
 		first, last, oerr := c.ReadOffsets()
 		c.SetDeadline(time.Time{})
 		if oerr != nil {
+			stop()
 			c.Close()
 			err = oerr
 			continue
@@ -385,9 +386,9 @@ func (g *generation) dial(ctx context.Context, id int, offset int64) (*kafkago.C
 		case offset < first: // FirstOffset, or deleted by retention
 			offset = first
 		}
-		return c, offset, nil
+		return c, offset, stop, nil
 	}
-	return nil, offset, err
+	return nil, offset, nil, err
 }
 
 // read fetches one response from offset and returns the offset to fetch
