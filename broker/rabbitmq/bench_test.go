@@ -2,6 +2,8 @@ package rabbitmq
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"fmt"
 	"os"
 	"sort"
@@ -266,7 +268,8 @@ func (r *countingRecorder) HandlerDone(_ *consumer.Message, err error, d time.Du
 func runQueuekit(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.Duration) {
 	t.Helper()
 	cpu0, start := cpuNow(t), time.Now()
-	cfg := Config{Dialer: Dialer{URL: amqpURL()}, Queue: q, Prefetch: c.prefetch}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil)) // the raw loop logs nothing either
+	cfg := Config{Dialer: Dialer{URL: amqpURL()}, Queue: q, Prefetch: c.prefetch, Logger: quiet}
 	cfg.Topology.Passive = os.Getenv("QUEUEKIT_BENCH_PASSIVE") == "1"
 	src, err := NewSource(cfg)
 	if err != nil {
@@ -314,7 +317,7 @@ func runQueuekit(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.
 		wg.Wait()
 		return elapsed, cpu
 	}
-	cons, err := consumer.New(src, wrapped, consumer.WithConcurrency(c.workers))
+	cons, err := consumer.New(src, wrapped, consumer.WithConcurrency(c.workers), consumer.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
 	}
