@@ -2,9 +2,9 @@ package rabbitmq
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
-	"fmt"
 	"os"
 	"sort"
 	"strconv"
