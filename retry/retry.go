@@ -38,14 +38,16 @@ func Do(ctx context.Context, p Policy, op func(ctx context.Context) error) error
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
 			return err
 		}
-		if !sleep(ctx, d) {
+		if !Sleep(ctx, d) {
 			return err
 		}
 	}
 }
 
-// sleep waits d or until ctx is done; it reports whether it waited d.
-func sleep(ctx context.Context, d time.Duration) bool {
+// Sleep waits d or until ctx is done, and reports whether it waited the
+// whole of d. It is the wait between attempts that Do uses, for loops that
+// space out attempts themselves.
+func Sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/queuekit/queuekit/broker/kafka/internal/offsets"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/retry"
 )
 
 // ErrRebalance is wrapped by the Err of the consumer.EventRebalanced event a
@@ -306,7 +307,7 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 				continue // queue waited for room and was woken; queue more
 			}
 		}
-		if fails > 0 && !sleepCtx(ctx, backoff(fails)) {
+		if fails > 0 && !retry.Sleep(ctx, backoff(fails)) {
 			return
 		}
 		if conn == nil {
@@ -507,16 +508,6 @@ func (g *generation) queueLocked(p *partition, recs []*record) ([]*record, bool)
 	return recs[n:], true
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
 
 // backoff is the wait before retry number n (n >= 1): 100 ms doubling up
 // to 2 s.
