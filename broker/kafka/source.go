@@ -508,7 +508,6 @@ func (g *generation) queueLocked(p *partition, recs []*record) ([]*record, bool)
 	return recs[n:], true
 }
 
-
 // backoff is the wait before retry number n (n >= 1): 100 ms doubling up
 // to 2 s.
 func backoff(n int) time.Duration {
