@@ -31,6 +31,14 @@ func TestPublisherErrors(t *testing.T) {
 	if err := ch.ExchangeDeclare(x, "direct", false, true, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
+	// Auto-delete removes an exchange only when its last binding goes; this
+	// one never has any.
+	t.Cleanup(func() {
+		if ch, err := rawConn(t).Channel(); err == nil {
+			_ = ch.ExchangeDelete(x, false, false)
+			_ = ch.Close()
+		}
+	})
 	pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}})
 	if err != nil {
 		t.Fatal(err)
