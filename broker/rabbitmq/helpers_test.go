@@ -3,6 +3,8 @@ package rabbitmq
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -219,3 +221,6 @@ func hostPort() string {
 	}
 	return u.Host
 }
+
+// quietLogger discards the logs of sources whose logging is not under test.
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -40,7 +40,7 @@ func (f DepthFunc) QueueDepth(ctx context.Context) (messages, consumers int, err
 
 // A DepthSource reports the depth of a RabbitMQ queue: the messages ready in
 // it and the consumers subscribed to it, as a passive queue declare returns
-// them. The RabbitMQ source of broker/rabbitmq is meant to satisfy it.
+// them. *rabbitmq.Source of broker/rabbitmq satisfies it.
 //
 // QueueDepth is called from a Prometheus scrape, at most once per
 // CollectorConfig.MinInterval, with a context bounded by CollectorConfig.Timeout.
