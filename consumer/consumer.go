@@ -346,7 +346,7 @@ type run struct {
 func newRun(c *Consumer, ctx context.Context) *run {
 	r := &run{
 		c:          c,
-		base:       context.WithoutCancel(ctx),
+		base:       context.WithValue(context.WithoutCancel(ctx), nameKey{}, c.o.name),
 		stopCh:     make(chan struct{}),
 		abandonCh:  make(chan struct{}),
 		abandonNow: make(chan struct{}),
@@ -502,7 +502,7 @@ func (r *run) abandon(cause error) int {
 			r.settleFailed(m, "requeue", err)
 		}
 		r.c.log.Warn("queuekit: handler abandoned at drain deadline; message given back",
-			"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "cause", cause)
+			"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "outcome", SettledAbandon.String(), "cause", cause)
 	}
 	return len(taken)
 }
@@ -573,7 +573,7 @@ func (r *run) call(m *Message) (err error) {
 		if p := recover(); p != nil {
 			pe := &PanicError{Value: p, Stack: debug.Stack()}
 			r.c.log.Error("queuekit: handler panicked", "topic", m.Topic, "message_id", m.ID,
-				"attempt", m.Attempt, "panic", fmt.Sprint(p), "stack", string(pe.Stack))
+				"attempt", m.Attempt, "outcome", "panic", "panic", fmt.Sprint(p), "stack", string(pe.Stack))
 			err = pe
 		}
 	}()
@@ -686,7 +686,7 @@ func (r *run) reason(m *Message, herr error) Reason {
 		Time:      time.Now(),
 	}
 	r.c.log.Warn("queuekit: dead-lettering message", "topic", m.Topic, "message_id", m.ID,
-		"attempt", reason.Attempts, "permanent", reason.Permanent, "error", reason.Err)
+		"attempt", reason.Attempts, "outcome", SettledDeadLetter.String(), "permanent", reason.Permanent, "error", reason.Err)
 	return reason
 }
 
@@ -697,7 +697,7 @@ func (r *run) observe(m *Message, s Settlement, err error) {
 }
 
 func (r *run) settleFailed(m *Message, op string, err error) {
-	r.c.log.Warn("queuekit: settlement failed; the message stays with the broker", "op", op,
-		"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "error", err)
+	r.c.log.Warn("queuekit: settlement failed; the message stays with the broker",
+		"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "outcome", op, "error", err)
 	r.c.emit(Event{Kind: EventSettleFailed, MessageID: m.ID, Err: fmt.Errorf("%s: %w", op, err)})
 }

@@ -38,3 +38,12 @@ func Chain(mw ...Middleware) Middleware {
 		return h
 	}
 }
+
+type nameKey struct{}
+
+// NameFromContext returns the name of the consumer (WithName) whose handler
+// got ctx, for logs and metrics. It reports false outside a handler.
+func NameFromContext(ctx context.Context) (string, bool) {
+	name, ok := ctx.Value(nameKey{}).(string)
+	return name, ok
+}

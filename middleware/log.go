@@ -19,8 +19,9 @@ type messageLogger struct {
 
 // Log returns middleware that logs every handled message with log/slog: at
 // Debug when the handler succeeded and at Warn when it failed (Error for a
-// panic), with the attributes topic, message_id, attempt, outcome (see
-// Outcome), duration and, on failure, error. A nil logger means slog.Default().
+// panic), with the attributes consumer (the consumer's name, when Log runs
+// under a Consumer), topic, message_id, attempt, outcome (see Outcome),
+// duration and, on failure, error. A nil logger means slog.Default().
 //
 // Inside Log, the handler can get a logger carrying the message's attributes
 // with Logger(ctx).
@@ -44,13 +45,17 @@ func Log(l *slog.Logger) consumer.Middleware {
 			if !logger.Enabled(ctx, level) {
 				return err
 			}
-			attrs := []slog.Attr{
+			attrs := make([]slog.Attr, 0, 8)
+			if name, ok := consumer.NameFromContext(ctx); ok {
+				attrs = append(attrs, slog.String("consumer", name))
+			}
+			attrs = append(attrs,
 				slog.String("topic", m.Topic),
 				slog.String("message_id", m.ID),
 				slog.Int("attempt", m.Attempt),
 				slog.String("outcome", Outcome(err)),
 				slog.Duration("duration", time.Since(start)),
-			}
+			)
 			if err != nil {
 				attrs = append(attrs, slog.String("error", err.Error()))
 			}
@@ -60,14 +65,19 @@ func Log(l *slog.Logger) consumer.Middleware {
 	}
 }
 
-// Logger returns a logger carrying the current message's topic, message_id and
-// attempt when ctx comes from a handler inside Log, and slog.Default() otherwise.
+// Logger returns a logger carrying the current consumer's name and message's
+// topic, message_id and attempt when ctx comes from a handler inside Log, and
+// slog.Default() otherwise.
 func Logger(ctx context.Context) *slog.Logger {
 	ml, ok := ctx.Value(loggerKey{}).(*messageLogger)
 	if !ok {
 		return slog.Default()
 	}
-	return ml.l.With("topic", ml.m.Topic, "message_id", ml.m.ID, "attempt", ml.m.Attempt)
+	l := ml.l
+	if name, ok := consumer.NameFromContext(ctx); ok {
+		l = l.With("consumer", name)
+	}
+	return l.With("topic", ml.m.Topic, "message_id", ml.m.ID, "attempt", ml.m.Attempt)
 }
 
 // Outcome classifies a handler result for logs and metrics: "ok", "panic",

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/retry"
@@ -175,4 +176,56 @@ func TestMetricsEndsTheMeasurementWhenAPanicPassesThrough(t *testing.T) {
 	if rec.started != 1 || rec.done["panic"] != 1 {
 		t.Errorf("recorder saw started %d, done %v; want 1 and panic 1", rec.started, rec.done)
 	}
+}
+
+// Under a Consumer, every line of Log and of the handler's own Logger(ctx)
+// carries the consumer's name with the message's attributes.
+func TestLogLinesCarryTheConsumerName(t *testing.T) {
+	var buf syncBuffer
+	l := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	b := memory.NewBroker()
+	_ = b.Publish(context.Background(), "invoices", consumer.Message{ID: "inv-1"})
+	src, err := b.Source("invoices", memory.SourceConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := middleware.Log(l)(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		middleware.Logger(ctx).Info("billing")
+		cancel()
+		return nil
+	}))
+	c, err := consumer.New(src, h, consumer.WithName("billing"), consumer.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{
+		"msg=billing consumer=billing topic=invoices message_id=inv-1 attempt=1",
+		"msg=\"queuekit: message handled\" consumer=billing topic=invoices message_id=inv-1 attempt=1 outcome=ok",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
