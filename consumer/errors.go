@@ -42,6 +42,7 @@ func Fatal(err error) error {
 	return &FatalError{Err: err}
 }
 
+// Error returns the wrapped error's text.
 func (e *FatalError) Error() string { return e.Err.Error() }
 
 // Unwrap returns the wrapped error.
@@ -64,6 +65,7 @@ type PanicError struct {
 	Stack []byte
 }
 
+// Error returns "panic: " and the panic value.
 func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v", e.Value) }
 
 // Unwrap returns Value if it is an error, so errors.Is sees through a

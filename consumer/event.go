@@ -64,6 +64,7 @@ var eventKindNames = [...]string{
 	EventRebalanced:   "rebalanced",
 }
 
+// String returns the kind's name, such as "drained".
 func (k EventKind) String() string {
 	if k > 0 && int(k) < len(eventKindNames) {
 		return eventKindNames[k]
@@ -142,6 +143,7 @@ var settlementNames = [...]string{
 	SettledAbandon:        "abandon",
 }
 
+// String returns the settlement's name, such as "dead-letter"; metrics use it as a label.
 func (s Settlement) String() string {
 	if s > 0 && int(s) < len(settlementNames) {
 		return settlementNames[s]

@@ -36,6 +36,7 @@ var stateNames = [...]string{
 	StateStopped:      "stopped",
 }
 
+// String returns the state's name, such as "draining".
 func (s State) String() string {
 	if s >= 0 && int(s) < len(stateNames) {
 		return stateNames[s]

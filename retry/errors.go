@@ -22,6 +22,7 @@ func Permanent(err error) error {
 	return &PermanentError{Err: err}
 }
 
+// Error returns the wrapped error's text.
 func (e *PermanentError) Error() string { return e.Err.Error() }
 
 // Unwrap returns the wrapped error.
@@ -61,6 +62,7 @@ func After(err error, d time.Duration) error {
 	return &RetryAfterError{Err: err, Delay: d}
 }
 
+// Error returns the wrapped error's text.
 func (e *RetryAfterError) Error() string { return e.Err.Error() }
 
 // Unwrap returns the wrapped error.

@@ -25,6 +25,7 @@ const (
 	ByKey
 )
 
+// String returns "by-partition" or "by-key".
 func (o Ordering) String() string {
 	switch o {
 	case ByPartition:
