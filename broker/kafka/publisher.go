@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -44,15 +45,22 @@ type PublisherConfig struct {
 	Balancer kafkago.Balancer
 	// Compression of the batches. Default none.
 	Compression kafkago.Compression
+	// Inject, if set, is called for every message with the Publish context
+	// and a copy of the message's headers, and returns the headers to send.
+	// Use it to propagate trace context or a correlation id from ctx:
+	//
+	//	Inject: func(ctx context.Context, h map[string]string) map[string]string { return otel.Inject(ctx, h) }
+	Inject func(ctx context.Context, header map[string]string) map[string]string
 }
 
 // A Publisher writes messages to Kafka through a kafkago.Writer with
 // explicit batching. It is safe for concurrent use; concurrent Publish calls
 // share batches. After Close, Publish returns an error.
 type Publisher struct {
-	w     *kafkago.Writer
-	t     *kafkago.Transport
-	topic string
+	w      *kafkago.Writer
+	t      *kafkago.Transport
+	topic  string
+	inject func(ctx context.Context, header map[string]string) map[string]string
 }
 
 // NewPublisher returns a Publisher. It returns an error wrapping
@@ -112,7 +120,7 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		// seconds. Keep a few for leader changes.
 		MaxAttempts: 3,
 	}
-	return &Publisher{w: w, t: t, topic: cfg.Topic}, nil
+	return &Publisher{w: w, t: t, topic: cfg.Topic, inject: cfg.Inject}, nil
 }
 
 // Publish writes msgs and returns when every one was acknowledged by the
@@ -138,7 +146,11 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...*consumer.Message) erro
 		if topic == "" {
 			return fmt.Errorf("kafka: publish: message %d has no topic and the publisher has no default", i)
 		}
-		out[i] = kafkago.Message{Topic: topic, Key: m.Key, Value: m.Body, Time: m.Time, Headers: toHeaders(m.Header)}
+		h := m.Header
+		if p.inject != nil {
+			h = p.inject(ctx, maps.Clone(h)) // the caller's map is not modified
+		}
+		out[i] = kafkago.Message{Topic: topic, Key: m.Key, Value: m.Body, Time: m.Time, Headers: toHeaders(h)}
 	}
 	if err := p.w.WriteMessages(ctx, out...); err != nil {
 		return fmt.Errorf("kafka: publish: %w", err)

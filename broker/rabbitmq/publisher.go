@@ -40,6 +40,13 @@ type PublisherConfig struct {
 	ReconnectMin, ReconnectMax time.Duration
 	// Logger receives reconnection warnings (default slog.Default()).
 	Logger *slog.Logger
+	// Inject, if set, is called for every message with the Publish context
+	// and the message's string-valued headers, and returns headers to set on
+	// the message (over its own). Use it to propagate trace context or a
+	// correlation id from ctx:
+	//
+	//	Inject: func(ctx context.Context, h map[string]string) map[string]string { return otel.Inject(ctx, h) }
+	Inject func(ctx context.Context, header map[string]string) map[string]string
 }
 
 func (c *PublisherConfig) resolve() error {
@@ -137,6 +144,9 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 	}
 	if msg.MessageId == "" {
 		msg.MessageId = newID()
+	}
+	if p.cfg.Inject != nil {
+		msg.Headers = inject(ctx, p.cfg.Inject, msg.Headers)
 	}
 	if !p.cfg.Transient && msg.DeliveryMode == 0 {
 		msg.DeliveryMode = amqp.Persistent
@@ -485,4 +495,23 @@ func newID() string {
 	var b [16]byte
 	_, _ = crand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// inject runs f over the string-valued headers of t and returns a copy of t
+// with what f returned set over it; t itself is not modified.
+func inject(ctx context.Context, f func(context.Context, map[string]string) map[string]string, t amqp.Table) amqp.Table {
+	strs := make(map[string]string, len(t))
+	for k, v := range t {
+		if s, ok := v.(string); ok {
+			strs[k] = s
+		}
+	}
+	out := make(amqp.Table, len(t)+2)
+	for k, v := range t {
+		out[k] = v
+	}
+	for k, v := range f(ctx, strs) {
+		out[k] = v
+	}
+	return out
 }

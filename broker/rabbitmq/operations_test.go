@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/middleware/correlation"
 	"github.com/queuekit/queuekit/middleware/prometheus"
 )
 
@@ -50,5 +53,45 @@ func TestQueueDepthReportsReadyMessagesAndConsumers(t *testing.T) {
 	defer missing.Close()
 	if _, _, err := missing.QueueDepth(ctx); err == nil {
 		t.Error("QueueDepth of a missing queue = nil error; want the broker's NOT_FOUND")
+	}
+}
+
+// RabbitMQ (real server): PublisherConfig.Inject writes context (here a
+// correlation id) into the headers of every published message, and the
+// source hands it to the handler with the message's own headers; the
+// caller's table is not modified.
+func TestPublisherInjectCarriesContextToTheConsumer(t *testing.T) {
+	needBroker(t)
+	q := uniqueQueue(t)
+	declareQueue(t, q, Classic)
+	pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}, Inject: correlation.Inject, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	ctx, cancel := context.WithTimeout(correlation.WithID(context.Background(), "req-7"), 10*time.Second)
+	defer cancel()
+	table := amqp.Table{"kind": "invoice", "n": int32(3)}
+	if err := pub.Publish(ctx, "", q, amqp.Publishing{Body: []byte("x"), Headers: table}); err != nil {
+		t.Fatal(err)
+	}
+	if len(table) != 2 {
+		t.Errorf("caller's table = %v; want it unchanged", table)
+	}
+	src, err := NewSource(Config{Dialer: Dialer{URL: amqpURL()}, Queue: q, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	d, err := src.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := d.Message().Header
+	if h[correlation.Header] != "req-7" || h["kind"] != "invoice" {
+		t.Errorf("consumer saw headers %v; want %s=req-7 and kind=invoice", h, correlation.Header)
+	}
+	if err := d.Ack(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
