@@ -165,8 +165,13 @@ func (d *delivery) stale(op string) error {
 		op, d.msg.ID, d.sess.gen, consumer.ErrStaleDelivery)
 }
 
-// settleErr turns a failed basic.ack/nack into a stale-delivery error when the
-// channel died under it.
+// settleErr turns a failed basic.ack/nack into a stale-delivery error.
+// amqp091-go returns an error from Ack/Nack only when the channel is closed
+// or the frame could not be written, and a failed write shuts the connection
+// down: either way the delivery tag is dead, nothing sent later can settle
+// it, and the broker requeues the message when it sees the channel go. (The
+// channel may not report IsClosed yet when the write error comes back, as in
+// "connection reset by peer"; the chaos test caught that race.)
 func (d *delivery) settleErr(op string, err error) error {
 	if err == nil {
 		return nil
@@ -174,7 +179,8 @@ func (d *delivery) settleErr(op string, err error) error {
 	if errors.Is(err, amqp.ErrClosed) || d.sess.ch.IsClosed() {
 		return d.stale(op)
 	}
-	return fmt.Errorf("rabbitmq: %s message %q: %w", op, d.msg.ID, err)
+	return fmt.Errorf("rabbitmq: %s message %q: write failed (%v), the broker redelivers it: %w",
+		op, d.msg.ID, err, consumer.ErrStaleDelivery)
 }
 
 // Ack implements consumer.Delivery. It is sent only on the channel the
