@@ -560,7 +560,9 @@ func (r *run) process(i int, d Delivery) bool {
 		return false
 	}
 	m := d.Message()
-	err := r.call(m)
+	hctx, release := r.handlerContext(d)
+	err := r.call(hctx, m)
+	release()
 	if !s.state.CompareAndSwap(slotRunning, slotIdle) {
 		return false
 	}
@@ -568,7 +570,25 @@ func (r *run) process(i int, d Delivery) bool {
 	return true
 }
 
-func (r *run) call(m *Message) (err error) {
+// handlerContext is the context a handler of d runs with, and the function
+// to call when the handler returned: the run's handler context, and for a
+// Leased delivery one that also ends with its lease. Only leased deliveries
+// pay for a context of their own.
+func (r *run) handlerContext(d Delivery) (context.Context, func()) {
+	l, ok := d.(Leased)
+	if !ok {
+		return r.handlerCtx, func() {}
+	}
+	lease := l.Lease()
+	if lease == nil {
+		return r.handlerCtx, func() {}
+	}
+	ctx, cancel := context.WithCancelCause(r.handlerCtx)
+	stop := context.AfterFunc(lease, func() { cancel(ErrStaleDelivery) })
+	return ctx, func() { stop(); cancel(nil) }
+}
+
+func (r *run) call(ctx context.Context, m *Message) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			pe := &PanicError{Value: p, Stack: debug.Stack()}
@@ -577,7 +597,7 @@ func (r *run) call(m *Message) (err error) {
 			err = pe
 		}
 	}()
-	return r.c.h.Handle(r.handlerCtx, m)
+	return r.c.h.Handle(ctx, m)
 }
 
 func (r *run) giveBack(d Delivery) {

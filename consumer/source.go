@@ -53,6 +53,16 @@ type DelayedRequeuer interface {
 	RequeueAfter(ctx context.Context, delay time.Duration) error
 }
 
+// A Leased delivery is valid only while a lease lasts, such as the Kafka
+// consumer-group generation it was fetched in. Lease returns a context that
+// the source cancels when it fences the delivery (the partition was given to
+// another member); the runtime then cancels the handler's context with cause
+// ErrStaleDelivery, so that work the source no longer owns stops instead of
+// overlapping the new owner's.
+type Leased interface {
+	Lease() context.Context
+}
+
 // A Pauser is a Source that can stop and resume intake without closing, for
 // example by cancelling its broker subscription. The runtime calls Pause when
 // the consumer is paused and Resume when it resumes. A source that does not

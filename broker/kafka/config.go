@@ -63,6 +63,12 @@ type Config struct {
 	// reaches it, that partition is not fetched until records settle
 	// (backpressure); the partition's fetcher holds at most one more fetch
 	// response, fetched ahead (see MaxBytes). Default 256.
+	//
+	// With ByKey, records after an unfinished one may finish first; they
+	// cannot be committed until it finishes. So that a slow record cannot
+	// make a partition be handled ever further past the committed offset
+	// (all of which a crash would redeliver), at most 4×MaxInFlight records
+	// of a partition are fetched past its oldest unfinished record.
 	MaxInFlight int
 
 	// CommitInterval is the longest time a handled record waits before its
@@ -222,6 +228,10 @@ func (c *Config) validate() error {
 		return invalid("CommitBatch %d, want at least 1", c.CommitBatch)
 	case c.MinBytes < 1 || c.MaxBytes < c.MinBytes:
 		return invalid("MinBytes %d / MaxBytes %d, want 1 <= MinBytes <= MaxBytes", c.MinBytes, c.MaxBytes)
+	case c.MaxBytes > maxFetchBytes:
+		// kafka-go's Conn refuses larger fetches on every call: accepting
+		// one here would leave a source that never consumes.
+		return invalid("MaxBytes %d, want at most %d", c.MaxBytes, maxFetchBytes)
 	case c.StartOffset != kafkago.FirstOffset && c.StartOffset != kafkago.LastOffset:
 		return invalid("StartOffset %d, want kafkago.FirstOffset or kafkago.LastOffset", c.StartOffset)
 	}
@@ -267,3 +277,7 @@ func transport(d *kafkago.Dialer) *kafkago.Transport {
 	}
 	return t
 }
+
+// maxFetchBytes is the largest MaxBytes accepted: 1 GiB, well under the
+// limit kafka-go's Conn enforces (math.MaxInt32 less its fetch overhead).
+const maxFetchBytes = 1 << 30

@@ -22,6 +22,7 @@ type delivery struct {
 var (
 	_ consumer.Delivery        = (*delivery)(nil)
 	_ consumer.DelayedRequeuer = (*delivery)(nil)
+	_ consumer.Leased          = (*delivery)(nil)
 	_ consumer.StatusReporter  = (*Source)(nil)
 	_ consumer.EventSource     = (*Source)(nil)
 )
@@ -40,6 +41,12 @@ func (s *Source) newDelivery(rec *record, attempt int) *delivery {
 }
 
 func (d *delivery) Message() *consumer.Message { return &d.msg }
+
+// Lease implements consumer.Leased: the context ends when the delivery's
+// generation is fenced (its partitions were taken away after the drain
+// budget), and the runtime then cancels the handler with cause
+// consumer.ErrStaleDelivery.
+func (d *delivery) Lease() context.Context { return d.rec.g.lease }
 
 // claimLocked marks d settled, or says why it cannot be.
 func (d *delivery) claimLocked() error {

@@ -205,6 +205,13 @@ type generation struct {
 	settled    int  // under s.mu: settled since the last commit
 	drained    chan struct{}
 	drainOnce  bool // under s.mu: drained was closed
+
+	// lease is the context of the generation's deliveries (consumer.Leased):
+	// endLease cancels it when the generation fences them, so that the
+	// runtime cancels handlers still running on records this member no
+	// longer owns, instead of letting them overlap the new owner's.
+	lease    context.Context
+	endLease context.CancelFunc
 }
 
 // A partition is one assigned partition within a generation.
@@ -244,6 +251,7 @@ func (s *Source) serve(kg *kafkago.Generation) {
 		kick:    make(chan struct{}, 1),
 		drained: make(chan struct{}),
 	}
+	g.lease, g.endLease = context.WithCancel(context.Background())
 	ids := make([]int, 0, len(kg.Assignments[s.cfg.Topic]))
 	for _, a := range kg.Assignments[s.cfg.Topic] {
 		g.parts[a.ID] = &partition{
@@ -333,7 +341,7 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			fails = 0
 		case errors.Is(err, kafkago.OffsetOutOfRange):
 			conn.SetDeadline(time.Now().Add(s.cfg.Timeout))
-			first, _, oerr := conn.ReadOffsets()
+			first, last, oerr := conn.ReadOffsets()
 			conn.SetDeadline(time.Time{})
 			switch {
 			case oerr != nil:
@@ -346,7 +354,11 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 					"partition", p.id, "offset", offset, "first", first)
 				offset, fails = first, 0
 			default:
-				fails++ // beyond the end: wait for records
+				// Beyond the end: the log was truncated or the topic
+				// recreated. Waiting for the log to grow past the stale
+				// offset would skip every record produced below it, so
+				// start over as a partition without a committed offset.
+				offset, fails = g.resetBeyondEnd(p, offset, first, last), 0
 			}
 		default:
 			// Leader moved, connection broken, or a broker error: start
@@ -356,6 +368,26 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			fails++
 		}
 	}
+}
+
+// resetBeyondEnd picks where to fetch a partition whose committed or next
+// offset lies beyond its end: the first or last offset, by StartOffset. The
+// offset tracker starts over when nothing is pending in it, so that the
+// records below the stale offset are tracked (and committed) again.
+func (g *generation) resetBeyondEnd(p *partition, offset, first, last int64) int64 {
+	s := g.s
+	to := first
+	if s.cfg.StartOffset == kafkago.LastOffset {
+		to = last
+	}
+	s.log.Error("kafka: offset beyond the end of the partition (log truncated or topic recreated); starting over",
+		"partition", p.id, "offset", offset, "first", first, "last", last, "restart_at", to)
+	s.mu.Lock()
+	if p.trk.Pending() == 0 {
+		p.trk = offsets.Tracker{}
+	}
+	s.mu.Unlock()
+	return to
 }
 
 // dial connects to the leader of partition id and resolves offset: a
@@ -386,6 +418,8 @@ func (g *generation) dial(ctx context.Context, id int, offset int64) (_ *kafkago
 			offset = last
 		case offset < first: // FirstOffset, or deleted by retention
 			offset = first
+		case offset > last: // truncated log or recreated topic
+			offset = g.resetBeyondEnd(g.parts[id], offset, first, last)
 		}
 		return c, offset, stop, nil
 	}
@@ -472,6 +506,10 @@ func (g *generation) queue(ctx context.Context, p *partition, recs []*record) ([
 // queueLocked puts as many of recs on their lanes as there is room for,
 // taking s.mu once, and returns the rest; false if the generation is ending.
 // When all were queued it returns recs[:0], for reuse.
+// uncommittedWindow bounds, in multiples of MaxInFlight, how far past its
+// oldest unfinished record a partition is fetched (see Config.MaxInFlight).
+const uncommittedWindow = 4
+
 func (g *generation) queueLocked(p *partition, recs []*record) ([]*record, bool) {
 	s := g.s
 	s.mu.Lock()
@@ -479,7 +517,11 @@ func (g *generation) queueLocked(p *partition, recs []*record) ([]*record, bool)
 		s.mu.Unlock()
 		return nil, false
 	}
-	n := min(max(s.cfg.MaxInFlight-p.held, 0), len(recs))
+	// Room is bounded twice: records held (queued or being handled), and
+	// the uncommitted window behind the oldest unfinished record (records
+	// handled out of order behind it count until it finishes).
+	room := min(s.cfg.MaxInFlight-p.held, uncommittedWindow*s.cfg.MaxInFlight-p.trk.Pending())
+	n := min(max(room, 0), len(recs))
 	woke := false
 	for _, rec := range recs[:n] {
 		if !p.trk.Add(rec.m.Offset) {
@@ -576,6 +618,7 @@ func (g *generation) drain() {
 
 	s.mu.Lock()
 	g.fenced = true
+	g.endLease()
 	fenced := g.dispatched
 	if s.gen == g {
 		s.gen = nil
@@ -609,7 +652,10 @@ func (g *generation) commit() error {
 	s.mu.Lock()
 	g.settled = 0
 	for id, p := range g.parts {
-		if off, ok := p.trk.Committable(); ok && off > p.committed {
+		// != rather than >: after a reset beyond the end (resetBeyondEnd)
+		// the new offsets are below the stale committed one. Within a
+		// generation the tracker's committable offset only grows.
+		if off, ok := p.trk.Committable(); ok && off != p.committed {
 			offs[id] = off
 		}
 	}
@@ -672,8 +718,11 @@ func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
 // generation drained (up to DrainTimeout) and committed what was handled.
 // Records not handled are not committed and go to the partitions' next
 // owner. Close waits for every goroutine of the Source; it takes at most
-// about DrainTimeout plus a few Timeouts (the final commit, the leave). It is
-// idempotent.
+// about DrainTimeout plus a few Timeouts (the final commit, the leave) —
+// except while the member is joining the group: kafka-go finishes a pending
+// JoinGroup before it notices the close, so Close can then take up to
+// Timeout + RebalanceTimeout (35 s with the defaults; lower RebalanceTimeout
+// to bound it). It is idempotent.
 func (s *Source) Close() error {
 	s.mu.Lock()
 	if s.closed {
