@@ -25,7 +25,15 @@ func redactURL(raw string) string {
 // code we do not control (the client library may quote the URL it dialled).
 func redactText(s, raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
+	if err != nil {
+		// We cannot find the password in a URL that does not parse (often
+		// one with unescaped reserved characters in the password, which
+		// is when libraries quote it back): cut the raw URL and anything
+		// between a scheme's "//" and the last "@" out of the text.
+		s = strings.ReplaceAll(s, raw, "<unparseable URL>")
+		return stripUserinfo(s)
+	}
+	if u.User == nil {
 		return s
 	}
 	if p, ok := u.User.Password(); ok && p != "" {
@@ -60,4 +68,26 @@ func redactErr(err error, raw string) error {
 		return err
 	}
 	return &redactedError{err: err, text: text}
+}
+
+// stripUserinfo removes "user:password@" from every "scheme://…@" in s.
+func stripUserinfo(s string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, "://")
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i+3])
+		s = s[i+3:]
+		end := strings.IndexAny(s, " \t\n\"'`")
+		if end < 0 {
+			end = len(s)
+		}
+		if at := strings.LastIndex(s[:end], "@"); at >= 0 {
+			b.WriteString("xxxxx@")
+			s = s[at+1:]
+		}
+	}
 }

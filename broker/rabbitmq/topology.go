@@ -162,7 +162,11 @@ func (t *Topology) ensure(open func() (*amqp.Channel, error), queue string) erro
 	if err != nil {
 		return err
 	}
-	defer func() { _ = ch.Close() }()
+	defer func() {
+		if ch != nil { // nil when reopening failed below
+			_ = ch.Close()
+		}
+	}()
 	// exists runs a passive check; on NOT_FOUND it replaces the closed channel.
 	exists := func(what string, check func(*amqp.Channel) error) (bool, error) {
 		err := check(ch)
@@ -173,9 +177,14 @@ func (t *Topology) ensure(open func() (*amqp.Channel, error), queue string) erro
 		if !errors.As(err, &ae) || ae.Code != amqp.NotFound {
 			return false, t.fail(what, err)
 		}
-		if ch, err = open(); err != nil {
+		// Reopen into a fresh variable: a failed open returns a nil
+		// channel, and closing that would panic in amqp091-go.
+		nc, err := open()
+		if err != nil {
+			ch = nil
 			return false, err
 		}
+		ch = nc
 		return false, nil
 	}
 	created := map[string]bool{} // exchanges declared in this pass: their bindings are new too
