@@ -193,25 +193,46 @@ func (d *delivery) Ack(ctx context.Context) error {
 	return d.end(d.settleErr("ack", d.sess.ch.Ack(d.d.DeliveryTag, false)))
 }
 
-// Requeue implements consumer.Delivery. On a quorum queue it nacks with
-// requeue (the broker counts the delivery in x-delivery-count). On a classic
-// queue, which counts nothing, it publishes a copy to the queue with
-// HeaderDeliveries set, waits for the confirm, and acks the original, so
-// that the delivery budget is enforced there too; the copy goes to the back
-// of the queue. If that publish fails it falls back to a nack with requeue.
+// Requeue implements consumer.Delivery. When the broker counts deliveries (a
+// quorum queue) it nacks with requeue, and x-delivery-count goes up. When it
+// does not (a classic queue), it publishes a copy to the queue with
+// HeaderDeliveries set, waits for the confirm, and acks the original, so that
+// the delivery budget is enforced there too; the copy goes to the back of the
+// queue. If that publish fails, the error is returned and the delivery stays
+// unsettled: the runtime retries with backoff. (Falling back to an uncounted
+// nack made a message whose copy could not be published — a full queue with
+// x-overflow=reject-publish — come back thousands of times a second, never
+// reaching its budget.)
+//
+// Whether the broker counts is decided per delivery, not only from the
+// configured queue type: a redelivered message without x-delivery-count is on
+// a queue that does not count, whatever Topology.QueueType says (an existing
+// classic queue used with QueueType Quorum).
 func (d *delivery) Requeue(ctx context.Context) error {
 	if err := d.begin("requeue"); err != nil {
 		return err
 	}
-	if d.s.cfg.Topology.QueueType == Quorum {
+	if d.brokerCounts() {
 		return d.end(d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
 	}
 	if err := d.s.pub.Publish(ctx, "", d.s.cfg.Queue, d.copyWith(nil)); err != nil {
-		d.s.cfg.Logger.Warn("rabbitmq: requeue by republishing failed; nacking instead (this delivery is not counted)",
-			"queue", d.s.cfg.Queue, "message_id", d.msg.ID, "error", err)
-		return d.end(d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
+		return d.end(fmt.Errorf("rabbitmq: requeue message %q by republishing it to %q: %w", d.msg.ID, d.s.cfg.Queue, err))
 	}
 	return d.end(d.settleErr("requeue", d.sess.ch.Ack(d.d.DeliveryTag, false)))
+}
+
+// brokerCounts reports whether the broker counts this message's deliveries
+// (x-delivery-count), so that a nack with requeue keeps the budget.
+func (d *delivery) brokerCounts() bool {
+	if d.s.cfg.Topology.QueueType != Quorum {
+		return false
+	}
+	if _, ok := tableInt(d.d.Headers, "x-delivery-count"); ok {
+		return true
+	}
+	// A quorum queue sets x-delivery-count on every redelivery; a first
+	// delivery has none yet.
+	return !d.d.Redelivered
 }
 
 // RequeueAfter implements consumer.DelayedRequeuer: it publishes a copy to
@@ -244,6 +265,11 @@ func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error
 	}
 	extra := reason.Header(nil)
 	pub := d.copyWith(extra)
+	// The dead letter carries its attempts in x-queuekit-attempts; without
+	// our delivery counter, a message an operator moves back to the work
+	// queue starts a fresh budget instead of being dead-lettered again on
+	// its first failure.
+	delete(pub.Headers, HeaderDeliveries)
 	x := d.s.cfg.Topology.DeadLetterExchange
 	if err := d.s.pub.Publish(ctx, x, d.s.cfg.Queue, pub); err != nil {
 		return d.end(fmt.Errorf("rabbitmq: dead-letter message %q to exchange %q: %w", d.msg.ID, x, err))

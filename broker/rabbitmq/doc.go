@@ -67,8 +67,24 @@
 // message. When a dead-letter or delayed-retry publish fails, the settlement
 // returns the error and the delivery stays unsettled: the runtime tries
 // again with backoff, and a delivery it gives up on stays with the broker,
-// which redelivers it when the channel closes. (A classic-queue Requeue whose
-// copy cannot be published falls back to basic.nack with requeue, uncounted.)
+// which redelivers it when the channel closes. A classic-queue Requeue whose
+// copy cannot be published does the same (it used to fall back to an
+// uncounted basic.nack, which retried such a message forever). Whether the
+// broker counts deliveries is decided per delivery: a redelivered message
+// without x-delivery-count is counted by republishing, whatever
+// Topology.QueueType says. A dead letter does not carry HeaderDeliveries, so
+// one moved back to the work queue starts a fresh budget.
+//
+// Pausing (basic.cancel) gives the prefetched deliveries back with a nack;
+// on a quorum queue each such give-back counts as a delivery. Many
+// Pause/Resume cycles while messages sit in the prefetch buffer therefore
+// use up their budget; keep Prefetch near the consumer's concurrency if
+// consumers are paused often.
+//
+// In Passive mode the dead-letter exchange is checked but not that a queue
+// is bound to it: an unroutable dead letter is returned by the broker, and
+// the runtime retries the settlement (holding that worker) until the
+// binding exists. Bind the dead-letter queue before consuming.
 // Message.Attempt is computed from what the broker and the copies carry:
 // HeaderDeliveries (or else the x-death counts) for the deliveries before
 // the last copy, plus x-delivery-count on quorum queues (or 1 when a classic

@@ -104,6 +104,7 @@ type Publisher struct {
 	closed bool
 	done   chan struct{}  // closed by Close
 	dials  sync.WaitGroup // goroutines of channelCtx
+	writes sync.WaitGroup // goroutines of publishCtx
 }
 
 // NewPublisher returns a Publisher. It does not connect yet. It returns an
@@ -163,7 +164,7 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 		cc, err := p.channelCtx(ctx)
 		if err == nil {
 			var w *pendingPublish
-			w, err = cc.publish(ctx, exchange, key, !p.cfg.AllowUnroutable, msg)
+			w, err = p.publishCtx(ctx, cc, exchange, key, !p.cfg.AllowUnroutable, msg)
 			if err == nil {
 				select {
 				case <-w.done:
@@ -309,10 +310,41 @@ func (p *Publisher) Close() error {
 	// A dial in progress finishes within the dial timeout and closes what
 	// it opened, since p.closed is set.
 	p.dials.Wait()
+	var err error
 	if p.ownConn {
-		return p.conn.Close()
+		err = p.conn.Close()
 	}
-	return nil
+	// Writes stuck on a socket end once the connection is closed (by us, or
+	// by the heartbeat timeout of a shared one).
+	p.writes.Wait()
+	return err
+}
+
+// publishCtx is cc.publish bounded by ctx. amqp091-go writes a frame with no
+// deadline, so a socket that takes no more bytes (TCP backpressure, a broker
+// resource alarm) would hold a Publish past its deadline; the write runs on
+// a goroutine of its own instead, which finishes or fails when the socket
+// moves or the connection dies, and which Close waits for. A Publish that
+// returns at its deadline may still have its message published afterwards:
+// publishing again is at-least-once.
+func (p *Publisher) publishCtx(ctx context.Context, cc *confirmChannel, exchange, key string, mandatory bool, msg amqp.Publishing) (*pendingPublish, error) {
+	type result struct {
+		w   *pendingPublish
+		err error
+	}
+	res := make(chan result, 1)
+	p.writes.Add(1)
+	go func() {
+		defer p.writes.Done()
+		w, err := cc.publish(ctx, exchange, key, mandatory, msg)
+		res <- result{w, err}
+	}()
+	select {
+	case r := <-res:
+		return r.w, r.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
 }
 
 // seqHeader carries the publish sequence number of a mandatory message, so
@@ -326,8 +358,12 @@ const seqHeader = "x-queuekit-publish-seq"
 // drainer (unbuffered) before it reads the ack, and the drainer records the
 // return before it reads the confirm.
 type confirmChannel struct {
-	ch    *amqp.Channel
-	pubMu sync.Mutex // serializes publishes: the sequence number we read is the one the broker assigns
+	ch *amqp.Channel
+	// pubSlot serializes publishes (the sequence number we read is the one
+	// the broker assigns). It is a one-slot semaphore rather than a mutex so
+	// that a publish waiting behind one stuck in a write (a socket that takes
+	// no more bytes) still returns at its deadline.
+	pubSlot chan struct{}
 
 	mu      sync.Mutex // guards pending and dead
 	pending map[uint64]*pendingPublish
@@ -347,7 +383,7 @@ func newConfirmChannel(ch *amqp.Channel) (*confirmChannel, error) {
 		_ = ch.Close()
 		return nil, fmt.Errorf("rabbitmq: confirm mode: %w", err)
 	}
-	cc := &confirmChannel{ch: ch, pending: map[uint64]*pendingPublish{}, exited: make(chan struct{})}
+	cc := &confirmChannel{ch: ch, pending: map[uint64]*pendingPublish{}, exited: make(chan struct{}), pubSlot: make(chan struct{}, 1)}
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	returns := ch.NotifyReturn(make(chan amqp.Return)) // unbuffered: see confirmChannel
 	// Buffered so that a burst of confirms does not wait on map operations;
@@ -431,8 +467,12 @@ func (cc *confirmChannel) isDead() bool {
 
 func (cc *confirmChannel) publish(ctx context.Context, exchange, key string, mandatory bool, msg amqp.Publishing) (*pendingPublish, error) {
 	w := &pendingPublish{exchange: exchange, key: key, done: make(chan struct{})}
-	cc.pubMu.Lock()
-	defer cc.pubMu.Unlock()
+	select {
+	case cc.pubSlot <- struct{}{}:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+	defer func() { <-cc.pubSlot }()
 	seq := cc.ch.GetNextPublishSeqNo()
 	cc.mu.Lock()
 	if cc.dead != nil {
