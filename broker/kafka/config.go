@@ -121,9 +121,6 @@ type Config struct {
 	// DeadLetterBatchTimeout is the longest a dead-letter write waits for
 	// others to batch with. Default 5 ms (kafka-go's default is 1 s).
 	DeadLetterBatchTimeout time.Duration
-	// DeadLetterRetryDelay is the wait before a record whose dead-letter
-	// write failed is delivered again (it is not committed). Default 1 s.
-	DeadLetterRetryDelay time.Duration
 
 	// Logger receives lifecycle and commit failures. Default slog.Default().
 	Logger *slog.Logger
@@ -177,9 +174,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.DeadLetterBatchTimeout == 0 {
 		c.DeadLetterBatchTimeout = 5 * time.Millisecond
-	}
-	if c.DeadLetterRetryDelay == 0 {
-		c.DeadLetterRetryDelay = time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -243,7 +237,7 @@ func (c *Config) validate() error {
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"SessionTimeout", c.SessionTimeout},
 		{"RebalanceTimeout", c.RebalanceTimeout}, {"JoinGroupBackoff", c.JoinGroupBackoff},
 		{"Timeout", c.Timeout}, {"MaxWait", c.MaxWait},
-		{"DeadLetterBatchTimeout", c.DeadLetterBatchTimeout}, {"DeadLetterRetryDelay", c.DeadLetterRetryDelay},
+		{"DeadLetterBatchTimeout", c.DeadLetterBatchTimeout},
 	} {
 		if d.v <= 0 || d.v > maxMillis {
 			return invalid("%s %v out of range", d.name, d.v)

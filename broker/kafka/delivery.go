@@ -172,8 +172,9 @@ func (d *delivery) RequeueAfter(_ context.Context, delay time.Duration) error {
 
 // DeadLetter writes the record to the dead-letter topic with the reason and
 // its origin in the headers, and only then marks it handled. If the write
-// fails, the record is not committed and is handed out again after
-// DeadLetterRetryDelay.
+// fails, the error is returned and the delivery stays unsettled (its lane
+// held, nothing committed): the runtime tries again with backoff, without
+// running the handler again.
 func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error {
 	s := d.s
 	s.mu.Lock()
@@ -199,7 +200,10 @@ func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if werr != nil {
-		s.retryLocked(d.rec, s.cfg.DeadLetterRetryDelay)
+		// Leave the delivery unsettled and its lane held: the runtime tries
+		// the dead letter again with backoff (until the drain deadline),
+		// without running the handler again. Nothing is committed meanwhile.
+		d.settled = false
 		return fmt.Errorf("kafka: dead-letter %s to %s: %w", d.msg.ID, s.cfg.DeadLetterTopic, werr)
 	}
 	if d.rec.g.fenced {

@@ -57,8 +57,9 @@
 //   - DeadLetter writes the record to Config.DeadLetterTopic (default
 //     Topic + ".dlt") with the consumer.Reason headers plus HeaderTopic,
 //     HeaderPartition and HeaderOffset, and marks it handled only after the
-//     write succeeded. If the write fails, the record is not committed and is
-//     handed out again after Config.DeadLetterRetryDelay.
+//     write succeeded. If the write fails, the delivery stays unsettled and
+//     nothing is committed: the runtime tries the dead letter again with
+//     backoff, without running the handler again.
 //
 // Attempt counts deliveries within this process only: a record redelivered
 // to another member, or after a restart, starts again at 1.
