@@ -226,13 +226,8 @@ func TestQueueDeletedWhileConsuming(t *testing.T) {
 			cnt.add(m.ID)
 			return nil
 		}), consumer.WithEventHook(evs.hook))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
+		_, cancel, done := runInBackground(t, c, err)
 		defer cancel()
-		done := make(chan error, 1)
-		go func() { done <- c.Run(ctx) }()
 		waitFor(t, 10*time.Second, "connected", func() bool { return src.Status().Connected })
 		ch, err := rawConn(t).Channel()
 		if err != nil {

@@ -19,6 +19,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
+
+	"github.com/queuekit/queuekit/consumer"
 )
 
 func TestMain(m *testing.M) {
@@ -224,3 +226,16 @@ func hostPort() string {
 
 // quietLogger discards the logs of sources whose logging is not under test.
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// runInBackground fails the test if consumer.New failed (err), then runs c
+// until cancel is called; done receives Run's result.
+func runInBackground(t testing.TB, c *consumer.Consumer, err error) (ctx context.Context, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	ch := make(chan error, 1)
+	go func() { ch <- c.Run(ctx) }()
+	return ctx, cancel, ch
+}

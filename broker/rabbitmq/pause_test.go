@@ -32,13 +32,8 @@ func TestPauseGivesPrefetchedMessagesBackAndResumeContinues(t *testing.T) {
 		cnt.add(m.ID)
 		return nil
 	}), consumer.WithConcurrency(2))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
+	_, cancel, done := runInBackground(t, c, err)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
 	waitFor(t, 20*time.Second, "progress", func() bool { return cnt.n.Load() >= 100 })
 	if err := c.Pause(context.Background()); err != nil {
 		t.Fatalf("Pause = %v", err)
@@ -154,13 +149,8 @@ func TestPauseAndResumeInQuickSuccessionLoseNothing(t *testing.T) {
 		cnt.add(m.ID)
 		return nil
 	}), consumer.WithConcurrency(4))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
+	_, cancel, done := runInBackground(t, c, err)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
 	waitFor(t, 10*time.Second, "connected", func() bool { return src.Status().Connected })
 	for i := 0; i < 20; i++ {
 		if err := c.Pause(context.Background()); err != nil {

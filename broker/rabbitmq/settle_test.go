@@ -45,13 +45,8 @@ func TestPoisonMessageReachesTheDeadLetterQueueAndOthersKeepFlowing(t *testing.T
 				cnt.add(m.ID)
 				return nil
 			}), consumer.WithConcurrency(4), consumer.WithMaxDeliveries(3))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
+			_, cancel, done := runInBackground(t, c, err)
 			defer cancel()
-			done := make(chan error, 1)
-			go func() { done <- c.Run(ctx) }()
 			waitFor(t, 10*time.Second, "connected", func() bool { return src.Status().Connected })
 			pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}})
 			if err != nil {
@@ -142,13 +137,8 @@ func TestDelayedRedeliveryDoesNotHoldTheConsumerSlot(t *testing.T) {
 		}
 		return nil
 	}), consumer.WithConcurrency(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
+	_, cancel, done := runInBackground(t, c, err)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
 	waitFor(t, 10*time.Second, "connected", func() bool { return src.Status().Connected })
 	pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}})
 	if err != nil {
