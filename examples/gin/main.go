@@ -1,268 +1,138 @@
-// Command gin is what a real service embedding queuekit looks like: a Gin HTTP
-// API that accepts orders and publishes them to a queue, a consumer that
-// processes them in the background under a Supervisor, health endpoints for
-// Kubernetes probes, admin endpoints to pause and resume intake, and a
-// graceful shutdown that stops the HTTP server first and then drains the
-// consumers, so that no accepted order is lost.
+// Command gin is what a real service embedding queuekit looks like: a Gin
+// HTTP API that accepts orders and publishes them to a queue, consumers that
+// process them in the background under a Supervisor with the standard
+// middleware chain, Kubernetes probes and Prometheus metrics, admin endpoints
+// to list, pause and resume consumers, and a graceful shutdown that loses no
+// accepted order.
 //
 // It runs on the embedded in-memory broker, with no set-up:
 //
 //	go run ./examples/gin
-//	curl -s -XPOST localhost:8080/orders -d '{"id":"o-1","sku":"book","quantity":2}'
+//	curl -si -XPOST localhost:8080/orders -d '{"item": "book", "quantity": 2}'
+//	curl -s localhost:8080/orders/<id from the answer>
 //	curl -s localhost:8080/readyz
-//	curl -s localhost:8080/metrics | grep queuekit_
 //
-// The same program runs on RabbitMQ or Kafka by swapping the Source built in
-// newOrdersSource for one from broker/rabbitmq or broker/kafka.
+// and on RabbitMQ or Kafka by flag or environment:
+//
+//	go run ./examples/gin -amqp-url amqp://guest:guest@localhost:5672/   # or AMQP_URL=…
+//	go run ./examples/gin -kafka-brokers localhost:9092                  # or KAFKA_BROKERS=…
+//
+// # Endpoints
+//
+//	POST /orders                         {"item": "book", "quantity": 2} → 202 {"id": …}; 400 with a reason on bad input
+//	GET  /orders/:id                     the status the consumer recorded: accepted, processed or failed
+//	GET  /healthz                        liveness: 503 when a handler is stuck
+//	GET  /readyz                         readiness: 503 unless every consumer is running, and from the start of shutdown
+//	GET  /metrics                        Prometheus metrics (queuekit_*, Go runtime)
+//	GET  /admin/consumers                every consumer's state
+//	POST /admin/consumers/:name/pause    stop intake; in-flight orders finish, the rest stay queued
+//	POST /admin/consumers/:name/resume   start intake again
+//
+// # Shutdown
+//
+// On SIGINT or SIGTERM the service, in this order: answers 503 on /readyz, so
+// that a load balancer stops sending traffic (and waits -shutdown-delay for it
+// to notice); stops accepting orders (503) and waits for the publishes in
+// progress; drains the consumers: in-flight orders finish within
+// -drain-timeout, the others stay in the queue; stops the HTTP server; logs a
+// shutdown report; and exits 0. The HTTP server keeps answering probes and
+// /metrics until the consumers have drained, so an orchestrator sees 503
+// rather than a refused connection. The library installs no signal handlers:
+// main does.
 package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
-
-	"github.com/gin-gonic/gin"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/queuekit/queuekit/broker/memory"
-	"github.com/queuekit/queuekit/consumer"
-	"github.com/queuekit/queuekit/health"
-	"github.com/queuekit/queuekit/middleware"
-	qprom "github.com/queuekit/queuekit/middleware/prometheus"
-	"github.com/queuekit/queuekit/retry"
 )
 
-// Order is what POST /orders accepts and the consumer processes.
-type Order struct {
-	ID       string `json:"id" binding:"required"`
-	SKU      string `json:"sku" binding:"required"`
-	Quantity int    `json:"quantity" binding:"required,min=1"`
+// config is the service's configuration, from flags and environment.
+type config struct {
+	addr          string
+	amqpURL       string
+	amqpQueueType string
+	kafkaBrokers  string
+	queue         string
+	concurrency   int
+	drainTimeout  time.Duration
+	shutdownDelay time.Duration
+	processTime   time.Duration
+	logLevel      slog.Level
 }
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:8080", "HTTP listen address")
-	flag.Parse()
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	cfg, err := parseConfig(os.Args[1:], os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gin:", err)
+		os.Exit(2)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
 
 	// The library installs no signal handlers: the program owns them.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	ln, err := net.Listen("tcp", *addr)
+	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		logger.Error("listen", "error", err)
 		os.Exit(1)
 	}
-	logger.Info("listening", "addr", ln.Addr().String())
-	if err := run(ctx, ln, logger); err != nil {
+	if err := run(ctx, cfg, ln, logger); err != nil {
 		logger.Error("exiting", "error", err)
 		os.Exit(1)
 	}
 }
 
-// service holds what the HTTP handlers need.
-type service struct {
-	broker  *memory.Broker
-	sup     *consumer.Supervisor
-	log     *slog.Logger
-	reg     *prometheus.Registry
-	metrics *qprom.Recorder
-	wd      *health.Watchdog
-	probes  *health.Handler
-}
-
-// run serves HTTP on ln and consumes orders until ctx is done, then shuts down
-// in order: HTTP first (no new orders accepted), then the consumers (in-flight
-// orders finish; the rest stay queued).
-func run(ctx context.Context, ln net.Listener, logger *slog.Logger) error {
-	return runWith(ctx, ln, logger, nil)
-}
-
-// runWith is run with a hook that sees the service once it is built (tests use it).
-func runWith(ctx context.Context, ln net.Listener, logger *slog.Logger, built func(*service)) error {
-	s := &service{broker: memory.NewBroker(), log: logger, reg: prometheus.NewRegistry()}
-	defer s.broker.Close()
-
-	var err error
-	if s.metrics, err = qprom.New(s.reg); err != nil {
-		return err
+// parseConfig reads flags from args; AMQP_URL, KAFKA_BROKERS and ADDR fill
+// in for flags that are not given.
+func parseConfig(args []string, getenv func(string) string) (config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("gin", flag.ContinueOnError)
+	fs.StringVar(&cfg.addr, "addr", envOr(getenv, "ADDR", ":8080"), "HTTP listen address (env ADDR)")
+	fs.StringVar(&cfg.amqpURL, "amqp-url", getenv("AMQP_URL"), "run on RabbitMQ at this amqp:// or amqps:// URL (env AMQP_URL)")
+	fs.StringVar(&cfg.amqpQueueType, "amqp-queue-type", "classic", "RabbitMQ queue type when the queue is declared: classic or quorum")
+	fs.StringVar(&cfg.kafkaBrokers, "kafka-brokers", getenv("KAFKA_BROKERS"), "run on Kafka: comma-separated bootstrap brokers host:port (env KAFKA_BROKERS)")
+	fs.StringVar(&cfg.queue, "queue", "orders", "queue (RabbitMQ, memory) or topic (Kafka) of the orders; the consumer is named after it")
+	fs.IntVar(&cfg.concurrency, "concurrency", 8, "orders handled at once")
+	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 15*time.Second, "how long in-flight orders may take to finish at shutdown")
+	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "how long to answer 503 on /readyz before refusing orders at shutdown (time for a load balancer to notice)")
+	fs.DurationVar(&cfg.processTime, "process-time", 20*time.Millisecond, "simulated time to process an order (a database call)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
 	}
-	// A handler running past 30s is stuck: liveness fails, a metric counts it.
-	s.wd, err = health.NewWatchdog(health.WatchdogConfig{
-		Threshold: 30 * time.Second,
-		Logger:    logger,
-		OnStuck:   func(st health.Stuck) { s.metrics.HandlerStuck(st.Consumer) },
-	})
-	if err != nil {
-		return err
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
-
-	src, err := s.broker.Source("orders", memory.SourceConfig{Prefetch: 16})
-	if err != nil {
-		return err
+	if err := cfg.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return cfg, fmt.Errorf("-log-level: %w", err)
 	}
-	orders, err := consumer.New(src, s.ordersHandler(),
-		consumer.WithName("orders"),
-		consumer.WithConcurrency(8),
-		consumer.WithMaxDeliveries(5),
-		consumer.WithDrainTimeout(15*time.Second),
-		consumer.WithLogger(logger),
-		consumer.WithObserver(s.metrics.Observe),
-	)
-	if err != nil {
-		return err
-	}
-	s.sup = &consumer.Supervisor{
-		DrainTimeout: 15 * time.Second,
-		Logger:       logger,
-		OnEvent: func(e consumer.Event) {
-			s.metrics.Event(e)
-			switch e.Kind {
-			case consumer.EventDrained:
-				logger.Info("consumer drained", "runner", e.Runner, "handled", e.Drain.Handled,
-					"given_back", e.Drain.GivenBack, "abandoned", e.Drain.Abandoned)
-			case consumer.EventRestarting:
-				logger.Warn("consumer restarting", "runner", e.Runner, "error", e.Err, "delay", e.Delay)
-			}
-		},
-	}
-	if err := s.sup.Add("orders", orders); err != nil {
-		return err
-	}
-	if err := s.sup.Add("watchdog", s.wd); err != nil {
-		return err
-	}
-	if s.probes, err = health.NewHandler(s.sup, health.WithWatchdog(s.wd)); err != nil {
-		return err
-	}
-
-	if built != nil {
-		built(s)
-	}
-	gin.SetMode(gin.ReleaseMode)
-	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 5 * time.Second}
-
-	// The supervisor runs on its own context so that, at shutdown, it can
-	// be stopped after the HTTP server: orders accepted until the very end
-	// are either handled or left safely in the queue.
-	supCtx, stopConsumers := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopConsumers()
-	supDone := make(chan error, 1)
-	go func() { supDone <- s.sup.Run(supCtx) }()
-	srvDone := make(chan error, 1)
-	go func() { srvDone <- srv.Serve(ln) }()
-
-	select {
-	case <-ctx.Done():
-	case err := <-srvDone:
-		stopConsumers()
-		<-supDone
-		return fmt.Errorf("http server: %w", err)
-	case err := <-supDone:
-		// A fatal consumer error (say, invalid configuration): stop serving.
-		shutdownHTTP(srv, logger)
-		<-srvDone
-		return fmt.Errorf("consumers: %w", err)
-	}
-
-	logger.Info("shutting down: HTTP first, then consumers")
-	shutdownHTTP(srv, logger)
-	<-srvDone
-	stopConsumers()
-	err = <-supDone
-	st := s.broker.Stats("orders")
-	logger.Info("stopped", "acked", st.Acked, "dead_lettered", st.DeadLettered, "still_queued", st.Ready)
-	return err
-}
-
-func shutdownHTTP(srv *http.Server, logger *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		logger.Warn("http shutdown", "error", err)
-	}
-}
-
-// ordersHandler processes one order: decode (a bad payload is dead-lettered
-// at once), then "reserve stock", with the standard middleware around it.
-func (s *service) ordersHandler() consumer.Handler {
-	process := consumer.JSON(func(ctx context.Context, m *consumer.Message, o Order) error {
-		if o.Quantity > 1000 {
-			return retry.Permanent(fmt.Errorf("order %s: quantity %d over the limit", o.ID, o.Quantity))
-		}
-		select {
-		case <-time.After(20 * time.Millisecond): // reserve stock in a database
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		}
-		middleware.Logger(ctx).Debug("order reserved", "order", o.ID, "sku", o.SKU)
-		return nil
-	})
-	return consumer.Chain(
-		middleware.Log(s.log),
-		middleware.Metrics(s.metrics),
-		s.wd.Middleware("orders"),
-		middleware.Recover(),
-		middleware.Retry(retry.MaxAttempts(retry.Exponential(50*time.Millisecond, time.Second), 3)),
-		middleware.Timeout(5*time.Second),
-	)(process)
-}
-
-func (s *service) routes() http.Handler {
-	r := gin.New()
-	r.Use(gin.Recovery())
-
-	r.POST("/orders", s.postOrder)
-	r.GET("/orders/stats", func(c *gin.Context) {
-		c.JSON(http.StatusOK, gin.H{"orders": s.broker.Stats("orders"), "dead_letters": s.broker.Stats(memory.DeadLetterQueue("orders"))})
-	})
-
-	// Kubernetes probes: liveness fails for a stuck handler, readiness
-	// unless every consumer is running (not starting, paused, draining,
-	// reconnecting or failed). 200 or 503, with a JSON report.
-	r.GET("/livez", gin.WrapH(s.probes.Live()))
-	r.GET("/readyz", gin.WrapH(s.probes.Ready()))
-	r.GET("/health", gin.WrapH(s.probes))
-	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
-
-	admin := r.Group("/admin/consumers/:name")
-	admin.POST("/pause", func(c *gin.Context) { s.pauseResume(c, s.sup.Pause) })
-	admin.POST("/resume", func(c *gin.Context) { s.pauseResume(c, s.sup.Resume) })
-	return r
-}
-
-func (s *service) postOrder(c *gin.Context) {
-	var o Order
-	if err := c.ShouldBindJSON(&o); err != nil {
-		c.JSON(http.StatusBadRequest, gin.H{"error": err.Error()})
-		return
-	}
-	body, _ := json.Marshal(o) // the consumer decodes with encoding/json (consumer.JSON)
-	if err := s.broker.Publish(c.Request.Context(), "orders", consumer.Message{ID: o.ID, Body: body}); err != nil {
-		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "queue unavailable"})
-		return
-	}
-	c.JSON(http.StatusAccepted, gin.H{"id": o.ID, "status": "queued"})
-}
-
-func (s *service) pauseResume(c *gin.Context, op func(context.Context, string) error) {
-	err := op(c.Request.Context(), c.Param("name"))
 	switch {
-	case errors.Is(err, consumer.ErrUnknownRunner):
-		c.JSON(http.StatusNotFound, gin.H{"error": err.Error()})
-	case err != nil:
-		c.JSON(http.StatusConflict, gin.H{"error": err.Error()})
-	default:
-		c.JSON(http.StatusOK, s.sup.Health())
+	case cfg.concurrency < 1:
+		return cfg, fmt.Errorf("-concurrency must be at least 1, not %d", cfg.concurrency)
+	case cfg.drainTimeout <= 0:
+		return cfg, fmt.Errorf("-drain-timeout must be positive, not %v", cfg.drainTimeout)
+	case cfg.shutdownDelay < 0 || cfg.processTime < 0:
+		return cfg, fmt.Errorf("-shutdown-delay and -process-time cannot be negative")
+	case strings.TrimSpace(cfg.queue) == "":
+		return cfg, fmt.Errorf("-queue cannot be empty")
+	case cfg.amqpQueueType != "classic" && cfg.amqpQueueType != "quorum":
+		return cfg, fmt.Errorf("-amqp-queue-type must be classic or quorum, not %q", cfg.amqpQueueType)
 	}
+	return cfg, nil
+}
+
+func envOr(getenv func(string) string, key, def string) string {
+	if v := getenv(key); v != "" {
+		return v
+	}
+	return def
 }

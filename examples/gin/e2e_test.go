@@ -1,0 +1,511 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// The end-to-end tests build the service, run it as a process, post orders
+// from concurrent clients and send SIGTERM in the middle of processing.
+
+const (
+	e2eOrders  = 2000
+	e2eClients = 16
+	// e2eDrain is the -drain-timeout the service runs with; it must exit 0
+	// within it after SIGTERM.
+	e2eDrain = 10 * time.Second
+)
+
+var buildOnce struct {
+	sync.Once
+	bin string
+	err error
+}
+
+// serviceBinary builds the service once per test binary, with the race
+// detector when the tests run with it.
+func serviceBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "queuekit-gin-e2e-")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.bin = filepath.Join(dir, "gin")
+		args := []string{"build", "-o", buildOnce.bin}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.bin
+}
+
+var (
+	reListening = regexp.MustCompile(`msg=listening addr=(\S+)`)
+	reProcessed = regexp.MustCompile(`msg="order processed" .*order=(ord_[0-9a-f]+)`)
+	reReport    = regexp.MustCompile(`msg="shutdown report" (.*)`)
+)
+
+// proc is a running service process and what it logged.
+type proc struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	base string // http://host:port
+
+	mu        sync.Mutex
+	processed map[string]int // order id → times processed in this run
+	report    map[string]string
+	logTail   []string
+	exited    chan struct{}
+	exitErr   error
+}
+
+func startService(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(serviceBinary(t), append([]string{"-addr", "127.0.0.1:0"}, args...)...)
+	cmd.Env = append(os.Environ(), "AMQP_URL=", "KAFKA_BROKERS=")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, cmd: cmd, processed: make(map[string]int), exited: make(chan struct{})}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			if m := reProcessed.FindStringSubmatch(line); m != nil {
+				p.processed[m[1]]++
+			} else {
+				p.logTail = append(p.logTail, line)
+				if len(p.logTail) > 60 {
+					p.logTail = p.logTail[1:]
+				}
+			}
+			if m := reReport.FindStringSubmatch(line); m != nil {
+				p.report = parseLogfmt(m[1])
+			}
+			p.mu.Unlock()
+			if m := reListening.FindStringSubmatch(line); m != nil {
+				addr <- m[1]
+			}
+		}
+		p.exitErr = cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	select {
+	case a := <-addr:
+		p.base = "http://" + a
+	case <-p.exited:
+		t.Fatalf("service exited before listening: %v\n%s", p.exitErr, p.tail())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("service did not listen within 60s\n%s", p.tail())
+	}
+	return p
+}
+
+func (p *proc) tail() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.logTail, "\n")
+}
+
+func (p *proc) processedCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.processed)
+}
+
+func (p *proc) processedIDs() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]int, len(p.processed))
+	for k, v := range p.processed {
+		out[k] = v
+	}
+	return out
+}
+
+// waitReady polls /readyz until it answers 200.
+func (p *proc) waitReady(cl *http.Client) {
+	p.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if resp, err := cl.Get(p.base + "/readyz"); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("/readyz never answered 200\n%s", p.tail())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// postOrders posts n orders from e2eClients concurrent clients, until n were
+// attempted or stop is closed, and returns the ids of the accepted ones (202).
+func postOrders(t *testing.T, base string, n int, stop <-chan struct{}) (accepted []string, refused, failed int) {
+	var mu sync.Mutex
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range e2eClients {
+		wg.Go(func() {
+			cl := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}}
+			defer cl.CloseIdleConnections()
+			for {
+				i := next.Add(1)
+				if i > int64(n) {
+					return
+				}
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				body := fmt.Sprintf(`{"item": "book-%d", "quantity": %d}`, i, 1+i%5)
+				resp, err := cl.Post(base+"/orders", "application/json", strings.NewReader(body))
+				if err != nil {
+					mu.Lock()
+					failed++ // the service is gone: not accepted
+					mu.Unlock()
+					return
+				}
+				var out struct {
+					ID string `json:"id"`
+				}
+				_ = json.NewDecoder(resp.Body).Decode(&out)
+				resp.Body.Close()
+				mu.Lock()
+				switch {
+				case resp.StatusCode == http.StatusAccepted && out.ID != "":
+					accepted = append(accepted, out.ID)
+				case resp.StatusCode == http.StatusServiceUnavailable:
+					refused++
+				default:
+					t.Errorf("POST /orders = %d; want 202 or, while shutting down, 503", resp.StatusCode)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return accepted, refused, failed
+}
+
+// sigtermMidProcessing waits until the service has processed at least
+// atLeast orders, sends SIGTERM, and watches /readyz until the process exits.
+// It fails the test unless /readyz answered 503 while the consumer was
+// draining and the process exited 0 within e2eDrain.
+func (p *proc) sigtermMidProcessing(atLeast int) {
+	t := p.t
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for p.processedCount() < atLeast {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d orders processed after 60s\n%s", p.processedCount(), p.tail())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cl := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	sent := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var sawDraining, saw200 bool
+	var codes []int
+	func() {
+		for {
+			select {
+			case <-p.exited:
+				return
+			default:
+			}
+			resp, err := cl.Get(p.base + "/readyz")
+			if err != nil {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if len(codes) == 0 || codes[len(codes)-1] != resp.StatusCode {
+				codes = append(codes, resp.StatusCode)
+			}
+			if resp.StatusCode == http.StatusOK {
+				saw200 = true
+			}
+			if resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(string(b), `"state":"draining"`) {
+				sawDraining = true
+			}
+		}
+	}()
+	took := time.Since(sent)
+	if p.exitErr != nil {
+		t.Fatalf("service exit after SIGTERM: %v; want exit code 0\n%s", p.exitErr, p.tail())
+	}
+	if took > e2eDrain {
+		t.Errorf("service exited %v after SIGTERM; want within the drain timeout %v", took, e2eDrain)
+	}
+	// The first answers may be 200 if they were served before the signal
+	// was handled; after the first 503 there must be no 200.
+	if len(codes) > 0 && codes[len(codes)-1] != http.StatusServiceUnavailable {
+		t.Errorf("/readyz answers after SIGTERM went %v; want 503 until exit", codes)
+	}
+	if !sawDraining {
+		t.Errorf("/readyz never answered 503 with the consumer draining (answers %v, 200 seen: %v)", codes, saw200)
+	}
+	t.Logf("SIGTERM after %d processed; exit 0 after %v; /readyz went %v", atLeast, took.Round(time.Millisecond), codes)
+}
+
+func (p *proc) reportInt(t *testing.T, key string) int {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.report == nil {
+		t.Fatalf("no shutdown report logged\n%s", strings.Join(p.logTail, "\n"))
+	}
+	n, err := strconv.Atoi(p.report[key])
+	if err != nil {
+		t.Fatalf("shutdown report %q = %q: %v", key, p.report[key], err)
+	}
+	return n
+}
+
+// With the in-memory broker the queue ends with the process: the shutdown
+// report must account for every accepted order, processed or left.
+func TestEndToEndMemorySIGTERMLosesNoOrder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the service: skipped with -short")
+	}
+	p := startService(t, "-drain-timeout", e2eDrain.String(), "-process-time", "100ms", "-concurrency", "32")
+	p.waitReady(&http.Client{Timeout: 2 * time.Second})
+
+	stop := make(chan struct{})
+	type result struct {
+		accepted        []string
+		refused, failed int
+	}
+	res := make(chan result, 1)
+	go func() {
+		a, r, f := postOrders(t, p.base, e2eOrders, stop)
+		res <- result{a, r, f}
+	}()
+	p.sigtermMidProcessing(300)
+	close(stop)
+	r := <-res
+
+	accepted, processed, left := p.reportInt(t, "accepted"), p.reportInt(t, "processed"), p.reportInt(t, "left")
+	failedOrders := p.reportInt(t, "failed")
+	t.Logf("posted: %d accepted, %d refused while shutting down, %d not answered; report: accepted=%d processed=%d left=%d failed=%d",
+		len(r.accepted), r.refused, r.failed, accepted, processed, left, failedOrders)
+	if accepted != len(r.accepted) {
+		t.Errorf("service accepted %d orders; clients got 202 for %d", accepted, len(r.accepted))
+	}
+	if processed+left+failedOrders != accepted || failedOrders != 0 {
+		t.Errorf("processed %d + left %d + failed %d != accepted %d: orders unaccounted for", processed, left, failedOrders, accepted)
+	}
+	ids := p.processedIDs()
+	if len(ids) != processed {
+		t.Errorf("%d orders logged as processed; report says %d", len(ids), processed)
+	}
+	acc := make(map[string]bool, len(r.accepted))
+	for _, id := range r.accepted {
+		acc[id] = true
+	}
+	for id := range ids {
+		if !acc[id] {
+			t.Errorf("order %s processed but never accepted", id)
+		}
+	}
+	if processed == 0 || left == 0 {
+		t.Errorf("processed %d, left %d: SIGTERM did not land in the middle of processing", processed, left)
+	}
+}
+
+// With RabbitMQ the queue outlives the process: after a restart, every
+// accepted order is processed in one of the two runs.
+func TestEndToEndRabbitMQSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the service: skipped with -short")
+	}
+	url := amqpURLForTest(t)
+	queue := fmt.Sprintf("queuekit-gin-e2e-%d-%d", os.Getpid(), time.Now().UnixNano())
+	t.Cleanup(func() { deleteQueues(t, url, queue) })
+	common := []string{"-amqp-url", url, "-queue", queue, "-drain-timeout", e2eDrain.String(), "-concurrency", "32"}
+
+	p1 := startService(t, append(common, "-process-time", "100ms")...)
+	p1.waitReady(&http.Client{Timeout: 2 * time.Second})
+	stop := make(chan struct{})
+	type result struct {
+		accepted        []string
+		refused, failed int
+	}
+	res := make(chan result, 1)
+	go func() {
+		a, r, f := postOrders(t, p1.base, e2eOrders, stop)
+		res <- result{a, r, f}
+	}()
+	p1.sigtermMidProcessing(300)
+	close(stop)
+	r := <-res
+	run1 := p1.processedIDs()
+	if got := p1.reportInt(t, "accepted"); got != len(r.accepted) {
+		t.Errorf("run 1 accepted %d orders; clients got 202 for %d", got, len(r.accepted))
+	}
+
+	// Run 2 processes what run 1 left in the queue.
+	p2 := startService(t, append(common, "-process-time", "1ms")...)
+	missing := func() []string {
+		run2 := p2.processedIDs()
+		var out []string
+		for _, id := range r.accepted {
+			if run1[id] == 0 && run2[id] == 0 {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for len(missing()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := p2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-p2.exited
+	if p2.exitErr != nil {
+		t.Errorf("run 2 exit: %v; want 0\n%s", p2.exitErr, p2.tail())
+	}
+	run2 := p2.processedIDs()
+	dups := 0
+	for id := range run2 {
+		if run1[id] > 0 {
+			dups++
+		}
+	}
+	t.Logf("accepted %d (refused %d while shutting down, %d unanswered); processed %d in run 1, %d in run 2 (%d in both)",
+		len(r.accepted), r.refused, r.failed, len(run1), len(run2), dups)
+	if m := missing(); len(m) > 0 {
+		t.Errorf("%d accepted orders processed in neither run, e.g. %v", len(m), m[:min(5, len(m))])
+	}
+	if len(run1) == 0 || len(run2) == 0 {
+		t.Errorf("run 1 processed %d, run 2 %d: SIGTERM did not land in the middle of processing", len(run1), len(run2))
+	}
+	if n, err := queueDepth(url, queue); err != nil || n != 0 {
+		t.Errorf("queue depth after run 2 = %d, %v; want 0", n, err)
+	}
+}
+
+func amqpURLForTest(t *testing.T) string {
+	t.Helper()
+	url := os.Getenv("QUEUEKIT_AMQP_URL")
+	if url == "" {
+		url = "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		if os.Getenv("QUEUEKIT_REQUIRE_BROKERS") != "" {
+			t.Fatalf("RabbitMQ required (QUEUEKIT_REQUIRE_BROKERS) but unreachable: %v", err)
+		}
+		t.Skipf("no RabbitMQ at QUEUEKIT_AMQP_URL or localhost (%v): skipped", err)
+	}
+	conn.Close()
+	return url
+}
+
+func queueDepth(url, queue string) (int, error) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return -1, err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return -1, err
+	}
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	return q.Messages, err
+}
+
+func deleteQueues(t *testing.T, url, queue string) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Logf("cleanup: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	for _, q := range []string{queue, queue + ".dlq", queue + ".retry"} {
+		_, _ = ch.QueueDelete(q, false, false, false)
+	}
+	_ = ch.ExchangeDelete(queue+".dlx", false, false)
+}
+
+// parseLogfmt parses the key=value pairs of a slog text line.
+func parseLogfmt(s string) map[string]string {
+	out := make(map[string]string)
+	for len(s) > 0 {
+		s = strings.TrimLeft(s, " ")
+		eq := strings.IndexByte(s, '=')
+		if eq < 0 {
+			break
+		}
+		key := s[:eq]
+		s = s[eq+1:]
+		var val string
+		if strings.HasPrefix(s, `"`) {
+			if v, err := strconv.QuotedPrefix(s); err == nil {
+				val, _ = strconv.Unquote(v)
+				s = s[len(v):]
+			}
+		} else if sp := strings.IndexByte(s, ' '); sp >= 0 {
+			val, s = s[:sp], s[sp:]
+		} else {
+			val, s = s, ""
+		}
+		out[key] = val
+	}
+	return out
+}

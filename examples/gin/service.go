@@ -1,0 +1,367 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/health"
+	"github.com/queuekit/queuekit/middleware"
+	qprom "github.com/queuekit/queuekit/middleware/prometheus"
+	"github.com/queuekit/queuekit/retry"
+)
+
+// publishTimeout bounds a publish made for POST /orders: a client waits at
+// most this long for its 202 or 503.
+const publishTimeout = 5 * time.Second
+
+// service holds what the HTTP handlers and the consumer need.
+type service struct {
+	cfg     config
+	log     *slog.Logger
+	backend *backend
+	store   *store
+	sup     *consumer.Supervisor
+	reg     *prometheus.Registry
+	metrics *qprom.Recorder
+	wd      *health.Watchdog
+	probes  *health.Handler
+
+	// intake gates POST /orders: handlers hold it shared while they publish;
+	// shutdown takes it exclusively, so that once stopping is set no publish
+	// is in progress and none starts.
+	intake   sync.RWMutex
+	stopping atomic.Bool
+
+	drainMu sync.Mutex
+	drains  []consumer.DrainReport
+}
+
+// run serves HTTP on ln and consumes orders until ctx is done, then shuts
+// down in order (see the package documentation). It returns nil after a clean
+// shutdown.
+func run(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logger) error {
+	return runWith(ctx, cfg, ln, logger, nil)
+}
+
+// runWith is run with a hook that sees the service once it is built (tests
+// use it).
+func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logger, built func(*service)) (err error) {
+	defer ln.Close()
+	s := &service{cfg: cfg, log: logger, store: newStore(), reg: prometheus.NewRegistry()}
+	if s.backend, err = newBackend(ctx, cfg, logger); err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := s.backend.close(); cerr != nil && err == nil {
+			err = fmt.Errorf("closing the broker: %w", cerr)
+		}
+	}()
+	if err := s.build(); err != nil {
+		return err
+	}
+	if built != nil {
+		built(s)
+	}
+
+	gin.SetMode(gin.ReleaseMode)
+	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 5 * time.Second}
+
+	// The supervisor runs on a context of its own so that it stops after the
+	// intake of orders has: an order accepted until the very end is either
+	// processed or left in the queue.
+	supCtx, stopConsumers := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopConsumers()
+	supDone := make(chan error, 1)
+	go func() { supDone <- s.sup.Run(supCtx) }()
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Serve(ln) }()
+	logger.Info("listening", "addr", ln.Addr().String(), "broker", s.backend.name, "queue", cfg.queue)
+
+	select {
+	case <-ctx.Done():
+	case err := <-srvDone:
+		s.stopIntake()
+		stopConsumers()
+		<-supDone
+		return fmt.Errorf("http server: %w", err)
+	case err := <-supDone:
+		// A fatal consumer error (say, a queue that cannot be declared):
+		// stop serving and exit non-zero, so the orchestrator sees it.
+		s.stopIntake()
+		shutdownHTTP(srv, logger)
+		<-srvDone
+		return fmt.Errorf("consumers: %w", err)
+	}
+
+	logger.Info("shutting down: readiness off, then order intake, then consumers, then HTTP")
+	s.stopping.Store(true) // /readyz answers 503 from now on
+	if cfg.shutdownDelay > 0 {
+		time.Sleep(cfg.shutdownDelay)
+	}
+	s.stopIntake()
+	stopConsumers()
+	supErr := <-supDone
+	shutdownHTTP(srv, logger)
+	if err := <-srvDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Warn("http server", "error", err)
+	}
+	s.report()
+	if supErr != nil && !errors.Is(supErr, consumer.ErrDrainTimeout) {
+		return fmt.Errorf("consumers: %w", supErr)
+	}
+	// A drain timeout is no failure of the service: the abandoned orders
+	// are redelivered, and the report says how many.
+	return nil
+}
+
+// build makes the metrics, the watchdog, the consumer and the Supervisor.
+func (s *service) build() error {
+	var err error
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if s.metrics, err = qprom.New(s.reg); err != nil {
+		return err
+	}
+	if err := s.registerBacklogCollector(); err != nil {
+		return err
+	}
+	// A handler running past 30 s is stuck: liveness fails, a metric counts it.
+	s.wd, err = health.NewWatchdog(health.WatchdogConfig{
+		Threshold: 30 * time.Second,
+		Logger:    s.log,
+		OnStuck:   func(st health.Stuck) { s.metrics.HandlerStuck(st.Consumer) },
+	})
+	if err != nil {
+		return err
+	}
+	name := s.cfg.queue
+	orders, err := consumer.New(s.backend.source, s.ordersHandler(name),
+		consumer.WithName(name),
+		consumer.WithConcurrency(s.cfg.concurrency),
+		consumer.WithMaxDeliveries(5),
+		consumer.WithDrainTimeout(s.cfg.drainTimeout),
+		consumer.WithLogger(s.log),
+		consumer.WithObserver(s.observe),
+	)
+	if err != nil {
+		return err
+	}
+	s.sup = &consumer.Supervisor{
+		DrainTimeout: s.cfg.drainTimeout,
+		Logger:       s.log,
+		OnEvent:      s.onEvent,
+	}
+	if err := s.sup.Add(name, orders); err != nil {
+		return err
+	}
+	if err := s.sup.Add("watchdog", s.wd); err != nil {
+		return err
+	}
+	s.probes, err = health.NewHandler(s.sup, health.WithWatchdog(s.wd))
+	return err
+}
+
+// registerBacklogCollector exports the queue depth (RabbitMQ) or the
+// consumer-group lag (Kafka) when the source can report it.
+func (s *service) registerBacklogCollector() error {
+	cc := qprom.CollectorConfig{Consumer: s.cfg.queue, Destination: s.cfg.queue}
+	switch src := s.backend.source.(type) {
+	case qprom.LagSource:
+		c, err := qprom.NewLagCollector(src, cc)
+		if err != nil {
+			return err
+		}
+		return s.reg.Register(c)
+	case qprom.DepthSource:
+		c, err := qprom.NewDepthCollector(src, cc)
+		if err != nil {
+			return err
+		}
+		return s.reg.Register(c)
+	}
+	return nil
+}
+
+// ordersHandler is the consumer's handler: decode (a bad payload is
+// dead-lettered at once), then process, inside the standard middleware in
+// the recommended order (see the middleware package).
+func (s *service) ordersHandler(name string) consumer.Handler {
+	return consumer.Chain(
+		middleware.Log(s.log),
+		middleware.Metrics(s.metrics),
+		s.wd.Middleware(name),
+		middleware.Recover(),
+		middleware.Retry(retry.MaxAttempts(retry.Exponential(50*time.Millisecond, time.Second), 3)),
+		middleware.Timeout(5*time.Second),
+	)(consumer.JSON(s.processOrder))
+}
+
+// observe sees every settlement: it feeds the metrics and records the orders
+// that were dead-lettered.
+func (s *service) observe(m *consumer.Message, st consumer.Settlement, err error) {
+	s.metrics.Observe(m, st, err)
+	if st == consumer.SettledDeadLetter && err == nil {
+		if s.store.finish(m.ID, statusFailed, m.Attempt, "dead-lettered after attempt "+fmt.Sprint(m.Attempt), nil) {
+			s.log.Warn("order failed: dead-lettered", "order", m.ID, "attempt", m.Attempt)
+		}
+	}
+}
+
+func (s *service) onEvent(e consumer.Event) {
+	s.metrics.Event(e)
+	switch e.Kind {
+	case consumer.EventDrained:
+		s.drainMu.Lock()
+		s.drains = append(s.drains, e.Drain)
+		s.drainMu.Unlock()
+	case consumer.EventRestarting:
+		s.log.Warn("consumer restarting", "runner", e.Runner, "error", e.Err, "delay", e.Delay)
+	}
+}
+
+// stopIntake refuses new orders and waits for the publishes in progress.
+func (s *service) stopIntake() {
+	s.intake.Lock()
+	s.stopping.Store(true)
+	s.intake.Unlock()
+}
+
+// report logs what became of the orders this process accepted. On the
+// in-memory broker, whose queue ends with the process, processed + left +
+// failed accounts for every accepted order (when no order was processed
+// twice); on RabbitMQ and Kafka the orders left stay in the broker for the
+// next run.
+func (s *service) report() {
+	accepted, processed, failed := s.store.counts()
+	attrs := []any{"broker", s.backend.name, "accepted", accepted, "processed", processed, "failed", failed}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if left, ok := s.backend.left(ctx); ok {
+		attrs = append(attrs, "left", left)
+	} else {
+		attrs = append(attrs, "left", "in the broker")
+	}
+	var handled, givenBack, abandoned int
+	s.drainMu.Lock()
+	for _, d := range s.drains {
+		handled, givenBack, abandoned = handled+d.Handled, givenBack+d.GivenBack, abandoned+d.Abandoned
+	}
+	s.drainMu.Unlock()
+	attrs = append(attrs, "drain_handled", handled, "drain_given_back", givenBack, "drain_abandoned", abandoned)
+	s.log.Info("shutdown report", attrs...)
+}
+
+func shutdownHTTP(srv *http.Server, logger *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		logger.Warn("http shutdown", "error", err)
+	}
+}
+
+func (s *service) routes() http.Handler {
+	r := gin.New()
+	r.Use(gin.Recovery())
+
+	r.POST("/orders", s.postOrder)
+	r.GET("/orders/:id", s.getOrder)
+
+	// Kubernetes probes: liveness fails for a stuck handler; readiness
+	// unless every consumer is running (not starting, paused, draining,
+	// reconnecting or failed), and from the first moment of shutdown.
+	r.GET("/healthz", gin.WrapH(s.probes.Live()))
+	r.GET("/readyz", s.readyz)
+	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
+
+	admin := r.Group("/admin/consumers")
+	admin.GET("", func(c *gin.Context) { c.JSON(http.StatusOK, s.sup.Health()) })
+	admin.POST("/:name/pause", func(c *gin.Context) { s.pauseResume(c, s.sup.Pause) })
+	admin.POST("/:name/resume", func(c *gin.Context) { s.pauseResume(c, s.sup.Resume) })
+	return r
+}
+
+func (s *service) readyz(c *gin.Context) {
+	if s.stopping.Load() {
+		c.JSON(http.StatusServiceUnavailable, gin.H{"ready": false, "reason": "shutting down", "health": s.sup.Health()})
+		return
+	}
+	s.probes.Ready().ServeHTTP(c.Writer, c.Request)
+}
+
+func (s *service) postOrder(c *gin.Context) {
+	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, maxBodySize)
+	req, err := decodeOrderRequest(c.Request.Body)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			c.JSON(http.StatusRequestEntityTooLarge, gin.H{"error": fmt.Sprintf("body larger than %d bytes", maxBodySize)})
+			return
+		}
+		c.JSON(http.StatusBadRequest, gin.H{"error": err.Error()})
+		return
+	}
+
+	s.intake.RLock()
+	defer s.intake.RUnlock()
+	if s.stopping.Load() {
+		c.Header("Connection", "close")
+		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "shutting down: not accepting orders"})
+		return
+	}
+	id, err := newOrderID()
+	if err != nil {
+		c.JSON(http.StatusInternalServerError, gin.H{"error": "cannot make an order id"})
+		return
+	}
+	o := Order{ID: id, Item: req.Item, Quantity: req.Quantity, AcceptedAt: time.Now().UTC()}
+	body, err := json.Marshal(o)
+	if err != nil {
+		c.JSON(http.StatusInternalServerError, gin.H{"error": "cannot encode the order"})
+		return
+	}
+	s.store.accept(o) // before publishing: the consumer may be faster than this handler
+	ctx, cancel := context.WithTimeout(c.Request.Context(), publishTimeout)
+	defer cancel()
+	if err := s.backend.publish(ctx, consumer.Message{ID: id, Body: body}); err != nil {
+		s.store.forget(id)
+		s.log.Warn("publish failed", "order", id, "error", err)
+		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "the order queue is unavailable; try again"})
+		return
+	}
+	c.Header("Location", "/orders/"+id)
+	c.JSON(http.StatusAccepted, gin.H{"id": id, "status": statusAccepted})
+}
+
+func (s *service) getOrder(c *gin.Context) {
+	o, ok := s.store.get(c.Param("id"))
+	if !ok {
+		c.JSON(http.StatusNotFound, gin.H{"error": "no such order in this process"})
+		return
+	}
+	c.JSON(http.StatusOK, o)
+}
+
+func (s *service) pauseResume(c *gin.Context, op func(context.Context, string) error) {
+	err := op(c.Request.Context(), c.Param("name"))
+	switch {
+	case errors.Is(err, consumer.ErrUnknownRunner):
+		c.JSON(http.StatusNotFound, gin.H{"error": err.Error()})
+	case err != nil: // consumer.ErrNotPausable, or not running
+		c.JSON(http.StatusConflict, gin.H{"error": err.Error()})
+	default:
+		c.JSON(http.StatusOK, s.sup.Health())
+	}
+}
