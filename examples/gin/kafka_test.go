@@ -1,0 +1,53 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// The same service runs on Kafka: here on an in-process Kafka-protocol
+// cluster (kfake, a protocol-level stand-in for Apache Kafka). The service
+// creates its topic and dead-letter topic, joins its consumer group, and
+// processes what it accepts.
+func TestServiceOnKafka(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	base, s, stop := startInProcess(t, testConfig(t, "-kafka-brokers", strings.Join(c.ListenAddrs(), ","), "-process-time", "1ms"))
+	if s.backend.name != "kafka" {
+		t.Fatalf("backend = %s; want kafka", s.backend.name)
+	}
+	waitReady(t, base, http.StatusOK)
+	var ids []string
+	for range 50 {
+		code, body := do(t, "POST", base+"/orders", `{"item": "book", "quantity": 1}`)
+		if code != http.StatusAccepted {
+			t.Fatalf("POST /orders = %d %v; want 202", code, body)
+		}
+		ids = append(ids, body["id"].(string))
+	}
+	for _, id := range ids {
+		waitStatus(t, base, id, statusProcessed)
+	}
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `queuekit_kafka_consumer_lag{consumer="orders",partition=`) {
+		t.Error("GET /metrics lacks the Kafka lag of the orders consumer")
+	}
+	start := time.Now()
+	if err := stop(); err != nil {
+		t.Fatalf("run = %v; want nil after a graceful shutdown", err)
+	}
+	t.Logf("50 orders processed on Kafka (kfake); shutdown took %v", time.Since(start).Round(time.Millisecond))
+}
