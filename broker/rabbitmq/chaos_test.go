@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,9 +93,20 @@ func TestChaosCloseAllConnections(t *testing.T) {
 	// Pace the handlers so that the stream lasts about 12s, longer than the
 	// closes take (rabbitmqctl needs ~1s each): every close must land while
 	// handlers run and messages remain.
+	// On a loaded machine rabbitmqctl can take several seconds, so in
+	// addition the handlers are held while each close is under way: the
+	// stream cannot run out before a close lands, and every close finds
+	// handlers running and deliveries prefetched.
 	work := max(time.Millisecond, 12*time.Second*concurrency/time.Duration(n))
+	var hold atomic.Pointer[chan struct{}]
 	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
 		cnt.add(m.ID)
+		if h := hold.Load(); h != nil {
+			select {
+			case <-*h:
+			case <-ctx.Done():
+			}
+		}
 		time.Sleep(work)
 		return nil
 	}), consumer.WithConcurrency(concurrency), consumer.WithEventHook(evs.hook))
@@ -112,7 +124,12 @@ func TestChaosCloseAllConnections(t *testing.T) {
 		target := int64(n * i / (closes + 1))
 		waitFor(t, 2*time.Minute, "progress before close "+strconv.Itoa(i), func() bool { return cnt.n.Load() >= target })
 		before := evs.count(consumer.EventConnected)
-		if _, err := ctl("close_all_connections", "test"); err != nil {
+		release := make(chan struct{})
+		hold.Store(&release)
+		_, err := ctl("close_all_connections", "test")
+		hold.Store(nil)
+		close(release)
+		if err != nil {
 			t.Fatal(err)
 		}
 		if cnt.distinct() == n {
