@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -294,11 +295,18 @@ func (s *service) routes() http.Handler {
 }
 
 func (s *service) readyz(c *gin.Context) {
-	if s.stopping.Load() {
-		c.JSON(http.StatusServiceUnavailable, gin.H{"ready": false, "reason": "shutting down", "health": s.sup.Health()})
+	if !s.stopping.Load() {
+		s.probes.Ready().ServeHTTP(c.Writer, c.Request)
 		return
 	}
-	s.probes.Ready().ServeHTTP(c.Writer, c.Request)
+	// Shutting down: not ready, whatever the consumers' states; the body is
+	// the usual report, with the reason.
+	rec := httptest.NewRecorder()
+	s.probes.Ready().ServeHTTP(rec, c.Request)
+	report := map[string]any{}
+	_ = json.Unmarshal(rec.Body.Bytes(), &report)
+	report["status"], report["ready"] = "shutting down", false
+	c.JSON(http.StatusServiceUnavailable, report)
 }
 
 func (s *service) postOrder(c *gin.Context) {
