@@ -1,0 +1,132 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// The example's run: every event handled, each account's events in publish
+// order and one at a time, different accounts at the same time, both members
+// sharing the work, and everything committed at shutdown. It runs on the
+// embedded kfake cluster (Kafka protocol, not Apache Kafka), or on the
+// cluster at QUEUEKIT_KAFKA_BROKERS.
+func TestGroupHandlesEveryEventInOrderPerKey(t *testing.T) {
+	const accounts, events = 12, 20
+	cfg := config{Accounts: accounts, EventsPerAccount: events, Timeout: 2 * time.Minute, Logger: slog.New(slog.DiscardHandler)}
+	if b := os.Getenv("QUEUEKIT_KAFKA_BROKERS"); b != "" {
+		cfg.Brokers = strings.Split(b, ",")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var stdout bytes.Buffer
+	rep, err := run(ctx, cfg, &stdout)
+	t.Logf("output:\n%s", stdout.String())
+	if err != nil {
+		t.Fatalf("run = %v", err)
+	}
+	if rep.Interrupted {
+		t.Fatal("run reports Interrupted; want a complete run")
+	}
+	if rep.Published != accounts*events || rep.Handled != accounts*events {
+		t.Errorf("published %d, handled %d distinct events; want %d each", rep.Published, rep.Handled, accounts*events)
+	}
+
+	// Per-key order: each account's events started in seq order. A
+	// redelivered event (at-least-once) may repeat a seq; none may be
+	// skipped or come early.
+	for _, e := range rep.OrderErrors {
+		t.Errorf("order error: %s", e)
+	}
+	want := make([]int, events)
+	for i := range want {
+		want[i] = i + 1
+	}
+	for a := 1; a <= accounts; a++ {
+		acct := fmt.Sprintf("acct-%02d", a)
+		seqs := rep.PerAccount[acct]
+		if rep.Redelivered > 0 {
+			// Order was checked as the events started (OrderErrors);
+			// here, that none is missing.
+			seqs = slices.Compact(slices.Sorted(slices.Values(seqs)))
+		}
+		if !slices.Equal(seqs, want) {
+			t.Errorf("%s handled seqs %v; want %v", acct, rep.PerAccount[acct], want)
+		}
+	}
+
+	// Different keys ran at the same time.
+	if rep.MaxConcurrent < 2 {
+		t.Errorf("at most %d events ran at once; ByKey should run different accounts concurrently", rep.MaxConcurrent)
+	}
+	// Both members took part.
+	for _, m := range []string{"member-1", "member-2"} {
+		if rep.HandledPerMember[m] == 0 {
+			t.Errorf("%s handled no event (per member: %v)", m, rep.HandledPerMember)
+		}
+	}
+	// Everything handled was committed at shutdown.
+	if len(rep.Lag) != partitions {
+		t.Errorf("lag read for %d partitions (%v); want %d", len(rep.Lag), rep.Lag, partitions)
+	}
+	for p, l := range rep.Lag {
+		if l != 0 {
+			t.Errorf("partition %d: lag %d after shutdown; want 0 (every handled event committed)", p, l)
+		}
+	}
+}
+
+// Invalid sizes are an error, not a panic.
+func TestRunRejectsInvalidConfig(t *testing.T) {
+	if _, err := run(context.Background(), config{Accounts: 0, EventsPerAccount: 5}, &bytes.Buffer{}); err == nil {
+		t.Error("run with 0 accounts = nil; want an error")
+	}
+}
+
+// With -brokers (here, a kfake cluster the test starts), the example uses
+// them instead of starting its own, and deletes the topics it created.
+func TestGroupOnGivenBrokers(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	var stdout bytes.Buffer
+	rep, err := run(context.Background(), config{Brokers: cluster.ListenAddrs(), Accounts: 4, EventsPerAccount: 5, Timeout: 2 * time.Minute}, &stdout)
+	t.Logf("output:\n%s", stdout.String())
+	if err != nil {
+		t.Fatalf("run = %v", err)
+	}
+	if rep.Handled != 20 || len(rep.OrderErrors) > 0 {
+		t.Errorf("handled %d events, order errors %v; want 20, none", rep.Handled, rep.OrderErrors)
+	}
+	if strings.Contains(stdout.String(), "embedded kfake") {
+		t.Error("started an embedded cluster although brokers were given")
+	}
+	if !strings.Contains(stdout.String(), "deleted the topics "+rep.Topic) {
+		t.Error("output does not say the topics were deleted")
+	}
+	admin := &kafkago.Client{Addr: kafkago.TCP(cluster.ListenAddrs()...), Transport: &kafkago.Transport{}}
+	defer admin.Transport.(*kafkago.Transport).CloseIdleConnections()
+	md, err := admin.Metadata(context.Background(), &kafkago.MetadataRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range md.Topics {
+		if strings.HasPrefix(tp.Name, rep.Topic) {
+			t.Errorf("topic %s still exists after the run", tp.Name)
+		}
+	}
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func testURL() string { return envOr("QUEUEKIT_AMQP_URL", defaultURL) }
+
+// needBroker skips the test when no RabbitMQ answers at testURL, or fails it
+// when QUEUEKIT_REQUIRE_BROKERS=1 (CI).
+func needBroker(t *testing.T) {
+	t.Helper()
+	conn, err := dial(testURL())
+	if err == nil {
+		_ = conn.Close()
+		return
+	}
+	msg := fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", redact(testURL()), err)
+	if os.Getenv("QUEUEKIT_REQUIRE_BROKERS") == "1" {
+		t.Fatal(msg + " (QUEUEKIT_REQUIRE_BROKERS=1)")
+	}
+	t.Skip(msg)
+}
+
+// The worker handles the good orders and order-8 (after two delayed
+// retries), dead-letters order-7 at once as permanent and order-9 after the
+// delivery budget, each with its reason, and deletes its queues.
+func TestWorkerDeadLettersAndRetries(t *testing.T) {
+	needBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout bytes.Buffer
+	sum, err := run(ctx, config{URL: testURL(), Timeout: time.Minute, Logger: slog.New(slog.DiscardHandler)}, &stdout)
+	t.Logf("output:\n%s", stdout.String())
+	if err != nil {
+		t.Fatalf("run = %v", err)
+	}
+	if sum.Interrupted {
+		t.Fatal("run reports Interrupted; want a complete run")
+	}
+	if len(sum.Published) != 9 {
+		t.Errorf("published %d orders; want 9", len(sum.Published))
+	}
+
+	// Handled: the six good orders on their first delivery (a connection
+	// loss caused by another test could redeliver one, hence "at least"),
+	// and order-8 on its third, after two 503s.
+	for _, id := range []string{"order-1", "order-2", "order-3", "order-4", "order-5", "order-6"} {
+		if a, ok := sum.Handled[id]; !ok || a < 1 {
+			t.Errorf("Handled[%s] = %d, %v; want handled", id, a, ok)
+		}
+	}
+	if a := sum.Handled["order-8"]; a < 3 {
+		t.Errorf("order-8 handled on attempt %d; want 3 (after two failed deliveries through the retry queue)", a)
+	}
+	for _, id := range []string{"order-7", "order-9"} {
+		if _, ok := sum.Handled[id]; ok {
+			t.Errorf("%s was handled; want it dead-lettered", id)
+		}
+	}
+	if len(sum.Handled) != 7 {
+		t.Errorf("handled %d distinct orders (%v); want 7", len(sum.Handled), sum.Handled)
+	}
+
+	// Dead letters, as read back from the dead-letter queue's headers.
+	got := map[string]deadLetter{}
+	for _, d := range sum.DeadLetters {
+		if _, dup := got[d.ID]; dup {
+			t.Logf("dead letter %s twice (at-least-once after a connection loss)", d.ID)
+		}
+		got[d.ID] = d
+	}
+	if len(got) != 2 {
+		t.Fatalf("dead letters %+v; want order-7 and order-9", sum.DeadLetters)
+	}
+	if d := got["order-7"]; !d.Permanent || d.Attempts != 1 || !strings.Contains(d.Error, "cannot unmarshal") {
+		t.Errorf("dead letter order-7 = %+v; want permanent, 1 attempt, a JSON decode error", d)
+	}
+	if d := got["order-9"]; d.Permanent || d.Attempts < maxDeliveries || !strings.Contains(d.Error, "panic: runtime error") {
+		t.Errorf("dead letter order-9 = %+v; want not permanent, %d attempts, the panic's text", d, maxDeliveries)
+	}
+
+	// The queues it made are gone.
+	if !strings.Contains(stdout.String(), "deleted "+sum.Queue) {
+		t.Errorf("output does not say the queues were deleted")
+	}
+	for _, q := range []string{sum.Queue, sum.Queue + ".dlq", sum.Queue + ".retry"} {
+		if queueExists(t, q) {
+			t.Errorf("queue %s still exists after the run", q)
+		}
+	}
+	// Credentials are never printed (the user name is, as in "guest:xxxxx@").
+	if u, err := url.Parse(testURL()); err == nil {
+		if _, ok := u.User.Password(); ok && strings.Contains(stdout.String(), u.User.String()+"@") {
+			t.Error("the output contains the broker password")
+		}
+	}
+}
+
+// An unreachable broker is an error within the timeout, with the URL's
+// password redacted, not a hang.
+func TestWorkerUnreachableBroker(t *testing.T) {
+	var stdout bytes.Buffer
+	_, err := run(context.Background(), config{URL: "amqp://guest:s3cret@127.0.0.1:1/", Timeout: 2 * time.Second}, &stdout)
+	if err == nil {
+		t.Fatal("run against a closed port = nil; want an error")
+	}
+	if strings.Contains(err.Error()+stdout.String(), "s3cret") {
+		t.Errorf("the password leaked: err=%v output=%q", err, stdout.String())
+	}
+	if !strings.Contains(err.Error(), "could not connect") {
+		t.Errorf("run = %v; want it to say it could not connect", err)
+	}
+}
+
+// A cancelled context (Ctrl-C) before connecting stops the run cleanly.
+func TestWorkerInterruptedBeforeConnecting(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	sum, err := run(ctx, config{URL: "amqp://guest:guest@127.0.0.1:1/", Timeout: time.Minute}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("run = %v; want nil after an interrupt", err)
+	}
+	if !sum.Interrupted {
+		t.Error("summary not marked Interrupted")
+	}
+}
+
+func queueExists(t *testing.T, q string) bool {
+	t.Helper()
+	conn, err := dial(testURL())
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	_, err = ch.QueueDeclarePassive(q, true, false, false, false, nil)
+	var ae *amqp.Error
+	if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+		return false
+	}
+	if err != nil {
+		t.Fatalf("passive declare %s: %v", q, err)
+	}
+	return true
+}
