@@ -79,6 +79,7 @@ type proc struct {
 	mu        sync.Mutex
 	processed map[string]int // order id → times processed in this run
 	report    map[string]string
+	reportRaw string
 	logTail   []string
 	exited    chan struct{}
 	exitErr   error
@@ -112,7 +113,7 @@ func startService(t *testing.T, args ...string) *proc {
 				}
 			}
 			if m := reReport.FindStringSubmatch(line); m != nil {
-				p.report = parseLogfmt(m[1])
+				p.report, p.reportRaw = parseLogfmt(m[1]), line
 			}
 			p.mu.Unlock()
 			if m := reListening.FindStringSubmatch(line); m != nil {
@@ -335,6 +336,7 @@ func TestEndToEndMemorySIGTERMLosesNoOrder(t *testing.T) {
 
 	accepted, processed, left := p.reportInt(t, "accepted"), p.reportInt(t, "processed"), p.reportInt(t, "left")
 	failedOrders := p.reportInt(t, "failed")
+	t.Logf("service logged: %s", p.reportRaw)
 	t.Logf("posted: %d accepted, %d refused while shutting down, %d not answered; report: accepted=%d processed=%d left=%d failed=%d",
 		len(r.accepted), r.refused, r.failed, accepted, processed, left, failedOrders)
 	if accepted != len(r.accepted) {
