@@ -555,3 +555,33 @@ func TestRegressionSupervisorLeavesFailedConsumersSourceOpen(t *testing.T) {
 		})
 	}
 }
+
+// A clean stop reports EventStopped with a nil error whether or not the
+// Supervisor has a DrainTimeout (with one, it stops consumers through
+// Shutdown, whose Run returns ErrConsumerClosed; that is not an error of the
+// runner). Found by the supervisor example.
+func TestRegressionSupervisorCleanStopEventHasNoError(t *testing.T) {
+	for _, drain := range []time.Duration{0, time.Second} {
+		b := memory.NewBroker()
+		c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+			consumer.WithLogger(quiet))
+		stopped := make(chan consumer.Event, 1)
+		s := &consumer.Supervisor{DrainTimeout: drain, Logger: quiet, OnEvent: func(e consumer.Event) {
+			if e.Kind == consumer.EventStopped {
+				stopped <- e
+			}
+		}}
+		s.Add("c", c)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		waitFor(t, "running", func() bool { return s.Health().Ready })
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("DrainTimeout %v: Run = %v; want nil", drain, err)
+		}
+		if e := <-stopped; e.Err != nil {
+			t.Errorf("DrainTimeout %v: EventStopped.Err = %v; want nil for a clean stop", drain, e.Err)
+		}
+	}
+}

@@ -233,6 +233,11 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		// Tell shutdown from failure by our own ctx, not by the error's type:
 		// a runner may return context.Canceled for reasons of its own.
 		if ctx.Err() != nil || err == nil || errors.Is(err, ErrConsumerClosed) {
+			if ctx.Err() != nil && errors.Is(err, ErrConsumerClosed) {
+				// The Supervisor's own graceful Shutdown (DrainTimeout) closed
+				// it: a clean stop, reported as such, as without DrainTimeout.
+				err = nil
+			}
 			e.set(StateStopped, nil)
 			if err != nil && ctx.Err() == nil {
 				log.Info("queuekit: runner stopped", "error", err)
