@@ -63,8 +63,10 @@ type Supervisor struct {
 	// implement Shutdown (as *Consumer does) once Run's context is done.
 	// Zero leaves each consumer to its own drain timeout (WithDrainTimeout).
 	DrainTimeout time.Duration
-	// Restart spaces out restarts after failures. Nil means exponential from
-	// 100ms up to 30s with equal jitter: each delay is at least the previous one.
+	// Restart spaces out restarts after failures. Nil means exponential steps
+	// of 100ms, 200ms, 400ms… up to 30s with equal jitter: each delay is
+	// between half its step and the step (the first 50–100ms), so each is at
+	// least the previous one.
 	Restart retry.Policy
 	// RestartReset is how long a runner must have run before a failure for its
 	// restart delay to start again from the shortest. Zero means 1 minute.
