@@ -184,7 +184,13 @@ func (s *Source) run(ctx context.Context) {
 			s.mu.Lock()
 			s.status = consumer.SourceStatus{Err: err}
 			s.mu.Unlock()
-			s.log.Warn("kafka: joining the consumer group failed; retrying", "error", err)
+			if errors.Is(err, kafkago.RebalanceInProgress) {
+				// Another member joined or left while this one was joining:
+				// the normal way a group forms, not a failure.
+				s.log.Info("kafka: the group is rebalancing; joining again", "error", err)
+			} else {
+				s.log.Warn("kafka: joining the consumer group failed; retrying", "error", err)
+			}
 			s.emit(consumer.EventReconnecting, err)
 			continue // the group backs off by itself
 		}
