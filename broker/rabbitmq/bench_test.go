@@ -290,6 +290,18 @@ func runQueuekit(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.
 		middleware.Retry(retry.MaxAttempts(retry.Exponential(10*time.Millisecond, time.Second), 3)),
 		middleware.Timeout(10*time.Second),
 	)
+	// QUEUEKIT_BENCH_MW=metrics|recover|retry|timeout runs one middleware
+	// alone instead of the chain, to see what each costs.
+	switch os.Getenv("QUEUEKIT_BENCH_MW") {
+	case "metrics":
+		chain = consumer.Chain(middleware.Metrics(&countingRecorder{}))
+	case "recover":
+		chain = consumer.Chain(middleware.Recover())
+	case "retry":
+		chain = consumer.Chain(middleware.Retry(retry.MaxAttempts(retry.Exponential(10*time.Millisecond, time.Second), 3)))
+	case "timeout":
+		chain = consumer.Chain(middleware.Timeout(10 * time.Second))
+	}
 	var wrapped consumer.Handler = chain(h)
 	if os.Getenv("QUEUEKIT_BENCH_NOMW") == "1" {
 		wrapped = h
