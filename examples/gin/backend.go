@@ -29,16 +29,23 @@ type backend struct {
 	publish func(ctx context.Context, m consumer.Message) error
 	// left reports the orders still in the queue, after the consumers
 	// stopped; ok is false where the service cannot tell.
-	left  func(ctx context.Context) (n int, ok bool)
+	left func(ctx context.Context) (n int, ok bool)
+	// full reports whether the broker should take no more orders for now
+	// (nil: the broker applies its own limits).
+	full  func() bool
 	close func() error
 }
+
+// headerOrderID carries the order id with every message: the consumer's
+// Message.ID is the broker's message id, which on Kafka is topic/partition/offset.
+const headerOrderID = "order-id"
 
 // newBackend builds the backend cfg asks for: RabbitMQ if an AMQP URL is set,
 // Kafka if brokers are, the embedded in-memory broker otherwise.
 func newBackend(ctx context.Context, cfg config, logger *slog.Logger) (*backend, error) {
 	switch {
 	case cfg.amqpURL != "" && cfg.kafkaBrokers != "":
-		return nil, errors.New("set either -amqp-url (AMQP_URL) or -kafka-brokers (KAFKA_BROKERS), not both")
+		return nil, errors.New("choose one broker: RabbitMQ (-amqp-url, AMQP_URL) or Kafka (-kafka-brokers, KAFKA_BROKERS), not both")
 	case cfg.amqpURL != "":
 		return newRabbitMQBackend(cfg, logger)
 	case cfg.kafkaBrokers != "":
@@ -65,6 +72,9 @@ func newMemoryBackend(cfg config) (*backend, error) {
 			st := b.Stats(cfg.queue)
 			return st.Ready + st.Unacked + st.Delayed, true
 		},
+		// The in-memory queue has no limit of its own: bound it here, so a
+		// paused or slow consumer cannot make the process grow without end.
+		full:  func() bool { return b.Stats(cfg.queue).Ready >= cfg.maxQueued },
 		close: func() error { b.Close(); return nil },
 	}, nil
 }
@@ -99,6 +109,7 @@ func newRabbitMQBackend(cfg config, logger *slog.Logger) (*backend, error) {
 				MessageId:   m.ID,
 				ContentType: "application/json",
 				Timestamp:   time.Now(),
+				Headers:     amqp.Table{headerOrderID: m.Header[headerOrderID]},
 				Body:        m.Body,
 			})
 		},
@@ -114,7 +125,7 @@ func newKafkaBackend(ctx context.Context, cfg config, logger *slog.Logger) (*bac
 	for i := range brokers {
 		brokers[i] = strings.TrimSpace(brokers[i])
 	}
-	if err := ensureTopics(ctx, brokers, cfg.queue, cfg.queue+".dlt"); err != nil {
+	if err := ensureTopics(ctx, brokers, cfg.kafkaPartitions, cfg.queue, cfg.queue+".dlt"); err != nil {
 		// Clusters where the service may not create topics have them
 		// provisioned elsewhere: say so and go on.
 		logger.Warn("could not create the Kafka topics; they must exist", "topic", cfg.queue, "error", err)
@@ -123,7 +134,10 @@ func newKafkaBackend(ctx context.Context, cfg config, logger *slog.Logger) (*bac
 		Brokers: brokers,
 		GroupID: cfg.queue + "-service",
 		Topic:   cfg.queue,
-		Logger:  logger,
+		// Orders are keyed by their id, so ByKey handles up to
+		// -concurrency of them at once instead of one per partition.
+		Ordering: kafka.ByKey,
+		Logger:   logger,
 	})
 	if err != nil {
 		return nil, err
@@ -147,9 +161,10 @@ func newKafkaBackend(ctx context.Context, cfg config, logger *slog.Logger) (*bac
 	}, nil
 }
 
-// ensureTopics creates the topics (4 partitions, replication factor 1) unless
-// they exist.
-func ensureTopics(ctx context.Context, brokers []string, topics ...string) error {
+// ensureTopics creates the topics with the given number of partitions and
+// the cluster's default replication factor (Kafka 2.4 and later) unless they
+// exist.
+func ensureTopics(ctx context.Context, brokers []string, partitions int, topics ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	tr := &kafkago.Transport{Dial: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}
@@ -157,7 +172,7 @@ func ensureTopics(ctx context.Context, brokers []string, topics ...string) error
 	cli := &kafkago.Client{Addr: kafkago.TCP(brokers...), Transport: tr}
 	req := &kafkago.CreateTopicsRequest{}
 	for _, t := range topics {
-		req.Topics = append(req.Topics, kafkago.TopicConfig{Topic: t, NumPartitions: 4, ReplicationFactor: 1})
+		req.Topics = append(req.Topics, kafkago.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: -1})
 	}
 	resp, err := cli.CreateTopics(ctx, req)
 	if err != nil {

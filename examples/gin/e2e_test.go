@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -185,7 +186,9 @@ func (p *proc) waitReady(cl *http.Client) {
 
 // postOrders posts n orders from e2eClients concurrent clients, until n were
 // attempted or stop is closed, and returns the ids of the accepted ones (202).
-func postOrders(t *testing.T, base string, n int, stop <-chan struct{}) (accepted []string, refused, failed int) {
+// It counts the answered posts in answered as it goes; the clients wait for
+// resume before they post order number pauseAt and those after it.
+func postOrders(t *testing.T, base string, n int, stop <-chan struct{}, answered *atomic.Int64, pauseAt int64, resume <-chan struct{}) (accepted []string, refused, failed int) {
 	var mu sync.Mutex
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -198,6 +201,13 @@ func postOrders(t *testing.T, base string, n int, stop <-chan struct{}) (accepte
 				if i > int64(n) {
 					return
 				}
+				if i >= pauseAt {
+					select {
+					case <-resume:
+					case <-stop:
+						return
+					}
+				}
 				select {
 				case <-stop:
 					return
@@ -206,16 +216,18 @@ func postOrders(t *testing.T, base string, n int, stop <-chan struct{}) (accepte
 				body := fmt.Sprintf(`{"item": "book-%d", "quantity": %d}`, i, 1+i%5)
 				resp, err := cl.Post(base+"/orders", "application/json", strings.NewReader(body))
 				if err != nil {
+					answered.Add(1)
 					mu.Lock()
 					failed++ // the service is gone: not accepted
 					mu.Unlock()
-					return
+					continue
 				}
 				var out struct {
 					ID string `json:"id"`
 				}
 				_ = json.NewDecoder(resp.Body).Decode(&out)
 				resp.Body.Close()
+				answered.Add(1)
 				mu.Lock()
 				switch {
 				case resp.StatusCode == http.StatusAccepted && out.ID != "":
@@ -234,14 +246,15 @@ func postOrders(t *testing.T, base string, n int, stop <-chan struct{}) (accepte
 }
 
 // sigtermMidProcessing waits until the service has processed at least
-// atLeast orders, sends SIGTERM, and watches /readyz until the process exits.
+// atLeast orders and also() holds, sends SIGTERM, calls afterSignal, and
+// watches /readyz until the process exits.
 // It fails the test unless /readyz answered 503 while the consumer was
 // draining and the process exited 0 within e2eDrain.
-func (p *proc) sigtermMidProcessing(atLeast int) {
+func (p *proc) sigtermMidProcessing(atLeast int, also func() bool, afterSignal func()) {
 	t := p.t
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	for p.processedCount() < atLeast {
+	for p.processedCount() < atLeast || !also() {
 		if time.Now().After(deadline) {
 			t.Fatalf("only %d orders processed after 60s\n%s", p.processedCount(), p.tail())
 		}
@@ -252,6 +265,7 @@ func (p *proc) sigtermMidProcessing(atLeast int) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	afterSignal()
 	var sawDraining, saw200 bool
 	var codes []int
 	func() {
@@ -288,13 +302,59 @@ func (p *proc) sigtermMidProcessing(atLeast int) {
 	}
 	// The first answers may be 200 if they were served before the signal
 	// was handled; after the first 503 there must be no 200.
-	if len(codes) > 0 && codes[len(codes)-1] != http.StatusServiceUnavailable {
-		t.Errorf("/readyz answers after SIGTERM went %v; want 503 until exit", codes)
+	if i := slices.Index(codes, http.StatusServiceUnavailable); i < 0 || slices.Contains(codes[i:], http.StatusOK) {
+		t.Errorf("/readyz answers after SIGTERM went %v; want 503 from the first 503 until exit", codes)
 	}
 	if !sawDraining {
 		t.Errorf("/readyz never answered 503 with the consumer draining (answers %v, 200 seen: %v)", codes, saw200)
 	}
 	t.Logf("SIGTERM after %d processed; exit 0 after %v; /readyz went %v", atLeast, took.Round(time.Millisecond), codes)
+}
+
+// posted is what the clients of postOrders saw.
+type posted struct {
+	accepted        []string // ids answered 202
+	refused, failed int      // answered 503; not answered (the service was gone)
+}
+
+// postAndSIGTERM waits until the service is ready and posts n orders from
+// concurrent clients: the first half, then, once atLeast orders were processed,
+// SIGTERM and at once the second half, so that the signal lands while orders
+// are being both processed and posted. The clients post all n; once the
+// service has exited, their posts fail at once.
+func (p *proc) postAndSIGTERM(n, atLeast int) posted {
+	t := p.t
+	t.Helper()
+	p.waitReady(&http.Client{Timeout: 2 * time.Second})
+	stop, resume := make(chan struct{}), make(chan struct{})
+	res := make(chan posted, 1)
+	var answered atomic.Int64
+	half := int64(n / 2)
+	go func() {
+		a, r, f := postOrders(t, p.base, n, stop, &answered, half+1, resume)
+		res <- posted{a, r, f}
+	}()
+	var r posted
+	received := false
+	var once sync.Once
+	stopPosting := func() { once.Do(func() { close(stop) }) }
+	defer func() { // also when sigtermMidProcessing fails the test
+		stopPosting()
+		if !received {
+			<-res
+		}
+	}()
+	p.sigtermMidProcessing(atLeast,
+		func() bool { return answered.Load() >= half },
+		func() { close(resume) })
+	r, received = <-res, true // the clients post all n; the last ones find no service
+	if got := len(r.accepted) + r.refused + r.failed; got != n {
+		t.Errorf("clients posted %d orders; want %d", got, n)
+	}
+	if r.refused+r.failed == 0 {
+		t.Errorf("all %d posts accepted: no post met the shutdown, so the test did not exercise intake at shutdown", len(r.accepted))
+	}
+	return r
 }
 
 func (p *proc) reportInt(t *testing.T, key string) int {
@@ -317,22 +377,8 @@ func TestEndToEndMemorySIGTERMLosesNoOrder(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the service: skipped with -short")
 	}
-	p := startService(t, "-drain-timeout", e2eDrain.String(), "-process-time", "100ms", "-concurrency", "32")
-	p.waitReady(&http.Client{Timeout: 2 * time.Second})
-
-	stop := make(chan struct{})
-	type result struct {
-		accepted        []string
-		refused, failed int
-	}
-	res := make(chan result, 1)
-	go func() {
-		a, r, f := postOrders(t, p.base, e2eOrders, stop)
-		res <- result{a, r, f}
-	}()
-	p.sigtermMidProcessing(300)
-	close(stop)
-	r := <-res
+	p := startService(t, "-drain-timeout", e2eDrain.String(), "-process-time", "250ms", "-concurrency", "32")
+	r := p.postAndSIGTERM(e2eOrders, 300)
 
 	accepted, processed, left := p.reportInt(t, "accepted"), p.reportInt(t, "processed"), p.reportInt(t, "left")
 	failedOrders := p.reportInt(t, "failed")
@@ -374,21 +420,8 @@ func TestEndToEndRabbitMQSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 	t.Cleanup(func() { deleteQueues(t, url, queue) })
 	common := []string{"-amqp-url", url, "-queue", queue, "-drain-timeout", e2eDrain.String(), "-concurrency", "32"}
 
-	p1 := startService(t, append(common, "-process-time", "100ms")...)
-	p1.waitReady(&http.Client{Timeout: 2 * time.Second})
-	stop := make(chan struct{})
-	type result struct {
-		accepted        []string
-		refused, failed int
-	}
-	res := make(chan result, 1)
-	go func() {
-		a, r, f := postOrders(t, p1.base, e2eOrders, stop)
-		res <- result{a, r, f}
-	}()
-	p1.sigtermMidProcessing(300)
-	close(stop)
-	r := <-res
+	p1 := startService(t, append(common, "-process-time", "250ms")...)
+	r := p1.postAndSIGTERM(e2eOrders, 300)
 	run1 := p1.processedIDs()
 	if got := p1.reportInt(t, "accepted"); got != len(r.accepted) {
 		t.Errorf("run 1 accepted %d orders; clients got 202 for %d", got, len(r.accepted))

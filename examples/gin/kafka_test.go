@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"strings"
@@ -8,6 +9,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/queuekit/queuekit/consumer"
 )
 
 // The same service runs on Kafka: here on an in-process Kafka-protocol
@@ -19,7 +22,7 @@ func TestServiceOnKafka(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(c.Close) // after the service's own cleanup, registered later
 	base, s, stop := startInProcess(t, testConfig(t, "-kafka-brokers", strings.Join(c.ListenAddrs(), ","), "-process-time", "1ms"))
 	if s.backend.name != "kafka" {
 		t.Fatalf("backend = %s; want kafka", s.backend.name)
@@ -36,6 +39,14 @@ func TestServiceOnKafka(t *testing.T) {
 	for _, id := range ids {
 		waitStatus(t, base, id, statusProcessed)
 	}
+	// A bad order that reaches the topic by other means is dead-lettered
+	// and recorded under its order id, not under the record's
+	// topic/partition/offset.
+	bad := consumer.Message{ID: "ord_bad", Body: []byte(`{"id":"ord_bad","item":"x","quantity":0}`), Header: map[string]string{headerOrderID: "ord_bad"}}
+	if err := s.backend.publish(context.Background(), bad); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, base, "ord_bad", statusFailed)
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,7 @@
 //
 // and on RabbitMQ or Kafka by flag or environment:
 //
-//	go run ./examples/gin -amqp-url amqp://guest:guest@localhost:5672/   # or AMQP_URL=…
+//	AMQP_URL=amqp://guest:guest@localhost:5672/ go run ./examples/gin   # or -amqp-url
 //	go run ./examples/gin -kafka-brokers localhost:9092                  # or KAFKA_BROKERS=…
 //
 // # Endpoints
@@ -28,21 +28,28 @@
 //	POST /admin/consumers/:name/pause    stop intake; in-flight orders finish, the rest stay queued
 //	POST /admin/consumers/:name/resume   start intake again
 //
+// The admin endpoints answer only requests that carry the token of the
+// ADMIN_TOKEN environment variable (Authorization: Bearer …), or, when it is
+// not set, requests from the loopback interface.
+//
 // # Shutdown
 //
 // On SIGINT or SIGTERM the service, in this order: answers 503 on /readyz, so
-// that a load balancer stops sending traffic (and waits -shutdown-delay for it
-// to notice); stops accepting orders (503) and waits for the publishes in
-// progress; drains the consumers: in-flight orders finish within
-// -drain-timeout, the others stay in the queue; stops the HTTP server; logs a
-// shutdown report; and exits 0. The HTTP server keeps answering probes and
-// /metrics until the consumers have drained, so an orchestrator sees 503
-// rather than a refused connection. The library installs no signal handlers:
-// main does.
+// that a load balancer stops sending traffic, and goes on accepting orders for
+// -shutdown-delay while it notices; stops accepting orders (503) and waits for
+// the publishes in progress; drains the consumers: in-flight orders finish
+// within -drain-timeout, the others stay in the queue; stops the HTTP server;
+// logs a shutdown report; and exits 0. The HTTP server keeps answering probes
+// and /metrics until the consumers have drained, so an orchestrator sees 503
+// rather than a refused connection. All of it takes at most -shutdown-delay +
+// -drain-timeout + about 10 s (settling, HTTP shutdown): set the
+// orchestrator's grace period above that. A second signal kills the process
+// at once. The library installs no signal handlers: main does.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -56,16 +63,19 @@ import (
 
 // config is the service's configuration, from flags and environment.
 type config struct {
-	addr          string
-	amqpURL       string
-	amqpQueueType string
-	kafkaBrokers  string
-	queue         string
-	concurrency   int
-	drainTimeout  time.Duration
-	shutdownDelay time.Duration
-	processTime   time.Duration
-	logLevel      slog.Level
+	addr            string
+	amqpURL         string // secret: never logged or printed
+	amqpQueueType   string
+	kafkaBrokers    string
+	kafkaPartitions int
+	queue           string
+	concurrency     int
+	maxQueued       int
+	drainTimeout    time.Duration
+	shutdownDelay   time.Duration
+	processTime     time.Duration
+	adminToken      string // secret: never logged or printed
+	logLevel        slog.Level
 }
 
 func main() {
@@ -76,9 +86,12 @@ func main() {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
 
-	// The library installs no signal handlers: the program owns them.
+	// The library installs no signal handlers: the program owns them. The
+	// first SIGINT or SIGTERM starts the graceful shutdown; once it has,
+	// the default handling is restored, so a second one kills the process.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() { <-ctx.Done(); stop() }()
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -91,19 +104,26 @@ func main() {
 	}
 }
 
-// parseConfig reads flags from args; AMQP_URL, KAFKA_BROKERS and ADDR fill
-// in for flags that are not given.
+// parseConfig reads flags from args; the environment fills in for flags that
+// are not given (ADDR, AMQP_URL, KAFKA_BROKERS, ADMIN_TOKEN). A broker flag
+// given on the command line wins over both brokers' environment variables.
+//
+// Secrets (the AMQP URL, which may carry a password, and the admin token) are
+// read from the environment after parsing, never used as flag defaults: the
+// flag package prints defaults on -h and on every usage error.
 func parseConfig(args []string, getenv func(string) string) (config, error) {
 	var cfg config
 	fs := flag.NewFlagSet("gin", flag.ContinueOnError)
-	fs.StringVar(&cfg.addr, "addr", envOr(getenv, "ADDR", ":8080"), "HTTP listen address (env ADDR)")
-	fs.StringVar(&cfg.amqpURL, "amqp-url", getenv("AMQP_URL"), "run on RabbitMQ at this amqp:// or amqps:// URL (env AMQP_URL)")
+	fs.StringVar(&cfg.addr, "addr", ":8080", "HTTP listen address (env ADDR)")
+	fs.StringVar(&cfg.amqpURL, "amqp-url", "", "run on RabbitMQ at this amqp:// or amqps:// URL (env AMQP_URL, which keeps the password out of ps)")
 	fs.StringVar(&cfg.amqpQueueType, "amqp-queue-type", "classic", "RabbitMQ queue type when the queue is declared: classic or quorum")
-	fs.StringVar(&cfg.kafkaBrokers, "kafka-brokers", getenv("KAFKA_BROKERS"), "run on Kafka: comma-separated bootstrap brokers host:port (env KAFKA_BROKERS)")
+	fs.StringVar(&cfg.kafkaBrokers, "kafka-brokers", "", "run on Kafka: comma-separated bootstrap brokers host:port (env KAFKA_BROKERS)")
+	fs.IntVar(&cfg.kafkaPartitions, "kafka-partitions", 4, "partitions of the Kafka topics when the service creates them")
 	fs.StringVar(&cfg.queue, "queue", "orders", "queue (RabbitMQ, memory) or topic (Kafka) of the orders; the consumer is named after it")
 	fs.IntVar(&cfg.concurrency, "concurrency", 8, "orders handled at once")
+	fs.IntVar(&cfg.maxQueued, "max-queued", 10000, "in-memory broker only: refuse orders (503) while this many wait in the queue")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 15*time.Second, "how long in-flight orders may take to finish at shutdown")
-	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "how long to answer 503 on /readyz before refusing orders at shutdown (time for a load balancer to notice)")
+	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "at shutdown, how long /readyz answers 503 while orders are still accepted (time for a load balancer to notice)")
 	fs.DurationVar(&cfg.processTime, "process-time", 20*time.Millisecond, "simulated time to process an order (a database call)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -112,12 +132,27 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if !given["addr"] {
+		cfg.addr = envOr(getenv, "ADDR", cfg.addr)
+	}
+	if !given["amqp-url"] && !given["kafka-brokers"] {
+		cfg.amqpURL, cfg.kafkaBrokers = getenv("AMQP_URL"), getenv("KAFKA_BROKERS")
+	}
+	cfg.adminToken = getenv("ADMIN_TOKEN")
 	if err := cfg.logLevel.UnmarshalText([]byte(*level)); err != nil {
 		return cfg, fmt.Errorf("-log-level: %w", err)
 	}
 	switch {
+	case cfg.amqpURL != "" && cfg.kafkaBrokers != "":
+		return cfg, errors.New("choose one broker: RabbitMQ (-amqp-url, AMQP_URL) or Kafka (-kafka-brokers, KAFKA_BROKERS), not both")
 	case cfg.concurrency < 1:
 		return cfg, fmt.Errorf("-concurrency must be at least 1, not %d", cfg.concurrency)
+	case cfg.kafkaPartitions < 1:
+		return cfg, fmt.Errorf("-kafka-partitions must be at least 1, not %d", cfg.kafkaPartitions)
+	case cfg.maxQueued < 1:
+		return cfg, fmt.Errorf("-max-queued must be at least 1, not %d", cfg.maxQueued)
 	case cfg.drainTimeout <= 0:
 		return cfg, fmt.Errorf("-drain-timeout must be positive, not %v", cfg.drainTimeout)
 	case cfg.shutdownDelay < 0 || cfg.processTime < 0:

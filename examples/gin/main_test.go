@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,33 @@ func waitReady(t *testing.T, base string, want int) {
 	}
 }
 
+// waitMetrics polls /metrics until it holds every one of wants.
+func waitMetrics(t *testing.T, base string, wants ...string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var missing []string
+		for _, w := range wants {
+			if !strings.Contains(string(body), w) {
+				missing = append(missing, w)
+			}
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /metrics lacks %q", missing)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func waitStatus(t *testing.T, base, id, want string) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -167,21 +195,12 @@ func TestServiceAcceptsProcessesAndReports(t *testing.T) {
 	if code, _ := do(t, "GET", base+"/healthz", ""); code != http.StatusOK {
 		t.Errorf("GET /healthz = %d; want 200", code)
 	}
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{
+	// An order is marked processed before its ack is counted: poll.
+	waitMetrics(t, base,
 		`queuekit_messages_handled_total{consumer="orders",outcome="ack"} 2`,
 		`queuekit_messages_handled_total{consumer="orders",outcome="dead-letter"} 2`,
 		`go_goroutines`,
-	} {
-		if !strings.Contains(string(metrics), want) {
-			t.Errorf("GET /metrics lacks %q", want)
-		}
-	}
+	)
 	if err := stop(); err != nil {
 		t.Fatalf("run = %v; want nil after a graceful shutdown", err)
 	}
@@ -243,21 +262,27 @@ func TestShutdownUnderLoadLosesNoAcceptedOrder(t *testing.T) {
 	if h := s.sup.Health(); h.Runners[0].State != consumer.StateStopped {
 		t.Errorf("consumer state after shutdown = %v; want stopped", h.Runners[0].State)
 	}
-	if !s.stopping.Load() {
+	if !s.notReady.Load() || !s.intakeClosed.Load() {
 		t.Error("readiness still on after shutdown")
 	}
 	t.Logf("accepted %d: %d processed before shutdown, %d left queued", accepted, processed, left)
 }
 
 func TestParseConfig(t *testing.T) {
-	env := map[string]string{"AMQP_URL": "amqp://u:p@h/", "ADDR": ":9090"}
-	cfg, err := parseConfig(nil, func(k string) string { return env[k] })
-	if err != nil || cfg.amqpURL != "amqp://u:p@h/" || cfg.addr != ":9090" || cfg.queue != "orders" {
+	env := map[string]string{"AMQP_URL": "amqp://u:p@h/", "ADDR": ":9090", "ADMIN_TOKEN": "tok"}
+	getenv := func(k string) string { return env[k] }
+	cfg, err := parseConfig(nil, getenv)
+	if err != nil || cfg.amqpURL != "amqp://u:p@h/" || cfg.addr != ":9090" || cfg.queue != "orders" || cfg.adminToken != "tok" {
 		t.Errorf("parseConfig from env = %+v, %v", cfg, err)
 	}
-	cfg, err = parseConfig([]string{"-addr", ":1"}, func(k string) string { return env[k] })
+	cfg, err = parseConfig([]string{"-addr", ":1"}, getenv)
 	if err != nil || cfg.addr != ":1" {
 		t.Errorf("flag over env: addr %q, %v; want :1", cfg.addr, err)
+	}
+	// A broker flag wins over both brokers' environment variables.
+	cfg, err = parseConfig([]string{"-kafka-brokers", "k:9092"}, getenv)
+	if err != nil || cfg.kafkaBrokers != "k:9092" || cfg.amqpURL != "" {
+		t.Errorf("-kafka-brokers with AMQP_URL set = %+v, %v; want Kafka only", cfg, err)
 	}
 	if def := testConfig(t); def.addr != ":8080" || def.amqpURL != "" || def.kafkaBrokers != "" {
 		t.Errorf("defaults = %+v; want :8080 on the in-memory broker", def)
@@ -269,14 +294,187 @@ func TestParseConfig(t *testing.T) {
 		{"-queue", " "},
 		{"-amqp-queue-type", "stream"},
 		{"-log-level", "loud"},
+		{"-max-queued", "0"},
+		{"-kafka-partitions", "0"},
+		{"-amqp-url", "amqp://x", "-kafka-brokers", "k:9092"},
 		{"extra"},
 	} {
 		if _, err := parseConfig(args, func(string) string { return "" }); err == nil {
 			t.Errorf("parseConfig(%q) = nil error; want one", args)
 		}
 	}
-	_, err = newBackend(context.Background(), testConfig(t, "-amqp-url", "amqp://x", "-kafka-brokers", "k:9092"), slog.Default())
-	if err == nil || !strings.Contains(err.Error(), "not both") {
-		t.Errorf("both brokers: %v; want an error", err)
+}
+
+// The AMQP URL's password never reaches the output, not even the usage text
+// the flag package prints on -h or on a bad flag.
+func TestUsageNeverShowsThePassword(t *testing.T) {
+	getenv := func(k string) string {
+		if k == "AMQP_URL" {
+			return "amqp://app:s3cret@rabbit:5672/"
+		}
+		return ""
+	}
+	for _, args := range [][]string{{"-h"}, {"-nope"}, {"-concurrency", "x"}} {
+		out := captureStderr(t, func() { _, _ = parseConfig(args, getenv) })
+		if strings.Contains(out, "s3cret") || strings.Contains(out, "rabbit:5672") {
+			t.Errorf("parseConfig(%q) printed the AMQP URL:\n%s", args, out)
+		}
+		if !strings.Contains(out, "-amqp-url") {
+			t.Errorf("parseConfig(%q) printed no usage:\n%s", args, out)
+		}
+	}
+}
+
+// captureStderr returns what f wrote to os.Stderr.
+func captureStderr(t *testing.T, f func()) string {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stderr
+	os.Stderr = w
+	done := make(chan string)
+	go func() {
+		b, _ := io.ReadAll(r)
+		done <- string(b)
+	}()
+	f()
+	os.Stderr = old
+	w.Close()
+	return <-done
+}
+
+// During -shutdown-delay /readyz answers 503 while orders are still
+// accepted; then intake closes.
+func TestShutdownDelayKeepsAcceptingOrdersWhileNotReady(t *testing.T) {
+	base, s, stop := startInProcess(t, testConfig(t, "-shutdown-delay", "1s", "-process-time", "1ms"))
+	waitReady(t, base, http.StatusOK)
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	waitReady(t, base, http.StatusServiceUnavailable)
+	if s.intakeClosed.Load() {
+		t.Skip("the machine was too slow to see the delay (intake already closed)")
+	}
+	if code, body := do(t, "POST", base+"/orders", `{"item": "book", "quantity": 1}`); code != http.StatusAccepted {
+		t.Errorf("POST /orders during -shutdown-delay = %d %v; want 202", code, body)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("run = %v", err)
+	}
+	if a, p, _ := s.store.counts(); a != 1 || p != 1 {
+		t.Errorf("accepted %d, processed %d; want the order accepted during the delay processed", a, p)
+	}
+}
+
+// Admin endpoints: with ADMIN_TOKEN, only bearers of the token; without,
+// loopback only (these requests come from 127.0.0.1, so they pass).
+func TestAdminEndpointsNeedTheTokenWhenOneIsSet(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.adminToken = "s3cret-token"
+	base, _, _ := startInProcess(t, cfg)
+	if code, _ := do(t, "GET", base+"/admin/consumers", ""); code != http.StatusUnauthorized {
+		t.Errorf("GET /admin/consumers without the token = %d; want 401", code)
+	}
+	req, _ := http.NewRequest("GET", base+"/admin/consumers", nil)
+	req.Header.Set("Authorization", "Bearer s3cret-token")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /admin/consumers with the token = %d; want 200", resp.StatusCode)
+	}
+	req.Header.Set("Authorization", "Bearer wrong")
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET /admin/consumers with a wrong token = %d; want 401", resp.StatusCode)
+	}
+}
+
+// A client that retries with the same Idempotency-Key gets the same order,
+// which is processed once.
+func TestIdempotencyKeyNamesTheSameOrder(t *testing.T) {
+	base, s, _ := startInProcess(t, testConfig(t, "-process-time", "1ms"))
+	waitReady(t, base, http.StatusOK)
+	post := func(key string) (int, string) {
+		req, _ := http.NewRequest("POST", base+"/orders", strings.NewReader(`{"item": "book", "quantity": 1}`))
+		req.Header.Set("Idempotency-Key", key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out struct{ ID string }
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out.ID
+	}
+	c1, id1 := post("client-42-attempt")
+	c2, id2 := post("client-42-attempt")
+	c3, id3 := post("another")
+	if c1 != 202 || c2 != 202 || c3 != 202 || id1 != id2 || id1 == id3 {
+		t.Fatalf("posts = %d %s, %d %s, %d %s; want 202 three times, the first two the same order", c1, id1, c2, id2, c3, id3)
+	}
+	waitStatus(t, base, id1, statusProcessed)
+	waitStatus(t, base, id3, statusProcessed)
+	if a, p, _ := s.store.counts(); a != 2 || p != 2 {
+		t.Errorf("accepted %d, processed %d; want 2 and 2", a, p)
+	}
+	if code, _ := post(strings.Repeat("k", maxIdempotencyKey+1)); code != http.StatusBadRequest {
+		t.Errorf("an over-long Idempotency-Key = %d; want 400", code)
+	}
+}
+
+// The in-memory queue is bounded: while the consumer is paused, orders
+// beyond -max-queued are refused with 503, and none is lost.
+func TestInMemoryQueueIsBounded(t *testing.T) {
+	base, s, stop := startInProcess(t, testConfig(t, "-max-queued", "3", "-process-time", "1ms"))
+	waitReady(t, base, http.StatusOK)
+	if code, _ := do(t, "POST", base+"/admin/consumers/orders/pause", ""); code != http.StatusOK {
+		t.Fatalf("pause = %d", code)
+	}
+	codes := map[int]int{}
+	for range 5 {
+		code, _ := do(t, "POST", base+"/orders", `{"item": "book", "quantity": 1}`)
+		codes[code]++
+	}
+	if codes[http.StatusAccepted] != 3 || codes[http.StatusServiceUnavailable] != 2 {
+		t.Errorf("5 posts with -max-queued 3 while paused: %v; want 3 × 202 and 2 × 503", codes)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := s.backend.left(context.Background())
+	if a, p, _ := s.store.counts(); a != 3 || p+left != 3 {
+		t.Errorf("accepted %d, processed %d, left %d; want processed + left = 3", a, p, left)
+	}
+}
+
+// At the drain deadline, handlers still running are abandoned: their orders
+// are not processed, stay in the queue, and the report still adds up.
+func TestDrainDeadlineAbandonsAndAccountsForEveryOrder(t *testing.T) {
+	base, s, stop := startInProcess(t, testConfig(t, "-process-time", "10s", "-drain-timeout", "100ms", "-concurrency", "2"))
+	waitReady(t, base, http.StatusOK)
+	for range 5 {
+		if code, _ := do(t, "POST", base+"/orders", `{"item": "book", "quantity": 1}`); code != http.StatusAccepted {
+			t.Fatalf("POST /orders = %d", code)
+		}
+	}
+	waitMetrics(t, base, `queuekit_handlers_in_flight{consumer="orders"} 2`)
+	if err := stop(); err != nil {
+		t.Fatalf("run = %v; want nil: a drain timeout is no failure of the service", err)
+	}
+	a, p, f := s.store.counts()
+	left, _ := s.backend.left(context.Background())
+	var abandoned int
+	for _, d := range s.drains {
+		abandoned += d.Abandoned
+	}
+	if a != 5 || p != 0 || f != 0 || left != 5 || abandoned != 2 {
+		t.Errorf("accepted %d, processed %d, failed %d, left %d, abandoned %d; want 5, 0, 0, 5, 2", a, p, f, left, abandoned)
 	}
 }

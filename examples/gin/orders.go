@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -101,10 +102,18 @@ func (r OrderRequest) validate() error {
 	return nil
 }
 
-// newOrderID returns a random id such as "ord_3f9a0c1b2d4e5f60718293a4".
-func newOrderID() (string, error) {
+// maxIdempotencyKey bounds the Idempotency-Key header.
+const maxIdempotencyKey = 200
+
+// newOrderID returns an id such as "ord_3f9a0c1b2d4e5f60718293a4": derived
+// from the client's idempotency key when there is one, so that a retried
+// request names the same order, and random otherwise.
+func newOrderID(idempotencyKey string) (string, error) {
 	var b [12]byte
-	if _, err := rand.Read(b[:]); err != nil {
+	if idempotencyKey != "" {
+		sum := sha256.Sum256([]byte(idempotencyKey))
+		copy(b[:], sum[:])
+	} else if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
 	return "ord_" + hex.EncodeToString(b[:]), nil
@@ -154,10 +163,10 @@ func (s *store) get(id string) (OrderStatus, bool) {
 func (s *store) accept(o Order) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.accepted++
 	if _, ok := s.orders[o.ID]; ok {
-		return // the consumer was faster than the HTTP handler
+		return // the same order again (same Idempotency-Key): counted once
 	}
+	s.accepted++
 	s.orders[o.ID] = &OrderStatus{ID: o.ID, Status: statusAccepted, Item: o.Item, Quantity: o.Quantity, UpdatedAt: time.Now()}
 }
 
@@ -207,7 +216,7 @@ func (s *store) counts() (accepted, processed, failed int) {
 // processTime, standing for a database call, and honours ctx.
 func (s *service) processOrder(ctx context.Context, m *consumer.Message, o Order) error {
 	if o.ID == "" {
-		o.ID = m.ID
+		o.ID = orderID(m)
 	}
 	if err := (OrderRequest{Item: o.Item, Quantity: o.Quantity}).validate(); err != nil {
 		// Retrying cannot fix a bad order: dead-letter it at once.

@@ -2,13 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,11 +42,13 @@ type service struct {
 	wd      *health.Watchdog
 	probes  *health.Handler
 
+	// notReady turns /readyz to 503: the first step of shutdown.
+	notReady atomic.Bool
 	// intake gates POST /orders: handlers hold it shared while they publish;
-	// shutdown takes it exclusively, so that once stopping is set no publish
-	// is in progress and none starts.
-	intake   sync.RWMutex
-	stopping atomic.Bool
+	// stopIntake takes it exclusively, so that once intakeClosed is set no
+	// publish is in progress and none starts.
+	intake       sync.RWMutex
+	intakeClosed atomic.Bool
 
 	drainMu sync.Mutex
 	drains  []consumer.DrainReport
@@ -79,7 +82,12 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 	}
 
 	gin.SetMode(gin.ReleaseMode)
-	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
 
 	// The supervisor runs on a context of its own so that it stops after the
 	// intake of orders has: an order accepted until the very end is either
@@ -91,6 +99,12 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(ln) }()
 	logger.Info("listening", "addr", ln.Addr().String(), "broker", s.backend.name, "queue", cfg.queue)
+	if s.backend.name == "memory" {
+		logger.Warn("in-memory broker: queued orders end with the process; for development and tests (set AMQP_URL or KAFKA_BROKERS for a real broker)")
+	}
+	if cfg.adminToken == "" {
+		logger.Info("admin endpoints answer loopback requests only (set ADMIN_TOKEN to allow others with a bearer token)")
+	}
 
 	select {
 	case <-ctx.Done():
@@ -109,8 +123,9 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 	}
 
 	logger.Info("shutting down: readiness off, then order intake, then consumers, then HTTP")
-	s.stopping.Store(true) // /readyz answers 503 from now on
+	s.notReady.Store(true) // /readyz answers 503 from now on
 	if cfg.shutdownDelay > 0 {
+		// Orders are still accepted while load balancers notice.
 		time.Sleep(cfg.shutdownDelay)
 	}
 	s.stopIntake()
@@ -121,11 +136,12 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 		logger.Warn("http server", "error", err)
 	}
 	s.report()
-	if supErr != nil && !errors.Is(supErr, consumer.ErrDrainTimeout) {
+	// Run returns an error only for a fatal failure. A drain that ran out
+	// of time is no failure of the service: the abandoned orders are
+	// redelivered, and the report counts them.
+	if supErr != nil {
 		return fmt.Errorf("consumers: %w", supErr)
 	}
-	// A drain timeout is no failure of the service: the abandoned orders
-	// are redelivered, and the report says how many.
 	return nil
 }
 
@@ -215,10 +231,20 @@ func (s *service) ordersHandler(name string) consumer.Handler {
 func (s *service) observe(m *consumer.Message, st consumer.Settlement, err error) {
 	s.metrics.Observe(m, st, err)
 	if st == consumer.SettledDeadLetter && err == nil {
-		if s.store.finish(m.ID, statusFailed, m.Attempt, "dead-lettered after attempt "+fmt.Sprint(m.Attempt), nil) {
-			s.log.Warn("order failed: dead-lettered", "order", m.ID, "attempt", m.Attempt)
+		id := orderID(m)
+		if s.store.finish(id, statusFailed, m.Attempt, "dead-lettered after attempt "+fmt.Sprint(m.Attempt), nil) {
+			s.log.Warn("order failed: dead-lettered", "order", id, "attempt", m.Attempt)
 		}
 	}
+}
+
+// orderID is the id of the order m carries: its order-id header, or, for a
+// message published by other means, the broker's message id.
+func orderID(m *consumer.Message) string {
+	if id := m.Header[headerOrderID]; id != "" {
+		return id
+	}
+	return m.ID
 }
 
 func (s *service) onEvent(e consumer.Event) {
@@ -235,8 +261,9 @@ func (s *service) onEvent(e consumer.Event) {
 
 // stopIntake refuses new orders and waits for the publishes in progress.
 func (s *service) stopIntake() {
+	s.notReady.Store(true)
 	s.intake.Lock()
-	s.stopping.Store(true)
+	s.intakeClosed.Store(true)
 	s.intake.Unlock()
 }
 
@@ -266,7 +293,7 @@ func (s *service) report() {
 }
 
 func shutdownHTTP(srv *http.Server, logger *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
 		logger.Warn("http shutdown", "error", err)
@@ -287,7 +314,7 @@ func (s *service) routes() http.Handler {
 	r.GET("/readyz", s.readyz)
 	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
 
-	admin := r.Group("/admin/consumers")
+	admin := r.Group("/admin/consumers", s.adminOnly)
 	admin.GET("", func(c *gin.Context) { c.JSON(http.StatusOK, s.sup.Health()) })
 	admin.POST("/:name/pause", func(c *gin.Context) { s.pauseResume(c, s.sup.Pause) })
 	admin.POST("/:name/resume", func(c *gin.Context) { s.pauseResume(c, s.sup.Resume) })
@@ -295,18 +322,35 @@ func (s *service) routes() http.Handler {
 }
 
 func (s *service) readyz(c *gin.Context) {
-	if !s.stopping.Load() {
+	if !s.notReady.Load() {
 		s.probes.Ready().ServeHTTP(c.Writer, c.Request)
 		return
 	}
 	// Shutting down: not ready, whatever the consumers' states; the body is
 	// the usual report, with the reason.
-	rec := httptest.NewRecorder()
-	s.probes.Ready().ServeHTTP(rec, c.Request)
-	report := map[string]any{}
-	_ = json.Unmarshal(rec.Body.Bytes(), &report)
-	report["status"], report["ready"] = "shutting down", false
-	c.JSON(http.StatusServiceUnavailable, report)
+	rep := s.probes.Report()
+	rep.Status, rep.Ready = "unavailable", false
+	c.JSON(http.StatusServiceUnavailable, struct {
+		health.Report
+		Reason string `json:"reason"`
+	}{rep, "shutting down"})
+}
+
+// adminOnly lets through requests with the admin token (Authorization:
+// Bearer), or from the loopback interface when no token is configured.
+func (s *service) adminOnly(c *gin.Context) {
+	if s.cfg.adminToken != "" {
+		got, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
+		if ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.adminToken)) == 1 {
+			return
+		}
+		c.AbortWithStatusJSON(http.StatusUnauthorized, gin.H{"error": "admin endpoints need Authorization: Bearer <ADMIN_TOKEN>"})
+		return
+	}
+	host, _, err := net.SplitHostPort(c.Request.RemoteAddr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		c.AbortWithStatusJSON(http.StatusForbidden, gin.H{"error": "admin endpoints answer loopback requests only unless ADMIN_TOKEN is set"})
+	}
 }
 
 func (s *service) postOrder(c *gin.Context) {
@@ -324,15 +368,35 @@ func (s *service) postOrder(c *gin.Context) {
 
 	s.intake.RLock()
 	defer s.intake.RUnlock()
-	if s.stopping.Load() {
+	if s.intakeClosed.Load() {
 		c.Header("Connection", "close")
 		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "shutting down: not accepting orders"})
 		return
 	}
-	id, err := newOrderID()
+	if s.backend.full != nil && s.backend.full() {
+		c.Header("Retry-After", "1")
+		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "too many orders waiting; try again shortly"})
+		return
+	}
+	// With an Idempotency-Key, a client that retries (after a timeout, say)
+	// gets the same order id: the order is published again at worst, and
+	// processing, keyed by id, handles it once.
+	key := c.GetHeader("Idempotency-Key")
+	if len(key) > maxIdempotencyKey {
+		c.JSON(http.StatusBadRequest, gin.H{"error": fmt.Sprintf("Idempotency-Key longer than %d bytes", maxIdempotencyKey)})
+		return
+	}
+	id, err := newOrderID(key)
 	if err != nil {
 		c.JSON(http.StatusInternalServerError, gin.H{"error": "cannot make an order id"})
 		return
+	}
+	if key != "" {
+		if prev, ok := s.store.get(id); ok {
+			c.Header("Location", "/orders/"+id)
+			c.JSON(http.StatusAccepted, gin.H{"id": id, "status": prev.Status})
+			return
+		}
 	}
 	o := Order{ID: id, Item: req.Item, Quantity: req.Quantity, AcceptedAt: time.Now().UTC()}
 	body, err := json.Marshal(o)
@@ -341,12 +405,17 @@ func (s *service) postOrder(c *gin.Context) {
 		return
 	}
 	s.store.accept(o) // before publishing: the consumer may be faster than this handler
-	ctx, cancel := context.WithTimeout(c.Request.Context(), publishTimeout)
+	// The publish does not end when the client goes away: a publish cut
+	// off half-way leaves the order in an unknown state.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), publishTimeout)
 	defer cancel()
-	if err := s.backend.publish(ctx, consumer.Message{ID: id, Body: body}); err != nil {
+	msg := consumer.Message{ID: id, Body: body, Header: map[string]string{headerOrderID: id}}
+	if err := s.backend.publish(ctx, msg); err != nil {
 		s.store.forget(id)
 		s.log.Warn("publish failed", "order", id, "error", err)
-		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "the order queue is unavailable; try again"})
+		// A failed publish may still have reached the broker (a lost
+		// confirm): retrying with the same Idempotency-Key is safe.
+		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "the order queue is unavailable; try again (with the same Idempotency-Key to avoid a duplicate order)"})
 		return
 	}
 	c.Header("Location", "/orders/"+id)
@@ -367,8 +436,10 @@ func (s *service) pauseResume(c *gin.Context, op func(context.Context, string) e
 	switch {
 	case errors.Is(err, consumer.ErrUnknownRunner):
 		c.JSON(http.StatusNotFound, gin.H{"error": err.Error()})
-	case err != nil: // consumer.ErrNotPausable, or not running
+	case errors.Is(err, consumer.ErrNotPausable):
 		c.JSON(http.StatusConflict, gin.H{"error": err.Error()})
+	case err != nil: // the broker did not answer in time, say
+		c.JSON(http.StatusServiceUnavailable, gin.H{"error": err.Error()})
 	default:
 		c.JSON(http.StatusOK, s.sup.Health())
 	}
