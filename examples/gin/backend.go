@@ -113,7 +113,17 @@ func newRabbitMQBackend(cfg config, logger *slog.Logger) (*backend, error) {
 				Body:        m.Body,
 			})
 		},
-		left: func(context.Context) (int, bool) { return 0, false },
+		left: func(ctx context.Context) (int, bool) {
+			// The consuming source is closed by now: ask on a connection
+			// of its own, declaring nothing.
+			probe, err := rabbitmq.NewSource(rabbitmq.Config{Dialer: dialer, Queue: cfg.queue, Topology: rabbitmq.Topology{Passive: true}, Logger: logger})
+			if err != nil {
+				return 0, false
+			}
+			defer probe.Close()
+			n, _, err := probe.QueueDepth(ctx)
+			return n, err == nil
+		},
 		close: func() error {
 			return errors.Join(pub.Close(), src.Close())
 		},

@@ -426,6 +426,11 @@ func TestEndToEndRabbitMQSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 	if got := p1.reportInt(t, "accepted"); got != len(r.accepted) {
 		t.Errorf("run 1 accepted %d orders; clients got 202 for %d", got, len(r.accepted))
 	}
+	// The queue is the test's own: what run 1 did not process is in it.
+	if left := p1.reportInt(t, "left"); len(run1)+left != len(r.accepted) {
+		t.Errorf("run 1: processed %d + left in the queue %d != accepted %d", len(run1), left, len(r.accepted))
+	}
+	t.Logf("run 1 logged: %s", p1.reportRaw)
 
 	// Run 2 processes what run 1 left in the queue.
 	p2 := startService(t, append(common, "-process-time", "1ms")...)

@@ -270,17 +270,17 @@ func (s *service) stopIntake() {
 // report logs what became of the orders this process accepted. On the
 // in-memory broker, whose queue ends with the process, processed + left +
 // failed accounts for every accepted order (when no order was processed
-// twice); on RabbitMQ and Kafka the orders left stay in the broker for the
-// next run.
+// twice). On RabbitMQ, left is the queue's depth after the drain, which the
+// next run processes; on Kafka the service cannot tell (see the lag metric).
 func (s *service) report() {
 	accepted, processed, failed := s.store.counts()
 	attrs := []any{"broker", s.backend.name, "accepted", accepted, "processed", processed, "failed", failed}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if left, ok := s.backend.left(ctx); ok {
-		attrs = append(attrs, "left", left)
+		attrs = append(attrs, "left", left) // in the queue, for the next run (RabbitMQ: all of it, other producers' too)
 	} else {
-		attrs = append(attrs, "left", "in the broker")
+		attrs = append(attrs, "left", "unknown")
 	}
 	var handled, givenBack, abandoned int
 	s.drainMu.Lock()
