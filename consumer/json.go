@@ -1,9 +1,12 @@
 package consumer
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 
 	"github.com/queuekit/queuekit/retry"
 )
@@ -11,13 +14,63 @@ import (
 // JSON returns a Handler that decodes each message body as JSON into a T and
 // calls f with it. A body that does not decode is a permanent error: the
 // message is dead-lettered on its first delivery with the decode error as the
-// reason, and f is not called.
-func JSON[T any](f func(ctx context.Context, m *Message, v T) error) Handler {
+// reason, and f is not called. An empty body and a body that is the JSON null
+// do not decode either: they would hand f a zero T (or a nil pointer), which
+// is almost always a producer's bug rather than a message.
+//
+// By default fields of the body that T does not have are ignored, as
+// encoding/json does; DisallowUnknownFields makes them a decode error.
+func JSON[T any](f func(ctx context.Context, m *Message, v T) error, opts ...JSONOption) Handler {
+	var o jsonOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	return HandlerFunc(func(ctx context.Context, m *Message) error {
 		var v T
-		if err := json.Unmarshal(m.Body, &v); err != nil {
+		if err := decodeJSON(m.Body, &v, o); err != nil {
 			return retry.Permanent(fmt.Errorf("queuekit: decode JSON body of message %s into %T: %w", m.ID, v, err))
 		}
 		return f(ctx, m, v)
 	})
+}
+
+// A JSONOption configures JSON.
+type JSONOption func(*jsonOptions)
+
+type jsonOptions struct {
+	disallowUnknownFields bool
+}
+
+// DisallowUnknownFields makes JSON treat a body with a field that T does not
+// have as undecodable (a permanent error), as json.Decoder's method of the
+// same name does. Use it when producers and consumers share the type and an
+// unknown field means a message for another version.
+func DisallowUnknownFields() JSONOption {
+	return func(o *jsonOptions) { o.disallowUnknownFields = true }
+}
+
+var (
+	errEmptyBody = errors.New("empty body")
+	errNullBody  = errors.New("body is null")
+)
+
+func decodeJSON(body []byte, v any, o jsonOptions) error {
+	switch trimmed := bytes.TrimSpace(body); {
+	case len(trimmed) == 0:
+		return errEmptyBody
+	case string(trimmed) == "null":
+		return errNullBody
+	}
+	if !o.disallowUnknownFields {
+		return json.Unmarshal(body, v)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("data after the JSON value")
+	}
+	return nil
 }

@@ -67,7 +67,7 @@ var payloads = []struct{ id, body string }{
 	{"s-3", `{"email":"cy@example.com","plan":"pro","seats":"five"}`}, // wrong type
 	{"s-4", `{"email":"dee.example.com","plan":"gold","seats":0}`},    // decodes, fails validation
 	{"s-5", `{"email":"eve@example.com","plan":"free","seats":1}`},
-	{"s-6", `null`}, // decodes to the zero Signup: only validation catches it
+	{"s-6", `null`}, // no Signup at all: consumer.JSON refuses it like a decode failure
 	{"s-7", `{"email":"fay@example.com","plan":"pro","seats":3,"x":1}`}, // unknown fields are ignored
 }
 
