@@ -10,6 +10,13 @@
 //	mux.Handle("/readyz", h.Ready())
 //	router.GET("/readyz", gin.WrapH(h.Ready())) // Gin
 //
+// The full report (ServeHTTP, FullReport) can also say what waits for each
+// consumer at the broker: WithLag adds a Kafka consumer group's lag per
+// partition (from *kafka.Source), WithDepth a RabbitMQ queue's depth and
+// consumer count (from *rabbitmq.Source). The broker is asked at most once per
+// BacklogInterval per consumer, each call bounded by 2 s; Ready and Live
+// never ask it, so a slow broker cannot fail a probe.
+//
 // A Watchdog is middleware that notes when each handler call starts; a call
 // running past its threshold is stuck. Stuck calls fail liveness, and the
 // watchdog's Run loop logs each one and passes it to an OnStuck hook (feed a

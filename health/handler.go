@@ -32,7 +32,9 @@ func WithWatchdog(w *Watchdog) Option { return func(h *Handler) { h.wd = w } }
 //     gives its messages back to the broker. A failed or reconnecting runner
 //     does not fail liveness, because the Supervisor and the source are
 //     already restarting and reconnecting it.
-//   - ServeHTTP: the full report, 200 only when both hold.
+//   - ServeHTTP: the full report, 200 only when both hold. It includes
+//     the backlog at the broker of the runners configured with WithLag or
+//     WithDepth; the probes never call the broker.
 //
 // Mount it in net/http as is (mux.Handle("/readyz", h.Ready())) and in Gin
 // with gin.WrapH(h.Ready()). Every method answers every HTTP method; the
@@ -40,8 +42,10 @@ func WithWatchdog(w *Watchdog) Option { return func(h *Handler) { h.wd = w } }
 //
 // A Handler is safe for concurrent use and starts no goroutines.
 type Handler struct {
-	r  Reporter
-	wd *Watchdog
+	r        Reporter
+	wd       *Watchdog
+	backlogs map[string]*backlogOf // by runner name; fixed after NewHandler
+	now      func() time.Time
 }
 
 // NewHandler returns a Handler reporting on r. It returns an error wrapping
@@ -50,7 +54,7 @@ func NewHandler(r Reporter, opts ...Option) (*Handler, error) {
 	if r == nil {
 		return nil, fmt.Errorf("%w: nil health Reporter", consumer.ErrInvalidConfig)
 	}
-	h := &Handler{r: r}
+	h := &Handler{r: r, now: time.Now}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(h)
@@ -90,9 +94,13 @@ type Consumer struct {
 	Restarts int `json:"restarts"`
 	// LastError is the text of the last failure, if any.
 	LastError string `json:"last_error,omitempty"`
+	// Backlog is what waits for the runner at the broker, in the full
+	// report of a runner configured with WithLag or WithDepth.
+	Backlog *Backlog `json:"backlog,omitempty"`
 }
 
-// Report builds a report; Status is for both probes.
+// Report builds a report without asking the broker anything (no Backlog);
+// Status is for both probes.
 func (h *Handler) Report() Report {
 	hs := h.r.Health()
 	rep := Report{Ready: hs.Ready, Live: true, Consumers: make([]Consumer, 0, len(hs.Runners))}
@@ -115,9 +123,10 @@ func status(ok bool) string {
 	return "unavailable"
 }
 
-// ServeHTTP serves the full report: 200 when ready and live, 503 otherwise.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	rep := h.Report()
+// ServeHTTP serves the full report (FullReport, with the request's context):
+// 200 when ready and live, 503 otherwise.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	rep := h.FullReport(req.Context())
 	write(w, rep, rep.Ready && rep.Live)
 }
 

@@ -448,6 +448,10 @@ func TestEndToEndRabbitMQSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 	for len(missing()) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The admin report carries the queue's depth and consumers, from the broker.
+	if code, rep := do(t, "GET", p2.base+"/admin/consumers", ""); code != http.StatusOK || !strings.Contains(fmt.Sprint(rep), "consumers:1") {
+		t.Errorf("GET /admin/consumers = %d %v; want the queue's backlog with 1 consumer", code, rep)
+	}
 	if err := p2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

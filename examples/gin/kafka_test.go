@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -55,6 +56,10 @@ func TestServiceOnKafka(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(metrics), `queuekit_kafka_consumer_lag{consumer="orders",partition=`) {
 		t.Error("GET /metrics lacks the Kafka lag of the orders consumer")
+	}
+	// The admin report carries the lag per partition too.
+	if code, rep := do(t, "GET", base+"/admin/consumers", ""); code != http.StatusOK || !strings.Contains(fmt.Sprint(rep), "lag:map[") {
+		t.Errorf("GET /admin/consumers = %d %v; want the orders consumer's lag per partition", code, rep)
 	}
 	start := time.Now()
 	if err := stop(); err != nil {

@@ -187,7 +187,14 @@ func (s *service) build() error {
 	if err := s.sup.Add("watchdog", s.wd); err != nil {
 		return err
 	}
-	s.probes, err = health.NewHandler(s.sup, health.WithWatchdog(s.wd))
+	opts := []health.Option{health.WithWatchdog(s.wd)}
+	switch src := s.backend.source.(type) {
+	case health.LagSource: // Kafka: lag per partition in the full report
+		opts = append(opts, health.WithLag(name, src))
+	case health.DepthSource: // RabbitMQ: queue depth and consumers
+		opts = append(opts, health.WithDepth(name, src))
+	}
+	s.probes, err = health.NewHandler(s.sup, opts...)
 	return err
 }
 
@@ -315,7 +322,9 @@ func (s *service) routes() http.Handler {
 	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
 
 	admin := r.Group("/admin/consumers", s.adminOnly)
-	admin.GET("", func(c *gin.Context) { c.JSON(http.StatusOK, s.sup.Health()) })
+	// The full report: states, restarts, last errors, stuck handlers, and
+	// the backlog at the broker (Kafka lag, RabbitMQ queue depth).
+	admin.GET("", func(c *gin.Context) { c.JSON(http.StatusOK, s.probes.FullReport(c.Request.Context())) })
 	admin.POST("/:name/pause", func(c *gin.Context) { s.pauseResume(c, s.sup.Pause) })
 	admin.POST("/:name/resume", func(c *gin.Context) { s.pauseResume(c, s.sup.Resume) })
 	return r
@@ -441,6 +450,6 @@ func (s *service) pauseResume(c *gin.Context, op func(context.Context, string) e
 	case err != nil: // the broker did not answer in time, say
 		c.JSON(http.StatusServiceUnavailable, gin.H{"error": err.Error()})
 	default:
-		c.JSON(http.StatusOK, s.sup.Health())
+		c.JSON(http.StatusOK, s.probes.Report())
 	}
 }
