@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +19,19 @@ import (
 	"github.com/queuekit/queuekit/consumer"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildOnce.bin != "" { // the service binary the end-to-end tests built
+		os.RemoveAll(filepath.Dir(buildOnce.bin))
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak: leaked goroutines:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 func do(t *testing.T, method, url, body string) (int, map[string]any) {
 	t.Helper()
