@@ -45,6 +45,11 @@
 // and the retry queue must exist, and the dead-letter queue must be bound to
 // the exchange with the queue's name as the routing key.
 //
+// A source declares its topology when it connects, so a program that
+// publishes before any consumer has (an API whose workers run elsewhere)
+// would see its mandatory publishes returned as unroutable: it calls
+// DeclareTopology first, with the same Topology as the consumers.
+//
 // # Acknowledgement
 //
 // Deliveries use manual acknowledgements. The runtime settles each one:

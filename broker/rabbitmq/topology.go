@@ -1,8 +1,10 @@
 package rabbitmq
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -307,4 +309,53 @@ func (t *Topology) declare(ch *amqp.Channel, queue string) error {
 		return fail(fmt.Sprintf("retry queue %q", t.RetryQueue), err)
 	}
 	return nil
+}
+
+// DeclareTopology makes sure that queue and its topology exist, as a Source
+// for queue with Topology t does each time it connects, on a connection of
+// its own that it closes before returning. Use it in a program that
+// publishes to queue before any consumer of it has connected (an API whose
+// workers run elsewhere): until the queue exists, the Publisher's mandatory
+// publishes to it come back with ErrReturned. With t.Passive it declares
+// nothing and only checks that everything exists.
+//
+// It returns an error wrapping consumer.ErrInvalidConfig for an invalid
+// Dialer, queue or Topology, one for which consumer.IsFatal is true when
+// retrying cannot help (ACCESS_REFUSED, a queue that exists with other
+// arguments in Strict mode, a missing object in Passive mode), and ctx's
+// error when ctx ends first; the declaration then finishes or fails in the
+// background, within the dial timeout and the broker's answer.
+func DeclareTopology(ctx context.Context, d Dialer, queue string, t Topology) error {
+	if queue == "" {
+		return fmt.Errorf("%w: rabbitmq: DeclareTopology needs a queue name", consumer.ErrInvalidConfig)
+	}
+	if err := d.validate(); err != nil {
+		return err
+	}
+	t.Exchanges = slices.Clone(t.Exchanges) // resolve fills defaults in
+	if err := t.resolve(queue); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		conn, err := d.dial()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer conn.Close()
+		done <- t.ensure(func() (*amqp.Channel, error) {
+			ch, err := conn.Channel()
+			if err != nil {
+				return nil, fmt.Errorf("rabbitmq: open channel: %w", err)
+			}
+			return ch, nil
+		}, queue)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -1,0 +1,149 @@
+package rabbitmq
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// A program that publishes before any consumer connected declares the
+// topology first: before, a mandatory publish comes back unroutable; after,
+// it is taken, and the queue has its dead-letter exchange and queue, retry
+// queue, exchanges and bindings. Declaring again changes nothing.
+func TestDeclareTopologyLetsAPublisherPublishBeforeAnyConsumer(t *testing.T) {
+	needBroker(t)
+	q := uniqueQueue(t)
+	in := q + ".in"
+	t.Cleanup(func() {
+		if ch, err := rawConn(t).Channel(); err == nil {
+			_ = ch.ExchangeDelete(in, false, false)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	msg := amqp.Publishing{Body: []byte("order")}
+	if err := pub.Publish(ctx, "", q, msg); !errors.Is(err, ErrReturned) {
+		t.Fatalf("publish before the queue exists = %v; want ErrReturned", err)
+	}
+
+	topo := Topology{
+		QueueType: Quorum,
+		Exchanges: []Exchange{{Name: in, Kind: amqp.ExchangeTopic}},
+		Bindings:  []Binding{{Exchange: in, RoutingKey: "orders.#"}},
+	}
+	for i := range 2 {
+		if err := DeclareTopology(ctx, Dialer{URL: amqpURL()}, q, topo); err != nil {
+			t.Fatalf("DeclareTopology (call %d) = %v", i+1, err)
+		}
+	}
+	if topo.Exchanges[0].Kind != amqp.ExchangeTopic || topo.DeadLetterQueue != "" {
+		t.Errorf("DeclareTopology changed the caller's Topology: %+v", topo)
+	}
+	if err := pub.Publish(ctx, "", q, msg); err != nil {
+		t.Errorf("publish by queue name after DeclareTopology = %v", err)
+	}
+	if err := pub.Publish(ctx, in, "orders.new", msg); err != nil {
+		t.Errorf("publish through the bound exchange = %v", err)
+	}
+
+	conn := rawConn(t)
+	for _, name := range []string{q, q + ".dlq", q + ".retry"} {
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		if err != nil {
+			t.Errorf("queue %s after DeclareTopology: %v", name, err)
+			continue
+		}
+		if name == q && got.Messages != 2 {
+			t.Errorf("queue %s holds %d messages; want the 2 published", name, got.Messages)
+		}
+		_ = ch.Close()
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.ExchangeDeclarePassive(q+".dlx", amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
+		t.Errorf("dead-letter exchange after DeclareTopology: %v", err)
+	}
+
+	// A Source with the same topology consumes them, quorum attempts and all.
+	src, err := NewSource(Config{Dialer: Dialer{URL: amqpURL()}, Queue: q, Topology: topo, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	for range 2 {
+		d, err := src.Receive(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := d.Message(); string(m.Body) != "order" || m.Attempt != 1 {
+			t.Errorf("received %q attempt %d", m.Body, m.Attempt)
+		}
+		if err := d.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Bad input is an error from DeclareTopology, never a panic; what retrying
+// cannot fix is fatal; the password never shows; a done context returns at once.
+func TestDeclareTopologyErrors(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		d     Dialer
+		queue string
+		topo  Topology
+	}{
+		{"no queue", Dialer{}, "", Topology{}},
+		{"bad queue type", Dialer{}, "q", Topology{QueueType: "stream"}},
+		{"unnamed exchange", Dialer{}, "q", Topology{Exchanges: []Exchange{{}}}},
+		{"bad URL", Dialer{URL: "http://x"}, "q", Topology{}},
+	} {
+		if err := DeclareTopology(ctx, tc.d, tc.queue, tc.topo); !errors.Is(err, consumer.ErrInvalidConfig) {
+			t.Errorf("%s: DeclareTopology = %v; want ErrInvalidConfig", tc.name, err)
+		}
+	}
+
+	// A dial that never answers: the caller's context bounds the wait.
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	hanging := Dialer{URL: "amqp://u:s3cret@broker.invalid:5672/", Dial: func(network, addr string) (net.Conn, error) {
+		<-release
+		return nil, errors.New("test dialer: released")
+	}}
+	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := DeclareTopology(cctx, hanging, "q", Topology{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("hanging dial: DeclareTopology = %v; want the context's deadline", err)
+	}
+
+	needBroker(t)
+	bad := strings.Replace(amqpURL(), "guest:guest", "guest:wrong-s3cret", 1)
+	err := DeclareTopology(ctx, Dialer{URL: bad}, uniqueQueue(t), Topology{})
+	if err == nil || strings.Contains(err.Error(), "wrong-s3cret") {
+		t.Errorf("wrong password: DeclareTopology = %v; want an error without the password", err)
+	}
+	missing := uniqueQueue(t)
+	err = DeclareTopology(ctx, Dialer{URL: amqpURL()}, missing, Topology{Passive: true})
+	if !consumer.IsFatal(err) || !strings.Contains(err.Error(), "NOT_FOUND") {
+		t.Errorf("passive check of a missing queue = %v; want a fatal NOT_FOUND", err)
+	}
+}
