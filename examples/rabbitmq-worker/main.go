@@ -268,6 +268,8 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 	// The source connects (and declares the topology) on its first
 	// Receive. Publish only once it has: the publisher's messages are
 	// mandatory, and the broker returns them while the queue does not exist.
+	// (A program that only publishes calls rabbitmq.DeclareTopology first,
+	// with the consumers' Topology.)
 	select {
 	case <-connected:
 	case <-ctx.Done():
