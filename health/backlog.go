@@ -98,7 +98,9 @@ func (b *backlogOf) get(ctx context.Context, now func() time.Time) Backlog {
 	if b.last != nil && now().Sub(b.last.At) < BacklogInterval {
 		return *b.last
 	}
-	ctx, cancel := context.WithTimeout(ctx, backlogTimeout)
+	// Not the caller's cancellation: the answer is cached for every
+	// caller, so one that went away must not leave them an error.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), backlogTimeout)
 	defer cancel()
 	got, err := b.fetch(ctx)
 	got.At = now()
@@ -110,8 +112,10 @@ func (b *backlogOf) get(ctx context.Context, now func() time.Time) Backlog {
 }
 
 // FullReport is Report with the backlog of the runners configured with
-// WithLag or WithDepth, asked of the broker within ctx (at most once per
-// BacklogInterval per runner, each call bounded by 2 s).
+// WithLag or WithDepth, asked of the broker at most once per BacklogInterval
+// per runner (an answer or an error is reused until then), each call bounded
+// by 2 s. The call carries ctx's values but not its cancellation, since its
+// answer serves other callers too.
 func (h *Handler) FullReport(ctx context.Context) Report {
 	rep := h.Report()
 	for i := range rep.Consumers {
