@@ -585,3 +585,39 @@ func TestRegressionSupervisorCleanStopEventHasNoError(t *testing.T) {
 		}
 	}
 }
+
+// A drain that ran out of time is reported in EventStopped.Err whether the
+// deadline is the consumer's own (WithDrainTimeout) or the Supervisor's
+// (DrainTimeout, through Shutdown). Found by review of the fix above.
+func TestRegressionSupervisorDrainTimeoutIsReportedOnStop(t *testing.T) {
+	for _, viaSupervisor := range []bool{false, true} {
+		b := memory.NewBroker()
+		publishN(t, b, "q", 1)
+		started, release := make(chan struct{}), make(chan struct{})
+		c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+			close(started)
+			<-release // ignores its context: abandoned at the deadline
+			return nil
+		}), consumer.WithLogger(quiet), consumer.WithDrainTimeout(100*time.Millisecond))
+		stopped := make(chan consumer.Event, 1)
+		s := &consumer.Supervisor{Logger: quiet, OnEvent: func(e consumer.Event) {
+			if e.Kind == consumer.EventStopped {
+				stopped <- e
+			}
+		}}
+		if viaSupervisor {
+			s.DrainTimeout = 100 * time.Millisecond
+		}
+		s.Add("c", c)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		<-started
+		cancel()
+		within(t, "Supervisor.Run", 10*time.Second, func() { <-done })
+		close(release)
+		if e := <-stopped; !errors.Is(e.Err, consumer.ErrDrainTimeout) {
+			t.Errorf("Supervisor.DrainTimeout set: %v: EventStopped.Err = %v; want ErrDrainTimeout", viaSupervisor, e.Err)
+		}
+	}
+}

@@ -90,6 +90,9 @@ type Supervisor struct {
 type entry struct {
 	name string
 	r    Runner
+	// shutdown receives the result of the Shutdown that Run calls on a
+	// stop when DrainTimeout is set (nil otherwise); capacity 1.
+	shutdown chan error
 
 	mu       sync.Mutex
 	state    State
@@ -167,6 +170,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
+	if s.DrainTimeout > 0 {
+		for _, e := range entries {
+			if _, ok := e.r.(shutdowner); ok {
+				e.shutdown = make(chan error, 1)
+			}
+		}
+	}
 	var wg sync.WaitGroup
 	for _, e := range entries {
 		wg.Add(1)
@@ -184,9 +194,16 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					if err := sd.Shutdown(dctx); err != nil {
+					err := sd.Shutdown(dctx)
+					if errors.Is(err, context.DeadlineExceeded) && dctx.Err() != nil {
+						// Shutdown says ctx.Err(), as net/http's does: name
+						// what it means here.
+						err = fmt.Errorf("queuekit: drain past the supervisor's DrainTimeout of %v: %w: %w", s.DrainTimeout, ErrDrainTimeout, err)
+					}
+					if err != nil {
 						s.logger().Warn("queuekit: runner shutdown", "runner", e.name, "error", err)
 					}
+					e.shutdown <- err
 				}()
 			}
 		}
@@ -235,10 +252,15 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		// Tell shutdown from failure by our own ctx, not by the error's type:
 		// a runner may return context.Canceled for reasons of its own.
 		if ctx.Err() != nil || err == nil || errors.Is(err, ErrConsumerClosed) {
-			if ctx.Err() != nil && errors.Is(err, ErrConsumerClosed) {
-				// The Supervisor's own graceful Shutdown (DrainTimeout) closed
-				// it: a clean stop, reported as such, as without DrainTimeout.
-				err = nil
+			if ctx.Err() != nil && errors.Is(err, ErrConsumerClosed) && e.shutdown != nil {
+				// The Supervisor's own graceful Shutdown (DrainTimeout)
+				// stopped it, so Run says only ErrConsumerClosed: report
+				// how the drain went instead (nil when clean, the drain
+				// timeout otherwise), as Run does without DrainTimeout.
+				err = <-e.shutdown
+				if errors.Is(err, ErrConsumerClosed) {
+					err = nil // it was closed already
+				}
 			}
 			e.set(StateStopped, nil)
 			if err != nil && ctx.Err() == nil {
