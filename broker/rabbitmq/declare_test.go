@@ -138,8 +138,13 @@ func TestDeclareTopologyErrors(t *testing.T) {
 	needBroker(t)
 	bad := strings.Replace(amqpURL(), "guest:guest", "guest:wrong-s3cret", 1)
 	err := DeclareTopology(ctx, Dialer{URL: bad}, uniqueQueue(t), Topology{})
-	if err == nil || strings.Contains(err.Error(), "wrong-s3cret") {
-		t.Errorf("wrong password: DeclareTopology = %v; want an error without the password", err)
+	if err == nil || strings.Contains(err.Error(), "wrong-s3cret") || !consumer.IsFatal(err) {
+		t.Errorf("wrong password: DeclareTopology = %v (fatal: %v); want a fatal error without the password", err, consumer.IsFatal(err))
+	}
+	cctx, cancel = context.WithCancel(ctx)
+	cancel()
+	if err := DeclareTopology(cctx, Dialer{URL: amqpURL()}, uniqueQueue(t), Topology{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("done context: DeclareTopology = %v; want context.Canceled", err)
 	}
 	missing := uniqueQueue(t)
 	err = DeclareTopology(ctx, Dialer{URL: amqpURL()}, missing, Topology{Passive: true})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -317,14 +318,16 @@ func (t *Topology) declare(ch *amqp.Channel, queue string) error {
 // publishes to queue before any consumer of it has connected (an API whose
 // workers run elsewhere): until the queue exists, the Publisher's mandatory
 // publishes to it come back with ErrReturned. With t.Passive it declares
-// nothing and only checks that everything exists.
+// nothing and checks, as a passive Source does, that the queue, the
+// dead-letter exchange and the retry queue exist.
 //
 // It returns an error wrapping consumer.ErrInvalidConfig for an invalid
-// Dialer, queue or Topology, one for which consumer.IsFatal is true when
-// retrying cannot help (ACCESS_REFUSED, a queue that exists with other
-// arguments in Strict mode, a missing object in Passive mode), and ctx's
-// error when ctx ends first; the declaration then finishes or fails in the
-// background, within the dial timeout and the broker's answer.
+// Dialer, queue or Topology; one for which consumer.IsFatal is true when
+// retrying cannot help (ACCESS_REFUSED, wrong credentials, a queue that exists
+// with other arguments in Strict mode, a missing object in Passive mode); and
+// ctx's error when ctx ends first, after closing its connection. A dial in
+// progress then goes on in the background until it returns, which the
+// default dialer bounds by 10 s; a custom Dialer.Dial must bound it too.
 func DeclareTopology(ctx context.Context, d Dialer, queue string, t Topology) error {
 	if queue == "" {
 		return fmt.Errorf("%w: rabbitmq: DeclareTopology needs a queue name", consumer.ErrInvalidConfig)
@@ -336,16 +339,35 @@ func DeclareTopology(ctx context.Context, d Dialer, queue string, t Topology) er
 	if err := t.resolve(queue); err != nil {
 		return err
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var (
+		mu        sync.Mutex
+		conn      *amqp.Connection
+		abandoned bool
+	)
 	done := make(chan error, 1)
 	go func() {
-		conn, err := d.dial()
+		c, err := d.dial()
 		if err != nil {
+			if unfixable(err, false) {
+				err = consumer.Fatal(err)
+			}
 			done <- err
 			return
 		}
-		defer conn.Close()
+		defer c.Close()
+		mu.Lock()
+		conn = c
+		gone := abandoned
+		mu.Unlock()
+		if gone {
+			done <- ctx.Err()
+			return
+		}
 		done <- t.ensure(func() (*amqp.Channel, error) {
-			ch, err := conn.Channel()
+			ch, err := c.Channel()
 			if err != nil {
 				return nil, fmt.Errorf("rabbitmq: open channel: %w", err)
 			}
@@ -356,6 +378,13 @@ func DeclareTopology(ctx context.Context, d Dialer, queue string, t Topology) er
 	case err := <-done:
 		return err
 	case <-ctx.Done():
+		// Closing the connection ends the declarations in progress.
+		mu.Lock()
+		abandoned = true
+		if conn != nil {
+			_ = conn.Close()
+		}
+		mu.Unlock()
 		return ctx.Err()
 	}
 }
