@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 )
@@ -24,7 +25,7 @@ type Backlog struct {
 	// Lag is the consumer group's lag per partition (Kafka), and TotalLag
 	// its sum.
 	Lag      map[int]int64 `json:"lag,omitempty"`
-	TotalLag int64         `json:"total_lag,omitempty"`
+	TotalLag *int64        `json:"total_lag,omitempty"` // nil for a DepthSource; 0 is no lag
 	// Messages waiting in the queue and Consumers subscribed to it
 	// (RabbitMQ). Nil for a LagSource.
 	Messages  *int `json:"messages,omitempty"`
@@ -37,8 +38,12 @@ type Backlog struct {
 
 // BacklogInterval is the shortest time between two broker calls for one
 // runner's backlog: reports closer together than that reuse the previous
-// answer, so that frequent health scrapes do not load the broker.
+// answer, so that frequent health scrapes do not load the broker. A failed
+// call is reused for backlogErrorInterval only.
 const BacklogInterval = 10 * time.Second
+
+// backlogErrorInterval is how long a failed call's error is reused.
+const backlogErrorInterval = time.Second
 
 // backlogTimeout bounds one broker call.
 const backlogTimeout = 2 * time.Second
@@ -51,11 +56,14 @@ func WithLag(runner string, src LagSource) Option {
 		if src != nil {
 			h.addBacklog(runner, func(ctx context.Context) (Backlog, error) {
 				lag, err := src.LagByPartition(ctx)
-				b := Backlog{Lag: lag}
-				for _, n := range lag {
-					b.TotalLag += n
+				if err != nil {
+					return Backlog{}, err
 				}
-				return b, err
+				var total int64
+				for _, n := range lag {
+					total += n
+				}
+				return Backlog{Lag: maps.Clone(lag), TotalLag: &total}, nil
 			})
 		}
 	}
@@ -92,11 +100,19 @@ func (h *Handler) addBacklog(runner string, fetch func(context.Context) (Backlog
 	h.backlogs[runner] = &backlogOf{fetch: fetch}
 }
 
+// get returns the runner's backlog: the cached one while fresh, else a new
+// answer. The caller gets its own copy of Lag.
 func (b *backlogOf) get(ctx context.Context, now func() time.Time) Backlog {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.last != nil && now().Sub(b.last.At) < BacklogInterval {
-		return *b.last
+	if b.last != nil {
+		ttl := BacklogInterval
+		if b.last.Error != "" {
+			ttl = backlogErrorInterval
+		}
+		if now().Sub(b.last.At) < ttl {
+			return b.last.copy()
+		}
 	}
 	// Not the caller's cancellation: the answer is cached for every
 	// caller, so one that went away must not leave them an error.
@@ -108,21 +124,31 @@ func (b *backlogOf) get(ctx context.Context, now func() time.Time) Backlog {
 		got = Backlog{At: got.At, Error: fmt.Sprintf("backlog: %v", err)}
 	}
 	b.last = &got
-	return got
+	return got.copy()
+}
+
+func (b Backlog) copy() Backlog {
+	b.Lag = maps.Clone(b.Lag)
+	return b
 }
 
 // FullReport is Report with the backlog of the runners configured with
-// WithLag or WithDepth, asked of the broker at most once per BacklogInterval
-// per runner (an answer or an error is reused until then), each call bounded
-// by 2 s. The call carries ctx's values but not its cancellation, since its
-// answer serves other callers too.
+// WithLag or WithDepth. The broker is asked at most once per BacklogInterval
+// per runner (an answer is reused until then, an error for a second), for all
+// runners at once, each call bounded by 2 s: a source must honour its
+// context. The calls carry ctx's values but not its cancellation, since their
+// answers serve other callers too.
 func (h *Handler) FullReport(ctx context.Context) Report {
 	rep := h.Report()
+	var wg sync.WaitGroup
 	for i := range rep.Consumers {
 		if b, ok := h.backlogs[rep.Consumers[i].Name]; ok {
-			bl := b.get(ctx, h.now)
-			rep.Consumers[i].Backlog = &bl
+			wg.Go(func() {
+				bl := b.get(ctx, h.now)
+				rep.Consumers[i].Backlog = &bl
+			})
 		}
 	}
+	wg.Wait()
 	return rep
 }

@@ -63,10 +63,10 @@ func TestFullReportCarriesTheBacklogAndAsksTheBrokerSparingly(t *testing.T) {
 		t.Fatalf("full report = %d", code)
 	}
 	ev, ord, oth := r.Consumers[0].Backlog, r.Consumers[1].Backlog, r.Consumers[2].Backlog
-	if ev == nil || ev.TotalLag != 12 || ev.Lag[2] != 7 || ev.Messages != nil || !ev.At.Equal(now) {
+	if ev == nil || ev.TotalLag == nil || *ev.TotalLag != 12 || ev.Lag[2] != 7 || ev.Messages != nil || !ev.At.Equal(now) {
 		t.Errorf("events backlog = %+v; want lag {0:5 1:0 2:7}, total 12, at %v", ev, now)
 	}
-	if ord == nil || ord.Messages == nil || *ord.Messages != 42 || *ord.Consumers != 2 || ord.Lag != nil {
+	if ord == nil || ord.Messages == nil || *ord.Messages != 42 || *ord.Consumers != 2 || ord.Lag != nil || ord.TotalLag != nil {
 		t.Errorf("orders backlog = %+v; want 42 messages, 2 consumers", ord)
 	}
 	if oth != nil {
@@ -74,6 +74,11 @@ func TestFullReportCarriesTheBacklogAndAsksTheBrokerSparingly(t *testing.T) {
 	}
 
 	now = now.Add(health.BacklogInterval / 2)
+	// Each caller gets its own copy of the cached lag.
+	h.FullReport(context.Background()).Consumers[0].Backlog.Lag[0] = 999
+	if got := h.FullReport(context.Background()).Consumers[0].Backlog.Lag[0]; got != 5 {
+		t.Errorf("cached lag of partition 0 = %d after a caller changed its copy; want 5", got)
+	}
 	probe(t, h)
 	if lagCalls.Load() != 1 || depthCalls.Load() != 1 {
 		t.Errorf("within the interval: lag asked %d, depth %d times; want 1 each", lagCalls.Load(), depthCalls.Load())
@@ -108,5 +113,32 @@ func TestBacklogErrorIsReportedNotFatal(t *testing.T) {
 	})))
 	if code, r := probe(t, h2); code != 200 || r.Consumers[0].Backlog == nil || r.Consumers[0].Backlog.Error != "backlog: channel closed" {
 		t.Errorf("full report = %d %+v; want 200 with the error in the backlog", code, r.Consumers[0].Backlog)
+	}
+}
+
+// An error is reused for a second only, not for the whole interval; zero
+// lag is reported as 0, not left out.
+func TestBacklogErrorsAreRetriedSoonAndZeroLagShows(t *testing.T) {
+	rep := fixedReporter{Ready: true, Runners: []consumer.RunnerHealth{{Name: "events", State: consumer.StateRunning}}}
+	var calls atomic.Int64
+	h, _ := health.NewHandler(rep, health.WithLag("events", lagFunc(func(context.Context) (map[int]int64, error) {
+		if calls.Add(1) == 1 {
+			return nil, errors.New("coordinator not available")
+		}
+		return map[int]int64{0: 0}, nil
+	})))
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	health.SetClock(h, func() time.Time { return now })
+	if b := h.FullReport(context.Background()).Consumers[0].Backlog; b.Error == "" {
+		t.Fatalf("first call: %+v; want the error", b)
+	}
+	now = now.Add(2 * time.Second)
+	b := h.FullReport(context.Background()).Consumers[0].Backlog
+	if calls.Load() != 2 || b.Error != "" || b.TotalLag == nil || *b.TotalLag != 0 {
+		t.Errorf("2 s after an error: %d calls, backlog %+v; want a second call and total lag 0", calls.Load(), b)
+	}
+	_, r := probe(t, h)
+	if r.Consumers[0].Backlog == nil || r.Consumers[0].Backlog.TotalLag == nil {
+		t.Errorf("JSON report lost total_lag 0: %+v", r.Consumers[0].Backlog)
 	}
 }

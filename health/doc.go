@@ -32,8 +32,10 @@
 // # Concurrency
 //
 // Handler and Watchdog are safe for concurrent use. Watchdog.Run is the only
-// goroutine of this package, and only when the caller starts it; OnStuck runs
-// on it, outside the watchdog's lock.
+// long-lived goroutine of this package, and only when the caller starts it;
+// OnStuck runs on it, outside the watchdog's lock. FullReport asks the
+// brokers of several runners at once, on goroutines that end before it
+// returns.
 //
 // # Errors
 //

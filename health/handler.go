@@ -40,7 +40,8 @@ func WithWatchdog(w *Watchdog) Option { return func(h *Handler) { h.wd = w } }
 // with gin.WrapH(h.Ready()). Every method answers every HTTP method; the
 // response is never cached.
 //
-// A Handler is safe for concurrent use and starts no goroutines.
+// A Handler is safe for concurrent use; no goroutine it starts outlives the
+// call that started it.
 type Handler struct {
 	r        Reporter
 	wd       *Watchdog
