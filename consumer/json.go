@@ -14,16 +14,19 @@ import (
 // JSON returns a Handler that decodes each message body as JSON into a T and
 // calls f with it. A body that does not decode is a permanent error: the
 // message is dead-lettered on its first delivery with the decode error as the
-// reason, and f is not called. An empty body and a body that is the JSON null
-// do not decode either: they would hand f a zero T (or a nil pointer), which
-// is almost always a producer's bug rather than a message.
+// reason, and f is not called. An empty body does not decode, and neither,
+// unless AllowNull is given, does the JSON null: it would hand f a zero T (or
+// a nil pointer), which is almost always a producer's bug rather than a
+// message.
 //
 // By default fields of the body that T does not have are ignored, as
 // encoding/json does; DisallowUnknownFields makes them a decode error.
 func JSON[T any](f func(ctx context.Context, m *Message, v T) error, opts ...JSONOption) Handler {
 	var o jsonOptions
 	for _, opt := range opts {
-		opt(&o)
+		if opt != nil {
+			opt(&o)
+		}
 	}
 	return HandlerFunc(func(ctx context.Context, m *Message) error {
 		var v T
@@ -39,6 +42,14 @@ type JSONOption func(*jsonOptions)
 
 type jsonOptions struct {
 	disallowUnknownFields bool
+	allowNull             bool
+}
+
+// AllowNull makes JSON pass a body that is the JSON null to f, as the zero T
+// (a nil pointer, map, slice or interface), for types where null means
+// something.
+func AllowNull() JSONOption {
+	return func(o *jsonOptions) { o.allowNull = true }
 }
 
 // DisallowUnknownFields makes JSON treat a body with a field that T does not
@@ -58,7 +69,7 @@ func decodeJSON(body []byte, v any, o jsonOptions) error {
 	switch trimmed := bytes.TrimSpace(body); {
 	case len(trimmed) == 0:
 		return errEmptyBody
-	case string(trimmed) == "null":
+	case string(trimmed) == "null" && !o.allowNull:
 		return errNullBody
 	}
 	if !o.disallowUnknownFields {

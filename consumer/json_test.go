@@ -56,6 +56,22 @@ func TestJSONDecodeRules(t *testing.T) {
 	}
 }
 
+// AllowNull passes null through as the zero T; a nil option is ignored.
+func TestJSONAllowNullAndNilOption(t *testing.T) {
+	var got *struct{ N int }
+	called := false
+	h := consumer.JSON(func(ctx context.Context, m *consumer.Message, v *struct{ N int }) error {
+		called, got = true, v
+		return nil
+	}, nil, consumer.AllowNull())
+	if err := h.Handle(context.Background(), &consumer.Message{Body: []byte(" null ")}); err != nil || !called || got != nil {
+		t.Errorf("null with AllowNull: err %v, called %v, v %v; want f called with nil", err, called, got)
+	}
+	if err := h.Handle(context.Background(), &consumer.Message{Body: []byte("")}); !retry.IsPermanent(err) {
+		t.Errorf("empty body with AllowNull: %v; want a permanent error still", err)
+	}
+}
+
 // A pointer T never receives nil from a null body.
 func TestJSONNeverHandsANilPointer(t *testing.T) {
 	h := consumer.JSON(func(ctx context.Context, m *consumer.Message, v *struct{ N int }) error {
