@@ -20,6 +20,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // The end-to-end tests build the service, run it as a process, post orders
@@ -418,21 +419,74 @@ func TestEndToEndRabbitMQSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 	url := amqpURLForTest(t)
 	queue := fmt.Sprintf("queuekit-gin-e2e-%d-%d", os.Getpid(), time.Now().UnixNano())
 	t.Cleanup(func() { deleteQueues(t, url, queue) })
-	common := []string{"-amqp-url", url, "-queue", queue, "-drain-timeout", e2eDrain.String(), "-concurrency", "32"}
+	restartScenario(t, []string{"-amqp-url", url, "-queue", queue}, func(p1 *proc, accepted int) {
+		// The queue is the test's own: what run 1 did not process is in it.
+		if left := p1.reportInt(t, "left"); len(p1.processedIDs())+left != accepted {
+			t.Errorf("run 1: processed %d + left in the queue %d != accepted %d", len(p1.processedIDs()), left, accepted)
+		}
+	}, func(p2 *proc) {
+		// The admin report carries the queue's depth and consumers, from the broker.
+		if code, rep := do(t, "GET", p2.base+"/admin/consumers", ""); code != http.StatusOK || !strings.Contains(fmt.Sprint(rep), "consumers:1") {
+			t.Errorf("GET /admin/consumers = %d %v; want the queue's backlog with 1 consumer", code, rep)
+		}
+	})
+	if n, err := queueDepth(url, queue); err != nil || n != 0 {
+		t.Errorf("queue depth after run 2 = %d, %v; want 0", n, err)
+	}
+}
 
+// With Kafka (an in-process kfake cluster the service reaches over
+// loopback) the topic and the group's committed offsets outlive the
+// process: run 1 drains and commits, run 2 resumes there.
+func TestEndToEndKafkaSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the service: skipped with -short")
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	topic := fmt.Sprintf("gin-e2e-%d", os.Getpid())
+	restartScenario(t, []string{"-kafka-brokers", strings.Join(c.ListenAddrs(), ","), "-queue", topic}, nil, func(p2 *proc) {
+		// Lag counts from the committed offsets, which trail the handling
+		// by up to the commit interval (1 s), and the report asks the
+		// broker at most every 10 s: poll until run 2's commits show.
+		deadline := time.Now().Add(40 * time.Second)
+		for {
+			code, rep := do(t, "GET", p2.base+"/admin/consumers", "")
+			if code == http.StatusOK && strings.Contains(fmt.Sprint(rep), "total_lag:0") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("GET /admin/consumers = %d %v; want the group's lag, 0 once run 2 caught up and committed", code, rep)
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+}
+
+// restartScenario runs the service with brokerArgs: run 1 takes 2,000 orders
+// and gets SIGTERM mid-processing (see postAndSIGTERM); run 2 starts on the
+// same broker and processes the rest. Every order accepted in run 1 must be
+// processed in one of the runs (a redelivery is harmless: processing is keyed
+// by id). after1 and during2 add broker-specific checks (nil: none).
+func restartScenario(t *testing.T, brokerArgs []string, after1 func(p1 *proc, accepted int), during2 func(p2 *proc)) (run1, run2 map[string]int) {
+	t.Helper()
+	common := append(brokerArgs, "-drain-timeout", e2eDrain.String(), "-concurrency", "32")
 	p1 := startService(t, append(common, "-process-time", "250ms")...)
 	r := p1.postAndSIGTERM(e2eOrders, 300)
-	run1 := p1.processedIDs()
+	run1 = p1.processedIDs()
 	if got := p1.reportInt(t, "accepted"); got != len(r.accepted) {
 		t.Errorf("run 1 accepted %d orders; clients got 202 for %d", got, len(r.accepted))
 	}
-	// The queue is the test's own: what run 1 did not process is in it.
-	if left := p1.reportInt(t, "left"); len(run1)+left != len(r.accepted) {
-		t.Errorf("run 1: processed %d + left in the queue %d != accepted %d", len(run1), left, len(r.accepted))
+	if after1 != nil {
+		after1(p1, len(r.accepted))
 	}
 	t.Logf("run 1 logged: %s", p1.reportRaw)
 
-	// Run 2 processes what run 1 left in the queue.
+	// Run 2 processes what run 1 left.
 	p2 := startService(t, append(common, "-process-time", "1ms")...)
 	missing := func() []string {
 		run2 := p2.processedIDs()
@@ -448,9 +502,8 @@ func TestEndToEndRabbitMQSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 	for len(missing()) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	// The admin report carries the queue's depth and consumers, from the broker.
-	if code, rep := do(t, "GET", p2.base+"/admin/consumers", ""); code != http.StatusOK || !strings.Contains(fmt.Sprint(rep), "consumers:1") {
-		t.Errorf("GET /admin/consumers = %d %v; want the queue's backlog with 1 consumer", code, rep)
+	if during2 != nil {
+		during2(p2)
 	}
 	if err := p2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -459,7 +512,7 @@ func TestEndToEndRabbitMQSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 	if p2.exitErr != nil {
 		t.Errorf("run 2 exit: %v; want 0\n%s", p2.exitErr, p2.tail())
 	}
-	run2 := p2.processedIDs()
+	run2 = p2.processedIDs()
 	dups := 0
 	for id := range run2 {
 		if run1[id] > 0 {
@@ -474,9 +527,7 @@ func TestEndToEndRabbitMQSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 	if len(run1) == 0 || len(run2) == 0 {
 		t.Errorf("run 1 processed %d, run 2 %d: SIGTERM did not land in the middle of processing", len(run1), len(run2))
 	}
-	if n, err := queueDepth(url, queue); err != nil || n != 0 {
-		t.Errorf("queue depth after run 2 = %d, %v; want 0", n, err)
-	}
+	return run1, run2
 }
 
 func amqpURLForTest(t *testing.T) string {
