@@ -244,14 +244,10 @@ func printEvent(out io.Writer, e consumer.Event) {
 		detail = fmt.Sprintf("restart %d in %v", e.Restarts, e.Delay.Round(time.Millisecond))
 	case consumer.EventDrained:
 		detail = fmt.Sprintf("%d handled, %d given back, %d abandoned", e.Drain.Handled, e.Drain.GivenBack, e.Drain.Abandoned)
-	case consumer.EventStopped:
-		// A consumer stopped with Shutdown (the Supervisor does so when
-		// DrainTimeout is set) returns ErrConsumerClosed: that is the normal
-		// end, not a failure.
-		if e.Err != nil && !errors.Is(e.Err, consumer.ErrConsumerClosed) {
-			detail = e.Err.Error()
-		}
 	default:
+		// EventStopped carries nil for a clean stop, and an error wrapping
+		// consumer.ErrDrainTimeout when in-flight handlers had to be
+		// abandoned at the drain deadline.
 		if e.Err != nil {
 			detail = e.Err.Error()
 		}
