@@ -19,8 +19,9 @@
 // kfake) so that it runs as is: kfake speaks the Kafka protocol, but it is a
 // stand-in for trying things out, not Apache Kafka.
 //
-// Ctrl-C stops it gracefully at any point: handled events are committed, the
-// others stay in the topic.
+// Ctrl-C stops it gracefully at any point: in-flight events finish and the
+// handled ones are committed; the summary says what was left. The topics are
+// the run's own (a fresh name each run) and are deleted at the end either way.
 package main
 
 import (
@@ -201,12 +202,14 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	handler := consumer.JSON(func(ctx context.Context, m *consumer.Message, e Event) error {
 		member, _ := consumer.NameFromContext(ctx)
 		done := tr.start(member, m, e)
-		defer done()
 		select { // the work: 2–6 ms
 		case <-time.After(time.Duration(2000+rand.IntN(4000)) * time.Microsecond):
+			done(nil)
 			return nil
 		case <-ctx.Done():
-			return context.Cause(ctx)
+			err := context.Cause(ctx)
+			done(err) // not handled: it will be delivered again
+			return err
 		}
 	})
 	h := consumer.Chain(
@@ -225,8 +228,10 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 			GroupID:  group,
 			Topic:    topic,
 			Ordering: kafka.ByKey, // one lane per key within a partition
-			// At most 32 events per partition queued or running; with
-			// ByKey they are of different keys, so up to 32 at once.
+			// At most 32 events per partition queued or running. With
+			// ByKey one event per key among them runs at a time (here a
+			// partition holds 3 accounts, so at most 3), and at most
+			// WithConcurrency in all.
 			MaxInFlight: 32,
 			// Faster group operations than the defaults, within what
 			// Apache Kafka accepts (group.min.session.timeout.ms is 6 s):
@@ -378,7 +383,7 @@ func newTracker(rep *report, total int) *tracker {
 
 // start records that member started event e (message m) and returns the
 // function to call when it finished.
-func (t *tracker) start(member string, m *consumer.Message, e Event) (done func()) {
+func (t *tracker) start(member string, m *consumer.Message, e Event) (done func(err error)) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r := t.rep
@@ -402,12 +407,15 @@ func (t *tracker) start(member string, m *consumer.Message, e Event) (done func(
 		}
 		t.partitions[member][p] = true
 	}
-	return func() {
+	return func(err error) {
 		t.mu.Lock()
 		defer t.mu.Unlock()
 		t.running[e.Account] = false
 		t.inFlight--
 		t.perMember[member]--
+		if err != nil {
+			return // stopped before its work was done: not handled
+		}
 		r.HandledPerMember[member]++
 		if t.seen[m.ID] {
 			r.Redelivered++
@@ -583,7 +591,7 @@ func (r *report) print(out *printer, accounts int) {
 		// ByKey lets an account's events overtake another account's in
 		// the same partition, but a partition's committed offset can only
 		// cover the finished prefix (at-least-once).
-		out.printf("  %d handled events are not committed: they come after an unfinished event of their partition, so the group's next member handles them again\n",
+		out.printf("  %d handled events are not committed: they come after an unfinished event of their partition, so a next member of the group would handle them again\n",
 			int64(r.Handled)-committed)
 	}
 }
