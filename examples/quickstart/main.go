@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -31,19 +32,19 @@ type Order struct {
 }
 
 func main() {
-	if err := run(); err != nil {
+	// The library installs no signal handlers; the program owns them.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if err := run(ctx, os.Stdout, logger); err != nil {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-
-	// The library installs no signal handlers; the program owns them.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
+// run publishes the batch, consumes it until every message is settled or ctx
+// is done, and writes what happened to out.
+func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	broker := memory.NewBroker()
 	const orders = 100
 	for i := 1; i <= orders; i++ {
@@ -65,7 +66,11 @@ func run() error {
 		case o.ID == "o-077":
 			panic("nil pointer in the discount code") // every time: dead-lettered after the budget
 		}
-		time.Sleep(2 * time.Millisecond) // pretend to write to a database
+		select { // pretend to write to a database
+		case <-time.After(2 * time.Millisecond):
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
 		saved.Add(1)
 		return nil
 	})
@@ -94,7 +99,7 @@ func run() error {
 
 	sup := &consumer.Supervisor{Logger: logger, OnEvent: func(e consumer.Event) {
 		if e.Kind == consumer.EventDrained {
-			fmt.Printf("drained: %d handled, %d given back, %d abandoned in %v\n",
+			fmt.Fprintf(out, "drained: %d handled, %d given back, %d abandoned in %v\n",
 				e.Drain.Handled, e.Drain.GivenBack, e.Drain.Abandoned, e.Drain.Duration.Round(time.Millisecond))
 		}
 	}}
@@ -125,10 +130,10 @@ func run() error {
 	}
 
 	st := broker.Stats("orders")
-	fmt.Printf("orders: %d published, %d acked, %d dead-lettered, %d still queued\n", orders, st.Acked, st.DeadLettered, st.Ready)
-	fmt.Printf("saved %d orders\n", saved.Load())
+	fmt.Fprintf(out, "orders: %d published, %d acked, %d dead-lettered, %d still queued\n", orders, st.Acked, st.DeadLettered, st.Ready)
+	fmt.Fprintf(out, "saved %d orders\n", saved.Load())
 	for _, m := range broker.DeadLetters("orders") {
-		fmt.Printf("dead letter %s after %s attempt(s): %s\n", m.ID, m.Header[consumer.HeaderAttempts], m.Header[consumer.HeaderError])
+		fmt.Fprintf(out, "dead letter %s after %s attempt(s): %s\n", m.ID, m.Header[consumer.HeaderAttempts], m.Header[consumer.HeaderError])
 	}
 	return nil
 }
