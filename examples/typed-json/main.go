@@ -99,6 +99,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		saved   []string // what the handler stored
 		letters []string // what the dead-letter consumer read
 		calls   atomic.Int64
+		reached = map[string]bool{} // message IDs the typed function saw
 	)
 
 	// The typed handler: consumer.JSON decodes the body into a Signup, and
@@ -108,6 +109,9 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	// is retried.
 	signups := consumer.JSON(func(ctx context.Context, m *consumer.Message, s Signup) error {
 		calls.Add(1)
+		mu.Lock()
+		reached[m.ID] = true
+		mu.Unlock()
 		if err := s.Validate(); err != nil {
 			return retry.Permanent(fmt.Errorf("invalid signup: %w", err))
 		}
@@ -188,7 +192,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	fmt.Fprintf(out, "signups: %d published, %d delivered, %d requeued, %d acked, %d dead-lettered\n",
 		st.Published, st.Delivered, st.Requeued, st.Acked, st.DeadLettered)
 	fmt.Fprintf(out, "the Signup handler was called %d times: the %d bodies that did not decode never reached it\n",
-		calls.Load(), len(payloads)-int(calls.Load()))
+		calls.Load(), len(payloads)-len(reached))
 	fmt.Fprintf(out, "\nsaved (%d):\n", len(saved))
 	for _, s := range saved {
 		fmt.Fprintln(out, "  "+s)
