@@ -1,9 +1,10 @@
 // Command custom-middleware shows how to write your own consumer.Middleware
 // and where it goes among the standard ones. The middleware is Dedup
-// (dedup.go): it skips messages whose ID was already processed, so that a
-// payment is charged once even though the broker delivers it more than once —
-// because a producer published it again, or because an ack was lost with a
-// dropped connection and the broker redelivered it.
+// (dedup.go): it skips messages whose idempotency key — a header the
+// producer sets, never the adapter's message ID — was already processed, so
+// that a payment is charged once even though the broker delivers it more than
+// once: because a producer published it again, or because an ack was lost
+// with a dropped connection and the broker redelivered it.
 //
 //	go run ./examples/custom-middleware
 //
@@ -36,10 +37,13 @@ type Payment struct {
 	AmountCents int    `json:"amount_cents"`
 }
 
-// published is what the producers sent, in order. The message ID is the
-// producer's (the AMQP message-id, say): a producer that publishes again
-// after a timeout sends the same ID.
-var published = []struct{ id, body, note string }{
+// published is what the producers sent, in order. The producer names each
+// payment with an idempotency key, sent in the IdempotencyKeyHeader header: a
+// producer that publishes again after a timeout sends the same key. It sets no
+// message ID, so the broker makes one up per publish ("payments-1", ...): the
+// two publishes of p-1 have different IDs, and only the key tells that they
+// are one payment.
+var published = []struct{ key, body, note string }{
 	{"p-1", `{"card":"4242","amount_cents":1000}`, ""},
 	{"p-2", `{"card":"5555","amount_cents":2500}`, ""},
 	{"p-1", `{"card":"4242","amount_cents":1000}`, "published again by a producer that timed out"},
@@ -75,7 +79,11 @@ func run(ctx context.Context, out io.Writer) error {
 	b := memory.NewBroker()
 	defer b.Close()
 	for _, p := range published {
-		if err := b.Publish(ctx, "payments", consumer.Message{ID: p.id, Body: []byte(p.body)}); err != nil {
+		msg := consumer.Message{
+			Header: map[string]string{IdempotencyKeyHeader: p.key},
+			Body:   []byte(p.body),
+		}
+		if err := b.Publish(ctx, "payments", msg); err != nil {
 			return err
 		}
 	}
@@ -86,11 +94,12 @@ func run(ctx context.Context, out io.Writer) error {
 
 	gw := &gateway{failures: map[string]int{"p-3": 2}}
 	charge := consumer.JSON(func(ctx context.Context, m *consumer.Message, p Payment) error {
-		if err := gw.charge(ctx, m.ID, p); err != nil {
+		key := m.Header[IdempotencyKeyHeader]
+		if err := gw.charge(ctx, key, p); err != nil {
 			return err // transient: retried
 		}
-		middleware.Logger(ctx).Info("charged", "card", p.Card, "amount_cents", p.AmountCents)
-		if m.ID == "p-4" && m.Attempt == 1 {
+		middleware.Logger(ctx).Info("charged", "idempotency_key", key, "card", p.Card, "amount_cents", p.AmountCents)
+		if key == "p-4" && m.Attempt == 1 {
 			// Fault injection for the example: the connection drops after
 			// the charge, so the ack cannot reach the broker, which
 			// delivers the message again.
@@ -111,12 +120,13 @@ func run(ctx context.Context, out io.Writer) error {
 		//     delivery, logged and counted as ok;
 		//   - inside Recover: a panic in Dedup or below is turned into an
 		//     error before Log sees it (Dedup releases its claim on the way);
-		//   - outside Retry: it claims the ID once per delivery and marks it
+		//   - outside Retry: it claims the key once per delivery and marks it
 		//     only after the last in-process attempt succeeded, and a
 		//     duplicate is not retried;
 		//   - outside Timeout: the per-attempt deadline does not cut its
 		//     bookkeeping short.
-		Dedup(processed),
+		// The key is the producer's header, never m.ID (see Dedup).
+		Dedup(processed, HeaderKey(IdempotencyKeyHeader)),
 		middleware.Retry(retry.MaxAttempts(retry.Exponential(5*time.Millisecond, 50*time.Millisecond), 2)),
 		middleware.Timeout(2*time.Second),
 	)(charge)
@@ -124,7 +134,7 @@ func run(ctx context.Context, out io.Writer) error {
 	c, err := consumer.New(src, h,
 		consumer.WithName("payments"),
 		// One at a time, so that the log reads in order. Dedup is safe at
-		// any concurrency: a delivery that races another of the same ID
+		// any concurrency: a delivery that races another with the same key
 		// waits for its outcome (see main_test.go).
 		consumer.WithConcurrency(1),
 		consumer.WithMaxDeliveries(5),
@@ -166,8 +176,9 @@ func run(ctx context.Context, out io.Writer) error {
 	return nil
 }
 
-// gateway stands for a card payment API. It fails the first calls for the IDs
-// in failures, as a flaky dependency would.
+// gateway stands for a card payment API. It fails the first calls for the
+// payment keys in failures, as a flaky dependency would, and counts the
+// charges per payment.
 type gateway struct {
 	mu       sync.Mutex
 	failures map[string]int
