@@ -11,8 +11,8 @@ import "time"
 // keep a reference to the Message after it returns.
 type Message struct {
 	// ID identifies the delivery for logs and tracing: the AMQP message-id
-	// (the RabbitMQ publisher sets a random one per publish; the adapter
-	// makes one up when there is none), topic/partition/offset for Kafka,
+	// (the RabbitMQ Publisher sets a random one on a message without; the
+	// Source makes one up when there is none), topic/partition/offset for Kafka,
 	// or, on the in-memory broker, the published ID or "<queue>-<n>". It is
 	// not a deduplication key: a producer's retry gets a new one, and
 	// made-up ids repeat across processes. Deduplicate on a key the producer
