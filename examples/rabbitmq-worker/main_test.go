@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,7 +47,8 @@ func TestWorkerDeadLettersAndRetries(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stdout bytes.Buffer
-	sum, err := run(ctx, config{URL: testURL(), Timeout: time.Minute, Logger: slog.New(slog.DiscardHandler)}, &stdout)
+	logs := &lockedBuffer{}
+	sum, err := run(ctx, config{URL: testURL(), Timeout: time.Minute, Logger: debugLogger(logs)}, &stdout)
 	t.Logf("output:\n%s", stdout.String())
 	if err != nil {
 		t.Fatalf("run = %v", err)
@@ -103,11 +107,111 @@ func TestWorkerDeadLettersAndRetries(t *testing.T) {
 			t.Errorf("queue %s still exists after the run", q)
 		}
 	}
-	// Credentials are never printed (the user name is, as in "guest:xxxxx@").
-	if u, err := url.Parse(testURL()); err == nil {
-		if _, ok := u.User.Password(); ok && strings.Contains(stdout.String(), u.User.String()+"@") {
-			t.Error("the output contains the broker password")
+	// Credentials are never printed nor logged (the user name is, as in
+	// "guest:xxxxx@").
+	if u, err := url.Parse(testURL()); err == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok {
+			// guest:guest: the user name alone is not a leak.
+			leaks := []string{u.User.String() + "@"}
+			if pw != u.User.Username() {
+				leaks = append(leaks, pw)
+			}
+			for _, s := range leaks {
+				if strings.Contains(stdout.String(), s) {
+					t.Error("the output contains the broker password")
+				}
+				if strings.Contains(logs.String(), s) {
+					t.Error("the logs contain the broker password")
+				}
+			}
 		}
+	}
+	if logs.String() == "" {
+		t.Error("nothing was logged; want the failed deliveries in the logs")
+	}
+}
+
+// A queue named with -queue is the user's: the run uses it and keeps it at
+// the end, whatever it holds; -delete then deletes only what is empty (the
+// retry queue and the queue) and keeps the dead-letter queue with its dead
+// letters, and the exchange bound to it.
+func TestWorkerKeepsANamedQueue(t *testing.T) {
+	needBroker(t)
+	q := fmt.Sprintf("%stest-%08x", queuePrefix, rand.Uint32())
+	t.Cleanup(func() { forceDelete(t, q) })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout bytes.Buffer
+	sum, err := run(ctx, config{URL: testURL(), Queue: q, Timeout: time.Minute}, &stdout)
+	t.Logf("output:\n%s", stdout.String())
+	if err != nil {
+		t.Fatalf("run = %v", err)
+	}
+	if len(sum.DeadLetters) != 2 {
+		t.Errorf("dead letters %+v; want order-7 and order-9", sum.DeadLetters)
+	}
+	for _, name := range []string{q, q + ".retry", q + ".dlq"} {
+		if !queueExists(t, name) {
+			t.Errorf("queue %s was deleted; want the queues of -queue kept", name)
+		}
+	}
+
+	var out bytes.Buffer
+	kept, err := deleteTopology(testURL(), q, false, &printer{w: &out})
+	t.Logf("-delete output:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("deleteTopology = %v", err)
+	}
+	if kept != 2 {
+		t.Errorf("deleteTopology kept %d objects; want 2 (the dead-letter queue and its exchange)", kept)
+	}
+	if !queueExists(t, q+".dlq") {
+		t.Errorf("queue %s.dlq, holding dead letters, was deleted", q)
+	}
+	for _, name := range []string{q, q + ".retry"} {
+		if queueExists(t, name) {
+			t.Errorf("queue %s, empty, was not deleted", name)
+		}
+	}
+	if !strings.Contains(out.String(), "kept "+q+".dlq: it holds 2 messages") {
+		t.Errorf("-delete does not say it kept %s.dlq and why", q)
+	}
+}
+
+// The demo consumes and acknowledges what is in its queue, so it refuses a
+// queue that is not an example queue, before connecting.
+func TestWorkerRefusesAQueueOfSomeoneElse(t *testing.T) {
+	for _, q := range []string{"orders", queuePrefix, "x" + queuePrefix + "orders"} {
+		_, err := run(context.Background(), config{URL: "amqp://guest:guest@127.0.0.1:1/", Queue: q, Timeout: time.Minute}, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), queuePrefix) {
+			t.Errorf("run with Queue %q = %v; want an error naming the prefix %q", q, err, queuePrefix)
+		}
+	}
+}
+
+// A wrong password is fatal at once (retrying cannot help), and neither the
+// error, the output nor the logs contain it.
+func TestWorkerWrongPassword(t *testing.T) {
+	needBroker(t)
+	u, err := url.Parse(testURL())
+	if err != nil || u.User == nil {
+		t.Skipf("cannot make a wrong password for %s", redact(testURL()))
+	}
+	const wrong = "wr0ng-pa55w0rd"
+	u.User = url.UserPassword(u.User.Username(), wrong)
+	var stdout bytes.Buffer
+	logs := &lockedBuffer{}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err = run(ctx, config{URL: u.String(), Timeout: time.Minute, Logger: debugLogger(logs)}, &stdout)
+	if err == nil {
+		t.Fatal("run with a wrong password = nil; want an error")
+	}
+	if strings.Contains(err.Error()+stdout.String()+logs.String(), wrong) {
+		t.Errorf("the password leaked: err=%v output=%q logs=%q", err, stdout.String(), logs.String())
+	}
+	if !strings.Contains(err.Error(), "could not use RabbitMQ") || !strings.Contains(err.Error(), "403") {
+		t.Errorf("run = %v; want a refusal (403) without waiting for the timeout", err)
 	}
 }
 
@@ -115,12 +219,13 @@ func TestWorkerDeadLettersAndRetries(t *testing.T) {
 // password redacted, not a hang.
 func TestWorkerUnreachableBroker(t *testing.T) {
 	var stdout bytes.Buffer
-	_, err := run(context.Background(), config{URL: "amqp://guest:s3cret@127.0.0.1:1/", Timeout: 2 * time.Second}, &stdout)
+	logs := &lockedBuffer{}
+	_, err := run(context.Background(), config{URL: "amqp://guest:s3cret@127.0.0.1:1/", Timeout: 2 * time.Second, Logger: debugLogger(logs)}, &stdout)
 	if err == nil {
 		t.Fatal("run against a closed port = nil; want an error")
 	}
-	if strings.Contains(err.Error()+stdout.String(), "s3cret") {
-		t.Errorf("the password leaked: err=%v output=%q", err, stdout.String())
+	if strings.Contains(err.Error()+stdout.String()+logs.String(), "s3cret") {
+		t.Errorf("the password leaked: err=%v output=%q logs=%q", err, stdout.String(), logs.String())
 	}
 	if !strings.Contains(err.Error(), "could not connect") {
 		t.Errorf("run = %v; want it to say it could not connect", err)
@@ -137,6 +242,55 @@ func TestWorkerInterruptedBeforeConnecting(t *testing.T) {
 	}
 	if !sum.Interrupted {
 		t.Error("summary not marked Interrupted")
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// debugLogger logs everything to w, so that a test can check what is in it.
+func debugLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// forceDelete deletes q's topology whatever it holds, so that a test leaves
+// nothing on the broker.
+func forceDelete(t *testing.T, q string) {
+	t.Helper()
+	conn, err := dial(testURL())
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	defer ch.Close()
+	for _, name := range []string{q + ".retry", q, q + ".dlq"} {
+		if _, err := ch.QueueDelete(name, false, false, false); err != nil {
+			t.Errorf("cleanup: delete %s: %v", name, err)
+		}
+	}
+	if err := ch.ExchangeDelete(q+".dlx", false, false); err != nil {
+		t.Errorf("cleanup: delete %s.dlx: %v", q, err)
 	}
 }
 
