@@ -152,7 +152,8 @@ func (s *service) build() error {
 	if s.metrics, err = qprom.New(s.reg); err != nil {
 		return err
 	}
-	if err := s.registerBacklogCollector(); err != nil {
+	backlog, err := s.watchBacklog()
+	if err != nil {
 		return err
 	}
 	// A handler running past 30 s is stuck: liveness fails, a metric counts it.
@@ -187,36 +188,35 @@ func (s *service) build() error {
 	if err := s.sup.Add("watchdog", s.wd); err != nil {
 		return err
 	}
-	opts := []health.Option{health.WithWatchdog(s.wd)}
-	switch src := s.backend.source.(type) {
-	case health.LagSource: // Kafka: lag per partition in the full report
-		opts = append(opts, health.WithLag(name, src))
-	case health.DepthSource: // RabbitMQ: queue depth and consumers
-		opts = append(opts, health.WithDepth(name, src))
-	}
-	s.probes, err = health.NewHandler(s.sup, opts...)
+	s.probes, err = health.NewHandler(s.sup, health.WithWatchdog(s.wd), backlog)
 	return err
 }
 
-// registerBacklogCollector exports the queue depth (RabbitMQ) or the
-// consumer-group lag (Kafka) when the source can report it.
-func (s *service) registerBacklogCollector() error {
-	cc := qprom.CollectorConfig{Consumer: s.cfg.queue, Destination: s.cfg.queue}
+// watchBacklog exports the backlog at the broker when the source can report
+// it — the Kafka group's lag or the RabbitMQ queue's depth — as metrics, and
+// returns the option that puts it in the full health report (nil: none).
+func (s *service) watchBacklog() (health.Option, error) {
+	name := s.cfg.queue
+	cc := qprom.CollectorConfig{Consumer: name, Destination: name}
+	var (
+		c   prometheus.Collector
+		opt health.Option
+		err error
+	)
 	switch src := s.backend.source.(type) {
-	case qprom.LagSource:
-		c, err := qprom.NewLagCollector(src, cc)
-		if err != nil {
-			return err
-		}
-		return s.reg.Register(c)
-	case qprom.DepthSource:
-		c, err := qprom.NewDepthCollector(src, cc)
-		if err != nil {
-			return err
-		}
-		return s.reg.Register(c)
+	case health.LagSource: // Kafka; also a qprom.LagSource
+		c, err = qprom.NewLagCollector(src, cc)
+		opt = health.WithLag(name, src)
+	case health.DepthSource: // RabbitMQ; also a qprom.DepthSource
+		c, err = qprom.NewDepthCollector(src, cc)
+		opt = health.WithDepth(name, src)
+	default:
+		return nil, nil
 	}
-	return nil
+	if err != nil {
+		return nil, err
+	}
+	return opt, s.reg.Register(c)
 }
 
 // ordersHandler is the consumer's handler: decode (a bad payload is
