@@ -101,6 +101,12 @@ type Config struct {
 	JoinGroupBackoff time.Duration
 	// Timeout bounds each request to the group coordinator. Default 5 s.
 	Timeout time.Duration
+	// PartitionWatchInterval is how often the member checks the topic's
+	// partition count. When it changed (partitions were added), the member
+	// ends its generation and rejoins, so that the group assigns the new
+	// partitions at once instead of at the next unrelated rebalance.
+	// Default 5 s.
+	PartitionWatchInterval time.Duration
 
 	// StartOffset is where a partition without a committed offset starts:
 	// kafkago.FirstOffset (default) or kafkago.LastOffset.
@@ -156,6 +162,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 5 * time.Second
+	}
+	if c.PartitionWatchInterval == 0 {
+		c.PartitionWatchInterval = 5 * time.Second
 	}
 	if c.StartOffset == 0 {
 		c.StartOffset = kafkago.FirstOffset
@@ -237,6 +246,7 @@ func (c *Config) validate() error {
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"SessionTimeout", c.SessionTimeout},
 		{"RebalanceTimeout", c.RebalanceTimeout}, {"JoinGroupBackoff", c.JoinGroupBackoff},
 		{"Timeout", c.Timeout}, {"MaxWait", c.MaxWait},
+		{"PartitionWatchInterval", c.PartitionWatchInterval},
 		{"DeadLetterBatchTimeout", c.DeadLetterBatchTimeout},
 	} {
 		if d.v <= 0 || d.v > maxMillis {

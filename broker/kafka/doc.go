@@ -36,6 +36,12 @@
 // pending fetch (Config.MaxWait, 250 ms by default, bounds how long a fetch
 // waits for new records).
 //
+// Partitions added to the topic while the group runs are picked up: every
+// Config.PartitionWatchInterval (5 s by default) the member compares the
+// topic's partition count with the one its generation started with; when it
+// changed, the generation ends (drained and committed as above) and the next
+// one assigns the new partitions too.
+//
 // # Acknowledgement
 //
 // Kafka has no per-message acknowledgement: a consumer group stores one

@@ -158,7 +158,12 @@ func (s *Source) start() {
 		JoinGroupBackoff:  cfg.JoinGroupBackoff,
 		StartOffset:       cfg.StartOffset,
 		Timeout:           cfg.Timeout,
-		ErrorLogger:       kafkago.LoggerFunc(errorLogger(cfg.Logger)),
+		// Partitions added to the topic while the group runs end the
+		// generation, and the leader's next assignment includes them;
+		// without this they would wait for an unrelated rebalance.
+		WatchPartitionChanges:  true,
+		PartitionWatchInterval: cfg.PartitionWatchInterval,
+		ErrorLogger:            kafkago.LoggerFunc(errorLogger(cfg.Logger)),
 	})
 	if err != nil {
 		s.startErr = consumer.Fatal(fmt.Errorf("kafka: consumer group: %w", err))

@@ -1,0 +1,135 @@
+package kafka_test
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// Regression tests for issue 9 (items 4–8), through the public API. They run
+// against the Kafka protocol (in-process kfake cluster) unless
+// QUEUEKIT_KAFKA_BROKERS names a real cluster; those that need kfake's fault
+// injection are skipped there.
+
+// produceTo writes n records with bodies prefix0…prefix(n-1) to one
+// partition, through a fresh client (so that it sees partitions added a
+// moment ago).
+func (e *env) produceTo(t testing.TB, topic string, partition, n int, prefix string) {
+	t.Helper()
+	cli, tr := e.client()
+	defer tr.CloseIdleConnections()
+	recs := make([]kafkago.Record, n)
+	for i := range recs {
+		recs[i] = kafkago.Record{Key: kafkago.NewBytes([]byte(prefix)), Value: kafkago.NewBytes([]byte(prefix + strconv.Itoa(i)))}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := cli.Produce(context.Background(), &kafkago.ProduceRequest{
+			Topic: topic, Partition: partition, RequiredAcks: kafkago.RequireAll, Records: kafkago.NewRecordReader(recs...),
+		})
+		if err == nil && resp.Error == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Produce to %s/%d: %v / %v", topic, partition, err, resp)
+		}
+		time.Sleep(100 * time.Millisecond) // metadata of a new partition or topic settling
+	}
+}
+
+// committedOf returns the group's committed offsets of partitions 0…n-1.
+func (e *env) committedOf(t testing.TB, group, topic string, n int) map[int]int64 {
+	t.Helper()
+	cli, tr := e.client()
+	defer tr.CloseIdleConnections()
+	ids := make([]int, n)
+	for i := range ids {
+		ids[i] = i
+	}
+	resp, err := cli.OffsetFetch(context.Background(), &kafkago.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ids}})
+	if err != nil {
+		t.Fatalf("OffsetFetch: %v", err)
+	}
+	out := map[int]int64{}
+	for _, p := range resp.Topics[topic] {
+		out[p.Partition] = p.CommittedOffset
+	}
+	return out
+}
+
+// Issue 9 item 4 — Kafka protocol (in-process kfake cluster): partitions added
+// to the topic while the group runs are consumed and committed without an
+// unrelated rebalance. Before the fix they stayed unconsumed (lag grew) until
+// some other member joined or left.
+func TestIssue9PartitionsAddedWhileTheGroupRunsAreConsumed(t *testing.T) {
+	e := newEnv(t)
+	t.Logf("running against %s", e.what)
+	topic := e.topic(t, "i9-addparts")
+	group := "g-i9-addparts"
+	e.produce(t, topic, 0, 40, func(i int) string { return "k" + itoa(i) })
+	var (
+		mu     sync.Mutex
+		bodies = map[string]bool{}
+	)
+	cfg := e.config(topic, group)
+	startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+		mu.Lock()
+		bodies[string(m.Body)] = true
+		mu.Unlock()
+		return nil
+	}))
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(bodies) }
+	waitFor(t, "the first 40 records", 20*time.Second, func() bool { return count() == 40 })
+
+	cli, tr := e.client()
+	defer tr.CloseIdleConnections()
+	resp, err := cli.CreatePartitions(context.Background(), &kafkago.CreatePartitionsRequest{
+		Topics: []kafkago.TopicPartitionsConfig{{Name: topic, Count: 2 * partitions}},
+	})
+	if err != nil {
+		t.Fatalf("CreatePartitions: %v", err)
+	}
+	for name, err := range resp.Errors {
+		if err != nil {
+			t.Fatalf("CreatePartitions %s: %v", name, err)
+		}
+	}
+	const perNew = 10
+	for p := partitions; p < 2*partitions; p++ {
+		e.produceTo(t, topic, p, perNew, "new"+itoa(p)+"-")
+	}
+	want := 40 + partitions*perNew
+	// Generous: the membership notices new partitions within
+	// PartitionWatchInterval (5 s by default) and rebalances.
+	deadline := time.Now().Add(30 * time.Second)
+	for count() < want && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	committed := map[int]int64{}
+	for time.Now().Before(deadline) {
+		committed = e.committedOf(t, group, topic, 2*partitions)
+		done := true
+		for p := partitions; p < 2*partitions; p++ {
+			done = done && committed[p] == perNew
+		}
+		if done {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("handled %d of %d records; committed %v", count(), want, committed)
+	if count() != want {
+		t.Errorf("handled %d of %d records: the records of the added partitions were not consumed", count(), want)
+	}
+	for p := partitions; p < 2*partitions; p++ {
+		if committed[p] != perNew {
+			t.Errorf("added partition %d: committed offset %d; want %d", p, committed[p], perNew)
+		}
+	}
+}
