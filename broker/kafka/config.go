@@ -84,7 +84,9 @@ type Config struct {
 	// partitions up. Records still unsettled then are fenced and redelivered
 	// to the partition's next owner. It must be less than SessionTimeout and
 	// RebalanceTimeout, because kafka-go stops heartbeating once a generation
-	// ends. Default: a third of the smaller of the two.
+	// ends. The final commit of a generation is retried on retriable errors
+	// within the same budget (see the package documentation). Default: a
+	// third of the smaller of the two.
 	DrainTimeout time.Duration
 
 	// HeartbeatInterval is how often the member heartbeats; a member learns

@@ -25,7 +25,13 @@
 //  3. it fences the generation: settling a record still out returns an error
 //     wrapping consumer.ErrStaleDelivery and is never committed;
 //  4. it commits what was handled, and only then lets kafka-go rejoin (or
-//     leave, on Close) and give the partitions up.
+//     leave, on Close) and give the partitions up. A commit that fails for a
+//     reason retrying can fix (the coordinator loading, moving or
+//     rebalancing; a broken connection or a timeout) is retried with backoff
+//     through a fresh connection to the group's coordinator, until
+//     DrainTimeout after the drain began and for at least DrainTimeout/2
+//     after the first failure. Only then is the failure logged as an error:
+//     the next owner handles again what was handled since the last commit.
 //
 // So a record handled before a rebalance is committed before the next owner
 // reads the offsets, and is not handled twice. DrainTimeout must be below the

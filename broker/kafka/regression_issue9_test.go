@@ -2,12 +2,15 @@ package kafka_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -130,6 +133,89 @@ func TestIssue9PartitionsAddedWhileTheGroupRunsAreConsumed(t *testing.T) {
 	for p := partitions; p < 2*partitions; p++ {
 		if committed[p] != perNew {
 			t.Errorf("added partition %d: committed offset %d; want %d", p, committed[p], perNew)
+		}
+	}
+}
+
+// failCommits makes the cluster answer the next len(fail) OffsetCommit
+// requests with fail[i]: a Kafka error code for every partition, or, for 0,
+// a closed connection (a network error). It reports how many it failed.
+func (e *env) failCommits(fail ...int16) func() int {
+	var (
+		mu sync.Mutex
+		n  int
+	)
+	e.cluster.ControlKey(kmsg.OffsetCommit.Int16(), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if n == len(fail) {
+			return nil, nil, false
+		}
+		e.cluster.KeepControl()
+		code := fail[n]
+		n++
+		if code == 0 {
+			return nil, errors.New("injected: connection closed"), true
+		}
+		req := r.(*kmsg.OffsetCommitRequest)
+		resp := req.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewOffsetCommitResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewOffsetCommitResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	return func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+// Issue 9 item 7 — Kafka protocol (in-process kfake cluster): the commit at
+// the end of a generation (here Close) is retried within the drain budget
+// when the coordinator answers with a retriable error or the connection
+// breaks, so the next owner does not handle again what was handled. Before
+// the fix one failed final commit made the next member redo 50 of 50.
+func TestIssue9FinalCommitIsRetriedOnRetriableErrors(t *testing.T) {
+	e := newEnv(t)
+	e.needKfake(t)
+	topic := e.topic(t, "i9-commit")
+	group := "g-i9-commit"
+	const n = 50
+	e.produce(t, topic, 0, n, func(i int) string { return "k" + itoa(i) })
+	cfg := e.config(topic, group)
+	cfg.CommitInterval = time.Hour // only the final commit commits
+	first := newLedger()
+	a := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+		first.add(m.ID)
+		return nil
+	}))
+	waitFor(t, "the first member to handle every record", 20*time.Second, func() bool { return first.distinct() == n })
+	failed := e.failCommits(int16(kerr.CoordinatorLoadInProgress.Code), int16(kerr.NotCoordinator.Code), 0,
+		int16(kerr.RebalanceInProgress.Code))
+	a.stop(t)
+	committed := e.committed(t, group, topic)
+	end := e.endOffsets(t, topic)
+	t.Logf("injected %d failed commits at Close; committed %v; end %v", failed(), committed, end)
+
+	second := newLedger()
+	startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+		second.add(m.ID)
+		return nil
+	}))
+	// Nothing is expected; give a redelivery time to show up.
+	time.Sleep(2 * time.Second)
+	t.Logf("the next member handled %d of the %d records again", second.distinct(), n)
+	if second.distinct() != 0 {
+		t.Errorf("the next member handled %d of %d records again: the final commit was not retried", second.distinct(), n)
+	}
+	for p := range partitions {
+		if committed[p] != end[p] {
+			t.Errorf("partition %d: committed %d; want the end %d", p, committed[p], end[p])
 		}
 	}
 }

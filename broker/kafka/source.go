@@ -637,7 +637,7 @@ func (g *generation) drain() {
 	closing := s.closed
 	s.mu.Unlock()
 
-	err := g.commit()
+	err := g.finalCommit(start.Add(s.cfg.DrainTimeout))
 	s.log.Info("kafka: generation ended", "generation", g.kg.ID, "in_flight_at_end", waiting,
 		"fenced", fenced, "drain", time.Since(start), "commit_error", err)
 	if !closing {
@@ -655,9 +655,111 @@ func (g *generation) closeDrainedLocked() {
 	}
 }
 
+// finalCommit is the commit at the end of the generation: the last chance to
+// record what was handled before the next owner reads the offsets. A
+// failure that retrying can fix (the coordinator loading or moving, a
+// rebalance in progress, a broken connection) is retried with backoff until
+// deadline — the drain budget — and for at least half a DrainTimeout after
+// the first failure, so that a drain that spent its budget waiting for
+// handlers still gets a few tries. Retries go through a client that finds
+// the group's coordinator afresh: the generation's own connection may be the
+// broken one, or lead to a broker that is no longer the coordinator.
+func (g *generation) finalCommit(deadline time.Time) error {
+	s := g.s
+	err := g.commit()
+	if err == nil || !retriableCommit(err) {
+		return err
+	}
+	deadline = later(deadline, time.Now().Add(s.cfg.DrainTimeout/2))
+	wait := 50 * time.Millisecond
+	for tries := 1; ; tries++ {
+		if !time.Now().Add(wait).Before(deadline) {
+			s.log.Error("kafka: the final commit failed within the drain budget; the partitions' next owner will handle again what was handled since the last commit",
+				"generation", g.kg.ID, "tries", tries, "error", err)
+			return err
+		}
+		time.Sleep(wait) // the generation has ended: nothing to cancel this wait but the budget
+		wait = min(2*wait, time.Second)
+		err = g.commitWith(func(offs map[int]int64) error {
+			ctx, cancel := context.WithDeadline(context.Background(), later(deadline, time.Now().Add(100*time.Millisecond)))
+			defer cancel()
+			return g.commitViaClient(ctx, offs)
+		})
+		if err == nil {
+			s.log.Info("kafka: the final commit succeeded after retries", "generation", g.kg.ID, "tries", tries+1)
+			return nil
+		}
+		if !retriableCommit(err) {
+			s.log.Error("kafka: the final commit failed; the partitions' next owner will handle again what was handled since the last commit",
+				"generation", g.kg.ID, "tries", tries+1, "error", err)
+			return err
+		}
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// commitViaClient commits offs for the generation through the Source's
+// client, which routes the request to the group's current coordinator.
+func (g *generation) commitViaClient(ctx context.Context, offs map[int]int64) error {
+	s := g.s
+	req := &kafkago.OffsetCommitRequest{
+		GroupID:      s.cfg.GroupID,
+		GenerationID: int(g.kg.ID),
+		MemberID:     g.kg.MemberID,
+		Topics:       map[string][]kafkago.OffsetCommit{s.cfg.Topic: make([]kafkago.OffsetCommit, 0, len(offs))},
+	}
+	for id, off := range offs {
+		req.Topics[s.cfg.Topic] = append(req.Topics[s.cfg.Topic], kafkago.OffsetCommit{Partition: id, Offset: off})
+	}
+	resp, err := s.lagCli.OffsetCommit(ctx, req)
+	if err != nil {
+		return err
+	}
+	for _, ps := range resp.Topics {
+		for _, p := range ps {
+			if p.Error != nil {
+				return p.Error
+			}
+		}
+	}
+	return nil
+}
+
+// retriableCommit reports whether a failed commit may succeed if sent again
+// within the same generation: the coordinator is loading, moving or
+// rebalancing, or the request or connection failed. Not when the member was
+// fenced (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID: a new owner may already be
+// reading the offsets) or the topic is gone (UNKNOWN_TOPIC_OR_PARTITION:
+// committing to a recreated topic would skip its records).
+func retriableCommit(err error) bool {
+	var ke kafkago.Error
+	if errors.As(err, &ke) {
+		switch ke {
+		case kafkago.GroupLoadInProgress, kafkago.GroupCoordinatorNotAvailable, kafkago.NotCoordinatorForGroup,
+			kafkago.RebalanceInProgress, kafkago.RequestTimedOut, kafkago.NetworkException:
+			return true
+		}
+		return false
+	}
+	return true // not a Kafka error code: a network error or a timeout
+}
+
 // commit commits, per partition, the offset after the longest handled
-// prefix, if it moved. Only the committer goroutine calls it.
+// prefix, if it moved, over the generation's connection. Only the committer
+// goroutine calls it.
 func (g *generation) commit() error {
+	return g.commitWith(func(offs map[int]int64) error {
+		return g.kg.CommitOffsets(map[string]map[int]int64{g.s.cfg.Topic: offs})
+	})
+}
+
+func (g *generation) commitWith(send func(offs map[int]int64) error) error {
 	s := g.s
 	offs := make(map[int]int64)
 	s.mu.Lock()
@@ -674,7 +776,7 @@ func (g *generation) commit() error {
 	if len(offs) == 0 {
 		return nil
 	}
-	if err := g.kg.CommitOffsets(map[string]map[int]int64{s.cfg.Topic: offs}); err != nil {
+	if err := send(offs); err != nil {
 		s.log.Warn("kafka: commit failed; the records will be redelivered if it is not retried",
 			"generation", g.kg.ID, "error", err)
 		return err
