@@ -2,12 +2,17 @@ package rabbitmq
 
 import (
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 )
 
 // redactURL returns raw with its password replaced by "xxxxx", so that it can
 // appear in errors and logs. A URL that does not parse is replaced entirely:
-// it may still hold a password we failed to find.
+// it may still hold a password we failed to find. So is one that parses
+// without a password but has an "@" further on: an unescaped "#", "?" or "/"
+// in the password ends the authority early (amqp://u:12#34@host parses as
+// host "u", port 12), and that password must not show either.
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -16,34 +21,104 @@ func redactURL(raw string) string {
 	if u.User != nil {
 		if _, ok := u.User.Password(); ok {
 			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			return u.Redacted()
 		}
 	}
-	return u.Redacted()
+	return scrub(u.Redacted(), hiddenPasswords(raw))
 }
 
 // redactText removes the password of raw from s, for error texts produced by
-// code we do not control (the client library may quote the URL it dialled).
+// code we do not control (the client library may quote the URL it dialled,
+// with %q, or the password alone, decoded).
 func redactText(s, raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		// We cannot find the password in a URL that does not parse (often
 		// one with unescaped reserved characters in the password, which
-		// is when libraries quote it back): cut the raw URL and anything
-		// between a scheme's "//" and the last "@" out of the text.
+		// is when libraries quote it back): cut the raw URL out, then every
+		// spelling of what may be its password, then anything between a
+		// scheme's "//" and the last "@".
 		s = strings.ReplaceAll(s, raw, "<unparseable URL>")
-		return stripUserinfo(s)
+		return stripUserinfo(scrub(s, hiddenPasswords(raw)))
 	}
-	if u.User == nil {
-		return s
-	}
-	if p, ok := u.User.Password(); ok && p != "" {
-		s = strings.ReplaceAll(s, raw, redactURL(raw))
-		s = strings.ReplaceAll(s, p, "xxxxx")
-		if ep := url.PathEscape(p); ep != p {
-			s = strings.ReplaceAll(s, ep, "xxxxx")
+	secrets := hiddenPasswords(raw)
+	if u.User != nil {
+		if p, ok := u.User.Password(); ok && p != "" {
+			s = strings.ReplaceAll(s, raw, redactURL(raw))
+			secrets = append(secrets, p)
 		}
-		if ep := url.QueryEscape(p); ep != p {
-			s = strings.ReplaceAll(s, ep, "xxxxx")
+	}
+	return scrub(s, secrets)
+}
+
+// hiddenPasswords returns what may be the password in raw, as written: for
+// every "@", the text between the first ":" of the userinfo before it and
+// that "@". The userinfo starts after the first "://"; in a raw without one
+// (malformed in some way), at the start of raw or after its first ":", both
+// tried. On a well-formed URL this is the password; on a malformed one it may
+// be more than the password (never less), which only redacts more.
+func hiddenPasswords(raw string) []string {
+	var starts []string
+	if i := strings.Index(raw, "://"); i >= 0 {
+		starts = []string{raw[i+3:]}
+	} else {
+		starts = []string{raw}
+		if i := strings.IndexByte(raw, ':'); i >= 0 {
+			starts = append(starts, raw[i+1:])
+		}
+	}
+	var out []string
+	for _, s := range starts {
+		for j := 0; j < len(s); j++ {
+			if s[j] != '@' {
+				continue
+			}
+			if c := strings.IndexByte(s[:j], ':'); c >= 0 && c+1 < j {
+				out = append(out, s[c+1:j])
+			}
+		}
+	}
+	return out
+}
+
+// scrub replaces in s every secret, in every spelling a URL or an error text
+// may give it (as is, percent-decoded, percent-encoded, Go-quoted), with
+// "xxxxx". Longer spellings go first, so that a shorter one does not leave
+// the rest of a longer one behind.
+func scrub(s string, secrets []string) string {
+	var forms []string
+	add := func(p string) {
+		if p == "" {
+			return
+		}
+		forms = append(forms, p, url.PathEscape(p), url.QueryEscape(p))
+		if ui := url.UserPassword("", p).String(); len(ui) > 1 {
+			forms = append(forms, ui[1:]) // after the ":"
+		}
+		q := strconv.Quote(p)
+		forms = append(forms, q[1:len(q)-1])
+		q = strconv.QuoteToASCII(p)
+		forms = append(forms, q[1:len(q)-1])
+	}
+	for _, p := range secrets {
+		add(p)
+		if d, err := url.PathUnescape(p); err == nil && d != p {
+			add(d)
+		}
+		if d, err := url.QueryUnescape(p); err == nil && d != p {
+			add(d)
+		}
+	}
+	// Longest first; ties in a fixed order, so that the output is stable.
+	slices.SortFunc(forms, func(a, b string) int {
+		if len(a) != len(b) {
+			return len(b) - len(a)
+		}
+		return strings.Compare(a, b)
+	})
+	for _, f := range slices.Compact(forms) {
+		if f != "" && f != "xxxxx" {
+			s = strings.ReplaceAll(s, f, "xxxxx")
 		}
 	}
 	return s
