@@ -10,8 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/queuekit/queuekit/retry"
 )
 
 // A Consumer takes deliveries from a Source, runs a Handler on each with
@@ -100,6 +98,9 @@ func (c *Consumer) Name() string { return c.o.name }
 // Run takes and handles deliveries until ctx is done, Shutdown or Close is
 // called, or the source fails, and then drains (see Lifecycle).
 //
+// If ctx is already done, Run takes nothing: it closes the source and
+// returns nil at once.
+//
 // It returns nil after a clean stop on ctx; an error wrapping ErrDrainTimeout
 // when handlers had to be abandoned; ErrConsumerClosed after Shutdown or Close
 // (also when Run is called after them); or the source's error.
@@ -112,6 +113,18 @@ func (c *Consumer) Run(ctx context.Context) error {
 	case c.cur != nil:
 		c.mu.Unlock()
 		return ErrAlreadyRunning
+	}
+	if ctx.Err() != nil {
+		// A context that is already done means "take nothing": starting the
+		// workers first would let them receive (and handle) deliveries
+		// before the run noticed. Stop as a run on ctx would.
+		c.closed = true
+		c.mu.Unlock()
+		if cerr := c.src.Close(); cerr != nil {
+			c.log.Warn("queuekit: closing source", "error", cerr)
+		}
+		c.emit(Event{Kind: EventStopped})
+		return nil
 	}
 	r := newRun(c, ctx)
 	c.cur = r
@@ -245,7 +258,8 @@ func (c *Consumer) Resume(ctx context.Context) error {
 }
 
 // State reports the consumer's state: StateRunning while it takes deliveries;
-// StatePaused, StateDraining or StateReconnecting (its source reports no
+// StatePaused, StateDraining, StateStalled (a settlement the broker does not
+// take is being tried again) or StateReconnecting (its source reports no
 // connection) when it does not; StateStarting before Run and StateStopped
 // after the last Run.
 func (c *Consumer) State() State {
@@ -261,6 +275,8 @@ func (c *Consumer) State() State {
 		return StateStarting
 	case r.stopping.Load():
 		return StateDraining
+	case r.stalled.Load() > 0:
+		return StateStalled
 	case paused:
 		return StatePaused
 	}
@@ -278,7 +294,9 @@ func (c *Consumer) emit(e Event) {
 		e.Time = time.Now()
 	}
 	if c.o.hook != nil {
-		c.o.hook(e)
+		if p := callHook(c.o.hook, e); p != nil {
+			c.log.Error("queuekit: event hook panicked; the event is lost to it, nothing else", "event", e.Kind.String(), "panic", fmt.Sprint(p))
+		}
 	}
 	if f := c.sup.Load(); f != nil {
 		(*f)(e)
@@ -340,7 +358,8 @@ type run struct {
 	wg        sync.WaitGroup // workers not abandoned
 	settled   atomic.Int64
 	givenBack atomic.Int64
-	abandoned int // written by run before done is closed
+	stalled   atomic.Int64 // workers retrying a settlement the broker did not take
+	abandoned int          // written by run before done is closed
 }
 
 func newRun(c *Consumer, ctx context.Context) *run {
@@ -523,10 +542,10 @@ func (r *run) work(i int) {
 			err = Fatal(errors.New("queuekit: source returned a nil delivery and no error"))
 		}
 		if err != nil {
-			if in.ctx.Err() != nil && !IsFatal(err) {
+			if in.ctx.Err() != nil && !safeIsFatal(err) {
 				continue // paused or stopping: look at the new intake
 			}
-			if errors.Is(err, ErrSourceClosed) {
+			if safeIs(err, ErrSourceClosed) {
 				// Someone closed the source under us: restarting cannot help.
 				err = Fatal(err)
 			}
@@ -600,13 +619,29 @@ func (r *run) call(ctx context.Context, m *Message) (err error) {
 	return r.c.h.Handle(ctx, m)
 }
 
+// giveBack returns a delivery no handler has seen (it arrived as intake
+// stopped) to the broker: with Release where the delivery has it, so that it
+// keeps its place and spends no attempt, else with Requeue. A give-back that
+// fails is tried again like any settlement: a delivery left unsettled would
+// hold its prefetch slot for as long as the connection lasts.
 func (r *run) giveBack(d Delivery) {
 	r.givenBack.Add(1)
-	err := d.Requeue(r.clock.Context())
-	r.observe(d.Message(), SettledGiveBack, err)
-	if err != nil {
-		r.settleFailed(d.Message(), "requeue", err)
+	m := d.Message()
+	err := release(r.clock.Context(), d)
+	if err != nil && retriableSettle(err) {
+		err = r.retrySettle(m, "release", err, func(ctx context.Context) error { return release(ctx, d) })
 	}
+	r.observe(m, SettledGiveBack, err)
+	if err != nil {
+		r.settleFailed(m, "release", err)
+	}
+}
+
+func release(ctx context.Context, d Delivery) error {
+	if rl, ok := d.(Releaser); ok {
+		return rl.Release(ctx)
+	}
+	return d.Requeue(ctx)
 }
 
 // settle applies the settlement rules to a finished handler's result.
@@ -617,14 +652,37 @@ func (r *run) settle(d Delivery, m *Message, herr error) {
 		reason = r.reason(m, herr)
 	}
 	err := r.apply(r.clock.Context(), d, s, reason, delay)
-	// A settlement that failed for another reason than staleness (a slow or
-	// briefly unreachable broker) leaves the delivery outstanding, holding a
-	// prefetch slot. Try again, with backoff and a fresh context each time,
-	// until the broker takes it or the drain deadline passes; the worker
-	// takes no new delivery meanwhile, which is right: the broker is sick.
+	if err != nil && retriableSettle(err) {
+		err = r.retrySettle(m, s.String(), err, func(ctx context.Context) error { return r.apply(ctx, d, s, reason, delay) })
+	}
+	r.settled.Add(1)
+	r.observe(m, s, err)
+	switch {
+	case err == nil:
+		if s == SettledDeadLetter {
+			r.c.emit(Event{Kind: EventDeadLettered, MessageID: m.ID, Err: safeError(herr)})
+		}
+	default:
+		// Stale, already settled, or given up at the drain deadline: the
+		// message stays with the broker, which delivers it again.
+		r.settleFailed(m, s.String(), err)
+	}
+}
+
+// retrySettle tries a settlement that failed with err again. A settlement
+// that failed for another reason than staleness (a slow or briefly
+// unreachable broker) leaves the delivery outstanding, holding a prefetch
+// slot. Try again, with backoff and a fresh context each time, until the
+// broker takes it or the drain deadline passes; the worker takes no new
+// delivery meanwhile, which is right: the broker is sick. While it tries, the
+// consumer reports StateStalled, so that health shows what would otherwise
+// hide behind "running" or "paused".
+func (r *run) retrySettle(m *Message, op string, err error, try func(context.Context) error) error {
+	r.stalled.Add(1)
+	defer r.stalled.Add(-1)
 	wait := settleBackoffMin
 	for err != nil && retriableSettle(err) && !r.abandoning.Load() {
-		r.settleFailed(m, s.String(), err)
+		r.settleFailed(m, op, err)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -634,21 +692,10 @@ func (r *run) settle(d Delivery, m *Message, herr error) {
 		}
 		wait = min(2*wait, settleBackoffMax)
 		ctx, cancel := context.WithTimeout(r.base, r.c.o.settleTimeout)
-		err = r.apply(ctx, d, s, reason, delay)
+		err = try(ctx)
 		cancel()
 	}
-	r.settled.Add(1)
-	r.observe(m, s, err)
-	switch {
-	case err == nil:
-		if s == SettledDeadLetter {
-			r.c.emit(Event{Kind: EventDeadLettered, MessageID: m.ID, Err: herr})
-		}
-	default:
-		// Stale, already settled, or given up at the drain deadline: the
-		// message stays with the broker, which delivers it again.
-		r.settleFailed(m, s.String(), err)
-	}
+	return err
 }
 
 // The backoff between tries of a failed settlement.
@@ -660,7 +707,7 @@ const (
 // retriableSettle reports whether trying a failed settlement again may help:
 // not for a stale or already settled delivery, which the broker has taken back.
 func retriableSettle(err error) bool {
-	return !errors.Is(err, ErrStaleDelivery) && !errors.Is(err, ErrAlreadySettled)
+	return !safeIs(err, ErrStaleDelivery) && !safeIs(err, ErrAlreadySettled)
 }
 
 // verdict applies the settlement rules to a finished handler's result.
@@ -674,10 +721,12 @@ func (r *run) verdict(m *Message, herr error) (Settlement, time.Duration) {
 		return SettledGiveBack, 0
 	case herr == nil:
 		return SettledAck, 0
-	case retry.IsPermanent(herr) || m.Attempt >= r.c.o.maxDeliveries:
-		return SettledDeadLetter, 0
 	}
-	if delay, ok := retry.RetryAfter(herr); ok && delay > 0 {
+	permanent, delay := classify(herr)
+	switch {
+	case permanent || m.Attempt >= r.c.o.maxDeliveries:
+		return SettledDeadLetter, 0
+	case delay > 0:
 		return SettledDelayedRequeue, delay
 	}
 	return SettledRequeue, 0
@@ -698,11 +747,12 @@ func (r *run) apply(ctx context.Context, d Delivery, s Settlement, reason Reason
 }
 
 func (r *run) reason(m *Message, herr error) Reason {
+	permanent, _ := classify(herr)
 	reason := Reason{
-		Err:       herr.Error(),
+		Err:       errorText(herr),
 		Attempts:  max(m.Attempt, 1),
 		Source:    m.Topic,
-		Permanent: retry.IsPermanent(herr),
+		Permanent: permanent,
 		Time:      time.Now(),
 	}
 	r.c.log.Warn("queuekit: dead-lettering message", "topic", m.Topic, "message_id", m.ID,
@@ -712,6 +762,12 @@ func (r *run) reason(m *Message, herr error) Reason {
 
 func (r *run) observe(m *Message, s Settlement, err error) {
 	if f := r.c.o.observer; f != nil {
+		defer func() {
+			if p := recover(); p != nil {
+				r.c.log.Error("queuekit: observer panicked; the settlement stands", "topic", m.Topic, "message_id", m.ID,
+					"outcome", s.String(), "panic", fmt.Sprint(p))
+			}
+		}()
 		f(m, s, err)
 	}
 }

@@ -24,6 +24,11 @@ const (
 	StateFailed
 	// StateStopped: the runner returned and will not run again.
 	StateStopped
+	// StateStalled: the consumer cannot settle a delivery (the broker does
+	// not take its ack, requeue or dead letter): it keeps trying with
+	// backoff, holding the delivery, and that worker takes nothing new
+	// meanwhile. The EventSettleFailed events say why.
+	StateStalled
 )
 
 var stateNames = [...]string{
@@ -34,6 +39,7 @@ var stateNames = [...]string{
 	StateReconnecting: "reconnecting",
 	StateFailed:       "failed",
 	StateStopped:      "stopped",
+	StateStalled:      "stalled",
 }
 
 // String returns the state's name, such as "draining".

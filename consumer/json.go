@@ -65,7 +65,15 @@ var (
 	errNullBody  = errors.New("body is null")
 )
 
-func decodeJSON(body []byte, v any, o jsonOptions) error {
+func decodeJSON(body []byte, v any, o jsonOptions) (err error) {
+	// A type's own UnmarshalJSON may panic on input it did not expect: that
+	// is a body that does not decode (permanent), not a handler failure to
+	// retry.
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("decoder panicked: %v", p)
+		}
+	}()
 	switch trimmed := bytes.TrimSpace(body); {
 	case len(trimmed) == 0:
 		return errEmptyBody

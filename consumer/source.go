@@ -53,6 +53,19 @@ type DelayedRequeuer interface {
 	RequeueAfter(ctx context.Context, delay time.Duration) error
 }
 
+// A Releaser is a Delivery that can be given back without counting as an
+// attempt. The runtime calls Release instead of Requeue for a delivery that no
+// handler has seen: one that arrived just as intake stopped (Pause, drain).
+// The broker should put the message back where it was (RabbitMQ: basic.nack
+// with requeue; the memory broker: the head of the queue), and its next
+// delivery must carry the same Attempt as this one. Errors are those of any
+// settlement: ErrStaleDelivery or ErrAlreadySettled when there is nothing to
+// give back, anything else is tried again with backoff. A Delivery that is
+// not a Releaser is given back with Requeue.
+type Releaser interface {
+	Release(ctx context.Context) error
+}
+
 // A Leased delivery is valid only while a lease lasts, such as the Kafka
 // consumer-group generation it was fetched in. Lease returns a context that
 // the source cancels when it fences the delivery (the partition was given to

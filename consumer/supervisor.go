@@ -248,17 +248,19 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		s.emit(Event{Kind: EventStarting, Runner: e.name})
 		started := time.Now()
 		e.set(StateRunning, nil)
-		err := e.r.Run(ctx)
+		// A runner is user code: its error may be a typed nil whose Error
+		// method panics. From here on only a description of it is kept.
+		err := safeError(e.r.Run(ctx))
 		// Tell shutdown from failure by our own ctx, not by the error's type:
 		// a runner may return context.Canceled for reasons of its own.
-		if ctx.Err() != nil || err == nil || errors.Is(err, ErrConsumerClosed) {
-			if ctx.Err() != nil && errors.Is(err, ErrConsumerClosed) && e.shutdown != nil {
+		if ctx.Err() != nil || err == nil || safeIs(err, ErrConsumerClosed) {
+			if ctx.Err() != nil && safeIs(err, ErrConsumerClosed) && e.shutdown != nil {
 				// The Supervisor's own graceful Shutdown (DrainTimeout)
 				// stopped it, so Run says only ErrConsumerClosed: report
 				// how the drain went instead (nil when clean, the drain
 				// timeout otherwise), as Run does without DrainTimeout.
-				err = <-e.shutdown
-				if errors.Is(err, ErrConsumerClosed) {
+				err = safeError(<-e.shutdown)
+				if safeIs(err, ErrConsumerClosed) {
 					err = nil // it was closed already
 				}
 			}
@@ -271,7 +273,7 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		}
 		e.set(StateFailed, err)
 		s.emit(Event{Kind: EventFailed, Runner: e.name, Err: err})
-		if IsFatal(err) {
+		if safeIsFatal(err) {
 			log.Error("queuekit: runner failed fatally; stopping the supervisor", "error", err)
 			fatal(Fatal(fmt.Errorf("runner %s: %w", e.name, err)))
 			return
@@ -316,7 +318,7 @@ func (s *Supervisor) Health() Health {
 		e.mu.Lock()
 		rh := RunnerHealth{Name: e.name, State: e.state, Since: e.since, Restarts: e.restarts}
 		if e.lastErr != nil {
-			rh.LastError = e.lastErr.Error()
+			rh.LastError = errorText(e.lastErr)
 		}
 		e.mu.Unlock()
 		if st, ok := e.r.(stater); ok && rh.State == StateRunning {
@@ -381,7 +383,10 @@ func (s *Supervisor) emit(ev Event) {
 func (s *Supervisor) deliver(events <-chan Event, done chan<- struct{}) {
 	defer close(done)
 	for ev := range events {
-		s.OnEvent(ev)
+		if p := callHook(s.OnEvent, ev); p != nil {
+			s.logger().Error("queuekit: supervisor OnEvent hook panicked; the event is lost to it, nothing else",
+				"event", ev.Kind.String(), "runner", ev.Runner, "panic", fmt.Sprint(p))
+		}
 	}
 }
 

@@ -68,7 +68,8 @@ type QueueStats struct {
 	// Requeued counts deliveries given back by Requeue or RequeueAfter.
 	Requeued int
 	// Returned counts deliveries given back by the broker because their
-	// source closed, was cancelled or dropped its connection.
+	// source closed, was cancelled or dropped its connection, and deliveries
+	// given back unhandled by Release.
 	Returned int
 	// DeadLettered counts messages moved to DeadLetterQueue(queue).
 	DeadLettered int

@@ -300,6 +300,7 @@ var (
 	_ consumer.EventSource     = (*Source)(nil)
 	_ consumer.Delivery        = (*delivery)(nil)
 	_ consumer.DelayedRequeuer = (*delivery)(nil)
+	_ consumer.Releaser        = (*delivery)(nil)
 )
 
 func (d *delivery) Message() *consumer.Message { return &d.msg }
@@ -314,6 +315,15 @@ func (d *delivery) Ack(ctx context.Context) error {
 // it is the next to be delivered, with Attempt+1.
 func (d *delivery) Requeue(ctx context.Context) error {
 	return d.settle(ctx, opRequeue, consumer.Reason{}, 0)
+}
+
+// Release gives back a delivery that no handler saw: the message goes back
+// to the head of the queue and this delivery does not count as an attempt
+// (its next delivery has the same Attempt), as RabbitMQ's nack-requeue of a
+// delivery never handed to a handler keeps the message's place. The consumer
+// runtime calls it for deliveries that arrive as intake stops.
+func (d *delivery) Release(ctx context.Context) error {
+	return d.settle(ctx, opRelease, consumer.Reason{}, 0)
 }
 
 // RequeueAfter releases the delivery at once (it stops counting against
@@ -338,6 +348,7 @@ const (
 	opRequeue
 	opRequeueAfter
 	opDeadLetter
+	opRelease
 )
 
 func (d *delivery) settle(ctx context.Context, op int, reason consumer.Reason, delay time.Duration) error {
@@ -363,6 +374,10 @@ func (d *delivery) settle(ctx context.Context, op int, reason consumer.Reason, d
 		q.stats.Acked++
 	case opRequeue:
 		q.stats.Requeued++
+		q.ready.pushFront(e)
+	case opRelease:
+		q.stats.Returned++
+		e.deliveries-- // not an attempt: no handler saw it
 		q.ready.pushFront(e)
 	case opRequeueAfter:
 		q.stats.Requeued++
