@@ -58,7 +58,18 @@ func (d *delivery) claimLocked() error {
 		return fmt.Errorf("%w: %s: consumer group generation %d ended before it was settled; it will be redelivered",
 			consumer.ErrStaleDelivery, d.msg.ID, d.rec.g.kg.ID)
 	}
+	if d.rec.epoch != d.rec.p.epoch {
+		d.s.releaseLocked(d.rec, true)
+		return d.staleEpoch()
+	}
 	return nil
+}
+
+// staleEpoch is the error for settling a record of a partition log that was
+// reset while it was out (see resetBeyondEnd).
+func (d *delivery) staleEpoch() error {
+	return fmt.Errorf("%w: %s: its partition started over (topic recreated or log truncated) while it was out; the offset belongs to the old log and is not committed",
+		consumer.ErrStaleDelivery, d.msg.ID)
 }
 
 // Ack marks the record handled. Its offset is committed with the next batch
@@ -76,9 +87,29 @@ func (d *delivery) Ack(context.Context) error {
 
 // handledLocked records that rec is done for good and frees its lane.
 func (s *Source) handledLocked(rec *record) {
+	g := rec.g
+	rec.p.trk.Done(rec.m.Offset)
+	if !s.releaseLocked(rec, true) {
+		return
+	}
+	g.settled++
+	if g.settled == s.cfg.CommitBatch {
+		select {
+		case g.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// releaseLocked ends rec's hold on its partition (held) and, unless the
+// generation is draining, frees its lane: the next record of the lane is
+// handed out. dispatched says rec was out (counted in g.dispatched). It
+// reports false during a drain.
+func (s *Source) releaseLocked(rec *record, dispatched bool) bool {
 	g, p := rec.g, rec.p
-	g.dispatched--
-	p.trk.Done(rec.m.Offset)
+	if dispatched {
+		g.dispatched--
+	}
 	p.held--
 	// Wake a fetcher stopped at MaxInFlight only once half the room is
 	// free, so that it fetches in bursts instead of waking per record.
@@ -94,7 +125,7 @@ func (s *Source) handledLocked(rec *record) {
 		if g.dispatched == 0 {
 			g.closeDrainedLocked()
 		}
-		return
+		return false
 	}
 	ln := p.lanes[rec.lane]
 	if len(ln.q) > 0 {
@@ -105,13 +136,7 @@ func (s *Source) handledLocked(rec *record) {
 	} else {
 		delete(p.lanes, rec.lane)
 	}
-	g.settled++
-	if g.settled == s.cfg.CommitBatch {
-		select {
-		case g.kick <- struct{}{}:
-		default:
-		}
-	}
+	return true
 }
 
 // retryLocked takes back an unsettled hand-out of rec. The record keeps its
@@ -138,7 +163,13 @@ func (s *Source) retryLocked(rec *record, delay time.Duration) {
 	time.AfterFunc(delay, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if !g.draining && !s.closed {
+		switch {
+		case g.draining || s.closed:
+		case rec.epoch != rec.p.epoch:
+			// The partition's log was reset meanwhile: the record is gone
+			// from it. Free the lane for the new log's records.
+			s.releaseLocked(rec, false)
+		default:
 			s.pushReadyLocked(rec)
 		}
 	})
@@ -210,6 +241,10 @@ func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error
 		d.rec.g.dispatched--
 		return fmt.Errorf("%w: %s was written to %s but its generation ended first; it will be redelivered",
 			consumer.ErrStaleDelivery, d.msg.ID, s.cfg.DeadLetterTopic)
+	}
+	if d.rec.epoch != d.rec.p.epoch {
+		s.releaseLocked(d.rec, true)
+		return fmt.Errorf("%w (it was written to %s)", d.staleEpoch(), s.cfg.DeadLetterTopic)
 	}
 	s.handledLocked(d.rec)
 	return nil

@@ -73,6 +73,13 @@
 //     nothing is committed: the runtime tries the dead letter again with
 //     backoff, without running the handler again.
 //
+// A partition whose log starts over — the topic was deleted and recreated,
+// or the log truncated, so that the position lies beyond its end — is read
+// again from StartOffset with a new offset tracker. Records of the old log
+// not yet handed out are dropped; settling one still out returns an error
+// wrapping consumer.ErrStaleDelivery and commits nothing, so the old log's
+// offsets never hide records of the new one.
+//
 // Attempt counts deliveries within this process only: a record redelivered
 // to another member, or after a restart, starts again at 1.
 //

@@ -3,7 +3,9 @@ package kafka_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -218,4 +221,135 @@ func TestIssue9FinalCommitIsRetriedOnRetriableErrors(t *testing.T) {
 			t.Errorf("partition %d: committed %d; want the end %d", p, committed[p], end[p])
 		}
 	}
+}
+
+// logWatch is a slog.Handler that reports when a message containing a
+// given text was logged.
+type logWatch struct {
+	text string
+	seen chan struct{}
+	once *sync.Once
+}
+
+func newLogWatch(text string) *logWatch {
+	return &logWatch{text: text, seen: make(chan struct{}), once: new(sync.Once)}
+}
+
+func (w *logWatch) Enabled(context.Context, slog.Level) bool { return true }
+func (w *logWatch) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, w.text) {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return nil
+}
+func (w *logWatch) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *logWatch) WithGroup(string) slog.Handler      { return w }
+
+// Issue 9 item 8 — Kafka protocol (in-process kfake cluster): a topic deleted
+// and recreated while a record is being handled. The partition starts over
+// at the new log's first offset; the records of the new incarnation have
+// offsets at or below those of the old one still tracked. Before the fix the
+// old offset tracker was kept while work was pending, so the new records
+// below the old offsets were dropped as duplicates (and committed past).
+// Now the reset starts a new tracker and fences the old incarnation's
+// in-flight record: settling it does not touch the new tracker.
+func TestIssue9TopicRecreatedWhileARecordIsInFlightLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	e.needKfake(t)
+	topic := e.topic(t, "i9-recreate")
+	group := "g-i9-recreate"
+	const old, fresh = 20, 30
+	e.produce(t, topic, 0, old, func(int) string { return "same" }) // one partition
+	cfg := e.config(topic, group)
+	reset := newLogWatch("beyond the end")
+	cfg.Logger = slog.New(reset)
+	var (
+		mu       sync.Mutex
+		newSeen  = map[string]bool{}
+		oldSeen  int
+		blocked  = make(chan struct{})
+		release  = make(chan struct{})
+		once     sync.Once
+		staleErr error
+	)
+	obs := consumer.WithObserver(func(m *consumer.Message, s consumer.Settlement, err error) {
+		if err != nil && errors.Is(err, consumer.ErrStaleDelivery) {
+			mu.Lock()
+			staleErr = err
+			mu.Unlock()
+		}
+	})
+	startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		first := false
+		once.Do(func() { first = true })
+		if first {
+			close(blocked)
+			<-release
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if b := string(m.Body); strings.HasPrefix(b, "new-") {
+			newSeen[b] = true
+		} else {
+			oldSeen++
+		}
+		return nil
+	}), obs)
+	<-blocked
+	if err := e.cluster.DeleteTopic(topic); err != nil {
+		t.Fatalf("DeleteTopic: %v", err)
+	}
+	if err := e.cluster.CreateTopic(topic, partitions, nil); err != nil {
+		t.Fatalf("CreateTopic: %v", err)
+	}
+	select {
+	case <-reset.seen: // the fetcher saw its offset beyond the new log's end
+	case <-time.After(20 * time.Second):
+		t.Fatal("the source did not notice that the topic was recreated")
+	}
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: e.brokers, Topic: topic, BatchTimeout: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	for i := range fresh {
+		if err := pub.Publish(context.Background(), &consumer.Message{Key: []byte("same"), Body: []byte("new-" + itoa(i))}); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // let the new records be fetched while the old one is still in flight
+	close(release)
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(newSeen) }
+	deadline := time.Now().Add(20 * time.Second)
+	for count() < fresh && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("new incarnation: %d of %d records handled; old incarnation records handled: %d; stale settlement: %v",
+		len(newSeen), fresh, oldSeen, staleErr)
+	if len(newSeen) != fresh {
+		var missing []string
+		for i := range fresh {
+			if !newSeen["new-"+itoa(i)] {
+				missing = append(missing, itoa(i))
+			}
+		}
+		t.Errorf("handled %d of the %d records of the recreated topic; missing %v", len(newSeen), fresh, missing)
+	}
+	mu.Unlock()
+	defer mu.Lock()
+	var committed, end map[int]int64
+	for time.Now().Before(deadline.Add(5 * time.Second)) {
+		committed, end = e.committed(t, group, topic), e.endOffsets(t, topic)
+		ok := true
+		for p, off := range end {
+			ok = ok && (off == 0 || committed[p] == off)
+		}
+		if ok {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Errorf("committed %v; want the new log's end %v on every partition that has records", committed, end)
 }

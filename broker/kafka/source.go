@@ -234,6 +234,12 @@ type partition struct {
 	held      int              // under s.mu: fetched and not settled
 	room      chan struct{}    // wakes the fetcher when held drops; cap 1
 	committed int64            // owned by the committer goroutine
+	// epoch counts the resets of the partition's log (topic recreated, log
+	// truncated: see resetBeyondEnd). Written under s.mu by the partition's
+	// fetcher only, so the fetcher may read it without the lock. A record
+	// of an earlier epoch is fenced: its offset means nothing in the new
+	// log, so settling it never touches trk.
+	epoch int
 }
 
 // A lane is the unit of ordering: the whole partition (ByPartition) or one
@@ -252,6 +258,7 @@ type record struct {
 	lane    uint64
 	m       kafkago.Message
 	attempt int // under s.mu
+	epoch   int // the partition's epoch when the record was fetched
 }
 
 func (s *Source) serve(kg *kafkago.Generation) {
@@ -385,19 +392,48 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 // offset lies beyond its end: the first or last offset, by StartOffset. The
 // offset tracker starts over when nothing is pending in it, so that the
 // records below the stale offset are tracked (and committed) again.
+//
+// The partition starts a new epoch with a new offset tracker: the new log's
+// offsets are at or below the old ones, which the old tracker would refuse
+// as duplicates (and commit past). Records of the old log waiting for
+// Receive are dropped (they no longer exist in the log); those still out
+// (being handled, or waiting for a delayed requeue) are fenced: settling
+// them returns consumer.ErrStaleDelivery and only frees their lane, which
+// new records of the same lane wait for, so a lane still has one record out
+// at a time.
 func (g *generation) resetBeyondEnd(p *partition, offset, first, last int64) int64 {
 	s := g.s
 	to := first
 	if s.cfg.StartOffset == kafkago.LastOffset {
 		to = last
 	}
-	s.log.Error("kafka: offset beyond the end of the partition (log truncated or topic recreated); starting over",
-		"partition", p.id, "offset", offset, "first", first, "last", last, "restart_at", to)
 	s.mu.Lock()
-	if p.trk.Pending() == 0 {
-		p.trk = offsets.Tracker{}
+	p.epoch++
+	p.trk = offsets.Tracker{}
+	dropped := 0
+	kept := s.ready[:0]
+	for _, r := range s.ready {
+		if r.p != p {
+			kept = append(kept, r)
+			continue
+		}
+		// Its lane holds nothing out: the lane ends with it.
+		delete(p.lanes, r.lane)
+		dropped++
 	}
+	clear(s.ready[len(kept):])
+	s.ready = kept
+	for _, ln := range p.lanes {
+		dropped += len(ln.q)
+		clear(ln.q)
+		ln.q = nil
+	}
+	p.held -= dropped
+	out := p.held
 	s.mu.Unlock()
+	s.log.Error("kafka: offset beyond the end of the partition (log truncated or topic recreated); starting over",
+		"partition", p.id, "offset", offset, "first", first, "last", last, "restart_at", to,
+		"dropped_unstarted", dropped, "fenced_in_flight", out)
 	return to
 }
 
@@ -474,7 +510,7 @@ func (g *generation) read(conn *kafkago.Conn, p *partition, offset int64) ([]*re
 		}
 		rec := &block[0]
 		block = block[1:]
-		*rec = record{g: g, p: p, m: m, attempt: 1}
+		*rec = record{g: g, p: p, m: m, attempt: 1, epoch: p.epoch}
 		if byKey {
 			rec.lane = maphash.Bytes(s.seed, m.Key)
 		}
@@ -535,6 +571,9 @@ func (g *generation) queueLocked(p *partition, recs []*record) ([]*record, bool)
 	n := min(max(room, 0), len(recs))
 	woke := false
 	for _, rec := range recs[:n] {
+		if rec.epoch != p.epoch {
+			continue // fetched from the log before a reset (resetBeyondEnd)
+		}
 		if !p.trk.Add(rec.m.Offset) {
 			// An offset fetched twice (never expected): keep the tracker
 			// consistent by not handing it out twice.
