@@ -15,10 +15,14 @@ import (
 // in flight), and none may make a message unsettleable. The functions here
 // are the runtime's only ways into them.
 
-// errorText returns err.Error(), or, when that panics, a text saying which
-// error could not describe itself. The usual cause is a typed nil: a
-// function returning a nil *MyErr as an error gives a non-nil error whose
-// Error method dereferences a nil receiver.
+// ErrorText returns err.Error(), or, when that panics, a text saying which
+// error could not describe itself; "" for nil. The usual cause is a typed
+// nil: a function returning a nil *MyErr as an error gives a non-nil error
+// whose Error method dereferences a nil receiver. The runtime describes
+// handler errors with it (dead-letter reasons, Health); middleware that
+// records an error's text should too.
+func ErrorText(err error) string { return errorText(err) }
+
 func errorText(err error) (s string) {
 	if err == nil {
 		return ""

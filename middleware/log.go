@@ -57,7 +57,7 @@ func Log(l *slog.Logger) consumer.Middleware {
 				slog.Duration("duration", time.Since(start)),
 			)
 			if err != nil {
-				attrs = append(attrs, slog.String("error", err.Error()))
+				attrs = append(attrs, slog.String("error", consumer.ErrorText(err)))
 			}
 			logger.LogAttrs(ctx, level, "queuekit: message handled", attrs...)
 			return err

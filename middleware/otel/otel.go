@@ -2,6 +2,7 @@ package otel
 
 import (
 	"context"
+	"errors"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -147,8 +148,8 @@ func Tracing(system string, opts ...Option) consumer.Middleware {
 			sctx, span := tracer.Start(pctx, spanName(m.Topic), sopts...)
 			err := next.Handle(sctx, m)
 			if err != nil {
-				span.RecordError(err)
-				span.SetStatus(codes.Error, err.Error())
+				span.RecordError(describable(err))
+				span.SetStatus(codes.Error, consumer.ErrorText(err))
 				span.SetAttributes(semconv.ErrorTypeKey.String(middleware.Outcome(err)))
 			}
 			span.End()
@@ -185,4 +186,17 @@ func Inject(ctx context.Context, header map[string]string, opts ...Option) map[s
 	}
 	o.prop.Inject(ctx, Carrier(header))
 	return header
+}
+
+// describable returns err, or, when its Error method panics (a typed nil
+// returned as an error), an error carrying consumer.ErrorText's description:
+// the tracing SDK calls Error itself, and a panic there must not happen.
+func describable(err error) (out error) {
+	defer func() {
+		if recover() != nil {
+			out = errors.New(consumer.ErrorText(err))
+		}
+	}()
+	_ = err.Error()
+	return err
 }
