@@ -35,15 +35,28 @@
 // Settlement runs on a context of its own, bounded by WithSettleTimeout, never
 // on the cancelled run context.
 //
+// A settlement the broker does not take (a timeout, a lost connection that
+// has not yet made the delivery stale) is tried again with backoff until it
+// succeeds or the drain deadline passes; meanwhile the consumer reports
+// StateStalled and is not ready, and each failure is an EventSettleFailed.
+//
 // Message.Attempt counts deliveries, as the broker counts them. A message
-// given back unhandled (received as the consumer paused or stopped, or cut
-// off at the drain deadline) has been delivered, so on brokers that count
-// deliveries (quorum queues, broker/memory) it uses one of its attempts.
+// received just as the consumer paused or stopped, which no handler saw, is
+// given back with Release where the delivery implements Releaser (memory,
+// RabbitMQ): it keeps its place and spends no attempt. A message cut off at
+// the drain deadline was seen by its handler, and counts.
+//
+// The runtime calls into values users made — the handler's error (its
+// Error, Unwrap and As methods), the observer, event hooks, decoders — only
+// under recover: a typed nil error whose Error method panics is described in
+// the dead-letter reason instead of crashing the process (see ErrorText), and
+// a panicking hook loses its own call, nothing else.
 //
 // # Lifecycle
 //
 // Run blocks until its context is done, Shutdown or Close is called, or the
-// source fails. Stopping is in phases: (1) intake stops and readiness turns
+// source fails. A context that is already done takes nothing: Run closes the
+// source and returns at once. Stopping is in phases: (1) intake stops and readiness turns
 // false; deliveries received but not started are given back; in-flight
 // handlers keep their contexts. (2) At the drain deadline (WithDrainTimeout,
 // or the context given to Shutdown) the handlers still running are cancelled
