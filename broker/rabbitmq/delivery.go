@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,7 +30,10 @@ type delivery struct {
 	done     atomic.Bool // settled (or stale): nothing more to do
 }
 
-var _ consumer.DelayedRequeuer = (*delivery)(nil)
+var (
+	_ consumer.DelayedRequeuer = (*delivery)(nil)
+	_ consumer.Releaser        = (*delivery)(nil)
+)
 
 // routingKeyHeader keeps a message's original routing key on the copies the
 // source publishes (they are routed by queue name), so Message.Key stays the
@@ -38,6 +43,11 @@ const routingKeyHeader = "x-queuekit-routing-key"
 func (s *Source) newDelivery(sess *session, d amqp.Delivery) *delivery {
 	dl := &delivery{s: s, sess: sess, d: d}
 	dl.msg = toMessage(&dl.d, s.cfg.Queue)
+	if dl.d.Redelivered {
+		if a, ok := s.memo.take(&dl.d); ok {
+			dl.msg.Attempt = a
+		}
+	}
 	if dl.msg.ID == "" {
 		// No message-id (our Publisher always sets one): name the delivery
 		// for logs. It is not stable across redeliveries.
@@ -83,6 +93,99 @@ func attempt(d *amqp.Delivery) int {
 		prior = 0
 	}
 	return int(prior + n)
+}
+
+// attemptOf is Message.Attempt for d as newDelivery computes it, taking d's
+// entry out of the memo if it has one.
+func (s *Source) attemptOf(d *amqp.Delivery) int {
+	if d.Redelivered {
+		if a, ok := s.memo.take(d); ok {
+			return a
+		}
+	}
+	return attempt(d)
+}
+
+// attemptMemo remembers the Attempt of each message the source released
+// (gave back with basic.nack and requeue, no handler having seen it), until
+// the message comes back. The broker marks the redelivery redelivered, and on
+// a quorum queue counts it in x-delivery-count, so without the memo a
+// message paused in the client's buffer would come back with its attempt
+// spent. A message is known by its message-id and a hash of its body.
+//
+// The memo is per Source and in memory: a released message that another
+// consumer takes, or that comes back after a restart, counts the redelivery
+// as before (one attempt more, never fewer). Its size is bounded (see init);
+// when full, the oldest entry goes, with the same effect for its message.
+// On a quorum queue a release still adds one to x-delivery-count: the next
+// delivery's Attempt is right, and later ones count the release (an attempt
+// spent early, never an unbounded budget).
+type attemptMemo struct {
+	n   atomic.Int64 // entries, read without the lock on the hot path
+	mu  sync.Mutex
+	m   map[memoKey]memoEntry
+	max int
+	seq uint64
+}
+
+type memoKey struct {
+	id  string
+	sum uint64
+}
+
+type memoEntry struct {
+	attempt int
+	seq     uint64 // insertion order, for eviction
+}
+
+// init sizes the memo: a pause gives back at most prefetch deliveries, and
+// most come back to this source before the next pause.
+func (m *attemptMemo) init(prefetch int) {
+	m.max = max(64*prefetch, 4096)
+	m.m = make(map[memoKey]memoEntry)
+}
+
+func keyOf(d *amqp.Delivery) memoKey {
+	h := fnv.New64a()
+	_, _ = h.Write(d.Body)
+	return memoKey{id: d.MessageId, sum: h.Sum64()}
+}
+
+// put remembers that d was released at attempt a.
+func (m *attemptMemo) put(d *amqp.Delivery, a int) {
+	k := keyOf(d)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.m[k]; !ok && len(m.m) >= m.max {
+		var oldest memoKey
+		first := true
+		var least uint64
+		for k, e := range m.m {
+			if first || e.seq < least {
+				oldest, least, first = k, e.seq, false
+			}
+		}
+		delete(m.m, oldest)
+	}
+	m.seq++
+	m.m[k] = memoEntry{attempt: a, seq: m.seq}
+	m.n.Store(int64(len(m.m)))
+}
+
+// take returns and forgets the attempt remembered for d, if any.
+func (m *attemptMemo) take(d *amqp.Delivery) (int, bool) {
+	if m.n.Load() == 0 {
+		return 0, false
+	}
+	k := keyOf(d)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.m[k]
+	if ok {
+		delete(m.m, k)
+		m.n.Store(int64(len(m.m)))
+	}
+	return e.attempt, ok
 }
 
 // xDeathCount sums the counts of the x-death entries: how many times the
@@ -219,6 +322,22 @@ func (d *delivery) Requeue(ctx context.Context) error {
 		return d.end(fmt.Errorf("rabbitmq: requeue message %q by republishing it to %q: %w", d.msg.ID, d.s.cfg.Queue, err))
 	}
 	return d.end(d.settleErr("requeue", d.sess.ch.Ack(d.d.DeliveryTag, false)))
+}
+
+// Release implements consumer.Releaser: the runtime calls it for a delivery
+// no handler saw (it arrived as intake stopped). It sends basic.nack with
+// requeue on the delivery's channel: the broker puts the message back at its
+// place in the queue (classic queues keep the original position), and its
+// next delivery to this source carries the same Attempt. Unlike Requeue it
+// publishes no copy, so it never changes the order and never needs queue
+// space. On a closed channel it returns an error wrapping
+// consumer.ErrStaleDelivery (the broker has requeued the message already).
+func (d *delivery) Release(ctx context.Context) error {
+	if err := d.begin("release"); err != nil {
+		return err
+	}
+	d.s.memo.put(&d.d, d.msg.Attempt)
+	return d.end(d.settleErr("release", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
 }
 
 // brokerCounts reports whether the broker counts this message's deliveries

@@ -91,7 +91,8 @@ type Source struct {
 	cfg     Config
 	conn    *Connection
 	ownConn bool
-	pub     *Publisher // dead letters, delayed retries and classic requeues
+	pub     *Publisher  // dead letters, delayed retries and classic requeues
+	memo    attemptMemo // attempts of the messages this source gave back unhandled
 
 	hook atomic.Pointer[func(consumer.Event)]
 
@@ -128,13 +129,36 @@ type state struct {
 // session; acks go only to that session's channel, so a delivery from a
 // channel that died can never be acknowledged on its successor (delivery
 // tags are per channel): it is fenced with consumer.ErrStaleDelivery instead.
+//
+// Intake on a session stops in two steps. Pause (or the session loop) sets
+// stopping: from then on Receive hands out none of its deliveries and
+// releases any it takes. Then the session loop, and only it, cancels the
+// subscription and releases what the client still buffered, and closes
+// released; Pause waits for that, or for its context.
 type session struct {
 	gen        uint64
 	ch         *amqp.Channel
 	tag        string
 	deliveries <-chan amqp.Delivery
-	cancelled  atomic.Bool // set by the first unsubscribe
+	stopping   atomic.Bool   // intake stopped: give back whatever comes
+	released   chan struct{} // closed once nothing of the subscription is left in the client
+	finishOnce sync.Once
 }
+
+func newSession(gen uint64, ch *amqp.Channel, tag string, deliveries <-chan amqp.Delivery) *session {
+	return &session{gen: gen, ch: ch, tag: tag, deliveries: deliveries, released: make(chan struct{})}
+}
+
+// finish marks the give-back of sess done: its subscription was cancelled
+// and drained, or its channel closed (the broker requeued the rest).
+func (sess *session) finish() { sess.finishOnce.Do(func() { close(sess.released) }) }
+
+// giveBackTimeout bounds how long the session loop spends giving back a
+// subscription's buffered deliveries (basic.cancel, then a basic.nack for
+// each). Past it the loop closes the channel, which makes the broker requeue
+// every unacknowledged delivery on it at once; the deliveries handlers still
+// hold become stale.
+const giveBackTimeout = 10 * time.Second
 
 // NewSource returns a Source for cfg. It does not connect yet: the first
 // Receive does. It returns an error wrapping consumer.ErrInvalidConfig when
@@ -167,6 +191,7 @@ func NewSource(cfg Config) (*Source, error) {
 		return nil, err
 	}
 	s.pub = pub
+	s.memo.init(cfg.Prefetch)
 	s.st.Store(&state{changed: make(chan struct{}), down: errors.New("rabbitmq: not connected yet")})
 	return s, nil
 }
@@ -263,6 +288,18 @@ func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
 		select {
 		case d, ok := <-st.sess.deliveries:
 			if ok {
+				// select picks at random among ready cases: a delivery
+				// may be taken after ctx ended or the subscription began
+				// to stop. Nobody will handle it, so it goes back to its
+				// place in the queue, not counted as an attempt.
+				if err := ctx.Err(); err != nil {
+					s.release(st.sess, &d)
+					return nil, err
+				}
+				if st.sess.stopping.Load() {
+					s.release(st.sess, &d)
+					continue
+				}
 				return s.newDelivery(st.sess, d), nil
 			}
 			// The subscription ended (channel closed, cancelled or
@@ -290,10 +327,17 @@ func (s *Source) start() {
 	go s.loop()
 }
 
-// Pause implements consumer.Pauser: it cancels the subscription (basic.cancel)
-// and gives back the deliveries the client buffered but nobody received, so
-// they go back to the queue for other consumers. Deliveries already received
-// stay valid and are settled as usual.
+// Pause implements consumer.Pauser: Receive hands out nothing more, and the
+// session loop cancels the subscription (basic.cancel) and gives back the
+// deliveries the client buffered but nobody received (basic.nack with
+// requeue), so they go back to their places in the queue, their attempt not
+// counted. Deliveries already received stay valid and are settled as usual.
+//
+// Pause returns when the give-back is done, or with an error wrapping ctx's
+// error when ctx ends first. The give-back then goes on in the background,
+// bounded: after 10 s the source closes its channel, and the broker requeues
+// every delivery left on it. Either way nothing stays stranded in the client,
+// and the next Resume sees every message.
 func (s *Source) Pause(ctx context.Context) error {
 	s.mu.Lock()
 	if s.paused || s.closed {
@@ -303,6 +347,7 @@ func (s *Source) Pause(ctx context.Context) error {
 	s.paused = true
 	sess := s.st.Load().sess
 	if sess != nil {
+		sess.stopping.Store(true)
 		s.setState(func(st *state) { st.sess = nil })
 	}
 	s.mu.Unlock()
@@ -310,30 +355,56 @@ func (s *Source) Pause(ctx context.Context) error {
 	if sess == nil {
 		return nil
 	}
-	return s.unsubscribe(ctx, sess)
+	select {
+	case <-sess.released:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("rabbitmq: pause: deliveries are still being given back (in the background): %w", ctx.Err())
+	}
 }
 
-// unsubscribe cancels sess's subscription and requeues what the client had
-// buffered for it.
-func (s *Source) unsubscribe(ctx context.Context, sess *session) error {
-	if !sess.cancelled.CompareAndSwap(false, true) {
-		return nil // Pause and the session loop both try; one does it
-	}
+// errStopped is returned by unsubscribe when Close interrupted it.
+var errStopped = errors.New("rabbitmq: source closed")
+
+// unsubscribe cancels sess's subscription and releases what the client had
+// buffered for it. Only the session loop calls it. It returns an error when
+// the give-back could not finish (channel closed, giveBackTimeout passed,
+// source closed): the caller then closes the channel, which gives back the
+// rest, and finishes sess.
+func (s *Source) unsubscribe(sess *session) error {
+	sess.stopping.Store(true)
 	if err := sess.ch.Cancel(sess.tag, false); err != nil {
-		// The channel is gone, and its deliveries went back with it.
-		return nil
+		return fmt.Errorf("rabbitmq: cancel subscription %s: %w", sess.tag, err)
 	}
+	// After basic.cancel-ok the broker sends nothing more for the tag and
+	// amqp091 closes sess.deliveries once its buffer is empty; until then
+	// its buffer goroutine blocks on us.
+	timer := time.NewTimer(giveBackTimeout)
+	defer timer.Stop()
 	for {
 		select {
 		case d, ok := <-sess.deliveries:
 			if !ok {
+				sess.finish()
 				return nil
 			}
-			_ = d.Nack(false, true)
-		case <-ctx.Done():
-			return fmt.Errorf("rabbitmq: pause: %w", ctx.Err())
+			s.release(sess, &d)
+		case <-timer.C:
+			return fmt.Errorf("rabbitmq: giving back the deliveries of subscription %s took longer than %v; closing the channel", sess.tag, giveBackTimeout)
+		case <-s.stop:
+			return errStopped
 		}
 	}
+}
+
+// release gives a delivery no handler saw back to the broker, at its place
+// in the queue (basic.nack with requeue), and remembers its attempt, so that
+// its redelivery, which the broker marks redelivered, is not counted as one
+// more. A failed nack means the channel is gone: the broker requeues the
+// message with everything else unacknowledged on it.
+func (s *Source) release(sess *session, d *amqp.Delivery) {
+	s.memo.put(d, s.attemptOf(d))
+	_ = sess.ch.Nack(d.DeliveryTag, false, true)
 }
 
 // Resume implements consumer.Pauser: the session loop subscribes again.
@@ -452,18 +523,37 @@ func (s *Source) loop() {
 // cancels the subscription, or the source is closed. It reports why the
 // channel is no longer usable, or stopped=true after Close (ch closed).
 func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-chan string, bo *backoff, connected *bool, log *slog.Logger) (reason error, stopped bool) {
+	var sess *session // the subscription this loop made on ch, if any
 	defer func() {
 		// Closing the channel gives every unacknowledged delivery on it back
 		// to the queue; deliveries still held by handlers are now stale.
 		_ = ch.Close()
+		if sess != nil {
+			sess.finish() // what it had buffered went back with the channel
+		}
 	}()
-	var sess *session // the subscription this loop made on ch, if any
 	for {
 		s.mu.Lock()
 		paused := s.paused
 		s.mu.Unlock()
-		if sess != nil && sess.cancelled.Load() {
-			sess = nil // Pause cancelled it (and maybe Resume came before we looked)
+		if sess != nil && (paused || sess.stopping.Load()) {
+			// Pause stopped sess (and Resume may have come since: the
+			// buffered deliveries still go back first, so that the next
+			// subscription gets them in queue order), or a Pause came
+			// while Consume ran below.
+			s.mu.Lock()
+			if s.st.Load().sess == sess {
+				s.setState(func(st *state) { st.sess = nil })
+			}
+			s.mu.Unlock()
+			if err := s.unsubscribe(sess); err != nil {
+				if errors.Is(err, errStopped) {
+					return nil, true
+				}
+				log.Warn("rabbitmq: give-back of buffered deliveries did not finish; closing the channel", "error", err)
+				return err, false
+			}
+			sess = nil
 		}
 		if !paused && sess == nil {
 			// Consume is a round trip: no lock is held during it, so
@@ -484,7 +574,7 @@ func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-ch
 				}
 				return err, false
 			}
-			sess = &session{gen: gen, ch: ch, tag: tag, deliveries: deliveries}
+			sess = newSession(gen, ch, tag, deliveries)
 			s.mu.Lock()
 			paused = s.paused
 			if !paused {
@@ -493,24 +583,15 @@ func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-ch
 			s.mu.Unlock()
 			bo.reset()
 			*connected = true
-			if !paused {
-				log.Info("rabbitmq: subscribed", "consumer_tag", tag, "prefetch", s.cfg.Prefetch)
-				s.emit(consumer.EventConnected, nil)
+			if paused {
+				// Pause came while Consume ran and did not see sess:
+				// the top of the loop gives it back (even if Resume
+				// came meanwhile: sess was never published).
+				sess.stopping.Store(true)
+				continue
 			}
-		}
-		if paused && sess != nil {
-			// Pause cancels the subscription it finds in the state; one
-			// made while Pause ran is left to us. unsubscribe runs once
-			// per session, whoever calls it first.
-			s.mu.Lock()
-			if s.st.Load().sess == sess {
-				s.setState(func(st *state) { st.sess = nil })
-			}
-			s.mu.Unlock()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			_ = s.unsubscribe(ctx, sess)
-			cancel()
-			sess = nil
+			log.Info("rabbitmq: subscribed", "consumer_tag", tag, "prefetch", s.cfg.Prefetch)
+			s.emit(consumer.EventConnected, nil)
 		}
 		if paused {
 			s.mu.Lock()

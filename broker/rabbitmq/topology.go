@@ -99,6 +99,9 @@ func (t *Topology) resolve(queue string) error {
 	if t.RetryQueue == "" {
 		t.RetryQueue = queue + ".retry"
 	}
+	if err := t.checkOverflow(queue); err != nil {
+		return err
+	}
 	if t.RetryQueue == queue || t.DeadLetterQueue == queue {
 		return fmt.Errorf("%w: rabbitmq: the retry and dead-letter queues must differ from the queue %q", consumer.ErrInvalidConfig, queue)
 	}
@@ -116,6 +119,41 @@ func (t *Topology) resolve(queue string) error {
 		}
 	}
 	return nil
+}
+
+// checkOverflow refuses a classic queue that drops messages at its head when
+// full (x-max-length or x-max-length-bytes, with x-overflow drop-head, the
+// default). On such a queue every way of giving a message back loses one
+// when the queue is full: the copy a classic-queue Requeue publishes makes
+// the broker drop the head, a message nobody has seen, without
+// dead-lettering it; and basic.nack with requeue (a release, the broker's own
+// requeue when a channel closes) puts the message back at the head, where
+// RabbitMQ 3.10 drops it at once. reject-publish keeps every message: the
+// broker refuses the copy while the queue is full (Requeue fails and the
+// runtime tries again), and a nack with requeue is not a publish.
+func (t *Topology) checkOverflow(queue string) error {
+	if t.QueueType != Classic {
+		return nil
+	}
+	_, byCount := t.QueueArgs["x-max-length"]
+	_, byBytes := t.QueueArgs["x-max-length-bytes"]
+	if !byCount && !byBytes {
+		return nil
+	}
+	overflow := "drop-head" // RabbitMQ's default
+	if v, ok := t.QueueArgs["x-overflow"]; ok {
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("%w: rabbitmq: queue %q: x-overflow is a %T, want a string", consumer.ErrInvalidConfig, queue, v)
+		}
+		overflow = s
+	}
+	if overflow != "drop-head" {
+		return nil
+	}
+	return fmt.Errorf("%w: rabbitmq: classic queue %q has a length limit with overflow drop-head: "+
+		"a message given back to a full queue (a retry, a pause, a reconnect) would make the broker drop one silently; "+
+		`set "x-overflow" to "reject-publish" (or "reject-publish-dlx"), or use QueueType Quorum`, consumer.ErrInvalidConfig, queue)
 }
 
 func (t *Topology) fail(what string, err error) error {
