@@ -21,8 +21,14 @@
 // loop, closes the channel, so that the broker requeues what was prefetched
 // and not settled, and closes the connection if the source owns it.
 //
-// Pause (consumer.Pauser) cancels the subscription and gives back what the
-// client had buffered; Resume subscribes again. Status
+// Pause (consumer.Pauser) stops Receive from handing out deliveries; the
+// session loop cancels the subscription and releases (see Acknowledgement)
+// what the client had buffered; Resume subscribes again. Pause returns once
+// that is done or when its context ends; in the latter case the loop finishes
+// the give-back in the background, and closes the channel (the broker then
+// requeues everything unacknowledged on it) if it takes more than 10 s. So a
+// Pause with a context that is already done strands nothing: the next Resume
+// sees every message. Status
 // (consumer.StatusReporter) and the event hook (consumer.EventSource:
 // EventConnected, EventReconnecting, EventCancelled) make the connection
 // state visible to Supervisor.Health and to operators.
@@ -45,6 +51,18 @@
 // and the retry queue must exist, and the dead-letter queue must be bound to
 // the exchange with the queue's name as the routing key.
 //
+// A classic queue that drops messages at its head when full (x-max-length or
+// x-max-length-bytes in QueueArgs, with x-overflow "drop-head", the default)
+// is refused with consumer.ErrInvalidConfig: on a full queue every way of
+// giving a message back loses one. The copy Requeue publishes makes the
+// broker drop the head, a message nobody has seen, without dead-lettering
+// it; and a nack with requeue (a release, or the broker's own requeue when a
+// channel closes) puts the message back at the head, where RabbitMQ drops
+// it. Use x-overflow "reject-publish" (the broker refuses the copy while the
+// queue is full; Requeue fails and the runtime tries again) or a quorum
+// queue. A limit set by a policy, or on a queue declared elsewhere, cannot be
+// seen over AMQP 0-9-1: state it in QueueArgs so that the source checks it.
+//
 // A source declares its topology when it connects, so a program that
 // publishes before any consumer has (an API whose workers run elsewhere)
 // would see its mandatory publishes returned as unroutable: it calls
@@ -60,6 +78,11 @@
 //     Requeue publishes a copy to the back of the queue with HeaderDeliveries,
 //     waits for the confirm and acks the original: the delivery budget holds
 //     on both.
+//   - Release (consumer.Releaser), which the runtime uses for a delivery no
+//     handler saw (it arrived as intake stopped), sends basic.nack with
+//     requeue: the broker puts the message back at its place in the queue,
+//     and its next delivery carries the same Attempt. Receive itself releases
+//     a delivery it took after its context ended or after Pause began.
 //   - RequeueAfter (consumer.DelayedRequeuer) publishes a copy to the retry
 //     queue with a per-message TTL; when it expires the broker dead-letters
 //     the copy back to the queue. The consumer slot is free meanwhile.
@@ -80,11 +103,17 @@
 // Topology.QueueType says. A dead letter does not carry HeaderDeliveries, so
 // one moved back to the work queue starts a fresh budget.
 //
-// Pausing (basic.cancel) gives the prefetched deliveries back with a nack;
-// on a quorum queue each such give-back counts as a delivery. Many
-// Pause/Resume cycles while messages sit in the prefetch buffer therefore
-// use up their budget; keep Prefetch near the consumer's concurrency if
-// consumers are paused often.
+// The broker marks a released message redelivered (and a quorum queue
+// counts it in x-delivery-count). The source remembers, in memory, the
+// Attempt of each message it released, known by its message-id and a hash
+// of its body, and gives it back to the message's next delivery to this
+// source, so Pause/Resume cycles neither reorder a classic queue nor spend
+// attempts. The memory is bounded (64 × Prefetch entries, at least 4,096;
+// the oldest goes first) and per Source: a released message that another
+// consumer takes, or that comes back after a restart, counts the redelivery
+// as one attempt. On a quorum queue the release stays in x-delivery-count,
+// so deliveries after the next one count it: an attempt spent early, never
+// an unbounded budget.
 //
 // In Passive mode the dead-letter exchange is checked but not that a queue
 // is bound to it: an unroutable dead letter is returned by the broker, and
@@ -93,7 +122,8 @@
 // Message.Attempt is computed from what the broker and the copies carry:
 // HeaderDeliveries (or else the x-death counts) for the deliveries before
 // the last copy, plus x-delivery-count on quorum queues (or 1 when a classic
-// queue says "redelivered"). It therefore survives consumer restarts; on a
+// queue says "redelivered", unless the source released the message itself,
+// see above). It therefore survives consumer restarts; on a
 // classic queue a redelivery after a connection loss counts once however
 // many it was, which is why Quorum is recommended.
 //

@@ -79,7 +79,8 @@ func (c *Config) resolve() error {
 
 // A Source consumes a RabbitMQ queue with manual acknowledgements. It
 // implements consumer.Source, consumer.Pauser, consumer.StatusReporter and
-// consumer.EventSource; its deliveries implement consumer.DelayedRequeuer.
+// consumer.EventSource; its deliveries implement consumer.DelayedRequeuer and
+// consumer.Releaser.
 //
 // A Source is safe for concurrent use: the runtime calls Receive from all its
 // workers at once. It connects on the first Receive, and from then on one

@@ -44,7 +44,10 @@ type Topology struct {
 	Strict bool
 	// QueueType is Classic (default) or Quorum.
 	QueueType string
-	// QueueArgs are extra x-arguments for the queue (x-max-length…).
+	// QueueArgs are extra x-arguments for the queue (x-max-length…). A
+	// classic queue with a length limit must set x-overflow to
+	// reject-publish (or reject-publish-dlx): drop-head, RabbitMQ's default,
+	// is refused (see the package doc, Topology).
 	QueueArgs amqp.Table
 	// Exchanges are declared before the bindings.
 	Exchanges []Exchange
