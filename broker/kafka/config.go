@@ -129,6 +129,14 @@ type Config struct {
 	// DeadLetterBatchTimeout is the longest a dead-letter write waits for
 	// others to batch with. Default 5 ms (kafka-go's default is 1 s).
 	DeadLetterBatchTimeout time.Duration
+	// DeadLetterMaxBytes is the largest dead letter (record, key and
+	// headers) the dead-letter writer sends; each dead letter is a request
+	// of its own, so that a broker's size limit applies to one record at a
+	// time. A larger one fails with ErrDeadLetterUnwritable. Default:
+	// MaxBytes plus 1 MiB — room for the reason headers and for a record
+	// batch Kafka returned whole although larger than MaxBytes. The
+	// dead-letter topic's max.message.bytes must allow as much.
+	DeadLetterMaxBytes int
 
 	// Logger receives lifecycle and commit failures. Default slog.Default().
 	Logger *slog.Logger
@@ -182,6 +190,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DeadLetterTopic == "" && c.Topic != "" {
 		c.DeadLetterTopic = c.Topic + ".dlt"
+	}
+	if c.DeadLetterMaxBytes == 0 {
+		c.DeadLetterMaxBytes = c.MaxBytes + 1<<20
 	}
 	if c.DeadLetterBatchTimeout == 0 {
 		c.DeadLetterBatchTimeout = 5 * time.Millisecond
@@ -237,6 +248,8 @@ func (c *Config) validate() error {
 		// kafka-go's Conn refuses larger fetches on every call: accepting
 		// one here would leave a source that never consumes.
 		return invalid("MaxBytes %d, want at most %d", c.MaxBytes, maxFetchBytes)
+	case c.DeadLetterMaxBytes < 1:
+		return invalid("DeadLetterMaxBytes %d, want at least 1", c.DeadLetterMaxBytes)
 	case c.StartOffset != kafkago.FirstOffset && c.StartOffset != kafkago.LastOffset:
 		return invalid("StartOffset %d, want kafkago.FirstOffset or kafkago.LastOffset", c.StartOffset)
 	}

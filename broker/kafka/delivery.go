@@ -2,9 +2,12 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -107,6 +110,7 @@ func (s *Source) handledLocked(rec *record) {
 // reports false during a drain.
 func (s *Source) releaseLocked(rec *record, dispatched bool) bool {
 	g, p := rec.g, rec.p
+	delete(s.unwritable, rec)
 	if dispatched {
 		g.dispatched--
 	}
@@ -201,6 +205,27 @@ func (d *delivery) RequeueAfter(_ context.Context, delay time.Duration) error {
 	return nil
 }
 
+// unwritable reports whether a dead-letter write failed for a reason that
+// trying again cannot fix (see ErrDeadLetterUnwritable).
+func unwritable(err error) bool {
+	var we kafkago.WriteErrors
+	if errors.As(err, &we) {
+		for _, e := range we {
+			if e != nil && unwritable(e) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, code := range []kafkago.Error{kafkago.MessageSizeTooLarge, kafkago.RecordListTooLarge,
+		kafkago.InvalidRecord, kafkago.InvalidTopic, kafkago.TopicAuthorizationFailed} {
+		if errors.Is(err, code) {
+			return true
+		}
+	}
+	return false
+}
+
 // DeadLetter writes the record to the dead-letter topic with the reason and
 // its origin in the headers, and only then marks it handled. If the write
 // fails, the error is returned and the delivery stays unsettled (its lane
@@ -235,7 +260,23 @@ func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error
 		// the dead letter again with backoff (until the drain deadline),
 		// without running the handler again. Nothing is committed meanwhile.
 		d.settled = false
-		return fmt.Errorf("kafka: dead-letter %s to %s: %w", d.msg.ID, s.cfg.DeadLetterTopic, werr)
+		if !unwritable(werr) {
+			return fmt.Errorf("kafka: dead-letter %s to %s: %w", d.msg.ID, s.cfg.DeadLetterTopic, werr)
+		}
+		// Retrying alone will not help: say so loudly (an error log here,
+		// Status, and the runtime's EventSettleFailed carries this error),
+		// and keep the record — skipping it would lose it.
+		size := len(m.Key) + len(m.Value)
+		for k, v := range h {
+			size += len(k) + len(v)
+		}
+		err := fmt.Errorf("%w: %s to %s (%d bytes with headers; DeadLetterMaxBytes %d): %w; its partition waits until the dead-letter topic accepts it (raise its max.message.bytes, or Config.DeadLetterMaxBytes)",
+			ErrDeadLetterUnwritable, d.msg.ID, s.cfg.DeadLetterTopic, size, s.cfg.DeadLetterMaxBytes, werr)
+		s.unwritable[d.rec] = err
+		s.lastUnwritable = err
+		s.log.Error("kafka: dead letter cannot be written, and retrying cannot fix it; the partition is held",
+			"message_id", d.msg.ID, "dead_letter_topic", s.cfg.DeadLetterTopic, "bytes", size, "error", werr)
+		return err
 	}
 	if d.rec.g.fenced {
 		d.rec.g.dispatched--

@@ -71,7 +71,16 @@
 //     HeaderPartition and HeaderOffset, and marks it handled only after the
 //     write succeeded. If the write fails, the delivery stays unsettled and
 //     nothing is committed: the runtime tries the dead letter again with
-//     backoff, without running the handler again.
+//     backoff, without running the handler again. Each dead letter is
+//     written in a request of its own, of at most Config.DeadLetterMaxBytes
+//     (by default MaxBytes plus 1 MiB, so that any record the Source fetches
+//     fits with its headers). A write that retrying cannot fix — the dead
+//     letter is larger than that or than the dead-letter topic's
+//     max.message.bytes, or the topic refuses it — returns an error wrapping
+//     ErrDeadLetterUnwritable: the Source logs it as an error and reports it
+//     in Status().Err, the runtime's consumer.EventSettleFailed carries it,
+//     and the record keeps its partition (it is not skipped, which would
+//     lose it) until an operator fixes the cause and a retry succeeds.
 //
 // A partition whose log starts over — the topic was deleted and recreated,
 // or the log truncated, so that the position lies beyond its end — is read

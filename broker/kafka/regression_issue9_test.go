@@ -16,6 +16,7 @@ import (
 
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/retry"
 )
 
 // Regression tests for issue 9 (items 4–8), through the public API. They run
@@ -226,18 +227,19 @@ func TestIssue9FinalCommitIsRetriedOnRetriableErrors(t *testing.T) {
 // logWatch is a slog.Handler that reports when a message containing a
 // given text was logged.
 type logWatch struct {
-	text string
-	seen chan struct{}
-	once *sync.Once
+	text  string
+	level slog.Level // the least level that counts; zero: any
+	seen  chan struct{}
+	once  *sync.Once
 }
 
 func newLogWatch(text string) *logWatch {
-	return &logWatch{text: text, seen: make(chan struct{}), once: new(sync.Once)}
+	return &logWatch{text: text, level: slog.LevelDebug, seen: make(chan struct{}), once: new(sync.Once)}
 }
 
 func (w *logWatch) Enabled(context.Context, slog.Level) bool { return true }
 func (w *logWatch) Handle(_ context.Context, r slog.Record) error {
-	if strings.Contains(r.Message, w.text) {
+	if r.Level >= w.level && strings.Contains(r.Message, w.text) {
 		w.once.Do(func() { close(w.seen) })
 	}
 	return nil
@@ -352,4 +354,152 @@ func TestIssue9TopicRecreatedWhileARecordIsInFlightLosesNothing(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Errorf("committed %v; want the new log's end %v on every partition that has records", committed, end)
+}
+
+// bigTopic creates a topic (4 partitions) that accepts records up to 8 MiB
+// and its dead-letter topic, which accepts records up to dltMax bytes
+// (kfake's default, about 1 MiB, when empty).
+func (e *env) bigTopic(t testing.TB, name, dltMax string) string {
+	t.Helper()
+	topic := name + "-" + itoa(int(topicSeq.Add(1)))
+	cli, tr := e.client()
+	defer tr.CloseIdleConnections()
+	big := []kafkago.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(8 << 20)}}
+	dlt := kafkago.TopicConfig{Topic: topic + ".dlt", NumPartitions: 1, ReplicationFactor: 1}
+	if dltMax != "" {
+		dlt.ConfigEntries = []kafkago.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: dltMax}}
+	}
+	resp, err := cli.CreateTopics(context.Background(), &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{
+		{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1, ConfigEntries: big}, dlt,
+	}})
+	if err != nil {
+		t.Fatalf("CreateTopics: %v", err)
+	}
+	for name, err := range resp.Errors {
+		if err != nil {
+			t.Fatalf("CreateTopics %s: %v", name, err)
+		}
+	}
+	return topic
+}
+
+// produceBig writes, with one key (so one partition): small-0, a 2 MiB
+// record whose body starts with "big", then small-2 … small-9.
+func (e *env) produceBig(t testing.TB, topic string) {
+	t.Helper()
+	p, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: e.brokers, Topic: topic, BatchSize: 1, BatchBytes: 8 << 20, BatchTimeout: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	body := []byte("big" + strings.Repeat("x", 2<<20))
+	for i := range 10 {
+		m := &consumer.Message{Key: []byte("one"), Body: []byte("small-" + itoa(i))}
+		if i == 1 {
+			m.Body = body
+		}
+		if err := p.Publish(context.Background(), m); err != nil {
+			t.Fatalf("Publish record %d (%d bytes): %v", i, len(m.Body), err)
+		}
+	}
+}
+
+// bigPoison fails the big record for good and counts the others.
+func bigPoison(mu *sync.Mutex, small map[string]bool) consumer.Handler {
+	return consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+		if strings.HasPrefix(string(m.Body), "big") {
+			return retry.Permanent(errors.New("cannot handle this record"))
+		}
+		mu.Lock()
+		small[string(m.Body)] = true
+		mu.Unlock()
+		return nil
+	})
+}
+
+// Issue 9 item 6 — Kafka protocol (in-process kfake cluster): a permanently
+// failing 2 MiB record, fetched with MaxBytes 4 MiB, is dead-lettered and its
+// partition goes on. Before the fix the dead-letter writer kept kafka-go's
+// 1 MiB batch limit: the write failed every time, the runtime retried it
+// forever and the partition never moved (nor committed) again.
+func TestIssue9RecordLargerThanOneMiBIsDeadLetteredAndThePartitionGoesOn(t *testing.T) {
+	e := newEnv(t)
+	e.needKfake(t) // topic configs of kfake; a real cluster may differ
+	topic := e.bigTopic(t, "i9-bigdlt", strconv.Itoa(8<<20))
+	e.produceBig(t, topic)
+	cfg := e.config(topic, "g-i9-bigdlt")
+	cfg.MaxBytes = 4 << 20
+	var mu sync.Mutex
+	small := map[string]bool{}
+	startMember(t, newSource(t, cfg), bigPoison(&mu, small))
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(small) }
+	deadline := time.Now().Add(20 * time.Second)
+	for count() < 9 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	dltEnd := e.endOffsets(t, topic+".dlt")[0]
+	t.Logf("handled %d of the 9 small records around the 2 MiB one; dead-letter topic holds %d records", count(), dltEnd)
+	if count() != 9 {
+		t.Errorf("handled %d of 9 records: the partition stalled behind the 2 MiB record", count())
+	}
+	if dltEnd != 1 {
+		t.Errorf("dead-letter topic holds %d records; want the 2 MiB one", dltEnd)
+	}
+}
+
+// Issue 9 item 6 — Kafka protocol (in-process kfake cluster): when a dead
+// letter cannot be written for a reason retrying cannot fix (here the
+// dead-letter topic refuses records over 1 MiB: MESSAGE_TOO_LARGE), the
+// source says so loudly: an error log, EventSettleFailed with an error that
+// says retrying cannot fix it, and Status().Err — instead of a warning
+// per retry that looks like a transient failure.
+func TestIssue9DeadLetterThatCannotBeWrittenIsLoud(t *testing.T) {
+	e := newEnv(t)
+	e.needKfake(t)
+	topic := e.bigTopic(t, "i9-dltloud", "")
+	e.produceBig(t, topic)
+	cfg := e.config(topic, "g-i9-dltloud")
+	cfg.MaxBytes = 4 << 20
+	loud := newLogWatch("dead letter")
+	loud.level = slog.LevelError
+	cfg.Logger = slog.New(loud)
+	var (
+		mu     sync.Mutex
+		small  = map[string]bool{}
+		events []error
+	)
+	src := newSource(t, cfg)
+	startMember(t, src, bigPoison(&mu, small), consumer.WithEventHook(func(ev consumer.Event) {
+		if ev.Kind == consumer.EventSettleFailed && ev.Err != nil && strings.Contains(ev.Err.Error(), "retrying cannot fix") {
+			mu.Lock()
+			events = append(events, ev.Err)
+			mu.Unlock()
+		}
+	}))
+	var status consumer.SourceStatus
+	waitFor(t, "the source to report the dead letter it cannot write", 20*time.Second, func() bool {
+		status = src.Status()
+		mu.Lock()
+		defer mu.Unlock()
+		return status.Err != nil && len(events) > 0
+	})
+	select {
+	case <-loud.seen:
+	case <-time.After(5 * time.Second):
+		t.Error("no error-level log about the dead letter")
+	}
+	mu.Lock()
+	t.Logf("Status() = %+v; first event error: %v", status, events[0])
+	mu.Unlock()
+	if !status.Connected {
+		t.Errorf("Status().Connected = false; want true (the connection is fine)")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !errors.Is(status.Err, kafka.ErrDeadLetterUnwritable) || !errors.Is(events[0], kafka.ErrDeadLetterUnwritable) {
+		t.Errorf("Status().Err = %v, event error %v; want both to wrap kafka.ErrDeadLetterUnwritable", status.Err, events[0])
+	}
+	if len(small) != 1 {
+		t.Errorf("handled %d small records; want only the one before the big record (its partition is held, not skipped)", len(small))
+	}
 }

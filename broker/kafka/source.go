@@ -26,6 +26,17 @@ import (
 // the drain and how many were fenced.
 var ErrRebalance = errors.New("kafka: consumer group rebalance")
 
+// ErrDeadLetterUnwritable is wrapped by the error of a dead-letter write
+// that failed for a reason retrying cannot fix: the dead letter is larger
+// than Config.DeadLetterMaxBytes or the dead-letter topic's
+// max.message.bytes, the record is invalid for that topic, or the client is
+// not authorized to write to it. The record stays unsettled (its partition
+// does not move past it, nothing is lost); the runtime keeps trying with
+// backoff, so that the write succeeds once an operator fixed the cause. The
+// Source logs each failure as an error and reports it in Status().Err until
+// the record is settled.
+var ErrDeadLetterUnwritable = errors.New("kafka: dead letter cannot be written; retrying cannot fix it")
+
 // Headers a Source adds to a dead-lettered record, next to the
 // consumer.Reason headers (x-queuekit-error, -attempts, -source, …).
 const (
@@ -71,6 +82,10 @@ type Source struct {
 	notify    chan struct{}
 	closedCh  chan struct{}
 	closeDone chan struct{}
+	// unwritable holds the records whose last dead-letter write failed
+	// with ErrDeadLetterUnwritable, and the error; Status reports them.
+	unwritable     map[*record]error
+	lastUnwritable error
 }
 
 // NewSource returns a Source for cfg. It returns an error wrapping
@@ -83,9 +98,14 @@ func NewSource(cfg Config) (*Source, error) {
 		return nil, err
 	}
 	dlt, err := NewPublisher(PublisherConfig{
-		Brokers:      cfg.Brokers,
-		Topic:        cfg.DeadLetterTopic,
-		Dialer:       cfg.Dialer,
+		Brokers: cfg.Brokers,
+		Topic:   cfg.DeadLetterTopic,
+		Dialer:  cfg.Dialer,
+		// One dead letter per request: a broker's MESSAGE_TOO_LARGE then
+		// is about that record alone, never about others it was batched
+		// with, and so says for sure that retrying cannot fix it.
+		BatchSize:    1,
+		BatchBytes:   int64(cfg.DeadLetterMaxBytes),
 		BatchTimeout: cfg.DeadLetterBatchTimeout,
 		WriteTimeout: cfg.Timeout,
 	})
@@ -94,16 +114,17 @@ func NewSource(cfg Config) (*Source, error) {
 	}
 	tr := transport(cfg.Dialer)
 	return &Source{
-		cfg:       cfg,
-		log:       cfg.Logger.With("topic", cfg.Topic, "group", cfg.GroupID),
-		dlt:       dlt,
-		lagTr:     tr,
-		lagCli:    &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: tr},
-		seed:      maphash.MakeSeed(),
-		notify:    make(chan struct{}, 1),
-		closedCh:  make(chan struct{}),
-		closeDone: make(chan struct{}),
-		status:    consumer.SourceStatus{Err: errors.New("kafka: not joined yet")},
+		cfg:        cfg,
+		log:        cfg.Logger.With("topic", cfg.Topic, "group", cfg.GroupID),
+		dlt:        dlt,
+		lagTr:      tr,
+		lagCli:     &kafkago.Client{Addr: kafkago.TCP(cfg.Brokers...), Timeout: cfg.Timeout, Transport: tr},
+		seed:       maphash.MakeSeed(),
+		notify:     make(chan struct{}, 1),
+		closedCh:   make(chan struct{}),
+		closeDone:  make(chan struct{}),
+		status:     consumer.SourceStatus{Err: errors.New("kafka: not joined yet")},
+		unwritable: make(map[*record]error),
 	}, nil
 }
 
@@ -132,11 +153,17 @@ func (s *Source) emit(kind consumer.EventKind, err error) {
 
 // Status implements consumer.StatusReporter: Connected is true while the
 // Source is a member of the group (including during a rebalance); Err is the
-// last error from joining.
+// last error from joining — or, while a member, an error wrapping
+// ErrDeadLetterUnwritable while records wait for a dead-letter write that
+// retrying cannot fix (their partitions do not move meanwhile).
 func (s *Source) Status() consumer.SourceStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.status
+	st := s.status
+	if n := len(s.unwritable); n > 0 && st.Err == nil {
+		st.Err = fmt.Errorf("kafka: %d record(s) hold their partitions; the latest: %w", n, s.lastUnwritable)
+	}
+	return st
 }
 
 func (s *Source) start() {
@@ -669,6 +696,11 @@ func (g *generation) drain() {
 	s.mu.Lock()
 	g.fenced = true
 	g.endLease()
+	for r := range s.unwritable {
+		if r.g == g {
+			delete(s.unwritable, r) // the partition's next owner has it now
+		}
+	}
 	fenced := g.dispatched
 	if s.gen == g {
 		s.gen = nil
