@@ -43,10 +43,8 @@ const routingKeyHeader = "x-queuekit-routing-key"
 func (s *Source) newDelivery(sess *session, d amqp.Delivery) *delivery {
 	dl := &delivery{s: s, sess: sess, d: d}
 	dl.msg = toMessage(&dl.d, s.cfg.Queue)
-	if dl.d.Redelivered {
-		if a, ok := s.memo.take(&dl.d); ok {
-			dl.msg.Attempt = a
-		}
+	if a, ok := s.memo.takeRedelivery(&dl.d); ok {
+		dl.msg.Attempt = a
 	}
 	if dl.msg.ID == "" {
 		// No message-id (our Publisher always sets one): name the delivery
@@ -98,10 +96,8 @@ func attempt(d *amqp.Delivery) int {
 // attemptOf is Message.Attempt for d as newDelivery computes it, taking d's
 // entry out of the memo if it has one.
 func (s *Source) attemptOf(d *amqp.Delivery) int {
-	if d.Redelivered {
-		if a, ok := s.memo.take(d); ok {
-			return a
-		}
+	if a, ok := s.memo.takeRedelivery(d); ok {
+		return a
 	}
 	return attempt(d)
 }
@@ -170,6 +166,22 @@ func (m *attemptMemo) put(d *amqp.Delivery, a int) {
 	m.seq++
 	m.m[k] = memoEntry{attempt: a, seq: m.seq}
 	m.n.Store(int64(len(m.m)))
+}
+
+// takeRedelivery is take for a delivery that may be a message's return: one
+// marked redelivered, or with x-delivery-count (a quorum queue counts a
+// return there, and RabbitMQ 3.10 does not set the redelivered flag on it).
+// First deliveries are not looked up, so that they never hash their bodies.
+func (m *attemptMemo) takeRedelivery(d *amqp.Delivery) (int, bool) {
+	if m.n.Load() == 0 {
+		return 0, false
+	}
+	if !d.Redelivered {
+		if _, ok := d.Headers["x-delivery-count"]; !ok {
+			return 0, false
+		}
+	}
+	return m.take(d)
 }
 
 // take returns and forgets the attempt remembered for d, if any.

@@ -80,8 +80,9 @@
 //     on both.
 //   - Release (consumer.Releaser), which the runtime uses for a delivery no
 //     handler saw (it arrived as intake stopped), sends basic.nack with
-//     requeue: the broker puts the message back at its place in the queue,
-//     and its next delivery carries the same Attempt. Receive itself releases
+//     requeue: a classic queue puts the message back at its place (RabbitMQ
+//     3.10 puts a message returned to a quorum queue at the back), and its
+//     next delivery carries the same Attempt. Receive itself releases
 //     a delivery it took after its context ended or after Pause began.
 //   - RequeueAfter (consumer.DelayedRequeuer) publishes a copy to the retry
 //     queue with a per-message TTL; when it expires the broker dead-letters
@@ -110,8 +111,9 @@
 // source, so Pause/Resume cycles neither reorder a classic queue nor spend
 // attempts. The memory is bounded (64 × Prefetch entries, at least 4,096;
 // the oldest goes first) and per Source: a released message that another
-// consumer takes, or that comes back after a restart, counts the redelivery
-// as one attempt. On a quorum queue the release stays in x-delivery-count,
+// consumer takes, that comes back after a restart, or whose entry went
+// before it came back (a quorum queue returns it behind everything else)
+// counts the redelivery as one attempt. On a quorum queue the release stays in x-delivery-count,
 // so deliveries after the next one count it: an attempt spent early, never
 // an unbounded budget.
 //

@@ -136,16 +136,30 @@ func TestIssue9PauseWithADoneContextStrandsNothing(t *testing.T) {
 // back redelivered, which counted as a second attempt too. Now a delivery no
 // handler saw is released (nack with requeue: the broker puts it back at its
 // place) and its next delivery carries the same Attempt.
+//
+// On a quorum queue only "every message handled once" is asserted; the
+// figures are logged. RabbitMQ 3.10 puts a message returned to a quorum
+// queue at the back, so order is not kept there, and a released message
+// comes back only after the rest of the queue: by then the source's bounded
+// memory of released messages may have let its entry go, and the delivery
+// counts x-delivery-count as before.
 func TestIssue9PauseResumeCyclesKeepOrderAndAttempts(t *testing.T) {
 	needBroker(t)
+	for _, typ := range []string{Classic, Quorum} {
+		t.Run(typ, func(t *testing.T) { testPauseResumeOrderAndAttempts(t, typ) })
+	}
+}
+
+func testPauseResumeOrderAndAttempts(t *testing.T, typ string) {
 	const (
 		n      = 20000
 		cycles = 1000
 	)
 	q := uniqueQueue(t)
-	declareQueue(t, q, Classic)
+	declareQueue(t, q, typ)
 	prepublish(t, q, n, 16)
 	cfg := testConfig(q)
+	cfg.Topology.QueueType = typ
 	cfg.Logger = quietLogger()
 	src, err := NewSource(cfg)
 	if err != nil {
@@ -220,12 +234,15 @@ func TestIssue9PauseResumeCyclesKeepOrderAndAttempts(t *testing.T) {
 	for _, k := range keys {
 		hist = append(hist, fmt.Sprintf("attempt %d: %d", k, attempts[k]))
 	}
-	t.Logf("%d Pause/Resume cycles in %v, %d messages handled during them; %d messages, %d handler calls; order inversions %d (worst: %d places late); %s",
-		cycles, cycleTime.Round(time.Millisecond), duringCycles, n, calls, inversions, worst, strings.Join(hist, ", "))
-	if inversions != 0 {
+	t.Logf("%s queue: %d Pause/Resume cycles in %v, %d messages handled during them; %d messages, %d handler calls; order inversions %d (worst: %d places late); %s",
+		typ, cycles, cycleTime.Round(time.Millisecond), duringCycles, n, calls, inversions, worst, strings.Join(hist, ", "))
+	if inversions != 0 && typ == Classic {
 		t.Errorf("order inversions = %d (worst %d places late); want 0", inversions, worst)
 	}
-	if attempts[1] != calls || calls != n {
+	if calls != n {
+		t.Errorf("%d handler calls for %d messages; want each handled once", calls, n)
+	}
+	if typ == Classic && attempts[1] != calls {
 		t.Errorf("attempt histogram %v over %d calls for %d messages; want every message once with Attempt 1 (no handler failed)", hist, calls, n)
 	}
 }
@@ -417,5 +434,39 @@ func TestIssue9DropHeadClassicQueueIsRefused(t *testing.T) {
 				t.Logf("%v", err)
 			}
 		})
+	}
+}
+
+// The memory of released messages is bounded: when full, the oldest entry
+// goes (its message then counts its redelivery, as without the memory).
+func TestIssue9AttemptMemoIsBounded(t *testing.T) {
+	var m attemptMemo
+	m.init(1)
+	d := func(i int) *amqp.Delivery {
+		return &amqp.Delivery{MessageId: strconv.Itoa(i), Body: []byte("body"), Redelivered: true}
+	}
+	for i := 0; i < m.max+10; i++ {
+		m.put(d(i), i%7+1)
+	}
+	if got := len(m.m); got != m.max {
+		t.Fatalf("memo holds %d entries after %d puts; want the bound %d", got, m.max+10, m.max)
+	}
+	for i := 0; i < 10; i++ {
+		if a, ok := m.take(d(i)); ok {
+			t.Errorf("take(%d) = %d, true; want it evicted (oldest first)", i, a)
+		}
+	}
+	for _, i := range []int{10, m.max + 9} {
+		if a, ok := m.take(d(i)); !ok || a != i%7+1 {
+			t.Errorf("take(%d) = %d, %v; want %d, true", i, a, ok, i%7+1)
+		}
+		if _, ok := m.take(d(i)); ok {
+			t.Errorf("second take(%d) found it again; want each entry used once", i)
+		}
+	}
+	// Same id, other body: another message.
+	m.put(&amqp.Delivery{MessageId: "x", Body: []byte("a")}, 3)
+	if _, ok := m.take(&amqp.Delivery{MessageId: "x", Body: []byte("b")}); ok {
+		t.Errorf("take found a message with the same id and another body")
 	}
 }
