@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,6 +64,10 @@ func (l *eventLog) errs(k consumer.EventKind) []error {
 // answer with PRECONDITION_FAILED "unknown delivery tag"), and no goroutine
 // may leak. 20,000 messages with QUEUEKIT_CHAOS=1 or without -short; 4,000
 // with -short.
+//
+// The closes are those of the tests' own vhost (close_all_connections
+// --vhost), so the test needs no opt-in: other programs on the broker keep
+// their connections.
 func TestChaosCloseAllConnections(t *testing.T) {
 	needCtl(t)
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
@@ -113,7 +118,7 @@ func TestChaosCloseAllConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tagErrorsBefore, logReadable := brokerLogCount("unknown delivery tag")
+	tagErrorsBefore, logReadable := brokerLogCount("unknown delivery tag", testBroker.vhost)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -126,7 +131,7 @@ func TestChaosCloseAllConnections(t *testing.T) {
 		before := evs.count(consumer.EventConnected)
 		release := make(chan struct{})
 		hold.Store(&release)
-		_, err := ctl("close_all_connections", "test")
+		err := closeTestConnections("queuekit chaos test")
 		hold.Store(nil)
 		close(release)
 		if err != nil {
@@ -170,7 +175,7 @@ func TestChaosCloseAllConnections(t *testing.T) {
 		n, closes, concurrency, prefetch, total, dups, prefetch*closes, stale,
 		evs.count(consumer.EventReconnecting), evs.count(consumer.EventConnected), ready, unacked, elapsed.Round(time.Millisecond))
 	if logReadable {
-		after, _ := brokerLogCount("unknown delivery tag")
+		after, _ := brokerLogCount("unknown delivery tag", testBroker.vhost)
 		t.Logf("broker log: %d new \"unknown delivery tag\" errors", after-tagErrorsBefore)
 		if after != tagErrorsBefore {
 			t.Errorf("the broker logged %d \"unknown delivery tag\" errors during the run; want 0", after-tagErrorsBefore)
@@ -198,9 +203,13 @@ func TestChaosCloseAllConnections(t *testing.T) {
 	}
 }
 
-// brokerLogCount counts the lines of the broker's log that contain s, when the
-// log is readable (QUEUEKIT_RABBITMQ_LOG, default the Debian location).
-func brokerLogCount(s string) (int, bool) {
+// brokerLogCount counts the lines of the broker's log that contain s and
+// belong to a channel error in vhost (other programs on the broker have
+// errors of their own), when the log is readable (QUEUEKIT_RABBITMQ_LOG,
+// default the Debian location). A channel error takes two lines written by
+// the same channel process: "<pid> Channel error on connection ... vhost:
+// 'name', ...", then "<pid> operation ... caused a channel exception ...".
+func brokerLogCount(s, vhost string) (int, bool) {
 	paths := []string{os.Getenv("QUEUEKIT_RABBITMQ_LOG")}
 	if paths[0] == "" {
 		paths, _ = filepath.Glob("/var/log/rabbitmq/rabbit@*.log")
@@ -215,7 +224,69 @@ func brokerLogCount(s string) (int, bool) {
 			continue
 		}
 		ok = true
-		n += strings.Count(string(b), s)
+		vhostOfPid := map[string]string{}
+		for _, line := range strings.Split(string(b), "\n") {
+			pid := logPid.FindString(line)
+			if m := logChannelError.FindStringSubmatch(line); m != nil {
+				vhostOfPid[pid] = m[1]
+				continue
+			}
+			if strings.Contains(line, s) && vhostOfPid[pid] == vhost {
+				n++
+			}
+		}
 	}
 	return n, ok
+}
+
+var (
+	logPid          = regexp.MustCompile(`<\d+\.\d+\.\d+>`)
+	logChannelError = regexp.MustCompile(`Channel error on connection .*vhost: '([^']*)'`)
+)
+
+// TestCloseTestConnectionsSparesOtherVhosts pins issue 9 item 12: the
+// connection-loss fault of the chaos tests closes the connections of the
+// tests' own vhost and no other. A connection in the URL's vhost ("/" by
+// default, where other programs are) stands for everyone else; it must
+// outlive the fault, while the tests' own connection is force-closed.
+func TestCloseTestConnectionsSparesOtherVhosts(t *testing.T) {
+	needCtl(t)
+	if testBroker.vhost == vhostOf(testBroker.base) {
+		t.Fatalf("the tests run in the URL's vhost %q; want a vhost of their own", testBroker.vhost)
+	}
+	other, err := amqp.Dial(testBroker.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	otherClosed := other.NotifyClose(make(chan *amqp.Error, 1))
+	own := rawConn(t)
+	ownClosed := own.NotifyClose(make(chan *amqp.Error, 1))
+
+	if err := closeTestConnections("queuekit item 12 test"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-ownClosed:
+		t.Logf("the tests' connection: %v", e)
+		if e == nil || e.Code != amqp.ConnectionForced {
+			t.Errorf("the tests' connection closed with %v; want CONNECTION_FORCED", e)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the tests' own connection is still open after closeTestConnections")
+	}
+	// A round trip on the other connection proves it is alive.
+	ch, err := other.Channel()
+	if err == nil {
+		_, err = ch.QueueDeclare("", false, true, true, false, nil)
+		_ = ch.Close()
+	}
+	select {
+	case e := <-otherClosed:
+		t.Fatalf("the connection in vhost %q was closed: %v", vhostOf(testBroker.base), e)
+	default:
+	}
+	if err != nil {
+		t.Fatalf("the connection in vhost %q is unusable: %v", vhostOf(testBroker.base), err)
+	}
 }

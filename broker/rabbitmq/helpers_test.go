@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,65 +24,363 @@ import (
 	"github.com/queuekit/queuekit/consumer"
 )
 
+// TestMain checks for leaked goroutines, then deletes the vhost the tests
+// created (after the leak check: deleting it closes whatever is still
+// connected there, which would hide a leaked connection) and prints the
+// one-line summary of the RabbitMQ tests that were skipped.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		if err := testBroker.teardown(); err != nil {
+			fmt.Fprintln(os.Stderr, "queuekit:", err)
+			code = 1
+		}
+		if line := skips.summary(); line != "" {
+			printSummary(line)
+		}
+		os.Exit(code)
+	}))
 }
 
-func amqpURL() string {
-	if u := os.Getenv("QUEUEKIT_AMQP_URL"); u != "" {
-		return u
+// The tests never disturb what they did not create. They run in a vhost of
+// their own (queuekit-test-<random>), created on the broker at
+// QUEUEKIT_AMQP_URL when rabbitmqctl manages that broker, and deleted at the
+// end; the rabbitmqctl commands they run are scoped to it (ctl). Tests that
+// act on the whole broker (stop_app) run only with
+// QUEUEKIT_DESTRUCTIVE_TESTS=1 (needDestructive), which .ci/run sets.
+//
+// When rabbitmqctl cannot create the vhost (not installed, no Erlang cookie,
+// or it manages another node than the URL's), the tests that need no
+// rabbitmqctl run in the URL's own vhost, each in queues of its own, and
+// those that need it skip.
+var testBroker broker
+
+// broker is the RabbitMQ the tests use, found once (setup) on the first
+// call that needs it, so that runs of unit tests alone never touch it.
+type broker struct {
+	once    sync.Once
+	base    string // QUEUEKIT_AMQP_URL, or the local default
+	url     string // base in the tests' vhost when they have one
+	vhost   string // the vhost url names
+	created bool   // vhost is the tests' own: they delete it at the end
+	dialErr error  // nothing answers at base
+	ctlErr  error  // rabbitmqctl cannot be used on this broker
+}
+
+const defaultAMQPURL = "amqp://guest:guest@127.0.0.1:5672/"
+
+func (b *broker) setup() {
+	b.once.Do(func() {
+		b.base = os.Getenv("QUEUEKIT_AMQP_URL")
+		if b.base == "" {
+			b.base = defaultAMQPURL
+		}
+		b.url = b.base
+		b.vhost = vhostOf(b.base)
+		c, err := amqp.Dial(b.base)
+		if err != nil {
+			b.dialErr = err
+			return
+		}
+		_ = c.Close()
+		if _, err := rabbitmqctl("-q", "status"); err != nil {
+			b.ctlErr = err
+			return
+		}
+		vhost := fmt.Sprintf("queuekit-test-%08x", rand.Uint32())
+		if _, err := rabbitmqctl("-q", "add_vhost", vhost); err != nil {
+			b.ctlErr = fmt.Errorf("cannot create a vhost for the tests: %w", err)
+			return
+		}
+		url := withVhost(b.base, vhost)
+		_, err = rabbitmqctl("-q", "set_permissions", "-p", vhost, userOf(b.base), ".*", ".*", ".*")
+		if err == nil {
+			// rabbitmqctl talks to the node it finds locally, which need
+			// not be the one QUEUEKIT_AMQP_URL names: only a broker where
+			// the new vhost exists is the one the tests may manage.
+			if c, derr := amqp.Dial(url); derr != nil {
+				err = fmt.Errorf("rabbitmqctl manages another broker than %s: the vhost it created is not there (%s)",
+					redactURL(b.base), redactText(derr.Error(), url))
+			} else {
+				_ = c.Close()
+			}
+		}
+		if err != nil {
+			_, _ = rabbitmqctl("-q", "delete_vhost", vhost)
+			b.ctlErr = err
+			return
+		}
+		b.url, b.vhost, b.created = url, vhost, true
+	})
+}
+
+// teardown deletes the tests' vhost, with everything in it.
+func (b *broker) teardown() error {
+	if !b.created {
+		return nil
 	}
-	return "amqp://guest:guest@127.0.0.1:5672/"
+	var err error
+	for range 3 { // rabbitmqctl can time out on a loaded machine
+		if _, err = rabbitmqctl("-q", "delete_vhost", b.vhost); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("the tests' vhost %s is left on the broker: %w", b.vhost, err)
 }
 
-var (
-	reachOnce sync.Once
-	reachErr  error
-)
+// vhostOf returns the vhost an AMQP URL names ("/" when its path is empty).
+func vhostOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Path == "" || u.Path == "/" {
+		return "/"
+	}
+	return strings.TrimPrefix(u.Path, "/")
+}
+
+// withVhost returns raw with its path naming vhost.
+func withVhost(raw, vhost string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	u.Path, u.RawPath = "/"+vhost, ""
+	return u.String()
+}
+
+// userOf returns the user name of an AMQP URL, "guest" when it has none (as
+// the client assumes).
+func userOf(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.User != nil && u.User.Username() != "" {
+		return u.User.Username()
+	}
+	return "guest"
+}
+
+// amqpURL returns the URL the tests connect to: QUEUEKIT_AMQP_URL (or the
+// local default) in the tests' own vhost when they have one.
+func amqpURL() string {
+	testBroker.setup()
+	return testBroker.url
+}
 
 // needBroker skips the test when no RabbitMQ answers, or fails it when
 // QUEUEKIT_REQUIRE_BROKERS=1 (CI).
 func needBroker(t testing.TB) {
 	t.Helper()
-	reachOnce.Do(func() {
-		c, err := amqp.Dial(amqpURL())
-		if err != nil {
-			reachErr = err
-			return
-		}
-		_ = c.Close()
-	})
-	if reachErr != nil {
-		msg := fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", redactURL(amqpURL()), redactText(reachErr.Error(), amqpURL()))
-		if os.Getenv("QUEUEKIT_REQUIRE_BROKERS") == "1" {
-			t.Fatal(msg + " (QUEUEKIT_REQUIRE_BROKERS=1)")
-		}
-		t.Skip(msg)
+	testBroker.setup()
+	if err := testBroker.dialErr; err != nil {
+		skipOrFail(t, fmt.Sprintf("no RabbitMQ at %s (%s); set QUEUEKIT_AMQP_URL or start rabbitmq-server",
+			redactURL(testBroker.base), redactText(err.Error(), testBroker.base)))
 	}
 }
 
-// needCtl skips (or fails under QUEUEKIT_REQUIRE_BROKERS=1) when rabbitmqctl
-// cannot reach the local node: fault-injection tests need it.
+// needCtl skips (or fails under QUEUEKIT_REQUIRE_BROKERS=1) when the tests
+// cannot use rabbitmqctl on their broker in a vhost of their own:
+// fault-injection and queue-count tests need it.
 func needCtl(t testing.TB) {
 	t.Helper()
 	needBroker(t)
-	if _, err := ctl("status"); err != nil {
-		msg := fmt.Sprintf("rabbitmqctl unavailable: %v", err)
-		if os.Getenv("QUEUEKIT_REQUIRE_BROKERS") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+	if err := testBroker.ctlErr; err != nil {
+		skipOrFail(t, fmt.Sprintf("rabbitmqctl unavailable (%v); run as a user with the broker's Erlang cookie", err))
 	}
 }
 
+// ctlUsable reports whether needCtl would let a test run.
+func ctlUsable() bool {
+	testBroker.setup()
+	return testBroker.dialErr == nil && testBroker.ctlErr == nil
+}
+
+// needDestructive skips the test unless QUEUEKIT_DESTRUCTIVE_TESTS=1: it
+// would do what (e.g. "restart the whole broker"), which disturbs every
+// program using the broker, not just the tests. The skip is never a failure,
+// even under QUEUEKIT_REQUIRE_BROKERS=1: the opt-in must be explicit.
+func needDestructive(t testing.TB, what string) {
+	t.Helper()
+	needCtl(t)
+	if !destructiveAllowed() {
+		why := fmt.Sprintf("would %s, cutting off every program using it; set QUEUEKIT_DESTRUCTIVE_TESTS=1 to run on a broker nothing else uses", what)
+		skips.add(why)
+		t.Skip("this test " + why)
+	}
+}
+
+func destructiveAllowed() bool { return os.Getenv("QUEUEKIT_DESTRUCTIVE_TESTS") == "1" }
+
+// skipOrFail fails the test under QUEUEKIT_REQUIRE_BROKERS=1 (in CI a
+// missing broker is a failure), else skips it and counts the skip.
+func skipOrFail(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("QUEUEKIT_REQUIRE_BROKERS") == "1" {
+		t.Fatal(why + " (QUEUEKIT_REQUIRE_BROKERS=1)")
+	}
+	skips.add(why)
+	t.Skip(why)
+}
+
+// skips counts the RabbitMQ tests skipped, by reason, for the summary line.
+var skips skipCounter
+
+type skipCounter struct {
+	mu      sync.Mutex
+	reasons []string // in the order first seen
+	n       map[string]int
+}
+
+func (s *skipCounter) add(why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n == nil {
+		s.n = map[string]int{}
+	}
+	if s.n[why] == 0 {
+		s.reasons = append(s.reasons, why)
+	}
+	s.n[why]++
+}
+
+// summary returns the one line that says how many RabbitMQ tests were
+// skipped and why, or "" when none was.
+func (s *skipCounter) summary() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	total := 0
+	for _, n := range s.n {
+		total += n
+	}
+	if total == 0 {
+		return ""
+	}
+	tests := "tests"
+	if total == 1 {
+		tests = "test"
+	}
+	if len(s.reasons) == 1 {
+		return fmt.Sprintf("queuekit: %d RabbitMQ %s skipped: %s", total, tests, s.reasons[0])
+	}
+	parts := make([]string, len(s.reasons))
+	for i, why := range s.reasons {
+		parts[i] = fmt.Sprintf("%d: %s", s.n[why], why)
+	}
+	return fmt.Sprintf("queuekit: %d RabbitMQ %s skipped: %s", total, tests, strings.Join(parts, "; "))
+}
+
+// printSummary shows line to whoever runs the tests, without -v.
+//
+// go test in package list mode (go test ./...) discards everything a
+// passing test binary writes, stdout and stderr alike, unless -v: a skip
+// line there would never be seen. So, without -v and when stdout is not
+// the terminal itself (go test with no package arguments streams it), the
+// line goes to the controlling terminal (/dev/tty) too. Without one (CI,
+// where QUEUEKIT_REQUIRE_BROKERS=1 turns skips into failures), stdout is
+// all there is: shown with -v and when the package fails.
+func printSummary(line string) {
+	fmt.Println(line)
+	if testing.Verbose() {
+		return
+	}
+	if fi, err := os.Stdout.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		return
+	}
+	if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+		fmt.Fprintln(tty, line)
+		_ = tty.Close()
+	}
+}
+
+// ctl runs rabbitmqctl for a test. Commands scoped to a vhost run in the
+// tests' own unless args name one (-p, --vhost); commands that act on the
+// whole broker are refused unless QUEUEKIT_DESTRUCTIVE_TESTS=1 (the test
+// must call needDestructive first), and so is closing the connections of a
+// vhost that is not the tests' own: without --vhost, close_all_connections
+// closes those of vhost "/", where other programs are.
 func ctl(args ...string) (string, error) {
+	testBroker.setup()
+	if err := testBroker.ctlErr; err != nil {
+		return "", fmt.Errorf("rabbitmqctl unavailable: %w", err)
+	}
+	args, err := scopeCtl(args, testBroker.vhost, testBroker.created, destructiveAllowed())
+	if err != nil {
+		return "", err
+	}
+	return rabbitmqctl(args...)
+}
+
+// vhostScoped are the rabbitmqctl commands that act on one vhost ("/" unless
+// told otherwise).
+var vhostScoped = []string{
+	"list_queues", "list_exchanges", "list_bindings", "list_consumers", "list_permissions",
+	"list_policies", "set_policy", "clear_policy", "purge_queue", "delete_queue",
+	"close_all_connections", "list_unresponsive_queues",
+}
+
+// brokerWide are the rabbitmqctl commands that disturb every user of the
+// broker.
+var brokerWide = []string{
+	"stop_app", "start_app", "stop", "shutdown", "reset", "force_reset",
+	"set_vm_memory_high_watermark", "set_disk_free_limit",
+}
+
+// scopeCtl returns args with the tests' vhost added to a vhost-scoped
+// command that names none, or an error for a command the tests may not run
+// here.
+func scopeCtl(args []string, vhost string, own, destructive bool) ([]string, error) {
+	cmd, named := "", ""
+	global := false
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "-p" || a == "--vhost":
+			if i+1 < len(args) {
+				named = args[i+1]
+				i++
+			}
+		case strings.HasPrefix(a, "--vhost="):
+			named = strings.TrimPrefix(a, "--vhost=")
+		case a == "--global":
+			global = true
+		case a == "-n" || a == "--node" || a == "-t" || a == "--timeout" || a == "--limit" || a == "--per-connection-delay":
+			i++
+		case cmd == "" && !strings.HasPrefix(a, "-"):
+			cmd = a
+		}
+	}
+	refuse := func(why string) ([]string, error) {
+		return nil, fmt.Errorf("rabbitmqctl %s: %s; a test that must do it calls needDestructive (QUEUEKIT_DESTRUCTIVE_TESTS=1)",
+			strings.Join(args, " "), why)
+	}
+	switch {
+	case slices.Contains(brokerWide, cmd) && !destructive:
+		return refuse("acts on the whole broker, not just the tests' vhost")
+	case cmd == "close_all_connections" && global && !destructive:
+		return refuse("--global closes the connections of every vhost")
+	case cmd == "close_all_connections" && !global && !destructive && (!own || (named != "" && named != vhost)):
+		return refuse("closes the connections of a vhost that is not the tests' own")
+	case slices.Contains(vhostScoped, cmd) && named == "" && !global:
+		i := slices.Index(args, cmd)
+		return slices.Concat(args[:i+1], []string{"--vhost", vhost}, args[i+1:]), nil
+	}
+	return args, nil
+}
+
+// rabbitmqctl runs rabbitmqctl as is.
+func rabbitmqctl(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("rabbitmqctl %s: %v: %s", strings.Join(args, " "), err, out)
+		return string(out), fmt.Errorf("rabbitmqctl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+// closeTestConnections force-closes every connection in the tests' vhost,
+// and nothing else: the connection-loss fault of the chaos tests.
+func closeTestConnections(reason string) error {
+	testBroker.setup()
+	if !testBroker.created {
+		return fmt.Errorf("the tests have no vhost of their own: %v", testBroker.ctlErr)
+	}
+	_, err := ctl("close_all_connections", "--vhost", testBroker.vhost, reason)
+	return err
 }
 
 var nonName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
@@ -238,4 +537,78 @@ func runInBackground(t testing.TB, c *consumer.Consumer, err error) (ctx context
 	ch := make(chan error, 1)
 	go func() { ch <- c.Run(ctx) }()
 	return ctx, cancel, ch
+}
+
+// TestCtlStaysInTheTestsVhost pins issue 9 item 12: the rabbitmqctl commands
+// the tests run never reach beyond their own vhost unless
+// QUEUEKIT_DESTRUCTIVE_TESTS=1. Before, close_all_connections without
+// --vhost closed every connection of vhost "/" (other programs'), and
+// stop_app ran on any broker.
+func TestCtlStaysInTheTestsVhost(t *testing.T) {
+	const own = "queuekit-test-0000abcd"
+	tests := []struct {
+		name        string
+		args        []string
+		owned       bool // the tests created the vhost
+		destructive bool // QUEUEKIT_DESTRUCTIVE_TESTS=1
+		want        string
+		refused     bool
+	}{
+		{"close_all_connections gets the tests' vhost", []string{"close_all_connections", "test"}, true, false,
+			"close_all_connections --vhost " + own + " test", false},
+		{"close_all_connections in the tests' vhost", []string{"close_all_connections", "--vhost", own, "test"}, true, false,
+			"close_all_connections --vhost " + own + " test", false},
+		{"close_all_connections in vhost / is refused", []string{"close_all_connections", "-p", "/", "test"}, true, false, "", true},
+		{"close_all_connections --global is refused", []string{"close_all_connections", "--global", "test"}, true, false, "", true},
+		{"close_all_connections without a vhost of their own is refused", []string{"close_all_connections", "test"}, false, false, "", true},
+		{"stop_app is refused", []string{"stop_app"}, true, false, "", true},
+		{"start_app is refused", []string{"-q", "start_app"}, true, false, "", true},
+		{"a memory alarm is refused", []string{"set_vm_memory_high_watermark", "0.0001"}, true, false, "", true},
+		{"stop_app with the opt-in", []string{"stop_app"}, true, true, "stop_app", false},
+		{"close_all_connections --global with the opt-in", []string{"close_all_connections", "--global", "x"}, true, true,
+			"close_all_connections --global x", false},
+		{"list_queues gets the tests' vhost", []string{"list_queues", "-q", "name"}, true, false,
+			"list_queues --vhost " + own + " -q name", false},
+		{"list_queues in the URL's vhost", []string{"-q", "list_queues", "name"}, false, false, "-q list_queues --vhost " + own + " name", false},
+		{"status is left alone", []string{"-q", "status"}, true, false, "-q status", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := scopeCtl(tt.args, own, tt.owned, tt.destructive)
+			if tt.refused {
+				if err == nil {
+					t.Fatalf("scopeCtl(%q) = %q; want it refused", tt.args, got)
+				}
+				if !strings.Contains(err.Error(), "QUEUEKIT_DESTRUCTIVE_TESTS=1") {
+					t.Errorf("refusal %q does not name QUEUEKIT_DESTRUCTIVE_TESTS=1", err)
+				}
+				return
+			}
+			if err != nil || strings.Join(got, " ") != tt.want {
+				t.Fatalf("scopeCtl(%q) = %q, %v; want %q", tt.args, got, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestSkipSummaryIsOneLine checks the line TestMain prints when RabbitMQ
+// tests were skipped: how many, and why, on one line.
+func TestSkipSummaryIsOneLine(t *testing.T) {
+	var s skipCounter
+	if got := s.summary(); got != "" {
+		t.Fatalf("summary with no skips = %q; want \"\"", got)
+	}
+	for range 3 {
+		s.add("no RabbitMQ at amqp://guest:xxxxx@127.0.0.1:1/ (connection refused)")
+	}
+	want := "queuekit: 3 RabbitMQ tests skipped: no RabbitMQ at amqp://guest:xxxxx@127.0.0.1:1/ (connection refused)"
+	if got := s.summary(); got != want {
+		t.Fatalf("summary = %q; want %q", got, want)
+	}
+	s.add("would restart the whole broker")
+	want = "queuekit: 4 RabbitMQ tests skipped: 3: no RabbitMQ at amqp://guest:xxxxx@127.0.0.1:1/ (connection refused); " +
+		"1: would restart the whole broker"
+	if got := s.summary(); got != want {
+		t.Fatalf("summary = %q; want %q", got, want)
+	}
 }
