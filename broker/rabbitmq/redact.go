@@ -24,7 +24,11 @@ func redactURL(raw string) string {
 			return u.Redacted()
 		}
 	}
-	return scrub(u.Redacted(), hiddenPasswords(raw))
+	secrets, ok := hiddenPasswords(raw)
+	if !ok {
+		return "<unparseable URL>"
+	}
+	return scrub(u.Redacted(), secrets)
 }
 
 // redactText removes the password of raw from s, for error texts produced by
@@ -39,9 +43,16 @@ func redactText(s, raw string) string {
 		// spelling of what may be its password, then anything between a
 		// scheme's "//" and the last "@".
 		s = strings.ReplaceAll(s, raw, "<unparseable URL>")
-		return stripUserinfo(scrub(s, hiddenPasswords(raw)))
+		secrets, ok := hiddenPasswords(raw)
+		if !ok {
+			return withheld
+		}
+		return stripUserinfo(scrub(s, secrets))
 	}
-	secrets := hiddenPasswords(raw)
+	secrets, ok := hiddenPasswords(raw)
+	if !ok {
+		return withheld
+	}
 	if u.User != nil {
 		if p, ok := u.User.Password(); ok && p != "" {
 			s = strings.ReplaceAll(s, raw, redactURL(raw))
@@ -57,7 +68,11 @@ func redactText(s, raw string) string {
 // (malformed in some way), at the start of raw or after its first ":", both
 // tried. On a well-formed URL this is the password; on a malformed one it may
 // be more than the password (never less), which only redacts more.
-func hiddenPasswords(raw string) []string {
+//
+// Each "@" adds a candidate as long as the URL, so the work grows with the
+// square of their number: beyond maxAts candidates, ok is false and the
+// caller withholds the text (no real URL has that many).
+func hiddenPasswords(raw string) (secrets []string, ok bool) {
 	var starts []string
 	if i := strings.Index(raw, "://"); i >= 0 {
 		starts = []string{raw[i+3:]}
@@ -67,19 +82,27 @@ func hiddenPasswords(raw string) []string {
 			starts = append(starts, raw[i+1:])
 		}
 	}
-	var out []string
 	for _, s := range starts {
 		for j := 0; j < len(s); j++ {
 			if s[j] != '@' {
 				continue
 			}
 			if c := strings.IndexByte(s[:j], ':'); c >= 0 && c+1 < j {
-				out = append(out, s[c+1:j])
+				if len(secrets) == maxAts {
+					return nil, false
+				}
+				secrets = append(secrets, s[c+1:j])
 			}
 		}
 	}
-	return out
+	return secrets, true
 }
+
+// maxAts bounds the candidates hiddenPasswords considers.
+const maxAts = 16
+
+// withheld replaces an error text that redaction cannot make safe.
+const withheld = "<text withheld: it may show a password from a URL too malformed to redact>"
 
 // scrub replaces in s every secret, in every spelling a URL or an error text
 // may give it (as is, percent-decoded, percent-encoded, Go-quoted), with
