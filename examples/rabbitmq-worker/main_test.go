@@ -10,8 +10,10 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,23 +21,150 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain checks for leaked goroutines, then deletes the vhost the tests
+// created (after the leak check: deleting it closes whatever is still
+// connected there, which would hide a leaked connection) and prints one line
+// when tests were skipped for want of a broker.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		if err := testBroker.teardown(); err != nil {
+			fmt.Fprintln(os.Stderr, "queuekit:", err)
+			code = 1
+		}
+		if n := skipped.Load(); n > 0 {
+			tests := "tests"
+			if n == 1 {
+				tests = "test"
+			}
+			printSummary(fmt.Sprintf("queuekit: %d RabbitMQ %s of examples/rabbitmq-worker skipped: %s", n, tests, testBroker.why()))
+		}
+		os.Exit(code)
+	}))
+}
 
-func testURL() string { return envOr("QUEUEKIT_AMQP_URL", defaultURL) }
+// The tests run the worker in a vhost of their own (queuekit-test-<random>),
+// created with rabbitmqctl on the broker at QUEUEKIT_AMQP_URL (or the local
+// default) and deleted at the end, so that they leave nothing on a broker
+// other programs use. When rabbitmqctl cannot create it (not installed, no
+// Erlang cookie, or it manages another broker than the URL's), they run in
+// the URL's own vhost: the worker deletes what it created there.
+var testBroker broker
+
+// skipped counts the tests skipped for want of a broker, for the summary.
+var skipped atomic.Int64
+
+type broker struct {
+	once    sync.Once
+	base    string // QUEUEKIT_AMQP_URL, or the local default
+	url     string // base in the tests' vhost when they have one
+	vhost   string // the tests' own vhost, "" without one
+	dialErr error  // nothing answers at base
+}
+
+func (b *broker) setup() {
+	b.once.Do(func() {
+		b.base = envOr("QUEUEKIT_AMQP_URL", defaultURL)
+		b.url = b.base
+		conn, err := dial(b.base)
+		if err != nil {
+			b.dialErr = err
+			return
+		}
+		_ = conn.Close()
+		vhost := fmt.Sprintf("queuekit-test-%08x", rand.Uint32())
+		if _, err := rabbitmqctl("-q", "add_vhost", vhost); err != nil {
+			return // no rabbitmqctl here: the URL's vhost it is
+		}
+		u, err := url.Parse(b.base)
+		if err == nil {
+			user := "guest"
+			if u.User != nil && u.User.Username() != "" {
+				user = u.User.Username()
+			}
+			_, err = rabbitmqctl("-q", "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+		}
+		if err == nil {
+			// rabbitmqctl manages the local node, which need not be the
+			// broker the URL names: use the vhost only where it exists.
+			u.Path, u.RawPath = "/"+vhost, ""
+			if conn, err = dial(u.String()); err == nil {
+				_ = conn.Close()
+				b.url, b.vhost = u.String(), vhost
+				return
+			}
+		}
+		_, _ = rabbitmqctl("-q", "delete_vhost", vhost)
+	})
+}
+
+// teardown deletes the tests' vhost, with everything in it.
+func (b *broker) teardown() error {
+	if b.vhost == "" {
+		return nil
+	}
+	var err error
+	for range 3 { // rabbitmqctl can time out on a loaded machine
+		if _, err = rabbitmqctl("-q", "delete_vhost", b.vhost); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("the tests' vhost %s is left on the broker: %w", b.vhost, err)
+}
+
+func (b *broker) why() string {
+	return fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", redact(b.base), b.dialErr)
+}
+
+func rabbitmqctl(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("rabbitmqctl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// printSummary shows line to whoever runs the tests, without -v.
+//
+// go test in package list mode (go test ./...) discards everything a
+// passing test binary writes, stdout and stderr alike, unless -v. So,
+// without -v and when stdout is not the terminal itself, the line goes to
+// the controlling terminal (/dev/tty) too; without one (CI), stdout is all
+// there is: shown with -v and when the package fails.
+func printSummary(line string) {
+	fmt.Println(line)
+	if testing.Verbose() {
+		return
+	}
+	if fi, err := os.Stdout.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		return
+	}
+	if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+		fmt.Fprintln(tty, line)
+		_ = tty.Close()
+	}
+}
+
+// testURL is the broker URL the tests give the worker.
+func testURL() string {
+	testBroker.setup()
+	return testBroker.url
+}
 
 // needBroker skips the test when no RabbitMQ answers at testURL, or fails it
 // when QUEUEKIT_REQUIRE_BROKERS=1 (CI).
 func needBroker(t *testing.T) {
 	t.Helper()
-	conn, err := dial(testURL())
-	if err == nil {
-		_ = conn.Close()
+	testBroker.setup()
+	if testBroker.dialErr == nil {
 		return
 	}
-	msg := fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", redact(testURL()), err)
+	msg := testBroker.why()
 	if os.Getenv("QUEUEKIT_REQUIRE_BROKERS") == "1" {
 		t.Fatal(msg + " (QUEUEKIT_REQUIRE_BROKERS=1)")
 	}
+	skipped.Add(1)
 	t.Skip(msg)
 }
 
@@ -48,6 +177,7 @@ func TestWorkerDeadLettersAndRetries(t *testing.T) {
 	defer cancel()
 	var stdout bytes.Buffer
 	logs := &lockedBuffer{}
+	t.Logf("broker: %s", redact(testURL()))
 	sum, err := run(ctx, config{URL: testURL(), Timeout: time.Minute, Logger: debugLogger(logs)}, &stdout)
 	t.Logf("output:\n%s", stdout.String())
 	if err != nil {
