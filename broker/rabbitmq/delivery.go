@@ -152,6 +152,9 @@ func (m *attemptMemo) put(d *amqp.Delivery, a int) {
 	k := keyOf(d)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.m == nil { // a Source not made by NewSource
+		m.init(0)
+	}
 	if _, ok := m.m[k]; !ok && len(m.m) >= m.max {
 		var oldest memoKey
 		first := true
