@@ -89,8 +89,16 @@ type proc struct {
 
 func startService(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startServiceEnv(t, nil, args...)
+}
+
+// startServiceEnv is startService with more environment variables.
+func startServiceEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(serviceBinary(t), append([]string{"-addr", "127.0.0.1:0"}, args...)...)
-	cmd.Env = append(os.Environ(), "AMQP_URL=", "KAFKA_BROKERS=")
+	// Neither a broker nor an orchestrator unless the test says so.
+	cmd.Env = append(os.Environ(), "AMQP_URL=", "KAFKA_BROKERS=", "KUBERNETES_SERVICE_HOST=")
+	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -74,9 +74,19 @@ type config struct {
 	drainTimeout    time.Duration
 	shutdownDelay   time.Duration
 	processTime     time.Duration
+	maxConns        int
+	maxOrders       int
 	adminToken      string // secret: never logged or printed
+	orderIDSecret   []byte // secret: never logged or printed; empty: random per process
 	logLevel        slog.Level
 }
+
+// orchestratedShutdownDelay is the default -shutdown-delay under Kubernetes
+// (KUBERNETES_SERVICE_HOST is set in every pod): long enough for the
+// endpoints controller and kube-proxy or an ingress to take the pod out of
+// rotation after readiness fails. Locally the default is 0, so Ctrl-C stops
+// the service at once.
+const orchestratedShutdownDelay = 5 * time.Second
 
 func main() {
 	cfg, err := parseConfig(os.Args[1:], os.Getenv)
@@ -105,12 +115,14 @@ func main() {
 }
 
 // parseConfig reads flags from args; the environment fills in for flags that
-// are not given (ADDR, AMQP_URL, KAFKA_BROKERS, ADMIN_TOKEN). A broker flag
+// are not given (ADDR, AMQP_URL, KAFKA_BROKERS; KUBERNETES_SERVICE_HOST for
+// -shutdown-delay) and holds the secrets (ADMIN_TOKEN, ORDER_ID_SECRET). A broker flag
 // given on the command line wins over both brokers' environment variables.
 //
-// Secrets (the AMQP URL, which may carry a password, and the admin token) are
-// read from the environment after parsing, never used as flag defaults: the
-// flag package prints defaults on -h and on every usage error.
+// Secrets (the AMQP URL, which may carry a password, the admin token and the
+// order id secret) are read from the environment after parsing, never used
+// as flag defaults: the flag package prints defaults on -h and on every
+// usage error.
 func parseConfig(args []string, getenv func(string) string) (config, error) {
 	var cfg config
 	fs := flag.NewFlagSet("gin", flag.ContinueOnError)
@@ -123,7 +135,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.IntVar(&cfg.concurrency, "concurrency", 8, "orders handled at once")
 	fs.IntVar(&cfg.maxQueued, "max-queued", 10000, "in-memory broker only: refuse orders (503) while this many wait in the queue")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 15*time.Second, "how long in-flight orders may take to finish at shutdown")
-	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "at shutdown, how long /readyz answers 503 while orders are still accepted (time for a load balancer to notice)")
+	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "at shutdown, how long /readyz answers 503 while orders are still accepted (time for a load balancer to notice); default 0, or 5s when KUBERNETES_SERVICE_HOST is set")
+	fs.IntVar(&cfg.maxConns, "max-conns", 1024, "HTTP connections open at once; more wait until one closes")
+	fs.IntVar(&cfg.maxOrders, "max-orders", defaultMaxOrders, "orders the in-memory order store remembers; past it, the oldest finished ones are forgotten")
 	fs.DurationVar(&cfg.processTime, "process-time", 20*time.Millisecond, "simulated time to process an order (a database call)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -140,7 +154,16 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	if !given["amqp-url"] && !given["kafka-brokers"] {
 		cfg.amqpURL, cfg.kafkaBrokers = getenv("AMQP_URL"), getenv("KAFKA_BROKERS")
 	}
+	if !given["shutdown-delay"] && getenv("KUBERNETES_SERVICE_HOST") != "" {
+		cfg.shutdownDelay = orchestratedShutdownDelay
+	}
 	cfg.adminToken = getenv("ADMIN_TOKEN")
+	if sec := getenv("ORDER_ID_SECRET"); sec != "" {
+		if len(sec) < minOrderIDSecretLen {
+			return cfg, fmt.Errorf("ORDER_ID_SECRET must be at least %d bytes, not %d", minOrderIDSecretLen, len(sec))
+		}
+		cfg.orderIDSecret = []byte(sec)
+	}
 	if err := cfg.logLevel.UnmarshalText([]byte(*level)); err != nil {
 		return cfg, fmt.Errorf("-log-level: %w", err)
 	}
@@ -153,6 +176,10 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 		return cfg, fmt.Errorf("-kafka-partitions must be at least 1, not %d", cfg.kafkaPartitions)
 	case cfg.maxQueued < 1:
 		return cfg, fmt.Errorf("-max-queued must be at least 1, not %d", cfg.maxQueued)
+	case cfg.maxConns < 1:
+		return cfg, fmt.Errorf("-max-conns must be at least 1, not %d", cfg.maxConns)
+	case cfg.maxOrders < 1:
+		return cfg, fmt.Errorf("-max-orders must be at least 1, not %d", cfg.maxOrders)
 	case cfg.drainTimeout <= 0:
 		return cfg, fmt.Errorf("-drain-timeout must be positive, not %v", cfg.drainTimeout)
 	case cfg.shutdownDelay < 0 || cfg.processTime < 0:

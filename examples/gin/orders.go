@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"container/list"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/queuekit/queuekit/consumer"
@@ -42,20 +46,37 @@ type Order struct {
 	AcceptedAt time.Time `json:"accepted_at"`
 }
 
-// decodeOrderRequest reads and validates a POST /orders body, which r limits
-// with http.MaxBytesReader. Its errors are meant for the client: they say what
-// is wrong, without Go type names (an *http.MaxBytesError is returned as is).
+// decodeOrderRequest reads and validates a POST /orders body (the handler
+// also limits it with http.MaxBytesReader). Its errors are meant for the
+// client: they say what is wrong, without Go type names. A body over
+// maxBodySize returns an *http.MaxBytesError, whatever follows the object
+// (issue 9: a valid object followed by megabytes of whitespace used to pass).
+// The fuzz target in fuzz_test.go calls it: keep its signature.
 func decodeOrderRequest(r io.Reader) (OrderRequest, error) {
 	var req OrderRequest
-	dec := json.NewDecoder(r)
+	// The whole body is read, up to one byte past the limit, before it is
+	// decoded: the decoder alone stops after the object and never sees
+	// what follows it.
+	body, err := io.ReadAll(io.LimitReader(r, maxBodySize+1))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return req, err
+	case err != nil:
+		return req, &bodyReadError{err}
+	case len(body) > maxBodySize:
+		return req, &http.MaxBytesError{Limit: maxBodySize}
+	}
+	// encoding/json would turn invalid UTF-8 into U+FFFD silently.
+	if !utf8.Valid(body) {
+		return req, fmt.Errorf("body is not valid UTF-8 (at byte %d)", invalidUTF8At(body))
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		var syn *json.SyntaxError
 		var typ *json.UnmarshalTypeError
-		var tooLarge *http.MaxBytesError
 		switch {
-		case errors.As(err, &tooLarge):
-			return req, err
 		case errors.Is(err, io.EOF):
 			return req, errors.New(`empty body: want a JSON object such as {"item": "book", "quantity": 2}`)
 		case errors.As(err, &syn):
@@ -72,10 +93,31 @@ func decodeOrderRequest(r io.Reader) (OrderRequest, error) {
 			return req, fmt.Errorf("malformed JSON: %v", err)
 		}
 	}
-	if dec.More() {
+	if rest := body[dec.InputOffset():]; len(bytes.TrimLeft(rest, " \t\r\n")) > 0 {
 		return req, errors.New("body must hold one JSON object")
 	}
 	return req, req.validate()
+}
+
+// bodyReadError is a failure to read the body itself (the client went
+// away, or was too slow: see net.Error's Timeout), as opposed to a body that
+// is wrong.
+type bodyReadError struct{ err error }
+
+func (e *bodyReadError) Error() string { return "cannot read the body: " + e.err.Error() }
+func (e *bodyReadError) Unwrap() error { return e.err }
+
+// invalidUTF8At returns the offset of the first byte of b that is not part
+// of valid UTF-8.
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size <= 1 {
+			return i
+		}
+		i += size
+	}
+	return len(b)
 }
 
 func jsonKind(goKind string) string {
@@ -96,23 +138,65 @@ func (r OrderRequest) validate() error {
 	case utf8.RuneCountInString(item) > maxItemLen:
 		return fmt.Errorf(`"item" must be at most %d characters`, maxItemLen)
 	}
+	// Item names end up in logs, pages and other systems: no control
+	// characters (newlines forge log lines, ESC drives terminals), and no
+	// U+FFFD, which is what encoding/json makes of invalid UTF-8 and of
+	// unpaired surrogate escapes such as "\ud800" (issue 9).
+	for i, c := range []rune(r.Item) {
+		switch {
+		case c == utf8.RuneError:
+			return fmt.Errorf(`"item" must be valid UTF-8 text: character %d is U+FFFD (invalid UTF-8 or an unpaired surrogate)`, i+1)
+		case unicode.IsControl(c):
+			return fmt.Errorf(`"item" must not contain control characters: character %d is %U`, i+1, c)
+		}
+	}
 	if r.Quantity < 1 || r.Quantity > maxQuantity {
 		return fmt.Errorf(`"quantity" must be an integer from 1 to %d`, maxQuantity)
 	}
 	return nil
 }
 
+// digest identifies the order a request asks for, to tell a retried request
+// from another order sent with the same Idempotency-Key. It hashes the
+// decoded request, not the body's bytes, so that the same order written
+// with other spacing or field order is still the same order.
+func (r OrderRequest) digest() [sha256.Size]byte {
+	b, _ := json.Marshal(r) // cannot fail: a string and an int
+	return sha256.Sum256(b)
+}
+
 // maxIdempotencyKey bounds the Idempotency-Key header.
 const maxIdempotencyKey = 200
+
+// orderIDSecretLen is the length of the random secret a process makes when
+// ORDER_ID_SECRET is not set, and the least a configured one must have.
+const (
+	orderIDSecretLen    = 32
+	minOrderIDSecretLen = 16
+)
+
+// newOrderIDSecret returns a random secret for newOrderID.
+func newOrderIDSecret() ([]byte, error) {
+	b := make([]byte, orderIDSecretLen)
+	_, err := rand.Read(b)
+	return b, err
+}
 
 // newOrderID returns an id such as "ord_3f9a0c1b2d4e5f60718293a4": derived
 // from the client's idempotency key when there is one, so that a retried
 // request names the same order, and random otherwise.
-func newOrderID(idempotencyKey string) (string, error) {
+//
+// The derivation is an HMAC keyed with the server's secret: a plain hash of
+// the key would let anyone who can guess a client's key compute its order's
+// id and read the order (issue 9). The id is the same for one key only
+// where the secret is: within the process, or across restarts and replicas
+// that share ORDER_ID_SECRET.
+func newOrderID(secret []byte, idempotencyKey string) (string, error) {
 	var b [12]byte
 	if idempotencyKey != "" {
-		sum := sha256.Sum256([]byte(idempotencyKey))
-		copy(b[:], sum[:])
+		mac := hmac.New(sha256.New, secret)
+		mac.Write([]byte(idempotencyKey))
+		copy(b[:], mac.Sum(nil))
 	} else if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
@@ -137,18 +221,51 @@ type OrderStatus struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// defaultMaxOrders is the default of -max-orders: the orders the store
+// remembers. A record takes about 0.2-0.5 KB (more with long item names), so
+// the default bounds the store near 20-50 MB.
+const defaultMaxOrders = 100_000
+
 // store records the status of orders. It stands for the service's database:
 // it lives in memory, so a restarted process knows only the orders it
 // accepted or processed itself. Recording is keyed by id, so a redelivered
 // order is harmless (processing is idempotent).
+//
+// It holds at most max orders (issue 9: it used to grow by every accepted
+// order, forever). Past that it forgets the oldest finished (processed or
+// failed) order, or, when none is finished, the oldest accepted one whose
+// publish is over. A forgotten order answers 404, and its Idempotency-Key is
+// forgotten with it: a retry after that makes the order again. Orders being
+// published are never forgotten, so the store may exceed max by as many
+// as there are publishes in progress.
+//
+// It is safe for concurrent use.
 type store struct {
 	mu     sync.Mutex
-	orders map[string]*OrderStatus
+	max    int
+	orders map[string]*record
+	// open and done list the accepted and the finished orders, each oldest
+	// first: the order in which they are forgotten.
+	open, done list.List
 	// counts of distinct orders, for the shutdown report
-	accepted, processed, failed int
+	accepted, processed, failed, forgotten int
 }
 
-func newStore() *store { return &store{orders: make(map[string]*OrderStatus)} }
+// record is what the store keeps of one order.
+type record struct {
+	OrderStatus
+	// digest of the request that made the order (zero for an order that
+	// reached the queue by other means): a reused Idempotency-Key with
+	// another order is refused.
+	digest [sha256.Size]byte
+	// publishing: the order was reserved and its publish is in progress.
+	publishing bool
+	elem       *list.Element // in open or done
+}
+
+func newStore(max int) *store {
+	return &store{max: max, orders: make(map[string]*record)}
+}
 
 func (s *store) get(id string) (OrderStatus, bool) {
 	s.mu.Lock()
@@ -157,43 +274,94 @@ func (s *store) get(id string) (OrderStatus, bool) {
 	if !ok {
 		return OrderStatus{}, false
 	}
-	return *o, true
+	return o.OrderStatus, true
 }
 
-func (s *store) accept(o Order) {
+// len returns the number of orders the store holds.
+func (s *store) len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.orders[o.ID]; ok {
-		return // the same order again (same Idempotency-Key): counted once
-	}
-	s.accepted++
-	s.orders[o.ID] = &OrderStatus{ID: o.ID, Status: statusAccepted, Item: o.Item, Quantity: o.Quantity, UpdatedAt: time.Now()}
+	return len(s.orders)
 }
 
-// forget undoes accept for an order whose publish failed: the client got an
+// claim is what reserve found.
+type claim int
+
+const (
+	claimed      claim = iota // the order is new: publish it
+	claimedSame               // the same order exists: answer with it
+	claimedOther              // another order has this id (its key): refuse
+	claimedBusy               // the same order is being published by another request
+)
+
+// reserve records o, made from a request with the given digest, as accepted
+// and being published, unless an order with its id exists. Check and
+// insert are one step, so that of two requests with one Idempotency-Key
+// only one publishes. The caller ends a claimed reservation with published
+// or forget.
+func (s *store) reserve(o Order, digest [sha256.Size]byte) (OrderStatus, claim) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rec, ok := s.orders[o.ID]; ok {
+		switch {
+		case rec.digest != digest:
+			return rec.OrderStatus, claimedOther
+		case rec.publishing:
+			return rec.OrderStatus, claimedBusy
+		default:
+			return rec.OrderStatus, claimedSame
+		}
+	}
+	s.accepted++
+	rec := &record{
+		OrderStatus: OrderStatus{ID: o.ID, Status: statusAccepted, Item: o.Item, Quantity: o.Quantity, UpdatedAt: time.Now()},
+		digest:      digest,
+		publishing:  true,
+	}
+	rec.elem = s.open.PushBack(rec)
+	s.orders[o.ID] = rec
+	s.evict()
+	return rec.OrderStatus, claimed
+}
+
+// published ends a reservation whose publish succeeded.
+func (s *store) published(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rec, ok := s.orders[id]; ok {
+		rec.publishing = false
+	}
+	s.evict()
+}
+
+// forget ends a reservation whose publish failed: the client got an
 // error, so the order does not exist.
 func (s *store) forget(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if o, ok := s.orders[id]; ok && o.Status == statusAccepted {
-		delete(s.orders, id)
+	if rec, ok := s.orders[id]; ok && rec.Status == statusAccepted {
+		s.remove(rec)
 		s.accepted--
 	}
 }
 
 // finish records a final status. It reports whether this is the order's
-// first final status (false for a redelivery of a processed order).
+// first final status (false for a redelivery of a processed order that the
+// store still holds).
 func (s *store) finish(id, status string, attempts int, errText string, o *Order) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rec, ok := s.orders[id]
 	if !ok {
-		rec = &OrderStatus{ID: id}
+		// Published by other means, or forgotten (see store).
+		rec = &record{OrderStatus: OrderStatus{ID: id}}
 		s.orders[id] = rec
-	}
-	if rec.Status == statusProcessed || rec.Status == statusFailed {
+	} else if rec.Status == statusProcessed || rec.Status == statusFailed {
 		return false
+	} else {
+		s.open.Remove(rec.elem)
 	}
+	rec.elem = s.done.PushBack(rec)
 	rec.Status, rec.Attempts, rec.Error, rec.UpdatedAt = status, attempts, errText, time.Now()
 	if o != nil {
 		rec.Item, rec.Quantity = o.Item, o.Quantity
@@ -203,7 +371,36 @@ func (s *store) finish(id, status string, attempts int, errText string, o *Order
 	} else {
 		s.failed++
 	}
+	s.evict()
 	return true
+}
+
+// evict forgets orders, oldest finished first, while the store holds more
+// than max. s.mu is held.
+func (s *store) evict() {
+	for len(s.orders) > s.max {
+		e := s.done.Front()
+		if e == nil {
+			// Nothing finished: the oldest accepted order, unless its
+			// publish is still in progress (then the newer ones are too,
+			// or will be soon: wait for published).
+			if e = s.open.Front(); e == nil || e.Value.(*record).publishing {
+				return
+			}
+		}
+		s.remove(e.Value.(*record))
+		s.forgotten++
+	}
+}
+
+// remove deletes rec from the map and from its list. s.mu is held.
+func (s *store) remove(rec *record) {
+	delete(s.orders, rec.ID)
+	if rec.Status == statusAccepted {
+		s.open.Remove(rec.elem)
+	} else {
+		s.done.Remove(rec.elem)
+	}
 }
 
 func (s *store) counts() (accepted, processed, failed int) {

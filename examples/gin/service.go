@@ -30,6 +30,23 @@ import (
 // most this long for its 202 or 503.
 const publishTimeout = 5 * time.Second
 
+// HTTP timeouts. The largest request, a 64 KiB POST /orders body, arrives
+// within readTimeout even at 8 KB/s, a poor mobile link; a client slower
+// than that holds a connection for no good reason (issue 9: trickling
+// clients used to hold theirs for 30 s each). idleTimeout stays above the
+// idle timeout of common load balancers (60 s): the side that closes an
+// idle keep-alive connection first races the other's next request.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+)
+
+// connLinger bounds the wait, after intake closed, for clients to leave
+// their keep-alive connections before the HTTP server closes them: see
+// awaitConnsClosed.
+const connLinger = time.Second
+
 // service holds what the HTTP handlers and the consumer need.
 type service struct {
 	cfg     config
@@ -41,6 +58,10 @@ type service struct {
 	metrics *qprom.Recorder
 	wd      *health.Watchdog
 	probes  *health.Handler
+	// secret keys the derivation of order ids from Idempotency-Keys.
+	secret []byte
+	// conns counts the HTTP connections open (http.Server.ConnState).
+	conns atomic.Int64
 
 	// notReady turns /readyz to 503: the first step of shutdown.
 	notReady atomic.Bool
@@ -65,7 +86,13 @@ func run(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logger) 
 // use it).
 func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logger, built func(*service)) (err error) {
 	defer ln.Close()
-	s := &service{cfg: cfg, log: logger, store: newStore(), reg: prometheus.NewRegistry()}
+	s := &service{cfg: cfg, log: logger, store: newStore(cfg.maxOrders), reg: prometheus.NewRegistry(), secret: cfg.orderIDSecret}
+	if len(s.secret) == 0 {
+		if s.secret, err = newOrderIDSecret(); err != nil {
+			return fmt.Errorf("order id secret: %w", err)
+		}
+		logger.Info("order ids are derived from Idempotency-Keys with a secret of this process: set ORDER_ID_SECRET so that a retry names the same order after a restart or on another replica")
+	}
 	if s.backend, err = newBackend(ctx, cfg, logger); err != nil {
 		return err
 	}
@@ -84,9 +111,17 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 	gin.SetMode(gin.ReleaseMode)
 	srv := &http.Server{
 		Handler:           s.routes(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				s.conns.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				s.conns.Add(-1)
+			}
+		},
 	}
 
 	// The supervisor runs on a context of its own so that it stops after the
@@ -97,7 +132,10 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 	supDone := make(chan error, 1)
 	go func() { supDone <- s.sup.Run(supCtx) }()
 	srvDone := make(chan error, 1)
-	go func() { srvDone <- srv.Serve(ln) }()
+	// At most -max-conns connections at once: each costs a file descriptor
+	// and buffers, and slow clients could otherwise open them until the
+	// process runs out of descriptors.
+	go func() { srvDone <- srv.Serve(newLimitListener(ln, cfg.maxConns)) }()
 	logger.Info("listening", "addr", ln.Addr().String(), "broker", s.backend.name, "queue", cfg.queue)
 	if s.backend.name == "memory" {
 		logger.Warn("in-memory broker: queued orders end with the process; for development and tests (set AMQP_URL or KAFKA_BROKERS for a real broker)")
@@ -129,8 +167,10 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 		time.Sleep(cfg.shutdownDelay)
 	}
 	s.stopIntake()
+	lingerUntil := time.Now().Add(connLinger)
 	stopConsumers()
 	supErr := <-supDone
+	s.awaitConnsClosed(lingerUntil)
 	shutdownHTTP(srv, logger)
 	if err := <-srvDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		logger.Warn("http server", "error", err)
@@ -274,6 +314,27 @@ func (s *service) stopIntake() {
 	s.intake.Unlock()
 }
 
+// awaitConnsClosed waits until no HTTP connection is open, or until
+// deadline. Since readiness went off, every answer carries Connection:
+// close (see closeWhenNotReady), so a client that is still sending leaves
+// its keep-alive connection after its next answer. Closing the connection
+// under it instead, as http.Server.Shutdown does with idle connections,
+// races that client's next request, which then gets EOF or a reset rather
+// than an answer (issue 9: 6-9 requests at every shutdown under load).
+func (s *service) awaitConnsClosed(deadline time.Time) {
+	for s.conns.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// closeWhenNotReady asks clients, from the start of shutdown, to close
+// their connection after each answer (see awaitConnsClosed).
+func (s *service) closeWhenNotReady(c *gin.Context) {
+	if s.notReady.Load() {
+		c.Header("Connection", "close")
+	}
+}
+
 // report logs what became of the orders this process accepted. On the
 // in-memory broker, whose queue ends with the process, processed + left +
 // failed accounts for every accepted order (when no order was processed
@@ -282,6 +343,9 @@ func (s *service) stopIntake() {
 func (s *service) report() {
 	accepted, processed, failed := s.store.counts()
 	attrs := []any{"broker", s.backend.name, "accepted", accepted, "processed", processed, "failed", failed}
+	s.store.mu.Lock()
+	attrs = append(attrs, "forgotten", s.store.forgotten) // by the bounded order store
+	s.store.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if left, ok := s.backend.left(ctx); ok {
@@ -309,7 +373,7 @@ func shutdownHTTP(srv *http.Server, logger *slog.Logger) {
 
 func (s *service) routes() http.Handler {
 	r := gin.New()
-	r.Use(gin.Recovery())
+	r.Use(gin.Recovery(), s.closeWhenNotReady)
 
 	r.POST("/orders", s.postOrder)
 	r.GET("/orders/:id", s.getOrder)
@@ -366,19 +430,34 @@ func (s *service) postOrder(c *gin.Context) {
 	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, maxBodySize)
 	req, err := decodeOrderRequest(c.Request.Body)
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
+		var (
+			tooLarge *http.MaxBytesError
+			readErr  *bodyReadError
+			netErr   net.Error
+		)
+		switch {
+		case errors.As(err, &tooLarge):
 			c.JSON(http.StatusRequestEntityTooLarge, gin.H{"error": fmt.Sprintf("body larger than %d bytes", maxBodySize)})
-			return
+		case errors.As(err, &netErr) && netErr.Timeout():
+			c.Header("Connection", "close")
+			c.JSON(http.StatusRequestTimeout, gin.H{"error": fmt.Sprintf("the body did not arrive within %v", readTimeout)})
+		case errors.As(err, &readErr):
+			c.Header("Connection", "close")
+			c.JSON(http.StatusBadRequest, gin.H{"error": "cannot read the body"})
+		default:
+			c.JSON(http.StatusBadRequest, gin.H{"error": err.Error()})
 		}
-		c.JSON(http.StatusBadRequest, gin.H{"error": err.Error()})
+		return
+	}
+	key := c.GetHeader("Idempotency-Key")
+	if len(key) > maxIdempotencyKey {
+		c.JSON(http.StatusBadRequest, gin.H{"error": fmt.Sprintf("Idempotency-Key longer than %d bytes", maxIdempotencyKey)})
 		return
 	}
 
 	s.intake.RLock()
 	defer s.intake.RUnlock()
 	if s.intakeClosed.Load() {
-		c.Header("Connection", "close")
 		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "shutting down: not accepting orders"})
 		return
 	}
@@ -390,22 +469,10 @@ func (s *service) postOrder(c *gin.Context) {
 	// With an Idempotency-Key, a client that retries (after a timeout, say)
 	// gets the same order id: the order is published again at worst, and
 	// processing, keyed by id, handles it once.
-	key := c.GetHeader("Idempotency-Key")
-	if len(key) > maxIdempotencyKey {
-		c.JSON(http.StatusBadRequest, gin.H{"error": fmt.Sprintf("Idempotency-Key longer than %d bytes", maxIdempotencyKey)})
-		return
-	}
-	id, err := newOrderID(key)
+	id, err := newOrderID(s.secret, key)
 	if err != nil {
 		c.JSON(http.StatusInternalServerError, gin.H{"error": "cannot make an order id"})
 		return
-	}
-	if key != "" {
-		if prev, ok := s.store.get(id); ok {
-			c.Header("Location", "/orders/"+id)
-			c.JSON(http.StatusAccepted, gin.H{"id": id, "status": prev.Status})
-			return
-		}
 	}
 	o := Order{ID: id, Item: req.Item, Quantity: req.Quantity, AcceptedAt: time.Now().UTC()}
 	body, err := json.Marshal(o)
@@ -413,7 +480,24 @@ func (s *service) postOrder(c *gin.Context) {
 		c.JSON(http.StatusInternalServerError, gin.H{"error": "cannot encode the order"})
 		return
 	}
-	s.store.accept(o) // before publishing: the consumer may be faster than this handler
+	// Reserved before publishing: the consumer may be faster than this
+	// handler, and a concurrent retry must not publish it too.
+	prev, cl := s.store.reserve(o, req.digest())
+	switch cl {
+	case claimedSame:
+		c.Header("Location", "/orders/"+id)
+		c.JSON(http.StatusAccepted, gin.H{"id": id, "status": prev.Status})
+		return
+	case claimedOther:
+		// As payment APIs do: the key names one order; silently
+		// answering with the first one would drop the second.
+		c.JSON(http.StatusUnprocessableEntity, gin.H{"error": "this Idempotency-Key was used for another order: use a new key for a new order"})
+		return
+	case claimedBusy:
+		c.Header("Retry-After", "1")
+		c.JSON(http.StatusConflict, gin.H{"error": "a request with this Idempotency-Key is in progress; try again shortly"})
+		return
+	}
 	// The publish does not end when the client goes away: a publish cut
 	// off half-way leaves the order in an unknown state.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), publishTimeout)
@@ -427,6 +511,7 @@ func (s *service) postOrder(c *gin.Context) {
 		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "the order queue is unavailable; try again (with the same Idempotency-Key to avoid a duplicate order)"})
 		return
 	}
+	s.store.published(id)
 	c.Header("Location", "/orders/"+id)
 	c.JSON(http.StatusAccepted, gin.H{"id": id, "status": statusAccepted})
 }
