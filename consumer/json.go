@@ -45,9 +45,11 @@ type jsonOptions struct {
 	allowNull             bool
 }
 
-// AllowNull makes JSON pass a body that is the JSON null to f, as the zero T
-// (a nil pointer, map, slice or interface), for types where null means
-// something.
+// AllowNull makes JSON pass a body that is the JSON null to f, for types
+// where null means something, decoded as encoding/json decodes null into a T:
+// the zero value (a nil pointer, map, slice or interface) unless T has an
+// UnmarshalJSON method of its own, which decides (json.RawMessage keeps the
+// text null).
 func AllowNull() JSONOption {
 	return func(o *jsonOptions) { o.allowNull = true }
 }
