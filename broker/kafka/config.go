@@ -36,6 +36,38 @@ func (o Ordering) String() string {
 	return fmt.Sprintf("Ordering(%d)", int(o))
 }
 
+// Isolation says which records written by transactional producers a Source
+// hands out.
+type Isolation int
+
+const (
+	// ReadCommitted hands out the records of committed transactions only,
+	// and no record of a transaction still open (the fetch stops at the
+	// partition's last stable offset). It is the default.
+	ReadCommitted Isolation = iota
+	// ReadUncommitted hands out every data record as soon as it is written,
+	// including those of transactions that are later aborted.
+	ReadUncommitted
+)
+
+// String returns "read-committed" or "read-uncommitted".
+func (i Isolation) String() string {
+	switch i {
+	case ReadCommitted:
+		return "read-committed"
+	case ReadUncommitted:
+		return "read-uncommitted"
+	}
+	return fmt.Sprintf("Isolation(%d)", int(i))
+}
+
+func (i Isolation) level() kafkago.IsolationLevel {
+	if i == ReadUncommitted {
+		return kafkago.ReadUncommitted
+	}
+	return kafkago.ReadCommitted
+}
+
 // Config configures a Source. Brokers, GroupID and Topic are required; every
 // other zero field means the documented default. NewSource validates the
 // config and returns an error wrapping consumer.ErrInvalidConfig instead of
@@ -51,13 +83,18 @@ type Config struct {
 	// Topic is the topic to consume.
 	Topic string
 
-	// Dialer opens broker connections. Set its TLS and SASLMechanism fields
-	// for TLS and SASL; the same settings are used for the dead-letter
-	// writer and the lag client. Default: a dialer with a 10 s timeout.
+	// Dialer opens the group's broker connections. Set its TLS and
+	// SASLMechanism fields for TLS and SASL; its TLS, SASL, ClientID,
+	// Timeout and DialFunc are used for every other connection too (the
+	// fetches, the dead-letter writer, the lag client). Default: a dialer
+	// with a 10 s timeout.
 	Dialer *kafkago.Dialer
 
 	// Ordering: ByPartition (default) or ByKey.
 	Ordering Ordering
+	// Isolation: ReadCommitted (default) or ReadUncommitted. Transaction
+	// markers (control records) are never handed out.
+	Isolation Isolation
 	// MaxInFlight bounds, per partition, the records queued for handling
 	// and not yet settled (waiting or being handled). When a partition
 	// reaches it, that partition is not fetched until records settle
@@ -114,8 +151,8 @@ type Config struct {
 	// kafkago.FirstOffset (default) or kafkago.LastOffset.
 	StartOffset int64
 	// MaxWait is the longest a fetch waits for new records at the end of a
-	// partition. Close and a rebalance do not wait for it: they close the
-	// fetch connections. Default 250 ms (kafka-go's default is 10 s).
+	// partition. Close and a rebalance do not wait for it: they cancel the
+	// pending fetches. Default 250 ms (kafka-go's default is 10 s).
 	MaxWait time.Duration
 	// MinBytes and MaxBytes bound the size of a fetch response (one
 	// partition). Kafka returns the first record batch of a response whole
@@ -238,6 +275,8 @@ func (c *Config) validate() error {
 		return invalid("DeadLetterTopic %q is the consumed topic", c.Topic)
 	case c.Ordering != ByPartition && c.Ordering != ByKey:
 		return invalid("unknown Ordering %d", int(c.Ordering))
+	case c.Isolation != ReadCommitted && c.Isolation != ReadUncommitted:
+		return invalid("unknown Isolation %d", int(c.Isolation))
 	case c.MaxInFlight < 1:
 		return invalid("MaxInFlight %d, want at least 1", c.MaxInFlight)
 	case c.CommitBatch < 1:

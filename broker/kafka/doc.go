@@ -5,10 +5,14 @@
 // It is built on kafka-go's ConsumerGroup and Generation API, not on the
 // group Reader, because the Reader cannot finish and commit work before its
 // partitions are taken away (kafka-go #674, #1398) and lets a stale member
-// commit (kafka-go #1308). Each assigned partition is fetched over a
-// kafkago.Conn of its own (ReadBatch), not through a kafkago.Reader: a whole
-// fetch response is queued under one lock instead of record by record
-// through a channel, and closing the connection ends a pending fetch at once.
+// commit (kafka-go #1308). Each assigned partition is fetched with Fetch
+// requests of its own, through kafka-go's protocol package, not through a
+// kafkago.Reader or kafkago.Conn: a fetch response is queued a chunk of
+// records at a time under one lock instead of record by record through a
+// channel, the end of a generation cancels a pending fetch at once, and the
+// response's producer ids, control batches and aborted-transactions list —
+// which the Reader and Conn hide — are what read-committed consumption
+// needs (see Transactions).
 //
 // # Lifecycle
 //
@@ -38,7 +42,7 @@
 // session and rebalance timeouts, because kafka-go stops heartbeating when a
 // generation ends. Close drains and commits the same way, then leaves the
 // group; it waits for every goroutine of the Source. A generation's end
-// closes its fetch connections, so neither Close nor a rebalance waits for a
+// cancels its pending fetches, so neither Close nor a rebalance waits for a
 // pending fetch (Config.MaxWait, 250 ms by default, bounds how long a fetch
 // waits for new records).
 //
@@ -107,12 +111,26 @@
 // the first record batch whole, however large the producer made it.
 //
 // Who owns what: one fetcher goroutine per assigned partition owns that
-// partition's connection and its fetched-but-not-queued records; one
+// partition's fetch position and its fetched-but-not-queued records; one
 // committer goroutine per generation commits and runs the drain; every
 // other piece of state (lanes, the ready queue, offset trackers, counters)
 // is guarded by one mutex of the Source, held only for short non-blocking
 // sections: a fetcher takes it once per chunk of records, Receive and each
 // settlement once per record.
+//
+// # Transactions
+//
+// Topics written by transactional (exactly-once) producers are read with
+// read-committed semantics by default (Config.Isolation ReadCommitted): a
+// fetch stops at the partition's last stable offset, so nothing of an open
+// transaction is handed out; the records of aborted transactions are
+// skipped, found as Kafka's own consumers find them (the aborted
+// transactions a fetch response lists, matched by producer id up to the
+// producer's abort marker). ReadUncommitted hands out every data record,
+// aborted ones included, as soon as it is written. With either, transaction
+// markers (control records) are never handed out. Records skipped count as
+// handled for the commit, so the committed offset moves past them and the
+// lag of a fully consumed partition is 0.
 //
 // # Errors
 //

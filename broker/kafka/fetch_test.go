@@ -14,9 +14,9 @@ import (
 	"github.com/queuekit/queuekit/consumer"
 )
 
-// The Source fetches each partition over a connection of its own. When a
-// fetch fails — the broker answers NotLeaderForPartition, or the connection
-// breaks — the fetcher reconnects to the partition's leader and carries on
+// The Source fetches each partition with requests of its own. When a fetch
+// fails — the broker answers NotLeaderForPartition, or the connection
+// breaks — the fetcher tries again at the partition's leader and carries on
 // from the next offset it has not queued: every record is handled exactly
 // once and the committed offsets reach the end.
 func TestFetchErrorsReconnectAndLoseOrRepeatNothing(t *testing.T) {
@@ -95,8 +95,8 @@ func TestFetchErrorsReconnectAndLoseOrRepeatNothing(t *testing.T) {
 }
 
 // A fetch at the end of a partition waits up to MaxWait for new records.
-// Close does not wait for it: ending the generation closes the fetch
-// connections. MaxWait here is 4 s; Close of a caught-up Source returns far
+// Close does not wait for it: ending the generation cancels the pending
+// fetches. MaxWait here is 4 s; Close of a caught-up Source returns far
 // sooner (the bound is generous on purpose, for a loaded machine).
 func TestCloseDoesNotWaitForAPendingFetch(t *testing.T) {
 	e := newEnv(t)

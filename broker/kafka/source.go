@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"io"
 	"log/slog"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,7 +16,6 @@ import (
 
 	"github.com/queuekit/queuekit/broker/kafka/internal/offsets"
 	"github.com/queuekit/queuekit/consumer"
-	"github.com/queuekit/queuekit/retry"
 )
 
 // ErrRebalance is wrapped by the Err of the consumer.EventRebalanced event a
@@ -59,8 +58,14 @@ type Source struct {
 	dlt    *Publisher
 	lagTr  *kafkago.Transport
 	lagCli *kafkago.Client
-	seed   maphash.Seed
-	hook   atomic.Pointer[func(consumer.Event)]
+	// The fetchers' transport and client (offsets of a partition), apart
+	// from the lag client's: their metadata is refreshed often, so that a
+	// fetch follows a moved partition leader quickly.
+	fetchTr  *kafkago.Transport
+	fetchCli *kafkago.Client
+	addr     net.Addr
+	seed     maphash.Seed
+	hook     atomic.Pointer[func(consumer.Event)]
 
 	// The group and the run goroutine are created once by start. They are
 	// written before startOnce.Do returns and only read after it.
@@ -113,7 +118,14 @@ func NewSource(cfg Config) (*Source, error) {
 		return nil, err
 	}
 	tr := transport(cfg.Dialer)
+	ftr := transport(cfg.Dialer)
+	ftr.MetadataTTL = fetchMetadataTTL
+	ftr.MetadataTopics = []string{cfg.Topic}
+	addr := kafkago.TCP(cfg.Brokers...)
 	return &Source{
+		fetchTr:    ftr,
+		fetchCli:   &kafkago.Client{Addr: addr, Timeout: cfg.Timeout, Transport: ftr},
+		addr:       addr,
 		cfg:        cfg,
 		log:        cfg.Logger.With("topic", cfg.Topic, "group", cfg.GroupID),
 		dlt:        dlt,
@@ -286,6 +298,10 @@ type record struct {
 	m       kafkago.Message
 	attempt int // under s.mu
 	epoch   int // the partition's epoch when the record was fetched
+	// skip marks a record never handed out — a transaction marker, or a
+	// record of an aborted transaction (see read) — which counts as
+	// handled for the commit as soon as it is queued.
+	skip bool
 }
 
 func (s *Source) serve(kg *kafkago.Generation) {
@@ -318,100 +334,6 @@ func (s *Source) serve(kg *kafkago.Generation) {
 	kg.Start(g.commitLoop)
 	for _, p := range g.parts {
 		kg.Start(func(ctx context.Context) { g.fetch(ctx, p) })
-	}
-}
-
-// fetch reads one partition over a connection of its own to the
-// partition's leader, and queues the records of each fetch response on their
-// lanes a chunk at a time, taking the lock once per chunk. It is not a
-// kafkago.Reader on purpose: the Reader hands records over one by one
-// through a channel from a goroutine of its own, and its Close waits for a
-// pending fetch (up to MaxWait), where closing the connection ends it at once.
-//
-// The fetcher owns conn, offset and pending. It holds at most one fetch
-// response beyond the MaxInFlight records its partition holds on its lanes,
-// so that the next response is on its way while the current one is handled;
-// at MaxInFlight it stops fetching (backpressure) until handled records make
-// room.
-func (g *generation) fetch(ctx context.Context, p *partition) {
-	s := g.s
-	var (
-		conn    *kafkago.Conn
-		unwatch func() bool // stops closing conn when the generation ends
-		offset  = p.start
-		pending []*record // fetched, not yet on a lane
-		fails   int       // consecutive failures, for the backoff
-	)
-	drop := func() {
-		if conn != nil {
-			unwatch()
-			conn.Close()
-			conn = nil
-		}
-	}
-	defer drop()
-	for {
-		if len(pending) > 0 {
-			var ok bool
-			if pending, ok = g.queue(ctx, p, pending); !ok {
-				return
-			}
-			if len(pending) > 0 {
-				continue // queue waited for room and was woken; queue more
-			}
-		}
-		if fails > 0 && !retry.Sleep(ctx, backoff(fails)) {
-			return
-		}
-		if conn == nil {
-			c, off, stop, err := g.dial(ctx, p.id, offset)
-			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				fails++
-				s.log.Warn("kafka: connecting to the partition leader failed; retrying", "partition", p.id, "error", err)
-				continue
-			}
-			conn, offset, unwatch = c, off, stop
-		}
-		recs, next, err := g.read(conn, p, offset)
-		if ctx.Err() != nil {
-			return
-		}
-		offset = next
-		pending = recs
-		switch {
-		case err == nil, errors.Is(err, kafkago.RequestTimedOut):
-			fails = 0
-		case errors.Is(err, kafkago.OffsetOutOfRange):
-			conn.SetDeadline(time.Now().Add(s.cfg.Timeout))
-			first, last, oerr := conn.ReadOffsets()
-			conn.SetDeadline(time.Time{})
-			switch {
-			case oerr != nil:
-				drop()
-				fails++
-			case offset < first:
-				// Retention deleted records before they were handled:
-				// carry on from the oldest, as kafkago.Reader does.
-				s.log.Error("kafka: offset out of range; skipping to the first offset",
-					"partition", p.id, "offset", offset, "first", first)
-				offset, fails = first, 0
-			default:
-				// Beyond the end: the log was truncated or the topic
-				// recreated. Waiting for the log to grow past the stale
-				// offset would skip every record produced below it, so
-				// start over as a partition without a committed offset.
-				offset, fails = g.resetBeyondEnd(p, offset, first, last), 0
-			}
-		default:
-			// Leader moved, connection broken, or a broker error: start
-			// over on a fresh connection to the (possibly new) leader.
-			s.log.Warn("kafka: fetch failed; reconnecting", "partition", p.id, "offset", offset, "error", err)
-			drop()
-			fails++
-		}
 	}
 }
 
@@ -464,103 +386,6 @@ func (g *generation) resetBeyondEnd(p *partition, offset, first, last int64) int
 	return to
 }
 
-// dial connects to the leader of partition id and resolves offset: a
-// partition without a committed offset starts at StartOffset (which
-// kafka-go passes as FirstOffset or LastOffset), and an offset below the
-// partition's first (deleted by retention) starts at the first. The end of
-// the generation (rebalance, Close) closes the connection, which ends a
-// pending request at once; stop cancels that.
-func (g *generation) dial(ctx context.Context, id int, offset int64) (_ *kafkago.Conn, _ int64, stop func() bool, err error) {
-	cfg := &g.s.cfg
-	for _, b := range cfg.Brokers {
-		var c *kafkago.Conn
-		if c, err = cfg.Dialer.DialLeader(ctx, "tcp", b, cfg.Topic, id); err != nil {
-			continue
-		}
-		stop = context.AfterFunc(ctx, func() { c.Close() })
-		c.SetDeadline(time.Now().Add(cfg.Timeout))
-		first, last, oerr := c.ReadOffsets()
-		c.SetDeadline(time.Time{})
-		if oerr != nil {
-			stop()
-			c.Close()
-			err = oerr
-			continue
-		}
-		switch {
-		case offset == kafkago.LastOffset:
-			offset = last
-		case offset < first: // FirstOffset, or deleted by retention
-			offset = first
-		case offset > last: // truncated log or recreated topic
-			offset = g.resetBeyondEnd(g.parts[id], offset, first, last)
-		}
-		return c, offset, stop, nil
-	}
-	return nil, offset, nil, err
-}
-
-// read fetches one response from offset and returns the offset to fetch
-// next and the records it could not queue yet for want of room (see
-// queueLocked). It queues records while it reads the response, a chunk at a
-// time, so that handling starts before a large response is read to its end.
-// Records read before an error are kept.
-func (g *generation) read(conn *kafkago.Conn, p *partition, offset int64) ([]*record, int64, error) {
-	s := g.s
-	cfg := &s.cfg
-	if _, err := conn.Seek(offset, kafkago.SeekAbsolute|kafkago.SeekDontCheck); err != nil {
-		return nil, offset, err
-	}
-	// The broker answers within MaxWait; Timeout bounds the rest. The read
-	// never waits for room (that could outlast the deadline): records that
-	// do not fit are returned and queued after the response was read.
-	conn.SetReadDeadline(time.Now().Add(cfg.MaxWait + cfg.Timeout))
-	b := conn.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: cfg.MinBytes, MaxBytes: cfg.MaxBytes, MaxWait: cfg.MaxWait})
-	var (
-		recs  []*record // read and not queued
-		block []record  // records are allocated in blocks, not one by one
-		err   error
-		full  bool // the partition had no room: stop trying until the end
-	)
-	byKey := cfg.Ordering == ByKey
-	for {
-		var m kafkago.Message
-		if m, err = b.ReadMessage(); err != nil {
-			break
-		}
-		if m.Offset < offset {
-			continue // a compressed batch can start before the offset asked for
-		}
-		offset = m.Offset + 1
-		if len(block) == 0 {
-			block = make([]record, readChunk)
-		}
-		rec := &block[0]
-		block = block[1:]
-		*rec = record{g: g, p: p, m: m, attempt: 1, epoch: p.epoch}
-		if byKey {
-			rec.lane = maphash.Bytes(s.seed, m.Key)
-		}
-		recs = append(recs, rec)
-		if !full && len(recs) == readChunk {
-			var ok bool
-			if recs, ok = g.queueLocked(p, recs); !ok {
-				break // the generation is ending
-			}
-			full = len(recs) > 0
-		}
-	}
-	if cerr := b.Close(); errors.Is(err, io.EOF) {
-		err = cerr // the response was read to its end; Close reports a broken one
-	}
-	conn.SetReadDeadline(time.Time{})
-	return recs, offset, err
-}
-
-// readChunk is how many records read queues at a time while it reads a
-// response.
-const readChunk = 64
-
 // queue puts as many of recs on their lanes as the partition has room for
 // (MaxInFlight) and returns the rest. When there is no room it waits for
 // some. It reports false when the generation is ending.
@@ -600,6 +425,12 @@ func (g *generation) queueLocked(p *partition, recs []*record) ([]*record, bool)
 	for _, rec := range recs[:n] {
 		if rec.epoch != p.epoch {
 			continue // fetched from the log before a reset (resetBeyondEnd)
+		}
+		if rec.skip {
+			if p.trk.Add(rec.m.Offset) {
+				p.trk.Done(rec.m.Offset)
+			}
+			continue
 		}
 		if !p.trk.Add(rec.m.Offset) {
 			// An offset fetched twice (never expected): keep the tracker
@@ -925,6 +756,7 @@ func (s *Source) Close() error {
 	}
 	err := s.dlt.Close()
 	s.lagTr.CloseIdleConnections()
+	s.fetchTr.CloseIdleConnections()
 	s.mu.Lock()
 	s.status = consumer.SourceStatus{Err: consumer.ErrSourceClosed}
 	s.ready = nil

@@ -1,0 +1,332 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"sort"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
+
+	"github.com/queuekit/queuekit/retry"
+)
+
+// fetch reads one partition with Fetch requests of its own, and queues the
+// records of each response on their lanes a chunk at a time, taking the
+// lock once per chunk.
+//
+// It speaks the Fetch API through kafka-go's protocol package rather than
+// through kafkago.Conn or kafkago.Reader, because both hide what
+// read-committed consumption needs: they hand out transaction markers
+// (control records) as ordinary messages and drop the producer ids and the
+// aborted-transactions list that tell which records an aborted transaction
+// wrote. It is not a kafkago.Reader for two more reasons: the Reader hands
+// records over one by one through a channel from a goroutine of its own,
+// and its Close waits for a pending fetch (up to MaxWait), where here the
+// end of the generation cancels the request at once.
+//
+// The fetcher owns offset and pending. It holds at most one fetch response
+// beyond the MaxInFlight records its partition holds on its lanes, so that
+// the next response is on its way while the current one is handled; at
+// MaxInFlight it stops fetching (backpressure) until handled records make
+// room.
+func (g *generation) fetch(ctx context.Context, p *partition) {
+	s := g.s
+	var (
+		offset   = p.start
+		resolved bool      // offset checked against the partition's log since the last failure
+		pending  []*record // fetched, not yet on a lane
+		fails    int       // consecutive failures, for the backoff
+	)
+	for {
+		if len(pending) > 0 {
+			var ok bool
+			if pending, ok = g.queue(ctx, p, pending); !ok {
+				return
+			}
+			if len(pending) > 0 {
+				continue // queue waited for room and was woken; queue more
+			}
+		}
+		if fails > 0 && !retry.Sleep(ctx, backoff(fails)) {
+			return
+		}
+		if !resolved {
+			off, err := g.resolve(ctx, p, offset)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				fails++
+				s.log.Warn("kafka: reading the partition's offsets failed; retrying", "partition", p.id, "error", err)
+				continue
+			}
+			offset, resolved = off, true
+		}
+		recs, next, err := g.read(ctx, p, offset)
+		if ctx.Err() != nil {
+			return
+		}
+		offset = next
+		pending = recs
+		switch {
+		case err == nil, errors.Is(err, kafkago.RequestTimedOut):
+			fails = 0
+		case errors.Is(err, kafkago.OffsetOutOfRange):
+			// Deleted by retention, or beyond the end (log truncated, topic
+			// recreated): resolve says where to go on.
+			resolved = false
+			fails++
+		default:
+			// Leader moved, connection broken, or a broker error: try again
+			// (the transport routes to the partition's current leader).
+			s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "offset", offset, "error", err)
+			resolved = false
+			fails++
+		}
+	}
+}
+
+// resolve checks offset against the partition's log: a partition without a
+// committed offset starts at StartOffset (which kafka-go passes as
+// FirstOffset or LastOffset), an offset below the partition's first
+// (deleted by retention) goes on at the first, and one beyond its end
+// starts over (resetBeyondEnd).
+func (g *generation) resolve(ctx context.Context, p *partition, offset int64) (int64, error) {
+	s := g.s
+	first, last, err := s.partitionOffsets(ctx, p.id)
+	if err != nil {
+		return offset, err
+	}
+	switch {
+	case offset == kafkago.LastOffset:
+		return last, nil
+	case offset == kafkago.FirstOffset:
+		return first, nil
+	case offset < first:
+		// Retention deleted records before they were handled: carry on
+		// from the oldest, as kafkago.Reader does.
+		s.log.Error("kafka: offset out of range; skipping to the first offset",
+			"partition", p.id, "offset", offset, "first", first)
+		return first, nil
+	case offset > last:
+		// Beyond the end: the log was truncated or the topic recreated.
+		// Waiting for the log to grow past the stale offset would skip
+		// every record produced below it.
+		return g.resetBeyondEnd(p, offset, first, last), nil
+	}
+	return offset, nil
+}
+
+// partitionOffsets returns the first offset of partition id and its end:
+// the high-water mark, or with ReadCommitted the last stable offset (the
+// end of what a read-committed fetch returns).
+func (s *Source) partitionOffsets(ctx context.Context, id int) (first, last int64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	topic := s.cfg.Topic
+	resp, err := s.fetchCli.ListOffsets(ctx, &kafkago.ListOffsetsRequest{
+		Topics:         map[string][]kafkago.OffsetRequest{topic: {kafkago.FirstOffsetOf(id), kafkago.LastOffsetOf(id)}},
+		IsolationLevel: s.cfg.Isolation.level(),
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, po := range resp.Topics[topic] {
+		if po.Partition == id {
+			if po.Error != nil {
+				return 0, 0, po.Error
+			}
+			return po.FirstOffset, po.LastOffset, nil
+		}
+	}
+	return 0, 0, fmt.Errorf("kafka: no offsets for partition %d of %s", id, topic)
+}
+
+// read fetches one response from offset and returns the offset to fetch
+// next and the records it could not queue yet for want of room (see
+// queueLocked). It queues records while it reads the response, a chunk at a
+// time, so that handling starts before a large response is decoded to its
+// end. Records read before an error are kept.
+//
+// Control records (transaction markers) are never handed out, whatever the
+// isolation; with ReadCommitted neither are the records of aborted
+// transactions, found as Kafka consumers do: the response lists, per
+// producer id, the first offset of each aborted transaction; a data batch of
+// that producer from there on is skipped, up to the producer's abort marker.
+// Skipped records still count as handled for the commit, so that the
+// committed offset moves past them.
+func (g *generation) read(ctx context.Context, p *partition, offset int64) ([]*record, int64, error) {
+	s := g.s
+	cfg := &s.cfg
+	// The broker answers within MaxWait; Timeout bounds the rest. The read
+	// never waits for room (that could outlast the deadline): records that
+	// do not fit are returned and queued after the response was read.
+	rctx, cancel := context.WithTimeout(ctx, cfg.MaxWait+cfg.Timeout)
+	defer cancel()
+	readCommitted := cfg.Isolation == ReadCommitted
+	msg, err := s.fetchTr.RoundTrip(rctx, s.addr, &fetchapi.Request{
+		ReplicaID:      -1,
+		MaxWaitTime:    int32(cfg.MaxWait.Milliseconds()),
+		MinBytes:       int32(cfg.MinBytes),
+		MaxBytes:       int32(cfg.MaxBytes),
+		IsolationLevel: int8(cfg.Isolation.level()),
+		SessionID:      -1,
+		SessionEpoch:   -1,
+		Topics: []fetchapi.RequestTopic{{
+			Topic: cfg.Topic,
+			Partitions: []fetchapi.RequestPartition{{
+				Partition:          int32(p.id),
+				CurrentLeaderEpoch: -1,
+				FetchOffset:        offset,
+				LogStartOffset:     -1,
+				PartitionMaxBytes:  int32(cfg.MaxBytes),
+			}},
+		}},
+	})
+	if err != nil {
+		return nil, offset, err
+	}
+	res, ok := msg.(*fetchapi.Response)
+	switch {
+	case !ok:
+		return nil, offset, fmt.Errorf("kafka: fetch: unexpected response %T", msg)
+	case res.ErrorCode != 0:
+		return nil, offset, kafkago.Error(res.ErrorCode)
+	case len(res.Topics) != 1 || len(res.Topics[0].Partitions) != 1:
+		return nil, offset, errors.New("kafka: fetch: the response does not hold the partition asked for")
+	}
+	rp := &res.Topics[0].Partitions[0]
+	if rp.ErrorCode != 0 {
+		return nil, offset, kafkago.Error(rp.ErrorCode)
+	}
+
+	var batches []protocol.RecordReader
+	switch rs := rp.RecordSet.Records.(type) {
+	case nil:
+	case *protocol.RecordStream:
+		batches = rs.Records
+	default:
+		batches = []protocol.RecordReader{rs}
+	}
+	var (
+		aborted     []fetchapi.ResponseTransaction // not yet reached, by first offset
+		abortedPIDs map[int64]bool                 // producers inside an aborted transaction
+	)
+	if readCommitted && len(rp.AbortedTransactions) > 0 {
+		aborted = append(aborted, rp.AbortedTransactions...)
+		sort.Slice(aborted, func(i, j int) bool { return aborted[i].FirstOffset < aborted[j].FirstOffset })
+		abortedPIDs = make(map[int64]bool)
+	}
+	var (
+		recs  []*record // read and not queued
+		block []record  // records are allocated in blocks, not one by one
+		full  bool      // the partition had no room: stop trying until the end
+	)
+	byKey := cfg.Ordering == ByKey
+	add := func(rec record) bool {
+		if len(block) == 0 {
+			block = make([]record, readChunk)
+		}
+		r := &block[0]
+		block = block[1:]
+		*r = rec
+		recs = append(recs, r)
+		if !full && len(recs) == readChunk {
+			var ok bool
+			if recs, ok = g.queueLocked(p, recs); !ok {
+				return false // the generation is ending
+			}
+			full = len(recs) > 0
+		}
+		return true
+	}
+	for _, b := range batches {
+		var (
+			base    int64
+			pid     int64 = -1
+			control bool
+			txn     bool
+		)
+		switch b := b.(type) {
+		case *protocol.ControlBatch:
+			base, pid, control = b.BaseOffset, b.ProducerID, true
+		case *protocol.RecordBatch:
+			base, pid, txn = b.BaseOffset, b.ProducerID, b.Attributes.Transactional()
+		case *protocol.MessageSet:
+			base = b.BaseOffset
+		}
+		for len(aborted) > 0 && aborted[0].FirstOffset <= base {
+			abortedPIDs[aborted[0].ProducerID] = true
+			aborted = aborted[1:]
+		}
+		skip := control || (txn && abortedPIDs[pid])
+		for {
+			r, err := b.ReadRecord()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return recs, offset, err
+			}
+			off := r.Offset
+			var key, value []byte
+			if control {
+				// An abort marker ends the producer's aborted transaction:
+				// its later batches are not skipped for it.
+				k, _ := protocol.ReadAll(r.Key)
+				if len(k) == 4 && k[2] == 0 && k[3] == 0 { // version int16, type int16 0 = abort
+					delete(abortedPIDs, pid)
+				}
+			} else if !skip && off >= offset {
+				if key, err = protocol.ReadAll(r.Key); err == nil {
+					value, err = protocol.ReadAll(r.Value)
+				}
+			}
+			closeBytes(r.Key)
+			closeBytes(r.Value)
+			if err != nil {
+				return recs, offset, err
+			}
+			if off < offset {
+				continue // a batch can start before the offset asked for
+			}
+			offset = off + 1
+			rec := record{g: g, p: p, attempt: 1, epoch: p.epoch, skip: skip}
+			rec.m = kafkago.Message{Topic: cfg.Topic, Partition: p.id, Offset: off, HighWaterMark: rp.HighWatermark}
+			if !skip {
+				rec.m.Key, rec.m.Value, rec.m.Time = key, value, r.Time
+				if len(r.Headers) > 0 {
+					rec.m.Headers = append([]kafkago.Header(nil), r.Headers...)
+				}
+				if byKey {
+					rec.lane = maphash.Bytes(s.seed, key)
+				}
+			}
+			if !add(rec) {
+				return recs, offset, nil
+			}
+		}
+	}
+	return recs, offset, nil
+}
+
+func closeBytes(b protocol.Bytes) {
+	if b != nil {
+		b.Close()
+	}
+}
+
+// readChunk is how many records read queues at a time while it reads a
+// response.
+const readChunk = 64
+
+// fetchMetadataTTL is how long the fetch transport trusts its view of the
+// partitions' leaders: a fetch routed to a broker that stopped leading the
+// partition fails until the view is refreshed.
+const fetchMetadataTTL = time.Second
