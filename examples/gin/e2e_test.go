@@ -538,23 +538,6 @@ func restartScenario(t *testing.T, brokerArgs []string, after1 func(p1 *proc, ac
 	return run1, run2
 }
 
-func amqpURLForTest(t *testing.T) string {
-	t.Helper()
-	url := os.Getenv("QUEUEKIT_AMQP_URL")
-	if url == "" {
-		url = "amqp://guest:guest@127.0.0.1:5672/"
-	}
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		if os.Getenv("QUEUEKIT_REQUIRE_BROKERS") != "" {
-			t.Fatalf("RabbitMQ required (QUEUEKIT_REQUIRE_BROKERS) but unreachable: %v", err)
-		}
-		t.Skipf("no RabbitMQ at QUEUEKIT_AMQP_URL or localhost (%v): skipped", err)
-	}
-	conn.Close()
-	return url
-}
-
 func queueDepth(url, queue string) (int, error) {
 	conn, err := amqp.Dial(url)
 	if err != nil {

@@ -121,6 +121,9 @@ func TestPostOrderEnforcesTheLimitAndRejectsBadText(t *testing.T) {
 		{"a newline", `{"item": "book\n", "quantity": 1}`, "control character"},
 		{"ESC", `{"item": "\u001b[31mbook", "quantity": 1}`, "control character"},
 		{"DEL", "{\"item\": \"book\x7f\", \"quantity\": 1}", "control character"},
+		// fuzz finding F2: a stray ] or } after the object was accepted
+		{"a stray ] after the object", `{"item": "book", "quantity": 1}]`, "one JSON object"},
+		{"a stray } after the object", `{"item": "book", "quantity": 1}}`, "one JSON object"},
 	} {
 		code, out := do(t, "POST", base+"/orders", tc.body)
 		if msg, _ := out["error"].(string); code != http.StatusBadRequest || !strings.Contains(msg, tc.want) {

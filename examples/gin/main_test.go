@@ -19,6 +19,10 @@ import (
 	"github.com/queuekit/queuekit/consumer"
 )
 
+// TestMain checks for leaked goroutines, then deletes the RabbitMQ vhost the
+// tests created (after the leak check: deleting it closes whatever is still
+// connected there, which would hide a leaked connection) and prints one line
+// when tests were skipped for want of a broker.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if buildOnce.bin != "" { // the service binary the end-to-end tests built
@@ -29,6 +33,17 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "goleak: leaked goroutines:", err)
 			code = 1
 		}
+	}
+	if err := testBroker.teardown(); err != nil {
+		fmt.Fprintln(os.Stderr, "queuekit:", err)
+		code = 1
+	}
+	if n := skipped.Load(); n > 0 {
+		tests := "tests"
+		if n == 1 {
+			tests = "test"
+		}
+		printSummary(fmt.Sprintf("queuekit: %d RabbitMQ %s of examples/gin skipped: %s", n, tests, testBroker.why()))
 	}
 	os.Exit(code)
 }
