@@ -19,7 +19,8 @@
 //
 // # Endpoints
 //
-//	POST /orders                         {"item": "book", "quantity": 2} → 202 {"id": …}; 400 with a reason on bad input
+//	POST /orders                         {"item": "book", "quantity": 2} → 202 {"id": …}; 400 with a reason on bad input,
+//	                                     413 over 64 KiB, 422 for an Idempotency-Key reused with another order
 //	GET  /orders/:id                     the status the consumer recorded: accepted, processed or failed
 //	GET  /healthz                        liveness: 503 when a handler is stuck
 //	GET  /readyz                         readiness: 503 unless every consumer is running, and from the start of shutdown
@@ -36,15 +37,20 @@
 //
 // On SIGINT or SIGTERM the service, in this order: answers 503 on /readyz, so
 // that a load balancer stops sending traffic, and goes on accepting orders for
-// -shutdown-delay while it notices; stops accepting orders (503) and waits for
+// -shutdown-delay while it notices (0 by default, 5 s when
+// KUBERNETES_SERVICE_HOST is set); stops accepting orders (503) and waits for
 // the publishes in progress; drains the consumers: in-flight orders finish
-// within -drain-timeout, the others stay in the queue; stops the HTTP server;
-// logs a shutdown report; and exits 0. The HTTP server keeps answering probes
-// and /metrics until the consumers have drained, so an orchestrator sees 503
-// rather than a refused connection. All of it takes at most -shutdown-delay +
-// -drain-timeout + about 10 s (settling, HTTP shutdown): set the
-// orchestrator's grace period above that. A second signal kills the process
-// at once. The library installs no signal handlers: main does.
+// within -drain-timeout, the others stay in the queue; waits up to 1 s for
+// clients to leave their keep-alive connections; stops the HTTP server; logs
+// a shutdown report; and exits 0. From the first step on every answer
+// carries Connection: close, so that clients leave their connections rather
+// than have them closed under a request. The HTTP server keeps answering
+// probes and /metrics until the consumers have drained, so an orchestrator
+// sees 503 rather than a refused connection. All of it takes at most
+// -shutdown-delay + -drain-timeout + about 11 s (settling, connections, HTTP
+// shutdown): set the orchestrator's grace period above that. A second signal
+// kills the process at once. The library installs no signal handlers: main
+// does.
 package main
 
 import (
