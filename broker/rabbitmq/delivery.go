@@ -102,9 +102,10 @@ func (s *Source) attemptOf(d *amqp.Delivery) int {
 	return attempt(d)
 }
 
-// attemptMemo remembers the Attempt of each message the source released
-// (gave back with basic.nack and requeue, no handler having seen it), until
-// the message comes back. The broker marks the redelivery redelivered, and on
+// attemptMemo remembers, for each message the source gave back with
+// basic.nack and requeue, the Attempt its next delivery should carry, until
+// the message comes back: the same Attempt for a release (no handler saw
+// it), one more for a classic-queue Requeue whose copy the broker refused. The broker marks the redelivery redelivered, and on
 // a quorum queue counts it in x-delivery-count, so without the memo a
 // message paused in the client's buffer would come back with its attempt
 // spent. A message is known by its message-id and a hash of its body.
@@ -147,7 +148,7 @@ func keyOf(d *amqp.Delivery) memoKey {
 	return memoKey{id: d.MessageId, sum: h.Sum64()}
 }
 
-// put remembers that d was released at attempt a.
+// put remembers that d's next delivery is attempt a.
 func (m *attemptMemo) put(d *amqp.Delivery, a int) {
 	k := keyOf(d)
 	m.mu.Lock()
@@ -316,11 +317,17 @@ func (d *delivery) Ack(ctx context.Context) error {
 // does not (a classic queue), it publishes a copy to the queue with
 // HeaderDeliveries set, waits for the confirm, and acks the original, so that
 // the delivery budget is enforced there too; the copy goes to the back of the
-// queue. If that publish fails, the error is returned and the delivery stays
-// unsettled: the runtime retries with backoff. (Falling back to an uncounted
-// nack made a message whose copy could not be published — a full queue with
-// x-overflow=reject-publish — come back thousands of times a second, never
-// reaching its budget.)
+// queue.
+//
+// When the broker refuses the copy (ErrNacked: a full queue with x-overflow
+// reject-publish), Requeue nacks the original with requeue instead: it keeps
+// its place, no other message is evicted (a requeue is not a publish), and
+// the worker is free at once. That delivery is counted by the source itself
+// (see the package doc: the memory of given-back messages), so the budget
+// still holds; an uncounted nack made such a message come back thousands of
+// times a second, never reaching its budget. If the publish fails otherwise
+// (the broker is unreachable), the error is returned and the delivery stays
+// unsettled: the runtime retries with backoff.
 //
 // Whether the broker counts is decided per delivery, not only from the
 // configured queue type: a redelivered message without x-delivery-count is on
@@ -333,7 +340,12 @@ func (d *delivery) Requeue(ctx context.Context) error {
 	if d.brokerCounts() {
 		return d.end(d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
 	}
-	if err := d.s.pub.Publish(ctx, "", d.s.cfg.Queue, d.copyWith(nil)); err != nil {
+	err := d.s.pub.Publish(ctx, "", d.s.cfg.Queue, d.copyWith(nil))
+	if errors.Is(err, ErrNacked) {
+		d.s.memo.put(&d.d, d.msg.Attempt+1)
+		return d.end(d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
+	}
+	if err != nil {
 		return d.end(fmt.Errorf("rabbitmq: requeue message %q by republishing it to %q: %w", d.msg.ID, d.s.cfg.Queue, err))
 	}
 	return d.end(d.settleErr("requeue", d.sess.ch.Ack(d.d.DeliveryTag, false)))

@@ -97,8 +97,13 @@
 // returns the error and the delivery stays unsettled: the runtime tries
 // again with backoff, and a delivery it gives up on stays with the broker,
 // which redelivers it when the channel closes. A classic-queue Requeue whose
-// copy cannot be published does the same (it used to fall back to an
-// uncounted basic.nack, which retried such a message forever). Whether the
+// copy cannot be published (the broker unreachable) does the same. One whose
+// copy the broker refuses (ErrNacked: a full queue with x-overflow
+// reject-publish) nacks the original with requeue instead, which keeps its
+// place and evicts nothing, and counts that delivery in the source's memory
+// of given-back messages (below), so the budget holds and the worker is free
+// (an uncounted nack used to retry such a message forever; retrying the
+// publish held the worker for as long as the queue stayed full). Whether the
 // broker counts deliveries is decided per delivery: a redelivered message
 // without x-delivery-count is counted by republishing, whatever
 // Topology.QueueType says. A dead letter does not carry HeaderDeliveries, so
@@ -106,9 +111,9 @@
 //
 // The broker marks a released message redelivered (and a quorum queue
 // counts it in x-delivery-count). The source remembers, in memory, the
-// Attempt of each message it released, known by its message-id and a hash
-// of its body, and gives it back to the message's next delivery to this
-// source, so Pause/Resume cycles neither reorder a classic queue nor spend
+// Attempt of each message it released (and one more for a refused
+// classic-queue Requeue), known by its message-id and a hash of its body,
+// and gives it to the message's next delivery to this source, so Pause/Resume cycles neither reorder a classic queue nor spend
 // attempts. The memory is bounded (64 × Prefetch entries, at least 4,096;
 // the oldest goes first) and per Source: a released message that another
 // consumer takes, that comes back after a restart, or whose entry went

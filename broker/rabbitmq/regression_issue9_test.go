@@ -470,3 +470,104 @@ func TestIssue9AttemptMemoIsBounded(t *testing.T) {
 		t.Errorf("take found a message with the same id and another body")
 	}
 }
+
+// Item 11, reject-publish with one worker: the copy a classic-queue Requeue
+// publishes is refused while the queue is full, and the runtime retried that
+// settlement with the worker (and the prefetch slot) held, so nothing else
+// was consumed and the queue stayed full: the failing message was neither
+// retried nor dead-lettered, and the rest waited, for as long as the queue
+// was full. Now a refused copy falls back to a nack with requeue (the message
+// keeps its place, no other is evicted) and the source counts the attempt
+// itself: the message reaches the dead-letter queue after its budget.
+func TestIssue9FailingMessageOnAFullRejectPublishQueueIsDeadLettered(t *testing.T) {
+	needBroker(t)
+	const max = 5
+	q := uniqueQueue(t)
+	cfg := testConfig(q)
+	cfg.Prefetch = 1
+	cfg.Logger = quietLogger()
+	cfg.Topology.QueueArgs = amqp.Table{"x-max-length": int32(max), "x-overflow": "reject-publish"}
+	src, err := NewSource(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := DeclareTopology(context.Background(), Dialer{URL: amqpURL()}, q, src.cfg.Topology); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	publish := func(id string) {
+		t.Helper()
+		if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id)}); err != nil {
+			t.Fatalf("publish %s: %v", id, err)
+		}
+	}
+	publish("poison")
+	for i := 1; i < max; i++ {
+		publish(strconv.Itoa(i))
+	}
+	var (
+		mu       sync.Mutex
+		attempts []int
+	)
+	first := make(chan struct{})
+	var once sync.Once
+	refilled := make(chan struct{})
+	cnt := newCounter()
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		if m.ID == "poison" {
+			mu.Lock()
+			attempts = append(attempts, m.Attempt)
+			mu.Unlock()
+			once.Do(func() { close(first) })
+			<-refilled
+			return errors.New("always fails")
+		}
+		cnt.add(m.ID)
+		return nil
+	}), consumer.WithConcurrency(1), consumer.WithMaxDeliveries(3), consumer.WithLogger(quietLogger()))
+	_, cancel, done := runInBackground(t, c, err)
+	defer cancel()
+	select {
+	case <-first:
+	case <-time.After(30 * time.Second):
+		t.Fatal("poison never reached the handler")
+	}
+	publish("filler") // poison is unacked: the queue is full again
+	if got := queueReady(t, q); got != max {
+		t.Fatalf("ready = %d; want the queue full (%d)", got, max)
+	}
+	close(refilled)
+	dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer dcancel()
+	dead := readQueue(dctx, t, q+".dlq", 1)
+	waitOK := true
+	deadline := time.Now().Add(30 * time.Second)
+	for cnt.distinct() < max && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if cnt.distinct() < max {
+		waitOK = false
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Logf("Run = %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("poison attempts %v; dead letters %d; other messages handled %d of %d", attempts, len(dead), cnt.distinct(), max)
+	if len(dead) != 1 || dead[0].ID != "poison" {
+		t.Errorf("dead letters = %d; want poison dead-lettered after its budget", len(dead))
+	} else if got := dead[0].Header[consumer.HeaderAttempts]; got != "3" {
+		t.Errorf("dead letter attempts header = %q; want 3", got)
+	}
+	if !slices.Equal(attempts, []int{1, 2, 3}) {
+		t.Errorf("poison attempts = %v; want [1 2 3]", attempts)
+	}
+	if !waitOK {
+		t.Errorf("handled %d of the %d other messages; want all", cnt.distinct(), max)
+	}
+}
