@@ -251,3 +251,65 @@ func TestOrderStoreIsBounded(t *testing.T) {
 		t.Errorf("heap grew %d KiB from order 200,000 to 300,000; want it flat (bounded)", grew>>10)
 	}
 }
+
+// The store lets one request with an Idempotency-Key publish: a concurrent
+// one with the same order waits (409), one with another order is refused
+// (422), and after the publish the same order is answered from the store.
+func TestStoreReserveDecidesWhoPublishes(t *testing.T) {
+	s := newStore(10)
+	o := Order{ID: "ord_1", Item: "book", Quantity: 1}
+	same, other := OrderRequest{Item: "book", Quantity: 1}.digest(), OrderRequest{Item: "book", Quantity: 2}.digest()
+	for _, step := range []struct {
+		do   func() claim
+		want claim
+	}{
+		{func() claim { _, c := s.reserve(o, same); return c }, claimed},
+		{func() claim { _, c := s.reserve(o, same); return c }, claimedBusy},
+		{func() claim { _, c := s.reserve(o, other); return c }, claimedOther},
+		{func() claim { s.published(o.ID); _, c := s.reserve(o, same); return c }, claimedSame},
+		{func() claim { _, c := s.reserve(o, other); return c }, claimedOther},
+	} {
+		if got := step.do(); got != step.want {
+			t.Fatalf("reserve = %d; want %d", got, step.want)
+		}
+	}
+	// A failed publish forgets the order: the next request makes it anew.
+	o2 := Order{ID: "ord_2", Item: "pen", Quantity: 1}
+	s.reserve(o2, same)
+	s.forget(o2.ID)
+	if _, c := s.reserve(o2, other); c != claimed {
+		t.Errorf("reserve after forget = %d; want claimed", c)
+	}
+	if a, _, _ := s.counts(); a != 2 {
+		t.Errorf("accepted %d; want 2", a)
+	}
+}
+
+// Eviction forgets finished orders before accepted ones, and never an order
+// being published.
+func TestStoreForgetsFinishedOrdersFirst(t *testing.T) {
+	s := newStore(2)
+	d := OrderRequest{Item: "x", Quantity: 1}.digest()
+	s.reserve(Order{ID: "a"}, d)
+	s.published("a")
+	s.reserve(Order{ID: "b"}, d)
+	s.published("b")
+	s.finish("b", statusProcessed, 1, "", nil)
+	s.reserve(Order{ID: "c"}, d) // over the bound: b (finished) goes, not a
+	if _, ok := s.get("b"); ok {
+		t.Error("finished order b kept; want it forgotten before the accepted a")
+	}
+	if _, ok := s.get("a"); !ok {
+		t.Error("accepted order a forgotten while a finished one was there")
+	}
+	s.reserve(Order{ID: "d"}, d) // a and c accepted, c still publishing: a goes
+	if _, ok := s.get("a"); ok {
+		t.Error("oldest accepted order a kept; want it forgotten")
+	}
+	if _, ok := s.get("c"); !ok {
+		t.Error("order c forgotten while being published")
+	}
+	if n := s.len(); n != 2 {
+		t.Errorf("store holds %d; want 2", n)
+	}
+}

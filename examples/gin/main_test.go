@@ -312,8 +312,23 @@ func TestParseConfig(t *testing.T) {
 	if err != nil || cfg.kafkaBrokers != "k:9092" || cfg.amqpURL != "" {
 		t.Errorf("-kafka-brokers with AMQP_URL set = %+v, %v; want Kafka only", cfg, err)
 	}
-	if def := testConfig(t); def.addr != ":8080" || def.amqpURL != "" || def.kafkaBrokers != "" {
-		t.Errorf("defaults = %+v; want :8080 on the in-memory broker", def)
+	if def := testConfig(t); def.addr != ":8080" || def.amqpURL != "" || def.kafkaBrokers != "" || def.shutdownDelay != 0 || len(def.orderIDSecret) != 0 {
+		t.Errorf("defaults = %+v; want :8080 on the in-memory broker, no shutdown delay, no configured order id secret", def)
+	}
+	// Under Kubernetes the shutdown delay defaults to time for the load
+	// balancer to notice; a flag still wins.
+	k8s := func(k string) string {
+		return map[string]string{"KUBERNETES_SERVICE_HOST": "10.0.0.1", "ORDER_ID_SECRET": "0123456789abcdef"}[k]
+	}
+	if cfg, err := parseConfig(nil, k8s); err != nil || cfg.shutdownDelay != orchestratedShutdownDelay || string(cfg.orderIDSecret) != "0123456789abcdef" {
+		t.Errorf("parseConfig under Kubernetes = shutdown delay %v, secret %q, %v; want %v and the secret", cfg.shutdownDelay, cfg.orderIDSecret, err, orchestratedShutdownDelay)
+	}
+	if cfg, err := parseConfig([]string{"-shutdown-delay", "0s"}, k8s); err != nil || cfg.shutdownDelay != 0 {
+		t.Errorf("-shutdown-delay 0s under Kubernetes = %v, %v; want 0", cfg.shutdownDelay, err)
+	}
+	short := func(k string) string { return map[string]string{"ORDER_ID_SECRET": "short-secret"}[k] }
+	if _, err := parseConfig(nil, short); err == nil || strings.Contains(err.Error(), "short-secret") {
+		t.Errorf("parseConfig with a 12-byte ORDER_ID_SECRET = %v; want an error that does not show it", err)
 	}
 	for _, args := range [][]string{
 		{"-concurrency", "0"},
@@ -323,6 +338,8 @@ func TestParseConfig(t *testing.T) {
 		{"-amqp-queue-type", "stream"},
 		{"-log-level", "loud"},
 		{"-max-queued", "0"},
+		{"-max-conns", "0"},
+		{"-max-orders", "0"},
 		{"-kafka-partitions", "0"},
 		{"-amqp-url", "amqp://x", "-kafka-brokers", "k:9092"},
 		{"extra"},
@@ -384,8 +401,15 @@ func TestShutdownDelayKeepsAcceptingOrdersWhileNotReady(t *testing.T) {
 	if s.intakeClosed.Load() {
 		t.Skip("the machine was too slow to see the delay (intake already closed)")
 	}
-	if code, body := do(t, "POST", base+"/orders", `{"item": "book", "quantity": 1}`); code != http.StatusAccepted {
-		t.Errorf("POST /orders during -shutdown-delay = %d %v; want 202", code, body)
+	// Accepted, and asked to close the connection: clients leave their
+	// keep-alive connections before the server closes them.
+	resp, err := http.Post(base+"/orders", "application/json", strings.NewReader(`{"item": "book", "quantity": 1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || !resp.Close {
+		t.Errorf("POST /orders during -shutdown-delay = %d, Connection: close %v; want 202 with Connection: close", resp.StatusCode, resp.Close)
 	}
 	if err := <-stopped; err != nil {
 		t.Fatalf("run = %v", err)

@@ -403,6 +403,13 @@ func (s *store) remove(rec *record) {
 	}
 }
 
+// forgottenCount returns the number of orders evicted to keep the bound.
+func (s *store) forgottenCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.forgotten
+}
+
 func (s *store) counts() (accepted, processed, failed int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

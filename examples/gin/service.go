@@ -343,9 +343,7 @@ func (s *service) closeWhenNotReady(c *gin.Context) {
 func (s *service) report() {
 	accepted, processed, failed := s.store.counts()
 	attrs := []any{"broker", s.backend.name, "accepted", accepted, "processed", processed, "failed", failed}
-	s.store.mu.Lock()
-	attrs = append(attrs, "forgotten", s.store.forgotten) // by the bounded order store
-	s.store.mu.Unlock()
+	attrs = append(attrs, "forgotten", s.store.forgottenCount()) // by the bounded order store
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if left, ok := s.backend.left(ctx); ok {
