@@ -573,3 +573,69 @@ func TestIssue9FailingMessageOnAFullRejectPublishQueueIsDeadLettered(t *testing.
 		t.Errorf("handled %d of the %d other messages; want all", cnt.distinct(), max)
 	}
 }
+
+// Item 9, racing: Pause with a done context followed at once by Resume,
+// before the session loop has given the subscription back, 100 times while
+// the consumer works. Every message is handled once, nothing stays
+// unacknowledged, and no amqp091 buffer goroutine is left after Close.
+func TestIssue9PauseWithADoneContextThenResumeAtOnce(t *testing.T) {
+	needCtl(t)
+	const n = 60
+	q := uniqueQueue(t)
+	declareQueue(t, q, Classic)
+	prepublish(t, q, n, 16)
+	cfg := testConfig(q)
+	cfg.Prefetch = n
+	cfg.Logger = quietLogger()
+	src, err := NewSource(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cnt := newCounter()
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		time.Sleep(2 * time.Millisecond)
+		cnt.add(m.ID)
+		return nil
+	}), consumer.WithConcurrency(1), consumer.WithLogger(quietLogger()))
+	_, cancel, done := runInBackground(t, c, err)
+	defer cancel()
+	waitFor(t, 20*time.Second, "connected", func() bool { return src.Status().Connected })
+	doneCtx, doneCancel := context.WithCancel(context.Background())
+	doneCancel()
+	for i := 0; i < 100 && cnt.distinct() < n; i++ {
+		if err := c.Pause(doneCtx); err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("Pause(done ctx) = %v", err)
+		}
+		if err := c.Resume(context.Background()); err != nil {
+			t.Fatalf("Resume = %v", err)
+		}
+		time.Sleep(time.Duration(i%5) * time.Millisecond)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for cnt.distinct() < n && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	ready, unacked := queueCounts(t, q)
+	if err := src.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	buffers := bufferGoroutines()
+	t.Logf("%d of %d handled (%d calls); queue ready=%d unacked=%d before Close; buffer goroutines after Close %d",
+		cnt.distinct(), n, cnt.n.Load(), ready, unacked, buffers)
+	if cnt.distinct() != n {
+		t.Errorf("handled %d of %d messages; want all", cnt.distinct(), n)
+	}
+	if cnt.n.Load() != int64(cnt.distinct()) {
+		t.Errorf("%d handler calls for %d messages; want each once", cnt.n.Load(), cnt.distinct())
+	}
+	if ready != 0 || unacked != 0 {
+		t.Errorf("queue ready=%d unacked=%d after the run; want 0 0", ready, unacked)
+	}
+	if buffers != 0 {
+		t.Errorf("%d amqp091 buffer goroutines after Close; want 0", buffers)
+	}
+}
