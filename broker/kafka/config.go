@@ -98,8 +98,9 @@ type Config struct {
 	// MaxInFlight bounds, per partition, the records queued for handling
 	// and not yet settled (waiting or being handled). When a partition
 	// reaches it, that partition is not fetched until records settle
-	// (backpressure); the partition's fetcher holds at most one more fetch
-	// response, fetched ahead (see MaxBytes). Default 256.
+	// (backpressure); the partition's fetcher holds at most two more fetch
+	// responses: the rest of the one it is queueing and the next one,
+	// fetched ahead (see MaxBytes). Default 256.
 	//
 	// With ByKey, records after an unfinished one may finish first; they
 	// cannot be committed until it finishes. So that a slow record cannot

@@ -106,9 +106,11 @@
 // their order and different keys run concurrently. Config.MaxInFlight bounds
 // the records a partition holds queued and not yet settled; at the bound the
 // partition is not fetched until records settle (backpressure). On top of
-// that bound, a partition's fetcher holds at most one fetch response that it
-// fetched ahead: at most Config.MaxBytes, except that Kafka always returns
-// the first record batch whole, however large the producer made it.
+// that bound, a partition's fetcher holds at most two fetch responses: the
+// rest of the one it is queueing and the next one, fetched ahead so that
+// handlers do not wait for it. Each is at most Config.MaxBytes, except that
+// Kafka always returns the first record batch whole, however large the
+// producer made it.
 //
 // Who owns what: one fetcher goroutine per assigned partition owns that
 // partition's fetch position and its fetched-but-not-queued records; one

@@ -30,11 +30,14 @@ import (
 // and its Close waits for a pending fetch (up to MaxWait), where here the
 // end of the generation cancels the request at once.
 //
-// The fetcher owns offset and pending. It holds at most one fetch response
-// beyond the MaxInFlight records its partition holds on its lanes, so that
-// the next response is on its way while the current one is handled; at
-// MaxInFlight it stops fetching (backpressure) until handled records make
-// room.
+// The fetcher owns offset, pending and ahead. Beyond the MaxInFlight
+// records its partition holds on its lanes, it holds the rest of the
+// response it is queueing (pending) and the next response (ahead), fetched
+// while the current one is handled: a response is decoded whole before its
+// records can be queued, so waiting for the next one only once the current
+// one is queued would leave handlers idle meanwhile. At MaxInFlight it stops
+// queueing (backpressure) until handled records make room, and fetches no
+// further than the one response ahead.
 func (g *generation) fetch(ctx context.Context, p *partition) {
 	s := g.s
 	var (
@@ -42,7 +45,17 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 		resolved bool      // offset checked against the partition's log since the last failure
 		pending  []*record // fetched, not yet on a lane
 		fails    int       // consecutive failures, for the backoff
+		// ahead is the next response, fetched (from offset) while the
+		// records of the current one are queued and handled, so that
+		// handlers do not wait for a whole response to arrive and be
+		// decoded; nil when none is on its way.
+		ahead chan fetched
 	)
+	defer func() {
+		if ahead != nil {
+			<-ahead // ctx is done: the request returns at once
+		}
+	}()
 	for {
 		if len(pending) > 0 {
 			var ok bool
@@ -68,7 +81,18 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			}
 			offset, resolved = off, true
 		}
-		recs, next, err := g.read(ctx, p, offset)
+		var f fetched
+		if ahead != nil {
+			select {
+			case f = <-ahead:
+				ahead = nil
+			case <-ctx.Done():
+				return
+			}
+		} else {
+			f = g.request(ctx, p, offset)
+		}
+		recs, next, err := g.decode(p, f)
 		if ctx.Err() != nil {
 			return
 		}
@@ -77,6 +101,10 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 		switch {
 		case err == nil, errors.Is(err, kafkago.RequestTimedOut):
 			fails = 0
+			if err == nil {
+				ahead = make(chan fetched, 1)
+				go func(offset int64) { ahead <- g.request(ctx, p, offset) }(offset)
+			}
 		case errors.Is(err, kafkago.OffsetOutOfRange):
 			// Deleted by retention, or beyond the end (log truncated, topic
 			// recreated): resolve says where to go on.
@@ -148,28 +176,20 @@ func (s *Source) partitionOffsets(ctx context.Context, id int) (first, last int6
 	return 0, 0, fmt.Errorf("kafka: no offsets for partition %d of %s", id, topic)
 }
 
-// read fetches one response from offset and returns the offset to fetch
-// next and the records it could not queue yet for want of room (see
-// queueLocked). It queues records while it reads the response, a chunk at a
-// time, so that handling starts before a large response is decoded to its
-// end. Records read before an error are kept.
-//
-// Control records (transaction markers) are never handed out, whatever the
-// isolation; with ReadCommitted neither are the records of aborted
-// transactions, found as Kafka consumers do: the response lists, per
-// producer id, the first offset of each aborted transaction; a data batch of
-// that producer from there on is skipped, up to the producer's abort marker.
-// Skipped records still count as handled for the commit, so that the
-// committed offset moves past them.
-func (g *generation) read(ctx context.Context, p *partition, offset int64) ([]*record, int64, error) {
+// fetched is the outcome of one Fetch request for a partition.
+type fetched struct {
+	offset int64 // asked for
+	part   *fetchapi.ResponsePartition
+	err    error
+}
+
+// request sends one Fetch request for p from offset.
+func (g *generation) request(ctx context.Context, p *partition, offset int64) fetched {
 	s := g.s
 	cfg := &s.cfg
-	// The broker answers within MaxWait; Timeout bounds the rest. The read
-	// never waits for room (that could outlast the deadline): records that
-	// do not fit are returned and queued after the response was read.
+	// The broker answers within MaxWait; Timeout bounds the rest.
 	rctx, cancel := context.WithTimeout(ctx, cfg.MaxWait+cfg.Timeout)
 	defer cancel()
-	readCommitted := cfg.Isolation == ReadCommitted
 	msg, err := s.fetchTr.RoundTrip(rctx, s.addr, &fetchapi.Request{
 		ReplicaID:      -1,
 		MaxWaitTime:    int32(cfg.MaxWait.Milliseconds()),
@@ -189,23 +209,49 @@ func (g *generation) read(ctx context.Context, p *partition, offset int64) ([]*r
 			}},
 		}},
 	})
+	f := fetched{offset: offset, err: err}
 	if err != nil {
-		return nil, offset, err
+		return f
 	}
 	res, ok := msg.(*fetchapi.Response)
 	switch {
 	case !ok:
-		return nil, offset, fmt.Errorf("kafka: fetch: unexpected response %T", msg)
+		f.err = fmt.Errorf("kafka: fetch: unexpected response %T", msg)
 	case res.ErrorCode != 0:
-		return nil, offset, kafkago.Error(res.ErrorCode)
+		f.err = kafkago.Error(res.ErrorCode)
 	case len(res.Topics) != 1 || len(res.Topics[0].Partitions) != 1:
-		return nil, offset, errors.New("kafka: fetch: the response does not hold the partition asked for")
+		f.err = errors.New("kafka: fetch: the response does not hold the partition asked for")
+	case res.Topics[0].Partitions[0].ErrorCode != 0:
+		f.err = kafkago.Error(res.Topics[0].Partitions[0].ErrorCode)
+	default:
+		f.part = &res.Topics[0].Partitions[0]
 	}
-	rp := &res.Topics[0].Partitions[0]
-	if rp.ErrorCode != 0 {
-		return nil, offset, kafkago.Error(rp.ErrorCode)
-	}
+	return f
+}
 
+// decode queues the records of a fetched response and returns the offset to
+// fetch next and the records it could not queue yet for want of room (see
+// queueLocked). It queues records a chunk at a time while it reads the
+// response, so that handling starts before a large response is read to its
+// end. The read never waits for room: records that do not fit are
+// returned. Records read before an error are kept.
+//
+// Control records (transaction markers) are never handed out, whatever the
+// isolation; with ReadCommitted neither are the records of aborted
+// transactions, found as Kafka consumers do: the response lists, per
+// producer id, the first offset of each aborted transaction; a data batch of
+// that producer from there on is skipped, up to the producer's abort marker.
+// Skipped records still count as handled for the commit, so that the
+// committed offset moves past them.
+func (g *generation) decode(p *partition, f fetched) ([]*record, int64, error) {
+	s := g.s
+	cfg := &s.cfg
+	offset := f.offset
+	if f.err != nil {
+		return nil, offset, f.err
+	}
+	readCommitted := cfg.Isolation == ReadCommitted
+	rp := f.part
 	var batches []protocol.RecordReader
 	switch rs := rp.RecordSet.Records.(type) {
 	case nil:
