@@ -82,13 +82,10 @@ func (b *broker) setup() {
 			return
 		}
 		_ = c.Close()
-		if _, err := rabbitmqctl("-q", "status"); err != nil {
-			b.ctlErr = err
-			return
-		}
 		vhost := fmt.Sprintf("queuekit-test-%08x", rand.Uint32())
 		if _, err := rabbitmqctl("-q", "add_vhost", vhost); err != nil {
-			b.ctlErr = fmt.Errorf("cannot create a vhost for the tests: %w", err)
+			b.ctlErr = fmt.Errorf("rabbitmqctl cannot create a vhost for the tests (run them as root or as a user with the broker's Erlang cookie): %s",
+				firstLine(err.Error()))
 			return
 		}
 		url := withVhost(b.base, vhost)
@@ -98,15 +95,15 @@ func (b *broker) setup() {
 			// not be the one QUEUEKIT_AMQP_URL names: only a broker where
 			// the new vhost exists is the one the tests may manage.
 			if c, derr := amqp.Dial(url); derr != nil {
-				err = fmt.Errorf("rabbitmqctl manages another broker than %s: the vhost it created is not there (%s)",
-					redactURL(b.base), redactText(derr.Error(), url))
+				err = fmt.Errorf("rabbitmqctl manages another broker than %s, where the vhost it created is not there (%s); "+
+					"point it at the URL's broker with RABBITMQ_NODENAME", redactURL(b.base), redactText(derr.Error(), url))
 			} else {
 				_ = c.Close()
 			}
 		}
 		if err != nil {
 			_, _ = rabbitmqctl("-q", "delete_vhost", vhost)
-			b.ctlErr = err
+			b.ctlErr = fmt.Errorf("%s", firstLine(err.Error()))
 			return
 		}
 		b.url, b.vhost, b.created = url, vhost, true
@@ -180,7 +177,7 @@ func needCtl(t testing.TB) {
 	t.Helper()
 	needBroker(t)
 	if err := testBroker.ctlErr; err != nil {
-		skipOrFail(t, fmt.Sprintf("rabbitmqctl unavailable (%v); run as a user with the broker's Erlang cookie", err))
+		skipOrFail(t, fmt.Sprintf("they need rabbitmqctl: %v", err))
 	}
 }
 
@@ -217,6 +214,16 @@ func skipOrFail(t testing.TB, why string) {
 	t.Skip(why)
 }
 
+// firstLine returns the first line of s: rabbitmqctl follows its error
+// with a page of diagnostics, and the skip summary is one line.
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return strings.TrimSpace(s[:i]) + " …"
+	}
+	return s
+}
+
 // skips counts the RabbitMQ tests skipped, by reason, for the summary line.
 var skips skipCounter
 
@@ -227,6 +234,7 @@ type skipCounter struct {
 }
 
 func (s *skipCounter) add(why string) {
+	why = strings.Join(strings.Fields(why), " ") // the summary is one line
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.n == nil {
@@ -367,7 +375,11 @@ func rabbitmqctl(args ...string) (string, error) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("rabbitmqctl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		err = fmt.Errorf("rabbitmqctl %s: %w", strings.Join(args, " "), err)
+		if o := strings.TrimSpace(string(out)); o != "" {
+			err = fmt.Errorf("%w: %s", err, o)
+		}
+		return string(out), err
 	}
 	return string(out), nil
 }

@@ -120,9 +120,12 @@ func rabbitmqctl(args ...string) (string, error) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("rabbitmqctl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		err = fmt.Errorf("rabbitmqctl %s: %w", strings.Join(args, " "), err)
+		if o := strings.TrimSpace(string(out)); o != "" {
+			err = fmt.Errorf("%w: %s", err, o)
+		}
 	}
-	return string(out), nil
+	return string(out), err
 }
 
 // printSummary shows line to whoever runs the tests, without -v.
