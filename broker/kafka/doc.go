@@ -44,7 +44,9 @@
 // group; it waits for every goroutine of the Source. A generation's end
 // cancels its pending fetches, so neither Close nor a rebalance waits for a
 // pending fetch (Config.MaxWait, 250 ms by default, bounds how long a fetch
-// waits for new records).
+// waits for new records); the connection of kafka-go's transport that
+// carried a cancelled fetch is closed when the broker answers it, at most
+// MaxWait after Close returned.
 //
 // Partitions added to the topic while the group runs are picked up: every
 // Config.PartitionWatchInterval (5 s by default) the member compares the
