@@ -61,7 +61,14 @@
 // it. Use x-overflow "reject-publish" (the broker refuses the copy while the
 // queue is full; Requeue fails and the runtime tries again) or a quorum
 // queue. A limit set by a policy, or on a queue declared elsewhere, cannot be
-// seen over AMQP 0-9-1: state it in QueueArgs so that the source checks it.
+// seen over AMQP 0-9-1 (queue.declare-ok carries only the message and
+// consumer counts): state it in QueueArgs so that the source checks it.
+//
+// One path stays unsafe on any length-limited queue: a delayed retry
+// (RequeueAfter) comes back from the retry queue by dead-lettering, which the
+// broker does not confirm. Into a full reject-publish queue RabbitMQ 3.10
+// drops it; into a full drop-head quorum queue it evicts the head. Do not
+// return retry.After errors from handlers of a length-limited queue.
 //
 // A source declares its topology when it connects, so a program that
 // publishes before any consumer has (an API whose workers run elsewhere)
