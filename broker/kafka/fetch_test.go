@@ -3,12 +3,14 @@ package kafka_test
 import (
 	"context"
 	"errors"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/queuekit/queuekit/consumer"
@@ -129,6 +131,57 @@ func TestCloseDoesNotWaitForAPendingFetch(t *testing.T) {
 		t.Errorf("Close took %v; it waited for a pending fetch (MaxWait %v)", took, cfg.MaxWait)
 	}
 	end, got := e.endOffsets(t, topic), e.committed(t, "g-closefast", topic)
+	for p := range partitions {
+		if got[p] != end[p] {
+			t.Errorf("partition %d: committed = %d; want end offset %d", p, got[p], end[p])
+		}
+	}
+}
+
+// Kafka protocol (in-process kfake cluster of 3 brokers): partition leaders
+// moved while the group consumes. The fetches follow the new leaders (the
+// fetch transport refreshes its view of them every second): every record
+// is handled, none twice, and the committed offsets reach the end.
+func TestFetchFollowsMovedPartitionLeaders(t *testing.T) {
+	if os.Getenv("QUEUEKIT_KAFKA_BROKERS") != "" {
+		t.Skip("needs kfake's MoveTopicPartition; skipped against a real cluster")
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.GroupMinSessionTimeout(100*time.Millisecond))
+	if err != nil {
+		t.Fatalf("kfake.NewCluster: %v", err)
+	}
+	t.Cleanup(c.Close)
+	e := &env{brokers: c.ListenAddrs(), cluster: c, what: "Kafka protocol (in-process kfake cluster, 3 brokers)"}
+	topic := e.topic(t, "leadermove")
+	const n = 2000
+	for i := 0; i < n; i += 8 {
+		e.produce(t, topic, i, 8, func(i int) string { return "k" + strconv.Itoa(i) })
+	}
+	l := newLedger()
+	cfg := e.config(topic, "g-leadermove")
+	cfg.MaxBytes = 512 // many small fetches, so that the moves land mid-stream
+	cfg.MaxInFlight = 8
+	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+		time.Sleep(200 * time.Microsecond)
+		l.add(msg.ID)
+		return nil
+	}), consumer.WithConcurrency(4))
+	waitFor(t, "some records handled", 20*time.Second, func() bool { return l.distinct() > 100 })
+	moved := 0
+	for p := range int32(partitions) {
+		to := (c.LeaderFor(topic, p) + 1) % 3
+		if err := c.MoveTopicPartition(topic, p, to); err != nil {
+			t.Fatalf("MoveTopicPartition(%d → %d): %v", p, to, err)
+		}
+		moved++
+	}
+	waitFor(t, "every record handled", 60*time.Second, func() bool { return l.distinct() == n })
+	m.stop(t)
+	t.Logf("moved %d partition leaders mid-stream; %d records handled, %d duplicates", moved, l.distinct(), l.duplicates())
+	if d := l.duplicates(); d != 0 {
+		t.Errorf("duplicates = %d; want 0", d)
+	}
+	end, got := e.endOffsets(t, topic), e.committed(t, "g-leadermove", topic)
 	for p := range partitions {
 		if got[p] != end[p] {
 			t.Errorf("partition %d: committed = %d; want end offset %d", p, got[p], end[p])
