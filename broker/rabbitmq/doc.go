@@ -28,8 +28,9 @@
 // the give-back in the background, and closes the channel (the broker then
 // requeues everything unacknowledged on it) if it takes more than 10 s. So a
 // Pause with a context that is already done strands nothing: the next Resume
-// sees every message. Status
-// (consumer.StatusReporter) and the event hook (consumer.EventSource:
+// sees every message.
+//
+// Status (consumer.StatusReporter) and the event hook (consumer.EventSource:
 // EventConnected, EventReconnecting, EventCancelled) make the connection
 // state visible to Supervisor.Health and to operators.
 //
@@ -59,8 +60,8 @@
 // it; and a nack with requeue (a release, or the broker's own requeue when a
 // channel closes) puts the message back at the head, where RabbitMQ drops
 // it. Use x-overflow "reject-publish" (the broker refuses the copy while the
-// queue is full; Requeue fails and the runtime tries again) or a quorum
-// queue. A limit set by a policy, or on a queue declared elsewhere, cannot be
+// queue is full, and Requeue then nacks with requeue, which is not refused
+// and evicts nothing; see Acknowledgement) or a quorum queue. A limit set by a policy, or on a queue declared elsewhere, cannot be
 // seen over AMQP 0-9-1 (queue.declare-ok carries only the message and
 // consumer counts): state it in QueueArgs so that the source checks it.
 //
@@ -89,8 +90,8 @@
 //     handler saw (it arrived as intake stopped), sends basic.nack with
 //     requeue: a classic queue puts the message back at its place (RabbitMQ
 //     3.10 puts a message returned to a quorum queue at the back), and its
-//     next delivery carries the same Attempt. Receive itself releases
-//     a delivery it took after its context ended or after Pause began.
+//     next delivery carries the same Attempt. Receive itself releases a
+//     delivery it took after its context ended or after Pause began.
 //   - RequeueAfter (consumer.DelayedRequeuer) publishes a copy to the retry
 //     queue with a per-message TTL; when it expires the broker dead-letters
 //     the copy back to the queue. The consumer slot is free meanwhile.
@@ -100,7 +101,8 @@
 //     original.
 //
 // Every copy is confirmed before the original is acked, so no path loses a
-// message. When a dead-letter or delayed-retry publish fails, the settlement
+// message (except a delayed retry into a full length-limited queue, see
+// Topology). When a dead-letter or delayed-retry publish fails, the settlement
 // returns the error and the delivery stays unsettled: the runtime tries
 // again with backoff, and a delivery it gives up on stays with the broker,
 // which redelivers it when the channel closes. A classic-queue Requeue whose
@@ -120,14 +122,15 @@
 // counts it in x-delivery-count). The source remembers, in memory, the
 // Attempt of each message it released (and one more for a refused
 // classic-queue Requeue), known by its message-id and a hash of its body,
-// and gives it to the message's next delivery to this source, so Pause/Resume cycles neither reorder a classic queue nor spend
-// attempts. The memory is bounded (64 × Prefetch entries, at least 4,096;
-// the oldest goes first) and per Source: a released message that another
-// consumer takes, that comes back after a restart, or whose entry went
-// before it came back (a quorum queue returns it behind everything else)
-// counts the redelivery as one attempt. On a quorum queue the release stays in x-delivery-count,
-// so deliveries after the next one count it: an attempt spent early, never
-// an unbounded budget.
+// and gives it to the message's next delivery to this source, so
+// Pause/Resume cycles neither reorder a classic queue nor spend attempts.
+// The memory is bounded (64 × Prefetch entries, at least 4,096; the oldest
+// goes first) and per Source: a released message that another consumer
+// takes, that comes back after a restart, or whose entry went before it came
+// back (a quorum queue returns it behind everything else) counts the
+// redelivery as one attempt. On a quorum queue the release stays in
+// x-delivery-count, so deliveries after the next one count it: an attempt
+// spent early, never an unbounded budget.
 //
 // In Passive mode the dead-letter exchange is checked but not that a queue
 // is bound to it: an unroutable dead letter is returned by the broker, and
@@ -137,9 +140,9 @@
 // HeaderDeliveries (or else the x-death counts) for the deliveries before
 // the last copy, plus x-delivery-count on quorum queues (or 1 when a classic
 // queue says "redelivered", unless the source released the message itself,
-// see above). It therefore survives consumer restarts; on a
-// classic queue a redelivery after a connection loss counts once however
-// many it was, which is why Quorum is recommended.
+// see above). It therefore survives consumer restarts; on a classic queue a
+// redelivery after a connection loss counts once however many it was, which
+// is why Quorum is recommended.
 //
 // Deliveries are fenced: each holds the channel it came on, and is settled
 // only there. After that channel closed (a reconnect happened), Ack, Requeue
