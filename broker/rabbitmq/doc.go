@@ -61,9 +61,10 @@
 // channel closes) puts the message back at the head, where RabbitMQ drops
 // it. Use x-overflow "reject-publish" (the broker refuses the copy while the
 // queue is full, and Requeue then nacks with requeue, which is not refused
-// and evicts nothing; see Acknowledgement) or a quorum queue. A limit set by a policy, or on a queue declared elsewhere, cannot be
-// seen over AMQP 0-9-1 (queue.declare-ok carries only the message and
-// consumer counts): state it in QueueArgs so that the source checks it.
+// and evicts nothing; see Acknowledgement) or a quorum queue. A limit set
+// by a policy, or on a queue declared elsewhere, cannot be seen over AMQP
+// 0-9-1 (queue.declare-ok carries only the message and consumer counts):
+// state it in QueueArgs so that the source checks it.
 //
 // One path stays unsafe on any length-limited queue: a delayed retry
 // (RequeueAfter) comes back from the retry queue by dead-lettering, which the
