@@ -132,8 +132,9 @@ func (t *Topology) resolve(queue string) error {
 // dead-lettering it; and basic.nack with requeue (a release, the broker's own
 // requeue when a channel closes) puts the message back at the head, where
 // RabbitMQ 3.10 drops it at once. reject-publish keeps every message: the
-// broker refuses the copy while the queue is full (Requeue fails and the
-// runtime tries again), and a nack with requeue is not a publish.
+// broker refuses the copy while the queue is full (Requeue then nacks with
+// requeue, counting the attempt itself), and a nack with requeue is not a
+// publish, so it is neither refused nor evicts anything.
 func (t *Topology) checkOverflow(queue string) error {
 	if t.QueueType != Classic {
 		return nil
