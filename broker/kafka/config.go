@@ -164,8 +164,13 @@ type Config struct {
 	// reason in their headers. Default: Topic + ".dlt". The topic must exist
 	// unless the cluster creates topics automatically.
 	DeadLetterTopic string
-	// DeadLetterBatchTimeout is the longest a dead-letter write waits for
-	// others to batch with. Default 5 ms (kafka-go's default is 1 s).
+	// DeadLetterBatchTimeout was the longest a dead-letter write waited for
+	// others to batch with.
+	//
+	// Deprecated: each dead letter is now written in a request of its own
+	// (see DeadLetterMaxBytes), so that a broker's MESSAGE_TOO_LARGE is
+	// about that record alone; nothing waits to batch, and this field has
+	// no effect. It is still validated when set.
 	DeadLetterBatchTimeout time.Duration
 	// DeadLetterMaxBytes is the largest dead letter (record, key and
 	// headers) the dead-letter writer sends; each dead letter is a request
