@@ -140,7 +140,11 @@
 //
 // Settling a record of an ended generation returns an error wrapping
 // consumer.ErrStaleDelivery; the record goes to the partition's next owner.
-// Settling twice returns consumer.ErrAlreadySettled. Receive returns
+// So does settling a record of a partition log that started over while it
+// was out (see Acknowledgement). Settling twice returns
+// consumer.ErrAlreadySettled. A dead letter that retrying cannot write
+// returns an error wrapping ErrDeadLetterUnwritable, which Status reports
+// until the record is settled. Receive returns
 // consumer.ErrSourceClosed after Close. Failures to join the group are
 // retried by kafka-go; the Source reports them through Status and a
 // consumer.EventReconnecting event, and keeps Receive blocked meanwhile. The
