@@ -79,8 +79,8 @@
 //     nothing is committed: the runtime tries the dead letter again with
 //     backoff, without running the handler again. Each dead letter is
 //     written in a request of its own, of at most Config.DeadLetterMaxBytes
-//     (by default MaxBytes plus 1 MiB, so that any record the Source fetches
-//     fits with its headers). A write that retrying cannot fix — the dead
+//     (by default MaxBytes plus 1 MiB, so that a record fetched within
+//     MaxBytes fits with its headers). A write that retrying cannot fix — the dead
 //     letter is larger than that or than the dead-letter topic's
 //     max.message.bytes, or the topic refuses it — returns an error wrapping
 //     ErrDeadLetterUnwritable: the Source logs it as an error and reports it
@@ -115,7 +115,9 @@
 // producer made it.
 //
 // Who owns what: one fetcher goroutine per assigned partition owns that
-// partition's fetch position and its fetched-but-not-queued records; one
+// partition's fetch position and its fetched-but-not-queued records (a
+// goroutine of its own carries each request it sends ahead, and hands the
+// response over on a channel); one
 // committer goroutine per generation commits and runs the drain; every
 // other piece of state (lanes, the ready queue, offset trackers, counters)
 // is guarded by one mutex of the Source, held only for short non-blocking
