@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -81,16 +82,24 @@ func attempt(d *amqp.Delivery) int {
 	if !ok {
 		prior = xDeathCount(d.Headers)
 	}
+	// Any producer can set these headers: a negative count counts as 0, and
+	// sums saturate instead of wrapping, so that Attempt is always >= 1 and
+	// fits an int on every platform.
 	n := int64(1)
 	if dc, ok := tableInt(d.Headers, "x-delivery-count"); ok {
-		n += dc
+		n = satAdd(n, max(dc, 0))
 	} else if d.Redelivered {
 		n++
 	}
-	if prior < 0 {
-		prior = 0
+	return int(min(satAdd(max(prior, 0), n), math.MaxInt32))
+}
+
+// satAdd adds two counts >= 0 without wrapping.
+func satAdd(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
 	}
-	return int(prior + n)
+	return a + b
 }
 
 // attemptOf is Message.Attempt for d as newDelivery computes it, taking d's
@@ -215,7 +224,7 @@ func xDeathCount(h amqp.Table) int64 {
 	for _, e := range deaths {
 		if t, ok := e.(amqp.Table); ok {
 			if c, ok := tableInt(t, "count"); ok {
-				n += c
+				n = satAdd(n, max(c, 0))
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -525,7 +526,7 @@ func tableInt(t amqp.Table, key string) (int64, bool) {
 	case uint32:
 		return int64(v), true
 	case uint64:
-		return int64(v), true
+		return int64(min(v, math.MaxInt64)), true
 	}
 	return 0, false
 }
