@@ -290,3 +290,25 @@ func TestCloseTestConnectionsSparesOtherVhosts(t *testing.T) {
 		t.Fatalf("the connection in vhost %q is unusable: %v", vhostOf(testBroker.base), err)
 	}
 }
+
+// TestBrokerLogCountOnlyCountsItsVhost: the chaos test's check of the broker
+// log counts the channel errors of its own vhost, not those of the other
+// programs on the broker.
+func TestBrokerLogCountOnlyCountsItsVhost(t *testing.T) {
+	const log = `2026-12-05 12:53:48.188866+00:00 [error] <0.1413.0> Channel error on connection <0.1404.0> (127.0.0.1:45458 -> 127.0.0.1:5672, vhost: 'queuekit-test-1', user: 'guest'), channel 1:
+2026-12-05 12:53:48.188866+00:00 [error] <0.1413.0> operation basic.ack caused a channel exception precondition_failed: unknown delivery tag 99
+2026-12-05 12:53:49.100000+00:00 [error] <0.1500.0> Channel error on connection <0.1490.0> (127.0.0.1:45460 -> 127.0.0.1:5672, vhost: '/', user: 'guest'), channel 1:
+2026-12-05 12:53:49.100000+00:00 [error] <0.1500.0> operation basic.ack caused a channel exception precondition_failed: unknown delivery tag 7
+2026-12-05 12:53:50.100000+00:00 [error] <0.1413.0> operation basic.ack caused a channel exception precondition_failed: unknown delivery tag 100
+`
+	path := filepath.Join(t.TempDir(), "rabbit@test.log")
+	if err := os.WriteFile(path, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("QUEUEKIT_RABBITMQ_LOG", path)
+	for vhost, want := range map[string]int{"queuekit-test-1": 2, "/": 1, "queuekit-test-2": 0} {
+		if got, ok := brokerLogCount("unknown delivery tag", vhost); got != want || !ok {
+			t.Errorf("brokerLogCount(%q) = %d, %v; want %d, true", vhost, got, ok, want)
+		}
+	}
+}
