@@ -193,12 +193,12 @@ func ctlUsable() bool {
 // even under QUEUEKIT_REQUIRE_BROKERS=1: the opt-in must be explicit.
 func needDestructive(t testing.TB, what string) {
 	t.Helper()
-	needCtl(t)
 	if !destructiveAllowed() {
 		why := fmt.Sprintf("would %s, cutting off every program using it; set QUEUEKIT_DESTRUCTIVE_TESTS=1 to run on a broker nothing else uses", what)
 		skips.add(why)
 		t.Skip("this test " + why)
 	}
+	needCtl(t)
 }
 
 func destructiveAllowed() bool { return os.Getenv("QUEUEKIT_DESTRUCTIVE_TESTS") == "1" }
