@@ -116,10 +116,12 @@ func (b *broker) teardown() error {
 		return nil
 	}
 	var err error
-	for range 3 { // rabbitmqctl can time out on a loaded machine
-		if _, err = rabbitmqctl("-q", "delete_vhost", b.vhost); err == nil {
+	for i := range 3 { // rabbitmqctl can time out on a loaded machine
+		out, derr := rabbitmqctl("-q", "delete_vhost", b.vhost)
+		if derr == nil || i > 0 && strings.Contains(out, "does not exist") { // a timed-out try that did it
 			return nil
 		}
+		err = derr
 	}
 	return fmt.Errorf("the tests' vhost %s is left on the broker: %w", b.vhost, err)
 }
