@@ -247,7 +247,7 @@ func TestOrderStoreIsBounded(t *testing.T) {
 		t.Errorf("heap grew by %d KiB after 200,000 orders; want at most %d KiB (the bound of %d records, 1 KiB each)", used>>10, defaultMaxOrders, defaultMaxOrders)
 	}
 	// Once the map has grown for the churn, the heap stays where it is.
-	if grew := int64(heaps[300_000]) - int64(heaps[200_000]); grew > int64(heaps[200_000]-heaps[0])/10 {
+	if grew := int64(heaps[300_000]) - int64(heaps[200_000]); grew > int64(heaps[200_000]-heaps[0])/5 {
 		t.Errorf("heap grew %d KiB from order 200,000 to 300,000; want it flat (bounded)", grew>>10)
 	}
 }
