@@ -249,23 +249,18 @@ func attemptSeeds() []amqp.Table {
 // "Message.Attempt is computed from…"), in exact arithmetic: the deliveries
 // before the last copy (HeaderDeliveries, or else the sum of the x-death
 // counts) plus 1, plus the deliveries since (x-delivery-count, or 1 when
-// the broker says redelivered). nonNeg reports whether every count it used
-// was >= 0: negative counts are forged (no broker sends them) and only the
-// lower bound is checked for them.
-func refAttempt(h amqp.Table, redelivered bool) (ref *big.Int, nonNeg bool) {
-	nonNeg = true
+// the broker says redelivered). A negative count (forged: no broker sends
+// one) counts as 0.
+func refAttempt(h amqp.Table, redelivered bool) *big.Int {
 	count := func(t amqp.Table, key string) (*big.Int, bool) {
 		var n big.Int
 		switch v := t[key].(type) {
 		case int8, int16, int32, int64, int:
-			n.SetInt64(reflectInt(v))
+			n.SetInt64(max(reflectInt(v), 0))
 		case uint8, uint16, uint32, uint64:
 			n.SetUint64(reflectUint(v))
 		default:
 			return nil, false
-		}
-		if n.Sign() < 0 {
-			nonNeg = false
 		}
 		return &n, true
 	}
@@ -282,13 +277,13 @@ func refAttempt(h amqp.Table, redelivered bool) (ref *big.Int, nonNeg bool) {
 			}
 		}
 	}
-	ref = new(big.Int).Add(prior, big.NewInt(1))
+	ref := new(big.Int).Add(prior, big.NewInt(1))
 	if dc, ok := count(h, "x-delivery-count"); ok {
 		ref.Add(ref, dc)
 	} else if redelivered {
 		ref.Add(ref, big.NewInt(1))
 	}
-	return ref, nonNeg
+	return ref
 }
 
 func reflectInt(v any) int64 {
@@ -332,41 +327,28 @@ func FuzzAttempt(f *testing.F) {
 		f.Add(encodeTable(h), false)
 		f.Add(encodeTable(h), true)
 	}
-	// TODO(fuzz-findings.md, F1): counts near the int64 limits wrap
-	// Message.Attempt around to a negative number. Enable once attempt()
-	// saturates instead:
-	// f.Add(encodeTable(amqp.Table{HeaderDeliveries: int64(math.MaxInt64)}), false)
-	// f.Add(encodeTable(amqp.Table{"x-delivery-count": uint64(math.MaxUint64)}), false)
-	// f.Add(encodeTable(amqp.Table{"x-death": xDeath(int64(math.MaxInt64), int64(math.MaxInt64))}), false)
-	// and a negative x-delivery-count (forged: brokers count from 0) makes it 0:
-	// f.Add(encodeTable(amqp.Table{"x-delivery-count": int8(-1)}), false)
-	// While F1 is not fixed, fuzzing goes on past it (inputs that reach it
-	// are skipped); once attempt() is fixed, the checks apply by themselves.
-	negativeKnown := attempt(&amqp.Delivery{Headers: amqp.Table{"x-delivery-count": int8(-1)}}) < 1
-	wrapKnown := attempt(&amqp.Delivery{Headers: amqp.Table{HeaderDeliveries: int64(math.MaxInt64)}}) < 1
+	// Fuzz finding F1 (fixed in d5af025): counts near the int64 limits
+	// wrapped Message.Attempt around to a negative number, and a negative
+	// count made it 0 or less.
+	f.Add(encodeTable(amqp.Table{HeaderDeliveries: int64(math.MaxInt64)}), false)
+	f.Add(encodeTable(amqp.Table{"x-death": xDeath(int64(math.MaxInt64), int64(math.MaxInt64))}), false)
+	f.Add(encodeTable(amqp.Table{"x-delivery-count": int8(-1)}), false)
+	f.Add(encodeTable(amqp.Table{"x-delivery-count": int16(-18432)}), true)
+	f.Add(encodeTable(amqp.Table{"x-death": xDeath(int64(5), int64(-3))}), false)
 	f.Fuzz(func(t *testing.T, data []byte, redelivered bool) {
 		h := decodeTable(data)
 		d := amqp.Delivery{Headers: h, Redelivered: redelivered, RoutingKey: "rk", Body: []byte("b")}
 		got := attempt(&d)
-		ref, nonNeg := refAttempt(h, redelivered)
-		limit := big.NewInt(math.MaxInt32)
-		if (negativeKnown && !nonNeg) || (wrapKnown && ref.Cmp(limit) > 0) {
-			t.Skip("fuzz-findings.md F1, not fixed yet")
-		}
 		if got < 1 {
 			t.Fatalf("attempt(headers %v, redelivered %v) = %d; want >= 1", h, redelivered, got)
 		}
-		switch {
-		case !nonNeg:
-			// Forged negative counts: only the lower bound above holds.
-		case ref.Cmp(limit) <= 0:
+		ref := refAttempt(h, redelivered)
+		if ref.Cmp(big.NewInt(math.MaxInt32)) <= 0 {
 			if int64(got) != ref.Int64() {
 				t.Fatalf("attempt(headers %v, redelivered %v) = %d; want %v (the documented formula)", h, redelivered, got, ref)
 			}
-		default:
-			if got < math.MaxInt32 {
-				t.Fatalf("attempt(headers %v, redelivered %v) = %d; want >= %d: the count is %v, it must saturate, not wrap", h, redelivered, got, math.MaxInt32, ref)
-			}
+		} else if got < math.MaxInt32 {
+			t.Fatalf("attempt(headers %v, redelivered %v) = %d; want >= %d: the count is %v, it must saturate, not wrap", h, redelivered, got, math.MaxInt32, ref)
 		}
 
 		// The message as handlers see it, and the copy a classic-queue
