@@ -205,19 +205,27 @@ func (c *Consumer) Close() error {
 // so prefetched messages go back to the queue). Pausing a paused consumer does
 // nothing. A consumer paused before Run starts paused.
 func (c *Consumer) Pause(ctx context.Context) error {
+	changed, err := c.pause(ctx)
+	if changed {
+		// Outside pmu: a hook may call Resume (or Pause) on this consumer.
+		c.emit(Event{Kind: EventPaused, Err: err})
+	}
+	return err
+}
+
+func (c *Consumer) pause(ctx context.Context) (changed bool, err error) {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
 	c.mu.Lock()
 	if c.paused {
 		c.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	c.paused = true
 	if r := c.cur; r != nil {
 		r.setIntake(pausedIntake())
 	}
 	c.mu.Unlock()
-	var err error
 	if p, ok := c.src.(Pauser); ok {
 		// Outside c.mu: a source may emit events (and hooks may call State)
 		// while it pauses, and a network round trip must not block Health.
@@ -225,26 +233,34 @@ func (c *Consumer) Pause(ctx context.Context) error {
 			err = fmt.Errorf("queuekit: pause source: %w", perr)
 		}
 	}
-	c.emit(Event{Kind: EventPaused, Err: err})
-	return err
+	return true, err
 }
 
 // Resume restarts intake after Pause. Resuming a running consumer does nothing.
 // If the source fails to resume, the consumer stays paused and Resume returns
 // the error.
 func (c *Consumer) Resume(ctx context.Context) error {
+	resumed, err := c.resume(ctx)
+	if resumed {
+		// Outside pmu: a hook may call Pause (or Resume) on this consumer.
+		c.emit(Event{Kind: EventResumed})
+	}
+	return err
+}
+
+func (c *Consumer) resume(ctx context.Context) (bool, error) {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
 	c.mu.Lock()
 	paused := c.paused
 	c.mu.Unlock()
 	if !paused {
-		return nil
+		return false, nil
 	}
 	if p, ok := c.src.(Pauser); ok {
 		// Resume the source before the workers, so that they find it subscribed.
 		if err := p.Resume(ctx); err != nil {
-			return fmt.Errorf("queuekit: resume source: %w", err)
+			return false, fmt.Errorf("queuekit: resume source: %w", err)
 		}
 	}
 	c.mu.Lock()
@@ -253,8 +269,7 @@ func (c *Consumer) Resume(ctx context.Context) error {
 		r.setIntake(r.openIntake())
 	}
 	c.mu.Unlock()
-	c.emit(Event{Kind: EventResumed})
-	return nil
+	return true, nil
 }
 
 // State reports the consumer's state: StateRunning while it takes deliveries;
@@ -280,10 +295,21 @@ func (c *Consumer) State() State {
 	case paused:
 		return StatePaused
 	}
-	if sr, ok := c.src.(StatusReporter); ok && !sr.Status().Connected {
+	if sr, ok := c.src.(StatusReporter); ok && !sourceConnected(sr) {
 		return StateReconnecting
 	}
 	return StateRunning
+}
+
+// sourceConnected is sr.Status().Connected; a source whose Status panics
+// counts as not connected.
+func sourceConnected(sr StatusReporter) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	return sr.Status().Connected
 }
 
 func (c *Consumer) emit(e Event) {
@@ -537,10 +563,7 @@ func (r *run) work(i int) {
 			<-in.wake
 			continue
 		}
-		d, err := r.c.src.Receive(in.ctx)
-		if err == nil && d == nil {
-			err = Fatal(errors.New("queuekit: source returned a nil delivery and no error"))
-		}
+		d, m, err := r.receive(in.ctx)
 		if err != nil {
 			if in.ctx.Err() != nil && !safeIsFatal(err) {
 				continue // paused or stopping: look at the new intake
@@ -554,18 +577,54 @@ func (r *run) work(i int) {
 			return
 		}
 		if in.stopped.Load() {
-			r.giveBack(d)
+			r.giveBack(d, m)
 			continue
 		}
-		if !r.process(i, d) {
+		if !r.process(i, d, m) {
 			return // abandoned: the drain already gave the message back and released us
 		}
 	}
 }
 
+// receive takes the next delivery from the source, and its message. The
+// source is user code as much as the handler (a third-party adapter): a
+// panic in Receive or Message, a nil delivery (typed or not) or a nil
+// message is a broken source, which restarting will not mend — a fatal
+// error of the run, never a crash of the process.
+func (r *run) receive(ctx context.Context) (d Delivery, m *Message, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			d, m = nil, nil
+			err = Fatal(fmt.Errorf("queuekit: source %T panicked: %v", r.c.src, p))
+		}
+	}()
+	d, err = r.c.src.Receive(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if d == nil {
+		return nil, nil, Fatal(errors.New("queuekit: source returned a nil delivery and no error"))
+	}
+	if m = d.Message(); m == nil {
+		// A typed nil delivery panics above, in its Message method, or
+		// returns nil here; either way there is nothing to handle or settle.
+		return nil, nil, Fatal(fmt.Errorf("queuekit: source returned a %T delivery with a nil message", d))
+	}
+	return d, m, nil
+}
+
+// recoverSettle turns a panic in a delivery's settlement method (a broken
+// adapter) into that settlement's error, which is tried again and reported
+// like any failed settlement.
+func recoverSettle(d Delivery, err *error) {
+	if p := recover(); p != nil {
+		*err = fmt.Errorf("queuekit: settling a %T delivery panicked: %v", d, p)
+	}
+}
+
 // process runs the handler on d and settles it. It reports false when the
 // drain deadline abandoned the delivery; the worker must then exit.
-func (r *run) process(i int, d Delivery) bool {
+func (r *run) process(i int, d Delivery, m *Message) bool {
 	s := &r.slots[i]
 	s.d = d
 	s.state.Store(slotRunning)
@@ -573,12 +632,11 @@ func (r *run) process(i int, d Delivery) bool {
 	// delivery, or we see abandoning and give it back ourselves.
 	if r.abandoning.Load() {
 		if s.state.CompareAndSwap(slotRunning, slotIdle) {
-			r.giveBack(d)
+			r.giveBack(d, m)
 			r.wg.Done()
 		}
 		return false
 	}
-	m := d.Message()
 	hctx, release := r.handlerContext(d)
 	err := r.call(hctx, m)
 	release()
@@ -624,9 +682,8 @@ func (r *run) call(ctx context.Context, m *Message) (err error) {
 // keeps its place and spends no attempt, else with Requeue. A give-back that
 // fails is tried again like any settlement: a delivery left unsettled would
 // hold its prefetch slot for as long as the connection lasts.
-func (r *run) giveBack(d Delivery) {
+func (r *run) giveBack(d Delivery, m *Message) {
 	r.givenBack.Add(1)
-	m := d.Message()
 	err := release(r.clock.Context(), d)
 	if err != nil && retriableSettle(err) {
 		err = r.retrySettle(m, "release", err, func(ctx context.Context) error { return release(ctx, d) })
@@ -637,7 +694,8 @@ func (r *run) giveBack(d Delivery) {
 	}
 }
 
-func release(ctx context.Context, d Delivery) error {
+func release(ctx context.Context, d Delivery) (err error) {
+	defer recoverSettle(d, &err)
 	if rl, ok := d.(Releaser); ok {
 		return rl.Release(ctx)
 	}
@@ -732,7 +790,8 @@ func (r *run) verdict(m *Message, herr error) (Settlement, time.Duration) {
 	return SettledRequeue, 0
 }
 
-func (r *run) apply(ctx context.Context, d Delivery, s Settlement, reason Reason, delay time.Duration) error {
+func (r *run) apply(ctx context.Context, d Delivery, s Settlement, reason Reason, delay time.Duration) (err error) {
+	defer recoverSettle(d, &err)
 	switch s {
 	case SettledAck:
 		return d.Ack(ctx)

@@ -82,7 +82,11 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 
 // WithEventHook sets a function called with every event of this consumer and
 // its source. It is called synchronously from the consumer's goroutines and
-// must not block; a Supervisor's OnEvent hook is queued instead.
+// must not block; a Supervisor's OnEvent hook is queued instead. In
+// particular it must not call this consumer's Shutdown or Close, which wait
+// for the goroutine the hook runs on: to stop the consumer from a hook, call
+// them in a goroutine of their own (go c.Close()). Pause and Resume may be
+// called. A hook that panics loses that call, nothing else.
 func WithEventHook(f func(Event)) Option { return func(o *options) { o.hook = f } }
 
 // WithObserver sets f, called after every settlement with the message, what

@@ -302,3 +302,146 @@ func TestIssue9PauseResumeKeepsOrderAndBudgetOnMemory(t *testing.T) {
 		t.Fatalf("%d inversions, attempts %v, %d handled; want 0 inversions, every one of %d on attempt 1", inversions, attempts, len(order), n)
 	}
 }
+
+// nilDelivery's methods dereference their receiver, as an adapter's do.
+type nilDelivery struct{ m consumer.Message }
+
+func (d *nilDelivery) Message() *consumer.Message                        { return &d.m }
+func (d *nilDelivery) Ack(context.Context) error                         { return nil }
+func (d *nilDelivery) Requeue(context.Context) error                     { return nil }
+func (d *nilDelivery) DeadLetter(context.Context, consumer.Reason) error { return nil }
+
+// brokenSource hands out one broken delivery, then blocks.
+type brokenSource struct {
+	once sync.Once
+	d    consumer.Delivery
+}
+
+func (s *brokenSource) Receive(ctx context.Context) (consumer.Delivery, error) {
+	var d consumer.Delivery
+	s.once.Do(func() { d = s.d })
+	if d != nil {
+		return d, nil
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (s *brokenSource) Close() error { return nil }
+
+// panickyDelivery panics in every settlement, as a broken adapter may.
+type panickyDelivery struct{ m consumer.Message }
+
+func (d *panickyDelivery) Message() *consumer.Message    { return &d.m }
+func (d *panickyDelivery) Ack(context.Context) error     { panic("ack bug") }
+func (d *panickyDelivery) Requeue(context.Context) error { panic("requeue bug") }
+func (d *panickyDelivery) DeadLetter(context.Context, consumer.Reason) error {
+	panic("dead-letter bug")
+}
+
+// Issue 9 item 1 (hostile review): a source is user code too. A typed nil
+// delivery, a delivery with a nil message, or a settlement that panics
+// crashed the process on a worker goroutine.
+func TestIssue9BrokenSourceIsAnErrorNotACrash(t *testing.T) {
+	ok := consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil })
+	for _, tc := range []struct {
+		name string
+		d    consumer.Delivery
+	}{
+		{"typed nil delivery", (*nilDelivery)(nil)},
+		{"nil message", &nilMessageDelivery{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := consumer.New(&brokenSource{d: tc.d}, ok, consumer.WithLogger(quiet))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Run(context.Background())
+			if !consumer.IsFatal(err) {
+				t.Fatalf("Run = %v; want a fatal error naming the broken source", err)
+			}
+		})
+	}
+	t.Run("settlement panics", func(t *testing.T) {
+		var failed atomic.Int64
+		c, err := consumer.New(&brokenSource{d: &panickyDelivery{m: consumer.Message{ID: "m1", Attempt: 1}}}, ok,
+			consumer.WithLogger(quiet), consumer.WithDrainTimeout(200*time.Millisecond),
+			consumer.WithEventHook(func(e consumer.Event) {
+				if e.Kind == consumer.EventSettleFailed {
+					failed.Add(1)
+				}
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := runAsync(c, ctx)
+		waitFor(t, "the panicking ack to be reported", func() bool { return failed.Load() > 0 })
+		if s := c.State(); s != consumer.StateStalled {
+			t.Errorf("State = %v; want %v while the ack cannot be done", s, consumer.StateStalled)
+		}
+		cancel()
+		<-done
+	})
+}
+
+type nilMessageDelivery struct{ nilDelivery }
+
+func (*nilMessageDelivery) Message() *consumer.Message { return nil }
+
+// Issue 9 item 1 (hostile review): a Runner that panics is a failed runner,
+// restarted like any other, not the end of the process.
+func TestIssue9PanickingRunnerIsRestarted(t *testing.T) {
+	var runs atomic.Int64
+	sup := &consumer.Supervisor{Logger: quiet}
+	_ = sup.Add("p", consumer.RunnerFunc(func(ctx context.Context) error {
+		if runs.Add(1) <= 2 {
+			panic("runner bug")
+		}
+		<-ctx.Done()
+		return nil
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	waitFor(t, "the third run", func() bool { return runs.Load() >= 3 })
+	h := sup.Health()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Supervisor.Run = %v; want nil", err)
+	}
+	if h.Runners[0].Restarts != 2 || !strings.Contains(h.Runners[0].LastError, "runner bug") {
+		t.Fatalf("Health = %+v; want 2 restarts and the panic as the last error", h.Runners[0])
+	}
+}
+
+// Issue 9 (hostile review): a hook that resumes the consumer when it is
+// paused deadlocked Pause, which emitted the event while holding its lock.
+func TestIssue9HookMayResumeFromPausedEvent(t *testing.T) {
+	b := memory.NewBroker()
+	publishN(t, b, "q", 10)
+	var c *consumer.Consumer
+	c, err := consumer.New(newSource(t, b, "q", 2), consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+		consumer.WithLogger(quiet), consumer.WithEventHook(func(e consumer.Event) {
+			if e.Kind == consumer.EventPaused {
+				_ = c.Resume(context.Background())
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAsync(c, ctx)
+	paused := make(chan error, 1)
+	go func() { paused <- c.Pause(context.Background()) }()
+	select {
+	case err := <-paused:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Pause did not return: the hook's Resume deadlocked it")
+	}
+	waitFor(t, "every message acked", func() bool { return b.Stats("q").Acked == 10 })
+	cancel()
+	<-done
+}

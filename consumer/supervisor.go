@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -250,7 +251,7 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		e.set(StateRunning, nil)
 		// A runner is user code: its error may be a typed nil whose Error
 		// method panics. From here on only a description of it is kept.
-		err := safeError(e.r.Run(ctx))
+		err := safeError(runSafely(ctx, e.r))
 		// Tell shutdown from failure by our own ctx, not by the error's type:
 		// a runner may return context.Canceled for reasons of its own.
 		if ctx.Err() != nil || err == nil || safeIs(err, ErrConsumerClosed) {
@@ -273,6 +274,9 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		}
 		e.set(StateFailed, err)
 		s.emit(Event{Kind: EventFailed, Runner: e.name, Err: err})
+		if pe, ok := err.(*PanicError); ok {
+			log.Error("queuekit: runner panicked", "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
+		}
 		if safeIsFatal(err) {
 			log.Error("queuekit: runner failed fatally; stopping the supervisor", "error", err)
 			fatal(Fatal(fmt.Errorf("runner %s: %w", e.name, err)))
@@ -281,7 +285,7 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		if bo == nil || time.Since(started) >= s.restartReset() {
 			bo = s.newRestartBackOff()
 		}
-		d := bo.NextBackOff()
+		d := nextBackOff(bo)
 		if d == backoff.Stop {
 			log.Error("queuekit: runner failed; restart policy gave up", "error", err)
 			e.set(StateStopped, err)
@@ -322,7 +326,7 @@ func (s *Supervisor) Health() Health {
 		}
 		e.mu.Unlock()
 		if st, ok := e.r.(stater); ok && rh.State == StateRunning {
-			rh.State = st.State()
+			rh.State = stateOf(st)
 		}
 		if rh.State != StateRunning {
 			h.Ready = false
@@ -413,11 +417,52 @@ func (s *Supervisor) restartReset() time.Duration {
 	return time.Minute
 }
 
-func (s *Supervisor) newRestartBackOff() backoff.BackOff {
+func (s *Supervisor) newRestartBackOff() (bo backoff.BackOff) {
 	if s.Restart != nil {
+		defer func() {
+			if p := recover(); p != nil {
+				s.logger().Error("queuekit: supervisor Restart policy panicked; using the default", "panic", fmt.Sprint(p))
+				bo = nil
+			}
+			if bo == nil {
+				bo = &equalJitter{next: 100 * time.Millisecond, max: 30 * time.Second}
+			}
+		}()
 		return s.Restart.NewBackOff()
 	}
 	return &equalJitter{next: 100 * time.Millisecond, max: 30 * time.Second}
+}
+
+// runSafely runs r, turning a panic into a *PanicError: a runner is user
+// code, and a panic in it is a failure of that runner (restarted like any
+// other), never the death of the process.
+func runSafely(ctx context.Context, r Runner) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &PanicError{Value: p, Stack: debug.Stack()}
+		}
+	}()
+	return r.Run(ctx)
+}
+
+// nextBackOff is bo.NextBackOff(); a policy that panics waits a second.
+func nextBackOff(bo backoff.BackOff) (d time.Duration) {
+	defer func() {
+		if recover() != nil {
+			d = time.Second
+		}
+	}()
+	return bo.NextBackOff()
+}
+
+// stateOf is st.State(); a State method that panics reports StateFailed.
+func stateOf(st stater) (s State) {
+	defer func() {
+		if recover() != nil {
+			s = StateFailed
+		}
+	}()
+	return st.State()
 }
 
 // equalJitter doubles a ceiling up to max and draws each delay from
