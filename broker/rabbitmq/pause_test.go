@@ -169,7 +169,7 @@ func TestPauseAndResumeInQuickSuccessionLoseNothing(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run = %v", err)
 	}
-	ready, unacked := queueCounts(t, q)
+	ready, unacked := drainedQueueCounts(t, q)
 	t.Logf("20 pause/resume cycles: %d messages handled %d times; queue ready=%d unacked=%d", n, cnt.n.Load(), ready, unacked)
 	if ready != 0 || unacked != 0 {
 		t.Errorf("queue after run: ready=%d unacked=%d; want 0 0", ready, unacked)

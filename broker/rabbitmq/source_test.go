@@ -119,7 +119,7 @@ func TestSourceConsumesEverythingPublishedAndLeavesTheQueueEmpty(t *testing.T) {
 			if got := cnt.n.Load(); got != n {
 				t.Errorf("handled %d times; want %d (no duplicates without faults)", got, n)
 			}
-			ready, unacked := queueCounts(t, q)
+			ready, unacked := drainedQueueCounts(t, q)
 			if ready != 0 || unacked != 0 {
 				t.Errorf("queue after run: ready=%d unacked=%d; want 0 0", ready, unacked)
 			}
