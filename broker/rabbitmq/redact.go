@@ -9,24 +9,33 @@ import (
 
 // redactURL returns raw with its password replaced by "xxxxx", so that it can
 // appear in errors and logs. A URL that does not parse is replaced entirely:
-// it may still hold a password we failed to find. So is one that parses
-// without a password but has an "@" further on: an unescaped "#", "?" or "/"
-// in the password ends the authority early (amqp://u:12#34@host parses as
-// host "u", port 12), and that password must not show either.
+// it may still hold a password we failed to find. Every "@" further on is
+// suspect too: an unescaped "#", "?" or "/" in the password ends the
+// authority early (amqp://u:12#34@host parses as host "u", port 12, and no
+// password), and what may be the password before such an "@" is replaced
+// as well.
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "<unparseable URL>"
 	}
-	if u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-			return u.Redacted()
-		}
-	}
 	secrets, ok := hiddenPasswords(raw)
 	if !ok {
 		return "<unparseable URL>"
+	}
+	if u.User != nil {
+		if p, ok := u.User.Password(); ok {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			// The password url.Parse found is gone; what else may be one
+			// is not: in amqp://u:@#00@host the password the user meant
+			// is "@#00", which parses as an empty password and a fragment.
+			// The found one is not scrubbed again: a short password would
+			// otherwise take every matching letter of the URL with it.
+			secrets = slices.DeleteFunc(secrets, func(s string) bool {
+				d, err := url.PathUnescape(s)
+				return s == p || (err == nil && d == p)
+			})
+		}
 	}
 	return scrub(u.Redacted(), secrets)
 }
@@ -91,12 +100,28 @@ func hiddenPasswords(raw string) (secrets []string, ok bool) {
 				if len(secrets) == maxAts {
 					return nil, false
 				}
-				secrets = append(secrets, s[c+1:j])
+				p := s[c+1 : j]
+				secrets = append(secrets, p)
+				// An unescaped "#", "?" or "/" in the password ends the
+				// authority early, and net/url's error quotes what came
+				// before it as a port ("invalid port \":S3cret\""): that
+				// prefix is a secret too. Too short to find safely, and the
+				// text is withheld.
+				if k := strings.IndexAny(p, "#?/"); k >= 0 {
+					if k < minSecret {
+						return nil, false
+					}
+					secrets = append(secrets, p[:k])
+				}
 			}
 		}
 	}
 	return secrets, true
 }
+
+// minSecret is the shortest prefix of a password that hiddenPasswords
+// redacts where it stands (shorter ones would blank out ordinary words).
+const minSecret = 4
 
 // maxAts bounds the candidates hiddenPasswords considers.
 const maxAts = 16
