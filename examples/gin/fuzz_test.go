@@ -92,15 +92,6 @@ func jsonEscape(r rune) string {
 	return `\u` + string([]byte{hex[r>>12&0xf], hex[r>>8&0xf], hex[r>>4&0xf], hex[r&0xf]})
 }
 
-// stillAccepts reports whether decodeOrderRequest accepts body. The target
-// uses it to find out which of the findings in /work/notes/fuzz-findings.md
-// are not fixed yet, so that fuzzing goes on past them; once fixed, the
-// stricter check applies by itself.
-func stillAccepts(body string) bool {
-	_, err := decodeOrderRequest(strings.NewReader(body))
-	return err == nil
-}
-
 // FuzzDecodeOrderRequest checks that decodeOrderRequest never panics; that
 // whatever it accepts is one valid JSON object holding a valid order, which
 // re-encodes to a body it accepts as the same order; and that every
@@ -138,14 +129,16 @@ func FuzzDecodeOrderRequest(f *testing.F) {
 		`{"item": "` + strings.Repeat("é", maxItemLen) + `", "quantity": 1}`,
 		`{"item": "` + strings.Repeat("é", maxItemLen+1) + `", "quantity": 1}`,
 		"\xef\xbb\xbf{\"item\": \"book\", \"quantity\": 2}",
-		// TODO(fuzz-findings.md F2): accepted today although not JSON; enable
-		// once decodeOrderRequest checks for the end of the body:
-		// `{"item": "book", "quantity": 2}]`,
-		// `{"item": "book", "quantity": 2}}`,
-		// TODO(issue 9 item 13): text that is not text; enable once rejected:
-		// "{\"item\": \"bo\xffok\", \"quantity\": 1}",
-		// `{"item": "bo\ud800ok", "quantity": 1}`,
-		// `{"item": "book\u0000", "quantity": 1}`,
+		// Fuzz finding F2 (fixed in 0fffde8): a stray "]" or "}" after the
+		// object was accepted.
+		`{"item": "book", "quantity": 2}]`,
+		`{"item": "book", "quantity": 2}}`,
+		`{"item": "book", "quantity": 2} ]`,
+		// Text that is not text (issue 9 item 13, fixed in 0fffde8).
+		"{\"item\": \"bo\xffok\", \"quantity\": 1}",
+		`{"item": "bo\ud800ok", "quantity": 1}`,
+		`{"item": "book\u0000", "quantity": 1}`,
+		`{"item": "book\u007f", "quantity": 1}`,
 	} {
 		f.Add([]byte(s), "book", 2, uint8(0))
 	}
@@ -160,28 +153,26 @@ func FuzzDecodeOrderRequest(f *testing.F) {
 			f.Add([]byte(nil), o.item, o.quantity, shape)
 		}
 	}
-	trailing := stillAccepts(`{"item": "book", "quantity": 2}]`)
-	badUTF8 := stillAccepts("{\"item\": \"bo\xffok\", \"quantity\": 1}")
-	control := stillAccepts(`{"item": "book\u0000", "quantity": 1}`)
 	f.Fuzz(func(t *testing.T, body []byte, item string, quantity int, shape uint8) {
 		checkAccepted := func(body []byte, req OrderRequest) {
 			t.Helper()
 			if err := req.validate(); err != nil {
 				t.Fatalf("decodeOrderRequest(%q) accepted %+v, which is not valid: %v", body, req, err)
 			}
-			if !json.Valid(body) && !trailing {
+			if !json.Valid(body) {
 				t.Fatalf("decodeOrderRequest(%q) accepted %+v; the body is not JSON", body, req)
 			}
-			if json.Valid(body) {
-				var obj map[string]json.RawMessage
-				if err := json.Unmarshal(body, &obj); err != nil {
-					t.Fatalf("decodeOrderRequest(%q) accepted %+v; the body is not a JSON object: %v", body, req, err)
-				}
+			var obj map[string]json.RawMessage
+			if err := json.Unmarshal(body, &obj); err != nil {
+				t.Fatalf("decodeOrderRequest(%q) accepted %+v; the body is not a JSON object: %v", body, req, err)
 			}
-			if !utf8.Valid(body) && !badUTF8 {
+			if !utf8.Valid(body) {
 				t.Fatalf("decodeOrderRequest(%q) accepted %+v; the body is not UTF-8", body, req)
 			}
-			if strings.ContainsFunc(req.Item, unicode.IsControl) && !control {
+			if strings.Contains(req.Item, "\uFFFD") && !bytes.Contains(body, []byte("\uFFFD")) && !bytes.Contains(bytes.ToLower(body), []byte(`\ufffd`)) {
+				t.Fatalf("decodeOrderRequest(%q) accepted item %q: U+FFFD stands for something that was not text", body, req.Item)
+			}
+			if strings.ContainsFunc(req.Item, unicode.IsControl) {
 				t.Fatalf("decodeOrderRequest(%q) accepted item %q with a control character", body, req.Item)
 			}
 			// Re-encoded, it is accepted as the same order.
