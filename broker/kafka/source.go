@@ -359,30 +359,36 @@ func (g *generation) resetBeyondEnd(p *partition, offset, first, last int64) int
 	s.mu.Lock()
 	p.epoch++
 	p.trk = offsets.Tracker{}
+	// Every record of the old log that is not out is forgotten
+	// (forgetLocked): first the heads waiting for Receive, whose lanes end
+	// with the records queued behind them, then the records queued behind
+	// heads that are out.
 	dropped := 0
 	kept := s.ready[:0]
 	for _, r := range s.ready {
-		if r.p != p {
-			kept = append(kept, r)
+		if r.p == p {
+			dropped += s.forgetLocked(r, true)
 			continue
 		}
-		// Its lane holds nothing out: the lane ends with it.
-		delete(p.lanes, r.lane)
-		dropped++
+		kept = append(kept, r)
 	}
 	clear(s.ready[len(kept):])
 	s.ready = kept
 	for _, ln := range p.lanes {
-		dropped += len(ln.q)
+		for _, r := range ln.q {
+			dropped += s.forgetLocked(r, false)
+		}
 		clear(ln.q)
 		ln.q = nil
 	}
-	p.held -= dropped
-	out := p.held
+	// What is left is one lane per record still out (being handled, or
+	// waiting for a delayed requeue): fenced, each freeing its lane when
+	// settled.
+	fenced := len(p.lanes)
 	s.mu.Unlock()
 	s.log.Error("kafka: offset beyond the end of the partition (log truncated or topic recreated); starting over",
 		"partition", p.id, "offset", offset, "first", first, "last", last, "restart_at", to,
-		"dropped_unstarted", dropped, "fenced_in_flight", out)
+		"dropped_unstarted", dropped, "fenced_in_flight", fenced)
 	return to
 }
 
@@ -456,6 +462,31 @@ func (g *generation) queueLocked(p *partition, recs []*record) ([]*record, bool)
 	}
 	clear(recs[:n])
 	return recs[n:], true
+}
+
+// forgetLocked takes rec, a record that is not out, off the partition's
+// bookkeeping without handling it, and returns how many records it forgot.
+// If rec is its lane's head (waiting for Receive; the caller takes it off
+// s.ready) the lane ends, and the records queued behind it are forgotten
+// with it; otherwise rec is one of those queued records (the caller clears
+// the lane's q). It is the one place that undoes queueLocked's accounting
+// for records never handed out, so that held stays equal to the partition's
+// lanes plus the records queued on them: the fetcher's room and its wake-up
+// (held <= MaxInFlight/2) depend on it.
+func (s *Source) forgetLocked(rec *record, head bool) int {
+	p := rec.p
+	delete(s.unwritable, rec)
+	p.held--
+	n := 1
+	if head {
+		if ln := p.lanes[rec.lane]; ln != nil {
+			n += len(ln.q)
+			p.held -= len(ln.q)
+			clear(ln.q)
+			delete(p.lanes, rec.lane)
+		}
+	}
+	return n
 }
 
 // backoff is the wait before retry number n (n >= 1): 100 ms doubling up
