@@ -9,11 +9,14 @@ import (
 
 // redactURL returns raw with its password replaced by "xxxxx", so that it can
 // appear in errors and logs. A URL that does not parse is replaced entirely:
-// it may still hold a password we failed to find. Every "@" further on is
-// suspect too: an unescaped "#", "?" or "/" in the password ends the
-// authority early (amqp://u:12#34@host parses as host "u", port 12, and no
-// password), and what may be the password before such an "@" is replaced
-// as well.
+// it may still hold a password we failed to find. A URL with an "@" that
+// url.Parse did not take as the end of the userinfo is suspect too: an
+// unescaped "#", "?" or "/" in the password ends the authority early
+// (amqp://u:12#34@host parses as host "u", port 12, and no password), and the
+// password then sits in a part that String re-encodes in its own way (the
+// fragment of #://: :%21000@host comes back as :%20:!000@host), where no
+// spelling of it can be found reliably. Of such a URL only what follows the
+// last "@" is kept.
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -26,18 +29,21 @@ func redactURL(raw string) string {
 	if u.User != nil {
 		if p, ok := u.User.Password(); ok {
 			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-			// The password url.Parse found is gone; what else may be one
-			// is not: in amqp://u:@#00@host the password the user meant
-			// is "@#00", which parses as an empty password and a fragment.
-			// The found one is not scrubbed again: a short password would
-			// otherwise take every matching letter of the URL with it.
+			// The password url.Parse found is replaced where it stands.
 			secrets = slices.DeleteFunc(secrets, func(s string) bool {
 				d, err := url.PathUnescape(s)
 				return s == p || (err == nil && d == p)
 			})
 		}
 	}
-	return scrub(u.Redacted(), secrets)
+	if len(secrets) == 0 {
+		return u.Redacted()
+	}
+	at := strings.LastIndexByte(raw, '@')
+	if i := strings.Index(raw, "://"); i >= 0 && i+3 <= at {
+		return raw[:i+3] + "xxxxx@" + raw[at+1:]
+	}
+	return "xxxxx@" + raw[at+1:]
 }
 
 // redactText removes the password of raw from s, for error texts produced by
