@@ -127,13 +127,30 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 // starts over (resetBeyondEnd).
 func (g *generation) resolve(ctx context.Context, p *partition, offset int64) (int64, error) {
 	s := g.s
-	first, last, err := s.partitionOffsets(ctx, p.id)
+	// "Beyond the end" is decided against the high-water mark, never the
+	// last stable offset: with ReadCommitted a committed offset between the
+	// two (committed by a read-uncommitted member past a transaction still
+	// open, or by an offset reset to the latest) is valid, and the fetch
+	// waits there until the transaction ends. Taken for a truncated log, it
+	// would make the member start over and handle the partition again.
+	first, hwm, err := s.partitionOffsets(ctx, p.id, kafkago.ReadUncommitted)
 	if err != nil {
 		return offset, err
 	}
+	// last is where StartOffset LastOffset starts: the end of what this
+	// member reads — with ReadCommitted the last stable offset, as Kafka's
+	// own consumers do, so that an open transaction's records are not
+	// skipped once it commits.
+	last := func() (int64, error) {
+		if s.cfg.Isolation != ReadCommitted {
+			return hwm, nil
+		}
+		_, lso, err := s.partitionOffsets(ctx, p.id, kafkago.ReadCommitted)
+		return lso, err
+	}
 	switch {
 	case offset == kafkago.LastOffset:
-		return last, nil
+		return last()
 	case offset == kafkago.FirstOffset:
 		return first, nil
 	case offset < first:
@@ -142,25 +159,31 @@ func (g *generation) resolve(ctx context.Context, p *partition, offset int64) (i
 		s.log.Error("kafka: offset out of range; skipping to the first offset",
 			"partition", p.id, "offset", offset, "first", first)
 		return first, nil
-	case offset > last:
+	case offset > hwm:
 		// Beyond the end: the log was truncated or the topic recreated.
 		// Waiting for the log to grow past the stale offset would skip
 		// every record produced below it.
-		return g.resetBeyondEnd(p, offset, first, last), nil
+		end := hwm
+		if s.cfg.StartOffset == kafkago.LastOffset {
+			if end, err = last(); err != nil {
+				return offset, err
+			}
+		}
+		return g.resetBeyondEnd(p, offset, first, end), nil
 	}
 	return offset, nil
 }
 
-// partitionOffsets returns the first offset of partition id and its end:
-// the high-water mark, or with ReadCommitted the last stable offset (the
-// end of what a read-committed fetch returns).
-func (s *Source) partitionOffsets(ctx context.Context, id int) (first, last int64, err error) {
+// partitionOffsets returns the first offset of partition id and its end as
+// seen with isolation: the high-water mark (ReadUncommitted) or the last
+// stable offset (ReadCommitted).
+func (s *Source) partitionOffsets(ctx context.Context, id int, isolation kafkago.IsolationLevel) (first, last int64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	topic := s.cfg.Topic
 	resp, err := s.fetchCli.ListOffsets(ctx, &kafkago.ListOffsetsRequest{
 		Topics:         map[string][]kafkago.OffsetRequest{topic: {kafkago.FirstOffsetOf(id), kafkago.LastOffsetOf(id)}},
-		IsolationLevel: s.cfg.Isolation.level(),
+		IsolationLevel: isolation,
 	})
 	if err != nil {
 		return 0, 0, err

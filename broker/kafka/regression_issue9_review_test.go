@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/queuekit/queuekit/broker/kafka"
@@ -194,4 +195,82 @@ func TestIssue9ReviewTopicRecreatedWhileRecordsWaitForReceiveDoesNotStall(t *tes
 			t.Errorf("handled %d of 30 new records: the partition stalled", n)
 		}
 	})
+}
+
+// Issue 9 review, item 3 — Kafka protocol (in-process kfake cluster): the
+// group's committed offset lies past the last stable offset (a
+// read-uncommitted member committed past a transaction still open), and a
+// read-committed member takes over. Before the fix the read-committed
+// member took the LSO for the end of the log, the committed offset for one
+// beyond it ("log truncated"), and started over at the first offset: it
+// handled all 100 committed records again and moved the committed offset
+// backwards.
+func TestIssue9ReviewCommittedPastTheLastStableOffsetIsNotAReset(t *testing.T) {
+	e := newEnv(t)
+	e.needKfake(t)
+	topic := e.topicN(t, "i9r-lso", 1)
+	group := "g-" + topic
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	e.produceTo(t, topic, 0, 100, "before-")
+	tx, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.DefaultProduceTopic(topic),
+		kgo.TransactionalID("i9r-lso-"+topic), kgo.TransactionTimeout(60*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	if err := tx.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := tx.ProduceSync(ctx, &kgo.Record{Value: []byte("open-" + itoa(i))}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.produceTo(t, topic, 0, 5, "after-")
+
+	var (
+		mu   sync.Mutex
+		seen = map[string]bool{}
+	)
+	handler := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+		mu.Lock()
+		seen[string(m.Body)] = true
+		mu.Unlock()
+		return nil
+	})
+	cfg := e.config(topic, group)
+	cfg.Isolation = kafka.ReadUncommitted
+	m := startMember(t, newSource(t, cfg), handler)
+	waitFor(t, "the read-uncommitted member to handle 110 records", 30*time.Second, func() bool {
+		return countPrefix(&mu, seen, "") == 110
+	})
+	waitFor(t, "the commit of offset 110", 30*time.Second, func() bool { return e.committedOf(t, group, topic, 1)[0] == 110 })
+	m.stop(t)
+
+	mu.Lock()
+	clear(seen)
+	mu.Unlock()
+	cfg.Isolation = kafka.ReadCommitted
+	m2 := startMember(t, newSource(t, cfg), handler)
+	time.Sleep(3 * time.Second)
+	committed := e.committedOf(t, group, topic, 1)[0]
+	m2.stop(t)
+	replayed := countPrefix(&mu, seen, "before-")
+	mu.Lock()
+	var other []string
+	for b := range seen {
+		if !strings.HasPrefix(b, "before-") {
+			other = append(other, b)
+		}
+	}
+	mu.Unlock()
+	t.Logf("read-committed member: %d committed records handled again, others %v; committed offset %d", replayed, other, committed)
+	if replayed != 0 || len(other) != 0 {
+		t.Errorf("the read-committed member handled %d records again (and %v); want none", replayed, other)
+	}
+	if committed != 110 {
+		t.Errorf("committed offset %d; want 110 (never backwards)", committed)
+	}
+	_ = tx.EndTransaction(ctx, kgo.TryAbort)
 }
