@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
+	"math"
 	"sort"
 	"time"
 
@@ -199,6 +200,16 @@ func (s *Source) partitionOffsets(ctx context.Context, id int, isolation kafkago
 	return 0, 0, fmt.Errorf("kafka: no offsets for partition %d of %s", id, topic)
 }
 
+// requestMaxBytes is the request-level limit of a fetch of one partition
+// whose partition-level limit is partitionMax: twice as much (capped), so
+// that the partition's own limit is the one that ends the response. A broker
+// that stops at the request's limit may take a shortcut there: kfake then
+// leaves out the aborted-transactions list, and a read-committed member
+// would hand out the records of aborted transactions.
+func requestMaxBytes(partitionMax int) int32 {
+	return int32(min(2*int64(partitionMax), math.MaxInt32))
+}
+
 // fetched is the outcome of one Fetch request for a partition.
 type fetched struct {
 	offset int64 // asked for
@@ -217,7 +228,7 @@ func (g *generation) request(ctx context.Context, p *partition, offset int64) fe
 		ReplicaID:      -1,
 		MaxWaitTime:    int32(cfg.MaxWait.Milliseconds()),
 		MinBytes:       int32(cfg.MinBytes),
-		MaxBytes:       int32(cfg.MaxBytes),
+		MaxBytes:       requestMaxBytes(cfg.MaxBytes),
 		IsolationLevel: int8(cfg.Isolation.level()),
 		SessionID:      -1,
 		SessionEpoch:   -1,
@@ -286,6 +297,11 @@ func (g *generation) decode(p *partition, f fetched) ([]*record, int64, error) {
 	var (
 		aborted     []fetchapi.ResponseTransaction // not yet reached, by first offset
 		abortedPIDs map[int64]bool                 // producers inside an aborted transaction
+		// handedTxn holds the producers whose transactional records this
+		// response handed out since their last marker: an abort marker of
+		// one of them means the broker's aborted-transactions list missed
+		// a transaction, which is logged (see below).
+		handedTxn map[int64]bool
 	)
 	if readCommitted && len(rp.AbortedTransactions) > 0 {
 		aborted = append(aborted, rp.AbortedTransactions...)
@@ -335,6 +351,12 @@ func (g *generation) decode(p *partition, f fetched) ([]*record, int64, error) {
 			aborted = aborted[1:]
 		}
 		skip := control || (txn && abortedPIDs[pid])
+		if readCommitted && txn && !skip {
+			if handedTxn == nil {
+				handedTxn = make(map[int64]bool)
+			}
+			handedTxn[pid] = true
+		}
 		for {
 			r, err := b.ReadRecord()
 			if errors.Is(err, io.EOF) {
@@ -351,7 +373,16 @@ func (g *generation) decode(p *partition, f fetched) ([]*record, int64, error) {
 				k, _ := protocol.ReadAll(r.Key)
 				if len(k) == 4 && k[2] == 0 && k[3] == 0 { // version int16, type int16 0 = abort
 					delete(abortedPIDs, pid)
+					if handedTxn[pid] {
+						// The broker's list did not name this aborted
+						// transaction although its records were in the
+						// response: they were handed out. Nothing here can
+						// take them back; say so loudly.
+						s.log.Error("kafka: the broker's fetch response did not list an aborted transaction whose records it returned; they were handed out although read-committed",
+							"partition", p.id, "producer_id", pid, "abort_marker_offset", r.Offset)
+					}
 				}
+				delete(handedTxn, pid)
 			} else if !skip && off >= offset {
 				if key, err = protocol.ReadAll(r.Key); err == nil {
 					value, err = protocol.ReadAll(r.Value)

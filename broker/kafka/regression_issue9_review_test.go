@@ -2,15 +2,17 @@ package kafka_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kgo"
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
@@ -273,4 +275,62 @@ func TestIssue9ReviewCommittedPastTheLastStableOffsetIsNotAReset(t *testing.T) {
 		t.Errorf("committed offset %d; want 110 (never backwards)", committed)
 	}
 	_ = tx.EndTransaction(ctx, kgo.TryAbort)
+}
+
+// Issue 9 review, item 4 — Kafka protocol (in-process kfake cluster): with a
+// small MaxBytes an aborted transaction spans several fetch responses
+// (commit 3, abort 10, commit 3 on one partition, MaxBytes 300). Before the
+// fix the request-level MaxBytes equalled the partition's, so kfake stopped
+// filling the response at the request's limit, on a path that skips the
+// aborted-transactions lookup: the 10 aborted records reached the handler.
+func TestIssue9ReviewAbortedTransactionSpanningFetchResponsesIsSkipped(t *testing.T) {
+	e := newEnv(t)
+	e.needKfake(t)
+	topic := e.topicN(t, "i9r-txnspan", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.DefaultProduceTopic(topic), kgo.TransactionalID("i9r-span-"+topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for _, tx := range []struct {
+		prefix string
+		n      int
+		end    kgo.TransactionEndTry
+	}{{"c1-", 3, kgo.TryCommit}, {"ab-", 10, kgo.TryAbort}, {"c2-", 3, kgo.TryCommit}} {
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range tx.n {
+			if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte(fmt.Sprint(tx.prefix, i))}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := cl.EndTransaction(ctx, tx.end); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := e.config(topic, "g-"+topic)
+	cfg.MaxBytes = 300
+	var (
+		mu  sync.Mutex
+		got []string
+	)
+	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+		mu.Lock()
+		got = append(got, string(msg.Body))
+		mu.Unlock()
+		return nil
+	}))
+	waitFor(t, "the 6 committed records", 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 6 })
+	time.Sleep(time.Second) // room for extras to show
+	m.stop(t)
+	mu.Lock()
+	defer mu.Unlock()
+	sort.Strings(got)
+	want := []string{"c1-0", "c1-1", "c1-2", "c2-0", "c2-1", "c2-2"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("handled %v; want %v (the committed records, once each)", got, want)
+	}
 }
