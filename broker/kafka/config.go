@@ -3,6 +3,7 @@ package kafka
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"time"
@@ -172,13 +173,15 @@ type Config struct {
 	// about that record alone; nothing waits to batch, and this field has
 	// no effect. It is still validated when set.
 	DeadLetterBatchTimeout time.Duration
-	// DeadLetterMaxBytes is the largest dead letter (record, key and
-	// headers) the dead-letter writer sends; each dead letter is a request
-	// of its own, so that a broker's size limit applies to one record at a
-	// time. A larger one fails with ErrDeadLetterUnwritable. Default:
-	// MaxBytes plus 1 MiB — room for the reason headers and for a record
-	// batch Kafka returned whole although larger than MaxBytes. The
-	// dead-letter topic's max.message.bytes must allow as much.
+	// DeadLetterMaxBytes, when set, is the largest dead letter (value, key
+	// and headers) the dead-letter writer sends: a larger one fails with
+	// ErrDeadLetterUnwritable without being sent. Zero (the default) sets
+	// no limit of the client's own: each dead letter is sized from the
+	// record it carries, and the dead-letter topic's max.message.bytes is
+	// the only limit. MaxBytes cannot bound it: Kafka returns a record
+	// batch up to the consumed topic's max.message.bytes whole, whatever
+	// MaxBytes says. Each dead letter is a request of its own, so that a
+	// broker's size limit applies to one record at a time.
 	DeadLetterMaxBytes int
 
 	// Logger receives lifecycle and commit failures. Default slog.Default().
@@ -233,9 +236,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.DeadLetterTopic == "" && c.Topic != "" {
 		c.DeadLetterTopic = c.Topic + ".dlt"
-	}
-	if c.DeadLetterMaxBytes == 0 {
-		c.DeadLetterMaxBytes = c.MaxBytes + 1<<20
 	}
 	if c.DeadLetterBatchTimeout == 0 {
 		c.DeadLetterBatchTimeout = 5 * time.Millisecond
@@ -293,8 +293,8 @@ func (c *Config) validate() error {
 		// kafka-go's Conn refuses larger fetches on every call: accepting
 		// one here would leave a source that never consumes.
 		return invalid("MaxBytes %d, want at most %d", c.MaxBytes, maxFetchBytes)
-	case c.DeadLetterMaxBytes < 1:
-		return invalid("DeadLetterMaxBytes %d, want at least 1", c.DeadLetterMaxBytes)
+	case c.DeadLetterMaxBytes < 0 || c.DeadLetterMaxBytes > math.MaxInt32:
+		return invalid("DeadLetterMaxBytes %d, want 0 (no limit of the client's own) or 1…%d", c.DeadLetterMaxBytes, math.MaxInt32)
 	case c.StartOffset != kafkago.FirstOffset && c.StartOffset != kafkago.LastOffset:
 		return invalid("StartOffset %d, want kafkago.FirstOffset or kafkago.LastOffset", c.StartOffset)
 	}

@@ -226,6 +226,39 @@ func unwritable(err error) bool {
 	return false
 }
 
+// ErrDeadLetterTooLarge is wrapped (with ErrDeadLetterUnwritable) by the
+// error of a dead letter larger than Config.DeadLetterMaxBytes, which the
+// dead-letter writer refuses without sending it.
+var ErrDeadLetterTooLarge = errors.New("kafka: dead letter larger than Config.DeadLetterMaxBytes")
+
+// unwritableFix says, for a dead-letter write that failed for good, which
+// limit or setting refused it and what lets the partition go on.
+func (s *Source) unwritableFix(werr error) string {
+	const waits = "its partition waits until the dead letter is written: "
+	var we kafkago.WriteErrors
+	if errors.As(werr, &we) {
+		// One dead letter per request: its error is the one that counts.
+		for _, e := range we {
+			if e != nil {
+				werr = e
+				break
+			}
+		}
+	}
+	switch {
+	case errors.Is(werr, ErrDeadLetterTooLarge):
+		// Refused by the writer itself, before any request: only the
+		// client's own limit can do that.
+		return fmt.Sprintf(waits+"it is larger than Config.DeadLetterMaxBytes (%d); raise it, or set 0 to leave the limit to the dead-letter topic",
+			s.cfg.DeadLetterMaxBytes)
+	case errors.Is(werr, kafkago.MessageSizeTooLarge), errors.Is(werr, kafkago.RecordListTooLarge):
+		return waits + "the broker refused its size; raise the dead-letter topic's max.message.bytes"
+	case errors.Is(werr, kafkago.TopicAuthorizationFailed):
+		return waits + "grant the client write access to the dead-letter topic"
+	}
+	return waits + "the broker refused the record for the dead-letter topic"
+}
+
 // DeadLetter writes the record to the dead-letter topic with the reason and
 // its origin in the headers, and only then marks it handled. If the write
 // fails, the error is returned and the delivery stays unsettled (its lane
@@ -270,8 +303,15 @@ func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error
 		for k, v := range h {
 			size += len(k) + len(v)
 		}
-		err := fmt.Errorf("%w: %s to %s (%d bytes with headers; DeadLetterMaxBytes %d): %w; its partition waits until the dead-letter topic accepts it (raise its max.message.bytes, or Config.DeadLetterMaxBytes)",
-			ErrDeadLetterUnwritable, d.msg.ID, s.cfg.DeadLetterTopic, size, s.cfg.DeadLetterMaxBytes, werr)
+		var tooLarge kafkago.MessageTooLargeError
+		if errors.As(werr, &tooLarge) {
+			// kafka-go's text for its own refusal blames the server's
+			// limit; this one never reached a server.
+			werr = fmt.Errorf("refused by the dead-letter writer before sending (Config.DeadLetterMaxBytes %d): %w",
+				s.cfg.DeadLetterMaxBytes, ErrDeadLetterTooLarge)
+		}
+		err := fmt.Errorf("%w: %s to %s (%d bytes with headers): %w; %s",
+			ErrDeadLetterUnwritable, d.msg.ID, s.cfg.DeadLetterTopic, size, werr, s.unwritableFix(werr))
 		s.unwritable[d.rec] = err
 		s.lastUnwritable = err
 		s.log.Error("kafka: dead letter cannot be written, and retrying cannot fix it; the partition is held",

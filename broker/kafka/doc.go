@@ -78,20 +78,28 @@
 //     write succeeded. If the write fails, the delivery stays unsettled and
 //     nothing is committed: the runtime tries the dead letter again with
 //     backoff, without running the handler again. Each dead letter is
-//     written in a request of its own, of at most Config.DeadLetterMaxBytes
-//     (by default MaxBytes plus 1 MiB, so that a record fetched within
-//     MaxBytes fits with its headers). A write that retrying cannot fix — the dead
-//     letter is larger than that or than the dead-letter topic's
-//     max.message.bytes, or the topic refuses it — returns an error wrapping
-//     ErrDeadLetterUnwritable: the Source logs it as an error and reports it
-//     in Status().Err, the runtime's consumer.EventSettleFailed carries it,
-//     and the record keeps its partition (it is not skipped, which would
-//     lose it) until an operator fixes the cause and a retry succeeds.
+//     written in a request of its own, sized from the record it carries:
+//     the dead-letter topic's max.message.bytes is the only limit, unless
+//     Config.DeadLetterMaxBytes sets one of the client's own. (MaxBytes
+//     cannot bound a dead letter: Kafka returns a record batch up to the
+//     consumed topic's max.message.bytes whole, whatever MaxBytes says.) A
+//     write that retrying cannot fix — the dead letter is larger than the
+//     dead-letter topic's max.message.bytes (or DeadLetterMaxBytes), or the
+//     topic refuses it — returns an error wrapping ErrDeadLetterUnwritable
+//     whose text names the limit or setting that refused it: the Source
+//     logs it as an error and reports it in Status().Err, the runtime's
+//     consumer.EventSettleFailed carries it, and the record keeps its
+//     partition (it is not skipped, which would lose it) until an operator
+//     fixes the cause and a retry succeeds.
 //
 // A partition whose log starts over — the topic was deleted and recreated,
 // or the log truncated, so that the position lies beyond its end — is read
-// again from StartOffset with a new offset tracker. Records of the old log
-// not yet handed out are dropped; settling one still out returns an error
+// again from StartOffset with a new offset tracker. "Beyond its end" means
+// past the high-water mark, whatever the isolation: with ReadCommitted a
+// position between the last stable offset and the high-water mark is valid,
+// and the fetch waits there until the open transaction ends. Records of the
+// old log not yet handed out are dropped (and leave the partition's
+// MaxInFlight room at once); settling one still out returns an error
 // wrapping consumer.ErrStaleDelivery and commits nothing, so the old log's
 // offsets never hide records of the new one.
 //

@@ -2,9 +2,11 @@ package kafka_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -332,5 +334,76 @@ func TestIssue9ReviewAbortedTransactionSpanningFetchResponsesIsSkipped(t *testin
 	want := []string{"c1-0", "c1-1", "c1-2", "c2-0", "c2-1", "c2-2"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("handled %v; want %v (the committed records, once each)", got, want)
+	}
+}
+
+// Issue 9 review, item 5 — Kafka protocol (in-process kfake cluster): with the
+// default MaxBytes (1 MB) and DeadLetterMaxBytes, a permanently failing
+// 2 MiB record — which Kafka returns whole whatever MaxBytes — is
+// dead-lettered, and its partition goes on (topic and dead-letter topic
+// accept 8 MiB). Before the fix the dead-letter writer's own limit was
+// MaxBytes + 1 MiB: the write failed every time and the partition was held
+// behind the record.
+func TestIssue9ReviewLargeRecordIsDeadLetteredWithTheDefaults(t *testing.T) {
+	e := newEnv(t)
+	e.needKfake(t)
+	topic := e.bigTopic(t, "i9r-bigdefault", strconv.Itoa(8<<20))
+	e.produceBig(t, topic)
+	cfg := e.config(topic, "g-"+topic) // MaxBytes and DeadLetterMaxBytes: the defaults
+	var mu sync.Mutex
+	small := map[string]bool{}
+	src := newSource(t, cfg)
+	startMember(t, src, bigPoison(&mu, small))
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(small) }
+	deadline := time.Now().Add(30 * time.Second)
+	for count() < 9 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	dltEnd := e.endOffsets(t, topic+".dlt")[0]
+	t.Logf("handled %d of the 9 small records around the 2 MiB one; dead-letter topic holds %d records; Status() = %+v",
+		count(), dltEnd, src.Status())
+	if count() != 9 {
+		t.Errorf("handled %d of 9 records: the partition is held behind the 2 MiB record", count())
+	}
+	if dltEnd != 1 {
+		t.Errorf("dead-letter topic holds %d records; want the 2 MiB one", dltEnd)
+	}
+}
+
+// Issue 9 review, item 5 — Kafka protocol (in-process kfake cluster): a dead
+// letter that cannot be written says which limit refused it. Before the fix
+// the text always asked to raise the dead-letter topic's max.message.bytes
+// "or Config.DeadLetterMaxBytes", also when the writer's own limit (then
+// MaxBytes + 1 MiB by default) refused it before any request.
+func TestIssue9ReviewUnwritableDeadLetterNamesTheLimitThatRefusedIt(t *testing.T) {
+	for _, c := range []struct {
+		name, dltMax string
+		clientMax    int
+		want, not    string
+	}{
+		{"the dead-letter topic's max.message.bytes", "", 0, "max.message.bytes", "DeadLetterMaxBytes"},
+		{"Config.DeadLetterMaxBytes", strconv.Itoa(8 << 20), 1 << 20, "Config.DeadLetterMaxBytes (1048576)", "max.message.bytes"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.needKfake(t)
+			topic := e.bigTopic(t, "i9r-dltlimit", c.dltMax)
+			e.produceBig(t, topic)
+			cfg := e.config(topic, "g-"+topic)
+			cfg.DeadLetterMaxBytes = c.clientMax
+			var mu sync.Mutex
+			src := newSource(t, cfg)
+			startMember(t, src, bigPoison(&mu, map[string]bool{}))
+			var st consumer.SourceStatus
+			waitFor(t, "Status().Err to report the dead letter", 30*time.Second, func() bool {
+				st = src.Status()
+				return errors.Is(st.Err, kafka.ErrDeadLetterUnwritable)
+			})
+			msg := st.Err.Error()
+			t.Logf("Status().Err = %v", msg)
+			if !strings.Contains(msg, c.want) || strings.Contains(msg, c.not) {
+				t.Errorf("Status().Err = %q; want it to name %q and not %q", msg, c.want, c.not)
+			}
+		})
 	}
 }

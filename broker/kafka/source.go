@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -27,9 +28,10 @@ var ErrRebalance = errors.New("kafka: consumer group rebalance")
 
 // ErrDeadLetterUnwritable is wrapped by the error of a dead-letter write
 // that failed for a reason retrying cannot fix: the dead letter is larger
-// than Config.DeadLetterMaxBytes or the dead-letter topic's
-// max.message.bytes, the record is invalid for that topic, or the client is
-// not authorized to write to it. The record stays unsettled (its partition
+// than the dead-letter topic's max.message.bytes (or than
+// Config.DeadLetterMaxBytes, when set), the record is invalid for that
+// topic, or the client is not authorized to write to it. The error text
+// names the limit that refused it. The record stays unsettled (its partition
 // does not move past it, nothing is lost); the runtime keeps trying with
 // backoff, so that the write succeeds once an operator fixed the cause. The
 // Source logs each failure as an error and reports it in Status().Err until
@@ -110,7 +112,7 @@ func NewSource(cfg Config) (*Source, error) {
 		// is about that record alone, never about others it was batched
 		// with, and so says for sure that retrying cannot fix it.
 		BatchSize:    1,
-		BatchBytes:   int64(cfg.DeadLetterMaxBytes),
+		BatchBytes:   deadLetterBatchBytes(cfg.DeadLetterMaxBytes),
 		BatchTimeout: cfg.DeadLetterBatchTimeout,
 		WriteTimeout: cfg.Timeout,
 	})
@@ -138,6 +140,18 @@ func NewSource(cfg Config) (*Source, error) {
 		status:     consumer.SourceStatus{Err: errors.New("kafka: not joined yet")},
 		unwritable: make(map[*record]error),
 	}, nil
+}
+
+// deadLetterBatchBytes is the dead-letter writer's BatchBytes for
+// Config.DeadLetterMaxBytes: with one dead letter per request it only
+// limits the size of a dead letter, so with no limit of the client's own
+// (0) it is as large as a Kafka request can be, and the dead-letter topic's
+// max.message.bytes decides.
+func deadLetterBatchBytes(limit int) int64 {
+	if limit == 0 {
+		return math.MaxInt32
+	}
+	return int64(limit)
 }
 
 func errorLogger(l *slog.Logger) func(string, ...any) {
