@@ -407,3 +407,73 @@ func TestIssue9ReviewUnwritableDeadLetterNamesTheLimitThatRefusedIt(t *testing.T
 		})
 	}
 }
+
+// Issue 9 review, item 2 — Kafka protocol (in-process kfake cluster): a topic
+// that does not exist (never created, or deleted while the group runs) must
+// not make the member end generation after generation. Before the fix the
+// partition watcher (kafka-go's WatchPartitionChanges) returned when it
+// could not read the topic's partitions, and kafka-go ends a generation as
+// soon as any of its functions returns: about 650 JoinGroup/SyncGroup
+// rounds a second. The missing topic shows in Status().Err instead, and a
+// topic created later is consumed.
+func TestIssue9ReviewMissingTopicDoesNotStormTheGroup(t *testing.T) {
+	for _, deleted := range []bool{false, true} {
+		name := map[bool]string{false: "never created", true: "deleted while running"}[deleted]
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			e.needKfake(t)
+			topic := "i9r-missing-" + itoa(int(topicSeq.Add(1)))
+			if deleted {
+				topic = e.topicN(t, "i9r-deleted", 2)
+			}
+			cfg := e.config(topic, "g-"+topic)
+			var rebalances atomic.Int64
+			var (
+				mu   sync.Mutex
+				seen = map[string]bool{}
+			)
+			src := newSource(t, cfg)
+			startMember(t, src, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+				mu.Lock()
+				seen[string(m.Body)] = true
+				mu.Unlock()
+				return nil
+			}), consumer.WithEventHook(func(ev consumer.Event) {
+				if ev.Kind == consumer.EventRebalanced {
+					rebalances.Add(1)
+				}
+			}))
+			time.Sleep(time.Second) // joined
+			if deleted {
+				if err := e.cluster.DeleteTopic(topic); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r0 := rebalances.Load()
+			time.Sleep(3 * time.Second)
+			n := rebalances.Load() - r0
+			st := src.Status()
+			t.Logf("rebalances in 3 s with the topic missing: %d; Status() = %+v", n, st)
+			if n > 2 {
+				t.Errorf("%d rebalances in 3 s while the topic is missing; want at most 2", n)
+			}
+			if st.Err == nil {
+				t.Errorf("Status().Err = nil while the topic is missing; want an error naming it")
+			}
+			// The topic (re)appears: its records are consumed and the
+			// status clears.
+			if err := e.cluster.CreateTopic(topic, 2, nil); err != nil {
+				t.Fatal(err)
+			}
+			e.produceTo(t, topic, 1, 10, "late-")
+			deadline := time.Now().Add(40 * time.Second)
+			for countPrefix(&mu, seen, "late-") < 10 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if got := countPrefix(&mu, seen, "late-"); got != 10 {
+				t.Errorf("handled %d of 10 records of the topic created late", got)
+			}
+			waitFor(t, "Status().Err to clear", 20*time.Second, func() bool { return src.Status().Err == nil })
+		})
+	}
+}

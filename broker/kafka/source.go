@@ -17,6 +17,7 @@ import (
 
 	"github.com/queuekit/queuekit/broker/kafka/internal/offsets"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/retry"
 )
 
 // ErrRebalance is wrapped by the Err of the consumer.EventRebalanced event a
@@ -93,6 +94,12 @@ type Source struct {
 	// with ErrDeadLetterUnwritable, and the error; Status reports them.
 	unwritable     map[*record]error
 	lastUnwritable error
+	// partCount is the topic's partition count the current assignment is
+	// based on, as last read (0: the topic was missing; -1: never read).
+	// topicErr is set while the topic cannot be read (missing, deleted);
+	// Status reports it. Both are written by watchPartitions and run.
+	partCount int
+	topicErr  error
 }
 
 // NewSource returns a Source for cfg. It returns an error wrapping
@@ -139,6 +146,7 @@ func NewSource(cfg Config) (*Source, error) {
 		closeDone:  make(chan struct{}),
 		status:     consumer.SourceStatus{Err: errors.New("kafka: not joined yet")},
 		unwritable: make(map[*record]error),
+		partCount:  -1,
 	}, nil
 }
 
@@ -179,13 +187,17 @@ func (s *Source) emit(kind consumer.EventKind, err error) {
 
 // Status implements consumer.StatusReporter: Connected is true while the
 // Source is a member of the group (including during a rebalance); Err is the
-// last error from joining — or, while a member, an error wrapping
+// last error from joining — or, while a member, an error saying that the
+// topic does not exist (or its partitions cannot be read), or one wrapping
 // ErrDeadLetterUnwritable while records wait for a dead-letter write that
 // retrying cannot fix (their partitions do not move meanwhile).
 func (s *Source) Status() consumer.SourceStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.status
+	if st.Err == nil && s.topicErr != nil {
+		st.Err = s.topicErr
+	}
 	if n := len(s.unwritable); n > 0 && st.Err == nil {
 		st.Err = fmt.Errorf("kafka: %d record(s) hold their partitions; the latest: %w", n, s.lastUnwritable)
 	}
@@ -211,12 +223,12 @@ func (s *Source) start() {
 		JoinGroupBackoff:  cfg.JoinGroupBackoff,
 		StartOffset:       cfg.StartOffset,
 		Timeout:           cfg.Timeout,
-		// Partitions added to the topic while the group runs end the
-		// generation, and the leader's next assignment includes them;
-		// without this they would wait for an unrelated rebalance.
-		WatchPartitionChanges:  true,
-		PartitionWatchInterval: cfg.PartitionWatchInterval,
-		ErrorLogger:            kafkago.LoggerFunc(errorLogger(cfg.Logger)),
+		// Not kafka-go's WatchPartitionChanges: its watcher returns when
+		// it cannot read the topic's partitions (the topic is missing or
+		// deleted), and a generation ends as soon as any of its functions
+		// returns — a rejoin per round trip, hundreds a second. Each
+		// generation runs watchPartitions instead.
+		ErrorLogger: kafkago.LoggerFunc(errorLogger(cfg.Logger)),
 	})
 	if err != nil {
 		s.startErr = consumer.Fatal(fmt.Errorf("kafka: consumer group: %w", err))
@@ -234,6 +246,20 @@ func (s *Source) start() {
 func (s *Source) run(ctx context.Context) {
 	defer close(s.runDone)
 	for {
+		s.mu.Lock()
+		unknown := s.partCount < 0
+		s.mu.Unlock()
+		if unknown {
+			// The count the coming assignment is based on, as near the join
+			// as can be read, for watchPartitions to compare with: a topic
+			// created between this read and the join costs one extra
+			// rebalance; read only after the join, it would be missed.
+			if n, err := s.partitionCount(ctx); err == nil || errors.Is(err, kafkago.UnknownTopicOrPartition) {
+				s.mu.Lock()
+				s.partCount = n
+				s.mu.Unlock()
+			}
+		}
 		kg, err := s.group.Next(ctx)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, kafkago.ErrGroupClosed) {
@@ -346,9 +372,118 @@ func (s *Source) serve(kg *kafkago.Generation) {
 	// kafka-go waits for all of them before it rejoins or leaves, which is
 	// what gives the drain its chance to commit before the partitions move.
 	kg.Start(g.commitLoop)
+	kg.Start(g.watchPartitions)
 	for _, p := range g.parts {
 		kg.Start(func(ctx context.Context) { g.fetch(ctx, p) })
 	}
+}
+
+// watchPartitions ends the generation, by returning, when the topic's
+// partition count differs from the one its assignment is based on
+// (partitions were added, or the topic was recreated with another count),
+// so that the next generation assigns them; otherwise they would wait for
+// an unrelated rebalance. It reads the count every PartitionWatchInterval.
+// A topic that cannot be read — missing, deleted, or an error — never ends
+// the generation: the fetchers wait for it, Status reports it, the log says
+// so at most once a minute, and a failed read is retried with backoff. A
+// topic that appears (again) is compared like any count.
+func (g *generation) watchPartitions(ctx context.Context) {
+	s := g.s
+	interval := s.cfg.PartitionWatchInterval
+	var (
+		fails   int
+		lastLog time.Time
+	)
+	for {
+		n, err := s.partitionCount(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.mu.Lock()
+		base := s.partCount
+		switch {
+		case err == nil:
+			s.topicErr = nil
+			if base < 0 {
+				s.partCount, base = n, n
+			}
+		case errors.Is(err, kafkago.UnknownTopicOrPartition):
+			s.topicErr = fmt.Errorf("kafka: topic %s does not exist (deleted, or not created yet); waiting for it: %w", s.cfg.Topic, err)
+			if base < 0 {
+				s.partCount = 0
+			}
+		default:
+			s.topicErr = fmt.Errorf("kafka: reading the partitions of topic %s: %w", s.cfg.Topic, err)
+		}
+		changed := err == nil && n != base
+		if changed {
+			s.partCount = n // the next generation's assignment is based on n
+		}
+		topicErr := s.topicErr
+		s.mu.Unlock()
+		if changed {
+			s.log.Info("kafka: the topic's partition count changed; rejoining the group for a new assignment",
+				"from", base, "to", n, "generation", g.kg.ID)
+			return
+		}
+		wait := interval
+		if err != nil {
+			if now := time.Now(); now.Sub(lastLog) >= time.Minute {
+				lastLog = now
+				s.log.Warn("kafka: cannot read the topic's partitions; its fetchers wait", "error", topicErr)
+			}
+			if !errors.Is(err, kafkago.UnknownTopicOrPartition) {
+				fails++
+				wait = min(backoff(fails), interval)
+			}
+		} else {
+			if !lastLog.IsZero() {
+				lastLog = time.Time{}
+				s.log.Info("kafka: the topic's partitions can be read again", "partitions", n)
+			}
+			fails = 0
+		}
+		if !retry.Sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
+// noteTopicError shows in Status, at once, a fetcher's error saying that
+// the topic does not exist (deleted while the group runs); watchPartitions
+// clears it when it reads the topic's partitions again.
+func (s *Source) noteTopicError(err error) {
+	if !errors.Is(err, kafkago.UnknownTopicOrPartition) {
+		return
+	}
+	s.mu.Lock()
+	s.topicErr = fmt.Errorf("kafka: topic %s does not exist (deleted, or not created yet); waiting for it: %w", s.cfg.Topic, err)
+	s.mu.Unlock()
+}
+
+// partitionCount reads the topic's partition count from the fetchers'
+// client, whose metadata is refreshed every fetchMetadataTTL. A missing
+// topic is an error wrapping kafkago.UnknownTopicOrPartition, with count 0.
+func (s *Source) partitionCount(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	md, err := s.fetchCli.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{s.cfg.Topic}})
+	if err != nil {
+		return 0, err
+	}
+	for _, t := range md.Topics {
+		if t.Name != s.cfg.Topic {
+			continue
+		}
+		if t.Error != nil {
+			return 0, t.Error
+		}
+		if len(t.Partitions) == 0 {
+			return 0, fmt.Errorf("kafka: no partitions: %w", kafkago.UnknownTopicOrPartition)
+		}
+		return len(t.Partitions), nil
+	}
+	return 0, fmt.Errorf("kafka: no metadata for the topic: %w", kafkago.UnknownTopicOrPartition)
 }
 
 // resetBeyondEnd picks where to fetch a partition whose committed or next
