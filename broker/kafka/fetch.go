@@ -202,15 +202,15 @@ func (s *Source) partitionOffsets(ctx context.Context, id int, isolation kafkago
 	return 0, 0, fmt.Errorf("kafka: no offsets for partition %d of %s", id, topic)
 }
 
-// requestMaxBytes is the request-level limit of a fetch of one partition
-// whose partition-level limit is partitionMax: twice as much (capped), so
-// that the partition's own limit is the one that ends the response. A broker
-// that stops at the request's limit may take a shortcut there: kfake then
-// leaves out the aborted-transactions list, and a read-committed member
-// would hand out the records of aborted transactions.
-func requestMaxBytes(partitionMax int) int32 {
-	return int32(min(2*int64(partitionMax), math.MaxInt32))
-}
+// requestMaxBytes is the request-level limit of a fetch. A fetch asks for
+// one partition, whose own limit (MaxBytes) bounds the response, so the
+// request's limit is set as high as it goes (a broker caps it with its own
+// fetch.max.bytes): a response must never end at the request's limit,
+// where a broker may take a shortcut — kfake then leaves out the
+// aborted-transactions list, and a read-committed member would hand out
+// the records of aborted transactions. Twice MaxBytes would not do: a
+// record batch larger than MaxBytes after smaller ones still crosses it.
+const requestMaxBytes = math.MaxInt32
 
 // fetched is the outcome of one Fetch request for a partition.
 type fetched struct {
@@ -230,7 +230,7 @@ func (g *generation) request(ctx context.Context, p *partition, offset int64) fe
 		ReplicaID:      -1,
 		MaxWaitTime:    int32(cfg.MaxWait.Milliseconds()),
 		MinBytes:       int32(cfg.MinBytes),
-		MaxBytes:       requestMaxBytes(cfg.MaxBytes),
+		MaxBytes:       requestMaxBytes,
 		IsolationLevel: int8(cfg.Isolation.level()),
 		SessionID:      -1,
 		SessionEpoch:   -1,

@@ -285,55 +285,71 @@ func TestIssue9ReviewCommittedPastTheLastStableOffsetIsNotAReset(t *testing.T) {
 // fix the request-level MaxBytes equalled the partition's, so kfake stopped
 // filling the response at the request's limit, on a path that skips the
 // aborted-transactions lookup: the 10 aborted records reached the handler.
+// The second case puts a record batch of 1 KB (over twice MaxBytes) after
+// the aborted transaction's first records: a request limit of twice the
+// partition's would still be crossed there.
 func TestIssue9ReviewAbortedTransactionSpanningFetchResponsesIsSkipped(t *testing.T) {
-	e := newEnv(t)
-	e.needKfake(t)
-	topic := e.topicN(t, "i9r-txnspan", 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.DefaultProduceTopic(topic), kgo.TransactionalID("i9r-span-"+topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	for _, tx := range []struct {
-		prefix string
-		n      int
-		end    kgo.TransactionEndTry
-	}{{"c1-", 3, kgo.TryCommit}, {"ab-", 10, kgo.TryAbort}, {"c2-", 3, kgo.TryCommit}} {
-		if err := cl.BeginTransaction(); err != nil {
-			t.Fatal(err)
-		}
-		for i := range tx.n {
-			if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte(fmt.Sprint(tx.prefix, i))}).FirstErr(); err != nil {
+	for _, c := range []struct {
+		name string
+		big  bool
+	}{{"small records", false}, {"a batch over twice MaxBytes", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.needKfake(t)
+			topic := e.topicN(t, "i9r-txnspan", 1)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.DefaultProduceTopic(topic), kgo.TransactionalID("i9r-span-"+topic),
+				kgo.ProducerBatchCompression(kgo.NoCompression())) // sizes as written
+			if err != nil {
 				t.Fatal(err)
 			}
-		}
-		if err := cl.EndTransaction(ctx, tx.end); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := e.config(topic, "g-"+topic)
-	cfg.MaxBytes = 300
-	var (
-		mu  sync.Mutex
-		got []string
-	)
-	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
-		mu.Lock()
-		got = append(got, string(msg.Body))
-		mu.Unlock()
-		return nil
-	}))
-	waitFor(t, "the 6 committed records", 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 6 })
-	time.Sleep(time.Second) // room for extras to show
-	m.stop(t)
-	mu.Lock()
-	defer mu.Unlock()
-	sort.Strings(got)
-	want := []string{"c1-0", "c1-1", "c1-2", "c2-0", "c2-1", "c2-2"}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("handled %v; want %v (the committed records, once each)", got, want)
+			defer cl.Close()
+			for _, tx := range []struct {
+				prefix string
+				n      int
+				end    kgo.TransactionEndTry
+			}{{"c1-", 3, kgo.TryCommit}, {"ab-", 10, kgo.TryAbort}, {"c2-", 3, kgo.TryCommit}} {
+				if err := cl.BeginTransaction(); err != nil {
+					t.Fatal(err)
+				}
+				for i := range tx.n {
+					v := fmt.Sprint(tx.prefix, i)
+					if c.big && tx.prefix == "ab-" && i == 2 {
+						v += strings.Repeat("x", 1000)
+					}
+					// One record per batch: ProduceSync waits for each.
+					if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte(v)}).FirstErr(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := cl.EndTransaction(ctx, tx.end); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg := e.config(topic, "g-"+topic)
+			cfg.MaxBytes = 300
+			var (
+				mu  sync.Mutex
+				got []string
+			)
+			m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+				mu.Lock()
+				got = append(got, string(msg.Body[:min(len(msg.Body), 8)]))
+				mu.Unlock()
+				return nil
+			}))
+			waitFor(t, "the 6 committed records", 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 6 })
+			time.Sleep(time.Second) // room for extras to show
+			m.stop(t)
+			mu.Lock()
+			defer mu.Unlock()
+			sort.Strings(got)
+			want := []string{"c1-0", "c1-1", "c1-2", "c2-0", "c2-1", "c2-2"}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("handled %v; want %v (the committed records, once each)", got, want)
+			}
+		})
 	}
 }
 
