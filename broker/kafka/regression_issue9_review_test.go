@@ -198,6 +198,9 @@ func TestIssue9ReviewTopicRecreatedWhileRecordsWaitForReceiveDoesNotStall(t *tes
 		if n != 30 {
 			t.Errorf("handled %d of 30 new records: the partition stalled", n)
 		}
+		waitFor(t, "the commit of the new log's end", 30*time.Second, func() bool {
+			return e.committedOf(t, "g-i9r-paused", topic, 1)[0] == 30
+		})
 	})
 }
 

@@ -281,7 +281,8 @@ func TestIssue9TopicRecreatedWhileARecordIsInFlightLosesNothing(t *testing.T) {
 			mu.Unlock()
 		}
 	})
-	startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	src := newSource(t, cfg)
+	startMember(t, src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
 		first := false
 		once.Do(func() { first = true })
 		if first {
@@ -297,6 +298,7 @@ func TestIssue9TopicRecreatedWhileARecordIsInFlightLosesNothing(t *testing.T) {
 		}
 		return nil
 	}), obs)
+	watchAccounting(t, src) // the reset keeps held == lanes + queued (review of item 8)
 	<-blocked
 	if err := e.cluster.DeleteTopic(topic); err != nil {
 		t.Fatalf("DeleteTopic: %v", err)
