@@ -143,8 +143,8 @@ type Config struct {
 	// Timeout bounds each request to the group coordinator. Default 5 s.
 	Timeout time.Duration
 	// PartitionWatchInterval is how often the member checks the topic's
-	// partition count. When it changed (partitions were added, or the topic
-	// appeared or was recreated with another count), the member ends its
+	// partition count. When it grew (partitions were added, or the topic
+	// appeared, or was recreated with more partitions), the member ends its
 	// generation and rejoins, so that the group assigns the partitions at
 	// once instead of at the next unrelated rebalance. A topic that is
 	// missing never ends a generation: Status reports it until it appears.

@@ -51,7 +51,7 @@
 // Partitions added to the topic while the group runs are picked up: every
 // Config.PartitionWatchInterval (5 s by default) the member compares the
 // topic's partition count with the one its generation's assignment is based
-// on; when it changed, the generation ends (drained and committed as above)
+// on; when it grew, the generation ends (drained and committed as above)
 // and the next one assigns the new partitions too. A topic that does not
 // exist — not created yet, or deleted while the group runs — never ends a
 // generation: the member stays in the group with nothing (or nothing

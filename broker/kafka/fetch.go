@@ -76,9 +76,10 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 				if ctx.Err() != nil {
 					return
 				}
-				s.noteTopicError(err)
 				fails++
-				s.log.Warn("kafka: reading the partition's offsets failed; retrying", "partition", p.id, "error", err)
+				if !s.noteTopicError(err) {
+					s.log.Warn("kafka: reading the partition's offsets failed; retrying", "partition", p.id, "error", err)
+				}
 				continue
 			}
 			offset, resolved = off, true
@@ -115,8 +116,9 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 		default:
 			// Leader moved, connection broken, or a broker error: try again
 			// (the transport routes to the partition's current leader).
-			s.noteTopicError(err)
-			s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "offset", offset, "error", err)
+			if !s.noteTopicError(err) {
+				s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "offset", offset, "error", err)
+			}
 			resolved = false
 			fails++
 		}

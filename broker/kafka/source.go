@@ -379,9 +379,9 @@ func (s *Source) serve(kg *kafkago.Generation) {
 }
 
 // watchPartitions ends the generation, by returning, when the topic's
-// partition count differs from the one its assignment is based on
-// (partitions were added, or the topic was recreated with another count),
-// so that the next generation assigns them; otherwise they would wait for
+// partition count grew past the one its assignment is based on (partitions
+// were added, or the topic appeared), so that the next generation assigns
+// them; otherwise they would wait for
 // an unrelated rebalance. It reads the count every PartitionWatchInterval.
 // A topic that cannot be read — missing, deleted, or an error — never ends
 // the generation: the fetchers wait for it, Status reports it, the log says
@@ -415,7 +415,12 @@ func (g *generation) watchPartitions(ctx context.Context) {
 		default:
 			s.topicErr = fmt.Errorf("kafka: reading the partitions of topic %s: %w", s.cfg.Topic, err)
 		}
-		changed := err == nil && n != base
+		// Only a count that grew ends the generation: Kafka never removes
+		// partitions, and a smaller count is a stale view (the fetchers'
+		// metadata is refreshed every fetchMetadataTTL) right after the
+		// rejoin that a growth caused — taking it for a change would
+		// rebalance twice more.
+		changed := err == nil && n > base
 		if changed {
 			s.partCount = n // the next generation's assignment is based on n
 		}
@@ -451,14 +456,17 @@ func (g *generation) watchPartitions(ctx context.Context) {
 
 // noteTopicError shows in Status, at once, a fetcher's error saying that
 // the topic does not exist (deleted while the group runs); watchPartitions
-// clears it when it reads the topic's partitions again.
-func (s *Source) noteTopicError(err error) {
+// clears it when it reads the topic's partitions again. It reports whether
+// err was that error; the fetcher then leaves the logging to
+// watchPartitions (once a minute) instead of a warning per retry.
+func (s *Source) noteTopicError(err error) bool {
 	if !errors.Is(err, kafkago.UnknownTopicOrPartition) {
-		return
+		return false
 	}
 	s.mu.Lock()
 	s.topicErr = fmt.Errorf("kafka: topic %s does not exist (deleted, or not created yet); waiting for it: %w", s.cfg.Topic, err)
 	s.mu.Unlock()
+	return true
 }
 
 // partitionCount reads the topic's partition count from the fetchers'
