@@ -160,7 +160,10 @@
 // was out (see Acknowledgement). Settling twice returns
 // consumer.ErrAlreadySettled. A dead letter that retrying cannot write
 // returns an error wrapping ErrDeadLetterUnwritable, which Status reports
-// until the record is settled. Receive returns
+// until the record is settled; one refused by Config.DeadLetterMaxBytes
+// (when set) wraps ErrDeadLetterTooLarge too. While the topic does not exist
+// Status().Err says so (Connected stays true: the member is in its group).
+// Receive returns
 // consumer.ErrSourceClosed after Close. Failures to join the group are
 // retried by kafka-go; the Source reports them through Status and a
 // consumer.EventReconnecting event, and keeps Receive blocked meanwhile. The
