@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"sync"
 	"time"
@@ -52,6 +53,12 @@ func (d Dialer) validate() error {
 	}
 	if uri.Scheme != "amqp" && uri.Scheme != "amqps" {
 		return fmt.Errorf("%w: rabbitmq: URL %s: scheme must be amqp or amqps", consumer.ErrInvalidConfig, redactURL(raw))
+	}
+	if u, err := url.Parse(raw); err == nil && u.Opaque != "" {
+		// "amqp:user:pass@host" has no "//": net/url reads it as opaque,
+		// and amqp091 would dial its default, localhost:5672, as guest —
+		// another broker than the one named.
+		return fmt.Errorf("%w: rabbitmq: URL %s: missing \"//\" after the scheme (want amqp://user:pass@host:port/vhost)", consumer.ErrInvalidConfig, redactURL(raw))
 	}
 	if d.Heartbeat < 0 {
 		return fmt.Errorf("%w: rabbitmq: negative heartbeat %v", consumer.ErrInvalidConfig, d.Heartbeat)

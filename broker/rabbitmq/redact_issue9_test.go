@@ -30,3 +30,18 @@ func TestIssue9ConfigErrorsNeverShowAPasswordPrefix(t *testing.T) {
 		}
 	}
 }
+
+// Issue 9 (hostile review of examples/gin): a URL without "//" after the
+// scheme ("amqp:u:pw@host:1") was accepted, and amqp091 dialled its default,
+// localhost:5672 as guest — another broker than the one named.
+func TestIssue9URLWithoutSlashesIsRefused(t *testing.T) {
+	for _, u := range []string{"amqp:u:S3cretPW@127.0.0.1:1", "amqps:u:S3cretPW@127.0.0.1:1/vh"} {
+		_, err := NewSource(Config{Dialer: Dialer{URL: u}, Queue: "q"})
+		if err == nil || !strings.Contains(err.Error(), `missing "//"`) {
+			t.Fatalf("NewSource(%q) = %v; want an invalid-configuration error about the missing //", u, err)
+		}
+		if strings.Contains(err.Error(), "S3cretPW") {
+			t.Fatalf("NewSource(%q) = %q; shows the password", u, err)
+		}
+	}
+}
