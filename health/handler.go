@@ -25,7 +25,8 @@ func WithWatchdog(w *Watchdog) Option { return func(h *Handler) { h.wd = w } }
 // Supervisor) and, optionally, a Watchdog.
 //
 //   - Ready: 200 when every runner is running (consumer.Health.Ready);
-//     503 while any is starting, paused, draining, reconnecting, failed or
+//     503 while any is starting, paused, draining, reconnecting, stalled
+//     (a settlement the broker does not take is being retried), failed or
 //     stopped, so that a load balancer or Kubernetes stops sending work.
 //   - Live: 200 unless the watchdog reports a stuck handler call: a process
 //     whose handlers hang does not recover by itself, and restarting it
@@ -85,7 +86,7 @@ type Report struct {
 type Consumer struct {
 	Name string `json:"name"`
 	// State is a consumer.State name: starting, running, paused, draining,
-	// reconnecting, failed or stopped.
+	// reconnecting, stalled, failed or stopped.
 	State string `json:"state"`
 	// Ready is true when State is running.
 	Ready bool `json:"ready"`
