@@ -28,7 +28,7 @@ func acceptable(item string, quantity int) bool {
 			return false
 		}
 	}
-	t := strings.TrimSpace(item)
+	t := trimItem(item)
 	return t != "" && utf8.RuneCountInString(t) <= maxItemLen
 }
 
@@ -210,8 +210,8 @@ func FuzzDecodeOrderRequest(f *testing.F) {
 		if err != nil {
 			t.Fatalf("decodeOrderRequest(%q) = %v; want the order (item %q, quantity %d) accepted", b, err, item, quantity)
 		}
-		if req.Item != item || req.Quantity != quantity {
-			t.Fatalf("decodeOrderRequest(%q) = %+v; want item %q, quantity %d", b, req, item, quantity)
+		if want := trimItem(item); req.Item != want || req.Quantity != quantity {
+			t.Fatalf("decodeOrderRequest(%q) = %+v; want item %q (trimmed), quantity %d", b, req, want, quantity)
 		}
 		checkAccepted(b, req)
 	})

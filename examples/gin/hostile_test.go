@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // postKeyed posts body with an Idempotency-Key and returns the status and
@@ -311,5 +312,35 @@ func TestStoreForgetsFinishedOrdersFirst(t *testing.T) {
 	}
 	if n := s.len(); n != 2 {
 		t.Errorf("store holds %d; want 2", n)
+	}
+}
+
+// Hostile review of issue 9 item 13, defect 1: the item limit measured the
+// trimmed item but the order kept the untrimmed one, so 60 KB of padding
+// (spaces, U+00A0, U+3000) passed and every order stored ~125 KB. An item
+// is trimmed before it is checked, and what is stored is what was checked.
+func TestPaddedItemIsTrimmedOrRefused(t *testing.T) {
+	base, _, _ := startInProcess(t, testConfig(t, "-process-time", "1ms"))
+	waitReady(t, base, http.StatusOK)
+	for _, pad := range []string{" ", "\u00a0", "\u3000", "\u2003", "\u200b", "\ufeff"} {
+		for _, n := range []int{maxItemLen, 10_000} {
+			item := strings.Repeat(pad, n) + "book" + strings.Repeat(pad, n)
+			body, _ := json.Marshal(OrderRequest{Item: item, Quantity: 1})
+			code, ans := postKeyed(t, base, "", string(body))
+			switch code {
+			case http.StatusBadRequest:
+				continue
+			case http.StatusAccepted:
+			default:
+				t.Fatalf("item padded with %d × %U = %d %v; want 202 or 400", 2*n, []rune(pad)[0], code, ans)
+			}
+			id, _ := ans["id"].(string)
+			_, got := do(t, "GET", base+"/orders/"+id, "")
+			stored, _ := got["item"].(string)
+			if utf8.RuneCountInString(stored) > maxItemLen || len(stored) > 4*maxItemLen || stored != "book" {
+				t.Errorf("item padded with %d × %U stored as %d characters, %d bytes (%.20q…); want it trimmed to \"book\" or refused",
+					2*n, []rune(pad)[0], utf8.RuneCountInString(stored), len(stored), stored)
+			}
+		}
 	}
 }

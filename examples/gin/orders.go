@@ -96,7 +96,23 @@ func decodeOrderRequest(r io.Reader) (OrderRequest, error) {
 	if rest := body[dec.InputOffset():]; len(bytes.TrimLeft(rest, " \t\r\n")) > 0 {
 		return req, errors.New("body must hold one JSON object")
 	}
+	// What is checked is what is stored, published and logged: the item
+	// is trimmed first (issue 9, hostile review: the limit measured the
+	// trimmed item while the order kept the padded one, so 60 KB of
+	// spaces, U+00A0 or U+3000 passed the 100-character limit).
+	req.Item = trimItem(req.Item)
 	return req, req.validate()
+}
+
+// trimItem removes the padding around an item name: Unicode white space
+// (ASCII space, U+00A0, U+3000, U+2000-U+200A, …), and U+200B (zero width
+// space) and U+FEFF (byte order mark), which are invisible but not
+// White_Space. White space that is a control character (tab, newline, …)
+// is left for validate to refuse, as anywhere in the item.
+func trimItem(s string) string {
+	return strings.TrimFunc(s, func(r rune) bool {
+		return (unicode.IsSpace(r) && !unicode.IsControl(r)) || r == '\u200b' || r == '\ufeff'
+	})
 }
 
 // bodyReadError is a failure to read the body itself (the client went
@@ -131,12 +147,16 @@ func jsonKind(goKind string) string {
 	}
 }
 
+// validate checks an order as it is: decodeOrderRequest trims the item
+// before, and an order from the queue is checked untrimmed, so that the
+// length checked is the length stored. At most maxItemLen characters is at
+// most 4×maxItemLen bytes of UTF-8.
 func (r OrderRequest) validate() error {
-	switch item := strings.TrimSpace(r.Item); {
-	case item == "":
+	switch {
+	case trimItem(r.Item) == "":
 		return errors.New(`"item" is required`)
-	case utf8.RuneCountInString(item) > maxItemLen:
-		return fmt.Errorf(`"item" must be at most %d characters`, maxItemLen)
+	case utf8.RuneCountInString(r.Item) > maxItemLen:
+		return fmt.Errorf(`"item" must be at most %d characters (after trimming white space)`, maxItemLen)
 	}
 	// Item names end up in logs, pages and other systems: no control
 	// characters (newlines forge log lines, ESC drives terminals), and no
