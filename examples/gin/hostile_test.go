@@ -344,3 +344,20 @@ func TestPaddedItemIsTrimmedOrRefused(t *testing.T) {
 		}
 	}
 }
+
+// Defect 4: MaxHeaderBytes was Go's 1 MiB default (400 connections with
+// unfinished 1 MiB headers: 463 MB of RSS). A 64 KiB header is refused.
+func TestLargeHeaderIs431(t *testing.T) {
+	base, _, _ := startInProcess(t, testConfig(t))
+	waitReady(t, base, http.StatusOK)
+	req, _ := http.NewRequest("GET", base+"/healthz", nil)
+	req.Header.Set("X-Padding", strings.Repeat("a", 64<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /healthz with a 64 KiB header: %v; want 431", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("GET /healthz with a 64 KiB header = %d; want 431", resp.StatusCode)
+	}
+}
