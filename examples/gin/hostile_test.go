@@ -361,3 +361,33 @@ func TestLargeHeaderIs431(t *testing.T) {
 		t.Errorf("GET /healthz with a 64 KiB header = %d; want 431", resp.StatusCode)
 	}
 }
+
+// Defect 3: when an order the store had forgotten finished, the store took
+// it in again without the digest of its request, so a retry with the same
+// key and the same body was refused with 422 ("used for another order").
+// Seen with -max-orders 10: orders posted while the consumer was paused are
+// forgotten, and those that finish while others are still accepted are
+// taken in again.
+func TestRetryOfAForgottenOrderThatFinishedIsTheSameOrder(t *testing.T) {
+	s := newStore(2)
+	a := Order{ID: "ord_a", Item: "book", Quantity: 1}
+	b := Order{ID: "ord_b", Item: "pen", Quantity: 2}
+	c := Order{ID: "ord_c", Item: "ink", Quantity: 3}
+	digest := func(o Order) [sha256.Size]byte { return OrderRequest{Item: o.Item, Quantity: o.Quantity}.digest() }
+	for _, o := range []Order{a, b, c} {
+		s.reserve(o, digest(o))
+		s.published(o.ID)
+	}
+	if _, ok := s.get(a.ID); ok {
+		t.Fatal("order a kept; the test wants it forgotten")
+	}
+	s.finish(b.ID, statusProcessed, 1, "", &b)
+	s.finish(a.ID, statusProcessed, 1, "", &a) // forgotten, finished: taken in again
+	st, cl := s.reserve(a, digest(a))
+	if cl != claimedSame {
+		t.Errorf("reserve of order a again (same key, same order) after it was forgotten and processed = claim %d (%+v); want claimedSame (%d)", cl, st, claimedSame)
+	}
+	if _, cl := s.reserve(Order{ID: a.ID, Item: "book", Quantity: 9}, OrderRequest{Item: "book", Quantity: 9}.digest()); cl != claimedOther {
+		t.Errorf("reserve with a's key and another order = claim %d; want claimedOther (%d)", cl, claimedOther)
+	}
+}

@@ -367,14 +367,26 @@ func (s *store) forget(id string) {
 
 // finish records a final status. It reports whether this is the order's
 // first final status (false for a redelivery of a processed order that the
-// store still holds).
+// store still holds). o is the order, when known and valid.
+//
+// An order the store does not hold (published by other means, or
+// forgotten: see store) is taken in again, so that GET /orders/:id tells
+// the truth and a retry with its Idempotency-Key is answered with it
+// rather than made again. Its digest is the digest of the order it
+// carries, which is the one of the request that made it (the item was
+// trimmed before both): with a zero digest, a retry with the same key and
+// the same order was refused with 422 (issue 9, hostile review). The
+// report counts a redelivery of a forgotten, already finished order again:
+// the store cannot tell it from a forgotten order finishing.
 func (s *store) finish(id, status string, attempts int, errText string, o *Order) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rec, ok := s.orders[id]
 	if !ok {
-		// Published by other means, or forgotten (see store).
 		rec = &record{OrderStatus: OrderStatus{ID: id}}
+		if o != nil {
+			rec.digest = OrderRequest{Item: o.Item, Quantity: o.Quantity}.digest()
+		}
 		s.orders[id] = rec
 	} else if rec.Status == statusProcessed || rec.Status == statusFailed {
 		return false

@@ -287,7 +287,15 @@ func (s *service) observe(m *consumer.Message, st consumer.Settlement, err error
 	s.metrics.Observe(m, st, err)
 	if st == consumer.SettledDeadLetter && err == nil {
 		id := orderID(m)
-		if s.store.finish(id, statusFailed, m.Attempt, "dead-lettered after attempt "+fmt.Sprint(m.Attempt), nil) {
+		// The order, when the message holds a valid one, so that a
+		// forgotten order is taken in again with its digest (see
+		// store.finish); an invalid one is not stored.
+		var o *Order
+		var dec Order
+		if json.Unmarshal(m.Body, &dec) == nil && (OrderRequest{Item: dec.Item, Quantity: dec.Quantity}).validate() == nil {
+			o = &dec
+		}
+		if s.store.finish(id, statusFailed, m.Attempt, "dead-lettered after attempt "+fmt.Sprint(m.Attempt), o) {
 			s.log.Warn("order failed: dead-lettered", "order", id, "attempt", m.Attempt)
 		}
 	}
