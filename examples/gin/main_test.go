@@ -339,6 +339,7 @@ func TestParseConfig(t *testing.T) {
 		{"-log-level", "loud"},
 		{"-max-queued", "0"},
 		{"-max-conns", "0"},
+		{"-idle-timeout", "0s"},
 		{"-max-orders", "0"},
 		{"-kafka-partitions", "0"},
 		{"-amqp-url", "amqp://x", "-kafka-brokers", "k:9092"},

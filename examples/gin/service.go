@@ -33,13 +33,11 @@ const publishTimeout = 5 * time.Second
 // HTTP timeouts. The largest request, a 64 KiB POST /orders body, arrives
 // within readTimeout even at 8 KB/s, a poor mobile link; a client slower
 // than that holds a connection for no good reason (issue 9: trickling
-// clients used to hold theirs for 30 s each). idleTimeout stays above the
-// idle timeout of common load balancers (60 s): the side that closes an
-// idle keep-alive connection first races the other's next request.
+// clients used to hold theirs for 30 s each). Idle keep-alive connections
+// are closed after -idle-timeout (see config).
 const (
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 10 * time.Second
-	idleTimeout       = 2 * time.Minute
 )
 
 // maxHeaderBytes bounds a request's headers (Go's default is 1 MiB): the
@@ -69,6 +67,9 @@ type service struct {
 	secret []byte
 	// conns counts the HTTP connections open (http.Server.ConnState).
 	conns atomic.Int64
+	// idle lists the idle keep-alive connections, closed first when a new
+	// connection waits for one of the -max-conns slots.
+	idle idleConns
 
 	// notReady turns /readyz to 503: the first step of shutdown.
 	notReady atomic.Bool
@@ -120,9 +121,10 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 		Handler:           s.routes(),
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
-		IdleTimeout:       idleTimeout,
+		IdleTimeout:       s.cfg.idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
-		ConnState: func(_ net.Conn, st http.ConnState) {
+		ConnState: func(c net.Conn, st http.ConnState) {
+			s.idle.track(c, st)
 			switch st {
 			case http.StateNew:
 				s.conns.Add(1)
@@ -143,7 +145,9 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 	// At most -max-conns connections at once: each costs a file descriptor
 	// and buffers, and slow clients could otherwise open them until the
 	// process runs out of descriptors.
-	go func() { srvDone <- srv.Serve(newLimitListener(ln, cfg.maxConns)) }()
+	limited := newLimitListener(ln, cfg.maxConns)
+	limited.reclaim = s.idle.closeOldest
+	go func() { srvDone <- srv.Serve(limited) }()
 	logger.Info("listening", "addr", ln.Addr().String(), "broker", s.backend.name, "queue", cfg.queue)
 	if s.backend.name == "memory" {
 		logger.Warn("in-memory broker: queued orders end with the process; for development and tests (set AMQP_URL or KAFKA_BROKERS for a real broker)")
