@@ -41,7 +41,8 @@
 // KUBERNETES_SERVICE_HOST is set); stops accepting orders (503) and waits for
 // the publishes in progress; drains the consumers: in-flight orders finish
 // within -drain-timeout, the others stay in the queue; waits up to 1 s for
-// clients to leave their keep-alive connections; stops the HTTP server; logs
+// clients to leave their keep-alive connections (until none has been open
+// for 100 ms); stops the HTTP server; logs
 // a shutdown report; and exits 0. From the first step on every answer
 // carries Connection: close, so that clients leave their connections rather
 // than have them closed under a request. The HTTP server keeps answering

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -48,4 +49,28 @@ func TestIdleConnectionsDoNotLockOutNewClients(t *testing.T) {
 	}
 	resp.Body.Close()
 	t.Logf("answered %d after %v", resp.StatusCode, time.Since(start).Round(time.Millisecond))
+}
+
+// Defect 5: the wait for clients to leave their connections at shutdown
+// ended as soon as the count of open connections was 0, which it is for a
+// moment whenever the last client was told Connection: close and has not
+// reconnected yet; the listener then closed with its next connection in
+// the accept queue (reset: 13-16 requests in 2 of 6 runs of clients that
+// go on posting after a 503). The count must stay 0 for a quiet period.
+func TestAwaitConnsClosedOutlastsAReconnect(t *testing.T) {
+	s := &service{}
+	s.conns.Store(1)
+	var lastClosed atomic.Bool
+	go func() {
+		s.conns.Store(0) // the last client got its answer and closed…
+		time.Sleep(20 * time.Millisecond)
+		s.conns.Store(1) // …and comes back on a new connection
+		time.Sleep(50 * time.Millisecond)
+		lastClosed.Store(true)
+		s.conns.Store(0)
+	}()
+	s.awaitConnsClosed(time.Now().Add(30*time.Second), 2*time.Second)
+	if !lastClosed.Load() {
+		t.Error("awaitConnsClosed returned before the client that reconnected closed; want it to wait until no connection was open for the quiet period")
+	}
 }

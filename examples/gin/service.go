@@ -52,6 +52,10 @@ const maxHeaderBytes = 16 << 10
 // awaitConnsClosed.
 const connLinger = time.Second
 
+// connQuiet is how long no connection must be open for awaitConnsClosed to
+// end before connLinger.
+const connQuiet = 100 * time.Millisecond
+
 // service holds what the HTTP handlers and the consumer need.
 type service struct {
 	cfg     config
@@ -182,7 +186,7 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 	lingerUntil := time.Now().Add(connLinger)
 	stopConsumers()
 	supErr := <-supDone
-	s.awaitConnsClosed(lingerUntil)
+	s.awaitConnsClosed(lingerUntil, connQuiet)
 	shutdownHTTP(srv, logger)
 	if err := <-srvDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		logger.Warn("http server", "error", err)
@@ -334,15 +338,32 @@ func (s *service) stopIntake() {
 	s.intake.Unlock()
 }
 
-// awaitConnsClosed waits until no HTTP connection is open, or until
-// deadline. Since readiness went off, every answer carries Connection:
-// close (see closeWhenNotReady), so a client that is still sending leaves
-// its keep-alive connection after its next answer. Closing the connection
-// under it instead, as http.Server.Shutdown does with idle connections,
-// races that client's next request, which then gets EOF or a reset rather
-// than an answer (issue 9: 6-9 requests at every shutdown under load).
-func (s *service) awaitConnsClosed(deadline time.Time) {
-	for s.conns.Load() > 0 && time.Now().Before(deadline) {
+// awaitConnsClosed waits until no HTTP connection has been open for quiet,
+// or until deadline. Since readiness went off, every answer carries
+// Connection: close (see closeWhenNotReady), so a client that is still
+// sending leaves its keep-alive connection after its next answer. Closing
+// the connection under it instead, as http.Server.Shutdown does with idle
+// connections, races that client's next request, which then gets EOF or a
+// reset rather than an answer (issue 9: 6-9 requests at every shutdown
+// under load).
+//
+// The count is 0 for a moment whenever the last client was answered and
+// has not reconnected yet: ending the wait then closed the listener with
+// the reconnecting clients in its accept queue, and they got resets
+// (issue 9, hostile review). Hence the quiet period. A client that goes on
+// sending after its 503 for longer than deadline can still have a new
+// connection reset when the listener closes: nothing can tell the kernel
+// to stop queueing connections and refuse them at once.
+func (s *service) awaitConnsClosed(deadline time.Time, quiet time.Duration) {
+	var zeroSince time.Time
+	for time.Now().Before(deadline) {
+		if s.conns.Load() > 0 {
+			zeroSince = time.Time{}
+		} else if zeroSince.IsZero() {
+			zeroSince = time.Now()
+		} else if time.Since(zeroSince) >= quiet {
+			return
+		}
 		time.Sleep(5 * time.Millisecond)
 	}
 }
