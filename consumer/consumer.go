@@ -257,6 +257,9 @@ func (c *Consumer) resume(ctx context.Context) (bool, error) {
 	if !paused {
 		return false, nil
 	}
+	if r := c.cur; r != nil {
+		r.awaitGiveBacks(ctx)
+	}
 	if p, ok := c.src.(Pauser); ok {
 		// Resume the source before the workers, so that they find it subscribed.
 		if err := p.Resume(ctx); err != nil {
@@ -352,8 +355,13 @@ const (
 
 type slot struct {
 	state atomic.Int32
-	d     Delivery              // written by the worker before state becomes slotRunning
-	_     [64 - 4 - 16 - 4]byte // one cache line per slot: workers do not share lines
+	// receiving is set while the worker is in Receive and, for a delivery
+	// that arrived as intake stopped, until its give-back returned: Resume
+	// waits for it (see awaitGiveBacks). It fills the alignment hole
+	// before d, so the slot stays one cache line.
+	receiving atomic.Bool
+	d         Delivery              // written by the worker before state becomes slotRunning
+	_         [64 - 4 - 16 - 4]byte // one cache line per slot: workers do not share lines
 }
 
 // run is the state of one call to Run.
@@ -563,8 +571,11 @@ func (r *run) work(i int) {
 			<-in.wake
 			continue
 		}
+		s := &r.slots[i]
+		s.receiving.Store(true)
 		d, m, err := r.receive(in.ctx)
 		if err != nil {
+			s.receiving.Store(false)
 			if in.ctx.Err() != nil && !safeIsFatal(err) {
 				continue // paused or stopping: look at the new intake
 			}
@@ -578,11 +589,36 @@ func (r *run) work(i int) {
 		}
 		if in.stopped.Load() {
 			r.giveBack(d, m)
+			s.receiving.Store(false)
 			continue
 		}
+		s.receiving.Store(false)
 		if !r.process(i, d, m) {
 			return // abandoned: the drain already gave the message back and released us
 		}
+	}
+}
+
+// awaitGiveBacks waits, before a Resume, until no worker is still in a
+// Receive that began before the Pause or still giving back what such a
+// Receive returned. A delivery handed out just as intake stopped is released
+// to the broker by its worker; had the source resubscribed first, the broker
+// would deliver the messages behind it before the release put it back at
+// the head, and order would be lost. The wait is bounded by ctx and by the
+// settle timeout: a give-back that the broker does not take is retried
+// while the consumer runs, and a hook that calls Resume from a worker must
+// not wait for itself.
+func (r *run) awaitGiveBacks(ctx context.Context) {
+	deadline := time.Now().Add(r.c.o.settleTimeout)
+	for i := 0; i < len(r.slots); {
+		if !r.slots[i].receiving.Load() {
+			i++
+			continue
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
