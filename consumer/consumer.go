@@ -345,23 +345,21 @@ type intake struct {
 
 func pausedIntake() *intake { return &intake{wake: make(chan struct{})} }
 
-// slot states: a worker's delivery is idle, being handled, or abandoned by the
+// slot states: a worker's delivery is idle, being received (the worker is in
+// Receive, or giving back what a Receive returned as intake stopped: Resume
+// waits for it, see awaitGiveBacks), being handled, or abandoned by the
 // drain deadline (the drain gave it back; the worker must not settle it).
 const (
 	slotIdle int32 = iota
+	slotReceiving
 	slotRunning
 	slotAbandoned
 )
 
 type slot struct {
 	state atomic.Int32
-	// receiving is set while the worker is in Receive and, for a delivery
-	// that arrived as intake stopped, until its give-back returned: Resume
-	// waits for it (see awaitGiveBacks). It fills the alignment hole
-	// before d, so the slot stays one cache line.
-	receiving atomic.Bool
-	d         Delivery              // written by the worker before state becomes slotRunning
-	_         [64 - 4 - 16 - 4]byte // one cache line per slot: workers do not share lines
+	d     Delivery              // written by the worker before state becomes slotRunning
+	_     [64 - 4 - 16 - 4]byte // one cache line per slot: workers do not share lines
 }
 
 // run is the state of one call to Run.
@@ -572,10 +570,10 @@ func (r *run) work(i int) {
 			continue
 		}
 		s := &r.slots[i]
-		s.receiving.Store(true)
+		s.state.Store(slotReceiving)
 		d, m, err := r.receive(in.ctx)
 		if err != nil {
-			s.receiving.Store(false)
+			s.state.Store(slotIdle)
 			if in.ctx.Err() != nil && !safeIsFatal(err) {
 				continue // paused or stopping: look at the new intake
 			}
@@ -589,11 +587,10 @@ func (r *run) work(i int) {
 		}
 		if in.stopped.Load() {
 			r.giveBack(d, m)
-			s.receiving.Store(false)
+			s.state.Store(slotIdle)
 			continue
 		}
-		s.receiving.Store(false)
-		if !r.process(i, d, m) {
+		if !r.process(i, d, m) { // process moves the slot from receiving to running
 			return // abandoned: the drain already gave the message back and released us
 		}
 	}
@@ -611,7 +608,7 @@ func (r *run) work(i int) {
 func (r *run) awaitGiveBacks(ctx context.Context) {
 	deadline := time.Now().Add(r.c.o.settleTimeout)
 	for i := 0; i < len(r.slots); {
-		if !r.slots[i].receiving.Load() {
+		if r.slots[i].state.Load() != slotReceiving {
 			i++
 			continue
 		}
