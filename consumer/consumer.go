@@ -306,13 +306,8 @@ func (c *Consumer) State() State {
 
 // sourceConnected is sr.Status().Connected; a source whose Status panics
 // counts as not connected.
-func sourceConnected(sr StatusReporter) (ok bool) {
-	defer func() {
-		if recover() != nil {
-			ok = false
-		}
-	}()
-	return sr.Status().Connected
+func sourceConnected(sr StatusReporter) bool {
+	return guarded(false, func() bool { return sr.Status().Connected })
 }
 
 func (c *Consumer) emit(e Event) {

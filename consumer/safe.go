@@ -90,24 +90,25 @@ func classify(err error) (permanent bool, delay time.Duration) {
 	return false, 0
 }
 
-// safeIs is errors.Is, with a panic in the chain's methods reported as false.
-func safeIs(err, target error) (is bool) {
+// guarded returns f(), or fallback when f panics. It is for calls into user
+// values off the per-message path (it costs a closure).
+func guarded[T any](fallback T, f func() T) (v T) {
 	defer func() {
 		if recover() != nil {
-			is = false
+			v = fallback
 		}
 	}()
-	return errors.Is(err, target)
+	return f()
+}
+
+// safeIs is errors.Is, with a panic in the chain's methods reported as false.
+func safeIs(err, target error) bool {
+	return guarded(false, func() bool { return errors.Is(err, target) })
 }
 
 // safeIsFatal is IsFatal, with a panic in the chain's methods reported as false.
-func safeIsFatal(err error) (fatal bool) {
-	defer func() {
-		if recover() != nil {
-			fatal = false
-		}
-	}()
-	return IsFatal(err)
+func safeIsFatal(err error) bool {
+	return guarded(false, func() bool { return IsFatal(err) })
 }
 
 // callHook calls a user hook with recover: a hook that panics loses its own

@@ -446,24 +446,12 @@ func runSafely(ctx context.Context, r Runner) (err error) {
 }
 
 // nextBackOff is bo.NextBackOff(); a policy that panics waits a second.
-func nextBackOff(bo backoff.BackOff) (d time.Duration) {
-	defer func() {
-		if recover() != nil {
-			d = time.Second
-		}
-	}()
-	return bo.NextBackOff()
+func nextBackOff(bo backoff.BackOff) time.Duration {
+	return guarded(time.Second, bo.NextBackOff)
 }
 
 // stateOf is st.State(); a State method that panics reports StateFailed.
-func stateOf(st stater) (s State) {
-	defer func() {
-		if recover() != nil {
-			s = StateFailed
-		}
-	}()
-	return st.State()
-}
+func stateOf(st stater) State { return guarded(StateFailed, st.State) }
 
 // equalJitter doubles a ceiling up to max and draws each delay from
 // [ceiling/2, ceiling], so delays never shrink between consecutive failures.
