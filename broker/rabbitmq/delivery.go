@@ -127,10 +127,18 @@ func (s *Source) attemptOf(d *amqp.Delivery) int {
 // delivery's Attempt is right, and later ones count the release (an attempt
 // spent early, never an unbounded budget).
 type attemptMemo struct {
-	n   atomic.Int64 // entries, read without the lock on the hot path
-	mu  sync.Mutex
-	m   map[memoKey]memoEntry
-	max int
+	n     atomic.Int64 // entries, read without the lock on the hot path
+	mu    sync.Mutex
+	m     map[memoKey]memoEntry
+	max   int
+	seq   uint64
+	order []memoOrder // puts, oldest first; may hold stale entries (see put)
+}
+
+// memoOrder records when a key was put, for oldest-first eviction without
+// a scan of the map.
+type memoOrder struct {
+	key memoKey
 	seq uint64
 }
 
@@ -165,19 +173,31 @@ func (m *attemptMemo) put(d *amqp.Delivery, a int) {
 	if m.m == nil { // a Source not made by NewSource
 		m.init(0)
 	}
-	if _, ok := m.m[k]; !ok && len(m.m) >= m.max {
-		var oldest memoKey
-		first := true
-		var least uint64
-		for k, e := range m.m {
-			if first || e.seq < least {
-				oldest, least, first = k, e.seq, false
+	if _, ok := m.m[k]; !ok {
+		for len(m.m) >= m.max && len(m.order) > 0 {
+			// Oldest first. An order entry whose key was taken since, or
+			// put again later (another seq), is stale: skip it.
+			o := m.order[0]
+			m.order = m.order[1:]
+			if e, ok := m.m[o.key]; ok && e.seq == o.seq {
+				delete(m.m, o.key)
 			}
 		}
-		delete(m.m, oldest)
 	}
 	m.seq++
 	m.m[k] = memoEntry{attempt: a, seq: m.seq}
+	m.order = append(m.order, memoOrder{key: k, seq: m.seq})
+	if len(m.order) > 2*m.max {
+		// Entries taken since leave stale order entries behind: compact
+		// now and then, so that order stays bounded too.
+		live := m.order[:0]
+		for _, o := range m.order {
+			if e, ok := m.m[o.key]; ok && e.seq == o.seq {
+				live = append(live, o)
+			}
+		}
+		m.order = append([]memoOrder(nil), live...)
+	}
 	m.n.Store(int64(len(m.m)))
 }
 
