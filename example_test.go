@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -31,19 +32,19 @@ type Order struct {
 // dead-lettered with the reason.
 func Example() {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	broker := memory.NewBroker()
-	defer broker.Close()
+	mb := memory.NewBroker()
+	defer mb.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for _, body := range []string{`{"id":"o-1","quantity":2}`, `{"id":"o-2","quantity":"two"}`, `{"id":"o-3","quantity":0}`} {
-		_ = broker.Publish(ctx, "orders", consumer.Message{Body: []byte(body)})
+		_ = mb.Publish(ctx, "orders", broker.Message{Body: []byte(body)})
 	}
 
 	// 1. A handler. 2. Middleware around it.
 	h := consumer.Chain(
 		middleware.Recover(),
 		middleware.Retry(retry.MaxAttempts(retry.Constant(time.Millisecond), 2)),
-	)(consumer.JSON(func(ctx context.Context, m *consumer.Message, o Order) error {
+	)(consumer.JSON(func(ctx context.Context, m *broker.Message, o Order) error {
 		if o.Quantity < 1 {
 			return fmt.Errorf("order %s: quantity %d", o.ID, o.Quantity)
 		}
@@ -51,7 +52,7 @@ func Example() {
 		return nil
 	}))
 	// 3. A source. 4. A consumer.
-	src, err := broker.Source("orders", memory.SourceConfig{Prefetch: 16})
+	src, err := mb.Source("orders", memory.SourceConfig{Prefetch: 16})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -68,15 +69,15 @@ func Example() {
 		return
 	}
 	go func() {
-		for broker.Stats("orders").Acked+broker.Stats("orders").DeadLettered < 3 {
+		for mb.Stats("orders").Acked+mb.Stats("orders").DeadLettered < 3 {
 			time.Sleep(time.Millisecond)
 		}
 		cancel()
 	}()
 	fmt.Println("run:", sup.Run(ctx))
 
-	for _, m := range broker.DeadLetters("orders") {
-		fmt.Printf("dead letter after %s attempt(s): %s\n", m.Header[consumer.HeaderAttempts], m.Header[consumer.HeaderError])
+	for _, m := range mb.DeadLetters("orders") {
+		fmt.Printf("dead letter after %s attempt(s): %s\n", m.Header[broker.HeaderAttempts], m.Header[broker.HeaderError])
 	}
 	// Output:
 	// saved o-1

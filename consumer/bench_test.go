@@ -11,6 +11,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -53,8 +54,8 @@ type counters struct {
 	inFlight, ok, failed, nanos atomic.Int64
 }
 
-func (c *counters) HandlerStarted(*consumer.Message) { c.inFlight.Add(1) }
-func (c *counters) HandlerDone(m *consumer.Message, err error, d time.Duration) {
+func (c *counters) HandlerStarted(*broker.Message) { c.inFlight.Add(1) }
+func (c *counters) HandlerDone(m *broker.Message, err error, d time.Duration) {
 	c.inFlight.Add(-1)
 	if err != nil {
 		c.failed.Add(1)
@@ -66,10 +67,10 @@ func (c *counters) HandlerDone(m *consumer.Message, err error, d time.Duration) 
 
 var benchPolicy = retry.MaxAttempts(retry.Exponential(time.Millisecond, 10*time.Millisecond), 3)
 
-func noop(ctx context.Context, m *consumer.Message) error { return nil }
+func noop(ctx context.Context, m *broker.Message) error { return nil }
 
 // handwritten does by hand what Chain(Metrics, Recover, Retry, Timeout) does.
-func handwritten(ctx context.Context, m *consumer.Message, c *counters) (err error) {
+func handwritten(ctx context.Context, m *broker.Message, c *counters) (err error) {
 	c.inFlight.Add(1)
 	start := time.Now()
 	defer func() {
@@ -98,10 +99,10 @@ func handwritten(ctx context.Context, m *consumer.Message, c *counters) (err err
 }
 
 func benchChannel(b *testing.B, conc int, chain bool) {
-	msgs := make([]consumer.Message, b.N)
-	ch := make(chan *consumer.Message, b.N)
+	msgs := make([]broker.Message, b.N)
+	ch := make(chan *broker.Message, b.N)
 	for i := range msgs {
-		msgs[i] = consumer.Message{ID: "m", Body: []byte("body")}
+		msgs[i] = broker.Message{ID: "m", Body: []byte("body")}
 		ch <- &msgs[i]
 	}
 	close(ch)
@@ -126,24 +127,24 @@ func benchChannel(b *testing.B, conc int, chain bool) {
 	wg.Wait()
 }
 
-func prepare(b *testing.B, conc int) (*memory.Broker, consumer.Source) {
-	broker := memory.NewBroker()
+func prepare(b *testing.B, conc int) (*memory.Broker, broker.Source) {
+	mb := memory.NewBroker()
 	body := []byte("body")
 	for range b.N {
-		if err := broker.Publish(context.Background(), "bench", consumer.Message{Body: body}); err != nil {
+		if err := mb.Publish(context.Background(), "bench", broker.Message{Body: body}); err != nil {
 			b.Fatal(err)
 		}
 	}
-	src, err := broker.Source("bench", memory.SourceConfig{Prefetch: 2 * conc})
+	src, err := mb.Source("bench", memory.SourceConfig{Prefetch: 2 * conc})
 	if err != nil {
 		b.Fatal(err)
 	}
-	return broker, src
+	return mb, src
 }
 
 func benchMemoryLoop(b *testing.B, conc int, chain bool) {
 	_, src := prepare(b, conc)
-	defer src.Close()
+	defer src.Close(context.Background())
 	var c counters
 	var left atomic.Int64
 	left.Store(int64(b.N))
@@ -180,11 +181,11 @@ func benchMemoryLoop(b *testing.B, conc int, chain bool) {
 }
 
 func benchConsumer(b *testing.B, conc int, chain bool) {
-	broker, src := prepare(b, conc)
+	mb, src := prepare(b, conc)
 	ctx, cancel := context.WithCancel(context.Background())
 	var handled atomic.Int64
 	n := int64(b.N)
-	var h consumer.Handler = consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	var h consumer.Handler = consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		if handled.Add(1) == n {
 			cancel()
 		}
@@ -204,16 +205,16 @@ func benchConsumer(b *testing.B, conc int, chain bool) {
 		b.Fatal(err)
 	}
 	b.StopTimer()
-	if st := broker.Stats("bench"); st.Acked != b.N {
+	if st := mb.Stats("bench"); st.Acked != b.N {
 		b.Fatalf("acked %d of %d", st.Acked, b.N)
 	}
 }
 
 // chanSource is the cheapest possible Source: a channel of deliveries whose
 // settlement does nothing. It isolates the runtime's own per-message cost.
-type chanSource struct{ ch chan consumer.Delivery }
+type chanSource struct{ ch chan broker.Delivery }
 
-func (s *chanSource) Receive(ctx context.Context) (consumer.Delivery, error) {
+func (s *chanSource) Receive(ctx context.Context) (broker.Delivery, error) {
 	select {
 	case d := <-s.ch:
 		return d, nil
@@ -222,26 +223,26 @@ func (s *chanSource) Receive(ctx context.Context) (consumer.Delivery, error) {
 	}
 }
 
-func (s *chanSource) Close() error { return nil }
+func (s *chanSource) Close(context.Context) error { return nil }
 
-type chanDelivery struct{ m consumer.Message }
+type chanDelivery struct{ m broker.Message }
 
-func (d *chanDelivery) Message() *consumer.Message                        { return &d.m }
-func (d *chanDelivery) Ack(context.Context) error                         { return nil }
-func (d *chanDelivery) Requeue(context.Context) error                     { return nil }
-func (d *chanDelivery) DeadLetter(context.Context, consumer.Reason) error { return nil }
+func (d *chanDelivery) Message() *broker.Message                        { return &d.m }
+func (d *chanDelivery) Ack(context.Context) error                       { return nil }
+func (d *chanDelivery) Requeue(context.Context) error                   { return nil }
+func (d *chanDelivery) DeadLetter(context.Context, broker.Reason) error { return nil }
 
 func benchChanSource(b *testing.B, conc int) {
-	src := &chanSource{ch: make(chan consumer.Delivery, b.N)}
+	src := &chanSource{ch: make(chan broker.Delivery, b.N)}
 	ds := make([]chanDelivery, b.N)
 	for i := range ds {
-		ds[i].m = consumer.Message{ID: "m", Body: []byte("body")}
+		ds[i].m = broker.Message{ID: "m", Body: []byte("body")}
 		src.ch <- &ds[i]
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var handled atomic.Int64
 	n := int64(b.N)
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		if handled.Add(1) == n {
 			cancel()
 		}

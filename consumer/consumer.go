@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/queuekit/queuekit/broker"
 )
 
 // A Consumer takes deliveries from a Source, runs a Handler on each with
@@ -35,7 +37,7 @@ import (
 // a goroutine. At the drain deadline its message is given back and its result,
 // whenever it comes, is dropped; Run returns without waiting for it.
 type Consumer struct {
-	src Source
+	src broker.Source
 	h   Handler
 	o   options
 	log *slog.Logger
@@ -51,7 +53,7 @@ type Consumer struct {
 // New returns a Consumer that handles deliveries from src with h.
 // It returns an error wrapping ErrInvalidConfig when src or h is nil or an
 // option is out of range.
-func New(src Source, h Handler, opts ...Option) (*Consumer, error) {
+func New(src broker.Source, h Handler, opts ...Option) (*Consumer, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
 		if opt != nil {
@@ -59,10 +61,10 @@ func New(src Source, h Handler, opts ...Option) (*Consumer, error) {
 		}
 	}
 	if isNil(src) {
-		return nil, fmt.Errorf("%w: nil source", ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: nil source", broker.ErrInvalidConfig)
 	}
 	if isNil(h) {
-		return nil, fmt.Errorf("%w: nil handler", ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: nil handler", broker.ErrInvalidConfig)
 	}
 	if err := o.validate(); err != nil {
 		return nil, err
@@ -72,8 +74,8 @@ func New(src Source, h Handler, opts ...Option) (*Consumer, error) {
 		c.log = slog.Default()
 	}
 	c.log = c.log.With("consumer", o.name)
-	if es, ok := src.(EventSource); ok {
-		es.SetEventHook(c.emit)
+	if es, ok := src.(broker.EventSource); ok {
+		es.SetEventHook(c.emitSource)
 	}
 	return c, nil
 }
@@ -120,7 +122,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		// before the run noticed. Stop as a run on ctx would.
 		c.closed = true
 		c.mu.Unlock()
-		if cerr := c.src.Close(); cerr != nil {
+		if cerr := c.src.Close(context.TODO()); cerr != nil {
 			c.log.Warn("queuekit: closing source", "error", cerr)
 		}
 		c.emit(Event{Kind: EventStopped})
@@ -140,7 +142,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	closed := c.closed
 	c.mu.Unlock()
 	if closed {
-		if cerr := c.src.Close(); cerr != nil {
+		if cerr := c.src.Close(context.TODO()); cerr != nil {
 			c.log.Warn("queuekit: closing source", "error", cerr)
 		}
 		c.emit(Event{Kind: EventStopped})
@@ -165,7 +167,7 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 	r := c.cur
 	c.mu.Unlock()
 	if r == nil {
-		return c.src.Close()
+		return c.src.Close(context.TODO())
 	}
 	r.requestStop(true)
 	select {
@@ -191,7 +193,7 @@ func (c *Consumer) Close() error {
 	r := c.cur
 	c.mu.Unlock()
 	if r == nil {
-		return c.src.Close()
+		return c.src.Close(context.TODO())
 	}
 	r.requestStop(true)
 	r.requestAbandon(ErrConsumerClosed)
@@ -226,7 +228,7 @@ func (c *Consumer) pause(ctx context.Context) (changed bool, err error) {
 		r.setIntake(pausedIntake())
 	}
 	c.mu.Unlock()
-	if p, ok := c.src.(Pauser); ok {
+	if p, ok := c.src.(broker.Pauser); ok {
 		// Outside c.mu: a source may emit events (and hooks may call State)
 		// while it pauses, and a network round trip must not block Health.
 		if perr := p.Pause(ctx); perr != nil {
@@ -260,7 +262,7 @@ func (c *Consumer) resume(ctx context.Context) (bool, error) {
 	if r := c.cur; r != nil {
 		r.awaitGiveBacks(ctx)
 	}
-	if p, ok := c.src.(Pauser); ok {
+	if p, ok := c.src.(broker.Pauser); ok {
 		// Resume the source before the workers, so that they find it subscribed.
 		if err := p.Resume(ctx); err != nil {
 			return false, fmt.Errorf("queuekit: resume source: %w", err)
@@ -298,7 +300,7 @@ func (c *Consumer) State() State {
 	case paused:
 		return StatePaused
 	}
-	if sr, ok := c.src.(StatusReporter); ok && !sourceConnected(sr) {
+	if sr, ok := c.src.(broker.StatusReporter); ok && !sourceConnected(sr) {
 		return StateReconnecting
 	}
 	return StateRunning
@@ -306,8 +308,25 @@ func (c *Consumer) State() State {
 
 // sourceConnected is sr.Status().Connected; a source whose Status panics
 // counts as not connected.
-func sourceConnected(sr StatusReporter) bool {
+func sourceConnected(sr broker.StatusReporter) bool {
 	return guarded(false, func() bool { return sr.Status().Connected })
+}
+
+// sourceKinds maps a source's event kinds to the consumer's.
+var sourceKinds = [...]EventKind{
+	broker.EventConnected:    EventConnected,
+	broker.EventReconnecting: EventReconnecting,
+	broker.EventCancelled:    EventCancelled,
+	broker.EventRebalanced:   EventRebalanced,
+}
+
+// emitSource passes a source's event on as the consumer's event of the same
+// kind. Kinds this runtime does not know are dropped.
+func (c *Consumer) emitSource(e broker.Event) {
+	if e.Kind <= 0 || int(e.Kind) >= len(sourceKinds) {
+		return
+	}
+	c.emit(Event{Kind: sourceKinds[e.Kind], Err: e.Err, Time: e.Time})
 }
 
 func (c *Consumer) emit(e Event) {
@@ -353,7 +372,7 @@ const (
 
 type slot struct {
 	state atomic.Int32
-	d     Delivery              // written by the worker before state becomes slotRunning
+	d     broker.Delivery       // written by the worker before state becomes slotRunning
 	_     [64 - 4 - 16 - 4]byte // one cache line per slot: workers do not share lines
 }
 
@@ -526,7 +545,7 @@ func (r *run) abandon(cause error) int {
 	// Take every running delivery first, so that each handler still running
 	// at the deadline counts as abandoned, then cancel the handlers: their
 	// results, however quickly they come, are dropped.
-	var taken []Delivery
+	var taken []broker.Delivery
 	for i := range r.slots {
 		s := &r.slots[i]
 		if !s.state.CompareAndSwap(slotRunning, slotAbandoned) {
@@ -572,9 +591,9 @@ func (r *run) work(i int) {
 			if in.ctx.Err() != nil && !safeIsFatal(err) {
 				continue // paused or stopping: look at the new intake
 			}
-			if safeIs(err, ErrSourceClosed) {
+			if safeIs(err, broker.ErrSourceClosed) {
 				// Someone closed the source under us: restarting cannot help.
-				err = Fatal(err)
+				err = broker.Fatal(err)
 			}
 			r.fail(fmt.Errorf("receive: %w", err))
 			r.wg.Done()
@@ -619,11 +638,11 @@ func (r *run) awaitGiveBacks(ctx context.Context) {
 // panic in Receive or Message, a nil delivery (typed or not) or a nil
 // message is a broken source, which restarting will not mend — a fatal
 // error of the run, never a crash of the process.
-func (r *run) receive(ctx context.Context) (d Delivery, m *Message, err error) {
+func (r *run) receive(ctx context.Context) (d broker.Delivery, m *broker.Message, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			d, m = nil, nil
-			err = Fatal(fmt.Errorf("queuekit: source %T panicked: %v", r.c.src, p))
+			err = broker.Fatal(fmt.Errorf("queuekit: source %T panicked: %v", r.c.src, p))
 		}
 	}()
 	d, err = r.c.src.Receive(ctx)
@@ -631,12 +650,12 @@ func (r *run) receive(ctx context.Context) (d Delivery, m *Message, err error) {
 		return nil, nil, err
 	}
 	if d == nil {
-		return nil, nil, Fatal(errors.New("queuekit: source returned a nil delivery and no error"))
+		return nil, nil, broker.Fatal(errors.New("queuekit: source returned a nil delivery and no error"))
 	}
 	if m = d.Message(); m == nil {
 		// A typed nil delivery panics above, in its Message method, or
 		// returns nil here; either way there is nothing to handle or settle.
-		return nil, nil, Fatal(fmt.Errorf("queuekit: source returned a %T delivery with a nil message", d))
+		return nil, nil, broker.Fatal(fmt.Errorf("queuekit: source returned a %T delivery with a nil message", d))
 	}
 	return d, m, nil
 }
@@ -644,7 +663,7 @@ func (r *run) receive(ctx context.Context) (d Delivery, m *Message, err error) {
 // recoverSettle turns a panic in a delivery's settlement method (a broken
 // adapter) into that settlement's error, which is tried again and reported
 // like any failed settlement.
-func recoverSettle(d Delivery, err *error) {
+func recoverSettle(d broker.Delivery, err *error) {
 	if p := recover(); p != nil {
 		*err = fmt.Errorf("queuekit: settling a %T delivery panicked: %v", d, p)
 	}
@@ -652,7 +671,7 @@ func recoverSettle(d Delivery, err *error) {
 
 // process runs the handler on d and settles it. It reports false when the
 // drain deadline abandoned the delivery; the worker must then exit.
-func (r *run) process(i int, d Delivery, m *Message) bool {
+func (r *run) process(i int, d broker.Delivery, m *broker.Message) bool {
 	s := &r.slots[i]
 	s.d = d
 	s.state.Store(slotRunning)
@@ -679,8 +698,8 @@ func (r *run) process(i int, d Delivery, m *Message) bool {
 // to call when the handler returned: the run's handler context, and for a
 // Leased delivery one that also ends with its lease. Only leased deliveries
 // pay for a context of their own.
-func (r *run) handlerContext(d Delivery) (context.Context, func()) {
-	l, ok := d.(Leased)
+func (r *run) handlerContext(d broker.Delivery) (context.Context, func()) {
+	l, ok := d.(broker.Leased)
 	if !ok {
 		return r.handlerCtx, func() {}
 	}
@@ -689,11 +708,11 @@ func (r *run) handlerContext(d Delivery) (context.Context, func()) {
 		return r.handlerCtx, func() {}
 	}
 	ctx, cancel := context.WithCancelCause(r.handlerCtx)
-	stop := context.AfterFunc(lease, func() { cancel(ErrStaleDelivery) })
+	stop := context.AfterFunc(lease, func() { cancel(broker.ErrStaleDelivery) })
 	return ctx, func() { stop(); cancel(nil) }
 }
 
-func (r *run) call(ctx context.Context, m *Message) (err error) {
+func (r *run) call(ctx context.Context, m *broker.Message) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			pe := &PanicError{Value: p, Stack: debug.Stack()}
@@ -710,7 +729,7 @@ func (r *run) call(ctx context.Context, m *Message) (err error) {
 // keeps its place and spends no attempt, else with Requeue. A give-back that
 // fails is tried again like any settlement: a delivery left unsettled would
 // hold its prefetch slot for as long as the connection lasts.
-func (r *run) giveBack(d Delivery, m *Message) {
+func (r *run) giveBack(d broker.Delivery, m *broker.Message) {
 	r.givenBack.Add(1)
 	err := release(r.clock.Context(), d)
 	if err != nil && retriableSettle(err) {
@@ -722,18 +741,18 @@ func (r *run) giveBack(d Delivery, m *Message) {
 	}
 }
 
-func release(ctx context.Context, d Delivery) (err error) {
+func release(ctx context.Context, d broker.Delivery) (err error) {
 	defer recoverSettle(d, &err)
-	if rl, ok := d.(Releaser); ok {
+	if rl, ok := d.(broker.Releaser); ok {
 		return rl.Release(ctx)
 	}
 	return d.Requeue(ctx)
 }
 
 // settle applies the settlement rules to a finished handler's result.
-func (r *run) settle(d Delivery, m *Message, herr error) {
+func (r *run) settle(d broker.Delivery, m *broker.Message, herr error) {
 	s, delay := r.verdict(m, herr)
-	var reason Reason
+	var reason broker.Reason
 	if s == SettledDeadLetter {
 		reason = r.reason(m, herr)
 	}
@@ -763,7 +782,7 @@ func (r *run) settle(d Delivery, m *Message, herr error) {
 // delivery meanwhile, which is right: the broker is sick. While it tries, the
 // consumer reports StateStalled, so that health shows what would otherwise
 // hide behind "running" or "paused".
-func (r *run) retrySettle(m *Message, op string, err error, try func(context.Context) error) error {
+func (r *run) retrySettle(m *broker.Message, op string, err error, try func(context.Context) error) error {
 	r.stalled.Add(1)
 	defer r.stalled.Add(-1)
 	wait := settleBackoffMin
@@ -793,11 +812,11 @@ const (
 // retriableSettle reports whether trying a failed settlement again may help:
 // not for a stale or already settled delivery, which the broker has taken back.
 func retriableSettle(err error) bool {
-	return !safeIs(err, ErrStaleDelivery) && !safeIs(err, ErrAlreadySettled)
+	return !safeIs(err, broker.ErrStaleDelivery) && !safeIs(err, broker.ErrAlreadySettled)
 }
 
 // verdict applies the settlement rules to a finished handler's result.
-func (r *run) verdict(m *Message, herr error) (Settlement, time.Duration) {
+func (r *run) verdict(m *broker.Message, herr error) (Settlement, time.Duration) {
 	switch {
 	case r.abandoning.Load():
 		// The handler's context was cancelled because the consumer is
@@ -818,7 +837,7 @@ func (r *run) verdict(m *Message, herr error) (Settlement, time.Duration) {
 	return SettledRequeue, 0
 }
 
-func (r *run) apply(ctx context.Context, d Delivery, s Settlement, reason Reason, delay time.Duration) (err error) {
+func (r *run) apply(ctx context.Context, d broker.Delivery, s Settlement, reason broker.Reason, delay time.Duration) (err error) {
 	defer recoverSettle(d, &err)
 	switch s {
 	case SettledAck:
@@ -826,16 +845,16 @@ func (r *run) apply(ctx context.Context, d Delivery, s Settlement, reason Reason
 	case SettledDeadLetter:
 		return d.DeadLetter(ctx, reason)
 	case SettledDelayedRequeue:
-		if dr, ok := d.(DelayedRequeuer); ok {
+		if dr, ok := d.(broker.DelayedRequeuer); ok {
 			return dr.RequeueAfter(ctx, delay)
 		}
 	}
 	return d.Requeue(ctx)
 }
 
-func (r *run) reason(m *Message, herr error) Reason {
+func (r *run) reason(m *broker.Message, herr error) broker.Reason {
 	permanent, _ := classify(herr)
-	reason := Reason{
+	reason := broker.Reason{
 		Err:       errorText(herr),
 		Attempts:  max(m.Attempt, 1),
 		Source:    m.Topic,
@@ -847,7 +866,7 @@ func (r *run) reason(m *Message, herr error) Reason {
 	return reason
 }
 
-func (r *run) observe(m *Message, s Settlement, err error) {
+func (r *run) observe(m *broker.Message, s Settlement, err error) {
 	if f := r.c.o.observer; f != nil {
 		defer func() {
 			if p := recover(); p != nil {
@@ -859,7 +878,7 @@ func (r *run) observe(m *Message, s Settlement, err error) {
 	}
 }
 
-func (r *run) settleFailed(m *Message, op string, err error) {
+func (r *run) settleFailed(m *broker.Message, op string, err error) {
 	r.c.log.Warn("queuekit: settlement failed; the message stays with the broker",
 		"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "outcome", op, "error", err)
 	r.c.emit(Event{Kind: EventSettleFailed, MessageID: m.ID, Err: fmt.Errorf("%s: %w", op, err)})

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -16,13 +17,13 @@ import (
 func publishN(t testing.TB, b *memory.Broker, queue string, n int) {
 	t.Helper()
 	for i := range n {
-		if err := b.Publish(context.Background(), queue, consumer.Message{ID: fmt.Sprintf("m%d", i), Body: []byte(fmt.Sprint(i))}); err != nil {
+		if err := b.Publish(context.Background(), queue, broker.Message{ID: fmt.Sprintf("m%d", i), Body: []byte(fmt.Sprint(i))}); err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
 	}
 }
 
-func newSource(t testing.TB, b *memory.Broker, queue string, prefetch int) consumer.Source {
+func newSource(t testing.TB, b *memory.Broker, queue string, prefetch int) broker.Source {
 	t.Helper()
 	src, err := b.Source(queue, memory.SourceConfig{Prefetch: prefetch})
 	if err != nil {
@@ -62,7 +63,7 @@ func TestSupervisorDrainAcksInFlightAndLeavesTheRestQueued(t *testing.T) {
 	b.SetAckDelay(20 * time.Millisecond)
 
 	var started, finished atomic.Int64
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		started.Add(1)
 		time.Sleep(busy) // busy: does not look at ctx, and need not, within the drain timeout
 		finished.Add(1)
@@ -142,7 +143,7 @@ func TestDrainDeadlineCancelsWithErrDrainTimeoutAndRedelivers(t *testing.T) {
 	release := make(chan struct{})
 	handlerDone := make(chan struct{})
 	entered := make(chan context.Context, 1)
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		defer close(handlerDone)
 		entered <- ctx
 		<-release // ignores ctx on purpose
@@ -184,7 +185,7 @@ func TestDrainDeadlineCancelsWithErrDrainTimeoutAndRedelivers(t *testing.T) {
 
 	// Redelivered to the next consumer, as a second attempt.
 	var got atomic.Int64
-	c2, err := consumer.New(newSource(t, b, queue, 1), consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c2, err := consumer.New(newSource(t, b, queue, 1), consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		got.Store(int64(m.Attempt))
 		return nil
 	}), consumer.WithLogger(quiet))
@@ -211,7 +212,7 @@ func TestShutdownWaitsForInFlightAndRunReturnsErrConsumerClosed(t *testing.T) {
 	b := memory.NewBroker()
 	publishN(t, b, queue, 10)
 	entered := make(chan struct{}, 10)
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		entered <- struct{}{}
 		time.Sleep(50 * time.Millisecond)
 		return nil
@@ -249,7 +250,7 @@ func TestCloseCancelsHandlersAndGivesTheirMessagesBack(t *testing.T) {
 	publishN(t, b, queue, 4)
 	entered := make(chan struct{}, 4)
 	var causes sync.Map
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		entered <- struct{}{}
 		<-ctx.Done()
 		causes.Store(m.ID, context.Cause(ctx))
@@ -299,7 +300,7 @@ func TestStaleDeliveryIsNotAckedAndIsRedelivered(t *testing.T) {
 	release := make(chan struct{})
 	var attempts []int
 	var mu sync.Mutex
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		mu.Lock()
 		attempts = append(attempts, m.Attempt)
 		first := len(attempts) == 1
@@ -311,8 +312,8 @@ func TestStaleDeliveryIsNotAckedAndIsRedelivered(t *testing.T) {
 		return nil
 	})
 	var staleErrs atomic.Int64
-	c, err := consumer.New(src, h, consumer.WithLogger(quiet), consumer.WithObserver(func(m *consumer.Message, s consumer.Settlement, err error) {
-		if s == consumer.SettledAck && errors.Is(err, consumer.ErrStaleDelivery) {
+	c, err := consumer.New(src, h, consumer.WithLogger(quiet), consumer.WithObserver(func(m *broker.Message, s consumer.Settlement, err error) {
+		if s == consumer.SettledAck && errors.Is(err, broker.ErrStaleDelivery) {
 			staleErrs.Add(1)
 		}
 	}))

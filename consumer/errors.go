@@ -16,9 +16,6 @@ var (
 	// ErrAlreadyRunning is returned by Run while another Run of the same
 	// consumer is in progress.
 	ErrAlreadyRunning = errors.New("queuekit: consumer already running")
-	// ErrInvalidConfig is wrapped by every configuration error from a
-	// constructor. Such errors are fatal: a Supervisor does not restart them.
-	ErrInvalidConfig = errors.New("queuekit: invalid configuration")
 	// ErrUnknownRunner is returned by Supervisor.Pause and Resume for a
 	// name that was never added.
 	ErrUnknownRunner = errors.New("queuekit: unknown runner")
@@ -26,34 +23,6 @@ var (
 	// that cannot pause.
 	ErrNotPausable = errors.New("queuekit: runner cannot pause")
 )
-
-// FatalError marks an error that restarting cannot fix, such as invalid
-// configuration or a broker refusing access. A Supervisor does not restart a
-// runner that fails with a FatalError: it stops all runners and returns it.
-type FatalError struct {
-	Err error
-}
-
-// Fatal marks err as fatal. Fatal(nil) is nil.
-func Fatal(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &FatalError{Err: err}
-}
-
-// Error returns the wrapped error's text.
-func (e *FatalError) Error() string { return e.Err.Error() }
-
-// Unwrap returns the wrapped error.
-func (e *FatalError) Unwrap() error { return e.Err }
-
-// IsFatal reports whether err is marked with Fatal anywhere in its chain, or
-// wraps ErrInvalidConfig.
-func IsFatal(err error) bool {
-	var fe *FatalError
-	return errors.As(err, &fe) || errors.Is(err, ErrInvalidConfig)
-}
 
 // PanicError is a handler panic turned into an error, by the runtime or by
 // middleware.Recover. The message is treated as failed, like any other error:

@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
 )
@@ -54,11 +55,11 @@ func checkJSON[T any](t *testing.T, body []byte, allowNull, strict bool) {
 		called bool
 		got    T
 	)
-	h := consumer.JSON(func(ctx context.Context, m *consumer.Message, v T) error {
+	h := consumer.JSON(func(ctx context.Context, m *broker.Message, v T) error {
 		called, got = true, v
 		return nil
 	}, opts...)
-	err := h.Handle(context.Background(), &consumer.Message{ID: "m-1", Body: body})
+	err := h.Handle(context.Background(), &broker.Message{ID: "m-1", Body: body})
 
 	var ref T
 	refErr := json.Unmarshal(body, &ref)
@@ -110,7 +111,7 @@ func checkJSON[T any](t *testing.T, body []byte, allowNull, strict bool) {
 	// the identity on values (a nil json.RawMessage comes back as "null").
 	called = false
 	first := got
-	if err := h.Handle(context.Background(), &consumer.Message{ID: "m-2", Body: again}); err != nil || !called {
+	if err := h.Handle(context.Background(), &broker.Message{ID: "m-2", Body: again}); err != nil || !called {
 		t.Fatalf("JSON[%s]: %q decoded to %#v, re-encoded as %q, which it refuses: %v", name, body, first, again, err)
 	}
 	if third, err := json.Marshal(got); err != nil || !bytes.Equal(third, again) {

@@ -1,6 +1,10 @@
 package consumer
 
-import "context"
+import (
+	"context"
+
+	"github.com/queuekit/queuekit/broker"
+)
 
 // A Handler processes one message.
 //
@@ -14,14 +18,14 @@ import "context"
 // ErrDrainTimeout) or when the consumer is closed. A handler that returns
 // after its ctx is done has its message redelivered, whatever it returns.
 type Handler interface {
-	Handle(ctx context.Context, m *Message) error
+	Handle(ctx context.Context, m *broker.Message) error
 }
 
 // HandlerFunc adapts an ordinary function to a Handler.
-type HandlerFunc func(ctx context.Context, m *Message) error
+type HandlerFunc func(ctx context.Context, m *broker.Message) error
 
 // Handle calls f(ctx, m).
-func (f HandlerFunc) Handle(ctx context.Context, m *Message) error { return f(ctx, m) }
+func (f HandlerFunc) Handle(ctx context.Context, m *broker.Message) error { return f(ctx, m) }
 
 // Middleware wraps a Handler with behaviour that runs around it.
 type Middleware func(Handler) Handler

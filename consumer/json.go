@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/retry"
 )
 
@@ -21,14 +22,14 @@ import (
 //
 // By default fields of the body that T does not have are ignored, as
 // encoding/json does; DisallowUnknownFields makes them a decode error.
-func JSON[T any](f func(ctx context.Context, m *Message, v T) error, opts ...JSONOption) Handler {
+func JSON[T any](f func(ctx context.Context, m *broker.Message, v T) error, opts ...JSONOption) Handler {
 	var o jsonOptions
 	for _, opt := range opts {
 		if opt != nil {
 			opt(&o)
 		}
 	}
-	return HandlerFunc(func(ctx context.Context, m *Message) error {
+	return HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		var v T
 		if err := decodeJSON(m.Body, &v, o); err != nil {
 			return retry.Permanent(fmt.Errorf("queuekit: decode JSON body of message %s into %T: %w", m.ID, v, err))

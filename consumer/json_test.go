@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
 )
@@ -39,14 +40,14 @@ func TestJSONDecodeRules(t *testing.T) {
 			opts = append(opts, consumer.DisallowUnknownFields())
 		}
 		called := false
-		h := consumer.JSON(func(ctx context.Context, m *consumer.Message, v item) error {
+		h := consumer.JSON(func(ctx context.Context, m *broker.Message, v item) error {
 			called = true
 			if v.Name != "a" {
 				t.Errorf("body %q: decoded %+v", tc.body, v)
 			}
 			return nil
 		}, opts...)
-		err := h.Handle(context.Background(), &consumer.Message{ID: "m-1", Body: []byte(tc.body)})
+		err := h.Handle(context.Background(), &broker.Message{ID: "m-1", Body: []byte(tc.body)})
 		switch {
 		case tc.want == "" && (err != nil || !called):
 			t.Errorf("body %q (strict %v): err %v, called %v; want the typed function called", tc.body, tc.strict, err, called)
@@ -60,25 +61,25 @@ func TestJSONDecodeRules(t *testing.T) {
 func TestJSONAllowNullAndNilOption(t *testing.T) {
 	var got *struct{ N int }
 	called := false
-	h := consumer.JSON(func(ctx context.Context, m *consumer.Message, v *struct{ N int }) error {
+	h := consumer.JSON(func(ctx context.Context, m *broker.Message, v *struct{ N int }) error {
 		called, got = true, v
 		return nil
 	}, nil, consumer.AllowNull())
-	if err := h.Handle(context.Background(), &consumer.Message{Body: []byte(" null ")}); err != nil || !called || got != nil {
+	if err := h.Handle(context.Background(), &broker.Message{Body: []byte(" null ")}); err != nil || !called || got != nil {
 		t.Errorf("null with AllowNull: err %v, called %v, v %v; want f called with nil", err, called, got)
 	}
-	if err := h.Handle(context.Background(), &consumer.Message{Body: []byte("")}); !retry.IsPermanent(err) {
+	if err := h.Handle(context.Background(), &broker.Message{Body: []byte("")}); !retry.IsPermanent(err) {
 		t.Errorf("empty body with AllowNull: %v; want a permanent error still", err)
 	}
 }
 
 // A pointer T never receives nil from a null body.
 func TestJSONNeverHandsANilPointer(t *testing.T) {
-	h := consumer.JSON(func(ctx context.Context, m *consumer.Message, v *struct{ N int }) error {
+	h := consumer.JSON(func(ctx context.Context, m *broker.Message, v *struct{ N int }) error {
 		_ = v.N // would panic on nil
 		return nil
 	})
-	if err := h.Handle(context.Background(), &consumer.Message{Body: []byte("null")}); !retry.IsPermanent(err) {
+	if err := h.Handle(context.Background(), &broker.Message{Body: []byte("null")}); !retry.IsPermanent(err) {
 		t.Errorf("null into *T: %v; want a permanent error", err)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/queuekit/queuekit/broker"
 )
 
 // An Option configures a Consumer.
@@ -17,7 +19,7 @@ type options struct {
 	settleTimeout time.Duration
 	logger        *slog.Logger
 	hook          func(Event)
-	observer      func(*Message, Settlement, error)
+	observer      func(*broker.Message, Settlement, error)
 }
 
 func defaultOptions() options {
@@ -33,15 +35,15 @@ func defaultOptions() options {
 func (o *options) validate() error {
 	switch {
 	case o.name == "":
-		return fmt.Errorf("%w: empty consumer name", ErrInvalidConfig)
+		return fmt.Errorf("%w: empty consumer name", broker.ErrInvalidConfig)
 	case o.concurrency < 1:
-		return fmt.Errorf("%w: concurrency %d, want at least 1", ErrInvalidConfig, o.concurrency)
+		return fmt.Errorf("%w: concurrency %d, want at least 1", broker.ErrInvalidConfig, o.concurrency)
 	case o.maxDeliveries < 1:
-		return fmt.Errorf("%w: max deliveries %d, want at least 1", ErrInvalidConfig, o.maxDeliveries)
+		return fmt.Errorf("%w: max deliveries %d, want at least 1", broker.ErrInvalidConfig, o.maxDeliveries)
 	case o.drainTimeout <= 0:
-		return fmt.Errorf("%w: drain timeout %v, want > 0", ErrInvalidConfig, o.drainTimeout)
+		return fmt.Errorf("%w: drain timeout %v, want > 0", broker.ErrInvalidConfig, o.drainTimeout)
 	case o.settleTimeout < minSettleTimeout:
-		return fmt.Errorf("%w: settle timeout %v, want at least %v", ErrInvalidConfig, o.settleTimeout, minSettleTimeout)
+		return fmt.Errorf("%w: settle timeout %v, want at least %v", broker.ErrInvalidConfig, o.settleTimeout, minSettleTimeout)
 	}
 	return nil
 }
@@ -95,6 +97,6 @@ func WithEventHook(f func(Event)) Option { return func(o *options) { o.hook = f 
 // outlived its connection). It is called from the worker goroutines, at the
 // same time from several; it must be fast and must not keep m. Metrics
 // recorders use it to count outcomes.
-func WithObserver(f func(m *Message, s Settlement, err error)) Option {
+func WithObserver(f func(m *broker.Message, s Settlement, err error)) Option {
 	return func(o *options) { o.observer = f }
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -35,7 +36,7 @@ func TestIssue9TypedNilHandlerErrorIsDeadLetteredNotACrash(t *testing.T) {
 	b := memory.NewBroker()
 	publishN(t, b, "q", 3)
 	var calls atomic.Int64
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		calls.Add(1)
 		if m.ID == "m1" {
 			return check() // non-nil error, nil *nilErr inside
@@ -58,11 +59,11 @@ func TestIssue9TypedNilHandlerErrorIsDeadLetteredNotACrash(t *testing.T) {
 		t.Fatalf("stats = %+v; want 2 acked, 1 dead-lettered", st)
 	}
 	dl := b.DeadLetters("q")[0]
-	reason := dl.Header[consumer.HeaderError]
+	reason := dl.Header[broker.HeaderError]
 	if !strings.Contains(reason, "*consumer_test.nilErr") || !strings.Contains(reason, "panicked") {
 		t.Fatalf("dead-letter reason = %q; want it to name the error type and say its Error method panicked", reason)
 	}
-	if got := dl.Header[consumer.HeaderAttempts]; got != "2" {
+	if got := dl.Header[broker.HeaderAttempts]; got != "2" {
 		t.Fatalf("attempts header = %q; want 2", got)
 	}
 }
@@ -74,14 +75,14 @@ func TestIssue9PanickingObserverAndHooksDoNotCrash(t *testing.T) {
 	b := memory.NewBroker()
 	publishN(t, b, "q", 20)
 	var handled atomic.Int64
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		if handled.Add(1)%3 == 0 {
 			return errors.New("flaky")
 		}
 		return nil
 	})
 	c, err := consumer.New(newSource(t, b, "q", 4), h, consumer.WithLogger(quiet), consumer.WithConcurrency(4),
-		consumer.WithObserver(func(*consumer.Message, consumer.Settlement, error) { panic("observer bug") }),
+		consumer.WithObserver(func(*broker.Message, consumer.Settlement, error) { panic("observer bug") }),
 		consumer.WithEventHook(func(consumer.Event) { panic("hook bug") }),
 	)
 	if err != nil {
@@ -136,12 +137,12 @@ func TestIssue9RunnerFailingWithTypedNilErrorKeepsHealthAlive(t *testing.T) {
 // ended — as a broker can when a message arrives just as intake stops — and
 // passes every later call through.
 type heldSource struct {
-	consumer.Source
+	broker.Source
 	once    sync.Once
 	holding chan struct{}
 }
 
-func (s *heldSource) Receive(ctx context.Context) (consumer.Delivery, error) {
+func (s *heldSource) Receive(ctx context.Context) (broker.Delivery, error) {
 	first := false
 	s.once.Do(func() { first = true })
 	if !first {
@@ -162,7 +163,7 @@ func TestIssue9FailedGiveBackIsRetriedAndShowsInState(t *testing.T) {
 	publishN(t, b, "q", 5)
 	src := &heldSource{Source: newSource(t, b, "q", 1), holding: make(chan struct{})}
 	var settleFailed atomic.Int64
-	c, err := consumer.New(src, consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+	c, err := consumer.New(src, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 		consumer.WithLogger(quiet), consumer.WithSettleTimeout(20*time.Millisecond),
 		consumer.WithEventHook(func(e consumer.Event) {
 			if e.Kind == consumer.EventSettleFailed {
@@ -206,7 +207,7 @@ func TestIssue9RunWithCancelledContextTakesNothing(t *testing.T) {
 	for i := range 20 {
 		b := memory.NewBroker()
 		publishN(t, b, "q", 500)
-		c, err := consumer.New(newSource(t, b, "q", 64), consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+		c, err := consumer.New(newSource(t, b, "q", 64), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 			consumer.WithLogger(quiet), consumer.WithConcurrency(8))
 		if err != nil {
 			t.Fatal(err)
@@ -227,7 +228,7 @@ func TestIssue9SupervisorRunWithCancelledContextTakesNothing(t *testing.T) {
 	for i := range 20 {
 		b := memory.NewBroker()
 		publishN(t, b, "q", 500)
-		c, err := consumer.New(newSource(t, b, "q", 64), consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+		c, err := consumer.New(newSource(t, b, "q", 64), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 			consumer.WithLogger(quiet), consumer.WithConcurrency(8))
 		if err != nil {
 			t.Fatal(err)
@@ -261,7 +262,7 @@ func TestIssue9PauseResumeKeepsOrderAndBudgetOnMemory(t *testing.T) {
 		order    []int
 		attempts = map[int]int{}
 	)
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		var i int
 		fmt.Sscan(string(m.Body), &i)
 		mu.Lock()
@@ -304,21 +305,21 @@ func TestIssue9PauseResumeKeepsOrderAndBudgetOnMemory(t *testing.T) {
 }
 
 // nilDelivery's methods dereference their receiver, as an adapter's do.
-type nilDelivery struct{ m consumer.Message }
+type nilDelivery struct{ m broker.Message }
 
-func (d *nilDelivery) Message() *consumer.Message                        { return &d.m }
-func (d *nilDelivery) Ack(context.Context) error                         { return nil }
-func (d *nilDelivery) Requeue(context.Context) error                     { return nil }
-func (d *nilDelivery) DeadLetter(context.Context, consumer.Reason) error { return nil }
+func (d *nilDelivery) Message() *broker.Message                        { return &d.m }
+func (d *nilDelivery) Ack(context.Context) error                       { return nil }
+func (d *nilDelivery) Requeue(context.Context) error                   { return nil }
+func (d *nilDelivery) DeadLetter(context.Context, broker.Reason) error { return nil }
 
 // brokenSource hands out one broken delivery, then blocks.
 type brokenSource struct {
 	once sync.Once
-	d    consumer.Delivery
+	d    broker.Delivery
 }
 
-func (s *brokenSource) Receive(ctx context.Context) (consumer.Delivery, error) {
-	var d consumer.Delivery
+func (s *brokenSource) Receive(ctx context.Context) (broker.Delivery, error) {
+	var d broker.Delivery
 	s.once.Do(func() { d = s.d })
 	if d != nil {
 		return d, nil
@@ -326,15 +327,15 @@ func (s *brokenSource) Receive(ctx context.Context) (consumer.Delivery, error) {
 	<-ctx.Done()
 	return nil, ctx.Err()
 }
-func (s *brokenSource) Close() error { return nil }
+func (s *brokenSource) Close(context.Context) error { return nil }
 
 // panickyDelivery panics in every settlement, as a broken adapter may.
-type panickyDelivery struct{ m consumer.Message }
+type panickyDelivery struct{ m broker.Message }
 
-func (d *panickyDelivery) Message() *consumer.Message    { return &d.m }
+func (d *panickyDelivery) Message() *broker.Message      { return &d.m }
 func (d *panickyDelivery) Ack(context.Context) error     { panic("ack bug") }
 func (d *panickyDelivery) Requeue(context.Context) error { panic("requeue bug") }
-func (d *panickyDelivery) DeadLetter(context.Context, consumer.Reason) error {
+func (d *panickyDelivery) DeadLetter(context.Context, broker.Reason) error {
 	panic("dead-letter bug")
 }
 
@@ -342,10 +343,10 @@ func (d *panickyDelivery) DeadLetter(context.Context, consumer.Reason) error {
 // delivery, a delivery with a nil message, or a settlement that panics
 // crashed the process on a worker goroutine.
 func TestIssue9BrokenSourceIsAnErrorNotACrash(t *testing.T) {
-	ok := consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil })
+	ok := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
 	for _, tc := range []struct {
 		name string
-		d    consumer.Delivery
+		d    broker.Delivery
 	}{
 		{"typed nil delivery", (*nilDelivery)(nil)},
 		{"nil message", &nilMessageDelivery{}},
@@ -356,14 +357,14 @@ func TestIssue9BrokenSourceIsAnErrorNotACrash(t *testing.T) {
 				t.Fatal(err)
 			}
 			err = c.Run(context.Background())
-			if !consumer.IsFatal(err) {
+			if !broker.IsFatal(err) {
 				t.Fatalf("Run = %v; want a fatal error naming the broken source", err)
 			}
 		})
 	}
 	t.Run("settlement panics", func(t *testing.T) {
 		var failed atomic.Int64
-		c, err := consumer.New(&brokenSource{d: &panickyDelivery{m: consumer.Message{ID: "m1", Attempt: 1}}}, ok,
+		c, err := consumer.New(&brokenSource{d: &panickyDelivery{m: broker.Message{ID: "m1", Attempt: 1}}}, ok,
 			consumer.WithLogger(quiet), consumer.WithDrainTimeout(200*time.Millisecond),
 			consumer.WithEventHook(func(e consumer.Event) {
 				if e.Kind == consumer.EventSettleFailed {
@@ -386,7 +387,7 @@ func TestIssue9BrokenSourceIsAnErrorNotACrash(t *testing.T) {
 
 type nilMessageDelivery struct{ nilDelivery }
 
-func (*nilMessageDelivery) Message() *consumer.Message { return nil }
+func (*nilMessageDelivery) Message() *broker.Message { return nil }
 
 // Issue 9 item 1 (hostile review): a Runner that panics is a failed runner,
 // restarted like any other, not the end of the process.
@@ -420,7 +421,7 @@ func TestIssue9HookMayResumeFromPausedEvent(t *testing.T) {
 	b := memory.NewBroker()
 	publishN(t, b, "q", 10)
 	var c *consumer.Consumer
-	c, err := consumer.New(newSource(t, b, "q", 2), consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+	c, err := consumer.New(newSource(t, b, "q", 2), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 		consumer.WithLogger(quiet), consumer.WithEventHook(func(e consumer.Event) {
 			if e.Kind == consumer.EventPaused {
 				_ = c.Resume(context.Background())

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
@@ -34,7 +35,7 @@ func TestRegressionPauseDuringDrainHangsRun(t *testing.T) {
 	publishN(t, b, "q", 1)
 	release := make(chan struct{})
 	started := make(chan struct{}, 1)
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		started <- struct{}{}
 		<-release
 		return nil
@@ -60,21 +61,21 @@ func TestRegressionPauseDuringDrainHangsRun(t *testing.T) {
 
 // fakeDelivery records how it was settled.
 type fakeDelivery struct {
-	m       consumer.Message
+	m       broker.Message
 	mu      sync.Mutex
 	settled []string
 }
 
-func (d *fakeDelivery) Message() *consumer.Message { return &d.m }
+func (d *fakeDelivery) Message() *broker.Message { return &d.m }
 func (d *fakeDelivery) rec(s string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.settled = append(d.settled, s)
 	return nil
 }
-func (d *fakeDelivery) Ack(context.Context) error                         { return d.rec("ack") }
-func (d *fakeDelivery) Requeue(context.Context) error                     { return d.rec("requeue") }
-func (d *fakeDelivery) DeadLetter(context.Context, consumer.Reason) error { return d.rec("dead") }
+func (d *fakeDelivery) Ack(context.Context) error                       { return d.rec("ack") }
+func (d *fakeDelivery) Requeue(context.Context) error                   { return d.rec("requeue") }
+func (d *fakeDelivery) DeadLetter(context.Context, broker.Reason) error { return d.rec("dead") }
 
 // racySource returns a delivery with a nil error exactly when ctx is
 // cancelled (as a real broker can when a message arrives at that moment).
@@ -82,12 +83,12 @@ type racySource struct {
 	n atomic.Int64
 }
 
-func (s *racySource) Receive(ctx context.Context) (consumer.Delivery, error) {
+func (s *racySource) Receive(ctx context.Context) (broker.Delivery, error) {
 	s.n.Add(1)
 	<-ctx.Done()
-	return &fakeDelivery{m: consumer.Message{ID: "x", Attempt: 1}}, nil
+	return &fakeDelivery{m: broker.Message{ID: "x", Attempt: 1}}, nil
 }
-func (s *racySource) Close() error { return nil }
+func (s *racySource) Close(context.Context) error { return nil }
 
 // R2: DrainReport.GivenBack counts give-backs of the whole Run, including
 // those caused by Pause before the drain.
@@ -96,9 +97,9 @@ func TestRegressionDrainReportGivenBackCountsPauses(t *testing.T) {
 	var rep consumer.DrainReport
 	var givenBack atomic.Int64
 	c2src := &racySource{}
-	c, _ := consumer.New(c2src, consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+	c, _ := consumer.New(c2src, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 		consumer.WithLogger(quiet),
-		consumer.WithObserver(func(m *consumer.Message, s consumer.Settlement, err error) {
+		consumer.WithObserver(func(m *broker.Message, s consumer.Settlement, err error) {
 			if s == consumer.SettledGiveBack {
 				givenBack.Add(1)
 			}
@@ -145,7 +146,7 @@ func TestRegressionPauseResumeRaceLeavesSourcePaused(t *testing.T) {
 			time.Sleep(100 * time.Millisecond) // e.g. a Supervisor sink waiting on s.mu, a logger, a slow source.Pause
 		}
 	}
-	c, _ = consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+	c, _ = consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 		handled.Add(1)
 		return nil
 	}), consumer.WithLogger(quiet), consumer.WithEventHook(hook))
@@ -180,7 +181,7 @@ func TestRegressionSlowAckWedgesConsumer(t *testing.T) {
 	publishN(t, b, "q", 3)
 	b.SetAckDelay(200 * time.Millisecond)
 	var handled, settleFailed atomic.Int64
-	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 		handled.Add(1)
 		return nil
 	}), consumer.WithLogger(quiet), consumer.WithSettleTimeout(50*time.Millisecond),
@@ -212,7 +213,7 @@ func TestRegressionHookCallingStateDuringResumeDeadlocks(t *testing.T) {
 	b := memory.NewBroker()
 	src, _ := b.Source("q", memory.SourceConfig{Prefetch: 1})
 	var c *consumer.Consumer
-	c, _ = consumer.New(src, consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+	c, _ = consumer.New(src, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 		consumer.WithLogger(quiet), consumer.WithEventHook(func(e consumer.Event) {
 			if e.Kind == consumer.EventConnected {
 				_ = c.State() // e.g. export state as a metric
@@ -241,7 +242,7 @@ func TestRegressionCloseAcksHandlersThatReturnNilAfterCancel(t *testing.T) {
 	b := memory.NewBroker()
 	publishN(t, b, "q", n)
 	var started atomic.Int64
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		started.Add(1)
 		<-ctx.Done()
 		return nil // "gave up", graceful-looking; did not do the work
@@ -260,8 +261,8 @@ func TestRegressionCloseAcksHandlersThatReturnNilAfterCancel(t *testing.T) {
 
 type nilSource struct{}
 
-func (nilSource) Receive(ctx context.Context) (consumer.Delivery, error) { return nil, nil }
-func (nilSource) Close() error                                           { return nil }
+func (nilSource) Receive(ctx context.Context) (broker.Delivery, error) { return nil, nil }
+func (nilSource) Close(context.Context) error                          { return nil }
 
 // R7: an adapter returning (nil, nil) crashes the process.
 func TestRegressionNilDeliveryPanics(t *testing.T) {
@@ -285,7 +286,7 @@ func within(t *testing.T, what string, d time.Duration, f func()) {
 }
 
 func TestRegressionLifecycleEdges(t *testing.T) {
-	h := consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil })
+	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
 	t.Run("Shutdown before Run", func(t *testing.T) {
 		b := memory.NewBroker()
 		c, _ := consumer.New(newSource(t, b, "q", 1), h, consumer.WithLogger(quiet))
@@ -333,7 +334,7 @@ func TestRegressionLifecycleEdges(t *testing.T) {
 		publishN(t, b, "q", 3)
 		release := make(chan struct{})
 		var started atomic.Int64
-		c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+		c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 			started.Add(1)
 			<-release
 			return nil
@@ -359,7 +360,7 @@ func TestRegressionSupervisorDrainTimeoutBoundsShutdown(t *testing.T) {
 	publishN(t, b, "q", 1)
 	started := make(chan struct{})
 	var cause atomic.Value
-	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		close(started)
 		<-ctx.Done()
 		cause.Store(context.Cause(ctx))
@@ -385,7 +386,7 @@ func TestRegressionSupervisorPauseBeforeRunAndAfterStop(t *testing.T) {
 	b := memory.NewBroker()
 	publishN(t, b, "q", 2)
 	var handled atomic.Int64
-	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 		handled.Add(1)
 		return nil
 	}), consumer.WithLogger(quiet))
@@ -427,7 +428,7 @@ func TestRegressionShutdownHidesAbandonment(t *testing.T) {
 	b := memory.NewBroker()
 	publishN(t, b, "q", 1)
 	started := make(chan struct{})
-	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		close(started)
 		<-ctx.Done() // cooperative: returns at the drain deadline
 		return ctx.Err()
@@ -443,18 +444,18 @@ func TestRegressionShutdownHidesAbandonment(t *testing.T) {
 }
 
 func TestRegressionNilDeliveryCrash(t *testing.T) {
-	c, _ := consumer.New(nilSource{}, consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }), consumer.WithLogger(quiet))
+	c, _ := consumer.New(nilSource{}, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }), consumer.WithLogger(quiet))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := c.Run(ctx); !consumer.IsFatal(err) {
+	if err := c.Run(ctx); !broker.IsFatal(err) {
 		t.Errorf("Run on a source returning (nil, nil) = %v; want a fatal error, not a panic", err)
 	}
 }
 
 func TestRegressionTypedNilSourceInNew(t *testing.T) {
 	var s *memory.Source
-	_, err := consumer.New(s, consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }))
-	if !errors.Is(err, consumer.ErrInvalidConfig) {
+	_, err := consumer.New(s, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }))
+	if !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Errorf("New(typed nil source) = %v; want ErrInvalidConfig, not a panic", err)
 	}
 }
@@ -473,9 +474,9 @@ func (d *ctxDelivery) Ack(ctx context.Context) error {
 	return d.rec("ack")
 }
 
-type chSource struct{ ch chan consumer.Delivery }
+type chSource struct{ ch chan broker.Delivery }
 
-func (s *chSource) Receive(ctx context.Context) (consumer.Delivery, error) {
+func (s *chSource) Receive(ctx context.Context) (broker.Delivery, error) {
 	select {
 	case d := <-s.ch:
 		return d, nil
@@ -483,15 +484,15 @@ func (s *chSource) Receive(ctx context.Context) (consumer.Delivery, error) {
 		return nil, ctx.Err()
 	}
 }
-func (s *chSource) Close() error { return nil }
+func (s *chSource) Close(context.Context) error { return nil }
 
 // R9: a small but valid settle timeout: the clock ticks at most every 1ms,
 // so with a timeout under ~4ms most settlement contexts are already expired.
 func TestRegressionTinySettleTimeout(t *testing.T) {
-	src := &chSource{ch: make(chan consumer.Delivery)}
-	_, err := consumer.New(src, consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+	src := &chSource{ch: make(chan broker.Delivery)}
+	_, err := consumer.New(src, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 		consumer.WithSettleTimeout(500*time.Microsecond))
-	if !errors.Is(err, consumer.ErrInvalidConfig) {
+	if !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Errorf("New(WithSettleTimeout(500µs)) = %v; want ErrInvalidConfig (contexts would expire mid-settlement)", err)
 	}
 }
@@ -499,7 +500,7 @@ func TestRegressionTinySettleTimeout(t *testing.T) {
 func TestRegressionPanicNilIsDeadLetteredWithText(t *testing.T) {
 	b := memory.NewBroker()
 	publishN(t, b, "q", 1)
-	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 		panic(nil)
 	}), consumer.WithLogger(quiet), consumer.WithMaxDeliveries(2))
 	e := runAsync(c, context.Background())
@@ -531,11 +532,11 @@ func TestRegressionSupervisorLeavesFailedConsumersSourceOpen(t *testing.T) {
 			b := memory.NewBroker()
 			src, _ := b.Source("q", memory.SourceConfig{Prefetch: 1})
 			if tc.sup == nil {
-				src.Cancel(consumer.Fatal(errors.New("access refused")))
+				src.Cancel(broker.Fatal(errors.New("access refused")))
 			} else {
 				src.Cancel(nil) // Receive fails, not fatal
 			}
-			c, _ := consumer.New(src, consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }), consumer.WithLogger(quiet))
+			c, _ := consumer.New(src, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }), consumer.WithLogger(quiet))
 			s := &consumer.Supervisor{Logger: quiet}
 			if tc.sup != nil {
 				s = tc.sup()
@@ -563,7 +564,7 @@ func TestRegressionSupervisorLeavesFailedConsumersSourceOpen(t *testing.T) {
 func TestRegressionSupervisorCleanStopEventHasNoError(t *testing.T) {
 	for _, drain := range []time.Duration{0, time.Second} {
 		b := memory.NewBroker()
-		c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+		c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 			consumer.WithLogger(quiet))
 		stopped := make(chan consumer.Event, 1)
 		s := &consumer.Supervisor{DrainTimeout: drain, Logger: quiet, OnEvent: func(e consumer.Event) {
@@ -594,7 +595,7 @@ func TestRegressionSupervisorDrainTimeoutIsReportedOnStop(t *testing.T) {
 		b := memory.NewBroker()
 		publishN(t, b, "q", 1)
 		started, release := make(chan struct{}), make(chan struct{})
-		c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			close(started)
 			<-release // ignores its context: abandoned at the deadline
 			return nil

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/retry"
 )
 
@@ -108,7 +109,7 @@ func safeIs(err, target error) bool {
 
 // safeIsFatal is IsFatal, with a panic in the chain's methods reported as false.
 func safeIsFatal(err error) bool {
-	return guarded(false, func() bool { return IsFatal(err) })
+	return guarded(false, func() bool { return broker.IsFatal(err) })
 }
 
 // callHook calls a user hook with recover: a hook that panics loses its own

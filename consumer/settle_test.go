@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -44,7 +45,7 @@ func TestPanickingMessageIsDeadLetteredAfterTheBudgetAndOthersFlow(t *testing.T)
 			b := memory.NewBroker()
 			publishN(t, b, queue, total)
 			var handled, panics atomic.Int64
-			h := tc.mw(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+			h := tc.mw(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 				if m.ID == "m7" {
 					panics.Add(1)
 					panic("boom: cannot charge card")
@@ -69,10 +70,10 @@ func TestPanickingMessageIsDeadLetteredAfterTheBudgetAndOthersFlow(t *testing.T)
 				t.Fatalf("DeadLetters = %d messages; want 1", len(dl))
 			}
 			hdr := dl[0].Header
-			if !strings.Contains(hdr[consumer.HeaderError], "panic: boom: cannot charge card") {
-				t.Errorf("%s = %q; want the panic text", consumer.HeaderError, hdr[consumer.HeaderError])
+			if !strings.Contains(hdr[broker.HeaderError], "panic: boom: cannot charge card") {
+				t.Errorf("%s = %q; want the panic text", broker.HeaderError, hdr[broker.HeaderError])
 			}
-			if hdr[consumer.HeaderAttempts] != "3" || hdr[consumer.HeaderSource] != queue || hdr[consumer.HeaderPermanent] != "false" {
+			if hdr[broker.HeaderAttempts] != "3" || hdr[broker.HeaderSource] != queue || hdr[broker.HeaderPermanent] != "false" {
 				t.Errorf("dead-letter headers = %v; want attempts 3, source %q, permanent false", hdr, queue)
 			}
 		})
@@ -91,19 +92,19 @@ func TestBadJSONIsDeadLetteredOnFirstDeliveryWithoutRetries(t *testing.T) {
 	b := memory.NewBroker()
 	good, _ := json.Marshal(order{ID: "o1", Total: 42})
 	for _, body := range [][]byte{good, []byte(`{"id": "o2", "total": "not a number"`), good} {
-		if err := b.Publish(context.Background(), queue, consumer.Message{Body: body}); err != nil {
+		if err := b.Publish(context.Background(), queue, broker.Message{Body: body}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	var calls, attempts atomic.Int64
-	h := consumer.JSON(func(ctx context.Context, m *consumer.Message, o order) error {
+	h := consumer.JSON(func(ctx context.Context, m *broker.Message, o order) error {
 		calls.Add(1)
 		if o.Total != 42 {
 			t.Errorf("decoded total = %d; want 42", o.Total)
 		}
 		return nil
 	})
-	counting := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	counting := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		attempts.Add(1)
 		return h.Handle(ctx, m)
 	})
@@ -122,8 +123,8 @@ func TestBadJSONIsDeadLetteredOnFirstDeliveryWithoutRetries(t *testing.T) {
 		t.Errorf("typed calls %d, deliveries %d; want 2 and 3 (the bad one delivered once, never reaching the typed func)", calls.Load(), attempts.Load())
 	}
 	dl := b.DeadLetters(queue)
-	if len(dl) != 1 || dl[0].Header[consumer.HeaderAttempts] != "1" || dl[0].Header[consumer.HeaderPermanent] != "true" ||
-		!strings.Contains(dl[0].Header[consumer.HeaderError], "decode JSON") {
+	if len(dl) != 1 || dl[0].Header[broker.HeaderAttempts] != "1" || dl[0].Header[broker.HeaderPermanent] != "true" ||
+		!strings.Contains(dl[0].Header[broker.HeaderError], "decode JSON") {
 		t.Errorf("dead letters = %+v; want one with attempts 1, permanent true and the decode error", dl)
 	}
 }
@@ -136,7 +137,7 @@ func TestTransientErrorsSpendTheBudgetAndRetryAfterDelays(t *testing.T) {
 	publishN(t, b, queue, 2)
 	var seen [2]atomic.Int64
 	var first, second atomic.Int64 // unix nanos of m1's first and second delivery
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		switch m.ID {
 		case "m0":
 			seen[0].Add(1)
@@ -153,7 +154,7 @@ func TestTransientErrorsSpendTheBudgetAndRetryAfterDelays(t *testing.T) {
 	})
 	var settled [7]atomic.Int64
 	c, err := consumer.New(newSource(t, b, queue, 2), h, consumer.WithConcurrency(2), consumer.WithMaxDeliveries(4),
-		consumer.WithLogger(quiet), consumer.WithObserver(func(m *consumer.Message, s consumer.Settlement, err error) {
+		consumer.WithLogger(quiet), consumer.WithObserver(func(m *broker.Message, s consumer.Settlement, err error) {
 			settled[s].Add(1)
 		}))
 	if err != nil {
@@ -180,11 +181,11 @@ func TestTransientErrorsSpendTheBudgetAndRetryAfterDelays(t *testing.T) {
 func TestNewRejectsInvalidConfiguration(t *testing.T) {
 	b := memory.NewBroker()
 	src := newSource(t, b, "cfg", 1)
-	defer src.Close()
-	h := consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil })
+	defer src.Close(context.Background())
+	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
 	for _, tc := range []struct {
 		name string
-		src  consumer.Source
+		src  broker.Source
 		h    consumer.Handler
 		opts []consumer.Option
 	}{
@@ -198,7 +199,7 @@ func TestNewRejectsInvalidConfiguration(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := consumer.New(tc.src, tc.h, tc.opts...)
-			if c != nil || !errors.Is(err, consumer.ErrInvalidConfig) || !consumer.IsFatal(err) {
+			if c != nil || !errors.Is(err, broker.ErrInvalidConfig) || !broker.IsFatal(err) {
 				t.Errorf("New(%s) = %v, %v; want nil and a fatal error wrapping ErrInvalidConfig", tc.name, c, err)
 			}
 		})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/retry"
 )
 
@@ -119,11 +120,11 @@ func (s *Supervisor) Add(name string, r Runner) error {
 	defer s.mu.Unlock()
 	switch {
 	case r == nil:
-		return fmt.Errorf("%w: nil runner %q", ErrInvalidConfig, name)
+		return fmt.Errorf("%w: nil runner %q", broker.ErrInvalidConfig, name)
 	case name == "":
-		return fmt.Errorf("%w: empty runner name", ErrInvalidConfig)
+		return fmt.Errorf("%w: empty runner name", broker.ErrInvalidConfig)
 	case s.byName[name] != nil:
-		return fmt.Errorf("%w: duplicate runner name %q", ErrInvalidConfig, name)
+		return fmt.Errorf("%w: duplicate runner name %q", broker.ErrInvalidConfig, name)
 	case s.started:
 		return fmt.Errorf("queuekit: supervisor: Add(%q) after Run", name)
 	}
@@ -221,7 +222,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		<-evDone
 	}
-	if err := context.Cause(ctx); IsFatal(err) {
+	if err := context.Cause(ctx); broker.IsFatal(err) {
 		return err
 	}
 	return nil
@@ -279,7 +280,7 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		}
 		if safeIsFatal(err) {
 			log.Error("queuekit: runner failed fatally; stopping the supervisor", "error", err)
-			fatal(Fatal(fmt.Errorf("runner %s: %w", e.name, err)))
+			fatal(broker.Fatal(fmt.Errorf("runner %s: %w", e.name, err)))
 			return
 		}
 		if bo == nil || time.Since(started) >= s.restartReset() {

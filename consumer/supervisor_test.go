@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -58,7 +59,7 @@ func TestSupervisorRestartsAFailingRunnerWithGrowingDelays(t *testing.T) {
 		return nil
 	})
 	b := memory.NewBroker()
-	c, err := consumer.New(newSource(t, b, "steady", 1), consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil }),
+	c, err := consumer.New(newSource(t, b, "steady", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 		consumer.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
@@ -133,8 +134,8 @@ func TestSupervisorFailsFastOnErrorsRestartingCannotFix(t *testing.T) {
 		name string
 		err  error
 	}{
-		{"invalid configuration", fmt.Errorf("declare queue: %w", consumer.ErrInvalidConfig)},
-		{"marked fatal", consumer.Fatal(errors.New("ACCESS_REFUSED"))},
+		{"invalid configuration", fmt.Errorf("declare queue: %w", broker.ErrInvalidConfig)},
+		{"marked fatal", broker.Fatal(errors.New("ACCESS_REFUSED"))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var runs atomic.Int64
@@ -152,7 +153,7 @@ func TestSupervisorFailsFastOnErrorsRestartingCannotFix(t *testing.T) {
 			_ = sup.Add("bad", bad)
 			_ = sup.Add("other", other)
 			err := sup.Run(context.Background())
-			if !errors.Is(err, tc.err) || !consumer.IsFatal(err) {
+			if !errors.Is(err, tc.err) || !broker.IsFatal(err) {
 				t.Errorf("Run = %v; want the fatal error", err)
 			}
 			if runs.Load() != 1 {
@@ -173,16 +174,16 @@ func TestSupervisorFailsFastOnErrorsRestartingCannotFix(t *testing.T) {
 func TestSupervisorAddRejectsBadRunners(t *testing.T) {
 	sup := &consumer.Supervisor{}
 	r := consumer.RunnerFunc(func(ctx context.Context) error { return nil })
-	if err := sup.Add("", r); !errors.Is(err, consumer.ErrInvalidConfig) {
+	if err := sup.Add("", r); !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Errorf("Add(\"\") = %v; want ErrInvalidConfig", err)
 	}
-	if err := sup.Add("x", nil); !errors.Is(err, consumer.ErrInvalidConfig) {
+	if err := sup.Add("x", nil); !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Errorf("Add(nil) = %v; want ErrInvalidConfig", err)
 	}
 	if err := sup.Add("x", r); err != nil {
 		t.Fatal(err)
 	}
-	if err := sup.Add("x", r); !errors.Is(err, consumer.ErrInvalidConfig) {
+	if err := sup.Add("x", r); !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Errorf("duplicate Add = %v; want ErrInvalidConfig", err)
 	}
 	if err := sup.Pause(context.Background(), "nope"); !errors.Is(err, consumer.ErrUnknownRunner) {
@@ -202,7 +203,7 @@ func TestPauseResumeUnderLoadLosesAndDuplicatesNothing(t *testing.T) {
 	seen := make(map[string]int, total)
 	var paused atomic.Bool
 	var handledWhilePaused atomic.Int64
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		mu.Lock()
 		seen[m.ID]++
 		mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -54,7 +55,7 @@ type Handler struct {
 // consumer.ErrInvalidConfig when r is nil.
 func NewHandler(r Reporter, opts ...Option) (*Handler, error) {
 	if r == nil {
-		return nil, fmt.Errorf("%w: nil health Reporter", consumer.ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: nil health Reporter", broker.ErrInvalidConfig)
 	}
 	h := &Handler{r: r, now: time.Now}
 	for _, opt := range opts {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/health"
@@ -70,9 +71,9 @@ type flakySource struct {
 	down atomic.Bool
 }
 
-func (s *flakySource) Status() consumer.SourceStatus {
+func (s *flakySource) Status() broker.Status {
 	if s.down.Load() {
-		return consumer.SourceStatus{Err: errors.New("connection lost")}
+		return broker.Status{Err: errors.New("connection lost")}
 	}
 	return s.Source.Status()
 }
@@ -89,7 +90,7 @@ func TestReadinessFollowsTheConsumer(t *testing.T) {
 	}
 	src := &flakySource{Source: ms}
 	started, release := make(chan struct{}, 1), make(chan struct{})
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		started <- struct{}{}
 		<-release
 		return nil
@@ -136,7 +137,7 @@ func TestReadinessFollowsTheConsumer(t *testing.T) {
 	}
 
 	// Draining: a handler is in flight when the context is cancelled.
-	if err := b.Publish(ctx, "orders", consumer.Message{Body: []byte("x")}); err != nil {
+	if err := b.Publish(ctx, "orders", broker.Message{Body: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
 	<-started
@@ -187,7 +188,7 @@ func TestLivenessFailsForAStuckHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	started, release := make(chan struct{}, 1), make(chan struct{})
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		started <- struct{}{}
 		<-release
 		return nil
@@ -213,7 +214,7 @@ func TestLivenessFailsForAStuckHandler(t *testing.T) {
 	go func() { done <- sup.Run(ctx) }()
 
 	eventually(t, hh.Live(), http.StatusOK, "running")
-	if err := b.Publish(ctx, "orders", consumer.Message{ID: "order-7", Body: []byte("x")}); err != nil {
+	if err := b.Publish(ctx, "orders", broker.Message{ID: "order-7", Body: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
 	<-started

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -84,9 +85,9 @@ type call struct {
 func NewWatchdog(cfg WatchdogConfig) (*Watchdog, error) {
 	switch {
 	case cfg.Threshold <= 0:
-		return nil, fmt.Errorf("%w: watchdog threshold %v, want > 0", consumer.ErrInvalidConfig, cfg.Threshold)
+		return nil, fmt.Errorf("%w: watchdog threshold %v, want > 0", broker.ErrInvalidConfig, cfg.Threshold)
 	case cfg.BrokerTimeout < 0 || cfg.Interval < 0:
-		return nil, fmt.Errorf("%w: negative watchdog duration", consumer.ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: negative watchdog duration", broker.ErrInvalidConfig)
 	}
 	if cfg.Interval == 0 {
 		cfg.Interval = max(cfg.Threshold/4, 10*time.Millisecond)
@@ -102,7 +103,7 @@ func NewWatchdog(cfg WatchdogConfig) (*Watchdog, error) {
 // only the message's topic, id and attempt, not the message.
 func (w *Watchdog) Middleware(name string) consumer.Middleware {
 	return func(next consumer.Handler) consumer.Handler {
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			c := &call{name: name, topic: m.Topic, id: m.ID, attempt: m.Attempt, start: time.Now()}
 			w.mu.Lock()
 			w.calls[c] = struct{}{}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
 )
@@ -14,7 +15,7 @@ type loggerKey struct{}
 
 type messageLogger struct {
 	l *slog.Logger
-	m *consumer.Message
+	m *broker.Message
 }
 
 // Log returns middleware that logs every handled message with log/slog: at
@@ -27,7 +28,7 @@ type messageLogger struct {
 // with Logger(ctx).
 func Log(l *slog.Logger) consumer.Middleware {
 	return func(next consumer.Handler) consumer.Handler {
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			logger := l
 			if logger == nil {
 				logger = slog.Default()

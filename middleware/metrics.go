@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -12,10 +13,10 @@ import (
 // implementation is in middleware/prometheus.
 type Recorder interface {
 	// HandlerStarted is called when a handler starts on m.
-	HandlerStarted(m *consumer.Message)
+	HandlerStarted(m *broker.Message)
 	// HandlerDone is called when it returns, with its error and duration.
 	// Outcome(err) classifies the error.
-	HandlerDone(m *consumer.Message, err error, d time.Duration)
+	HandlerDone(m *broker.Message, err error, d time.Duration)
 }
 
 // Metrics returns middleware that reports every handler call to r. A nil
@@ -25,7 +26,7 @@ func Metrics(r Recorder) consumer.Middleware {
 		if r == nil {
 			return next
 		}
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) (err error) {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) (err error) {
 			r.HandlerStarted(m)
 			start := time.Now()
 			// Deferred, so that a panic passing through (Recover placed

@@ -10,25 +10,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/retry"
 )
 
-var msg = &consumer.Message{ID: "m1", Topic: "orders", Attempt: 2}
+var msg = &broker.Message{ID: "m1", Topic: "orders", Attempt: 2}
 
 func TestChainOrderFirstListedIsOutermost(t *testing.T) {
 	var trace []string
 	mw := func(name string) consumer.Middleware {
 		return func(next consumer.Handler) consumer.Handler {
-			return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+			return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 				trace = append(trace, name)
 				return next.Handle(ctx, m)
 			})
 		}
 	}
-	h := consumer.Chain(mw("a"), mw("b"), nil, mw("c"))(consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+	h := consumer.Chain(mw("a"), mw("b"), nil, mw("c"))(consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 		trace = append(trace, "h")
 		return nil
 	}))
@@ -39,7 +40,7 @@ func TestChainOrderFirstListedIsOutermost(t *testing.T) {
 }
 
 func TestRecoverTurnsAPanicIntoAPanicErrorWithStack(t *testing.T) {
-	h := middleware.Recover()(consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+	h := middleware.Recover()(consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 		panic("nil map")
 	}))
 	err := h.Handle(context.Background(), msg)
@@ -60,7 +61,7 @@ func TestRetryOutsideTimeoutGivesEachAttemptItsOwnDeadline(t *testing.T) {
 	h := consumer.Chain(
 		middleware.Retry(retry.MaxAttempts(retry.Constant(time.Millisecond), 3)),
 		middleware.Timeout(20*time.Millisecond),
-	)(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	)(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		calls++
 		ctxs = append(ctxs, ctx)
 		if calls == 1 {
@@ -86,7 +87,7 @@ func TestRetryOutsideTimeoutGivesEachAttemptItsOwnDeadline(t *testing.T) {
 func TestRetryStopsWhenTheHandlerContextIsDone(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	calls := 0
-	h := middleware.Retry(retry.MaxAttempts(retry.Constant(time.Hour), 10))(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := middleware.Retry(retry.MaxAttempts(retry.Constant(time.Hour), 10))(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		calls++
 		cancel(consumer.ErrDrainTimeout)
 		return errors.New("busy")
@@ -97,7 +98,7 @@ func TestRetryStopsWhenTheHandlerContextIsDone(t *testing.T) {
 }
 
 func TestTimeoutWrapsTheHandlerErrorWhenItsTimeIsUp(t *testing.T) {
-	h := middleware.Timeout(10 * time.Millisecond)(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := middleware.Timeout(10 * time.Millisecond)(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		<-ctx.Done()
 		return ctx.Err()
 	}))
@@ -105,7 +106,7 @@ func TestTimeoutWrapsTheHandlerErrorWhenItsTimeIsUp(t *testing.T) {
 	if !errors.Is(err, middleware.ErrHandlerTimeout) || !errors.Is(err, context.DeadlineExceeded) || middleware.Outcome(err) != "timeout" {
 		t.Errorf("Handle = %v; want ErrHandlerTimeout wrapping DeadlineExceeded, outcome timeout", err)
 	}
-	if h := middleware.Timeout(0)(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	if h := middleware.Timeout(0)(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		if _, ok := ctx.Deadline(); ok {
 			t.Error("Timeout(0) set a deadline; want none")
 		}
@@ -118,7 +119,7 @@ func TestTimeoutWrapsTheHandlerErrorWhenItsTimeIsUp(t *testing.T) {
 func TestLogWritesOneStructuredLinePerMessage(t *testing.T) {
 	var buf bytes.Buffer
 	l := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h := middleware.Log(l)(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := middleware.Log(l)(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		middleware.Logger(ctx).Info("charging")
 		return retry.Permanent(errors.New("bad card"))
 	}))
@@ -141,8 +142,8 @@ type recorder struct {
 	done    map[string]int
 }
 
-func (r *recorder) HandlerStarted(*consumer.Message) { r.mu.Lock(); r.started++; r.mu.Unlock() }
-func (r *recorder) HandlerDone(m *consumer.Message, err error, d time.Duration) {
+func (r *recorder) HandlerStarted(*broker.Message) { r.mu.Lock(); r.started++; r.mu.Unlock() }
+func (r *recorder) HandlerDone(m *broker.Message, err error, d time.Duration) {
 	r.mu.Lock()
 	r.done[middleware.Outcome(err)]++
 	r.mu.Unlock()
@@ -152,7 +153,7 @@ func TestMetricsReportsEveryCallWithItsOutcome(t *testing.T) {
 	rec := &recorder{done: map[string]int{}}
 	errs := []error{nil, errors.New("x"), nil, retry.Permanent(errors.New("y"))}
 	i := 0
-	h := middleware.Metrics(rec)(consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+	h := middleware.Metrics(rec)(consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 		err := errs[i]
 		i++
 		return err
@@ -167,7 +168,7 @@ func TestMetricsReportsEveryCallWithItsOutcome(t *testing.T) {
 
 func TestMetricsEndsTheMeasurementWhenAPanicPassesThrough(t *testing.T) {
 	rec := &recorder{done: map[string]int{}}
-	h := consumer.Chain(middleware.Recover(), middleware.Metrics(rec))(consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+	h := consumer.Chain(middleware.Recover(), middleware.Metrics(rec))(consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 		panic("boom")
 	}))
 	if err := h.Handle(context.Background(), msg); middleware.Outcome(err) != "panic" {
@@ -184,13 +185,13 @@ func TestLogLinesCarryTheConsumerName(t *testing.T) {
 	var buf syncBuffer
 	l := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b := memory.NewBroker()
-	_ = b.Publish(context.Background(), "invoices", consumer.Message{ID: "inv-1"})
+	_ = b.Publish(context.Background(), "invoices", broker.Message{ID: "inv-1"})
 	src, err := b.Source("invoices", memory.SourceConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := middleware.Log(l)(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := middleware.Log(l)(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		middleware.Logger(ctx).Info("billing")
 		cancel()
 		return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime/debug"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -17,7 +18,7 @@ import (
 // middleware outside Recover is still contained to its message.
 func Recover() consumer.Middleware {
 	return func(next consumer.Handler) consumer.Handler {
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) (err error) {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) (err error) {
 			defer func() {
 				if p := recover(); p != nil {
 					err = &consumer.PanicError{Value: p, Stack: debug.Stack()}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/retry"
@@ -23,12 +24,12 @@ func (e *nilErr) Error() string { return "code " + string(rune('0'+e.code)) }
 func TestIssue9StandardChainSurvivesTypedNilError(t *testing.T) {
 	var buf bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&buf, nil))
-	h := consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 		var e *nilErr
 		return e
 	})
 	chain := consumer.Chain(middleware.Log(logger), middleware.Recover(), middleware.Retry(retry.MaxAttempts(retry.Constant(0), 2)))
-	err := chain(h).Handle(context.Background(), &consumer.Message{ID: "m1", Attempt: 1})
+	err := chain(h).Handle(context.Background(), &broker.Message{ID: "m1", Attempt: 1})
 	if err == nil {
 		t.Fatal("Handle = nil; want the typed nil error passed on")
 	}

@@ -3,6 +3,7 @@ package middleware
 import (
 	"context"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
 )
@@ -25,7 +26,7 @@ import (
 // or to delayed requeue.
 func Retry(p retry.Policy) consumer.Middleware {
 	return func(next consumer.Handler) consumer.Handler {
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			// The first attempt is made here rather than inside retry.Do so
 			// that the common case, success at once, allocates nothing.
 			err := next.Handle(ctx, m)

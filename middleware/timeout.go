@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -21,7 +22,7 @@ func Timeout(d time.Duration) consumer.Middleware {
 		if d <= 0 {
 			return next
 		}
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			tctx, cancel := context.WithTimeoutCause(ctx, d, ErrHandlerTimeout)
 			defer cancel()
 			err := next.Handle(tctx, m)

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/broker"
 )
 
 // Capabilities declares what an adapter supports beyond the core contract.
@@ -60,22 +60,22 @@ type Fixture struct {
 	// Publish publishes msgs to the destination, in order, and returns once
 	// the broker has them. Message.ID may be empty; Attempt is ignored.
 	// Required.
-	Publish func(ctx context.Context, msgs ...consumer.Message) error
+	Publish func(ctx context.Context, msgs ...broker.Message) error
 	// NewSource returns a new, open source (a new consumer or group member)
 	// on the destination, with the given prefetch (>= 1). Sources of one
 	// fixture share their messages: what one source gave back, a source
 	// created later receives. The suite closes every source it creates, but
 	// NewSource may also register t.Cleanup to close it. Required.
-	NewSource func(t *testing.T, prefetch int) consumer.Source
+	NewSource func(t *testing.T, prefetch int) broker.Source
 	// DeadLetters waits until at least n messages were dead-lettered from the
 	// destination, or ctx is done, and returns the dead letters it found, in
 	// order (possibly fewer than n when ctx ended). Required.
-	DeadLetters func(ctx context.Context, t *testing.T, n int) []consumer.Message
+	DeadLetters func(ctx context.Context, t *testing.T, n int) []broker.Message
 	// MakeStale makes every outstanding delivery of src stale, as a dropped
 	// connection or a rebalance does, and returns when settling them can
 	// only fail with consumer.ErrStaleDelivery. src is a source made by
 	// NewSource. Required if Capabilities.StaleDeliveries.
-	MakeStale func(t *testing.T, src consumer.Source)
+	MakeStale func(t *testing.T, src broker.Source)
 }
 
 // Run runs the conformance suite against h. Each case is a subtest of t
@@ -137,7 +137,7 @@ func (e *env) ctx() context.Context {
 	return ctx
 }
 
-func (e *env) publish(msgs ...consumer.Message) {
+func (e *env) publish(msgs ...broker.Message) {
 	e.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
 	defer cancel()
@@ -146,18 +146,18 @@ func (e *env) publish(msgs ...consumer.Message) {
 	}
 }
 
-func (e *env) source(prefetch int) consumer.Source {
+func (e *env) source(prefetch int) broker.Source {
 	e.Helper()
 	src := e.f.NewSource(e.T, prefetch)
 	if src == nil {
 		e.Fatal("Fixture.NewSource returned nil")
 	}
-	e.Cleanup(func() { src.Close() })
+	e.Cleanup(func() { src.Close(context.Background()) })
 	return src
 }
 
 // receive waits up to Timeout for a delivery; what says what was expected.
-func (e *env) receive(src consumer.Source, what string) consumer.Delivery {
+func (e *env) receive(src broker.Source, what string) broker.Delivery {
 	e.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
 	defer cancel()
@@ -172,7 +172,7 @@ func (e *env) receive(src consumer.Source, what string) consumer.Delivery {
 }
 
 // nothing checks that Receive delivers nothing for Quiet.
-func (e *env) nothing(src consumer.Source, why string) {
+func (e *env) nothing(src broker.Source, why string) {
 	e.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), e.h.Quiet)
 	defer cancel()
@@ -185,7 +185,7 @@ func (e *env) nothing(src consumer.Source, why string) {
 	}
 }
 
-func (e *env) ack(d consumer.Delivery) {
+func (e *env) ack(d broker.Delivery) {
 	e.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
 	defer cancel()
@@ -194,7 +194,7 @@ func (e *env) ack(d consumer.Delivery) {
 	}
 }
 
-func (e *env) requeue(d consumer.Delivery) {
+func (e *env) requeue(d broker.Delivery) {
 	e.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
 	defer cancel()
@@ -203,31 +203,31 @@ func (e *env) requeue(d consumer.Delivery) {
 	}
 }
 
-func (e *env) close(src consumer.Source) {
+func (e *env) close(src broker.Source) {
 	e.Helper()
-	if err := src.Close(); err != nil {
+	if err := src.Close(context.Background()); err != nil {
 		e.Fatalf("Source.Close() = %v; want nil", err)
 	}
 }
 
 // msg returns a test message whose body is "<prefix>-<i>".
-func msg(prefix string, i int) consumer.Message {
-	return consumer.Message{
+func msg(prefix string, i int) broker.Message {
+	return broker.Message{
 		Key:    []byte(fmt.Sprintf("key-%d", i)),
 		Body:   []byte(fmt.Sprintf("%s-%d", prefix, i)),
 		Header: map[string]string{"x-test-index": fmt.Sprint(i)},
 	}
 }
 
-func msgs(prefix string, n int) []consumer.Message {
-	out := make([]consumer.Message, n)
+func msgs(prefix string, n int) []broker.Message {
+	out := make([]broker.Message, n)
 	for i := range out {
 		out[i] = msg(prefix, i)
 	}
 	return out
 }
 
-func describe(m *consumer.Message) string {
+func describe(m *broker.Message) string {
 	if m == nil {
 		return "<nil message>"
 	}

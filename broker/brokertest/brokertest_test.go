@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/brokertest"
 	"github.com/queuekit/queuekit/broker/memory"
-	"github.com/queuekit/queuekit/consumer"
 	"go.uber.org/goleak"
 )
 
@@ -86,7 +86,7 @@ func TestMutant(t *testing.T) {
 			queue := fmt.Sprintf("mutant-%d", n.Add(1))
 			return brokertest.Fixture{
 				Destination: queue,
-				Publish: func(ctx context.Context, msgs ...consumer.Message) error {
+				Publish: func(ctx context.Context, msgs ...broker.Message) error {
 					for _, m := range msgs {
 						if err := b.Publish(ctx, queue, m); err != nil {
 							return err
@@ -94,7 +94,7 @@ func TestMutant(t *testing.T) {
 					}
 					return nil
 				},
-				NewSource: func(t *testing.T, prefetch int) consumer.Source {
+				NewSource: func(t *testing.T, prefetch int) broker.Source {
 					if mut == "no-prefetch" {
 						prefetch = 1000
 					}
@@ -104,7 +104,7 @@ func TestMutant(t *testing.T) {
 					}
 					return &mutSource{Source: src, mut: mut}
 				},
-				DeadLetters: func(ctx context.Context, t *testing.T, n int) []consumer.Message {
+				DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
 					for {
 						dead := b.DeadLetters(queue)
 						if len(dead) >= n || ctx.Err() != nil {
@@ -113,7 +113,7 @@ func TestMutant(t *testing.T) {
 						time.Sleep(5 * time.Millisecond)
 					}
 				},
-				MakeStale: func(t *testing.T, src consumer.Source) {
+				MakeStale: func(t *testing.T, src broker.Source) {
 					src.(*mutSource).Source.DropConnection()
 				},
 			}
@@ -127,7 +127,7 @@ type mutSource struct {
 	outs []*mutDelivery
 }
 
-func (s *mutSource) Receive(ctx context.Context) (consumer.Delivery, error) {
+func (s *mutSource) Receive(ctx context.Context) (broker.Delivery, error) {
 	if _, ok := ctx.Deadline(); s.mut == "receive-ignores-ctx" && !ok {
 		// Ignore cancellation but keep deadlines, so that the cases that
 		// wait for Receive to time out still end.
@@ -147,17 +147,17 @@ func (s *mutSource) Receive(ctx context.Context) (consumer.Delivery, error) {
 	return md, nil
 }
 
-func (s *mutSource) Close() error {
+func (s *mutSource) Close(ctx context.Context) error {
 	if s.mut == "close-acks" {
 		for _, d := range s.outs {
 			d.Delivery.Ack(context.Background())
 		}
 	}
-	return s.Source.Close()
+	return s.Source.Close(ctx)
 }
 
 type mutDelivery struct {
-	consumer.Delivery
+	broker.Delivery
 	mut string
 }
 
@@ -167,7 +167,7 @@ func (d *mutDelivery) Ack(ctx context.Context) error {
 	case "ack-requeues":
 		err = d.Delivery.Requeue(ctx)
 	case "stale-acks":
-		if err = d.Delivery.Ack(ctx); errors.Is(err, consumer.ErrStaleDelivery) {
+		if err = d.Delivery.Ack(ctx); errors.Is(err, broker.ErrStaleDelivery) {
 			err = nil
 		}
 	default:
@@ -183,19 +183,19 @@ func (d *mutDelivery) Requeue(ctx context.Context) error {
 	return d.filter(d.Delivery.Requeue(ctx))
 }
 
-func (d *mutDelivery) DeadLetter(ctx context.Context, r consumer.Reason) error {
+func (d *mutDelivery) DeadLetter(ctx context.Context, r broker.Reason) error {
 	if d.mut == "dead-letter-drops-reason" {
-		r = consumer.Reason{}
+		r = broker.Reason{}
 	}
 	return d.filter(d.Delivery.DeadLetter(ctx, r))
 }
 
 func (d *mutDelivery) RequeueAfter(ctx context.Context, delay time.Duration) error {
-	return d.filter(d.Delivery.(consumer.DelayedRequeuer).RequeueAfter(ctx, delay))
+	return d.filter(d.Delivery.(broker.DelayedRequeuer).RequeueAfter(ctx, delay))
 }
 
 func (d *mutDelivery) filter(err error) error {
-	if d.mut == "second-settle-ok" && errors.Is(err, consumer.ErrAlreadySettled) {
+	if d.mut == "second-settle-ok" && errors.Is(err, broker.ErrAlreadySettled) {
 		return nil
 	}
 	return err

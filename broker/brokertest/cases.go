@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/broker"
 )
 
 // cases is the suite, in the order it runs: the core contract first, then
@@ -87,7 +87,7 @@ func testReceiveCancel(e *env) {
 	} {
 		ctx, cancel := tc.ctx()
 		type result struct {
-			d   consumer.Delivery
+			d   broker.Delivery
 			err error
 		}
 		done := make(chan result, 1)
@@ -119,7 +119,7 @@ func testReceiveCancel(e *env) {
 
 func testReceiveWakes(e *env) {
 	src := e.source(1)
-	got := make(chan consumer.Delivery, 1)
+	got := make(chan broker.Delivery, 1)
 	errc := make(chan error, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
 	defer cancel()
@@ -147,7 +147,7 @@ func testReceiveWakes(e *env) {
 func testClosed(e *env) {
 	src := e.source(1)
 	e.close(src)
-	if err := src.Close(); err != nil {
+	if err := src.Close(context.Background()); err != nil {
 		e.Errorf("a second Close = %v; want nil (Close is idempotent)", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
@@ -156,7 +156,7 @@ func testClosed(e *env) {
 	switch {
 	case err == nil:
 		e.Errorf("Receive after Close delivered %s; want consumer.ErrSourceClosed", describe(d.Message()))
-	case !errors.Is(err, consumer.ErrSourceClosed):
+	case !errors.Is(err, broker.ErrSourceClosed):
 		e.Errorf("Receive after Close = %v; want an error wrapping consumer.ErrSourceClosed", err)
 	}
 }
@@ -210,7 +210,7 @@ func testCloseGivesBack(e *env) {
 	const n = 3
 	e.publish(msgs("give-back", n)...)
 	src := e.source(n)
-	var ds []consumer.Delivery
+	var ds []broker.Delivery
 	for range n {
 		ds = append(ds, e.receive(src, fmt.Sprintf("%d messages were published", n)))
 	}
@@ -243,7 +243,7 @@ func testDeadLetter(e *env) {
 	e.publish(m)
 	src := e.source(1)
 	d := e.receive(src, "a message was published")
-	reason := consumer.Reason{
+	reason := broker.Reason{
 		Err:       "brokertest: cannot handle",
 		Attempts:  1,
 		Source:    d.Message().Topic,
@@ -265,17 +265,17 @@ func testDeadLetter(e *env) {
 		e.Errorf("dead letter body = %q; want the original body %q", dm.Body, "dead-0")
 	}
 	for k, want := range map[string]string{
-		consumer.HeaderError:     reason.Err,
-		consumer.HeaderAttempts:  "1",
-		consumer.HeaderPermanent: "true",
-		"x-test-original":        "kept",
+		broker.HeaderError:     reason.Err,
+		broker.HeaderAttempts:  "1",
+		broker.HeaderPermanent: "true",
+		"x-test-original":      "kept",
 	} {
 		if got := dm.Header[k]; got != want {
 			e.Errorf("dead letter header %s = %q; want %q (a dead letter carries the reason and keeps its headers)", k, got, want)
 		}
 	}
-	if got := dm.Header[consumer.HeaderSource]; got == "" || (e.f.Destination != "" && got != e.f.Destination) {
-		e.Errorf("dead letter header %s = %q; want the source destination %q", consumer.HeaderSource, got, e.f.Destination)
+	if got := dm.Header[broker.HeaderSource]; got == "" || (e.f.Destination != "" && got != e.f.Destination) {
+		e.Errorf("dead letter header %s = %q; want the source destination %q", broker.HeaderSource, got, e.f.Destination)
 	}
 	e.close(src)
 	e.publish(msg("marker", 1))
@@ -306,18 +306,18 @@ func testSettleTwice(e *env) {
 	d1 := e.receive(src, "2 messages were published")
 	d2 := e.receive(src, "2 messages were published")
 	e.ack(d1)
-	if err := settleOnce(e, "a second Ack", d1.Ack); !errors.Is(err, consumer.ErrAlreadySettled) {
+	if err := settleOnce(e, "a second Ack", d1.Ack); !errors.Is(err, broker.ErrAlreadySettled) {
 		e.Errorf("Ack after Ack = %v; want an error wrapping consumer.ErrAlreadySettled", err)
 	}
-	if err := settleOnce(e, "Requeue after Ack", d1.Requeue); !errors.Is(err, consumer.ErrAlreadySettled) {
+	if err := settleOnce(e, "Requeue after Ack", d1.Requeue); !errors.Is(err, broker.ErrAlreadySettled) {
 		e.Errorf("Requeue after Ack = %v; want an error wrapping consumer.ErrAlreadySettled", err)
 	}
 	e.requeue(d2)
-	if err := settleOnce(e, "Ack after Requeue", d2.Ack); !errors.Is(err, consumer.ErrAlreadySettled) {
+	if err := settleOnce(e, "Ack after Requeue", d2.Ack); !errors.Is(err, broker.ErrAlreadySettled) {
 		e.Errorf("Ack after Requeue = %v; want an error wrapping consumer.ErrAlreadySettled", err)
 	}
-	dl := func(ctx context.Context) error { return d2.DeadLetter(ctx, consumer.Reason{Err: "twice"}) }
-	if err := settleOnce(e, "DeadLetter after Requeue", dl); !errors.Is(err, consumer.ErrAlreadySettled) {
+	dl := func(ctx context.Context) error { return d2.DeadLetter(ctx, broker.Reason{Err: "twice"}) }
+	if err := settleOnce(e, "DeadLetter after Requeue", dl); !errors.Is(err, broker.ErrAlreadySettled) {
 		e.Errorf("DeadLetter after Requeue = %v; want an error wrapping consumer.ErrAlreadySettled", err)
 	}
 	d3 := e.receive(src, "a requeued message must be delivered again, even after a failed second settlement")
@@ -335,7 +335,7 @@ func testStale(e *env) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
 	err := d.Ack(ctx)
 	cancel()
-	if !errors.Is(err, consumer.ErrStaleDelivery) {
+	if !errors.Is(err, broker.ErrStaleDelivery) {
 		e.Fatalf("Ack of a delivery made stale = %v; want an error wrapping consumer.ErrStaleDelivery", err)
 	}
 	d2 := e.receive(src, "the message of a stale delivery must be redelivered once the source recovered")
@@ -354,7 +354,7 @@ func testPrefetch(e *env) {
 	const prefetch = 2
 	e.publish(msgs("prefetch", prefetch+1)...)
 	src := e.source(prefetch)
-	var ds []consumer.Delivery
+	var ds []broker.Delivery
 	for range prefetch {
 		ds = append(ds, e.receive(src, fmt.Sprintf("%d messages were published", prefetch+1)))
 	}
@@ -369,7 +369,7 @@ func testRequeueAfter(e *env) {
 	e.publish(msg("delayed", 0))
 	src := e.source(1)
 	d := e.receive(src, "a message was published")
-	dr, ok := d.(consumer.DelayedRequeuer)
+	dr, ok := d.(broker.DelayedRequeuer)
 	if !ok {
 		e.Fatalf("delivery %T does not implement consumer.DelayedRequeuer; Capabilities.DelayedRequeue says it does", d)
 	}

@@ -5,9 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/brokertest"
 	"github.com/queuekit/queuekit/broker/memory"
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // An adapter's conformance test, here for broker/memory. Put it in the
@@ -32,7 +32,7 @@ func Example_adapter() {
 				const queue = "orders"
 				return brokertest.Fixture{
 					Destination: queue,
-					Publish: func(ctx context.Context, msgs ...consumer.Message) error {
+					Publish: func(ctx context.Context, msgs ...broker.Message) error {
 						for _, m := range msgs {
 							if err := b.Publish(ctx, queue, m); err != nil {
 								return err
@@ -40,14 +40,14 @@ func Example_adapter() {
 						}
 						return nil
 					},
-					NewSource: func(t *testing.T, prefetch int) consumer.Source {
+					NewSource: func(t *testing.T, prefetch int) broker.Source {
 						src, err := b.Source(queue, memory.SourceConfig{Prefetch: prefetch})
 						if err != nil {
 							t.Fatal(err)
 						}
 						return src
 					},
-					DeadLetters: func(ctx context.Context, t *testing.T, n int) []consumer.Message {
+					DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
 						// A real broker would consume its dead-letter queue here.
 						for len(b.DeadLetters(queue)) < n && ctx.Err() == nil {
 							time.Sleep(5 * time.Millisecond)
@@ -55,7 +55,7 @@ func Example_adapter() {
 						return b.DeadLetters(queue)
 					},
 					// For a network broker: close the connection under src.
-					MakeStale: func(t *testing.T, src consumer.Source) {
+					MakeStale: func(t *testing.T, src broker.Source) {
 						src.(*memory.Source).DropConnection()
 					},
 				}

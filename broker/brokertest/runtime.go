@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
 )
@@ -64,7 +65,7 @@ type running struct {
 	errc   chan error
 }
 
-func (e *env) runConsumer(src consumer.Source, h consumer.HandlerFunc, opts ...consumer.Option) *running {
+func (e *env) runConsumer(src broker.Source, h consumer.HandlerFunc, opts ...consumer.Option) *running {
 	e.Helper()
 	log := slog.New(slog.NewTextHandler(e.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	opts = append([]consumer.Option{consumer.WithName("brokertest"), consumer.WithLogger(log)}, opts...)
@@ -112,7 +113,7 @@ func testRuntimeHandlesAll(e *env) {
 	const n = 200
 	e.publish(msgs("runtime", n)...)
 	t := newTally(n)
-	r := e.runConsumer(e.source(8), func(ctx context.Context, m *consumer.Message) error {
+	r := e.runConsumer(e.source(8), func(ctx context.Context, m *broker.Message) error {
 		t.call(string(m.Body))
 		t.handled(string(m.Body))
 		return nil
@@ -135,11 +136,11 @@ func testRuntimeDeadLetters(e *env) {
 	const n, budget = 20, 3
 	batch := msgs("ok", n)
 	batch = append(batch,
-		consumer.Message{Body: []byte("failing"), Header: map[string]string{"x-test": "failing"}},
-		consumer.Message{Body: []byte("permanent"), Header: map[string]string{"x-test": "permanent"}})
+		broker.Message{Body: []byte("failing"), Header: map[string]string{"x-test": "failing"}},
+		broker.Message{Body: []byte("permanent"), Header: map[string]string{"x-test": "permanent"}})
 	e.publish(batch...)
 	t := newTally(n)
-	r := e.runConsumer(e.source(4), func(ctx context.Context, m *consumer.Message) error {
+	r := e.runConsumer(e.source(4), func(ctx context.Context, m *broker.Message) error {
 		b := string(m.Body)
 		t.call(b)
 		switch b {
@@ -159,7 +160,7 @@ func testRuntimeDeadLetters(e *env) {
 	if len(dead) != 2 {
 		e.Fatalf("found %d dead letters within %v; want 2 (one failing %d times, one permanent)", len(dead), e.h.Timeout, budget)
 	}
-	byBody := map[string]consumer.Message{}
+	byBody := map[string]broker.Message{}
 	for _, m := range dead {
 		byBody[string(m.Body)] = m
 	}
@@ -176,14 +177,14 @@ func testRuntimeDeadLetters(e *env) {
 			e.Errorf("message %q is not among the dead letters %v; want it dead-lettered", c.body, bodies(dead))
 			continue
 		}
-		if got := m.Header[consumer.HeaderAttempts]; got != c.attempts {
-			e.Errorf("dead letter %q has %s = %q; want %q", c.body, consumer.HeaderAttempts, got, c.attempts)
+		if got := m.Header[broker.HeaderAttempts]; got != c.attempts {
+			e.Errorf("dead letter %q has %s = %q; want %q", c.body, broker.HeaderAttempts, got, c.attempts)
 		}
-		if got := m.Header[consumer.HeaderPermanent]; got != c.permanent {
-			e.Errorf("dead letter %q has %s = %q; want %q", c.body, consumer.HeaderPermanent, got, c.permanent)
+		if got := m.Header[broker.HeaderPermanent]; got != c.permanent {
+			e.Errorf("dead letter %q has %s = %q; want %q", c.body, broker.HeaderPermanent, got, c.permanent)
 		}
-		if got := m.Header[consumer.HeaderError]; !strings.Contains(got, c.errText) {
-			e.Errorf("dead letter %q has %s = %q; want the handler's last error (containing %q)", c.body, consumer.HeaderError, got, c.errText)
+		if got := m.Header[broker.HeaderError]; !strings.Contains(got, c.errText) {
+			e.Errorf("dead letter %q has %s = %q; want the handler's last error (containing %q)", c.body, broker.HeaderError, got, c.errText)
 		}
 		if got := m.Header["x-test"]; got != c.body {
 			e.Errorf("dead letter %q has x-test = %q; want its original headers kept", c.body, got)
@@ -195,7 +196,7 @@ func testRuntimeDeadLetters(e *env) {
 	e.nothing(e.source(1), "dead-lettered and handled messages must leave the destination")
 }
 
-func bodies(ms []consumer.Message) []string {
+func bodies(ms []broker.Message) []string {
 	out := make([]string, len(ms))
 	for i := range ms {
 		out[i] = string(ms[i].Body)
@@ -207,7 +208,7 @@ func testRuntimeCancel(e *env) {
 	const n, stopAfter = 100, 20
 	e.publish(msgs("cancel", n)...)
 	slow := func(t *tally) consumer.HandlerFunc {
-		return func(ctx context.Context, m *consumer.Message) error {
+		return func(ctx context.Context, m *broker.Message) error {
 			t.call(string(m.Body))
 			select {
 			case <-time.After(2 * time.Millisecond):

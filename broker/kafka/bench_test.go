@@ -10,6 +10,7 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -180,7 +181,7 @@ func runQueuekit(b *testing.B, e *env, topic, group string, n int, h func(contex
 	var handled atomic.Int64
 	done := make(chan struct{})
 	src := newSource(b, cfg)
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, _ *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
 		if first.Load() == nil {
 			now := time.Now()
 			first.CompareAndSwap(nil, &now)

@@ -8,9 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	kafkago "github.com/segmentio/kafka-go"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // Ordering says which records of a partition may be handled at the same time.
@@ -248,7 +247,7 @@ func (c *Config) setDefaults() {
 }
 
 func invalid(format string, args ...any) error {
-	return fmt.Errorf("%w: kafka: "+format, append([]any{consumer.ErrInvalidConfig}, args...)...)
+	return fmt.Errorf("%w: kafka: "+format, append([]any{broker.ErrInvalidConfig}, args...)...)
 }
 
 func validateBrokers(brokers []string) error {

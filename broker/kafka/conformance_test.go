@@ -8,9 +8,9 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/brokertest"
 	"github.com/queuekit/queuekit/broker/kafka"
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // The public conformance suite, against the Kafka protocol (in-process kfake
@@ -34,17 +34,17 @@ func TestConformance(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { pub.Close() })
+			t.Cleanup(func() { pub.Close(context.Background()) })
 			return brokertest.Fixture{
 				Destination: topic,
-				Publish: func(ctx context.Context, msgs ...consumer.Message) error {
-					ps := make([]*consumer.Message, len(msgs))
+				Publish: func(ctx context.Context, msgs ...broker.Message) error {
+					ps := make([]*broker.Message, len(msgs))
 					for i := range msgs {
 						ps[i] = &msgs[i]
 					}
 					return pub.Publish(ctx, ps...)
 				},
-				NewSource: func(t *testing.T, prefetch int) consumer.Source {
+				NewSource: func(t *testing.T, prefetch int) broker.Source {
 					cfg := e.config(topic, group)
 					// The suite holds several deliveries at once (distinct
 					// keys): per-key lanes let it, as a by-partition source
@@ -53,10 +53,10 @@ func TestConformance(t *testing.T) {
 					cfg.MaxInFlight = max(prefetch, 1)
 					return newSource(t, cfg)
 				},
-				DeadLetters: func(ctx context.Context, t *testing.T, n int) []consumer.Message {
+				DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
 					r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: e.brokers, Topic: topic + ".dlt", Partition: 0, MaxWait: 100 * time.Millisecond})
 					defer r.Close()
-					var out []consumer.Message
+					var out []broker.Message
 					for len(out) < n {
 						m, err := r.FetchMessage(ctx)
 						if err != nil {
@@ -66,7 +66,7 @@ func TestConformance(t *testing.T) {
 						for _, x := range m.Headers {
 							h[x.Key] = string(x.Value)
 						}
-						out = append(out, consumer.Message{Topic: m.Topic, Key: m.Key, Body: m.Value, Header: h, Time: m.Time})
+						out = append(out, broker.Message{Topic: m.Topic, Key: m.Key, Body: m.Value, Header: h, Time: m.Time})
 					}
 					return out
 				},

@@ -7,9 +7,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	kafkago "github.com/segmentio/kafka-go"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // delivery is one hand-out of a record by Receive. A record that is
@@ -18,21 +17,21 @@ import (
 type delivery struct {
 	s       *Source
 	rec     *record
-	msg     consumer.Message
+	msg     broker.Message
 	settled bool // under s.mu
 }
 
 var (
-	_ consumer.Delivery        = (*delivery)(nil)
-	_ consumer.DelayedRequeuer = (*delivery)(nil)
-	_ consumer.Leased          = (*delivery)(nil)
-	_ consumer.StatusReporter  = (*Source)(nil)
-	_ consumer.EventSource     = (*Source)(nil)
+	_ broker.Delivery        = (*delivery)(nil)
+	_ broker.DelayedRequeuer = (*delivery)(nil)
+	_ broker.Leased          = (*delivery)(nil)
+	_ broker.StatusReporter  = (*Source)(nil)
+	_ broker.EventSource     = (*Source)(nil)
 )
 
 func (s *Source) newDelivery(rec *record, attempt int) *delivery {
 	m := &rec.m
-	return &delivery{s: s, rec: rec, msg: consumer.Message{
+	return &delivery{s: s, rec: rec, msg: broker.Message{
 		ID:      messageID(m.Topic, m.Partition, m.Offset),
 		Topic:   m.Topic,
 		Key:     m.Key,
@@ -43,7 +42,7 @@ func (s *Source) newDelivery(rec *record, attempt int) *delivery {
 	}}
 }
 
-func (d *delivery) Message() *consumer.Message { return &d.msg }
+func (d *delivery) Message() *broker.Message { return &d.msg }
 
 // Lease implements consumer.Leased: the context ends when the delivery's
 // generation is fenced (its partitions were taken away after the drain
@@ -54,12 +53,12 @@ func (d *delivery) Lease() context.Context { return d.rec.g.lease }
 // claimLocked marks d settled, or says why it cannot be.
 func (d *delivery) claimLocked() error {
 	if d.settled {
-		return consumer.ErrAlreadySettled
+		return broker.ErrAlreadySettled
 	}
 	d.settled = true
 	if d.rec.g.fenced {
 		return fmt.Errorf("%w: %s: consumer group generation %d ended before it was settled; it will be redelivered",
-			consumer.ErrStaleDelivery, d.msg.ID, d.rec.g.kg.ID)
+			broker.ErrStaleDelivery, d.msg.ID, d.rec.g.kg.ID)
 	}
 	if d.rec.epoch != d.rec.p.epoch {
 		d.s.releaseLocked(d.rec, true)
@@ -72,7 +71,7 @@ func (d *delivery) claimLocked() error {
 // reset while it was out (see resetBeyondEnd).
 func (d *delivery) staleEpoch() error {
 	return fmt.Errorf("%w: %s: its partition started over (topic recreated or log truncated) while it was out; the offset belongs to the old log and is not committed",
-		consumer.ErrStaleDelivery, d.msg.ID)
+		broker.ErrStaleDelivery, d.msg.ID)
 }
 
 // Ack marks the record handled. Its offset is committed with the next batch
@@ -264,7 +263,7 @@ func (s *Source) unwritableFix(werr error) string {
 // fails, the error is returned and the delivery stays unsettled (its lane
 // held, nothing committed): the runtime tries again with backoff, without
 // running the handler again.
-func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error {
+func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	s := d.s
 	s.mu.Lock()
 	err := d.claimLocked()
@@ -282,7 +281,7 @@ func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error
 	h[HeaderTopic] = m.Topic
 	h[HeaderPartition] = strconv.Itoa(m.Partition)
 	h[HeaderOffset] = strconv.FormatInt(m.Offset, 10)
-	werr := s.dlt.Publish(ctx, &consumer.Message{
+	werr := s.dlt.Publish(ctx, &broker.Message{
 		Topic: s.cfg.DeadLetterTopic, Key: m.Key, Body: m.Value, Header: h, Time: m.Time,
 	})
 
@@ -321,7 +320,7 @@ func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error
 	if d.rec.g.fenced {
 		d.rec.g.dispatched--
 		return fmt.Errorf("%w: %s was written to %s but its generation ended first; it will be redelivered",
-			consumer.ErrStaleDelivery, d.msg.ID, s.cfg.DeadLetterTopic)
+			broker.ErrStaleDelivery, d.msg.ID, s.cfg.DeadLetterTopic)
 	}
 	if d.rec.epoch != d.rec.p.epoch {
 		s.releaseLocked(d.rec, true)

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -26,7 +27,7 @@ func ExampleNewSource() {
 	if err != nil {
 		log.Fatal(err) // wraps consumer.ErrInvalidConfig
 	}
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		fmt.Printf("%s key=%s attempt=%d\n", m.ID, m.Key, m.Attempt)
 		return nil
 	}), consumer.WithConcurrency(32), consumer.WithDrainTimeout(10*time.Second))
@@ -50,10 +51,10 @@ func ExampleNewPublisher() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer p.Close()
+	defer p.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err = p.Publish(ctx, &consumer.Message{
+	err = p.Publish(ctx, &broker.Message{
 		Key:    []byte("customer-42"),
 		Body:   []byte(`{"order":1}`),
 		Header: map[string]string{"content-type": "application/json"},
@@ -69,7 +70,7 @@ func ExampleSource_Lag() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer src.Close()
+	defer src.Close(context.Background())
 	lag, err := src.Lag(context.Background())
 	if err != nil {
 		log.Print(err)

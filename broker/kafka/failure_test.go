@@ -11,6 +11,7 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
@@ -39,7 +40,7 @@ func TestRestartResumesAtCommittedOffsetsAndRedeliversUncommittedWork(t *testing
 		stuckID  string
 		handled1 int
 	)
-	h1 := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h1 := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		p, off := idOffset(m.ID)
 		if p == 0 && off == 50 {
 			mu.Lock()
@@ -73,7 +74,7 @@ func TestRestartResumesAtCommittedOffsetsAndRedeliversUncommittedWork(t *testing
 		seen     = map[int][]int64{}
 		handled2 int
 	)
-	h2 := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	h2 := consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		p, off := idOffset(m.ID)
 		mu.Lock()
 		seen[p] = append(seen[p], off)
@@ -133,7 +134,7 @@ func TestPoisonRecordGoesToDeadLetterTopicWithHeadersAndPartitionMovesOn(t *test
 		after int // records handled after the poison on its partition
 		tries = map[string]int{}
 	)
-	h := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		mu.Lock()
 		defer mu.Unlock()
 		tries[string(m.Body)]++
@@ -173,11 +174,11 @@ func TestPoisonRecordGoesToDeadLetterTopicWithHeadersAndPartitionMovesOn(t *test
 		t.Errorf("attempts: poison %d, failing %d; want 1 and 3", tries["10"], tries["20"])
 	}
 	for body, want := range map[string]map[string]string{
-		"10": {consumer.HeaderError: "bad payload", consumer.HeaderAttempts: "1", consumer.HeaderPermanent: "true"},
-		"20": {consumer.HeaderError: "flaky dependency down", consumer.HeaderAttempts: "3", consumer.HeaderPermanent: "false"},
+		"10": {broker.HeaderError: "bad payload", broker.HeaderAttempts: "1", broker.HeaderPermanent: "true"},
+		"20": {broker.HeaderError: "flaky dependency down", broker.HeaderAttempts: "3", broker.HeaderPermanent: "false"},
 	} {
 		h := got[body]
-		want[consumer.HeaderSource] = topic
+		want[broker.HeaderSource] = topic
 		want[kafka.HeaderTopic] = topic
 		want[kafka.HeaderOffset] = body // one partition: offset == index
 		for k, v := range want {
@@ -185,7 +186,7 @@ func TestPoisonRecordGoesToDeadLetterTopicWithHeadersAndPartitionMovesOn(t *test
 				t.Errorf("dead-lettered %s: header %s = %q; want %q", body, k, h[k], v)
 			}
 		}
-		if h[kafka.HeaderPartition] == "" || h[consumer.HeaderFailedAt] == "" {
+		if h[kafka.HeaderPartition] == "" || h[broker.HeaderFailedAt] == "" {
 			t.Errorf("dead-lettered %s: headers %v lack partition or failed-at", body, h)
 		}
 		t.Logf("dead-lettered %s with headers %v", body, h)
@@ -208,7 +209,7 @@ func TestFailedDeadLetterWriteIsNotCommittedAndIsRetried(t *testing.T) {
 	cfg := e.config(topic, "g-dltfail")
 	cfg.DeadLetterTopic = topic + ".missing" // does not exist (yet)
 	src := newSource(t, cfg)
-	defer src.Close()
+	defer src.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	d, err := src.Receive(ctx)
@@ -216,7 +217,7 @@ func TestFailedDeadLetterWriteIsNotCommittedAndIsRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
-	err = d.DeadLetter(wctx, consumer.Reason{Err: "boom", Attempts: 1})
+	err = d.DeadLetter(wctx, broker.Reason{Err: "boom", Attempts: 1})
 	wcancel()
 	if err == nil {
 		t.Fatal("DeadLetter to a missing topic = nil; want an error")
@@ -244,9 +245,9 @@ func TestFailedDeadLetterWriteIsNotCommittedAndIsRetried(t *testing.T) {
 	waitFor(t, "the dead letter to be written", 10*time.Second, func() bool {
 		wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
 		defer wcancel()
-		return d.DeadLetter(wctx, consumer.Reason{Err: "boom", Attempts: 1}) == nil
+		return d.DeadLetter(wctx, broker.Reason{Err: "boom", Attempts: 1}) == nil
 	})
-	if err := src.Close(); err != nil {
+	if err := src.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if c := e.committed(t, "g-dltfail", topic)[p]; c != off+1 {
@@ -281,9 +282,9 @@ func TestNewSourceRejectsInvalidConfigWithoutPanicking(t *testing.T) {
 			cfg := ok
 			tt.mutate(&cfg)
 			src, err := kafka.NewSource(cfg)
-			if !errors.Is(err, consumer.ErrInvalidConfig) {
+			if !errors.Is(err, broker.ErrInvalidConfig) {
 				if src != nil {
-					src.Close()
+					src.Close(context.Background())
 				}
 				t.Fatalf("NewSource(%s) = %v; want an error wrapping ErrInvalidConfig", tt.name, err)
 			}
@@ -296,13 +297,13 @@ func TestNewSourceRejectsInvalidConfigWithoutPanicking(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewSource(minimal config) = %v; want nil", err)
 	}
-	if err := src.Close(); err != nil {
+	if err := src.Close(context.Background()); err != nil {
 		t.Errorf("Close of a source that never joined = %v", err)
 	}
-	if _, err := src.Receive(context.Background()); !errors.Is(err, consumer.ErrSourceClosed) {
+	if _, err := src.Receive(context.Background()); !errors.Is(err, broker.ErrSourceClosed) {
 		t.Errorf("Receive after Close = %v; want ErrSourceClosed", err)
 	}
-	if _, err := kafka.NewPublisher(kafka.PublisherConfig{}); !errors.Is(err, consumer.ErrInvalidConfig) {
+	if _, err := kafka.NewPublisher(kafka.PublisherConfig{}); !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Errorf("NewPublisher(no brokers) = %v; want ErrInvalidConfig", err)
 	}
 }
@@ -342,11 +343,11 @@ func TestLagReportsHighWatermarkMinusCommitted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := src.Close(); err != nil {
+	if err := src.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	src2 := newSource(t, e.config(topic, "g-lag"))
-	defer src2.Close()
+	defer src2.Close(context.Background())
 	lag, err = src2.Lag(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -39,7 +40,7 @@ func TestFetchErrorsReconnectAndLoseOrRepeatNothing(t *testing.T) {
 	// faults land mid-stream.
 	cfg.MaxBytes = 512
 	cfg.MaxInFlight = 8
-	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *broker.Message) error {
 		time.Sleep(100 * time.Microsecond)
 		l.add(msg.ID)
 		return nil
@@ -122,7 +123,7 @@ func TestCloseDoesNotWaitForAPendingFetch(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond) // the fetchers now wait at the end of their partitions
 	start := time.Now()
-	if err := src.Close(); err != nil {
+	if err := src.Close(context.Background()); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	took := time.Since(start)
@@ -161,7 +162,7 @@ func TestFetchFollowsMovedPartitionLeaders(t *testing.T) {
 	cfg := e.config(topic, "g-leadermove")
 	cfg.MaxBytes = 512 // many small fetches, so that the moves land mid-stream
 	cfg.MaxInFlight = 8
-	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *broker.Message) error {
 		time.Sleep(200 * time.Microsecond)
 		l.add(msg.ID)
 		return nil

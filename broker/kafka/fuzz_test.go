@@ -18,21 +18,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // headerKeys are the names the adapter writes; the encoding below refers to
 // them by index so that the fuzzer finds them.
 var headerKeys = []string{
-	consumer.HeaderError,
-	consumer.HeaderAttempts,
-	consumer.HeaderSource,
-	consumer.HeaderPermanent,
-	consumer.HeaderFailedAt,
+	broker.HeaderError,
+	broker.HeaderAttempts,
+	broker.HeaderSource,
+	broker.HeaderPermanent,
+	broker.HeaderFailedAt,
 	HeaderTopic,
 	HeaderPartition,
 	HeaderOffset,
@@ -91,7 +90,7 @@ func encodeHeaders(hs []kafkago.Header) []byte {
 }
 
 func TestHeaderEncodingRoundTrips(t *testing.T) {
-	hs := []kafkago.Header{{Key: consumer.HeaderError, Value: []byte("boom")}, {Key: "k", Value: nil}, {Key: "k", Value: []byte{}}}
+	hs := []kafkago.Header{{Key: broker.HeaderError, Value: []byte("boom")}, {Key: "k", Value: nil}, {Key: "k", Value: []byte{}}}
 	got := decodeHeaders(encodeHeaders(hs))
 	if len(got) != len(hs) {
 		t.Fatalf("decodeHeaders(encodeHeaders(%v)) = %v", hs, got)
@@ -114,7 +113,7 @@ func FuzzHeaders(f *testing.F) {
 		{{Key: "trace", Value: []byte("00-abc-01")}},
 		{{Key: "k", Value: []byte("1")}, {Key: "k", Value: []byte("2")}},
 		{{Key: "", Value: nil}, {Key: "k", Value: []byte{}}},
-		{{Key: consumer.HeaderError, Value: []byte("forged")}, {Key: consumer.HeaderAttempts, Value: []byte("-1")}},
+		{{Key: broker.HeaderError, Value: []byte("forged")}, {Key: broker.HeaderAttempts, Value: []byte("-1")}},
 		{{Key: HeaderPartition, Value: []byte("x")}, {Key: HeaderOffset, Value: []byte("\xff\xfe")}},
 		{{Key: "\xff", Value: []byte("\x00")}},
 	} {
@@ -151,7 +150,7 @@ func FuzzHeaders(f *testing.F) {
 		}
 
 		// A dead letter's headers, as DeadLetter builds them.
-		reason := consumer.Reason{Err: errText, Attempts: attempts, Source: source, Permanent: permanent}
+		reason := broker.Reason{Err: errText, Attempts: attempts, Source: source, Permanent: permanent}
 		if unix != 0 {
 			reason.Time = time.Unix(unix%(1<<40), 0)
 		}
@@ -168,8 +167,8 @@ func FuzzHeaders(f *testing.F) {
 				t.Fatalf("dead letter of headers %v with reason %+v: %s = %q; want %q", hs, reason, k, back[k], v)
 			}
 		}
-		if a, err := strconv.Atoi(back[consumer.HeaderAttempts]); err != nil || a != attempts {
-			t.Fatalf("dead letter: %s = %q; want %d", consumer.HeaderAttempts, back[consumer.HeaderAttempts], attempts)
+		if a, err := strconv.Atoi(back[broker.HeaderAttempts]); err != nil || a != attempts {
+			t.Fatalf("dead letter: %s = %q; want %d", broker.HeaderAttempts, back[broker.HeaderAttempts], attempts)
 		}
 		if p, err := strconv.Atoi(back[HeaderPartition]); err != nil || p != partition {
 			t.Fatalf("dead letter: %s = %q; want %d", HeaderPartition, back[HeaderPartition], partition)
@@ -178,8 +177,8 @@ func FuzzHeaders(f *testing.F) {
 			t.Fatalf("dead letter: %s = %q; want %d", HeaderOffset, back[HeaderOffset], offset)
 		}
 		for k, v := range want {
-			if _, ours := h[k]; ours && k != consumer.HeaderError && k != consumer.HeaderAttempts && k != consumer.HeaderSource &&
-				k != consumer.HeaderPermanent && k != consumer.HeaderFailedAt && k != HeaderTopic && k != HeaderPartition && k != HeaderOffset {
+			if _, ours := h[k]; ours && k != broker.HeaderError && k != broker.HeaderAttempts && k != broker.HeaderSource &&
+				k != broker.HeaderPermanent && k != broker.HeaderFailedAt && k != HeaderTopic && k != HeaderPartition && k != HeaderOffset {
 				if back[k] != v {
 					t.Fatalf("dead letter of headers %v: the record's own header %q = %q; want %q kept", hs, k, back[k], v)
 				}

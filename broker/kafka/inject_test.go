@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware/correlation"
@@ -22,10 +23,10 @@ func TestPublisherInjectCarriesContextToTheHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	hdr := map[string]string{"kind": "order"}
 	ctx := correlation.WithID(context.Background(), "req-42")
-	if err := pub.Publish(ctx, &consumer.Message{Key: []byte("k"), Body: []byte("b"), Header: hdr}); err != nil {
+	if err := pub.Publish(ctx, &broker.Message{Key: []byte("k"), Body: []byte("b"), Header: hdr}); err != nil {
 		t.Fatal(err)
 	}
 	if len(hdr) != 1 {
@@ -34,7 +35,7 @@ func TestPublisherInjectCarriesContextToTheHandler(t *testing.T) {
 
 	var mu sync.Mutex
 	var got map[string]string
-	startMember(t, newSource(t, e.config(topic, "inject-group")), consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	startMember(t, newSource(t, e.config(topic, "inject-group")), consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		mu.Lock()
 		got = m.Header
 		mu.Unlock()

@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/goleak"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -98,13 +99,13 @@ func (e *env) produce(t testing.TB, topic string, from, n int, key func(i int) s
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
+	defer p.Close(context.Background())
 	const chunk = 5000
 	for i := from; i < from+n; i += chunk {
 		end := min(i+chunk, from+n)
-		msgs := make([]*consumer.Message, 0, end-i)
+		msgs := make([]*broker.Message, 0, end-i)
 		for j := i; j < end; j++ {
-			msgs = append(msgs, &consumer.Message{Key: []byte(key(j)), Body: []byte(strconv.Itoa(j))})
+			msgs = append(msgs, &broker.Message{Key: []byte(key(j)), Body: []byte(strconv.Itoa(j))})
 		}
 		if err := p.Publish(context.Background(), msgs...); err != nil {
 			t.Fatalf("Publish: %v", err)

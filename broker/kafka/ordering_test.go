@@ -10,6 +10,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -88,7 +89,7 @@ func TestByKeyKeepsPerKeyOrderAndNeverCommitsPastUnfinishedWork(t *testing.T) {
 		errs       []string
 		done       int
 	)
-	h := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		i, _ := strconv.Atoi(string(m.Body))
 		k := string(m.Key)
 		p, off := idOffset(m.ID)
@@ -169,7 +170,7 @@ func TestByPartitionRunsOneRecordPerPartitionInOffsetOrder(t *testing.T) {
 		errs    []string
 		done    int
 	)
-	h := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		p, off := idOffset(m.ID)
 		mu.Lock()
 		if running[p] {

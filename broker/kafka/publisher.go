@@ -6,9 +6,8 @@ import (
 	"maps"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	kafkago "github.com/segmentio/kafka-go"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // PublisherConfig configures a Publisher. Brokers is required; every other
@@ -130,7 +129,7 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 //
 // ctx bounds the whole call. On error, some messages may have been written:
 // a kafkago.WriteErrors value (see errors.As) says which failed.
-func (p *Publisher) Publish(ctx context.Context, msgs ...*consumer.Message) error {
+func (p *Publisher) Publish(ctx context.Context, msgs ...*broker.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
@@ -159,7 +158,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...*consumer.Message) erro
 }
 
 // Close flushes pending writes and releases connections. It is idempotent.
-func (p *Publisher) Close() error {
+func (p *Publisher) Close(ctx context.Context) error {
 	err := p.w.Close() // idempotent in kafka-go
 	// The Writer closes only transports it created itself.
 	p.t.CloseIdleConnections()

@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -41,7 +42,7 @@ func TestTwoMembersOneShutDownMidRunLosesNothingAndDuplicatesNothing(t *testing.
 	e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i%997) })
 
 	l := newLedger()
-	h := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		time.Sleep(100 * time.Microsecond)
 		l.add(m.ID)
 		return nil
@@ -189,7 +190,7 @@ func TestVanishedMemberPartitionsAreTakenOverAfterSessionTimeout(t *testing.T) {
 
 	all, byA, byB := newLedger(), newLedger(), newLedger()
 	handler := func(own *ledger) consumer.Handler {
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			time.Sleep(100 * time.Microsecond)
 			own.add(m.ID)
 			all.add(m.ID)
@@ -320,8 +321,8 @@ func TestDeliveryOutlivingItsGenerationIsFencedAndNotCommitted(t *testing.T) {
 	cfg.DrainTimeout = 300 * time.Millisecond
 	src := newSource(t, cfg)
 	rebalanced := make(chan error, 4)
-	src.SetEventHook(func(ev consumer.Event) {
-		if ev.Kind == consumer.EventRebalanced {
+	src.SetEventHook(func(ev broker.Event) {
+		if ev.Kind == broker.EventRebalanced {
 			select {
 			case rebalanced <- ev.Err:
 			default:
@@ -339,7 +340,7 @@ func TestDeliveryOutlivingItsGenerationIsFencedAndNotCommitted(t *testing.T) {
 	// A second member joins: the first one's generation ends, the drain
 	// budget passes with `held` unsettled.
 	l := newLedger()
-	b := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	b := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		l.add(m.ID)
 		return nil
 	}))
@@ -351,10 +352,10 @@ func TestDeliveryOutlivingItsGenerationIsFencedAndNotCommitted(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("no rebalance event")
 	}
-	if err := held.Ack(ctx); !errors.Is(err, consumer.ErrStaleDelivery) {
+	if err := held.Ack(ctx); !errors.Is(err, broker.ErrStaleDelivery) {
 		t.Fatalf("Ack after the generation ended = %v; want ErrStaleDelivery", err)
 	}
-	if err := src.Close(); err != nil {
+	if err := src.Close(context.Background()); err != nil {
 		t.Errorf("Close: %v", err)
 	}
 	waitFor(t, "member B to take every partition and handle all", 20*time.Second, func() bool { return l.distinct() == 40 })

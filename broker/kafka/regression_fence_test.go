@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -27,7 +28,7 @@ func TestHandlerOutlivingTheDrainBudgetIsCancelledAndDoesNotOverlapTheNewOwner(t
 	cancelledAtFence := make(chan bool, 1)
 	var once sync.Once
 	h := func(who string) consumer.HandlerFunc {
-		return func(ctx context.Context, m *consumer.Message) error {
+		return func(ctx context.Context, m *broker.Message) error {
 			mu.Lock()
 			running[string(m.Key)]++
 			if running[string(m.Key)] > 1 {

@@ -16,6 +16,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -109,7 +110,7 @@ func TestIssue9ReviewTopicRecreatedWhileRecordsWaitForReceiveDoesNotStall(t *tes
 			blocked, release = make(chan struct{}), make(chan struct{})
 		)
 		src := newSource(t, cfg)
-		startMember(t, src, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+		startMember(t, src, consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 			if string(m.Body) == "p0-0" {
 				once.Do(func() { close(blocked); <-release })
 			}
@@ -161,7 +162,7 @@ func TestIssue9ReviewTopicRecreatedWhileRecordsWaitForReceiveDoesNotStall(t *tes
 			seen = map[string]bool{}
 		)
 		src := newSource(t, cfg)
-		m := startMember(t, src, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+		m := startMember(t, src, consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 			mu.Lock()
 			seen[string(m.Body)] = true
 			mu.Unlock()
@@ -240,7 +241,7 @@ func TestIssue9ReviewCommittedPastTheLastStableOffsetIsNotAReset(t *testing.T) {
 		mu   sync.Mutex
 		seen = map[string]bool{}
 	)
-	handler := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	handler := consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		mu.Lock()
 		seen[string(m.Body)] = true
 		mu.Unlock()
@@ -336,7 +337,7 @@ func TestIssue9ReviewAbortedTransactionSpanningFetchResponsesIsSkipped(t *testin
 				mu  sync.Mutex
 				got []string
 			)
-			m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+			m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *broker.Message) error {
 				mu.Lock()
 				got = append(got, string(msg.Body[:min(len(msg.Body), 8)]))
 				mu.Unlock()
@@ -413,7 +414,7 @@ func TestIssue9ReviewUnwritableDeadLetterNamesTheLimitThatRefusedIt(t *testing.T
 			var mu sync.Mutex
 			src := newSource(t, cfg)
 			startMember(t, src, bigPoison(&mu, map[string]bool{}))
-			var st consumer.SourceStatus
+			var st broker.Status
 			waitFor(t, "Status().Err to report the dead letter", 30*time.Second, func() bool {
 				st = src.Status()
 				return errors.Is(st.Err, kafka.ErrDeadLetterUnwritable)
@@ -452,7 +453,7 @@ func TestIssue9ReviewMissingTopicDoesNotStormTheGroup(t *testing.T) {
 				seen = map[string]bool{}
 			)
 			src := newSource(t, cfg)
-			startMember(t, src, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+			startMember(t, src, consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 				mu.Lock()
 				seen[string(m.Body)] = true
 				mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
@@ -85,7 +86,7 @@ func TestIssue9PartitionsAddedWhileTheGroupRunsAreConsumed(t *testing.T) {
 		bodies = map[string]bool{}
 	)
 	cfg := e.config(topic, group)
-	startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		mu.Lock()
 		bodies[string(m.Body)] = true
 		mu.Unlock()
@@ -194,7 +195,7 @@ func TestIssue9FinalCommitIsRetriedOnRetriableErrors(t *testing.T) {
 	cfg := e.config(topic, group)
 	cfg.CommitInterval = time.Hour // only the final commit commits
 	first := newLedger()
-	a := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	a := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		first.add(m.ID)
 		return nil
 	}))
@@ -207,7 +208,7 @@ func TestIssue9FinalCommitIsRetriedOnRetriableErrors(t *testing.T) {
 	t.Logf("injected %d failed commits at Close; committed %v; end %v", failed(), committed, end)
 
 	second := newLedger()
-	startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		second.add(m.ID)
 		return nil
 	}))
@@ -274,15 +275,15 @@ func TestIssue9TopicRecreatedWhileARecordIsInFlightLosesNothing(t *testing.T) {
 		once     sync.Once
 		staleErr error
 	)
-	obs := consumer.WithObserver(func(m *consumer.Message, s consumer.Settlement, err error) {
-		if err != nil && errors.Is(err, consumer.ErrStaleDelivery) {
+	obs := consumer.WithObserver(func(m *broker.Message, s consumer.Settlement, err error) {
+		if err != nil && errors.Is(err, broker.ErrStaleDelivery) {
 			mu.Lock()
 			staleErr = err
 			mu.Unlock()
 		}
 	})
 	src := newSource(t, cfg)
-	startMember(t, src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	startMember(t, src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		first := false
 		once.Do(func() { first = true })
 		if first {
@@ -315,9 +316,9 @@ func TestIssue9TopicRecreatedWhileARecordIsInFlightLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	for i := range fresh {
-		if err := pub.Publish(context.Background(), &consumer.Message{Key: []byte("same"), Body: []byte("new-" + itoa(i))}); err != nil {
+		if err := pub.Publish(context.Background(), &broker.Message{Key: []byte("same"), Body: []byte("new-" + itoa(i))}); err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
 	}
@@ -393,10 +394,10 @@ func (e *env) produceBig(t testing.TB, topic string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
+	defer p.Close(context.Background())
 	body := []byte("big" + strings.Repeat("x", 2<<20))
 	for i := range 10 {
-		m := &consumer.Message{Key: []byte("one"), Body: []byte("small-" + itoa(i))}
+		m := &broker.Message{Key: []byte("one"), Body: []byte("small-" + itoa(i))}
 		if i == 1 {
 			m.Body = body
 		}
@@ -408,7 +409,7 @@ func (e *env) produceBig(t testing.TB, topic string) {
 
 // bigPoison fails the big record for good and counts the others.
 func bigPoison(mu *sync.Mutex, small map[string]bool) consumer.Handler {
-	return consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) error {
+	return consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
 		if strings.HasPrefix(string(m.Body), "big") {
 			return retry.Permanent(errors.New("cannot handle this record"))
 		}
@@ -478,7 +479,7 @@ func TestIssue9DeadLetterThatCannotBeWrittenIsLoud(t *testing.T) {
 			mu.Unlock()
 		}
 	}))
-	var status consumer.SourceStatus
+	var status broker.Status
 	waitFor(t, "the source to report the dead letter it cannot write", 20*time.Second, func() bool {
 		status = src.Status()
 		mu.Lock()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -54,7 +55,7 @@ func consumeAll(t *testing.T, e *env, cfg kafka.Config, want int) []string {
 		mu     sync.Mutex
 		bodies []string
 	)
-	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+	m := startMember(t, newSource(t, cfg), consumer.HandlerFunc(func(_ context.Context, msg *broker.Message) error {
 		mu.Lock()
 		bodies = append(bodies, string(msg.Body))
 		mu.Unlock()

@@ -9,6 +9,7 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -41,7 +42,7 @@ func TestCommittedOffsetBeyondTheEndIsReset(t *testing.T) {
 	t.Logf("committed before start: %v", e.committed(t, group, topic))
 	e.produce(t, topic, 0, 40, func(i int) string { return "k" + strconv.Itoa(i) })
 	l := newLedger()
-	m := startMember(t, newSource(t, e.config(topic, group)), consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+	m := startMember(t, newSource(t, e.config(topic, group)), consumer.HandlerFunc(func(_ context.Context, msg *broker.Message) error {
 		l.add(msg.ID)
 		return nil
 	}))

@@ -23,7 +23,7 @@ func TestByKeyWindowPastAnUnfinishedRecordIsBounded(t *testing.T) {
 	cfg.Ordering = kafka.ByKey
 	cfg.MaxInFlight = 8
 	src := newSource(t, cfg)
-	defer src.Close()
+	defer src.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	first, err := src.Receive(ctx)

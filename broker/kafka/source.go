@@ -15,12 +15,12 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka/internal/offsets"
-	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
 )
 
-// ErrRebalance is wrapped by the Err of the consumer.EventRebalanced event a
+// ErrRebalance is wrapped by the Err of the broker.EventRebalanced event a
 // Source emits when a generation of its consumer group ended (a member joined
 // or left, or the coordinator moved). The Source drains, commits and rejoins
 // by itself. The error text says how many in-flight records finished during
@@ -68,7 +68,7 @@ type Source struct {
 	fetchCli *kafkago.Client
 	addr     net.Addr
 	seed     maphash.Seed
-	hook     atomic.Pointer[func(consumer.Event)]
+	hook     atomic.Pointer[func(broker.Event)]
 
 	// The group and the run goroutine are created once by start. They are
 	// written before startOnce.Do returns and only read after it.
@@ -85,7 +85,7 @@ type Source struct {
 	mu        sync.Mutex
 	ready     []*record // records whose lane is free, waiting for Receive
 	closed    bool
-	status    consumer.SourceStatus
+	status    broker.Status
 	gen       *generation // the current generation, or nil
 	notify    chan struct{}
 	closedCh  chan struct{}
@@ -144,7 +144,7 @@ func NewSource(cfg Config) (*Source, error) {
 		notify:     make(chan struct{}, 1),
 		closedCh:   make(chan struct{}),
 		closeDone:  make(chan struct{}),
-		status:     consumer.SourceStatus{Err: errors.New("kafka: not joined yet")},
+		status:     broker.Status{Err: errors.New("kafka: not joined yet")},
 		unwritable: make(map[*record]error),
 		partCount:  -1,
 	}, nil
@@ -171,7 +171,7 @@ func errorLogger(l *slog.Logger) func(string, ...any) {
 // SetEventHook implements consumer.EventSource. The hook is called from the
 // Source's goroutines, never while a lock is held, and never after Close
 // returned.
-func (s *Source) SetEventHook(f func(consumer.Event)) {
+func (s *Source) SetEventHook(f func(broker.Event)) {
 	if f == nil {
 		s.hook.Store(nil)
 		return
@@ -179,9 +179,9 @@ func (s *Source) SetEventHook(f func(consumer.Event)) {
 	s.hook.Store(&f)
 }
 
-func (s *Source) emit(kind consumer.EventKind, err error) {
+func (s *Source) emit(kind broker.EventKind, err error) {
 	if f := s.hook.Load(); f != nil {
-		(*f)(consumer.Event{Kind: kind, Err: err, Time: time.Now()})
+		(*f)(broker.Event{Kind: kind, Err: err, Time: time.Now()})
 	}
 }
 
@@ -191,7 +191,7 @@ func (s *Source) emit(kind consumer.EventKind, err error) {
 // topic does not exist (or its partitions cannot be read), or one wrapping
 // ErrDeadLetterUnwritable while records wait for a dead-letter write that
 // retrying cannot fix (their partitions do not move meanwhile).
-func (s *Source) Status() consumer.SourceStatus {
+func (s *Source) Status() broker.Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.status
@@ -231,7 +231,7 @@ func (s *Source) start() {
 		ErrorLogger: kafkago.LoggerFunc(errorLogger(cfg.Logger)),
 	})
 	if err != nil {
-		s.startErr = consumer.Fatal(fmt.Errorf("kafka: consumer group: %w", err))
+		s.startErr = broker.Fatal(fmt.Errorf("kafka: consumer group: %w", err))
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -266,7 +266,7 @@ func (s *Source) run(ctx context.Context) {
 				return
 			}
 			s.mu.Lock()
-			s.status = consumer.SourceStatus{Err: err}
+			s.status = broker.Status{Err: err}
 			s.mu.Unlock()
 			if errors.Is(err, kafkago.RebalanceInProgress) {
 				// Another member joined or left while this one was joining:
@@ -275,7 +275,7 @@ func (s *Source) run(ctx context.Context) {
 			} else {
 				s.log.Warn("kafka: joining the consumer group failed; retrying", "error", err)
 			}
-			s.emit(consumer.EventReconnecting, err)
+			s.emit(broker.EventReconnecting, err)
 			continue // the group backs off by itself
 		}
 		s.serve(kg)
@@ -363,10 +363,10 @@ func (s *Source) serve(kg *kafkago.Generation) {
 	}
 	s.mu.Lock()
 	s.gen = g
-	s.status = consumer.SourceStatus{Connected: true}
+	s.status = broker.Status{Connected: true}
 	s.mu.Unlock()
 	s.log.Info("kafka: generation started", "generation", kg.ID, "member", kg.MemberID, "partitions", ids)
-	s.emit(consumer.EventConnected, nil)
+	s.emit(broker.EventConnected, nil)
 
 	// Every function started here returns when the generation ends;
 	// kafka-go waits for all of them before it rejoins or leaves, which is
@@ -733,7 +733,7 @@ func (g *generation) drain() {
 	if !closing {
 		// EventRebalanced, not EventReconnecting: the connection is fine,
 		// the group moved partitions (metrics count the two apart).
-		s.emit(consumer.EventRebalanced, fmt.Errorf("%w: generation %d ended (%d in flight finished, %d fenced)",
+		s.emit(broker.EventRebalanced, fmt.Errorf("%w: generation %d ended (%d in flight finished, %d fenced)",
 			ErrRebalance, g.kg.ID, waiting-fenced, fenced))
 	}
 }
@@ -879,7 +879,7 @@ func (g *generation) commitWith(send func(offs map[int]int64) error) error {
 
 // Receive implements consumer.Source. It returns the next record whose lane
 // is free: never a record while an earlier record of its lane is unsettled.
-func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
+func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 	s.startOnce.Do(s.start)
 	if s.startErr != nil {
 		return nil, s.startErr
@@ -888,7 +888,7 @@ func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			return nil, consumer.ErrSourceClosed
+			return nil, broker.ErrSourceClosed
 		}
 		if len(s.ready) > 0 {
 			rec := s.ready[0]
@@ -926,7 +926,7 @@ func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
 // JoinGroup before it notices the close, so Close can then take up to
 // Timeout + RebalanceTimeout (35 s with the defaults; lower RebalanceTimeout
 // to bound it). It is idempotent.
-func (s *Source) Close() error {
+func (s *Source) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -942,11 +942,11 @@ func (s *Source) Close() error {
 		s.group.Close() // ends the generation: drain and final commit, then LeaveGroup
 		<-s.runDone
 	}
-	err := s.dlt.Close()
+	err := s.dlt.Close(ctx)
 	s.lagTr.CloseIdleConnections()
 	s.fetchTr.CloseIdleConnections()
 	s.mu.Lock()
-	s.status = consumer.SourceStatus{Err: consumer.ErrSourceClosed}
+	s.status = broker.Status{Err: broker.ErrSourceClosed}
 	s.ready = nil
 	s.mu.Unlock()
 	close(s.closeDone)

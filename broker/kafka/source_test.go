@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -17,7 +18,7 @@ func TestSourceHandlesEveryRecordOnceAndCommitsEndOffsets(t *testing.T) {
 
 	l := newLedger()
 	src := newSource(t, e.config(topic, "g-basic"))
-	m := startMember(t, src, consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) error {
+	m := startMember(t, src, consumer.HandlerFunc(func(_ context.Context, msg *broker.Message) error {
 		l.add(msg.ID)
 		return nil
 	}), consumer.WithConcurrency(8))

@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/broker"
 )
 
 // ErrBrokerClosed is returned by Publish and Source after Broker.Close.
@@ -89,12 +89,12 @@ func (b *Broker) queue(name string) *queue {
 // The copy's Topic is queue; its ID is "<queue>-<n>" (n counting from 1) if
 // m.ID is empty, and its Time is now if m.Time is zero. m.Attempt is ignored.
 // Publish returns ctx's error if ctx is done, and ErrBrokerClosed after Close.
-func (b *Broker) Publish(ctx context.Context, queue string, m consumer.Message) error {
+func (b *Broker) Publish(ctx context.Context, queue string, m broker.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if queue == "" {
-		return fmt.Errorf("memory: publish: %w: empty queue name", consumer.ErrInvalidConfig)
+		return fmt.Errorf("memory: publish: %w: empty queue name", broker.ErrInvalidConfig)
 	}
 	e := &entry{msg: copyMessage(&m)}
 	e.msg.Topic = queue
@@ -138,14 +138,14 @@ func (b *Broker) Stats(queue string) QueueStats {
 // order they were dead-lettered, with the reason in their headers (see
 // consumer.Reason.Header). It is a record kept by the broker: consuming
 // DeadLetterQueue(queue) does not change it.
-func (b *Broker) DeadLetters(queue string) []consumer.Message {
+func (b *Broker) DeadLetters(queue string) []broker.Message {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	q := b.queues[queue]
 	if q == nil {
 		return nil
 	}
-	out := make([]consumer.Message, len(q.dead))
+	out := make([]broker.Message, len(q.dead))
 	for i := range q.dead {
 		out[i] = copyMessage(&q.dead[i])
 	}
@@ -182,7 +182,7 @@ func (b *Broker) Close() error {
 	}
 	b.mu.Unlock()
 	for _, s := range srcs {
-		s.Close()
+		s.Close(context.Background())
 	}
 	return nil
 }
@@ -204,7 +204,7 @@ func (b *Broker) settleDelay(ctx context.Context) error {
 }
 
 // copyMessage returns a deep copy of m. Key and Body share one allocation.
-func copyMessage(m *consumer.Message) consumer.Message {
+func copyMessage(m *broker.Message) broker.Message {
 	c := *m
 	if n := len(m.Key) + len(m.Body); n > 0 {
 		buf := make([]byte, n)

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // wait bounds every wait for something that should happen.
@@ -22,20 +22,20 @@ func newSource(t *testing.T, b *memory.Broker, queue string, prefetch int) *memo
 	if err != nil {
 		t.Fatalf("Source(%q, Prefetch %d) = %v", queue, prefetch, err)
 	}
-	t.Cleanup(func() { src.Close() })
+	t.Cleanup(func() { src.Close(context.Background()) })
 	return src
 }
 
 func publish(t *testing.T, b *memory.Broker, queue string, bodies ...string) {
 	t.Helper()
 	for _, body := range bodies {
-		if err := b.Publish(context.Background(), queue, consumer.Message{Body: []byte(body)}); err != nil {
+		if err := b.Publish(context.Background(), queue, broker.Message{Body: []byte(body)}); err != nil {
 			t.Fatalf("Publish(%q, %q) = %v", queue, body, err)
 		}
 	}
 }
 
-func receive(t *testing.T, src *memory.Source) consumer.Delivery {
+func receive(t *testing.T, src *memory.Source) broker.Delivery {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
@@ -75,11 +75,11 @@ func TestInvalidConfig(t *testing.T) {
 		queue    string
 		prefetch int
 	}{{"q", -1}, {"", 1}} {
-		if _, err := b.Source(tc.queue, memory.SourceConfig{Prefetch: tc.prefetch}); !errors.Is(err, consumer.ErrInvalidConfig) {
+		if _, err := b.Source(tc.queue, memory.SourceConfig{Prefetch: tc.prefetch}); !errors.Is(err, broker.ErrInvalidConfig) {
 			t.Errorf("Source(%q, Prefetch %d) = %v; want an error wrapping ErrInvalidConfig", tc.queue, tc.prefetch, err)
 		}
 	}
-	if err := b.Publish(context.Background(), "", consumer.Message{}); !errors.Is(err, consumer.ErrInvalidConfig) {
+	if err := b.Publish(context.Background(), "", broker.Message{}); !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Errorf("Publish to an empty queue name = %v; want an error wrapping ErrInvalidConfig", err)
 	}
 }
@@ -87,7 +87,7 @@ func TestInvalidConfig(t *testing.T) {
 func TestPublishAssignsIDTopicAndTime(t *testing.T) {
 	b := memory.NewBroker()
 	publish(t, b, "q", "a", "b")
-	if err := b.Publish(context.Background(), "q", consumer.Message{ID: "mine", Body: []byte("c"), Attempt: 7}); err != nil {
+	if err := b.Publish(context.Background(), "q", broker.Message{ID: "mine", Body: []byte("c"), Attempt: 7}); err != nil {
 		t.Fatal(err)
 	}
 	src := newSource(t, b, "q", 3)
@@ -100,14 +100,14 @@ func TestPublishAssignsIDTopicAndTime(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := b.Publish(ctx, "q", consumer.Message{}); !errors.Is(err, context.Canceled) {
+	if err := b.Publish(ctx, "q", broker.Message{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Publish with a cancelled context = %v; want context.Canceled", err)
 	}
 }
 
 func TestMessagesAreCopied(t *testing.T) {
 	b := memory.NewBroker()
-	m := consumer.Message{Key: []byte("k"), Body: []byte("body"), Header: map[string]string{"h": "v"}}
+	m := broker.Message{Key: []byte("k"), Body: []byte("body"), Header: map[string]string{"h": "v"}}
 	if err := b.Publish(context.Background(), "q", m); err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestPrefetchBoundsOutstandingDeliveries(t *testing.T) {
 			publish(t, b, "q", "1", "2", "3", "4", "5")
 			src := newSource(t, b, "q", prefetch)
 			want := max(prefetch, 1)
-			var ds []consumer.Delivery
+			var ds []broker.Delivery
 			for range want {
 				ds = append(ds, receive(t, src))
 			}
@@ -147,7 +147,7 @@ func TestPrefetchBoundsOutstandingDeliveries(t *testing.T) {
 				t.Errorf("Stats = %+v; want Unacked %d, Ready %d", s, want, 5-want)
 			}
 			// A Receive blocked at the bound is woken by a settlement.
-			got := make(chan consumer.Delivery)
+			got := make(chan broker.Delivery)
 			go func() {
 				ctx, cancel := context.WithTimeout(context.Background(), wait)
 				defer cancel()
@@ -201,10 +201,10 @@ func TestSettlingTwiceIsAnError(t *testing.T) {
 	for name, f := range map[string]func(context.Context) error{
 		"Ack":          d.Ack,
 		"Requeue":      d.Requeue,
-		"DeadLetter":   func(ctx context.Context) error { return d.DeadLetter(ctx, consumer.Reason{}) },
-		"RequeueAfter": func(ctx context.Context) error { return d.(consumer.DelayedRequeuer).RequeueAfter(ctx, time.Second) },
+		"DeadLetter":   func(ctx context.Context) error { return d.DeadLetter(ctx, broker.Reason{}) },
+		"RequeueAfter": func(ctx context.Context) error { return d.(broker.DelayedRequeuer).RequeueAfter(ctx, time.Second) },
 	} {
-		if err := f(context.Background()); !errors.Is(err, consumer.ErrAlreadySettled) {
+		if err := f(context.Background()); !errors.Is(err, broker.ErrAlreadySettled) {
 			t.Errorf("%s after Ack = %v; want an error wrapping ErrAlreadySettled", name, err)
 		}
 	}
@@ -219,14 +219,14 @@ func TestCloseGivesBackOutstandingDeliveries(t *testing.T) {
 	src := newSource(t, b, "q", 3)
 	d1, d2, d3 := receive(t, src), receive(t, src), receive(t, src)
 	settle(t, "Ack", d2.Ack)
-	settle(t, "Close", func(context.Context) error { return src.Close() })
-	if err := d1.Ack(context.Background()); !errors.Is(err, consumer.ErrStaleDelivery) {
+	settle(t, "Close", func(context.Context) error { return src.Close(context.Background()) })
+	if err := d1.Ack(context.Background()); !errors.Is(err, broker.ErrStaleDelivery) {
 		t.Errorf("Ack after Close = %v; want ErrStaleDelivery", err)
 	}
-	if _, err := src.Receive(context.Background()); !errors.Is(err, consumer.ErrSourceClosed) {
+	if _, err := src.Receive(context.Background()); !errors.Is(err, broker.ErrSourceClosed) {
 		t.Errorf("Receive after Close = %v; want ErrSourceClosed", err)
 	}
-	if err := src.Close(); err != nil {
+	if err := src.Close(context.Background()); err != nil {
 		t.Errorf("second Close = %v; want nil", err)
 	}
 	_ = d3
@@ -269,10 +269,10 @@ func TestReceiveHonoursContextAndClose(t *testing.T) {
 	receive(t, src) // hold the only prefetch slot
 	go func() { _, err := src.Receive(context.Background()); errc <- err }()
 	time.Sleep(10 * time.Millisecond)
-	src.Close()
+	src.Close(context.Background())
 	select {
 	case err := <-errc:
-		if !errors.Is(err, consumer.ErrSourceClosed) {
+		if !errors.Is(err, broker.ErrSourceClosed) {
 			t.Errorf("blocked Receive after Close = %v; want ErrSourceClosed", err)
 		}
 	case <-time.After(wait):
@@ -282,14 +282,14 @@ func TestReceiveHonoursContextAndClose(t *testing.T) {
 
 type events struct {
 	mu sync.Mutex
-	ev []consumer.Event
+	ev []broker.Event
 }
 
-func (e *events) hook(ev consumer.Event) { e.mu.Lock(); e.ev = append(e.ev, ev); e.mu.Unlock() }
-func (e *events) kinds() []consumer.EventKind {
+func (e *events) hook(ev broker.Event) { e.mu.Lock(); e.ev = append(e.ev, ev); e.mu.Unlock() }
+func (e *events) kinds() []broker.EventKind {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var out []consumer.EventKind
+	var out []broker.EventKind
 	for _, ev := range e.ev {
 		out = append(out, ev.Kind)
 	}
@@ -306,9 +306,9 @@ func TestDropConnectionMakesDeliveriesStale(t *testing.T) {
 	src.DropConnection()
 	for name, f := range map[string]func(context.Context) error{
 		"Ack": d1.Ack, "Requeue": d2.Requeue,
-		"DeadLetter": func(ctx context.Context) error { return d1.DeadLetter(ctx, consumer.Reason{}) },
+		"DeadLetter": func(ctx context.Context) error { return d1.DeadLetter(ctx, broker.Reason{}) },
 	} {
-		if err := f(context.Background()); !errors.Is(err, consumer.ErrStaleDelivery) {
+		if err := f(context.Background()); !errors.Is(err, broker.ErrStaleDelivery) {
 			t.Errorf("%s after DropConnection = %v; want an error wrapping ErrStaleDelivery", name, err)
 		}
 	}
@@ -353,7 +353,7 @@ func TestCancelFailsReceiveUntilResume(t *testing.T) {
 	if _, err := src.Receive(context.Background()); !errors.Is(err, gone) {
 		t.Errorf("Receive after Cancel = %v; want an error wrapping the cancel error", err)
 	}
-	if err := d.Ack(context.Background()); !errors.Is(err, consumer.ErrStaleDelivery) {
+	if err := d.Ack(context.Background()); !errors.Is(err, broker.ErrStaleDelivery) {
 		t.Errorf("Ack of a delivery outstanding at Cancel = %v; want ErrStaleDelivery", err)
 	}
 	if st := src.Status(); st.Connected || !errors.Is(st.Err, gone) {
@@ -386,7 +386,7 @@ func TestPauseStopsDeliveriesUntilResume(t *testing.T) {
 
 func TestDeadLetterMovesTheMessageWithTheReason(t *testing.T) {
 	b := memory.NewBroker()
-	if err := b.Publish(context.Background(), "q", consumer.Message{Body: []byte("bad"), Header: map[string]string{"orig": "yes"}}); err != nil {
+	if err := b.Publish(context.Background(), "q", broker.Message{Body: []byte("bad"), Header: map[string]string{"orig": "yes"}}); err != nil {
 		t.Fatal(err)
 	}
 	src := newSource(t, b, "q", 1)
@@ -395,15 +395,15 @@ func TestDeadLetterMovesTheMessageWithTheReason(t *testing.T) {
 	d = receive(t, src)
 	at := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
 	settle(t, "DeadLetter", func(ctx context.Context) error {
-		return d.DeadLetter(ctx, consumer.Reason{Err: "boom", Attempts: 2, Source: "q", Time: at})
+		return d.DeadLetter(ctx, broker.Reason{Err: "boom", Attempts: 2, Source: "q", Time: at})
 	})
 	dead := b.DeadLetters("q")
 	if len(dead) != 1 {
 		t.Fatalf("DeadLetters = %d messages; want 1", len(dead))
 	}
 	want := map[string]string{
-		"orig": "yes", consumer.HeaderError: "boom", consumer.HeaderAttempts: "2",
-		consumer.HeaderSource: "q", consumer.HeaderPermanent: "false", consumer.HeaderFailedAt: "2024-05-06T07:08:09Z",
+		"orig": "yes", broker.HeaderError: "boom", broker.HeaderAttempts: "2",
+		broker.HeaderSource: "q", broker.HeaderPermanent: "false", broker.HeaderFailedAt: "2024-05-06T07:08:09Z",
 	}
 	for k, v := range want {
 		if dead[0].Header[k] != v {
@@ -421,8 +421,8 @@ func TestDeadLetterMovesTheMessageWithTheReason(t *testing.T) {
 	// The dead-letter queue is a real queue.
 	dlq := newSource(t, b, memory.DeadLetterQueue("q"), 1)
 	m := receive(t, dlq).Message()
-	if string(m.Body) != "bad" || m.Header[consumer.HeaderError] != "boom" || m.Attempt != 1 || m.Topic != "q.dlq" {
-		t.Errorf("from q.dlq received %q, error header %q, Attempt %d, Topic %q; want bad, boom, 1, q.dlq", m.Body, m.Header[consumer.HeaderError], m.Attempt, m.Topic)
+	if string(m.Body) != "bad" || m.Header[broker.HeaderError] != "boom" || m.Attempt != 1 || m.Topic != "q.dlq" {
+		t.Errorf("from q.dlq received %q, error header %q, Attempt %d, Topic %q; want bad, boom, 1, q.dlq", m.Body, m.Header[broker.HeaderError], m.Attempt, m.Topic)
 	}
 	if s := b.Stats("q"); s.DeadLettered != 1 || s.Ready != 0 || s.Unacked != 0 {
 		t.Errorf("Stats(q) = %+v; want DeadLettered 1 and nothing left", s)
@@ -438,7 +438,7 @@ func TestRequeueAfterReleasesPrefetchAndRedelivers(t *testing.T) {
 	src := newSource(t, b, "q", 1)
 	d := receive(t, src)
 	settle(t, "RequeueAfter", func(ctx context.Context) error {
-		return d.(consumer.DelayedRequeuer).RequeueAfter(ctx, 50*time.Millisecond)
+		return d.(broker.DelayedRequeuer).RequeueAfter(ctx, 50*time.Millisecond)
 	})
 	if s := b.Stats("q"); s.Delayed != 1 || s.Unacked != 0 {
 		t.Errorf("Stats during the delay = %+v; want Delayed 1, Unacked 0", s)
@@ -461,16 +461,16 @@ func TestBrokerCloseFlushesDelayedMessages(t *testing.T) {
 	src := newSource(t, b, "q", 1)
 	d := receive(t, src)
 	settle(t, "RequeueAfter", func(ctx context.Context) error {
-		return d.(consumer.DelayedRequeuer).RequeueAfter(ctx, time.Hour)
+		return d.(broker.DelayedRequeuer).RequeueAfter(ctx, time.Hour)
 	})
 	b.Close()
 	if s := b.Stats("q"); s.Ready != 1 || s.Delayed != 0 {
 		t.Errorf("Stats after Close = %+v; want the delayed message ready, none delayed", s)
 	}
-	if _, err := src.Receive(context.Background()); !errors.Is(err, consumer.ErrSourceClosed) {
+	if _, err := src.Receive(context.Background()); !errors.Is(err, broker.ErrSourceClosed) {
 		t.Errorf("Receive after Broker.Close = %v; want ErrSourceClosed", err)
 	}
-	if err := b.Publish(context.Background(), "q", consumer.Message{}); !errors.Is(err, memory.ErrBrokerClosed) {
+	if err := b.Publish(context.Background(), "q", broker.Message{}); !errors.Is(err, memory.ErrBrokerClosed) {
 		t.Errorf("Publish after Close = %v; want ErrBrokerClosed", err)
 	}
 	if _, err := b.Source("q", memory.SourceConfig{}); !errors.Is(err, memory.ErrBrokerClosed) {
@@ -504,7 +504,7 @@ func TestHookIsNotCalledAfterClose(t *testing.T) {
 	src := newSource(t, b, "q", 1)
 	var ev events
 	src.SetEventHook(ev.hook)
-	src.Close()
+	src.Close(context.Background())
 	src.DropConnection()
 	src.Cancel(nil)
 	if k := ev.kinds(); len(k) != 0 {
@@ -544,7 +544,7 @@ func TestConcurrentProducersAndConsumers(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range perPublisher {
-				if err := b.Publish(ctx, "q", consumer.Message{Body: []byte(fmt.Sprintf("%d-%d", p, i))}); err != nil {
+				if err := b.Publish(ctx, "q", broker.Message{Body: []byte(fmt.Sprintf("%d-%d", p, i))}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -569,7 +569,7 @@ func TestConcurrentProducersAndConsumers(t *testing.T) {
 					case i == 7 && m.Attempt < 3: // some messages fail twice
 						serr = d.Requeue(ctx)
 					case i == 9: // some are poison
-						serr = d.DeadLetter(ctx, consumer.Reason{Err: "poison", Attempts: m.Attempt})
+						serr = d.DeadLetter(ctx, broker.Reason{Err: "poison", Attempts: m.Attempt})
 					default:
 						serr = d.Ack(ctx)
 						mu.Lock()

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/brokertest"
 	"github.com/queuekit/queuekit/broker/memory"
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // TestConformance runs the public conformance suite against the memory
@@ -30,7 +30,7 @@ func TestConformance(t *testing.T) {
 			queue := fmt.Sprintf("conformance-%d", n.Add(1))
 			return brokertest.Fixture{
 				Destination: queue,
-				Publish: func(ctx context.Context, msgs ...consumer.Message) error {
+				Publish: func(ctx context.Context, msgs ...broker.Message) error {
 					for _, m := range msgs {
 						if err := b.Publish(ctx, queue, m); err != nil {
 							return err
@@ -38,14 +38,14 @@ func TestConformance(t *testing.T) {
 					}
 					return nil
 				},
-				NewSource: func(t *testing.T, prefetch int) consumer.Source {
+				NewSource: func(t *testing.T, prefetch int) broker.Source {
 					src, err := b.Source(queue, memory.SourceConfig{Prefetch: prefetch})
 					if err != nil {
 						t.Fatalf("Source(%q, prefetch %d) = %v", queue, prefetch, err)
 					}
 					return src
 				},
-				DeadLetters: func(ctx context.Context, t *testing.T, n int) []consumer.Message {
+				DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
 					for {
 						dead := b.DeadLetters(queue)
 						if len(dead) >= n {
@@ -58,7 +58,7 @@ func TestConformance(t *testing.T) {
 						}
 					}
 				},
-				MakeStale: func(t *testing.T, src consumer.Source) {
+				MakeStale: func(t *testing.T, src broker.Source) {
 					src.(*memory.Source).DropConnection()
 				},
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
@@ -18,7 +19,7 @@ func Example() {
 	ctx := context.Background()
 	b := memory.NewBroker()
 	for _, body := range []string{`{"id":1}`, `not json`, `{"id":2}`} {
-		if err := b.Publish(ctx, "orders", consumer.Message{Body: []byte(body)}); err != nil {
+		if err := b.Publish(ctx, "orders", broker.Message{Body: []byte(body)}); err != nil {
 			panic(err)
 		}
 	}
@@ -28,7 +29,7 @@ func Example() {
 		panic(err)
 	}
 	runCtx, stop := context.WithCancel(ctx)
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		var order struct{ ID int }
 		if err := json.Unmarshal(m.Body, &order); err != nil {
 			return retry.Permanent(errors.New("bad payload"))
@@ -48,7 +49,7 @@ func Example() {
 	}
 
 	for _, m := range b.DeadLetters("orders") {
-		fmt.Printf("dead letter %s: %s (permanent %s)\n", m.Body, m.Header[consumer.HeaderError], m.Header[consumer.HeaderPermanent])
+		fmt.Printf("dead letter %s: %s (permanent %s)\n", m.Body, m.Header[broker.HeaderError], m.Header[broker.HeaderPermanent])
 	}
 	s := b.Stats("orders")
 	fmt.Printf("published %d, acked %d, dead-lettered %d, left %d\n", s.Published, s.Acked, s.DeadLettered, s.Ready+s.Unacked)
@@ -64,14 +65,14 @@ func Example() {
 func ExampleSource_DropConnection() {
 	ctx := context.Background()
 	b := memory.NewBroker()
-	b.Publish(ctx, "jobs", consumer.Message{Body: []byte("job")})
+	b.Publish(ctx, "jobs", broker.Message{Body: []byte("job")})
 	src, _ := b.Source("jobs", memory.SourceConfig{})
-	defer src.Close()
+	defer src.Close(context.Background())
 
 	d, _ := src.Receive(ctx)
 	src.DropConnection()
 	err := d.Ack(ctx)
-	fmt.Println(errors.Is(err, consumer.ErrStaleDelivery))
+	fmt.Println(errors.Is(err, broker.ErrStaleDelivery))
 
 	d, _ = src.Receive(ctx)
 	fmt.Printf("%s attempt %d\n", d.Message().Body, d.Message().Attempt)

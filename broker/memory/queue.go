@@ -3,16 +3,16 @@ package memory
 import (
 	"time"
 
-	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/broker"
 )
 
 // entry is one stored message. The broker owns it: publishers and consumers
 // only ever see copies of msg, so neither can change what is redelivered.
 // All fields are guarded by Broker.mu.
 type entry struct {
-	msg        consumer.Message // Topic, ID and Time set; Attempt unused
-	deliveries int              // how many times it was handed out
-	timer      *time.Timer      // set while it waits out a RequeueAfter delay
+	msg        broker.Message // Topic, ID and Time set; Attempt unused
+	deliveries int            // how many times it was handed out
+	timer      *time.Timer    // set while it waits out a RequeueAfter delay
 }
 
 // queue is a named queue. All fields are guarded by Broker.mu.
@@ -29,7 +29,7 @@ type queue struct {
 	signal chan struct{}
 
 	delayed map[*entry]struct{} // entries waiting out a RequeueAfter delay
-	dead    []consumer.Message  // every message dead-lettered from this queue, in order
+	dead    []broker.Message    // every message dead-lettered from this queue, in order
 	stats   QueueStats          // counters; Ready, Unacked, Delayed are derived in Stats
 	unacked int
 	sources int

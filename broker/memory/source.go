@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/broker"
 )
 
 // ErrCancelled is the error of a subscription cancelled by Source.Cancel(nil).
@@ -46,7 +46,7 @@ type Source struct {
 	// hook under it, returns only after any running hook call returned. It
 	// is never held together with b.mu: a hook may call into the broker.
 	hookMu sync.Mutex
-	hook   func(consumer.Event)
+	hook   func(broker.Event)
 }
 
 // Source subscribes to queue, creating it on first use. It returns an error
@@ -55,9 +55,9 @@ type Source struct {
 func (b *Broker) Source(queue string, cfg SourceConfig) (*Source, error) {
 	switch {
 	case queue == "":
-		return nil, fmt.Errorf("memory: source: %w: empty queue name", consumer.ErrInvalidConfig)
+		return nil, fmt.Errorf("memory: source: %w: empty queue name", broker.ErrInvalidConfig)
 	case cfg.Prefetch < 0:
-		return nil, fmt.Errorf("memory: source: %w: prefetch %d, want >= 0", consumer.ErrInvalidConfig, cfg.Prefetch)
+		return nil, fmt.Errorf("memory: source: %w: prefetch %d, want >= 0", broker.ErrInvalidConfig, cfg.Prefetch)
 	}
 	s := &Source{b: b, prefetch: max(cfg.Prefetch, 1)}
 	s.out.next, s.out.prev = &s.out, &s.out
@@ -80,7 +80,7 @@ func (s *Source) Queue() string { return s.q.name }
 // returns ctx's error when ctx is done first (no message is taken then),
 // consumer.ErrSourceClosed after Close, and an error wrapping the Cancel
 // error while the subscription is cancelled.
-func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
+func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 	// Checked first so that a caller that is stopping does not take a
 	// message only to give it back, which would spend one of its attempts.
 	if err := ctx.Err(); err != nil {
@@ -92,7 +92,7 @@ func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
 		switch {
 		case s.closed:
 			b.mu.Unlock()
-			return nil, consumer.ErrSourceClosed
+			return nil, broker.ErrSourceClosed
 		case s.cancelErr != nil:
 			err := s.cancelErr
 			b.mu.Unlock()
@@ -155,7 +155,7 @@ func (s *Source) giveBack() {
 // settling one afterwards returns an error wrapping consumer.ErrStaleDelivery.
 // Receive returns consumer.ErrSourceClosed, and the event hook is not called
 // once Close has returned. Close is idempotent and returns nil.
-func (s *Source) Close() error {
+func (s *Source) Close(context.Context) error {
 	b := s.b
 	b.mu.Lock()
 	if !s.closed {
@@ -183,7 +183,7 @@ func (s *Source) Pause(context.Context) error {
 }
 
 // Resume undoes Pause, and also resubscribes a source cancelled by Cancel
-// (emitting consumer.EventConnected). It never fails.
+// (emitting broker.EventConnected). It never fails.
 func (s *Source) Resume(context.Context) error {
 	s.b.mu.Lock()
 	wasCancelled := s.cancelErr != nil && !s.closed
@@ -192,34 +192,34 @@ func (s *Source) Resume(context.Context) error {
 	s.q.wake()
 	s.b.mu.Unlock()
 	if wasCancelled {
-		s.emit(consumer.Event{Kind: consumer.EventConnected})
+		s.emit(broker.Event{Kind: broker.EventConnected})
 	}
 	return nil
 }
 
 // Status reports the source as connected unless it is closed or cancelled.
-func (s *Source) Status() consumer.SourceStatus {
+func (s *Source) Status() broker.Status {
 	s.b.mu.Lock()
 	defer s.b.mu.Unlock()
 	switch {
 	case s.closed:
-		return consumer.SourceStatus{Err: consumer.ErrSourceClosed}
+		return broker.Status{Err: broker.ErrSourceClosed}
 	case s.cancelErr != nil:
-		return consumer.SourceStatus{Err: s.cancelErr}
+		return broker.Status{Err: s.cancelErr}
 	}
-	return consumer.SourceStatus{Connected: true}
+	return broker.Status{Connected: true}
 }
 
 // SetEventHook sets the function the source calls with its events
 // (EventReconnecting, EventConnected, EventCancelled). It is called on the
 // goroutine that injected the fault, never with the broker's lock held.
-func (s *Source) SetEventHook(f func(consumer.Event)) {
+func (s *Source) SetEventHook(f func(broker.Event)) {
 	s.hookMu.Lock()
 	s.hook = f
 	s.hookMu.Unlock()
 }
 
-func (s *Source) emit(e consumer.Event) {
+func (s *Source) emit(e broker.Event) {
 	e.Time = time.Now()
 	s.hookMu.Lock()
 	defer s.hookMu.Unlock()
@@ -243,8 +243,8 @@ func (s *Source) DropConnection() {
 	s.giveBack()
 	s.q.wake()
 	s.b.mu.Unlock()
-	s.emit(consumer.Event{Kind: consumer.EventReconnecting, Err: ErrConnectionDropped})
-	s.emit(consumer.Event{Kind: consumer.EventConnected})
+	s.emit(broker.Event{Kind: broker.EventReconnecting, Err: ErrConnectionDropped})
+	s.emit(broker.Event{Kind: broker.EventConnected})
 }
 
 // Cancel simulates the broker cancelling the subscription (a deleted queue,
@@ -265,7 +265,7 @@ func (s *Source) Cancel(err error) {
 	}
 	// Emitted before Receive can see the cancellation, so that whoever
 	// handles Receive's error has seen the event first.
-	s.emit(consumer.Event{Kind: consumer.EventCancelled, Err: err})
+	s.emit(broker.Event{Kind: broker.EventCancelled, Err: err})
 	s.b.mu.Lock()
 	if !s.closed {
 		s.cancelErr = err
@@ -286,7 +286,7 @@ const (
 // consumer; the broker keeps the original in e. prev, next and state are
 // guarded by Broker.mu.
 type delivery struct {
-	msg        consumer.Message
+	msg        broker.Message
 	src        *Source
 	e          *entry
 	prev, next *delivery
@@ -294,27 +294,27 @@ type delivery struct {
 }
 
 var (
-	_ consumer.Source          = (*Source)(nil)
-	_ consumer.Pauser          = (*Source)(nil)
-	_ consumer.StatusReporter  = (*Source)(nil)
-	_ consumer.EventSource     = (*Source)(nil)
-	_ consumer.Delivery        = (*delivery)(nil)
-	_ consumer.DelayedRequeuer = (*delivery)(nil)
-	_ consumer.Releaser        = (*delivery)(nil)
+	_ broker.Source          = (*Source)(nil)
+	_ broker.Pauser          = (*Source)(nil)
+	_ broker.StatusReporter  = (*Source)(nil)
+	_ broker.EventSource     = (*Source)(nil)
+	_ broker.Delivery        = (*delivery)(nil)
+	_ broker.DelayedRequeuer = (*delivery)(nil)
+	_ broker.Releaser        = (*delivery)(nil)
 )
 
-func (d *delivery) Message() *consumer.Message { return &d.msg }
+func (d *delivery) Message() *broker.Message { return &d.msg }
 
 // Ack removes the message from the queue.
 func (d *delivery) Ack(ctx context.Context) error {
-	return d.settle(ctx, opAck, consumer.Reason{}, 0)
+	return d.settle(ctx, opAck, broker.Reason{}, 0)
 }
 
 // Requeue puts the message back at the head of the queue, where RabbitMQ
 // would put it back (its original position, for the oldest message), so that
 // it is the next to be delivered, with Attempt+1.
 func (d *delivery) Requeue(ctx context.Context) error {
-	return d.settle(ctx, opRequeue, consumer.Reason{}, 0)
+	return d.settle(ctx, opRequeue, broker.Reason{}, 0)
 }
 
 // Release gives back a delivery that no handler saw: the message goes back
@@ -323,7 +323,7 @@ func (d *delivery) Requeue(ctx context.Context) error {
 // delivery never handed to a handler keeps the message's place. The consumer
 // runtime calls it for deliveries that arrive as intake stops.
 func (d *delivery) Release(ctx context.Context) error {
-	return d.settle(ctx, opRelease, consumer.Reason{}, 0)
+	return d.settle(ctx, opRelease, broker.Reason{}, 0)
 }
 
 // RequeueAfter releases the delivery at once (it stops counting against
@@ -332,14 +332,14 @@ func (d *delivery) Release(ctx context.Context) error {
 // Requeue.
 func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error {
 	if delay <= 0 {
-		return d.settle(ctx, opRequeue, consumer.Reason{}, 0)
+		return d.settle(ctx, opRequeue, broker.Reason{}, 0)
 	}
-	return d.settle(ctx, opRequeueAfter, consumer.Reason{}, delay)
+	return d.settle(ctx, opRequeueAfter, broker.Reason{}, delay)
 }
 
 // DeadLetter moves the message to DeadLetterQueue(queue), with the reason in
 // its headers, and records it for Broker.DeadLetters.
-func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error {
+func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	return d.settle(ctx, opDeadLetter, reason, 0)
 }
 
@@ -351,7 +351,7 @@ const (
 	opRelease
 )
 
-func (d *delivery) settle(ctx context.Context, op int, reason consumer.Reason, delay time.Duration) error {
+func (d *delivery) settle(ctx context.Context, op int, reason broker.Reason, delay time.Duration) error {
 	s := d.src
 	b := s.b
 	if err := b.settleDelay(ctx); err != nil {
@@ -361,9 +361,9 @@ func (d *delivery) settle(ctx context.Context, op int, reason consumer.Reason, d
 	defer b.mu.Unlock()
 	switch d.state {
 	case stateSettled:
-		return fmt.Errorf("memory: message %s: %w", d.msg.ID, consumer.ErrAlreadySettled)
+		return fmt.Errorf("memory: message %s: %w", d.msg.ID, broker.ErrAlreadySettled)
 	case stateStale:
-		return fmt.Errorf("memory: message %s: %w", d.msg.ID, consumer.ErrStaleDelivery)
+		return fmt.Errorf("memory: message %s: %w", d.msg.ID, broker.ErrStaleDelivery)
 	}
 	d.state = stateSettled
 	s.release(d)

@@ -16,6 +16,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/retry"
@@ -252,8 +253,8 @@ type countingRecorder struct {
 	nanos                  atomic.Int64
 }
 
-func (r *countingRecorder) HandlerStarted(*consumer.Message) { r.inFlight.Add(1) }
-func (r *countingRecorder) HandlerDone(_ *consumer.Message, err error, d time.Duration) {
+func (r *countingRecorder) HandlerStarted(*broker.Message) { r.inFlight.Add(1) }
+func (r *countingRecorder) HandlerDone(_ *broker.Message, err error, d time.Duration) {
 	r.inFlight.Add(-1)
 	r.done.Add(1)
 	r.nanos.Add(int64(d))
@@ -277,7 +278,7 @@ func runQueuekit(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.
 	}
 	var count atomic.Int64
 	done := make(chan struct{})
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		benchWork(c.work)
 		if count.Add(1) == int64(n) {
 			close(done)
@@ -325,7 +326,7 @@ func runQueuekit(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.
 		}
 		<-done
 		elapsed, cpu = time.Since(start), cpuNow(t)-cpu0
-		_ = src.Close()
+		_ = src.Close(context.Background())
 		wg.Wait()
 		return elapsed, cpu
 	}

@@ -16,6 +16,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -104,7 +105,7 @@ func TestChaosCloseAllConnections(t *testing.T) {
 	// handlers running and deliveries prefetched.
 	work := max(time.Millisecond, 12*time.Second*concurrency/time.Duration(n))
 	var hold atomic.Pointer[chan struct{}]
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		cnt.add(m.ID)
 		if h := hold.Load(); h != nil {
 			select {
@@ -158,7 +159,7 @@ func TestChaosCloseAllConnections(t *testing.T) {
 	ready, unacked := queueCounts(t, q)
 	stale := 0
 	for _, err := range evs.errs(consumer.EventSettleFailed) {
-		if errors.Is(err, consumer.ErrStaleDelivery) {
+		if errors.Is(err, broker.ErrStaleDelivery) {
 			stale++
 		} else {
 			t.Errorf("settlement failed with a non-stale error: %v", err)

@@ -7,8 +7,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/brokertest"
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // TestConformance runs the public conformance suite (broker/brokertest)
@@ -68,10 +68,10 @@ func conformanceFixture(t *testing.T, typ string) brokertest.Fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = pub.Close() })
+	t.Cleanup(func() { _ = pub.Close(context.Background()) })
 	return brokertest.Fixture{
 		Destination: q,
-		Publish: func(ctx context.Context, msgs ...consumer.Message) error {
+		Publish: func(ctx context.Context, msgs ...broker.Message) error {
 			for _, m := range msgs {
 				h := amqp.Table{}
 				for k, v := range m.Header {
@@ -86,7 +86,7 @@ func conformanceFixture(t *testing.T, typ string) brokertest.Fixture {
 			}
 			return nil
 		},
-		NewSource: func(t *testing.T, prefetch int) consumer.Source {
+		NewSource: func(t *testing.T, prefetch int) broker.Source {
 			cfg := testConfig(q)
 			cfg.Prefetch = prefetch
 			cfg.Topology = topo
@@ -94,13 +94,13 @@ func conformanceFixture(t *testing.T, typ string) brokertest.Fixture {
 			if err != nil {
 				t.Fatalf("NewSource(prefetch %d) = %v", prefetch, err)
 			}
-			t.Cleanup(func() { _ = src.Close() })
+			t.Cleanup(func() { _ = src.Close(context.Background()) })
 			return src
 		},
-		DeadLetters: func(ctx context.Context, t *testing.T, n int) []consumer.Message {
+		DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
 			return readQueue(ctx, t, topo.DeadLetterQueue, n)
 		},
-		MakeStale: func(t *testing.T, src consumer.Source) {
+		MakeStale: func(t *testing.T, src broker.Source) {
 			dropConnection(t, src.(*Source))
 		},
 	}
@@ -108,7 +108,7 @@ func conformanceFixture(t *testing.T, typ string) brokertest.Fixture {
 
 // readQueue gets messages from q (without removing them: they are nacked
 // back when the channel closes) until it has n or ctx is done.
-func readQueue(ctx context.Context, t *testing.T, q string, n int) []consumer.Message {
+func readQueue(ctx context.Context, t *testing.T, q string, n int) []broker.Message {
 	t.Helper()
 	c, err := amqp.Dial(amqpURL())
 	if err != nil {
@@ -119,7 +119,7 @@ func readQueue(ctx context.Context, t *testing.T, q string, n int) []consumer.Me
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []consumer.Message
+	var out []broker.Message
 	for len(out) < n {
 		d, ok, err := ch.Get(q, false)
 		if err != nil {

@@ -11,9 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // DefaultURL is the URL used when a configuration leaves it empty.
@@ -49,19 +48,19 @@ func (d Dialer) validate() error {
 	raw := d.url()
 	uri, err := amqp.ParseURI(raw)
 	if err != nil {
-		return fmt.Errorf("%w: rabbitmq: URL %s: %v", consumer.ErrInvalidConfig, redactURL(raw), redactText(err.Error(), raw))
+		return fmt.Errorf("%w: rabbitmq: URL %s: %v", broker.ErrInvalidConfig, redactURL(raw), redactText(err.Error(), raw))
 	}
 	if uri.Scheme != "amqp" && uri.Scheme != "amqps" {
-		return fmt.Errorf("%w: rabbitmq: URL %s: scheme must be amqp or amqps", consumer.ErrInvalidConfig, redactURL(raw))
+		return fmt.Errorf("%w: rabbitmq: URL %s: scheme must be amqp or amqps", broker.ErrInvalidConfig, redactURL(raw))
 	}
 	if u, err := url.Parse(raw); err == nil && u.Opaque != "" {
 		// "amqp:user:pass@host" has no "//": net/url reads it as opaque,
 		// and amqp091 would dial its default, localhost:5672, as guest —
 		// another broker than the one named.
-		return fmt.Errorf("%w: rabbitmq: URL %s: missing \"//\" after the scheme (want amqp://user:pass@host:port/vhost)", consumer.ErrInvalidConfig, redactURL(raw))
+		return fmt.Errorf("%w: rabbitmq: URL %s: missing \"//\" after the scheme (want amqp://user:pass@host:port/vhost)", broker.ErrInvalidConfig, redactURL(raw))
 	}
 	if d.Heartbeat < 0 {
-		return fmt.Errorf("%w: rabbitmq: negative heartbeat %v", consumer.ErrInvalidConfig, d.Heartbeat)
+		return fmt.Errorf("%w: rabbitmq: negative heartbeat %v", broker.ErrInvalidConfig, d.Heartbeat)
 	}
 	return nil
 }

@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // A program that publishes before any consumer connected declares the
@@ -32,7 +31,7 @@ func TestDeclareTopologyLetsAPublisherPublishBeforeAnyConsumer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	msg := amqp.Publishing{Body: []byte("order")}
 	if err := pub.Publish(ctx, "", q, msg); !errors.Is(err, ErrReturned) {
 		t.Fatalf("publish before the queue exists = %v; want ErrReturned", err)
@@ -87,7 +86,7 @@ func TestDeclareTopologyLetsAPublisherPublishBeforeAnyConsumer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
+	defer src.Close(context.Background())
 	for range 2 {
 		d, err := src.Receive(ctx)
 		if err != nil {
@@ -117,7 +116,7 @@ func TestDeclareTopologyErrors(t *testing.T) {
 		{"unnamed exchange", Dialer{}, "q", Topology{Exchanges: []Exchange{{}}}},
 		{"bad URL", Dialer{URL: "http://x"}, "q", Topology{}},
 	} {
-		if err := DeclareTopology(ctx, tc.d, tc.queue, tc.topo); !errors.Is(err, consumer.ErrInvalidConfig) {
+		if err := DeclareTopology(ctx, tc.d, tc.queue, tc.topo); !errors.Is(err, broker.ErrInvalidConfig) {
 			t.Errorf("%s: DeclareTopology = %v; want ErrInvalidConfig", tc.name, err)
 		}
 	}
@@ -138,8 +137,8 @@ func TestDeclareTopologyErrors(t *testing.T) {
 	needBroker(t)
 	bad := strings.Replace(amqpURL(), "guest:guest", "guest:wrong-s3cret", 1)
 	err := DeclareTopology(ctx, Dialer{URL: bad}, uniqueQueue(t), Topology{})
-	if err == nil || strings.Contains(err.Error(), "wrong-s3cret") || !consumer.IsFatal(err) {
-		t.Errorf("wrong password: DeclareTopology = %v (fatal: %v); want a fatal error without the password", err, consumer.IsFatal(err))
+	if err == nil || strings.Contains(err.Error(), "wrong-s3cret") || !broker.IsFatal(err) {
+		t.Errorf("wrong password: DeclareTopology = %v (fatal: %v); want a fatal error without the password", err, broker.IsFatal(err))
 	}
 	cctx, cancel = context.WithCancel(ctx)
 	cancel()
@@ -148,7 +147,7 @@ func TestDeclareTopologyErrors(t *testing.T) {
 	}
 	missing := uniqueQueue(t)
 	err = DeclareTopology(ctx, Dialer{URL: amqpURL()}, missing, Topology{Passive: true})
-	if !consumer.IsFatal(err) || !strings.Contains(err.Error(), "NOT_FOUND") {
+	if !broker.IsFatal(err) || !strings.Contains(err.Error(), "NOT_FOUND") {
 		t.Errorf("passive check of a missing queue = %v; want a fatal NOT_FOUND", err)
 	}
 }

@@ -11,9 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // HeaderDeliveries is set on a message the source publishes again (a delayed
@@ -26,14 +25,14 @@ type delivery struct {
 	s        *Source
 	sess     *session
 	d        amqp.Delivery // by value: one allocation per delivery, not two
-	msg      consumer.Message
+	msg      broker.Message
 	settling atomic.Bool // a settlement is in progress
 	done     atomic.Bool // settled (or stale): nothing more to do
 }
 
 var (
-	_ consumer.DelayedRequeuer = (*delivery)(nil)
-	_ consumer.Releaser        = (*delivery)(nil)
+	_ broker.DelayedRequeuer = (*delivery)(nil)
+	_ broker.Releaser        = (*delivery)(nil)
 )
 
 // routingKeyHeader keeps a message's original routing key on the copies the
@@ -56,12 +55,12 @@ func (s *Source) newDelivery(sess *session, d amqp.Delivery) *delivery {
 }
 
 // toMessage converts an AMQP delivery from queue into a consumer.Message.
-func toMessage(d *amqp.Delivery, queue string) consumer.Message {
+func toMessage(d *amqp.Delivery, queue string) broker.Message {
 	key := d.RoutingKey
 	if k, ok := d.Headers[routingKeyHeader].(string); ok {
 		key = k
 	}
-	return consumer.Message{
+	return broker.Message{
 		ID:      d.MessageId,
 		Topic:   queue,
 		Key:     []byte(key),
@@ -278,7 +277,7 @@ func stringHeaders(t amqp.Table) map[string]string {
 	return out
 }
 
-func (d *delivery) Message() *consumer.Message { return &d.msg }
+func (d *delivery) Message() *broker.Message { return &d.msg }
 
 // begin starts a settlement of d. It fails with ErrAlreadySettled when d was
 // settled before or a settlement is in progress, and with ErrStaleDelivery
@@ -286,7 +285,7 @@ func (d *delivery) Message() *consumer.Message { return &d.msg }
 // The caller must call end with the outcome.
 func (d *delivery) begin(op string) error {
 	if d.done.Load() || !d.settling.CompareAndSwap(false, true) {
-		return fmt.Errorf("rabbitmq: %s message %q: %w", op, d.msg.ID, consumer.ErrAlreadySettled)
+		return fmt.Errorf("rabbitmq: %s message %q: %w", op, d.msg.ID, broker.ErrAlreadySettled)
 	}
 	if d.sess.ch.IsClosed() {
 		d.done.Store(true)
@@ -301,7 +300,7 @@ func (d *delivery) begin(op string) error {
 // try again (it does, with backoff); if it gives up, the message stays
 // unacknowledged and the broker redelivers it when the channel closes.
 func (d *delivery) end(err error) error {
-	if err == nil || errors.Is(err, consumer.ErrStaleDelivery) {
+	if err == nil || errors.Is(err, broker.ErrStaleDelivery) {
 		d.done.Store(true)
 	}
 	d.settling.Store(false)
@@ -310,7 +309,7 @@ func (d *delivery) end(err error) error {
 
 func (d *delivery) stale(op string) error {
 	return fmt.Errorf("rabbitmq: %s message %q from subscription %d: channel closed, the broker redelivers it: %w",
-		op, d.msg.ID, d.sess.gen, consumer.ErrStaleDelivery)
+		op, d.msg.ID, d.sess.gen, broker.ErrStaleDelivery)
 }
 
 // settleErr turns a failed basic.ack/nack into a stale-delivery error.
@@ -328,7 +327,7 @@ func (d *delivery) settleErr(op string, err error) error {
 		return d.stale(op)
 	}
 	return fmt.Errorf("rabbitmq: %s message %q: write failed (%v), the broker redelivers it: %w",
-		op, d.msg.ID, err, consumer.ErrStaleDelivery)
+		op, d.msg.ID, err, broker.ErrStaleDelivery)
 }
 
 // Ack implements consumer.Delivery. It is sent only on the channel the
@@ -434,7 +433,7 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 // (at worst, after a connection loss, it is dead-lettered twice). If the
 // publish fails, the error is returned and the delivery stays unsettled, so
 // that it can be settled again; the runtime retries with backoff.
-func (d *delivery) DeadLetter(ctx context.Context, reason consumer.Reason) error {
+func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	if err := d.begin("dead-letter"); err != nil {
 		return err
 	}

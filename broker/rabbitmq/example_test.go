@@ -11,6 +11,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/rabbitmq"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -33,7 +34,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err) // wraps consumer.ErrInvalidConfig
 	}
-	handler := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	handler := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		var order struct{ ID string }
 		if err := json.Unmarshal(m.Body, &order); err != nil {
 			return retry.Permanent(err) // dead-lettered at once, with the reason in its headers
@@ -55,7 +56,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	go func() {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()

@@ -12,6 +12,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -45,9 +46,9 @@ func TestBrokerRestartConsumerAndPublisherRecoverByThemselves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	cnt := newCounter()
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		cnt.add(m.ID)
 		return nil
 	}), consumer.WithConcurrency(4))
@@ -171,7 +172,7 @@ func TestShutdownMidRunLeavesTheRestInTheQueue(t *testing.T) {
 	}
 	cnt := newCounter()
 	var started, finished atomic.Int64
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		started.Add(1)
 		time.Sleep(5 * time.Millisecond)
 		cnt.add(m.ID)
@@ -224,7 +225,7 @@ func TestQueueDeletedWhileConsuming(t *testing.T) {
 		}
 		cnt := newCounter()
 		var evs eventLog
-		c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			cnt.add(m.ID)
 			return nil
 		}), consumer.WithEventHook(evs.hook))
@@ -249,7 +250,7 @@ func TestQueueDeletedWhileConsuming(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer pub.Close()
+		defer pub.Close(context.Background())
 		if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: "after", Body: []byte("x")}); err != nil {
 			t.Fatalf("Publish to the re-declared queue: %v", err)
 		}
@@ -277,7 +278,7 @@ func TestQueueDeletedWhileConsuming(t *testing.T) {
 			t.Fatal(err)
 		}
 		var evs eventLog
-		c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error { return nil }),
+		c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error { return nil }),
 			consumer.WithEventHook(evs.hook))
 		if err != nil {
 			t.Fatal(err)
@@ -295,7 +296,7 @@ func TestQueueDeletedWhileConsuming(t *testing.T) {
 			t.Fatal("Run did not return after the passive queue was deleted")
 		}
 		t.Logf("passive: Run = %v", runErr)
-		if !consumer.IsFatal(runErr) || !strings.Contains(runErr.Error(), "NOT_FOUND") {
+		if !broker.IsFatal(runErr) || !strings.Contains(runErr.Error(), "NOT_FOUND") {
 			t.Errorf("Run = %v; want a fatal NOT_FOUND error", runErr)
 		}
 		if evs.count(consumer.EventCancelled) != 1 {
@@ -315,7 +316,7 @@ func TestUnfixableErrorsFailFast(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer src.Close()
+		defer src.Close(context.Background())
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		_, err = src.Receive(ctx)
@@ -326,7 +327,7 @@ func TestUnfixableErrorsFailFast(t *testing.T) {
 		cfg.Dialer.URL = "amqp://guest:wrong-s3cret@" + hostPort() + "/"
 		err := receive(t, cfg)
 		t.Logf("Receive = %v", err)
-		if !consumer.IsFatal(err) || strings.Contains(err.Error(), "wrong-s3cret") {
+		if !broker.IsFatal(err) || strings.Contains(err.Error(), "wrong-s3cret") {
 			t.Errorf("Receive with a bad password = %v; want a fatal error without the password", err)
 		}
 	})
@@ -337,7 +338,7 @@ func TestUnfixableErrorsFailFast(t *testing.T) {
 		cfg.Topology.Strict = true // declares it classic, actively
 		err := receive(t, cfg)
 		t.Logf("Receive = %v", err)
-		if !consumer.IsFatal(err) || !strings.Contains(err.Error(), "PRECONDITION_FAILED") {
+		if !broker.IsFatal(err) || !strings.Contains(err.Error(), "PRECONDITION_FAILED") {
 			t.Errorf("Receive on a mismatched queue = %v; want a fatal PRECONDITION_FAILED", err)
 		}
 	})
@@ -346,7 +347,7 @@ func TestUnfixableErrorsFailFast(t *testing.T) {
 		cfg.Topology.Passive = true
 		err := receive(t, cfg)
 		t.Logf("Receive = %v", err)
-		if !consumer.IsFatal(err) || !strings.Contains(err.Error(), "NOT_FOUND") {
+		if !broker.IsFatal(err) || !strings.Contains(err.Error(), "NOT_FOUND") {
 			t.Errorf("Receive on a missing passive queue = %v; want a fatal NOT_FOUND", err)
 		}
 	})

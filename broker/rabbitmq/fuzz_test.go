@@ -24,9 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // tableKeys are the header names the adapter reads or writes; the table
@@ -38,8 +37,8 @@ var tableKeys = []string{
 	"count",
 	routingKeyHeader,
 	seqHeader,
-	consumer.HeaderAttempts,
-	consumer.HeaderError,
+	broker.HeaderAttempts,
+	broker.HeaderError,
 	"reason",
 	"queue",
 }
@@ -241,7 +240,7 @@ func attemptSeeds() []amqp.Table {
 		{HeaderDeliveries: 3.0},
 		{HeaderDeliveries: int64(-5)},
 		{routingKeyHeader: []byte("k")},
-		{consumer.HeaderAttempts: "9", consumer.HeaderError: "boom"},
+		{broker.HeaderAttempts: "9", broker.HeaderError: "boom"},
 	}
 }
 
@@ -386,14 +385,14 @@ func FuzzAttempt(f *testing.F) {
 // moved back).
 func FuzzDeadLetterHeaders(f *testing.F) {
 	f.Add(encodeTable(amqp.Table{}), "boom", 3, "orders", false, int64(0))
-	f.Add(encodeTable(amqp.Table{consumer.HeaderError: int64(5), consumer.HeaderAttempts: "x"}), "", 1, "", true, int64(1700000000))
+	f.Add(encodeTable(amqp.Table{broker.HeaderError: int64(5), broker.HeaderAttempts: "x"}), "", 1, "", true, int64(1700000000))
 	f.Add(encodeTable(amqp.Table{"x-death": xDeath(int64(2)), HeaderDeliveries: int64(4)}), "decode: invalid character '\\x00'", 0, "q", true, int64(-1))
 	f.Add(encodeTable(amqp.Table{"x-delivery-count": int64(9)}), "\xff\xfe not utf-8", -7, "\x00", false, int64(math.MaxInt64))
 	f.Fuzz(func(t *testing.T, data []byte, errText string, attempts int, source string, permanent bool, unix int64) {
 		h := decodeTable(data)
 		d := amqp.Delivery{Headers: h, RoutingKey: "rk"}
 		msg := toMessage(&d, "q")
-		reason := consumer.Reason{Err: errText, Attempts: attempts, Source: source, Permanent: permanent}
+		reason := broker.Reason{Err: errText, Attempts: attempts, Source: source, Permanent: permanent}
 		if unix != 0 {
 			reason.Time = time.Unix(unix%(1<<40), 0)
 		}
@@ -409,11 +408,11 @@ func FuzzDeadLetterHeaders(f *testing.F) {
 				t.Fatalf("dead letter of headers %v with reason %+v: header %s = %q; want %q", h, reason, k, got, want)
 			}
 		}
-		if n, err := strconv.Atoi(back.Header[consumer.HeaderAttempts]); err != nil || n != attempts {
-			t.Fatalf("dead letter: %s = %q; want %d", consumer.HeaderAttempts, back.Header[consumer.HeaderAttempts], attempts)
+		if n, err := strconv.Atoi(back.Header[broker.HeaderAttempts]); err != nil || n != attempts {
+			t.Fatalf("dead letter: %s = %q; want %d", broker.HeaderAttempts, back.Header[broker.HeaderAttempts], attempts)
 		}
-		if p := back.Header[consumer.HeaderPermanent]; p != strconv.FormatBool(permanent) {
-			t.Fatalf("dead letter: %s = %q; want %v", consumer.HeaderPermanent, p, permanent)
+		if p := back.Header[broker.HeaderPermanent]; p != strconv.FormatBool(permanent) {
+			t.Fatalf("dead letter: %s = %q; want %v", broker.HeaderPermanent, p, permanent)
 		}
 		if _, ok := pub.Headers[HeaderDeliveries]; ok {
 			t.Fatalf("dead letter keeps %s", HeaderDeliveries)

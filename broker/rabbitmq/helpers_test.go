@@ -52,11 +52,11 @@ func TestMain(m *testing.M) {
 // or it manages another node than the URL's), the tests that need no
 // rabbitmqctl run in the URL's own vhost, each in queues of its own, and
 // those that need it skip.
-var testBroker broker
+var testBroker rabbitServer
 
-// broker is the RabbitMQ the tests use, found once (setup) on the first
+// rabbitServer is the RabbitMQ the tests use, found once (setup) on the first
 // call that needs it, so that runs of unit tests alone never touch it.
-type broker struct {
+type rabbitServer struct {
 	once    sync.Once
 	base    string // QUEUEKIT_AMQP_URL, or the local default
 	url     string // base in the tests' vhost when they have one
@@ -68,7 +68,7 @@ type broker struct {
 
 const defaultAMQPURL = "amqp://guest:guest@127.0.0.1:5672/"
 
-func (b *broker) setup() {
+func (b *rabbitServer) setup() {
 	b.once.Do(func() {
 		b.base = os.Getenv("QUEUEKIT_AMQP_URL")
 		if b.base == "" {
@@ -111,7 +111,7 @@ func (b *broker) setup() {
 }
 
 // teardown deletes the tests' vhost, with everything in it.
-func (b *broker) teardown() error {
+func (b *rabbitServer) teardown() error {
 	if !b.created {
 		return nil
 	}

@@ -25,7 +25,7 @@ func TestQueueDepthReportsReadyMessagesAndConsumers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
+	defer src.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	msgs, consumers, err := src.QueueDepth(ctx)
@@ -50,7 +50,7 @@ func TestQueueDepthReportsReadyMessagesAndConsumers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer missing.Close()
+	defer missing.Close(context.Background())
 	if _, _, err := missing.QueueDepth(ctx); err == nil {
 		t.Error("QueueDepth of a missing queue = nil error; want the broker's NOT_FOUND")
 	}
@@ -68,7 +68,7 @@ func TestPublisherInjectCarriesContextToTheConsumer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	ctx, cancel := context.WithTimeout(correlation.WithID(context.Background(), "req-7"), 10*time.Second)
 	defer cancel()
 	table := amqp.Table{"kind": "invoice", "n": int32(3)}
@@ -82,7 +82,7 @@ func TestPublisherInjectCarriesContextToTheConsumer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
+	defer src.Close(context.Background())
 	d, err := src.Receive(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -27,7 +28,7 @@ func TestPauseGivesPrefetchedMessagesBackAndResumeContinues(t *testing.T) {
 		t.Fatal(err)
 	}
 	cnt := newCounter()
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		time.Sleep(2 * time.Millisecond)
 		cnt.add(m.ID)
 		return nil
@@ -103,7 +104,7 @@ func TestSourcesShareAConnectionAndACustomDialer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			total.Add(1)
 			return nil
 		}))
@@ -144,7 +145,7 @@ func TestPauseAndResumeInQuickSuccessionLoseNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	cnt := newCounter()
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		time.Sleep(200 * time.Microsecond)
 		cnt.add(m.ID)
 		return nil

@@ -11,9 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // PublisherConfig configures a Publisher. Zero fields mean the documented
@@ -57,7 +56,7 @@ func (c *PublisherConfig) resolve() error {
 		}
 	}
 	if c.Timeout < 0 || c.ReconnectMin < 0 || c.ReconnectMax < 0 {
-		return fmt.Errorf("%w: rabbitmq: negative publisher timeout or backoff", consumer.ErrInvalidConfig)
+		return fmt.Errorf("%w: rabbitmq: negative publisher timeout or backoff", broker.ErrInvalidConfig)
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Second
@@ -69,11 +68,11 @@ func (c *PublisherConfig) resolve() error {
 		c.ReconnectMax = 5 * time.Second
 	}
 	if c.ReconnectMax < c.ReconnectMin {
-		return fmt.Errorf("%w: rabbitmq: ReconnectMax %v < ReconnectMin %v", consumer.ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
+		return fmt.Errorf("%w: rabbitmq: ReconnectMax %v < ReconnectMin %v", broker.ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
 	}
 	for i := range c.Exchanges {
 		if c.Exchanges[i].Name == "" {
-			return fmt.Errorf("%w: rabbitmq: exchange %d has no name", consumer.ErrInvalidConfig, i)
+			return fmt.Errorf("%w: rabbitmq: exchange %d has no name", broker.ErrInvalidConfig, i)
 		}
 		if c.Exchanges[i].Kind == "" {
 			c.Exchanges[i].Kind = amqp.ExchangeDirect
@@ -182,7 +181,7 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 			}
 		}
 		switch {
-		case errors.Is(err, ErrPublisherClosed), errors.Is(err, ErrConnectionClosed), consumer.IsFatal(err):
+		case errors.Is(err, ErrPublisherClosed), errors.Is(err, ErrConnectionClosed), broker.IsFatal(err):
 			return err
 		case ctx.Err() != nil:
 			return expired()
@@ -255,7 +254,7 @@ func (p *Publisher) channel() (*confirmChannel, error) {
 	ch, err := p.conn.channel()
 	if err != nil {
 		if unfixable(err, false) {
-			return nil, consumer.Fatal(err) // e.g. ACCESS_REFUSED: retrying cannot help
+			return nil, broker.Fatal(err) // e.g. ACCESS_REFUSED: retrying cannot help
 		}
 		return nil, err
 	}
@@ -263,7 +262,7 @@ func (p *Publisher) channel() (*confirmChannel, error) {
 		if err := ch.ExchangeDeclare(x.Name, x.Kind, true, false, false, false, nil); err != nil {
 			err = fmt.Errorf("rabbitmq: declare exchange %q: %w", x.Name, err)
 			if unfixable(err, false) {
-				return nil, consumer.Fatal(err)
+				return nil, broker.Fatal(err)
 			}
 			return nil, err
 		}
@@ -294,7 +293,7 @@ func (p *Publisher) drop(cc *confirmChannel) {
 
 // Close closes the publisher's channel, and its connection if it owns one.
 // Publishes still waiting fail. Close is idempotent.
-func (p *Publisher) Close() error {
+func (p *Publisher) Close(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()

@@ -43,7 +43,7 @@ func TestPublisherErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	ctx := context.Background()
 	msg := amqp.Publishing{Body: []byte("x")}
 
@@ -102,7 +102,7 @@ func TestPublisherHonoursTheDeadlineWhileTheBrokerIsUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -130,7 +130,7 @@ func TestPublisherIsSafeForConcurrentUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	const g, per = 8, 250
 	var wg sync.WaitGroup
 	errs := make(chan error, g*per)
@@ -164,7 +164,7 @@ func TestPublisherIsSafeForConcurrentUse(t *testing.T) {
 	if err := pub.Publish(context.Background(), "", q, amqp.Publishing{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := pub.Close(); err != nil {
+	if err := pub.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if err := pub.Publish(context.Background(), "", q, amqp.Publishing{}); !errors.Is(err, ErrPublisherClosed) {

@@ -19,6 +19,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
 )
@@ -60,7 +61,7 @@ func TestIssue9PauseWithADoneContextStrandsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	cnt := newCounter()
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		time.Sleep(5 * time.Millisecond)
 		cnt.add(m.ID)
 		return nil
@@ -120,7 +121,7 @@ func TestIssue9PauseWithADoneContextStrandsNothing(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run = %v", err)
 	}
-	if err := src.Close(); err != nil {
+	if err := src.Close(context.Background()); err != nil {
 		t.Fatalf("Close = %v", err)
 	}
 	if got := cnt.n.Load(); got != int64(cnt.distinct()) {
@@ -175,7 +176,7 @@ func testPauseResumeOrderAndAttempts(t *testing.T, typ string) {
 		attempts   = map[int]int{}
 	)
 	var handled atomic.Int64
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		i, err := strconv.Atoi(m.ID)
 		if err != nil || i < 0 || i >= n {
 			return retry.Permanent(fmt.Errorf("unexpected message id %q", m.ID))
@@ -264,7 +265,7 @@ func TestIssue9RequeueOnAFullDropHeadQueueLosesNothing(t *testing.T) {
 	cfg.Topology.QueueArgs = amqp.Table{"x-max-length": int32(max)} // overflow: drop-head, the default
 	src, err := NewSource(cfg)
 	if err != nil {
-		if !errors.Is(err, consumer.ErrInvalidConfig) {
+		if !errors.Is(err, broker.ErrInvalidConfig) {
 			t.Fatalf("NewSource(drop-head classic queue) = %v; want an error wrapping consumer.ErrInvalidConfig", err)
 		}
 		t.Logf("refused at start: %v", err)
@@ -305,7 +306,7 @@ func runFullQueueScenario(t *testing.T, q string, src *Source, max, workers int)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	publish := func(id string) {
 		t.Helper()
 		if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id)}); err != nil {
@@ -319,7 +320,7 @@ func runFullQueueScenario(t *testing.T, q string, src *Source, max, workers int)
 	inZero := make(chan struct{})
 	refilled := make(chan struct{})
 	cnt := newCounter()
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		if m.ID == "0" && failed.CompareAndSwap(false, true) {
 			close(inZero)
 			select {
@@ -356,7 +357,7 @@ func runFullQueueScenario(t *testing.T, q string, src *Source, max, workers int)
 	close(refilled)
 	total := max + extra
 	deadline := time.Now().Add(30 * time.Second)
-	var dead []consumer.Message
+	var dead []broker.Message
 	for time.Now().Before(deadline) {
 		dctx, dcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		dead = readQueue(dctx, t, q+".dlq", total)
@@ -376,7 +377,7 @@ func runFullQueueScenario(t *testing.T, q string, src *Source, max, workers int)
 		cnt.mu.Lock()
 		_, ok := cnt.seen[id]
 		cnt.mu.Unlock()
-		if !ok && !slices.ContainsFunc(dead, func(m consumer.Message) bool { return m.ID == id }) {
+		if !ok && !slices.ContainsFunc(dead, func(m broker.Message) bool { return m.ID == id }) {
 			missing = append(missing, id)
 		}
 	}
@@ -423,7 +424,7 @@ func TestIssue9DropHeadClassicQueueIsRefused(t *testing.T) {
 			if tt.refused != (err != nil) {
 				t.Fatalf("NewSource(%v) = %v; want refused=%v", tt.topo.QueueArgs, err, tt.refused)
 			}
-			if tt.refused && !errors.Is(err, consumer.ErrInvalidConfig) {
+			if tt.refused && !errors.Is(err, broker.ErrInvalidConfig) {
 				t.Fatalf("NewSource(%v) = %v; want an error wrapping consumer.ErrInvalidConfig", tt.topo.QueueArgs, err)
 			}
 			if !tt.refused {
@@ -431,7 +432,7 @@ func TestIssue9DropHeadClassicQueueIsRefused(t *testing.T) {
 			}
 			// DeclareTopology validates before it dials (nothing listens on port 1).
 			derr := DeclareTopology(context.Background(), Dialer{URL: "amqp://guest:guest@127.0.0.1:1/"}, "q", tt.topo)
-			if !errors.Is(derr, consumer.ErrInvalidConfig) {
+			if !errors.Is(derr, broker.ErrInvalidConfig) {
 				t.Fatalf("DeclareTopology(%v) = %v; want an error wrapping consumer.ErrInvalidConfig", tt.topo.QueueArgs, derr)
 			}
 			t.Logf("%v", err)
@@ -500,7 +501,7 @@ func TestIssue9FailingMessageOnAFullRejectPublishQueueIsDeadLettered(t *testing.
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	publish := func(id string) {
 		t.Helper()
 		if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id)}); err != nil {
@@ -519,7 +520,7 @@ func TestIssue9FailingMessageOnAFullRejectPublishQueueIsDeadLettered(t *testing.
 	var once sync.Once
 	refilled := make(chan struct{})
 	cnt := newCounter()
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		if m.ID == "poison" {
 			mu.Lock()
 			attempts = append(attempts, m.Attempt)
@@ -563,7 +564,7 @@ func TestIssue9FailingMessageOnAFullRejectPublishQueueIsDeadLettered(t *testing.
 	t.Logf("poison attempts %v; dead letters %d; other messages handled %d of %d", attempts, len(dead), cnt.distinct(), max)
 	if len(dead) != 1 || dead[0].ID != "poison" {
 		t.Errorf("dead letters = %d; want poison dead-lettered after its budget", len(dead))
-	} else if got := dead[0].Header[consumer.HeaderAttempts]; got != "3" {
+	} else if got := dead[0].Header[broker.HeaderAttempts]; got != "3" {
 		t.Errorf("dead letter attempts header = %q; want 3", got)
 	}
 	if !slices.Equal(attempts, []int{1, 2, 3}) {
@@ -592,7 +593,7 @@ func TestIssue9PauseWithADoneContextThenResumeAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	cnt := newCounter()
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		time.Sleep(2 * time.Millisecond)
 		cnt.add(m.ID)
 		return nil
@@ -620,7 +621,7 @@ func TestIssue9PauseWithADoneContextThenResumeAtOnce(t *testing.T) {
 		t.Fatalf("Run = %v", err)
 	}
 	ready, unacked := queueCounts(t, q)
-	if err := src.Close(); err != nil {
+	if err := src.Close(context.Background()); err != nil {
 		t.Fatalf("Close = %v", err)
 	}
 	buffers := bufferGoroutines()

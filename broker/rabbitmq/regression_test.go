@@ -15,6 +15,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -99,7 +100,7 @@ func TestConnectionLostDuringTheTopologyCheckDoesNotPanic(t *testing.T) {
 	if dials.Load() < 2 {
 		t.Errorf("dials = %d; want the source to have reconnected after the drop (and not panicked)", dials.Load())
 	}
-	_ = src.Close()
+	_ = src.Close(context.Background())
 }
 
 // A classic-queue requeue whose counted copy could not be published fell back
@@ -137,7 +138,7 @@ func TestClassicRequeueThatCannotBePublishedIsNotAHotLoop(t *testing.T) {
 	var attempts []int
 	first := make(chan struct{})
 	var once sync.Once
-	cons, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	cons, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		if m.ID == "poison" {
 			mu.Lock()
 			attempts = append(attempts, m.Attempt)
@@ -189,7 +190,7 @@ func TestQuorumConfiguredOverAClassicQueueStillKeepsTheBudget(t *testing.T) {
 	}
 	var n atomic.Int32
 	var last atomic.Int32
-	cons, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	cons, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		n.Add(1)
 		last.Store(int32(m.Attempt))
 		return errors.New("always fails")
@@ -258,5 +259,5 @@ func TestPublishReturnsAtItsDeadlineWhenTheSocketTakesNoMoreBytes(t *testing.T) 
 		block.Store(false)
 		close(release)
 	}
-	_ = pub.Close()
+	_ = pub.Close(context.Background())
 }

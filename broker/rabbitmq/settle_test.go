@@ -10,6 +10,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
 )
@@ -35,7 +36,7 @@ func TestPoisonMessageReachesTheDeadLetterQueueAndOthersKeepFlowing(t *testing.T
 			cnt := newCounter()
 			var mu sync.Mutex
 			var poisonAttempts []int
-			c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+			c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 				if m.ID == "poison" {
 					mu.Lock()
 					poisonAttempts = append(poisonAttempts, m.Attempt)
@@ -52,7 +53,7 @@ func TestPoisonMessageReachesTheDeadLetterQueueAndOthersKeepFlowing(t *testing.T
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer pub.Close()
+			defer pub.Close(context.Background())
 			publish := func(id string) {
 				if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id),
 					Headers: amqp.Table{"tenant": "acme"}}); err != nil {
@@ -76,10 +77,10 @@ func TestPoisonMessageReachesTheDeadLetterQueueAndOthersKeepFlowing(t *testing.T
 			}
 			h := dead[0].Header
 			t.Logf("%s: poison attempts %v; dead letter id=%s headers: attempts=%s error=%q source=%s permanent=%s tenant=%s",
-				typ, poisonAttempts, dead[0].ID, h[consumer.HeaderAttempts], h[consumer.HeaderError], h[consumer.HeaderSource],
-				h[consumer.HeaderPermanent], h["tenant"])
-			if dead[0].ID != "poison" || h[consumer.HeaderAttempts] != "3" || h[consumer.HeaderError] != "cannot parse order: unexpected EOF" ||
-				h[consumer.HeaderSource] != q || h["tenant"] != "acme" {
+				typ, poisonAttempts, dead[0].ID, h[broker.HeaderAttempts], h[broker.HeaderError], h[broker.HeaderSource],
+				h[broker.HeaderPermanent], h["tenant"])
+			if dead[0].ID != "poison" || h[broker.HeaderAttempts] != "3" || h[broker.HeaderError] != "cannot parse order: unexpected EOF" ||
+				h[broker.HeaderSource] != q || h["tenant"] != "acme" {
 				t.Errorf("dead letter %q headers %v; want id poison, attempts 3, the error, source %s and the original headers", dead[0].ID, h, q)
 			}
 			mu.Lock()
@@ -120,7 +121,7 @@ func TestDelayedRedeliveryDoesNotHoldTheConsumerSlot(t *testing.T) {
 		othersDoneAt      time.Time
 		secondAttempt     int
 	)
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if m.ID == "slow" {
@@ -144,7 +145,7 @@ func TestDelayedRedeliveryDoesNotHoldTheConsumerSlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	for i := -1; i < others; i++ {
 		id := strconv.Itoa(i)
 		if i < 0 {

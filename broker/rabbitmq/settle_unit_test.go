@@ -6,9 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // TestFailedDeadLetterLeavesTheDeliveryUnsettledForARetry makes the
@@ -24,7 +23,7 @@ func TestFailedDeadLetterLeavesTheDeliveryUnsettledForARetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
+	defer src.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// Connect (declares the topology), then remove the dead-letter exchange.
@@ -45,7 +44,7 @@ func TestFailedDeadLetterLeavesTheDeliveryUnsettledForARetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	if err := pub.Publish(ctx, "", q, amqp.Publishing{MessageId: "m"}); err != nil {
 		t.Fatal(err)
 	}
@@ -53,11 +52,11 @@ func TestFailedDeadLetterLeavesTheDeliveryUnsettledForARetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reason := consumer.Reason{Err: "boom", Attempts: 1, Source: q}
+	reason := broker.Reason{Err: "boom", Attempts: 1, Source: q}
 	err = d.DeadLetter(ctx, reason)
 	t.Logf("DeadLetter without the exchange = %v", err)
 	var ae *amqp.Error
-	if !errors.As(err, &ae) || ae.Code != amqp.NotFound || errors.Is(err, consumer.ErrAlreadySettled) {
+	if !errors.As(err, &ae) || ae.Code != amqp.NotFound || errors.Is(err, broker.ErrAlreadySettled) {
 		t.Fatalf("DeadLetter without the exchange = %v; want the 404 error", err)
 	}
 	if err := ch.ExchangeDeclare(q+".dlx", "direct", true, false, false, false, nil); err != nil {
@@ -69,11 +68,11 @@ func TestFailedDeadLetterLeavesTheDeliveryUnsettledForARetry(t *testing.T) {
 	if err := d.DeadLetter(ctx, reason); err != nil {
 		t.Fatalf("second DeadLetter = %v; want nil", err)
 	}
-	if err := d.Ack(ctx); !errors.Is(err, consumer.ErrAlreadySettled) {
+	if err := d.Ack(ctx); !errors.Is(err, broker.ErrAlreadySettled) {
 		t.Fatalf("Ack after DeadLetter = %v; want ErrAlreadySettled", err)
 	}
 	dead := readQueue(ctx, t, q+".dlq", 1)
-	if len(dead) != 1 || dead[0].ID != "m" || dead[0].Header[consumer.HeaderError] != "boom" {
+	if len(dead) != 1 || dead[0].ID != "m" || dead[0].Header[broker.HeaderError] != "boom" {
 		t.Fatalf("dead letters %+v; want message m with its reason", dead)
 	}
 }

@@ -12,7 +12,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/broker"
 )
 
 // Config configures a Source. Zero fields mean the documented defaults; Queue
@@ -43,7 +43,7 @@ type Config struct {
 
 func (c *Config) resolve() error {
 	if c.Queue == "" {
-		return fmt.Errorf("%w: rabbitmq: empty queue name", consumer.ErrInvalidConfig)
+		return fmt.Errorf("%w: rabbitmq: empty queue name", broker.ErrInvalidConfig)
 	}
 	if c.Conn == nil {
 		if err := c.Dialer.validate(); err != nil {
@@ -51,13 +51,13 @@ func (c *Config) resolve() error {
 		}
 	}
 	if c.Prefetch < 0 || c.Prefetch > 65535 {
-		return fmt.Errorf("%w: rabbitmq: prefetch %d, want 0..65535", consumer.ErrInvalidConfig, c.Prefetch)
+		return fmt.Errorf("%w: rabbitmq: prefetch %d, want 0..65535", broker.ErrInvalidConfig, c.Prefetch)
 	}
 	if c.Prefetch == 0 {
 		c.Prefetch = 32
 	}
 	if c.ReconnectMin < 0 || c.ReconnectMax < 0 {
-		return fmt.Errorf("%w: rabbitmq: negative reconnect backoff", consumer.ErrInvalidConfig)
+		return fmt.Errorf("%w: rabbitmq: negative reconnect backoff", broker.ErrInvalidConfig)
 	}
 	if c.ReconnectMin == 0 {
 		c.ReconnectMin = 100 * time.Millisecond
@@ -66,7 +66,7 @@ func (c *Config) resolve() error {
 		c.ReconnectMax = 10 * time.Second
 	}
 	if c.ReconnectMax < c.ReconnectMin {
-		return fmt.Errorf("%w: rabbitmq: ReconnectMax %v < ReconnectMin %v", consumer.ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
+		return fmt.Errorf("%w: rabbitmq: ReconnectMax %v < ReconnectMin %v", broker.ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
 	}
 	if c.ConsumerTag == "" {
 		c.ConsumerTag = fmt.Sprintf("queuekit-%s-%d", progName(), os.Getpid())
@@ -95,7 +95,7 @@ type Source struct {
 	pub     *Publisher  // dead letters, delayed retries and classic requeues
 	memo    attemptMemo // attempts of the messages this source gave back unhandled
 
-	hook atomic.Pointer[func(consumer.Event)]
+	hook atomic.Pointer[func(broker.Event)]
 
 	// st is the state Receive and Status read without locking. It is
 	// immutable; writers hold mu and replace it (see setState), closing
@@ -112,8 +112,8 @@ type Source struct {
 
 	gen atomic.Uint64 // subscription counter: consumer tags and fencing
 
-	events        chan consumer.Event // sent to by the session loop only; closed when it exits
-	dispatchDone  chan struct{}       // closed when dispatch has delivered the last event
+	events        chan broker.Event // sent to by the session loop only; closed when it exits
+	dispatchDone  chan struct{}     // closed when dispatch has delivered the last event
 	droppedEvents atomic.Int64
 }
 
@@ -175,7 +175,7 @@ func NewSource(cfg Config) (*Source, error) {
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
 
-		events:       make(chan consumer.Event, 64),
+		events:       make(chan broker.Event, 64),
 		dispatchDone: make(chan struct{}),
 	}
 	if s.conn == nil {
@@ -201,7 +201,7 @@ func NewSource(cfg Config) (*Source, error) {
 // goroutine of the source, one event at a time and in order, never while a
 // lock is held and never after Close returned. A slow hook does not delay
 // reconnection; one more than 64 events behind misses events.
-func (s *Source) SetEventHook(f func(consumer.Event)) {
+func (s *Source) SetEventHook(f func(broker.Event)) {
 	if f == nil {
 		s.hook.Store(nil)
 		return
@@ -212,9 +212,9 @@ func (s *Source) SetEventHook(f func(consumer.Event)) {
 // emit queues an event for the hook. Only the session loop calls it, and it
 // never blocks: a hook that falls 64 events behind loses the newest ones
 // (counted in droppedEvents) rather than stalling reconnection.
-func (s *Source) emit(kind consumer.EventKind, err error) {
+func (s *Source) emit(kind broker.EventKind, err error) {
 	select {
-	case s.events <- consumer.Event{Kind: kind, Err: err, Time: time.Now()}:
+	case s.events <- broker.Event{Kind: kind, Err: err, Time: time.Now()}:
 	default:
 		s.droppedEvents.Add(1)
 	}
@@ -233,17 +233,17 @@ func (s *Source) dispatch() {
 
 // Status implements consumer.StatusReporter: Connected is true while the
 // source is subscribed (or paused on a live channel).
-func (s *Source) Status() consumer.SourceStatus {
+func (s *Source) Status() broker.Status {
 	st := s.st.Load()
 	switch {
 	case st.fatal != nil:
-		return consumer.SourceStatus{Err: st.fatal}
+		return broker.Status{Err: st.fatal}
 	case st.closed:
-		return consumer.SourceStatus{Err: consumer.ErrSourceClosed}
+		return broker.Status{Err: broker.ErrSourceClosed}
 	case st.down != nil:
-		return consumer.SourceStatus{Err: st.down}
+		return broker.Status{Err: st.down}
 	}
-	return consumer.SourceStatus{Connected: true}
+	return broker.Status{Connected: true}
 }
 
 // setState replaces the state with f applied to a copy of it. The caller holds s.mu.
@@ -266,7 +266,7 @@ func (s *Source) update(f func(*state)) {
 // It returns ctx's error when ctx is done, consumer.ErrSourceClosed after
 // Close, and a consumer.Fatal error when the source gave up (access refused,
 // a declaration that does not match, a passive queue that does not exist).
-func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
+func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 	st := s.st.Load()
 	if st.sess == nil && !st.closed && st.fatal == nil {
 		s.start()
@@ -275,7 +275,7 @@ func (s *Source) Receive(ctx context.Context) (consumer.Delivery, error) {
 		st = s.st.Load()
 		switch {
 		case st.closed:
-			return nil, consumer.ErrSourceClosed
+			return nil, broker.ErrSourceClosed
 		case st.fatal != nil:
 			return nil, st.fatal
 		case st.sess == nil:
@@ -427,7 +427,7 @@ func (s *Source) poke() {
 // Close implements consumer.Source. It stops the session loop, closes the
 // channel (the broker requeues what was prefetched and not settled) and the
 // connection if the source owns it. Close is idempotent.
-func (s *Source) Close() error {
+func (s *Source) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -442,7 +442,7 @@ func (s *Source) Close() error {
 		<-s.loopDone
 		<-s.dispatchDone // so that the hook is never called after Close returned
 	}
-	err := s.pub.Close()
+	err := s.pub.Close(ctx)
 	if s.ownConn {
 		err = errors.Join(err, s.conn.Close())
 	}
@@ -478,18 +478,18 @@ func (s *Source) loop() {
 			}
 		}
 		if err != nil {
-			if unfixable(err, false) && !consumer.IsFatal(err) {
-				err = consumer.Fatal(err) // e.g. ACCESS_REFUSED: bad credentials or no access to the vhost
+			if unfixable(err, false) && !broker.IsFatal(err) {
+				err = broker.Fatal(err) // e.g. ACCESS_REFUSED: bad credentials or no access to the vhost
 			}
-			if consumer.IsFatal(err) || errors.Is(err, ErrConnectionClosed) {
+			if broker.IsFatal(err) || errors.Is(err, ErrConnectionClosed) {
 				log.Error("rabbitmq: source gave up", "error", err)
-				s.update(func(st *state) { st.fatal = consumer.Fatal(err); st.down = err })
-				s.emit(consumer.EventReconnecting, err)
+				s.update(func(st *state) { st.fatal = broker.Fatal(err); st.down = err })
+				s.emit(broker.EventReconnecting, err)
 				return
 			}
 			s.update(func(st *state) { st.down = err })
 			if connected || bo.n == 0 {
-				s.emit(consumer.EventReconnecting, err)
+				s.emit(broker.EventReconnecting, err)
 			}
 			connected = false
 			d := bo.next()
@@ -509,7 +509,7 @@ func (s *Source) loop() {
 		}
 		s.update(func(st *state) { st.sess = nil; st.down = reason })
 		if connected {
-			s.emit(consumer.EventReconnecting, reason)
+			s.emit(broker.EventReconnecting, reason)
 		}
 		connected = false
 		d := bo.next()
@@ -565,12 +565,12 @@ func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-ch
 			if err != nil {
 				err = fmt.Errorf("rabbitmq: consume %q: %w", s.cfg.Queue, err)
 				if unfixable(err, s.cfg.Topology.Passive) {
-					err = consumer.Fatal(err)
+					err = broker.Fatal(err)
 				}
-				if consumer.IsFatal(err) {
+				if broker.IsFatal(err) {
 					log.Error("rabbitmq: source gave up", "error", err)
 					s.update(func(st *state) { st.fatal = err; st.down = err })
-					s.emit(consumer.EventReconnecting, err)
+					s.emit(broker.EventReconnecting, err)
 					return err, true
 				}
 				return err, false
@@ -592,7 +592,7 @@ func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-ch
 				continue
 			}
 			log.Info("rabbitmq: subscribed", "consumer_tag", tag, "prefetch", s.cfg.Prefetch)
-			s.emit(consumer.EventConnected, nil)
+			s.emit(broker.EventConnected, nil)
 		}
 		if paused {
 			s.mu.Lock()
@@ -613,7 +613,7 @@ func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-ch
 			log.Warn("rabbitmq: subscription cancelled by the broker", "consumer_tag", tag)
 			s.update(func(st *state) { st.sess = nil; st.down = err })
 			*connected = false
-			s.emit(consumer.EventCancelled, err)
+			s.emit(broker.EventCancelled, err)
 			return err, false
 		case <-s.wake:
 		case <-s.stop:

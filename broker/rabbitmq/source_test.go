@@ -11,6 +11,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -63,12 +64,12 @@ func TestNewSourceRejectsInvalidConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := NewSource(tt.cfg)
-			if !errors.Is(err, consumer.ErrInvalidConfig) {
+			if !errors.Is(err, broker.ErrInvalidConfig) {
 				t.Fatalf("NewSource(%s) = %v; want an error wrapping consumer.ErrInvalidConfig", tt.name, err)
 			}
 		})
 	}
-	if _, err := NewPublisher(PublisherConfig{Timeout: -1}); !errors.Is(err, consumer.ErrInvalidConfig) {
+	if _, err := NewPublisher(PublisherConfig{Timeout: -1}); !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Fatalf("NewPublisher(negative timeout) = %v; want ErrInvalidConfig", err)
 	}
 }
@@ -88,10 +89,10 @@ func TestSourceConsumesEverythingPublishedAndLeavesTheQueueEmpty(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer pub.Close()
+			defer pub.Close(context.Background())
 			const n = 500
 			cnt := newCounter()
-			c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+			c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 				if m.Attempt != 1 {
 					t.Errorf("message %s: Attempt = %d; want 1", m.ID, m.Attempt)
 				}

@@ -38,7 +38,7 @@ func TestAmqpsDialsTLSWithTheConfiguredTLSConfig(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer pub.Close()
+		defer pub.Close(context.Background())
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 		defer cancel()
 		return pub.Publish(ctx, "", "q", amqp.Publishing{})
@@ -98,7 +98,7 @@ func TestPublishReturnsAtItsDeadlineWhileADialHangs(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || took > 1500*time.Millisecond {
 		t.Errorf("Publish with a hanging dial = %v after %v; want DeadlineExceeded at about 300ms", err, took)
 	}
-	if err := pub.Close(); err != nil { // waits for the dial to time out
+	if err := pub.Close(context.Background()); err != nil { // waits for the dial to time out
 		t.Fatal(err)
 	}
 	_ = ln.Close()

@@ -7,9 +7,8 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/queuekit/queuekit/broker"
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // Queue types.
@@ -91,7 +90,7 @@ func (t *Topology) resolve(queue string) error {
 		t.QueueType = Classic
 	case Classic, Quorum:
 	default:
-		return fmt.Errorf("%w: rabbitmq: queue type %q, want %q or %q", consumer.ErrInvalidConfig, t.QueueType, Classic, Quorum)
+		return fmt.Errorf("%w: rabbitmq: queue type %q, want %q or %q", broker.ErrInvalidConfig, t.QueueType, Classic, Quorum)
 	}
 	if t.DeadLetterExchange == "" {
 		t.DeadLetterExchange = queue + ".dlx"
@@ -106,11 +105,11 @@ func (t *Topology) resolve(queue string) error {
 		return err
 	}
 	if t.RetryQueue == queue || t.DeadLetterQueue == queue {
-		return fmt.Errorf("%w: rabbitmq: the retry and dead-letter queues must differ from the queue %q", consumer.ErrInvalidConfig, queue)
+		return fmt.Errorf("%w: rabbitmq: the retry and dead-letter queues must differ from the queue %q", broker.ErrInvalidConfig, queue)
 	}
 	for i := range t.Exchanges {
 		if t.Exchanges[i].Name == "" {
-			return fmt.Errorf("%w: rabbitmq: exchange %d has no name", consumer.ErrInvalidConfig, i)
+			return fmt.Errorf("%w: rabbitmq: exchange %d has no name", broker.ErrInvalidConfig, i)
 		}
 		if t.Exchanges[i].Kind == "" {
 			t.Exchanges[i].Kind = amqp.ExchangeDirect
@@ -118,7 +117,7 @@ func (t *Topology) resolve(queue string) error {
 	}
 	for i, b := range t.Bindings {
 		if b.Exchange == "" {
-			return fmt.Errorf("%w: rabbitmq: binding %d has no exchange (the default exchange cannot be bound)", consumer.ErrInvalidConfig, i)
+			return fmt.Errorf("%w: rabbitmq: binding %d has no exchange (the default exchange cannot be bound)", broker.ErrInvalidConfig, i)
 		}
 	}
 	return nil
@@ -148,7 +147,7 @@ func (t *Topology) checkOverflow(queue string) error {
 	if v, ok := t.QueueArgs["x-overflow"]; ok {
 		s, ok := v.(string)
 		if !ok {
-			return fmt.Errorf("%w: rabbitmq: queue %q: x-overflow is a %T, want a string", consumer.ErrInvalidConfig, queue, v)
+			return fmt.Errorf("%w: rabbitmq: queue %q: x-overflow is a %T, want a string", broker.ErrInvalidConfig, queue, v)
 		}
 		overflow = s
 	}
@@ -157,13 +156,13 @@ func (t *Topology) checkOverflow(queue string) error {
 	}
 	return fmt.Errorf("%w: rabbitmq: classic queue %q has a length limit with overflow drop-head: "+
 		"a message given back to a full queue (a retry, a pause, a reconnect) would make the broker drop one silently; "+
-		`set "x-overflow" to "reject-publish" (or "reject-publish-dlx"), or use QueueType Quorum`, consumer.ErrInvalidConfig, queue)
+		`set "x-overflow" to "reject-publish" (or "reject-publish-dlx"), or use QueueType Quorum`, broker.ErrInvalidConfig, queue)
 }
 
 func (t *Topology) fail(what string, err error) error {
 	err = fmt.Errorf("rabbitmq: declare %s: %w", what, err)
 	if unfixable(err, t.Passive) {
-		return consumer.Fatal(err)
+		return broker.Fatal(err)
 	}
 	return err
 }
@@ -372,7 +371,7 @@ func (t *Topology) declare(ch *amqp.Channel, queue string) error {
 // default dialer bounds by 10 s; a custom Dialer.Dial must bound it too.
 func DeclareTopology(ctx context.Context, d Dialer, queue string, t Topology) error {
 	if queue == "" {
-		return fmt.Errorf("%w: rabbitmq: DeclareTopology needs a queue name", consumer.ErrInvalidConfig)
+		return fmt.Errorf("%w: rabbitmq: DeclareTopology needs a queue name", broker.ErrInvalidConfig)
 	}
 	if err := d.validate(); err != nil {
 		return err
@@ -394,7 +393,7 @@ func DeclareTopology(ctx context.Context, d Dialer, queue string, t Topology) er
 		c, err := d.dial()
 		if err != nil {
 			if unfixable(err, false) {
-				err = consumer.Fatal(err)
+				err = broker.Fatal(err)
 			}
 			done <- err
 			return

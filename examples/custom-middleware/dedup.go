@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/retry"
@@ -45,12 +46,12 @@ const IdempotencyKeyHeader = "idempotency-key"
 // Recover, and outside Retry and Timeout (see run). A nil store is a
 // mistake that retrying cannot fix: every keyed delivery fails with a
 // permanent error (dead-lettered, not lost), and the handler does not run.
-func Dedup(store Store, key func(*consumer.Message) string) consumer.Middleware {
+func Dedup(store Store, key func(*broker.Message) string) consumer.Middleware {
 	if key == nil {
 		key = HeaderKey(IdempotencyKeyHeader)
 	}
 	return func(next consumer.Handler) consumer.Handler {
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			k := key(m)
 			if k == "" {
 				return next.Handle(ctx, m)
@@ -84,8 +85,8 @@ var errNoStore = errors.New("dedup: nil Store")
 // HeaderKey returns a key function for Dedup that reads the message header
 // name. A message without that header, or with it empty, has no key and is
 // not deduplicated.
-func HeaderKey(name string) func(*consumer.Message) string {
-	return func(m *consumer.Message) string { return m.Header[name] }
+func HeaderKey(name string) func(*broker.Message) string {
+	return func(m *broker.Message) string { return m.Header[name] }
 }
 
 // A Store records which idempotency keys were processed.

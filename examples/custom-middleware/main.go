@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -79,7 +80,7 @@ func run(ctx context.Context, out io.Writer) error {
 	b := memory.NewBroker()
 	defer b.Close()
 	for _, p := range published {
-		msg := consumer.Message{
+		msg := broker.Message{
 			Header: map[string]string{IdempotencyKeyHeader: p.key},
 			Body:   []byte(p.body),
 		}
@@ -93,7 +94,7 @@ func run(ctx context.Context, out io.Writer) error {
 	}
 
 	gw := &gateway{failures: map[string]int{"p-3": 2}}
-	charge := consumer.JSON(func(ctx context.Context, m *consumer.Message, p Payment) error {
+	charge := consumer.JSON(func(ctx context.Context, m *broker.Message, p Payment) error {
 		key := m.Header[IdempotencyKeyHeader]
 		if err := gw.charge(ctx, key, p); err != nil {
 			return err // transient: retried

@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/retry"
@@ -72,8 +73,8 @@ func TestEveryPaymentChargedOnce(t *testing.T) {
 
 // msg returns a message with the adapter-made ID id and, unless key is
 // empty, the producer's idempotency key in the IdempotencyKeyHeader header.
-func msg(id, key string) *consumer.Message {
-	m := &consumer.Message{ID: id, Topic: "t", Attempt: 1}
+func msg(id, key string) *broker.Message {
+	m := &broker.Message{ID: id, Topic: "t", Attempt: 1}
 	if key != "" {
 		m.Header = map[string]string{IdempotencyKeyHeader: key}
 	}
@@ -109,7 +110,7 @@ func TestDedupConcurrentDuplicatesRunOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var calls atomic.Int64
 		release := make(chan struct{})
-		h := dedup(newSet(t, 10))(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		h := dedup(newSet(t, 10))(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			calls.Add(1)
 			<-release
 			return nil
@@ -141,7 +142,7 @@ func TestDedupConcurrentDuplicatesRunOnce(t *testing.T) {
 // A failed delivery is not marked: the next delivery runs the handler again.
 func TestDedupFailureIsNotMarked(t *testing.T) {
 	var calls int
-	h := dedup(newSet(t, 10))(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := dedup(newSet(t, 10))(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		calls++
 		if calls == 1 {
 			return errors.New("downstream 503")
@@ -166,7 +167,7 @@ func TestDedupFailureIsNotMarked(t *testing.T) {
 func TestDedupPanicReleasesTheClaim(t *testing.T) {
 	var calls int
 	h := consumer.Chain(middleware.Recover(), dedup(newSet(t, 10)))(
-		consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			calls++
 			if calls == 1 {
 				panic("boom")
@@ -199,7 +200,7 @@ func TestDedupWaitHonoursContext(t *testing.T) {
 	stop := errors.New("stopping")
 	ctx, cancel := context.WithCancelCause(context.Background())
 	cancel(stop)
-	h := dedup(set)(consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+	h := dedup(set)(consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 		t.Error("handler ran while another delivery held the key")
 		return nil
 	}))
@@ -212,7 +213,7 @@ func TestDedupWaitHonoursContext(t *testing.T) {
 // processed again.
 func TestProcessedSetForgetsTheOldest(t *testing.T) {
 	calls := map[string]int{}
-	h := dedup(newSet(t, 2))(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := dedup(newSet(t, 2))(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		calls[m.Header[IdempotencyKeyHeader]]++
 		return nil
 	}))
@@ -234,23 +235,23 @@ func TestProcessedSetForgetsTheOldest(t *testing.T) {
 func TestDedupPassesThroughMessagesWithoutKey(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		msgs []*consumer.Message
+		msgs []*broker.Message
 	}{
 		{"two different messages without the header are both handled",
-			[]*consumer.Message{msg("payments-1", ""), msg("payments-2", "")}},
+			[]*broker.Message{msg("payments-1", ""), msg("payments-2", "")}},
 		{"two messages without the header and with the same made-up ID are both handled",
-			[]*consumer.Message{msg("payments-1", ""), msg("payments-1", "")}},
+			[]*broker.Message{msg("payments-1", ""), msg("payments-1", "")}},
 		{"two messages without an ID or a header are both handled",
-			[]*consumer.Message{msg("", ""), msg("", "")}},
+			[]*broker.Message{msg("", ""), msg("", "")}},
 		{"an empty header is no key",
-			[]*consumer.Message{
+			[]*broker.Message{
 				{ID: "payments-1", Header: map[string]string{IdempotencyKeyHeader: ""}},
 				{ID: "payments-1", Header: map[string]string{IdempotencyKeyHeader: ""}},
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var calls int
-			h := dedup(newSet(t, 10))(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+			h := dedup(newSet(t, 10))(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 				calls++
 				return nil
 			}))
@@ -273,18 +274,18 @@ func TestDedupPassesThroughMessagesWithoutKey(t *testing.T) {
 func TestDedupKeysOnTheKeyNotTheID(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		key  func(*consumer.Message) string
+		key  func(*broker.Message) string
 	}{
 		{"HeaderKey", HeaderKey(IdempotencyKeyHeader)},
 		{"nil key means the idempotency-key header", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var handled []string
-			h := Dedup(newSet(t, 10), tc.key)(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+			h := Dedup(newSet(t, 10), tc.key)(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 				handled = append(handled, m.ID+" "+m.Header[IdempotencyKeyHeader])
 				return nil
 			}))
-			for _, m := range []*consumer.Message{
+			for _, m := range []*broker.Message{
 				msg("payments-1", "order-17"), // replica A
 				msg("payments-1", "order-42"), // replica B: same made-up ID, another payment
 				msg("payments-2", "order-17"), // order-17 published again
@@ -306,7 +307,7 @@ func TestDedupKeysOnTheKeyNotTheID(t *testing.T) {
 // does not run; a delivery without a key is still handled.
 func TestDedupNilStore(t *testing.T) {
 	var calls int
-	h := Dedup(nil, nil)(consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := Dedup(nil, nil)(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		calls++
 		return nil
 	}))
@@ -349,7 +350,7 @@ func TestDedupWaiterFollowsTheOutcome(t *testing.T) {
 					t.Fatal(err)
 				}
 				var calls atomic.Int64
-				h := dedup(set)(consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+				h := dedup(set)(consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 					calls.Add(1)
 					return nil
 				}))

@@ -12,10 +12,10 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/broker/rabbitmq"
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // backend is the broker the service runs on: where POST /orders publishes and
@@ -23,10 +23,10 @@ import (
 // it is; the rest of the service sees consumer.Source and publish.
 type backend struct {
 	name   string
-	source consumer.Source
+	source broker.Source
 	// publish sends one order; it returns only once the broker has taken it
 	// (memory: queued; RabbitMQ: confirmed; Kafka: acknowledged by replicas).
-	publish func(ctx context.Context, m consumer.Message) error
+	publish func(ctx context.Context, m broker.Message) error
 	// left reports the orders still in the queue, after the consumers
 	// stopped; ok is false where the service cannot tell.
 	left func(ctx context.Context) (n int, ok bool)
@@ -65,7 +65,7 @@ func newMemoryBackend(cfg config) (*backend, error) {
 	return &backend{
 		name:   "memory",
 		source: src,
-		publish: func(ctx context.Context, m consumer.Message) error {
+		publish: func(ctx context.Context, m broker.Message) error {
 			return b.Publish(ctx, cfg.queue, m)
 		},
 		left: func(context.Context) (int, bool) {
@@ -95,13 +95,13 @@ func newRabbitMQBackend(cfg config, logger *slog.Logger) (*backend, error) {
 	}
 	pub, err := rabbitmq.NewPublisher(rabbitmq.PublisherConfig{Dialer: dialer, Logger: logger})
 	if err != nil {
-		src.Close()
+		src.Close(context.Background())
 		return nil, err
 	}
 	return &backend{
 		name:   "rabbitmq",
 		source: src,
-		publish: func(ctx context.Context, m consumer.Message) error {
+		publish: func(ctx context.Context, m broker.Message) error {
 			// The default exchange routes by queue name. The queue is declared
 			// by the source when it first connects: until then a publish is
 			// returned as unroutable (and the service is not ready yet).
@@ -120,12 +120,12 @@ func newRabbitMQBackend(cfg config, logger *slog.Logger) (*backend, error) {
 			if err != nil {
 				return 0, false
 			}
-			defer probe.Close()
+			defer probe.Close(context.Background())
 			n, _, err := probe.QueueDepth(ctx)
 			return n, err == nil
 		},
 		close: func() error {
-			return errors.Join(pub.Close(), src.Close())
+			return errors.Join(pub.Close(context.Background()), src.Close(context.Background()))
 		},
 	}, nil
 }
@@ -154,19 +154,19 @@ func newKafkaBackend(ctx context.Context, cfg config, logger *slog.Logger) (*bac
 	}
 	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers, Topic: cfg.queue})
 	if err != nil {
-		src.Close()
+		src.Close(context.Background())
 		return nil, err
 	}
 	return &backend{
 		name:   "kafka",
 		source: src,
-		publish: func(ctx context.Context, m consumer.Message) error {
+		publish: func(ctx context.Context, m broker.Message) error {
 			m.Key = []byte(m.ID)
 			return pub.Publish(ctx, &m)
 		},
 		left: func(context.Context) (int, bool) { return 0, false },
 		close: func() error {
-			return errors.Join(pub.Close(), src.Close())
+			return errors.Join(pub.Close(context.Background()), src.Close(context.Background()))
 		},
 	}, nil
 }

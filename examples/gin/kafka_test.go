@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/twmb/franz-go/pkg/kfake"
-
-	"github.com/queuekit/queuekit/consumer"
 )
 
 // The same service runs on Kafka: here on an in-process Kafka-protocol
@@ -43,7 +42,7 @@ func TestServiceOnKafka(t *testing.T) {
 	// A bad order that reaches the topic by other means is dead-lettered
 	// and recorded under its order id, not under the record's
 	// topic/partition/offset.
-	bad := consumer.Message{ID: "ord_bad", Body: []byte(`{"id":"ord_bad","item":"x","quantity":0}`), Header: map[string]string{headerOrderID: "ord_bad"}}
+	bad := broker.Message{ID: "ord_bad", Body: []byte(`{"id":"ord_bad","item":"x","quantity":0}`), Header: map[string]string{headerOrderID: "ord_bad"}}
 	if err := s.backend.publish(context.Background(), bad); err != nil {
 		t.Fatal(err)
 	}

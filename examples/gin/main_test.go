@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -188,10 +189,10 @@ func TestServiceAcceptsProcessesAndReports(t *testing.T) {
 
 	// A message that reaches the queue by another way than the API and
 	// cannot be decoded is dead-lettered at once, and its order is failed.
-	if err := s.backend.publish(context.Background(), consumer.Message{ID: "ord_bad", Body: []byte(`{"item": 7}`)}); err != nil {
+	if err := s.backend.publish(context.Background(), broker.Message{ID: "ord_bad", Body: []byte(`{"item": 7}`)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.backend.publish(context.Background(), consumer.Message{ID: "ord_big", Body: []byte(`{"id":"ord_big","item":"x","quantity":5000}`)}); err != nil {
+	if err := s.backend.publish(context.Background(), broker.Message{ID: "ord_big", Body: []byte(`{"id":"ord_big","item":"x","quantity":5000}`)}); err != nil {
 		t.Fatal(err)
 	}
 	waitStatus(t, base, "ord_bad", statusFailed)

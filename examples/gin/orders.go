@@ -19,7 +19,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/retry"
 )
@@ -450,7 +450,7 @@ func (s *store) counts() (accepted, processed, failed int) {
 
 // processOrder is the business logic: reserve stock for the order. It takes
 // processTime, standing for a database call, and honours ctx.
-func (s *service) processOrder(ctx context.Context, m *consumer.Message, o Order) error {
+func (s *service) processOrder(ctx context.Context, m *broker.Message, o Order) error {
 	if o.ID == "" {
 		o.ID = orderID(m)
 	}

@@ -24,7 +24,7 @@ import (
 // When rabbitmqctl cannot create it (not installed, no Erlang cookie, or it
 // manages another broker than the URL's), they run in the URL's own vhost,
 // in queues of their own, which they delete (issue 9 item 12).
-var testBroker broker
+var testBroker rabbitServer
 
 // skipped counts the tests skipped for want of a broker, for the summary
 // TestMain prints.
@@ -32,7 +32,7 @@ var skipped atomic.Int64
 
 const defaultAMQPURL = "amqp://guest:guest@127.0.0.1:5672/"
 
-type broker struct {
+type rabbitServer struct {
 	once    sync.Once
 	base    string // QUEUEKIT_AMQP_URL, or the local default
 	url     string // base in the tests' vhost when they have one
@@ -40,7 +40,7 @@ type broker struct {
 	dialErr error  // nothing answers at base
 }
 
-func (b *broker) setup() {
+func (b *rabbitServer) setup() {
 	b.once.Do(func() {
 		b.base = os.Getenv("QUEUEKIT_AMQP_URL")
 		if b.base == "" {
@@ -80,7 +80,7 @@ func (b *broker) setup() {
 }
 
 // teardown deletes the tests' vhost, with everything in it.
-func (b *broker) teardown() error {
+func (b *rabbitServer) teardown() error {
 	if b.vhost == "" {
 		return nil
 	}
@@ -93,7 +93,7 @@ func (b *broker) teardown() error {
 	return fmt.Errorf("the tests' vhost %s is left on the broker: %w", b.vhost, err)
 }
 
-func (b *broker) why() string {
+func (b *rabbitServer) why() string {
 	return fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", redactURL(b.base), b.dialErr)
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/health"
 	"github.com/queuekit/queuekit/middleware"
@@ -291,7 +292,7 @@ func (s *service) ordersHandler(name string) consumer.Handler {
 
 // observe sees every settlement: it feeds the metrics and records the orders
 // that were dead-lettered.
-func (s *service) observe(m *consumer.Message, st consumer.Settlement, err error) {
+func (s *service) observe(m *broker.Message, st consumer.Settlement, err error) {
 	s.metrics.Observe(m, st, err)
 	if st == consumer.SettledDeadLetter && err == nil {
 		id := orderID(m)
@@ -311,7 +312,7 @@ func (s *service) observe(m *consumer.Message, st consumer.Settlement, err error
 
 // orderID is the id of the order m carries: its order-id header, or, for a
 // message published by other means, the broker's message id.
-func orderID(m *consumer.Message) string {
+func orderID(m *broker.Message) string {
 	if id := m.Header[headerOrderID]; id != "" {
 		return id
 	}
@@ -541,7 +542,7 @@ func (s *service) postOrder(c *gin.Context) {
 	// off half-way leaves the order in an unknown state.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), publishTimeout)
 	defer cancel()
-	msg := consumer.Message{ID: id, Body: body, Header: map[string]string{headerOrderID: id}}
+	msg := broker.Message{ID: id, Body: body, Header: map[string]string{headerOrderID: id}}
 	if err := s.backend.publish(ctx, msg); err != nil {
 		s.store.forget(id)
 		s.log.Warn("publish failed", "order", id, "error", err)

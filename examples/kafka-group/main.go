@@ -46,6 +46,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -199,7 +200,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	// happen in order: seq 7 of an account only after seq 6. ByKey hands the
 	// events of one key out one at a time, in offset order; different keys,
 	// even in the same partition, run at the same time.
-	handler := consumer.JSON(func(ctx context.Context, m *consumer.Message, e Event) error {
+	handler := consumer.JSON(func(ctx context.Context, m *broker.Message, e Event) error {
 		member, _ := consumer.NameFromContext(ctx)
 		done := tr.start(member, m, e)
 		select { // the work: 2–6 ms
@@ -298,16 +299,16 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	// One Publish call, with the events of each account in seq order: the
 	// key picks the partition, and within a partition Kafka keeps the order
 	// in which they were written.
-	var msgs []*consumer.Message
+	var msgs []*broker.Message
 	for seq := 1; seq <= cfg.EventsPerAccount; seq++ {
 		for a := 1; a <= cfg.Accounts; a++ {
 			e := Event{Account: fmt.Sprintf("acct-%02d", a), Seq: seq, Amount: 100 * seq}
 			body, _ := json.Marshal(e)
-			msgs = append(msgs, &consumer.Message{Key: []byte(e.Account), Body: body})
+			msgs = append(msgs, &broker.Message{Key: []byte(e.Account), Body: body})
 		}
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -383,7 +384,7 @@ func newTracker(rep *report, total int) *tracker {
 
 // start records that member started event e (message m) and returns the
 // function to call when it finished.
-func (t *tracker) start(member string, m *consumer.Message, e Event) (done func(err error)) {
+func (t *tracker) start(member string, m *broker.Message, e Event) (done func(err error)) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r := t.rep
@@ -513,7 +514,7 @@ func groupLag(ctx context.Context, brokers []string, group, topic string) (map[i
 	if err != nil {
 		return nil, err
 	}
-	defer src.Close()
+	defer src.Close(context.Background())
 	lag, err := src.LagByPartition(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read the group's lag: %w", err)

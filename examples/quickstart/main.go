@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -45,21 +46,21 @@ func main() {
 // run publishes the batch, consumes it until every message is settled or ctx
 // is done, and writes what happened to out.
 func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
-	broker := memory.NewBroker()
+	mb := memory.NewBroker()
 	const orders = 100
 	for i := 1; i <= orders; i++ {
 		body, _ := json.Marshal(Order{ID: fmt.Sprintf("o-%03d", i), Total: i * 100})
 		if i == 13 {
 			body = []byte(`{"id": "o-013", "total_cents": "thirteen"}`) // does not decode: dead-lettered at once
 		}
-		if err := broker.Publish(ctx, "orders", consumer.Message{Body: body}); err != nil {
+		if err := mb.Publish(ctx, "orders", broker.Message{Body: body}); err != nil {
 			return err
 		}
 	}
 
 	var saved atomic.Int64
 	var flaky atomic.Int64
-	handler := consumer.JSON(func(ctx context.Context, m *consumer.Message, o Order) error {
+	handler := consumer.JSON(func(ctx context.Context, m *broker.Message, o Order) error {
 		switch {
 		case o.ID == "o-042" && flaky.Add(1) <= 2:
 			return errors.New("inventory service: 503") // transient: retried, then succeeds
@@ -82,7 +83,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		middleware.Timeout(time.Second),
 	)(handler)
 
-	src, err := broker.Source("orders", memory.SourceConfig{Prefetch: 8})
+	src, err := mb.Source("orders", memory.SourceConfig{Prefetch: 8})
 	if err != nil {
 		return err
 	}
@@ -118,7 +119,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 			case <-runCtx.Done():
 				return
 			case <-t.C:
-				if st := broker.Stats("orders"); st.Acked+st.DeadLettered == orders {
+				if st := mb.Stats("orders"); st.Acked+st.DeadLettered == orders {
 					cancel()
 					return
 				}
@@ -129,11 +130,11 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		return err
 	}
 
-	st := broker.Stats("orders")
+	st := mb.Stats("orders")
 	fmt.Fprintf(out, "orders: %d published, %d acked, %d dead-lettered, %d still queued\n", orders, st.Acked, st.DeadLettered, st.Ready)
 	fmt.Fprintf(out, "saved %d orders\n", saved.Load())
-	for _, m := range broker.DeadLetters("orders") {
-		fmt.Fprintf(out, "dead letter %s after %s attempt(s): %s\n", m.ID, m.Header[consumer.HeaderAttempts], m.Header[consumer.HeaderError])
+	for _, m := range mb.DeadLetters("orders") {
+		fmt.Fprintf(out, "dead letter %s after %s attempt(s): %s\n", m.ID, m.Header[broker.HeaderAttempts], m.Header[broker.HeaderError])
 	}
 	return nil
 }

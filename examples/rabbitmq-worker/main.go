@@ -50,6 +50,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/rabbitmq"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -268,7 +269,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 		if err != nil && ctx.Err() == nil {
 			lastErr = err
 		}
-		if consumer.IsFatal(err) {
+		if broker.IsFatal(err) {
 			return retry.Permanent(err) // wrong credentials, no access to the vhost…
 		}
 		return err
@@ -284,7 +285,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 			}
 		}
 		return sum, nil
-	case retry.IsPermanent(err) || consumer.IsFatal(err):
+	case retry.IsPermanent(err) || broker.IsFatal(err):
 		return nil, fmt.Errorf("could not use RabbitMQ at %s: %w", redact(cfg.URL), err)
 	default:
 		if lastErr == nil {
@@ -294,7 +295,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 	}
 
 	ledger := newLedger(map[string]int{"order-8": 2}) // order-8: two 503s, then OK
-	handler := consumer.JSON(func(ctx context.Context, m *consumer.Message, o Order) error {
+	handler := consumer.JSON(func(ctx context.Context, m *broker.Message, o Order) error {
 		cents, err := toEUR(o.Amount, o.Currency)
 		if err != nil {
 			return retry.Permanent(err) // bad data: retrying cannot help
@@ -322,7 +323,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 		consumer.WithMaxDeliveries(maxDeliveries),
 		consumer.WithDrainTimeout(5*time.Second),
 		consumer.WithLogger(cfg.Logger),
-		consumer.WithObserver(func(m *consumer.Message, s consumer.Settlement, err error) {
+		consumer.WithObserver(func(m *broker.Message, s consumer.Settlement, err error) {
 			if err != nil {
 				return // not settled (a stale delivery): the broker delivers it again
 			}
@@ -396,7 +397,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer pub.Close()
+	defer pub.Close(context.Background())
 	msgs := batch()
 	out.printf("publishing %d orders; consuming them as they arrive\n", len(msgs))
 	for _, msg := range msgs {
@@ -493,7 +494,7 @@ func batch() []amqp.Publishing {
 // Put it outside Recover, so that panics are delayed too.
 func retryLater(base, max time.Duration) consumer.Middleware {
 	return func(next consumer.Handler) consumer.Handler {
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			err := next.Handle(ctx, m)
 			if err == nil || retry.IsPermanent(err) {
 				return err
@@ -587,12 +588,12 @@ func readDeadLetters(ctx context.Context, rawURL, dlq string, max int) ([]deadLe
 			if !ok {
 				return nil
 			}
-			attempts, _ := strconv.Atoi(fmt.Sprint(d.Headers[consumer.HeaderAttempts]))
+			attempts, _ := strconv.Atoi(fmt.Sprint(d.Headers[broker.HeaderAttempts]))
 			out = append(out, deadLetter{
 				ID:        d.MessageId,
 				Attempts:  attempts,
-				Permanent: fmt.Sprint(d.Headers[consumer.HeaderPermanent]) == "true",
-				Error:     fmt.Sprint(d.Headers[consumer.HeaderError]),
+				Permanent: fmt.Sprint(d.Headers[broker.HeaderPermanent]) == "true",
+				Error:     fmt.Sprint(d.Headers[broker.HeaderError]),
 			})
 		}
 		return nil

@@ -48,12 +48,12 @@ func TestMain(m *testing.M) {
 // other programs use. When rabbitmqctl cannot create it (not installed, no
 // Erlang cookie, or it manages another broker than the URL's), they run in
 // the URL's own vhost: the worker deletes what it created there.
-var testBroker broker
+var testBroker rabbitServer
 
 // skipped counts the tests skipped for want of a broker, for the summary.
 var skipped atomic.Int64
 
-type broker struct {
+type rabbitServer struct {
 	once    sync.Once
 	base    string // QUEUEKIT_AMQP_URL, or the local default
 	url     string // base in the tests' vhost when they have one
@@ -61,7 +61,7 @@ type broker struct {
 	dialErr error  // nothing answers at base
 }
 
-func (b *broker) setup() {
+func (b *rabbitServer) setup() {
 	b.once.Do(func() {
 		b.base = envOr("QUEUEKIT_AMQP_URL", defaultURL)
 		b.url = b.base
@@ -98,7 +98,7 @@ func (b *broker) setup() {
 }
 
 // teardown deletes the tests' vhost, with everything in it.
-func (b *broker) teardown() error {
+func (b *rabbitServer) teardown() error {
 	if b.vhost == "" {
 		return nil
 	}
@@ -113,7 +113,7 @@ func (b *broker) teardown() error {
 	return fmt.Errorf("the tests' vhost %s is left on the broker: %w", b.vhost, err)
 }
 
-func (b *broker) why() string {
+func (b *rabbitServer) why() string {
 	return fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", redact(b.base), b.dialErr)
 }
 

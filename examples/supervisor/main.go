@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -184,7 +185,7 @@ func scenario(ctx context.Context, out io.Writer, b *memory.Broker, sources map[
 // gives up when its context is cancelled (at the drain deadline), so that a
 // stuck message cannot hold up the shutdown.
 func handler(d time.Duration) consumer.Handler {
-	return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
@@ -200,7 +201,7 @@ func handler(d time.Duration) consumer.Handler {
 func publish(ctx context.Context, b *memory.Broker, n int, queues ...string) error {
 	for _, q := range queues {
 		for range n {
-			if err := b.Publish(ctx, q, consumer.Message{Body: []byte("{}")}); err != nil {
+			if err := b.Publish(ctx, q, broker.Message{Body: []byte("{}")}); err != nil {
 				return err
 			}
 		}
@@ -236,7 +237,7 @@ func printEvent(out io.Writer, e consumer.Event) {
 	switch e.Kind {
 	case consumer.EventFailed:
 		kind := "will be restarted"
-		if consumer.IsFatal(e.Err) {
+		if broker.IsFatal(e.Err) {
 			kind = "fatal, not restarted"
 		}
 		detail = fmt.Sprintf("(%s): %v", kind, e.Err)

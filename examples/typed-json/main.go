@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -89,7 +90,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	b := memory.NewBroker()
 	defer b.Close()
 	for _, p := range payloads {
-		if err := b.Publish(ctx, "signups", consumer.Message{ID: p.id, Body: []byte(p.body)}); err != nil {
+		if err := b.Publish(ctx, "signups", broker.Message{ID: p.id, Body: []byte(p.body)}); err != nil {
 			return err
 		}
 	}
@@ -107,7 +108,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	// decode. Validation failures are permanent too: retrying will not fix
 	// them. Any other error (say, the database is down) is not marked, and
 	// is retried.
-	signups := consumer.JSON(func(ctx context.Context, m *consumer.Message, s Signup) error {
+	signups := consumer.JSON(func(ctx context.Context, m *broker.Message, s Signup) error {
 		calls.Add(1)
 		mu.Lock()
 		reached[m.ID] = true
@@ -131,11 +132,11 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	// The dead-letter queue is an ordinary queue. What to do with it is up
 	// to you (alert, park, fix and re-publish); here a consumer reads each
 	// dead letter's reason from its headers.
-	deadLetters := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	deadLetters := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		mu.Lock()
 		letters = append(letters, fmt.Sprintf("%s from %s, attempts=%s, permanent=%s\n      %s",
-			m.ID, m.Header[consumer.HeaderSource], m.Header[consumer.HeaderAttempts],
-			m.Header[consumer.HeaderPermanent], m.Header[consumer.HeaderError]))
+			m.ID, m.Header[broker.HeaderSource], m.Header[broker.HeaderAttempts],
+			m.Header[broker.HeaderPermanent], m.Header[broker.HeaderError]))
 		mu.Unlock()
 		return nil
 	})

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"log/slog"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -25,7 +26,7 @@ func Middleware(header string) consumer.Middleware {
 		header = Header
 	}
 	return func(next consumer.Handler) consumer.Handler {
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			id := m.Header[header]
 			if id == "" {
 				id = rand.Text()

@@ -11,6 +11,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
 )
@@ -127,7 +128,7 @@ func Tracing(system string, opts ...Option) consumer.Middleware {
 		fixed = append(fixed, semconv.MessagingConsumerGroupName(o.consumerGroup))
 	}
 	return func(next consumer.Handler) consumer.Handler {
-		return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			pctx := o.prop.Extract(ctx, Carrier(m.Header))
 			attrs := make([]attribute.KeyValue, 0, len(fixed)+4)
 			attrs = append(attrs, fixed...)

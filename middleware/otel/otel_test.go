@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/goleak"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -55,7 +56,7 @@ func TestConsumerSpansAreLinkedToPublisherSpans(t *testing.T) {
 	for i := range 3 {
 		pctx, span := tracer.Start(ctx, "send orders", trace.WithSpanKind(trace.SpanKindProducer))
 		id := fmt.Sprintf("order-%d", i)
-		m := consumer.Message{ID: id, Body: []byte("{}"), Header: map[string]string{"content-type": "application/json"}}
+		m := broker.Message{ID: id, Body: []byte("{}"), Header: map[string]string{"content-type": "application/json"}}
 		m.Header = qotel.Inject(pctx, m.Header)
 		if err := b.Publish(pctx, "orders", m); err != nil {
 			t.Fatal(err)
@@ -69,7 +70,7 @@ func TestConsumerSpansAreLinkedToPublisherSpans(t *testing.T) {
 		t.Fatal(err)
 	}
 	inHandler := make(chan trace.SpanContext, 3)
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		inHandler <- trace.SpanContextFromContext(ctx)
 		return nil
 	})
@@ -164,7 +165,7 @@ func TestTracingRecordsHandlerErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			sr.Reset()
-			h := consumer.HandlerFunc(func(context.Context, *consumer.Message) error {
+			h := consumer.HandlerFunc(func(context.Context, *broker.Message) error {
 				if tt.err == nil {
 					panic("boom")
 				}
@@ -172,7 +173,7 @@ func TestTracingRecordsHandlerErrors(t *testing.T) {
 			})
 			wrapped := consumer.Chain(qotel.Tracing("kafka", qotel.WithTracerProvider(tp),
 				qotel.WithConsumerGroup("billing")), middleware.Recover())(h)
-			err := wrapped.Handle(context.Background(), &consumer.Message{ID: "x", Topic: "t", Attempt: 3})
+			err := wrapped.Handle(context.Background(), &broker.Message{ID: "x", Topic: "t", Attempt: 3})
 			if err == nil {
 				t.Fatal("Handle() = nil; want the handler's error")
 			}
@@ -223,14 +224,14 @@ func TestInjectFillsANilHeader(t *testing.T) {
 // with a recording SDK provider (spans sampled and ended into a no-op
 // processor) and with the no-op provider, next to a bare handler.
 func BenchmarkTracing(b *testing.B) {
-	h := consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil })
+	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
 	ctx := context.Background()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(nopProcessor{}))
 	defer tp.Shutdown(ctx)
 	pctx, span := tp.Tracer("p").Start(ctx, "send")
 	header := qotel.Inject(pctx, map[string]string{})
 	span.End()
-	m := &consumer.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}"), Header: header}
+	m := &broker.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}"), Header: header}
 	b.Run("baseline", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {

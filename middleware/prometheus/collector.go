@@ -8,8 +8,7 @@ import (
 	"time"
 
 	prom "github.com/prometheus/client_golang/prometheus"
-
-	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/broker"
 )
 
 // A LagSource reports how far a Kafka consumer group is behind, per
@@ -79,13 +78,13 @@ func (c *CollectorConfig) validate() error {
 	}
 	switch {
 	case !validNamespace(c.Namespace):
-		return fmt.Errorf("%w: metric namespace %q", consumer.ErrInvalidConfig, c.Namespace)
+		return fmt.Errorf("%w: metric namespace %q", broker.ErrInvalidConfig, c.Namespace)
 	case c.Consumer == "":
-		return fmt.Errorf("%w: collector needs a Consumer name", consumer.ErrInvalidConfig)
+		return fmt.Errorf("%w: collector needs a Consumer name", broker.ErrInvalidConfig)
 	case c.Destination == "":
-		return fmt.Errorf("%w: collector needs a Destination", consumer.ErrInvalidConfig)
+		return fmt.Errorf("%w: collector needs a Destination", broker.ErrInvalidConfig)
 	case c.MinInterval < 0 || c.Timeout < 0:
-		return fmt.Errorf("%w: negative collector interval or timeout", consumer.ErrInvalidConfig)
+		return fmt.Errorf("%w: negative collector interval or timeout", broker.ErrInvalidConfig)
 	}
 	return nil
 }
@@ -139,7 +138,7 @@ type LagCollector struct {
 // wrapping consumer.ErrInvalidConfig when src is nil or cfg is invalid.
 func NewLagCollector(src LagSource, cfg CollectorConfig) (*LagCollector, error) {
 	if src == nil {
-		return nil, fmt.Errorf("%w: nil LagSource", consumer.ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: nil LagSource", broker.ErrInvalidConfig)
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -190,7 +189,7 @@ type DepthCollector struct {
 // error wrapping consumer.ErrInvalidConfig when src is nil or cfg is invalid.
 func NewDepthCollector(src DepthSource, cfg CollectorConfig) (*DepthCollector, error) {
 	if src == nil {
-		return nil, fmt.Errorf("%w: nil DepthSource", consumer.ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: nil DepthSource", broker.ErrInvalidConfig)
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err

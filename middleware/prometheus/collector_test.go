@@ -9,7 +9,7 @@ import (
 
 	prom "github.com/prometheus/client_golang/prometheus"
 
-	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/broker"
 	qprom "github.com/queuekit/queuekit/middleware/prometheus"
 )
 
@@ -106,10 +106,10 @@ func TestCollectorsRejectBadConfig(t *testing.T) {
 			if tt.nilS {
 				lag, depth = nil, nil
 			}
-			if _, err := qprom.NewLagCollector(lag, tt.cfg); !errors.Is(err, consumer.ErrInvalidConfig) {
+			if _, err := qprom.NewLagCollector(lag, tt.cfg); !errors.Is(err, broker.ErrInvalidConfig) {
 				t.Errorf("NewLagCollector(%s) error = %v; want ErrInvalidConfig", tt.name, err)
 			}
-			if _, err := qprom.NewDepthCollector(depth, tt.cfg); !errors.Is(err, consumer.ErrInvalidConfig) {
+			if _, err := qprom.NewDepthCollector(depth, tt.cfg); !errors.Is(err, broker.ErrInvalidConfig) {
 				t.Errorf("NewDepthCollector(%s) error = %v; want ErrInvalidConfig", tt.name, err)
 			}
 		})

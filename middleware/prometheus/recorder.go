@@ -8,6 +8,7 @@ import (
 
 	prom "github.com/prometheus/client_golang/prometheus"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
 )
@@ -136,17 +137,17 @@ func New(reg prom.Registerer, opts ...Option) (*Recorder, error) {
 		}
 	}
 	if reg == nil {
-		return nil, fmt.Errorf("%w: nil prometheus Registerer", consumer.ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: nil prometheus Registerer", broker.ErrInvalidConfig)
 	}
 	if !validNamespace(o.namespace) {
-		return nil, fmt.Errorf("%w: metric namespace %q", consumer.ErrInvalidConfig, o.namespace)
+		return nil, fmt.Errorf("%w: metric namespace %q", broker.ErrInvalidConfig, o.namespace)
 	}
 	if len(o.buckets) == 0 {
-		return nil, fmt.Errorf("%w: no histogram buckets", consumer.ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: no histogram buckets", broker.ErrInvalidConfig)
 	}
 	for i := 1; i < len(o.buckets); i++ {
 		if !(o.buckets[i] > o.buckets[i-1]) {
-			return nil, fmt.Errorf("%w: histogram buckets must be strictly increasing", consumer.ErrInvalidConfig)
+			return nil, fmt.Errorf("%w: histogram buckets must be strictly increasing", broker.ErrInvalidConfig)
 		}
 	}
 	ns := o.namespace
@@ -214,7 +215,7 @@ func (r *Recorder) For(name string) *Recorder {
 	return &Recorder{m: r.m, consumer: name}
 }
 
-func (r *Recorder) label(m *consumer.Message) string {
+func (r *Recorder) label(m *broker.Message) string {
 	if r.consumer != "" {
 		return r.consumer
 	}
@@ -222,12 +223,12 @@ func (r *Recorder) label(m *consumer.Message) string {
 }
 
 // HandlerStarted implements middleware.Recorder.
-func (r *Recorder) HandlerStarted(m *consumer.Message) {
+func (r *Recorder) HandlerStarted(m *broker.Message) {
 	r.m.get(r.label(m)).inFlight.Inc()
 }
 
 // HandlerDone implements middleware.Recorder.
-func (r *Recorder) HandlerDone(m *consumer.Message, err error, d time.Duration) {
+func (r *Recorder) HandlerDone(m *broker.Message, err error, d time.Duration) {
 	b := r.m.get(r.label(m))
 	b.inFlight.Dec()
 	b.duration[resultIndex(middleware.Outcome(err))].Observe(d.Seconds())
@@ -246,11 +247,11 @@ func resultIndex(outcome string) int {
 // The outcome label is the settlement's name (s.String()) when the broker
 // took it, OutcomeStale when err wraps consumer.ErrStaleDelivery, and
 // OutcomeSettleFailed for any other settlement error.
-func (r *Recorder) Observe(m *consumer.Message, s consumer.Settlement, err error) {
+func (r *Recorder) Observe(m *broker.Message, s consumer.Settlement, err error) {
 	name := r.label(m)
 	b := r.m.get(name)
 	switch {
-	case err != nil && errors.Is(err, consumer.ErrStaleDelivery):
+	case err != nil && errors.Is(err, broker.ErrStaleDelivery):
 		r.m.handled.WithLabelValues(name, OutcomeStale).Inc()
 	case err != nil:
 		r.m.handled.WithLabelValues(name, OutcomeSettleFailed).Inc()

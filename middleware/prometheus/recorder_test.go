@@ -16,6 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
@@ -97,7 +98,7 @@ func TestRecorderCountsARealRun(t *testing.T) {
 
 	// One worker and prefetch 1, so that the dropped connection makes
 	// exactly one delivery stale: the one whose handler dropped it.
-	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) error {
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		switch string(m.Body) {
 		case "ok":
 			return nil
@@ -138,7 +139,7 @@ func TestRecorderCountsARealRun(t *testing.T) {
 	bodies := []string{"ok", "ok", "ok", "flaky", "bad", "poison", "panic", "stale"}
 	ctx := context.Background()
 	for _, body := range bodies {
-		if err := b.Publish(ctx, "orders", consumer.Message{Body: []byte(body)}); err != nil {
+		if err := b.Publish(ctx, "orders", broker.Message{Body: []byte(body)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -226,7 +227,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := qprom.New(tt.reg, tt.opts...); !errors.Is(err, consumer.ErrInvalidConfig) {
+			if _, err := qprom.New(tt.reg, tt.opts...); !errors.Is(err, broker.ErrInvalidConfig) {
 				t.Errorf("New(%s) error = %v; want ErrInvalidConfig", tt.name, err)
 			}
 		})
@@ -256,11 +257,11 @@ func TestLabelsComeFromTopicAndRunner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &consumer.Message{ID: "id-1", Topic: "payments", Attempt: 2}
+	m := &broker.Message{ID: "id-1", Topic: "payments", Attempt: 2}
 	rec.HandlerStarted(m)
 	rec.HandlerDone(m, errors.New("x"), time.Millisecond)
 	rec.Observe(m, consumer.SettledRequeue, nil)
-	rec.Observe(m, consumer.SettledAck, fmt.Errorf("ack: %w", consumer.ErrStaleDelivery))
+	rec.Observe(m, consumer.SettledAck, fmt.Errorf("ack: %w", broker.ErrStaleDelivery))
 	rec.Observe(m, consumer.SettledAck, errors.New("channel closed"))
 	rec.Event(consumer.Event{Kind: consumer.EventRestarting, Runner: "pay"})
 	rec.Event(consumer.Event{Kind: consumer.EventRebalanced, Runner: "pay"})
@@ -299,8 +300,8 @@ func TestLabelsComeFromTopicAndRunner(t *testing.T) {
 // with this Recorder (plus the observer call the runtime makes), next to a
 // bare handler.
 func BenchmarkMiddleware(b *testing.B) {
-	h := consumer.HandlerFunc(func(context.Context, *consumer.Message) error { return nil })
-	m := &consumer.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}")}
+	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
+	m := &broker.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}")}
 	ctx := context.Background()
 	b.Run("baseline", func(b *testing.B) {
 		b.ReportAllocs()

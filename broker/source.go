@@ -1,8 +1,7 @@
-package consumer
+package broker
 
 import (
 	"context"
-	"errors"
 	"strconv"
 	"time"
 )
@@ -16,13 +15,20 @@ import (
 // it returns any other error only when it cannot go on, and should mark errors
 // that restarting cannot fix with Fatal.
 //
-// Close stops intake for good and gives back to the broker every delivery the
-// source holds that it has not handed out. The runtime calls Close only after
-// every delivery it received was settled or abandoned. After Close, Receive
-// returns ErrSourceClosed. Close is idempotent.
+// Close stops intake for good, gives back to the broker every delivery the
+// source holds that it has not handed out, and finishes the session (commits
+// what was settled, leaves the consumer group). The runtime calls Close only
+// after every delivery it received was settled or abandoned. Close is bounded
+// by ctx, like net/http's Server.Shutdown: when ctx ends before Close is done,
+// Close gives up what remains (a final commit, a group leave, the wait for a
+// broker's answer), releases the source's connections and goroutines, and
+// returns an error wrapping ctx's. Nothing is lost that way: what was not
+// settled is delivered again, after the broker's session timeout at worst.
+// After Close, Receive returns ErrSourceClosed. Close is idempotent; a second
+// call returns once the first is done or its own ctx ends.
 type Source interface {
 	Receive(ctx context.Context) (Delivery, error)
-	Close() error
+	Close(ctx context.Context) error
 }
 
 // A Delivery is one message received from a Source, and the means to settle it.
@@ -88,11 +94,11 @@ type Pauser interface {
 // A StatusReporter is a Source that reports the state of its broker connection.
 // Status must be cheap and must not block: Health calls it.
 type StatusReporter interface {
-	Status() SourceStatus
+	Status() Status
 }
 
-// SourceStatus is the connection state a StatusReporter reports.
-type SourceStatus struct {
+// Status is the connection state a StatusReporter reports.
+type Status struct {
 	// Connected is true when the source is connected and subscribed.
 	Connected bool
 	// Err is the reason the source is not connected, if any.
@@ -138,13 +144,11 @@ func (r Reason) Header(h map[string]string) map[string]string {
 	return out
 }
 
-// Errors of the adapter contract.
-var (
-	// ErrStaleDelivery is returned when settling a delivery that outlived the
-	// connection, channel or generation it came on. The broker redelivers it.
-	ErrStaleDelivery = errors.New("queuekit: stale delivery")
-	// ErrSourceClosed is returned by Receive after Close.
-	ErrSourceClosed = errors.New("queuekit: source closed")
-	// ErrAlreadySettled is returned when a delivery is settled twice.
-	ErrAlreadySettled = errors.New("queuekit: delivery already settled")
-)
+// A TopologyDeclarer is a Source that can create, idempotently, the
+// destinations it uses as its configuration describes them: the queue or
+// topic, its dead-letter destination and its retry destinations. A source
+// that is a TopologyDeclarer may also declare them by itself when it
+// connects; DeclareTopology lets a program do it first, and fail early.
+type TopologyDeclarer interface {
+	DeclareTopology(ctx context.Context) error
+}
