@@ -56,3 +56,16 @@ require (
 )
 
 replace github.com/queuekit/queuekit => ../
+
+replace (
+	github.com/queuekit/queuekit/broker/kafka => ../broker/kafka
+	github.com/queuekit/queuekit/broker/rabbitmq => ../broker/rabbitmq
+	github.com/queuekit/queuekit/middleware/otelqueuekit => ../middleware/otelqueuekit
+	github.com/queuekit/queuekit/middleware/promqueuekit => ../middleware/promqueuekit
+)
+
+require (
+	github.com/queuekit/queuekit/broker/kafka v0.0.0
+	github.com/queuekit/queuekit/broker/rabbitmq v0.0.0
+	github.com/queuekit/queuekit/middleware/promqueuekit v0.0.0
+)

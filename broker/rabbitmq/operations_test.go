@@ -8,10 +8,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/queuekit/queuekit/middleware/correlation"
-	"github.com/queuekit/queuekit/middleware/prometheus"
 )
-
-var _ prometheus.DepthSource = (*Source)(nil)
 
 // RabbitMQ (real server): QueueDepth reports the ready messages and the
 // consumers of the queue, as the broker counts them.

@@ -23,7 +23,7 @@ import (
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/health"
 	"github.com/queuekit/queuekit/middleware"
-	qprom "github.com/queuekit/queuekit/middleware/prometheus"
+	"github.com/queuekit/queuekit/middleware/promqueuekit"
 	"github.com/queuekit/queuekit/retry"
 )
 
@@ -65,7 +65,7 @@ type service struct {
 	store   *store
 	sup     *consumer.Supervisor
 	reg     *prometheus.Registry
-	metrics *qprom.Recorder
+	metrics *promqueuekit.Recorder
 	wd      *health.Watchdog
 	probes  *health.Handler
 	// secret keys the derivation of order ids from Idempotency-Keys.
@@ -206,7 +206,7 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 func (s *service) build() error {
 	var err error
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if s.metrics, err = qprom.New(s.reg); err != nil {
+	if s.metrics, err = promqueuekit.New(s.reg); err != nil {
 		return err
 	}
 	backlog, err := s.watchBacklog()
@@ -254,18 +254,18 @@ func (s *service) build() error {
 // returns the option that puts it in the full health report (nil: none).
 func (s *service) watchBacklog() (health.Option, error) {
 	name := s.cfg.queue
-	cc := qprom.CollectorConfig{Consumer: name, Destination: name}
+	cc := promqueuekit.CollectorConfig{Consumer: name, Destination: name}
 	var (
 		c   prometheus.Collector
 		opt health.Option
 		err error
 	)
 	switch src := s.backend.source.(type) {
-	case health.LagSource: // Kafka; also a qprom.LagSource
-		c, err = qprom.NewLagCollector(src, cc)
+	case health.LagSource: // Kafka; also a promqueuekit.LagSource
+		c, err = promqueuekit.NewLagCollector(src, cc)
 		opt = health.WithLag(name, src)
-	case health.DepthSource: // RabbitMQ; also a qprom.DepthSource
-		c, err = qprom.NewDepthCollector(src, cc)
+	case health.DepthSource: // RabbitMQ; also a promqueuekit.DepthSource
+		c, err = promqueuekit.NewDepthCollector(src, cc)
 		opt = health.WithDepth(name, src)
 	default:
 		return nil, nil

@@ -1,4 +1,4 @@
-package prometheus_test
+package promqueuekit_test
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
-	qprom "github.com/queuekit/queuekit/middleware/prometheus"
+	"github.com/queuekit/queuekit/middleware/promqueuekit"
 	"github.com/queuekit/queuekit/retry"
 )
 
@@ -90,7 +90,7 @@ func TestRecorderCountsARealRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prom.NewRegistry()
-	rec, err := qprom.New(reg)
+	rec, err := promqueuekit.New(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,16 +218,16 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	tests := []struct {
 		name string
 		reg  prom.Registerer
-		opts []qprom.Option
+		opts []promqueuekit.Option
 	}{
 		{"a nil registerer", nil, nil},
-		{"a namespace with a dash", prom.NewRegistry(), []qprom.Option{qprom.WithNamespace("my-app")}},
-		{"decreasing buckets", prom.NewRegistry(), []qprom.Option{qprom.WithBuckets([]float64{1, 0.5})}},
-		{"no buckets", prom.NewRegistry(), []qprom.Option{qprom.WithBuckets([]float64{})}},
+		{"a namespace with a dash", prom.NewRegistry(), []promqueuekit.Option{promqueuekit.WithNamespace("my-app")}},
+		{"decreasing buckets", prom.NewRegistry(), []promqueuekit.Option{promqueuekit.WithBuckets([]float64{1, 0.5})}},
+		{"no buckets", prom.NewRegistry(), []promqueuekit.Option{promqueuekit.WithBuckets([]float64{})}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := qprom.New(tt.reg, tt.opts...); !errors.Is(err, broker.ErrInvalidConfig) {
+			if _, err := promqueuekit.New(tt.reg, tt.opts...); !errors.Is(err, broker.ErrInvalidConfig) {
 				t.Errorf("New(%s) error = %v; want ErrInvalidConfig", tt.name, err)
 			}
 		})
@@ -236,24 +236,24 @@ func TestNewRejectsBadConfig(t *testing.T) {
 
 func TestNewTwiceOnOneRegistryFailsAndLeavesItClean(t *testing.T) {
 	reg := prom.NewRegistry()
-	if _, err := qprom.New(reg); err != nil {
+	if _, err := promqueuekit.New(reg); err != nil {
 		t.Fatal(err)
 	}
-	_, err := qprom.New(reg)
+	_, err := promqueuekit.New(reg)
 	var are prom.AlreadyRegisteredError
 	if !errors.As(err, &are) {
 		t.Fatalf("second New() error = %v; want prometheus.AlreadyRegisteredError", err)
 	}
 	// Another namespace on the same registry works: the failed call left
 	// nothing half-registered.
-	if _, err := qprom.New(reg, qprom.WithNamespace("other")); err != nil {
+	if _, err := promqueuekit.New(reg, promqueuekit.WithNamespace("other")); err != nil {
 		t.Fatalf("New(WithNamespace(other)) = %v; want nil", err)
 	}
 }
 
 func TestLabelsComeFromTopicAndRunner(t *testing.T) {
 	reg := prom.NewRegistry()
-	rec, err := qprom.New(reg)
+	rec, err := promqueuekit.New(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +310,7 @@ func BenchmarkMiddleware(b *testing.B) {
 		}
 	})
 	b.Run("metrics", func(b *testing.B) {
-		rec, err := qprom.New(prom.NewRegistry())
+		rec, err := promqueuekit.New(prom.NewRegistry())
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -322,7 +322,7 @@ func BenchmarkMiddleware(b *testing.B) {
 		}
 	})
 	b.Run("metrics-parallel", func(b *testing.B) {
-		rec, err := qprom.New(prom.NewRegistry())
+		rec, err := promqueuekit.New(prom.NewRegistry())
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package prometheus_test
+package promqueuekit_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	prom "github.com/prometheus/client_golang/prometheus"
 
 	"github.com/queuekit/queuekit/broker"
-	qprom "github.com/queuekit/queuekit/middleware/prometheus"
+	"github.com/queuekit/queuekit/middleware/promqueuekit"
 )
 
 type fakeLag struct {
@@ -40,7 +40,7 @@ func (f *fakeDepth) QueueDepth(context.Context) (int, int, error) {
 
 func TestLagCollectorExportsPartitionsAndRateLimits(t *testing.T) {
 	src := &fakeLag{lag: map[int]int64{0: 5, 1: 0, 2: 120}}
-	c, err := qprom.NewLagCollector(src, qprom.CollectorConfig{Consumer: "billing", Destination: "invoices", MinInterval: time.Hour})
+	c, err := promqueuekit.NewLagCollector(src, promqueuekit.CollectorConfig{Consumer: "billing", Destination: "invoices", MinInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestLagCollectorExportsPartitionsAndRateLimits(t *testing.T) {
 func TestDepthCollectorLeavesGaugesOutOnError(t *testing.T) {
 	src := &fakeDepth{messages: 42, consumer: 3}
 	// A tiny interval: every scrape calls the source.
-	c, err := qprom.NewDepthCollector(src, qprom.CollectorConfig{Consumer: "mailer", Destination: "emails", MinInterval: time.Nanosecond})
+	c, err := promqueuekit.NewDepthCollector(src, promqueuekit.CollectorConfig{Consumer: "mailer", Destination: "emails", MinInterval: time.Nanosecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,29 +87,29 @@ func TestDepthCollectorLeavesGaugesOutOnError(t *testing.T) {
 }
 
 func TestCollectorsRejectBadConfig(t *testing.T) {
-	good := qprom.CollectorConfig{Consumer: "c", Destination: "q"}
+	good := promqueuekit.CollectorConfig{Consumer: "c", Destination: "q"}
 	tests := []struct {
 		name string
-		cfg  qprom.CollectorConfig
+		cfg  promqueuekit.CollectorConfig
 		nilS bool
 	}{
-		{"no consumer name", qprom.CollectorConfig{Destination: "q"}, false},
-		{"no destination", qprom.CollectorConfig{Consumer: "c"}, false},
-		{"a negative interval", qprom.CollectorConfig{Consumer: "c", Destination: "q", MinInterval: -1}, false},
-		{"a bad namespace", qprom.CollectorConfig{Consumer: "c", Destination: "q", Namespace: "a.b"}, false},
+		{"no consumer name", promqueuekit.CollectorConfig{Destination: "q"}, false},
+		{"no destination", promqueuekit.CollectorConfig{Consumer: "c"}, false},
+		{"a negative interval", promqueuekit.CollectorConfig{Consumer: "c", Destination: "q", MinInterval: -1}, false},
+		{"a bad namespace", promqueuekit.CollectorConfig{Consumer: "c", Destination: "q", Namespace: "a.b"}, false},
 		{"a nil source", good, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var lag qprom.LagSource = &fakeLag{}
-			var depth qprom.DepthSource = &fakeDepth{}
+			var lag promqueuekit.LagSource = &fakeLag{}
+			var depth promqueuekit.DepthSource = &fakeDepth{}
 			if tt.nilS {
 				lag, depth = nil, nil
 			}
-			if _, err := qprom.NewLagCollector(lag, tt.cfg); !errors.Is(err, broker.ErrInvalidConfig) {
+			if _, err := promqueuekit.NewLagCollector(lag, tt.cfg); !errors.Is(err, broker.ErrInvalidConfig) {
 				t.Errorf("NewLagCollector(%s) error = %v; want ErrInvalidConfig", tt.name, err)
 			}
-			if _, err := qprom.NewDepthCollector(depth, tt.cfg); !errors.Is(err, broker.ErrInvalidConfig) {
+			if _, err := promqueuekit.NewDepthCollector(depth, tt.cfg); !errors.Is(err, broker.ErrInvalidConfig) {
 				t.Errorf("NewDepthCollector(%s) error = %v; want ErrInvalidConfig", tt.name, err)
 			}
 		})
@@ -122,7 +122,7 @@ func TestLagFuncAdaptsASliceShapedSource(t *testing.T) {
 		Lag       int64
 	}
 	lagOf := func(context.Context) ([]partitionLag, error) { return []partitionLag{{0, 7}, {3, 1}}, nil }
-	src := qprom.LagFunc(func(ctx context.Context) (map[int]int64, error) {
+	src := promqueuekit.LagFunc(func(ctx context.Context) (map[int]int64, error) {
 		ls, err := lagOf(ctx)
 		if err != nil {
 			return nil, err
@@ -133,7 +133,7 @@ func TestLagFuncAdaptsASliceShapedSource(t *testing.T) {
 		}
 		return m, nil
 	})
-	c, err := qprom.NewLagCollector(src, qprom.CollectorConfig{Consumer: "c", Destination: "t"})
+	c, err := promqueuekit.NewLagCollector(src, promqueuekit.CollectorConfig{Consumer: "c", Destination: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,4 +29,4 @@
 //
 // Tracing never changes a handler's result: a handler error is recorded on
 // its span and returned as it is.
-package otel
+package otelqueuekit

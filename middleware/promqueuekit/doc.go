@@ -50,4 +50,4 @@
 // configuration, and the Registerer's error when a metric is already
 // registered. A failing broker source does not fail the scrape: its gauges
 // are left out and queuekit_collector_errors_total counts the failure.
-package prometheus
+package promqueuekit

@@ -1,4 +1,4 @@
-package otel
+package otelqueuekit
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 )
 
 // ScopeName is the instrumentation scope of the tracer this package uses.
-const ScopeName = "github.com/queuekit/queuekit/middleware/otel"
+const ScopeName = "github.com/queuekit/queuekit/middleware/otelqueuekit"
 
 // AttributeAttempt is the span attribute holding consumer.Message.Attempt
 // (1 on the first delivery). Semantic conventions have no broker-neutral

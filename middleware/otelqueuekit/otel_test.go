@@ -1,4 +1,4 @@
-package otel_test
+package otelqueuekit_test
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
-	qotel "github.com/queuekit/queuekit/middleware/otel"
+	"github.com/queuekit/queuekit/middleware/otelqueuekit"
 	"github.com/queuekit/queuekit/retry"
 )
 
@@ -57,7 +57,7 @@ func TestConsumerSpansAreLinkedToPublisherSpans(t *testing.T) {
 		pctx, span := tracer.Start(ctx, "send orders", trace.WithSpanKind(trace.SpanKindProducer))
 		id := fmt.Sprintf("order-%d", i)
 		m := broker.Message{ID: id, Body: []byte("{}"), Header: map[string]string{"content-type": "application/json"}}
-		m.Header = qotel.Inject(pctx, m.Header)
+		m.Header = otelqueuekit.Inject(pctx, m.Header)
 		if err := b.Publish(pctx, "orders", m); err != nil {
 			t.Fatal(err)
 		}
@@ -74,7 +74,7 @@ func TestConsumerSpansAreLinkedToPublisherSpans(t *testing.T) {
 		inHandler <- trace.SpanContextFromContext(ctx)
 		return nil
 	})
-	c, err := consumer.New(src, qotel.Tracing("memory", qotel.WithTracerProvider(tp))(h),
+	c, err := consumer.New(src, otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(tp))(h),
 		consumer.WithConcurrency(2), consumer.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
@@ -171,8 +171,8 @@ func TestTracingRecordsHandlerErrors(t *testing.T) {
 				}
 				return tt.err
 			})
-			wrapped := consumer.Chain(qotel.Tracing("kafka", qotel.WithTracerProvider(tp),
-				qotel.WithConsumerGroup("billing")), middleware.Recover())(h)
+			wrapped := consumer.Chain(otelqueuekit.Tracing("kafka", otelqueuekit.WithTracerProvider(tp),
+				otelqueuekit.WithConsumerGroup("billing")), middleware.Recover())(h)
 			err := wrapped.Handle(context.Background(), &broker.Message{ID: "x", Topic: "t", Attempt: 3})
 			if err == nil {
 				t.Fatal("Handle() = nil; want the handler's error")
@@ -210,12 +210,12 @@ func TestInjectFillsANilHeader(t *testing.T) {
 	defer tp.Shutdown(context.Background())
 	ctx, span := tp.Tracer("p").Start(context.Background(), "send")
 	defer span.End()
-	h := qotel.Inject(ctx, nil)
+	h := otelqueuekit.Inject(ctx, nil)
 	want := fmt.Sprintf("00-%s-%s-01", span.SpanContext().TraceID(), span.SpanContext().SpanID())
 	if h["traceparent"] != want {
 		t.Errorf("Inject(ctx, nil)[traceparent] = %q; want %q", h["traceparent"], want)
 	}
-	if h := qotel.Inject(context.Background(), nil); len(h) != 0 {
+	if h := otelqueuekit.Inject(context.Background(), nil); len(h) != 0 {
 		t.Errorf("Inject without a span = %v; want an empty header", h)
 	}
 }
@@ -229,7 +229,7 @@ func BenchmarkTracing(b *testing.B) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(nopProcessor{}))
 	defer tp.Shutdown(ctx)
 	pctx, span := tp.Tracer("p").Start(ctx, "send")
-	header := qotel.Inject(pctx, map[string]string{})
+	header := otelqueuekit.Inject(pctx, map[string]string{})
 	span.End()
 	m := &broker.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}"), Header: header}
 	b.Run("baseline", func(b *testing.B) {
@@ -239,14 +239,14 @@ func BenchmarkTracing(b *testing.B) {
 		}
 	})
 	b.Run("tracing-sdk", func(b *testing.B) {
-		wrapped := qotel.Tracing("memory", qotel.WithTracerProvider(tp))(h)
+		wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(tp))(h)
 		b.ReportAllocs()
 		for b.Loop() {
 			_ = wrapped.Handle(ctx, m)
 		}
 	})
 	b.Run("tracing-noop", func(b *testing.B) {
-		wrapped := qotel.Tracing("memory", qotel.WithTracerProvider(noop.NewTracerProvider()))(h)
+		wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()))(h)
 		b.ReportAllocs()
 		for b.Loop() {
 			_ = wrapped.Handle(ctx, m)
