@@ -37,7 +37,7 @@ func Example() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for _, body := range []string{`{"id":"o-1","quantity":2}`, `{"id":"o-2","quantity":"two"}`, `{"id":"o-3","quantity":0}`} {
-		_ = mb.Publish(ctx, "orders", broker.Message{Body: []byte(body)})
+		_ = mb.Publish(ctx, "orders", &broker.Message{Body: []byte(body)})
 	}
 
 	// 1. A handler. 2. Middleware around it.

@@ -131,7 +131,7 @@ func prepare(b *testing.B, conc int) (*memory.Broker, broker.Source) {
 	mb := memory.NewBroker()
 	body := []byte("body")
 	for range b.N {
-		if err := mb.Publish(context.Background(), "bench", broker.Message{Body: body}); err != nil {
+		if err := mb.Publish(context.Background(), "bench", &broker.Message{Body: body}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -43,6 +43,8 @@ type Consumer struct {
 	log *slog.Logger
 	sup atomic.Pointer[func(Event)] // the Supervisor's event sink, if any
 
+	backlog backlogCache // the source's backlog, asked at most every BacklogInterval (backlog.go)
+
 	pmu    sync.Mutex // serialises Pause and Resume, source calls included
 	mu     sync.Mutex
 	cur    *run // the Run in progress, or nil
@@ -68,6 +70,13 @@ func New(src broker.Source, h Handler, opts ...Option) (*Consumer, error) {
 	}
 	if err := o.validate(); err != nil {
 		return nil, err
+	}
+	o.build()
+	if len(o.middleware) > 0 {
+		h = Chain(o.middleware...)(h)
+		if isNil(h) {
+			return nil, fmt.Errorf("%w: middleware returned a nil handler", broker.ErrInvalidConfig)
+		}
 	}
 	c := &Consumer{src: src, h: h, o: o, log: o.logger}
 	if c.log == nil {

@@ -17,7 +17,7 @@ import (
 func publishN(t testing.TB, b *memory.Broker, queue string, n int) {
 	t.Helper()
 	for i := range n {
-		if err := b.Publish(context.Background(), queue, broker.Message{ID: fmt.Sprintf("m%d", i), Body: []byte(fmt.Sprint(i))}); err != nil {
+		if err := b.Publish(context.Background(), queue, &broker.Message{ID: fmt.Sprintf("m%d", i), Body: []byte(fmt.Sprint(i))}); err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
 	}

@@ -21,7 +21,7 @@ func ExampleConsumer() {
 	mb := memory.NewBroker()
 	ctx, cancel := context.WithCancel(context.Background())
 	for _, body := range []string{"apple", "banana", "cherry"} {
-		_ = mb.Publish(ctx, "fruit", broker.Message{Body: []byte(body)})
+		_ = mb.Publish(ctx, "fruit", &broker.Message{Body: []byte(body)})
 	}
 
 	var seen atomic.Int64
@@ -59,7 +59,7 @@ func ExampleConsumer() {
 func ExampleSupervisor() {
 	mb := memory.NewBroker()
 	ctx, cancel := context.WithCancel(context.Background())
-	_ = mb.Publish(ctx, "emails", broker.Message{Body: []byte("welcome")})
+	_ = mb.Publish(ctx, "emails", &broker.Message{Body: []byte("welcome")})
 
 	sup := &consumer.Supervisor{Logger: exampleLogger}
 	src, _ := mb.Source("emails", memory.SourceConfig{Prefetch: 4})
@@ -112,8 +112,8 @@ func ExampleJSON() {
 	}
 	mb := memory.NewBroker()
 	ctx, cancel := context.WithCancel(context.Background())
-	_ = mb.Publish(ctx, "signups", broker.Message{Body: []byte(`{"email": "ada@example.com"}`)})
-	_ = mb.Publish(ctx, "signups", broker.Message{Body: []byte(`{"email": 42}`)})
+	_ = mb.Publish(ctx, "signups", &broker.Message{Body: []byte(`{"email": "ada@example.com"}`)})
+	_ = mb.Publish(ctx, "signups", &broker.Message{Body: []byte(`{"email": 42}`)})
 
 	h := consumer.JSON(func(ctx context.Context, m *broker.Message, s Signup) error {
 		fmt.Println("signed up", s.Email)

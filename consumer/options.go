@@ -18,8 +18,60 @@ type options struct {
 	drainTimeout  time.Duration
 	settleTimeout time.Duration
 	logger        *slog.Logger
-	hook          func(Event)
-	observer      func(*broker.Message, Settlement, error)
+	hooks         []func(Event)
+	observers     []func(*broker.Message, Settlement, error)
+	middleware    []Middleware
+
+	// Built by build from the lists above.
+	hook     func(Event)
+	observer func(*broker.Message, Settlement, error)
+}
+
+// build composes the hooks and observers the options added, in order, into
+// one of each (nil when there are none). Each is called under a recover of
+// its own, so that a panicking one does not keep the others from the call.
+func (o *options) build() {
+	o.hook, o.observer = nil, nil
+	switch hooks := o.hooks; len(hooks) {
+	case 0:
+	case 1:
+		o.hook = hooks[0]
+	default:
+		o.hook = func(e Event) {
+			var first any
+			for _, f := range hooks {
+				if p := callHook(f, e); p != nil && first == nil {
+					first = p
+				}
+			}
+			if first != nil {
+				panic(first) // reported by emit, once
+			}
+		}
+	}
+	switch obs := o.observers; len(obs) {
+	case 0:
+	case 1:
+		o.observer = obs[0]
+	default:
+		o.observer = func(m *broker.Message, s Settlement, err error) {
+			var first any
+			for _, f := range obs {
+				if p := callObserver(f, m, s, err); p != nil && first == nil {
+					first = p
+				}
+			}
+			if first != nil {
+				panic(first) // reported by observe, once
+			}
+		}
+	}
+}
+
+func callObserver(f func(*broker.Message, Settlement, error), m *broker.Message, s Settlement, err error) (panicked any) {
+	defer func() { panicked = recover() }()
+	f(m, s, err)
+	return nil
 }
 
 func defaultOptions() options {
@@ -82,21 +134,44 @@ func WithSettleTimeout(d time.Duration) Option { return func(o *options) { o.set
 // (default slog.Default()). Per-message logging is middleware.Log's job.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
-// WithEventHook sets a function called with every event of this consumer and
+// WithEventHook adds a function called with every event of this consumer and
 // its source. It is called synchronously from the consumer's goroutines and
 // must not block; a Supervisor's OnEvent hook is queued instead. In
 // particular it must not call this consumer's Shutdown or Close, which wait
 // for the goroutine the hook runs on: to stop the consumer from a hook, call
 // them in a goroutine of their own (go c.Close()). Pause and Resume may be
-// called. A hook that panics loses that call, nothing else.
-func WithEventHook(f func(Event)) Option { return func(o *options) { o.hook = f } }
+// called. A hook that panics loses that call, nothing else. Hooks added by
+// several options are all called, in the order of the options; a nil f adds
+// nothing.
+func WithEventHook(f func(Event)) Option {
+	return func(o *options) {
+		if f != nil {
+			o.hooks = append(o.hooks, f)
+		}
+	}
+}
 
-// WithObserver sets f, called after every settlement with the message, what
+// WithObserver adds f, called after every settlement with the message, what
 // the runtime did, and the error of the settlement call itself (nil when the
 // broker took it; an error wrapping ErrStaleDelivery when the delivery had
 // outlived its connection). It is called from the worker goroutines, at the
 // same time from several; it must be fast and must not keep m. Metrics
-// recorders use it to count outcomes.
+// recorders use it to count outcomes. Observers added by several options are
+// all called, in the order of the options; a nil f adds nothing.
 func WithObserver(f func(m *broker.Message, s Settlement, err error)) Option {
-	return func(o *options) { o.observer = f }
+	return func(o *options) {
+		if f != nil {
+			o.observers = append(o.observers, f)
+		}
+	}
+}
+
+// WithMiddleware wraps the consumer's handler in mw, the first listed
+// outermost, as Chain does: New(src, h, WithMiddleware(a, b)) handles with
+// a(b(h)). Middleware added by several options wraps in the order of the
+// options, the first option outermost; nil middleware is skipped. It is how an integration such as a
+// metrics recorder adds what it needs in one call (rec.Options()); a
+// handler's own chain is clearer built with Chain.
+func WithMiddleware(mw ...Middleware) Option {
+	return func(o *options) { o.middleware = append(o.middleware, mw...) }
 }

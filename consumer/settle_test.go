@@ -92,7 +92,7 @@ func TestBadJSONIsDeadLetteredOnFirstDeliveryWithoutRetries(t *testing.T) {
 	b := memory.NewBroker()
 	good, _ := json.Marshal(order{ID: "o1", Total: 42})
 	for _, body := range [][]byte{good, []byte(`{"id": "o2", "total": "not a number"`), good} {
-		if err := b.Publish(context.Background(), queue, broker.Message{Body: body}); err != nil {
+		if err := b.Publish(context.Background(), queue, &broker.Message{Body: body}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -133,7 +133,7 @@ func TestReadinessFollowsTheConsumer(t *testing.T) {
 	}
 
 	// Draining: a handler is in flight when the context is cancelled.
-	if err := b.Publish(ctx, "orders", broker.Message{Body: []byte("x")}); err != nil {
+	if err := b.Publish(ctx, "orders", &broker.Message{Body: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
 	<-started
@@ -204,7 +204,7 @@ func TestLivenessFailsForAStuckHandler(t *testing.T) {
 	go func() { done <- sup.Run(ctx) }()
 
 	eventually(t, hh.Live(), http.StatusOK, "running")
-	if err := b.Publish(ctx, "orders", broker.Message{ID: "order-7", Body: []byte("x")}); err != nil {
+	if err := b.Publish(ctx, "orders", &broker.Message{ID: "order-7", Body: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
 	<-started

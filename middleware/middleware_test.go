@@ -185,7 +185,7 @@ func TestLogLinesCarryTheConsumerName(t *testing.T) {
 	var buf syncBuffer
 	l := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b := memory.NewBroker()
-	_ = b.Publish(context.Background(), "invoices", broker.Message{ID: "inv-1"})
+	_ = b.Publish(context.Background(), "invoices", &broker.Message{ID: "inv-1"})
 	src, err := b.Source("invoices", memory.SourceConfig{})
 	if err != nil {
 		t.Fatal(err)

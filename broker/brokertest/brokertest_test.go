@@ -88,7 +88,7 @@ func TestMutant(t *testing.T) {
 				Destination: queue,
 				Publish: func(ctx context.Context, msgs ...broker.Message) error {
 					for _, m := range msgs {
-						if err := b.Publish(ctx, queue, m); err != nil {
+						if err := b.Publish(ctx, queue, &m); err != nil {
 							return err
 						}
 					}

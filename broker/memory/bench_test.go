@@ -17,7 +17,7 @@ func BenchmarkReceiveAck(b *testing.B) {
 	ctx := context.Background()
 	b.StopTimer()
 	for range b.N {
-		br.Publish(ctx, "q", broker.Message{Body: benchBody})
+		br.Publish(ctx, "q", &broker.Message{Body: benchBody})
 	}
 	src, _ := br.Source("q", memory.SourceConfig{Prefetch: 1})
 	b.ReportAllocs()
@@ -41,7 +41,7 @@ func BenchmarkPublishReceiveAck(b *testing.B) {
 	src, _ := br.Source("q", memory.SourceConfig{Prefetch: 1})
 	b.ReportAllocs()
 	for range b.N {
-		if err := br.Publish(ctx, "q", broker.Message{Body: benchBody}); err != nil {
+		if err := br.Publish(ctx, "q", &broker.Message{Body: benchBody}); err != nil {
 			b.Fatal(err)
 		}
 		d, err := src.Receive(ctx)
@@ -61,7 +61,7 @@ func BenchmarkReceiveAckParallel(b *testing.B) {
 	ctx := context.Background()
 	b.StopTimer()
 	for range b.N {
-		br.Publish(ctx, "q", broker.Message{Body: benchBody})
+		br.Publish(ctx, "q", &broker.Message{Body: benchBody})
 	}
 	src, _ := br.Source("q", memory.SourceConfig{Prefetch: 64})
 	b.ReportAllocs()

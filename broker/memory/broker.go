@@ -85,22 +85,34 @@ func (b *Broker) queue(name string) *queue {
 	return q
 }
 
-// Publish appends a copy of m to queue, creating the queue on first use.
-// The copy's Topic is queue; its ID is "<queue>-<n>" (n counting from 1) if
-// m.ID is empty, and its Time is now if m.Time is zero. m.Attempt is ignored.
-// Publish returns ctx's error if ctx is done, and ErrBrokerClosed after Close.
-func (b *Broker) Publish(ctx context.Context, queue string, m broker.Message) error {
+// Publish appends copies of msgs to queue, in order, creating the queue on
+// first use: all of them or, on error, none. Each copy's Topic is queue; its
+// ID is "<queue>-<n>" (n counting from 1) if the message's ID is empty, and
+// its Time is now if the message's Time is zero; Attempt is ignored. Publish
+// has the signature of broker.Publisher's (see Publisher for one with a Close
+// of its own). It returns ctx's error if ctx is done, an error wrapping
+// broker.ErrInvalidConfig for an empty queue name or a nil message, and
+// ErrBrokerClosed after Close.
+func (b *Broker) Publish(ctx context.Context, queue string, msgs ...*broker.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if queue == "" {
 		return fmt.Errorf("memory: publish: %w: empty queue name", broker.ErrInvalidConfig)
 	}
-	e := &entry{msg: copyMessage(&m)}
-	e.msg.Topic = queue
-	e.msg.Attempt = 0
-	if e.msg.Time.IsZero() {
-		e.msg.Time = time.Now()
+	now := time.Now()
+	entries := make([]*entry, len(msgs))
+	for i, m := range msgs {
+		if m == nil {
+			return fmt.Errorf("memory: publish: %w: message %d is nil", broker.ErrInvalidConfig, i)
+		}
+		e := &entry{msg: copyMessage(m)}
+		e.msg.Topic = queue
+		e.msg.Attempt = 0
+		if e.msg.Time.IsZero() {
+			e.msg.Time = now
+		}
+		entries[i] = e
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -108,12 +120,14 @@ func (b *Broker) Publish(ctx context.Context, queue string, m broker.Message) er
 		return ErrBrokerClosed
 	}
 	q := b.queue(queue)
-	q.seq++
-	if e.msg.ID == "" {
-		e.msg.ID = queue + "-" + strconv.FormatUint(q.seq, 10)
+	for _, e := range entries {
+		q.seq++
+		if e.msg.ID == "" {
+			e.msg.ID = queue + "-" + strconv.FormatUint(q.seq, 10)
+		}
+		q.stats.Published++
+		q.ready.pushBack(e)
 	}
-	q.stats.Published++
-	q.ready.pushBack(e)
 	q.wake()
 	return nil
 }

@@ -29,7 +29,7 @@ func newSource(t *testing.T, b *memory.Broker, queue string, prefetch int) *memo
 func publish(t *testing.T, b *memory.Broker, queue string, bodies ...string) {
 	t.Helper()
 	for _, body := range bodies {
-		if err := b.Publish(context.Background(), queue, broker.Message{Body: []byte(body)}); err != nil {
+		if err := b.Publish(context.Background(), queue, &broker.Message{Body: []byte(body)}); err != nil {
 			t.Fatalf("Publish(%q, %q) = %v", queue, body, err)
 		}
 	}
@@ -79,7 +79,7 @@ func TestInvalidConfig(t *testing.T) {
 			t.Errorf("Source(%q, Prefetch %d) = %v; want an error wrapping ErrInvalidConfig", tc.queue, tc.prefetch, err)
 		}
 	}
-	if err := b.Publish(context.Background(), "", broker.Message{}); !errors.Is(err, broker.ErrInvalidConfig) {
+	if err := b.Publish(context.Background(), "", &broker.Message{}); !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Errorf("Publish to an empty queue name = %v; want an error wrapping ErrInvalidConfig", err)
 	}
 }
@@ -87,7 +87,7 @@ func TestInvalidConfig(t *testing.T) {
 func TestPublishAssignsIDTopicAndTime(t *testing.T) {
 	b := memory.NewBroker()
 	publish(t, b, "q", "a", "b")
-	if err := b.Publish(context.Background(), "q", broker.Message{ID: "mine", Body: []byte("c"), Attempt: 7}); err != nil {
+	if err := b.Publish(context.Background(), "q", &broker.Message{ID: "mine", Body: []byte("c"), Attempt: 7}); err != nil {
 		t.Fatal(err)
 	}
 	src := newSource(t, b, "q", 3)
@@ -100,7 +100,7 @@ func TestPublishAssignsIDTopicAndTime(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := b.Publish(ctx, "q", broker.Message{}); !errors.Is(err, context.Canceled) {
+	if err := b.Publish(ctx, "q", &broker.Message{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Publish with a cancelled context = %v; want context.Canceled", err)
 	}
 }
@@ -108,7 +108,7 @@ func TestPublishAssignsIDTopicAndTime(t *testing.T) {
 func TestMessagesAreCopied(t *testing.T) {
 	b := memory.NewBroker()
 	m := broker.Message{Key: []byte("k"), Body: []byte("body"), Header: map[string]string{"h": "v"}}
-	if err := b.Publish(context.Background(), "q", m); err != nil {
+	if err := b.Publish(context.Background(), "q", &m); err != nil {
 		t.Fatal(err)
 	}
 	// The publisher changes its message after Publish.
@@ -386,7 +386,7 @@ func TestPauseStopsDeliveriesUntilResume(t *testing.T) {
 
 func TestDeadLetterMovesTheMessageWithTheReason(t *testing.T) {
 	b := memory.NewBroker()
-	if err := b.Publish(context.Background(), "q", broker.Message{Body: []byte("bad"), Header: map[string]string{"orig": "yes"}}); err != nil {
+	if err := b.Publish(context.Background(), "q", &broker.Message{Body: []byte("bad"), Header: map[string]string{"orig": "yes"}}); err != nil {
 		t.Fatal(err)
 	}
 	src := newSource(t, b, "q", 1)
@@ -470,7 +470,7 @@ func TestBrokerCloseFlushesDelayedMessages(t *testing.T) {
 	if _, err := src.Receive(context.Background()); !errors.Is(err, broker.ErrSourceClosed) {
 		t.Errorf("Receive after Broker.Close = %v; want ErrSourceClosed", err)
 	}
-	if err := b.Publish(context.Background(), "q", broker.Message{}); !errors.Is(err, memory.ErrBrokerClosed) {
+	if err := b.Publish(context.Background(), "q", &broker.Message{}); !errors.Is(err, memory.ErrBrokerClosed) {
 		t.Errorf("Publish after Close = %v; want ErrBrokerClosed", err)
 	}
 	if _, err := b.Source("q", memory.SourceConfig{}); !errors.Is(err, memory.ErrBrokerClosed) {
@@ -544,7 +544,7 @@ func TestConcurrentProducersAndConsumers(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range perPublisher {
-				if err := b.Publish(ctx, "q", broker.Message{Body: []byte(fmt.Sprintf("%d-%d", p, i))}); err != nil {
+				if err := b.Publish(ctx, "q", &broker.Message{Body: []byte(fmt.Sprintf("%d-%d", p, i))}); err != nil {
 					t.Error(err)
 					return
 				}

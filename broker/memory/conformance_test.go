@@ -32,7 +32,7 @@ func TestConformance(t *testing.T) {
 				Destination: queue,
 				Publish: func(ctx context.Context, msgs ...broker.Message) error {
 					for _, m := range msgs {
-						if err := b.Publish(ctx, queue, m); err != nil {
+						if err := b.Publish(ctx, queue, &m); err != nil {
 							return err
 						}
 					}

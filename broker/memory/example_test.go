@@ -19,7 +19,7 @@ func Example() {
 	ctx := context.Background()
 	b := memory.NewBroker()
 	for _, body := range []string{`{"id":1}`, `not json`, `{"id":2}`} {
-		if err := b.Publish(ctx, "orders", broker.Message{Body: []byte(body)}); err != nil {
+		if err := b.Publish(ctx, "orders", &broker.Message{Body: []byte(body)}); err != nil {
 			panic(err)
 		}
 	}
@@ -65,7 +65,7 @@ func Example() {
 func ExampleSource_DropConnection() {
 	ctx := context.Background()
 	b := memory.NewBroker()
-	b.Publish(ctx, "jobs", broker.Message{Body: []byte("job")})
+	b.Publish(ctx, "jobs", &broker.Message{Body: []byte("job")})
 	src, _ := b.Source("jobs", memory.SourceConfig{})
 	defer src.Close(context.Background())
 

@@ -84,7 +84,7 @@ func run(ctx context.Context, out io.Writer) error {
 			Header: map[string]string{IdempotencyKeyHeader: p.key},
 			Body:   []byte(p.body),
 		}
-		if err := b.Publish(ctx, "payments", msg); err != nil {
+		if err := b.Publish(ctx, "payments", &msg); err != nil {
 			return err
 		}
 	}

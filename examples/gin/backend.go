@@ -66,7 +66,7 @@ func newMemoryBackend(cfg config) (*backend, error) {
 		name:   "memory",
 		source: src,
 		publish: func(ctx context.Context, m broker.Message) error {
-			return b.Publish(ctx, cfg.queue, m)
+			return b.Publish(ctx, cfg.queue, &m)
 		},
 		left: func(context.Context) (int, bool) {
 			st := b.Stats(cfg.queue)

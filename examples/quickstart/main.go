@@ -53,7 +53,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		if i == 13 {
 			body = []byte(`{"id": "o-013", "total_cents": "thirteen"}`) // does not decode: dead-lettered at once
 		}
-		if err := mb.Publish(ctx, "orders", broker.Message{Body: body}); err != nil {
+		if err := mb.Publish(ctx, "orders", &broker.Message{Body: body}); err != nil {
 			return err
 		}
 	}

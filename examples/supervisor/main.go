@@ -201,7 +201,7 @@ func handler(d time.Duration) consumer.Handler {
 func publish(ctx context.Context, b *memory.Broker, n int, queues ...string) error {
 	for _, q := range queues {
 		for range n {
-			if err := b.Publish(ctx, q, broker.Message{Body: []byte("{}")}); err != nil {
+			if err := b.Publish(ctx, q, &broker.Message{Body: []byte("{}")}); err != nil {
 				return err
 			}
 		}

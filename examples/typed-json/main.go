@@ -90,7 +90,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	b := memory.NewBroker()
 	defer b.Close()
 	for _, p := range payloads {
-		if err := b.Publish(ctx, "signups", broker.Message{ID: p.id, Body: []byte(p.body)}); err != nil {
+		if err := b.Publish(ctx, "signups", &broker.Message{ID: p.id, Body: []byte(p.body)}); err != nil {
 			return err
 		}
 	}

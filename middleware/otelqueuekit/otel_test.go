@@ -58,7 +58,7 @@ func TestConsumerSpansAreLinkedToPublisherSpans(t *testing.T) {
 		id := fmt.Sprintf("order-%d", i)
 		m := broker.Message{ID: id, Body: []byte("{}"), Header: map[string]string{"content-type": "application/json"}}
 		m.Header = otelqueuekit.Inject(pctx, m.Header)
-		if err := b.Publish(pctx, "orders", m); err != nil {
+		if err := b.Publish(pctx, "orders", &m); err != nil {
 			t.Fatal(err)
 		}
 		span.End()

@@ -139,7 +139,7 @@ func TestRecorderCountsARealRun(t *testing.T) {
 	bodies := []string{"ok", "ok", "ok", "flaky", "bad", "poison", "panic", "stale"}
 	ctx := context.Background()
 	for _, body := range bodies {
-		if err := b.Publish(ctx, "orders", broker.Message{Body: []byte(body)}); err != nil {
+		if err := b.Publish(ctx, "orders", &broker.Message{Body: []byte(body)}); err != nil {
 			t.Fatal(err)
 		}
 	}
