@@ -16,10 +16,16 @@ import (
 	"github.com/queuekit/queuekit/retry"
 )
 
-// A Runner is anything a Supervisor can run: a *Consumer, or a RunnerFunc.
-// Run must return when ctx is done. A Runner may also implement
-// Shutdown(ctx) error (graceful stop with a deadline), State() State (health),
-// and Pause(ctx) error / Resume(ctx) error; *Consumer implements them all.
+// A Runner is anything a Supervisor can run: a *Consumer, a RunnerFunc, a
+// health.Watchdog. Run must return when ctx is done.
+//
+// A Runner may implement more, and the Supervisor uses what it finds:
+// Supervised (takes the name it is added under, shares its events),
+// Shutdown(ctx) error (a graceful stop the Supervisor calls once the runner
+// will not run again), State() State (its finer state in Health),
+// broker.Pauser (Supervisor.Pause and Resume) and
+// Backlog(ctx) (broker.Backlog, error) (Supervisor.Backlog). *Consumer
+// implements them all.
 type Runner interface {
 	Run(ctx context.Context) error
 }
@@ -30,17 +36,31 @@ type RunnerFunc func(ctx context.Context) error
 // Run calls f(ctx).
 func (f RunnerFunc) Run(ctx context.Context) error { return f(ctx) }
 
+// A Supervised runner takes part in its Supervisor's naming and events.
+// *Consumer is one; a runner of another kind implements it to get the same.
+type Supervised interface {
+	Runner
+	// Attach is called by Supervisor.Add, once, before the runner's first
+	// Run. The runner takes name, the name it is added under, as its own
+	// for its logs, metrics and events, and from then on passes each of its
+	// events to emit, which never blocks (the Supervisor queues them for
+	// its OnEvent hook). The Supervisor reports the runner's stops itself:
+	// an EventStopped passed to emit is dropped.
+	//
+	// Attach returns the runner's own event hook, or nil: the Supervisor
+	// calls it with its events about the runner (EventStarting,
+	// EventFailed, EventRestarting), synchronously, so that hooks set on the
+	// runner see its whole life; it must not block. An error from Attach
+	// fails Add.
+	Attach(name string, emit func(Event)) (hook func(Event), err error)
+}
+
 type shutdowner interface {
 	Shutdown(ctx context.Context) error
 }
 
 type stater interface {
 	State() State
-}
-
-type pauser interface {
-	Pause(ctx context.Context) error
-	Resume(ctx context.Context) error
 }
 
 // A Supervisor runs a set of named runners tied to one context, restarts the
@@ -58,13 +78,27 @@ type pauser interface {
 // as invalid configuration) is not restarted: the Supervisor stops every
 // runner and Run returns that error. A runner that returns nil is done.
 //
+// # Names
+//
+// Add names a runner once for everything: a Supervised runner (a *Consumer)
+// takes the name as its own, so that its logs, events, metrics labels and
+// health entry all say "orders" for a consumer added as "orders", whatever
+// its WithName.
+//
+// # Stopping
+//
+// When Run's context is done, the Supervisor cancels the context it passed
+// to every runner's Run and waits for them. Each consumer then drains as its
+// own Run does on a cancelled context: within its drain timeout
+// (WithDrainTimeout), after which its remaining handlers are abandoned and
+// their messages given back. That is the one drain budget of a supervised
+// consumer; set it per consumer, below the platform's grace period (a
+// Kubernetes terminationGracePeriodSeconds). To stop a single consumer with
+// a deadline of the caller's, call its Shutdown(ctx).
+//
 // The Supervisor installs no signal handlers: pass Run a context from
 // signal.NotifyContext.
 type Supervisor struct {
-	// DrainTimeout, if positive, bounds the graceful stop of runners that
-	// implement Shutdown (as *Consumer does) once Run's context is done.
-	// Zero leaves each consumer to its own drain timeout (WithDrainTimeout).
-	DrainTimeout time.Duration
 	// Restart spaces out restarts after failures. Nil means exponential steps
 	// of 100ms, 200ms, 400ms… up to 30s with equal jitter: each delay is
 	// between half its step and the step (the first 50–100ms), so each is at
@@ -92,9 +126,7 @@ type Supervisor struct {
 type entry struct {
 	name string
 	r    Runner
-	// shutdown receives the result of the Shutdown that Run calls on a
-	// stop when DrainTimeout is set (nil otherwise); capacity 1.
-	shutdown chan error
+	hook func(Event) // the runner's own event hook (Supervised.Attach), or nil
 
 	mu       sync.Mutex
 	state    State
@@ -112,9 +144,15 @@ func (e *entry) set(s State, err error) {
 	e.mu.Unlock()
 }
 
-// Add registers a runner under a unique name. It must be called before Run.
-// It returns an error for a nil runner, an empty or duplicate name, or when
-// Run has started.
+// Add registers a runner under a unique name, before Run. A Supervised
+// runner (a *Consumer) is attached: it takes name as its own, for its logs,
+// events, metrics and health, and shares its events with the Supervisor
+// (see Supervised). A runner must be added before it first runs, and to one
+// Supervisor only.
+//
+// Add returns an error wrapping broker.ErrInvalidConfig for a nil runner, an
+// empty or duplicate name, or a runner whose Attach fails (a *Consumer that
+// is running, stopped, or added already); and an error when Run has started.
 func (s *Supervisor) Add(name string, r Runner) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -132,25 +170,39 @@ func (s *Supervisor) Add(name string, r Runner) error {
 		s.byName = make(map[string]*entry)
 	}
 	e := &entry{name: name, r: r, state: StateStarting, since: time.Now()}
-	s.entries = append(s.entries, e)
-	s.byName[name] = e
-	if c, ok := r.(*Consumer); ok {
-		sink := func(ev Event) {
+	if sr, ok := r.(Supervised); ok {
+		hook, err := attach(sr, name, func(ev Event) {
 			if ev.Kind == EventStopped {
 				return // the Supervisor reports its runners' stops itself
 			}
 			ev.Runner = name
 			s.emit(ev)
+		})
+		if err != nil {
+			return fmt.Errorf("queuekit: supervisor: Add(%q): %w", name, err)
 		}
-		c.sup.Store(&sink)
+		e.hook = hook
 	}
+	s.entries = append(s.entries, e)
+	s.byName[name] = e
 	return nil
 }
 
+// attach calls sr.Attach, turning a panic (a runner is user code) into an
+// error.
+func attach(sr Supervised, name string, emit func(Event)) (hook func(Event), err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			hook, err = nil, fmt.Errorf("%w: Attach of %T panicked: %v", broker.ErrInvalidConfig, sr, p)
+		}
+	}()
+	return sr.Attach(name, emit)
+}
+
 // Run starts every runner and supervises them until ctx is done or a runner
-// fails fatally. It then stops them all — calling Shutdown with DrainTimeout
-// on runners that have it — and returns only when every runner and every
-// goroutine Run started has returned.
+// fails fatally. It then stops them all — each consumer drains within its
+// own drain timeout (see Stopping) — and returns only when every runner and
+// every goroutine Run started has returned.
 //
 // It returns nil after a stop caused by ctx, or the fatal error.
 func (s *Supervisor) Run(ctx context.Context) error {
@@ -172,13 +224,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	if s.DrainTimeout > 0 {
-		for _, e := range entries {
-			if _, ok := e.r.(shutdowner); ok {
-				e.shutdown = make(chan error, 1)
-			}
-		}
-	}
 	var wg sync.WaitGroup
 	for _, e := range entries {
 		wg.Add(1)
@@ -188,32 +233,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		}()
 	}
 
-	<-ctx.Done()
-	if s.DrainTimeout > 0 {
-		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), s.DrainTimeout)
-		for _, e := range entries {
-			if sd, ok := e.r.(shutdowner); ok {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					err := sd.Shutdown(dctx)
-					if errors.Is(err, context.DeadlineExceeded) && dctx.Err() != nil {
-						// Shutdown says ctx.Err(), as net/http's does: name
-						// what it means here.
-						err = fmt.Errorf("queuekit: drain past the supervisor's DrainTimeout of %v: %w: %w", s.DrainTimeout, ErrDrainTimeout, err)
-					}
-					if err != nil {
-						s.logger().Warn("queuekit: runner shutdown", "runner", e.name, "error", err)
-					}
-					e.shutdown <- err
-				}()
-			}
-		}
-		wg.Wait()
-		dcancel()
-	} else {
-		wg.Wait()
-	}
+	wg.Wait()
 
 	if evDone != nil {
 		s.mu.Lock()
@@ -236,7 +256,7 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 	// down, so that nothing it holds outlives Supervisor.Run.
 	defer func() {
 		if sd, ok := e.r.(shutdowner); ok {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.finalShutdownTimeout())
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalShutdownTimeout)
 			defer cancel()
 			if err := sd.Shutdown(sctx); err != nil && !errors.Is(err, ErrDrainTimeout) {
 				s.logger().Warn("queuekit: runner shutdown", "runner", e.name, "error", err)
@@ -247,7 +267,7 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 	log := s.logger().With("runner", e.name)
 	for {
 		e.set(StateStarting, nil)
-		s.emit(Event{Kind: EventStarting, Runner: e.name})
+		s.emitFor(e, Event{Kind: EventStarting, Runner: e.name})
 		started := time.Now()
 		e.set(StateRunning, nil)
 		// A runner is user code: its error may be a typed nil whose Error
@@ -256,16 +276,6 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		// Tell shutdown from failure by our own ctx, not by the error's type:
 		// a runner may return context.Canceled for reasons of its own.
 		if ctx.Err() != nil || err == nil || safeIs(err, ErrConsumerClosed) {
-			if ctx.Err() != nil && safeIs(err, ErrConsumerClosed) && e.shutdown != nil {
-				// The Supervisor's own graceful Shutdown (DrainTimeout)
-				// stopped it, so Run says only ErrConsumerClosed: report
-				// how the drain went instead (nil when clean, the drain
-				// timeout otherwise), as Run does without DrainTimeout.
-				err = safeError(<-e.shutdown)
-				if safeIs(err, ErrConsumerClosed) {
-					err = nil // it was closed already
-				}
-			}
 			e.set(StateStopped, nil)
 			if err != nil && ctx.Err() == nil {
 				log.Info("queuekit: runner stopped", "error", err)
@@ -274,7 +284,7 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 			return
 		}
 		e.set(StateFailed, err)
-		s.emit(Event{Kind: EventFailed, Runner: e.name, Err: err})
+		s.emitFor(e, Event{Kind: EventFailed, Runner: e.name, Err: err})
 		if pe, ok := err.(*PanicError); ok {
 			log.Error("queuekit: runner panicked", "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
 		}
@@ -298,7 +308,7 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		n := e.restarts
 		e.mu.Unlock()
 		log.Warn("queuekit: runner failed; restarting", "error", err, "delay", d, "restarts", n)
-		s.emit(Event{Kind: EventRestarting, Runner: e.name, Err: err, Delay: d, Restarts: n})
+		s.emitFor(e, Event{Kind: EventRestarting, Runner: e.name, Err: err, Delay: d, Restarts: n})
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -338,7 +348,8 @@ func (s *Supervisor) Health() Health {
 }
 
 // Pause stops the intake of the named runner without losing messages (see
-// Consumer.Pause). It returns ErrUnknownRunner or ErrNotPausable.
+// Consumer.Pause). The runner must implement broker.Pauser, as *Consumer
+// does. It returns errors wrapping ErrUnknownRunner or ErrNotPausable.
 func (s *Supervisor) Pause(ctx context.Context, name string) error {
 	p, err := s.pauser(name)
 	if err != nil {
@@ -356,18 +367,58 @@ func (s *Supervisor) Resume(ctx context.Context, name string) error {
 	return p.Resume(ctx)
 }
 
-func (s *Supervisor) pauser(name string) (pauser, error) {
+func (s *Supervisor) pauser(name string) (broker.Pauser, error) {
+	r, err := s.runner(name)
+	if err != nil {
+		return nil, err
+	}
+	p, ok := r.(broker.Pauser)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNotPausable, name)
+	}
+	return p, nil
+}
+
+func (s *Supervisor) runner(name string) (Runner, error) {
 	s.mu.Lock()
 	e := s.byName[name]
 	s.mu.Unlock()
 	if e == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownRunner, name)
 	}
-	p, ok := e.r.(pauser)
-	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrNotPausable, name)
+	return e.r, nil
+}
+
+// Backlog reports what waits at the broker for the named runner: its
+// Backlog method's answer (Consumer.Backlog, rate-limited and shared by all
+// callers). It returns an error wrapping ErrUnknownRunner for a name that
+// was never added, and one wrapping ErrNoBacklog for a runner without a
+// Backlog method or whose source reports none. Package health's full report
+// and promqueuekit's backlog collector read it for every runner.
+func (s *Supervisor) Backlog(ctx context.Context, name string) (broker.Backlog, error) {
+	r, err := s.runner(name)
+	if err != nil {
+		return broker.Backlog{}, err
 	}
-	return p, nil
+	br, ok := r.(broker.BacklogReporter)
+	if !ok {
+		return broker.Backlog{}, fmt.Errorf("%w: runner %q (%T) has no Backlog method", ErrNoBacklog, name, r)
+	}
+	return br.Backlog(ctx)
+}
+
+// emitFor reports one of the Supervisor's events about runner e (starting,
+// failed, restarting): to the runner's own hook (Supervised.Attach) and to
+// OnEvent.
+func (s *Supervisor) emitFor(e *entry, ev Event) {
+	ev.Time = time.Now()
+	if e.hook != nil {
+		if p := callHook(e.hook, ev); p != nil {
+			s.logger().Error("queuekit: runner event hook panicked; the event is lost to it, nothing else",
+				"event", ev.Kind.String(), "runner", e.name, "panic", fmt.Sprint(p))
+		}
+	}
+	s.emit(ev)
 }
 
 func (s *Supervisor) emit(ev Event) {
@@ -403,13 +454,9 @@ func (s *Supervisor) logger() *slog.Logger {
 }
 
 // finalShutdownTimeout bounds the Shutdown of a runner that is no longer
-// running (it only closes what the runner holds).
-func (s *Supervisor) finalShutdownTimeout() time.Duration {
-	if s.DrainTimeout > 0 {
-		return s.DrainTimeout
-	}
-	return 5 * time.Second
-}
+// running: it only closes what the runner holds (a source left open by a
+// failed Run).
+const finalShutdownTimeout = 5 * time.Second
 
 func (s *Supervisor) restartReset() time.Duration {
 	if s.RestartReset > 0 {

@@ -1,9 +1,12 @@
 package consumer_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +15,7 @@ import (
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/retry"
 )
 
 type eventLog struct {
@@ -263,4 +267,195 @@ func TestPauseResumeUnderLoadLosesAndDuplicatesNothing(t *testing.T) {
 	if st := b.Stats(queue); st.Ready != 0 || st.Unacked != 0 || st.DeadLettered != 0 {
 		t.Errorf("stats %+v; want an empty queue", st)
 	}
+}
+
+// Issue 10 item 5: Add names the consumer once for everything. A consumer
+// made without WithName (or with another name) and added as "orders" is
+// "orders" in its logs, its events, its handler's context (which metrics
+// middleware reads) and Health.
+func TestSupervisorAddNamesTheConsumer(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	publishN(t, b, "q", 1)
+	var logs syncBuffer
+	names := make(chan string, 1)
+	var hooked eventLog
+	c, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		name, _ := consumer.NameFromContext(ctx)
+		names <- name
+		return nil
+	}), consumer.WithName("q-consumer"), consumer.WithEventHook(hooked.add),
+		consumer.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log eventLog
+	sup := &consumer.Supervisor{Logger: quiet, OnEvent: log.add}
+	if err := sup.Add("orders", c); err != nil {
+		t.Fatal(err)
+	}
+	if c.Name() != "orders" {
+		t.Errorf("Name() after Add(orders) = %q; want orders", c.Name())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	if got := <-names; got != "orders" {
+		t.Errorf("NameFromContext in the handler = %q; want orders", got)
+	}
+	waitFor(t, "the ack", func() bool { return b.Stats("q").Acked == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if out := logs.String(); !strings.Contains(out, "consumer=orders") || strings.Contains(out, "consumer=q-consumer") {
+		t.Errorf("logs do not name the consumer orders:\n%s", out)
+	}
+	if n := len(log.of("orders", consumer.EventRunning)); n != 1 {
+		t.Errorf("OnEvent got %d running events for orders; want 1", n)
+	}
+	// The consumer's own hooks see its whole life under that name: the
+	// Supervisor's starting event, and its own running and stopped.
+	for _, k := range []consumer.EventKind{consumer.EventStarting, consumer.EventRunning, consumer.EventDrained, consumer.EventStopped} {
+		if n := len(hooked.of("orders", k)); n != 1 {
+			t.Errorf("WithEventHook got %d %v events for orders; want 1 (all: %+v)", n, k, hooked.events)
+		}
+	}
+	if h := sup.Health(); len(h.Runners) != 1 || h.Runners[0].Name != "orders" {
+		t.Errorf("Health() = %+v; want one runner, orders", h)
+	}
+	// A consumer is added to one Supervisor, once.
+	if err := (&consumer.Supervisor{}).Add("again", c); !errors.Is(err, broker.ErrInvalidConfig) {
+		t.Errorf("Add of a consumer added already = %v; want ErrInvalidConfig", err)
+	}
+}
+
+// chatty is a runner of another kind than *Consumer that takes part in
+// its Supervisor's events through the exported Supervised interface.
+type chatty struct {
+	name   string
+	emit   func(consumer.Event)
+	hooked eventLog
+	fails  atomic.Int64
+}
+
+func (r *chatty) Attach(name string, emit func(consumer.Event)) (func(consumer.Event), error) {
+	r.name, r.emit = name, emit
+	return r.hooked.add, nil
+}
+
+func (r *chatty) Run(ctx context.Context) error {
+	if r.fails.Add(-1) >= 0 {
+		return errors.New("warming up")
+	}
+	r.emit(consumer.Event{Kind: consumer.EventConnected})
+	<-ctx.Done()
+	return nil
+}
+
+// Issue 10 item 5: Supervisor events work for any Runner that implements
+// Supervised, not only for *Consumer.
+func TestSupervisorEventsForAnySupervisedRunner(t *testing.T) {
+	r := &chatty{}
+	r.fails.Store(1)
+	var log eventLog
+	sup := &consumer.Supervisor{Logger: quiet, OnEvent: log.add, Restart: retry.Constant(time.Millisecond)}
+	if err := sup.Add("cache-warmer", r); err != nil {
+		t.Fatal(err)
+	}
+	if r.name != "cache-warmer" {
+		t.Errorf("Attach got name %q; want cache-warmer", r.name)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	waitFor(t, "the runner's own event", func() bool { return len(log.of("cache-warmer", consumer.EventConnected)) == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []consumer.EventKind{consumer.EventFailed, consumer.EventRestarting} {
+		if n := len(r.hooked.of("cache-warmer", k)); n != 1 {
+			t.Errorf("the runner's hook got %d %v events; want 1", n, k)
+		}
+	}
+	if n := len(r.hooked.of("cache-warmer", consumer.EventStarting)); n != 2 {
+		t.Errorf("the runner's hook got %d starting events; want 2 (a start and a restart)", n)
+	}
+}
+
+type failingAttach struct{ consumer.RunnerFunc }
+
+func (failingAttach) Attach(string, func(consumer.Event)) (func(consumer.Event), error) {
+	return nil, fmt.Errorf("%w: not today", broker.ErrInvalidConfig)
+}
+
+func TestSupervisorAddFailsWhenAttachFails(t *testing.T) {
+	sup := &consumer.Supervisor{}
+	if err := sup.Add("x", failingAttach{}); !errors.Is(err, broker.ErrInvalidConfig) {
+		t.Errorf("Add of a runner whose Attach fails = %v; want its error", err)
+	}
+	if h := sup.Health(); len(h.Runners) != 0 {
+		t.Errorf("Health() = %+v; want no runner after a failed Add", h)
+	}
+}
+
+// Supervisor.Backlog asks the named runner's Backlog method (for a
+// *Consumer, its rate-limited Backlog).
+func TestSupervisorBacklog(t *testing.T) {
+	src := &backlogSource{answer: broker.Backlog{Messages: 4, Consumers: 1}}
+	sup := &consumer.Supervisor{}
+	_ = sup.Add("orders", newBacklogConsumer(t, src))
+	_ = sup.Add("func", consumer.RunnerFunc(func(ctx context.Context) error { return nil }))
+	if b, err := sup.Backlog(context.Background(), "orders"); err != nil || b.Messages != 4 {
+		t.Errorf("Backlog(orders) = %+v, %v; want 4 messages", b, err)
+	}
+	if _, err := sup.Backlog(context.Background(), "func"); !errors.Is(err, consumer.ErrNoBacklog) {
+		t.Errorf("Backlog(RunnerFunc) = %v; want ErrNoBacklog", err)
+	}
+	if _, err := sup.Backlog(context.Background(), "nope"); !errors.Is(err, consumer.ErrUnknownRunner) {
+		t.Errorf("Backlog(unknown) = %v; want ErrUnknownRunner", err)
+	}
+}
+
+// pausable is a runner of another kind than *Consumer that can pause: it
+// implements broker.Pauser, the one exported Pause/Resume interface.
+type pausable struct {
+	consumer.RunnerFunc
+	paused atomic.Bool
+}
+
+func (p *pausable) Pause(context.Context) error  { p.paused.Store(true); return nil }
+func (p *pausable) Resume(context.Context) error { p.paused.Store(false); return nil }
+
+var _ broker.Pauser = (*pausable)(nil)
+
+func TestSupervisorPausesAnyPauser(t *testing.T) {
+	p := &pausable{}
+	sup := &consumer.Supervisor{}
+	_ = sup.Add("p", p)
+	if err := sup.Pause(context.Background(), "p"); err != nil || !p.paused.Load() {
+		t.Errorf("Pause(p) = %v, paused %v; want nil, true", err, p.paused.Load())
+	}
+	if err := sup.Resume(context.Background(), "p"); err != nil || p.paused.Load() {
+		t.Errorf("Resume(p) = %v, paused %v; want nil, false", err, p.paused.Load())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
