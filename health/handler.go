@@ -10,7 +10,9 @@ import (
 	"github.com/queuekit/queuekit/consumer"
 )
 
-// A Reporter reports the health of runners. *consumer.Supervisor is one.
+// A Reporter reports the health of runners. *consumer.Supervisor is one. A
+// Reporter that also has a Backlog(ctx, runner) method, as the Supervisor
+// has, gives the full report each runner's backlog.
 type Reporter interface {
 	Health() consumer.Health
 }
@@ -35,8 +37,8 @@ func WithWatchdog(w *Watchdog) Option { return func(h *Handler) { h.wd = w } }
 //     does not fail liveness, because the Supervisor and the source are
 //     already restarting and reconnecting it.
 //   - ServeHTTP: the full report, 200 only when both hold. It includes
-//     the backlog at the broker of the runners configured with WithLag or
-//     WithDepth; the probes never call the broker.
+//     what waits at the broker for each consumer that reports it (see
+//     FullReport); the probes never call the broker.
 //
 // Mount it in net/http as is (mux.Handle("/readyz", h.Ready())) and in Gin
 // with gin.WrapH(h.Ready()). Every method answers every HTTP method; the
@@ -45,19 +47,17 @@ func WithWatchdog(w *Watchdog) Option { return func(h *Handler) { h.wd = w } }
 // A Handler is safe for concurrent use; no goroutine it starts outlives the
 // call that started it.
 type Handler struct {
-	r        Reporter
-	wd       *Watchdog
-	backlogs map[string]*backlogOf // by runner name; fixed after NewHandler
-	now      func() time.Time
+	r  Reporter
+	wd *Watchdog
 }
 
 // NewHandler returns a Handler reporting on r. It returns an error wrapping
-// consumer.ErrInvalidConfig when r is nil.
+// broker.ErrInvalidConfig when r is nil.
 func NewHandler(r Reporter, opts ...Option) (*Handler, error) {
 	if r == nil {
 		return nil, fmt.Errorf("%w: nil health Reporter", broker.ErrInvalidConfig)
 	}
-	h := &Handler{r: r, now: time.Now}
+	h := &Handler{r: r}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(h)
@@ -98,7 +98,7 @@ type Consumer struct {
 	// LastError is the text of the last failure, if any.
 	LastError string `json:"last_error,omitempty"`
 	// Backlog is what waits for the runner at the broker, in the full
-	// report of a runner configured with WithLag or WithDepth.
+	// report of a runner that reports it (see FullReport).
 	Backlog *Backlog `json:"backlog,omitempty"`
 }
 

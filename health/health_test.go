@@ -153,8 +153,9 @@ func TestReadinessFollowsTheConsumer(t *testing.T) {
 }
 
 // TestLivenessFailsForAStuckHandler runs a consumer whose handler hangs
-// under a watchdog and checks that liveness fails, the hook and metric see
-// it once (middleware/promqueuekit's tests count it as a metric), and liveness passes again when the handler returns.
+// under a watchdog and checks that liveness fails, the hook sees it once
+// (middleware/promqueuekit's tests feed it to a metric), and liveness
+// passes again when the handler returns.
 func TestLivenessFailsForAStuckHandler(t *testing.T) {
 	var mu sync.Mutex
 	var reports []health.Stuck
@@ -183,7 +184,9 @@ func TestLivenessFailsForAStuckHandler(t *testing.T) {
 		<-release
 		return nil
 	})
-	c, err := consumer.New(src, wd.Middleware("orders")(h), consumer.WithName("orders"), consumer.WithLogger(discard()))
+	// No WithName: the consumer is "orders" because the Supervisor adds it
+	// so, and the watchdog's middleware reads that name from the context.
+	c, err := consumer.New(src, h, consumer.WithMiddleware(wd.Middleware()), consumer.WithLogger(discard()))
 	if err != nil {
 		t.Fatal(err)
 	}

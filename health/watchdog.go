@@ -31,14 +31,16 @@ type WatchdogConfig struct {
 	Logger *slog.Logger
 	// OnStuck, if set, is called from Run's goroutine once per call that
 	// became stuck, and once more when it nears BrokerTimeout. It must not
-	// block for long. Feed a metric from it, for example the Prometheus
-	// Recorder's HandlerStuck.
+	// block for long. Feed a metric from it, for example with promqueuekit's
+	// Recorder.HandlerStuck.
 	OnStuck func(Stuck)
 }
 
 // Stuck describes a handler call that has run longer than the threshold.
 type Stuck struct {
-	// Consumer is the name given to Watchdog.Middleware.
+	// Consumer is the name of the consumer whose handler runs the call
+	// (consumer.NameFromContext: the name it was added to its Supervisor
+	// under, or its WithName).
 	Consumer  string `json:"consumer"`
 	Topic     string `json:"topic"`
 	MessageID string `json:"message_id"`
@@ -56,8 +58,9 @@ type Stuck struct {
 // to liveness (a Handler built WithWatchdog fails liveness while any call is
 // stuck), and through Run as a log line and an OnStuck call per stuck call.
 //
-// Wrap each consumer's handler with Middleware, and run the watchdog with
-// Run, for example as a runner of the same Supervisor. Stuck and liveness
+// Add Middleware to each consumer (consumer.WithMiddleware(w.Middleware())),
+// and run the watchdog with Run, for example as a runner of the same
+// Supervisor. Stuck and liveness
 // work without Run; only the log lines and OnStuck need it.
 //
 // A Watchdog is safe for concurrent use. It starts no goroutine of its own:
@@ -80,7 +83,7 @@ type call struct {
 }
 
 // NewWatchdog returns a Watchdog. It returns an error wrapping
-// consumer.ErrInvalidConfig when Threshold is not positive or another
+// broker.ErrInvalidConfig when Threshold is not positive or another
 // duration is negative.
 func NewWatchdog(cfg WatchdogConfig) (*Watchdog, error) {
 	switch {
@@ -99,11 +102,13 @@ func NewWatchdog(cfg WatchdogConfig) (*Watchdog, error) {
 }
 
 // Middleware returns middleware that registers every handler call with the
-// watchdog under the consumer name name, for as long as it runs. It keeps
-// only the message's topic, id and attempt, not the message.
-func (w *Watchdog) Middleware(name string) consumer.Middleware {
+// watchdog, for as long as it runs, under the name of the consumer that
+// runs it (consumer.NameFromContext). It keeps only the message's topic, id
+// and attempt, not the message. One Middleware serves every consumer.
+func (w *Watchdog) Middleware() consumer.Middleware {
 	return func(next consumer.Handler) consumer.Handler {
 		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+			name, _ := consumer.NameFromContext(ctx)
 			c := &call{name: name, topic: m.Topic, id: m.ID, attempt: m.Attempt, start: time.Now()}
 			w.mu.Lock()
 			w.calls[c] = struct{}{}
