@@ -65,20 +65,53 @@ func (d Dialer) validate() error {
 	return nil
 }
 
-func (d Dialer) dial() (*amqp.Connection, error) {
+// dialTimeout bounds the TCP connect and, after it, the TLS and AMQP
+// handshakes of the default dial (amqp091 clears the deadline once the
+// connection is open).
+const dialTimeout = 10 * time.Second
+
+// dial opens an AMQP connection. The network connection it opens is passed
+// to track before any handshake, so that its owner can close it at any time
+// (see Connection.abort); when track returns false, dial gives up. ctx
+// cancels the default TCP connect (a Dialer.Dial of the user's cannot be
+// interrupted).
+func (d Dialer) dial(ctx context.Context, track func(net.Conn) bool) (*amqp.Connection, error) {
 	raw := d.url()
 	cfg := amqp.Config{
 		Heartbeat:       d.Heartbeat,
 		TLSClientConfig: d.TLS,
-		Dial:            d.Dial,
 		Locale:          "en_US",
 		Properties:      amqp.NewConnectionProperties(),
 	}
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = 10 * time.Second
 	}
-	if cfg.Dial == nil {
-		cfg.Dial = amqp.DefaultDial(10 * time.Second)
+	cfg.Dial = func(network, addr string) (net.Conn, error) {
+		var (
+			c   net.Conn
+			err error
+		)
+		if d.Dial != nil {
+			c, err = d.Dial(network, addr)
+		} else {
+			nd := net.Dialer{Timeout: dialTimeout}
+			if c, err = nd.DialContext(ctx, network, addr); err == nil {
+				// What amqp.DefaultDial does: heartbeats have not started
+				// yet, so a broker that stops answering during the
+				// handshakes must not stall the dial forever.
+				if err = c.SetDeadline(time.Now().Add(dialTimeout)); err != nil {
+					_ = c.Close()
+				}
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		if track != nil && !track(c) {
+			_ = c.Close()
+			return nil, ErrConnectionClosed
+		}
+		return c, nil
 	}
 	name := d.Name
 	if name == "" {
@@ -112,25 +145,46 @@ func progName() string {
 // A Connection is safe for concurrent use. It dials lazily, when a Source or
 // Publisher first needs a channel, and again whenever the connection it had
 // was closed. Close closes it for good; the Sources and Publishers using it
-// then fail with ErrConnectionClosed, so close them first.
+// then fail with ErrConnectionClosed, so close them first. The zero value is
+// not usable: make one with NewConnection.
 type Connection struct {
 	d Dialer
 
 	mu     sync.Mutex // held while dialling, so that concurrent users share one dial
 	cur    *amqp.Connection
 	closed bool
+
+	// sockMu guards socks and aborted. It is never held while dialling (the
+	// dial only takes it to register its socket), so that abort never waits
+	// for a dial: it is what ends one.
+	sockMu     sync.Mutex
+	socks      map[net.Conn]struct{} // the network connections of cur and of a dial in progress
+	curSock    net.Conn              // cur's, to forget it when cur is replaced
+	aborted    bool
+	dialCtx    context.Context // cancelled by abort: ends a default TCP connect
+	cancelDial context.CancelFunc
+	initOnce   sync.Once // makes the above, so that a Connection{} literal works too
 }
 
 // ErrConnectionClosed is returned when a Connection was closed by its owner.
 var ErrConnectionClosed = errors.New("rabbitmq: connection closed")
 
 // NewConnection returns a Connection that dials with d. It does not dial yet.
-// It returns an error wrapping consumer.ErrInvalidConfig when d is invalid.
+// It returns an error wrapping broker.ErrInvalidConfig when d is invalid.
 func NewConnection(d Dialer) (*Connection, error) {
 	if err := d.validate(); err != nil {
 		return nil, err
 	}
-	return &Connection{d: d}, nil
+	return newConnection(d), nil
+}
+
+func newConnection(d Dialer) *Connection { return &Connection{d: d} }
+
+func (c *Connection) init() {
+	c.initOnce.Do(func() {
+		c.socks = map[net.Conn]struct{}{}
+		c.dialCtx, c.cancelDial = context.WithCancel(context.Background())
+	})
 }
 
 // channel opens a channel on the current connection, dialling a new one if
@@ -142,28 +196,51 @@ func (c *Connection) channel() (*amqp.Channel, error) {
 	}
 	ch, err := conn.Channel()
 	if err != nil {
-		if conn.IsClosed() {
-			// Lost between get and Channel: the next call redials.
-			return nil, fmt.Errorf("rabbitmq: open channel: %w", err)
-		}
+		// If the connection was lost between get and Channel, the next call
+		// redials.
 		return nil, fmt.Errorf("rabbitmq: open channel: %w", err)
 	}
 	return ch, nil
 }
 
 func (c *Connection) get() (*amqp.Connection, error) {
+	c.init()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
+	if c.closed || c.isAborted() {
 		return nil, ErrConnectionClosed
 	}
 	if c.cur != nil && !c.cur.IsClosed() {
 		return c.cur, nil
 	}
-	conn, err := c.d.dial()
+	var sock net.Conn
+	conn, err := c.d.dial(c.dialCtx, func(s net.Conn) bool {
+		c.sockMu.Lock()
+		defer c.sockMu.Unlock()
+		if c.aborted {
+			return false
+		}
+		c.socks[s] = struct{}{}
+		sock = s
+		return true
+	})
+	c.sockMu.Lock()
+	if c.curSock != nil {
+		delete(c.socks, c.curSock) // the old connection is closed: nothing to abort there
+		c.curSock = nil
+	}
 	if err != nil {
+		if sock != nil {
+			delete(c.socks, sock)
+		}
+		c.sockMu.Unlock()
+		if c.isAborted() {
+			return nil, fmt.Errorf("%w (%w)", ErrConnectionClosed, err)
+		}
 		return nil, err
 	}
+	c.curSock = sock
+	c.sockMu.Unlock()
 	// The library sends the close reason on this channel without blocking
 	// when it has room (it does: capacity 1, one error per connection), so
 	// nobody needs to read it; IsClosed tells us the rest.
@@ -172,7 +249,33 @@ func (c *Connection) get() (*amqp.Connection, error) {
 	return conn, nil
 }
 
-// Close closes the connection for good. It is idempotent.
+func (c *Connection) isAborted() bool {
+	c.sockMu.Lock()
+	defer c.sockMu.Unlock()
+	return c.aborted
+}
+
+// abort closes the network connection under the AMQP one, and any a dial in
+// progress opened, without a word to the broker: what waits for an answer
+// from the broker (a close handshake, a declaration, a confirm) fails at
+// once, the client library's goroutines exit, and the broker requeues every
+// unacknowledged delivery when it sees the connection go (at once, or after
+// its heartbeat timeout when the network is what hangs). The Connection is
+// closed for good. It is what Close(ctx) of a Source or Publisher does, on
+// a connection it owns, when ctx ends before the broker answered.
+func (c *Connection) abort() {
+	c.init()
+	c.sockMu.Lock()
+	defer c.sockMu.Unlock()
+	c.aborted = true
+	c.cancelDial()
+	for s := range c.socks {
+		_ = s.Close()
+	}
+}
+
+// Close closes the connection for good, with the AMQP close handshake. It is
+// idempotent.
 func (c *Connection) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -180,8 +283,10 @@ func (c *Connection) Close() error {
 		return nil
 	}
 	c.closed = true
+	c.init()
+	c.cancelDial()
 	if c.cur != nil && !c.cur.IsClosed() {
-		if err := c.cur.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
+		if err := c.cur.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) && !c.isAborted() {
 			return fmt.Errorf("rabbitmq: close connection: %w", err)
 		}
 	}

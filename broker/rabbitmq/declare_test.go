@@ -33,7 +33,7 @@ func TestDeclareTopologyLetsAPublisherPublishBeforeAnyConsumer(t *testing.T) {
 	}
 	defer pub.Close(context.Background())
 	msg := amqp.Publishing{Body: []byte("order")}
-	if err := pub.Publish(ctx, "", q, msg); !errors.Is(err, ErrReturned) {
+	if err := pub.PublishRaw(ctx, "", q, msg); !errors.Is(err, ErrReturned) {
 		t.Fatalf("publish before the queue exists = %v; want ErrReturned", err)
 	}
 
@@ -50,10 +50,10 @@ func TestDeclareTopologyLetsAPublisherPublishBeforeAnyConsumer(t *testing.T) {
 	if topo.Exchanges[0].Kind != amqp.ExchangeTopic || topo.DeadLetterQueue != "" {
 		t.Errorf("DeclareTopology changed the caller's Topology: %+v", topo)
 	}
-	if err := pub.Publish(ctx, "", q, msg); err != nil {
+	if err := pub.PublishRaw(ctx, "", q, msg); err != nil {
 		t.Errorf("publish by queue name after DeclareTopology = %v", err)
 	}
-	if err := pub.Publish(ctx, in, "orders.new", msg); err != nil {
+	if err := pub.PublishRaw(ctx, in, "orders.new", msg); err != nil {
 		t.Errorf("publish through the bound exchange = %v", err)
 	}
 

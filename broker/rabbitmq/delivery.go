@@ -54,18 +54,29 @@ func (s *Source) newDelivery(sess *session, d amqp.Delivery) *delivery {
 	return dl
 }
 
-// toMessage converts an AMQP delivery from queue into a consumer.Message.
+// toMessage converts an AMQP delivery from queue into a broker.Message. The
+// content-type property becomes the header broker.HeaderContentType, the
+// inverse of what Publish does.
 func toMessage(d *amqp.Delivery, queue string) broker.Message {
 	key := d.RoutingKey
 	if k, ok := d.Headers[routingKeyHeader].(string); ok {
 		key = k
+	}
+	h := stringHeaders(d.Headers)
+	if d.ContentType != "" {
+		// The property, as the header Publish took it from (the property
+		// wins over a header of the same name).
+		if h == nil {
+			h = make(map[string]string, 1)
+		}
+		h[broker.HeaderContentType] = d.ContentType
 	}
 	return broker.Message{
 		ID:      d.MessageId,
 		Topic:   queue,
 		Key:     []byte(key),
 		Body:    d.Body,
-		Header:  stringHeaders(d.Headers),
+		Header:  h,
 		Time:    d.Timestamp,
 		Attempt: attempt(d),
 	}
@@ -368,7 +379,7 @@ func (d *delivery) Requeue(ctx context.Context) error {
 	if d.brokerCounts() {
 		return d.end(d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
 	}
-	err := d.s.pub.Publish(ctx, "", d.s.cfg.Queue, d.copyWith(nil))
+	err := d.s.pub.PublishRaw(ctx, "", d.s.cfg.Queue, d.copyWith(nil))
 	if errors.Is(err, ErrNacked) {
 		d.s.memo.put(&d.d, d.msg.Attempt+1)
 		return d.end(d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
@@ -421,7 +432,7 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 	ms := max(delay.Milliseconds(), 0)
 	pub := d.copyWith(nil)
 	pub.Expiration = strconv.FormatInt(ms, 10)
-	if err := d.s.pub.Publish(ctx, "", d.s.cfg.Topology.RetryQueue, pub); err != nil {
+	if err := d.s.pub.PublishRaw(ctx, "", d.s.cfg.Topology.RetryQueue, pub); err != nil {
 		return d.end(fmt.Errorf("rabbitmq: requeue message %q to %q after %v: %w", d.msg.ID, d.s.cfg.Topology.RetryQueue, delay, err))
 	}
 	return d.end(d.settleErr("requeue after delay", d.sess.ch.Ack(d.d.DeliveryTag, false)))
@@ -445,7 +456,7 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	// its first failure.
 	delete(pub.Headers, HeaderDeliveries)
 	x := d.s.cfg.Topology.DeadLetterExchange
-	if err := d.s.pub.Publish(ctx, x, d.s.cfg.Queue, pub); err != nil {
+	if err := d.s.pub.PublishRaw(ctx, x, d.s.cfg.Queue, pub); err != nil {
 		return d.end(fmt.Errorf("rabbitmq: dead-letter message %q to exchange %q: %w", d.msg.ID, x, err))
 	}
 	return d.end(d.settleErr("dead-letter", d.sess.ch.Ack(d.d.DeliveryTag, false)))

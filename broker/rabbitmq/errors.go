@@ -17,8 +17,6 @@ var (
 	// be routed to any queue (basic.return). Use errors.As with *ReturnError
 	// for the broker's reason.
 	ErrReturned = errors.New("rabbitmq: publish returned unroutable")
-	// ErrPublisherClosed is returned by Publish after Close.
-	ErrPublisherClosed = errors.New("rabbitmq: publisher closed")
 )
 
 // ReturnError is the error of a mandatory publish the broker returned.

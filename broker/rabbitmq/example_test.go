@@ -62,7 +62,7 @@ func Example() {
 		defer cancel()
 		// Returns once the broker confirmed it; an error on nack, on an
 		// unroutable message or at the deadline.
-		if err := pub.Publish(pctx, "", "orders", amqp.Publishing{ContentType: "application/json", Body: []byte(`{"ID":"42"}`)}); err != nil {
+		if err := pub.PublishRaw(pctx, "", "orders", amqp.Publishing{ContentType: "application/json", Body: []byte(`{"ID":"42"}`)}); err != nil {
 			log.Print(err)
 		}
 	}()

@@ -84,7 +84,7 @@ func TestBrokerRestartConsumerAndPublisherRecoverByThemselves(t *testing.T) {
 			}
 			pctx, pcancel := context.WithTimeout(context.Background(), 60*time.Second)
 			id := strconv.Itoa(i)
-			err := pub.Publish(pctx, "", q, amqp.Publishing{MessageId: id, Body: []byte("x")})
+			err := pub.PublishRaw(pctx, "", q, amqp.Publishing{MessageId: id, Body: []byte("x")})
 			pcancel()
 			if err != nil {
 				pubErrs.Add(1)
@@ -251,7 +251,7 @@ func TestQueueDeletedWhileConsuming(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer pub.Close(context.Background())
-		if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: "after", Body: []byte("x")}); err != nil {
+		if err := pub.PublishRaw(context.Background(), "", q, amqp.Publishing{MessageId: "after", Body: []byte("x")}); err != nil {
 			t.Fatalf("Publish to the re-declared queue: %v", err)
 		}
 		waitFor(t, 10*time.Second, "message after the queue came back", func() bool { return cnt.distinct() == 1 })

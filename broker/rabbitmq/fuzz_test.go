@@ -11,6 +11,7 @@ package rabbitmq
 //	go test -run '^$' -fuzz '^FuzzAttempt$' -fuzztime 5m -parallel 1 ./broker/rabbitmq
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -514,7 +515,7 @@ func redactOutputs(raw string) []string {
 	}}
 	if err := d.validate(); err != nil {
 		out = append(out, err.Error())
-	} else if c, err := d.dial(); err != nil {
+	} else if c, err := d.dial(context.Background(), nil); err != nil {
 		out = append(out, err.Error())
 	} else {
 		_ = c.Close()

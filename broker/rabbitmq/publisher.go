@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -84,74 +85,169 @@ func (c *PublisherConfig) resolve() error {
 	return nil
 }
 
-// A Publisher publishes messages with publisher confirms: Publish returns nil
-// only once the broker has taken responsibility for the message.
+// A Publisher publishes messages to RabbitMQ with publisher confirms: a
+// Publish returns nil only once the broker has taken responsibility for
+// every one of its messages. It implements broker.Publisher; PublishRaw
+// publishes an amqp.Publishing, for the properties only AMQP has.
 //
-// A Publisher is safe for concurrent use; publishes from several goroutines
-// share one channel and are confirmed independently. It opens its channel
-// lazily and reopens it (redialling if needed) when it was closed, waiting
-// with backoff inside the deadline of the Publish that needs it. Close waits
-// for no confirm: publishes still waiting for theirs fail. It waits for a
-// dial in progress (at most the dial timeout).
+// A Publisher is safe for concurrent use. Publishes from several goroutines
+// share one channel and are confirmed independently, and the messages of one
+// Publish are written one after another without waiting for each other's
+// confirms (one round trip for the lot, not one each). It opens its channel
+// lazily and reopens it (redialling if needed) when it was lost, waiting
+// with backoff inside the deadline of the Publish that needs it.
+//
+// Close stops new publishes (they fail with an error wrapping
+// broker.ErrPublisherClosed), waits for those in progress, and closes the
+// channel, and the connection if the publisher owns one; all of it bounded by
+// its context.
 type Publisher struct {
 	cfg     PublisherConfig
 	conn    *Connection
 	ownConn bool
 
-	dialMu sync.Mutex // held while opening a channel (see channel)
-	mu     sync.Mutex // guards cur and closed; never held while dialling
-	cur    *confirmChannel
-	closed bool
-	done   chan struct{}  // closed by Close
-	dials  sync.WaitGroup // goroutines of channelCtx
-	writes sync.WaitGroup // goroutines of publishCtx
+	dialMu    sync.Mutex // held while opening a channel (see channel)
+	mu        sync.Mutex // guards cur and closed; never held while dialling
+	cur       *confirmChannel
+	closed    bool
+	done      chan struct{}  // closed by Close: ends the backoff waits of Publish
+	closeDone chan struct{}  // closed when shutdown is done; closeErr is set before
+	closeErr  error          // what shutdown returned
+	inflight  sync.WaitGroup // Publish calls; Add only under mu while !closed, so never after shutdown's Wait began
+	dials     sync.WaitGroup // goroutines of channelCtx
+	writes    sync.WaitGroup // goroutines of publishCtx
 }
 
+var _ broker.Publisher = (*Publisher)(nil)
+
 // NewPublisher returns a Publisher. It does not connect yet. It returns an
-// error wrapping consumer.ErrInvalidConfig when cfg is invalid.
+// error wrapping broker.ErrInvalidConfig when cfg is invalid.
 func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	if err := cfg.resolve(); err != nil {
 		return nil, err
 	}
-	p := &Publisher{cfg: cfg, conn: cfg.Conn, done: make(chan struct{})}
+	p := &Publisher{cfg: cfg, conn: cfg.Conn, done: make(chan struct{}), closeDone: make(chan struct{})}
 	if p.conn == nil {
-		p.conn = &Connection{d: cfg.Dialer}
+		p.conn = newConnection(cfg.Dialer)
 		p.ownConn = true
 	}
 	return p, nil
 }
 
-// Publish publishes msg to exchange with routing key key and waits for the
-// broker's confirm. Unless configured otherwise the message is persistent and
-// mandatory.
+// outgoing is one message of a publish: its routing key and properties.
+type outgoing struct {
+	key string
+	msg amqp.Publishing
+}
+
+// Publish implements broker.Publisher: it publishes msgs to exchange, in
+// order, and returns once the broker confirmed every one of them. The
+// default exchange, "", routes each message to the queue named by its Key.
 //
-// It returns nil once confirmed; an error wrapping ErrNacked or ErrReturned
-// when the broker refused or could not route it; ctx's error (wrapped) when
-// ctx is done first (a context without a deadline is bounded by
-// PublisherConfig.Timeout); and an error wrapping the *amqp.Error when the
-// channel was closed before the confirm, e.g. because the exchange does not
-// exist (404 NOT_FOUND). After a timeout or a closed channel the message may
-// or may not have been stored: publishing again is at-least-once.
+// Each message becomes an AMQP message: Key is the routing key, Body the
+// body, ID the message-id (a random one when empty, so that consumers can
+// identify it), Time the timestamp (AMQP keeps whole seconds), and Header
+// the AMQP headers, except broker.HeaderContentType ("content-type"), which
+// is the content-type property (a Source of this package gives it back as
+// that header, so a message made by broker.NewJSON arrives with its content
+// type). Unless PublisherConfig says otherwise the messages are persistent
+// and mandatory. Publish does not modify msgs.
 //
-// A message without a MessageId gets a random one, so that consumers can
-// identify and deduplicate it. A mandatory message carries one more header,
-// x-queuekit-publish-seq, which ties a basic.return to its publish (Sources
-// of this package hide it from handlers). msg.Headers is not modified.
-func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+// It returns nil once every message is confirmed. Otherwise it returns the
+// first failure, in the order of msgs (messages before it were confirmed,
+// those after it may or may not arrive): an error wrapping ErrReturned
+// (a *ReturnError) when no queue was bound to take a mandatory message;
+// ErrNacked when the broker refused one; the *amqp.Error (wrapped) when the
+// broker closed the channel, for example 404 NOT_FOUND for an exchange that
+// does not exist; ctx's error (wrapped) when ctx ends first (a context
+// without a deadline is bounded by PublisherConfig.Timeout); and an error
+// wrapping broker.ErrPublisherClosed after Close. After an error, publishing
+// again is at-least-once: consumers deduplicate on a key of their own.
+//
+// After Publish returned at its deadline, a write in progress on a socket
+// that takes no more bytes may still read the Body of the message it writes
+// until the connection moves or closes.
+func (p *Publisher) Publish(ctx context.Context, exchange string, msgs ...*broker.Message) error {
+	out := make([]outgoing, len(msgs))
+	for i, m := range msgs {
+		if m == nil {
+			return fmt.Errorf("rabbitmq: publish to %s: message %d of %d is nil; nothing was published", quoteName(exchange), i+1, len(msgs))
+		}
+		out[i] = outgoing{key: string(m.Key), msg: toPublishing(m)}
+	}
+	return p.publish(ctx, exchange, out)
+}
+
+// PublishRaw publishes one amqp.Publishing to exchange with routing key
+// key, for the AMQP properties a broker.Message has no field for (priority,
+// expiration, reply-to, correlation-id…), and waits for the broker's confirm,
+// as Publish does; its errors are those of Publish. A message without a
+// MessageId gets a random one; unless PublisherConfig says otherwise it is
+// made persistent and published mandatory. msg.Headers is not modified.
+func (p *Publisher) PublishRaw(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+	return p.publish(ctx, exchange, []outgoing{{key: key, msg: msg}})
+}
+
+// toPublishing converts m as Publish documents.
+func toPublishing(m *broker.Message) amqp.Publishing {
+	pub := amqp.Publishing{MessageId: m.ID, Timestamp: m.Time, Body: m.Body}
+	if len(m.Header) == 0 {
+		return pub
+	}
+	h := make(amqp.Table, len(m.Header))
+	for k, v := range m.Header {
+		switch {
+		case strings.EqualFold(k, broker.HeaderContentType):
+			pub.ContentType = v
+		case k == seqHeader || k == routingKeyHeader:
+			// The adapter's own: a Source would take them for its
+			// bookkeeping, so a producer's copy is not sent.
+		default:
+			h[k] = v
+		}
+	}
+	if len(h) > 0 {
+		pub.Headers = h
+	}
+	return pub
+}
+
+// publish publishes out to exchange. Every message is written before any
+// confirm is awaited: a batch costs one round trip, not one per message.
+// Write failures (a channel that closed under us) are retried on a new
+// channel, with backoff, inside ctx's deadline; a confirm that does not come
+// (nack, return, a channel closed after the write) is not, since the message
+// may have been stored.
+func (p *Publisher) publish(ctx context.Context, exchange string, out []outgoing) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return fmt.Errorf("rabbitmq: publish to %s: %w", quoteName(exchange), broker.ErrPublisherClosed)
+	}
+	p.inflight.Add(1)
+	p.mu.Unlock()
+	defer p.inflight.Done()
+	if len(out) == 0 {
+		return nil
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.Timeout)
 		defer cancel()
 	}
-	if msg.MessageId == "" {
-		msg.MessageId = newID()
+	for i := range out {
+		m := &out[i].msg
+		if m.MessageId == "" {
+			m.MessageId = newID()
+		}
+		if p.cfg.Inject != nil {
+			m.Headers = inject(ctx, p.cfg.Inject, m.Headers)
+		}
+		if !p.cfg.Transient && m.DeliveryMode == 0 {
+			m.DeliveryMode = amqp.Persistent
+		}
 	}
-	if p.cfg.Inject != nil {
-		msg.Headers = inject(ctx, p.cfg.Inject, msg.Headers)
-	}
-	if !p.cfg.Transient && msg.DeliveryMode == 0 {
-		msg.DeliveryMode = amqp.Persistent
-	}
+	mandatory := !p.cfg.AllowUnroutable
 	bo := backoff{min: p.cfg.ReconnectMin, max: p.cfg.ReconnectMax}
 	var lastErr error // the last failure that was not the deadline, for the final error
 	expired := func() error {
@@ -160,28 +256,33 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 		}
 		return fmt.Errorf("rabbitmq: publish to %s: %w (last error: %w)", quoteName(exchange), context.Cause(ctx), lastErr)
 	}
-	for {
+	waits := make([]*pendingPublish, 0, len(out)) // one per message written, in order
+	for len(waits) < len(out) {
 		cc, err := p.channelCtx(ctx)
 		if err == nil {
-			var w *pendingPublish
-			w, err = p.publishCtx(ctx, cc, exchange, key, !p.cfg.AllowUnroutable, msg)
+			var ws []*pendingPublish
+			ws, err = p.publishCtx(ctx, cc, exchange, out[len(waits):], mandatory)
+			waits = append(waits, ws...)
 			if err == nil {
-				select {
-				case <-w.done:
-					if w.err != nil && !errors.Is(w.err, ErrReturned) && !errors.Is(w.err, ErrNacked) {
-						return fmt.Errorf("rabbitmq: publish to %s with routing key %q: %w", quoteName(exchange), key, w.err)
-					}
-					return w.err
-				case <-ctx.Done():
-					return fmt.Errorf("rabbitmq: publish to %s: waiting for confirm: %w", quoteName(exchange), context.Cause(ctx))
-				}
+				break
 			}
 			if cc.isDead() {
+				// drop waits for the drainer to exit, which settles every
+				// publish on cc: one the broker failed (404 for a missing
+				// exchange closes the channel) is the answer, not a
+				// reason to write the rest on another channel.
 				p.drop(cc)
+				for i, w := range waits {
+					if w.err != nil {
+						return publishErr(exchange, out, i, w.err)
+					}
+				}
 			}
 		}
 		switch {
-		case errors.Is(err, ErrPublisherClosed), errors.Is(err, ErrConnectionClosed), broker.IsFatal(err):
+		case errors.Is(err, broker.ErrPublisherClosed):
+			return fmt.Errorf("rabbitmq: publish to %s: %w", quoteName(exchange), err)
+		case errors.Is(err, ErrConnectionClosed), broker.IsFatal(err):
 			return err
 		case ctx.Err() != nil:
 			return expired()
@@ -194,9 +295,33 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 			if ctx.Err() != nil {
 				return expired()
 			}
-			return ErrPublisherClosed
+			return fmt.Errorf("rabbitmq: publish to %s: %w", quoteName(exchange), broker.ErrPublisherClosed)
 		}
 	}
+	for i, w := range waits {
+		select {
+		case <-w.done:
+			if w.err != nil {
+				return publishErr(exchange, out, i, w.err)
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("rabbitmq: publish to %s: waiting for confirm: %w", quoteName(exchange), context.Cause(ctx))
+		}
+	}
+	return nil
+}
+
+// publishErr is the error of Publish when the confirm of out[i] failed
+// with err.
+func publishErr(exchange string, out []outgoing, i int, err error) error {
+	if !errors.Is(err, ErrReturned) && !errors.Is(err, ErrNacked) {
+		// ReturnError and the nack say where the message went already.
+		err = fmt.Errorf("rabbitmq: publish to %s with routing key %q: %w", quoteName(exchange), out[i].key, err)
+	}
+	if len(out) > 1 {
+		err = fmt.Errorf("rabbitmq: message %d of %d (id %q): %w", i+1, len(out), out[i].msg.MessageId, err)
+	}
+	return err
 }
 
 // channelCtx is channel bounded by ctx. Dialling cannot be interrupted (the
@@ -207,7 +332,7 @@ func (p *Publisher) channelCtx(ctx context.Context) (*confirmChannel, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, ErrPublisherClosed
+		return nil, broker.ErrPublisherClosed
 	}
 	if p.cur != nil && !p.cur.isDead() {
 		cc := p.cur
@@ -244,7 +369,7 @@ func (p *Publisher) channel() (*confirmChannel, error) {
 	switch {
 	case p.closed:
 		p.mu.Unlock()
-		return nil, ErrPublisherClosed
+		return nil, broker.ErrPublisherClosed
 	case p.cur != nil && !p.cur.isDead():
 		cc := p.cur
 		p.mu.Unlock()
@@ -275,7 +400,7 @@ func (p *Publisher) channel() (*confirmChannel, error) {
 	if p.closed { // Close ran while we dialled: it will not see this channel
 		p.mu.Unlock()
 		cc.close()
-		return nil, ErrPublisherClosed
+		return nil, broker.ErrPublisherClosed
 	}
 	p.cur = cc
 	p.mu.Unlock()
@@ -291,16 +416,42 @@ func (p *Publisher) drop(cc *confirmChannel) {
 	cc.close()
 }
 
-// Close closes the publisher's channel, and its connection if it owns one.
-// Publishes still waiting fail. Close is idempotent.
+// Close implements broker.Publisher. Publish fails from now on with an
+// error wrapping broker.ErrPublisherClosed; Close waits for the publishes in
+// progress (each bounded by its own context), then closes the channel, and
+// the connection if the publisher owns one. When ctx ends first, Close gives
+// up waiting for the broker: it closes its own connection's socket, without
+// the AMQP close handshake (the publishes still waiting fail), and returns
+// an error wrapping ctx's error. On a shared Connection it cannot do that:
+// it returns at ctx's end and leaves the channel to close in the background.
+// Close is idempotent; a second call returns once the first is done or its
+// own ctx ends.
 func (p *Publisher) Close(ctx context.Context) error {
 	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil
+	if !p.closed {
+		p.closed = true
+		close(p.done)
+		go p.shutdown()
 	}
-	p.closed = true
-	close(p.done)
+	p.mu.Unlock()
+	select {
+	case <-p.closeDone:
+		return p.closeErr
+	case <-ctx.Done():
+	}
+	if p.ownConn {
+		p.conn.abort()
+		waitAborted(p.closeDone)
+	}
+	return fmt.Errorf("rabbitmq: close publisher: gave up waiting for the broker: %w", ctx.Err())
+}
+
+// shutdown is the work of Close, on a goroutine of its own so that Close can
+// stop waiting for it. It closes p.closeDone when done.
+func (p *Publisher) shutdown() {
+	defer close(p.closeDone)
+	p.inflight.Wait()
+	p.mu.Lock()
 	cc := p.cur
 	p.cur = nil
 	p.mu.Unlock()
@@ -317,31 +468,60 @@ func (p *Publisher) Close(ctx context.Context) error {
 	// Writes stuck on a socket end once the connection is closed (by us, or
 	// by the heartbeat timeout of a shared one).
 	p.writes.Wait()
-	return err
+	p.closeErr = err
 }
 
-// publishCtx is cc.publish bounded by ctx. amqp091-go writes a frame with no
-// deadline, so a socket that takes no more bytes (TCP backpressure, a broker
-// resource alarm) would hold a Publish past its deadline; the write runs on
-// a goroutine of its own instead, which finishes or fails when the socket
-// moves or the connection dies, and which Close waits for. A Publish that
-// returns at its deadline may still have its message published afterwards:
+// abortGrace bounds how long Close waits, after it closed its socket, for
+// its goroutines to notice. They do within milliseconds (every wait on the
+// broker fails with the socket); the bound is there for a custom
+// Dialer.Dial, which nothing can interrupt.
+const abortGrace = 100 * time.Millisecond
+
+func waitAborted(done <-chan struct{}) {
+	t := time.NewTimer(abortGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
+// publishCtx writes out on cc, in order, bounded by ctx, and returns the
+// pending confirms of the messages written, which are a prefix of out.
+// amqp091-go writes a frame with no deadline, so a socket that takes no more
+// bytes (TCP backpressure, a broker resource alarm) would hold a Publish past
+// its deadline; the writes run on a goroutine of their own instead, which
+// stops at ctx's end between messages and otherwise finishes or fails when
+// the socket moves or the connection dies; Close waits for it. A message
+// written after Publish returned at its deadline may still be stored:
 // publishing again is at-least-once.
-func (p *Publisher) publishCtx(ctx context.Context, cc *confirmChannel, exchange, key string, mandatory bool, msg amqp.Publishing) (*pendingPublish, error) {
+func (p *Publisher) publishCtx(ctx context.Context, cc *confirmChannel, exchange string, out []outgoing, mandatory bool) ([]*pendingPublish, error) {
 	type result struct {
-		w   *pendingPublish
+		ws  []*pendingPublish
 		err error
 	}
 	res := make(chan result, 1)
 	p.writes.Add(1)
 	go func() {
 		defer p.writes.Done()
-		w, err := cc.publish(ctx, exchange, key, mandatory, msg)
-		res <- result{w, err}
+		ws := make([]*pendingPublish, 0, len(out))
+		for i := range out {
+			if ctx.Err() != nil {
+				res <- result{ws, context.Cause(ctx)}
+				return
+			}
+			w, err := cc.publish(ctx, exchange, out[i].key, mandatory, out[i].msg)
+			if err != nil {
+				res <- result{ws, err}
+				return
+			}
+			ws = append(ws, w)
+		}
+		res <- result{ws, nil}
 	}()
 	select {
 	case r := <-res:
-		return r.w, r.err
+		return r.ws, r.err
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
 	}

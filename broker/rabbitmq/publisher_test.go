@@ -10,6 +10,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/broker"
 )
 
 // TestPublisherErrors checks that a publish the broker did not take is an
@@ -49,27 +51,27 @@ func TestPublisherErrors(t *testing.T) {
 
 	ok := func(what string) {
 		t.Helper()
-		if err := pub.Publish(ctx, "", q, msg); err != nil {
+		if err := pub.PublishRaw(ctx, "", q, msg); err != nil {
 			t.Fatalf("Publish %s = %v; want nil", what, err)
 		}
 	}
 	ok("into an empty queue")
 
-	err = pub.Publish(ctx, "qk-no-such-exchange", "k", msg)
+	err = pub.PublishRaw(ctx, "qk-no-such-exchange", "k", msg)
 	t.Logf("missing exchange: %v", err)
 	var ae *amqp.Error
 	if !errors.As(err, &ae) || ae.Code != amqp.NotFound {
 		t.Errorf("Publish to a missing exchange = %v; want an error wrapping a 404 *amqp.Error", err)
 	}
 
-	err = pub.Publish(ctx, x, "nobody-listens", msg)
+	err = pub.PublishRaw(ctx, x, "nobody-listens", msg)
 	t.Logf("unroutable: %v", err)
 	var re *ReturnError
 	if !errors.Is(err, ErrReturned) || !errors.As(err, &re) || re.Code != amqp.NoRoute {
 		t.Errorf("unroutable mandatory Publish = %v; want ErrReturned with code 312", err)
 	}
 
-	err = pub.Publish(ctx, "", q, msg) // the queue holds 1 already: rejected
+	err = pub.PublishRaw(ctx, "", q, msg) // the queue holds 1 already: rejected
 	t.Logf("full queue: %v", err)
 	if !errors.Is(err, ErrNacked) {
 		t.Errorf("Publish to a full reject-publish queue = %v; want ErrNacked", err)
@@ -82,7 +84,7 @@ func TestPublisherErrors(t *testing.T) {
 
 	dead, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
 	defer cancel()
-	err = pub.Publish(dead, "", q, msg)
+	err = pub.PublishRaw(dead, "", q, msg)
 	t.Logf("passed deadline: %v", err)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Publish with a passed deadline = %v; want context.DeadlineExceeded", err)
@@ -106,7 +108,7 @@ func TestPublisherHonoursTheDeadlineWhileTheBrokerIsUnreachable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err = pub.Publish(ctx, "", "q", amqp.Publishing{Body: []byte("x")})
+	err = pub.PublishRaw(ctx, "", "q", amqp.Publishing{Body: []byte("x")})
 	took := time.Since(start)
 	t.Logf("Publish = %v after %v", err, took)
 	if !errors.Is(err, context.DeadlineExceeded) {
@@ -139,7 +141,7 @@ func TestPublisherIsSafeForConcurrentUse(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for j := 0; j < per; j++ {
-				if err := pub.Publish(context.Background(), "", q, amqp.Publishing{Body: []byte("x")}); err != nil {
+				if err := pub.PublishRaw(context.Background(), "", q, amqp.Publishing{Body: []byte("x")}); err != nil {
 					errs <- err
 				}
 			}
@@ -161,13 +163,13 @@ func TestPublisherIsSafeForConcurrentUse(t *testing.T) {
 	if qi.Messages != g*per {
 		t.Errorf("queue has %d messages; want %d", qi.Messages, g*per)
 	}
-	if err := pub.Publish(context.Background(), "", q, amqp.Publishing{}); err != nil {
+	if err := pub.PublishRaw(context.Background(), "", q, amqp.Publishing{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := pub.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := pub.Publish(context.Background(), "", q, amqp.Publishing{}); !errors.Is(err, ErrPublisherClosed) {
+	if err := pub.PublishRaw(context.Background(), "", q, amqp.Publishing{}); !errors.Is(err, broker.ErrPublisherClosed) {
 		t.Errorf("Publish after Close = %v; want ErrPublisherClosed", err)
 	}
 }

@@ -309,7 +309,7 @@ func runFullQueueScenario(t *testing.T, q string, src *Source, max, workers int)
 	defer pub.Close(context.Background())
 	publish := func(id string) {
 		t.Helper()
-		if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id)}); err != nil {
+		if err := pub.PublishRaw(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id)}); err != nil {
 			t.Fatalf("publish %s: %v", id, err)
 		}
 	}
@@ -504,7 +504,7 @@ func TestIssue9FailingMessageOnAFullRejectPublishQueueIsDeadLettered(t *testing.
 	defer pub.Close(context.Background())
 	publish := func(id string) {
 		t.Helper()
-		if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id)}); err != nil {
+		if err := pub.PublishRaw(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id)}); err != nil {
 			t.Fatalf("publish %s: %v", id, err)
 		}
 	}

@@ -55,7 +55,7 @@ func TestPoisonMessageReachesTheDeadLetterQueueAndOthersKeepFlowing(t *testing.T
 			}
 			defer pub.Close(context.Background())
 			publish := func(id string) {
-				if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id),
+				if err := pub.PublishRaw(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id),
 					Headers: amqp.Table{"tenant": "acme"}}); err != nil {
 					t.Fatal(err)
 				}
@@ -151,7 +151,7 @@ func TestDelayedRedeliveryDoesNotHoldTheConsumerSlot(t *testing.T) {
 		if i < 0 {
 			id = "slow"
 		}
-		if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id)}); err != nil {
+		if err := pub.PublishRaw(context.Background(), "", q, amqp.Publishing{MessageId: id, Body: []byte(id)}); err != nil {
 			t.Fatal(err)
 		}
 	}

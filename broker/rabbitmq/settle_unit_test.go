@@ -45,7 +45,7 @@ func TestFailedDeadLetterLeavesTheDeliveryUnsettledForARetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pub.Close(context.Background())
-	if err := pub.Publish(ctx, "", q, amqp.Publishing{MessageId: "m"}); err != nil {
+	if err := pub.PublishRaw(ctx, "", q, amqp.Publishing{MessageId: "m"}); err != nil {
 		t.Fatal(err)
 	}
 	d, err := src.Receive(ctx)

@@ -108,7 +108,7 @@ func TestSourceConsumesEverythingPublishedAndLeavesTheQueueEmpty(t *testing.T) {
 			// The source declares the queue on connect: wait for it.
 			waitFor(t, 10*time.Second, "source connected", func() bool { return src.Status().Connected })
 			for i := 0; i < n; i++ {
-				if err := pub.Publish(context.Background(), "", q, amqp.Publishing{MessageId: strconv.Itoa(i), Body: []byte("x")}); err != nil {
+				if err := pub.PublishRaw(context.Background(), "", q, amqp.Publishing{MessageId: strconv.Itoa(i), Body: []byte("x")}); err != nil {
 					t.Fatalf("Publish %d: %v", i, err)
 				}
 			}

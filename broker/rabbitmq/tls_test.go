@@ -41,7 +41,7 @@ func TestAmqpsDialsTLSWithTheConfiguredTLSConfig(t *testing.T) {
 		defer pub.Close(context.Background())
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 		defer cancel()
-		return pub.Publish(ctx, "", "q", amqp.Publishing{})
+		return pub.PublishRaw(ctx, "", "q", amqp.Publishing{})
 	}
 
 	err := publish(nil) // system roots: the test certificate is unknown
@@ -92,7 +92,7 @@ func TestPublishReturnsAtItsDeadlineWhileADialHangs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err = pub.Publish(ctx, "", "q", amqp.Publishing{})
+	err = pub.PublishRaw(ctx, "", "q", amqp.Publishing{})
 	took := time.Since(start)
 	t.Logf("Publish = %v after %v", err, took)
 	if !errors.Is(err, context.DeadlineExceeded) || took > 1500*time.Millisecond {

@@ -355,20 +355,21 @@ func (t *Topology) declare(ch *amqp.Channel, queue string) error {
 
 // DeclareTopology makes sure that queue and its topology exist, as a Source
 // for queue with Topology t does each time it connects, on a connection of
-// its own that it closes before returning. Use it in a program that
-// publishes to queue before any consumer of it has connected (an API whose
+// its own that it closes before returning. A program that has a Source calls
+// Source.DeclareTopology instead; this function is for programs that only
+// publish to queue, before any consumer of it has connected (an API whose
 // workers run elsewhere): until the queue exists, the Publisher's mandatory
 // publishes to it come back with ErrReturned. With t.Passive it declares
 // nothing and checks, as a passive Source does, that the queue, the
 // dead-letter exchange and the retry queue exist.
 //
-// It returns an error wrapping consumer.ErrInvalidConfig for an invalid
-// Dialer, queue or Topology; one for which consumer.IsFatal is true when
+// It returns an error wrapping broker.ErrInvalidConfig for an invalid
+// Dialer, queue or Topology; one for which broker.IsFatal is true when
 // retrying cannot help (ACCESS_REFUSED, wrong credentials, a queue that exists
 // with other arguments in Strict mode, a missing object in Passive mode); and
-// ctx's error when ctx ends first, after closing its connection. A dial in
-// progress then goes on in the background until it returns, which the
-// default dialer bounds by 10 s; a custom Dialer.Dial must bound it too.
+// ctx's error when ctx ends first, after closing its network connection. A
+// custom Dialer.Dial in progress then goes on in the background until it
+// returns: it must bound itself.
 func DeclareTopology(ctx context.Context, d Dialer, queue string, t Topology) error {
 	if queue == "" {
 		return fmt.Errorf("%w: rabbitmq: DeclareTopology needs a queue name", broker.ErrInvalidConfig)
@@ -383,49 +384,39 @@ func DeclareTopology(ctx context.Context, d Dialer, queue string, t Topology) er
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	var (
-		mu        sync.Mutex
-		conn      *amqp.Connection
-		abandoned bool
-	)
+	conn := newConnection(d)
+	err := declareOn(ctx, conn, queue, &t, nil)
+	if ctx.Err() != nil {
+		conn.abort() // ends the declarations, and the goroutine doing them
+	} else {
+		_ = conn.Close()
+	}
+	return err
+}
+
+// declareOn runs t.ensure on channels of conn, bounded by ctx: when ctx ends
+// first, it returns ctx's error, and the declarations go on until they
+// finish or conn is aborted or closed. ops, if not nil, counts the goroutine
+// that runs the declarations.
+func declareOn(ctx context.Context, conn *Connection, queue string, t *Topology, ops *sync.WaitGroup) error {
 	done := make(chan error, 1)
+	if ops != nil {
+		ops.Add(1)
+	}
 	go func() {
-		c, err := d.dial()
-		if err != nil {
-			if unfixable(err, false) {
-				err = broker.Fatal(err)
-			}
-			done <- err
-			return
+		if ops != nil {
+			defer ops.Done()
 		}
-		defer c.Close()
-		mu.Lock()
-		conn = c
-		gone := abandoned
-		mu.Unlock()
-		if gone {
-			done <- ctx.Err()
-			return
+		err := t.ensure(conn.channel, queue)
+		if err != nil && unfixable(err, false) && !broker.IsFatal(err) {
+			err = broker.Fatal(err) // e.g. ACCESS_REFUSED from the dial
 		}
-		done <- t.ensure(func() (*amqp.Channel, error) {
-			ch, err := c.Channel()
-			if err != nil {
-				return nil, fmt.Errorf("rabbitmq: open channel: %w", err)
-			}
-			return ch, nil
-		}, queue)
+		done <- err
 	}()
 	select {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
-		// Closing the connection ends the declarations in progress.
-		mu.Lock()
-		abandoned = true
-		if conn != nil {
-			_ = conn.Close()
-		}
-		mu.Unlock()
-		return ctx.Err()
+		return fmt.Errorf("rabbitmq: declare the topology of %q: %w", queue, ctx.Err())
 	}
 }
