@@ -27,7 +27,7 @@ const IdempotencyKeyHeader = "idempotency-key"
 // key returns the delivery's idempotency key; nil means
 // HeaderKey(IdempotencyKeyHeader). The key must be set by the producer, the
 // same on every publish of one operation and different for different
-// operations. Never key on consumer.Message.ID as the adapters fill it in:
+// operations. Never key on broker.Message.ID as the adapters fill it in:
 // when the producer set no ID, the memory broker makes up "<queue>-<n>" and
 // RabbitMQ "<queue>/<session>.<delivery tag>" (they restart in every
 // process, so two different messages get the same one, and with a shared

@@ -79,12 +79,14 @@ func run(ctx context.Context, out io.Writer) error {
 
 	b := memory.NewBroker()
 	defer b.Close()
+	pub := b.Publisher() // a broker.Publisher, as on RabbitMQ and Kafka
+	defer pub.Close(context.Background())
 	for _, p := range published {
 		msg := broker.Message{
 			Header: map[string]string{IdempotencyKeyHeader: p.key},
 			Body:   []byte(p.body),
 		}
-		if err := b.Publish(ctx, "payments", &msg); err != nil {
+		if err := pub.Publish(ctx, "payments", &msg); err != nil {
 			return err
 		}
 	}

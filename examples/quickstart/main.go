@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -47,13 +46,19 @@ func main() {
 // is done, and writes what happened to out.
 func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	mb := memory.NewBroker()
+	// The publisher is a broker.Publisher: the same code publishes to
+	// RabbitMQ or Kafka with their publisher instead.
+	pub := mb.Publisher()
+	defer pub.Close(context.Background())
 	const orders = 100
 	for i := 1; i <= orders; i++ {
-		body, _ := json.Marshal(Order{ID: fmt.Sprintf("o-%03d", i), Total: i * 100})
-		if i == 13 {
-			body = []byte(`{"id": "o-013", "total_cents": "thirteen"}`) // does not decode: dead-lettered at once
+		var err error
+		if i == 13 { // does not decode: dead-lettered at once
+			err = pub.Publish(ctx, "orders", &broker.Message{Body: []byte(`{"id": "o-013", "total_cents": "thirteen"}`)})
+		} else { // JSON with its content type, the counterpart of consumer.JSON
+			err = broker.PublishJSON(ctx, pub, "orders", nil, Order{ID: fmt.Sprintf("o-%03d", i), Total: i * 100})
 		}
-		if err := mb.Publish(ctx, "orders", &broker.Message{Body: body}); err != nil {
+		if err != nil {
 			return err
 		}
 	}
@@ -88,7 +93,6 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		return err
 	}
 	c, err := consumer.New(src, h,
-		consumer.WithName("orders"),
 		consumer.WithConcurrency(4),
 		consumer.WithMaxDeliveries(3),
 		consumer.WithDrainTimeout(5*time.Second),
@@ -104,7 +108,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 				e.Drain.Handled, e.Drain.GivenBack, e.Drain.Abandoned, e.Drain.Duration.Round(time.Millisecond))
 		}
 	}}
-	if err := sup.Add("orders", c); err != nil {
+	if err := sup.Add("orders", c); err != nil { // names the consumer: logs, events, health
 		return err
 	}
 

@@ -10,8 +10,8 @@
 //	go run ./examples/supervisor
 //
 // The failure here is not fatal, so it is restarted. An error that restarting
-// cannot fix — one marked with consumer.Fatal, or invalid configuration
-// (consumer.ErrInvalidConfig) — is not: the Supervisor stops every runner and
+// cannot fix — one marked with broker.Fatal, or invalid configuration
+// (broker.ErrInvalidConfig) — is not: the Supervisor stops every runner and
 // Run returns that error. Each "failed" line says which of the two it was.
 package main
 
@@ -72,9 +72,6 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 
 	events := &eventLog{}
 	sup := &consumer.Supervisor{
-		// On shutdown, in-flight handlers get this long to finish; then
-		// their contexts are cancelled and their messages given back.
-		DrainTimeout: 10 * time.Second,
 		// Restart is left nil, the default for production: the n-th restart
 		// waits between half and all of 100ms·2ⁿ⁻¹, capped at 30s, so the
 		// delay never shrinks between failures, and starts over once a
@@ -88,6 +85,10 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		},
 	}
 
+	// One publisher for every queue: a broker.Publisher, as on RabbitMQ
+	// and Kafka.
+	pub := b.Publisher()
+	defer pub.Close(context.Background())
 	sources := make(map[string]*memory.Source)
 	for _, q := range queues {
 		src, err := b.Source(q, memory.SourceConfig{Prefetch: 2})
@@ -97,13 +98,17 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		sources[q] = src
 		h := consumer.Chain(middleware.Log(logger), middleware.Recover())(handler(work))
 		c, err := consumer.New(src, h,
-			consumer.WithName(q),
 			consumer.WithConcurrency(2),
+			// On shutdown, in-flight handlers get this long to finish;
+			// then their contexts are cancelled and their messages given
+			// back.
+			consumer.WithDrainTimeout(10*time.Second),
 			consumer.WithLogger(logger),
 		)
 		if err != nil {
 			return err
 		}
+		// Add names the consumer, for its logs, events and health.
 		if err := sup.Add(q, c); err != nil {
 			return err
 		}
@@ -114,7 +119,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	supErr := make(chan error, 1)
 	go func() { supErr <- sup.Run(runCtx) }()
 
-	err := scenario(runCtx, out, b, sources, sup, events)
+	err := scenario(runCtx, out, b, pub, sources, sup, events)
 	cancel() // graceful stop of every runner, as on SIGTERM
 	if serr := <-supErr; serr != nil {
 		return fmt.Errorf("supervisor: %w", serr)
@@ -135,14 +140,14 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 
 // scenario publishes, injects the failure, and waits for each step. It
 // returns ctx's error if ctx ends first.
-func scenario(ctx context.Context, out io.Writer, b *memory.Broker, sources map[string]*memory.Source,
+func scenario(ctx context.Context, out io.Writer, b *memory.Broker, pub broker.Publisher, sources map[string]*memory.Source,
 	sup *consumer.Supervisor, events *eventLog) error {
 	acked := func(q string, n int) func() bool {
 		return func() bool { return b.Stats(q).Acked >= n }
 	}
 
 	fmt.Fprintln(out, "== three consumers start; each gets", batch, "messages")
-	if err := publish(ctx, b, batch, queues...); err != nil {
+	if err := publish(ctx, pub, batch, queues...); err != nil {
 		return err
 	}
 	if err := waitFor(ctx, "first batch handled", acked("orders", batch), acked("emails", batch), acked("invoices", batch)); err != nil {
@@ -151,7 +156,7 @@ func scenario(ctx context.Context, out io.Writer, b *memory.Broker, sources map[
 
 	fmt.Fprintln(out, "\n== the broker cancels the emails subscription; until the queue is back, every start of that consumer fails")
 	sources["emails"].Cancel(errQueueGone)
-	if err := publish(ctx, b, batch, queues...); err != nil {
+	if err := publish(ctx, pub, batch, queues...); err != nil {
 		return err
 	}
 	// The other two go on; emails fails and is restarted, twice at least.
@@ -175,7 +180,7 @@ func scenario(ctx context.Context, out io.Writer, b *memory.Broker, sources map[
 	printHealth(out, sup.Health())
 
 	fmt.Fprintln(out, "\n== stop, as on SIGTERM, while 2 of", lastOrders, "new orders are being handled")
-	if err := publish(ctx, b, lastOrders, "orders"); err != nil {
+	if err := publish(ctx, pub, lastOrders, "orders"); err != nil {
 		return err
 	}
 	return waitFor(ctx, "2 orders in flight", func() bool { return b.Stats("orders").Unacked == 2 })
@@ -198,10 +203,10 @@ func handler(d time.Duration) consumer.Handler {
 }
 
 // publish puts n messages on each of the queues.
-func publish(ctx context.Context, b *memory.Broker, n int, queues ...string) error {
+func publish(ctx context.Context, pub broker.Publisher, n int, queues ...string) error {
 	for _, q := range queues {
 		for range n {
-			if err := b.Publish(ctx, q, &broker.Message{Body: []byte("{}")}); err != nil {
+			if err := pub.Publish(ctx, q, &broker.Message{Body: []byte("{}")}); err != nil {
 				return err
 			}
 		}

@@ -89,8 +89,12 @@ func main() {
 func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	b := memory.NewBroker()
 	defer b.Close()
+	// The payloads are published as they are, broken ones included: a
+	// producer with a well-formed value would use broker.PublishJSON.
+	pub := b.Publisher()
+	defer pub.Close(context.Background())
 	for _, p := range payloads {
-		if err := b.Publish(ctx, "signups", &broker.Message{ID: p.id, Body: []byte(p.body)}); err != nil {
+		if err := pub.Publish(ctx, "signups", &broker.Message{ID: p.id, Body: []byte(p.body)}); err != nil {
 			return err
 		}
 	}
@@ -141,7 +145,7 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		return nil
 	})
 
-	sup := &consumer.Supervisor{Logger: logger, DrainTimeout: 10 * time.Second}
+	sup := &consumer.Supervisor{Logger: logger}
 	for _, c := range []struct {
 		queue string
 		h     consumer.Handler
@@ -151,7 +155,6 @@ func run(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 			return err
 		}
 		cons, err := consumer.New(src, c.h,
-			consumer.WithName(c.queue),
 			consumer.WithConcurrency(4),
 			consumer.WithLogger(logger),
 		)
