@@ -10,7 +10,11 @@ import (
 
 // A Recorder receives measurements from Metrics. Implementations must be safe
 // for concurrent use and cheap: they run on every message. The Prometheus
-// implementation is in middleware/prometheus.
+// implementation is package middleware/promqueuekit, whose Recorder.Options
+// adds Metrics to a consumer together with what else it records; a
+// Recorder that labels by consumer reads the name with
+// consumer.NameFromContext in a middleware of its own, since these methods
+// get no context.
 type Recorder interface {
 	// HandlerStarted is called when a handler starts on m.
 	HandlerStarted(m *broker.Message)

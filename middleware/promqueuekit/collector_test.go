@@ -3,147 +3,171 @@ package promqueuekit_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	prom "github.com/prometheus/client_golang/prometheus"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/memory"
+	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/health"
 	"github.com/queuekit/queuekit/middleware/promqueuekit"
 )
 
-type fakeLag struct {
-	calls atomic.Int32
-	lag   map[int]int64
-	err   error
+// countingSource is a memory source that reports a backlog and counts how
+// often the broker is asked for it: the ready messages of its queue, a lag
+// per partition when partitions is set, or err.
+type countingSource struct {
+	*memory.Source
+	b          *memory.Broker
+	queue      string
+	calls      atomic.Int64
+	mu         sync.Mutex
+	partitions map[int]int64
+	err        error
 }
 
-func (f *fakeLag) LagByPartition(ctx context.Context) (map[int]int64, error) {
-	f.calls.Add(1)
-	if _, ok := ctx.Deadline(); !ok {
-		return nil, errors.New("Lag called without a deadline")
+func (s *countingSource) Backlog(ctx context.Context) (broker.Backlog, error) {
+	s.calls.Add(1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return broker.Backlog{}, s.err
 	}
-	return f.lag, f.err
+	if s.partitions != nil {
+		var total int64
+		for _, n := range s.partitions {
+			total += n
+		}
+		return broker.Backlog{Messages: total, Consumers: -1, Partitions: s.partitions}, nil
+	}
+	return broker.Backlog{Messages: int64(s.b.Stats(s.queue).Ready), Consumers: 1}, nil
 }
 
-type fakeDepth struct {
-	calls              atomic.Int32
-	messages, consumer int
-	err                error
-}
+var _ broker.BacklogReporter = (*countingSource)(nil)
 
-func (f *fakeDepth) QueueDepth(context.Context) (int, int, error) {
-	f.calls.Add(1)
-	return f.messages, f.consumer, f.err
-}
-
-func TestLagCollectorExportsPartitionsAndRateLimits(t *testing.T) {
-	src := &fakeLag{lag: map[int]int64{0: 5, 1: 0, 2: 120}}
-	c, err := promqueuekit.NewLagCollector(src, promqueuekit.CollectorConfig{Consumer: "billing", Destination: "invoices", MinInterval: time.Hour})
+func newCountingSource(t *testing.T, b *memory.Broker, queue string) *countingSource {
+	t.Helper()
+	src, err := b.Source(queue, memory.SourceConfig{Prefetch: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prom.NewRegistry()
-	if err := reg.Register(c); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]float64{
-		"queuekit_kafka_consumer_lag{consumer=billing,partition=0,topic=invoices}": 5,
-		"queuekit_kafka_consumer_lag{consumer=billing,partition=1,topic=invoices}": 0,
-		"queuekit_kafka_consumer_lag{consumer=billing,partition=2,topic=invoices}": 120,
-		"queuekit_collector_errors_total{collector=kafka_lag,consumer=billing}":    0,
-	}
-	for range 3 {
-		diff(t, scrape(t, reg, func(string) bool { return false }), want)
-	}
-	if n := src.calls.Load(); n != 1 {
-		t.Errorf("3 scrapes within MinInterval called Lag %d times; want 1", n)
-	}
+	return &countingSource{Source: src, b: b, queue: queue}
 }
 
-func TestDepthCollectorLeavesGaugesOutOnError(t *testing.T) {
-	src := &fakeDepth{messages: 42, consumer: 3}
-	// A tiny interval: every scrape calls the source.
-	c, err := promqueuekit.NewDepthCollector(src, promqueuekit.CollectorConfig{Consumer: "mailer", Destination: "emails", MinInterval: time.Nanosecond})
+func addConsumer(t *testing.T, sup *consumer.Supervisor, name string, src broker.Source) {
+	t.Helper()
+	c, err := consumer.New(src, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }), consumer.WithLogger(discard()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prom.NewRegistry()
-	if err := reg.Register(c); err != nil {
+	if err := sup.Add(name, c); err != nil {
 		t.Fatal(err)
 	}
-	none := func(string) bool { return false }
-	diff(t, scrape(t, reg, none), map[string]float64{
-		"queuekit_rabbitmq_queue_messages{consumer=mailer,queue=emails}":            42,
-		"queuekit_rabbitmq_queue_consumers{consumer=mailer,queue=emails}":           3,
-		"queuekit_collector_errors_total{collector=rabbitmq_depth,consumer=mailer}": 0,
-	})
-	src.err = errors.New("channel closed")
-	time.Sleep(time.Millisecond) // let MinInterval pass
-	diff(t, scrape(t, reg, none), map[string]float64{
-		"queuekit_collector_errors_total{collector=rabbitmq_depth,consumer=mailer}": 1,
-	})
 }
 
-func TestCollectorsRejectBadConfig(t *testing.T) {
-	good := promqueuekit.CollectorConfig{Consumer: "c", Destination: "q"}
-	tests := []struct {
-		name string
-		cfg  promqueuekit.CollectorConfig
-		nilS bool
-	}{
-		{"no consumer name", promqueuekit.CollectorConfig{Destination: "q"}, false},
-		{"no destination", promqueuekit.CollectorConfig{Consumer: "c"}, false},
-		{"a negative interval", promqueuekit.CollectorConfig{Consumer: "c", Destination: "q", MinInterval: -1}, false},
-		{"a bad namespace", promqueuekit.CollectorConfig{Consumer: "c", Destination: "q", Namespace: "a.b"}, false},
-		{"a nil source", good, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var lag promqueuekit.LagSource = &fakeLag{}
-			var depth promqueuekit.DepthSource = &fakeDepth{}
-			if tt.nilS {
-				lag, depth = nil, nil
+// Issue 10 item 3: health's full report and the Prometheus backlog
+// collector read one cache — the consumer's Backlog — so that both readers
+// together, however often they ask, cause one broker call per
+// consumer.BacklogInterval.
+func TestHealthAndMetricsShareOneBacklogCall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := memory.NewBroker()
+		defer b.Close()
+		for range 4 {
+			if err := b.Publish(context.Background(), "incoming", &broker.Message{Body: []byte("x")}); err != nil {
+				t.Fatal(err)
 			}
-			if _, err := promqueuekit.NewLagCollector(lag, tt.cfg); !errors.Is(err, broker.ErrInvalidConfig) {
-				t.Errorf("NewLagCollector(%s) error = %v; want ErrInvalidConfig", tt.name, err)
-			}
-			if _, err := promqueuekit.NewDepthCollector(depth, tt.cfg); !errors.Is(err, broker.ErrInvalidConfig) {
-				t.Errorf("NewDepthCollector(%s) error = %v; want ErrInvalidConfig", tt.name, err)
-			}
-		})
-	}
-}
-
-func TestLagFuncAdaptsASliceShapedSource(t *testing.T) {
-	type partitionLag struct {
-		Partition int
-		Lag       int64
-	}
-	lagOf := func(context.Context) ([]partitionLag, error) { return []partitionLag{{0, 7}, {3, 1}}, nil }
-	src := promqueuekit.LagFunc(func(ctx context.Context) (map[int]int64, error) {
-		ls, err := lagOf(ctx)
+		}
+		src := newCountingSource(t, b, "incoming")
+		sup := &consumer.Supervisor{Logger: discard()}
+		addConsumer(t, sup, "orders", src)
+		hh, err := health.NewHandler(sup)
 		if err != nil {
-			return nil, err
+			t.Fatal(err)
 		}
-		m := make(map[int]int64, len(ls))
-		for _, l := range ls {
-			m[l.Partition] = l.Lag
+		col, err := promqueuekit.NewBacklogCollector(sup)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return m, nil
+		reg := prom.NewRegistry()
+		reg.MustRegister(col)
+
+		for interval := 1; interval <= 3; interval++ {
+			var wg sync.WaitGroup
+			for range 5 {
+				wg.Go(func() {
+					if bl := hh.FullReport(context.Background()).Consumers[0].Backlog; bl == nil || bl.Messages != 4 {
+						t.Errorf("health backlog = %+v; want 4 messages", bl)
+					}
+				})
+				wg.Go(func() {
+					got := scrape(t, reg, func(string) bool { return false })
+					if got["queuekit_backlog_messages{consumer=orders}"] != 4 {
+						t.Errorf("scrape = %v; want 4 messages for orders", got)
+					}
+				})
+			}
+			wg.Wait()
+			if n := src.calls.Load(); n != int64(interval) {
+				t.Fatalf("interval %d: 5 health reports and 5 scrapes made %d broker calls in all; want %d", interval, n, interval)
+			}
+			time.Sleep(consumer.BacklogInterval)
+		}
 	})
-	c, err := promqueuekit.NewLagCollector(src, promqueuekit.CollectorConfig{Consumer: "c", Destination: "t"})
+}
+
+func TestBacklogCollectorExportsQueuesAndPartitions(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	for range 3 {
+		if err := b.Publish(context.Background(), "emails", &broker.Message{Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queue := newCountingSource(t, b, "emails")
+	group := newCountingSource(t, b, "invoices")
+	group.partitions = map[int]int64{0: 5, 1: 0, 2: 120}
+	down := newCountingSource(t, b, "down")
+	down.err = errors.New("channel closed")
+	none, err := b.Source("plain", memory.SourceConfig{Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup := &consumer.Supervisor{Logger: discard()}
+	addConsumer(t, sup, "mailer", queue)
+	addConsumer(t, sup, "billing", group)
+	addConsumer(t, sup, "down", down)
+	addConsumer(t, sup, "plain", none)
+	_ = sup.Add("watchdog", consumer.RunnerFunc(func(ctx context.Context) error { return nil }))
+	col, err := promqueuekit.NewBacklogCollector(sup)
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prom.NewRegistry()
-	if err := reg.Register(c); err != nil {
-		t.Fatal(err)
-	}
+	reg.MustRegister(col)
 	diff(t, scrape(t, reg, func(string) bool { return false }), map[string]float64{
-		"queuekit_kafka_consumer_lag{consumer=c,partition=0,topic=t}":     7,
-		"queuekit_kafka_consumer_lag{consumer=c,partition=3,topic=t}":     1,
-		"queuekit_collector_errors_total{collector=kafka_lag,consumer=c}": 0,
+		"queuekit_backlog_up{consumer=mailer}":                              1,
+		"queuekit_backlog_messages{consumer=mailer}":                        3,
+		"queuekit_backlog_consumers{consumer=mailer}":                       1,
+		"queuekit_backlog_up{consumer=billing}":                             1,
+		"queuekit_backlog_messages{consumer=billing}":                       125,
+		"queuekit_backlog_partition_messages{consumer=billing,partition=0}": 5,
+		"queuekit_backlog_partition_messages{consumer=billing,partition=1}": 0,
+		"queuekit_backlog_partition_messages{consumer=billing,partition=2}": 120,
+		"queuekit_backlog_up{consumer=down}":                                0,
 	})
+}
+
+func TestNewBacklogCollectorRejectsBadConfig(t *testing.T) {
+	if _, err := promqueuekit.NewBacklogCollector(nil); !errors.Is(err, broker.ErrInvalidConfig) {
+		t.Errorf("NewBacklogCollector(nil) = %v; want ErrInvalidConfig", err)
+	}
+	if _, err := promqueuekit.NewBacklogCollector(&consumer.Supervisor{}, promqueuekit.WithNamespace("a.b")); !errors.Is(err, broker.ErrInvalidConfig) {
+		t.Errorf("NewBacklogCollector(namespace a.b) = %v; want ErrInvalidConfig", err)
+	}
 }

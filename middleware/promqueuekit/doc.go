@@ -1,16 +1,29 @@
-// Package prometheus exports queuekit consumers' measurements as Prometheus
-// metrics (github.com/prometheus/client_golang), registered on a Registerer
-// the caller gives. It lives apart from package middleware so that programs
-// that do not use Prometheus do not link it.
+// Package promqueuekit exports queuekit consumers' measurements as
+// Prometheus metrics (github.com/prometheus/client_golang), registered on a
+// Registerer the caller gives. It is a module of its own, so that programs
+// that do not use Prometheus do not have it in their module graph, and it is
+// not named prometheus, so that importing it next to client_golang needs no
+// alias.
 //
-// A Recorder plugs into the three places that each see part of the picture:
+// # Wiring
 //
-//	rec, err := prometheus.New(registry, prometheus.WithConsumer("orders"))
-//	c, err := consumer.New(src,
-//		consumer.Chain(middleware.Recover(), middleware.Metrics(rec))(handler),
-//		consumer.WithObserver(rec.Observe), // settlements: ack, requeue, dead-letter, stale…
-//		consumer.WithEventHook(rec.Event),  // reconnects, drains (or Supervisor.OnEvent)
-//	)
+// Make one Recorder per program and give each consumer its options, in one
+// line; add the backlog collector once per Supervisor:
+//
+//	rec, err := promqueuekit.New(prometheus.DefaultRegisterer)
+//	c, err := consumer.New(src, middleware.Recover()(h), rec.Options()...)
+//	sup.Add("orders", c) // every series of this consumer says consumer="orders"
+//
+//	bc, err := promqueuekit.NewBacklogCollector(sup)
+//	prometheus.MustRegister(bc)
+//
+//	wd, err := health.NewWatchdog(health.WatchdogConfig{Threshold: time.Minute, OnStuck: rec.HandlerStuck})
+//
+// Options gives the consumer the metrics middleware (handler calls), an
+// observer (what the runtime did with each delivery) and an event hook
+// (reconnects, restarts, drains): each sees something the others cannot,
+// and none can be forgotten. Wrap the handler in middleware.Recover before
+// New, so that the metrics middleware, outside it, counts panics as such.
 //
 // # Metrics
 //
@@ -27,27 +40,32 @@
 //	queuekit_events_total{consumer,event}                counter: lifecycle events by kind
 //	queuekit_reconnects_total{consumer}                  counter
 //	queuekit_restarts_total{consumer}                    counter
+//	queuekit_rebalances_total{consumer}                  counter: Kafka consumer-group generations ended
 //	queuekit_drain_messages_total{consumer,outcome}      counter: handled, given-back, abandoned
 //	queuekit_drain_duration_seconds{consumer}            histogram
-//	queuekit_stuck_handlers_total{consumer}              counter: fed by a stuck-handler watchdog
-//	queuekit_kafka_consumer_lag{consumer,topic,partition}     gauge (LagCollector)
-//	queuekit_rabbitmq_queue_messages{consumer,queue}          gauge (DepthCollector)
-//	queuekit_rabbitmq_queue_consumers{consumer,queue}         gauge (DepthCollector)
-//	queuekit_collector_errors_total{consumer,collector}       counter
+//	queuekit_stuck_handlers_total{consumer}              counter: fed by health's stuck-handler watchdog
+//	queuekit_backlog_messages{consumer}                       gauge (BacklogCollector)
+//	queuekit_backlog_consumers{consumer}                      gauge (BacklogCollector)
+//	queuekit_backlog_partition_messages{consumer,partition}   gauge (BacklogCollector)
+//	queuekit_backlog_up{consumer}                             gauge (BacklogCollector)
 //
-// Labels stay low-cardinality: the consumer label is a consumer name or a
-// topic, never a message id, key or error text.
+// # Labels
+//
+// The consumer label is the consumer's one name: the name it was added to
+// its Supervisor under, or its WithName when it runs alone. Labels stay
+// low-cardinality: never a message id, key or error text.
 //
 // # Concurrency
 //
-// Recorder and the collectors are safe for concurrent use. The collectors
-// start no goroutines: they call their source during a scrape, at most once
-// per CollectorConfig.MinInterval, and concurrent scrapes share that call.
+// Recorder and BacklogCollector are safe for concurrent use. The collector
+// keeps no cache of its own: during a scrape it reads each consumer's
+// Backlog, which asks the broker at most once per consumer.BacklogInterval
+// for every reader together (package health's full report included).
 //
 // # Errors
 //
-// Constructors return an error wrapping consumer.ErrInvalidConfig for invalid
+// Constructors return an error wrapping broker.ErrInvalidConfig for invalid
 // configuration, and the Registerer's error when a metric is already
-// registered. A failing broker source does not fail the scrape: its gauges
-// are left out and queuekit_collector_errors_total counts the failure.
+// registered. A broker that cannot say its backlog does not fail the scrape:
+// that consumer's gauges are left out and its queuekit_backlog_up is 0.
 package promqueuekit

@@ -1,23 +1,28 @@
 package promqueuekit
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	prom "github.com/prometheus/client_golang/prometheus"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/health"
 	"github.com/queuekit/queuekit/middleware"
 )
 
 // Label names. They are few and their values are bounded on purpose: no
 // message ids, keys or error texts ever become label values.
 const (
-	// LabelConsumer is the consumer name given with WithConsumer, or the
-	// message's Topic (queue or Kafka topic) when none was given.
+	// LabelConsumer is the consumer's name: the name it was added to its
+	// Supervisor under (or its WithName), or the name fixed with
+	// WithConsumer or For. Recorder methods called directly, outside
+	// Options, use the message's Topic when no name is fixed.
 	LabelConsumer = "consumer"
 	// LabelOutcome is what happened to a delivery (see Recorder.Observe).
 	LabelOutcome = "outcome"
@@ -31,7 +36,7 @@ const (
 // consumer.Settlement names.
 const (
 	// OutcomeStale counts settlements refused because the delivery outlived
-	// its connection (consumer.ErrStaleDelivery); the broker redelivers them.
+	// its connection (broker.ErrStaleDelivery); the broker redelivers them.
 	OutcomeStale = "stale"
 	// OutcomeSettleFailed counts settlements that failed for another reason.
 	OutcomeSettleFailed = "settle-failed"
@@ -50,27 +55,22 @@ type options struct {
 func WithNamespace(ns string) Option { return func(o *options) { o.namespace = ns } }
 
 // WithConsumer fixes the value of the consumer label for every observation
-// of the Recorder, instead of the message Topic and the event's Runner. To
-// record several consumers on one Registerer, make one Recorder without it
-// and give each consumer its own view with Recorder.For.
+// of the Recorder, instead of the consumer's own name. It is rarely needed:
+// Options labels each consumer with its name.
 func WithConsumer(name string) Option { return func(o *options) { o.consumer = name } }
 
 // WithBuckets sets the buckets of the handler duration histogram, in seconds
 // (default prometheus.DefBuckets). They must be strictly increasing.
 func WithBuckets(b []float64) Option { return func(o *options) { o.buckets = b } }
 
-// A Recorder exports the measurements of a consumer as Prometheus metrics.
-// It plugs into three places, each of which sees something the others cannot:
+// A Recorder exports the measurements of consumers as Prometheus metrics.
+// Wire it into each consumer with Options, in one line:
 //
-//   - middleware.Metrics(r): handler calls, their duration and result, and the
-//     handlers in flight (Recorder implements middleware.Recorder);
-//   - consumer.WithObserver(r.Observe): what the runtime did with each
-//     delivery (ack, requeue, dead-letter, stale…) and its delivery attempt;
-//   - Supervisor.OnEvent = r.Event (or consumer.WithEventHook(r.Event)):
-//     reconnects, restarts, drains and every other lifecycle event.
+//	c, err := consumer.New(src, h, rec.Options()...)
 //
-// A Recorder is safe for concurrent use. Its zero value is not usable: make
-// one with New.
+// One Recorder serves every consumer of a program; each consumer's series
+// carry its name. A Recorder is safe for concurrent use. Its zero value is
+// not usable: make one with New.
 type Recorder struct {
 	m        *metrics
 	consumer string // fixed consumer label, or "" for the Topic / Runner
@@ -125,7 +125,7 @@ func (m *metrics) get(name string) *bound {
 }
 
 // New returns a Recorder whose metrics are registered on reg. It returns an
-// error wrapping consumer.ErrInvalidConfig when reg is nil or an option is
+// error wrapping broker.ErrInvalidConfig when reg is nil or an option is
 // invalid, and the Registerer's error (for example prometheus.AlreadyRegisteredError)
 // when a metric of the same name is already registered on reg; nothing stays
 // registered then.
@@ -209,8 +209,8 @@ func validNamespace(ns string) bool {
 }
 
 // For returns a view of r whose observations all carry the consumer label
-// name: one Recorder, registered once, serving several consumers. The view
-// shares r's metrics; it is cheap and may be kept or made again.
+// name, whatever the consumer's own name. The view shares r's metrics; it is
+// cheap and may be kept or made again.
 func (r *Recorder) For(name string) *Recorder {
 	return &Recorder{m: r.m, consumer: name}
 }
@@ -222,6 +222,92 @@ func (r *Recorder) label(m *broker.Message) string {
 	return m.Topic
 }
 
+// Options returns the consumer options that record everything the Recorder
+// measures of one consumer: middleware.Metrics (handler calls, their
+// duration and result, the handlers in flight), an observer (what the
+// runtime did with each delivery — ack, requeue, dead-letter, stale… — and
+// its delivery attempt) and an event hook (reconnects, restarts, drains and
+// every other lifecycle event, the Supervisor's events about the consumer
+// included). Pass them to consumer.New, after the consumer's own options or
+// before; the handler given to New runs inside the metrics middleware, so
+// wrap it in middleware.Recover for panics to count as such:
+//
+//	c, err := consumer.New(src, middleware.Recover()(h), rec.Options()...)
+//
+// The series are labelled with the consumer's name: the name it is added to
+// its Supervisor under (Supervisor.Add), else its WithName. Call Options
+// once per consumer: the options learn the name of the consumer they are
+// given to. Do not also set Supervisor.OnEvent or WithEventHook to r.Event:
+// each event would be counted twice.
+func (r *Recorder) Options() []consumer.Option {
+	b := &binding{r: r}
+	return []consumer.Option{
+		consumer.WithMiddleware(b.middleware),
+		consumer.WithObserver(b.observe),
+		consumer.WithEventHook(b.event),
+	}
+}
+
+// binding is what Options gives one consumer: the Recorder's measurements
+// under that consumer's name. The name is learnt from the handler's context
+// (consumer.NameFromContext) and from the consumer's events (Event.Runner),
+// which both come before any settlement; the observer, which is given
+// neither, reads it here.
+type binding struct {
+	r    *Recorder
+	name atomic.Pointer[string]
+}
+
+func (b *binding) learn(name string) {
+	if name == "" {
+		return
+	}
+	if p := b.name.Load(); p == nil || *p != name {
+		b.name.Store(&name)
+	}
+}
+
+func (b *binding) label(m *broker.Message) string {
+	if b.r.consumer != "" {
+		return b.r.consumer
+	}
+	if p := b.name.Load(); p != nil {
+		return *p
+	}
+	return m.Topic
+}
+
+// HandlerStarted and HandlerDone make the binding the middleware.Recorder of
+// its own middleware.Metrics.
+func (b *binding) HandlerStarted(m *broker.Message) { b.r.m.get(b.label(m)).inFlight.Inc() }
+
+func (b *binding) HandlerDone(m *broker.Message, err error, d time.Duration) {
+	b.r.handlerDone(b.label(m), err, d)
+}
+
+func (b *binding) middleware(next consumer.Handler) consumer.Handler {
+	measured := middleware.Metrics(b)(next)
+	return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		if name, ok := consumer.NameFromContext(ctx); ok {
+			b.learn(name)
+		}
+		return measured.Handle(ctx, m)
+	})
+}
+
+func (b *binding) observe(m *broker.Message, s consumer.Settlement, err error) {
+	b.r.observe(b.label(m), m, s, err)
+}
+
+func (b *binding) event(e consumer.Event) {
+	b.learn(e.Runner)
+	name := b.r.consumer
+	if name == "" {
+		name = e.Runner
+	}
+	b.r.event(name, e)
+}
+
 // HandlerStarted implements middleware.Recorder.
 func (r *Recorder) HandlerStarted(m *broker.Message) {
 	r.m.get(r.label(m)).inFlight.Inc()
@@ -229,7 +315,11 @@ func (r *Recorder) HandlerStarted(m *broker.Message) {
 
 // HandlerDone implements middleware.Recorder.
 func (r *Recorder) HandlerDone(m *broker.Message, err error, d time.Duration) {
-	b := r.m.get(r.label(m))
+	r.handlerDone(r.label(m), err, d)
+}
+
+func (r *Recorder) handlerDone(name string, err error, d time.Duration) {
+	b := r.m.get(name)
 	b.inFlight.Dec()
 	b.duration[resultIndex(middleware.Outcome(err))].Observe(d.Seconds())
 }
@@ -243,12 +333,15 @@ func resultIndex(outcome string) int {
 	return 1 // "error": a class middleware.Outcome may learn later
 }
 
-// Observe counts one settlement. Pass it to consumer.WithObserver.
+// Observe counts one settlement; Options passes it to consumer.WithObserver.
 // The outcome label is the settlement's name (s.String()) when the broker
-// took it, OutcomeStale when err wraps consumer.ErrStaleDelivery, and
+// took it, OutcomeStale when err wraps broker.ErrStaleDelivery, and
 // OutcomeSettleFailed for any other settlement error.
 func (r *Recorder) Observe(m *broker.Message, s consumer.Settlement, err error) {
-	name := r.label(m)
+	r.observe(r.label(m), m, s, err)
+}
+
+func (r *Recorder) observe(name string, m *broker.Message, s consumer.Settlement, err error) {
 	b := r.m.get(name)
 	switch {
 	case err != nil && errors.Is(err, broker.ErrStaleDelivery):
@@ -263,10 +356,12 @@ func (r *Recorder) Observe(m *broker.Message, s consumer.Settlement, err error) 
 	b.attempts.Observe(float64(max(m.Attempt, 1)))
 }
 
-// Event counts a lifecycle event. Set it as Supervisor.OnEvent, or pass it to
-// consumer.WithEventHook. The consumer label is the event's Runner (the name
-// the runner was added to the Supervisor with, or the consumer's WithName),
-// unless the Recorder has a fixed name (WithConsumer, For).
+// Event counts a lifecycle event; Options passes it to
+// consumer.WithEventHook. It may also be set as Supervisor.OnEvent, to count
+// the events of runners that are not consumers, but not both for one
+// consumer. The consumer label is the event's Runner (the name the runner
+// was added to the Supervisor with, or the consumer's WithName), unless the
+// Recorder has a fixed name (WithConsumer, For).
 //
 // Every event is counted in queuekit_events_total by kind; reconnects
 // (EventReconnecting), restarts (EventRestarting) and Kafka rebalances
@@ -279,6 +374,10 @@ func (r *Recorder) Event(e consumer.Event) {
 	if c == "" {
 		c = e.Runner
 	}
+	r.event(c, e)
+}
+
+func (r *Recorder) event(c string, e consumer.Event) {
 	r.m.events.WithLabelValues(c, e.Kind.String()).Inc()
 	switch e.Kind {
 	case consumer.EventReconnecting:
@@ -295,13 +394,23 @@ func (r *Recorder) Event(e consumer.Event) {
 	}
 }
 
-// HandlerStuck counts a handler call that ran past a stuck-handler
-// watchdog's threshold (see package health): wire it to the watchdog's
-// OnStuck hook. name is the consumer name, or the message topic; a Recorder
-// with a fixed name (WithConsumer, For) uses its own.
-func (r *Recorder) HandlerStuck(name string) {
-	if r.consumer != "" {
-		name = r.consumer
+// HandlerStuck counts a report of package health's stuck-handler watchdog:
+// set it as the watchdog's OnStuck hook,
+//
+//	wd, err := health.NewWatchdog(health.WatchdogConfig{Threshold: time.Minute, OnStuck: rec.HandlerStuck})
+//
+// The watchdog reports each call once when it becomes stuck, and once more
+// when it nears the broker's delivery timeout. The consumer label is the
+// report's consumer (its name), or the message topic when it has none; a
+// Recorder with a fixed name (WithConsumer, For) uses its own.
+func (r *Recorder) HandlerStuck(s health.Stuck) {
+	name := r.consumer
+	switch {
+	case name != "":
+	case s.Consumer != "":
+		name = s.Consumer
+	default:
+		name = s.Topic
 	}
 	r.m.stuck.WithLabelValues(name).Inc()
 }

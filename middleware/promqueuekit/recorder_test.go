@@ -19,6 +19,7 @@ import (
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/health"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/middleware/promqueuekit"
 	"github.com/queuekit/queuekit/retry"
@@ -81,11 +82,14 @@ func diff(t *testing.T, got, want map[string]float64) {
 
 // TestRecorderCountsARealRun runs a consumer under a Supervisor on
 // broker/memory through acks, retries, dead-letters, a panic and a stale
-// acknowledgement, then scrapes the registry and checks every series.
+// acknowledgement, then scrapes the registry and checks every series. The
+// Recorder is wired in one line (rec.Options()), and every series is
+// labelled with the name the Supervisor gives the consumer — not its
+// queue's name, nor a WithName (issue 10 item 5).
 func TestRecorderCountsARealRun(t *testing.T) {
 	b := memory.NewBroker()
 	defer b.Close()
-	src, err := b.Source("orders", memory.SourceConfig{Prefetch: 1})
+	src, err := b.Source("incoming", memory.SourceConfig{Prefetch: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +98,6 @@ func TestRecorderCountsARealRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec = rec.For("orders")
 
 	// One worker and prefetch 1, so that the dropped connection makes
 	// exactly one delivery stale: the one whose handler dropped it.
@@ -124,27 +127,23 @@ func TestRecorderCountsARealRun(t *testing.T) {
 		}
 		return fmt.Errorf("unexpected body %q", m.Body)
 	})
-	c, err := consumer.New(src,
-		// Recover inside Metrics, as package middleware recommends, so
-		// that Metrics sees the panic as a *consumer.PanicError.
-		consumer.Chain(middleware.Metrics(rec), middleware.Recover())(h),
-		consumer.WithName("orders"),
-		consumer.WithMaxDeliveries(3),
-		consumer.WithObserver(rec.Observe),
-		consumer.WithLogger(discard()),
-	)
+	// Recover inside Metrics, as package middleware recommends, so that
+	// Metrics sees the panic as a *consumer.PanicError: the options'
+	// middleware wraps the handler given to New.
+	c, err := consumer.New(src, middleware.Recover()(h),
+		append(rec.Options(), consumer.WithName("q-consumer"), consumer.WithMaxDeliveries(3), consumer.WithLogger(discard()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	bodies := []string{"ok", "ok", "ok", "flaky", "bad", "poison", "panic", "stale"}
 	ctx := context.Background()
 	for _, body := range bodies {
-		if err := b.Publish(ctx, "orders", &broker.Message{Body: []byte(body)}); err != nil {
+		if err := b.Publish(ctx, "incoming", &broker.Message{Body: []byte(body)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	sup := &consumer.Supervisor{OnEvent: rec.Event, Logger: discard()}
+	sup := &consumer.Supervisor{Logger: discard()}
 	if err := sup.Add("orders", c); err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +154,7 @@ func TestRecorderCountsARealRun(t *testing.T) {
 	// ok×3 + flaky + panic + stale are acked (6); bad and poison are dead-lettered (2).
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		st := b.Stats("orders")
+		st := b.Stats("incoming")
 		if st.Acked == 6 && st.DeadLettered == 2 {
 			break
 		}
@@ -190,8 +189,8 @@ func TestRecorderCountsARealRun(t *testing.T) {
 		// Attempts of the 13 settled deliveries: 1+1+1 + 1+2 + 1 + 1+2+3 + 1+2 + 1+2.
 		"queuekit_delivery_attempts_count{consumer=orders}": 13,
 		"queuekit_delivery_attempts_sum{consumer=orders}":   19,
-		// Events, through Supervisor.OnEvent.
-		"queuekit_events_total{consumer=orders,event=starting}":      1, // supervisor
+		// Events, through the options' event hook.
+		"queuekit_events_total{consumer=orders,event=starting}":      1, // supervisor, passed to the consumer's hooks
 		"queuekit_events_total{consumer=orders,event=running}":       1, // consumer
 		"queuekit_events_total{consumer=orders,event=reconnecting}":  1, // DropConnection
 		"queuekit_events_total{consumer=orders,event=connected}":     1, // DropConnection
@@ -199,7 +198,7 @@ func TestRecorderCountsARealRun(t *testing.T) {
 		"queuekit_events_total{consumer=orders,event=draining}":      1,
 		"queuekit_events_total{consumer=orders,event=drained}":       1,
 		"queuekit_events_total{consumer=orders,event=settle-failed}": 1, // the stale ack
-		"queuekit_events_total{consumer=orders,event=stopped}":       1, // by the supervisor only
+		"queuekit_events_total{consumer=orders,event=stopped}":       1, // the consumer's own
 		"queuekit_reconnects_total{consumer=orders}":                 1,
 		// Nothing was in flight when the context was cancelled.
 		"queuekit_drain_messages_total{consumer=orders,outcome=handled}":    0,
@@ -209,8 +208,8 @@ func TestRecorderCountsARealRun(t *testing.T) {
 	}
 	diff(t, got, want)
 
-	if n := len(b.DeadLetters("orders")); n != 2 {
-		t.Errorf("DeadLetters(orders) has %d messages; want 2", n)
+	if n := len(b.DeadLetters("incoming")); n != 2 {
+		t.Errorf("DeadLetters(incoming) has %d messages; want 2", n)
 	}
 }
 
@@ -267,7 +266,7 @@ func TestLabelsComeFromTopicAndRunner(t *testing.T) {
 	rec.Event(consumer.Event{Kind: consumer.EventRebalanced, Runner: "pay"})
 	rec.Event(consumer.Event{Kind: consumer.EventDrained, Runner: "pay",
 		Drain: consumer.DrainReport{Handled: 3, GivenBack: 2, Abandoned: 1, Duration: time.Second}})
-	rec.HandlerStuck("payments")
+	rec.HandlerStuck(health.Stuck{Topic: "payments", MessageID: "id-1"})
 
 	got := scrape(t, reg, func(string) bool { return false })
 	for k, want := range map[string]float64{
@@ -337,4 +336,71 @@ func BenchmarkMiddleware(b *testing.B) {
 			}
 		})
 	})
+}
+
+// The stuck-handler watchdog of package health feeds
+// queuekit_stuck_handlers_total through OnStuck: rec.HandlerStuck, under
+// the name the Supervisor gives the consumer.
+func TestWatchdogOnStuckCountsStuckHandlers(t *testing.T) {
+	reg := prom.NewRegistry()
+	rec, err := promqueuekit.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wd, err := health.NewWatchdog(health.WatchdogConfig{
+		Threshold: 20 * time.Millisecond,
+		Interval:  5 * time.Millisecond,
+		Logger:    discard(),
+		OnStuck:   rec.HandlerStuck,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := memory.NewBroker()
+	defer b.Close()
+	src, err := b.Source("incoming", memory.SourceConfig{Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		close(started)
+		<-release
+		return nil
+	})
+	c, err := consumer.New(src, h, append(rec.Options(), consumer.WithMiddleware(wd.Middleware()), consumer.WithLogger(discard()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup := &consumer.Supervisor{Logger: discard()}
+	if err := sup.Add("orders", c); err != nil {
+		t.Fatal(err)
+	}
+	if err := sup.Add("watchdog", wd); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	if err := b.Publish(ctx, "incoming", &broker.Message{ID: "order-7", Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	const series = "queuekit_stuck_handlers_total{consumer=orders}"
+	deadline := time.Now().Add(20 * time.Second)
+	for scrape(t, reg, func(string) bool { return false })[series] != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never reached 1: %v", series, scrape(t, reg, func(string) bool { return false }))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // ten more ticks: the call is counted once
+	close(release)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := scrape(t, reg, func(string) bool { return false })[series]; got != 1 {
+		t.Errorf("%s = %v; want 1 (one stuck call)", series, got)
+	}
 }
