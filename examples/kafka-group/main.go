@@ -26,7 +26,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -219,7 +218,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 		middleware.Timeout(5*time.Second),
 	)(handler)
 
-	sup := &consumer.Supervisor{Logger: cfg.Logger, DrainTimeout: 10 * time.Second}
+	sup := &consumer.Supervisor{Logger: cfg.Logger}
 	joined := newGroupWatch(members)
 	sup.OnEvent = joined.observe
 	for i := 1; i <= members; i++ {
@@ -239,7 +238,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 			// a member learns of a rebalance on its next heartbeat.
 			HeartbeatInterval: 250 * time.Millisecond,
 			SessionTimeout:    6 * time.Second,
-			RebalanceTimeout:  6 * time.Second, // DrainTimeout defaults to a third of it
+			RebalanceTimeout:  6 * time.Second, // RebalanceDrainTimeout defaults to a third of it
 			JoinGroupBackoff:  250 * time.Millisecond,
 			Logger:            cfg.Logger,
 		})
@@ -247,7 +246,6 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 			return nil, err
 		}
 		c, err := consumer.New(src, h,
-			consumer.WithName(name),
 			consumer.WithConcurrency(concurrency),
 			consumer.WithDrainTimeout(5*time.Second),
 			consumer.WithLogger(cfg.Logger),
@@ -255,7 +253,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := sup.Add(name, c); err != nil {
+		if err := sup.Add(name, c); err != nil { // names the member: logs, events, health
 			return nil, err
 		}
 	}
@@ -295,7 +293,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 		return nil, fmt.Errorf("the members did not join the group within %v: %v", cfg.Timeout, joined.lastErr())
 	}
 
-	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers, Topic: topic})
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers})
 	if err != nil {
 		return nil, err
 	}
@@ -307,12 +305,16 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	for seq := 1; seq <= cfg.EventsPerAccount; seq++ {
 		for a := 1; a <= cfg.Accounts; a++ {
 			e := Event{Account: fmt.Sprintf("acct-%02d", a), Seq: seq, Amount: 100 * seq}
-			body, _ := json.Marshal(e)
-			msgs = append(msgs, &broker.Message{Key: []byte(e.Account), Body: body})
+			m, err := broker.NewJSON(e) // JSON with its content type, for consumer.JSON
+			if err != nil {
+				return nil, err
+			}
+			m.Key = []byte(e.Account)
+			msgs = append(msgs, m)
 		}
 	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = pub.Publish(pctx, msgs...)
+	err = pub.Publish(pctx, topic, msgs...)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -508,18 +510,18 @@ func (w *groupWatch) lastErr() error {
 }
 
 // groupLag reads the group's lag per partition from the brokers, through a
-// Source that never joins the group (Lag needs no membership).
+// Source that never joins the group (Backlog needs no membership).
 func groupLag(ctx context.Context, brokers []string, group, topic string) (map[int]int64, error) {
 	src, err := kafka.NewSource(kafka.Config{Brokers: brokers, GroupID: group, Topic: topic})
 	if err != nil {
 		return nil, err
 	}
 	defer src.Close(context.Background())
-	lag, err := src.LagByPartition(ctx)
+	b, err := src.Backlog(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read the group's lag: %w", err)
 	}
-	return lag, nil
+	return b.Partitions, nil
 }
 
 // createTopics creates the topics with the example's partition count; a
