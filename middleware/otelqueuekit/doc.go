@@ -1,21 +1,37 @@
-// Package otel traces queuekit handlers with OpenTelemetry
-// (go.opentelemetry.io/otel). It lives apart from package middleware so that
-// programs that do not trace do not link OpenTelemetry.
+// Package otelqueuekit traces queuekit handlers with OpenTelemetry
+// (go.opentelemetry.io/otel). It is a module of its own, so that programs
+// that do not trace do not have OpenTelemetry in their module graph, and it
+// is not named otel, so that importing it next to the OpenTelemetry API
+// needs no alias.
+//
+// # Wiring
 //
 // Publishers call Inject to write the trace context of the publishing span
-// into the message headers; consumers wrap their handler with Tracing, which
-// reads it back and runs the handler in a consumer span that is a child of,
-// and linked to, the publisher's span:
+// into the message headers; consumers take Options, in one line, which run
+// every handler call in a consumer span that is a child of, and linked to,
+// the publisher's span:
 //
 //	// publisher
-//	m.Header = otel.Inject(ctx, m.Header)
+//	m.Header = otelqueuekit.Inject(ctx, m.Header)
 //
 //	// consumer
-//	h = consumer.Chain(otel.Tracing("rabbitmq"), middleware.Recover())(h)
+//	c, err := consumer.New(src, middleware.Recover()(h), otelqueuekit.Options("rabbitmq")...)
 //
-// Headers are read and written through Carrier, a propagation.TextMapCarrier
-// over consumer.Message.Header. The default propagator is W3C Trace Context
-// plus Baggage (WithPropagator changes it).
+// Tracing is the same middleware, for a handler chain built by hand.
+//
+// # Spans
+//
+// Each span is named "process <topic>" and carries the messaging semantic
+// conventions (messaging.system, messaging.destination.name,
+// messaging.message.id…), the delivery attempt (queuekit.delivery.attempt)
+// and the consumer's name (queuekit.consumer.name: the name it was added to
+// its Supervisor under, as in its logs and metrics). The handler's context
+// carries the span, so that its own spans and outgoing calls join the trace.
+//
+// Headers are read and written through Carrier, a
+// propagation.TextMapCarrier over broker.Message.Header. The default
+// propagator is W3C Trace Context plus Baggage, so that tracing works
+// without a global propagator (WithPropagator changes it).
 //
 // For programs without tracing, package middleware/correlation carries a
 // correlation id from publisher to handler instead.
@@ -28,5 +44,6 @@
 // # Errors
 //
 // Tracing never changes a handler's result: a handler error is recorded on
-// its span and returned as it is.
+// its span (status Error, error.type ok, error, permanent, timeout or panic)
+// and returned as it is.
 package otelqueuekit

@@ -19,12 +19,32 @@ import (
 // ScopeName is the instrumentation scope of the tracer this package uses.
 const ScopeName = "github.com/queuekit/queuekit/middleware/otelqueuekit"
 
-// AttributeAttempt is the span attribute holding consumer.Message.Attempt
+// AttributeAttempt is the span attribute holding broker.Message.Attempt
 // (1 on the first delivery). Semantic conventions have no broker-neutral
 // delivery count, so it is namespaced.
 const AttributeAttempt = attribute.Key("queuekit.delivery.attempt")
 
-// Carrier adapts message headers to propagation.TextMapCarrier, so that
+// AttributeConsumer is the span attribute holding the name of the consumer
+// that handled the message (consumer.NameFromContext): the name it was added
+// to its Supervisor under, or its WithName — the name its logs, metrics and
+// health use.
+const AttributeConsumer = attribute.Key("queuekit.consumer.name")
+
+// Options returns the consumer options that trace every handler call of a
+// consumer, in one line:
+//
+//	c, err := consumer.New(src, middleware.Recover()(h), otelqueuekit.Options("rabbitmq")...)
+//
+// It is Tracing(system, opts...) added with consumer.WithMiddleware; the
+// handler given to New runs inside it, so that a panic recovered by
+// middleware.Recover is recorded on the span as an error. Options may be
+// called once for several consumers, or once each.
+func Options(system string, opts ...Option) []consumer.Option {
+	return []consumer.Option{consumer.WithMiddleware(Tracing(system, opts...))}
+}
+
+// Carrier adapts message headers (broker.Message.Header) to
+// propagation.TextMapCarrier, so that
 // any propagator can read and write them. A nil Carrier reads as empty;
 // Set on a nil Carrier does nothing.
 type Carrier map[string]string
@@ -107,8 +127,9 @@ func newOptions(opts []Option) options {
 // messaging.operation.type "process", messaging.operation.name "process",
 // messaging.destination.name (Message.Topic), messaging.message.id,
 // messaging.message.body.size and, if set, messaging.consumer.group.name;
-// plus queuekit.delivery.attempt. The handler's context carries the span, so
-// that its own spans and outgoing calls join the trace.
+// plus queuekit.delivery.attempt and queuekit.consumer.name. The handler's
+// context carries the span, so that its own spans and outgoing calls join
+// the trace.
 //
 // A handler error is recorded on the span (RecordError, status Error,
 // error.type set to middleware.Outcome(err): error, permanent, timeout,
@@ -130,7 +151,7 @@ func Tracing(system string, opts ...Option) consumer.Middleware {
 	return func(next consumer.Handler) consumer.Handler {
 		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 			pctx := o.prop.Extract(ctx, Carrier(m.Header))
-			attrs := make([]attribute.KeyValue, 0, len(fixed)+4)
+			attrs := make([]attribute.KeyValue, 0, len(fixed)+5)
 			attrs = append(attrs, fixed...)
 			attrs = append(attrs,
 				semconv.MessagingDestinationName(m.Topic),
@@ -138,6 +159,9 @@ func Tracing(system string, opts ...Option) consumer.Middleware {
 				semconv.MessagingMessageBodySize(len(m.Body)),
 				AttributeAttempt.Int(m.Attempt),
 			)
+			if name, ok := consumer.NameFromContext(ctx); ok {
+				attrs = append(attrs, AttributeConsumer.String(name))
+			}
 			sopts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...)}
 			// Parent and link: a single-message process span may have the
 			// creation context as parent (one trace from publish to

@@ -74,8 +74,8 @@ func TestConsumerSpansAreLinkedToPublisherSpans(t *testing.T) {
 		inHandler <- trace.SpanContextFromContext(ctx)
 		return nil
 	})
-	c, err := consumer.New(src, otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(tp))(h),
-		consumer.WithConcurrency(2), consumer.WithLogger(slog.New(slog.DiscardHandler)))
+	c, err := consumer.New(src, h, append(otelqueuekit.Options("memory", otelqueuekit.WithTracerProvider(tp)),
+		consumer.WithName("order-reader"), consumer.WithConcurrency(2), consumer.WithLogger(slog.New(slog.DiscardHandler)))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +139,7 @@ func TestConsumerSpansAreLinkedToPublisherSpans(t *testing.T) {
 			"messaging.destination.name":  attribute.StringValue("orders"),
 			"messaging.message.body.size": attribute.IntValue(2),
 			"queuekit.delivery.attempt":   attribute.IntValue(1),
+			"queuekit.consumer.name":      attribute.StringValue("order-reader"),
 		} {
 			if a[k] != want {
 				t.Errorf("%s: attribute %s = %v; want %v", id, k, a[k].Emit(), want.Emit())
