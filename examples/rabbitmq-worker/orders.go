@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"sync"
 
-	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/queuekit/queuekit/broker"
 )
 
 // Order is the payload of the queue.
@@ -18,11 +18,17 @@ type Order struct {
 	Currency string `json:"currency"`
 }
 
-// batch is the orders the example publishes.
-func batch() []amqp.Publishing {
-	var msgs []amqp.Publishing
+// batch is the orders the example publishes to queue, through the default
+// exchange (which routes by Key, the queue's name).
+func batch(queue string) []*broker.Message {
+	var msgs []*broker.Message
 	add := func(id, body string) {
-		msgs = append(msgs, amqp.Publishing{MessageId: id, ContentType: "application/json", Body: []byte(body)})
+		msgs = append(msgs, &broker.Message{
+			ID:     id,
+			Key:    []byte(queue),
+			Header: map[string]string{broker.HeaderContentType: broker.ContentTypeJSON},
+			Body:   []byte(body),
+		})
 	}
 	for i := 1; i <= 6; i++ {
 		o, _ := json.Marshal(Order{ID: "order-" + strconv.Itoa(i), Account: "acct-" + strconv.Itoa(100+i), Amount: 1000 * i, Currency: "EUR"})

@@ -130,7 +130,6 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 	// (Requeues and delayed requeues are not final.)
 	settled := newSettlements()
 	c, err := consumer.New(src, h,
-		consumer.WithName("orders"),
 		consumer.WithConcurrency(concurrency),
 		consumer.WithMaxDeliveries(maxDeliveries),
 		consumer.WithDrainTimeout(5*time.Second),
@@ -152,8 +151,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 	}
 
 	sup := &consumer.Supervisor{
-		Logger:       cfg.Logger,
-		DrainTimeout: 10 * time.Second,
+		Logger: cfg.Logger,
 		OnEvent: func(e consumer.Event) {
 			if e.Kind == consumer.EventDrained {
 				out.printf("drained: %d in flight finished, %d given back, %d abandoned, in %v\n",
@@ -161,7 +159,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 			}
 		},
 	}
-	if err := sup.Add("orders", c); err != nil {
+	if err := sup.Add("orders", c); err != nil { // names the consumer: logs, events, health
 		return nil, err
 	}
 
@@ -210,7 +208,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 		return nil, err
 	}
 	defer pub.Close(context.Background())
-	msgs := batch()
+	msgs := batch(cfg.Queue)
 	out.printf("publishing %d orders; consuming them as they arrive\n", len(msgs))
 	for _, msg := range msgs {
 		// Publish returns once the broker has confirmed the message
@@ -222,7 +220,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 		err := retry.Do(limit, retry.MaxAttempts(retry.Exponential(100*time.Millisecond, 2*time.Second), 5), func(ctx context.Context) error {
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			err := pub.Publish(pctx, "", cfg.Queue, msg)
+			err := pub.Publish(pctx, "", msg)
 			if errors.Is(err, rabbitmq.ErrReturned) {
 				return retry.Permanent(err)
 			}
@@ -234,9 +232,9 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 				out.printf("interrupted while publishing\n")
 				return sum, stopSupervisor()
 			}
-			return nil, fmt.Errorf("publish %s: %w", msg.MessageId, err)
+			return nil, fmt.Errorf("publish %s: %w", msg.ID, err)
 		}
-		sum.Published = append(sum.Published, msg.MessageId)
+		sum.Published = append(sum.Published, msg.ID)
 	}
 	out.printf("published %d orders, each confirmed by the broker\n", len(sum.Published))
 
