@@ -68,8 +68,8 @@ type stater interface {
 //
 // The zero value is ready to use; the exported fields may be set before Run and
 // must not be changed after. A Supervisor is safe for concurrent use: Health,
-// Pause and Resume may be called from any goroutine while Run runs. Run may
-// be called once.
+// Backlog, Pause and Resume may be called from any goroutine while Run runs.
+// Run may be called once.
 //
 // A runner that returns an error while the Supervisor's context is live is
 // restarted after a delay that grows with each consecutive failure (with

@@ -85,6 +85,8 @@ type Report struct {
 // consumer.RunnerHealth with the state as a string, so that clients can
 // decode reports without this package.
 type Consumer struct {
+	// Name is the runner's name: the name it was added to the Supervisor
+	// under, which a consumer also uses in its logs, events and metrics.
 	Name string `json:"name"`
 	// State is a consumer.State name: starting, running, paused, draining,
 	// reconnecting, stalled, failed or stopped.

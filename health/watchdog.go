@@ -41,7 +41,9 @@ type Stuck struct {
 	// Consumer is the name of the consumer whose handler runs the call
 	// (consumer.NameFromContext: the name it was added to its Supervisor
 	// under, or its WithName).
-	Consumer  string `json:"consumer"`
+	Consumer string `json:"consumer"`
+	// Topic, MessageID and Attempt are those of the message being handled
+	// (broker.Message.Topic, ID, Attempt).
 	Topic     string `json:"topic"`
 	MessageID string `json:"message_id"`
 	Attempt   int    `json:"attempt"`
