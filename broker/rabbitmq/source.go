@@ -110,6 +110,10 @@ type Source struct {
 	stop     chan struct{} // closed by Close
 	loopDone chan struct{} // closed when the session loop exits
 
+	closeDone chan struct{}  // closed when shutdown is done; closeErr is written before
+	closeErr  error          // what shutdown returned
+	ops       sync.WaitGroup // Backlog and DeclareTopology calls' goroutines; Add only under mu while !closed
+
 	gen atomic.Uint64 // subscription counter: consumer tags and fencing
 
 	events        chan broker.Event // sent to by the session loop only; closed when it exits
@@ -175,11 +179,13 @@ func NewSource(cfg Config) (*Source, error) {
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
 
+		closeDone: make(chan struct{}),
+
 		events:       make(chan broker.Event, 64),
 		dispatchDone: make(chan struct{}),
 	}
 	if s.conn == nil {
-		s.conn = &Connection{d: cfg.Dialer}
+		s.conn = newConnection(cfg.Dialer)
 		s.ownConn = true
 	}
 	pub, err := NewPublisher(PublisherConfig{
@@ -424,29 +430,62 @@ func (s *Source) poke() {
 	}
 }
 
-// Close implements consumer.Source. It stops the session loop, closes the
+// Close implements broker.Source. It stops the session loop, closes the
 // channel (the broker requeues what was prefetched and not settled) and the
-// connection if the source owns it. Close is idempotent.
+// connection if the source owns it. Close is idempotent; a second call
+// returns once the first is done or its own ctx ends.
+//
+// Close is bounded by ctx, like net/http's Server.Shutdown. When ctx ends
+// before the broker answered (a hung connection: a broker that stopped
+// answering, a network that drops everything), Close gives up: it closes the
+// source's network connection without the AMQP close handshake, which ends
+// every wait on the broker and every goroutine of the source within
+// milliseconds, and returns an error wrapping ctx's error. Nothing is lost:
+// the broker requeues every unacknowledged delivery when it sees the
+// connection go, at once or, when the network is what hangs, after its
+// heartbeat timeout. A source on a shared Connection cannot close it: it
+// returns at ctx's end and leaves its channel to close in the background,
+// which on a hung connection takes until the heartbeat timeout (about three
+// Dialer.Heartbeat intervals); the event hook may then be called once more.
 func (s *Source) Close(ctx context.Context) error {
 	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil
+	if !s.closed {
+		s.closed = true
+		started := s.started
+		close(s.stop)
+		s.setState(func(st *state) { st.closed = true; st.sess = nil })
+		go s.shutdown(started)
 	}
-	s.closed = true
-	started := s.started
-	close(s.stop)
-	s.setState(func(st *state) { st.closed = true; st.sess = nil })
 	s.mu.Unlock()
+	select {
+	case <-s.closeDone:
+		return s.closeErr
+	case <-ctx.Done():
+	}
+	if s.ownConn {
+		s.conn.abort()
+		waitAborted(s.closeDone)
+	}
+	return fmt.Errorf("rabbitmq: close source of queue %q: gave up waiting for the broker; "+
+		"its unsettled deliveries go back to the queue when the broker sees the connection go: %w", s.cfg.Queue, ctx.Err())
+}
+
+// shutdown is the work of Close, on a goroutine of its own so that Close can
+// stop waiting for it (and abort the connection under it, which makes every
+// step below end at once). It closes s.closeDone when done; s.closeErr is
+// written before.
+func (s *Source) shutdown(started bool) {
+	defer close(s.closeDone)
 	if started {
 		<-s.loopDone
 		<-s.dispatchDone // so that the hook is never called after Close returned
 	}
-	err := s.pub.Close(ctx)
+	err := s.pub.Close(context.Background()) // bounded by abort, which Close does on its ctx's end
+	s.ops.Wait()
 	if s.ownConn {
 		err = errors.Join(err, s.conn.Close())
 	}
-	return err
+	s.closeErr = err
 }
 
 // loop is the session loop: the one goroutine that opens channels, declares
