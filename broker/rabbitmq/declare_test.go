@@ -151,3 +151,77 @@ func TestDeclareTopologyErrors(t *testing.T) {
 		t.Errorf("passive check of a missing queue = %v; want a fatal NOT_FOUND", err)
 	}
 }
+
+// Issue 10 item 3: Source.DeclareTopology (broker.TopologyDeclarer) declares
+// what the source's Topology describes before the source has connected, so
+// a program that both publishes and consumes can publish at once; a
+// topology the broker refuses is a fatal error; after Close it is
+// ErrSourceClosed.
+func TestIssue10SourceDeclareTopology(t *testing.T) {
+	needBroker(t)
+	q := uniqueQueue(t)
+	in := q + ".in"
+	t.Cleanup(func() {
+		if ch, err := rawConn(t).Channel(); err == nil {
+			_ = ch.ExchangeDelete(in, false, false)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := testConfig(q)
+	cfg.Logger = quietLogger()
+	cfg.Topology = Topology{
+		QueueType: Quorum,
+		Exchanges: []Exchange{{Name: in, Kind: amqp.ExchangeTopic}},
+		Bindings:  []Binding{{Exchange: in, RoutingKey: "orders.#"}},
+	}
+	src, err := NewSource(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(context.Background())
+	var td broker.TopologyDeclarer = src
+	if err := td.DeclareTopology(ctx); err != nil {
+		t.Fatalf("DeclareTopology = %v", err)
+	}
+	pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close(context.Background())
+	if err := pub.Publish(ctx, in, &broker.Message{Key: []byte("orders.new"), Body: []byte("order")}); err != nil {
+		t.Fatalf("publish through the declared exchange = %v", err)
+	}
+	ch, err := rawConn(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{q, q + ".dlq", q + ".retry"} {
+		if _, err := ch.QueueDeclarePassive(name, true, false, false, false, nil); err != nil {
+			t.Fatalf("queue %s after DeclareTopology: %v", name, err)
+		}
+	}
+	if got := receiveOne(t, src, 10*time.Second); string(got.Body) != "order" || got.Attempt != 1 {
+		t.Errorf("received %q attempt %d; want order, 1", got.Body, got.Attempt)
+	}
+
+	// The same queue as a classic one in Strict mode: the broker refuses it.
+	strict := testConfig(q)
+	strict.Logger = quietLogger()
+	strict.Topology = Topology{Strict: true}
+	other, err := NewSource(strict)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(context.Background())
+	if err := other.DeclareTopology(ctx); !broker.IsFatal(err) {
+		t.Errorf("DeclareTopology of a classic queue over a quorum one (Strict) = %v; want a fatal error", err)
+	}
+
+	if err := src.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.DeclareTopology(ctx); !errors.Is(err, broker.ErrSourceClosed) {
+		t.Errorf("DeclareTopology after Close = %v; want broker.ErrSourceClosed", err)
+	}
+}

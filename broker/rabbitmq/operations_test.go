@@ -2,17 +2,20 @@ package rabbitmq
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/middleware/correlation"
 )
 
-// RabbitMQ (real server): QueueDepth reports the ready messages and the
-// consumers of the queue, as the broker counts them.
-func TestQueueDepthReportsReadyMessagesAndConsumers(t *testing.T) {
+// RabbitMQ (real server): Backlog reports the ready messages and the
+// consumers of the queue, as the broker counts them (issue 10 item 3: it
+// replaces QueueDepth).
+func TestBacklogReportsReadyMessagesAndConsumers(t *testing.T) {
 	needBroker(t)
 	q := uniqueQueue(t)
 	declareQueue(t, q, "classic")
@@ -25,9 +28,9 @@ func TestQueueDepthReportsReadyMessagesAndConsumers(t *testing.T) {
 	defer src.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	msgs, consumers, err := src.QueueDepth(ctx)
-	if err != nil || msgs != 7 || consumers != 0 {
-		t.Fatalf("QueueDepth before consuming = %d, %d, %v; want 7, 0, nil", msgs, consumers, err)
+	b, err := src.Backlog(ctx)
+	if err != nil || b.Messages != 7 || b.Consumers != 0 || b.Partitions != nil {
+		t.Fatalf("Backlog before consuming = %+v, %v; want 7 messages, 0 consumers, nil", b, err)
 	}
 
 	// Subscribed with prefetch 1: one message is out, unacked; six are ready.
@@ -36,8 +39,8 @@ func TestQueueDepthReportsReadyMessagesAndConsumers(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "depth 6 with 1 consumer", func() bool {
-		msgs, consumers, err = src.QueueDepth(ctx)
-		return err == nil && msgs == 6 && consumers == 1
+		b, err = src.Backlog(ctx)
+		return err == nil && b.Messages == 6 && b.Consumers == 1
 	})
 	if err := d.Ack(ctx); err != nil {
 		t.Fatal(err)
@@ -48,8 +51,15 @@ func TestQueueDepthReportsReadyMessagesAndConsumers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer missing.Close(context.Background())
-	if _, _, err := missing.QueueDepth(ctx); err == nil {
-		t.Error("QueueDepth of a missing queue = nil error; want the broker's NOT_FOUND")
+	var ae *amqp.Error
+	if _, err := missing.Backlog(ctx); !errors.As(err, &ae) || ae.Code != amqp.NotFound {
+		t.Errorf("Backlog of a missing queue = %v; want the broker's NOT_FOUND", err)
+	}
+	if err := src.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Backlog(ctx); !errors.Is(err, broker.ErrSourceClosed) {
+		t.Errorf("Backlog after Close = %v; want broker.ErrSourceClosed", err)
 	}
 }
 
