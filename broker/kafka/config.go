@@ -117,15 +117,18 @@ type Config struct {
 	// slower on Kafka.
 	CommitBatch int
 
-	// DrainTimeout bounds how long a generation that is ending (rebalance or
-	// Close) waits for its in-flight records before it commits and gives its
-	// partitions up. Records still unsettled then are fenced and redelivered
-	// to the partition's next owner. It must be less than SessionTimeout and
-	// RebalanceTimeout, because kafka-go stops heartbeating once a generation
-	// ends. The final commit of a generation is retried on retriable errors
-	// within the same budget (see the package documentation). Default: a
+	// RebalanceDrainTimeout bounds the drain at the end of a generation: how
+	// long a generation that is ending (a rebalance; or Close, within Close's
+	// ctx) waits for the records it handed out to be settled before it
+	// commits and gives its partitions up. Records still unsettled then are
+	// fenced and redelivered to the partition's next owner. The final commit
+	// of a generation is retried on retriable errors within the same budget
+	// (see the package documentation). It must be less than SessionTimeout
+	// and RebalanceTimeout, because kafka-go stops heartbeating once a
+	// generation ends. It is not a shutdown budget: the ctx given to Close
+	// (by consumer.Consumer.Shutdown, its own) bounds a shutdown. Default: a
 	// third of the smaller of the two.
-	DrainTimeout time.Duration
+	RebalanceDrainTimeout time.Duration
 
 	// HeartbeatInterval is how often the member heartbeats; a member learns
 	// of a rebalance on its next heartbeat. Default 3 s.
@@ -185,6 +188,10 @@ type Config struct {
 	// broker's size limit applies to one record at a time.
 	DeadLetterMaxBytes int
 
+	// Topology is how Source.DeclareTopology creates the topic and its
+	// dead-letter topic. The Source does not create topics by itself.
+	Topology Topology
+
 	// Logger receives lifecycle and commit failures. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -211,8 +218,8 @@ func (c *Config) setDefaults() {
 	if c.RebalanceTimeout == 0 {
 		c.RebalanceTimeout = 30 * time.Second
 	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = min(c.SessionTimeout, c.RebalanceTimeout) / 3
+	if c.RebalanceDrainTimeout == 0 {
+		c.RebalanceDrainTimeout = min(c.SessionTimeout, c.RebalanceTimeout) / 3
 	}
 	if c.JoinGroupBackoff == 0 {
 		c.JoinGroupBackoff = time.Second
@@ -296,6 +303,10 @@ func (c *Config) validate() error {
 		return invalid("MaxBytes %d, want at most %d", c.MaxBytes, maxFetchBytes)
 	case c.DeadLetterMaxBytes < 0 || c.DeadLetterMaxBytes > math.MaxInt32:
 		return invalid("DeadLetterMaxBytes %d, want 0 (no limit of the client's own) or 1…%d", c.DeadLetterMaxBytes, math.MaxInt32)
+	case c.Topology.Partitions < 0 || c.Topology.Partitions > math.MaxInt32:
+		return invalid("Topology.Partitions %d, want 0 (the broker's default) or 1…%d", c.Topology.Partitions, math.MaxInt32)
+	case c.Topology.ReplicationFactor < 0 || c.Topology.ReplicationFactor > math.MaxInt16:
+		return invalid("Topology.ReplicationFactor %d, want 0 (the broker's default) or 1…%d", c.Topology.ReplicationFactor, math.MaxInt16)
 	case c.StartOffset != kafkago.FirstOffset && c.StartOffset != kafkago.LastOffset:
 		return invalid("StartOffset %d, want kafkago.FirstOffset or kafkago.LastOffset", c.StartOffset)
 	}
@@ -303,7 +314,7 @@ func (c *Config) validate() error {
 		name string
 		v    time.Duration
 	}{
-		{"CommitInterval", c.CommitInterval}, {"DrainTimeout", c.DrainTimeout},
+		{"CommitInterval", c.CommitInterval}, {"RebalanceDrainTimeout", c.RebalanceDrainTimeout},
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"SessionTimeout", c.SessionTimeout},
 		{"RebalanceTimeout", c.RebalanceTimeout}, {"JoinGroupBackoff", c.JoinGroupBackoff},
 		{"Timeout", c.Timeout}, {"MaxWait", c.MaxWait},
@@ -317,27 +328,27 @@ func (c *Config) validate() error {
 	switch {
 	case c.HeartbeatInterval >= c.SessionTimeout:
 		return invalid("HeartbeatInterval %v must be less than SessionTimeout %v", c.HeartbeatInterval, c.SessionTimeout)
-	case c.DrainTimeout >= c.SessionTimeout || c.DrainTimeout >= c.RebalanceTimeout:
-		return invalid("DrainTimeout %v must be less than SessionTimeout %v and RebalanceTimeout %v",
-			c.DrainTimeout, c.SessionTimeout, c.RebalanceTimeout)
-	case c.MaxWait >= c.DrainTimeout:
-		return invalid("MaxWait %v must be less than DrainTimeout %v", c.MaxWait, c.DrainTimeout)
+	case c.RebalanceDrainTimeout >= c.SessionTimeout || c.RebalanceDrainTimeout >= c.RebalanceTimeout:
+		return invalid("RebalanceDrainTimeout %v must be less than SessionTimeout %v and RebalanceTimeout %v",
+			c.RebalanceDrainTimeout, c.SessionTimeout, c.RebalanceTimeout)
+	case c.MaxWait >= c.RebalanceDrainTimeout:
+		return invalid("MaxWait %v must be less than RebalanceDrainTimeout %v", c.MaxWait, c.RebalanceDrainTimeout)
 	}
 	return nil
 }
 
-// transport builds a kafka-go Transport (for the dead-letter writer and the
-// lag client) with the dialer's TLS, SASL and client ID.
-func transport(d *kafkago.Dialer) *kafkago.Transport {
+// transport builds a kafka-go Transport (for the writers, the fetchers and
+// the lag client) with the dialer's TLS, SASL and client ID, dialing
+// through cs so that Close can end its connections.
+func transport(d *kafkago.Dialer, cs *conns) *kafkago.Transport {
 	t := &kafkago.Transport{
 		TLS:         d.TLS,
 		SASL:        d.SASLMechanism,
 		ClientID:    d.ClientID,
 		DialTimeout: d.Timeout,
+		Dial:        cs.Dial,
 	}
-	if d.DialFunc != nil {
-		t.Dial = d.DialFunc
-	} else if d.Timeout == 0 {
+	if d.Timeout == 0 {
 		t.DialTimeout = 10 * time.Second
 	}
 	return t

@@ -25,6 +25,8 @@ var (
 	_ broker.Delivery        = (*delivery)(nil)
 	_ broker.DelayedRequeuer = (*delivery)(nil)
 	_ broker.Leased          = (*delivery)(nil)
+	_ broker.Releaser        = (*delivery)(nil)
+	_ broker.Pauser          = (*Source)(nil)
 	_ broker.StatusReporter  = (*Source)(nil)
 	_ broker.EventSource     = (*Source)(nil)
 )
@@ -178,6 +180,35 @@ func (s *Source) retryLocked(rec *record, delay time.Duration) {
 	})
 }
 
+// Release gives back a record no handler saw (it was received as intake
+// stopped, at a Pause or a drain): it is handed out again first, with the
+// same Attempt, and keeps its place in its lane.
+func (d *delivery) Release(context.Context) error {
+	s := d.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := d.claimLocked(); err != nil {
+		return err
+	}
+	rec := d.rec
+	g := rec.g
+	g.dispatched--
+	if g.draining {
+		// Not handed out again: the partition's next owner gets it, since
+		// it is not committed.
+		if g.dispatched == 0 {
+			g.closeDrainedLocked()
+		}
+		return nil
+	}
+	// At the head of the ready queue: it was the next to be handled.
+	s.ready = append(s.ready, nil)
+	copy(s.ready[1:], s.ready)
+	s.ready[0] = rec
+	s.wakeLocked()
+	return nil
+}
+
 // Requeue hands the record out again in process (Kafka has no per-message
 // nack), before anything after it in its lane.
 func (d *delivery) Requeue(context.Context) error {
@@ -281,8 +312,8 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	h[HeaderTopic] = m.Topic
 	h[HeaderPartition] = strconv.Itoa(m.Partition)
 	h[HeaderOffset] = strconv.FormatInt(m.Offset, 10)
-	werr := s.dlt.Publish(ctx, &broker.Message{
-		Topic: s.cfg.DeadLetterTopic, Key: m.Key, Body: m.Value, Header: h, Time: m.Time,
+	werr := s.dlt.Publish(ctx, s.cfg.DeadLetterTopic, &broker.Message{
+		Key: m.Key, Body: m.Value, Header: h, Time: m.Time,
 	})
 
 	s.mu.Lock()
@@ -329,3 +360,26 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	s.handledLocked(d.rec)
 	return nil
 }
+
+// ErrDeadLetterUnwritable is wrapped by the error of a dead-letter write
+// that failed for a reason retrying cannot fix: the dead letter is larger
+// than the dead-letter topic's max.message.bytes (or than
+// Config.DeadLetterMaxBytes, when set), the record is invalid for that
+// topic, or the client is not authorized to write to it. The error text
+// names the limit that refused it. The record stays unsettled (its partition
+// does not move past it, nothing is lost); the runtime keeps trying with
+// backoff, so that the write succeeds once an operator fixed the cause. The
+// Source logs each failure as an error and reports it in Status().Err until
+// the record is settled.
+var ErrDeadLetterUnwritable = errors.New("kafka: dead letter cannot be written; retrying cannot fix it")
+
+// Headers a Source adds to a dead-lettered record, next to the
+// consumer.Reason headers (x-queuekit-error, -attempts, -source, …).
+const (
+	// HeaderTopic holds the topic the record was consumed from.
+	HeaderTopic = "x-queuekit-topic"
+	// HeaderPartition holds the partition the record was consumed from.
+	HeaderPartition = "x-queuekit-partition"
+	// HeaderOffset holds the offset of the record in that partition.
+	HeaderOffset = "x-queuekit-offset"
+)

@@ -272,7 +272,7 @@ func TestNewSourceRejectsInvalidConfigWithoutPanicking(t *testing.T) {
 		{"unknown ordering", func(c *kafka.Config) { c.Ordering = 7 }, ""},
 		{"negative session timeout", func(c *kafka.Config) { c.SessionTimeout = -time.Second }, ""},
 		{"heartbeat not below session timeout", func(c *kafka.Config) { c.HeartbeatInterval = time.Minute }, ""},
-		{"drain budget not below the session timeout", func(c *kafka.Config) { c.DrainTimeout = time.Minute }, ""},
+		{"drain budget not below the session timeout", func(c *kafka.Config) { c.RebalanceDrainTimeout = time.Minute }, ""},
 		{"MinBytes above MaxBytes", func(c *kafka.Config) { c.MinBytes, c.MaxBytes = 10, 5 }, ""},
 		{"StartOffset not first or last", func(c *kafka.Config) { c.StartOffset = 42 }, ""},
 		{"MaxWait not below the drain budget", func(c *kafka.Config) { c.MaxWait = time.Hour }, ""},
@@ -365,17 +365,18 @@ func TestLagReportsHighWatermarkMinusCommitted(t *testing.T) {
 		t.Errorf("total lag = %d; want %d", total, n-100)
 	}
 
-	// LagByPartition (the prometheus LagSource method) reports the same.
-	byPart, err := src2.LagByPartition(ctx)
+	// Backlog (broker.BacklogReporter) reports the same: the total, each
+	// partition's lag, and Consumers -1 (Kafka does not say).
+	b, err := src2.Backlog(ctx)
 	if err != nil {
-		t.Fatalf("LagByPartition: %v", err)
+		t.Fatalf("Backlog: %v", err)
 	}
-	if len(byPart) != partitions {
-		t.Errorf("LagByPartition = %v; want %d partitions", byPart, partitions)
+	if b.Messages != total || b.Consumers != -1 || len(b.Partitions) != partitions {
+		t.Errorf("Backlog = %+v; want Messages %d, Consumers -1, %d partitions", b, total, partitions)
 	}
 	for _, l := range lag {
-		if got, ok := byPart[l.Partition]; !ok || got != l.Lag {
-			t.Errorf("LagByPartition[%d] = %d, %v; want %d as Lag reports", l.Partition, got, ok, l.Lag)
+		if got, ok := b.Partitions[l.Partition]; !ok || got != l.Lag {
+			t.Errorf("Backlog.Partitions[%d] = %d, %v; want %d as Lag reports", l.Partition, got, ok, l.Lag)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/segmentio/kafka-go/protocol"
 	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
 
+	"github.com/queuekit/queuekit/broker/kafka/internal/offsets"
 	"github.com/queuekit/queuekit/retry"
 )
 
@@ -93,6 +94,9 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 				return
 			}
 		} else {
+			if !s.awaitResumed(ctx) {
+				return
+			}
 			f = g.request(ctx, p, offset)
 		}
 		recs, next, err := g.decode(p, f)
@@ -106,7 +110,14 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			fails = 0
 			if err == nil {
 				ahead = make(chan fetched, 1)
-				go func(offset int64) { ahead <- g.request(ctx, p, offset) }(offset)
+				go func(offset int64) {
+					// A paused Source sends no Fetch request, ahead or not.
+					if !s.awaitResumed(ctx) {
+						ahead <- fetched{offset: offset, err: ctx.Err()}
+						return
+					}
+					ahead <- g.request(ctx, p, offset)
+				}(offset)
 			}
 		case errors.Is(err, kafkago.OffsetOutOfRange):
 			// Deleted by retention, or beyond the end (log truncated, topic
@@ -434,3 +445,58 @@ const readChunk = 64
 // partitions' leaders: a fetch routed to a broker that stopped leading the
 // partition fails until the view is refreshed.
 const fetchMetadataTTL = time.Second
+
+// resetBeyondEnd picks where to fetch a partition whose committed or next
+// offset lies beyond its end: the first or last offset, by StartOffset. The
+// offset tracker starts over when nothing is pending in it, so that the
+// records below the stale offset are tracked (and committed) again.
+//
+// The partition starts a new epoch with a new offset tracker: the new log's
+// offsets are at or below the old ones, which the old tracker would refuse
+// as duplicates (and commit past). Records of the old log waiting for
+// Receive are dropped (they no longer exist in the log); those still out
+// (being handled, or waiting for a delayed requeue) are fenced: settling
+// them returns consumer.ErrStaleDelivery and only frees their lane, which
+// new records of the same lane wait for, so a lane still has one record out
+// at a time.
+func (g *generation) resetBeyondEnd(p *partition, offset, first, last int64) int64 {
+	s := g.s
+	to := first
+	if s.cfg.StartOffset == kafkago.LastOffset {
+		to = last
+	}
+	s.mu.Lock()
+	p.epoch++
+	p.trk = offsets.Tracker{}
+	// Every record of the old log that is not out is forgotten
+	// (forgetLocked): first the heads waiting for Receive, whose lanes end
+	// with the records queued behind them, then the records queued behind
+	// heads that are out.
+	dropped := 0
+	kept := s.ready[:0]
+	for _, r := range s.ready {
+		if r.p == p {
+			dropped += s.forgetLocked(r, true)
+			continue
+		}
+		kept = append(kept, r)
+	}
+	clear(s.ready[len(kept):])
+	s.ready = kept
+	for _, ln := range p.lanes {
+		for _, r := range ln.q {
+			dropped += s.forgetLocked(r, false)
+		}
+		clear(ln.q)
+		ln.q = nil
+	}
+	// What is left is one lane per record still out (being handled, or
+	// waiting for a delayed requeue): fenced, each freeing its lane when
+	// settled.
+	fenced := len(p.lanes)
+	s.mu.Unlock()
+	s.log.Error("kafka: offset beyond the end of the partition (log truncated or topic recreated); starting over",
+		"partition", p.id, "offset", offset, "first", first, "last", last, "restart_at", to,
+		"dropped_unstarted", dropped, "fenced_in_flight", fenced)
+	return to
+}

@@ -107,7 +107,7 @@ func TestCloseDoesNotWaitForAPendingFetch(t *testing.T) {
 	topic := e.topic(t, "closefast")
 	e.produce(t, topic, 0, 8, func(i int) string { return "k" + strconv.Itoa(i) })
 	cfg := e.config(topic, "g-closefast")
-	cfg.SessionTimeout, cfg.RebalanceTimeout, cfg.DrainTimeout = 10*time.Second, 10*time.Second, 5*time.Second
+	cfg.SessionTimeout, cfg.RebalanceTimeout, cfg.RebalanceDrainTimeout = 10*time.Second, 10*time.Second, 5*time.Second
 	cfg.MaxWait = 4 * time.Second
 	src := newSource(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -26,7 +26,7 @@ func TestPublisherInjectCarriesContextToTheHandler(t *testing.T) {
 	defer pub.Close(context.Background())
 	hdr := map[string]string{"kind": "order"}
 	ctx := correlation.WithID(context.Background(), "req-42")
-	if err := pub.Publish(ctx, &broker.Message{Key: []byte("k"), Body: []byte("b"), Header: hdr}); err != nil {
+	if err := pub.Publish(ctx, "", &broker.Message{Key: []byte("k"), Body: []byte("b"), Header: hdr}); err != nil {
 		t.Fatal(err)
 	}
 	if len(hdr) != 1 {

@@ -107,7 +107,7 @@ func (e *env) produce(t testing.TB, topic string, from, n int, key func(i int) s
 		for j := i; j < end; j++ {
 			msgs = append(msgs, &broker.Message{Key: []byte(key(j)), Body: []byte(strconv.Itoa(j))})
 		}
-		if err := p.Publish(context.Background(), msgs...); err != nil {
+		if err := p.Publish(context.Background(), topic, msgs...); err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
 	}
@@ -168,17 +168,17 @@ func (e *env) committed(t testing.TB, group, topic string) map[int]int64 {
 // kafka-go's defaults a rebalance takes ~9 s.
 func (e *env) config(topic, group string) kafka.Config {
 	return kafka.Config{
-		Brokers:           e.brokers,
-		GroupID:           group,
-		Topic:             topic,
-		HeartbeatInterval: 100 * time.Millisecond,
-		SessionTimeout:    2 * time.Second,
-		RebalanceTimeout:  3 * time.Second,
-		DrainTimeout:      time.Second,
-		JoinGroupBackoff:  100 * time.Millisecond,
-		MaxWait:           100 * time.Millisecond,
-		CommitInterval:    100 * time.Millisecond,
-		Logger:            quietLogger(),
+		Brokers:               e.brokers,
+		GroupID:               group,
+		Topic:                 topic,
+		HeartbeatInterval:     100 * time.Millisecond,
+		SessionTimeout:        2 * time.Second,
+		RebalanceTimeout:      3 * time.Second,
+		RebalanceDrainTimeout: time.Second,
+		JoinGroupBackoff:      100 * time.Millisecond,
+		MaxWait:               100 * time.Millisecond,
+		CommitInterval:        100 * time.Millisecond,
+		Logger:                quietLogger(),
 	}
 }
 

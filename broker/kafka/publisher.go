@@ -2,8 +2,12 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
@@ -15,8 +19,8 @@ import (
 type PublisherConfig struct {
 	// Brokers are the bootstrap broker addresses, host:port.
 	Brokers []string
-	// Topic is used for messages whose Topic is empty. Default none: such
-	// messages are refused.
+	// Topic is where Publish writes when its topic argument is "". Default
+	// none: such a Publish is refused.
 	Topic string
 	// Dialer supplies TLS, SASL, client ID and dial timeout. Default: plain
 	// connections with a 10 s dial timeout.
@@ -53,17 +57,27 @@ type PublisherConfig struct {
 }
 
 // A Publisher writes messages to Kafka through a kafkago.Writer with
-// explicit batching. It is safe for concurrent use; concurrent Publish calls
-// share batches. After Close, Publish returns an error.
+// explicit batching, and implements broker.Publisher. It is safe for
+// concurrent use; concurrent Publish calls share batches. After Close,
+// Publish returns an error wrapping broker.ErrPublisherClosed. The zero value
+// is not usable: make one with NewPublisher.
 type Publisher struct {
 	w      *kafkago.Writer
 	t      *kafkago.Transport
+	conns  *conns
 	topic  string
 	inject func(ctx context.Context, header map[string]string) map[string]string
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeDone chan struct{}
+	closeErr  error // written before closeDone is closed
 }
 
+var _ broker.Publisher = (*Publisher)(nil)
+
 // NewPublisher returns a Publisher. It returns an error wrapping
-// consumer.ErrInvalidConfig when the config is invalid. It does not connect:
+// broker.ErrInvalidConfig when the config is invalid. It does not connect:
 // the first Publish does.
 func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	if err := validateBrokers(cfg.Brokers); err != nil {
@@ -102,9 +116,11 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	case cfg.RequiredAcks != kafkago.RequireAll && cfg.RequiredAcks != kafkago.RequireOne:
 		return nil, invalid("publisher RequiredAcks %d, want RequireAll or RequireOne", cfg.RequiredAcks)
 	}
-	t := transport(cfg.Dialer)
+	cs := newConns(cfg.Dialer)
+	t := transport(cfg.Dialer, cs)
+	addr := kafkago.TCP(cfg.Brokers...)
 	w := &kafkago.Writer{
-		Addr:         kafkago.TCP(cfg.Brokers...),
+		Addr:         addr,
 		Balancer:     cfg.Balancer,
 		BatchSize:    cfg.BatchSize,
 		BatchBytes:   cfg.BatchBytes,
@@ -118,32 +134,48 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		// kafka-go's default of 10 attempts would hide a dead cluster for
 		// seconds. Keep a few for leader changes.
 		MaxAttempts: 3,
+		// The Writer must never create a topic: a publish to a topic that
+		// does not exist is an error the caller sees (see Publish).
+		AllowAutoTopicCreation: false,
 	}
-	return &Publisher{w: w, t: t, topic: cfg.Topic, inject: cfg.Inject}, nil
+	return &Publisher{
+		w: w, t: t, conns: cs, topic: cfg.Topic, inject: cfg.Inject,
+		closeDone: make(chan struct{}),
+	}, nil
 }
 
-// Publish writes msgs and returns when every one was acknowledged by the
-// brokers (RequiredAcks), or with an error. A message goes to its Topic, or
-// to the config's Topic when it has none; its Key picks the partition; its
-// Header becomes Kafka headers; a zero Time means now.
+// Publish implements broker.Publisher: it writes msgs to topic (the
+// config's Topic when topic is ""), in order per partition, and returns
+// when every one was acknowledged by the brokers as RequiredAcks asks, or
+// with an error. A message's Key picks its partition (see
+// PublisherConfig.Balancer); its Header becomes Kafka record headers
+// (passed through PublisherConfig.Inject, if set); a zero Time means now.
+// Message.Topic is ignored: topic decides. Message.ID is not sent: a Kafka
+// record is identified by its topic, partition and offset, which is the ID
+// a Source gives it; put a deduplication key in Header.
 //
-// ctx bounds the whole call. On error, some messages may have been written:
-// a kafkago.WriteErrors value (see errors.As) says which failed.
-func (p *Publisher) Publish(ctx context.Context, msgs ...*broker.Message) error {
+// ctx bounds the whole call. On error, some messages may have been
+// written: a kafkago.WriteErrors value (see errors.As) says which failed. A
+// topic that does not exist is not created: the error wraps
+// kafkago.UnknownTopicOrPartition and names the topic, and nothing was
+// written. After Close, the error wraps broker.ErrPublisherClosed.
+func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*broker.Message) error {
+	if p.closed.Load() {
+		return fmt.Errorf("kafka: publish: %w", broker.ErrPublisherClosed)
+	}
 	if len(msgs) == 0 {
 		return nil
+	}
+	if topic == "" {
+		topic = p.topic
+	}
+	if topic == "" {
+		return errors.New("kafka: publish: no topic given and the publisher has no default Topic")
 	}
 	out := make([]kafkago.Message, len(msgs))
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("kafka: publish: message %d is nil", i)
-		}
-		topic := m.Topic
-		if topic == "" {
-			topic = p.topic
-		}
-		if topic == "" {
-			return fmt.Errorf("kafka: publish: message %d has no topic and the publisher has no default", i)
 		}
 		h := m.Header
 		if p.inject != nil {
@@ -151,18 +183,49 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...*broker.Message) error 
 		}
 		out[i] = kafkago.Message{Topic: topic, Key: m.Key, Value: m.Body, Time: m.Time, Headers: toHeaders(h)}
 	}
-	if err := p.w.WriteMessages(ctx, out...); err != nil {
-		return fmt.Errorf("kafka: publish: %w", err)
+	err := p.w.WriteMessages(ctx, out...)
+	switch {
+	case err == nil:
+		return nil
+	case p.closed.Load() && (errors.Is(err, io.ErrClosedPipe) || errors.Is(err, errConnsClosed)):
+		return fmt.Errorf("kafka: publish to %s: %w", topic, broker.ErrPublisherClosed)
+	case errors.Is(err, kafkago.UnknownTopicOrPartition):
+		return fmt.Errorf("kafka: publish: topic %s does not exist (the publisher does not create topics; see Source.DeclareTopology): %w", topic, err)
 	}
-	return nil
+	return fmt.Errorf("kafka: publish to %s: %w", topic, err)
 }
 
-// Close flushes pending writes and releases connections. It is idempotent.
+// Close implements broker.Publisher: Publish refuses new messages at once;
+// Close waits for the writes in progress (their batches are sent without
+// waiting for BatchTimeout) and releases the connections. It is bounded by
+// ctx: when ctx ends first, the connections are closed under the writes in
+// progress (which then fail, and may or may not have arrived), Close waits
+// for the writer's goroutines, which return at once, and returns an error
+// wrapping ctx's. It is idempotent; a second call waits for the first, or
+// for its own ctx.
 func (p *Publisher) Close(ctx context.Context) error {
-	err := p.w.Close() // idempotent in kafka-go
-	// The Writer closes only transports it created itself.
-	p.t.CloseIdleConnections()
-	return err
+	p.closed.Store(true)
+	first := false
+	p.closeOnce.Do(func() {
+		first = true
+		stop := context.AfterFunc(ctx, p.conns.kill)
+		p.w.Close() // idempotent; flushes the pending batches
+		if !stop() {
+			// ctx ended first: the writes still in progress were cut.
+			p.closeErr = fmt.Errorf("kafka: close publisher: writes in progress were cut short: %w", ctx.Err())
+		}
+		p.conns.kill()             // nothing is left to write; end what kafka-go keeps open
+		p.t.CloseIdleConnections() // the Writer closes only transports it created
+		close(p.closeDone)
+	})
+	if !first {
+		select {
+		case <-p.closeDone:
+		case <-ctx.Done():
+			return fmt.Errorf("kafka: close publisher: %w", ctx.Err())
+		}
+	}
+	return p.closeErr
 }
 
 func toHeaders(h map[string]string) []kafkago.Header {

@@ -70,7 +70,7 @@ func TestTwoMembersOneShutDownMidRunLosesNothingAndDuplicatesNothing(t *testing.
 	b.stop(t)
 
 	t.Logf("%d records; A shut down after %d were handled, Shutdown took %v (source drain budget %v); rebalances seen: A %d, B %d; duplicates %d",
-		n, atStop, took, cfg.DrainTimeout, events[0].Load(), events[1].Load(), l.duplicates())
+		n, atStop, took, cfg.RebalanceDrainTimeout, events[0].Load(), events[1].Load(), l.duplicates())
 	if d := l.duplicates(); d != 0 {
 		t.Errorf("duplicates = %d; want 0 (every handled record was committed before its partition moved)", d)
 	}
@@ -81,8 +81,8 @@ func TestTwoMembersOneShutDownMidRunLosesNothingAndDuplicatesNothing(t *testing.
 		t.Errorf("%d rebalance events were not EventRebalanced with an ErrRebalance error", m)
 	}
 	// The budget: the runtime's drain (in-flight handlers, ~100µs each)
-	// plus the source's DrainTimeout plus a LeaveGroup round trip. Generous.
-	if budget := cfg.DrainTimeout + 5*time.Second; took > budget {
+	// plus the source's RebalanceDrainTimeout plus a LeaveGroup round trip. Generous.
+	if budget := cfg.RebalanceDrainTimeout + 5*time.Second; took > budget {
 		t.Errorf("Shutdown took %v; want within %v", took, budget)
 	}
 	end, got := e.endOffsets(t, topic), e.committed(t, "g-two", topic)
@@ -318,7 +318,7 @@ func TestDeliveryOutlivingItsGenerationIsFencedAndNotCommitted(t *testing.T) {
 	e.produce(t, topic, 0, 40, func(i int) string { return "k" + strconv.Itoa(i) })
 
 	cfg := e.config(topic, "g-fence")
-	cfg.DrainTimeout = 300 * time.Millisecond
+	cfg.RebalanceDrainTimeout = 300 * time.Millisecond
 	src := newSource(t, cfg)
 	rebalanced := make(chan error, 4)
 	src.SetEventHook(func(ev broker.Event) {

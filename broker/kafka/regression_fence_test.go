@@ -19,7 +19,7 @@ func TestHandlerOutlivingTheDrainBudgetIsCancelledAndDoesNotOverlapTheNewOwner(t
 	topic := e.topic(t, "rv-fence")
 	e.produce(t, topic, 0, 40, func(i int) string { return "k" })
 	cfg := e.config(topic, "g-rv-fence")
-	cfg.DrainTimeout = 300 * time.Millisecond
+	cfg.RebalanceDrainTimeout = 300 * time.Millisecond
 
 	var mu sync.Mutex
 	running := map[string]int{} // key -> handlers running now

@@ -318,7 +318,7 @@ func TestIssue9TopicRecreatedWhileARecordIsInFlightLosesNothing(t *testing.T) {
 	}
 	defer pub.Close(context.Background())
 	for i := range fresh {
-		if err := pub.Publish(context.Background(), &broker.Message{Key: []byte("same"), Body: []byte("new-" + itoa(i))}); err != nil {
+		if err := pub.Publish(context.Background(), "", &broker.Message{Key: []byte("same"), Body: []byte("new-" + itoa(i))}); err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
 	}
@@ -401,7 +401,7 @@ func (e *env) produceBig(t testing.TB, topic string) {
 		if i == 1 {
 			m.Body = body
 		}
-		if err := p.Publish(context.Background(), m); err != nil {
+		if err := p.Publish(context.Background(), "", m); err != nil {
 			t.Fatalf("Publish record %d (%d bytes): %v", i, len(m.Body), err)
 		}
 	}

@@ -1,0 +1,119 @@
+package kafka
+
+// Lanes: the fetchers queue records on their lanes, Receive hands out the
+// head of each free lane from s.ready. Everything here runs under s.mu
+// (the Locked functions) or takes it once per chunk of records (queue).
+
+import (
+	"context"
+)
+
+// queue puts as many of recs on their lanes as the partition has room for
+// (MaxInFlight) and returns the rest. When there is no room it waits for
+// some. It reports false when the generation is ending.
+func (g *generation) queue(ctx context.Context, p *partition, recs []*record) ([]*record, bool) {
+	rest, ok := g.queueLocked(p, recs)
+	if !ok || len(rest) < len(recs) {
+		return rest, ok
+	}
+	select {
+	case <-p.room:
+		return rest, true
+	case <-ctx.Done():
+		return nil, false
+	}
+}
+
+// uncommittedWindow bounds, in multiples of MaxInFlight, how far past its
+// oldest unfinished record a partition is fetched (see Config.MaxInFlight).
+const uncommittedWindow = 4
+
+// queueLocked puts as many of recs on their lanes as there is room for,
+// taking s.mu once, and returns the rest; false if the generation is ending.
+// When all were queued it returns recs[:0], for reuse.
+func (g *generation) queueLocked(p *partition, recs []*record) ([]*record, bool) {
+	s := g.s
+	s.mu.Lock()
+	if g.draining {
+		s.mu.Unlock()
+		return nil, false
+	}
+	// Room is bounded twice: records held (queued or being handled), and
+	// the uncommitted window behind the oldest unfinished record (records
+	// handled out of order behind it count until it finishes).
+	room := min(s.cfg.MaxInFlight-p.held, uncommittedWindow*s.cfg.MaxInFlight-p.trk.Pending())
+	n := min(max(room, 0), len(recs))
+	woke := false
+	for _, rec := range recs[:n] {
+		if rec.epoch != p.epoch {
+			continue // fetched from the log before a reset (resetBeyondEnd)
+		}
+		if rec.skip {
+			if p.trk.Add(rec.m.Offset) {
+				p.trk.Done(rec.m.Offset)
+			}
+			continue
+		}
+		if !p.trk.Add(rec.m.Offset) {
+			// An offset fetched twice (never expected): keep the tracker
+			// consistent by not handing it out twice.
+			continue
+		}
+		p.held++
+		if ln, busy := p.lanes[rec.lane]; busy {
+			ln.q = append(ln.q, rec)
+		} else {
+			p.lanes[rec.lane] = &lane{}
+			s.ready = append(s.ready, rec)
+			woke = true
+		}
+	}
+	if woke {
+		s.wakeLocked()
+	}
+	s.mu.Unlock()
+	if n == len(recs) {
+		clear(recs)
+		return recs[:0], true
+	}
+	clear(recs[:n])
+	return recs[n:], true
+}
+
+// forgetLocked takes rec, a record that is not out, off the partition's
+// bookkeeping without handling it, and returns how many records it forgot.
+// If rec is its lane's head (waiting for Receive; the caller takes it off
+// s.ready) the lane ends, and the records queued behind it are forgotten
+// with it; otherwise rec is one of those queued records (the caller clears
+// the lane's q). It is the one place that undoes queueLocked's accounting
+// for records never handed out, so that held stays equal to the partition's
+// lanes plus the records queued on them: the fetcher's room and its wake-up
+// (held <= MaxInFlight/2) depend on it.
+func (s *Source) forgetLocked(rec *record, head bool) int {
+	p := rec.p
+	delete(s.unwritable, rec)
+	p.held--
+	n := 1
+	if head {
+		if ln := p.lanes[rec.lane]; ln != nil {
+			n += len(ln.q)
+			p.held -= len(ln.q)
+			clear(ln.q)
+			delete(p.lanes, rec.lane)
+		}
+	}
+	return n
+}
+
+func (s *Source) pushReadyLocked(rec *record) {
+	s.ready = append(s.ready, rec)
+	s.wakeLocked()
+}
+
+// wakeLocked wakes one Receive waiting for a record, if any.
+func (s *Source) wakeLocked() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
