@@ -48,16 +48,16 @@ func (d Dialer) validate() error {
 	raw := d.url()
 	uri, err := amqp.ParseURI(raw)
 	if err != nil {
-		return fmt.Errorf("%w: rabbitmq: URL %s: %v", broker.ErrInvalidConfig, redactURL(raw), redactText(err.Error(), raw))
+		return fmt.Errorf("%w: rabbitmq: URL %s: %v", broker.ErrInvalidConfig, RedactURL(raw), redactText(err.Error(), raw))
 	}
 	if uri.Scheme != "amqp" && uri.Scheme != "amqps" {
-		return fmt.Errorf("%w: rabbitmq: URL %s: scheme must be amqp or amqps", broker.ErrInvalidConfig, redactURL(raw))
+		return fmt.Errorf("%w: rabbitmq: URL %s: scheme must be amqp or amqps", broker.ErrInvalidConfig, RedactURL(raw))
 	}
 	if u, err := url.Parse(raw); err == nil && u.Opaque != "" {
 		// "amqp:user:pass@host" has no "//": net/url reads it as opaque,
 		// and amqp091 would dial its default, localhost:5672, as guest —
 		// another broker than the one named.
-		return fmt.Errorf("%w: rabbitmq: URL %s: missing \"//\" after the scheme (want amqp://user:pass@host:port/vhost)", broker.ErrInvalidConfig, redactURL(raw))
+		return fmt.Errorf("%w: rabbitmq: URL %s: missing \"//\" after the scheme (want amqp://user:pass@host:port/vhost)", broker.ErrInvalidConfig, RedactURL(raw))
 	}
 	if d.Heartbeat < 0 {
 		return fmt.Errorf("%w: rabbitmq: negative heartbeat %v", broker.ErrInvalidConfig, d.Heartbeat)
@@ -120,7 +120,7 @@ func (d Dialer) dial(ctx context.Context, track func(net.Conn) bool) (*amqp.Conn
 	cfg.Properties.SetClientConnectionName(name)
 	c, err := amqp.DialConfig(raw, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("rabbitmq: dial %s: %w", redactURL(raw), redactErr(err, raw))
+		return nil, fmt.Errorf("rabbitmq: dial %s: %w", RedactURL(raw), RedactError(err, raw))
 	}
 	return c, nil
 }

@@ -491,10 +491,10 @@ func passwordForms(p string) []string {
 
 // redactOutputs is every text the adapter derives from raw for logs and
 // errors: the redacted URL, library error texts passed through redactText
-// and redactErr, and the errors of Dialer's validation and dial (the real
+// and RedactError, and the errors of Dialer's validation and dial (the real
 // paths, with a dial function that fails at once).
 func redactOutputs(raw string) []string {
-	out := []string{redactURL(raw)}
+	out := []string{RedactURL(raw)}
 	texts := []string{
 		"dial " + raw + ": connection refused",
 		fmt.Sprintf("parse %q: invalid", raw),
@@ -508,7 +508,7 @@ func redactOutputs(raw string) []string {
 		texts = append(texts, err.Error())
 	}
 	for _, s := range texts {
-		out = append(out, redactText(s, raw), redactErr(errors.New(s), raw).Error())
+		out = append(out, redactText(s, raw), RedactError(errors.New(s), raw).Error())
 	}
 	d := Dialer{URL: raw, Dial: func(network, addr string) (net.Conn, error) {
 		return nil, fmt.Errorf("dial %s %s: refused", network, addr)

@@ -96,7 +96,7 @@ func (b *rabbitServer) setup() {
 			// the new vhost exists is the one the tests may manage.
 			if c, derr := amqp.Dial(url); derr != nil {
 				err = fmt.Errorf("rabbitmqctl manages another broker than %s, where the vhost it created is not there (%s); "+
-					"point it at the URL's broker with RABBITMQ_NODENAME", redactURL(b.base), redactText(derr.Error(), url))
+					"point it at the URL's broker with RABBITMQ_NODENAME", RedactURL(b.base), redactText(derr.Error(), url))
 			} else {
 				_ = c.Close()
 			}
@@ -168,7 +168,7 @@ func needBroker(t testing.TB) {
 	testBroker.setup()
 	if err := testBroker.dialErr; err != nil {
 		skipOrFail(t, fmt.Sprintf("no RabbitMQ at %s (%s); set QUEUEKIT_AMQP_URL or start rabbitmq-server",
-			redactURL(testBroker.base), redactText(err.Error(), testBroker.base)))
+			RedactURL(testBroker.base), redactText(err.Error(), testBroker.base)))
 	}
 }
 

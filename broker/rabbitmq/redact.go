@@ -7,17 +7,24 @@ import (
 	"strings"
 )
 
-// redactURL returns raw with its password replaced by "xxxxx", so that it can
-// appear in errors and logs. A URL that does not parse is replaced entirely:
-// it may still hold a password we failed to find. A URL with an "@" that
-// url.Parse did not take as the end of the userinfo is suspect too: an
-// unescaped "#", "?" or "/" in the password ends the authority early
-// (amqp://u:12#34@host parses as host "u", port 12, and no password), and the
-// password then sits in a part that String re-encodes in its own way (the
-// fragment of #://: :%21000@host comes back as :%20:!000@host), where no
-// spelling of it can be found reliably. Of such a URL only what follows the
+// RedactURL returns the AMQP URL raw with its password replaced by "xxxxx",
+// so that it can appear in logs and errors:
+//
+//	RedactURL("amqp://app:s3cret@mq:5672/prod") == "amqp://app:xxxxx@mq:5672/prod"
+//
+// A URL that does not parse is replaced entirely ("<unparseable URL>"): it
+// may still hold a password. The errors and logs of this package redact
+// their URLs already; RedactURL is for a program's own messages. Of a URL
+// whose password holds an unescaped "#", "?" or "/", only what follows the
 // last "@" is kept.
-func redactURL(raw string) string {
+func RedactURL(raw string) string {
+	// A URL with an "@" that url.Parse did not take as the end of the
+	// userinfo is suspect: an unescaped "#", "?" or "/" in the password ends
+	// the authority early (amqp://u:12#34@host parses as host "u", port 12,
+	// and no password), and the password then sits in a part that String
+	// re-encodes in its own way (the fragment of #://: :%21000@host comes
+	// back as :%20:!000@host), where no spelling of it can be found
+	// reliably.
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "<unparseable URL>"
@@ -70,7 +77,7 @@ func redactText(s, raw string) string {
 	}
 	if u.User != nil {
 		if p, ok := u.User.Password(); ok && p != "" {
-			s = strings.ReplaceAll(s, raw, redactURL(raw))
+			s = strings.ReplaceAll(s, raw, RedactURL(raw))
 			secrets = append(secrets, p)
 		}
 	}
@@ -188,7 +195,14 @@ type redactedError struct {
 func (e *redactedError) Error() string { return e.text }
 func (e *redactedError) Unwrap() error { return e.err }
 
-func redactErr(err error, raw string) error {
+// RedactError returns err with the password of the AMQP URL raw removed from
+// its text, in every spelling a library may quote it (the URL as written or
+// re-encoded, the password alone, decoded or escaped), for errors of code
+// that dialled raw itself, such as amqp091-go's amqp.DialConfig. The result
+// still matches what err matches with errors.Is and errors.As. A nil err
+// gives nil. When the URL is too malformed to find its password in, the
+// whole text is withheld.
+func RedactError(err error, raw string) error {
 	if err == nil {
 		return nil
 	}

@@ -13,10 +13,11 @@ func TestRedactURLHidesThePasswordAndKeepsTheRest(t *testing.T) {
 		{"amqp://host:5672/", "amqp://host:5672/"},
 		{"amqp://onlyuser@host/", "amqp://onlyuser@host/"},
 		{"::not a url", "<unparseable URL>"},
+		{"amqp://u:1234/pw@host:5672/", "amqp://xxxxx@host:5672/"},
 	}
 	for _, tt := range tests {
-		if got := redactURL(tt.in); got != tt.want {
-			t.Errorf("redactURL(%q) = %q; want %q", tt.in, got, tt.want)
+		if got := RedactURL(tt.in); got != tt.want {
+			t.Errorf("RedactURL(%q) = %q; want %q", tt.in, got, tt.want)
 		}
 	}
 }
@@ -24,12 +25,19 @@ func TestRedactURLHidesThePasswordAndKeepsTheRest(t *testing.T) {
 func TestRedactErrHidesThePasswordInLibraryErrorsButKeepsTheChain(t *testing.T) {
 	raw := "amqp://guest:hunter2@host:5672/"
 	base := errors.New("dial " + raw + " failed; password hunter2")
-	err := redactErr(base, raw)
+	err := RedactError(base, raw)
 	if strings.Contains(err.Error(), "hunter2") {
-		t.Fatalf("redactErr(...).Error() = %q; still has the password", err)
+		t.Fatalf("RedactError(...).Error() = %q; still has the password", err)
 	}
 	if !errors.Is(err, base) {
-		t.Fatalf("errors.Is(redactErr(base), base) = false; want true")
+		t.Fatalf("errors.Is(RedactError(base), base) = false; want true")
+	}
+	if err := RedactError(nil, raw); err != nil {
+		t.Errorf("RedactError(nil, url) = %v; want nil", err)
+	}
+	clean := errors.New("connection refused")
+	if err := RedactError(clean, raw); err != clean {
+		t.Errorf("RedactError of a text without the password = %#v; want the error itself", err)
 	}
 }
 
