@@ -341,9 +341,9 @@ func (d *delivery) settleErr(op string, err error) error {
 		op, d.msg.ID, err, broker.ErrStaleDelivery)
 }
 
-// Ack implements consumer.Delivery. It is sent only on the channel the
+// Ack implements broker.Delivery. It is sent only on the channel the
 // delivery came on; if that channel is closed it returns an error wrapping
-// consumer.ErrStaleDelivery.
+// broker.ErrStaleDelivery.
 func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.begin("ack"); err != nil {
 		return err
@@ -351,7 +351,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 	return d.end(d.settleErr("ack", d.sess.ch.Ack(d.d.DeliveryTag, false)))
 }
 
-// Requeue implements consumer.Delivery. When the broker counts deliveries (a
+// Requeue implements broker.Delivery. When the broker counts deliveries (a
 // quorum queue) it nacks with requeue, and x-delivery-count goes up. When it
 // does not (a classic queue), it publishes a copy to the queue with
 // HeaderDeliveries set, waits for the confirm, and acks the original, so that
@@ -390,14 +390,14 @@ func (d *delivery) Requeue(ctx context.Context) error {
 	return d.end(d.settleErr("requeue", d.sess.ch.Ack(d.d.DeliveryTag, false)))
 }
 
-// Release implements consumer.Releaser: the runtime calls it for a delivery
+// Release implements broker.Releaser: the runtime calls it for a delivery
 // no handler saw (it arrived as intake stopped). It sends basic.nack with
 // requeue on the delivery's channel: the broker puts the message back at its
 // place in the queue (classic queues keep the original position), and its
 // next delivery to this source carries the same Attempt. Unlike Requeue it
 // publishes no copy, so it never changes the order and never needs queue
 // space. On a closed channel it returns an error wrapping
-// consumer.ErrStaleDelivery (the broker has requeued the message already).
+// broker.ErrStaleDelivery (the broker has requeued the message already).
 func (d *delivery) Release(ctx context.Context) error {
 	if err := d.begin("release"); err != nil {
 		return err
@@ -420,7 +420,7 @@ func (d *delivery) brokerCounts() bool {
 	return !d.d.Redelivered
 }
 
-// RequeueAfter implements consumer.DelayedRequeuer: it publishes a copy to
+// RequeueAfter implements broker.DelayedRequeuer: it publishes a copy to
 // the retry queue with a per-message TTL of delay, waits for the confirm, and
 // only then acks the original. When the TTL expires the broker dead-letters
 // the copy back to the queue. If the publish fails, the error is returned and
@@ -438,7 +438,7 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 	return d.end(d.settleErr("requeue after delay", d.sess.ch.Ack(d.d.DeliveryTag, false)))
 }
 
-// DeadLetter implements consumer.Delivery: it publishes a copy to the
+// DeadLetter implements broker.Delivery: it publishes a copy to the
 // dead-letter exchange with the reason headers, waits for the confirm, and
 // only then acks the original, so a message is never lost between the two
 // (at worst, after a connection loss, it is dead-lettered twice). If the

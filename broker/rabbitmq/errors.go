@@ -23,8 +23,9 @@ var (
 type ReturnError struct {
 	// Exchange and RoutingKey are those of the returned publish.
 	Exchange, RoutingKey string
-	// Code and Reason are the broker's reply code and text (312 NO_ROUTE).
-	Code   int
+	// Code is the broker's reply code (312, NO_ROUTE).
+	Code int
+	// Reason is the broker's reply text.
 	Reason string
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -71,6 +72,7 @@ func (c *PublisherConfig) resolve() error {
 	if c.ReconnectMax < c.ReconnectMin {
 		return fmt.Errorf("%w: rabbitmq: ReconnectMax %v < ReconnectMin %v", broker.ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
 	}
+	c.Exchanges = slices.Clone(c.Exchanges) // defaults are filled in below: not in the caller's slice
 	for i := range c.Exchanges {
 		if c.Exchanges[i].Name == "" {
 			return fmt.Errorf("%w: rabbitmq: exchange %d has no name", broker.ErrInvalidConfig, i)

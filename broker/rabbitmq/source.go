@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,20 +75,22 @@ func (c *Config) resolve() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Topology.Exchanges = slices.Clone(c.Topology.Exchanges) // resolve fills defaults in: not in the caller's slice
 	return c.Topology.resolve(c.Queue)
 }
 
 // A Source consumes a RabbitMQ queue with manual acknowledgements. It
-// implements consumer.Source, consumer.Pauser, consumer.StatusReporter and
-// consumer.EventSource; its deliveries implement consumer.DelayedRequeuer and
-// consumer.Releaser.
+// implements broker.Source, broker.Pauser, broker.StatusReporter,
+// broker.EventSource, broker.BacklogReporter and broker.TopologyDeclarer;
+// its deliveries implement broker.DelayedRequeuer and broker.Releaser.
 //
 // A Source is safe for concurrent use: the runtime calls Receive from all its
 // workers at once. It connects on the first Receive, and from then on one
 // goroutine of its own (the session loop) keeps it subscribed: it reconnects
 // with backoff and jitter when the channel or connection closes or the broker
-// cancels the subscription, re-declares the topology and resubscribes.
-// Close stops that goroutine and waits for it.
+// cancels the subscription, makes sure of the topology again and
+// resubscribes. Close stops it, bounded by its context; after Close, Receive
+// returns broker.ErrSourceClosed.
 type Source struct {
 	cfg     Config
 	conn    *Connection
@@ -133,7 +136,7 @@ type state struct {
 // A session is one subscription on one channel. Deliveries hold their
 // session; acks go only to that session's channel, so a delivery from a
 // channel that died can never be acknowledged on its successor (delivery
-// tags are per channel): it is fenced with consumer.ErrStaleDelivery instead.
+// tags are per channel): it is fenced with broker.ErrStaleDelivery instead.
 //
 // Intake on a session stops in two steps. Pause (or the session loop) sets
 // stopping: from then on Receive hands out none of its deliveries and
@@ -166,7 +169,7 @@ func (sess *session) finish() { sess.finishOnce.Do(func() { close(sess.released)
 const giveBackTimeout = 10 * time.Second
 
 // NewSource returns a Source for cfg. It does not connect yet: the first
-// Receive does. It returns an error wrapping consumer.ErrInvalidConfig when
+// Receive does. It returns an error wrapping broker.ErrInvalidConfig when
 // cfg is invalid.
 func NewSource(cfg Config) (*Source, error) {
 	if err := cfg.resolve(); err != nil {
@@ -203,7 +206,7 @@ func NewSource(cfg Config) (*Source, error) {
 	return s, nil
 }
 
-// SetEventHook implements consumer.EventSource. The hook is called from a
+// SetEventHook implements broker.EventSource. The hook is called from a
 // goroutine of the source, one event at a time and in order, never while a
 // lock is held and never after Close returned. A slow hook does not delay
 // reconnection; one more than 64 events behind misses events.
@@ -237,7 +240,7 @@ func (s *Source) dispatch() {
 	}
 }
 
-// Status implements consumer.StatusReporter: Connected is true while the
+// Status implements broker.StatusReporter: Connected is true while the
 // source is subscribed (or paused on a live channel).
 func (s *Source) Status() broker.Status {
 	st := s.st.Load()
@@ -268,9 +271,9 @@ func (s *Source) update(f func(*state)) {
 	s.mu.Unlock()
 }
 
-// Receive implements consumer.Source. It blocks while the source reconnects.
-// It returns ctx's error when ctx is done, consumer.ErrSourceClosed after
-// Close, and a consumer.Fatal error when the source gave up (access refused,
+// Receive implements broker.Source. It blocks while the source reconnects.
+// It returns ctx's error when ctx is done, broker.ErrSourceClosed after
+// Close, and a broker.Fatal error when the source gave up (access refused,
 // a declaration that does not match, a passive queue that does not exist).
 func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 	st := s.st.Load()
@@ -334,7 +337,7 @@ func (s *Source) start() {
 	go s.loop()
 }
 
-// Pause implements consumer.Pauser: Receive hands out nothing more, and the
+// Pause implements broker.Pauser: Receive hands out nothing more, and the
 // session loop cancels the subscription (basic.cancel) and gives back the
 // deliveries the client buffered but nobody received (basic.nack with
 // requeue), so they go back to their places in the queue, their attempt not
@@ -414,7 +417,7 @@ func (s *Source) release(sess *session, d *amqp.Delivery) {
 	_ = sess.ch.Nack(d.DeliveryTag, false, true)
 }
 
-// Resume implements consumer.Pauser: the session loop subscribes again.
+// Resume implements broker.Pauser: the session loop subscribes again.
 func (s *Source) Resume(ctx context.Context) error {
 	s.mu.Lock()
 	s.paused = false
