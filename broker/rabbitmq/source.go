@@ -519,6 +519,9 @@ func (s *Source) loop() {
 				_ = ch.Close()
 			}
 		}
+		if err != nil && s.stopping() {
+			return // Close aborted the connection under us: not a failure
+		}
 		if err != nil {
 			if unfixable(err, false) && !broker.IsFatal(err) {
 				err = broker.Fatal(err) // e.g. ACCESS_REFUSED: bad credentials or no access to the vhost
@@ -546,7 +549,7 @@ func (s *Source) loop() {
 		closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 		cancels := ch.NotifyCancel(make(chan string, 1))
 		reason, stopped := s.serve(ch, closes, cancels, &bo, &connected, log)
-		if stopped {
+		if stopped || s.stopping() {
 			return
 		}
 		s.update(func(st *state) { st.sess = nil; st.down = reason })
@@ -559,6 +562,16 @@ func (s *Source) loop() {
 		if !sleepCtx(context.Background(), s.stop, d) {
 			return
 		}
+	}
+}
+
+// stopping reports whether Close has begun.
+func (s *Source) stopping() bool {
+	select {
+	case <-s.stop:
+		return true
+	default:
+		return false
 	}
 }
 
