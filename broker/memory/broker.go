@@ -94,6 +94,11 @@ func (b *Broker) queue(name string) *queue {
 // broker.ErrInvalidConfig for an empty queue name or a nil message, and
 // ErrBrokerClosed after Close.
 func (b *Broker) Publish(ctx context.Context, queue string, msgs ...*broker.Message) error {
+	return b.publish(ctx, nil, queue, msgs)
+}
+
+// publish is Publish, refused once p (if not nil) is closed.
+func (b *Broker) publish(ctx context.Context, p *Publisher, queue string, msgs []*broker.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -116,7 +121,10 @@ func (b *Broker) Publish(ctx context.Context, queue string, msgs ...*broker.Mess
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed {
+	switch {
+	case p != nil && p.closed:
+		return fmt.Errorf("memory: publish to %q: %w", queue, broker.ErrPublisherClosed)
+	case b.closed:
 		return ErrBrokerClosed
 	}
 	q := b.queue(queue)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
@@ -41,6 +42,11 @@ type Source struct {
 	paused    bool
 	cancelErr error // set by Cancel until Resume
 	closed    bool
+
+	// announced is set once the first Receive has emitted EventConnected
+	// (or found the source closed or cancelled); written under b.mu, read
+	// without it on every Receive.
+	announced atomic.Bool
 
 	// hookMu is held while the hook runs, so that Close, which clears the
 	// hook under it, returns only after any running hook call returned. It
@@ -86,6 +92,9 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if !s.announced.Load() {
+		s.announce()
+	}
 	b := s.b
 	b.mu.Lock()
 	for {
@@ -110,6 +119,22 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 			return nil, ctx.Err()
 		}
 		b.mu.Lock()
+	}
+}
+
+// announce emits EventConnected once, on the first Receive. The subscription
+// is active from Broker.Source on, but the hook is installed after that (the
+// runtime installs it before its first Receive), so the first Receive is
+// when the hook can learn of it, as it learns of a RabbitMQ or Kafka source
+// subscribing on its first Receive.
+func (s *Source) announce() {
+	s.b.mu.Lock()
+	first := !s.announced.Load()
+	s.announced.Store(true)
+	ok := first && !s.closed && s.cancelErr == nil
+	s.b.mu.Unlock()
+	if ok {
+		s.emit(broker.Event{Kind: broker.EventConnected})
 	}
 }
 
@@ -172,6 +197,20 @@ func (s *Source) Close(context.Context) error {
 	return nil
 }
 
+// Backlog implements broker.BacklogReporter: Messages is the number of ready
+// messages of the source's queue (those handed out and not settled, and those
+// waiting out a RequeueAfter delay, are not counted, as RabbitMQ counts
+// messages_ready), Consumers the number of open sources of the queue, and
+// Partitions is nil. It does not block; it returns ctx's error if ctx is done.
+func (s *Source) Backlog(ctx context.Context) (broker.Backlog, error) {
+	if err := ctx.Err(); err != nil {
+		return broker.Backlog{}, err
+	}
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	return broker.Backlog{Messages: int64(s.q.ready.len()), Consumers: s.q.sources}, nil
+}
+
 // Pause stops Receive from handing out messages until Resume; a blocked
 // Receive stays blocked. Outstanding deliveries stay valid and can be settled,
 // as on a RabbitMQ channel whose consumer was cancelled. Pause never fails.
@@ -210,9 +249,12 @@ func (s *Source) Status() broker.Status {
 	return broker.Status{Connected: true}
 }
 
-// SetEventHook sets the function the source calls with its events
-// (EventReconnecting, EventConnected, EventCancelled). It is called on the
-// goroutine that injected the fault, never with the broker's lock held.
+// SetEventHook sets the function the source calls with its events:
+// EventConnected on the first Receive (the hook should be set before it), and
+// around the faults injected by DropConnection, Cancel and Resume
+// (EventReconnecting, EventConnected, EventCancelled). The hook is called on
+// the goroutine that called Receive or injected the fault, never with the
+// broker's lock held, and never after Close returned.
 func (s *Source) SetEventHook(f func(broker.Event)) {
 	s.hookMu.Lock()
 	s.hook = f
@@ -298,6 +340,7 @@ var (
 	_ broker.Pauser          = (*Source)(nil)
 	_ broker.StatusReporter  = (*Source)(nil)
 	_ broker.EventSource     = (*Source)(nil)
+	_ broker.BacklogReporter = (*Source)(nil)
 	_ broker.Delivery        = (*delivery)(nil)
 	_ broker.DelayedRequeuer = (*delivery)(nil)
 	_ broker.Releaser        = (*delivery)(nil)
