@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/queuekit/queuekit/broker"
@@ -18,22 +17,29 @@ import (
 	"github.com/queuekit/queuekit/broker/rabbitmq"
 )
 
-// backend is the broker the service runs on: where POST /orders publishes and
-// where the consumer's Source comes from. Only newBackend knows which broker
-// it is; the rest of the service sees consumer.Source and publish.
+// backend is the broker the service runs on, and all the service knows of
+// it: a broker.Publisher, to which POST /orders publishes, and a constructor
+// of broker.Sources, from which the consumer reads (and the shutdown report
+// asks what is left). Only the constructors below name a broker.
+//
+// The orders are published to the destination named like the queue (-queue)
+// with the order id as the key, on every broker: memory takes them in that
+// queue; RabbitMQ routes them from a topic exchange of that name to the
+// queue; Kafka writes them to that topic, in the partition of their key.
 type backend struct {
-	name   string
-	source broker.Source
-	// publish sends one order; it returns only once the broker has taken it
-	// (memory: queued; RabbitMQ: confirmed; Kafka: acknowledged by replicas).
-	publish func(ctx context.Context, m broker.Message) error
-	// left reports the orders still in the queue, after the consumers
-	// stopped; ok is false where the service cannot tell.
-	left func(ctx context.Context) (n int, ok bool)
-	// full reports whether the broker should take no more orders for now
-	// (nil: the broker applies its own limits).
-	full  func() bool
-	close func() error
+	name string
+	pub  broker.Publisher
+	// source makes a Source for the queue. The consumer gets the first one;
+	// the shutdown report makes another to ask the broker, with Backlog,
+	// what was left after the consumer closed its own.
+	source func() (broker.Source, error)
+	// full, if set, reports whether the broker should take no more orders
+	// for now: the in-memory queue has no limit of its own (RabbitMQ and
+	// Kafka have theirs).
+	full func() bool
+	// close, if set, releases what the backend holds besides the publisher
+	// and the sources (the in-memory broker).
+	close func()
 }
 
 // headerOrderID carries the order id with every message: the consumer's
@@ -51,81 +57,53 @@ func newBackend(ctx context.Context, cfg config, logger *slog.Logger) (*backend,
 	case cfg.kafkaBrokers != "":
 		return newKafkaBackend(ctx, cfg, logger)
 	default:
-		return newMemoryBackend(cfg)
+		return newMemoryBackend(cfg), nil
 	}
 }
 
-func newMemoryBackend(cfg config) (*backend, error) {
+func newMemoryBackend(cfg config) *backend {
 	b := memory.NewBroker()
-	src, err := b.Source(cfg.queue, memory.SourceConfig{Prefetch: 2 * cfg.concurrency})
-	if err != nil {
-		b.Close()
-		return nil, err
-	}
 	return &backend{
-		name:   "memory",
-		source: src,
-		publish: func(ctx context.Context, m broker.Message) error {
-			return b.Publish(ctx, cfg.queue, &m)
+		name: "memory",
+		pub:  b.Publisher(),
+		source: func() (broker.Source, error) {
+			return b.Source(cfg.queue, memory.SourceConfig{Prefetch: 2 * cfg.concurrency})
 		},
-		left: func(context.Context) (int, bool) {
-			st := b.Stats(cfg.queue)
-			return st.Ready + st.Unacked + st.Delayed, true
-		},
-		// The in-memory queue has no limit of its own: bound it here, so a
-		// paused or slow consumer cannot make the process grow without end.
+		// Bounded here, so a paused or slow consumer cannot make the
+		// process grow without end.
 		full:  func() bool { return b.Stats(cfg.queue).Ready >= cfg.maxQueued },
-		close: func() error { b.Close(); return nil },
-	}, nil
+		close: func() { b.Close() },
+	}
 }
 
 func newRabbitMQBackend(cfg config, logger *slog.Logger) (*backend, error) {
 	// One connection for both directions would do too (rabbitmq.Connection);
 	// separate ones keep a slow consumer from throttling publishes.
 	dialer := rabbitmq.Dialer{URL: cfg.amqpURL, Name: "queuekit-gin-example"}
-	src, err := rabbitmq.NewSource(rabbitmq.Config{
-		Dialer:   dialer,
-		Queue:    cfg.queue,
-		Prefetch: 2 * cfg.concurrency,
-		Topology: rabbitmq.Topology{QueueType: cfg.amqpQueueType},
-		Logger:   logger,
-	})
+	// The publisher declares the exchange on every (re)connect; the source
+	// declares the queue and binds it, when it connects. Until then the
+	// broker returns the (mandatory) publishes as unroutable: a 503, while
+	// the service is not ready yet anyway.
+	exchange := rabbitmq.Exchange{Name: cfg.queue, Kind: "topic"}
+	pub, err := rabbitmq.NewPublisher(rabbitmq.PublisherConfig{Dialer: dialer, Exchanges: []rabbitmq.Exchange{exchange}, Logger: logger})
 	if err != nil {
-		return nil, err
-	}
-	pub, err := rabbitmq.NewPublisher(rabbitmq.PublisherConfig{Dialer: dialer, Logger: logger})
-	if err != nil {
-		src.Close(context.Background())
 		return nil, err
 	}
 	return &backend{
-		name:   "rabbitmq",
-		source: src,
-		publish: func(ctx context.Context, m broker.Message) error {
-			// The default exchange routes by queue name. The queue is declared
-			// by the source when it first connects: until then a publish is
-			// returned as unroutable (and the service is not ready yet).
-			return pub.Publish(ctx, "", cfg.queue, amqp.Publishing{
-				MessageId:   m.ID,
-				ContentType: "application/json",
-				Timestamp:   time.Now(),
-				Headers:     amqp.Table{headerOrderID: m.Header[headerOrderID]},
-				Body:        m.Body,
+		name: "rabbitmq",
+		pub:  pub,
+		source: func() (broker.Source, error) {
+			return rabbitmq.NewSource(rabbitmq.Config{
+				Dialer:   dialer,
+				Queue:    cfg.queue,
+				Prefetch: 2 * cfg.concurrency,
+				Topology: rabbitmq.Topology{
+					QueueType: cfg.amqpQueueType,
+					Exchanges: []rabbitmq.Exchange{exchange},
+					Bindings:  []rabbitmq.Binding{{Exchange: cfg.queue, RoutingKey: "#"}},
+				},
+				Logger: logger,
 			})
-		},
-		left: func(ctx context.Context) (int, bool) {
-			// The consuming source is closed by now: ask on a connection
-			// of its own, declaring nothing.
-			probe, err := rabbitmq.NewSource(rabbitmq.Config{Dialer: dialer, Queue: cfg.queue, Topology: rabbitmq.Topology{Passive: true}, Logger: logger})
-			if err != nil {
-				return 0, false
-			}
-			defer probe.Close(context.Background())
-			n, _, err := probe.QueueDepth(ctx)
-			return n, err == nil
-		},
-		close: func() error {
-			return errors.Join(pub.Close(context.Background()), src.Close(context.Background()))
 		},
 	}, nil
 }
@@ -140,33 +118,23 @@ func newKafkaBackend(ctx context.Context, cfg config, logger *slog.Logger) (*bac
 		// provisioned elsewhere: say so and go on.
 		logger.Warn("could not create the Kafka topics; they must exist", "topic", cfg.queue, "error", err)
 	}
-	src, err := kafka.NewSource(kafka.Config{
-		Brokers: brokers,
-		GroupID: cfg.queue + "-service",
-		Topic:   cfg.queue,
-		// Orders are keyed by their id, so ByKey handles up to
-		// -concurrency of them at once instead of one per partition.
-		Ordering: kafka.ByKey,
-		Logger:   logger,
-	})
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers})
 	if err != nil {
-		return nil, err
-	}
-	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers, Topic: cfg.queue})
-	if err != nil {
-		src.Close(context.Background())
 		return nil, err
 	}
 	return &backend{
-		name:   "kafka",
-		source: src,
-		publish: func(ctx context.Context, m broker.Message) error {
-			m.Key = []byte(m.ID)
-			return pub.Publish(ctx, &m)
-		},
-		left: func(context.Context) (int, bool) { return 0, false },
-		close: func() error {
-			return errors.Join(pub.Close(context.Background()), src.Close(context.Background()))
+		name: "kafka",
+		pub:  pub,
+		source: func() (broker.Source, error) {
+			return kafka.NewSource(kafka.Config{
+				Brokers: brokers,
+				GroupID: cfg.queue + "-service",
+				Topic:   cfg.queue,
+				// Orders are keyed by their id, so ByKey handles up to
+				// -concurrency of them at once instead of one per partition.
+				Ordering: kafka.ByKey,
+				Logger:   logger,
+			})
 		},
 	}, nil
 }

@@ -463,7 +463,7 @@ func TestEndToEndKafkaSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 		deadline := time.Now().Add(40 * time.Second)
 		for {
 			code, rep := do(t, "GET", p2.base+"/admin/consumers", "")
-			if code == http.StatusOK && strings.Contains(fmt.Sprint(rep), "total_lag:0") {
+			if code == http.StatusOK && strings.Contains(fmt.Sprint(rep), "messages:0") {
 				return
 			}
 			if time.Now().After(deadline) {
@@ -566,7 +566,9 @@ func deleteQueues(t *testing.T, url, queue string) {
 	for _, q := range []string{queue, queue + ".dlq", queue + ".retry"} {
 		_, _ = ch.QueueDelete(q, false, false, false)
 	}
-	_ = ch.ExchangeDelete(queue+".dlx", false, false)
+	for _, x := range []string{queue, queue + ".dlx"} {
+		_ = ch.ExchangeDelete(x, false, false)
+	}
 }
 
 // parseLogfmt parses the key=value pairs of a slog text line.

@@ -42,8 +42,8 @@ func TestServiceOnKafka(t *testing.T) {
 	// A bad order that reaches the topic by other means is dead-lettered
 	// and recorded under its order id, not under the record's
 	// topic/partition/offset.
-	bad := broker.Message{ID: "ord_bad", Body: []byte(`{"id":"ord_bad","item":"x","quantity":0}`), Header: map[string]string{headerOrderID: "ord_bad"}}
-	if err := s.backend.publish(context.Background(), bad); err != nil {
+	bad := &broker.Message{ID: "ord_bad", Body: []byte(`{"id":"ord_bad","item":"x","quantity":0}`), Header: map[string]string{headerOrderID: "ord_bad"}}
+	if err := s.publish(context.Background(), bad); err != nil {
 		t.Fatal(err)
 	}
 	waitStatus(t, base, "ord_bad", statusFailed)
@@ -53,11 +53,11 @@ func TestServiceOnKafka(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(metrics), `queuekit_kafka_consumer_lag{consumer="orders",partition=`) {
+	if !strings.Contains(string(metrics), `queuekit_backlog_partition_messages{consumer="orders",partition=`) {
 		t.Error("GET /metrics lacks the Kafka lag of the orders consumer")
 	}
 	// The admin report carries the lag per partition too.
-	if code, rep := do(t, "GET", base+"/admin/consumers", ""); code != http.StatusOK || !strings.Contains(fmt.Sprint(rep), "lag:map[") {
+	if code, rep := do(t, "GET", base+"/admin/consumers", ""); code != http.StatusOK || !strings.Contains(fmt.Sprint(rep), "partitions:map[") {
 		t.Errorf("GET /admin/consumers = %d %v; want the orders consumer's lag per partition", code, rep)
 	}
 	start := time.Now()

@@ -86,6 +86,10 @@ type service struct {
 
 	drainMu sync.Mutex
 	drains  []consumer.DrainReport
+	// leftAtStop is the report's left: the orders waiting at the broker
+	// after the consumers stopped, -1 when the broker did not say. Set by
+	// report, at the end of run.
+	leftAtStop int
 }
 
 // run serves HTTP on ln and consumes orders until ctx is done, then shuts
@@ -110,8 +114,15 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 		return err
 	}
 	defer func() {
-		if cerr := s.backend.close(); cerr != nil && err == nil {
-			err = fmt.Errorf("closing the broker: %w", cerr)
+		// The consumer closed its source when it stopped; the publisher
+		// is the service's to close, once intake stopped.
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if cerr := s.backend.pub.Close(cctx); cerr != nil && err == nil {
+			err = fmt.Errorf("closing the publisher: %w", cerr)
+		}
+		if s.backend.close != nil {
+			s.backend.close()
 		}
 	}()
 	if err := s.build(); err != nil {
@@ -209,91 +220,79 @@ func (s *service) build() error {
 	if s.metrics, err = promqueuekit.New(s.reg); err != nil {
 		return err
 	}
-	backlog, err := s.watchBacklog()
-	if err != nil {
-		return err
-	}
 	// A handler running past 30 s is stuck: liveness fails, a metric counts it.
 	s.wd, err = health.NewWatchdog(health.WatchdogConfig{
 		Threshold: 30 * time.Second,
 		Logger:    s.log,
-		OnStuck:   func(st health.Stuck) { s.metrics.HandlerStuck(st.Consumer) },
+		OnStuck:   s.metrics.HandlerStuck,
 	})
 	if err != nil {
 		return err
 	}
-	name := s.cfg.queue
-	orders, err := consumer.New(s.backend.source, s.ordersHandler(name),
-		consumer.WithName(name),
+	src, err := s.backend.source()
+	if err != nil {
+		return err
+	}
+	opts := []consumer.Option{
 		consumer.WithConcurrency(s.cfg.concurrency),
 		consumer.WithMaxDeliveries(5),
 		consumer.WithDrainTimeout(s.cfg.drainTimeout),
 		consumer.WithLogger(s.log),
 		consumer.WithObserver(s.observe),
-	)
+	}
+	// The metrics, in one line: the Recorder's middleware, observer and
+	// event hook, labelled with the name the consumer is added under.
+	orders, err := consumer.New(src, s.ordersHandler(), append(opts, s.metrics.Options()...)...)
 	if err != nil {
-		return err
+		return errors.Join(err, closeSource(src))
 	}
-	s.sup = &consumer.Supervisor{
-		DrainTimeout: s.cfg.drainTimeout,
-		Logger:       s.log,
-		OnEvent:      s.onEvent,
-	}
-	if err := s.sup.Add(name, orders); err != nil {
+	s.sup = &consumer.Supervisor{Logger: s.log, OnEvent: s.onEvent}
+	// The name the consumer is added under is its name in logs, metrics
+	// and health, and in /admin/consumers/:name/pause.
+	if err := s.sup.Add(s.cfg.queue, orders); err != nil {
 		return err
 	}
 	if err := s.sup.Add("watchdog", s.wd); err != nil {
 		return err
 	}
-	s.probes, err = health.NewHandler(s.sup, health.WithWatchdog(s.wd), backlog)
+	// The backlog at the broker — the RabbitMQ queue's ready messages, the
+	// Kafka group's lag — as metrics, read through the consumer's cache,
+	// which the full health report shares.
+	backlog, err := promqueuekit.NewBacklogCollector(s.sup)
+	if err != nil {
+		return err
+	}
+	if err := s.reg.Register(backlog); err != nil {
+		return err
+	}
+	s.probes, err = health.NewHandler(s.sup, health.WithWatchdog(s.wd))
 	return err
 }
 
-// watchBacklog exports the backlog at the broker when the source can report
-// it — the Kafka group's lag or the RabbitMQ queue's depth — as metrics, and
-// returns the option that puts it in the full health report (nil: none).
-func (s *service) watchBacklog() (health.Option, error) {
-	name := s.cfg.queue
-	cc := promqueuekit.CollectorConfig{Consumer: name, Destination: name}
-	var (
-		c   prometheus.Collector
-		opt health.Option
-		err error
-	)
-	switch src := s.backend.source.(type) {
-	case health.LagSource: // Kafka; also a promqueuekit.LagSource
-		c, err = promqueuekit.NewLagCollector(src, cc)
-		opt = health.WithLag(name, src)
-	case health.DepthSource: // RabbitMQ; also a promqueuekit.DepthSource
-		c, err = promqueuekit.NewDepthCollector(src, cc)
-		opt = health.WithDepth(name, src)
-	default:
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return opt, s.reg.Register(c)
+// closeSource closes a source that no consumer took, bounded.
+func closeSource(src broker.Source) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return src.Close(ctx)
 }
 
 // ordersHandler is the consumer's handler: decode (a bad payload is
 // dead-lettered at once), then process, inside the standard middleware in
-// the recommended order (see the middleware package).
-func (s *service) ordersHandler(name string) consumer.Handler {
+// the recommended order (see the middleware package). The metrics
+// middleware, from the Recorder's options, goes around all of it.
+func (s *service) ordersHandler() consumer.Handler {
 	return consumer.Chain(
 		middleware.Log(s.log),
-		middleware.Metrics(s.metrics),
-		s.wd.Middleware(name),
+		s.wd.Middleware(),
 		middleware.Recover(),
 		middleware.Retry(retry.MaxAttempts(retry.Exponential(50*time.Millisecond, time.Second), 3)),
 		middleware.Timeout(5*time.Second),
 	)(consumer.JSON(s.processOrder))
 }
 
-// observe sees every settlement: it feeds the metrics and records the orders
-// that were dead-lettered.
+// observe sees every settlement (as the Recorder's observer does, for the
+// metrics): it records the orders that were dead-lettered.
 func (s *service) observe(m *broker.Message, st consumer.Settlement, err error) {
-	s.metrics.Observe(m, st, err)
 	if st == consumer.SettledDeadLetter && err == nil {
 		id := orderID(m)
 		// The order, when the message holds a valid one, so that a
@@ -319,8 +318,9 @@ func orderID(m *broker.Message) string {
 	return m.ID
 }
 
+// onEvent sees the Supervisor's events (the Recorder counts them through the
+// consumer's own hook).
 func (s *service) onEvent(e consumer.Event) {
-	s.metrics.Event(e)
 	switch e.Kind {
 	case consumer.EventDrained:
 		s.drainMu.Lock()
@@ -377,18 +377,39 @@ func (s *service) closeWhenNotReady(c *gin.Context) {
 	}
 }
 
+// left asks the broker, through a source of its own (the consumer's is
+// closed by now), how many orders wait in the queue: the queue's ready
+// messages, or the Kafka group's lag. ok is false when the broker does not
+// say.
+func (s *service) left(ctx context.Context) (n int, ok bool) {
+	src, err := s.backend.source()
+	if err != nil {
+		return 0, false
+	}
+	defer closeSource(src)
+	br, isReporter := src.(broker.BacklogReporter)
+	if !isReporter {
+		return 0, false
+	}
+	b, err := br.Backlog(ctx)
+	return int(b.Messages), err == nil
+}
+
 // report logs what became of the orders this process accepted. On the
 // in-memory broker, whose queue ends with the process, processed + left +
 // failed accounts for every accepted order (when no order was processed
-// twice). On RabbitMQ, left is the queue's depth after the drain, which the
-// next run processes; on Kafka the service cannot tell (see the lag metric).
+// twice). On RabbitMQ, left is the queue's ready messages after the drain,
+// and on Kafka the group's lag after its last commit: what the next run
+// processes.
 func (s *service) report() {
 	accepted, processed, failed := s.store.counts()
 	attrs := []any{"broker", s.backend.name, "accepted", accepted, "processed", processed, "failed", failed}
 	attrs = append(attrs, "forgotten", s.store.forgottenCount()) // by the bounded order store
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if left, ok := s.backend.left(ctx); ok {
+	s.leftAtStop = -1
+	if left, ok := s.left(ctx); ok {
+		s.leftAtStop = left
 		attrs = append(attrs, "left", left) // in the queue, for the next run (RabbitMQ: all of it, other producers' too)
 	} else {
 		attrs = append(attrs, "left", "unknown")
@@ -515,11 +536,12 @@ func (s *service) postOrder(c *gin.Context) {
 		return
 	}
 	o := Order{ID: id, Item: req.Item, Quantity: req.Quantity, AcceptedAt: time.Now().UTC()}
-	body, err := json.Marshal(o)
+	msg, err := broker.NewJSON(o) // the counterpart of the consumer's consumer.JSON
 	if err != nil {
 		c.JSON(http.StatusInternalServerError, gin.H{"error": "cannot encode the order"})
 		return
 	}
+	msg.ID, msg.Key, msg.Header[headerOrderID] = id, []byte(id), id
 	// Reserved before publishing: the consumer may be faster than this
 	// handler, and a concurrent retry must not publish it too.
 	prev, cl := s.store.reserve(o, req.digest())
@@ -542,8 +564,7 @@ func (s *service) postOrder(c *gin.Context) {
 	// off half-way leaves the order in an unknown state.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), publishTimeout)
 	defer cancel()
-	msg := broker.Message{ID: id, Body: body, Header: map[string]string{headerOrderID: id}}
-	if err := s.backend.publish(ctx, msg); err != nil {
+	if err := s.publish(ctx, msg); err != nil {
 		s.store.forget(id)
 		s.log.Warn("publish failed", "order", id, "error", err)
 		// A failed publish may still have reached the broker (a lost
@@ -554,6 +575,14 @@ func (s *service) postOrder(c *gin.Context) {
 	s.store.published(id)
 	c.Header("Location", "/orders/"+id)
 	c.JSON(http.StatusAccepted, gin.H{"id": id, "status": statusAccepted})
+}
+
+// publish sends m to the queue, and returns once the broker has it (memory:
+// queued; RabbitMQ: confirmed; Kafka: acknowledged by the replicas). Every
+// broker takes the same call: the destination is named like the queue, and
+// m.Key (the order id) is RabbitMQ's routing key and Kafka's partition key.
+func (s *service) publish(ctx context.Context, m *broker.Message) error {
+	return s.backend.pub.Publish(ctx, s.cfg.queue, m)
 }
 
 func (s *service) getOrder(c *gin.Context) {
