@@ -4,7 +4,7 @@
 // delayed-retry queue, without holding a worker while they wait.
 //
 // It declares its topology (a quorum queue, its dead-letter exchange and queue,
-// and its retry queue) with rabbitmq.DeclareTopology, as a real producer does
+// and its retry queue) with its source's DeclareTopology, as a real producer does
 // before publishing, publishes a batch of orders with publisher confirms —
 // good ones, one whose body does not decode, one that the (simulated) ledger
 // refuses twice with a 503 before taking it, and one that hits a bug every time
@@ -52,6 +52,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/queuekit/queuekit/broker/rabbitmq"
 )
 
 // defaultURL is used when neither -url nor QUEUEKIT_AMQP_URL is set.
@@ -74,7 +76,7 @@ const (
 
 // config is what run needs from main.
 type config struct {
-	// URL of the broker. It may hold a password: print redact(URL) only.
+	// URL of the broker. It may hold a password: print rabbitmq.RedactURL(URL) only.
 	URL string
 	// Queue to use, which must start with queuePrefix; the run keeps it at
 	// the end, since it may not have created it. Empty means a fresh name,
@@ -112,7 +114,7 @@ flags:
 	}
 	// No flag default from the environment: -help prints defaults, and the
 	// URL may hold a password.
-	flag.StringVar(&cfg.URL, "url", "", "AMQP URL of the broker; other users can read it in ps, so prefer $QUEUEKIT_AMQP_URL (default: $QUEUEKIT_AMQP_URL, else "+redact(defaultURL)+")")
+	flag.StringVar(&cfg.URL, "url", "", "AMQP URL of the broker; other users can read it in ps, so prefer $QUEUEKIT_AMQP_URL (default: $QUEUEKIT_AMQP_URL, else "+rabbitmq.RedactURL(defaultURL)+")")
 	flag.StringVar(&cfg.Queue, "queue", "", "use this queue, whose name must start with "+strconv.Quote(queuePrefix)+", and keep it at the end (default: a fresh queue, deleted at the end)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the fresh queues at the end instead of deleting them")
 	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "give up if the batch is not settled within this")

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuekit/queuekit/broker/rabbitmq"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 )
@@ -114,7 +115,7 @@ func (b *rabbitServer) teardown() error {
 }
 
 func (b *rabbitServer) why() string {
-	return fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", redact(b.base), b.dialErr)
+	return fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", rabbitmq.RedactURL(b.base), b.dialErr)
 }
 
 func rabbitmqctl(args ...string) (string, error) {
@@ -182,7 +183,7 @@ func TestWorkerDeadLettersAndRetries(t *testing.T) {
 	defer cancel()
 	var stdout bytes.Buffer
 	logs := &lockedBuffer{}
-	t.Logf("broker: %s", redact(testURL()))
+	t.Logf("broker: %s", rabbitmq.RedactURL(testURL()))
 	sum, err := run(ctx, config{URL: testURL(), Timeout: time.Minute, Logger: debugLogger(logs)}, &stdout)
 	t.Logf("output:\n%s", stdout.String())
 	if err != nil {
@@ -330,7 +331,7 @@ func TestWorkerWrongPassword(t *testing.T) {
 	needBroker(t)
 	u, err := url.Parse(testURL())
 	if err != nil || u.User == nil {
-		t.Skipf("cannot make a wrong password for %s", redact(testURL()))
+		t.Skipf("cannot make a wrong password for %s", rabbitmq.RedactURL(testURL()))
 	}
 	const wrong = "wr0ng-pa55w0rd"
 	u.User = url.UserPassword(u.User.Username(), wrong)

@@ -51,9 +51,19 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Until the Supervisor runs the consumer, which closes it when it
+	// stops, the source is the run's to close.
+	ownSource := true
+	defer func() {
+		if ownSource {
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = src.Close(cctx)
+		}
+	}()
 	dlq, retryQ := cfg.Queue+".dlq", cfg.Queue+".retry" // the Topology defaults
 	out.printf("queue %s on %s (quorum; dead letters go to %s, delayed retries wait in %s)\n",
-		cfg.Queue, redact(cfg.URL), dlq, retryQ)
+		cfg.Queue, rabbitmq.RedactURL(cfg.URL), dlq, retryQ)
 
 	// limit bounds the whole run (cfg.Timeout). ctx ending is an interrupt
 	// (Ctrl-C), not a failure: it cancels limit, but its deadline, if it has
@@ -66,7 +76,9 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 
 	// Declare the topology before publishing, as a producer must: the
 	// publisher's messages are mandatory, and the broker returns them while
-	// the queue does not exist. A fresh name is first checked to be unused.
+	// the queue does not exist. The source declares what it would declare
+	// when it connects (broker.TopologyDeclarer), on its own connection. A
+	// fresh name is first checked to be unused.
 	var created bool // the run made every object of the topology: it may delete them
 	var lastErr error
 	err = retry.Do(limit, retry.Exponential(100*time.Millisecond, 2*time.Second), func(ctx context.Context) error {
@@ -77,7 +89,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 			}
 			created = true
 		}
-		err := rabbitmq.DeclareTopology(ctx, dialer, cfg.Queue, topology)
+		err := src.DeclareTopology(ctx)
 		if err != nil && ctx.Err() == nil {
 			lastErr = err
 		}
@@ -98,12 +110,12 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 		}
 		return sum, nil
 	case retry.IsPermanent(err) || broker.IsFatal(err):
-		return nil, fmt.Errorf("could not use RabbitMQ at %s: %w", redact(cfg.URL), err)
+		return nil, fmt.Errorf("could not use RabbitMQ at %s: %w", rabbitmq.RedactURL(cfg.URL), err)
 	default:
 		if lastErr == nil {
 			lastErr = err
 		}
-		return nil, fmt.Errorf("could not connect to RabbitMQ at %s within %v: %w", redact(cfg.URL), cfg.Timeout, lastErr)
+		return nil, fmt.Errorf("could not connect to RabbitMQ at %s within %v: %w", rabbitmq.RedactURL(cfg.URL), cfg.Timeout, lastErr)
 	}
 
 	ledger := newLedger(map[string]int{"order-8": 2}) // order-8: two 503s, then OK
@@ -171,6 +183,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 		defer close(supDone)
 		supErr = sup.Run(runCtx)
 	}()
+	ownSource = false
 	// stopSupervisor drains the consumer gracefully and waits for it: when
 	// it returns, every goroutine the supervisor started has exited.
 	stopSupervisor := func() error {
