@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -256,5 +257,42 @@ func TestIssue10PublisherCloseIsBoundedByItsContext(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("Publish still waits 2 s after Close gave up")
+	}
+}
+
+// Issue 10 item 2: a Publish waiting for a dial that hangs returns
+// broker.ErrPublisherClosed when the publisher is closed, not at its own
+// deadline.
+func TestIssue10CloseEndsAPublishWaitingForADial(t *testing.T) {
+	release := make(chan struct{})
+	dialing := make(chan struct{}, 1)
+	pub, err := NewPublisher(PublisherConfig{Logger: quietLogger(), Dialer: Dialer{
+		URL: "amqp://guest:guest@broker.invalid:5672/",
+		Dial: func(network, addr string) (net.Conn, error) {
+			dialing <- struct{}{}
+			<-release
+			return nil, errors.New("unreachable (test dialer)")
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer close(release) // the dial returns, and its goroutine ends
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- pub.Publish(ctx, "", &broker.Message{Key: []byte("q")}) }()
+	<-dialing
+	cctx, ccancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer ccancel()
+	if err := pub.Close(cctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close with a custom dial that hangs = %v; want the ctx's deadline", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, broker.ErrPublisherClosed) {
+			t.Errorf("Publish waiting for the dial = %v; want broker.ErrPublisherClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Publish still waits for the dial 2 s after Close")
 	}
 }

@@ -275,8 +275,12 @@ func (p *Publisher) publish(ctx context.Context, exchange string, out []outgoing
 				// reason to write the rest on another channel.
 				p.drop(cc)
 				for i, w := range waits {
-					if w.err != nil {
-						return publishErr(exchange, out, i, w.err)
+					select {
+					case <-w.done: // w.err is written before done is closed
+						if w.err != nil {
+							return publishErr(exchange, out, i, w.err)
+						}
+					default: // on an earlier channel, not settled yet
 					}
 				}
 			}
@@ -358,6 +362,8 @@ func (p *Publisher) channelCtx(ctx context.Context) (*confirmChannel, error) {
 		return r.cc, r.err
 	case <-ctx.Done():
 		return nil, fmt.Errorf("rabbitmq: connecting: %w", context.Cause(ctx))
+	case <-p.done:
+		return nil, broker.ErrPublisherClosed // Close need not wait for the dial
 	}
 }
 
@@ -460,8 +466,13 @@ func (p *Publisher) shutdown() {
 	if cc != nil {
 		cc.close()
 	}
-	// A dial in progress finishes within the dial timeout and closes what
-	// it opened, since p.closed is set.
+	// A dial in progress closes what it opened, since p.closed is set. The
+	// default dial of our own connection ends now; a Dialer.Dial of the
+	// user's ends when it returns.
+	if p.ownConn {
+		p.conn.init()
+		p.conn.cancelDial()
+	}
 	p.dials.Wait()
 	var err error
 	if p.ownConn {
