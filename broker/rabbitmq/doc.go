@@ -51,10 +51,10 @@
 // connection go, or after its heartbeat timeout when the network is what
 // hangs. So a consumer.Consumer on this source shuts down within the
 // deadline of the context given to Shutdown plus the consumer's short grace
-// (about 100 ms), whatever the broker does. A source on a shared Connection
-// cannot close the connection: its Close returns at the context's end too,
-// but its channel closes in the background, by the heartbeat timeout at
-// worst.
+// (see Consumer.Shutdown), however the broker behaves. A source on a shared
+// Connection cannot close the connection: its Close returns at the context's
+// end too, but its channel closes in the background, by the heartbeat timeout
+// at worst.
 //
 // A Publisher opens its channel on its first Publish and again whenever it
 // was lost, retrying with backoff inside the deadline of the Publish that
