@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,6 +33,15 @@ type Capabilities struct {
 	// of a source stale, and the adapter then redelivers their messages to
 	// the same source after it recovered.
 	StaleDeliveries bool
+	// PublishedID: the ID a publisher sets on a message arrives as
+	// Message.ID (RabbitMQ's message-id, memory). Kafka identifies a record
+	// by its topic, partition and offset instead.
+	PublishedID bool
+	// UnknownDestination: Publish to a destination that does not exist
+	// returns an error (Fixture.UnknownDestination names one), and the
+	// publisher goes on working. A broker that creates destinations on first
+	// use (memory) cannot tell.
+	UnknownDestination bool
 }
 
 // A Harness plugs an adapter into the suite.
@@ -59,8 +69,22 @@ type Fixture struct {
 	Destination string
 	// Publish publishes msgs to the destination, in order, and returns once
 	// the broker has them. Message.ID may be empty; Attempt is ignored.
-	// Required.
+	// Required unless NewPublisher is set, in which case it defaults to
+	// Publish on a publisher from NewPublisher, to PublishDestination.
 	Publish func(ctx context.Context, msgs ...broker.Message) error
+	// NewPublisher returns a new publisher of the adapter whose Publish to
+	// PublishDestination reaches the sources of this fixture. The suite
+	// closes every publisher it creates. If nil, the publisher cases are
+	// skipped.
+	NewPublisher func(t *testing.T) broker.Publisher
+	// PublishDestination is the dest argument of Publish that reaches this
+	// fixture's sources: the queue (memory), an exchange bound to the queue
+	// that keeps the routing key (RabbitMQ), the topic (Kafka). Required with
+	// NewPublisher.
+	PublishDestination string
+	// UnknownDestination is a destination that does not exist, which
+	// Publish must refuse. Required if Capabilities.UnknownDestination.
+	UnknownDestination string
 	// NewSource returns a new, open source (a new consumer or group member)
 	// on the destination, with the given prefetch (>= 1). Sources of one
 	// fixture share their messages: what one source gave back, a source
@@ -99,14 +123,48 @@ func Run(t *testing.T, h Harness) {
 				}
 			}
 			f := h.Setup(t)
+			switch {
+			case f.NewPublisher != nil && f.PublishDestination == "":
+				t.Fatal("brokertest: Fixture.NewPublisher is set but PublishDestination is empty")
+			case f.Publish == nil && f.NewPublisher != nil:
+				f.Publish = publishVia(t, f)
+			}
 			if f.Publish == nil || f.NewSource == nil || f.DeadLetters == nil {
-				t.Fatal("brokertest: Fixture.Publish, NewSource and DeadLetters are required")
+				t.Fatal("brokertest: Fixture.Publish (or NewPublisher), NewSource and DeadLetters are required")
 			}
 			if h.Capabilities.StaleDeliveries && f.MakeStale == nil {
 				t.Fatal("brokertest: Capabilities.StaleDeliveries is set but Fixture.MakeStale is nil")
 			}
+			if h.Capabilities.UnknownDestination && f.UnknownDestination == "" {
+				t.Fatal("brokertest: Capabilities.UnknownDestination is set but Fixture.UnknownDestination is empty")
+			}
 			c.run(&env{T: t, h: h, f: f})
 		})
+	}
+}
+
+// publishVia is the default Fixture.Publish: one publisher of the case,
+// made on first use and closed when the case ends.
+func publishVia(t *testing.T, f Fixture) func(ctx context.Context, msgs ...broker.Message) error {
+	var (
+		once sync.Once
+		p    broker.Publisher
+	)
+	return func(ctx context.Context, msgs ...broker.Message) error {
+		once.Do(func() {
+			p = f.NewPublisher(t)
+			if p != nil {
+				t.Cleanup(func() { p.Close(context.Background()) })
+			}
+		})
+		if p == nil {
+			return errors.New("brokertest: Fixture.NewPublisher returned nil")
+		}
+		ps := make([]*broker.Message, len(msgs))
+		for i := range msgs {
+			ps[i] = &msgs[i]
+		}
+		return p.Publish(ctx, f.PublishDestination, ps...)
 	}
 }
 
@@ -116,6 +174,9 @@ func needDeliveryCount(c Capabilities) (bool, string) { return c.DeliveryCount, 
 func needPrefetch(c Capabilities) (bool, string)      { return c.Prefetch, "Prefetch" }
 func needDelayed(c Capabilities) (bool, string)       { return c.DelayedRequeue, "DelayedRequeue" }
 func needStale(c Capabilities) (bool, string)         { return c.StaleDeliveries, "StaleDeliveries" }
+func needUnknownDestination(c Capabilities) (bool, string) {
+	return c.UnknownDestination, "UnknownDestination"
+}
 
 type testCase struct {
 	name  string
@@ -200,6 +261,38 @@ func (e *env) requeue(d broker.Delivery) {
 	defer cancel()
 	if err := d.Requeue(ctx); err != nil {
 		e.Fatalf("Requeue(%s) = %v; want nil for a delivery settled once", describe(d.Message()), err)
+	}
+}
+
+// publisher returns a new publisher of the fixture, closed when the case
+// ends, or skips the case when the fixture has none.
+func (e *env) publisher() broker.Publisher {
+	e.Helper()
+	if e.f.NewPublisher == nil {
+		e.Skip("the fixture has no NewPublisher")
+	}
+	p := e.f.NewPublisher(e.T)
+	if p == nil {
+		e.Fatal("Fixture.NewPublisher returned nil")
+	}
+	e.Cleanup(func() { p.Close(context.Background()) })
+	return p
+}
+
+// eventually polls cond until it holds, for up to Timeout; what says what
+// was expected, and last (if not nil) what was seen last.
+func (e *env) eventually(what string, cond func() bool, last func() string) {
+	e.Helper()
+	deadline := time.Now().Add(e.h.Timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			seen := ""
+			if last != nil {
+				seen = "; last seen: " + last()
+			}
+			e.Fatalf("%s: not so within %v%s", what, e.h.Timeout, seen)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

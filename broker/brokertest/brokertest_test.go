@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,6 +37,15 @@ var mutants = []struct {
 	{"dead-letter-drops-reason", []string{"DeadLetter moves the message to the dead-letter destination with the reason in its headers"}},
 	{"no-prefetch", []string{"Receive blocks while prefetch deliveries are unsettled"}},
 	{"stale-acks", []string{"a stale delivery cannot be settled and its message is redelivered"}},
+	{"close-ignores-ctx", []string{"Close with a cancelled context returns at once and unsettled deliveries come back to a new source"}},
+	{"publish-reverses-batch", []string{"Publish sends a batch in order with its key, headers, ID and JSON content type"}},
+	{"publish-after-close", []string{"Publish after Close returns ErrPublisherClosed"}},
+	{"publish-ignores-ctx", []string{"Publish honours its context's cancellation and deadline"}},
+	{"publish-unknown-accepted", []string{"Publish to an unknown destination returns an error"}},
+	{"pause-ignored", []string{"a paused source hands out nothing until Resume, and loses and duplicates nothing"}},
+	{"status-always-connected", []string{"Status is connected after the first Receive and not after Close"}},
+	{"events-after-close", []string{"the event hook gets EventConnected and is not called after Close"}},
+	{"backlog-empty", []string{"Backlog counts what was published until it is consumed"}},
 }
 
 const mutantEnv = "BROKERTEST_MUTANT"
@@ -78,6 +89,7 @@ func TestMutant(t *testing.T) {
 		Capabilities: brokertest.Capabilities{
 			DeliveryCount: true, DurableDeliveryCount: true, Prefetch: true,
 			DelayedRequeue: true, StaleDeliveries: true,
+			PublishedID: true, UnknownDestination: true,
 		},
 		Timeout: 2 * time.Second,
 		Setup: func(t *testing.T) brokertest.Fixture {
@@ -85,7 +97,12 @@ func TestMutant(t *testing.T) {
 			t.Cleanup(func() { b.Close() })
 			queue := fmt.Sprintf("mutant-%d", n.Add(1))
 			return brokertest.Fixture{
-				Destination: queue,
+				Destination:        queue,
+				PublishDestination: queue,
+				UnknownDestination: queue + ".unknown",
+				NewPublisher: func(t *testing.T) broker.Publisher {
+					return &mutPublisher{Publisher: b.Publisher(), known: queue, mut: mut}
+				},
 				Publish: func(ctx context.Context, msgs ...broker.Message) error {
 					for _, m := range msgs {
 						if err := b.Publish(ctx, queue, &m); err != nil {
@@ -121,10 +138,71 @@ func TestMutant(t *testing.T) {
 	})
 }
 
+// mutPublisher is a memory publisher that, like a RabbitMQ or Kafka one,
+// refuses a destination other than the fixture's (unless mutated).
+type mutPublisher struct {
+	*memory.Publisher
+	known string
+	mut   string
+}
+
+func (p *mutPublisher) Publish(ctx context.Context, dest string, msgs ...*broker.Message) error {
+	switch p.mut {
+	case "publish-reverses-batch":
+		msgs = slices.Clone(msgs)
+		slices.Reverse(msgs)
+	case "publish-ignores-ctx":
+		ctx = context.WithoutCancel(ctx)
+	}
+	if dest != p.known && p.mut != "publish-unknown-accepted" {
+		return fmt.Errorf("mutant: no destination %q", dest)
+	}
+	return p.Publisher.Publish(ctx, dest, msgs...)
+}
+
+func (p *mutPublisher) Close(ctx context.Context) error {
+	if p.mut == "publish-after-close" {
+		return nil
+	}
+	return p.Publisher.Close(ctx)
+}
+
 type mutSource struct {
 	*memory.Source
 	mut  string
 	outs []*mutDelivery
+
+	hookMu sync.Mutex
+	hook   func(broker.Event)
+}
+
+func (s *mutSource) Pause(ctx context.Context) error {
+	if s.mut == "pause-ignored" {
+		return nil
+	}
+	return s.Source.Pause(ctx)
+}
+
+func (s *mutSource) Status() broker.Status {
+	if s.mut == "status-always-connected" {
+		return broker.Status{Connected: true}
+	}
+	return s.Source.Status()
+}
+
+func (s *mutSource) SetEventHook(f func(broker.Event)) {
+	s.hookMu.Lock()
+	s.hook = f
+	s.hookMu.Unlock()
+	s.Source.SetEventHook(f)
+}
+
+func (s *mutSource) Backlog(ctx context.Context) (broker.Backlog, error) {
+	b, err := s.Source.Backlog(ctx)
+	if s.mut == "backlog-empty" {
+		b.Messages = 0
+	}
+	return b, err
 }
 
 func (s *mutSource) Receive(ctx context.Context) (broker.Delivery, error) {
@@ -148,9 +226,25 @@ func (s *mutSource) Receive(ctx context.Context) (broker.Delivery, error) {
 }
 
 func (s *mutSource) Close(ctx context.Context) error {
-	if s.mut == "close-acks" {
+	switch s.mut {
+	case "close-acks":
 		for _, d := range s.outs {
 			d.Delivery.Ack(context.Background())
+		}
+	case "close-ignores-ctx":
+		if ctx.Err() != nil {
+			time.Sleep(3 * time.Second) // a final commit or leave that does not look at ctx
+		}
+	case "events-after-close":
+		s.hookMu.Lock()
+		hook := s.hook
+		s.hook = nil
+		s.hookMu.Unlock()
+		if hook != nil {
+			// A goroutine of the source that still runs after Close.
+			time.AfterFunc(20*time.Millisecond, func() {
+				hook(broker.Event{Kind: broker.EventReconnecting, Err: errors.New("mutant: late event")})
+			})
 		}
 	}
 	return s.Source.Close(ctx)

@@ -13,7 +13,8 @@ import (
 )
 
 // TestConformance runs the public conformance suite against the memory
-// broker, with every capability declared.
+// broker, with every capability declared but UnknownDestination: queues are
+// created on first use, so no destination is unknown.
 func TestConformance(t *testing.T) {
 	var n atomic.Int64
 	brokertest.Run(t, brokertest.Harness{
@@ -23,21 +24,16 @@ func TestConformance(t *testing.T) {
 			Prefetch:             true,
 			DelayedRequeue:       true,
 			StaleDeliveries:      true,
+			PublishedID:          true,
 		},
 		Setup: func(t *testing.T) brokertest.Fixture {
 			b := memory.NewBroker()
 			t.Cleanup(func() { b.Close() })
 			queue := fmt.Sprintf("conformance-%d", n.Add(1))
 			return brokertest.Fixture{
-				Destination: queue,
-				Publish: func(ctx context.Context, msgs ...broker.Message) error {
-					for _, m := range msgs {
-						if err := b.Publish(ctx, queue, &m); err != nil {
-							return err
-						}
-					}
-					return nil
-				},
+				Destination:        queue,
+				NewPublisher:       func(t *testing.T) broker.Publisher { return b.Publisher() },
+				PublishDestination: queue,
 				NewSource: func(t *testing.T, prefetch int) broker.Source {
 					src, err := b.Source(queue, memory.SourceConfig{Prefetch: prefetch})
 					if err != nil {
