@@ -153,3 +153,59 @@ func TestIssue10ConsumerShutdownOnAHungConnectionIsBoundedByItsContext(t *testin
 	proxy.Close() // the broker's heartbeat timeout, sooner
 	redelivered(t, q, "m1")
 }
+
+// Issue 10 item 4: on a shared Connection, a Source's Close cannot close the
+// connection: it returns at its ctx's end, and the Connection's own
+// Close(ctx) is what gives up on the broker, ending what the source still
+// waited for (TestMain's goleak check sees every goroutine gone).
+func TestIssue10SharedConnectionCloseIsBoundedByItsContext(t *testing.T) {
+	needBroker(t)
+	q := uniqueQueue(t)
+	declareQueue(t, q, Classic)
+	publishOne(t, q, "m1")
+	proxy := newTCPProxy(t)
+	conn, err := NewConnection(Dialer{URL: proxy.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(q)
+	cfg.Conn = conn
+	cfg.Logger = quietLogger()
+	src, err := NewSource(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer rcancel()
+	if _, err := src.Receive(rctx); err != nil {
+		t.Fatalf("Receive = %v", err)
+	}
+	proxy.freeze(toBroker, toClient)
+
+	for _, c := range []struct {
+		what  string
+		close func(context.Context) error
+	}{{"Source.Close", src.Close}, {"Connection.Close", conn.Close}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		start := time.Now()
+		err := c.close(ctx)
+		took := time.Since(start)
+		cancel()
+		t.Logf("%s(300 ms) on a hung shared connection = %v after %v", c.what, err, took)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s = %v; want an error wrapping context.DeadlineExceeded", c.what, err)
+		}
+		if took > 2*time.Second {
+			t.Errorf("%s(ctx with 300 ms) took %v", c.what, took)
+		}
+	}
+	// The source's shutdown, left in the background, ends with the
+	// connection.
+	select {
+	case <-src.closeDone:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the source's close still waits 2 s after the Connection gave up")
+	}
+	proxy.Close()
+	redelivered(t, q, "m1")
+}

@@ -274,9 +274,29 @@ func (c *Connection) abort() {
 	}
 }
 
-// Close closes the connection for good, with the AMQP close handshake. It is
-// idempotent.
-func (c *Connection) Close() error {
+// Close closes the connection for good, with the AMQP close handshake. Close
+// the Sources and Publishers that use it first: they fail with
+// ErrConnectionClosed afterwards. Close is bounded by ctx: when ctx ends
+// before the broker answered (a hung connection), it closes the network
+// connection without the handshake, which also ends what the Sources and
+// Publishers on it still wait for, and returns an error wrapping ctx's
+// error. It is idempotent.
+func (c *Connection) Close(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- c.close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	c.abort()
+	waitAborted(done)
+	return fmt.Errorf("rabbitmq: close connection: gave up waiting for the broker: %w", ctx.Err())
+}
+
+// close is Close without a bound: the owner of the connection calls it on a
+// goroutine that abort ends.
+func (c *Connection) close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {

@@ -85,7 +85,7 @@ func TestSourcesShareAConnectionAndACustomDialer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer conn.Close(context.Background())
 	const n = 100
 	var total atomic.Int64
 	var runs []chan error

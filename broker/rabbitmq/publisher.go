@@ -476,7 +476,7 @@ func (p *Publisher) shutdown() {
 	p.dials.Wait()
 	var err error
 	if p.ownConn {
-		err = p.conn.Close()
+		err = p.conn.close()
 	}
 	// Writes stuck on a socket end once the connection is closed (by us, or
 	// by the heartbeat timeout of a shared one).
@@ -490,7 +490,7 @@ func (p *Publisher) shutdown() {
 // Dialer.Dial, which nothing can interrupt.
 const abortGrace = 100 * time.Millisecond
 
-func waitAborted(done <-chan struct{}) {
+func waitAborted[T any](done <-chan T) {
 	t := time.NewTimer(abortGrace)
 	defer t.Stop()
 	select {

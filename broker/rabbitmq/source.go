@@ -486,7 +486,7 @@ func (s *Source) shutdown(started bool) {
 	err := s.pub.Close(context.Background()) // bounded by abort, which Close does on its ctx's end
 	s.ops.Wait()
 	if s.ownConn {
-		err = errors.Join(err, s.conn.Close())
+		err = errors.Join(err, s.conn.close())
 	}
 	s.closeErr = err
 }

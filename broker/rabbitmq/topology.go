@@ -393,7 +393,7 @@ func DeclareTopology(ctx context.Context, d Dialer, queue string, t Topology) er
 	if ctx.Err() != nil {
 		conn.abort() // ends the declarations, and the goroutine doing them
 	} else {
-		_ = conn.Close()
+		_ = conn.close()
 	}
 	return err
 }
