@@ -53,8 +53,9 @@
 // deadline of the context given to Shutdown plus the consumer's short grace
 // (see Consumer.Shutdown), however the broker behaves. A source on a shared
 // Connection cannot close the connection: its Close returns at the context's
-// end too, but its channel closes in the background, by the heartbeat timeout
-// at worst.
+// end too, but its channel closes in the background, until the Connection's
+// own Close(ctx), which can close the network connection, or the heartbeat
+// timeout ends it. Close the Connection last, with a context of its own.
 //
 // A Publisher opens its channel on its first Publish and again whenever it
 // was lost, retrying with backoff inside the deadline of the Publish that

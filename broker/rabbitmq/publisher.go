@@ -431,7 +431,8 @@ func (p *Publisher) drop(cc *confirmChannel) {
 // up waiting for the broker: it closes its own connection's socket, without
 // the AMQP close handshake (the publishes still waiting fail), and returns
 // an error wrapping ctx's error. On a shared Connection it cannot do that:
-// it returns at ctx's end and leaves the channel to close in the background.
+// it returns at ctx's end and leaves the channel to close in the background,
+// until the Connection's own Close ends it.
 // Close is idempotent; a second call returns once the first is done or its
 // own ctx ends.
 func (p *Publisher) Close(ctx context.Context) error {

@@ -448,8 +448,9 @@ func (s *Source) poke() {
 // connection go, at once or, when the network is what hangs, after its
 // heartbeat timeout. A source on a shared Connection cannot close it: it
 // returns at ctx's end and leaves its channel to close in the background,
-// which on a hung connection takes until the heartbeat timeout (about three
-// Dialer.Heartbeat intervals); the event hook may then be called once more.
+// which on a hung connection takes until Connection.Close gives up on the
+// broker too, or the heartbeat timeout (about three Dialer.Heartbeat
+// intervals); the event hook may then be called once more.
 func (s *Source) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.closed {
