@@ -27,6 +27,8 @@ func TestConformance(t *testing.T) {
 					Prefetch:             true,
 					DelayedRequeue:       true,
 					StaleDeliveries:      true,
+					PublishedID:          true, // the message-id
+					UnknownDestination:   true, // 404 NOT_FOUND for an exchange that does not exist
 				},
 				Setup:   func(t *testing.T) brokertest.Fixture { return conformanceFixture(t, typ) },
 				Timeout: 20 * time.Second,
@@ -64,27 +66,18 @@ func conformanceFixture(t *testing.T, typ string) brokertest.Fixture {
 			_ = ch.Close()
 		}
 	})
-	pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pub.Close(context.Background()) })
 	return brokertest.Fixture{
 		Destination: q,
-		Publish: func(ctx context.Context, msgs ...broker.Message) error {
-			for _, m := range msgs {
-				h := amqp.Table{}
-				for k, v := range m.Header {
-					h[k] = v
-				}
-				err := pub.Publish(ctx, x, string(m.Key), amqp.Publishing{
-					MessageId: m.ID, Body: m.Body, Headers: h, Timestamp: m.Time,
-				})
-				if err != nil {
-					return err
-				}
+		// Publishing to the fanout exchange keeps each message's Key as
+		// its routing key; the default exchange would need the queue name.
+		PublishDestination: x,
+		UnknownDestination: x + ".missing",
+		NewPublisher: func(t *testing.T) broker.Publisher {
+			pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}})
+			if err != nil {
+				t.Fatalf("NewPublisher = %v", err)
 			}
-			return nil
+			return pub
 		},
 		NewSource: func(t *testing.T, prefetch int) broker.Source {
 			cfg := testConfig(q)
