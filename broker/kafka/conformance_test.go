@@ -19,30 +19,30 @@ import (
 // (DeliveryCount, DelayedRequeue); a new member starts again at Attempt 1
 // (no DurableDeliveryCount); MaxInFlight bounds a partition, not a source
 // (no Prefetch). StaleDeliveries is covered by
-// TestDeliveryOutlivingItsGenerationIsFencedAndNotCommitted instead.
+// TestDeliveryOutlivingItsGenerationIsFencedAndNotCommitted instead. The
+// publisher refuses a topic that does not exist (UnknownDestination); a
+// record's ID is its topic/partition/offset, not one the producer sets (no
+// PublishedID).
 func TestConformance(t *testing.T) {
 	e := newEnv(t)
 	t.Logf("running against %s", e.what)
 	var groups atomic.Int64
 	brokertest.Run(t, brokertest.Harness{
-		Capabilities: brokertest.Capabilities{DeliveryCount: true, DelayedRequeue: true},
+		Capabilities: brokertest.Capabilities{DeliveryCount: true, DelayedRequeue: true, UnknownDestination: true},
 		Quiet:        500 * time.Millisecond,
 		Setup: func(t *testing.T) brokertest.Fixture {
 			topic := e.topic(t, "conformance")
 			group := "g-conformance-" + itoa(int(groups.Add(1)))
-			pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: e.brokers, Topic: topic, BatchTimeout: time.Millisecond})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { pub.Close(context.Background()) })
 			return brokertest.Fixture{
-				Destination: topic,
-				Publish: func(ctx context.Context, msgs ...broker.Message) error {
-					ps := make([]*broker.Message, len(msgs))
-					for i := range msgs {
-						ps[i] = &msgs[i]
+				Destination:        topic,
+				PublishDestination: topic,
+				UnknownDestination: topic + ".missing",
+				NewPublisher: func(t *testing.T) broker.Publisher {
+					pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: e.brokers, BatchTimeout: time.Millisecond})
+					if err != nil {
+						t.Fatalf("NewPublisher = %v", err)
 					}
-					return pub.Publish(ctx, ps...)
+					return pub
 				},
 				NewSource: func(t *testing.T, prefetch int) broker.Source {
 					cfg := e.config(topic, group)
