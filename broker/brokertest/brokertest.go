@@ -27,7 +27,7 @@ type Capabilities struct {
 	// Prefetch: a source never has more than its prefetch deliveries handed
 	// out and unsettled; Receive blocks at the bound.
 	Prefetch bool
-	// DelayedRequeue: deliveries implement consumer.DelayedRequeuer.
+	// DelayedRequeue: deliveries implement broker.DelayedRequeuer.
 	DelayedRequeue bool
 	// StaleDeliveries: Fixture.MakeStale can make the outstanding deliveries
 	// of a source stale, and the adapter then redelivers their messages to
@@ -97,7 +97,7 @@ type Fixture struct {
 	DeadLetters func(ctx context.Context, t *testing.T, n int) []broker.Message
 	// MakeStale makes every outstanding delivery of src stale, as a dropped
 	// connection or a rebalance does, and returns when settling them can
-	// only fail with consumer.ErrStaleDelivery. src is a source made by
+	// only fail with broker.ErrStaleDelivery. src is a source made by
 	// NewSource. Required if Capabilities.StaleDeliveries.
 	MakeStale func(t *testing.T, src broker.Source)
 }

@@ -164,9 +164,9 @@ func testClosed(e *env) {
 	d, err := src.Receive(ctx)
 	switch {
 	case err == nil:
-		e.Errorf("Receive after Close delivered %s; want consumer.ErrSourceClosed", describe(d.Message()))
+		e.Errorf("Receive after Close delivered %s; want broker.ErrSourceClosed", describe(d.Message()))
 	case !errors.Is(err, broker.ErrSourceClosed):
-		e.Errorf("Receive after Close = %v; want an error wrapping consumer.ErrSourceClosed", err)
+		e.Errorf("Receive after Close = %v; want an error wrapping broker.ErrSourceClosed", err)
 	}
 }
 
@@ -316,18 +316,18 @@ func testSettleTwice(e *env) {
 	d2 := e.receive(src, "2 messages were published")
 	e.ack(d1)
 	if err := settleOnce(e, "a second Ack", d1.Ack); !errors.Is(err, broker.ErrAlreadySettled) {
-		e.Errorf("Ack after Ack = %v; want an error wrapping consumer.ErrAlreadySettled", err)
+		e.Errorf("Ack after Ack = %v; want an error wrapping broker.ErrAlreadySettled", err)
 	}
 	if err := settleOnce(e, "Requeue after Ack", d1.Requeue); !errors.Is(err, broker.ErrAlreadySettled) {
-		e.Errorf("Requeue after Ack = %v; want an error wrapping consumer.ErrAlreadySettled", err)
+		e.Errorf("Requeue after Ack = %v; want an error wrapping broker.ErrAlreadySettled", err)
 	}
 	e.requeue(d2)
 	if err := settleOnce(e, "Ack after Requeue", d2.Ack); !errors.Is(err, broker.ErrAlreadySettled) {
-		e.Errorf("Ack after Requeue = %v; want an error wrapping consumer.ErrAlreadySettled", err)
+		e.Errorf("Ack after Requeue = %v; want an error wrapping broker.ErrAlreadySettled", err)
 	}
 	dl := func(ctx context.Context) error { return d2.DeadLetter(ctx, broker.Reason{Err: "twice"}) }
 	if err := settleOnce(e, "DeadLetter after Requeue", dl); !errors.Is(err, broker.ErrAlreadySettled) {
-		e.Errorf("DeadLetter after Requeue = %v; want an error wrapping consumer.ErrAlreadySettled", err)
+		e.Errorf("DeadLetter after Requeue = %v; want an error wrapping broker.ErrAlreadySettled", err)
 	}
 	d3 := e.receive(src, "a requeued message must be delivered again, even after a failed second settlement")
 	if got := string(d3.Message().Body); got != string(d2.Message().Body) {
@@ -345,7 +345,7 @@ func testStale(e *env) {
 	err := d.Ack(ctx)
 	cancel()
 	if !errors.Is(err, broker.ErrStaleDelivery) {
-		e.Fatalf("Ack of a delivery made stale = %v; want an error wrapping consumer.ErrStaleDelivery", err)
+		e.Fatalf("Ack of a delivery made stale = %v; want an error wrapping broker.ErrStaleDelivery", err)
 	}
 	d2 := e.receive(src, "the message of a stale delivery must be redelivered once the source recovered")
 	m := d2.Message()
@@ -380,7 +380,7 @@ func testRequeueAfter(e *env) {
 	d := e.receive(src, "a message was published")
 	dr, ok := d.(broker.DelayedRequeuer)
 	if !ok {
-		e.Fatalf("delivery %T does not implement consumer.DelayedRequeuer; Capabilities.DelayedRequeue says it does", d)
+		e.Fatalf("delivery %T does not implement broker.DelayedRequeuer; Capabilities.DelayedRequeue says it does", d)
 	}
 	const delay = 100 * time.Millisecond
 	start := time.Now()

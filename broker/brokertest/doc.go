@@ -1,10 +1,12 @@
 // Package brokertest is the conformance suite of queuekit broker adapters,
 // in the manner of testing/slogtest: an adapter plugs its broker into a
 // Harness, and Run checks, case by case, that it keeps the contract of
-// consumer.Source and consumer.Delivery that the runtime relies on for its
-// promises (at-least-once, nothing lost, never retried forever).
+// broker.Source, broker.Delivery, broker.Publisher and the optional
+// capabilities that the runtime and its users rely on for their promises
+// (at-least-once, nothing lost, never retried forever, a nil Publish means
+// the broker has the messages).
 //
-// Every adapter of this module runs it: broker/memory in its own tests,
+// Every adapter of queuekit runs it: broker/memory in its own tests,
 // broker/rabbitmq against a real server, broker/kafka against an in-process
 // Kafka-protocol cluster. Third-party adapters should run it too.
 //
@@ -12,8 +14,10 @@
 //
 // A Harness declares the adapter's Capabilities and a Setup function that
 // creates a fresh, empty destination for each case and returns a Fixture:
-// how to publish to it, how to open a source on it, how to read what was
-// dead-lettered from it, and (optionally) how to make deliveries stale.
+// how to open a source on it, how to publish to it (a NewPublisher that
+// returns the adapter's broker.Publisher, and the PublishDestination that
+// reaches the fixture's sources; or a Publish function), how to read what
+// was dead-lettered from it, and (optionally) how to make deliveries stale.
 //
 // The package example (Example_adapter) is a complete, compiled harness for
 // broker/memory; its conformance_test.go runs it.
@@ -21,37 +25,66 @@
 // # What is checked
 //
 // Each case is a subtest whose name states the contract, and whose failure
-// messages say what was expected and why. Without any capability, the suite
-// checks: what is published is received with its body, key and headers;
-// Receive returns its context's error when the context ends, and a cancelled
-// Receive loses no message; a blocked Receive returns a message published
-// while it waits; after Close, Receive returns consumer.ErrSourceClosed and a
-// second Close returns nil; an acked message is not delivered again; a
-// requeued message is delivered again; Close gives unsettled deliveries back
-// to a new source; DeadLetter moves a message to the dead-letter destination
-// with the consumer.Reason headers and its own headers; settling twice returns
-// consumer.ErrAlreadySettled and does not panic; 8 goroutines calling Receive
-// at once lose and duplicate none of 500 messages; and the runtime
-// (consumer.New + Run) on the adapter handles every message once, dead-letters
-// a failing message after the delivery budget and a permanent failure at
-// once, and loses no message when its context is cancelled mid-stream.
+// messages say what was expected and why.
+//
+// The Source and Delivery contract, for every adapter: what is published is
+// received with its body, key and headers; Receive returns its context's
+// error when the context ends, and a cancelled Receive loses no message; a
+// blocked Receive returns a message published while it waits; after Close,
+// Receive returns broker.ErrSourceClosed and a second Close returns nil; an
+// acked message is not delivered again; a requeued message is delivered
+// again; Close gives unsettled deliveries back to a new source; Close with a
+// context already cancelled returns within a second and leaves what was not
+// settled to be delivered to a new source; DeadLetter moves a message to
+// the dead-letter destination with the broker.Reason headers and its own
+// headers; settling twice returns broker.ErrAlreadySettled and does not
+// panic; 8 goroutines calling Receive at once lose and duplicate none of 500
+// messages; and the runtime (consumer.New + Run) on the adapter handles
+// every message once, dead-letters a failing message after the delivery
+// budget and a permanent failure at once, and loses no message when its
+// context is cancelled mid-stream.
+//
+// The Publisher contract, when the fixture has a NewPublisher: a batch
+// arrives in order, each message with its key and headers (and its ID, with
+// Capabilities.PublishedID), a message made by broker.NewJSON with its
+// content type, and Publish leaves the messages it was given unchanged;
+// after Close, Publish returns an error wrapping broker.ErrPublisherClosed;
+// Publish returns an error wrapping its context's when the context is
+// cancelled or past its deadline, returns soon after a deadline that passes
+// during a large batch, and works as before afterwards; with
+// Capabilities.UnknownDestination, Publish to Fixture.UnknownDestination
+// returns an error and the publisher goes on working.
+//
+// The optional capabilities of a Source, each checked when the source
+// implements it (a case whose source does not is skipped, naming the
+// interface): broker.Pauser (while paused Receive hands out nothing, a
+// delivery received before Pause can be settled, after Resume the rest
+// arrive, none lost or twice); broker.StatusReporter (Connected once the
+// source received, not connected with an Err after Close);
+// broker.EventSource (the hook set before the first Receive gets
+// EventConnected once the source subscribed, and no call after Close
+// returned); broker.BacklogReporter (Messages reaches the number published,
+// falls to 0 once they were consumed and acked, per-partition figures add
+// up to it, Consumers is at least 1 or -1 for "unknown").
 //
 // Capabilities add cases or strengthen them: DeliveryCount (Attempt grows on
 // requeue; needed for the delivery budget), DurableDeliveryCount (Attempt
 // also grows on redelivery after Close or a stale delivery), Prefetch
-// (Receive blocks at the bound), DelayedRequeue (consumer.DelayedRequeuer)
-// and StaleDeliveries (Fixture.MakeStale; a stale delivery cannot be
-// settled, and its message is redelivered). A case whose capability is not
-// declared is skipped, naming the capability.
+// (Receive blocks at the bound), DelayedRequeue (broker.DelayedRequeuer),
+// StaleDeliveries (Fixture.MakeStale; a stale delivery cannot be settled,
+// and its message is redelivered), PublishedID and UnknownDestination. A case
+// whose capability is not declared is skipped, naming the capability.
 //
 // # Timing
 //
 // The suite waits for what should happen at most Harness.Timeout (10s by
 // default) and typically milliseconds; it waits Harness.Quiet (300ms by
 // default) to be confident that something does not happen (a redelivery of
-// an acked message, a Receive past the prefetch bound). A run of the whole
-// suite against an in-process broker takes a few seconds; cases never assert
-// that something is fast.
+// an acked message, a Receive past the prefetch bound, a Receive on a
+// paused source, a late event). A run of the whole suite against an
+// in-process broker takes a few seconds. Two cases assert a bound, both
+// generous, because the contract is one: Close with a cancelled context
+// returns within 1s, and Publish returns within 1s of a deadline that passed.
 //
 // # Concurrency
 //

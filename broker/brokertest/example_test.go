@@ -25,6 +25,8 @@ func Example_adapter() {
 				Prefetch:             true,
 				DelayedRequeue:       true,
 				StaleDeliveries:      true,
+				PublishedID:          true,
+				// Not UnknownDestination: queues are created on first use.
 			},
 			Setup: func(t *testing.T) brokertest.Fixture {
 				b := memory.NewBroker()
@@ -32,14 +34,11 @@ func Example_adapter() {
 				const queue = "orders"
 				return brokertest.Fixture{
 					Destination: queue,
-					Publish: func(ctx context.Context, msgs ...broker.Message) error {
-						for _, m := range msgs {
-							if err := b.Publish(ctx, queue, &m); err != nil {
-								return err
-							}
-						}
-						return nil
-					},
+					// The adapter's broker.Publisher, and where it publishes
+					// to reach the queue (RabbitMQ: an exchange bound to it).
+					// The suite publishes its test messages with it too.
+					NewPublisher:       func(t *testing.T) broker.Publisher { return b.Publisher() },
+					PublishDestination: queue,
 					NewSource: func(t *testing.T, prefetch int) broker.Source {
 						src, err := b.Source(queue, memory.SourceConfig{Prefetch: prefetch})
 						if err != nil {

@@ -158,7 +158,7 @@ func (b *Broker) Stats(queue string) QueueStats {
 
 // DeadLetters returns copies of the messages dead-lettered from queue, in the
 // order they were dead-lettered, with the reason in their headers (see
-// consumer.Reason.Header). It is a record kept by the broker: consuming
+// broker.Reason.Header). It is a record kept by the broker: consuming
 // DeadLetterQueue(queue) does not change it.
 func (b *Broker) DeadLetters(queue string) []broker.Message {
 	b.mu.Lock()

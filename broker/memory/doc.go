@@ -1,22 +1,39 @@
 // Package memory is an in-process message broker: the embedded default of
-// queuekit, for examples, documentation and tests of code that consumes
-// queues. It has the semantics of a real broker, so that what works on it
-// works on RabbitMQ: named queues, a prefetch bound per subscription, manual
-// acknowledgement, requeue with a delivery count surfaced as
-// consumer.Message.Attempt, a dead-letter queue per queue, and a publisher.
-// It also injects the faults that real brokers produce, so tests can check
-// that no message is lost when they happen.
+// queuekit, for examples, documentation and tests of code that publishes to
+// and consumes from queues. It has the semantics of a real broker, so that
+// what works on it works on RabbitMQ: named queues, a prefetch bound per
+// subscription, manual acknowledgement, requeue with a delivery count
+// surfaced as broker.Message.Attempt, a dead-letter queue per queue, and a
+// publisher. It also injects the faults that real brokers produce, so tests
+// can check that no message is lost when they happen.
 //
-// A Broker holds the queues; Broker.Publish appends to one and
-// Broker.Source subscribes to one. A *Source is a consumer.Source, so it is
-// what consumer.New takes:
+// A Broker holds the queues. Broker.Publisher returns a broker.Publisher
+// that appends to them, and Broker.Source subscribes to one. A *Source is a
+// broker.Source, so it is what consumer.New takes:
 //
 //	b := memory.NewBroker()
+//	pub := b.Publisher()
+//	err := broker.PublishJSON(ctx, pub, "orders", nil, order)
+//
 //	src, err := b.Source("orders", memory.SourceConfig{Prefetch: 8})
 //	c, err := consumer.New(src, handler, consumer.WithConcurrency(8))
 //	err = c.Run(ctx)
 //
-// Nothing is persisted: the queues live as long as the Broker value.
+// Code written against broker.Publisher and broker.Source runs on RabbitMQ
+// or Kafka with only these constructors changed. Nothing is persisted: the
+// queues live as long as the Broker value.
+//
+// # Publishing
+//
+// Publisher.Publish (and Broker.Publish, the same without a Close) copies a
+// batch of messages to the tail of a queue, all of them or none, and returns
+// when they are enqueued: a nil error means a Receive can have them. Each
+// copy's Topic is the queue; its ID is kept, or "<queue>-<n>" when empty;
+// Key and Header are kept as they are, including the content-type header of
+// a message made by broker.NewJSON. Since queues are created on first use,
+// no destination is unknown. After Publisher.Close, that publisher's
+// Publish returns an error wrapping broker.ErrPublisherClosed; the broker
+// and its other publishers go on working.
 //
 // # Lifecycle
 //
@@ -51,6 +68,23 @@
 // blocks until one is settled. When a source closes, its outstanding
 // deliveries go back to the head of the queue, oldest first.
 //
+// # Capabilities
+//
+// A Source implements every optional capability of package broker, as the
+// conformance suite (broker/brokertest) checks:
+//
+//   - broker.Pauser: while paused, Receive hands out nothing; deliveries
+//     already received can still be settled.
+//   - broker.StatusReporter: connected until Close or Cancel.
+//   - broker.EventSource: EventConnected on the first Receive (set the hook
+//     before it, as the runtime does), and the events of the faults below;
+//     never a call after Close returned.
+//   - broker.BacklogReporter: Messages is the queue's ready messages (not
+//     those handed out, nor those waiting out a RequeueAfter delay), as
+//     RabbitMQ counts them; Consumers the sources subscribed to the queue.
+//
+// Its deliveries implement broker.DelayedRequeuer and broker.Releaser.
+//
 // # Fault injection
 //
 // Source.DropConnection makes every outstanding delivery of a source stale
@@ -70,10 +104,12 @@
 // # Errors
 //
 // Receive returns its context's error when the context ends, and
-// consumer.ErrSourceClosed after Close. Settling a delivery twice returns an
-// error wrapping consumer.ErrAlreadySettled; settling a delivery that went
+// broker.ErrSourceClosed after Close. Settling a delivery twice returns an
+// error wrapping broker.ErrAlreadySettled; settling a delivery that went
 // back to the queue (Close, DropConnection, Cancel) returns an error wrapping
-// consumer.ErrStaleDelivery. Invalid configuration is an error wrapping
-// consumer.ErrInvalidConfig. Publish and Source return ErrBrokerClosed after
+// broker.ErrStaleDelivery. Invalid configuration is an error wrapping
+// broker.ErrInvalidConfig. Publish returns its context's error when the
+// context is done, and an error wrapping broker.ErrPublisherClosed after the
+// Publisher's Close. Publish and Source return ErrBrokerClosed after
 // Broker.Close.
 package memory

@@ -2,7 +2,6 @@ package memory_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,32 +9,50 @@ import (
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
-	"github.com/queuekit/queuekit/retry"
 )
 
-// A consumer on the in-memory broker: good messages are acked, a bad payload
-// is dead-lettered at once with the reason in its headers.
+// A publisher and a consumer on the in-memory broker. The publisher is a
+// broker.Publisher and the source a broker.Source: on RabbitMQ or Kafka only
+// the two constructors change. Good orders are acked; a payload that does
+// not decode is dead-lettered at once, with the reason in its headers.
 func Example() {
 	ctx := context.Background()
 	b := memory.NewBroker()
-	for _, body := range []string{`{"id":1}`, `not json`, `{"id":2}`} {
-		if err := b.Publish(ctx, "orders", &broker.Message{Body: []byte(body)}); err != nil {
-			panic(err)
-		}
+	defer b.Close()
+
+	pub := b.Publisher()
+	type Order struct {
+		ID int `json:"id"`
 	}
+	if err := broker.PublishJSON(ctx, pub, "orders", []byte("customer-7"), Order{ID: 1}); err != nil {
+		panic(err)
+	}
+	// A batch: taken all at once, in order.
+	bad := &broker.Message{Body: []byte("not json")}
+	good, err := broker.NewJSON(Order{ID: 2})
+	if err != nil {
+		panic(err)
+	}
+	if err := pub.Publish(ctx, "orders", bad, good); err != nil {
+		panic(err)
+	}
+	if err := pub.Close(ctx); err != nil {
+		panic(err)
+	}
+	err = pub.Publish(ctx, "orders", good)
+	fmt.Println("publish after Close:", errors.Is(err, broker.ErrPublisherClosed))
 
 	src, err := b.Source("orders", memory.SourceConfig{Prefetch: 1})
 	if err != nil {
 		panic(err)
 	}
+	if bl, err := src.Backlog(ctx); err == nil {
+		fmt.Printf("backlog: %d messages, %d consumer\n", bl.Messages, bl.Consumers)
+	}
 	runCtx, stop := context.WithCancel(ctx)
-	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
-		var order struct{ ID int }
-		if err := json.Unmarshal(m.Body, &order); err != nil {
-			return retry.Permanent(errors.New("bad payload"))
-		}
-		fmt.Printf("order %d (attempt %d)\n", order.ID, m.Attempt)
-		if order.ID == 2 {
+	h := consumer.JSON(func(ctx context.Context, m *broker.Message, o Order) error {
+		fmt.Printf("order %d (%s, attempt %d)\n", o.ID, m.Header[broker.HeaderContentType], m.Attempt)
+		if o.ID == 2 {
 			stop() // the last one: stop gracefully; this message is still acked
 		}
 		return nil
@@ -49,14 +66,16 @@ func Example() {
 	}
 
 	for _, m := range b.DeadLetters("orders") {
-		fmt.Printf("dead letter %s: %s (permanent %s)\n", m.Body, m.Header[broker.HeaderError], m.Header[broker.HeaderPermanent])
+		fmt.Printf("dead letter %q (permanent %s)\n", m.Body, m.Header[broker.HeaderPermanent])
 	}
 	s := b.Stats("orders")
 	fmt.Printf("published %d, acked %d, dead-lettered %d, left %d\n", s.Published, s.Acked, s.DeadLettered, s.Ready+s.Unacked)
 	// Output:
-	// order 1 (attempt 1)
-	// order 2 (attempt 1)
-	// dead letter not json: bad payload (permanent true)
+	// publish after Close: true
+	// backlog: 3 messages, 1 consumer
+	// order 1 (application/json, attempt 1)
+	// order 2 (application/json, attempt 1)
+	// dead letter "not json" (permanent true)
 	// published 3, acked 2, dead-lettered 1, left 0
 }
 

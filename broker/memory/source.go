@@ -24,13 +24,13 @@ type SourceConfig struct {
 }
 
 // A Source is a subscription to one queue of a Broker. It implements
-// consumer.Source, consumer.Pauser, consumer.StatusReporter and
-// consumer.EventSource; its deliveries implement consumer.Delivery and
-// consumer.DelayedRequeuer. Several sources of one queue compete for its
+// broker.Source, broker.Pauser, broker.StatusReporter, broker.EventSource
+// and broker.BacklogReporter; its deliveries implement broker.Delivery,
+// broker.DelayedRequeuer and broker.Releaser. Several sources of one queue compete for its
 // messages, like consumers of a RabbitMQ queue.
 //
 // A Source is safe for concurrent use; Receive may be called from many
-// goroutines at once. After Close, Receive returns consumer.ErrSourceClosed.
+// goroutines at once. After Close, Receive returns broker.ErrSourceClosed.
 type Source struct {
 	b        *Broker
 	q        *queue
@@ -56,7 +56,7 @@ type Source struct {
 }
 
 // Source subscribes to queue, creating it on first use. It returns an error
-// wrapping consumer.ErrInvalidConfig if queue is empty or cfg.Prefetch is
+// wrapping broker.ErrInvalidConfig if queue is empty or cfg.Prefetch is
 // negative, and ErrBrokerClosed after Close.
 func (b *Broker) Source(queue string, cfg SourceConfig) (*Source, error) {
 	switch {
@@ -84,7 +84,7 @@ func (s *Source) Queue() string { return s.q.name }
 // Receive returns the next message of the queue, blocking while the queue is
 // empty, the source is paused, or Prefetch deliveries are outstanding. It
 // returns ctx's error when ctx is done first (no message is taken then),
-// consumer.ErrSourceClosed after Close, and an error wrapping the Cancel
+// broker.ErrSourceClosed after Close, and an error wrapping the Cancel
 // error while the subscription is cancelled.
 func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 	// Checked first so that a caller that is stopping does not take a
@@ -177,8 +177,8 @@ func (s *Source) giveBack() {
 
 // Close ends the subscription. Every outstanding delivery goes back to the
 // head of the queue, to be redelivered (to another source) with Attempt+1;
-// settling one afterwards returns an error wrapping consumer.ErrStaleDelivery.
-// Receive returns consumer.ErrSourceClosed, and the event hook is not called
+// settling one afterwards returns an error wrapping broker.ErrStaleDelivery.
+// Receive returns broker.ErrSourceClosed, and the event hook is not called
 // once Close has returned. Close is idempotent and returns nil.
 func (s *Source) Close(context.Context) error {
 	b := s.b
@@ -272,7 +272,7 @@ func (s *Source) emit(e broker.Event) {
 
 // DropConnection simulates a dropped connection, for tests: every
 // outstanding delivery of s becomes stale (settling it returns an error
-// wrapping consumer.ErrStaleDelivery and does nothing) and its message goes
+// wrapping broker.ErrStaleDelivery and does nothing) and its message goes
 // back to the head of the queue, to be redelivered with Attempt+1. The source
 // "reconnects" at once: it emits EventReconnecting (Err ErrConnectionDropped)
 // then EventConnected, and Receive goes on working. It does nothing after Close.
