@@ -36,9 +36,14 @@ func Example() {
 	defer mb.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for _, body := range []string{`{"id":"o-1","quantity":2}`, `{"id":"o-2","quantity":"two"}`, `{"id":"o-3","quantity":0}`} {
-		_ = mb.Publish(ctx, "orders", &broker.Message{Body: []byte(body)})
-	}
+	// 0. Something to consume, published through the broker's
+	// broker.Publisher: PublishJSON for a value, Publish for a raw body (here
+	// one that does not decode).
+	pub := mb.Publisher()
+	defer pub.Close(context.Background())
+	_ = broker.PublishJSON(ctx, pub, "orders", nil, Order{ID: "o-1", Quantity: 2})
+	_ = pub.Publish(ctx, "orders", &broker.Message{Body: []byte(`{"id":"o-2","quantity":"two"}`)})
+	_ = broker.PublishJSON(ctx, pub, "orders", nil, Order{ID: "o-3", Quantity: 0})
 
 	// 1. A handler. 2. Middleware around it.
 	h := consumer.Chain(
@@ -62,7 +67,8 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	// 5. A Supervisor, stopped here once every message is settled.
+	// 5. A Supervisor, stopped here once every message is settled. Add
+	// names the consumer, for its logs, events, metrics and health.
 	sup := &consumer.Supervisor{Logger: quiet}
 	if err := sup.Add("orders", c); err != nil {
 		fmt.Println(err)
