@@ -7,19 +7,34 @@
 //
 // This package holds no code; it is the guided overview. The code is in:
 //
-//   - consumer: the contract (Message, Handler, Middleware, Source, Delivery)
-//     and the runtime (Consumer, Supervisor). Start here.
+//   - consumer: what handler authors and operators use — Handler,
+//     Middleware, Chain, JSON, the runtime (Consumer, Supervisor), its
+//     options and events. Start here.
+//   - broker: the contract between the runtime and the broker adapters, the
+//     way database/sql/driver is for database/sql — Message (what a handler
+//     receives), Publisher (what every broker's publisher implements, with
+//     NewJSON and PublishJSON), Source and Delivery, and the optional
+//     capabilities (Pauser, StatusReporter, EventSource, BacklogReporter,
+//     TopologyDeclarer).
 //   - retry: backoff policies (Exponential, Constant, MaxAttempts, MaxElapsed),
 //     Do, and error classification (Permanent, After).
 //   - middleware: Recover, Retry, Timeout, Log and Metrics, and the order to
-//     put them in.
+//     put them in; middleware/correlation: a correlation id for programs
+//     without tracing.
+//   - health: liveness/readiness probes from Supervisor.Health, the backlog
+//     of each consumer, and a stuck-handler watchdog.
 //   - broker/memory: an in-process broker with a real broker's semantics, for
 //     examples, tests and development.
-//   - broker/rabbitmq and broker/kafka: the adapters for real brokers.
 //   - broker/brokertest: the conformance suite every adapter passes.
-//   - middleware/prometheus, middleware/otel, middleware/correlation and
-//     health: metrics, tracing, correlation ids, and liveness/readiness
-//     probes with a stuck-handler watchdog.
+//
+// And, each in a module of its own so that a program's module graph holds
+// only the clients it uses:
+//
+//   - broker/rabbitmq (amqp091-go) and broker/kafka (kafka-go): the adapters
+//     for real brokers.
+//   - middleware/promqueuekit (Prometheus) and middleware/otelqueuekit
+//     (OpenTelemetry): metrics and tracing, each wired into a consumer with
+//     one line (rec.Options()..., otelqueuekit.Options(system)...).
 //
 // # A consumer in five steps
 //
@@ -27,19 +42,29 @@
 // consumer; run it under a supervisor with a context that ends on SIGTERM:
 //
 //	h := consumer.Chain(middleware.Recover(), middleware.Retry(nil))(
-//		consumer.JSON(func(ctx context.Context, m *consumer.Message, o Order) error {
+//		consumer.JSON(func(ctx context.Context, m *broker.Message, o Order) error {
 //			return store.Save(ctx, o)
 //		}))
-//	src, _ := broker.Source("orders", memory.SourceConfig{Prefetch: 16})
+//	mb := memory.NewBroker()
+//	src, _ := mb.Source("orders", memory.SourceConfig{Prefetch: 16})
 //	c, _ := consumer.New(src, h, consumer.WithConcurrency(8))
 //	sup := &consumer.Supervisor{}
-//	sup.Add("orders", c)
+//	sup.Add("orders", c) // the consumer's one name: logs, metrics, health
 //	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 //	defer stop()
 //	err := sup.Run(ctx)
 //
 // The runnable version is the package example below; examples/quickstart is a
 // complete program.
+//
+// # Publishing
+//
+// Every broker's publisher is a broker.Publisher: Publish(ctx, dest, msgs...)
+// returns once the broker has taken every message (queued; confirmed by
+// RabbitMQ; acknowledged by the Kafka replicas), and broker.PublishJSON
+// publishes a value as JSON for a consumer.JSON handler. Code written against
+// broker.Publisher and broker.Source moves between brokers by changing its
+// constructors only; examples/portable runs one program on all three.
 //
 // # Promises
 //
