@@ -14,6 +14,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/broker/rabbitmq"
 )
 
 // The RabbitMQ tests run the service in a vhost of their own
@@ -94,16 +96,7 @@ func (b *rabbitServer) teardown() error {
 }
 
 func (b *rabbitServer) why() string {
-	return fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", redactURL(b.base), b.dialErr)
-}
-
-// redactURL returns raw without its password.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "QUEUEKIT_AMQP_URL (unparsable)"
-	}
-	return u.Redacted()
+	return fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", rabbitmq.RedactURL(b.base), b.dialErr)
 }
 
 func rabbitmqctl(args ...string) (string, error) {
@@ -131,7 +124,7 @@ func amqpURLForTest(t *testing.T) string {
 		t.Skip(msg)
 	}
 	if testBroker.vhost == "" {
-		t.Logf("rabbitmqctl cannot make a vhost for the tests on %s: running in its own vhost, in queues of the test's own", redactURL(testBroker.base))
+		t.Logf("rabbitmqctl cannot make a vhost for the tests on %s: running in its own vhost, in queues of the test's own", rabbitmq.RedactURL(testBroker.base))
 	}
 	return testBroker.url
 }

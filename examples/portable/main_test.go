@@ -21,6 +21,7 @@ import (
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
+	"github.com/queuekit/queuekit/broker/rabbitmq"
 	"github.com/queuekit/queuekit/consumer"
 )
 
@@ -261,16 +262,7 @@ func (b *rabbitServer) teardown() error {
 }
 
 func (b *rabbitServer) why() string {
-	return fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", redactedBase(b.base), b.dialErr)
-}
-
-// redactedBase returns raw without its password, for the skip message.
-func redactedBase(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "QUEUEKIT_AMQP_URL (unparsable)"
-	}
-	return u.Redacted()
+	return fmt.Sprintf("no RabbitMQ at %s (%v); set QUEUEKIT_AMQP_URL or start rabbitmq-server", rabbitmq.RedactURL(b.base), b.dialErr)
 }
 
 func rabbitmqctl(args ...string) (string, error) {
@@ -299,7 +291,7 @@ func amqpURLForTest(t *testing.T, dest string) string {
 		t.Skip(msg)
 	}
 	if testBroker.vhost == "" {
-		t.Logf("rabbitmqctl cannot make a vhost for the tests on %s: running in its own vhost, on names of the test's own", redactedBase(testBroker.base))
+		t.Logf("rabbitmqctl cannot make a vhost for the tests on %s: running in its own vhost, on names of the test's own", rabbitmq.RedactURL(testBroker.base))
 		t.Cleanup(func() { deleteTopology(t, testBroker.url, dest) })
 	}
 	return testBroker.url
