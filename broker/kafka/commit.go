@@ -51,7 +51,11 @@ func (g *generation) drain() {
 	clear(s.ready[len(kept):])
 	s.ready = kept
 	waiting := g.dispatched
-	if waiting == 0 {
+	// At Close nothing is waited for: the runtime calls Close only after
+	// every delivery it received was settled or abandoned (broker.Source),
+	// so a record still out will not be settled, and waiting for it would
+	// only hold the final commit and the leave back by the whole budget.
+	if waiting == 0 || s.closed {
 		g.closeDrainedLocked()
 	}
 	s.mu.Unlock()

@@ -70,7 +70,7 @@ func (i Isolation) level() kafkago.IsolationLevel {
 
 // Config configures a Source. Brokers, GroupID and Topic are required; every
 // other zero field means the documented default. NewSource validates the
-// config and returns an error wrapping consumer.ErrInvalidConfig instead of
+// config and returns an error wrapping broker.ErrInvalidConfig instead of
 // panicking as kafka-go's NewReader does.
 //
 // The defaults are tuned so that a rebalance or Close never waits for a
@@ -117,13 +117,12 @@ type Config struct {
 	// slower on Kafka.
 	CommitBatch int
 
-	// RebalanceDrainTimeout bounds the drain at the end of a generation: how
-	// long a generation that is ending (a rebalance; or Close, within Close's
-	// ctx) waits for the records it handed out to be settled before it
-	// commits and gives its partitions up. Records still unsettled then are
-	// fenced and redelivered to the partition's next owner. The final commit
-	// of a generation is retried on retriable errors within the same budget
-	// (see the package documentation). It must be less than SessionTimeout
+	// RebalanceDrainTimeout bounds the drain at a rebalance: how long a
+	// generation that is ending waits for the records it handed out to be
+	// settled before it commits and gives its partitions up. Records still
+	// unsettled then are fenced and redelivered to the partition's next
+	// owner. The final commit of a generation (at a rebalance or at Close)
+	// is retried on retriable errors within the same budget. It must be less than SessionTimeout
 	// and RebalanceTimeout, because kafka-go stops heartbeating once a
 	// generation ends. It is not a shutdown budget: the ctx given to Close
 	// (by consumer.Consumer.Shutdown, its own) bounds a shutdown. Default: a

@@ -46,10 +46,10 @@ func (s *Source) newDelivery(rec *record, attempt int) *delivery {
 
 func (d *delivery) Message() *broker.Message { return &d.msg }
 
-// Lease implements consumer.Leased: the context ends when the delivery's
+// Lease implements broker.Leased: the context ends when the delivery's
 // generation is fenced (its partitions were taken away after the drain
 // budget), and the runtime then cancels the handler with cause
-// consumer.ErrStaleDelivery.
+// broker.ErrStaleDelivery.
 func (d *delivery) Lease() context.Context { return d.rec.g.lease }
 
 // claimLocked marks d settled, or says why it cannot be.
@@ -374,7 +374,7 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 var ErrDeadLetterUnwritable = errors.New("kafka: dead letter cannot be written; retrying cannot fix it")
 
 // Headers a Source adds to a dead-lettered record, next to the
-// consumer.Reason headers (x-queuekit-error, -attempts, -source, …).
+// broker.Reason headers (x-queuekit-error, -attempts, -source, …).
 const (
 	// HeaderTopic holds the topic the record was consumed from.
 	HeaderTopic = "x-queuekit-topic"

@@ -42,8 +42,10 @@
 //
 // # Shutdown
 //
-// Close stops intake, drains the last generation as above, commits, leaves
-// the group and waits for every goroutine of the Source. It is bounded by
+// Close stops intake, ends the last generation as above but without waiting
+// for handlers (the consumer runtime calls Close once every delivery was
+// settled or abandoned: a record still out is fenced at once), commits,
+// leaves the group and waits for every goroutine of the Source. It is bounded by
 // its context, like net/http's Server.Shutdown: when the context ends,
 // Close stops waiting for handlers, skips the final commit and the group
 // leave, closes the Source's connections and returns, within about 100 ms,
@@ -56,13 +58,12 @@
 // Worst cases, for a Kubernetes grace period or a systemd TimeoutStopSec:
 //
 //   - Close(ctx) returns at most about 100 ms after ctx ends.
-//   - With a context that never ends, Close can take
-//     RebalanceDrainTimeout (handlers) plus the final commit's retries
-//     (RebalanceDrainTimeout/2 after a failure, each try up to Timeout)
-//     plus the leave (a dial, up to the Dialer's Timeout, and Timeout) —
-//     and while the member is joining, a pending join adds up to Timeout +
-//     RebalanceTimeout. With the defaults that is more than 35 s: always
-//     give Close (or Shutdown) a deadline below the grace period.
+//   - With a context that never ends, Close can take the final commit's
+//     retries (up to RebalanceDrainTimeout, each try up to Timeout) plus
+//     the leave (a dial, up to the Dialer's Timeout, and Timeout) — and
+//     while the member is joining, a pending join adds up to Timeout +
+//     RebalanceTimeout. With the defaults that can pass 35 s: always give
+//     Close (or Shutdown) a deadline below the grace period.
 //
 // Publisher.Close is bounded the same way: when its context ends, the
 // writes still waiting for their acks are cut short (they may or may not

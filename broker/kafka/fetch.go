@@ -456,7 +456,7 @@ const fetchMetadataTTL = time.Second
 // as duplicates (and commit past). Records of the old log waiting for
 // Receive are dropped (they no longer exist in the log); those still out
 // (being handled, or waiting for a delayed requeue) are fenced: settling
-// them returns consumer.ErrStaleDelivery and only frees their lane, which
+// them returns broker.ErrStaleDelivery and only frees their lane, which
 // new records of the same lane wait for, so a lane still has one record out
 // at a time.
 func (g *generation) resetBeyondEnd(p *partition, offset, first, last int64) int64 {

@@ -133,7 +133,7 @@ type generation struct {
 	drained    chan struct{}
 	drainOnce  bool // under s.mu: drained was closed
 
-	// lease is the context of the generation's deliveries (consumer.Leased):
+	// lease is the context of the generation's deliveries (broker.Leased):
 	// endLease cancels it when the generation fences them, so that the
 	// runtime cancels handlers still running on records this member no
 	// longer owns, instead of letting them overlap the new owner's.

@@ -18,11 +18,15 @@ import (
 	"github.com/queuekit/queuekit/broker"
 )
 
-// A Source consumes one topic as a member of a Kafka consumer group and
-// implements consumer.Source (plus StatusReporter, EventSource and
-// DelayedRequeuer on its deliveries). See the package documentation for the
-// guarantees. A Source is safe for concurrent use. It joins the group on the
-// first Receive; after Close it cannot be used again.
+// A Source consumes one topic as a member of a Kafka consumer group. It
+// implements broker.Source and the capabilities broker.Pauser,
+// broker.StatusReporter, broker.EventSource, broker.BacklogReporter and
+// broker.TopologyDeclarer; its deliveries implement broker.DelayedRequeuer,
+// broker.Releaser and broker.Leased. See the package documentation for the
+// guarantees. A Source is safe for concurrent use. The zero value is not
+// usable: make one with NewSource. It joins the group on the first Receive;
+// after Close it cannot be used again (Receive returns
+// broker.ErrSourceClosed).
 type Source struct {
 	cfg    Config
 	log    *slog.Logger
@@ -84,7 +88,7 @@ type Source struct {
 }
 
 // NewSource returns a Source for cfg. It returns an error wrapping
-// consumer.ErrInvalidConfig when cfg is invalid. It does not connect: the
+// broker.ErrInvalidConfig when cfg is invalid. It does not connect: the
 // first Receive joins the group.
 func NewSource(cfg Config) (*Source, error) {
 	cfg.Brokers = append([]string(nil), cfg.Brokers...)
@@ -152,7 +156,7 @@ func errorLogger(l *slog.Logger) func(string, ...any) {
 	}
 }
 
-// SetEventHook implements consumer.EventSource. The hook is called from the
+// SetEventHook implements broker.EventSource. The hook is called from the
 // Source's goroutines, never while a lock is held, and never after Close
 // returned.
 func (s *Source) SetEventHook(f func(broker.Event)) {
@@ -169,7 +173,7 @@ func (s *Source) emit(kind broker.EventKind, err error) {
 	}
 }
 
-// Status implements consumer.StatusReporter: Connected is true while the
+// Status implements broker.StatusReporter: Connected is true while the
 // Source is a member of the group (including during a rebalance); Err is the
 // last error from joining — or, while a member, an error saying that the
 // topic does not exist (or its partitions cannot be read), or one wrapping
@@ -188,7 +192,7 @@ func (s *Source) Status() broker.Status {
 	return st
 }
 
-// Receive implements consumer.Source. It returns the next record whose lane
+// Receive implements broker.Source. It returns the next record whose lane
 // is free: never a record while an earlier record of its lane is unsettled.
 func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 	s.startOnce.Do(s.start)
@@ -229,10 +233,12 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 }
 
 // Close implements broker.Source. It stops intake, ends the current
-// generation as a rebalance does (waits up to RebalanceDrainTimeout for the
-// records handed out, fences the rest, commits what was handled), leaves the
-// group, and waits for every goroutine of the Source. Records not handled
-// are not committed and go to the partitions' next owner.
+// generation — fencing the records still handed out at once: the runtime
+// calls Close only after every delivery it received was settled or
+// abandoned, so none is waited for — commits what was handled (retrying a
+// failed commit within RebalanceDrainTimeout), leaves the group, and waits
+// for every goroutine of the Source. Records not handled are not committed
+// and go to the partitions' next owner.
 //
 // Close is bounded by ctx, like net/http's Server.Shutdown: when ctx ends
 // first, Close stops waiting for handlers, skips the final commit and the
