@@ -131,9 +131,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		// before the run noticed. Stop as a run on ctx would.
 		c.closed = true
 		c.mu.Unlock()
-		if cerr := c.src.Close(context.TODO()); cerr != nil {
-			c.log.Warn("queuekit: closing source", "error", cerr)
-		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopGrace)
+		defer cancel()
+		c.closeSource(cctx)
 		c.emit(Event{Kind: EventStopped})
 		return nil
 	}
@@ -142,6 +142,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.mu.Unlock()
 
 	err := r.run(ctx)
+	defer r.release()
 
 	c.mu.Lock()
 	c.cur = nil
@@ -151,9 +152,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 	closed := c.closed
 	c.mu.Unlock()
 	if closed {
-		if cerr := c.src.Close(context.TODO()); cerr != nil {
-			c.log.Warn("queuekit: closing source", "error", cerr)
-		}
+		// Bounded by what is left of the drain budget, plus stopGrace.
+		c.closeSource(r.hard)
 		c.emit(Event{Kind: EventStopped})
 	}
 	close(r.done)
@@ -166,9 +166,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 }
 
 // Shutdown stops the consumer gracefully, like net/http's Server.Shutdown:
-// it stops intake, waits for in-flight handlers to finish, and returns nil.
-// If ctx is done first, the handlers still running are cancelled with cause
-// ErrDrainTimeout, their messages given back, and Shutdown returns ctx.Err().
+// it stops intake, waits for in-flight handlers to finish, closes the source
+// (which commits what was settled, where the broker needs that) and returns
+// nil. ctx alone bounds it: when ctx is done first, the handlers still
+// running are cancelled with cause ErrDrainTimeout and their messages left to
+// be redelivered, the source is closed without waiting for the broker any
+// longer, and Shutdown returns ctx.Err() — within stopGrace (100 ms) plus, at
+// most, the one settle call each worker may be in (see WithSettleTimeout;
+// for a hung broker the source's Close gives up at once). The consumer's
+// WithDrainTimeout does not apply to Shutdown; with a ctx that is never done,
+// Shutdown waits for every handler, as net/http waits for every connection.
 // Run returns ErrConsumerClosed. Shutdown is idempotent.
 func (c *Consumer) Shutdown(ctx context.Context) error {
 	c.mu.Lock()
@@ -176,38 +183,61 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 	r := c.cur
 	c.mu.Unlock()
 	if r == nil {
-		return c.src.Close(context.TODO())
+		return c.src.Close(ctx)
 	}
 	r.requestStop(true)
-	select {
-	case <-r.done:
-		if r.abandoned > 0 {
-			// The consumer's own drain timeout passed before ctx's deadline.
-			return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.o.name, r.abandoned, ErrDrainTimeout)
-		}
-		return nil
-	case <-ctx.Done():
-		r.requestAbandon(ErrDrainTimeout)
-		<-r.done
+	stop := context.AfterFunc(ctx, func() { r.endBudget(ErrDrainTimeout) })
+	defer stop()
+	<-r.done
+	switch {
+	case ctx.Err() != nil && r.abandoned > 0:
 		return ctx.Err()
+	case r.abandoned > 0:
+		// Run's context ended first, and with it the WithDrainTimeout budget.
+		return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.o.name, r.abandoned, ErrDrainTimeout)
 	}
+	return nil
 }
 
 // Close stops the consumer at once: intake stops, running handlers are
 // cancelled (cause ErrConsumerClosed) and their messages given back to be
-// redelivered. Nothing unsettled is acknowledged. Close is idempotent.
+// redelivered, and the source is closed with stopGrace (100 ms) for what it
+// does on close. Nothing unsettled is acknowledged. Close is idempotent.
 func (c *Consumer) Close() error {
 	c.mu.Lock()
 	c.closed = true
 	r := c.cur
 	c.mu.Unlock()
 	if r == nil {
-		return c.src.Close(context.TODO())
+		ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
+		defer cancel()
+		return c.src.Close(ctx)
 	}
 	r.requestStop(true)
-	r.requestAbandon(ErrConsumerClosed)
+	r.endBudget(ErrConsumerClosed)
 	<-r.done
 	return nil
+}
+
+// stopGrace is how long the stop goes on once the drain budget is spent:
+// settlements in progress and the source's Close (a final commit, a group
+// leave) get that much more, then are given up. What they did not finish
+// the broker delivers again.
+const stopGrace = 100 * time.Millisecond
+
+// closeSource closes the source, bounded by ctx, and logs a failure.
+func (c *Consumer) closeSource(ctx context.Context) {
+	err := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("queuekit: closing a %T source panicked: %v", c.src, p)
+			}
+		}()
+		return c.src.Close(ctx)
+	}()
+	if err != nil {
+		c.log.Warn("queuekit: closing source", "error", safeError(err))
+	}
 }
 
 // Pause stops intake without stopping the consumer: handlers already running
@@ -397,13 +427,25 @@ type run struct {
 	closing    atomic.Bool            // stop requested by Shutdown or Close
 	abandoning atomic.Bool            // the drain deadline passed
 
-	stopOnce    sync.Once
-	stopCh      chan struct{} // closed when the drain must begin
-	abandonOnce sync.Once
-	abandonCh   chan struct{} // closed when handlers must be abandoned now
-	abandonNow  chan struct{} // closed by abandon, after abandoning is set
-	abandonErr  error         // cause for abandonCh; written before it is closed
-	done        chan struct{} // closed when Run returns
+	stopOnce   sync.Once
+	stopCh     chan struct{} // closed when the drain must begin
+	abandonNow chan struct{} // closed by abandon, after abandoning is set
+	done       chan struct{} // closed when Run returns
+
+	// The drain budget: budget is done when the handlers still running
+	// must be abandoned (the cause says why: WithDrainTimeout passed after
+	// Run's ctx ended, Shutdown's ctx ended, or Close). hard is done
+	// stopGrace later: settlements and the source's Close then give up.
+	budget    context.Context
+	endBudget context.CancelCauseFunc
+	hard      context.Context
+	endHard   context.CancelFunc
+	stopWatch func() bool // stops the watch on budget that arms grace
+
+	timerMu    sync.Mutex
+	released   bool        // release ran: arm no timer
+	grace      *time.Timer // ends hard, stopGrace after budget ended
+	drainTimer *time.Timer // ends budget, WithDrainTimeout after Run's ctx ended
 
 	failOnce sync.Once
 	failErr  error // written before stopCh is closed by fail
@@ -422,12 +464,20 @@ func newRun(c *Consumer, ctx context.Context) *run {
 		c:          c,
 		base:       context.WithValue(context.WithoutCancel(ctx), nameKey{}, c.o.name),
 		stopCh:     make(chan struct{}),
-		abandonCh:  make(chan struct{}),
 		abandonNow: make(chan struct{}),
 		done:       make(chan struct{}),
 		slots:      make([]slot, c.o.concurrency),
 	}
 	r.handlerCtx, r.cancelHandlers = context.WithCancelCause(r.base)
+	r.budget, r.endBudget = context.WithCancelCause(r.base)
+	r.hard, r.endHard = context.WithCancel(r.base)
+	r.stopWatch = context.AfterFunc(r.budget, func() {
+		r.timerMu.Lock()
+		defer r.timerMu.Unlock()
+		if !r.released {
+			r.grace = time.AfterFunc(stopGrace, r.endHard)
+		}
+	})
 	if c.paused {
 		r.cur.Store(pausedIntake())
 	} else {
@@ -465,11 +515,30 @@ func (r *run) requestStop(closing bool) {
 	r.stopOnce.Do(func() { close(r.stopCh) })
 }
 
-func (r *run) requestAbandon(cause error) {
-	r.abandonOnce.Do(func() {
-		r.abandonErr = cause
-		close(r.abandonCh)
-	})
+// startDrainTimer starts the WithDrainTimeout budget, once: Run's ctx ended
+// or the source failed. A stop by Shutdown or Close has a budget of its own.
+func (r *run) startDrainTimer() {
+	r.timerMu.Lock()
+	defer r.timerMu.Unlock()
+	if !r.released && r.drainTimer == nil {
+		r.drainTimer = time.AfterFunc(r.c.o.drainTimeout, func() { r.endBudget(ErrDrainTimeout) })
+	}
+}
+
+// release stops the run's timers and ends its contexts, once Run is done.
+func (r *run) release() {
+	r.stopWatch()
+	r.timerMu.Lock()
+	r.released = true
+	if r.grace != nil {
+		r.grace.Stop()
+	}
+	if r.drainTimer != nil {
+		r.drainTimer.Stop()
+	}
+	r.timerMu.Unlock()
+	r.endHard()
+	r.endBudget(nil)
 }
 
 func (r *run) fail(err error) {
@@ -479,7 +548,7 @@ func (r *run) fail(err error) {
 
 func (r *run) run(ctx context.Context) error {
 	c := r.c
-	r.clock = startSettleClock(r.base, c.o.settleTimeout)
+	r.clock = startSettleClock(r.hard, c.o.settleTimeout)
 	defer r.clock.Stop()
 	r.wg.Add(len(r.slots))
 	for i := range r.slots {
@@ -490,6 +559,14 @@ func (r *run) run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case <-r.stopCh:
+	}
+	// The drain budget: WithDrainTimeout from the moment Run's ctx ends (now
+	// or later) or the source failed; a Shutdown's ctx or a Close ends it
+	// too (see Shutdown and Close).
+	stopWatch := context.AfterFunc(ctx, r.startDrainTimer)
+	defer stopWatch()
+	if !r.closing.Load() {
+		r.startDrainTimer()
 	}
 
 	// Phase 1: stop intake. Workers blocked in Receive return; a delivery that
@@ -503,21 +580,21 @@ func (r *run) run(ctx context.Context) error {
 	r.setIntake(&intake{final: true})
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventDraining})
-	c.log.Info("queuekit: draining", "drain_timeout", c.o.drainTimeout)
+	if r.closing.Load() {
+		c.log.Info("queuekit: draining", "budget", "the Shutdown context")
+	} else {
+		c.log.Info("queuekit: draining", "drain_timeout", c.o.drainTimeout)
+	}
 
 	allDone := make(chan struct{})
 	go func() { r.wg.Wait(); close(allDone) }()
-	timer := time.NewTimer(c.o.drainTimeout)
-	defer timer.Stop()
 
-	// Phase 2: wait for in-flight handlers, up to the deadline.
+	// Phase 2: wait for in-flight handlers, up to the end of the budget.
 	abandoned := 0
 	select {
 	case <-allDone:
-	case <-timer.C:
-		abandoned = r.abandon(ErrDrainTimeout)
-	case <-r.abandonCh:
-		abandoned = r.abandon(r.abandonErr)
+	case <-r.budget.Done():
+		abandoned = r.abandon(context.Cause(r.budget))
 	}
 	// Workers that were settling when the deadline passed finish that
 	// settlement (bounded by the settle timeout), then exit; abandoned
@@ -566,7 +643,7 @@ func (r *run) abandon(cause error) int {
 		taken = append(taken, s.d)
 	}
 	r.cancelHandlers(cause)
-	ctx, cancel := context.WithTimeout(r.base, r.c.o.settleTimeout)
+	ctx, cancel := context.WithTimeout(r.hard, r.c.o.settleTimeout)
 	defer cancel()
 	for _, d := range taken {
 		m := d.Message()
@@ -805,7 +882,7 @@ func (r *run) retrySettle(m *broker.Message, op string, err error, try func(cont
 			continue
 		}
 		wait = min(2*wait, settleBackoffMax)
-		ctx, cancel := context.WithTimeout(r.base, r.c.o.settleTimeout)
+		ctx, cancel := context.WithTimeout(r.hard, r.c.o.settleTimeout)
 		err = try(ctx)
 		cancel()
 	}

@@ -365,8 +365,10 @@ func TestRegressionSupervisorDrainTimeoutBoundsShutdown(t *testing.T) {
 		<-ctx.Done()
 		cause.Store(context.Cause(ctx))
 		return ctx.Err()
-	}), consumer.WithLogger(quiet)) // own drain timeout: 30s
-	s := &consumer.Supervisor{DrainTimeout: 200 * time.Millisecond, Logger: quiet}
+	}), consumer.WithLogger(quiet), consumer.WithDrainTimeout(200*time.Millisecond))
+	// Issue 10: the Supervisor has no drain timeout of its own any more; the
+	// consumer's bounds the stop when the Supervisor's ctx ends.
+	s := &consumer.Supervisor{Logger: quiet}
 	s.Add("c", c)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -420,26 +422,31 @@ func TestRegressionSupervisorPauseBeforeRunAndAfterStop(t *testing.T) {
 	t.Logf("health after stop+Pause: %+v", s.Health())
 }
 
-// R8: abandonment by the consumer's own drain deadline during Shutdown is
-// reported by no return value: Run's ErrDrainTimeout is replaced by
-// ErrConsumerClosed, and Shutdown returns nil ("waits for in-flight handlers
-// to finish").
+// R8: an abandonment during Shutdown must be reported by a return value.
+// Since issue 10 Shutdown's budget is its ctx alone (WithDrainTimeout bounds
+// only a stop by Run's ctx): a handler still running when the ctx ends is
+// abandoned, and Shutdown returns the ctx's error.
 func TestRegressionShutdownHidesAbandonment(t *testing.T) {
 	b := memory.NewBroker()
 	publishN(t, b, "q", 1)
 	started := make(chan struct{})
 	c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		close(started)
-		<-ctx.Done() // cooperative: returns at the drain deadline
+		<-ctx.Done() // cooperative: returns when abandoned
 		return ctx.Err()
-	}), consumer.WithLogger(quiet), consumer.WithDrainTimeout(100*time.Millisecond))
+	}), consumer.WithLogger(quiet), consumer.WithDrainTimeout(time.Hour))
 	e := runAsync(c, context.Background())
 	<-started
-	serr := c.Shutdown(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	serr := c.Shutdown(ctx)
 	rerr := <-e
 	t.Logf("Shutdown=%v Run=%v stats=%+v", serr, rerr, b.Stats("q"))
-	if serr == nil && !errors.Is(rerr, consumer.ErrDrainTimeout) {
-		t.Errorf("a handler was abandoned at the drain deadline, yet Shutdown=%v and Run=%v: neither reports ErrDrainTimeout", serr, rerr)
+	if !errors.Is(serr, context.DeadlineExceeded) {
+		t.Errorf("a handler was abandoned when the Shutdown ctx ended, yet Shutdown=%v (Run=%v); want context.DeadlineExceeded", serr, rerr)
+	}
+	if st := b.Stats("q"); st.Acked != 0 || st.Ready != 1 {
+		t.Errorf("stats %+v; want the abandoned message back in the queue", st)
 	}
 }
 
@@ -557,17 +564,16 @@ func TestRegressionSupervisorLeavesFailedConsumersSourceOpen(t *testing.T) {
 	}
 }
 
-// A clean stop reports EventStopped with a nil error whether or not the
-// Supervisor has a DrainTimeout (with one, it stops consumers through
-// Shutdown, whose Run returns ErrConsumerClosed; that is not an error of the
-// runner). Found by the supervisor example.
+// A clean stop reports EventStopped with a nil error, whatever the drain
+// timeout. Found by the supervisor example. (Before issue 10 the Supervisor
+// had a DrainTimeout of its own; the consumer's is the one budget now.)
 func TestRegressionSupervisorCleanStopEventHasNoError(t *testing.T) {
-	for _, drain := range []time.Duration{0, time.Second} {
+	for _, drain := range []time.Duration{30 * time.Second, time.Second} {
 		b := memory.NewBroker()
 		c, _ := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
-			consumer.WithLogger(quiet))
+			consumer.WithLogger(quiet), consumer.WithDrainTimeout(drain))
 		stopped := make(chan consumer.Event, 1)
-		s := &consumer.Supervisor{DrainTimeout: drain, Logger: quiet, OnEvent: func(e consumer.Event) {
+		s := &consumer.Supervisor{Logger: quiet, OnEvent: func(e consumer.Event) {
 			if e.Kind == consumer.EventStopped {
 				stopped <- e
 			}
@@ -587,11 +593,11 @@ func TestRegressionSupervisorCleanStopEventHasNoError(t *testing.T) {
 	}
 }
 
-// A drain that ran out of time is reported in EventStopped.Err whether the
-// deadline is the consumer's own (WithDrainTimeout) or the Supervisor's
-// (DrainTimeout, through Shutdown). Found by review of the fix above.
+// A drain that ran out of time (WithDrainTimeout) is reported in
+// EventStopped.Err. Found by review of the fix above. (Issue 10 removed the
+// Supervisor's own DrainTimeout, the second case this test had.)
 func TestRegressionSupervisorDrainTimeoutIsReportedOnStop(t *testing.T) {
-	for _, viaSupervisor := range []bool{false, true} {
+	{
 		b := memory.NewBroker()
 		publishN(t, b, "q", 1)
 		started, release := make(chan struct{}), make(chan struct{})
@@ -606,9 +612,6 @@ func TestRegressionSupervisorDrainTimeoutIsReportedOnStop(t *testing.T) {
 				stopped <- e
 			}
 		}}
-		if viaSupervisor {
-			s.DrainTimeout = 100 * time.Millisecond
-		}
 		s.Add("c", c)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
@@ -618,7 +621,7 @@ func TestRegressionSupervisorDrainTimeoutIsReportedOnStop(t *testing.T) {
 		within(t, "Supervisor.Run", 10*time.Second, func() { <-done })
 		close(release)
 		if e := <-stopped; !errors.Is(e.Err, consumer.ErrDrainTimeout) {
-			t.Errorf("Supervisor.DrainTimeout set: %v: EventStopped.Err = %v; want ErrDrainTimeout", viaSupervisor, e.Err)
+			t.Errorf("EventStopped.Err = %v; want ErrDrainTimeout", e.Err)
 		}
 	}
 }

@@ -1,0 +1,160 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/memory"
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// hungSource stands for an adapter whose broker stopped answering: its Close
+// blocks until its ctx ends (a final commit or leave that never gets an
+// answer), then returns ctx's error, as the contract asks.
+type hungSource struct {
+	broker.Source
+	closeCalls atomic.Int32
+	closeCtx   atomic.Bool // Close got a ctx that ended
+}
+
+func (s *hungSource) Close(ctx context.Context) error {
+	s.closeCalls.Add(1)
+	// Give the memory source back its deliveries first, as a real adapter
+	// whose connection is cut would.
+	_ = s.Source.Close(ctx)
+	<-ctx.Done()
+	s.closeCtx.Store(true)
+	return ctx.Err()
+}
+
+// Issue 10 item 4: Shutdown is bounded by its context, like net/http's. A
+// handler that ignores its context and a source whose Close hangs: Shutdown
+// with a 300 ms context returns within a generous bound of it (the issue's
+// ~100 ms plus one bounded settle; 1 s here for a loaded machine), Run has
+// returned, the source's Close saw its ctx end, and the message is given
+// back, not acked.
+func TestIssue10ShutdownIsBoundedByItsContext(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	publishN(t, b, "q", 1)
+	src := &hungSource{Source: newSource(t, b, "q", 1)}
+	started, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		close(started)
+		<-release // ignores ctx
+		return nil
+	})
+	c, err := consumer.New(src, h, consumer.WithLogger(quiet), consumer.WithDrainTimeout(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := runAsync(c, context.Background())
+	<-started
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = c.Shutdown(ctx)
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown = %v; want context.DeadlineExceeded", err)
+	}
+	if took > 300*time.Millisecond+time.Second {
+		t.Errorf("Shutdown(300 ms ctx) took %v; want about 300 ms + 100 ms grace", took)
+	}
+	t.Logf("Shutdown(300 ms ctx) with a hung handler and a hung source Close returned after %v", took)
+	select {
+	case err := <-done:
+		if !errors.Is(err, consumer.ErrConsumerClosed) {
+			t.Errorf("Run = %v; want ErrConsumerClosed", err)
+		}
+	default:
+		t.Fatal("Shutdown returned before Run")
+	}
+	if src.closeCalls.Load() != 1 || !src.closeCtx.Load() {
+		t.Errorf("source Close calls = %d, saw its ctx end = %v; want 1, true", src.closeCalls.Load(), src.closeCtx.Load())
+	}
+	if st := b.Stats("q"); st.Acked != 0 || st.Ready != 1 {
+		t.Errorf("queue after Shutdown = %+v; want the message back, unacked", st)
+	}
+}
+
+// Issue 10 item 4: one drain budget. Shutdown's budget is its ctx alone: a
+// WithDrainTimeout shorter than the handler does not cut a Shutdown whose ctx
+// has time left, and the finished handler's message is acked.
+func TestIssue10ShutdownBudgetIsItsContextNotTheDrainTimeout(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	publishN(t, b, "q", 1)
+	src := newSource(t, b, "q", 1)
+	started := make(chan struct{})
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		close(started)
+		select {
+		case <-time.After(300 * time.Millisecond):
+			return nil
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	})
+	c, err := consumer.New(src, h, consumer.WithLogger(quiet), consumer.WithDrainTimeout(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := runAsync(c, context.Background())
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown = %v; want nil (the handler finished within the Shutdown ctx)", err)
+	}
+	<-done
+	if st := b.Stats("q"); st.Acked != 1 {
+		t.Errorf("queue after Shutdown = %+v; want the message acked", st)
+	}
+}
+
+// Issue 10 item 4: when Run's ctx ends, WithDrainTimeout is the whole
+// budget: handlers and the source's Close together. A source whose Close
+// hangs does not hold Run past the drain timeout plus the grace.
+func TestIssue10RunDrainTimeoutBoundsTheSourceClose(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	publishN(t, b, "q", 1)
+	src := &hungSource{Source: newSource(t, b, "q", 1)}
+	handled := make(chan struct{})
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		close(handled)
+		return nil
+	})
+	c, err := consumer.New(src, h, consumer.WithLogger(quiet), consumer.WithDrainTimeout(300*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAsync(c, ctx)
+	<-handled
+	waitFor(t, "the ack", func() bool { return b.Stats("q").Acked == 1 })
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v; want nil (nothing was abandoned)", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return: the source's Close is not bounded by the drain timeout")
+	}
+	took := time.Since(start)
+	if took > 300*time.Millisecond+time.Second {
+		t.Errorf("Run returned %v after its ctx ended; want about the 300 ms drain timeout + 100 ms grace", took)
+	}
+	if !src.closeCtx.Load() {
+		t.Error("the source's Close did not see its ctx end")
+	}
+}
