@@ -74,6 +74,8 @@ func TestPauseStopsFetchingKeepsMembershipAndLosesNothing(t *testing.T) {
 	before, handled := fetches.Load(), seen.distinct()
 	e.produce(t, topic, 200, 200, key)                    // records arrive while paused
 	time.Sleep(cfg.SessionTimeout + 500*time.Millisecond) // longer than the session: heartbeats keep the membership
+	t.Logf("Fetch requests: %d before the pause, %d during %v of pause (after the settle)",
+		before, fetches.Load()-before, cfg.SessionTimeout+500*time.Millisecond)
 	if n := fetches.Load() - before; n != 0 {
 		t.Errorf("%d Fetch requests while paused (after a %v settle); want 0", n, cfg.MaxWait+400*time.Millisecond)
 	}
@@ -99,6 +101,8 @@ func TestPauseStopsFetchingKeepsMembershipAndLosesNothing(t *testing.T) {
 	}
 	waitFor(t, "all 1400 records", 60*time.Second, func() bool { return seen.distinct() == 1400 })
 	time.Sleep(300 * time.Millisecond) // a duplicate would show up by now
+	t.Logf("100 Pause/Resume cycles: %d distinct records handled, %d duplicates, %d rebalances, %d generations",
+		seen.distinct(), seen.duplicates(), rebalanced.Load(), connected.Load())
 	if d := seen.duplicates(); d != 0 {
 		t.Errorf("%d records handled twice across the pauses; want 0", d)
 	}
