@@ -2,8 +2,11 @@ package consumer
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"time"
+
+	"github.com/queuekit/queuekit/broker"
 )
 
 // settleClock hands out the contexts deliveries are settled with. They are
@@ -66,4 +69,173 @@ func (c *settleClock) Context() context.Context { return *c.cur.Load() }
 func (c *settleClock) Stop() {
 	close(c.stop)
 	<-c.done
+}
+
+// recoverSettle turns a panic in a delivery's settlement method (a broken
+// adapter) into that settlement's error, which is tried again and reported
+// like any failed settlement.
+func recoverSettle(d broker.Delivery, err *error) {
+	if p := recover(); p != nil {
+		*err = fmt.Errorf("queuekit: settling a %T delivery panicked: %v", d, p)
+	}
+}
+
+// giveBack returns a delivery no handler has seen (it arrived as intake
+// stopped) to the broker: with Release where the delivery has it, so that it
+// keeps its place and spends no attempt, else with Requeue. A give-back that
+// fails is tried again like any settlement: a delivery left unsettled would
+// hold its prefetch slot for as long as the connection lasts.
+func (r *run) giveBack(d broker.Delivery, m *broker.Message) {
+	r.givenBack.Add(1)
+	err := release(r.clock.Context(), d)
+	if err != nil && retriableSettle(err) {
+		err = r.retrySettle(m, "release", err, func(ctx context.Context) error { return release(ctx, d) })
+	}
+	r.observe(m, SettledGiveBack, err)
+	if err != nil {
+		r.settleFailed(m, "release", err)
+	}
+}
+
+func release(ctx context.Context, d broker.Delivery) (err error) {
+	defer recoverSettle(d, &err)
+	if rl, ok := d.(broker.Releaser); ok {
+		return rl.Release(ctx)
+	}
+	return d.Requeue(ctx)
+}
+
+// settle applies the settlement rules to a finished handler's result.
+func (r *run) settle(d broker.Delivery, m *broker.Message, herr error) {
+	s, delay := r.verdict(m, herr)
+	var reason broker.Reason
+	if s == SettledDeadLetter {
+		reason = r.reason(m, herr)
+	}
+	err := r.apply(r.clock.Context(), d, s, reason, delay)
+	if err != nil && retriableSettle(err) {
+		err = r.retrySettle(m, s.String(), err, func(ctx context.Context) error { return r.apply(ctx, d, s, reason, delay) })
+	}
+	r.settled.Add(1)
+	r.observe(m, s, err)
+	switch {
+	case err == nil:
+		if s == SettledDeadLetter {
+			r.c.emit(Event{Kind: EventDeadLettered, MessageID: m.ID, Err: safeError(herr)})
+		}
+	default:
+		// Stale, already settled, or given up at the drain deadline: the
+		// message stays with the broker, which delivers it again.
+		r.settleFailed(m, s.String(), err)
+	}
+}
+
+// retrySettle tries a settlement that failed with err again. A settlement
+// that failed for another reason than staleness (a slow or briefly
+// unreachable broker) leaves the delivery outstanding, holding a prefetch
+// slot. Try again, with backoff and a fresh context each time, until the
+// broker takes it or the drain deadline passes; the worker takes no new
+// delivery meanwhile, which is right: the broker is sick. While it tries, the
+// consumer reports StateStalled, so that health shows what would otherwise
+// hide behind "running" or "paused".
+func (r *run) retrySettle(m *broker.Message, op string, err error, try func(context.Context) error) error {
+	r.stalled.Add(1)
+	defer r.stalled.Add(-1)
+	wait := settleBackoffMin
+	for err != nil && retriableSettle(err) && !r.abandoning.Load() {
+		r.settleFailed(m, op, err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-r.abandonNow:
+			t.Stop()
+			continue
+		}
+		wait = min(2*wait, settleBackoffMax)
+		ctx, cancel := context.WithTimeout(r.hard, r.c.o.settleTimeout)
+		err = try(ctx)
+		cancel()
+	}
+	return err
+}
+
+// The backoff between tries of a failed settlement.
+const (
+	settleBackoffMin = 50 * time.Millisecond
+	settleBackoffMax = 5 * time.Second
+)
+
+// retriableSettle reports whether trying a failed settlement again may help:
+// not for a stale or already settled delivery, which the broker has taken back.
+func retriableSettle(err error) bool {
+	return !safeIs(err, broker.ErrStaleDelivery) && !safeIs(err, broker.ErrAlreadySettled)
+}
+
+// verdict applies the settlement rules to a finished handler's result.
+func (r *run) verdict(m *broker.Message, herr error) (Settlement, time.Duration) {
+	switch {
+	case r.abandoning.Load():
+		// The handler's context was cancelled because the consumer is
+		// stopping: whatever it returned (a handler may well return nil on
+		// ctx.Done() without having done its work), give the message back.
+		// A duplicate is better than a loss.
+		return SettledGiveBack, 0
+	case herr == nil:
+		return SettledAck, 0
+	}
+	permanent, delay := classify(herr)
+	switch {
+	case permanent || m.Attempt >= r.c.o.maxDeliveries:
+		return SettledDeadLetter, 0
+	case delay > 0:
+		return SettledDelayedRequeue, delay
+	}
+	return SettledRequeue, 0
+}
+
+func (r *run) apply(ctx context.Context, d broker.Delivery, s Settlement, reason broker.Reason, delay time.Duration) (err error) {
+	defer recoverSettle(d, &err)
+	switch s {
+	case SettledAck:
+		return d.Ack(ctx)
+	case SettledDeadLetter:
+		return d.DeadLetter(ctx, reason)
+	case SettledDelayedRequeue:
+		if dr, ok := d.(broker.DelayedRequeuer); ok {
+			return dr.RequeueAfter(ctx, delay)
+		}
+	}
+	return d.Requeue(ctx)
+}
+
+func (r *run) reason(m *broker.Message, herr error) broker.Reason {
+	permanent, _ := classify(herr)
+	reason := broker.Reason{
+		Err:       errorText(herr),
+		Attempts:  max(m.Attempt, 1),
+		Source:    m.Topic,
+		Permanent: permanent,
+		Time:      time.Now(),
+	}
+	r.c.log.Warn("queuekit: dead-lettering message", "topic", m.Topic, "message_id", m.ID,
+		"attempt", reason.Attempts, "outcome", SettledDeadLetter.String(), "permanent", reason.Permanent, "error", reason.Err)
+	return reason
+}
+
+func (r *run) observe(m *broker.Message, s Settlement, err error) {
+	if f := r.c.o.observer; f != nil {
+		defer func() {
+			if p := recover(); p != nil {
+				r.c.log.Error("queuekit: observer panicked; the settlement stands", "topic", m.Topic, "message_id", m.ID,
+					"outcome", s.String(), "panic", fmt.Sprint(p))
+			}
+		}()
+		f(m, s, err)
+	}
+}
+
+func (r *run) settleFailed(m *broker.Message, op string, err error) {
+	r.c.log.Warn("queuekit: settlement failed; the message stays with the broker",
+		"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "outcome", op, "error", err)
+	r.c.emit(Event{Kind: EventSettleFailed, MessageID: m.ID, Err: fmt.Errorf("%s: %w", op, err)})
 }

@@ -1,0 +1,429 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// intake is one period of intake: open (ctx live until intake stops),
+// paused (wake is closed on resume or stop), or final (stopping for good).
+// The current intake is swapped atomically; workers load it once per delivery.
+type intake struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	stopped atomic.Bool   // set before cancel; a delivery received after it is given back
+	wake    chan struct{} // non-nil when paused
+	final   bool
+}
+
+func pausedIntake() *intake { return &intake{wake: make(chan struct{})} }
+
+// slot states: a worker's delivery is idle, being received (the worker is in
+// Receive, or giving back what a Receive returned as intake stopped: Resume
+// waits for it, see awaitGiveBacks), being handled, or abandoned by the
+// drain deadline (the drain gave it back; the worker must not settle it).
+const (
+	slotIdle int32 = iota
+	slotReceiving
+	slotRunning
+	slotAbandoned
+)
+
+type slot struct {
+	state atomic.Int32
+	d     broker.Delivery       // written by the worker before state becomes slotRunning
+	_     [64 - 4 - 16 - 4]byte // one cache line per slot: workers do not share lines
+}
+
+// run is the state of one call to Run.
+type run struct {
+	c              *Consumer
+	base           context.Context // ctx without its cancellation: values only
+	handlerCtx     context.Context
+	cancelHandlers context.CancelCauseFunc
+
+	cur        atomic.Pointer[intake] // guarded for writes by c.mu
+	stopping   atomic.Bool            // intake stopped for good
+	closing    atomic.Bool            // stop requested by Shutdown or Close
+	abandoning atomic.Bool            // the drain deadline passed
+
+	stopOnce   sync.Once
+	stopCh     chan struct{} // closed when the drain must begin
+	abandonNow chan struct{} // closed by abandon, after abandoning is set
+	done       chan struct{} // closed when Run returns
+
+	// The drain budget: budget is done when the handlers still running
+	// must be abandoned (the cause says why: WithDrainTimeout passed after
+	// Run's ctx ended, Shutdown's ctx ended, or Close). hard is done
+	// stopGrace later: settlements and the source's Close then give up.
+	budget    context.Context
+	endBudget context.CancelCauseFunc
+	hard      context.Context
+	endHard   context.CancelFunc
+	stopWatch func() bool // stops the watch on budget that arms grace
+
+	timerMu    sync.Mutex
+	released   bool        // release ran: arm no timer
+	grace      *time.Timer // ends hard, stopGrace after budget ended
+	drainTimer *time.Timer // ends budget, WithDrainTimeout after Run's ctx ended
+
+	failOnce sync.Once
+	failErr  error // written before stopCh is closed by fail
+
+	slots     []slot
+	clock     *settleClock
+	wg        sync.WaitGroup // workers not abandoned
+	settled   atomic.Int64
+	givenBack atomic.Int64
+	stalled   atomic.Int64 // workers retrying a settlement the broker did not take
+	abandoned int          // written by run before done is closed
+}
+
+func newRun(c *Consumer, ctx context.Context) *run {
+	r := &run{
+		c:          c,
+		base:       context.WithValue(context.WithoutCancel(ctx), nameKey{}, c.o.name),
+		stopCh:     make(chan struct{}),
+		abandonNow: make(chan struct{}),
+		done:       make(chan struct{}),
+		slots:      make([]slot, c.o.concurrency),
+	}
+	r.handlerCtx, r.cancelHandlers = context.WithCancelCause(r.base)
+	r.budget, r.endBudget = context.WithCancelCause(r.base)
+	r.hard, r.endHard = context.WithCancel(r.base)
+	r.stopWatch = context.AfterFunc(r.budget, func() {
+		r.timerMu.Lock()
+		defer r.timerMu.Unlock()
+		if !r.released {
+			r.grace = time.AfterFunc(stopGrace, r.endHard)
+		}
+	})
+	if c.paused {
+		r.cur.Store(pausedIntake())
+	} else {
+		r.cur.Store(r.openIntake())
+	}
+	return r
+}
+
+func (r *run) openIntake() *intake {
+	ctx, cancel := context.WithCancel(r.base)
+	return &intake{ctx: ctx, cancel: cancel}
+}
+
+// setIntake replaces the current intake and ends the old one. The caller
+// holds c.mu. Once the drain installed the final intake, nothing replaces it:
+// a Pause or Resume during the drain must not hand workers a new intake.
+func (r *run) setIntake(next *intake) {
+	if r.cur.Load().final {
+		return
+	}
+	old := r.cur.Swap(next)
+	if old.wake != nil {
+		close(old.wake)
+	}
+	if old.cancel != nil {
+		old.stopped.Store(true)
+		old.cancel()
+	}
+}
+
+func (r *run) requestStop(closing bool) {
+	if closing {
+		r.closing.Store(true)
+	}
+	r.stopOnce.Do(func() { close(r.stopCh) })
+}
+
+// startDrainTimer starts the WithDrainTimeout budget, once: Run's ctx ended
+// or the source failed. A stop by Shutdown or Close has a budget of its own.
+func (r *run) startDrainTimer() {
+	r.timerMu.Lock()
+	defer r.timerMu.Unlock()
+	if !r.released && r.drainTimer == nil {
+		r.drainTimer = time.AfterFunc(r.c.o.drainTimeout, func() { r.endBudget(ErrDrainTimeout) })
+	}
+}
+
+// release stops the run's timers and ends its contexts, once Run is done.
+func (r *run) release() {
+	r.stopWatch()
+	r.timerMu.Lock()
+	r.released = true
+	if r.grace != nil {
+		r.grace.Stop()
+	}
+	if r.drainTimer != nil {
+		r.drainTimer.Stop()
+	}
+	r.timerMu.Unlock()
+	r.endHard()
+	r.endBudget(nil)
+}
+
+func (r *run) fail(err error) {
+	r.failOnce.Do(func() { r.failErr = err })
+	r.requestStop(false)
+}
+
+func (r *run) run(ctx context.Context) error {
+	c := r.c
+	r.clock = startSettleClock(r.hard, c.o.settleTimeout)
+	defer r.clock.Stop()
+	r.wg.Add(len(r.slots))
+	for i := range r.slots {
+		go r.work(i)
+	}
+	c.emit(Event{Kind: EventRunning})
+
+	select {
+	case <-ctx.Done():
+	case <-r.stopCh:
+	}
+	// The drain budget: WithDrainTimeout from the moment Run's ctx ends (now
+	// or later) or the source failed; a Shutdown's ctx or a Close ends it
+	// too (see Shutdown and Close).
+	stopWatch := context.AfterFunc(ctx, r.startDrainTimer)
+	defer stopWatch()
+	if !r.closing.Load() {
+		r.startDrainTimer()
+	}
+
+	// Phase 1: stop intake. Workers blocked in Receive return; a delivery that
+	// arrives anyway is given back. In-flight handlers keep their contexts.
+	// Snapshot the counters first: a delivery given back because of the stop
+	// must count in this drain's report.
+	start := time.Now()
+	settledBefore, givenBackBefore := r.settled.Load(), r.givenBack.Load()
+	c.mu.Lock()
+	r.stopping.Store(true)
+	r.setIntake(&intake{final: true})
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventDraining})
+	if r.closing.Load() {
+		c.log.Info("queuekit: draining", "budget", "the Shutdown context")
+	} else {
+		c.log.Info("queuekit: draining", "drain_timeout", c.o.drainTimeout)
+	}
+
+	allDone := make(chan struct{})
+	go func() { r.wg.Wait(); close(allDone) }()
+
+	// Phase 2: wait for in-flight handlers, up to the end of the budget.
+	abandoned := 0
+	select {
+	case <-allDone:
+	case <-r.budget.Done():
+		abandoned = r.abandon(context.Cause(r.budget))
+	}
+	// Workers that were settling when the deadline passed finish that
+	// settlement (bounded by the settle timeout), then exit; abandoned
+	// workers no longer count in r.wg.
+	<-allDone
+	r.cancelHandlers(ErrConsumerClosed) // no-op if already cancelled; releases resources
+	r.abandoned = abandoned
+
+	rep := DrainReport{
+		Handled:   int(r.settled.Load() - settledBefore),
+		GivenBack: int(r.givenBack.Load() - givenBackBefore),
+		Abandoned: abandoned,
+		Duration:  time.Since(start),
+	}
+	c.emit(Event{Kind: EventDrained, Drain: rep})
+	c.log.Info("queuekit: drained", "handled", rep.Handled, "given_back", rep.GivenBack,
+		"abandoned", rep.Abandoned, "duration", rep.Duration)
+
+	switch {
+	case r.failErr != nil:
+		return fmt.Errorf("queuekit: consumer %s: %w", c.o.name, r.failErr)
+	case abandoned > 0:
+		return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.o.name, abandoned, ErrDrainTimeout)
+	}
+	return nil
+}
+
+// abandon cancels the running handlers with cause and gives their messages
+// back (phase 3: settlement with a deadline of its own). It returns how many
+// handlers it abandoned.
+func (r *run) abandon(cause error) int {
+	r.abandoning.Store(true)
+	close(r.abandonNow)
+	// Take every running delivery first, so that each handler still running
+	// at the deadline counts as abandoned, then cancel the handlers: their
+	// results, however quickly they come, are dropped.
+	var taken []broker.Delivery
+	for i := range r.slots {
+		s := &r.slots[i]
+		if !s.state.CompareAndSwap(slotRunning, slotAbandoned) {
+			continue
+		}
+		// The worker no longer counts: it exits, unsettled, whenever its
+		// handler returns, and Run does not wait for it.
+		r.wg.Done()
+		taken = append(taken, s.d)
+	}
+	r.cancelHandlers(cause)
+	ctx, cancel := context.WithTimeout(r.hard, r.c.o.settleTimeout)
+	defer cancel()
+	for _, d := range taken {
+		m := d.Message()
+		err := d.Requeue(ctx)
+		r.observe(m, SettledAbandon, err)
+		if err != nil {
+			r.settleFailed(m, "requeue", err)
+		}
+		r.c.log.Warn("queuekit: handler abandoned at drain deadline; message given back",
+			"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "outcome", SettledAbandon.String(), "cause", cause)
+	}
+	return len(taken)
+}
+
+func (r *run) work(i int) {
+	for {
+		in := r.cur.Load()
+		if in.final {
+			r.wg.Done()
+			return
+		}
+		if in.wake != nil {
+			<-in.wake
+			continue
+		}
+		s := &r.slots[i]
+		s.state.Store(slotReceiving)
+		d, m, err := r.receive(in.ctx)
+		if err != nil {
+			s.state.Store(slotIdle)
+			if in.ctx.Err() != nil && !safeIsFatal(err) {
+				continue // paused or stopping: look at the new intake
+			}
+			if safeIs(err, broker.ErrSourceClosed) {
+				// Someone closed the source under us: restarting cannot help.
+				err = broker.Fatal(err)
+			}
+			r.fail(fmt.Errorf("receive: %w", err))
+			r.wg.Done()
+			return
+		}
+		if in.stopped.Load() {
+			r.giveBack(d, m)
+			s.state.Store(slotIdle)
+			continue
+		}
+		if !r.process(i, d, m) { // process moves the slot from receiving to running
+			return // abandoned: the drain already gave the message back and released us
+		}
+	}
+}
+
+// awaitGiveBacks waits, before a Resume, until no worker is still in a
+// Receive that began before the Pause or still giving back what such a
+// Receive returned. A delivery handed out just as intake stopped is released
+// to the broker by its worker; had the source resubscribed first, the broker
+// would deliver the messages behind it before the release put it back at
+// the head, and order would be lost. The wait is bounded by ctx and by the
+// settle timeout: a give-back that the broker does not take is retried
+// while the consumer runs, and a hook that calls Resume from a worker must
+// not wait for itself.
+func (r *run) awaitGiveBacks(ctx context.Context) {
+	deadline := time.Now().Add(r.c.o.settleTimeout)
+	for i := 0; i < len(r.slots); {
+		if r.slots[i].state.Load() != slotReceiving {
+			i++
+			continue
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// receive takes the next delivery from the source, and its message. The
+// source is user code as much as the handler (a third-party adapter): a
+// panic in Receive or Message, a nil delivery (typed or not) or a nil
+// message is a broken source, which restarting will not mend — a fatal
+// error of the run, never a crash of the process.
+func (r *run) receive(ctx context.Context) (d broker.Delivery, m *broker.Message, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			d, m = nil, nil
+			err = broker.Fatal(fmt.Errorf("queuekit: source %T panicked: %v", r.c.src, p))
+		}
+	}()
+	d, err = r.c.src.Receive(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if d == nil {
+		return nil, nil, broker.Fatal(errors.New("queuekit: source returned a nil delivery and no error"))
+	}
+	if m = d.Message(); m == nil {
+		// A typed nil delivery panics above, in its Message method, or
+		// returns nil here; either way there is nothing to handle or settle.
+		return nil, nil, broker.Fatal(fmt.Errorf("queuekit: source returned a %T delivery with a nil message", d))
+	}
+	return d, m, nil
+}
+
+// process runs the handler on d and settles it. It reports false when the
+// drain deadline abandoned the delivery; the worker must then exit.
+func (r *run) process(i int, d broker.Delivery, m *broker.Message) bool {
+	s := &r.slots[i]
+	s.d = d
+	s.state.Store(slotRunning)
+	// Pairs with abandon: either abandon sees slotRunning and takes the
+	// delivery, or we see abandoning and give it back ourselves.
+	if r.abandoning.Load() {
+		if s.state.CompareAndSwap(slotRunning, slotIdle) {
+			r.giveBack(d, m)
+			r.wg.Done()
+		}
+		return false
+	}
+	hctx, release := r.handlerContext(d)
+	err := r.call(hctx, m)
+	release()
+	if !s.state.CompareAndSwap(slotRunning, slotIdle) {
+		return false
+	}
+	r.settle(d, m, err)
+	return true
+}
+
+// handlerContext is the context a handler of d runs with, and the function
+// to call when the handler returned: the run's handler context, and for a
+// Leased delivery one that also ends with its lease. Only leased deliveries
+// pay for a context of their own.
+func (r *run) handlerContext(d broker.Delivery) (context.Context, func()) {
+	l, ok := d.(broker.Leased)
+	if !ok {
+		return r.handlerCtx, func() {}
+	}
+	lease := l.Lease()
+	if lease == nil {
+		return r.handlerCtx, func() {}
+	}
+	ctx, cancel := context.WithCancelCause(r.handlerCtx)
+	stop := context.AfterFunc(lease, func() { cancel(broker.ErrStaleDelivery) })
+	return ctx, func() { stop(); cancel(nil) }
+}
+
+func (r *run) call(ctx context.Context, m *broker.Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			pe := &PanicError{Value: p, Stack: debug.Stack()}
+			r.c.log.Error("queuekit: handler panicked", "topic", m.Topic, "message_id", m.ID,
+				"attempt", m.Attempt, "outcome", "panic", "panic", fmt.Sprint(p), "stack", string(pe.Stack))
+			err = pe
+		}
+	}()
+	return r.c.h.Handle(ctx, m)
+}
