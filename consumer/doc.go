@@ -1,16 +1,20 @@
-// Package consumer is the contract and the runtime of queuekit: a Consumer
-// takes deliveries from a broker Source, runs a Handler on each with bounded
+// Package consumer is what handler authors and operators use: a Consumer
+// takes deliveries from a broker.Source, runs a Handler on each with bounded
 // concurrency, and settles every delivery for you; a Supervisor runs many
 // consumers tied to one context, restarts the ones that fail, reports their
-// health, and stops them gracefully.
+// health and backlog, and stops them gracefully.
 //
-// The contract has three parts:
+// It has two parts:
 //
-//   - Message, Handler and HandlerFunc, Middleware and Chain: what users write.
-//     A handler is one method, Handle(ctx, *Message) error, like net/http's.
-//   - Source and Delivery: what a broker adapter implements (broker/memory,
-//     broker/rabbitmq, broker/kafka, or your own, checked by broker/brokertest).
-//   - Consumer and Supervisor: the runtime that ties them together.
+//   - Handler and HandlerFunc, Middleware and Chain, JSON: what users write.
+//     A handler is one method, Handle(ctx, *broker.Message) error, like
+//     net/http's.
+//   - Consumer and Supervisor, their options and events: the runtime.
+//
+// What a broker adapter implements — Source, Delivery, Publisher and the
+// optional capabilities — is package broker, the way database/sql/driver is
+// separate from database/sql; the adapters are broker/memory,
+// broker/rabbitmq, broker/kafka, or your own, checked by broker/brokertest.
 //
 // # Acknowledgement
 //
@@ -22,7 +26,7 @@
 //   - any other error: the message is given back to the broker and delivered
 //     again, until it has had WithMaxDeliveries deliveries (default 5); then it
 //     is dead-lettered with the error text, the number of attempts and its
-//     source in headers (HeaderError, HeaderAttempts, HeaderSource…).
+//     source in headers (broker.HeaderError, HeaderAttempts, HeaderSource…).
 //     An error from retry.After is requeued after its delay where the broker
 //     supports it.
 //   - anything, after the consumer began to stop and cancelled the handler's
@@ -42,7 +46,7 @@
 //
 // Message.Attempt counts deliveries, as the broker counts them. A message
 // received just as the consumer paused or stopped, which no handler saw, is
-// given back with Release where the delivery implements Releaser (memory,
+// given back with Release where the delivery implements broker.Releaser (memory,
 // RabbitMQ): it keeps its place and spends no attempt. A message cut off at
 // the drain deadline was seen by its handler, and counts.
 //
@@ -56,14 +60,24 @@
 //
 // Run blocks until its context is done, Shutdown or Close is called, or the
 // source fails. A context that is already done takes nothing: Run closes the
-// source and returns at once. Stopping is in phases: (1) intake stops and readiness turns
-// false; deliveries received but not started are given back; in-flight
-// handlers keep their contexts. (2) At the drain deadline (WithDrainTimeout,
-// or the context given to Shutdown) the handlers still running are cancelled
-// with cause ErrDrainTimeout and their messages given back. (3) Settlement
-// finishes within its own short deadline, and the source is closed. The
-// outcome (handled, given back, abandoned) is logged and reported as an
-// EventDrained.
+// source and returns at once.
+//
+// Stopping is in phases, within one drain budget: (1) intake stops and
+// readiness turns false; deliveries received but not started are given back;
+// in-flight handlers keep their contexts. (2) When the budget ends, the
+// handlers still running are cancelled with cause ErrDrainTimeout and their
+// messages given back. (3) The source is closed (a Kafka source commits what
+// was handled and leaves its group). Settlements still in progress and the
+// source's Close get 100 ms more once the budget has ended, then give up;
+// what they did not finish the broker delivers again. The outcome (handled,
+// given back, abandoned) is logged and reported as an EventDrained.
+//
+// The budget is the context given to Shutdown, like net/http's
+// Server.Shutdown: Shutdown(ctx) returns about 100 ms after ctx ends at the
+// latest, whatever the handlers and the broker do, so that a Kubernetes
+// grace period is never overrun. When Run's own context ends instead, the
+// budget is WithDrainTimeout (default 30 s), counted from that moment. Close
+// has none: it abandons at once.
 //
 // A Supervisor does the same for all its runners when its context is done,
 // and returns only when they have all returned. queuekit installs no signal
@@ -79,10 +93,12 @@
 //
 // # Errors
 //
-// Constructors return errors wrapping ErrInvalidConfig; a Supervisor does not
-// restart a runner failing with such an error, nor one marked with Fatal. The
+// Constructors return errors wrapping broker.ErrInvalidConfig; a Supervisor
+// does not restart a runner failing with such an error, nor one marked with
+// broker.Fatal. The
 // lifecycle errors are ErrConsumerClosed (Run after Shutdown or Close, like
 // net/http's ErrServerClosed) and ErrDrainTimeout (the cause of a handler
-// context cancelled at the drain deadline). Adapters return ErrStaleDelivery
-// when asked to settle a delivery that outlived its connection.
+// context cancelled at the drain deadline). Adapters return
+// broker.ErrStaleDelivery when asked to settle a delivery that outlived its
+// connection.
 package consumer
