@@ -47,8 +47,7 @@
 // settled or abandoned: a record still out is fenced at once), commits,
 // leaves the group and waits for every goroutine of the Source. It is bounded by
 // its context, like net/http's Server.Shutdown: when the context ends,
-// Close stops waiting for handlers, skips the final commit and the group
-// leave, closes the Source's connections and returns, within about 100 ms,
+// Close skips (or stops retrying) the final commit, skips the group leave, closes the Source's connections and returns, within about 100 ms,
 // an error wrapping the context's. Nothing is lost that way: what was not
 // committed is delivered again to the partitions' next owner, once the
 // group coordinator declared this member gone (after Config.SessionTimeout,

@@ -241,8 +241,8 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 // and go to the partitions' next owner.
 //
 // Close is bounded by ctx, like net/http's Server.Shutdown: when ctx ends
-// first, Close stops waiting for handlers, skips the final commit and the
-// group leave, closes every connection of the Source (which makes the
+// first, Close skips (or stops retrying) the final commit, skips the group
+// leave, closes every connection of the Source (which makes the
 // requests kafka-go is blocked on fail at once), waits for its goroutines,
 // which then return promptly, and returns an error wrapping ctx's. Nothing
 // is lost: what was handled since the last commit is handled again by the
