@@ -166,16 +166,9 @@ type Config struct {
 
 	// DeadLetterTopic receives records that failed for good, with the
 	// reason in their headers. Default: Topic + ".dlt". The topic must exist
-	// unless the cluster creates topics automatically.
+	// (Source.DeclareTopology creates it) unless the cluster creates topics
+	// automatically.
 	DeadLetterTopic string
-	// DeadLetterBatchTimeout was the longest a dead-letter write waited for
-	// others to batch with.
-	//
-	// Deprecated: each dead letter is now written in a request of its own
-	// (see DeadLetterMaxBytes), so that a broker's MESSAGE_TOO_LARGE is
-	// about that record alone; nothing waits to batch, and this field has
-	// no effect. It is still validated when set.
-	DeadLetterBatchTimeout time.Duration
 	// DeadLetterMaxBytes, when set, is the largest dead letter (value, key
 	// and headers) the dead-letter writer sends: a larger one fails with
 	// ErrDeadLetterUnwritable without being sent. Zero (the default) sets
@@ -243,9 +236,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.DeadLetterTopic == "" && c.Topic != "" {
 		c.DeadLetterTopic = c.Topic + ".dlt"
-	}
-	if c.DeadLetterBatchTimeout == 0 {
-		c.DeadLetterBatchTimeout = 5 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -318,7 +308,6 @@ func (c *Config) validate() error {
 		{"RebalanceTimeout", c.RebalanceTimeout}, {"JoinGroupBackoff", c.JoinGroupBackoff},
 		{"Timeout", c.Timeout}, {"MaxWait", c.MaxWait},
 		{"PartitionWatchInterval", c.PartitionWatchInterval},
-		{"DeadLetterBatchTimeout", c.DeadLetterBatchTimeout},
 	} {
 		if d.v <= 0 || d.v > maxMillis {
 			return invalid("%s %v out of range", d.name, d.v)

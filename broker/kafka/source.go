@@ -103,9 +103,11 @@ func NewSource(cfg Config) (*Source, error) {
 		// One dead letter per request: a broker's MESSAGE_TOO_LARGE then
 		// is about that record alone, never about others it was batched
 		// with, and so says for sure that retrying cannot fix it.
-		BatchSize:    1,
-		BatchBytes:   deadLetterBatchBytes(cfg.DeadLetterMaxBytes),
-		BatchTimeout: cfg.DeadLetterBatchTimeout,
+		BatchSize:  1,
+		BatchBytes: deadLetterBatchBytes(cfg.DeadLetterMaxBytes),
+		// With BatchSize 1 a dead letter never waits for others; the
+		// timeout only matters if that changes.
+		BatchTimeout: time.Millisecond,
 		WriteTimeout: cfg.Timeout,
 	})
 	if err != nil {
