@@ -142,7 +142,8 @@ func TestBacklogCollectorExportsQueuesAndPartitions(t *testing.T) {
 	addConsumer(t, sup, "mailer", queue)
 	addConsumer(t, sup, "billing", group)
 	addConsumer(t, sup, "down", down)
-	addConsumer(t, sup, "plain", none)
+	// Only the Source interface: no Backlog, so no series.
+	addConsumer(t, sup, "plain", struct{ broker.Source }{none})
 	_ = sup.Add("watchdog", consumer.RunnerFunc(func(ctx context.Context) error { return nil }))
 	col, err := promqueuekit.NewBacklogCollector(sup)
 	if err != nil {

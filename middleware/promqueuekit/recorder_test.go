@@ -193,7 +193,7 @@ func TestRecorderCountsARealRun(t *testing.T) {
 		"queuekit_events_total{consumer=orders,event=starting}":      1, // supervisor, passed to the consumer's hooks
 		"queuekit_events_total{consumer=orders,event=running}":       1, // consumer
 		"queuekit_events_total{consumer=orders,event=reconnecting}":  1, // DropConnection
-		"queuekit_events_total{consumer=orders,event=connected}":     1, // DropConnection
+		"queuekit_events_total{consumer=orders,event=connected}":     2, // first Receive, DropConnection
 		"queuekit_events_total{consumer=orders,event=dead-lettered}": 2,
 		"queuekit_events_total{consumer=orders,event=draining}":      1,
 		"queuekit_events_total{consumer=orders,event=drained}":       1,
