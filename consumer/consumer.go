@@ -35,11 +35,11 @@ import (
 // a goroutine. At the drain deadline its message is given back and its result,
 // whenever it comes, is dropped; Run returns without waiting for it.
 type Consumer struct {
-	src broker.Source
-	h   Handler
-	o   options
-	log *slog.Logger
-	sup atomic.Pointer[func(Event)] // the Supervisor's event sink, if any
+	src   broker.Source
+	h     Handler
+	o     options
+	ident atomic.Pointer[identity]    // the name and logger; Supervisor.Add (Attach) replaces them
+	sup   atomic.Pointer[func(Event)] // the Supervisor's event sink, if any
 
 	backlog backlogCache // the source's backlog, asked at most every BacklogInterval (backlog.go)
 
@@ -76,11 +76,8 @@ func New(src broker.Source, h Handler, opts ...Option) (*Consumer, error) {
 			return nil, fmt.Errorf("%w: middleware returned a nil handler", broker.ErrInvalidConfig)
 		}
 	}
-	c := &Consumer{src: src, h: h, o: o, log: o.logger}
-	if c.log == nil {
-		c.log = slog.Default()
-	}
-	c.log = c.log.With("consumer", o.name)
+	c := &Consumer{src: src, h: h, o: o}
+	c.setName(o.name)
 	if es, ok := src.(broker.EventSource); ok {
 		es.SetEventHook(c.emitSource)
 	}
@@ -101,8 +98,29 @@ func isNil(v any) bool {
 	return false
 }
 
-// Name returns the consumer's name (WithName).
-func (c *Consumer) Name() string { return c.o.name }
+// Name returns the consumer's name: the name Supervisor.Add added it under,
+// else WithName's.
+func (c *Consumer) Name() string { return c.name() }
+
+// identity is a consumer's name and the logger that carries it. It is
+// replaced as a whole, so that events a source emits while Supervisor.Add
+// renames the consumer read one or the other, never half of each.
+type identity struct {
+	name string
+	log  *slog.Logger
+}
+
+// setName makes name the consumer's name, for its logs too.
+func (c *Consumer) setName(name string) {
+	log := c.o.logger
+	if log == nil {
+		log = slog.Default()
+	}
+	c.ident.Store(&identity{name: name, log: log.With("consumer", name)})
+}
+
+func (c *Consumer) name() string         { return c.ident.Load().name }
+func (c *Consumer) logger() *slog.Logger { return c.ident.Load().log }
 
 // Run takes and handles deliveries until ctx is done, Shutdown or Close is
 // called, or the source fails, and then drains (see Lifecycle).
@@ -192,7 +210,7 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 		return ctx.Err()
 	case r.abandoned > 0:
 		// Run's context ended first, and with it the WithDrainTimeout budget.
-		return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.o.name, r.abandoned, ErrDrainTimeout)
+		return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.name(), r.abandoned, ErrDrainTimeout)
 	}
 	return nil
 }
@@ -234,7 +252,7 @@ func (c *Consumer) closeSource(ctx context.Context) {
 		return c.src.Close(ctx)
 	}()
 	if err != nil {
-		c.log.Warn("queuekit: closing source", "error", safeError(err))
+		c.logger().Warn("queuekit: closing source", "error", safeError(err))
 	}
 }
 
@@ -368,14 +386,14 @@ func (c *Consumer) emitSource(e broker.Event) {
 
 func (c *Consumer) emit(e Event) {
 	if e.Runner == "" {
-		e.Runner = c.o.name
+		e.Runner = c.name()
 	}
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
 	if c.o.hook != nil {
 		if p := callHook(c.o.hook, e); p != nil {
-			c.log.Error("queuekit: event hook panicked; the event is lost to it, nothing else", "event", e.Kind.String(), "panic", fmt.Sprint(p))
+			c.logger().Error("queuekit: event hook panicked; the event is lost to it, nothing else", "event", e.Kind.String(), "panic", fmt.Sprint(p))
 		}
 	}
 	if f := c.sup.Load(); f != nil {

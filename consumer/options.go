@@ -100,7 +100,9 @@ func (o *options) validate() error {
 	return nil
 }
 
-// WithName names the consumer in logs and events. Default "consumer".
+// WithName names the consumer in logs, events, metrics and health. Default
+// "consumer". Supervisor.Add replaces it with the name it adds the consumer
+// under, so that a consumer has one name.
 func WithName(name string) Option { return func(o *options) { o.name = name } }
 
 // WithConcurrency sets how many handlers run at once (default 1). It bounds

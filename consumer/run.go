@@ -89,7 +89,7 @@ type run struct {
 func newRun(c *Consumer, ctx context.Context) *run {
 	r := &run{
 		c:          c,
-		base:       context.WithValue(context.WithoutCancel(ctx), nameKey{}, c.o.name),
+		base:       context.WithValue(context.WithoutCancel(ctx), nameKey{}, c.name()),
 		stopCh:     make(chan struct{}),
 		abandonNow: make(chan struct{}),
 		done:       make(chan struct{}),
@@ -208,9 +208,9 @@ func (r *run) run(ctx context.Context) error {
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventDraining})
 	if r.closing.Load() {
-		c.log.Info("queuekit: draining", "budget", "the Shutdown context")
+		c.logger().Info("queuekit: draining", "budget", "the Shutdown context")
 	} else {
-		c.log.Info("queuekit: draining", "drain_timeout", c.o.drainTimeout)
+		c.logger().Info("queuekit: draining", "drain_timeout", c.o.drainTimeout)
 	}
 
 	allDone := make(chan struct{})
@@ -237,14 +237,14 @@ func (r *run) run(ctx context.Context) error {
 		Duration:  time.Since(start),
 	}
 	c.emit(Event{Kind: EventDrained, Drain: rep})
-	c.log.Info("queuekit: drained", "handled", rep.Handled, "given_back", rep.GivenBack,
+	c.logger().Info("queuekit: drained", "handled", rep.Handled, "given_back", rep.GivenBack,
 		"abandoned", rep.Abandoned, "duration", rep.Duration)
 
 	switch {
 	case r.failErr != nil:
-		return fmt.Errorf("queuekit: consumer %s: %w", c.o.name, r.failErr)
+		return fmt.Errorf("queuekit: consumer %s: %w", c.name(), r.failErr)
 	case abandoned > 0:
-		return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.o.name, abandoned, ErrDrainTimeout)
+		return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.name(), abandoned, ErrDrainTimeout)
 	}
 	return nil
 }
@@ -279,7 +279,7 @@ func (r *run) abandon(cause error) int {
 		if err != nil {
 			r.settleFailed(m, "requeue", err)
 		}
-		r.c.log.Warn("queuekit: handler abandoned at drain deadline; message given back",
+		r.c.logger().Warn("queuekit: handler abandoned at drain deadline; message given back",
 			"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "outcome", SettledAbandon.String(), "cause", cause)
 	}
 	return len(taken)
@@ -420,7 +420,7 @@ func (r *run) call(ctx context.Context, m *broker.Message) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			pe := &PanicError{Value: p, Stack: debug.Stack()}
-			r.c.log.Error("queuekit: handler panicked", "topic", m.Topic, "message_id", m.ID,
+			r.c.logger().Error("queuekit: handler panicked", "topic", m.Topic, "message_id", m.ID,
 				"attempt", m.Attempt, "outcome", "panic", "panic", fmt.Sprint(p), "stack", string(pe.Stack))
 			err = pe
 		}

@@ -217,7 +217,7 @@ func (r *run) reason(m *broker.Message, herr error) broker.Reason {
 		Permanent: permanent,
 		Time:      time.Now(),
 	}
-	r.c.log.Warn("queuekit: dead-lettering message", "topic", m.Topic, "message_id", m.ID,
+	r.c.logger().Warn("queuekit: dead-lettering message", "topic", m.Topic, "message_id", m.ID,
 		"attempt", reason.Attempts, "outcome", SettledDeadLetter.String(), "permanent", reason.Permanent, "error", reason.Err)
 	return reason
 }
@@ -226,7 +226,7 @@ func (r *run) observe(m *broker.Message, s Settlement, err error) {
 	if f := r.c.o.observer; f != nil {
 		defer func() {
 			if p := recover(); p != nil {
-				r.c.log.Error("queuekit: observer panicked; the settlement stands", "topic", m.Topic, "message_id", m.ID,
+				r.c.logger().Error("queuekit: observer panicked; the settlement stands", "topic", m.Topic, "message_id", m.ID,
 					"outcome", s.String(), "panic", fmt.Sprint(p))
 			}
 		}()
@@ -235,7 +235,7 @@ func (r *run) observe(m *broker.Message, s Settlement, err error) {
 }
 
 func (r *run) settleFailed(m *broker.Message, op string, err error) {
-	r.c.log.Warn("queuekit: settlement failed; the message stays with the broker",
+	r.c.logger().Warn("queuekit: settlement failed; the message stays with the broker",
 		"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "outcome", op, "error", err)
 	r.c.emit(Event{Kind: EventSettleFailed, MessageID: m.ID, Err: fmt.Errorf("%s: %w", op, err)})
 }

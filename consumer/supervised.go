@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"fmt"
-	"log/slog"
 
 	"github.com/queuekit/queuekit/broker"
 )
@@ -24,20 +23,15 @@ func (c *Consumer) Attach(name string, emit func(Event)) (hook func(Event), err 
 	defer c.mu.Unlock()
 	switch {
 	case c.sup.Load() != nil:
-		return nil, fmt.Errorf("%w: consumer %s was already added to a Supervisor", broker.ErrInvalidConfig, c.o.name)
+		return nil, fmt.Errorf("%w: consumer %s was already added to a Supervisor", broker.ErrInvalidConfig, c.name())
 	case c.cur != nil:
-		return nil, fmt.Errorf("%w: consumer %s is running; add it to the Supervisor before it runs", broker.ErrInvalidConfig, c.o.name)
+		return nil, fmt.Errorf("%w: consumer %s is running; add it to the Supervisor before it runs", broker.ErrInvalidConfig, c.name())
 	case c.closed:
-		return nil, fmt.Errorf("%w: consumer %s was stopped", broker.ErrInvalidConfig, c.o.name)
+		return nil, fmt.Errorf("%w: consumer %s was stopped", broker.ErrInvalidConfig, c.name())
 	}
 	// Written under c.mu, which Run takes before it reads the name (newRun),
 	// so a Run that starts after Attach sees it.
-	c.o.name = name
-	log := c.o.logger
-	if log == nil {
-		log = slog.Default()
-	}
-	c.log = log.With("consumer", name)
+	c.setName(name)
 	if emit != nil {
 		c.sup.Store(&emit)
 	}
@@ -47,7 +41,7 @@ func (c *Consumer) Attach(name string, emit func(Event)) (hook func(Event), err 
 	userHook := c.o.hook
 	return func(e Event) {
 		if p := callHook(userHook, e); p != nil {
-			c.log.Error("queuekit: event hook panicked; the event is lost to it, nothing else", "event", e.Kind.String(), "panic", fmt.Sprint(p))
+			c.logger().Error("queuekit: event hook panicked; the event is lost to it, nothing else", "event", e.Kind.String(), "panic", fmt.Sprint(p))
 		}
 	}, nil
 }
