@@ -187,11 +187,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 // nil. ctx alone bounds it: when ctx is done first, the handlers still
 // running are cancelled with cause ErrDrainTimeout and their messages left to
 // be redelivered, the source is closed without waiting for the broker any
-// longer, and Shutdown returns ctx.Err() — within stopGrace (100 ms) plus, at
-// most, the one settle call each worker may be in (see WithSettleTimeout;
-// for a hung broker the source's Close gives up at once). The consumer's
-// WithDrainTimeout does not apply to Shutdown; with a ctx that is never done,
-// Shutdown waits for every handler, as net/http waits for every connection.
+// longer, and Shutdown returns ctx.Err() about stopGrace (100 ms) later, for
+// settlements in progress and the source's Close to give up (the bound
+// holds for a source whose Close honours its ctx, as broker.Source
+// requires). The consumer's WithDrainTimeout does not apply to Shutdown;
+// with a ctx that is never done, Shutdown waits for every handler, as
+// net/http waits for every connection.
 // Run returns ErrConsumerClosed. Shutdown is idempotent.
 func (c *Consumer) Shutdown(ctx context.Context) error {
 	c.mu.Lock()
@@ -199,7 +200,7 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 	r := c.cur
 	c.mu.Unlock()
 	if r == nil {
-		return c.src.Close(ctx)
+		return c.closeSource(ctx)
 	}
 	r.requestStop(true)
 	stop := context.AfterFunc(ctx, func() { r.endBudget(ErrDrainTimeout) })
@@ -227,7 +228,7 @@ func (c *Consumer) Close() error {
 	if r == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
 		defer cancel()
-		return c.src.Close(ctx)
+		return c.closeSource(ctx)
 	}
 	r.requestStop(true)
 	r.endBudget(ErrConsumerClosed)
@@ -241,8 +242,9 @@ func (c *Consumer) Close() error {
 // the broker delivers again.
 const stopGrace = 100 * time.Millisecond
 
-// closeSource closes the source, bounded by ctx, and logs a failure.
-func (c *Consumer) closeSource(ctx context.Context) {
+// closeSource closes the source, bounded by ctx, and logs and returns a
+// failure; a Close that panics (a broken adapter) is a failure too.
+func (c *Consumer) closeSource(ctx context.Context) error {
 	err := func() (err error) {
 		defer func() {
 			if p := recover(); p != nil {
@@ -252,8 +254,10 @@ func (c *Consumer) closeSource(ctx context.Context) {
 		return c.src.Close(ctx)
 	}()
 	if err != nil {
-		c.logger().Warn("queuekit: closing source", "error", safeError(err))
+		err = safeError(err)
+		c.logger().Warn("queuekit: closing source", "error", err)
 	}
+	return err
 }
 
 // Pause stops intake without stopping the consumer: handlers already running
@@ -309,12 +313,12 @@ func (c *Consumer) resume(ctx context.Context) (bool, error) {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
 	c.mu.Lock()
-	paused := c.paused
+	paused, r := c.paused, c.cur
 	c.mu.Unlock()
 	if !paused {
 		return false, nil
 	}
-	if r := c.cur; r != nil {
+	if r != nil {
 		r.awaitGiveBacks(ctx)
 	}
 	if p, ok := c.src.(broker.Pauser); ok {

@@ -3,7 +3,10 @@ package consumer
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/queuekit/queuekit/broker"
 )
@@ -86,8 +89,8 @@ func defaultOptions() options {
 
 func (o *options) validate() error {
 	switch {
-	case o.name == "":
-		return fmt.Errorf("%w: empty consumer name", broker.ErrInvalidConfig)
+	case checkName(o.name) != nil:
+		return checkName(o.name)
 	case o.concurrency < 1:
 		return fmt.Errorf("%w: concurrency %d, want at least 1", broker.ErrInvalidConfig, o.concurrency)
 	case o.maxDeliveries < 1:
@@ -176,4 +179,19 @@ func WithObserver(f func(m *broker.Message, s Settlement, err error)) Option {
 // handler's own chain is clearer built with Chain.
 func WithMiddleware(mw ...Middleware) Option {
 	return func(o *options) { o.middleware = append(o.middleware, mw...) }
+}
+
+// checkName reports whether name can name a consumer: it becomes a log
+// attribute, a metrics label and a health report key, so it must be
+// non-empty, valid UTF-8 and free of control characters.
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty consumer name", broker.ErrInvalidConfig)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%w: consumer name %q is not valid UTF-8", broker.ErrInvalidConfig, name)
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		return fmt.Errorf("%w: consumer name %q holds a control character", broker.ErrInvalidConfig, name)
+	}
+	return nil
 }

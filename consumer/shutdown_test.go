@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -157,5 +158,72 @@ func TestIssue10RunDrainTimeoutBoundsTheSourceClose(t *testing.T) {
 	}
 	if !src.closeCtx.Load() {
 		t.Error("the source's Close did not see its ctx end")
+	}
+}
+
+// panicCloseSource is a broken adapter whose Close panics.
+type panicCloseSource struct{ broker.Source }
+
+func (panicCloseSource) Close(context.Context) error { panic("close bug") }
+
+// Review of issue 10: Shutdown and Close of a consumer that is not running
+// close the source directly; a Close that panics (a broken adapter) must be
+// an error there too, as it is when Run closes the source, not a crash.
+func TestIssue10ReviewPanickingSourceCloseIsAnError(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	for name, stop := range map[string]func(*consumer.Consumer) error{
+		"Shutdown": func(c *consumer.Consumer) error { return c.Shutdown(context.Background()) },
+		"Close":    func(c *consumer.Consumer) error { return c.Close() },
+	} {
+		c, err := consumer.New(panicCloseSource{newSource(t, b, "q-"+name, 1)}, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
+			consumer.WithLogger(quiet))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stop(c); err == nil || !strings.Contains(err.Error(), "close bug") {
+			t.Errorf("%s of a consumer whose source's Close panics = %v; want an error naming the panic", name, err)
+		}
+	}
+}
+
+// Review of issue 10: a consumer name becomes a log attribute, a metrics
+// label and a health key; a name that is not valid UTF-8 (which made the
+// Prometheus recorder panic on every message) or holds control characters
+// is a configuration error from New.
+func TestIssue10ReviewInvalidNameIsAConfigError(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	for _, name := range []string{"", "caf\xe9", "a\nb", "tab\there"} {
+		_, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
+			consumer.WithName(name))
+		if !errors.Is(err, broker.ErrInvalidConfig) {
+			t.Errorf("New(WithName(%q)) = %v; want ErrInvalidConfig", name, err)
+		}
+	}
+	if _, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
+		consumer.WithName("orders-é")); err != nil {
+		t.Errorf("New(WithName(%q)) = %v; want nil", "orders-é", err)
+	}
+}
+
+// Review of issue 10: Resume read the consumer's current run without its
+// lock while Run ended (go test -race reported it). Resume and the end of
+// Run, over and over.
+func TestIssue10ReviewResumeRacesTheEndOfRun(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	for range 50 {
+		c, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
+			consumer.WithLogger(quiet))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := runAsync(c, ctx)
+		_ = c.Pause(context.Background())
+		go cancel()
+		_ = c.Resume(context.Background())
+		<-done
 	}
 }
