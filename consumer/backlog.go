@@ -44,6 +44,14 @@ var ErrNoBacklog = errors.New("queuekit: no backlog to report")
 // (package health) and metrics (promqueuekit) read this method, so one cache
 // serves both.
 //
+// A call whose ctx is already done returns ctx's error without asking the
+// broker. Negative numbers from the source are clamped rather than reported
+// as an error: a lag below zero (Kafka: a commit read after the high
+// watermark it overtook) means nothing waits, and an error would hide the
+// partitions that were read right. A negative lag becomes 0, a negative
+// consumer count -1 (not known), and when there are partitions, Messages is
+// the sum of their clamped lags.
+//
 // Backlog may be called at any time, from any goroutine, also before Run and
 // while the consumer is paused. The caller gets a Partitions map of its own.
 func (c *Consumer) Backlog(ctx context.Context) (broker.Backlog, error) {
@@ -73,6 +81,9 @@ type backlogCall struct {
 }
 
 func (b *backlogCache) get(ctx context.Context, br broker.BacklogReporter) (broker.Backlog, error) {
+	if err := ctx.Err(); err != nil {
+		return broker.Backlog{}, err
+	}
 	b.mu.Lock()
 	if l := b.last; l != nil {
 		ttl := BacklogInterval
@@ -115,7 +126,7 @@ func (b *backlogCache) fetch(ctx context.Context, br broker.BacklogReporter, cal
 	func() {
 		defer func() {
 			if p := recover(); p != nil {
-				call.val, call.err = broker.Backlog{}, fmt.Errorf("queuekit: Backlog of source %T panicked: %v", br, p)
+				call.val, call.err = broker.Backlog{}, fmt.Errorf("queuekit: Backlog of %T panicked: %v", br, p)
 			}
 		}()
 		call.val, call.err = br.Backlog(ctx)
@@ -123,6 +134,8 @@ func (b *backlogCache) fetch(ctx context.Context, br broker.BacklogReporter, cal
 	if call.err != nil {
 		call.val = broker.Backlog{}
 		call.err = fmt.Errorf("queuekit: backlog: %w", safeError(call.err))
+	} else {
+		call.val = clampBacklog(call.val)
 	}
 	call.at = time.Now()
 	b.mu.Lock()
@@ -137,4 +150,26 @@ func (c *backlogCall) result() (broker.Backlog, error) {
 	v := c.val
 	v.Partitions = maps.Clone(v.Partitions)
 	return v, c.err
+}
+
+// clampBacklog clamps what a source answered (see Consumer.Backlog): a
+// negative lag to 0, a negative consumer count to -1, and with partitions,
+// Messages to the sum of their clamped lags. The Partitions map is a copy.
+func clampBacklog(v broker.Backlog) broker.Backlog {
+	v.Messages = max(v.Messages, 0)
+	v.Consumers = max(v.Consumers, -1)
+	if v.Partitions != nil {
+		parts := make(map[int]int64, len(v.Partitions))
+		var sum int64
+		for p, n := range v.Partitions {
+			n = max(n, 0)
+			parts[p] = n
+			sum += n
+		}
+		v.Partitions = parts
+		if len(parts) > 0 {
+			v.Messages = sum
+		}
+	}
+	return v
 }

@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -136,4 +137,43 @@ func TestBacklogOfASourceWithoutOne(t *testing.T) {
 	if _, err := c.Backlog(context.Background()); !errors.Is(err, consumer.ErrNoBacklog) {
 		t.Errorf("Backlog() of a source that is no BacklogReporter = %v; want ErrNoBacklog", err)
 	}
+}
+
+// Review round 3, item 9: a source may answer with negative numbers (a
+// Kafka lag read while a commit overtakes the high watermark it read): they
+// are clamped, a negative lag to 0 and a negative consumer count to -1 (not
+// known), and the total is the sum of the clamped partitions.
+func TestBacklogClampsNegativeAnswers(t *testing.T) {
+	src := &backlogSource{answer: broker.Backlog{Messages: -3, Consumers: -7, Partitions: map[int]int64{0: -5, 1: 2}}}
+	c := newBacklogConsumer(t, src)
+	got, err := c.Backlog(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := broker.Backlog{Messages: 2, Consumers: -1, Partitions: map[int]int64{0: 0, 1: 2}}
+	if got.Messages != want.Messages || got.Consumers != want.Consumers || !maps.Equal(got.Partitions, want.Partitions) {
+		t.Errorf("Backlog() = %+v; want %+v", got, want)
+	}
+	src2 := &backlogSource{answer: broker.Backlog{Messages: -1, Consumers: 0}}
+	if got, err := newBacklogConsumer(t, src2).Backlog(context.Background()); err != nil || got.Messages != 0 || got.Consumers != 0 {
+		t.Errorf("Backlog() of a queue answering -1 messages = %+v, %v; want 0 messages", got, err)
+	}
+}
+
+// Review round 3, item 9: a call whose ctx is already done returns its
+// error without asking the broker.
+func TestBacklogWithADoneContextAsksNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &backlogSource{answer: broker.Backlog{Messages: 1}}
+		c := newBacklogConsumer(t, src)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := c.Backlog(ctx); !errors.Is(err, context.Canceled) {
+			t.Errorf("Backlog(done ctx) = %v; want context.Canceled", err)
+		}
+		synctest.Wait() // a call wrongly started has reached the source
+		if n := src.calls.Load(); n != 0 {
+			t.Errorf("Backlog(done ctx) asked the broker %d times; want 0", n)
+		}
+	})
 }

@@ -13,11 +13,12 @@ import (
 // Supervisor's emit as well as to its own hooks, and its hooks (WithEventHook)
 // receive the Supervisor's events about it (starting, failed, restarting).
 //
-// Attach returns an error wrapping broker.ErrInvalidConfig when the consumer
-// was already added to a Supervisor, is running or has stopped.
+// Attach returns an error wrapping broker.ErrInvalidConfig when name is not
+// a valid name (see WithName), or the consumer was already added to a
+// Supervisor, is running or has stopped.
 func (c *Consumer) Attach(name string, emit func(Event)) (hook func(Event), err error) {
-	if name == "" {
-		return nil, fmt.Errorf("%w: empty consumer name", broker.ErrInvalidConfig)
+	if err := checkName(name); err != nil {
+		return nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -26,6 +26,9 @@ import (
 // broker.Pauser (Supervisor.Pause and Resume) and
 // Backlog(ctx) (broker.Backlog, error) (Supervisor.Backlog). *Consumer
 // implements them all.
+//
+// A runner that returns an error wrapping ErrAlreadyRunning (a *Consumer
+// that is also run by hand) fails fatally: restarting cannot fix it.
 type Runner interface {
 	Run(ctx context.Context) error
 }
@@ -47,9 +50,13 @@ type Supervised interface {
 	// its OnEvent hook). The Supervisor reports the runner's stops itself:
 	// an EventStopped passed to emit is dropped.
 	//
+	// Attach may call emit before it returns.
+	//
 	// Attach returns the runner's own event hook, or nil: the Supervisor
 	// calls it with its events about the runner (EventStarting,
-	// EventFailed, EventRestarting), synchronously, so that hooks set on the
+	// EventFailed, EventRestarting, and EventStopped when the Supervisor
+	// stops a runner that is not running: in its restart delay, or when the
+	// restart policy gave up), synchronously, so that hooks set on the
 	// runner see its whole life; it must not block. An error from Attach
 	// fails Add.
 	Attach(name string, emit func(Event)) (hook func(Event), err error)
@@ -120,13 +127,21 @@ type Supervisor struct {
 	entries []*entry
 	byName  map[string]*entry
 	started bool
-	events  chan Event // non-nil while Run delivers events
+
+	// evMu guards events, apart from mu: emit may be called from inside a
+	// runner's Attach, which Add calls holding mu.
+	evMu   sync.Mutex
+	events chan Event // non-nil while Run delivers events
 }
 
 type entry struct {
 	name string
 	r    Runner
 	hook func(Event) // the runner's own event hook (Supervised.Attach), or nil
+
+	// backlog guards and rate-limits the Backlog method of a runner other
+	// than a *Consumer (whose Backlog has a cache of its own).
+	backlog backlogCache
 
 	mu       sync.Mutex
 	state    State
@@ -150,17 +165,21 @@ func (e *entry) set(s State, err error) {
 // (see Supervised). A runner must be added before it first runs, and to one
 // Supervisor only.
 //
+// A name must be non-empty, valid UTF-8 and free of control characters: it
+// becomes a log attribute, a metrics label value and a health report key.
+//
 // Add returns an error wrapping broker.ErrInvalidConfig for a nil runner, an
-// empty or duplicate name, or a runner whose Attach fails (a *Consumer that
-// is running, stopped, or added already); and an error when Run has started.
+// invalid or duplicate name, or a runner whose Attach fails, whatever its
+// error (a *Consumer that is running, stopped, or added already); and an
+// error when Run has started.
 func (s *Supervisor) Add(name string, r Runner) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case r == nil:
 		return fmt.Errorf("%w: nil runner %q", broker.ErrInvalidConfig, name)
-	case name == "":
-		return fmt.Errorf("%w: empty runner name", broker.ErrInvalidConfig)
+	case checkName(name) != nil:
+		return fmt.Errorf("queuekit: supervisor: Add: %w", checkName(name))
 	case s.byName[name] != nil:
 		return fmt.Errorf("%w: duplicate runner name %q", broker.ErrInvalidConfig, name)
 	case s.started:
@@ -178,8 +197,11 @@ func (s *Supervisor) Add(name string, r Runner) error {
 			ev.Runner = name
 			s.emit(ev)
 		})
-		if err != nil {
+		switch {
+		case err != nil && errors.Is(err, broker.ErrInvalidConfig):
 			return fmt.Errorf("queuekit: supervisor: Add(%q): %w", name, err)
+		case err != nil:
+			return fmt.Errorf("%w: supervisor: Add(%q): %w", broker.ErrInvalidConfig, name, safeError(err))
 		}
 		e.hook = hook
 	}
@@ -215,9 +237,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	entries := s.entries
 	var evDone chan struct{}
 	if s.OnEvent != nil {
-		s.events = make(chan Event, 1024)
+		events := make(chan Event, 1024)
 		evDone = make(chan struct{})
-		go s.deliver(s.events, evDone)
+		go s.deliver(events, evDone)
+		s.evMu.Lock()
+		s.events = events
+		s.evMu.Unlock()
 	}
 	s.mu.Unlock()
 
@@ -236,10 +261,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	wg.Wait()
 
 	if evDone != nil {
-		s.mu.Lock()
+		s.evMu.Lock()
 		close(s.events)
 		s.events = nil
-		s.mu.Unlock()
+		s.evMu.Unlock()
 		<-evDone
 	}
 	if err := context.Cause(ctx); broker.IsFatal(err) {
@@ -288,7 +313,9 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		if pe, ok := err.(*PanicError); ok {
 			log.Error("queuekit: runner panicked", "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
 		}
-		if safeIsFatal(err) {
+		if safeIsFatal(err) || safeIs(err, ErrAlreadyRunning) {
+			// ErrAlreadyRunning: the runner (a *Consumer) is also run by
+			// someone else; restarting it cannot fix that.
 			log.Error("queuekit: runner failed fatally; stopping the supervisor", "error", err)
 			fatal(broker.Fatal(fmt.Errorf("runner %s: %w", e.name, err)))
 			return
@@ -300,7 +327,9 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		if d == backoff.Stop {
 			log.Error("queuekit: runner failed; restart policy gave up", "error", err)
 			e.set(StateStopped, err)
-			s.emit(Event{Kind: EventStopped, Runner: e.name, Err: err})
+			// The runner is not running to report its stop: its hook hears
+			// it from here.
+			s.emitFor(e, Event{Kind: EventStopped, Runner: e.name, Err: err})
 			return
 		}
 		e.mu.Lock()
@@ -315,7 +344,7 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 		case <-ctx.Done():
 			t.Stop()
 			e.set(StateStopped, nil)
-			s.emit(Event{Kind: EventStopped, Runner: e.name})
+			s.emitFor(e, Event{Kind: EventStopped, Runner: e.name})
 			return
 		}
 	}
@@ -395,16 +424,29 @@ func (s *Supervisor) runner(name string) (Runner, error) {
 // was never added, and one wrapping ErrNoBacklog for a runner without a
 // Backlog method or whose source reports none. Package health's full report
 // and promqueuekit's backlog collector read it for every runner.
+//
+// The Backlog method of a runner other than a *Consumer is called as
+// Consumer.Backlog calls its source's: at most once per BacklogInterval
+// (once a second after an error), one call at a time, each bounded by 2 s;
+// a panic in it is returned as an error, and Backlog returns when ctx is
+// done even if the method does not.
 func (s *Supervisor) Backlog(ctx context.Context, name string) (broker.Backlog, error) {
-	r, err := s.runner(name)
-	if err != nil {
-		return broker.Backlog{}, err
+	s.mu.Lock()
+	e := s.byName[name]
+	s.mu.Unlock()
+	if e == nil {
+		return broker.Backlog{}, fmt.Errorf("%w: %q", ErrUnknownRunner, name)
 	}
-	br, ok := r.(broker.BacklogReporter)
-	if !ok {
-		return broker.Backlog{}, fmt.Errorf("%w: runner %q (%T) has no Backlog method", ErrNoBacklog, name, r)
+	switch r := e.r.(type) {
+	case *Consumer:
+		if r == nil {
+			break
+		}
+		return r.Backlog(ctx) // guarded and cached by the consumer
+	case broker.BacklogReporter:
+		return e.backlog.get(ctx, r)
 	}
-	return br.Backlog(ctx)
+	return broker.Backlog{}, fmt.Errorf("%w: runner %q (%T) has no Backlog method", ErrNoBacklog, name, e.r)
 }
 
 // emitFor reports one of the Supervisor's events about runner e (starting,
@@ -425,8 +467,8 @@ func (s *Supervisor) emit(ev Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
 	if s.events == nil {
 		return
 	}

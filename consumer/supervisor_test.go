@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
@@ -458,4 +460,227 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Review of issue 10 (round 3), item 1: a runner name becomes a log
+// attribute, a metrics label value and a health key; one that is not valid
+// UTF-8 or holds a control character is refused by Add and by Attach.
+func TestSupervisorAddRejectsInvalidNames(t *testing.T) {
+	r := consumer.RunnerFunc(func(ctx context.Context) error { return nil })
+	for _, name := range []string{"caf\xe9", "a\nb", "tab\there"} {
+		sup := &consumer.Supervisor{}
+		if err := sup.Add(name, r); !errors.Is(err, broker.ErrInvalidConfig) {
+			t.Errorf("Add(%q) = %v; want ErrInvalidConfig", name, err)
+		}
+		if h := sup.Health(); len(h.Runners) != 0 {
+			t.Errorf("Add(%q) left a runner: %+v", name, h)
+		}
+		c := newBacklogConsumer(t, &backlogSource{})
+		if _, err := c.Attach(name, nil); !errors.Is(err, broker.ErrInvalidConfig) {
+			t.Errorf("Attach(%q) = %v; want ErrInvalidConfig", name, err)
+		}
+		if c.Name() == name {
+			t.Errorf("a refused Attach(%q) renamed the consumer", name)
+		}
+	}
+}
+
+// plainAttach is a Supervised runner whose Attach fails with an error of
+// its own, that does not wrap broker.ErrInvalidConfig.
+type plainAttach struct{ consumer.RunnerFunc }
+
+func (plainAttach) Attach(string, func(consumer.Event)) (func(consumer.Event), error) {
+	return nil, errors.New("not today")
+}
+
+// Review round 3, item 5: Add's doc says a failing Attach is invalid
+// configuration, whatever the runner's error wraps.
+func TestSupervisorAddWrapsAPlainAttachError(t *testing.T) {
+	sup := &consumer.Supervisor{}
+	err := sup.Add("x", plainAttach{})
+	if !errors.Is(err, broker.ErrInvalidConfig) || !strings.Contains(fmt.Sprint(err), "not today") {
+		t.Errorf("Add of a runner whose Attach fails with a plain error = %v; want it wrapped in ErrInvalidConfig", err)
+	}
+}
+
+// emitsInAttach calls emit from inside Attach, as a runner that reports its
+// state at once may.
+type emitsInAttach struct{ consumer.RunnerFunc }
+
+func (emitsInAttach) Attach(_ string, emit func(consumer.Event)) (func(consumer.Event), error) {
+	emit(consumer.Event{Kind: consumer.EventConnected})
+	return nil, nil
+}
+
+// Review round 3, item 3: Add held the Supervisor's lock while it called
+// Attach, and emit takes that lock: an Attach that emits deadlocked Add.
+func TestSupervisorAddOfARunnerThatEmitsInAttach(t *testing.T) {
+	sup := &consumer.Supervisor{OnEvent: func(consumer.Event) {}}
+	done := make(chan error, 1)
+	go func() { done <- sup.Add("x", emitsInAttach{}) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Add did not return within 10s: it deadlocks when Attach calls emit")
+	}
+}
+
+// customBacklog is a runner of another kind than *Consumer with a Backlog
+// method of its own, that panics, or hangs ignoring its context until
+// release is closed.
+type customBacklog struct {
+	consumer.RunnerFunc
+	panics  bool
+	release chan struct{}
+	calls   atomic.Int64
+}
+
+func (r *customBacklog) Backlog(ctx context.Context) (broker.Backlog, error) {
+	r.calls.Add(1)
+	if r.panics {
+		panic("runner backlog boom")
+	}
+	<-r.release
+	return broker.Backlog{Messages: 1}, nil
+}
+
+// Review round 3, item 2: Supervisor.Backlog called a custom runner's
+// Backlog unprotected. A panic there must be an error (health's full report
+// and the Prometheus collector call it: a panic would kill the process),
+// and a hang must not keep the caller past its ctx.
+func TestSupervisorBacklogOfACustomRunnerIsGuarded(t *testing.T) {
+	panics := &customBacklog{panics: true}
+	hangs := &customBacklog{release: make(chan struct{})}
+	defer close(hangs.release)
+	sup := &consumer.Supervisor{}
+	_ = sup.Add("panics", panics)
+	_ = sup.Add("hangs", hangs)
+
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				t.Errorf("Supervisor.Backlog panicked: %v", p)
+			}
+		}()
+		if _, err := sup.Backlog(context.Background(), "panics"); err == nil || !strings.Contains(err.Error(), "runner backlog boom") {
+			t.Errorf("Backlog of a runner whose Backlog panics = %v; want an error saying so", err)
+		}
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { _, err := sup.Backlog(ctx, "hangs"); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Backlog of a hanging runner = %v; want the caller's ctx error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Backlog of a runner that hangs did not return within 10s of a 50ms ctx")
+	}
+	// Without a deadline of the caller's, the 2 s bound of every backlog
+	// call holds, and callers share the call in progress.
+	go func() { _, err := sup.Backlog(context.Background(), "hangs"); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Backlog of a hanging runner without a deadline = %v; want DeadlineExceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Backlog of a runner that hangs did not return within 10s without a deadline (bound: 2s)")
+	}
+	if n := hangs.calls.Load(); n != 1 {
+		t.Errorf("the hanging runner's Backlog was called %d times; want 1 (one call in progress at a time)", n)
+	}
+}
+
+// failingSource fails every Receive: its consumer's Run fails at once.
+type failingSource struct{ backlogSource }
+
+func (*failingSource) Receive(context.Context) (broker.Delivery, error) {
+	return nil, errors.New("connection refused")
+}
+
+// Review round 3, item 4: a consumer's own hook sees it stop when the
+// Supervisor stops it while it waits to be restarted, and when the restart
+// policy gives up, as OnEvent does.
+func TestRunnersHookSeesTheStopOfARunnerThatFailed(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		restart retry.Policy
+	}{
+		{"stopped in its restart delay", retry.Constant(time.Hour)},
+		{"restart policy gave up", retry.PolicyFunc(func() backoff.BackOff { return &backoff.StopBackOff{} })},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hooked, log eventLog
+			c, err := consumer.New(&failingSource{}, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
+				consumer.WithEventHook(hooked.add), consumer.WithLogger(quiet))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sup := &consumer.Supervisor{Logger: quiet, OnEvent: log.add, Restart: tc.restart}
+			if err := sup.Add("orders", c); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- sup.Run(ctx) }()
+			waitFor(t, "the failure", func() bool { return len(hooked.of("orders", consumer.EventFailed)) == 1 })
+			waitFor(t, "restarting or stopped", func() bool {
+				return len(log.of("orders", consumer.EventRestarting))+len(log.of("orders", consumer.EventStopped)) > 0
+			})
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if n := len(log.of("orders", consumer.EventStopped)); n != 1 {
+				t.Errorf("OnEvent got %d stopped events; want 1", n)
+			}
+			if n := len(hooked.of("orders", consumer.EventStopped)); n != 1 {
+				t.Errorf("the consumer's own hook got %d stopped events; want 1", n)
+			}
+		})
+	}
+}
+
+// Review round 3, item 6: a consumer added to a Supervisor and also run by
+// hand made the Supervisor restart it forever on ErrAlreadyRunning. That is
+// a programming error restarting cannot fix: Run fails with it.
+func TestSupervisorFailsOnAConsumerRunByHand(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	c, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
+		consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup := &consumer.Supervisor{Logger: quiet, Restart: retry.Constant(time.Millisecond)}
+	if err := sup.Add("q", c); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hand := make(chan error, 1)
+	go func() { hand <- c.Run(ctx) }()
+	waitFor(t, "the run by hand", func() bool { return c.State() == consumer.StateRunning })
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, consumer.ErrAlreadyRunning) {
+			t.Errorf("Supervisor.Run = %v; want ErrAlreadyRunning", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("Supervisor.Run still restarting after 10s (restarts %d, health %+v)", stateOf(sup.Health(), "q").Restarts, sup.Health())
+		cancel()
+		<-done
+	}
+	cancel()
+	<-hand
 }
