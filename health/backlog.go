@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 
@@ -13,10 +14,24 @@ import (
 // queue's ready messages and its consumers, or a consumer group's lag per
 // partition and in total (see broker.Backlog), or why the broker could not
 // be asked.
+//
+// In JSON, a Backlog with an Error has only the error: no numbers, which a
+// client would read as an empty queue.
 type Backlog struct {
 	broker.Backlog
-	// Error is why the broker could not be asked, if it could not.
+	// Error is why the broker could not be asked, if it could not. The
+	// numbers are then zero and left out of the JSON.
 	Error string `json:"error,omitempty"`
+}
+
+// MarshalJSON implements json.Marshaler: the numbers, or the error alone.
+func (b Backlog) MarshalJSON() ([]byte, error) {
+	if b.Error != "" {
+		return json.Marshal(struct {
+			Error string `json:"error"`
+		}{b.Error})
+	}
+	return json.Marshal(b.Backlog)
 }
 
 // backlogs is a Reporter that can also ask what waits for each runner:

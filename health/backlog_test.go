@@ -2,8 +2,11 @@ package health_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -115,5 +118,44 @@ func TestBacklogErrorIsReportedNotFatal(t *testing.T) {
 	code, r := probe(t, h)
 	if bl := r.Consumers[0].Backlog; code != http.StatusServiceUnavailable || bl == nil || bl.Error != "queuekit: backlog: channel closed" {
 		t.Errorf("full report = %d %+v; want 503 (not running) with the broker's error in the backlog", code, bl)
+	}
+}
+
+// Review of issue 10 (round 3), item 8: a backlog the broker could not
+// report carries no numbers next to its error: "messages":0 would read as an
+// empty queue to a client that does not look at the error.
+func TestBacklogErrorCarriesNoNumbers(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	src := newBacklogSource(t, b, "orders")
+	failure := errors.New("channel closed")
+	src.err.Store(&failure)
+	c, err := consumer.New(src, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }), consumer.WithLogger(discard()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup := &consumer.Supervisor{Logger: discard()}
+	_ = sup.Add("orders", c)
+	h, _ := health.NewHandler(sup)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/health", nil))
+	body := w.Body.String()
+	if !strings.Contains(body, `"error":"queuekit: backlog: channel closed"`) {
+		t.Fatalf("full report %s; want the backlog error", body)
+	}
+	for _, field := range []string{`"messages"`, `"consumers":0`, `"consumers":-1`} {
+		if strings.Contains(body, field) {
+			t.Errorf("full report %s holds %s next to the backlog error", body, field)
+		}
+	}
+	// A backlog that was read keeps its numbers, zeros included.
+	got, err := json.Marshal(health.Backlog{Backlog: broker.Backlog{Messages: 0, Consumers: 0}})
+	if err != nil || string(got) != `{"messages":0,"consumers":0}` {
+		t.Errorf("json.Marshal(empty queue backlog) = %s, %v", got, err)
+	}
+	// And a report decodes back into the same shape.
+	var back health.Backlog
+	if err := json.Unmarshal([]byte(`{"messages":3,"consumers":1}`), &back); err != nil || back.Messages != 3 || back.Consumers != 1 {
+		t.Errorf("json.Unmarshal = %+v, %v", back, err)
 	}
 }

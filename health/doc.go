@@ -66,5 +66,6 @@
 // Constructors return errors wrapping broker.ErrInvalidConfig. The
 // handlers never fail: a failing probe is a 503 with the report as its body,
 // and a broker that cannot say its backlog gives an error text in that
-// consumer's backlog, not a failed report.
+// consumer's backlog, not a failed report: {"backlog":{"error":"…"}}, with
+// no numbers that would read as an empty queue.
 package health
