@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
@@ -70,11 +71,9 @@ func New(src broker.Source, h Handler, opts ...Option) (*Consumer, error) {
 		return nil, err
 	}
 	o.build()
-	if len(o.middleware) > 0 {
-		h = Chain(o.middleware...)(h)
-		if isNil(h) {
-			return nil, fmt.Errorf("%w: middleware returned a nil handler", broker.ErrInvalidConfig)
-		}
+	h, err := wrap(h, o.middleware)
+	if err != nil {
+		return nil, err
 	}
 	c := &Consumer{src: src, h: h, o: o}
 	c.setName(o.name)
@@ -82,6 +81,32 @@ func New(src broker.Source, h Handler, opts ...Option) (*Consumer, error) {
 		es.SetEventHook(c.emitSource)
 	}
 	return c, nil
+}
+
+// wrap applies mw to h as Chain does, checking each step: a middleware that
+// panics or returns a nil handler is a configuration error, not a panic on
+// the first message.
+func wrap(h Handler, mw []Middleware) (_ Handler, err error) {
+	for i := len(mw) - 1; i >= 0; i-- {
+		if mw[i] == nil {
+			continue
+		}
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					err = fmt.Errorf("%w: middleware %d of WithMiddleware panicked: %v", broker.ErrInvalidConfig, i, p)
+				}
+			}()
+			h = mw[i](h)
+		}()
+		if err != nil {
+			return nil, err
+		}
+		if isNil(h) {
+			return nil, fmt.Errorf("%w: middleware %d of WithMiddleware returned a nil handler", broker.ErrInvalidConfig, i)
+		}
+	}
+	return h, nil
 }
 
 // isNil reports whether v is nil or an interface holding a nil pointer or func
@@ -204,14 +229,22 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 	}
 	r.requestStop(true)
 	stop := context.AfterFunc(ctx, func() { r.endBudget(ErrDrainTimeout) })
-	defer stop()
 	<-r.done
-	switch {
-	case ctx.Err() != nil && r.abandoned > 0:
+	if !stop() {
+		// ctx ended before Run was done: whatever it cut short (handlers,
+		// a final ack, the source's Close) is left to be redelivered.
 		return ctx.Err()
-	case r.abandoned > 0:
-		// Run's context ended first, and with it the WithDrainTimeout budget.
-		return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.name(), r.abandoned, ErrDrainTimeout)
+	}
+	if r.abandoned > 0 {
+		switch cause := context.Cause(r.budget); {
+		case errors.Is(cause, ErrConsumerClosed):
+			// Close abandoned them, while this Shutdown waited.
+			return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned by Close: %w", c.name(), r.abandoned, ErrConsumerClosed)
+		default:
+			// Run's context ended first, and with it the WithDrainTimeout
+			// budget (or another Shutdown's ctx).
+			return fmt.Errorf("queuekit: consumer %s: %d handlers abandoned: %w", c.name(), r.abandoned, ErrDrainTimeout)
+		}
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/queuekit/queuekit/broker"
 )
@@ -211,7 +212,7 @@ func (r *run) apply(ctx context.Context, d broker.Delivery, s Settlement, reason
 func (r *run) reason(m *broker.Message, herr error) broker.Reason {
 	permanent, _ := classify(herr)
 	reason := broker.Reason{
-		Err:       errorText(herr),
+		Err:       truncateReason(errorText(herr)),
 		Attempts:  max(m.Attempt, 1),
 		Source:    m.Topic,
 		Permanent: permanent,
@@ -220,6 +221,27 @@ func (r *run) reason(m *broker.Message, herr error) broker.Reason {
 	r.c.logger().Warn("queuekit: dead-lettering message", "topic", m.Topic, "message_id", m.ID,
 		"attempt", reason.Attempts, "outcome", SettledDeadLetter.String(), "permanent", reason.Permanent, "error", reason.Err)
 	return reason
+}
+
+// MaxReasonBytes bounds the error text a dead letter carries (the header
+// broker.HeaderError): an error can be arbitrarily long (a wrapped response
+// body, a stack), and a header past the broker's frame size would make the
+// dead letter unpublishable — the message would then loop instead of
+// reaching the dead-letter destination.
+const MaxReasonBytes = 4096
+
+// truncateReason cuts s to MaxReasonBytes at a UTF-8 boundary, saying how
+// much was cut.
+func truncateReason(s string) string {
+	if len(s) <= MaxReasonBytes {
+		return s
+	}
+	suffix := fmt.Sprintf(" … (truncated: %d bytes in all)", len(s))
+	cut := MaxReasonBytes - len(suffix)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + suffix
 }
 
 func (r *run) observe(m *broker.Message, s Settlement, err error) {

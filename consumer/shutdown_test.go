@@ -7,10 +7,12 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/retry"
 )
 
 // hungSource stands for an adapter whose broker stopped answering: its Close
@@ -225,5 +227,109 @@ func TestIssue10ReviewResumeRacesTheEndOfRun(t *testing.T) {
 		go cancel()
 		_ = c.Resume(context.Background())
 		<-done
+	}
+}
+
+// Review of issue 10: Shutdown returned nil although its ctx ended while a
+// final ack was still waiting (and was given up, so the message comes back).
+// When ctx ends before the stop is done, Shutdown returns ctx's error.
+func TestIssue10ReviewShutdownReportsAStopCutShortByItsContext(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	b.SetAckDelay(10 * time.Second)
+	publishN(t, b, "q", 1)
+	handled := make(chan struct{})
+	c, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error {
+		close(handled)
+		return nil
+	}), consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := runAsync(c, context.Background())
+	<-handled
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := c.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown = %v; want context.DeadlineExceeded (the ack was cut short)", err)
+	}
+	<-done
+	if st := b.Stats("q"); st.Acked != 0 {
+		t.Errorf("stats %+v; want the ack given up", st)
+	}
+}
+
+// Review of issue 10: a Shutdown that waits with a ctx that never ends,
+// while Close abandons the handlers, said ErrDrainTimeout; it says
+// ErrConsumerClosed.
+func TestIssue10ReviewCloseDuringShutdownIsReportedAsClose(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	publishN(t, b, "q", 1)
+	started := make(chan struct{})
+	c, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	}), consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := runAsync(c, context.Background())
+	<-started
+	shut := make(chan error, 1)
+	go func() { shut <- c.Shutdown(context.Background()) }()
+	waitFor(t, "draining", func() bool { return c.State() == consumer.StateDraining })
+	_ = c.Close()
+	if err := <-shut; !errors.Is(err, consumer.ErrConsumerClosed) || errors.Is(err, consumer.ErrDrainTimeout) {
+		t.Errorf("Shutdown cut short by Close = %v; want ErrConsumerClosed, not ErrDrainTimeout", err)
+	}
+	<-done
+}
+
+// Review of issue 10: a middleware given with WithMiddleware that returns
+// nil (not only the outermost) or panics is a configuration error from New,
+// not a panic in New or on every message.
+func TestIssue10ReviewBadMiddlewareIsAConfigError(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	pass := func(h consumer.Handler) consumer.Handler { return h }
+	for name, mw := range map[string][]consumer.Middleware{
+		"inner returns nil": {pass, func(consumer.Handler) consumer.Handler { return nil }},
+		"outer returns nil": {func(consumer.Handler) consumer.Handler { return nil }, pass},
+		"panics":            {pass, func(consumer.Handler) consumer.Handler { panic("mw bug") }},
+	} {
+		_, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
+			consumer.WithMiddleware(mw...))
+		if !errors.Is(err, broker.ErrInvalidConfig) {
+			t.Errorf("%s: New = %v; want ErrInvalidConfig", name, err)
+		}
+	}
+}
+
+// Review of issue 10: a dead letter carries the handler's error text in a
+// header; a 200 KB text made the RabbitMQ dead letter unpublishable (past
+// the frame size) and the message looped. The reason is cut to
+// MaxReasonBytes, at a rune boundary, saying so.
+func TestIssue10ReviewLongErrorTextIsTruncatedInTheReason(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	publishN(t, b, "q", 1)
+	long := strings.Repeat("é", 100_000) // 200 KB, two bytes a rune
+	c, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error {
+		return retry.Permanent(errors.New(long))
+	}), consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAsync(c, ctx)
+	waitFor(t, "the dead letter", func() bool { return len(b.DeadLetters("q")) == 1 })
+	cancel()
+	<-done
+	got := b.DeadLetters("q")[0].Header[broker.HeaderError]
+	if len(got) > consumer.MaxReasonBytes || !utf8.ValidString(got) || !strings.Contains(got, "truncated: 200000 bytes") {
+		t.Errorf("reason header: %d bytes, valid UTF-8 %v, ends %q; want at most %d bytes, valid, saying it was truncated",
+			len(got), utf8.ValidString(got), got[max(0, len(got)-60):], consumer.MaxReasonBytes)
 	}
 }
