@@ -31,7 +31,14 @@
 //
 // The admin endpoints answer only requests that carry the token of the
 // ADMIN_TOKEN environment variable (Authorization: Bearer …), or, when it is
-// not set, requests from the loopback interface.
+// not set, requests from the loopback interface addressed to a loopback name
+// (Host localhost, 127.0.0.0/8 or [::1], any port: a DNS-rebinding page's
+// requests carry its own name). Pause and resume, token or not, refuse
+// cross-origin browser requests (Sec-Fetch-Site, Origin) and need the header
+// Content-Type: application/json, which an HTML form cannot send:
+//
+//	curl -s localhost:8080/admin/consumers
+//	curl -s -XPOST -H 'Content-Type: application/json' localhost:8080/admin/consumers/orders/pause
 //
 // # Shutdown
 //
