@@ -105,16 +105,27 @@ func (c *BacklogCollector) Collect(ch chan<- prom.Metric) {
 		case errors.Is(a.err, consumer.ErrNoBacklog):
 			continue
 		case a.err != nil:
-			ch <- prom.MustNewConstMetric(c.up, prom.GaugeValue, 0, r.Name)
+			send(ch, c.up, 0, r.Name)
 			continue
 		}
-		ch <- prom.MustNewConstMetric(c.up, prom.GaugeValue, 1, r.Name)
-		ch <- prom.MustNewConstMetric(c.messages, prom.GaugeValue, float64(a.b.Messages), r.Name)
+		send(ch, c.up, 1, r.Name)
+		send(ch, c.messages, float64(a.b.Messages), r.Name)
 		if a.b.Consumers >= 0 {
-			ch <- prom.MustNewConstMetric(c.consumers, prom.GaugeValue, float64(a.b.Consumers), r.Name)
+			send(ch, c.consumers, float64(a.b.Consumers), r.Name)
 		}
 		for p, n := range a.b.Partitions {
-			ch <- prom.MustNewConstMetric(c.partitions, prom.GaugeValue, float64(n), r.Name, strconv.Itoa(p))
+			send(ch, c.partitions, float64(n), r.Name, strconv.Itoa(p))
 		}
 	}
+}
+
+// send sends a gauge for label values made valid UTF-8 (see the Label
+// constants). A metric the client library refuses anyway is left out of the
+// scrape rather than failing it (or panicking, as MustNewConstMetric would).
+func send(ch chan<- prom.Metric, d *prom.Desc, v float64, lvs ...string) {
+	m, err := prom.NewConstMetric(d, prom.GaugeValue, v, labelValues(lvs)...)
+	if err != nil {
+		return
+	}
+	ch <- m
 }

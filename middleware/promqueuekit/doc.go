@@ -22,7 +22,9 @@
 // Options gives the consumer the metrics middleware (handler calls), an
 // observer (what the runtime did with each delivery) and an event hook
 // (reconnects, restarts, drains): each sees something the others cannot,
-// and none can be forgotten. Wrap the handler in middleware.Recover before
+// and none can be forgotten. Call Options once per consumer: the options of
+// one call given to a second consumer mislabel settlement counts, which is
+// logged and counted in queuekit_recorder_options_shared_total. Wrap the handler in middleware.Recover before
 // New, so that the metrics middleware, outside it, counts panics as such.
 //
 // # Metrics
@@ -44,6 +46,7 @@
 //	queuekit_drain_messages_total{consumer,outcome}      counter: handled, given-back, abandoned
 //	queuekit_drain_duration_seconds{consumer}            histogram
 //	queuekit_stuck_handlers_total{consumer}              counter: fed by health's stuck-handler watchdog
+//	queuekit_recorder_options_shared_total               counter: Options results given to a second consumer
 //	queuekit_backlog_messages{consumer}                       gauge (BacklogCollector)
 //	queuekit_backlog_consumers{consumer}                      gauge (BacklogCollector)
 //	queuekit_backlog_partition_messages{consumer,partition}   gauge (BacklogCollector)
@@ -53,7 +56,10 @@
 //
 // The consumer label is the consumer's one name: the name it was added to
 // its Supervisor under, or its WithName when it runs alone. Labels stay
-// low-cardinality: never a message id, key or error text.
+// low-cardinality: never a message id, key or error text. A label value
+// that is not valid UTF-8 (a topic, a name given to WithConsumer or For) is
+// recorded with its invalid bytes replaced by U+FFFD: metrics never fail a
+// message or a scrape.
 //
 // # Concurrency
 //

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	prom "github.com/prometheus/client_golang/prometheus"
 
@@ -17,7 +20,10 @@ import (
 )
 
 // Label names. They are few and their values are bounded on purpose: no
-// message ids, keys or error texts ever become label values.
+// message ids, keys or error texts ever become label values. A value that is
+// not valid UTF-8 (a topic, a name given to WithConsumer or For) is recorded
+// with each invalid byte replaced by U+FFFD: metrics never fail a message or
+// a scrape.
 const (
 	// LabelConsumer is the consumer's name: the name it was added to its
 	// Supervisor under (or its WithName), or the name fixed with
@@ -89,6 +95,7 @@ type metrics struct {
 	drainMsgs  *prom.CounterVec   // consumer, outcome
 	drainTime  *prom.HistogramVec // consumer
 	stuck      *prom.CounterVec   // consumer
+	shared     prom.Counter       // Options results given to a second consumer
 
 	// bound caches the children of one consumer label value, so that the
 	// per-message path does no label hashing and no allocation. Label values
@@ -111,17 +118,60 @@ func (m *metrics) get(name string) *bound {
 		return b.(*bound)
 	}
 	b := &bound{
-		inFlight: m.inFlight.WithLabelValues(name),
-		attempts: m.attempts.WithLabelValues(name),
+		inFlight: gauge(m.inFlight, name),
+		attempts: observer(m.attempts, name),
 	}
 	for i, res := range results {
-		b.duration[i] = m.duration.WithLabelValues(name, res)
+		b.duration[i] = observer(m.duration, name, res)
 	}
 	for s := consumer.SettledAck; s <= consumer.SettledAbandon; s++ {
-		b.handled[s] = m.handled.WithLabelValues(name, s.String())
+		b.handled[s] = counter(m.handled, name, s.String())
 	}
 	actual, _ := m.bound.LoadOrStore(name, b)
 	return actual.(*bound)
+}
+
+// labelValues returns lvs with every value that is not valid UTF-8 made so
+// (each invalid byte sequence replaced by U+FFFD), as Prometheus requires.
+func labelValues(lvs []string) []string {
+	for i, v := range lvs {
+		if !utf8.ValidString(v) {
+			lvs = append([]string(nil), lvs...)
+			for j := i; j < len(lvs); j++ {
+				lvs[j] = strings.ToValidUTF8(lvs[j], "\uFFFD")
+			}
+			break
+		}
+	}
+	return lvs
+}
+
+// counter, gauge and observer return the child of a vector for label values
+// (made valid UTF-8). They never panic: should the client library refuse
+// the values anyway, the observation goes to a child registered nowhere and
+// is lost — a metric, never a message.
+func counter(v *prom.CounterVec, lvs ...string) prom.Counter {
+	c, err := v.GetMetricWithLabelValues(labelValues(lvs)...)
+	if err != nil {
+		return prom.NewCounter(prom.CounterOpts{Name: "discarded"})
+	}
+	return c
+}
+
+func gauge(v *prom.GaugeVec, lvs ...string) prom.Gauge {
+	g, err := v.GetMetricWithLabelValues(labelValues(lvs)...)
+	if err != nil {
+		return prom.NewGauge(prom.GaugeOpts{Name: "discarded"})
+	}
+	return g
+}
+
+func observer(v *prom.HistogramVec, lvs ...string) prom.Observer {
+	o, err := v.GetMetricWithLabelValues(labelValues(lvs)...)
+	if err != nil {
+		return prom.NewHistogram(prom.HistogramOpts{Name: "discarded"})
+	}
+	return o
 }
 
 // New returns a Recorder whose metrics are registered on reg. It returns an
@@ -180,9 +230,11 @@ func New(reg prom.Registerer, opts ...Option) (*Recorder, error) {
 			Buckets: []float64{0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120}}, []string{LabelConsumer}),
 		stuck: prom.NewCounterVec(prom.CounterOpts{Namespace: ns, Name: "stuck_handlers_total",
 			Help: "Handler calls that ran past the stuck-handler watchdog's threshold."}, []string{LabelConsumer}),
+		shared: prom.NewCounter(prom.CounterOpts{Namespace: ns, Name: "recorder_options_shared_total",
+			Help: "Times the options of one Recorder.Options call were given to one more consumer: the settlement counts of those consumers may carry each other's name. Call Options once per consumer."}),
 	}
 	cs := []prom.Collector{m.handled, m.duration, m.inFlight, m.attempts, m.events,
-		m.reconnects, m.restarts, m.rebalances, m.drainMsgs, m.drainTime, m.stuck}
+		m.reconnects, m.restarts, m.rebalances, m.drainMsgs, m.drainTime, m.stuck, m.shared}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			// Leave reg as we found it, so that the caller may retry with
@@ -237,8 +289,12 @@ func (r *Recorder) label(m *broker.Message) string {
 // The series are labelled with the consumer's name: the name it is added to
 // its Supervisor under (Supervisor.Add), else its WithName. Call Options
 // once per consumer: the options learn the name of the consumer they are
-// given to. Do not also set Supervisor.OnEvent or WithEventHook to r.Event:
-// each event would be counted twice.
+// given to. Options given to a second consumer still label its handler
+// measurements and events right, but not its settlements (the runtime's
+// observer is not told which consumer calls it): that is logged once, with
+// slog.Default, and counted in queuekit_recorder_options_shared_total. Do
+// not also set Supervisor.OnEvent or WithEventHook to r.Event: each event
+// would be counted twice.
 func (r *Recorder) Options() []consumer.Option {
 	b := &binding{r: r}
 	return []consumer.Option{
@@ -253,9 +309,15 @@ func (r *Recorder) Options() []consumer.Option {
 // (consumer.NameFromContext) and from the consumer's events (Event.Runner),
 // which both come before any settlement; the observer, which is given
 // neither, reads it here.
+//
+// consumer.New applies the middleware once per consumer, so each
+// application gets a handlerBinding of its own (the handler measurements
+// stay right when one binding is given to two consumers), and the second
+// application reveals the sharing.
 type binding struct {
-	r    *Recorder
-	name atomic.Pointer[string]
+	r       *Recorder
+	name    atomic.Pointer[string]
+	applied atomic.Int32
 }
 
 func (b *binding) learn(name string) {
@@ -277,19 +339,46 @@ func (b *binding) label(m *broker.Message) string {
 	return m.Topic
 }
 
-// HandlerStarted and HandlerDone make the binding the middleware.Recorder of
-// its own middleware.Metrics.
-func (b *binding) HandlerStarted(m *broker.Message) { b.r.m.get(b.label(m)).inFlight.Inc() }
+// handlerBinding is one consumer's application of a binding's middleware:
+// the middleware.Recorder of its middleware.Metrics, labelled with the name
+// of that consumer's handler contexts.
+type handlerBinding struct {
+	b    *binding
+	name atomic.Pointer[string]
+}
 
-func (b *binding) HandlerDone(m *broker.Message, err error, d time.Duration) {
-	b.r.handlerDone(b.label(m), err, d)
+func (h *handlerBinding) label(m *broker.Message) string {
+	if h.b.r.consumer != "" {
+		return h.b.r.consumer
+	}
+	if p := h.name.Load(); p != nil {
+		return *p
+	}
+	return m.Topic
+}
+
+// HandlerStarted and HandlerDone make the handlerBinding the
+// middleware.Recorder of its own middleware.Metrics.
+func (h *handlerBinding) HandlerStarted(m *broker.Message) { h.b.r.m.get(h.label(m)).inFlight.Inc() }
+
+func (h *handlerBinding) HandlerDone(m *broker.Message, err error, d time.Duration) {
+	h.b.r.handlerDone(h.label(m), err, d)
 }
 
 func (b *binding) middleware(next consumer.Handler) consumer.Handler {
-	measured := middleware.Metrics(b)(next)
+	if b.applied.Add(1) == 2 {
+		b.r.m.shared.Inc()
+		slog.Default().Warn("queuekit: promqueuekit: the options of one Recorder.Options call were given to more than one consumer; " +
+			"their settlement counts may carry each other's names. Call Options once per consumer.")
+	}
+	h := &handlerBinding{b: b}
+	measured := middleware.Metrics(h)(next)
 	return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
 		if name, ok := consumer.NameFromContext(ctx); ok {
-			b.learn(name)
+			if p := h.name.Load(); p == nil || *p != name {
+				h.name.Store(&name)
+				b.learn(name)
+			}
 		}
 		return measured.Handle(ctx, m)
 	})
@@ -345,13 +434,13 @@ func (r *Recorder) observe(name string, m *broker.Message, s consumer.Settlement
 	b := r.m.get(name)
 	switch {
 	case err != nil && errors.Is(err, broker.ErrStaleDelivery):
-		r.m.handled.WithLabelValues(name, OutcomeStale).Inc()
+		counter(r.m.handled, name, OutcomeStale).Inc()
 	case err != nil:
-		r.m.handled.WithLabelValues(name, OutcomeSettleFailed).Inc()
+		counter(r.m.handled, name, OutcomeSettleFailed).Inc()
 	case s >= consumer.SettledAck && s <= consumer.SettledAbandon:
 		b.handled[s].Inc()
 	default: // a Settlement this package does not know yet
-		r.m.handled.WithLabelValues(name, s.String()).Inc()
+		counter(r.m.handled, name, s.String()).Inc()
 	}
 	b.attempts.Observe(float64(max(m.Attempt, 1)))
 }
@@ -378,19 +467,19 @@ func (r *Recorder) Event(e consumer.Event) {
 }
 
 func (r *Recorder) event(c string, e consumer.Event) {
-	r.m.events.WithLabelValues(c, e.Kind.String()).Inc()
+	counter(r.m.events, c, e.Kind.String()).Inc()
 	switch e.Kind {
 	case consumer.EventReconnecting:
-		r.m.reconnects.WithLabelValues(c).Inc()
+		counter(r.m.reconnects, c).Inc()
 	case consumer.EventRestarting:
-		r.m.restarts.WithLabelValues(c).Inc()
+		counter(r.m.restarts, c).Inc()
 	case consumer.EventRebalanced:
-		r.m.rebalances.WithLabelValues(c).Inc()
+		counter(r.m.rebalances, c).Inc()
 	case consumer.EventDrained:
-		r.m.drainMsgs.WithLabelValues(c, "handled").Add(float64(e.Drain.Handled))
-		r.m.drainMsgs.WithLabelValues(c, "given-back").Add(float64(e.Drain.GivenBack))
-		r.m.drainMsgs.WithLabelValues(c, "abandoned").Add(float64(e.Drain.Abandoned))
-		r.m.drainTime.WithLabelValues(c).Observe(e.Drain.Duration.Seconds())
+		counter(r.m.drainMsgs, c, "handled").Add(float64(max(e.Drain.Handled, 0)))
+		counter(r.m.drainMsgs, c, "given-back").Add(float64(max(e.Drain.GivenBack, 0)))
+		counter(r.m.drainMsgs, c, "abandoned").Add(float64(max(e.Drain.Abandoned, 0)))
+		observer(r.m.drainTime, c).Observe(e.Drain.Duration.Seconds())
 	}
 }
 
@@ -412,7 +501,7 @@ func (r *Recorder) HandlerStuck(s health.Stuck) {
 	default:
 		name = s.Topic
 	}
-	r.m.stuck.WithLabelValues(name).Inc()
+	counter(r.m.stuck, name).Inc()
 }
 
 var _ middleware.Recorder = (*Recorder)(nil)

@@ -205,6 +205,8 @@ func TestRecorderCountsARealRun(t *testing.T) {
 		"queuekit_drain_messages_total{consumer=orders,outcome=given-back}": 0,
 		"queuekit_drain_messages_total{consumer=orders,outcome=abandoned}":  0,
 		"queuekit_drain_duration_seconds_count{consumer=orders}":            1,
+		// rec.Options() given to one consumer only.
+		"queuekit_recorder_options_shared_total{}": 0,
 	}
 	diff(t, got, want)
 
