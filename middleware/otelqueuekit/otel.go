@@ -196,14 +196,14 @@ func spanName(topic string) string {
 // (WithPropagator; other options are ignored).
 //
 //	ctx, span := tracer.Start(ctx, "send orders", trace.WithSpanKind(trace.SpanKindProducer))
-//	m.Header = otel.Inject(ctx, m.Header)
+//	m.Header = otelqueuekit.Inject(ctx, m.Header)
 //	err := publisher.Publish(ctx, "orders", m)
 //	span.End()
 //
 // The RabbitMQ and Kafka publishers do this for every message when their
 // PublisherConfig.Inject is set:
 //
-//	Inject: func(ctx context.Context, h map[string]string) map[string]string { return otel.Inject(ctx, h) }
+//	Inject: func(ctx context.Context, h map[string]string) map[string]string { return otelqueuekit.Inject(ctx, h) }
 func Inject(ctx context.Context, header map[string]string, opts ...Option) map[string]string {
 	o := newOptions(opts)
 	if header == nil {
