@@ -126,7 +126,7 @@ func (b *backlogCache) fetch(ctx context.Context, br broker.BacklogReporter, cal
 	func() {
 		defer func() {
 			if p := recover(); p != nil {
-				call.val, call.err = broker.Backlog{}, fmt.Errorf("queuekit: Backlog of %T panicked: %v", br, p)
+				call.val, call.err = broker.Backlog{}, fmt.Errorf("%T.Backlog panicked: %v", br, p)
 			}
 		}()
 		call.val, call.err = br.Backlog(ctx)

@@ -50,7 +50,8 @@ type Supervised interface {
 	// its OnEvent hook). The Supervisor reports the runner's stops itself:
 	// an EventStopped passed to emit is dropped.
 	//
-	// Attach may call emit before it returns.
+	// Attach may call emit before it returns; it must not call the
+	// Supervisor's methods (Add holds the Supervisor's lock).
 	//
 	// Attach returns the runner's own event hook, or nil: the Supervisor
 	// calls it with its events about the runner (EventStarting,
