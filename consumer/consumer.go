@@ -154,8 +154,10 @@ func (c *Consumer) logger() *slog.Logger { return c.ident.Load().log }
 // returns nil at once.
 //
 // It returns nil after a clean stop on ctx; an error wrapping ErrDrainTimeout
-// when handlers had to be abandoned; ErrConsumerClosed after Shutdown or Close
-// (also when Run is called after them); or the source's error.
+// when handlers had to be abandoned; an error saying so when the source's
+// Close failed (a final commit the broker refused: what was settled since
+// the last commit may be delivered again); ErrConsumerClosed after Shutdown
+// or Close (also when Run is called after them); or the source's error.
 func (c *Consumer) Run(ctx context.Context) error {
 	c.mu.Lock()
 	switch {
@@ -194,8 +196,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.mu.Unlock()
 	if closed {
 		// Bounded by what is left of the drain budget, plus stopGrace.
-		c.closeSource(r.hard)
-		c.emit(Event{Kind: EventStopped})
+		if cerr := c.closeSource(r.hard); cerr != nil {
+			// A final commit that failed, or a Close cut short: what was
+			// settled may be delivered again. Not a loss, but not clean.
+			r.closeErr = fmt.Errorf("queuekit: consumer %s: close source: %w", c.name(), cerr)
+			if err == nil {
+				err = r.closeErr
+			}
+		}
+		c.emit(Event{Kind: EventStopped, Err: r.closeErr})
 	}
 	close(r.done)
 	if r.closing.Load() {
@@ -209,7 +218,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 // Shutdown stops the consumer gracefully, like net/http's Server.Shutdown:
 // it stops intake, waits for in-flight handlers to finish, closes the source
 // (which commits what was settled, where the broker needs that) and returns
-// nil. ctx alone bounds it: when ctx is done first, the handlers still
+// nil, or an error saying the source's Close failed (a final commit the
+// broker refused: what was settled since the last commit may be delivered
+// again). ctx alone bounds it: when ctx is done first, the handlers still
 // running are cancelled with cause ErrDrainTimeout and their messages left to
 // be redelivered, the source is closed without waiting for the broker any
 // longer, and Shutdown returns ctx.Err() about stopGrace (100 ms) later, for
@@ -234,6 +245,9 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 		// ctx ended before Run was done: whatever it cut short (handlers,
 		// a final ack, the source's Close) is left to be redelivered.
 		return ctx.Err()
+	}
+	if r.abandoned == 0 && r.closeErr != nil {
+		return r.closeErr
 	}
 	if r.abandoned > 0 {
 		switch cause := context.Cause(r.budget); {

@@ -84,6 +84,7 @@ type run struct {
 	givenBack atomic.Int64
 	stalled   atomic.Int64 // workers retrying a settlement the broker did not take
 	abandoned int          // written by run before done is closed
+	closeErr  error        // the source's Close failed; written by Run before done is closed
 }
 
 func newRun(c *Consumer, ctx context.Context) *run {

@@ -148,8 +148,10 @@ func TestIssue10RunDrainTimeoutBoundsTheSourceClose(t *testing.T) {
 	cancel()
 	select {
 	case err := <-done:
-		if err != nil {
-			t.Errorf("Run = %v; want nil (nothing was abandoned)", err)
+		// Nothing was abandoned, but the source's Close was cut short:
+		// Run says so.
+		if err == nil || !strings.Contains(err.Error(), "close source") {
+			t.Errorf("Run = %v; want an error saying the source's Close was cut short", err)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("Run did not return: the source's Close is not bounded by the drain timeout")
@@ -331,5 +333,48 @@ func TestIssue10ReviewLongErrorTextIsTruncatedInTheReason(t *testing.T) {
 	if len(got) > consumer.MaxReasonBytes || !utf8.ValidString(got) || !strings.Contains(got, "truncated: 200000 bytes") {
 		t.Errorf("reason header: %d bytes, valid UTF-8 %v, ends %q; want at most %d bytes, valid, saying it was truncated",
 			len(got), utf8.ValidString(got), got[max(0, len(got)-60):], consumer.MaxReasonBytes)
+	}
+}
+
+// failCloseSource is an adapter whose Close fails: a final commit the
+// broker refused.
+type failCloseSource struct{ broker.Source }
+
+var errCommitRefused = errors.New("final commit refused")
+
+func (s failCloseSource) Close(ctx context.Context) error {
+	_ = s.Source.Close(ctx)
+	return errCommitRefused
+}
+
+// Review of issue 10 (Kafka): a source whose final commit failed made Close
+// fail, and Shutdown and Run still said nil — a caller told "clean" got
+// duplicates with no signal. Both report it now.
+func TestIssue10ReviewFailedSourceCloseIsReported(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
+
+	c, err := consumer.New(failCloseSource{newSource(t, b, "q", 1)}, h, consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := runAsync(c, context.Background())
+	waitFor(t, "running", func() bool { return c.State() == consumer.StateRunning })
+	if err := c.Shutdown(context.Background()); !errors.Is(err, errCommitRefused) {
+		t.Errorf("Shutdown = %v; want the source's Close error", err)
+	}
+	<-done
+
+	c, err = consumer.New(failCloseSource{newSource(t, b, "q", 1)}, h, consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done = runAsync(c, ctx)
+	waitFor(t, "running", func() bool { return c.State() == consumer.StateRunning })
+	cancel()
+	if err := <-done; !errors.Is(err, errCommitRefused) {
+		t.Errorf("Run stopped by its ctx = %v; want the source's Close error", err)
 	}
 }
