@@ -312,7 +312,7 @@ func TestStaleDeliveryIsNotAckedAndIsRedelivered(t *testing.T) {
 		return nil
 	})
 	var staleErrs atomic.Int64
-	c, err := consumer.New(src, h, consumer.WithLogger(quiet), consumer.WithObserver(func(m *broker.Message, s consumer.Settlement, err error) {
+	c, err := consumer.New(src, h, consumer.WithLogger(quiet), consumer.WithObserver(func(_ context.Context, m *broker.Message, s consumer.Settlement, err error) {
 		if s == consumer.SettledAck && errors.Is(err, broker.ErrStaleDelivery) {
 			staleErrs.Add(1)
 		}

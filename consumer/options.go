@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -22,12 +23,12 @@ type options struct {
 	settleTimeout time.Duration
 	logger        *slog.Logger
 	hooks         []func(Event)
-	observers     []func(*broker.Message, Settlement, error)
+	observers     []func(context.Context, *broker.Message, Settlement, error)
 	middleware    []Middleware
 
 	// Built by build from the lists above.
 	hook     func(Event)
-	observer func(*broker.Message, Settlement, error)
+	observer func(context.Context, *broker.Message, Settlement, error)
 }
 
 // build composes the hooks and observers the options added, in order, into
@@ -57,10 +58,10 @@ func (o *options) build() {
 	case 1:
 		o.observer = obs[0]
 	default:
-		o.observer = func(m *broker.Message, s Settlement, err error) {
+		o.observer = func(ctx context.Context, m *broker.Message, s Settlement, err error) {
 			var first any
 			for _, f := range obs {
-				if p := callObserver(f, m, s, err); p != nil && first == nil {
+				if p := callObserver(f, ctx, m, s, err); p != nil && first == nil {
 					first = p
 				}
 			}
@@ -71,9 +72,9 @@ func (o *options) build() {
 	}
 }
 
-func callObserver(f func(*broker.Message, Settlement, error), m *broker.Message, s Settlement, err error) (panicked any) {
+func callObserver(f func(context.Context, *broker.Message, Settlement, error), ctx context.Context, m *broker.Message, s Settlement, err error) (panicked any) {
 	defer func() { panicked = recover() }()
-	f(m, s, err)
+	f(ctx, m, s, err)
 	return nil
 }
 
@@ -159,11 +160,14 @@ func WithEventHook(f func(Event)) Option {
 // WithObserver adds f, called after every settlement with the message, what
 // the runtime did, and the error of the settlement call itself (nil when the
 // broker took it; an error wrapping ErrStaleDelivery when the delivery had
-// outlived its connection). It is called from the worker goroutines, at the
+// outlived its connection). ctx carries the values of Run's context and the
+// consumer's name (NameFromContext), never a cancellation: it tells an
+// observer shared by several consumers which one settled. f is called from
+// the worker goroutines, at the
 // same time from several; it must be fast and must not keep m. Metrics
 // recorders use it to count outcomes. Observers added by several options are
 // all called, in the order of the options; a nil f adds nothing.
-func WithObserver(f func(m *broker.Message, s Settlement, err error)) Option {
+func WithObserver(f func(ctx context.Context, m *broker.Message, s Settlement, err error)) Option {
 	return func(o *options) {
 		if f != nil {
 			o.observers = append(o.observers, f)

@@ -82,7 +82,7 @@ func TestIssue9PanickingObserverAndHooksDoNotCrash(t *testing.T) {
 		return nil
 	})
 	c, err := consumer.New(newSource(t, b, "q", 4), h, consumer.WithLogger(quiet), consumer.WithConcurrency(4),
-		consumer.WithObserver(func(*broker.Message, consumer.Settlement, error) { panic("observer bug") }),
+		consumer.WithObserver(func(context.Context, *broker.Message, consumer.Settlement, error) { panic("observer bug") }),
 		consumer.WithEventHook(func(consumer.Event) { panic("hook bug") }),
 	)
 	if err != nil {

@@ -99,7 +99,7 @@ func TestRegressionDrainReportGivenBackCountsPauses(t *testing.T) {
 	c2src := &racySource{}
 	c, _ := consumer.New(c2src, consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 		consumer.WithLogger(quiet),
-		consumer.WithObserver(func(m *broker.Message, s consumer.Settlement, err error) {
+		consumer.WithObserver(func(_ context.Context, m *broker.Message, s consumer.Settlement, err error) {
 			if s == consumer.SettledGiveBack {
 				givenBack.Add(1)
 			}

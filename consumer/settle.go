@@ -252,7 +252,7 @@ func (r *run) observe(m *broker.Message, s Settlement, err error) {
 					"outcome", s.String(), "panic", fmt.Sprint(p))
 			}
 		}()
-		f(m, s, err)
+		f(r.base, m, s, err)
 	}
 }
 

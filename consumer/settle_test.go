@@ -154,7 +154,7 @@ func TestTransientErrorsSpendTheBudgetAndRetryAfterDelays(t *testing.T) {
 	})
 	var settled [7]atomic.Int64
 	c, err := consumer.New(newSource(t, b, queue, 2), h, consumer.WithConcurrency(2), consumer.WithMaxDeliveries(4),
-		consumer.WithLogger(quiet), consumer.WithObserver(func(m *broker.Message, s consumer.Settlement, err error) {
+		consumer.WithLogger(quiet), consumer.WithObserver(func(_ context.Context, m *broker.Message, s consumer.Settlement, err error) {
 			settled[s].Add(1)
 		}))
 	if err != nil {

@@ -275,7 +275,7 @@ func TestIssue9TopicRecreatedWhileARecordIsInFlightLosesNothing(t *testing.T) {
 		once     sync.Once
 		staleErr error
 	)
-	obs := consumer.WithObserver(func(m *broker.Message, s consumer.Settlement, err error) {
+	obs := consumer.WithObserver(func(_ context.Context, m *broker.Message, s consumer.Settlement, err error) {
 		if err != nil && errors.Is(err, broker.ErrStaleDelivery) {
 			mu.Lock()
 			staleErr = err

@@ -290,7 +290,7 @@ func (s *service) ordersHandler() consumer.Handler {
 
 // observe sees every settlement (as the Recorder's observer does, for the
 // metrics): it records the orders that were dead-lettered.
-func (s *service) observe(m *broker.Message, st consumer.Settlement, err error) {
+func (s *service) observe(_ context.Context, m *broker.Message, st consumer.Settlement, err error) {
 	if st == consumer.SettledDeadLetter && err == nil {
 		id := orderID(m)
 		// The order, when the message holds a valid one, so that a

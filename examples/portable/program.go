@@ -127,7 +127,7 @@ func run(ctx context.Context, pub broker.Publisher, src broker.Source, cfg confi
 		consumer.WithConcurrency(concurrency),
 		consumer.WithLogger(cfg.Logger),
 		consumer.WithMiddleware(middleware.Log(cfg.Logger), middleware.Recover()),
-		consumer.WithObserver(func(_ *broker.Message, s consumer.Settlement, err error) {
+		consumer.WithObserver(func(_ context.Context, _ *broker.Message, s consumer.Settlement, err error) {
 			if err == nil {
 				mu.Lock()
 				rep.Settled[s]++

@@ -146,7 +146,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 		consumer.WithMaxDeliveries(maxDeliveries),
 		consumer.WithDrainTimeout(5*time.Second),
 		consumer.WithLogger(cfg.Logger),
-		consumer.WithObserver(func(m *broker.Message, s consumer.Settlement, err error) {
+		consumer.WithObserver(func(_ context.Context, m *broker.Message, s consumer.Settlement, err error) {
 			if err != nil {
 				return // not settled (a stale delivery): the broker delivers it again
 			}

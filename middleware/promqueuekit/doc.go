@@ -22,10 +22,10 @@
 // Options gives the consumer the metrics middleware (handler calls), an
 // observer (what the runtime did with each delivery) and an event hook
 // (reconnects, restarts, drains): each sees something the others cannot,
-// and none can be forgotten. Call Options once per consumer: the options of
-// one call given to a second consumer mislabel settlement counts, which is
-// logged and counted in queuekit_recorder_options_shared_total. Wrap the handler in middleware.Recover before
-// New, so that the metrics middleware, outside it, counts panics as such.
+// and none can be forgotten. Each call they get says which consumer it is
+// about, so one Options result may serve any number of consumers. Wrap the
+// handler in middleware.Recover before New, so that the metrics middleware,
+// outside it, counts panics as such.
 //
 // # Metrics
 //
@@ -46,7 +46,6 @@
 //	queuekit_drain_messages_total{consumer,outcome}      counter: handled, given-back, abandoned
 //	queuekit_drain_duration_seconds{consumer}            histogram
 //	queuekit_stuck_handlers_total{consumer}              counter: fed by health's stuck-handler watchdog
-//	queuekit_recorder_options_shared_total               counter: Options results given to a second consumer
 //	queuekit_backlog_messages{consumer}                       gauge (BacklogCollector)
 //	queuekit_backlog_consumers{consumer}                      gauge (BacklogCollector)
 //	queuekit_backlog_partition_messages{consumer,partition}   gauge (BacklogCollector)

@@ -82,8 +82,8 @@ func TestInvalidLabelValuesNeverFailAMessageOrAScrape(t *testing.T) {
 		m := &broker.Message{Topic: bad}
 		rec.HandlerStarted(m)
 		rec.HandlerDone(m, nil, time.Millisecond)
-		rec.Observe(m, consumer.SettledAck, nil)
-		rec.Observe(m, consumer.Settlement(99), nil)
+		rec.Observe(context.Background(), m, consumer.SettledAck, nil)
+		rec.Observe(context.Background(), m, consumer.Settlement(99), nil)
 		rec.Event(consumer.Event{Kind: consumer.EventDrained, Runner: bad})
 		rec.Event(consumer.Event{Kind: consumer.EventRestarting, Runner: bad})
 		rec.HandlerStuck(health.Stuck{Consumer: bad})
@@ -108,12 +108,12 @@ func TestInvalidLabelValuesNeverFailAMessageOrAScrape(t *testing.T) {
 	}
 }
 
-// Review round 3, item 7: the options of one Options call given to two
-// consumers labelled one consumer's settlements with the other's name
-// (acks a=202, b=198 for 200 each), silently. The handler measurements stay
-// right (each consumer's middleware is its own), and the misuse is logged and
-// counted in queuekit_recorder_options_shared_total.
-func TestOptionsSharedByTwoConsumersAreReported(t *testing.T) {
+// Review of issue 10: one rec.Options() result given to two consumers
+// counted their settlements under one name (acks a=202, b=198, then a=0,
+// b=400 for 200/200). The observer is told the consumer (its ctx carries
+// NameFromContext), so the options hold no per-consumer state and every
+// series is right for both.
+func TestOptionsSharedByTwoConsumersLabelEachRight(t *testing.T) {
 	b := memory.NewBroker()
 	defer b.Close()
 	reg := prom.NewRegistry()
@@ -158,8 +158,8 @@ func TestOptionsSharedByTwoConsumersAreReported(t *testing.T) {
 		if k := "queuekit_handler_duration_seconds_count{consumer=" + name + ",result=ok}"; got[k] != n {
 			t.Errorf("%s = %v; want %d", k, got[k], n)
 		}
-	}
-	if k := "queuekit_recorder_options_shared_total{}"; got[k] != 1 {
-		t.Errorf("%s = %v; want 1 (one Options result given to a second consumer)", k, got[k])
+		if acked := b.Stats(name).Acked; got["queuekit_messages_handled_total{consumer="+name+",outcome=ack}"] != float64(acked) {
+			t.Errorf("acks of %s: metric %v, broker %d", name, got["queuekit_messages_handled_total{consumer="+name+",outcome=ack}"], acked)
+		}
 	}
 }

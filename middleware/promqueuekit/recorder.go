@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -95,7 +93,6 @@ type metrics struct {
 	drainMsgs  *prom.CounterVec   // consumer, outcome
 	drainTime  *prom.HistogramVec // consumer
 	stuck      *prom.CounterVec   // consumer
-	shared     prom.Counter       // Options results given to a second consumer
 
 	// bound caches the children of one consumer label value, so that the
 	// per-message path does no label hashing and no allocation. Label values
@@ -230,11 +227,9 @@ func New(reg prom.Registerer, opts ...Option) (*Recorder, error) {
 			Buckets: []float64{0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120}}, []string{LabelConsumer}),
 		stuck: prom.NewCounterVec(prom.CounterOpts{Namespace: ns, Name: "stuck_handlers_total",
 			Help: "Handler calls that ran past the stuck-handler watchdog's threshold."}, []string{LabelConsumer}),
-		shared: prom.NewCounter(prom.CounterOpts{Namespace: ns, Name: "recorder_options_shared_total",
-			Help: "Times the options of one Recorder.Options call were given to one more consumer: the settlement counts of those consumers may carry each other's name. Call Options once per consumer."}),
 	}
 	cs := []prom.Collector{m.handled, m.duration, m.inFlight, m.attempts, m.events,
-		m.reconnects, m.restarts, m.rebalances, m.drainMsgs, m.drainTime, m.stuck, m.shared}
+		m.reconnects, m.restarts, m.rebalances, m.drainMsgs, m.drainTime, m.stuck}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			// Leave reg as we found it, so that the caller may retry with
@@ -287,114 +282,57 @@ func (r *Recorder) label(m *broker.Message) string {
 //	c, err := consumer.New(src, middleware.Recover()(h), rec.Options()...)
 //
 // The series are labelled with the consumer's name: the name it is added to
-// its Supervisor under (Supervisor.Add), else its WithName. Call Options
-// once per consumer: the options learn the name of the consumer they are
-// given to. Options given to a second consumer still label its handler
-// measurements and events right, but not its settlements (the runtime's
-// observer is not told which consumer calls it): that is logged once, with
-// slog.Default, and counted in queuekit_recorder_options_shared_total. Do
-// not also set Supervisor.OnEvent or WithEventHook to r.Event: each event
-// would be counted twice.
+// its Supervisor under (Supervisor.Add), else its WithName, read from each
+// call (consumer.NameFromContext for the handler and the observer,
+// Event.Runner for events) — so one Options result may serve several
+// consumers. Do not also set Supervisor.OnEvent or WithEventHook to r.Event:
+// each event would be counted twice.
 func (r *Recorder) Options() []consumer.Option {
-	b := &binding{r: r}
 	return []consumer.Option{
-		consumer.WithMiddleware(b.middleware),
-		consumer.WithObserver(b.observe),
-		consumer.WithEventHook(b.event),
+		consumer.WithMiddleware(r.middleware),
+		consumer.WithObserver(r.Observe),
+		consumer.WithEventHook(r.eventHook),
 	}
 }
 
-// binding is what Options gives one consumer: the Recorder's measurements
-// under that consumer's name. The name is learnt from the handler's context
-// (consumer.NameFromContext) and from the consumer's events (Event.Runner),
-// which both come before any settlement; the observer, which is given
-// neither, reads it here.
-//
-// consumer.New applies the middleware once per consumer, so each
-// application gets a handlerBinding of its own (the handler measurements
-// stay right when one binding is given to two consumers), and the second
-// application reveals the sharing.
-type binding struct {
-	r       *Recorder
-	name    atomic.Pointer[string]
-	applied atomic.Int32
-}
-
-func (b *binding) learn(name string) {
-	if name == "" {
-		return
+// name is the consumer label for a call: the Recorder's fixed name
+// (WithConsumer, For), else the consumer's (NameFromContext), else the topic.
+func (r *Recorder) name(ctx context.Context, m *broker.Message) string {
+	if r.consumer != "" {
+		return r.consumer
 	}
-	if p := b.name.Load(); p == nil || *p != name {
-		b.name.Store(&name)
-	}
-}
-
-func (b *binding) label(m *broker.Message) string {
-	if b.r.consumer != "" {
-		return b.r.consumer
-	}
-	if p := b.name.Load(); p != nil {
-		return *p
+	if name, ok := consumer.NameFromContext(ctx); ok {
+		return name
 	}
 	return m.Topic
 }
 
-// handlerBinding is one consumer's application of a binding's middleware:
-// the middleware.Recorder of its middleware.Metrics, labelled with the name
-// of that consumer's handler contexts.
-type handlerBinding struct {
-	b    *binding
-	name atomic.Pointer[string]
-}
-
-func (h *handlerBinding) label(m *broker.Message) string {
-	if h.b.r.consumer != "" {
-		return h.b.r.consumer
-	}
-	if p := h.name.Load(); p != nil {
-		return *p
-	}
-	return m.Topic
-}
-
-// HandlerStarted and HandlerDone make the handlerBinding the
-// middleware.Recorder of its own middleware.Metrics.
-func (h *handlerBinding) HandlerStarted(m *broker.Message) { h.b.r.m.get(h.label(m)).inFlight.Inc() }
-
-func (h *handlerBinding) HandlerDone(m *broker.Message, err error, d time.Duration) {
-	h.b.r.handlerDone(h.label(m), err, d)
-}
-
-func (b *binding) middleware(next consumer.Handler) consumer.Handler {
-	if b.applied.Add(1) == 2 {
-		b.r.m.shared.Inc()
-		slog.Default().Warn("queuekit: promqueuekit: the options of one Recorder.Options call were given to more than one consumer; " +
-			"their settlement counts may carry each other's names. Call Options once per consumer.")
-	}
-	h := &handlerBinding{b: b}
-	measured := middleware.Metrics(h)(next)
-	return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
-		if name, ok := consumer.NameFromContext(ctx); ok {
-			if p := h.name.Load(); p == nil || *p != name {
-				h.name.Store(&name)
-				b.learn(name)
+// middleware measures each handler call as middleware.Metrics does, under
+// the name of the consumer whose handler it is.
+func (r *Recorder) middleware(next consumer.Handler) consumer.Handler {
+	return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) (err error) {
+		name := r.name(ctx, m)
+		r.m.get(name).inFlight.Inc()
+		start := time.Now()
+		// Deferred, so that a panic passing through (Recover placed outside)
+		// still ends the measurement; it is recorded as a panic and re-raised.
+		defer func() {
+			if p := recover(); p != nil {
+				r.handlerDone(name, &consumer.PanicError{Value: p}, time.Since(start))
+				panic(p)
 			}
-		}
-		return measured.Handle(ctx, m)
+			r.handlerDone(name, err, time.Since(start))
+		}()
+		return next.Handle(ctx, m)
 	})
 }
 
-func (b *binding) observe(m *broker.Message, s consumer.Settlement, err error) {
-	b.r.observe(b.label(m), m, s, err)
-}
-
-func (b *binding) event(e consumer.Event) {
-	b.learn(e.Runner)
-	name := b.r.consumer
+func (r *Recorder) eventHook(e consumer.Event) {
+	name := r.consumer
 	if name == "" {
 		name = e.Runner
 	}
-	b.r.event(name, e)
+	r.event(name, e)
 }
 
 // HandlerStarted implements middleware.Recorder.
@@ -426,8 +364,8 @@ func resultIndex(outcome string) int {
 // The outcome label is the settlement's name (s.String()) when the broker
 // took it, OutcomeStale when err wraps broker.ErrStaleDelivery, and
 // OutcomeSettleFailed for any other settlement error.
-func (r *Recorder) Observe(m *broker.Message, s consumer.Settlement, err error) {
-	r.observe(r.label(m), m, s, err)
+func (r *Recorder) Observe(ctx context.Context, m *broker.Message, s consumer.Settlement, err error) {
+	r.observe(r.name(ctx, m), m, s, err)
 }
 
 func (r *Recorder) observe(name string, m *broker.Message, s consumer.Settlement, err error) {
