@@ -158,8 +158,9 @@ type Connection struct {
 	// dial only takes it to register its socket), so that abort never waits
 	// for a dial: it is what ends one.
 	sockMu     sync.Mutex
-	socks      map[net.Conn]struct{} // the network connections of cur and of a dial in progress
-	curSock    net.Conn              // cur's, to forget it when cur is replaced
+	socks      map[net.Conn]struct{}         // the network connections of cur and of a dial in progress
+	curSock    net.Conn                      // cur's, to forget it when cur is replaced
+	sockOf     map[*amqp.Connection]net.Conn // cur's socket, for link.drop
 	aborted    bool
 	dialCtx    context.Context // cancelled by abort: ends a default TCP connect
 	cancelDial context.CancelFunc
@@ -183,6 +184,7 @@ func newConnection(d Dialer) *Connection { return &Connection{d: d} }
 func (c *Connection) init() {
 	c.initOnce.Do(func() {
 		c.socks = map[net.Conn]struct{}{}
+		c.sockOf = map[*amqp.Connection]net.Conn{}
 		c.dialCtx, c.cancelDial = context.WithCancel(context.Background())
 	})
 }
@@ -190,17 +192,64 @@ func (c *Connection) init() {
 // channel opens a channel on the current connection, dialling a new one if
 // there is none or it is closed.
 func (c *Connection) channel() (*amqp.Channel, error) {
-	conn, err := c.get()
+	ch, _, err := c.channelOn()
+	return ch, err
+}
+
+// link is what a channel's users need to know of the connection under it.
+type link struct {
+	// sock is the network connection: closing it (drop) ends every write
+	// blocked on it, and the connection with it.
+	sock net.Conn
+	// frameMax is the negotiated frame size (0: no limit).
+	frameMax int
+}
+
+// drop closes the network connection under l without a word to the broker,
+// as abort does, but only that one: the Connection redials when next
+// needed. It is for a write that blocks on a socket that takes no more
+// bytes (amqp091 writes with no deadline, and every other write of the
+// connection waits behind it): nothing else can be sent on it anyway, and
+// the broker requeues the unacknowledged deliveries when it sees it go.
+func (l link) drop() {
+	if l.sock != nil {
+		_ = l.sock.Close()
+	}
+}
+
+// dropCurrent is link.drop for the current connection's socket, for a
+// caller that has no link yet (it waits for a channel to open).
+func (c *Connection) dropCurrent() {
+	c.init()
+	c.sockMu.Lock()
+	sock := c.curSock
+	c.sockMu.Unlock()
+	link{sock: sock}.drop()
+}
+
+// channelOn is channel, with the link of the connection it opened it on.
+func (c *Connection) channelOn() (*amqp.Channel, link, error) {
+	conn, l, err := c.getLink()
 	if err != nil {
-		return nil, err
+		return nil, link{}, err
 	}
 	ch, err := conn.Channel()
 	if err != nil {
 		// If the connection was lost between get and Channel, the next call
 		// redials.
-		return nil, fmt.Errorf("rabbitmq: open channel: %w", err)
+		return nil, link{}, fmt.Errorf("rabbitmq: open channel: %w", err)
 	}
-	return ch, nil
+	return ch, l, nil
+}
+
+func (c *Connection) getLink() (*amqp.Connection, link, error) {
+	conn, err := c.get()
+	if err != nil {
+		return nil, link{}, err
+	}
+	c.sockMu.Lock()
+	defer c.sockMu.Unlock()
+	return conn, link{sock: c.sockOf[conn], frameMax: conn.Config.FrameSize}, nil
 }
 
 func (c *Connection) get() (*amqp.Connection, error) {
@@ -229,6 +278,7 @@ func (c *Connection) get() (*amqp.Connection, error) {
 		delete(c.socks, c.curSock) // the old connection is closed: nothing to abort there
 		c.curSock = nil
 	}
+	clear(c.sockOf)
 	if err != nil {
 		if sock != nil {
 			delete(c.socks, sock)
@@ -240,6 +290,7 @@ func (c *Connection) get() (*amqp.Connection, error) {
 		return nil, err
 	}
 	c.curSock = sock
+	c.sockOf[conn] = sock
 	c.sockMu.Unlock()
 	// The library sends the close reason on this channel without blocking
 	// when it has room (it does: capacity 1, one error per connection), so

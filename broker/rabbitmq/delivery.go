@@ -318,6 +318,9 @@ func (d *delivery) end(err error) error {
 	return err
 }
 
+func (d *delivery) ack() error  { return d.sess.ch.Ack(d.d.DeliveryTag, false) }
+func (d *delivery) nack() error { return d.sess.ch.Nack(d.d.DeliveryTag, false, true) }
+
 func (d *delivery) stale(op string) error {
 	return fmt.Errorf("rabbitmq: %s message %q from subscription %d: channel closed, the broker redelivers it: %w",
 		op, d.msg.ID, d.sess.gen, broker.ErrStaleDelivery)
@@ -341,6 +344,38 @@ func (d *delivery) settleErr(op string, err error) error {
 		op, d.msg.ID, err, broker.ErrStaleDelivery)
 }
 
+// write sends one basic.ack or basic.nack of a settlement (f), bounded by
+// ctx. amqp091 writes with no deadline and ignores ctx: on a socket that
+// takes no more bytes (TCP backpressure, a broker that stopped reading) the
+// write, and every other write of the connection behind it, would block
+// until the heartbeat timeout or forever. So when ctx ends first, the
+// connection's socket is closed (link.drop): the write fails at once, the
+// broker requeues every unacknowledged delivery of the connection, and the
+// source reconnects. The error then wraps ctx's error and
+// broker.ErrStaleDelivery. A ctx already done gets abortGrace to write: a
+// settlement must not cost a healthy connection.
+func (d *delivery) write(ctx context.Context, op string, f func() error) error {
+	var stop func() bool
+	if ctx.Err() != nil {
+		t := time.AfterFunc(abortGrace, d.sess.link.drop)
+		stop = t.Stop
+	} else {
+		stop = context.AfterFunc(ctx, d.sess.link.drop)
+	}
+	err := f()
+	if !stop() && err != nil {
+		// The write was still blocked when the bound came (a write that
+		// went through before the socket closed returned nil: it stands).
+		cause := context.Cause(ctx)
+		if cause == nil {
+			cause = context.DeadlineExceeded
+		}
+		return fmt.Errorf("rabbitmq: %s message %q: the write did not go through before the context ended (%v); "+
+			"closed the connection, the broker redelivers it: %w (%w)", op, d.msg.ID, err, cause, broker.ErrStaleDelivery)
+	}
+	return d.settleErr(op, err)
+}
+
 // Ack implements broker.Delivery. It is sent only on the channel the
 // delivery came on; if that channel is closed it returns an error wrapping
 // broker.ErrStaleDelivery.
@@ -348,7 +383,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.begin("ack"); err != nil {
 		return err
 	}
-	return d.end(d.settleErr("ack", d.sess.ch.Ack(d.d.DeliveryTag, false)))
+	return d.end(d.write(ctx, "ack", d.ack))
 }
 
 // Requeue implements broker.Delivery. When the broker counts deliveries (a
@@ -377,17 +412,17 @@ func (d *delivery) Requeue(ctx context.Context) error {
 		return err
 	}
 	if d.brokerCounts() {
-		return d.end(d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
+		return d.end(d.write(ctx, "requeue", d.nack))
 	}
 	err := d.s.pub.PublishRaw(ctx, "", d.s.cfg.Queue, d.copyWith(nil))
 	if errors.Is(err, ErrNacked) {
 		d.s.memo.put(&d.d, d.msg.Attempt+1)
-		return d.end(d.settleErr("requeue", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
+		return d.end(d.write(ctx, "requeue", d.nack))
 	}
 	if err != nil {
 		return d.end(fmt.Errorf("rabbitmq: requeue message %q by republishing it to %q: %w", d.msg.ID, d.s.cfg.Queue, err))
 	}
-	return d.end(d.settleErr("requeue", d.sess.ch.Ack(d.d.DeliveryTag, false)))
+	return d.end(d.write(ctx, "requeue", d.ack))
 }
 
 // Release implements broker.Releaser: the runtime calls it for a delivery
@@ -403,7 +438,7 @@ func (d *delivery) Release(ctx context.Context) error {
 		return err
 	}
 	d.s.memo.put(&d.d, d.msg.Attempt)
-	return d.end(d.settleErr("release", d.sess.ch.Nack(d.d.DeliveryTag, false, true)))
+	return d.end(d.write(ctx, "release", d.nack))
 }
 
 // brokerCounts reports whether the broker counts this message's deliveries
@@ -435,7 +470,7 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 	if err := d.s.pub.PublishRaw(ctx, "", d.s.cfg.Topology.RetryQueue, pub); err != nil {
 		return d.end(fmt.Errorf("rabbitmq: requeue message %q to %q after %v: %w", d.msg.ID, d.s.cfg.Topology.RetryQueue, delay, err))
 	}
-	return d.end(d.settleErr("requeue after delay", d.sess.ch.Ack(d.d.DeliveryTag, false)))
+	return d.end(d.write(ctx, "requeue after delay", d.ack))
 }
 
 // DeadLetter implements broker.Delivery: it publishes a copy to the
@@ -456,10 +491,10 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	// its first failure.
 	delete(pub.Headers, HeaderDeliveries)
 	x := d.s.cfg.Topology.DeadLetterExchange
-	if err := d.s.pub.PublishRaw(ctx, x, d.s.cfg.Queue, pub); err != nil {
+	if err := d.s.dlPub.publishDeadLetter(ctx, x, d.s.cfg.Queue, pub); err != nil {
 		return d.end(fmt.Errorf("rabbitmq: dead-letter message %q to exchange %q: %w", d.msg.ID, x, err))
 	}
-	return d.end(d.settleErr("dead-letter", d.sess.ch.Ack(d.d.DeliveryTag, false)))
+	return d.end(d.write(ctx, "dead-letter", d.ack))
 }
 
 // copyWith returns the delivery as a publishing with its properties and

@@ -68,10 +68,23 @@
 // Each broker.Message becomes an AMQP message: Key is the routing key, Body
 // the body, ID the message-id (a random one when empty), Time the timestamp
 // (whole seconds), and Header the AMQP headers, except "content-type"
-// (broker.HeaderContentType), which is the content-type property. A Source
-// gives the property back as that header, so broker.PublishJSON and
-// broker.NewJSON messages arrive with their content type. The default
-// exchange "" routes each message to the queue named by its Key.
+// (broker.HeaderContentType, that exact lower-case key), which is the
+// content-type property; any other spelling ("Content-Type") is a plain
+// header. A Source gives the property back as that header, so
+// broker.PublishJSON and broker.NewJSON messages arrive with their content
+// type. The headers PublisherConfig.Inject returns are taken the same way.
+// The adapter's own headers (x-queuekit-publish-seq, x-queuekit-routing-key)
+// are never taken from a message or from Inject. The default exchange ""
+// routes each message to the queue named by its Key.
+//
+// What RabbitMQ would answer by closing the whole connection — that of
+// every Source and Publisher sharing it — is refused before anything is
+// sent, with an error wrapping broker.ErrInvalidConfig: an exchange name,
+// routing key, header name or string property over 255 bytes, a header
+// value of a type AMQP has not, and properties and headers that do not fit
+// in one frame of the size the broker negotiated (frame_max, 131072 bytes
+// by default; that error wraps ErrMessageTooLarge too). The body has no
+// such limit: it is split over as many frames as it needs.
 //
 // Messages are persistent and published mandatory by default: a message
 // that no queue takes comes back from the broker, and Publish fails with
@@ -146,6 +159,23 @@
 //   - DeadLetter publishes a copy to the dead-letter exchange with the
 //     broker.Reason headers (x-queuekit-error, -attempts, -source…) and the
 //     original headers, waits for its confirm, and then acks the original.
+//     A dead letter is always publishable: when its headers would not fit
+//     in a frame, the error text is cut, then the message's own largest
+//     headers are left out, and HeaderTrimmed lists what was cut. The copy
+//     keeps the original routing key in x-queuekit-routing-key (it is routed
+//     by the queue name, and a Source reading the dead-letter queue, or a
+//     redrive, gives the producer's key back as Message.Key); it carries no
+//     other header of the adapter's.
+//
+// Every settlement is bounded by its context. amqp091 writes with no
+// deadline: on a socket that takes no more bytes (TCP backpressure, a broker
+// that stopped reading) a basic.ack, and every other write behind it, would
+// wait for the heartbeat timeout or for ever. When the context ends with a
+// settlement's write still blocked, the source closes the connection's
+// socket (the broker requeues every unacknowledged delivery on it, and the
+// source reconnects) and the settlement returns an error wrapping the
+// context's error (and broker.ErrStaleDelivery for an ack or nack). So
+// Consumer.Shutdown and Close keep their bounds on such a connection too.
 //
 // Every copy is confirmed before the original is acknowledged, so no
 // settlement loses a message; when a copy cannot be published, the
@@ -196,8 +226,11 @@
 // error wrapping ErrReturned (a *ReturnError, with the broker's reason) for a
 // mandatory message no queue took; ErrNacked when the broker refused one;
 // the *amqp.Error (wrapped) when the broker closed the channel (404 for an
-// exchange that does not exist); the context's error at the deadline; and
-// broker.ErrPublisherClosed after Close. After an error a message may or may
+// exchange that does not exist); the context's error at the deadline; an
+// error wrapping broker.ErrInvalidConfig for a message it cannot send (see
+// Publishing: ErrMessageTooLarge for headers over the frame size, a nil
+// message, names over 255 bytes), or when PublisherConfig.Inject panicked;
+// and broker.ErrPublisherClosed after Close. After an error a message may or may
 // not have arrived: publishing again is at-least-once.
 //
 // Passwords never appear in the errors and logs of this package: URLs show

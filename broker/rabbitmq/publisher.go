@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"math"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -44,8 +43,10 @@ type PublisherConfig struct {
 	Logger *slog.Logger
 	// Inject, if set, is called for every message with the Publish context
 	// and the message's string-valued headers, and returns headers to set on
-	// the message (over its own). Use it to propagate trace context or a
-	// correlation id from ctx:
+	// the message (over its own), taken as Message.Header is: "content-type"
+	// sets the property, and the adapter's own headers are ignored. A panic
+	// in it fails the Publish (nothing is sent) instead of escaping. Use it
+	// to propagate trace context or a correlation id from ctx:
 	//
 	//	Inject: func(ctx context.Context, h map[string]string) map[string]string { return otel.Inject(ctx, h) }
 	Inject func(ctx context.Context, header map[string]string) map[string]string
@@ -118,6 +119,19 @@ type Publisher struct {
 	inflight  sync.WaitGroup // Publish calls; Add only under mu while !closed, so never after shutdown's Wait began
 	dials     sync.WaitGroup // goroutines of channelCtx
 	writes    sync.WaitGroup // goroutines of publishCtx
+
+	// serial is set on a Source's dead-letter publisher: its publishes go
+	// one at a time and carry no seqHeader (see confirmChannel.serial), so
+	// that a dead letter holds none of the adapter's bookkeeping.
+	// serialSlot is the one-slot semaphore of that.
+	serial     bool
+	serialSlot chan struct{}
+
+	// dropBlocked is set on a Source's publisher: when a publish's ctx
+	// ends with its write still blocked, the connection's socket is
+	// closed, so that the settlement it is part of, and those behind it,
+	// return (see delivery.bounded).
+	dropBlocked bool
 }
 
 var _ broker.Publisher = (*Publisher)(nil)
@@ -140,6 +154,9 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 type outgoing struct {
 	key string
 	msg amqp.Publishing
+	// fit, when set, cuts msg to fit the frame size when it does not (a
+	// dead letter); when unset, such a message is refused.
+	fit func(m *amqp.Publishing, mandatory bool, frameMax int) bool
 }
 
 // Publish implements broker.Publisher: it publishes msgs to exchange, in
@@ -149,8 +166,9 @@ type outgoing struct {
 // Each message becomes an AMQP message: Key is the routing key, Body the
 // body, ID the message-id (a random one when empty, so that consumers can
 // identify it), Time the timestamp (AMQP keeps whole seconds), and Header
-// the AMQP headers, except broker.HeaderContentType ("content-type"), which
-// is the content-type property (a Source of this package gives it back as
+// the AMQP headers, except broker.HeaderContentType ("content-type", that
+// exact key: "Content-Type" is a plain header), which is the content-type
+// property (a Source of this package gives it back as
 // that header, so a message made by broker.NewJSON arrives with its content
 // type). Unless PublisherConfig says otherwise the messages are persistent
 // and mandatory. Publish does not modify msgs.
@@ -162,8 +180,13 @@ type outgoing struct {
 // ErrNacked when the broker refused one; the *amqp.Error (wrapped) when the
 // broker closed the channel, for example 404 NOT_FOUND for an exchange that
 // does not exist; ctx's error (wrapped) when ctx ends first (a context
-// without a deadline is bounded by PublisherConfig.Timeout); and an error
-// wrapping broker.ErrPublisherClosed after Close. After an error, publishing
+// without a deadline is bounded by PublisherConfig.Timeout); an error
+// wrapping broker.ErrInvalidConfig, before anything is sent, for a message
+// that cannot be sent (a nil message; a name or property over 255 bytes;
+// headers AMQP cannot encode, or larger than the broker's frame size, which
+// also wraps ErrMessageTooLarge; see the package doc) or when
+// PublisherConfig.Inject panicked; and an error wrapping
+// broker.ErrPublisherClosed after Close. After an error, publishing
 // again is at-least-once: consumers deduplicate on a key of their own.
 //
 // After Publish returned at its deadline, a write in progress on a socket
@@ -173,7 +196,7 @@ func (p *Publisher) Publish(ctx context.Context, exchange string, msgs ...*broke
 	out := make([]outgoing, len(msgs))
 	for i, m := range msgs {
 		if m == nil {
-			return fmt.Errorf("rabbitmq: publish to %s: message %d of %d is nil; nothing was published", quoteName(exchange), i+1, len(msgs))
+			return fmt.Errorf("%w: rabbitmq: publish to %s: message %d of %d is nil; nothing was published", broker.ErrInvalidConfig, quoteName(exchange), i+1, len(msgs))
 		}
 		out[i] = outgoing{key: string(m.Key), msg: toPublishing(m)}
 	}
@@ -190,6 +213,12 @@ func (p *Publisher) PublishRaw(ctx context.Context, exchange, key string, msg am
 	return p.publish(ctx, exchange, []outgoing{{key: key, msg: msg}})
 }
 
+// publishDeadLetter is PublishRaw for a dead letter, which is cut to fit
+// the frame size (see fitDeadLetter) instead of being refused.
+func (p *Publisher) publishDeadLetter(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+	return p.publish(ctx, exchange, []outgoing{{key: key, msg: msg, fit: fitDeadLetter}})
+}
+
 // toPublishing converts m as Publish documents.
 func toPublishing(m *broker.Message) amqp.Publishing {
 	pub := amqp.Publishing{MessageId: m.ID, Timestamp: m.Time, Body: m.Body}
@@ -199,7 +228,7 @@ func toPublishing(m *broker.Message) amqp.Publishing {
 	h := make(amqp.Table, len(m.Header))
 	for k, v := range m.Header {
 		switch {
-		case strings.EqualFold(k, broker.HeaderContentType):
+		case k == broker.HeaderContentType:
 			pub.ContentType = v
 		case k == seqHeader || k == routingKeyHeader:
 			// The adapter's own: a Source would take them for its
@@ -243,13 +272,36 @@ func (p *Publisher) publish(ctx context.Context, exchange string, out []outgoing
 			m.MessageId = newID()
 		}
 		if p.cfg.Inject != nil {
-			m.Headers = inject(ctx, p.cfg.Inject, m.Headers)
+			if err := inject(ctx, p.cfg.Inject, m); err != nil {
+				return publishErr(exchange, out, i, err)
+			}
 		}
 		if !p.cfg.Transient && m.DeliveryMode == 0 {
 			m.DeliveryMode = amqp.Persistent
 		}
+		// What amqp091 cannot encode fails the frame half written, and
+		// closes the whole connection (that of every Source and Publisher
+		// sharing it); and retrying cannot help. Nothing is sent then.
+		if err := checkPublish(exchange, out[i].key, m); err != nil {
+			return publishErr(exchange, out, i, fmt.Errorf("%w; nothing was published", err))
+		}
 	}
 	mandatory := !p.cfg.AllowUnroutable
+	if p.serial {
+		// One publish at a time, from its write to its confirm, so that a
+		// basic.return on the channel is that publish's (see serial).
+		select {
+		case p.serialSlot <- struct{}{}:
+		case <-ctx.Done():
+			return fmt.Errorf("rabbitmq: publish to %s: %w", quoteName(exchange), context.Cause(ctx))
+		case <-p.done:
+			return fmt.Errorf("rabbitmq: publish to %s: %w", quoteName(exchange), broker.ErrPublisherClosed)
+		}
+	}
+	var waits []*pendingPublish // one per message written, in order
+	if p.serial {
+		defer func() { p.releaseSerial(waits) }()
+	}
 	bo := backoff{min: p.cfg.ReconnectMin, max: p.cfg.ReconnectMax}
 	var lastErr error // the last failure that was not the deadline, for the final error
 	expired := func() error {
@@ -258,7 +310,7 @@ func (p *Publisher) publish(ctx context.Context, exchange string, out []outgoing
 		}
 		return fmt.Errorf("rabbitmq: publish to %s: %w (last error: %w)", quoteName(exchange), context.Cause(ctx), lastErr)
 	}
-	waits := make([]*pendingPublish, 0, len(out)) // one per message written, in order
+	waits = make([]*pendingPublish, 0, len(out))
 	for len(waits) < len(out) {
 		cc, err := p.channelCtx(ctx)
 		if err == nil {
@@ -290,6 +342,8 @@ func (p *Publisher) publish(ctx context.Context, exchange string, out []outgoing
 			return fmt.Errorf("rabbitmq: publish to %s: %w", quoteName(exchange), err)
 		case errors.Is(err, ErrConnectionClosed), broker.IsFatal(err):
 			return err
+		case errors.Is(err, broker.ErrInvalidConfig): // too large for the frame: retrying cannot help
+			return err
 		case ctx.Err() != nil:
 			return expired()
 		}
@@ -315,6 +369,36 @@ func (p *Publisher) publish(ctx context.Context, exchange string, out []outgoing
 		}
 	}
 	return nil
+}
+
+// releaseSerial frees the serial slot once every publish in waits is
+// settled (confirmed, returned, or failed with its channel), so that the
+// next publish's return cannot be taken for one of these. A publish that
+// gave up at its deadline leaves them pending: a goroutine then waits for
+// them (the channel's close settles them all at last), and Close for it.
+func (p *Publisher) releaseSerial(waits []*pendingPublish) {
+	pending := func() bool {
+		for _, w := range waits {
+			select {
+			case <-w.done:
+			default:
+				return true
+			}
+		}
+		return false
+	}
+	if !pending() {
+		<-p.serialSlot
+		return
+	}
+	p.writes.Add(1)
+	go func() {
+		defer p.writes.Done()
+		for _, w := range waits {
+			<-w.done
+		}
+		<-p.serialSlot
+	}()
 }
 
 // publishErr is the error of Publish when the confirm of out[i] failed
@@ -361,6 +445,11 @@ func (p *Publisher) channelCtx(ctx context.Context) (*confirmChannel, error) {
 	case r := <-res:
 		return r.cc, r.err
 	case <-ctx.Done():
+		if p.dropBlocked {
+			// A settlement's publish (see publishCtx): opening the
+			// channel is a write too, and may be what blocks.
+			p.conn.dropCurrent()
+		}
 		return nil, fmt.Errorf("rabbitmq: connecting: %w", context.Cause(ctx))
 	case <-p.done:
 		return nil, broker.ErrPublisherClosed // Close need not wait for the dial
@@ -384,7 +473,7 @@ func (p *Publisher) channel() (*confirmChannel, error) {
 		return cc, nil
 	}
 	p.mu.Unlock()
-	ch, err := p.conn.channel()
+	ch, l, err := p.conn.channelOn()
 	if err != nil {
 		if unfixable(err, false) {
 			return nil, broker.Fatal(err) // e.g. ACCESS_REFUSED: retrying cannot help
@@ -400,7 +489,7 @@ func (p *Publisher) channel() (*confirmChannel, error) {
 			return nil, err
 		}
 	}
-	cc, err := newConfirmChannel(ch)
+	cc, err := newConfirmChannel(ch, l, p.serial)
 	if err != nil {
 		return nil, err
 	}
@@ -514,6 +603,19 @@ func (p *Publisher) publishCtx(ctx context.Context, cc *confirmChannel, exchange
 		ws  []*pendingPublish
 		err error
 	}
+	// Every message is measured before the first is written: a frame
+	// larger than the broker's frame_max makes it close the connection
+	// (501 FRAME_ERROR), so such a message is refused (or, a dead letter,
+	// cut to fit) before anything of the publish is sent.
+	for i := range out {
+		o := &out[i]
+		if fits(&o.msg, mandatory, cc.link.frameMax) {
+			continue
+		}
+		if o.fit == nil || !o.fit(&o.msg, mandatory, cc.link.frameMax) {
+			return nil, publishErr(exchange, out, i, tooLarge(&o.msg, mandatory, cc.link.frameMax))
+		}
+	}
 	res := make(chan result, 1)
 	p.writes.Add(1)
 	go func() {
@@ -537,6 +639,11 @@ func (p *Publisher) publishCtx(ctx context.Context, cc *confirmChannel, exchange
 	case r := <-res:
 		return r.ws, r.err
 	case <-ctx.Done():
+		if p.dropBlocked {
+			// A settlement's publish (see Source): a write still blocked
+			// holds every other write of the connection, acks included.
+			cc.link.drop()
+		}
 		return nil, context.Cause(ctx)
 	}
 }
@@ -552,7 +659,12 @@ const seqHeader = "x-queuekit-publish-seq"
 // drainer (unbuffered) before it reads the ack, and the drainer records the
 // return before it reads the confirm.
 type confirmChannel struct {
-	ch *amqp.Channel
+	ch   *amqp.Channel
+	link link // of the connection ch is on
+	// serial is set when its publisher has at most one publish pending at
+	// a time (Publisher.serial): a basic.return is then that publish's,
+	// and publishes need no seqHeader.
+	serial bool
 	// pubSlot serializes publishes (the sequence number we read is the one
 	// the broker assigns). It is a one-slot semaphore rather than a mutex so
 	// that a publish waiting behind one stuck in a write (a socket that takes
@@ -572,12 +684,12 @@ type pendingPublish struct {
 	returned      *ReturnError
 }
 
-func newConfirmChannel(ch *amqp.Channel) (*confirmChannel, error) {
+func newConfirmChannel(ch *amqp.Channel, l link, serial bool) (*confirmChannel, error) {
 	if err := ch.Confirm(false); err != nil {
 		_ = ch.Close()
 		return nil, fmt.Errorf("rabbitmq: confirm mode: %w", err)
 	}
-	cc := &confirmChannel{ch: ch, pending: map[uint64]*pendingPublish{}, exited: make(chan struct{}), pubSlot: make(chan struct{}, 1)}
+	cc := &confirmChannel{ch: ch, link: l, serial: serial, pending: map[uint64]*pendingPublish{}, exited: make(chan struct{}), pubSlot: make(chan struct{}, 1)}
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	returns := ch.NotifyReturn(make(chan amqp.Return)) // unbuffered: see confirmChannel
 	// Buffered so that a burst of confirms does not wait on map operations;
@@ -599,10 +711,16 @@ func (cc *confirmChannel) drain(closes <-chan *amqp.Error, returns <-chan amqp.R
 				continue
 			}
 			seq, ok := tableInt(r.Headers, seqHeader)
+			cc.mu.Lock()
+			if !ok && cc.serial {
+				for s := range cc.pending { // one at most
+					seq, ok = int64(s), true
+				}
+			}
 			if !ok {
+				cc.mu.Unlock()
 				continue
 			}
-			cc.mu.Lock()
 			if w := cc.pending[uint64(seq)]; w != nil {
 				w.returned = &ReturnError{Exchange: r.Exchange, RoutingKey: r.RoutingKey, Code: int(r.ReplyCode), Reason: r.ReplyText}
 			}
@@ -676,7 +794,7 @@ func (cc *confirmChannel) publish(ctx context.Context, exchange, key string, man
 	}
 	cc.pending[seq] = w
 	cc.mu.Unlock()
-	if mandatory {
+	if mandatory && !cc.serial {
 		h := make(amqp.Table, len(msg.Headers)+1)
 		for k, v := range msg.Headers {
 			h[k] = v
@@ -731,21 +849,45 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// inject runs f over the string-valued headers of t and returns a copy of t
-// with what f returned set over it; t itself is not modified.
-func inject(ctx context.Context, f func(context.Context, map[string]string) map[string]string, t amqp.Table) amqp.Table {
-	strs := make(map[string]string, len(t))
-	for k, v := range t {
+// inject runs f over the string-valued headers of m and sets what it
+// returned on a copy of m's headers, filtered as Publish filters
+// Message.Header: "content-type" sets the content-type property, and the
+// adapter's own headers are not taken. m's original headers are not
+// modified. A panic in f is returned as an error: Publish fails, nothing is
+// sent, and the Publisher stays usable.
+func inject(ctx context.Context, f func(context.Context, map[string]string) map[string]string, m *amqp.Publishing) (err error) {
+	strs := make(map[string]string, len(m.Headers))
+	for k, v := range m.Headers {
 		if s, ok := v.(string); ok {
 			strs[k] = s
 		}
 	}
-	out := make(amqp.Table, len(t)+2)
-	for k, v := range t {
+	var got map[string]string
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("rabbitmq: PublisherConfig.Inject panicked: %v; nothing was published", r)
+			}
+		}()
+		got = f(ctx, strs)
+	}()
+	if err != nil || len(got) == 0 {
+		return err
+	}
+	out := make(amqp.Table, len(m.Headers)+len(got))
+	for k, v := range m.Headers {
 		out[k] = v
 	}
-	for k, v := range f(ctx, strs) {
-		out[k] = v
+	for k, v := range got {
+		switch k {
+		case broker.HeaderContentType:
+			m.ContentType = v
+		case seqHeader, routingKeyHeader:
+			// The adapter's own (see toPublishing).
+		default:
+			out[k] = v
+		}
 	}
-	return out
+	m.Headers = out
+	return nil
 }

@@ -95,7 +95,8 @@ type Source struct {
 	cfg     Config
 	conn    *Connection
 	ownConn bool
-	pub     *Publisher  // dead letters, delayed retries and classic requeues
+	pub     *Publisher  // delayed retries and classic requeues
+	dlPub   *Publisher  // dead letters, one at a time (see Publisher.serial)
 	memo    attemptMemo // attempts of the messages this source gave back unhandled
 
 	hook atomic.Pointer[func(broker.Event)]
@@ -146,6 +147,7 @@ type state struct {
 type session struct {
 	gen        uint64
 	ch         *amqp.Channel
+	link       link // of the connection ch is on: settlements drop it when their write blocks past their ctx
 	tag        string
 	deliveries <-chan amqp.Delivery
 	stopping   atomic.Bool   // intake stopped: give back whatever comes
@@ -153,8 +155,8 @@ type session struct {
 	finishOnce sync.Once
 }
 
-func newSession(gen uint64, ch *amqp.Channel, tag string, deliveries <-chan amqp.Delivery) *session {
-	return &session{gen: gen, ch: ch, tag: tag, deliveries: deliveries, released: make(chan struct{})}
+func newSession(gen uint64, ch *amqp.Channel, l link, tag string, deliveries <-chan amqp.Delivery) *session {
+	return &session{gen: gen, ch: ch, link: l, tag: tag, deliveries: deliveries, released: make(chan struct{})}
 }
 
 // finish marks the give-back of sess done: its subscription was cancelled
@@ -200,7 +202,22 @@ func NewSource(cfg Config) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	pub.dropBlocked = true
 	s.pub = pub
+	// Dead letters go on a channel of their own, one at a time, so that
+	// they carry none of the adapter's headers but the original routing
+	// key (see delivery.DeadLetter).
+	dl, err := NewPublisher(PublisherConfig{
+		Conn:         s.conn,
+		ReconnectMin: cfg.ReconnectMin,
+		ReconnectMax: cfg.ReconnectMax,
+		Logger:       cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	dl.dropBlocked, dl.serial, dl.serialSlot = true, true, make(chan struct{}, 1)
+	s.dlPub = dl
 	s.memo.init(cfg.Prefetch)
 	s.st.Store(&state{changed: make(chan struct{}), down: errors.New("rabbitmq: not connected yet")})
 	return s, nil
@@ -484,7 +501,7 @@ func (s *Source) shutdown(started bool) {
 		<-s.loopDone
 		<-s.dispatchDone // so that the hook is never called after Close returned
 	}
-	err := s.pub.Close(context.Background()) // bounded by abort, which Close does on its ctx's end
+	err := errors.Join(s.pub.Close(context.Background()), s.dlPub.Close(context.Background())) // bounded by abort, which Close does on its ctx's end
 	s.ops.Wait()
 	if s.ownConn {
 		err = errors.Join(err, s.conn.close())
@@ -510,10 +527,13 @@ func (s *Source) loop() {
 		// The topology is ensured on channels of its own, so that a failed
 		// passive check (which closes its channel) never costs the
 		// subscription's channel.
-		var ch *amqp.Channel
+		var (
+			ch *amqp.Channel
+			l  link
+		)
 		err := s.cfg.Topology.ensure(s.conn.channel, s.cfg.Queue)
 		if err == nil {
-			ch, err = s.conn.channel()
+			ch, l, err = s.conn.channelOn()
 		}
 		if err == nil {
 			if err = ch.Qos(s.cfg.Prefetch, 0, false); err != nil {
@@ -549,7 +569,7 @@ func (s *Source) loop() {
 		// and one cancel per consumer tag, and we read both below.
 		closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 		cancels := ch.NotifyCancel(make(chan string, 1))
-		reason, stopped := s.serve(ch, closes, cancels, &bo, &connected, log)
+		reason, stopped := s.serve(ch, l, closes, cancels, &bo, &connected, log)
 		if stopped || s.stopping() {
 			return
 		}
@@ -579,7 +599,7 @@ func (s *Source) stopping() bool {
 // serve subscribes on ch and follows Pause/Resume until ch closes, the broker
 // cancels the subscription, or the source is closed. It reports why the
 // channel is no longer usable, or stopped=true after Close (ch closed).
-func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-chan string, bo *backoff, connected *bool, log *slog.Logger) (reason error, stopped bool) {
+func (s *Source) serve(ch *amqp.Channel, l link, closes <-chan *amqp.Error, cancels <-chan string, bo *backoff, connected *bool, log *slog.Logger) (reason error, stopped bool) {
 	var sess *session // the subscription this loop made on ch, if any
 	defer func() {
 		// Closing the channel gives every unacknowledged delivery on it back
@@ -631,7 +651,7 @@ func (s *Source) serve(ch *amqp.Channel, closes <-chan *amqp.Error, cancels <-ch
 				}
 				return err, false
 			}
-			sess = newSession(gen, ch, tag, deliveries)
+			sess = newSession(gen, ch, l, tag, deliveries)
 			s.mu.Lock()
 			paused = s.paused
 			if !paused {

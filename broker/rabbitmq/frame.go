@@ -1,0 +1,279 @@
+package rabbitmq
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// ErrMessageTooLarge is wrapped (together with broker.ErrInvalidConfig) by
+// the error of a Publish whose message cannot be sent: its properties and
+// headers do not fit in one AMQP frame of the size the broker negotiated
+// (frame_max, 131072 bytes by default). RabbitMQ closes the whole
+// connection on such a frame (501 FRAME_ERROR), so the Publisher refuses
+// the message before it writes anything; the body is not limited by this
+// (it is split over as many frames as it needs).
+var ErrMessageTooLarge = errors.New("rabbitmq: message headers larger than the broker's frame size")
+
+// maxShortstr is the longest AMQP short string: exchange names, routing
+// keys, header names and the string properties (message-id, content-type…).
+const maxShortstr = 255
+
+// frameOverhead is what a frame adds to its payload: type, channel, size
+// and the frame-end octet. RabbitMQ refuses a frame whose payload is larger
+// than frame_max minus this.
+const frameOverhead = 8
+
+// seqHeaderSize is what a mandatory publish adds to the headers (seqHeader
+// with an int64 value), counted before the header is there.
+const seqHeaderSize = 1 + len(seqHeader) + 1 + 8
+
+// checkShortstr returns an error wrapping broker.ErrInvalidConfig when s
+// does not fit in an AMQP short string. amqp091 would fail the frame half
+// written and close the whole connection over it.
+func checkShortstr(what, s string) error {
+	if len(s) > maxShortstr {
+		return fmt.Errorf("%w: rabbitmq: %s is %d bytes long; AMQP allows at most %d", broker.ErrInvalidConfig, what, len(s), maxShortstr)
+	}
+	return nil
+}
+
+// checkPublish checks what amqp091 cannot encode, or encodes into a frame
+// RabbitMQ closes the connection over, apart from the frame size (see
+// headerFrameSize): names over 255 bytes, header values of types AMQP has
+// not. Its errors wrap broker.ErrInvalidConfig.
+func checkPublish(exchange, key string, m *amqp.Publishing) error {
+	if err := checkShortstr("exchange name", exchange); err != nil {
+		return err
+	}
+	if err := checkShortstr("routing key", key); err != nil {
+		return err
+	}
+	for _, p := range [...]struct{ name, v string }{
+		{"content-type", m.ContentType}, {"content-encoding", m.ContentEncoding},
+		{"correlation-id", m.CorrelationId}, {"reply-to", m.ReplyTo},
+		{"expiration", m.Expiration}, {"message-id", m.MessageId}, {"type", m.Type},
+		{"user-id", m.UserId}, {"app-id", m.AppId},
+	} {
+		if err := checkShortstr("property "+p.name, p.v); err != nil {
+			return err
+		}
+	}
+	if _, err := tableSize(m.Headers); err != nil {
+		return fmt.Errorf("%w: rabbitmq: headers: %w", broker.ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// headerFrameSize returns the size of the content header frame amqp091
+// writes for m (see its write.go): properties and headers, plus what a
+// mandatory publish adds. m must have passed checkPublish.
+func headerFrameSize(m *amqp.Publishing, mandatory bool) int {
+	n := frameOverhead + 2 + 2 + 8 + 2 // class, weight, body size, property flags
+	for _, s := range [...]string{m.ContentType, m.ContentEncoding, m.CorrelationId, m.ReplyTo,
+		m.Expiration, m.MessageId, m.Type, m.UserId, m.AppId} {
+		if s != "" {
+			n += 1 + len(s)
+		}
+	}
+	if len(m.Headers) > 0 || mandatory {
+		t, _ := tableSize(m.Headers)
+		n += t
+		if mandatory {
+			n += seqHeaderSize
+		}
+	}
+	if m.DeliveryMode > 0 {
+		n++
+	}
+	if m.Priority > 0 {
+		n++
+	}
+	if !m.Timestamp.IsZero() {
+		n += 8
+	}
+	return n
+}
+
+// fits reports whether m's header frame fits frameMax (0: no limit).
+func fits(m *amqp.Publishing, mandatory bool, frameMax int) bool {
+	return frameMax <= 0 || headerFrameSize(m, mandatory) <= frameMax
+}
+
+// tooLarge is the error of a message that does not fit frameMax.
+func tooLarge(m *amqp.Publishing, mandatory bool, frameMax int) error {
+	return fmt.Errorf("%w: %w: its properties and headers take %d bytes, the broker's frame size is %d; nothing was sent",
+		broker.ErrInvalidConfig, ErrMessageTooLarge, headerFrameSize(m, mandatory), frameMax)
+}
+
+// tableSize is the encoded size of t as a field table (its length prefix
+// included), as amqp091's writeTable writes it, or an error for what it
+// cannot write.
+func tableSize(t amqp.Table) (int, error) {
+	n := 4
+	for k, v := range t {
+		if len(k) > maxShortstr {
+			return 0, fmt.Errorf("header name %.40q… is %d bytes long; AMQP allows at most %d", k, len(k), maxShortstr)
+		}
+		f, err := fieldSize(v)
+		if err != nil {
+			return 0, fmt.Errorf("header %q: %w", k, err)
+		}
+		n += 1 + len(k) + f
+	}
+	return n, nil
+}
+
+// fieldSize is the encoded size of one field value (its type octet
+// included), as amqp091's writeField writes it.
+func fieldSize(v any) (int, error) {
+	switch v := v.(type) {
+	case bool, byte, int8:
+		return 2, nil
+	case int16, uint16:
+		return 3, nil
+	case int, int32, uint32, float32:
+		return 5, nil
+	case int64, float64, time.Time:
+		return 9, nil
+	case amqp.Decimal:
+		return 6, nil
+	case string:
+		return 5 + len(v), nil
+	case []byte:
+		return 5 + len(v), nil
+	case nil:
+		return 1, nil
+	case amqp.Table:
+		n, err := tableSize(v)
+		return 1 + n, err
+	case []any:
+		n := 5
+		for _, e := range v {
+			f, err := fieldSize(e)
+			if err != nil {
+				return 0, err
+			}
+			n += f
+		}
+		return n, nil
+	}
+	return 0, fmt.Errorf("value of type %T: AMQP has no such field type", v)
+}
+
+// HeaderTrimmed is set on a dead letter that had to be cut to fit the
+// broker's frame size: it lists what was cut, as "name (N bytes)" entries
+// separated by ", ". The error text (broker.HeaderError) is cut first, then
+// the largest other headers are left out, largest first.
+const HeaderTrimmed = "x-queuekit-trimmed"
+
+// minReasonBytes is how much of the error text a dead letter keeps before
+// any other header is left out to make room.
+const minReasonBytes = 1024
+
+// ours are the headers a dead letter carries for queuekit; the others are
+// the message's own, which fitDeadLetter may leave out.
+var ours = map[string]bool{
+	broker.HeaderError: true, broker.HeaderAttempts: true, broker.HeaderSource: true,
+	broker.HeaderPermanent: true, broker.HeaderFailedAt: true, routingKeyHeader: true, HeaderTrimmed: true,
+}
+
+// fitDeadLetter cuts m, a dead letter, until its header frame fits
+// frameMax, so that a dead letter is always publishable: first the error
+// text (down to minReasonBytes), then the message's own headers, largest
+// first, then the rest of the error text. What was cut is listed in
+// HeaderTrimmed. It reports false when even that is not enough (properties
+// alone larger than the frame: not possible with RabbitMQ's minimum
+// frame_max of 4096 and 255-byte properties, but checked).
+func fitDeadLetter(m *amqp.Publishing, mandatory bool, frameMax int) bool {
+	if fits(m, mandatory, frameMax) {
+		return true
+	}
+	h := make(amqp.Table, len(m.Headers)+1)
+	for k, v := range m.Headers {
+		h[k] = v
+	}
+	m.Headers = h
+	var trimmed []string
+	record := func() {
+		h[HeaderTrimmed] = strings.Join(trimmed, ", ")
+	}
+	errText, _ := h[broker.HeaderError].(string)
+	cutReason := func(floor int) {
+		for !fits(m, mandatory, frameMax) {
+			cur, _ := h[broker.HeaderError].(string)
+			if len(cur) <= floor {
+				return
+			}
+			excess := headerFrameSize(m, mandatory) - frameMax
+			next := cutText(errText, max(len(cur)-excess-32, floor)) // 32: room for the record's entry
+			if len(next) >= len(cur) {
+				return
+			}
+			h[broker.HeaderError] = next
+			if !slices.ContainsFunc(trimmed, func(s string) bool { return strings.HasPrefix(s, broker.HeaderError+" ") }) {
+				trimmed = append([]string{fmt.Sprintf("%s (%d bytes)", broker.HeaderError, len(errText))}, trimmed...)
+			}
+			record()
+		}
+	}
+	cutReason(minReasonBytes)
+	if fits(m, mandatory, frameMax) {
+		return true
+	}
+	type entry struct {
+		k    string
+		size int
+	}
+	var own []entry
+	for k, v := range h {
+		if !ours[k] {
+			f, _ := fieldSize(v)
+			own = append(own, entry{k, 1 + len(k) + f})
+		}
+	}
+	slices.SortFunc(own, func(a, b entry) int { return b.size - a.size })
+	for _, e := range own {
+		delete(h, e.k)
+		trimmed = append(trimmed, fmt.Sprintf("%s (%d bytes)", e.k, e.size))
+		record()
+		if fits(m, mandatory, frameMax) {
+			return true
+		}
+	}
+	cutReason(0)
+	if fits(m, mandatory, frameMax) {
+		return true
+	}
+	// The record itself is what does not fit: keep its first entries.
+	for len(trimmed) > 1 {
+		trimmed = trimmed[:len(trimmed)-1]
+		h[HeaderTrimmed] = strings.Join(trimmed, ", ") + ", …"
+		if fits(m, mandatory, frameMax) {
+			return true
+		}
+	}
+	return false
+}
+
+// cutText cuts s to at most n bytes at a UTF-8 boundary, saying how long it
+// was.
+func cutText(s string, n int) string {
+	suffix := " … (cut to fit the broker's frame size: " + strconv.Itoa(len(s)) + " bytes in all)"
+	cut := n - len(suffix)
+	if cut <= 0 {
+		return ""
+	}
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + suffix
+}
