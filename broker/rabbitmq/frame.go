@@ -171,8 +171,9 @@ func fieldSize(v any) (int, error) {
 
 // HeaderTrimmed is set on a dead letter that had to be cut to fit the
 // broker's frame size: it lists what was cut, as "name (N bytes)" entries
-// separated by ", ". The error text (broker.HeaderError) is cut first, then
-// the largest other headers are left out, largest first.
+// separated by ", " (the first few by name, then "N more headers (M
+// bytes)"). The error text (broker.HeaderError) is cut first, then the
+// message's own headers are left out, largest first.
 const HeaderTrimmed = "x-queuekit-trimmed"
 
 // minReasonBytes is how much of the error text a dead letter keeps before
@@ -188,11 +189,14 @@ var ours = map[string]bool{
 
 // fitDeadLetter cuts m, a dead letter, until its header frame fits
 // frameMax, so that a dead letter is always publishable: first the error
-// text (down to minReasonBytes), then the message's own headers, largest
-// first, then the rest of the error text. What was cut is listed in
-// HeaderTrimmed. It reports false when even that is not enough (properties
-// alone larger than the frame: not possible with RabbitMQ's minimum
-// frame_max of 4096 and 255-byte properties, but checked).
+// text (down to minReasonBytes), then the message's own headers of 256
+// bytes or more, largest first, then the error text down to 256 bytes, then
+// the other headers of the message's own, largest first, and last the rest
+// of the error text. What was cut is listed in HeaderTrimmed (the first
+// entries by name, then a count). It reports false when even that is not
+// enough (properties alone larger than the frame: not possible with
+// RabbitMQ's smallest frame_max, 4096, and 255-byte properties, but
+// checked).
 func fitDeadLetter(m *amqp.Publishing, mandatory bool, frameMax int) bool {
 	if fits(m, mandatory, frameMax) {
 		return true
@@ -202,10 +206,7 @@ func fitDeadLetter(m *amqp.Publishing, mandatory bool, frameMax int) bool {
 		h[k] = v
 	}
 	m.Headers = h
-	var trimmed []string
-	record := func() {
-		h[HeaderTrimmed] = strings.Join(trimmed, ", ")
-	}
+	var rec trimRecord
 	errText, _ := h[broker.HeaderError].(string)
 	cutReason := func(floor int) {
 		for !fits(m, mandatory, frameMax) {
@@ -219,15 +220,9 @@ func fitDeadLetter(m *amqp.Publishing, mandatory bool, frameMax int) bool {
 				return
 			}
 			h[broker.HeaderError] = next
-			if !slices.ContainsFunc(trimmed, func(s string) bool { return strings.HasPrefix(s, broker.HeaderError+" ") }) {
-				trimmed = append([]string{fmt.Sprintf("%s (%d bytes)", broker.HeaderError, len(errText))}, trimmed...)
-			}
-			record()
+			rec.reason = len(errText)
+			h[HeaderTrimmed] = rec.String()
 		}
-	}
-	cutReason(minReasonBytes)
-	if fits(m, mandatory, frameMax) {
-		return true
 	}
 	type entry struct {
 		k    string
@@ -241,27 +236,66 @@ func fitDeadLetter(m *amqp.Publishing, mandatory bool, frameMax int) bool {
 		}
 	}
 	slices.SortFunc(own, func(a, b entry) int { return b.size - a.size })
-	for _, e := range own {
-		delete(h, e.k)
-		trimmed = append(trimmed, fmt.Sprintf("%s (%d bytes)", e.k, e.size))
-		record()
-		if fits(m, mandatory, frameMax) {
-			return true
+	// dropOwn leaves out the largest remaining headers of at least
+	// minSize bytes, in batches that free what is in excess (the size is
+	// measured once per batch, not once per header: a dead letter may
+	// have tens of thousands of headers).
+	dropOwn := func(minSize int) {
+		for !fits(m, mandatory, frameMax) && len(own) > 0 && own[0].size >= minSize {
+			excess := headerFrameSize(m, mandatory) - frameMax
+			freed := 0
+			for freed < excess+64 && len(own) > 0 && own[0].size >= minSize { // 64: the record grows
+				e := own[0]
+				own = own[1:]
+				delete(h, e.k)
+				rec.add(e.k, e.size)
+				freed += e.size
+			}
+			h[HeaderTrimmed] = rec.String()
 		}
 	}
+	cutReason(minReasonBytes)
+	dropOwn(256)
+	cutReason(256)
+	dropOwn(0)
 	cutReason(0)
-	if fits(m, mandatory, frameMax) {
-		return true
-	}
-	// The record itself is what does not fit: keep its first entries.
-	for len(trimmed) > 1 {
-		trimmed = trimmed[:len(trimmed)-1]
-		h[HeaderTrimmed] = strings.Join(trimmed, ", ") + ", …"
-		if fits(m, mandatory, frameMax) {
-			return true
+	return fits(m, mandatory, frameMax)
+}
+
+// trimRecord is what fitDeadLetter cut, for HeaderTrimmed. Its text is
+// bounded: the first few headers by name (names cut to 64 bytes), then a
+// count of the others.
+type trimRecord struct {
+	reason int // bytes of the error text before it was cut; 0: not cut
+	names  []string
+	more   int // headers left out past names
+	bytes  int // their size
+}
+
+const trimRecordNames = 8
+
+func (r *trimRecord) add(name string, size int) {
+	if len(r.names) < trimRecordNames {
+		if len(name) > 64 {
+			name = name[:64] + "…"
 		}
+		r.names = append(r.names, fmt.Sprintf("%s (%d bytes)", name, size))
+		return
 	}
-	return false
+	r.more++
+	r.bytes += size
+}
+
+func (r *trimRecord) String() string {
+	var parts []string
+	if r.reason > 0 {
+		parts = append(parts, fmt.Sprintf("%s (%d bytes)", broker.HeaderError, r.reason))
+	}
+	parts = append(parts, r.names...)
+	if r.more > 0 {
+		parts = append(parts, fmt.Sprintf("%d more headers (%d bytes)", r.more, r.bytes))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // cutText cuts s to at most n bytes at a UTF-8 boundary, saying how long it

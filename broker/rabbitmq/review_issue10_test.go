@@ -3,12 +3,14 @@ package rabbitmq
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -439,4 +441,81 @@ func TestIssue10SettlementIsBoundedByItsContext(t *testing.T) {
 			redelivered(t, q, "m1")
 		})
 	}
+}
+
+// TestFitDeadLetterAlwaysFits: whatever the dead letter holds, fitDeadLetter
+// makes it fit the frame, down to RabbitMQ's smallest frame_max (4096) with
+// every string property at its 255-byte maximum, and keeps what it can:
+// the error text's start, queuekit's headers, the smaller headers of the
+// message's own.
+func TestFitDeadLetterAlwaysFits(t *testing.T) {
+	p255 := strings.Repeat("p", 255)
+	full := amqp.Publishing{ContentType: p255, ContentEncoding: p255, CorrelationId: p255, ReplyTo: p255,
+		Expiration: p255, MessageId: p255, Type: p255, UserId: p255, AppId: p255,
+		DeliveryMode: 2, Priority: 1, Timestamp: time.Now()}
+	for _, tc := range []struct {
+		name     string
+		frameMax int
+		props    amqp.Publishing
+		own      amqp.Table
+		reason   int
+	}{
+		{"long error text", 131072, amqp.Publishing{}, amqp.Table{"a": "1"}, 500_000},
+		{"many small headers", 131072, amqp.Publishing{}, manyHeaders(20_000), 100},
+		{"nested tables and arrays", 131072, amqp.Publishing{}, amqp.Table{"t": amqp.Table{"x": strings.Repeat("x", 200_000)}, "l": []any{strings.Repeat("y", 100_000), int64(1)}, "s": "keep"}, 10},
+		{"smallest frame, full properties", 4096, full, amqp.Table{"h": strings.Repeat("h", 3000), "s": "keep"}, 10_000},
+		{"smallest frame, 255-byte header names", 4096, full, manyHeaders255(20), 5000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := tc.props
+			m.Headers = amqp.Table{}
+			for k, v := range tc.own {
+				m.Headers[k] = v
+			}
+			q := strings.Repeat("q", 255)
+			for k, v := range (broker.Reason{Err: strings.Repeat("é", tc.reason/2), Attempts: 3, Source: q, Time: time.Now()}).Header(nil) {
+				m.Headers[k] = v
+			}
+			m.Headers[routingKeyHeader] = strings.Repeat("k", 255)
+			if err := checkPublish("", q, &m); err != nil {
+				t.Fatal(err)
+			}
+			if !fitDeadLetter(&m, true, tc.frameMax) {
+				t.Fatalf("fitDeadLetter = false")
+			}
+			if n := headerFrameSize(&m, true); n > tc.frameMax {
+				t.Fatalf("after fitDeadLetter the header frame is %d bytes; frame_max %d", n, tc.frameMax)
+			}
+			if err := checkPublish("", q, &m); err != nil {
+				t.Fatalf("cut dead letter is not publishable: %v", err)
+			}
+			for _, k := range []string{broker.HeaderAttempts, broker.HeaderSource, broker.HeaderPermanent, routingKeyHeader} {
+				if _, ok := m.Headers[k]; !ok {
+					t.Errorf("cut dead letter lost %s", k)
+				}
+			}
+			if e, _ := m.Headers[broker.HeaderError].(string); !utf8.ValidString(e) {
+				t.Errorf("error text cut inside a UTF-8 sequence: %q…", e[:min(len(e), 40)])
+			}
+			if _, ok := tc.own["s"]; ok && m.Headers["s"] != "keep" {
+				t.Errorf("the small header s was left out; trimmed: %v", m.Headers[HeaderTrimmed])
+			}
+		})
+	}
+}
+
+func manyHeaders(n int) amqp.Table {
+	h := amqp.Table{}
+	for i := range n {
+		h[fmt.Sprintf("h%05d", i)] = "v"
+	}
+	return h
+}
+
+func manyHeaders255(n int) amqp.Table {
+	h := amqp.Table{}
+	for i := range n {
+		h[fmt.Sprintf("%0255d", i)] = "v"
+	}
+	return h
 }
