@@ -31,7 +31,16 @@ type PartitionLag struct {
 // each partition's committed offset and high-water mark, for an operator
 // who needs to know where the group stands, not only how far behind. Lag
 // calls the brokers (three requests), bounded by ctx.
+//
+// After Close began, Lag returns an error wrapping broker.ErrSourceClosed
+// without calling the brokers; a call in progress when Close began is
+// cancelled if Close's ctx ends first.
 func (s *Source) Lag(ctx context.Context) ([]PartitionLag, error) {
+	ctx, leave, err := s.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: lag: %w", err)
+	}
+	defer leave()
 	topic := s.cfg.Topic
 	md, err := s.lagCli.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
@@ -98,6 +107,7 @@ func (s *Source) Lag(ctx context.Context) ([]PartitionLag, error) {
 // summed over the topic's partitions, Partitions the lag per partition (as
 // Lag reads it, so it covers partitions owned by other members too), and
 // Consumers is -1: Kafka does not say how many members read a topic.
+// After Close began, the error wraps broker.ErrSourceClosed (see Lag).
 func (s *Source) Backlog(ctx context.Context) (broker.Backlog, error) {
 	l, err := s.Lag(ctx)
 	if err != nil {

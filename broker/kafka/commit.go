@@ -91,6 +91,12 @@ func (g *generation) drain() {
 	}
 	s.log.Info("kafka: generation ended", "generation", g.kg.ID, "in_flight_at_end", waiting,
 		"fenced", fenced, "drain", time.Since(start), "commit_error", err)
+	if closing && err != nil && !s.isAborted() {
+		// Close returns it (an abort is reported by Close as ctx's error).
+		s.mu.Lock()
+		s.closeCommitErr = err
+		s.mu.Unlock()
+	}
 	if !closing {
 		// EventRebalanced, not EventReconnecting: the connection is fine,
 		// the group moved partitions (metrics count the two apart).

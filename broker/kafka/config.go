@@ -80,7 +80,8 @@ type Config struct {
 	Brokers []string
 	// GroupID is the consumer group.
 	GroupID string
-	// Topic is the topic to consume.
+	// Topic is the topic to consume: a name Kafka accepts (1 to 249
+	// characters of a-z, A-Z, 0-9, '.', '_' and '-', not "." or "..").
 	Topic string
 
 	// Dialer opens the group's broker connections. Set its TLS and
@@ -263,6 +264,31 @@ func validateBrokers(brokers []string) error {
 	return nil
 }
 
+// validTopicName returns nil if name is a topic name Kafka accepts: 1 to
+// 249 characters of [a-zA-Z0-9._-], and not "." or "..". Otherwise the
+// error wraps kafkago.InvalidTopic (what the broker would answer) and
+// quotes the name.
+func validTopicName(name string) error {
+	bad := len(name) == 0 || len(name) > 249 || name == "." || name == ".."
+	for i := 0; i < len(name) && !bad; i++ {
+		c := name[i]
+		bad = !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-')
+	}
+	if bad {
+		return fmt.Errorf("%.60q is not a valid Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-', not \".\" or \"..\"): %w",
+			name, kafkago.InvalidTopic)
+	}
+	return nil
+}
+
+// invalidTopic is the constructor error for a topic name Kafka refuses.
+func invalidTopic(field, name string) error {
+	if err := validTopicName(name); err != nil {
+		return fmt.Errorf("%w: kafka: %s: %w", broker.ErrInvalidConfig, field, err)
+	}
+	return nil
+}
+
 // validate checks a defaulted config.
 func (c *Config) validate() error {
 	const maxMillis = time.Duration(1<<31-1) * time.Millisecond
@@ -274,6 +300,12 @@ func (c *Config) validate() error {
 		return invalid("empty GroupID")
 	case c.Topic == "":
 		return invalid("empty Topic")
+	case invalidTopic("Topic", c.Topic) != nil:
+		return invalidTopic("Topic", c.Topic)
+	case invalidTopic("DeadLetterTopic", c.DeadLetterTopic) != nil:
+		// The default, Topic + ".dlt", is too long for a Topic of more
+		// than 245 characters: the error says DeadLetterTopic.
+		return invalidTopic("DeadLetterTopic (default: Topic + \".dlt\")", c.DeadLetterTopic)
 	case c.DeadLetterTopic == c.Topic:
 		return invalid("DeadLetterTopic %q is the consumed topic", c.Topic)
 	case c.Ordering != ByPartition && c.Ordering != ByKey:

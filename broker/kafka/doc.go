@@ -53,6 +53,12 @@
 // group coordinator declared this member gone (after Config.SessionTimeout,
 // since it did not leave). consumer.Consumer.Shutdown(ctx) passes its ctx
 // on, so ctx alone bounds a consumer's shutdown, whatever the broker does.
+// When the final commit fails for good (after its retries), Close still
+// leaves the group and releases everything, and returns an error that says
+// so, wrapping the commit's: what was handled since the last commit will
+// be handled again. Lag, Backlog and DeclareTopology calls in progress are
+// waited for (and cancelled when the context ends); after Close they
+// return an error wrapping broker.ErrSourceClosed.
 //
 // Worst cases, for a Kubernetes grace period or a systemd TimeoutStopSec:
 //
@@ -162,14 +168,19 @@
 // error wrapping ErrRebalance, after the drain and its commit, and
 // broker.EventConnected when the next generation starts. Close ends the
 // last generation without an event, and returns an error wrapping its
-// context's when the context cut it short.
+// context's when the context cut it short, or wrapping the final commit's
+// when that commit failed.
 //
 // Publish returns nil once every record was acknowledged as
 // PublisherConfig.RequiredAcks asks; an error (a kafkago.WriteErrors value
 // says which records failed) means some may have been written. A topic that
 // does not exist is not created: Publish returns an error naming it and
-// wrapping kafkago.UnknownTopicOrPartition. After Close, Publish returns an
-// error wrapping broker.ErrPublisherClosed.
+// wrapping kafkago.UnknownTopicOrPartition; a name Kafka refuses is
+// refused before anything is sent, with an error wrapping
+// kafkago.InvalidTopic (NewSource and NewPublisher refuse such names in
+// their configs, and unknown compression codecs, with an error wrapping
+// broker.ErrInvalidConfig). After Close, Publish returns an error wrapping
+// broker.ErrPublisherClosed.
 //
 // # Operations
 //

@@ -41,3 +41,7 @@ func CheckAccounting(s *Source) error {
 	}
 	return nil
 }
+
+// PublishChunk is how many messages Publish converts between two checks of
+// its ctx.
+const PublishChunk = publishChunk

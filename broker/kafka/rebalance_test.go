@@ -255,7 +255,10 @@ func TestVanishedMemberPartitionsAreTakenOverAfterSessionTimeout(t *testing.T) {
 		return resp, nil, true // nothing is stored
 	})
 	vanished := time.Now()
-	a.stop(t) // handlers finish; the final commit and the leave go nowhere
+	// Handlers finish; the final commit and the leave go nowhere:
+	// Shutdown reports the final commit that failed.
+	a.closeFails = kafkago.RequestTimedOut
+	a.stop(t)
 	atVanish := all.distinct()
 	// What the group holds for A's partitions now is what B will start
 	// from: A cannot commit any more, and B does not own them until the

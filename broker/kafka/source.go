@@ -44,11 +44,21 @@ type Source struct {
 	// writer's (which has its own): the group's, the fetchers', the lag
 	// client's. Close kills them when its ctx ends.
 	conns *conns
-	// aborted is closed when Close's ctx ended before Close was done: the
-	// drain stops waiting and the final commit is skipped.
-	aborted   chan struct{}
+	// abortCtx ends (and aborted, its Done channel, is closed) when
+	// Close's ctx ended before Close was done: the drain stops waiting, the
+	// final commit is skipped, and the calls in progress (see enter) are
+	// cancelled.
+	abortCtx  context.Context
+	abortFn   context.CancelFunc
+	aborted   <-chan struct{}
 	abortOnce sync.Once
-	hook      atomic.Pointer[func(broker.Event)]
+	// calls counts the Lag, Backlog and DeclareTopology calls in progress.
+	// enter adds to it under mu only while closed is false, and Close waits
+	// for it after setting closed, so that no call uses the lag client's
+	// transport after Close closed its pools (a call that did would start a
+	// kafka-go connPool.discover goroutine that nothing ends).
+	calls sync.WaitGroup
+	hook  atomic.Pointer[func(broker.Event)]
 
 	// The group and the run goroutine are created once by start. They are
 	// written before startOnce.Do returns and only read after it.
@@ -85,6 +95,9 @@ type Source struct {
 	// Status reports it. Both are written by watchPartitions and run.
 	partCount int
 	topicErr  error
+	// closeCommitErr is the error of the final commit at Close, written
+	// by the drain (under s.mu) before runDone is closed; Close returns it.
+	closeCommitErr error
 }
 
 // NewSource returns a Source for cfg. It returns an error wrapping
@@ -119,9 +132,12 @@ func NewSource(cfg Config) (*Source, error) {
 	ftr.MetadataTTL = fetchMetadataTTL
 	ftr.MetadataTopics = []string{cfg.Topic}
 	addr := kafkago.TCP(cfg.Brokers...)
+	abortCtx, abortFn := context.WithCancel(context.Background())
 	return &Source{
 		conns:      cs,
-		aborted:    make(chan struct{}),
+		abortCtx:   abortCtx,
+		abortFn:    abortFn,
+		aborted:    abortCtx.Done(),
 		fetchTr:    ftr,
 		fetchCli:   &kafkago.Client{Addr: addr, Timeout: cfg.Timeout, Transport: ftr},
 		addr:       addr,
@@ -240,13 +256,20 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 // abandoned, so none is waited for — commits what was handled (retrying a
 // failed commit within RebalanceDrainTimeout), leaves the group, and waits
 // for every goroutine of the Source. Records not handled are not committed
-// and go to the partitions' next owner.
+// and go to the partitions' next owner. When the final commit fails for
+// good (a non-retriable error, or retriable ones until the budget is
+// spent), Close still leaves the group and releases everything, and
+// returns an error that says so and wraps the commit's error: what was
+// handled since the last commit will be handled again. Close waits for the
+// Lag, Backlog and DeclareTopology calls in progress; those called after
+// Close began return an error wrapping broker.ErrSourceClosed.
 //
 // Close is bounded by ctx, like net/http's Server.Shutdown: when ctx ends
 // first, Close skips (or stops retrying) the final commit, skips the group
 // leave, closes every connection of the Source (which makes the
 // requests kafka-go is blocked on fail at once), waits for its goroutines,
-// which then return promptly, and returns an error wrapping ctx's. Nothing
+// which then return promptly (the Lag, Backlog and DeclareTopology calls in
+// progress are cancelled), and returns an error wrapping ctx's. Nothing
 // is lost: what was handled since the last commit is handled again by the
 // partitions' next owner, which gets them once the coordinator's session
 // timeout (SessionTimeout) declared this member gone. Close is idempotent;
@@ -270,11 +293,20 @@ func (s *Source) Close(ctx context.Context) error {
 	// abort runs at most once, when ctx ends before Close is done; after
 	// stop, it never starts, and a call to s.abort waits for one running.
 	stop := context.AfterFunc(ctx, s.abort)
+	var commitErr error
 	if s.group != nil {
 		s.cancelRun()
 		s.group.Close() // ends the generation: drain and final commit, then LeaveGroup
 		<-s.runDone
+		s.mu.Lock()
+		commitErr = s.closeCommitErr
+		s.mu.Unlock()
 	}
+	// The Lag, Backlog and DeclareTopology calls that began before Close
+	// end before the transports are closed below. When ctx ends, abort
+	// cancels them and kills their connections, so this wait is bounded
+	// by ctx too.
+	s.calls.Wait()
 	err := s.dlt.Close(ctx)
 	aborted := !stop()
 	if aborted {
@@ -293,7 +325,34 @@ func (s *Source) Close(ctx context.Context) error {
 			"error", ctx.Err())
 		return fmt.Errorf("kafka: close: final commit and group leave skipped: %w", ctx.Err())
 	}
+	if commitErr != nil {
+		cerr := fmt.Errorf("kafka: close: the final commit failed; the partitions' next owner will handle again what was handled since the last commit: %w", commitErr)
+		if err != nil {
+			return errors.Join(cerr, err)
+		}
+		return cerr
+	}
 	return err
+}
+
+// enter begins a Lag, Backlog or DeclareTopology call: it refuses the call
+// once Close began (the error wraps broker.ErrSourceClosed), and otherwise
+// returns a ctx that Close's abort cancels and a func that ends the call.
+func (s *Source) enter(ctx context.Context) (context.Context, func(), error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, nil, broker.ErrSourceClosed
+	}
+	s.calls.Add(1)
+	s.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.abortCtx, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+		s.calls.Done()
+	}, nil
 }
 
 // abort is what Close does when its ctx ends first: the drain stops
@@ -302,7 +361,7 @@ func (s *Source) Close(ctx context.Context) error {
 // fail at once and its goroutines return. It is idempotent.
 func (s *Source) abort() {
 	s.abortOnce.Do(func() {
-		close(s.aborted)
+		s.abortFn()
 		s.conns.kill()
 	})
 }

@@ -34,7 +34,21 @@ type Topology struct {
 //
 // Retry topics (delayed redelivery through topics of their own) are not
 // part of the Source yet; when they are, DeclareTopology creates them too.
+//
+// After Close began, DeclareTopology returns an error wrapping
+// broker.ErrSourceClosed without calling the cluster; a call in progress
+// when Close began is cancelled if Close's ctx ends first.
 func (s *Source) DeclareTopology(ctx context.Context) error {
+	for _, name := range []string{s.cfg.Topic, s.cfg.DeadLetterTopic} {
+		if err := validTopicName(name); err != nil {
+			return fmt.Errorf("kafka: declare topology: %w", err)
+		}
+	}
+	ctx, leave, err := s.enter(ctx)
+	if err != nil {
+		return fmt.Errorf("kafka: declare topology: %w", err)
+	}
+	defer leave()
 	t := s.cfg.Topology
 	np, rf := t.Partitions, t.ReplicationFactor
 	if np == 0 {
