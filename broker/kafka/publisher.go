@@ -54,7 +54,7 @@ type PublisherConfig struct {
 	// and a copy of the message's headers, and returns the headers to send.
 	// Use it to propagate trace context or a correlation id from ctx:
 	//
-	//	Inject: func(ctx context.Context, h map[string]string) map[string]string { return otel.Inject(ctx, h) }
+	//	Inject: func(ctx context.Context, h map[string]string) map[string]string { return otelqueuekit.Inject(ctx, h) }
 	Inject func(ctx context.Context, header map[string]string) map[string]string
 }
 

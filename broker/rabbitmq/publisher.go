@@ -48,7 +48,7 @@ type PublisherConfig struct {
 	// in it fails the Publish (nothing is sent) instead of escaping. Use it
 	// to propagate trace context or a correlation id from ctx:
 	//
-	//	Inject: func(ctx context.Context, h map[string]string) map[string]string { return otel.Inject(ctx, h) }
+	//	Inject: func(ctx context.Context, h map[string]string) map[string]string { return otelqueuekit.Inject(ctx, h) }
 	Inject func(ctx context.Context, header map[string]string) map[string]string
 }
 
