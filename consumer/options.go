@@ -187,15 +187,19 @@ func WithMiddleware(mw ...Middleware) Option {
 
 // checkName reports whether name can name a consumer: it becomes a log
 // attribute, a metrics label and a health report key, so it must be
-// non-empty, valid UTF-8 and free of control characters.
+// non-empty, valid UTF-8 and free of control characters and of invisible
+// format characters (a right-to-left override, a zero-width space), which
+// would make two names look alike.
 func checkName(name string) error {
 	switch {
 	case name == "":
 		return fmt.Errorf("%w: empty consumer name", broker.ErrInvalidConfig)
 	case !utf8.ValidString(name):
 		return fmt.Errorf("%w: consumer name %q is not valid UTF-8", broker.ErrInvalidConfig, name)
-	case strings.IndexFunc(name, unicode.IsControl) >= 0:
-		return fmt.Errorf("%w: consumer name %q holds a control character", broker.ErrInvalidConfig, name)
+	case strings.IndexFunc(name, isControlOrFormat) >= 0:
+		return fmt.Errorf("%w: consumer name %q holds a control or format character", broker.ErrInvalidConfig, name)
 	}
 	return nil
 }
+
+func isControlOrFormat(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }

@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -238,10 +239,13 @@ func truncateReason(s string) string {
 	}
 	suffix := fmt.Sprintf(" … (truncated: %d bytes in all)", len(s))
 	cut := MaxReasonBytes - len(suffix)
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
+	// Step back over at most the continuation bytes of one rune: on bytes
+	// that are not UTF-8 at all, stepping back "to a rune start" would walk
+	// to the beginning of the text.
+	for i := 0; i < utf8.UTFMax-1 && cut > 0 && !utf8.RuneStart(s[cut]); i++ {
 		cut--
 	}
-	return s[:cut] + suffix
+	return strings.ToValidUTF8(s[:cut], "\uFFFD") + suffix
 }
 
 func (r *run) observe(m *broker.Message, s Settlement, err error) {

@@ -198,7 +198,7 @@ func TestIssue10ReviewPanickingSourceCloseIsAnError(t *testing.T) {
 func TestIssue10ReviewInvalidNameIsAConfigError(t *testing.T) {
 	b := memory.NewBroker()
 	defer b.Close()
-	for _, name := range []string{"", "caf\xe9", "a\nb", "tab\there"} {
+	for _, name := range []string{"", "caf\xe9", "a\nb", "tab\there", "orders\u202e", "ord\u200bers"} {
 		_, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }),
 			consumer.WithName(name))
 		if !errors.Is(err, broker.ErrInvalidConfig) {
@@ -376,5 +376,34 @@ func TestIssue10ReviewFailedSourceCloseIsReported(t *testing.T) {
 	cancel()
 	if err := <-done; !errors.Is(err, errCommitRefused) {
 		t.Errorf("Run stopped by its ctx = %v; want the source's Close error", err)
+	}
+}
+
+// Review round 4 of issue 10: an error text that is not UTF-8 at all (a
+// binary response body) was cut to almost nothing (37 bytes of 10,002), and
+// the cut was invalid UTF-8 itself: the cut stepped back "to a rune start"
+// through every invalid byte. The readable part is kept, the invalid bytes
+// become one U+FFFD, and the reason is valid UTF-8 that says it was cut.
+func TestIssue10ReviewBinaryErrorTextKeepsItsReadablePart(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	publishN(t, b, "q", 1)
+	readable := strings.Repeat("upstream said: ", 60) // 900 bytes
+	text := readable + "\xff\xfe" + strings.Repeat("\x80", 10_000)
+	c, err := consumer.New(newSource(t, b, "q", 1), consumer.HandlerFunc(func(context.Context, *broker.Message) error {
+		return retry.Permanent(errors.New(text))
+	}), consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAsync(c, ctx)
+	waitFor(t, "the dead letter", func() bool { return len(b.DeadLetters("q")) == 1 })
+	cancel()
+	<-done
+	got := b.DeadLetters("q")[0].Header[broker.HeaderError]
+	if !strings.HasPrefix(got, readable+"\uFFFD") || !utf8.ValidString(got) || !strings.Contains(got, "truncated: 10902 bytes") {
+		t.Errorf("reason header %q (%d bytes, valid UTF-8 %v); want the readable 900 bytes, U+FFFD, and the truncation note",
+			got[:min(len(got), 80)], len(got), utf8.ValidString(got))
 	}
 }

@@ -163,3 +163,17 @@ func TestOptionsSharedByTwoConsumersLabelEachRight(t *testing.T) {
 		}
 	}
 }
+
+// Review round 4 of issue 10: Observe and HandlerDone called directly with a
+// nil message (or a nil ctx) panicked with a nil dereference; a metrics call
+// must never crash the process.
+func TestNilMessageDoesNotPanic(t *testing.T) {
+	rec, err := promqueuekit.New(prom.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Observe(nil, nil, consumer.SettledAck, nil)
+	rec.Observe(context.Background(), nil, consumer.SettledAck, nil)
+	rec.HandlerStarted(nil)
+	rec.HandlerDone(nil, nil, time.Millisecond)
+}

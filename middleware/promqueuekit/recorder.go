@@ -266,6 +266,15 @@ func (r *Recorder) label(m *broker.Message) string {
 	if r.consumer != "" {
 		return r.consumer
 	}
+	return topic(m)
+}
+
+// topic is m's topic, or "" for a nil message (a caller's bug, which must
+// not crash the process through a metrics call).
+func topic(m *broker.Message) string {
+	if m == nil {
+		return ""
+	}
 	return m.Topic
 }
 
@@ -301,10 +310,12 @@ func (r *Recorder) name(ctx context.Context, m *broker.Message) string {
 	if r.consumer != "" {
 		return r.consumer
 	}
-	if name, ok := consumer.NameFromContext(ctx); ok {
-		return name
+	if ctx != nil {
+		if name, ok := consumer.NameFromContext(ctx); ok {
+			return name
+		}
 	}
-	return m.Topic
+	return topic(m)
 }
 
 // middleware measures each handler call as middleware.Metrics does, under
@@ -380,7 +391,11 @@ func (r *Recorder) observe(name string, m *broker.Message, s consumer.Settlement
 	default: // a Settlement this package does not know yet
 		counter(r.m.handled, name, s.String()).Inc()
 	}
-	b.attempts.Observe(float64(max(m.Attempt, 1)))
+	attempt := 1
+	if m != nil {
+		attempt = max(m.Attempt, 1)
+	}
+	b.attempts.Observe(float64(attempt))
 }
 
 // Event counts a lifecycle event; Options passes it to
