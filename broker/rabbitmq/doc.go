@@ -86,6 +86,19 @@
 // by default; that error wraps ErrMessageTooLarge too). The body has no
 // such limit: it is split over as many frames as it needs.
 //
+// What a consumer could not read back is refused the same way: amqp091
+// reads no field table or array of more than 8192 elements, nor nested
+// deeper than 32, so a header value nested deeper, a nested table or array
+// of more elements, or more than 8128 headers (the rest is left for the
+// headers the broker and the adapter add) is refused, wrapping
+// ErrMessageTooLarge when there are too many headers. A Source cannot
+// defend against such a message sent by another producer: amqp091 closes
+// the connection (502 SYNTAX_ERROR) before the adapter sees the delivery,
+// the broker delivers it again on the next connection, and the queue is
+// stuck behind it until an operator removes it (the management UI's "Get
+// messages" with "Reject requeue false", or a policy with a dead-letter
+// exchange and a delivery limit on a quorum queue).
+//
 // Messages are persistent and published mandatory by default: a message
 // that no queue takes comes back from the broker, and Publish fails with
 // ErrReturned instead of losing it silently (PublisherConfig.Transient and

@@ -27,6 +27,27 @@ var ErrMessageTooLarge = errors.New("rabbitmq: message headers larger than the b
 // keys, header names and the string properties (message-id, content-type…).
 const maxShortstr = 255
 
+// maxContainerElements and maxFieldDepth are the limits of amqp091's
+// reader (its read.go): it refuses a field table or array of more than
+// 8192 elements, or nested deeper than 32 (the headers table is depth 0),
+// with a syntax error, and closes the whole connection (502). A Source
+// cannot even see such a message, let alone settle it: it would be
+// delivered again and again, so the Publisher refuses to send one.
+const (
+	maxContainerElements = 8192
+	maxFieldDepth        = 32
+)
+
+// headerEntriesReserve is how many of the maxContainerElements entries of
+// the headers table a publish leaves for the headers the broker (x-death,
+// x-first-death-*, x-last-death-*, x-delivery-count) and the adapter
+// (x-queuekit-deliveries, x-queuekit-routing-key, the publish sequence, the
+// dead-letter headers) add later.
+const headerEntriesReserve = 64
+
+// maxHeaders is the most headers a message may have when published.
+const maxHeaders = maxContainerElements - headerEntriesReserve
+
 // frameOverhead is what a frame adds to its payload: type, channel, size
 // and the frame-end octet. RabbitMQ refuses a frame whose payload is larger
 // than frame_max minus this.
@@ -103,13 +124,30 @@ func headerFrameSize(m *amqp.Publishing, mandatory bool) int {
 	return n
 }
 
-// fits reports whether m's header frame fits frameMax (0: no limit).
+// headerCount is how many headers m is sent with.
+func headerCount(m *amqp.Publishing, mandatory bool) int {
+	n := len(m.Headers)
+	if mandatory {
+		n++
+	}
+	return n
+}
+
+// fits reports whether m's header frame fits frameMax (0: no limit) and
+// its headers are few enough for a reader (maxHeaders).
 func fits(m *amqp.Publishing, mandatory bool, frameMax int) bool {
+	if headerCount(m, mandatory) > maxHeaders {
+		return false
+	}
 	return frameMax <= 0 || headerFrameSize(m, mandatory) <= frameMax
 }
 
 // tooLarge is the error of a message that does not fit frameMax.
 func tooLarge(m *amqp.Publishing, mandatory bool, frameMax int) error {
+	if n := headerCount(m, mandatory); n > maxHeaders {
+		return fmt.Errorf("%w: %w: it has %d headers; at most %d can be published (amqp091 reads at most %d, and the broker and the adapter add some); nothing was sent",
+			broker.ErrInvalidConfig, ErrMessageTooLarge, n, maxHeaders, maxContainerElements)
+	}
 	return fmt.Errorf("%w: %w: its properties and headers take %d bytes, the broker's frame size is %d; nothing was sent",
 		broker.ErrInvalidConfig, ErrMessageTooLarge, headerFrameSize(m, mandatory), frameMax)
 }
@@ -117,13 +155,25 @@ func tooLarge(m *amqp.Publishing, mandatory bool, frameMax int) error {
 // tableSize is the encoded size of t as a field table (its length prefix
 // included), as amqp091's writeTable writes it, or an error for what it
 // cannot write.
-func tableSize(t amqp.Table) (int, error) {
+func tableSize(t amqp.Table) (int, error) { return tableSizeDepth(t, 0) }
+
+// tableSizeDepth is tableSize for a table nested depth deep (the headers
+// table is depth 0); it refuses what amqp091 cannot read back (see
+// maxContainerElements). The headers table's own count is checked by fits,
+// which leaves room for the headers added later.
+func tableSizeDepth(t amqp.Table, depth int) (int, error) {
+	if depth > maxFieldDepth {
+		return 0, fmt.Errorf("field tables and arrays nested more than %d deep: amqp091 cannot read them back", maxFieldDepth)
+	}
+	if depth > 0 && len(t) > maxContainerElements {
+		return 0, fmt.Errorf("a field table of %d entries: amqp091 reads at most %d", len(t), maxContainerElements)
+	}
 	n := 4
 	for k, v := range t {
 		if len(k) > maxShortstr {
 			return 0, fmt.Errorf("header name %.40q… is %d bytes long; AMQP allows at most %d", k, len(k), maxShortstr)
 		}
-		f, err := fieldSize(v)
+		f, err := fieldSizeDepth(v, depth)
 		if err != nil {
 			return 0, fmt.Errorf("header %q: %w", k, err)
 		}
@@ -134,7 +184,10 @@ func tableSize(t amqp.Table) (int, error) {
 
 // fieldSize is the encoded size of one field value (its type octet
 // included), as amqp091's writeField writes it.
-func fieldSize(v any) (int, error) {
+func fieldSize(v any) (int, error) { return fieldSizeDepth(v, 0) }
+
+// fieldSizeDepth is fieldSize for a value of a container nested depth deep.
+func fieldSizeDepth(v any, depth int) (int, error) {
 	switch v := v.(type) {
 	case bool, byte, int8:
 		return 2, nil
@@ -153,12 +206,18 @@ func fieldSize(v any) (int, error) {
 	case nil:
 		return 1, nil
 	case amqp.Table:
-		n, err := tableSize(v)
+		n, err := tableSizeDepth(v, depth+1)
 		return 1 + n, err
 	case []any:
+		if depth+1 > maxFieldDepth {
+			return 0, fmt.Errorf("field tables and arrays nested more than %d deep: amqp091 cannot read them back", maxFieldDepth)
+		}
+		if len(v) > maxContainerElements {
+			return 0, fmt.Errorf("an array of %d elements: amqp091 reads at most %d", len(v), maxContainerElements)
+		}
 		n := 5
 		for _, e := range v {
-			f, err := fieldSize(e)
+			f, err := fieldSizeDepth(e, depth+1)
 			if err != nil {
 				return 0, err
 			}
@@ -243,8 +302,12 @@ func fitDeadLetter(m *amqp.Publishing, mandatory bool, frameMax int) bool {
 	dropOwn := func(minSize int) {
 		for !fits(m, mandatory, frameMax) && len(own) > 0 && own[0].size >= minSize {
 			excess := headerFrameSize(m, mandatory) - frameMax
-			freed := 0
-			for freed < excess+64 && len(own) > 0 && own[0].size >= minSize { // 64: the record grows
+			// At least one, and enough to bring the count under
+			// maxHeaders (HeaderTrimmed may be one more).
+			count := max(headerCount(m, mandatory)+1-maxHeaders, 1)
+			freed, dropped := 0, 0
+			for (freed < excess+64 || dropped < count) && len(own) > 0 && own[0].size >= minSize { // 64: the record grows
+				dropped++
 				e := own[0]
 				own = own[1:]
 				delete(h, e.k)
