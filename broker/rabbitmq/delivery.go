@@ -394,7 +394,9 @@ func (d *delivery) Ack(ctx context.Context) error {
 // queue.
 //
 // When the broker refuses the copy (ErrNacked: a full queue with x-overflow
-// reject-publish), Requeue nacks the original with requeue instead: it keeps
+// reject-publish), or the copy cannot be sent (a message of another
+// producer so near the frame size that the copy's two headers do not fit,
+// see ErrMessageTooLarge), Requeue nacks the original with requeue instead: it keeps
 // its place, no other message is evicted (a requeue is not a publish), and
 // the worker is free at once. That delivery is counted by the source itself
 // (see the package doc: the memory of given-back messages), so the budget
@@ -415,7 +417,10 @@ func (d *delivery) Requeue(ctx context.Context) error {
 		return d.end(d.write(ctx, "requeue", d.nack))
 	}
 	err := d.s.pub.PublishRaw(ctx, "", d.s.cfg.Queue, d.copyWith(nil))
-	if errors.Is(err, ErrNacked) {
+	// A copy that cannot be sent (ErrInvalidConfig: a message from another
+	// producer near the frame size, which the copy's headers push over)
+	// would fail the same way on every retry: nack it as well.
+	if errors.Is(err, ErrNacked) || errors.Is(err, broker.ErrInvalidConfig) {
 		d.s.memo.put(&d.d, d.msg.Attempt+1)
 		return d.end(d.write(ctx, "requeue", d.nack))
 	}
@@ -458,8 +463,11 @@ func (d *delivery) brokerCounts() bool {
 // RequeueAfter implements broker.DelayedRequeuer: it publishes a copy to
 // the retry queue with a per-message TTL of delay, waits for the confirm, and
 // only then acks the original. When the TTL expires the broker dead-letters
-// the copy back to the queue. If the publish fails, the error is returned and
-// the delivery stays unsettled, so that it can be settled again.
+// the copy back to the queue. If the copy cannot be sent (see Requeue), it
+// nacks the original with requeue, counting the attempt as Requeue does:
+// the message comes back at once, without the delay. If the publish fails
+// otherwise, the error is returned and the delivery stays unsettled, so that
+// it can be settled again.
 func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error {
 	if err := d.begin("requeue after delay"); err != nil {
 		return err
@@ -467,7 +475,14 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 	ms := max(delay.Milliseconds(), 0)
 	pub := d.copyWith(nil)
 	pub.Expiration = strconv.FormatInt(ms, 10)
-	if err := d.s.pub.PublishRaw(ctx, "", d.s.cfg.Topology.RetryQueue, pub); err != nil {
+	err := d.s.pub.PublishRaw(ctx, "", d.s.cfg.Topology.RetryQueue, pub)
+	if errors.Is(err, broker.ErrInvalidConfig) {
+		// The copy cannot be sent (see Requeue): the message comes back
+		// at once instead of after delay, counted by the source.
+		d.s.memo.put(&d.d, d.msg.Attempt+1)
+		return d.end(d.write(ctx, "requeue after delay", d.nack))
+	}
+	if err != nil {
 		return d.end(fmt.Errorf("rabbitmq: requeue message %q to %q after %v: %w", d.msg.ID, d.s.cfg.Topology.RetryQueue, delay, err))
 	}
 	return d.end(d.write(ctx, "requeue after delay", d.ack))

@@ -83,8 +83,13 @@
 // routing key, header name or string property over 255 bytes, a header
 // value of a type AMQP has not, and properties and headers that do not fit
 // in one frame of the size the broker negotiated (frame_max, 131072 bytes
-// by default; that error wraps ErrMessageTooLarge too). The body has no
-// such limit: it is split over as many frames as it needs.
+// by default; that error wraps ErrMessageTooLarge too), less a reserve of
+// 4 KiB (a quarter of a frame under 16 KiB) for the headers added after
+// the publish: by the broker (x-death, x-first-death-*, x-last-death-*,
+// x-delivery-count) and by a Source (x-queuekit-deliveries,
+// x-queuekit-routing-key), without which a message accepted at the limit
+// could not be read back after a retry. The body has no such limit: it is
+// split over as many frames as it needs.
 //
 // What a consumer could not read back is refused the same way: amqp091
 // reads no field table or array of more than 8192 elements, nor nested

@@ -17,7 +17,9 @@ import (
 // ErrMessageTooLarge is wrapped (together with broker.ErrInvalidConfig) by
 // the error of a Publish whose message cannot be sent: its properties and
 // headers do not fit in one AMQP frame of the size the broker negotiated
-// (frame_max, 131072 bytes by default). RabbitMQ closes the whole
+// (frame_max, 131072 bytes by default) with the reserve the Publisher
+// keeps for the headers added later (see the package doc), or there are
+// more headers than a reader takes. RabbitMQ closes the whole
 // connection on such a frame (501 FRAME_ERROR), so the Publisher refuses
 // the message before it writes anything; the body is not limited by this
 // (it is split over as many frames as it needs).
@@ -133,13 +135,27 @@ func headerCount(m *amqp.Publishing, mandatory bool) int {
 	return n
 }
 
-// fits reports whether m's header frame fits frameMax (0: no limit) and
-// its headers are few enough for a reader (maxHeaders).
+// maxHeaderReserve is how much of each frame a publish leaves for the
+// headers added after it: by the broker, x-death (one entry per queue and
+// reason, about 900 bytes with 255-byte names; a round trip through a retry
+// queue makes two), x-first-death-* and x-last-death-* (up to 1.6 KB),
+// x-delivery-count; by a Source's copy, x-queuekit-deliveries and
+// x-queuekit-routing-key (up to 290 bytes). A message published up to the
+// frame size came back unreadable after one of those.
+const maxHeaderReserve = 4096
+
+// headerReserve is the reserve for frameMax: maxHeaderReserve, or a quarter
+// of a smaller frame.
+func headerReserve(frameMax int) int { return min(maxHeaderReserve, frameMax/4) }
+
+// fits reports whether m's header frame fits frameMax (0: no limit) with
+// headerReserve to spare, and its headers are few enough for a reader
+// (maxHeaders).
 func fits(m *amqp.Publishing, mandatory bool, frameMax int) bool {
 	if headerCount(m, mandatory) > maxHeaders {
 		return false
 	}
-	return frameMax <= 0 || headerFrameSize(m, mandatory) <= frameMax
+	return frameMax <= 0 || headerFrameSize(m, mandatory) <= frameMax-headerReserve(frameMax)
 }
 
 // tooLarge is the error of a message that does not fit frameMax.
@@ -148,8 +164,8 @@ func tooLarge(m *amqp.Publishing, mandatory bool, frameMax int) error {
 		return fmt.Errorf("%w: %w: it has %d headers; at most %d can be published (amqp091 reads at most %d, and the broker and the adapter add some); nothing was sent",
 			broker.ErrInvalidConfig, ErrMessageTooLarge, n, maxHeaders, maxContainerElements)
 	}
-	return fmt.Errorf("%w: %w: its properties and headers take %d bytes, the broker's frame size is %d; nothing was sent",
-		broker.ErrInvalidConfig, ErrMessageTooLarge, headerFrameSize(m, mandatory), frameMax)
+	return fmt.Errorf("%w: %w: its properties and headers take %d bytes; at most %d can be published (the broker's frame size is %d, and %d bytes are left for the headers the broker and the adapter add); nothing was sent",
+		broker.ErrInvalidConfig, ErrMessageTooLarge, headerFrameSize(m, mandatory), frameMax-headerReserve(frameMax), frameMax, headerReserve(frameMax))
 }
 
 // tableSize is the encoded size of t as a field table (its length prefix
@@ -260,6 +276,26 @@ func fitDeadLetter(m *amqp.Publishing, mandatory bool, frameMax int) bool {
 	if fits(m, mandatory, frameMax) {
 		return true
 	}
+	if frameMax <= 0 {
+		return fitDeadLetterWithin(m, mandatory, 0, 0)
+	}
+	// The reserve's limit (see fits) first; on a frame too small for it
+	// (full properties on the smallest frame_max), the frame itself: a dead
+	// letter with no room to spare is better than none.
+	orig := *m
+	if fitDeadLetterWithin(m, mandatory, frameMax, frameMax-headerReserve(frameMax)) {
+		return true
+	}
+	*m = orig
+	return fitDeadLetterWithin(m, mandatory, frameMax, frameMax)
+}
+
+// fitDeadLetterWithin is fitDeadLetter with the header frame cut to limit
+// bytes.
+func fitDeadLetterWithin(m *amqp.Publishing, mandatory bool, frameMax, limit int) bool {
+	ok := func() bool {
+		return headerCount(m, mandatory) <= maxHeaders && (frameMax <= 0 || headerFrameSize(m, mandatory) <= limit)
+	}
 	h := make(amqp.Table, len(m.Headers)+1)
 	for k, v := range m.Headers {
 		h[k] = v
@@ -268,12 +304,12 @@ func fitDeadLetter(m *amqp.Publishing, mandatory bool, frameMax int) bool {
 	var rec trimRecord
 	errText, _ := h[broker.HeaderError].(string)
 	cutReason := func(floor int) {
-		for !fits(m, mandatory, frameMax) {
+		for !ok() {
 			cur, _ := h[broker.HeaderError].(string)
 			if len(cur) <= floor {
 				return
 			}
-			excess := headerFrameSize(m, mandatory) - frameMax
+			excess := headerFrameSize(m, mandatory) - limit
 			next := cutText(errText, max(len(cur)-excess-32, floor)) // 32: room for the record's entry
 			if len(next) >= len(cur) {
 				return
@@ -300,8 +336,8 @@ func fitDeadLetter(m *amqp.Publishing, mandatory bool, frameMax int) bool {
 	// measured once per batch, not once per header: a dead letter may
 	// have tens of thousands of headers).
 	dropOwn := func(minSize int) {
-		for !fits(m, mandatory, frameMax) && len(own) > 0 && own[0].size >= minSize {
-			excess := headerFrameSize(m, mandatory) - frameMax
+		for !ok() && len(own) > 0 && own[0].size >= minSize {
+			excess := headerFrameSize(m, mandatory) - limit
 			// At least one, and enough to bring the count under
 			// maxHeaders (HeaderTrimmed may be one more).
 			count := max(headerCount(m, mandatory)+1-maxHeaders, 1)
@@ -322,7 +358,7 @@ func fitDeadLetter(m *amqp.Publishing, mandatory bool, frameMax int) bool {
 	cutReason(256)
 	dropOwn(0)
 	cutReason(0)
-	return fits(m, mandatory, frameMax)
+	return ok()
 }
 
 // trimRecord is what fitDeadLetter cut, for HeaderTrimmed. Its text is

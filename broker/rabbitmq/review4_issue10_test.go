@@ -1,9 +1,11 @@
 package rabbitmq
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -70,4 +72,71 @@ func nestArray(n int) []any {
 		a = []any{a}
 	}
 	return a
+}
+
+// TestPublishLeavesHeadroom (issue 10, review round 4, R2): a message
+// accepted at the frame size came back unreadable once the broker
+// (x-death, x-delivery-count) or a Source's copy (x-queuekit-deliveries,
+// x-queuekit-routing-key) added headers. A publish must leave room.
+func TestPublishLeavesHeadroom(t *testing.T) {
+	const frameMax = 131072
+	m := amqp.Publishing{Headers: amqp.Table{"big": ""}}
+	m.Headers["big"] = string(make([]byte, frameMax-100-headerFrameSize(&m, true)))
+	if n := headerFrameSize(&m, true); n != frameMax-100 {
+		t.Fatalf("setup: header frame %d bytes; want %d", n, frameMax-100)
+	}
+	if fits(&m, true, frameMax) {
+		t.Fatalf("fits(header frame of frame_max-100 bytes) = true; want false (no room for x-death)")
+	}
+	m.Headers["big"] = string(make([]byte, frameMax-headerReserve(frameMax)-headerFrameSize(&amqp.Publishing{Headers: amqp.Table{"big": ""}}, true)))
+	if !fits(&m, true, frameMax) {
+		t.Fatalf("fits(header frame of frame_max minus the reserve) = false; want true")
+	}
+}
+
+// TestRequeueOfAMessageTooLargeToCopy (issue 10, review round 4, R2a): on
+// a classic queue Requeue publishes a copy with two more headers; for a
+// message near the frame size (sent by another producer) the copy was
+// refused with ErrMessageTooLarge, Requeue failed, and the runtime retried
+// it forever. It now nacks with requeue and counts the attempt itself.
+func TestRequeueOfAMessageTooLargeToCopy(t *testing.T) {
+	needBroker(t)
+	q := uniqueQueue(t)
+	declareQueue(t, q, Classic)
+	conn := rawConn(t)
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := amqp.Publishing{Headers: amqp.Table{"big": ""}, MessageId: "near-limit", Body: []byte("m")}
+	m.Headers["big"] = string(make([]byte, 131072-40-headerFrameSize(&m, false)))
+	if err := ch.PublishWithContext(context.Background(), "", q, false, false, m); err != nil {
+		t.Fatal(err)
+	}
+	src, err := NewSource(testConfig(q))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = src.Close(ctx)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	d, err := src.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Requeue(ctx); err != nil {
+		t.Fatalf("Requeue(message near the frame size) = %v; want nil (a nack with requeue)", err)
+	}
+	d2, err := src.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d2.Message().Attempt; got != 2 {
+		t.Errorf("after Requeue, Attempt = %d; want 2", got)
+	}
+	_ = d2.Ack(ctx)
 }
