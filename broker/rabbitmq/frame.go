@@ -405,7 +405,9 @@ func cutText(s string, n int) string {
 	if cut <= 0 {
 		return ""
 	}
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
+	// At most utf8.UTFMax-1 bytes back: a rune is no longer, and on invalid
+	// UTF-8 (no rune start at all) stepping back further kept nothing.
+	for back := 0; cut > 0 && back < utf8.UTFMax-1 && !utf8.RuneStart(s[cut]); back++ {
 		cut--
 	}
 	return s[:cut] + suffix

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -139,4 +141,19 @@ func TestRequeueOfAMessageTooLargeToCopy(t *testing.T) {
 		t.Errorf("after Requeue, Attempt = %d; want 2", got)
 	}
 	_ = d2.Ack(ctx)
+}
+
+// TestCutTextOnInvalidUTF8 (issue 10, review round 4, R4): cutText stepped
+// back to a rune start however far it was, so on invalid UTF-8 (no rune
+// start at all) it kept nothing of the text. It steps back at most
+// utf8.UTFMax-1 bytes.
+func TestCutTextOnInvalidUTF8(t *testing.T) {
+	s := strings.Repeat("\x80", 2000)
+	got := cutText(s, 1000)
+	if len(got) > 1000 || len(got) < 1000-(utf8.UTFMax-1) {
+		t.Fatalf("cutText(2000 continuation bytes, 1000) is %d bytes long; want %d to 1000", len(got), 1000-(utf8.UTFMax-1))
+	}
+	if got := cutText(strings.Repeat("é", 1000), 1000); !utf8.ValidString(got) {
+		t.Fatalf("cutText(valid UTF-8) cut inside a rune: %q", got[len(got)-80:])
+	}
 }
