@@ -120,10 +120,12 @@ type Publisher struct {
 	dials     sync.WaitGroup // goroutines of channelCtx
 	writes    sync.WaitGroup // goroutines of publishCtx
 
-	// serial is set on a Source's dead-letter publisher: its publishes go
-	// one at a time and carry no seqHeader (see confirmChannel.serial), so
-	// that a dead letter holds none of the adapter's bookkeeping.
-	// serialSlot is the one-slot semaphore of that.
+	// serial is set on a Source's dead-letter publisher: its publishes
+	// carry no seqHeader (see confirmChannel.serial), so that a dead letter
+	// holds none of the adapter's bookkeeping; a return is matched to its
+	// publish by exchange, key and message-id (confirmChannel.returnedOne).
+	// serialSlot bounds how many are in flight (dlInFlight): dead letters
+	// one at a time ran at ~500/s whatever the consumer's concurrency.
 	serial     bool
 	serialSlot chan struct{}
 
@@ -679,6 +681,7 @@ type confirmChannel struct {
 
 type pendingPublish struct {
 	exchange, key string
+	messageID     string        // for returnedOne
 	done          chan struct{} // closed by the drainer once err is set
 	err           error
 	returned      *ReturnError
@@ -713,9 +716,7 @@ func (cc *confirmChannel) drain(closes <-chan *amqp.Error, returns <-chan amqp.R
 			seq, ok := tableInt(r.Headers, seqHeader)
 			cc.mu.Lock()
 			if !ok && cc.serial {
-				for s := range cc.pending { // one at most
-					seq, ok = int64(s), true
-				}
+				seq, ok = cc.returnedOne(r)
 			}
 			if !ok {
 				cc.mu.Unlock()
@@ -777,8 +778,24 @@ func (cc *confirmChannel) isDead() bool {
 	return cc.dead != nil || cc.ch.IsClosed()
 }
 
+// returnedOne finds, on a serial channel (no seqHeader), the pending
+// publish r is the return of: the oldest one not returned yet with r's
+// exchange, routing key and message-id. The broker handles a channel's
+// publishes in order and sends a return before that publish's confirm, so
+// the oldest match is the right one: publishes with the same exchange, key
+// and message-id are routed alike. cc.mu is held.
+func (cc *confirmChannel) returnedOne(r amqp.Return) (int64, bool) {
+	best, found := uint64(0), false
+	for s, w := range cc.pending {
+		if w.returned == nil && w.exchange == r.Exchange && w.key == r.RoutingKey && w.messageID == r.MessageId && (!found || s < best) {
+			best, found = s, true
+		}
+	}
+	return int64(best), found
+}
+
 func (cc *confirmChannel) publish(ctx context.Context, exchange, key string, mandatory bool, msg amqp.Publishing) (*pendingPublish, error) {
-	w := &pendingPublish{exchange: exchange, key: key, done: make(chan struct{})}
+	w := &pendingPublish{exchange: exchange, key: key, messageID: msg.MessageId, done: make(chan struct{})}
 	select {
 	case cc.pubSlot <- struct{}{}:
 	case <-ctx.Done():

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -155,5 +158,70 @@ func TestCutTextOnInvalidUTF8(t *testing.T) {
 	}
 	if got := cutText(strings.Repeat("é", 1000), 1000); !utf8.ValidString(got) {
 		t.Fatalf("cutText(valid UTF-8) cut inside a rune: %q", got[len(got)-80:])
+	}
+}
+
+// TestDeadLettersArePipelined (issue 10, review round 4, R3): dead letters
+// went one at a time, from write to confirm (~500/s whatever the
+// concurrency). Several are now in flight at once, and each still gets its
+// own outcome: a return goes to the publish it is for.
+func TestDeadLettersArePipelined(t *testing.T) {
+	needBroker(t)
+	q := uniqueQueue(t)
+	declareQueue(t, q, Classic)
+	src, err := NewSource(testConfig(q))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = src.Close(ctx)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if n := int64(len(src.dlPub.serialSlot)); n > peak.Load() {
+				peak.Store(n)
+			}
+			runtime.Gosched()
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make([]error, 64)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := q // routed by the default exchange
+			if i%2 == 1 {
+				key = q + "-nowhere" // returned
+			}
+			errs[i] = src.dlPub.publishDeadLetter(ctx, "", key, amqp.Publishing{MessageId: fmt.Sprint("dl-", i/2), Body: []byte("x")})
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	for i, err := range errs {
+		if i%2 == 0 && err != nil {
+			t.Errorf("dead letter %d (routed) = %v; want nil", i, err)
+		}
+		if i%2 == 1 && !errors.Is(err, ErrReturned) {
+			t.Errorf("dead letter %d (unroutable) = %v; want ErrReturned", i, err)
+		}
+	}
+	if peak.Load() < 2 {
+		t.Errorf("at most %d dead letter in flight during 64 concurrent ones; want several", peak.Load())
 	}
 }

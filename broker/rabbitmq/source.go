@@ -96,7 +96,7 @@ type Source struct {
 	conn    *Connection
 	ownConn bool
 	pub     *Publisher  // delayed retries and classic requeues
-	dlPub   *Publisher  // dead letters, one at a time (see Publisher.serial)
+	dlPub   *Publisher  // dead letters, without seqHeader (see Publisher.serial)
 	memo    attemptMemo // attempts of the messages this source gave back unhandled
 
 	hook atomic.Pointer[func(broker.Event)]
@@ -204,9 +204,10 @@ func NewSource(cfg Config) (*Source, error) {
 	}
 	pub.dropBlocked = true
 	s.pub = pub
-	// Dead letters go on a channel of their own, one at a time, so that
-	// they carry none of the adapter's headers but the original routing
-	// key (see delivery.DeadLetter).
+	// Dead letters go on a channel of their own, without seqHeader (up to
+	// dlInFlight at a time, each confirmed before its original is acked),
+	// so that they carry none of the adapter's headers but the original
+	// routing key (see delivery.DeadLetter).
 	dl, err := NewPublisher(PublisherConfig{
 		Conn:         s.conn,
 		ReconnectMin: cfg.ReconnectMin,
@@ -216,7 +217,7 @@ func NewSource(cfg Config) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	dl.dropBlocked, dl.serial, dl.serialSlot = true, true, make(chan struct{}, 1)
+	dl.dropBlocked, dl.serial, dl.serialSlot = true, true, make(chan struct{}, dlInFlight)
 	s.dlPub = dl
 	s.memo.init(cfg.Prefetch)
 	s.st.Store(&state{changed: make(chan struct{}), down: errors.New("rabbitmq: not connected yet")})
@@ -697,3 +698,7 @@ func (s *Source) serve(ch *amqp.Channel, l link, closes <-chan *amqp.Error, canc
 		}
 	}
 }
+
+// dlInFlight is how many dead letters a Source has in flight at once (see
+// Publisher.serial).
+const dlInFlight = 32
