@@ -1,7 +1,7 @@
 // Package correlation carries a correlation id from a publisher, through
 // message headers, into the handler's context, for programs that do not use
-// distributed tracing (package middleware/otel does this and more for those
-// that do). It imports only the standard library and package consumer.
+// distributed tracing (package middleware/otelqueuekit does this and more
+// for those that do). It imports only the standard library and the core.
 //
 //	// consumer
 //	h = correlation.Middleware("")(h)
