@@ -318,6 +318,10 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 			// ErrAlreadyRunning: the runner (a *Consumer) is also run by
 			// someone else; restarting it cannot fix that.
 			log.Error("queuekit: runner failed fatally; stopping the supervisor", "error", err)
+			// It will not run again, and is not running to report its stop:
+			// its hook and OnEvent hear it from here, as for a policy that
+			// gave up. Its health stays "failed", with the error.
+			s.emitFor(e, Event{Kind: EventStopped, Runner: e.name, Err: err})
 			fatal(broker.Fatal(fmt.Errorf("runner %s: %w", e.name, err)))
 			return
 		}

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -683,4 +685,51 @@ func TestSupervisorFailsOnAConsumerRunByHand(t *testing.T) {
 	}
 	cancel()
 	<-hand
+}
+
+// Review of issue 10: a runner that failed fatally (which stops the whole
+// Supervisor) was never reported as stopped: OnEvent saw EventFailed and
+// then nothing, unlike a runner whose restart policy gave up.
+func TestIssue10ReviewFatalFailureIsReportedAsStopped(t *testing.T) {
+	errBad := errors.New("bad credentials")
+	var mu sync.Mutex
+	var kinds []consumer.EventKind
+	var stopErr error
+	s := &consumer.Supervisor{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OnEvent: func(e consumer.Event) {
+		if e.Runner != "fatal" {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		kinds = append(kinds, e.Kind)
+		if e.Kind == consumer.EventStopped {
+			stopErr = e.Err
+		}
+	}}
+	if err := s.Add("fatal", consumer.RunnerFunc(func(context.Context) error { return broker.Fatal(errBad) })); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(context.Background()); !errors.Is(err, errBad) {
+		t.Fatalf("Supervisor.Run = %v; want the fatal error", err)
+	}
+	// OnEvent is queued: wait for the stop to reach it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		got, serr := slices.Clone(kinds), stopErr
+		mu.Unlock()
+		if slices.Contains(got, consumer.EventStopped) {
+			if !errors.Is(serr, errBad) {
+				t.Errorf("EventStopped.Err = %v; want the fatal error", serr)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events of the fatal runner: %v; want an EventStopped after EventFailed", got)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := s.Health().Runners[0].State; st != consumer.StateFailed {
+		t.Errorf("state after a fatal failure = %v; want failed (health keeps why)", st)
+	}
 }
