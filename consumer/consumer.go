@@ -442,12 +442,18 @@ func (c *Consumer) emit(e Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
+	c.callHook(e)
+	if f := c.sup.Load(); f != nil {
+		(*f)(e)
+	}
+}
+
+// callHook passes e to the consumer's own hooks (WithEventHook), if any,
+// logging a panic instead of passing it on.
+func (c *Consumer) callHook(e Event) {
 	if c.o.hook != nil {
 		if p := callHook(c.o.hook, e); p != nil {
 			c.logger().Error("queuekit: event hook panicked; the event is lost to it, nothing else", "event", e.Kind.String(), "panic", fmt.Sprint(p))
 		}
-	}
-	if f := c.sup.Load(); f != nil {
-		(*f)(e)
 	}
 }

@@ -39,12 +39,7 @@ func (c *Consumer) Attach(name string, emit func(Event)) (hook func(Event), err 
 	if c.o.hook == nil {
 		return nil, nil
 	}
-	userHook := c.o.hook
-	return func(e Event) {
-		if p := callHook(userHook, e); p != nil {
-			c.logger().Error("queuekit: event hook panicked; the event is lost to it, nothing else", "event", e.Kind.String(), "panic", fmt.Sprint(p))
-		}
-	}, nil
+	return c.callHook, nil
 }
 
 var _ Supervised = (*Consumer)(nil)
