@@ -116,15 +116,15 @@ type EventSource interface {
 // Reason says why a message is dead-lettered.
 type Reason struct {
 	// Err is the text of the last error.
-	Err string
+	Err string `json:"error"`
 	// Attempts is the number of deliveries the message had.
-	Attempts int
+	Attempts int `json:"attempts"`
 	// Source is the queue or topic the message came from.
-	Source string
+	Source string `json:"source"`
 	// Permanent is true when the error was permanent and not retried.
-	Permanent bool
+	Permanent bool `json:"permanent"`
 	// Time is when the runtime gave up on the message.
-	Time time.Time
+	Time time.Time `json:"time,omitzero"`
 }
 
 // Header returns the reason as message headers (HeaderError and friends),
