@@ -73,6 +73,12 @@ type QueueStats struct {
 	Returned int
 	// DeadLettered counts messages moved to DeadLetterQueue(queue).
 	DeadLettered int
+	// Redriven and Purged count, for a dead-letter queue, the dead letters
+	// that DeadLetters.Redrive sent back and DeadLetters.Purge deleted (see
+	// Broker.DeadLettersOf). Ready, of a dead-letter queue, does not count
+	// them any more.
+	Redriven int
+	Purged   int
 }
 
 // queue returns the named queue, creating it. The caller holds b.mu.
@@ -135,6 +141,9 @@ func (b *Broker) publish(ctx context.Context, p *Publisher, queue string, msgs [
 		}
 		q.stats.Published++
 		q.ready.pushBack(e)
+		if isDeadLetterQueue(queue) {
+			q.recordDead(e, e.msg)
+		}
 	}
 	q.wake()
 	return nil
@@ -156,20 +165,23 @@ func (b *Broker) Stats(queue string) QueueStats {
 	return s
 }
 
-// DeadLetters returns copies of the messages dead-lettered from queue, in the
-// order they were dead-lettered, with the reason in their headers (see
+// DeadLetters returns copies of the dead letters of queue: the messages
+// dead-lettered from it and those published to DeadLetterQueue(queue)
+// directly, in the order they arrived, with the reason in their headers (see
 // broker.Reason.Header). It is a record kept by the broker: consuming
-// DeadLetterQueue(queue) does not change it.
+// DeadLetterQueue(queue) does not change it; a dead letter leaves it when it
+// is redriven or purged (see DeadLettersOf). A message dead-lettered by
+// Delivery.DeadLetter has the Attempt it was delivered with.
 func (b *Broker) DeadLetters(queue string) []broker.Message {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	q := b.queues[queue]
+	q := b.queues[DeadLetterQueue(queue)]
 	if q == nil {
 		return nil
 	}
 	out := make([]broker.Message, len(q.dead))
-	for i := range q.dead {
-		out[i] = copyMessage(&q.dead[i])
+	for i, r := range q.dead {
+		out[i] = copyMessage(&r.msg)
 	}
 	return out
 }

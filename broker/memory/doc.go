@@ -57,7 +57,7 @@
 //     becomes ready again after d, at the tail of the queue.
 //   - DeadLetter(reason): the message moves to the queue
 //     DeadLetterQueue(queue) (queue + ".dlq") with reason.Header() merged
-//     into its headers, and is recorded for Broker.DeadLetters.
+//     into its headers, and is recorded as a dead letter (see Dead letters).
 //
 // Attempt is 1 on the first delivery and grows by one on every redelivery,
 // whatever caused it: Requeue, a closed or cancelled source, a dropped
@@ -83,7 +83,33 @@
 //     those handed out, nor those waiting out a RequeueAfter delay), as
 //     RabbitMQ counts them; Consumers the sources subscribed to the queue.
 //
+//   - broker.DeadLetterSource: Source.DeadLetters returns the dead letters
+//     of its queue (see Dead letters).
+//
 // Its deliveries implement broker.DelayedRequeuer and broker.Releaser.
+//
+// # Dead letters
+//
+// Every message that enters a dead-letter queue, by Delivery.DeadLetter or
+// by a Publish to DeadLetterQueue(queue) directly, is recorded as a dead
+// letter of queue with an id of its own, "<queue>.dlq-<n>". The record is
+// what Broker.DeadLetters returns and what Broker.DeadLettersOf(queue) (and
+// Source.DeadLetters) browses, redrives and purges through the
+// broker.DeadLetters interface, as an operator would on RabbitMQ or Kafka:
+//
+//	dl := b.DeadLettersOf("orders")
+//	page, err := dl.List(ctx, broker.DeadLetterQuery{DeadLetterFilter: broker.DeadLetterFilter{Reason: "timeout"}})
+//	res, err := dl.Redrive(ctx, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{})
+//
+// List and Count change nothing. Redrive publishes a copy of each dead
+// letter to its source queue (the reason's Source) with a fresh delivery
+// budget (Attempt 1 on its next delivery) and broker.HeaderRedriven
+// incremented, then removes the dead letter; one redriven
+// broker.DefaultMaxRedrives times stays, skipped with
+// broker.ErrRedriveLimit. Redrive and Purge take a dead letter out of the
+// dead-letter queue too when it is still waiting there. Consuming the
+// dead-letter queue does not change the record. Stats of a dead-letter
+// queue count what was redriven and purged.
 //
 // # Fault injection
 //
@@ -111,5 +137,9 @@
 // broker.ErrInvalidConfig. Publish returns its context's error when the
 // context is done, and an error wrapping broker.ErrPublisherClosed after the
 // Publisher's Close. Publish and Source return ErrBrokerClosed after
-// Broker.Close.
+// Broker.Close, and so do a DeadLetters' Redrive and Purge. A DeadLetters
+// reports unknown ids with an error wrapping broker.ErrDeadLetterNotFound,
+// a dead letter it cannot send back with one wrapping broker.ErrRedriveLimit
+// or broker.ErrNoSource (no reason headers, or a source queue never used),
+// and a selection of nothing with broker.ErrEmptySelection.
 package memory

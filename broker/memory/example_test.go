@@ -101,3 +101,42 @@ func ExampleSource_DropConnection() {
 	// job attempt 2
 	// <nil>
 }
+
+// An operator's dead-letter workflow: a message fails, List shows why, the
+// cause is fixed, and Redrive sends it back for another try, with a fresh
+// delivery budget and a header counting the redrives.
+func ExampleBroker_DeadLettersOf() {
+	ctx := context.Background()
+	b := memory.NewBroker()
+	defer b.Close()
+	b.Publish(ctx, "orders", &broker.Message{Body: []byte(`{"id":7}`)})
+
+	// A consumer gives up on it (here by hand: the runtime does this after
+	// the delivery budget, or at once for a permanent error).
+	src, _ := b.Source("orders", memory.SourceConfig{})
+	defer src.Close(ctx)
+	d, _ := src.Receive(ctx)
+	d.DeadLetter(ctx, broker.Reason{Err: "payment service: connection refused", Attempts: 3})
+
+	// See why.
+	dl := src.DeadLetters() // or b.DeadLettersOf("orders")
+	page, _ := dl.List(ctx, broker.DeadLetterQuery{})
+	for _, d := range page.Items {
+		fmt.Printf("%s from %s after %d attempts: %s: %s\n", d.ID, d.Reason.Source, d.Reason.Attempts, d.Reason.Err, d.Message.Body)
+	}
+
+	// Fix the cause, then send it back.
+	res, err := dl.Redrive(ctx, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{})
+	fmt.Println("redriven:", res.Done, err)
+	n, _ := dl.Count(ctx, broker.DeadLetterFilter{})
+	fmt.Println("dead letters left:", n)
+
+	d, _ = src.Receive(ctx)
+	fmt.Printf("%s attempt %d, redriven %s time(s)\n", d.Message().Body, d.Message().Attempt, d.Message().Header[broker.HeaderRedriven])
+	d.Ack(ctx)
+	// Output:
+	// orders.dlq-1 from orders after 3 attempts: payment service: connection refused: {"id":7}
+	// redriven: [orders.dlq-1] <nil>
+	// dead letters left: 0
+	// {"id":7} attempt 1, redriven 1 time(s)
+}

@@ -29,8 +29,13 @@ type queue struct {
 	signal chan struct{}
 
 	delayed map[*entry]struct{} // entries waiting out a RequeueAfter delay
-	dead    []broker.Message    // every message dead-lettered from this queue, in order
-	stats   QueueStats          // counters; Ready, Unacked, Delayed are derived in Stats
+	// dead is the record of this queue's dead letters, oldest first, when
+	// the queue is a dead-letter queue (see Broker.recordDead): what
+	// Broker.DeadLetters and DeadLetters.List show. Consuming the queue
+	// does not change it; Redrive and Purge remove from it.
+	dead    []*deadRecord
+	deadSeq uint64     // last dead-letter id number assigned
+	stats   QueueStats // counters; Ready, Unacked, Delayed are derived in Stats
 	unacked int
 	sources int
 }
@@ -84,6 +89,23 @@ func (d *deque) pushFront(e *entry) {
 	d.head = (d.head - 1 + len(d.buf)) % len(d.buf)
 	d.buf[d.head] = e
 	d.n++
+}
+
+// remove removes e from the deque, keeping the order of the others, and
+// reports whether it was there.
+func (d *deque) remove(e *entry) bool {
+	for i := 0; i < d.n; i++ {
+		if d.buf[(d.head+i)%len(d.buf)] != e {
+			continue
+		}
+		for j := i; j < d.n-1; j++ {
+			d.buf[(d.head+j)%len(d.buf)] = d.buf[(d.head+j+1)%len(d.buf)]
+		}
+		d.buf[(d.head+d.n-1)%len(d.buf)] = nil
+		d.n--
+		return true
+	}
+	return false
 }
 
 func (d *deque) popFront() *entry {

@@ -441,11 +441,11 @@ func (d *delivery) settle(ctx context.Context, op int, reason broker.Reason, del
 		dm := e.msg // the Header map is replaced below; Key and Body are never written
 		dm.Topic = dlq.name
 		dm.Header = reason.Header(e.msg.Header)
-		dm.Attempt = e.deliveries
-		q.dead = append(q.dead, dm)
-		dm.Attempt = 0
+		de := &entry{msg: dm}
 		dlq.stats.Published++
-		dlq.ready.pushBack(&entry{msg: dm})
+		dlq.ready.pushBack(de)
+		dm.Attempt = e.deliveries // the record keeps the attempt it was dead-lettered at
+		dlq.recordDead(de, dm)
 		dlq.wake()
 	}
 	// A settlement frees prefetch, and a requeue makes a message ready:
