@@ -82,7 +82,6 @@
 //   - broker.BacklogReporter: Messages is the queue's ready messages (not
 //     those handed out, nor those waiting out a RequeueAfter delay), as
 //     RabbitMQ counts them; Consumers the sources subscribed to the queue.
-//
 //   - broker.DeadLetterSource: Source.DeadLetters returns the dead letters
 //     of its queue (see Dead letters).
 //
