@@ -360,4 +360,3 @@ type command struct {
 	o  *options
 	dl deadLetters
 }
-
