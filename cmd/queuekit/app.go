@@ -125,6 +125,13 @@ func (a *app) fail(err error, amqpURL string) int {
 	return code
 }
 
+// guardGrace is how long a command waits, after its --timeout, for the
+// operation to return on its own.
+const guardGrace = 3 * time.Second
+
+// closeBound bounds the closing of the connection after the command.
+const closeBound = 2 * time.Second
+
 // options are the parsed flags of a dlq command.
 type options struct {
 	target
@@ -246,22 +253,39 @@ func (a *app) dlq(ctx context.Context, cmd string, args []string) int {
 	}
 	defer func() {
 		// Close gets a bound of its own: the command's may be spent.
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		// Closing a healthy connection takes milliseconds; one that is
+		// still dialling a silent host is given up on (aborted) at once.
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), closeBound)
 		defer ccancel()
 		_ = dl.Close(cctx)
 	}()
 	c := command{app: a, o: &o, dl: dl}
-	switch cmd {
-	case "list":
-		err = c.list(ctx)
-	case "show":
-		err = c.show(ctx)
-	case "count":
-		err = c.count(ctx)
-	case "redrive":
-		err = c.redrive(ctx)
-	case "purge":
-		err = c.purge(ctx)
+	// The adapters honour ctx; the guard is for a dial or a broker that
+	// does not let go: the command ends soon after --timeout all the same
+	// (main exits; the abandoned goroutine goes with the process).
+	done := make(chan error, 1)
+	go func() {
+		switch cmd {
+		case "list":
+			done <- c.list(ctx)
+		case "show":
+			done <- c.show(ctx)
+		case "count":
+			done <- c.count(ctx)
+		case "redrive":
+			done <- c.redrive(ctx)
+		case "purge":
+			done <- c.purge(ctx)
+		}
+	}()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		select {
+		case err = <-done:
+		case <-time.After(guardGrace):
+			err = fmt.Errorf("dlq %s: the broker did not answer: %w", cmd, ctx.Err())
+		}
 	}
 	if err == nil {
 		return exitOK

@@ -17,7 +17,7 @@ import (
 // Column widths of the list table, in runes, after escaping.
 const (
 	idWidth     = 40
-	sourceWidth = 24
+	sourceWidth = 40
 	reasonWidth = 48
 	bodyWidth   = 40
 )
@@ -178,6 +178,9 @@ func (c *command) purge(ctx context.Context) error {
 // decides the exit code: a partialError when the operation ran but left some
 // selected dead letters (missing or skipped).
 func (c *command) report(res broker.DeadLetterResult, err error, did, would string) error {
+	if err != nil && len(res.Done)+len(res.Skipped)+len(res.Missing) == 0 && !isPartial(err) {
+		return err // nothing happened: the error says why
+	}
 	if c.o.json {
 		if jerr := c.printJSON(res); jerr != nil {
 			return jerr

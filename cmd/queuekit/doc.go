@@ -67,8 +67,9 @@
 //	2  usage error: bad flags or arguments, an empty selection, bad configuration
 //	3  cannot connect: the broker cannot be reached or refused the credentials
 //	4  the operation failed: the broker refused it (e.g. no such queue), it
-//	   timed out (--timeout), or it was interrupted; what was done before is
-//	   reported
+//	   did not finish within --timeout (also when a host accepted the
+//	   connection but never answered), or it was interrupted; what was done
+//	   before is reported
 //
 // # Example
 //

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/queuekit/queuekit/broker/rabbitmq"
 )
 
 // binary is the queuekit command, built once by TestMain: the tests run it
@@ -77,7 +79,7 @@ func queuekit(t *testing.T, env []string, args ...string) result {
 	default:
 		t.Fatalf("queuekit %s: %v", strings.Join(args, " "), err)
 	}
-	t.Logf("$ queuekit %s\n%s", strings.Join(args, " "), r)
+	t.Logf("$ queuekit %s\n%s", strings.Join(redactArgs(args), " "), r)
 	return r
 }
 
@@ -87,4 +89,16 @@ func wantCode(t *testing.T, r result, code int) {
 	if r.code != code {
 		t.Fatalf("exit code %d, want %d\n%s", r.code, code, r)
 	}
+}
+
+// redactArgs hides the passwords of the AMQP URLs in args, for the test log.
+func redactArgs(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if strings.HasPrefix(a, "amqp") {
+			a = rabbitmq.RedactURL(a)
+		}
+		out[i] = a
+	}
+	return out
 }

@@ -2,9 +2,38 @@ package main
 
 import (
 	"errors"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/queuekit/queuekit/broker/rabbitmq"
 )
 
-// openTarget opens the dead letters t names. (Stub until the adapters land.)
+// openTarget opens the dead letters t names, on RabbitMQ when it has a URL,
+// else on Kafka. It connects nothing yet: the first operation does.
 func openTarget(t target) (deadLetters, error) {
-	return nil, errors.New("not yet")
+	// The adapters' warnings would go to slog.Default, whose text is not
+	// escaped for the terminal; the command reports what matters itself.
+	logger := slog.New(slog.DiscardHandler)
+	if t.amqpURL != "" {
+		return rabbitmq.NewDeadLetters(rabbitmq.DeadLetterConfig{
+			Dialer: rabbitmq.Dialer{
+				URL: t.amqpURL,
+				// A heartbeat within the command's bound notices a broker
+				// that stops answering.
+				Heartbeat: min(10*time.Second, max(t.timeout/3, time.Second)),
+				Name:      "queuekit cli",
+			},
+			Queue:           t.queue,
+			DeadLetterQueue: t.dlq,
+			Logger:          logger,
+		})
+	}
+	return openKafka(t, logger)
+}
+
+var _ = io.Discard
+
+func openKafka(t target, logger *slog.Logger) (deadLetters, error) {
+	return nil, errors.New("kafka: not wired yet")
 }

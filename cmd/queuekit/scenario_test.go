@@ -90,9 +90,9 @@ func runScenario(t *testing.T, f fixture, source string) {
 	}
 	noRawControl(t, "dlq list", r.stdout)
 	// Columns are aligned: REASON starts at the same offset on every line.
-	col := strings.Index(lines[0], "REASON")
+	col := strings.Index(lines[0], "REASON") // ASCII: bytes are runes
 	for _, l := range lines[1:] {
-		if !strings.HasPrefix(l[col:], "payment") && !strings.HasPrefix(l[col:], "bad payload") {
+		if rs := []rune(l); len(rs) < col || !strings.HasPrefix(string(rs[col:]), "payment") && !strings.HasPrefix(string(rs[col:]), "bad payload") {
 			t.Errorf("dlq list: the REASON column is not aligned at %d:\n%s", col, r.stdout)
 		}
 	}
