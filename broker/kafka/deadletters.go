@@ -1,0 +1,1265 @@
+package kafka
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// DeadLetterConfig configures DeadLetters. Brokers and Topic are required.
+type DeadLetterConfig struct {
+	// Brokers are the bootstrap broker addresses, host:port.
+	Brokers []string
+	// Dialer supplies TLS, SASL, client ID and dial timeout. Default: plain
+	// connections with a 10 s dial timeout.
+	Dialer *kafkago.Dialer
+	// Topic is the topic whose dead letters these are (Config.Topic of the
+	// Source). It names the default DeadLetterTopic.
+	Topic string
+	// DeadLetterTopic is the dead-letter topic to read. Default: Topic +
+	// ".dlt", as Config.DeadLetterTopic.
+	DeadLetterTopic string
+	// Logger receives the failures that do not fail a call (a stale
+	// done-marker that could not be cleaned up). Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Suffixes of the names that keep the progress of Redrive and Purge on a
+// dead-letter topic (see the package documentation, "Dead letters").
+const (
+	// DeadLetterGroupSuffix: the consumer group DeadLetterTopic +
+	// DeadLetterGroupSuffix commits, per partition of the dead-letter
+	// topic, the offset before which every dead letter was redriven or
+	// purged.
+	DeadLetterGroupSuffix = ".queuekit"
+	// DeadLetterDoneSuffix: the compacted topic DeadLetterTopic +
+	// DeadLetterDoneSuffix holds one record per dead letter redriven or
+	// purged past that offset (key "<partition>:<offset>").
+	DeadLetterDoneSuffix = ".queuekit-done"
+)
+
+// DeadLetters reads, redrives and purges the dead letters of a topic: the
+// records a Source wrote to its dead-letter topic. It implements
+// broker.DeadLetters; see the package documentation ("Dead letters") for
+// how. It is safe for concurrent use. Each call opens connections of its
+// own and closes them before it returns, so a DeadLetters holds nothing
+// between calls; Close refuses new calls and ends those in progress. Make
+// one with NewDeadLetters, or take a Source's with Source.DeadLetters.
+type DeadLetters struct {
+	cfg       DeadLetterConfig
+	dlt       string
+	group     string
+	doneTopic string
+	log       *slog.Logger
+	addr      net.Addr
+
+	mu     sync.Mutex
+	closed bool
+	calls  sync.WaitGroup
+
+	abortCtx context.Context
+	abortFn  context.CancelFunc
+
+	// now is the clock of the redrive headers and done markers.
+	now func() time.Time
+}
+
+var _ broker.DeadLetters = (*DeadLetters)(nil)
+
+// NewDeadLetters returns the DeadLetters of cfg.Topic. It returns an error
+// wrapping broker.ErrInvalidConfig when cfg is invalid. It does not
+// connect: each call does.
+func NewDeadLetters(cfg DeadLetterConfig) (*DeadLetters, error) {
+	cfg.Brokers = append([]string(nil), cfg.Brokers...)
+	if err := validateBrokers(cfg.Brokers); err != nil {
+		return nil, err
+	}
+	if cfg.Topic == "" {
+		return nil, invalid("dead letters: empty Topic")
+	}
+	if err := invalidTopic("dead letters: Topic", cfg.Topic); err != nil {
+		return nil, err
+	}
+	if cfg.DeadLetterTopic == "" {
+		cfg.DeadLetterTopic = cfg.Topic + ".dlt"
+	}
+	if err := invalidTopic("dead letters: DeadLetterTopic (default: Topic + \".dlt\")", cfg.DeadLetterTopic); err != nil {
+		return nil, err
+	}
+	if cfg.DeadLetterTopic == cfg.Topic {
+		return nil, invalid("dead letters: DeadLetterTopic %q is the consumed topic", cfg.Topic)
+	}
+	done := cfg.DeadLetterTopic + DeadLetterDoneSuffix
+	if err := validTopicName(done); err != nil {
+		return nil, invalid("dead letters: DeadLetterTopic is too long for its done topic (DeadLetterTopic + %q): %v", DeadLetterDoneSuffix, err)
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &kafkago.Dialer{Timeout: 10 * time.Second, DualStack: true}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	abortCtx, abortFn := context.WithCancel(context.Background())
+	return &DeadLetters{
+		cfg:       cfg,
+		dlt:       cfg.DeadLetterTopic,
+		group:     cfg.DeadLetterTopic + DeadLetterGroupSuffix,
+		doneTopic: done,
+		log:       cfg.Logger.With("dead_letter_topic", cfg.DeadLetterTopic),
+		addr:      kafkago.TCP(cfg.Brokers...),
+		abortCtx:  abortCtx,
+		abortFn:   abortFn,
+		now:       time.Now,
+	}, nil
+}
+
+// DeadLetters implements broker.DeadLetterSource: the dead letters of the
+// Source's topic, in Config.DeadLetterTopic, reached with the Source's
+// brokers and Dialer. It works before the first Receive and after Close
+// too: it shares no connection with the Source. Each call returns a new
+// DeadLetters value; none needs closing (Close only ends the calls in
+// progress).
+func (s *Source) DeadLetters() broker.DeadLetters {
+	d, err := NewDeadLetters(DeadLetterConfig{
+		Brokers:         s.cfg.Brokers,
+		Dialer:          s.cfg.Dialer,
+		Topic:           s.cfg.Topic,
+		DeadLetterTopic: s.cfg.DeadLetterTopic,
+		Logger:          s.cfg.Logger,
+	})
+	if err != nil {
+		// NewSource validated the same fields; this cannot happen, but a
+		// nil would make the caller panic.
+		return failedDeadLetters{err}
+	}
+	return d
+}
+
+// failedDeadLetters answers every call with err.
+type failedDeadLetters struct{ err error }
+
+func (f failedDeadLetters) List(context.Context, broker.DeadLetterQuery) (broker.DeadLetterPage, error) {
+	return broker.DeadLetterPage{}, f.err
+}
+func (f failedDeadLetters) Count(context.Context, broker.DeadLetterFilter) (int, error) {
+	return 0, f.err
+}
+func (f failedDeadLetters) Redrive(context.Context, broker.DeadLetterSelection, broker.RedriveOptions) (broker.DeadLetterResult, error) {
+	return broker.DeadLetterResult{}, f.err
+}
+func (f failedDeadLetters) Purge(context.Context, broker.DeadLetterSelection, bool) (broker.DeadLetterResult, error) {
+	return broker.DeadLetterResult{}, f.err
+}
+
+var _ broker.DeadLetterSource = (*Source)(nil)
+
+// ErrDeadLettersClosed is wrapped by the error of a call after Close.
+var ErrDeadLettersClosed = errors.New("kafka: dead letters closed")
+
+// Close refuses new calls (their error wraps ErrDeadLettersClosed) and
+// waits for the calls in progress. When ctx ends first, it cancels them
+// and closes their connections; they return at once, and Close returns an
+// error wrapping ctx's. What a cancelled Redrive or Purge did not record
+// as done stays a dead letter (a copy may already be in the source: see
+// Redrive). Close is idempotent.
+func (d *DeadLetters) Close(ctx context.Context) error {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		d.calls.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		d.abortFn()
+		<-done
+		return fmt.Errorf("kafka: close dead letters: calls in progress were cancelled: %w", ctx.Err())
+	}
+}
+
+// dlOp is one call: its ctx and its own connections.
+type dlOp struct {
+	d   *DeadLetters
+	ctx context.Context
+	cs  *conns
+	tr  *kafkago.Transport
+	cli *kafkago.Client
+	end func()
+	// parts caches partition counts of topics by name (0: missing).
+	parts map[string]int
+	hash  *kafkago.Hash
+}
+
+func (d *DeadLetters) begin(ctx context.Context) (*dlOp, error) {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil, ErrDeadLettersClosed
+	}
+	d.calls.Add(1)
+	d.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		d.calls.Done()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stopAbort := context.AfterFunc(d.abortCtx, cancel)
+	cs := newConns(d.cfg.Dialer)
+	// A kafka-go call that does not look at ctx returns once its
+	// connection is closed.
+	stopKill := context.AfterFunc(ctx, cs.kill)
+	tr := transport(d.cfg.Dialer, cs)
+	op := &dlOp{
+		d: d, ctx: ctx, cs: cs, tr: tr,
+		cli:   &kafkago.Client{Addr: d.addr, Timeout: 10 * time.Second, Transport: tr},
+		parts: make(map[string]int),
+		hash:  &kafkago.Hash{},
+	}
+	op.end = func() {
+		stopKill()
+		stopAbort()
+		cancel()
+		cs.kill()
+		tr.CloseIdleConnections()
+		d.calls.Done()
+	}
+	return op, nil
+}
+
+// dlPart is one partition of the dead-letter topic, as a call sees it.
+type dlPart struct {
+	id int
+	// start is where the dead letters not yet handled begin: the group's
+	// committed offset, or the log's first offset when that is later;
+	// end is the partition's last stable offset when the call began.
+	start, end int64
+	// committed is the group's committed offset, -1 if none.
+	committed int64
+}
+
+// dlState is what a call reads before it looks at dead letters.
+type dlState struct {
+	parts []dlPart // by partition id
+	// done holds the dead letters marked done in the done topic, at or
+	// past their partition's start.
+	done map[int]map[int64]bool
+	// stale are done markers below their partition's start: covered by
+	// the committed offset, to be cleaned up (tombstoned).
+	stale []string
+}
+
+func (st *dlState) isDone(p int, off int64) bool { return st.done[p][off] }
+
+func (o *dlOp) partitions(topic string) (int, error) {
+	if n, ok := o.parts[topic]; ok {
+		return n, nil
+	}
+	md, err := o.cli.Metadata(o.ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return 0, fmt.Errorf("metadata of %s: %w", topic, err)
+	}
+	n := 0
+	for _, t := range md.Topics {
+		if t.Name != topic {
+			continue
+		}
+		if t.Error != nil {
+			if errors.Is(t.Error, kafkago.UnknownTopicOrPartition) {
+				break
+			}
+			return 0, fmt.Errorf("metadata of %s: %w", topic, t.Error)
+		}
+		n = len(t.Partitions)
+	}
+	o.parts[topic] = n
+	return n, nil
+}
+
+// offsets returns the first offset and the last stable offset of
+// partitions 0…n-1 of topic.
+func (o *dlOp) offsets(topic string, n int) (first, last map[int]int64, err error) {
+	reqs := make([]kafkago.OffsetRequest, 0, 2*n)
+	for p := range n {
+		reqs = append(reqs, kafkago.FirstOffsetOf(p), kafkago.LastOffsetOf(p))
+	}
+	resp, err := o.cli.ListOffsets(o.ctx, &kafkago.ListOffsetsRequest{
+		Topics:         map[string][]kafkago.OffsetRequest{topic: reqs},
+		IsolationLevel: kafkago.ReadCommitted,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list offsets of %s: %w", topic, err)
+	}
+	first, last = make(map[int]int64, n), make(map[int]int64, n)
+	for _, po := range resp.Topics[topic] {
+		if po.Error != nil {
+			return nil, nil, fmt.Errorf("list offsets of %s partition %d: %w", topic, po.Partition, po.Error)
+		}
+		first[po.Partition], last[po.Partition] = po.FirstOffset, po.LastOffset
+	}
+	for p := range n {
+		if _, ok := last[p]; !ok {
+			return nil, nil, fmt.Errorf("list offsets of %s: no answer for partition %d", topic, p)
+		}
+	}
+	return first, last, nil
+}
+
+// committed returns the group's committed offsets on the dead-letter
+// topic (-1 where none).
+func (o *dlOp) committed(n int) (map[int]int64, error) {
+	d := o.d
+	ids := make([]int, n)
+	for i := range ids {
+		ids[i] = i
+	}
+	resp, err := o.cli.OffsetFetch(o.ctx, &kafkago.OffsetFetchRequest{GroupID: d.group, Topics: map[string][]int{d.dlt: ids}})
+	if err != nil {
+		return nil, fmt.Errorf("offset fetch of group %s: %w", d.group, err)
+	}
+	out := make(map[int]int64, n)
+	if resp.Error != nil {
+		if errors.Is(resp.Error, kafkago.GroupIdNotFound) {
+			return out, nil
+		}
+		return nil, fmt.Errorf("offset fetch of group %s: %w", d.group, resp.Error)
+	}
+	for _, p := range resp.Topics[d.dlt] {
+		if p.Error != nil && !errors.Is(p.Error, kafkago.GroupIdNotFound) && !errors.Is(p.Error, kafkago.UnknownTopicOrPartition) {
+			return nil, fmt.Errorf("offset fetch of group %s partition %d: %w", d.group, p.Partition, p.Error)
+		}
+		out[p.Partition] = p.CommittedOffset
+	}
+	return out, nil
+}
+
+// load reads where every partition of the dead-letter topic stands.
+func (o *dlOp) load() (*dlState, error) {
+	d := o.d
+	n, err := o.partitions(d.dlt)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("dead-letter topic %s does not exist: %w", d.dlt, kafkago.UnknownTopicOrPartition)
+	}
+	first, last, err := o.offsets(d.dlt, n)
+	if err != nil {
+		return nil, err
+	}
+	com, err := o.committed(n)
+	if err != nil {
+		return nil, err
+	}
+	st := &dlState{parts: make([]dlPart, n), done: make(map[int]map[int64]bool)}
+	for p := range n {
+		c, ok := com[p]
+		if !ok || c < 0 {
+			c = -1
+		}
+		start := max(first[p], c)
+		end := max(last[p], start)
+		st.parts[p] = dlPart{id: p, start: start, end: end, committed: c}
+	}
+	if err := o.loadDone(st); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// loadDone reads the done topic into st.
+func (o *dlOp) loadDone(st *dlState) error {
+	d := o.d
+	n, err := o.partitions(d.doneTopic)
+	if err != nil || n == 0 {
+		return err // a done topic not created yet holds nothing
+	}
+	first, last, err := o.offsets(d.doneTopic, n)
+	if err != nil {
+		return err
+	}
+	marks := make(map[string]bool)
+	for p := range n {
+		err := o.scan(d.doneTopic, p, first[p], last[p], func(r *dlRecord) (bool, error) {
+			marks[string(r.key)] = r.value != nil // a tombstone (nil value) clears a mark
+			return false, nil
+		})
+		if err != nil {
+			return fmt.Errorf("read %s: %w", d.doneTopic, err)
+		}
+	}
+	for k, on := range marks {
+		if !on {
+			continue
+		}
+		p, off, ok := parseDeadLetterID(k)
+		if !ok {
+			continue
+		}
+		if p >= len(st.parts) || off < st.parts[p].start {
+			st.stale = append(st.stale, k)
+			continue
+		}
+		if st.done[p] == nil {
+			st.done[p] = make(map[int64]bool)
+		}
+		st.done[p][off] = true
+	}
+	sort.Strings(st.stale)
+	return nil
+}
+
+// dlRecord is one record read by scan.
+type dlRecord struct {
+	offset  int64
+	key     []byte
+	value   []byte
+	headers []kafkago.Header
+	time    time.Time
+}
+
+// scanMaxBytes bounds one fetch response of scan (a record batch larger
+// than it still comes whole).
+const scanMaxBytes = 1 << 20
+
+// scan reads the records of topic's partition p from offset from up to
+// (not including) to, in offset order, read-committed: transaction
+// markers and the records of aborted transactions are skipped. visit
+// returns true to stop.
+func (o *dlOp) scan(topic string, p int, from, to int64, visit func(*dlRecord) (bool, error)) error {
+	offset := from
+	empty := 0
+	for offset < to {
+		if err := o.ctx.Err(); err != nil {
+			return err
+		}
+		msg, err := o.tr.RoundTrip(o.ctx, o.d.addr, &fetchapi.Request{
+			ReplicaID:      -1,
+			MaxWaitTime:    10,
+			MinBytes:       1,
+			MaxBytes:       requestMaxBytes,
+			IsolationLevel: int8(kafkago.ReadCommitted),
+			SessionID:      -1,
+			SessionEpoch:   -1,
+			Topics: []fetchapi.RequestTopic{{
+				Topic: topic,
+				Partitions: []fetchapi.RequestPartition{{
+					Partition:          int32(p),
+					CurrentLeaderEpoch: -1,
+					FetchOffset:        offset,
+					LogStartOffset:     -1,
+					PartitionMaxBytes:  scanMaxBytes,
+				}},
+			}},
+		})
+		if err != nil {
+			return fmt.Errorf("fetch %s partition %d at %d: %w", topic, p, offset, err)
+		}
+		res, ok := msg.(*fetchapi.Response)
+		switch {
+		case !ok:
+			return fmt.Errorf("fetch %s: unexpected response %T", topic, msg)
+		case res.ErrorCode != 0:
+			return fmt.Errorf("fetch %s partition %d at %d: %w", topic, p, offset, kafkago.Error(res.ErrorCode))
+		case len(res.Topics) != 1 || len(res.Topics[0].Partitions) != 1:
+			return fmt.Errorf("fetch %s: the response does not hold the partition asked for", topic)
+		case res.Topics[0].Partitions[0].ErrorCode != 0:
+			return fmt.Errorf("fetch %s partition %d at %d: %w", topic, p, offset, kafkago.Error(res.Topics[0].Partitions[0].ErrorCode))
+		}
+		rp := &res.Topics[0].Partitions[0]
+		next, stop, err := decodeScan(rp, offset, to, visit)
+		if err != nil || stop {
+			return err
+		}
+		if next == offset {
+			// Nothing at or past offset: the partition ends earlier than
+			// it said (truncated), or the response was cut short.
+			if rp.HighWatermark <= offset {
+				return nil
+			}
+			if empty++; empty == 3 {
+				return fmt.Errorf("fetch %s partition %d at %d: no records returned below the high-water mark %d", topic, p, offset, rp.HighWatermark)
+			}
+			continue
+		}
+		empty = 0
+		offset = next
+	}
+	return nil
+}
+
+// decodeScan visits the records of a fetch response from offset up to to,
+// and returns the offset to fetch next.
+func decodeScan(rp *fetchapi.ResponsePartition, offset, to int64, visit func(*dlRecord) (bool, error)) (int64, bool, error) {
+	var batches []protocol.RecordReader
+	switch rs := rp.RecordSet.Records.(type) {
+	case nil:
+	case *protocol.RecordStream:
+		batches = rs.Records
+	default:
+		batches = []protocol.RecordReader{rs}
+	}
+	aborted := append([]fetchapi.ResponseTransaction(nil), rp.AbortedTransactions...)
+	sort.Slice(aborted, func(i, j int) bool { return aborted[i].FirstOffset < aborted[j].FirstOffset })
+	abortedPIDs := make(map[int64]bool)
+	for _, b := range batches {
+		var (
+			base    int64
+			pid     int64 = -1
+			control bool
+			txn     bool
+		)
+		switch b := b.(type) {
+		case *protocol.ControlBatch:
+			base, pid, control = b.BaseOffset, b.ProducerID, true
+		case *protocol.RecordBatch:
+			base, pid, txn = b.BaseOffset, b.ProducerID, b.Attributes.Transactional()
+		case *protocol.MessageSet:
+			base = b.BaseOffset
+		}
+		for len(aborted) > 0 && aborted[0].FirstOffset <= base {
+			abortedPIDs[aborted[0].ProducerID] = true
+			aborted = aborted[1:]
+		}
+		skip := control || (txn && abortedPIDs[pid])
+		for {
+			r, err := b.ReadRecord()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return offset, false, err
+			}
+			off := r.Offset
+			var rec *dlRecord
+			if control {
+				k, _ := protocol.ReadAll(r.Key)
+				if len(k) == 4 && k[2] == 0 && k[3] == 0 { // abort marker
+					delete(abortedPIDs, pid)
+				}
+			} else if !skip && off >= offset && off < to {
+				rec = &dlRecord{offset: off, time: r.Time}
+				if rec.key, err = protocol.ReadAll(r.Key); err == nil {
+					rec.value, err = protocol.ReadAll(r.Value)
+				}
+				if len(r.Headers) > 0 {
+					rec.headers = append([]kafkago.Header(nil), r.Headers...)
+				}
+			}
+			closeBytes(r.Key)
+			closeBytes(r.Value)
+			if err != nil {
+				return offset, false, err
+			}
+			if off < offset {
+				continue
+			}
+			if off >= to {
+				return to, false, nil
+			}
+			offset = off + 1
+			if rec != nil {
+				stop, err := visit(rec)
+				if err != nil || stop {
+					return offset, stop, err
+				}
+			}
+		}
+	}
+	return offset, false, nil
+}
+
+// deadLetterID is the ID of the dead letter at offset off of partition p of
+// the dead-letter topic.
+func deadLetterID(p int, off int64) string {
+	return strconv.Itoa(p) + ":" + strconv.FormatInt(off, 10)
+}
+
+// parseDeadLetterID parses "<partition>:<offset>".
+func parseDeadLetterID(id string) (int, int64, bool) {
+	ps, os, ok := strings.Cut(id, ":")
+	if !ok {
+		return 0, 0, false
+	}
+	p, err := strconv.Atoi(ps)
+	if err != nil || p < 0 || ps != strconv.Itoa(p) {
+		return 0, 0, false
+	}
+	off, err := strconv.ParseInt(os, 10, 64)
+	if err != nil || off < 0 || os != strconv.FormatInt(off, 10) {
+		return 0, 0, false
+	}
+	return p, off, true
+}
+
+const cursorPrefix = "k1:"
+
+func encodeCursor(p int, off int64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(cursorPrefix + deadLetterID(p, off)))
+}
+
+func decodeCursor(c string) (int, int64, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err == nil {
+		if s, ok := strings.CutPrefix(string(b), cursorPrefix); ok {
+			if p, off, ok := parseDeadLetterID(s); ok {
+				return p, off, nil
+			}
+		}
+	}
+	return 0, 0, fmt.Errorf("%w: kafka: dead letters: cursor %.40q is not one List returned", broker.ErrInvalidConfig, c)
+}
+
+// deadLetter makes the DeadLetter of record r of partition p. The body is
+// whole.
+func (d *DeadLetters) deadLetter(p int, r *dlRecord) broker.DeadLetter {
+	h := fromHeaders(r.headers)
+	dl := broker.DeadLetter{
+		ID: deadLetterID(p, r.offset),
+		Message: broker.Message{
+			ID:     messageID(d.dlt, p, r.offset),
+			Topic:  d.dlt,
+			Key:    r.key,
+			Body:   r.value,
+			Header: h,
+			Time:   r.time,
+		},
+		BodySize:  len(r.value),
+		Partition: -1,
+		Offset:    -1,
+		Redriven:  broker.Redriven(h),
+	}
+	dl.Reason, dl.HasReason = broker.ParseReason(h)
+	if v, err := strconv.Atoi(h[HeaderPartition]); err == nil && v >= 0 {
+		dl.Partition = v
+	}
+	if v, err := strconv.ParseInt(h[HeaderOffset], 10, 64); err == nil && v >= 0 {
+		dl.Offset = v
+	}
+	return dl
+}
+
+// idBounds reads the ids of a filter: per partition, the highest offset
+// named (scans stop there). ok is false when no id names a partition of
+// st: nothing can match.
+func idBounds(ids []string, st *dlState) (map[int]int64, bool) {
+	if len(ids) == 0 {
+		return nil, true
+	}
+	b := make(map[int]int64)
+	for _, id := range ids {
+		p, off, ok := parseDeadLetterID(id)
+		if !ok || p >= len(st.parts) {
+			continue
+		}
+		if cur, ok := b[p]; !ok || off > cur {
+			b[p] = off
+		}
+	}
+	return b, len(b) > 0
+}
+
+// scanRange is the range of partition pt to look at under the id bounds
+// b (nil: no ids given).
+func scanRange(pt *dlPart, b map[int]int64) (int64, int64, bool) {
+	to := pt.end
+	if b != nil {
+		hi, ok := b[pt.id]
+		if !ok {
+			return 0, 0, false
+		}
+		to = min(to, hi+1)
+	}
+	return pt.start, to, pt.start < to
+}
+
+func (d *DeadLetters) fail(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("kafka: dead letters of %s: %s: %w", d.dlt, what, err)
+}
+
+// List implements broker.DeadLetters: the dead letters not yet redriven or
+// purged, by partition and then offset, read without consuming anything.
+// The cursor is opaque (it encodes the position to go on from); a
+// malformed one is refused with an error wrapping broker.ErrInvalidConfig,
+// and one naming a partition the topic does not have with one wrapping
+// broker.ErrDeadLetterNotFound.
+func (d *DeadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broker.DeadLetterPage, error) {
+	page := broker.DeadLetterPage{Items: []broker.DeadLetter{}}
+	if err := q.Resolve(); err != nil {
+		return page, d.fail("list", err)
+	}
+	cp, co := 0, int64(-1)
+	if q.Cursor != "" {
+		var err error
+		if cp, co, err = decodeCursor(q.Cursor); err != nil {
+			return page, d.fail("list", err)
+		}
+	}
+	op, err := d.begin(ctx)
+	if err != nil {
+		return page, d.fail("list", err)
+	}
+	defer op.end()
+	st, err := op.load()
+	if err != nil {
+		return page, d.fail("list", err)
+	}
+	if cp >= len(st.parts) {
+		return page, d.fail("list", fmt.Errorf("%w: the cursor names partition %d; the topic has %d", broker.ErrDeadLetterNotFound, cp, len(st.parts)))
+	}
+	b, some := idBounds(q.IDs, st)
+	if !some {
+		return page, nil
+	}
+	for i := cp; i < len(st.parts) && page.Next == ""; i++ {
+		pt := &st.parts[i]
+		from, to, ok := scanRange(pt, b)
+		if !ok {
+			continue
+		}
+		if i == cp && co > from {
+			from = co
+		}
+		err := op.scan(d.dlt, pt.id, from, to, func(r *dlRecord) (bool, error) {
+			if st.isDone(pt.id, r.offset) {
+				return false, nil
+			}
+			dl := d.deadLetter(pt.id, r)
+			if !q.Match(&dl) {
+				return false, nil
+			}
+			if len(page.Items) == q.Limit {
+				page.Next = encodeCursor(pt.id, r.offset)
+				return true, nil
+			}
+			broker.CutBody(&dl, q.BodyLimit)
+			page.Items = append(page.Items, dl)
+			return false, nil
+		})
+		if err != nil {
+			return broker.DeadLetterPage{Items: []broker.DeadLetter{}}, d.fail("list", err)
+		}
+	}
+	return page, nil
+}
+
+// Count implements broker.DeadLetters: how many dead letters not yet
+// redriven or purged match f. It reads every one of them.
+func (d *DeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int, error) {
+	op, err := d.begin(ctx)
+	if err != nil {
+		return 0, d.fail("count", err)
+	}
+	defer op.end()
+	st, err := op.load()
+	if err != nil {
+		return 0, d.fail("count", err)
+	}
+	b, some := idBounds(f.IDs, st)
+	if !some {
+		return 0, nil
+	}
+	n := 0
+	for i := range st.parts {
+		pt := &st.parts[i]
+		from, to, ok := scanRange(pt, b)
+		if !ok {
+			continue
+		}
+		err := op.scan(d.dlt, pt.id, from, to, func(r *dlRecord) (bool, error) {
+			if st.isDone(pt.id, r.offset) {
+				return false, nil
+			}
+			if f.IsZero() {
+				n++
+				return false, nil
+			}
+			dl := d.deadLetter(pt.id, r)
+			if f.Match(&dl) {
+				n++
+			}
+			return false, nil
+		})
+		if err != nil {
+			return 0, d.fail("count", err)
+		}
+	}
+	return n, nil
+}
+
+// Redrive implements broker.DeadLetters. For each selected dead letter, in
+// order, it writes a copy to its source topic — HeaderTopic, else
+// Reason.Source, or opts.Destination — with its key, body and headers
+// (broker.RedriveHeader, without HeaderTopic, HeaderPartition and
+// HeaderOffset), to the partition it was consumed from (HeaderPartition)
+// when it goes back to that topic and the partition exists, else to the
+// partition its key hashes to (kafkago.Hash). The copies of a batch (up to
+// 256 dead letters) are written with acks=all; only once the brokers
+// confirmed them are the dead letters recorded as done (see the package
+// documentation). A crash in between leaves them dead letters: the next
+// Redrive sends them again (a duplicate, never a loss).
+//
+// A dead letter whose source topic does not exist (it is not created) or
+// that names none (no reason headers) is skipped with an error wrapping
+// broker.ErrNoSource; one redriven opts.Limit() times already with one
+// wrapping broker.ErrRedriveLimit. A Destination that does not exist fails
+// the call (wrapping broker.ErrNoSource) before anything is done. Ids that
+// are malformed, name no partition, lie past the end of their partition,
+// hold no dead letter or were redriven or purged already are Missing.
+func (d *DeadLetters) Redrive(ctx context.Context, sel broker.DeadLetterSelection, opts broker.RedriveOptions) (broker.DeadLetterResult, error) {
+	return d.handle(ctx, sel, opts, false, opts.DryRun)
+}
+
+// Purge implements broker.DeadLetters. Kafka cannot delete single records:
+// a purged dead letter stays in the dead-letter topic until its retention
+// deletes it, but is recorded as done, so List, Count and Redrive skip it
+// (the package documentation says how). Ids are handled as by Redrive.
+func (d *DeadLetters) Purge(ctx context.Context, sel broker.DeadLetterSelection, dryRun bool) (broker.DeadLetterResult, error) {
+	return d.handle(ctx, sel, broker.RedriveOptions{}, true, dryRun)
+}
+
+// redriveBatch is how many dead letters Redrive and Purge handle between
+// two records of their progress.
+const redriveBatch = 256
+
+func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection, opts broker.RedriveOptions, purge, dryRun bool) (broker.DeadLetterResult, error) {
+	what := "redrive"
+	if purge {
+		what = "purge"
+	}
+	res := broker.DeadLetterResult{Done: []string{}, DryRun: dryRun}
+	if err := sel.Check(); err != nil {
+		return res, d.fail(what, err)
+	}
+	if opts.Destination != "" {
+		if err := validTopicName(opts.Destination); err != nil {
+			return res, d.fail(what, fmt.Errorf("%w: destination: %w", broker.ErrInvalidConfig, err))
+		}
+	}
+	op, err := d.begin(ctx)
+	if err != nil {
+		return res, d.fail(what, err)
+	}
+	defer op.end()
+	st, err := op.load()
+	if err != nil {
+		return res, d.fail(what, err)
+	}
+	if opts.Destination != "" && !purge {
+		n, err := op.partitions(opts.Destination)
+		if err != nil {
+			return res, d.fail(what, err)
+		}
+		if n == 0 {
+			return res, d.fail(what, fmt.Errorf("%w: destination topic %s does not exist (it is not created)", broker.ErrNoSource, opts.Destination))
+		}
+	}
+	// The ids asked for, by partition and offset; those never met are
+	// Missing.
+	var wanted map[int]map[int64]string
+	if len(sel.IDs) > 0 {
+		wanted = make(map[int]map[int64]string)
+		seen := make(map[string]bool)
+		for _, id := range sel.IDs {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			p, off, ok := parseDeadLetterID(id)
+			if !ok || p >= len(st.parts) || off < st.parts[p].start || off >= st.parts[p].end || st.isDone(p, off) {
+				res.Missing = append(res.Missing, id)
+				continue
+			}
+			if wanted[p] == nil {
+				wanted[p] = make(map[int64]string)
+			}
+			wanted[p][off] = id
+		}
+		if len(wanted) == 0 {
+			return res, res.Err()
+		}
+	}
+	filter := sel.DeadLetterFilter
+	filter.IDs = nil // matched through wanted
+	w := &dlWork{op: op, st: st, res: &res, purge: purge, dryRun: dryRun, now: d.now()}
+	selected := 0
+	full := false
+	for i := range st.parts {
+		if full {
+			break
+		}
+		pt := &st.parts[i]
+		to := pt.end
+		if wanted != nil {
+			ws := wanted[pt.id]
+			if len(ws) == 0 {
+				continue
+			}
+			hi := int64(-1)
+			for off := range ws {
+				hi = max(hi, off)
+			}
+			to = min(to, hi+1)
+		}
+		w.begin(pt)
+		err := op.scan(d.dlt, pt.id, pt.start, to, func(r *dlRecord) (bool, error) {
+			if st.isDone(pt.id, r.offset) {
+				w.alreadyDone(r.offset)
+				return false, nil
+			}
+			if wanted != nil {
+				if _, ok := wanted[pt.id][r.offset]; !ok {
+					w.keep()
+					return false, nil
+				}
+				delete(wanted[pt.id], r.offset)
+			}
+			dl := d.deadLetter(pt.id, r)
+			if !filter.Match(&dl) {
+				w.keep()
+				return false, nil
+			}
+			if sel.Max > 0 && selected == sel.Max {
+				full = true
+				return true, nil
+			}
+			selected++
+			if purge {
+				return false, w.add(r.offset, dl.ID, nil)
+			}
+			if lim := opts.Limit(); lim >= 0 && dl.Redriven >= lim {
+				res.Skipped = append(res.Skipped, broker.NewSkipped(dl.ID,
+					fmt.Errorf("%w: redriven %d times (limit %d)", broker.ErrRedriveLimit, dl.Redriven, lim)))
+				w.keep()
+				return false, nil
+			}
+			cp, err := op.redriveCopy(&dl, opts.Destination, w.now)
+			if err != nil {
+				return false, err
+			}
+			if cp.skip != nil {
+				res.Skipped = append(res.Skipped, broker.NewSkipped(dl.ID, cp.skip))
+				w.keep()
+				return false, nil
+			}
+			return false, w.add(r.offset, dl.ID, cp)
+		})
+		if err == nil {
+			err = w.flush()
+		}
+		if err != nil {
+			return res, d.fail(what, err)
+		}
+		if wanted != nil && !full {
+			var left []int64
+			for off := range wanted[pt.id] {
+				left = append(left, off)
+			}
+			sort.Slice(left, func(i, j int) bool { return left[i] < left[j] })
+			for _, off := range left {
+				res.Missing = append(res.Missing, wanted[pt.id][off]) // a gap: no dead letter there
+			}
+		}
+	}
+	if err := w.cleanStale(); err != nil {
+		d.log.Warn("kafka: dead letters: cleaning up done markers failed; they are cleaned up by a later call", "error", err)
+	}
+	return res, res.Err()
+}
+
+// dlCopy is the redriven copy of a dead letter, or why it is skipped.
+type dlCopy struct {
+	topic     string
+	partition int
+	rec       kafkago.Record
+	skip      error
+}
+
+// redriveCopy makes the copy of dl to send back.
+func (o *dlOp) redriveCopy(dl *broker.DeadLetter, dest string, now time.Time) (*dlCopy, error) {
+	h := dl.Message.Header
+	origin := h[HeaderTopic]
+	target := dest
+	if target == "" {
+		target = origin
+	}
+	if target == "" {
+		target = dl.Reason.Source
+	}
+	if target == "" {
+		return &dlCopy{skip: fmt.Errorf("%w: no %s or %s header, and no destination given", broker.ErrNoSource, HeaderTopic, broker.HeaderSource)}, nil
+	}
+	if validTopicName(target) != nil {
+		return &dlCopy{skip: fmt.Errorf("%w: source %.60q is not a valid topic name", broker.ErrNoSource, target)}, nil
+	}
+	n, err := o.partitions(target)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return &dlCopy{skip: fmt.Errorf("%w: source topic %s does not exist (it is not created)", broker.ErrNoSource, target)}, nil
+	}
+	ch := broker.RedriveHeader(h, dl.ID, now)
+	delete(ch, HeaderTopic)
+	delete(ch, HeaderPartition)
+	delete(ch, HeaderOffset)
+	part := -1
+	if target == origin && dl.Partition >= 0 && dl.Partition < n {
+		part = dl.Partition
+	} else {
+		ids := make([]int, n)
+		for i := range ids {
+			ids[i] = i
+		}
+		part = o.hash.Balance(kafkago.Message{Key: dl.Message.Key}, ids...)
+	}
+	return &dlCopy{topic: target, partition: part, rec: kafkago.Record{
+		Time:    now,
+		Key:     kafkago.NewBytes(dl.Message.Key),
+		Value:   kafkago.NewBytes(dl.Message.Body),
+		Headers: toHeaders(ch),
+	}}, nil
+}
+
+// dlWork is the progress of a Redrive or Purge on one partition.
+type dlWork struct {
+	op     *dlOp
+	st     *dlState
+	res    *broker.DeadLetterResult
+	purge  bool
+	dryRun bool
+	now    time.Time
+
+	pt *dlPart
+	// contiguous is true while every dead letter from pt.start up to the
+	// one at hand is done (or being done in this batch): prefix is then
+	// the offset the group may commit once the batch is recorded.
+	contiguous bool
+	prefix     int64
+	batch      []dlItem
+	// covered are done markers of this partition that the next commit
+	// covers: they are tombstoned after it.
+	covered []string
+}
+
+type dlItem struct {
+	off      int64
+	id       string
+	cp       *dlCopy // nil for a purge
+	inPrefix bool
+}
+
+func (w *dlWork) begin(pt *dlPart) {
+	w.pt, w.contiguous, w.prefix, w.batch, w.covered = pt, true, pt.start, nil, nil
+}
+
+func (w *dlWork) alreadyDone(off int64) {
+	if w.contiguous {
+		w.prefix = off + 1
+		w.covered = append(w.covered, deadLetterID(w.pt.id, off))
+	}
+}
+
+func (w *dlWork) keep() { w.contiguous = false }
+
+func (w *dlWork) add(off int64, id string, cp *dlCopy) error {
+	w.batch = append(w.batch, dlItem{off: off, id: id, cp: cp, inPrefix: w.contiguous})
+	if w.contiguous {
+		w.prefix = off + 1
+	}
+	if len(w.batch) >= redriveBatch {
+		return w.flush()
+	}
+	return nil
+}
+
+// flush sends the batch's copies, waits for their acks, then records the
+// batch as done: done markers for the dead letters past the contiguous
+// prefix, then the group's commit of the prefix.
+func (w *dlWork) flush() error {
+	batch := w.batch
+	w.batch = nil
+	if w.dryRun {
+		for _, it := range batch {
+			w.res.Done = append(w.res.Done, it.id)
+		}
+		return nil
+	}
+	o := w.op
+	if err := o.sendCopies(batch); err != nil {
+		return err
+	}
+	var marks []kafkago.Record
+	value := "redriven " + w.now.UTC().Format(time.RFC3339Nano)
+	if w.purge {
+		value = "purged " + w.now.UTC().Format(time.RFC3339Nano)
+	}
+	for _, it := range batch {
+		if !it.inPrefix {
+			marks = append(marks, kafkago.Record{Key: kafkago.NewBytes([]byte(it.id)), Value: kafkago.NewBytes([]byte(value))})
+		}
+	}
+	if len(marks) > 0 {
+		if err := o.writeDone(marks); err != nil {
+			return fmt.Errorf("record done (the copies were sent; the next redrive sends them again): %w", err)
+		}
+	}
+	if w.prefix > max(w.pt.start, w.pt.committed) {
+		if err := o.commit(w.pt.id, w.prefix); err != nil {
+			return fmt.Errorf("commit %d on partition %d (the copies were sent; the next redrive sends them again): %w", w.prefix, w.pt.id, err)
+		}
+		w.pt.committed = w.prefix
+		w.st.stale = append(w.st.stale, w.covered...)
+		w.covered = nil
+	}
+	for _, it := range batch {
+		w.res.Done = append(w.res.Done, it.id)
+	}
+	return nil
+}
+
+// sendCopies writes the copies of batch, grouped by topic and partition in
+// the batch's order, with acks=all.
+func (o *dlOp) sendCopies(batch []dlItem) error {
+	type dest struct {
+		topic string
+		part  int
+	}
+	var order []dest
+	groups := make(map[dest][]kafkago.Record)
+	for _, it := range batch {
+		if it.cp == nil {
+			continue
+		}
+		k := dest{it.cp.topic, it.cp.partition}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], it.cp.rec)
+	}
+	for _, k := range order {
+		if err := o.produce(k.topic, k.part, groups[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (o *dlOp) produce(topic string, part int, recs []kafkago.Record) error {
+	resp, err := o.cli.Produce(o.ctx, &kafkago.ProduceRequest{
+		Topic:        topic,
+		Partition:    part,
+		RequiredAcks: kafkago.RequireAll,
+		Records:      kafkago.NewRecordReader(recs...),
+	})
+	if err == nil && resp != nil {
+		err = resp.Error
+		if err == nil {
+			for i, e := range resp.RecordErrors {
+				err = fmt.Errorf("record %d: %w", i, e)
+				break
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("write %d record(s) to %s partition %d: %w", len(recs), topic, part, err)
+	}
+	return nil
+}
+
+// writeDone writes done markers (or tombstones) to the done topic,
+// creating it (compacted, one partition) the first time.
+func (o *dlOp) writeDone(recs []kafkago.Record) error {
+	d := o.d
+	n, err := o.partitions(d.doneTopic)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		resp, err := o.cli.CreateTopics(o.ctx, &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{{
+			Topic: d.doneTopic, NumPartitions: 1, ReplicationFactor: -1,
+			ConfigEntries: []kafkago.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}},
+		}}})
+		if err != nil {
+			return fmt.Errorf("create %s: %w", d.doneTopic, err)
+		}
+		if err := resp.Errors[d.doneTopic]; err != nil && !errors.Is(err, kafkago.TopicAlreadyExists) {
+			return fmt.Errorf("create %s: %w", d.doneTopic, err)
+		}
+		o.parts[d.doneTopic] = 1
+	}
+	// A topic just created may take a moment to be writable.
+	for try := 0; ; try++ {
+		err = o.produce(d.doneTopic, 0, recs)
+		if err == nil || try == 20 || !errors.Is(err, kafkago.UnknownTopicOrPartition) && !errors.Is(err, kafkago.LeaderNotAvailable) && !errors.Is(err, kafkago.NotLeaderForPartition) {
+			return err
+		}
+		select {
+		case <-o.ctx.Done():
+			return o.ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// commit moves the group's committed offset of partition p forward to
+// off, never back: a concurrent call may have committed further.
+func (o *dlOp) commit(p int, off int64) error {
+	d := o.d
+	cur, err := o.committed(p + 1)
+	if err != nil {
+		return err
+	}
+	if c, ok := cur[p]; ok && c >= off {
+		return nil
+	}
+	resp, err := o.cli.OffsetCommit(o.ctx, &kafkago.OffsetCommitRequest{
+		GroupID:      d.group,
+		GenerationID: -1,
+		Topics:       map[string][]kafkago.OffsetCommit{d.dlt: {{Partition: p, Offset: off}}},
+	})
+	if err != nil {
+		return err
+	}
+	for _, pc := range resp.Topics[d.dlt] {
+		if pc.Error != nil {
+			return pc.Error
+		}
+	}
+	return nil
+}
+
+// cleanStale tombstones done markers that committed offsets cover, so that
+// the compacted done topic stays small.
+func (w *dlWork) cleanStale() error {
+	if w.dryRun || len(w.st.stale) == 0 {
+		return nil
+	}
+	recs := make([]kafkago.Record, 0, len(w.st.stale))
+	for _, k := range w.st.stale {
+		recs = append(recs, kafkago.Record{Key: kafkago.NewBytes([]byte(k))})
+	}
+	w.st.stale = nil
+	return w.op.produce(w.op.d.doneTopic, 0, recs)
+}
