@@ -809,8 +809,8 @@ func (d *DeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int
 }
 
 // Redrive implements broker.DeadLetters. For each selected dead letter, in
-// order, it writes a copy to its source topic — HeaderTopic, else
-// Reason.Source, or opts.Destination — with its key, body and headers
+// order, it writes a copy to its source topic — Reason.Source
+// (broker.HeaderSource), else HeaderTopic, or opts.Destination — with its key, body and headers
 // (broker.RedriveHeader, without HeaderTopic, HeaderPartition and
 // HeaderOffset), to the partition it was consumed from (HeaderPartition)
 // when it goes back to that topic and the partition exists, else to the
@@ -1002,10 +1002,10 @@ func (o *dlOp) redriveCopy(dl *broker.DeadLetter, dest string, now time.Time) (*
 	origin := h[HeaderTopic]
 	target := dest
 	if target == "" {
-		target = origin
+		target = dl.Reason.Source
 	}
 	if target == "" {
-		target = dl.Reason.Source
+		target = origin
 	}
 	if target == "" {
 		return &dlCopy{skip: fmt.Errorf("%w: no %s or %s header, and no destination given", broker.ErrNoSource, HeaderTopic, broker.HeaderSource)}, nil
