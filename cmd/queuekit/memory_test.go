@@ -48,7 +48,7 @@ func TestScenarioMemory(t *testing.T) {
 		deadLetter: func(t *testing.T, letters []seedLetter) {
 			ctx := context.Background()
 			for _, l := range letters {
-				if err := b.Publish(ctx, queue, &broker.Message{Body: []byte(l.body)}); err != nil {
+				if err := b.Publish(ctx, queue, &broker.Message{Body: []byte(l.body), Header: l.header}); err != nil {
 					t.Fatal(err)
 				}
 				d, err := src.Receive(ctx)

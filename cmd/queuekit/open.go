@@ -1,11 +1,12 @@
 package main
 
 import (
-	"errors"
-	"io"
 	"log/slog"
 	"time"
 
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/broker/rabbitmq"
 )
 
@@ -32,8 +33,14 @@ func openTarget(t target) (deadLetters, error) {
 	return openKafka(t, logger)
 }
 
-var _ = io.Discard
-
+// openKafka opens the dead letters of a Kafka topic.
 func openKafka(t target, logger *slog.Logger) (deadLetters, error) {
-	return nil, errors.New("kafka: not wired yet")
+	return kafka.NewDeadLetters(kafka.DeadLetterConfig{
+		Brokers: t.brokers,
+		// Each dial is bounded within the command's own bound.
+		Dialer:          &kafkago.Dialer{Timeout: min(10*time.Second, t.timeout), DualStack: true, ClientID: "queuekit-cli"},
+		Topic:           t.topic,
+		DeadLetterTopic: t.dlt,
+		Logger:          logger,
+	})
 }

@@ -153,7 +153,7 @@ func rabbitFixture(t *testing.T) (fixture, string) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			for _, l := range letters {
-				if err := pub.Publish(ctx, "", &broker.Message{Key: []byte(queue), Body: []byte(l.body)}); err != nil {
+				if err := pub.Publish(ctx, "", &broker.Message{Key: []byte(queue), Body: []byte(l.body), Header: l.header}); err != nil {
 					t.Fatal(err)
 				}
 				d, err := receive(ctx)
