@@ -191,6 +191,70 @@
 // as well. TLS and SASL are set on Config.Dialer (kafkago.Dialer's TLS and
 // SASLMechanism) and apply to every connection the Source makes.
 //
+// # Dead letters
+//
+// Source.DeadLetters (broker.DeadLetterSource), or NewDeadLetters for a
+// topic without a Source, returns the dead letters of the topic: the
+// records in its dead-letter topic, to list, count, redrive and purge
+// (broker.DeadLetters). A dead letter's ID is "<partition>:<offset>" of the
+// record in the dead-letter topic; Partition and Offset are where the
+// failed record was consumed from (HeaderPartition, HeaderOffset).
+//
+// List and Count read the dead-letter topic by offset, with Fetch requests
+// of their own and no consumer group: nothing is consumed or moved, and a
+// listing is the same twice. A List cursor is opaque (it encodes the
+// partition and offset to go on from).
+//
+// Kafka cannot delete one record, so Redrive and Purge record which dead
+// letters are done (redriven or purged) next to the topic, in Kafka itself,
+// where every process and every later call finds it:
+//
+//   - the consumer group DeadLetterTopic + ".queuekit" commits, per
+//     partition of the dead-letter topic, the offset before which every
+//     dead letter is done (committed as a simple consumer, without joining:
+//     the group never has members). A Redrive or Purge that handles the
+//     oldest dead letters — All, or a filter that happens to select them —
+//     only moves this offset;
+//   - the compacted topic DeadLetterTopic + ".queuekit-done" (one partition;
+//     created on first use) holds a record per dead letter done past that
+//     offset — selected by id or by a filter, while an older one stays —
+//     keyed "<partition>:<offset>", valued "redriven <time>" or
+//     "purged <time>". Every call reads it first and skips what it names.
+//     Once the committed offset moves past such markers (the dead letters
+//     before them were handled too), they are deleted (tombstones), so the
+//     topic stays as small as the set of dead letters done out of order.
+//
+// A Redrive handles the selected dead letters in batches of up to 256, by
+// partition and offset. For each batch it first writes the copies to their
+// sources and waits until the brokers acknowledged them (acks=all); only
+// then does it write the done markers (acks=all) and commit the offset. A
+// crash or a cancelled ctx between the two leaves those dead letters in
+// place: the next Redrive sends them again. So a dead letter is redriven
+// at least once, sometimes twice, never lost. Two Redrives at once may both
+// send a dead letter; the committed offset only moves forward.
+//
+// A copy goes to the dead letter's source — Reason.Source (HeaderSource),
+// else HeaderTopic — or to RedriveOptions.Destination, with the dead
+// letter's key, body and headers, minus the reason headers and HeaderTopic,
+// HeaderPartition and HeaderOffset, plus broker.HeaderRedriven (one more),
+// HeaderRedrivenAt and HeaderRedrivenFrom (the dead letter's ID); its
+// timestamp is the time of the redrive. Back in its own topic it goes to
+// the partition it came from (HeaderPartition) when that partition exists,
+// so that it keeps its place in its key's order whatever partitioner
+// produced it; otherwise it goes where its key hashes (kafkago.Hash). Its
+// consumer sees it as a new record, at Attempt 1. A source topic that does
+// not exist is not created: the dead letter is skipped with an error
+// wrapping broker.ErrNoSource and stays, as one without a source.
+//
+// A purged dead letter stays in the dead-letter topic until the topic's
+// retention deletes it, but List, Count and Redrive no longer show it.
+//
+// The client needs to read the dead-letter topic, write to the source
+// topics, commit offsets for the group, and (for selections that are not
+// the oldest dead letters) create, read and write the done topic.
+// DeadLetters holds no connection between calls: each call dials its own
+// and closes them before it returns, bounded by its ctx.
+//
 // # Testing
 //
 // The package's tests run against the Kafka wire protocol served by an

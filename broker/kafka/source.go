@@ -20,8 +20,9 @@ import (
 
 // A Source consumes one topic as a member of a Kafka consumer group. It
 // implements broker.Source and the capabilities broker.Pauser,
-// broker.StatusReporter, broker.EventSource, broker.BacklogReporter and
-// broker.TopologyDeclarer; its deliveries implement broker.DelayedRequeuer,
+// broker.StatusReporter, broker.EventSource, broker.BacklogReporter,
+// broker.TopologyDeclarer and broker.DeadLetterSource (see DeadLetters);
+// its deliveries implement broker.DelayedRequeuer,
 // broker.Releaser and broker.Leased. See the package documentation for the
 // guarantees. A Source is safe for concurrent use. The zero value is not
 // usable: make one with NewSource. It joins the group on the first Receive;
