@@ -46,6 +46,18 @@ var mutants = []struct {
 	{"status-always-connected", []string{"Status is connected after the first Receive and not after Close"}},
 	{"events-after-close", []string{"the event hook gets EventConnected and is not called after Close"}},
 	{"backlog-empty", []string{"Backlog counts what was published until it is consumed"}},
+	{"dl-list-consumes", []string{"dead letters: List shows each with its reason and changes neither their count nor their order"}},
+	{"dl-list-no-reason", []string{"dead letters: List shows each with its reason and changes neither their count nor their order"}},
+	{"dl-list-ignores-cursor", []string{"dead letters: List pages cover every dead letter exactly once"}},
+	{"dl-filter-ignored", []string{"dead letters: List and Count filter by reason text, source and ids"}},
+	{"dl-redrive-keeps-attempts", []string{"dead letters: Redrive sends a dead letter back with Attempt 1 and counts its redrives"}},
+	{"dl-redrive-no-count", []string{"dead letters: Redrive sends a dead letter back with Attempt 1 and counts its redrives"}},
+	{"dl-redrive-no-limit", []string{"dead letters: Redrive skips a dead letter at the redrive limit and it stays"}},
+	{"dl-redrive-removes-first", []string{"dead letters: Redrive skips a dead letter whose source does not exist and loses nothing"}},
+	{"dl-dry-run-ignored", []string{"dead letters: DryRun changes nothing"}},
+	{"dl-purge-all", []string{"dead letters: Purge deletes exactly the selected dead letters"}},
+	{"dl-purge-unknown-ok", []string{"dead letters: unknown ids are reported missing and change nothing"}},
+	{"dl-empty-selects-all", []string{"dead letters: an empty selection is refused with ErrEmptySelection"}},
 }
 
 const mutantEnv = "BROKERTEST_MUTANT"
@@ -119,7 +131,7 @@ func TestMutant(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					return &mutSource{Source: src, mut: mut}
+					return &mutSource{Source: src, b: b, mut: mut}
 				},
 				DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
 					for {
@@ -169,6 +181,7 @@ func (p *mutPublisher) Close(ctx context.Context) error {
 
 type mutSource struct {
 	*memory.Source
+	b    *memory.Broker
 	mut  string
 	outs []*mutDelivery
 
@@ -215,8 +228,14 @@ func (s *mutSource) Receive(ctx context.Context) (broker.Delivery, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.mut == "attempt-stuck" {
-		d.Message().Attempt = 1
+	switch m := d.Message(); {
+	case s.mut == "attempt-stuck":
+		m.Attempt = 1
+	case s.mut == "dl-redrive-keeps-attempts" && broker.Redriven(m.Header) > 0:
+		// The attempts of the dead letter carried over to its copy.
+		m.Attempt += 2
+	case s.mut == "dl-redrive-no-count":
+		delete(m.Header, broker.HeaderRedriven)
 	}
 	md := &mutDelivery{Delivery: d, mut: s.mut}
 	if s.mut == "close-acks" {
@@ -248,6 +267,109 @@ func (s *mutSource) Close(ctx context.Context) error {
 		}
 	}
 	return s.Source.Close(ctx)
+}
+
+func (s *mutSource) DeadLetters() broker.DeadLetters {
+	return &mutDeadLetters{DeadLetters: s.Source.DeadLetters(), b: s.b, mut: s.mut}
+}
+
+// mutDeadLetters is the memory broker's broker.DeadLetters with one
+// deliberate violation of its contract.
+type mutDeadLetters struct {
+	broker.DeadLetters
+	b   *memory.Broker
+	mut string
+}
+
+func (d *mutDeadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broker.DeadLetterPage, error) {
+	switch d.mut {
+	case "dl-list-ignores-cursor":
+		q.Cursor = ""
+	case "dl-filter-ignored":
+		q.DeadLetterFilter = broker.DeadLetterFilter{}
+	}
+	p, err := d.DeadLetters.List(ctx, q)
+	switch {
+	case err != nil || len(p.Items) == 0:
+	case d.mut == "dl-list-consumes":
+		// A browse that takes the messages off the dead-letter queue.
+		var ids []string
+		for _, it := range p.Items {
+			ids = append(ids, it.ID)
+		}
+		d.DeadLetters.Purge(ctx, broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{IDs: ids}}, false)
+	case d.mut == "dl-list-no-reason":
+		for i := range p.Items {
+			p.Items[i].Reason, p.Items[i].HasReason = broker.Reason{}, false
+		}
+	}
+	return p, err
+}
+
+func (d *mutDeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int, error) {
+	if d.mut == "dl-filter-ignored" {
+		f = broker.DeadLetterFilter{}
+	}
+	return d.DeadLetters.Count(ctx, f)
+}
+
+func (d *mutDeadLetters) Redrive(ctx context.Context, sel broker.DeadLetterSelection, opts broker.RedriveOptions) (broker.DeadLetterResult, error) {
+	switch d.mut {
+	case "dl-redrive-no-limit":
+		opts.MaxRedrives = -1
+	case "dl-dry-run-ignored":
+		opts.DryRun = false
+	case "dl-empty-selects-all":
+		sel.All = true
+	case "dl-redrive-removes-first":
+		if !opts.DryRun && sel.Check() == nil {
+			return d.redriveRemovingFirst(ctx, sel, opts)
+		}
+	}
+	return d.DeadLetters.Redrive(ctx, sel, opts)
+}
+
+// redriveRemovingFirst removes each selected dead letter before it
+// publishes its copy, so that a dead letter whose copy cannot be published
+// (its source is gone) is lost instead of skipped.
+func (d *mutDeadLetters) redriveRemovingFirst(ctx context.Context, sel broker.DeadLetterSelection, opts broker.RedriveOptions) (broker.DeadLetterResult, error) {
+	dry := opts
+	dry.DryRun = true
+	would, _ := d.DeadLetters.Redrive(ctx, sel, dry)
+	var failed []broker.Skipped
+	for _, s := range would.Skipped {
+		if errors.Is(s, broker.ErrNoSource) {
+			one := broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{IDs: []string{s.ID}}}
+			d.DeadLetters.Purge(ctx, one, false) // removed; the publish that follows fails
+			failed = append(failed, s)
+		}
+	}
+	res, err := d.DeadLetters.Redrive(ctx, sel, opts)
+	if len(failed) > 0 && (err == nil || errors.Is(err, broker.ErrDeadLetterNotFound)) {
+		res.Missing = nil
+		res.Skipped = append(res.Skipped, failed...)
+		err = res.Err()
+	}
+	return res, err
+}
+
+func (d *mutDeadLetters) Purge(ctx context.Context, sel broker.DeadLetterSelection, dryRun bool) (broker.DeadLetterResult, error) {
+	switch d.mut {
+	case "dl-purge-all":
+		if len(sel.IDs) > 0 {
+			sel = broker.DeadLetterSelection{All: true}
+		}
+	case "dl-dry-run-ignored":
+		dryRun = false
+	case "dl-empty-selects-all":
+		sel.All = true
+	}
+	res, err := d.DeadLetters.Purge(ctx, sel, dryRun)
+	if d.mut == "dl-purge-unknown-ok" && errors.Is(err, broker.ErrDeadLetterNotFound) {
+		res.Missing = nil
+		err = res.Err()
+	}
+	return res, err
 }
 
 type mutDelivery struct {

@@ -67,6 +67,30 @@
 // falls to 0 once they were consumed and acked, per-partition figures add
 // up to it, Consumers is at least 1 or -1 for "unknown").
 //
+// The dead-letter cases, when the source implements broker.DeadLetterSource
+// (skipped, naming it, when not), check its broker.DeadLetters with dead
+// letters made by Delivery.DeadLetter: List shows each with a unique id, its
+// reason (error text, attempts, source, time, permanent), its headers and a
+// body preview cut to BodyLimit, and listing twice changes neither the count
+// nor the order; pages followed by their cursor cover every dead letter
+// exactly once; List and Count filter by reason text, source and ids;
+// Redrive sends a dead letter back to its source where its next delivery
+// has Attempt 1, without the reason headers and with
+// broker.HeaderRedriven counting the redrives (1, then 2 after a second
+// failure and redrive); a dead letter at the redrive limit is skipped with
+// broker.ErrRedriveLimit and stays, and a higher MaxRedrives lets it go; a
+// dead letter whose source does not exist is skipped with broker.ErrNoSource
+// and stays, and goes to RedriveOptions.Destination when one is given;
+// DryRun redrives and purges report every selected id and change nothing;
+// Purge deletes exactly the selected dead letters (by id, the oldest with
+// Max, All) and Count agrees; unknown ids are reported in Missing with
+// broker.ErrDeadLetterNotFound and change nothing, while known ids given
+// with them are handled; an empty selection is refused with
+// broker.ErrEmptySelection. Effects are polled with Count up to
+// Harness.Timeout, for brokers whose view of their dead letters lags
+// (Kafka). The unknown id is "brokertest-no-such-dead-letter": an adapter
+// must report an id it cannot parse as missing, not as invalid.
+//
 // Capabilities add cases or strengthen them: DeliveryCount (Attempt grows on
 // requeue; needed for the delivery budget), DurableDeliveryCount (Attempt
 // also grows on redelivery after Close or a stale delivery), Prefetch
