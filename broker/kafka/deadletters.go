@@ -3,8 +3,10 @@ package kafka
 import (
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"net"
@@ -261,13 +263,45 @@ type dlState struct {
 	parts []dlPart // by partition id
 	// done holds the dead letters marked done in the done topic, at or
 	// past their partition's start.
-	done map[int]map[int64]bool
-	// stale are done markers below their partition's start: covered by
-	// the committed offset, to be cleaned up (tombstoned).
+	done map[int]map[int64]string // the fingerprints of the marked records
+	// stale are done markers below their partition's start (covered by
+	// the committed offset) or of a partition whose log started over: to
+	// be cleaned up (tombstoned).
 	stale []string
+	// reset holds the partitions whose committed offset lies past their
+	// end: their progress is ignored.
+	reset map[int]bool
 }
 
-func (st *dlState) isDone(p int, off int64) bool { return st.done[p][off] }
+// isDone reports whether the dead letter r of partition p is marked done.
+// A marker names the record it was written for by its fingerprint: one
+// left from a log that started over (the topic recreated) does not match
+// the record now at its offset, and is stale.
+func (st *dlState) isDone(p int, r *dlRecord) bool {
+	fp, ok := st.done[p][r.offset]
+	if !ok {
+		return false
+	}
+	if fp == "" || fp == fingerprint(r) {
+		return true
+	}
+	delete(st.done[p], r.offset)
+	st.stale = append(st.stale, deadLetterID(p, r.offset))
+	return false
+}
+
+// fingerprint identifies a record of the dead-letter topic beyond its
+// offset: a hash of its timestamp, key and value.
+func fingerprint(r *dlRecord) string {
+	h := fnv.New64a()
+	var ts [8]byte
+	binary.BigEndian.PutUint64(ts[:], uint64(r.time.UnixMilli()))
+	h.Write(ts[:])
+	h.Write(r.key)
+	h.Write([]byte{0})
+	h.Write(r.value)
+	return strconv.FormatUint(h.Sum64(), 16)
+}
 
 func (o *dlOp) partitions(topic string) (int, error) {
 	if n, ok := o.parts[topic]; ok {
@@ -369,10 +403,19 @@ func (o *dlOp) load() (*dlState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &dlState{parts: make([]dlPart, n), done: make(map[int]map[int64]bool)}
+	st := &dlState{parts: make([]dlPart, n), done: make(map[int]map[int64]string), reset: make(map[int]bool)}
 	for p := range n {
 		c, ok := com[p]
 		if !ok || c < 0 {
+			c = -1
+		}
+		if c > last[p] {
+			// The group committed past the end of the log: the topic was
+			// recreated (or truncated). The progress belongs to the old
+			// log; the new one starts undone.
+			d.log.Warn("kafka: dead letters: the committed progress lies past the end of the partition (topic recreated?); starting over",
+				"partition", p, "committed", c, "end", last[p])
+			st.reset[p] = true
 			c = -1
 		}
 		start := max(first[p], c)
@@ -396,32 +439,38 @@ func (o *dlOp) loadDone(st *dlState) error {
 	if err != nil {
 		return err
 	}
-	marks := make(map[string]bool)
+	marks := make(map[string][]byte) // nil: cleared by a tombstone
 	for p := range n {
 		err := o.scan(d.doneTopic, p, first[p], last[p], func(r *dlRecord) (bool, error) {
-			marks[string(r.key)] = r.value != nil // a tombstone (nil value) clears a mark
+			marks[string(r.key)] = r.value
 			return false, nil
 		})
 		if err != nil {
 			return fmt.Errorf("read %s: %w", d.doneTopic, err)
 		}
 	}
-	for k, on := range marks {
-		if !on {
+	for k, v := range marks {
+		if v == nil {
 			continue
 		}
 		p, off, ok := parseDeadLetterID(k)
 		if !ok {
 			continue
 		}
-		if p >= len(st.parts) || off < st.parts[p].start {
+		if p >= len(st.parts) || off < st.parts[p].start || st.reset[p] {
 			st.stale = append(st.stale, k)
 			continue
 		}
 		if st.done[p] == nil {
-			st.done[p] = make(map[int64]bool)
+			st.done[p] = make(map[int64]string)
 		}
-		st.done[p][off] = true
+		// "<redriven|purged> <time> <fingerprint>"
+		fields := strings.Fields(string(v))
+		fp := ""
+		if len(fields) >= 3 {
+			fp = fields[2]
+		}
+		st.done[p][off] = fp
 	}
 	sort.Strings(st.stale)
 	return nil
@@ -691,9 +740,15 @@ func scanRange(pt *dlPart, b map[int]int64) (int64, int64, bool) {
 	return pt.start, to, pt.start < to
 }
 
-func (d *DeadLetters) fail(what string, err error) error {
+// fail wraps the error of a call; when the call's ctx ended, the error
+// wraps ctx's too (kafka-go may report the end of a deadline as a network
+// timeout).
+func (d *DeadLetters) fail(ctx context.Context, what string, err error) error {
 	if err == nil {
 		return nil
+	}
+	if cerr := ctxEnded(ctx); cerr != nil && !errors.Is(err, cerr) {
+		err = fmt.Errorf("%w: %w", cerr, err)
 	}
 	return fmt.Errorf("kafka: dead letters of %s: %s: %w", d.dlt, what, err)
 }
@@ -707,26 +762,26 @@ func (d *DeadLetters) fail(what string, err error) error {
 func (d *DeadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broker.DeadLetterPage, error) {
 	page := broker.DeadLetterPage{Items: []broker.DeadLetter{}}
 	if err := q.Resolve(); err != nil {
-		return page, d.fail("list", err)
+		return page, d.fail(ctx, "list", err)
 	}
 	cp, co := 0, int64(-1)
 	if q.Cursor != "" {
 		var err error
 		if cp, co, err = decodeCursor(q.Cursor); err != nil {
-			return page, d.fail("list", err)
+			return page, d.fail(ctx, "list", err)
 		}
 	}
 	op, err := d.begin(ctx)
 	if err != nil {
-		return page, d.fail("list", err)
+		return page, d.fail(ctx, "list", err)
 	}
 	defer op.end()
 	st, err := op.load()
 	if err != nil {
-		return page, d.fail("list", err)
+		return page, d.fail(ctx, "list", err)
 	}
 	if cp >= len(st.parts) {
-		return page, d.fail("list", fmt.Errorf("%w: the cursor names partition %d; the topic has %d", broker.ErrDeadLetterNotFound, cp, len(st.parts)))
+		return page, d.fail(ctx, "list", fmt.Errorf("%w: the cursor names partition %d; the topic has %d", broker.ErrDeadLetterNotFound, cp, len(st.parts)))
 	}
 	b, some := idBounds(q.IDs, st)
 	if !some {
@@ -742,7 +797,7 @@ func (d *DeadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broke
 			from = co
 		}
 		err := op.scan(d.dlt, pt.id, from, to, func(r *dlRecord) (bool, error) {
-			if st.isDone(pt.id, r.offset) {
+			if st.isDone(pt.id, r) {
 				return false, nil
 			}
 			dl := d.deadLetter(pt.id, r)
@@ -758,7 +813,7 @@ func (d *DeadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broke
 			return false, nil
 		})
 		if err != nil {
-			return broker.DeadLetterPage{Items: []broker.DeadLetter{}}, d.fail("list", err)
+			return broker.DeadLetterPage{Items: []broker.DeadLetter{}}, d.fail(ctx, "list", err)
 		}
 	}
 	return page, nil
@@ -769,12 +824,12 @@ func (d *DeadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broke
 func (d *DeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int, error) {
 	op, err := d.begin(ctx)
 	if err != nil {
-		return 0, d.fail("count", err)
+		return 0, d.fail(ctx, "count", err)
 	}
 	defer op.end()
 	st, err := op.load()
 	if err != nil {
-		return 0, d.fail("count", err)
+		return 0, d.fail(ctx, "count", err)
 	}
 	b, some := idBounds(f.IDs, st)
 	if !some {
@@ -788,7 +843,7 @@ func (d *DeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int
 			continue
 		}
 		err := op.scan(d.dlt, pt.id, from, to, func(r *dlRecord) (bool, error) {
-			if st.isDone(pt.id, r.offset) {
+			if st.isDone(pt.id, r) {
 				return false, nil
 			}
 			if f.IsZero() {
@@ -802,7 +857,7 @@ func (d *DeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int
 			return false, nil
 		})
 		if err != nil {
-			return 0, d.fail("count", err)
+			return 0, d.fail(ctx, "count", err)
 		}
 	}
 	return n, nil
@@ -850,29 +905,29 @@ func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection
 	}
 	res := broker.DeadLetterResult{Done: []string{}, DryRun: dryRun}
 	if err := sel.Check(); err != nil {
-		return res, d.fail(what, err)
+		return res, d.fail(ctx, what, err)
 	}
 	if opts.Destination != "" {
 		if err := validTopicName(opts.Destination); err != nil {
-			return res, d.fail(what, fmt.Errorf("%w: destination: %w", broker.ErrInvalidConfig, err))
+			return res, d.fail(ctx, what, fmt.Errorf("%w: destination: %w", broker.ErrInvalidConfig, err))
 		}
 	}
 	op, err := d.begin(ctx)
 	if err != nil {
-		return res, d.fail(what, err)
+		return res, d.fail(ctx, what, err)
 	}
 	defer op.end()
 	st, err := op.load()
 	if err != nil {
-		return res, d.fail(what, err)
+		return res, d.fail(ctx, what, err)
 	}
 	if opts.Destination != "" && !purge {
 		n, err := op.partitions(opts.Destination)
 		if err != nil {
-			return res, d.fail(what, err)
+			return res, d.fail(ctx, what, err)
 		}
 		if n == 0 {
-			return res, d.fail(what, fmt.Errorf("%w: destination topic %s does not exist (it is not created)", broker.ErrNoSource, opts.Destination))
+			return res, d.fail(ctx, what, fmt.Errorf("%w: destination topic %s does not exist (it is not created)", broker.ErrNoSource, opts.Destination))
 		}
 	}
 	// The ids asked for, by partition and offset; those never met are
@@ -887,7 +942,7 @@ func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection
 			}
 			seen[id] = true
 			p, off, ok := parseDeadLetterID(id)
-			if !ok || p >= len(st.parts) || off < st.parts[p].start || off >= st.parts[p].end || st.isDone(p, off) {
+			if !ok || p >= len(st.parts) || off < st.parts[p].start || off >= st.parts[p].end {
 				res.Missing = append(res.Missing, id)
 				continue
 			}
@@ -898,6 +953,17 @@ func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection
 		}
 		if len(wanted) == 0 {
 			return res, res.Err()
+		}
+	}
+	if !dryRun {
+		// A partition whose log started over gets its progress reset
+		// first, so that the done markers written below are not taken for
+		// the old log's (see load).
+		for p := range st.reset {
+			if err := op.commit(p, st.parts[p].start, true); err != nil {
+				return res, d.fail(ctx, what, fmt.Errorf("reset the progress of partition %d: %w", p, err))
+			}
+			delete(st.reset, p)
 		}
 	}
 	filter := sel.DeadLetterFilter
@@ -924,7 +990,9 @@ func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection
 		}
 		w.begin(pt)
 		err := op.scan(d.dlt, pt.id, pt.start, to, func(r *dlRecord) (bool, error) {
-			if st.isDone(pt.id, r.offset) {
+			if st.isDone(pt.id, r) {
+				// Done already: an id asked for stays in wanted, and is
+				// Missing.
 				w.alreadyDone(r.offset)
 				return false, nil
 			}
@@ -946,7 +1014,7 @@ func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection
 			}
 			selected++
 			if purge {
-				return false, w.add(r.offset, dl.ID, nil)
+				return false, w.add(r, dl.ID, nil)
 			}
 			if lim := opts.Limit(); lim >= 0 && dl.Redriven >= lim {
 				res.Skipped = append(res.Skipped, broker.NewSkipped(dl.ID,
@@ -963,13 +1031,13 @@ func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection
 				w.keep()
 				return false, nil
 			}
-			return false, w.add(r.offset, dl.ID, cp)
+			return false, w.add(r, dl.ID, cp)
 		})
 		if err == nil {
 			err = w.flush()
 		}
 		if err != nil {
-			return res, d.fail(what, err)
+			return res, d.fail(ctx, what, err)
 		}
 		if wanted != nil && !full {
 			var left []int64
@@ -1066,6 +1134,7 @@ type dlWork struct {
 type dlItem struct {
 	off      int64
 	id       string
+	fp       string  // the record's fingerprint, for its done marker
 	cp       *dlCopy // nil for a purge
 	inPrefix bool
 }
@@ -1083,8 +1152,9 @@ func (w *dlWork) alreadyDone(off int64) {
 
 func (w *dlWork) keep() { w.contiguous = false }
 
-func (w *dlWork) add(off int64, id string, cp *dlCopy) error {
-	w.batch = append(w.batch, dlItem{off: off, id: id, cp: cp, inPrefix: w.contiguous})
+func (w *dlWork) add(r *dlRecord, id string, cp *dlCopy) error {
+	off := r.offset
+	w.batch = append(w.batch, dlItem{off: off, id: id, fp: fingerprint(r), cp: cp, inPrefix: w.contiguous})
 	if w.contiguous {
 		w.prefix = off + 1
 	}
@@ -1117,7 +1187,7 @@ func (w *dlWork) flush() error {
 	}
 	for _, it := range batch {
 		if !it.inPrefix {
-			marks = append(marks, kafkago.Record{Key: kafkago.NewBytes([]byte(it.id)), Value: kafkago.NewBytes([]byte(value))})
+			marks = append(marks, kafkago.Record{Key: kafkago.NewBytes([]byte(it.id)), Value: kafkago.NewBytes([]byte(value + " " + it.fp))})
 		}
 	}
 	if len(marks) > 0 {
@@ -1126,7 +1196,7 @@ func (w *dlWork) flush() error {
 		}
 	}
 	if w.prefix > max(w.pt.start, w.pt.committed) {
-		if err := o.commit(w.pt.id, w.prefix); err != nil {
+		if err := o.commit(w.pt.id, w.prefix, w.st.reset[w.pt.id]); err != nil {
 			return fmt.Errorf("commit %d on partition %d (the copies were sent; the next redrive sends them again): %w", w.prefix, w.pt.id, err)
 		}
 		w.pt.committed = w.prefix
@@ -1224,15 +1294,18 @@ func (o *dlOp) writeDone(recs []kafkago.Record) error {
 }
 
 // commit moves the group's committed offset of partition p forward to
-// off, never back: a concurrent call may have committed further.
-func (o *dlOp) commit(p int, off int64) error {
+// off, never back (a concurrent call may have committed further) unless
+// the partition's log started over (reset).
+func (o *dlOp) commit(p int, off int64, reset bool) error {
 	d := o.d
-	cur, err := o.committed(p + 1)
-	if err != nil {
-		return err
-	}
-	if c, ok := cur[p]; ok && c >= off {
-		return nil
+	if !reset {
+		cur, err := o.committed(p + 1)
+		if err != nil {
+			return err
+		}
+		if c, ok := cur[p]; ok && c >= off {
+			return nil
+		}
 	}
 	resp, err := o.cli.OffsetCommit(o.ctx, &kafkago.OffsetCommitRequest{
 		GroupID:      d.group,

@@ -756,3 +756,41 @@ func TestDeadLettersContextAndClose(t *testing.T) {
 		t.Errorf("second Close = %v", err)
 	}
 }
+
+// A dead-letter topic deleted and recreated: the progress kept for the old
+// log does not hide the new dead letters.
+func TestDeadLettersTopicRecreated(t *testing.T) {
+	e := newEnv(t)
+	topic := e.dlTopics(t, "dl-recreate", 1)
+	dlt := topic + ".dlt"
+	e.writeDeadLetters(t, dlt, specs(topic, 4))
+	d := newDeadLetters(t, e, topic)
+	// 0:2 is done out of order: a done marker.
+	if res, err := d.Purge(dlCtx(t), broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{IDs: []string{"0:2"}}}, false); err != nil || len(res.Done) != 1 {
+		t.Fatalf("Purge(0:2) = %+v, %v", res, err)
+	}
+	cli, tr := e.client()
+	defer tr.CloseIdleConnections()
+	resp, err := cli.DeleteTopics(context.Background(), &kafkago.DeleteTopicsRequest{Topics: []string{dlt}})
+	if err != nil || resp.Errors[dlt] != nil {
+		t.Fatalf("DeleteTopics = %v, %v", resp, err)
+	}
+	waitFor(t, "the dead-letter topic gone", 10*time.Second, func() bool { return !e.topicExists(t, dlt) })
+	e.createTopic(t, dlt, 1)
+	fresh := specs(topic, 3)
+	for i := range fresh {
+		fresh[i].body = "new-" + itoa(i)
+	}
+	e.writeDeadLetters(t, dlt, fresh)
+	if n := count(t, d, broker.DeadLetterFilter{}); n != 3 {
+		t.Fatalf("Count after the topic was recreated = %d; want 3", n)
+	}
+	// Progress on the new log: out of order (a done marker), then seen by
+	// another DeadLetters.
+	if res, err := d.Purge(dlCtx(t), broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{IDs: []string{"0:1"}}}, false); err != nil || len(res.Done) != 1 {
+		t.Fatalf("Purge(0:1) = %+v, %v", res, err)
+	}
+	if left := ids(listAll(t, newDeadLetters(t, e, topic), broker.DeadLetterQuery{})); !slices.Equal(left, []string{"0:0", "0:2"}) {
+		t.Fatalf("List = %v; want [0:0 0:2]", left)
+	}
+}
