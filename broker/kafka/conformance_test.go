@@ -22,7 +22,9 @@ import (
 // TestDeliveryOutlivingItsGenerationIsFencedAndNotCommitted instead. The
 // publisher refuses a topic that does not exist (UnknownDestination); a
 // record's ID is its topic/partition/offset, not one the producer sets (no
-// PublishedID).
+// PublishedID). The Source is a broker.DeadLetterSource, so the suite's
+// dead-letter cases run too (list, redrive, purge, the redrive limit,
+// unknown ids) on Source.DeadLetters.
 func TestConformance(t *testing.T) {
 	e := newEnv(t)
 	t.Logf("running against %s", e.what)

@@ -218,8 +218,11 @@
 //   - the compacted topic DeadLetterTopic + ".queuekit-done" (one partition;
 //     created on first use) holds a record per dead letter done past that
 //     offset — selected by id or by a filter, while an older one stays —
-//     keyed "<partition>:<offset>", valued "redriven <time>" or
-//     "purged <time>". Every call reads it first and skips what it names.
+//     keyed "<partition>:<offset>", valued "redriven <time> <fingerprint>"
+//     or "purged <time> <fingerprint>" (a hash of the dead letter's
+//     timestamp, key and value, so that a marker left from a dead-letter
+//     topic that was deleted and recreated does not hide the record now
+//     at its offset). Every call reads it first and skips what it names.
 //     Once the committed offset moves past such markers (the dead letters
 //     before them were handled too), they are deleted (tombstones), so the
 //     topic stays as small as the set of dead letters done out of order.
@@ -248,6 +251,8 @@
 //
 // A purged dead letter stays in the dead-letter topic until the topic's
 // retention deletes it, but List, Count and Redrive no longer show it.
+// DeadLetterSelection.Max counts the dead letters selected, those skipped
+// included.
 //
 // The client needs to read the dead-letter topic, write to the source
 // topics, commit offsets for the group, and (for selections that are not
