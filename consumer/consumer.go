@@ -49,6 +49,7 @@ type Consumer struct {
 	cur    *run // the Run in progress, or nil
 	closed bool // no Run may start: Shutdown/Close called, or a Run stopped for good
 	paused bool
+	stats  Stats // the counters of the finished Runs (see Stats); guarded by mu
 }
 
 // New returns a Consumer that handles deliveries from src with h.
@@ -188,6 +189,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer r.release()
 
 	c.mu.Lock()
+	c.foldStats(r)
 	c.cur = nil
 	if err == nil || ctx.Err() != nil || r.closing.Load() {
 		c.closed = true

@@ -37,9 +37,10 @@ const (
 )
 
 type slot struct {
-	state atomic.Int32
-	d     broker.Delivery       // written by the worker before state becomes slotRunning
-	_     [64 - 4 - 16 - 4]byte // one cache line per slot: workers do not share lines
+	state  atomic.Int32
+	d      broker.Delivery        // written by the worker before state becomes slotRunning
+	counts slotCounts             // written by the worker only (see Stats)
+	_      [64 - 8 - 16 - 32]byte // one cache line per slot: workers do not share lines
 }
 
 // run is the state of one call to Run.
@@ -83,8 +84,12 @@ type run struct {
 	settled   atomic.Int64
 	givenBack atomic.Int64
 	stalled   atomic.Int64 // workers retrying a settlement the broker did not take
-	abandoned int          // written by run before done is closed
-	closeErr  error        // the source's Close failed; written by Run before done is closed
+	// Counters for Stats that the message path does not touch (the
+	// workers' own are in their slots).
+	abandonedCount atomic.Int64
+	settleFails    atomic.Int64
+	abandoned      int   // written by run before done is closed
+	closeErr       error // the source's Close failed; written by Run before done is closed
 }
 
 func newRun(c *Consumer, ctx context.Context) *run {
@@ -268,6 +273,7 @@ func (r *run) abandon(cause error) int {
 		// The worker no longer counts: it exits, unsettled, whenever its
 		// handler returns, and Run does not wait for it.
 		r.wg.Done()
+		r.abandonedCount.Add(1)
 		taken = append(taken, s.d)
 	}
 	r.cancelHandlers(cause)
@@ -395,7 +401,8 @@ func (r *run) process(i int, d broker.Delivery, m *broker.Message) bool {
 	if !s.state.CompareAndSwap(slotRunning, slotIdle) {
 		return false
 	}
-	r.settle(d, m, err)
+	st, serr := r.settle(d, m, err)
+	s.counts.count(err, st, serr)
 	return true
 }
 

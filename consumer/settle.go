@@ -107,8 +107,9 @@ func release(ctx context.Context, d broker.Delivery) (err error) {
 	return d.Requeue(ctx)
 }
 
-// settle applies the settlement rules to a finished handler's result.
-func (r *run) settle(d broker.Delivery, m *broker.Message, herr error) {
+// settle applies the settlement rules to a finished handler's result. It
+// returns the settlement and its error, for the worker's counters.
+func (r *run) settle(d broker.Delivery, m *broker.Message, herr error) (Settlement, error) {
 	s, delay := r.verdict(m, herr)
 	var reason broker.Reason
 	if s == SettledDeadLetter {
@@ -130,6 +131,7 @@ func (r *run) settle(d broker.Delivery, m *broker.Message, herr error) {
 		// message stays with the broker, which delivers it again.
 		r.settleFailed(m, s.String(), err)
 	}
+	return s, err
 }
 
 // retrySettle tries a settlement that failed with err again. A settlement
@@ -261,6 +263,7 @@ func (r *run) observe(m *broker.Message, s Settlement, err error) {
 }
 
 func (r *run) settleFailed(m *broker.Message, op string, err error) {
+	r.settleFails.Add(1)
 	r.c.logger().Warn("queuekit: settlement failed; the message stays with the broker",
 		"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "outcome", op, "error", err)
 	r.c.emit(Event{Kind: EventSettleFailed, MessageID: m.ID, Err: fmt.Errorf("%s: %w", op, err)})

@@ -1,0 +1,174 @@
+package consumer
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+)
+
+// ErrNoStats is returned (wrapped) by Supervisor.Stats for a runner that
+// keeps no counters (one without a Stats() Stats method).
+var ErrNoStats = errors.New("queuekit: runner keeps no stats")
+
+// Stats are a consumer's counters: what it is doing now (InFlight) and what
+// it did since it was made, over all its Runs (the rest, cumulative; they
+// only grow). An operator page turns them into rates by taking the
+// difference between two snapshots.
+//
+// Each counter is exact on its own, but a snapshot is not taken at one
+// instant: a message finishing while Stats runs may be counted in one field
+// and not yet in another.
+type Stats struct {
+	// InFlight is the number of handlers running now.
+	InFlight int `json:"in_flight"`
+	// Handled counts handler calls that returned nil (the message was then
+	// acknowledged, or the acknowledgement was tried: see SettleFailed).
+	Handled int64 `json:"handled"`
+	// Failed counts handler calls that returned an error or panicked, each
+	// attempt once: a message that failed three times and was then
+	// dead-lettered counts three.
+	Failed int64 `json:"failed"`
+	// Requeued counts failed messages sent back for another try (with or
+	// without a delay) within their delivery budget.
+	Requeued int64 `json:"requeued"`
+	// DeadLettered counts messages dead-lettered: a permanent error, or the
+	// delivery budget spent.
+	DeadLettered int64 `json:"dead_lettered"`
+	// GivenBack counts deliveries given back to the broker without a
+	// verdict: received as intake stopped, or whose handler was still
+	// running at the drain deadline (Abandoned counts those too).
+	GivenBack int64 `json:"given_back"`
+	// Abandoned counts handlers still running at a drain deadline, whose
+	// messages were given back.
+	Abandoned int64 `json:"abandoned"`
+	// SettleFailed counts tries of a settlement (ack, requeue, dead letter,
+	// give-back) that the broker did not take, each try once; the message
+	// stays with the broker, which delivers it again.
+	SettleFailed int64 `json:"settle_failed"`
+}
+
+// add adds the cumulative counters of o to s (InFlight is left alone).
+func (s *Stats) add(o Stats) {
+	s.Handled += o.Handled
+	s.Failed += o.Failed
+	s.Requeued += o.Requeued
+	s.DeadLettered += o.DeadLettered
+	s.GivenBack += o.GivenBack
+	s.Abandoned += o.Abandoned
+	s.SettleFailed += o.SettleFailed
+}
+
+// slotCounts are the counters one worker keeps for the messages it
+// settles. Only that worker writes them (a load and a store, no
+// read-modify-write: there is no other writer to race with), on the slot's
+// own cache line, so counting costs the hot path no shared-line traffic;
+// Stats reads them atomically from any goroutine.
+type slotCounts struct {
+	handled, failed, requeued, deadLettered atomic.Int64
+}
+
+// inc increments a counter that only the calling worker writes.
+func inc(c *atomic.Int64) { c.Store(c.Load() + 1) }
+
+// count records the settlement s of a handler result herr in the worker's
+// counters. settleErr is the settlement's error: a requeue or dead letter
+// the broker did not take is counted in SettleFailed (by settleFailed), not
+// here.
+func (sc *slotCounts) count(herr error, s Settlement, settleErr error) {
+	if herr == nil {
+		inc(&sc.handled)
+	} else {
+		inc(&sc.failed)
+	}
+	if settleErr != nil {
+		return
+	}
+	switch s {
+	case SettledRequeue, SettledDelayedRequeue:
+		inc(&sc.requeued)
+	case SettledDeadLetter:
+		inc(&sc.deadLettered)
+	}
+}
+
+// runStats returns the counters of run r so far. For a run in progress it
+// races benignly with the workers (each counter is read atomically).
+func (r *run) runStats() Stats {
+	st := Stats{
+		GivenBack:    r.givenBack.Load() + r.abandonedCount.Load(),
+		Abandoned:    r.abandonedCount.Load(),
+		SettleFailed: r.settleFails.Load(),
+	}
+	for i := range r.slots {
+		s := &r.slots[i]
+		st.Handled += s.counts.handled.Load()
+		st.Failed += s.counts.failed.Load()
+		st.Requeued += s.counts.requeued.Load()
+		st.DeadLettered += s.counts.deadLettered.Load()
+	}
+	return st
+}
+
+// inFlight returns the number of handlers of r running now.
+func (r *run) inFlight() int {
+	n := 0
+	for i := range r.slots {
+		if r.slots[i].state.Load() == slotRunning {
+			n++
+		}
+	}
+	return n
+}
+
+// Stats returns the consumer's counters (see Stats). It is cheap (no
+// locks on the message path, a short one here) and safe to call from any
+// goroutine, at any time: before Run it reports zeros, after Shutdown what
+// the consumer did.
+func (c *Consumer) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.stats
+	if r := c.cur; r != nil {
+		st.add(r.runStats())
+		st.InFlight = r.inFlight()
+	}
+	return st
+}
+
+// foldStats adds the counters of run r, which has finished, to the
+// consumer's totals. The caller holds c.mu and clears c.cur in the same
+// critical section, so that Stats counts r once, either way.
+func (c *Consumer) foldStats(r *run) {
+	c.stats.add(r.runStats())
+}
+
+// Stats returns the counters of the named runner: its Stats method's answer
+// (Consumer.Stats). It returns an error wrapping ErrUnknownRunner for a
+// name that was never added, and one wrapping ErrNoStats for a runner
+// without a Stats() Stats method. Package admin reads it for every runner.
+func (s *Supervisor) Stats(name string) (Stats, error) {
+	r, err := s.runner(name)
+	if err != nil {
+		return Stats{}, err
+	}
+	switch r := r.(type) {
+	case *Consumer:
+		if r != nil {
+			return r.Stats(), nil
+		}
+	case interface{ Stats() Stats }:
+		return statsOf(r)
+	}
+	return Stats{}, fmt.Errorf("%w: runner %q (%T) has no Stats method", ErrNoStats, name, r)
+}
+
+// statsOf calls sr.Stats, turning a panic (a runner is user code) into an
+// error.
+func statsOf(sr interface{ Stats() Stats }) (st Stats, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			st, err = Stats{}, fmt.Errorf("queuekit: Stats of %T panicked: %v", sr, p)
+		}
+	}()
+	return sr.Stats(), nil
+}
