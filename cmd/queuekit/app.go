@@ -118,7 +118,7 @@ func version() string {
 // and returns its exit code.
 func (a *app) fail(err error, amqpURL string) int {
 	code := exitCode(err)
-	fmt.Fprintf(a.stderr, "queuekit: %s\n", escape(redact(err, amqpURL)))
+	a.printErr(redact(err, amqpURL))
 	if code == exitUsage {
 		fmt.Fprintln(a.stderr, "Run 'queuekit help' for usage.")
 	}
@@ -131,6 +131,12 @@ const guardGrace = 3 * time.Second
 
 // closeBound bounds the closing of the connection after the command.
 const closeBound = 2 * time.Second
+
+// printErr prints an error's text, escaped, after the command's name.
+func (a *app) printErr(text string) {
+	text = strings.TrimPrefix(text, "queuekit: ") // broker.ErrInvalidConfig's own prefix
+	fmt.Fprintf(a.stderr, "queuekit: %s\n", escape(text))
+}
 
 // options are the parsed flags of a dlq command.
 type options struct {
@@ -292,7 +298,7 @@ func (a *app) dlq(ctx context.Context, cmd string, args []string) int {
 	}
 	var pe *partialError
 	if errors.As(err, &pe) {
-		fmt.Fprintf(a.stderr, "queuekit: %s\n", escape(redact(pe.err, o.amqpURL)))
+		a.printErr(redact(pe.err, o.amqpURL))
 		return exitPartial
 	}
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {

@@ -157,3 +157,24 @@ func TestHelpAndVersion(t *testing.T) {
 		t.Errorf("queuekit version printed %q", r.stdout)
 	}
 }
+
+// A malformed URL is a usage error (exit 2) whose message never shows the
+// password, however the URL is broken.
+func TestBadURLs(t *testing.T) {
+	const password = "s3cret-Pa55"
+	for _, u := range []string{
+		"amqp://u:" + password + "@h:notaport/",
+		"amqp://u:s3cret#Pa55@h/",
+		"http://u:" + password + "@h/",
+		"amqp:u:" + password + "@h/",
+	} {
+		r := queuekit(t, nil, "dlq", "list", "--queue", "q", "--amqp-url", u)
+		wantCode(t, r, exitUsage)
+		if strings.Contains(r.stdout+r.stderr, password) || strings.Contains(r.stdout+r.stderr, "s3cret#Pa55") {
+			t.Errorf("the password is printed:\n%s", r)
+		}
+		if strings.Contains(r.stderr, "queuekit: queuekit:") {
+			t.Errorf("stderr repeats the prefix:\n%s", r.stderr)
+		}
+	}
+}

@@ -95,7 +95,7 @@ func wantCode(t *testing.T, r result, code int) {
 func redactArgs(args []string) []string {
 	out := make([]string, len(args))
 	for i, a := range args {
-		if strings.HasPrefix(a, "amqp") {
+		if strings.HasPrefix(a, "amqp") || strings.Contains(a, "://") {
 			a = rabbitmq.RedactURL(a)
 		}
 		out[i] = a
