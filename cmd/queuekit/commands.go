@@ -227,27 +227,30 @@ func isPartial(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || isConnectError(err) {
 		return false
 	}
-	// Every error errors.Join put together must be a per-dead-letter one.
-	var leaves []error
-	var walk func(error)
-	walk = func(e error) {
-		if j, ok := e.(interface{ Unwrap() []error }); ok {
-			for _, e := range j.Unwrap() {
-				walk(e)
+	// Every error errors.Join put together (at any depth) must be a
+	// per-dead-letter one: its chain of single wrappings reaches a
+	// Skipped, ErrDeadLetterNotFound, ErrRedriveLimit or ErrNoSource
+	// before it ends or branches.
+	var ok func(error) bool
+	ok = func(e error) bool {
+		for e != nil {
+			if j, isJoin := e.(interface{ Unwrap() []error }); isJoin {
+				for _, c := range j.Unwrap() {
+					if !ok(c) {
+						return false
+					}
+				}
+				return true
 			}
-			return
+			if _, isSkip := e.(broker.Skipped); isSkip || isMoreSkipped(e) ||
+				e == broker.ErrDeadLetterNotFound || e == broker.ErrRedriveLimit || e == broker.ErrNoSource {
+				return true
+			}
+			e = errors.Unwrap(e)
 		}
-		leaves = append(leaves, e)
+		return false
 	}
-	walk(err)
-	for _, e := range leaves {
-		var s broker.Skipped
-		if !errors.Is(e, broker.ErrDeadLetterNotFound) && !errors.Is(e, broker.ErrRedriveLimit) &&
-			!errors.Is(e, broker.ErrNoSource) && !errors.As(e, &s) && !isMoreSkipped(e) {
-			return false
-		}
-	}
-	return true
+	return ok(err)
 }
 
 // isMoreSkipped matches the "and N more skipped" line of DeadLetterResult.Err.
