@@ -134,6 +134,7 @@ func (b *Broker) publish(ctx context.Context, p *Publisher, queue string, msgs [
 		return ErrBrokerClosed
 	}
 	q := b.queue(queue)
+	dlq := isDeadLetterQueue(queue)
 	for _, e := range entries {
 		q.seq++
 		if e.msg.ID == "" {
@@ -141,7 +142,7 @@ func (b *Broker) publish(ctx context.Context, p *Publisher, queue string, msgs [
 		}
 		q.stats.Published++
 		q.ready.pushBack(e)
-		if isDeadLetterQueue(queue) {
+		if dlq {
 			q.recordDead(e, e.msg)
 		}
 	}
