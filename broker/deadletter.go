@@ -194,13 +194,17 @@ func CutBody(d *DeadLetter, limit int) {
 		return
 	}
 	b := d.Message.Body
+	// Step back to the start of the rune the cut falls in (at most
+	// UTFMax-1 bytes); cut before it only when it is a whole, valid rune
+	// that the limit would split. Bytes that are not UTF-8 are cut where
+	// asked.
 	cut := limit
-	// Step back over a cut multi-byte sequence (at most UTFMax-1 bytes).
-	for i := 0; i < utf8.UTFMax-1 && cut > 0 && !utf8.RuneStart(b[cut]); i++ {
-		cut--
+	start := limit
+	for i := 0; i < utf8.UTFMax-1 && start > 0 && !utf8.RuneStart(b[start]); i++ {
+		start--
 	}
-	if !utf8.RuneStart(b[cut]) {
-		cut = limit // not UTF-8 text: cut where asked
+	if r, size := utf8.DecodeRune(b[start:]); start < limit && r != utf8.RuneError && start+size > limit {
+		cut = start
 	}
 	b = b[:cut:cut]
 	d.Message.Body = b
@@ -359,15 +363,19 @@ func ParseReason(h map[string]string) (r Reason, ok bool) {
 	if h == nil {
 		return Reason{}, false
 	}
-	e, hasErr := h[HeaderError]
-	src, hasSrc := h[HeaderSource]
-	a, hasA := h[HeaderAttempts]
-	if !hasErr && !hasSrc && !hasA {
+	found := false
+	for _, k := range [...]string{HeaderError, HeaderSource, HeaderAttempts, HeaderPermanent, HeaderFailedAt} {
+		if _, ok := h[k]; ok {
+			found = true
+			break
+		}
+	}
+	if !found {
 		return Reason{}, false
 	}
-	r.Err = e
-	r.Source = src
-	r.Attempts, _ = strconv.Atoi(a)
+	r.Err = h[HeaderError]
+	r.Source = h[HeaderSource]
+	r.Attempts, _ = strconv.Atoi(h[HeaderAttempts])
 	r.Permanent, _ = strconv.ParseBool(h[HeaderPermanent])
 	if t, err := time.Parse(time.RFC3339Nano, h[HeaderFailedAt]); err == nil {
 		r.Time = t

@@ -334,3 +334,18 @@ func TestDeadLetterAge(t *testing.T) {
 		t.Errorf("Age without a time = %v; want 0", got)
 	}
 }
+
+func TestParseReasonAnyHeader(t *testing.T) {
+	r, ok := broker.ParseReason(map[string]string{broker.HeaderFailedAt: "2026-12-05T18:00:00Z", broker.HeaderPermanent: "true"})
+	if !ok || !r.Permanent || r.Time.IsZero() {
+		t.Fatalf("ParseReason = %+v, %v; want ok with Permanent and Time", r, ok)
+	}
+}
+
+func TestCutBodyStrayContinuationBytes(t *testing.T) {
+	d := broker.DeadLetter{Message: broker.Message{Body: []byte("ab\x80\x80\x80")}}
+	broker.CutBody(&d, 4)
+	if got := string(d.Message.Body); got != "ab\x80\x80" {
+		t.Fatalf("CutBody = %q; want %q (bytes that are not UTF-8 are cut where asked)", got, "ab\x80\x80")
+	}
+}
