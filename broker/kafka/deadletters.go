@@ -1236,7 +1236,47 @@ func (o *dlOp) sendCopies(batch []dlItem) error {
 	return nil
 }
 
+// produceChunk bounds the records of one Produce request (their keys,
+// values and headers), well under the 1 MB a topic's max.message.bytes
+// allows by default; a record larger than it goes alone.
+const produceChunk = 512 << 10
+
+// produce writes recs to topic's partition part, in order, in requests of
+// up to produceChunk bytes, each acknowledged by all in-sync replicas.
 func (o *dlOp) produce(topic string, part int, recs []kafkago.Record) error {
+	for len(recs) > 0 {
+		n, size := 0, 0
+		for n < len(recs) {
+			sz := recordSize(&recs[n])
+			if n > 0 && size+sz > produceChunk {
+				break
+			}
+			size += sz
+			n++
+		}
+		if err := o.produceOnce(topic, part, recs[:n]); err != nil {
+			return err
+		}
+		recs = recs[n:]
+	}
+	return nil
+}
+
+func recordSize(r *kafkago.Record) int {
+	n := 64 // per-record overhead, roughly
+	if r.Key != nil {
+		n += r.Key.Len()
+	}
+	if r.Value != nil {
+		n += r.Value.Len()
+	}
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value) + 8
+	}
+	return n
+}
+
+func (o *dlOp) produceOnce(topic string, part int, recs []kafkago.Record) error {
 	resp, err := o.cli.Produce(o.ctx, &kafkago.ProduceRequest{
 		Topic:        topic,
 		Partition:    part,

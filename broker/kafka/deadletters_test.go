@@ -794,3 +794,73 @@ func TestDeadLettersTopicRecreated(t *testing.T) {
 		t.Fatalf("List = %v; want [0:0 0:2]", left)
 	}
 }
+
+// Large dead letters are sent back in requests a topic accepts (a batch of
+// 256 records of 40 KiB is 10 MiB, over the default max.message.bytes).
+func TestDeadLettersRedriveLargeRecords(t *testing.T) {
+	e := newEnv(t)
+	topic := e.dlTopics(t, "dl-large", 1)
+	sp := specs(topic, 300)
+	for i := range sp {
+		sp[i].body = strings.Repeat(strconv.Itoa(i%10), 40<<10)
+		sp[i].partition = 0
+	}
+	for i := 0; i < len(sp); i += 20 {
+		e.writeDeadLetters(t, topic+".dlt", sp[i:min(i+20, len(sp))])
+	}
+	d := newDeadLetters(t, e, topic)
+	res, err := d.Redrive(dlCtx(t), broker.DeadLetterSelection{All: true}, broker.RedriveOptions{})
+	if err != nil || len(res.Done) != 300 {
+		t.Fatalf("Redrive = %d done, %v", len(res.Done), err)
+	}
+	if got := e.records(t, topic); got != 300 {
+		t.Fatalf("source holds %d records; want 300", got)
+	}
+}
+
+// Two Redrives at once: each dead letter reaches the source once or twice,
+// and none is left.
+func TestDeadLettersConcurrentRedrives(t *testing.T) {
+	e := newEnv(t)
+	topic := e.dlTopics(t, "dl-conc", 2)
+	sp := specs(topic, 600)
+	for i := range sp {
+		if i%7 == 0 {
+			sp[i].err = "seven " + itoa(i)
+		}
+	}
+	e.writeDeadLetters(t, topic+".dlt", sp)
+	d1, d2 := newDeadLetters(t, e, topic), newDeadLetters(t, e, topic)
+	errc := make(chan error, 2)
+	go func() {
+		_, err := d1.Redrive(dlCtx(t), broker.DeadLetterSelection{All: true}, broker.RedriveOptions{})
+		errc <- err
+	}()
+	go func() {
+		_, err := d2.Redrive(dlCtx(t), broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{Reason: "seven"}}, broker.RedriveOptions{})
+		errc <- err
+	}()
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatalf("Redrive = %v", err)
+		}
+	}
+	got := map[string]int{}
+	for _, m := range e.readTopic(t, topic, partitions) {
+		got[string(m.Value)]++
+	}
+	twice := 0
+	for _, s := range sp {
+		switch got[s.body] {
+		case 1:
+		case 2:
+			twice++
+		default:
+			t.Errorf("%s reached the source %d times", s.body, got[s.body])
+		}
+	}
+	t.Logf("600 dead letters, two concurrent Redrives: %d arrived twice", twice)
+	if n := count(t, d1, broker.DeadLetterFilter{}); n != 0 {
+		t.Fatalf("Count = %d; want 0", n)
+	}
+}
