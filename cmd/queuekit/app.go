@@ -261,7 +261,11 @@ func (a *app) dlq(ctx context.Context, cmd string, args []string) int {
 		// Close gets a bound of its own: the command's may be spent.
 		// Closing a healthy connection takes milliseconds; one that is
 		// still dialling a silent host is given up on (aborted) at once.
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), closeBound)
+		bound := closeBound
+		if ctx.Err() != nil {
+			bound = closeBound / 10 // timed out or interrupted: do not linger
+		}
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
 		defer ccancel()
 		_ = dl.Close(cctx)
 	}()

@@ -188,6 +188,14 @@ func runScenario(t *testing.T, f fixture, source string) {
 		t.Errorf("redrive --dry-run sent %q to the source", got)
 	}
 
+	// --max: the oldest first.
+	r = f.run(t, "dlq", "purge", "--all", "--max", "2", "--dry-run", "--json")
+	wantCode(t, r, exitOK)
+	var maxRes broker.DeadLetterResult
+	if err := json.Unmarshal([]byte(r.stdout), &maxRes); err != nil || !slices.Equal(maxRes.Done, all[:2]) || !maxRes.DryRun {
+		t.Errorf("dlq purge --all --max 2 --dry-run --json: %v, %+v; want done %v", err, maxRes, all[:2])
+	}
+
 	// redrive by id, one of them missing: the found one goes, exit 1.
 	r = f.run(t, "dlq", "redrive", "--id", all[0]+",no-such-dead-letter")
 	wantCode(t, r, exitPartial)
