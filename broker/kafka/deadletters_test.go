@@ -864,3 +864,25 @@ func TestDeadLettersConcurrentRedrives(t *testing.T) {
 		t.Fatalf("Count = %d; want 0", n)
 	}
 }
+
+// Source.DeadLetters shares nothing with the Source: it works before the
+// first Receive and after Close.
+func TestDeadLettersOfAClosedSource(t *testing.T) {
+	e := newEnv(t)
+	topic := e.topic(t, "dl-closed")
+	e.writeDeadLetters(t, topic+".dlt", specs(topic, 2))
+	src := newSource(t, e.config(topic, "g-dl-closed"))
+	if n := count(t, src.DeadLetters(), broker.DeadLetterFilter{}); n != 2 {
+		t.Fatalf("Count before Receive = %d; want 2", n)
+	}
+	if err := src.Close(dlCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := src.DeadLetters().Purge(dlCtx(t), broker.DeadLetterSelection{All: true}, false)
+	if err != nil || len(res.Done) != 2 {
+		t.Fatalf("Purge after Close = %+v, %v", res, err)
+	}
+	if n := count(t, src.DeadLetters(), broker.DeadLetterFilter{}); n != 0 {
+		t.Fatalf("Count after Purge = %d; want 0", n)
+	}
+}
