@@ -11,6 +11,13 @@
 // handled and leaves the group) and shows that the group's committed offsets
 // cover every event.
 //
+// On the way it shows an operator's work on dead letters: the ledger refuses
+// the events of one account, which is not open there yet, so they are
+// dead-lettered with the reason. The program lists them with
+// kafka.NewDeadLetters (why each failed), opens the account (the fix),
+// redrives them to the topic (same key, same partition, so the account's
+// order holds) and waits until the group has handled them.
+//
 //	go run ./examples/kafka-group
 //	go run ./examples/kafka-group -brokers kafka-1:9092,kafka-2:9092
 //
@@ -49,6 +56,7 @@ import (
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
+	"github.com/queuekit/queuekit/retry"
 )
 
 const (
@@ -126,6 +134,19 @@ type report struct {
 	// when every handled event was committed.
 	Lag         map[int]int64
 	Interrupted bool
+
+	// Dead letters. Unopened is the account the ledger refuses until the
+	// fix; DeadLettered counts the events the runtime dead-lettered
+	// (distinct), DeadLetters are what List showed of them afterwards, with
+	// their reasons. WouldRedrive is what a dry run selected, Redriven what
+	// Redrive sent back, DeadLettersLeft what Count said after the redriven
+	// events were handled.
+	Unopened        string
+	DeadLettered    int
+	DeadLetters     []broker.DeadLetter
+	WouldRedrive    int
+	Redriven        int
+	DeadLettersLeft int
 }
 
 // run is the whole program: main gives it a context cancelled on Ctrl-C.
@@ -175,7 +196,9 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if err := deleteTopics(dctx, admin, topic, topic+".dlt"); err != nil {
+		// The done topic of the dead letters' redrive progress exists only
+		// if a redrive needed it (see broker/kafka's "Dead letters").
+		if err := deleteTopics(dctx, admin, topic, topic+".dlt", topic+".dlt"+kafka.DeadLetterDoneSuffix); err != nil {
 			out.printf("could not delete the topics: %v\n", err)
 			return
 		}
@@ -193,13 +216,23 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 		PartitionsPerMember:    map[string][]int{},
 	}
 	total := cfg.Accounts * cfg.EventsPerAccount
-	tr := newTracker(rep, total)
+	tr := newTracker(rep)
+
+	// The ledger does not know the last account yet: its events fail, and
+	// retrying cannot help until an operator opens the account.
+	rep.Unopened = fmt.Sprintf("acct-%02d", cfg.Accounts)
+	books := newLedger(rep.Unopened)
 
 	// The handler pretends to apply each event to its account, which must
 	// happen in order: seq 7 of an account only after seq 6. ByKey hands the
 	// events of one key out one at a time, in offset order; different keys,
 	// even in the same partition, run at the same time.
 	handler := consumer.JSON(func(ctx context.Context, m *broker.Message, e Event) error {
+		if err := books.check(e.Account); err != nil {
+			// Permanent: the runtime dead-letters the event at once, with
+			// the error text, and the key's next event goes on.
+			return retry.Permanent(err)
+		}
 		member, _ := consumer.NameFromContext(ctx)
 		done := tr.start(member, m, e)
 		select { // the work: 2–6 ms
@@ -249,6 +282,11 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 			consumer.WithConcurrency(concurrency),
 			consumer.WithDrainTimeout(5*time.Second),
 			consumer.WithLogger(cfg.Logger),
+			consumer.WithObserver(func(_ context.Context, m *broker.Message, s consumer.Settlement, err error) {
+				if err == nil && s == consumer.SettledDeadLetter { // written to the dead-letter topic
+					tr.deadLetter(m.ID)
+				}
+			}),
 		)
 		if err != nil {
 			return nil, err
@@ -326,18 +364,36 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	rep.Published = len(msgs)
 	out.printf("published %d events: %d accounts × %d, keyed by account\n", len(msgs), cfg.Accounts, cfg.EventsPerAccount)
 
+	// First every event settles: handled, or dead-lettered (those of the
+	// account the ledger refuses).
+	refused := cfg.EventsPerAccount
 	start = time.Now()
 	select {
-	case <-tr.allHandled:
-		out.printf("all %d events handled in %v; shutting down\n", total, time.Since(start).Round(time.Millisecond))
+	case <-tr.waitFor(total-refused, refused):
+		out.printf("%d events handled and %d dead-lettered in %v\n", total-refused, refused, time.Since(start).Round(time.Millisecond))
 	case <-ctx.Done():
 		rep.Interrupted = true
-		out.printf("interrupted: %d of %d events handled; shutting down\n", tr.handled(), total)
+		h, d := tr.counts()
+		out.printf("interrupted: %d of %d events handled, %d dead-lettered; shutting down\n", h, total, d)
 	case <-supDone:
 		return nil, fmt.Errorf("the group stopped: %w", supErr)
 	case <-timeout.C:
 		_ = stopSupervisor()
-		return nil, fmt.Errorf("only %d of %d events handled within %v", tr.handled(), total, cfg.Timeout)
+		h, d := tr.counts()
+		return nil, fmt.Errorf("only %d of %d events handled and %d of %d dead-lettered within %v", h, total-refused, d, refused, cfg.Timeout)
+	}
+
+	// The operator's part: see why they failed, fix, redrive.
+	if !rep.Interrupted {
+		op := operator{brokers: brokers, topic: topic, books: books, tr: tr, rep: rep, out: out, logger: cfg.Logger, timeout: timeout.C, stopped: supDone}
+		if err := op.run(ctx, total); err != nil {
+			if ctx.Err() == nil {
+				_ = stopSupervisor()
+				return nil, err
+			}
+			rep.Interrupted = true
+			out.printf("interrupted: %v; shutting down\n", err)
+		}
 	}
 	start = time.Now()
 	if err := stopSupervisor(); err != nil {
@@ -371,16 +427,58 @@ type tracker struct {
 	inFlight   int                     // events running in the process
 	perMember  map[string]int          // member → events running
 	partitions map[string]map[int]bool // member → partitions it handled events of
-	allHandled chan struct{}           // closed when every event was handled once
-	closeOnce  sync.Once
+	dead       map[string]bool         // message ID → dead-lettered
+	waiters    []waiter                // see waitFor
 }
 
-func newTracker(rep *report, total int) *tracker {
+// A waiter's ch is closed once handled events were handled and dead
+// dead-lettered.
+type waiter struct {
+	handled, dead int
+	ch            chan struct{}
+}
+
+func newTracker(rep *report) *tracker {
 	return &tracker{
-		rep: rep, total: total,
+		rep:     rep,
 		running: map[string]bool{}, seen: map[string]bool{},
 		perMember: map[string]int{}, partitions: map[string]map[int]bool{},
-		allHandled: make(chan struct{}), lastSeq: map[string]int{},
+		lastSeq: map[string]int{}, dead: map[string]bool{},
+	}
+}
+
+// waitFor returns a channel closed once at least handled distinct events
+// were handled and dead distinct events dead-lettered.
+func (t *tracker) waitFor(handled, dead int) <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.waiters = append(t.waiters, waiter{handled: handled, dead: dead, ch: make(chan struct{})})
+	ch := t.waiters[len(t.waiters)-1].ch
+	t.notify()
+	return ch
+}
+
+// notify closes the channels of the waiters that are satisfied. t.mu is held.
+func (t *tracker) notify() {
+	keep := t.waiters[:0]
+	for _, w := range t.waiters {
+		if t.rep.Handled >= w.handled && t.rep.DeadLettered >= w.dead {
+			close(w.ch)
+			continue
+		}
+		keep = append(keep, w)
+	}
+	t.waiters = keep
+}
+
+// deadLetter records that the event of message id was dead-lettered.
+func (t *tracker) deadLetter(id string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.dead[id] {
+		t.dead[id] = true
+		t.rep.DeadLettered++
+		t.notify()
 	}
 }
 
@@ -426,9 +524,7 @@ func (t *tracker) start(member string, m *broker.Message, e Event) (done func(er
 			t.seen[m.ID] = true
 			r.Handled++
 		}
-		if r.Handled == t.total {
-			t.closeOnce.Do(func() { close(t.allHandled) })
-		}
+		t.notify()
 	}
 }
 
@@ -441,10 +537,11 @@ func (t *tracker) finish() {
 	}
 }
 
-func (t *tracker) handled() int {
+// counts returns the distinct events handled and dead-lettered so far.
+func (t *tracker) counts() (handled, dead int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.rep.Handled
+	return t.rep.Handled, t.rep.DeadLettered
 }
 
 // partitionOf reads the partition from a Kafka message ID,
@@ -548,13 +645,14 @@ func createTopics(ctx context.Context, admin *kafkago.Client, topics ...string) 
 	return nil
 }
 
+// deleteTopics deletes the topics; one that does not exist is not an error.
 func deleteTopics(ctx context.Context, admin *kafkago.Client, topics ...string) error {
 	resp, err := admin.DeleteTopics(ctx, &kafkago.DeleteTopicsRequest{Topics: topics})
 	if err != nil {
 		return err
 	}
 	for t, err := range resp.Errors {
-		if err != nil {
+		if err != nil && !errors.Is(err, kafkago.UnknownTopicOrPartition) {
 			return fmt.Errorf("delete topic %s: %w", t, err)
 		}
 	}
@@ -564,6 +662,8 @@ func deleteTopics(ctx context.Context, admin *kafkago.Client, topics ...string) 
 func (r *report) print(out *printer, accounts int) {
 	out.printf("summary:\n")
 	out.printf("  handled:     %d of %d events (%d handled twice)\n", r.Handled, r.Published, r.Redelivered)
+	out.printf("  redriven:    %d of %d dead-lettered events (%s), after the fix; %d dead letters left\n",
+		r.Redriven, r.DeadLettered, firstReason(r.DeadLetters), r.DeadLettersLeft)
 	inOrder := 0
 	for _, seqs := range r.PerAccount {
 		if slices.IsSorted(seqs) {
@@ -590,13 +690,23 @@ func (r *report) print(out *printer, accounts int) {
 		sum += r.Lag[p]
 	}
 	out.printf("  committed:   group lag after shutdown %s (total %d)\n", strings.Join(lags, " "), sum)
-	if committed := int64(r.Published) - sum; int64(r.Handled) > committed {
+	// The topic holds the published events and the redriven copies; the
+	// dead-lettered events were settled too.
+	if committed, settled := int64(r.Published+r.Redriven)-sum, int64(r.Handled+r.DeadLettered); settled > committed {
 		// ByKey lets an account's events overtake another account's in
 		// the same partition, but a partition's committed offset can only
 		// cover the finished prefix (at-least-once).
-		out.printf("  %d handled events are not committed: they come after an unfinished event of their partition, so a next member of the group would handle them again\n",
-			int64(r.Handled)-committed)
+		out.printf("  %d settled events are not committed: they come after an unfinished event of their partition, so a next member of the group would handle them again\n",
+			settled-committed)
 	}
+}
+
+// firstReason is the reason of the first dead letter, for the summary.
+func firstReason(dls []broker.DeadLetter) string {
+	if len(dls) == 0 {
+		return "none listed"
+	}
+	return dls[0].Reason.Err
 }
 
 // printer serialises writes from the workers and main.

@@ -18,9 +18,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// The example's run: every event handled, each account's events in publish
-// order and one at a time, different accounts at the same time, both members
-// sharing the work, and everything committed at shutdown. It runs on the
+// The example's run: the events of the account the ledger refuses are
+// dead-lettered with the reason, listed, redriven after the fix and handled;
+// every event handled, each account's events in publish order (the
+// redriven account's too) and one at a time, different accounts at the same
+// time, both members sharing the work, and everything committed at shutdown. It runs on the
 // embedded kfake cluster (Kafka protocol, not Apache Kafka), or on the
 // cluster at QUEUEKIT_KAFKA_BROKERS.
 func TestGroupHandlesEveryEventInOrderPerKey(t *testing.T) {
@@ -43,6 +45,7 @@ func TestGroupHandlesEveryEventInOrderPerKey(t *testing.T) {
 	if rep.Published != accounts*events || rep.Handled != accounts*events {
 		t.Errorf("published %d, handled %d distinct events; want %d each", rep.Published, rep.Handled, accounts*events)
 	}
+	checkDeadLetters(t, rep, cfg, stdout.String())
 
 	// Per-key order: each account's events started in seq order. A
 	// redelivered event (at-least-once) may repeat a seq; none may be
@@ -88,6 +91,46 @@ func TestGroupHandlesEveryEventInOrderPerKey(t *testing.T) {
 	}
 }
 
+// checkDeadLetters checks the operator's part of a run: the unopened
+// account's events were dead-lettered, listed with their reasons and where
+// they came from, redriven (a dry run first) and none is left.
+func checkDeadLetters(t *testing.T, rep *report, cfg config, stdout string) {
+	t.Helper()
+	want := fmt.Sprintf("acct-%02d", cfg.Accounts)
+	if rep.Unopened != want {
+		t.Errorf("Unopened = %q; want %q", rep.Unopened, want)
+	}
+	if rep.DeadLettered != cfg.EventsPerAccount {
+		t.Errorf("DeadLettered = %d; want %d (every event of %s)", rep.DeadLettered, cfg.EventsPerAccount, want)
+	}
+	if len(rep.DeadLetters) != cfg.EventsPerAccount {
+		t.Fatalf("List showed %d dead letters; want %d", len(rep.DeadLetters), cfg.EventsPerAccount)
+	}
+	seen := map[string]bool{}
+	for i, d := range rep.DeadLetters {
+		if seen[d.ID] {
+			t.Errorf("dead letter %s listed twice", d.ID)
+		}
+		seen[d.ID] = true
+		if string(d.Message.Key) != want || !d.HasReason || !d.Reason.Permanent || d.Reason.Attempts != 1 ||
+			d.Reason.Source != rep.Topic || !strings.Contains(d.Reason.Err, "account "+want+" is not open") ||
+			d.Partition < 0 || d.Offset < 0 || d.Reason.Time.IsZero() {
+			t.Errorf("dead letter %d = %+v; want key %s, permanent after 1 attempt, from %s, with the ledger's error, partition, offset and time", i, d, want, rep.Topic)
+		}
+	}
+	if rep.WouldRedrive != cfg.EventsPerAccount || rep.Redriven != cfg.EventsPerAccount {
+		t.Errorf("dry run selected %d, Redrive sent %d; want %d each", rep.WouldRedrive, rep.Redriven, cfg.EventsPerAccount)
+	}
+	if rep.DeadLettersLeft != 0 {
+		t.Errorf("Count after the redrive = %d; want 0", rep.DeadLettersLeft)
+	}
+	for _, s := range []string{"permanent: ledger: account " + want + " is not open", "fix: account " + want + " opened", "dead letters left: 0"} {
+		if !strings.Contains(stdout, s) {
+			t.Errorf("output does not contain %q", s)
+		}
+	}
+}
+
 // Invalid sizes are an error, not a panic.
 func TestRunRejectsInvalidConfig(t *testing.T) {
 	if _, err := run(context.Background(), config{Accounts: 0, EventsPerAccount: 5}, &bytes.Buffer{}); err == nil {
@@ -112,6 +155,7 @@ func TestGroupOnGivenBrokers(t *testing.T) {
 	if rep.Handled != 20 || len(rep.OrderErrors) > 0 {
 		t.Errorf("handled %d events, order errors %v; want 20, none", rep.Handled, rep.OrderErrors)
 	}
+	checkDeadLetters(t, rep, config{Accounts: 4, EventsPerAccount: 5}, stdout.String())
 	if strings.Contains(stdout.String(), "embedded kfake") {
 		t.Error("started an embedded cluster although brokers were given")
 	}
