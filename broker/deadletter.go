@@ -224,7 +224,8 @@ type DeadLetterSelection struct {
 	DeadLetterFilter
 	// All must be true to select every dead letter with a zero filter.
 	All bool `json:"all,omitempty"`
-	// Max, when positive, stops after this many dead letters (oldest first).
+	// Max, when positive, stops after this many selected dead letters
+	// (oldest first), counting those that were skipped.
 	Max int `json:"max,omitempty"`
 }
 
