@@ -15,7 +15,8 @@
 //     receives), Publisher (what every broker's publisher implements, with
 //     NewJSON and PublishJSON), Source and Delivery, and the optional
 //     capabilities (Pauser, StatusReporter, EventSource, BacklogReporter,
-//     TopologyDeclarer).
+//     TopologyDeclarer, DeadLetterSource), and DeadLetters, the dead letters
+//     of a source.
 //   - retry: backoff policies (Exponential, Constant, MaxAttempts, MaxElapsed),
 //     Do, and error classification (Permanent, After).
 //   - middleware: Recover, Retry, Timeout, Log and Metrics, and the order to
@@ -26,6 +27,8 @@
 //   - broker/memory: an in-process broker with a real broker's semantics, for
 //     examples, tests and development.
 //   - broker/brokertest: the conformance suite every adapter passes.
+//   - admin: the operator's web page and JSON API (an http.Handler) for the
+//     consumers of a Supervisor and their dead letters.
 //
 // And, each in a module of its own so that a program's module graph holds
 // only the clients it uses:
@@ -35,6 +38,8 @@
 //   - middleware/promqueuekit (Prometheus) and middleware/otelqueuekit
 //     (OpenTelemetry): metrics and tracing, each wired into a consumer with
 //     one line (rec.Options()..., otelqueuekit.Options(system)...).
+//   - cmd/queuekit: the queuekit command, which lists, redrives and purges
+//     dead letters on RabbitMQ and Kafka from a shell.
 //
 // # A consumer in five steps
 //
@@ -65,6 +70,29 @@
 // publishes a value as JSON for a consumer.JSON handler. Code written against
 // broker.Publisher and broker.Source moves between brokers by changing its
 // constructors only; examples/portable runs one program on all three.
+//
+// # Dead letters
+//
+// A message that fails for good — a permanent error, or its delivery budget
+// spent — is dead-lettered with the reason in its headers. Every adapter
+// gives its dead letters back through one interface,
+// [github.com/queuekit/queuekit/broker.DeadLetters]: List browses them
+// without consuming (each with its reason: error text, attempts, source,
+// time), Count counts them, Redrive sends them back to their source for
+// another try, Purge deletes them. The operator's workflow is: see why a
+// message failed, fix the cause, redrive what the fix fixes (a dry run
+// first) and purge what can never succeed. A redrive never loses a message:
+// each copy is confirmed by the broker before its dead letter is removed. The
+// copy starts a fresh delivery budget and counts its redrives, and a dead
+// letter redriven broker.DefaultMaxRedrives (3) times is refused, so a
+// poison message cannot loop.
+//
+// Take them from a consumer (consumer.Supervisor.DeadLetters(name),
+// consumer.Consumer.DeadLetters), from a source (broker.DeadLetterSource),
+// or with no consumer (rabbitmq.NewDeadLetters, kafka.NewDeadLetters). The
+// queuekit command and package admin do the same from a shell and a
+// browser; examples/rabbitmq-worker (-redrive) and examples/kafka-group run
+// the whole workflow.
 //
 // # Promises
 //
