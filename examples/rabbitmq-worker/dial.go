@@ -14,9 +14,9 @@ import (
 // the password out of its errors. A refusal by the broker (wrong
 // credentials, no access to the vhost) is permanent: retrying cannot help.
 //
-// The worker itself connects through the adapter; this connection is for
-// what the adapter does not do: checking and deleting queues (topology.go)
-// and browsing the dead letters (deadletters.go).
+// The worker and its dead letters connect through the adapter; this
+// connection is for what the adapter does not do: checking and deleting
+// queues (topology.go).
 func dial(rawURL string) (*amqp.Connection, error) {
 	conn, err := amqp.DialConfig(rawURL, amqp.Config{
 		Dial: amqp.DefaultDial(5 * time.Second),

@@ -10,9 +10,18 @@
 // refuses twice with a 503 before taking it, and one that hits a bug every time
 // — consumes them under a Supervisor with the standard middleware, waits until
 // every order is settled, shuts down gracefully, reads the dead letters back
-// with their reasons, deletes the queues it made and prints a summary.
+// with their reasons (rabbitmq.NewDeadLetters(…).List, which consumes
+// nothing), deletes the queues it made and prints a summary.
+//
+// With -redrive it adds what an operator does next, while the worker still
+// runs: list the dead letters and why they failed, fix the bug (a switch in
+// the worker stands in for a new release), redrive the dead letters of that
+// bug (selected by their reason, a dry run first), and wait until the worker
+// handled them. The order whose body does not decode stays a dead letter: no
+// fix of the worker changes it.
 //
 //	go run ./examples/rabbitmq-worker      # local broker, amqp://guest:guest@127.0.0.1:5672/
+//	go run ./examples/rabbitmq-worker -redrive
 //	export QUEUEKIT_AMQP_URL='amqp://user:password@host:5672/vhost'
 //	go run ./examples/rabbitmq-worker
 //
@@ -36,9 +45,9 @@
 //	retrylater.go   the middleware that sends failures through the retry queue
 //	settlements.go  knowing when every order had its final settlement
 //	summary.go      what is printed
-//	deadletters.go  reading the dead letters back (raw AMQP, until the library has it)
+//	deadletters.go  the dead letters: read back, and -redrive's list, fix, redrive
 //	topology.go     checking and deleting only the queues the run created
-//	dial.go         the plain amqp091-go connection those two use
+//	dial.go         the plain amqp091-go connection topology.go uses
 package main
 
 import (
@@ -83,8 +92,13 @@ type config struct {
 	// for queues that the run creates and deletes at the end.
 	Queue string
 	// Keep leaves the fresh queues in place at the end (to look at the dead
-	// letters in the management UI) instead of deleting them.
+	// letters in the management UI or with `queuekit dlq`) instead of
+	// deleting them.
 	Keep bool
+	// Redrive adds the operator's part once every order is settled: list
+	// the dead letters with their reasons, fix the bug, redrive the dead
+	// letters it caused, and wait until the worker handled them.
+	Redrive bool
 	// Timeout bounds the whole run: connecting, and waiting for every
 	// message to be settled.
 	Timeout time.Duration
@@ -99,7 +113,9 @@ func main() {
 
 Publishes 9 orders to a queue and consumes them: good ones are acknowledged,
 transient failures retried through a delayed-retry queue, the rest
-dead-lettered with the reason. The broker URL comes from $QUEUEKIT_AMQP_URL.
+dead-lettered with the reason. With -redrive, then lists the dead letters,
+fixes the bug and redrives the dead letters it caused. The broker URL comes
+from $QUEUEKIT_AMQP_URL.
 
 By default it creates a fresh queue %sorders-<random> (with .retry, .dlq
 and the exchange .dlx) and deletes them at the end. It never deletes a queue
@@ -117,6 +133,7 @@ flags:
 	flag.StringVar(&cfg.URL, "url", "", "AMQP URL of the broker; other users can read it in ps, so prefer $QUEUEKIT_AMQP_URL (default: $QUEUEKIT_AMQP_URL, else "+rabbitmq.RedactURL(defaultURL)+")")
 	flag.StringVar(&cfg.Queue, "queue", "", "use this queue, whose name must start with "+strconv.Quote(queuePrefix)+", and keep it at the end (default: a fresh queue, deleted at the end)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the fresh queues at the end instead of deleting them")
+	flag.BoolVar(&cfg.Redrive, "redrive", false, "once every order is settled, list the dead letters, fix the bug, redrive the dead letters it caused and wait until they are handled")
 	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "give up if the batch is not settled within this")
 	del := flag.Bool("delete", false, "with -queue: delete that queue and its .retry, .dlq and .dlx if they are empty and unused, say what was kept, and exit")
 	flag.Parse()

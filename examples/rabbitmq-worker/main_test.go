@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -264,6 +265,51 @@ func TestWorkerDeadLettersAndRetries(t *testing.T) {
 	}
 	if logs.String() == "" {
 		t.Error("nothing was logged; want the failed deliveries in the logs")
+	}
+}
+
+// With -redrive, once every order is settled, the run lists the dead letters
+// with their reasons, fixes the bug and redrives the dead letter it caused
+// (order-9, selected by its reason): the worker handles the copy on a fresh
+// delivery budget (attempt 1) with x-queuekit-redriven 1, and order-7, whose
+// body does not decode, stays the only dead letter.
+func TestWorkerRedrivesAfterTheFix(t *testing.T) {
+	needBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout bytes.Buffer
+	sum, err := run(ctx, config{URL: testURL(), Timeout: time.Minute, Redrive: true}, &stdout)
+	t.Logf("output:\n%s", stdout.String())
+	if err != nil {
+		t.Fatalf("run = %v", err)
+	}
+	if sum.Interrupted {
+		t.Fatal("run reports Interrupted; want a complete run")
+	}
+	if !slices.Equal(sum.Redriven, []string{"order-9"}) {
+		t.Errorf("Redriven = %v; want [order-9]", sum.Redriven)
+	}
+	if a, ok := sum.Handled["order-9"]; !ok || a != 1 {
+		t.Errorf("order-9 handled = attempt %d, %v; want handled on attempt 1 (the redrive resets the delivery budget)", a, ok)
+	}
+	if n := sum.RedrivenHandled["order-9"]; n != 1 {
+		t.Errorf("order-9 handled with x-queuekit-redriven %d; want 1", n)
+	}
+	if len(sum.Handled) != 8 {
+		t.Errorf("handled %d distinct orders (%v); want 8", len(sum.Handled), sum.Handled)
+	}
+	if len(sum.DeadLetters) != 1 || sum.DeadLetters[0].ID != "order-7" || !sum.DeadLetters[0].Permanent || sum.DeadLettersQueued != 1 {
+		t.Errorf("dead letters after the redrive %+v (%d queued); want order-7 alone, permanent", sum.DeadLetters, sum.DeadLettersQueued)
+	}
+	for _, s := range []string{
+		"order-9 after 3 attempts, budget spent: panic: runtime error: invalid memory address or nil pointer dereference", // seen before the fix
+		`would send order-9 back`,
+		"order-7 stays a dead letter",
+		"deleted " + sum.Queue,
+	} {
+		if !strings.Contains(stdout.String(), s) {
+			t.Errorf("output does not contain %q", s)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
@@ -119,15 +120,20 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 	}
 
 	ledger := newLedger(map[string]int{"order-8": 2}) // order-8: two 503s, then OK
+	var fixed atomic.Bool                             // set by the fix of a -redrive run
 	handler := consumer.JSON(func(ctx context.Context, m *broker.Message, o Order) error {
-		cents, err := toEUR(o.Amount, o.Currency)
+		convert := toEUR
+		if fixed.Load() {
+			convert = toEURFixed
+		}
+		cents, err := convert(o.Amount, o.Currency)
 		if err != nil {
 			return retry.Permanent(err) // bad data: retrying cannot help
 		}
 		if err := ledger.Post(ctx, o.ID, cents); err != nil {
 			return err
 		}
-		sum.record(m.ID, m.Attempt)
+		sum.record(m.ID, m.Attempt, broker.Redriven(m.Header))
 		return nil
 	})
 	h := consumer.Chain(
@@ -254,7 +260,11 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 	start := time.Now()
 	select {
 	case <-settled.expect(sum.Published):
-		out.printf("all %d orders settled in %v; shutting down\n", len(sum.Published), time.Since(start).Round(time.Millisecond))
+		next := "shutting down"
+		if cfg.Redrive {
+			next = "the operator's turn"
+		}
+		out.printf("all %d orders settled in %v; %s\n", len(sum.Published), time.Since(start).Round(time.Millisecond), next)
 	case <-supDone:
 		return nil, fmt.Errorf("worker stopped: %w", supErr)
 	case <-limit.Done():
@@ -266,6 +276,34 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 		_ = stopSupervisor()
 		return nil, fmt.Errorf("only %d of %d orders settled within %v", settled.count(), len(sum.Published), cfg.Timeout)
 	}
+
+	// The dead letters, through the library's dead-letter API: the same
+	// as `queuekit dlq` and the admin page use. It connects on first use,
+	// and is closed before the queues are deleted.
+	dls, err := rabbitmq.NewDeadLetters(rabbitmq.DeadLetterConfig{Dialer: dialer, Queue: cfg.Queue, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = dls.Close(cctx)
+	}()
+
+	// -redrive: the operator's part, while the worker runs.
+	if cfg.Redrive {
+		err := redriveAfterFix(limit, dls, cfg.Queue, func() { fixed.Store(true) }, settled, sum, out)
+		if err != nil {
+			_ = stopSupervisor()
+			if ctx.Err() != nil {
+				sum.Interrupted = true
+				out.printf("interrupted: %v; shutting down\n", err)
+				return sum, nil
+			}
+			return nil, err
+		}
+		out.printf("shutting down\n")
+	}
 	if err := stopSupervisor(); err != nil {
 		return nil, err
 	}
@@ -275,7 +313,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*summary, error) {
 	// below): this is what an operator would look at.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	sum.DeadLetters, sum.DeadLettersQueued, err = readDeadLetters(rctx, cfg.URL, dlq, maxShown)
+	sum.DeadLetters, sum.DeadLettersQueued, err = readDeadLetters(rctx, dls, maxShown)
 	if err != nil {
 		return nil, err
 	}

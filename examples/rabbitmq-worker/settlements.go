@@ -12,12 +12,13 @@ import (
 type settlements struct {
 	mu    sync.Mutex
 	final map[string]bool
-	want  []string      // set by expect
-	done  chan struct{} // closed once every ID of want is final
+	want  []string                   // set by expect
+	done  chan struct{}              // closed once every ID of want is final
+	acks  map[string][]chan struct{} // see expectAck
 }
 
 func newSettlements() *settlements {
-	return &settlements{final: map[string]bool{}, done: make(chan struct{})}
+	return &settlements{final: map[string]bool{}, done: make(chan struct{}), acks: map[string][]chan struct{}{}}
 }
 
 func (s *settlements) add(id string, st consumer.Settlement) {
@@ -27,7 +28,23 @@ func (s *settlements) add(id string, st consumer.Settlement) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.final[id] = true
+	if st == consumer.SettledAck {
+		for _, ch := range s.acks[id] {
+			close(ch)
+		}
+		delete(s.acks, id)
+	}
 	s.check()
+}
+
+// expectAck returns a channel closed once a message with this id is
+// acknowledged after the call (a redriven copy of a dead letter).
+func (s *settlements) expectAck(id string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan struct{})
+	s.acks[id] = append(s.acks[id], ch)
+	return ch
 }
 
 // expect returns a channel closed once every one of ids is settled.

@@ -24,6 +24,11 @@ type summary struct {
 	// DeadLettersQueued is how many messages the dead-letter queue held
 	// when they were read.
 	DeadLettersQueued int
+	// Redriven are the orders a -redrive run sent back after the fix.
+	Redriven []string
+	// RedrivenHandled maps the ID of every order the ledger took that was
+	// a redriven copy to its x-queuekit-redriven count.
+	RedrivenHandled map[string]int
 	// Interrupted is true when ctx ended (Ctrl-C) before every message was
 	// settled.
 	Interrupted bool
@@ -31,17 +36,44 @@ type summary struct {
 	mu sync.Mutex // guards Handled, which the workers write
 }
 
+// deadLetter is what the summary shows of a dead letter.
 type deadLetter struct {
-	ID        string
+	ID        string // the order's message ID
 	Attempts  int
 	Permanent bool
 	Error     string
+	Redriven  int // times redriven before this dead-lettering
 }
 
-func (s *summary) record(id string, attempt int) {
+// String reads as "order-9 after 3 attempts, budget spent: panic: …".
+func (d deadLetter) String() string {
+	kind := "budget spent"
+	if d.Permanent {
+		kind = "permanent"
+	}
+	attempts := "1 attempt"
+	if d.Attempts != 1 {
+		attempts = strconv.Itoa(d.Attempts) + " attempts"
+	}
+	switch {
+	case d.Redriven == 1:
+		attempts += " (redriven once before)"
+	case d.Redriven > 1:
+		attempts += fmt.Sprintf(" (redriven %d times before)", d.Redriven)
+	}
+	return fmt.Sprintf("%s after %s, %s: %s", d.ID, attempts, kind, d.Error)
+}
+
+func (s *summary) record(id string, attempt, redriven int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.Handled[id] = attempt
+	if redriven > 0 {
+		if s.RedrivenHandled == nil {
+			s.RedrivenHandled = map[string]int{}
+		}
+		s.RedrivenHandled[id] = redriven
+	}
 }
 
 func (s *summary) print(out *printer) {
@@ -61,15 +93,14 @@ func (s *summary) print(out *printer) {
 		out.printf("  dead-lettered: %d, read back from %s.dlq:\n", len(s.DeadLetters), s.Queue)
 	}
 	for _, d := range s.DeadLetters {
-		kind := "budget spent"
-		if d.Permanent {
-			kind = "permanent"
+		out.printf("    %s\n", d)
+	}
+	if len(s.Redriven) > 0 {
+		var how []string
+		for _, id := range s.Redriven {
+			how = append(how, fmt.Sprintf("%s handled on attempt %d, x-queuekit-redriven %d", id, s.Handled[id], s.RedrivenHandled[id]))
 		}
-		attempts := "1 attempt"
-		if d.Attempts != 1 {
-			attempts = strconv.Itoa(d.Attempts) + " attempts"
-		}
-		out.printf("    %s after %s, %s: %s\n", d.ID, attempts, kind, d.Error)
+		out.printf("  redriven:      %d after the fix (%s)\n", len(s.Redriven), strings.Join(how, "; "))
 	}
 }
 
