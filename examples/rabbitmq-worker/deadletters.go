@@ -77,7 +77,7 @@ func redriveAfterFix(ctx context.Context, dls broker.DeadLetters, queue string, 
 		return fmt.Errorf("redrive (dry run): %w", err)
 	}
 	ids := orderIDs(page.Items, dry.Done)
-	out.printf("redrive --dry-run --reason %q: would send %s back to %s\n", sel.Reason, strings.Join(ids, ", "), queue)
+	out.printf("redrive --dry-run --reason %q: would send %s back to %s\n", sel.Reason, names(ids), queue)
 	var waits []<-chan struct{}
 	for _, id := range ids {
 		waits = append(waits, settled.expectAck(id)) // before the copy can arrive
@@ -88,7 +88,7 @@ func redriveAfterFix(ctx context.Context, dls broker.DeadLetters, queue string, 
 	}
 	sum.Redriven = orderIDs(page.Items, res.Done)
 	out.printf("redrive --reason %q: %s sent back to %s (the worker may have it before Redrive returns: a dead letter is removed only once the broker confirmed its copy)\n",
-		sel.Reason, strings.Join(sum.Redriven, ", "), queue)
+		sel.Reason, names(sum.Redriven), queue)
 
 	// 4. The worker handles them.
 	for _, w := range waits {
@@ -121,6 +121,14 @@ func orderIDs(listed []broker.DeadLetter, ids []string) []string {
 		out = append(out, name)
 	}
 	return out
+}
+
+// names lists ids for the output.
+func names(ids []string) string {
+	if len(ids) == 0 {
+		return "nothing"
+	}
+	return strings.Join(ids, ", ")
 }
 
 // permanentIfFatal marks errors that retrying cannot fix (wrong
