@@ -434,8 +434,8 @@ func TestEndToEndRabbitMQSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 		}
 	}, func(p2 *proc) {
 		// The admin report carries the queue's depth and consumers, from the broker.
-		if code, rep := do(t, "GET", p2.base+"/admin/consumers", ""); code != http.StatusOK || !strings.Contains(fmt.Sprint(rep), "consumers:1") {
-			t.Errorf("GET /admin/consumers = %d %v; want the queue's backlog with 1 consumer", code, rep)
+		if code, rep := do(t, "GET", p2.base+"/admin/api/runners", ""); code != http.StatusOK || !strings.Contains(fmt.Sprint(rep), "consumers:1") {
+			t.Errorf("GET /admin/api/runners = %d %v; want the queue's backlog with 1 consumer", code, rep)
 		}
 	})
 	if n, err := queueDepth(url, queue); err != nil || n != 0 {
@@ -462,12 +462,12 @@ func TestEndToEndKafkaSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 		// broker at most every 10 s: poll until run 2's commits show.
 		deadline := time.Now().Add(40 * time.Second)
 		for {
-			code, rep := do(t, "GET", p2.base+"/admin/consumers", "")
+			code, rep := do(t, "GET", p2.base+"/admin/api/runners", "")
 			if code == http.StatusOK && strings.Contains(fmt.Sprint(rep), "messages:0") {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Errorf("GET /admin/consumers = %d %v; want the group's lag, 0 once run 2 caught up and committed", code, rep)
+				t.Errorf("GET /admin/api/runners = %d %v; want the group's lag, 0 once run 2 caught up and committed", code, rep)
 				return
 			}
 			time.Sleep(200 * time.Millisecond)

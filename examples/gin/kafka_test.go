@@ -57,8 +57,8 @@ func TestServiceOnKafka(t *testing.T) {
 		t.Error("GET /metrics lacks the Kafka lag of the orders consumer")
 	}
 	// The admin report carries the lag per partition too.
-	if code, rep := do(t, "GET", base+"/admin/consumers", ""); code != http.StatusOK || !strings.Contains(fmt.Sprint(rep), "partitions:map[") {
-		t.Errorf("GET /admin/consumers = %d %v; want the orders consumer's lag per partition", code, rep)
+	if code, rep := do(t, "GET", base+"/admin/api/runners", ""); code != http.StatusOK || !strings.Contains(fmt.Sprint(rep), "partitions:map[") {
+		t.Errorf("GET /admin/api/runners = %d %v; want the orders consumer's lag per partition", code, rep)
 	}
 	start := time.Now()
 	if err := stop(); err != nil {

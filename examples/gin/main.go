@@ -1,9 +1,9 @@
 // Command gin is what a real service embedding queuekit looks like: a Gin
 // HTTP API that accepts orders and publishes them to a queue, consumers that
 // process them in the background under a Supervisor with the standard
-// middleware chain, Kubernetes probes and Prometheus metrics, admin endpoints
-// to list, pause and resume consumers, and a graceful shutdown that loses no
-// accepted order.
+// middleware chain, Kubernetes probes and Prometheus metrics, an admin page
+// to watch the consumers, pause and resume them and redrive or purge their
+// dead letters, and a graceful shutdown that loses no accepted order.
 //
 // It runs on the embedded in-memory broker, with no set-up:
 //
@@ -25,20 +25,40 @@
 //	GET  /healthz                        liveness: 503 when a handler is stuck
 //	GET  /readyz                         readiness: 503 unless every consumer is running, and from the start of shutdown
 //	GET  /metrics                        Prometheus metrics (queuekit_*, Go runtime)
-//	GET  /admin/consumers                every consumer's state
-//	POST /admin/consumers/:name/pause    stop intake; in-flight orders finish, the rest stay queued
-//	POST /admin/consumers/:name/resume   start intake again
+//	GET  /admin/                         the operator's page (package admin): every consumer's state, in-flight
+//	                                     orders, rates, backlog and dead letters with their reasons; pause,
+//	                                     resume, redrive and purge buttons, each change confirmed first
+//	GET  /admin/api/runners              the same as JSON; POST /admin/api/pause, resume, redrive, purge
 //
-// The admin endpoints answer only requests that carry the token of the
+// The admin page and API answer only requests that carry the token of the
 // ADMIN_TOKEN environment variable (Authorization: Bearer …), or, when it is
 // not set, requests from the loopback interface addressed to a loopback name
 // (Host localhost, 127.0.0.0/8 or [::1], any port: a DNS-rebinding page's
-// requests carry its own name). Pause and resume, token or not, refuse
-// cross-origin browser requests (Sec-Fetch-Site, Origin) and need the header
-// Content-Type: application/json, which an HTML form cannot send:
+// requests carry its own name). What changes anything is a POST that must
+// come from the page's own origin and carry its CSRF token (JSON clients:
+// the X-CSRF-Token header and cookie of a GET), so another site's page
+// cannot press the buttons through an operator's browser:
 //
-//	curl -s localhost:8080/admin/consumers
-//	curl -s -XPOST -H 'Content-Type: application/json' localhost:8080/admin/consumers/orders/pause
+//	open http://localhost:8080/admin/
+//	curl -s -c /tmp/jar -D - -o /dev/null localhost:8080/admin/api/runners | grep -i x-csrf-token
+//	curl -s -b /tmp/jar -H 'Content-Type: application/json' -H "X-CSRF-Token: $TOKEN" \
+//	    -d '{"runner": "orders"}' localhost:8080/admin/api/pause
+//
+// # Dead letters: fail, see why, fix, redrive
+//
+// An order that cannot be processed is dead-lettered with the reason. To
+// see it happen, make an item unavailable (standing for an item missing
+// from the catalog):
+//
+//	AMQP_URL=… go run ./examples/gin -unavailable-items gizmo
+//	curl -s -XPOST localhost:8080/orders -d '{"item": "gizmo", "quantity": 1}'
+//
+// The order's status is failed, and /admin/ shows the dead letter and why:
+// item "gizmo" is unavailable. Fix the cause (here: restart without the
+// flag; the dead letter waits at the broker), then on /admin/ select it,
+// press Redrive, check the dry run on the confirmation page and confirm:
+// the order goes back to the queue with a fresh delivery budget and is
+// processed.
 //
 // # Shutdown
 //
@@ -93,7 +113,10 @@ type config struct {
 	maxOrders       int
 	adminToken      string // secret: never logged or printed
 	orderIDSecret   []byte // secret: never logged or printed; empty: random per process
-	logLevel        slog.Level
+	// unavailableItems are the items whose orders fail for good (the
+	// operator's workflow: fail, see why on /admin/, fix, redrive).
+	unavailableItems []string
+	logLevel         slog.Level
 }
 
 // orchestratedShutdownDelay is the default -shutdown-delay under Kubernetes
@@ -164,6 +187,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", defaultIdleTimeout, "how long an idle keep-alive connection stays open; keep it above the idle timeout of a load balancer in front")
 	fs.IntVar(&cfg.maxOrders, "max-orders", defaultMaxOrders, "orders the in-memory order store remembers; past it, the oldest finished ones are forgotten")
 	fs.DurationVar(&cfg.processTime, "process-time", 20*time.Millisecond, "simulated time to process an order (a database call)")
+	unavailable := fs.String("unavailable-items", "", "comma-separated items whose orders fail for good and are dead-lettered, standing for items missing from the catalog (see /admin/ to redrive them once fixed)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -188,6 +212,11 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 			return cfg, fmt.Errorf("ORDER_ID_SECRET must be at least %d bytes, not %d", minOrderIDSecretLen, len(sec))
 		}
 		cfg.orderIDSecret = []byte(sec)
+	}
+	for _, it := range strings.Split(*unavailable, ",") {
+		if it = strings.TrimSpace(it); it != "" {
+			cfg.unavailableItems = append(cfg.unavailableItems, it)
+		}
 	}
 	if err := cfg.logLevel.UnmarshalText([]byte(*level)); err != nil {
 		return cfg, fmt.Errorf("-log-level: %w", err)

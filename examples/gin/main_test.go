@@ -80,6 +80,12 @@ func startInProcess(t *testing.T, cfg config) (base string, s *service, stop fun
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startOn(t, cfg, ln)
+}
+
+// startOn runs the service in this process on ln; base is ln's address.
+func startOn(t *testing.T, cfg config, ln net.Listener) (base string, s *service, stop func() error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	built := make(chan *service, 1)
@@ -199,24 +205,25 @@ func TestServiceAcceptsProcessesAndReports(t *testing.T) {
 	waitStatus(t, base, "ord_big", statusFailed)
 
 	// Pause: readiness off, intake stops, orders stay queued; resume.
-	if code, _ := do(t, "POST", base+"/admin/consumers/orders/pause", ""); code != http.StatusOK {
-		t.Fatalf("pause = %d; want 200", code)
+	a := newAdminClient(t, base, "")
+	if code, body := a.pause("orders"); code != http.StatusOK {
+		t.Fatalf("pause = %d %s; want 200", code, body)
 	}
 	waitReady(t, base, http.StatusServiceUnavailable)
 	_, pausedBody := do(t, "POST", base+"/orders", `{"item": "pen", "quantity": 1}`)
 	pausedID, _ := pausedBody["id"].(string)
-	if _, list := do(t, "GET", base+"/admin/consumers", ""); !strings.Contains(fmt.Sprint(list), "paused") {
-		t.Errorf("GET /admin/consumers = %v; want the orders consumer paused", list)
+	if _, list := do(t, "GET", base+"/admin/api/runners", ""); !strings.Contains(fmt.Sprint(list), "paused") {
+		t.Errorf("GET /admin/api/runners = %v; want the orders consumer paused", list)
 	}
 	time.Sleep(50 * time.Millisecond) // a paused consumer must not process it meanwhile
 	if _, st := do(t, "GET", base+"/orders/"+pausedID, ""); st["status"] != statusAccepted {
 		t.Errorf("order posted while paused: status %v; want accepted (not processed while paused)", st["status"])
 	}
-	if code, _ := do(t, "POST", base+"/admin/consumers/nope/pause", ""); code != http.StatusNotFound {
+	if code, _ := a.pause("nope"); code != http.StatusNotFound {
 		t.Errorf("pause of an unknown consumer = %d; want 404", code)
 	}
-	if code, _ := do(t, "POST", base+"/admin/consumers/orders/resume", ""); code != http.StatusOK {
-		t.Fatalf("resume = %d; want 200", code)
+	if code, body := a.resume("orders"); code != http.StatusOK {
+		t.Fatalf("resume = %d %s; want 200", code, body)
 	}
 	waitReady(t, base, http.StatusOK)
 	waitStatus(t, base, pausedID, statusProcessed)
@@ -427,10 +434,10 @@ func TestAdminEndpointsNeedTheTokenWhenOneIsSet(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.adminToken = "s3cret-token"
 	base, _, _ := startInProcess(t, cfg)
-	if code, _ := do(t, "GET", base+"/admin/consumers", ""); code != http.StatusUnauthorized {
-		t.Errorf("GET /admin/consumers without the token = %d; want 401", code)
+	if code, _ := do(t, "GET", base+"/admin/api/runners", ""); code != http.StatusForbidden {
+		t.Errorf("GET /admin/api/runners without the token = %d; want 403", code)
 	}
-	req, _ := http.NewRequest("GET", base+"/admin/consumers", nil)
+	req, _ := http.NewRequest("GET", base+"/admin/api/runners", nil)
 	req.Header.Set("Authorization", "Bearer s3cret-token")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -438,15 +445,15 @@ func TestAdminEndpointsNeedTheTokenWhenOneIsSet(t *testing.T) {
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Errorf("GET /admin/consumers with the token = %d; want 200", resp.StatusCode)
+		t.Errorf("GET /admin/api/runners with the token = %d; want 200", resp.StatusCode)
 	}
 	req.Header.Set("Authorization", "Bearer wrong")
 	if resp, err = http.DefaultClient.Do(req); err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Errorf("GET /admin/consumers with a wrong token = %d; want 401", resp.StatusCode)
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("GET /admin/api/runners with a wrong token = %d; want 403", resp.StatusCode)
 	}
 }
 
@@ -488,8 +495,8 @@ func TestIdempotencyKeyNamesTheSameOrder(t *testing.T) {
 func TestInMemoryQueueIsBounded(t *testing.T) {
 	base, s, stop := startInProcess(t, testConfig(t, "-max-queued", "3", "-process-time", "1ms"))
 	waitReady(t, base, http.StatusOK)
-	if code, _ := do(t, "POST", base+"/admin/consumers/orders/pause", ""); code != http.StatusOK {
-		t.Fatalf("pause = %d", code)
+	if code, body := newAdminClient(t, base, "").pause("orders"); code != http.StatusOK {
+		t.Fatalf("pause = %d %s", code, body)
 	}
 	codes := map[int]int{}
 	for range 5 {

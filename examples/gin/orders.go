@@ -388,6 +388,11 @@ func (s *store) finish(id, status string, attempts int, errText string, o *Order
 			rec.digest = OrderRequest{Item: o.Item, Quantity: o.Quantity}.digest()
 		}
 		s.orders[id] = rec
+	} else if rec.Status == statusFailed && status == statusProcessed {
+		// A failed order that was redriven from its dead letters (see
+		// /admin/) and is processed now: it is processed after all.
+		s.failed--
+		s.done.Remove(rec.elem)
 	} else if rec.Status == statusProcessed || rec.Status == statusFailed {
 		return false
 	} else {
@@ -449,7 +454,9 @@ func (s *store) counts() (accepted, processed, failed int) {
 }
 
 // processOrder is the business logic: reserve stock for the order. It takes
-// processTime, standing for a database call, and honours ctx.
+// processTime, standing for a database call, and honours ctx. An order for
+// an unavailable item (-unavailable-items) fails for good: it is
+// dead-lettered at once, with the reason.
 func (s *service) processOrder(ctx context.Context, m *broker.Message, o Order) error {
 	if o.ID == "" {
 		o.ID = orderID(m)
@@ -457,6 +464,13 @@ func (s *service) processOrder(ctx context.Context, m *broker.Message, o Order) 
 	if err := (OrderRequest{Item: o.Item, Quantity: o.Quantity}).validate(); err != nil {
 		// Retrying cannot fix a bad order: dead-letter it at once.
 		return retry.Permanent(fmt.Errorf("order %s: %w", o.ID, err))
+	}
+	if s.isUnavailable(o.Item) {
+		// Nor can retrying fix an order for an item the service cannot
+		// supply: dead-letter it at once, with the reason. Once the item
+		// is available again (the operator fixed the catalog), the dead
+		// letter is redriven from /admin/ and processed.
+		return retry.Permanent(fmt.Errorf("order %s: item %q is unavailable (in -unavailable-items)", o.ID, o.Item))
 	}
 	if s.cfg.processTime > 0 {
 		t := time.NewTimer(s.cfg.processTime)
@@ -472,4 +486,21 @@ func (s *service) processOrder(ctx context.Context, m *broker.Message, o Order) 
 		middleware.Logger(ctx).Info("order processed", "order", o.ID, "item", o.Item, "quantity", o.Quantity)
 	}
 	return nil
+}
+
+// setUnavailable makes items the ones processOrder refuses for good
+// (-unavailable-items). It may be called at any time; tests call it to
+// stand for the operator's fix.
+func (s *service) setUnavailable(items []string) {
+	m := make(map[string]bool, len(items))
+	for _, it := range items {
+		m[strings.ToLower(trimItem(it))] = true
+	}
+	s.unavailable.Store(&m)
+}
+
+// isUnavailable reports whether orders for item are refused for good.
+func (s *service) isUnavailable(item string) bool {
+	m := s.unavailable.Load()
+	return m != nil && (*m)[strings.ToLower(item)]
 }

@@ -66,6 +66,10 @@ type service struct {
 	metrics *promqueuekit.Recorder
 	wd      *health.Watchdog
 	probes  *health.Handler
+	admin   http.Handler // the admin page and API (admin.go)
+	// unavailable holds the items the handler refuses for good
+	// (-unavailable-items; see processOrder).
+	unavailable atomic.Pointer[map[string]bool]
 	// secret keys the derivation of order ids from Idempotency-Keys.
 	secret []byte
 	// conns counts the HTTP connections open (http.Server.ConnState).
@@ -246,7 +250,7 @@ func (s *service) build() error {
 	}
 	s.sup = &consumer.Supervisor{Logger: s.log, OnEvent: s.onEvent}
 	// The name the consumer is added under is its name in logs, metrics
-	// and health, and in /admin/consumers/:name/pause.
+	// and health, and on /admin/.
 	if err := s.sup.Add(s.cfg.queue, orders); err != nil {
 		return err
 	}
@@ -264,6 +268,11 @@ func (s *service) build() error {
 		return err
 	}
 	s.probes, err = health.NewHandler(s.sup, health.WithWatchdog(s.wd))
+	if err != nil {
+		return err
+	}
+	s.setUnavailable(s.cfg.unavailableItems)
+	s.admin, err = s.newAdmin()
 	return err
 }
 
@@ -444,12 +453,10 @@ func (s *service) routes() http.Handler {
 	r.GET("/readyz", s.readyz)
 	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
 
-	admin := r.Group("/admin/consumers", s.adminOnly)
-	// The full report: states, restarts, last errors, stuck handlers, and
-	// the backlog at the broker (Kafka lag, RabbitMQ queue depth).
-	admin.GET("", func(c *gin.Context) { c.JSON(http.StatusOK, s.probes.FullReport(c.Request.Context())) })
-	admin.POST("/:name/pause", func(c *gin.Context) { s.pauseResume(c, s.sup.Pause) })
-	admin.POST("/:name/resume", func(c *gin.Context) { s.pauseResume(c, s.sup.Resume) })
+	// The admin page and JSON API (package admin, see admin.go): it sees
+	// the whole path and finds its routes from the end, so it mounts
+	// anywhere; "/admin" is redirected to "/admin/" by Gin.
+	r.Any("/admin/*any", gin.WrapH(s.admin))
 	return r
 }
 
@@ -573,18 +580,4 @@ func (s *service) getOrder(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, o)
-}
-
-func (s *service) pauseResume(c *gin.Context, op func(context.Context, string) error) {
-	err := op(c.Request.Context(), c.Param("name"))
-	switch {
-	case errors.Is(err, consumer.ErrUnknownRunner):
-		c.JSON(http.StatusNotFound, gin.H{"error": err.Error()})
-	case errors.Is(err, consumer.ErrNotPausable):
-		c.JSON(http.StatusConflict, gin.H{"error": err.Error()})
-	case err != nil: // the broker did not answer in time, say
-		c.JSON(http.StatusServiceUnavailable, gin.H{"error": err.Error()})
-	default:
-		c.JSON(http.StatusOK, s.probes.Report())
-	}
 }
