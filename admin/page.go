@@ -274,6 +274,7 @@ th{background:#f0f0f0;font-weight:600}td.n{text-align:right;font-variant-numeric
 .running{background:#dff5df;color:#155d15}.paused{background:#fff3cd;color:#7a5a00}
 .failed,.stopped,.stalled{background:#fde2e2;color:#8a1414}.starting,.draining,.reconnecting{background:#e7eefc;color:#1d3f7a}
 .err{color:#8a1414;white-space:pre-wrap;word-break:break-word}.muted{color:#777}
+td code{white-space:nowrap}
 pre{margin:0;white-space:pre-wrap;word-break:break-all;max-height:8em;overflow:auto;font-size:12px}
 form.inline{display:inline}button{font:inherit;padding:.2em .7em;cursor:pointer}
 button.danger{background:#b3261e;color:#fff;border:1px solid #8a1414}

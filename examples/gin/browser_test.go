@@ -117,7 +117,7 @@ func waitText(t *testing.T, ctx context.Context, want string) string {
 
 func screenshot(t *testing.T, ctx context.Context, dir, name string) {
 	t.Helper()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100) /* 100: PNG */)
 	if err != nil {
 		t.Fatalf("screenshot %s: %v", name, err)
 	}
