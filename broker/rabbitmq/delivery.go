@@ -499,6 +499,10 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 		return err
 	}
 	extra := reason.Header(nil)
+	// A random id names the dead letter for Redrive and Purge (see
+	// DeadLetters); a copy of a message that was a dead letter before gets
+	// a new one.
+	extra[HeaderDeadLetterID] = newID()
 	pub := d.copyWith(extra)
 	// The dead letter carries its attempts in x-queuekit-attempts; without
 	// our delivery counter, a message an operator moves back to the work

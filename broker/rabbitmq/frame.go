@@ -260,6 +260,7 @@ const minReasonBytes = 1024
 var ours = map[string]bool{
 	broker.HeaderError: true, broker.HeaderAttempts: true, broker.HeaderSource: true,
 	broker.HeaderPermanent: true, broker.HeaderFailedAt: true, routingKeyHeader: true, HeaderTrimmed: true,
+	HeaderDeadLetterID: true,
 }
 
 // fitDeadLetter cuts m, a dead letter, until its header frame fits

@@ -81,8 +81,8 @@ func (c *Config) resolve() error {
 
 // A Source consumes a RabbitMQ queue with manual acknowledgements. It
 // implements broker.Source, broker.Pauser, broker.StatusReporter,
-// broker.EventSource, broker.BacklogReporter and broker.TopologyDeclarer;
-// its deliveries implement broker.DelayedRequeuer and broker.Releaser.
+// broker.EventSource, broker.BacklogReporter, broker.TopologyDeclarer and
+// broker.DeadLetterSource; its deliveries implement broker.DelayedRequeuer and broker.Releaser.
 //
 // A Source is safe for concurrent use: the runtime calls Receive from all its
 // workers at once. It connects on the first Receive, and from then on one
@@ -110,6 +110,7 @@ type Source struct {
 	started  bool
 	closed   bool
 	paused   bool
+	dl       *DeadLetters  // made by the first DeadLetters call; closed by Close
 	wake     chan struct{} // capacity 1: pokes the session loop after Pause/Resume
 	stop     chan struct{} // closed by Close
 	loopDone chan struct{} // closed when the session loop exits
@@ -471,6 +472,13 @@ func (s *Source) poke() {
 // intervals); the event hook may then be called once more.
 func (s *Source) Close(ctx context.Context) error {
 	s.mu.Lock()
+	dl := s.dl
+	s.mu.Unlock()
+	var dlErr error
+	if dl != nil {
+		dlErr = dl.Close(ctx)
+	}
+	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
 		started := s.started
@@ -481,7 +489,7 @@ func (s *Source) Close(ctx context.Context) error {
 	s.mu.Unlock()
 	select {
 	case <-s.closeDone:
-		return s.closeErr
+		return errors.Join(dlErr, s.closeErr)
 	case <-ctx.Done():
 	}
 	if s.ownConn {
@@ -702,3 +710,51 @@ func (s *Source) serve(ch *amqp.Channel, l link, closes <-chan *amqp.Error, canc
 // dlInFlight is how many dead letters a Source has in flight at once (see
 // Publisher.serial).
 const dlInFlight = 32
+
+// DeadLetters implements broker.DeadLetterSource: the dead letters of the
+// source's queue, in its Topology.DeadLetterQueue, to browse, redrive and
+// purge (see DeadLetters). It returns the same DeadLetters on every call. It
+// uses the source's Config.Conn when set, else a connection of its own
+// dialled with Config.Dialer (so that browsing never holds up the
+// source's own connection), and Close closes it. After Close its methods
+// return an error wrapping ErrDeadLettersClosed.
+func (s *Source) DeadLetters() broker.DeadLetters {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dl == nil {
+		// The source's configuration was validated by NewSource, so this
+		// cannot fail; a Source not made by NewSource gets its error.
+		dl, err := NewDeadLetters(DeadLetterConfig{
+			Dialer:          s.cfg.Dialer,
+			Conn:            s.cfg.Conn,
+			Queue:           s.cfg.Queue,
+			DeadLetterQueue: s.cfg.Topology.DeadLetterQueue,
+			Logger:          s.cfg.Logger,
+		})
+		if err != nil {
+			return failedDeadLetters{err}
+		}
+		s.dl = dl
+		if s.closed {
+			_ = dl.Close(context.Background()) // nothing to wait for: it never connected
+		}
+	}
+	return s.dl
+}
+
+// failedDeadLetters is the DeadLetters of a Source whose configuration
+// cannot make one: every method returns its error.
+type failedDeadLetters struct{ err error }
+
+func (f failedDeadLetters) List(context.Context, broker.DeadLetterQuery) (broker.DeadLetterPage, error) {
+	return broker.DeadLetterPage{Items: []broker.DeadLetter{}}, f.err
+}
+func (f failedDeadLetters) Count(context.Context, broker.DeadLetterFilter) (int, error) {
+	return 0, f.err
+}
+func (f failedDeadLetters) Redrive(context.Context, broker.DeadLetterSelection, broker.RedriveOptions) (broker.DeadLetterResult, error) {
+	return broker.DeadLetterResult{Done: []string{}}, f.err
+}
+func (f failedDeadLetters) Purge(context.Context, broker.DeadLetterSelection, bool) (broker.DeadLetterResult, error) {
+	return broker.DeadLetterResult{Done: []string{}}, f.err
+}
