@@ -3,9 +3,9 @@ module github.com/queuekit/queuekit/cmd/queuekit
 go 1.26.0
 
 require (
-	github.com/queuekit/queuekit v0.0.0-20261205181112-82c594940103
-	github.com/queuekit/queuekit/broker/kafka v0.0.0-20261205181112-82c594940103
-	github.com/queuekit/queuekit/broker/rabbitmq v0.0.0-20261205181112-82c594940103
+	github.com/queuekit/queuekit v0.0.0-20261205182819-0d50511d578d
+	github.com/queuekit/queuekit/broker/kafka v0.0.0-20261205182819-0d50511d578d
+	github.com/queuekit/queuekit/broker/rabbitmq v0.0.0-20261205182819-0d50511d578d
 	github.com/rabbitmq/amqp091-go v1.16.0
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/twmb/franz-go v1.22.2
