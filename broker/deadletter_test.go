@@ -349,3 +349,23 @@ func TestCutBodyStrayContinuationBytes(t *testing.T) {
 		t.Fatalf("CutBody = %q; want %q (bytes that are not UTF-8 are cut where asked)", got, "ab\x80\x80")
 	}
 }
+
+func TestMatcherAgreesWithMatch(t *testing.T) {
+	ids := make([]string, 1000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("id-%d", i*2)
+	}
+	f := broker.DeadLetterFilter{IDs: ids, Reason: "boom"}
+	m := f.Matcher()
+	for i := 0; i < 2100; i++ {
+		for _, reason := range []string{"BOOM!", "fine"} {
+			d := broker.DeadLetter{ID: fmt.Sprintf("id-%d", i), Reason: broker.Reason{Err: reason}}
+			if got, want := m(&d), f.Match(&d); got != want {
+				t.Fatalf("Matcher(%s, %q) = %v, Match = %v", d.ID, reason, got, want)
+			}
+		}
+	}
+	if !(broker.DeadLetterFilter{}).Matcher()(&broker.DeadLetter{ID: "x"}) {
+		t.Fatal("zero filter's Matcher does not match")
+	}
+}
