@@ -180,9 +180,11 @@ func (b *Broker) DeadLetters(queue string) []broker.Message {
 	if q == nil {
 		return nil
 	}
-	out := make([]broker.Message, len(q.dead))
-	for i, r := range q.dead {
-		out[i] = copyMessage(&r.msg)
+	out := make([]broker.Message, 0, len(q.dead)-q.deadRemoved)
+	for _, r := range q.dead {
+		if !r.removed {
+			out = append(out, copyMessage(&r.msg))
+		}
 	}
 	return out
 }

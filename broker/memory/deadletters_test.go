@@ -328,19 +328,30 @@ func TestDeadLettersRedriveWithoutSource(t *testing.T) {
 	if b.Stats("gone") != (memory.QueueStats{}) {
 		t.Errorf("Redrive created the missing source queue: %+v", b.Stats("gone"))
 	}
-	// With a Destination, they go there.
+	// With a Destination (that exists), they go there.
+	src := newSource(t, b, "elsewhere", 1)
 	res, err = dl.Redrive(ctx, broker.DeadLetterSelection{All: true, Max: 1}, broker.RedriveOptions{Destination: "elsewhere"})
 	if err != nil || !slices.Equal(res.Done, []string{"q.dlq-1"}) {
 		t.Fatalf("Redrive Max 1 to elsewhere = %+v, %v; want q.dlq-1 done", res, err)
 	}
-	src := newSource(t, b, "elsewhere", 1)
 	if m := receive(t, src).Message(); string(m.Body) != "foreign" || m.Attempt != 1 || m.Header[broker.HeaderRedriven] != "1" {
 		t.Errorf("redriven to elsewhere: %q Attempt %d headers %v; want foreign, 1, redriven 1", m.Body, m.Attempt, m.Header)
 	}
-	// The source exists once it was used.
+	// A queue named gone that exists now is still not where q's dead
+	// letters go: headers do not choose.
 	publish(t, b, "gone", "now here")
-	if res, err := dl.Redrive(ctx, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{}); err != nil || len(res.Done) != 1 {
-		t.Errorf("Redrive once the source exists = %+v, %v; want done", res, err)
+	if res, err := dl.Redrive(ctx, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{}); !errors.Is(err, broker.ErrNoSource) || len(res.Done) != 0 {
+		t.Errorf("Redrive once a queue named gone exists = %+v, %v; want it skipped with ErrNoSource", res, err)
+	}
+	// The dead letters' own queue q never existed (nothing was published
+	// to it, consumed from it or dead-lettered from it): a dead letter
+	// naming it is skipped too.
+	if err := b.Publish(ctx, memory.DeadLetterQueue("q"), &broker.Message{Body: []byte("mine"), Header: broker.Reason{Err: "x", Source: "q"}.Header(nil)}); err != nil {
+		t.Fatal(err)
+	}
+	res, err = dl.Redrive(ctx, broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{IDs: []string{"q.dlq-3"}}}, broker.RedriveOptions{})
+	if !errors.Is(err, broker.ErrNoSource) || len(res.Done) != 0 || b.Stats("q") != (memory.QueueStats{}) {
+		t.Errorf("Redrive to q, which does not exist = %+v, %v, stats of q %+v; want it skipped with ErrNoSource, q not created", res, err, b.Stats("q"))
 	}
 }
 
@@ -498,5 +509,84 @@ func TestDeadLettersConcurrent(t *testing.T) {
 	}
 	if s := b.Stats("q"); len(acked)+purged+left+s.Ready+s.Unacked != n {
 		t.Errorf("acked %d + purged %d + dead letters %d + in the queue %d = %d; want %d (none lost, none twice)", len(acked), purged, left, s.Ready+s.Unacked, len(acked)+purged+left+s.Ready+s.Unacked, n)
+	}
+}
+
+// TestDeadLettersRedriveGoesToTheirOwnQueue: headers do not choose where a
+// redrive writes. A dead letter of q whose reason names another queue that
+// exists, or no queue, is skipped with ErrNoSource and nothing arrives in
+// that queue; with a Destination it goes there.
+func TestDeadLettersRedriveGoesToTheirOwnQueue(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	ctx := context.Background()
+	publish(t, b, "q", "warm")       // the source exists
+	publish(t, b, "payments", "own") // and so does another queue
+	if err := b.Publish(ctx, memory.DeadLetterQueue("q"),
+		&broker.Message{Body: []byte("forged"), Header: broker.Reason{Err: "x", Source: "payments"}.Header(nil)},
+		&broker.Message{Body: []byte("sourceless"), Header: map[string]string{broker.HeaderError: "x"}},
+		&broker.Message{Body: []byte("mine"), Header: broker.Reason{Err: "x", Source: "q"}.Header(nil)}); err != nil {
+		t.Fatal(err)
+	}
+	dl := b.DeadLettersOf("q")
+	before := b.Stats("payments")
+	res, err := dl.Redrive(ctx, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{})
+	if !errors.Is(err, broker.ErrNoSource) || !slices.Equal(res.Done, []string{"q.dlq-3"}) || len(res.Skipped) != 2 ||
+		res.Skipped[0].ID != "q.dlq-1" || res.Skipped[1].ID != "q.dlq-2" ||
+		!errors.Is(res.Skipped[0], broker.ErrNoSource) || !errors.Is(res.Skipped[1], broker.ErrNoSource) {
+		t.Fatalf("Redrive(All) = %+v, %v; want q.dlq-3 done, q.dlq-1 (names payments) and q.dlq-2 (names no queue) skipped with ErrNoSource", res, err)
+	}
+	if s := b.Stats("payments"); s != before {
+		t.Errorf("payments after the Redrive of q's dead letters: %+v; want unchanged %+v (a header named it)", s, before)
+	}
+	if got := count(t, dl, broker.DeadLetterFilter{}); got != 2 {
+		t.Errorf("after Redrive Count = %d; want the 2 skipped left", got)
+	}
+	src := newSource(t, b, "q", 2)
+	for _, want := range []string{"warm", "mine"} {
+		if m := receive(t, src).Message(); string(m.Body) != want {
+			t.Errorf("q delivered %q; want %q", m.Body, want)
+		}
+	}
+	res, err = dl.Redrive(ctx, broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{IDs: []string{"q.dlq-1"}}}, broker.RedriveOptions{Destination: "payments"})
+	if err != nil || !slices.Equal(res.Done, []string{"q.dlq-1"}) {
+		t.Fatalf("Redrive(q.dlq-1) to Destination payments = %+v, %v; want done", res, err)
+	}
+	if s := b.Stats("payments"); s.Ready != before.Ready+1 {
+		t.Errorf("payments after a Redrive with Destination payments: Ready %d; want %d", s.Ready, before.Ready+1)
+	}
+}
+
+// TestDeadLettersRedriveRefusesBadDestinations: a Destination that does not
+// exist (a typo) or that is the dead-letter queue itself is refused before
+// anything is sent, dry run or not, and no queue is created.
+func TestDeadLettersRedriveRefusesBadDestinations(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	ctx := context.Background()
+	for i := range 3 {
+		deadLetter(t, b, "orders", fmt.Sprint(i), "boom", 1)
+	}
+	dl := b.DeadLettersOf("orders")
+	dlq := b.Stats(memory.DeadLetterQueue("orders"))
+	for _, c := range []struct {
+		dest string
+		want error
+	}{
+		{"ordres", broker.ErrNoSource},
+		{memory.DeadLetterQueue("orders"), broker.ErrInvalidConfig},
+	} {
+		for _, dry := range []bool{false, true} {
+			res, err := dl.Redrive(ctx, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{Destination: c.dest, DryRun: dry})
+			if !errors.Is(err, c.want) || len(res.Done) != 0 {
+				t.Errorf("Redrive to Destination %q (DryRun %v) = %+v, %v; want it refused with an error wrapping %v, nothing done", c.dest, dry, res, err, c.want)
+			}
+		}
+	}
+	if s := b.Stats("ordres"); s != (memory.QueueStats{}) {
+		t.Errorf("the Redrive created the queue ordres: %+v", s)
+	}
+	if s := b.Stats(memory.DeadLetterQueue("orders")); s != dlq || count(t, dl, broker.DeadLetterFilter{}) != 3 {
+		t.Errorf("dead-letter queue after refused Redrives: %+v, Count %d; want unchanged %+v, 3", s, count(t, dl, broker.DeadLetterFilter{}), dlq)
 	}
 }

@@ -101,7 +101,9 @@
 //	res, err := dl.Redrive(ctx, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{})
 //
 // List and Count change nothing. Redrive publishes a copy of each dead
-// letter to its source queue (the reason's Source) with a fresh delivery
+// letter to queue (never to a queue its headers name: one whose reason
+// names another is skipped with broker.ErrNoSource unless
+// RedriveOptions.Destination, which must exist, is given) with a fresh delivery
 // budget (Attempt 1 on its next delivery) and broker.HeaderRedriven
 // incremented, then removes the dead letter; one redriven
 // broker.DefaultMaxRedrives times stays, skipped with

@@ -33,11 +33,13 @@ type queue struct {
 	// the queue is a dead-letter queue (see Broker.recordDead): what
 	// Broker.DeadLetters and DeadLetters.List show. Consuming the queue
 	// does not change it; Redrive and Purge remove from it.
-	dead    []*deadRecord
-	deadSeq uint64     // last dead-letter id number assigned
-	stats   QueueStats // counters; Ready, Unacked, Delayed are derived in Stats
-	unacked int
-	sources int
+	// Removed records stay in it, marked, until compactDead.
+	dead        []*deadRecord
+	deadRemoved int        // records of dead that are removed
+	deadSeq     uint64     // last dead-letter id number assigned
+	stats       QueueStats // counters; Ready, Unacked, Delayed are derived in Stats
+	unacked     int
+	sources     int
 }
 
 // wake wakes every Receive blocked on q.
@@ -91,21 +93,26 @@ func (d *deque) pushFront(e *entry) {
 	d.n++
 }
 
-// remove removes e from the deque, keeping the order of the others, and
-// reports whether it was there.
-func (d *deque) remove(e *entry) bool {
+// removeSet removes the entries of set from the deque in one pass, keeping
+// the order of the others, and deletes from set those it removed.
+func (d *deque) removeSet(set map[*entry]bool) {
+	if len(set) == 0 {
+		return
+	}
+	kept := 0
 	for i := 0; i < d.n; i++ {
-		if d.buf[(d.head+i)%len(d.buf)] != e {
+		e := d.buf[(d.head+i)%len(d.buf)]
+		if set[e] {
+			delete(set, e)
 			continue
 		}
-		for j := i; j < d.n-1; j++ {
-			d.buf[(d.head+j)%len(d.buf)] = d.buf[(d.head+j+1)%len(d.buf)]
-		}
-		d.buf[(d.head+d.n-1)%len(d.buf)] = nil
-		d.n--
-		return true
+		d.buf[(d.head+kept)%len(d.buf)] = e
+		kept++
 	}
-	return false
+	for i := kept; i < d.n; i++ {
+		d.buf[(d.head+i)%len(d.buf)] = nil
+	}
+	d.n = kept
 }
 
 func (d *deque) popFront() *entry {
