@@ -72,6 +72,7 @@ type DeadLetters struct {
 
 	mu     sync.Mutex
 	closed bool
+	active int // calls in progress
 	calls  sync.WaitGroup
 
 	abortCtx context.Context
@@ -180,9 +181,16 @@ var ErrDeadLettersClosed = errors.New("kafka: dead letters closed")
 // as done stays a dead letter (a copy may already be in the source: see
 // Redrive). Close is idempotent.
 func (d *DeadLetters) Close(ctx context.Context) error {
+	if d.abortFn == nil {
+		return nil // the zero value: no call ever began
+	}
 	d.mu.Lock()
 	d.closed = true
+	active := d.active
 	d.mu.Unlock()
+	if active == 0 {
+		return nil
+	}
 	done := make(chan struct{})
 	go func() {
 		d.calls.Wait()
@@ -211,16 +219,30 @@ type dlOp struct {
 	hash  *kafkago.Hash
 }
 
+// errZeroDeadLetters is the error of every call of a DeadLetters not made
+// by NewDeadLetters.
+var errZeroDeadLetters = fmt.Errorf("%w: kafka: DeadLetters not made by NewDeadLetters (or Source.DeadLetters)", broker.ErrInvalidConfig)
+
 func (d *DeadLetters) begin(ctx context.Context) (*dlOp, error) {
+	if d.abortCtx == nil {
+		return nil, errZeroDeadLetters
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		return nil, ErrDeadLettersClosed
 	}
 	d.calls.Add(1)
+	d.active++
 	d.mu.Unlock()
-	if err := ctx.Err(); err != nil {
+	done := func() {
+		d.mu.Lock()
+		d.active--
+		d.mu.Unlock()
 		d.calls.Done()
+	}
+	if err := ctx.Err(); err != nil {
+		done()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -242,7 +264,7 @@ func (d *DeadLetters) begin(ctx context.Context) (*dlOp, error) {
 		cancel()
 		cs.kill()
 		tr.CloseIdleConnections()
-		d.calls.Done()
+		done()
 	}
 	return op, nil
 }
@@ -256,6 +278,9 @@ type dlPart struct {
 	start, end int64
 	// committed is the group's committed offset, -1 if none.
 	committed int64
+	// recorded is the offset of the progress marker this call wrote
+	// last, -1 if none.
+	recorded int64
 }
 
 // dlState is what a call reads before it looks at dead letters.
@@ -282,7 +307,7 @@ func (st *dlState) isDone(p int, r *dlRecord) bool {
 	if !ok {
 		return false
 	}
-	if fp == "" || fp == fingerprint(r) {
+	if fp == fingerprint(r) {
 		return true
 	}
 	delete(st.done[p], r.offset)
@@ -386,6 +411,14 @@ func (o *dlOp) committed(n int) (map[int]int64, error) {
 }
 
 // load reads where every partition of the dead-letter topic stands.
+//
+// The progress (the group's committed offsets and the done topic's
+// progress markers) is read before the partitions' end offsets: progress
+// is only ever recorded up to an end a call read earlier, and an end
+// offset only grows, so a progress past the end read after it means the
+// log really started over (the topic was deleted and recreated, or
+// truncated), never that a concurrent call recorded progress meanwhile.
+// Even so, such a partition is read again before its progress is dropped.
 func (o *dlOp) load() (*dlState, error) {
 	d := o.d
 	n, err := o.partitions(d.dlt)
@@ -395,62 +428,124 @@ func (o *dlOp) load() (*dlState, error) {
 	if n == 0 {
 		return nil, fmt.Errorf("dead-letter topic %s does not exist: %w", d.dlt, kafkago.UnknownTopicOrPartition)
 	}
-	first, last, err := o.offsets(d.dlt, n)
-	if err != nil {
-		return nil, err
+	var (
+		com         map[int]int64
+		marks       map[string][]byte
+		first, last map[int]int64
+	)
+	for try := 0; ; try++ {
+		if com, err = o.committed(n); err != nil {
+			return nil, err
+		}
+		if marks, err = o.readDone(); err != nil {
+			return nil, err
+		}
+		if first, last, err = o.offsets(d.dlt, n); err != nil {
+			return nil, err
+		}
+		past := false
+		hw := progressMarks(marks)
+		for p := range n {
+			if max(com[p], hw[p]) > last[p] {
+				past = true
+			}
+		}
+		if !past || try == 1 {
+			break
+		}
 	}
-	com, err := o.committed(n)
-	if err != nil {
-		return nil, err
-	}
+	hw := progressMarks(marks)
 	st := &dlState{parts: make([]dlPart, n), done: make(map[int]map[int64]string), reset: make(map[int]bool)}
 	for p := range n {
 		c, ok := com[p]
 		if !ok || c < 0 {
 			c = -1
 		}
-		if c > last[p] {
-			// The group committed past the end of the log: the topic was
-			// recreated (or truncated). The progress belongs to the old
-			// log; the new one starts undone.
-			d.log.Warn("kafka: dead letters: the committed progress lies past the end of the partition (topic recreated?); starting over",
-				"partition", p, "committed", c, "end", last[p])
+		floor := max(c, hw[p])
+		if floor > last[p] {
+			// The progress lies past the end of the log, read after it
+			// (twice): the topic was recreated (or truncated). The
+			// progress belongs to the old log; the new one starts undone.
+			d.log.Warn("kafka: dead letters: the recorded progress lies past the end of the partition (topic recreated?); starting over",
+				"partition", p, "committed", c, "progress", hw[p], "end", last[p])
 			st.reset[p] = true
-			c = -1
+			c, floor = -1, -1
 		}
-		start := max(first[p], c)
+		start := max(first[p], floor)
 		end := max(last[p], start)
-		st.parts[p] = dlPart{id: p, start: start, end: end, committed: c}
+		st.parts[p] = dlPart{id: p, start: start, end: end, committed: c, recorded: -1}
 	}
-	if err := o.loadDone(st); err != nil {
-		return nil, err
-	}
+	o.applyDone(st, marks)
 	return st, nil
 }
 
-// loadDone reads the done topic into st.
-func (o *dlOp) loadDone(st *dlState) error {
+// progressKeyPrefix starts the key of a progress marker in the done topic:
+// "progress:<partition>:<offset>" says that every dead letter of the
+// partition below offset was redriven or purged. Markers have a key per
+// offset, so compaction keeps them all until a call tombstones those below
+// a higher one: the progress of a partition, the highest of its markers,
+// never moves back, whatever order concurrent calls write in.
+const progressKeyPrefix = "progress:"
+
+func progressKey(p int, off int64) string {
+	return progressKeyPrefix + deadLetterID(p, off)
+}
+
+// progressMarks returns the highest progress marker of each partition.
+func progressMarks(marks map[string][]byte) map[int]int64 {
+	hw := make(map[int]int64)
+	for k, v := range marks {
+		rest, ok := strings.CutPrefix(k, progressKeyPrefix)
+		if !ok || v == nil {
+			continue
+		}
+		if p, off, ok := parseDeadLetterID(rest); ok {
+			if cur, ok := hw[p]; !ok || off > cur {
+				hw[p] = off
+			}
+		}
+	}
+	return hw
+}
+
+// readDone reads the done topic: the last value of each key (nil: cleared
+// by a tombstone).
+func (o *dlOp) readDone() (map[string][]byte, error) {
 	d := o.d
+	marks := make(map[string][]byte)
 	n, err := o.partitions(d.doneTopic)
 	if err != nil || n == 0 {
-		return err // a done topic not created yet holds nothing
+		return marks, err // a done topic not created yet holds nothing
 	}
 	first, last, err := o.offsets(d.doneTopic, n)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	marks := make(map[string][]byte) // nil: cleared by a tombstone
 	for p := range n {
 		err := o.scan(d.doneTopic, p, first[p], last[p], func(r *dlRecord) (bool, error) {
 			marks[string(r.key)] = r.value
 			return false, nil
 		})
 		if err != nil {
-			return fmt.Errorf("read %s: %w", d.doneTopic, err)
+			return nil, fmt.Errorf("read %s: %w", d.doneTopic, err)
 		}
 	}
+	return marks, nil
+}
+
+// applyDone puts the done markers into st.
+func (o *dlOp) applyDone(st *dlState, marks map[string][]byte) {
+	hw := progressMarks(marks)
 	for k, v := range marks {
 		if v == nil {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(k, progressKeyPrefix); ok {
+			// Progress markers below the highest one, or of a log that
+			// started over, are no longer needed.
+			if p, off, ok := parseDeadLetterID(rest); ok && (p >= len(st.parts) || st.reset[p] || off < hw[p]) {
+				st.stale = append(st.stale, k)
+			}
 			continue
 		}
 		p, off, ok := parseDeadLetterID(k)
@@ -461,19 +556,18 @@ func (o *dlOp) loadDone(st *dlState) error {
 			st.stale = append(st.stale, k)
 			continue
 		}
+		// "<redriven|purged> <time> <fingerprint>": a marker without a
+		// fingerprint was not written by DeadLetters, and does not count.
+		fields := strings.Fields(string(v))
+		if len(fields) < 3 || (fields[0] != "redriven" && fields[0] != "purged") || fields[2] == "" {
+			continue
+		}
 		if st.done[p] == nil {
 			st.done[p] = make(map[int64]string)
 		}
-		// "<redriven|purged> <time> <fingerprint>"
-		fields := strings.Fields(string(v))
-		fp := ""
-		if len(fields) >= 3 {
-			fp = fields[2]
-		}
-		st.done[p][off] = fp
+		st.done[p][off] = fields[2]
 	}
 	sort.Strings(st.stale)
-	return nil
 }
 
 // dlRecord is one record read by scan.
@@ -864,9 +958,9 @@ func (d *DeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int
 }
 
 // Redrive implements broker.DeadLetters. For each selected dead letter, in
-// order, it writes a copy to its source topic — Reason.Source
-// (broker.HeaderSource), else HeaderTopic, or opts.Destination — with its key, body and headers
-// (broker.RedriveHeader, without HeaderTopic, HeaderPartition and
+// order, it writes a copy to the topic these dead letters belong to
+// (DeadLetterConfig.Topic), or to opts.Destination, with its key, body and
+// headers (broker.RedriveHeader, without HeaderTopic, HeaderPartition and
 // HeaderOffset), to the partition it was consumed from (HeaderPartition)
 // when it goes back to that topic and the partition exists, else to the
 // partition its key hashes to (kafkago.Hash). The copies of a batch (up to
@@ -875,13 +969,18 @@ func (d *DeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int
 // documentation). A crash in between leaves them dead letters: the next
 // Redrive sends them again (a duplicate, never a loss).
 //
-// A dead letter whose source topic does not exist (it is not created) or
-// that names none (no reason headers) is skipped with an error wrapping
-// broker.ErrNoSource; one redriven opts.Limit() times already with one
-// wrapping broker.ErrRedriveLimit. A Destination that does not exist fails
-// the call (wrapping broker.ErrNoSource) before anything is done. Ids that
-// are malformed, name no partition, lie past the end of their partition,
-// hold no dead letter or were redriven or purged already are Missing.
+// Headers do not choose where a copy goes: without opts.Destination, a
+// dead letter whose reason names another topic (HeaderSource, else
+// HeaderTopic), or none, is skipped with an error wrapping
+// broker.ErrNoSource, as is one whose topic does not exist (it is not
+// created); one redriven opts.Limit() times already with one wrapping
+// broker.ErrRedriveLimit; one whose copy the topic refuses as too large
+// with one wrapping kafkago.MessageSizeTooLarge. A Destination that does
+// not exist fails the call (wrapping broker.ErrNoSource), and one that is
+// the dead-letter topic or a done topic (wrapping broker.ErrInvalidConfig),
+// before anything is done. Ids that are malformed, name no partition, lie
+// past the end of their partition, hold no dead letter or were redriven or
+// purged already are Missing.
 func (d *DeadLetters) Redrive(ctx context.Context, sel broker.DeadLetterSelection, opts broker.RedriveOptions) (broker.DeadLetterResult, error) {
 	return d.handle(ctx, sel, opts, false, opts.DryRun)
 }
@@ -910,6 +1009,9 @@ func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection
 	if opts.Destination != "" {
 		if err := validTopicName(opts.Destination); err != nil {
 			return res, d.fail(ctx, what, fmt.Errorf("%w: destination: %w", broker.ErrInvalidConfig, err))
+		}
+		if err := d.ownTopic(opts.Destination); err != nil && !purge {
+			return res, d.fail(ctx, what, err)
 		}
 	}
 	op, err := d.begin(ctx)
@@ -959,16 +1061,13 @@ func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection
 		// A partition whose log started over gets its progress reset
 		// first, so that the done markers written below are not taken for
 		// the old log's (see load).
-		for p := range st.reset {
-			if err := op.commit(p, st.parts[p].start, true); err != nil {
-				return res, d.fail(ctx, what, fmt.Errorf("reset the progress of partition %d: %w", p, err))
-			}
-			delete(st.reset, p)
+		if err := op.resetProgress(st); err != nil {
+			return res, d.fail(ctx, what, err)
 		}
 	}
 	filter := sel.DeadLetterFilter
 	filter.IDs = nil // matched through wanted
-	w := &dlWork{op: op, st: st, res: &res, purge: purge, dryRun: dryRun, now: d.now()}
+	w := &dlWork{op: op, st: st, res: &res, purge: purge, dryRun: dryRun, now: d.now(), written: make(map[string]bool)}
 	selected := 0
 	full := false
 	for i := range st.parts {
@@ -1060,33 +1159,53 @@ func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection
 type dlCopy struct {
 	topic     string
 	partition int
-	rec       kafkago.Record
+	rec       outRecord
 	skip      error
 }
 
-// redriveCopy makes the copy of dl to send back.
+// ownTopic returns an error wrapping broker.ErrInvalidConfig when topic is
+// the dead-letter topic or a done topic (this one's, or another's: a name
+// ending in DeadLetterDoneSuffix), which a redrive must not write to: a
+// copy in a done topic reads as a done marker, and hides a dead letter.
+func (d *DeadLetters) ownTopic(topic string) error {
+	switch {
+	case topic == d.dlt:
+		return fmt.Errorf("%w: destination %s is the dead-letter topic itself", broker.ErrInvalidConfig, topic)
+	case topic == d.doneTopic || strings.HasSuffix(topic, DeadLetterDoneSuffix):
+		return fmt.Errorf("%w: destination %s is a dead-letter done topic (the adapter's own bookkeeping)", broker.ErrInvalidConfig, topic)
+	}
+	return nil
+}
+
+// redriveCopy makes the copy of dl to send back: to dest when given, else
+// to the topic these dead letters belong to (cfg.Topic). The headers do not
+// choose the topic: a dead letter whose headers name another source, or
+// none, is skipped (ErrNoSource) unless dest is given.
 func (o *dlOp) redriveCopy(dl *broker.DeadLetter, dest string, now time.Time) (*dlCopy, error) {
 	h := dl.Message.Header
+	own := o.d.cfg.Topic
 	origin := h[HeaderTopic]
+	named := dl.Reason.Source
+	if named == "" {
+		named = origin
+	}
 	target := dest
 	if target == "" {
-		target = dl.Reason.Source
-	}
-	if target == "" {
-		target = origin
-	}
-	if target == "" {
-		return &dlCopy{skip: fmt.Errorf("%w: no %s or %s header, and no destination given", broker.ErrNoSource, HeaderTopic, broker.HeaderSource)}, nil
-	}
-	if validTopicName(target) != nil {
-		return &dlCopy{skip: fmt.Errorf("%w: source %.60q is not a valid topic name", broker.ErrNoSource, target)}, nil
+		switch named {
+		case own:
+			target = own
+		case "":
+			return &dlCopy{skip: fmt.Errorf("%w: no %s or %s header, and no destination given", broker.ErrNoSource, HeaderTopic, broker.HeaderSource)}, nil
+		default:
+			return &dlCopy{skip: fmt.Errorf("%w: it came from %.60q, not from %s (whose dead letters these are); give a destination to send it elsewhere", broker.ErrNoSource, named, own)}, nil
+		}
 	}
 	n, err := o.partitions(target)
 	if err != nil {
 		return nil, err
 	}
 	if n == 0 {
-		return &dlCopy{skip: fmt.Errorf("%w: source topic %s does not exist (it is not created)", broker.ErrNoSource, target)}, nil
+		return &dlCopy{skip: fmt.Errorf("%w: topic %s does not exist (it is not created)", broker.ErrNoSource, target)}, nil
 	}
 	ch := broker.RedriveHeader(h, dl.ID, now)
 	delete(ch, HeaderTopic)
@@ -1102,11 +1221,11 @@ func (o *dlOp) redriveCopy(dl *broker.DeadLetter, dest string, now time.Time) (*
 		}
 		part = o.hash.Balance(kafkago.Message{Key: dl.Message.Key}, ids...)
 	}
-	return &dlCopy{topic: target, partition: part, rec: kafkago.Record{
-		Time:    now,
-		Key:     kafkago.NewBytes(dl.Message.Key),
-		Value:   kafkago.NewBytes(dl.Message.Body),
-		Headers: toHeaders(ch),
+	return &dlCopy{topic: target, partition: part, rec: outRecord{
+		time:    now,
+		key:     dl.Message.Key,
+		value:   dl.Message.Body,
+		headers: toHeaders(ch),
 	}}, nil
 }
 
@@ -1126,6 +1245,9 @@ type dlWork struct {
 	contiguous bool
 	prefix     int64
 	batch      []dlItem
+	// written are the keys this call wrote to the done topic: never
+	// tombstoned as stale by it.
+	written map[string]bool
 	// covered are done markers of this partition that the next commit
 	// covers: they are tombstoned after it.
 	covered []string
@@ -1166,7 +1288,10 @@ func (w *dlWork) add(r *dlRecord, id string, cp *dlCopy) error {
 
 // flush sends the batch's copies, waits for their acks, then records the
 // batch as done: done markers for the dead letters past the contiguous
-// prefix, then the group's commit of the prefix.
+// prefix and a progress marker of the prefix, in one request to the done
+// topic, then the group's commit of the prefix. A copy the destination
+// refuses as too large, or whose topic was deleted, is skipped: its dead
+// letter stays, and the prefix stops before it.
 func (w *dlWork) flush() error {
 	batch := w.batch
 	w.batch = nil
@@ -1177,48 +1302,98 @@ func (w *dlWork) flush() error {
 		return nil
 	}
 	o := w.op
-	if err := o.sendCopies(batch); err != nil {
+	tooLarge, err := o.sendCopies(batch)
+	if err != nil {
 		return err
 	}
-	var marks []kafkago.Record
+	if len(tooLarge) > 0 {
+		// The prefix ends at the first dead letter left; those after it
+		// get done markers instead.
+		cut := false
+		for i := range batch {
+			it := &batch[i]
+			if _, skip := tooLarge[i]; skip && it.inPrefix && !cut {
+				cut = true
+				w.prefix = it.off
+				w.contiguous = false
+			}
+			if cut {
+				it.inPrefix = false
+			}
+		}
+		if cut {
+			kept := w.covered[:0]
+			for _, id := range w.covered {
+				if _, off, ok := parseDeadLetterID(id); ok && off < w.prefix {
+					kept = append(kept, id)
+				}
+			}
+			w.covered = kept
+		}
+	}
+	var marks []outRecord
 	value := "redriven " + w.now.UTC().Format(time.RFC3339Nano)
 	if w.purge {
 		value = "purged " + w.now.UTC().Format(time.RFC3339Nano)
 	}
-	for _, it := range batch {
-		if !it.inPrefix {
-			marks = append(marks, kafkago.Record{Key: kafkago.NewBytes([]byte(it.id)), Value: kafkago.NewBytes([]byte(value + " " + it.fp))})
+	for i, it := range batch {
+		if _, skip := tooLarge[i]; skip {
+			continue
 		}
+		if !it.inPrefix {
+			marks = append(marks, outRecord{key: []byte(it.id), value: []byte(value + " " + it.fp)})
+			w.written[it.id] = true
+		}
+	}
+	advance := w.prefix > w.pt.start && w.prefix > w.pt.committed && w.prefix > w.pt.recorded
+	if advance {
+		k := progressKey(w.pt.id, w.prefix)
+		marks = append(marks, outRecord{key: []byte(k), value: []byte(value)})
+		w.written[k] = true
 	}
 	if len(marks) > 0 {
 		if err := o.writeDone(marks); err != nil {
 			return fmt.Errorf("record done (the copies were sent; the next redrive sends them again): %w", err)
 		}
 	}
-	if w.prefix > max(w.pt.start, w.pt.committed) {
-		if err := o.commit(w.pt.id, w.prefix, w.st.reset[w.pt.id]); err != nil {
-			return fmt.Errorf("commit %d on partition %d (the copies were sent; the next redrive sends them again): %w", w.prefix, w.pt.id, err)
+	if advance {
+		if w.pt.recorded >= 0 {
+			// The previous progress marker of this call is below the new one.
+			w.st.stale = append(w.st.stale, progressKey(w.pt.id, w.pt.recorded))
 		}
-		w.pt.committed = w.prefix
+		w.pt.recorded = w.prefix
 		w.st.stale = append(w.st.stale, w.covered...)
 		w.covered = nil
+		// The group's committed offset follows the progress markers, for
+		// the tools that show a group's lag; the markers decide.
+		if err := o.commit(w.pt.id, w.prefix, false); err != nil {
+			o.d.log.Warn("kafka: dead letters: committing the progress to the group failed; the done topic holds it", "partition", w.pt.id, "offset", w.prefix, "error", err)
+		} else {
+			w.pt.committed = max(w.pt.committed, w.prefix)
+		}
 	}
-	for _, it := range batch {
+	for i, it := range batch {
+		if err, skip := tooLarge[i]; skip {
+			w.res.Skipped = append(w.res.Skipped, broker.NewSkipped(it.id, err))
+			continue
+		}
 		w.res.Done = append(w.res.Done, it.id)
 	}
 	return nil
 }
 
 // sendCopies writes the copies of batch, grouped by topic and partition in
-// the batch's order, with acks=all.
-func (o *dlOp) sendCopies(batch []dlItem) error {
+// the batch's order, with acks=all. It returns the copies (by index in
+// batch) that their topic refused as larger than its max.message.bytes, or
+// whose topic was deleted meanwhile, with why.
+func (o *dlOp) sendCopies(batch []dlItem) (map[int]error, error) {
 	type dest struct {
 		topic string
 		part  int
 	}
 	var order []dest
-	groups := make(map[dest][]kafkago.Record)
-	for _, it := range batch {
+	groups := make(map[dest][]int)
+	for i, it := range batch {
 		if it.cp == nil {
 			continue
 		}
@@ -1226,24 +1401,92 @@ func (o *dlOp) sendCopies(batch []dlItem) error {
 		if _, ok := groups[k]; !ok {
 			order = append(order, k)
 		}
-		groups[k] = append(groups[k], it.cp.rec)
+		groups[k] = append(groups[k], i)
 	}
+	var tooLarge map[int]error
 	for _, k := range order {
-		if err := o.produce(k.topic, k.part, groups[k]); err != nil {
-			return err
+		idx := groups[k]
+		recs := make([]outRecord, len(idx))
+		for j, i := range idx {
+			recs[j] = batch[i].cp.rec
+		}
+		big, err := o.produceSplit(k.topic, k.part, recs)
+		if errors.Is(err, kafkago.UnknownTopicOrPartition) {
+			// The topic was deleted since the batch began: its dead
+			// letters stay (some copies may have gone before it was).
+			o.parts[k.topic] = 0
+			big = make(map[int]error, len(idx))
+			for j := range idx {
+				big[j] = fmt.Errorf("%w: topic %s does not exist any more: %w", broker.ErrNoSource, k.topic, err)
+			}
+		} else if err != nil {
+			return nil, err
+		}
+		for j, e := range big {
+			if tooLarge == nil {
+				tooLarge = make(map[int]error)
+			}
+			tooLarge[idx[j]] = e
 		}
 	}
-	return nil
+	return tooLarge, nil
 }
+
+// produceSplit writes recs as produce does; a request the topic refuses as
+// too large (its max.message.bytes, which may be lower than produceChunk)
+// is split in two and each half written again, down to single records. It
+// returns the records (by index in recs) refused alone.
+func (o *dlOp) produceSplit(topic string, part int, recs []outRecord) (map[int]error, error) {
+	err := o.produce(topic, part, recs)
+	if err == nil || !errors.Is(err, kafkago.MessageSizeTooLarge) && !errors.Is(err, kafkago.RecordListTooLarge) {
+		return nil, err
+	}
+	// produce writes in chunks: go on from the first chunk not written
+	// (writing the others again would duplicate them).
+	var pe *partialProduce
+	written := 0
+	if errors.As(err, &pe) {
+		written = pe.written
+	}
+	rest := recs[written:]
+	if len(rest) == 1 {
+		return map[int]error{written: fmt.Errorf("%w: the copy (%d bytes) is larger than topic %s takes (max.message.bytes)", kafkago.MessageSizeTooLarge, recordSize(&rest[0]), topic)}, nil
+	}
+	half := len(rest) / 2
+	out := make(map[int]error)
+	for _, h := range [][2]int{{0, half}, {half, len(rest)}} {
+		big, err := o.produceSplit(topic, part, rest[h[0]:h[1]])
+		if err != nil {
+			return nil, err
+		}
+		for j, e := range big {
+			out[written+h[0]+j] = e
+		}
+	}
+	return out, nil
+}
+
+// partialProduce is the error of produce after it wrote the first written
+// records.
+type partialProduce struct {
+	written int
+	err     error
+}
+
+func (e *partialProduce) Error() string { return e.err.Error() }
+func (e *partialProduce) Unwrap() error { return e.err }
 
 // produceChunk bounds the records of one Produce request (their keys,
 // values and headers), well under the 1 MB a topic's max.message.bytes
-// allows by default; a record larger than it goes alone.
+// allows by default; a record larger than it goes alone. A topic that
+// takes less refuses the request; produceSplit then splits it.
 const produceChunk = 512 << 10
 
 // produce writes recs to topic's partition part, in order, in requests of
-// up to produceChunk bytes, each acknowledged by all in-sync replicas.
-func (o *dlOp) produce(topic string, part int, recs []kafkago.Record) error {
+// up to produceChunk bytes, each acknowledged by all in-sync replicas. A
+// failure after some requests went through is a *partialProduce.
+func (o *dlOp) produce(topic string, part int, recs []outRecord) error {
+	written := 0
 	for len(recs) > 0 {
 		n, size := 0, 0
 		for n < len(recs) {
@@ -1255,33 +1498,71 @@ func (o *dlOp) produce(topic string, part int, recs []kafkago.Record) error {
 			n++
 		}
 		if err := o.produceOnce(topic, part, recs[:n]); err != nil {
+			if written > 0 {
+				return &partialProduce{written: written, err: err}
+			}
 			return err
 		}
 		recs = recs[n:]
+		written += n
 	}
 	return nil
 }
 
-func recordSize(r *kafkago.Record) int {
+func recordSize(r *outRecord) int {
 	n := 64 // per-record overhead, roughly
-	if r.Key != nil {
-		n += r.Key.Len()
-	}
-	if r.Value != nil {
-		n += r.Value.Len()
-	}
-	for _, h := range r.Headers {
+	n += len(r.key) + len(r.value)
+	for _, h := range r.headers {
 		n += len(h.Key) + len(h.Value) + 8
 	}
 	return n
 }
 
-func (o *dlOp) produceOnce(topic string, part int, recs []kafkago.Record) error {
+func (o *dlOp) produceOnce(topic string, part int, recs []outRecord) error {
+	var err error
+	for try := 0; ; try++ {
+		err = o.produceRequest(topic, part, recs)
+		// A leader that moved: ask again (kafka-go's client refreshes
+		// its metadata on this error).
+		if err == nil || try == 4 || !errors.Is(err, kafkago.NotLeaderForPartition) && !errors.Is(err, kafkago.LeaderNotAvailable) {
+			break
+		}
+		select {
+		case <-o.ctx.Done():
+			return o.ctx.Err()
+		case <-time.After(time.Duration(50<<try) * time.Millisecond):
+		}
+	}
+	return err
+}
+
+// outRecord is a record to write. kafka-go's Records are read once; a
+// request sent again (split, or retried) gets new ones (see records).
+type outRecord struct {
+	time       time.Time
+	key, value []byte
+	tomb       bool // a null value
+	headers    []kafkago.Header
+}
+
+// records makes the kafka-go records of recs, to be read once.
+func records(recs []outRecord) []kafkago.Record {
+	out := make([]kafkago.Record, len(recs))
+	for i, r := range recs {
+		out[i] = kafkago.Record{Time: r.time, Key: kafkago.NewBytes(r.key), Headers: r.headers}
+		if !r.tomb {
+			out[i].Value = kafkago.NewBytes(r.value)
+		}
+	}
+	return out
+}
+
+func (o *dlOp) produceRequest(topic string, part int, recs []outRecord) error {
 	resp, err := o.cli.Produce(o.ctx, &kafkago.ProduceRequest{
 		Topic:        topic,
 		Partition:    part,
 		RequiredAcks: kafkago.RequireAll,
-		Records:      kafkago.NewRecordReader(recs...),
+		Records:      kafkago.NewRecordReader(records(recs)...),
 	})
 	if err == nil && resp != nil {
 		err = resp.Error
@@ -1300,7 +1581,7 @@ func (o *dlOp) produceOnce(topic string, part int, recs []kafkago.Record) error 
 
 // writeDone writes done markers (or tombstones) to the done topic,
 // creating it (compacted, one partition) the first time.
-func (o *dlOp) writeDone(recs []kafkago.Record) error {
+func (o *dlOp) writeDone(recs []outRecord) error {
 	d := o.d
 	n, err := o.partitions(d.doneTopic)
 	if err != nil {
@@ -1334,8 +1615,11 @@ func (o *dlOp) writeDone(recs []kafkago.Record) error {
 }
 
 // commit moves the group's committed offset of partition p forward to
-// off, never back (a concurrent call may have committed further) unless
-// the partition's log started over (reset).
+// off, never back as far as this call sees (a concurrent call may have
+// committed further). Two calls may still race (check, then commit): the
+// group's offset is kept for tools that show a group's lag, and the
+// progress markers of the done topic, which cannot move back, decide
+// where the dead letters start (see load).
 func (o *dlOp) commit(p int, off int64, reset bool) error {
 	d := o.d
 	if !reset {
@@ -1363,16 +1647,70 @@ func (o *dlOp) commit(p int, off int64, reset bool) error {
 	return nil
 }
 
+// resetProgress drops the progress of the partitions whose log started
+// over (st.reset), before this call records any: it tombstones their
+// progress and done markers and commits the group back to the log start,
+// once more checking, just before, that the group's offset is still past
+// the end.
+func (o *dlOp) resetProgress(st *dlState) error {
+	if len(st.reset) == 0 {
+		return nil
+	}
+	d := o.d
+	var tomb []outRecord
+	var keep []string
+	for _, k := range st.stale {
+		id := strings.TrimPrefix(k, progressKeyPrefix)
+		if p, _, ok := parseDeadLetterID(id); ok && st.reset[p] {
+			tomb = append(tomb, outRecord{key: []byte(k), tomb: true})
+			continue
+		}
+		keep = append(keep, k)
+	}
+	if len(tomb) > 0 {
+		if err := o.produce(d.doneTopic, 0, tomb); err != nil {
+			return fmt.Errorf("reset the progress: %w", err)
+		}
+	}
+	st.stale = keep
+	n := len(st.parts)
+	com, err := o.committed(n)
+	if err != nil {
+		return err
+	}
+	_, last, err := o.offsets(d.dlt, n)
+	if err != nil {
+		return err
+	}
+	for p := range st.reset {
+		if c, ok := com[p]; ok && c > last[p] {
+			if err := o.commit(p, st.parts[p].start, true); err != nil {
+				return fmt.Errorf("reset the progress of partition %d: %w", p, err)
+			}
+		}
+		delete(st.reset, p)
+	}
+	return nil
+}
+
 // cleanStale tombstones done markers that committed offsets cover, so that
 // the compacted done topic stays small.
 func (w *dlWork) cleanStale() error {
 	if w.dryRun || len(w.st.stale) == 0 {
 		return nil
 	}
-	recs := make([]kafkago.Record, 0, len(w.st.stale))
+	recs := make([]outRecord, 0, len(w.st.stale))
+	seen := make(map[string]bool)
 	for _, k := range w.st.stale {
-		recs = append(recs, kafkago.Record{Key: kafkago.NewBytes([]byte(k))})
+		if w.written[k] || seen[k] {
+			continue
+		}
+		seen[k] = true
+		recs = append(recs, outRecord{key: []byte(k), tomb: true})
 	}
 	w.st.stale = nil
+	if len(recs) == 0 {
+		return nil
+	}
 	return w.op.produce(w.op.d.doneTopic, 0, recs)
 }

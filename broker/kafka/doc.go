@@ -207,47 +207,82 @@
 //
 // Kafka cannot delete one record, so Redrive and Purge record which dead
 // letters are done (redriven or purged) next to the topic, in Kafka itself,
-// where every process and every later call finds it:
+// where every process and every later call finds it, in the compacted topic
+// DeadLetterTopic + ".queuekit-done" (one partition; created on first use):
 //
-//   - the consumer group DeadLetterTopic + ".queuekit" commits, per
-//     partition of the dead-letter topic, the offset before which every
-//     dead letter is done (committed as a simple consumer, without joining:
-//     the group never has members). A Redrive or Purge that handles the
-//     oldest dead letters — All, or a filter that happens to select them —
-//     only moves this offset;
-//   - the compacted topic DeadLetterTopic + ".queuekit-done" (one partition;
-//     created on first use) holds a record per dead letter done past that
-//     offset — selected by id or by a filter, while an older one stays —
-//     keyed "<partition>:<offset>", valued "redriven <time> <fingerprint>"
-//     or "purged <time> <fingerprint>" (a hash of the dead letter's
-//     timestamp, key and value, so that a marker left from a dead-letter
-//     topic that was deleted and recreated does not hide the record now
-//     at its offset). Every call reads it first and skips what it names.
-//     Once the committed offset moves past such markers (the dead letters
-//     before them were handled too), they are deleted (tombstones), so the
+//   - progress markers, keyed "progress:<partition>:<offset>": every dead
+//     letter of the partition before the offset is done. A Redrive or Purge
+//     that handles the oldest dead letters — All, or a filter that happens
+//     to select them — only writes a new one. The progress of a partition
+//     is its highest marker. Each marker has a key of its own, so a lower
+//     marker written last by a slower concurrent call does not replace a
+//     higher one (compaction keeps both), and a call deletes a marker
+//     (a tombstone) only below a higher one it read: the progress never
+//     moves back;
+//   - done markers, keyed "<partition>:<offset>", valued "redriven <time>
+//     <fingerprint>" or "purged <time> <fingerprint>", for a dead letter
+//     done past the progress — selected by id or by a filter, while an
+//     older one stays. The fingerprint is a hash of the dead letter's
+//     timestamp, key and value: a marker left from a dead-letter topic that
+//     was deleted and recreated does not hide the record now at its offset,
+//     and a record without one (not written by DeadLetters) hides nothing.
+//     Once the progress moves past such markers, they are deleted, so the
 //     topic stays as small as the set of dead letters done out of order.
 //
-// A Redrive handles the selected dead letters in batches of up to 256, by
-// partition and offset. For each batch it first writes the copies to their
-// sources and waits until the brokers acknowledged them (acks=all); only
-// then does it write the done markers (acks=all) and commit the offset. A
-// crash or a cancelled ctx between the two leaves those dead letters in
-// place: the next Redrive sends them again. So a dead letter is redriven
-// at least once, sometimes twice, never lost. Two Redrives at once may both
-// send a dead letter; the committed offset only moves forward.
+// The consumer group DeadLetterTopic + ".queuekit" also gets the progress
+// as its committed offsets (committed as a simple consumer, without
+// joining: the group never has members), for the tools that show a group's
+// lag; a call starts from the higher of the two. A commit is not a
+// compare-and-set, so two calls at once may leave the group's offset lower
+// than the markers; the markers decide.
 //
-// A copy goes to the dead letter's source — Reason.Source (HeaderSource),
-// else HeaderTopic — or to RedriveOptions.Destination, with the dead
-// letter's key, body and headers, minus the reason headers and HeaderTopic,
-// HeaderPartition and HeaderOffset, plus broker.HeaderRedriven (one more),
-// HeaderRedrivenAt and HeaderRedrivenFrom (the dead letter's ID); its
-// timestamp is the time of the redrive. Back in its own topic it goes to
-// the partition it came from (HeaderPartition) when that partition exists,
-// so that it keeps its place in its key's order whatever partitioner
-// produced it; otherwise it goes where its key hashes (kafkago.Hash). Its
-// consumer sees it as a new record, at Attempt 1. A source topic that does
-// not exist is not created: the dead letter is skipped with an error
-// wrapping broker.ErrNoSource and stays, as one without a source.
+// Every call reads the progress (the group's offsets and the done topic)
+// before the end offsets of the dead-letter topic. Progress is only
+// recorded up to an end a call read, and an end only grows, so a progress
+// past the end read after it means that the log started over (the topic
+// was deleted and recreated, or truncated), not that another call recorded
+// progress meanwhile; such a partition is read once more before its
+// progress is dropped (its markers deleted, the group's offset set back to
+// the log start). A topic recreated and refilled past its old progress
+// before any call looks cannot be told from the old one by offsets:
+// kafka-go does not expose the topic ID of newer Metadata versions. The
+// dead letters below the old progress are then taken as done; done markers
+// past it are still checked against the records by their fingerprints.
+//
+// A Redrive handles the selected dead letters in batches of up to 256, by
+// partition and offset. For each batch it first writes the copies and
+// waits until the brokers acknowledged them (acks=all); only then does it
+// write the markers (acks=all) and commit the offset. A crash or a
+// cancelled ctx between the two leaves those dead letters in place: the
+// next Redrive sends them again. So a dead letter is redriven at least
+// once, sometimes twice, never lost. Two Redrives at once may both send a
+// dead letter. Copies are written in requests of up to 512 KiB; a request
+// the destination refuses as too large (its max.message.bytes) is split in
+// halves and written again, down to a single copy, which is then skipped
+// with an error wrapping kafkago.MessageSizeTooLarge: its dead letter stays.
+// A request answered Not Leader For Partition is sent again a few times
+// (within ctx) after kafka-go has refreshed its metadata.
+//
+// A copy goes to the topic these dead letters belong to (Topic of the
+// DeadLetterConfig, Config.Topic of a Source), or to
+// RedriveOptions.Destination. Headers do not choose it: a dead letter
+// whose reason names another topic (HeaderSource, else HeaderTopic), or
+// none, is skipped with an error wrapping broker.ErrNoSource unless a
+// Destination is given. The dead-letter topic and done topics (names
+// ending in ".queuekit-done") are refused as Destination with an error
+// wrapping broker.ErrInvalidConfig: a copy in a done topic would read as a
+// marker. The copy has the dead letter's key, body and headers, minus the
+// reason headers and HeaderTopic, HeaderPartition and HeaderOffset, plus
+// broker.HeaderRedriven (one more), HeaderRedrivenAt and
+// HeaderRedrivenFrom (the dead letter's ID); its timestamp is the time of
+// the redrive. Back in its own topic it goes to the partition it came from
+// (HeaderPartition) when that partition exists, so that it keeps its place
+// in its key's order whatever partitioner produced it; otherwise it goes
+// where its key hashes (kafkago.Hash). Its consumer sees it as a new
+// record, at Attempt 1. A topic that does not exist is not created: the
+// dead letter is skipped with an error wrapping broker.ErrNoSource and
+// stays, as do those of a topic deleted while the Redrive runs (a
+// copy of theirs may have been written before).
 //
 // A purged dead letter stays in the dead-letter topic until the topic's
 // retention deletes it, but List, Count and Redrive no longer show it.
@@ -255,10 +290,10 @@
 // included.
 //
 // The client needs to read the dead-letter topic, write to the source
-// topics, commit offsets for the group, and (for selections that are not
-// the oldest dead letters) create, read and write the done topic.
-// DeadLetters holds no connection between calls: each call dials its own
-// and closes them before it returns, bounded by its ctx.
+// topic, commit offsets for the group, and create, read and write the done
+// topic. DeadLetters holds no connection between calls: each call dials
+// its own and closes them before it returns, bounded by its ctx. Close
+// with no call in progress returns nil at once.
 //
 // # Testing
 //
