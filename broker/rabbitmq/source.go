@@ -729,6 +729,7 @@ func (s *Source) DeadLetters() broker.DeadLetters {
 			Conn:            s.cfg.Conn,
 			Queue:           s.cfg.Queue,
 			DeadLetterQueue: s.cfg.Topology.DeadLetterQueue,
+			QueueType:       s.cfg.Topology.QueueType, // the type Topology declares the dead-letter queue with
 			Logger:          s.cfg.Logger,
 		})
 		if err != nil {

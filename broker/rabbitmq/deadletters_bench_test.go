@@ -1,0 +1,90 @@
+package rabbitmq
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// TestDeadLettersList10k is the "browse cost" must-show of issue 11: 10,000
+// dead letters listed in one page of MaxListLimit and in pages of 1,000
+// leave the dead-letter queue with the same count and order. The time it
+// takes is BenchmarkDeadLettersList10k's.
+func TestDeadLettersList10k(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10,000 dead letters")
+	}
+	q, _, dl := dlFixture(t, Classic)
+	const n = 10000
+	fillDeadLetters(t, q, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	before := peekIDs(t, q+".dlq")
+	if len(before) != n {
+		t.Fatalf("dead letters = %d; want %d", len(before), n)
+	}
+	page, err := dl.List(ctx, broker.DeadLetterQuery{Limit: broker.MaxListLimit})
+	if err != nil || page.Next != "" || !slices.Equal(ids(page.Items), before) {
+		t.Fatalf("List(limit %d) = %d items, next %q, %v; want the %d in order", broker.MaxListLimit, len(page.Items), page.Next, err, n)
+	}
+	var paged []string
+	for cursor := ""; ; {
+		page, err := dl.List(ctx, broker.DeadLetterQuery{Limit: 1000, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		paged = append(paged, ids(page.Items)...)
+		if page.Next == "" {
+			break
+		}
+		cursor = page.Next
+	}
+	if !slices.Equal(paged, before) {
+		t.Fatalf("paged listing = %d items, in order %v; want the %d in order", len(paged), slices.Equal(paged, before), n)
+	}
+	if c, err := dl.Count(ctx, broker.DeadLetterFilter{}); err != nil || c != n {
+		t.Fatalf("Count = %d, %v; want %d", c, err, n)
+	}
+	if after := peekIDs(t, q+".dlq"); !slices.Equal(after, before) {
+		t.Fatalf("after the listings: %d dead letters, same order %v; want %d in the same order", len(after), slices.Equal(after, before), n)
+	}
+}
+
+// BenchmarkDeadLettersList10k times a full listing of 10,000 dead letters
+// (one List of MaxListLimit), reporting msgs/s.
+func BenchmarkDeadLettersList10k(b *testing.B) {
+	needBroker(b)
+	q := uniqueQueue(b)
+	topo := Topology{}
+	if err := topo.resolve(q); err != nil {
+		b.Fatal(err)
+	}
+	ch, err := rawConn(b).Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := topo.declare(ch, q); err != nil {
+		b.Fatal(err)
+	}
+	_ = ch.Close()
+	const n = 10000
+	fillDeadLetters(b, q, n)
+	dl, err := NewDeadLetters(DeadLetterConfig{Dialer: Dialer{URL: amqpURL()}, Queue: q, Logger: quietLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dl.Close(context.Background())
+	ctx := context.Background()
+	b.ResetTimer()
+	for range b.N {
+		page, err := dl.List(ctx, broker.DeadLetterQuery{Limit: broker.MaxListLimit})
+		if err != nil || len(page.Items) != n {
+			b.Fatalf("List = %d items, %v", len(page.Items), err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
