@@ -2,7 +2,10 @@ package rabbitmq
 
 import (
 	"context"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,6 +81,7 @@ func BenchmarkDeadLettersList10k(b *testing.B) {
 	}
 	defer dl.Close(context.Background())
 	ctx := context.Background()
+	cpu0 := beamCPU()
 	b.ResetTimer()
 	for range b.N {
 		page, err := dl.List(ctx, broker.DeadLetterQuery{Limit: broker.MaxListLimit})
@@ -87,4 +91,37 @@ func BenchmarkDeadLettersList10k(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "msgs/s")
+	if cpu0 >= 0 {
+		if cpu1 := beamCPU(); cpu1 >= 0 {
+			b.ReportMetric((cpu1-cpu0)/float64(b.N), "beam-cpu-s/op")
+		}
+	}
+}
+
+// beamCPU returns the CPU seconds (user+system) of the broker's beam.smp
+// whose pid QUEUEKIT_BEAM_PID names, or -1.
+func beamCPU() float64 {
+	pid := os.Getenv("QUEUEKIT_BEAM_PID")
+	if pid == "" {
+		return -1
+	}
+	raw, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return -1
+	}
+	s := string(raw)
+	i := strings.LastIndexByte(s, ')') // the command may hold spaces
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return -1
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64) // field 14, utime
+	st, err2 := strconv.ParseFloat(f[12], 64) // field 15, stime
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return (ut + st) / 100 // clock ticks: USER_HZ is 100 on Linux
 }
