@@ -50,7 +50,11 @@ type Harness struct {
 	Capabilities Capabilities
 	// Setup creates a fresh, empty destination (queue, topic, subscription
 	// group) for one test case and returns its fixture. It is called once per
-	// case, on the case's *testing.T; use t.Cleanup to delete what it created.
+	// case, on the case's *testing.T, and a second time by the dead-letter
+	// case that needs a destination other than the case's own: the fixtures
+	// of one case must be on the same broker (connection, vhost, cluster),
+	// so that a redrive from one can reach the other. Use t.Cleanup to
+	// delete what it created.
 	Setup func(t *testing.T) Fixture
 	// Timeout bounds each wait of the suite for something that should happen
 	// (a delivery, a dead letter, a consumer draining). Zero means 10s.
@@ -95,6 +99,11 @@ type Fixture struct {
 	// destination, or ctx is done, and returns the dead letters it found, in
 	// order (possibly fewer than n when ctx ended). Required.
 	DeadLetters func(ctx context.Context, t *testing.T, n int) []broker.Message
+	// DeadLetterDestination is the name of the destination's dead-letter
+	// destination (queue, topic), which a Redrive must refuse as
+	// RedriveOptions.Destination. If empty, the case that checks it is
+	// skipped.
+	DeadLetterDestination string
 	// MakeStale makes every outstanding delivery of src stale, as a dropped
 	// connection or a rebalance does, and returns when settling them can
 	// only fail with broker.ErrStaleDelivery. src is a source made by

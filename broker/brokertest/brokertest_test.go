@@ -58,9 +58,37 @@ var mutants = []struct {
 	{"dl-purge-all", []string{"dead letters: Purge deletes exactly the selected dead letters"}},
 	{"dl-purge-unknown-ok", []string{"dead letters: unknown ids are reported missing and change nothing"}},
 	{"dl-empty-selects-all", []string{"dead letters: an empty selection is refused with ErrEmptySelection"}},
+	{"dl-redrive-to-header-source", []string{"dead letters: Redrive does not send a dead letter to a source its headers name"}},
+	{"dl-redrive-creates-destination", []string{"dead letters: Redrive refuses a Destination that does not exist"}},
+	{"dl-redrive-to-own-dead-letters", []string{"dead letters: Redrive refuses the dead-letter destination itself as Destination"}},
 }
 
 const mutantEnv = "BROKERTEST_MUTANT"
+
+var (
+	caseBrokersMu sync.Mutex
+	caseBrokers   = map[*testing.T]*memory.Broker{}
+)
+
+// caseBroker returns the broker of the case t, made on first use and closed
+// when the case ends: the fixtures of one case are on the same broker, as
+// brokertest.Harness.Setup requires.
+func caseBroker(t *testing.T) *memory.Broker {
+	caseBrokersMu.Lock()
+	defer caseBrokersMu.Unlock()
+	if b := caseBrokers[t]; b != nil {
+		return b
+	}
+	b := memory.NewBroker()
+	caseBrokers[t] = b
+	t.Cleanup(func() {
+		b.Close()
+		caseBrokersMu.Lock()
+		delete(caseBrokers, t)
+		caseBrokersMu.Unlock()
+	})
+	return b
+}
 
 // TestSuiteFailsBrokenAdapters runs the suite against each mutant in a
 // child process and checks that the expected cases fail, with a message.
@@ -105,13 +133,13 @@ func TestMutant(t *testing.T) {
 		},
 		Timeout: 2 * time.Second,
 		Setup: func(t *testing.T) brokertest.Fixture {
-			b := memory.NewBroker()
-			t.Cleanup(func() { b.Close() })
+			b := caseBroker(t)
 			queue := fmt.Sprintf("mutant-%d", n.Add(1))
 			return brokertest.Fixture{
-				Destination:        queue,
-				PublishDestination: queue,
-				UnknownDestination: queue + ".unknown",
+				Destination:           queue,
+				DeadLetterDestination: memory.DeadLetterQueue(queue),
+				PublishDestination:    queue,
+				UnknownDestination:    queue + ".unknown",
 				NewPublisher: func(t *testing.T) broker.Publisher {
 					return &mutPublisher{Publisher: b.Publisher(), known: queue, mut: mut}
 				},
@@ -325,8 +353,43 @@ func (d *mutDeadLetters) Redrive(ctx context.Context, sel broker.DeadLetterSelec
 		if !opts.DryRun && sel.Check() == nil {
 			return d.redriveRemovingFirst(ctx, sel, opts)
 		}
+	case "dl-redrive-to-header-source":
+		if opts.Destination == "" && sel.Check() == nil {
+			return d.redriveToHeaderSource(ctx, sel, opts)
+		}
 	}
-	return d.DeadLetters.Redrive(ctx, sel, opts)
+	res, err := d.DeadLetters.Redrive(ctx, sel, opts)
+	switch {
+	case opts.Destination == "":
+	case d.mut == "dl-redrive-creates-destination" && errors.Is(err, broker.ErrNoSource) && len(res.Done) == 0 && len(res.Skipped) == 0:
+		// The destination was refused: create it, as a publish would.
+		if err := d.b.Publish(ctx, opts.Destination); err != nil {
+			return res, err
+		}
+		return d.DeadLetters.Redrive(ctx, sel, opts)
+	case d.mut == "dl-redrive-to-own-dead-letters" && errors.Is(err, broker.ErrInvalidConfig):
+		return res, nil // the refusal swallowed: "nothing to do"
+	}
+	return res, err
+}
+
+// redriveToHeaderSource sends each selected dead letter to the destination
+// its reason names, as if headers chose where a redrive writes.
+func (d *mutDeadLetters) redriveToHeaderSource(ctx context.Context, sel broker.DeadLetterSelection, opts broker.RedriveOptions) (broker.DeadLetterResult, error) {
+	p, err := d.DeadLetters.List(ctx, broker.DeadLetterQuery{DeadLetterFilter: sel.DeadLetterFilter, Limit: broker.MaxListLimit})
+	if err != nil {
+		return broker.DeadLetterResult{}, err
+	}
+	out := broker.DeadLetterResult{Done: []string{}, DryRun: opts.DryRun}
+	for _, dl := range p.Items {
+		one := opts
+		one.Destination = dl.Reason.Source
+		res, _ := d.DeadLetters.Redrive(ctx, broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{IDs: []string{dl.ID}}}, one)
+		out.Done = append(out.Done, res.Done...)
+		out.Skipped = append(out.Skipped, res.Skipped...)
+		out.Missing = append(out.Missing, res.Missing...)
+	}
+	return out, out.Err()
 }
 
 // redriveRemovingFirst removes each selected dead letter before it

@@ -590,3 +590,118 @@ func testDeadLetterEmptySelection(e *env) {
 	}
 	e.nothing(de.src, "a refused Redrive sends nothing")
 }
+
+// foreign returns a second fixture of the case (a second Setup) and a
+// source on it, for the cases that need a destination other than the
+// case's own that exists on the same broker; it skips the case when either
+// fixture leaves Destination empty.
+func (e *dlEnv) foreign() (Fixture, broker.Source) {
+	e.Helper()
+	if e.f.Destination == "" {
+		e.Skip("Fixture.Destination is empty: the case needs the name of the source destination")
+	}
+	f2 := e.h.Setup(e.T)
+	if f2.Destination == "" || f2.NewSource == nil {
+		e.Skip("the second fixture of Setup has no Destination or NewSource")
+	}
+	if f2.Destination == e.f.Destination {
+		e.Fatalf("two fixtures of one case have the same Destination %q; Setup must give a fresh destination each time", f2.Destination)
+	}
+	src := f2.NewSource(e.T, 1)
+	if src == nil {
+		e.Fatal("Fixture.NewSource of the second fixture returned nil")
+	}
+	e.Cleanup(func() { src.Close(context.Background()) })
+	return f2, src
+}
+
+// testDeadLetterForeignSource: headers do not choose where a redrive
+// writes. A dead letter whose reason names another destination, one that
+// exists on the same broker, is skipped with broker.ErrNoSource and stays;
+// nothing arrives in that destination nor in the source. With that
+// destination as RedriveOptions.Destination it goes there (which also shows
+// that the destination exists and is reachable, so that the skip was not
+// for want of it).
+func testDeadLetterForeignSource(e *env) {
+	de := e.deadLetters()
+	f2, other := de.foreign()
+	e.publish(msg("dl-foreign", 0))
+	de.deadLetterNext(func(m *broker.Message) broker.Reason {
+		return broker.Reason{Err: "brokertest: failed", Attempts: 1, Source: f2.Destination, Time: time.Now()}
+	})
+	de.waitCount(broker.DeadLetterFilter{}, 1, "a message was dead-lettered")
+	if dead := de.list(broker.DeadLetterQuery{}); len(dead) != 1 || dead[0].Reason.Source != f2.Destination {
+		e.Fatalf("List = %+v; want the dead letter with Reason.Source %q, as it was dead-lettered (a header names the other destination)", dead, f2.Destination)
+	}
+	for _, dry := range []bool{true, false} {
+		res, err := de.redrive(broker.DeadLetterSelection{All: true}, broker.RedriveOptions{DryRun: dry})
+		if !errors.Is(err, broker.ErrNoSource) || len(res.Done) != 0 || len(res.Skipped) != 1 || !errors.Is(res.Skipped[0], broker.ErrNoSource) {
+			e.Errorf("Redrive(All, DryRun %v) of a dead letter of %q whose reason names %q = %+v, %v; want it skipped with ErrNoSource: headers do not choose where a redrive writes", dry, e.f.Destination, f2.Destination, res, err)
+		}
+	}
+	e.nothing(other, fmt.Sprintf("a dead letter of %q whose headers name %q must not be redriven there", e.f.Destination, f2.Destination))
+	e.nothing(de.src, "a dead letter whose reason names another source is skipped, not sent back")
+	if n, err := de.count(broker.DeadLetterFilter{}); n != 1 || err != nil {
+		e.Fatalf("after Redrive skipped it, Count = %d, %v; want 1: the skipped dead letter stays", n, err)
+	}
+	res, err := de.redrive(broker.DeadLetterSelection{All: true}, broker.RedriveOptions{Destination: f2.Destination})
+	if err != nil || len(res.Done) != 1 {
+		e.Fatalf("Redrive with Destination %q (a second fixture of the case) = %+v, %v; want it done (the fixtures of one case must be on the same broker)", f2.Destination, res, err)
+	}
+	d := e.receive(other, fmt.Sprintf("a dead letter redriven to Destination %q arrives there", f2.Destination))
+	if m := d.Message(); string(m.Body) != "dl-foreign-0" {
+		e.Errorf("redriven to %q: %s; want dl-foreign-0", f2.Destination, describe(m))
+	}
+	e.ack(d)
+	de.waitCount(broker.DeadLetterFilter{}, 0, "a dead letter redriven to a Destination leaves the dead letters")
+}
+
+// refused checks that a Redrive to dest, dry run or not, is refused with an
+// error wrapping broker.ErrNoSource or broker.ErrInvalidConfig, redrives
+// nothing, and leaves the n dead letters where they are.
+func (e *dlEnv) refused(dest, what string, n int) {
+	e.Helper()
+	for _, dry := range []bool{true, false} {
+		res, err := e.redrive(broker.DeadLetterSelection{All: true}, broker.RedriveOptions{Destination: dest, DryRun: dry})
+		if !errors.Is(err, broker.ErrNoSource) && !errors.Is(err, broker.ErrInvalidConfig) || len(res.Done) != 0 {
+			e.Errorf("Redrive(All, DryRun %v) to Destination %q, %s = %+v, %v; want it refused with an error wrapping broker.ErrNoSource or broker.ErrInvalidConfig, nothing done", dry, dest, what, res, err)
+		}
+	}
+	e.nothing(e.src, fmt.Sprintf("a refused Redrive to %q, %s, sends nothing", dest, what))
+	if got, err := e.count(broker.DeadLetterFilter{}); got != n || err != nil {
+		e.Fatalf("after a Redrive to %q, %s, Count = %d, %v; want %d (nothing lost)", dest, what, got, err, n)
+	}
+}
+
+// testDeadLetterMissingDestination: a RedriveOptions.Destination that does
+// not exist (a typo) is refused before anything is sent, dry run or not,
+// with an error wrapping broker.ErrNoSource or broker.ErrInvalidConfig; the
+// dead letters stay.
+func testDeadLetterMissingDestination(e *env) {
+	de := e.deadLetters()
+	const n = 2
+	de.makeDead("dl-missing-dest", n, simpleReason)
+	base := e.f.Destination
+	if base == "" {
+		base = "brokertest"
+	}
+	missing := fmt.Sprintf("%s-brokertest-missing-%d", base, time.Now().UnixNano())
+	de.refused(missing, "which does not exist", n)
+}
+
+// testDeadLetterSelfDestination: the dead-letter destination itself
+// (Fixture.DeadLetterDestination) as RedriveOptions.Destination is refused
+// before anything is sent, dry run or not, with an error wrapping
+// broker.ErrNoSource or broker.ErrInvalidConfig; the dead letters stay.
+func testDeadLetterSelfDestination(e *env) {
+	if e.f.DeadLetterDestination == "" {
+		e.Skip("Fixture.DeadLetterDestination is empty")
+	}
+	de := e.deadLetters()
+	const n = 2
+	de.makeDead("dl-self-dest", n, simpleReason)
+	de.refused(e.f.DeadLetterDestination, "the dead-letter destination itself", n)
+	if dead := de.list(broker.DeadLetterQuery{}); len(dead) != n {
+		e.Errorf("after a Redrive to the dead-letter destination List = %v; want the %d dead letters, once each", dlBodies(dead), n)
+	}
+}

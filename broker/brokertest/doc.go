@@ -81,7 +81,14 @@
 // broker.ErrRedriveLimit and stays, and a higher MaxRedrives lets it go; a
 // dead letter whose source does not exist is skipped with broker.ErrNoSource
 // and stays, and goes to RedriveOptions.Destination when one is given;
-// DryRun redrives and purges report every selected id and change nothing;
+// headers do not choose where a redrive writes: a dead letter whose reason
+// names another destination that exists (a second fixture of the case, on
+// the same broker) is skipped with broker.ErrNoSource, dry run or not, and
+// nothing arrives there, until it is given as Destination; a Destination
+// that does not exist, or the dead-letter destination itself
+// (Fixture.DeadLetterDestination; skipped when empty), is refused with an
+// error wrapping broker.ErrNoSource or broker.ErrInvalidConfig, dry run or
+// not, and the dead letters stay; DryRun redrives and purges report every selected id and change nothing;
 // Purge deletes exactly the selected dead letters (by id, the oldest with
 // Max, All) and Count agrees; unknown ids are reported in Missing with
 // broker.ErrDeadLetterNotFound and change nothing, while known ids given

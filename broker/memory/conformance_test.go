@@ -3,6 +3,7 @@ package memory_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,13 +28,13 @@ func TestConformance(t *testing.T) {
 			PublishedID:          true,
 		},
 		Setup: func(t *testing.T) brokertest.Fixture {
-			b := memory.NewBroker()
-			t.Cleanup(func() { b.Close() })
+			b := caseBroker(t)
 			queue := fmt.Sprintf("conformance-%d", n.Add(1))
 			return brokertest.Fixture{
-				Destination:        queue,
-				NewPublisher:       func(t *testing.T) broker.Publisher { return b.Publisher() },
-				PublishDestination: queue,
+				Destination:           queue,
+				DeadLetterDestination: memory.DeadLetterQueue(queue),
+				NewPublisher:          func(t *testing.T) broker.Publisher { return b.Publisher() },
+				PublishDestination:    queue,
 				NewSource: func(t *testing.T, prefetch int) broker.Source {
 					src, err := b.Source(queue, memory.SourceConfig{Prefetch: prefetch})
 					if err != nil {
@@ -60,4 +61,29 @@ func TestConformance(t *testing.T) {
 			}
 		},
 	})
+}
+
+var (
+	caseBrokersMu sync.Mutex
+	caseBrokers   = map[*testing.T]*memory.Broker{}
+)
+
+// caseBroker returns the broker of the case t, made on first use and closed
+// when the case ends: the fixtures of one case are on the same broker, as
+// brokertest.Harness.Setup requires.
+func caseBroker(t *testing.T) *memory.Broker {
+	caseBrokersMu.Lock()
+	defer caseBrokersMu.Unlock()
+	if b := caseBrokers[t]; b != nil {
+		return b
+	}
+	b := memory.NewBroker()
+	caseBrokers[t] = b
+	t.Cleanup(func() {
+		b.Close()
+		caseBrokersMu.Lock()
+		delete(caseBrokers, t)
+		caseBrokersMu.Unlock()
+	})
+	return b
 }
