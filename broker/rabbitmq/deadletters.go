@@ -678,13 +678,14 @@ func (d *DeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int
 // missing ones and to stop a pass early once every id was found.
 type selection struct {
 	broker.DeadLetterSelection
+	match   func(*broker.DeadLetter) bool
 	want    map[string]bool // ids of the filter; true once seen
 	seen    int
 	matched int
 }
 
 func newSelection(sel broker.DeadLetterSelection) *selection {
-	s := &selection{DeadLetterSelection: sel}
+	s := &selection{DeadLetterSelection: sel, match: sel.Matcher()}
 	if len(sel.IDs) > 0 {
 		s.want = make(map[string]bool, len(sel.IDs))
 		for _, id := range sel.IDs {
@@ -703,7 +704,7 @@ func (s *selection) pick(dl *broker.DeadLetter) bool {
 	if s.Max > 0 && s.matched >= s.Max {
 		return false
 	}
-	if !s.Match(dl) {
+	if !s.match(dl) {
 		return false
 	}
 	s.matched++
@@ -729,9 +730,11 @@ const redriveWindow = 64
 
 // Redrive implements broker.DeadLetters. It reads the dead-letter queue from
 // its head; each selected dead letter is published as a copy (persistent,
-// mandatory, to the default exchange with the source queue's name as its
-// routing key: the queue named in its x-queuekit-source header, or by
-// RabbitMQ's x-death, or opts.Destination), and acknowledged, which removes
+// mandatory, to the default exchange with the queue's name as its routing
+// key: DeadLetterConfig.Queue, or opts.Destination, a queue name; a dead
+// letter whose x-queuekit-source header, or x-death, names another queue, or
+// none, is skipped with broker.ErrNoSource unless opts.Destination is given),
+// and acknowledged, which removes
 // it, only once the broker confirmed the copy. The dead letters not
 // selected, and those skipped, go back to their places. A copy the broker
 // returns because its queue does not exist is skipped with
@@ -755,6 +758,9 @@ func (d *DeadLetters) Redrive(ctx context.Context, sel broker.DeadLetterSelectio
 			return res, fmt.Errorf("rabbitmq: redrive dead letters of %q: %w", d.cfg.Queue, err)
 		}
 	}
+	if dest := opts.Destination; dest == d.cfg.DeadLetterQueue || dest == d.cfg.Queue+".retry" {
+		return res, fmt.Errorf("%w: rabbitmq: redrive dead letters of %q: destination %q is the dead-letter queue or the retry queue", broker.ErrInvalidConfig, d.cfg.Queue, dest)
+	}
 	ctx, release, err := d.begin(ctx, "redrive")
 	if err != nil {
 		return res, err
@@ -766,6 +772,15 @@ func (d *DeadLetters) Redrive(ctx context.Context, sel broker.DeadLetterSelectio
 	}
 	defer s.close()
 	r := redrive{d: d, s: s, res: &res, opts: opts, exists: map[string]bool{}, now: time.Now()}
+	if opts.Destination != "" {
+		ok, err := r.queueExists(opts.Destination)
+		if err != nil {
+			return res, err
+		}
+		if !ok {
+			return res, fmt.Errorf("rabbitmq: redrive dead letters of %q: destination queue %q does not exist: %w", d.cfg.Queue, opts.Destination, broker.ErrNoSource)
+		}
+	}
 	defer r.closePublisher()
 	err = r.run(newSelection(sel))
 	if err != nil {
@@ -811,13 +826,22 @@ func (r *redrive) run(sel *selection) error {
 			r.skip(dl.ID, fmt.Errorf("rabbitmq: dead letter %s was redriven %d times (limit %d): %w", dl.ID, n, limit, broker.ErrRedriveLimit))
 			continue
 		}
+		// Headers do not choose where a redrive writes (anyone who can
+		// write to the dead-letter queue can write headers): the source is
+		// the configured queue, and a dead letter that names another one,
+		// or none, needs a Destination.
 		dest := r.opts.Destination
 		if dest == "" {
-			if dl.Reason.Source == "" {
-				r.skip(dl.ID, fmt.Errorf("rabbitmq: dead letter %s has no %s header (nor x-death): %w", dl.ID, broker.HeaderSource, broker.ErrNoSource))
+			switch dl.Reason.Source {
+			case "":
+				r.skip(dl.ID, fmt.Errorf("rabbitmq: dead letter %s has no %s header (nor x-death); give a Destination: %w", dl.ID, broker.HeaderSource, broker.ErrNoSource))
+				continue
+			case r.d.cfg.Queue:
+			default:
+				r.skip(dl.ID, fmt.Errorf("rabbitmq: dead letter %s came from %q, not %q; give a Destination: %w", dl.ID, dl.Reason.Source, r.d.cfg.Queue, broker.ErrNoSource))
 				continue
 			}
-			dest = dl.Reason.Source
+			dest = r.d.cfg.Queue
 		}
 		if r.opts.DryRun {
 			ok, err := r.queueExists(dest)

@@ -238,8 +238,7 @@
 // RabbitMQ dead-lettered itself (rejected, expired, over a limit) has its
 // Reason read from its newest x-death entry: Source is the queue it died
 // in, Err "dead-lettered by RabbitMQ: <reason>"; HasReason is true. Without
-// reason headers or x-death, HasReason is false and Redrive skips it with
-// broker.ErrNoSource unless RedriveOptions.Destination is set.
+// reason headers or x-death, HasReason is false.
 //
 // AMQP 0-9-1 has no way to read a queue without taking its messages, so a
 // browse takes them and gives them back: each operation is one pass over
@@ -282,9 +281,12 @@
 // it sees a dead letter browsed 10 times.
 //
 // Redrive publishes each selected dead letter, mandatory and persistent, to
-// the default exchange with the source queue's name as the routing key (its
-// x-queuekit-source header, or x-death's queue, or RedriveOptions.Destination,
-// also a queue name), so it arrives on that queue whatever the bindings; its
+// the default exchange with the work queue's name as the routing key (or
+// RedriveOptions.Destination, also a queue name, which must exist and be
+// neither the dead-letter nor the retry queue), so it arrives on that queue
+// whatever the bindings. Headers do not choose where it writes: a dead
+// letter whose x-queuekit-source (or x-death) names another queue, or none,
+// is skipped with broker.ErrNoSource unless a Destination is given; its
 // original routing key stays in x-queuekit-routing-key, so Message.Key is the
 // producer's. The copy has the redrive headers (broker.RedriveHeader) and
 // none of the reason headers, x-death, x-delivery-count,
