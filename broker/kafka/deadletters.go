@@ -296,6 +296,9 @@ type dlState struct {
 	// reset holds the partitions whose committed offset lies past their
 	// end: their progress is ignored.
 	reset map[int]bool
+	// other holds the reset partitions whose progress marker names a
+	// record that is not the one now before it.
+	other map[int]bool
 }
 
 // isDone reports whether the dead letter r of partition p is marked done.
@@ -446,7 +449,7 @@ func (o *dlOp) load() (*dlState, error) {
 		past := false
 		hw := progressMarks(marks)
 		for p := range n {
-			if max(com[p], hw[p]) > last[p] {
+			if max(com[p], hw[p].off) > last[p] {
 				past = true
 			}
 		}
@@ -455,20 +458,26 @@ func (o *dlOp) load() (*dlState, error) {
 		}
 	}
 	hw := progressMarks(marks)
-	st := &dlState{parts: make([]dlPart, n), done: make(map[int]map[int64]string), reset: make(map[int]bool)}
+	if err := o.checkProgress(hw, first, last); err != nil {
+		return nil, err
+	}
+	st := &dlState{parts: make([]dlPart, n), done: make(map[int]map[int64]string), reset: make(map[int]bool), other: make(map[int]bool)}
 	for p := range n {
 		c, ok := com[p]
 		if !ok || c < 0 {
 			c = -1
 		}
-		floor := max(c, hw[p])
-		if floor > last[p] {
+		floor := max(c, hw[p].off)
+		if floor > last[p] || hw[p].other {
 			// The progress lies past the end of the log, read after it
 			// (twice): the topic was recreated (or truncated). The
 			// progress belongs to the old log; the new one starts undone.
-			d.log.Warn("kafka: dead letters: the recorded progress lies past the end of the partition (topic recreated?); starting over",
-				"partition", p, "committed", c, "progress", hw[p], "end", last[p])
+			d.log.Warn("kafka: dead letters: the recorded progress lies past the end of the partition, or the record before it is not the one it was recorded after (topic recreated?); starting over",
+				"partition", p, "committed", c, "progress", hw[p].off, "end", last[p])
 			st.reset[p] = true
+			if hw[p].other {
+				st.other[p] = true
+			}
 			c, floor = -1, -1
 		}
 		start := max(first[p], floor)
@@ -491,21 +500,63 @@ func progressKey(p int, off int64) string {
 	return progressKeyPrefix + deadLetterID(p, off)
 }
 
+// progress is the highest progress marker of a partition.
+type progress struct {
+	off int64
+	// fp is the fingerprint of the record before off when the marker
+	// was written ("" when not known).
+	fp string
+	// other is set by checkProgress when the record now before off is
+	// not that one: the log started over.
+	other bool
+}
+
 // progressMarks returns the highest progress marker of each partition.
-func progressMarks(marks map[string][]byte) map[int]int64 {
-	hw := make(map[int]int64)
+func progressMarks(marks map[string][]byte) map[int]progress {
+	hw := make(map[int]progress)
 	for k, v := range marks {
 		rest, ok := strings.CutPrefix(k, progressKeyPrefix)
 		if !ok || v == nil {
 			continue
 		}
 		if p, off, ok := parseDeadLetterID(rest); ok {
-			if cur, ok := hw[p]; !ok || off > cur {
-				hw[p] = off
+			if cur, ok := hw[p]; !ok || off > cur.off {
+				pr := progress{off: off}
+				// "<redriven|purged> <time> <fingerprint>"
+				if f := strings.Fields(string(v)); len(f) >= 3 {
+					pr.fp = f[2]
+				}
+				hw[p] = pr
 			}
 		}
 	}
 	return hw
+}
+
+// checkProgress reads, for each partition whose progress marker names the
+// record before it, that record, and marks the progress other when it is
+// not the same (a topic recreated and refilled past the old progress, which
+// offsets alone cannot tell). A record deleted by retention (before first)
+// cannot be checked.
+func (o *dlOp) checkProgress(hw map[int]progress, first, last map[int]int64) error {
+	for p, pr := range hw {
+		if pr.fp == "" || pr.off-1 < first[p] || pr.off > last[p] {
+			continue
+		}
+		same := false
+		err := o.scan(o.d.dlt, p, pr.off-1, pr.off, func(r *dlRecord) (bool, error) {
+			same = r.offset == pr.off-1 && fingerprint(r) == pr.fp
+			return true, nil
+		})
+		if err != nil {
+			return err
+		}
+		if !same {
+			pr.other = true
+			hw[p] = pr
+		}
+	}
+	return nil
 }
 
 // readDone reads the done topic: the last value of each key (nil: cleared
@@ -543,7 +594,7 @@ func (o *dlOp) applyDone(st *dlState, marks map[string][]byte) {
 		if rest, ok := strings.CutPrefix(k, progressKeyPrefix); ok {
 			// Progress markers below the highest one, or of a log that
 			// started over, are no longer needed.
-			if p, off, ok := parseDeadLetterID(rest); ok && (p >= len(st.parts) || st.reset[p] || off < hw[p]) {
+			if p, off, ok := parseDeadLetterID(rest); ok && (p >= len(st.parts) || st.reset[p] || off < hw[p].off) {
 				st.stale = append(st.stale, k)
 			}
 			continue
@@ -1092,7 +1143,7 @@ func (d *DeadLetters) handle(ctx context.Context, sel broker.DeadLetterSelection
 			if st.isDone(pt.id, r) {
 				// Done already: an id asked for stays in wanted, and is
 				// Missing.
-				w.alreadyDone(r.offset)
+				w.alreadyDone(r)
 				return false, nil
 			}
 			if wanted != nil {
@@ -1244,6 +1295,7 @@ type dlWork struct {
 	// the offset the group may commit once the batch is recorded.
 	contiguous bool
 	prefix     int64
+	prefixFP   string // the fingerprint of the record before prefix, if known
 	batch      []dlItem
 	// written are the keys this call wrote to the done topic: never
 	// tombstoned as stale by it.
@@ -1262,12 +1314,14 @@ type dlItem struct {
 }
 
 func (w *dlWork) begin(pt *dlPart) {
-	w.pt, w.contiguous, w.prefix, w.batch, w.covered = pt, true, pt.start, nil, nil
+	w.pt, w.contiguous, w.prefix, w.prefixFP, w.batch, w.covered = pt, true, pt.start, "", nil, nil
 }
 
-func (w *dlWork) alreadyDone(off int64) {
+func (w *dlWork) alreadyDone(r *dlRecord) {
+	off := r.offset
 	if w.contiguous {
 		w.prefix = off + 1
+		w.prefixFP = fingerprint(r)
 		w.covered = append(w.covered, deadLetterID(w.pt.id, off))
 	}
 }
@@ -1276,9 +1330,11 @@ func (w *dlWork) keep() { w.contiguous = false }
 
 func (w *dlWork) add(r *dlRecord, id string, cp *dlCopy) error {
 	off := r.offset
-	w.batch = append(w.batch, dlItem{off: off, id: id, fp: fingerprint(r), cp: cp, inPrefix: w.contiguous})
+	fp := fingerprint(r)
+	w.batch = append(w.batch, dlItem{off: off, id: id, fp: fp, cp: cp, inPrefix: w.contiguous})
 	if w.contiguous {
 		w.prefix = off + 1
+		w.prefixFP = fp
 	}
 	if len(w.batch) >= redriveBatch {
 		return w.flush()
@@ -1315,6 +1371,10 @@ func (w *dlWork) flush() error {
 			if _, skip := tooLarge[i]; skip && it.inPrefix && !cut {
 				cut = true
 				w.prefix = it.off
+				w.prefixFP = ""
+				if i > 0 && batch[i-1].off == it.off-1 {
+					w.prefixFP = batch[i-1].fp
+				}
 				w.contiguous = false
 			}
 			if cut {
@@ -1348,7 +1408,11 @@ func (w *dlWork) flush() error {
 	advance := w.prefix > w.pt.start && w.prefix > w.pt.committed && w.prefix > w.pt.recorded
 	if advance {
 		k := progressKey(w.pt.id, w.prefix)
-		marks = append(marks, outRecord{key: []byte(k), value: []byte(value)})
+		v := value
+		if w.prefixFP != "" {
+			v += " " + w.prefixFP
+		}
+		marks = append(marks, outRecord{key: []byte(k), value: []byte(v)})
 		w.written[k] = true
 	}
 	if len(marks) > 0 {
@@ -1359,7 +1423,9 @@ func (w *dlWork) flush() error {
 	if advance {
 		if w.pt.recorded >= 0 {
 			// The previous progress marker of this call is below the new one.
-			w.st.stale = append(w.st.stale, progressKey(w.pt.id, w.pt.recorded))
+			prev := progressKey(w.pt.id, w.pt.recorded)
+			delete(w.written, prev)
+			w.st.stale = append(w.st.stale, prev)
 		}
 		w.pt.recorded = w.prefix
 		w.st.stale = append(w.st.stale, w.covered...)
@@ -1683,7 +1749,7 @@ func (o *dlOp) resetProgress(st *dlState) error {
 		return err
 	}
 	for p := range st.reset {
-		if c, ok := com[p]; ok && c > last[p] {
+		if c, ok := com[p]; ok && (c > last[p] || st.other[p] && c > st.parts[p].start) {
 			if err := o.commit(p, st.parts[p].start, true); err != nil {
 				return fmt.Errorf("reset the progress of partition %d: %w", p, err)
 			}

@@ -218,7 +218,8 @@
 //     marker written last by a slower concurrent call does not replace a
 //     higher one (compaction keeps both), and a call deletes a marker
 //     (a tombstone) only below a higher one it read: the progress never
-//     moves back;
+//     moves back. Its value is "<redriven|purged> <time> <fingerprint>",
+//     the fingerprint of the record just before the offset (see below);
 //   - done markers, keyed "<partition>:<offset>", valued "redriven <time>
 //     <fingerprint>" or "purged <time> <fingerprint>", for a dead letter
 //     done past the progress — selected by id or by a filter, while an
@@ -244,10 +245,13 @@
 // progress meanwhile; such a partition is read once more before its
 // progress is dropped (its markers deleted, the group's offset set back to
 // the log start). A topic recreated and refilled past its old progress
-// before any call looks cannot be told from the old one by offsets:
-// kafka-go does not expose the topic ID of newer Metadata versions. The
-// dead letters below the old progress are then taken as done; done markers
-// past it are still checked against the records by their fingerprints.
+// cannot be told from the old one by offsets, and kafka-go does not expose
+// the topic ID of newer Metadata versions; so a progress marker also holds
+// the fingerprint of the record just before its offset, and a call reads
+// that record: when it is not the same one, the log started over, and the
+// progress is dropped as above. (Kafka deletes a group's offsets of a
+// deleted topic; the done topic is not deleted with it.) A record before
+// the progress that retention already deleted cannot be checked.
 //
 // A Redrive handles the selected dead letters in batches of up to 256, by
 // partition and offset. For each batch it first writes the copies and

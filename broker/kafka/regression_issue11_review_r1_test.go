@@ -372,3 +372,52 @@ func TestIssue11R1RedriveRetriesAMovedLeader(t *testing.T) {
 		t.Errorf("the source holds %d copies; want 1", got)
 	}
 }
+
+// R1 (recreate_test.go): the dead-letter topic deleted and recreated after
+// a Redrive All recorded progress 10, and refilled with 15 dead letters:
+// the old progress (10 <= the new end) was taken for the new log's, and the
+// first 10 new dead letters were neither listed, counted nor redriven. The
+// progress marker now names the record before it by its fingerprint.
+func TestIssue11R1RecreatedTopicRefilledPastTheProgress(t *testing.T) {
+	e := newEnv(t)
+	topic := e.dlTopics(t, "r1-recreate", 1)
+	dlt := topic + ".dlt"
+	ctx := dlCtx(t)
+	for i := range 10 {
+		e.produceRecs(t, dlt, 0, dlRecord("old", fmt.Sprint("old-", i), topic, 0, int64(i)))
+	}
+	d := newDeadLetters(t, e, topic)
+	if res, err := d.Redrive(ctx, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{}); err != nil || len(res.Done) != 10 {
+		t.Fatalf("Redrive: %d %v", len(res.Done), err)
+	}
+	cli, tr := e.client()
+	defer tr.CloseIdleConnections()
+	if _, err := cli.DeleteTopics(ctx, &kafkago.DeleteTopicsRequest{Topics: []string{dlt}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the dead-letter topic deleted", 10*time.Second, func() bool { return !e.topicExists(t, dlt) })
+	e.createTopic(t, dlt, 1)
+	for i := range 15 {
+		e.produceRecs(t, dlt, 0, dlRecord("new", fmt.Sprint("new-", i), topic, 0, int64(i)))
+	}
+	if n := count(t, d, broker.DeadLetterFilter{}); n != 15 {
+		t.Errorf("Count after the topic was recreated with 15 dead letters = %d; want 15", n)
+	}
+	res, err := d.Redrive(ctx, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{})
+	if err != nil || len(res.Done) != 15 {
+		t.Errorf("Redrive All after: done %v, %v; want 15", res.Done, err)
+	}
+	for i := range 3 {
+		e.produceRecs(t, dlt, 0, dlRecord("new2", fmt.Sprint("new2-", i), topic, 0, int64(i)))
+	}
+	if n := count(t, d, broker.DeadLetterFilter{}); n != 3 {
+		t.Errorf("Count with 3 more = %d; want 3", n)
+	}
+	copies := map[string]int{}
+	for _, m := range e.readTopic(t, topic, partitions) {
+		copies[string(m.Key)]++
+	}
+	if copies["old"] != 10 || copies["new"] != 15 {
+		t.Errorf("copies in the source: %v; want old 10, new 15", copies)
+	}
+}
