@@ -90,6 +90,7 @@ func conformanceFixture(t *testing.T, typ string) brokertest.Fixture {
 			t.Cleanup(func() { _ = src.Close(context.Background()) })
 			return src
 		},
+		DeadLetterDestination: topo.DeadLetterQueue,
 		DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
 			return readQueue(ctx, t, topo.DeadLetterQueue, n)
 		},
