@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -422,20 +423,26 @@ func RedriveHeader(h map[string]string, id string, now time.Time) map[string]str
 		}
 		out[k] = v
 	}
-	n, _ := strconv.Atoi(h[HeaderRedriven])
-	if n < 0 {
-		n = 0
+	n := Redriven(h)
+	if n < math.MaxInt {
+		n++ // a count at the largest int stays there: it is over any limit
 	}
-	out[HeaderRedriven] = strconv.Itoa(n + 1)
+	out[HeaderRedriven] = strconv.Itoa(n)
 	out[HeaderRedrivenAt] = now.UTC().Format(time.RFC3339Nano)
 	out[HeaderRedrivenFrom] = id
 	return out
 }
 
-// Redriven returns the HeaderRedriven count of h (0 when absent or invalid).
+// Redriven returns the HeaderRedriven count of h: 0 when absent, empty,
+// negative or not a number, and the largest int when it is a number too
+// large for one (so that a count past any limit stays past it).
 func Redriven(h map[string]string) int {
-	n, err := strconv.Atoi(h[HeaderRedriven])
-	if err != nil || n < 0 {
+	v := h[HeaderRedriven]
+	n, err := strconv.Atoi(v)
+	switch {
+	case err != nil && errors.Is(err, strconv.ErrRange) && !strings.HasPrefix(v, "-"):
+		return math.MaxInt
+	case err != nil || n < 0:
 		return 0
 	}
 	return n

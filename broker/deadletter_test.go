@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -367,5 +368,16 @@ func TestMatcherAgreesWithMatch(t *testing.T) {
 	}
 	if !(broker.DeadLetterFilter{}).Matcher()(&broker.DeadLetter{ID: "x"}) {
 		t.Fatal("zero filter's Matcher does not match")
+	}
+}
+
+func TestRedrivenCountTooLargeStaysOverTheLimit(t *testing.T) {
+	h := map[string]string{broker.HeaderRedriven: "99999999999999999999"}
+	if got := broker.Redriven(h); got != math.MaxInt {
+		t.Fatalf("Redriven(%q) = %d; want MaxInt", h[broker.HeaderRedriven], got)
+	}
+	out := broker.RedriveHeader(h, "x", time.Now())
+	if got := broker.Redriven(out); got != math.MaxInt {
+		t.Fatalf("after RedriveHeader, %s = %q (Redriven %d); want a count that stays over any limit", broker.HeaderRedriven, out[broker.HeaderRedriven], got)
 	}
 }
