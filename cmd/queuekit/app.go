@@ -53,7 +53,9 @@ Target (one broker):
   --timeout D           bound on the whole command, connecting included (default 30s)
 
 Filters (combine with AND):
-  --id ID               this dead letter (repeatable, or a comma-separated list)
+  --id ID               this dead letter (repeatable, or a comma-separated list),
+                        written as the table prints it: \\ for a backslash,
+                        \x1b, \u202e, …; a comma in an id is \x2c
   --reason TEXT         error text contains TEXT (case-insensitive)
   --source NAME         dead-lettered from this queue or topic
   --older-than D        dead-lettered more than D ago (e.g. 1h, 30m)
@@ -64,6 +66,8 @@ after N (oldest first). A redrive or purge without one is refused.
 
 Passwords in URLs are never printed. Message text is escaped for the terminal
 (control characters as \x1b, \n, \u202e, …); show --raw writes the body as it is.
+--json escapes control and format characters as \uXXXX; a string that is not
+UTF-8 has its bad bytes replaced by U+FFFD there: use the table's escaped id.
 
 ` + exitCodesDoc
 
@@ -118,7 +122,11 @@ func version() string {
 // and returns its exit code.
 func (a *app) fail(err error, amqpURL string) int {
 	code := exitCode(err)
-	a.printErr(redact(err, amqpURL))
+	text := redact(err, amqpURL)
+	if isVhostRefused(err) {
+		text += " (vhost not found or not allowed: check the URL's path and the user's permissions)"
+	}
+	a.printErr(text)
 	if code == exitUsage {
 		fmt.Fprintln(a.stderr, "Run 'queuekit help' for usage.")
 	}
@@ -135,7 +143,7 @@ const closeBound = 2 * time.Second
 // printErr prints an error's text, escaped, after the command's name.
 func (a *app) printErr(text string) {
 	text = strings.TrimPrefix(text, "queuekit: ") // broker.ErrInvalidConfig's own prefix
-	fmt.Fprintf(a.stderr, "queuekit: %s\n", escape(text))
+	fmt.Fprintf(a.stderr, "queuekit: %s\n", escapeErr(text))
 }
 
 // options are the parsed flags of a dlq command.
@@ -363,6 +371,26 @@ func (a *app) resolve(cmd string, fs *flag.FlagSet, o *options) error {
 		if o.topic == "" {
 			return &usageError{"Kafka: give the source topic with --topic (its dead letters are in --dlt, default TOPIC.dlt)"}
 		}
+	}
+	// Ids and cursors are given as the tables print them (escaped).
+	for i, id := range o.ids {
+		u, err := unescape(id)
+		if err != nil {
+			return &usageError{fmt.Sprintf("--id \"%s\": %v", id, err)}
+		}
+		o.ids[i] = u
+	}
+	if cmd == "show" {
+		u, err := unescape(o.args[0])
+		if err != nil {
+			return &usageError{fmt.Sprintf("dlq show: ID \"%s\": %v", o.args[0], err)}
+		}
+		o.args[0] = u
+	}
+	if u, err := unescape(o.cursor); err != nil {
+		return &usageError{fmt.Sprintf("--cursor \"%s\": %v", o.cursor, err)}
+	} else {
+		o.cursor = u
 	}
 	now := a.now()
 	o.filter.IDs = o.ids

@@ -27,6 +27,11 @@ func (c *command) list(ctx context.Context) error {
 	q := broker.DeadLetterQuery{DeadLetterFilter: c.o.filter, Limit: c.o.limit, Cursor: c.o.cursor}
 	page, err := c.dl.List(ctx, q)
 	if err != nil {
+		if c.o.cursor != "" && errors.Is(err, broker.ErrDeadLetterNotFound) {
+			// RabbitMQ's cursor names a dead letter, which may have been
+			// redriven or purged since: exit 1, as for any missing one.
+			return fmt.Errorf("%w (the dead letter the cursor names is gone: list again without --cursor)", err)
+		}
 		return err
 	}
 	if c.o.json {
@@ -76,7 +81,7 @@ func (c *command) show(ctx context.Context) error {
 		q.Cursor = page.Next
 	}
 	if d == nil {
-		return &partialError{fmt.Errorf("%w: \"%s\"", broker.ErrDeadLetterNotFound, id)}
+		return &partialError{fmt.Errorf("%w: \"%s\"", broker.ErrDeadLetterNotFound, escape(id))}
 	}
 	if c.o.json {
 		return c.printJSON(d)
@@ -195,7 +200,7 @@ func (c *command) report(res broker.DeadLetterResult, err error, did, would stri
 			fmt.Fprintf(tw, "%s\t%s\n", verb, escape(id))
 		}
 		for _, s := range res.Skipped {
-			fmt.Fprintf(tw, "skipped\t%s\t%s\n", escape(s.ID), escape(s.Err))
+			fmt.Fprintf(tw, "skipped\t%s\t%s\n", escape(s.ID), escapeErr(s.Err))
 		}
 		for _, id := range res.Missing {
 			fmt.Fprintf(tw, "missing\t%s\t%s\n", escape(id), "not a dead letter there")
@@ -260,10 +265,15 @@ func isMoreSkipped(e error) bool {
 	return err == nil
 }
 
+// printJSON writes v as indented JSON, with every character a terminal would
+// act on escaped (escapeJSON).
 func (c *command) printJSON(v any) error {
-	enc := json.NewEncoder(c.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	js, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = c.stdout.Write(append(escapeJSON(js), '\n'))
+	return err
 }
 
 // age is how long ago d was dead-lettered, rounded for people ("-" when

@@ -55,17 +55,31 @@
 // Text taken from messages (ids, errors, headers, bodies) is escaped before
 // it reaches the terminal: control characters, bidirectional overrides and
 // bytes that are not UTF-8 are printed as Go escapes (\x1b, \n, \u202e), a
-// backslash as \\. show --raw writes the body as it is. Passwords in URLs
-// are never printed: errors are passed through rabbitmq.RedactError.
+// backslash as \\. show --raw writes the body as it is. Errors quote names
+// as the adapters do ("work\x1b…"), escaped once. Passwords in URLs are
+// never printed: errors are passed through rabbitmq.RedactError.
+//
+// --id, show's ID and --cursor take an id or a cursor as the tables print
+// it, escapes included, so that every id can be given back exactly, even
+// one that is not UTF-8; a backslash that starts no escape is refused (exit
+// 2), and a comma in an id is written \x2c (--id splits on commas).
+//
+// --json escapes control and format characters (bidirectional overrides,
+// zero-width characters, line separators) as \uXXXX, JSON's own escapes, so
+// the decoded data is unchanged. JSON strings cannot hold bytes that are not
+// UTF-8: encoding/json writes them as U+FFFD, so for such an id use the
+// table's escaped form.
 //
 // # Exit codes
 //
 //	0  done: every selected dead letter was listed, redriven or purged
-//	1  partly done: some named dead letters are missing (or show found none),
+//	1  partly done: some named dead letters are missing (or show found none,
+//	   or the dead letter a --cursor names is gone),
 //	   or some selected ones were skipped (redrive limit, no source); the
 //	   output says which
 //	2  usage error: bad flags or arguments, an empty selection, bad configuration
 //	3  cannot connect: the broker cannot be reached or refused the credentials
+//	   or the vhost
 //	4  the operation failed: the broker refused it (e.g. no such queue), it
 //	   did not finish within --timeout (also when a host accepted the
 //	   connection but never answered), or it was interrupted; what was done

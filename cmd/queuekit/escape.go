@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -114,4 +116,119 @@ func completeEscape(esc string) bool {
 	default:
 		return true
 	}
+}
+
+// escapeErr escapes the text of an error for the terminal like escape, but
+// leaves backslashes as they are: the adapters quote names in their errors
+// with %q (Go syntax, whose escapes are already printable), and doubling
+// those backslashes would print them twice escaped ("\\x1b"). Control and
+// format characters that reach the text raw are still escaped.
+func escapeErr(s string) string {
+	if !strings.ContainsRune(s, '\\') {
+		return escape(s)
+	}
+	parts := strings.Split(s, `\`)
+	for i, p := range parts {
+		parts[i] = escape(p)
+	}
+	return strings.Join(parts, `\`)
+}
+
+// unescape reads back a string that escape wrote: an id or a cursor as the
+// table prints it. \\, \n, \r, \t, \xHH (one byte, so bytes that are not
+// UTF-8 round-trip), \uHHHH and \UHHHHHHHH are decoded; a backslash before
+// anything else is an error, so that no text has two readings. A string
+// without a backslash is itself.
+func unescape(s string) (string, error) {
+	if !strings.ContainsRune(s, '\\') {
+		return s, nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c != '\\' {
+			b.WriteByte(c)
+			i++
+			continue
+		}
+		if i+1 >= len(s) {
+			return "", fmt.Errorf("a lone backslash at the end (write a backslash as \\\\)")
+		}
+		var n int // hex digits that follow
+		switch s[i+1] {
+		case '\\':
+			b.WriteByte('\\')
+		case 'n':
+			b.WriteByte('\n')
+		case 'r':
+			b.WriteByte('\r')
+		case 't':
+			b.WriteByte('\t')
+		case 'x':
+			n = 2
+		case 'u':
+			n = 4
+		case 'U':
+			n = 8
+		default:
+			return "", fmt.Errorf("unknown escape \\%c (the escapes are \\\\, \\n, \\r, \\t, \\xHH, \\uHHHH, \\UHHHHHHHH; write a backslash as \\\\)", s[i+1])
+		}
+		if n == 0 {
+			i += 2
+			continue
+		}
+		if i+2+n > len(s) {
+			return "", fmt.Errorf("short escape \\%c: want %d hex digits", s[i+1], n)
+		}
+		v, err := strconv.ParseUint(s[i+2:i+2+n], 16, 32)
+		if err != nil {
+			return "", fmt.Errorf("bad escape \\%s: want %d hex digits", s[i+1:i+2+n], n)
+		}
+		if n == 2 {
+			b.WriteByte(byte(v))
+		} else {
+			if !utf8.ValidRune(rune(v)) {
+				return "", fmt.Errorf("bad escape \\%s: not a Unicode character", s[i+1:i+2+n])
+			}
+			b.WriteRune(rune(v))
+		}
+		i += 2 + n
+	}
+	return b.String(), nil
+}
+
+// escapeJSON rewrites encoding/json's output so that it holds no character a
+// terminal would act on: encoding/json escapes C0 controls and U+2028/U+2029
+// but writes DEL, C1 controls, bidirectional overrides, zero-width and other
+// format characters as they are. Each such rune becomes \uXXXX (a surrogate
+// pair above U+FFFF), which a JSON reader decodes to the same string.
+// Outside strings JSON is printable ASCII, so every rune rewritten is inside
+// a string.
+func escapeJSON(js []byte) []byte {
+	plain := true
+	for _, c := range js {
+		if c >= 0x7f {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return js
+	}
+	out := make([]byte, 0, len(js)+16)
+	for i := 0; i < len(js); {
+		r, size := utf8.DecodeRune(js[i:])
+		if r == 0x7f || r >= 0x80 && unsafeRune(r) {
+			if r > 0xffff {
+				r1, r2 := utf16.EncodeRune(r)
+				out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
+			} else {
+				out = fmt.Appendf(out, `\u%04x`, r)
+			}
+		} else {
+			out = append(out, js[i:i+size]...)
+		}
+		i += size
+	}
+	return out
 }

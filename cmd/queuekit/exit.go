@@ -22,11 +22,13 @@ const (
 	exitFailed   = 4 // the operation failed, timed out or was interrupted
 	exitCodesDoc = `Exit codes:
   0  done: every selected dead letter was listed, redriven or purged
-  1  partly done: some named dead letters are missing (or show found none),
+  1  partly done: some named dead letters are missing (or show found none,
+     or the dead letter a --cursor names is gone),
      or some selected ones were skipped (redrive limit, no source); the
      output says which
   2  usage error: bad flags or arguments, an empty selection, bad configuration
   3  cannot connect: the broker cannot be reached or refused the credentials
+     or the vhost
   4  the operation failed: the broker refused it (e.g. no such queue), it
      did not finish within --timeout (also when a host accepted the
      connection but never answered), or it was interrupted; what was done
@@ -49,6 +51,10 @@ func exitCode(err error) int {
 		return exitUsage
 	case isConnectError(err):
 		return exitConnect
+	case isPartial(err):
+		// A dead letter that is not there (a cursor's, since removed):
+		// exit 1, as for a missing --id.
+		return exitPartial
 	default:
 		return exitFailed
 	}
@@ -73,7 +79,7 @@ func isConnectError(err error) bool {
 		kerr    kafkago.Error
 	)
 	switch {
-	case errors.Is(err, amqp.ErrCredentials), errors.Is(err, amqp.ErrSASL), errors.Is(err, amqp.ErrVhost):
+	case errors.Is(err, amqp.ErrCredentials), errors.Is(err, amqp.ErrSASL), isVhostRefused(err):
 		return true
 	case errors.As(err, &op) && op.Op == "dial", errors.As(err, &dns):
 		return true
@@ -86,4 +92,13 @@ func isConnectError(err error) bool {
 		}
 	}
 	return false
+}
+
+// isVhostRefused reports whether err is RabbitMQ's refusal of the URL's
+// vhost: 530 NOT_ALLOWED in answer to connection.open ("vhost x not found",
+// "access to vhost 'x' refused for user 'u'"), or amqp091's own ErrVhost
+// when the broker closed the socket without a word.
+func isVhostRefused(err error) bool {
+	var aerr *amqp.Error
+	return errors.Is(err, amqp.ErrVhost) || errors.As(err, &aerr) && aerr.Server && aerr.Code == amqp.NotAllowed
 }

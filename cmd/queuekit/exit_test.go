@@ -36,6 +36,10 @@ func TestExitCode(t *testing.T) {
 		{"interrupted", context.Canceled, exitFailed},
 		{"no such queue", fmt.Errorf("x: %w", &amqp.Error{Code: amqp.NotFound, Reason: "NOT_FOUND"}), exitFailed},
 		{"a read error mid-operation", &net.OpError{Op: "read", Err: errors.New("reset")}, exitFailed},
+		// Review of issue 11's CLI, findings 3 and 4.
+		{"the cursor's dead letter is gone", fmt.Errorf("list: cursor \"5:m\": %w", broker.ErrDeadLetterNotFound), exitPartial},
+		{"a missing dead letter among broker failures", errors.Join(broker.ErrDeadLetterNotFound, &amqp.Error{Code: amqp.NotFound}), exitFailed},
+		{"vhost not found (530 from the broker)", fmt.Errorf("dial: %w", rabbitmq.RedactError(&amqp.Error{Code: amqp.NotAllowed, Server: true, Reason: "NOT_ALLOWED - vhost nope not found"}, raw)), exitConnect},
 	} {
 		if got := exitCode(tc.err); got != tc.want {
 			t.Errorf("%s: exitCode(%v) = %d; want %d", tc.name, tc.err, got, tc.want)

@@ -288,6 +288,19 @@ func TestRabbitMQConnectionFailures(t *testing.T) {
 		}
 	})
 
+	// Review of issue 11's CLI, finding 4: RabbitMQ refuses a vhost that
+	// does not exist (or that the user may not use) with 530 NOT_ALLOWED,
+	// which exited 4 as a failed operation.
+	t.Run("no such vhost: exit 3, the message says vhost", func(t *testing.T) {
+		nope := *parsed
+		nope.Path = fmt.Sprintf("/queuekit-test-never-created-%08x", rand.Uint32())
+		r := queuekit(t, nil, "dlq", "list", "--queue", "q", "--amqp-url", nope.String())
+		wantCode(t, r, exitConnect)
+		if !strings.Contains(r.stderr, "vhost not found or not allowed") {
+			t.Errorf("stderr does not name the vhost as the cause:\n%s", r.stderr)
+		}
+	})
+
 	t.Run("no dead-letter queue: exit 4", func(t *testing.T) {
 		r := queuekit(t, []string{"AMQP_URL=" + u}, "dlq", "list", "--queue", fmt.Sprintf("never-declared-%08x", rand.Uint32()))
 		wantCode(t, r, exitFailed)
