@@ -66,6 +66,8 @@ type handler struct {
 	timeout time.Duration
 	page    int
 
+	gates gates // per runner: the broker calls still running (call)
+
 	rmu   sync.Mutex
 	rates map[string]*rateState // per runner name, for the per-second rates
 }
@@ -189,6 +191,17 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := h.authorize(r); err != nil {
 		h.log.Info("queuekit: admin: request refused", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", err)
 		writeError(w, api, http.StatusForbidden, "forbidden: "+publicReason(err))
+		return
+	}
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		// Another site's page (or a sibling subdomain's: "same-site") made
+		// the browser send this, if only an <img>: refused, GETs too, since
+		// a GET makes the broker work (a dead-letter listing browses the
+		// queue on RabbitMQ). The operator's own pages are "same-origin",
+		// a typed or bookmarked URL "none"; clients that are not browsers
+		// send no such header.
+		h.log.Info("queuekit: admin: cross-site request refused", "path", r.URL.Path, "remote", r.RemoteAddr, "sec-fetch-site", site)
+		writeError(w, api, http.StatusForbidden, "forbidden: cross-site request (Sec-Fetch-Site: "+site+")")
 		return
 	}
 	if err := h.origin.Check(r); err != nil {

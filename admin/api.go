@@ -101,21 +101,21 @@ func (h *handler) redriveOptions(q *Request) broker.RedriveOptions {
 // act runs a redrive or purge (op) for q and logs it.
 func (h *handler) act(ctx context.Context, r *http.Request, op string, q *Request) (Result, error) {
 	out := Result{Runner: q.Runner, Op: op}
-	dl, err := h.sup.DeadLetters(q.Runner)
-	if err != nil {
-		return out, err
-	}
 	sel := q.selection()
 	if err := sel.Check(); err != nil {
 		return out, err
 	}
+	var err error
 	switch op {
 	case "redrive":
-		out.Result, err = redriveSafely(ctx, dl, sel, h.redriveOptions(q))
+		out.Result, err = h.redriveDL(ctx, q.Runner, sel, h.redriveOptions(q))
 	case "purge":
-		out.Result, err = purgeSafely(ctx, dl, sel, q.DryRun)
+		out.Result, err = h.purgeDL(ctx, q.Runner, sel, q.DryRun)
 	default:
 		return out, fmt.Errorf("unknown operation %q", op)
+	}
+	for i := range out.Result.Skipped {
+		out.Result.Skipped[i].Err = redact(out.Result.Skipped[i].Err)
 	}
 	if err != nil {
 		out.Error = err.Error()
@@ -129,12 +129,12 @@ func (h *handler) act(ctx context.Context, r *http.Request, op string, q *Reques
 
 // pauseResume pauses or resumes a runner and logs it.
 func (h *handler) pauseResume(ctx context.Context, r *http.Request, op, name string) error {
-	var err error
-	if op == "pause" {
-		err = h.sup.Pause(ctx, name)
-	} else {
-		err = h.sup.Resume(ctx, name)
-	}
+	_, err := call(ctx, h, name, op, func(ctx context.Context) (struct{}, error) {
+		if op == "pause" {
+			return struct{}{}, h.sup.Pause(ctx, name)
+		}
+		return struct{}{}, h.sup.Resume(ctx, name)
+	})
 	h.log.Info("queuekit: admin: "+op, "runner", name, "error", err, "remote", r.RemoteAddr)
 	return err
 }
@@ -237,17 +237,12 @@ func (h *handler) apiDeadLetters(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	runner := r.URL.Query().Get("runner")
-	dl, err := h.sup.DeadLetters(runner)
+	page, err := h.listDL(r.Context(), runner, q)
 	if err != nil {
 		writeError(w, true, statusOf(err, nil), err.Error())
 		return
 	}
-	page, err := listSafely(r.Context(), dl, q)
-	if err != nil {
-		writeError(w, true, statusOf(err, nil), err.Error())
-		return
-	}
-	n, err := countSafely(r.Context(), dl, q.DeadLetterFilter)
+	n, err := h.countDL(r.Context(), runner, q.DeadLetterFilter)
 	if err != nil {
 		n = -1
 	}
@@ -332,10 +327,10 @@ func writeError(w http.ResponseWriter, api bool, code int, msg string) {
 	if api {
 		writeJSON(w, code, struct {
 			Error string `json:"error"`
-		}{msg})
+		}{redact(msg)})
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(code)
-	_, _ = io.WriteString(w, strings.ToValidUTF8(msg, "\uFFFD")+"\n")
+	_, _ = io.WriteString(w, strings.ToValidUTF8(redact(msg), "\uFFFD")+"\n")
 }

@@ -55,6 +55,15 @@
 //
 // # Cross-site requests
 //
+// Every request a browser labels as coming from another site
+// (Sec-Fetch-Site: cross-site, or same-site: a sibling subdomain) is
+// refused with 403, GETs included: a page elsewhere could otherwise make
+// an operator's browser load the pages, if only through an <img>, and each
+// load makes the brokers work (a dead-letter listing browses the queue on
+// RabbitMQ). The handler's own pages are same-origin, a typed or
+// bookmarked address is "none"; requests without the header (curl, a
+// program, an old browser) pass, and meet the checks below.
+//
 // What changes anything (and the confirmation page's dry run) is a POST,
 // refused with 403 unless it passes both http.CrossOriginProtection (the
 // browser says the request comes from another site) and a CSRF token: a
@@ -74,6 +83,23 @@
 // counters (consumer.Stats) between two requests at least a second apart,
 // so the first load shows none. The backlog is Supervisor.Backlog's,
 // cached by each consumer; dead letters are counted on every load of the
-// index, which on RabbitMQ browses the dead-letter queue: bounded by
-// Config.Timeout.
+// index, which on RabbitMQ browses the dead-letter queue.
+//
+// # Calls into runners and brokers
+//
+// Each call the handler makes to a runner or its broker (Backlog, Count,
+// List, Redrive, Purge, Pause, Resume) runs on a goroutine of its own that
+// the request abandons at Config.Timeout, even when the call ignores its
+// context; the call finishes on its own. At most 4 calls per runner may be
+// running at once: while that many are stuck, more are refused with an
+// error on the page rather than piling up with each refresh. A redrive or
+// purge abandoned that way may still complete: look again. A panic in a
+// call, or an error whose Error method panics (a typed nil), is shown as
+// an error and costs nothing else.
+//
+// # Passwords
+//
+// Every error and reason the handler shows has the passwords of the URLs
+// in it hidden (amqp://user:xxxxx@host, ?password=xxxxx): client libraries
+// often name the broker's URL, credentials included, in their errors.
 package admin

@@ -132,10 +132,8 @@ func (h *handler) confirmPage(w http.ResponseWriter, r *http.Request, rt route, 
 	}
 	d := confirmData{Title: h.cfg.Title, CSRF: h.token(w, r, rt), Runner: q.Runner, Op: op, Req: *q, Matching: -1,
 		Limit: h.redriveOptions(q).MaxRedrives}
-	if dl, err := h.sup.DeadLetters(q.Runner); err == nil {
-		if n, err := countSafely(r.Context(), dl, q.selection().DeadLetterFilter); err == nil {
-			d.Matching = n
-		}
+	if n, err := h.countDL(r.Context(), q.Runner, q.selection().DeadLetterFilter); err == nil {
+		d.Matching = n
 	}
 	dry := *q
 	dry.DryRun = true
@@ -161,21 +159,15 @@ func (h *handler) runnerPage(w http.ResponseWriter, r *http.Request, rt route) {
 		h.render(w, http.StatusBadRequest, runnerTmpl, d)
 		return
 	}
-	dl, err := h.sup.DeadLetters(d.Runner)
-	if err != nil {
-		d.Error = err.Error()
-		h.render(w, statusOf(err, nil), runnerTmpl, d)
-		return
-	}
 	q.BodyLimit = 512
-	page, err := listSafely(r.Context(), dl, q)
+	page, err := h.listDL(r.Context(), d.Runner, q)
 	if err != nil {
 		d.Error = err.Error()
 		h.render(w, statusOf(err, nil), runnerTmpl, d)
 		return
 	}
 	d.Items, d.Next = page.Items, page.Next
-	if n, err := countSafely(r.Context(), dl, q.DeadLetterFilter); err == nil {
+	if n, err := h.countDL(r.Context(), d.Runner, q.DeadLetterFilter); err == nil {
 		d.Count = n
 	}
 	h.render(w, http.StatusOK, runnerTmpl, d)

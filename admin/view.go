@@ -84,8 +84,10 @@ func (h *handler) rate(name string, st consumer.Stats, now time.Time) (hps, fps 
 	return &a, &b
 }
 
-// runners collects the view of every runner. The calls to brokers
-// (backlog, dead-letter count) run concurrently, bounded by ctx.
+// runners collects the view of every runner. The calls to runners and
+// brokers (backlog, dead-letter count) run concurrently through call:
+// bounded by ctx even when they do not return, and unable to panic the
+// process.
 func (h *handler) runners(ctx context.Context) []Runner {
 	health := h.sup.Health()
 	out := make([]Runner, len(health.Runners))
@@ -93,7 +95,7 @@ func (h *handler) runners(ctx context.Context) []Runner {
 	var wg sync.WaitGroup
 	for i, rh := range health.Runners {
 		v := &out[i]
-		*v = Runner{Name: rh.Name, State: rh.State, Since: rh.Since, Restarts: rh.Restarts, LastError: rh.LastError}
+		*v = Runner{Name: rh.Name, State: rh.State, Since: rh.Since, Restarts: rh.Restarts, LastError: redact(rh.LastError)}
 		if st, err := h.sup.Stats(rh.Name); err == nil {
 			v.Stats = &st
 			v.HandledPerSec, v.FailedPerSec = h.rate(rh.Name, st, now)
@@ -101,63 +103,28 @@ func (h *handler) runners(ctx context.Context) []Runner {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			b, err := h.sup.Backlog(ctx, v.Name)
+			b, err := h.backlog(ctx, v.Name)
 			switch {
 			case err == nil:
 				v.Backlog = &b
 			case errors.Is(err, consumer.ErrNoBacklog):
 				v.BacklogError = "not reported"
 			default:
-				v.BacklogError = err.Error()
+				v.BacklogError = err.Error() // safe: call's errors cannot panic
 			}
 		}()
 		go func() {
 			defer wg.Done()
-			dl, err := h.sup.DeadLetters(v.Name)
-			if err != nil {
-				if !errors.Is(err, consumer.ErrNoDeadLetters) {
-					v.DeadLettersError = err.Error()
-				}
-				return
+			n, err := h.countDL(ctx, v.Name, broker.DeadLetterFilter{})
+			switch {
+			case err == nil:
+				v.HasDeadLetters, v.DeadLetters = true, &n
+			case errors.Is(err, consumer.ErrNoDeadLetters):
+			default:
+				v.HasDeadLetters, v.DeadLettersError = true, err.Error()
 			}
-			v.HasDeadLetters = true
-			n, err := countSafely(ctx, dl, broker.DeadLetterFilter{})
-			if err != nil {
-				v.DeadLettersError = err.Error()
-				return
-			}
-			v.DeadLetters = &n
 		}()
 	}
 	wg.Wait()
 	return out
-}
-
-// The calls into a broker.DeadLetters (an adapter: user code as far as the
-// handler knows) turn a panic into an error.
-
-func countSafely(ctx context.Context, dl broker.DeadLetters, f broker.DeadLetterFilter) (n int, err error) {
-	defer recoverInto(&err, "Count")
-	return dl.Count(ctx, f)
-}
-
-func listSafely(ctx context.Context, dl broker.DeadLetters, q broker.DeadLetterQuery) (p broker.DeadLetterPage, err error) {
-	defer recoverInto(&err, "List")
-	return dl.List(ctx, q)
-}
-
-func redriveSafely(ctx context.Context, dl broker.DeadLetters, sel broker.DeadLetterSelection, o broker.RedriveOptions) (res broker.DeadLetterResult, err error) {
-	defer recoverInto(&err, "Redrive")
-	return dl.Redrive(ctx, sel, o)
-}
-
-func purgeSafely(ctx context.Context, dl broker.DeadLetters, sel broker.DeadLetterSelection, dryRun bool) (res broker.DeadLetterResult, err error) {
-	defer recoverInto(&err, "Purge")
-	return dl.Purge(ctx, sel, dryRun)
-}
-
-func recoverInto(err *error, op string) {
-	if p := recover(); p != nil {
-		*err = errors.New("queuekit: admin: dead letters " + op + " panicked")
-	}
 }

@@ -1,0 +1,214 @@
+package admin_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/admin"
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// Regression tests for the hostile review of the admin handler
+// (/tmp/review-admin).
+
+// nilErr's Error method panics on a nil receiver: returned as a typed nil.
+type nilErr struct{ msg string }
+
+func (e *nilErr) Error() string { return e.msg }
+
+// fakeDL is a user's broker.DeadLetters whose methods do what the test
+// sets.
+type fakeDL struct {
+	count   func(context.Context) (int, error)
+	lists   *atomic.Int64
+	counts  *atomic.Int64
+	release chan struct{}
+}
+
+func (d fakeDL) List(context.Context, broker.DeadLetterQuery) (broker.DeadLetterPage, error) {
+	if d.lists != nil {
+		d.lists.Add(1)
+	}
+	return broker.DeadLetterPage{}, nil
+}
+func (d fakeDL) Count(ctx context.Context, _ broker.DeadLetterFilter) (int, error) {
+	if d.counts != nil {
+		d.counts.Add(1)
+	}
+	if d.count != nil {
+		return d.count(ctx)
+	}
+	return 0, nil
+}
+func (fakeDL) Redrive(context.Context, broker.DeadLetterSelection, broker.RedriveOptions) (broker.DeadLetterResult, error) {
+	return broker.DeadLetterResult{}, nil
+}
+func (fakeDL) Purge(context.Context, broker.DeadLetterSelection, bool) (broker.DeadLetterResult, error) {
+	return broker.DeadLetterResult{}, nil
+}
+
+// fakeRunner is a runner with dead letters (fakeDL) and, when backlog is
+// set, a Backlog method.
+type fakeRunner struct {
+	dl  fakeDL
+	run func(context.Context) error
+}
+
+func (r fakeRunner) Run(ctx context.Context) error {
+	if r.run != nil {
+		return r.run(ctx)
+	}
+	<-ctx.Done()
+	return nil
+}
+func (r fakeRunner) DeadLetters() broker.DeadLetters { return r.dl }
+
+type typedNilBacklogRunner struct{}
+
+func (typedNilBacklogRunner) Run(ctx context.Context) error { <-ctx.Done(); return nil }
+func (typedNilBacklogRunner) Backlog(context.Context) (broker.Backlog, error) {
+	var e *nilErr
+	return broker.Backlog{}, e
+}
+
+// supervise runs a Supervisor with the given runners until the test ends.
+func supervise(t *testing.T, runners map[string]consumer.Runner) *consumer.Supervisor {
+	t.Helper()
+	sup := &consumer.Supervisor{Logger: quiet}
+	for name, r := range runners {
+		if err := sup.Add(name, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return sup
+}
+
+func localGET(h http.Handler, target string, hdr map[string]string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest("GET", target, nil)
+	req.RemoteAddr = "127.0.0.1:40000"
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+// Review #1: a typed-nil error from Count (or Backlog) was described with
+// err.Error() on a goroutine of runners(), outside any recover: GET /
+// killed the process (here: the test binary).
+func TestReviewTypedNilErrorsDoNotCrash(t *testing.T) {
+	sup := supervise(t, map[string]consumer.Runner{
+		"count": fakeRunner{dl: fakeDL{count: func(context.Context) (int, error) {
+			var e *nilErr
+			return 0, e
+		}}},
+		"backlog": typedNilBacklogRunner{},
+	})
+	h := newHandler(t, admin.Config{Supervisor: sup})
+	for _, p := range []string{"/", "/api/runners", "/runner?runner=count", "/api/deadletters?runner=count"} {
+		rec := localGET(h, "http://localhost"+p, nil)
+		if !strings.Contains(rec.Body.String(), "typed nil") && p != "/runner?runner=count" && p != "/api/deadletters?runner=count" {
+			t.Errorf("GET %s = %d, does not say the error is a typed nil:\n%.2000s", p, rec.Code, rec.Body.String())
+		}
+	}
+}
+
+// Review #4: a Count that ignores its context held GET / for ever;
+// Config.Timeout bounds it now, and calls that do not return cannot pile
+// up: a runner's broker gets at most a few at once.
+func TestReviewIndexBoundedByTimeout(t *testing.T) {
+	release := make(chan struct{})
+	var counts atomic.Int64
+	sup := supervise(t, map[string]consumer.Runner{
+		"stuck": fakeRunner{dl: fakeDL{counts: &counts, count: func(context.Context) (int, error) {
+			<-release
+			return 0, nil
+		}}},
+	})
+	defer close(release)
+	h := newHandler(t, admin.Config{Supervisor: sup, Timeout: 50 * time.Millisecond})
+	for i := 0; i < 10; i++ {
+		done := make(chan *httptest.ResponseRecorder, 1)
+		go func() { done <- localGET(h, "http://localhost/api/runners", nil) }()
+		select {
+		case rec := <-done:
+			if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "dead_letters_error") {
+				t.Fatalf("GET api/runners = %d %s; want 200 with a dead_letters_error", rec.Code, rec.Body.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("GET api/runners with Timeout 50ms has not answered after 10 s: a stuck Count holds the index")
+		}
+	}
+	if n := counts.Load(); n > 4 {
+		t.Errorf("10 loads started %d Counts that never return; want at most 4 outstanding", n)
+	}
+}
+
+// Review #2: cross-site (and same-site) requests are refused, GETs too:
+// an <img> on another site made the broker browse its dead letters.
+func TestReviewCrossSiteGETRefused(t *testing.T) {
+	var lists, counts atomic.Int64
+	sup := supervise(t, map[string]consumer.Runner{"dlq": fakeRunner{dl: fakeDL{lists: &lists, counts: &counts}}})
+	h := newHandler(t, admin.Config{Supervisor: sup})
+	for _, site := range []string{"cross-site", "same-site"} {
+		for _, p := range []string{"/", "/runner?runner=dlq&reason=x", "/api/runners", "/api/deadletters?runner=dlq"} {
+			rec := localGET(h, "http://localhost:8080"+p, map[string]string{"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors"})
+			if rec.Code != http.StatusForbidden {
+				t.Errorf("GET %s with Sec-Fetch-Site %s = %d; want 403", p, site, rec.Code)
+			}
+		}
+	}
+	if lists.Load()+counts.Load() != 0 {
+		t.Errorf("cross-site GETs reached the broker: List %d, Count %d", lists.Load(), counts.Load())
+	}
+	for _, site := range []string{"same-origin", "none", ""} {
+		rec := localGET(h, "http://localhost:8080/runner?runner=dlq", map[string]string{"Sec-Fetch-Site": site})
+		if rec.Code != http.StatusOK {
+			t.Errorf("GET runner with Sec-Fetch-Site %q = %d; want 200", site, rec.Code)
+		}
+	}
+}
+
+// Review #5: a runner's last error naming a broker URL showed its password.
+func TestReviewPasswordsRedacted(t *testing.T) {
+	sup := supervise(t, map[string]consumer.Runner{
+		"payments": consumer.RunnerFunc(func(ctx context.Context) error {
+			return errors.New(`connect "amqp://svc:S3cretPassw0rd@mq.internal:5672/prod": connection refused`)
+		}),
+		"dl": fakeRunner{dl: fakeDL{count: func(context.Context) (int, error) {
+			return 0, errors.New("dial https://u:Pa%40ssw0rd@api.example/x?password=Hunter2&x=1")
+		}}},
+	})
+	waitFor(t, "payments failed once", func() bool {
+		for _, r := range sup.Health().Runners {
+			if r.Name == "payments" && r.LastError != "" {
+				return true
+			}
+		}
+		return false
+	})
+	h := newHandler(t, admin.Config{Supervisor: sup})
+	for _, p := range []string{"/", "/api/runners", "/api/deadletters?runner=dl", "/runner?runner=dl"} {
+		body := localGET(h, "http://localhost"+p, nil).Body.String()
+		for _, secret := range []string{"S3cretPassw0rd", "Pa%40ssw0rd", "Hunter2"} {
+			if i := strings.Index(body, secret); i >= 0 {
+				t.Errorf("GET %s shows a password: …%s…", p, body[max(0, i-40):min(len(body), i+30)])
+			}
+		}
+		if p == "/api/runners" && !strings.Contains(body, "amqp://svc:xxxxx@mq.internal") {
+			t.Errorf("GET %s: the redacted URL is not shown:\n%s", p, body)
+		}
+	}
+}
