@@ -126,7 +126,7 @@ type route struct {
 // Page and API routes: the last segment of the path, and for the API the
 // segment "api" before it.
 var (
-	pageLeaves = map[string]bool{"": true, "runner": true, "confirm": true, "pause": true, "resume": true, "redrive": true, "purge": true}
+	pageLeaves = map[string]bool{"": true, "runner": true, "confirm": true, "pause": true, "resume": true, "redrive": true, "purge": true, "result": true}
 	apiLeaves  = map[string]bool{"runners": true, "deadletters": true, "pause": true, "resume": true, "redrive": true, "purge": true}
 )
 
@@ -251,7 +251,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // it shows a dry run, which costs the broker.
 func isStateChanging(rt route) bool {
 	switch rt.leaf {
-	case "", "runner", "runners", "deadletters":
+	case "", "runner", "result", "runners", "deadletters":
 		return false
 	}
 	return true

@@ -327,7 +327,7 @@ func TestRedriveAndPurgeThroughThePage(t *testing.T) {
 	}
 
 	e.fixed.Store(true)
-	code, _, body = c.postForm("/redrive", url.Values{"csrf_token": {tok}, "runner": {"orders"}, "id": {first}})
+	code, body = c.postFollow("/redrive", url.Values{"csrf_token": {tok}, "runner": {"orders"}, "id": {first}})
 	if m := doneRE.FindStringSubmatch(body); code != 200 || m == nil || m[1] != "1" {
 		t.Fatalf("POST /redrive = %d; want 1 redriven:\n%s", code, body)
 	}
@@ -339,7 +339,7 @@ func TestRedriveAndPurgeThroughThePage(t *testing.T) {
 	})
 
 	// Redriving it again: not found.
-	code, _, body = c.postForm("/redrive", url.Values{"csrf_token": {tok}, "runner": {"orders"}, "id": {first}})
+	code, body = c.postFollow("/redrive", url.Values{"csrf_token": {tok}, "runner": {"orders"}, "id": {first}})
 	if code != 404 || !strings.Contains(body, "not found") {
 		t.Errorf("POST /redrive of a redriven id = %d; want 404 saying not found:\n%s", code, body)
 	}
@@ -349,7 +349,7 @@ func TestRedriveAndPurgeThroughThePage(t *testing.T) {
 	if m := doneRE.FindStringSubmatch(body); code != 200 || m == nil || m[1] != "2" || !strings.Contains(body, "deleted for good") {
 		t.Fatalf("POST /confirm purge-all = %d; want a dry run of 2:\n%s", code, body)
 	}
-	code, _, body = c.postForm("/purge", url.Values{"csrf_token": {tok}, "runner": {"orders"}, "all": {"1"}})
+	code, body = c.postFollow("/purge", url.Values{"csrf_token": {tok}, "runner": {"orders"}, "all": {"1"}})
 	if m := doneRE.FindStringSubmatch(body); code != 200 || m == nil || m[1] != "2" {
 		t.Fatalf("POST /purge = %d; want 2 purged:\n%s", code, body)
 	}

@@ -24,8 +24,13 @@
 //	GET  ./runner?runner=NAME      its dead letters: reason, source, attempts, body preview;
 //	                               filter by reason text (reason=), next page (cursor=)
 //	POST ./confirm                 what a redrive or purge of the selected (or all matching)
-//	                               dead letters would do: a dry run, and the button that does it
-//	POST ./redrive, ./purge        do it, and show what was done
+//	                               dead letters would do: a dry run, and the button that does it,
+//	                               which acts on exactly the ids the dry run found (past 1,000 of
+//	                               them: on the filter, at most as many as found, and the page
+//	                               says so), not on dead letters that arrived since
+//	POST ./redrive, ./purge        do it, and redirect (303) to the result
+//	GET  ./result?r=TOKEN          what was done (a signed summary, valid 10 minutes): reloading
+//	                               it does not repeat the operation
 //	POST ./pause, ./resume         pause or resume a consumer
 //
 // # JSON API

@@ -206,6 +206,16 @@ func (c *client) postForm(path string, form url.Values) (int, http.Header, strin
 	return c.do(req)
 }
 
+// postFollow posts a form and follows the 303 to the result page.
+func (c *client) postFollow(path string, form url.Values) (int, string) {
+	c.t.Helper()
+	code, hdr, body := c.postForm(path, form)
+	if code != http.StatusSeeOther {
+		c.t.Fatalf("POST %s = %d; want 303 to the result:\n%s", path, code, body)
+	}
+	return c.get("/" + hdr.Get("Location"))
+}
+
 var tokenRE = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
 
 // token loads the index page and returns the CSRF token of its forms.

@@ -6,6 +6,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -40,10 +41,17 @@ type (
 		Limit                   int
 		DryRun                  broker.DeadLetterResult
 		Error                   string
+		// What the confirm form submits: the dry run's ids, or past
+		// maxConfirmIDs of them, the filter and Max (ByFilter).
+		IDs      []string
+		ByFilter bool
+		Max      int
+		MaxIDs   int
 	}
 	resultData struct {
 		Title string
-		Res   Result
+		Res   resultView
+		Error string // an invalid result link
 	}
 )
 
@@ -56,6 +64,18 @@ func (h *handler) servePage(w http.ResponseWriter, r *http.Request, rt route) {
 		return
 	case "runner":
 		h.runnerPage(w, r, rt)
+		return
+	case "result":
+		v, err := h.readResult(r.URL.Query().Get("r"), time.Now())
+		if err != nil {
+			h.render(w, http.StatusBadRequest, resultTmpl, resultData{Title: h.cfg.Title, Error: err.Error()})
+			return
+		}
+		code := v.Code
+		if code < 200 || code > 599 {
+			code = http.StatusOK
+		}
+		h.render(w, code, resultTmpl, resultData{Title: h.cfg.Title, Res: v})
 		return
 	}
 	// State-changing (or a dry run): a form post with the CSRF token.
@@ -94,7 +114,9 @@ func (h *handler) servePage(w http.ResponseWriter, r *http.Request, rt route) {
 		if err != nil && res.Error == "" {
 			res.Error = err.Error()
 		}
-		h.render(w, code, resultTmpl, resultData{Title: h.cfg.Title, Res: res})
+		// Redirect to the result, so that reloading the page shows it
+		// again instead of repeating the operation.
+		redirect(w, "result?"+url.Values{"r": {h.resultToken(newResultView(res, code, time.Now()))}}.Encode(), http.StatusSeeOther)
 	}
 }
 
@@ -105,6 +127,11 @@ func formRequest(r *http.Request) Request {
 	f := r.PostForm
 	q := Request{Runner: f.Get("runner"), Reason: f.Get("reason"), IDs: f["id"]}
 	q.All = f.Get("all") == "1"
+	if n, err := strconv.Atoi(f.Get("max")); err == nil {
+		q.Max = n
+	} else if f.Get("max") != "" {
+		q.Max = -1 // refused by check
+	}
 	if op := f.Get("op"); strings.HasSuffix(op, "-all") {
 		q.All, q.IDs = true, nil
 	}
@@ -139,6 +166,12 @@ func (h *handler) confirmPage(w http.ResponseWriter, r *http.Request, rt route, 
 	dry.DryRun = true
 	res, err := h.act(r.Context(), r, op, &dry)
 	d.DryRun = res.Result
+	d.MaxIDs = maxConfirmIDs
+	if n := len(res.Result.Done); n > maxConfirmIDs {
+		d.ByFilter, d.Max = true, n
+	} else {
+		d.IDs = res.Result.Done
+	}
 	if err != nil {
 		d.Error = err.Error()
 		if statusOf(err, &res.Result) != http.StatusOK {
@@ -364,8 +397,11 @@ var confirmTmpl = template.Must(template.New("confirm").Funcs(funcs).Parse(`<!do
 <input type="hidden" name="csrf_token" value="{{.CSRF}}">
 <input type="hidden" name="runner" value="{{.Runner}}">
 <input type="hidden" name="reason" value="{{.Req.Reason}}">
-{{if .Req.All}}<input type="hidden" name="all" value="1">{{else}}{{range .Req.IDs}}<input type="hidden" name="id" value="{{.}}">{{end}}{{end}}
-<button id="confirm" type="submit" class="{{if eq .Op "purge"}}danger{{else}}go{{end}}">Yes, {{.Op}} {{if .Req.All}}them{{else}}{{len .Req.IDs}} {{plural (len .Req.IDs) "dead letter" "dead letters"}}{{end}}</button>
+{{if .ByFilter}}<input type="hidden" name="all" value="1"><input type="hidden" name="max" value="{{.Max}}">
+<p id="byfilter">The dry run found more than {{.MaxIDs}} dead letters, too many for this form to name: confirming acts on at most {{.Max}} dead letters{{if .Req.Reason}} whose reason contains “{{.Req.Reason}}”{{end}}, oldest first, as they are then, which may include some that arrived since.</p>
+{{else}}{{range .IDs}}<input type="hidden" name="id" value="{{.}}">{{end}}
+<p class="muted">Confirming acts on exactly the {{len .IDs}} {{plural (len .IDs) "dead letter" "dead letters"}} the dry run found; any that arrived since are left alone.</p>{{end}}
+<button id="confirm" type="submit" class="{{if eq .Op "purge"}}danger{{else}}go{{end}}">Yes, {{.Op}} {{if .ByFilter}}up to {{.Max}}{{else}}{{len .IDs}}{{end}} {{plural (len .DryRun.Done) "dead letter" "dead letters"}}</button>
 <a href="{{runnerURL .Runner .Req.Reason}}">Cancel</a>
 </form>{{else}}<p>Nothing to do. <a href="{{runnerURL .Runner .Req.Reason}}">Back</a></p>{{end}}
 </body></html>`))
@@ -373,13 +409,16 @@ var confirmTmpl = template.Must(template.New("confirm").Funcs(funcs).Parse(`<!do
 var resultTmpl = template.Must(template.New("result").Funcs(funcs).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>{{.Title}} — {{.Res.Op}} done</title>` + style + `</head><body>
+{{if .Error}}<nav><a href="./">← all consumers</a></nav>
+<p class="err" id="error">{{.Error}}</p>{{else}}
 <nav><a href="./">← all consumers</a> · <a href="{{runnerURL .Res.Runner ""}}">dead letters of {{.Res.Runner}}</a></nav>
 <h1>{{.Res.Op}}: {{.Res.Runner}}</h1>
 <div class="box" id="result">
-<p><b id="done">{{len .Res.Result.Done}}</b> {{plural (len .Res.Result.Done) "dead letter" "dead letters"}} {{if eq .Res.Op "redrive"}}redriven: sent back to the source{{else}}purged{{end}}.</p>
-{{if .Res.Result.Done}}<p class="muted">{{range $i, $id := .Res.Result.Done}}{{if lt $i 50}}<code>{{$id}}</code> {{end}}{{end}}</p>{{end}}
-{{if .Res.Result.Skipped}}<table><thead><tr><th>Skipped</th><th>Why</th></tr></thead><tbody>{{range .Res.Result.Skipped}}<tr><td><code>{{.ID}}</code></td><td class="err">{{.Err}}</td></tr>{{end}}</tbody></table>{{end}}
-{{if .Res.Result.Missing}}<p class="err">Not found (any more): {{range .Res.Result.Missing}}<code>{{.}}</code> {{end}}</p>{{end}}
+<p><b id="done">{{.Res.Done}}</b> {{plural .Res.Done "dead letter" "dead letters"}} {{if eq .Res.Op "redrive"}}redriven: sent back to the source{{else}}purged{{end}}{{if .Res.Skipped}}, {{.Res.Skipped}} skipped{{end}}{{if .Res.Missing}}, {{.Res.Missing}} not found{{end}}.</p>
+{{if .Res.DoneIDs}}<p class="muted">{{range .Res.DoneIDs}}<code>{{.}}</code> {{end}}{{if gt .Res.Done (len .Res.DoneIDs)}}…{{end}}</p>{{end}}
+{{if .Res.Skips}}<table><thead><tr><th>Skipped</th><th>Why</th></tr></thead><tbody>{{range .Res.Skips}}<tr><td><code>{{.ID}}</code></td><td class="err">{{.Err}}</td></tr>{{end}}</tbody></table>{{end}}
+{{if .Res.Lost}}<p class="err">Not found (any more): {{range .Res.Lost}}<code>{{.}}</code> {{end}}</p>{{end}}
 {{if .Res.Error}}<p class="err" id="error">{{.Res.Error}}</p>{{end}}
 </div>
+<p class="muted">Reloading this page shows this result again; it does not repeat the {{.Res.Op}}.</p>{{end}}
 </body></html>`))

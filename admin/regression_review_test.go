@@ -3,8 +3,11 @@ package admin_test
 import (
 	"context"
 	"errors"
+	"html"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -210,5 +213,60 @@ func TestReviewPasswordsRedacted(t *testing.T) {
 		if p == "/api/runners" && !strings.Contains(body, "amqp://svc:xxxxx@mq.internal") {
 			t.Errorf("GET %s: the redacted URL is not shown:\n%s", p, body)
 		}
+	}
+}
+
+var confirmFieldRE = regexp.MustCompile(`<input type="hidden" name="(id|all|max|reason|runner)" value="([^"]*)">`)
+
+// submitConfirm posts the confirmation page's form as rendered, and
+// follows the redirect to the result: the result page, its status and its
+// URL.
+func submitConfirm(t *testing.T, c *client, tok, op, page string) (int, string, string) {
+	t.Helper()
+	form := url.Values{"csrf_token": {tok}}
+	for _, f := range confirmFieldRE.FindAllStringSubmatch(page, -1) {
+		form.Add(f[1], html.UnescapeString(f[2]))
+	}
+	code, hdr, body := c.postForm("/"+op, form)
+	if code != http.StatusSeeOther {
+		t.Fatalf("POST /%s = %d; want 303 to the result:\n%s", op, code, body)
+	}
+	loc := hdr.Get("Location")
+	code, body = c.get("/" + loc)
+	return code, body, loc
+}
+
+// Review #3: "Purge all" acted on dead letters that arrived after the
+// confirmation page's dry run; and the result was the POST's answer, so a
+// reload repeated the purge.
+func TestReviewConfirmActsOnWhatItShowed(t *testing.T) {
+	e := newEnv(t)
+	e.publish(t, "bad-1", "bad-2", "bad-3")
+	e.deadLetters(t, 3)
+	srv := server(t, newHandler(t, admin.Config{Supervisor: e.sup}))
+	c := newClient(t, srv.URL+"/admin")
+	tok := c.token()
+	code, _, page := c.postForm("/confirm", url.Values{"csrf_token": {tok}, "runner": {"orders"}, "op": {"purge-all"}})
+	if m := doneRE.FindStringSubmatch(page); code != 200 || m == nil || m[1] != "3" {
+		t.Fatalf("POST /confirm purge-all = %d; want a dry run of 3:\n%s", code, page)
+	}
+	e.publish(t, "bad-4", "bad-5") // arrive while the operator reads
+	e.deadLetters(t, 5)
+	code, res, loc := submitConfirm(t, c, tok, "purge", page)
+	if m := doneRE.FindStringSubmatch(res); code != 200 || m == nil || m[1] != "3" {
+		t.Fatalf("the confirmation showed 3 to purge; the result (%d) says:\n%s", code, res)
+	}
+	e.deadLetters(t, 2)
+	// Reloading the result shows it again and purges nothing more.
+	e.publish(t, "bad-6")
+	e.deadLetters(t, 3)
+	code, again := c.get("/" + loc)
+	if m := doneRE.FindStringSubmatch(again); code != 200 || m == nil || m[1] != "3" {
+		t.Errorf("reloading the result = %d:\n%s", code, again)
+	}
+	e.deadLetters(t, 3)
+	// A forged or altered result link is refused.
+	if code, _ := c.get("/" + loc + "x"); code != http.StatusBadRequest {
+		t.Errorf("an altered result link = %d; want 400", code)
 	}
 }
