@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -32,18 +34,21 @@ var ErrDeadLettersClosed = errors.New("rabbitmq: dead letters closed")
 type DeadLetterConfig struct {
 	// Dialer says how to reach the broker when Conn is nil.
 	Dialer Dialer
-	// Conn, when set, is a shared connection to open the channels on. The
-	// DeadLetters then does not close it.
+	// Conn, when set, gives its Dialer: the DeadLetters dials a connection
+	// of its own with it all the same, so that an operation that ends
+	// early (its socket dropped) or holds the lock never touches the
+	// connection others share.
 	Conn *Connection
 	// Queue is the work queue whose dead letters these are. Required.
 	Queue string
 	// DeadLetterQueue is the queue holding them (default Queue+".dlq", the
 	// default of Topology.DeadLetterQueue).
 	DeadLetterQueue string
-	// QueueType is the type of the dead-letter queue, Classic (default) or
-	// Quorum: how to give back what a pass read in order (see the package
-	// doc, Dead letters). A quorum queue is also recognized by the
-	// x-delivery-count of a message that was browsed before.
+	// QueueType is the type of the dead-letter queue, when known: Quorum,
+	// Classic, or empty (not known). It chooses how a browse leaves the
+	// dead letters it read (see the package doc, Dead letters): on a quorum
+	// queue, and on any queue not proven classic, it rotates them. Classic
+	// and empty are checked on the broker at each operation.
 	QueueType string
 	// Logger receives warnings (default slog.Default()).
 	Logger *slog.Logger
@@ -56,10 +61,13 @@ func (c *DeadLetterConfig) resolve() error {
 	if c.DeadLetterQueue == "" {
 		c.DeadLetterQueue = c.Queue + ".dlq"
 	}
-	if err := checkShortstr("queue name", c.Queue); err != nil {
+	if err := checkName("queue name", c.Queue); err != nil {
 		return err
 	}
-	if err := checkShortstr("dead-letter queue name", c.DeadLetterQueue); err != nil {
+	if err := checkName("dead-letter queue name", c.DeadLetterQueue); err != nil {
+		return err
+	}
+	if err := checkName("dead-letter lock queue name (the dead-letter queue name and "+lockSuffix+")", c.DeadLetterQueue+lockSuffix); err != nil {
 		return err
 	}
 	if c.DeadLetterQueue == c.Queue {
@@ -71,9 +79,7 @@ func (c *DeadLetterConfig) resolve() error {
 		}
 	}
 	switch c.QueueType {
-	case "":
-		c.QueueType = Classic
-	case Classic, Quorum:
+	case "", Classic, Quorum:
 	default:
 		return fmt.Errorf("%w: rabbitmq: dead letters: queue type %q, want %q or %q", broker.ErrInvalidConfig, c.QueueType, Classic, Quorum)
 	}
@@ -88,16 +94,28 @@ func (c *DeadLetterConfig) resolve() error {
 // for how it reads a queue without consuming it.
 //
 // A DeadLetters is safe for concurrent use; its operations run one at a
-// time (two browses at once would each see only the dead letters the other
-// does not hold). It connects on its first operation, on a connection of its
-// own unless DeadLetterConfig.Conn is set. Close ends it; its methods then
-// return an error wrapping ErrDeadLettersClosed.
+// time, in this process and across processes (two browses at once would
+// each see only the dead letters the other does not hold): each takes the
+// dead-letter queue's lock (see the package doc), waiting for another
+// process's operation until its ctx ends, then returns an error wrapping
+// ErrDeadLettersBusy; a dead-letter queue with consumers is refused with
+// that error too. It connects on its first operation, on a connection of
+// its own (with the Dialer of DeadLetterConfig.Conn when that is set: an
+// operation cut short drops its own connection, never a shared one). Close
+// ends it; its methods then return an error wrapping ErrDeadLettersClosed.
 type DeadLetters struct {
 	cfg     DeadLetterConfig
 	conn    *Connection
 	ownConn bool
 
 	sem chan struct{} // one operation at a time
+
+	// Of the operation in progress (under sem): bg is cancelled only by
+	// Close; handedOff is set when its pass goes on in the background
+	// (see scan.close), which then releases it.
+	bg        context.Context
+	handedOff bool
+	release   func()
 
 	mu        sync.Mutex
 	closed    bool
@@ -116,17 +134,18 @@ func NewDeadLetters(cfg DeadLetterConfig) (*DeadLetters, error) {
 	if err := cfg.resolve(); err != nil {
 		return nil, err
 	}
-	d := &DeadLetters{cfg: cfg, conn: cfg.Conn, sem: make(chan struct{}, 1), done: make(chan struct{}), closeDone: make(chan struct{})}
-	if d.conn == nil {
-		d.conn = newConnection(cfg.Dialer)
-		d.ownConn = true
+	dialer := cfg.Dialer
+	if cfg.Conn != nil {
+		dialer = cfg.Conn.d
 	}
+	d := &DeadLetters{cfg: cfg, conn: newConnection(dialer), ownConn: true, sem: make(chan struct{}, 1), done: make(chan struct{}), closeDone: make(chan struct{})}
 	return d, nil
 }
 
 // Close stops the operations in progress (their dead letters go back to
-// the queue, in order, as when their context ends) and closes the
-// connection if the DeadLetters owns it. It is bounded by ctx: when ctx ends
+// the queue, as when their context ends; on a queue that rotates, a pass
+// stopped by Close leaves it rotated, see the package doc) and closes its
+// connection. It is bounded by ctx: when ctx ends
 // first, it closes the network connection without the AMQP close handshake
 // (the broker then gives every dead letter held back to the queue) and
 // returns an error wrapping ctx's error. It is idempotent.
@@ -158,32 +177,54 @@ func (d *DeadLetters) shutdown() {
 	}
 }
 
-// deliveryCountWarning is the x-delivery-count from which a pass warns that
-// a quorum dead-letter queue counts its browses as deliveries.
-const deliveryCountWarning = 10
+// rotateWindow is how many rotated copies (see scan.keep), or redriven
+// copies on a queue that rotates, are in flight at once: written, not yet
+// confirmed, their originals not yet acknowledged. It stays well under 32:
+// RabbitMQ 3.10 holds back a quorum queue's settlements past 32 in flight
+// on a channel (rabbit_fifo_client's soft limit) and drops those it still
+// holds when the channel closes, which gives their messages back: with a
+// window of 64, a pass over 50 dead letters left 16 of them twice (the
+// copy and the original). A basic.get between two acks lets the earlier
+// ones through.
+const rotateWindow = 16
+
+// rotateGrace is how long past the end of its ctx an operation on a queue
+// that rotates (see scan) still waits for the broker, to finish rotating
+// what it holds: a dead letter it gave back instead would count as a
+// delivery on a quorum queue. Only a broker silent that long loses the
+// connection (and the dead letters held then count a delivery).
+const rotateGrace = 2 * time.Second
 
 // A scan is one pass over the dead-letter queue: a channel of its own that
 // takes messages one by one (basic.get, manual acknowledgement) up to the
-// number the queue held when the pass began. Nothing is acknowledged unless
-// the operation says so; close gives everything else back (basic.nack with
-// requeue), one message at a time, oldest first.
+// number the queue held when the pass began. The operation removes the
+// messages it means to (ack) and keeps the others (keep).
 //
-// A pass always reads to the end of that snapshot, even when the operation
-// needs only the first page: a classic queue puts messages given back at
-// their old places, but a quorum queue puts them at its tail, in the order
-// it gets them back, so only a pass over the whole queue, given back in
-// order, leaves the order as it was. basic.get rather than basic.consume:
-// RabbitMQ 3.10 returns the messages of a cancelled consumer to a quorum
-// queue partly reversed (measured: of 50, the first 33 in order, then the
-// other 17 backwards), and a consumer that is not cancelled gets what it
-// gives back again. A get costs a round trip per message (see the package
-// doc for the figures).
+// How it keeps them depends on the queue (see rotates). A classic queue
+// puts a message given back at its old place: keep does nothing, and close
+// closes the channel, which gives everything back at once. A quorum queue
+// counts every message given back as a delivery, and drops it (or
+// dead-letters it) past its delivery limit (a policy; RabbitMQ 4 sets 20 by
+// default): there keep "rotates" the message instead, a confirmed copy (the
+// same properties, headers and id) published to the tail of the queue, and
+// the original acknowledged only once the broker confirmed the copy. A
+// pass over the whole queue leaves it in its order (messages that arrive
+// during the pass interleave with the copies). A crash between a confirm
+// and its ack leaves the message twice, with the same id: never lost.
+//
+// A pass always reads to the end of its snapshot, even when the operation
+// needs only the first page, so that a rotation keeps the order.
+// basic.get rather than basic.consume: a consumer's prefetched messages
+// come back out of order when it is cancelled (RabbitMQ 3.10, quorum
+// queues). A get costs a round trip per message (see the package doc for
+// the figures).
 //
 // A scan belongs to the goroutine of its operation. Every call that waits on
 // the broker is bounded by ctx (see call).
 type scan struct {
 	d       *DeadLetters
-	ctx     context.Context
+	ctx     context.Context // bounds the broker calls: op, or when rotating the operation's bg
+	op      context.Context // the operation's ctx: its end stops reading
 	ch      *amqp.Channel
 	l       link
 	acked   map[uint64]bool // delivery tags of the messages the operation removed
@@ -191,14 +232,23 @@ type scan struct {
 	total   int             // messages the pass reads at most: ready, or less
 	read    int             // messages read so far
 	lastTag uint64          // delivery tag of the last message read
-	warned  bool            // the delivery-count warning was logged
-	quorum  bool            // the queue is a quorum queue: see close
-	release func()          // ends the operation (see begin)
+	rotate  bool            // keep rotates (see scan)
+	rc      *confirmChannel // rotate: the channel of the copies, opened on the first
+	rpend   []rotated       // rotate: copies in flight, oldest first
+	user    string          // the user the connection logs in as (see rotationCopy)
+	removed int             // messages the operation removed (ack)
+}
+
+type rotated struct {
+	tag uint64
+	id  string
+	w   *pendingPublish
 }
 
 // begin starts an operation: it waits for its turn (one operation at a
-// time), opens a channel and learns how many messages the dead-letter queue
-// holds. The caller must call release.
+// time in this process), then takes the dead-letter queue's lock (one
+// operation at a time across processes, see lock). The caller must call
+// the release func.
 func (d *DeadLetters) begin(ctx context.Context, op string) (context.Context, func(), error) {
 	d.mu.Lock()
 	if d.closed {
@@ -218,6 +268,7 @@ func (d *DeadLetters) begin(ctx context.Context, op string) (context.Context, fu
 	}
 	// Close ends the operation as its ctx would.
 	octx, cancel := context.WithCancelCause(ctx)
+	bg, cancelBG := context.WithCancelCause(context.Background())
 	watch := make(chan struct{})
 	d.ops.Add(1)
 	go func() {
@@ -225,45 +276,172 @@ func (d *DeadLetters) begin(ctx context.Context, op string) (context.Context, fu
 		select {
 		case <-d.done:
 			cancel(ErrDeadLettersClosed)
+			cancelBG(ErrDeadLettersClosed)
 		case <-watch:
 		}
 	}()
-	return octx, func() {
+	end := func() {
 		close(watch)
 		cancel(nil)
+		cancelBG(nil)
 		<-d.sem
 		d.ops.Done()
+	}
+	lk, err := d.lock(octx, op)
+	if err != nil {
+		end()
+		return nil, nil, err
+	}
+	d.bg, d.handedOff = bg, false
+	d.release = func() {
+		d.unlock(bg, lk)
+		end()
+	}
+	return octx, func() {
+		if !d.handedOff {
+			d.release()
+		}
 	}, nil
 }
 
-// openScan opens a channel for a pass over at most limit messages of the
-// dead-letter queue (limit < 0: all of them) and subscribes. It returns a
-// scan with total 0 and no subscription when the queue is empty.
-func (d *DeadLetters) openScan(ctx context.Context, limit int) (*scan, error) {
+// opLock is the lock of one operation: the exclusive queue
+// DeadLetterQueue+".queuekit-lock", declared on the operation's connection.
+type opLock struct {
+	ch *amqp.Channel
+	l  link
+}
+
+func (d *DeadLetters) lockName() string { return d.cfg.DeadLetterQueue + lockSuffix }
+
+// lock takes the dead-letter queue's lock: it declares the exclusive queue
+// lockName on the DeadLetters' connection. While another connection holds
+// it the broker refuses (RESOURCE_LOCKED); lock tries again, backing off,
+// until ctx ends, then returns an error wrapping ErrDeadLettersBusy. The
+// lock dies with the connection that holds it, so a process that crashes
+// (or whose connection is dropped) frees it.
+func (d *DeadLetters) lock(ctx context.Context, op string) (*opLock, error) {
+	name := d.lockName()
+	pause := 10 * time.Millisecond
+	for {
+		ch, l, err := d.openChannel(ctx)
+		if err != nil {
+			return nil, err
+		}
+		err = bounded(ctx, l, abortGrace, func() error {
+			_, err := ch.QueueDeclare(name, false, true, true, false, nil)
+			return err
+		})
+		if err == nil {
+			return &opLock{ch: ch, l: l}, nil
+		}
+		_ = bounded(ctx, l, abortGrace, ch.Close)
+		var ae *amqp.Error
+		if !errors.As(err, &ae) || ae.Code != amqp.ResourceLocked {
+			return nil, d.opErr(ctx, fmt.Sprintf("%s: take the lock %q", op, name), err)
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("rabbitmq: %s dead letters of %q: another process holds the lock %q of the dead-letter queue (a browse, redrive or purge in progress): %w (%w)", op, d.cfg.Queue, name, ErrDeadLettersBusy, context.Cause(ctx))
+		}
+		pause = min(2*pause, 500*time.Millisecond)
+	}
+}
+
+// unlock deletes the lock queue. When that fails, it drops the connection,
+// which frees the lock too.
+func (d *DeadLetters) unlock(ctx context.Context, lk *opLock) {
+	err := bounded(ctx, lk.l, abortGrace, func() error {
+		_, err := lk.ch.QueueDelete(d.lockName(), false, false, false)
+		return err
+	})
+	if err != nil {
+		lk.l.drop()
+		return
+	}
+	_ = bounded(ctx, lk.l, abortGrace, lk.ch.Close)
+}
+
+// queueInfo returns the dead-letter queue's counts (a passive declaration
+// on a channel of its own).
+func (d *DeadLetters) queueInfo(ctx context.Context) (amqp.Queue, error) {
+	ch, l, err := d.openChannel(ctx)
+	if err != nil {
+		return amqp.Queue{}, err
+	}
+	var q amqp.Queue
+	err = bounded(ctx, l, abortGrace, func() (err error) {
+		q, err = ch.QueueDeclarePassive(d.cfg.DeadLetterQueue, true, false, false, false, nil)
+		return err
+	})
+	_ = bounded(ctx, l, abortGrace, ch.Close)
+	if err != nil {
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+			return q, fmt.Errorf("rabbitmq: dead-letter queue %q does not exist (no consumer of %q has declared its topology yet?): %w", d.cfg.DeadLetterQueue, d.cfg.Queue, err)
+		}
+		return q, d.opErr(ctx, fmt.Sprintf("check dead-letter queue %q", d.cfg.DeadLetterQueue), err)
+	}
+	return q, nil
+}
+
+// rotates reports whether keep must rotate on the dead-letter queue: unless
+// it is known to be a classic queue. DeadLetterConfig.QueueType Quorum says
+// so at once; otherwise a declaration of the queue with x-queue-type
+// classic (and durable, no other argument) tells: the broker accepts it on
+// a classic queue declared so, and refuses it (PRECONDITION_FAILED, which
+// closes only the probe's channel) on a quorum queue, but also on a classic
+// queue with other arguments (a TTL, a length limit) or when the user may
+// not configure the queue: rotating is then the safe choice.
+func (d *DeadLetters) rotates(ctx context.Context) (bool, error) {
+	if d.cfg.QueueType == Quorum {
+		return true, nil
+	}
+	ch, l, err := d.openChannel(ctx)
+	if err != nil {
+		return false, err
+	}
+	err = bounded(ctx, l, abortGrace, func() error {
+		_, err := ch.QueueDeclare(d.cfg.DeadLetterQueue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: Classic})
+		return err
+	})
+	_ = bounded(ctx, l, abortGrace, ch.Close)
+	if err == nil {
+		return false, nil
+	}
+	var ae *amqp.Error
+	if errors.As(err, &ae) && !errors.Is(err, amqp.ErrClosed) && ae.Code != amqp.FrameError {
+		return true, nil
+	}
+	return false, d.opErr(ctx, fmt.Sprintf("check the type of %q", d.cfg.DeadLetterQueue), err)
+}
+
+// openScan opens a channel for a pass over the dead-letter queue. It
+// refuses a queue with consumers (they would take messages in the middle of
+// the pass) with an error wrapping ErrDeadLettersBusy.
+func (d *DeadLetters) openScan(ctx context.Context) (*scan, error) {
+	q, err := d.queueInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if q.Consumers > 0 {
+		return nil, fmt.Errorf("rabbitmq: dead letters of %q: the dead-letter queue %q has %d consumer(s), which would take dead letters in the middle of a browse; stop them first: %w", d.cfg.Queue, d.cfg.DeadLetterQueue, q.Consumers, ErrDeadLettersBusy)
+	}
+	rotate, err := d.rotates(ctx)
+	if err != nil {
+		return nil, err
+	}
 	ch, l, err := d.openChannel(ctx)
 	if err != nil {
 		return nil, err
 	}
-	s := &scan{d: d, ctx: ctx, ch: ch, l: l, quorum: d.cfg.QueueType == Quorum}
-	var q amqp.Queue
-	err = s.call(func() (err error) {
-		q, err = ch.QueueDeclarePassive(d.cfg.DeadLetterQueue, true, false, false, false, nil)
-		return err
-	})
-	if err != nil {
-		s.close()
-		var ae *amqp.Error
-		if errors.As(err, &ae) && ae.Code == amqp.NotFound {
-			return nil, fmt.Errorf("rabbitmq: dead-letter queue %q does not exist (no consumer of %q has declared its topology yet?): %w", d.cfg.DeadLetterQueue, d.cfg.Queue, err)
-		}
-		return nil, d.opErr(ctx, fmt.Sprintf("check dead-letter queue %q", d.cfg.DeadLetterQueue), err)
-	}
-	s.ready, s.total = q.Messages, q.Messages
-	if limit >= 0 && limit < s.total {
-		s.total = limit
-	}
-	if s.total == 0 {
-		return s, nil
+	s := &scan{d: d, ctx: ctx, op: ctx, ch: ch, l: l, rotate: rotate, ready: q.Messages, total: q.Messages, user: dialUser(d.conn.d)}
+	if rotate {
+		// A pass cut short would leave the queue rotated: the calls
+		// outlive ctx, and close finishes the pass (see scan.close).
+		s.ctx = d.bg
 	}
 	return s, nil
 }
@@ -315,35 +493,49 @@ func (d *DeadLetters) opErr(ctx context.Context, what string, err error) error {
 	return fmt.Errorf("rabbitmq: dead letters of %q: %s: %w", d.cfg.Queue, what, err)
 }
 
-// call runs f, an amqp091 call that waits on the network with no deadline
-// of its own, bounded by the scan's ctx: when ctx ends while f still runs,
-// the connection's socket is closed (link.drop), which ends f at once; the
-// broker then gives back everything unacknowledged on the connection, in
-// order. When ctx is already done, f gets abortGrace first: the give-back
-// at the end of an operation must not cost a healthy connection.
-func (s *scan) call(f func() error) error {
-	var stop func() bool
-	if s.ctx.Err() != nil {
-		t := time.AfterFunc(abortGrace, s.l.drop)
-		stop = t.Stop
-	} else {
-		stop = context.AfterFunc(s.ctx, s.l.drop)
-	}
+// bounded runs f, an amqp091 call that waits on the network with no
+// deadline of its own, bounded by ctx: when ctx has ended and f still runs
+// grace later, the socket of l is closed (link.drop), which ends f at
+// once. The connection is the DeadLetters' own (never a shared
+// Connection, see NewDeadLetters): the broker then gives back everything
+// unacknowledged on it, and the lock dies with it.
+func bounded(ctx context.Context, l link, grace time.Duration, f func() error) error {
+	done := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			l.drop()
+		case <-done:
+		}
+	})
 	err := f()
+	close(done)
 	stop()
 	return err
+}
+
+// call is bounded for the scan: a scan that rotates finishes what it holds
+// within rotateGrace past its ctx.
+func (s *scan) call(f func() error) error {
+	grace := abortGrace
+	if s.rotate {
+		grace = rotateGrace
+	}
+	return bounded(s.ctx, s.l, grace, f)
 }
 
 // next returns the next message of the pass (basic.get). ok is false at
 // the end of the pass: the snapshot count read, or the queue empty. It
 // returns an error wrapping ctx's when ctx ends, and one when the channel
-// closed.
+// closed. The caller must ack or keep every message it gets.
 func (s *scan) next() (d amqp.Delivery, ok bool, err error) {
 	if s.read >= s.total {
 		return d, false, nil
 	}
-	if err := s.ctx.Err(); err != nil {
-		return d, false, fmt.Errorf("rabbitmq: dead letters of %q: %w", s.d.cfg.Queue, context.Cause(s.ctx))
+	if err := s.op.Err(); err != nil {
+		return d, false, fmt.Errorf("rabbitmq: dead letters of %q: %w", s.d.cfg.Queue, context.Cause(s.op))
 	}
 	err = s.call(func() (err error) {
 		d, ok, err = s.ch.Get(s.d.cfg.DeadLetterQueue, false)
@@ -358,21 +550,20 @@ func (s *scan) next() (d amqp.Delivery, ok bool, err error) {
 	}
 	s.read++
 	s.lastTag = d.DeliveryTag
-	n, counted := tableInt(d.Headers, "x-delivery-count")
-	if counted {
-		s.quorum = true // only a quorum queue counts deliveries
-	}
-	if counted && n >= deliveryCountWarning && !s.warned {
-		s.warned = true
-		s.d.cfg.Logger.Warn("rabbitmq: a dead letter was browsed many times: on a quorum queue every pass counts as a delivery; "+
-			"a delivery-limit on the dead-letter queue (RabbitMQ 4 sets 20 by default) makes the broker drop or dead-letter it",
-			"queue", s.d.cfg.DeadLetterQueue, "x-delivery-count", n)
-	}
 	return d, true, nil
 }
 
 // ack removes the message with tag from the dead-letter queue.
 func (s *scan) ack(tag uint64) error {
+	if err := s.ackTag(tag); err != nil {
+		return err
+	}
+	s.removed++
+	return nil
+}
+
+// ackTag acknowledges tag (a removal, or the original of a rotated copy).
+func (s *scan) ackTag(tag uint64) error {
 	if err := s.call(func() error { return s.ch.Ack(tag, false) }); err != nil {
 		return s.d.opErr(s.ctx, "ack", err)
 	}
@@ -383,55 +574,150 @@ func (s *scan) ack(tag uint64) error {
 	return nil
 }
 
-// close reads the pass to its end, then gives back every message the scan
-// read and did not acknowledge, so that the broker puts each back at its
-// place, in order, and waits until the queue counts them as ready again
-// (see settle).
-//
-// On a classic queue it closes the channel: the broker requeues what the
-// channel held at the messages' old places. (One basic.nack with multiple
-// set does the same, but RabbitMQ 3.10 took 111 s to requeue 10,000
-// messages that way, against 0.25 s for the close.) A quorum queue puts
-// what it gets back at its tail, in the order it gets it, and applies a
-// channel's close, or a multiple nack, partly reversed (see scan): there
-// close sends one nack per message, oldest first, pipelined (no answer is
-// awaited), waits, and only then closes the channel. A channel's delivery
-// tags run 1, 2, 3…, and the scan takes every message on it. When ctx has
-// ended, close skips the waits: closing the channel (or the connection,
-// see call) gives everything back, though a quorum queue may then reorder
-// it.
-func (s *scan) close() {
-	for s.ctx.Err() == nil {
-		if _, ok, err := s.next(); !ok || err != nil {
+// keep leaves m in the dead-letter queue: nothing to do on a classic queue
+// (close gives it back at its place); on a queue that rotates, a copy of m
+// to the queue's tail, and m acknowledged once the copy is confirmed.
+func (s *scan) keep(m *amqp.Delivery) error {
+	if !s.rotate {
+		return nil
+	}
+	if s.rc == nil {
+		ch, l, err := s.d.openChannel(s.ctx)
+		if err != nil {
+			return err
+		}
+		var cc *confirmChannel
+		err = s.call(func() (err error) {
+			cc, err = newConfirmChannel(ch, l, false)
+			return err
+		})
+		if err != nil {
+			return s.d.opErr(s.ctx, "open the rotation channel", err)
+		}
+		s.rc = cc
+	}
+	id := deadLetterID(m)
+	pub := rotationCopy(m, id, s.user)
+	if err := checkPublish("", s.d.cfg.DeadLetterQueue, &pub); err != nil {
+		return fmt.Errorf("rabbitmq: dead letters of %q: dead letter %s cannot be rotated (it stays, counted as a delivery): %w", s.d.cfg.Queue, id, err)
+	}
+	var w *pendingPublish
+	err := s.call(func() (err error) {
+		w, err = s.rc.publish(s.ctx, "", s.d.cfg.DeadLetterQueue, true, pub)
+		return err
+	})
+	if err != nil {
+		return s.d.opErr(s.ctx, "rotate "+id, err)
+	}
+	s.rpend = append(s.rpend, rotated{tag: m.DeliveryTag, id: id, w: w})
+	return s.settleRotation(rotateWindow - 1)
+}
+
+// settleRotation waits for the confirms of the oldest rotated copies until
+// at most keep are in flight, and acknowledges their originals. It waits
+// rotateGrace past ctx.
+func (s *scan) settleRotation(keep int) error {
+	for len(s.rpend) > keep {
+		p := s.rpend[0]
+		if !waitGrace(s.ctx, p.w.done, rotateGrace) {
+			return fmt.Errorf("rabbitmq: dead letters of %q: waiting for the confirm of the rotated copy of %s: %w", s.d.cfg.Queue, p.id, context.Cause(s.ctx))
+		}
+		s.rpend = s.rpend[1:]
+		if p.w.err != nil {
+			// The original stays unacknowledged: the close gives it back.
+			return s.d.opErr(s.ctx, "rotate "+p.id, p.w.err)
+		}
+		if err := s.ackTag(p.tag); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitGrace waits for done until grace past the end of ctx.
+func waitGrace(ctx context.Context, done <-chan struct{}, grace time.Duration) bool {
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// finish reads the pass to its end (keeping every message), finishes the
+// rotation, and returns the first error. The operation returns it when it
+// had none of its own.
+func (s *scan) finish() error {
+	for s.op.Err() == nil {
+		m, ok, err := s.next()
+		if err != nil {
+			return err
+		}
+		if !ok {
 			break
 		}
-	}
-	if s.lastTag == 0 || !s.quorum {
-		_ = s.call(func() error { return s.ch.Close() })
-		if s.lastTag > 0 && s.ctx.Err() == nil {
-			if ch, l, err := s.d.openChannel(s.ctx); err == nil {
-				s.ch, s.l = ch, l
-				s.settle()
-				_ = s.call(func() error { return s.ch.Close() })
-			}
+		if err := s.keep(&m); err != nil {
+			return err
 		}
+	}
+	if s.rotate {
+		if err := s.settleRotation(0); err != nil {
+			return err
+		}
+	}
+	if err := s.op.Err(); err != nil && s.read < s.total {
+		return fmt.Errorf("rabbitmq: dead letters of %q: %w", s.d.cfg.Queue, context.Cause(s.op))
+	}
+	return nil
+}
+
+// close ends the pass: it finishes it (see finish), then closes the
+// channel, which gives back every message read and not acknowledged (on a
+// classic queue, all those kept, at their old places), and waits until the
+// queue counts them as ready again (see settle).
+//
+// A classic queue puts back what a closed channel held at the messages'
+// old places. (One basic.nack with multiple set does the same, but
+// RabbitMQ 3.10 took 111 s to requeue 10,000 messages that way, against
+// 0.25 s for the close.)
+//
+// On a queue that rotates, when the operation's ctx ended before the end
+// of the pass, close hands the rest of the pass to a goroutine, which keeps
+// the operation's lock until it has rotated the whole snapshot (the next
+// operation waits for it; Close stops it), so that the queue keeps its
+// order: the caller gets its error at once.
+func (s *scan) close() {
+	if s.rotate && s.op.Err() != nil && s.ctx.Err() == nil && !s.d.handedOff {
+		s.d.handedOff = true
+		s.d.ops.Add(1)
+		go func() {
+			defer s.d.ops.Done()
+			s.op = s.ctx
+			s.close()
+			s.d.release()
+		}()
 		return
 	}
-	err := s.call(func() error {
-		for tag := uint64(1); tag <= s.lastTag; tag++ {
-			if s.acked[tag] {
-				continue
-			}
-			if err := s.ch.Nack(tag, false, true); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err == nil && s.ctx.Err() == nil {
-		s.settle()
+	_ = s.finish()
+	if s.rc != nil {
+		_ = s.call(func() error { s.rc.close(); return nil })
 	}
+	held := s.lastTag > 0 && len(s.acked) < int(s.lastTag)
 	_ = s.call(func() error { return s.ch.Close() })
+	if held && s.ctx.Err() == nil {
+		if ch, l, err := s.d.openChannel(s.ctx); err == nil {
+			s.ch, s.l = ch, l
+			s.settle()
+			_ = s.call(func() error { return s.ch.Close() })
+		}
+	}
 }
 
 // settleWait bounds how long close waits for the queue to count the
@@ -440,13 +726,10 @@ const settleWait = 5 * time.Minute
 
 // settle waits until the dead-letter queue holds at least as many ready
 // messages as when the scan began, less those it removed. The broker
-// requeues after the channel closed or the nack reached the queue, a quorum
-// queue through its log: the next operation's passive declaration could
-// otherwise miss them, and its pass end early; and closing the channel
-// before a quorum queue took everything back reorders it (RabbitMQ 3.10:
-// by a rotation).
+// requeues after the channel closed: the next operation's passive
+// declaration could otherwise miss them, and its pass end early.
 func (s *scan) settle() {
-	want := s.ready - len(s.acked)
+	want := s.ready - s.removed
 	deadline := time.Now().Add(settleWait)
 	pause := 5 * time.Millisecond
 	for {
@@ -465,6 +748,57 @@ func (s *scan) settle() {
 		}
 		pause = min(2*pause, 200*time.Millisecond)
 	}
+}
+
+// rotationCopy is the copy of dead letter m (with id) that a rotation
+// publishes to the tail of the dead-letter queue: its properties, headers
+// and body, with id in HeaderDeadLetterID (so that a dead letter written by
+// someone else keeps the id List showed) and without x-delivery-count. A
+// user-id property that is not the connection's user (the broker refuses
+// to publish those) moves to the header x-queuekit-user-id.
+func rotationCopy(m *amqp.Delivery, id, user string) amqp.Publishing {
+	h := make(amqp.Table, len(m.Headers)+1)
+	for k, v := range m.Headers {
+		if k == "x-delivery-count" {
+			continue
+		}
+		h[k] = v
+	}
+	h[HeaderDeadLetterID] = id
+	uid := m.UserId
+	if uid != "" && uid != user {
+		h["x-queuekit-user-id"] = uid
+		uid = ""
+	}
+	return amqp.Publishing{
+		Headers:         h,
+		ContentType:     m.ContentType,
+		ContentEncoding: m.ContentEncoding,
+		DeliveryMode:    m.DeliveryMode,
+		Priority:        m.Priority,
+		CorrelationId:   m.CorrelationId,
+		ReplyTo:         m.ReplyTo,
+		Expiration:      m.Expiration,
+		MessageId:       m.MessageId,
+		Timestamp:       m.Timestamp,
+		Type:            m.Type,
+		UserId:          uid,
+		AppId:           m.AppId,
+		Body:            m.Body,
+	}
+}
+
+// dialUser is the user name of d's URL.
+func dialUser(d Dialer) string {
+	raw := d.URL
+	if raw == "" {
+		raw = DefaultURL
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return "guest"
+	}
+	return u.User.Username()
 }
 
 // toDeadLetter converts a delivery of the dead-letter queue, with its body
@@ -541,10 +875,13 @@ func xDeathReason(h amqp.Table) (broker.Reason, bool) {
 	return r, r.Source != "" || why != ""
 }
 
-// List implements broker.DeadLetters. It reads the dead-letter queue from
-// its head, as far as the page needs, and gives every message back (see
-// the package doc, Dead letters): the queue's count and order are the same
-// afterwards. A cursor is "<position>:<id>" of the last item of the
+// List implements broker.DeadLetters. It reads the whole dead-letter queue
+// from its head and leaves every message (given back in place, or rotated:
+// see the package doc, Dead letters): the queue's count and order are the
+// same afterwards (dead letters that arrive during a rotating pass
+// interleave with the rotated ones). A dead letter that a crash left twice
+// (see scan) is listed twice, with the same id; Redrive and Purge by id
+// handle every copy. A cursor is "<position>:<id>" of the last item of the
 // previous page; a dead letter removed before it is fine, but the cursor's
 // own dead letter must still be there, or List returns an error wrapping
 // broker.ErrDeadLetterNotFound.
@@ -567,7 +904,7 @@ func (d *DeadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broke
 		return page, err
 	}
 	defer release()
-	s, err := d.openScan(ctx, -1)
+	s, err := d.openScan(ctx)
 	if err != nil {
 		return page, err
 	}
@@ -588,6 +925,9 @@ func (d *DeadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broke
 		}
 		if !ok {
 			break
+		}
+		if err := s.keep(&m); err != nil {
+			return broker.DeadLetterPage{Items: []broker.DeadLetter{}}, err
 		}
 		if done {
 			continue // the pass reads on to the end (see scan)
@@ -622,6 +962,9 @@ func (d *DeadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broke
 			done = true // one more than the page: there is a next one
 		}
 	}
+	if err := s.finish(); err != nil {
+		return broker.DeadLetterPage{Items: []broker.DeadLetter{}}, err
+	}
 	if !started {
 		return page, fmt.Errorf("rabbitmq: list dead letters of %q: cursor %q: %w", d.cfg.Queue, q.Cursor, broker.ErrDeadLetterNotFound)
 	}
@@ -646,32 +989,36 @@ func (d *DeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int
 	}
 	defer release()
 	if f.IsZero() {
-		s, err := d.openScan(ctx, 0)
-		if err != nil {
-			return 0, err
-		}
-		s.close()
-		return s.ready, nil
+		q, err := d.queueInfo(ctx)
+		return q.Messages, err
 	}
-	s, err := d.openScan(ctx, -1)
+	s, err := d.openScan(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer s.close()
 	n := 0
+	match := f.Matcher()
 	for {
 		m, ok, err := s.next()
 		if err != nil {
 			return 0, err
 		}
 		if !ok {
-			return n, nil
+			break
+		}
+		if err := s.keep(&m); err != nil {
+			return 0, err
 		}
 		dl := toDeadLetter(&m, d.cfg.DeadLetterQueue, 0)
-		if f.Match(&dl) {
+		if match(&dl) {
 			n++
 		}
 	}
+	if err := s.finish(); err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 // selection follows which ids of a selection were seen, to report the
@@ -736,7 +1083,9 @@ const redriveWindow = 64
 // none, is skipped with broker.ErrNoSource unless opts.Destination is given),
 // and acknowledged, which removes
 // it, only once the broker confirmed the copy. The dead letters not
-// selected, and those skipped, go back to their places. A copy the broker
+// selected, and those skipped, are left as List leaves them (a copy the
+// broker refused is rotated after the ones read since). Every copy of a
+// dead letter a crash left twice is redriven (its id once in Done). A copy the broker
 // returns because its queue does not exist is skipped with
 // broker.ErrNoSource, its dead letter kept. A connection lost half-way, or a
 // process killed, leaves every dead letter not acknowledged in the queue: a
@@ -754,24 +1103,24 @@ func (d *DeadLetters) Redrive(ctx context.Context, sel broker.DeadLetterSelectio
 		return res, fmt.Errorf("rabbitmq: redrive dead letters of %q: %w", d.cfg.Queue, err)
 	}
 	if opts.Destination != "" {
-		if err := checkShortstr("redrive destination", opts.Destination); err != nil {
+		if err := checkName("redrive destination", opts.Destination); err != nil {
 			return res, fmt.Errorf("rabbitmq: redrive dead letters of %q: %w", d.cfg.Queue, err)
 		}
 	}
-	if dest := opts.Destination; dest == d.cfg.DeadLetterQueue || dest == d.cfg.Queue+".retry" {
-		return res, fmt.Errorf("%w: rabbitmq: redrive dead letters of %q: destination %q is the dead-letter queue or the retry queue", broker.ErrInvalidConfig, d.cfg.Queue, dest)
+	if dest := opts.Destination; dest == d.cfg.DeadLetterQueue || dest == d.cfg.Queue+".retry" || dest == d.lockName() {
+		return res, fmt.Errorf("%w: rabbitmq: redrive dead letters of %q: destination %q is the dead-letter queue, the retry queue or the dead letters' lock", broker.ErrInvalidConfig, d.cfg.Queue, dest)
 	}
 	ctx, release, err := d.begin(ctx, "redrive")
 	if err != nil {
 		return res, err
 	}
 	defer release()
-	s, err := d.openScan(ctx, -1)
+	s, err := d.openScan(ctx)
 	if err != nil {
 		return res, err
 	}
 	defer s.close()
-	r := redrive{d: d, s: s, res: &res, opts: opts, exists: map[string]bool{}, now: time.Now()}
+	r := redrive{d: d, s: s, res: &res, opts: opts, exists: map[string]bool{}, doneIDs: map[string]bool{}, now: time.Now()}
 	if opts.Destination != "" {
 		ok, err := r.queueExists(opts.Destination)
 		if err != nil {
@@ -784,6 +1133,12 @@ func (d *DeadLetters) Redrive(ctx context.Context, sel broker.DeadLetterSelectio
 	defer r.closePublisher()
 	err = r.run(newSelection(sel))
 	if err != nil {
+		if s.rotate {
+			// The copies in flight are settled (their dead letters
+			// removed) before the rest of the pass goes on (see
+			// scan.close).
+			_ = r.settle(0)
+		}
 		return res, err
 	}
 	return res, res.Err()
@@ -798,6 +1153,7 @@ type redrive struct {
 	cc      *confirmChannel // opened on the first copy
 	pending []redriven      // copies written, oldest first
 	exists  map[string]bool // DryRun: queues checked
+	doneIDs map[string]bool // ids in res.Done
 	now     time.Time
 }
 
@@ -806,6 +1162,7 @@ type redriven struct {
 	tag  uint64
 	dest string
 	w    *pendingPublish
+	m    *amqp.Delivery // kept (see scan.keep) when the copy is refused
 }
 
 func (r *redrive) run(sel *selection) error {
@@ -818,13 +1175,39 @@ func (r *redrive) run(sel *selection) error {
 		if !ok {
 			break
 		}
-		dl := toDeadLetter(&m, r.d.cfg.DeadLetterQueue, 0)
+		sent, err := r.one(sel, limit, &m)
+		if err != nil {
+			return err
+		}
+		if !sent {
+			if err := r.s.keep(&m); err != nil {
+				return err
+			}
+		}
+	}
+	if err := r.settle(0); err != nil {
+		return err
+	}
+	if err := r.s.finish(); err != nil {
+		return err
+	}
+	if r.s.ctx.Err() == nil {
+		r.res.Missing = sel.missing()
+	}
+	return nil
+}
+
+// one handles dead letter m of the pass: sent is true when its copy was
+// published (settle then removes or keeps it).
+func (r *redrive) one(sel *selection, limit int, m *amqp.Delivery) (sent bool, err error) {
+	{
+		dl := toDeadLetter(m, r.d.cfg.DeadLetterQueue, 0)
 		if !sel.pick(&dl) {
-			continue
+			return false, nil
 		}
 		if n := dl.Redriven; limit >= 0 && n >= limit {
 			r.skip(dl.ID, fmt.Errorf("rabbitmq: dead letter %s was redriven %d times (limit %d): %w", dl.ID, n, limit, broker.ErrRedriveLimit))
-			continue
+			return false, nil
 		}
 		// Headers do not choose where a redrive writes (anyone who can
 		// write to the dead-letter queue can write headers): the source is
@@ -835,37 +1218,37 @@ func (r *redrive) run(sel *selection) error {
 			switch dl.Reason.Source {
 			case "":
 				r.skip(dl.ID, fmt.Errorf("rabbitmq: dead letter %s has no %s header (nor x-death); give a Destination: %w", dl.ID, broker.HeaderSource, broker.ErrNoSource))
-				continue
+				return false, nil
 			case r.d.cfg.Queue:
 			default:
 				r.skip(dl.ID, fmt.Errorf("rabbitmq: dead letter %s came from %q, not %q; give a Destination: %w", dl.ID, dl.Reason.Source, r.d.cfg.Queue, broker.ErrNoSource))
-				continue
+				return false, nil
 			}
 			dest = r.d.cfg.Queue
 		}
 		if r.opts.DryRun {
 			ok, err := r.queueExists(dest)
 			if err != nil {
-				return err
+				return false, err
 			}
 			if !ok {
 				r.skip(dl.ID, noQueue(dl.ID, dest, nil))
-				continue
+				return false, nil
 			}
-			r.res.Done = append(r.res.Done, dl.ID)
-			continue
+			r.done(dl.ID)
+			return false, nil
 		}
-		if err := r.publish(&m, dl.ID, dest); err != nil {
-			return err
-		}
+		return r.publish(m, dl.ID, dest)
 	}
-	if err := r.settle(0); err != nil {
-		return err
+}
+
+// done reports id redriven (once: copies of a dead letter share its id,
+// see scan).
+func (r *redrive) done(id string) {
+	if !r.doneIDs[id] {
+		r.doneIDs[id] = true
+		r.res.Done = append(r.res.Done, id)
 	}
-	if r.s.ctx.Err() == nil {
-		r.res.Missing = sel.missing()
-	}
-	return nil
 }
 
 func (r *redrive) skip(id string, err error) {
@@ -908,11 +1291,11 @@ func (r *redrive) queueExists(dest string) (bool, error) {
 
 // publish writes the copy of m to dest, and settles the oldest copies in
 // flight when the window is full.
-func (r *redrive) publish(m *amqp.Delivery, id, dest string) error {
+func (r *redrive) publish(m *amqp.Delivery, id, dest string) (bool, error) {
 	if r.cc == nil {
 		ch, l, err := r.d.openChannel(r.s.ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
 		var cc *confirmChannel
 		err = r.s.call(func() (err error) {
@@ -920,18 +1303,18 @@ func (r *redrive) publish(m *amqp.Delivery, id, dest string) error {
 			return err
 		})
 		if err != nil {
-			return r.d.opErr(r.s.ctx, "open the redrive channel", err)
+			return false, r.d.opErr(r.s.ctx, "open the redrive channel", err)
 		}
 		r.cc = cc
 	}
 	pub := redriveCopy(m, id, r.now)
 	if err := checkPublish("", dest, &pub); err != nil {
 		r.skip(id, fmt.Errorf("rabbitmq: dead letter %s cannot be sent again: %w", id, err))
-		return nil
+		return false, nil
 	}
 	if !fits(&pub, true, r.cc.link.frameMax) {
 		r.skip(id, fmt.Errorf("rabbitmq: dead letter %s cannot be sent again: %w", id, tooLarge(&pub, true, r.cc.link.frameMax)))
-		return nil
+		return false, nil
 	}
 	var w *pendingPublish
 	err := r.s.call(func() (err error) {
@@ -939,10 +1322,14 @@ func (r *redrive) publish(m *amqp.Delivery, id, dest string) error {
 		return err
 	})
 	if err != nil {
-		return r.d.opErr(r.s.ctx, fmt.Sprintf("publish the copy of %s to %q", id, dest), err)
+		return true, r.d.opErr(r.s.ctx, fmt.Sprintf("publish the copy of %s to %q", id, dest), err)
 	}
-	r.pending = append(r.pending, redriven{id: id, tag: m.DeliveryTag, dest: dest, w: w})
-	return r.settle(redriveWindow - 1)
+	r.pending = append(r.pending, redriven{id: id, tag: m.DeliveryTag, dest: dest, w: w, m: m})
+	window := redriveWindow
+	if r.s.rotate {
+		window = rotateWindow // see rotateWindow
+	}
+	return true, r.settle(window - 1)
 }
 
 // settle waits for the confirms of the oldest copies in flight until at
@@ -950,9 +1337,11 @@ func (r *redrive) publish(m *amqp.Delivery, id, dest string) error {
 func (r *redrive) settle(keep int) error {
 	for len(r.pending) > keep {
 		p := r.pending[0]
-		select {
-		case <-p.w.done:
-		case <-r.s.ctx.Done():
+		grace := time.Duration(0)
+		if r.s.rotate {
+			grace = rotateGrace // see scan.call
+		}
+		if !waitGrace(r.s.ctx, p.w.done, grace) {
 			return fmt.Errorf("rabbitmq: redrive dead letters of %q: waiting for the confirm of %s: %w", r.d.cfg.Queue, p.id, context.Cause(r.s.ctx))
 		}
 		r.pending = r.pending[1:]
@@ -962,11 +1351,17 @@ func (r *redrive) settle(keep int) error {
 			if err := r.s.ack(p.tag); err != nil {
 				return err
 			}
-			r.res.Done = append(r.res.Done, p.id)
+			r.done(p.id)
 		case errors.As(p.w.err, &re):
 			r.skip(p.id, noQueue(p.id, p.dest, p.w.err))
+			if err := r.s.keep(p.m); err != nil {
+				return err
+			}
 		case errors.Is(p.w.err, ErrNacked):
 			r.skip(p.id, fmt.Errorf("rabbitmq: dead letter %s: the broker refused its copy to %q: %w", p.id, p.dest, p.w.err))
+			if err := r.s.keep(p.m); err != nil {
+				return err
+			}
 		default:
 			return r.d.opErr(r.s.ctx, fmt.Sprintf("publish the copy of %s to %q", p.id, p.dest), p.w.err)
 		}
@@ -1042,12 +1437,13 @@ func (d *DeadLetters) Purge(ctx context.Context, sel broker.DeadLetterSelection,
 		return res, err
 	}
 	defer release()
-	s, err := d.openScan(ctx, -1)
+	s, err := d.openScan(ctx)
 	if err != nil {
 		return res, err
 	}
 	defer s.close()
 	ps := newSelection(sel)
+	done := map[string]bool{}
 	for {
 		m, ok, err := s.next()
 		if err != nil {
@@ -1057,16 +1453,48 @@ func (d *DeadLetters) Purge(ctx context.Context, sel broker.DeadLetterSelection,
 			break
 		}
 		dl := toDeadLetter(&m, d.cfg.DeadLetterQueue, 0)
-		if !ps.pick(&dl) {
-			continue
-		}
-		if !dryRun {
-			if err := s.ack(m.DeliveryTag); err != nil {
+		picked := ps.pick(&dl)
+		if !picked || dryRun {
+			if err := s.keep(&m); err != nil {
 				return res, err
 			}
+			if picked && !done[dl.ID] {
+				done[dl.ID] = true
+				res.Done = append(res.Done, dl.ID)
+			}
+			continue
 		}
-		res.Done = append(res.Done, dl.ID)
+		if err := s.ack(m.DeliveryTag); err != nil {
+			return res, err
+		}
+		if !done[dl.ID] {
+			// Copies of one dead letter (a rotation cut short by a crash,
+			// see scan) share its id: each is removed, the id told once.
+			done[dl.ID] = true
+			res.Done = append(res.Done, dl.ID)
+		}
+	}
+	if err := s.finish(); err != nil {
+		return res, err
 	}
 	res.Missing = ps.missing()
 	return res, res.Err()
+}
+
+// lockSuffix names the lock of a dead-letter queue (see the package doc).
+const lockSuffix = ".queuekit-lock"
+
+// ErrDeadLettersBusy is returned when another process holds the dead
+// letters' lock until the operation's context ended, or when the
+// dead-letter queue has consumers.
+var ErrDeadLettersBusy = errors.New("rabbitmq: dead letters busy")
+
+// checkName checks a queue name before it is sent to the broker: valid
+// UTF-8 (a shortstr that is not makes the broker close the connection) of
+// at most 255 bytes.
+func checkName(what, name string) error {
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("%w: rabbitmq: %s %q is not valid UTF-8", broker.ErrInvalidConfig, what, name)
+	}
+	return checkShortstr(what, name)
 }
