@@ -51,6 +51,18 @@ type Config struct {
 	// Timeout bounds each call the handler makes to a runner or a broker
 	// (a backlog, a dead-letter listing, a redrive). Zero means 10 s.
 	Timeout time.Duration
+	// Prefix, when set, is the path the handler is mounted at as the
+	// handler sees it (e.g. "/admin" under Gin's "/admin/*any" without
+	// http.StripPrefix): only Prefix followed by one of the handler's
+	// routes exactly is served. Empty: under http.StripPrefix (or at the
+	// root) the routes are matched exactly too; otherwise they are found
+	// from the end of the path, and any prefix is accepted.
+	Prefix string
+	// SecureCookie marks the CSRF cookie Secure on every response. Without
+	// it the cookie is Secure only when the request came over TLS to this
+	// process (r.TLS set); behind a proxy that terminates TLS, set it, so
+	// that the browser never sends the cookie over plain HTTP.
+	SecureCookie bool
 	// PageSize is how many dead letters a page shows. Zero means 50; at
 	// most broker.MaxListLimit.
 	PageSize int
@@ -132,8 +144,19 @@ var (
 
 // findRoute reads the route from r's path. ok is false for a path the
 // handler does not serve.
-func findRoute(r *http.Request) (rt route, ok bool) {
+func (h *handler) findRoute(r *http.Request) (rt route, ok bool) {
 	p := r.URL.Path
+	exact := h.cfg.Prefix != ""
+	if exact {
+		if p, ok = strings.CutPrefix(p, h.cfg.Prefix); !ok {
+			return rt, false
+		}
+	} else if u, err := url.ParseRequestURI(r.RequestURI); err == nil && u.Path != p && strings.HasSuffix(u.Path, p) {
+		exact = true // under http.StripPrefix: p is the path from the handler's root
+	}
+	if exact && !exactRoute(p) {
+		return rt, false
+	}
 	i := strings.LastIndexByte(p, '/')
 	rt.leaf = p[i+1:]
 	parent := ""
@@ -143,8 +166,9 @@ func findRoute(r *http.Request) (rt route, ok bool) {
 	rt.api = parent == "api" || strings.HasSuffix(parent, "/api")
 	switch {
 	case rt.api && apiLeaves[rt.leaf]:
+	case rt.leaf == "" && (rt.api || routeName(parent[strings.LastIndexByte(parent, '/')+1:])):
+		return rt, false // "api/", "runner/", "api/runners/": not the index
 	case rt.leaf == "":
-		rt.api = false
 	case !rt.api && pageLeaves[rt.leaf]:
 	default:
 		return rt, false
@@ -154,6 +178,24 @@ func findRoute(r *http.Request) (rt route, ok bool) {
 		rt.base = "/"
 	}
 	return rt, true
+}
+
+// routeName reports whether a path segment names a route.
+func routeName(seg string) bool { return seg != "" && (pageLeaves[seg] || apiLeaves[seg]) }
+
+// exactRoute reports whether p, a path from the handler's root, is one of
+// its routes exactly.
+func exactRoute(p string) bool {
+	if !strings.HasPrefix(p, "/") {
+		p = "/" + p // under http.StripPrefix("/admin/", …)
+	}
+	if p == "/" {
+		return true
+	}
+	if leaf, ok := strings.CutPrefix(p, "/api/"); ok {
+		return apiLeaves[leaf]
+	}
+	return strings.Count(p, "/") == 1 && pageLeaves[p[1:]]
 }
 
 // basePath is the client-side path of the handler's root: the request's
@@ -185,7 +227,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, true, http.StatusInternalServerError, "internal error")
 		}
 	}()
-	rt, ok := findRoute(r)
+	rt, ok := h.findRoute(r)
 	api := ok && rt.api || !ok && strings.Contains(r.URL.Path, "/api/")
 	setCommonHeaders(w)
 	if err := h.authorize(r); err != nil {

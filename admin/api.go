@@ -228,7 +228,19 @@ type DeadLetterList struct {
 	Items []broker.DeadLetter `json:"items"`
 	// Next is the cursor of the next page; empty on the last.
 	Next string `json:"next,omitempty"`
+	// BodiesCut is true when some bodies were cut to a preview
+	// (broker.DefaultBodyPreview bytes; BodySize says how long they are)
+	// because the page's bodies came to more than 16 MiB.
+	BodiesCut bool `json:"bodies_cut,omitempty"`
 }
+
+// A page of dead letters answers whole bodies (body_limit negative or over
+// broker.DefaultBodyPreview) only for at most maxWholeBodies of them, and
+// cuts bodies to previews past maxListBodies bytes in all.
+const (
+	maxWholeBodies = 100
+	maxListBodies  = 16 << 20
+)
 
 func (h *handler) apiDeadLetters(w http.ResponseWriter, r *http.Request) {
 	q, err := h.listQuery(r)
@@ -249,7 +261,18 @@ func (h *handler) apiDeadLetters(w http.ResponseWriter, r *http.Request) {
 	if page.Items == nil {
 		page.Items = []broker.DeadLetter{}
 	}
-	writeJSON(w, http.StatusOK, DeadLetterList{Runner: runner, Count: n, Items: page.Items, Next: page.Next})
+	cut := false
+	total := 0
+	for i := range page.Items {
+		d := &page.Items[i]
+		if total+len(d.Message.Body) > maxListBodies && len(d.Message.Body) > broker.DefaultBodyPreview {
+			size := max(d.BodySize, len(d.Message.Body))
+			broker.CutBody(d, broker.DefaultBodyPreview)
+			d.BodySize, cut = size, true
+		}
+		total += len(d.Message.Body)
+	}
+	writeJSON(w, http.StatusOK, DeadLetterList{Runner: runner, Count: n, Items: page.Items, Next: page.Next, BodiesCut: cut})
 }
 
 // listQuery reads a dead-letter query from the URL: runner (required),
@@ -278,6 +301,9 @@ func (h *handler) listQuery(r *http.Request) (broker.DeadLetterQuery, error) {
 	}
 	if q.BodyLimit > 1<<20 {
 		return q, errors.New("body_limit must be at most 1 MiB (negative: whole bodies)")
+	}
+	if q.Limit > maxWholeBodies && (q.BodyLimit < 0 || q.BodyLimit > broker.DefaultBodyPreview) {
+		return q, fmt.Errorf("body_limit over %d bytes (or negative: whole bodies) needs limit at most %d", broker.DefaultBodyPreview, maxWholeBodies)
 	}
 	if len(q.Cursor) > 4096 || len(q.Reason) > 4096 || len(q.Source) > 4096 {
 		return q, errors.New("cursor, reason and source must be at most 4096 bytes")

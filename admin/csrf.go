@@ -80,7 +80,7 @@ func (h *handler) token(w http.ResponseWriter, r *http.Request, rt route) string
 		Value:    tok,
 		Path:     path,
 		HttpOnly: true,
-		Secure:   r.TLS != nil,
+		Secure:   r.TLS != nil || h.cfg.SecureCookie,
 		SameSite: http.SameSiteStrictMode,
 	})
 	return tok

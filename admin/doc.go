@@ -14,9 +14,11 @@
 //	mux.Handle("/admin/", http.StripPrefix("/admin", h)) // net/http
 //	router.Any("/admin/*any", gin.WrapH(h))              // Gin
 //
-// The handler finds its routes from the end of the request path and links
-// its pages relatively, so it may be mounted at any path, with or without
-// http.StripPrefix.
+// The handler links its pages relatively, so it may be mounted at any path.
+// Under http.StripPrefix (as above) it serves its routes exactly;
+// mounted without it, set Config.Prefix to the mount path (e.g. "/admin")
+// for the same, or it finds its routes from the end of the request path
+// and accepts any prefix.
 //
 // # Pages
 //
@@ -37,7 +39,10 @@
 //
 //	GET  ./api/runners                            the consumers, as the page shows them
 //	GET  ./api/deadletters?runner=NAME            a page of dead letters (reason, source,
-//	                                              cursor, limit, body_limit) and their count
+//	                                              cursor, limit, body_limit) and their count;
+//	                                              whole bodies (body_limit negative or over
+//	                                              1024) only with limit at most 100, and
+//	                                              bodies past 16 MiB a page cut to previews
 //	POST ./api/pause, ./api/resume                {"runner": "orders"}
 //	POST ./api/redrive, ./api/purge               {"runner": "orders", "ids": [...]} or
 //	                                              {"runner": "orders", "all": true, "reason": "timeout"};
@@ -81,6 +86,9 @@
 //	    -d '{"runner": "orders"}' localhost:8080/admin/api/pause
 //
 // A new handler (a restarted process) has a new key: reload the page.
+//
+// The cookie is marked Secure when the request came over TLS to this
+// process; behind a proxy that terminates TLS, set Config.SecureCookie.
 //
 // # Rates
 //

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"html/template"
 	"net/http"
@@ -81,7 +82,7 @@ func (h *handler) servePage(w http.ResponseWriter, r *http.Request, rt route) {
 	// State-changing (or a dry run): a form post with the CSRF token.
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBody)
 	if err := r.ParseForm(); err != nil {
-		writeError(w, false, http.StatusBadRequest, "cannot read the form")
+		writeError(w, false, http.StatusBadRequest, formError(err))
 		return
 	}
 	if err := h.checkCSRF(r, r.PostForm.Get(csrfField)); err != nil {
@@ -118,6 +119,15 @@ func (h *handler) servePage(w http.ResponseWriter, r *http.Request, rt route) {
 		// again instead of repeating the operation.
 		redirect(w, "result?"+url.Values{"r": {h.resultToken(newResultView(res, code, time.Now()))}}.Encode(), http.StatusSeeOther)
 	}
+}
+
+// formError says why a form could not be read.
+func formError(err error) string {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return fmt.Sprintf("the form is too large (over %d bytes): select at most %d dead letters at once, or use the button for all of them", maxFormBody, maxIDs)
+	}
+	return "cannot read the form: " + err.Error()
 }
 
 // formRequest reads a Request from a form: runner, id (repeated), reason,

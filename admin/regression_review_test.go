@@ -3,6 +3,7 @@ package admin_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"html"
 	"net/http"
 	"net/http/httptest"
@@ -268,5 +269,78 @@ func TestReviewConfirmActsOnWhatItShowed(t *testing.T) {
 	// A forged or altered result link is refused.
 	if code, _ := c.get("/" + loc + "x"); code != http.StatusBadRequest {
 		t.Errorf("an altered result link = %d; want 400", code)
+	}
+}
+
+// Review #6a: the routes are exact: "api/" and "api/runners/" are not the
+// index, and under http.StripPrefix (or with Config.Prefix) no other
+// prefix is accepted.
+func TestReviewExactRoutes(t *testing.T) {
+	e := newEnv(t)
+	srv := server(t, newHandler(t, admin.Config{Supervisor: e.sup}))
+	c := newClient(t, srv.URL+"/admin")
+	for _, p := range []string{"/api/", "/api/runners/", "/runner/", "/x/y/z/api/runners", "/x/runner?runner=orders", "/x/"} {
+		if code, body := c.get(p); code != http.StatusNotFound {
+			t.Errorf("GET /admin%s = %d; want 404:\n%.300s", p, code, body)
+		}
+	}
+	for _, p := range []string{"/", "/api/runners", "/runner?runner=orders"} {
+		if code, _ := c.get(p); code != http.StatusOK {
+			t.Errorf("GET /admin%s = %d; want 200", p, code)
+		}
+	}
+	// Mounted without http.StripPrefix, with Config.Prefix.
+	h := newHandler(t, admin.Config{Supervisor: e.sup, Prefix: "/admin"})
+	for p, want := range map[string]int{"/admin/": 200, "/admin/api/runners": 200, "/admin/x/api/runners": 404, "/other/api/runners": 404} {
+		if rec := localGET(h, "http://localhost"+p, nil); rec.Code != want {
+			t.Errorf("Prefix /admin: GET %s = %d; want %d", p, rec.Code, want)
+		}
+	}
+}
+
+// Review #6b: Config.SecureCookie marks the CSRF cookie Secure behind a
+// proxy that terminates TLS (r.TLS nil).
+func TestReviewSecureCookie(t *testing.T) {
+	e := newEnv(t)
+	for _, secure := range []bool{false, true} {
+		h := newHandler(t, admin.Config{Supervisor: e.sup, SecureCookie: secure})
+		rec := localGET(h, "http://localhost/", nil)
+		cookie := rec.Header().Get("Set-Cookie")
+		if strings.Contains(cookie, "; Secure") != secure {
+			t.Errorf("SecureCookie %v: Set-Cookie %q", secure, cookie)
+		}
+	}
+}
+
+// Review #6d: whole bodies come only on short pages, and a page's bodies
+// are capped in all.
+func TestReviewDeadLetterBodiesBounded(t *testing.T) {
+	e := newEnv(t)
+	e.publish(t, "bad-"+strings.Repeat("x", 5000))
+	e.deadLetters(t, 1)
+	h := newHandler(t, admin.Config{Supervisor: e.sup})
+	rec := localGET(h, "http://localhost/api/deadletters?runner=orders&body_limit=-1&limit=10000", nil)
+	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "needs limit at most 100") {
+		t.Errorf("whole bodies with limit 10000 = %d %s; want 400", rec.Code, rec.Body.String())
+	}
+	rec = localGET(h, "http://localhost/api/deadletters?runner=orders&body_limit=-1&limit=100", nil)
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"body_size": 5004`) {
+		t.Errorf("whole bodies with limit 100 = %d %.500s; want 200", rec.Code, rec.Body.String())
+	}
+}
+
+// Review #6e: a form too large to read says why.
+func TestReviewHugeFormSaysWhy(t *testing.T) {
+	e := newEnv(t)
+	srv := server(t, newHandler(t, admin.Config{Supervisor: e.sup}))
+	c := newClient(t, srv.URL+"/admin")
+	tok := c.token()
+	form := url.Values{"csrf_token": {tok}, "runner": {"orders"}, "op": {"redrive"}}
+	for i := 0; i < 100000; i++ {
+		form.Add("id", fmt.Sprintf("id-%06d", i))
+	}
+	code, _, body := c.postForm("/confirm", form)
+	if code != http.StatusBadRequest || !strings.Contains(body, "too large") || !strings.Contains(body, "at most") {
+		t.Errorf("POST /confirm with 100,000 ids = %d %q; want 400 saying the form is too large", code, body)
 	}
 }
