@@ -344,3 +344,29 @@ func TestReviewHugeFormSaysWhy(t *testing.T) {
 		t.Errorf("POST /confirm with 100,000 ids = %d %q; want 400 saying the form is too large", code, body)
 	}
 }
+
+// Past 1,000 dead letters the confirm form carries the filter and Max (the
+// dry run's count) instead of the ids, and the page says so.
+func TestReviewConfirmManyCarriesMax(t *testing.T) {
+	e := newEnv(t)
+	bodies := make([]string, 1001)
+	for i := range bodies {
+		bodies[i] = fmt.Sprintf("bad-%04d", i)
+	}
+	e.publish(t, bodies...)
+	e.deadLetters(t, 1001)
+	srv := server(t, newHandler(t, admin.Config{Supervisor: e.sup}))
+	c := newClient(t, srv.URL+"/admin")
+	tok := c.token()
+	code, _, page := c.postForm("/confirm", url.Values{"csrf_token": {tok}, "runner": {"orders"}, "op": {"purge-all"}})
+	if code != 200 || !strings.Contains(page, `id="byfilter"`) || !strings.Contains(page, `name="max" value="1001"`) || strings.Contains(page, `name="id"`) {
+		t.Fatalf("POST /confirm purge-all of 1001 = %d; want the filter and max 1001 carried, and said:\n%.3000s", code, page)
+	}
+	e.publish(t, "bad-late")
+	e.deadLetters(t, 1002)
+	code, res, _ := submitConfirm(t, c, tok, "purge", page)
+	if m := doneRE.FindStringSubmatch(res); code != 200 || m == nil || m[1] != "1001" {
+		t.Fatalf("the result (%d) of confirming 1001:\n%s", code, res)
+	}
+	e.deadLetters(t, 1)
+}
