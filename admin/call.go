@@ -23,7 +23,7 @@ import (
 // once, finished or abandoned; more are refused at once with errBusy.
 
 // maxOutstanding bounds the running broker calls of one runner.
-const maxOutstanding = 4
+const maxOutstanding = 8
 
 // errBusy is the error of a call refused because the runner's broker has
 // maxOutstanding calls still running.

@@ -103,7 +103,7 @@
 // Each call the handler makes to a runner or its broker (Backlog, Count,
 // List, Redrive, Purge, Pause, Resume) runs on a goroutine of its own that
 // the request abandons at Config.Timeout, even when the call ignores its
-// context; the call finishes on its own. At most 4 calls per runner may be
+// context; the call finishes on its own. At most 8 calls per runner may be
 // running at once: while that many are stuck, more are refused with an
 // error on the page rather than piling up with each refresh. A redrive or
 // purge abandoned that way may still complete: look again. A panic in a
