@@ -250,6 +250,18 @@ func TestAdminPageInABrowserRedrivesAFailedOrder(t *testing.T) {
 		t.Errorf("the result page says %q redriven; want 1", done)
 	}
 	screenshot(t, ctx, dir, "4-redriven.png")
+	// The result is a page of its own (the POST redirected there): reloading
+	// it shows the result again and does not redrive again.
+	loc, err := chromedp.Run(ctx, chromedp.Location())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS(`#result`))); err != nil {
+		t.Fatalf("reloading the result: %v", err)
+	}
+	if !strings.Contains(loc, "/admin/result?") || text(t, ctx, `#done`) != "1" {
+		t.Errorf("after the redrive the browser is at %q, showing %q redriven; want the result page, 1", loc, text(t, ctx, `#done`))
+	}
 	got := waitStatus(t, base, id, statusProcessed)
 	t.Logf("order %s after the redrive: %v", id, got)
 

@@ -31,7 +31,8 @@
 //	GET  /admin/api/runners              the same as JSON; POST /admin/api/pause, resume, redrive, purge
 //
 // The admin page and API answer only requests that carry the token of the
-// ADMIN_TOKEN environment variable (Authorization: Bearer …), or, when it is
+// ADMIN_TOKEN environment variable (Authorization: Bearer …; a browser: HTTP
+// Basic, any user, the token as the password), or, when it is
 // not set, requests from the loopback interface addressed to a loopback name
 // (Host localhost, 127.0.0.0/8 or [::1], any port: a DNS-rebinding page's
 // requests carry its own name). What changes anything is a POST that must

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -434,8 +435,8 @@ func TestAdminEndpointsNeedTheTokenWhenOneIsSet(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.adminToken = "s3cret-token"
 	base, _, _ := startInProcess(t, cfg)
-	if code, _ := do(t, "GET", base+"/admin/api/runners", ""); code != http.StatusForbidden {
-		t.Errorf("GET /admin/api/runners without the token = %d; want 403", code)
+	if code, _ := do(t, "GET", base+"/admin/api/runners", ""); code != http.StatusUnauthorized && code != http.StatusForbidden {
+		t.Errorf("GET /admin/api/runners without the token = %d; want 401 or 403", code)
 	}
 	req, _ := http.NewRequest("GET", base+"/admin/api/runners", nil)
 	req.Header.Set("Authorization", "Bearer s3cret-token")
@@ -452,8 +453,37 @@ func TestAdminEndpointsNeedTheTokenWhenOneIsSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		t.Errorf("GET /admin/api/runners with a wrong token = %d; want 403", resp.StatusCode)
+	if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
+		t.Errorf("GET /admin/api/runners with a wrong token = %d; want 401 or 403", resp.StatusCode)
+	}
+	// Review 6c: the scheme is case-insensitive (RFC 9110), and a browser,
+	// which cannot send a bearer token, uses Basic authentication with the
+	// token as the password, after a 401 that asks for it.
+	for _, tc := range []struct {
+		auth string
+		want int
+	}{
+		{"bearer s3cret-token", http.StatusOK},
+		{"BEARER s3cret-token", http.StatusOK},
+		{"Basic " + base64.StdEncoding.EncodeToString([]byte("operator:s3cret-token")), http.StatusOK},
+		{"Basic " + base64.StdEncoding.EncodeToString([]byte("s3cret-token:wrong")), http.StatusUnauthorized},
+		{"", http.StatusUnauthorized},
+	} {
+		req, _ := http.NewRequest("GET", base+"/admin/", nil)
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("GET /admin/ with Authorization %q = %d; want %d", tc.auth, resp.StatusCode, tc.want)
+		}
+		if tc.want == http.StatusUnauthorized && !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Basic ") {
+			t.Errorf("GET /admin/ with Authorization %q: WWW-Authenticate %q; want a Basic challenge", tc.auth, resp.Header.Get("WWW-Authenticate"))
+		}
 	}
 }
 

@@ -453,10 +453,10 @@ func (s *service) routes() http.Handler {
 	r.GET("/readyz", s.readyz)
 	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
 
-	// The admin page and JSON API (package admin, see admin.go): it sees
-	// the whole path and finds its routes from the end, so it mounts
-	// anywhere; "/admin" is redirected to "/admin/" by Gin.
-	r.Any("/admin/*any", gin.WrapH(s.admin))
+	// The admin page and JSON API (package admin, see admin.go), under
+	// http.StripPrefix so that it serves its routes exactly; "/admin" is
+	// redirected to "/admin/" by Gin.
+	r.Any("/admin/*any", gin.WrapH(http.StripPrefix("/admin", s.admin)))
 	return r
 }
 
