@@ -20,14 +20,16 @@ import (
 //
 // So that calls that never return cannot pile up (the index refreshes
 // every 15 s), at most maxOutstanding calls per runner may be running at
-// once, finished or abandoned; more are refused at once with errBusy.
+// once, answered or abandoned; a call past that waits for one of them to
+// return, until the request's deadline, and then fails with errBusy
+// without starting anything.
 
 // maxOutstanding bounds the running broker calls of one runner.
 const maxOutstanding = 8
 
 // errBusy is the error of a call refused because the runner's broker has
 // maxOutstanding calls still running.
-var errBusy = fmt.Errorf("queuekit: admin: %d earlier calls to this runner's broker have not returned yet; try again later", maxOutstanding)
+var errBusy = fmt.Errorf("queuekit: admin: %d earlier calls to this runner's broker have not returned within Config.Timeout; try again later: %w", maxOutstanding, context.DeadlineExceeded)
 
 // gates holds the per-runner semaphores.
 type gates struct {
@@ -35,7 +37,7 @@ type gates struct {
 	m  map[string]chan struct{} // bounded: one per runner name the Supervisor knows
 }
 
-func (g *gates) acquire(runner string) (release func(), ok bool) {
+func (g *gates) acquire(ctx context.Context, runner string) (release func(), ok bool) {
 	g.mu.Lock()
 	if g.m == nil {
 		g.m = make(map[string]chan struct{})
@@ -49,7 +51,7 @@ func (g *gates) acquire(runner string) (release func(), ok bool) {
 	select {
 	case c <- struct{}{}:
 		return func() { <-c }, true
-	default:
+	case <-ctx.Done():
 		return nil, false
 	}
 }
@@ -84,7 +86,7 @@ func call[T any](ctx context.Context, h *handler, runner, op string, f func(cont
 		v, err := f(ctx)
 		return v, safeErr(err)
 	}
-	release, ok := h.gates.acquire(runner)
+	release, ok := h.gates.acquire(ctx, runner)
 	if !ok {
 		return zero, errBusy
 	}

@@ -104,8 +104,9 @@
 // List, Redrive, Purge, Pause, Resume) runs on a goroutine of its own that
 // the request abandons at Config.Timeout, even when the call ignores its
 // context; the call finishes on its own. At most 8 calls per runner may be
-// running at once: while that many are stuck, more are refused with an
-// error on the page rather than piling up with each refresh. A redrive or
+// running at once: a ninth waits for one of them, until Config.Timeout,
+// and while that many are stuck, the pages say so (504 for the JSON API)
+// rather than starting more with each refresh. A redrive or
 // purge abandoned that way may still complete: look again. A panic in a
 // call, or an error whose Error method panics (a typed nil), is shown as
 // an error and costs nothing else.

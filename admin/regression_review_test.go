@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -369,4 +370,28 @@ func TestReviewConfirmManyCarriesMax(t *testing.T) {
 		t.Fatalf("the result (%d) of confirming 1001:\n%s", code, res)
 	}
 	e.deadLetters(t, 1)
+}
+
+// Concurrent requests to a slow (not stuck) broker wait for a slot rather
+// than being refused: the per-runner cap is for calls that do not return.
+func TestReviewSlowBrokerCallsWaitForASlot(t *testing.T) {
+	sup := supervise(t, map[string]consumer.Runner{
+		"slow": fakeRunner{dl: fakeDL{count: func(context.Context) (int, error) {
+			time.Sleep(20 * time.Millisecond)
+			return 7, nil
+		}}},
+	})
+	h := newHandler(t, admin.Config{Supervisor: sup})
+	var wg sync.WaitGroup
+	for i := 0; i < 24; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := localGET(h, "http://localhost/api/runners", nil)
+			if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"dead_letters": 7`) {
+				t.Errorf("GET api/runners (24 at once, Count taking 20ms) = %d %.400s", rec.Code, rec.Body.String())
+			}
+		}()
+	}
+	wg.Wait()
 }
