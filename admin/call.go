@@ -145,7 +145,15 @@ func (h *handler) listDL(ctx context.Context, runner string, q broker.DeadLetter
 		}
 		p, err := dl.List(ctx, q)
 		for i := range p.Items {
-			p.Items[i].Reason.Err = redact(p.Items[i].Reason.Err)
+			d := &p.Items[i]
+			d.Reason.Err = redact(d.Reason.Err)
+			if len(d.Message.Header) > 0 {
+				hdr := make(map[string]string, len(d.Message.Header)) // a copy: the adapter's may be shared
+				for k, v := range d.Message.Header {
+					hdr[k] = redact(v)
+				}
+				d.Message.Header = hdr
+			}
 		}
 		return p, err
 	})

@@ -17,7 +17,9 @@ import (
 
 	"github.com/queuekit/queuekit/admin"
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/retry"
 )
 
 // Regression tests for the hostile review of the admin handler
@@ -394,4 +396,36 @@ func TestReviewSlowBrokerCallsWaitForASlot(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// A dead letter's reason (and its reason header, in the JSON API) with a
+// broker URL in it shows no password either.
+func TestReviewDeadLetterReasonRedacted(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	src, err := b.Source("jobs", memory.SourceConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := consumer.New(src, consumer.HandlerFunc(func(context.Context, *broker.Message) error {
+		return retry.Permanent(errors.New("post to https://bot:T0pSecret@hooks.example/x failed"))
+	}), consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup := supervise(t, map[string]consumer.Runner{"jobs": c})
+	if err := b.Publish(context.Background(), "jobs", &broker.Message{ID: "j1", Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the dead letter", func() bool {
+		n, err := b.DeadLettersOf("jobs").Count(context.Background(), broker.DeadLetterFilter{})
+		return err == nil && n == 1
+	})
+	h := newHandler(t, admin.Config{Supervisor: sup})
+	for _, p := range []string{"/runner?runner=jobs", "/api/deadletters?runner=jobs"} {
+		body := localGET(h, "http://localhost"+p, nil).Body.String()
+		if strings.Contains(body, "T0pSecret") || !strings.Contains(body, "bot:xxxxx@hooks.example") {
+			t.Errorf("GET %s: the password is shown, or the redacted URL is not:\n%.3000s", p, body)
+		}
+	}
 }
