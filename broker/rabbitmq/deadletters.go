@@ -418,6 +418,10 @@ func (d *DeadLetters) rotates(ctx context.Context) (bool, error) {
 	return false, d.opErr(ctx, fmt.Sprintf("check the type of %q", d.cfg.DeadLetterQueue), err)
 }
 
+// consumerWait is how long openScan waits for the dead-letter queue's
+// consumers to go before it refuses to browse it.
+const consumerWait = 2 * time.Second
+
 // openScan opens a channel for a pass over the dead-letter queue. It
 // refuses a queue with consumers (they would take messages in the middle of
 // the pass) with an error wrapping ErrDeadLettersBusy.
@@ -425,6 +429,22 @@ func (d *DeadLetters) openScan(ctx context.Context) (*scan, error) {
 	q, err := d.queueInfo(ctx)
 	if err != nil {
 		return nil, err
+	}
+	// A quorum queue counts as a consumer each channel whose basic.get
+	// messages are not settled yet: the previous pass's last
+	// acknowledgements, on their way (RabbitMQ 3.10 reported 16, the
+	// rotation window, right after a pass). A consumer that stays is one.
+	for wait, pause := time.Now().Add(consumerWait), 10*time.Millisecond; q.Consumers > 0 && time.Now().Before(wait); pause = min(2*pause, 200*time.Millisecond) {
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("rabbitmq: dead letters of %q: %w", d.cfg.Queue, context.Cause(ctx))
+		}
+		if q, err = d.queueInfo(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if q.Consumers > 0 {
 		return nil, fmt.Errorf("rabbitmq: dead letters of %q: the dead-letter queue %q has %d consumer(s), which would take dead letters in the middle of a browse; stop them first: %w", d.cfg.Queue, d.cfg.DeadLetterQueue, q.Consumers, ErrDeadLettersBusy)
