@@ -57,11 +57,18 @@ func TestDeadLettersList10k(t *testing.T) {
 }
 
 // BenchmarkDeadLettersList10k times a full listing of 10,000 dead letters
-// (one List of MaxListLimit), reporting msgs/s.
+// (one List of MaxListLimit), reporting msgs/s, on a classic dead-letter
+// queue (given back in place) and a quorum one (rotated, see scan).
 func BenchmarkDeadLettersList10k(b *testing.B) {
+	for _, typ := range []string{Classic, Quorum} {
+		b.Run(typ, func(b *testing.B) { benchList10k(b, typ) })
+	}
+}
+
+func benchList10k(b *testing.B, typ string) {
 	needBroker(b)
 	q := uniqueQueue(b)
-	topo := Topology{}
+	topo := Topology{QueueType: typ}
 	if err := topo.resolve(q); err != nil {
 		b.Fatal(err)
 	}
@@ -75,7 +82,7 @@ func BenchmarkDeadLettersList10k(b *testing.B) {
 	_ = ch.Close()
 	const n = 10000
 	fillDeadLetters(b, q, n)
-	dl, err := NewDeadLetters(DeadLetterConfig{Dialer: Dialer{URL: amqpURL()}, Queue: q, Logger: quietLogger()})
+	dl, err := NewDeadLetters(DeadLetterConfig{Dialer: Dialer{URL: amqpURL()}, Queue: q, QueueType: typ, Logger: quietLogger()})
 	if err != nil {
 		b.Fatal(err)
 	}
