@@ -90,18 +90,45 @@ func caseBroker(t *testing.T) *memory.Broker {
 	return b
 }
 
+// mutantChildren bounds how many mutant children run at once. A child spends
+// nearly all of its ~10-20 s waiting (the suite's Quiet and Timeout windows
+// against the in-memory broker) and well under a second of CPU, so running
+// several at once shortens the test without loading the machine; the
+// -test.parallel limit (GOMAXPROCS) would allow only 2.
+const mutantChildren = 8
+
 // TestSuiteFailsBrokenAdapters runs the suite against each mutant in a
 // child process and checks that the expected cases fail, with a message.
 func TestSuiteFailsBrokenAdapters(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the suite once per mutant in a child process")
 	}
-	for _, m := range mutants {
-		t.Run(m.name, func(t *testing.T) {
-			t.Parallel() // the children mostly wait
+	type result struct {
+		out []byte
+		err error
+	}
+	// The children are independent (each has its own process and memory
+	// brokers): start them all, at most mutantChildren at a time, and check
+	// each one's output in its subtest, in order.
+	results := make([]chan result, len(mutants))
+	sem := make(chan struct{}, mutantChildren)
+	for i, m := range mutants {
+		results[i] = make(chan result, 1)
+		go func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			cmd := exec.Command(os.Args[0], "-test.run=^TestMutant$", "-test.v", "-test.count=1", "-test.timeout=2m")
 			cmd.Env = append(os.Environ(), mutantEnv+"="+m.name)
 			out, err := cmd.CombinedOutput()
+			results[i] <- result{out, err}
+		}()
+	}
+	for i, m := range mutants {
+		// Every child's result is received, even after a subtest fails, so
+		// that no goroutine outlives the test.
+		r := <-results[i]
+		t.Run(m.name, func(t *testing.T) {
+			out, err := r.out, r.err
 			if err == nil {
 				t.Fatalf("the suite passed the %s mutant; want it to fail %q\n%s", m.name, m.want, out)
 			}
