@@ -16,10 +16,18 @@ import (
 // queues count deliveries durably (x-delivery-count): a classic queue counts
 // requeues itself (by republishing) but knows only "redelivered" after a
 // connection loss.
+//
+// It runs in parallel with the other parallel tests (never with the serial
+// ones, such as the chaos and broker-restart tests that cut every
+// connection of the vhost), and its classic and quorum runs in parallel
+// with each other: each case works on a queue and connections of its own,
+// and the cases mostly wait for broker round trips.
 func TestConformance(t *testing.T) {
 	needBroker(t)
+	t.Parallel()
 	for _, typ := range []string{Classic, Quorum} {
 		t.Run(typ, func(t *testing.T) {
+			t.Parallel()
 			brokertest.Run(t, brokertest.Harness{
 				Capabilities: brokertest.Capabilities{
 					DeliveryCount:        true,

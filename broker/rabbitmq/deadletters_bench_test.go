@@ -16,10 +16,15 @@ import (
 // dead letters listed in one page of MaxListLimit and in pages of 1,000
 // leave the dead-letter queue with the same count and order. The time it
 // takes is BenchmarkDeadLettersList10k's.
+//
+// It runs in parallel with the other parallel tests (never with the serial
+// ones that cut the vhost's connections): its queues and connections are
+// its own, and it mostly waits for 10,000-message round trips.
 func TestDeadLettersList10k(t *testing.T) {
 	if testing.Short() {
 		t.Skip("10,000 dead letters")
 	}
+	t.Parallel()
 	q, _, dl := dlFixture(t, Classic)
 	const n = 10000
 	fillDeadLetters(t, q, n)
