@@ -36,9 +36,10 @@ func TestConformance(t *testing.T) {
 			topic := e.topic(t, "conformance")
 			group := "g-conformance-" + itoa(int(groups.Add(1)))
 			return brokertest.Fixture{
-				Destination:        topic,
-				PublishDestination: topic,
-				UnknownDestination: topic + ".missing",
+				Destination:           topic,
+				PublishDestination:    topic,
+				UnknownDestination:    topic + ".missing",
+				DeadLetterDestination: topic + ".dlt",
 				NewPublisher: func(t *testing.T) broker.Publisher {
 					pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: e.brokers, BatchTimeout: time.Millisecond})
 					if err != nil {
