@@ -78,6 +78,11 @@ type DeadLetters struct {
 	abortCtx context.Context
 	abortFn  context.CancelFunc
 
+	// policyOK is set once the done topic's cleanup.policy was found to
+	// be compact (or could not be read: see checkDonePolicy), or this
+	// instance created the topic itself.
+	policyOK bool
+
 	// now is the clock of the redrive headers and done markers.
 	now func() time.Time
 }
@@ -567,6 +572,9 @@ func (o *dlOp) readDone() (map[string][]byte, error) {
 	n, err := o.partitions(d.doneTopic)
 	if err != nil || n == 0 {
 		return marks, err // a done topic not created yet holds nothing
+	}
+	if err := o.checkDonePolicy(); err != nil {
+		return nil, err
 	}
 	first, last, err := o.offsets(d.doneTopic, n)
 	if err != nil {
@@ -1417,7 +1425,16 @@ func (w *dlWork) flush() error {
 	}
 	if len(marks) > 0 {
 		if err := o.writeDone(marks); err != nil {
-			return fmt.Errorf("record done (the copies were sent; the next redrive sends them again): %w", err)
+			var unknown []string
+			for i, it := range batch {
+				if _, skip := tooLarge[i]; !skip {
+					unknown = append(unknown, it.id)
+				}
+			}
+			if w.purge {
+				return fmt.Errorf("record the purge of %s: the outcome is unknown (they may have been purged; list again): %w", strings.Join(unknown, ", "), err)
+			}
+			return fmt.Errorf("record the redrive of %s: the outcome is unknown (their copies were sent; they may have been recorded as redriven, else the next redrive sends them again; list again): %w", strings.Join(unknown, ", "), err)
 		}
 	}
 	if advance {
@@ -1665,6 +1682,14 @@ func (o *dlOp) writeDone(recs []outRecord) error {
 			return fmt.Errorf("create %s: %w", d.doneTopic, err)
 		}
 		o.parts[d.doneTopic] = 1
+		if err == nil && resp.Errors[d.doneTopic] == nil {
+			d.mu.Lock()
+			d.policyOK = true // created here, compacted
+			d.mu.Unlock()
+		}
+	}
+	if err := o.checkDonePolicy(); err != nil {
+		return err
 	}
 	// A topic just created may take a moment to be writable.
 	for try := 0; ; try++ {
@@ -1678,6 +1703,59 @@ func (o *dlOp) writeDone(recs []outRecord) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// checkDonePolicy refuses a done topic whose cleanup.policy is not
+// "compact" alone (someone else created it, with deletion by retention):
+// its markers would expire and the dead letters they mark come back. It
+// asks the broker once per DeadLetters; when the broker does not let it
+// read the topic's config, it logs a warning and goes on.
+func (o *dlOp) checkDonePolicy() error {
+	d := o.d
+	d.mu.Lock()
+	ok := d.policyOK
+	d.mu.Unlock()
+	if ok {
+		return nil
+	}
+	resp, err := o.cli.DescribeConfigs(o.ctx, &kafkago.DescribeConfigsRequest{Resources: []kafkago.DescribeConfigRequestResource{{
+		ResourceType: kafkago.ResourceTypeTopic, ResourceName: d.doneTopic, ConfigNames: []string{"cleanup.policy"},
+	}}})
+	var policy string
+	found := false
+	if err == nil {
+		for _, r := range resp.Resources {
+			if r.ResourceName != d.doneTopic {
+				continue
+			}
+			if r.Error != nil {
+				err = r.Error
+				break
+			}
+			for _, c := range r.ConfigEntries {
+				if c.ConfigName == "cleanup.policy" {
+					policy, found = c.ConfigValue, true
+				}
+			}
+		}
+	}
+	if err != nil {
+		if errors.Is(err, kafkago.TopicAuthorizationFailed) || errors.Is(err, kafkago.ClusterAuthorizationFailed) {
+			d.log.Warn("kafka: dead letters: not allowed to read the done topic's cleanup.policy; going on as if it were compact (if it deletes by retention, handled dead letters come back when their markers expire)", "done_topic", d.doneTopic, "error", err)
+			d.mu.Lock()
+			d.policyOK = true
+			d.mu.Unlock()
+			return nil
+		}
+		return fmt.Errorf("describe the config of %s: %w", d.doneTopic, err)
+	}
+	if !found || strings.TrimSpace(policy) != "compact" {
+		return fmt.Errorf("%w: kafka: dead letters: done topic %s has cleanup.policy %q; it must be \"compact\" (without \"delete\"), or its done markers expire and the dead letters they mark come back: alter its config, or delete it and let the adapter create it", broker.ErrInvalidConfig, d.doneTopic, policy)
+	}
+	d.mu.Lock()
+	d.policyOK = true
+	d.mu.Unlock()
+	return nil
 }
 
 // commit moves the group's committed offset of partition p forward to

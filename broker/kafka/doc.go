@@ -237,6 +237,23 @@
 // compare-and-set, so two calls at once may leave the group's offset lower
 // than the markers; the markers decide.
 //
+// The done topic must keep its markers: its cleanup.policy must be
+// "compact" alone. One created by someone else with deletion by retention
+// ("delete", or "compact,delete") would lose its markers as they age, and
+// the dead letters they mark would come back. So, once per DeadLetters,
+// before the first read or write of a done topic it did not create, a call
+// reads the topic's cleanup.policy (DescribeConfigs) and refuses with an
+// error wrapping broker.ErrInvalidConfig when it is not "compact": alter
+// the topic's config, or delete the topic and let the adapter create it.
+// When the broker does not allow the config to be read (topic or cluster
+// authorization failed), the call logs a warning to Logger and goes on.
+//
+// A call cut short (its context ended, the connection lost) while writing
+// its markers does not know whether they reached the broker: its error
+// names the dead letters whose outcome is unknown (a Purge's "may have been
+// purged; list again"), and they are not in Done. A redriven dead letter
+// whose markers were lost is sent again by the next Redrive.
+//
 // Every call reads the progress (the group's offsets and the done topic)
 // before the end offsets of the dead-letter topic. Progress is only
 // recorded up to an end a call read, and an end only grows, so a progress
