@@ -336,8 +336,14 @@ func (d *DeadLetters) lock(ctx context.Context, op string) (*opLock, error) {
 		}
 		_ = bounded(ctx, l, abortGrace, ch.Close)
 		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
+			return nil, d.opErr(ctx, fmt.Sprintf("%s: take the lock %q: a queue of that name exists and is not a queuekit lock (a lock is exclusive, not durable, auto-delete); delete it", op, name), err)
+		}
 		if !errors.As(err, &ae) || ae.Code != amqp.ResourceLocked {
 			return nil, d.opErr(ctx, fmt.Sprintf("%s: take the lock %q", op, name), err)
+		}
+		if d.foreignLock(ctx, name) {
+			return nil, fmt.Errorf("rabbitmq: %s dead letters of %q: take the lock %q: a queue of that name exists and is not a queuekit lock (not exclusive: another connection's lock could not be declared passively); delete it", op, d.cfg.Queue, name)
 		}
 		t := time.NewTimer(pause)
 		select {
@@ -348,6 +354,26 @@ func (d *DeadLetters) lock(ctx context.Context, op string) (*opLock, error) {
 		}
 		pause = min(2*pause, 500*time.Millisecond)
 	}
+}
+
+// foreignLock reports whether the lock queue name exists and is not
+// exclusive to another connection: a passive declaration of a lock that
+// another connection holds fails (RESOURCE_LOCKED), one of a queue that is
+// not exclusive succeeds. A queue of that name that is not a queuekit lock
+// would refuse every operation.
+func (d *DeadLetters) foreignLock(ctx context.Context, name string) bool {
+	ch, l, err := d.openChannel(ctx)
+	if err != nil {
+		return false
+	}
+	err = bounded(ctx, l, abortGrace, func() error {
+		_, err := ch.QueueDeclarePassive(name, false, true, true, false, nil)
+		return err
+	})
+	if err == nil {
+		_ = bounded(ctx, l, abortGrace, ch.Close)
+	}
+	return err == nil
 }
 
 // unlock deletes the lock queue. When that fails, it drops the connection,
@@ -731,27 +757,56 @@ func (s *scan) close() {
 	}
 	held := s.lastTag > 0 && len(s.acked) < int(s.lastTag)
 	_ = s.call(func() error { return s.ch.Close() })
-	if held && s.ctx.Err() == nil {
-		if ch, l, err := s.d.openChannel(s.ctx); err == nil {
-			s.ch, s.l = ch, l
+	if !held || s.ctx.Err() != nil {
+		return
+	}
+	ch, l, err := s.d.openChannel(s.ctx)
+	if err != nil {
+		return
+	}
+	s.ch, s.l = ch, l
+	if !s.settle() && s.ctx.Err() == nil && !s.d.handedOff {
+		// The operation's ctx ended first (a queue that rotates: the
+		// calls run on the operation's bg). The caller never waits past
+		// its ctx: the rest of the wait goes to a goroutine, which keeps
+		// the operation's lock until settle returns (bounded by
+		// settleWait and settleStable; Close stops it).
+		s.d.handedOff = true
+		s.d.ops.Add(1)
+		go func() {
+			defer s.d.ops.Done()
+			s.op = s.ctx
 			s.settle()
 			_ = s.call(func() error { return s.ch.Close() })
-		}
+			s.d.release()
+		}()
+		return
 	}
+	_ = s.call(func() error { return s.ch.Close() })
 }
 
 // settleWait bounds how long close waits for the queue to count the
 // messages it gave back, when ctx allows that long.
-const settleWait = 5 * time.Minute
+const settleWait = time.Minute
+
+// settleStable is how long settle waits with the count unchanged: the
+// queue may never reach the count settle wants, when it dropped messages
+// meanwhile (a quorum queue past its delivery limit drops what a lost
+// connection gave back; a TTL, a length limit, or someone else's purge).
+const settleStable = 2 * time.Second
 
 // settle waits until the dead-letter queue holds at least as many ready
 // messages as when the scan began, less those it removed. The broker
 // requeues after the channel closed: the next operation's passive
-// declaration could otherwise miss them, and its pass end early.
-func (s *scan) settle() {
+// declaration could otherwise miss them, and its pass end early. It stops
+// waiting when the count has not changed for settleStable, after
+// settleWait, and when the operation's ctx (s.op) ends: then it returns
+// false.
+func (s *scan) settle() bool {
 	want := s.ready - s.removed
 	deadline := time.Now().Add(settleWait)
 	pause := 5 * time.Millisecond
+	last, since := -1, time.Now()
 	for {
 		var q amqp.Queue
 		err := s.call(func() (err error) {
@@ -759,12 +814,22 @@ func (s *scan) settle() {
 			return err
 		})
 		if err != nil || q.Messages >= want || time.Now().After(deadline) {
-			return
+			return true
 		}
+		if q.Messages != last {
+			last, since = q.Messages, time.Now()
+		} else if time.Since(since) >= settleStable {
+			return true
+		}
+		t := time.NewTimer(pause)
 		select {
-		case <-time.After(pause):
+		case <-t.C:
 		case <-s.ctx.Done():
-			return
+			t.Stop()
+			return true
+		case <-s.op.Done():
+			t.Stop()
+			return false
 		}
 		pause = min(2*pause, 200*time.Millisecond)
 	}
@@ -1048,7 +1113,8 @@ type selection struct {
 	match   func(*broker.DeadLetter) bool
 	want    map[string]bool // ids of the filter; true once seen
 	seen    int
-	matched int
+	matched int             // ids picked, counted against Max
+	picked  map[string]bool // ids picked: every copy of one is picked too
 }
 
 func newSelection(sel broker.DeadLetterSelection) *selection {
@@ -1062,11 +1128,16 @@ func newSelection(sel broker.DeadLetterSelection) *selection {
 	return s
 }
 
-// pick reports whether dl is selected (Max not reached yet).
+// pick reports whether dl is selected (Max not reached yet). Max counts
+// ids, not copies: every copy of an id picked (a crash can leave a dead
+// letter twice) is picked too.
 func (s *selection) pick(dl *broker.DeadLetter) bool {
 	if seen, ok := s.want[dl.ID]; ok && !seen {
 		s.want[dl.ID] = true
 		s.seen++
+	}
+	if s.picked[dl.ID] {
+		return s.match(dl)
 	}
 	if s.Max > 0 && s.matched >= s.Max {
 		return false
@@ -1074,6 +1145,10 @@ func (s *selection) pick(dl *broker.DeadLetter) bool {
 	if !s.match(dl) {
 		return false
 	}
+	if s.picked == nil {
+		s.picked = map[string]bool{}
+	}
+	s.picked[dl.ID] = true
 	s.matched++
 	return true
 }

@@ -268,7 +268,19 @@
 // connection, or a broker silent for 2 s past the deadline cuts it short,
 // which changes the order (the part already rotated is at the tail, and
 // the up to 17 dead letters the pass held come back after it, each counted
-// as one delivery), and loses nothing. Copies are in flight 16 at a
+// as one delivery). That loses nothing unless the queue has a low
+// delivery limit: a quorum queue counts each basic.get as a delivery, so
+// the dead letters a lost connection gives back are dropped (or
+// dead-lettered) by the broker once past the limit, as would happen to any
+// consumer of such a queue; with x-delivery-limit 0 every dead letter the
+// pass held is lost. Give dead-letter queues no delivery limit (RabbitMQ
+// 4: x-delivery-limit -1). Rotation also resets each dead letter's
+// x-message-ttl: a rotated copy is a new message, so a dead-letter queue
+// with a TTL that is browsed more often than the TTL keeps its dead
+// letters. After a lost connection the operation waits (in the background
+// once its context has ended, holding the lock) until the queue counts the
+// dead letters given back, or the count has not moved for 2 s (the broker
+// dropped some), at most a minute. Copies are in flight 16 at a
 // time: RabbitMQ 3.10 holds back a quorum queue's settlements past 32 in
 // flight on a channel and drops them when the channel closes (their
 // messages came back: 16 of 50 were left twice with a window of 64). A
