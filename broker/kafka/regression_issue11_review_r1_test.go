@@ -162,7 +162,7 @@ func TestIssue11R1RedriveNeverWritesTheDoneTopic(t *testing.T) {
 	topic := e.dlTopics(t, "r1-done", 1)
 	dlt := topic + ".dlt"
 	done := dlt + kafka.DeadLetterDoneSuffix
-	e.createTopic(t, done, 1)
+	e.createTopicWith(t, done, kafkago.ConfigEntry{ConfigName: "cleanup.policy", ConfigValue: "compact"})
 	e.createTopic(t, topic+"-other", 1)
 	// 0:0 names the done topic as its source and has the key "0:1".
 	e.produceRecs(t, dlt, 0, dlRecord("0:1", "payload", done, 0, 0))
