@@ -46,6 +46,9 @@ func testMain(m *testing.M) int {
 		}
 	}
 	code = teardownRabbit(code)
+	if n := rabbitSkipped.Load(); n > 0 {
+		printSummary(fmt.Sprintf("queuekit: %d RabbitMQ test(s) of cmd/queuekit skipped: no RabbitMQ at %s (set QUEUEKIT_AMQP_URL or start rabbitmq-server)", n, rabbitmq.RedactURL(rabbit.base)))
+	}
 	return code
 }
 
@@ -101,4 +104,20 @@ func redactArgs(args []string) []string {
 		out[i] = a
 	}
 	return out
+}
+
+// printSummary prints line to stdout, and also to the terminal when go test
+// hides the output of a passing package (package list mode, without -v).
+func printSummary(line string) {
+	fmt.Println(line)
+	if testing.Verbose() {
+		return
+	}
+	if fi, err := os.Stdout.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		return
+	}
+	if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+		fmt.Fprintln(tty, line)
+		_ = tty.Close()
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,6 +79,7 @@ func rabbitURL(t *testing.T) string {
 		if os.Getenv("QUEUEKIT_REQUIRE_BROKERS") == "1" {
 			t.Fatal(why + " (QUEUEKIT_REQUIRE_BROKERS=1)")
 		}
+		rabbitSkipped.Add(1)
 		t.Skip(why)
 	}
 	return rabbit.url
@@ -94,6 +96,10 @@ func teardownRabbit(code int) int {
 	}
 	return code
 }
+
+// rabbitSkipped counts the tests skipped for want of RabbitMQ, for the one
+// line TestMain prints (go test shows skips only with -v).
+var rabbitSkipped atomic.Int64
 
 func rabbitmqctl(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,6 +29,10 @@ import (
 // chromiumPath is the browser the test drives: $QUEUEKIT_CHROMIUM, else
 // Debian's chromium package (which .ci/run installs). Without it the test
 // is skipped, or fails when QUEUEKIT_REQUIRE_BROKERS=1 (CI).
+// skippedBrowser is the Chromium path looked for when the browser test was
+// skipped, for the summary TestMain prints.
+var skippedBrowser atomic.Value
+
 func chromiumPath(t *testing.T) string {
 	t.Helper()
 	p := os.Getenv("QUEUEKIT_CHROMIUM")
@@ -38,6 +43,7 @@ func chromiumPath(t *testing.T) string {
 		if os.Getenv("QUEUEKIT_REQUIRE_BROKERS") == "1" {
 			t.Fatalf("no Chromium at %s (QUEUEKIT_REQUIRE_BROKERS=1): apt-get install chromium, or set QUEUEKIT_CHROMIUM", p)
 		}
+		skippedBrowser.Store(p)
 		t.Skipf("no Chromium at %s: apt-get install chromium (or set QUEUEKIT_CHROMIUM) to run the browser test", p)
 	}
 	return p

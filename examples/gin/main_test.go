@@ -47,6 +47,9 @@ func TestMain(m *testing.M) {
 		}
 		printSummary(fmt.Sprintf("queuekit: %d RabbitMQ %s of examples/gin skipped: %s", n, tests, testBroker.why()))
 	}
+	if p, ok := skippedBrowser.Load().(string); ok {
+		printSummary(fmt.Sprintf("queuekit: the admin page's browser test of examples/gin skipped: no Chromium at %s (apt-get install chromium)", p))
+	}
 	os.Exit(code)
 }
 
