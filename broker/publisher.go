@@ -37,6 +37,14 @@ type Publisher interface {
 // RabbitMQ adapter maps it to and from the AMQP content-type property.
 const HeaderContentType = "content-type"
 
+// HeaderIdempotencyKey is the header a producer sets to name a message for
+// deduplication: the same key on two deliveries means the same message, sent
+// twice (a retried publish, an outbox relay that republished after a crash).
+// The inbox (package github.com/queuekit/queuekit/sql/inbox) records it to run
+// a handler's effect once; the outbox sets a fresh random key on every message
+// written without one. Message.ID is no substitute: adapters make ids up.
+const HeaderIdempotencyKey = "idempotency-key"
+
 // ContentTypeJSON is the content type of the messages NewJSON makes.
 const ContentTypeJSON = "application/json"
 

@@ -1,0 +1,5 @@
+package pgnotify
+
+import "database/sql/driver"
+
+var errBadConn = driver.ErrBadConn
