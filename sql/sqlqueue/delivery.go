@@ -1,0 +1,208 @@
+package sqlqueue
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// Delivery states.
+const (
+	statePending int32 = iota
+	stateSettling
+	stateSettled
+	stateStale
+)
+
+// delivery is one claimed row: its id and the token of the claim that
+// leased it. Every settlement acts only on the row with that token, so a
+// delivery whose lease another source took over cannot touch the row.
+type delivery struct {
+	src   *Source
+	id    int64
+	token string
+	msg   broker.Message
+	state atomic.Int32
+	// lease ends when the delivery goes stale or is settled, or the
+	// source closes.
+	lease  context.Context
+	cancel context.CancelFunc
+}
+
+var (
+	_ broker.Delivery        = (*delivery)(nil)
+	_ broker.Releaser        = (*delivery)(nil)
+	_ broker.DelayedRequeuer = (*delivery)(nil)
+	_ broker.Leased          = (*delivery)(nil)
+)
+
+func (s *Source) newDelivery(r *stored, token string) *delivery {
+	d := &delivery{src: s, id: r.id, token: token, msg: r.message(s.queue)}
+	d.lease, d.cancel = context.WithCancel(s.ctx)
+	return d
+}
+
+func (d *delivery) Message() *broker.Message { return &d.msg }
+
+// Lease returns a context that ends when the delivery goes stale (its lease
+// was lost, or its source closed with it unsettled) or is settled: the
+// runtime then cancels the handler's context with cause
+// broker.ErrStaleDelivery.
+func (d *delivery) Lease() context.Context { return d.lease }
+
+// Ack deletes the row.
+func (d *delivery) Ack(ctx context.Context) error {
+	return d.exec(ctx, "ack", d.src.q.ack, d.id, d.token)
+}
+
+// Requeue ends the lease: the row is ready again at once, at its place in
+// the queue (it keeps the time it became available), and its next delivery
+// has Attempt+1.
+func (d *delivery) Requeue(ctx context.Context) error {
+	err := d.exec(ctx, "requeue", d.src.q.requeue, d.id, d.token)
+	if err == nil {
+		d.src.wakeAll()
+	}
+	return err
+}
+
+// Release ends the lease without counting the delivery: the next delivery of
+// the row has the same Attempt as this one.
+func (d *delivery) Release(ctx context.Context) error {
+	err := d.exec(ctx, "release", d.src.q.release, d.id, d.token)
+	if err == nil {
+		d.src.wakeAll()
+	}
+	return err
+}
+
+// RequeueAfter ends the lease and makes the row available again after delay,
+// by the database's clock, behind the rows ready by then. delay <= 0 is
+// Requeue.
+func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error {
+	if delay <= 0 {
+		return d.Requeue(ctx)
+	}
+	err := d.exec(ctx, "requeue after", d.src.q.requeueAfter, delay.Microseconds(), d.id, d.token)
+	if err == nil {
+		s := d.src
+		due := time.Now().Add(delay)
+		s.mu.Lock()
+		if s.due.IsZero() || due.Before(s.due) {
+			s.due = due
+		}
+		s.broadcast()
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// DeadLetter moves the row to the dead-letter table in one transaction,
+// with the reason in its headers (broker.Reason.Header, over the headers it
+// was published with). A reason without Source gets the queue's name, one
+// without Attempts the row's delivery count.
+func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
+	if err := d.begin(); err != nil {
+		return err
+	}
+	err := d.deadLetter(ctx, reason)
+	d.end(err)
+	if err != nil {
+		return fmt.Errorf("sqlqueue: dead-letter %s: %w", d.msg.ID, err)
+	}
+	return nil
+}
+
+func (d *delivery) deadLetter(ctx context.Context, reason broker.Reason) error {
+	s := d.src
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var r stored
+	err = tx.QueryRowContext(ctx, s.q.takeDead, d.id, d.token).
+		Scan(&r.queue, &r.msgID, &r.key, &r.headers, &r.body, &r.created, &r.attempts)
+	if errors.Is(err, sql.ErrNoRows) {
+		return errStale
+	}
+	if err != nil {
+		return err
+	}
+	var h map[string]string
+	if r.headers != "" && r.headers != "null" {
+		_ = json.Unmarshal([]byte(r.headers), &h)
+	}
+	if reason.Source == "" {
+		reason.Source = r.queue
+	}
+	if reason.Attempts == 0 {
+		reason.Attempts = r.attempts
+	}
+	hj, err := json.Marshal(reason.Header(h))
+	if err != nil {
+		return err
+	}
+	if r.body == nil {
+		r.body = []byte{}
+	}
+	if _, err := tx.ExecContext(ctx, s.q.insertDead, r.queue, r.msgID, r.key, string(hj), r.body, r.created, r.attempts); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// errStale is what a settlement statement that matched no row returns
+// internally: the row is not ours any more.
+var errStale = broker.ErrStaleDelivery
+
+// begin moves a pending delivery to settling, or says why it cannot.
+func (d *delivery) begin() error {
+	if d.state.CompareAndSwap(statePending, stateSettling) {
+		return nil
+	}
+	if d.state.Load() == stateStale {
+		return fmt.Errorf("sqlqueue: message %s: %w", d.msg.ID, broker.ErrStaleDelivery)
+	}
+	return fmt.Errorf("sqlqueue: message %s: %w", d.msg.ID, broker.ErrAlreadySettled)
+}
+
+// end finishes a settlement begun with begin: done, stale (the row was not
+// ours any more), or failed (pending again, so that it can be retried).
+func (d *delivery) end(err error) {
+	switch {
+	case err == nil:
+		d.state.Store(stateSettled)
+		d.src.forget(d)
+	case errors.Is(err, broker.ErrStaleDelivery):
+		d.state.Store(stateStale)
+		d.src.forget(d)
+	default:
+		d.state.Store(statePending)
+	}
+}
+
+// exec runs one settlement statement on the row, which must match it.
+func (d *delivery) exec(ctx context.Context, what, query string, args ...any) error {
+	if err := d.begin(); err != nil {
+		return err
+	}
+	res, err := d.src.db.ExecContext(ctx, query, args...)
+	if err == nil {
+		var n int64
+		if n, err = res.RowsAffected(); err == nil && n == 0 {
+			err = errStale
+		}
+	}
+	d.end(err)
+	if err != nil {
+		return fmt.Errorf("sqlqueue: %s %s: %w", what, d.msg.ID, err)
+	}
+	return nil
+}

@@ -1,0 +1,773 @@
+package sqlqueue
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/sql/internal/pgnotify"
+	"github.com/queuekit/queuekit/sql/sqldb"
+)
+
+// Defaults of Config.
+const (
+	DefaultPrefetch   = 16
+	DefaultVisibility = 30 * time.Second
+	// DefaultPollInterval is the poll interval on PostgreSQL, where
+	// LISTEN/NOTIFY wakes a source as soon as a message is published;
+	// DefaultPollIntervalNoListen is SQLite's, where only publishers in the
+	// same process can wake a source.
+	DefaultPollInterval         = time.Second
+	DefaultPollIntervalNoListen = 50 * time.Millisecond
+)
+
+// minVisibility is the shortest lease Config accepts: the lease is renewed
+// every third of it, and a shorter one would be lost to a slow statement.
+const minVisibility = 30 * time.Millisecond
+
+// maxQueueName bounds a queue name, in bytes.
+const maxQueueName = 255
+
+// Config configures a Source. Its zero fields mean the documented defaults;
+// Queue is required.
+type Config struct {
+	// Table is the queue table: DefaultTable when empty. Its dead letters
+	// go to DeadLetterTable(Table). Create both with Migrate.
+	Table string
+	// Queue is the name of the queue the source reads: the rows of Table
+	// whose queue column is Queue, which a Publisher writes with Queue as
+	// its destination. Required: valid UTF-8, at most 255 bytes, no NUL.
+	Queue string
+	// Prefetch is how many rows a claim leases at most, and how many
+	// deliveries the source holds at once (claimed and handed out, not yet
+	// settled): Receive blocks while that many are held. DefaultPrefetch
+	// when zero. Set it to at least the consumer's concurrency.
+	Prefetch int
+	// Visibility is the lease of a claimed row: while the source holds a
+	// delivery it renews the lease every Visibility/3; a row whose lease
+	// ran out (its source crashed or lost the database) is delivered
+	// again, to any source, with Attempt+1. DefaultVisibility when zero;
+	// at least 30ms.
+	Visibility time.Duration
+	// PollInterval is how long an idle source waits before it looks for
+	// rows again when nothing woke it: DefaultPollInterval on PostgreSQL
+	// (a NOTIFY wakes it at once), DefaultPollIntervalNoListen on SQLite
+	// (a Publisher of the same process wakes it at once). It also bounds
+	// how late a row whose lease expired, or whose RequeueAfter delay
+	// passed in another process, is seen.
+	PollInterval time.Duration
+	// Logger receives the source's warnings (a lease lost, the database
+	// unreachable). slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// checkQueue checks a queue name, as Config.Queue or a publish destination.
+func checkQueue(queue string) error {
+	switch {
+	case queue == "":
+		return errors.New("empty queue name")
+	case len(queue) > maxQueueName:
+		return fmt.Errorf("queue name of %d bytes, over %d", len(queue), maxQueueName)
+	case !utf8.ValidString(queue):
+		return fmt.Errorf("queue name %q is not valid UTF-8", queue)
+	}
+	for i := 0; i < len(queue); i++ {
+		if queue[i] == 0 {
+			return fmt.Errorf("queue name %q holds a NUL byte", queue)
+		}
+	}
+	return nil
+}
+
+// A Source reads one queue of a queue table. It implements broker.Source,
+// broker.Pauser, broker.StatusReporter and broker.BacklogReporter; its
+// deliveries implement broker.Delivery, broker.Releaser,
+// broker.DelayedRequeuer and broker.Leased. Several sources of one queue, in
+// one process or many, share its messages: each row is leased by one source
+// at a time.
+//
+// A Source is safe for concurrent use; Receive may be called from many
+// goroutines at once. Its zero value is not usable: make one with NewSource.
+// It starts its goroutines (lease renewal; on PostgreSQL, LISTEN) on the
+// first Receive, and Close stops them: a Source that received must be
+// closed. After Close, Receive returns broker.ErrSourceClosed.
+type Source struct {
+	db       *sql.DB
+	d        sqldb.Dialect
+	q        *queries
+	table    string
+	queue    string
+	prefetch int
+	vis      time.Duration
+	poll     time.Duration
+	log      *slog.Logger
+	channel  string
+
+	// ctx ends when Close starts: it stops the background goroutines and
+	// ends the leases (broker.Leased) of the deliveries.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// mu guards the fields below. It is never held across a statement.
+	mu sync.Mutex
+	// buf are deliveries claimed and not handed out, oldest first; out
+	// those handed out and not settled. Together at most prefetch.
+	buf []*delivery
+	out map[*delivery]struct{}
+	// fetching is set while one Receive claims rows, so that the others
+	// wait for its result instead of claiming too.
+	fetching bool
+	// dirty is set when something may have become ready since the last
+	// claim found nothing (a NOTIFY, a local publish or requeue); idle is
+	// when that claim found nothing, and due when a RequeueAfter of this
+	// source makes a row ready (zero: none).
+	dirty   bool
+	idle    time.Time
+	due     time.Time
+	backoff time.Duration // after a failed claim
+	paused  bool
+	closed  bool
+	started bool
+	// signal is closed (and set to nil) when a blocked Receive may go on.
+	signal    chan struct{}
+	status    broker.Status
+	closeDone chan struct{}
+}
+
+var (
+	_ broker.Source          = (*Source)(nil)
+	_ broker.Pauser          = (*Source)(nil)
+	_ broker.StatusReporter  = (*Source)(nil)
+	_ broker.BacklogReporter = (*Source)(nil)
+)
+
+// NewSource returns a source of cfg.Queue in db, which must have been opened
+// with the pgx or the modernc.org/sqlite driver (see sqldb.Open). It checks
+// cfg, returning an error wrapping broker.ErrInvalidConfig, and does no I/O:
+// run Migrate first.
+func NewSource(db *sql.DB, cfg Config) (*Source, error) {
+	if db == nil {
+		return nil, fmt.Errorf("%w: sqlqueue: nil *sql.DB", broker.ErrInvalidConfig)
+	}
+	d, err := sqldb.DetectDialect(db)
+	if err != nil {
+		return nil, fmt.Errorf("%w: sqlqueue: %w", broker.ErrInvalidConfig, err)
+	}
+	if cfg.Table == "" {
+		cfg.Table = DefaultTable
+	}
+	if err := checkTable(cfg.Table); err != nil {
+		return nil, fmt.Errorf("sqlqueue: source: %w", err)
+	}
+	if err := checkQueue(cfg.Queue); err != nil {
+		return nil, fmt.Errorf("sqlqueue: source: %w: %w", broker.ErrInvalidConfig, err)
+	}
+	switch {
+	case cfg.Prefetch < 0:
+		return nil, fmt.Errorf("sqlqueue: source: %w: prefetch %d, want >= 0", broker.ErrInvalidConfig, cfg.Prefetch)
+	case cfg.Visibility < 0 || cfg.Visibility > 0 && cfg.Visibility < minVisibility:
+		return nil, fmt.Errorf("sqlqueue: source: %w: visibility %v, want 0 (default) or at least %v", broker.ErrInvalidConfig, cfg.Visibility, minVisibility)
+	case cfg.PollInterval < 0:
+		return nil, fmt.Errorf("sqlqueue: source: %w: poll interval %v, want >= 0", broker.ErrInvalidConfig, cfg.PollInterval)
+	}
+	if cfg.Prefetch == 0 {
+		cfg.Prefetch = DefaultPrefetch
+	}
+	if cfg.Visibility == 0 {
+		cfg.Visibility = DefaultVisibility
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = DefaultPollIntervalNoListen
+		if d == sqldb.Postgres {
+			cfg.PollInterval = DefaultPollInterval
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Source{
+		db:       db,
+		d:        d,
+		q:        newQueries(d, cfg.Table),
+		table:    cfg.Table,
+		queue:    cfg.Queue,
+		prefetch: cfg.Prefetch,
+		vis:      cfg.Visibility,
+		poll:     cfg.PollInterval,
+		log:      cfg.Logger,
+		channel:  channel(cfg.Table, cfg.Queue),
+		out:      make(map[*delivery]struct{}),
+		dirty:    true,
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Queue returns the name of the queue the source reads.
+func (s *Source) Queue() string { return s.queue }
+
+// start starts the background goroutines, once, unless the source is
+// closed. The caller holds s.mu.
+func (s *Source) start() {
+	if s.started || s.closed {
+		return
+	}
+	s.started = true
+	register(s)
+	s.wg.Add(1)
+	go s.renewLoop()
+	if s.d == sqldb.Postgres {
+		s.wg.Add(1)
+		go s.listen()
+	}
+}
+
+// broadcast wakes every blocked Receive. The caller holds s.mu.
+func (s *Source) broadcast() {
+	if s.signal != nil {
+		close(s.signal)
+		s.signal = nil
+	}
+}
+
+// wake tells the source that rows may be ready: a NOTIFY, a local publish.
+func (s *Source) wake() {
+	s.mu.Lock()
+	s.dirty = true
+	s.broadcast()
+	s.mu.Unlock()
+}
+
+// Receive returns the next message of the queue. It hands out a row the
+// source claimed before, or claims up to Prefetch ready rows (oldest first:
+// by the time they became available, then by publication), leasing them and
+// counting a delivery of each. It blocks while the queue has no ready row,
+// the source is paused, or Prefetch deliveries are held, and returns ctx's
+// error when ctx ends first, broker.ErrSourceClosed after Close. While the
+// database cannot be reached it keeps trying, blocked (Status says why);
+// another database error (a missing table) is returned.
+func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
+	// Checked first so that a caller that is stopping does not claim a
+	// row only to give it back.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.start()
+	for {
+		if s.closed {
+			s.mu.Unlock()
+			return nil, broker.ErrSourceClosed
+		}
+		if !s.paused && len(s.buf) > 0 {
+			d := s.buf[0]
+			s.buf[0] = nil
+			s.buf = s.buf[1:]
+			s.out[d] = struct{}{}
+			s.mu.Unlock()
+			return d, nil
+		}
+		wait := time.Duration(-1)
+		if !s.paused && !s.fetching && len(s.out) < s.prefetch {
+			now := time.Now()
+			next := s.idle.Add(s.poll + s.backoff)
+			if !s.due.IsZero() && s.due.Before(next) {
+				next = s.due
+			}
+			if !s.dirty && now.Before(next) {
+				wait = next.Sub(now)
+			} else {
+				if !s.due.IsZero() && !now.Before(s.due) {
+					s.due = time.Time{}
+				}
+				s.dirty = false
+				s.fetching = true
+				n := s.prefetch - len(s.out) - len(s.buf)
+				s.mu.Unlock()
+				ds, err := s.claim(ctx, n)
+				s.mu.Lock()
+				s.fetching = false
+				s.broadcast()
+				if err != nil {
+					if ctx.Err() != nil {
+						s.mu.Unlock()
+						return nil, ctx.Err()
+					}
+					s.status = broker.Status{Err: err}
+					if !sqldb.IsUnavailable(err) && !errors.Is(err, context.DeadlineExceeded) {
+						s.mu.Unlock()
+						return nil, err
+					}
+					s.idle = time.Now()
+					s.backoff = min(max(2*s.backoff, 100*time.Millisecond), 5*time.Second)
+					continue
+				}
+				s.status = broker.Status{Connected: true}
+				s.backoff = 0
+				if s.closed || s.paused {
+					// Close or Pause came during the claim: the
+					// rows go back at once, not counted.
+					s.mu.Unlock()
+					s.giveBack(ds, true)
+					s.mu.Lock()
+					continue
+				}
+				if len(ds) == 0 {
+					s.idle = time.Now()
+				}
+				s.buf = append(s.buf, ds...)
+				continue
+			}
+		}
+		if s.signal == nil {
+			s.signal = make(chan struct{})
+		}
+		ch := s.signal
+		s.mu.Unlock()
+		var (
+			t     *time.Timer
+			timer <-chan time.Time
+		)
+		if wait >= 0 {
+			t = time.NewTimer(wait)
+			timer = t.C
+		}
+		select {
+		case <-ch:
+		case <-timer:
+		case <-ctx.Done():
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+	}
+}
+
+// claim leases up to n ready rows and returns their deliveries, oldest
+// first. The statement runs on ctx bounded by the visibility: a claim slower
+// than that would hand out expired leases.
+func (s *Source) claim(ctx context.Context, n int) ([]*delivery, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.vis)
+	defer cancel()
+	token := newToken()
+	rows, err := s.db.QueryContext(ctx, s.q.claim, token, s.vis.Microseconds(), s.queue, n)
+	if err != nil {
+		return nil, fmt.Errorf("sqlqueue: claim from %s, queue %q: %w", s.table, s.queue, err)
+	}
+	defer rows.Close()
+	var (
+		ds    []*delivery
+		avail = map[*delivery]int64{}
+	)
+	for rows.Next() {
+		var (
+			r       stored
+			created int64
+			at      int64
+		)
+		if err := rows.Scan(&r.id, &r.msgID, &r.key, &r.headers, &r.body, &created, &r.attempts, &at); err != nil {
+			return nil, fmt.Errorf("sqlqueue: claim from %s: read a row: %w", s.table, err)
+		}
+		r.created = created
+		d := s.newDelivery(&r, token)
+		avail[d] = at
+		ds = append(ds, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlqueue: claim from %s, queue %q: %w", s.table, s.queue, err)
+	}
+	slices.SortFunc(ds, func(a, b *delivery) int {
+		return cmp.Or(cmp.Compare(avail[a], avail[b]), cmp.Compare(a.id, b.id))
+	})
+	return ds, nil
+}
+
+// stored is a row as read from a queue table.
+type stored struct {
+	id       int64
+	queue    string
+	msgID    string
+	key      []byte
+	headers  string
+	body     []byte
+	created  int64
+	attempts int
+}
+
+// message decodes r into a broker.Message of queue.
+func (r *stored) message(queue string) broker.Message {
+	m := broker.Message{
+		ID:      r.msgID,
+		Topic:   queue,
+		Key:     r.key,
+		Body:    r.body,
+		Time:    time.UnixMicro(r.created),
+		Attempt: r.attempts,
+	}
+	if m.ID == "" {
+		m.ID = queue + "-" + strconv.FormatInt(r.id, 10)
+	}
+	if m.Body == nil {
+		m.Body = []byte{}
+	}
+	if r.headers != "" && r.headers != "null" {
+		// A header column that is not a JSON object of strings (written
+		// by hand) leaves Header nil rather than failing the delivery.
+		_ = json.Unmarshal([]byte(r.headers), &m.Header)
+	}
+	return m
+}
+
+func newToken() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// giveBack returns rows the source held: claimed and never handed out
+// (release: the delivery is not counted) or handed out and not settled. It
+// runs on a context of its own, bounded, since it runs when the caller's
+// may be done.
+func (s *Source) giveBack(ds []*delivery, release bool) {
+	if len(ds) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+	defer cancel()
+	for _, d := range ds {
+		if !d.state.CompareAndSwap(statePending, stateStale) {
+			continue
+		}
+		d.cancel()
+		q := s.q.requeue
+		if release {
+			q = s.q.release
+		}
+		if _, err := s.db.ExecContext(ctx, q, d.id, d.token); err != nil {
+			s.log.Warn("sqlqueue: could not give a row back; it is delivered again when its lease ends",
+				"table", s.table, "queue", s.queue, "id", d.id, "error", err)
+		}
+	}
+	s.wakeAll()
+}
+
+// giveBackTimeout bounds a give-back that runs on no caller's context.
+const giveBackTimeout = 5 * time.Second
+
+// wakeAll wakes the sources of the queue in this process: rows came back.
+func (s *Source) wakeAll() { wakeLocal(s.db, s.table, s.queue) }
+
+// forget removes d, settled or stale, from what the source holds. It frees a
+// prefetch slot, so it wakes a blocked Receive.
+func (s *Source) forget(d *delivery) {
+	d.cancel()
+	s.mu.Lock()
+	delete(s.out, d)
+	if i := slices.Index(s.buf, d); i >= 0 {
+		s.buf = slices.Delete(s.buf, i, i+1)
+	}
+	s.broadcast()
+	s.mu.Unlock()
+}
+
+// renewLoop renews the leases of the rows the source holds every third of
+// the visibility, until Close.
+func (s *Source) renewLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.vis / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			s.renew()
+		}
+	}
+}
+
+// renew extends the lease of every row the source holds, by claim token. A
+// held delivery whose row was not renewed lost its lease (it ran out and
+// another source claimed the row, or the row was deleted by hand): it is
+// stale, and its Lease context ends.
+func (s *Source) renew() {
+	s.mu.Lock()
+	byToken := map[string][]*delivery{}
+	for _, d := range s.buf {
+		byToken[d.token] = append(byToken[d.token], d)
+	}
+	for d := range s.out {
+		byToken[d.token] = append(byToken[d.token], d)
+	}
+	s.mu.Unlock()
+	for token, ds := range byToken {
+		kept, err := s.renewToken(token)
+		if err != nil {
+			if s.ctx.Err() == nil {
+				s.setErr(err)
+				s.log.Warn("sqlqueue: could not renew leases; rows are delivered again if their leases end",
+					"table", s.table, "queue", s.queue, "error", err)
+			}
+			continue
+		}
+		for _, d := range ds {
+			if kept[d.id] {
+				continue
+			}
+			if d.state.CompareAndSwap(statePending, stateStale) {
+				s.log.Warn("sqlqueue: a delivery lost its lease: it is stale and its message is delivered again",
+					"table", s.table, "queue", s.queue, "id", d.id, "message_id", d.msg.ID)
+				s.forget(d)
+			}
+		}
+	}
+}
+
+func (s *Source) renewToken(token string) (map[int64]bool, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.vis/3)
+	defer cancel()
+	rows, err := s.db.QueryContext(ctx, s.q.renew, s.vis.Microseconds(), token)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	kept := map[int64]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		kept[id] = true
+	}
+	return kept, rows.Err()
+}
+
+func (s *Source) setErr(err error) {
+	s.mu.Lock()
+	if !s.closed {
+		s.status = broker.Status{Err: err}
+	}
+	s.mu.Unlock()
+}
+
+// listen LISTENs for the NOTIFY of publishers of the queue (PostgreSQL)
+// until Close, and wakes the source on each. When it cannot listen, the
+// source polls; it tries again with backoff.
+func (s *Source) listen() {
+	defer s.wg.Done()
+	backoff := 100 * time.Millisecond
+	for s.ctx.Err() == nil {
+		l, err := pgnotify.Listen(s.ctx, s.db, s.channel)
+		if err != nil {
+			if s.ctx.Err() == nil {
+				s.log.Debug("sqlqueue: cannot LISTEN; polling", "table", s.table, "queue", s.queue, "error", err)
+			}
+			select {
+			case <-s.ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		s.wake() // what was published while we were not listening
+		for l.Wait(s.ctx) == nil {
+			s.wake()
+		}
+		l.Close()
+	}
+}
+
+// Close stops the source: Receive returns broker.ErrSourceClosed, the
+// background goroutines stop, and the rows the source holds go back to the
+// queue: those claimed and never handed out without counting a delivery,
+// those handed out and not settled as by Requeue (their deliveries become
+// stale: settling one returns an error wrapping broker.ErrStaleDelivery, and
+// their Lease contexts end). When ctx ends first, Close stops giving rows
+// back and returns an error wrapping ctx's: the rest are delivered again when
+// their leases end, after Visibility at most. Close is idempotent; a second
+// call returns once the first is done, or its own ctx ends.
+func (s *Source) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		done := s.closeDone
+		s.mu.Unlock()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	s.closed = true
+	s.closeDone = make(chan struct{})
+	defer close(s.closeDone)
+	s.status = broker.Status{Err: broker.ErrSourceClosed}
+	buf := s.buf
+	s.buf = nil
+	out := make([]*delivery, 0, len(s.out))
+	for d := range s.out {
+		out = append(out, d)
+	}
+	clear(s.out)
+	s.broadcast()
+	s.mu.Unlock()
+	unregister(s)
+	s.cancel()
+	slices.SortFunc(out, func(a, b *delivery) int { return cmp.Compare(a.id, b.id) })
+	var err error
+	for i, ds := range [][]*delivery{buf, out} {
+		for _, d := range ds {
+			if !d.state.CompareAndSwap(statePending, stateStale) {
+				continue
+			}
+			if err == nil {
+				err = ctx.Err()
+			}
+			if err != nil {
+				continue // left to its lease
+			}
+			q := s.q.requeue
+			if i == 0 {
+				q = s.q.release
+			}
+			if _, e := s.db.ExecContext(ctx, q, d.id, d.token); e != nil {
+				if ctx.Err() != nil {
+					err = ctx.Err()
+				} else if !sqldb.IsUnavailable(e) {
+					s.log.Warn("sqlqueue: could not give a row back; it is delivered again when its lease ends",
+						"table", s.table, "queue", s.queue, "id", d.id, "error", e)
+				}
+			}
+		}
+	}
+	s.wg.Wait()
+	if len(buf)+len(out) > 0 {
+		wakeLocal(s.db, s.table, s.queue)
+	}
+	if err != nil {
+		return fmt.Errorf("sqlqueue: close source of %q: rows not given back wait for their leases: %w", s.queue, err)
+	}
+	return nil
+}
+
+// Pause stops Receive from handing out messages until Resume, and gives
+// back, uncounted, the rows the source claimed and has not handed out, so
+// that other sources can take them. Deliveries handed out stay valid, and
+// their leases are renewed.
+func (s *Source) Pause(ctx context.Context) error {
+	s.mu.Lock()
+	s.paused = true
+	buf := s.buf
+	s.buf = nil
+	s.mu.Unlock()
+	for _, d := range buf {
+		if !d.state.CompareAndSwap(statePending, stateStale) {
+			continue
+		}
+		d.cancel()
+		if _, err := s.db.ExecContext(ctx, s.q.release, d.id, d.token); err != nil {
+			return fmt.Errorf("sqlqueue: pause: give back row %d (it is delivered again when its lease ends): %w", d.id, err)
+		}
+	}
+	if len(buf) > 0 {
+		wakeLocal(s.db, s.table, s.queue)
+	}
+	return nil
+}
+
+// Resume undoes Pause. It never fails.
+func (s *Source) Resume(context.Context) error {
+	s.mu.Lock()
+	s.paused = false
+	s.dirty = true
+	s.broadcast()
+	s.mu.Unlock()
+	return nil
+}
+
+// Status reports the source connected once a claim succeeded, until a
+// statement fails because the database cannot be reached (Err says why)
+// or the source is closed. It does not block.
+func (s *Source) Status() broker.Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// Backlog implements broker.BacklogReporter: Messages is the number of ready
+// rows of the queue (not leased, not waiting out a RequeueAfter delay), one
+// COUNT over the queue's index. Consumers is -1: sources of other processes
+// are not registered anywhere.
+func (s *Source) Backlog(ctx context.Context) (broker.Backlog, error) {
+	var n int64
+	if err := s.db.QueryRowContext(ctx, s.q.backlog, s.queue).Scan(&n); err != nil {
+		return broker.Backlog{}, fmt.Errorf("sqlqueue: backlog of %q: %w", s.queue, err)
+	}
+	return broker.Backlog{Messages: n, Consumers: -1}, nil
+}
+
+// local is the registry of the sources of this process, so that a Publisher
+// or a requeue wakes them at once (SQLite has no NOTIFY).
+var local struct {
+	mu sync.Mutex
+	m  map[localKey]map[*Source]struct{}
+}
+
+type localKey struct {
+	db           *sql.DB
+	table, queue string
+}
+
+func register(s *Source) {
+	k := localKey{s.db, s.table, s.queue}
+	local.mu.Lock()
+	defer local.mu.Unlock()
+	if local.m == nil {
+		local.m = map[localKey]map[*Source]struct{}{}
+	}
+	if local.m[k] == nil {
+		local.m[k] = map[*Source]struct{}{}
+	}
+	local.m[k][s] = struct{}{}
+}
+
+func unregister(s *Source) {
+	k := localKey{s.db, s.table, s.queue}
+	local.mu.Lock()
+	defer local.mu.Unlock()
+	delete(local.m[k], s)
+	if len(local.m[k]) == 0 {
+		delete(local.m, k)
+	}
+}
+
+func wakeLocal(db *sql.DB, table, queue string) {
+	local.mu.Lock()
+	set := local.m[localKey{db, table, queue}]
+	ss := make([]*Source, 0, len(set))
+	for s := range set {
+		ss = append(ss, s)
+	}
+	local.mu.Unlock()
+	for _, s := range ss {
+		s.wake()
+	}
+}
