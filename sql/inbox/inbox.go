@@ -1,0 +1,320 @@
+package inbox
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/retry"
+	"github.com/queuekit/queuekit/sql/sqldb"
+)
+
+// Mode says how the inbox records a message as handled.
+type Mode int
+
+const (
+	// Transactional runs the handler inside a database transaction that also
+	// records the message's key: the handler's effect and the "done" mark
+	// commit together, or neither does. The handler must write through Tx(ctx).
+	Transactional Mode = iota
+	// Lease reserves the key with a lease before the handler runs, outside any
+	// transaction, and marks it done after the handler returned nil. It is for
+	// handlers whose effects are outside the database; see the package doc.
+	Lease
+)
+
+// String returns "transactional" or "lease".
+func (m Mode) String() string {
+	switch m {
+	case Transactional:
+		return "transactional"
+	case Lease:
+		return "lease"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// Busy says what a Lease-mode inbox does with a message whose key another
+// worker holds under a live lease.
+type Busy int
+
+const (
+	// Wait polls until the other worker is done (the message is then acked
+	// without running the handler) or its lease ends (the handler then runs
+	// here), for as long as the handler's context allows.
+	Wait Busy = iota
+	// Requeue returns ErrBusy marked with retry.After for the rest of the
+	// other worker's lease, so that the message is redelivered later. The
+	// requeue counts against the consumer's delivery budget.
+	Requeue
+)
+
+// String returns "wait" or "requeue".
+func (b Busy) String() string {
+	switch b {
+	case Wait:
+		return "wait"
+	case Requeue:
+		return "requeue"
+	}
+	return fmt.Sprintf("Busy(%d)", int(b))
+}
+
+// Defaults of Config.
+const (
+	DefaultTable     = "queuekit_inbox"
+	DefaultScope     = "default"
+	DefaultLeaseTime = 30 * time.Second
+	DefaultRetention = 7 * 24 * time.Hour
+)
+
+// MaxKeyBytes is the longest key stored as it is. A longer key is stored
+// as "sha256:" followed by the hex SHA-256 of the key, so that it fits a
+// PostgreSQL index entry.
+const MaxKeyBytes = 512
+
+// CleanBatch is how many rows the Cleaner deletes per statement.
+const CleanBatch = 1000
+
+// Config configures an Inbox. The zero value of every field means its
+// documented default.
+type Config struct {
+	// Table is the inbox table (default "queuekit_inbox"): letters, digits
+	// and underscores, optionally "schema.table".
+	Table string
+	// Scope names the consumer the keys belong to (default "default"): keys
+	// are unique per (Scope, key). Two consumers that must each handle the
+	// same message once use two scopes. A scope is used in one Mode only.
+	Scope string
+	// Header is the message header that holds the idempotency key (default
+	// broker.HeaderIdempotencyKey).
+	Header string
+	// Key returns the key of a message whose Header is absent or empty. Nil
+	// means such a message has no key (ErrNoKey). Derive the key from what
+	// the producer sent (a business id in the body), never from Message.ID,
+	// which adapters may make up per delivery.
+	Key func(*broker.Message) (string, error)
+	// Mode is Transactional (the default) or Lease.
+	Mode Mode
+	// LeaseTime is how long a Lease-mode reservation lasts without renewal
+	// (default 30s). It is renewed every LeaseTime/3 while the handler runs;
+	// a crashed worker's key is free again at most LeaseTime after its last
+	// renewal.
+	LeaseTime time.Duration
+	// Busy is what a Lease-mode inbox does with a key held by a live lease:
+	// Wait (default) or Requeue.
+	Busy Busy
+	// Retention is how long done keys are kept: a duplicate arriving later
+	// than this is handled again. The Cleaner deletes older ones. Default 7 days.
+	Retention time.Duration
+	// TxOptions are used to begin the Transactional-mode transaction. Nil
+	// means the database's defaults (READ COMMITTED on PostgreSQL).
+	TxOptions *sql.TxOptions
+}
+
+// Errors of the inbox middleware.
+var (
+	// ErrNoKey is the error of a message with no idempotency key: no Header
+	// and no Key function, or a Key function that returned "" or an error.
+	// It is returned marked with retry.Permanent, so the runtime
+	// dead-letters the message at once with this reason: handling it could
+	// not be made idempotent, and retrying cannot give it a key.
+	ErrNoKey = errors.New("inbox: message has no idempotency key")
+	// ErrBusy is the error (marked with retry.After) of a Lease-mode message
+	// whose key another worker holds, when Config.Busy is Requeue.
+	ErrBusy = errors.New("inbox: message is being handled by another worker")
+	// ErrLeaseLost is the cause of a Lease-mode handler's cancelled context
+	// when its lease could not be renewed in time or was taken over, and the
+	// error the middleware returns then: the message is redelivered, and the
+	// inbox acks the redelivery if another worker has finished it.
+	ErrLeaseLost = errors.New("inbox: lease lost")
+)
+
+// An Inbox records the idempotency keys of handled messages in a table, so
+// that a duplicate delivery is acknowledged without running its handler
+// again. It is safe for concurrent use; Middleware may wrap any number of
+// handlers. It holds no resources of its own: closing db is the caller's
+// business, after every consumer and the Cleaner have stopped.
+type Inbox struct {
+	db      *sql.DB
+	d       sqldb.Dialect
+	cfg     Config
+	q       queries
+	pollMin time.Duration // how often a Wait-ing duplicate looks again
+
+	// Set by tests only, before use.
+	batch  int    // rows per Clean statement; CleanBatch
+	onBusy func() // called when a Lease-mode key is found busy
+}
+
+// New returns an Inbox on db with cfg. It validates cfg and detects the
+// dialect of db from its driver (pgx or modernc.org/sqlite) but does no I/O:
+// call Migrate, or create the table with Schema's DDL, before use. Errors
+// wrap broker.ErrInvalidConfig.
+func New(db *sql.DB, cfg Config) (*Inbox, error) {
+	if db == nil {
+		return nil, fmt.Errorf("%w: inbox: nil *sql.DB", broker.ErrInvalidConfig)
+	}
+	d, err := sqldb.DetectDialect(db)
+	if err != nil {
+		return nil, fmt.Errorf("%w: inbox: %w", broker.ErrInvalidConfig, err)
+	}
+	if cfg.Table == "" {
+		cfg.Table = DefaultTable
+	}
+	if err := sqldb.CheckTableName(cfg.Table); err != nil {
+		return nil, fmt.Errorf("%w: inbox: %w", broker.ErrInvalidConfig, err)
+	}
+	if cfg.Scope == "" {
+		cfg.Scope = DefaultScope
+	}
+	if cfg.Header == "" {
+		cfg.Header = broker.HeaderIdempotencyKey
+	}
+	switch cfg.Mode {
+	case Transactional, Lease:
+	default:
+		return nil, fmt.Errorf("%w: inbox: unknown Mode %d", broker.ErrInvalidConfig, int(cfg.Mode))
+	}
+	switch cfg.Busy {
+	case Wait, Requeue:
+	default:
+		return nil, fmt.Errorf("%w: inbox: unknown Busy %d", broker.ErrInvalidConfig, int(cfg.Busy))
+	}
+	switch {
+	case cfg.LeaseTime == 0:
+		cfg.LeaseTime = DefaultLeaseTime
+	case cfg.LeaseTime < 30*time.Millisecond:
+		return nil, fmt.Errorf("%w: inbox: LeaseTime %v, want at least 30ms", broker.ErrInvalidConfig, cfg.LeaseTime)
+	}
+	switch {
+	case cfg.Retention == 0:
+		cfg.Retention = DefaultRetention
+	case cfg.Retention < 0:
+		return nil, fmt.Errorf("%w: inbox: negative Retention %v", broker.ErrInvalidConfig, cfg.Retention)
+	}
+	i := &Inbox{db: db, d: d, cfg: cfg, q: newQueries(d, cfg.Table), batch: CleanBatch}
+	i.pollMin = min(max(cfg.LeaseTime/20, 10*time.Millisecond), 500*time.Millisecond)
+	return i, nil
+}
+
+// Dialect returns the dialect of the inbox's database.
+func (i *Inbox) Dialect() sqldb.Dialect { return i.d }
+
+// Table returns the inbox table's name.
+func (i *Inbox) Table() string { return i.cfg.Table }
+
+type txKey struct{}
+
+// Tx returns the transaction of a Transactional-mode inbox handler: the one
+// that records the message's key. Everything the handler writes to the
+// database must go through it, so that it commits with the key or not at all.
+// On SQLite, whose pool has one connection, using the *sql.DB instead inside
+// the handler would wait for the transaction forever. Tx returns nil for a
+// context that does not come from a Transactional-mode inbox.
+//
+// The handler must not Commit or Rollback the transaction: the inbox does.
+func Tx(ctx context.Context) *sql.Tx {
+	tx, _ := ctx.Value(txKey{}).(*sql.Tx)
+	return tx
+}
+
+// Middleware returns the idempotent-consumer middleware: it looks up the
+// message's key, runs the handler only for a key not yet done, and records
+// the key as done when the handler returned nil (see the package doc). Put it
+// inside Recover and Retry and outside Timeout, so that a retry sees the key
+// of the attempt before it.
+func (i *Inbox) Middleware() consumer.Middleware {
+	return func(next consumer.Handler) consumer.Handler {
+		if i.cfg.Mode == Lease {
+			return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+				return i.handleLease(ctx, m, next)
+			})
+		}
+		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+			return i.handleTx(ctx, m, next)
+		})
+	}
+}
+
+// key returns the idempotency key of m, or an error marked permanent.
+func (i *Inbox) key(m *broker.Message) (string, error) {
+	k := m.Header[i.cfg.Header]
+	if k == "" && i.cfg.Key != nil {
+		var err error
+		k, err = callKey(i.cfg.Key, m)
+		if err != nil {
+			return "", retry.Permanent(fmt.Errorf("%w: Key: %w", ErrNoKey, err))
+		}
+	}
+	if k == "" {
+		return "", retry.Permanent(fmt.Errorf("%w (header %q)", ErrNoKey, i.cfg.Header))
+	}
+	if len(k) > MaxKeyBytes {
+		sum := sha256.Sum256([]byte(k))
+		k = "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return k, nil
+}
+
+// callKey calls the user's key function; a panic in it is an error of this
+// message only, like a panic in a handler.
+func callKey(f func(*broker.Message) (string, error), m *broker.Message) (k string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			k, err = "", fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return f(m)
+}
+
+// handleTx is the Transactional mode.
+func (i *Inbox) handleTx(ctx context.Context, m *broker.Message, next consumer.Handler) error {
+	key, err := i.key(m)
+	if err != nil {
+		return err
+	}
+	tx, err := i.db.BeginTx(ctx, i.cfg.TxOptions)
+	if err != nil {
+		return fmt.Errorf("inbox: begin: %w", err)
+	}
+	// Whatever happens below — an error, a duplicate, a panic in the handler
+	// unwinding through here — the transaction is rolled back unless it was
+	// committed; the panic then goes on to Recover or the runtime.
+	finished := false
+	defer func() {
+		if !finished {
+			_ = tx.Rollback()
+		}
+	}()
+	// On PostgreSQL a concurrent insert of the same key blocks here until the
+	// first transaction ends, then inserts (it rolled back) or sees the
+	// conflict (it committed): never both handlers past this point.
+	res, err := tx.ExecContext(ctx, i.q.insertDone, i.cfg.Scope, key)
+	if err != nil {
+		return fmt.Errorf("inbox: record key: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("inbox: record key: %w", err)
+	}
+	if n == 0 {
+		return nil // a duplicate of a committed message: ack it, run nothing
+	}
+	if err := next.Handle(context.WithValue(ctx, txKey{}, tx), m); err != nil {
+		return err
+	}
+	finished = true
+	if err := tx.Commit(); err != nil {
+		// The message is redelivered. The commit either happened (the
+		// redelivery sees the key and is acked) or did not (it runs again).
+		return fmt.Errorf("inbox: commit: %w", err)
+	}
+	return nil
+}
