@@ -212,6 +212,12 @@ func (i *Inbox) Table() string { return i.cfg.Table }
 
 type txKey struct{}
 
+// txValue is what a Transactional-mode handler's context carries.
+type txValue struct {
+	db *sql.DB
+	tx *sql.Tx
+}
+
 // Tx returns the transaction of a Transactional-mode inbox handler: the one
 // that records the message's key. Everything the handler writes to the
 // database must go through it, so that it commits with the key or not at all.
@@ -221,8 +227,10 @@ type txKey struct{}
 //
 // The handler must not Commit or Rollback the transaction: the inbox does.
 func Tx(ctx context.Context) *sql.Tx {
-	tx, _ := ctx.Value(txKey{}).(*sql.Tx)
-	return tx
+	if v, ok := ctx.Value(txKey{}).(txValue); ok {
+		return v.tx
+	}
+	return nil
 }
 
 // Middleware returns the idempotent-consumer middleware: it looks up the
@@ -280,6 +288,13 @@ func (i *Inbox) handleTx(ctx context.Context, m *broker.Message, next consumer.H
 	if err != nil {
 		return err
 	}
+	if outer, ok := ctx.Value(txKey{}).(txValue); ok && outer.db == i.db {
+		// Inside another inbox's transaction on the same database (two
+		// scopes in one chain): record the key in that transaction, which
+		// commits or rolls back both keys and the effect together. A
+		// second transaction would wait for the first on SQLite.
+		return i.handleInTx(ctx, outer.tx, key, m, next)
+	}
 	tx, err := i.db.BeginTx(ctx, i.cfg.TxOptions)
 	if err != nil {
 		return fmt.Errorf("inbox: begin: %w", err)
@@ -307,7 +322,7 @@ func (i *Inbox) handleTx(ctx context.Context, m *broker.Message, next consumer.H
 	if n == 0 {
 		return nil // a duplicate of a committed message: ack it, run nothing
 	}
-	if err := next.Handle(context.WithValue(ctx, txKey{}, tx), m); err != nil {
+	if err := next.Handle(context.WithValue(ctx, txKey{}, txValue{i.db, tx}), m); err != nil {
 		return err
 	}
 	finished = true
@@ -317,4 +332,21 @@ func (i *Inbox) handleTx(ctx context.Context, m *broker.Message, next consumer.H
 		return fmt.Errorf("inbox: commit: %w", err)
 	}
 	return nil
+}
+
+// handleInTx records key in the enclosing inbox's transaction tx and runs the
+// handler in it; the enclosing inbox commits or rolls back.
+func (i *Inbox) handleInTx(ctx context.Context, tx *sql.Tx, key string, m *broker.Message, next consumer.Handler) error {
+	res, err := tx.ExecContext(ctx, i.q.insertDone, i.cfg.Scope, key)
+	if err != nil {
+		return fmt.Errorf("inbox: record key: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("inbox: record key: %w", err)
+	}
+	if n == 0 {
+		return nil // done in this scope already; the enclosing inbox commits its own key
+	}
+	return next.Handle(ctx, m)
 }

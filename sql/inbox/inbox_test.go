@@ -506,3 +506,44 @@ func TestSchemaIsWhatMigrateRuns(t *testing.T) {
 		t.Error("Schema accepted an unknown dialect")
 	}
 }
+
+// Two Transactional inboxes in one chain (two scopes on one database) share
+// one transaction: both keys commit with the effect, or none does. On SQLite
+// a second transaction would wait for the first forever.
+func TestNestedInboxesShareTheTransaction(t *testing.T) {
+	sqltest.Each(t, func(t *testing.T, db *sql.DB, d sqldb.Dialect) {
+		createEffects(t, db)
+		billing := newInbox(t, db, inbox.Config{Scope: "billing"})
+		audit := newInbox(t, db, inbox.Config{Scope: "audit"})
+		errBoom := errors.New("boom")
+		fail := true
+		runs := 0
+		h := consumer.Chain(billing.Middleware(), audit.Middleware())(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+			runs++
+			if err := increment(ctx, "order-1"); err != nil {
+				return err
+			}
+			if fail {
+				return errBoom
+			}
+			return nil
+		}))
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := h.Handle(ctx, msg("order-1")); !errors.Is(err, errBoom) {
+			t.Fatalf("Handle = %v; want the handler's error", err)
+		}
+		if n := inboxRows(t, db); n != 0 || effectOf(t, db, "order-1") != 0 {
+			t.Fatalf("after a failure: %d keys, effect %d; want 0, 0", n, effectOf(t, db, "order-1"))
+		}
+		fail = false
+		for range 2 {
+			if err := h.Handle(ctx, msg("order-1")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := inboxRows(t, db); n != 2 || runs != 2 || effectOf(t, db, "order-1") != 1 {
+			t.Errorf("keys %d, runs %d, effect %d; want 2, 2, 1", n, runs, effectOf(t, db, "order-1"))
+		}
+	})
+}

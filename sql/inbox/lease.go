@@ -28,13 +28,16 @@ func (i *Inbox) handleLease(ctx context.Context, m *broker.Message, next consume
 	}
 	token := newToken()
 	for {
+		// The lease is counted from before the statement that sets it, so
+		// that this worker never believes its lease longer than it is.
+		at := time.Now()
 		st, err := i.reserve(ctx, key, token)
 		if err != nil {
 			return err
 		}
 		switch {
 		case st.reserved:
-			return i.runLeased(ctx, m, next, key, token)
+			return i.runLeased(ctx, m, next, key, token, at)
 		case st.done:
 			return nil // handled by someone else: ack, run nothing
 		case st.left <= 0:
@@ -86,7 +89,7 @@ func (i *Inbox) reserve(ctx context.Context, key, token string) (reservation, er
 
 // runLeased runs the handler while a renewer goroutine keeps the lease, then
 // confirms or releases the reservation.
-func (i *Inbox) runLeased(ctx context.Context, m *broker.Message, next consumer.Handler, key, token string) (err error) {
+func (i *Inbox) runLeased(ctx context.Context, m *broker.Message, next consumer.Handler, key, token string, at time.Time) error {
 	hctx, cancel := context.WithCancelCause(ctx)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -94,7 +97,7 @@ func (i *Inbox) runLeased(ctx context.Context, m *broker.Message, next consumer.
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		lost = i.renew(ctx, key, token, stop)
+		lost = i.renew(ctx, key, token, at, stop)
 		if lost != nil {
 			cancel(lost) // the handler should stop: another worker may take over
 		}
@@ -149,14 +152,15 @@ func (i *Inbox) runLeased(ctx context.Context, m *broker.Message, next consumer.
 	return nil
 }
 
-// renew extends the lease every LeaseTime/3 until stop is closed. It returns
-// ErrLeaseLost (wrapped) when the row is no longer ours or the lease ran out
-// without a successful renewal; then the handler's context is cancelled.
-func (i *Inbox) renew(ctx context.Context, key, token string, stop <-chan struct{}) error {
+// renew extends the lease every LeaseTime/3 until stop is closed. The lease
+// was last set at last. It returns ErrLeaseLost (wrapped) when the row is no
+// longer ours, or when renewals failed so long that the lease would end before
+// the next try: the handler's context is then cancelled while the lease still
+// holds, so that it can stop before another worker may take the key.
+func (i *Inbox) renew(ctx context.Context, key, token string, last time.Time, stop <-chan struct{}) error {
 	every := i.cfg.LeaseTime / 3
 	t := time.NewTicker(every)
 	defer t.Stop()
-	last := time.Now() // the reservation was made just before
 	bctx := context.WithoutCancel(ctx)
 	for {
 		select {
@@ -164,6 +168,7 @@ func (i *Inbox) renew(ctx context.Context, key, token string, stop <-chan struct
 			return nil
 		case <-t.C:
 		}
+		at := time.Now()
 		rctx, cancel := context.WithTimeout(bctx, every)
 		res, err := i.db.ExecContext(rctx, i.q.renew, i.cfg.LeaseTime.Milliseconds(), i.cfg.Scope, key, token)
 		cancel()
@@ -173,11 +178,11 @@ func (i *Inbox) renew(ctx context.Context, key, token string, stop <-chan struct
 		}
 		switch {
 		case err == nil && n == 1:
-			last = time.Now()
+			last = at
 		case err == nil:
 			return fmt.Errorf("%w: key %q was taken over", ErrLeaseLost, key)
-		case time.Since(last) >= i.cfg.LeaseTime:
-			return fmt.Errorf("%w: key %q not renewed for %v: %w", ErrLeaseLost, key, i.cfg.LeaseTime, err)
+		case time.Since(last)+every >= i.cfg.LeaseTime:
+			return fmt.Errorf("%w: key %q could not be renewed: %w", ErrLeaseLost, key, err)
 		}
 	}
 }

@@ -165,7 +165,7 @@ func TestLeaseBusyRequeue(t *testing.T) {
 // renewed while it runs.
 func TestLeaseIsRenewedWhileTheHandlerRuns(t *testing.T) {
 	sqltest.Each(t, func(t *testing.T, db *sql.DB, d sqldb.Dialect) {
-		const lease = 600 * time.Millisecond
+		const lease = time.Second
 		ib := newInbox(t, db, inbox.Config{Mode: inbox.Lease, Busy: inbox.Requeue, LeaseTime: lease})
 		release := make(chan struct{})
 		var hctx context.Context
@@ -173,7 +173,7 @@ func TestLeaseIsRenewedWhileTheHandlerRuns(t *testing.T) {
 		held := holder(t, ib, "order-1", release, &hctx)
 		ran := false
 		h := ib.Middleware()(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error { ran = true; return nil }))
-		for time.Since(start) < 3*lease {
+		for time.Since(start) < 2*lease+lease/2 {
 			err := h.Handle(ctxT(t), msg("order-1"))
 			if !errors.Is(err, inbox.ErrBusy) {
 				t.Fatalf("after %v (lease %v): Handle = %v; want ErrBusy", time.Since(start).Round(time.Millisecond), lease, err)
