@@ -15,12 +15,14 @@ import (
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/broker/rabbitmq"
+	"github.com/queuekit/queuekit/sql/sqlqueue"
 )
 
 // backend is the broker the service runs on, and all the service knows of
-// it: a broker.Publisher, to which POST /orders publishes, and a constructor
-// of broker.Sources, from which the consumer reads (and the shutdown report
-// asks what is left). Only the constructors below name a broker.
+// it: a broker.Publisher, through which the outbox relay publishes the
+// orders POST /orders committed, and a constructor of broker.Sources, from
+// which the consumer reads (and the shutdown report asks what is left).
+// Only the constructors below name a broker.
 //
 // The orders are published to the destination named like the queue (-queue)
 // with the order id as the key, on every broker: memory takes them in that
@@ -40,6 +42,9 @@ type backend struct {
 	// close, if set, releases what the backend holds besides the publisher
 	// and the sources (the in-memory broker).
 	close func()
+	// left, if set, counts the orders in the queue, leased ones included
+	// (the SQL queue), for the shutdown report.
+	left func(ctx context.Context) (int, error)
 }
 
 // headerOrderID carries the order id with every message: the consumer's
@@ -47,8 +52,9 @@ type backend struct {
 const headerOrderID = "order-id"
 
 // newBackend builds the backend cfg asks for: RabbitMQ if an AMQP URL is set,
-// Kafka if brokers are, the embedded in-memory broker otherwise.
-func newBackend(ctx context.Context, cfg config, logger *slog.Logger) (*backend, error) {
+// Kafka if brokers are, otherwise the SQL queue in the orders' database db
+// (the default) or, with -broker memory, the in-process broker.
+func newBackend(ctx context.Context, cfg config, logger *slog.Logger, db *database) (*backend, error) {
 	switch {
 	case cfg.amqpURL != "" && cfg.kafkaBrokers != "":
 		return nil, errors.New("choose one broker: RabbitMQ (-amqp-url, AMQP_URL) or Kafka (-kafka-brokers, KAFKA_BROKERS), not both")
@@ -56,12 +62,36 @@ func newBackend(ctx context.Context, cfg config, logger *slog.Logger) (*backend,
 		return newRabbitMQBackend(cfg, logger)
 	case cfg.kafkaBrokers != "":
 		return newKafkaBackend(ctx, cfg, logger)
+	case cfg.brokerKind == "memory":
+		return newMemoryBackend(cfg, db), nil
 	default:
-		return newMemoryBackend(cfg), nil
+		return newSQLBackend(cfg, logger, db)
 	}
 }
 
-func newMemoryBackend(cfg config) *backend {
+// newSQLBackend is the default: a durable queue in a table of the orders'
+// database (sqlqueue), so that orders queued when the service stops, or is
+// killed, are processed after it restarts, with no broker to run.
+func newSQLBackend(cfg config, logger *slog.Logger, db *database) (*backend, error) {
+	pub, err := sqlqueue.NewPublisher(db.db, sqlqueue.PublisherConfig{})
+	if err != nil {
+		return nil, err
+	}
+	return &backend{
+		name: "sql",
+		pub:  pub,
+		source: func() (broker.Source, error) {
+			return sqlqueue.NewSource(db.db, sqlqueue.Config{Queue: cfg.queue, Prefetch: 2 * cfg.concurrency, Logger: logger})
+		},
+		left: func(ctx context.Context) (int, error) {
+			var n int
+			err := db.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+sqlqueue.DefaultTable+` WHERE queue = $1`, cfg.queue).Scan(&n)
+			return n, err
+		},
+	}, nil
+}
+
+func newMemoryBackend(cfg config, db *database) *backend {
 	b := memory.NewBroker()
 	return &backend{
 		name: "memory",
@@ -70,8 +100,14 @@ func newMemoryBackend(cfg config) *backend {
 			return b.Source(cfg.queue, memory.SourceConfig{Prefetch: 2 * cfg.concurrency})
 		},
 		// Bounded here, so a paused or slow consumer cannot make the
-		// process grow without end.
-		full:  func() bool { return b.Stats(cfg.queue).Ready >= cfg.maxQueued },
+		// process grow without end: what waits in the memory queue and
+		// what waits in the outbox for the relay to hand it over.
+		full: func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			unsent, err := db.unsent(ctx)
+			return err != nil || b.Stats(cfg.queue).Ready+unsent >= cfg.maxQueued
+		},
 		close: func() { b.Close() },
 	}
 }

@@ -96,8 +96,10 @@ func startService(t *testing.T, args ...string) *proc {
 func startServiceEnv(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(serviceBinary(t), append([]string{"-addr", "127.0.0.1:0"}, args...)...)
-	// Neither a broker nor an orchestrator unless the test says so.
-	cmd.Env = append(os.Environ(), "AMQP_URL=", "KAFKA_BROKERS=", "KUBERNETES_SERVICE_HOST=")
+	// Neither a broker nor an orchestrator unless the test says so, and a
+	// database of the test's own unless it names one (-database-url wins
+	// over DATABASE_URL).
+	cmd.Env = append(os.Environ(), "AMQP_URL=", "KAFKA_BROKERS=", "KUBERNETES_SERVICE_HOST=", "DATABASE_URL="+testDatabase(t))
 	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

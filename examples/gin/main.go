@@ -99,6 +99,8 @@ import (
 // config is the service's configuration, from flags and environment.
 type config struct {
 	addr            string
+	databaseURL     string // may hold a password: logged only through sqldb.Redact
+	brokerKind      string // "sql" (default) or "memory", when neither RabbitMQ nor Kafka is set
 	amqpURL         string // secret: never logged or printed
 	amqpQueueType   string
 	kafkaBrokers    string
@@ -111,7 +113,7 @@ type config struct {
 	processTime     time.Duration
 	maxConns        int
 	idleTimeout     time.Duration
-	maxOrders       int
+	initialStock    int
 	adminToken      string // secret: never logged or printed
 	orderIDSecret   []byte // secret: never logged or printed; empty: random per process
 	// unavailableItems are the items whose orders fail for good (the
@@ -162,31 +164,43 @@ func main() {
 	}
 }
 
+// defaultDatabase is the database of a service started with neither
+// -database-url nor DATABASE_URL: a SQLite file in the working directory,
+// so that `go run ./examples/gin` needs no set-up and keeps its orders and
+// its queue across restarts.
+const defaultDatabase = "queuekit-gin.db"
+
+// defaultInitialStock is the default of -initial-stock: generous, so that
+// the stock runs out only where a test or a demonstration wants it to.
+const defaultInitialStock = 1_000_000_000
+
 // parseConfig reads flags from args; the environment fills in for flags that
-// are not given (ADDR, AMQP_URL, KAFKA_BROKERS; KUBERNETES_SERVICE_HOST for
+// are not given (ADDR, DATABASE_URL, AMQP_URL, KAFKA_BROKERS; KUBERNETES_SERVICE_HOST for
 // -shutdown-delay) and holds the secrets (ADMIN_TOKEN, ORDER_ID_SECRET). A broker flag
 // given on the command line wins over both brokers' environment variables.
 //
-// Secrets (the AMQP URL, which may carry a password, the admin token and the
-// order id secret) are read from the environment after parsing, never used
-// as flag defaults: the flag package prints defaults on -h and on every
-// usage error.
+// Secrets (the AMQP URL and the database URL, which may carry passwords,
+// the admin token and the order id secret) are read from the environment
+// after parsing, never used as flag defaults: the flag package prints
+// defaults on -h and on every usage error.
 func parseConfig(args []string, getenv func(string) string) (config, error) {
 	var cfg config
 	fs := flag.NewFlagSet("gin", flag.ContinueOnError)
 	fs.StringVar(&cfg.addr, "addr", ":8080", "HTTP listen address (env ADDR)")
+	fs.StringVar(&cfg.databaseURL, "database-url", "", "the orders' database: a SQLite file (queuekit-gin.db, sqlite:PATH) or postgres://… (env DATABASE_URL, which keeps the password out of ps); default "+defaultDatabase)
+	fs.StringVar(&cfg.brokerKind, "broker", "sql", "without -amqp-url or -kafka-brokers: sql (a durable queue in the orders' database) or memory (in-process: queued orders end with the process)")
 	fs.StringVar(&cfg.amqpURL, "amqp-url", "", "run on RabbitMQ at this amqp:// or amqps:// URL (env AMQP_URL, which keeps the password out of ps)")
 	fs.StringVar(&cfg.amqpQueueType, "amqp-queue-type", "classic", "RabbitMQ queue type when the queue is declared: classic or quorum")
 	fs.StringVar(&cfg.kafkaBrokers, "kafka-brokers", "", "run on Kafka: comma-separated bootstrap brokers host:port (env KAFKA_BROKERS)")
 	fs.IntVar(&cfg.kafkaPartitions, "kafka-partitions", 4, "partitions of the Kafka topics when the service creates them")
 	fs.StringVar(&cfg.queue, "queue", "orders", "queue (RabbitMQ, memory) or topic (Kafka) of the orders; the consumer is named after it")
 	fs.IntVar(&cfg.concurrency, "concurrency", 8, "orders handled at once")
-	fs.IntVar(&cfg.maxQueued, "max-queued", 10000, "in-memory broker only: refuse orders (503) while this many wait in the queue")
+	fs.IntVar(&cfg.maxQueued, "max-queued", 10000, "-broker memory only: refuse orders (503) while this many wait in the queue")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 15*time.Second, "how long in-flight orders may take to finish at shutdown")
 	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "at shutdown, how long /readyz answers 503 while orders are still accepted (time for a load balancer to notice); default 0, or 5s when KUBERNETES_SERVICE_HOST is set")
 	fs.IntVar(&cfg.maxConns, "max-conns", 1024, "HTTP connections open at once; more wait until one closes (an idle keep-alive connection is closed for a waiting one)")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", defaultIdleTimeout, "how long an idle keep-alive connection stays open; keep it above the idle timeout of a load balancer in front")
-	fs.IntVar(&cfg.maxOrders, "max-orders", defaultMaxOrders, "orders the in-memory order store remembers; past it, the oldest finished ones are forgotten")
+	fs.IntVar(&cfg.initialStock, "initial-stock", defaultInitialStock, "stock of an item the first time it is ordered (the stock table is seeded per item on its first order)")
 	fs.DurationVar(&cfg.processTime, "process-time", 20*time.Millisecond, "simulated time to process an order (a database call)")
 	unavailable := fs.String("unavailable-items", "", "comma-separated items whose orders fail for good and are dead-lettered, standing for items missing from the catalog (see /admin/ to redrive them once fixed)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
@@ -200,6 +214,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	if !given["addr"] {
 		cfg.addr = envOr(getenv, "ADDR", cfg.addr)
+	}
+	if !given["database-url"] {
+		cfg.databaseURL = envOr(getenv, "DATABASE_URL", defaultDatabase)
 	}
 	if !given["amqp-url"] && !given["kafka-brokers"] {
 		cfg.amqpURL, cfg.kafkaBrokers = getenv("AMQP_URL"), getenv("KAFKA_BROKERS")
@@ -233,8 +250,14 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 		return cfg, fmt.Errorf("-max-queued must be at least 1, not %d", cfg.maxQueued)
 	case cfg.maxConns < 1:
 		return cfg, fmt.Errorf("-max-conns must be at least 1, not %d", cfg.maxConns)
-	case cfg.maxOrders < 1:
-		return cfg, fmt.Errorf("-max-orders must be at least 1, not %d", cfg.maxOrders)
+	case cfg.initialStock < 0:
+		return cfg, fmt.Errorf("-initial-stock cannot be negative, not %d", cfg.initialStock)
+	case cfg.brokerKind != "sql" && cfg.brokerKind != "memory":
+		return cfg, fmt.Errorf("-broker must be sql or memory, not %q", cfg.brokerKind)
+	case given["broker"] && (cfg.amqpURL != "" || cfg.kafkaBrokers != ""):
+		return cfg, errors.New("-broker chooses between the embedded brokers: leave it out with RabbitMQ or Kafka")
+	case strings.TrimSpace(cfg.databaseURL) == "":
+		return cfg, errors.New("-database-url cannot be empty")
 	case cfg.idleTimeout <= 0:
 		return cfg, fmt.Errorf("-idle-timeout must be positive, not %v", cfg.idleTimeout)
 	case cfg.drainTimeout <= 0:

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -68,8 +69,13 @@ func do(t *testing.T, method, url, body string) (int, map[string]any) {
 	return resp.StatusCode, out
 }
 
+// testConfig parses args, with a SQLite database of the test's own (in
+// t.TempDir) unless args name one.
 func testConfig(t *testing.T, args ...string) config {
 	t.Helper()
+	if !slices.Contains(args, "-database-url") {
+		args = append([]string{"-database-url", testDatabase(t)}, args...)
+	}
 	cfg, err := parseConfig(args, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
@@ -273,7 +279,7 @@ func TestPostOrderRejectsBadInput(t *testing.T) {
 	if code != http.StatusRequestEntityTooLarge {
 		t.Errorf("POST /orders with a 70 KiB body = %d; want 413", code)
 	}
-	if a, _, _ := s.store.counts(); a != 0 {
+	if a, _, _ := s.counts(); a != 0 {
 		t.Errorf("%d orders accepted from bad input; want 0", a)
 	}
 }
@@ -293,7 +299,7 @@ func TestShutdownUnderLoadLosesNoAcceptedOrder(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("run = %v", err)
 	}
-	a, processed, failed := s.store.counts()
+	a, processed, failed := s.counts()
 	left := s.leftAtStop
 	if a != accepted || processed+left != accepted || failed != 0 {
 		t.Errorf("after shutdown: accepted %d (clients saw %d), processed %d, left %d, failed %d; want processed + left = accepted",
@@ -324,8 +330,19 @@ func TestParseConfig(t *testing.T) {
 	if err != nil || cfg.kafkaBrokers != "k:9092" || cfg.amqpURL != "" {
 		t.Errorf("-kafka-brokers with AMQP_URL set = %+v, %v; want Kafka only", cfg, err)
 	}
-	if def := testConfig(t); def.addr != ":8080" || def.amqpURL != "" || def.kafkaBrokers != "" || def.shutdownDelay != 0 || len(def.orderIDSecret) != 0 {
-		t.Errorf("defaults = %+v; want :8080 on the in-memory broker, no shutdown delay, no configured order id secret", def)
+	if def, err := parseConfig(nil, func(string) string { return "" }); err != nil || def.addr != ":8080" || def.amqpURL != "" || def.kafkaBrokers != "" || def.brokerKind != "sql" ||
+		def.databaseURL != "queuekit-gin.db" || def.shutdownDelay != 0 || len(def.orderIDSecret) != 0 {
+		t.Errorf("defaults = %+v, %v; want :8080 on the SQL queue in queuekit-gin.db, no shutdown delay, no configured order id secret", def, err)
+	}
+	// DATABASE_URL fills in for -database-url; the flag wins.
+	pg := func(k string) string {
+		return map[string]string{"DATABASE_URL": "postgres://app:pw@db/orders"}[k]
+	}
+	if cfg, err := parseConfig(nil, pg); err != nil || cfg.databaseURL != "postgres://app:pw@db/orders" {
+		t.Errorf("DATABASE_URL: database %q, %v", cfg.databaseURL, err)
+	}
+	if cfg, err := parseConfig([]string{"-database-url", "x.db"}, pg); err != nil || cfg.databaseURL != "x.db" {
+		t.Errorf("-database-url over DATABASE_URL: database %q, %v; want x.db", cfg.databaseURL, err)
 	}
 	// Under Kubernetes the shutdown delay defaults to time for the load
 	// balancer to notice; a flag still wins.
@@ -352,7 +369,10 @@ func TestParseConfig(t *testing.T) {
 		{"-max-queued", "0"},
 		{"-max-conns", "0"},
 		{"-idle-timeout", "0s"},
-		{"-max-orders", "0"},
+		{"-initial-stock", "-1"},
+		{"-broker", "nats"},
+		{"-broker", "memory", "-amqp-url", "amqp://x"},
+		{"-database-url", ""},
 		{"-kafka-partitions", "0"},
 		{"-amqp-url", "amqp://x", "-kafka-brokers", "k:9092"},
 		{"extra"},
@@ -427,7 +447,7 @@ func TestShutdownDelayKeepsAcceptingOrdersWhileNotReady(t *testing.T) {
 	if err := <-stopped; err != nil {
 		t.Fatalf("run = %v", err)
 	}
-	if a, p, _ := s.store.counts(); a != 1 || p != 1 {
+	if a, p, _ := s.counts(); a != 1 || p != 1 {
 		t.Errorf("accepted %d, processed %d; want the order accepted during the delay processed", a, p)
 	}
 }
@@ -515,7 +535,7 @@ func TestIdempotencyKeyNamesTheSameOrder(t *testing.T) {
 	}
 	waitStatus(t, base, id1, statusProcessed)
 	waitStatus(t, base, id3, statusProcessed)
-	if a, p, _ := s.store.counts(); a != 2 || p != 2 {
+	if a, p, _ := s.counts(); a != 2 || p != 2 {
 		t.Errorf("accepted %d, processed %d; want 2 and 2", a, p)
 	}
 	if code, _ := post(strings.Repeat("k", maxIdempotencyKey+1)); code != http.StatusBadRequest {
@@ -523,10 +543,12 @@ func TestIdempotencyKeyNamesTheSameOrder(t *testing.T) {
 	}
 }
 
-// The in-memory queue is bounded: while the consumer is paused, orders
-// beyond -max-queued are refused with 503, and none is lost.
+// The in-memory queue (-broker memory) is bounded: while the consumer is
+// paused, orders beyond -max-queued are refused with 503, and none is lost
+// (left counts those in the memory queue, lost at exit, and those still in
+// the outbox, kept).
 func TestInMemoryQueueIsBounded(t *testing.T) {
-	base, s, stop := startInProcess(t, testConfig(t, "-max-queued", "3", "-process-time", "1ms"))
+	base, s, stop := startInProcess(t, testConfig(t, "-broker", "memory", "-max-queued", "3", "-process-time", "1ms"))
 	waitReady(t, base, http.StatusOK)
 	if code, body := newAdminClient(t, base, "").pause("orders"); code != http.StatusOK {
 		t.Fatalf("pause = %d %s", code, body)
@@ -543,7 +565,7 @@ func TestInMemoryQueueIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	left := s.leftAtStop
-	if a, p, _ := s.store.counts(); a != 3 || p+left != 3 {
+	if a, p, _ := s.counts(); a != 3 || p+left != 3 {
 		t.Errorf("accepted %d, processed %d, left %d; want processed + left = 3", a, p, left)
 	}
 }
@@ -562,7 +584,7 @@ func TestDrainDeadlineAbandonsAndAccountsForEveryOrder(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("run = %v; want nil: a drain timeout is no failure of the service", err)
 	}
-	a, p, f := s.store.counts()
+	a, p, f := s.counts()
 	left := s.leftAtStop
 	var abandoned int
 	for _, d := range s.drains {
@@ -571,4 +593,10 @@ func TestDrainDeadlineAbandonsAndAccountsForEveryOrder(t *testing.T) {
 	if a != 5 || p != 0 || f != 0 || left != 5 || abandoned != 2 {
 		t.Errorf("accepted %d, processed %d, failed %d, left %d, abandoned %d; want 5, 0, 0, 5, 2", a, p, f, left, abandoned)
 	}
+}
+
+// testDatabase returns the URL of a fresh SQLite database in t.TempDir.
+func testDatabase(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(t.TempDir(), "orders.db")
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"container/list"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -14,14 +13,15 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/retry"
+	"github.com/queuekit/queuekit/sql/inbox"
 )
 
 // Limits of an order, checked when it is accepted and again when it is
@@ -225,238 +225,35 @@ func newOrderID(secret []byte, idempotencyKey string) (string, error) {
 
 // Order statuses, as GET /orders/:id reports them.
 const (
-	statusAccepted  = "accepted"  // published; not processed yet
+	statusAccepted  = "accepted"  // in the database with its outbox row; not processed yet
 	statusProcessed = "processed" // the consumer handled it
 	statusFailed    = "failed"    // dead-lettered: it will not be processed
 )
 
 // OrderStatus is what GET /orders/:id returns.
 type OrderStatus struct {
-	ID        string    `json:"id"`
-	Status    string    `json:"status"`
-	Item      string    `json:"item,omitempty"`
-	Quantity  int       `json:"quantity,omitempty"`
-	Attempts  int       `json:"attempts,omitempty"`
-	Error     string    `json:"error,omitempty"`
-	UpdatedAt time.Time `json:"updated_at"`
+	ID       string `json:"id"`
+	Status   string `json:"status"`
+	Item     string `json:"item,omitempty"`
+	Quantity int    `json:"quantity,omitempty"`
+	Attempts int    `json:"attempts,omitempty"`
+	Error    string `json:"error,omitempty"`
+	// ProcessedCount is how many times the order's effect was committed:
+	// 1 once processed, whatever the deliveries (the inbox's promise).
+	ProcessedCount int       `json:"processed_count"`
+	UpdatedAt      time.Time `json:"updated_at"`
 }
 
-// defaultMaxOrders is the default of -max-orders: the orders the store
-// remembers. A record takes about 0.2-0.5 KB (more with long item names), so
-// the default bounds the store near 20-50 MB.
-const defaultMaxOrders = 100_000
-
-// store records the status of orders. It stands for the service's database:
-// it lives in memory, so a restarted process knows only the orders it
-// accepted or processed itself. Recording is keyed by id, so a redelivered
-// order is harmless (processing is idempotent).
+// processOrder is the business logic: check the order, prepare it (it
+// takes -process-time, standing for a call to another service, and honours
+// ctx), then apply its effect through the inbox (see applyOrder). An order
+// for an unavailable item (-unavailable-items) or a bad order fails for
+// good: it is dead-lettered at once, with the reason.
 //
-// It holds at most max orders (issue 9: it used to grow by every accepted
-// order, forever). Past that it forgets the oldest finished (processed or
-// failed) order, or, when none is finished, the oldest accepted one whose
-// publish is over. A forgotten order answers 404, and its Idempotency-Key is
-// forgotten with it: a retry after that makes the order again. Orders being
-// published are never forgotten, so the store may exceed max by as many
-// as there are publishes in progress.
-//
-// It is safe for concurrent use.
-type store struct {
-	mu     sync.Mutex
-	max    int
-	orders map[string]*record
-	// open and done list the accepted and the finished orders, each oldest
-	// first: the order in which they are forgotten.
-	open, done list.List
-	// counts of distinct orders, for the shutdown report
-	accepted, processed, failed, forgotten int
-}
-
-// record is what the store keeps of one order.
-type record struct {
-	OrderStatus
-	// digest of the request that made the order (zero for an order that
-	// reached the queue by other means): a reused Idempotency-Key with
-	// another order is refused.
-	digest [sha256.Size]byte
-	// publishing: the order was reserved and its publish is in progress.
-	publishing bool
-	elem       *list.Element // in open or done
-}
-
-func newStore(max int) *store {
-	return &store{max: max, orders: make(map[string]*record)}
-}
-
-func (s *store) get(id string) (OrderStatus, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	o, ok := s.orders[id]
-	if !ok {
-		return OrderStatus{}, false
-	}
-	return o.OrderStatus, true
-}
-
-// len returns the number of orders the store holds.
-func (s *store) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.orders)
-}
-
-// claim is what reserve found.
-type claim int
-
-const (
-	claimed      claim = iota // the order is new: publish it
-	claimedSame               // the same order exists: answer with it
-	claimedOther              // another order has this id (its key): refuse
-	claimedBusy               // the same order is being published by another request
-)
-
-// reserve records o, made from a request with the given digest, as accepted
-// and being published, unless an order with its id exists. Check and
-// insert are one step, so that of two requests with one Idempotency-Key
-// only one publishes. The caller ends a claimed reservation with published
-// or forget.
-func (s *store) reserve(o Order, digest [sha256.Size]byte) (OrderStatus, claim) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if rec, ok := s.orders[o.ID]; ok {
-		switch {
-		case rec.digest != digest:
-			return rec.OrderStatus, claimedOther
-		case rec.publishing:
-			return rec.OrderStatus, claimedBusy
-		default:
-			return rec.OrderStatus, claimedSame
-		}
-	}
-	s.accepted++
-	rec := &record{
-		OrderStatus: OrderStatus{ID: o.ID, Status: statusAccepted, Item: o.Item, Quantity: o.Quantity, UpdatedAt: time.Now()},
-		digest:      digest,
-		publishing:  true,
-	}
-	rec.elem = s.open.PushBack(rec)
-	s.orders[o.ID] = rec
-	s.evict()
-	return rec.OrderStatus, claimed
-}
-
-// published ends a reservation whose publish succeeded.
-func (s *store) published(id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if rec, ok := s.orders[id]; ok {
-		rec.publishing = false
-	}
-	s.evict()
-}
-
-// forget ends a reservation whose publish failed: the client got an
-// error, so the order does not exist.
-func (s *store) forget(id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if rec, ok := s.orders[id]; ok && rec.Status == statusAccepted {
-		s.remove(rec)
-		s.accepted--
-	}
-}
-
-// finish records a final status. It reports whether this is the order's
-// first final status (false for a redelivery of a processed order that the
-// store still holds). o is the order, when known and valid.
-//
-// An order the store does not hold (published by other means, or
-// forgotten: see store) is taken in again, so that GET /orders/:id tells
-// the truth and a retry with its Idempotency-Key is answered with it
-// rather than made again. Its digest is the digest of the order it
-// carries, which is the one of the request that made it (the item was
-// trimmed before both): with a zero digest, a retry with the same key and
-// the same order was refused with 422 (issue 9, hostile review). The
-// report counts a redelivery of a forgotten, already finished order again:
-// the store cannot tell it from a forgotten order finishing.
-func (s *store) finish(id, status string, attempts int, errText string, o *Order) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	rec, ok := s.orders[id]
-	if !ok {
-		rec = &record{OrderStatus: OrderStatus{ID: id}}
-		if o != nil {
-			rec.digest = OrderRequest{Item: o.Item, Quantity: o.Quantity}.digest()
-		}
-		s.orders[id] = rec
-	} else if rec.Status == statusFailed && status == statusProcessed {
-		// A failed order that was redriven from its dead letters (see
-		// /admin/) and is processed now: it is processed after all.
-		s.failed--
-		s.done.Remove(rec.elem)
-	} else if rec.Status == statusProcessed || rec.Status == statusFailed {
-		return false
-	} else {
-		s.open.Remove(rec.elem)
-	}
-	rec.elem = s.done.PushBack(rec)
-	rec.Status, rec.Attempts, rec.Error, rec.UpdatedAt = status, attempts, errText, time.Now()
-	if o != nil {
-		rec.Item, rec.Quantity = o.Item, o.Quantity
-	}
-	if status == statusProcessed {
-		s.processed++
-	} else {
-		s.failed++
-	}
-	s.evict()
-	return true
-}
-
-// evict forgets orders, oldest finished first, while the store holds more
-// than max. s.mu is held.
-func (s *store) evict() {
-	for len(s.orders) > s.max {
-		e := s.done.Front()
-		if e == nil {
-			// Nothing finished: the oldest accepted order, unless its
-			// publish is still in progress (then the newer ones are too,
-			// or will be soon: wait for published).
-			if e = s.open.Front(); e == nil || e.Value.(*record).publishing {
-				return
-			}
-		}
-		s.remove(e.Value.(*record))
-		s.forgotten++
-	}
-}
-
-// remove deletes rec from the map and from its list. s.mu is held.
-func (s *store) remove(rec *record) {
-	delete(s.orders, rec.ID)
-	if rec.Status == statusAccepted {
-		s.open.Remove(rec.elem)
-	} else {
-		s.done.Remove(rec.elem)
-	}
-}
-
-// forgottenCount returns the number of orders evicted to keep the bound.
-func (s *store) forgottenCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.forgotten
-}
-
-func (s *store) counts() (accepted, processed, failed int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.accepted, s.processed, s.failed
-}
-
-// processOrder is the business logic: reserve stock for the order. It takes
-// processTime, standing for a database call, and honours ctx. An order for
-// an unavailable item (-unavailable-items) fails for good: it is
-// dead-lettered at once, with the reason.
+// The preparation runs outside the inbox's transaction, so that it does not
+// hold a database connection (SQLite has one) for its duration; a duplicate
+// delivery prepares again and then finds its key done: nothing is applied
+// twice.
 func (s *service) processOrder(ctx context.Context, m *broker.Message, o Order) error {
 	if o.ID == "" {
 		o.ID = orderID(m)
@@ -481,8 +278,26 @@ func (s *service) processOrder(ctx context.Context, m *broker.Message, o Order) 
 			return context.Cause(ctx)
 		}
 	}
-	if s.store.finish(o.ID, statusProcessed, m.Attempt, "", &o) {
-		// The end-to-end test counts processed orders by id from this line.
+	applied := false
+	err := s.db.inbox.Middleware()(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		// In the inbox's transaction: everything goes through inbox.Tx(ctx)
+		// (on SQLite the pool's one connection is this transaction's).
+		if err := applyOrder(ctx, inbox.Tx(ctx), o, m.Attempt, s.cfg.initialStock); err != nil {
+			if errors.Is(err, errOutOfStock) {
+				return retry.Permanent(err)
+			}
+			return err
+		}
+		applied = true
+		return nil
+	})).Handle(ctx, m)
+	if err != nil {
+		return err
+	}
+	if applied {
+		// Committed with the inbox key: logged once per order. The
+		// end-to-end tests count processed orders by id from this line.
+		s.processed.Add(1)
 		middleware.Logger(ctx).Info("order processed", "order", o.ID, "item", o.Item, "quantity", o.Quantity)
 	}
 	return nil
