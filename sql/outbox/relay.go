@@ -257,10 +257,15 @@ func (r *Relay) Run(ctx context.Context) error {
 
 		switch {
 		case res.failed > 0:
-			// Wait before publishing the failed rows again; unrelated rows
-			// wait too, which keeps a broker that is down from being
-			// hammered.
+			// Wait before publishing the failed rows again; the other rows
+			// wait too. While nothing gets through (the broker is down),
+			// the wait grows; while other destinations work, it stays
+			// short, so that one failing destination slows them only a
+			// little.
 			fails++
+			if res.published > 0 {
+				fails = 1
+			}
 			blocked = 0
 			if !sleep(ctx, backoff(fails, backoffMin), nil) {
 				return nil
