@@ -270,16 +270,20 @@ func (r *Relay) Run(ctx context.Context) error {
 			if !sleep(ctx, backoff(fails, backoffMin), nil) {
 				return nil
 			}
-		case res.blocked > 0 && res.published == 0:
-			// Another relay holds the earlier rows of every key we took:
-			// look again soon, as it will not notify us when it is done.
+		case res.claimed == r.cfg.Batch && res.published > 0:
+			fails, blocked = 0, 0 // more rows are waiting
+		case res.blocked > 0:
+			// Another relay holds earlier rows of keys we took: look again
+			// soon, as it will not notify us when it is done; sooner after a
+			// round that got something through.
 			fails = 0
 			blocked++
+			if res.published > 0 {
+				blocked = 1
+			}
 			if !sleep(ctx, min(backoff(blocked, blockedBackoffMin), r.poll()), wake) {
 				return nil
 			}
-		case res.claimed == r.cfg.Batch:
-			fails, blocked = 0, 0 // more rows are waiting
 		default:
 			fails, blocked = 0, 0
 			if !sleep(ctx, r.poll(), wake) {

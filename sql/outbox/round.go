@@ -127,6 +127,9 @@ func (r *Relay) roundSQLite(ctx context.Context, l *lease) (res roundResult, err
 	}
 	res.claimed = len(rows)
 	out := r.publish(ctx, rows, l)
+	if len(out.sent) == 0 && len(out.failed) == 0 {
+		return res, nil // stopped or lost the lease before publishing
+	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbTimeout)
 	defer cancel()
 	tx, err := r.o.db.BeginTx(sctx, nil)
