@@ -188,3 +188,56 @@ func TestEffectExactlyOnce10000x2(t *testing.T) {
 		}
 	})
 }
+
+// Lease mode through the consumer: each message published twice, 8 workers,
+// 10% of runs failing before their (external) effect: every effect happens
+// once, with Busy Wait and Requeue alike, and every delivery is acked.
+func TestLeaseModeThroughTheConsumer(t *testing.T) {
+	sqltest.Each(t, func(t *testing.T, db *sql.DB, d sqldb.Dialect) {
+		messages, workers := 1000, 8
+		if testing.Short() {
+			messages = 300
+		}
+		if d == sqldb.Postgres {
+			db.SetMaxOpenConns(2*workers + 2)
+		}
+		for _, busy := range []inbox.Busy{inbox.Wait, inbox.Requeue} {
+			t.Run(busy.String(), func(t *testing.T) {
+				ib := newInbox(t, db, inbox.Config{Mode: inbox.Lease, Busy: busy, Scope: busy.String(), LeaseTime: 2 * time.Second})
+				runs := make([]atomic.Int32, messages)
+				effects := make([]atomic.Int32, messages)
+				var failures atomic.Int64
+				h := consumer.Chain(middleware.Recover(), ib.Middleware())(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+					idx, err := strconv.Atoi(string(m.Body))
+					if err != nil {
+						return err
+					}
+					n := runs[idx].Add(1)
+					if splitmix64(uint64(idx)<<8|uint64(n))%10 == 0 {
+						failures.Add(1)
+						return errInjected
+					}
+					effects[idx].Add(1)
+					return nil
+				}))
+				var msgs []*broker.Message
+				for i := range messages {
+					key := strconv.Itoa(i)
+					for range 2 {
+						msgs = append(msgs, &broker.Message{Body: []byte(key), Header: map[string]string{broker.HeaderIdempotencyKey: "order-" + key}})
+					}
+				}
+				out := consume(t, h, msgs, workers, consumer.WithMaxDeliveries(20))
+				t.Logf("%s/%s: %d messages × 2, %d failures, %d requeues, %d dead letters, in %v", d, busy, messages, failures.Load(), out.stats.Requeued, out.dead, out.elapsed.Round(time.Millisecond))
+				if out.dead != 0 || out.acked != 2*messages {
+					t.Errorf("acked %d, dead letters %d; want %d, 0", out.acked, out.dead, 2*messages)
+				}
+				for i := range messages {
+					if got := effects[i].Load(); got != 1 {
+						t.Errorf("message %d: effect applied %d times; want 1", i, got)
+					}
+				}
+			})
+		}
+	})
+}

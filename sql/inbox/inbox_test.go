@@ -547,3 +547,46 @@ func TestNestedInboxesShareTheTransaction(t *testing.T) {
 		}
 	})
 }
+
+// A COMMIT that fails (here a deferred foreign key the handler's insert
+// violates) is returned as an error, the key is not recorded, and the
+// connection is usable for the redelivery.
+func TestCommitErrorIsReturned(t *testing.T) {
+	sqltest.Each(t, func(t *testing.T, db *sql.DB, d sqldb.Dialect) {
+		ctx := ctxT(t)
+		for _, s := range []string{
+			`CREATE TABLE parents (id TEXT PRIMARY KEY)`,
+			`CREATE TABLE children (id TEXT PRIMARY KEY, parent TEXT REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)`,
+		} {
+			if _, err := db.ExecContext(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ib := newInbox(t, db, inbox.Config{})
+		runs := 0
+		h := ib.Middleware()(consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+			runs++
+			tx := inbox.Tx(ctx)
+			if runs > 1 { // the redelivery brings the parent along
+				if _, err := tx.ExecContext(ctx, `INSERT INTO parents (id) VALUES ('p')`); err != nil {
+					return err
+				}
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO children (id, parent) VALUES ('c', 'p')`)
+			return err
+		}))
+		err := h.Handle(ctx, msg("order-1"))
+		if err == nil || !strings.Contains(err.Error(), "inbox: commit") {
+			t.Fatalf("Handle = %v; want the commit's error", err)
+		}
+		if n := inboxRows(t, db); n != 0 {
+			t.Errorf("keys after a failed commit = %d; want 0", n)
+		}
+		if err := h.Handle(ctx, msg("order-1")); err != nil || runs != 2 {
+			t.Fatalf("redelivery: Handle = %v, runs %d; want nil, 2", err, runs)
+		}
+		if err := h.Handle(ctx, msg("order-1")); err != nil || runs != 2 {
+			t.Errorf("duplicate: Handle = %v, runs %d; want nil, 2", err, runs)
+		}
+	})
+}

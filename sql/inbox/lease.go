@@ -27,6 +27,9 @@ func (i *Inbox) handleLease(ctx context.Context, m *broker.Message, next consume
 		return err
 	}
 	token := newToken()
+	// A Wait-ing duplicate looks again after 5ms, then less and less often,
+	// up to pollMin: most holders finish soon.
+	poll := 5 * time.Millisecond
 	for {
 		// The lease is counted from before the statement that sets it, so
 		// that this worker never believes its lease longer than it is.
@@ -50,9 +53,11 @@ func (i *Inbox) handleLease(ctx context.Context, m *broker.Message, next consume
 			return retry.After(fmt.Errorf("%w (key %q)", ErrBusy, key), st.left)
 		}
 		// Wait: look again soon, at the latest when the lease ends.
-		if !retry.Sleep(ctx, min(i.pollMin, st.left)) {
+		poll = min(poll, i.pollMin)
+		if !retry.Sleep(ctx, min(poll, st.left)) {
 			return fmt.Errorf("inbox: waiting for key %q held by another worker: %w", key, context.Cause(ctx))
 		}
+		poll *= 2
 	}
 }
 
