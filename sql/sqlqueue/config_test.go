@@ -47,6 +47,12 @@ func TestInvalidConfig(t *testing.T) {
 	if _, err := sqlqueue.Schema(sqldb.Dialect(0), "t"); !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Errorf("Schema of an unknown dialect = %v; want an error wrapping broker.ErrInvalidConfig", err)
 	}
+	if _, err := sqlqueue.NewDeadLetters(db, "", ""); !errors.Is(err, broker.ErrInvalidConfig) {
+		t.Errorf("NewDeadLetters without a queue = %v; want an error wrapping broker.ErrInvalidConfig", err)
+	}
+	if _, err := sqlqueue.NewDeadLetters(db, "bad table", "q"); !errors.Is(err, broker.ErrInvalidConfig) {
+		t.Errorf("NewDeadLetters with table %q = %v; want an error wrapping broker.ErrInvalidConfig", "bad table", err)
+	}
 	p, err := sqlqueue.NewPublisher(db, sqlqueue.PublisherConfig{})
 	if err != nil {
 		t.Fatal(err)

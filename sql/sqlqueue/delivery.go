@@ -152,6 +152,9 @@ func (d *delivery) deadLetter(ctx context.Context, reason broker.Reason) error {
 	if r.body == nil {
 		r.body = []byte{}
 	}
+	if r.msgID == "" {
+		r.msgID = d.msg.ID // the id the delivery had, "<queue>-<row id>"
+	}
 	if _, err := tx.ExecContext(ctx, s.q.insertDead, r.queue, r.msgID, r.key, string(hj), r.body, r.created, r.attempts); err != nil {
 		return err
 	}

@@ -20,7 +20,8 @@
 // # Lifecycle
 //
 // Migrate creates the queue table (DefaultTable unless named), its
-// dead-letter table (the name plus "_dead") and their indexes if they do not
+// dead-letter table (the name plus "_dead"), its queues table (plus
+// "_queues") and their indexes if they do not
 // exist, and checks their columns; Schema returns the same DDL for teams that
 // run their own migrations. NewSource and NewPublisher check their
 // configuration and do no I/O. A Source starts its goroutines on its first
@@ -72,6 +73,14 @@
 // other, never both, never neither. The dead-letter table keeps the queue
 // name of every row, so one dead-letter table serves every queue of a queue
 // table.
+//
+// Source.DeadLetters (or NewDeadLetters, without a source) lists, counts,
+// redrives and purges the dead letters of a queue (broker.DeadLetters). A
+// redrive moves a dead letter back into the queue table in one transaction,
+// with a fresh delivery count. It writes only to a queue that is registered
+// in the queues table (QueuesTable): a Source registers its queue on its
+// first claim, or with DeclareTopology. A dead letter's ID is its row id in
+// the dead-letter table.
 //
 // # Concurrency
 //

@@ -30,6 +30,11 @@ type queries struct {
 	takeDead     string // $1 id, $2 token → row
 	insertDead   string // $1 queue, $2 msg_id, $3 key, $4 headers, $5 body, $6 created_at, $7 attempts
 	backlog      string // $1 queue
+	register     string // $1 queue
+	registered   string // $1 queue
+	deadScan     string // $1 queue, $2 after id, $3 limit
+	deadTake     string // $1 id, $2 queue → row
+	deadDelete   string // $1 id, $2 queue
 }
 
 // nowExpr is the database's clock in microseconds since the Unix epoch.
@@ -68,6 +73,11 @@ RETURNING %s, available_at`, t, now, t, ready, row)
 	q.renew = fmt.Sprintf("UPDATE %s SET leased_until = %s + $1 WHERE lease_token = $2 RETURNING id", t, now)
 	q.takeDead = fmt.Sprintf("DELETE FROM %s WHERE id = $1 AND lease_token = $2 RETURNING queue, msg_id, msg_key, headers, body, created_at, attempts", t)
 	q.insertDead = fmt.Sprintf("INSERT INTO %s (queue, msg_id, msg_key, headers, body, created_at, dead_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, %s, $7)", q.dead, now)
+	q.register = fmt.Sprintf("INSERT INTO %s (name, created_at) VALUES ($1, %s) ON CONFLICT (name) DO NOTHING", QueuesTable(t), now)
+	q.registered = fmt.Sprintf("SELECT count(*) FROM %s WHERE name = $1", QueuesTable(t))
+	q.deadScan = fmt.Sprintf("SELECT id, msg_id, msg_key, headers, body, created_at, dead_at, attempts FROM %s WHERE queue = $1 AND id > $2 ORDER BY id LIMIT $3", q.dead)
+	q.deadTake = fmt.Sprintf("DELETE FROM %s WHERE id = $1 AND queue = $2 RETURNING msg_id, msg_key, headers, body", q.dead)
+	q.deadDelete = fmt.Sprintf("DELETE FROM %s WHERE id = $1 AND queue = $2", q.dead)
 	q.backlog = fmt.Sprintf("SELECT count(*) FROM %s WHERE queue = $1 AND available_at <= %s AND (leased_until IS NULL OR leased_until < %s)", t, now, now)
 	return q
 }

@@ -14,12 +14,22 @@ import (
 // PublisherConfig.Table are empty. Its dead letters are in DefaultTable+"_dead".
 const DefaultTable = "queuekit_queue"
 
-// deadSuffix ends the name of a queue table's dead-letter table.
-const deadSuffix = "_dead"
+// Suffixes of the names of a queue table's dead-letter and queue tables.
+const (
+	deadSuffix   = "_dead"
+	queuesSuffix = "_queues"
+)
 
 // DeadLetterTable returns the name of the dead-letter table of the queue
 // table table: table+"_dead".
 func DeadLetterTable(table string) string { return table + deadSuffix }
+
+// QueuesTable returns the name of the table where the queues of the queue
+// table table are registered: table+"_queues". A queue is registered by the
+// first claim of a Source of it, or by Source.DeclareTopology; a dead-letter
+// redrive writes only to a registered queue, so that a typo in a
+// destination does not strand messages where no source reads.
+func QueuesTable(table string) string { return table + queuesSuffix }
 
 // checkTable checks table, and the name of its dead-letter table, with
 // sqldb.CheckTableName.
@@ -27,8 +37,8 @@ func checkTable(table string) error {
 	if err := sqldb.CheckTableName(table); err != nil {
 		return fmt.Errorf("%w: %w", broker.ErrInvalidConfig, err)
 	}
-	if err := sqldb.CheckTableName(DeadLetterTable(table)); err != nil {
-		return fmt.Errorf("%w: dead-letter table of %q: %w", broker.ErrInvalidConfig, table, err)
+	if err := sqldb.CheckTableName(QueuesTable(table)); err != nil {
+		return fmt.Errorf("%w: queues table of %q (the name is too long for its suffixes): %w", broker.ErrInvalidConfig, table, err)
 	}
 	return nil
 }
@@ -83,6 +93,11 @@ func Schema(d sqldb.Dialect, table string) (string, error) {
 );
 `, dead, idType, textType, textType, bytesType, textType, bytesType, bigType, bigType, intType)
 	fmt.Fprintf(&b, "CREATE INDEX IF NOT EXISTS %s ON %s (queue, id);\n", indexName(d, dead, "queue"), bare(d, dead))
+	fmt.Fprintf(&b, `CREATE TABLE IF NOT EXISTS %s (
+	name %s PRIMARY KEY,
+	created_at %s NOT NULL
+);
+`, QueuesTable(table), textType, bigType)
 	return b.String(), nil
 }
 
@@ -108,7 +123,7 @@ func bare(d sqldb.Dialect, table string) string {
 	return table
 }
 
-func columns(d sqldb.Dialect) (queue, dead []sqldb.Column) {
+func columns(d sqldb.Dialect) (queue, dead, queues []sqldb.Column) {
 	integer := []string{"bigint", "integer"}
 	text := []string{"text"}
 	bytes := []string{"bytea"}
@@ -139,12 +154,16 @@ func columns(d sqldb.Dialect) (queue, dead []sqldb.Column) {
 		{Name: "dead_at", Types: integer},
 		{Name: "attempts", Types: integer},
 	}
-	return queue, dead
+	queues = []sqldb.Column{
+		{Name: "name", Types: text},
+		{Name: "created_at", Types: integer},
+	}
+	return queue, dead, queues
 }
 
 // Migrate creates the queue table table ("" means DefaultTable), its
-// dead-letter table and their indexes in db, if they do not exist (see
-// Schema), then checks that both tables have the columns the queue needs:
+// dead-letter and queues tables and their indexes in db, if they do not
+// exist (see Schema), then checks that the tables have the columns the queue needs:
 // a table made by someone else with a column missing or of another type is
 // an error wrapping sqldb.ErrSchema that names the column. It is safe to run
 // at every start, from several processes at once.
@@ -183,12 +202,14 @@ func Migrate(ctx context.Context, db *sql.DB, table string) error {
 }
 
 func checkSchema(ctx context.Context, db *sql.DB, d sqldb.Dialect, table string) error {
-	qc, dc := columns(d)
-	if err := sqldb.CheckColumns(ctx, db, d, table, qc); err != nil {
-		return fmt.Errorf("sqlqueue: %w", err)
-	}
-	if err := sqldb.CheckColumns(ctx, db, d, DeadLetterTable(table), dc); err != nil {
-		return fmt.Errorf("sqlqueue: %w", err)
+	qc, dc, nc := columns(d)
+	for _, c := range []struct {
+		table string
+		cols  []sqldb.Column
+	}{{table, qc}, {DeadLetterTable(table), dc}, {QueuesTable(table), nc}} {
+		if err := sqldb.CheckColumns(ctx, db, d, c.table, c.cols); err != nil {
+			return fmt.Errorf("sqlqueue: %w", err)
+		}
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -115,6 +116,10 @@ type Source struct {
 	log      *slog.Logger
 	channel  string
 
+	// registered is set once the queue is in the queues table (see
+	// QueuesTable): by the first claim, or DeclareTopology.
+	registered atomic.Bool
+
 	// ctx ends when Close starts: it stops the background goroutines and
 	// ends the leases (broker.Leased) of the deliveries.
 	ctx    context.Context
@@ -148,11 +153,24 @@ type Source struct {
 }
 
 var (
-	_ broker.Source          = (*Source)(nil)
-	_ broker.Pauser          = (*Source)(nil)
-	_ broker.StatusReporter  = (*Source)(nil)
-	_ broker.BacklogReporter = (*Source)(nil)
+	_ broker.Source           = (*Source)(nil)
+	_ broker.Pauser           = (*Source)(nil)
+	_ broker.StatusReporter   = (*Source)(nil)
+	_ broker.BacklogReporter  = (*Source)(nil)
+	_ broker.TopologyDeclarer = (*Source)(nil)
 )
+
+// DeclareTopology registers the source's queue in the queues table (see
+// QueuesTable), as its first claim does: a dead-letter redrive writes only to
+// a registered queue. It creates no table: run Migrate for that. It is
+// idempotent.
+func (s *Source) DeclareTopology(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, s.q.register, s.queue); err != nil {
+		return fmt.Errorf("sqlqueue: register queue %q in %s: %w", s.queue, QueuesTable(s.table), err)
+	}
+	s.registered.Store(true)
+	return nil
+}
 
 // NewSource returns a source of cfg.Queue in db, which must have been opened
 // with the pgx or the modernc.org/sqlite driver (see sqldb.Open). It checks
@@ -366,6 +384,11 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 func (s *Source) claim(ctx context.Context, n int) ([]*delivery, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.vis)
 	defer cancel()
+	if !s.registered.Load() {
+		if err := s.DeclareTopology(ctx); err != nil {
+			return nil, err
+		}
+	}
 	token := newToken()
 	rows, err := s.db.QueryContext(ctx, s.q.claim, token, s.vis.Microseconds(), s.queue, n)
 	if err != nil {
