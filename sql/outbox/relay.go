@@ -35,7 +35,9 @@ type RelayConfig struct {
 	PublishTimeout time.Duration
 	// DisableListen turns LISTEN/NOTIFY off on PostgreSQL, so that the relay
 	// only polls: for connections through a pooler in transaction mode
-	// (PgBouncer), on which LISTEN does not work.
+	// (PgBouncer), on which LISTEN does not work. A relay whose *sql.DB
+	// allows a single open connection never LISTENs: the LISTEN would take
+	// that connection for good.
 	DisableListen bool
 	// Logger receives the relay's warnings (failed rounds, a lost LISTEN
 	// connection). Nil means slog.Default().
@@ -210,6 +212,10 @@ func (r *Relay) Run(ctx context.Context) error {
 			defer wg.Done()
 			r.keepLease(ctx, ls, wake)
 		}()
+	case r.o.db.Stats().MaxOpenConnections == 1:
+		// LISTEN would hold the pool's only connection for good, and
+		// every round would wait for it.
+		r.log.Warn("outbox relay: the *sql.DB allows one connection, which LISTEN would take; polling instead")
 	case !r.cfg.DisableListen:
 		wg.Add(1)
 		go func() {

@@ -598,3 +598,42 @@ func TestRelaySurvivesAPanickingPublisher(t *testing.T) {
 		t.Errorf("Stats() = %+v; want the panic recorded as one failed publish", st)
 	}
 }
+
+// TestSQLiteRelayTakesOverAnExpiredLease: a relay that died (its process
+// killed) leaves its lease; another relay waits for it to expire, then
+// publishes.
+func TestSQLiteRelayTakesOverAnExpiredLease(t *testing.T) {
+	db := sqltest.SQLite(t)
+	o := migrated(t, db, outbox.Config{})
+	until := time.Now().Add(2 * time.Second).UnixMilli()
+	if _, err := db.Exec(`INSERT INTO queuekit_outbox_relay (name, owner, lease_until) VALUES ('relay', 'a dead process', $1)`, until); err != nil {
+		t.Fatal(err)
+	}
+	write(t, db, o, "q", msg("k", "left by the dead relay"))
+	b := memory.NewBroker()
+	src := must(b.Source("q", memory.SourceConfig{}))
+	r := must(o.Relay(b.Publisher(), outbox.RelayConfig{}))
+	start(t, r)
+	waitFor(t, "the relay to stand by", func() bool { return r.Stats().Standby })
+	receive(t, src, 1)
+	if now := time.Now().UnixMilli(); now < until {
+		t.Errorf("published %dms before the dead relay's lease expired", until-now)
+	}
+}
+
+// TestRelayOnASingleConnectionPoolPolls: LISTEN would take the only
+// connection; the relay polls instead of waiting for itself.
+func TestRelayOnASingleConnectionPoolPolls(t *testing.T) {
+	db := sqltest.Postgres(t)
+	db.SetMaxOpenConns(1)
+	o := migrated(t, db, outbox.Config{})
+	b := memory.NewBroker()
+	src := must(b.Source("q", memory.SourceConfig{}))
+	r := must(o.Relay(b.Publisher(), outbox.RelayConfig{Logger: quiet}))
+	start(t, r)
+	write(t, db, o, "q", msg("", "x"))
+	receive(t, src, 1)
+	if r.Stats().Listening {
+		t.Error("Listening on a pool of one connection")
+	}
+}
