@@ -55,9 +55,14 @@
 // of the key waits for the first transaction and then sees its key, or
 // inserts it if the first rolled back; SQLite has one writer.
 //
+// Two Transactional inboxes on one database in one chain (two scopes, say a
+// service's and an audit's) share the outer one's transaction: both keys
+// commit with the effect, or none does.
+//
 // The handler must use Tx(ctx) for every statement, never the *sql.DB: on
 // SQLite, whose pool has one connection (sqldb.Open), a statement on the
-// *sql.DB inside the handler waits for the handler's own transaction forever;
+// *sql.DB inside the handler waits for the handler's own transaction until its
+// context ends;
 // on PostgreSQL it would commit apart from the key. It must not commit or
 // roll back the transaction itself. Effects outside the database (an HTTP
 // call, a publish) are not undone by a rollback: write them to an outbox in
@@ -102,7 +107,7 @@
 // # Errors
 //
 // A message with no key — no header, and no Key function or one that returned
-// "" or an error — is not handled: the middleware returns ErrNoKey (with the
+// "", an error or panicked — is not handled: the middleware returns ErrNoKey (with the
 // Key function's error, if any) marked with retry.Permanent, so the runtime
 // dead-letters it at once with that reason. Handling it could not be made
 // idempotent, and redelivering it cannot give it a key.

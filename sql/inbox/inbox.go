@@ -68,10 +68,10 @@ func (b Busy) String() string {
 
 // Defaults of Config.
 const (
-	DefaultTable     = "queuekit_inbox"
-	DefaultScope     = "default"
-	DefaultLeaseTime = 30 * time.Second
-	DefaultRetention = 7 * 24 * time.Hour
+	DefaultTable     = "queuekit_inbox"   // Config.Table
+	DefaultScope     = "default"          // Config.Scope
+	DefaultLeaseTime = 30 * time.Second   // Config.LeaseTime
+	DefaultRetention = 7 * 24 * time.Hour // Config.Retention
 )
 
 // MaxKeyBytes is the longest key stored as it is. A longer key is stored
@@ -96,7 +96,8 @@ type Config struct {
 	// broker.HeaderIdempotencyKey).
 	Header string
 	// Key returns the key of a message whose Header is absent or empty. Nil
-	// means such a message has no key (ErrNoKey). Derive the key from what
+	// means such a message has no key (ErrNoKey), and so does a Key that
+	// returns "", an error or panics. Derive the key from what
 	// the producer sent (a business id in the body), never from Message.ID,
 	// which adapters may make up per delivery.
 	Key func(*broker.Message) (string, error)
