@@ -1,6 +1,7 @@
 package sqlqueue_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -64,5 +65,38 @@ func TestInvalidConfig(t *testing.T) {
 	}
 	if err := p.Publish(t.Context(), "q", nil); !errors.Is(err, broker.ErrInvalidConfig) {
 		t.Errorf("Publish of a nil message = %v; want an error wrapping broker.ErrInvalidConfig", err)
+	}
+}
+
+// TestDatabaseDown: a source whose database is down keeps Receive blocked,
+// retrying, until its context ends; Status says why, without the password
+// of the DSN; once closed, Receive returns ErrSourceClosed.
+func TestDatabaseDown(t *testing.T) {
+	db, _, err := sqldb.Open("postgres://queuekit:s3cret@127.0.0.1:1/nowhere?connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	src, err := sqlqueue.NewSource(db, sqlqueue.Config{Queue: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	if _, err := src.Receive(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Receive with the database down = %v; want it to keep trying until its context ends (context.DeadlineExceeded)", err)
+	}
+	st := src.Status()
+	t.Logf("Status with the database down: %+v", st)
+	if st.Connected || st.Err == nil {
+		t.Errorf("Status with the database down = %+v; want not connected, with the error", st)
+	} else if strings.Contains(st.Err.Error(), "s3cret") {
+		t.Errorf("Status().Err = %v; it must not contain the password", st.Err)
+	}
+	if err := src.Close(context.Background()); err != nil {
+		t.Errorf("Close = %v; want nil (nothing to give back)", err)
+	}
+	if _, err := src.Receive(context.Background()); !errors.Is(err, broker.ErrSourceClosed) {
+		t.Errorf("Receive after Close = %v; want broker.ErrSourceClosed", err)
 	}
 }

@@ -320,6 +320,9 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 				s.fetching = false
 				s.broadcast()
 				if err != nil {
+					if s.closed {
+						continue // Close cut the claim short
+					}
 					if ctx.Err() != nil {
 						s.mu.Unlock()
 						return nil, ctx.Err()
@@ -347,6 +350,12 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 					s.idle = time.Now()
 				}
 				s.buf = append(s.buf, ds...)
+				if err := ctx.Err(); err != nil {
+					// The rows stay buffered for the next Receive, or
+					// go back uncounted at Close.
+					s.mu.Unlock()
+					return nil, err
+				}
 				continue
 			}
 		}
@@ -379,11 +388,15 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 }
 
 // claim leases up to n ready rows and returns their deliveries, oldest
-// first. The statement runs on ctx bounded by the visibility: a claim slower
-// than that would hand out expired leases.
+// first. The statement does not end with the caller's ctx: a claim cut short
+// may have committed without our seeing its rows, which would then wait out
+// their leases with a delivery counted. It is bounded by the visibility
+// instead (a slower claim would hand out expired leases), and by Close.
 func (s *Source) claim(ctx context.Context, n int) ([]*delivery, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.vis)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.vis)
 	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
 	if !s.registered.Load() {
 		if err := s.DeclareTopology(ctx); err != nil {
 			return nil, err
@@ -544,12 +557,13 @@ func (s *Source) renew() {
 		kept, err := s.renewToken(token)
 		if err != nil {
 			if s.ctx.Err() == nil {
-				s.setErr(err)
+				s.setStatus(broker.Status{Err: err})
 				s.log.Warn("sqlqueue: could not renew leases; rows are delivered again if their leases end",
 					"table", s.table, "queue", s.queue, "error", err)
 			}
 			continue
 		}
+		s.setStatus(broker.Status{Connected: true})
 		for _, d := range ds {
 			if kept[d.id] {
 				continue
@@ -582,10 +596,10 @@ func (s *Source) renewToken(token string) (map[int64]bool, error) {
 	return kept, rows.Err()
 }
 
-func (s *Source) setErr(err error) {
+func (s *Source) setStatus(st broker.Status) {
 	s.mu.Lock()
 	if !s.closed {
-		s.status = broker.Status{Err: err}
+		s.status = st
 	}
 	s.mu.Unlock()
 }
@@ -726,9 +740,9 @@ func (s *Source) Resume(context.Context) error {
 	return nil
 }
 
-// Status reports the source connected once a claim succeeded, until a
-// statement fails because the database cannot be reached (Err says why)
-// or the source is closed. It does not block.
+// Status reports the source connected once a claim or a lease renewal
+// succeeded, until one fails (Err says why) or the source is closed. It
+// does not block.
 func (s *Source) Status() broker.Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
