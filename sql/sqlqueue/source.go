@@ -578,7 +578,10 @@ func (s *Source) renew() {
 }
 
 func (s *Source) renewToken(token string) (map[int64]bool, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.vis/3)
+	// Up to two thirds of the lease: the lease is still valid until then
+	// (it was renewed a third of it ago), and a renewal that has to open a
+	// connection first takes a while.
+	ctx, cancel := context.WithTimeout(s.ctx, 2*s.vis/3)
 	defer cancel()
 	rows, err := s.db.QueryContext(ctx, s.q.renew, s.vis.Microseconds(), token)
 	if err != nil {

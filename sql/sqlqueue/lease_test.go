@@ -1,0 +1,55 @@
+package sqlqueue_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/sql/sqldb"
+	"github.com/queuekit/queuekit/sql/sqlqueue"
+)
+
+// TestLeaseRenewed: a delivery held four times as long as its lease stays
+// with its source, which renews the lease; another source gets nothing, and
+// the Ack at the end succeeds. When the row is then taken from it (its lease
+// given to another claim), its Lease context ends and it cannot settle.
+func TestLeaseRenewed(t *testing.T) {
+	eachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		url := dsn(t, d)
+		db, other := open(t, url), open(t, url)
+		if err := sqlqueue.Migrate(context.Background(), db, ""); err != nil {
+			t.Fatal(err)
+		}
+		const vis = 300 * time.Millisecond
+		publish(t, db, "long", "long-0", "long-1")
+		holder := newSource(t, db, sqlqueue.Config{Queue: "long", Prefetch: 1, Visibility: vis})
+		dl := receive(t, holder)
+		thief := newSource(t, other, sqlqueue.Config{Queue: "long", Prefetch: 1, Visibility: vis, PollInterval: 20 * time.Millisecond})
+		second := receive(t, thief) // the other message
+		ctx, cancel := context.WithTimeout(context.Background(), 4*vis)
+		if got, err := thief.Receive(ctx); err == nil {
+			t.Fatalf("another source received %q (Attempt %d) while the first held it past its lease; want the lease renewed", got.Message().Body, got.Message().Attempt)
+		}
+		cancel()
+		if err := dl.Ack(context.Background()); err != nil {
+			t.Fatalf("Ack after holding the delivery for 4 leases = %v; want nil", err)
+		}
+
+		// The thief's lease is taken from it: the row goes to another
+		// claim, which gives it back.
+		if _, err := db.Exec("UPDATE " + sqlqueue.DefaultTable + " SET lease_token = 'taken', leased_until = NULL WHERE lease_token IS NOT NULL"); err != nil {
+			t.Fatal(err)
+		}
+		lease := second.(broker.Leased).Lease()
+		select {
+		case <-lease.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the Lease context of a delivery whose row was taken did not end within 10s; want it to end at the next renewal")
+		}
+		if err := second.Ack(context.Background()); !errors.Is(err, broker.ErrStaleDelivery) {
+			t.Errorf("Ack of a delivery whose lease was taken = %v; want broker.ErrStaleDelivery", err)
+		}
+	})
+}
