@@ -48,6 +48,9 @@ func TestMain(m *testing.M) {
 		}
 		printSummary(fmt.Sprintf("queuekit: %d RabbitMQ %s of examples/gin skipped: %s", n, tests, testBroker.why()))
 	}
+	if n := skippedPostgres.Load(); n > 0 {
+		printSummary(fmt.Sprintf("queuekit: %d PostgreSQL tests of examples/gin skipped: no PostgreSQL at QUEUEKIT_POSTGRES_URL (default %s)", n, defaultPostgresURL))
+	}
 	if p, ok := skippedBrowser.Load().(string); ok {
 		printSummary(fmt.Sprintf("queuekit: the admin page's browser test of examples/gin skipped: no Chromium at %s (apt-get install chromium)", p))
 	}
