@@ -637,3 +637,19 @@ func TestRelayOnASingleConnectionPoolPolls(t *testing.T) {
 		t.Error("Listening on a pool of one connection")
 	}
 }
+
+func TestRelayStatsCountPendingRowsAndTheirAge(t *testing.T) {
+	sqltest.Each(t, func(t *testing.T, db *sql.DB, d sqldb.Dialect) {
+		o := migrated(t, db, outbox.Config{})
+		pub := &hookPublisher{inner: memory.NewBroker().Publisher(), before: func(context.Context, string, []*broker.Message) error {
+			return errInjected // the broker is down
+		}}
+		write(t, db, o, "q", msg("a", "1"), msg("b", "2"), msg("c", "3"))
+		r := must(o.Relay(pub, outbox.RelayConfig{Logger: quiet}))
+		start(t, r)
+		waitFor(t, "3 pending rows, older than 0s", func() bool { st := r.Stats(); return st.Pending == 3 && st.LagSeconds > 0 })
+		if s := r.State(); s != consumer.StateStalled {
+			t.Errorf("State() with every publish failing = %v; want stalled", s)
+		}
+	})
+}
