@@ -55,10 +55,16 @@ var ErrSchema = errors.New("sqldb: table does not have the expected schema")
 // whose driver is neither pgx nor modernc.org/sqlite.
 var ErrUnknownDriver = errors.New("sqldb: unknown database driver")
 
+// DefaultPostgresIdleConns is how many idle connections Open keeps for a
+// PostgreSQL database (database/sql's default is 2). Change it with
+// (*sql.DB).SetMaxIdleConns.
+const DefaultPostgresIdleConns = 32
+
 // Open opens the database named by dsn:
 //
 //   - postgres://… or postgresql://… : PostgreSQL through pgx's database/sql
-//     driver, dsn as pgx takes it;
+//     driver, dsn as pgx takes it, keeping DefaultPostgresIdleConns idle
+//     connections;
 //   - sqlite:PATH, sqlite://PATH, file:PATH, or a path ending in .db, .sqlite
 //     or .sqlite3: SQLite through modernc.org/sqlite, configured as the
 //     package doc says (WAL, busy timeout, BEGIN IMMEDIATE, one connection).
@@ -77,6 +83,10 @@ func Open(dsn string) (*sql.DB, Dialect, error) {
 		if err != nil {
 			return nil, 0, fmt.Errorf("sqldb: open %s: %s", Redact(dsn), redactErr(err, dsn))
 		}
+		// database/sql keeps 2 idle connections by default: a queue's workers,
+		// acking at once, would each dial a new one (measured: 6x fewer
+		// messages per second). Keep as many as a busy consumer uses.
+		db.SetMaxIdleConns(DefaultPostgresIdleConns)
 		return db, Postgres, nil
 	case strings.HasPrefix(lower, "sqlite:"), strings.HasPrefix(lower, "file:"),
 		strings.HasSuffix(lower, ".db"), strings.HasSuffix(lower, ".sqlite"), strings.HasSuffix(lower, ".sqlite3"):
