@@ -1,27 +1,43 @@
 // Command gin is what a real service embedding queuekit looks like: a Gin
-// HTTP API that accepts orders and publishes them to a queue, consumers that
-// process them in the background under a Supervisor with the standard
-// middleware chain, Kubernetes probes and Prometheus metrics, an admin page
-// to watch the consumers, pause and resume them and redrive or purge their
-// dead letters, and a graceful shutdown that loses no accepted order.
+// HTTP API that accepts orders and stores each with its message in one
+// transaction (a transactional outbox), a relay that publishes the messages
+// to a queue, consumers that process the orders in the background under a
+// Supervisor with the standard middleware chain, each order's effect
+// exactly once (an inbox), Kubernetes probes and Prometheus metrics, an
+// admin page to watch the consumers, pause and resume them and redrive or
+// purge their dead letters, and a graceful shutdown that loses no accepted
+// order.
 //
-// It runs on the embedded in-memory broker, with no set-up:
+// # The flow
+//
+//	POST /orders → one transaction: the order row + its outbox row → 202
+//	relay (runner "outbox-relay") → the broker (default: a SQL queue in the same database)
+//	consumer "orders" → inbox transaction: the key, the order processed, processed_count + 1, stock − quantity → ack
+//
+// By default the database is a SQLite file, queuekit-gin.db in the working
+// directory, and the queue a table in it, so the service needs no set-up
+// and keeps its orders and its queue across restarts:
 //
 //	go run ./examples/gin
 //	curl -si -XPOST localhost:8080/orders -d '{"item": "book", "quantity": 2}'
 //	curl -s localhost:8080/orders/<id from the answer>
 //	curl -s localhost:8080/readyz
 //
-// and on RabbitMQ or Kafka by flag or environment:
+// On PostgreSQL, and on another broker, by flag or environment:
 //
-//	AMQP_URL=amqp://guest:guest@localhost:5672/ go run ./examples/gin   # or -amqp-url
-//	go run ./examples/gin -kafka-brokers localhost:9092                  # or KAFKA_BROKERS=…
+//	DATABASE_URL=postgres://app:pw@localhost:5432/app go run ./examples/gin # or -database-url
+//	AMQP_URL=amqp://guest:guest@localhost:5672/ go run ./examples/gin       # or -amqp-url
+//	go run ./examples/gin -kafka-brokers localhost:9092                      # or KAFKA_BROKERS=…
+//	go run ./examples/gin -broker memory                                     # in-process: queued orders end with the process
+//
+// While the database cannot be reached at start, /readyz answers 503 with
+// the reason and the service retries with backoff.
 //
 // # Endpoints
 //
-//	POST /orders                         {"item": "book", "quantity": 2} → 202 {"id": …}; 400 with a reason on bad input,
-//	                                     413 over 64 KiB, 422 for an Idempotency-Key reused with another order
-//	GET  /orders/:id                     the status the consumer recorded: accepted, processed or failed
+//	POST /orders                         {"item": "book", "quantity": 2} → 202 {"id": …} once committed; 400 with a reason on
+//	                                     bad input, 413 over 64 KiB, 422 for an Idempotency-Key reused with another order
+//	GET  /orders/:id                     the order from the database: accepted, processed or failed, processed_count
 //	GET  /healthz                        liveness: 503 when a handler is stuck
 //	GET  /readyz                         readiness: 503 unless every consumer is running, and from the start of shutdown
 //	GET  /metrics                        Prometheus metrics (queuekit_*, Go runtime)
@@ -51,7 +67,7 @@
 // see it happen, make an item unavailable (standing for an item missing
 // from the catalog):
 //
-//	AMQP_URL=… go run ./examples/gin -unavailable-items gizmo
+//	go run ./examples/gin -unavailable-items gizmo
 //	curl -s -XPOST localhost:8080/orders -d '{"item": "gizmo", "quantity": 1}'
 //
 // The order's status is failed, and /admin/ shows the dead letter and why:
@@ -67,8 +83,9 @@
 // that a load balancer stops sending traffic, and goes on accepting orders for
 // -shutdown-delay while it notices (0 by default, 5 s when
 // KUBERNETES_SERVICE_HOST is set); stops accepting orders (503) and waits for
-// the publishes in progress; drains the consumers: in-flight orders finish
-// within -drain-timeout, the others stay in the queue; waits up to 1 s for
+// the orders being stored; stops the relay (unsent rows stay in the outbox)
+// and drains the consumers: in-flight orders finish within -drain-timeout,
+// the others stay in the queue (lost at exit with -broker memory); waits up to 1 s for
 // clients to leave their keep-alive connections (until none has been open
 // for 100 ms); stops the HTTP server; logs
 // a shutdown report; and exits 0. From the first step on every answer
