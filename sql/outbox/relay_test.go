@@ -113,7 +113,9 @@ func TestRelayStopsAKeyAfterItsFailedRow(t *testing.T) {
 // orderRun writes rows per key from several writers while n relays on
 // their own connection pools publish them, then checks every key's
 // messages arrived in order. It returns the duplicates.
-func orderRun(t *testing.T, relays, keys, perKey int, faults bool) (dups int) {
+// With prewrite, the rows are all written before the relays start, so that
+// every relay's first batches interleave the same keys.
+func orderRun(t *testing.T, relays, keys, perKey int, faults, prewrite bool) (dups int) {
 	u := sqltest.PostgresURL(t)
 	open := func() *sql.DB {
 		db, _, err := sqldb.Open(u)
@@ -153,8 +155,15 @@ func orderRun(t *testing.T, relays, keys, perKey int, faults bool) (dups int) {
 		}
 		r := must(must(outbox.New(open(), outbox.Config{})).Relay(pub, outbox.RelayConfig{Batch: 100, Logger: quiet}))
 		rs = append(rs, r)
-		start(t, r)
 		_ = i
+	}
+	startAll := func() {
+		for _, r := range rs {
+			start(t, r)
+		}
+	}
+	if !prewrite {
+		startAll()
 	}
 
 	// Writers: each owns the keys k ≡ w (mod writers) and writes their rows
@@ -191,6 +200,10 @@ func orderRun(t *testing.T, relays, keys, perKey int, faults bool) (dups int) {
 		}()
 	}
 	wg.Wait()
+	if prewrite {
+		began = time.Now()
+		startAll()
+	}
 	waitFor(t, "no unsent row", func() bool { return unsent(t, db) == 0 })
 	elapsed := time.Since(began)
 	// Every row is marked sent, so no relay publishes any more.
@@ -226,8 +239,8 @@ func orderRun(t *testing.T, relays, keys, perKey int, faults bool) (dups int) {
 	if len(seen) != keys*perKey {
 		t.Fatalf("distinct messages published = %d; want %d", len(seen), keys*perKey)
 	}
-	t.Logf("%d relays, %d keys × %d rows: %d distinct published in per-key order, %d publishes in all, %d duplicates, %d injected failures, per relay %v, %v",
-		relays, keys, perKey, len(seen), published, dups, failures.Load(), perRelay, elapsed.Round(time.Millisecond))
+	t.Logf("%d relays (prewritten %v), %d keys × %d rows: %d distinct published in per-key order, %d publishes in all, %d duplicates, %d injected failures, per relay %v, %v",
+		relays, prewrite, keys, perKey, len(seen), published, dups, failures.Load(), perRelay, elapsed.Round(time.Millisecond))
 	return dups
 }
 
@@ -236,9 +249,16 @@ func orderRun(t *testing.T, relays, keys, perKey int, faults bool) (dups int) {
 // written while they run: every message published exactly once, each key's
 // in the order written.
 func TestRelaysKeepPerKeyOrderWithoutDuplicates(t *testing.T) {
-	for _, n := range []int{2, 4} {
-		t.Run(fmt.Sprintf("%d relays", n), func(t *testing.T) {
-			if dups := orderRun(t, n, 50, 100, false); dups != 0 {
+	for _, c := range []struct {
+		relays   int
+		prewrite bool
+	}{{2, false}, {4, false}, {4, true}} {
+		name := fmt.Sprintf("%d relays, rows written while they run", c.relays)
+		if c.prewrite {
+			name = fmt.Sprintf("%d relays, rows written before they start", c.relays)
+		}
+		t.Run(name, func(t *testing.T) {
+			if dups := orderRun(t, c.relays, 50, 100, false, c.prewrite); dups != 0 {
 				t.Errorf("duplicates = %d; want none under normal operation", dups)
 			}
 		})
@@ -250,7 +270,7 @@ func TestRelaysKeepPerKeyOrderWithoutDuplicates(t *testing.T) {
 // first arrival of each is in per-key order; duplicates are the failed
 // confirms' republishes.
 func TestRelaysKeepPerKeyOrderThroughFailures(t *testing.T) {
-	orderRun(t, 3, 20, 50, true)
+	orderRun(t, 3, 20, 50, true, false)
 }
 
 // killedRelay runs relay A until it is blocked publishing its third batch
