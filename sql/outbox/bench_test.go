@@ -103,16 +103,22 @@ func BenchmarkRelay(b *testing.B) {
 			b.StopTimer()
 			stop()
 
+			// The direct rate is the best of three runs: an in-memory
+			// publish is so short that one GC pause skews a single run.
 			direct := func(per int) float64 {
-				pub := memory.NewBroker().Publisher()
-				ctx := context.Background()
-				t0 := time.Now()
-				for i := 0; i < len(msgs); i += per {
-					if err := pub.Publish(ctx, "q", msgs[i:min(i+per, len(msgs))]...); err != nil {
-						b.Fatal(err)
+				best := 0.0
+				for range 3 {
+					pub := memory.NewBroker().Publisher()
+					ctx := context.Background()
+					t0 := time.Now()
+					for i := 0; i < len(msgs); i += per {
+						if err := pub.Publish(ctx, "q", msgs[i:min(i+per, len(msgs))]...); err != nil {
+							b.Fatal(err)
+						}
 					}
+					best = max(best, float64(len(msgs))/time.Since(t0).Seconds())
 				}
-				return float64(len(msgs)) / time.Since(t0).Seconds()
+				return best
 			}
 			relayRate := float64(b.N) / relayTime.Seconds()
 			d1, dn := direct(1), direct(batch)
