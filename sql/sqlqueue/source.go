@@ -143,6 +143,7 @@ type Source struct {
 	idle    time.Time
 	due     time.Time
 	backoff time.Duration // after a failed claim
+	err     error         // of the last claim, when it is not worth retrying; for the next Receive
 	paused  bool
 	closed  bool
 	started bool
@@ -290,6 +291,11 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 			s.mu.Unlock()
 			return nil, broker.ErrSourceClosed
 		}
+		if err := s.err; err != nil {
+			s.err = nil
+			s.mu.Unlock()
+			return nil, err
+		}
 		if !s.paused && len(s.buf) > 0 {
 			d := s.buf[0]
 			s.buf[0] = nil
@@ -313,50 +319,8 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 				}
 				s.dirty = false
 				s.fetching = true
-				n := s.prefetch - len(s.out) - len(s.buf)
-				s.mu.Unlock()
-				ds, err := s.claim(ctx, n)
-				s.mu.Lock()
-				s.fetching = false
-				s.broadcast()
-				if err != nil {
-					if s.closed {
-						continue // Close cut the claim short
-					}
-					if ctx.Err() != nil {
-						s.mu.Unlock()
-						return nil, ctx.Err()
-					}
-					s.status = broker.Status{Err: err}
-					if !sqldb.IsUnavailable(err) && !errors.Is(err, context.DeadlineExceeded) {
-						s.mu.Unlock()
-						return nil, err
-					}
-					s.idle = time.Now()
-					s.backoff = min(max(2*s.backoff, 100*time.Millisecond), 5*time.Second)
-					continue
-				}
-				s.status = broker.Status{Connected: true}
-				s.backoff = 0
-				if s.closed || s.paused {
-					// Close or Pause came during the claim: the
-					// rows go back at once, not counted.
-					s.mu.Unlock()
-					s.giveBack(ds, true)
-					s.mu.Lock()
-					continue
-				}
-				if len(ds) == 0 {
-					s.idle = time.Now()
-				}
-				s.buf = append(s.buf, ds...)
-				if err := ctx.Err(); err != nil {
-					// The rows stay buffered for the next Receive, or
-					// go back uncounted at Close.
-					s.mu.Unlock()
-					return nil, err
-				}
-				continue
+				s.wg.Add(1)
+				go s.fetch(s.prefetch - len(s.out) - len(s.buf))
 			}
 		}
 		if s.signal == nil {
@@ -387,16 +351,57 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 	}
 }
 
+// fetch claims up to n rows into the buffer, on a goroutine of its own
+// (counted in s.wg), so that a Receive whose ctx ends does not cut a claim
+// short: a claim cancelled after its commit would leave its rows leased,
+// with a delivery counted, until their leases ended. One fetch runs at a
+// time (s.fetching); the Receive calls wait for its result.
+func (s *Source) fetch(n int) {
+	defer s.wg.Done()
+	ds, err := s.claim(n)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fetching = false
+	s.broadcast()
+	if err != nil {
+		if s.closed {
+			return
+		}
+		s.status = broker.Status{Err: err}
+		s.idle = time.Now()
+		if sqldb.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) {
+			// Receive keeps waiting; the next claim is after the
+			// poll interval and a backoff.
+			s.backoff = min(max(2*s.backoff, 100*time.Millisecond), 5*time.Second)
+			return
+		}
+		s.err = err // for the next Receive
+		return
+	}
+	s.status = broker.Status{Connected: true}
+	s.backoff = 0
+	if s.closed || s.paused {
+		// Close or Pause came during the claim: the rows go back at
+		// once, not counted.
+		s.mu.Unlock()
+		s.giveBack(ds, true)
+		s.mu.Lock()
+		return
+	}
+	if len(ds) == 0 {
+		s.idle = time.Now()
+	}
+	s.buf = append(s.buf, ds...)
+}
+
+// claimTimeout bounds a claim statement, connection included.
+const claimTimeout = 30 * time.Second
+
 // claim leases up to n ready rows and returns their deliveries, oldest
-// first. The statement does not end with the caller's ctx: a claim cut short
-// may have committed without our seeing its rows, which would then wait out
-// their leases with a delivery counted. It is bounded by the visibility
-// instead (a slower claim would hand out expired leases), and by Close.
-func (s *Source) claim(ctx context.Context, n int) ([]*delivery, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.vis)
+// first. It ends with Close, or after claimTimeout.
+func (s *Source) claim(n int) ([]*delivery, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, claimTimeout)
 	defer cancel()
-	stop := context.AfterFunc(s.ctx, cancel)
-	defer stop()
 	if !s.registered.Load() {
 		if err := s.DeclareTopology(ctx); err != nil {
 			return nil, err
@@ -660,6 +665,20 @@ func (s *Source) Close(ctx context.Context) error {
 	s.closeDone = make(chan struct{})
 	defer close(s.closeDone)
 	s.status = broker.Status{Err: broker.ErrSourceClosed}
+	// A claim under way gives its rows back itself when it sees closed;
+	// wait for it, rather than cut it short, while ctx allows.
+	for s.fetching && ctx.Err() == nil {
+		if s.signal == nil {
+			s.signal = make(chan struct{})
+		}
+		ch := s.signal
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		s.mu.Lock()
+	}
 	buf := s.buf
 	s.buf = nil
 	out := make([]*delivery, 0, len(s.out))
