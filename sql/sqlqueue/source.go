@@ -93,7 +93,9 @@ func checkQueue(queue string) error {
 }
 
 // A Source reads one queue of a queue table. It implements broker.Source,
-// broker.Pauser, broker.StatusReporter and broker.BacklogReporter; its
+// broker.Pauser, broker.StatusReporter, broker.EventSource,
+// broker.BacklogReporter, broker.TopologyDeclarer and
+// broker.DeadLetterSource; its
 // deliveries implement broker.Delivery, broker.Releaser,
 // broker.DelayedRequeuer and broker.Leased. Several sources of one queue, in
 // one process or many, share its messages: each row is leased by one source
@@ -151,6 +153,13 @@ type Source struct {
 	signal    chan struct{}
 	status    broker.Status
 	closeDone chan struct{}
+
+	// hookMu guards hook and connected, and is held while the hook runs,
+	// so that Close, which clears the hook under it, returns only after
+	// any call of it returned. It is never held together with mu.
+	hookMu    sync.Mutex
+	hook      func(broker.Event)
+	connected bool // as last reported to the hook
 }
 
 var (
@@ -159,7 +168,42 @@ var (
 	_ broker.StatusReporter   = (*Source)(nil)
 	_ broker.BacklogReporter  = (*Source)(nil)
 	_ broker.TopologyDeclarer = (*Source)(nil)
+	_ broker.EventSource      = (*Source)(nil)
 )
+
+// SetEventHook sets the function the source calls with its events:
+// broker.EventConnected when a claim or a lease renewal succeeds after none
+// had, or after a failure, and broker.EventReconnecting (Err says why) when
+// one fails for want of the database. The hook is called on one of the
+// source's goroutines, never with its lock held, and never after Close
+// returned.
+func (s *Source) SetEventHook(f func(broker.Event)) {
+	s.hookMu.Lock()
+	s.hook = f
+	s.hookMu.Unlock()
+}
+
+// report tells the hook of a change of connection state: err is nil after a
+// statement that succeeded, else the error of one that failed for want of
+// the database. The caller does not hold s.mu.
+func (s *Source) report(err error) {
+	s.hookMu.Lock()
+	defer s.hookMu.Unlock()
+	var ev broker.Event
+	switch {
+	case err == nil && !s.connected:
+		ev = broker.Event{Kind: broker.EventConnected}
+	case err != nil && s.connected:
+		ev = broker.Event{Kind: broker.EventReconnecting, Err: err}
+	default:
+		return
+	}
+	s.connected = err == nil
+	if s.hook != nil {
+		ev.Time = time.Now()
+		s.hook(ev)
+	}
+}
 
 // DeclareTopology registers the source's queue in the queues table (see
 // QueuesTable), as its first claim does: a dead-letter redrive writes only to
@@ -359,6 +403,10 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 func (s *Source) fetch(n int) {
 	defer s.wg.Done()
 	ds, err := s.claim(n)
+	transient := err != nil && (sqldb.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded))
+	if err == nil || transient {
+		s.report(err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fetching = false
@@ -369,7 +417,7 @@ func (s *Source) fetch(n int) {
 		}
 		s.status = broker.Status{Err: err}
 		s.idle = time.Now()
-		if sqldb.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) {
+		if transient {
 			// Receive keeps waiting; the next claim is after the
 			// poll interval and a backoff.
 			s.backoff = min(max(2*s.backoff, 100*time.Millisecond), 5*time.Second)
@@ -563,12 +611,16 @@ func (s *Source) renew() {
 		if err != nil {
 			if s.ctx.Err() == nil {
 				s.setStatus(broker.Status{Err: err})
+				if sqldb.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) {
+					s.report(err)
+				}
 				s.log.Warn("sqlqueue: could not renew leases; rows are delivered again if their leases end",
 					"table", s.table, "queue", s.queue, "error", err)
 			}
 			continue
 		}
 		s.setStatus(broker.Status{Connected: true})
+		s.report(nil)
 		for _, d := range ds {
 			if kept[d.id] {
 				continue
@@ -718,6 +770,9 @@ func (s *Source) Close(ctx context.Context) error {
 		}
 	}
 	s.wg.Wait()
+	s.hookMu.Lock()
+	s.hook = nil
+	s.hookMu.Unlock()
 	if len(buf)+len(out) > 0 {
 		wakeLocal(s.db, s.table, s.queue)
 	}
