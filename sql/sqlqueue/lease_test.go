@@ -3,6 +3,7 @@ package sqlqueue_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -52,4 +53,34 @@ func TestLeaseRenewed(t *testing.T) {
 			t.Errorf("Ack of a delivery whose lease was taken = %v; want broker.ErrStaleDelivery", err)
 		}
 	})
+}
+
+// TestNotifyWakes: on PostgreSQL a source that polls once an hour still
+// receives, at once, what a publisher of another process (another pool: no
+// in-process wake) publishes: the NOTIFY of the publish wakes it. Each of
+// three rounds waits for a Receive that blocked first.
+func TestNotifyWakes(t *testing.T) {
+	url := dsn(t, sqldb.Postgres)
+	consumerDB, producerDB := open(t, url), open(t, url)
+	if err := sqlqueue.Migrate(context.Background(), consumerDB, ""); err != nil {
+		t.Fatal(err)
+	}
+	src := newSource(t, consumerDB, sqlqueue.Config{Queue: "notified", PollInterval: time.Hour})
+	for round := range 3 {
+		got := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			d, err := src.Receive(ctx)
+			if err == nil {
+				err = d.Ack(context.Background())
+			}
+			got <- err
+		}()
+		time.Sleep(200 * time.Millisecond) // let the Receive block on an empty queue
+		publish(t, producerDB, "notified", "notified-"+strconv.Itoa(round))
+		if err := <-got; err != nil {
+			t.Fatalf("round %d: Receive with a 1h poll interval, after a publish from another pool = %v; want the NOTIFY to wake it", round, err)
+		}
+	}
 }
