@@ -2,12 +2,14 @@ package sqlqueue_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/sql/internal/sqltest"
 	"github.com/queuekit/queuekit/sql/sqldb"
 	"github.com/queuekit/queuekit/sql/sqlqueue"
 )
@@ -83,4 +85,53 @@ func TestNotifyWakes(t *testing.T) {
 			t.Fatalf("round %d: Receive with a 1h poll interval, after a publish from another pool = %v; want the NOTIFY to wake it", round, err)
 		}
 	}
+}
+
+// TestGiveBackUncounted: what no handler saw is given back without counting
+// a delivery: a Release, the rows a source claimed into its prefetch buffer
+// and never handed out when it is paused or closed. A Requeue counts one.
+func TestGiveBackUncounted(t *testing.T) {
+	sqltest.Each(t, func(t *testing.T, db *sql.DB, d sqldb.Dialect) {
+		if err := sqlqueue.Migrate(context.Background(), db, ""); err != nil {
+			t.Fatal(err)
+		}
+		publish(t, db, "uncounted", "u-0", "u-1", "u-2", "u-3")
+		src := newSource(t, db, sqlqueue.Config{Queue: "uncounted", Prefetch: 4})
+		first := receive(t, src) // claims all four; three stay buffered
+		if err := first.(broker.Releaser).Release(context.Background()); err != nil {
+			t.Fatalf("Release = %v", err)
+		}
+		if err := src.Pause(context.Background()); err != nil {
+			t.Fatalf("Pause = %v", err)
+		}
+		if err := src.Resume(context.Background()); err != nil {
+			t.Fatalf("Resume = %v", err)
+		}
+		again := receive(t, src)
+		if m := again.Message(); m.Attempt != 1 {
+			t.Errorf("after Release, Pause and Resume, received %q with Attempt %d; want 1 (nothing a handler saw)", m.Body, m.Attempt)
+		}
+		if err := again.Requeue(context.Background()); err != nil {
+			t.Fatalf("Requeue = %v", err)
+		}
+		requeued := string(again.Message().Body)
+		if err := src.Close(context.Background()); err != nil {
+			t.Fatalf("Close = %v", err)
+		}
+		src2 := newSource(t, db, sqlqueue.Config{Queue: "uncounted", Prefetch: 4})
+		for range 4 {
+			dl := receive(t, src2)
+			m := dl.Message()
+			want := 1
+			if string(m.Body) == requeued {
+				want = 2
+			}
+			if m.Attempt != want {
+				t.Errorf("after Close, %q has Attempt %d; want %d", m.Body, m.Attempt, want)
+			}
+			if err := dl.Ack(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 }
