@@ -144,14 +144,50 @@ var tableName = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A
 
 // CheckTableName returns an error unless name is a plain SQL identifier
 // (letters, digits and underscores, not starting with a digit, at most 63
-// bytes), optionally qualified by a schema of the same form. Table names are
-// written into statements unquoted, so nothing else is accepted.
+// bytes, not an SQL keyword such as "order"), optionally qualified by a
+// schema of the same form. Table names are written into statements
+// unquoted, so nothing else is accepted; PostgreSQL folds them to lower case.
 func CheckTableName(name string) error {
 	if !tableName.MatchString(name) {
 		return fmt.Errorf("sqldb: invalid table name %q: want letters, digits and underscores (optionally schema.table), at most 63 each", name)
 	}
+	schema, table := splitTable(name)
+	for _, part := range []string{schema, table} {
+		if reserved[strings.ToLower(part)] {
+			return fmt.Errorf("sqldb: invalid table name %q: %q is an SQL keyword", name, part)
+		}
+	}
 	return nil
 }
+
+// splitTable splits "schema.table" into its parts; schema is "" without one.
+func splitTable(name string) (schema, table string) {
+	if s, t, ok := strings.Cut(name, "."); ok {
+		return s, t
+	}
+	return "", name
+}
+
+// reserved holds the keywords that PostgreSQL reserves, and the SQLite
+// keywords that cannot name a table unquoted: names are written unquoted.
+var reserved = func() map[string]bool {
+	m := map[string]bool{}
+	for _, w := range strings.Fields(`all analyse analyze and any array as asc asymmetric both case cast
+		check collate column constraint create current_catalog current_date current_role current_time
+		current_timestamp current_user default deferrable desc distinct do else end except false fetch
+		for foreign from grant group having in initially intersect into lateral leading limit localtime
+		localtimestamp not null offset on only or order placing primary references returning select
+		session_user some symmetric table then to trailing true union unique user using variadic when
+		where window with authorization binary collation concurrently cross current_schema freeze full
+		ilike inner is isnull join left like natural notnull outer overlaps right similar tablesample
+		verbose add alter autoincrement between by commit delete drop escape exists if index insert
+		rollback set transaction update values abort attach detach exclusive glob indexed instead
+		nothing raise regexp reindex release rename replace savepoint temp temporary trigger vacuum view
+		virtual`) {
+		m[w] = true
+	}
+	return m
+}()
 
 // A Column is a column CheckColumns looks for.
 type Column struct {
@@ -176,14 +212,18 @@ func CheckColumns(ctx context.Context, db *sql.DB, d Dialect, table string, cols
 	var err error
 	switch d {
 	case Postgres:
-		schema, name, ok := strings.Cut(table, ".")
-		if !ok {
-			name, schema = schema, ""
-		}
+		// The library writes names unquoted, and PostgreSQL folds unquoted
+		// names to lower case: look up what it created.
+		schema, name := splitTable(strings.ToLower(table))
 		q := `SELECT column_name, data_type FROM information_schema.columns WHERE table_name = $1 AND table_schema = COALESCE(NULLIF($2, ''), current_schema())`
 		rows, err = db.QueryContext(ctx, q, name, schema)
 	case SQLite:
-		rows, err = db.QueryContext(ctx, `SELECT name, type FROM pragma_table_info($1)`, table)
+		schema, name := splitTable(table)
+		if schema == "" {
+			rows, err = db.QueryContext(ctx, `SELECT name, type FROM pragma_table_info($1)`, name)
+		} else {
+			rows, err = db.QueryContext(ctx, `SELECT name, type FROM pragma_table_info($1, $2)`, name, schema)
+		}
 	default:
 		return fmt.Errorf("sqldb: unknown dialect %v", d)
 	}

@@ -50,7 +50,7 @@ func TestCheckTableName(t *testing.T) {
 			t.Errorf("CheckTableName(%q) = %v; want nil", ok, err)
 		}
 	}
-	for _, bad := range []string{"", "1t", "t;drop table x", `t"`, "a.b.c", "t-x", strings.Repeat("a", 64)} {
+	for _, bad := range []string{"", "1t", "t;drop table x", `t"`, "a.b.c", "t-x", strings.Repeat("a", 64), "order", "app.user", "Select"} {
 		if err := sqldb.CheckTableName(bad); err == nil {
 			t.Errorf("CheckTableName(%q) = nil; want an error", bad)
 		}
@@ -85,6 +85,17 @@ func TestDialects(t *testing.T) {
 		err = sqldb.CheckColumns(ctx, db, d, "t", []sqldb.Column{{Name: "name", Types: []string{"integer"}}})
 		if !errors.Is(err, sqldb.ErrSchema) || !strings.Contains(err.Error(), `"name" has type "text"`) {
 			t.Errorf("CheckColumns(wrong type) = %v; want ErrSchema naming the column and type", err)
+		}
+		// Names as the library writes them, unquoted: PostgreSQL folds
+		// them to lower case; SQLite takes a schema prefix (issue 12
+		// review R1 #4: both were "does not exist" after Migrate made them).
+		for _, name := range []string{"Mixed_Case", map[sqldb.Dialect]string{sqldb.Postgres: "public.prefixed", sqldb.SQLite: "main.prefixed"}[d]} {
+			if _, err := db.ExecContext(ctx, `CREATE TABLE `+name+` (id bigint)`); err != nil {
+				t.Fatal(err)
+			}
+			if err := sqldb.CheckColumns(ctx, db, d, name, []sqldb.Column{{Name: "id"}}); err != nil {
+				t.Errorf("CheckColumns(%q) = %v; want nil", name, err)
+			}
 		}
 		if err := sqldb.CheckColumns(ctx, db, d, "nope", nil); !errors.Is(err, sqldb.ErrSchema) {
 			t.Errorf("CheckColumns(no table) = %v; want ErrSchema", err)
