@@ -331,7 +331,6 @@ func (l *chaosLoad) postOne(cl *http.Client, i int, deadline time.Time) {
 
 // chaosScenario runs the flow of the package comment on setup s.
 func chaosScenario(t *testing.T, s chaosSetup) {
-	t.Helper()
 	addr := chaosFreeAddr(t)
 	db := chaosOpen(t, s.dsn)
 	defer db.Close()
@@ -380,9 +379,46 @@ func chaosScenario(t *testing.T, s chaosSetup) {
 		qUnsent    = `SELECT COUNT(*) FROM ` + outbox.DefaultTable + ` WHERE sent_at IS NULL`
 		qProcessed = `SELECT COUNT(*) FROM orders WHERE status = 'processed'`
 		qOrders    = `SELECT COUNT(*) FROM orders`
+		qSent      = `SELECT COUNT(*) FROM ` + outbox.DefaultTable + ` WHERE sent_at IS NOT NULL`
 	)
 
+	// After each restart with outbox rows pending: how long until the
+	// relay publishes again (a SQLite relay waits for the dead one's lease
+	// to run out).
+	var (
+		relayWG    sync.WaitGroup
+		relayMu    sync.Mutex
+		relayAfter []string
+		stopWatch  = make(chan struct{})
+	)
+	watchRelay := func(run int, restarted time.Time, unsent int) {
+		if unsent <= 0 {
+			return
+		}
+		base := sqlCount(qSent)
+		relayWG.Go(func() {
+			msg := fmt.Sprintf("run %d: relay published nothing while it ran", run)
+			defer func() {
+				relayMu.Lock()
+				relayAfter = append(relayAfter, msg)
+				relayMu.Unlock()
+			}()
+			for {
+				select {
+				case <-stopWatch:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				if n := sqlCount(qSent); n > base {
+					msg = fmt.Sprintf("run %d: relay published again %v after the restart (%d rows were pending)", run, time.Since(restarted).Round(10*time.Millisecond), unsent)
+					return
+				}
+			}
+		})
+	}
+
 	var moments []string
+	var sentAtRestart int // outbox rows marked sent when the current run started
 	kill := func(what string, backlogBefore float64) {
 		t.Helper()
 		at := since()
@@ -399,8 +435,11 @@ func chaosScenario(t *testing.T, s chaosSetup) {
 		moments = append(moments, m)
 		t.Log(m)
 		time.Sleep(time.Duration(mrand.IntN(300)) * time.Millisecond)
+		sentAtRestart = sqlCount(qSent)
+		restarted := time.Now()
 		p = chaosStart(t, addr, s, counts)
 		runs++
+		watchRelay(runs, restarted, unsent)
 	}
 	waitUntil := func(what string, cond func() bool) bool {
 		t.Helper()
@@ -419,15 +458,26 @@ func chaosScenario(t *testing.T, s chaosSetup) {
 	waitUntil("kill 1", func() bool { return load.acc.Load() >= k1 || intakeOver() })
 	kill("during intake", chaosBacklog(addr))
 
-	// Kill 2: while the relay has rows to publish (committed orders whose
-	// outbox rows are not marked sent), intake still running.
+	// Kill 2: while the relay publishes: outbox rows pending, and the
+	// relay of this run has marked rows sent already (on SQLite it waits
+	// for the dead relay's lease first, so this can be after intake).
 	chaosWaitReady(t, p, addr)
 	k2 := int64(2000 + mrand.IntN(1500))
 	waitUntil("kill 2 (intake)", func() bool { return load.acc.Load() >= k2 || intakeOver() })
-	relayBusy := waitUntil("kill 2 (outbox rows pending)", func() bool { return sqlCount(qUnsent) > 0 || intakeOver() })
-	what := "relay publishing: outbox rows pending, intake running"
-	if !relayBusy || intakeOver() {
-		what = "relay: intake had finished before outbox rows were seen pending"
+	var pendingSeen int
+	waitUntil("kill 2 (relay publishing)", func() bool {
+		pendingSeen = sqlCount(qUnsent)
+		if pendingSeen == 0 && intakeOver() {
+			return true // nothing left to catch the relay at
+		}
+		return pendingSeen > 0 && sqlCount(qSent) > sentAtRestart
+	})
+	what := fmt.Sprintf("relay publishing (%d outbox rows pending just before), intake running", pendingSeen)
+	switch {
+	case pendingSeen == 0:
+		what = "relay: no outbox row left pending to catch it at (intake over)"
+	case intakeOver():
+		what = fmt.Sprintf("relay publishing (%d outbox rows pending just before), intake over", pendingSeen)
 	}
 	kill(what, chaosBacklog(addr))
 
@@ -487,6 +537,9 @@ func chaosScenario(t *testing.T, s chaosSetup) {
 		})
 	}
 	t.Logf("%s quiescent; SIGTERM to run %d", since(), runs)
+	close(stopWatch)
+	relayWG.Wait()
+	moments = append(moments, relayAfter...)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -506,7 +559,6 @@ func chaosScenario(t *testing.T, s chaosSetup) {
 // chaosCheck checks and reports the database and the broker after the last
 // run exited.
 func chaosCheck(t *testing.T, s chaosSetup, db *sql.DB, load *chaosLoad, counts *chaosCounts, moments []string, took string) {
-	t.Helper()
 	for _, e := range load.errs {
 		t.Errorf("client: %s", e)
 	}
@@ -589,7 +641,7 @@ func chaosCheck(t *testing.T, s chaosSetup, db *sql.DB, load *chaosLoad, counts 
 		depth, depthText = s.depth(t)
 	}
 
-	t.Logf("FIGURES after %s, %d SIGKILLs + final SIGTERM:", took, len(moments))
+	t.Logf("FIGURES after %s, 3 SIGKILLs + final SIGTERM:", took)
 	for _, m := range moments {
 		t.Logf("  %s", m)
 	}
