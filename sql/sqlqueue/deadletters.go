@@ -82,9 +82,15 @@ type deadLetters struct {
 	queue string
 }
 
-// scan reads the dead letters of the queue after the id after, at most n.
-func (l *deadLetters) scan(ctx context.Context, after int64, n int) ([]broker.DeadLetter, error) {
-	rows, err := l.db.QueryContext(ctx, l.q.deadScan, l.queue, after, n)
+// scan reads the dead letters of the queue after the id after, at most n,
+// with their bodies or (for Count, Redrive and Purge, which select by
+// headers and ids) without.
+func (l *deadLetters) scan(ctx context.Context, after int64, n int, bodies bool) ([]broker.DeadLetter, error) {
+	q := l.q.deadScanMeta
+	if bodies {
+		q = l.q.deadScan
+	}
+	rows, err := l.db.QueryContext(ctx, q, l.queue, after, n)
 	if err != nil {
 		return nil, fmt.Errorf("sqlqueue: read the dead letters of %q: %w", l.queue, err)
 	}
@@ -133,12 +139,12 @@ func (l *deadLetters) scan(ctx context.Context, after int64, n int) ([]broker.De
 // each calls f with the dead letters of the queue after the id after,
 // oldest first, a chunk at a time, until f returns false or an error, or
 // there are none left.
-func (l *deadLetters) each(ctx context.Context, after int64, f func(d *broker.DeadLetter) (bool, error)) error {
+func (l *deadLetters) each(ctx context.Context, after int64, bodies bool, f func(d *broker.DeadLetter) (bool, error)) error {
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		chunk, err := l.scan(ctx, after, scanChunk)
+		chunk, err := l.scan(ctx, after, scanChunk, bodies)
 		if err != nil {
 			return err
 		}
@@ -169,7 +175,7 @@ func (l *deadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broke
 	}
 	match := q.Matcher()
 	var page broker.DeadLetterPage
-	err := l.each(ctx, after, func(d *broker.DeadLetter) (bool, error) {
+	err := l.each(ctx, after, true, func(d *broker.DeadLetter) (bool, error) {
 		if !match(d) {
 			return true, nil
 		}
@@ -191,7 +197,7 @@ func (l *deadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broke
 func (l *deadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int, error) {
 	match := f.Matcher()
 	n := 0
-	err := l.each(ctx, 0, func(d *broker.DeadLetter) (bool, error) {
+	err := l.each(ctx, 0, false, func(d *broker.DeadLetter) (bool, error) {
 		if match(d) {
 			n++
 		}
@@ -214,7 +220,7 @@ func (l *deadLetters) selected(ctx context.Context, sel broker.DeadLetterSelecti
 	}
 	n := 0
 	stopped := false
-	err = l.each(ctx, 0, func(d *broker.DeadLetter) (bool, error) {
+	err = l.each(ctx, 0, false, func(d *broker.DeadLetter) (bool, error) {
 		delete(wanted, d.ID)
 		if !match(d) {
 			return true, nil
@@ -257,7 +263,7 @@ func (l *deadLetters) exists(ctx context.Context, id string) (bool, error) {
 	if err != nil || n <= 0 {
 		return false, nil
 	}
-	chunk, err := l.scan(ctx, n-1, 1)
+	chunk, err := l.scan(ctx, n-1, 1, false)
 	if err != nil {
 		return false, err
 	}

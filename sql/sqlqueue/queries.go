@@ -33,6 +33,7 @@ type queries struct {
 	register     string // $1 queue
 	registered   string // $1 queue
 	deadScan     string // $1 queue, $2 after id, $3 limit
+	deadScanMeta string // deadScan without the bodies
 	deadTake     string // $1 id, $2 queue → row
 	deadDelete   string // $1 id, $2 queue
 }
@@ -76,6 +77,7 @@ RETURNING %s, available_at`, t, now, t, ready, row)
 	q.register = fmt.Sprintf("INSERT INTO %s (name, created_at) VALUES ($1, %s) ON CONFLICT (name) DO NOTHING", QueuesTable(t), now)
 	q.registered = fmt.Sprintf("SELECT count(*) FROM %s WHERE name = $1", QueuesTable(t))
 	q.deadScan = fmt.Sprintf("SELECT id, msg_id, msg_key, headers, body, created_at, dead_at, attempts FROM %s WHERE queue = $1 AND id > $2 ORDER BY id LIMIT $3", q.dead)
+	q.deadScanMeta = fmt.Sprintf("SELECT id, msg_id, msg_key, headers, NULL, created_at, dead_at, attempts FROM %s WHERE queue = $1 AND id > $2 ORDER BY id LIMIT $3", q.dead)
 	q.deadTake = fmt.Sprintf("DELETE FROM %s WHERE id = $1 AND queue = $2 RETURNING msg_id, msg_key, headers, body", q.dead)
 	q.deadDelete = fmt.Sprintf("DELETE FROM %s WHERE id = $1 AND queue = $2", q.dead)
 	q.backlog = fmt.Sprintf("SELECT count(*) FROM %s WHERE queue = $1 AND available_at <= %s AND (leased_until IS NULL OR leased_until < %s)", t, now, now)
