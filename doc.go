@@ -40,6 +40,13 @@
 //     one line (rec.Options()..., otelqueuekit.Options(system)...).
 //   - cmd/queuekit: the queuekit command, which lists, redrives and purges
 //     dead letters on RabbitMQ and Kafka from a shell.
+//   - sql (PostgreSQL through pgx, SQLite without cgo): sql/inbox, the
+//     idempotent consumer, which runs a handler's database effect and records
+//     the message's idempotency key in one transaction, so that a duplicate
+//     delivery changes nothing; sql/outbox, the transactional outbox, which
+//     writes messages in the application's own transaction and relays them
+//     to any broker.Publisher; and sql/sqlqueue, a durable queue on a table,
+//     a broker adapter like the others.
 //
 // # A consumer in five steps
 //
@@ -101,5 +108,8 @@
 // ends in the dead-letter destination, with the reason. Graceful drain: on
 // shutdown, in-flight handlers finish within a deadline and everything else
 // stays with the broker. One bad message never takes the service down.
-// Resources are bounded by configuration, not by queue length.
+// Resources are bounded by configuration, not by queue length. Effectively
+// once: with the outbox a message is published if and only if the
+// transaction that wrote it committed, and with the inbox a handler's effect
+// in the database happens once, although delivery is at-least-once.
 package queuekit
