@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
@@ -76,8 +78,17 @@ const (
 
 // MaxKeyBytes is the longest key stored as it is. A longer key is stored
 // as "sha256:" followed by the hex SHA-256 of the key, so that it fits a
-// PostgreSQL index entry.
+// PostgreSQL index entry; so is a key that is not valid UTF-8 or holds a NUL
+// byte (which PostgreSQL text cannot store), and a key that itself starts
+// with "sha256:" (so that it never stands for a hashed one).
 const MaxKeyBytes = 512
+
+// MinLeaseTime is the shortest Config.LeaseTime: a lease must outlast the
+// round trips of its renewals, even on a loaded machine.
+const MinLeaseTime = time.Second
+
+// hashPrefix starts every hashed key.
+const hashPrefix = "sha256:"
 
 // CleanBatch is how many rows the Cleaner deletes per statement.
 const CleanBatch = 1000
@@ -91,6 +102,7 @@ type Config struct {
 	// Scope names the consumer the keys belong to (default "default"): keys
 	// are unique per (Scope, key). Two consumers that must each handle the
 	// same message once use two scopes. A scope is used in one Mode only.
+	// It must be valid UTF-8 without NUL bytes.
 	Scope string
 	// Header is the message header that holds the idempotency key (default
 	// broker.HeaderIdempotencyKey).
@@ -104,7 +116,7 @@ type Config struct {
 	// Mode is Transactional (the default) or Lease.
 	Mode Mode
 	// LeaseTime is how long a Lease-mode reservation lasts without renewal
-	// (default 30s). It is renewed every LeaseTime/3 while the handler runs;
+	// (default 30s, at least MinLeaseTime). It is renewed every LeaseTime/3 while the handler runs;
 	// a crashed worker's key is free again at most LeaseTime after its last
 	// renewal.
 	LeaseTime time.Duration
@@ -115,7 +127,8 @@ type Config struct {
 	// than this is handled again. The Cleaner deletes older ones. Default 7 days.
 	Retention time.Duration
 	// TxOptions are used to begin the Transactional-mode transaction. Nil
-	// means the database's defaults (READ COMMITTED on PostgreSQL).
+	// means the database's defaults (READ COMMITTED on PostgreSQL). ReadOnly
+	// is refused: the transaction records the key.
 	TxOptions *sql.TxOptions
 }
 
@@ -148,6 +161,7 @@ type Inbox struct {
 	cfg     Config
 	q       queries
 	pollMin time.Duration // how often a Wait-ing duplicate looks again
+	table   string        // cfg.Table in lower case: the table's identity for nesting
 
 	// Set by tests only, before use.
 	batch  int    // rows per Clean statement; CleanBatch
@@ -175,6 +189,12 @@ func New(db *sql.DB, cfg Config) (*Inbox, error) {
 	if cfg.Scope == "" {
 		cfg.Scope = DefaultScope
 	}
+	if !utf8.ValidString(cfg.Scope) || strings.ContainsRune(cfg.Scope, 0) {
+		return nil, fmt.Errorf("%w: inbox: Scope %q is not UTF-8 text without NUL bytes", broker.ErrInvalidConfig, cfg.Scope)
+	}
+	if cfg.TxOptions != nil && cfg.TxOptions.ReadOnly {
+		return nil, fmt.Errorf("%w: inbox: read-only TxOptions: the transaction records the key", broker.ErrInvalidConfig)
+	}
 	if cfg.Header == "" {
 		cfg.Header = broker.HeaderIdempotencyKey
 	}
@@ -191,8 +211,8 @@ func New(db *sql.DB, cfg Config) (*Inbox, error) {
 	switch {
 	case cfg.LeaseTime == 0:
 		cfg.LeaseTime = DefaultLeaseTime
-	case cfg.LeaseTime < 30*time.Millisecond:
-		return nil, fmt.Errorf("%w: inbox: LeaseTime %v, want at least 30ms", broker.ErrInvalidConfig, cfg.LeaseTime)
+	case cfg.LeaseTime < MinLeaseTime:
+		return nil, fmt.Errorf("%w: inbox: LeaseTime %v, want at least %v", broker.ErrInvalidConfig, cfg.LeaseTime, MinLeaseTime)
 	}
 	switch {
 	case cfg.Retention == 0:
@@ -200,7 +220,7 @@ func New(db *sql.DB, cfg Config) (*Inbox, error) {
 	case cfg.Retention < 0:
 		return nil, fmt.Errorf("%w: inbox: negative Retention %v", broker.ErrInvalidConfig, cfg.Retention)
 	}
-	i := &Inbox{db: db, d: d, cfg: cfg, q: newQueries(d, cfg.Table), batch: CleanBatch}
+	i := &Inbox{db: db, d: d, cfg: cfg, q: newQueries(d, cfg.Table), batch: CleanBatch, table: strings.ToLower(cfg.Table)}
 	i.pollMin = min(max(cfg.LeaseTime/20, 10*time.Millisecond), 500*time.Millisecond)
 	return i, nil
 }
@@ -212,6 +232,36 @@ func (i *Inbox) Dialect() sqldb.Dialect { return i.d }
 func (i *Inbox) Table() string { return i.cfg.Table }
 
 type txKey struct{}
+
+// heldKey is the context key of the keys that the inboxes enclosing a handler
+// hold (recorded in their transaction, or reserved): an inner inbox of the
+// same database, table and scope finds its key there and just runs the
+// handler, instead of taking its enclosing inbox's row for a duplicate.
+type heldKey struct{}
+
+// held is one key an enclosing inbox holds; next is the one around it.
+type held struct {
+	db                *sql.DB
+	table, scope, key string
+	next              *held
+}
+
+// holds reports whether an inbox enclosing ctx holds key of i's table and scope.
+func (i *Inbox) holds(ctx context.Context, key string) bool {
+	h, _ := ctx.Value(heldKey{}).(*held)
+	for ; h != nil; h = h.next {
+		if h.db == i.db && h.table == i.table && h.scope == i.cfg.Scope && h.key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// hold returns ctx recording that i holds key.
+func (i *Inbox) hold(ctx context.Context, key string) context.Context {
+	next, _ := ctx.Value(heldKey{}).(*held)
+	return context.WithValue(ctx, heldKey{}, &held{db: i.db, table: i.table, scope: i.cfg.Scope, key: key, next: next})
+}
 
 // txValue is what a Transactional-mode handler's context carries.
 type txValue struct {
@@ -265,9 +315,9 @@ func (i *Inbox) key(m *broker.Message) (string, error) {
 	if k == "" {
 		return "", retry.Permanent(fmt.Errorf("%w (header %q)", ErrNoKey, i.cfg.Header))
 	}
-	if len(k) > MaxKeyBytes {
+	if len(k) > MaxKeyBytes || !utf8.ValidString(k) || strings.ContainsRune(k, 0) || strings.HasPrefix(k, hashPrefix) {
 		sum := sha256.Sum256([]byte(k))
-		k = "sha256:" + hex.EncodeToString(sum[:])
+		k = hashPrefix + hex.EncodeToString(sum[:])
 	}
 	return k, nil
 }
@@ -288,6 +338,11 @@ func (i *Inbox) handleTx(ctx context.Context, m *broker.Message, next consumer.H
 	key, err := i.key(m)
 	if err != nil {
 		return err
+	}
+	if i.holds(ctx, key) {
+		// An enclosing inbox of this table and scope holds the key: its
+		// row is not a duplicate. It commits or releases the key.
+		return next.Handle(ctx, m)
 	}
 	if outer, ok := ctx.Value(txKey{}).(txValue); ok && outer.db == i.db {
 		// Inside another inbox's transaction on the same database (two
@@ -323,7 +378,7 @@ func (i *Inbox) handleTx(ctx context.Context, m *broker.Message, next consumer.H
 	if n == 0 {
 		return nil // a duplicate of a committed message: ack it, run nothing
 	}
-	if err := next.Handle(context.WithValue(ctx, txKey{}, txValue{i.db, tx}), m); err != nil {
+	if err := next.Handle(i.hold(context.WithValue(ctx, txKey{}, txValue{i.db, tx}), key), m); err != nil {
 		return err
 	}
 	finished = true
@@ -349,5 +404,5 @@ func (i *Inbox) handleInTx(ctx context.Context, tx *sql.Tx, key string, m *broke
 	if n == 0 {
 		return nil // done in this scope already; the enclosing inbox commits its own key
 	}
-	return next.Handle(ctx, m)
+	return next.Handle(i.hold(ctx, key), m)
 }

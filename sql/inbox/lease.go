@@ -26,6 +26,20 @@ func (i *Inbox) handleLease(ctx context.Context, m *broker.Message, next consume
 	if err != nil {
 		return err
 	}
+	if i.holds(ctx, key) {
+		// An enclosing inbox of this table and scope holds the key: its
+		// row is not another worker's. It confirms or releases the key.
+		return next.Handle(ctx, m)
+	}
+	if outer, ok := ctx.Value(txKey{}).(txValue); ok && outer.db == i.db {
+		// Inside a Transactional inbox's transaction on the same database:
+		// record the key as done in that transaction, as a Transactional
+		// inbox would. Its row lock keeps concurrent duplicates out for as
+		// long as a lease would, and the key commits with the enclosing
+		// one and the handler's effect, or not at all. A reservation of
+		// its own would wait for the enclosing transaction on SQLite.
+		return i.handleInTx(ctx, outer.tx, key, m, next)
+	}
 	token := newToken()
 	// A Wait-ing duplicate looks again after 5ms, then less and less often,
 	// up to pollMin: most holders finish soon.
@@ -129,7 +143,7 @@ func (i *Inbox) runLeased(ctx context.Context, m *broker.Message, next consumer.
 		}
 	}()
 
-	herr := next.Handle(hctx, m)
+	herr := next.Handle(i.hold(hctx, key), m)
 	returned = true
 	end()
 	if herr != nil {
@@ -174,9 +188,20 @@ func (i *Inbox) renew(ctx context.Context, key, token string, last time.Time, st
 		case <-t.C:
 		}
 		at := time.Now()
-		rctx, cancel := context.WithTimeout(bctx, every)
+		// A renewal gets until the next tick, and never past the point
+		// where the handler must be told while the lease still holds
+		// for every/3 more: LeaseTime-every after the last renewal.
+		deadline := at.Add(every)
+		if d := last.Add(i.cfg.LeaseTime - every); d.Before(deadline) {
+			deadline = d
+		}
+		rctx, cancel := context.WithDeadline(bctx, deadline)
 		res, err := i.db.ExecContext(rctx, i.q.renew, i.cfg.LeaseTime.Milliseconds(), i.cfg.Scope, key, token)
 		cancel()
+		if err != nil && errors.Is(err, context.DeadlineExceeded) && i.db.Stats().MaxOpenConnections == 1 {
+			err = fmt.Errorf("%w (the pool has one connection, as sqldb.Open gives SQLite, and something holds it: "+
+				"a transaction of the handler's? Put a Transactional inbox outside the Lease one, not inside)", err)
+		}
 		var n int64
 		if err == nil {
 			n, err = res.RowsAffected()

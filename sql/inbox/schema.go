@@ -102,9 +102,13 @@ func columns(d sqldb.Dialect) []sqldb.Column {
 
 // Migrate creates the inbox table and its indexes if they do not exist (the
 // DDL of Schema), and checks that the table has the columns the inbox uses,
-// with their types: a table that exists with another schema gives an error
-// wrapping sqldb.ErrSchema that names the column. Several processes may run
-// Migrate at once.
+// with their types, and that the inbox can write it: it records a key and
+// reserves one in a transaction it rolls back, which fails on a table without
+// PRIMARY KEY (scope, key) (or a unique constraint on those two columns) or
+// with another NOT NULL column that has no default. A table that exists with
+// another schema gives an error wrapping sqldb.ErrSchema that names the
+// column or the missing primary key. Several processes may run Migrate at
+// once.
 func (i *Inbox) Migrate(ctx context.Context) error {
 	stmts, err := schema(i.d, i.cfg.Table)
 	if err != nil {
@@ -118,7 +122,38 @@ func (i *Inbox) Migrate(ctx context.Context) error {
 	if err := sqldb.CheckColumns(ctx, i.db, i.d, i.cfg.Table, columns(i.d)); err != nil {
 		return fmt.Errorf("inbox: migrate: %w", err)
 	}
+	if err := i.probe(ctx); err != nil {
+		return err
+	}
 	return i.execLocked(ctx, stmts[1:])
+}
+
+// probeScope is the scope of the keys probe writes and rolls back.
+const probeScope = "queuekit-inbox-migrate-probe"
+
+// probe runs the statements that write keys, in a transaction it rolls back,
+// so that a table they fail on fails Migrate rather than every message.
+func (i *Inbox) probe(ctx context.Context) error {
+	tx, err := i.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("inbox: migrate: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // the probe's rows must go
+	token := newToken()
+	_, err = tx.ExecContext(ctx, i.q.insertDone, probeScope, "done-"+token)
+	if err == nil {
+		var got string
+		err = tx.QueryRowContext(ctx, i.q.reserve, probeScope, "lease-"+token, token, int64(1000)).Scan(&got)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil || sqldb.IsUnavailable(err):
+		return fmt.Errorf("inbox: migrate: %w", err)
+	}
+	return fmt.Errorf("inbox: migrate: %w: table %q: the inbox cannot record keys in it "+
+		"(it needs PRIMARY KEY (scope, key), and no other NOT NULL column without a default): %w",
+		sqldb.ErrSchema, i.cfg.Table, err)
 }
 
 // execLocked runs stmts in one transaction, on PostgreSQL under an advisory
