@@ -283,6 +283,9 @@ func TestEndToEndSQLiteSIGTERMAndSIGKILLProcessEveryOrderOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the service: skipped with -short")
 	}
+	// In parallel with the PostgreSQL one: processes of their own, on
+	// databases of their own, mostly waiting.
+	t.Parallel()
 	restartKillScenario(t, "sqlite:"+testDatabase(t), 1200, 800)
 }
 
@@ -292,6 +295,7 @@ func TestEndToEndPostgresSIGTERMAndSIGKILLProcessEveryOrderOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the service: skipped with -short")
 	}
+	t.Parallel()
 	restartKillScenario(t, postgresURL(t), 800, 800)
 }
 
@@ -300,6 +304,9 @@ func TestEndToEndPostgresSIGTERMAndSIGKILLProcessEveryOrderOnce(t *testing.T) {
 // orders posted in run 1 and n2 in run 2, and checks the database after.
 func restartKillScenario(t *testing.T, dsn string, n1, n2 int) {
 	t.Helper()
+	if raceEnabled { // the service is built with -race too: several times slower
+		n1, n2 = n1/2, n2/2
+	}
 	common := []string{"-database-url", dsn, "-drain-timeout", e2eDrain.String(), "-concurrency", "32"}
 	start := time.Now()
 	since := func() time.Duration { return time.Since(start).Round(100 * time.Millisecond) }

@@ -484,12 +484,14 @@ func TestEndToEndKafkaSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 
 // restartScenario runs the service with brokerArgs: run 1 takes 2,000 orders
 // and gets SIGTERM mid-processing (see postAndSIGTERM); run 2 starts on the
-// same broker and processes the rest. Every order accepted in run 1 must be
-// processed in one of the runs (a redelivery is harmless: processing is keyed
-// by id). after1 and during2 add broker-specific checks (nil: none).
+// same broker and database and processes the rest: what run 1 left at the
+// broker and in the outbox. Every order accepted in run 1 must be processed
+// in one of the runs (a redelivery is harmless: the inbox acks it). after1 and during2 add broker-specific checks (nil: none).
 func restartScenario(t *testing.T, brokerArgs []string, after1 func(p1 *proc, accepted int), during2 func(p2 *proc)) (run1, run2 map[string]int) {
 	t.Helper()
-	common := append(brokerArgs, "-drain-timeout", e2eDrain.String(), "-concurrency", "32")
+	// One database for both runs: what run 1 left in the outbox, run 2
+	// relays.
+	common := append(brokerArgs, "-database-url", testDatabase(t), "-drain-timeout", e2eDrain.String(), "-concurrency", "32")
 	p1 := startService(t, append(common, "-process-time", "250ms")...)
 	r := p1.postAndSIGTERM(e2eOrders, 300)
 	run1 = p1.processedIDs()
