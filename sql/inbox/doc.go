@@ -21,12 +21,17 @@
 // message (a business id in the body). It is never Message.ID, which an
 // adapter may make up per delivery. Keys are unique per Config.Scope: two
 // consumers that each must handle a message once use two scopes. A key longer
-// than MaxKeyBytes is stored as its SHA-256.
+// than MaxKeyBytes, one that is not valid UTF-8 or holds a NUL byte (binary
+// keys, which PostgreSQL text cannot store), and one that starts with
+// "sha256:" are stored as "sha256:" and their hex SHA-256: two different keys
+// never share a row.
 //
 // # Lifecycle
 //
 // New validates the configuration and does no I/O. Migrate creates the table
-// (or use Schema's DDL in your own migrations) and checks its columns. The
+// (or use Schema's DDL in your own migrations), checks its columns, and
+// checks that the inbox can write it (a primary key on (scope, key), no
+// other NOT NULL column without a default). The
 // middleware then needs nothing more; an Inbox holds no goroutines or
 // connections of its own. The Cleaner is a consumer.Runner that deletes old
 // keys (see Retention); add it to the Supervisor beside the consumers.
@@ -57,7 +62,12 @@
 //
 // Two Transactional inboxes on one database in one chain (two scopes, say a
 // service's and an audit's) share the outer one's transaction: both keys
-// commit with the effect, or none does.
+// commit with the effect, or none does. An inbox nested in one of the same
+// *sql.DB, table and scope (one inbox twice in a chain, or two Inbox values
+// alike) finds its key held by the enclosing one and just runs the handler:
+// the enclosing inbox records the key. Tables are told apart by their name as
+// written, in any case: name a table the same way in both ("main.t" and "t"
+// are two tables to the inbox).
 //
 // The handler must use Tx(ctx) for every statement, never the *sql.DB: on
 // SQLite, whose pool has one connection (sqldb.Open), a statement on the
@@ -103,6 +113,30 @@
 //
 // Use one mode per scope: a Transactional-mode inbox takes a key that a
 // Lease-mode worker has reserved, but not yet confirmed, for a done one.
+//
+// A Lease-mode inbox inside a Transactional one on the same *sql.DB
+// (consumer.Chain(tx.Middleware(), lease.Middleware())) reserves nothing: it
+// records its key as done in the enclosing transaction, as a Transactional
+// inbox would. The row lock of that insert keeps duplicates out while the
+// handler runs (on SQLite the one writer does), and the key commits with the
+// enclosing key and the handler's database effect, or not at all: the
+// external effect stays at-least-once. A reservation of its own would wait
+// on SQLite for the enclosing transaction, which holds the pool's only
+// connection. As said above, such a scope is then used in Transactional mode.
+//
+// The other way round, a handler that holds a transaction inside a Lease
+// inbox (consumer.Chain(lease.Middleware(), tx.Middleware()), or a handler
+// that begins one) keeps, on a pool of one connection as sqldb.Open gives
+// SQLite, that connection from the renewer: a transaction that outlasts about
+// two thirds of LeaseTime loses the lease, and the error (ErrLeaseLost) says
+// that the pool's one connection was held. Put the Transactional inbox
+// outside the Lease one.
+//
+// When renewals fail, the handler's context is cancelled with ErrLeaseLost
+// LeaseTime-LeaseTime/3 after the last renewal that succeeded, so that it
+// has about LeaseTime/3 to stop before another worker may take the key over
+// (less on a machine too loaded to run the renewer on time). LeaseTime is at
+// least MinLeaseTime (1s), well above a renewal's round trip.
 //
 // # Errors
 //

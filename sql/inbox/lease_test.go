@@ -20,10 +20,12 @@ import (
 // released it) holds it only until its lease ends: then a redelivery runs.
 func TestLeaseExpiryFreesACrashedWorkersKey(t *testing.T) {
 	sqltest.Each(t, func(t *testing.T, db *sql.DB, d sqldb.Dialect) {
+		t.Parallel()
 		const lease = inbox.MinLeaseTime
 		ctx := ctxT(t)
 		for _, busy := range []inbox.Busy{inbox.Requeue, inbox.Wait} {
 			t.Run(busy.String(), func(t *testing.T) {
+				t.Parallel()
 				ib := newInbox(t, db, inbox.Config{Mode: inbox.Lease, LeaseTime: lease, Busy: busy, Scope: busy.String()})
 				if ok, err := inbox.Reserve(ctx, ib, "order-1", "crashed-worker"); err != nil || !ok {
 					t.Fatalf("Reserve = %v, %v; want true, nil", ok, err)
