@@ -188,9 +188,10 @@ func (i *Inbox) renew(ctx context.Context, key, token string, last time.Time, st
 		case <-t.C:
 		}
 		at := time.Now()
-		// A renewal gets until the next tick, and never past the point
-		// where the handler must be told while the lease still holds
-		// for every/3 more: LeaseTime-every after the last renewal.
+		// A renewal gets until the next tick, and never past
+		// LeaseTime-every after the last renewal that succeeded: if it
+		// fails, the handler is then told while the lease still holds
+		// for about every (LeaseTime/3) more.
 		deadline := at.Add(every)
 		if d := last.Add(i.cfg.LeaseTime - every); d.Before(deadline) {
 			deadline = d
