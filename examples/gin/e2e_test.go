@@ -435,9 +435,13 @@ func TestEndToEndRabbitMQSIGTERMAndRestartProcessesEveryOrder(t *testing.T) {
 	queue := fmt.Sprintf("queuekit-gin-e2e-%d-%d", os.Getpid(), time.Now().UnixNano())
 	t.Cleanup(func() { deleteQueues(t, url, queue) })
 	restartScenario(t, []string{"-amqp-url", url, "-queue", queue}, func(p1 *proc, accepted int) {
-		// The queue is the test's own: what run 1 did not process is in it.
-		if left := p1.reportInt(t, "left"); len(p1.processedIDs())+left != accepted {
-			t.Errorf("run 1: processed %d + left in the queue %d != accepted %d", len(p1.processedIDs()), left, accepted)
+		// The queue is the test's own: what run 1 did not process is in it
+		// or in the outbox. An order can be in both: the relay stopped
+		// after RabbitMQ took a batch and before it marked the rows sent,
+		// so run 2 publishes them again (at least once; the inbox acks
+		// the second copy). Hence at least, not exactly.
+		if left := p1.reportInt(t, "left"); len(p1.processedIDs())+left < accepted {
+			t.Errorf("run 1: processed %d + left (queue and outbox) %d < accepted %d: orders lost", len(p1.processedIDs()), left, accepted)
 		}
 	}, func(p2 *proc) {
 		// The admin report carries the queue's depth and consumers, from the broker.
