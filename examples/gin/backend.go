@@ -81,7 +81,7 @@ func newSQLBackend(cfg config, logger *slog.Logger, db *database) (*backend, err
 		name: "sql",
 		pub:  pub,
 		source: func() (broker.Source, error) {
-			return sqlqueue.NewSource(db.db, sqlqueue.Config{Queue: cfg.queue, Prefetch: 2 * cfg.concurrency, Logger: logger})
+			return sqlqueue.NewSource(db.db, sqlqueue.Config{Queue: cfg.queue, Prefetch: 2 * cfg.concurrency, Visibility: cfg.sqlVisibility, Logger: logger})
 		},
 		left: func(ctx context.Context) (int, error) {
 			var n int

@@ -131,6 +131,7 @@ type config struct {
 	maxConns        int
 	idleTimeout     time.Duration
 	initialStock    int
+	sqlVisibility   time.Duration
 	adminToken      string // secret: never logged or printed
 	orderIDSecret   []byte // secret: never logged or printed; empty: random per process
 	// unavailableItems are the items whose orders fail for good (the
@@ -217,6 +218,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "at shutdown, how long /readyz answers 503 while orders are still accepted (time for a load balancer to notice); default 0, or 5s when KUBERNETES_SERVICE_HOST is set")
 	fs.IntVar(&cfg.maxConns, "max-conns", 1024, "HTTP connections open at once; more wait until one closes (an idle keep-alive connection is closed for a waiting one)")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", defaultIdleTimeout, "how long an idle keep-alive connection stays open; keep it above the idle timeout of a load balancer in front")
+	fs.DurationVar(&cfg.sqlVisibility, "sql-visibility", 30*time.Second, "SQL queue: how long a delivery stays leased without renewal; a crashed process's deliveries are redelivered after it")
 	fs.IntVar(&cfg.initialStock, "initial-stock", defaultInitialStock, "stock of an item the first time it is ordered (the stock table is seeded per item on its first order)")
 	fs.DurationVar(&cfg.processTime, "process-time", 20*time.Millisecond, "simulated time to process an order (a database call)")
 	unavailable := fs.String("unavailable-items", "", "comma-separated items whose orders fail for good and are dead-lettered, standing for items missing from the catalog (see /admin/ to redrive them once fixed)")
@@ -267,6 +269,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 		return cfg, fmt.Errorf("-max-queued must be at least 1, not %d", cfg.maxQueued)
 	case cfg.maxConns < 1:
 		return cfg, fmt.Errorf("-max-conns must be at least 1, not %d", cfg.maxConns)
+	case cfg.sqlVisibility < time.Second:
+		return cfg, fmt.Errorf("-sql-visibility must be at least 1s, not %v", cfg.sqlVisibility)
 	case cfg.initialStock < 0:
 		return cfg, fmt.Errorf("-initial-stock cannot be negative, not %d", cfg.initialStock)
 	case cfg.brokerKind != "sql" && cfg.brokerKind != "memory":

@@ -373,6 +373,7 @@ func TestParseConfig(t *testing.T) {
 		{"-max-conns", "0"},
 		{"-idle-timeout", "0s"},
 		{"-initial-stock", "-1"},
+		{"-sql-visibility", "0s"},
 		{"-broker", "nats"},
 		{"-broker", "memory", "-amqp-url", "amqp://x"},
 		{"-database-url", ""},
