@@ -121,7 +121,7 @@ func TestConnectionLostRedelivers(t *testing.T) {
 		}
 		bodies := []string{"lost-0", "lost-1", "lost-2"}
 		publish(t, healthy, "jobs", bodies...)
-		crashed, err := sqlqueue.NewSource(dying, sqlqueue.Config{Queue: "jobs", Prefetch: 3, Visibility: 300 * time.Millisecond})
+		crashed, err := sqlqueue.NewSource(dying, sqlqueue.Config{Queue: "jobs", Prefetch: 3, Visibility: time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -191,7 +191,7 @@ func TestHelperCrashingConsumer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := sqlqueue.NewSource(db, sqlqueue.Config{Queue: "jobs", Prefetch: n, Visibility: 300 * time.Millisecond})
+	src, err := sqlqueue.NewSource(db, sqlqueue.Config{Queue: "jobs", Prefetch: n, Visibility: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

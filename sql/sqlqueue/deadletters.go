@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/sql/internal/pgnotify"
@@ -37,7 +39,9 @@ var _ broker.DeadLetterSource = (*Source)(nil)
 // page. Partition and Offset are -1; Reason.Time is the time of the
 // broker.HeaderFailedAt header, or of the row's dead_at when the header has
 // none. List and Count read the dead letters of the queue a chunk at a time,
-// filtering in the process (reason texts are in the JSON headers).
+// without their bodies, filtering in the process (reason texts are in the
+// JSON headers); List then reads at most BodyLimit bytes of the body of each
+// dead letter it returns, so its memory is bounded by Limit × BodyLimit.
 //
 // Redrive moves each selected dead letter back into a queue in one
 // transaction (delete from the dead-letter table, insert into the queue
@@ -83,13 +87,10 @@ type deadLetters struct {
 }
 
 // scan reads the dead letters of the queue after the id after, at most n,
-// with their bodies or (for Count, Redrive and Purge, which select by
-// headers and ids) without.
-func (l *deadLetters) scan(ctx context.Context, after int64, n int, bodies bool) ([]broker.DeadLetter, error) {
+// without their bodies: List reads the bodies of the dead letters it
+// returns, and only as much of them as asked (body).
+func (l *deadLetters) scan(ctx context.Context, after int64, n int) ([]broker.DeadLetter, error) {
 	q := l.q.deadScanMeta
-	if bodies {
-		q = l.q.deadScan
-	}
 	rows, err := l.db.QueryContext(ctx, q, l.queue, after, n)
 	if err != nil {
 		return nil, fmt.Errorf("sqlqueue: read the dead letters of %q: %w", l.queue, err)
@@ -137,14 +138,14 @@ func (l *deadLetters) scan(ctx context.Context, after int64, n int, bodies bool)
 }
 
 // each calls f with the dead letters of the queue after the id after,
-// oldest first, a chunk at a time, until f returns false or an error, or
-// there are none left.
-func (l *deadLetters) each(ctx context.Context, after int64, bodies bool, f func(d *broker.DeadLetter) (bool, error)) error {
+// oldest first, without their bodies, a chunk at a time, until f returns
+// false or an error, or there are none left.
+func (l *deadLetters) each(ctx context.Context, after int64, f func(d *broker.DeadLetter) (bool, error)) error {
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		chunk, err := l.scan(ctx, after, scanChunk, bodies)
+		chunk, err := l.scan(ctx, after, scanChunk)
 		if err != nil {
 			return err
 		}
@@ -175,7 +176,10 @@ func (l *deadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broke
 	}
 	match := q.Matcher()
 	var page broker.DeadLetterPage
-	err := l.each(ctx, after, true, func(d *broker.DeadLetter) (bool, error) {
+	// The dead letters are selected by their metadata, then the bodies of
+	// those of the page read, cut in SQL: memory is bounded by
+	// Limit × BodyLimit, not by the bodies of the table.
+	err := l.each(ctx, after, func(d *broker.DeadLetter) (bool, error) {
 		if !match(d) {
 			return true, nil
 		}
@@ -184,20 +188,61 @@ func (l *deadLetters) List(ctx context.Context, q broker.DeadLetterQuery) (broke
 			page.Next = page.Items[len(page.Items)-1].ID
 			return false, nil
 		}
-		broker.CutBody(d, q.BodyLimit)
 		page.Items = append(page.Items, *d)
 		return true, nil
 	})
 	if err != nil {
 		return broker.DeadLetterPage{}, err
 	}
+	items := page.Items[:0]
+	for _, d := range page.Items {
+		ok, err := l.body(ctx, &d, q.BodyLimit)
+		if err != nil {
+			return broker.DeadLetterPage{}, err
+		}
+		if ok { // else purged or redriven meanwhile
+			items = append(items, d)
+		}
+	}
+	page.Items = items
 	return page, nil
+}
+
+// body reads up to limit bytes of the body of d (all of it when limit < 0),
+// cut as broker.CutBody cuts, and its whole length. It reports false when
+// the dead letter is gone.
+func (l *deadLetters) body(ctx context.Context, d *broker.DeadLetter, limit int) (bool, error) {
+	n := int64(math.MaxInt32)
+	if limit >= 0 {
+		// utf8.UTFMax-1 bytes more, for CutBody to see whether the cut
+		// splits a rune.
+		n = min(int64(limit)+utf8.UTFMax-1, n)
+	}
+	id, _ := strconv.ParseInt(d.ID, 10, 64)
+	var (
+		body []byte
+		size sql.NullInt64
+	)
+	err := l.db.QueryRowContext(ctx, l.q.deadBody, id, l.queue, n).Scan(&body, &size)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("sqlqueue: read the body of dead letter %s of %q: %w", d.ID, l.queue, err)
+	}
+	if body == nil {
+		body = []byte{}
+	}
+	d.Message.Body = body
+	broker.CutBody(d, limit)
+	d.BodySize = int(size.Int64)
+	return true, nil
 }
 
 func (l *deadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int, error) {
 	match := f.Matcher()
 	n := 0
-	err := l.each(ctx, 0, false, func(d *broker.DeadLetter) (bool, error) {
+	err := l.each(ctx, 0, func(d *broker.DeadLetter) (bool, error) {
 		if match(d) {
 			n++
 		}
@@ -220,7 +265,7 @@ func (l *deadLetters) selected(ctx context.Context, sel broker.DeadLetterSelecti
 	}
 	n := 0
 	stopped := false
-	err = l.each(ctx, 0, false, func(d *broker.DeadLetter) (bool, error) {
+	err = l.each(ctx, 0, func(d *broker.DeadLetter) (bool, error) {
 		delete(wanted, d.ID)
 		if !match(d) {
 			return true, nil
@@ -263,7 +308,7 @@ func (l *deadLetters) exists(ctx context.Context, id string) (bool, error) {
 	if err != nil || n <= 0 {
 		return false, nil
 	}
-	chunk, err := l.scan(ctx, n-1, 1, false)
+	chunk, err := l.scan(ctx, n-1, 1)
 	if err != nil {
 		return false, err
 	}

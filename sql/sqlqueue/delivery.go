@@ -30,9 +30,16 @@ type delivery struct {
 	msg   broker.Message
 	state atomic.Int32
 	// lease ends when the delivery goes stale or is settled, or the
-	// source closes.
-	lease  context.Context
-	cancel context.CancelFunc
+	// source closes, or its fence passes.
+	lease       context.Context
+	cancelCause context.CancelCauseFunc
+	// fence is when the lease may end in the database, less a margin, in
+	// nanoseconds of the source's monotonic clock (see Source.mono): the
+	// start of the last statement that leased or renewed the row, plus
+	// Visibility, minus fenceMargin. fenceTimer ends the lease then,
+	// whether renewals succeed or not.
+	fence      atomic.Int64
+	fenceTimer *time.Timer
 }
 
 var (
@@ -42,16 +49,65 @@ var (
 	_ broker.Leased          = (*delivery)(nil)
 )
 
-func (s *Source) newDelivery(r *stored, token string) *delivery {
+// newDelivery makes the delivery of a row claimed by the statement that
+// started at sent (by s.mono).
+func (s *Source) newDelivery(r *stored, token string, sent time.Duration) *delivery {
 	d := &delivery{src: s, id: r.id, token: token, msg: r.message(s.queue)}
-	d.lease, d.cancel = context.WithCancel(s.ctx)
+	d.lease, d.cancelCause = context.WithCancelCause(s.ctx)
+	d.fence.Store(int64(sent + s.vis - s.fenceMargin()))
+	d.fenceTimer = time.AfterFunc(time.Duration(d.fence.Load())-s.mono(), d.checkFence)
 	return d
+}
+
+// cancel ends the lease context: the delivery is stale or settled.
+func (d *delivery) cancel() {
+	d.fenceTimer.Stop()
+	d.cancelCause(broker.ErrStaleDelivery)
+}
+
+// extend moves the fence to the lease of a renewal sent at sent (by
+// s.mono), which the database confirmed.
+func (d *delivery) extend(sent time.Duration) {
+	f := int64(sent + d.src.vis - d.src.fenceMargin())
+	for {
+		old := d.fence.Load()
+		if f <= old || d.fence.CompareAndSwap(old, f) {
+			return
+		}
+	}
+}
+
+// checkFence runs when the fence timer fires: if the fence moved (a
+// renewal succeeded meanwhile) it waits for the new one, else the lease
+// may have ended in the database and another source may hold the row: the
+// delivery is stale, its Lease context ends with cause
+// broker.ErrStaleDelivery, and the source stops renewing it.
+func (d *delivery) checkFence() {
+	if d.lease.Err() != nil {
+		return
+	}
+	s := d.src
+	if left := time.Duration(d.fence.Load()) - s.mono(); left > 0 {
+		d.fenceTimer.Reset(left)
+		return
+	}
+	if d.state.CompareAndSwap(statePending, stateStale) {
+		s.log.Warn("sqlqueue: a delivery's lease ran out before it could be renewed (the database was unreachable or slow): it is stale and its message is delivered again",
+			"table", s.table, "queue", s.queue, "id", d.id, "message_id", d.msg.ID)
+		s.forget(d)
+		return
+	}
+	// A settlement is under way: it succeeds only if the row is still
+	// ours; the handler's work must stop either way.
+	d.cancelCause(broker.ErrStaleDelivery)
 }
 
 func (d *delivery) Message() *broker.Message { return &d.msg }
 
 // Lease returns a context that ends when the delivery goes stale (its lease
-// was lost, or its source closed with it unsettled) or is settled: the
+// was lost, or ran out by the local clock before a renewal reached the
+// database, or its source closed with it unsettled) or is settled, with
+// cause broker.ErrStaleDelivery: the
 // runtime then cancels the handler's context with cause
 // broker.ErrStaleDelivery.
 func (d *delivery) Lease() context.Context { return d.lease }

@@ -51,9 +51,19 @@
 // closed with a context already done) is ready again and is delivered to any
 // source. The delivery that held it is stale: settling it returns an error
 // wrapping broker.ErrStaleDelivery and changes nothing, and its Lease context
-// ends, which cancels its handler's context when it runs under the consumer
-// runtime. A handler that runs longer than Visibility keeps its lease as
-// long as the renewals reach the database.
+// ends (cause broker.ErrStaleDelivery), which cancels its handler's context
+// when it runs under the consumer runtime. A handler that runs longer than
+// Visibility keeps its lease as long as the renewals reach the database.
+//
+// The Lease context ends before another source can take the row, whether
+// renewals succeed or not: each delivery has a fence, the start of the last
+// statement that leased or renewed its row (by the local monotonic clock,
+// measured before the statement was sent) plus Visibility, less a tenth of
+// Visibility; when the fence passes without a renewal having moved it (the
+// database unreachable or slow), the delivery goes stale at once. The
+// margin covers the handler's stopping and clocks running at slightly
+// different rates, not a handler that ignores its context. Visibility is at
+// least 1s.
 //
 // # Delivery count
 //

@@ -14,7 +14,7 @@ import (
 	"github.com/queuekit/queuekit/sql/sqlqueue"
 )
 
-// TestLeaseRenewed: a delivery held four times as long as its lease stays
+// TestLeaseRenewed: a delivery held twice as long as its lease stays
 // with its source, which renews the lease; another source gets nothing, and
 // the Ack at the end succeeds. When the row is then taken from it (its lease
 // given to another claim), its Lease context ends and it cannot settle.
@@ -25,19 +25,19 @@ func TestLeaseRenewed(t *testing.T) {
 		if err := sqlqueue.Migrate(context.Background(), db, ""); err != nil {
 			t.Fatal(err)
 		}
-		const vis = 300 * time.Millisecond
+		const vis = time.Second
 		publish(t, db, "long", "long-0", "long-1")
 		holder := newSource(t, db, sqlqueue.Config{Queue: "long", Prefetch: 1, Visibility: vis})
 		dl := receive(t, holder)
 		thief := newSource(t, other, sqlqueue.Config{Queue: "long", Prefetch: 1, Visibility: vis, PollInterval: 20 * time.Millisecond})
 		second := receive(t, thief) // the other message
-		ctx, cancel := context.WithTimeout(context.Background(), 4*vis)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*vis)
 		if got, err := thief.Receive(ctx); err == nil {
 			t.Fatalf("another source received %q (Attempt %d) while the first held it past its lease; want the lease renewed", got.Message().Body, got.Message().Attempt)
 		}
 		cancel()
 		if err := dl.Ack(context.Background()); err != nil {
-			t.Fatalf("Ack after holding the delivery for 4 leases = %v; want nil", err)
+			t.Fatalf("Ack after holding the delivery for 2 leases = %v; want nil", err)
 		}
 
 		// The thief's lease is taken from it: the row goes to another

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/sql/internal/pgnotify"
@@ -76,7 +78,9 @@ func NewPublisher(db *sql.DB, cfg PublisherConfig) (*Publisher, error) {
 // modified or kept.
 //
 // It returns an error wrapping broker.ErrInvalidConfig for an invalid queue
-// name or a nil message, broker.ErrPublisherClosed after Close, and ctx's
+// name, a nil message, an ID that is not valid UTF-8 or holds a NUL byte, or
+// a header key or value that is not valid UTF-8 (naming it; the headers are
+// stored as JSON, which would change those bytes), broker.ErrPublisherClosed after Close, and ctx's
 // error when ctx ends first, in which case nothing was written unless the
 // commit was already under way (see broker.Publisher: it may or may not
 // have arrived).
@@ -155,6 +159,28 @@ func check(dest string, msgs []*broker.Message) error {
 		if m == nil {
 			return fmt.Errorf("sqlqueue: publish to %q: %w: message %d is nil", dest, broker.ErrInvalidConfig, i)
 		}
+		if err := checkMessage(m); err != nil {
+			return fmt.Errorf("sqlqueue: publish to %q: %w: message %d: %w", dest, broker.ErrInvalidConfig, i, err)
+		}
+	}
+	return nil
+}
+
+// checkMessage refuses what the table cannot store as given: an ID that is
+// not valid UTF-8 or holds a NUL byte (a text column), a header key or value
+// that is not valid UTF-8 (the headers are JSON text, whose encoding would
+// replace the bytes).
+func checkMessage(m *broker.Message) error {
+	if !utf8.ValidString(m.ID) || strings.IndexByte(m.ID, 0) >= 0 {
+		return fmt.Errorf("ID %q is not valid UTF-8 without NUL bytes", m.ID)
+	}
+	for k, v := range m.Header {
+		if !utf8.ValidString(k) {
+			return fmt.Errorf("header key %q is not valid UTF-8", k)
+		}
+		if !utf8.ValidString(v) {
+			return fmt.Errorf("header %q: value %q is not valid UTF-8", k, v)
+		}
 	}
 	return nil
 }
@@ -175,8 +201,8 @@ func (p *Publisher) insert(ctx context.Context, tx *sql.Tx, dest string, msgs []
 			if body == nil {
 				body = []byte{}
 			}
-			var key any // NULL for no key; pgx writes a nil []byte as NULL anyway
-			if m.Key != nil {
+			var key any         // NULL for no key; pgx writes a nil []byte as NULL anyway
+			if len(m.Key) > 0 { // an empty key is no key, on both databases
 				key = m.Key
 			}
 			args = append(args, dest, m.ID, key, string(h), body)

@@ -32,8 +32,8 @@ type queries struct {
 	backlog      string // $1 queue
 	register     string // $1 queue
 	registered   string // $1 queue
-	deadScan     string // $1 queue, $2 after id, $3 limit
-	deadScanMeta string // deadScan without the bodies
+	deadScanMeta string // $1 queue, $2 after id, $3 limit → rows without their bodies
+	deadBody     string // $1 id, $2 queue, $3 n → the first n bytes of the body, its length
 	deadTake     string // $1 id, $2 queue → row
 	deadDelete   string // $1 id, $2 queue
 }
@@ -76,8 +76,12 @@ RETURNING %s, available_at`, t, now, t, ready, row)
 	q.insertDead = fmt.Sprintf("INSERT INTO %s (queue, msg_id, msg_key, headers, body, created_at, dead_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, %s, $7)", q.dead, now)
 	q.register = fmt.Sprintf("INSERT INTO %s (name, created_at) VALUES ($1, %s) ON CONFLICT (name) DO NOTHING", QueuesTable(t), now)
 	q.registered = fmt.Sprintf("SELECT count(*) FROM %s WHERE name = $1", QueuesTable(t))
-	q.deadScan = fmt.Sprintf("SELECT id, msg_id, msg_key, headers, body, created_at, dead_at, attempts FROM %s WHERE queue = $1 AND id > $2 ORDER BY id LIMIT $3", q.dead)
 	q.deadScanMeta = fmt.Sprintf("SELECT id, msg_id, msg_key, headers, NULL, created_at, dead_at, attempts FROM %s WHERE queue = $1 AND id > $2 ORDER BY id LIMIT $3", q.dead)
+	if d == sqldb.Postgres {
+		q.deadBody = fmt.Sprintf("SELECT substring(body from 1 for $3::integer), octet_length(body) FROM %s WHERE id = $1 AND queue = $2", q.dead)
+	} else {
+		q.deadBody = fmt.Sprintf("SELECT substr(CAST(body AS BLOB), 1, $3), length(CAST(body AS BLOB)) FROM %s WHERE id = $1 AND queue = $2", q.dead)
+	}
 	q.deadTake = fmt.Sprintf("DELETE FROM %s WHERE id = $1 AND queue = $2 RETURNING msg_id, msg_key, headers, body", q.dead)
 	q.deadDelete = fmt.Sprintf("DELETE FROM %s WHERE id = $1 AND queue = $2", q.dead)
 	q.backlog = fmt.Sprintf("SELECT count(*) FROM %s WHERE queue = $1 AND available_at <= %s AND (leased_until IS NULL OR leased_until < %s)", t, now, now)

@@ -35,8 +35,9 @@ const (
 )
 
 // minVisibility is the shortest lease Config accepts: the lease is renewed
-// every third of it, and a shorter one would be lost to a slow statement.
-const minVisibility = 30 * time.Millisecond
+// every third of it, and a shorter one would be lost to a slow statement
+// (a renewal that opens a connection under load).
+const minVisibility = time.Second
 
 // maxQueueName bounds a queue name, in bytes.
 const maxQueueName = 255
@@ -60,7 +61,7 @@ type Config struct {
 	// delivery it renews the lease every Visibility/3; a row whose lease
 	// ran out (its source crashed or lost the database) is delivered
 	// again, to any source, with Attempt+1. DefaultVisibility when zero;
-	// at least 30ms.
+	// at least 1s.
 	Visibility time.Duration
 	// PollInterval is how long an idle source waits before it looks for
 	// rows again when nothing woke it: DefaultPollInterval on PostgreSQL
@@ -127,6 +128,8 @@ type Source struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// base is the origin of mono, the monotonic clock of the fences.
+	base time.Time
 
 	// mu guards the fields below. It is never held across a statement.
 	mu sync.Mutex
@@ -276,6 +279,7 @@ func NewSource(db *sql.DB, cfg Config) (*Source, error) {
 		dirty:    true,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.base = time.Now()
 	return s, nil
 }
 
@@ -442,6 +446,16 @@ func (s *Source) fetch(n int) {
 	s.buf = append(s.buf, ds...)
 }
 
+// mono is the time since the source was made, by the monotonic clock: the
+// fences of the deliveries are on it.
+func (s *Source) mono() time.Duration { return time.Since(s.base) }
+
+// fenceMargin is how long before the lease may end in the database a
+// delivery's Lease context ends (see delivery.fence): a tenth of the
+// visibility, for the handler to stop and for clocks that run at slightly
+// different rates.
+func (s *Source) fenceMargin() time.Duration { return s.vis / 10 }
+
 // claimTimeout bounds a claim statement, connection included.
 const claimTimeout = 30 * time.Second
 
@@ -456,6 +470,7 @@ func (s *Source) claim(n int) ([]*delivery, error) {
 		}
 	}
 	token := newToken()
+	sent := s.mono() // the leases end after sent+vis in the database
 	rows, err := s.db.QueryContext(ctx, s.q.claim, token, s.vis.Microseconds(), s.queue, n)
 	if err != nil {
 		return nil, fmt.Errorf("sqlqueue: claim from %s, queue %q: %w", s.table, s.queue, err)
@@ -475,7 +490,7 @@ func (s *Source) claim(n int) ([]*delivery, error) {
 			return nil, fmt.Errorf("sqlqueue: claim from %s: read a row: %w", s.table, err)
 		}
 		r.created = created
-		d := s.newDelivery(&r, token)
+		d := s.newDelivery(&r, token, sent)
 		avail[d] = at
 		ds = append(ds, d)
 	}
@@ -515,6 +530,9 @@ func (r *stored) message(queue string) broker.Message {
 	}
 	if m.Body == nil {
 		m.Body = []byte{}
+	}
+	if len(m.Key) == 0 {
+		m.Key = nil // no key: NULL, or an empty key written by hand
 	}
 	if r.headers != "" && r.headers != "null" {
 		// A header column that is not a JSON object of strings (written
@@ -607,6 +625,7 @@ func (s *Source) renew() {
 	}
 	s.mu.Unlock()
 	for token, ds := range byToken {
+		sent := s.mono() // the renewed leases end after sent+vis in the database
 		kept, err := s.renewToken(token)
 		if err != nil {
 			if s.ctx.Err() == nil {
@@ -623,6 +642,7 @@ func (s *Source) renew() {
 		s.report(nil)
 		for _, d := range ds {
 			if kept[d.id] {
+				d.extend(sent)
 				continue
 			}
 			if d.state.CompareAndSwap(statePending, stateStale) {
