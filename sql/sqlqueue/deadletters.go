@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -57,7 +58,8 @@ var _ broker.DeadLetterSource = (*Source)(nil)
 // written. A dead letter whose broker.HeaderRedriven count reached the limit
 // is skipped with an error wrapping broker.ErrRedriveLimit. Purge deletes the
 // selected dead letters. Two calls at once never handle one dead letter
-// twice: the one that finds it gone reports it in Missing.
+// twice: the one that finds it gone reports it in Missing if it was asked for
+// by id, and leaves it out if a filter selected it.
 func NewDeadLetters(db *sql.DB, table, queue string) (broker.DeadLetters, error) {
 	if db == nil {
 		return nil, fmt.Errorf("%w: sqlqueue: nil *sql.DB", broker.ErrInvalidConfig)
@@ -303,6 +305,12 @@ func (l *deadLetters) selected(ctx context.Context, sel broker.DeadLetterSelecti
 	return missing, nil
 }
 
+// asked reports whether sel names id: a dead letter selected by a filter
+// that another call took meanwhile is not missing, only one asked for by id.
+func asked(sel broker.DeadLetterSelection, id string) bool {
+	return slices.Contains(sel.IDs, id)
+}
+
 func (l *deadLetters) exists(ctx context.Context, id string) (bool, error) {
 	n, err := strconv.ParseInt(id, 10, 64)
 	if err != nil || n <= 0 {
@@ -354,7 +362,7 @@ func (l *deadLetters) Redrive(ctx context.Context, sel broker.DeadLetterSelectio
 		}
 		if ok {
 			res.Done = append(res.Done, d.ID)
-		} else {
+		} else if asked(sel, d.ID) {
 			res.Missing = append(res.Missing, d.ID) // another call took it
 		}
 		return nil
@@ -431,7 +439,9 @@ func (l *deadLetters) Purge(ctx context.Context, sel broker.DeadLetterSelection,
 		if k, err := r.RowsAffected(); err != nil {
 			return err
 		} else if k == 0 {
-			res.Missing = append(res.Missing, d.ID) // another call took it
+			if asked(sel, d.ID) {
+				res.Missing = append(res.Missing, d.ID) // another call took it
+			}
 			return nil
 		}
 		res.Done = append(res.Done, d.ID)

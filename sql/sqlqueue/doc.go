@@ -123,8 +123,11 @@
 // Constructors return errors wrapping broker.ErrInvalidConfig; Migrate one
 // wrapping sqldb.ErrSchema, naming the column, when a table exists with
 // another shape. While the database cannot be reached, Receive keeps trying,
-// blocked, and Status reports the error; another database error (a missing
-// table) is returned by Receive. A settlement that fails for want of the
+// blocked, and Status reports the error; another database error is returned
+// by Receive, marked broker.Fatal when no retry can fix it (a missing table or
+// column, a privilege, the *sql.DB closed), naming the table. Close returns
+// an error when it could not give every row back (its ctx ended, a claim was
+// still under way, or the database refused). A settlement that fails for want of the
 // database returns the error and can be retried; one whose row is not the
 // delivery's any more returns an error wrapping broker.ErrStaleDelivery; a
 // second settlement of one delivery, broker.ErrAlreadySettled. Publish

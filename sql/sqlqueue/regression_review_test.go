@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -260,6 +261,141 @@ func TestIssue12ReviewR3_3_HeadersNotSilentlyChanged(t *testing.T) {
 		}
 		if err := dl.Ack(ctx); err != nil {
 			t.Fatal(err)
+		}
+	})
+}
+
+// Issue 12 review R3 (LOW): Pause with a done ctx left the buffered rows
+// leased, costing each a delivery; they go back uncounted on a context of
+// Pause's own.
+func TestIssue12ReviewR3_Low_PauseWithDoneContext(t *testing.T) {
+	eachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		db := open(t, dsn(t, d))
+		ctx := context.Background()
+		if err := sqlqueue.Migrate(ctx, db, ""); err != nil {
+			t.Fatal(err)
+		}
+		publish(t, db, "p", "0", "1", "2", "3")
+		src := newSource(t, db, sqlqueue.Config{Queue: "p", Prefetch: 4, Visibility: time.Second})
+		first := receive(t, src) // the other three in the buffer
+		done, cancel := context.WithCancel(ctx)
+		cancel()
+		if err := src.Pause(done); err != nil {
+			t.Errorf("Pause(done ctx) = %v; want the rows given back", err)
+		}
+		if err := src.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := first.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			dl := receive(t, src)
+			if a := dl.Message().Attempt; a != 1 {
+				t.Errorf("message %q after Pause(done ctx): Attempt %d; want 1 (given back uncounted)", dl.Message().Body, a)
+			}
+			if err := dl.Ack(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+// Issue 12 review R3 (LOW): a missing table returned by Receive was not
+// marked broker.Fatal, though restarting cannot fix it.
+func TestIssue12ReviewR3_Low_MissingTableFatal(t *testing.T) {
+	eachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		db := open(t, dsn(t, d))
+		src := newSource(t, db, sqlqueue.Config{Table: "nosuch", Queue: "q"})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err := src.Receive(ctx)
+		if !broker.IsFatal(err) || !strings.Contains(err.Error(), "nosuch") {
+			t.Errorf("Receive from a missing table = %v (fatal %v); want a broker.Fatal error naming the table", err, broker.IsFatal(err))
+		}
+	})
+}
+
+// Issue 12 review R3 (LOW): Close returned nil after its ctx ended while a
+// claim was stalled on the database (broker.Source: an error wrapping
+// ctx's).
+func TestIssue12ReviewR3_Low_CloseWhileClaimStalled(t *testing.T) {
+	pgURL := dsn(t, sqldb.Postgres)
+	direct := open(t, pgURL)
+	ctx := context.Background()
+	if err := sqlqueue.Migrate(ctx, direct, ""); err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := newStallProxy(t, u.Host)
+	u.Host = px.ln.Addr().String()
+	viaProxy := open(t, u.String())
+	src, err := sqlqueue.NewSource(viaProxy, sqlqueue.Config{Queue: "stall", Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.DeclareTopology(ctx); err != nil { // a pooled connection
+		t.Fatal(err)
+	}
+	px.stalled.Store(true)
+	received := make(chan error, 1)
+	go func() {
+		_, err := src.Receive(ctx) // its claim stalls
+		received <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // for the claim to be sent
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if err := src.Close(cctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close whose ctx ended while a claim was stalled = %v; want an error wrapping context.DeadlineExceeded", err)
+	}
+	px.stalled.Store(false)
+	if err := <-received; !errors.Is(err, broker.ErrSourceClosed) {
+		t.Errorf("Receive = %v; want broker.ErrSourceClosed", err)
+	}
+}
+
+// Issue 12 review R3 (LOW): two redrives at once by filter reported the
+// dead letters the other one took as Missing; only ids asked for are.
+func TestIssue12ReviewR3_Low_ConcurrentRedriveByFilter(t *testing.T) {
+	eachDialect(t, func(t *testing.T, d sqldb.Dialect) {
+		db := open(t, dsn(t, d))
+		ctx := context.Background()
+		if err := sqlqueue.Migrate(ctx, db, ""); err != nil {
+			t.Fatal(err)
+		}
+		const n = 60
+		bodies := make([]string, n)
+		for i := range bodies {
+			bodies[i] = strconv.Itoa(i)
+		}
+		publish(t, db, "rd", bodies...)
+		src := newSource(t, db, sqlqueue.Config{Queue: "rd", Prefetch: n})
+		for range n {
+			if err := receive(t, src).DeadLetter(ctx, broker.Reason{Err: "boom"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dl := src.DeadLetters()
+		var (
+			wg   sync.WaitGroup
+			res  [2]broker.DeadLetterResult
+			errs [2]error
+		)
+		for i := range res {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res[i], errs[i] = dl.Redrive(ctx, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{})
+			}()
+		}
+		wg.Wait()
+		done := len(res[0].Done) + len(res[1].Done)
+		if done != n || len(res[0].Missing)+len(res[1].Missing) != 0 || errs[0] != nil || errs[1] != nil {
+			t.Errorf("two redrives of All: done %d+%d, missing %v %v, errors %v %v; want %d done, none missing", len(res[0].Done), len(res[1].Done), res[0].Missing, res[1].Missing, errs[0], errs[1], n)
 		}
 	})
 }

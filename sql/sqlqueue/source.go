@@ -12,10 +12,13 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/sql/internal/pgnotify"
@@ -427,6 +430,10 @@ func (s *Source) fetch(n int) {
 			s.backoff = min(max(2*s.backoff, 100*time.Millisecond), 5*time.Second)
 			return
 		}
+		if schemaError(err) {
+			// A missing table or column: retrying cannot help.
+			err = broker.Fatal(err)
+		}
 		s.err = err // for the next Receive
 		return
 	}
@@ -455,6 +462,20 @@ func (s *Source) mono() time.Duration { return time.Since(s.base) }
 // visibility, for the handler to stop and for clocks that run at slightly
 // different rates.
 func (s *Source) fenceMargin() time.Duration { return s.vis / 10 }
+
+// schemaError reports whether err says that a table or column is missing
+// or not accessible (PostgreSQL SQLSTATE class 42, or SQLite's "no such
+// table"/"no such column"), or that the *sql.DB was closed: what no retry
+// fixes.
+func schemaError(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "42")
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "no such table") || strings.Contains(msg, "no such column") ||
+		strings.Contains(msg, "sql: database is closed")
+}
 
 // claimTimeout bounds a claim statement, connection included.
 const claimTimeout = 30 * time.Second
@@ -718,8 +739,10 @@ func (s *Source) listen() {
 // those handed out and not settled as by Requeue (their deliveries become
 // stale: settling one returns an error wrapping broker.ErrStaleDelivery, and
 // their Lease contexts end). When ctx ends first, Close stops giving rows
-// back and returns an error wrapping ctx's: the rest are delivered again when
-// their leases end, after Visibility at most. Close is idempotent; a second
+// back and returns an error wrapping ctx's (also when a claim was still under
+// way): the rest are delivered again when their leases end, after Visibility
+// at most. When a row cannot be given back (the database is unreachable, or
+// the *sql.DB was closed), Close returns that error, likewise. Close is idempotent; a second
 // call returns once the first is done, or its own ctx ends.
 func (s *Source) Close(ctx context.Context) error {
 	s.mu.Lock()
@@ -751,6 +774,12 @@ func (s *Source) Close(ctx context.Context) error {
 		}
 		s.mu.Lock()
 	}
+	// A claim still under way when ctx ended gives its rows back itself
+	// if it ever returns; Close does not wait for it, and says so.
+	var err error
+	if s.fetching {
+		err = ctx.Err()
+	}
 	buf := s.buf
 	s.buf = nil
 	out := make([]*delivery, 0, len(s.out))
@@ -763,7 +792,6 @@ func (s *Source) Close(ctx context.Context) error {
 	unregister(s)
 	s.cancel()
 	slices.SortFunc(out, func(a, b *delivery) int { return cmp.Compare(a.id, b.id) })
-	var err error
 	for i, ds := range [][]*delivery{buf, out} {
 		for _, d := range ds {
 			if !d.state.CompareAndSwap(statePending, stateStale) {
@@ -782,9 +810,8 @@ func (s *Source) Close(ctx context.Context) error {
 			if _, e := s.db.ExecContext(ctx, q, d.id, d.token); e != nil {
 				if ctx.Err() != nil {
 					err = ctx.Err()
-				} else if !sqldb.IsUnavailable(e) {
-					s.log.Warn("sqlqueue: could not give a row back; it is delivered again when its lease ends",
-						"table", s.table, "queue", s.queue, "id", d.id, "error", e)
+				} else {
+					err = e // the others are tried still
 				}
 			}
 		}
@@ -804,14 +831,19 @@ func (s *Source) Close(ctx context.Context) error {
 
 // Pause stops Receive from handing out messages until Resume, and gives
 // back, uncounted, the rows the source claimed and has not handed out, so
-// that other sources can take them. Deliveries handed out stay valid, and
-// their leases are renewed.
+// that other sources can take them; it gives them back even when ctx is
+// done, on a context of its own bounded to 5s. Deliveries handed out stay
+// valid, and their leases are renewed.
 func (s *Source) Pause(ctx context.Context) error {
 	s.mu.Lock()
 	s.paused = true
 	buf := s.buf
 	s.buf = nil
 	s.mu.Unlock()
+	// The rows go back even when ctx is done (a stopping runtime): left
+	// to their leases they would cost a delivery each. Bounded.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), giveBackTimeout)
+	defer cancel()
 	for _, d := range buf {
 		if !d.state.CompareAndSwap(statePending, stateStale) {
 			continue
