@@ -194,10 +194,13 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 		stopHTTP()
 		return err
 	}
+	// Started before the hook: a test that got the service from it may
+	// send requests at once (TestPostOrderRejectsBadInput got a 503 from
+	// afterStart in the moment between the two).
+	s.started.Store(true)
 	if built != nil {
 		built(s)
 	}
-	s.started.Store(true)
 
 	// The supervisor runs on a context of its own so that it stops after the
 	// intake of orders has: an order accepted until the very end is either
