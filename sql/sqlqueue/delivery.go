@@ -55,7 +55,9 @@ func (s *Source) newDelivery(r *stored, token string, sent time.Duration) *deliv
 	d := &delivery{src: s, id: r.id, token: token, msg: r.message(s.queue)}
 	d.lease, d.cancelCause = context.WithCancelCause(s.ctx)
 	d.fence.Store(int64(sent + s.vis - s.fenceMargin()))
-	d.fenceTimer = time.AfterFunc(time.Duration(d.fence.Load())-s.mono(), d.checkFence)
+	// Set before it can fire: checkFence uses it.
+	d.fenceTimer = time.AfterFunc(time.Hour, d.checkFence)
+	d.fenceTimer.Reset(time.Duration(d.fence.Load()) - s.mono())
 	return d
 }
 

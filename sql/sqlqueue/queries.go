@@ -26,7 +26,7 @@ type queries struct {
 	requeue      string // $1 id, $2 token
 	release      string // $1 id, $2 token
 	requeueAfter string // $1 delay µs, $2 id, $3 token
-	renew        string // $1 visibility µs, $2 token → ids
+	renew        string // $1 visibility µs, $2 token, $3 JSON array of ids → ids
 	takeDead     string // $1 id, $2 token → row
 	insertDead   string // $1 queue, $2 msg_id, $3 key, $4 headers, $5 body, $6 created_at, $7 attempts
 	backlog      string // $1 queue
@@ -71,7 +71,14 @@ RETURNING %s, available_at`, t, now, t, ready, row)
 	q.requeue = fmt.Sprintf("UPDATE %s SET lease_token = NULL, leased_until = NULL WHERE id = $1 AND lease_token = $2", t)
 	q.release = fmt.Sprintf("UPDATE %s SET lease_token = NULL, leased_until = NULL, attempts = attempts - 1 WHERE id = $1 AND lease_token = $2", t)
 	q.requeueAfter = fmt.Sprintf("UPDATE %s SET lease_token = NULL, leased_until = NULL, available_at = %s + $1 WHERE id = $2 AND lease_token = $3", t, now)
-	q.renew = fmt.Sprintf("UPDATE %s SET leased_until = %s + $1 WHERE lease_token = $2 RETURNING id", t, now)
+	// Only the rows of the token the source still holds: a delivery
+	// fenced while the database was unreachable keeps the claim's token on
+	// its row, which must run out rather than be renewed with the others.
+	if d == sqldb.Postgres {
+		q.renew = fmt.Sprintf("UPDATE %s SET leased_until = %s + $1 WHERE lease_token = $2 AND id IN (SELECT jsonb_array_elements_text($3::jsonb)::bigint) RETURNING id", t, now)
+	} else {
+		q.renew = fmt.Sprintf("UPDATE %s SET leased_until = %s + $1 WHERE lease_token = $2 AND id IN (SELECT value FROM json_each($3)) RETURNING id", t, now)
+	}
 	q.takeDead = fmt.Sprintf("DELETE FROM %s WHERE id = $1 AND lease_token = $2 RETURNING queue, msg_id, msg_key, headers, body, created_at, attempts", t)
 	q.insertDead = fmt.Sprintf("INSERT INTO %s (queue, msg_id, msg_key, headers, body, created_at, dead_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, %s, $7)", q.dead, now)
 	q.register = fmt.Sprintf("INSERT INTO %s (name, created_at) VALUES ($1, %s) ON CONFLICT (name) DO NOTHING", QueuesTable(t), now)

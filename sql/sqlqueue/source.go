@@ -647,7 +647,7 @@ func (s *Source) renew() {
 	s.mu.Unlock()
 	for token, ds := range byToken {
 		sent := s.mono() // the renewed leases end after sent+vis in the database
-		kept, err := s.renewToken(token)
+		kept, err := s.renewToken(token, ds)
 		if err != nil {
 			if s.ctx.Err() == nil {
 				s.setStatus(broker.Status{Err: err})
@@ -675,13 +675,23 @@ func (s *Source) renew() {
 	}
 }
 
-func (s *Source) renewToken(token string) (map[int64]bool, error) {
+// renewToken renews the leases of the rows of ds, of the claim token, and
+// returns the ids of those still leased by it.
+func (s *Source) renewToken(token string, ds []*delivery) (map[int64]bool, error) {
+	ids := make([]int64, len(ds))
+	for i, d := range ds {
+		ids[i] = d.id
+	}
+	idsJSON, err := json.Marshal(ids)
+	if err != nil {
+		return nil, err
+	}
 	// Up to two thirds of the lease: the lease is still valid until then
 	// (it was renewed a third of it ago), and a renewal that has to open a
 	// connection first takes a while.
 	ctx, cancel := context.WithTimeout(s.ctx, 2*s.vis/3)
 	defer cancel()
-	rows, err := s.db.QueryContext(ctx, s.q.renew, s.vis.Microseconds(), token)
+	rows, err := s.db.QueryContext(ctx, s.q.renew, s.vis.Microseconds(), token, string(idsJSON))
 	if err != nil {
 		return nil, err
 	}
