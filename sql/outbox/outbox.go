@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/sql/sqldb"
@@ -53,12 +54,22 @@ func New(db *sql.DB, cfg Config) (*Outbox, error) {
 	if err := sqldb.CheckTableName(table); err != nil {
 		return nil, fmt.Errorf("outbox: %w: %w", broker.ErrInvalidConfig, err)
 	}
+	if b := baseName(table); len(b) > maxBaseName {
+		// PostgreSQL cuts longer names of the indexes (<table>_unsent_key)
+		// to 63 characters, so that two tables' could collide; SQLite's
+		// lease table <table>_relay would not be a valid name.
+		return nil, fmt.Errorf("outbox: %w: table name %q is %d characters long; want at most %d (the names of its indexes must fit in 63)", broker.ErrInvalidConfig, b, len(b), maxBaseName)
+	}
 	d, err := sqldb.DetectDialect(db)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: %w: %w", broker.ErrInvalidConfig, err)
 	}
 	return &Outbox{db: db, dialect: d, table: table}, nil
 }
+
+// maxBaseName is the longest table name (without schema) whose derived
+// names, up to <table>_unsent_key, fit in 63 characters.
+const maxBaseName = 63 - len("_unsent_key")
 
 // Table returns the name of the outbox table.
 func (o *Outbox) Table() string { return o.table }
@@ -86,6 +97,11 @@ func Write(ctx context.Context, tx *sql.Tx, dest string, msgs ...*broker.Message
 // package doc). Write returns an error wrapping broker.ErrInvalidConfig for a
 // nil tx, an empty dest or a nil message, and the database's error otherwise;
 // the caller then rolls tx back. Writing no messages does nothing.
+//
+// Destinations, message IDs and header names and values must be valid UTF-8
+// without NUL bytes in dest and IDs (they are stored as text): Write refuses
+// others with an error wrapping broker.ErrInvalidConfig that names them,
+// rather than store them changed. Keys and bodies may hold any bytes.
 func (o *Outbox) Write(ctx context.Context, tx *sql.Tx, dest string, msgs ...*broker.Message) error {
 	return write(ctx, tx, o.table, dest, msgs)
 }
@@ -100,10 +116,22 @@ func write(ctx context.Context, tx *sql.Tx, table, dest string, msgs []*broker.M
 		return fmt.Errorf("outbox: write: %w: nil *sql.Tx", broker.ErrInvalidConfig)
 	case dest == "":
 		return fmt.Errorf("outbox: write: %w: empty destination", broker.ErrInvalidConfig)
+	case !utf8.ValidString(dest) || strings.IndexByte(dest, 0) >= 0:
+		return fmt.Errorf("outbox: write: %w: destination %q is not valid UTF-8 without NUL", broker.ErrInvalidConfig, dest)
 	}
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("outbox: write: %w: message %d is nil", broker.ErrInvalidConfig, i)
+		}
+		if !utf8.ValidString(m.ID) || strings.IndexByte(m.ID, 0) >= 0 {
+			return fmt.Errorf("outbox: write: %w: message %d: ID %q is not valid UTF-8 without NUL", broker.ErrInvalidConfig, i, m.ID)
+		}
+		for k, v := range m.Header {
+			// JSON would replace invalid UTF-8 with U+FFFD: a changed
+			// header, published as if it were the one written.
+			if !utf8.ValidString(k) || !utf8.ValidString(v) {
+				return fmt.Errorf("outbox: write: %w: message %d: header %q is not valid UTF-8 (name or value %q)", broker.ErrInvalidConfig, i, k, v)
+			}
 		}
 	}
 	for start := 0; start < len(msgs); start += rowsPerInsert {

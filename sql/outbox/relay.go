@@ -22,6 +22,11 @@ type RelayConfig struct {
 	// Batch is the number of rows a relay takes per round. Zero means 100;
 	// at most 10,000.
 	Batch int
+	// MaxBatchBytes bounds the bytes (bodies, headers and keys) of the rows
+	// a relay takes per round, so that memory is bounded by it rather than
+	// by Batch times the largest message. A round takes at least one row,
+	// however large. Zero means 16 MiB.
+	MaxBatchBytes int64
 	// PollInterval is how often an idle relay looks for rows. Zero means 1s
 	// on PostgreSQL while the relay LISTENs (a notification wakes it at
 	// once; polling only covers a lost notification) and 100ms otherwise
@@ -104,6 +109,8 @@ const (
 	backoffMin        = 100 * time.Millisecond
 	backoffMax        = 10 * time.Second
 	blockedBackoffMin = 5 * time.Millisecond
+	retryMax          = 30 * time.Second // the longest wait of a failed row
+	defaultBatchBytes = 16 << 20
 )
 
 // Relay returns a relay that publishes the outbox's rows through pub. It
@@ -118,11 +125,16 @@ func (o *Outbox) Relay(pub broker.Publisher, cfg RelayConfig) (*Relay, error) {
 		return nil, fmt.Errorf("outbox: relay: %w: Batch %d, want 0 (default) to %d", broker.ErrInvalidConfig, cfg.Batch, maxBatch)
 	case cfg.PollInterval < 0:
 		return nil, fmt.Errorf("outbox: relay: %w: negative PollInterval %v", broker.ErrInvalidConfig, cfg.PollInterval)
+	case cfg.MaxBatchBytes < 0:
+		return nil, fmt.Errorf("outbox: relay: %w: negative MaxBatchBytes %d", broker.ErrInvalidConfig, cfg.MaxBatchBytes)
 	case cfg.PublishTimeout < 0:
 		return nil, fmt.Errorf("outbox: relay: %w: negative PublishTimeout %v", broker.ErrInvalidConfig, cfg.PublishTimeout)
 	}
 	if cfg.Batch == 0 {
 		cfg.Batch = defaultBatch
+	}
+	if cfg.MaxBatchBytes == 0 {
+		cfg.MaxBatchBytes = defaultBatchBytes
 	}
 	if cfg.Retention == 0 {
 		cfg.Retention = time.Hour
@@ -206,6 +218,11 @@ func (r *Relay) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		// The process's identity in the owner lets a relay on this machine
+		// see that the holder's process died, and take over at once.
+		if id, ok := processIdentity(0); ok {
+			owner += " " + id
+		}
 		ls = &lease{owner: owner}
 		wg.Add(1)
 		go func() {
@@ -245,9 +262,14 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		if res.failed > 0 && res.published == 0 {
+		// A round that published nothing and only failed says the broker
+		// (or every destination it tried) fails: stalled, until a round
+		// publishes. A round with nothing due (the failed rows wait out
+		// their backoff) does not change that.
+		switch {
+		case res.failed > 0 && res.published == 0:
 			r.setState(consumer.StateStalled)
-		} else {
+		case res.published > 0 || r.State() != consumer.StateStalled:
 			r.setState(consumer.StateRunning)
 		}
 
@@ -262,21 +284,26 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 
 		switch {
-		case res.failed > 0:
-			// Wait before publishing the failed rows again; the other rows
-			// wait too. While nothing gets through (the broker is down),
-			// the wait grows; while other destinations work, it stays
-			// short, so that one failing destination slows them only a
-			// little.
+		case res.failed > 0 && res.published == 0 && res.more:
+			// Every publish failed, and more rows may be due behind this
+			// batch: go on to them (the failed rows wait out their own
+			// backoff, and the next round reads past them, so that a
+			// failing destination does not stall the others), after a
+			// pause that keeps a relay from hammering a broker that is down.
 			fails++
-			if res.published > 0 {
-				fails = 1
-			}
 			blocked = 0
-			if !sleep(ctx, backoff(fails, backoffMin), nil) {
+			if !sleep(ctx, backoffMin, nil) {
 				return nil
 			}
-		case res.claimed == r.cfg.Batch && res.published > 0:
+		case res.failed > 0 && res.published == 0:
+			// Every row due failed: they wait out their backoff; look
+			// again at the poll interval, or sooner when woken.
+			fails++
+			blocked = 0
+			if !sleep(ctx, min(backoff(fails, backoffMin), r.poll()), wake) {
+				return nil
+			}
+		case res.more && (res.published > 0 || res.failed > 0):
 			fails, blocked = 0, 0 // more rows are waiting
 		case res.blocked > 0:
 			// Another relay holds earlier rows of keys we took: look again

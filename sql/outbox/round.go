@@ -27,6 +27,7 @@ type roundResult struct {
 	published int  // messages published and marked sent
 	failed    int  // messages whose publish failed
 	standby   bool // SQLite: another relay holds the lease
+	more      bool // the batch was full: more rows may be due
 }
 
 // failure is a group of rows whose publish failed with one error.
@@ -85,10 +86,11 @@ func (r *Relay) roundPostgres(ctx context.Context) (res roundResult, err error) 
 	if _, err := tx.ExecContext(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
 		return res, fmt.Errorf("outbox: relay of %s: %w", r.o.table, err)
 	}
-	rows, err := r.load(ctx, tx, " FOR UPDATE SKIP LOCKED")
+	rows, more, err := r.load(ctx, tx, " FOR UPDATE SKIP LOCKED")
 	if err != nil || len(rows) == 0 {
 		return res, err
 	}
+	res.more = more
 	res.claimed = len(rows)
 	rows, err = r.dropBlocked(ctx, tx, rows)
 	if err != nil {
@@ -121,10 +123,14 @@ func (r *Relay) roundSQLite(ctx context.Context, l *lease) (res roundResult, err
 		res.standby = true
 		return res, nil
 	}
-	rows, err := r.load(ctx, r.o.db, "")
+	// No rows of a key can be left out of order here (one relay works at a
+	// time; load leaves out the keys whose earlier row waits), so there is
+	// no dropBlocked.
+	rows, more, err := r.load(ctx, r.o.db, "")
 	if err != nil || len(rows) == 0 {
 		return res, err
 	}
+	res.more = more
 	res.claimed = len(rows)
 	out := r.publish(ctx, rows, l)
 	if len(out.sent) == 0 && len(out.failed) == 0 {
@@ -157,23 +163,55 @@ func (r *Relay) done(res roundResult, out outcome) roundResult {
 	return res
 }
 
-// load reads up to Batch unsent rows in id order.
-func (r *Relay) load(ctx context.Context, q queryer, suffix string) ([]pending, error) {
+// load reads up to Batch unsent rows in id order that are due: not waiting
+// out the backoff of a failed publish (retry_at), and not of a key whose
+// earlier row waits so (which they must not overtake). It stops before the
+// row that would take the batch past MaxBatchBytes, but reads at least one.
+// more reports whether more rows may be due: the batch is full (Batch rows,
+// or cut by MaxBatchBytes).
+func (r *Relay) load(ctx context.Context, q queryer, suffix string) (out []pending, more bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
-	rows, err := q.QueryContext(ctx, `SELECT id, dest, msg_key, msg_id, headers, body FROM `+r.o.table+
-		` WHERE sent_at IS NULL ORDER BY id LIMIT $1`+suffix, r.cfg.Batch)
+	t := r.o.table
+	var query string
+	var args []any
+	// The sizes are summed before the rows are read, so that rows past the
+	// limit are never fetched: a batch of large bodies is bounded by bytes.
+	// On PostgreSQL, the CTE locks the Batch rows it picks (SKIP LOCKED
+	// leaves other relays' rows to them); the rows cut by size stay locked,
+	// unpublished, until the round ends.
+	if r.o.dialect == sqldb.Postgres {
+		query = `WITH c AS MATERIALIZED (SELECT id, octet_length(body) + octet_length(headers) + COALESCE(octet_length(msg_key), 0) AS n FROM ` + t + ` o
+	WHERE sent_at IS NULL AND (retry_at IS NULL OR retry_at <= now())
+	AND (msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ` + t + ` e WHERE e.msg_key = o.msg_key AND e.sent_at IS NULL AND e.id < o.id AND e.retry_at > now()))
+	ORDER BY id LIMIT $1` + suffix + `),
+s AS (SELECT id, sum(n) OVER (ORDER BY id) AS cum, row_number() OVER (ORDER BY id) AS rn, count(*) OVER () AS total FROM c)
+SELECT x.id, x.dest, x.msg_key, x.msg_id, x.headers, x.body, s.total FROM ` + t + ` x JOIN s ON x.id = s.id
+WHERE s.rn = 1 OR s.cum <= $2 ORDER BY x.id`
+		args = []any{r.cfg.Batch, r.cfg.MaxBatchBytes}
+	} else {
+		now := time.Now().UnixMilli()
+		query = `WITH c AS (SELECT id, length(CAST(body AS BLOB)) + length(CAST(headers AS BLOB)) + COALESCE(length(CAST(msg_key AS BLOB)), 0) AS n FROM ` + t + ` o
+	WHERE sent_at IS NULL AND (retry_at IS NULL OR retry_at <= $1)
+	AND (msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ` + t + ` e WHERE e.msg_key = o.msg_key AND e.sent_at IS NULL AND e.id < o.id AND e.retry_at > $2))
+	ORDER BY id LIMIT $3),
+s AS (SELECT id, sum(n) OVER (ORDER BY id) AS cum, row_number() OVER (ORDER BY id) AS rn, count(*) OVER () AS total FROM c)
+SELECT x.id, x.dest, x.msg_key, x.msg_id, x.headers, x.body, s.total FROM ` + t + ` x JOIN s ON x.id = s.id
+WHERE s.rn = 1 OR s.cum <= $4 ORDER BY x.id`
+		args = []any{now, now, r.cfg.Batch, r.cfg.MaxBatchBytes}
+	}
+	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("outbox: relay of %s: read: %w", r.o.table, err)
+		return nil, false, fmt.Errorf("outbox: relay of %s: read: %w", t, err)
 	}
 	defer rows.Close()
-	var out []pending
+	var total int
 	for rows.Next() {
 		var p pending
 		var headers string
 		m := &broker.Message{}
-		if err := rows.Scan(&p.id, &p.dest, &m.Key, &m.ID, &headers, &m.Body); err != nil {
-			return nil, fmt.Errorf("outbox: relay of %s: read: %w", r.o.table, err)
+		if err := rows.Scan(&p.id, &p.dest, &m.Key, &m.ID, &headers, &m.Body, &total); err != nil {
+			return nil, false, fmt.Errorf("outbox: relay of %s: read: %w", t, err)
 		}
 		if len(m.Key) == 0 {
 			m.Key = nil
@@ -183,9 +221,9 @@ func (r *Relay) load(ctx context.Context, q queryer, suffix string) ([]pending, 
 		out = append(out, p)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("outbox: relay of %s: read: %w", r.o.table, err)
+		return nil, false, fmt.Errorf("outbox: relay of %s: read: %w", t, err)
 	}
-	return out, nil
+	return out, total >= r.cfg.Batch || len(out) < total, nil
 }
 
 // dropBlocked removes from rows (in id order) every row of a key that has an
@@ -301,29 +339,80 @@ func (r *Relay) publish(ctx context.Context, rows []pending, l *lease) outcome {
 		if len(msgs) == 0 {
 			continue
 		}
-		err := r.safePublish(ctx, g.dest, msgs)
+		err := r.safePublish(ctx, g.dest, msgs, time.Time{})
 		switch {
 		case err == nil:
 			out.sent = append(out.sent, ids...)
 		case ctx.Err() != nil:
 			return out // stopped, not failed: the rows stay as they were
-		default:
+		case len(sent) == 1:
 			out.failed = append(out.failed, failure{ids: ids, err: err})
-			for _, p := range sent {
-				stop(p)
-			}
+			stop(sent[0])
 			r.recordError(err)
-			r.log.Warn("outbox relay: publish failed; will retry", "dest", g.dest, "messages", len(msgs), "err", err)
+			r.log.Warn("outbox relay: publish failed; will retry", "dest", g.dest, "messages", 1, "err", err)
+		default:
+			r.recordError(err)
+			r.log.Warn("outbox relay: publish failed; publishing its messages one by one", "dest", g.dest, "messages", len(msgs), "err", err)
+			if !r.publishEach(ctx, g.dest, sent, &out, stop, stopped) {
+				return out
+			}
 		}
 	}
 	return out
 }
 
-// safePublish calls Publish bounded by PublishTimeout, turning a panic into
-// an error.
-func (r *Relay) safePublish(ctx context.Context, dest string, msgs []*broker.Message) (err error) {
+// publishEach publishes rows (of one destination, in id order) one at a
+// time after their Publish together failed, so that a message the broker
+// rejects (too large, say) fails alone and blocks only its key: a failure
+// stops its key's later rows, other keys go on. The broker may have taken a
+// prefix of the failed call: those messages are published again
+// (duplicates, as after any failed Publish). All the calls share one
+// PublishTimeout, so that a broker that hangs costs two timeouts per round,
+// not one per message: the rows left when it is spent count as failed. It
+// reports false when ctx is done (the rows not yet published stay as they
+// were).
+func (r *Relay) publishEach(ctx context.Context, dest string, rows []pending, out *outcome, stop func(pending), stopped map[string]int64) bool {
+	deadline := time.Now().Add(r.cfg.PublishTimeout)
+	for i, p := range rows {
+		if f, ok := stopped[string(p.msg.Key)]; ok && len(p.msg.Key) > 0 && f < p.id {
+			continue
+		}
+		if !time.Now().Before(deadline) {
+			var ids []int64
+			for _, q := range rows[i:] {
+				if f, ok := stopped[string(q.msg.Key)]; ok && len(q.msg.Key) > 0 && f < q.id {
+					continue
+				}
+				ids = append(ids, q.id)
+				stop(q)
+			}
+			out.failed = append(out.failed, failure{ids: ids, err: fmt.Errorf("outbox: publish to %q: not tried: PublishTimeout spent on the messages before it", dest)})
+			return true
+		}
+		err := r.safePublish(ctx, dest, []*broker.Message{p.msg}, deadline)
+		switch {
+		case err == nil:
+			out.sent = append(out.sent, p.id)
+		case ctx.Err() != nil:
+			return false
+		default:
+			out.failed = append(out.failed, failure{ids: []int64{p.id}, err: err})
+			stop(p)
+		}
+	}
+	return true
+}
+
+// safePublish calls Publish bounded by PublishTimeout (and by deadline,
+// when not zero), turning a panic into an error.
+func (r *Relay) safePublish(ctx context.Context, dest string, msgs []*broker.Message, deadline time.Time) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	defer cancel()
+	if !deadline.IsZero() {
+		var c context.CancelFunc
+		ctx, c = context.WithDeadline(ctx, deadline)
+		defer c()
+	}
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("outbox: publish to %q panicked: %v", dest, p)
@@ -357,10 +446,24 @@ func (r *Relay) settle(ctx context.Context, tx execer, out outcome) error {
 			return fmt.Errorf("outbox: relay of %s: mark %d rows sent: %w", t, len(out.sent), err)
 		}
 	}
+	// A failed row waits before its next attempt, growing with its
+	// attempts: 100ms, 200ms, … up to retryMax. Rounds read past it
+	// meanwhile (load), so that it holds up only its key.
 	for _, f := range out.failed {
-		in, a := r.in(2, f.ids)
-		if _, err := tx.ExecContext(ctx, `UPDATE `+t+` SET attempts = attempts + 1, last_error = $1 WHERE id `+in,
-			append([]any{errText(f.err)}, a...)...); err != nil {
+		var q string
+		var args []any
+		if r.o.dialect == sqldb.Postgres {
+			in, a := r.in(2, f.ids)
+			q, args = `UPDATE `+t+` SET attempts = attempts + 1, last_error = $1, retry_at = clock_timestamp() + least(`+
+				fmt.Sprint(backoffMin.Seconds())+` * power(2, least(attempts, 30)), `+fmt.Sprint(retryMax.Seconds())+`) * interval '1 second' WHERE id `+in,
+				append([]any{errText(f.err)}, a...)
+		} else {
+			in, a := r.in(3, f.ids)
+			q, args = `UPDATE `+t+` SET attempts = attempts + 1, last_error = $1, retry_at = $2 + min(`+
+				fmt.Sprint(backoffMin.Milliseconds())+` << min(attempts, 30), `+fmt.Sprint(retryMax.Milliseconds())+`) WHERE id `+in,
+				append([]any{errText(f.err), time.Now().UnixMilli()}, a...)
+		}
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("outbox: relay of %s: record a failed publish: %w", t, err)
 		}
 	}
@@ -405,7 +508,8 @@ func (l *lease) held() bool {
 }
 
 // leaseTime is how long a SQLite lease lasts without renewal: how long a
-// standby waits after its holder died.
+// standby waits after its holder died, unless it sees that the holder's
+// process is gone (a process of this machine: see ownerIsDead).
 const leaseTime = 15 * time.Second
 
 // keepLease takes and renews the lease until ctx is done: every leaseTime/3
@@ -462,14 +566,14 @@ func (r *Relay) acquire(ctx context.Context, l *lease) error {
 	case errors.Is(err, sql.ErrNoRows):
 	case err != nil:
 		return fmt.Errorf("outbox: relay of %s: read the lease: %w", r.o.table, err)
-	case owner != l.owner && until > now.UnixMilli():
+	case owner != l.owner && until > now.UnixMilli() && !ownerIsDead(owner):
 		l.until.Store(0)
 		return nil // another relay's, and live
 	}
 	newUntil := now.Add(leaseTime).UnixMilli()
 	res, err := r.o.db.ExecContext(ctx, `INSERT INTO `+t+` (name, owner, lease_until) VALUES ('relay', $1, $2)
 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
-WHERE `+t+`.owner = excluded.owner OR `+t+`.lease_until < $3`, l.owner, newUntil, now.UnixMilli())
+WHERE `+t+`.owner = excluded.owner OR `+t+`.lease_until < $3 OR `+t+`.owner = $4`, l.owner, newUntil, now.UnixMilli(), deadOwner(owner))
 	if err != nil {
 		return fmt.Errorf("outbox: relay of %s: take the lease: %w", r.o.table, err)
 	}
@@ -479,6 +583,16 @@ WHERE `+t+`.owner = excluded.owner OR `+t+`.lease_until < $3`, l.owner, newUntil
 		l.until.Store(0)
 	}
 	return nil
+}
+
+// deadOwner returns owner when its process is known to be dead (see
+// ownerIsDead), so that acquire may take its lease over before it expires,
+// and "" (no owner) otherwise.
+func deadOwner(owner string) string {
+	if owner != "" && ownerIsDead(owner) {
+		return owner
+	}
+	return ""
 }
 
 // releaseLease gives the lease up, so that a standby takes over at once.

@@ -43,7 +43,8 @@ func schema(d sqldb.Dialect, table string) ([]string, error) {
 	created_at timestamptz NOT NULL DEFAULT now(),
 	sent_at    timestamptz,
 	attempts   integer NOT NULL DEFAULT 0,
-	last_error text
+	last_error text,
+	retry_at   timestamptz
 )`,
 			// The relays' scan in id order, and the check for a key's
 			// earlier unsent rows, read only unsent rows.
@@ -80,9 +81,11 @@ $$`,
 	created_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
 	sent_at    INTEGER,
 	attempts   INTEGER NOT NULL DEFAULT 0,
-	last_error TEXT
+	last_error TEXT,
+	retry_at   INTEGER
 )`,
 			`CREATE INDEX IF NOT EXISTS ` + table + `_unsent ON ` + base + ` (id) WHERE sent_at IS NULL`,
+			`CREATE INDEX IF NOT EXISTS ` + table + `_unsent_key ON ` + base + ` (msg_key, id) WHERE sent_at IS NULL`,
 			`CREATE INDEX IF NOT EXISTS ` + table + `_sent ON ` + base + ` (sent_at) WHERE sent_at IS NOT NULL`,
 			// One row: the relay that may work, until when.
 			`CREATE TABLE IF NOT EXISTS ` + table + `_relay (
@@ -110,6 +113,7 @@ func columns(d sqldb.Dialect) []sqldb.Column {
 			{Name: "sent_at", Types: []string{"integer"}},
 			{Name: "attempts", Types: []string{"integer"}},
 			{Name: "last_error", Types: []string{"text"}},
+			{Name: "retry_at", Types: []string{"integer"}},
 		}
 	}
 	text := []string{"text", "character varying"}
@@ -125,6 +129,7 @@ func columns(d sqldb.Dialect) []sqldb.Column {
 		{Name: "sent_at", Types: ts},
 		{Name: "attempts", Types: []string{"integer", "bigint", "smallint"}},
 		{Name: "last_error", Types: text},
+		{Name: "retry_at", Types: ts},
 	}
 }
 
