@@ -76,8 +76,23 @@ func Open(dsn string) (*sql.DB, Dialect, error) {
 	lower := strings.ToLower(dsn)
 	switch {
 	case strings.HasPrefix(lower, "postgres://"), strings.HasPrefix(lower, "postgresql://"):
-		if _, err := url.Parse(dsn); err != nil {
+		// pgx takes only a lower-case scheme as a URL (it reads anything
+		// else as key=value settings): normalise it.
+		scheme, rest, _ := strings.Cut(dsn, "://")
+		dsn = strings.ToLower(scheme) + "://" + rest
+		u, err := url.Parse(dsn)
+		if err != nil {
 			return nil, 0, fmt.Errorf("sqldb: open %s: invalid URL", Redact(dsn))
+		}
+		// An empty URL would reach the local socket's default database
+		// as the OS user: almost never what was meant.
+		if u.Host == "" && !u.Query().Has("host") {
+			return nil, 0, fmt.Errorf("sqldb: open %s: the URL names no host (for a Unix socket: ?host=/var/run/postgresql)", Redact(dsn))
+		}
+		// Settings that cannot work (a bad port, sslmode or timeout) are
+		// errors now, not retried as if the server were down.
+		if _, err := pgconn.ParseConfig(dsn); err != nil {
+			return nil, 0, fmt.Errorf("sqldb: open %s: %s", Redact(dsn), redactErr(err, dsn))
 		}
 		db, err := sql.Open("pgx", dsn)
 		if err != nil {

@@ -18,7 +18,11 @@ func TestMain(m *testing.M) {
 }
 
 func TestOpenRefusesWhatItCannotServe(t *testing.T) {
-	for _, dsn := range []string{"", "mysql://u:secret@h/db", "sqlite::memory:", "sqlite:", "file::memory:?cache=shared", "sqlite:x.db?mode=memory", "sqlite:x.db?%zz"} {
+	for _, dsn := range []string{"", "mysql://u:secret@h/db", "sqlite::memory:", "sqlite:", "file::memory:?cache=shared", "sqlite:x.db?mode=memory", "sqlite:x.db?%zz",
+		// issue 12 review R4 #3, #4: no host (the local socket's default
+		// database), settings that can never work (retried forever as if the
+		// server were down).
+		"postgres://", "postgres:///db", "postgres://u:secret@h:99999/db", "postgres://u:secret@h/db?sslmode=bogus", "postgres://u:secret@h/db?connect_timeout=abc"} {
 		db, _, err := sqldb.Open(dsn)
 		if err == nil {
 			db.Close()
@@ -28,6 +32,20 @@ func TestOpenRefusesWhatItCannotServe(t *testing.T) {
 		if strings.Contains(err.Error(), "secret") {
 			t.Errorf("Open(%q) error %q shows the password", dsn, err)
 		}
+	}
+}
+
+// TestOpenUpperCaseScheme: pgx reads "POSTGRES://…" as key=value settings;
+// Open hands it a lower-case scheme (issue 12 review R4 #3).
+func TestOpenUpperCaseScheme(t *testing.T) {
+	db, d, err := sqldb.Open("POSTGRES://u:secret@127.0.0.1:1/db?connect_timeout=2")
+	if err != nil || d != sqldb.Postgres {
+		t.Fatalf("Open(POSTGRES://…) = %v, %v; want Postgres, nil", d, err)
+	}
+	defer db.Close()
+	err = db.PingContext(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1") {
+		t.Errorf("ping = %v; want a refused connection to 127.0.0.1:1 (the URL's host)", err)
 	}
 }
 
