@@ -29,13 +29,23 @@
 // Outbox.Relay returns a Relay, a consumer.Runner: add it to the
 // consumer.Supervisor that runs your consumers, which restarts it, reports
 // its State in Health, and stops it with the rest. Each round, the relay
-// takes up to Batch unsent rows in id order, publishes them with one
+// takes up to Batch due rows (at most MaxBatchBytes of them, default
+// 16 MiB, but at least one row) in id order, publishes them with one
 // Publish call per destination, and marks them sent (sets sent_at) only
-// after Publish returned nil. A failed Publish leaves its rows unsent, with
-// attempts and last_error updated; they are published again after a backoff
-// (100ms growing to 10s). The relay never gives up on a row: a message that
-// can never be published blocks its key (see Order) until an operator
-// deletes or fixes its row, and last_error says why.
+// after Publish returned nil. When a call with several messages fails, the
+// relay publishes them again one at a time, so that a message the broker
+// rejects fails alone. A failed message's row stays unsent, with attempts
+// and last_error updated, and waits before its next attempt (retry_at:
+// 100ms, doubling with each attempt, up to 30s); meanwhile the relay reads
+// past it and publishes the rows behind it, so that a failing destination
+// or message does not hold up the others. The relay never gives up on a
+// row: a message that can never be published blocks its key (see Order)
+// until an operator deletes or fixes its row, and last_error says why.
+//
+// The Publisher must return when the context Publish is given is done: the
+// relay bounds each call with RelayConfig.PublishTimeout and cancels it
+// when Run's context is done, and a Publish that ignores its context holds
+// Run until it returns.
 //
 // Sent rows are deleted after RelayConfig.Retention (default 1h), at most
 // 1,000 per statement; a negative Retention deletes each row as soon as it
@@ -77,8 +87,9 @@
 // On SQLite, which has a single writer and no row locks, one relay at a
 // time works: it holds a lease, a row in the table <table>_relay renewed
 // every 5 seconds. Other relays on the same file stand by (Stats.Standby)
-// and take over within a second when the holder stops, or 15 seconds after
-// it died. The relay reads its batch and publishes outside any transaction
+// and take over within a second when the holder stops, or when it died with
+// its process on the same machine (Linux: the lease names the process);
+// otherwise 15 seconds after it died. The relay reads its batch and publishes outside any transaction
 // (a transaction would hold SQLite's only connection and its write lock
 // against the application during the publish), then marks it in a short
 // transaction.
@@ -109,7 +120,8 @@
 //
 // The table (default "queuekit_outbox", see Config.Table) has the columns
 // id, dest, msg_key, msg_id, headers (JSON text), body, created_at, sent_at
-// (NULL until published), attempts and last_error. On SQLite, created_at
+// (NULL until published), attempts, last_error and retry_at (when a failed
+// row is due again). On SQLite, created_at
 // and sent_at are unix milliseconds. Migrate is idempotent and checks an
 // existing table's columns, naming a missing or mistyped one in an error
 // wrapping sqldb.ErrSchema.

@@ -22,8 +22,10 @@ const DefaultTable = "queuekit_outbox"
 // Config configures an Outbox. The zero value is valid.
 type Config struct {
 	// Table is the outbox table. Empty means DefaultTable. It must be a plain
-	// identifier, optionally schema-qualified (see sqldb.CheckTableName). On
-	// SQLite the relay's lease lives in the table named Table+"_relay".
+	// identifier, optionally schema-qualified (see sqldb.CheckTableName), of
+	// at most 52 characters without the schema, so that the names of its
+	// indexes fit in 63. On SQLite the relay's lease lives in the table
+	// named Table+"_relay".
 	Table string
 }
 
@@ -41,8 +43,8 @@ type Outbox struct {
 // New returns an Outbox over table cfg.Table of db, which must be opened with
 // pgx's database/sql driver (PostgreSQL) or modernc.org/sqlite (see
 // sqldb.Open). New does no I/O; call Migrate to create the table. It returns
-// an error wrapping broker.ErrInvalidConfig for a nil db, an invalid table
-// name or an unknown driver.
+// an error wrapping broker.ErrInvalidConfig for a nil db, an invalid or too
+// long table name or an unknown driver.
 func New(db *sql.DB, cfg Config) (*Outbox, error) {
 	if db == nil {
 		return nil, fmt.Errorf("outbox: %w: nil *sql.DB", broker.ErrInvalidConfig)

@@ -190,7 +190,7 @@ func TestReviewR2_4WriteRefusesBytesItCannotKeep(t *testing.T) {
 // not cut (two tables' indexes colliding) or failed in Migrate.
 func TestReviewR2_5NewRefusesTooLongTableNames(t *testing.T) {
 	sqltest.Each(t, func(t *testing.T, db *sql.DB, d sqldb.Dialect) {
-		ok := "o" + strings.Repeat("x", 51)  // 52 characters
+		ok := "o" + strings.Repeat("x", 51)   // 52 characters
 		long := "o" + strings.Repeat("x", 52) // 53
 		if _, err := outbox.New(db, outbox.Config{Table: long}); !errors.Is(err, broker.ErrInvalidConfig) {
 			t.Errorf("New with a %d-character table name = %v; want an error wrapping broker.ErrInvalidConfig", len(long), err)

@@ -36,7 +36,10 @@ type RelayConfig struct {
 	// batches of 1,000. Zero means 1h; a negative Retention deletes each row
 	// as soon as it was published instead of marking it sent.
 	Retention time.Duration
-	// PublishTimeout bounds each Publish call. Zero means 30s.
+	// PublishTimeout bounds each Publish call (and, after a failed call of
+	// several messages, their one-at-a-time retries together). Zero means
+	// 30s. The Publisher must honour its context's deadline: one that does
+	// not holds the relay, and Run, until it returns.
 	PublishTimeout time.Duration
 	// DisableListen turns LISTEN/NOTIFY off on PostgreSQL, so that the relay
 	// only polls: for connections through a pooler in transaction mode
