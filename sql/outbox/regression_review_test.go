@@ -200,8 +200,8 @@ func TestReviewR2_5NewRefusesTooLongTableNames(t *testing.T) {
 			t.Errorf("second Migrate of a %d-character table name: %v", len(ok), err)
 		}
 		if d == sqldb.Postgres {
-			if n := count(t, db, `SELECT count(*) FROM pg_indexes WHERE tablename = $1`, ok); n < 4 {
-				t.Errorf("indexes of %s = %d; want 4 (primary key, unsent, unsent by key, sent)", ok, n)
+			if n := count(t, db, `SELECT count(*) FROM pg_indexes WHERE tablename = $1`, ok); n < 5 {
+				t.Errorf("indexes of %s = %d; want 5 (primary key, unsent, unsent by key, retry, sent)", ok, n)
 			}
 		}
 	})

@@ -251,6 +251,10 @@ func TestRelaysKeepPerKeyOrderWithoutDuplicates(t *testing.T) {
 			name = fmt.Sprintf("%d relays, rows written before they start", c.relays)
 		}
 		t.Run(name, func(t *testing.T) {
+			// Each case has a database of its own; in parallel they take
+			// the time of the longest, most of which the writers spend
+			// waiting for their commits (CI time).
+			t.Parallel()
 			if dups := orderRun(t, c.relays, 50, 100, false, c.prewrite); dups != 0 {
 				t.Errorf("duplicates = %d; want none under normal operation", dups)
 			}

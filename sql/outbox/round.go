@@ -183,7 +183,7 @@ func (r *Relay) load(ctx context.Context, q queryer, suffix string) (out []pendi
 	if r.o.dialect == sqldb.Postgres {
 		query = `WITH c AS MATERIALIZED (SELECT id, octet_length(body) + octet_length(headers) + COALESCE(octet_length(msg_key), 0) AS n FROM ` + t + ` o
 	WHERE sent_at IS NULL AND (retry_at IS NULL OR retry_at <= now())
-	AND (msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ` + t + ` e WHERE e.msg_key = o.msg_key AND e.sent_at IS NULL AND e.id < o.id AND e.retry_at > now()))
+	AND (msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ` + t + ` e WHERE e.msg_key = o.msg_key AND e.sent_at IS NULL AND e.id < o.id AND e.retry_at IS NOT NULL AND e.retry_at > now()))
 	ORDER BY id LIMIT $1` + suffix + `),
 s AS (SELECT id, sum(n) OVER (ORDER BY id) AS cum, row_number() OVER (ORDER BY id) AS rn, count(*) OVER () AS total FROM c)
 SELECT x.id, x.dest, x.msg_key, x.msg_id, x.headers, x.body, s.total FROM ` + t + ` x JOIN s ON x.id = s.id
@@ -193,7 +193,7 @@ WHERE s.rn = 1 OR s.cum <= $2 ORDER BY x.id`
 		now := time.Now().UnixMilli()
 		query = `WITH c AS (SELECT id, length(CAST(body AS BLOB)) + length(CAST(headers AS BLOB)) + COALESCE(length(CAST(msg_key AS BLOB)), 0) AS n FROM ` + t + ` o
 	WHERE sent_at IS NULL AND (retry_at IS NULL OR retry_at <= $1)
-	AND (msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ` + t + ` e WHERE e.msg_key = o.msg_key AND e.sent_at IS NULL AND e.id < o.id AND e.retry_at > $2))
+	AND (msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM ` + t + ` e WHERE e.msg_key = o.msg_key AND e.sent_at IS NULL AND e.id < o.id AND e.retry_at IS NOT NULL AND e.retry_at > $2))
 	ORDER BY id LIMIT $3),
 s AS (SELECT id, sum(n) OVER (ORDER BY id) AS cum, row_number() OVER (ORDER BY id) AS rn, count(*) OVER () AS total FROM c)
 SELECT x.id, x.dest, x.msg_key, x.msg_id, x.headers, x.body, s.total FROM ` + t + ` x JOIN s ON x.id = s.id

@@ -50,6 +50,11 @@ func schema(d sqldb.Dialect, table string) ([]string, error) {
 			// earlier unsent rows, read only unsent rows.
 			`CREATE INDEX IF NOT EXISTS ` + base + `_unsent ON ` + table + ` (id) WHERE sent_at IS NULL`,
 			`CREATE INDEX IF NOT EXISTS ` + base + `_unsent_key ON ` + table + ` (msg_key, id) WHERE sent_at IS NULL`,
+			// The rows waiting out a failed publish's backoff, which hold up
+			// their keys' later rows: few, so that load's check of a row's
+			// key reads no entries of other rows (the partial index of
+			// unsent rows keeps those of sent ones until vacuum).
+			`CREATE INDEX IF NOT EXISTS ` + base + `_retry ON ` + table + ` (msg_key, id) WHERE sent_at IS NULL AND retry_at IS NOT NULL`,
 			// Cleanup reads sent rows by age.
 			`CREATE INDEX IF NOT EXISTS ` + base + `_sent ON ` + table + ` (sent_at) WHERE sent_at IS NOT NULL`,
 			`CREATE OR REPLACE FUNCTION ` + table + `_notify() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -85,7 +90,7 @@ $$`,
 	retry_at   INTEGER
 )`,
 			`CREATE INDEX IF NOT EXISTS ` + table + `_unsent ON ` + base + ` (id) WHERE sent_at IS NULL`,
-			`CREATE INDEX IF NOT EXISTS ` + table + `_unsent_key ON ` + base + ` (msg_key, id) WHERE sent_at IS NULL`,
+			`CREATE INDEX IF NOT EXISTS ` + table + `_retry ON ` + base + ` (msg_key, id) WHERE sent_at IS NULL AND retry_at IS NOT NULL`,
 			`CREATE INDEX IF NOT EXISTS ` + table + `_sent ON ` + base + ` (sent_at) WHERE sent_at IS NOT NULL`,
 			// One row: the relay that may work, until when.
 			`CREATE TABLE IF NOT EXISTS ` + table + `_relay (
