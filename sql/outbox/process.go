@@ -7,10 +7,12 @@ import (
 )
 
 // processIdentity names process pid (0: this one) on this machine as
-// "pid=<pid> start=<start time> boot=<boot id>", from Linux's /proc: the
-// start time tells a process from a later one that got its pid, the boot id
-// tells this machine's processes from another machine's, or from before a
-// reboot. It reports false where /proc does not say (other systems), and for
+// "pid=<pid> start=<start time> boot=<boot id> ns=<pid namespace>", from
+// Linux's /proc: the start time tells a process from a later one that got
+// its pid, the boot id tells this machine's processes from another
+// machine's, or from before a reboot, and the pid namespace this
+// container's from another's on the same kernel (whose pids this one cannot
+// see). pid must be of this process's pid namespace. It reports false where /proc does not say (other systems), and for
 // a process that is gone.
 func processIdentity(pid int) (string, bool) {
 	if pid == 0 {
@@ -24,7 +26,11 @@ func processIdentity(pid int) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	return "pid=" + strconv.Itoa(pid) + " start=" + start + " boot=" + strings.TrimSpace(string(boot)), true
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		return "", false
+	}
+	return "pid=" + strconv.Itoa(pid) + " start=" + start + " boot=" + strings.TrimSpace(string(boot)) + " ns=" + ns, true
 }
 
 // processStart returns the start time (in clock ticks since boot) of the
@@ -50,12 +56,12 @@ func processStart(pid int) (string, bool) {
 }
 
 // ownerIsDead reports whether owner, a lease owner of the form
-// "<random> pid=… start=… boot=…", names a process of this machine's
-// current boot that is no longer running. An owner of another form, another
+// "<random> pid=… start=… boot=… ns=…", names a process of this machine's
+// current boot and of this pid namespace that is no longer running. An owner of another form, another
 // machine or another boot is not known to be dead.
 func ownerIsDead(owner string) bool {
 	var pid int
-	var start, boot string
+	var start, boot, ns string
 	for _, f := range strings.Fields(owner) {
 		k, v, ok := strings.Cut(f, "=")
 		if !ok {
@@ -72,14 +78,19 @@ func ownerIsDead(owner string) bool {
 			start = v
 		case "boot":
 			boot = v
+		case "ns":
+			ns = v
 		}
 	}
-	if pid == 0 || start == "" || boot == "" {
+	if pid == 0 || start == "" || boot == "" || ns == "" {
 		return false
 	}
 	mine, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil || strings.TrimSpace(string(mine)) != boot {
 		return false
+	}
+	if myNS, err := os.Readlink("/proc/self/ns/pid"); err != nil || myNS != ns {
+		return false // another container's process: its pid means nothing here
 	}
 	now, alive := processStart(pid)
 	return !alive || now != start
