@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -30,8 +31,9 @@ import (
 
 // Tables of the service.
 const (
-	ordersTable = "orders"
-	stockTable  = "stock"
+	ordersTable   = "orders"
+	stockTable    = "stock"
+	settingsTable = "settings"
 )
 
 // schemaStatements create the service's tables unless they exist.
@@ -47,6 +49,10 @@ var schemaStatements = []string{
 	processed_count INTEGER NOT NULL DEFAULT 0, -- the effect: incremented once per processing that committed
 	accepted_at     BIGINT NOT NULL,       -- Unix microseconds
 	updated_at      BIGINT NOT NULL
+)`,
+	`CREATE TABLE IF NOT EXISTS settings (
+	name  TEXT PRIMARY KEY,
+	value TEXT NOT NULL                    -- order_id_secret: the default secret of order ids (see orderIDSecret)
 )`,
 	`CREATE TABLE IF NOT EXISTS stock (
 	item     TEXT PRIMARY KEY,
@@ -72,6 +78,10 @@ var schemaColumns = map[string][]sqldb.Column{
 		{Name: "accepted_at", Types: []string{"bigint"}},
 		{Name: "updated_at", Types: []string{"bigint"}},
 	},
+	settingsTable: {
+		{Name: "name", Types: []string{"text"}},
+		{Name: "value", Types: []string{"text"}},
+	},
 	stockTable: {
 		{Name: "item", Types: []string{"text"}},
 		{Name: "quantity", Types: []string{"bigint", "integer"}},
@@ -84,6 +94,13 @@ type database struct {
 	dialect sqldb.Dialect
 	outbox  *outbox.Outbox
 	inbox   *inbox.Inbox
+	// orderIDSecret is the secret kept in the settings table (see
+	// orderIDSecret), used when ORDER_ID_SECRET is not set.
+	orderIDSecret []byte
+	// file is the SQLite database file as it was at open (nil on
+	// PostgreSQL), and path its path: see fileGone.
+	file os.FileInfo
+	path string
 }
 
 // connectBackoff bounds the waits between attempts to reach the database at
@@ -140,7 +157,7 @@ func migrate(ctx context.Context, db *sql.DB, d sqldb.Dialect, cfg config) (*dat
 			return nil, fmt.Errorf("create the service's tables: %w", err)
 		}
 	}
-	for _, table := range []string{ordersTable, stockTable} {
+	for _, table := range []string{ordersTable, stockTable, settingsTable} {
 		if err := sqldb.CheckColumns(ctx, db, d, table, schemaColumns[table]); err != nil {
 			return nil, err
 		}
@@ -172,7 +189,79 @@ func migrate(ctx context.Context, db *sql.DB, d sqldb.Dialect, cfg config) (*dat
 			return nil, err
 		}
 	}
-	return &database{db: db, dialect: d, outbox: ob, inbox: ib}, nil
+	dbase := &database{db: db, dialect: d, outbox: ob, inbox: ib}
+	if len(cfg.orderIDSecret) == 0 {
+		if dbase.orderIDSecret, err = orderIDSecret(ctx, db); err != nil {
+			return nil, err
+		}
+	}
+	if d == sqldb.SQLite {
+		dbase.path = sqlitePath(cfg.databaseURL)
+		if dbase.file, err = os.Stat(dbase.path); err != nil {
+			return nil, fmt.Errorf("database file: %w", err)
+		}
+	}
+	return dbase, nil
+}
+
+// orderIDSecret returns the secret of order ids kept in the settings
+// table, made the first time: without ORDER_ID_SECRET, every process on
+// this database derives the same id from an Idempotency-Key, so that a
+// retry after a restart, or on another replica, names the same order
+// (issue 12 chaos run: with a secret per process it made a second order).
+// Of two processes starting at once, one inserts its secret, and both read
+// that one. The secret is never logged.
+func orderIDSecret(ctx context.Context, db *sql.DB) ([]byte, error) {
+	fresh, err := newOrderIDSecret()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := db.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ('order_id_secret', $1) ON CONFLICT (name) DO NOTHING`, hex.EncodeToString(fresh)); err != nil {
+		return nil, fmt.Errorf("store the order id secret: %w", err)
+	}
+	var secret string
+	if err := db.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = 'order_id_secret'`).Scan(&secret); err != nil {
+		return nil, fmt.Errorf("read the order id secret: %w", err)
+	}
+	if len(secret) < minOrderIDSecretLen {
+		return nil, fmt.Errorf("the order id secret in the settings table is %d bytes; want at least %d", len(secret), minOrderIDSecretLen)
+	}
+	return []byte(secret), nil
+}
+
+// sqlitePath is the file of a SQLite URL as sqldb.Open reads it: the
+// sqlite://, sqlite: or file: prefix and the query removed.
+func sqlitePath(dsn string) string {
+	lower := strings.ToLower(dsn)
+	for _, p := range []string{"sqlite://", "sqlite:", "file:"} {
+		if strings.HasPrefix(lower, p) {
+			dsn = dsn[len(p):]
+			break
+		}
+	}
+	name, _, _ := strings.Cut(dsn, "?")
+	return name
+}
+
+// fileGone reports, on SQLite, why the database's path no longer names the
+// file opened at start: deleted (rm, a cleanup job) or replaced. The
+// process would go on writing to the unlinked file, and every order would
+// be gone at the next start (issue 12 review R4 #2). "" while it is the
+// same file, and on PostgreSQL.
+func (db *database) fileGone() string {
+	if db.file == nil {
+		return ""
+	}
+	fi, err := os.Stat(db.path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Sprintf("database file %s was deleted while the service runs: what it writes now is lost at exit; restart it", db.path)
+	case err != nil:
+		return fmt.Sprintf("database file %s: %v", db.path, err)
+	case !os.SameFile(fi, db.file):
+		return fmt.Sprintf("database file %s was replaced by another file while the service runs: it writes to the old one; restart it", db.path)
+	}
+	return ""
 }
 
 // redactErr returns err's text without the password of dsn (drivers may

@@ -133,7 +133,7 @@ type config struct {
 	initialStock    int
 	sqlVisibility   time.Duration
 	adminToken      string // secret: never logged or printed
-	orderIDSecret   []byte // secret: never logged or printed; empty: random per process
+	orderIDSecret   []byte // secret: never logged or printed; empty: the one kept in the database (settings)
 	// unavailableItems are the items whose orders fail for good (the
 	// operator's workflow: fail, see why on /admin/, fix, redrive).
 	unavailableItems []string

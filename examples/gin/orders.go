@@ -188,8 +188,9 @@ func (r OrderRequest) digest() [sha256.Size]byte {
 // maxIdempotencyKey bounds the Idempotency-Key header.
 const maxIdempotencyKey = 200
 
-// orderIDSecretLen is the length of the random secret a process makes when
-// ORDER_ID_SECRET is not set, and the least a configured one must have.
+// orderIDSecretLen is the length of the random secret stored in the
+// database when ORDER_ID_SECRET is not set, and minOrderIDSecretLen the
+// least a configured one must have.
 const (
 	orderIDSecretLen    = 32
 	minOrderIDSecretLen = 16
@@ -208,9 +209,9 @@ func newOrderIDSecret() ([]byte, error) {
 //
 // The derivation is an HMAC keyed with the server's secret: a plain hash of
 // the key would let anyone who can guess a client's key compute its order's
-// id and read the order (issue 9). The id is the same for one key only
-// where the secret is: within the process, or across restarts and replicas
-// that share ORDER_ID_SECRET.
+// id and read the order (issue 9). The id is the same for one key where
+// the secret is: ORDER_ID_SECRET, or else the secret kept in the database's
+// settings table (database.go), which every process on that database reads.
 func newOrderID(secret []byte, idempotencyKey string) (string, error) {
 	var b [12]byte
 	if idempotencyKey != "" {
@@ -318,4 +319,43 @@ func (s *service) setUnavailable(items []string) {
 func (s *service) isUnavailable(item string) bool {
 	m := s.unavailable.Load()
 	return m != nil && (*m)[strings.ToLower(item)]
+}
+
+// maxReasonLen bounds the reason stored with a failed order (the orders
+// table's error column): a handler's error can quote a payload.
+const maxReasonLen = 1000
+
+// boundReason cuts s to at most maxReasonLen bytes, at a character
+// boundary, marking the cut with "…".
+func boundReason(s string) string {
+	if len(s) <= maxReasonLen {
+		return s
+	}
+	cut := maxReasonLen - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// maxOrderIDLen bounds the ids GET /orders/:id looks up: the API makes
+// "ord_" and 24 hex digits; orders published by other producers carry
+// their message's id.
+const maxOrderIDLen = 200
+
+// validOrderID reports whether id can be the id of a stored order: not
+// empty, at most maxOrderIDLen bytes of valid UTF-8 without control
+// characters. What cannot be is not looked up (issue 12 review R4 #1: on
+// PostgreSQL a NUL or invalid UTF-8 failed the query, which answered 503
+// "database unavailable" and logged a warning per request).
+func validOrderID(id string) bool {
+	if id == "" || len(id) > maxOrderIDLen || !utf8.ValidString(id) {
+		return false
+	}
+	for _, c := range id {
+		if unicode.IsControl(c) {
+			return false
+		}
+	}
+	return true
 }

@@ -73,6 +73,9 @@ type service struct {
 	// unavailable holds the items the handler refuses for good
 	// (-unavailable-items; see processOrder).
 	unavailable atomic.Pointer[map[string]bool]
+	// reasons holds, by message, the error its handling ended with (see
+	// keepReason).
+	reasons sync.Map
 	// secret keys the derivation of order ids from Idempotency-Keys.
 	secret []byte
 	// conns counts the HTTP connections open (http.Server.ConnState).
@@ -87,6 +90,9 @@ type service struct {
 	// dbErr is the last error reaching the database at start (redacted),
 	// for /readyz.
 	dbErr atomic.Pointer[string]
+	// fileGone, once set, says why the SQLite database file is no longer
+	// the one opened (see watchFile): /readyz and POST /orders answer 503.
+	fileGone atomic.Pointer[string]
 	// notReady turns /readyz to 503: the first step of shutdown.
 	notReady atomic.Bool
 	// intake gates POST /orders: handlers hold it shared while they store
@@ -125,12 +131,6 @@ func run(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logger) 
 func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logger, built func(*service)) (err error) {
 	defer ln.Close()
 	s := &service{cfg: cfg, log: logger, reg: prometheus.NewRegistry(), secret: cfg.orderIDSecret}
-	if len(s.secret) == 0 {
-		if s.secret, err = newOrderIDSecret(); err != nil {
-			return fmt.Errorf("order id secret: %w", err)
-		}
-		logger.Info("order ids are derived from Idempotency-Keys with a secret of this process: set ORDER_ID_SECRET so that a retry names the same order after a restart or on another replica")
-	}
 
 	// HTTP first: while the database cannot be reached, the probes answer
 	// (live, not ready) and the API answers 503, rather than nothing.
@@ -174,6 +174,15 @@ func runWith(ctx context.Context, cfg config, ln net.Listener, logger *slog.Logg
 		return err
 	}
 	defer s.db.db.Close() // last: after the consumers, the relay and the publisher
+	if len(s.secret) == 0 {
+		// Read before started is set, which orders it before every
+		// handler's read.
+		s.secret = s.db.orderIDSecret
+	}
+	if s.db.file != nil {
+		stopWatch := s.watchFile()
+		defer stopWatch()
+	}
 	if s.backend, err = newBackend(ctx, cfg, logger, s.db); err != nil {
 		stopHTTP()
 		return err
@@ -347,6 +356,7 @@ func closeSource(src broker.Source) error {
 // middleware, from the Recorder's options, goes around all of it.
 func (s *service) ordersHandler() consumer.Handler {
 	return consumer.Chain(
+		s.keepReason,
 		middleware.Log(s.log),
 		s.wd.Middleware(),
 		middleware.Recover(),
@@ -355,11 +365,31 @@ func (s *service) ordersHandler() consumer.Handler {
 	)(consumer.JSON(s.processOrder))
 }
 
+// keepReason records the error a message's handling ended with, for
+// observe to store as the reason of an order that is dead-lettered (issue
+// 12 review R4 #7: the order's error said "dead-lettered after attempt 1").
+// The consumer settles the *broker.Message it handled, and observe deletes
+// the entry at every settlement, so the map holds only messages in flight.
+func (s *service) keepReason(next consumer.Handler) consumer.Handler {
+	return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		err := next.Handle(ctx, m)
+		if err != nil {
+			s.reasons.Store(m, err.Error())
+		}
+		return err
+	})
+}
+
 // observe sees every settlement (as the Recorder's observer does, for the
 // metrics): it records the orders that were dead-lettered.
 func (s *service) observe(_ context.Context, m *broker.Message, st consumer.Settlement, err error) {
+	reason, _ := s.reasons.LoadAndDelete(m)
 	if st == consumer.SettledDeadLetter && err == nil {
 		id := orderID(m)
+		why, _ := reason.(string)
+		if why == "" {
+			why = "dead-lettered"
+		}
 		// The order, when the message holds a valid one, so that an order
 		// published by other means is recorded with its digest; an
 		// invalid one is recorded by id only.
@@ -370,7 +400,7 @@ func (s *service) observe(_ context.Context, m *broker.Message, st consumer.Sett
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		changed, err := s.db.markFailed(ctx, id, o, m.Attempt, "dead-lettered after attempt "+fmt.Sprint(m.Attempt))
+		changed, err := s.db.markFailed(ctx, id, o, m.Attempt, boundReason(why))
 		switch {
 		case err != nil:
 			s.log.Error("order dead-lettered; recording it as failed failed", "order", id, "error", err)
@@ -401,6 +431,36 @@ func (s *service) onEvent(e consumer.Event) {
 	case consumer.EventRestarting:
 		s.log.Warn("consumer restarting", "runner", e.Runner, "error", e.Err, "delay", e.Delay)
 	}
+}
+
+// fileCheckInterval is how often the service checks that the SQLite
+// database's path still names the file it opened.
+const fileCheckInterval = time.Second
+
+// watchFile checks every fileCheckInterval that the SQLite database file is
+// still there (database.fileGone); once it is not, /readyz and POST /orders
+// answer 503 with the reason, and an ERROR is logged, once. It returns a
+// function that stops the checks and waits for them.
+func (s *service) watchFile() (stop func()) {
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(fileCheckInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			if why := s.db.fileGone(); why != "" {
+				s.fileGone.Store(&why)
+				s.log.Error("database file gone: not ready, refusing orders", "reason", why)
+				return // for good: the open file cannot come back at its path
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
 }
 
 // stopIntake refuses new orders and waits for those being stored.
@@ -572,6 +632,15 @@ func (s *service) readyz(c *gin.Context) {
 		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "starting", "ready": false, "live": true, "reason": reason})
 		return
 	}
+	if why := s.fileGone.Load(); why != nil && !s.notReady.Load() {
+		rep := s.probes.Report()
+		rep.Status, rep.Ready = "unavailable", false
+		c.JSON(http.StatusServiceUnavailable, struct {
+			health.Report
+			Reason string `json:"reason"`
+		}{rep, *why})
+		return
+	}
 	if !s.notReady.Load() {
 		s.probes.Ready().ServeHTTP(c.Writer, c.Request)
 		return
@@ -619,6 +688,11 @@ func (s *service) postOrder(c *gin.Context) {
 	defer s.intake.RUnlock()
 	if s.intakeClosed.Load() {
 		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "shutting down: not accepting orders"})
+		return
+	}
+	if s.fileGone.Load() != nil {
+		// The reason, with the file's path, is on /readyz and in the log.
+		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "the order database is unavailable"})
 		return
 	}
 	if s.backend.full != nil && s.backend.full() {
@@ -689,6 +763,10 @@ func (s *service) publish(ctx context.Context, m *broker.Message) error {
 }
 
 func (s *service) getOrder(c *gin.Context) {
+	if !validOrderID(c.Param("id")) {
+		c.JSON(http.StatusNotFound, gin.H{"error": "no such order"})
+		return
+	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), storeTimeout)
 	defer cancel()
 	o, ok, err := s.db.getOrder(ctx, c.Param("id"))
