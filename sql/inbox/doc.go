@@ -65,9 +65,25 @@
 // commit with the effect, or none does. An inbox nested in one of the same
 // *sql.DB, table and scope (one inbox twice in a chain, or two Inbox values
 // alike) finds its key held by the enclosing one and just runs the handler:
-// the enclosing inbox records the key. Tables are told apart by their name as
-// written, in any case: name a table the same way in both ("main.t" and "t"
-// are two tables to the inbox).
+// the enclosing inbox records the key. Tables are told apart by their name,
+// in any case, and on SQLite without a "main." prefix. A table named
+// another way still (on PostgreSQL "public.t" around "t") is safe too: the
+// inner inbox inserts its key in the shared transaction, and when the row it
+// meets was written by that very transaction (its xmin is the transaction's
+// id) it runs the handler instead of taking the row for a duplicate; only a
+// row committed by another delivery acks the message unrun. (A row that the
+// enclosing inbox wrote inside a savepoint has the savepoint's id: keep
+// savepoints out of the chain between two inboxes of one table.)
+//
+// On PostgreSQL an inbox on another *sql.DB to the same database (same
+// server, port and database name) counts as on the same database: it
+// shares the enclosing transaction too, where its own would wait for the
+// enclosing one's uncommitted key until the handler's context ended, and so
+// would every redelivery. Telling the two pools apart costs two queries per
+// message, in that case only. Its table name is then resolved with the
+// enclosing pool's search_path. On SQLite, nest inboxes on one *sql.DB: a
+// second pool to the same file would wait for the enclosing transaction's
+// write lock (SQLITE_BUSY after its busy timeout) on every delivery.
 //
 // The handler must use Tx(ctx) for every statement, never the *sql.DB: on
 // SQLite, whose pool has one connection (sqldb.Open), a statement on the

@@ -161,7 +161,7 @@ type Inbox struct {
 	cfg     Config
 	q       queries
 	pollMin time.Duration // how often a Wait-ing duplicate looks again
-	table   string        // cfg.Table in lower case: the table's identity for nesting
+	table   string        // cfg.Table in lower case, without SQLite's "main.": the table's identity for nesting
 
 	// Set by tests only, before use.
 	batch  int    // rows per Clean statement; CleanBatch
@@ -220,7 +220,12 @@ func New(db *sql.DB, cfg Config) (*Inbox, error) {
 	case cfg.Retention < 0:
 		return nil, fmt.Errorf("%w: inbox: negative Retention %v", broker.ErrInvalidConfig, cfg.Retention)
 	}
-	i := &Inbox{db: db, d: d, cfg: cfg, q: newQueries(d, cfg.Table), batch: CleanBatch, table: strings.ToLower(cfg.Table)}
+	table := strings.ToLower(cfg.Table)
+	if d == sqldb.SQLite {
+		// "main.t" is "t" of the database the connection opened.
+		table = strings.TrimPrefix(table, "main.")
+	}
+	i := &Inbox{db: db, d: d, cfg: cfg, q: newQueries(d, cfg.Table), batch: CleanBatch, table: table}
 	i.pollMin = min(max(cfg.LeaseTime/20, 10*time.Millisecond), 500*time.Millisecond)
 	return i, nil
 }
@@ -266,6 +271,7 @@ func (i *Inbox) hold(ctx context.Context, key string) context.Context {
 // txValue is what a Transactional-mode handler's context carries.
 type txValue struct {
 	db *sql.DB
+	d  sqldb.Dialect
 	tx *sql.Tx
 }
 
@@ -344,11 +350,15 @@ func (i *Inbox) handleTx(ctx context.Context, m *broker.Message, next consumer.H
 		// row is not a duplicate. It commits or releases the key.
 		return next.Handle(ctx, m)
 	}
-	if outer, ok := ctx.Value(txKey{}).(txValue); ok && outer.db == i.db {
+	if outer, ok, err := i.enclosing(ctx); err != nil {
+		return err
+	} else if ok {
 		// Inside another inbox's transaction on the same database (two
-		// scopes in one chain): record the key in that transaction, which
-		// commits or rolls back both keys and the effect together. A
-		// second transaction would wait for the first on SQLite.
+		// scopes in one chain, or another *sql.DB to the same PostgreSQL
+		// database): record the key in that transaction, which commits or
+		// rolls back both keys and the effect together. A second
+		// transaction would wait for the first's uncommitted key, or for
+		// the first itself on SQLite.
 		return i.handleInTx(ctx, outer.tx, key, m, next)
 	}
 	tx, err := i.db.BeginTx(ctx, i.cfg.TxOptions)
@@ -378,7 +388,7 @@ func (i *Inbox) handleTx(ctx context.Context, m *broker.Message, next consumer.H
 	if n == 0 {
 		return nil // a duplicate of a committed message: ack it, run nothing
 	}
-	if err := next.Handle(i.hold(context.WithValue(ctx, txKey{}, txValue{i.db, tx}), key), m); err != nil {
+	if err := next.Handle(i.hold(context.WithValue(ctx, txKey{}, txValue{i.db, i.d, tx}), key), m); err != nil {
 		return err
 	}
 	finished = true
@@ -402,7 +412,59 @@ func (i *Inbox) handleInTx(ctx context.Context, tx *sql.Tx, key string, m *broke
 		return fmt.Errorf("inbox: record key: %w", err)
 	}
 	if n == 0 {
-		return nil // done in this scope already; the enclosing inbox commits its own key
+		own, err := i.ownRow(ctx, tx, key)
+		if err != nil {
+			return err
+		}
+		if !own {
+			return nil // done in this scope already; the enclosing inbox commits its own key
+		}
+		// The row is this transaction's own: an enclosing inbox recorded
+		// the key in the same table under another name ("public.t" and
+		// "t"). It is no duplicate; the enclosing inbox commits it.
 	}
 	return next.Handle(i.hold(ctx, key), m)
+}
+
+// ownRow reports whether the row of key that the insert met in tx was
+// written by tx itself, rather than committed by another delivery. On
+// SQLite, whose one connection sees no other uncommitted rows, the keys held
+// by the enclosing inboxes tell (New makes "main.t" and "t" one table).
+func (i *Inbox) ownRow(ctx context.Context, tx *sql.Tx, key string) (bool, error) {
+	if i.q.ownRow == "" {
+		return i.holds(ctx, key), nil
+	}
+	var own bool
+	if err := tx.QueryRowContext(ctx, i.q.ownRow, i.cfg.Scope, key).Scan(&own); err != nil {
+		return false, fmt.Errorf("inbox: read key: %w", err)
+	}
+	return own, nil
+}
+
+// identity names a PostgreSQL database: its name, the server's port and the
+// start time of the server.
+const identity = `SELECT current_database() || ' ' || COALESCE(inet_server_port(), 0)::text || ' ' || pg_postmaster_start_time()::text`
+
+// enclosing returns the transaction of the Transactional inbox enclosing
+// ctx if it is on i's database: the same *sql.DB, or on PostgreSQL another
+// pool to the same database of the same server, whose key the inbox's own
+// transaction would wait for until the handler's context ended.
+func (i *Inbox) enclosing(ctx context.Context) (txValue, bool, error) {
+	outer, ok := ctx.Value(txKey{}).(txValue)
+	switch {
+	case !ok:
+		return txValue{}, false, nil
+	case outer.db == i.db:
+		return outer, true, nil
+	case outer.d != sqldb.Postgres || i.d != sqldb.Postgres:
+		return txValue{}, false, nil
+	}
+	var theirs, ours string
+	if err := outer.tx.QueryRowContext(ctx, identity).Scan(&theirs); err != nil {
+		return txValue{}, false, fmt.Errorf("inbox: identify the enclosing inbox's database: %w", err)
+	}
+	if err := i.db.QueryRowContext(ctx, identity).Scan(&ours); err != nil {
+		return txValue{}, false, fmt.Errorf("inbox: identify the database: %w", err)
+	}
+	return outer, theirs == ours, nil
 }

@@ -31,8 +31,11 @@ func (i *Inbox) handleLease(ctx context.Context, m *broker.Message, next consume
 		// row is not another worker's. It confirms or releases the key.
 		return next.Handle(ctx, m)
 	}
-	if outer, ok := ctx.Value(txKey{}).(txValue); ok && outer.db == i.db {
-		// Inside a Transactional inbox's transaction on the same database:
+	if outer, ok, err := i.enclosing(ctx); err != nil {
+		return err
+	} else if ok {
+		// Inside a Transactional inbox's transaction on the same database
+		// (the same *sql.DB, or another pool to the same PostgreSQL database):
 		// record the key as done in that transaction, as a Transactional
 		// inbox would. Its row lock keeps concurrent duplicates out for as
 		// long as a lease would, and the key commits with the enclosing

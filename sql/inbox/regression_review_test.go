@@ -244,3 +244,92 @@ func TestReviewR1No10LiteralHashKeyIsNotALongKey(t *testing.T) {
 		}
 	})
 }
+
+// Issue 12 review R5 #2: an inbox nested in an inbox of the same physical
+// table and scope spelled another way ("main.t" around "t" on SQLite,
+// "public.t" around "t" on PostgreSQL) acked without running the handler:
+// the inner insert met the outer transaction's own row and took it for a
+// duplicate, and the outer committed the key. The handler must run, and a
+// key committed earlier by another delivery must still be acked unrun.
+func TestReviewR5No2NestedInboxOfAnAliasedTableRunsTheHandler(t *testing.T) {
+	sqltest.Each(t, func(t *testing.T, db *sql.DB, d sqldb.Dialect) {
+		alias := "main.queuekit_inbox"
+		if d == sqldb.Postgres {
+			alias = "public.QUEUEKIT_INBOX"
+		}
+		outer := newInbox(t, db, inbox.Config{Scope: "s"})
+		for _, mode := range []inbox.Mode{inbox.Transactional, inbox.Lease} {
+			inner := newInbox(t, db, inbox.Config{Table: alias, Scope: "s", Mode: mode})
+			runs := 0
+			h := outer.Middleware()(inner.Middleware()(consumer.HandlerFunc(func(context.Context, *broker.Message) error {
+				runs++
+				return nil
+			})))
+			key := "r5-2-" + mode.String()
+			if err := h.Handle(ctxT(t), msg(key)); err != nil {
+				t.Fatalf("%v: %v", mode, err)
+			}
+			if runs != 1 {
+				t.Fatalf("%v: handler ran %d times, want 1 (acked without running)", mode, runs)
+			}
+			// The genuine duplicate: committed by the first delivery.
+			if err := h.Handle(ctxT(t), msg(key)); err != nil {
+				t.Fatalf("%v: duplicate: %v", mode, err)
+			}
+			if runs != 1 {
+				t.Fatalf("%v: duplicate ran the handler (%d runs)", mode, runs)
+			}
+			// Only the inner inbox saw the key before: a committed row of
+			// another delivery, met inside the outer's transaction.
+			only := inner.Middleware()(consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }))
+			if err := only.Handle(ctxT(t), msg(key+"-inner")); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.Handle(ctxT(t), msg(key+"-inner")); err != nil {
+				t.Fatalf("%v: %v", mode, err)
+			}
+			if runs != 1 {
+				t.Fatalf("%v: a key done earlier in the inner scope ran the handler", mode)
+			}
+		}
+	})
+}
+
+// Issue 12 review R5 #3: an inbox nested in an inbox on another *sql.DB to
+// the same PostgreSQL database and table waited for the outer transaction's
+// uncommitted key until the handler's context ended, on every redelivery.
+// It must share the enclosing transaction, run the handler once and return.
+func TestReviewR5No3NestedInboxOnAnotherPoolToTheSameDatabase(t *testing.T) {
+	url := sqltest.PostgresURL(t)
+	open := func() *sql.DB {
+		db, _, err := sqldb.Open(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+	db1, db2 := open(), open()
+	outer := newInbox(t, db1, inbox.Config{Scope: "s"})
+	for _, mode := range []inbox.Mode{inbox.Transactional, inbox.Lease} {
+		for _, table := range []string{"queuekit_inbox", "public.queuekit_inbox"} {
+			inner := newInbox(t, db2, inbox.Config{Table: table, Scope: "s", Mode: mode})
+			runs := 0
+			h := outer.Middleware()(inner.Middleware()(consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
+				runs++
+				return nil
+			})))
+			// The bound only turns the old hang into a failure.
+			ctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)
+			key := "r5-3-" + mode.String() + table
+			err := h.Handle(ctx, msg(key))
+			if err == nil {
+				err = h.Handle(ctx, msg(key))
+			}
+			cancel()
+			if err != nil || runs != 1 {
+				t.Fatalf("%v %s: err %v, %d runs; want nil, 1 run", mode, table, err, runs)
+			}
+		}
+	}
+}

@@ -192,6 +192,9 @@ type queries struct {
 	release    string // $1 scope, $2 key, $3 token
 	cleanDone  string // $1 retention ms, $2 limit
 	cleanStale string // $1 retention ms, $2 limit
+	// ownRow ($1 scope, $2 key → true when this transaction wrote the row)
+	// is PostgreSQL's only; on SQLite the held keys of ctx tell.
+	ownRow string
 }
 
 func newQueries(d sqldb.Dialect, t string) queries {
@@ -205,11 +208,16 @@ func newQueries(d sqldb.Dialect, t string) queries {
 		return fmt.Sprintf(`(clock_timestamp() - $%d::bigint * interval '1 millisecond')`, n)
 	}
 	left := `COALESCE(CAST(EXTRACT(EPOCH FROM (lease_until - clock_timestamp())) * 1000 AS bigint), 0)`
+	// The row's xmin is the 32-bit id of the transaction that wrote it;
+	// txid_current_if_assigned is this transaction's id with its epoch, or
+	// NULL before it wrote anything.
+	ownRow := `SELECT EXISTS (SELECT 1 FROM ` + t + ` WHERE scope = $1 AND key = $2 AND xmin::text::bigint = txid_current_if_assigned() % 4294967296)`
 	if d == sqldb.SQLite {
 		now = `CAST(unixepoch('subsec') * 1000 AS INTEGER)`
 		plus = func(n int) string { return fmt.Sprintf(`(%s + $%d)`, now, n) }
 		minus = func(n int) string { return fmt.Sprintf(`(%s - $%d)`, now, n) }
 		left = `COALESCE(lease_until - ` + now + `, 0)`
+		ownRow = ""
 	}
 	return queries{
 		insertDone: `INSERT INTO ` + t + ` (scope, key, done_at) VALUES ($1, $2, ` + now + `) ON CONFLICT (scope, key) DO NOTHING`,
@@ -222,6 +230,7 @@ RETURNING lease_token`,
 		confirm:    `UPDATE ` + t + ` SET done_at = ` + now + `, lease_token = NULL, lease_until = NULL WHERE scope = $1 AND key = $2 AND lease_token = $3 AND done_at IS NULL`,
 		release:    `DELETE FROM ` + t + ` WHERE scope = $1 AND key = $2 AND lease_token = $3 AND done_at IS NULL`,
 		cleanDone:  `DELETE FROM ` + t + ` WHERE (scope, key) IN (SELECT scope, key FROM ` + t + ` WHERE done_at IS NOT NULL AND done_at < ` + minus(1) + ` LIMIT $2)`,
+		ownRow:     ownRow,
 		cleanStale: `DELETE FROM ` + t + ` WHERE (scope, key) IN (SELECT scope, key FROM ` + t + ` WHERE done_at IS NULL AND lease_until < ` + minus(1) + ` LIMIT $2)`,
 	}
 }
