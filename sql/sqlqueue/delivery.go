@@ -61,6 +61,14 @@ func (s *Source) newDelivery(r *stored, token string, sent time.Duration) *deliv
 	return d
 }
 
+// live reports whether d is neither stale nor settled and its fence has not
+// passed: whether it may be handed out, and its lease renewed. A delivery
+// being settled is live: its settlement may fail.
+func (d *delivery) live() bool {
+	st := d.state.Load()
+	return (st == statePending || st == stateSettling) && time.Duration(d.fence.Load()) > d.src.mono()
+}
+
 // cancel ends the lease context: the delivery is stale or settled.
 func (d *delivery) cancel() {
 	d.fenceTimer.Stop()
@@ -229,6 +237,8 @@ func (d *delivery) begin() error {
 		return nil
 	}
 	if d.state.Load() == stateStale {
+		// Whoever made it stale, it holds no prefetch slot any more.
+		d.src.forget(d)
 		return fmt.Errorf("sqlqueue: message %s: %w", d.msg.ID, broker.ErrStaleDelivery)
 	}
 	return fmt.Errorf("sqlqueue: message %s: %w", d.msg.ID, broker.ErrAlreadySettled)
@@ -246,6 +256,11 @@ func (d *delivery) end(err error) {
 		d.src.forget(d)
 	default:
 		d.state.Store(statePending)
+		// Its fence passed during the settlement (checkFence saw it
+		// settling): stale now, no longer held nor renewed.
+		if time.Duration(d.fence.Load()) <= d.src.mono() && d.state.CompareAndSwap(statePending, stateStale) {
+			d.src.forget(d)
+		}
 	}
 }
 

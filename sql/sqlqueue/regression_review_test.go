@@ -3,6 +3,7 @@ package sqlqueue_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/url"
@@ -398,4 +399,122 @@ func TestIssue12ReviewR3_Low_ConcurrentRedriveByFilter(t *testing.T) {
 			t.Errorf("two redrives of All: done %d+%d, missing %v %v, errors %v %v; want %d done, none missing", len(res[0].Done), len(res[1].Done), res[0].Missing, res[1].Missing, errs[0], errs[1], n)
 		}
 	})
+}
+
+// Issue 12 review R5: a claim slowed past 0.9×Visibility (here by a LOCK
+// TABLE another connection holds for 1.5×Visibility) returns rows whose fence
+// already passed. They must not leak: every message is still delivered and
+// acked exactly once, by this source or another, no row stays leased, and
+// the slowed source's Receive is not stuck on lost prefetch slots.
+func TestIssue12ReviewR5_ClaimSlowedPastFence(t *testing.T) {
+	pgURL := dsn(t, sqldb.Postgres)
+	db := open(t, pgURL)
+	ctx := context.Background()
+	if err := sqlqueue.Migrate(ctx, db, ""); err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	bodies := make([]string, n)
+	for i := range bodies {
+		bodies[i] = "m" + strconv.Itoa(i)
+	}
+	publish(t, db, "slow", bodies...)
+	cfg := sqlqueue.Config{Queue: "slow", Prefetch: n, Visibility: time.Second, PollInterval: 50 * time.Millisecond}
+	a := newSource(t, db, cfg)
+	if err := a.DeclareTopology(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec("LOCK TABLE " + sqlqueue.DefaultTable + " IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	unlock := time.AfterFunc(1500*time.Millisecond, func() { tx.Commit() })
+	defer unlock.Stop()
+	b := newSource(t, db, cfg)
+
+	var (
+		mu    sync.Mutex
+		acked = map[string]int{}
+	)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for _, src := range []*sqlqueue.Source{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				d, err := src.Receive(rctx)
+				if err != nil {
+					return
+				}
+				if d.Ack(ctx) == nil {
+					mu.Lock()
+					acked[string(d.Message().Body)]++
+					if len(acked) == n {
+						select {
+						case <-done:
+						default:
+							close(done)
+						}
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	select {
+	case <-done:
+	case <-rctx.Done():
+	}
+	cancel()
+	wg.Wait()
+	mu.Lock()
+	for _, body := range bodies {
+		if acked[body] != 1 {
+			t.Errorf("message %s acked %d times; want exactly once", body, acked[body])
+		}
+	}
+	mu.Unlock()
+	var left int
+	if err := db.QueryRow("SELECT count(*) FROM " + sqlqueue.DefaultTable + " WHERE queue = 'slow'").Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d rows left in the queue (leased forever by stale deliveries)", left)
+	}
+	// No prefetch slot was lost: each source holds Prefetch deliveries at
+	// once.
+	publish(t, db, "slow", append(bodies, bodies...)...)
+	errs := make(chan error, 2)
+	for _, src := range []*sqlqueue.Source{a, b} {
+		go func() {
+			held := make([]broker.Delivery, 0, n)
+			defer func() {
+				for _, d := range held {
+					d.Ack(ctx)
+				}
+			}()
+			for range n {
+				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				d, err := src.Receive(rctx)
+				cancel()
+				if err != nil {
+					errs <- fmt.Errorf("Receive with %d deliveries held, Prefetch %d = %w: prefetch slots were lost to stale deliveries", len(held), n, err)
+					return
+				}
+				held = append(held, d)
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
 }

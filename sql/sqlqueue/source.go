@@ -351,6 +351,20 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 			d := s.buf[0]
 			s.buf[0] = nil
 			s.buf = s.buf[1:]
+			if !d.live() {
+				// Stale, or its fence passed while it waited in the
+				// buffer: never handed out. A pending one goes back
+				// (its lease may still hold in the database).
+				if d.state.CompareAndSwap(statePending, stateStale) {
+					d.cancel()
+					s.wg.Add(1)
+					go func() {
+						defer s.wg.Done()
+						s.giveBackStale([]*delivery{d})
+					}()
+				}
+				continue
+			}
 			s.out[d] = struct{}{}
 			s.mu.Unlock()
 			return d, nil
@@ -450,7 +464,14 @@ func (s *Source) fetch(n int) {
 	if len(ds) == 0 {
 		s.idle = time.Now()
 	}
-	s.buf = append(s.buf, ds...)
+	// A delivery that went stale since its claim (its fence timer fired
+	// before it was in the buffer, where forget could not find it) is
+	// not kept: it would hold a prefetch slot for good.
+	for _, d := range ds {
+		if d.state.Load() == statePending {
+			s.buf = append(s.buf, d)
+		}
+	}
 }
 
 // mono is the time since the source was made, by the monotonic clock: the
@@ -491,8 +512,15 @@ func (s *Source) claim(n int) ([]*delivery, error) {
 		}
 	}
 	token := newToken()
+	// The connection first, so that a wait for the pool (SQLite has one
+	// connection) does not count against the leases.
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sqlqueue: claim from %s, queue %q: %w", s.table, s.queue, err)
+	}
+	defer conn.Close()
 	sent := s.mono() // the leases end after sent+vis in the database
-	rows, err := s.db.QueryContext(ctx, s.q.claim, token, s.vis.Microseconds(), s.queue, n)
+	rows, err := conn.QueryContext(ctx, s.q.claim, token, s.vis.Microseconds(), s.queue, n)
 	if err != nil {
 		return nil, fmt.Errorf("sqlqueue: claim from %s, queue %q: %w", s.table, s.queue, err)
 	}
@@ -517,6 +545,25 @@ func (s *Source) claim(n int) ([]*delivery, error) {
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlqueue: claim from %s, queue %q: %w", s.table, s.queue, err)
+	}
+	if s.mono() >= sent+s.vis-s.fenceMargin() {
+		// The claim returned after its fence (it waited on a lock, a
+		// stalled network, a loaded server): the leases may have ended
+		// and another source may hold the rows. None is handed out;
+		// those still ours go back uncounted.
+		rows.Close()
+		conn.Close()
+		for _, d := range ds {
+			d.state.Store(stateStale)
+			d.cancel()
+		}
+		s.log.Warn("sqlqueue: a claim returned after its rows' leases could have ended (the database was slow): they go back to the queue",
+			"table", s.table, "queue", s.queue, "rows", len(ds))
+		s.giveBackStale(ds)
+		s.mu.Lock()
+		s.dirty = true
+		s.mu.Unlock()
+		return nil, nil
 	}
 	slices.SortFunc(ds, func(a, b *delivery) int {
 		return cmp.Or(cmp.Compare(avail[a], avail[b]), cmp.Compare(a.id, b.id))
@@ -596,6 +643,25 @@ func (s *Source) giveBack(ds []*delivery, release bool) {
 	s.wakeAll()
 }
 
+// giveBackStale gives back, uncounted, the rows of deliveries that went
+// stale without being handed out, if their claim still holds them (by
+// token), so that they are delivered again at once rather than after their
+// leases.
+func (s *Source) giveBackStale(ds []*delivery) {
+	if len(ds) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+	defer cancel()
+	for _, d := range ds {
+		if _, err := s.db.ExecContext(ctx, s.q.release, d.id, d.token); err != nil {
+			s.log.Warn("sqlqueue: could not give a row back; it is delivered again when its lease ends",
+				"table", s.table, "queue", s.queue, "id", d.id, "error", err)
+		}
+	}
+	s.wakeAll()
+}
+
 // giveBackTimeout bounds a give-back that runs on no caller's context.
 const giveBackTimeout = 5 * time.Second
 
@@ -639,10 +705,14 @@ func (s *Source) renew() {
 	s.mu.Lock()
 	byToken := map[string][]*delivery{}
 	for _, d := range s.buf {
-		byToken[d.token] = append(byToken[d.token], d)
+		if d.live() {
+			byToken[d.token] = append(byToken[d.token], d)
+		}
 	}
 	for d := range s.out {
-		byToken[d.token] = append(byToken[d.token], d)
+		if d.live() {
+			byToken[d.token] = append(byToken[d.token], d)
+		}
 	}
 	s.mu.Unlock()
 	for token, ds := range byToken {
