@@ -793,7 +793,7 @@ func chaosPostgres(t *testing.T) string {
 		if admin != nil {
 			admin.Close()
 		}
-		t.Fatalf("no PostgreSQL at %s: %s", sqldb.Redact(server), redactErr(err, server))
+		t.Fatalf("no PostgreSQL at %s: %s", sqldb.Redact(server), sqldb.RedactError(err, server))
 	}
 	defer admin.Close()
 	b := make([]byte, 6)

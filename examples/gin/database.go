@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -118,7 +117,7 @@ const (
 func openDatabase(ctx context.Context, cfg config, logger *slog.Logger, attempted func(error)) (*database, error) {
 	db, d, err := sqldb.Open(cfg.databaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("database: %s", redactErr(err, cfg.databaseURL))
+		return nil, fmt.Errorf("database: %s", sqldb.RedactError(err, cfg.databaseURL))
 	}
 	where := sqldb.Redact(cfg.databaseURL)
 	delay := connectBackoffMin
@@ -130,15 +129,15 @@ func openDatabase(ctx context.Context, cfg config, logger *slog.Logger, attempte
 		}
 		if errors.Is(err, sqldb.ErrSchema) || ctx.Err() != nil {
 			_ = db.Close()
-			return nil, fmt.Errorf("database %s: %s", where, redactErr(err, cfg.databaseURL))
+			return nil, fmt.Errorf("database %s: %s", where, sqldb.RedactError(err, cfg.databaseURL))
 		}
-		logger.Error("database unreachable: not ready; retrying", "database", where, "error", redactErr(err, cfg.databaseURL), "retry_in", delay)
+		logger.Error("database unreachable: not ready; retrying", "database", where, "error", sqldb.RedactError(err, cfg.databaseURL), "retry_in", delay)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			_ = db.Close()
-			return nil, fmt.Errorf("database %s: gave up at shutdown: %s", where, redactErr(err, cfg.databaseURL))
+			return nil, fmt.Errorf("database %s: gave up at shutdown: %s", where, sqldb.RedactError(err, cfg.databaseURL))
 		case <-t.C:
 		}
 		delay = min(2*delay, connectBackoffMax)
@@ -262,18 +261,6 @@ func (db *database) fileGone() string {
 		return fmt.Sprintf("database file %s was replaced by another file while the service runs: it writes to the old one; restart it", db.path)
 	}
 	return ""
-}
-
-// redactErr returns err's text without the password of dsn (drivers may
-// quote the connection string they were given).
-func redactErr(err error, dsn string) string {
-	s := err.Error()
-	if u, perr := url.Parse(dsn); perr == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok && p != "" {
-			s = strings.ReplaceAll(s, p, "xxxxx")
-		}
-	}
-	return s
 }
 
 // micros is t as the tables store it.

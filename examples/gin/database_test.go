@@ -55,7 +55,7 @@ func postgresURL(t *testing.T) string {
 		if admin != nil {
 			admin.Close()
 		}
-		msg := fmt.Sprintf("no PostgreSQL at %s (%s); set QUEUEKIT_POSTGRES_URL or start postgresql", sqldb.Redact(server), redactErr(err, server))
+		msg := fmt.Sprintf("no PostgreSQL at %s (%s); set QUEUEKIT_POSTGRES_URL or start postgresql", sqldb.Redact(server), sqldb.RedactError(err, server))
 		if os.Getenv("QUEUEKIT_REQUIRE_BROKERS") == "1" {
 			t.Fatal(msg + " (QUEUEKIT_REQUIRE_BROKERS=1)")
 		}

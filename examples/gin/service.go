@@ -610,7 +610,7 @@ func (s *service) setDBErr(err error) {
 		s.dbErr.Store(nil)
 		return
 	}
-	msg := redactErr(err, s.cfg.databaseURL)
+	msg := sqldb.RedactError(err, s.cfg.databaseURL)
 	s.dbErr.Store(&msg)
 }
 
@@ -727,7 +727,7 @@ func (s *service) postOrder(c *gin.Context) {
 	defer cancel()
 	prev, cl, err := s.db.insertOrder(ctx, o, digestHex(req.digest()), s.cfg.queue, msg)
 	if err != nil {
-		s.log.Warn("order not stored", "order", id, "error", redactErr(err, s.cfg.databaseURL))
+		s.log.Warn("order not stored", "order", id, "error", sqldb.RedactError(err, s.cfg.databaseURL))
 		// A failed commit may still have happened: retrying with the same
 		// Idempotency-Key is safe.
 		c.Header("Retry-After", "1")
@@ -772,7 +772,7 @@ func (s *service) getOrder(c *gin.Context) {
 	o, ok, err := s.db.getOrder(ctx, c.Param("id"))
 	switch {
 	case err != nil:
-		s.log.Warn("order not read", "order", c.Param("id"), "error", redactErr(err, s.cfg.databaseURL))
+		s.log.Warn("order not read", "order", c.Param("id"), "error", sqldb.RedactError(err, s.cfg.databaseURL))
 		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "the order database is unavailable; try again"})
 	case !ok:
 		c.JSON(http.StatusNotFound, gin.H{"error": "no such order"})

@@ -92,11 +92,11 @@ func Open(dsn string) (*sql.DB, Dialect, error) {
 		// Settings that cannot work (a bad port, sslmode or timeout) are
 		// errors now, not retried as if the server were down.
 		if _, err := pgconn.ParseConfig(dsn); err != nil {
-			return nil, 0, fmt.Errorf("sqldb: open %s: %s", Redact(dsn), redactErr(err, dsn))
+			return nil, 0, fmt.Errorf("sqldb: open %s: %s", Redact(dsn), RedactError(err, dsn))
 		}
 		db, err := sql.Open("pgx", dsn)
 		if err != nil {
-			return nil, 0, fmt.Errorf("sqldb: open %s: %s", Redact(dsn), redactErr(err, dsn))
+			return nil, 0, fmt.Errorf("sqldb: open %s: %s", Redact(dsn), RedactError(err, dsn))
 		}
 		// database/sql keeps 2 idle connections by default: a queue's workers,
 		// acking at once, would each dial a new one (measured: 6x fewer
@@ -305,11 +305,21 @@ func Redact(dsn string) string {
 	return u.String()
 }
 
-// redactErr returns err's text with dsn's password removed.
-func redactErr(err error, dsn string) string {
+// RedactError returns err's text with the password of dsn (in its user
+// information or its password= parameter) replaced by "xxxxx": drivers may
+// quote the connection string they were given. It returns "" for a nil err.
+func RedactError(err error, dsn string) string {
+	if err == nil {
+		return ""
+	}
 	s := err.Error()
-	if u, perr := url.Parse(dsn); perr == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok && p != "" {
+	if u, perr := url.Parse(dsn); perr == nil {
+		if u.User != nil {
+			if p, ok := u.User.Password(); ok && p != "" {
+				s = strings.ReplaceAll(s, p, "xxxxx")
+			}
+		}
+		if p := u.Query().Get("password"); p != "" {
 			s = strings.ReplaceAll(s, p, "xxxxx")
 		}
 	}

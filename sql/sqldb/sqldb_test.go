@@ -141,3 +141,15 @@ func TestUnavailable(t *testing.T) {
 		t.Errorf("IsUnavailable(a plain error) = true")
 	}
 }
+
+func TestRedactError(t *testing.T) {
+	for _, dsn := range []string{"postgres://u:s3cret@h/db", "postgres://u@h/db?password=s3cret"} {
+		got := sqldb.RedactError(errors.New(`failed to connect to "`+dsn+`": s3cret refused`), dsn)
+		if strings.Contains(got, "s3cret") {
+			t.Errorf("RedactError(…, %q) = %q; shows the password", dsn, got)
+		}
+	}
+	if got := sqldb.RedactError(nil, "postgres://u:p@h/db"); got != "" {
+		t.Errorf("RedactError(nil) = %q; want \"\"", got)
+	}
+}
