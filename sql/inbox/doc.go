@@ -69,19 +69,22 @@
 // in any case, and on SQLite without a "main." prefix. A table named
 // another way still (on PostgreSQL "public.t" around "t") is safe too: the
 // inner inbox inserts its key in the shared transaction, and when the row it
-// meets was written by that very transaction (its xmin is the transaction's
-// id) it runs the handler instead of taking the row for a duplicate; only a
-// row committed by another delivery acks the message unrun. (A row that the
-// enclosing inbox wrote inside a savepoint has the savepoint's id: keep
-// savepoints out of the chain between two inboxes of one table.)
+// meets was written by that very transaction, or one of its savepoints
+// (txid_status of its xmin is 'in progress'), it runs the handler instead of
+// taking the row for a duplicate; only a row committed by another delivery
+// acks the message unrun.
 //
 // On PostgreSQL an inbox on another *sql.DB to the same database (same
-// server, port and database name) counts as on the same database: it
-// shares the enclosing transaction too, where its own would wait for the
-// enclosing one's uncommitted key until the handler's context ended, and so
-// would every redelivery. Telling the two pools apart costs two queries per
-// message, in that case only. Its table name is then resolved with the
-// enclosing pool's search_path. On SQLite, nest inboxes on one *sql.DB: a
+// server, port and database name, same current_user and search_path, and
+// its table the same relation in both sessions) counts as on the same
+// database: it shares the enclosing transaction too, where its own would
+// wait for the enclosing one's uncommitted key until the handler's context
+// ended, and so would every redelivery. Pools of per-tenant schemas
+// (another search_path) each keep a transaction of their own. Every
+// enclosing Transactional inbox counts, not just the innermost: in a chain
+// A, B (another database), A2 (A's database), A2 shares A's transaction.
+// Telling the pools apart costs up to two queries per enclosing inbox and
+// message, in that case only. On SQLite, nest inboxes on one *sql.DB: a
 // second pool to the same file would wait for the enclosing transaction's
 // write lock (SQLITE_BUSY after its busy timeout) on every delivery.
 //

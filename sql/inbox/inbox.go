@@ -273,6 +273,9 @@ type txValue struct {
 	db *sql.DB
 	d  sqldb.Dialect
 	tx *sql.Tx
+	// out is the transaction of the Transactional inbox around this one,
+	// nil for the outermost: enclosing searches them all.
+	out *txValue
 }
 
 // Tx returns the transaction of a Transactional-mode inbox handler: the one
@@ -388,7 +391,7 @@ func (i *Inbox) handleTx(ctx context.Context, m *broker.Message, next consumer.H
 	if n == 0 {
 		return nil // a duplicate of a committed message: ack it, run nothing
 	}
-	if err := next.Handle(i.hold(context.WithValue(ctx, txKey{}, txValue{i.db, i.d, tx}), key), m); err != nil {
+	if err := next.Handle(i.hold(context.WithValue(ctx, txKey{}, i.txValue(ctx, tx)), key), m); err != nil {
 		return err
 	}
 	finished = true
@@ -435,36 +438,64 @@ func (i *Inbox) ownRow(ctx context.Context, tx *sql.Tx, key string) (bool, error
 		return i.holds(ctx, key), nil
 	}
 	var own bool
-	if err := tx.QueryRowContext(ctx, i.q.ownRow, i.cfg.Scope, key).Scan(&own); err != nil {
+	switch err := tx.QueryRowContext(ctx, i.q.ownRow, i.cfg.Scope, key).Scan(&own); {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, nil
+	case err != nil:
 		return false, fmt.Errorf("inbox: read key: %w", err)
 	}
 	return own, nil
 }
 
-// identity names a PostgreSQL database: its name, the server's port and the
-// start time of the server.
-const identity = `SELECT current_database() || ' ' || COALESCE(inet_server_port(), 0)::text || ' ' || pg_postmaster_start_time()::text`
+// txValue returns what the handler's context of i's transaction tx
+// carries: tx, and the transactions of the inboxes enclosing ctx.
+func (i *Inbox) txValue(ctx context.Context, tx *sql.Tx) txValue {
+	v := txValue{db: i.db, d: i.d, tx: tx}
+	if out, ok := ctx.Value(txKey{}).(txValue); ok {
+		v.out = &out
+	}
+	return v
+}
 
-// enclosing returns the transaction of the Transactional inbox enclosing
-// ctx if it is on i's database: the same *sql.DB, or on PostgreSQL another
-// pool to the same database of the same server, whose key the inbox's own
-// transaction would wait for until the handler's context ended.
+// identity names what a PostgreSQL session writes to: the database (its
+// name, the server's port and start time), the role, the search_path, and
+// the relation that $1, the inbox table, resolves to (NULL when none).
+const identity = `SELECT current_database() || ' ' || COALESCE(inet_server_port(), 0)::text || ' ' || pg_postmaster_start_time()::text || ' ' || current_user || ' ' || current_setting('search_path'), to_regclass($1)::oid::text`
+
+// enclosing returns the transaction of a Transactional inbox enclosing ctx
+// (the innermost first, then the ones around it) that is on i's database:
+// the same *sql.DB, or on PostgreSQL another pool to the same database of
+// the same server, whose key the inbox's own transaction would wait for
+// until the handler's context ended. Another pool counts only with the same
+// role and search_path and with i's table resolving to the same relation:
+// with per-tenant schemas it is another tenant's, and i uses a transaction
+// of its own.
 func (i *Inbox) enclosing(ctx context.Context) (txValue, bool, error) {
 	outer, ok := ctx.Value(txKey{}).(txValue)
-	switch {
-	case !ok:
-		return txValue{}, false, nil
-	case outer.db == i.db:
-		return outer, true, nil
-	case outer.d != sqldb.Postgres || i.d != sqldb.Postgres:
+	if !ok {
 		return txValue{}, false, nil
 	}
-	var theirs, ours string
-	if err := outer.tx.QueryRowContext(ctx, identity).Scan(&theirs); err != nil {
-		return txValue{}, false, fmt.Errorf("inbox: identify the enclosing inbox's database: %w", err)
+	var ours *[2]sql.NullString
+	for o := &outer; o != nil; o = o.out {
+		switch {
+		case o.db == i.db:
+			return *o, true, nil
+		case o.d != sqldb.Postgres || i.d != sqldb.Postgres:
+			continue
+		}
+		if ours == nil {
+			ours = new([2]sql.NullString)
+			if err := i.db.QueryRowContext(ctx, identity, i.cfg.Table).Scan(&ours[0], &ours[1]); err != nil {
+				return txValue{}, false, fmt.Errorf("inbox: identify the database: %w", err)
+			}
+		}
+		var theirs [2]sql.NullString
+		if err := o.tx.QueryRowContext(ctx, identity, i.cfg.Table).Scan(&theirs[0], &theirs[1]); err != nil {
+			return txValue{}, false, fmt.Errorf("inbox: identify the enclosing inbox's database: %w", err)
+		}
+		if ours[1].Valid && theirs == *ours {
+			return *o, true, nil
+		}
 	}
-	if err := i.db.QueryRowContext(ctx, identity).Scan(&ours); err != nil {
-		return txValue{}, false, fmt.Errorf("inbox: identify the database: %w", err)
-	}
-	return outer, theirs == ours, nil
+	return txValue{}, false, nil
 }

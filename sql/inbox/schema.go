@@ -208,10 +208,27 @@ func newQueries(d sqldb.Dialect, t string) queries {
 		return fmt.Sprintf(`(clock_timestamp() - $%d::bigint * interval '1 millisecond')`, n)
 	}
 	left := `COALESCE(CAST(EXTRACT(EPOCH FROM (lease_until - clock_timestamp())) * 1000 AS bigint), 0)`
-	// The row's xmin is the 32-bit id of the transaction that wrote it;
-	// txid_current_if_assigned is this transaction's id with its epoch, or
-	// NULL before it wrote anything.
-	ownRow := `SELECT EXISTS (SELECT 1 FROM ` + t + ` WHERE scope = $1 AND key = $2 AND xmin::text::bigint = txid_current_if_assigned() % 4294967296)`
+	// The insert met the row without waiting for it: another transaction
+	// committed it, or this one wrote it, maybe in a subtransaction (a
+	// savepoint). xmin is the 32-bit id of the writer; widened to x, the
+	// full id within 2^31 of this transaction's id c (as PostgreSQL compares
+	// ids), txid_status says 'in progress' only of this transaction's own
+	// ids; 'committed', or NULL for an id whose commit log is gone, is a
+	// committed duplicate, and so are the special ids below 3 (frozen) and
+	// an x before the first epoch. A subtransaction's id is after c; another
+	// transaction's committed row is before the snapshot's xmax s, and an x
+	// past both is this transaction's (txid_status would fail on an id not
+	// yet assigned).
+	ownRow := `SELECT CASE
+	WHEN r < 3 OR x < 0 THEN false
+	WHEN x > c AND x >= s THEN true
+	ELSE COALESCE(txid_status(x) = 'in progress', false)
+END FROM (
+	SELECT r, c, s, c + (r - c % 4294967296 + 6442450944) % 4294967296 - 2147483648 AS x FROM (
+		SELECT xmin::text::bigint AS r, txid_current() AS c, txid_snapshot_xmax(txid_current_snapshot()) AS s
+		FROM ` + t + ` WHERE scope = $1 AND key = $2
+	) v
+) w`
 	if d == sqldb.SQLite {
 		now = `CAST(unixepoch('subsec') * 1000 AS INTEGER)`
 		plus = func(n int) string { return fmt.Sprintf(`(%s + $%d)`, now, n) }
