@@ -74,7 +74,7 @@ func chaosGate(t *testing.T) {
 // order processed exactly once.
 func TestChaosPostgresRabbitMQ(t *testing.T) {
 	chaosGate(t)
-	dsn := chaosPostgres(t)
+	dsn := postgresURL(t)
 	vhost, amqpURL := chaosVhost(t)
 	chaosScenario(t, chaosSetup{
 		dsn:    dsn,
@@ -772,55 +772,6 @@ func chaosCount(t *testing.T, db *sql.DB, q string) int {
 		t.Fatalf("%s: %v", q, err)
 	}
 	return n
-}
-
-// chaosPostgres creates a database queuekit_test_<random> on the server at
-// QUEUEKIT_POSTGRES_URL (default: the local one), dropped WITH (FORCE) at
-// the end, and returns its URL.
-func chaosPostgres(t *testing.T) string {
-	t.Helper()
-	server := os.Getenv("QUEUEKIT_POSTGRES_URL")
-	if server == "" {
-		server = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	admin, _, err := sqldb.Open(server)
-	if err == nil {
-		err = admin.PingContext(ctx)
-	}
-	if err != nil {
-		if admin != nil {
-			admin.Close()
-		}
-		t.Fatalf("no PostgreSQL at %s: %s", sqldb.Redact(server), sqldb.RedactError(err, server))
-	}
-	defer admin.Close()
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	name := "queuekit_test_" + hex.EncodeToString(b)
-	if _, err := admin.ExecContext(ctx, `CREATE DATABASE `+name); err != nil {
-		t.Fatalf("CREATE DATABASE %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		admin, _, err := sqldb.Open(server)
-		if err != nil {
-			t.Errorf("drop %s: %v", name, err)
-			return
-		}
-		defer admin.Close()
-		if _, err := admin.ExecContext(ctx, `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`); err != nil {
-			t.Errorf("DROP DATABASE %s: %v", name, err)
-		}
-	})
-	u, err := url.Parse(server)
-	if err != nil {
-		t.Fatal("QUEUEKIT_POSTGRES_URL: invalid URL")
-	}
-	u.Path = "/" + name
-	return u.String()
 }
 
 // chaosVhost creates a RabbitMQ vhost queuekit-test-<random> for guest,
