@@ -221,38 +221,60 @@ func TestInjectFillsANilHeader(t *testing.T) {
 	}
 }
 
-// BenchmarkTracing measures the per-message cost of the tracing middleware:
-// with a recording SDK provider (spans sampled and ended into a no-op
-// processor) and with the no-op provider, next to a bare handler.
-func BenchmarkTracing(b *testing.B) {
+// BenchmarkOTel measures the per-message cost of the tracing middleware
+// next to a bare handler, in one run: "bare" is the handler alone; "noop" is
+// the no-op provider with a message carrying no trace context (tracing off
+// everywhere: the path that must cost nothing); "noop-remote-parent" is the
+// no-op provider with a traceparent header (the remote span context is still
+// extracted into the handler's context); "global-unset" the default
+// provider (otel.GetTracerProvider) when no program sets one, with a message
+// carrying no trace context; "sdk-never-sample" an SDK provider
+// whose sampler drops every span; "sdk-always-sample" an SDK provider
+// recording every span into a no-op processor. Each sub-benchmark after bare
+// reports ns-over-bare and x-bare against the bare figure of the same run.
+func BenchmarkOTel(b *testing.B) {
 	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
 	ctx := context.Background()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(nopProcessor{}))
-	defer tp.Shutdown(ctx)
-	pctx, span := tp.Tracer("p").Start(ctx, "send")
-	header := otelqueuekit.Inject(pctx, map[string]string{})
+	pub := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(nopProcessor{}))
+	defer pub.Shutdown(ctx)
+	pctx, span := pub.Tracer("p").Start(ctx, "send")
+	traced := &broker.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}"),
+		Header: otelqueuekit.Inject(pctx, map[string]string{"content-type": "application/json"})}
 	span.End()
-	m := &broker.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}"), Header: header}
-	b.Run("baseline", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			_ = h.Handle(ctx, m)
-		}
-	})
-	b.Run("tracing-sdk", func(b *testing.B) {
-		wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(tp))(h)
-		b.ReportAllocs()
-		for b.Loop() {
-			_ = wrapped.Handle(ctx, m)
-		}
-	})
-	b.Run("tracing-noop", func(b *testing.B) {
-		wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()))(h)
-		b.ReportAllocs()
-		for b.Loop() {
-			_ = wrapped.Handle(ctx, m)
-		}
-	})
+	plain := &broker.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}"),
+		Header: map[string]string{"content-type": "application/json"}}
+	never := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()), sdktrace.WithSpanProcessor(nopProcessor{}))
+	defer never.Shutdown(ctx)
+	always := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSpanProcessor(nopProcessor{}))
+	defer always.Shutdown(ctx)
+
+	var bare float64 // ns/op of the bare handler in this run
+	run := func(name string, handler consumer.Handler, m *broker.Message) {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = handler.Handle(ctx, m)
+			}
+			ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+			if name == "bare" {
+				bare = ns
+				return
+			}
+			if bare > 0 {
+				b.ReportMetric(ns-bare, "ns-over-bare")
+				b.ReportMetric(ns/bare, "x-bare")
+			}
+		})
+	}
+	tracing := func(tp trace.TracerProvider) consumer.Handler {
+		return otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(tp))(h)
+	}
+	run("bare", h, plain)
+	run("noop", tracing(noop.NewTracerProvider()), plain)
+	run("noop-remote-parent", tracing(noop.NewTracerProvider()), traced)
+	run("global-unset", otelqueuekit.Tracing("memory")(h), plain)
+	run("sdk-never-sample", tracing(never), traced)
+	run("sdk-always-sample", tracing(always), traced)
 }
 
 type nopProcessor struct{}
