@@ -3,6 +3,7 @@ package otelqueuekit
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -10,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
@@ -76,6 +78,7 @@ type Option func(*options)
 type options struct {
 	tp            trace.TracerProvider
 	prop          propagation.TextMapPropagator
+	fields        []string // the headers prop extracts from, when known
 	consumerGroup string
 }
 
@@ -111,8 +114,14 @@ func newOptions(opts []Option) options {
 	if o.tp == nil {
 		o.tp = otel.GetTracerProvider()
 	}
-	if o.prop == nil {
+	switch o.prop.(type) {
+	case nil:
 		o.prop = defaultPropagator
+		o.fields = []string{"traceparent", "baggage"}
+	case propagation.TraceContext:
+		o.fields = []string{"traceparent"}
+	case propagation.Baggage:
+		o.fields = []string{"baggage"}
 	}
 	return o
 }
@@ -131,56 +140,161 @@ func newOptions(opts []Option) options {
 // context carries the span, so that its own spans and outgoing calls join
 // the trace.
 //
+// The attributes semantic conventions name as relevant to sampling (system,
+// operation, destination, consumer group) are given when the span starts,
+// so that a sampler sees them; the per-message ones (message id, body size,
+// attempt, consumer name) are set only on a span that records: a span the
+// sampler drops costs no attribute work.
+//
 // A handler error is recorded on the span (RecordError, status Error,
 // error.type set to middleware.Outcome(err): error, permanent, timeout,
 // panic). Put Recover inside Tracing so that a panic reaches it as an error.
+//
+// # Tracing off
+//
+// With the no-op provider (go.opentelemetry.io/otel/trace/noop), Tracing
+// starts no span and sets no attribute: a message without trace context
+// reaches the handler with its context unchanged, at no allocation. A
+// message that carries a trace context (from a publisher that traces)
+// still has it extracted, so that the handler's context carries the remote
+// span context and whatever it publishes or calls propagates the trace
+// onward: this is what the OpenTelemetry API requires without an SDK (a
+// non-recording span with the parent's span context) and what OpenTelemetry's
+// own instrumentation (otelhttp) does with a no-op provider. With the
+// default propagator, headers are looked up first (traceparent, baggage) and
+// Extract runs only when one is present; another propagator (WithPropagator)
+// is always asked to Extract.
+//
+// The global provider (the default, otel.GetTracerProvider) is not treated
+// as no-op even before a program sets one, since it may be set later, or
+// attached to by automatic instrumentation: until then each message starts
+// a non-recording span, which costs a context (see BenchmarkOTel).
 func Tracing(system string, opts ...Option) consumer.Middleware {
 	o := newOptions(opts)
 	if system == "" {
 		system = "queuekit"
 	}
-	tracer := o.tp.Tracer(ScopeName, trace.WithSchemaURL(semconv.SchemaURL))
-	fixed := []attribute.KeyValue{
-		semconv.MessagingSystemKey.String(system),
-		semconv.MessagingOperationTypeProcess,
-		semconv.MessagingOperationName("process"),
+	t := &tracing{
+		tracer: o.tp.Tracer(ScopeName, trace.WithSchemaURL(semconv.SchemaURL)),
+		prop:   o.prop,
+		fields: o.fields,
+		fixed: []attribute.KeyValue{
+			semconv.MessagingSystemKey.String(system),
+			semconv.MessagingOperationTypeProcess,
+			semconv.MessagingOperationName("process"),
+		},
 	}
 	if o.consumerGroup != "" {
-		fixed = append(fixed, semconv.MessagingConsumerGroupName(o.consumerGroup))
+		t.fixed = append(t.fixed, semconv.MessagingConsumerGroupName(o.consumerGroup))
+	}
+	switch t.tracer.(type) {
+	case noop.Tracer, *noop.Tracer:
+		t.noop = true
 	}
 	return func(next consumer.Handler) consumer.Handler {
-		return consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
-			pctx := o.prop.Extract(ctx, Carrier(m.Header))
-			attrs := make([]attribute.KeyValue, 0, len(fixed)+5)
-			attrs = append(attrs, fixed...)
-			attrs = append(attrs,
-				semconv.MessagingDestinationName(m.Topic),
-				semconv.MessagingMessageID(m.ID),
-				semconv.MessagingMessageBodySize(len(m.Body)),
-				AttributeAttempt.Int(m.Attempt),
-			)
-			if name, ok := consumer.NameFromContext(ctx); ok {
-				attrs = append(attrs, AttributeConsumer.String(name))
-			}
-			sopts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...)}
-			// Parent and link: a single-message process span may have the
-			// creation context as parent (one trace from publish to
-			// process) and should link to it (semantic conventions), which
-			// keeps the relation when a backend splits long traces.
-			if sc := trace.SpanContextFromContext(pctx); sc.IsValid() {
-				sopts = append(sopts, trace.WithLinks(trace.Link{SpanContext: sc}))
-			}
-			sctx, span := tracer.Start(pctx, spanName(m.Topic), sopts...)
-			err := next.Handle(sctx, m)
-			if err != nil {
-				span.RecordError(describable(err))
-				span.SetStatus(codes.Error, consumer.ErrorText(err))
-				span.SetAttributes(semconv.ErrorTypeKey.String(middleware.Outcome(err)))
-			}
-			span.End()
-			return err
-		})
+		return &tracingHandler{t: t, next: next}
 	}
+}
+
+// tracing is what Tracing computes once, shared by every handler it wraps.
+type tracing struct {
+	tracer trace.Tracer
+	noop   bool // the tracer is the no-op one: no span is started
+	prop   propagation.TextMapPropagator
+	// fields are the headers prop extracts from, when known: Extract is
+	// skipped for a message that has none of them. Nil: always Extract.
+	fields []string
+	fixed  []attribute.KeyValue // start attributes common to every message
+	// topic caches the span name and start options of the last topic seen,
+	// so that a consumer of one topic builds them once.
+	topic atomic.Pointer[topicSpan]
+}
+
+// topicSpan is the span name and start options for the messages of a topic.
+type topicSpan struct {
+	topic string
+	name  string
+	opts  []trace.SpanStartOption // kind and start attributes
+}
+
+func (t *tracing) forTopic(topic string) *topicSpan {
+	if ts := t.topic.Load(); ts != nil && ts.topic == topic {
+		return ts
+	}
+	attrs := make([]attribute.KeyValue, 0, len(t.fixed)+1)
+	attrs = append(attrs, t.fixed...)
+	attrs = append(attrs, semconv.MessagingDestinationName(topic))
+	ts := &topicSpan{
+		topic: topic,
+		name:  spanName(topic),
+		opts:  []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...)},
+	}
+	t.topic.Store(ts)
+	return ts
+}
+
+// extract returns ctx with the trace context of header, if it has one.
+func (t *tracing) extract(ctx context.Context, header map[string]string) context.Context {
+	if t.fields != nil {
+		found := false
+		for _, k := range t.fields {
+			if _, found = header[k]; found {
+				break
+			}
+		}
+		if !found {
+			return ctx
+		}
+	}
+	return t.prop.Extract(ctx, Carrier(header))
+}
+
+type tracingHandler struct {
+	t    *tracing
+	next consumer.Handler
+}
+
+func (h *tracingHandler) Handle(ctx context.Context, m *broker.Message) error {
+	t := h.t
+	pctx := t.extract(ctx, m.Header)
+	if t.noop {
+		// What the no-op tracer's Start would return: the parent's span
+		// context (the remote one just extracted, if any), not recording.
+		return h.next.Handle(pctx, m)
+	}
+	ts := t.forTopic(m.Topic)
+	sopts := ts.opts
+	// Parent and link: a single-message process span may have the creation
+	// context as parent (one trace from publish to process) and should link
+	// to it (semantic conventions), which keeps the relation when a backend
+	// splits long traces.
+	if sc := trace.SpanContextFromContext(pctx); sc.IsValid() {
+		sopts = append(sopts[:len(sopts):len(sopts)], trace.WithLinks(trace.Link{SpanContext: sc}))
+	}
+	sctx, span := t.tracer.Start(pctx, ts.name, sopts...)
+	if !span.IsRecording() {
+		err := h.next.Handle(sctx, m)
+		span.End()
+		return err
+	}
+	attrs := make([]attribute.KeyValue, 0, 4)
+	attrs = append(attrs,
+		semconv.MessagingMessageID(m.ID),
+		semconv.MessagingMessageBodySize(len(m.Body)),
+		AttributeAttempt.Int(m.Attempt),
+	)
+	if name, ok := consumer.NameFromContext(ctx); ok {
+		attrs = append(attrs, AttributeConsumer.String(name))
+	}
+	span.SetAttributes(attrs...)
+	err := h.next.Handle(sctx, m)
+	if err != nil {
+		span.RecordError(describable(err))
+		span.SetStatus(codes.Error, consumer.ErrorText(err))
+		span.SetAttributes(semconv.ErrorTypeKey.String(middleware.Outcome(err)))
+	}
+	span.End()
+	return err
 }
 
 func spanName(topic string) string {

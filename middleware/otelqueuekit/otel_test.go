@@ -5,14 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/embedded"
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/goleak"
 
@@ -218,6 +225,355 @@ func TestInjectFillsANilHeader(t *testing.T) {
 	}
 	if h := otelqueuekit.Inject(context.Background(), nil); len(h) != 0 {
 		t.Errorf("Inject without a span = %v; want an empty header", h)
+	}
+}
+
+// tracedMessage returns a message published from a fresh span of tp, with
+// its trace context (and the baggage of ctx) injected into the headers, and
+// that span's context.
+func tracedMessage(ctx context.Context, tp trace.TracerProvider) (*broker.Message, trace.SpanContext) {
+	pctx, span := tp.Tracer("publisher").Start(ctx, "send orders", trace.WithSpanKind(trace.SpanKindProducer))
+	defer span.End()
+	m := &broker.Message{ID: "order-1", Topic: "orders", Attempt: 1, Body: []byte("{}"),
+		Header: otelqueuekit.Inject(pctx, map[string]string{"content-type": "application/json"})}
+	return m, span.SpanContext()
+}
+
+type ctxKey struct{}
+
+// TestNoopProviderStartsNoSpanButPropagates checks the no-op provider: the
+// handler is called with its context unchanged (no span, no allocation) for
+// a message without trace context, and, for a message that carries one,
+// with the remote span context and baggage extracted, so that what the
+// handler publishes carries the publisher's trace onward (as the
+// OpenTelemetry API without an SDK, and otelhttp, do).
+func TestNoopProviderStartsNoSpanButPropagates(t *testing.T) {
+	pub, _ := newProvider()
+	defer pub.Shutdown(context.Background())
+	member, _ := baggage.NewMember("tenant", "acme")
+	bag, _ := baggage.New(member)
+	traced, sent := tracedMessage(baggage.ContextWithBaggage(context.Background(), bag), pub)
+
+	var (
+		calls      int
+		got        trace.SpanContext
+		gotBaggage string
+		onward     map[string]string
+		marker     any
+	)
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		calls++
+		got = trace.SpanContextFromContext(ctx)
+		gotBaggage = baggage.FromContext(ctx).Member("tenant").Value()
+		onward = otelqueuekit.Inject(ctx, nil) // what the handler would publish
+		marker = ctx.Value(ctxKey{})
+		return nil
+	})
+	wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()))(h)
+	ctx := context.WithValue(context.Background(), ctxKey{}, "kept")
+
+	if err := wrapped.Handle(ctx, traced); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 || marker != "kept" {
+		t.Fatalf("handler calls = %d, context value = %v; want 1, the caller's", calls, marker)
+	}
+	if !got.Equal(sent.WithRemote(true)) {
+		t.Errorf("handler's span context = %v; want the publisher's %v, remote", got, sent)
+	}
+	if gotBaggage != "acme" {
+		t.Errorf("handler's baggage tenant = %q; want acme", gotBaggage)
+	}
+	want := fmt.Sprintf("00-%s-%s-01", sent.TraceID(), sent.SpanID())
+	if onward["traceparent"] != want {
+		t.Errorf("traceparent published by the handler = %q; want the publisher's %q", onward["traceparent"], want)
+	}
+
+	plain := &broker.Message{ID: "order-2", Topic: "orders", Body: []byte("{}"), Header: map[string]string{"content-type": "application/json"}}
+	if err := wrapped.Handle(ctx, plain); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 2 || marker != "kept" || got.IsValid() || len(onward) != 0 {
+		t.Errorf("message without trace context: calls %d, context value %v, span context %v, onward headers %v; want 2, kept, none, none",
+			calls, marker, got, onward)
+	}
+
+	quiet := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()))(
+		consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }))
+	if n := testing.AllocsPerRun(1000, func() { _ = quiet.Handle(ctx, plain) }); n != 0 {
+		t.Errorf("no-op provider, message without trace context: %v allocs per message; want 0", n)
+	}
+	plain.Header = nil
+	if n := testing.AllocsPerRun(1000, func() { _ = quiet.Handle(ctx, plain) }); n != 0 {
+		t.Errorf("no-op provider, message without headers: %v allocs per message; want 0", n)
+	}
+}
+
+// TestNoopGlobalProviderIsNoop checks that a no-op provider set as the
+// global one before Tracing is called is recognised as such.
+func TestNoopGlobalProviderIsNoop(t *testing.T) {
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(noop.NewTracerProvider())
+	defer otel.SetTracerProvider(prev)
+	wrapped := otelqueuekit.Tracing("memory")(consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }))
+	m := &broker.Message{ID: "x", Topic: "orders"}
+	if n := testing.AllocsPerRun(1000, func() { _ = wrapped.Handle(context.Background(), m) }); n != 0 {
+		t.Errorf("global no-op provider: %v allocs per message; want 0", n)
+	}
+}
+
+// recordingSampler remembers the attributes and links it was asked to
+// sample with, and drops every span.
+type recordingSampler struct {
+	mu     sync.Mutex
+	params []sdktrace.SamplingParameters
+}
+
+func (s *recordingSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	s.mu.Lock()
+	s.params = append(s.params, p)
+	s.mu.Unlock()
+	return sdktrace.SamplingResult{Decision: sdktrace.Drop, Tracestate: trace.SpanContextFromContext(p.ParentContext).TraceState()}
+}
+
+func (s *recordingSampler) Description() string { return "recordingSampler" }
+
+// countingProvider wraps a provider so that calls to the span methods that
+// do attribute and error work are counted.
+type countingProvider struct {
+	embedded.TracerProvider
+	tp    trace.TracerProvider
+	calls *atomic.Int64
+}
+
+func (p countingProvider) Tracer(name string, opts ...trace.TracerOption) trace.Tracer {
+	return countingTracer{tr: p.tp.Tracer(name, opts...), calls: p.calls}
+}
+
+type countingTracer struct {
+	embedded.Tracer
+	tr    trace.Tracer
+	calls *atomic.Int64
+}
+
+func (t countingTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	ctx, span := t.tr.Start(ctx, name, opts...)
+	s := countingSpan{Span: span, calls: t.calls}
+	return trace.ContextWithSpan(ctx, s), s
+}
+
+type countingSpan struct {
+	trace.Span
+	calls *atomic.Int64
+}
+
+func (s countingSpan) SetAttributes(kv ...attribute.KeyValue) {
+	s.calls.Add(1)
+	s.Span.SetAttributes(kv...)
+}
+func (s countingSpan) RecordError(err error, opts ...trace.EventOption) {
+	s.calls.Add(1)
+	s.Span.RecordError(err, opts...)
+}
+func (s countingSpan) SetStatus(c codes.Code, d string) { s.calls.Add(1); s.Span.SetStatus(c, d) }
+
+// TestDroppedSpanGetsNoAttributeWork checks a provider whose sampler drops
+// every span: the sampler still sees the sampling-relevant attributes and
+// the link to the publisher's span, the handler runs in the (non-recording)
+// span's context and its error is returned as it is, but no attribute or
+// error is set on the span, and the middleware allocates nothing beyond
+// what the tracer's own Start costs.
+func TestDroppedSpanGetsNoAttributeWork(t *testing.T) {
+	pub, _ := newProvider()
+	defer pub.Shutdown(context.Background())
+	traced, sent := tracedMessage(context.Background(), pub)
+
+	sampler := &recordingSampler{}
+	sr := tracetest.NewSpanRecorder()
+	sdk := sdktrace.NewTracerProvider(sdktrace.WithSampler(sampler), sdktrace.WithSpanProcessor(sr))
+	defer sdk.Shutdown(context.Background())
+	var calls atomic.Int64
+	tp := countingProvider{tp: sdk, calls: &calls}
+
+	failure := errors.New("db down")
+	var handled int
+	var inHandler trace.SpanContext
+	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		handled++
+		inHandler = trace.SpanContextFromContext(ctx)
+		return failure
+	})
+	wrapped := otelqueuekit.Tracing("kafka", otelqueuekit.WithTracerProvider(tp), otelqueuekit.WithConsumerGroup("billing"))(h)
+	if err := wrapped.Handle(context.Background(), traced); err != failure {
+		t.Fatalf("Handle() = %v; want the handler's error as it is", err)
+	}
+	if handled != 1 {
+		t.Fatalf("handler called %d times; want 1", handled)
+	}
+	if inHandler.TraceID() != sent.TraceID() || inHandler.IsSampled() {
+		t.Errorf("handler's span context = %v; want one of the publisher's trace %s, not sampled", inHandler, sent.TraceID())
+	}
+	if n := calls.Load(); n != 0 {
+		t.Errorf("%d attribute/status/error calls on a dropped span; want 0", n)
+	}
+	if n := len(sr.Ended()); n != 0 {
+		t.Errorf("%d spans ended into the processor; want 0 (dropped)", n)
+	}
+	if len(sampler.params) != 1 {
+		t.Fatalf("sampler asked %d times; want 1", len(sampler.params))
+	}
+	p := sampler.params[0]
+	seen := make(map[attribute.Key]attribute.Value)
+	for _, kv := range p.Attributes {
+		seen[kv.Key] = kv.Value
+	}
+	for k, want := range map[attribute.Key]attribute.Value{
+		"messaging.system":              attribute.StringValue("kafka"),
+		"messaging.operation.type":      attribute.StringValue("process"),
+		"messaging.operation.name":      attribute.StringValue("process"),
+		"messaging.destination.name":    attribute.StringValue("orders"),
+		"messaging.consumer.group.name": attribute.StringValue("billing"),
+	} {
+		if seen[k] != want {
+			t.Errorf("sampler saw %s = %v; want %v", k, seen[k].Emit(), want.Emit())
+		}
+	}
+	if p.Kind != trace.SpanKindConsumer || p.Name != "process orders" {
+		t.Errorf("sampler saw kind %v, name %q; want consumer, %q", p.Kind, p.Name, "process orders")
+	}
+	if len(p.Links) != 1 || p.Links[0].SpanContext.SpanID() != sent.SpanID() {
+		t.Errorf("sampler saw links %v; want one to the publisher's span %s", p.Links, sent.SpanID())
+	}
+
+	// Allocations: the middleware adds none to what starting and ending
+	// the same span directly costs.
+	never := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
+	defer never.Shutdown(context.Background())
+	nop := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
+	quiet := otelqueuekit.Tracing("kafka", otelqueuekit.WithTracerProvider(never))(nop)
+	plain := &broker.Message{ID: "order-2", Topic: "orders", Body: []byte("{}")}
+	tracer := never.Tracer(otelqueuekit.ScopeName)
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+		attribute.String("messaging.system", "kafka"), attribute.String("messaging.operation.type", "process"),
+		attribute.String("messaging.operation.name", "process"), attribute.String("messaging.destination.name", "orders"))}
+	ctx := context.Background()
+	direct := testing.AllocsPerRun(1000, func() {
+		_, span := tracer.Start(ctx, "process orders", opts...)
+		span.End()
+	})
+	viaTracing := testing.AllocsPerRun(1000, func() { _ = quiet.Handle(ctx, plain) })
+	t.Logf("never-sampling SDK, message without trace context: %v allocs per message (a direct Start/End: %v)", viaTracing, direct)
+	if viaTracing > direct {
+		t.Errorf("never-sampling SDK: %v allocs per message; want at most the %v of a direct Start/End", viaTracing, direct)
+	}
+}
+
+// TestSpansPerTopic checks that span names and destinations follow each
+// message's topic when the topics of consecutive messages differ.
+func TestSpansPerTopic(t *testing.T) {
+	tp, sr := newProvider()
+	defer tp.Shutdown(context.Background())
+	wrapped := otelqueuekit.Tracing("kafka", otelqueuekit.WithTracerProvider(tp))(
+		consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }))
+	topics := []string{"orders", "refunds", "orders", "", "refunds"}
+	for i, topic := range topics {
+		if err := wrapped.Handle(context.Background(), &broker.Message{ID: fmt.Sprint(i), Topic: topic}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spans := sr.Ended()
+	if len(spans) != len(topics) {
+		t.Fatalf("%d spans; want %d", len(spans), len(topics))
+	}
+	for i, s := range spans {
+		wantName := "process " + topics[i]
+		if topics[i] == "" {
+			wantName = "process"
+		}
+		a := attrs(s)
+		if s.Name() != wantName || a["messaging.destination.name"].AsString() != topics[i] || a["messaging.message.id"].AsString() != fmt.Sprint(i) {
+			t.Errorf("span %d: name %q, destination %q, id %q; want %q, %q, %q", i, s.Name(),
+				a["messaging.destination.name"].AsString(), a["messaging.message.id"].AsString(), wantName, topics[i], fmt.Sprint(i))
+		}
+	}
+}
+
+// headerPropagator extracts a span context from the header "x-trace" (a
+// traceparent under another name), to check that a propagator other than
+// the default is always asked to extract.
+type headerPropagator struct{}
+
+func (headerPropagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
+	tmp := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, tmp)
+	if v := tmp.Get("traceparent"); v != "" {
+		c.Set("x-trace", v)
+	}
+}
+
+func (headerPropagator) Extract(ctx context.Context, c propagation.TextMapCarrier) context.Context {
+	return propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": c.Get("x-trace")})
+}
+
+func (headerPropagator) Fields() []string { return []string{"x-trace"} }
+
+func TestOtherPropagatorIsAlwaysAsked(t *testing.T) {
+	pub, _ := newProvider()
+	defer pub.Shutdown(context.Background())
+	pctx, span := pub.Tracer("publisher").Start(context.Background(), "send")
+	span.End()
+	m := &broker.Message{ID: "x", Topic: "orders", Header: otelqueuekit.Inject(pctx, nil, otelqueuekit.WithPropagator(headerPropagator{}))}
+	if _, ok := m.Header["traceparent"]; ok || m.Header["x-trace"] == "" {
+		t.Fatalf("headers = %v; want x-trace only", m.Header)
+	}
+	for _, tp := range []trace.TracerProvider{noop.NewTracerProvider(), pub} {
+		var got trace.SpanContext
+		wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(tp), otelqueuekit.WithPropagator(headerPropagator{}))(
+			consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
+				got = trace.SpanContextFromContext(ctx)
+				return nil
+			}))
+		if err := wrapped.Handle(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+		if got.TraceID() != span.SpanContext().TraceID() {
+			t.Errorf("%T: handler's trace %s; want the publisher's %s", tp, got.TraceID(), span.SpanContext().TraceID())
+		}
+	}
+}
+
+// TestNoopCostFigures logs what tracing with the no-op provider costs per
+// message next to a bare handler (ns/op from testing.Benchmark with
+// QUEUEKIT_FULL=1, and without the race detector for figures that mean
+// anything), and asserts that it allocates nothing.
+func TestNoopCostFigures(t *testing.T) {
+	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
+	wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()))(h)
+	m := &broker.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}"), Header: map[string]string{"content-type": "application/json"}}
+	ctx := context.Background()
+	allocs := testing.AllocsPerRun(1000, func() { _ = wrapped.Handle(ctx, m) })
+	t.Logf("no-op provider: %v allocs per message", allocs)
+	if allocs != 0 {
+		t.Errorf("no-op provider: %v allocs per message; want 0", allocs)
+	}
+	if os.Getenv("QUEUEKIT_FULL") != "1" || testing.Short() {
+		return
+	}
+	bench := func(h consumer.Handler) testing.BenchmarkResult {
+		return testing.Benchmark(func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = h.Handle(ctx, m)
+			}
+		})
+	}
+	for round := range 3 { // interleaved rounds
+		bare, noopRes := bench(h), bench(wrapped)
+		t.Logf("round %d: bare %d ns/op %d allocs/op; no-op provider %d ns/op %d allocs/op (%+d ns over bare)",
+			round+1, bare.NsPerOp(), bare.AllocsPerOp(), noopRes.NsPerOp(), noopRes.AllocsPerOp(), noopRes.NsPerOp()-bare.NsPerOp())
+		if noopRes.AllocsPerOp() != 0 {
+			t.Errorf("no-op provider: %d allocs/op; want 0", noopRes.AllocsPerOp())
+		}
 	}
 }
 
