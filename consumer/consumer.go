@@ -44,6 +44,9 @@ type Consumer struct {
 
 	backlog backlogCache // the source's backlog, asked at most every BacklogInterval (backlog.go)
 
+	gate    gate               // how many workers take deliveries (gate.go)
+	limiter concurrencyLimiter // WithAdaptiveConcurrency's, or nil
+
 	pmu    sync.Mutex // serialises Pause and Resume, source calls included
 	mu     sync.Mutex
 	cur    *run // the Run in progress, or nil
@@ -77,6 +80,15 @@ func New(src broker.Source, h Handler, opts ...Option) (*Consumer, error) {
 		return nil, err
 	}
 	c := &Consumer{src: src, h: h, o: o}
+	c.gate.init(o.concurrency)
+	if o.newLimiter != nil {
+		l, err := o.newLimiter(o.concurrency)
+		if err != nil {
+			return nil, err
+		}
+		c.limiter = l
+		c.gate.setLimit(l.limit())
+	}
 	c.setName(o.name)
 	if es, ok := src.(broker.EventSource); ok {
 		es.SetEventHook(c.emitSource)

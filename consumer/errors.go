@@ -22,7 +22,30 @@ var (
 	// ErrNotPausable is returned by Supervisor.Pause and Resume for a runner
 	// that cannot pause.
 	ErrNotPausable = errors.New("queuekit: runner cannot pause")
+	// ErrNotHandled is returned, wrapped, by a handler or middleware that
+	// did not do the message's work because the consumer's intake stopped
+	// while it waited (a rate limit's wait cut short by IntakeStopped).
+	// When the intake the message was received under has stopped by the
+	// time the handler returns (Pause, a kill-switch trip, the drain), the
+	// runtime gives the message back with Release: SettledGiveBack, no
+	// attempt spent, counted in Stats.GivenBack, not in Stats.Failed. While
+	// that intake is still open it is an ordinary failure, which spends an
+	// attempt, so that a message can never loop on it.
+	ErrNotHandled = errors.New("queuekit: message not handled: intake stopped")
 )
+
+// isFailure reports whether a handler's err says the work failed in a way
+// another try may mend: not nil, not permanent (retry.Permanent: the message
+// is bad, not the dependency) and not ErrNotHandled (the work was not
+// tried). The kill switch counts these by default, and an adaptive limiter
+// is told of them.
+func isFailure(err error) bool {
+	if err == nil {
+		return false
+	}
+	permanent, _ := classify(err)
+	return !permanent && !safeIs(err, ErrNotHandled)
+}
 
 // PanicError is a handler panic turned into an error, by the runtime or by
 // middleware.Recover. The message is treated as failed, like any other error:

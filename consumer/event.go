@@ -44,6 +44,15 @@ const (
 	// EventRebalanced: a Kafka consumer group generation ended (partitions
 	// were revoked or reassigned); Event.Err says why.
 	EventRebalanced
+	// EventTripped: the kill switch (WithKillSwitch) stopped intake;
+	// Event.Err is the reason (the failure ratio and the last error).
+	EventTripped
+	// EventProbing: the restart timeout of a tripped kill switch passed;
+	// intake reopened with KillSwitch.ProbeConcurrency handlers at once.
+	EventProbing
+	// EventRecovered: the probes succeeded; the kill switch closed and the
+	// consumer runs at full concurrency again.
+	EventRecovered
 )
 
 var eventKindNames = [...]string{
@@ -62,6 +71,9 @@ var eventKindNames = [...]string{
 	EventDeadLettered: "dead-lettered",
 	EventSettleFailed: "settle-failed",
 	EventRebalanced:   "rebalanced",
+	EventTripped:      "tripped",
+	EventProbing:      "probing",
+	EventRecovered:    "recovered",
 }
 
 // String returns the kind's name, such as "drained".
@@ -127,7 +139,9 @@ const (
 	// budget spent).
 	SettledDeadLetter
 	// SettledGiveBack: received after intake stopped, or its handler gave up
-	// because the consumer was stopping; given back unhandled.
+	// because the consumer was stopping (ErrNotHandled, a cancelled
+	// context), or it failed while the kill switch was tripped; given back
+	// without spending an attempt where the broker can (broker.Releaser).
 	SettledGiveBack
 	// SettledAbandon: its handler was still running at the drain deadline;
 	// given back to be redelivered.

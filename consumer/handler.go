@@ -51,3 +51,22 @@ func NameFromContext(ctx context.Context) (string, bool) {
 	name, ok := ctx.Value(nameKey{}).(string)
 	return name, ok
 }
+
+type intakeKey struct{}
+
+// IntakeStopped returns, in a handler's ctx (or a context derived from it),
+// a channel that is closed when the intake the message was received under
+// stops: the consumer was paused, its kill switch tripped, or it began to
+// drain. The handler's ctx itself is not cancelled then (in-flight work is
+// allowed to finish); IntakeStopped is for work that has not begun, such as
+// a wait for a rate limiter's token, which should then give up and return an
+// error wrapping ErrNotHandled so that the message is given back unspent.
+//
+// Outside a handler's context it returns a nil channel, which blocks
+// forever in a select.
+func IntakeStopped(ctx context.Context) <-chan struct{} {
+	if in, ok := ctx.Value(intakeKey{}).(*intake); ok && in.ctx != nil {
+		return in.ctx.Done()
+	}
+	return nil
+}

@@ -29,6 +29,11 @@ const (
 	// backoff, holding the delivery, and that worker takes nothing new
 	// meanwhile. The EventSettleFailed events say why.
 	StateStalled
+	// StateTripped: the consumer's kill switch (WithKillSwitch) stopped its
+	// intake because too many handlers failed; it probes again after the
+	// restart timeout. RunnerHealth.Reason says why. The runner has not
+	// failed: a Supervisor does not restart it.
+	StateTripped
 )
 
 var stateNames = [...]string{
@@ -40,6 +45,7 @@ var stateNames = [...]string{
 	StateFailed:       "failed",
 	StateStopped:      "stopped",
 	StateStalled:      "stalled",
+	StateTripped:      "tripped",
 }
 
 // String returns the state's name, such as "draining".
@@ -84,4 +90,7 @@ type RunnerHealth struct {
 	Restarts int `json:"restarts"`
 	// LastError is the text of the last failure, if any.
 	LastError string `json:"last_error,omitempty"`
+	// Reason says why a consumer's kill switch is tripped or probing
+	// (Consumer.KillSwitch); empty otherwise.
+	Reason string `json:"reason,omitempty"`
 }

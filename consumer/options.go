@@ -26,6 +26,11 @@ type options struct {
 	observers     []func(context.Context, *broker.Message, Settlement, error)
 	middleware    []Middleware
 
+	// newLimiter, set by WithAdaptiveConcurrency, makes the consumer's
+	// concurrency limiter for WithConcurrency's n (adaptive.go); its error
+	// fails New.
+	newLimiter func(n int) (concurrencyLimiter, error)
+
 	// Built by build from the lists above.
 	hook     func(Event)
 	observer func(context.Context, *broker.Message, Settlement, error)

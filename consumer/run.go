@@ -18,8 +18,9 @@ import (
 type intake struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
-	stopped atomic.Bool   // set before cancel; a delivery received after it is given back
-	wake    chan struct{} // non-nil when paused
+	hctx    context.Context // the handlers' context for deliveries of this intake (IntakeStopped reads it)
+	stopped atomic.Bool     // set before cancel; a delivery received after it is given back
+	wake    chan struct{}   // non-nil when paused
 	final   bool
 }
 
@@ -79,6 +80,7 @@ type run struct {
 	failErr  error // written before stopCh is closed by fail
 
 	slots     []slot
+	running   atomic.Int32 // handlers running, kept only for a concurrencyLimiter
 	clock     *settleClock
 	wg        sync.WaitGroup // workers not abandoned
 	settled   atomic.Int64
@@ -121,7 +123,11 @@ func newRun(c *Consumer, ctx context.Context) *run {
 
 func (r *run) openIntake() *intake {
 	ctx, cancel := context.WithCancel(r.base)
-	return &intake{ctx: ctx, cancel: cancel}
+	in := &intake{ctx: ctx, cancel: cancel}
+	// One context per intake, not per message: IntakeStopped finds the
+	// intake in it.
+	in.hctx = context.WithValue(r.handlerCtx, intakeKey{}, in)
+	return in
 }
 
 // setIntake replaces the current intake and ends the old one. The caller
@@ -303,6 +309,13 @@ func (r *run) work(i int) {
 			<-in.wake
 			continue
 		}
+		if !r.c.gate.admits(i) {
+			// Above the concurrency limit: take nothing until the limit
+			// lets this worker in, or this intake stops (then look at the
+			// next one: paused, or final).
+			r.c.gate.wait(i, in.ctx.Done())
+			continue
+		}
 		s := &r.slots[i]
 		s.state.Store(slotReceiving)
 		d, m, err := r.receive(in.ctx)
@@ -324,7 +337,7 @@ func (r *run) work(i int) {
 			s.state.Store(slotIdle)
 			continue
 		}
-		if !r.process(i, d, m) { // process moves the slot from receiving to running
+		if !r.process(i, in, d, m) { // process moves the slot from receiving to running
 			return // abandoned: the drain already gave the message back and released us
 		}
 	}
@@ -380,9 +393,10 @@ func (r *run) receive(ctx context.Context) (d broker.Delivery, m *broker.Message
 	return d, m, nil
 }
 
-// process runs the handler on d and settles it. It reports false when the
-// drain deadline abandoned the delivery; the worker must then exit.
-func (r *run) process(i int, d broker.Delivery, m *broker.Message) bool {
+// process runs the handler on d, received under intake in, and settles it.
+// It reports false when the drain deadline abandoned the delivery; the
+// worker must then exit.
+func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) bool {
 	s := &r.slots[i]
 	s.d = d
 	s.state.Store(slotRunning)
@@ -395,11 +409,24 @@ func (r *run) process(i int, d broker.Delivery, m *broker.Message) bool {
 		}
 		return false
 	}
-	hctx, release := r.handlerContext(d)
-	err := r.call(hctx, m)
+	hctx, release := r.handlerContext(in, d)
+	var err error
+	if l := r.c.limiter; l != nil {
+		err = r.callLimited(l, hctx, m)
+	} else {
+		err = r.call(hctx, m)
+	}
 	release()
 	if !s.state.CompareAndSwap(slotRunning, slotIdle) {
 		return false
+	}
+	if err != nil && in.stopped.Load() && !r.abandoning.Load() && safeIs(err, ErrNotHandled) {
+		// The handler did not do the work because this intake stopped
+		// (IntakeStopped): give the message back unspent. Only then: with
+		// the intake open it is an ordinary failure below, so that no
+		// message can loop on ErrNotHandled.
+		r.giveBack(d, m)
+		return true
 	}
 	st, serr := r.settle(d, m, err)
 	s.counts.count(err, st, serr)
@@ -407,19 +434,20 @@ func (r *run) process(i int, d broker.Delivery, m *broker.Message) bool {
 }
 
 // handlerContext is the context a handler of d runs with, and the function
-// to call when the handler returned: the run's handler context, and for a
+// to call when the handler returned: the run's handler context (carrying
+// intake in, for IntakeStopped), and for a
 // Leased delivery one that also ends with its lease. Only leased deliveries
 // pay for a context of their own.
-func (r *run) handlerContext(d broker.Delivery) (context.Context, func()) {
+func (r *run) handlerContext(in *intake, d broker.Delivery) (context.Context, func()) {
 	l, ok := d.(broker.Leased)
 	if !ok {
-		return r.handlerCtx, func() {}
+		return in.hctx, func() {}
 	}
 	lease := l.Lease()
 	if lease == nil {
-		return r.handlerCtx, func() {}
+		return in.hctx, func() {}
 	}
-	ctx, cancel := context.WithCancelCause(r.handlerCtx)
+	ctx, cancel := context.WithCancelCause(in.hctx)
 	stop := context.AfterFunc(lease, func() { cancel(broker.ErrStaleDelivery) })
 	return ctx, func() { stop(); cancel(nil) }
 }
@@ -434,4 +462,19 @@ func (r *run) call(ctx context.Context, m *broker.Message) (err error) {
 		}
 	}()
 	return r.c.h.Handle(ctx, m)
+}
+
+// callLimited calls the handler as call does, and reports its latency and
+// outcome to the concurrency limiter, applying the limit it decides.
+func (r *run) callLimited(l concurrencyLimiter, ctx context.Context, m *broker.Message) error {
+	n := int(r.running.Add(1))
+	start := time.Now()
+	err := r.call(ctx, m)
+	lat := time.Since(start)
+	r.running.Add(-1)
+	limit := guarded(-1, func() int { return l.observe(lat, isFailure(err), n) })
+	if limit > 0 {
+		r.c.gate.setLimit(limit)
+	}
+	return err
 }

@@ -21,6 +21,10 @@ var ErrNoStats = errors.New("queuekit: runner keeps no stats")
 type Stats struct {
 	// InFlight is the number of handlers running now.
 	InFlight int `json:"in_flight"`
+	// Limit is how many handlers may run at once now: WithConcurrency's n,
+	// or less while the kill switch probes (KillSwitch.ProbeConcurrency) or
+	// adaptive concurrency holds it lower. Never above n.
+	Limit int `json:"limit"`
 	// Handled counts handler calls that returned nil (the message was then
 	// acknowledged, or the acknowledgement was tried: see SettleFailed).
 	Handled int64 `json:"handled"`
@@ -35,8 +39,11 @@ type Stats struct {
 	// delivery budget spent.
 	DeadLettered int64 `json:"dead_lettered"`
 	// GivenBack counts deliveries given back to the broker without a
-	// verdict: received as intake stopped, or whose handler was still
-	// running at the drain deadline (Abandoned counts those too).
+	// verdict and without spending an attempt: received as intake stopped,
+	// handled with ErrNotHandled after their intake stopped, failed while
+	// the kill switch was tripped (Failed counts those too), or whose
+	// handler was still running at the drain deadline (Abandoned counts
+	// those too).
 	GivenBack int64 `json:"given_back"`
 	// Abandoned counts handlers still running at a drain deadline, whose
 	// messages were given back.
@@ -47,7 +54,7 @@ type Stats struct {
 	SettleFailed int64 `json:"settle_failed"`
 }
 
-// add adds the cumulative counters of o to s (InFlight is left alone).
+// add adds the cumulative counters of o to s (InFlight and Limit are left alone).
 func (s *Stats) add(o Stats) {
 	s.Handled += o.Handled
 	s.Failed += o.Failed
@@ -128,6 +135,7 @@ func (c *Consumer) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.stats
+	st.Limit = int(c.gate.limit.Load())
 	if r := c.cur; r != nil {
 		st.add(r.runStats())
 		st.InFlight = r.inFlight()

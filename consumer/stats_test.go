@@ -41,7 +41,7 @@ func TestStatsCountOutcomesAcrossRuns(t *testing.T) {
 	if err := sup.Add("orders", c); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := sup.Stats("orders"); err != nil || st != (consumer.Stats{}) {
+	if st, err := sup.Stats("orders"); err != nil || st != (consumer.Stats{Limit: 4}) {
 		t.Fatalf("Stats before Run = %+v, %v; want zeros", st, err)
 	}
 	for _, body := range []string{"ok", "ok", "bad", "flaky"} {
@@ -54,7 +54,7 @@ func TestStatsCountOutcomesAcrossRuns(t *testing.T) {
 	go func() { done <- sup.Run(ctx) }()
 	// ok×2 handled; bad failed once, dead-lettered; flaky failed twice
 	// (requeued once, then dead-lettered by the budget of 2).
-	want := consumer.Stats{Handled: 2, Failed: 3, Requeued: 1, DeadLettered: 2}
+	want := consumer.Stats{Limit: 4, Handled: 2, Failed: 3, Requeued: 1, DeadLettered: 2}
 	waitFor(t, "the first four messages settled", func() bool {
 		st, _ := sup.Stats("orders")
 		return st == want
