@@ -23,6 +23,30 @@
 // deadline; outside, the first slow attempt would use up the time of all the
 // others (Watermill issue #467).
 //
+// # Rate limit
+//
+// RateLimit lets messages reach the handler at most at a rate, with the
+// token bucket of golang.org/x/time/rate: one limiter per consumer, or one
+// per key (a tenant, a customer), the number kept bounded. It takes a
+// config and may return an error, so build it before the chain:
+//
+//	rl, err := middleware.RateLimit(middleware.RateLimitConfig{Rate: 50, Burst: 10, OnWait: rec.OnWait})
+//	h = consumer.Chain(middleware.Log(logger), middleware.Metrics(recorder), middleware.Recover(),
+//		rl, middleware.Retry(policy), middleware.Timeout(time.Second))(handler)
+//
+// Put it outside Timeout, so that the wait does not use up the handler's
+// time, and outside Retry: a delivery takes one token, however many
+// in-process attempts it makes (inside Retry, a wait cut short would be
+// retried). Log and Metrics outside it count the wait in the handler's
+// duration; OnWait reports the wait alone. A waiting message holds its
+// worker: with a low rate, a few workers are enough.
+//
+// A wait never delays a stop: when the consumer pauses, trips or drains
+// (consumer.IntakeStopped) or the handler's context ends, the wait ends at
+// once, its token goes back to the bucket, and the message goes back to the
+// broker without spending an attempt (the error wraps
+// consumer.ErrNotHandled).
+//
 // # Context
 //
 // Middleware passes the context down and never stores it. Retry gives each
