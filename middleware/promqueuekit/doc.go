@@ -19,6 +19,8 @@
 //
 //	wd, err := health.NewWatchdog(health.WatchdogConfig{Threshold: time.Minute, OnStuck: rec.HandlerStuck})
 //
+//	rl, err := middleware.RateLimit(middleware.RateLimitConfig{Rate: 50, OnWait: rec.OnWait})
+//
 // Options gives the consumer the metrics middleware (handler calls), an
 // observer (what the runtime did with each delivery) and an event hook
 // (reconnects, restarts, drains): each sees something the others cannot,
@@ -46,6 +48,8 @@
 //	queuekit_drain_messages_total{consumer,outcome}      counter: handled, given-back, abandoned
 //	queuekit_drain_duration_seconds{consumer}            histogram
 //	queuekit_stuck_handlers_total{consumer}              counter: fed by health's stuck-handler watchdog
+//	queuekit_ratelimit_wait_seconds{consumer}            histogram: waits for a rate limiter's token, fed by
+//	                                                     Recorder.OnWait as middleware.RateLimitConfig.OnWait
 //	queuekit_backlog_messages{consumer}                       gauge (BacklogCollector)
 //	queuekit_backlog_consumers{consumer}                      gauge (BacklogCollector)
 //	queuekit_backlog_partition_messages{consumer,partition}   gauge (BacklogCollector)

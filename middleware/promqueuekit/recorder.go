@@ -93,6 +93,11 @@ type metrics struct {
 	drainMsgs  *prom.CounterVec   // consumer, outcome
 	drainTime  *prom.HistogramVec // consumer
 	stuck      *prom.CounterVec   // consumer
+	rateWait   *prom.HistogramVec // consumer
+
+	// waits caches the rateWait children, apart from bound so that a
+	// consumer without a rate limit has no (empty) series of it.
+	waits sync.Map // string → prom.Observer
 
 	// bound caches the children of one consumer label value, so that the
 	// per-message path does no label hashing and no allocation. Label values
@@ -227,9 +232,12 @@ func New(reg prom.Registerer, opts ...Option) (*Recorder, error) {
 			Buckets: []float64{0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120}}, []string{LabelConsumer}),
 		stuck: prom.NewCounterVec(prom.CounterOpts{Namespace: ns, Name: "stuck_handlers_total",
 			Help: "Handler calls that ran past the stuck-handler watchdog's threshold."}, []string{LabelConsumer}),
+		rateWait: prom.NewHistogramVec(prom.HistogramOpts{Namespace: ns, Name: "ratelimit_wait_seconds",
+			Help:    "Time messages waited for a rate limiter's token (middleware.RateLimit), counting only those that waited; a wait cut short by a pause or drain counts too.",
+			Buckets: []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60}}, []string{LabelConsumer}),
 	}
 	cs := []prom.Collector{m.handled, m.duration, m.inFlight, m.attempts, m.events,
-		m.reconnects, m.restarts, m.rebalances, m.drainMsgs, m.drainTime, m.stuck}
+		m.reconnects, m.restarts, m.rebalances, m.drainMsgs, m.drainTime, m.stuck, m.rateWait}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			// Leave reg as we found it, so that the caller may retry with
@@ -455,6 +463,25 @@ func (r *Recorder) HandlerStuck(s health.Stuck) {
 		name = s.Topic
 	}
 	counter(r.m.stuck, name).Inc()
+}
+
+// OnWait records a wait for a rate limiter's token in
+// queuekit_ratelimit_wait_seconds. Set it as the rate limit's hook:
+//
+//	rl, err := middleware.RateLimit(middleware.RateLimitConfig{Rate: 50, OnWait: rec.OnWait})
+//
+// RateLimit calls it only for messages that waited, so the histogram's
+// count is the number of messages slowed down, not of all messages. The
+// consumer label is the consumer's name (consumer.NameFromContext), as for
+// Options, else the message's topic; a Recorder with a fixed name
+// (WithConsumer, For) uses its own.
+func (r *Recorder) OnWait(ctx context.Context, m *broker.Message, waited time.Duration) {
+	name := r.name(ctx, m)
+	o, ok := r.m.waits.Load(name)
+	if !ok {
+		o, _ = r.m.waits.LoadOrStore(name, observer(r.m.rateWait, name))
+	}
+	o.(prom.Observer).Observe(max(waited, 0).Seconds())
 }
 
 var _ middleware.Recorder = (*Recorder)(nil)

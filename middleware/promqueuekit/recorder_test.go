@@ -404,3 +404,61 @@ func TestWatchdogOnStuckCountsStuckHandlers(t *testing.T) {
 		t.Errorf("%s = %v; want 1 (one stuck call)", series, got)
 	}
 }
+
+// Issue 14: Recorder.OnWait, set as the rate limit's hook, fills
+// queuekit_ratelimit_wait_seconds{consumer} with the waits of the messages
+// that had to wait; a consumer that never waited has no series.
+func TestOnWaitRecordsRateLimitWaits(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 4
+	for range n {
+		if err := b.Publish(ctx, "calls", &broker.Message{Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src, err := b.Source("calls", memory.SourceConfig{Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prom.NewRegistry()
+	rec, err := promqueuekit.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 200 messages/s, burst 1: the first passes at once, the 3 others wait
+	// about 5 ms each.
+	rl, err := middleware.RateLimit(middleware.RateLimitConfig{Rate: 200, OnWait: rec.OnWait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handled atomic.Int64
+	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error {
+		if handled.Add(1) == n {
+			cancel()
+		}
+		return nil
+	})
+	c, err := consumer.New(src, h, append(rec.Options(), consumer.WithName("calls"), consumer.WithMiddleware(rl), consumer.WithLogger(discard()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec.For("fixed").OnWait(context.Background(), nil, -time.Second) // a view's own label; no panic on nil, negative
+	got := scrape(t, reg, func(name string) bool { return name == "queuekit_ratelimit_wait_seconds" })
+	if c, s := got["queuekit_ratelimit_wait_seconds_count{consumer=calls}"], got["queuekit_ratelimit_wait_seconds_sum{consumer=calls}"]; c != n-1 || !(s > 0 && s < 10) {
+		t.Errorf("queuekit_ratelimit_wait_seconds{consumer=calls}: count %v, sum %v; want %d waits, a sum of a few ms", c, s, n-1)
+	}
+	if c := got["queuekit_ratelimit_wait_seconds_count{consumer=fixed}"]; c != 1 {
+		t.Errorf("queuekit_ratelimit_wait_seconds_count{consumer=fixed} = %v; want 1", c)
+	}
+	for k := range got {
+		if strings.HasPrefix(k, "queuekit_ratelimit_wait_seconds") && !strings.Contains(k, "consumer=calls") && !strings.Contains(k, "consumer=fixed") {
+			t.Errorf("unexpected series %s", k)
+		}
+	}
+}
