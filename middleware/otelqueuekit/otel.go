@@ -154,7 +154,10 @@ func newOptions(opts []Option) options {
 //
 // With the no-op provider (go.opentelemetry.io/otel/trace/noop), Tracing
 // starts no span and sets no attribute: a message without trace context
-// reaches the handler with its context unchanged, at no allocation. A
+// reaches the handler with its context unchanged, at no allocation (unless
+// that context holds a recording span, from another provider: the handler
+// then gets it as a non-recording span of the same span context, as the
+// no-op tracer's Start gives). A
 // message that carries a trace context (from a publisher that traces)
 // still has it extracted, so that the handler's context carries the remote
 // span context and whatever it publishes or calls propagates the trace
@@ -258,8 +261,15 @@ func (h *tracingHandler) Handle(ctx context.Context, m *broker.Message) error {
 	t := h.t
 	pctx := t.extract(ctx, m.Header)
 	if t.noop {
-		// What the no-op tracer's Start would return: the parent's span
-		// context (the remote one just extracted, if any), not recording.
+		// What the no-op tracer's Start would return: the parent span
+		// context (the remote one just extracted, else the one ctx
+		// carries, if any) in a non-recording span. A non-recording span
+		// (or none) is passed on as it is, at no cost; a recording span of
+		// the caller's (the chain run inside a span from another provider)
+		// is wrapped, so that the handler cannot add to or end it.
+		if span := trace.SpanFromContext(pctx); span.IsRecording() {
+			pctx = trace.ContextWithSpanContext(pctx, span.SpanContext())
+		}
 		return h.next.Handle(pctx, m)
 	}
 	ts := t.forTopic(m.Topic)

@@ -309,6 +309,43 @@ func TestNoopProviderStartsNoSpanButPropagates(t *testing.T) {
 	}
 }
 
+// TestNoopProviderInsideARecordingSpan checks the no-op provider called
+// with a context that already holds a recording span (the handler chain is
+// run inside a span of the caller's) and a message without trace context:
+// the handler gets what the no-op tracer's Start returns, a non-recording
+// span with that span's context (so that the trace still continues through
+// what it publishes), not the caller's recording span itself, which it
+// could otherwise add events to or end.
+func TestNoopProviderInsideARecordingSpan(t *testing.T) {
+	outer, _ := newProvider()
+	defer outer.Shutdown(context.Background())
+	ctx, span := outer.Tracer("caller").Start(context.Background(), "poll")
+	defer span.End()
+	var got trace.Span
+	var onward map[string]string
+	wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()))(
+		consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
+			got = trace.SpanFromContext(ctx)
+			onward = otelqueuekit.Inject(ctx, nil)
+			return nil
+		}))
+	m := &broker.Message{ID: "x", Topic: "orders", Header: map[string]string{"content-type": "application/json"}}
+	if err := wrapped.Handle(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	_, wantSpan := noop.NewTracerProvider().Tracer("").Start(ctx, "process orders")
+	if got.IsRecording() || got == span {
+		t.Errorf("handler got span %T (recording %v); want a non-recording copy, as the no-op tracer's Start gives (%T)", got, got.IsRecording(), wantSpan)
+	}
+	if !got.SpanContext().Equal(span.SpanContext()) {
+		t.Errorf("handler's span context = %v; want the caller's %v", got.SpanContext(), span.SpanContext())
+	}
+	want := fmt.Sprintf("00-%s-%s-01", span.SpanContext().TraceID(), span.SpanContext().SpanID())
+	if onward["traceparent"] != want {
+		t.Errorf("traceparent published by the handler = %q; want the caller's %q", onward["traceparent"], want)
+	}
+}
+
 // TestNoopGlobalProviderIsNoop checks that a no-op provider set as the
 // global one before Tracing is called is recognised as such.
 func TestNoopGlobalProviderIsNoop(t *testing.T) {
@@ -578,25 +615,32 @@ func TestNoopCostFigures(t *testing.T) {
 }
 
 // BenchmarkOTel measures the per-message cost of the tracing middleware
-// next to a bare handler, in one run: "bare" is the handler alone; "noop" is
-// the no-op provider with a message carrying no trace context (tracing off
-// everywhere: the path that must cost nothing); "noop-remote-parent" is the
-// no-op provider with a traceparent header (the remote span context is still
-// extracted into the handler's context); "global-unset" the default
+// next to a bare handler, in one run, each handler called with the context
+// a consumer named "billing" gives its handler (from a real run on
+// broker/memory, so that queuekit.consumer.name is found as in production):
+// "bare" is the handler alone; "noop" is the no-op provider with a message
+// carrying no trace context (tracing off everywhere: the path that must cost
+// nothing); "noop-deprecated" the same with trace.NewNoopTracerProvider;
+// "noop-remote-parent" is the no-op provider with a traceparent header (the
+// remote span context is still extracted into the handler's context);
+// "noop-outer-span" the no-op provider called inside a recording span (which
+// the handler gets as a non-recording copy); "global-unset" the default
 // provider (otel.GetTracerProvider) when no program sets one, with a message
-// carrying no trace context; "sdk-never-sample" an SDK provider
-// whose sampler drops every span; "sdk-always-sample" an SDK provider
-// recording every span into a no-op processor. Each sub-benchmark after bare
-// reports ns-over-bare and x-bare against the bare figure of the same run.
+// carrying no trace context; "sdk-never-sample" an SDK provider whose
+// sampler drops every span; "sdk-always-sample" an SDK provider recording
+// every span into a no-op processor; the "-2topics" variants alternate
+// messages of two topics through the same handler. Each sub-benchmark after
+// bare reports ns-over-bare and x-bare against the bare figure of the same
+// run.
 func BenchmarkOTel(b *testing.B) {
 	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
-	ctx := context.Background()
+	ctx := consumerContext(b, "billing")
 	pub := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(nopProcessor{}))
 	defer pub.Shutdown(ctx)
 	pctx, span := pub.Tracer("p").Start(ctx, "send")
-	traced := &broker.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}"),
-		Header: otelqueuekit.Inject(pctx, map[string]string{"content-type": "application/json"})}
-	span.End()
+	header := otelqueuekit.Inject(pctx, map[string]string{"content-type": "application/json"})
+	traced := &broker.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}"), Header: header}
+	tracedRefund := &broker.Message{ID: "refunds-1", Topic: "refunds", Attempt: 1, Body: []byte("{}"), Header: header}
 	plain := &broker.Message{ID: "orders-1", Topic: "orders", Attempt: 1, Body: []byte("{}"),
 		Header: map[string]string{"content-type": "application/json"}}
 	never := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()), sdktrace.WithSpanProcessor(nopProcessor{}))
@@ -605,11 +649,13 @@ func BenchmarkOTel(b *testing.B) {
 	defer always.Shutdown(ctx)
 
 	var bare float64 // ns/op of the bare handler in this run
-	run := func(name string, handler consumer.Handler, m *broker.Message) {
+	run := func(name string, handler consumer.Handler, ctx context.Context, ms ...*broker.Message) {
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
+			i := 0
 			for b.Loop() {
-				_ = handler.Handle(ctx, m)
+				_ = handler.Handle(ctx, ms[i%len(ms)])
+				i++
 			}
 			ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 			if name == "bare" {
@@ -625,12 +671,52 @@ func BenchmarkOTel(b *testing.B) {
 	tracing := func(tp trace.TracerProvider) consumer.Handler {
 		return otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(tp))(h)
 	}
-	run("bare", h, plain)
-	run("noop", tracing(noop.NewTracerProvider()), plain)
-	run("noop-remote-parent", tracing(noop.NewTracerProvider()), traced)
-	run("global-unset", otelqueuekit.Tracing("memory")(h), plain)
-	run("sdk-never-sample", tracing(never), traced)
-	run("sdk-always-sample", tracing(always), traced)
+	run("bare", h, ctx, plain)
+	run("noop", tracing(noop.NewTracerProvider()), ctx, plain)
+	run("noop-deprecated", tracing(trace.NewNoopTracerProvider()), ctx, plain) //nolint:staticcheck // the deprecated provider is measured on purpose
+	run("noop-remote-parent", tracing(noop.NewTracerProvider()), ctx, traced)
+	run("noop-outer-span", tracing(noop.NewTracerProvider()), pctx, plain)
+	run("global-unset", otelqueuekit.Tracing("memory")(h), ctx, plain)
+	run("sdk-never-sample", tracing(never), ctx, traced)
+	run("sdk-always-sample", tracing(always), ctx, traced)
+	run("sdk-never-sample-2topics", tracing(never), ctx, traced, tracedRefund)
+	run("sdk-always-sample-2topics", tracing(always), ctx, traced, tracedRefund)
+	span.End()
+}
+
+// consumerContext returns the context that the handler of a consumer named
+// name gets, from a real run on broker/memory (its values, such as the
+// consumer's name, are what the benchmarks need; it may be cancelled).
+func consumerContext(tb testing.TB, name string) context.Context {
+	tb.Helper()
+	b := memory.NewBroker()
+	defer b.Close()
+	if err := b.Publish(context.Background(), "orders", &broker.Message{Body: []byte("{}")}); err != nil {
+		tb.Fatal(err)
+	}
+	src, err := b.Source("orders", memory.SourceConfig{Prefetch: 1})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var got context.Context
+	h := consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
+		got = ctx
+		cancel()
+		return nil
+	})
+	c, err := consumer.New(src, h, consumer.WithName(name), consumer.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := c.Run(runCtx); err != nil {
+		tb.Fatal(err)
+	}
+	if n, ok := consumer.NameFromContext(got); !ok || n != name {
+		tb.Fatalf("handler's context names consumer %q, %v; want %q", n, ok, name)
+	}
+	return got
 }
 
 type nopProcessor struct{}
