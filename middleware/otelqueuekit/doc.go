@@ -35,9 +35,9 @@
 //
 // # Tracing off
 //
-// With the no-op provider (go.opentelemetry.io/otel/trace/noop, passed with
-// WithTracerProvider or set as the global provider before Tracing is
-// called), Tracing starts no span and sets no attribute: a message without
+// With the no-op provider (go.opentelemetry.io/otel/trace/noop, or the
+// deprecated trace.NewNoopTracerProvider, passed with WithTracerProvider or
+// set as the global provider before Tracing is called), Tracing starts no span and sets no attribute: a message without
 // trace context costs a header lookup and no allocation (BenchmarkOTel). A
 // message that carries one still has it extracted into the handler's
 // context, so that the trace continues through what the handler publishes,

@@ -3,6 +3,7 @@ package otelqueuekit
 import (
 	"context"
 	"errors"
+	"reflect"
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
@@ -152,7 +153,10 @@ func newOptions(opts []Option) options {
 //
 // # Tracing off
 //
-// With the no-op provider (go.opentelemetry.io/otel/trace/noop), Tracing
+// With the no-op provider (go.opentelemetry.io/otel/trace/noop, or the
+// deprecated trace.NewNoopTracerProvider, which is given the same
+// behaviour, though its own Start would drop a parent span that was not
+// extracted from headers), Tracing
 // starts no span and sets no attribute: a message without trace context
 // reaches the handler with its context unchanged, at no allocation (unless
 // that context holds a recording span, from another provider: the handler
@@ -193,11 +197,21 @@ func Tracing(system string, opts ...Option) consumer.Middleware {
 	switch t.tracer.(type) {
 	case noop.Tracer, *noop.Tracer:
 		t.noop = true
+	default:
+		// The deprecated trace.NewNoopTracerProvider's tracer, recognised
+		// by its type only (its value is an empty struct): a provider
+		// that wraps it, or an SDK whose sampler drops everything, is
+		// not taken for it.
+		t.noop = reflect.TypeOf(t.tracer) == deprecatedNoopTracer
 	}
 	return func(next consumer.Handler) consumer.Handler {
 		return &tracingHandler{t: t, next: next}
 	}
 }
+
+// deprecatedNoopTracer is the type of the tracer of the deprecated
+// trace.NewNoopTracerProvider, an unexported one.
+var deprecatedNoopTracer = reflect.TypeOf(trace.NewNoopTracerProvider().Tracer("")) //nolint:staticcheck // recognised, not used
 
 // tracing is what Tracing computes once, shared by every handler it wraps.
 type tracing struct {

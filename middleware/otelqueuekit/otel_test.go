@@ -359,6 +359,31 @@ func TestNoopGlobalProviderIsNoop(t *testing.T) {
 	}
 }
 
+// TestDeprecatedNoopProviderIsNoop checks that the deprecated
+// trace.NewNoopTracerProvider takes the no-op path too (no span, no
+// allocation), and still passes an extracted trace context on.
+func TestDeprecatedNoopProviderIsNoop(t *testing.T) {
+	pub, _ := newProvider()
+	defer pub.Shutdown(context.Background())
+	traced, sent := tracedMessage(context.Background(), pub)
+	var got trace.SpanContext
+	wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(trace.NewNoopTracerProvider()))( //nolint:staticcheck // the deprecated provider on purpose
+		consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
+			got = trace.SpanContextFromContext(ctx)
+			return nil
+		}))
+	if err := wrapped.Handle(context.Background(), traced); err != nil {
+		t.Fatal(err)
+	}
+	if !got.Equal(sent.WithRemote(true)) {
+		t.Errorf("handler's span context = %v; want the publisher's %v, remote", got, sent)
+	}
+	m := &broker.Message{ID: "x", Topic: "orders", Header: map[string]string{"content-type": "application/json"}}
+	if n := testing.AllocsPerRun(1000, func() { _ = wrapped.Handle(context.Background(), m) }); n != 0 {
+		t.Errorf("deprecated no-op provider: %v allocs per message; want 0", n)
+	}
+}
+
 // recordingSampler remembers the attributes and links it was asked to
 // sample with, and drops every span.
 type recordingSampler struct {
