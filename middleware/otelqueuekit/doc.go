@@ -37,12 +37,14 @@
 //
 // With the no-op provider (go.opentelemetry.io/otel/trace/noop, or the
 // deprecated trace.NewNoopTracerProvider, passed with WithTracerProvider or
-// set as the global provider before Tracing is called), Tracing starts no span and sets no attribute: a message without
-// trace context costs a header lookup and no allocation (BenchmarkOTel). A
-// message that carries one still has it extracted into the handler's
-// context, so that the trace continues through what the handler publishes,
-// as the OpenTelemetry API requires without an SDK. A span that the sampler
-// drops gets no per-message attribute and no error recording.
+// set as the global provider before Tracing is called), Tracing starts no
+// span and sets no attribute: a message without trace context costs a
+// header lookup and no allocation (BenchmarkOTel). A message that carries
+// one still has it extracted into the handler's context, so that the trace
+// continues through what the handler publishes, as the OpenTelemetry API
+// requires without an SDK. With an SDK, every attribute is given when the
+// span starts, so that the sampler sees them all; a span that the sampler
+// drops gets no error recording.
 //
 // For programs without tracing, package middleware/correlation carries a
 // correlation id from publisher to handler instead.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"sync"
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
@@ -141,11 +142,10 @@ func newOptions(opts []Option) options {
 // context carries the span, so that its own spans and outgoing calls join
 // the trace.
 //
-// The attributes semantic conventions name as relevant to sampling (system,
-// operation, destination, consumer group) are given when the span starts,
-// so that a sampler sees them; the per-message ones (message id, body size,
-// attempt, consumer name) are set only on a span that records: a span the
-// sampler drops costs no attribute work.
+// Every attribute is given when the span starts, so that a sampler and the
+// span processors' OnStart see them all (a sampler may choose by consumer
+// name, or sample redeliveries by attempt). A span the sampler drops gets
+// no further work: no error recording.
 //
 // A handler error is recorded on the span (RecordError, status Error,
 // error.type set to middleware.Outcome(err): error, permanent, timeout,
@@ -204,6 +204,9 @@ func Tracing(system string, opts ...Option) consumer.Middleware {
 		// not taken for it.
 		t.noop = reflect.TypeOf(t.tracer) == deprecatedNoopTracer
 	}
+	if rt := reflect.TypeOf(t.tracer); rt != nil && rt.Kind() == reflect.Pointer && rt.Elem().PkgPath() == sdkPackage {
+		t.sdk = true
+	}
 	return func(next consumer.Handler) consumer.Handler {
 		return &tracingHandler{t: t, next: next}
 	}
@@ -217,6 +220,7 @@ var deprecatedNoopTracer = reflect.TypeOf(trace.NewNoopTracerProvider().Tracer("
 type tracing struct {
 	tracer trace.Tracer
 	noop   bool // the tracer is the no-op one: no span is started
+	sdk    bool // the tracer is the SDK's: start buffers are reused
 	prop   propagation.TextMapPropagator
 	// fields are the headers prop extracts from, when known: Extract is
 	// skipped for a message that has none of them. Nil: always Extract.
@@ -227,12 +231,36 @@ type tracing struct {
 	topic atomic.Pointer[topicSpan]
 }
 
-// topicSpan is the span name and start options for the messages of a topic.
+// topicSpan is the span name and the start attributes common to the
+// messages of a topic.
 type topicSpan struct {
 	topic string
 	name  string
-	opts  []trace.SpanStartOption // kind and start attributes
+	attrs []attribute.KeyValue // fixed, then the destination
 }
+
+// maxStartAttributes is how many attributes a span may start with: the
+// fixed ones (system, operation type and name, consumer group), the
+// destination, message id, body size, attempt and consumer name.
+const maxStartAttributes = 9
+
+// startBuffer holds what one span is started with, in one allocation.
+// With the SDK's tracer, which copies attributes and links out of the
+// options (trace.NewSpanStartConfig) and keeps nothing of them after Start
+// returns, buffers are reused (startBuffers); another tracer, which might
+// keep what it is given, gets a new one for each span.
+type startBuffer struct {
+	attrs [maxStartAttributes]attribute.KeyValue
+	opts  [3]trace.SpanStartOption
+	links [1]trace.Link
+}
+
+var startBuffers = sync.Pool{New: func() any { return new(startBuffer) }}
+
+// sdkPackage is the import path of the OpenTelemetry SDK's tracer.
+const sdkPackage = "go.opentelemetry.io/otel/sdk/trace"
+
+var consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
 
 func (t *tracing) forTopic(topic string) *topicSpan {
 	if ts := t.topic.Load(); ts != nil && ts.topic == topic {
@@ -241,11 +269,7 @@ func (t *tracing) forTopic(topic string) *topicSpan {
 	attrs := make([]attribute.KeyValue, 0, len(t.fixed)+1)
 	attrs = append(attrs, t.fixed...)
 	attrs = append(attrs, semconv.MessagingDestinationName(topic))
-	ts := &topicSpan{
-		topic: topic,
-		name:  spanName(topic),
-		opts:  []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...)},
-	}
+	ts := &topicSpan{topic: topic, name: spanName(topic), attrs: attrs}
 	t.topic.Store(ts)
 	return ts
 }
@@ -287,21 +311,16 @@ func (h *tracingHandler) Handle(ctx context.Context, m *broker.Message) error {
 		return h.next.Handle(pctx, m)
 	}
 	ts := t.forTopic(m.Topic)
-	sopts := ts.opts
-	// Parent and link: a single-message process span may have the creation
-	// context as parent (one trace from publish to process) and should link
-	// to it (semantic conventions), which keeps the relation when a backend
-	// splits long traces.
-	if sc := trace.SpanContextFromContext(pctx); sc.IsValid() {
-		sopts = append(sopts[:len(sopts):len(sopts)], trace.WithLinks(trace.Link{SpanContext: sc}))
+	// Every attribute is given when the span starts, so that the sampler
+	// and the span processors' OnStart see them all (a sampler may choose
+	// by consumer, or sample redeliveries by attempt), in one buffer.
+	var buf *startBuffer
+	if t.sdk {
+		buf = startBuffers.Get().(*startBuffer)
+	} else {
+		buf = new(startBuffer)
 	}
-	sctx, span := t.tracer.Start(pctx, ts.name, sopts...)
-	if !span.IsRecording() {
-		err := h.next.Handle(sctx, m)
-		span.End()
-		return err
-	}
-	attrs := make([]attribute.KeyValue, 0, 4)
+	attrs := append(buf.attrs[:0], ts.attrs...)
 	attrs = append(attrs,
 		semconv.MessagingMessageID(m.ID),
 		semconv.MessagingMessageBodySize(len(m.Body)),
@@ -310,9 +329,22 @@ func (h *tracingHandler) Handle(ctx context.Context, m *broker.Message) error {
 	if name, ok := consumer.NameFromContext(ctx); ok {
 		attrs = append(attrs, AttributeConsumer.String(name))
 	}
-	span.SetAttributes(attrs...)
+	sopts := append(buf.opts[:0], consumerKind, trace.WithAttributes(attrs...))
+	// Parent and link: a single-message process span may have the creation
+	// context as parent (one trace from publish to process) and should link
+	// to it (semantic conventions), which keeps the relation when a backend
+	// splits long traces.
+	if sc := trace.SpanContextFromContext(pctx); sc.IsValid() {
+		buf.links[0] = trace.Link{SpanContext: sc}
+		sopts = append(sopts, trace.WithLinks(buf.links[:]...))
+	}
+	sctx, span := t.tracer.Start(pctx, ts.name, sopts...)
+	if t.sdk {
+		*buf = startBuffer{}
+		startBuffers.Put(buf)
+	}
 	err := h.next.Handle(sctx, m)
-	if err != nil {
+	if err != nil && span.IsRecording() { // a dropped span gets no error work
 		span.RecordError(describable(err))
 		span.SetStatus(codes.Error, consumer.ErrorText(err))
 		span.SetAttributes(semconv.ErrorTypeKey.String(middleware.Outcome(err)))

@@ -443,8 +443,8 @@ func (s countingSpan) SetStatus(c codes.Code, d string) { s.calls.Add(1); s.Span
 // every span: the sampler still sees the sampling-relevant attributes and
 // the link to the publisher's span, the handler runs in the (non-recording)
 // span's context and its error is returned as it is, but no attribute or
-// error is set on the span, and the middleware allocates nothing beyond
-// what the tracer's own Start costs.
+// error is set on the span after it starts, and the middleware allocates
+// nothing beyond what a direct Start with the same attributes costs.
 func TestDroppedSpanGetsNoAttributeWork(t *testing.T) {
 	pub, _ := newProvider()
 	defer pub.Shutdown(context.Background())
@@ -508,25 +508,113 @@ func TestDroppedSpanGetsNoAttributeWork(t *testing.T) {
 	}
 
 	// Allocations: the middleware adds none to what starting and ending
-	// the same span directly costs.
+	// a span with the same attributes directly costs.
 	never := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
 	defer never.Shutdown(context.Background())
 	nop := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
 	quiet := otelqueuekit.Tracing("kafka", otelqueuekit.WithTracerProvider(never))(nop)
-	plain := &broker.Message{ID: "order-2", Topic: "orders", Body: []byte("{}")}
+	plain := &broker.Message{ID: "order-2", Topic: "orders", Attempt: 1, Body: []byte("{}")}
 	tracer := never.Tracer(otelqueuekit.ScopeName)
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
-		attribute.String("messaging.system", "kafka"), attribute.String("messaging.operation.type", "process"),
-		attribute.String("messaging.operation.name", "process"), attribute.String("messaging.destination.name", "orders"))}
-	ctx := context.Background()
+	ctx := consumerContext(t, "billing-worker")
 	direct := testing.AllocsPerRun(1000, func() {
-		_, span := tracer.Start(ctx, "process orders", opts...)
+		name, _ := consumer.NameFromContext(ctx)
+		_, span := tracer.Start(ctx, "process orders", trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+			attribute.String("messaging.system", "kafka"), attribute.String("messaging.operation.type", "process"),
+			attribute.String("messaging.operation.name", "process"), attribute.String("messaging.destination.name", "orders"),
+			attribute.String("messaging.message.id", plain.ID), attribute.Int("messaging.message.body.size", len(plain.Body)),
+			attribute.Int("queuekit.delivery.attempt", plain.Attempt), attribute.String("queuekit.consumer.name", name)))
 		span.End()
 	})
 	viaTracing := testing.AllocsPerRun(1000, func() { _ = quiet.Handle(ctx, plain) })
 	t.Logf("never-sampling SDK, message without trace context: %v allocs per message (a direct Start/End: %v)", viaTracing, direct)
 	if viaTracing > direct {
 		t.Errorf("never-sampling SDK: %v allocs per message; want at most the %v of a direct Start/End", viaTracing, direct)
+	}
+}
+
+// startSpy is a sampler (sampling every span) and a span processor that
+// remember the attributes each span started with, as they saw them.
+type startSpy struct {
+	mu      sync.Mutex
+	sampled []map[attribute.Key]attribute.Value
+	onStart []map[attribute.Key]attribute.Value
+}
+
+func attrMap(kvs []attribute.KeyValue) map[attribute.Key]attribute.Value {
+	out := make(map[attribute.Key]attribute.Value, len(kvs))
+	for _, kv := range kvs {
+		out[kv.Key] = kv.Value
+	}
+	return out
+}
+
+func (s *startSpy) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	s.mu.Lock()
+	s.sampled = append(s.sampled, attrMap(p.Attributes))
+	s.mu.Unlock()
+	return sdktrace.SamplingResult{Decision: sdktrace.RecordAndSample, Tracestate: trace.SpanContextFromContext(p.ParentContext).TraceState()}
+}
+
+func (s *startSpy) Description() string { return "startSpy" }
+
+func (s *startSpy) OnStart(_ context.Context, span sdktrace.ReadWriteSpan) {
+	s.mu.Lock()
+	s.onStart = append(s.onStart, attrMap(span.Attributes()))
+	s.mu.Unlock()
+}
+
+func (s *startSpy) OnEnd(sdktrace.ReadOnlySpan)      {}
+func (s *startSpy) Shutdown(context.Context) error   { return nil }
+func (s *startSpy) ForceFlush(context.Context) error { return nil }
+
+// TestSamplerAndProcessorsSeeEveryAttribute checks that a sampler and a
+// span processor's OnStart see every attribute of the span when it starts,
+// the per-message ones included (message id, body size, delivery attempt,
+// consumer name), so that a sampler may choose by consumer or sample
+// redeliveries, with or without a parent from the headers.
+func TestSamplerAndProcessorsSeeEveryAttribute(t *testing.T) {
+	pub, _ := newProvider()
+	defer pub.Shutdown(context.Background())
+	traced, _ := tracedMessage(context.Background(), pub)
+	traced.Attempt = 3
+	plain := &broker.Message{ID: "order-2", Topic: "refunds", Attempt: 1, Body: []byte("{}}")}
+
+	spy := &startSpy{}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(spy), sdktrace.WithSpanProcessor(spy))
+	defer tp.Shutdown(context.Background())
+	wrapped := otelqueuekit.Tracing("kafka", otelqueuekit.WithTracerProvider(tp), otelqueuekit.WithConsumerGroup("billing"))(
+		consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }))
+	ctx := consumerContext(t, "billing-worker") // what a real consumer's handler gets
+	for _, m := range []*broker.Message{traced, plain} {
+		if err := wrapped.Handle(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(spy.sampled) != 2 || len(spy.onStart) != 2 {
+		t.Fatalf("sampler asked %d times, OnStart called %d times; want 2 and 2", len(spy.sampled), len(spy.onStart))
+	}
+	for i, m := range []*broker.Message{traced, plain} {
+		want := map[attribute.Key]attribute.Value{
+			"messaging.system":              attribute.StringValue("kafka"),
+			"messaging.operation.type":      attribute.StringValue("process"),
+			"messaging.operation.name":      attribute.StringValue("process"),
+			"messaging.consumer.group.name": attribute.StringValue("billing"),
+			"messaging.destination.name":    attribute.StringValue(m.Topic),
+			"messaging.message.id":          attribute.StringValue(m.ID),
+			"messaging.message.body.size":   attribute.IntValue(len(m.Body)),
+			"queuekit.delivery.attempt":     attribute.IntValue(m.Attempt),
+			"queuekit.consumer.name":        attribute.StringValue("billing-worker"),
+		}
+		for who, got := range map[string]map[attribute.Key]attribute.Value{"sampler": spy.sampled[i], "OnStart": spy.onStart[i]} {
+			for k, v := range want {
+				if got[k] != v {
+					t.Errorf("message %s: %s saw %s = %q; want %q", m.ID, who, k, got[k].Emit(), v.Emit())
+				}
+			}
+			if len(got) != len(want) {
+				t.Errorf("message %s: %s saw %d attributes; want %d", m.ID, who, len(got), len(want))
+			}
+		}
 	}
 }
 
