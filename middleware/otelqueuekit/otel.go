@@ -3,6 +3,7 @@ package otelqueuekit
 import (
 	"context"
 	"errors"
+	"maps"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -226,10 +227,16 @@ type tracing struct {
 	// skipped for a message that has none of them. Nil: always Extract.
 	fields []string
 	fixed  []attribute.KeyValue // start attributes common to every message
-	// topic caches the span name and start options of the last topic seen,
-	// so that a consumer of one topic builds them once.
-	topic atomic.Pointer[topicSpan]
+	// topics holds the span name and start attributes of each topic seen,
+	// up to maxTopics, built once: a map replaced as a whole (under mu)
+	// when a topic is added, read without locking.
+	topics atomic.Pointer[map[string]*topicSpan]
+	mu     sync.Mutex
 }
+
+// maxTopics bounds tracing.topics: the messages of further topics get their
+// span name and attributes built for each message.
+const maxTopics = 64
 
 // topicSpan is the span name and the start attributes common to the
 // messages of a topic.
@@ -263,15 +270,42 @@ const sdkPackage = "go.opentelemetry.io/otel/sdk/trace"
 var consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
 
 func (t *tracing) forTopic(topic string) *topicSpan {
-	if ts := t.topic.Load(); ts != nil && ts.topic == topic {
-		return ts
+	known := t.topics.Load()
+	if known != nil {
+		if ts, ok := (*known)[topic]; ok {
+			return ts
+		}
+		if len(*known) >= maxTopics {
+			return t.newTopicSpan(topic)
+		}
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	known = t.topics.Load()
+	n := 0
+	if known != nil {
+		if ts, ok := (*known)[topic]; ok {
+			return ts
+		}
+		n = len(*known)
+	}
+	ts := t.newTopicSpan(topic)
+	if n < maxTopics {
+		m := make(map[string]*topicSpan, n+1)
+		if known != nil {
+			maps.Copy(m, *known)
+		}
+		m[topic] = ts
+		t.topics.Store(&m)
+	}
+	return ts
+}
+
+func (t *tracing) newTopicSpan(topic string) *topicSpan {
 	attrs := make([]attribute.KeyValue, 0, len(t.fixed)+1)
 	attrs = append(attrs, t.fixed...)
 	attrs = append(attrs, semconv.MessagingDestinationName(topic))
-	ts := &topicSpan{topic: topic, name: spanName(topic), attrs: attrs}
-	t.topic.Store(ts)
-	return ts
+	return &topicSpan{topic: topic, name: spanName(topic), attrs: attrs}
 }
 
 // extract returns ctx with the trace context of header, if it has one.
@@ -293,6 +327,21 @@ func (t *tracing) extract(ctx context.Context, header map[string]string) context
 type tracingHandler struct {
 	t    *tracing
 	next consumer.Handler
+	// first is the span start of the first topic this handler saw, set
+	// once: the topic of every message, for a consumer of one topic,
+	// found without a map lookup.
+	first atomic.Pointer[topicSpan]
+}
+
+func (h *tracingHandler) forTopic(topic string) *topicSpan {
+	if ts := h.first.Load(); ts != nil && ts.topic == topic {
+		return ts
+	}
+	ts := h.t.forTopic(topic)
+	if h.first.Load() == nil {
+		h.first.CompareAndSwap(nil, ts)
+	}
+	return ts
 }
 
 func (h *tracingHandler) Handle(ctx context.Context, m *broker.Message) error {
@@ -310,7 +359,7 @@ func (h *tracingHandler) Handle(ctx context.Context, m *broker.Message) error {
 		}
 		return h.next.Handle(pctx, m)
 	}
-	ts := t.forTopic(m.Topic)
+	ts := h.forTopic(m.Topic)
 	// Every attribute is given when the span starts, so that the sampler
 	// and the span processors' OnStart see them all (a sampler may choose
 	// by consumer, or sample redeliveries by attempt), in one buffer.

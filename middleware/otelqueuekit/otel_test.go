@@ -648,6 +648,61 @@ func TestSpansPerTopic(t *testing.T) {
 	}
 }
 
+// TestAlternatingTopicsCostNoMore checks that a handler (or several
+// sharing one Tracing) serving messages of several topics in turn
+// allocates no more per message than one serving a single topic, and that
+// past the topics kept (more than 64) spans are still named and attributed
+// by their own topic.
+func TestAlternatingTopicsCostNoMore(t *testing.T) {
+	never := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
+	defer never.Shutdown(context.Background())
+	nop := consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
+	mw := otelqueuekit.Tracing("kafka", otelqueuekit.WithTracerProvider(never))
+	one, other := mw(nop), mw(nop)
+	ctx := context.Background()
+	orders := &broker.Message{ID: "1", Topic: "orders", Attempt: 1, Body: []byte("{}")}
+	refunds := &broker.Message{ID: "2", Topic: "refunds", Attempt: 1, Body: []byte("{}")}
+	single := testing.AllocsPerRun(1000, func() { _ = one.Handle(ctx, orders) })
+	i := 0
+	alternating := testing.AllocsPerRun(1000, func() {
+		h, m := one, orders
+		if i%2 == 1 {
+			m = refunds
+		}
+		if i%4 >= 2 {
+			h = other
+		}
+		i++
+		_ = h.Handle(ctx, m)
+	})
+	t.Logf("never-sampling SDK: %v allocs per message for one topic, %v for two in turn", single, alternating)
+	if alternating > single {
+		t.Errorf("two topics in turn: %v allocs per message; want at most the %v of one topic", alternating, single)
+	}
+
+	tp, sr := newProvider()
+	defer tp.Shutdown(context.Background())
+	many := otelqueuekit.Tracing("kafka", otelqueuekit.WithTracerProvider(tp))(nop)
+	const topics = 100
+	for round := range 2 {
+		for i := range topics {
+			if err := many.Handle(ctx, &broker.Message{ID: fmt.Sprint(round, i), Topic: fmt.Sprint("t", i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	spans := sr.Ended()
+	if len(spans) != 2*topics {
+		t.Fatalf("%d spans; want %d", len(spans), 2*topics)
+	}
+	for i, s := range spans {
+		topic := fmt.Sprint("t", i%topics)
+		if s.Name() != "process "+topic || attrs(s)["messaging.destination.name"].AsString() != topic {
+			t.Errorf("span %d: name %q, destination %q; want topic %q", i, s.Name(), attrs(s)["messaging.destination.name"].AsString(), topic)
+		}
+	}
+}
+
 // headerPropagator extracts a span context from the header "x-trace" (a
 // traceparent under another name), to check that a propagator other than
 // the default is always asked to extract.
