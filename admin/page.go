@@ -307,7 +307,7 @@ th,td{border:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:to
 th{background:#f0f0f0;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .state{font-weight:600;padding:.1em .4em;border-radius:3px}
 .running{background:#dff5df;color:#155d15}.paused{background:#fff3cd;color:#7a5a00}
-.failed,.stopped,.stalled{background:#fde2e2;color:#8a1414}.starting,.draining,.reconnecting{background:#e7eefc;color:#1d3f7a}
+.failed,.stopped,.stalled,.tripped{background:#fde2e2;color:#8a1414}.starting,.draining,.reconnecting{background:#e7eefc;color:#1d3f7a}
 .err{color:#8a1414;white-space:pre-wrap;word-break:break-word}.muted{color:#777}
 td code{white-space:nowrap}
 pre{margin:0;white-space:pre-wrap;word-break:break-all;max-height:8em;overflow:auto;font-size:12px}
@@ -329,7 +329,7 @@ var indexTmpl = template.Must(template.New("index").Funcs(funcs).Parse(`<!doctyp
 <tbody>
 {{range .Runners}}<tr class="runner" data-name="{{.Name}}">
 <td><b>{{.Name}}</b></td>
-<td><span class="state {{.State}}">{{.State}}</span><br><span class="muted">{{ago $.Now .Since}}</span></td>
+<td><span class="state {{.State}}">{{.State}}</span><br><span class="muted">{{ago $.Now .Since}}</span>{{with .Reason}}<div class="err reason">{{.}}</div>{{end}}</td>
 <td class="n">{{.Restarts}}</td>
 {{with .Stats}}<td class="n">{{.InFlight}}</td><td class="n">{{.Handled}}</td><td class="n">{{.Failed}}</td>{{else}}<td class="muted">–</td><td class="muted">–</td><td class="muted">–</td>{{end}}
 <td class="n">{{rate .HandledPerSec}}</td><td class="n">{{rate .FailedPerSec}}</td>

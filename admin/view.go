@@ -18,6 +18,9 @@ type Runner struct {
 	Since     time.Time      `json:"since"`
 	Restarts  int            `json:"restarts"`
 	LastError string         `json:"last_error,omitempty"`
+	// Reason says why the consumer's kill switch is tripped or probing
+	// (consumer.RunnerHealth.Reason, redacted); empty otherwise.
+	Reason string `json:"reason,omitempty"`
 	// Stats are the runner's counters (consumer.Stats); nil for a runner
 	// that keeps none.
 	Stats *consumer.Stats `json:"stats,omitempty"`
@@ -39,10 +42,11 @@ type Runner struct {
 }
 
 // Pausable reports whether the page offers pause and resume for the runner:
-// a runner with counters (a consumer) that is running or paused.
+// a runner with counters (a consumer) that is running, paused, tripped,
+// reconnecting or stalled.
 func (r Runner) Pausable() bool {
 	return r.Stats != nil && (r.State == consumer.StateRunning || r.State == consumer.StatePaused ||
-		r.State == consumer.StateReconnecting || r.State == consumer.StateStalled)
+		r.State == consumer.StateReconnecting || r.State == consumer.StateStalled || r.State == consumer.StateTripped)
 }
 
 // rateState is the last sample of one runner's counters.
@@ -95,7 +99,7 @@ func (h *handler) runners(ctx context.Context) []Runner {
 	var wg sync.WaitGroup
 	for i, rh := range health.Runners {
 		v := &out[i]
-		*v = Runner{Name: rh.Name, State: rh.State, Since: rh.Since, Restarts: rh.Restarts, LastError: redact(rh.LastError)}
+		*v = Runner{Name: rh.Name, State: rh.State, Since: rh.Since, Restarts: rh.Restarts, LastError: redact(rh.LastError), Reason: redact(rh.Reason)}
 		if st, err := h.sup.Stats(rh.Name); err == nil {
 			v.Stats = &st
 			v.HandledPerSec, v.FailedPerSec = h.rate(rh.Name, st, now)

@@ -46,13 +46,20 @@ type Consumer struct {
 
 	gate    gate               // how many workers take deliveries (gate.go)
 	limiter concurrencyLimiter // WithAdaptiveConcurrency's, or nil
+	ks      *killSwitch        // WithKillSwitch's, or nil (killswitch.go)
 
 	pmu    sync.Mutex // serialises Pause and Resume, source calls included
 	mu     sync.Mutex
 	cur    *run // the Run in progress, or nil
 	closed bool // no Run may start: Shutdown/Close called, or a Run stopped for good
-	paused bool
-	stats  Stats // the counters of the finished Runs (see Stats); guarded by mu
+	paused bool // by Pause
+	// tripped: the kill switch holds the intake stopped. The intake is
+	// open iff !paused && !tripped. Written under pmu and mu.
+	tripped bool
+	// srcPaused: the source was last told to pause (paused || tripped as
+	// last applied). Guarded by pmu.
+	srcPaused bool
+	stats     Stats // the counters of the finished Runs (see Stats); guarded by mu
 }
 
 // New returns a Consumer that handles deliveries from src with h.
@@ -81,6 +88,9 @@ func New(src broker.Source, h Handler, opts ...Option) (*Consumer, error) {
 	}
 	c := &Consumer{src: src, h: h, o: o}
 	c.gate.init(o.concurrency)
+	if o.killSwitch != nil {
+		c.ks = newKillSwitch(*o.killSwitch)
+	}
 	if o.newLimiter != nil {
 		l, err := o.newLimiter(o.concurrency)
 		if err != nil {
@@ -187,6 +197,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		// before the run noticed. Stop as a run on ctx would.
 		c.closed = true
 		c.mu.Unlock()
+		c.stopKillSwitch()
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopGrace)
 		defer cancel()
 		c.closeSource(cctx)
@@ -209,6 +220,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	closed := c.closed
 	c.mu.Unlock()
 	if closed {
+		c.stopKillSwitch()
 		// Bounded by what is left of the drain budget, plus stopGrace.
 		if cerr := c.closeSource(r.hard); cerr != nil {
 			// A final commit that failed, or a Close cut short: what was
@@ -250,6 +262,7 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 	r := c.cur
 	c.mu.Unlock()
 	if r == nil {
+		c.stopKillSwitch()
 		return c.closeSource(ctx)
 	}
 	r.requestStop(true)
@@ -287,6 +300,7 @@ func (c *Consumer) Close() error {
 	r := c.cur
 	c.mu.Unlock()
 	if r == nil {
+		c.stopKillSwitch()
 		ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
 		defer cancel()
 		return c.closeSource(ctx)
@@ -344,23 +358,34 @@ func (c *Consumer) pause(ctx context.Context) (changed bool, err error) {
 		return false, nil
 	}
 	c.paused = true
-	if r := c.cur; r != nil {
+	if r := c.cur; r != nil && !c.tripped {
 		r.setIntake(pausedIntake())
 	}
 	c.mu.Unlock()
+	return true, c.pauseSource(ctx)
+}
+
+// pauseSource pauses the source, if it is a Pauser and not paused yet (a
+// tripped kill switch may have paused it). The caller holds pmu, not mu: a
+// source may emit events (and hooks may call State) while it pauses, and a
+// network round trip must not block Health.
+func (c *Consumer) pauseSource(ctx context.Context) error {
+	if c.srcPaused {
+		return nil
+	}
+	c.srcPaused = true
 	if p, ok := c.src.(broker.Pauser); ok {
-		// Outside c.mu: a source may emit events (and hooks may call State)
-		// while it pauses, and a network round trip must not block Health.
-		if perr := p.Pause(ctx); perr != nil {
-			err = fmt.Errorf("queuekit: pause source: %w", perr)
+		if err := p.Pause(ctx); err != nil {
+			return fmt.Errorf("queuekit: pause source: %w", err)
 		}
 	}
-	return true, err
+	return nil
 }
 
 // Resume restarts intake after Pause. Resuming a running consumer does nothing.
 // If the source fails to resume, the consumer stays paused and Resume returns
-// the error.
+// the error. While the kill switch is tripped (WithKillSwitch), Resume only
+// clears the pause: the intake reopens when the switch probes.
 func (c *Consumer) Resume(ctx context.Context) error {
 	resumed, err := c.resume(ctx)
 	if resumed {
@@ -374,43 +399,73 @@ func (c *Consumer) resume(ctx context.Context) (bool, error) {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
 	c.mu.Lock()
-	paused, r := c.paused, c.cur
+	paused := c.paused
 	c.mu.Unlock()
 	if !paused {
 		return false, nil
 	}
-	if r != nil {
-		r.awaitGiveBacks(ctx)
+	if err := c.openIntakeLocked(ctx, true); err != nil {
+		return false, err
 	}
-	if p, ok := c.src.(broker.Pauser); ok {
-		// Resume the source before the workers, so that they find it subscribed.
-		if err := p.Resume(ctx); err != nil {
-			return false, fmt.Errorf("queuekit: resume source: %w", err)
-		}
-	}
-	c.mu.Lock()
-	c.paused = false
-	if r := c.cur; r != nil {
-		r.setIntake(r.openIntake())
-	}
-	c.mu.Unlock()
 	return true, nil
 }
 
-// State reports the consumer's state: StateRunning while it takes deliveries;
-// StatePaused, StateDraining, StateStalled (a settlement the broker does not
-// take is being tried again) or StateReconnecting (its source reports no
-// connection) when it does not; StateStarting before Run and StateStopped
-// after the last Run.
+// openIntakeLocked opens the intake unless the consumer is paused or its
+// kill switch tripped: it waits for the give-backs of the stopped intake,
+// resumes the source, then hands the workers an open intake. resuming is
+// Resume's call: it clears the pause, once the source resumed (when that
+// fails the consumer stays paused), or at once when the kill switch holds
+// the intake stopped anyway. The caller holds pmu.
+func (c *Consumer) openIntakeLocked(ctx context.Context, resuming bool) error {
+	c.mu.Lock()
+	paused, tripped, r := c.paused && !resuming, c.tripped, c.cur
+	if tripped && resuming {
+		c.paused = false
+	}
+	c.mu.Unlock()
+	if paused || tripped {
+		return nil
+	}
+	if r != nil {
+		r.awaitGiveBacks(ctx)
+	}
+	if c.srcPaused {
+		if p, ok := c.src.(broker.Pauser); ok {
+			// Resume the source before the workers, so that they find it subscribed.
+			if err := p.Resume(ctx); err != nil {
+				return fmt.Errorf("queuekit: resume source: %w", err)
+			}
+		}
+		c.srcPaused = false
+	}
+	c.mu.Lock()
+	if resuming {
+		c.paused = false
+	}
+	if r := c.cur; r != nil && !c.paused && !c.tripped && r.cur.Load().wake != nil {
+		r.setIntake(r.openIntake())
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// State reports the consumer's state: StateRunning while it takes deliveries
+// (a probing kill switch included); StatePaused, StateTripped (its kill
+// switch stopped intake), StateDraining, StateStalled (a settlement the
+// broker does not take is being tried again) or StateReconnecting (its
+// source reports no connection) when it does not; StateStarting before Run
+// and StateStopped after the last Run.
 func (c *Consumer) State() State {
 	c.mu.Lock()
-	r, paused, closed := c.cur, c.paused, c.closed
+	r, paused, tripped, closed := c.cur, c.paused, c.tripped, c.closed
 	c.mu.Unlock()
 	switch {
 	case r == nil && closed:
 		return StateStopped
 	case r == nil && paused:
 		return StatePaused
+	case r == nil && tripped:
+		return StateTripped
 	case r == nil:
 		return StateStarting
 	case r.stopping.Load():
@@ -419,6 +474,8 @@ func (c *Consumer) State() State {
 		return StateStalled
 	case paused:
 		return StatePaused
+	case tripped:
+		return StateTripped
 	}
 	if sr, ok := c.src.(broker.StatusReporter); ok && !sourceConnected(sr) {
 		return StateReconnecting

@@ -30,6 +30,7 @@ type options struct {
 	// concurrency limiter for WithConcurrency's n (adaptive.go); its error
 	// fails New.
 	newLimiter func(n int) (concurrencyLimiter, error)
+	killSwitch *KillSwitch // WithKillSwitch's, or nil
 
 	// Built by build from the lists above.
 	hook     func(Event)
@@ -105,6 +106,12 @@ func (o *options) validate() error {
 		return fmt.Errorf("%w: drain timeout %v, want > 0", broker.ErrInvalidConfig, o.drainTimeout)
 	case o.settleTimeout < minSettleTimeout:
 		return fmt.Errorf("%w: settle timeout %v, want at least %v", broker.ErrInvalidConfig, o.settleTimeout, minSettleTimeout)
+	case o.killSwitch != nil:
+		ks := o.killSwitch.withDefaults()
+		if err := ks.validate(o.concurrency); err != nil {
+			return err
+		}
+		o.killSwitch = &ks
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ type intake struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	hctx    context.Context // the handlers' context for deliveries of this intake (IntakeStopped reads it)
+	probe   bool            // opened while the kill switch probes: its successes close the switch
 	stopped atomic.Bool     // set before cancel; a delivery received after it is given back
 	wake    chan struct{}   // non-nil when paused
 	final   bool
@@ -113,7 +114,7 @@ func newRun(c *Consumer, ctx context.Context) *run {
 			r.grace = time.AfterFunc(stopGrace, r.endHard)
 		}
 	})
-	if c.paused {
+	if c.paused || c.tripped {
 		r.cur.Store(pausedIntake())
 	} else {
 		r.cur.Store(r.openIntake())
@@ -124,6 +125,7 @@ func newRun(c *Consumer, ctx context.Context) *run {
 func (r *run) openIntake() *intake {
 	ctx, cancel := context.WithCancel(r.base)
 	in := &intake{ctx: ctx, cancel: cancel}
+	in.probe = r.c.ks != nil && r.c.ks.state.Load() == ksProbing
 	// One context per intake, not per message: IntakeStopped finds the
 	// intake in it.
 	in.hctx = context.WithValue(r.handlerCtx, intakeKey{}, in)
@@ -189,6 +191,14 @@ func (r *run) run(ctx context.Context) error {
 	c := r.c
 	r.clock = startSettleClock(r.hard, c.o.settleTimeout)
 	defer r.clock.Stop()
+	if k := c.ks; k != nil {
+		// The window's clock runs while Run does; what an earlier Run saw
+		// is stale.
+		k.clear()
+		stop, done := make(chan struct{}), make(chan struct{})
+		go k.runClock(stop, done)
+		defer func() { close(stop); <-done }()
+	}
 	r.wg.Add(len(r.slots))
 	for i := range r.slots {
 		go r.work(i)
@@ -426,6 +436,14 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) b
 		// the intake open it is an ordinary failure below, so that no
 		// message can loop on ErrNotHandled.
 		r.giveBack(d, m)
+		return true
+	}
+	if r.c.ks != nil && !r.abandoning.Load() && r.c.ksOutcome(in, err) {
+		// A failure that counts while the kill switch is tripped, or the
+		// one that tripped it: the outage, not the message, failed. Give
+		// it back unspent.
+		r.giveBack(d, m)
+		s.counts.count(err, SettledGiveBack, nil)
 		return true
 	}
 	st, serr := r.settle(d, m, err)

@@ -356,8 +356,11 @@ func (s *Supervisor) supervise(ctx context.Context, fatal context.CancelCauseFun
 }
 
 // Health returns a snapshot of every runner's state. A runner the Supervisor
-// considers running reports its own finer state (paused, draining,
-// reconnecting) when it implements State() State, as *Consumer does.
+// considers running reports its own finer state (paused, tripped, draining,
+// reconnecting) when it implements State() State, as *Consumer does. A
+// consumer whose kill switch is tripped or probing says why in Reason; a
+// tripped one is not ready, but it has not failed: the Supervisor leaves it
+// to probe, and does not restart it.
 func (s *Supervisor) Health() Health {
 	s.mu.Lock()
 	entries := s.entries
@@ -372,6 +375,9 @@ func (s *Supervisor) Health() Health {
 		e.mu.Unlock()
 		if st, ok := e.r.(stater); ok && rh.State == StateRunning {
 			rh.State = stateOf(st)
+		}
+		if c, ok := e.r.(*Consumer); ok && c != nil {
+			rh.Reason = c.healthReason()
 		}
 		if rh.State != StateRunning {
 			h.Ready = false

@@ -14,7 +14,7 @@
 //	router.GET("/readyz", gin.WrapH(h.Ready())) // Gin
 //
 // Ready fails while any consumer is not running (starting, paused,
-// draining, reconnecting, stalled, failed, stopped), so that a load
+// draining, reconnecting, stalled, tripped, failed, stopped), so that a load
 // balancer or Kubernetes stops sending work. Live fails only while a
 // handler call is stuck: a failed or reconnecting consumer is already being
 // restarted or reconnected, and restarting the process would not help.

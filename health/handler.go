@@ -29,8 +29,9 @@ func WithWatchdog(w *Watchdog) Option { return func(h *Handler) { h.wd = w } }
 //
 //   - Ready: 200 when every runner is running (consumer.Health.Ready);
 //     503 while any is starting, paused, draining, reconnecting, stalled
-//     (a settlement the broker does not take is being retried), failed or
-//     stopped, so that a load balancer or Kubernetes stops sending work.
+//     (a settlement the broker does not take is being retried), tripped
+//     (its kill switch stopped intake), failed or stopped, so that a load
+//     balancer or Kubernetes stops sending work.
 //   - Live: 200 unless the watchdog reports a stuck handler call: a process
 //     whose handlers hang does not recover by itself, and restarting it
 //     gives its messages back to the broker. A failed or reconnecting runner
@@ -89,7 +90,8 @@ type Consumer struct {
 	// under, which a consumer also uses in its logs, events and metrics.
 	Name string `json:"name"`
 	// State is a consumer.State name: starting, running, paused, draining,
-	// reconnecting, stalled, failed or stopped.
+	// reconnecting, stalled, tripped (its kill switch stopped intake),
+	// failed or stopped.
 	State string `json:"state"`
 	// Ready is true when State is running.
 	Ready bool `json:"ready"`
@@ -99,6 +101,9 @@ type Consumer struct {
 	Restarts int `json:"restarts"`
 	// LastError is the text of the last failure, if any.
 	LastError string `json:"last_error,omitempty"`
+	// Reason says why the consumer's kill switch is tripped or probing
+	// (consumer.RunnerHealth.Reason); empty otherwise.
+	Reason string `json:"reason,omitempty"`
 	// Backlog is what waits for the runner at the broker, in the full
 	// report of a runner that reports it (see FullReport).
 	Backlog *Backlog `json:"backlog,omitempty"`
@@ -111,7 +116,7 @@ func (h *Handler) Report() Report {
 	rep := Report{Ready: hs.Ready, Live: true, Consumers: make([]Consumer, 0, len(hs.Runners))}
 	for _, r := range hs.Runners {
 		rep.Consumers = append(rep.Consumers, Consumer{Name: r.Name, State: r.State.String(),
-			Ready: r.State == consumer.StateRunning, Since: r.Since, Restarts: r.Restarts, LastError: r.LastError})
+			Ready: r.State == consumer.StateRunning, Since: r.Since, Restarts: r.Restarts, LastError: r.LastError, Reason: r.Reason})
 	}
 	if h.wd != nil {
 		rep.Stuck = h.wd.Stuck()

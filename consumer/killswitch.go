@@ -1,0 +1,555 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// KillSwitch configures WithKillSwitch. Zero fields take the defaults named
+// on each; negative values (and a Threshold outside (0, 1]) are invalid.
+type KillSwitch struct {
+	// Window is the sliding window of handler outcomes the failure ratio is
+	// taken over (default 10s, at least 10ms). It is kept as ten buckets
+	// of Window/10.
+	Window time.Duration
+	// MinMessages is how many outcomes (successes and counted failures)
+	// must be seen before the switch may trip (default 20); a sudden outage
+	// trips it after about that many failures. Those failures come before
+	// the trip: they are ordinary failures that spend an attempt, and a
+	// broker that requeues at the head (RabbitMQ, memory) hands the same
+	// few messages out again at once, so keep MinMessages well below
+	// WithConcurrency × (WithMaxDeliveries - 1).
+	MinMessages int
+	// Threshold is the failure ratio, in (0, 1], that trips the switch
+	// (default 0.5).
+	Threshold float64
+	// RestartTimeout is how long the switch stays tripped before it probes
+	// (default 30s).
+	RestartTimeout time.Duration
+	// ProbeConcurrency is how many handlers run at once while probing
+	// (default 1, at most WithConcurrency's n).
+	ProbeConcurrency int
+	// ProbeMessages is how many successes while probing close the switch
+	// (default 5).
+	ProbeMessages int
+	// Counts reports which handler errors are failures of the protected
+	// dependency (default: every error). A permanent error
+	// (retry.Permanent: a bad message, not a sick dependency) and
+	// ErrNotHandled never count, whatever Counts says. An error that does
+	// not count is no outcome of the window at all: neither a failure nor a
+	// success. Counts is called from the workers, concurrently; a Counts
+	// that panics counts the error.
+	//
+	// Name the dependency's errors here rather than count every one: with
+	// the default, a message that fails every time for a reason of its own
+	// (a bug its content triggers) counts too, and once the switch is
+	// tripped such a message, given back to the head of the queue, fails
+	// every probe and keeps the switch from closing.
+	Counts func(err error) bool
+}
+
+// Kill switch defaults.
+const (
+	defaultKSWindow           = 10 * time.Second
+	defaultKSMinMessages      = 20
+	defaultKSThreshold        = 0.5
+	defaultKSRestartTimeout   = 30 * time.Second
+	defaultKSProbeConcurrency = 1
+	defaultKSProbeMessages    = 5
+	minKSWindow               = 10 * time.Millisecond
+)
+
+// withDefaults returns ks with its zero fields set to the defaults.
+func (ks KillSwitch) withDefaults() KillSwitch {
+	if ks.Window == 0 {
+		ks.Window = defaultKSWindow
+	}
+	if ks.MinMessages == 0 {
+		ks.MinMessages = defaultKSMinMessages
+	}
+	if ks.Threshold == 0 {
+		ks.Threshold = defaultKSThreshold
+	}
+	if ks.RestartTimeout == 0 {
+		ks.RestartTimeout = defaultKSRestartTimeout
+	}
+	if ks.ProbeConcurrency == 0 {
+		ks.ProbeConcurrency = defaultKSProbeConcurrency
+	}
+	if ks.ProbeMessages == 0 {
+		ks.ProbeMessages = defaultKSProbeMessages
+	}
+	return ks
+}
+
+// validate checks ks (defaults applied) for a consumer of concurrency n.
+func (ks KillSwitch) validate(n int) error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: kill switch: "+format, append([]any{broker.ErrInvalidConfig}, a...)...)
+	}
+	switch {
+	case ks.Window < minKSWindow:
+		return bad("window %v, want at least %v", ks.Window, minKSWindow)
+	case ks.MinMessages < 1:
+		return bad("min messages %d, want at least 1", ks.MinMessages)
+	case math.IsNaN(ks.Threshold) || ks.Threshold <= 0 || ks.Threshold > 1:
+		return bad("threshold %v, want a ratio in (0, 1]", ks.Threshold)
+	case ks.RestartTimeout < 0:
+		return bad("restart timeout %v, want > 0", ks.RestartTimeout)
+	case ks.ProbeConcurrency < 1 || ks.ProbeConcurrency > n:
+		return bad("probe concurrency %d, want 1..%d (the consumer's concurrency)", ks.ProbeConcurrency, n)
+	case ks.ProbeMessages < 1:
+		return bad("probe messages %d, want at least 1", ks.ProbeMessages)
+	}
+	return nil
+}
+
+// WithKillSwitch protects a failing dependency: when the ratio of handler
+// failures that count (KillSwitch.Counts) over a sliding window crosses
+// KillSwitch.Threshold, after at least KillSwitch.MinMessages outcomes,
+// the consumer trips: it stops its intake as Pause does (the source is
+// paused too, so that a RabbitMQ prefetch goes back to the queue), its
+// state is StateTripped with the reason in RunnerHealth.Reason and
+// Consumer.KillSwitch, and it emits EventTripped. The handlers in flight
+// finish; their failures that count, and the one that tripped it, are
+// given back (Release: no attempt spent) instead of being requeued or
+// dead-lettered, so that the outage spends no message's delivery budget.
+//
+// After KillSwitch.RestartTimeout the consumer probes (EventProbing): its
+// intake reopens with KillSwitch.ProbeConcurrency handlers at once. A
+// failure that counts trips it again (given back too); KillSwitch.ProbeMessages
+// successes close it (EventRecovered) and the full concurrency returns.
+//
+// The switch trips when, over the window or a recent part of it (its
+// newest tenths), at least MinMessages outcomes were seen and their failure
+// ratio is at least Threshold; or when a recent run of outcomes fails at a
+// ratio above Threshold by a margin that shrinks as the run grows:
+// MinMessages failures in a row, or with the defaults 30 among 40, 60
+// among 100. The second rule makes a sudden outage trip after about
+// MinMessages failures, whatever the throughput before it (a success
+// interleaved with the failures delays the trip by one failure, it does
+// not start it over).
+//
+// Pause and Resume stay the operator's: the intake is open only when the
+// consumer is neither paused nor tripped, so Resume while tripped clears
+// the pause and leaves the intake stopped until the probe. A Supervisor
+// does not restart a tripped consumer (it has not failed) and reports it
+// not ready. Shutdown while tripped or probing drains as usual.
+//
+// On the message path the switch costs a few atomic operations and no
+// allocation (BenchmarkKillSwitch). New returns an error wrapping
+// broker.ErrInvalidConfig for an invalid configuration.
+func WithKillSwitch(ks KillSwitch) Option {
+	return func(o *options) { o.killSwitch = &ks }
+}
+
+// KillSwitchStatus is the state of a consumer's kill switch
+// (Consumer.KillSwitch).
+type KillSwitchStatus struct {
+	// State is "closed" (messages flow), "open" (tripped: intake stopped)
+	// or "probing"; "" when the consumer has no kill switch.
+	State string `json:"state"`
+	// Reason says why the switch last tripped: the failure ratio, the
+	// number of messages and the span it was taken over, and the text of
+	// the last error. It is kept after the switch closes again; empty
+	// until the first trip.
+	Reason string `json:"reason,omitempty"`
+	// Since is when the switch entered State.
+	Since time.Time `json:"since,omitzero"`
+	// Trips counts the trips so far, re-trips while probing included.
+	Trips int64 `json:"trips"`
+}
+
+// The states of a killSwitch.
+const (
+	ksClosed int32 = iota
+	ksOpen
+	ksProbing
+)
+
+var ksStateNames = [...]string{ksClosed: "closed", ksOpen: "open", ksProbing: "probing"}
+
+// ksBuckets is the number of buckets of the sliding window.
+const ksBuckets = 10
+
+// ksBucket counts the outcomes of Window/ksBuckets. The counters are shared
+// by the workers (an atomic add each, on the bucket's own cache line).
+type ksBucket struct {
+	ok, fail atomic.Int64
+	_        [64 - 16]byte
+}
+
+// killSwitch is a consumer's kill switch (WithKillSwitch).
+//
+// The message path (ksOutcome) of a success only reads state and score
+// and adds to a bucket: no lock, no allocation. The bucket clock (runClock, one goroutine per Run)
+// advances epoch every Window/ksBuckets and zeroes the bucket it enters;
+// an add racing with that lands in the old or the new bucket, either way
+// within a bucket of the truth. Transitions are CASes on state, so that
+// exactly one worker trips (or closes) the switch; what follows a
+// transition (intake, source, gate, events, the restart timer) is done by
+// the winner, outside the worker path's atomics.
+type killSwitch struct {
+	cfg    KillSwitch
+	bucket time.Duration
+
+	state atomic.Int32
+	epoch atomic.Int64 // index of the current bucket, modulo ksBuckets
+	// score is a CUSUM of the recent outcomes, in millionths: a counted
+	// failure adds up (1-Threshold), a success takes away down
+	// (Threshold), and it never goes below 0. It reaches trip
+	// (MinMessages × up) when a recent run of outcomes fails at a ratio
+	// above Threshold by a margin that shrinks as the run grows:
+	// MinMessages failures in a row, or (Threshold 0.5, MinMessages 20) 30
+	// failures among 40, 60 among 100. Successes interleaved with an
+	// outage's failures delay the trip by one failure each instead of
+	// starting it over.
+	score          atomic.Int64
+	up, down, trip int64
+	// runFail and runOK count the outcomes since the score last left 0:
+	// the recent run a score trip reports. A success touches them only
+	// while the score is above 0, so a healthy consumer never does.
+	runFail, runOK atomic.Int64
+	probeOK        atomic.Int64 // successes of probe deliveries since probing began
+	buckets        [ksBuckets]ksBucket
+
+	mu        sync.Mutex // guards the fields below
+	reason    string
+	since     time.Time
+	trips     int64
+	timer     *time.Timer   // the restart timeout, while open
+	timerDone chan struct{} // closed when timer's function returned
+	stopped   bool          // the consumer stopped for good: schedule nothing
+}
+
+func newKillSwitch(cfg KillSwitch) *killSwitch {
+	const unit = 1_000_000
+	// With Threshold 1 a failure would add nothing: a step of 1 keeps
+	// MinMessages failures in a row tripping it, and any success clears it.
+	up := max(int64(math.Round((1-cfg.Threshold)*unit)), 1)
+	return &killSwitch{
+		cfg: cfg, bucket: cfg.Window / ksBuckets, since: time.Now(),
+		up: up, down: int64(math.Round(cfg.Threshold * unit)), trip: int64(cfg.MinMessages) * up,
+	}
+}
+
+// ease takes a success off the score, down to 0. A healthy consumer's
+// score is 0: one atomic load.
+func (k *killSwitch) ease() {
+	for {
+		s := k.score.Load()
+		if s == 0 {
+			return
+		}
+		if next := max(s-k.down, 0); k.score.CompareAndSwap(s, next) {
+			if next == 0 {
+				k.runFail.Store(0)
+				k.runOK.Store(0)
+			} else {
+				k.runOK.Add(1)
+			}
+			return
+		}
+	}
+}
+
+// recentWhy describes a trip by the score: the recent run of outcomes.
+func (k *killSwitch) recentWhy() string {
+	fail, ok := k.runFail.Load(), k.runOK.Load()
+	total := max(fail+ok, 1)
+	return fmt.Sprintf("failure ratio %.2f over the last %d messages", float64(fail)/float64(total), total)
+}
+
+// counts reports whether err is a failure the switch counts.
+func (k *killSwitch) counts(err error) bool {
+	if !isFailure(err) {
+		return false
+	}
+	if k.cfg.Counts == nil {
+		return true
+	}
+	return guarded(true, func() bool { return k.cfg.Counts(err) })
+}
+
+// clear empties the window.
+func (k *killSwitch) clear() {
+	for i := range k.buckets {
+		k.buckets[i].ok.Store(0)
+		k.buckets[i].fail.Store(0)
+	}
+	k.score.Store(0)
+	k.runFail.Store(0)
+	k.runOK.Store(0)
+}
+
+func (k *killSwitch) current() *ksBucket {
+	return &k.buckets[uint64(k.epoch.Load())%ksBuckets]
+}
+
+// check reports whether the window, as it is now, trips the switch, and
+// why: over ever longer recent parts of the window (the newest bucket,
+// then the two newest…, then all of it), the first that has MinMessages
+// outcomes and a failure ratio of at least Threshold. It runs on counted
+// failures only.
+func (k *killSwitch) check() (why string, trip bool) {
+	minN := int64(k.cfg.MinMessages)
+	e := k.epoch.Load()
+	var ok, fail int64
+	for j := range int64(ksBuckets) {
+		b := &k.buckets[uint64(e-j+ksBuckets)%ksBuckets] // j < ksBuckets: never negative
+		ok += b.ok.Load()
+		fail += b.fail.Load()
+		total := ok + fail
+		if total >= minN && float64(fail) >= k.cfg.Threshold*float64(total) {
+			span := time.Duration(j+1) * k.bucket
+			return fmt.Sprintf("failure ratio %.2f over %d messages in %v", float64(fail)/float64(total), total, span), true
+		}
+	}
+	return "", false
+}
+
+// runClock advances the window's buckets until stop is closed; Run runs it
+// while it runs.
+func (k *killSwitch) runClock(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(k.bucket)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			e := k.epoch.Load() + 1
+			b := &k.buckets[uint64(e)%ksBuckets]
+			b.ok.Store(0)
+			b.fail.Store(0)
+			k.epoch.Store(e)
+		case <-stop:
+			return
+		}
+	}
+}
+
+// schedule arms the restart timeout: f runs after it, unless the consumer
+// stopped for good first.
+func (k *killSwitch) schedule(f func()) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.stopped {
+		return
+	}
+	done := make(chan struct{})
+	k.timerDone = done
+	k.timer = time.AfterFunc(k.cfg.RestartTimeout, func() {
+		defer close(done)
+		f()
+	})
+}
+
+// stop cancels the restart timeout, waiting for its function if it is
+// running, and schedules nothing more: the consumer stopped for good.
+func (k *killSwitch) stop() {
+	k.mu.Lock()
+	k.stopped = true
+	t, done := k.timer, k.timerDone
+	k.timer = nil
+	k.mu.Unlock()
+	if t != nil && !t.Stop() {
+		<-done
+	}
+}
+
+// entered records that the switch just entered its state.
+func (k *killSwitch) entered() {
+	k.mu.Lock()
+	k.since = time.Now()
+	k.mu.Unlock()
+}
+
+func (k *killSwitch) status() KillSwitchStatus {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return KillSwitchStatus{State: ksStateNames[k.state.Load()], Reason: k.reason, Since: k.since, Trips: k.trips}
+}
+
+// KillSwitch returns the state of the consumer's kill switch
+// (WithKillSwitch); a zero KillSwitchStatus when it has none. It is cheap
+// and safe to call from any goroutine.
+func (c *Consumer) KillSwitch() KillSwitchStatus {
+	if c.ks == nil {
+		return KillSwitchStatus{}
+	}
+	return c.ks.status()
+}
+
+// healthReason is the RunnerHealth.Reason of the consumer: why its kill
+// switch is open or probing; "" when it is closed or absent.
+func (c *Consumer) healthReason() string {
+	if c.ks == nil {
+		return ""
+	}
+	switch st := c.ks.status(); st.State {
+	case "open":
+		return "kill switch tripped: " + st.Reason
+	case "probing":
+		return "kill switch probing after: " + st.Reason
+	}
+	return ""
+}
+
+// ksOutcome tells the kill switch a handler's result for a delivery of
+// intake in, and reports whether the delivery is to be given back (a
+// counted failure while the switch is open, or the one that tripped it).
+// It runs on the worker, after the handler, on every message: the success
+// path is a few atomic operations and allocates nothing.
+func (c *Consumer) ksOutcome(in *intake, err error) (giveBack bool) {
+	k := c.ks
+	if err == nil {
+		switch k.state.Load() {
+		case ksClosed:
+			k.current().ok.Add(1)
+			k.ease()
+		case ksProbing:
+			// Only deliveries received while probing prove anything:
+			// a straggler from before the trip does not.
+			if in.probe && k.probeOK.Add(1) >= int64(k.cfg.ProbeMessages) {
+				c.ksRecover()
+			}
+		}
+		return false
+	}
+	if !k.counts(err) {
+		return false
+	}
+	for {
+		switch k.state.Load() {
+		case ksOpen:
+			return true
+		case ksProbing:
+			if k.state.CompareAndSwap(ksProbing, ksOpen) {
+				c.ksTripped(err, "a probe failed")
+				return true
+			}
+			continue // closed or tripped meanwhile: look again
+		}
+		k.current().fail.Add(1)
+		why, trip := k.check()
+		k.runFail.Add(1)
+		if !trip && k.score.Add(k.up) >= k.trip {
+			why, trip = k.recentWhy(), true
+		}
+		if trip && k.state.CompareAndSwap(ksClosed, ksOpen) {
+			c.ksTripped(err, why)
+			return true
+		}
+		// Below the threshold: an ordinary failure, unless another worker
+		// tripped the switch meanwhile.
+		return k.state.Load() == ksOpen
+	}
+}
+
+// ksTripped does what follows a trip, on the goroutine whose CAS opened
+// the switch: record why, stop the intake and pause the source (as
+// Pause does), report it, and arm the restart timeout, in that order so
+// that EventTripped comes before the EventProbing the timeout leads to.
+func (c *Consumer) ksTripped(err error, why string) {
+	k := c.ks
+	reason := why
+	if err != nil {
+		reason += ": " + truncateReason(errorText(err))
+	}
+	k.mu.Lock()
+	k.reason, k.since = reason, time.Now()
+	k.trips++
+	k.mu.Unlock()
+
+	perr := c.stopIntakeForTrip()
+	c.logger().Warn("queuekit: kill switch tripped; intake stopped", "reason", reason, "restart_timeout", k.cfg.RestartTimeout)
+	if perr != nil {
+		c.logger().Warn("queuekit: kill switch: pause source", "error", perr)
+	}
+	c.emit(Event{Kind: EventTripped, Err: errors.New(reason)})
+	k.schedule(c.ksProbe)
+}
+
+// stopIntakeForTrip stops the intake and pauses the source for a trip,
+// serialised with Pause and Resume.
+func (c *Consumer) stopIntakeForTrip() error {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	c.mu.Lock()
+	c.tripped = true
+	if r := c.cur; r != nil && !c.paused {
+		r.setIntake(pausedIntake())
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), c.o.settleTimeout)
+	defer cancel()
+	return c.pauseSource(ctx)
+}
+
+// ksProbe ends the restart timeout: the switch probes. It runs on the
+// timer's goroutine.
+func (c *Consumer) ksProbe() {
+	k := c.ks
+	c.pmu.Lock()
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed || k.state.Load() != ksOpen {
+		c.pmu.Unlock()
+		return
+	}
+	k.clear()
+	k.probeOK.Store(0)
+	c.gate.setCap(k.cfg.ProbeConcurrency)
+	k.state.Store(ksProbing)
+	k.entered()
+	c.mu.Lock()
+	c.tripped = false
+	c.mu.Unlock()
+	c.pmu.Unlock()
+
+	c.logger().Info("queuekit: kill switch probing", "probe_concurrency", k.cfg.ProbeConcurrency, "probe_messages", k.cfg.ProbeMessages)
+	// Before the intake opens: no probe delivery, and so no EventRecovered
+	// or re-trip, can come before EventProbing.
+	c.emit(Event{Kind: EventProbing})
+
+	c.pmu.Lock()
+	ctx, cancel := context.WithTimeout(context.Background(), c.o.settleTimeout)
+	err := c.openIntakeLocked(ctx, false)
+	cancel()
+	c.pmu.Unlock()
+	if err != nil && k.state.CompareAndSwap(ksProbing, ksOpen) {
+		// The source would not resume: stay tripped, try again later.
+		c.ksTripped(err, "resuming the source to probe failed")
+	}
+}
+
+// ksRecover closes the switch after the probes succeeded; the worker whose
+// success was the last probe calls it.
+func (c *Consumer) ksRecover() {
+	k := c.ks
+	if !k.state.CompareAndSwap(ksProbing, ksClosed) {
+		return
+	}
+	k.clear()
+	k.entered()
+	c.gate.setCap(0)
+	c.logger().Info("queuekit: kill switch closed; the probes succeeded", "probe_messages", k.cfg.ProbeMessages)
+	c.emit(Event{Kind: EventRecovered})
+}
+
+// stopKillSwitch disarms the kill switch's restart timeout for good (the
+// consumer stopped), waiting for a probe in progress, so that nothing of
+// it outlives Run, Shutdown or Close.
+func (c *Consumer) stopKillSwitch() {
+	if c.ks != nil {
+		c.ks.stop()
+	}
+}
