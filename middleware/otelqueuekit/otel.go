@@ -205,8 +205,11 @@ func Tracing(system string, opts ...Option) consumer.Middleware {
 		// not taken for it.
 		t.noop = reflect.TypeOf(t.tracer) == deprecatedNoopTracer
 	}
-	if rt := reflect.TypeOf(t.tracer); rt != nil && rt.Kind() == reflect.Pointer && rt.Elem().PkgPath() == sdkPackage {
-		t.sdk = true
+	if rt := reflect.TypeOf(t.tracer); rt != nil && rt.Kind() == reflect.Pointer {
+		switch rt.Elem().PkgPath() {
+		case sdkPackage, globalPackage:
+			t.reuse = true
+		}
 	}
 	return func(next consumer.Handler) consumer.Handler {
 		return &tracingHandler{t: t, next: next}
@@ -221,7 +224,7 @@ var deprecatedNoopTracer = reflect.TypeOf(trace.NewNoopTracerProvider().Tracer("
 type tracing struct {
 	tracer trace.Tracer
 	noop   bool // the tracer is the no-op one: no span is started
-	sdk    bool // the tracer is the SDK's: start buffers are reused
+	reuse  bool // the tracer is the SDK's or the global one: start buffers are reused
 	prop   propagation.TextMapPropagator
 	// fields are the headers prop extracts from, when known: Extract is
 	// skipped for a message that has none of them. Nil: always Extract.
@@ -254,8 +257,10 @@ const maxStartAttributes = 9
 // startBuffer holds what one span is started with, in one allocation.
 // With the SDK's tracer, which copies attributes and links out of the
 // options (trace.NewSpanStartConfig) and keeps nothing of them after Start
-// returns, buffers are reused (startBuffers); another tracer, which might
-// keep what it is given, gets a new one for each span.
+// returns, and with the global one (which ignores them until a provider
+// is set, then passes them on to it: the SDK's, as a rule), buffers are
+// reused (startBuffers); another tracer, which might keep what it is
+// given, gets a new one for each span.
 type startBuffer struct {
 	attrs [maxStartAttributes]attribute.KeyValue
 	opts  [3]trace.SpanStartOption
@@ -264,8 +269,13 @@ type startBuffer struct {
 
 var startBuffers = sync.Pool{New: func() any { return new(startBuffer) }}
 
-// sdkPackage is the import path of the OpenTelemetry SDK's tracer.
-const sdkPackage = "go.opentelemetry.io/otel/sdk/trace"
+// sdkPackage and globalPackage are the import paths of the OpenTelemetry
+// SDK's tracer and of the global one (otel.GetTracerProvider's, when
+// Tracing is called before a provider is set).
+const (
+	sdkPackage    = "go.opentelemetry.io/otel/sdk/trace"
+	globalPackage = "go.opentelemetry.io/otel/internal/global"
+)
 
 var consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
 
@@ -364,7 +374,7 @@ func (h *tracingHandler) Handle(ctx context.Context, m *broker.Message) error {
 	// and the span processors' OnStart see them all (a sampler may choose
 	// by consumer, or sample redeliveries by attempt), in one buffer.
 	var buf *startBuffer
-	if t.sdk {
+	if t.reuse {
 		buf = startBuffers.Get().(*startBuffer)
 	} else {
 		buf = new(startBuffer)
@@ -388,8 +398,9 @@ func (h *tracingHandler) Handle(ctx context.Context, m *broker.Message) error {
 		sopts = append(sopts, trace.WithLinks(buf.links[:]...))
 	}
 	sctx, span := t.tracer.Start(pctx, ts.name, sopts...)
-	if t.sdk {
-		*buf = startBuffer{}
+	if t.reuse {
+		clear(attrs) // the part used, so that the pool keeps no message's strings
+		buf.opts, buf.links = [3]trace.SpanStartOption{}, [1]trace.Link{}
 		startBuffers.Put(buf)
 	}
 	err := h.next.Handle(sctx, m)

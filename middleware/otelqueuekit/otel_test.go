@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -538,6 +539,7 @@ type startSpy struct {
 	mu      sync.Mutex
 	sampled []map[attribute.Key]attribute.Value
 	onStart []map[attribute.Key]attribute.Value
+	raw     [][]attribute.KeyValue // the sampler's Attributes, as given
 }
 
 func attrMap(kvs []attribute.KeyValue) map[attribute.Key]attribute.Value {
@@ -551,6 +553,7 @@ func attrMap(kvs []attribute.KeyValue) map[attribute.Key]attribute.Value {
 func (s *startSpy) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
 	s.mu.Lock()
 	s.sampled = append(s.sampled, attrMap(p.Attributes))
+	s.raw = append(s.raw, p.Attributes)
 	s.mu.Unlock()
 	return sdktrace.SamplingResult{Decision: sdktrace.RecordAndSample, Tracestate: trace.SpanContextFromContext(p.ParentContext).TraceState()}
 }
@@ -614,6 +617,11 @@ func TestSamplerAndProcessorsSeeEveryAttribute(t *testing.T) {
 			if len(got) != len(want) {
 				t.Errorf("message %s: %s saw %d attributes; want %d", m.ID, who, len(got), len(want))
 			}
+		}
+		// What the sampler was given is its own to keep: the buffers the
+		// middleware builds start options in and reuses are not it.
+		if kept := attrMap(spy.raw[i]); !maps.Equal(kept, want) {
+			t.Errorf("message %s: the attributes the sampler kept changed after Start to %v", m.ID, kept)
 		}
 	}
 }
