@@ -176,7 +176,8 @@ func newOptions(opts []Option) options {
 // The global provider (the default, otel.GetTracerProvider) is not treated
 // as no-op even before a program sets one, since it may be set later, or
 // attached to by automatic instrumentation: until then each message starts
-// a non-recording span, which costs a context (see BenchmarkOTel).
+// a non-recording span, which costs its start attributes and a context
+// (see BenchmarkOTel).
 func Tracing(system string, opts ...Option) consumer.Middleware {
 	o := newOptions(opts)
 	if system == "" {
