@@ -31,6 +31,10 @@
 //     supports it.
 //   - anything, after the consumer began to stop and cancelled the handler's
 //     context: an error is not held against the message; it is given back.
+//   - an error wrapping ErrNotHandled, once the intake the message came in
+//     under has stopped (see Giving a message back): given back unspent.
+//   - a failure that the kill switch counts while it is tripped, or the one
+//     that tripped it (see Kill switch): given back unspent.
 //
 // A panic in a handler is recovered and counts as an error of that message
 // only. A delivery is never acknowledged before its handler returned nil:
@@ -90,6 +94,53 @@
 // are bounded by n (and the broker's prefetch), never by the queue length.
 // Handlers run concurrently with each other and must be safe for that; each
 // Message is seen by one handler at a time.
+//
+// Fewer than n may be allowed at once: worker i takes a delivery only while
+// i is below the consumer's current limit (Stats.Limit), which the kill
+// switch lowers to KillSwitch.ProbeConcurrency while it probes and
+// WithAdaptiveConcurrency moves within its bounds. A worker above the limit
+// finishes the handler it runs and then takes nothing, not even a Receive,
+// until the limit rises again or the consumer stops.
+//
+// # Giving a message back
+//
+// Stopping intake — Pause, a kill-switch trip, the drain — does not cancel
+// the handlers in flight: they finish their work. A handler (or middleware)
+// that has not begun its work yet, because it waits for something (a rate
+// limiter's token, a lock, a slot), should not hold the message through a
+// Pause or a drain. IntakeStopped(ctx) is a channel closed when the intake
+// its message came in under stops; a handler that gives up on it returns an
+// error wrapping ErrNotHandled, and the runtime gives the message back with
+// Release: it keeps its place and its attempt (Stats.GivenBack counts it,
+// Stats.Failed does not). ErrNotHandled returned while that intake is still
+// open is an ordinary failure that spends an attempt, so that no message
+// can loop on it.
+//
+// # Kill switch
+//
+// When a dependency every handler calls is down (a database, an API),
+// every message fails, is retried through its delivery budget and lands in
+// the dead-letter queue. WithKillSwitch stops that: when the ratio of
+// failures over a sliding window crosses a threshold, the consumer trips.
+// Its intake stops as with Pause (a Pauser source is paused too, so that a
+// RabbitMQ prefetch goes back to the queue), the handlers in flight finish,
+// and their failures, like the one that tripped it, are given back unspent.
+// Health reports StateTripped with the reason (RunnerHealth.Reason,
+// Consumer.KillSwitch), readiness turns false, and EventTripped is
+// emitted; the Supervisor does not restart the consumer, which has not
+// failed. After KillSwitch.RestartTimeout it probes (EventProbing) with
+// KillSwitch.ProbeConcurrency handlers at once: a counted failure trips it
+// again, KillSwitch.ProbeMessages successes close it (EventRecovered).
+//
+// Only errors KillSwitch.Counts accepts count (by default every error that
+// is not permanent); name the dependency's errors there, so that a message
+// that fails for a reason of its own is retried and dead-lettered as
+// usual. The failures before the trip spend their attempts as usual: keep
+// KillSwitch.MinMessages well below WithConcurrency × (WithMaxDeliveries - 1).
+// Pause and Resume stay the operator's: the intake is open only when the
+// consumer is neither paused nor tripped. Shutdown drains a tripped
+// consumer as any other. The switch costs the message path a few atomic
+// operations and no allocation.
 //
 // # Errors
 //

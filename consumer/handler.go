@@ -12,7 +12,10 @@ import (
 // acknowledges it. A non-nil error means the message was not handled: the
 // runtime gives it back to the broker for another delivery, until the delivery
 // budget is spent, and then dead-letters it with the error text. An error
-// marked with retry.Permanent is dead-lettered at once.
+// marked with retry.Permanent is dead-lettered at once. An error wrapping
+// ErrNotHandled, returned once the intake the message came in under has
+// stopped (see IntakeStopped), gives the message back without spending an
+// attempt.
 //
 // ctx is cancelled when the handler must give up: at the drain deadline (cause
 // ErrDrainTimeout) or when the consumer is closed. A handler that returns
