@@ -111,8 +111,9 @@ type DrainReport struct {
 	// Handled counts the in-flight handlers that finished during the drain
 	// and had their message settled.
 	Handled int
-	// GivenBack counts deliveries received but not started, given back to
-	// the broker.
+	// GivenBack counts deliveries given back to the broker unspent:
+	// received but not started, or given back by their handler
+	// (ErrNotHandled) or by a tripped kill switch.
 	GivenBack int
 	// Abandoned counts handlers still running at the drain deadline: their
 	// contexts were cancelled with ErrDrainTimeout and their messages given
