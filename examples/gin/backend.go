@@ -37,8 +37,9 @@ type backend struct {
 	source func() (broker.Source, error)
 	// full, if set, reports whether the broker should take no more orders
 	// for now: the in-memory queue has no limit of its own (RabbitMQ and
-	// Kafka have theirs).
-	full func() bool
+	// Kafka have theirs). An error says it could not tell (the database,
+	// which holds the outbox, is unavailable).
+	full func(ctx context.Context) (bool, error)
 	// close, if set, releases what the backend holds besides the publisher
 	// and the sources (the in-memory broker).
 	close func()
@@ -102,11 +103,14 @@ func newMemoryBackend(cfg config, db *database) *backend {
 		// Bounded here, so a paused or slow consumer cannot make the
 		// process grow without end: what waits in the memory queue and
 		// what waits in the outbox for the relay to hand it over.
-		full: func() bool {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		full: func(ctx context.Context) (bool, error) {
+			ctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
 			unsent, err := db.unsent(ctx)
-			return err != nil || b.Stats(cfg.queue).Ready+unsent >= cfg.maxQueued
+			if err != nil {
+				return true, err
+			}
+			return b.Stats(cfg.queue).Ready+unsent >= cfg.maxQueued, nil
 		},
 		close: func() { b.Close() },
 	}

@@ -137,7 +137,12 @@ type config struct {
 	// unavailableItems are the items whose orders fail for good (the
 	// operator's workflow: fail, see why on /admin/, fix, redrive).
 	unavailableItems []string
-	logLevel         slog.Level
+	// killSwitch pauses the orders consumer while its database is
+	// unavailable (see killSwitchConfig); killSwitchRestart is how long it
+	// stays paused before it probes the database with one order at a time.
+	killSwitch        bool
+	killSwitchRestart time.Duration
+	logLevel          slog.Level
 }
 
 // orchestratedShutdownDelay is the default -shutdown-delay under Kubernetes
@@ -221,6 +226,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.DurationVar(&cfg.sqlVisibility, "sql-visibility", 30*time.Second, "SQL queue: how long a delivery stays leased without renewal; a crashed process's deliveries are redelivered after it")
 	fs.IntVar(&cfg.initialStock, "initial-stock", defaultInitialStock, "stock of an item the first time it is ordered (the stock table is seeded per item on its first order)")
 	fs.DurationVar(&cfg.processTime, "process-time", 20*time.Millisecond, "simulated time to process an order (a database call)")
+	fs.BoolVar(&cfg.killSwitch, "kill-switch", true, "pause the orders consumer while its database is unavailable, instead of spending the orders' delivery budgets (-kill-switch=false to turn it off)")
+	fs.DurationVar(&cfg.killSwitchRestart, "kill-switch-restart", 30*time.Second, "how long the tripped orders consumer stays paused before it probes the database with one order at a time")
 	unavailable := fs.String("unavailable-items", "", "comma-separated items whose orders fail for good and are dead-lettered, standing for items missing from the catalog (see /admin/ to redrive them once fixed)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -283,6 +290,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 		return cfg, fmt.Errorf("-idle-timeout must be positive, not %v", cfg.idleTimeout)
 	case cfg.drainTimeout <= 0:
 		return cfg, fmt.Errorf("-drain-timeout must be positive, not %v", cfg.drainTimeout)
+	case cfg.killSwitchRestart <= 0:
+		return cfg, fmt.Errorf("-kill-switch-restart must be positive, not %v", cfg.killSwitchRestart)
 	case cfg.shutdownDelay < 0 || cfg.processTime < 0:
 		return cfg, fmt.Errorf("-shutdown-delay and -process-time cannot be negative")
 	case strings.TrimSpace(cfg.queue) == "":

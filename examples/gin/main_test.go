@@ -334,8 +334,11 @@ func TestParseConfig(t *testing.T) {
 		t.Errorf("-kafka-brokers with AMQP_URL set = %+v, %v; want Kafka only", cfg, err)
 	}
 	if def, err := parseConfig(nil, func(string) string { return "" }); err != nil || def.addr != ":8080" || def.amqpURL != "" || def.kafkaBrokers != "" || def.brokerKind != "sql" ||
-		def.databaseURL != "queuekit-gin.db" || def.shutdownDelay != 0 || len(def.orderIDSecret) != 0 {
-		t.Errorf("defaults = %+v, %v; want :8080 on the SQL queue in queuekit-gin.db, no shutdown delay, no configured order id secret", def, err)
+		def.databaseURL != "queuekit-gin.db" || def.shutdownDelay != 0 || len(def.orderIDSecret) != 0 || !def.killSwitch || def.killSwitchRestart != 30*time.Second {
+		t.Errorf("defaults = %+v, %v; want :8080 on the SQL queue in queuekit-gin.db, no shutdown delay, no configured order id secret, the kill switch on with a 30s restart timeout", def, err)
+	}
+	if cfg, err := parseConfig([]string{"-kill-switch=false"}, func(string) string { return "" }); err != nil || cfg.killSwitch {
+		t.Errorf("-kill-switch=false: kill switch %v, %v; want off", cfg.killSwitch, err)
 	}
 	// DATABASE_URL fills in for -database-url; the flag wins.
 	pg := func(k string) string {
@@ -374,6 +377,7 @@ func TestParseConfig(t *testing.T) {
 		{"-idle-timeout", "0s"},
 		{"-initial-stock", "-1"},
 		{"-sql-visibility", "0s"},
+		{"-kill-switch-restart", "0s"},
 		{"-broker", "nats"},
 		{"-broker", "memory", "-amqp-url", "amqp://x"},
 		{"-database-url", ""},

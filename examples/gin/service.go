@@ -65,6 +65,7 @@ type service struct {
 	db      *database // the orders, the outbox, the inbox (database.go)
 	relay   *outbox.Relay
 	sup     *consumer.Supervisor
+	orders  *consumer.Consumer // the orders consumer, runner cfg.queue of sup
 	reg     *prometheus.Registry
 	metrics *promqueuekit.Recorder
 	wd      *health.Watchdog
@@ -289,10 +290,15 @@ func (s *service) build() error {
 	}
 	opts := []consumer.Option{
 		consumer.WithConcurrency(s.cfg.concurrency),
-		consumer.WithMaxDeliveries(5),
+		consumer.WithMaxDeliveries(maxDeliveries),
 		consumer.WithDrainTimeout(s.cfg.drainTimeout),
 		consumer.WithLogger(s.log),
 		consumer.WithObserver(s.observe),
+	}
+	if s.cfg.killSwitch {
+		// While the database is unavailable the consumer pauses instead
+		// of spending the orders' delivery budgets (killswitch.go).
+		opts = append(opts, consumer.WithKillSwitch(s.killSwitchConfig()))
 	}
 	// The metrics, in one line: the Recorder's middleware, observer and
 	// event hook, labelled with the name the consumer is added under.
@@ -300,6 +306,7 @@ func (s *service) build() error {
 	if err != nil {
 		return errors.Join(err, closeSource(src))
 	}
+	s.orders = orders
 	s.sup = &consumer.Supervisor{Logger: s.log, OnEvent: s.onEvent}
 	// The name the consumer is added under is its name in logs, metrics
 	// and health, and on /admin/.
@@ -342,6 +349,10 @@ func (s *service) build() error {
 	s.admin, err = s.newAdmin()
 	return err
 }
+
+// maxDeliveries is the orders' delivery budget: an order that fails this
+// many deliveries is dead-lettered.
+const maxDeliveries = 5
 
 // closeSource closes a source that no consumer took, bounded.
 func closeSource(src broker.Source) error {
@@ -695,10 +706,21 @@ func (s *service) postOrder(c *gin.Context) {
 		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "the order database is unavailable"})
 		return
 	}
-	if s.backend.full != nil && s.backend.full() {
-		c.Header("Retry-After", "1")
-		c.JSON(http.StatusServiceUnavailable, gin.H{"error": "too many orders waiting; try again shortly"})
-		return
+	if s.backend.full != nil {
+		full, err := s.backend.full(context.WithoutCancel(c.Request.Context()))
+		switch {
+		case err != nil:
+			// Counting the outbox failed: the database is unavailable
+			// (issue 14: this answered "too many orders waiting").
+			s.log.Warn("order not stored", "error", sqldb.RedactError(err, s.cfg.databaseURL))
+			c.Header("Retry-After", "1")
+			c.JSON(http.StatusServiceUnavailable, gin.H{"error": "the order database is unavailable; try again (with the same Idempotency-Key to avoid a duplicate order)"})
+			return
+		case full:
+			c.Header("Retry-After", "1")
+			c.JSON(http.StatusServiceUnavailable, gin.H{"error": "too many orders waiting; try again shortly"})
+			return
+		}
 	}
 	// With an Idempotency-Key, a client that retries (after a timeout, say)
 	// gets the same order id, which the orders table holds once: the
