@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -34,19 +38,31 @@ type benchCase struct {
 // TestBenchmarkAgainstRawClient compares consuming through queuekit (Source +
 // consumer runtime + the standard middleware chain) with a hand-written
 // amqp091-go loop (one channel, Qos(prefetch), N goroutines ranging over the
-// deliveries and acking each), in the same run, on the same broker. It reports
-// msgs/s and client CPU per message (getrusage, user+system) of both, and the
-// ratios. Run it with:
+// deliveries and acking each), in the same run, on the same broker. Sides:
+//
+//   - raw: the loop, d.Ack(false) per message;
+//   - qk-off: queuekit with per-message acks (Config.AckBatch 1);
+//   - qk-on: queuekit with coalesced acks (the defaults, or
+//     QUEUEKIT_BENCH_ACKBATCH / QUEUEKIT_BENCH_ACKDELAY);
+//   - raw-multi (only when named in QUEUEKIT_BENCH_SIDES): the loop with
+//     one worker, acking with multiple=true every 16 messages.
+//
+// It reports msgs/s, client CPU per message (getrusage, user+system) and the
+// broker's CPU per message (beam.smp's utime+stime from /proc, when the
+// broker is local), each side's ratios to raw over all rounds, and the
+// per-round throughput ratios to raw with their median. Run it with:
 //
 //	QUEUEKIT_BENCH=1 go test -run TestBenchmarkAgainstRawClient -v ./broker/rabbitmq/
 //
 // Every queue is declared and pre-published (256-byte persistent messages)
-// before any consuming, and the broker is left to settle, so both sides meet
-// it in the same state. Each side runs QUEUEKIT_BENCH_ROUNDS times (default
-// 4) per case on its own queue, in the order raw, qk, qk, raw, raw, qk…, to
-// cancel drift; the figures are totals over the rounds. QUEUEKIT_BENCH_MESSAGES overrides the messages
-// per side and case (default 20,000; 5,000 for the 1 ms / 1 worker case,
-// which is bound by the handler at ~1,000 msg/s).
+// before any consuming, and the broker is left to settle, so every side
+// meets it in the same state. Each side runs QUEUEKIT_BENCH_ROUNDS times
+// (default 4) per case on its own queue; round i runs the sides rotated by i,
+// so each is first as often as the others, to cancel drift; the figures are
+// totals over the rounds. QUEUEKIT_BENCH_MESSAGES overrides the messages per
+// side and case (default 20,000; a quarter for the 1 ms / 1 worker case,
+// which is bound by the handler at ~1,000 msg/s); QUEUEKIT_BENCH_SIDES
+// (comma-separated) picks the sides, QUEUEKIT_BENCH_CASE one case.
 func TestBenchmarkAgainstRawClient(t *testing.T) {
 	if os.Getenv("QUEUEKIT_BENCH") != "1" {
 		t.Skip("set QUEUEKIT_BENCH=1 to run the comparison with the raw client")
@@ -75,21 +91,35 @@ func TestBenchmarkAgainstRawClient(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("QUEUEKIT_BENCH_ROUNDS")); err == nil && v > 0 {
 		rounds = v
 	}
-	var order []string // raw, qk, qk, raw, raw, qk, …: each side as often first as second
+	sides := []string{"raw", "qk-off", "qk-on"}
+	if v := os.Getenv("QUEUEKIT_BENCH_SIDES"); v != "" {
+		sides = strings.Split(v, ",")
+	}
+	if sides[0] != "raw" {
+		t.Fatalf("QUEUEKIT_BENCH_SIDES=%s: the first side must be raw, the reference", os.Getenv("QUEUEKIT_BENCH_SIDES"))
+	}
+	type run struct {
+		round int
+		side  string
+	}
+	var order []run // round i: the sides rotated by i
 	for i := 0; i < rounds; i++ {
-		if i%2 == 0 {
-			order = append(order, "raw", "qk")
-		} else {
-			order = append(order, "qk", "raw")
+		for j := range sides {
+			order = append(order, run{i, sides[(i+j)%len(sides)]})
 		}
+	}
+	brokerCPU := brokerCPUReader()
+	if brokerCPU == nil {
+		t.Log("no local beam.smp process: broker CPU not measured")
+		brokerCPU = func() time.Duration { return 0 }
 	}
 
 	// Declare everything, then pre-publish everything, then settle.
 	queues := map[string]string{}
 	conn := rawConn(t)
 	for _, c := range cases {
-		for i, side := range order {
-			q := fmt.Sprintf("%s.%s.%d", uniqueQueue(t), side, i)
+		for i, r := range order {
+			q := fmt.Sprintf("%s.%s.%d", uniqueQueue(t), r.side, i)
 			queues[c.name+"/"+strconv.Itoa(i)] = q
 			topo := Topology{}
 			if err := topo.resolve(q); err != nil {
@@ -113,53 +143,171 @@ func TestBenchmarkAgainstRawClient(t *testing.T) {
 	}
 	time.Sleep(5 * time.Second)
 
-	t.Logf("%-26s %10s %10s %7s %12s %12s %7s   %s", "case", "raw msg/s", "qk msg/s", "ratio", "raw CPU/msg", "qk CPU/msg", "ratio",
-		"per-round throughput ratios (median)")
 	for _, c := range cases {
-		var sum [2]struct {
-			msgs    int
-			elapsed time.Duration
-			cpu     time.Duration
+		type total struct {
+			msgs               int
+			elapsed, cpu, bcpu time.Duration
+		}
+		sum := map[string]*total{}
+		perRound := map[string][]float64{} // side: elapsed of raw / elapsed of side, per round
+		elapsedOf := map[int]map[string]time.Duration{}
+		for _, side := range sides {
+			sum[side] = &total{}
 		}
 		per := c.msgs / rounds
-		var last [2]time.Duration // elapsed of the latest run of each side
-		var pairRatios []float64  // qk/raw throughput of each round (adjacent runs)
-		for i, side := range order {
+		var st ackStats
+		for i, r := range order {
 			q := queues[c.name+"/"+strconv.Itoa(i)]
+			b0 := brokerCPU()
 			var el, cpu time.Duration
-			k := 0
-			if side == "raw" {
+			switch r.side {
+			case "raw":
 				el, cpu = runRaw(t, q, c, per)
-			} else {
-				k = 1
-				el, cpu = runQueuekit(t, q, c, per)
+			case "raw-multi":
+				el, cpu = runRawMultiple(t, q, c, per, min(16, c.prefetch)) // more would wait for an ack forever
+			case "qk-off":
+				el, cpu, _ = runQueuekitWith(t, q, c, per, func(cfg *Config) { cfg.AckBatch = 1 })
+			case "qk-on":
+				var s *ackStats
+				el, cpu, s = runQueuekitWith(t, q, c, per, benchAckConfig)
+				st.acked.Add(s.acked.Load())
+				st.multiples.Add(s.multiples.Load())
+				st.singles.Add(s.singles.Load())
+			default:
+				t.Fatalf("unknown side %q", r.side)
 			}
-			sum[k].msgs += per
-			sum[k].elapsed += el
-			sum[k].cpu += cpu
-			last[k] = el
-			if i%2 == 1 {
-				pairRatios = append(pairRatios, float64(last[0])/float64(last[1]))
+			bcpu := brokerCPU() - b0
+			tot := sum[r.side]
+			tot.msgs += per
+			tot.elapsed += el
+			tot.cpu += cpu
+			tot.bcpu += bcpu
+			if elapsedOf[r.round] == nil {
+				elapsedOf[r.round] = map[string]time.Duration{}
 			}
+			elapsedOf[r.round][r.side] = el
 			if os.Getenv("QUEUEKIT_BENCH_VERBOSE") == "1" {
-				t.Logf("  %s run %d %-3s: %6.0f msg/s, %v CPU/msg", c.name, i, side, float64(per)/el.Seconds(), cpu/time.Duration(per))
+				t.Logf("  %s round %d %-9s: %6.0f msg/s, client %v/msg, broker %v/msg", c.name, r.round, r.side,
+					float64(per)/el.Seconds(), cpu/time.Duration(per), bcpu/time.Duration(per))
 			}
 		}
-		rate := func(k int) float64 { return float64(sum[k].msgs) / sum[k].elapsed.Seconds() }
-		cpuPer := func(k int) time.Duration { return sum[k].cpu / time.Duration(sum[k].msgs) }
-		sorted := append([]float64(nil), pairRatios...)
-		sort.Float64s(sorted)
-		median := sorted[len(sorted)/2]
-		if len(sorted)%2 == 0 {
-			median = (sorted[len(sorted)/2-1] + sorted[len(sorted)/2]) / 2
+		for i := 0; i < rounds; i++ {
+			for _, side := range sides[1:] {
+				perRound[side] = append(perRound[side], float64(elapsedOf[i]["raw"])/float64(elapsedOf[i][side]))
+			}
 		}
-		rs := ""
-		for _, r := range pairRatios {
-			rs += fmt.Sprintf(" %.2f", r)
+		rate := func(side string) float64 { return float64(sum[side].msgs) / sum[side].elapsed.Seconds() }
+		cpuPer := func(side string) time.Duration { return sum[side].cpu / time.Duration(sum[side].msgs) }
+		bcpuPer := func(side string) time.Duration { return sum[side].bcpu / time.Duration(sum[side].msgs) }
+		t.Logf("%s (%d rounds, %d messages per side):", c.name, rounds, c.msgs)
+		t.Logf("  %-9s %9s %7s %11s %7s %11s %7s   %s", "side", "msg/s", "ratio", "client/msg", "ratio", "broker/msg", "ratio",
+			"per-round throughput ratios (median)")
+		for _, side := range sides {
+			rs, med := "", 1.0
+			if side != "raw" {
+				for _, r := range perRound[side] {
+					rs += fmt.Sprintf(" %.2f", r)
+				}
+				med = median(perRound[side])
+			}
+			bratio := 0.0
+			if bcpuPer("raw") > 0 {
+				bratio = float64(bcpuPer(side)) / float64(bcpuPer("raw"))
+			}
+			t.Logf("  %-9s %9.0f %7.3f %11v %7.3f %11v %7.3f  %s (%.3f)", side, rate(side), rate(side)/rate("raw"),
+				cpuPer(side), float64(cpuPer(side))/float64(cpuPer("raw")), bcpuPer(side), bratio, rs, med)
 		}
-		t.Logf("%-26s %10.0f %10.0f %7.3f %12v %12v %7.3f  %s (%.3f)", c.name, rate(0), rate(1), rate(1)/rate(0),
-			cpuPer(0), cpuPer(1), float64(cpuPer(1))/float64(cpuPer(0)), rs, median)
+		if n := st.multiples.Load() + st.singles.Load(); n > 0 {
+			t.Logf("  qk-on acks: %d in %d frames (%d multiple, %d single): %.1f per frame", st.acked.Load(), n,
+				st.multiples.Load(), st.singles.Load(), float64(st.acked.Load())/float64(n))
+		}
 	}
+}
+
+// benchAckConfig sets the coalescing of the qk-on side from
+// QUEUEKIT_BENCH_ACKBATCH and QUEUEKIT_BENCH_ACKDELAY (default: the defaults).
+func benchAckConfig(cfg *Config) {
+	if v, err := strconv.Atoi(os.Getenv("QUEUEKIT_BENCH_ACKBATCH")); err == nil {
+		cfg.AckBatch = v
+	}
+	if v, err := time.ParseDuration(os.Getenv("QUEUEKIT_BENCH_ACKDELAY")); err == nil {
+		cfg.AckDelay = v
+	}
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// brokerCPUReader returns a function reading the CPU time used so far by
+// the local RabbitMQ node (every beam.smp process), or nil when the broker
+// is not local or no such process is found. (bench/setup_test.go has the
+// same for the cross-broker benchmarks.)
+func brokerCPUReader() func() time.Duration {
+	u, err := url.Parse(amqpURL())
+	if err != nil {
+		return nil
+	}
+	switch u.Hostname() {
+	case "127.0.0.1", "localhost", "::1":
+	default:
+		return nil
+	}
+	var pids []string
+	dirs, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, f := range dirs {
+		if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == "beam.smp" {
+			pids = append(pids, filepath.Base(filepath.Dir(f)))
+		}
+	}
+	if len(pids) == 0 {
+		return nil
+	}
+	tick := clockTick()
+	return func() time.Duration {
+		var total time.Duration
+		for _, pid := range pids {
+			total += procCPU(pid, tick)
+		}
+		return total
+	}
+}
+
+// procCPU returns utime+stime of a process, from /proc/<pid>/stat.
+func procCPU(pid string, tick time.Duration) time.Duration {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')') // the command name may hold spaces
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:]) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14
+	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15
+	return time.Duration(ut+st) * tick
+}
+
+// clockTick is the unit of /proc/<pid>/stat's times: 1/CLK_TCK seconds
+// (100 on Linux unless getconf says otherwise).
+func clockTick() time.Duration {
+	hz := int64(100)
+	if out, err := exec.Command("getconf", "CLK_TCK").Output(); err == nil {
+		if v, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64); err == nil && v > 0 {
+			hz = v
+		}
+	}
+	return time.Second / time.Duration(hz)
 }
 
 func cpuNow(t testing.TB) time.Duration {
@@ -246,6 +394,46 @@ func runRaw(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.Durat
 	return elapsed, cpu
 }
 
+// runRawMultiple is the raw loop with one worker acking with multiple=true
+// once per `every` messages (and at the last one): what coalescing can
+// reach at best, with no concurrency to keep safe.
+func runRawMultiple(t testing.TB, q string, c benchCase, n, every int) (elapsed, cpu time.Duration) {
+	t.Helper()
+	cpu0, start := cpuNow(t), time.Now()
+	conn, err := amqp.Dial(amqpURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Qos(c.prefetch, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := ch.Consume(q, "", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := 0
+	for d := range deliveries {
+		benchWork(c.work)
+		count++
+		if count%every == 0 || count == n {
+			if err := d.Ack(true); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if count == n {
+			break
+		}
+	}
+	elapsed, cpu = time.Since(start), cpuNow(t)-cpu0
+	_ = ch.Close()
+	return elapsed, cpu
+}
+
 // countingRecorder is a middleware.Recorder doing what a metrics recorder does
 // per message: a few atomic updates.
 type countingRecorder struct {
@@ -267,11 +455,19 @@ func (r *countingRecorder) HandlerDone(_ *broker.Message, err error, d time.Dura
 // middleware chain (Metrics, Recover, Retry, Timeout; not Log, whose cost
 // is the log sink's).
 func runQueuekit(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.Duration) {
+	elapsed, cpu, _ = runQueuekitWith(t, q, c, n, benchAckConfig)
+	return elapsed, cpu
+}
+
+// runQueuekitWith is runQueuekit with the Source's Config adjusted by
+// adjust; it returns what the source's ackers wrote too.
+func runQueuekitWith(t testing.TB, q string, c benchCase, n int, adjust func(*Config)) (elapsed, cpu time.Duration, acks *ackStats) {
 	t.Helper()
 	cpu0, start := cpuNow(t), time.Now()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil)) // the raw loop logs nothing either
 	cfg := Config{Dialer: Dialer{URL: amqpURL()}, Queue: q, Prefetch: c.prefetch, Logger: quiet}
 	cfg.Topology.Passive = os.Getenv("QUEUEKIT_BENCH_PASSIVE") == "1"
+	adjust(&cfg)
 	src, err := NewSource(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -328,7 +524,7 @@ func runQueuekit(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.
 		elapsed, cpu = time.Since(start), cpuNow(t)-cpu0
 		_ = src.Close(context.Background())
 		wg.Wait()
-		return elapsed, cpu
+		return elapsed, cpu, &src.ackStats
 	}
 	cons, err := consumer.New(src, wrapped, consumer.WithConcurrency(c.workers), consumer.WithLogger(quiet))
 	if err != nil {
@@ -347,7 +543,7 @@ func runQueuekit(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.
 	if err := <-runDone; err != nil {
 		t.Fatalf("Run = %v", err)
 	}
-	return elapsed, cpu
+	return elapsed, cpu, &src.ackStats
 }
 
 // BenchmarkConsume consumes b.N pre-published 256-byte persistent messages

@@ -69,12 +69,28 @@ func (l *eventLog) errs(k consumer.EventKind) []error {
 // The closes are those of the tests' own vhost (close_all_connections
 // --vhost), so the test needs no opt-in: other programs on the broker keep
 // their connections.
-func TestChaosCloseAllConnections(t *testing.T) {
+//
+// The source runs with its defaults, so acks are coalesced (issue 15): an
+// ack queued but not yet written when its connection goes is lost, and its
+// message delivered again, within the same bound.
+func TestChaosCloseAllConnections(t *testing.T) { runChaos(t, 20000, 4000, nil) }
+
+// TestChaosCloseAllConnectionsWithAcksWaiting is the chaos test with acks
+// coalesced over 25 ms instead of 2 ms, so that every close finds acks
+// queued and not yet written (issue 15): their messages are delivered
+// again, and duplicates must still stay within prefetch × closes, with
+// nothing lost.
+func TestChaosCloseAllConnectionsWithAcksWaiting(t *testing.T) {
+	runChaos(t, 8000, 2000, func(c *Config) { c.AckDelay = 25 * time.Millisecond })
+}
+
+// runChaos runs the chaos test over n messages (short with -short), with
+// the source's Config adjusted by adjust.
+func runChaos(t *testing.T, n, short int, adjust func(*Config)) {
 	needCtl(t)
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	n := 20000
 	if testing.Short() && os.Getenv("QUEUEKIT_CHAOS") != "1" {
-		n = 4000
+		n = short
 	}
 	if v, err := strconv.Atoi(os.Getenv("QUEUEKIT_CHAOS_MESSAGES")); err == nil && v > 0 {
 		n = v
@@ -90,6 +106,9 @@ func TestChaosCloseAllConnections(t *testing.T) {
 
 	cfg := testConfig(q)
 	cfg.Prefetch = prefetch
+	if adjust != nil {
+		adjust(&cfg)
+	}
 	src, err := NewSource(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -175,6 +194,10 @@ func TestChaosCloseAllConnections(t *testing.T) {
 		"%d stale settlements fenced, %d reconnecting events, %d connected events, queue ready=%d unacked=%d, %v",
 		n, closes, concurrency, prefetch, total, dups, prefetch*closes, stale,
 		evs.count(consumer.EventReconnecting), evs.count(consumer.EventConnected), ready, unacked, elapsed.Round(time.Millisecond))
+	st := &src.ackStats
+	t.Logf("acks coalesced (AckBatch %d, AckDelay %v): %d acks in %d multiple and %d single frames; "+
+		"%d duplicates beyond the stale settlements (acks queued but lost with their connection)",
+		src.cfg.AckBatch, src.cfg.AckDelay, st.acked.Load(), st.multiples.Load(), st.singles.Load(), dups-int64(stale))
 	if logReadable {
 		after, _ := brokerLogCount("unknown delivery tag", testBroker.vhost)
 		t.Logf("broker log: %d new \"unknown delivery tag\" errors", after-tagErrorsBefore)

@@ -41,6 +41,9 @@ var (
 const routingKeyHeader = "x-queuekit-routing-key"
 
 func (s *Source) newDelivery(sess *session, d amqp.Delivery) *delivery {
+	if sess.acks != nil {
+		sess.acks.register(d.DeliveryTag)
+	}
 	dl := &delivery{s: s, sess: sess, d: d}
 	dl.msg = toMessage(&dl.d, s.cfg.Queue)
 	if a, ok := s.memo.takeRedelivery(&dl.d); ok {
@@ -318,8 +321,39 @@ func (d *delivery) end(err error) error {
 	return err
 }
 
-func (d *delivery) ack() error  { return d.sess.ch.Ack(d.d.DeliveryTag, false) }
-func (d *delivery) nack() error { return d.sess.ch.Nack(d.d.DeliveryTag, false, true) }
+func (d *delivery) ack() error { return d.sess.ch.Ack(d.d.DeliveryTag, false) }
+
+// nack sends basic.nack with requeue, never multiple (which would reject
+// the deliveries below it too), after the acks waiting on the channel.
+func (d *delivery) nack() error {
+	if a := d.sess.acks; a != nil {
+		return a.nack(d.d.DeliveryTag)
+	}
+	return d.sess.ch.Nack(d.d.DeliveryTag, false, true)
+}
+
+// settleAck acknowledges d as a settlement op. Without coalescing it writes
+// basic.ack, bounded by ctx. With coalescing the ack is queued on the
+// channel's acker and goes out with a multiple ack within Config.AckDelay;
+// the call writes only when it fills a batch (bounded by ctx then). See
+// the package doc, Acknowledgement.
+func (d *delivery) settleAck(ctx context.Context, op string) error {
+	a := d.sess.acks
+	if a == nil {
+		return d.write(ctx, op, d.ack)
+	}
+	flush, err := a.ack(d.d.DeliveryTag)
+	if errors.Is(err, errNotPending) {
+		return fmt.Errorf("rabbitmq: %s message %q: %w", op, d.msg.ID, err)
+	}
+	if err != nil {
+		return d.settleErr(op, err) // the channel is closing: stale
+	}
+	if flush {
+		return d.write(ctx, op, a.flush)
+	}
+	return nil
+}
 
 func (d *delivery) stale(op string) error {
 	return fmt.Errorf("rabbitmq: %s message %q from subscription %d: channel closed, the broker redelivers it: %w",
@@ -379,11 +413,19 @@ func (d *delivery) write(ctx context.Context, op string, f func() error) error {
 // Ack implements broker.Delivery. It is sent only on the channel the
 // delivery came on; if that channel is closed it returns an error wrapping
 // broker.ErrStaleDelivery.
+//
+// With coalescing (Config.AckBatch above 1, the default) Ack returns once
+// the ack is queued on its channel: it goes out, with the acks of the
+// deliveries before it, in a basic.ack with multiple=true within
+// Config.AckDelay, or at once when it fills a batch (the call then writes
+// it, bounded by ctx). If the channel closes before, the ack is lost and
+// the broker delivers the message again: a duplicate, never a loss, as after
+// any connection loss. See the package doc, Acknowledgement.
 func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.begin("ack"); err != nil {
 		return err
 	}
-	return d.end(d.write(ctx, "ack", d.ack))
+	return d.end(d.settleAck(ctx, "ack"))
 }
 
 // Requeue implements broker.Delivery. When the broker counts deliveries (a
@@ -427,7 +469,7 @@ func (d *delivery) Requeue(ctx context.Context) error {
 	if err != nil {
 		return d.end(fmt.Errorf("rabbitmq: requeue message %q by republishing it to %q: %w", d.msg.ID, d.s.cfg.Queue, err))
 	}
-	return d.end(d.write(ctx, "requeue", d.ack))
+	return d.end(d.settleAck(ctx, "requeue"))
 }
 
 // Release implements broker.Releaser: the runtime calls it for a delivery
@@ -485,7 +527,7 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 	if err != nil {
 		return d.end(fmt.Errorf("rabbitmq: requeue message %q to %q after %v: %w", d.msg.ID, d.s.cfg.Topology.RetryQueue, delay, err))
 	}
-	return d.end(d.write(ctx, "requeue after delay", d.ack))
+	return d.end(d.settleAck(ctx, "requeue after delay"))
 }
 
 // DeadLetter implements broker.Delivery: it publishes a copy to the
@@ -513,7 +555,7 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	if err := d.s.dlPub.publishDeadLetter(ctx, x, d.s.cfg.Queue, pub); err != nil {
 		return d.end(fmt.Errorf("rabbitmq: dead-letter message %q to exchange %q: %w", d.msg.ID, x, err))
 	}
-	return d.end(d.write(ctx, "dead-letter", d.ack))
+	return d.end(d.settleAck(ctx, "dead-letter"))
 }
 
 // copyWith returns the delivery as a publishing with its properties and

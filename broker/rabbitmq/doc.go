@@ -157,7 +157,8 @@
 // Deliveries use manual acknowledgements, and the consumer runtime settles
 // each one:
 //
-//   - Ack sends basic.ack on the channel the delivery came on.
+//   - Ack acknowledges on the channel the delivery came on, coalesced (see
+//     below).
 //   - Requeue, on a quorum queue, sends basic.nack with requeue; the broker
 //     counts the delivery in x-delivery-count. A classic queue counts
 //     nothing, so there Requeue publishes a copy to the back of the queue
@@ -194,6 +195,29 @@
 // source reconnects) and the settlement returns an error wrapping the
 // context's error (and broker.ErrStaleDelivery for an ack or nack). So
 // Consumer.Shutdown and Close keep their bounds on such a connection too.
+//
+// Acks are coalesced. Rather than a basic.ack per message, the source sends
+// one basic.ack with multiple=true for the longest run of the channel's
+// deliveries, in delivery order, that are all settled: when that run holds
+// Config.AckBatch acks (default 16, at most a quarter of the prefetch), or
+// Config.AckDelay after an ack (default 2ms), whichever comes first, and
+// before any nack on the channel. A multiple ack acknowledges every earlier
+// delivery of the channel, so the run stops at the first delivery whose
+// handler has not finished or failed: that one is never covered, and its
+// requeue or dead letter goes as it would without coalescing. Acks that wait
+// behind a slow handler go out one by one after ten AckDelays, or when
+// twice AckBatch of them wait, so that a stuck handler holds only its own
+// prefetch slot. Pause, and the end of the channel (Close, a reconnect),
+// send what waits first. Acks never cross channels: an ack made after its
+// channel closed fails with broker.ErrStaleDelivery, as before.
+//
+// So an Ack that returned nil has been queued, not necessarily written. If
+// the connection is lost or the process ends without Close in between, the
+// broker delivers those messages again, as it does with every message not
+// yet acknowledged: at-least-once holds, and duplicates stay bounded by the
+// prefetch. The broker's work per message drops by a fifth or more at high
+// rates (one ack frame per batch instead of one per message); set
+// Config.AckBatch to 1 for an ack per message, sent by Ack itself.
 //
 // Every copy is confirmed before the original is acknowledged, so no
 // settlement loses a message; when a copy cannot be published, the

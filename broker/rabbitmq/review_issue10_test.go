@@ -373,12 +373,19 @@ func (c *blockingConn) Close() error {
 // broker redelivers), and returns an error wrapping ctx's error and
 // broker.ErrStaleDelivery. The upper bound is generous; without the bound
 // the settlement waits for the heartbeat timeout (here 60 s).
+//
+// "Ack" runs with per-message acks (AckBatch 1), where Ack writes. With
+// coalescing ("Ack coalesced", issue 15) Ack only queues the ack and
+// returns nil at once; the write that follows is bounded by
+// ackWriteTimeout, past which the socket is closed and the message, whose
+// ack never reached the broker, is delivered again.
 func TestIssue10SettlementIsBoundedByItsContext(t *testing.T) {
 	needBroker(t)
 	settle := map[string]func(broker.Delivery, context.Context) error{
-		"Ack":     func(d broker.Delivery, ctx context.Context) error { return d.Ack(ctx) },
-		"Requeue": func(d broker.Delivery, ctx context.Context) error { return d.Requeue(ctx) },
-		"Release": func(d broker.Delivery, ctx context.Context) error { return d.(broker.Releaser).Release(ctx) },
+		"Ack":           func(d broker.Delivery, ctx context.Context) error { return d.Ack(ctx) },
+		"Ack coalesced": func(d broker.Delivery, ctx context.Context) error { return d.Ack(ctx) },
+		"Requeue":       func(d broker.Delivery, ctx context.Context) error { return d.Requeue(ctx) },
+		"Release":       func(d broker.Delivery, ctx context.Context) error { return d.(broker.Releaser).Release(ctx) },
 		"RequeueAfter": func(d broker.Delivery, ctx context.Context) error {
 			return d.(broker.DelayedRequeuer).RequeueAfter(ctx, time.Second)
 		},
@@ -393,6 +400,9 @@ func TestIssue10SettlementIsBoundedByItsContext(t *testing.T) {
 			cfg := testConfig(q)
 			cfg.Logger = quietLogger()
 			cfg.Dialer.Heartbeat = 60 * time.Second
+			if name == "Ack" {
+				cfg.AckBatch = 1
+			}
 			cfg.Dialer.Dial = func(network, addr string) (net.Conn, error) {
 				c, err := net.DialTimeout(network, addr, 5*time.Second)
 				if err != nil {
@@ -423,6 +433,19 @@ func TestIssue10SettlementIsBoundedByItsContext(t *testing.T) {
 			defer cancel()
 			done := make(chan error, 1)
 			go func() { done <- f(d, ctx) }()
+			if name == "Ack coalesced" {
+				start := time.Now()
+				if err := <-done; err != nil {
+					t.Fatalf("coalesced Ack on a blocked socket = %v; want nil (queued)", err)
+				}
+				// Still frozen: the queued ack's write blocks until
+				// ackWriteTimeout closes the socket.
+				redelivered(t, q, "m1")
+				t.Logf("the ack queued on a blocked socket: message redelivered after %v (ackWriteTimeout %v)",
+					time.Since(start).Round(time.Millisecond), ackWriteTimeout)
+				frozen.Store(false)
+				return
+			}
 			select {
 			case err := <-done:
 				// Ack and Release are one write; the others publish a

@@ -40,7 +40,23 @@ type Config struct {
 	ReconnectMin, ReconnectMax time.Duration
 	// Logger receives connection-state logs (default slog.Default()).
 	Logger *slog.Logger
+	// AckBatch is the most acks the source coalesces into one basic.ack
+	// with multiple=true (default 16, and never more than a quarter of
+	// Prefetch, since waiting acks hold prefetch slots). 1 turns coalescing
+	// off: every Ack then sends its own basic.ack, as it is made. With a
+	// Prefetch below 8 coalescing is off. See the package doc,
+	// Acknowledgement.
+	AckBatch int
+	// AckDelay is the longest a coalesced ack waits before it is sent
+	// (default 2ms).
+	AckDelay time.Duration
 }
+
+// The defaults of Config.AckBatch and Config.AckDelay.
+const (
+	defaultAckBatch = 16
+	defaultAckDelay = 2 * time.Millisecond
+)
 
 func (c *Config) resolve() error {
 	if c.Queue == "" {
@@ -68,6 +84,19 @@ func (c *Config) resolve() error {
 	}
 	if c.ReconnectMax < c.ReconnectMin {
 		return fmt.Errorf("%w: rabbitmq: ReconnectMax %v < ReconnectMin %v", broker.ErrInvalidConfig, c.ReconnectMax, c.ReconnectMin)
+	}
+	if c.AckBatch < 0 {
+		return fmt.Errorf("%w: rabbitmq: negative AckBatch %d", broker.ErrInvalidConfig, c.AckBatch)
+	}
+	if c.AckDelay < 0 {
+		return fmt.Errorf("%w: rabbitmq: negative AckDelay %v", broker.ErrInvalidConfig, c.AckDelay)
+	}
+	if c.AckBatch == 0 {
+		c.AckBatch = defaultAckBatch
+	}
+	c.AckBatch = min(c.AckBatch, max(c.Prefetch/4, 1))
+	if c.AckDelay == 0 {
+		c.AckDelay = defaultAckDelay
 	}
 	if c.ConsumerTag == "" {
 		c.ConsumerTag = fmt.Sprintf("queuekit-%s-%d", progName(), os.Getpid())
@@ -124,6 +153,8 @@ type Source struct {
 	events        chan broker.Event // sent to by the session loop only; closed when it exits
 	dispatchDone  chan struct{}     // closed when dispatch has delivered the last event
 	droppedEvents atomic.Int64
+
+	ackStats ackStats // what the coalescing ackers wrote
 }
 
 // state is a snapshot of the source for Receive and Status.
@@ -151,13 +182,14 @@ type session struct {
 	link       link // of the connection ch is on: settlements drop it when their write blocks past their ctx
 	tag        string
 	deliveries <-chan amqp.Delivery
+	acks       *acker        // of ch, shared by its subscriptions; nil when acks are not coalesced
 	stopping   atomic.Bool   // intake stopped: give back whatever comes
 	released   chan struct{} // closed once nothing of the subscription is left in the client
 	finishOnce sync.Once
 }
 
-func newSession(gen uint64, ch *amqp.Channel, l link, tag string, deliveries <-chan amqp.Delivery) *session {
-	return &session{gen: gen, ch: ch, link: l, tag: tag, deliveries: deliveries, released: make(chan struct{})}
+func newSession(gen uint64, ch *amqp.Channel, l link, tag string, deliveries <-chan amqp.Delivery, acks *acker) *session {
+	return &session{gen: gen, ch: ch, link: l, tag: tag, deliveries: deliveries, acks: acks, released: make(chan struct{})}
 }
 
 // finish marks the give-back of sess done: its subscription was cancelled
@@ -414,6 +446,11 @@ func (s *Source) unsubscribe(sess *session) error {
 		select {
 		case d, ok := <-sess.deliveries:
 			if !ok {
+				if sess.acks != nil {
+					// Acks waiting to be coalesced go now: a paused
+					// consumer may sit idle for long.
+					_ = sess.acks.flushAll(false)
+				}
 				sess.finish()
 				return nil
 			}
@@ -433,6 +470,11 @@ func (s *Source) unsubscribe(sess *session) error {
 // message with everything else unacknowledged on it.
 func (s *Source) release(sess *session, d *amqp.Delivery) {
 	s.memo.put(d, s.attemptOf(d))
+	if a := sess.acks; a != nil {
+		a.register(d.DeliveryTag)
+		_ = a.nack(d.DeliveryTag)
+		return
+	}
 	_ = sess.ch.Nack(d.DeliveryTag, false, true)
 }
 
@@ -610,7 +652,17 @@ func (s *Source) stopping() bool {
 // channel is no longer usable, or stopped=true after Close (ch closed).
 func (s *Source) serve(ch *amqp.Channel, l link, closes <-chan *amqp.Error, cancels <-chan string, bo *backoff, connected *bool, log *slog.Logger) (reason error, stopped bool) {
 	var sess *session // the subscription this loop made on ch, if any
+	var acks *acker   // coalesces the acks of every subscription on ch
+	if s.cfg.AckBatch > 1 {
+		acks = newAcker(ch, l, s.cfg.AckBatch, s.cfg.AckDelay, &s.ackStats)
+	}
 	defer func() {
+		if acks != nil {
+			// The acks still waiting go out while the channel may be
+			// open (on a closed one this fails at once), and acks
+			// made from now on are refused as stale.
+			_ = acks.flushAll(true)
+		}
 		// Closing the channel gives every unacknowledged delivery on it back
 		// to the queue; deliveries still held by handlers are now stale.
 		_ = ch.Close()
@@ -660,7 +712,7 @@ func (s *Source) serve(ch *amqp.Channel, l link, closes <-chan *amqp.Error, canc
 				}
 				return err, false
 			}
-			sess = newSession(gen, ch, l, tag, deliveries)
+			sess = newSession(gen, ch, l, tag, deliveries, acks)
 			s.mu.Lock()
 			paused = s.paused
 			if !paused {

@@ -60,6 +60,8 @@ func TestNewSourceRejectsInvalidConfig(t *testing.T) {
 		{"retry queue is the queue", Config{Queue: "q", Topology: Topology{RetryQueue: "q"}}},
 		{"max backoff below min", Config{Queue: "q", ReconnectMin: time.Second, ReconnectMax: time.Millisecond}},
 		{"binding to the default exchange", Config{Queue: "q", Topology: Topology{Bindings: []Binding{{}}}}},
+		{"negative ack batch", Config{Queue: "q", AckBatch: -1}},
+		{"negative ack delay", Config{Queue: "q", AckDelay: -time.Millisecond}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
