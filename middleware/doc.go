@@ -27,8 +27,12 @@
 //
 // RateLimit lets messages reach the handler at most at a rate, with the
 // token bucket of golang.org/x/time/rate: one limiter per consumer, or one
-// per key (a tenant, a customer), the number kept bounded. It takes a
-// config and may return an error, so build it before the chain:
+// per key (a tenant, a customer), the number kept bounded (MaxKeys) and the
+// keys' bytes too (a long key is kept as a digest). Once MaxKeys limiters
+// are kept, a key without one starts with an empty bucket, so that cycling
+// through more keys than MaxKeys gets no key past its rate: see
+// RateLimitConfig.MaxKeys. It takes a config and may return an error, so
+// build it before the chain:
 //
 //	rl, err := middleware.RateLimit(middleware.RateLimitConfig{Rate: 50, Burst: 10, OnWait: rec.OnWait})
 //	h = consumer.Chain(middleware.Log(logger), middleware.Metrics(recorder), middleware.Recover(),

@@ -2,8 +2,12 @@ package middleware
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"hash/maphash"
 	"math"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +15,7 @@ import (
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/retry"
 )
 
 // RateLimitConfig configures RateLimit. Only Rate is required; the zero
@@ -28,25 +33,47 @@ type RateLimitConfig struct {
 	// Rate and Burst (a per-customer or per-tenant limit, say); when nil,
 	// all the messages of the handler share one limiter. Key must be safe
 	// for concurrent use and cheap: it runs on every message. Any string is
-	// a key, "" included.
+	// a key, "" included; a key longer than 64 bytes is kept as a 16-byte
+	// digest (keys whose digests collide would share a limiter). A Key that
+	// panics fails its message permanently, without calling the handler,
+	// with an error naming RateLimitConfig.Key and wrapping a
+	// *consumer.PanicError: the message is dead-lettered on its first
+	// delivery, and a kill switch does not count it (KillSwitch.Counts
+	// ignores permanent errors). A Key that panics on every message thus
+	// dead-letters them all: test it on the messages it will see.
 	Key func(*broker.Message) string
 	// MaxKeys bounds the per-key limiters kept (default 10000; negative is
-	// invalid), so that memory stays bounded however many keys come: past
-	// it, the least recently used is forgotten. A key seen again after its
-	// limiter was forgotten starts with a full bucket, so make MaxKeys
-	// larger than the number of keys active within a few 1/Rate periods.
+	// invalid), so that memory stays bounded however many keys come, at a
+	// few hundred bytes a limiter: past it, the least recently used limiter
+	// that no message is waiting on is forgotten (the limiters with waiters,
+	// at most one per worker, are kept over MaxKeys).
+	//
+	// Below MaxKeys, a new key starts with a full bucket (Burst messages at
+	// once). Once MaxKeys limiters are kept, a key without one — new, or
+	// forgotten — starts with an empty bucket: its first message waits
+	// 1/Rate. This fails closed: a forgotten limiter may have been empty,
+	// and a full bucket for every key not kept would let a producer cycling
+	// more keys than MaxKeys through at any rate; an empty one never lets a
+	// key through faster than Rate. The cost is the first message of a key
+	// not kept waiting 1/Rate, so make MaxKeys larger than the number of
+	// keys active within a few 1/Rate periods.
 	MaxKeys int
 	// OnWait, when set, is called once for each message that had to wait
 	// (a message that found a token at once does not call it), when the
 	// wait ends, with the time waited: until a token came, or until the
 	// wait was cut short (see RateLimit). It runs on the handler's
-	// goroutine, before the handler: keep it cheap. promqueuekit's
-	// Recorder.OnWait records it as a histogram.
+	// goroutine, before the handler: keep it cheap. A panic in OnWait is
+	// recovered and dropped: the message goes on as if OnWait had returned.
+	// promqueuekit's Recorder.OnWait records it as a histogram.
 	OnWait func(ctx context.Context, m *broker.Message, waited time.Duration)
 }
 
 // defaultMaxKeys is RateLimitConfig.MaxKeys's default.
 const defaultMaxKeys = 10000
+
+// maxKeyLen is the longest key kept as it is; a longer one is kept as its
+// SHA-256 digest.
+const maxKeyLen = 64
 
 // errRateLimitWait is what a cut-short wait returns. One value for every
 // message: the slow path allocates no error.
@@ -133,8 +160,7 @@ func newRateLimiter(cfg RateLimitConfig) *rateLimiter {
 	if cfg.Key == nil {
 		l.one = newBucket(cfg.Rate, cfg.Burst)
 	} else {
-		l.keys = &bucketSet{max: cfg.MaxKeys, rate: cfg.Rate, burst: cfg.Burst, m: make(map[string]*keyed)}
-		l.keys.lru.prev, l.keys.lru.next = &l.keys.lru, &l.keys.lru
+		l.keys = newBucketSet(cfg.Rate, cfg.Burst, cfg.MaxKeys)
 	}
 	return l
 }
@@ -155,21 +181,55 @@ func (l *rateLimiter) wait(ctx context.Context, m *broker.Message) error {
 	if ctx.Err() != nil {
 		return errRateLimitWait
 	}
-	b := l.one
-	if b == nil {
-		b = l.keys.get(l.cfg.Key(m))
+	if l.one != nil {
+		if l.one.lim.Allow() {
+			return nil
+		}
+		return l.waitOn(ctx, m, l.one)
 	}
-	if b.lim.Allow() {
+	key, err := l.key(m)
+	if err != nil {
+		return err
+	}
+	k, ok := l.keys.acquire(key)
+	if ok {
 		return nil
 	}
+	defer l.keys.release(k)
+	return l.waitOn(ctx, m, &k.bucket)
+}
+
+// key returns cfg.Key(m), or, when Key panics, a permanent error naming
+// RateLimitConfig.Key and the panic: Key is a function of the message, so
+// the same message would panic again, and a *consumer.PanicError from the
+// runtime would be taken for the handler's (counted by a kill switch).
+func (l *rateLimiter) key(m *broker.Message) (key string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = retry.Permanent(fmt.Errorf("queuekit: rate limit: RateLimitConfig.Key: %w",
+				&consumer.PanicError{Value: p, Stack: debug.Stack()}))
+		}
+	}()
+	return l.cfg.Key(m), nil
+}
+
+// waitOn waits for a token of b and reports the wait to OnWait.
+func (l *rateLimiter) waitOn(ctx context.Context, m *broker.Message, b *bucket) error {
 	start := time.Now()
 	err := b.wait(ctx, consumer.IntakeStopped(ctx))
 	if l.cfg.OnWait != nil {
 		if waited := time.Since(start); waited > 0 {
-			l.cfg.OnWait(ctx, m, waited)
+			l.onWait(ctx, m, waited)
 		}
 	}
 	return err
+}
+
+// onWait calls cfg.OnWait, dropping a panic: a broken metric hook must not
+// lose the message, which goes on as if OnWait had returned.
+func (l *rateLimiter) onWait(ctx context.Context, m *broker.Message, waited time.Duration) {
+	defer func() { _ = recover() }()
+	l.cfg.OnWait(ctx, m, waited)
 }
 
 // A bucket is one limiter and the gate of its waiters.
@@ -225,49 +285,108 @@ func (b *bucket) wait(ctx context.Context, stop <-chan struct{}) error {
 	return errRateLimitWait
 }
 
-// A bucketSet holds the per-key buckets of a handler, at most max of them,
-// in least-recently-used order. Safe for concurrent use.
+// A bucketSet holds the per-key buckets of a handler, at most max of them
+// plus those in use, in least-recently-used order. Safe for concurrent use.
+//
+// Its memory is bounded in bytes: a key longer than maxKeyLen is kept as a
+// 16-byte digest (two maphash sums with seeds of the set's own: keys whose
+// digests collide share a limiter, which never lets more through), and a
+// shorter key is copied, so that it does not keep alive a large string it
+// was cut from.
 type bucketSet struct {
 	rate  rate.Limit
 	burst int
 	max   int
+	seeds [2]maphash.Seed
 
 	mu  sync.Mutex
 	m   map[string]*keyed
 	lru keyed // sentinel of a circular list: lru.next is the most recently used
 }
 
+func newBucketSet(r rate.Limit, burst, max int) *bucketSet {
+	s := &bucketSet{rate: r, burst: burst, max: max, seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		m: make(map[string]*keyed)}
+	s.lru.prev, s.lru.next = &s.lru, &s.lru
+	return s
+}
+
 // keyed is a bucket in a bucketSet.
 type keyed struct {
 	bucket
 	key        string
+	pins       int // messages waiting on the bucket: it is not forgotten while > 0; guarded by the set's mu
 	prev, next *keyed
 }
 
-func (s *bucketSet) get(key string) *bucket {
+// acquire takes a token of key's bucket if one is at hand (ok), or else
+// returns the bucket pinned: it stays in the set, however many keys come,
+// until release, so that every waiter of a key waits on the same bucket.
+func (s *bucketSet) acquire(key string) (k *keyed, ok bool) {
+	var d [16]byte
+	long := len(key) > maxKeyLen
+	if long {
+		binary.LittleEndian.PutUint64(d[:8], maphash.String(s.seeds[0], key))
+		binary.LittleEndian.PutUint64(d[8:], maphash.String(s.seeds[1], key))
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if k := s.m[key]; k != nil {
-		if s.lru.next != k { // move to front
-			k.prev.next, k.next.prev = k.next, k.prev
-			k.prev, k.next = &s.lru, s.lru.next
-			s.lru.next.prev = k
-			s.lru.next = k
+	if long {
+		k = s.m[string(d[:])]
+	} else {
+		k = s.m[key]
+	}
+	switch {
+	case k == nil && long:
+		k = s.add(string(d[:]))
+	case k == nil:
+		k = s.add(strings.Clone(key))
+	case s.lru.next != k: // move to front
+		k.prev.next, k.next.prev = k.next, k.prev
+		k.prev, k.next = &s.lru, s.lru.next
+		s.lru.next.prev = k
+		s.lru.next = k
+	}
+	if k.lim.Allow() {
+		return k, true
+	}
+	k.pins++
+	return k, false
+}
+
+// release unpins a bucket acquire returned pinned.
+func (s *bucketSet) release(k *keyed) {
+	s.mu.Lock()
+	k.pins--
+	s.mu.Unlock()
+}
+
+// add adds a bucket for key, at the front, the set locked. Below max, it
+// starts full, like any new limiter. At max, it first forgets the least
+// recently used buckets not in use, and starts empty (its first token comes
+// after 1/rate): the key may be one just forgotten, whose bucket was
+// perhaps empty, and a full bucket would let a producer cycling more keys
+// than max through at burst per message instead of at rate per key.
+func (s *bucketSet) add(key string) *keyed {
+	full := len(s.m) >= s.max
+	for old := s.lru.prev; old != &s.lru && len(s.m) >= s.max; {
+		prev := old.prev
+		if old.pins == 0 {
+			old.prev.next, old.next.prev = old.next, old.prev
+			old.prev, old.next = nil, nil
+			delete(s.m, old.key)
 		}
-		return &k.bucket
+		old = prev
 	}
-	if len(s.m) >= s.max {
-		old := s.lru.prev
-		old.prev.next, s.lru.prev = &s.lru, old.prev
-		old.prev, old.next = nil, nil
-		delete(s.m, old.key)
+	k := &keyed{bucket: *newBucket(s.rate, s.burst), key: key}
+	if full {
+		k.lim.AllowN(time.Now(), s.burst)
 	}
-	k := &keyed{bucket: bucket{lim: rate.NewLimiter(s.rate, s.burst), gate: make(chan struct{}, 1)}, key: key}
 	k.prev, k.next = &s.lru, s.lru.next
 	s.lru.next.prev = k
 	s.lru.next = k
 	s.m[key] = k
-	return &k.bucket
+	return k
 }
 
 // len is the number of buckets kept.

@@ -6,14 +6,17 @@ package middleware
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -21,6 +24,7 @@ import (
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/retry"
 )
 
 var okHandler = consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil })
@@ -211,27 +215,32 @@ func heapInUse() uint64 {
 
 // Memory stays bounded however many keys come: 100,000 distinct keys (a
 // million with QUEUEKIT_FULL=1) keep at most MaxKeys limiters, the least
-// recently used going first.
+// recently used going first. The first MaxKeys keys find a full bucket;
+// past them, each new key starts with an empty one (its message, with a
+// ctx shorter than 1/Rate, gives up at once).
 func TestRateLimitKeysStayBounded(t *testing.T) {
 	n := 100_000
 	if os.Getenv("QUEUEKIT_FULL") == "1" {
 		n = 1_000_000
 	}
 	const maxKeys = 1000
-	l := newRateLimiter(mustNormalize(t, RateLimitConfig{Rate: 1, Key: tenant, MaxKeys: maxKeys}))
+	l := newRateLimiter(mustNormalize(t, RateLimitConfig{Rate: rate.Every(time.Hour), Key: tenant, MaxKeys: maxKeys}))
 	m := msgOf("")
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	hot := "hot"
 	before := heapInUse()
 	peak := 0
 	for i := range n {
 		m.Header["tenant"] = strconv.Itoa(i)
-		if err := l.wait(ctx, m); err != nil {
-			t.Fatalf("key %d: %v; want through (first of its key)", i, err)
+		err := l.wait(ctx, m)
+		if full := i >= maxKeys-1; full != errors.Is(err, consumer.ErrNotHandled) || !full && err != nil {
+			t.Fatalf("key %d: %v; want through below MaxKeys, given up at once past it", i, err)
 		}
 		if i%100 == 0 { // keep one key recently used
-			m.Header["tenant"] = hot
-			_ = l.keys.get(hot)
+			if k, ok := l.keys.acquire(hot); !ok {
+				l.keys.release(k)
+			}
 		}
 		peak = max(peak, l.keys.len())
 	}
@@ -549,4 +558,193 @@ func BenchmarkRateLimit(b *testing.B) {
 			}
 		})
 	}
+}
+
+// Review M6: a key the set does not keep, once it is full, starts with an
+// empty bucket, and a bucket in use is never forgotten, so that a producer
+// cycling more keys than MaxKeys gets no more through than each key's limit.
+// 3 keys (then 10) at 2 messages/s, burst 1, MaxKeys 2, 100 messages of
+// each key waiting at once for 1 s of fake time: at most 1 + 2 = 3 per key.
+func TestRateLimitCyclingMoreKeysThanMaxKeysGetsNoMoreThrough(t *testing.T) {
+	for _, nkeys := range []int{3, 10} {
+		synctest.Test(t, func(t *testing.T) {
+			l := newRateLimiter(mustNormalize(t, RateLimitConfig{Rate: 2, Burst: 1, MaxKeys: 2,
+				Key: func(m *broker.Message) string { return m.ID }}))
+			var passed atomic.Int64
+			h := l.wrap(consumer.HandlerFunc(func(context.Context, *broker.Message) error { passed.Add(1); return nil }))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			var wg sync.WaitGroup
+			for i := range 100 * nkeys {
+				wg.Go(func() { _ = h.Handle(ctx, &broker.Message{ID: strconv.Itoa(i % nkeys)}) })
+			}
+			wg.Wait()
+			limit := int64(nkeys * (1 + 2))
+			t.Logf("%d keys at 2/s, burst 1, MaxKeys 2, 1 s: %d messages through (limit %d); %d limiters kept",
+				nkeys, passed.Load(), limit, l.keys.len())
+			if passed.Load() > limit {
+				t.Errorf("%d messages through; want at most %d (burst + rate x 1 s per key)", passed.Load(), limit)
+			}
+		})
+	}
+}
+
+// Review M6: below MaxKeys a new key starts with a full bucket; once the set
+// is full, a key it does not keep (new, or forgotten) starts empty: its first
+// message waits 1/Rate.
+func TestRateLimitKeyNotKeptStartsEmptyOnceTheSetIsFull(t *testing.T) {
+	l := newRateLimiter(mustNormalize(t, RateLimitConfig{Rate: rate.Every(time.Hour), Key: tenant, MaxKeys: 2}))
+	for _, k := range []string{"a", "b"} {
+		if err := l.wait(context.Background(), msgOf(k)); err != nil {
+			t.Errorf("first message of %q below MaxKeys: %v; want it through at once", k, err)
+		}
+	}
+	for _, k := range []string{"c", "a", "b"} { // each forgets the least recently used
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := l.wait(ctx, msgOf(k))
+		cancel()
+		if !errors.Is(err, consumer.ErrNotHandled) {
+			t.Errorf("message of %q, not kept, set full: %v; want it held (an empty bucket)", k, err)
+		}
+	}
+	if n := l.keys.len(); n != 2 {
+		t.Errorf("buckets kept = %d; want 2", n)
+	}
+}
+
+// Review M6: memory is bounded in bytes, not only in keys: a key longer than
+// maxKeyLen is kept as a digest, and a short key is copied, so that it does
+// not hold the (large) string it was cut from.
+func TestRateLimitLongKeysTakeBoundedMemory(t *testing.T) {
+	big := strings.Repeat("x", 1<<20)
+	for _, tc := range []struct {
+		name string
+		key  func(i int) string
+	}{
+		{"1 MiB keys", func(i int) string { return fmt.Sprintf("%08d", i) + big }},
+		{"8-byte keys cut from 1 MiB strings", func(i int) string { return (fmt.Sprintf("%08d", i) + big)[:8] }},
+	} {
+		var cur string
+		l := newRateLimiter(mustNormalize(t, RateLimitConfig{Rate: rate.Every(time.Hour), MaxKeys: 1000,
+			Key: func(*broker.Message) string { return cur }}))
+		before := heapInUse()
+		for i := range 100 {
+			cur = tc.key(i)
+			if err := l.wait(context.Background(), msgOf("")); err != nil {
+				t.Fatalf("%s: key %d: %v; want it through (first of its key)", tc.name, i, err)
+			}
+		}
+		cur = ""
+		grown := int64(heapInUse()) - int64(before)
+		t.Logf("%s: 100 keys kept, heap grew %d KiB", tc.name, grown/1024)
+		if grown > 1<<20 {
+			t.Errorf("%s: heap grew %d KiB for 100 keys; want < 1 MiB", tc.name, grown/1024)
+		}
+		l.keys.mu.Lock()
+		for k := range l.keys.m {
+			if len(k) > maxKeyLen {
+				t.Errorf("%s: a key of %d bytes kept; want at most %d", tc.name, len(k), maxKeyLen)
+				break
+			}
+		}
+		l.keys.mu.Unlock()
+		// The same long key is the same limiter.
+		cur = tc.key(7)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err := l.wait(ctx, msgOf("")); !errors.Is(err, consumer.ErrNotHandled) {
+			t.Errorf("%s: second message of key 7: %v; want it held (its limiter kept)", tc.name, err)
+		}
+		cancel()
+	}
+}
+
+// handleRecovering calls h and reports a panic instead of crashing the test.
+func handleRecovering(h consumer.Handler, ctx context.Context, m *broker.Message) (err error, panicked any) {
+	defer func() { panicked = recover() }()
+	return h.Handle(ctx, m), nil
+}
+
+// Review LOW: a Key that panics does not crash the process, nor is it taken
+// for the handler's failure: the handler is not called, and the error names
+// RateLimitConfig.Key and the panic and is permanent (the same message would
+// panic again; a kill switch does not count it).
+func TestRateLimitPanickingKeyIsAPermanentErrorAndSkipsTheHandler(t *testing.T) {
+	mw, err := RateLimit(RateLimitConfig{Rate: 10, Key: func(m *broker.Message) string { return m.Header["tenant"][:3] }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	called := false
+	h := mw(consumer.HandlerFunc(func(context.Context, *broker.Message) error { called = true; return nil }))
+	err, p := handleRecovering(h, context.Background(), msgOf("a"))
+	if p != nil {
+		t.Fatalf("Handle panicked: %v; want an error", p)
+	}
+	var pe *consumer.PanicError
+	if called || !retry.IsPermanent(err) || !errors.As(err, &pe) || !strings.Contains(err.Error(), "RateLimitConfig.Key") ||
+		!strings.Contains(err.Error(), "out of range") {
+		t.Errorf("handler called %v, error %v; want the handler skipped and a permanent error naming RateLimitConfig.Key and the panic", called, err)
+	}
+	if err := h.Handle(context.Background(), msgOf("acme")); err != nil || !called {
+		t.Errorf("a message Key can read: %v, handler called %v; want it through", err, called)
+	}
+}
+
+// Review LOW: a panicking OnWait loses no message: the panic is recovered and
+// the message goes on as if OnWait had returned (to the handler after a
+// wait, back to the broker after a wait cut short).
+func TestRateLimitPanickingOnWaitLosesNoMessage(t *testing.T) {
+	mw, err := RateLimit(RateLimitConfig{Rate: 1000, OnWait: func(context.Context, *broker.Message, time.Duration) { panic("metrics down") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	h := mw(consumer.HandlerFunc(func(context.Context, *broker.Message) error { calls++; return nil }))
+	for i := range 3 { // the first takes the burst; the others wait ~1 ms
+		if err, p := handleRecovering(h, context.Background(), msgOf("a")); err != nil || p != nil {
+			t.Errorf("message %d: error %v, panic %v; want it handled", i, err, p)
+		}
+	}
+	if calls != 3 {
+		t.Errorf("handler called %d times; want 3", calls)
+	}
+	mw, _ = RateLimit(RateLimitConfig{Rate: rate.Every(time.Hour), OnWait: func(context.Context, *broker.Message, time.Duration) { panic("metrics down") }})
+	h = mw(okHandler)
+	_ = h.Handle(context.Background(), msgOf("a"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err, p := handleRecovering(h, ctx, msgOf("a")); !errors.Is(err, consumer.ErrNotHandled) || p != nil {
+		t.Errorf("a wait cut short: error %v, panic %v; want ErrNotHandled", err, p)
+	}
+}
+
+// Review LOW, through the runtime: messages whose Key panics are
+// dead-lettered on their first delivery, the handler never sees them, the
+// process does not crash, and a kill switch that would trip on 2 failures
+// stays closed.
+func TestRateLimitPanickingKeyDoesNotTripAKillSwitch(t *testing.T) {
+	b := memory.NewBroker()
+	publish(t, b, "calls", "p1", "p2", "p3", "p4")
+	src, err := b.Source("calls", memory.SourceConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl, err := RateLimit(RateLimitConfig{Rate: 1000, Key: func(m *broker.Message) string { return m.Header["tenant"][:3] }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handled atomic.Int64
+	c, err := consumer.New(src, consumer.HandlerFunc(func(context.Context, *broker.Message) error {
+		handled.Add(1)
+		return nil
+	}), consumer.WithMiddleware(rl), consumer.WithKillSwitch(consumer.KillSwitch{MinMessages: 2, Threshold: 0.5}), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := runConsumer(t, c)
+	eventually(t, "the 4 messages dead-lettered", func() bool { return c.Stats().DeadLettered == 4 })
+	if ks, s := c.KillSwitch(), c.Stats(); ks.State != "closed" || handled.Load() != 0 || s.Requeued != 0 {
+		t.Errorf("kill switch %+v, handled %d, stats %+v; want closed, none handled, none requeued", ks, handled.Load(), s)
+	}
+	_ = c.Close()
+	_ = wait()
 }
