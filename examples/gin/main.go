@@ -77,6 +77,17 @@
 // the order goes back to the queue with a fresh delivery budget and is
 // processed.
 //
+// # When the database goes away
+//
+// Every order's effect is a transaction in the orders' database. While it is
+// unavailable, the orders consumer's kill switch (killswitch.go) stops it
+// taking orders instead of letting every order spend its delivery budget and
+// be dead-lettered: /readyz answers 503 with the consumer "tripped" and the
+// reason, /admin/ shows it, queuekit_events_total{event="tripped"} counts
+// it. After -kill-switch-restart (30 s) it probes with one order at a time,
+// and once the database answers again it runs as before. -kill-switch=false
+// turns it off.
+//
 // # Shutdown
 //
 // On SIGINT or SIGTERM the service, in this order: answers 503 on /readyz, so
