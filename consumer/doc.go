@@ -33,8 +33,9 @@
 //     context: an error is not held against the message; it is given back.
 //   - an error wrapping ErrNotHandled, once the intake the message came in
 //     under has stopped (see Giving a message back): given back unspent.
-//   - a failure that the kill switch counts while it is tripped, or the one
-//     that tripped it (see Kill switch): given back unspent.
+//   - a failure that the kill switch counts, of a message received before
+//     it tripped (in flight at the trip, or the one that tripped it; see
+//     Kill switch): given back unspent. A failed probe is settled as above.
 //
 // A panic in a handler is recovered and counts as an error of that message
 // only. A delivery is never acknowledged before its handler returned nil:
@@ -129,8 +130,16 @@
 // Consumer.KillSwitch), readiness turns false, and EventTripped is
 // emitted; the Supervisor does not restart the consumer, which has not
 // failed. After KillSwitch.RestartTimeout it probes (EventProbing) with
-// KillSwitch.ProbeConcurrency handlers at once: a counted failure trips it
-// again, KillSwitch.ProbeMessages successes close it (EventRecovered).
+// KillSwitch.ProbeConcurrency handlers at once: KillSwitch.ProbeMessages
+// successes close it (EventRecovered); a counted failure trips it again,
+// doubling the restart timeout (up to KillSwitch.MaxRestartTimeout, reset
+// when it closes), and the failed probe message is settled as any failure:
+// requeued, or dead-lettered once its budget is spent. So a message that
+// fails for a reason of its own cannot keep the switch open for ever, and
+// an outage spends one attempt of each probe message per failed probe —
+// with the defaults, an outage must last over 12.5 minutes before a message
+// that entered the probes at Attempt 1 is dead-lettered (WithKillSwitch has
+// the arithmetic).
 //
 // Only errors KillSwitch.Counts accepts count (by default every error that
 // is not permanent); name the dependency's errors there, so that a message

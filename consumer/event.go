@@ -45,7 +45,9 @@ const (
 	// were revoked or reassigned); Event.Err says why.
 	EventRebalanced
 	// EventTripped: the kill switch (WithKillSwitch) stopped intake;
-	// Event.Err is the reason (the failure ratio and the last error).
+	// Event.Err is the reason (the failure ratio and the last error),
+	// Event.Delay the restart timeout before it probes (doubled by each
+	// failed probe, see KillSwitch.MaxRestartTimeout).
 	EventTripped
 	// EventProbing: the restart timeout of a tripped kill switch passed;
 	// intake reopened with KillSwitch.ProbeConcurrency handlers at once.
@@ -96,7 +98,8 @@ type Event struct {
 	Time   time.Time
 	// Err is the error or reason, for the kinds that have one.
 	Err error
-	// Delay is the wait before a restart (EventRestarting).
+	// Delay is the wait before a restart (EventRestarting), or before the
+	// kill switch probes (EventTripped).
 	Delay time.Duration
 	// MessageID is set for per-message events (EventDeadLettered, EventSettleFailed).
 	MessageID string

@@ -31,8 +31,15 @@ type KillSwitch struct {
 	// (default 0.5).
 	Threshold float64
 	// RestartTimeout is how long the switch stays tripped before it probes
-	// (default 30s).
+	// (default 30s). Each failed probe doubles it for the next, up to
+	// MaxRestartTimeout; closing the switch resets it.
 	RestartTimeout time.Duration
+	// MaxRestartTimeout bounds the doubling of RestartTimeout while the
+	// probes keep failing (default the larger of 5 minutes and 10 ×
+	// RestartTimeout; at least RestartTimeout: equal to it, it never
+	// doubles). A long outage spends one attempt of each probe's messages
+	// per probe: see WithKillSwitch for the arithmetic.
+	MaxRestartTimeout time.Duration
 	// ProbeConcurrency is how many handlers run at once while probing
 	// (default 1, at most WithConcurrency's n).
 	ProbeConcurrency int
@@ -49,9 +56,10 @@ type KillSwitch struct {
 	//
 	// Name the dependency's errors here rather than count every one: with
 	// the default, a message that fails every time for a reason of its own
-	// (a bug its content triggers) counts too, and once the switch is
-	// tripped such a message, given back to the head of the queue, fails
-	// every probe and keeps the switch from closing.
+	// (a bug its content triggers) counts too. It can trip the switch by
+	// itself, and it fails every probe it takes part in, keeping the switch
+	// open (with the restart timeout doubling) until those probes have
+	// spent its delivery budget and dead-lettered it.
 	Counts func(err error) bool
 }
 
@@ -61,6 +69,7 @@ const (
 	defaultKSMinMessages      = 20
 	defaultKSThreshold        = 0.5
 	defaultKSRestartTimeout   = 30 * time.Second
+	defaultKSMaxRestart       = 5 * time.Minute // or 10 × RestartTimeout, the larger
 	defaultKSProbeConcurrency = 1
 	defaultKSProbeMessages    = 5
 	minKSWindow               = 10 * time.Millisecond
@@ -79,6 +88,12 @@ func (ks KillSwitch) withDefaults() KillSwitch {
 	}
 	if ks.RestartTimeout == 0 {
 		ks.RestartTimeout = defaultKSRestartTimeout
+	}
+	if ks.MaxRestartTimeout == 0 && ks.RestartTimeout > 0 {
+		ks.MaxRestartTimeout = max(defaultKSMaxRestart, ks.RestartTimeout)
+		if ks.RestartTimeout <= math.MaxInt64/10 {
+			ks.MaxRestartTimeout = max(defaultKSMaxRestart, 10*ks.RestartTimeout)
+		}
 	}
 	if ks.ProbeConcurrency == 0 {
 		ks.ProbeConcurrency = defaultKSProbeConcurrency
@@ -103,6 +118,8 @@ func (ks KillSwitch) validate(n int) error {
 		return bad("threshold %v, want a ratio in (0, 1]", ks.Threshold)
 	case ks.RestartTimeout < 0:
 		return bad("restart timeout %v, want > 0", ks.RestartTimeout)
+	case ks.MaxRestartTimeout < ks.RestartTimeout:
+		return bad("max restart timeout %v, want at least the restart timeout %v", ks.MaxRestartTimeout, ks.RestartTimeout)
 	case ks.ProbeConcurrency < 1 || ks.ProbeConcurrency > n:
 		return bad("probe concurrency %d, want 1..%d (the consumer's concurrency)", ks.ProbeConcurrency, n)
 	case ks.ProbeMessages < 1:
@@ -116,16 +133,51 @@ func (ks KillSwitch) validate(n int) error {
 // KillSwitch.Threshold, after at least KillSwitch.MinMessages outcomes,
 // the consumer trips: it stops its intake as Pause does (the source is
 // paused too, so that a RabbitMQ prefetch goes back to the queue), its
-// state is StateTripped with the reason in RunnerHealth.Reason and
-// Consumer.KillSwitch, and it emits EventTripped. The handlers in flight
+// state is StateTripped with the reason (and when it probes next) in
+// RunnerHealth.Reason and Consumer.KillSwitch, and it emits EventTripped
+// (Event.Delay: the wait before the probe). The handlers in flight
 // finish; their failures that count, and the one that tripped it, are
 // given back (Release: no attempt spent) instead of being requeued or
 // dead-lettered, so that the outage spends no message's delivery budget.
 //
 // After KillSwitch.RestartTimeout the consumer probes (EventProbing): its
-// intake reopens with KillSwitch.ProbeConcurrency handlers at once. A
-// failure that counts trips it again (given back too); KillSwitch.ProbeMessages
-// successes close it (EventRecovered) and the full concurrency returns.
+// intake reopens with KillSwitch.ProbeConcurrency handlers at once.
+// KillSwitch.ProbeMessages successes close it (EventRecovered) and the
+// full concurrency returns. A failure that counts trips it again, and the
+// failed probe message is settled as any failure is: requeued, or
+// dead-lettered once it has had WithMaxDeliveries deliveries. Only the
+// messages received before the trip are given back unspent. A message
+// that fails for a reason of its own, not the outage's (counted by the
+// default KillSwitch.Counts), thus cannot hold the switch open for ever:
+// each probe it fails spends one of its attempts, and once dead-lettered
+// it no longer stands in the probes' way. Each re-trip doubles the restart
+// timeout, up to KillSwitch.MaxRestartTimeout; closing the switch resets
+// it.
+//
+// The price is that a long outage spends attempts too: each failed probe
+// spends one attempt of each of its messages (up to ProbeConcurrency). A
+// message that enters the probes at Attempt a is dead-lettered by the
+// (MaxDeliveries - a + 1)th probe it fails. Where a requeued message is
+// handed out again first (memory; Kafka, before the rest of its
+// partition) the same message takes every probe: with the defaults
+// (RestartTimeout 30s doubling to 5 min, ProbeConcurrency 1,
+// WithMaxDeliveries 5) the probes come 30s, 1.5, 3.5, 7.5 and 12.5 min
+// after the trip (plus the probes' own handler time), then every 5 min,
+// so an outage longer than 12.5 min dead-letters the message at the head
+// if it entered the probes at Attempt 1, and one more every 25 min after
+// that; one that failed twice before the trip (Attempt 3) is
+// dead-lettered by the third probe, after 3.5 min. Where a requeue goes to
+// the back of the queue (RabbitMQ: a classic queue's Requeue republishes,
+// a quorum queue returns it to the back) each probe takes another message
+// and the dead letters come far later. An outage shorter than the first
+// RestartTimeout spends nothing beyond the failures before the trip.
+//
+// On a RabbitMQ quorum queue a give-back is not quite free: the broker
+// counts its return in x-delivery-count. The delivery that follows keeps
+// its Attempt (the source remembers it), but once the message is requeued
+// the count shows again: each give-back costs the message one attempt at
+// its next failure (see broker/rabbitmq, the memory of given-back
+// messages).
 //
 // The switch trips when, over the window or a recent part of it (its
 // newest tenths), at least MinMessages outcomes were seen and their failure
@@ -163,6 +215,11 @@ type KillSwitchStatus struct {
 	Reason string `json:"reason,omitempty"`
 	// Since is when the switch entered State.
 	Since time.Time `json:"since,omitzero"`
+	// NextProbe is when the switch, open, probes next: Since plus the
+	// restart timeout of this trip (doubled by each failed probe, see
+	// KillSwitch.MaxRestartTimeout). Zero in the other states, and for the
+	// moment between a trip and its EventTripped hooks' return.
+	NextProbe time.Time `json:"next_probe,omitzero"`
 	// Trips counts the trips so far, re-trips while probing included.
 	Trips int64 `json:"trips"`
 }
@@ -224,6 +281,8 @@ type killSwitch struct {
 	reason    string
 	since     time.Time
 	trips     int64
+	restart   time.Duration // the restart timeout of the last trip; RestartTimeout once closed
+	nextProbe time.Time     // when the armed timer probes; zero when none is armed
 	timer     *time.Timer   // the restart timeout, while open
 	timerDone chan struct{} // closed when timer's function returned
 	stopped   bool          // the consumer stopped for good: schedule nothing
@@ -235,7 +294,7 @@ func newKillSwitch(cfg KillSwitch) *killSwitch {
 	// MinMessages failures in a row tripping it, and any success clears it.
 	up := max(int64(math.Round((1-cfg.Threshold)*unit)), 1)
 	return &killSwitch{
-		cfg: cfg, bucket: cfg.Window / ksBuckets, since: time.Now(),
+		cfg: cfg, bucket: cfg.Window / ksBuckets, since: time.Now(), restart: cfg.RestartTimeout,
 		up: up, down: int64(math.Round(cfg.Threshold * unit)), trip: int64(cfg.MinMessages) * up,
 	}
 }
@@ -335,9 +394,9 @@ func (k *killSwitch) runClock(stop <-chan struct{}, done chan<- struct{}) {
 	}
 }
 
-// schedule arms the restart timeout: f runs after it, unless the consumer
-// stopped for good first.
-func (k *killSwitch) schedule(f func()) {
+// schedule arms the restart timeout: f runs after wait, unless the
+// consumer stopped for good first.
+func (k *killSwitch) schedule(wait time.Duration, f func()) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.stopped {
@@ -345,10 +404,26 @@ func (k *killSwitch) schedule(f func()) {
 	}
 	done := make(chan struct{})
 	k.timerDone = done
-	k.timer = time.AfterFunc(k.cfg.RestartTimeout, func() {
+	k.nextProbe = time.Now().Add(wait)
+	k.timer = time.AfterFunc(wait, func() {
 		defer close(done)
 		f()
 	})
+}
+
+// nextRestart returns the restart timeout for a trip, and keeps it: the
+// one of the last trip doubled (up to MaxRestartTimeout) for a re-trip of
+// a probing switch, RestartTimeout otherwise. The caller holds k.mu.
+func (k *killSwitch) nextRestart(retrip bool) time.Duration {
+	switch {
+	case !retrip:
+		k.restart = k.cfg.RestartTimeout
+	case k.restart > k.cfg.MaxRestartTimeout/2:
+		k.restart = k.cfg.MaxRestartTimeout
+	default:
+		k.restart *= 2
+	}
+	return k.restart
 }
 
 // stop cancels the restart timeout, waiting for its function if it is
@@ -364,17 +439,26 @@ func (k *killSwitch) stop() {
 	}
 }
 
-// entered records that the switch just entered its state.
+// entered records that the switch just entered its state, probing or
+// closed: no probe is pending. Closing resets the restart timeout.
 func (k *killSwitch) entered() {
 	k.mu.Lock()
 	k.since = time.Now()
+	k.nextProbe = time.Time{}
+	if k.state.Load() == ksClosed {
+		k.restart = k.cfg.RestartTimeout
+	}
 	k.mu.Unlock()
 }
 
 func (k *killSwitch) status() KillSwitchStatus {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return KillSwitchStatus{State: ksStateNames[k.state.Load()], Reason: k.reason, Since: k.since, Trips: k.trips}
+	st := KillSwitchStatus{State: ksStateNames[k.state.Load()], Reason: k.reason, Since: k.since, Trips: k.trips}
+	if st.State == "open" {
+		st.NextProbe = k.nextProbe
+	}
+	return st
 }
 
 // KillSwitch returns the state of the consumer's kill switch
@@ -395,19 +479,44 @@ func (c *Consumer) healthReason() string {
 	}
 	switch st := c.ks.status(); st.State {
 	case "open":
-		return "kill switch tripped: " + st.Reason
+		if st.NextProbe.IsZero() {
+			return "kill switch tripped: " + st.Reason
+		}
+		return "kill switch tripped: " + st.Reason + "; next probe " + probeWhen(st.NextProbe, time.Now())
 	case "probing":
 		return "kill switch probing after: " + st.Reason
 	}
 	return ""
 }
 
-// ksOutcome tells the kill switch a handler's result for a delivery of
-// intake in, and reports whether the delivery is to be given back (a
-// counted failure while the switch is open, or the one that tripped it).
-// It runs on the worker, after the handler, on every message: the success
-// path is a few atomic operations and allocates nothing.
-func (c *Consumer) ksOutcome(in *intake, err error) (giveBack bool) {
+// probeWhen says when a probe at t comes, seen at now: "at <time> (in
+// <wait>)", "due now" once t passed.
+func probeWhen(t, now time.Time) string {
+	wait := t.Sub(now)
+	if wait <= 0 {
+		return "due now"
+	}
+	if wait >= time.Second {
+		wait = wait.Round(time.Second)
+	} else {
+		wait = wait.Round(time.Millisecond)
+	}
+	return fmt.Sprintf("at %s (in %v)", t.UTC().Format(time.RFC3339), wait)
+}
+
+// ksOutcome tells the kill switch a handler's result for a delivery
+// (probe: received while the switch probed, as the worker saw it before
+// the handler ran; a probe intake outlives the probing, and its
+// deliveries after the switch closed are ordinary ones), and reports
+// whether the delivery is to be given back unspent: a counted failure of a
+// delivery received before the trip (in flight at the trip, or the one
+// that tripped it). A probe's counted failure trips the switch again but is
+// settled as any failure (requeued, or dead-lettered by its budget), so
+// that a message failing for its own reasons cannot be the next probe
+// again, unspent, for ever. It runs on the worker, after the handler, on
+// every message: the success path is a few atomic operations and
+// allocates nothing.
+func (c *Consumer) ksOutcome(probe bool, err error) (giveBack bool) {
 	k := c.ks
 	if err == nil {
 		switch k.state.Load() {
@@ -417,7 +526,7 @@ func (c *Consumer) ksOutcome(in *intake, err error) (giveBack bool) {
 		case ksProbing:
 			// Only deliveries received while probing prove anything:
 			// a straggler from before the trip does not.
-			if in.probe && k.probeOK.Add(1) >= int64(k.cfg.ProbeMessages) {
+			if probe && k.probeOK.Add(1) >= int64(k.cfg.ProbeMessages) {
 				c.ksRecover()
 			}
 		}
@@ -429,11 +538,15 @@ func (c *Consumer) ksOutcome(in *intake, err error) (giveBack bool) {
 	for {
 		switch k.state.Load() {
 		case ksOpen:
-			return true
+			return !probe
 		case ksProbing:
 			if k.state.CompareAndSwap(ksProbing, ksOpen) {
-				c.ksTripped(err, "a probe failed")
-				return true
+				why := "a probe failed"
+				if !probe {
+					why = "a message received before the trip failed while probing"
+				}
+				c.ksTripped(err, why, true)
+				return !probe
 			}
 			continue // closed or tripped meanwhile: look again
 		}
@@ -444,37 +557,39 @@ func (c *Consumer) ksOutcome(in *intake, err error) (giveBack bool) {
 			why, trip = k.recentWhy(), true
 		}
 		if trip && k.state.CompareAndSwap(ksClosed, ksOpen) {
-			c.ksTripped(err, why)
-			return true
+			c.ksTripped(err, why, false)
+			return !probe
 		}
 		// Below the threshold: an ordinary failure, unless another worker
 		// tripped the switch meanwhile.
-		return k.state.Load() == ksOpen
+		return !probe && k.state.Load() == ksOpen
 	}
 }
 
 // ksTripped does what follows a trip, on the goroutine whose CAS opened
-// the switch: record why, stop the intake and pause the source (as
-// Pause does), report it, and arm the restart timeout, in that order so
-// that EventTripped comes before the EventProbing the timeout leads to.
-func (c *Consumer) ksTripped(err error, why string) {
+// the switch (retrip: from probing): record why, stop the intake and pause
+// the source (as Pause does), report it, and arm the restart timeout, in
+// that order so that EventTripped comes before the EventProbing the
+// timeout leads to.
+func (c *Consumer) ksTripped(err error, why string, retrip bool) {
 	k := c.ks
 	reason := why
 	if err != nil {
 		reason += ": " + truncateReason(errorText(err))
 	}
 	k.mu.Lock()
-	k.reason, k.since = reason, time.Now()
+	k.reason, k.since, k.nextProbe = reason, time.Now(), time.Time{}
 	k.trips++
+	wait := k.nextRestart(retrip)
 	k.mu.Unlock()
 
 	perr := c.stopIntakeForTrip()
-	c.logger().Warn("queuekit: kill switch tripped; intake stopped", "reason", reason, "restart_timeout", k.cfg.RestartTimeout)
+	c.logger().Warn("queuekit: kill switch tripped; intake stopped", "reason", reason, "restart_timeout", wait)
 	if perr != nil {
 		c.logger().Warn("queuekit: kill switch: pause source", "error", perr)
 	}
-	c.emit(Event{Kind: EventTripped, Err: errors.New(reason)})
-	k.schedule(c.ksProbe)
+	c.emit(Event{Kind: EventTripped, Err: errors.New(reason), Delay: wait})
+	k.schedule(wait, c.ksProbe)
 }
 
 // stopIntakeForTrip stops the intake and pauses the source for a trip,
@@ -527,7 +642,7 @@ func (c *Consumer) ksProbe() {
 	c.pmu.Unlock()
 	if err != nil && k.state.CompareAndSwap(ksProbing, ksOpen) {
 		// The source would not resume: stay tripped, try again later.
-		c.ksTripped(err, "resuming the source to probe failed")
+		c.ksTripped(err, "resuming the source to probe failed", true)
 	}
 }
 

@@ -24,11 +24,10 @@ func TestKillSwitchBucketIsOneCacheLine(t *testing.T) {
 // several goroutines at once (the workers share the current bucket).
 func BenchmarkKillSwitchOutcome(b *testing.B) {
 	c := &Consumer{ks: newKillSwitch(KillSwitch{}.withDefaults())}
-	in := &intake{}
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if c.ksOutcome(in, nil) {
+			if c.ksOutcome(false, nil) {
 				b.Fatal("give back on success")
 			}
 		}
@@ -37,7 +36,7 @@ func BenchmarkKillSwitchOutcome(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				c.ksOutcome(in, nil)
+				c.ksOutcome(false, nil)
 			}
 		})
 	})
@@ -77,14 +76,13 @@ func TestKillSwitchTripsOnRecentRuns(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			in := &intake{}
 			at := -1
 			for i := range tc.n {
 				var err error
 				if tc.pattern[i%len(tc.pattern)] == 'f' {
 					err = errDep
 				}
-				if c.ksOutcome(in, err) && at < 0 {
+				if c.ksOutcome(false, err) && at < 0 {
 					at = i
 				}
 			}
@@ -93,5 +91,51 @@ func TestKillSwitchTripsOnRecentRuns(t *testing.T) {
 			}
 			t.Logf("KillSwitch() = %+v", c.KillSwitch())
 		})
+	}
+}
+
+// Shutdown while tripped stops the pending restart timer: the timer armed
+// by the trip has been stopped by the time Shutdown returns (Stop reports
+// false: nothing left to stop), and no probe is scheduled after it.
+func TestKillSwitchShutdownStopsThePendingTimer(t *testing.T) {
+	b := memory.NewBroker()
+	for range 5 {
+		if err := b.Publish(context.Background(), "q", &broker.Message{Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src, err := b.Source("q", memory.SourceConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(src, HandlerFunc(func(context.Context, *broker.Message) error { return errors.New("db down") }),
+		WithLogger(quietLog), WithKillSwitch(KillSwitch{MinMessages: 1, RestartTimeout: time.Hour}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(context.Background()) }()
+	var tm *time.Timer
+	for deadline := time.Now().Add(20 * time.Second); tm == nil; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out waiting for the trip's timer")
+		}
+		c.ks.mu.Lock()
+		tm = c.ks.timer
+		c.ks.mu.Unlock()
+	}
+	if err := c.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := <-done; !errors.Is(err, ErrConsumerClosed) {
+		t.Fatalf("Run: %v", err)
+	}
+	if tm.Stop() {
+		t.Error("the restart timer was still pending after Shutdown")
+	}
+	c.ks.mu.Lock()
+	defer c.ks.mu.Unlock()
+	if c.ks.timer != nil || !c.ks.stopped {
+		t.Errorf("after Shutdown: timer %v, stopped %v; want none, true", c.ks.timer, c.ks.stopped)
 	}
 }

@@ -44,6 +44,7 @@ type ksEvents struct {
 	mu    sync.Mutex
 	kinds []consumer.EventKind
 	errs  []error
+	all   []consumer.Event
 }
 
 func (l *ksEvents) hook(e consumer.Event) {
@@ -52,6 +53,7 @@ func (l *ksEvents) hook(e consumer.Event) {
 		l.mu.Lock()
 		l.kinds = append(l.kinds, e.Kind)
 		l.errs = append(l.errs, e.Err)
+		l.all = append(l.all, e)
 		l.mu.Unlock()
 	}
 }
@@ -60,6 +62,13 @@ func (l *ksEvents) get() []consumer.EventKind {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]consumer.EventKind(nil), l.kinds...)
+}
+
+// events returns the kill-switch events, in order.
+func (l *ksEvents) events() []consumer.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]consumer.Event(nil), l.all...)
 }
 
 func (l *ksEvents) count(k consumer.EventKind) int {
@@ -165,17 +174,25 @@ func runOutage(t *testing.T, total int, outage time.Duration, ks *consumer.KillS
 // stretch in the middle of 2,000 messages (10,000 with QUEUEKIT_FULL=1)
 // dead-letters none of them with the kill switch, and every one is handled
 // once the fakeDB is back, having spent no attempt beyond the failures
-// before the first trip; without it, the same outage dead-letters messages.
+// before the first trip and those of the failed probes; without it, the
+// same outage dead-letters messages.
+//
+// A failed probe spends an attempt of its message (see WithKillSwitch),
+// and on the memory broker the same message, at the head, takes every
+// probe: the restart timeout is half the outage, so that one probe fails
+// (the next, 1.5 outages after the trip, finds the fakeDB back). With a
+// restart timeout of 20ms against 300ms (doubling), three or four probes
+// failed, and the message at the head was dead-lettered in most runs.
 func TestKillSwitchOutageDeadLettersNothing(t *testing.T) {
 	total, outage := 2000, 300*time.Millisecond
 	if os.Getenv("QUEUEKIT_FULL") == "1" {
 		total, outage = 10000, 2*time.Second
 	}
 	ks := consumer.KillSwitch{Window: time.Second, MinMessages: 10, Threshold: 0.5,
-		RestartTimeout: 20 * time.Millisecond, ProbeMessages: 5}
+		RestartTimeout: outage / 2, MaxRestartTimeout: outage, ProbeMessages: 5}
 	with := runOutage(t, total, outage, &ks)
 	without := runOutage(t, total, outage, nil)
-	t.Logf("%d messages, outage %v: with the kill switch: dead letters %d, acked %d, requeued %d (before the first trip), given back %d, trips %d, max Attempt %d, recovery to all handled %v",
+	t.Logf("%d messages, outage %v: with the kill switch: dead letters %d, acked %d, requeued %d (before the first trip, and failed probes), given back %d, trips %d, max Attempt %d, recovery to all handled %v",
 		total, outage, with.deadLetters, with.acked, with.requeued, with.givenBack, with.trips, with.maxAttempt, with.recoveryToDone)
 	t.Logf("without it: dead letters %d, acked %d", without.deadLetters, without.acked)
 
@@ -188,10 +205,11 @@ func TestKillSwitchOutageDeadLettersNothing(t *testing.T) {
 	if with.trips < 1 || with.givenBack < 1 {
 		t.Errorf("with the kill switch: %d trips, %d given back; want at least 1 of each", with.trips, with.givenBack)
 	}
-	// Only the failures before the first trip spend an attempt: at most
-	// MinMessages in a row, plus the handlers that failed alongside.
-	if limit := ks.MinMessages + 8; with.requeued > limit {
-		t.Errorf("with the kill switch: %d requeues; want at most %d (the failures before the first trip)", with.requeued, limit)
+	// Only the failures before the first trip spend an attempt (at most
+	// MinMessages in a row, plus the handlers that failed alongside), and
+	// those of the failed probes (one message each, ProbeConcurrency 1).
+	if limit := ks.MinMessages + 8 + int(with.trips-1); with.requeued > limit {
+		t.Errorf("with the kill switch: %d requeues; want at most %d (the failures before the first trip, and %d failed probes)", with.requeued, limit, with.trips-1)
 	}
 	if without.deadLetters == 0 {
 		t.Errorf("without the kill switch: no dead letters; the outage did not exercise the budget")
@@ -252,9 +270,11 @@ func TestKillSwitchTripProbeRetripRecover(t *testing.T) {
 		t.Errorf("%d dead letters; want 0", n)
 	}
 	// The failures before the first trip were requeued (3 in a row, and
-	// those alongside); every later one was given back.
-	if req := rec.count(consumer.SettledRequeue); req > 3+4 {
-		t.Errorf("%d requeues; want at most 7 (the failures before the first trip)", req)
+	// those alongside), and so were those of the failed probe (at most
+	// ProbeConcurrency 2): a probe's failure spends an attempt. The other
+	// failures, in flight at the trip, were given back.
+	if req := rec.count(consumer.SettledRequeue); req > 3+4+2 {
+		t.Errorf("%d requeues; want at most 9 (the failures before the first trip and of the failed probe)", req)
 	}
 }
 

@@ -347,6 +347,17 @@ func (r *run) work(i int) {
 			s.state.Store(slotIdle)
 			continue
 		}
+		if in.probe && r.c.ks.state.Load() == ksOpen {
+			// Another probe failed and tripped the kill switch again;
+			// this probe intake is about to stop. Give the delivery back
+			// unhandled and wait for the stop: handled, its failure would
+			// be a probe's and spend an attempt, and the workers would
+			// take and fail the queue's head in a loop until the stop.
+			r.giveBack(d, m)
+			s.state.Store(slotIdle)
+			<-in.ctx.Done()
+			continue
+		}
 		if !r.process(i, in, d, m) { // process moves the slot from receiving to running
 			return // abandoned: the drain already gave the message back and released us
 		}
@@ -419,6 +430,8 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) b
 		}
 		return false
 	}
+	// A probe: received while the kill switch probes (see ksOutcome).
+	probe := in.probe && r.c.ks.state.Load() == ksProbing
 	hctx, release := r.handlerContext(in, d)
 	var err error
 	if l := r.c.limiter; l != nil {
@@ -438,10 +451,11 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) b
 		r.giveBack(d, m)
 		return true
 	}
-	if r.c.ks != nil && !r.abandoning.Load() && r.c.ksOutcome(in, err) {
-		// A failure that counts while the kill switch is tripped, or the
-		// one that tripped it: the outage, not the message, failed. Give
-		// it back unspent.
+	if r.c.ks != nil && !r.abandoning.Load() && r.c.ksOutcome(probe, err) {
+		// A failure that counts of a message received before the kill
+		// switch tripped (in flight at the trip, or the one that tripped
+		// it): the outage, not the message, failed. Give it back unspent.
+		// A failed probe is settled below, as any failure.
 		r.giveBack(d, m)
 		s.counts.count(err, SettledGiveBack, nil)
 		return true
