@@ -64,9 +64,14 @@ type Outage struct {
 	FailLatency time.Duration
 	// KillSwitch configures the run with the kill switch. Nil means
 	// settings scaled to a test: Window 1 s, MinMessages 20, Threshold 0.5,
-	// RestartTimeout 500 ms, ProbeConcurrency 1, ProbeMessages 5 (the
-	// consumer's own defaults, a 10 s window and a 30 s restart timeout,
-	// suit production, not a test of seconds).
+	// RestartTimeout Duration/2, MaxRestartTimeout Duration,
+	// ProbeConcurrency 1, ProbeMessages 5 (the consumer's own defaults, a
+	// 10 s window and a 30 s restart timeout, suit production, not a test
+	// of seconds). A KillSwitch given with a zero RestartTimeout gets the
+	// same two timeouts. They keep the failed probes of one outage to about
+	// two: each failed probe spends an attempt of its message (a poison
+	// message must not hold the switch open), and on a broker that hands a
+	// requeued message straight back the same message is every probe.
 	KillSwitch *consumer.KillSwitch
 	// Options are added to the consumer's options in both runs.
 	Options []consumer.Option
@@ -237,10 +242,14 @@ func (o *Outage) defaults() {
 			Window:           time.Second,
 			MinMessages:      20,
 			Threshold:        0.5,
-			RestartTimeout:   500 * time.Millisecond,
 			ProbeConcurrency: 1,
 			ProbeMessages:    5,
 		}
+	}
+	if o.KillSwitch.RestartTimeout == 0 {
+		ks := *o.KillSwitch
+		ks.RestartTimeout, ks.MaxRestartTimeout = o.Duration/2, o.Duration
+		o.KillSwitch = &ks
 	}
 	if o.Timeout <= 0 {
 		expected := time.Duration(o.Messages)*o.Latency/time.Duration(o.Concurrency) + o.Duration

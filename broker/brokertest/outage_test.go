@@ -32,9 +32,8 @@ func TestKillSwitchOutageMemory(t *testing.T) {
 		// trip spend an attempt). RabbitMQ and Kafka, where a redelivery
 		// takes a round trip, ran with the default.
 		KillSwitch: &consumer.KillSwitch{
-			Window:         time.Second,
-			MinMessages:    4,
-			RestartTimeout: 500 * time.Millisecond,
+			Window:      time.Second,
+			MinMessages: 4,
 		},
 		Setup: func(t *testing.T) brokertest.Fixture {
 			b := memory.NewBroker()
