@@ -595,16 +595,17 @@ func waitAborted[T any](done <-chan T) {
 // pending confirms of the messages written, which are a prefix of out.
 // amqp091-go writes a frame with no deadline, so a socket that takes no more
 // bytes (TCP backpressure, a broker resource alarm) would hold a Publish past
-// its deadline; the writes run on a goroutine of their own instead, which
-// stops at ctx's end between messages and otherwise finishes or fails when
-// the socket moves or the connection dies; Close waits for it. A message
-// written after Publish returned at its deadline may still be stored:
-// publishing again is at-least-once.
+// its deadline; the writes are done by cc's writer goroutine instead, which
+// skips a request whose ctx has ended and stops between messages at its end,
+// and otherwise finishes or fails when the socket moves or the connection
+// dies. A message written after Publish returned at its deadline may still
+// be stored: publishing again is at-least-once.
+//
+// The writer is one long-lived goroutine per channel rather than one per
+// Publish: concurrent publishes still pipeline (each is written as soon as
+// the writer gets to it, and none waits for another's confirm), without a
+// goroutine start and stack growth per Publish.
 func (p *Publisher) publishCtx(ctx context.Context, cc *confirmChannel, exchange string, out []outgoing, mandatory bool) ([]*pendingPublish, error) {
-	type result struct {
-		ws  []*pendingPublish
-		err error
-	}
 	// Every message is measured before the first is written: a frame
 	// larger than the broker's frame_max makes it close the connection
 	// (501 FRAME_ERROR), so such a message is refused (or, a dead letter,
@@ -618,28 +619,28 @@ func (p *Publisher) publishCtx(ctx context.Context, cc *confirmChannel, exchange
 			return nil, publishErr(exchange, out, i, tooLarge(&o.msg, mandatory, cc.link.frameMax))
 		}
 	}
-	res := make(chan result, 1)
-	p.writes.Add(1)
-	go func() {
-		defer p.writes.Done()
-		ws := make([]*pendingPublish, 0, len(out))
-		for i := range out {
-			if ctx.Err() != nil {
-				res <- result{ws, context.Cause(ctx)}
-				return
-			}
-			w, err := cc.publish(ctx, exchange, out[i].key, mandatory, out[i].msg)
-			if err != nil {
-				res <- result{ws, err}
-				return
-			}
-			ws = append(ws, w)
-		}
-		res <- result{ws, nil}
-	}()
+	cc.startWriter()
+	r := &writeReq{ctx: ctx, exchange: exchange, out: out, mandatory: mandatory, done: make(chan struct{})}
 	select {
-	case r := <-res:
+	case cc.reqs <- r:
+	case <-cc.quit:
+		return nil, fmt.Errorf("rabbitmq: publish: %w", amqp.ErrClosed)
+	case <-cc.exited:
+		return nil, fmt.Errorf("rabbitmq: publish: %w", amqp.ErrClosed)
+	case <-ctx.Done():
+		// The writer is behind: a write of an earlier request blocks.
+		if p.dropBlocked {
+			cc.link.drop()
+		}
+		return nil, context.Cause(ctx)
+	}
+	select {
+	case <-r.done:
 		return r.ws, r.err
+	case <-cc.quit:
+		return cc.afterWriter(r)
+	case <-cc.exited:
+		return cc.afterWriter(r)
 	case <-ctx.Done():
 		if p.dropBlocked {
 			// A settlement's publish (see Source): a write still blocked
@@ -647,6 +648,77 @@ func (p *Publisher) publishCtx(ctx context.Context, cc *confirmChannel, exchange
 			cc.link.drop()
 		}
 		return nil, context.Cause(ctx)
+	}
+}
+
+// afterWriter is the outcome of r once cc is closing or closed: the writer
+// finishes the request it has (its writes fail) and takes no other, so once
+// it is gone r is done or was never taken.
+func (cc *confirmChannel) afterWriter(r *writeReq) ([]*pendingPublish, error) {
+	cc.writerOnce.Do(func() {}) // no writer starts from now on
+	if cc.writerExited != nil {
+		<-cc.writerExited
+	}
+	select {
+	case <-r.done:
+		return r.ws, r.err
+	default:
+		return nil, fmt.Errorf("rabbitmq: publish: %w", amqp.ErrClosed)
+	}
+}
+
+// A writeReq is a Publish's messages for a channel's writer.
+type writeReq struct {
+	ctx       context.Context
+	exchange  string
+	out       []outgoing
+	mandatory bool
+	ws        []*pendingPublish // written by the writer before done is closed
+	err       error
+	done      chan struct{}
+}
+
+// startWriter starts cc's writer goroutine, once; close stops it.
+func (cc *confirmChannel) startWriter() {
+	cc.writerOnce.Do(func() {
+		cc.mu.Lock()
+		defer cc.mu.Unlock()
+		if cc.closing {
+			return // close ran first: publishCtx sees quit closed
+		}
+		cc.writerExited = make(chan struct{})
+		go cc.writer()
+	})
+}
+
+// writer writes the requests publishCtx queues, one after another, until
+// close. It is the only caller of publish on a Publisher's channel.
+func (cc *confirmChannel) writer() {
+	defer close(cc.writerExited)
+	for {
+		select {
+		case r := <-cc.reqs:
+			r.ws = make([]*pendingPublish, 0, len(r.out))
+			for i := range r.out {
+				if r.ctx.Err() != nil {
+					r.err = context.Cause(r.ctx)
+					break
+				}
+				w, err := cc.publish(r.ctx, r.exchange, r.out[i].key, r.mandatory, r.out[i].msg)
+				if err != nil {
+					r.err = err
+					break
+				}
+				r.ws = append(r.ws, w)
+			}
+			close(r.done)
+		case <-cc.quit:
+			return
+		case <-cc.exited:
+			// The channel closed under us (the drainer saw it go); the
+			// publisher opens another and leaves this one.
+			return
+		}
 	}
 }
 
@@ -673,10 +745,17 @@ type confirmChannel struct {
 	// no more bytes) still returns at its deadline.
 	pubSlot chan struct{}
 
-	mu      sync.Mutex // guards pending and dead
+	mu      sync.Mutex // guards pending, dead and closing
 	pending map[uint64]*pendingPublish
 	dead    error
+	closing bool
 	exited  chan struct{} // closed when the drainer exits
+
+	// The writer (see publishCtx), started by the first publishCtx.
+	writerOnce   sync.Once
+	reqs         chan *writeReq
+	quit         chan struct{} // closed by close
+	writerExited chan struct{} // closed when the writer exits; nil if it never started
 }
 
 type pendingPublish struct {
@@ -692,7 +771,8 @@ func newConfirmChannel(ch *amqp.Channel, l link, serial bool) (*confirmChannel, 
 		_ = ch.Close()
 		return nil, fmt.Errorf("rabbitmq: confirm mode: %w", err)
 	}
-	cc := &confirmChannel{ch: ch, link: l, serial: serial, pending: map[uint64]*pendingPublish{}, exited: make(chan struct{}), pubSlot: make(chan struct{}, 1)}
+	cc := &confirmChannel{ch: ch, link: l, serial: serial, pending: map[uint64]*pendingPublish{}, exited: make(chan struct{}), pubSlot: make(chan struct{}, 1),
+		reqs: make(chan *writeReq, 64), quit: make(chan struct{})}
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	returns := ch.NotifyReturn(make(chan amqp.Return)) // unbuffered: see confirmChannel
 	// Buffered so that a burst of confirms does not wait on map operations;
@@ -828,10 +908,19 @@ func (cc *confirmChannel) publish(ctx context.Context, exchange, key string, man
 	return w, nil
 }
 
-// close closes the channel; the drainer then fails what is pending and exits.
+// close closes the channel; the drainer then fails what is pending and
+// exits, and so does the writer. It is called once.
 func (cc *confirmChannel) close() {
+	cc.mu.Lock()
+	cc.closing = true
+	cc.mu.Unlock()
+	close(cc.quit)
 	_ = cc.ch.Close()
 	<-cc.exited
+	cc.writerOnce.Do(func() {}) // no writer starts from now on
+	if cc.writerExited != nil {
+		<-cc.writerExited
+	}
 }
 
 // tableInt reads an integer header of any AMQP integer type.
