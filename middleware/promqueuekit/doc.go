@@ -50,6 +50,8 @@
 //	queuekit_stuck_handlers_total{consumer}              counter: fed by health's stuck-handler watchdog
 //	queuekit_ratelimit_wait_seconds{consumer}            histogram: waits for a rate limiter's token, fed by
 //	                                                     Recorder.OnWait as middleware.RateLimitConfig.OnWait
+//	queuekit_kill_switch_state{consumer}                 gauge: 0 closed, 1 probing, 2 tripped (consumer.WithKillSwitch);
+//	                                                     no series until the switch first trips
 //	queuekit_backlog_messages{consumer}                       gauge (BacklogCollector)
 //	queuekit_backlog_consumers{consumer}                      gauge (BacklogCollector)
 //	queuekit_backlog_partition_messages{consumer,partition}   gauge (BacklogCollector)

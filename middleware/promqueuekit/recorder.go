@@ -94,6 +94,7 @@ type metrics struct {
 	drainTime  *prom.HistogramVec // consumer
 	stuck      *prom.CounterVec   // consumer
 	rateWait   *prom.HistogramVec // consumer
+	killSwitch *prom.GaugeVec     // consumer
 
 	// waits caches the rateWait children, apart from bound so that a
 	// consumer without a rate limit has no (empty) series of it.
@@ -236,8 +237,11 @@ func New(reg prom.Registerer, opts ...Option) (*Recorder, error) {
 			Help:    "Time messages waited for a rate limiter's token (middleware.RateLimit), counting only those that waited; a wait cut short by a pause or drain counts too.",
 			Buckets: []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60}}, []string{LabelConsumer}),
 	}
+	m.killSwitch = prom.NewGaugeVec(prom.GaugeOpts{Namespace: ns, Name: "kill_switch_state",
+		Help: "State of a consumer's kill switch (consumer.WithKillSwitch): 0 closed, 1 probing, 2 tripped (intake stopped). A consumer whose switch never tripped has no series."},
+		[]string{LabelConsumer})
 	cs := []prom.Collector{m.handled, m.duration, m.inFlight, m.attempts, m.events,
-		m.reconnects, m.restarts, m.rebalances, m.drainMsgs, m.drainTime, m.stuck, m.rateWait}
+		m.reconnects, m.restarts, m.rebalances, m.drainMsgs, m.drainTime, m.stuck, m.rateWait, m.killSwitch}
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			// Leave reg as we found it, so that the caller may retry with
@@ -413,7 +417,10 @@ func (r *Recorder) observe(name string, m *broker.Message, s consumer.Settlement
 // was added to the Supervisor with, or the consumer's WithName), unless the
 // Recorder has a fixed name (WithConsumer, For).
 //
-// Every event is counted in queuekit_events_total by kind; reconnects
+// Every event is counted in queuekit_events_total by kind; the kill
+// switch's events (EventTripped, EventProbing, EventRecovered) also set
+// queuekit_kill_switch_state (KillSwitchTripped, KillSwitchProbing,
+// KillSwitchClosed), whose series EventStopped removes; reconnects
 // (EventReconnecting), restarts (EventRestarting) and Kafka rebalances
 // (EventRebalanced) also have counters of their own, and EventDrained adds its report to queuekit_drain_messages_total
 // and queuekit_drain_duration_seconds. Per-message events
@@ -436,6 +443,16 @@ func (r *Recorder) event(c string, e consumer.Event) {
 		counter(r.m.restarts, c).Inc()
 	case consumer.EventRebalanced:
 		counter(r.m.rebalances, c).Inc()
+	case consumer.EventTripped:
+		gauge(r.m.killSwitch, c).Set(KillSwitchTripped)
+	case consumer.EventProbing:
+		gauge(r.m.killSwitch, c).Set(KillSwitchProbing)
+	case consumer.EventRecovered:
+		gauge(r.m.killSwitch, c).Set(KillSwitchClosed)
+	case consumer.EventStopped:
+		// A consumer that stopped has no intake to speak of: its series
+		// goes, rather than staying "tripped" for ever.
+		r.m.killSwitch.DeleteLabelValues(labelValues([]string{c})...)
 	case consumer.EventDrained:
 		counter(r.m.drainMsgs, c, "handled").Add(float64(max(e.Drain.Handled, 0)))
 		counter(r.m.drainMsgs, c, "given-back").Add(float64(max(e.Drain.GivenBack, 0)))
@@ -485,3 +502,12 @@ func (r *Recorder) OnWait(ctx context.Context, m *broker.Message, waited time.Du
 }
 
 var _ middleware.Recorder = (*Recorder)(nil)
+
+// Values of queuekit_kill_switch_state, the state of a consumer's kill switch
+// (consumer.WithKillSwitch) as its events report it. An alert on a switch
+// that stays open is queuekit_kill_switch_state == 2 for some minutes.
+const (
+	KillSwitchClosed  = 0 // closed: intake open at the full concurrency
+	KillSwitchProbing = 1 // probing: intake open at the probe concurrency
+	KillSwitchTripped = 2 // tripped: intake stopped until the next probe
+)

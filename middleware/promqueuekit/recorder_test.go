@@ -462,3 +462,78 @@ func TestOnWaitRecordsRateLimitWaits(t *testing.T) {
 		}
 	}
 }
+
+// Issue 14: the kill switch's events set queuekit_kill_switch_state
+// {consumer}: 2 while tripped, 1 while probing, 0 once closed again; the
+// series goes when the consumer stops.
+func TestKillSwitchStateGauge(t *testing.T) {
+	b := memory.NewBroker()
+	defer b.Close()
+	for i := range 200 {
+		if err := b.Publish(context.Background(), "calls", &broker.Message{ID: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src, err := b.Source("calls", memory.SourceConfig{Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prom.NewRegistry()
+	rec, err := promqueuekit.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var down atomic.Bool
+	down.Store(true)
+	h := consumer.HandlerFunc(func(context.Context, *broker.Message) error {
+		if down.Load() {
+			return errors.New("dependency down")
+		}
+		return nil
+	})
+	c, err := consumer.New(src, h, append(rec.Options(), consumer.WithName("calls"), consumer.WithLogger(discard()),
+		consumer.WithMaxDeliveries(100),
+		consumer.WithKillSwitch(consumer.KillSwitch{Window: time.Second, MinMessages: 2, RestartTimeout: 20 * time.Millisecond, MaxRestartTimeout: 20 * time.Millisecond, ProbeMessages: 2}))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const series = "queuekit_kill_switch_state{consumer=calls}"
+	state := func() (float64, bool) {
+		v, ok := scrape(t, reg, func(name string) bool { return name == "queuekit_kill_switch_state" })[series]
+		return v, ok
+	}
+	if _, ok := state(); ok {
+		t.Errorf("%s exists before the consumer ran; want no series", series)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	poll := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	seen := map[float64]bool{}
+	poll("the gauge to show tripped and probing", func() bool {
+		if v, ok := state(); ok {
+			seen[v] = true
+		}
+		return seen[promqueuekit.KillSwitchTripped] && seen[promqueuekit.KillSwitchProbing]
+	})
+	down.Store(false)
+	poll("the gauge to show closed", func() bool { v, ok := state(); return ok && v == promqueuekit.KillSwitchClosed })
+	if st := c.KillSwitch().State; st != "closed" {
+		t.Errorf("KillSwitch().State = %q; want closed", st)
+	}
+	cancel()
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	if v, ok := state(); ok {
+		t.Errorf("%s = %v after the consumer stopped; want no series", series, v)
+	}
+}
