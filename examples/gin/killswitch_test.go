@@ -115,8 +115,13 @@ func outageScenario(t *testing.T, brokerArgs ...string) {
 	if code, _ := do(t, "GET", base+"/healthz", ""); code != http.StatusOK {
 		t.Errorf("GET /healthz while tripped = %d; want 200 (alive: restarting would not bring the database back)", code)
 	}
-	// /metrics: the trip is counted.
+	// /metrics: the trip is counted, and the state gauge shows the switch
+	// open (2) or, between two trips, probing (1).
 	waitMetrics(t, base, fmt.Sprintf(`queuekit_events_total{consumer=%q,event="tripped"}`, name))
+	eventually(t, "queuekit_kill_switch_state: "+name+" tripped or probing", func() (bool, any) {
+		v := metricValue(scrape(t, base), fmt.Sprintf(`queuekit_kill_switch_state{consumer=%q}`, name))
+		return v == 2 || v == 1, v
+	})
 	// The admin page's JSON and the page itself. Polled: with a restart
 	// timeout of 1 s the switch probes now and then, and a probing
 	// consumer is running until its probe fails.
@@ -181,6 +186,9 @@ func outageScenario(t *testing.T, brokerArgs ...string) {
 	}
 	if code, list := do(t, "GET", base+"/admin/api/runners", ""); code != http.StatusOK || adminRunner(list, name)["dead_letters"] != float64(0) || adminRunner(list, name)["state"] != "running" {
 		t.Errorf("GET /admin/api/runners after the outage = %d %v; want %s running with 0 dead letters", code, list, name)
+	}
+	if v := metricValue(metrics, fmt.Sprintf(`queuekit_kill_switch_state{consumer=%q}`, name)); v != 0 || !strings.Contains(metrics, "queuekit_kill_switch_state{") {
+		t.Errorf("queuekit_kill_switch_state after the outage = %v; want the series, at 0 (closed)", v)
 	}
 	for _, ev := range []string{"tripped", "probing", "recovered"} {
 		if v := metricValue(metrics, fmt.Sprintf(`queuekit_events_total{consumer=%q,event=%q}`, name, ev)); v < 1 {
