@@ -28,6 +28,7 @@ type delivery struct {
 	msg      broker.Message
 	settling atomic.Bool // a settlement is in progress
 	done     atomic.Bool // settled (or stale): nothing more to do
+	memo     bool        // the message has an entry in the source's attemptMemo
 }
 
 var (
@@ -46,8 +47,9 @@ func (s *Source) newDelivery(sess *session, d amqp.Delivery) *delivery {
 	}
 	dl := &delivery{s: s, sess: sess, d: d}
 	dl.msg = toMessage(&dl.d, s.cfg.Queue)
-	if a, ok := s.memo.takeRedelivery(&dl.d); ok {
+	if a, ok := s.memo.redelivery(&dl.d); ok {
 		dl.msg.Attempt = a
+		dl.memo = true
 	}
 	if dl.msg.ID == "" {
 		// No message-id (our Publisher always sets one): name the delivery
@@ -115,41 +117,60 @@ func satAdd(a, b int64) int64 {
 	return a + b
 }
 
-// attemptOf is Message.Attempt for d as newDelivery computes it, taking d's
-// entry out of the memo if it has one.
+// attemptOf is Message.Attempt for d as newDelivery computes it, with the
+// memo's correction when d's message has an entry there (see
+// attemptMemo.redelivery).
 func (s *Source) attemptOf(d *amqp.Delivery) int {
-	if a, ok := s.memo.takeRedelivery(d); ok {
+	if a, ok := s.memo.redelivery(d); ok {
 		return a
 	}
 	return attempt(d)
 }
 
-// attemptMemo remembers, for each message the source gave back with
-// basic.nack and requeue, the Attempt its next delivery should carry, until
-// the message comes back: the same Attempt for a release (no handler saw
-// it), one more for a classic-queue Requeue whose copy the broker refused. The broker marks the redelivery redelivered, and on
-// a quorum queue counts it in x-delivery-count, so without the memo a
-// message paused in the client's buffer would come back with its attempt
-// spent. A message is known by its message-id and a hash of its body.
+// attemptMemo remembers the messages this source gave back unhandled with
+// basic.nack and requeue (Release, and the deliveries Pause gives back), so
+// that the redeliveries the broker counts for them are not counted as
+// attempts. The broker marks such a redelivery redelivered, and on a quorum
+// queue counts it in x-delivery-count: without the memo a message paused in
+// the client's buffer would come back with an attempt spent, and one
+// released and then requeued would carry every release in its Attempt ever
+// after. A message is known by its message-id and a hash of its body.
+//
+// An entry holds two things. A give-back pins the Attempt of the message's
+// next delivery: the same one after a release (no handler saw it), one
+// more after a classic-queue Requeue whose copy the broker refused (that
+// nack is the handler's failure, which the broker does not count there).
+// That next delivery takes the pin and keeps, as the entry's offset, the
+// difference between what the broker counts (attempt) and the pinned
+// Attempt: the redeliveries the broker counted that were not attempts.
+// Every later delivery of the message carries the broker's count less the
+// offset (at least 1), so a quorum-queue Requeue after two releases is
+// attempt 2, not 4. The offset is measured, not assumed: a broker that does
+// not count a release (RabbitMQ 4.3 and later do not count basic.nack)
+// leaves it at 0. The entry stays until the message is settled for good by
+// this source (Ack, DeadLetter, or a Requeue or RequeueAfter that publishes
+// a copy, which carries its Attempt in HeaderDeliveries), or until it ages
+// out.
 //
 // The memo is per Source and in memory: a released message that another
-// consumer takes, or that comes back after a restart, counts the redelivery
-// as before (one attempt more, never fewer). Its size is bounded (see init);
-// when full, the oldest entry goes, with the same effect for its message.
-// On a quorum queue a release still adds one to x-delivery-count: the next
-// delivery's Attempt is right, and later ones count the release (an attempt
-// spent early, never an unbounded budget).
+// consumer takes, or that comes back after a restart, counts the
+// redeliveries the broker counted as attempts (attempts spent early, never
+// a budget that grows without bound). Its size is bounded (see init); when
+// full, the entry used least recently goes, with the same effect for its
+// message: its next deliveries count the releases again. A failure another
+// consumer had with the message between a release and its next delivery
+// here is counted in the offset, not as an attempt.
 type attemptMemo struct {
 	n     atomic.Int64 // entries, read without the lock on the hot path
 	mu    sync.Mutex
 	m     map[memoKey]memoEntry
 	max   int
 	seq   uint64
-	order []memoOrder // puts, oldest first; may hold stale entries (see put)
+	order []memoOrder // uses, oldest first; may hold stale entries (see touch)
 }
 
-// memoOrder records when a key was put, for oldest-first eviction without
-// a scan of the map.
+// memoOrder records when a key was last used, for least-recently-used
+// eviction without a scan of the map.
 type memoOrder struct {
 	key memoKey
 	seq uint64
@@ -161,8 +182,9 @@ type memoKey struct {
 }
 
 type memoEntry struct {
-	attempt int
-	seq     uint64 // insertion order, for eviction
+	next   int    // the Attempt of the next delivery, pinned by a give-back; 0 when none
+	offset int64  // redeliveries the broker counted that were not attempts
+	seq    uint64 // last use, for eviction
 }
 
 // init sizes the memo: a pause gives back at most prefetch deliveries, and
@@ -178,7 +200,8 @@ func keyOf(d *amqp.Delivery) memoKey {
 	return memoKey{id: d.MessageId, sum: h.Sum64()}
 }
 
-// put remembers that d's next delivery is attempt a.
+// put pins Attempt a for d's next delivery, keeping the offset d's message
+// has in the memo.
 func (m *attemptMemo) put(d *amqp.Delivery, a int) {
 	k := keyOf(d)
 	m.mu.Lock()
@@ -186,10 +209,12 @@ func (m *attemptMemo) put(d *amqp.Delivery, a int) {
 	if m.m == nil { // a Source not made by NewSource
 		m.init(0)
 	}
-	if _, ok := m.m[k]; !ok {
+	e, ok := m.m[k]
+	if !ok {
 		for len(m.m) >= m.max && len(m.order) > 0 {
-			// Oldest first. An order entry whose key was taken since, or
-			// put again later (another seq), is stale: skip it.
+			// Least recently used first. An order entry whose key was
+			// taken since, or used again later (another seq), is stale:
+			// skip it.
 			o := m.order[0]
 			m.order = m.order[1:]
 			if e, ok := m.m[o.key]; ok && e.seq == o.seq {
@@ -197,12 +222,20 @@ func (m *attemptMemo) put(d *amqp.Delivery, a int) {
 			}
 		}
 	}
+	e.next = a
+	m.touch(k, e)
+	m.n.Store(int64(len(m.m)))
+}
+
+// touch stores e as k's entry, used now. The caller holds mu.
+func (m *attemptMemo) touch(k memoKey, e memoEntry) {
 	m.seq++
-	m.m[k] = memoEntry{attempt: a, seq: m.seq}
+	e.seq = m.seq
+	m.m[k] = e
 	m.order = append(m.order, memoOrder{key: k, seq: m.seq})
 	if len(m.order) > 2*m.max {
-		// Entries taken since leave stale order entries behind: compact
-		// now and then, so that order stays bounded too.
+		// Entries taken or used since leave stale order entries behind:
+		// compact now and then, so that order stays bounded too.
 		live := m.order[:0]
 		for _, o := range m.order {
 			if e, ok := m.m[o.key]; ok && e.seq == o.seq {
@@ -211,14 +244,16 @@ func (m *attemptMemo) put(d *amqp.Delivery, a int) {
 		}
 		m.order = append([]memoOrder(nil), live...)
 	}
-	m.n.Store(int64(len(m.m)))
 }
 
-// takeRedelivery is take for a delivery that may be a message's return: one
-// marked redelivered, or with x-delivery-count (a quorum queue counts a
-// return there, and RabbitMQ 3.10 does not set the redelivered flag on it).
-// First deliveries are not looked up, so that they never hash their bodies.
-func (m *attemptMemo) takeRedelivery(d *amqp.Delivery) (int, bool) {
+// redelivery returns the Attempt of d when d's message has an entry: the
+// pinned one, whose difference to the broker's count becomes the entry's
+// offset, or else the broker's count less the offset. The entry stays. Only
+// a delivery that may be a message's return is looked up: one marked
+// redelivered, or with x-delivery-count (a quorum queue counts a return
+// there, and RabbitMQ 3.10 does not set the redelivered flag on it). First
+// deliveries are not, so that they never hash their bodies.
+func (m *attemptMemo) redelivery(d *amqp.Delivery) (int, bool) {
 	if m.n.Load() == 0 {
 		return 0, false
 	}
@@ -227,10 +262,26 @@ func (m *attemptMemo) takeRedelivery(d *amqp.Delivery) (int, bool) {
 			return 0, false
 		}
 	}
-	return m.take(d)
+	k := keyOf(d)
+	raw := int64(attempt(d))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.m[k]
+	if !ok {
+		return 0, false
+	}
+	a := e.next
+	if a > 0 {
+		e.next, e.offset = 0, raw-int64(a)
+	} else {
+		a = int(min(max(raw-e.offset, 1), math.MaxInt32))
+	}
+	m.touch(k, e)
+	return a, true
 }
 
-// take returns and forgets the attempt remembered for d, if any.
+// take forgets d's entry, if any, and returns the Attempt it pinned for
+// the next delivery (0 when none).
 func (m *attemptMemo) take(d *amqp.Delivery) (int, bool) {
 	if m.n.Load() == 0 {
 		return 0, false
@@ -243,7 +294,7 @@ func (m *attemptMemo) take(d *amqp.Delivery) (int, bool) {
 		delete(m.m, k)
 		m.n.Store(int64(len(m.m)))
 	}
-	return e.attempt, ok
+	return e.next, ok
 }
 
 // xDeathCount sums the counts of the x-death entries: how many times the
@@ -321,7 +372,7 @@ func (d *delivery) end(err error) error {
 	return err
 }
 
-func (d *delivery) ack() error { return d.sess.ch.Ack(d.d.DeliveryTag, false) }
+func (d *delivery) ack() error { return d.sess.w.Ack(d.d.DeliveryTag, false) }
 
 // nack sends basic.nack with requeue, never multiple (which would reject
 // the deliveries below it too), after the acks waiting on the channel.
@@ -329,7 +380,7 @@ func (d *delivery) nack() error {
 	if a := d.sess.acks; a != nil {
 		return a.nack(d.d.DeliveryTag)
 	}
-	return d.sess.ch.Nack(d.d.DeliveryTag, false, true)
+	return d.sess.w.Nack(d.d.DeliveryTag, false, true)
 }
 
 // settleAck acknowledges d as a settlement op. Without coalescing it writes
@@ -425,11 +476,23 @@ func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.begin("ack"); err != nil {
 		return err
 	}
-	return d.end(d.settleAck(ctx, "ack"))
+	return d.end(d.forget(d.settleAck(ctx, "ack")))
+}
+
+// forget drops d's message from the source's attemptMemo once a settlement
+// that ends it here succeeded (err nil): an ack, or the ack of the original
+// of a copy that carries its Attempt in HeaderDeliveries. It returns err.
+func (d *delivery) forget(err error) error {
+	if err == nil && d.memo {
+		d.s.memo.take(&d.d)
+	}
+	return err
 }
 
 // Requeue implements broker.Delivery. When the broker counts deliveries (a
-// quorum queue) it nacks with requeue, and x-delivery-count goes up. When it
+// quorum queue) it nacks with requeue, and x-delivery-count goes up; the
+// releases of the message before, which the broker counted too, are taken
+// off its next Attempt (see Release). When it
 // does not (a classic queue), it publishes a copy to the queue with
 // HeaderDeliveries set, waits for the confirm, and acks the original, so that
 // the delivery budget is enforced there too; the copy goes to the back of the
@@ -469,17 +532,23 @@ func (d *delivery) Requeue(ctx context.Context) error {
 	if err != nil {
 		return d.end(fmt.Errorf("rabbitmq: requeue message %q by republishing it to %q: %w", d.msg.ID, d.s.cfg.Queue, err))
 	}
-	return d.end(d.settleAck(ctx, "requeue"))
+	return d.end(d.forget(d.settleAck(ctx, "requeue")))
 }
 
 // Release implements broker.Releaser: the runtime calls it for a delivery
-// no handler saw (it arrived as intake stopped). It sends basic.nack with
-// requeue on the delivery's channel: the broker puts the message back at its
-// place in the queue (classic queues keep the original position), and its
-// next delivery to this source carries the same Attempt. Unlike Requeue it
-// publishes no copy, so it never changes the order and never needs queue
-// space. On a closed channel it returns an error wrapping
+// no handler saw (it arrived as intake stopped), or whose failure spends no
+// attempt (a tripped kill switch). It sends basic.nack with requeue on the
+// delivery's channel: the broker puts the message back at its place in the
+// queue (classic queues keep the original position), and its next delivery
+// to this source carries the same Attempt. A quorum queue counts the
+// release in x-delivery-count; the source remembers it (see the package
+// doc, Attempts), so that the message's later deliveries to this source do
+// not count it either: after two releases and a Requeue, Attempt is 2.
+// Unlike Requeue it publishes no copy, so it never changes the order and
+// never needs queue space. On a closed channel it returns an error wrapping
 // broker.ErrStaleDelivery (the broker has requeued the message already).
+// While a Pause cancels a quorum-queue subscription, the nack is queued and
+// written once the broker has applied the cancel (see Source.Pause).
 func (d *delivery) Release(ctx context.Context) error {
 	if err := d.begin("release"); err != nil {
 		return err
@@ -527,7 +596,7 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 	if err != nil {
 		return d.end(fmt.Errorf("rabbitmq: requeue message %q to %q after %v: %w", d.msg.ID, d.s.cfg.Topology.RetryQueue, delay, err))
 	}
-	return d.end(d.settleAck(ctx, "requeue after delay"))
+	return d.end(d.forget(d.settleAck(ctx, "requeue after delay")))
 }
 
 // DeadLetter implements broker.Delivery: it publishes a copy to the
@@ -555,7 +624,7 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	if err := d.s.dlPub.publishDeadLetter(ctx, x, d.s.cfg.Queue, pub); err != nil {
 		return d.end(fmt.Errorf("rabbitmq: dead-letter message %q to exchange %q: %w", d.msg.ID, x, err))
 	}
-	return d.end(d.settleAck(ctx, "dead-letter"))
+	return d.end(d.forget(d.settleAck(ctx, "dead-letter")))
 }
 
 // copyWith returns the delivery as a publishing with its properties and

@@ -169,7 +169,8 @@
 //   - Release (broker.Releaser), for a delivery no handler saw (it arrived
 //     as intake stopped), sends basic.nack with requeue: the message goes
 //     back to its place in a classic queue (to the back of a quorum queue),
-//     and its next delivery carries the same Attempt.
+//     and its next delivery carries the same Attempt; later ones do not
+//     count the release either (see Attempts).
 //   - RequeueAfter (broker.DelayedRequeuer) publishes a copy to the retry
 //     queue with a per-message TTL; when it expires the broker moves the
 //     copy back to the queue. The consumer slot is free meanwhile. RabbitMQ
@@ -240,12 +241,28 @@
 // be exact.
 //
 // A message the source gives back unhandled (Pause, Release) comes back
-// marked redelivered. The source remembers, in memory and per Source, the
-// Attempt of each message it gave back (by message-id and a hash of the body,
-// at most 64 × Prefetch of them, at least 4,096), so that Pause/Resume does
-// not spend attempts. A message that another consumer takes, or that comes
-// back after a restart, counts the redelivery as one attempt: a budget spent
-// early, never one that grows without bound.
+// marked redelivered, and a quorum queue counts the give-back in
+// x-delivery-count. The source remembers, in memory and per Source, each
+// message it gave back (by message-id and a hash of the body, at most 64 ×
+// Prefetch of them, at least 4,096, the least recently used going first):
+// its next delivery carries the Attempt it had, and every later one the
+// broker's count less the give-backs the broker counted, until the source
+// acks it, dead-letters it or requeues it as a copy. So Pause/Resume and
+// Release spend no attempt, now or later: on a quorum queue, release,
+// release, Requeue, Requeue gives Attempts 1, 1, 1, 2, 3. A message that
+// another consumer takes, or that comes back after a restart or after its
+// entry aged out, counts the give-backs the broker counted as attempts: a
+// budget spent early, never one that grows without bound.
+//
+// On a quorum queue, RabbitMQ itself returns, and counts, the deliveries
+// that reach the channel after basic.cancel (rabbitmq-server#3729): the
+// source never sees them. So a Pause there holds the channel's acks and
+// nacks from the moment it stops intake, waits until no delivery has come
+// for 50 ms (the broker, with nothing settled, then has none left to send;
+// at most 1 s), cancels, and only then writes what it held and gives back
+// what it took. A Pause of a quorum-queue subscription thus takes 50 ms or
+// more; a message published as the queue could not fill the prefetch can
+// still cross the cancel and come back with one attempt spent.
 //
 // # Dead letters
 //

@@ -183,13 +183,29 @@ type session struct {
 	tag        string
 	deliveries <-chan amqp.Delivery
 	acks       *acker        // of ch, shared by its subscriptions; nil when acks are not coalesced
+	gate       *settleGate   // of ch, shared by its subscriptions: on a quorum queue, holds its settlements while a pause cancels; else nil
+	w          ackWriter     // where the session's own acks and nacks go: gate, or ch
 	stopping   atomic.Bool   // intake stopped: give back whatever comes
 	released   chan struct{} // closed once nothing of the subscription is left in the client
 	finishOnce sync.Once
 }
 
-func newSession(gen uint64, ch *amqp.Channel, l link, tag string, deliveries <-chan amqp.Delivery, acks *acker) *session {
-	return &session{gen: gen, ch: ch, link: l, tag: tag, deliveries: deliveries, acks: acks, released: make(chan struct{})}
+func newSession(gen uint64, ch *amqp.Channel, l link, tag string, deliveries <-chan amqp.Delivery, acks *acker, gate *settleGate) *session {
+	sess := &session{gen: gen, ch: ch, link: l, tag: tag, deliveries: deliveries, acks: acks, gate: gate, w: ch, released: make(chan struct{})}
+	if gate != nil {
+		sess.w = gate
+	}
+	return sess
+}
+
+// stop stops intake on sess: Receive hands out none of its deliveries and
+// releases any it takes; on a quorum queue its channel's settlements are
+// held until the subscription is cancelled (see settleGate).
+func (sess *session) stop() {
+	sess.stopping.Store(true)
+	if sess.gate != nil {
+		sess.gate.hold()
+	}
 }
 
 // finish marks the give-back of sess done: its subscription was cancelled
@@ -394,6 +410,13 @@ func (s *Source) start() {
 // requeue), so they go back to their places in the queue, their attempt not
 // counted. Deliveries already received stay valid and are settled as usual.
 //
+// On a quorum queue the channel's acks and nacks are held (queued, and
+// written in order) from the moment Pause stops intake until the broker has
+// applied the cancel, and the cancel waits until no delivery came for 50 ms
+// (at most 1 s): RabbitMQ returns, and counts as a delivery, whatever
+// reaches the channel after basic.cancel, which the source never sees (see
+// the package doc, Attempts).
+//
 // Pause returns when the give-back is done, or with an error wrapping ctx's
 // error when ctx ends first. The give-back then goes on in the background,
 // bounded: after 10 s the source closes its channel, and the broker requeues
@@ -408,7 +431,7 @@ func (s *Source) Pause(ctx context.Context) error {
 	s.paused = true
 	sess := s.st.Load().sess
 	if sess != nil {
-		sess.stopping.Store(true)
+		sess.stop()
 		s.setState(func(st *state) { st.sess = nil })
 	}
 	s.mu.Unlock()
@@ -433,15 +456,40 @@ var errStopped = errors.New("rabbitmq: source closed")
 // source closed): the caller then closes the channel, which gives back the
 // rest, and finishes sess.
 func (s *Source) unsubscribe(sess *session) error {
-	sess.stopping.Store(true)
+	sess.stop()
+	timer := time.NewTimer(giveBackTimeout)
+	defer timer.Stop()
+	var early []amqp.Delivery
+	if g := sess.gate; g != nil {
+		defer g.open() // on every path: what was held goes out (or fails on a closed channel)
+		var err error
+		early, err = s.quiesce(sess, timer.C)
+		defer func() {
+			// Given back after the cancel, so that the broker does not
+			// refill the prefetch they free before it.
+			for i := range early {
+				s.release(sess, &early[i])
+			}
+		}()
+		if err != nil {
+			return err
+		}
+	}
 	if err := sess.ch.Cancel(sess.tag, false); err != nil {
 		return fmt.Errorf("rabbitmq: cancel subscription %s: %w", sess.tag, err)
+	}
+	if g := sess.gate; g != nil {
+		// The broker has applied the cancel: freed prefetch slots no
+		// longer bring deliveries for the tag.
+		g.open()
+		for i := range early {
+			s.release(sess, &early[i])
+		}
+		early = nil
 	}
 	// After basic.cancel-ok the broker sends nothing more for the tag and
 	// amqp091 closes sess.deliveries once its buffer is empty; until then
 	// its buffer goroutine blocks on us.
-	timer := time.NewTimer(giveBackTimeout)
-	defer timer.Stop()
 	for {
 		select {
 		case d, ok := <-sess.deliveries:
@@ -465,9 +513,10 @@ func (s *Source) unsubscribe(sess *session) error {
 
 // release gives a delivery no handler saw back to the broker, at its place
 // in the queue (basic.nack with requeue), and remembers its attempt, so that
-// its redelivery, which the broker marks redelivered, is not counted as one
-// more. A failed nack means the channel is gone: the broker requeues the
-// message with everything else unacknowledged on it.
+// its redeliveries, which the broker marks redelivered (and a quorum queue
+// counts), are not counted as attempts (see attemptMemo). A failed nack
+// means the channel is gone: the broker requeues the message with
+// everything else unacknowledged on it.
 func (s *Source) release(sess *session, d *amqp.Delivery) {
 	s.memo.put(d, s.attemptOf(d))
 	if a := sess.acks; a != nil {
@@ -475,7 +524,143 @@ func (s *Source) release(sess *session, d *amqp.Delivery) {
 		_ = a.nack(d.DeliveryTag)
 		return
 	}
-	_ = sess.ch.Nack(d.DeliveryTag, false, true)
+	_ = sess.w.Nack(d.DeliveryTag, false, true)
+}
+
+// The quiet period of quiesce, and its bound.
+const (
+	quietPeriod = 50 * time.Millisecond
+	maxQuiesce  = time.Second
+)
+
+// quiesce waits, before a quorum-queue subscription is cancelled, for the
+// deliveries the broker is still sending to it, and returns those it took.
+//
+// RabbitMQ sends a quorum queue's deliveries from the queue's leader, which
+// refills a consumer's prefetch as acks and nacks free it. basic.cancel
+// forgets the consumer tag at once on the channel, and deliveries that
+// reach the channel after that are returned to the queue by the broker
+// itself, counted in x-delivery-count: the source never sees them, so it
+// cannot remember them, and they would come back with an attempt spent.
+// So a pause holds the channel's settlements (settleGate) from the moment
+// it stops intake, and quiesce waits until no delivery has come for
+// quietPeriod (at most maxQuiesce, or until giveUp): the deliveries that
+// settlements written before brought have then arrived, and with nothing
+// settled, the broker sends nothing more. Only a message published to a
+// queue that could not fill the prefetch can still cross the cancel.
+func (s *Source) quiesce(sess *session, giveUp <-chan time.Time) ([]amqp.Delivery, error) {
+	var early []amqp.Delivery
+	quiet := time.NewTimer(quietPeriod)
+	defer quiet.Stop()
+	limit := time.NewTimer(maxQuiesce)
+	defer limit.Stop()
+	for {
+		select {
+		case d, ok := <-sess.deliveries:
+			if !ok {
+				return early, nil // the channel closed: Cancel says so
+			}
+			early = append(early, d)
+			quiet.Reset(quietPeriod)
+		case <-quiet.C:
+			return early, nil
+		case <-limit.C:
+			return early, nil
+		case <-giveUp:
+			return early, fmt.Errorf("rabbitmq: giving back the deliveries of subscription %s took longer than %v; closing the channel", sess.tag, giveBackTimeout)
+		case <-s.stop:
+			return early, errStopped
+		}
+	}
+}
+
+// A settleGate is where the acks and nacks of a quorum queue's channel go
+// (the acker's writes, and the deliveries' own). It passes them through,
+// except while a pause cancels a subscription (hold to open): then it
+// queues them, in order, and returns nil at once, and open writes them (see
+// quiesce for why). Like a coalesced ack, a settlement that returned nil
+// is then queued, not yet written: if the channel closes first, the broker
+// redelivers the message.
+type settleGate struct {
+	ch       *amqp.Channel
+	link     link
+	mu       sync.Mutex
+	held     bool
+	flushing bool // open is writing q
+	q        []gatedWrite
+}
+
+// gatedWrite is one held basic.ack (nack false) or basic.nack.
+type gatedWrite struct {
+	tag                     uint64
+	nack, multiple, requeue bool
+}
+
+func (w gatedWrite) do(ch ackWriter) error {
+	if w.nack {
+		return ch.Nack(w.tag, w.multiple, w.requeue)
+	}
+	return ch.Ack(w.tag, w.multiple)
+}
+
+func newSettleGate(ch *amqp.Channel, l link) *settleGate { return &settleGate{ch: ch, link: l} }
+
+// Ack implements ackWriter.
+func (g *settleGate) Ack(tag uint64, multiple bool) error {
+	return g.write(gatedWrite{tag: tag, multiple: multiple})
+}
+
+// Nack implements ackWriter.
+func (g *settleGate) Nack(tag uint64, multiple, requeue bool) error {
+	return g.write(gatedWrite{tag: tag, nack: true, multiple: multiple, requeue: requeue})
+}
+
+func (g *settleGate) write(w gatedWrite) error {
+	g.mu.Lock()
+	if g.held || g.flushing {
+		g.q = append(g.q, w)
+		g.mu.Unlock()
+		return nil
+	}
+	g.mu.Unlock()
+	return w.do(g.ch)
+}
+
+// hold starts queueing the channel's settlements.
+func (g *settleGate) hold() {
+	g.mu.Lock()
+	g.held = true
+	g.mu.Unlock()
+}
+
+// open writes what was queued, in order, and lets settlements through
+// again. A write that fails means the channel is gone (the broker
+// redelivers what was not settled): the rest are dropped. The writes are
+// bounded like the acker's (ackWriteTimeout).
+func (g *settleGate) open() {
+	g.mu.Lock()
+	g.held = false
+	if g.flushing {
+		g.mu.Unlock()
+		return // the flushing open writes what comes meanwhile too
+	}
+	g.flushing = true
+	for len(g.q) > 0 {
+		q := g.q
+		g.q = nil
+		g.mu.Unlock()
+		_ = boundedWrite(g.link, ackWriteTimeout, func() error {
+			for _, w := range q {
+				if err := w.do(g.ch); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		g.mu.Lock()
+	}
+	g.flushing = false
+	g.mu.Unlock()
 }
 
 // Resume implements broker.Pauser: the session loop subscribes again.
@@ -651,12 +836,21 @@ func (s *Source) stopping() bool {
 // cancels the subscription, or the source is closed. It reports why the
 // channel is no longer usable, or stopped=true after Close (ch closed).
 func (s *Source) serve(ch *amqp.Channel, l link, closes <-chan *amqp.Error, cancels <-chan string, bo *backoff, connected *bool, log *slog.Logger) (reason error, stopped bool) {
-	var sess *session // the subscription this loop made on ch, if any
-	var acks *acker   // coalesces the acks of every subscription on ch
+	var sess *session    // the subscription this loop made on ch, if any
+	var acks *acker      // coalesces the acks of every subscription on ch
+	var gate *settleGate // holds the settlements on ch while a pause cancels (quorum queues)
+	var w ackWriter = ch // where the acker writes
+	if s.cfg.Topology.QueueType == Quorum {
+		gate = newSettleGate(ch, l)
+		w = gate
+	}
 	if s.cfg.AckBatch > 1 {
-		acks = newAcker(ch, l, s.cfg.AckBatch, s.cfg.AckDelay, &s.ackStats)
+		acks = newAcker(w, l, s.cfg.AckBatch, s.cfg.AckDelay, &s.ackStats)
 	}
 	defer func() {
+		if gate != nil {
+			gate.open() // what a pause held goes out first
+		}
 		if acks != nil {
 			// The acks still waiting go out while the channel may be
 			// open (on a closed one this fails at once), and acks
@@ -712,7 +906,7 @@ func (s *Source) serve(ch *amqp.Channel, l link, closes <-chan *amqp.Error, canc
 				}
 				return err, false
 			}
-			sess = newSession(gen, ch, l, tag, deliveries, acks)
+			sess = newSession(gen, ch, l, tag, deliveries, acks, gate)
 			s.mu.Lock()
 			paused = s.paused
 			if !paused {
@@ -725,7 +919,7 @@ func (s *Source) serve(ch *amqp.Channel, l link, closes <-chan *amqp.Error, canc
 				// Pause came while Consume ran and did not see sess:
 				// the top of the loop gives it back (even if Resume
 				// came meanwhile: sess was never published).
-				sess.stopping.Store(true)
+				sess.stop()
 				continue
 			}
 			log.Info("rabbitmq: subscribed", "consumer_tag", tag, "prefetch", s.cfg.Prefetch)
