@@ -347,7 +347,7 @@ func (d *delivery) Message() *broker.Message { return &d.msg }
 // begin starts a settlement of d. It fails with ErrAlreadySettled when d was
 // settled before or a settlement is in progress, and with ErrStaleDelivery
 // when d's channel is gone (the broker has requeued the message already).
-// The caller must call end with the outcome.
+// The caller must call end with the outcome, and defer endOnPanic.
 func (d *delivery) begin(op string) error {
 	if d.done.Load() || !d.settling.CompareAndSwap(false, true) {
 		return fmt.Errorf("rabbitmq: %s message %q: %w", op, d.msg.ID, broker.ErrAlreadySettled)
@@ -358,6 +358,19 @@ func (d *delivery) begin(op string) error {
 		return d.stale(op)
 	}
 	return nil
+}
+
+// endOnPanic, deferred after a successful begin, ends the settlement when
+// it panics (a bug, or a panic in the AMQP library) and panics on: without
+// it settling stayed set, every later settlement failed with
+// ErrAlreadySettled and the delivery held its prefetch slot until the
+// channel closed (review R2: the consumer runtime recovers such panics). The
+// delivery stays unsettled, as after an error.
+func (d *delivery) endOnPanic() {
+	if r := recover(); r != nil {
+		d.settling.Store(false)
+		panic(r)
+	}
 }
 
 // end finishes a settlement begun with begin. A settlement that failed for
@@ -476,6 +489,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.begin("ack"); err != nil {
 		return err
 	}
+	defer d.endOnPanic()
 	return d.end(d.forget(d.settleAck(ctx, "ack")))
 }
 
@@ -518,6 +532,7 @@ func (d *delivery) Requeue(ctx context.Context) error {
 	if err := d.begin("requeue"); err != nil {
 		return err
 	}
+	defer d.endOnPanic()
 	if d.brokerCounts() {
 		return d.end(d.write(ctx, "requeue", d.nack))
 	}
@@ -553,6 +568,7 @@ func (d *delivery) Release(ctx context.Context) error {
 	if err := d.begin("release"); err != nil {
 		return err
 	}
+	defer d.endOnPanic()
 	d.s.memo.put(&d.d, d.msg.Attempt)
 	return d.end(d.write(ctx, "release", d.nack))
 }
@@ -583,6 +599,7 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 	if err := d.begin("requeue after delay"); err != nil {
 		return err
 	}
+	defer d.endOnPanic()
 	ms := max(delay.Milliseconds(), 0)
 	pub := d.copyWith(nil)
 	pub.Expiration = strconv.FormatInt(ms, 10)
@@ -609,6 +626,7 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	if err := d.begin("dead-letter"); err != nil {
 		return err
 	}
+	defer d.endOnPanic()
 	extra := reason.Header(nil)
 	// A random id names the dead letter for Redrive and Purge (see
 	// DeadLetters); a copy of a message that was a dead letter before gets

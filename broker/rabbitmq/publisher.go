@@ -909,13 +909,19 @@ func (cc *confirmChannel) publish(ctx context.Context, exchange, key string, man
 }
 
 // close closes the channel; the drainer then fails what is pending and
-// exits, and so does the writer. It is called once.
+// exits, and so does the writer. It is idempotent and safe to call
+// concurrently: every Publish that sees the channel dead drops it (review
+// R2: an unguarded close(quit) panicked there), and every call returns once
+// the drainer and the writer have exited.
 func (cc *confirmChannel) close() {
 	cc.mu.Lock()
+	first := !cc.closing
 	cc.closing = true
 	cc.mu.Unlock()
-	close(cc.quit)
-	_ = cc.ch.Close()
+	if first {
+		close(cc.quit)
+		_ = cc.ch.Close()
+	}
 	<-cc.exited
 	cc.writerOnce.Do(func() {}) // no writer starts from now on
 	if cc.writerExited != nil {
