@@ -96,12 +96,19 @@
 // Handlers run concurrently with each other and must be safe for that; each
 // Message is seen by one handler at a time.
 //
-// Fewer than n may be allowed at once: worker i takes a delivery only while
-// i is below the consumer's current limit (Stats.Limit), which the kill
-// switch lowers to KillSwitch.ProbeConcurrency while it probes and
-// WithAdaptiveConcurrency moves within its bounds. A worker above the limit
-// finishes the handler it runs and then takes nothing, not even a Receive,
-// until the limit rises again or the consumer stops.
+// Fewer than n may be allowed at once: the consumer's current limit
+// (Stats.Limit), which the kill switch lowers to
+// KillSwitch.ProbeConcurrency while it probes (0 while tripped) and
+// WithAdaptiveConcurrency moves within its bounds, is a count of slots. A
+// worker takes a slot before it calls Receive and gives it back once the
+// message is settled; any free worker may take a free slot, and one that
+// finds none takes nothing, not even a Receive, until a slot frees, the
+// limit rises or the consumer stops. Handlers already running when the
+// limit drops keep their slots: no new one starts until fewer than the
+// limit run, so that once they finished at most limit run at once. While
+// the kill switch probes, only the probes count against the probe
+// concurrency: a handler still running from before the trip does not hold
+// the probe up.
 //
 // # Giving a message back
 //

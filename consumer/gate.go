@@ -6,36 +6,78 @@ import (
 	"time"
 )
 
-// gate bounds how many of the WithConcurrency workers take deliveries: worker
-// i receives only while i < limit, so that at most limit handlers start at
-// once. A worker at or above the limit finishes the handler it is running,
-// then waits (without calling Receive) until the limit lets it in again or
-// its intake stops.
+// gate bounds how many handlers run at once: a count of slots. A worker
+// takes a slot before it calls Receive and gives it back once the delivery
+// is settled (or given back), so that once the handlers that were running
+// when the limit dropped have finished, the workers in Receive or running
+// a handler never outnumber the limit. Any free worker may take a free
+// slot: which worker does not matter.
 //
-// Gating by worker index costs the message path one atomic load of a word
-// that changes rarely (no shared counter is written per message), and a
-// lower limit always leaves the same workers running.
+// Two limits apply:
 //
-// The limit is the least of the consumer's concurrency n, the adaptive
-// limit (setLimit; n when there is no WithAdaptiveConcurrency) and the kill
-// switch's probe cap (setCap; none outside probing), never below 1. It lives
-// on the Consumer, not the run: a Supervisor's restarted Run keeps it.
+//   - the base limit: the adaptive limit (setLimit; WithConcurrency's n
+//     without WithAdaptiveConcurrency). Every slot held counts against it,
+//     those of handlers that were running when it dropped included: a new
+//     handler starts only when fewer than the limit hold a slot.
+//   - the kill switch's probe cap (setCap; none outside probing). Only the
+//     slots taken while the cap is set (the probes) count against it: a
+//     straggler received before the trip, still running when the switch
+//     probes (a call stuck on the dead dependency), does not hold up the
+//     probe, although it still counts against the base limit.
+//
+// Each worker marks the slot it holds in its own slot (slot.held, on the
+// worker's cache line). While no limit is below n (the common case) that
+// is all: n workers cannot outnumber n, and the message path writes no
+// shared word. While one is (limited), a worker takes its slot under mu,
+// counting the slots the run's workers hold; a worker that finds no room
+// waits, queued behind the others, and each slot given back wakes one.
+// A worker that marked its slot on the fast path and then sees limited
+// set gives it back and takes the slow path (limited is set before the
+// count, the mark made before the look: one of the two sees the other).
+//
+// The limits live on the Consumer, not the run: a Supervisor's restarted
+// Run keeps them. The slots counted are the current run's (use): a handler
+// abandoned by an earlier Run's drain no longer counts.
 type gate struct {
-	limit atomic.Int32 // the effective limit, read by every worker per delivery
+	limited atomic.Bool  // base < n, or a probe cap is set
+	base    atomic.Int32 // the adaptive limit, n without one
+	cap     atomic.Int32 // the kill switch's probe cap; 0 when not probing
+	waiting atomic.Int32 // len(waiters), read without the lock by release
 
-	base atomic.Int32 // the adaptive limit, n without one; written under mu
-
-	mu   sync.Mutex
-	n    int32         // WithConcurrency's n
-	cap  int32         // the kill switch's probe cap; 0 when not probing
-	wake chan struct{} // closed, and replaced, when the effective limit changes
+	mu      sync.Mutex
+	n       int32           // WithConcurrency's n
+	slots   []slot          // the current run's
+	waiters []chan struct{} // workers waiting for a slot, first come first woken
 }
+
+// The values of slot.held.
+const (
+	gateFree  int32 = iota // the worker holds no slot
+	gateHeld               // it holds one
+	gateProbe              // it holds one taken while the probe cap was set
+)
 
 func (g *gate) init(n int) {
 	g.n = int32(n)
 	g.base.Store(int32(n))
-	g.limit.Store(int32(n))
-	g.wake = make(chan struct{})
+}
+
+// use makes the gate count the slots of a Run's workers.
+func (g *gate) use(slots []slot) {
+	g.mu.Lock()
+	g.slots = slots
+	g.wakeAllLocked()
+	g.mu.Unlock()
+}
+
+// limit is how many handlers may run at once now: the base limit, or the
+// probe cap when that is lower.
+func (g *gate) limit() int {
+	l := g.base.Load()
+	if c := g.cap.Load(); c > 0 && c < l {
+		l = c
+	}
+	return int(l)
 }
 
 // setLimit sets the adaptive limit (WithAdaptiveConcurrency calls it with
@@ -47,7 +89,7 @@ func (g *gate) setLimit(n int) {
 	}
 	g.mu.Lock()
 	g.base.Store(b)
-	g.apply()
+	g.changedLocked()
 	g.mu.Unlock()
 }
 
@@ -55,48 +97,135 @@ func (g *gate) setLimit(n int) {
 func (g *gate) setCap(n int) {
 	g.mu.Lock()
 	if n <= 0 {
-		g.cap = 0
+		g.cap.Store(0)
 	} else {
-		g.cap = clamp32(n, g.n)
+		g.cap.Store(clamp32(n, g.n))
 	}
-	g.apply()
+	g.changedLocked()
 	g.mu.Unlock()
 }
 
-// apply recomputes the effective limit and wakes the waiting workers when
-// it changed. The caller holds g.mu.
-func (g *gate) apply() {
-	eff := g.base.Load()
-	if g.cap > 0 && g.cap < eff {
-		eff = g.cap
-	}
-	if eff == g.limit.Load() {
-		return
-	}
-	g.limit.Store(eff)
-	close(g.wake)
-	g.wake = make(chan struct{})
+// changedLocked follows a change of a limit: whether the gate is limited,
+// and the waiting workers look again. The caller holds g.mu.
+func (g *gate) changedLocked() {
+	g.limited.Store(g.base.Load() < g.n || g.cap.Load() > 0)
+	g.wakeAllLocked()
 }
 
-// admits reports whether worker i may take a delivery now.
-func (g *gate) admits(i int) bool { return int32(i) < g.limit.Load() }
+// acquire takes a slot for worker s, waiting until the limits allow one;
+// it gives up, reporting false, once stop is closed (the worker's intake
+// stopped: Pause, a trip, the drain).
+func (g *gate) acquire(s *slot, stop <-chan struct{}) bool {
+	if !g.limited.Load() {
+		s.held.Store(gateHeld)
+		if !g.limited.Load() {
+			return true
+		}
+		g.release(s) // limited meanwhile: the count may have seen the mark
+	}
+	for {
+		g.mu.Lock()
+		if g.tryLocked(s) {
+			g.mu.Unlock()
+			return true
+		}
+		ch := make(chan struct{})
+		g.waiters = append(g.waiters, ch)
+		g.waiting.Add(1)
+		// Queued, then counted again: a slot given back since the count
+		// above either shows now or finds this worker queued and wakes it.
+		if g.tryLocked(s) {
+			g.removeLocked(ch)
+			g.mu.Unlock()
+			return true
+		}
+		g.mu.Unlock()
+		select {
+		case <-ch:
+		case <-stop:
+			g.mu.Lock()
+			if !g.removeLocked(ch) {
+				// Woken as the stop came: pass the wake-up on, so that
+				// the slot it was for does not go unused.
+				g.wakeOneLocked()
+			}
+			g.mu.Unlock()
+			return false
+		}
+	}
+}
 
-// wait blocks worker i until the limit admits it or stop is closed (its
-// intake stopped: Pause, a trip, the drain). The wake channel is taken
-// under g.mu together with a fresh look at the limit, so that a change
-// between the worker's check and its wait is never missed.
-func (g *gate) wait(i int, stop <-chan struct{}) {
-	g.mu.Lock()
-	ch := g.wake
-	admitted := g.admits(i)
-	g.mu.Unlock()
-	if admitted {
+// tryLocked takes a slot for s if the limits allow one now. The caller
+// holds g.mu.
+func (g *gate) tryLocked(s *slot) bool {
+	c := g.cap.Load()
+	var all, probes int32
+	for i := range g.slots {
+		switch g.slots[i].held.Load() {
+		case gateHeld:
+			all++
+		case gateProbe:
+			all++
+			probes++
+		}
+	}
+	switch {
+	case all >= g.base.Load():
+		return false
+	case c > 0 && probes >= c:
+		return false
+	case c > 0:
+		s.held.Store(gateProbe)
+	default:
+		s.held.Store(gateHeld)
+	}
+	return true
+}
+
+// release gives back worker s's slot and wakes the first waiting worker,
+// if any.
+func (g *gate) release(s *slot) {
+	s.held.Store(gateFree)
+	// After the store: a worker that queued before it is woken here, one
+	// that queues after it counts the slot free.
+	if g.waiting.Load() > 0 {
+		g.mu.Lock()
+		g.wakeOneLocked()
+		g.mu.Unlock()
+	}
+}
+
+// removeLocked takes ch out of the waiters; false if it was not there (it
+// was woken). The caller holds g.mu.
+func (g *gate) removeLocked(ch chan struct{}) bool {
+	for i, w := range g.waiters {
+		if w == ch {
+			g.waiters = append(g.waiters[:i], g.waiters[i+1:]...)
+			g.waiting.Add(-1)
+			return true
+		}
+	}
+	return false
+}
+
+// wakeOneLocked wakes the first waiting worker. The caller holds g.mu.
+func (g *gate) wakeOneLocked() {
+	if len(g.waiters) == 0 {
 		return
 	}
-	select {
-	case <-ch:
-	case <-stop:
+	close(g.waiters[0])
+	g.waiters[0] = nil
+	g.waiters = g.waiters[1:]
+	g.waiting.Add(-1)
+}
+
+// wakeAllLocked wakes every waiting worker. The caller holds g.mu.
+func (g *gate) wakeAllLocked() {
+	for _, w := range g.waiters {
+		close(w)
 	}
+	g.waiters = nil
+	g.waiting.Store(0)
 }
 
 func clamp32(n int, hi int32) int32 {

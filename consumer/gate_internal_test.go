@@ -325,3 +325,128 @@ func TestGateAppliesTheLimiter(t *testing.T) {
 		t.Errorf("Stats().Limit after the limiter said 99 = %d; want 4 (never above n)", got)
 	}
 }
+
+// slotOf returns the index of the worker whose handler runs the message
+// with id, or -1.
+func slotOf(c *Consumer, id string) int {
+	c.mu.Lock()
+	r := c.cur
+	c.mu.Unlock()
+	if r == nil {
+		return -1
+	}
+	for i := range r.slots {
+		s := &r.slots[i]
+		// d is written before the state becomes slotRunning.
+		if s.state.Load() == slotRunning && s.d.Message().ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// Handlers already running when the limit drops count against it (review
+// R1 M1): with two handlers running and the limit lowered to 1, the worker
+// whose handler finishes first takes nothing new while the other still
+// runs, whichever worker it is; the limit is never exceeded.
+func TestGateRunningHandlersCountAgainstALowerLimit(t *testing.T) {
+	var running, most atomic.Int32
+	gates := map[string]chan struct{}{"a": make(chan struct{}), "b": make(chan struct{})}
+	var handledC atomic.Bool
+	var mostAtC atomic.Int32
+	c, b, _ := newGateConsumer(t, 2, func(ctx context.Context, m *broker.Message) error {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			old := most.Load()
+			if n <= old || most.CompareAndSwap(old, n) {
+				break
+			}
+		}
+		if ch, ok := gates[m.ID]; ok {
+			<-ch
+			return nil
+		}
+		mostAtC.Store(n)
+		handledC.Store(true)
+		return nil
+	})
+	for _, id := range []string{"a", "b"} {
+		if err := b.Publish(context.Background(), "q", &broker.Message{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := start(t, c)
+	eventually(t, "a and b running", func() bool { return slotOf(c, "a") >= 0 && slotOf(c, "b") >= 0 })
+	c.gate.setLimit(1)
+	if err := b.Publish(context.Background(), "q", &broker.Message{ID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	// Finish the handler of worker 0 first: gating by worker index let
+	// worker 0 take c at once, beside the other handler still running.
+	first, second := "a", "b"
+	if slotOf(c, "b") == 0 {
+		first, second = "b", "a"
+	}
+	close(gates[first])
+	time.Sleep(50 * time.Millisecond) // room for a wrongly admitted worker to take c
+	if handledC.Load() {
+		t.Errorf("c was handled while %s still ran: %d handlers at once under a limit of 1", second, mostAtC.Load())
+	}
+	close(gates[second])
+	eventually(t, "c handled", handledC.Load)
+	stop()
+	if n := mostAtC.Load(); n != 1 {
+		t.Errorf("c ran with %d handlers at once; want 1 (the limit)", n)
+	}
+}
+
+// A straggler from before a kill-switch trip does not hold up the probe
+// (review R1 M1): while it still runs, a free worker takes the probes, and
+// the switch closes. The probe cap counts only the handlers received
+// while probing.
+func TestGateProbeTakesAFreeWorkerWhileAStragglerRuns(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	release := make(chan struct{})
+	started := make(chan struct{})
+	recovered := make(chan struct{})
+	c, b, _ := newGateConsumer(t, 2, func(ctx context.Context, m *broker.Message) error {
+		if m.ID == "slow" {
+			close(started)
+			<-release // ignores ctx, as a call stuck on a dead dependency does
+			return nil
+		}
+		if down.Load() {
+			return errors.New("db down")
+		}
+		return nil
+	}, WithMaxDeliveries(100), WithEventHook(func(e Event) {
+		if e.Kind == EventRecovered {
+			close(recovered)
+		}
+	}), WithKillSwitch(KillSwitch{Window: time.Minute, MinMessages: 2, RestartTimeout: 5 * time.Millisecond, ProbeMessages: 2}))
+	// Only one worker takes deliveries at first: the straggler lands on
+	// worker 0 (the one a gate by worker index admits while probing).
+	c.gate.setLimit(1)
+	if err := b.Publish(context.Background(), "q", &broker.Message{ID: "slow"}); err != nil {
+		t.Fatal(err)
+	}
+	stop := start(t, c)
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before stop (cleanups run last in, first out)
+	<-started
+	c.gate.setLimit(2)
+	publish(t, b, 10)
+	eventually(t, "the trip", func() bool { return c.KillSwitch().Trips >= 1 })
+	down.Store(false)
+	select {
+	case <-recovered:
+	case <-time.After(10 * time.Second):
+		t.Errorf("no recovery within 10s while the straggler ran: KillSwitch() = %+v, Stats() = %+v", c.KillSwitch(), c.Stats())
+	}
+	unblock()
+	eventually(t, "11 acked", func() bool { return b.Stats("q").Acked == 11 })
+	stop()
+}

@@ -40,6 +40,7 @@ const (
 
 type slot struct {
 	state  atomic.Int32
+	held   atomic.Int32           // the worker's slot of the gate (gateFree, gateHeld, gateProbe)
 	d      broker.Delivery        // written by the worker before state becomes slotRunning
 	counts slotCounts             // written by the worker only (see Stats)
 	_      [64 - 8 - 16 - 32]byte // one cache line per slot: workers do not share lines
@@ -199,6 +200,7 @@ func (r *run) run(ctx context.Context) error {
 		go k.runClock(stop, done)
 		defer func() { close(stop); <-done }()
 	}
+	c.gate.use(r.slots)
 	r.wg.Add(len(r.slots))
 	for i := range r.slots {
 		go r.work(i)
@@ -319,49 +321,77 @@ func (r *run) work(i int) {
 			<-in.wake
 			continue
 		}
-		if !r.c.gate.admits(i) {
-			// Above the concurrency limit: take nothing until the limit
-			// lets this worker in, or this intake stops (then look at the
-			// next one: paused, or final).
-			r.c.gate.wait(i, in.ctx.Done())
+		// A slot of the concurrency gate first: above the limit the worker
+		// takes nothing until a slot frees or this intake stops (then it
+		// looks at the next one: paused, or final).
+		s := &r.slots[i]
+		if !r.c.gate.acquire(s, in.ctx.Done()) {
 			continue
 		}
-		s := &r.slots[i]
-		s.state.Store(slotReceiving)
-		d, m, err := r.receive(in.ctx)
-		if err != nil {
-			s.state.Store(slotIdle)
-			if in.ctx.Err() != nil && !safeIsFatal(err) {
-				continue // paused or stopping: look at the new intake
-			}
-			if safeIs(err, broker.ErrSourceClosed) {
-				// Someone closed the source under us: restarting cannot help.
-				err = broker.Fatal(err)
-			}
-			r.fail(fmt.Errorf("receive: %w", err))
-			r.wg.Done()
+		next := r.take(i, in)
+		if next == takeAbandoned {
+			// The drain gave the message back and released us. The gate
+			// slot stays marked in this run's slots, which a restarted
+			// Run's gate no longer counts.
 			return
 		}
-		if in.stopped.Load() {
-			r.giveBack(d, m)
-			s.state.Store(slotIdle)
-			continue
-		}
-		if in.probe && r.c.ks.state.Load() == ksOpen {
-			// Another probe failed and tripped the kill switch again;
-			// this probe intake is about to stop. Give the delivery back
-			// unhandled and wait for the stop: handled, its failure would
-			// be a probe's and spend an attempt, and the workers would
-			// take and fail the queue's head in a loop until the stop.
-			r.giveBack(d, m)
-			s.state.Store(slotIdle)
+		r.c.gate.release(s)
+		switch next {
+		case takeExit:
+			r.wg.Done()
+			return
+		case takeAwaitStop:
 			<-in.ctx.Done()
-			continue
-		}
-		if !r.process(i, in, d, m) { // process moves the slot from receiving to running
-			return // abandoned: the drain already gave the message back and released us
 		}
 	}
+}
+
+// What a worker does after take.
+const (
+	takeNext      = iota // take the next delivery
+	takeAwaitStop        // wait for the intake to stop, then take the next
+	takeExit             // exit: the source failed
+	takeAbandoned        // exit, released by the drain (no wg.Done)
+)
+
+// take receives one delivery under intake in on worker i, which holds a
+// slot of the gate, and handles it. It says what the worker does next.
+func (r *run) take(i int, in *intake) int {
+	s := &r.slots[i]
+	s.state.Store(slotReceiving)
+	d, m, err := r.receive(in.ctx)
+	if err != nil {
+		s.state.Store(slotIdle)
+		if in.ctx.Err() != nil && !safeIsFatal(err) {
+			return takeNext // paused or stopping: look at the new intake
+		}
+		if safeIs(err, broker.ErrSourceClosed) {
+			// Someone closed the source under us: restarting cannot help.
+			err = broker.Fatal(err)
+		}
+		r.fail(fmt.Errorf("receive: %w", err))
+		return takeExit
+	}
+	if in.stopped.Load() {
+		r.giveBack(d, m)
+		s.state.Store(slotIdle)
+		return takeNext
+	}
+	if in.probe && r.c.ks.state.Load() == ksOpen {
+		// Another probe failed and tripped the kill switch again; this
+		// probe intake is about to stop. Give the delivery back unhandled
+		// and wait for the stop (with the slot given back): handled, its
+		// failure would be a probe's and spend an attempt, and the
+		// workers would take and fail the queue's head in a loop until
+		// the stop.
+		r.giveBack(d, m)
+		s.state.Store(slotIdle)
+		return takeAwaitStop
+	}
+	if !r.process(i, in, d, m) { // process moves the slot from receiving to running
+		return takeAbandoned
+	}
+	return takeNext
 }
 
 // awaitGiveBacks waits, before a Resume, until no worker is still in a
@@ -416,7 +446,8 @@ func (r *run) receive(ctx context.Context) (d broker.Delivery, m *broker.Message
 
 // process runs the handler on d, received under intake in, and settles it.
 // It reports false when the drain deadline abandoned the delivery; the
-// worker must then exit.
+// worker must then exit (its wg.Done is done already, by abandon or
+// here).
 func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) bool {
 	s := &r.slots[i]
 	s.d = d

@@ -23,7 +23,12 @@ type Stats struct {
 	InFlight int `json:"in_flight"`
 	// Limit is how many handlers may run at once now: WithConcurrency's n,
 	// or less while the kill switch probes (KillSwitch.ProbeConcurrency) or
-	// adaptive concurrency holds it lower. Never above n.
+	// adaptive concurrency holds it lower; 0 while the kill switch is
+	// tripped. Never above n. Handlers already running when it drops count
+	// against it: no new one starts until fewer than Limit run (except
+	// that while probing, only the probes count against the probe
+	// concurrency: see WithKillSwitch). InFlight may thus exceed it for a
+	// while.
 	Limit int `json:"limit"`
 	// Handled counts handler calls that returned nil (the message was then
 	// acknowledged, or the acknowledgement was tried: see SettleFailed).
@@ -135,7 +140,10 @@ func (c *Consumer) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.stats
-	st.Limit = int(c.gate.limit.Load())
+	st.Limit = c.gate.limit()
+	if c.tripped {
+		st.Limit = 0 // the kill switch holds the intake stopped
+	}
 	if r := c.cur; r != nil {
 		st.add(r.runStats())
 		st.InFlight = r.inFlight()
