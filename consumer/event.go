@@ -15,9 +15,11 @@ const (
 	EventStarting EventKind = iota + 1
 	// EventRunning: a consumer's workers are taking deliveries.
 	EventRunning
-	// EventPaused: intake was paused.
+	// EventPaused: Pause paused the intake.
 	EventPaused
-	// EventResumed: intake was resumed.
+	// EventResumed: Resume cleared the pause and the intake reopened;
+	// while the kill switch is tripped (WithKillSwitch), the pause was
+	// cleared but the intake stays stopped until EventProbing.
 	EventResumed
 	// EventDraining: intake stopped; in-flight handlers are finishing.
 	EventDraining
@@ -51,6 +53,8 @@ const (
 	EventTripped
 	// EventProbing: the restart timeout of a tripped kill switch passed;
 	// intake reopened with KillSwitch.ProbeConcurrency handlers at once.
+	// While the consumer is paused, the switch probes but the intake
+	// reopens (with that concurrency) only at Resume.
 	EventProbing
 	// EventRecovered: the probes succeeded; the kill switch closed and the
 	// consumer runs at full concurrency again.

@@ -65,7 +65,7 @@ func ExampleWithKillSwitch() {
 	st := mb.Stats("orders")
 	fmt.Printf("acked %d, dead-lettered %d, trips %d\n", st.Acked, st.DeadLettered, c.KillSwitch().Trips)
 	// Output:
-	// tripped: failure ratio 1.00 over 3 messages in 1m0s: insert order-0: db: connection refused
+	// tripped: failure ratio 1.00 over 3 messages in the last 10m0s: insert order-0: db: connection refused
 	// probing
 	// recovered
 	// acked 5, dead-lettered 0, trips 1

@@ -84,7 +84,9 @@ type Health struct {
 type RunnerHealth struct {
 	Name  string `json:"name"`
 	State State  `json:"state"`
-	// Since is when the runner entered its current supervisor-level state.
+	// Since is when the runner entered its current supervisor-level state;
+	// for a consumer whose kill switch is tripped (StateTripped), when the
+	// switch tripped.
 	Since time.Time `json:"since"`
 	// Restarts counts restarts after failures.
 	Restarts int `json:"restarts"`

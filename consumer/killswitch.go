@@ -17,15 +17,31 @@ import (
 type KillSwitch struct {
 	// Window is the sliding window of handler outcomes the failure ratio is
 	// taken over (default 10s, at least 10ms). It is kept as ten buckets
-	// of Window/10.
+	// of Window/10, so it spans between 9/10 of Window and Window. Only the
+	// outcomes within it count, for both rules (see WithKillSwitch): on a
+	// consumer that sees fewer than MinMessages outcomes in a Window, the
+	// switch never trips.
 	Window time.Duration
 	// MinMessages is how many outcomes (successes and counted failures)
-	// must be seen before the switch may trip (default 20); a sudden outage
-	// trips it after about that many failures. Those failures come before
-	// the trip: they are ordinary failures that spend an attempt, and a
-	// broker that requeues at the head (RabbitMQ, memory) hands the same
-	// few messages out again at once, so keep MinMessages well below
-	// WithConcurrency × (WithMaxDeliveries - 1).
+	// the window must hold before the switch may trip (default 20, at
+	// most 10^9); a sudden outage trips it after about that many failures.
+	//
+	// It is also the sample the ratio is trusted on: a steady failure rate
+	// just below Threshold reaches it by chance over a small sample (at a
+	// true 45 % and Threshold 0.5, 20 outcomes show 50 % or more about 4
+	// times in 10), which matters when the window holds few outcomes (a
+	// quiet consumer; just after Run starts or the switch closes, when the
+	// window starts empty). Where the failure rate runs close to
+	// Threshold, raise MinMessages.
+	//
+	// The failures before the trip are ordinary failures: each spends an
+	// attempt. A broker that hands a requeued message straight back
+	// (memory; Kafka, within a partition; a RabbitMQ requeue at the head)
+	// can give the same message every one of them, so that it spends its
+	// whole budget before the window holds MinMessages outcomes. There,
+	// the safe bound is MinMessages < WithMaxDeliveries (with n workers
+	// the first n messages share the failures; keep it below
+	// WithMaxDeliveries anyway, as a single worker may see them all).
 	MinMessages int
 	// Threshold is the failure ratio, in (0, 1], that trips the switch
 	// (default 0.5).
@@ -40,8 +56,12 @@ type KillSwitch struct {
 	// doubles). A long outage spends one attempt of each probe's messages
 	// per probe: see WithKillSwitch for the arithmetic.
 	MaxRestartTimeout time.Duration
-	// ProbeConcurrency is how many handlers run at once while probing
-	// (default 1, at most WithConcurrency's n).
+	// ProbeConcurrency is how many probes (handlers of messages received
+	// while probing) run at once (default 1, at most WithConcurrency's n).
+	// A handler still running from before the trip does not count
+	// against it (it still counts against WithConcurrency and an adaptive
+	// limit): a call stuck on the dead dependency does not hold the probe
+	// up while another worker is free.
 	ProbeConcurrency int
 	// ProbeMessages is how many successes while probing close the switch
 	// (default 5).
@@ -73,6 +93,7 @@ const (
 	defaultKSProbeConcurrency = 1
 	defaultKSProbeMessages    = 5
 	minKSWindow               = 10 * time.Millisecond
+	maxKSMinMessages          = 1_000_000_000
 )
 
 // withDefaults returns ks with its zero fields set to the defaults.
@@ -112,8 +133,8 @@ func (ks KillSwitch) validate(n int) error {
 	switch {
 	case ks.Window < minKSWindow:
 		return bad("window %v, want at least %v", ks.Window, minKSWindow)
-	case ks.MinMessages < 1:
-		return bad("min messages %d, want at least 1", ks.MinMessages)
+	case ks.MinMessages < 1 || ks.MinMessages > maxKSMinMessages:
+		return bad("min messages %d, want 1..%d", ks.MinMessages, maxKSMinMessages)
 	case math.IsNaN(ks.Threshold) || ks.Threshold <= 0 || ks.Threshold > 1:
 		return bad("threshold %v, want a ratio in (0, 1]", ks.Threshold)
 	case ks.RestartTimeout < 0:
@@ -179,19 +200,33 @@ func (ks KillSwitch) validate(n int) error {
 // its next failure (see broker/rabbitmq, the memory of given-back
 // messages).
 //
-// The switch trips when, over the window or a recent part of it (its
-// newest tenths), at least MinMessages outcomes were seen and their failure
-// ratio is at least Threshold; or when a recent run of outcomes fails at a
-// ratio above Threshold by a margin that shrinks as the run grows:
-// MinMessages failures in a row, or with the defaults 30 among 40, 60
-// among 100. The second rule makes a sudden outage trip after about
-// MinMessages failures, whatever the throughput before it (a success
-// interleaved with the failures delays the trip by one failure, it does
-// not start it over).
+// The switch trips by one of two rules, both on the outcomes within the
+// window only (successes and failures that count; errors that do not count
+// are no outcome):
+//
+//   - the window holds at least MinMessages outcomes and their failure
+//     ratio is at least Threshold;
+//   - a recent run of outcomes, begun within the window, fails at a ratio
+//     well above Threshold: above (1+Threshold)/2 by a margin that shrinks
+//     as the run grows, that is MinMessages failures in a row, or with the
+//     defaults 25 among 26, 40 among 45, 70 among 85.
+//
+// The second rule makes a sudden outage trip the switch after about
+// MinMessages failures, however many successes the window held before it
+// (a success interleaved with the failures delays the trip by
+// (1+Threshold)/(1-Threshold) failures, 3 with the defaults; it does not
+// start it over). A steady failure rate below Threshold trips neither,
+// except by chance over a small sample (see KillSwitch.MinMessages).
 //
 // Pause and Resume stay the operator's: the intake is open only when the
 // consumer is neither paused nor tripped, so Resume while tripped clears
-// the pause and leaves the intake stopped until the probe. A Supervisor
+// the pause and leaves the intake stopped until the probe. The events
+// report each flag on its own: EventPaused and EventResumed the pause
+// (EventResumed of a Resume while tripped says the pause was cleared; the
+// intake reopens with the EventProbing to come), EventTripped, EventProbing
+// and EventRecovered the switch (EventProbing while paused says the switch
+// probes; the intake reopens, with the probe concurrency, at Resume).
+// State and Stats.Limit say whether the intake is open. A Supervisor
 // does not restart a tripped consumer (it has not failed) and reports it
 // not ready. Shutdown while tripped or probing drains as usual.
 //
@@ -259,17 +294,24 @@ type killSwitch struct {
 
 	state atomic.Int32
 	epoch atomic.Int64 // index of the current bucket, modulo ksBuckets
-	// score is a CUSUM of the recent outcomes, in millionths: a counted
-	// failure adds up (1-Threshold), a success takes away down
-	// (Threshold), and it never goes below 0. It reaches trip
+	// score is a CUSUM of the recent outcomes, in millionths, against a
+	// reference failure ratio ref = (1+Threshold)/2, halfway between
+	// Threshold and 1: a counted failure adds up (1-ref), a success
+	// takes away down (ref), and it never goes below 0. It reaches trip
 	// (MinMessages × up) when a recent run of outcomes fails at a ratio
-	// above Threshold by a margin that shrinks as the run grows:
-	// MinMessages failures in a row, or (Threshold 0.5, MinMessages 20) 30
-	// failures among 40, 60 among 100. Successes interleaved with an
-	// outage's failures delay the trip by one failure each instead of
-	// starting it over.
+	// above ref by a margin that shrinks as the run grows: MinMessages
+	// failures in a row, or (Threshold 0.5, MinMessages 20) 25 among 26,
+	// 40 among 45, 70 among 85. A steady ratio below Threshold, well below
+	// ref, drifts it back to 0: its random runs reach trip too rarely to
+	// matter (at 45 % and MinMessages 20, about one outcome in 10^5 starts
+	// a run that has a chance in 10^5 of getting there).
 	score          atomic.Int64
 	up, down, trip int64
+	// runStart is the epoch when the score last left 0: a run that began
+	// a window (ksBuckets buckets) ago or more is over, and the next
+	// failure starts a new one, so that only outcomes within the window
+	// count.
+	runStart atomic.Int64
 	// runFail and runOK count the outcomes since the score last left 0:
 	// the recent run a score trip reports. A success touches them only
 	// while the score is above 0, so a healthy consumer never does.
@@ -290,12 +332,14 @@ type killSwitch struct {
 
 func newKillSwitch(cfg KillSwitch) *killSwitch {
 	const unit = 1_000_000
+	ref := (1 + cfg.Threshold) / 2
 	// With Threshold 1 a failure would add nothing: a step of 1 keeps
 	// MinMessages failures in a row tripping it, and any success clears it.
-	up := max(int64(math.Round((1-cfg.Threshold)*unit)), 1)
+	up := max(int64(math.Round((1-ref)*unit)), 1)
 	return &killSwitch{
 		cfg: cfg, bucket: cfg.Window / ksBuckets, since: time.Now(), restart: cfg.RestartTimeout,
-		up: up, down: int64(math.Round(cfg.Threshold * unit)), trip: int64(cfg.MinMessages) * up,
+		// MinMessages ≤ maxKSMinMessages: no overflow.
+		up: up, down: int64(math.Round(ref * unit)), trip: int64(cfg.MinMessages) * up,
 	}
 }
 
@@ -353,25 +397,24 @@ func (k *killSwitch) current() *ksBucket {
 }
 
 // check reports whether the window, as it is now, trips the switch, and
-// why: over ever longer recent parts of the window (the newest bucket,
-// then the two newest…, then all of it), the first that has MinMessages
-// outcomes and a failure ratio of at least Threshold. It runs on counted
-// failures only.
+// why: it holds at least MinMessages outcomes and their failure ratio is at
+// least Threshold. It runs on counted failures only.
+//
+// Only the whole window counts: a part of it (its newest tenths, as
+// before) is a smaller sample, whose ratio a steady rate below Threshold
+// reaches by chance; a sudden outage after a busy window is the score's
+// (see killSwitch.score).
 func (k *killSwitch) check() (why string, trip bool) {
-	minN := int64(k.cfg.MinMessages)
-	e := k.epoch.Load()
 	var ok, fail int64
-	for j := range int64(ksBuckets) {
-		b := &k.buckets[uint64(e-j+ksBuckets)%ksBuckets] // j < ksBuckets: never negative
-		ok += b.ok.Load()
-		fail += b.fail.Load()
-		total := ok + fail
-		if total >= minN && float64(fail) >= k.cfg.Threshold*float64(total) {
-			span := time.Duration(j+1) * k.bucket
-			return fmt.Sprintf("failure ratio %.2f over %d messages in %v", float64(fail)/float64(total), total, span), true
-		}
+	for i := range k.buckets {
+		ok += k.buckets[i].ok.Load()
+		fail += k.buckets[i].fail.Load()
 	}
-	return "", false
+	total := ok + fail
+	if total < int64(k.cfg.MinMessages) || float64(fail) < k.cfg.Threshold*float64(total) {
+		return "", false
+	}
+	return fmt.Sprintf("failure ratio %.2f over %d messages in the last %v", float64(fail)/float64(total), total, k.cfg.Window), true
 }
 
 // runClock advances the window's buckets until stop is closed; Run runs it
@@ -383,15 +426,38 @@ func (k *killSwitch) runClock(stop <-chan struct{}, done chan<- struct{}) {
 	for {
 		select {
 		case <-t.C:
-			e := k.epoch.Load() + 1
-			b := &k.buckets[uint64(e)%ksBuckets]
-			b.ok.Store(0)
-			b.fail.Store(0)
-			k.epoch.Store(e)
+			k.tick()
 		case <-stop:
 			return
 		}
 	}
+}
+
+// tick moves the window on by a bucket: the bucket it enters, the oldest,
+// is emptied.
+func (k *killSwitch) tick() {
+	e := k.epoch.Load() + 1
+	b := &k.buckets[uint64(e)%ksBuckets]
+	b.ok.Store(0)
+	b.fail.Store(0)
+	k.epoch.Store(e)
+}
+
+// addFailure adds a counted failure to the score, and reports whether the
+// score trips the switch. A run that began a window ago or more is over:
+// the failure starts a new one.
+func (k *killSwitch) addFailure() bool {
+	e := k.epoch.Load()
+	if k.score.Load() > 0 && e-k.runStart.Load() >= ksBuckets {
+		k.score.Store(0)
+		k.runFail.Store(0)
+		k.runOK.Store(0)
+	}
+	if k.score.Load() == 0 {
+		k.runStart.Store(e)
+	}
+	k.runFail.Add(1)
+	return k.score.Add(k.up) >= k.trip
 }
 
 // schedule arms the restart timeout: f runs after wait, unless the
@@ -552,8 +618,7 @@ func (c *Consumer) ksOutcome(probe bool, err error) (giveBack bool) {
 		}
 		k.current().fail.Add(1)
 		why, trip := k.check()
-		k.runFail.Add(1)
-		if !trip && k.score.Add(k.up) >= k.trip {
+		if k.addFailure() && !trip {
 			why, trip = k.recentWhy(), true
 		}
 		if trip && k.state.CompareAndSwap(ksClosed, ksOpen) {

@@ -378,6 +378,11 @@ func (s *Supervisor) Health() Health {
 		}
 		if c, ok := e.r.(*Consumer); ok && c != nil {
 			rh.Reason = c.healthReason()
+			if rh.State == StateTripped {
+				if st := c.KillSwitch(); st.State == "open" {
+					rh.Since = st.Since // when it tripped, not when Run started
+				}
+			}
 		}
 		if rh.State != StateRunning {
 			h.Ready = false
