@@ -95,7 +95,9 @@ type Consumer struct {
 	State string `json:"state"`
 	// Ready is true when State is running.
 	Ready bool `json:"ready"`
-	// Since is when the runner entered its current supervisor-level state.
+	// Since is when the runner entered its current supervisor-level state;
+	// for a consumer whose kill switch is tripped, when it tripped
+	// (consumer.RunnerHealth.Since).
 	Since time.Time `json:"since"`
 	// Restarts counts restarts after failures.
 	Restarts int `json:"restarts"`
