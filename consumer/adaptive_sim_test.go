@@ -8,11 +8,20 @@ import (
 
 // depPhase is a stretch of simulated time in which the dependency that a
 // simulated handler calls serves at most servers calls at once (0: no
-// bound), each in service (±jitter, a fraction).
+// bound), each in service (±jitter, a fraction); or, for a share
+// missShare of the calls (a cache miss), in miss (±jitter).
 type depPhase struct {
-	until   time.Duration
-	servers int
-	service time.Duration
+	until     time.Duration
+	servers   int
+	service   time.Duration
+	missShare float64
+	miss      time.Duration
+}
+
+// dep is a phase until until of a dependency serving servers calls at once
+// (0: no bound), each in service.
+func dep(until time.Duration, servers int, service time.Duration) depPhase {
+	return depPhase{until: until, servers: servers, service: service}
 }
 
 // simResult is what a simulation saw: per phase, the calls completed; and
@@ -35,7 +44,6 @@ const sampleEvery = 100 * time.Millisecond
 func simulate(n int, lim *adaptiveLimiter, phases []depPhase, jitter float64, seed uint64) simResult {
 	var (
 		now   time.Duration
-		epoch = time.Unix(0, 0)
 		rng   = rand.New(rand.NewPCG(seed, 1))
 		ev    simEvents
 		queue []time.Duration // start times of calls waiting for a server
@@ -44,9 +52,6 @@ func simulate(n int, lim *adaptiveLimiter, phases []depPhase, jitter float64, se
 		ph    int
 		res   = simResult{done: make([]int, len(phases)), lat: make([]time.Duration, len(phases))}
 	)
-	if lim != nil {
-		lim.now = func() time.Time { return epoch.Add(now) }
-	}
 	limit := func() int {
 		if lim == nil {
 			return n
@@ -55,6 +60,9 @@ func simulate(n int, lim *adaptiveLimiter, phases []depPhase, jitter float64, se
 	}
 	service := func() time.Duration {
 		s := float64(phases[ph].service)
+		if p := phases[ph].missShare; p > 0 && rng.Float64() < p {
+			s = float64(phases[ph].miss)
+		}
 		return time.Duration(s * (1 + jitter*(2*rng.Float64()-1)))
 	}
 	serve := func(start time.Duration) {
