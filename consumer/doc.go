@@ -110,6 +110,15 @@
 // concurrency: a handler still running from before the trip does not hold
 // the probe up.
 //
+// WithAdaptiveConcurrency(Adaptive{}) lets the limit adapt between
+// Adaptive.Min and n: it shrinks when a window's mean handler latency rises
+// clearly above Tolerance times its unloaded latency, or when most results
+// of a window fail, and grows back by one per window; Stats.Limit shows it.
+// It helps when a dependency is overloaded (fewer calls at once, the same
+// throughput, less waiting); a dependency that is merely slower for
+// everyone costs a few windows at a lower limit. docs/adaptive-concurrency.png
+// in the repository shows both cases against a fixed concurrency.
+//
 // # Giving a message back
 //
 // Stopping intake — Pause, a kill-switch trip, the drain — does not cancel

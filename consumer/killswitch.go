@@ -193,12 +193,13 @@ func (ks KillSwitch) validate(n int) error {
 // and the dead letters come far later. An outage shorter than the first
 // RestartTimeout spends nothing beyond the failures before the trip.
 //
-// On a RabbitMQ quorum queue a give-back is not quite free: the broker
-// counts its return in x-delivery-count. The delivery that follows keeps
-// its Attempt (the source remembers it), but once the message is requeued
-// the count shows again: each give-back costs the message one attempt at
-// its next failure (see broker/rabbitmq, the memory of given-back
-// messages).
+// On a RabbitMQ quorum queue the broker counts a give-back's return in
+// x-delivery-count; the source remembers, per given-back message, how many
+// of the broker's redeliveries were not attempts, until the message is
+// settled for good, so its Attempt stays right on every later delivery
+// (see broker/rabbitmq, the memory of given-back messages: an entry pushed
+// out of that bounded memory counts its give-backs as attempts again, too
+// early, never fewer).
 //
 // The switch trips by one of two rules, both on the outcomes within the
 // window only (successes and failures that count; errors that do not count
