@@ -42,10 +42,11 @@ import (
 // overtake it.
 //
 // Acks above a gap (a slow or stuck handler holds the tag the prefix stops
-// at) wait at most gapTicks ticks, or until 2*batch of them are waiting, and
-// then go out one by one as they would without coalescing: a handler that
-// never finishes holds its own prefetch slot, not those of the deliveries
-// after it.
+// at) wait at most one tick, or until batch of them are waiting, and then go
+// out one by one as they would without coalescing: a handler that never
+// finishes holds its own prefetch slot, not those of the deliveries after
+// it. (They waited ten ticks, or 2*batch acks, before review R2: with the
+// prefetch equal to the concurrency those held slots idled workers.)
 type acker struct {
 	ch    ackWriter
 	link  link
@@ -96,8 +97,9 @@ type ackEnt struct {
 
 const (
 	// gapTicks is how many ticks in a row acks may wait behind the same
-	// unsettled delivery before they are sent one by one.
-	gapTicks = 10
+	// unsettled delivery before they are sent one by one: one, as every
+	// waiting ack holds a prefetch slot (review R2).
+	gapTicks = 1
 	// maxEarly bounds the runs of tags registered ahead of missing ones
 	// (see addTag).
 	maxEarly = 1024
@@ -225,7 +227,7 @@ func (a *acker) ack(tag uint64) (flush bool, err error) {
 	if !a.armed {
 		a.arm()
 	}
-	return a.broken || a.pre >= a.batch || a.waiting-a.pre >= 2*a.batch, nil
+	return a.broken || a.pre >= a.batch || a.waiting-a.pre >= a.batch, nil
 }
 
 // arm starts the timer. The caller holds mu.
@@ -329,8 +331,8 @@ func (a *acker) send(b batchOut) error {
 }
 
 // flush is what an Ack that reached the batch does: it writes the prefix,
-// and the acks beyond it when 2*batch of them wait (holding that many
-// prefetch slots: at most half of them, as batch is at most a quarter). It is bounded by the
+// and the acks beyond it when batch of them wait (holding that many
+// prefetch slots: at most a quarter of them). It is bounded by the
 // caller (delivery.write). When another write is in progress it does
 // nothing: that writer, the next Ack or the next tick takes what waits.
 func (a *acker) flush() error {
@@ -341,7 +343,7 @@ func (a *acker) flush() error {
 	a.mu.Lock()
 	var b batchOut
 	b.u, b.n = a.takePrefix()
-	if a.broken || a.waiting >= 2*a.batch {
+	if a.broken || a.waiting >= a.batch {
 		b.tags = a.takeBeyond()
 	}
 	a.mu.Unlock()
@@ -350,7 +352,7 @@ func (a *acker) flush() error {
 
 // tick runs on the timer's goroutine, every delay while acks wait: it
 // writes the prefix, and the acks beyond it when the prefix has been stuck
-// at the same delivery for gapTicks ticks.
+// at the same delivery for gapTicks ticks (one: at every tick).
 func (a *acker) tick() {
 	a.wmu.Lock()
 	defer a.wmu.Unlock()

@@ -216,7 +216,8 @@ func TestAckerNeverCoversAnUnsettledTag(t *testing.T) {
 
 // TestAckerTimings checks, in a synctest bubble, when waiting acks go out:
 // a prefix shorter than the batch within one delay; acks above a delivery
-// still being handled after gapTicks delays, one by one; a batch at once.
+// still being handled after one delay, or once a batch of them waits, one
+// by one; a batch at once.
 func TestAckerTimings(t *testing.T) {
 	const delay = 2 * time.Millisecond
 	t.Run("a short prefix goes within the delay", func(t *testing.T) {
@@ -243,7 +244,9 @@ func TestAckerTimings(t *testing.T) {
 			}
 		})
 	})
-	t.Run("acks above a gap go alone after gapTicks", func(t *testing.T) {
+	t.Run("acks above a gap go alone after one delay", func(t *testing.T) {
+		// Review R2: they waited ten delays, holding prefetch slots while
+		// workers idled (prefetch = concurrency, varying handler times).
 		synctest.Test(t, func(t *testing.T) {
 			f := newFakeChannel(10)
 			a := newAcker(f, link{}, 16, delay, nil)
@@ -257,23 +260,46 @@ func TestAckerTimings(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			time.Sleep(delay)
+			time.Sleep(delay - time.Microsecond)
 			synctest.Wait()
-			if got, m, _ := f.counts(); got != 1 || m != 1 {
-				t.Fatalf("after one delay: %d acked (%d multiple); want only tag 1", got, m)
+			if got := f.count(); got != 0 {
+				t.Fatalf("before the delay: %d acked; want 0", got)
 			}
-			time.Sleep((gapTicks - 2) * delay)
+			time.Sleep(time.Microsecond)
 			synctest.Wait()
-			if got := f.count(); got != 1 {
-				t.Fatalf("after %d delays: %d acked; want 1 (3-5 wait behind 2)", gapTicks-1, got)
-			}
-			time.Sleep(delay)
-			synctest.Wait()
-			if got, _, s := f.counts(); got != 4 || s != 3 {
-				t.Fatalf("after %d delays: %d acked, %d single; want 4, 3 single", gapTicks, got, s)
+			if got, m, s := f.counts(); got != 4 || m != 1 || s != 3 {
+				t.Fatalf("after one delay: %d acked, %d multiple, %d single; want 4: tag 1 multiple, 3-5 single", got, m, s)
 			}
 			if f.acked[2] != 0 {
 				t.Fatal("tag 2 acked")
+			}
+		})
+	})
+	t.Run("a batch of acks above a gap goes at once", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFakeChannel(10)
+			a := newAcker(f, link{}, 4, time.Hour, nil)
+			defer a.flushAll(true)
+			for tag := uint64(1); tag <= 5; tag++ {
+				a.register(tag)
+			}
+			for tag := uint64(2); tag <= 5; tag++ { // 1 is still being handled
+				f.handlerAcked(tag)
+				flush, err := a.ack(tag)
+				if err != nil || flush != (tag == 5) {
+					t.Fatalf("ack(%d) = %v, %v; want %v, nil", tag, flush, err, tag == 5)
+				}
+				if flush {
+					if err := a.flush(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if got, m, s := f.counts(); got != 4 || m != 0 || s != 4 {
+				t.Fatalf("%d acked, %d multiple, %d single; want 4 single", got, m, s)
+			}
+			if f.acked[1] != 0 {
+				t.Fatal("tag 1 acked")
 			}
 		})
 	})
@@ -365,20 +391,22 @@ func TestAddTagKeepsDisjointRanges(t *testing.T) {
 	}
 }
 
-// TestAckBatchFollowsPrefetch pins how NewSource settles the batch: at most
-// a quarter of the prefetch (waiting acks hold prefetch slots), and no
-// coalescing (1) below a prefetch of 8, where it would only add delay.
+// TestAckBatchFollowsPrefetch pins how NewSource settles the batch: no
+// coalescing (1) by default, at most a quarter of the prefetch (waiting
+// acks hold prefetch slots), and none below a prefetch of 8, where it would
+// only add delay.
 func TestAckBatchFollowsPrefetch(t *testing.T) {
 	tests := []struct {
 		prefetch, batch int
 		want            int
 	}{
-		{0, 0, 8}, // the default prefetch, 32
-		{64, 0, 16},
-		{1000, 0, 16},
+		{0, 0, 1}, // coalescing is opt-in
+		{64, 0, 1},
+		{0, 16, 8}, // the default prefetch, 32
+		{1000, 16, 16},
 		{64, 4, 4},
 		{64, 40, 16},
-		{7, 0, 1},
+		{7, 16, 1},
 		{1, 0, 1},
 		{64, 1, 1},
 	}

@@ -204,7 +204,7 @@ func TestPauseAndCloseFlushWaitingAcks(t *testing.T) {
 }
 
 // TestCoalescedAcksKeepTheQuorumDeliveryCount runs the consumer runtime on
-// a quorum queue with coalescing on, prefetch 64 and 8 workers, over 600
+// a quorum queue with coalescing on (AckBatch 16), prefetch 64 and 8 workers, over 600
 // messages: every 10th fails twice then succeeds, every 50th always fails
 // (budget 3), the others succeed at once. Each message's attempts must come
 // as 1, 2, 3… with no gap or repeat (x-delivery-count, which a nack raises
@@ -214,7 +214,7 @@ func TestPauseAndCloseFlushWaitingAcks(t *testing.T) {
 func TestCoalescedAcksKeepTheQuorumDeliveryCount(t *testing.T) {
 	needBroker(t)
 	const n = 600
-	src, q := coalescingSource(t, Quorum, n, 0, 0)
+	src, q := coalescingSource(t, Quorum, n, 16, 0)
 	var mu sync.Mutex
 	attempts := map[string][]int{}
 	succeeded := map[string]int{}

@@ -478,7 +478,7 @@ func (d *delivery) write(ctx context.Context, op string, f func() error) error {
 // delivery came on; if that channel is closed it returns an error wrapping
 // broker.ErrStaleDelivery.
 //
-// With coalescing (Config.AckBatch above 1, the default) Ack returns once
+// With coalescing (Config.AckBatch above 1, opt-in) Ack returns once
 // the ack is queued on its channel: it goes out, with the acks of the
 // deliveries before it, in a basic.ack with multiple=true within
 // Config.AckDelay, or at once when it fills a batch (the call then writes

@@ -400,8 +400,11 @@ func TestIssue10SettlementIsBoundedByItsContext(t *testing.T) {
 			cfg := testConfig(q)
 			cfg.Logger = quietLogger()
 			cfg.Dialer.Heartbeat = 60 * time.Second
-			if name == "Ack" {
+			switch name {
+			case "Ack":
 				cfg.AckBatch = 1
+			case "Ack coalesced":
+				cfg.AckBatch = 16 // coalescing is opt-in (review R2)
 			}
 			cfg.Dialer.Dial = func(network, addr string) (net.Conn, error) {
 				c, err := net.DialTimeout(network, addr, 5*time.Second)

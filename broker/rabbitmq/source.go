@@ -41,20 +41,23 @@ type Config struct {
 	// Logger receives connection-state logs (default slog.Default()).
 	Logger *slog.Logger
 	// AckBatch is the most acks the source coalesces into one basic.ack
-	// with multiple=true (default 16, and never more than a quarter of
-	// Prefetch, since waiting acks hold prefetch slots). 1 turns coalescing
-	// off: every Ack then sends its own basic.ack, as it is made. With a
-	// Prefetch below 8 coalescing is off. See the package doc,
-	// Acknowledgement.
+	// with multiple=true (never more than a quarter of Prefetch, since
+	// waiting acks hold prefetch slots). The default, 0 or 1, turns
+	// coalescing off: every Ack sends its own basic.ack, as it is made.
+	// Coalescing is opt-in (16 is a good value) and pays only when the
+	// prefetch is well above the concurrency: with Prefetch equal to the
+	// concurrency and varying handler times it is slower (see the package
+	// doc, Acknowledgement). With a Prefetch below 8 coalescing is off.
 	AckBatch int
 	// AckDelay is the longest a coalesced ack waits before it is sent
-	// (default 2ms).
+	// (default 2ms); it is unused without coalescing.
 	AckDelay time.Duration
 }
 
-// The defaults of Config.AckBatch and Config.AckDelay.
+// The defaults of Config.AckBatch and Config.AckDelay. Coalescing is off by
+// default (review R2): see the package doc, Acknowledgement.
 const (
-	defaultAckBatch = 16
+	defaultAckBatch = 1
 	defaultAckDelay = 2 * time.Millisecond
 )
 
@@ -691,7 +694,9 @@ func (s *Source) poke() {
 // every wait on the broker and every goroutine of the source within
 // milliseconds, and returns an error wrapping ctx's error. Nothing is lost:
 // the broker requeues every unacknowledged delivery when it sees the
-// connection go, at once or, when the network is what hangs, after its
+// connection go (with coalescing on, that includes deliveries whose Ack
+// returned nil but whose ack was still queued: fewer than twice AckBatch
+// duplicates per channel), at once or, when the network is what hangs, after its
 // heartbeat timeout. A source on a shared Connection cannot close it: it
 // returns at ctx's end and leaves its channel to close in the background,
 // which on a hung connection takes until Connection.Close gives up on the
@@ -724,7 +729,8 @@ func (s *Source) Close(ctx context.Context) error {
 		waitAborted(s.closeDone)
 	}
 	return fmt.Errorf("rabbitmq: close source of queue %q: gave up waiting for the broker; "+
-		"its unsettled deliveries go back to the queue when the broker sees the connection go: %w", s.cfg.Queue, ctx.Err())
+		"its unacknowledged deliveries (with coalescing, also those whose Ack returned nil but whose ack was not sent yet) "+
+		"go back to the queue when the broker sees the connection go: %w", s.cfg.Queue, ctx.Err())
 }
 
 // shutdown is the work of Close, on a goroutine of its own so that Close can
