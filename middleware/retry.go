@@ -25,9 +25,12 @@ import (
 // Retry also stops when the consumer's intake stops (consumer.IntakeStopped:
 // Pause, a kill-switch trip, the drain): an attempt already running finishes,
 // but no further attempt starts and no backoff is waited out, so that a
-// shutdown is not held up by in-process retries; the last error goes to the
-// runtime, which requeues the message (or, for a kill switch that tripped,
-// gives it back). An error wrapping consumer.ErrNotHandled (a RateLimit inside
+// shutdown is not held up by in-process retries. A failure whose retries
+// were cut short that way is returned wrapping consumer.ErrNotHandled as
+// well as the last error: the runtime gives the message back without
+// spending an attempt (the policy would have tried again; a deploy must not
+// dead-letter a message on its last delivery that one more try would have
+// handled). An error wrapping consumer.ErrNotHandled (a RateLimit inside
 // Retry whose wait was cut short) is never retried.
 //
 // In-process retries hold a consumer slot while they wait. Keep them short and
@@ -43,10 +46,8 @@ func Retry(p retry.Policy) consumer.Middleware {
 				return err
 			}
 			stopped := consumer.IntakeStopped(ctx)
-			select {
-			case <-stopped:
-				return err
-			default:
+			if closed(stopped) {
+				return &cutShortError{err}
 			}
 			// Do waits and decides on wctx, which also ends when intake
 			// stops; the attempts run on children of ctx, so that an
@@ -63,7 +64,7 @@ func Retry(p retry.Policy) consumer.Middleware {
 				}()
 			}
 			first := true
-			return retry.Do(wctx, p, func(context.Context) error {
+			err = retry.Do(wctx, p, func(context.Context) error {
 				if first { // Do's first call stands for the attempt that already failed
 					first = false
 					return err
@@ -76,6 +77,32 @@ func Retry(p retry.Policy) consumer.Middleware {
 				}
 				return err
 			})
+			if err != nil && ctx.Err() == nil && closed(stopped) && !retry.IsPermanent(err) && !errors.Is(err, consumer.ErrNotHandled) {
+				return &cutShortError{err}
+			}
+			return err
 		})
 	}
 }
+
+// closed reports whether c is closed; a nil c (outside a consumer) never is.
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// cutShortError is a failure whose in-process retries stopped because the
+// consumer's intake stopped. It wraps both the last error and
+// consumer.ErrNotHandled, so that the runtime gives the message back
+// without spending an attempt.
+type cutShortError struct{ err error }
+
+func (e *cutShortError) Error() string {
+	return e.err.Error() + " (in-process retries cut short: intake stopped)"
+}
+
+func (e *cutShortError) Unwrap() []error { return []error{e.err, consumer.ErrNotHandled} }
