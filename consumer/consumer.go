@@ -208,8 +208,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.cur = r
 	c.mu.Unlock()
 
+	c.ksRunStarts()
 	err := r.run(ctx)
 	defer r.release()
+	c.ksRunEnds()
 
 	c.mu.Lock()
 	c.foldStats(r)

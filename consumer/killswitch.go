@@ -254,7 +254,12 @@ type KillSwitchStatus struct {
 	// NextProbe is when the switch, open, probes next: Since plus the
 	// restart timeout of this trip (doubled by each failed probe, see
 	// KillSwitch.MaxRestartTimeout). Zero in the other states, and for the
-	// moment between a trip and its EventTripped hooks' return.
+	// moment between a trip and its EventTripped hooks' return. Zero too
+	// when no probe is to come: after Shutdown or Close (State stays what
+	// it was when the consumer stopped, "open" for a tripped one: the
+	// switch never closed, but it will never probe either), and while no
+	// Run runs (a Run that returned an error leaves the probe owed, armed
+	// again, for what is left of its wait, by the next Run).
 	NextProbe time.Time `json:"next_probe,omitzero"`
 	// Trips counts the trips so far, re-trips while probing included.
 	Trips int64 `json:"trips"`
@@ -320,6 +325,17 @@ type killSwitch struct {
 	probeOK        atomic.Int64 // successes of probe deliveries since probing began
 	buckets        [ksBuckets]ksBucket
 
+	// tmu serialises the transitions with their events: it is held from
+	// the CAS on state (or the Store of ksProbe) through the emit of the
+	// transition's event, so that the events come in the order of the
+	// transitions (review R3 MEDIUM-2: an EventTripped of a trip right
+	// after a close used to come before the close's EventRecovered). Only
+	// transitions take it; the message path of an outcome that changes
+	// nothing does not. Lock order: tmu, then Consumer.pmu, Consumer.mu,
+	// mu; none of these is held while tmu is taken, and tmu's holder emits
+	// holding none of them, so that a hook may call Pause or Resume.
+	tmu sync.Mutex
+
 	mu        sync.Mutex // guards the fields below
 	reason    string
 	since     time.Time
@@ -329,6 +345,12 @@ type killSwitch struct {
 	timer     *time.Timer   // the restart timeout, while open
 	timerDone chan struct{} // closed when timer's function returned
 	stopped   bool          // the consumer stopped for good: schedule nothing
+	// parked: no Run is running (Run returned without the consumer
+	// stopping for good, as when its source failed): a probe now would
+	// resume the source with nobody to receive. The probe is owed at owed
+	// (zero: none) and armed at the next Run (park, unpark).
+	parked bool
+	owed   time.Time
 }
 
 func newKillSwitch(cfg KillSwitch) *killSwitch {
@@ -469,6 +491,16 @@ func (k *killSwitch) schedule(wait time.Duration, f func()) {
 	if k.stopped {
 		return
 	}
+	if k.parked {
+		k.owed = time.Now().Add(wait)
+		k.nextProbe = time.Time{}
+		return
+	}
+	k.arm(wait, f)
+}
+
+// arm starts the restart timer. The caller holds k.mu.
+func (k *killSwitch) arm(wait time.Duration, f func()) {
 	done := make(chan struct{})
 	k.timerDone = done
 	k.nextProbe = time.Now().Add(wait)
@@ -495,15 +527,54 @@ func (k *killSwitch) nextRestart(retrip bool) time.Duration {
 
 // stop cancels the restart timeout, waiting for its function if it is
 // running, and schedules nothing more: the consumer stopped for good.
+//
+// Once stopped, no probe comes: NextProbe is zero (and the health reason
+// names no probe), whatever the state the switch stopped in.
 func (k *killSwitch) stop() {
 	k.mu.Lock()
 	k.stopped = true
 	t, done := k.timer, k.timerDone
 	k.timer = nil
+	k.nextProbe, k.owed = time.Time{}, time.Time{}
 	k.mu.Unlock()
 	if t != nil && !t.Stop() {
 		<-done
 	}
+}
+
+// park disarms the restart timeout while no Run runs (Run returned with
+// the consumer not stopped for good), waiting for a probe in progress:
+// the probe is owed, and unpark arms it at the next Run, for what is left
+// of its wait.
+func (k *killSwitch) park() {
+	k.mu.Lock()
+	k.parked = true
+	t, done := k.timer, k.timerDone
+	k.timer = nil
+	if t != nil && t.Stop() {
+		k.owed = k.nextProbe
+		k.nextProbe = time.Time{}
+		t = nil
+	}
+	k.mu.Unlock()
+	if t != nil {
+		// Running: let it finish (a re-trip it makes is owed, parked).
+		<-done
+	}
+}
+
+// unpark arms the probe that park (or a trip while parked) left owed,
+// for what is left of its wait: a Run starts.
+func (k *killSwitch) unpark(f func()) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.parked = false
+	owed := k.owed
+	k.owed = time.Time{}
+	if owed.IsZero() || k.stopped || k.state.Load() != ksOpen {
+		return
+	}
+	k.arm(max(time.Until(owed), 0), f)
 }
 
 // entered records that the switch just entered its state, probing or
@@ -607,14 +678,17 @@ func (c *Consumer) ksOutcome(probe bool, err error) (giveBack bool) {
 		case ksOpen:
 			return !probe
 		case ksProbing:
+			k.tmu.Lock()
 			if k.state.CompareAndSwap(ksProbing, ksOpen) {
 				why := "a probe failed"
 				if !probe {
 					why = "a message received before the trip failed while probing"
 				}
 				c.ksTripped(err, why, true)
+				k.tmu.Unlock()
 				return !probe
 			}
+			k.tmu.Unlock()
 			continue // closed or tripped meanwhile: look again
 		}
 		k.current().fail.Add(1)
@@ -622,9 +696,14 @@ func (c *Consumer) ksOutcome(probe bool, err error) (giveBack bool) {
 		if k.addFailure() && !trip {
 			why, trip = k.recentWhy(), true
 		}
-		if trip && k.state.CompareAndSwap(ksClosed, ksOpen) {
-			c.ksTripped(err, why, false)
-			return !probe
+		if trip {
+			k.tmu.Lock()
+			if k.state.CompareAndSwap(ksClosed, ksOpen) {
+				c.ksTripped(err, why, false)
+				k.tmu.Unlock()
+				return !probe
+			}
+			k.tmu.Unlock()
 		}
 		// Below the threshold: an ordinary failure, unless another worker
 		// tripped the switch meanwhile.
@@ -636,7 +715,7 @@ func (c *Consumer) ksOutcome(probe bool, err error) (giveBack bool) {
 // the switch (retrip: from probing): record why, stop the intake and pause
 // the source (as Pause does), report it, and arm the restart timeout, in
 // that order so that EventTripped comes before the EventProbing the
-// timeout leads to.
+// timeout leads to. The caller holds k.tmu, taken before its CAS.
 func (c *Consumer) ksTripped(err error, why string, retrip bool) {
 	k := c.ks
 	reason := why
@@ -678,12 +757,14 @@ func (c *Consumer) stopIntakeForTrip() error {
 // timer's goroutine.
 func (c *Consumer) ksProbe() {
 	k := c.ks
+	k.tmu.Lock()
 	c.pmu.Lock()
 	c.mu.Lock()
 	closed := c.closed
 	c.mu.Unlock()
 	if closed || k.state.Load() != ksOpen {
 		c.pmu.Unlock()
+		k.tmu.Unlock()
 		return
 	}
 	k.clear()
@@ -700,15 +781,20 @@ func (c *Consumer) ksProbe() {
 	// Before the intake opens: no probe delivery, and so no EventRecovered
 	// or re-trip, can come before EventProbing.
 	c.emit(Event{Kind: EventProbing})
+	k.tmu.Unlock()
 
 	c.pmu.Lock()
 	ctx, cancel := context.WithTimeout(context.Background(), c.o.settleTimeout)
 	err := c.openIntakeLocked(ctx, false)
 	cancel()
 	c.pmu.Unlock()
-	if err != nil && k.state.CompareAndSwap(ksProbing, ksOpen) {
-		// The source would not resume: stay tripped, try again later.
-		c.ksTripped(err, "resuming the source to probe failed", true)
+	if err != nil {
+		k.tmu.Lock()
+		if k.state.CompareAndSwap(ksProbing, ksOpen) {
+			// The source would not resume: stay tripped, try again later.
+			c.ksTripped(err, "resuming the source to probe failed", true)
+		}
+		k.tmu.Unlock()
 	}
 }
 
@@ -716,6 +802,8 @@ func (c *Consumer) ksProbe() {
 // success was the last probe calls it.
 func (c *Consumer) ksRecover() {
 	k := c.ks
+	k.tmu.Lock()
+	defer k.tmu.Unlock()
 	if !k.state.CompareAndSwap(ksProbing, ksClosed) {
 		return
 	}
@@ -724,6 +812,23 @@ func (c *Consumer) ksRecover() {
 	c.gate.setCap(0)
 	c.logger().Info("queuekit: kill switch closed; the probes succeeded", "probe_messages", k.cfg.ProbeMessages)
 	c.emit(Event{Kind: EventRecovered})
+}
+
+// ksRunStarts arms a probe owed since the last Run returned (park): Run
+// calls it once the run is current.
+func (c *Consumer) ksRunStarts() {
+	if c.ks != nil {
+		c.ks.unpark(c.ksProbe)
+	}
+}
+
+// ksRunEnds disarms the restart timeout as Run returns (unpark re-arms it
+// at the next Run), waiting for a probe in progress, so that no probe
+// resumes the source with no Run to receive.
+func (c *Consumer) ksRunEnds() {
+	if c.ks != nil {
+		c.ks.park()
+	}
 }
 
 // stopKillSwitch disarms the kill switch's restart timeout for good (the
