@@ -37,12 +37,14 @@
 //
 // With the no-op provider (go.opentelemetry.io/otel/trace/noop, or the
 // deprecated trace.NewNoopTracerProvider, passed with WithTracerProvider or
-// set as the global provider before Tracing is called), Tracing starts no
-// span and sets no attribute: a message without trace context costs a
-// header lookup and no allocation (BenchmarkOTel). A message that carries
-// one still has it extracted into the handler's context, so that the trace
-// continues through what the handler publishes, as the OpenTelemetry API
-// requires without an SDK. With an SDK, every attribute is given when the
+// set as the global provider before Tracing is called), Tracing is a
+// pass-through: no header read, no span, no attribute, no allocation, and the
+// handler gets the caller's context itself, whether or not the message
+// carries a trace context (BenchmarkOTel). PropagateWithoutTracing still
+// extracts a message's trace context into the handler's context, so that the
+// trace continues through what the handler publishes, as the OpenTelemetry
+// API does without an SDK (about 200 ns and 2 allocations per traced
+// message). With an SDK, every attribute is given when the
 // span starts, so that the sampler sees them all; a span that the sampler
 // drops gets no error recording.
 //

@@ -242,8 +242,8 @@ func tracedMessage(ctx context.Context, tp trace.TracerProvider) (*broker.Messag
 
 type ctxKey struct{}
 
-// TestNoopProviderStartsNoSpanButPropagates checks the no-op provider: the
-// handler is called with its context unchanged (no span, no allocation) for
+// TestNoopProviderStartsNoSpanButPropagates checks the no-op provider with
+// PropagateWithoutTracing: the handler is called with its context unchanged (no span, no allocation) for
 // a message without trace context, and, for a message that carries one,
 // with the remote span context and baggage extracted, so that what the
 // handler publishes carries the publisher's trace onward (as the
@@ -270,7 +270,7 @@ func TestNoopProviderStartsNoSpanButPropagates(t *testing.T) {
 		marker = ctx.Value(ctxKey{})
 		return nil
 	})
-	wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()))(h)
+	wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()), otelqueuekit.PropagateWithoutTracing())(h)
 	ctx := context.WithValue(context.Background(), ctxKey{}, "kept")
 
 	if err := wrapped.Handle(ctx, traced); err != nil {
@@ -299,7 +299,7 @@ func TestNoopProviderStartsNoSpanButPropagates(t *testing.T) {
 			calls, marker, got, onward)
 	}
 
-	quiet := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()))(
+	quiet := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()), otelqueuekit.PropagateWithoutTracing())(
 		consumer.HandlerFunc(func(context.Context, *broker.Message) error { return nil }))
 	if n := testing.AllocsPerRun(1000, func() { _ = quiet.Handle(ctx, plain) }); n != 0 {
 		t.Errorf("no-op provider, message without trace context: %v allocs per message; want 0", n)
@@ -310,8 +310,8 @@ func TestNoopProviderStartsNoSpanButPropagates(t *testing.T) {
 	}
 }
 
-// TestNoopProviderInsideARecordingSpan checks the no-op provider called
-// with a context that already holds a recording span (the handler chain is
+// TestNoopProviderInsideARecordingSpan checks the no-op provider with
+// PropagateWithoutTracing called with a context that already holds a recording span (the handler chain is
 // run inside a span of the caller's) and a message without trace context:
 // the handler gets what the no-op tracer's Start returns, a non-recording
 // span with that span's context (so that the trace still continues through
@@ -324,7 +324,7 @@ func TestNoopProviderInsideARecordingSpan(t *testing.T) {
 	defer span.End()
 	var got trace.Span
 	var onward map[string]string
-	wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()))(
+	wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()), otelqueuekit.PropagateWithoutTracing())(
 		consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
 			got = trace.SpanFromContext(ctx)
 			onward = otelqueuekit.Inject(ctx, nil)
@@ -362,13 +362,14 @@ func TestNoopGlobalProviderIsNoop(t *testing.T) {
 
 // TestDeprecatedNoopProviderIsNoop checks that the deprecated
 // trace.NewNoopTracerProvider takes the no-op path too (no span, no
-// allocation), and still passes an extracted trace context on.
+// allocation), and with PropagateWithoutTracing still passes an extracted
+// trace context on.
 func TestDeprecatedNoopProviderIsNoop(t *testing.T) {
 	pub, _ := newProvider()
 	defer pub.Shutdown(context.Background())
 	traced, sent := tracedMessage(context.Background(), pub)
 	var got trace.SpanContext
-	wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(trace.NewNoopTracerProvider()))( //nolint:staticcheck // the deprecated provider on purpose
+	wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(trace.NewNoopTracerProvider()), otelqueuekit.PropagateWithoutTracing())( //nolint:staticcheck // the deprecated provider on purpose
 		consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
 			got = trace.SpanContextFromContext(ctx)
 			return nil
@@ -741,7 +742,7 @@ func TestOtherPropagatorIsAlwaysAsked(t *testing.T) {
 	}
 	for _, tp := range []trace.TracerProvider{noop.NewTracerProvider(), pub} {
 		var got trace.SpanContext
-		wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(tp), otelqueuekit.WithPropagator(headerPropagator{}))(
+		wrapped := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(tp), otelqueuekit.WithPropagator(headerPropagator{}), otelqueuekit.PropagateWithoutTracing())(
 			consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
 				got = trace.SpanContextFromContext(ctx)
 				return nil
@@ -797,10 +798,12 @@ func TestNoopCostFigures(t *testing.T) {
 // "bare" is the handler alone; "noop" is the no-op provider with a message
 // carrying no trace context (tracing off everywhere: the path that must cost
 // nothing); "noop-deprecated" the same with trace.NewNoopTracerProvider;
-// "noop-remote-parent" is the no-op provider with a traceparent header (the
-// remote span context is still extracted into the handler's context);
-// "noop-outer-span" the no-op provider called inside a recording span (which
-// the handler gets as a non-recording copy); "global-unset" the default
+// "noop-remote-parent" is the no-op provider with a traceparent header (a
+// pass-through: nothing is extracted); "noop-outer-span" the no-op provider
+// called inside a recording span (passed on as it is); the "-propagate"
+// variants the same with PropagateWithoutTracing (the remote span context is
+// extracted into the handler's context; the outer span is handed on as a
+// non-recording copy); "global-unset" the default
 // provider (otel.GetTracerProvider) when no program sets one, with a message
 // carrying no trace context; "sdk-never-sample" an SDK provider whose
 // sampler drops every span; "sdk-always-sample" an SDK provider recording
@@ -852,6 +855,9 @@ func BenchmarkOTel(b *testing.B) {
 	run("noop-deprecated", tracing(trace.NewNoopTracerProvider()), ctx, plain) //nolint:staticcheck // the deprecated provider is measured on purpose
 	run("noop-remote-parent", tracing(noop.NewTracerProvider()), ctx, traced)
 	run("noop-outer-span", tracing(noop.NewTracerProvider()), pctx, plain)
+	propagating := otelqueuekit.Tracing("memory", otelqueuekit.WithTracerProvider(noop.NewTracerProvider()), otelqueuekit.PropagateWithoutTracing())(h)
+	run("noop-remote-parent-propagate", propagating, ctx, traced)
+	run("noop-outer-span-propagate", propagating, pctx, plain)
 	run("global-unset", otelqueuekit.Tracing("memory")(h), ctx, plain)
 	run("sdk-never-sample", tracing(never), ctx, traced)
 	run("sdk-always-sample", tracing(always), ctx, traced)
