@@ -1,10 +1,13 @@
 package kafka_test
 
 import (
+	"bytes"
 	"context"
+	"math"
 	"os"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,13 +26,18 @@ import (
 // or consumer to having left the group.
 //
 //	go test -run '^$' -bench BenchmarkConsume -benchtime 3x -count 2 ./broker/kafka/
+//	QUEUEKIT_BENCH_KAFKA_RECORDS=1000000 go test -run '^$' -bench 'BenchmarkConsume/noop' -benchtime 4x ./broker/kafka/
 //
-// noop: 100,000 small records over 4 partitions, a handler that does
-// nothing; queuekit handles each partition in order (ByPartition) with 1
-// and 4 workers, and by key with 16 workers. Every iteration runs the raw
-// loop and the queuekit case back to back (alternating which goes first),
-// so that both see the same load on a shared machine: raw-msgs/s is the raw
-// loop's rate, msgs/s queuekit's, x-raw their ratio.
+// noop: one 4-partition topic of QUEUEKIT_BENCH_KAFKA_RECORDS records
+// (default 100,000) of 100 B each, a handler that does nothing; queuekit
+// handles each partition in order (ByPartition) with 1 and 4 workers, and
+// by key with 16 workers. Every iteration (round) runs the raw loop and the
+// queuekit case back to back (alternating which goes first), so that both
+// see the same load on a shared machine: raw-msgs/s is the raw loop's rate,
+// msgs/s queuekit's, x-raw their ratio (join to leave); raw-steady-msgs/s,
+// steady-msgs/s and x-raw-steady the same from the first record to the
+// last, leaving out joining and leaving the group; min-x-raw-steady is the
+// lowest per-round ratio. Each round's figures are logged.
 //
 // sleep1ms: 5,000 records, a handler that sleeps 1 ms. The raw loop handles
 // one record at a time (~6 s a run), so it runs once, in its own
@@ -37,14 +45,16 @@ import (
 // workers; ByKey, 64 keys, 64 workers) report x-raw against it; sleeping
 // dominates both, so the machine's load matters little there.
 //
-// steady-msgs/s counts from the first record to the last, leaving out
-// joining and leaving the group. ns/op means little here: a noop iteration
-// is a raw run plus a queuekit run plus the checks after it.
+// QUEUEKIT_BENCH_KAFKA_ONLY=raw or =queuekit runs one side alone (no
+// ratios), for a CPU or memory profile of it.
+//
+// ns/op means little here: a noop iteration is a raw run plus a queuekit
+// run plus the checks after it.
 func BenchmarkConsume(b *testing.B) {
 	e := newEnv(b)
 	small := e.topic(b, "bench-noop")
-	const nNoop = 100_000
-	e.produce(b, small, 0, nNoop, func(i int) string { return "k" + strconv.Itoa(i%1024) })
+	nNoop := benchRecords(b)
+	e.produceSized(b, small, nNoop, benchRecordBytes, func(i int) string { return "k" + strconv.Itoa(i%1024) })
 	slow := e.topic(b, "bench-slow")
 	const nSlow = 5_000
 	e.produce(b, slow, 0, nSlow, func(i int) string { return "k" + strconv.Itoa(i%64) })
@@ -62,19 +72,48 @@ func BenchmarkConsume(b *testing.B) {
 
 	paired := func(ord kafka.Ordering, workers int) func(*testing.B) {
 		return func(b *testing.B) {
-			var r, q timing
-			for i := range b.N {
-				if i%2 == 0 {
-					r = r.add(raw(small, nNoop, noop))
-					q = q.add(qk(small, nNoop, noop, ord, workers))
-				} else {
-					q = q.add(qk(small, nNoop, noop, ord, workers))
-					r = r.add(raw(small, nNoop, noop))
+			if only := os.Getenv("QUEUEKIT_BENCH_KAFKA_ONLY"); only != "" {
+				// One side alone, for a profile of it: no ratios.
+				var t timing
+				for range b.N {
+					switch only {
+					case "raw":
+						t = t.add(raw(small, nNoop, noop))
+					case "queuekit":
+						t = t.add(qk(small, nNoop, noop, ord, workers))
+					default:
+						b.Fatalf("QUEUEKIT_BENCH_KAFKA_ONLY=%q: want raw or queuekit", only)
+					}
 				}
+				t.report(b)
+				b.ReportMetric(t.cpuPerMsg(), "cpu-us/msg")
+				return
+			}
+			var r, q timing
+			minSteady := math.Inf(1)
+			for i := range b.N {
+				var ri, qi timing
+				if i%2 == 0 {
+					ri = raw(small, nNoop, noop)
+					qi = qk(small, nNoop, noop, ord, workers)
+				} else {
+					qi = qk(small, nNoop, noop, ord, workers)
+					ri = raw(small, nNoop, noop)
+				}
+				x := qi.steadyRate() / ri.steadyRate()
+				minSteady = min(minSteady, x)
+				b.Logf("round %d: raw %.0f msg/s steady %.0f (%.2f µs CPU/msg); queuekit %.0f msg/s steady %.0f (%.2f µs CPU/msg); x-raw %.2f, x-raw-steady %.2f",
+					i+1, ri.rate(), ri.steadyRate(), ri.cpuPerMsg(), qi.rate(), qi.steadyRate(), qi.cpuPerMsg(), qi.rate()/ri.rate(), x)
+				r, q = r.add(ri), q.add(qi)
 			}
 			b.ReportMetric(r.rate(), "raw-msgs/s")
+			b.ReportMetric(r.steadyRate(), "raw-steady-msgs/s")
 			q.report(b)
 			b.ReportMetric(q.rate()/r.rate(), "x-raw")
+			b.ReportMetric(q.steadyRate()/r.steadyRate(), "x-raw-steady")
+			b.ReportMetric(minSteady, "min-x-raw-steady")
+			b.ReportMetric(r.cpuPerMsg(), "raw-cpu-us/msg")
+			b.ReportMetric(q.cpuPerMsg(), "cpu-us/msg")
 		}
 	}
 	b.Run("noop/by-partition-1worker", paired(kafka.ByPartition, 1))
@@ -110,17 +149,74 @@ func BenchmarkConsume(b *testing.B) {
 type timing struct {
 	n             int
 	total, steady time.Duration
+	// cpu is the process's CPU time (user + system) from first record to
+	// last: the client's and the in-process cluster's together.
+	cpu time.Duration
 }
 
 func (t timing) add(u timing) timing {
-	return timing{n: t.n + u.n, total: t.total + u.total, steady: t.steady + u.steady}
+	return timing{n: t.n + u.n, total: t.total + u.total, steady: t.steady + u.steady, cpu: t.cpu + u.cpu}
+}
+
+// cpuPerMsg is the process CPU per record in steady state, in µs.
+func (t timing) cpuPerMsg() float64 { return float64(t.cpu.Microseconds()) / float64(t.n) }
+
+// processCPU returns the process's CPU time so far (user + system).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func (t timing) rate() float64 { return float64(t.n) / t.total.Seconds() }
 
+func (t timing) steadyRate() float64 { return float64(t.n) / t.steady.Seconds() }
+
 func (t timing) report(b *testing.B) {
 	b.ReportMetric(t.rate(), "msgs/s")
-	b.ReportMetric(float64(t.n)/t.steady.Seconds(), "steady-msgs/s")
+	b.ReportMetric(t.steadyRate(), "steady-msgs/s")
+}
+
+// benchRecordBytes is the size of a noop record's value.
+const benchRecordBytes = 100
+
+// benchRecords is the noop topic's record count: QUEUEKIT_BENCH_KAFKA_RECORDS,
+// default 100,000 (a quick run; the size is 1,000,000).
+func benchRecords(b *testing.B) int {
+	v := os.Getenv("QUEUEKIT_BENCH_KAFKA_RECORDS")
+	if v == "" {
+		return 100_000
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		b.Fatalf("QUEUEKIT_BENCH_KAFKA_RECORDS=%q: want a positive record count", v)
+	}
+	return n
+}
+
+// produceSized writes n records of size bytes each to topic, record i with
+// key key(i), in requests of 5,000.
+func (e *env) produceSized(b *testing.B, topic string, n, size int, key func(i int) string) {
+	b.Helper()
+	p, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: e.brokers, Topic: topic, BatchSize: 1000, BatchTimeout: time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	body := bytes.Repeat([]byte("x"), size)
+	const chunk = 5000
+	for i := 0; i < n; i += chunk {
+		end := min(i+chunk, n)
+		msgs := make([]*broker.Message, 0, end-i)
+		for j := i; j < end; j++ {
+			msgs = append(msgs, &broker.Message{Key: []byte(key(j)), Body: body})
+		}
+		if err := p.Publish(context.Background(), topic, msgs...); err != nil {
+			b.Fatalf("Publish: %v", err)
+		}
+	}
 }
 
 func debugBench() bool { return os.Getenv("QUEUEKIT_KAFKA_DEBUG_BENCH") != "" }
@@ -128,7 +224,10 @@ func debugBench() bool { return os.Getenv("QUEUEKIT_KAFKA_DEBUG_BENCH") != "" }
 // runRaw consumes n records of topic with a plain kafka-go group Reader.
 func runRaw(b *testing.B, e *env, topic, group string, n int, h func(context.Context)) timing {
 	ctx := context.Background()
-	var first time.Time
+	var (
+		first time.Time
+		cpu0  time.Duration
+	)
 	start := time.Now()
 	r := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers:           e.brokers,
@@ -147,7 +246,7 @@ func runRaw(b *testing.B, e *env, topic, group string, n int, h func(context.Con
 			b.Fatal(err)
 		}
 		if i == 0 {
-			first = time.Now()
+			first, cpu0 = time.Now(), processCPU()
 		}
 		h(ctx)
 		batch = append(batch, m)
@@ -158,9 +257,9 @@ func runRaw(b *testing.B, e *env, topic, group string, n int, h func(context.Con
 			batch = batch[:0]
 		}
 	}
-	last := time.Now()
+	last, cpu1 := time.Now(), processCPU()
 	r.Close()
-	t := timing{n: n, total: time.Since(start), steady: last.Sub(first)}
+	t := timing{n: n, total: time.Since(start), steady: last.Sub(first), cpu: cpu1 - cpu0}
 	if debugBench() {
 		b.Logf("raw: first record after %v, last after %v, close took %v", first.Sub(start), last.Sub(start), time.Since(last))
 	}
@@ -173,7 +272,10 @@ func runRaw(b *testing.B, e *env, topic, group string, n int, h func(context.Con
 // so that a fast but wrong run cannot pass for a fast one.
 func runQueuekit(b *testing.B, e *env, topic, group string, n int, h func(context.Context),
 	ord kafka.Ordering, workers int) timing {
-	var first atomic.Pointer[time.Time]
+	var (
+		first atomic.Pointer[time.Time]
+		cpu0  atomic.Int64
+	)
 	start := time.Now()
 	cfg := e.config(topic, group)
 	cfg.Ordering = ord
@@ -184,7 +286,9 @@ func runQueuekit(b *testing.B, e *env, topic, group string, n int, h func(contex
 	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, _ *broker.Message) error {
 		if first.Load() == nil {
 			now := time.Now()
-			first.CompareAndSwap(nil, &now)
+			if first.CompareAndSwap(nil, &now) {
+				cpu0.Store(int64(processCPU()))
+			}
 		}
 		h(ctx)
 		if handled.Add(1) == int64(n) {
@@ -202,12 +306,12 @@ func runQueuekit(b *testing.B, e *env, topic, group string, n int, h func(contex
 	case <-time.After(5 * time.Minute):
 		b.Fatalf("handled %d of %d", handled.Load(), n)
 	}
-	last := time.Now()
+	last, cpu1 := time.Now(), processCPU()
 	if err := c.Shutdown(context.Background()); err != nil { // final commit, leave
 		b.Fatal(err)
 	}
 	<-runErr
-	t := timing{n: n, total: time.Since(start), steady: last.Sub(*first.Load())}
+	t := timing{n: n, total: time.Since(start), steady: last.Sub(*first.Load()), cpu: cpu1 - time.Duration(cpu0.Load())}
 	if debugBench() {
 		b.Logf("queuekit: first record after %v, last after %v, shutdown took %v",
 			first.Load().Sub(start), last.Sub(start), time.Since(last))
