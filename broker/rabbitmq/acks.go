@@ -48,10 +48,15 @@ import (
 // it. (They waited ten ticks, or 2*batch acks, before review R2: with the
 // prefetch equal to the concurrency those held slots idled workers.)
 type acker struct {
-	ch    ackWriter
-	link  link
-	batch int           // flush the prefix once it holds this many acks
-	delay time.Duration // flush waiting acks at least this often
+	ch       ackWriter
+	link     link
+	batch    int           // flush the prefix once it holds this many acks
+	delay    time.Duration // flush waiting acks at least this often
+	prefetch int           // the channel's basic.qos prefetch count
+
+	// idle counts the Receives of the channel's subscriptions waiting
+	// for a delivery with nothing buffered (see starving).
+	idle atomic.Int32
 
 	// wmu serialises the writes (see above). Ack takes it with TryLock: a
 	// worker never waits for another's write; what it leaves behind goes
@@ -69,7 +74,13 @@ type acker struct {
 	waiting int // entries waiting to be acked, in the prefix or beyond it
 	armed   bool
 	timer   *time.Timer
-	stats   *ackStats // the source's counters, or nil
+	// kick asks the next holder of wmu for a flush: of the prefix, and of
+	// the acks beyond it too when kickAll (a worker starves) or when
+	// batch of them wait. Whoever sets it tries wmu after; whoever
+	// releases wmu looks at it after (see unlockW), so a kick is never
+	// left behind by a write in progress.
+	kick, kickAll bool
+	stats         *ackStats // the source's counters, or nil
 	// The entry the prefix stopped at on the last ticks, and how many
 	// ticks in a row it did.
 	stopTag   uint64
@@ -113,8 +124,8 @@ const (
 // outstanding.
 var errNotPending = fmt.Errorf("rabbitmq: delivery tag not outstanding on its channel: %w", broker.ErrAlreadySettled)
 
-func newAcker(ch ackWriter, l link, batch int, delay time.Duration, stats *ackStats) *acker {
-	return &acker{ch: ch, link: l, batch: batch, delay: delay, stats: stats}
+func newAcker(ch ackWriter, l link, batch int, delay time.Duration, prefetch int, stats *ackStats) *acker {
+	return &acker{ch: ch, link: l, batch: batch, delay: delay, prefetch: prefetch, stats: stats}
 }
 
 // register records that tag was taken from the client's deliveries.
@@ -207,7 +218,8 @@ func (a *acker) extend() {
 
 // ack records that tag's handler acked it. It reports whether the caller
 // should flush now (the prefix, or the acks waiting beyond it, reached
-// batch), and amqp.ErrClosed when the channel is being closed.
+// batch, or a worker starves: see starving), having set the kick the flush
+// serves, and amqp.ErrClosed when the channel is being closed.
 func (a *acker) ack(tag uint64) (flush bool, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -227,8 +239,56 @@ func (a *acker) ack(tag uint64) (flush bool, err error) {
 	if !a.armed {
 		a.arm()
 	}
-	return a.broken || a.pre >= a.batch || a.waiting-a.pre >= a.batch, nil
+	switch {
+	case a.starving():
+		a.kick, a.kickAll = true, true
+	case a.broken || a.pre >= a.batch || a.waiting-a.pre >= a.batch:
+		a.kick = true
+	default:
+		return false, nil
+	}
+	return true, nil
 }
+
+// starving reports whether the acks waiting hold prefetch credit that a
+// worker waits for: some Receive found nothing buffered (idle), and the
+// deliveries the channel's workers hold (being handled, or acked and
+// waiting: every registered entry not settled on the wire) plus the idle
+// Receives are more than the prefetch, so the broker cannot send each of
+// them a delivery before it gets an ack. With the prefetch equal to the
+// concurrency that is the case whenever an ack waits and every worker is
+// busy or idle; with the prefetch well above it, it is not, and acks go in
+// batches. (Flushing on every idle Receive instead would, with a fast
+// handler, send a small batch each time the client outran the broker,
+// which does not need the credit then.) The caller holds mu.
+func (a *acker) starving() bool {
+	if a.waiting == 0 {
+		return false
+	}
+	idle := int(a.idle.Load())
+	return idle > 0 && len(a.ents)-a.head+idle > a.prefetch
+}
+
+// wait is called by a Receive that found nothing buffered, before it
+// blocks; done, returned, when it stops waiting. If the waiting acks hold
+// the credit it waits for (starving), wait sends them all: the prefix with
+// a multiple ack, the rest one by one, as per-message acks would have.
+// The write is bounded by ackWriteTimeout.
+func (a *acker) wait() (done func()) {
+	a.idle.Add(1)
+	a.mu.Lock()
+	starving := !a.closed && a.starving()
+	if starving {
+		a.kick, a.kickAll = true, true
+	}
+	a.mu.Unlock()
+	if starving {
+		_ = a.serveKicks(true)
+	}
+	return a.unidle
+}
+
+func (a *acker) unidle() { a.idle.Add(-1) }
 
 // arm starts the timer. The caller holds mu.
 func (a *acker) arm() {
@@ -330,24 +390,61 @@ func (a *acker) send(b batchOut) error {
 	return nil
 }
 
-// flush is what an Ack that reached the batch does: it writes the prefix,
-// and the acks beyond it when batch of them wait (holding that many
-// prefetch slots: at most a quarter of them). It is bounded by the
-// caller (delivery.write). When another write is in progress it does
-// nothing: that writer, the next Ack or the next tick takes what waits.
-func (a *acker) flush() error {
-	if !a.wmu.TryLock() {
-		return nil
+// flush is what an Ack that set a kick does (see ack): it writes the
+// prefix, and the acks beyond it when batch of them wait (holding that
+// many prefetch slots: at most a quarter of them) or a worker starves.
+// It is bounded by the caller (delivery.write). When another write is in
+// progress it does nothing: that writer serves the kick when it is done.
+func (a *acker) flush() error { return a.serveKicks(false) }
+
+// serveKicks writes what the kicks ask for, as long as some are set and
+// wmu is free (see unlockW). bounded bounds each write by
+// ackWriteTimeout, for callers no context bounds. It returns the first
+// write error: the channel is gone, and the broker redelivers what was
+// not acked.
+func (a *acker) serveKicks(bounded bool) error {
+	var first error
+	for {
+		a.mu.Lock()
+		k := a.kick && !a.closed
+		a.mu.Unlock()
+		if !k || !a.wmu.TryLock() {
+			// Nothing asked, or wmu is held: its holder looks at the
+			// kick after it releases wmu, which is after now.
+			return first
+		}
+		a.mu.Lock()
+		var b batchOut
+		if a.kick && !a.closed {
+			b.u, b.n = a.takePrefix()
+			if a.kickAll || a.broken || a.waiting >= a.batch {
+				b.tags = a.takeBeyond()
+			}
+		}
+		a.kick, a.kickAll = false, false
+		a.mu.Unlock()
+		var err error
+		if b.u > 0 || len(b.tags) > 0 {
+			if bounded {
+				err = boundedWrite(a.link, ackWriteTimeout, func() error { return a.send(b) })
+			} else {
+				err = a.send(b)
+			}
+		}
+		a.wmu.Unlock()
+		if first == nil {
+			first = err
+		}
 	}
-	defer a.wmu.Unlock()
-	a.mu.Lock()
-	var b batchOut
-	b.u, b.n = a.takePrefix()
-	if a.broken || a.waiting >= a.batch {
-		b.tags = a.takeBeyond()
-	}
-	a.mu.Unlock()
-	return a.send(b)
+}
+
+// unlockW releases wmu and then serves the kicks set meanwhile: a kick set
+// while wmu was held found it held and left its flush to this holder.
+// Every holder of wmu releases it with unlockW; the caller holds no lock
+// of the acker.
+func (a *acker) unlockW() {
+	a.wmu.Unlock()
+	_ = a.serveKicks(true)
 }
 
 // tick runs on the timer's goroutine, every delay while acks wait: it
@@ -355,7 +452,7 @@ func (a *acker) flush() error {
 // at the same delivery for gapTicks ticks (one: at every tick).
 func (a *acker) tick() {
 	a.wmu.Lock()
-	defer a.wmu.Unlock()
+	defer a.unlockW()
 	a.mu.Lock()
 	if a.closed {
 		a.armed = false
@@ -394,7 +491,7 @@ func (a *acker) tick() {
 // is bounded by ackWriteTimeout.
 func (a *acker) flushAll(close bool) error {
 	a.wmu.Lock()
-	defer a.wmu.Unlock()
+	defer a.unlockW()
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -419,7 +516,7 @@ func (a *acker) flushAll(close bool) error {
 // The caller bounds it (delivery.write).
 func (a *acker) nack(tag uint64) error {
 	a.wmu.Lock()
-	defer a.wmu.Unlock()
+	defer a.unlockW()
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()

@@ -106,7 +106,8 @@ func (f *fakeChannel) Nack(tag uint64, multiple, requeue bool) error {
 	return nil
 }
 
-// TestAckerNeverCoversAnUnsettledTag drives an acker as the Source does, on
+// TestAckerNeverCoversAnUnsettledTag drives an acker as the Source does
+// (including the flushes of workers that find nothing buffered), on
 // a fake channel that checks RabbitMQ's rules: workers take tags in order
 // from one channel (the client's deliveries) but register them in whatever
 // order they get there, then ack most, nack some and abandon a few (a
@@ -126,7 +127,7 @@ func TestAckerNeverCoversAnUnsettledTag(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			const n = 20000
 			f := newFakeChannel(n)
-			a := newAcker(f, link{}, tc.batch, 200*time.Microsecond, nil)
+			a := newAcker(f, link{}, tc.batch, 200*time.Microsecond, 64, nil)
 			// The broker delivers while fewer than prefetch deliveries
 			// are unsettled (the abandoned ones hold their slots).
 			const prefetch = 64
@@ -148,7 +149,21 @@ func TestAckerNeverCoversAnUnsettledTag(t *testing.T) {
 			for w := 0; w < tc.workers; w++ {
 				wg.Go(func() {
 					r := rand.New(rand.NewPCG(uint64(w), 1))
-					for tag := range tags {
+					for {
+						// As Source.next: a worker that finds nothing
+						// buffered tells the acker before it waits.
+						var tag uint64
+						var ok bool
+						select {
+						case tag, ok = <-tags:
+						default:
+							done := a.wait()
+							tag, ok = <-tags
+							done()
+						}
+						if !ok {
+							break
+						}
 						a.register(tag)
 						for range r.IntN(3) {
 							time.Sleep(0) // let others overtake
@@ -223,7 +238,7 @@ func TestAckerTimings(t *testing.T) {
 	t.Run("a short prefix goes within the delay", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newFakeChannel(10)
-			a := newAcker(f, link{}, 16, delay, nil)
+			a := newAcker(f, link{}, 16, delay, 64, nil)
 			defer a.flushAll(true)
 			for tag := uint64(1); tag <= 3; tag++ {
 				a.register(tag)
@@ -249,7 +264,7 @@ func TestAckerTimings(t *testing.T) {
 		// workers idled (prefetch = concurrency, varying handler times).
 		synctest.Test(t, func(t *testing.T) {
 			f := newFakeChannel(10)
-			a := newAcker(f, link{}, 16, delay, nil)
+			a := newAcker(f, link{}, 16, delay, 64, nil)
 			defer a.flushAll(true)
 			for tag := uint64(1); tag <= 5; tag++ {
 				a.register(tag)
@@ -278,7 +293,7 @@ func TestAckerTimings(t *testing.T) {
 	t.Run("a batch of acks above a gap goes at once", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newFakeChannel(10)
-			a := newAcker(f, link{}, 4, time.Hour, nil)
+			a := newAcker(f, link{}, 4, time.Hour, 64, nil)
 			defer a.flushAll(true)
 			for tag := uint64(1); tag <= 5; tag++ {
 				a.register(tag)
@@ -306,7 +321,7 @@ func TestAckerTimings(t *testing.T) {
 	t.Run("a full batch goes at once", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newFakeChannel(10)
-			a := newAcker(f, link{}, 4, time.Hour, nil)
+			a := newAcker(f, link{}, 4, time.Hour, 64, nil)
 			defer a.flushAll(true)
 			for tag := uint64(1); tag <= 4; tag++ {
 				a.register(tag)
@@ -329,7 +344,7 @@ func TestAckerTimings(t *testing.T) {
 	t.Run("a nack sends the prefix first, alone", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newFakeChannel(10)
-			a := newAcker(f, link{}, 16, time.Hour, nil)
+			a := newAcker(f, link{}, 16, time.Hour, 64, nil)
 			defer a.flushAll(true)
 			for tag := uint64(1); tag <= 4; tag++ {
 				a.register(tag)
@@ -420,4 +435,61 @@ func TestAckBatchFollowsPrefetch(t *testing.T) {
 				tt.prefetch, tt.batch, cfg.AckBatch, cfg.AckDelay, tt.want, defaultAckDelay)
 		}
 	}
+}
+
+// blockingWriter is a fakeChannel whose first write blocks until release
+// is closed: a write in progress.
+type blockingWriter struct {
+	*fakeChannel
+	once    sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingWriter) Ack(tag uint64, multiple bool) error {
+	b.once.Do(func() { close(b.entered); <-b.release })
+	return b.fakeChannel.Ack(tag, multiple)
+}
+
+// TestAckerStarvingFlushMeetsAWriteInProgress (issue 15): a worker that
+// starves (its Receive found nothing buffered, and the waiting acks hold
+// the credit it needs) finds another flush writing. It must not wait for
+// that write, and its acks must not wait for the delay either: the writer
+// sends them when its own write is done.
+func TestAckerStarvingFlushMeetsAWriteInProgress(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &blockingWriter{fakeChannel: newFakeChannel(10), entered: make(chan struct{}), release: make(chan struct{})}
+		a := newAcker(f, link{}, 2, time.Hour, 2, nil)
+		defer a.flushAll(true)
+		for tag := uint64(1); tag <= 4; tag++ {
+			a.register(tag)
+			f.handlerAcked(tag)
+		}
+		for _, tag := range []uint64{1, 2} {
+			flush, err := a.ack(tag)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if flush {
+				go a.flush() // writes 1-2 and blocks
+			}
+		}
+		<-f.entered
+		if flush, err := a.ack(3); flush || err != nil {
+			t.Fatalf("ack(3) = %v, %v; want false, nil (no worker waits yet)", flush, err)
+		}
+		done := a.wait() // tags 3 and 4 held, 1 idle Receive, prefetch 2: starving
+		defer done()
+		if f.count() != 0 {
+			t.Fatalf("%d acked while the first write blocks; want 0", f.count())
+		}
+		close(f.release)
+		synctest.Wait()
+		if got := f.acked[3]; got != 1 {
+			t.Fatalf("tag 3 acked %d times after the write in progress ended; want 1 (at once, not after the delay)", got)
+		}
+		if got := f.count(); got != 3 {
+			t.Fatalf("%d acked; want 3 (tags 1-3)", got)
+		}
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"os/exec"
@@ -32,7 +33,16 @@ type benchCase struct {
 	prefetch int
 	workers  int
 	work     time.Duration // handler time
+	vary     time.Duration // when set, handler times vary uniformly from work to work+vary
 	msgs     int           // per side, split over two rounds
+}
+
+// handlerTime is the time of one handler call of c.
+func (c benchCase) handlerTime() time.Duration {
+	if c.vary > 0 {
+		return c.work + rand.N(c.vary)
+	}
+	return c.work
 }
 
 // TestBenchmarkAgainstRawClient compares consuming through queuekit (Source +
@@ -73,10 +83,13 @@ func TestBenchmarkAgainstRawClient(t *testing.T) {
 		n = v
 	}
 	cases := []benchCase{
-		{"prefetch64-workers8-noop", 64, 8, 0, n},
-		{"prefetch64-workers8-1ms", 64, 8, time.Millisecond, n},
-		{"prefetch1-workers1-noop", 1, 1, 0, n},
-		{"prefetch1-workers1-1ms", 1, 1, time.Millisecond, max(n/4, 1)},
+		{"prefetch64-workers8-noop", 64, 8, 0, 0, n},
+		{"prefetch64-workers8-1ms", 64, 8, time.Millisecond, 0, n},
+		{"prefetch1-workers1-noop", 1, 1, 0, 0, n},
+		{"prefetch1-workers1-1ms", 1, 1, time.Millisecond, 0, max(n/4, 1)},
+		// The prefetch equal to the concurrency, handlers of 1-5 ms:
+		// where waiting acks would hold the credit idle workers wait for.
+		{"prefetch8-workers8-1to5ms", 8, 8, time.Millisecond, 4 * time.Millisecond, max(n/4, 1)},
 	}
 	if only := os.Getenv("QUEUEKIT_BENCH_CASE"); only != "" {
 		var keep []benchCase
@@ -375,7 +388,7 @@ func runRaw(t testing.TB, q string, c benchCase, n int) (elapsed, cpu time.Durat
 		go func() {
 			defer wg.Done()
 			for d := range deliveries {
-				benchWork(c.work)
+				benchWork(c.handlerTime())
 				if err := d.Ack(false); err != nil {
 					return
 				}
@@ -420,7 +433,7 @@ func runRawMultiple(t testing.TB, q string, c benchCase, n, every int) (elapsed,
 	}
 	count := 0
 	for d := range deliveries {
-		benchWork(c.work)
+		benchWork(c.handlerTime())
 		count++
 		if count%every == 0 || count == n {
 			if err := d.Ack(true); err != nil {
@@ -477,7 +490,7 @@ func runQueuekitWith(t testing.TB, q string, c benchCase, n int, adjust func(*Co
 	var count atomic.Int64
 	done := make(chan struct{})
 	h := consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
-		benchWork(c.work)
+		benchWork(c.handlerTime())
 		if count.Add(1) == int64(n) {
 			close(done)
 		}
@@ -561,10 +574,10 @@ func runQueuekitWith(t testing.TB, q string, c benchCase, n int, adjust func(*Co
 func BenchmarkConsume(b *testing.B) {
 	needBroker(b)
 	cases := []benchCase{
-		{"prefetch64-workers8-noop", 64, 8, 0, 0},
-		{"prefetch64-workers8-1ms", 64, 8, time.Millisecond, 0},
-		{"prefetch1-workers1-noop", 1, 1, 0, 0},
-		{"prefetch1-workers1-1ms", 1, 1, time.Millisecond, 0},
+		{"prefetch64-workers8-noop", 64, 8, 0, 0, 0},
+		{"prefetch64-workers8-1ms", 64, 8, time.Millisecond, 0, 0},
+		{"prefetch1-workers1-noop", 1, 1, 0, 0, 0},
+		{"prefetch1-workers1-1ms", 1, 1, time.Millisecond, 0, 0},
 	}
 	for _, c := range cases {
 		for _, side := range []string{"raw", "queuekit"} {

@@ -278,3 +278,76 @@ func TestCoalescedAcksKeepTheQuorumDeliveryCount(t *testing.T) {
 	t.Logf("quorum, %d messages: %d acks as %d multiple + %d single acks; %d dead letters", n,
 		st.acked.Load(), st.multiples.Load(), st.singles.Load(), len(dead))
 }
+
+// TestAWaitingWorkerGetsTheCreditOfWaitingAcks (issue 15): with the prefetch
+// equal to the concurrency, an ack that waits for its batch or its delay
+// holds the credit a worker waits for. Prefetch 8 (AckBatch 16, capped to
+// 2), AckDelay 1 minute: 8 deliveries are taken, one is acked (less than a
+// batch, so it waits) and 7 are held by busy handlers. The next Receive
+// finds nothing buffered, and the broker can send nothing until the ack goes
+// out: it must send it at once rather than after the delay.
+func TestAWaitingWorkerGetsTheCreditOfWaitingAcks(t *testing.T) {
+	needBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	q := uniqueQueue(t)
+	cfg := testConfig(q)
+	cfg.Prefetch = 8
+	cfg.AckBatch, cfg.AckDelay = 16, time.Minute
+	cfg.Logger = quietLogger()
+	src, err := NewSource(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = src.Close(context.Background()) }()
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	if d, err := src.Receive(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Receive on an empty queue = %v, %v; want DeadlineExceeded", d, err)
+	}
+	cancelShort()
+	waitFor(t, 10*time.Second, "connected", func() bool { return src.Status().Connected })
+	prepublish(t, q, 20, 16)
+	held := receiveN(ctx, t, src, 8)
+	if err := held[0].Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := src.ackStats.acked.Load(); n != 0 {
+		t.Fatalf("%d acks sent before the prefetch ran out; want 0 (less than a batch)", n)
+	}
+	// Bounded well below the 1-minute delay: without the flush, the broker
+	// has no credit to send the 9th delivery until the delay passes.
+	wait, cancelWait := context.WithTimeout(ctx, 10*time.Second)
+	defer cancelWait()
+	d, err := src.Receive(wait)
+	if err != nil {
+		t.Fatalf("Receive with the prefetch held by 7 handlers and 1 waiting ack = %v; want the 9th delivery", err)
+	}
+	if n := src.ackStats.acked.Load(); n != 1 {
+		t.Errorf("%d acks sent; want 1", n)
+	}
+	for _, d := range append(held[1:], d) {
+		if err := d.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 11 {
+		d, err := src.Receive(wait)
+		if err != nil {
+			t.Fatalf("Receive = %v", err)
+		}
+		if err := d.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := src.Close(ctx); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	ch, err := rawConn(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if qi, err := ch.QueueDeclarePassive(q, true, false, false, false, nil); err != nil || qi.Messages != 0 {
+		t.Errorf("queue after Close: %+v, %v; want no message", qi, err)
+	}
+}

@@ -365,8 +365,8 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 				return nil, ctx.Err()
 			}
 		}
-		select {
-		case d, ok := <-st.sess.deliveries:
+		d, ok, got := s.next(ctx, st)
+		if got {
 			if ok {
 				// select picks at random among ready cases: a delivery
 				// may be taken after ctx ended or the subscription began
@@ -389,11 +389,35 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
-		case <-st.changed:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
 		}
 	}
+}
+
+// next takes the next delivery of st's subscription: got is false when
+// st changed or ctx ended first. With coalescing, a Receive that finds
+// nothing buffered tells the acker before it waits (acker.wait): the acks
+// waiting may hold the prefetch credit the broker needs to send it one.
+func (s *Source) next(ctx context.Context, st *state) (d amqp.Delivery, ok, got bool) {
+	sess := st.sess
+	if a := sess.acks; a != nil {
+		select {
+		case d, ok = <-sess.deliveries:
+			return d, ok, true
+		default:
+		}
+		defer a.wait()()
+	}
+	select {
+	case d, ok = <-sess.deliveries:
+		return d, ok, true
+	case <-st.changed:
+	case <-ctx.Done():
+	}
+	return d, false, false
 }
 
 func (s *Source) start() {
@@ -851,7 +875,7 @@ func (s *Source) serve(ch *amqp.Channel, l link, closes <-chan *amqp.Error, canc
 		w = gate
 	}
 	if s.cfg.AckBatch > 1 {
-		acks = newAcker(w, l, s.cfg.AckBatch, s.cfg.AckDelay, &s.ackStats)
+		acks = newAcker(w, l, s.cfg.AckBatch, s.cfg.AckDelay, s.cfg.Prefetch, &s.ackStats)
 	}
 	defer func() {
 		if gate != nil {
