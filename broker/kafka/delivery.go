@@ -31,10 +31,16 @@ var (
 	_ broker.EventSource     = (*Source)(nil)
 )
 
-func (s *Source) newDelivery(rec *record, attempt int) *delivery {
+// fillDelivery makes d the hand-out of rec with attempt. d is not shared
+// yet: Receive took it for this hand-out under s.mu (see record.out).
+func (s *Source) fillDelivery(d *delivery, rec *record, attempt int) {
 	m := &rec.m
-	return &delivery{s: s, rec: rec, msg: broker.Message{
-		ID:      messageID(m.Topic, m.Partition, m.Offset),
+	id := rec.id
+	if id == "" {
+		id = messageID(m.Topic, m.Partition, m.Offset)
+	}
+	*d = delivery{s: s, rec: rec, msg: broker.Message{
+		ID:      id,
 		Topic:   m.Topic,
 		Key:     m.Key,
 		Body:    m.Value,
@@ -111,7 +117,9 @@ func (s *Source) handledLocked(rec *record) {
 // reports false during a drain.
 func (s *Source) releaseLocked(rec *record, dispatched bool) bool {
 	g, p := rec.g, rec.p
-	delete(s.unwritable, rec)
+	if len(s.unwritable) > 0 {
+		delete(s.unwritable, rec)
+	}
 	if dispatched {
 		g.dispatched--
 	}

@@ -329,13 +329,18 @@ func (g *generation) decode(p *partition, f fetched) ([]*record, int64, error) {
 		full  bool      // the partition had no room: stop trying until the end
 	)
 	byKey := cfg.Ordering == ByKey
-	add := func(rec record) bool {
+	// slot returns the next record of the current block, zeroed: records
+	// are built in place (a record holds its first delivery, too large to
+	// copy around).
+	slot := func() *record {
 		if len(block) == 0 {
 			block = make([]record, readChunk)
 		}
 		r := &block[0]
 		block = block[1:]
-		*r = rec
+		return r
+	}
+	add := func(r *record) bool {
 		recs = append(recs, r)
 		if !full && len(recs) == readChunk {
 			var ok bool
@@ -399,9 +404,7 @@ func (g *generation) decode(p *partition, f fetched) ([]*record, int64, error) {
 				}
 				delete(handedTxn, pid)
 			} else if !skip && off >= offset {
-				if key, err = protocol.ReadAll(r.Key); err == nil {
-					value, err = protocol.ReadAll(r.Value)
-				}
+				key, value, err = readKeyValue(r.Key, r.Value)
 			}
 			closeBytes(r.Key)
 			closeBytes(r.Value)
@@ -412,12 +415,15 @@ func (g *generation) decode(p *partition, f fetched) ([]*record, int64, error) {
 				continue // a batch can start before the offset asked for
 			}
 			offset = off + 1
-			rec := record{g: g, p: p, attempt: 1, epoch: p.epoch, skip: skip}
-			rec.m = kafkago.Message{Topic: cfg.Topic, Partition: p.id, Offset: off, HighWaterMark: rp.HighWatermark}
+			rec := slot()
+			rec.g, rec.p, rec.attempt, rec.epoch, rec.skip = g, p, 1, p.epoch, skip
+			m := &rec.m
+			m.Topic, m.Partition, m.Offset, m.HighWaterMark = cfg.Topic, p.id, off, rp.HighWatermark
 			if !skip {
-				rec.m.Key, rec.m.Value, rec.m.Time = key, value, r.Time
+				rec.id = recordID(p.idPrefix, off)
+				m.Key, m.Value, m.Time = key, value, r.Time
 				if len(r.Headers) > 0 {
-					rec.m.Headers = append([]kafkago.Header(nil), r.Headers...)
+					m.Headers = append([]kafkago.Header(nil), r.Headers...)
 				}
 				if byKey {
 					rec.lane = maphash.Bytes(s.seed, key)
@@ -429,6 +435,33 @@ func (g *generation) decode(p *partition, f fetched) ([]*record, int64, error) {
 		}
 	}
 	return recs, offset, nil
+}
+
+// readKeyValue reads a record's key and value (nil when absent) into one
+// allocation: the key is a full slice of its start (an append to it cannot
+// write into the value), the value the rest.
+func readKeyValue(k, v protocol.Bytes) (key, value []byte, err error) {
+	kl, vl := 0, 0
+	if k != nil {
+		kl = k.Len()
+	}
+	if v != nil {
+		vl = v.Len()
+	}
+	buf := make([]byte, kl+vl)
+	if k != nil {
+		key = buf[:kl:kl]
+		if _, err = io.ReadFull(k, key); err != nil {
+			return nil, nil, err
+		}
+	}
+	if v != nil {
+		value = buf[kl:]
+		if _, err = io.ReadFull(v, value); err != nil {
+			return nil, nil, err
+		}
+	}
+	return key, value, nil
 }
 
 func closeBytes(b protocol.Bytes) {

@@ -25,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -144,6 +145,7 @@ type generation struct {
 // A partition is one assigned partition within a generation.
 type partition struct {
 	id        int
+	idPrefix  string // topic/partition/, the start of its records' IDs
 	start     int64 // assigned offset (committed, or FirstOffset/LastOffset)
 	trk       offsets.Tracker
 	lanes     map[uint64]*lane // under s.mu; a lane exists while busy
@@ -169,16 +171,26 @@ type lane struct {
 // good (acked, dead-lettered) or its generation ends; Requeue sends the same
 // record out again.
 type record struct {
-	g       *generation
-	p       *partition
-	lane    uint64
-	m       kafkago.Message
+	g    *generation
+	p    *partition
+	lane uint64
+	m    kafkago.Message
+	// id is the message ID (topic/partition/offset), made by the fetcher
+	// before the record is queued, off the workers' path.
+	id      string
 	attempt int // under s.mu
 	epoch   int // the partition's epoch when the record was fetched
 	// skip marks a record never handed out — a transaction marker, or a
 	// record of an aborted transaction (see read) — which counts as
 	// handled for the commit as soon as it is queued.
 	skip bool
+	// out says that first was handed out (under s.mu): the first hand-out
+	// of a record uses the delivery allocated with it (records come in
+	// blocks), every later one (after a Requeue or a Release) a new one,
+	// so that a late second settlement of an earlier hand-out never
+	// touches a later one.
+	out   bool
+	first delivery
 }
 
 func (s *Source) serve(kg *kafkago.Generation) {
@@ -193,7 +205,7 @@ func (s *Source) serve(kg *kafkago.Generation) {
 	ids := make([]int, 0, len(kg.Assignments[s.cfg.Topic]))
 	for _, a := range kg.Assignments[s.cfg.Topic] {
 		g.parts[a.ID] = &partition{
-			id: a.ID, start: a.Offset, lanes: make(map[uint64]*lane),
+			id: a.ID, idPrefix: s.cfg.Topic + "/" + strconv.Itoa(a.ID) + "/", start: a.Offset, lanes: make(map[uint64]*lane),
 			room: make(chan struct{}, 1), committed: a.Offset,
 		}
 		ids = append(ids, a.ID)

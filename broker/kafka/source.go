@@ -229,6 +229,11 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 			s.ready[0] = nil
 			s.ready = s.ready[1:]
 			rec.g.dispatched++
+			d := &rec.first
+			if rec.out {
+				d = new(delivery)
+			}
+			rec.out = true
 			attempt := rec.attempt
 			more := len(s.ready) > 0
 			s.mu.Unlock()
@@ -239,7 +244,8 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 				default:
 				}
 			}
-			return s.newDelivery(rec, attempt), nil
+			s.fillDelivery(d, rec, attempt)
+			return d, nil
 		}
 		s.mu.Unlock()
 		select {
@@ -378,4 +384,12 @@ func (s *Source) isAborted() bool {
 
 func messageID(topic string, partition int, offset int64) string {
 	return topic + "/" + strconv.Itoa(partition) + "/" + strconv.FormatInt(offset, 10)
+}
+
+// recordID is messageID(topic, partition, offset) for prefix
+// "topic/partition/", in one allocation.
+func recordID(prefix string, offset int64) string {
+	var buf [128]byte
+	b := append(buf[:0], prefix...)
+	return string(strconv.AppendInt(b, offset, 10))
 }
