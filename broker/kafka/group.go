@@ -146,7 +146,7 @@ type generation struct {
 type partition struct {
 	id        int
 	idPrefix  string // topic/partition/, the start of its records' IDs
-	start     int64 // assigned offset (committed, or FirstOffset/LastOffset)
+	start     int64  // assigned offset (committed, or FirstOffset/LastOffset)
 	trk       offsets.Tracker
 	lanes     map[uint64]*lane // under s.mu; a lane exists while busy
 	held      int              // under s.mu: fetched and not settled
