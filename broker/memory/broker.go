@@ -242,9 +242,20 @@ func (b *Broker) settleDelay(ctx context.Context) error {
 
 // copyMessage returns a deep copy of m. Key and Body share one allocation.
 func copyMessage(m *broker.Message) broker.Message {
-	c := *m
+	var buf []byte
 	if n := len(m.Key) + len(m.Body); n > 0 {
-		buf := make([]byte, n)
+		buf = make([]byte, n)
+	}
+	return copyMessageInto(m, buf)
+}
+
+// copyMessageInto returns a deep copy of m whose Key and Body are copied
+// into buf, which has exactly len(m.Key)+len(m.Body) bytes. Each of the two
+// slices is capped at its own length, so that appending to one never writes
+// into the other or into whatever follows buf.
+func copyMessageInto(m *broker.Message, buf []byte) broker.Message {
+	c := *m
+	if len(buf) > 0 {
 		k := copy(buf, m.Key)
 		copy(buf[k:], m.Body)
 		c.Key, c.Body = nil, nil
@@ -252,7 +263,7 @@ func copyMessage(m *broker.Message) broker.Message {
 			c.Key = buf[:k:k]
 		}
 		if m.Body != nil {
-			c.Body = buf[k:]
+			c.Body = buf[k:len(buf):len(buf)]
 		}
 	} else {
 		// Empty but non-nil: keep it so, without sharing a backing array.
