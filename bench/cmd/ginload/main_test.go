@@ -65,6 +65,7 @@ func TestLoadSendsOrdersAndCountsAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.Close() // waits for the handlers of requests the end of the run cut off
 	close(keyc)
 	for k := range keyc {
 		if k == "" || keys[k] {
