@@ -61,6 +61,8 @@ func (q *queue) wait() <-chan struct{} {
 // deque is a ring buffer of entries: Publish pushes at the back, Receive pops
 // at the front, Requeue pushes at the front. It grows by doubling and never
 // shrinks below what the queue once held, so steady traffic does not allocate.
+// Its length is a power of two (16 doubled), so that an index wraps with a
+// mask instead of a division.
 type deque struct {
 	buf  []*entry
 	head int
@@ -69,26 +71,29 @@ type deque struct {
 
 func (d *deque) len() int { return d.n }
 
+// at returns the slot of buf at index i, wrapped.
+func (d *deque) at(i int) *(*entry) { return &d.buf[i&(len(d.buf)-1)] }
+
 func (d *deque) grow() {
 	if d.n < len(d.buf) {
 		return
 	}
 	nb := make([]*entry, max(16, 2*len(d.buf)))
 	for i := 0; i < d.n; i++ {
-		nb[i] = d.buf[(d.head+i)%len(d.buf)]
+		nb[i] = *d.at(d.head + i)
 	}
 	d.buf, d.head = nb, 0
 }
 
 func (d *deque) pushBack(e *entry) {
 	d.grow()
-	d.buf[(d.head+d.n)%len(d.buf)] = e
+	*d.at(d.head + d.n) = e
 	d.n++
 }
 
 func (d *deque) pushFront(e *entry) {
 	d.grow()
-	d.head = (d.head - 1 + len(d.buf)) % len(d.buf)
+	d.head = (d.head - 1) & (len(d.buf) - 1)
 	d.buf[d.head] = e
 	d.n++
 }
@@ -101,16 +106,16 @@ func (d *deque) removeSet(set map[*entry]bool) {
 	}
 	kept := 0
 	for i := 0; i < d.n; i++ {
-		e := d.buf[(d.head+i)%len(d.buf)]
+		e := *d.at(d.head + i)
 		if set[e] {
 			delete(set, e)
 			continue
 		}
-		d.buf[(d.head+kept)%len(d.buf)] = e
+		*d.at(d.head + kept) = e
 		kept++
 	}
 	for i := kept; i < d.n; i++ {
-		d.buf[(d.head+i)%len(d.buf)] = nil
+		*d.at(d.head + i) = nil
 	}
 	d.n = kept
 }
@@ -118,7 +123,7 @@ func (d *deque) removeSet(set map[*entry]bool) {
 func (d *deque) popFront() *entry {
 	e := d.buf[d.head]
 	d.buf[d.head] = nil
-	d.head = (d.head + 1) % len(d.buf)
+	d.head = (d.head + 1) & (len(d.buf) - 1)
 	d.n--
 	return e
 }
