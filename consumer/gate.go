@@ -8,7 +8,8 @@ import (
 
 // gate bounds how many handlers run at once: a count of slots. A worker
 // takes a slot before it calls Receive and gives it back once the delivery
-// is settled (or given back), so that once the handlers that were running
+// is settled (or given back) — while the gate is not limited it keeps it for
+// its next Receive instead (see keep) — so that once the handlers that were running
 // when the limit dropped have finished, the workers in Receive or running
 // a handler never outnumber the limit. Any free worker may take a free
 // slot: which worker does not matter.
@@ -180,6 +181,17 @@ func (g *gate) tryLocked(s *slot) bool {
 		s.held.Store(gateHeld)
 	}
 	return true
+}
+
+// keep reports whether a worker that holds a slot and is done with its
+// delivery may keep the slot for its next one instead of giving it back and
+// taking it again: while the gate is not limited and nobody waits, which
+// is what acquire's fast path would find. A worker that keeps its slot is,
+// for the counting, one that gave it back and took it again at once; a
+// limit set after this look counts it as held, as it would count a slot
+// just taken on the fast path (the mark was made long before the look).
+func (g *gate) keep() bool {
+	return !g.limited.Load() && g.waiting.Load() == 0
 }
 
 // release gives back worker s's slot and wakes the first waiting worker,

@@ -38,12 +38,14 @@ const (
 	slotAbandoned
 )
 
+// slot is one worker's state. It is 64 bytes, a cache line (4+4+16+40,
+// no padding needed; TestSlotIsOneCacheLine holds it to that), so that
+// workers do not share lines.
 type slot struct {
 	state  atomic.Int32
-	held   atomic.Int32           // the worker's slot of the gate (gateFree, gateHeld, gateProbe)
-	d      broker.Delivery        // written by the worker before state becomes slotRunning
-	counts slotCounts             // written by the worker only (see Stats)
-	_      [64 - 8 - 16 - 32]byte // one cache line per slot: workers do not share lines
+	held   atomic.Int32    // the worker's slot of the gate (gateFree, gateHeld, gateProbe)
+	d      broker.Delivery // written by the worker before state becomes slotRunning
+	counts slotCounts      // written by the worker only (see Stats)
 }
 
 // run is the state of one call to Run.
@@ -85,7 +87,6 @@ type run struct {
 	running   atomic.Int32 // handlers running, kept only for a concurrencyLimiter
 	clock     *settleClock
 	wg        sync.WaitGroup // workers not abandoned
-	settled   atomic.Int64
 	givenBack atomic.Int64
 	stalled   atomic.Int64 // workers retrying a settlement the broker did not take
 	// Counters for Stats that the message path does not touch (the
@@ -225,7 +226,7 @@ func (r *run) run(ctx context.Context) error {
 	// Snapshot the counters first: a delivery given back because of the stop
 	// must count in this drain's report.
 	start := time.Now()
-	settledBefore, givenBackBefore := r.settled.Load(), r.givenBack.Load()
+	settledBefore, givenBackBefore := r.settledCount(), r.givenBack.Load()
 	c.mu.Lock()
 	r.stopping.Store(true)
 	r.setIntake(&intake{final: true})
@@ -255,7 +256,7 @@ func (r *run) run(ctx context.Context) error {
 	r.abandoned = abandoned
 
 	rep := DrainReport{
-		Handled:   int(r.settled.Load() - settledBefore),
+		Handled:   int(r.settledCount() - settledBefore),
 		GivenBack: int(r.givenBack.Load() - givenBackBefore),
 		Abandoned: abandoned,
 		Duration:  time.Since(start),
@@ -311,23 +312,34 @@ func (r *run) abandon(cause error) int {
 }
 
 func (r *run) work(i int) {
+	s := &r.slots[i]
+	g := &r.c.gate
+	// held: the worker kept its gate slot from the delivery it just
+	// settled, because the gate was not limited (see keep): taking and
+	// giving back a slot per message would cost the message path two
+	// atomic stores for nothing.
+	held := false
 	for {
 		in := r.cur.Load()
-		if in.final {
-			r.wg.Done()
-			return
-		}
-		if in.wake != nil {
+		if in.final || in.wake != nil {
+			if held {
+				g.release(s)
+				held = false
+			}
+			if in.final {
+				r.wg.Done()
+				return
+			}
 			<-in.wake
 			continue
 		}
 		// A slot of the concurrency gate first: above the limit the worker
 		// takes nothing until a slot frees or this intake stops (then it
 		// looks at the next one: paused, or final).
-		s := &r.slots[i]
-		if !r.c.gate.acquire(s, in.ctx.Done()) {
+		if !held && !g.acquire(s, in.ctx.Done()) {
 			continue
 		}
+		held = false
 		next := r.take(i, in)
 		if next == takeAbandoned {
 			// The drain gave the message back and released us. The gate
@@ -335,7 +347,11 @@ func (r *run) work(i int) {
 			// Run's gate no longer counts.
 			return
 		}
-		r.c.gate.release(s)
+		if next == takeNext && g.keep() {
+			held = true
+			continue
+		}
+		g.release(s)
 		switch next {
 		case takeExit:
 			r.wg.Done()
@@ -492,6 +508,7 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) b
 		return true
 	}
 	st, serr := r.settle(d, m, err)
+	inc(&s.counts.settled)
 	s.counts.count(err, st, serr)
 	return true
 }

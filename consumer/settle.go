@@ -119,7 +119,6 @@ func (r *run) settle(d broker.Delivery, m *broker.Message, herr error) (Settleme
 	if err != nil && retriableSettle(err) {
 		err = r.retrySettle(m, s.String(), err, func(ctx context.Context) error { return r.apply(ctx, d, s, reason, delay) })
 	}
-	r.settled.Add(1)
 	r.observe(m, s, err)
 	switch {
 	case err == nil:

@@ -77,6 +77,9 @@ func (s *Stats) add(o Stats) {
 // Stats reads them atomically from any goroutine.
 type slotCounts struct {
 	handled, failed, requeued, deadLettered atomic.Int64
+	// settled counts the deliveries the worker settled with a verdict
+	// (not given back): what a DrainReport calls Handled.
+	settled atomic.Int64
 }
 
 // inc increments a counter that only the calling worker writes.
@@ -119,6 +122,17 @@ func (r *run) runStats() Stats {
 		st.DeadLettered += s.counts.deadLettered.Load()
 	}
 	return st
+}
+
+// settledCount returns how many deliveries the workers of r settled with a
+// verdict so far (each worker counts its own, on its own cache line: the
+// message path touches no shared counter).
+func (r *run) settledCount() int64 {
+	var n int64
+	for i := range r.slots {
+		n += r.slots[i].counts.settled.Load()
+	}
+	return n
 }
 
 // inFlight returns the number of handlers of r running now.
