@@ -47,6 +47,20 @@ import (
 // finishes holds its own prefetch slot, not those of the deliveries after
 // it. (They waited ten ticks, or 2*batch acks, before review R2: with the
 // prefetch equal to the concurrency those held slots idled workers.)
+//
+// Nor does a waiting ack hold the credit a worker waits for (issue 15): a
+// Receive that finds nothing buffered counts itself idle (wait), and when
+// the live entries (deliveries taken and not settled on the wire) plus the
+// idle Receives use up the prefetch, every waiting ack goes out at once
+// (starving). ack checks the same, for an ack made while Receives wait or
+// every slot is held.
+//
+// Flushes that meet a write in progress do not wait for it (a worker must
+// not queue behind another's socket write): they set kick, and whoever
+// holds wmu serves it after releasing wmu (unlockW). Since the kick is set
+// before the TryLock that failed, and the holder reads it after its
+// Unlock, no kick is left unserved (acks wait at most one delay for a
+// tick otherwise).
 type acker struct {
 	ch       ackWriter
 	link     link
@@ -251,30 +265,27 @@ func (a *acker) ack(tag uint64) (flush bool, err error) {
 }
 
 // starving reports whether the acks waiting hold prefetch credit that a
-// worker waits for: some Receive found nothing buffered (idle), and the
-// deliveries the channel's workers hold (being handled, or acked and
-// waiting: every registered entry not settled on the wire) plus the idle
-// Receives are more than the prefetch, so the broker cannot send each of
-// them a delivery before it gets an ack. With the prefetch equal to the
-// concurrency that is the case whenever an ack waits and every worker is
-// busy or idle; with the prefetch well above it, it is not, and acks go in
-// batches. (Flushing on every idle Receive instead would, with a fast
-// handler, send a small batch each time the client outran the broker,
-// which does not need the credit then.) The caller holds mu.
+// worker waits for, or soon will: the deliveries the channel's workers
+// hold (being handled, or acked and waiting: every registered entry not
+// settled on the wire) plus the Receives that found nothing buffered
+// (idle) use up the prefetch, so the broker can send no delivery ahead
+// for the next worker that gets free, or not one to each idle Receive,
+// before it gets an ack. With the prefetch equal to the concurrency that
+// is the case whenever an ack waits and every worker is busy or idle;
+// with the prefetch well above it, it is not, and acks go in batches.
+// (Flushing on every idle Receive instead would, with a fast handler,
+// send a small batch each time the client outran the broker, which does
+// not need the credit then.) The caller holds mu.
 func (a *acker) starving() bool {
-	if a.waiting == 0 {
-		return false
-	}
-	idle := int(a.idle.Load())
-	return idle > 0 && len(a.ents)-a.head+idle > a.prefetch
+	return a.waiting > 0 && len(a.ents)-a.head+int(a.idle.Load()) >= a.prefetch
 }
 
 // wait is called by a Receive that found nothing buffered, before it
-// blocks; done, returned, when it stops waiting. If the waiting acks hold
+// blocks; it calls unidle when it stops waiting. If the waiting acks hold
 // the credit it waits for (starving), wait sends them all: the prefix with
 // a multiple ack, the rest one by one, as per-message acks would have.
 // The write is bounded by ackWriteTimeout.
-func (a *acker) wait() (done func()) {
+func (a *acker) wait() {
 	a.idle.Add(1)
 	a.mu.Lock()
 	starving := !a.closed && a.starving()
@@ -285,7 +296,6 @@ func (a *acker) wait() (done func()) {
 	if starving {
 		_ = a.serveKicks(true)
 	}
-	return a.unidle
 }
 
 func (a *acker) unidle() { a.idle.Add(-1) }

@@ -157,9 +157,9 @@ func TestAckerNeverCoversAnUnsettledTag(t *testing.T) {
 						select {
 						case tag, ok = <-tags:
 						default:
-							done := a.wait()
+							a.wait()
 							tag, ok = <-tags
-							done()
+							a.unidle()
 						}
 						if !ok {
 							break
@@ -407,7 +407,7 @@ func TestAddTagKeepsDisjointRanges(t *testing.T) {
 }
 
 // TestAckBatchFollowsPrefetch pins how NewSource settles the batch: no
-// coalescing (1) by default, at most a quarter of the prefetch (waiting
+// coalescing (16) by default, at most a quarter of the prefetch (waiting
 // acks hold prefetch slots), and none below a prefetch of 8, where it would
 // only add delay.
 func TestAckBatchFollowsPrefetch(t *testing.T) {
@@ -415,8 +415,8 @@ func TestAckBatchFollowsPrefetch(t *testing.T) {
 		prefetch, batch int
 		want            int
 	}{
-		{0, 0, 1}, // coalescing is opt-in
-		{64, 0, 1},
+		{0, 0, 8}, // on by default (issue 15), a quarter of the default prefetch 32
+		{64, 0, 16},
 		{0, 16, 8}, // the default prefetch, 32
 		{1000, 16, 16},
 		{64, 4, 4},
@@ -459,7 +459,7 @@ func (b *blockingWriter) Ack(tag uint64, multiple bool) error {
 func TestAckerStarvingFlushMeetsAWriteInProgress(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &blockingWriter{fakeChannel: newFakeChannel(10), entered: make(chan struct{}), release: make(chan struct{})}
-		a := newAcker(f, link{}, 2, time.Hour, 2, nil)
+		a := newAcker(f, link{}, 2, time.Hour, 3, nil)
 		defer a.flushAll(true)
 		for tag := uint64(1); tag <= 4; tag++ {
 			a.register(tag)
@@ -476,10 +476,10 @@ func TestAckerStarvingFlushMeetsAWriteInProgress(t *testing.T) {
 		}
 		<-f.entered
 		if flush, err := a.ack(3); flush || err != nil {
-			t.Fatalf("ack(3) = %v, %v; want false, nil (no worker waits yet)", flush, err)
+			t.Fatalf("ack(3) = %v, %v; want false, nil (tags 3 and 4 held, prefetch 3: a slot free)", flush, err)
 		}
-		done := a.wait() // tags 3 and 4 held, 1 idle Receive, prefetch 2: starving
-		defer done()
+		a.wait() // tags 3 and 4 held, 1 idle Receive, prefetch 3: starving
+		defer a.unidle()
 		if f.count() != 0 {
 			t.Fatalf("%d acked while the first write blocks; want 0", f.count())
 		}

@@ -52,8 +52,8 @@ func (c benchCase) handlerTime() time.Duration {
 //
 //   - raw: the loop, d.Ack(false) per message;
 //   - qk-off: queuekit with per-message acks (Config.AckBatch 1);
-//   - qk-on: queuekit with coalesced acks (AckBatch 16 and the default
-//     AckDelay, or QUEUEKIT_BENCH_ACKBATCH / QUEUEKIT_BENCH_ACKDELAY);
+//   - qk-on: queuekit with its defaults, coalesced acks (AckBatch 16 and
+//     AckDelay 2ms, or QUEUEKIT_BENCH_ACKBATCH / QUEUEKIT_BENCH_ACKDELAY);
 //   - raw-multi (only when named in QUEUEKIT_BENCH_SIDES): the loop with
 //     one worker, acking with multiple=true every 16 messages.
 //
@@ -238,10 +238,9 @@ func TestBenchmarkAgainstRawClient(t *testing.T) {
 }
 
 // benchAckConfig sets the coalescing of the qk-on side from
-// QUEUEKIT_BENCH_ACKBATCH and QUEUEKIT_BENCH_ACKDELAY (default: AckBatch
-// 16, since coalescing is opt-in, and the default AckDelay).
+// QUEUEKIT_BENCH_ACKBATCH and QUEUEKIT_BENCH_ACKDELAY (default: the
+// Source's defaults, AckBatch 16 and AckDelay 2ms).
 func benchAckConfig(cfg *Config) {
-	cfg.AckBatch = 16
 	if v, err := strconv.Atoi(os.Getenv("QUEUEKIT_BENCH_ACKBATCH")); err == nil {
 		cfg.AckBatch = v
 	}

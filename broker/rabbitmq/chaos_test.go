@@ -107,7 +107,6 @@ func runChaos(t *testing.T, n, short int, adjust func(*Config)) {
 
 	cfg := testConfig(q)
 	cfg.Prefetch = prefetch
-	cfg.AckBatch = 16 // coalescing is opt-in (review R2); the chaos checks the acker's invariants
 	if adjust != nil {
 		adjust(&cfg)
 	}

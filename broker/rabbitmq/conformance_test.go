@@ -128,7 +128,7 @@ func readQueue(ctx context.Context, t *testing.T, q string, n int) []broker.Mess
 			t.Fatalf("get from %s: %v", q, err)
 		}
 		if ok {
-			out = append(out, toMessage(&d, q))
+			out = append(out, toMessage(&d, q, nil))
 			continue
 		}
 		select {

@@ -889,7 +889,7 @@ func dialUser(d Dialer) string {
 // toDeadLetter converts a delivery of the dead-letter queue, with its body
 // cut to bodyLimit (see broker.CutBody).
 func toDeadLetter(d *amqp.Delivery, dlq string, bodyLimit int) broker.DeadLetter {
-	msg := toMessage(d, dlq)
+	msg := toMessage(d, dlq, nil)
 	// x-delivery-count counts the browses on a quorum dead-letter queue,
 	// and the id is DeadLetter.ID: neither is the message's.
 	delete(msg.Header, "x-delivery-count")

@@ -484,7 +484,7 @@ func TestDeadLettersRedrive(t *testing.T) {
 				t.Errorf("copy %d keeps %s", i, k)
 			}
 		}
-		if msg := toMessage(&got[i], q); msg.Attempt != 1 || string(msg.Key) != fmt.Sprintf("key-%d", want) {
+		if msg := toMessage(&got[i], q, nil); msg.Attempt != 1 || string(msg.Key) != fmt.Sprintf("key-%d", want) {
 			t.Errorf("copy %d reads as attempt %d key %q; want 1, key-%d", i, msg.Attempt, msg.Key, want)
 		}
 	}

@@ -29,6 +29,9 @@ type delivery struct {
 	settling atomic.Bool // a settlement is in progress
 	done     atomic.Bool // settled (or stale): nothing more to do
 	memo     bool        // the message has an entry in the source's attemptMemo
+	// keyBuf holds msg.Key when it fits: a routing key is short, and the
+	// key then costs no allocation of its own.
+	keyBuf [64]byte
 }
 
 var (
@@ -46,7 +49,7 @@ func (s *Source) newDelivery(sess *session, d amqp.Delivery) *delivery {
 		sess.acks.register(d.DeliveryTag)
 	}
 	dl := &delivery{s: s, sess: sess, d: d}
-	dl.msg = toMessage(&dl.d, s.cfg.Queue)
+	dl.msg = toMessage(&dl.d, s.cfg.Queue, dl.keyBuf[:0])
 	if a, ok := s.memo.redelivery(&dl.d); ok {
 		dl.msg.Attempt = a
 		dl.memo = true
@@ -61,11 +64,18 @@ func (s *Source) newDelivery(sess *session, d amqp.Delivery) *delivery {
 
 // toMessage converts an AMQP delivery from queue into a broker.Message. The
 // content-type property becomes the header broker.HeaderContentType, the
-// inverse of what Publish does.
-func toMessage(d *amqp.Delivery, queue string) broker.Message {
+// inverse of what Publish does. The key is appended to buf (of capacity
+// enough for a usual key, or nil), capped so that a handler's append to it
+// copies.
+func toMessage(d *amqp.Delivery, queue string, buf []byte) broker.Message {
 	key := d.RoutingKey
 	if k, ok := d.Headers[routingKeyHeader].(string); ok {
 		key = k
+	}
+	kb := append(buf, key...)
+	kb = kb[:len(kb):len(kb)]
+	if kb == nil {
+		kb = []byte{} // as []byte(key) was
 	}
 	h := stringHeaders(d.Headers)
 	if d.ContentType != "" {
@@ -79,7 +89,7 @@ func toMessage(d *amqp.Delivery, queue string) broker.Message {
 	return broker.Message{
 		ID:      d.MessageId,
 		Topic:   queue,
-		Key:     []byte(key),
+		Key:     kb,
 		Body:    d.Body,
 		Header:  h,
 		Time:    d.Timestamp,
@@ -478,7 +488,7 @@ func (d *delivery) write(ctx context.Context, op string, f func() error) error {
 // delivery came on; if that channel is closed it returns an error wrapping
 // broker.ErrStaleDelivery.
 //
-// With coalescing (Config.AckBatch above 1, opt-in) Ack returns once
+// With coalescing (the default; Config.AckBatch 1 turns it off) Ack returns once
 // the ack is queued on its channel: it goes out, with the acks of the
 // deliveries before it, in a basic.ack with multiple=true within
 // Config.AckDelay, or at once when it fills a batch (the call then writes

@@ -197,12 +197,12 @@
 // context's error (and broker.ErrStaleDelivery for an ack or nack). So
 // Consumer.Shutdown and Close keep their bounds on such a connection too.
 //
-// Acks can be coalesced (opt-in: Config.AckBatch above 1; by default every
-// Ack sends its own basic.ack). Rather than a basic.ack per message, the
-// source then sends one basic.ack with multiple=true for the longest run of
-// the channel's deliveries, in delivery order, that are all settled: when
-// that run holds Config.AckBatch acks (at most a quarter of the prefetch),
-// or Config.AckDelay after an ack (default 2ms), whichever comes first, and
+// Acks are coalesced (Config.AckBatch, default 16; 1 turns it off, and so
+// does a prefetch below 8). Rather than a basic.ack per message, the source
+// sends one basic.ack with multiple=true for the longest run of the
+// channel's deliveries, in delivery order, that are all settled: when that
+// run holds Config.AckBatch acks (at most a quarter of the prefetch), or
+// Config.AckDelay after an ack (default 2ms), whichever comes first, and
 // before any nack on the channel. A multiple ack acknowledges every earlier
 // delivery of the channel, so the run stops at the first delivery whose
 // handler has not finished or failed: that one is never covered, and its
@@ -213,25 +213,20 @@
 // send what waits first. Acks never cross channels: an ack made after its
 // channel closed fails with broker.ErrStaleDelivery, as before.
 //
+// A waiting ack holds a prefetch slot, so coalescing never lets a worker
+// wait for the credit it holds: when the deliveries the workers hold, acked
+// or not, plus the Receives that found nothing buffered use up the prefetch
+// (with the prefetch equal to the concurrency, whenever an ack waits),
+// every waiting ack goes out at once. With the
+// prefetch well above the concurrency the acks go in batches, and the
+// broker, which at high rates is the bottleneck, does about a quarter less
+// work per message.
+//
 // So an Ack that returned nil has been queued, not necessarily written. If
 // the connection is lost or the process ends without Close in between, the
 // broker delivers those messages again, as it does with every message not
 // yet acknowledged: at-least-once holds, and duplicates stay bounded by the
-// prefetch. The broker's work per message drops by a fifth or more at high
-// rates (one ack frame per batch instead of one per message).
-//
-// Why it is off by default: every ack that waits holds a prefetch slot, and
-// with the prefetch equal to the concurrency (what this package recommends)
-// a held slot is an idle worker. Measured on one broker, runs interleaved,
-// coalescing (AckBatch 16) against per-message acks: prefetch 32 and
-// concurrency 32 with 1-20 ms handlers, 0.85-0.90x; prefetch 8 and 8 with
-// 1-10 ms, 0.90-0.95x; prefetch 64 and 64 with 1 ms handlers, one in ten
-// 50 ms, 0.91-0.93x; prefetch 16 and 16 with 1 ms handlers, 0.92-0.94x
-// (before acks behind a gap went out after one AckDelay: 0.63-0.84x). With
-// the prefetch well above the concurrency it does not cost throughput and
-// saves broker work: prefetch 128 and 32 workers with 1-20 ms handlers,
-// 0.99-1.0x; prefetch 64 and 8 workers with 1 ms handlers, 1.08-1.11x.
-// Turn it on there.
+// prefetch.
 //
 // Every copy is confirmed before the original is acknowledged, so no
 // settlement loses a message; when a copy cannot be published, the

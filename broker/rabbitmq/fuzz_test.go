@@ -353,7 +353,7 @@ func FuzzAttempt(f *testing.F) {
 
 		// The message as handlers see it, and the copy a classic-queue
 		// requeue publishes.
-		msg := toMessage(&d, "q")
+		msg := toMessage(&d, "q", nil)
 		if msg.Attempt != got {
 			t.Fatalf("toMessage(...).Attempt = %d; attempt() = %d", msg.Attempt, got)
 		}
@@ -373,7 +373,7 @@ func FuzzAttempt(f *testing.F) {
 				t.Fatalf("attempt(copy of headers %v) = %d; want %d (one more than the original's)", h, a, got+1)
 			}
 		}
-		if k := string(toMessage(&back, "q").Key); k != string(msg.Key) {
+		if k := string(toMessage(&back, "q", nil).Key); k != string(msg.Key) {
 			t.Fatalf("copy of headers %v has key %q; want the original's %q", h, k, msg.Key)
 		}
 	})
@@ -392,7 +392,7 @@ func FuzzDeadLetterHeaders(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte, errText string, attempts int, source string, permanent bool, unix int64) {
 		h := decodeTable(data)
 		d := amqp.Delivery{Headers: h, RoutingKey: "rk"}
-		msg := toMessage(&d, "q")
+		msg := toMessage(&d, "q", nil)
 		reason := broker.Reason{Err: errText, Attempts: attempts, Source: source, Permanent: permanent}
 		if unix != 0 {
 			reason.Time = time.Unix(unix%(1<<40), 0)
@@ -403,7 +403,7 @@ func FuzzDeadLetterHeaders(f *testing.F) {
 		if err := pub.Headers.Validate(); err != nil {
 			t.Fatalf("dead letter of headers %v: Validate() = %v", h, err)
 		}
-		back := toMessage(&amqp.Delivery{Headers: pub.Headers, RoutingKey: "q"}, "q.dlq")
+		back := toMessage(&amqp.Delivery{Headers: pub.Headers, RoutingKey: "q"}, "q.dlq", nil)
 		for k, want := range reason.Header(nil) {
 			if got := back.Header[k]; got != want {
 				t.Fatalf("dead letter of headers %v with reason %+v: header %s = %q; want %q", h, reason, k, got, want)

@@ -184,7 +184,7 @@ func TestIssue10DeadLetterLargerThanTheFrameIsCutToFit(t *testing.T) {
 			if v, ok := h[seqHeader]; ok {
 				t.Errorf("dead letter carries the adapter's %s = %v", seqHeader, v)
 			}
-			if got := toMessage(&dl, q+".dlq"); string(got.Key) != q || got.ID != "poison" {
+			if got := toMessage(&dl, q+".dlq", nil); string(got.Key) != q || got.ID != "poison" {
 				t.Errorf("dead letter reads back with key %q, id %q; want %q, %q", got.Key, got.ID, q, "poison")
 			}
 		})
@@ -322,7 +322,7 @@ func TestIssue10InjectIsFilteredAndPanicSafe(t *testing.T) {
 	if !ok {
 		t.Fatal("nothing published")
 	}
-	got := toMessage(&m, q)
+	got := toMessage(&m, q, nil)
 	if got.ID != "ok" || string(got.Key) != q || m.ContentType != "text/injected" || got.Header["trace"] != "t1" {
 		t.Errorf("received id %q key %q content-type property %q headers %v; want %q, %q, %q and trace=t1",
 			got.ID, got.Key, m.ContentType, m.Headers, "ok", q, "text/injected")
@@ -404,7 +404,7 @@ func TestIssue10SettlementIsBoundedByItsContext(t *testing.T) {
 			case "Ack":
 				cfg.AckBatch = 1
 			case "Ack coalesced":
-				cfg.AckBatch = 16 // coalescing is opt-in (review R2)
+				cfg.AckBatch = 16 // the default, said for the reader
 			}
 			cfg.Dialer.Dial = func(network, addr string) (net.Conn, error) {
 				c, err := net.DialTimeout(network, addr, 5*time.Second)

@@ -41,23 +41,23 @@ type Config struct {
 	// Logger receives connection-state logs (default slog.Default()).
 	Logger *slog.Logger
 	// AckBatch is the most acks the source coalesces into one basic.ack
-	// with multiple=true (never more than a quarter of Prefetch, since
-	// waiting acks hold prefetch slots). The default, 0 or 1, turns
-	// coalescing off: every Ack sends its own basic.ack, as it is made.
-	// Coalescing is opt-in (16 is a good value) and pays only when the
-	// prefetch is well above the concurrency: with Prefetch equal to the
-	// concurrency and varying handler times it is slower (see the package
-	// doc, Acknowledgement). With a Prefetch below 8 coalescing is off.
+	// with multiple=true (default 16, never more than a quarter of
+	// Prefetch, since waiting acks hold prefetch slots; with a Prefetch
+	// below 8 coalescing is off). 1 turns coalescing off: every Ack sends
+	// its own basic.ack, as it is made. See the package doc,
+	// Acknowledgement.
 	AckBatch int
 	// AckDelay is the longest a coalesced ack waits before it is sent
 	// (default 2ms); it is unused without coalescing.
 	AckDelay time.Duration
 }
 
-// The defaults of Config.AckBatch and Config.AckDelay. Coalescing is off by
-// default (review R2): see the package doc, Acknowledgement.
+// The defaults of Config.AckBatch and Config.AckDelay. Coalescing is on by
+// default since acks that hold the credit a waiting worker needs go out at
+// once (issue 15; it was off after review R2): see the package doc,
+// Acknowledgement.
 const (
-	defaultAckBatch = 1
+	defaultAckBatch = 16
 	defaultAckDelay = 2 * time.Millisecond
 )
 
@@ -409,7 +409,8 @@ func (s *Source) next(ctx context.Context, st *state) (d amqp.Delivery, ok, got 
 			return d, ok, true
 		default:
 		}
-		defer a.wait()()
+		a.wait()
+		defer a.unidle()
 	}
 	select {
 	case d, ok = <-sess.deliveries:
