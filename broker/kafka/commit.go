@@ -42,14 +42,7 @@ func (g *generation) drain() {
 	g.draining = true
 	// Records waiting for Receive were never started: leave them to the
 	// partition's next owner (they are not committed).
-	kept := s.ready[:0]
-	for _, r := range s.ready {
-		if r.g != g {
-			kept = append(kept, r)
-		}
-	}
-	clear(s.ready[len(kept):])
-	s.ready = kept
+	s.ready.keep(func(r *record) bool { return r.g != g })
 	waiting := g.dispatched
 	// At Close nothing is waited for: the runtime calls Close only after
 	// every delivery it received was settled or abandoned (broker.Source),
@@ -118,9 +111,10 @@ func (g *generation) closeDrainedLocked() {
 // rebalance in progress, a broken connection) is retried with backoff until
 // deadline — the drain budget — and for at least half a RebalanceDrainTimeout after
 // the first failure, so that a drain that spent its budget waiting for
-// handlers still gets a few tries. Retries go through a client that finds
-// the group's coordinator afresh: the generation's own connection may be the
-// broken one, or lead to a broker that is no longer the coordinator.
+// handlers still gets a few tries. Every try, like every commit (see
+// commit), goes through the Source's client, which finds the group's
+// coordinator afresh: a broker that is no longer the coordinator is not
+// asked again.
 func (g *generation) finalCommit(deadline time.Time) error {
 	s := g.s
 	err := g.commit()

@@ -148,6 +148,8 @@ func (s *Source) releaseLocked(rec *record, dispatched bool) bool {
 		s.pushReadyLocked(next)
 	} else {
 		delete(p.lanes, rec.lane)
+		ln.q = ln.q[:0]
+		p.spare = append(p.spare, ln)
 	}
 	return true
 }
@@ -210,9 +212,7 @@ func (d *delivery) Release(context.Context) error {
 		return nil
 	}
 	// At the head of the ready queue: it was the next to be handled.
-	s.ready = append(s.ready, nil)
-	copy(s.ready[1:], s.ready)
-	s.ready[0] = rec
+	s.ready.pushFront(rec)
 	s.wakeLocked()
 	return nil
 }

@@ -16,7 +16,7 @@ func CheckAccounting(s *Source) error {
 		return nil // a draining generation keeps its lanes blocked on purpose
 	}
 	readyLanes := make(map[*partition]map[uint64]int)
-	for _, r := range s.ready {
+	for _, r := range s.ready.items() {
 		if r.g != g {
 			return fmt.Errorf("a record of partition %d offset %d of an earlier generation waits for Receive", r.p.id, r.m.Offset)
 		}

@@ -506,16 +506,13 @@ func (g *generation) resetBeyondEnd(p *partition, offset, first, last int64) int
 	// with the records queued behind them, then the records queued behind
 	// heads that are out.
 	dropped := 0
-	kept := s.ready[:0]
-	for _, r := range s.ready {
+	s.ready.keep(func(r *record) bool {
 		if r.p == p {
 			dropped += s.forgetLocked(r, true)
-			continue
+			return false
 		}
-		kept = append(kept, r)
-	}
-	clear(s.ready[len(kept):])
-	s.ready = kept
+		return true
+	})
 	for _, ln := range p.lanes {
 		for _, r := range ln.q {
 			dropped += s.forgetLocked(r, false)

@@ -144,14 +144,18 @@ type generation struct {
 
 // A partition is one assigned partition within a generation.
 type partition struct {
-	id        int
-	idPrefix  string // topic/partition/, the start of its records' IDs
-	start     int64  // assigned offset (committed, or FirstOffset/LastOffset)
-	trk       offsets.Tracker
-	lanes     map[uint64]*lane // under s.mu; a lane exists while busy
-	held      int              // under s.mu: fetched and not settled
-	room      chan struct{}    // wakes the fetcher when held drops; cap 1
-	committed int64            // owned by the committer goroutine
+	id       int
+	idPrefix string // topic/partition/, the start of its records' IDs
+	start    int64  // assigned offset (committed, or FirstOffset/LastOffset)
+	trk      offsets.Tracker
+	lanes    map[uint64]*lane // under s.mu; a lane exists while busy
+	// spare holds lanes that ended, for reuse with their queue's array
+	// (under s.mu): with ByKey, lanes start and end all the time. There
+	// are never more lanes than records held, so at most MaxInFlight.
+	spare     []*lane
+	held      int           // under s.mu: fetched and not settled
+	room      chan struct{} // wakes the fetcher when held drops; cap 1
+	committed int64         // owned by the committer goroutine
 	// epoch counts the resets of the partition's log (topic recreated, log
 	// truncated: see resetBeyondEnd). Written under s.mu by the partition's
 	// fetcher only, so the fetcher may read it without the lock. A record

@@ -63,8 +63,8 @@ func (g *generation) queueLocked(p *partition, recs []*record) ([]*record, bool)
 		if ln, busy := p.lanes[rec.lane]; busy {
 			ln.q = append(ln.q, rec)
 		} else {
-			p.lanes[rec.lane] = &lane{}
-			s.ready = append(s.ready, rec)
+			p.lanes[rec.lane] = p.newLane()
+			s.ready.push(rec)
 			woke = true
 		}
 	}
@@ -105,9 +105,84 @@ func (s *Source) forgetLocked(rec *record, head bool) int {
 	return n
 }
 
+// newLane returns an idle lane of p (see spare), or a new one.
+func (p *partition) newLane() *lane {
+	if n := len(p.spare); n > 0 {
+		ln := p.spare[n-1]
+		p.spare[n-1] = nil
+		p.spare = p.spare[:n-1]
+		return ln
+	}
+	return &lane{}
+}
+
 func (s *Source) pushReadyLocked(rec *record) {
-	s.ready = append(s.ready, rec)
+	s.ready.push(rec)
 	s.wakeLocked()
+}
+
+// readyQueue is the FIFO of records waiting for Receive, under s.mu. Taking
+// from the front advances head rather than reslicing, so that the backing
+// array is reused instead of reallocated as records come and go (a record
+// at a time, with a lane per partition).
+type readyQueue struct {
+	buf  []*record
+	head int
+}
+
+func (q *readyQueue) len() int { return len(q.buf) - q.head }
+
+// items returns the waiting records, in order; the caller must not keep it.
+func (q *readyQueue) items() []*record { return q.buf[q.head:] }
+
+func (q *readyQueue) push(r *record) {
+	if len(q.buf) == cap(q.buf) && q.head >= len(q.buf)/2 {
+		// At least half the array is free at the front: move the records
+		// there instead of growing it (amortized O(1) per record).
+		n := copy(q.buf, q.buf[q.head:])
+		clear(q.buf[n:])
+		q.buf, q.head = q.buf[:n], 0
+	}
+	q.buf = append(q.buf, r)
+}
+
+// pushFront puts r before every waiting record.
+func (q *readyQueue) pushFront(r *record) {
+	if q.head > 0 {
+		q.head--
+		q.buf[q.head] = r
+		return
+	}
+	q.buf = append(q.buf, nil)
+	copy(q.buf[1:], q.buf)
+	q.buf[0] = r
+}
+
+// pop takes the first record; the queue must not be empty.
+func (q *readyQueue) pop() *record {
+	r := q.buf[q.head]
+	q.buf[q.head] = nil
+	q.head++
+	if q.head == len(q.buf) {
+		q.buf, q.head = q.buf[:0], 0
+	}
+	return r
+}
+
+// keep keeps, in order, the records for which f reports true.
+func (q *readyQueue) keep(f func(*record) bool) {
+	live := q.buf[q.head:]
+	kept := live[:0]
+	for _, r := range live {
+		if f(r) {
+			kept = append(kept, r)
+		}
+	}
+	clear(live[len(kept):])
+	q.buf = q.buf[:q.head+len(kept)]
+	if len(kept) == 0 {
+		q.buf, q.head = q.buf[:0], 0
+	}
 }
 
 // wakeLocked wakes one Receive waiting for a record, if any.

@@ -37,7 +37,7 @@ func (s *Source) Resume(ctx context.Context) error {
 	if s.paused {
 		s.paused = false
 		close(s.resumed)
-		if len(s.ready) > 0 {
+		if s.ready.len() > 0 {
 			s.wakeLocked()
 		}
 	}

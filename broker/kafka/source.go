@@ -74,7 +74,7 @@ type Source struct {
 	// settle/dispatch/commit bookkeeping simple to reason about; it is held
 	// only for short, non-blocking sections.
 	mu     sync.Mutex
-	ready  []*record // records whose lane is free, waiting for Receive
+	ready  readyQueue // records whose lane is free, waiting for Receive
 	closed bool
 	// paused stops the fetchers before their next Fetch request and
 	// Receive before its next hand-out (see Pause); resumed is closed by
@@ -224,10 +224,8 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 			s.mu.Unlock()
 			return nil, broker.ErrSourceClosed
 		}
-		if len(s.ready) > 0 && !s.paused {
-			rec := s.ready[0]
-			s.ready[0] = nil
-			s.ready = s.ready[1:]
+		if s.ready.len() > 0 && !s.paused {
+			rec := s.ready.pop()
 			rec.g.dispatched++
 			d := &rec.first
 			if rec.out {
@@ -235,7 +233,7 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 			}
 			rec.out = true
 			attempt := rec.attempt
-			more := len(s.ready) > 0
+			more := s.ready.len() > 0
 			s.mu.Unlock()
 			if more {
 				// Pass the wake-up on: one token may stand for many records.
@@ -324,7 +322,7 @@ func (s *Source) Close(ctx context.Context) error {
 	s.fetchTr.CloseIdleConnections()
 	s.mu.Lock()
 	s.status = broker.Status{Err: broker.ErrSourceClosed}
-	s.ready = nil
+	s.ready = readyQueue{}
 	s.mu.Unlock()
 	close(s.closeDone)
 	if aborted {
