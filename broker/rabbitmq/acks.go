@@ -377,14 +377,21 @@ func (a *acker) remove(tag uint64) {
 	}
 }
 
-// send writes b. The caller holds wmu.
+// send writes b. The caller holds wmu. A prefix of one ack goes as a
+// single ack: it acks the same delivery, and the broker need not look for
+// others (with the prefetch equal to the concurrency, most flushes are of
+// one ack).
 func (a *acker) send(b batchOut) error {
 	if b.u > 0 {
-		if err := a.ch.Ack(b.u, true); err != nil {
+		if err := a.ch.Ack(b.u, b.n > 1); err != nil {
 			return err
 		}
 		if a.stats != nil {
-			a.stats.multiples.Add(1)
+			if b.n > 1 {
+				a.stats.multiples.Add(1)
+			} else {
+				a.stats.singles.Add(1)
+			}
 			a.stats.acked.Add(int64(b.n))
 		}
 	}
