@@ -38,6 +38,10 @@ import (
 //     the hand-written chain (the broker's own cost, without the runtime);
 //   - queuekit and queuekit-chain: consumer.Consumer on broker/memory, without
 //     middleware and with Chain(Metrics, Recover, Retry, Timeout);
+//   - queuekit-fed: queuekit with a producer publishing inside the timer
+//     while the consumer runs, at most 4*c messages ahead of the handler (the
+//     broker's side of bare-channel-fed: a small backlog in steady state,
+//     where the others consume a backlog of b.N published before the timer);
 //   - queuekit-chansource: consumer.Consumer, no middleware, on a Source that
 //     is a bare channel with no-op settlement — the runtime's own cost, to set
 //     against bare-channel without the broker's.
@@ -52,6 +56,7 @@ func BenchmarkConsumer(b *testing.B) {
 		b.Run(fmt.Sprintf("handwritten-memory-loop/c=%d", conc), func(b *testing.B) { benchMemoryLoop(b, conc, true) })
 		b.Run(fmt.Sprintf("queuekit/c=%d", conc), func(b *testing.B) { benchConsumer(b, conc, false) })
 		b.Run(fmt.Sprintf("queuekit-chain/c=%d", conc), func(b *testing.B) { benchConsumer(b, conc, true) })
+		b.Run(fmt.Sprintf("queuekit-fed/c=%d", conc), func(b *testing.B) { benchConsumerFed(b, conc) })
 		b.Run(fmt.Sprintf("queuekit-chansource/c=%d", conc), func(b *testing.B) { benchChanSource(b, conc) })
 	}
 }
@@ -261,6 +266,55 @@ func benchConsumer(b *testing.B, conc int, chain bool) {
 		b.Fatal(err)
 	}
 	b.StopTimer()
+	if st := mb.Stats("bench"); st.Acked != b.N {
+		b.Fatalf("acked %d of %d", st.Acked, b.N)
+	}
+}
+
+// benchConsumerFed is benchConsumer without the backlog published before the
+// timer: a producer publishes the messages one by one while the consumer
+// runs, taking a token before each publish that the handler gives back, so
+// that it runs at most 4*conc messages ahead.
+func benchConsumerFed(b *testing.B, conc int) {
+	mb := memory.NewBroker()
+	src, err := mb.Source("bench", memory.SourceConfig{Prefetch: 2 * conc})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tokens := make(chan struct{}, 4*conc)
+	ctx, cancel := context.WithCancel(context.Background())
+	var handled atomic.Int64
+	n := int64(b.N)
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		<-tokens
+		if handled.Add(1) == n {
+			cancel()
+		}
+		return nil
+	}), consumer.WithConcurrency(conc), consumer.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := []byte("body")
+	b.ReportAllocs()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for range b.N {
+			tokens <- struct{}{}
+			if err := mb.Publish(context.Background(), "bench", &broker.Message{Body: body}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	}()
+	if err := c.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	wg.Wait()
 	if st := mb.Stats("bench"); st.Acked != b.N {
 		b.Fatalf("acked %d of %d", st.Acked, b.N)
 	}
