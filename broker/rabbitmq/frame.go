@@ -86,8 +86,8 @@ func checkPublish(exchange, key string, m *amqp.Publishing) error {
 		{"expiration", m.Expiration}, {"message-id", m.MessageId}, {"type", m.Type},
 		{"user-id", m.UserId}, {"app-id", m.AppId},
 	} {
-		if err := checkShortstr("property "+p.name, p.v); err != nil {
-			return err
+		if len(p.v) > maxShortstr { // the name is joined only then: no allocation per publish
+			return checkShortstr("property "+p.name, p.v)
 		}
 	}
 	if _, err := tableSize(m.Headers); err != nil {

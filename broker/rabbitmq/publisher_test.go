@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -171,5 +172,53 @@ func TestPublisherIsSafeForConcurrentUse(t *testing.T) {
 	}
 	if err := pub.PublishRaw(context.Background(), "", q, amqp.Publishing{}); !errors.Is(err, broker.ErrPublisherClosed) {
 		t.Errorf("Publish after Close = %v; want ErrPublisherClosed", err)
+	}
+}
+
+// TestConcurrentReturnsOfOneMessageID (issue 15): a mandatory publish
+// carries seqHeader only when another one with its message-id is pending,
+// and a return without it is matched by exchange, key and message-id. 64
+// goroutines publish with one message-id at once, half to a queue and half
+// to a routing key nobody binds: each unroutable one must fail with
+// ErrReturned, each routable one succeed, and the queue hold exactly those.
+func TestConcurrentReturnsOfOneMessageID(t *testing.T) {
+	needBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	q := uniqueQueue(t)
+	declareQueue(t, q, Classic)
+	pub, err := NewPublisher(PublisherConfig{Dialer: Dialer{URL: amqpURL()}, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close(context.Background())
+	const n = 64
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			key := q
+			if i%2 == 1 {
+				key = q + ".nobody"
+			}
+			errs[i] = pub.Publish(ctx, "", &broker.Message{ID: "same", Key: []byte(key), Body: []byte(strconv.Itoa(i))})
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if i%2 == 0 && err != nil {
+			t.Errorf("routable publish %d = %v; want nil", i, err)
+		}
+		if i%2 == 1 && !errors.Is(err, ErrReturned) {
+			t.Errorf("unroutable publish %d = %v; want ErrReturned", i, err)
+		}
+	}
+	ch, err := rawConn(t).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if qi, err := ch.QueueDeclarePassive(q, true, false, false, false, nil); err != nil || qi.Messages != n/2 {
+		t.Errorf("queue: %+v, %v; want %d messages", qi, err, n/2)
 	}
 }
