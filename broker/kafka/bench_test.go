@@ -37,7 +37,10 @@ import (
 // msgs/s queuekit's, x-raw their ratio (join to leave); raw-steady-msgs/s,
 // steady-msgs/s and x-raw-steady the same from the first record to the
 // last, leaving out joining and leaving the group; min-x-raw-steady is the
-// lowest per-round ratio. Each round's figures are logged.
+// lowest per-round ratio; raw-cpu-us/msg and cpu-us/msg are the process's
+// CPU time per record from first to last (client and in-process cluster
+// together: on a shared machine a steadier comparison than the rates).
+// Each round's figures are logged.
 //
 // sleep1ms: 5,000 records, a handler that sleeps 1 ms. The raw loop handles
 // one record at a time (~6 s a run), so it runs once, in its own
