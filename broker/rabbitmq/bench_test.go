@@ -71,7 +71,8 @@ func (c benchCase) handlerTime() time.Duration {
 // so each is first as often as the others, to cancel drift; the figures are
 // totals over the rounds. QUEUEKIT_BENCH_MESSAGES overrides the messages per
 // side and case (default 20,000; a quarter for the 1 ms / 1 worker case,
-// which is bound by the handler at ~1,000 msg/s); QUEUEKIT_BENCH_SIDES
+// which is bound by the handler at ~1,000 msg/s, and for the prefetch 8 /
+// 8 workers / 1-5 ms case, at ~2,000 msg/s); QUEUEKIT_BENCH_SIDES
 // (comma-separated) picks the sides, QUEUEKIT_BENCH_CASE one case.
 func TestBenchmarkAgainstRawClient(t *testing.T) {
 	if os.Getenv("QUEUEKIT_BENCH") != "1" {

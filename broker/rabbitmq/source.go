@@ -27,7 +27,8 @@ type Config struct {
 	// Queue is the queue to consume from. Required.
 	Queue string
 	// Prefetch is the channel's basic.qos prefetch count (default 32). Set
-	// it to at least the consumer's concurrency, or workers sit idle.
+	// it to at least the consumer's concurrency, or workers sit idle; well
+	// above it (4 to 8 times), acks go out in batches (see AckBatch).
 	Prefetch int
 	// ConsumerTag prefixes the consumer tags of the subscriptions
 	// (default "queuekit-<program>-<pid>"); a counter is appended, so every
