@@ -473,6 +473,15 @@ func (d *delivery) settle(ctx context.Context, op int, reason broker.Reason, del
 		q.ready.pushFront(e)
 	case opRequeueAfter:
 		q.stats.Requeued++
+		// A message waiting out a delay may wait long: it gets an entry
+		// and bytes of its own, so that it does not pin the chunks it was
+		// carved from (see carveEntry). Only this delivery could settle e
+		// (a stale one never touches it), so swapping it is safe.
+		m := e.msg
+		m.Header = nil // shared, not carved: kept as it is
+		ne := &entry{msg: copyMessage(&m), deliveries: e.deliveries}
+		ne.msg.Header = e.msg.Header
+		e = ne
 		if q.delayed == nil {
 			q.delayed = make(map[*entry]struct{})
 		}
