@@ -165,7 +165,7 @@ func (b *Broker) publish(ctx context.Context, p *Publisher, queue string, msgs [
 	for _, e := range entries {
 		q.seq++
 		if e.msg.ID == "" {
-			e.msg.ID = queue + "-" + strconv.FormatUint(q.seq, 10)
+			e.msg.ID = messageID(queue, q.seq)
 		}
 		q.stats.Published++
 		q.ready.pushBack(e)
@@ -197,6 +197,15 @@ func (b *Broker) carveEntry(m *broker.Message) *entry {
 	b.pub.slab = b.pub.slab[1:]
 	e.msg = copyMessageInto(m, b.pub.arena.carve(len(m.Key)+len(m.Body)))
 	return e
+}
+
+// messageID returns "<queue>-<seq>" in one allocation (concatenating
+// FormatUint's string would make two).
+func messageID(queue string, seq uint64) string {
+	var a [64]byte
+	buf := append(a[:0], queue...)
+	buf = append(buf, '-')
+	return string(strconv.AppendUint(buf, seq, 10))
 }
 
 // Stats returns the counters of queue. A queue never used has zero stats.
