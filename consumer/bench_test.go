@@ -44,7 +44,8 @@ import (
 //     where the others consume a backlog of b.N published before the timer);
 //   - queuekit-chansource: consumer.Consumer, no middleware, on a Source that
 //     is a bare channel with no-op settlement — the runtime's own cost, to set
-//     against bare-channel without the broker's.
+//     against bare-channel without the broker's; queuekit-chansource-leased
+//     the same with deliveries under a lease (broker.Leased, as Kafka's).
 //
 // Each reports ns/msg (ns/op, one op = one message), allocs/msg and, where
 // the platform says, cpu-ns/op: the CPU time of the whole process (all
@@ -62,6 +63,7 @@ func BenchmarkConsumer(b *testing.B) {
 		b.Run(fmt.Sprintf("queuekit-chain/c=%d", conc), func(b *testing.B) { benchConsumer(b, conc, true) })
 		b.Run(fmt.Sprintf("queuekit-fed/c=%d", conc), func(b *testing.B) { benchConsumerFed(b, conc) })
 		b.Run(fmt.Sprintf("queuekit-chansource/c=%d", conc), func(b *testing.B) { benchChanSource(b, conc) })
+		b.Run(fmt.Sprintf("queuekit-chansource-leased/c=%d", conc), func(b *testing.B) { benchLeasedChanSource(b, conc) })
 	}
 }
 
@@ -401,4 +403,36 @@ func benchChanSource(b *testing.B, conc int) {
 		b.Fatal(err)
 	}
 	cpu.report(b)
+}
+
+// benchLeasedChanSource is benchChanSource with leased deliveries (as Kafka's
+// are: one lease per consumer-group generation): what the runtime adds per
+// message to tie a handler's context to its delivery's lease.
+func benchLeasedChanSource(b *testing.B, conc int) {
+	src := &chanSource{ch: make(chan broker.Delivery, b.N)}
+	lease, end := context.WithCancel(context.Background())
+	defer end()
+	ds := make([]leasedDelivery, b.N)
+	for i := range ds {
+		ds[i].m = broker.Message{ID: "m", Body: []byte("body")}
+		ds[i].lease = lease
+		src.ch <- &ds[i]
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var handled atomic.Int64
+	n := int64(b.N)
+	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
+		if handled.Add(1) == n {
+			cancel()
+		}
+		return nil
+	}), consumer.WithConcurrency(conc), consumer.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	if err := c.Run(ctx); err != nil {
+		b.Fatal(err)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -84,6 +85,7 @@ type run struct {
 	failErr  error // written before stopCh is closed by fail
 
 	slots     []slot
+	leases    []leaseCtx   // worker i's handler context of a lease (handlerContext): the worker's only
 	running   atomic.Int32 // handlers running, kept only for a concurrencyLimiter
 	clock     *settleClock
 	wg        sync.WaitGroup // workers not abandoned
@@ -105,6 +107,7 @@ func newRun(c *Consumer, ctx context.Context) *run {
 		abandonNow: make(chan struct{}),
 		done:       make(chan struct{}),
 		slots:      make([]slot, c.o.concurrency),
+		leases:     make([]leaseCtx, c.o.concurrency),
 	}
 	r.handlerCtx, r.cancelHandlers = context.WithCancelCause(r.base)
 	r.budget, r.endBudget = context.WithCancelCause(r.base)
@@ -313,6 +316,7 @@ func (r *run) abandon(cause error) int {
 
 func (r *run) work(i int) {
 	s := &r.slots[i]
+	defer r.leases[i].end()
 	g := &r.c.gate
 	// held: the worker kept its gate slot from the delivery it just
 	// settled, because the gate was not limited (see keep): taking and
@@ -479,14 +483,16 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) b
 	}
 	// A probe: received while the kill switch probes (see ksOutcome).
 	probe := in.probe && r.c.ks.state.Load() == ksProbing
-	hctx, release := r.handlerContext(in, d)
+	hctx, release := r.handlerContext(&r.leases[i], in, d)
 	var err error
 	if l := r.c.limiter; l != nil {
 		err = r.callLimited(l, hctx, m)
 	} else {
 		err = r.call(hctx, m)
 	}
-	release()
+	if release != nil {
+		release()
+	}
 	if !s.state.CompareAndSwap(slotRunning, slotIdle) {
 		return false
 	}
@@ -513,23 +519,79 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) b
 	return true
 }
 
-// handlerContext is the context a handler of d runs with, and the function
-// to call when the handler returned: the run's handler context (carrying
-// intake in, for IntakeStopped), and for a
-// Leased delivery one that also ends with its lease. Only leased deliveries
-// pay for a context of their own.
-func (r *run) handlerContext(in *intake, d broker.Delivery) (context.Context, func()) {
+// handlerContext is the context a handler of d runs with, and a function
+// to call when the handler returned, or nil: the run's
+// handler context (carrying intake in, for IntakeStopped), and for a Leased
+// delivery one that also ends, with cause ErrStaleDelivery, when its lease
+// does. The context of a lease is made once per worker and lease (a lease
+// lasts a consumer-group generation: thousands of messages) and kept per
+// worker (leaseCtx), not once per message: a context, a cancel registration
+// on the intake's and one on the lease's context per message cost five
+// allocations and two shared locks, more than the rest of the runtime. lc is
+// the worker's (r.leases, beside r.slots: a slot is one cache line). So,
+// as with in.hctx, a handler's context does not end when the handler
+// returns; it ends with its lease, its intake, or the worker.
+func (r *run) handlerContext(lc *leaseCtx, in *intake, d broker.Delivery) (ctx context.Context, release func()) {
 	l, ok := d.(broker.Leased)
 	if !ok {
-		return in.hctx, func() {}
+		return in.hctx, nil
 	}
-	lease := l.Lease()
+	lease := safeLease(l)
 	if lease == nil {
-		return in.hctx, func() {}
+		return in.hctx, nil
 	}
+	// lc.lease is of a comparable type (below), so == cannot panic.
+	if lc.ctx != nil && lc.lease == lease && lc.in == in && lc.ctx.Err() == nil {
+		return lc.ctx, nil
+	}
+	lc.end()
 	ctx, cancel := context.WithCancelCause(in.hctx)
+	if lease.Err() != nil {
+		// Over already: context.AfterFunc would cancel asynchronously,
+		// after the handler started.
+		cancel(broker.ErrStaleDelivery)
+		return ctx, nil
+	}
 	stop := context.AfterFunc(lease, func() { cancel(broker.ErrStaleDelivery) })
-	return ctx, func() { stop(); cancel(nil) }
+	if !reflect.TypeOf(lease).Comparable() {
+		// A lease of a type == would panic on (a third-party source's
+		// struct value holding a slice) is not kept: its handler's
+		// context ends when the handler returns.
+		return ctx, func() { stop(); cancel(nil) }
+	}
+	*lc = leaseCtx{in: in, lease: lease, ctx: ctx, cancel: cancel, stop: stop}
+	return ctx, nil
+}
+
+// safeLease calls l.Lease, a method of user code (a third-party source): a
+// panic there means no lease.
+func safeLease(l broker.Leased) (lease context.Context) {
+	defer func() {
+		if recover() != nil {
+			lease = nil
+		}
+	}()
+	return l.Lease()
+}
+
+// leaseCtx is a worker's handler context for the deliveries of one lease
+// under one intake (see handlerContext).
+type leaseCtx struct {
+	in     *intake
+	lease  context.Context
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	stop   func() bool
+}
+
+// end ends the context, if any, and its registration on the lease.
+func (lc *leaseCtx) end() {
+	if lc.ctx == nil {
+		return
+	}
+	lc.stop()
+	lc.cancel(nil)
+	*lc = leaseCtx{}
 }
 
 func (r *run) call(ctx context.Context, m *broker.Message) (err error) {
