@@ -149,21 +149,28 @@ func memoryRows(o *benchOutput) []row {
 
 // otelRows are the targets for tracing with the no-op provider
 // (BenchmarkOTel in ./middleware/otelqueuekit): at most 100 ns over the bare
-// handler and no allocation per message.
+// handler and no allocation per message, for a message without trace
+// context ("noop"), one that carries it ("noop-remote-parent") and a call
+// inside a recording span ("noop-outer-span").
 func otelRows(o *benchOutput) []row {
 	const g = "otel"
-	ns := row{group: g, name: "noop provider: ns/op over bare", unit: "ns/op", judgedUnit: "ns", target: target{op: "<=", value: 100}}
-	if ns.qk, ns.err = o.values("BenchmarkOTel/noop", "ns/op"); ns.err == nil {
-		if ns.base, ns.err = o.values("BenchmarkOTel/bare", "ns/op"); ns.err == nil {
-			ns.judged, ns.err = pairwise(ns.qk, ns.base, func(a, b float64) float64 { return a - b })
+	var rows []row
+	for _, c := range []string{"noop", "noop-remote-parent", "noop-outer-span"} {
+		name := "BenchmarkOTel/" + c
+		ns := row{group: g, name: c + ": ns/op over bare", unit: "ns/op", judgedUnit: "ns", target: target{op: "<=", value: 100}}
+		if ns.qk, ns.err = o.values(name, "ns/op"); ns.err == nil {
+			if ns.base, ns.err = o.values("BenchmarkOTel/bare", "ns/op"); ns.err == nil {
+				ns.judged, ns.err = pairwise(ns.qk, ns.base, func(a, b float64) float64 { return a - b })
+			}
 		}
+		allocs := row{group: g, name: c + ": allocs/op", unit: "allocs/op", judgedUnit: "allocs", target: target{op: "<=", value: 0, everyRound: true}}
+		if allocs.qk, allocs.err = o.values(name, "allocs/op"); allocs.err == nil {
+			allocs.base, allocs.err = o.values("BenchmarkOTel/bare", "allocs/op")
+			allocs.judged = allocs.qk
+		}
+		rows = append(rows, ns, allocs)
 	}
-	allocs := row{group: g, name: "noop provider: allocs/op", unit: "allocs/op", judgedUnit: "allocs", target: target{op: "<=", value: 0, everyRound: true}}
-	if allocs.qk, allocs.err = o.values("BenchmarkOTel/noop", "allocs/op"); allocs.err == nil {
-		allocs.base, allocs.err = o.values("BenchmarkOTel/bare", "allocs/op")
-		allocs.judged = allocs.qk
-	}
-	return []row{ns, allocs}
+	return rows
 }
 
 // kafkaCases are BenchmarkConsume's noop sub-benchmarks in ./broker/kafka,

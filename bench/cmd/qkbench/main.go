@@ -219,7 +219,9 @@ func runGroup(ctx context.Context, g string, o options, root string, stderr io.W
 				if i > 0 {
 					name += "-" + strconv.Itoa(i+1)
 				}
-				if err := os.WriteFile(filepath.Join(saveDir, name+".txt"), b, 0o644); err != nil {
+				if err := os.MkdirAll(saveDir, 0o755); err != nil {
+					runErr = errors.Join(runErr, err)
+				} else if err := os.WriteFile(filepath.Join(saveDir, name+".txt"), b, 0o644); err != nil {
 					runErr = errors.Join(runErr, err)
 				}
 			}

@@ -51,7 +51,7 @@ func checkNoErrors(t *testing.T, rows []row, want int) {
 
 func TestCapturedOutputsGiveEveryRow(t *testing.T) {
 	checkNoErrors(t, memoryRows(parseTestdata(t, "memory.txt")), 4)
-	checkNoErrors(t, otelRows(parseTestdata(t, "otel.txt")), 2)
+	checkNoErrors(t, otelRows(parseTestdata(t, "otel.txt")), 6)
 	checkNoErrors(t, kafkaRows(parseTestdata(t, "kafka.txt")), 6)
 	rows, err := groupRows("rabbitmq", options{}, [][]byte{readTestdata(t, "rabbitmq.txt"), readTestdata(t, "rabbitmq-2.txt")})
 	if err != nil {
@@ -68,10 +68,10 @@ func TestParseBenchReadsFiguresByUnit(t *testing.T) {
 		bench, unit string
 		want        []float64
 	}{
-		{"BenchmarkOTel/bare", "ns/op", []float64{9.241, 9.889}},
-		{"BenchmarkOTel/noop", "ns/op", []float64{87.41, 92.52}},
-		{"BenchmarkOTel/noop", "x-bare", []float64{8.840, 9.356}},
-		{"BenchmarkOTel/noop-remote-parent", "allocs/op", []float64{2, 2}},
+		{"BenchmarkOTel/bare", "ns/op", []float64{8.890, 10.31}},
+		{"BenchmarkOTel/noop", "ns/op", []float64{11.11, 13.58}},
+		{"BenchmarkOTel/noop", "x-bare", []float64{1.077, 1.317}},
+		{"BenchmarkOTel/noop-remote-parent-propagate", "allocs/op", []float64{2, 2}},
 	} {
 		got, err := o.values(tc.bench, tc.unit)
 		if err != nil {
@@ -272,7 +272,7 @@ func TestExitStatus(t *testing.T) {
 	}
 	var out bytes.Buffer
 	run([]string{"-from", dir, "-only", "otel"}, &out, io.Discard)
-	if !strings.Contains(out.String(), "MISSING otel noop provider: ns/op over bare: BenchmarkOTel/noop: no result line") {
+	if !strings.Contains(out.String(), "MISSING otel noop: ns/op over bare: BenchmarkOTel/noop: no result line") {
 		t.Errorf("output does not say what is missing:\n%s", out.String())
 	}
 }
