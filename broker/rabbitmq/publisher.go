@@ -312,13 +312,16 @@ func (p *Publisher) publish(ctx context.Context, exchange string, out []outgoing
 		}
 		return fmt.Errorf("rabbitmq: publish to %s: %w (last error: %w)", quoteName(exchange), context.Cause(ctx), lastErr)
 	}
-	waits = make([]*pendingPublish, 0, len(out))
 	for len(waits) < len(out) {
 		cc, err := p.channelCtx(ctx)
 		if err == nil {
 			var ws []*pendingPublish
 			ws, err = p.publishCtx(ctx, cc, exchange, out[len(waits):], mandatory)
-			waits = append(waits, ws...)
+			if waits == nil {
+				waits = ws // the usual case, one channel: no copy
+			} else {
+				waits = append(waits, ws...)
+			}
 			if err == nil {
 				break
 			}
@@ -673,7 +676,8 @@ type writeReq struct {
 	exchange  string
 	out       []outgoing
 	mandatory bool
-	ws        []*pendingPublish // written by the writer before done is closed
+	ws        []*pendingPublish  // written by the writer before done is closed
+	one       [1]*pendingPublish // ws's array for a publish of one message
 	err       error
 	done      chan struct{}
 }
@@ -698,7 +702,10 @@ func (cc *confirmChannel) writer() {
 	for {
 		select {
 		case r := <-cc.reqs:
-			r.ws = make([]*pendingPublish, 0, len(r.out))
+			r.ws = r.one[:0]
+			if len(r.out) > 1 {
+				r.ws = make([]*pendingPublish, 0, len(r.out))
+			}
 			for i := range r.out {
 				if r.ctx.Err() != nil {
 					r.err = context.Cause(r.ctx)
