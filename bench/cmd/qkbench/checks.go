@@ -211,6 +211,27 @@ func kafkaRows(o *benchOutput) []row {
 	return rows
 }
 
+// kafkaPublishRows are the targets for publishing on Kafka
+// (BenchmarkPublish in ./broker/kafka: 32 goroutines, one record per publish,
+// queuekit's Publisher vs kafka-go's Writer with the same settings, rounds
+// interleaved): at least 0.9x the Writer's msg/s in every round, and a p99
+// per publish within the same bound as on RabbitMQ (<= 1.11x the Writer's).
+func kafkaPublishRows(o *benchOutput) []row {
+	const g = "kafka-publish"
+	const bench = "BenchmarkPublish"
+	rate := metricRow(o, g, "32 publishers msg/s x-raw (Writer)", bench, "msgs/s", "raw-msgs/s", "x-raw", target{op: ">=", value: 0.9, everyRound: true})
+	if rate.err == nil && o.hasMetric(bench, "min-x-raw") {
+		rate.floor, rate.err = o.values(bench, "min-x-raw")
+	}
+	p99 := row{group: g, name: "32 publishers p99 per publish vs Writer", unit: "p99-ms", judgedUnit: "x", target: target{op: "<=", value: 1.11}}
+	if p99.qk, p99.err = o.values(bench, "p99-ms"); p99.err == nil {
+		if p99.base, p99.err = o.values(bench, "raw-p99-ms"); p99.err == nil {
+			p99.judged, p99.err = pairwise(p99.qk, p99.base, func(a, b float64) float64 { return a / b })
+		}
+	}
+	return []row{rate, p99}
+}
+
 // metricRow is a row whose judged figure the benchmark reports itself
 // (judged), next to its figures qkUnit and baseUnit.
 func metricRow(o *benchOutput, group, name, bench, qkUnit, baseUnit, judged string, t target) row {

@@ -67,13 +67,13 @@ type options struct {
 	from       string
 }
 
-var allGroups = []string{"memory", "otel", "kafka", "rabbitmq"}
+var allGroups = []string{"memory", "otel", "kafka", "kafka-publish", "rabbitmq"}
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("qkbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	only := fs.String("only", "memory,otel,kafka", "comma-separated groups to run: memory, otel, kafka, rabbitmq (rabbitmq needs a broker and runs only when named)")
+	only := fs.String("only", "memory,otel,kafka,kafka-publish", "comma-separated groups to run: memory, otel, kafka, kafka-publish, rabbitmq (rabbitmq needs a broker and runs only when named)")
 	fs.IntVar(&o.count, "count", 3, "go test -count for memory, otel and kafka (each round pairs queuekit with its baseline)")
 	fs.IntVar(&o.rounds, "rounds", 0, "interleaved rounds inside one run: kafka -benchtime <rounds>x (default 3), RabbitMQ QUEUEKIT_BENCH_ROUNDS (default 4)")
 	fs.StringVar(&o.benchtime, "benchtime", "300000x", "go test -benchtime for memory")
@@ -235,7 +235,7 @@ func runGroup(ctx context.Context, g string, o options, root string, stderr io.W
 // groupRows parses a group's outputs (one per command) into rows.
 func groupRows(g string, o options, outputs [][]byte) ([]row, error) {
 	switch g {
-	case "memory", "otel", "kafka":
+	case "memory", "otel", "kafka", "kafka-publish":
 		bo, err := parseBench(bytes.NewReader(outputs[0]))
 		if err != nil {
 			return nil, err
@@ -245,6 +245,8 @@ func groupRows(g string, o options, outputs [][]byte) ([]row, error) {
 			return memoryRows(bo), nil
 		case "otel":
 			return otelRows(bo), nil
+		case "kafka-publish":
+			return kafkaPublishRows(bo), nil
 		}
 		return kafkaRows(bo), nil
 	case "rabbitmq":
@@ -295,6 +297,12 @@ func commands(g string, o options) []command {
 			rounds = o.rounds
 		}
 		return []command{{args: []string{"test", "-run", "^$", "-bench", "BenchmarkConsume/noop", "-benchtime", strconv.Itoa(rounds) + "x", "-count", count, "-timeout", "60m", "./broker/kafka"}}}
+	case "kafka-publish":
+		rounds := 3
+		if o.rounds > 0 {
+			rounds = o.rounds
+		}
+		return []command{{args: []string{"test", "-run", "^$", "-bench", "BenchmarkPublish", "-benchtime", strconv.Itoa(rounds) + "x", "-count", count, "-timeout", "60m", "./broker/kafka"}}}
 	case "rabbitmq":
 		env := []string{"QUEUEKIT_BENCH=1"}
 		if o.rounds > 0 {

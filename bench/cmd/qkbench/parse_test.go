@@ -53,6 +53,7 @@ func TestCapturedOutputsGiveEveryRow(t *testing.T) {
 	checkNoErrors(t, memoryRows(parseTestdata(t, "memory.txt")), 4)
 	checkNoErrors(t, otelRows(parseTestdata(t, "otel.txt")), 6)
 	checkNoErrors(t, kafkaRows(parseTestdata(t, "kafka.txt")), 6)
+	checkNoErrors(t, kafkaPublishRows(parseTestdata(t, "kafka-publish.txt")), 2)
 	rows, err := groupRows("rabbitmq", options{}, [][]byte{readTestdata(t, "rabbitmq.txt"), readTestdata(t, "rabbitmq-2.txt")})
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +247,7 @@ func TestRabbitSkipIsAnError(t *testing.T) {
 
 func TestExitStatus(t *testing.T) {
 	dir := t.TempDir()
-	for _, f := range []string{"memory.txt", "otel.txt", "kafka.txt"} {
+	for _, f := range []string{"memory.txt", "otel.txt", "kafka.txt", "kafka-publish.txt"} {
 		b := readTestdata(t, f)
 		if f == "otel.txt" {
 			b = bytes.ReplaceAll(b, []byte("BenchmarkOTel/noop-2 "), []byte("BenchmarkOTel/nop-2 "))
