@@ -76,13 +76,13 @@ func (l *eventLog) errs(k consumer.EventKind) []error {
 func TestChaosCloseAllConnections(t *testing.T) { runChaos(t, 20000, 4000, nil) }
 
 // TestChaosCloseAllConnectionsWithAcksWaiting is the chaos test with acks
-// coalesced over a minute instead of 2 ms, so that they go out only in
+// coalesced over a second (the most AckDelay allows) instead of 2 ms, so that they go out only in
 // batches of 16 and every close finds some queued and not yet written
 // (issue 15): their messages are delivered again (duplicates beyond the
 // stale settlements, which must be seen), and duplicates must still stay
 // within prefetch × closes, with nothing lost.
 func TestChaosCloseAllConnectionsWithAcksWaiting(t *testing.T) {
-	runChaos(t, 8000, 2000, func(c *Config) { c.AckDelay = time.Minute })
+	runChaos(t, 8000, 2000, func(c *Config) { c.AckDelay = maxAckDelay })
 }
 
 // runChaos runs the chaos test over n messages (short with -short), with

@@ -155,8 +155,8 @@ func TestCoalescedAcksNeverCoverAnUnsettledDelivery(t *testing.T) {
 }
 
 // TestPauseAndCloseFlushWaitingAcks acks 5 deliveries with a batch of 16
-// and a delay of a minute, so that only a flush sends them: Pause must (no
-// more deliveries come while paused, and the source may sit idle for long),
+// and a delay of a second (the most allowed), so that only a flush sends
+// them at once: Pause must (no more deliveries come while paused, and the source may sit idle for long),
 // and so must Close, or the broker would deliver them again. The queue holds
 // just the 5, so that Pause has nothing buffered to give back (a give-back
 // nack sends the acks before it too).
@@ -166,14 +166,14 @@ func TestPauseAndCloseFlushWaitingAcks(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			src, q := coalescingSource(t, Classic, 5, 16, time.Minute)
+			src, q := coalescingSource(t, Classic, 5, 16, maxAckDelay)
 			for _, d := range receiveN(ctx, t, src, 5) {
 				if err := d.Ack(ctx); err != nil {
 					t.Fatal(err)
 				}
 			}
 			if n := src.ackStats.acked.Load(); n != 0 {
-				t.Fatalf("%d acks sent before the flush; want 0 (batch 16, delay 1m)", n)
+				t.Fatalf("%d acks sent before the flush; want 0 (batch 16, delay 1s)", n)
 			}
 			switch how {
 			case "pause":
@@ -282,7 +282,7 @@ func TestCoalescedAcksKeepTheQuorumDeliveryCount(t *testing.T) {
 // TestAWaitingWorkerGetsTheCreditOfWaitingAcks (issue 15): with the prefetch
 // equal to the concurrency, an ack that waits for its batch or its delay
 // holds the credit a worker waits for. Prefetch 8 (AckBatch 16, capped to
-// 2), AckDelay 1 minute: 8 deliveries are taken, one is acked (less than a
+// 2), AckDelay 1 second (the most allowed): 8 deliveries are taken, one is acked (less than a
 // batch) and 7 are held by busy handlers. The broker can send nothing more
 // until the ack goes out: it must go at once rather than after the delay,
 // and the next Receive get the 9th delivery.
@@ -293,7 +293,7 @@ func TestAWaitingWorkerGetsTheCreditOfWaitingAcks(t *testing.T) {
 	q := uniqueQueue(t)
 	cfg := testConfig(q)
 	cfg.Prefetch = 8
-	cfg.AckBatch, cfg.AckDelay = 16, time.Minute
+	cfg.AckBatch, cfg.AckDelay = 16, maxAckDelay
 	cfg.Logger = quietLogger()
 	src, err := NewSource(cfg)
 	if err != nil {
@@ -316,8 +316,9 @@ func TestAWaitingWorkerGetsTheCreditOfWaitingAcks(t *testing.T) {
 	if n := src.ackStats.acked.Load(); n != 1 {
 		t.Errorf("%d acks sent with the whole prefetch held; want 1", n)
 	}
-	// Bounded well below the 1-minute delay: without the flush, the broker
-	// has no credit to send the 9th delivery until the delay passes.
+	// Without the flush, the broker has no credit to send the 9th
+	// delivery until the delay passes (the ack count above is what tells
+	// the two apart; the wait only bounds the test).
 	wait, cancelWait := context.WithTimeout(ctx, 10*time.Second)
 	defer cancelWait()
 	d, err := src.Receive(wait)

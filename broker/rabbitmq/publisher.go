@@ -370,7 +370,7 @@ func (p *Publisher) publish(ctx context.Context, exchange string, out []outgoing
 				return publishErr(exchange, out, i, w.err)
 			}
 		case <-ctx.Done():
-			return fmt.Errorf("rabbitmq: publish to %s: waiting for confirm: %w", quoteName(exchange), context.Cause(ctx))
+			return fmt.Errorf("rabbitmq: publish to %s: waiting for confirm (the message may or may not have arrived): %w", quoteName(exchange), context.Cause(ctx))
 		}
 	}
 	return nil
@@ -849,7 +849,7 @@ func (cc *confirmChannel) drain(closes <-chan *amqp.Error, returns <-chan amqp.R
 				}
 				// The library closes returns before confirms, so nothing
 				// is left to read on either.
-				cc.fail(fmt.Errorf("rabbitmq: channel closed before the confirm: %w", cause))
+				cc.fail(fmt.Errorf("rabbitmq: channel closed before the confirm (the message may or may not have arrived): %w", cause))
 				return
 			}
 			cc.mu.Lock()

@@ -49,7 +49,9 @@ type Config struct {
 	// Acknowledgement.
 	AckBatch int
 	// AckDelay is the longest a coalesced ack waits before it is sent
-	// (default 2ms); it is unused without coalescing.
+	// (default 2ms, at most 1s: an ack still waiting when its connection
+	// drops is lost and its message delivered again); it is unused without
+	// coalescing.
 	AckDelay time.Duration
 }
 
@@ -60,6 +62,11 @@ type Config struct {
 const (
 	defaultAckBatch = 16
 	defaultAckDelay = 2 * time.Millisecond
+	// maxAckDelay bounds Config.AckDelay: on a quiet queue, the acks of
+	// finished messages wait that long, and every connection lost meanwhile
+	// delivers those messages again (review C of issue 15: with an hour,
+	// each was handled once per connection loss, past its delivery budget).
+	maxAckDelay = time.Second
 )
 
 func (c *Config) resolve() error {
@@ -94,6 +101,9 @@ func (c *Config) resolve() error {
 	}
 	if c.AckDelay < 0 {
 		return fmt.Errorf("%w: rabbitmq: negative AckDelay %v", broker.ErrInvalidConfig, c.AckDelay)
+	}
+	if c.AckDelay > maxAckDelay {
+		return fmt.Errorf("%w: rabbitmq: AckDelay %v above %v: the acks of finished messages would wait that long, and their messages be delivered again if the connection dropped meanwhile", broker.ErrInvalidConfig, c.AckDelay, maxAckDelay)
 	}
 	if c.AckBatch == 0 {
 		c.AckBatch = defaultAckBatch

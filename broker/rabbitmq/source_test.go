@@ -62,6 +62,7 @@ func TestNewSourceRejectsInvalidConfig(t *testing.T) {
 		{"binding to the default exchange", Config{Queue: "q", Topology: Topology{Bindings: []Binding{{}}}}},
 		{"negative ack batch", Config{Queue: "q", AckBatch: -1}},
 		{"negative ack delay", Config{Queue: "q", AckDelay: -time.Millisecond}},
+		{"ack delay above 1s", Config{Queue: "q", AckDelay: time.Second + 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
