@@ -37,14 +37,6 @@ type Broker struct {
 	queues  map[string]*queue
 	sources map[*Source]struct{}
 	closed  bool
-
-	// pub is what Publish carves the stored copies of messages from, under
-	// a lock of its own so that copying does not hold mu (see publish).
-	pub struct {
-		sync.Mutex
-		slab  []entry
-		arena arena
-	}
 }
 
 // NewBroker returns an empty Broker.
@@ -119,39 +111,19 @@ func (b *Broker) publish(ctx context.Context, p *Publisher, queue string, msgs [
 	if queue == "" {
 		return fmt.Errorf("memory: publish: %w: empty queue name", broker.ErrInvalidConfig)
 	}
+	now := time.Now()
+	entries := make([]*entry, len(msgs))
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("memory: publish: %w: message %d is nil", broker.ErrInvalidConfig, i)
 		}
-	}
-	now := time.Now()
-	var small [8]*entry // most publishes are of a few messages: no allocation for the list
-	entries := small[:0]
-	if len(msgs) > len(small) {
-		entries = make([]*entry, 0, len(msgs))
-	}
-	entries = entries[:len(msgs)]
-	dlq := isDeadLetterQueue(queue)
-	if dlq {
-		// A dead-letter queue's messages are kept as records for as long
-		// as they are not redriven or purged: they get allocations of
-		// their own, so that none pins a chunk (see carveEntry).
-		for i, m := range msgs {
-			entries[i] = &entry{msg: copyMessage(m)}
-		}
-	} else {
-		b.pub.Lock()
-		for i, m := range msgs {
-			entries[i] = b.carveEntry(m)
-		}
-		b.pub.Unlock()
-	}
-	for _, e := range entries {
+		e := &entry{msg: copyMessage(m)}
 		e.msg.Topic = queue
 		e.msg.Attempt = 0
 		if e.msg.Time.IsZero() {
 			e.msg.Time = now
 		}
+		entries[i] = e
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -162,6 +134,7 @@ func (b *Broker) publish(ctx context.Context, p *Publisher, queue string, msgs [
 		return ErrBrokerClosed
 	}
 	q := b.queue(queue)
+	dlq := isDeadLetterQueue(queue)
 	for _, e := range entries {
 		q.seq++
 		if e.msg.ID == "" {
@@ -175,28 +148,6 @@ func (b *Broker) publish(ctx context.Context, p *Publisher, queue string, msgs [
 	}
 	q.wake()
 	return nil
-}
-
-// Stored messages are carved from chunks as deliveries are (see
-// Source.deliver): an entry from a slab of entrySlab, its Key and Body from
-// an arena. Besides saving two allocations per message, this lays a
-// backlog out in memory in the order it is consumed, so that handing it
-// out reads memory sequentially instead of chasing pointers scattered over
-// the heap. An entry that lives long (a message redelivered many times, or
-// waiting out a delay) pins its chunks; dead letters, which may live as
-// long as the broker, are copied out of them (see settle).
-const entrySlab = 32
-
-// carveEntry returns a new entry holding a copy of m, carved from b.pub's
-// chunks. The caller holds b.pub.
-func (b *Broker) carveEntry(m *broker.Message) *entry {
-	if len(b.pub.slab) == 0 {
-		b.pub.slab = make([]entry, entrySlab)
-	}
-	e := &b.pub.slab[0]
-	b.pub.slab = b.pub.slab[1:]
-	e.msg = copyMessageInto(m, b.pub.arena.carve(len(m.Key)+len(m.Body)))
-	return e
 }
 
 // messageID returns "<queue>-<seq>" in one allocation (concatenating

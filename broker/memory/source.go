@@ -47,7 +47,7 @@ type Source struct {
 	// Key/Body copies from, so that a delivery costs no allocation of its
 	// own most of the time (see deliver). Guarded by b.mu.
 	slab  []delivery
-	arena arena
+	arena []byte
 
 	// announced is set once the first Receive has emitted EventConnected
 	// (or found the source closed or cancelled); written under b.mu, read
@@ -169,7 +169,7 @@ func (s *Source) deliver(e *entry) *delivery {
 	d := &s.slab[0]
 	s.slab = s.slab[1:]
 	d.src, d.e = s, e
-	d.msg = copyMessageInto(&e.msg, s.arena.carve(len(e.msg.Key)+len(e.msg.Body)))
+	d.msg = copyMessageInto(&e.msg, s.carve(len(e.msg.Key)+len(e.msg.Body)))
 	d.msg.Attempt = e.deliveries
 	s.unacked++
 	s.q.unacked++
@@ -180,23 +180,20 @@ func (s *Source) deliver(e *entry) *delivery {
 	return d
 }
 
-// arena hands out fresh byte ranges for Keys and Bodies, carved from
-// chunks of arenaChunk bytes (see Source.deliver). Its owner guards it.
-type arena struct{ free []byte }
-
-// carve returns n fresh bytes, capped at n: from the current chunk when
-// they are few, else an allocation of their own.
-func (a *arena) carve(n int) []byte {
+// carve returns n fresh bytes for a delivery's Key and Body: from the
+// arena when they are few, else an allocation of their own. The caller
+// holds b.mu.
+func (s *Source) carve(n int) []byte {
 	switch {
 	case n == 0:
 		return nil
 	case n > arenaMaxCopy:
 		return make([]byte, n)
-	case len(a.free) < n:
-		a.free = make([]byte, arenaChunk)
+	case len(s.arena) < n:
+		s.arena = make([]byte, arenaChunk)
 	}
-	buf := a.free[:n:n]
-	a.free = a.free[n:]
+	buf := s.arena[:n:n]
+	s.arena = s.arena[n:]
 	return buf
 }
 
@@ -233,7 +230,7 @@ func (s *Source) Close(context.Context) error {
 	b.mu.Lock()
 	if !s.closed {
 		s.closed = true
-		s.slab, s.arena = nil, arena{}
+		s.slab, s.arena = nil, nil
 		s.giveBack()
 		s.q.sources--
 		delete(b.sources, s)
@@ -473,15 +470,6 @@ func (d *delivery) settle(ctx context.Context, op int, reason broker.Reason, del
 		q.ready.pushFront(e)
 	case opRequeueAfter:
 		q.stats.Requeued++
-		// A message waiting out a delay may wait long: it gets an entry
-		// and bytes of its own, so that it does not pin the chunks it was
-		// carved from (see carveEntry). Only this delivery could settle e
-		// (a stale one never touches it), so swapping it is safe.
-		m := e.msg
-		m.Header = nil // shared, not carved: kept as it is
-		ne := &entry{msg: copyMessage(&m), deliveries: e.deliveries}
-		ne.msg.Header = e.msg.Header
-		e = ne
 		if q.delayed == nil {
 			q.delayed = make(map[*entry]struct{})
 		}
@@ -496,12 +484,7 @@ func (d *delivery) settle(ctx context.Context, op int, reason broker.Reason, del
 			reason.Attempts = e.deliveries
 		}
 		dlq := b.queue(DeadLetterQueue(q.name))
-		// A copy of its own, not sharing Key and Body with e: the record
-		// may live as long as the broker, and e's bytes are carved from a
-		// chunk it would pin (see carveEntry). The Header map is replaced.
-		dm := e.msg
-		dm.Header = nil
-		dm = copyMessage(&dm)
+		dm := e.msg // the Header map is replaced below; Key and Body are never written
 		dm.Topic = dlq.name
 		dm.Header = reason.Header(e.msg.Header)
 		de := &entry{msg: dm}
