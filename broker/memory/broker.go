@@ -251,20 +251,9 @@ func (b *Broker) settleDelay(ctx context.Context) error {
 
 // copyMessage returns a deep copy of m. Key and Body share one allocation.
 func copyMessage(m *broker.Message) broker.Message {
-	var buf []byte
-	if n := len(m.Key) + len(m.Body); n > 0 {
-		buf = make([]byte, n)
-	}
-	return copyMessageInto(m, buf)
-}
-
-// copyMessageInto returns a deep copy of m whose Key and Body are copied
-// into buf, which has exactly len(m.Key)+len(m.Body) bytes. Each of the two
-// slices is capped at its own length, so that appending to one never writes
-// into the other or into whatever follows buf.
-func copyMessageInto(m *broker.Message, buf []byte) broker.Message {
 	c := *m
-	if len(buf) > 0 {
+	if n := len(m.Key) + len(m.Body); n > 0 {
+		buf := make([]byte, n)
 		k := copy(buf, m.Key)
 		copy(buf[k:], m.Body)
 		c.Key, c.Body = nil, nil
@@ -272,7 +261,7 @@ func copyMessageInto(m *broker.Message, buf []byte) broker.Message {
 			c.Key = buf[:k:k]
 		}
 		if m.Body != nil {
-			c.Body = buf[k:len(buf):len(buf)]
+			c.Body = buf[k:]
 		}
 	} else {
 		// Empty but non-nil: keep it so, without sharing a backing array.

@@ -43,12 +43,6 @@ type Source struct {
 	cancelErr error // set by Cancel until Resume
 	closed    bool
 
-	// slab and arena are what deliver carves new deliveries and their
-	// Key/Body copies from, so that a delivery costs no allocation of its
-	// own most of the time (see deliver). Guarded by b.mu.
-	slab  []delivery
-	arena []byte
-
 	// announced is set once the first Receive has emitted EventConnected
 	// (or found the source closed or cancelled); written under b.mu, read
 	// without it on every Receive.
@@ -144,32 +138,10 @@ func (s *Source) announce() {
 	}
 }
 
-// Deliveries and the bytes of their messages are carved from chunks: a
-// delivery from a slab of deliverySlab, its Key and Body (together at most
-// arenaMaxCopy bytes) from an arena chunk of arenaChunk bytes. Nothing is
-// ever reused: a carved delivery or byte range belongs to one delivery for
-// good, and the garbage collector frees a chunk once nothing points into
-// it. So a handler that keeps a Message past its return (which the
-// Message contract forbids) still sees it intact; the cost is memory: what
-// it keeps pins its chunk (at most deliverySlab deliveries, or arenaChunk
-// bytes). In exchange the hand-out path makes one allocation per
-// deliverySlab deliveries instead of two per delivery.
-const (
-	deliverySlab = 32
-	arenaChunk   = 8 << 10
-	arenaMaxCopy = 1 << 10
-)
-
 // deliver hands e out. The caller holds b.mu.
 func (s *Source) deliver(e *entry) *delivery {
 	e.deliveries++
-	if len(s.slab) == 0 {
-		s.slab = make([]delivery, deliverySlab)
-	}
-	d := &s.slab[0]
-	s.slab = s.slab[1:]
-	d.src, d.e = s, e
-	d.msg = copyMessageInto(&e.msg, s.carve(len(e.msg.Key)+len(e.msg.Body)))
+	d := &delivery{src: s, e: e, msg: copyMessage(&e.msg)}
 	d.msg.Attempt = e.deliveries
 	s.unacked++
 	s.q.unacked++
@@ -178,23 +150,6 @@ func (s *Source) deliver(e *entry) *delivery {
 	s.out.prev.next = d
 	s.out.prev = d
 	return d
-}
-
-// carve returns n fresh bytes for a delivery's Key and Body: from the
-// arena when they are few, else an allocation of their own. The caller
-// holds b.mu.
-func (s *Source) carve(n int) []byte {
-	switch {
-	case n == 0:
-		return nil
-	case n > arenaMaxCopy:
-		return make([]byte, n)
-	case len(s.arena) < n:
-		s.arena = make([]byte, arenaChunk)
-	}
-	buf := s.arena[:n:n]
-	s.arena = s.arena[n:]
-	return buf
 }
 
 // release removes d from the outstanding list. The caller holds b.mu.
@@ -230,7 +185,6 @@ func (s *Source) Close(context.Context) error {
 	b.mu.Lock()
 	if !s.closed {
 		s.closed = true
-		s.slab, s.arena = nil, nil
 		s.giveBack()
 		s.q.sources--
 		delete(b.sources, s)
