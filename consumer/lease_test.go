@@ -130,3 +130,44 @@ func TestOddLeasesAreSafe(t *testing.T) {
 		t.Errorf("handler context causes %v; want a: none, b: stale delivery, c: none", causes)
 	}
 }
+
+// metaLease is a comparable struct type whose interface field holds a map:
+// == on two such values panics although reflect calls the type comparable
+// (review A of issue 15, HIGH).
+type metaLease struct {
+	context.Context
+	Meta any
+}
+
+// TestALeaseThatPanicsOnEqualityIsSafe runs three deliveries of one such
+// lease through one worker: the runtime must not compare them with ==.
+func TestALeaseThatPanicsOnEqualityIsSafe(t *testing.T) {
+	lease := metaLease{Context: context.Background(), Meta: map[string]int{"gen": 1}}
+	src := &chanSource{ch: make(chan broker.Delivery, 3)}
+	for _, id := range []string{"a", "b", "c"} {
+		d := &leasedDelivery{lease: lease}
+		d.m = broker.Message{ID: id}
+		src.ch <- d
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	handled := 0
+	c, err := consumer.New(src, consumer.HandlerFunc(func(hctx context.Context, m *broker.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if handled++; handled == 3 {
+			cancel()
+		}
+		return hctx.Err()
+	}), consumer.WithConcurrency(1), consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if handled != 3 {
+		t.Errorf("handled %d; want 3", handled)
+	}
+}

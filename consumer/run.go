@@ -540,7 +540,7 @@ func (r *run) handlerContext(lc *leaseCtx, in *intake, d broker.Delivery) (ctx c
 	if lease == nil {
 		return in.hctx, nil
 	}
-	// lc.lease is of a comparable type (below), so == cannot panic.
+	// lc.lease is a pointer (below), so == cannot panic.
 	if lc.ctx != nil && lc.lease == lease && lc.in == in && lc.ctx.Err() == nil {
 		return lc.ctx, nil
 	}
@@ -553,10 +553,14 @@ func (r *run) handlerContext(lc *leaseCtx, in *intake, d broker.Delivery) (ctx c
 		return ctx, nil
 	}
 	stop := context.AfterFunc(lease, func() { cancel(broker.ErrStaleDelivery) })
-	if !reflect.TypeOf(lease).Comparable() {
-		// A lease of a type == would panic on (a third-party source's
-		// struct value holding a slice) is not kept: its handler's
-		// context ends when the handler returns.
+	if reflect.TypeOf(lease).Kind() != reflect.Pointer {
+		// Only a pointer is compared (above) with ==, which cannot panic
+		// on pointers: a struct value may hold a map or a slice, in a field
+		// or behind an interface field, and == panics on those although
+		// reflect calls a type with interface fields comparable (review A).
+		// Such a lease (a third-party source's; the standard library's
+		// contexts are pointers) is not kept: its handler's context ends
+		// when the handler returns.
 		return ctx, func() { stop(); cancel(nil) }
 	}
 	*lc = leaseCtx{in: in, lease: lease, ctx: ctx, cancel: cancel, stop: stop}
