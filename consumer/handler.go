@@ -18,8 +18,18 @@ import (
 // attempt.
 //
 // ctx is cancelled when the handler must give up: at the drain deadline (cause
-// ErrDrainTimeout) or when the consumer is closed. A handler that returns
-// after its ctx is done has its message redelivered, whatever it returns.
+// ErrDrainTimeout), when the consumer is closed, or when the source fenced
+// the delivery (a Kafka partition given to another member: cause
+// broker.ErrStaleDelivery, see broker.Leased). A handler that returns after
+// its ctx is done has its message redelivered, whatever it returns.
+//
+// ctx does not end when the handler returns: it is shared with the
+// handler's later messages (one context per intake, and on Kafka per worker
+// and consumer-group generation, so that a message costs no context of its
+// own). What a handler ties to it — context.AfterFunc, a goroutine waiting
+// for Done, a transaction begun with it — lasts until then unless the
+// handler ends it itself; derive a context with context.WithCancel and
+// cancel it before returning to bound such work to one message.
 type Handler interface {
 	Handle(ctx context.Context, m *broker.Message) error
 }
