@@ -64,8 +64,8 @@ func BenchmarkConsumer(b *testing.B) {
 		b.Run(fmt.Sprintf("queuekit/c=%d", conc), func(b *testing.B) { benchConsumer(b, conc, false) })
 		b.Run(fmt.Sprintf("queuekit-chain/c=%d", conc), func(b *testing.B) { benchConsumer(b, conc, true) })
 		b.Run(fmt.Sprintf("queuekit-fed/c=%d", conc), func(b *testing.B) { benchConsumerFed(b, conc) })
-		b.Run(fmt.Sprintf("queuekit-chansource/c=%d", conc), func(b *testing.B) { benchChanSource(b, conc) })
-		b.Run(fmt.Sprintf("queuekit-chansource-leased/c=%d", conc), func(b *testing.B) { benchLeasedChanSource(b, conc) })
+		b.Run(fmt.Sprintf("queuekit-chansource/c=%d", conc), func(b *testing.B) { benchChanSource(b, conc, false) })
+		b.Run(fmt.Sprintf("queuekit-chansource-leased/c=%d", conc), func(b *testing.B) { benchChanSource(b, conc, true) })
 	}
 }
 
@@ -400,12 +400,23 @@ func (d *chanDelivery) Ack(context.Context) error                       { return
 func (d *chanDelivery) Requeue(context.Context) error                   { return nil }
 func (d *chanDelivery) DeadLetter(context.Context, broker.Reason) error { return nil }
 
-func benchChanSource(b *testing.B, conc int) {
+// benchChanSource runs the consumer on a chanSource of b.N deliveries;
+// with leased, each delivery is under one lease (broker.Leased, as Kafka's
+// are: one lease per consumer-group generation), which measures what the
+// runtime adds per message to tie a handler's context to its lease.
+func benchChanSource(b *testing.B, conc int, leased bool) {
 	src := &chanSource{ch: make(chan broker.Delivery, b.N)}
-	ds := make([]chanDelivery, b.N)
+	lease, end := context.WithCancel(context.Background())
+	defer end()
+	ds := make([]leasedDelivery, b.N)
 	for i := range ds {
 		ds[i].m = broker.Message{ID: "m", Body: []byte("body")}
-		src.ch <- &ds[i]
+		if leased {
+			ds[i].lease = lease
+			src.ch <- &ds[i]
+		} else {
+			src.ch <- &ds[i].chanDelivery
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var handled atomic.Int64
@@ -426,36 +437,4 @@ func benchChanSource(b *testing.B, conc int) {
 		b.Fatal(err)
 	}
 	cpu.report(b)
-}
-
-// benchLeasedChanSource is benchChanSource with leased deliveries (as Kafka's
-// are: one lease per consumer-group generation): what the runtime adds per
-// message to tie a handler's context to its delivery's lease.
-func benchLeasedChanSource(b *testing.B, conc int) {
-	src := &chanSource{ch: make(chan broker.Delivery, b.N)}
-	lease, end := context.WithCancel(context.Background())
-	defer end()
-	ds := make([]leasedDelivery, b.N)
-	for i := range ds {
-		ds[i].m = broker.Message{ID: "m", Body: []byte("body")}
-		ds[i].lease = lease
-		src.ch <- &ds[i]
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var handled atomic.Int64
-	n := int64(b.N)
-	c, err := consumer.New(src, consumer.HandlerFunc(func(ctx context.Context, m *broker.Message) error {
-		if handled.Add(1) == n {
-			cancel()
-		}
-		return nil
-	}), consumer.WithConcurrency(conc), consumer.WithLogger(quiet))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	if err := c.Run(ctx); err != nil {
-		b.Fatal(err)
-	}
 }
