@@ -300,15 +300,7 @@ func TestAckerTimings(t *testing.T) {
 			}
 			for tag := uint64(2); tag <= 5; tag++ { // 1 is still being handled
 				f.handlerAcked(tag)
-				flush, err := a.ack(tag)
-				if err != nil || flush != (tag == 5) {
-					t.Fatalf("ack(%d) = %v, %v; want %v, nil", tag, flush, err, tag == 5)
-				}
-				if flush {
-					if err := a.flush(); err != nil {
-						t.Fatal(err)
-					}
-				}
+				ackExpectingFlush(t, a, tag, tag == 5)
 			}
 			if got, m, s := f.counts(); got != 4 || m != 0 || s != 4 {
 				t.Fatalf("%d acked, %d multiple, %d single; want 4 single", got, m, s)
@@ -326,15 +318,7 @@ func TestAckerTimings(t *testing.T) {
 			for tag := uint64(1); tag <= 4; tag++ {
 				a.register(tag)
 				f.handlerAcked(tag)
-				flush, err := a.ack(tag)
-				if err != nil || flush != (tag == 4) {
-					t.Fatalf("ack(%d) = %v, %v; want %v, nil", tag, flush, err, tag == 4)
-				}
-				if flush {
-					if err := a.flush(); err != nil {
-						t.Fatal(err)
-					}
-				}
+				ackExpectingFlush(t, a, tag, tag == 4)
 			}
 			if got, m, _ := f.counts(); got != 4 || m != 1 {
 				t.Fatalf("%d acked with %d multiple acks; want 4 with 1", got, m)
@@ -372,6 +356,21 @@ func TestAckerTimings(t *testing.T) {
 	})
 }
 
+// ackExpectingFlush acks tag, checks whether the ack asked for a flush,
+// and flushes when it did.
+func ackExpectingFlush(t *testing.T, a *acker, tag uint64, want bool) {
+	t.Helper()
+	flush, err := a.ack(tag)
+	if err != nil || flush != want {
+		t.Fatalf("ack(%d) = %v, %v; want %v, nil", tag, flush, err, want)
+	}
+	if flush {
+		if err := a.flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func (f *fakeChannel) count() int { n, _, _ := f.counts(); return n }
 
 func (f *fakeChannel) counts() (acked, multiples, singles int) {
@@ -406,10 +405,10 @@ func TestAddTagKeepsDisjointRanges(t *testing.T) {
 	}
 }
 
-// TestAckBatchFollowsPrefetch pins how NewSource settles the batch: no
-// coalescing (16) by default, at most a quarter of the prefetch (waiting
-// acks hold prefetch slots), and none below a prefetch of 8, where it would
-// only add delay.
+// TestAckBatchFollowsPrefetch pins how NewSource settles the batch: 16 by
+// default (coalescing is on, issue 15), at most a quarter of the prefetch
+// (waiting acks hold prefetch slots), and none below a prefetch of 8, where
+// it would only add delay.
 func TestAckBatchFollowsPrefetch(t *testing.T) {
 	tests := []struct {
 		prefetch, batch int
