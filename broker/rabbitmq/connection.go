@@ -5,9 +5,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,11 +21,23 @@ import (
 // DefaultURL is the URL used when a configuration leaves it empty.
 const DefaultURL = "amqp://guest:guest@localhost:5672/"
 
-// Dialer settles how to reach the broker. Its zero value dials DefaultURL.
+// Dialer settles how to reach the broker: one node (URL) or the nodes of a
+// cluster (URLs). Its zero value dials DefaultURL.
 type Dialer struct {
 	// URL is the amqp:// or amqps:// URL of the broker (default DefaultURL).
-	// Its password never appears in errors or logs.
+	// Its password never appears in errors or logs. Set URL or URLs, not
+	// both.
 	URL string
+	// URLs are the URLs of the nodes of a cluster, for failover. Each
+	// connection tries them in an order of its own (shuffled once, when the
+	// Source, Publisher or Connection is made, so that clients spread over
+	// the nodes) and takes the first that answers; when its connection is
+	// lost, it redials starting with the node after the one it had, so that
+	// it moves to a live node at once. When no node answers, the dial fails
+	// with an error that names each node (passwords redacted), and the
+	// Source or Publisher retries with its reconnect backoff. Every URL is
+	// validated by the constructor. A one-element URLs is the same as URL.
+	URLs []string
 	// TLS configures TLS for amqps:// URLs (default: the system roots and the
 	// URL's host name).
 	TLS *tls.Config
@@ -37,30 +52,56 @@ type Dialer struct {
 	Name string
 }
 
-func (d Dialer) url() string {
-	if d.URL == "" {
-		return DefaultURL
+// urls returns the URLs to dial, in the order given (at least one).
+func (d Dialer) urls() []string {
+	switch {
+	case len(d.URLs) > 0:
+		return d.URLs
+	case d.URL == "":
+		return []string{DefaultURL}
+	default:
+		return []string{d.URL}
 	}
-	return d.URL
 }
 
 func (d Dialer) validate() error {
-	raw := d.url()
+	if d.URL != "" && len(d.URLs) > 0 {
+		return fmt.Errorf("%w: rabbitmq: Dialer has both URL and URLs; set one (URLs for the nodes of a cluster)", broker.ErrInvalidConfig)
+	}
+	for i, raw := range d.URLs {
+		if raw == "" {
+			return fmt.Errorf("%w: rabbitmq: Dialer.URLs[%d] is empty", broker.ErrInvalidConfig, i)
+		}
+	}
+	for i, raw := range d.urls() {
+		label := "URL"
+		if len(d.URLs) > 0 {
+			label = fmt.Sprintf("URLs[%d]", i)
+		}
+		if err := validateURL(label, raw); err != nil {
+			return err
+		}
+	}
+	if d.Heartbeat < 0 {
+		return fmt.Errorf("%w: rabbitmq: negative heartbeat %v", broker.ErrInvalidConfig, d.Heartbeat)
+	}
+	return nil
+}
+
+// validateURL checks raw, the Dialer's field label.
+func validateURL(label, raw string) error {
 	uri, err := amqp.ParseURI(raw)
 	if err != nil {
-		return fmt.Errorf("%w: rabbitmq: URL %s: %v", broker.ErrInvalidConfig, RedactURL(raw), redactText(err.Error(), raw))
+		return fmt.Errorf("%w: rabbitmq: %s %s: %v", broker.ErrInvalidConfig, label, RedactURL(raw), redactText(err.Error(), raw))
 	}
 	if uri.Scheme != "amqp" && uri.Scheme != "amqps" {
-		return fmt.Errorf("%w: rabbitmq: URL %s: scheme must be amqp or amqps", broker.ErrInvalidConfig, RedactURL(raw))
+		return fmt.Errorf("%w: rabbitmq: %s %s: scheme must be amqp or amqps", broker.ErrInvalidConfig, label, RedactURL(raw))
 	}
 	if u, err := url.Parse(raw); err == nil && u.Opaque != "" {
 		// "amqp:user:pass@host" has no "//": net/url reads it as opaque,
 		// and amqp091 would dial its default, localhost:5672, as guest —
 		// another broker than the one named.
-		return fmt.Errorf("%w: rabbitmq: URL %s: missing \"//\" after the scheme (want amqp://user:pass@host:port/vhost)", broker.ErrInvalidConfig, RedactURL(raw))
-	}
-	if d.Heartbeat < 0 {
-		return fmt.Errorf("%w: rabbitmq: negative heartbeat %v", broker.ErrInvalidConfig, d.Heartbeat)
+		return fmt.Errorf("%w: rabbitmq: %s %s: missing \"//\" after the scheme (want amqp://user:pass@host:port/vhost)", broker.ErrInvalidConfig, label, RedactURL(raw))
 	}
 	return nil
 }
@@ -70,13 +111,12 @@ func (d Dialer) validate() error {
 // connection is open).
 const dialTimeout = 10 * time.Second
 
-// dial opens an AMQP connection. The network connection it opens is passed
-// to track before any handshake, so that its owner can close it at any time
-// (see Connection.abort); when track returns false, dial gives up. ctx
-// cancels the default TCP connect (a Dialer.Dial of the user's cannot be
-// interrupted).
-func (d Dialer) dial(ctx context.Context, track func(net.Conn) bool) (*amqp.Connection, error) {
-	raw := d.url()
+// dial opens an AMQP connection to raw, one of d's URLs. The network
+// connection it opens is passed to track before any handshake, so that its
+// owner can close it at any time (see Connection.abort); when track returns
+// false, dial gives up. ctx cancels the default TCP connect (a Dialer.Dial
+// of the user's cannot be interrupted).
+func (d Dialer) dial(ctx context.Context, raw string, track func(net.Conn) bool) (*amqp.Connection, error) {
 	cfg := amqp.Config{
 		Heartbeat:       d.Heartbeat,
 		TLSClientConfig: d.TLS,
@@ -153,6 +193,10 @@ type Connection struct {
 	mu     sync.Mutex // held while dialling, so that concurrent users share one dial
 	cur    *amqp.Connection
 	closed bool
+	// addrs is d's URLs in this connection's order (shuffled once); next is
+	// the index of the one the next dial tries first. Both under mu.
+	addrs []string
+	next  int
 
 	// sockMu guards socks and aborted. It is never held while dialling (the
 	// dial only takes it to register its socket), so that abort never waits
@@ -160,6 +204,7 @@ type Connection struct {
 	sockMu     sync.Mutex
 	socks      map[net.Conn]struct{}         // the network connections of cur and of a dial in progress
 	curSock    net.Conn                      // cur's, to forget it when cur is replaced
+	curNode    string                        // cur's node: its URL, redacted
 	sockOf     map[*amqp.Connection]net.Conn // cur's socket, for link.drop
 	aborted    bool
 	dialCtx    context.Context // cancelled by abort: ends a default TCP connect
@@ -183,6 +228,8 @@ func newConnection(d Dialer) *Connection { return &Connection{d: d} }
 
 func (c *Connection) init() {
 	c.initOnce.Do(func() {
+		c.addrs = slices.Clone(c.d.urls())
+		rand.Shuffle(len(c.addrs), func(i, j int) { c.addrs[i], c.addrs[j] = c.addrs[j], c.addrs[i] })
 		c.socks = map[net.Conn]struct{}{}
 		c.sockOf = map[*amqp.Connection]net.Conn{}
 		c.dialCtx, c.cancelDial = context.WithCancel(context.Background())
@@ -198,6 +245,9 @@ func (c *Connection) channel() (*amqp.Channel, error) {
 
 // link is what a channel's users need to know of the connection under it.
 type link struct {
+	// node is the URL of the node the connection is to, redacted, for
+	// errors and logs.
+	node string
 	// sock is the network connection: closing it (drop) ends every write
 	// blocked on it, and the connection with it.
 	sock net.Conn
@@ -237,7 +287,7 @@ func (c *Connection) channelOn() (*amqp.Channel, link, error) {
 	if err != nil {
 		// If the connection was lost between get and Channel, the next call
 		// redials.
-		return nil, link{}, fmt.Errorf("rabbitmq: open channel: %w", err)
+		return nil, link{}, fmt.Errorf("rabbitmq: open channel on %s: %w", l.node, err)
 	}
 	return ch, l, nil
 }
@@ -249,7 +299,7 @@ func (c *Connection) getLink() (*amqp.Connection, link, error) {
 	}
 	c.sockMu.Lock()
 	defer c.sockMu.Unlock()
-	return conn, link{sock: c.sockOf[conn], frameMax: conn.Config.FrameSize}, nil
+	return conn, link{sock: c.sockOf[conn], frameMax: conn.Config.FrameSize, node: c.curNode}, nil
 }
 
 func (c *Connection) get() (*amqp.Connection, error) {
@@ -262,34 +312,61 @@ func (c *Connection) get() (*amqp.Connection, error) {
 	if c.cur != nil && !c.cur.IsClosed() {
 		return c.cur, nil
 	}
-	var sock net.Conn
-	conn, err := c.d.dial(c.dialCtx, func(s net.Conn) bool {
-		c.sockMu.Lock()
-		defer c.sockMu.Unlock()
-		if c.aborted {
-			return false
+	// The nodes are tried in turn, from the one after the node of the
+	// connection that was lost (or that the last dial failed on): a node
+	// that just died is tried last.
+	var (
+		sock net.Conn
+		conn *amqp.Connection
+		raw  string
+		errs []error
+	)
+	for k := range c.addrs {
+		i := (c.next + k) % len(c.addrs)
+		raw = c.addrs[i]
+		var err error
+		sock = nil
+		conn, err = c.d.dial(c.dialCtx, raw, func(s net.Conn) bool {
+			c.sockMu.Lock()
+			defer c.sockMu.Unlock()
+			if c.aborted {
+				return false
+			}
+			c.socks[s] = struct{}{}
+			sock = s
+			return true
+		})
+		if err == nil {
+			c.next = (i + 1) % len(c.addrs)
+			break
 		}
-		c.socks[s] = struct{}{}
-		sock = s
-		return true
-	})
+		errs = append(errs, err)
+		if sock != nil {
+			c.sockMu.Lock()
+			delete(c.socks, sock)
+			c.sockMu.Unlock()
+		}
+		if c.isAborted() {
+			break
+		}
+	}
 	c.sockMu.Lock()
 	if c.curSock != nil {
 		delete(c.socks, c.curSock) // the old connection is closed: nothing to abort there
 		c.curSock = nil
 	}
+	c.curNode = ""
 	clear(c.sockOf)
-	if err != nil {
-		if sock != nil {
-			delete(c.socks, sock)
-		}
+	if conn == nil {
 		c.sockMu.Unlock()
+		err := dialErr(errs)
 		if c.isAborted() {
 			return nil, fmt.Errorf("%w (%w)", ErrConnectionClosed, err)
 		}
 		return nil, err
 	}
 	c.curSock = sock
+	c.curNode = RedactURL(raw)
 	c.sockOf[conn] = sock
 	c.sockMu.Unlock()
 	// The library sends the close reason on this channel without blocking
@@ -299,6 +376,33 @@ func (c *Connection) get() (*amqp.Connection, error) {
 	c.cur = conn
 	return conn, nil
 }
+
+// dialErr is the error of a dial that found no node: the one node's error,
+// or all of them, in the order tried.
+func dialErr(errs []error) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return &nodesError{errs: errs}
+}
+
+// nodesError is the error of a dial to several nodes that all failed. Each
+// error names its node (redacted); errors.Is and errors.As see each.
+type nodesError struct{ errs []error }
+
+func (e *nodesError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "rabbitmq: none of the %d nodes answered: ", len(e.errs))
+	for i, err := range e.errs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(err.Error())
+	}
+	return b.String()
+}
+
+func (e *nodesError) Unwrap() []error { return e.errs }
 
 func (c *Connection) isAborted() bool {
 	c.sockMu.Lock()

@@ -873,12 +873,9 @@ func rotationCopy(m *amqp.Delivery, id, user string) amqp.Publishing {
 	}
 }
 
-// dialUser is the user name of d's URL.
+// dialUser is the user name of d's (first) URL.
 func dialUser(d Dialer) string {
-	raw := d.URL
-	if raw == "" {
-		raw = DefaultURL
-	}
+	raw := d.urls()[0]
 	u, err := url.Parse(raw)
 	if err != nil || u.User == nil {
 		return "guest"

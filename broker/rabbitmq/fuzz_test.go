@@ -515,7 +515,16 @@ func redactOutputs(raw string) []string {
 	}}
 	if err := d.validate(); err != nil {
 		out = append(out, err.Error())
-	} else if c, err := d.dial(context.Background(), nil); err != nil {
+	} else if c, err := d.dial(context.Background(), raw, nil); err != nil {
+		out = append(out, err.Error())
+	} else {
+		_ = c.Close()
+	}
+	// A cluster's dial that finds no node names every node it tried.
+	dd := Dialer{URLs: []string{raw, raw}, Dial: d.Dial}
+	if err := dd.validate(); err != nil {
+		out = append(out, err.Error())
+	} else if c, err := newConnection(dd).get(); err != nil {
 		out = append(out, err.Error())
 	} else {
 		_ = c.Close()

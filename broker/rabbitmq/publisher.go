@@ -849,7 +849,13 @@ func (cc *confirmChannel) drain(closes <-chan *amqp.Error, returns <-chan amqp.R
 				}
 				// The library closes returns before confirms, so nothing
 				// is left to read on either.
-				cc.fail(fmt.Errorf("rabbitmq: channel closed before the confirm (the message may or may not have arrived): %w", cause))
+				// The node is named: with a cluster, the caller (and
+				// its logs) see which node was lost.
+				node := ""
+				if cc.link.node != "" {
+					node = " to " + cc.link.node
+				}
+				cc.fail(fmt.Errorf("rabbitmq: channel%s closed before the confirm (the message may or may not have arrived): %w", node, cause))
 				return
 			}
 			cc.mu.Lock()
