@@ -37,7 +37,8 @@ import (
 // whenever it comes, is dropped; Run returns without waiting for it.
 type Consumer struct {
 	src   broker.Source
-	h     Handler
+	h     Handler    // nil for a batch consumer
+	batch *batchMode // a batch consumer's handler and settings (NewBatch), or nil
 	o     options
 	ident atomic.Pointer[identity]    // the name and logger; Supervisor.Add (Attach) replaces them
 	sup   atomic.Pointer[func(Event)] // the Supervisor's event sink, if any
@@ -66,6 +67,17 @@ type Consumer struct {
 // It returns an error wrapping ErrInvalidConfig when src or h is nil or an
 // option is out of range.
 func New(src broker.Source, h Handler, opts ...Option) (*Consumer, error) {
+	if isNil(h) {
+		if isNil(src) {
+			return nil, fmt.Errorf("%w: nil source", broker.ErrInvalidConfig)
+		}
+		return nil, fmt.Errorf("%w: nil handler", broker.ErrInvalidConfig)
+	}
+	return newConsumer(src, h, nil, opts)
+}
+
+// newConsumer is New, and NewBatch with bm (then h is nil).
+func newConsumer(src broker.Source, h Handler, bm *batchMode, opts []Option) (*Consumer, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
 		if opt != nil {
@@ -75,18 +87,20 @@ func New(src broker.Source, h Handler, opts ...Option) (*Consumer, error) {
 	if isNil(src) {
 		return nil, fmt.Errorf("%w: nil source", broker.ErrInvalidConfig)
 	}
-	if isNil(h) {
-		return nil, fmt.Errorf("%w: nil handler", broker.ErrInvalidConfig)
-	}
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
 	o.build()
-	h, err := wrap(h, o.middleware)
-	if err != nil {
-		return nil, err
+	if bm != nil && hasMiddleware(o.middleware) {
+		return nil, fmt.Errorf("%w: WithMiddleware wraps a per-message Handler, not a BatchHandler", broker.ErrInvalidConfig)
 	}
-	c := &Consumer{src: src, h: h, o: o}
+	if bm == nil {
+		var err error
+		if h, err = wrap(h, o.middleware); err != nil {
+			return nil, err
+		}
+	}
+	c := &Consumer{src: src, h: h, batch: bm, o: o}
 	c.gate.init(o.concurrency)
 	if o.killSwitch != nil {
 		c.ks = newKillSwitch(*o.killSwitch)

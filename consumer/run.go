@@ -85,8 +85,9 @@ type run struct {
 	failErr  error // written before stopCh is closed by fail
 
 	slots     []slot
-	leases    []leaseCtx   // worker i's handler context of a lease (handlerContext): the worker's only
-	running   atomic.Int32 // handlers running, kept only for a concurrencyLimiter
+	leases    []leaseCtx    // worker i's handler context of a lease (handlerContext): the worker's only
+	batches   []workerBatch // worker i's batch (batch_run.go); nil unless a batch consumer
+	running   atomic.Int32  // handlers running, kept only for a concurrencyLimiter
 	clock     *settleClock
 	wg        sync.WaitGroup // workers not abandoned
 	givenBack atomic.Int64
@@ -108,6 +109,9 @@ func newRun(c *Consumer, ctx context.Context) *run {
 		done:       make(chan struct{}),
 		slots:      make([]slot, c.o.concurrency),
 		leases:     make([]leaseCtx, c.o.concurrency),
+	}
+	if c.batch != nil {
+		r.batches = make([]workerBatch, c.o.concurrency)
 	}
 	r.handlerCtx, r.cancelHandlers = context.WithCancelCause(r.base)
 	r.budget, r.endBudget = context.WithCancelCause(r.base)
@@ -287,6 +291,7 @@ func (r *run) abandon(cause error) int {
 	// at the deadline counts as abandoned, then cancel the handlers: their
 	// results, however quickly they come, are dropped.
 	var taken []broker.Delivery
+	handlers := 0
 	for i := range r.slots {
 		s := &r.slots[i]
 		if !s.state.CompareAndSwap(slotRunning, slotAbandoned) {
@@ -296,6 +301,12 @@ func (r *run) abandon(cause error) int {
 		// handler returns, and Run does not wait for it.
 		r.wg.Done()
 		r.abandonedCount.Add(1)
+		handlers++
+		if r.batches != nil {
+			// A batch is given back whole (batch_run.go).
+			taken = append(taken, r.batches[i].ds...)
+			continue
+		}
 		taken = append(taken, s.d)
 	}
 	r.cancelHandlers(cause)
@@ -311,7 +322,7 @@ func (r *run) abandon(cause error) int {
 		r.c.logger().Warn("queuekit: handler abandoned at drain deadline; message given back",
 			"topic", m.Topic, "message_id", m.ID, "attempt", m.Attempt, "outcome", SettledAbandon.String(), "cause", cause)
 	}
-	return len(taken)
+	return handlers
 }
 
 func (r *run) work(i int) {
@@ -377,6 +388,9 @@ const (
 // take receives one delivery under intake in on worker i, which holds a
 // slot of the gate, and handles it. It says what the worker does next.
 func (r *run) take(i int, in *intake) int {
+	if r.batches != nil {
+		return r.takeBatch(i, in)
+	}
 	s := &r.slots[i]
 	s.state.Store(slotReceiving)
 	d, m, err := r.receive(in.ctx)

@@ -1,0 +1,252 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// A BatchHandler processes several messages in one call: one bulk insert
+// for a few hundred rows instead of a round trip per message. A batch
+// consumer (NewBatch) calls it.
+//
+// HandleBatch returns nil when every message was handled: the runtime then
+// acknowledges them all. To fail single messages and have the rest
+// acknowledged, return BatchFailures (a *BatchError): each failed message is
+// settled alone, as a Handler's failed message is (requeued within the
+// delivery budget, dead-lettered at once when permanent or when the budget
+// is spent, given back unspent when it wraps ErrNotHandled after its intake
+// stopped). Any other error fails every message of the batch, and so does a
+// panic (recovered, logged with its stack).
+//
+// On a source whose deliveries come in ordered lanes (broker.Sequenced:
+// Kafka's partitions, or keys under kafka.ByKey), the messages of a lane
+// after a failed one in the same batch are given back unhandled (no
+// attempt spent) instead of acknowledged, whatever the handler said of them:
+// they come again after the failed one, so a lane is never handled out of
+// order. Messages of other lanes are settled by their own outcome.
+//
+// msgs holds between 1 and Batch.MaxSize messages, in the order they were
+// received. The slice is reused for the next batch: do not keep it after
+// HandleBatch returns (the messages themselves may be kept). ctx is as a
+// Handler's (see Handler): it is cancelled with cause ErrDrainTimeout at the
+// drain deadline, with ErrConsumerClosed on Close, and with
+// broker.ErrStaleDelivery when the source fences one of the batch's
+// deliveries (a Kafka rebalance); a fenced delivery is redelivered whatever
+// the outcome. IntakeStopped works in it as in a Handler's.
+type BatchHandler interface {
+	HandleBatch(ctx context.Context, msgs []*broker.Message) error
+}
+
+// BatchHandlerFunc adapts an ordinary function to a BatchHandler.
+type BatchHandlerFunc func(ctx context.Context, msgs []*broker.Message) error
+
+// HandleBatch calls f(ctx, msgs).
+func (f BatchHandlerFunc) HandleBatch(ctx context.Context, msgs []*broker.Message) error {
+	return f(ctx, msgs)
+}
+
+// Batch says how a batch consumer (NewBatch) forms its batches.
+type Batch struct {
+	// MaxSize is the most messages a batch holds; at least 1.
+	MaxSize int
+	// MaxWait is how long a batch may wait for more messages once its first
+	// one arrived (0 or more): the handler gets MaxSize messages, or what
+	// arrived within MaxWait of the first. With 0 nothing is waited for:
+	// the batch holds what the source hands over at once, which is all it
+	// has ready for a broker.BatchReceiver (Kafka) and one message for
+	// other sources.
+	MaxWait time.Duration
+}
+
+func (b Batch) validate() error {
+	switch {
+	case b.MaxSize < 1:
+		return fmt.Errorf("%w: batch max size %d, want at least 1", broker.ErrInvalidConfig, b.MaxSize)
+	case b.MaxWait < 0:
+		return fmt.Errorf("%w: batch max wait %v, want 0 or more", broker.ErrInvalidConfig, b.MaxWait)
+	}
+	return nil
+}
+
+// NewBatch returns a Consumer that hands deliveries from src to h in batches
+// of up to b.MaxSize messages: each worker (WithConcurrency) collects a
+// batch, runs h on it and settles its messages by their outcomes (see
+// BatchHandler). Everything else is as for a Consumer made with New: Run,
+// Shutdown, Close, Pause, Resume, a Supervisor, health, events, Stats
+// (which count messages, not batches), WithKillSwitch (fed with each
+// message's outcome) and WithAdaptiveConcurrency (which limits how many
+// batches run at once, from each batch's latency).
+//
+// Memory is bounded by b.MaxSize × concurrency messages held by the
+// workers, plus what the source prefetches. A source fills batches only
+// with what it has handed over: give a RabbitMQ or memory source a prefetch
+// of at least b.MaxSize × concurrency, or batches stay smaller (a batch then
+// holds what arrived within b.MaxWait). A Kafka source (a
+// broker.BatchReceiver) hands out runs of consecutive records of a partition
+// or key: its MaxInFlight bounds how many records of one partition a batch
+// can hold.
+//
+// Drain and pause: a batch whose collection is cut short by the intake
+// stopping (Pause, the kill switch, the drain) is given back whole, unhandled
+// and with no attempt spent, like any delivery received but not started. A
+// batch whose handler runs finishes and is settled; at the drain deadline
+// its context is cancelled and all its messages are given back to be
+// redelivered, whatever the handler returns.
+//
+// It returns an error wrapping ErrInvalidConfig when src or h is nil, b is
+// out of range (see Batch), an option is, or WithMiddleware is given
+// (middleware wraps a per-message Handler; wrap a BatchHandler in a type of
+// your own).
+func NewBatch(src broker.Source, h BatchHandler, b Batch, opts ...Option) (*Consumer, error) {
+	switch {
+	case isNil(src):
+		return nil, fmt.Errorf("%w: nil source", broker.ErrInvalidConfig)
+	case isNil(h):
+		return nil, fmt.Errorf("%w: nil batch handler", broker.ErrInvalidConfig)
+	}
+	if err := b.validate(); err != nil {
+		return nil, err
+	}
+	return newConsumer(src, nil, &batchMode{h: h, cfg: b}, opts)
+}
+
+// batchMode is a batch consumer's handler and batch settings.
+type batchMode struct {
+	h   BatchHandler
+	cfg Batch
+}
+
+// BatchError is what a BatchHandler returns to fail some messages of its
+// batch and have the rest acknowledged (see BatchHandler). Make one with
+// BatchFailures; the runtime finds it with errors.As, so it may be wrapped.
+type BatchError struct {
+	// Failed maps the index of a message in the batch to its error. An
+	// index outside the batch fails the whole batch (the runtime cannot
+	// tell which message was meant), and so does a BatchError that names
+	// no failed message (return nil when all were handled); next to
+	// failed ones, a nil error means the message was handled.
+	Failed map[int]error
+}
+
+// BatchFailures returns a *BatchError for the messages of a batch that
+// failed, by their index in the batch, or nil when failed holds no error
+// (every message was handled). It copies failed, dropping nil errors.
+func BatchFailures(failed map[int]error) error {
+	out := make(map[int]error, len(failed))
+	for i, err := range failed {
+		if err != nil {
+			out[i] = err
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return &BatchError{Failed: out}
+}
+
+// indexes returns the indexes of the failed messages, in order.
+func (e *BatchError) indexes() []int {
+	idx := make([]int, 0, len(e.Failed))
+	for i, err := range e.Failed {
+		if err != nil {
+			idx = append(idx, i)
+		}
+	}
+	sort.Ints(idx)
+	return idx
+}
+
+// Error lists the failed messages by index, with their errors.
+func (e *BatchError) Error() string {
+	idx := e.indexes()
+	var b strings.Builder
+	fmt.Fprintf(&b, "queuekit: %d message(s) of the batch failed", len(idx))
+	for n, i := range idx {
+		if n == 3 {
+			fmt.Fprintf(&b, "; and %d more", len(idx)-n)
+			break
+		}
+		fmt.Fprintf(&b, "; [%d]: %s", i, errorText(e.Failed[i]))
+	}
+	return b.String()
+}
+
+// Unwrap returns the errors of the failed messages, in index order, so that
+// errors.Is and errors.As look into them.
+func (e *BatchError) Unwrap() []error {
+	idx := e.indexes()
+	errs := make([]error, len(idx))
+	for n, i := range idx {
+		errs[n] = e.Failed[i]
+	}
+	return errs
+}
+
+// batchOutcomes returns the error of each of n messages for the batch
+// handler's result err: nil for all when err is nil; per message for a
+// *BatchError; err for all otherwise (a plain error, a panic, a BatchError
+// naming an index outside the batch). The user's error methods may panic:
+// errors.As is guarded.
+func batchOutcomes(err error, out []error) []error {
+	n := len(out)
+	clear(out)
+	if err == nil {
+		return out
+	}
+	be := asBatchError(err)
+	if be == nil {
+		for i := range out {
+			out[i] = err
+		}
+		return out
+	}
+	for i, e := range be.Failed {
+		if e == nil {
+			continue
+		}
+		if i < 0 || i >= n {
+			whole := fmt.Errorf("queuekit: the batch handler failed message %d of a batch of %d; failing the whole batch: %w", i, n, err)
+			for j := range out {
+				out[j] = whole
+			}
+			return out
+		}
+		out[i] = e
+	}
+	return out
+}
+
+// asBatchError is errors.As(err, &be), guarded against panicking error
+// methods; nil when err holds no usable *BatchError (a typed nil included).
+func asBatchError(err error) (be *BatchError) {
+	defer func() {
+		if recover() != nil {
+			be = nil
+		}
+	}()
+	if !errors.As(err, &be) || be == nil {
+		return nil
+	}
+	for _, e := range be.Failed {
+		if e != nil {
+			return be
+		}
+	}
+	return nil
+}
+
+// hasMiddleware reports whether mw holds a middleware that is not nil.
+func hasMiddleware(mw []Middleware) bool {
+	for _, m := range mw {
+		if m != nil {
+			return true
+		}
+	}
+	return false
+}

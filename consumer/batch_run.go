@@ -1,0 +1,349 @@
+package consumer
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"runtime/debug"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// workerBatch is one worker's batch: its deliveries and their messages,
+// and room for their outcomes, reused from batch to batch (so a batch
+// consumer holds at most MaxSize × concurrency deliveries). Only the worker
+// writes it; abandon reads ds once it took the worker's slot from
+// slotRunning to slotAbandoned, after which the worker no longer touches it
+// (the worker writes ds before it stores slotRunning).
+type workerBatch struct {
+	ds   []broker.Delivery
+	ms   []*broker.Message
+	errs []error
+}
+
+// reset drops the batch's references, keeping its arrays.
+func (wb *workerBatch) reset() {
+	clear(wb.ds)
+	clear(wb.ms)
+	clear(wb.errs)
+	wb.ds, wb.ms, wb.errs = wb.ds[:0], wb.ms[:0], wb.errs[:0]
+}
+
+// takeBatch is take for a batch consumer: worker i, which holds a slot of
+// the gate, collects a batch under intake in, hands it to the batch handler
+// and settles it. It says what the worker does next.
+func (r *run) takeBatch(i int, in *intake) int {
+	s := &r.slots[i]
+	wb := &r.batches[i]
+	s.state.Store(slotReceiving)
+	err := r.collect(in, wb)
+	if err != nil {
+		// Whatever was collected is given back unhandled, then the error is
+		// what a single Receive's would be.
+		r.giveBackBatch(wb)
+		s.state.Store(slotIdle)
+		if in.ctx.Err() != nil && !safeIsFatal(err) {
+			return takeNext // paused or stopping: look at the new intake
+		}
+		if safeIs(err, broker.ErrSourceClosed) {
+			err = broker.Fatal(err)
+		}
+		r.fail(fmt.Errorf("receive: %w", err))
+		return takeExit
+	}
+	if in.stopped.Load() {
+		// The intake stopped while the batch was collected: nothing of it
+		// started, so all of it goes back, unspent.
+		r.giveBackBatch(wb)
+		s.state.Store(slotIdle)
+		return takeNext
+	}
+	if in.probe && r.c.ks.state.Load() == ksOpen {
+		// As in take: a failed probe tripped the kill switch again.
+		r.giveBackBatch(wb)
+		s.state.Store(slotIdle)
+		return takeAwaitStop
+	}
+	if !r.processBatch(i, in, wb) {
+		return takeAbandoned
+	}
+	return takeNext
+}
+
+// giveBackBatch gives back every delivery of wb, in order, and empties it.
+func (r *run) giveBackBatch(wb *workerBatch) {
+	for j, d := range wb.ds {
+		r.giveBack(d, wb.ms[j])
+	}
+	wb.reset()
+}
+
+// collect fills wb with a batch received under intake in: it blocks for the
+// first delivery, then takes more until the batch holds MaxSize or MaxWait
+// passed since the first arrived. It returns an error only when the source
+// failed or the intake stopped before the batch was complete (wb then holds
+// what was collected, for the caller to give back); the end of MaxWait is
+// no error.
+func (r *run) collect(in *intake, wb *workerBatch) error {
+	cfg := r.c.batch.cfg
+	br, _ := r.c.src.(broker.BatchReceiver)
+	if err := r.receiveInto(in.ctx, br, wb, cfg.MaxSize); err != nil {
+		return err
+	}
+	if len(wb.ds) >= cfg.MaxSize || cfg.MaxWait == 0 {
+		return nil
+	}
+	// One context per batch, not per Receive: its deadline is the batch's.
+	ctx, cancel := context.WithTimeout(in.ctx, cfg.MaxWait)
+	defer cancel()
+	for len(wb.ds) < cfg.MaxSize {
+		if err := r.receiveInto(ctx, br, wb, cfg.MaxSize-len(wb.ds)); err != nil {
+			if in.ctx.Err() == nil && ctx.Err() != nil && !safeIsFatal(err) {
+				return nil // MaxWait is over: the batch is what arrived
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// receiveInto receives up to max deliveries (at least one, unless it
+// fails) and appends them and their messages to wb: with br.ReceiveBatch
+// when the source is a broker.BatchReceiver, else with one Receive. It
+// guards the source as receive does: a panic, a nil delivery or a nil
+// message is a fatal error of the run, and a source that returns more than
+// max deliveries is broken too (what it handed out is given back).
+func (r *run) receiveInto(ctx context.Context, br broker.BatchReceiver, wb *workerBatch, max int) error {
+	if br == nil {
+		d, m, err := r.receive(ctx)
+		if err != nil {
+			return err
+		}
+		wb.ds, wb.ms = append(wb.ds, d), append(wb.ms, m)
+		return nil
+	}
+	ds, err := r.receiveBatch(ctx, br, max)
+	if err != nil {
+		return err
+	}
+	for _, d := range ds {
+		// receiveBatch checked every delivery and message.
+		wb.ds, wb.ms = append(wb.ds, d), append(wb.ms, d.Message())
+	}
+	if len(ds) > max {
+		return broker.Fatal(fmt.Errorf("queuekit: source %T returned %d deliveries from ReceiveBatch, asked for at most %d", r.c.src, len(ds), max))
+	}
+	return nil
+}
+
+// receiveBatch calls br.ReceiveBatch, guarded as receive guards Receive.
+func (r *run) receiveBatch(ctx context.Context, br broker.BatchReceiver, max int) (ds []broker.Delivery, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			ds = nil
+			err = broker.Fatal(fmt.Errorf("queuekit: source %T panicked: %v", r.c.src, p))
+		}
+	}()
+	ds, err = br.ReceiveBatch(ctx, max)
+	if err != nil {
+		return nil, err
+	}
+	if len(ds) == 0 {
+		return nil, broker.Fatal(fmt.Errorf("queuekit: source %T returned no delivery and no error from ReceiveBatch", r.c.src))
+	}
+	for _, d := range ds {
+		if d == nil || d.Message() == nil {
+			// Nothing can be settled: the deliveries with messages are
+			// lost to this run too, and the broker redelivers them.
+			return nil, broker.Fatal(fmt.Errorf("queuekit: source %T returned a nil delivery or message from ReceiveBatch", r.c.src))
+		}
+	}
+	return ds, nil
+}
+
+// processBatch runs the batch handler on wb, received under intake in, and
+// settles its deliveries. It reports false when the drain deadline
+// abandoned the batch (abandon gave it back); the worker must then exit.
+func (r *run) processBatch(i int, in *intake, wb *workerBatch) bool {
+	s := &r.slots[i]
+	s.d = wb.ds[0]
+	s.state.Store(slotRunning)
+	// Pairs with abandon, as in process.
+	if r.abandoning.Load() {
+		if s.state.CompareAndSwap(slotRunning, slotIdle) {
+			r.giveBackBatch(wb)
+			r.wg.Done()
+		}
+		return false
+	}
+	probe := in.probe && r.c.ks.state.Load() == ksProbing
+	hctx, release := r.batchContext(&r.leases[i], in, wb.ds)
+	var err error
+	if l := r.c.limiter; l != nil {
+		err = r.callBatchLimited(l, hctx, wb.ms)
+	} else {
+		err = r.callBatch(hctx, wb.ms)
+	}
+	if release != nil {
+		release()
+	}
+	if !s.state.CompareAndSwap(slotRunning, slotIdle) {
+		return false // abandon took the batch; the worker leaves wb alone
+	}
+	r.settleBatch(s, in, probe, wb, err)
+	wb.reset()
+	return true
+}
+
+// settleBatch settles each delivery of wb by its outcome, given the batch
+// handler's result err (see BatchHandler).
+func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err error) {
+	n := len(wb.ds)
+	if cap(wb.errs) < n {
+		wb.errs = make([]error, n, r.c.batch.cfg.MaxSize)
+	}
+	errs := batchOutcomes(err, wb.errs[:n])
+	// The lanes with a failed delivery so far: the later deliveries of such
+	// a lane are given back unhandled, to come again after the failed one.
+	// A batch rarely holds more than a few lanes: a slice beats a map.
+	var failedLanes []uint64
+	for j, d := range wb.ds {
+		m, e := wb.ms[j], errs[j]
+		if sq, ok := d.(broker.Sequenced); ok {
+			lane, ok := safeLane(sq)
+			if !ok || containsLane(failedLanes, lane) {
+				// After a failure in its lane (or with a lane that cannot
+				// be told: a panicking Lane), handled or not, it goes back.
+				r.giveBack(d, m)
+				continue
+			}
+			if e != nil {
+				failedLanes = append(failedLanes, lane)
+			}
+		}
+		if e != nil && in.stopped.Load() && !r.abandoning.Load() && safeIs(e, ErrNotHandled) {
+			r.giveBack(d, m)
+			continue
+		}
+		if r.c.ks != nil && !r.abandoning.Load() && r.c.ksOutcome(probe, e) {
+			r.giveBack(d, m)
+			s.counts.count(e, SettledGiveBack, nil)
+			continue
+		}
+		st, serr := r.settle(d, m, e)
+		inc(&s.counts.settled)
+		s.counts.count(e, st, serr)
+	}
+}
+
+func containsLane(lanes []uint64, lane uint64) bool {
+	for _, l := range lanes {
+		if l == lane {
+			return true
+		}
+	}
+	return false
+}
+
+// safeLane calls sq.Lane, a method of user code (a third-party source); ok
+// is false when it panicked.
+func safeLane(sq broker.Sequenced) (lane uint64, ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	return sq.Lane(), true
+}
+
+// batchContext is the context the batch handler of ds runs with, and a
+// function to call when it returned, or nil (see handlerContext). When the
+// deliveries share one lease (a Kafka batch comes from one generation) it
+// is the worker's context of that lease; when they have several, or some
+// have none, it is a context of the batch's own that ends when any of
+// their leases does.
+func (r *run) batchContext(lc *leaseCtx, in *intake, ds []broker.Delivery) (context.Context, func()) {
+	var leases []context.Context // distinct, as far as sameLease can tell
+	unleased := false
+	for _, d := range ds {
+		var lease context.Context
+		if l, ok := d.(broker.Leased); ok {
+			lease = safeLease(l)
+		}
+		if lease == nil {
+			unleased = true
+			continue
+		}
+		if !containsLease(leases, lease) {
+			leases = append(leases, lease)
+		}
+	}
+	switch {
+	case len(leases) == 0:
+		return in.hctx, nil
+	case len(leases) == 1 && !unleased:
+		return r.handlerContext(lc, in, ds[0])
+	}
+	ctx, cancel := context.WithCancelCause(in.hctx)
+	stops := make([]func() bool, 0, len(leases))
+	for _, lease := range leases {
+		if lease.Err() != nil {
+			cancel(broker.ErrStaleDelivery)
+			break
+		}
+		stops = append(stops, context.AfterFunc(lease, func() { cancel(broker.ErrStaleDelivery) }))
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel(nil)
+	}
+}
+
+// containsLease reports whether leases holds lease. Only pointers are
+// compared (see handlerContext: == on other dynamic types may panic); a
+// lease of another kind is never found, so it gets a registration of its
+// own.
+func containsLease(leases []context.Context, lease context.Context) bool {
+	if reflect.TypeOf(lease).Kind() != reflect.Pointer {
+		return false
+	}
+	for _, l := range leases {
+		if reflect.TypeOf(l).Kind() == reflect.Pointer && l == lease {
+			return true
+		}
+	}
+	return false
+}
+
+// callBatch runs the batch handler, turning a panic into a *PanicError for
+// the whole batch.
+func (r *run) callBatch(ctx context.Context, ms []*broker.Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			pe := &PanicError{Value: p, Stack: debug.Stack()}
+			r.c.logger().Error("queuekit: batch handler panicked; the batch failed", "messages", len(ms),
+				"first_message_id", ms[0].ID, "outcome", "panic", "panic", fmt.Sprint(p), "stack", string(pe.Stack))
+			err = pe
+		}
+	}()
+	return r.c.batch.h.HandleBatch(ctx, ms)
+}
+
+// callBatchLimited is callLimited for a batch: the limiter sees one call
+// per batch, with the batch's latency, failed when the whole batch failed.
+func (r *run) callBatchLimited(l concurrencyLimiter, ctx context.Context, ms []*broker.Message) error {
+	n := int(r.running.Add(1))
+	start := time.Now()
+	err := r.callBatch(ctx, ms)
+	lat := time.Since(start)
+	r.running.Add(-1)
+	failed := isFailure(err) && asBatchError(err) == nil
+	limit := guarded(-1, func() int { return l.observe(lat, failed, n) })
+	if limit > 0 {
+		r.c.gate.setLimit(limit)
+	}
+	return err
+}
