@@ -140,17 +140,7 @@ func (s *Source) releaseLocked(rec *record, dispatched bool) bool {
 		}
 		return false
 	}
-	ln := p.lanes[rec.lane]
-	if len(ln.q) > 0 {
-		next := ln.q[0]
-		ln.q[0] = nil
-		ln.q = ln.q[1:]
-		s.pushReadyLocked(next)
-	} else {
-		delete(p.lanes, rec.lane)
-		ln.q = ln.q[:0]
-		p.spare = append(p.spare, ln)
-	}
+	s.freeLaneLocked(p, rec) // lanes.go
 	return true
 }
 
@@ -211,9 +201,9 @@ func (d *delivery) Release(context.Context) error {
 		}
 		return nil
 	}
-	// At the head of the ready queue: it was the next to be handled.
-	s.ready.pushFront(rec)
-	s.wakeLocked()
+	// Back in its place in its lane: it was the next to be handled (or
+	// one of a batch's, see lanes.go).
+	s.releaseToLaneLocked(rec)
 	return nil
 }
 

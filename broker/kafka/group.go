@@ -168,7 +168,8 @@ type partition struct {
 // key hash (ByKey). At most one record of a lane is out at a time; the rest
 // wait in q, in offset order.
 type lane struct {
-	q []*record
+	q     []*record
+	extra int // under s.mu: records of the lane out beyond one (a batch's: see batch.go)
 }
 
 // A record is one fetched Kafka message. It lives until it is settled for

@@ -5,7 +5,9 @@ package kafka
 // (the Locked functions) or takes it once per chunk of records (queue).
 
 import (
+	"cmp"
 	"context"
+	"slices"
 )
 
 // queue puts as many of recs on their lanes as the partition has room for
@@ -99,10 +101,70 @@ func (s *Source) forgetLocked(rec *record, head bool) int {
 			n += len(ln.q)
 			p.held -= len(ln.q)
 			clear(ln.q)
-			delete(p.lanes, rec.lane)
+			ln.q = ln.q[:0]
+			if ln.extra > 0 {
+				// Records of a batch are still out on the lane (batch.go):
+				// the lane ends when they are settled.
+				ln.extra--
+			} else {
+				delete(p.lanes, rec.lane)
+			}
 		}
 	}
 	return n
+}
+
+// freeLaneLocked is the end of releaseLocked: rec, out on its lane, is done
+// with it. The lane is free when no other record of it is out (lane.extra:
+// a batch's, see batch.go): then its next queued record is handed out, or
+// the lane ends.
+func (s *Source) freeLaneLocked(p *partition, rec *record) {
+	ln := p.lanes[rec.lane]
+	if ln == nil {
+		return
+	}
+	if ln.extra > 0 {
+		ln.extra--
+		return
+	}
+	if len(ln.q) > 0 {
+		next := ln.q[0]
+		ln.q[0] = nil
+		ln.q = ln.q[1:]
+		s.pushReadyLocked(next)
+	} else {
+		delete(p.lanes, rec.lane)
+		ln.q = ln.q[:0]
+		p.spare = append(p.spare, ln)
+	}
+}
+
+// releaseToLaneLocked puts rec, out and given back unhandled (Release),
+// back at its place in its lane: first in line, at the head of s.ready,
+// when nothing else of its lane is out; else into the lane's queue in
+// offset order, behind any earlier record of the lane given back or failed
+// before it (a batch's records may be settled in any order; see batch.go),
+// so that the lane goes on in order once the others are settled.
+func (s *Source) releaseToLaneLocked(rec *record) {
+	ln := rec.p.lanes[rec.lane]
+	if ln == nil || ln.extra == 0 && (len(ln.q) == 0 || ln.q[0].m.Offset > rec.m.Offset) {
+		// The lane's only record out, and the first of its queue: it was
+		// the next to be handled.
+		s.ready.pushFront(rec)
+		s.wakeLocked()
+		return
+	}
+	i, _ := slices.BinarySearchFunc(ln.q, rec.m.Offset, func(r *record, off int64) int { return cmp.Compare(r.m.Offset, off) })
+	ln.q = slices.Insert(ln.q, i, rec)
+	if ln.extra > 0 {
+		ln.extra--
+		return
+	}
+	next := ln.q[0]
+	ln.q[0] = nil
+	ln.q = ln.q[1:]
+	s.ready.pushFront(next)
+	s.wakeLocked()
 }
 
 // newLane returns an idle lane of p (see spare), or a new one.

@@ -1,0 +1,209 @@
+package kafka_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/kafka"
+	"github.com/queuekit/queuekit/consumer"
+)
+
+// seenRecord is one message a batch handler got.
+type seenRecord struct {
+	id      string
+	key     string
+	body    int
+	attempt int
+	batch   int // index of the batch it came in
+}
+
+// batchTrace records what a batch handler got, in order.
+type batchTrace struct {
+	mu      sync.Mutex
+	recs    []seenRecord
+	batches int
+	sizes   []int
+}
+
+func (bt *batchTrace) add(msgs []*broker.Message) int {
+	bt.mu.Lock()
+	defer bt.mu.Unlock()
+	b := bt.batches
+	bt.batches++
+	bt.sizes = append(bt.sizes, len(msgs))
+	for _, m := range msgs {
+		i, _ := strconv.Atoi(string(m.Body))
+		bt.recs = append(bt.recs, seenRecord{id: m.ID, key: string(m.Key), body: i, attempt: m.Attempt, batch: b})
+	}
+	return b
+}
+
+func runKafkaBatch(t *testing.T, e *env, cfg kafka.Config, b consumer.Batch, h consumer.BatchHandler, opts ...consumer.Option) *kafka.Source {
+	t.Helper()
+	src := newSource(t, cfg)
+	opts = append([]consumer.Option{consumer.WithLogger(quietLogger()), consumer.WithDrainTimeout(5 * time.Second)}, opts...)
+	c, err := consumer.NewBatch(src, h, b, opts...)
+	if err != nil {
+		t.Fatalf("consumer.NewBatch: %v", err)
+	}
+	m := &member{c: c, src: src, done: make(chan error, 1)}
+	go func() { m.done <- c.Run(context.Background()) }()
+	t.Cleanup(func() { m.stop(t) })
+	return src
+}
+
+// Issue 13, "Batch" on Kafka: batches fill with runs of consecutive
+// records of a partition (not one record per partition), a record failed
+// inside a batch is retried alone while the records of other lanes are
+// acked (handled once), the later records of its lane in that batch come
+// again after it, each lane's records are handled (for the last time) in
+// offset order, and the commits reach the end of every partition. Kafka
+// protocol (in-process kfake cluster).
+func TestBatchFailureKeepsLaneOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		ordering kafka.Ordering
+	}{
+		{"ByPartition", kafka.ByPartition},
+		{"ByKey", kafka.ByKey},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			t.Logf("running against %s", e.what)
+			topic := e.topic(t, "batch-"+tc.name)
+			const n, keys, failBody = 2000, 8, 500
+			e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i%keys) })
+
+			var (
+				trace     batchTrace
+				mu        sync.Mutex
+				failedID  string
+				failBatch = -1
+				done      = map[string]bool{}
+			)
+			lane := func(r seenRecord) string {
+				p, _ := idOffset(r.id)
+				if tc.ordering == kafka.ByKey {
+					return strconv.Itoa(p) + "/" + r.key
+				}
+				return strconv.Itoa(p)
+			}
+			h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+				b := trace.add(msgs)
+				mu.Lock()
+				defer mu.Unlock()
+				failed := map[int]error{}
+				for i, m := range msgs {
+					if string(m.Body) == strconv.Itoa(failBody) && m.Attempt == 1 {
+						failed[i] = errors.New("row refused")
+						failedID, failBatch = m.ID, b
+						continue
+					}
+					done[m.ID] = true // as the handler saw it; the runtime may give it back
+				}
+				return consumer.BatchFailures(failed)
+			})
+			cfg := e.config(topic, "g-batch-"+tc.name)
+			cfg.Ordering = tc.ordering
+			cfg.MaxInFlight = 256
+			src := runKafkaBatch(t, e, cfg, consumer.Batch{MaxSize: 200, MaxWait: 20 * time.Millisecond}, h,
+				consumer.WithConcurrency(2))
+			end := e.endOffsets(t, topic)
+			waitFor(t, "every record committed", 60*time.Second, func() bool {
+				got := e.committed(t, "g-batch-"+tc.name, topic)
+				for p := range partitions {
+					if got[p] != end[p] {
+						return false
+					}
+				}
+				return true
+			})
+			if err := kafka.CheckBatchAccounting(src); err != nil {
+				t.Error(err)
+			}
+
+			trace.mu.Lock()
+			defer trace.mu.Unlock()
+			mu.Lock()
+			defer mu.Unlock()
+			if failedID == "" {
+				t.Fatal("the record to fail was never handled")
+			}
+			// The failed record's lane after it in its batch: handled twice.
+			var failedRec seenRecord
+			twice := map[string]bool{}
+			for _, r := range trace.recs {
+				if r.batch != failBatch {
+					continue
+				}
+				if r.id == failedID {
+					failedRec = r
+					twice[r.id] = true
+					continue
+				}
+				if failedRec.id != "" && lane(r) == lane(failedRec) {
+					twice[r.id] = true
+				}
+			}
+			count := map[string]int{}
+			attempts := map[string][]int{}
+			for _, r := range trace.recs {
+				count[r.id]++
+				attempts[r.id] = append(attempts[r.id], r.attempt)
+			}
+			if len(count) != n {
+				t.Fatalf("%d distinct records handled; want %d", len(count), n)
+			}
+			for id, k := range count {
+				want := 1
+				if twice[id] {
+					want = 2
+				}
+				if k != want {
+					t.Errorf("%s handled %d times (attempts %v); want %d", id, k, attempts[id], want)
+				}
+			}
+			if got := attempts[failedID]; len(got) != 2 || got[1] != 2 {
+				t.Errorf("failed record %s attempts %v; want [1 2]", failedID, got)
+			}
+			for id := range twice {
+				if id != failedID && attempts[id][1] != 1 {
+					t.Errorf("%s given back after the failure came with attempt %v; want [1 1] (no attempt spent)", id, attempts[id])
+				}
+			}
+			// Each lane's last handlings come in offset order.
+			last := map[string]int{}
+			for i, r := range trace.recs {
+				last[r.id] = i
+			}
+			prev := map[string]int64{}
+			for i, r := range trace.recs {
+				if last[r.id] != i {
+					continue
+				}
+				_, off := idOffset(r.id)
+				if p, ok := prev[lane(r)]; ok && off < p {
+					t.Errorf("lane %s: offset %d handled for good after %d", lane(r), off, p)
+				}
+				prev[lane(r)] = off
+			}
+			maxSize := 0
+			for _, s := range trace.sizes {
+				maxSize = max(maxSize, s)
+			}
+			t.Logf("%d records in %d batches (largest %d); %d records given back behind the failed one",
+				n, len(trace.sizes), maxSize, len(twice)-1)
+			if maxSize <= partitions {
+				t.Errorf("largest batch %d; want more than one record per partition (%d)", maxSize, partitions)
+			}
+			if len(twice) < 2 {
+				t.Errorf("no record of the failed one's lane followed it in its batch; the test saw too little")
+			}
+		})
+	}
+}
