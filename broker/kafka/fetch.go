@@ -72,13 +72,19 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			return
 		}
 		if !resolved {
+			sent := time.Now()
 			off, err := g.resolve(ctx, p, offset)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
 				fails++
-				if !s.noteTopicError(err) {
+				switch {
+				case s.noteTopicError(err):
+				case staleLeader(err):
+					g.followLeader(sent)
+					s.log.Info("kafka: the partition's leader moved or its broker is unreachable; reading the cluster's layout again", "partition", p.id, "error", err)
+				default:
 					s.log.Warn("kafka: reading the partition's offsets failed; retrying", "partition", p.id, "error", err)
 				}
 				continue
@@ -127,7 +133,13 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 		default:
 			// Leader moved, connection broken, or a broker error: try again
 			// (the transport routes to the partition's current leader).
-			if !s.noteTopicError(err) {
+			switch {
+			case s.noteTopicError(err):
+			case staleLeader(err):
+				g.followLeader(f.sent)
+				s.log.Info("kafka: the partition's leader moved or its broker is unreachable; reading the cluster's layout again",
+					"partition", p.id, "offset", offset, "error", err)
+			default:
 				s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "offset", offset, "error", err)
 			}
 			resolved = false
@@ -227,7 +239,8 @@ const requestMaxBytes = math.MaxInt32
 
 // fetched is the outcome of one Fetch request for a partition.
 type fetched struct {
-	offset int64 // asked for
+	offset int64     // asked for
+	sent   time.Time // when the request was sent (see followLeader)
 	part   *fetchapi.ResponsePartition
 	err    error
 }
@@ -239,6 +252,7 @@ func (g *generation) request(ctx context.Context, p *partition, offset int64) fe
 	// The broker answers within MaxWait; Timeout bounds the rest.
 	rctx, cancel := context.WithTimeout(ctx, cfg.MaxWait+cfg.Timeout)
 	defer cancel()
+	sent := time.Now()
 	msg, err := s.fetchTr.RoundTrip(rctx, s.addr, &fetchapi.Request{
 		ReplicaID:      -1,
 		MaxWaitTime:    int32(cfg.MaxWait.Milliseconds()),
@@ -258,7 +272,7 @@ func (g *generation) request(ctx context.Context, p *partition, offset int64) fe
 			}},
 		}},
 	})
-	f := fetched{offset: offset, err: err}
+	f := fetched{offset: offset, sent: sent, err: err}
 	if err != nil {
 		return f
 	}
@@ -475,9 +489,53 @@ func closeBytes(b protocol.Bytes) {
 const readChunk = 64
 
 // fetchMetadataTTL is how long the fetch transport trusts its view of the
-// partitions' leaders: a fetch routed to a broker that stopped leading the
-// partition fails until the view is refreshed.
+// partitions' leaders when nothing says it is stale: a fetch routed to a
+// broker that stopped leading the partition makes the fetcher drop the view
+// at once (followLeader).
 const fetchMetadataTTL = time.Second
+
+// staleLeader reports whether a fetch or offsets read failed in a way that
+// reading the cluster's layout again can fix: the broker it reached no
+// longer leads the partition (the leader moved), the leader is being
+// elected, the broker is not in the layout any more, or the connection to
+// it failed (the broker went away).
+func staleLeader(err error) bool {
+	var ke kafkago.Error
+	if errors.As(err, &ke) {
+		switch ke {
+		case kafkago.NotLeaderForPartition, kafkago.LeaderNotAvailable, kafkago.BrokerNotAvailable,
+			kafkago.ReplicaNotAvailable, kafkago.FencedLeaderEpoch, kafkago.UnknownLeaderEpoch:
+			return true
+		}
+		return false
+	}
+	return true // not a Kafka error code: a network error or a timeout
+}
+
+// followLeader makes the fetch transport read the cluster's layout (the
+// partitions' leaders, the brokers' addresses) before its next request,
+// after a request sent at sent failed with a staleLeader error. kafka-go's
+// Transport refreshes its cached layout only every MetadataTTL (randomly
+// within it) and never on a NOT_LEADER answer: the fetcher would ask the
+// old leader again and again, backing off, for up to a second after each
+// move, and longer when its backoff had grown meanwhile. Dropping the
+// transport's connection pool is the one way to get a fresh layout at once:
+// the next request opens a new pool, whose first step is a Metadata
+// request. Requests in flight finish on the old pool, which closes when
+// the last of them returns.
+//
+// The fetchers of a generation share the transport: when several fail
+// because of one move, the first drops the pool and the others, whose
+// requests were sent before that, find it already done.
+func (g *generation) followLeader(sent time.Time) {
+	g.layoutMu.Lock()
+	defer g.layoutMu.Unlock()
+	if g.layoutDropped.After(sent) {
+		return // dropped since the failed request was sent
+	}
+	g.layoutDropped = time.Now()
+	g.s.fetchTr.CloseIdleConnections()
+}
 
 // resetBeyondEnd picks where to fetch a partition whose committed or next
 // offset lies beyond its end: the first or last offset, by StartOffset. The

@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -140,6 +141,11 @@ type generation struct {
 	// longer owns, instead of letting them overlap the new owner's.
 	lease    context.Context
 	endLease context.CancelFunc
+
+	// layoutMu guards layoutDropped: when a fetcher last dropped the fetch
+	// transport's cached cluster layout (see followLeader).
+	layoutMu      sync.Mutex
+	layoutDropped time.Time
 }
 
 // A partition is one assigned partition within a generation.
