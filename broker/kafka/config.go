@@ -181,8 +181,34 @@ type Config struct {
 	// broker's size limit applies to one record at a time.
 	DeadLetterMaxBytes int
 
-	// Topology is how Source.DeclareTopology creates the topic and its
-	// dead-letter topic. The Source does not create topics by itself.
+	// RetryTopics turns on non-blocking delayed retries: one retry topic
+	// per delay tier, named RetryTopicName(Topic, tier) (Topic +
+	// ".retry.1s", ".retry.30s", …). A record requeued with a delay
+	// (broker.DelayedRequeuer; the consumer runtime does it for an error
+	// from retry.After) is written to the topic of the shortest tier at
+	// least as long as the delay (the longest tier for a longer delay),
+	// with its next attempt number, due time and origin in headers, and
+	// its offset is marked handled: the partition moves on at once. The
+	// Source consumes the tier topics too and hands a retry record out,
+	// as a record of Topic with its original ID and the Attempt from its
+	// header, once its delay has passed. See "Retry topics" in the package
+	// documentation for what this does to per-key order.
+	//
+	// Each tier must be above 0, at most a week, in whole milliseconds,
+	// and given once; the order does not matter. The tier topics must
+	// exist (Source.DeclareTopology creates them). Each tier is consumed
+	// in a consumer group of its own, GroupID + ".retry." + the tier
+	// ("billing.retry.30s").
+	//
+	// Default: none. A delayed requeue then holds the record's lane — its
+	// partition with ByPartition, its key with ByKey — for the delay, in
+	// this process ("blocking" mode): per-key order is kept, and Attempt
+	// counts in this process only.
+	RetryTopics []time.Duration
+
+	// Topology is how Source.DeclareTopology creates the topic, its
+	// dead-letter topic and its retry topics. The Source does not create
+	// topics by itself.
 	Topology Topology
 
 	// Logger receives lifecycle and commit failures. Default slog.Default().
@@ -346,6 +372,8 @@ func (c *Config) validate() error {
 		}
 	}
 	switch {
+	case c.validateRetry() != nil:
+		return c.validateRetry()
 	case c.HeartbeatInterval >= c.SessionTimeout:
 		return invalid("HeartbeatInterval %v must be less than SessionTimeout %v", c.HeartbeatInterval, c.SessionTimeout)
 	case c.RebalanceDrainTimeout >= c.SessionTimeout || c.RebalanceDrainTimeout >= c.RebalanceTimeout:

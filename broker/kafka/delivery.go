@@ -39,9 +39,22 @@ func (s *Source) fillDelivery(d *delivery, rec *record, attempt int) {
 	if id == "" {
 		id = messageID(m.Topic, m.Partition, m.Offset)
 	}
+	topic := m.Topic
+	if s.tier != nil {
+		// A retry record is the original record to the handler: its
+		// topic, its ID, and its attempt number from the headers, which
+		// in-process requeues count on from.
+		o := readOrigin(m.Headers)
+		if o.ok {
+			topic, id = o.topic, messageID(o.topic, o.partition, o.offset)
+		}
+		if o.attempt > 0 {
+			attempt += o.attempt - 1
+		}
+	}
 	*d = delivery{s: s, rec: rec, msg: broker.Message{
 		ID:      id,
-		Topic:   m.Topic,
+		Topic:   topic,
 		Key:     m.Key,
 		Body:    m.Value,
 		Header:  fromHeaders(m.Headers),
@@ -220,17 +233,36 @@ func (d *delivery) Requeue(context.Context) error {
 	return nil
 }
 
-// RequeueAfter is Requeue after delay; the record's lane stays blocked
-// meanwhile, so per-key order holds.
-func (d *delivery) RequeueAfter(_ context.Context, delay time.Duration) error {
+// RequeueAfter hands the record out again after delay (a delay <= 0 is a
+// Requeue).
+//
+// With Config.RetryTopics it writes the record to the retry topic of the
+// tier chosen for delay, with its next attempt number, due time and origin
+// in headers (HeaderAttempt, HeaderDue, HeaderTopic, …), waits for the
+// write to be acknowledged by all in-sync replicas, and then marks the
+// record handled: its partition moves on, and the record comes back from
+// the retry topic, to this member or another, once it is due. When the
+// write fails, the record is retried in process as below (the failure is
+// logged): nothing is lost.
+//
+// Without retry topics the record's lane stays blocked for the delay (the
+// whole partition, with ByPartition), so per-key order holds, and the
+// Attempt count lives in this process only.
+func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error {
 	s := d.s
+	rs := s.retryOwner()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if err := d.claimLocked(); err != nil {
+		s.mu.Unlock()
 		return err
 	}
-	s.retryLocked(d.rec, delay)
-	return nil
+	if rs == nil || delay <= 0 {
+		s.retryLocked(d.rec, delay)
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	return d.requeueToTier(ctx, rs, delay)
 }
 
 // unwritable reports whether a dead-letter write failed for a reason that
@@ -304,12 +336,17 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	// drain waits for the write.
 	m := &d.rec.m
 	if reason.Source == "" {
-		reason.Source = m.Topic
+		reason.Source = d.msg.Topic
 	}
 	h := reason.Header(fromHeaders(m.Headers))
-	h[HeaderTopic] = m.Topic
-	h[HeaderPartition] = strconv.Itoa(m.Partition)
-	h[HeaderOffset] = strconv.FormatInt(m.Offset, 10)
+	// Where the record was first consumed from: for a retry record, its
+	// original topic, partition and offset, from its headers.
+	topic, part, off := s.originOf(d.rec)
+	h[HeaderTopic] = topic
+	h[HeaderPartition] = strconv.Itoa(part)
+	h[HeaderOffset] = strconv.FormatInt(off, 10)
+	delete(h, HeaderAttempt)
+	delete(h, HeaderDue)
 	werr := s.dlt.Publish(ctx, s.cfg.DeadLetterTopic, &broker.Message{
 		Key: m.Key, Body: m.Value, Header: h, Time: m.Time,
 	})

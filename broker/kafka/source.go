@@ -99,6 +99,12 @@ type Source struct {
 	// closeCommitErr is the error of the final commit at Close, written
 	// by the drain (under s.mu) before runDone is closed; Close returns it.
 	closeCommitErr error
+
+	// retry is set on a Source with Config.RetryTopics: the tier writer
+	// and consumers (retry.go). tier is set on a tier consumer: its main
+	// Source. Both are written by NewSource only.
+	retry *retryState
+	tier  *tierOf
 }
 
 // NewSource returns a Source for cfg. It returns an error wrapping
@@ -106,6 +112,7 @@ type Source struct {
 // first Receive joins the group.
 func NewSource(cfg Config) (*Source, error) {
 	cfg.Brokers = append([]string(nil), cfg.Brokers...)
+	cfg.RetryTopics = sortedTiers(cfg.RetryTopics)
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -134,7 +141,7 @@ func NewSource(cfg Config) (*Source, error) {
 	ftr.MetadataTopics = []string{cfg.Topic}
 	addr := kafkago.TCP(cfg.Brokers...)
 	abortCtx, abortFn := context.WithCancel(context.Background())
-	return &Source{
+	s := &Source{
 		conns:      cs,
 		abortCtx:   abortCtx,
 		abortFn:    abortFn,
@@ -154,7 +161,17 @@ func NewSource(cfg Config) (*Source, error) {
 		status:     broker.Status{Err: errors.New("kafka: not joined yet")},
 		unwritable: make(map[*record]error),
 		partCount:  -1,
-	}, nil
+	}
+	if len(cfg.RetryTopics) > 0 {
+		rs, err := newRetry(s)
+		if err != nil {
+			abortFn()
+			dlt.Close(context.Background())
+			return nil, err
+		}
+		s.retry = rs
+	}
+	return s, nil
 }
 
 // deadLetterBatchBytes is the dead-letter writer's BatchBytes for
@@ -205,6 +222,9 @@ func (s *Source) Status() broker.Status {
 	if st.Err == nil && s.topicErr != nil {
 		st.Err = s.topicErr
 	}
+	if st.Err == nil {
+		st.Err = s.retryTopicErr()
+	}
 	if n := len(s.unwritable); n > 0 && st.Err == nil {
 		st.Err = fmt.Errorf("kafka: %d record(s) hold their partitions; the latest: %w", n, s.lastUnwritable)
 	}
@@ -219,6 +239,12 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 		return nil, s.startErr
 	}
 	for {
+		if d, err := s.nextRetry(); d != nil || err != nil {
+			if err != nil {
+				return nil, err
+			}
+			return d, nil
+		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -226,13 +252,7 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 		}
 		if s.ready.len() > 0 && !s.paused {
 			rec := s.ready.pop()
-			rec.g.dispatched++
-			d := &rec.first
-			if rec.out {
-				d = new(delivery)
-			}
-			rec.out = true
-			attempt := rec.attempt
+			d, attempt := s.handOutLocked(rec)
 			more := s.ready.len() > 0
 			s.mu.Unlock()
 			if more {
@@ -253,6 +273,18 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// handOutLocked counts rec as dispatched and returns the delivery for its
+// hand-out (see record.out) and its attempt.
+func (s *Source) handOutLocked(rec *record) (*delivery, int) {
+	rec.g.dispatched++
+	d := &rec.first
+	if rec.out {
+		d = new(delivery)
+	}
+	rec.out = true
+	return d, rec.attempt
 }
 
 // Close implements broker.Source. It stops intake, ends the current
@@ -294,6 +326,12 @@ func (s *Source) Close(ctx context.Context) error {
 	close(s.closedCh)
 	s.mu.Unlock()
 	s.startOnce.Do(func() {}) // no group after Close
+	var tierErr chan error
+	if s.retry != nil {
+		// The tier consumers close alongside, bounded by the same ctx.
+		tierErr = make(chan error, 1)
+		go func() { tierErr <- s.retry.closeAll(ctx) }()
+	}
 
 	// abort runs at most once, when ctx ends before Close is done; after
 	// stop, it never starts, and a call to s.abort waits for one running.
@@ -324,6 +362,11 @@ func (s *Source) Close(ctx context.Context) error {
 	s.status = broker.Status{Err: broker.ErrSourceClosed}
 	s.ready = readyQueue{}
 	s.mu.Unlock()
+	if tierErr != nil {
+		if terr := <-tierErr; terr != nil {
+			err = errors.Join(err, terr)
+		}
+	}
 	close(s.closeDone)
 	if aborted {
 		s.log.Warn("kafka: close cut short by its context: the final commit and the group leave were skipped; the partitions' next owner gets the unhandled records after the session timeout",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	kafkago "github.com/segmentio/kafka-go"
 
@@ -23,8 +24,9 @@ type Topology struct {
 }
 
 // DeclareTopology implements broker.TopologyDeclarer: it creates the
-// consumed topic (Config.Topic) and its dead-letter topic
-// (Config.DeadLetterTopic) with the partitions and replication of
+// consumed topic (Config.Topic), its dead-letter topic
+// (Config.DeadLetterTopic) and its retry topics (Config.RetryTopics), all
+// with the partitions and replication of
 // Config.Topology. It is idempotent: a topic that exists is left as it is,
 // its partitions and replication neither checked nor changed. It calls the
 // cluster's controller, bounded by ctx (and by Config.Timeout), and returns
@@ -32,14 +34,12 @@ type Topology struct {
 // not call it by itself: call it before the first Receive to create the
 // topics or fail early.
 //
-// Retry topics (delayed redelivery through topics of their own) are not
-// part of the Source yet; when they are, DeclareTopology creates them too.
-//
 // After Close began, DeclareTopology returns an error wrapping
 // broker.ErrSourceClosed without calling the cluster; a call in progress
 // when Close began is cancelled if Close's ctx ends first.
 func (s *Source) DeclareTopology(ctx context.Context) error {
-	for _, name := range []string{s.cfg.Topic, s.cfg.DeadLetterTopic} {
+	names := append([]string{s.cfg.Topic, s.cfg.DeadLetterTopic}, s.retryTopicNames()...)
+	for _, name := range names {
 		if err := validTopicName(name); err != nil {
 			return fmt.Errorf("kafka: declare topology: %w", err)
 		}
@@ -58,12 +58,12 @@ func (s *Source) DeclareTopology(ctx context.Context) error {
 		rf = -1
 	}
 	var topics []kafkago.TopicConfig
-	for _, name := range []string{s.cfg.Topic, s.cfg.DeadLetterTopic} {
+	for _, name := range names {
 		topics = append(topics, kafkago.TopicConfig{Topic: name, NumPartitions: np, ReplicationFactor: rf})
 	}
 	resp, err := s.lagCli.CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: topics})
 	if err != nil {
-		return fmt.Errorf("kafka: declare topology: create topics %s and %s: %w", s.cfg.Topic, s.cfg.DeadLetterTopic, err)
+		return fmt.Errorf("kafka: declare topology: create topics %s: %w", strings.Join(names, ", "), err)
 	}
 	for _, tc := range topics {
 		if err := resp.Errors[tc.Topic]; err != nil && !errors.Is(err, kafkago.TopicAlreadyExists) {

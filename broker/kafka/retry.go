@@ -1,0 +1,467 @@
+package kafka
+
+// Retry topics (Config.RetryTopics): non-blocking delayed redelivery.
+//
+// Who owns what: the main Source owns the tier writer (s.retry.w) and one
+// tier consumer per tier (s.retry.tiers[i].src), each a Source of its own
+// over the tier topic, in a consumer group of its own, so that its
+// fetches, offsets, drains and commits follow the same gap-safe rules as
+// the main topic's. A tier consumer's Receive is never called: the main
+// Source's Receive takes its ready records (receiveRetry) under the tier
+// consumer's own mutex. They share the main Source's notify channel, so a
+// record that becomes ready in a tier wakes a Receive of the main Source.
+//
+// A tier record is held until its due time (HeaderDue): Receive pops it
+// from the tier consumer's ready queue, and when it is not due yet a timer
+// (in holds, under the tier consumer's mu) pushes it back when it is. The
+// tier consumer runs ByPartition, so a held record is the head of its tier
+// partition and nothing behind it is handed out before it: every record of
+// a tier partition waits for the one before it, which is due first, or
+// at most the tier's length later (see pickTier).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+	kafkago "github.com/segmentio/kafka-go"
+)
+
+// Headers of a record written to a retry topic, next to the record's own
+// headers and HeaderTopic, HeaderPartition and HeaderOffset (the original
+// topic, partition and offset, kept from the first failure on).
+const (
+	// HeaderAttempt holds the attempt number of the record's next delivery
+	// (2 for the first retry). A Source hands the record out with that
+	// Attempt, so the consumer runtime's budget (consumer.WithMaxDeliveries)
+	// counts across restarts and group members.
+	HeaderAttempt = "x-queuekit-attempt"
+	// HeaderDue holds the time, in Unix milliseconds, before which the
+	// record is not handed out (the failure's time plus its delay).
+	HeaderDue = "x-queuekit-due"
+)
+
+// RetryTopicName returns the name of the retry topic of topic for tier: the
+// topic, ".retry.", and the tier in whole hours ("1h"), minutes ("5m"),
+// seconds ("30s") or milliseconds ("1500ms"), the largest unit that
+// divides it. So RetryTopicName("orders", time.Second) is "orders.retry.1s".
+func RetryTopicName(topic string, tier time.Duration) string {
+	return topic + ".retry." + tierName(tier)
+}
+
+func tierName(d time.Duration) string {
+	switch {
+	case d%time.Hour == 0:
+		return strconv.FormatInt(int64(d/time.Hour), 10) + "h"
+	case d%time.Minute == 0:
+		return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
+	case d%time.Second == 0:
+		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+	}
+	return strconv.FormatInt(int64(d/time.Millisecond), 10) + "ms"
+}
+
+// maxRetryTier bounds a tier: a week, far past any delay a retry asks for,
+// and well inside what the due header (milliseconds) and timers can hold.
+const maxRetryTier = 7 * 24 * time.Hour
+
+// validateRetry checks Config.RetryTopics (already sorted by NewSource).
+func (c *Config) validateRetry() error {
+	for i, d := range c.RetryTopics {
+		switch {
+		case d <= 0 || d > maxRetryTier:
+			return invalid("RetryTopics[%d] %v, want a delay above 0 and at most %v", i, d, maxRetryTier)
+		case d%time.Millisecond != 0:
+			return invalid("RetryTopics[%d] %v, want whole milliseconds", i, d)
+		case i > 0 && d == c.RetryTopics[i-1]:
+			return invalid("RetryTopics: %v given twice", d)
+		}
+		name := RetryTopicName(c.Topic, d)
+		if err := invalidTopic("RetryTopics (topic "+strconv.Quote(c.Topic)+" + \".retry.\" + tier)", name); err != nil {
+			return err
+		}
+		if name == c.DeadLetterTopic {
+			return invalid("retry topic %s is the DeadLetterTopic", name)
+		}
+	}
+	return nil
+}
+
+// retryState is the main Source's part of the retry topics.
+type retryState struct {
+	w     *Publisher // writes to every tier topic, acks from all replicas
+	tiers []*retryTier
+	next  int // under the main Source's mu: the tier Receive looks at first
+}
+
+// retryTier is one tier: its delay, topic, and the consumer of that topic.
+type retryTier struct {
+	delay time.Duration
+	topic string
+	src   *Source
+}
+
+// tierOf is the tier consumer's part: the main Source it hands records to,
+// and the timers holding records until due (under the tier Source's mu).
+type tierOf struct {
+	main  *Source
+	holds map[*record]*time.Timer
+}
+
+// newRetry builds the tier writer and consumers of a main Source whose
+// cfg (defaulted and valid) has RetryTopics.
+func newRetry(s *Source) (*retryState, error) {
+	cfg := &s.cfg
+	w, err := NewPublisher(PublisherConfig{
+		Brokers: cfg.Brokers,
+		Dialer:  cfg.Dialer,
+		// A retry write is waited for by the worker that failed the
+		// record: never let it wait for others to batch with.
+		BatchTimeout: time.Millisecond,
+		WriteTimeout: cfg.Timeout,
+		RequiredAcks: kafkago.RequireAll,
+	})
+	if err != nil {
+		return nil, err
+	}
+	rs := &retryState{w: w}
+	for _, d := range cfg.RetryTopics {
+		tc := *cfg
+		tc.Topic = RetryTopicName(cfg.Topic, d)
+		// A group of its own per tier: its members joining and leaving
+		// never rebalance (drain) the main topic's partitions, nor the
+		// other tiers'.
+		tc.GroupID = cfg.GroupID + ".retry." + tierName(d)
+		tc.Ordering = ByPartition
+		tc.RetryTopics = nil
+		// Retry records written before this member first joined are
+		// still to be handled, whatever the main topic starts from.
+		tc.StartOffset = kafkago.FirstOffset
+		tc.Logger = cfg.Logger.With("retry_tier", tierName(d))
+		src, err := NewSource(tc)
+		if err != nil {
+			rs.closeAll(context.Background())
+			return nil, fmt.Errorf("kafka: retry tier %v: %w", d, err)
+		}
+		src.tier = &tierOf{main: s, holds: make(map[*record]*time.Timer)}
+		// Records that become ready in the tier wake the main Source's
+		// Receive.
+		src.notify = s.notify
+		rs.tiers = append(rs.tiers, &retryTier{delay: d, topic: tc.Topic, src: src})
+	}
+	return rs, nil
+}
+
+// closeAll closes the tier consumers and the writer, at once, bounded by
+// ctx, and stops the timers holding records (they are not committed: the
+// tier's next owner gets them).
+func (rs *retryState) closeAll(ctx context.Context) error {
+	errs := make(chan error, len(rs.tiers))
+	for _, t := range rs.tiers {
+		go func() {
+			err := t.src.Close(ctx)
+			t.src.mu.Lock()
+			for rec, tm := range t.src.tier.holds {
+				tm.Stop()
+				delete(t.src.tier.holds, rec)
+			}
+			t.src.mu.Unlock()
+			if err != nil {
+				err = fmt.Errorf("kafka: retry topic %s: %w", t.topic, err)
+			}
+			errs <- err
+		}()
+	}
+	all := []error{rs.w.Close(ctx)}
+	for range rs.tiers {
+		all = append(all, <-errs)
+	}
+	return errors.Join(all...)
+}
+
+// pickTier returns the tier a delay goes to: the shortest tier at least as
+// long as the delay, or the longest tier for a longer delay. A record never
+// comes back before its own delay (it is held until HeaderDue); in a tier
+// it may wait behind a record due later, by at most the tier's length
+// minus its delay (or, in the longest tier, by the longer delays before
+// it).
+func (rs *retryState) pickTier(delay time.Duration) *retryTier {
+	for _, t := range rs.tiers {
+		if t.delay >= delay {
+			return t
+		}
+	}
+	return rs.tiers[len(rs.tiers)-1]
+}
+
+// retryOwner returns the retry state a delivery of s writes to: the main
+// Source's, for the main Source and its tier consumers alike, or nil when
+// there are no retry topics.
+func (s *Source) retryOwner() *retryState {
+	if s.tier != nil {
+		return s.tier.main.retry
+	}
+	return s.retry
+}
+
+// startRetry starts the tier consumers (they join their groups); it
+// returns the first error.
+func (s *Source) startRetry() error {
+	if s.retry == nil {
+		return nil
+	}
+	for _, t := range s.retry.tiers {
+		t.src.startOnce.Do(t.src.start)
+		if t.src.startErr != nil {
+			return t.src.startErr
+		}
+	}
+	return nil
+}
+
+// nextRetry starts the tier consumers on first use, and hands out a due
+// record of a tier, or returns nil. Receive and ReceiveBatch call it before
+// they look at the main topic's ready records.
+func (s *Source) nextRetry() (*delivery, error) {
+	if s.retry == nil {
+		return nil, nil
+	}
+	if err := s.startRetry(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	skip := s.paused || s.closed
+	s.mu.Unlock()
+	if skip {
+		return nil, nil
+	}
+	return s.receiveRetry(), nil
+}
+
+// receiveRetry hands out a due record of a tier, or returns nil. The tiers
+// are looked at before the main topic's ready queue: their records are few
+// (failures), and already late; and in turn, so that no tier starves
+// another. paused is the main Source's.
+func (s *Source) receiveRetry() *delivery {
+	rs := s.retry
+	s.mu.Lock()
+	start := rs.next
+	rs.next = (rs.next + 1) % len(rs.tiers)
+	s.mu.Unlock()
+	now := time.Now()
+	for i := range rs.tiers {
+		ts := rs.tiers[(start+i)%len(rs.tiers)].src
+		ts.mu.Lock()
+		for !ts.closed && ts.ready.len() > 0 {
+			rec := ts.ready.pop()
+			if wait := dueIn(rec, now); wait > 0 {
+				ts.holdLocked(rec, wait)
+				continue
+			}
+			d, attempt := ts.handOutLocked(rec)
+			more := ts.ready.len() > 0
+			ts.mu.Unlock()
+			if more {
+				// Pass the wake-up on (the channel is the main Source's).
+				select {
+				case s.notify <- struct{}{}:
+				default:
+				}
+			}
+			ts.fillDelivery(d, rec, attempt)
+			return d
+		}
+		ts.mu.Unlock()
+	}
+	return nil
+}
+
+// holdLocked keeps rec, a tier record not due yet, out of the ready queue
+// for wait; its lane (the tier partition) stays busy meanwhile. A timer
+// that fires after the generation ended or the Source closed drops the
+// record: it is not committed, so the tier's next owner reads it again.
+func (s *Source) holdLocked(rec *record, wait time.Duration) {
+	g := rec.g
+	s.tier.holds[rec] = time.AfterFunc(wait, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.tier.holds, rec)
+		switch {
+		case g.draining || s.closed:
+		case rec.epoch != rec.p.epoch:
+			s.releaseLocked(rec, false)
+		default:
+			s.ready.pushFront(rec)
+			s.wakeLocked()
+		}
+	})
+}
+
+// dueIn is how long rec, a tier record, is still to be held (<= 0: due).
+// A record without a readable HeaderDue is due at once.
+func dueIn(rec *record, now time.Time) time.Duration {
+	for _, h := range rec.m.Headers {
+		if h.Key == HeaderDue {
+			ms, err := strconv.ParseInt(string(h.Value), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return time.UnixMilli(ms).Sub(now)
+		}
+	}
+	return 0
+}
+
+// origin is where a tier record was first consumed from, and the attempt
+// its next delivery counts as, read from its headers. ok is false when the
+// headers are missing or unreadable (a record someone else wrote to the
+// tier topic): it is then handed out as a record of the tier topic.
+type origin struct {
+	topic     string
+	partition int
+	offset    int64
+	attempt   int
+	ok        bool
+}
+
+func readOrigin(hs []kafkago.Header) origin {
+	var o origin
+	var have int
+	for _, h := range hs {
+		v := string(h.Value)
+		switch h.Key {
+		case HeaderTopic:
+			if validTopicName(v) == nil {
+				o.topic = v
+				have |= 1
+			}
+		case HeaderPartition:
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				o.partition = n
+				have |= 2
+			}
+		case HeaderOffset:
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+				o.offset = n
+				have |= 4
+			}
+		case HeaderAttempt:
+			if n, err := strconv.Atoi(v); err == nil && n >= 1 {
+				o.attempt = n
+			}
+		}
+	}
+	o.ok = have == 7
+	return o
+}
+
+// originOf returns where rec was first consumed from: the record itself
+// for the main topic, its headers for a tier record.
+func (s *Source) originOf(rec *record) (topic string, partition int, offset int64) {
+	m := &rec.m
+	if s.tier != nil {
+		if o := readOrigin(m.Headers); o.ok {
+			return o.topic, o.partition, o.offset
+		}
+	}
+	return m.Topic, m.Partition, m.Offset
+}
+
+// requeueToTier writes d's record (claimed) to the retry tier for delay,
+// and marks it handled once the write was acknowledged by all in-sync
+// replicas, so that its partition moves on. When the write fails, the
+// record is retried in process instead, as without retry topics (it holds
+// its lane for the delay): nothing is lost, and the failure is logged.
+func (d *delivery) requeueToTier(ctx context.Context, rs *retryState, delay time.Duration) error {
+	s := d.s
+	rec := d.rec
+	m := &rec.m
+	t := rs.pickTier(delay)
+	topic, part, off := s.originOf(rec)
+	h := fromHeaders(m.Headers)
+	if h == nil {
+		h = make(map[string]string, 5)
+	}
+	h[HeaderTopic] = topic
+	h[HeaderPartition] = strconv.Itoa(part)
+	h[HeaderOffset] = strconv.FormatInt(off, 10)
+	h[HeaderAttempt] = strconv.Itoa(d.msg.Attempt + 1)
+	h[HeaderDue] = strconv.FormatInt(time.Now().Add(delay).UnixMilli(), 10)
+	// The record still counts as dispatched while it is written, so a
+	// drain waits for the write.
+	werr := rs.w.Publish(ctx, t.topic, &broker.Message{Key: m.Key, Body: m.Value, Header: h, Time: m.Time})
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if werr != nil {
+		s.log.Warn("kafka: writing a record to its retry topic failed; retrying it in process instead, holding its lane for the delay",
+			"message_id", d.msg.ID, "retry_topic", t.topic, "delay", delay, "error", werr)
+		s.retryLocked(rec, delay)
+		return nil
+	}
+	if rec.g.fenced {
+		rec.g.dispatched--
+		return fmt.Errorf("%w: %s was written to %s but its generation ended first; it will be redelivered too",
+			broker.ErrStaleDelivery, d.msg.ID, t.topic)
+	}
+	if rec.epoch != rec.p.epoch {
+		s.releaseLocked(rec, true)
+		return fmt.Errorf("%w (it was written to %s)", d.staleEpoch(), t.topic)
+	}
+	s.handledLocked(rec)
+	return nil
+}
+
+// pauseTiers pauses or resumes the tier consumers with their main Source,
+// so that they stop fetching too.
+func (s *Source) pauseTiers(ctx context.Context, pause bool) {
+	if s.retry == nil {
+		return
+	}
+	for _, t := range s.retry.tiers {
+		if pause {
+			t.src.Pause(ctx)
+		} else {
+			t.src.Resume(ctx)
+		}
+	}
+}
+
+// retryTopicNames returns the tier topics, shortest tier first.
+func (s *Source) retryTopicNames() []string {
+	var names []string
+	for _, d := range s.cfg.RetryTopics {
+		names = append(names, RetryTopicName(s.cfg.Topic, d))
+	}
+	return names
+}
+
+// sortedTiers returns a sorted copy of tiers (the caller's slice is not
+// changed).
+func sortedTiers(tiers []time.Duration) []time.Duration {
+	if len(tiers) == 0 {
+		return nil
+	}
+	return slices.Sorted(slices.Values(tiers))
+}
+
+// retryTopicErr reports a tier topic that cannot be read (missing), for
+// Status.
+func (s *Source) retryTopicErr() error {
+	if s.retry == nil {
+		return nil
+	}
+	for _, t := range s.retry.tiers {
+		t.src.mu.Lock()
+		err := t.src.topicErr
+		t.src.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("kafka: retry topic: %w", err)
+		}
+	}
+	return nil
+}
