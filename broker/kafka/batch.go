@@ -37,6 +37,13 @@ func (s *Source) ReceiveBatch(ctx context.Context, n int) ([]broker.Delivery, er
 		return nil, s.startErr
 	}
 	for {
+		// A due retry record (Config.RetryTopics) goes first, alone.
+		if d, err := s.nextRetry(); d != nil || err != nil { // retry.go
+			if err != nil {
+				return nil, err
+			}
+			return []broker.Delivery{d}, nil
+		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
