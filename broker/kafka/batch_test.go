@@ -207,3 +207,143 @@ func TestBatchFailureKeepsLaneOrder(t *testing.T) {
 		})
 	}
 }
+
+// Source.ReceiveBatch keeps each lane in offset order however a batch is
+// settled: the first record of a lane requeued while the later ones of its
+// batch are still out is handed out again alone (nothing queued behind
+// them jumps ahead), and the later ones, released out of order, come
+// again in offset order with their attempt unspent. Seen failing with
+// ReceiveBatch taking the queue of a lane that has records out, and with
+// Release putting each record first in line (as it did before batches).
+// Kafka protocol (in-process kfake cluster).
+func TestReceiveBatchKeepsLaneOrderInAnySettleOrder(t *testing.T) {
+	e := newEnv(t)
+	t.Logf("running against %s", e.what)
+	topic := e.topic(t, "rbatch")
+	const n = 400
+	e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i%16) })
+	cfg := e.config(topic, "g-rbatch")
+	cfg.MaxInFlight = 256
+	src := newSource(t, cfg)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := src.Close(ctx); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}()
+	recv := func(max int) []broker.Delivery {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		ds, err := src.ReceiveBatch(ctx, max)
+		if err != nil {
+			t.Fatalf("ReceiveBatch: %v", err)
+		}
+		if len(ds) == 0 || len(ds) > max {
+			t.Fatalf("ReceiveBatch(%d) returned %d deliveries", max, len(ds))
+		}
+		if err := kafka.CheckBatchAccounting(src); err != nil {
+			t.Fatal(err)
+		}
+		return ds
+	}
+	ctx := context.Background()
+	seen := map[string]int{} // handled for good: acked
+	ack := func(d broker.Delivery) {
+		t.Helper()
+		if err := d.Ack(ctx); err != nil {
+			t.Fatalf("Ack %s: %v", d.Message().ID, err)
+		}
+		seen[d.Message().ID]++
+	}
+
+	// A batch with a run of at least 3 records of one partition.
+	// Small, so that records of its lane stay queued behind it.
+	var lane []broker.Delivery
+	for lane == nil {
+		ds := recv(5)
+		byPart := map[int][]broker.Delivery{}
+		for _, d := range ds {
+			p, _ := idOffset(d.Message().ID)
+			byPart[p] = append(byPart[p], d)
+		}
+		for _, run := range byPart {
+			if lane == nil && len(run) >= 3 {
+				lane = run
+				continue
+			}
+			for _, d := range run {
+				ack(d)
+			}
+		}
+	}
+	p, _ := idOffset(lane[0].Message().ID)
+	for i := 1; i < len(lane); i++ {
+		_, prev := idOffset(lane[i-1].Message().ID)
+		_, off := idOffset(lane[i].Message().ID)
+		if off != prev+1 {
+			t.Fatalf("partition %d: offset %d follows %d in a batch; want consecutive records", p, off, prev)
+		}
+	}
+	first := lane[0]
+	if err := first.Requeue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The requeued record comes alone: the rest of its run is still out.
+	var again broker.Delivery
+	for again == nil {
+		for _, d := range recv(n) {
+			q, _ := idOffset(d.Message().ID)
+			switch {
+			case q != p:
+				ack(d)
+			case again != nil:
+				t.Fatalf("partition %d: %s handed out with %s while the rest of its batch is out", p, d.Message().ID, again.Message().ID)
+			default:
+				again = d
+			}
+		}
+	}
+	if again.Message().ID != first.Message().ID || again.Message().Attempt != 2 {
+		t.Fatalf("handed out %s attempt %d; want %s attempt 2", again.Message().ID, again.Message().Attempt, first.Message().ID)
+	}
+	// Released out of order: the last first, then the others forward.
+	order := append([]int{len(lane) - 1}, make([]int, 0, len(lane))...)
+	for i := 1; i < len(lane)-1; i++ {
+		order = append(order, i)
+	}
+	for _, i := range order {
+		if err := lane[i].(broker.Releaser).Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ack(again)
+
+	// The rest of the partition comes in offset order, the released records
+	// first, with attempt 1.
+	_, next := idOffset(lane[1].Message().ID)
+	for len(seen) < n {
+		for _, d := range recv(n) {
+			m := d.Message()
+			if q, off := idOffset(m.ID); q == p {
+				if off != next {
+					t.Fatalf("partition %d: offset %d handed out; want %d", p, off, next)
+				}
+				if m.Attempt != 1 {
+					t.Fatalf("%s attempt %d; want 1 (released, not failed)", m.ID, m.Attempt)
+				}
+				next++
+			}
+			ack(d)
+		}
+	}
+	for id, k := range seen {
+		if k != 1 {
+			t.Errorf("%s acked %d times", id, k)
+		}
+	}
+	if len(seen) != n {
+		t.Errorf("%d records acked; want %d", len(seen), n)
+	}
+}
