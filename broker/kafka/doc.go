@@ -37,8 +37,9 @@
 // Config.PartitionWatchInterval (the generation ends, drained as above, and
 // the next one assigns them). A topic that does not exist — not created yet,
 // or deleted — never ends a generation: Status().Err says it is missing
-// until it appears. DeclareTopology creates the topic and its dead-letter
-// topic (see Config.Topology); the Source never creates topics by itself.
+// until it appears. DeclareTopology creates the topic, its dead-letter
+// topic and its retry topics (see Config.Topology); the Source never
+// creates topics by itself.
 //
 // # Shutdown
 //
@@ -89,8 +90,10 @@
 //   - Requeue hands the same record out again in this process, with Attempt
 //     one higher, before anything after it in its lane (see Concurrency). The
 //     consumer runtime's delivery budget bounds these retries.
-//   - RequeueAfter does the same after a delay, holding the lane but not a
-//     worker (broker.DelayedRequeuer).
+//   - RequeueAfter (broker.DelayedRequeuer) does the same after a delay,
+//     holding the lane but not a worker — unless Config.RetryTopics is
+//     set: the record then goes to a retry topic and its partition moves
+//     on at once (see Retry topics).
 //   - Release (broker.Releaser) gives back a record no handler saw — one
 //     received as the consumer paused or stopped — with the same Attempt,
 //     first in line.
@@ -113,8 +116,87 @@
 // wrapping broker.ErrStaleDelivery and commits nothing, so the old log's
 // offsets never hide records of the new one.
 //
-// Attempt counts deliveries within this process only: a record redelivered
-// to another member, or after a restart, starts again at 1.
+// # Attempts
+//
+// Message.Attempt is the number of the delivery. What it can count:
+//
+//   - Requeue, Release and RequeueAfter without retry topics count in this
+//     process: Kafka keeps no delivery count, and a record handed out
+//     again by another member, or after a restart or a rebalance (it was
+//     not committed), starts again at 1. A record that crashes its
+//     process every time is therefore never dead-lettered by the budget.
+//   - With Config.RetryTopics, a record requeued with a delay carries its
+//     next attempt number in HeaderAttempt: the count survives restarts
+//     and moves between members, and the consumer runtime's budget
+//     (consumer.WithMaxDeliveries) dead-letters it when spent. Requeues and
+//     releases of a retry record count on from its header, in process.
+//   - It cannot count what never reached a retry topic: a crash, a
+//     rebalance fence or a lost connection before the retry write was
+//     acknowledged leaves the record uncommitted where it was, and it
+//     comes again with the attempt it had there (1 on the main topic,
+//     its header's in a retry topic). A retry write that succeeded just
+//     before the member lost its partition (the settle then returns
+//     broker.ErrStaleDelivery) means the record comes twice: from the
+//     partition's next owner and from the retry topic.
+//
+// # Retry topics
+//
+// Config.RetryTopics turns on non-blocking retries with a delay, as
+// Spring Kafka's @RetryableTopic does. It is off by default: it needs
+// topics of its own (one per tier, Topic + ".retry.<tier>", e.g.
+// "orders.retry.1s" and "orders.retry.30s"; DeclareTopology creates them)
+// and the write access to them, and it gives up per-key order for the
+// retried records (below), which a Source that was upgraded must not do
+// behind its users' backs. Without it a delayed requeue holds its lane:
+// that "blocking" mode keeps order, at the cost of everything behind the
+// record waiting for its delay.
+//
+// With retry topics, RequeueAfter(delay) writes the record — key, value,
+// its own headers — to the tier topic of the shortest tier at least as long
+// as delay (the longest tier for a longer delay), with these headers:
+//
+//   - HeaderAttempt: the attempt number of its next delivery;
+//   - HeaderDue: when it may be handed out, in Unix milliseconds (the
+//     time of the failure plus delay);
+//   - HeaderTopic, HeaderPartition, HeaderOffset: where it was first
+//     consumed from (kept as they were when a retry record is retried).
+//
+// The write waits for all in-sync replicas (acks=all); only then is the
+// record marked handled, so that its offset is committed with the gap-safe
+// rules above and its partition moves on. When the write fails, the record
+// is retried in process instead, holding its lane for the delay, as
+// without retry topics, and the failure is logged: nothing is lost.
+//
+// The Source consumes every tier topic, each in a consumer group of its own
+// (GroupID + ".retry." + the tier, e.g. "billing.retry.30s", so that a
+// member of one never makes the main topic's group rebalance), and hands a
+// retry record out through the same Receive once HeaderDue has passed —
+// never earlier — before the main topic's ready records. It hands it out as
+// the original record: Message.Topic is the original topic, Message.ID the
+// original "topic/partition/offset", Message.Attempt from HeaderAttempt;
+// the headers above are in Message.Header. Nothing sleeps on the main
+// topic's partitions: a tier record not yet due is held by a timer, and
+// while it is held the tier partition behind it waits (the tier consumer
+// runs ByPartition). Since all the records of a tier were written with
+// delays of at most that tier, a record waits behind an earlier one by at
+// most the tier's length minus its own delay; choose tiers close to the
+// delays you use (in the longest tier, longer delays may hold shorter
+// ones). A retry record's offset in its tier topic is committed by the
+// same gap-safe rules once it was settled; settling it with a delay again
+// writes it to a tier again, with the next attempt. Dead-lettering it
+// writes the original topic, partition and offset in HeaderTopic,
+// HeaderPartition and HeaderOffset (not the tier's), without HeaderAttempt
+// and HeaderDue.
+//
+// Order: a record that went to a retry topic leaves its key's order — the
+// records after it in its partition (with ByKey, of its key) are handled
+// before it comes back, as with Spring's retry topics; use the blocking
+// mode (no RetryTopics) when order matters more than throughput. Retries
+// of one key in one tier keep their order among themselves. Requeue
+// without a delay and Release stay in process, in order, as above.
+//
+// Source.Lag and Backlog report the main topic only; the tier topics are
+// in their groups' lag.
 //
 // # Concurrency
 //

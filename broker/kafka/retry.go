@@ -286,6 +286,15 @@ func (s *Source) receiveRetry() *delivery {
 // record: it is not committed, so the tier's next owner reads it again.
 func (s *Source) holdLocked(rec *record, wait time.Duration) {
 	g := rec.g
+	// Timers of ended generations hold nothing any more (their records go
+	// to the tier's next owner): stop them rather than keep their records
+	// until they fire, a tier's length later.
+	for r, tm := range s.tier.holds {
+		if r.g.draining {
+			tm.Stop()
+			delete(s.tier.holds, r)
+		}
+	}
 	s.tier.holds[rec] = time.AfterFunc(wait, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()

@@ -243,10 +243,11 @@ func TestRetryTopicsAttemptSurvivesARestart(t *testing.T) {
 	}
 }
 
-// TestRetryTopicsDeadLetterAfterTheBudget: a record that keeps failing with
-// a delay goes through its retry topic until the runtime's budget is spent,
-// then to the dead-letter topic with its original topic, partition and
-// offset.
+// TestRetryTopicsDeadLetterAfterTheBudget: a record that keeps failing goes
+// through its retry topic (attempt 1 fails with a delay), is requeued in
+// process from there (attempt 2 fails without one: attempt 3 counts on from
+// the header), and once the runtime's budget is spent goes to the
+// dead-letter topic with its original topic, partition and offset.
 func TestRetryTopicsDeadLetterAfterTheBudget(t *testing.T) {
 	e := newEnv(t)
 	topic, cfg := retryTopicSource(t, e, "retry-budget", "g", []time.Duration{100 * time.Millisecond, time.Second})
@@ -261,7 +262,12 @@ func TestRetryTopicsDeadLetterAfterTheBudget(t *testing.T) {
 		attempts = append(attempts, m.Attempt)
 		ids = append(ids, m.ID)
 		mu.Unlock()
-		return retry.After(errRetryMe, 200*time.Millisecond)
+		if m.Attempt == 1 {
+			return retry.After(errRetryMe, 200*time.Millisecond)
+		}
+		// Requeued without a delay: in process, counting on from the
+		// attempt in the retry record's header.
+		return errRetryMe
 	}), consumer.WithMaxDeliveries(3))
 
 	var dl []kafkaMsg
