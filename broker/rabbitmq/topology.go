@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/queuekit/queuekit/broker"
@@ -288,12 +289,20 @@ func (t *Topology) ensure(open func() (*amqp.Channel, error), queue string) erro
 	if err != nil {
 		return err
 	}
+	dlqDown := false
 	if !dlqOK {
 		if _, err := ch.QueueDeclare(t.DeadLetterQueue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: t.QueueType}); err != nil {
-			return t.fail(fmt.Sprintf("dead-letter queue %q", t.DeadLetterQueue), err)
+			if !queueNodeDown(err) {
+				return t.fail(fmt.Sprintf("dead-letter queue %q", t.DeadLetterQueue), err)
+			}
+			// It exists, on a node that is down (see queueNodeDown).
+			dlqDown = true
+			if ch, err = open(); err != nil {
+				return err
+			}
 		}
 	}
-	if !dlxOK || !dlqOK {
+	if (!dlxOK || !dlqOK) && !dlqDown {
 		if err := ch.QueueBind(t.DeadLetterQueue, queue, t.DeadLetterExchange, false, nil); err != nil {
 			return t.fail(fmt.Sprintf("binding of %q to %q", t.DeadLetterQueue, t.DeadLetterExchange), err)
 		}
@@ -306,11 +315,25 @@ func (t *Topology) ensure(open func() (*amqp.Channel, error), queue string) erro
 		return err
 	}
 	if !retryOK {
-		if _, err := ch.QueueDeclare(t.RetryQueue, true, false, false, false, retryArgs(queue)); err != nil {
+		if _, err := ch.QueueDeclare(t.RetryQueue, true, false, false, false, retryArgs(queue)); err != nil && !queueNodeDown(err) {
 			return t.fail(fmt.Sprintf("retry queue %q", t.RetryQueue), err)
 		}
 	}
 	return nil
+}
+
+// queueNodeDown reports whether err is RabbitMQ's answer to the declaration
+// of a classic queue that exists on a cluster node that is down: 404
+// NOT_FOUND, "home node … of durable queue … is down or inaccessible" (the
+// reason text is the only thing that tells it from a queue that does not
+// exist). The retry queue is always a classic queue, and so is the
+// dead-letter queue of a classic topology: while its node is down, the
+// source still subscribes to its own queue (a quorum queue keeps working
+// through the loss of a node), and only what needs that queue (RequeueAfter,
+// dead-lettering) fails and is retried until the node is back.
+func queueNodeDown(err error) bool {
+	var ae *amqp.Error
+	return errors.As(err, &ae) && ae.Code == amqp.NotFound && strings.Contains(ae.Reason, "is down or inaccessible")
 }
 
 // declare declares everything actively (Strict), or, when Passive, checks that
@@ -324,7 +347,7 @@ func (t *Topology) declare(ch *amqp.Channel, queue string) error {
 		if err := ch.ExchangeDeclarePassive(t.DeadLetterExchange, amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
 			return fail(fmt.Sprintf("dead-letter exchange %q (passive)", t.DeadLetterExchange), err)
 		}
-		if _, err := ch.QueueDeclarePassive(t.RetryQueue, true, false, false, false, nil); err != nil {
+		if _, err := ch.QueueDeclarePassive(t.RetryQueue, true, false, false, false, nil); err != nil && !queueNodeDown(err) {
 			return fail(fmt.Sprintf("retry queue %q (passive)", t.RetryQueue), err)
 		}
 		return nil
@@ -346,12 +369,17 @@ func (t *Topology) declare(ch *amqp.Channel, queue string) error {
 		return fail(fmt.Sprintf("dead-letter exchange %q", t.DeadLetterExchange), err)
 	}
 	if _, err := ch.QueueDeclare(t.DeadLetterQueue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: t.QueueType}); err != nil {
-		return fail(fmt.Sprintf("dead-letter queue %q", t.DeadLetterQueue), err)
+		if !queueNodeDown(err) {
+			return fail(fmt.Sprintf("dead-letter queue %q", t.DeadLetterQueue), err)
+		}
+		// On a node that is down (see queueNodeDown): the error closed
+		// ch, and the retry queue is the last to declare.
+		return nil
 	}
 	if err := ch.QueueBind(t.DeadLetterQueue, queue, t.DeadLetterExchange, false, nil); err != nil {
 		return fail(fmt.Sprintf("binding of %q to %q", t.DeadLetterQueue, t.DeadLetterExchange), err)
 	}
-	if _, err := ch.QueueDeclare(t.RetryQueue, true, false, false, false, retryArgs(queue)); err != nil {
+	if _, err := ch.QueueDeclare(t.RetryQueue, true, false, false, false, retryArgs(queue)); err != nil && !queueNodeDown(err) {
 		return fail(fmt.Sprintf("retry queue %q", t.RetryQueue), err)
 	}
 	return nil
