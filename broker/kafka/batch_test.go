@@ -347,3 +347,123 @@ func TestReceiveBatchKeepsLaneOrderInAnySettleOrder(t *testing.T) {
 		t.Errorf("%d records acked; want %d", len(seen), n)
 	}
 }
+
+// A plain error fails a whole batch: on Kafka the first record of each lane
+// in it is failed (requeued, an attempt spent), the later ones of its lane
+// are given back (attempt unspent) and come again after it, in order.
+// Kafka protocol (in-process kfake cluster).
+func TestBatchWholeFailureOnKafka(t *testing.T) {
+	e := newEnv(t)
+	t.Logf("running against %s", e.what)
+	topic := e.topic(t, "batch-whole")
+	const n = 400
+	e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i%8) })
+	var (
+		trace  batchTrace
+		mu     sync.Mutex
+		failed bool
+		good   = map[string]bool{}
+	)
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		trace.add(msgs)
+		mu.Lock()
+		defer mu.Unlock()
+		if !failed {
+			failed = true
+			return errors.New("database down")
+		}
+		for _, m := range msgs {
+			good[m.ID] = true
+		}
+		return nil
+	})
+	cfg := e.config(topic, "g-batch-whole")
+	runKafkaBatch(t, e, cfg, consumer.Batch{MaxSize: 50, MaxWait: 20 * time.Millisecond}, h)
+	waitFor(t, "every record handled", 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(good) == n })
+
+	trace.mu.Lock()
+	defer trace.mu.Unlock()
+	firstOfLane := map[int]bool{}
+	attempts := map[string][]int{}
+	for _, r := range trace.recs {
+		attempts[r.id] = append(attempts[r.id], r.attempt)
+	}
+	for _, r := range trace.recs {
+		if r.batch != 0 {
+			break
+		}
+		p, _ := idOffset(r.id)
+		want := "[1 1]" // given back behind the first of its lane
+		if !firstOfLane[p] {
+			firstOfLane[p] = true
+			want = "[1 2]"
+		}
+		if got := attempts[r.id]; fmtInts(got) != want {
+			t.Errorf("%s of the failed batch: attempts %v; want %s", r.id, got, want)
+		}
+	}
+	if trace.sizes[0] < 2 {
+		t.Errorf("failed batch of %d; want more than one record", trace.sizes[0])
+	}
+}
+
+func fmtInts(v []int) string {
+	s := "["
+	for i, x := range v {
+		if i > 0 {
+			s += " "
+		}
+		s += strconv.Itoa(x)
+	}
+	return s + "]"
+}
+
+// A batch whose records are fenced by a rebalance (a second member takes
+// their partitions while the handler still runs past RebalanceDrainTimeout)
+// sees its context cancelled with cause broker.ErrStaleDelivery, and its
+// records are handled again by the partitions' owner, whatever the handler
+// returned: nothing is lost. Kafka protocol (in-process kfake cluster).
+func TestBatchFencedByRebalanceIsRedelivered(t *testing.T) {
+	e := newEnv(t)
+	t.Logf("running against %s", e.what)
+	topic := e.topic(t, "batch-fence")
+	const n = 200
+	e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i%16) })
+	var (
+		mu     sync.Mutex
+		good   = map[string]int{}
+		causes []error
+		once   sync.Once
+		stuck  = make(chan struct{})
+	)
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		blocked := false
+		once.Do(func() { blocked = true })
+		if blocked {
+			close(stuck)
+			<-ctx.Done() // held until the lease ends
+			mu.Lock()
+			causes = append(causes, context.Cause(ctx))
+			mu.Unlock()
+			return nil // as a careless handler would: still redelivered
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, m := range msgs {
+			good[m.ID]++
+		}
+		return nil
+	})
+	cfg := e.config(topic, "g-batch-fence")
+	cfg.RebalanceDrainTimeout = 200 * time.Millisecond
+	b := consumer.Batch{MaxSize: 500, MaxWait: 20 * time.Millisecond}
+	runKafkaBatch(t, e, cfg, b, h, consumer.WithConcurrency(2))
+	<-stuck
+	runKafkaBatch(t, e, cfg, b, h, consumer.WithConcurrency(2))
+	waitFor(t, "every record handled", 60*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(good) == n })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(causes) != 1 || !errors.Is(causes[0], broker.ErrStaleDelivery) {
+		t.Errorf("the blocked batch's context ended with %v; want broker.ErrStaleDelivery", causes)
+	}
+}
