@@ -14,12 +14,40 @@
 // # Connecting
 //
 // A Dialer says how to reach the broker: an amqp:// or amqps:// URL (its
-// vhost in the path), TLS settings, the heartbeat, and optionally a dial
+// vhost in the path), or the URLs of a cluster's nodes (see Clusters), TLS settings, the heartbeat, and optionally a dial
 // function of your own. Each Source and Publisher opens a connection of its
 // own, unless given a Connection to share (each then has its own channel on
 // it). NewSource and NewPublisher connect nothing: they validate their
 // configuration and return an error wrapping broker.ErrInvalidConfig when it
 // is wrong.
+//
+// # Clusters
+//
+// Dialer.URLs lists the nodes of a RabbitMQ cluster (Dialer.URL is the
+// one-node case; setting both is an error, and the constructors validate
+// every URL). Each connection — that of a Source, of a Publisher, or a
+// shared Connection — tries the nodes in an order of its own, shuffled once,
+// so that clients spread over the cluster, and stays on the first that
+// answers. When its connection is lost it redials from the node after the
+// one it had, so it moves to a live node at once; when no node answers, the
+// error names each node tried (passwords redacted) and the Source or
+// Publisher retries with its usual backoff (ReconnectMin, ReconnectMax).
+// A Source then makes sure of its topology and subscribes again on the new
+// node. Use quorum queues (Topology.QueueType Quorum) for a queue that must
+// survive the loss of a node: a quorum queue elects a new leader among the
+// remaining nodes, and consuming goes on. A classic queue lives on one
+// node and is unavailable while that node is down; so is the retry queue
+// (always classic), which a Source does not wait for: it subscribes to its
+// queue, and RequeueAfter fails (the message is given back or retried as
+// for any failed settlement) until the retry queue's node is back.
+//
+// When a node is lost, the deliveries a Source had not acknowledged on it
+// are delivered again, through the new connection: handlers may see up to
+// Config.Prefetch messages again per failover (at-least-once). A Publish
+// whose message was written to the lost node but not yet confirmed returns
+// an error saying the message may or may not have arrived, naming the node;
+// publishing it again is at-least-once. A Publish never returns nil for a
+// message the broker did not confirm.
 //
 // # Lifecycle
 //
