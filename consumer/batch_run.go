@@ -39,17 +39,21 @@ func (r *run) takeBatch(i int, in *intake) int {
 	s.state.Store(slotReceiving)
 	err := r.collect(in, wb)
 	if err != nil {
-		// Whatever was collected is given back unhandled, then the error is
-		// what a single Receive's would be.
-		r.giveBackBatch(wb)
-		s.state.Store(slotIdle)
+		// Whatever was collected is given back unhandled; the error is what
+		// a single Receive's would be.
 		if in.ctx.Err() != nil && !safeIsFatal(err) {
+			r.giveBackBatch(wb)
+			s.state.Store(slotIdle)
 			return takeNext // paused or stopping: look at the new intake
 		}
 		if safeIs(err, broker.ErrSourceClosed) {
 			err = broker.Fatal(err)
 		}
+		// Fail first, so that the drain (whose deadline bounds a give-back
+		// the broken source does not take) has begun.
 		r.fail(fmt.Errorf("receive: %w", err))
+		r.giveBackBatch(wb)
+		s.state.Store(slotIdle)
 		return takeExit
 	}
 	if in.stopped.Load() {

@@ -365,6 +365,9 @@ func TestBatchDrainAndPause(t *testing.T) {
 		if st := b.Stats("q"); st.Acked != 0 || st.Ready != 5 {
 			t.Fatalf("stats %+v; want 0 acked, 5 ready", st)
 		}
+		if cs := c.Stats(); cs.Abandoned != 1 || cs.GivenBack != 5 {
+			t.Errorf("consumer stats %+v; want 1 handler abandoned, 5 messages given back", cs)
+		}
 	})
 }
 
@@ -397,5 +400,64 @@ func TestBatchConcurrentWorkers(t *testing.T) {
 		if k != 1 {
 			t.Fatalf("%s handled %d times; want 1", id, k)
 		}
+	}
+}
+
+// The kill switch sees each message of a batch: a dependency down fails
+// whole batches, the switch trips, the messages of the batch in hand when it
+// tripped are given back unspent, and once the dependency is back every
+// message is acked, none dead-lettered. Adaptive concurrency limits batches.
+func TestBatchWithKillSwitchAndAdaptiveConcurrency(t *testing.T) {
+	const n = 200
+	b := memory.NewBroker()
+	publishN(t, b, "q", n)
+	var down atomic.Bool
+	down.Store(true)
+	var trips atomic.Int64
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		if down.Load() {
+			return errors.New("database down")
+		}
+		return nil
+	})
+	c, err := consumer.NewBatch(newSource(t, b, "q", 40), h, consumer.Batch{MaxSize: 10, MaxWait: 5 * time.Millisecond},
+		consumer.WithLogger(quiet), consumer.WithConcurrency(4), consumer.WithMaxDeliveries(3),
+		consumer.WithAdaptiveConcurrency(consumer.Adaptive{}),
+		consumer.WithKillSwitch(consumer.KillSwitch{MinMessages: 5, RestartTimeout: 20 * time.Millisecond, ProbeMessages: 3}),
+		consumer.WithEventHook(func(e consumer.Event) {
+			if e.Kind == consumer.EventTripped && trips.Add(1) == 1 {
+				down.Store(false)
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runBatch(t, c, func() bool { return b.Stats("q").Acked == n })
+	st := b.Stats("q")
+	if st.DeadLettered != 0 || trips.Load() < 1 {
+		t.Fatalf("dead-lettered %d, trips %d; want 0, at least 1", st.DeadLettered, trips.Load())
+	}
+	if cs := c.Stats(); cs.GivenBack < 1 {
+		t.Errorf("consumer stats %+v; want messages given back when the switch tripped", cs)
+	}
+}
+
+// With MaxWait 0 nothing is waited for: on a source that hands out one
+// delivery per Receive (memory, RabbitMQ) a batch is one message.
+func TestBatchMaxWaitZeroOnAPlainSource(t *testing.T) {
+	b := memory.NewBroker()
+	publishN(t, b, "q", 5)
+	log := newBatchLog()
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		log.see(msgs)
+		return nil
+	})
+	c, err := consumer.NewBatch(newSource(t, b, "q", 5), h, consumer.Batch{MaxSize: 5}, consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runBatch(t, c, func() bool { return b.Stats("q").Acked == 5 })
+	if fmt.Sprint(log.sizes) != "[1 1 1 1 1]" {
+		t.Fatalf("batch sizes %v; want [1 1 1 1 1]", log.sizes)
 	}
 }

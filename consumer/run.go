@@ -95,6 +95,7 @@ type run struct {
 	// Counters for Stats that the message path does not touch (the
 	// workers' own are in their slots).
 	abandonedCount atomic.Int64
+	abandonedExtra atomic.Int64 // deliveries of abandoned batches beyond one per handler (Stats.GivenBack)
 	settleFails    atomic.Int64
 	abandoned      int   // written by run before done is closed
 	closeErr       error // the source's Close failed; written by Run before done is closed
@@ -305,6 +306,7 @@ func (r *run) abandon(cause error) int {
 		if r.batches != nil {
 			// A batch is given back whole (batch_run.go).
 			taken = append(taken, r.batches[i].ds...)
+			r.abandonedExtra.Add(int64(len(r.batches[i].ds) - 1))
 			continue
 		}
 		taken = append(taken, s.d)

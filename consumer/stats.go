@@ -110,7 +110,7 @@ func (sc *slotCounts) count(herr error, s Settlement, settleErr error) {
 // races benignly with the workers (each counter is read atomically).
 func (r *run) runStats() Stats {
 	st := Stats{
-		GivenBack:    r.givenBack.Load() + r.abandonedCount.Load(),
+		GivenBack:    r.givenBack.Load() + r.abandonedCount.Load() + r.abandonedExtra.Load(),
 		Abandoned:    r.abandonedCount.Load(),
 		SettleFailed: r.settleFails.Load(),
 	}
