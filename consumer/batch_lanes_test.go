@@ -74,7 +74,7 @@ func (d *laneDelivery) set(how string) error {
 	return nil
 }
 
-func (d *laneDelivery) Message() *broker.Message { return &d.msg }
+func (d *laneDelivery) Message() *broker.Message  { return &d.msg }
 func (d *laneDelivery) Ack(context.Context) error { return d.set("ack") }
 func (d *laneDelivery) Requeue(context.Context) error {
 	return d.set("requeue")
