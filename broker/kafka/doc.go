@@ -181,7 +181,10 @@
 // delays of at most that tier, a record waits behind an earlier one by at
 // most the tier's length minus its own delay; choose tiers close to the
 // delays you use (in the longest tier, longer delays may hold shorter
-// ones). A retry record's offset in its tier topic is committed by the
+// ones). HeaderDue is the writer's wall-clock time: a member whose clock
+// runs ahead of the writer's hands a record out early by the difference,
+// so keep the members' clocks synchronized (NTP). A retry record's offset
+// in its tier topic is committed by the
 // same gap-safe rules once it was settled; settling it with a delay again
 // writes it to a tier again, with the next attempt. Dead-lettering it
 // writes the original topic, partition and offset in HeaderTopic,

@@ -310,6 +310,16 @@ func (s *Source) holdLocked(rec *record, wait time.Duration) {
 	})
 }
 
+// dueMillis is t in Unix milliseconds, rounded up: truncated, a record
+// could come back up to a millisecond before its delay.
+func dueMillis(t time.Time) int64 {
+	ms := t.UnixMilli()
+	if time.UnixMilli(ms).Before(t) {
+		ms++
+	}
+	return ms
+}
+
 // dueIn is how long rec, a tier record, is still to be held (<= 0: due).
 // A record without a readable HeaderDue is due at once.
 func dueIn(rec *record, now time.Time) time.Duration {
@@ -399,7 +409,7 @@ func (d *delivery) requeueToTier(ctx context.Context, rs *retryState, delay time
 	h[HeaderPartition] = strconv.Itoa(part)
 	h[HeaderOffset] = strconv.FormatInt(off, 10)
 	h[HeaderAttempt] = strconv.Itoa(d.msg.Attempt + 1)
-	h[HeaderDue] = strconv.FormatInt(time.Now().Add(delay).UnixMilli(), 10)
+	h[HeaderDue] = strconv.FormatInt(dueMillis(time.Now().Add(delay)), 10)
 	// The record still counts as dispatched while it is written, so a
 	// drain waits for the write.
 	werr := rs.w.Publish(ctx, t.topic, &broker.Message{Key: m.Key, Body: m.Value, Header: h, Time: m.Time})
