@@ -494,47 +494,15 @@ const readChunk = 64
 // at once (followLeader).
 const fetchMetadataTTL = time.Second
 
-// staleLeader reports whether a fetch or offsets read failed in a way that
-// reading the cluster's layout again can fix: the broker it reached no
-// longer leads the partition (the leader moved), the leader is being
-// elected, the broker is not in the layout any more, or the connection to
-// it failed (the broker went away).
-func staleLeader(err error) bool {
-	var ke kafkago.Error
-	if errors.As(err, &ke) {
-		switch ke {
-		case kafkago.NotLeaderForPartition, kafkago.LeaderNotAvailable, kafkago.BrokerNotAvailable,
-			kafkago.ReplicaNotAvailable, kafkago.FencedLeaderEpoch, kafkago.UnknownLeaderEpoch:
-			return true
-		}
-		return false
-	}
-	return true // not a Kafka error code: a network error or a timeout
-}
-
-// followLeader makes the fetch transport read the cluster's layout (the
-// partitions' leaders, the brokers' addresses) before its next request,
-// after a request sent at sent failed with a staleLeader error. kafka-go's
-// Transport refreshes its cached layout only every MetadataTTL (randomly
-// within it) and never on a NOT_LEADER answer: the fetcher would ask the
-// old leader again and again, backing off, for up to a second after each
-// move, and longer when its backoff had grown meanwhile. Dropping the
-// transport's connection pool is the one way to get a fresh layout at once:
-// the next request opens a new pool, whose first step is a Metadata
-// request. Requests in flight finish on the old pool, which closes when
-// the last of them returns.
-//
-// The fetchers of a generation share the transport: when several fail
-// because of one move, the first drops the pool and the others, whose
-// requests were sent before that, find it already done.
+// followLeader makes the fetch transport read the cluster's layout before
+// its next request (see layoutDropper), after a fetch or offsets read sent
+// at sent failed with a staleLeader error: the fetcher would otherwise ask
+// the old leader again, backing off, until the transport's periodic
+// refresh (within fetchMetadataTTL), and longer when its backoff had grown
+// meanwhile. The fetchers of a generation share the transport and its
+// dropper.
 func (g *generation) followLeader(sent time.Time) {
-	g.layoutMu.Lock()
-	defer g.layoutMu.Unlock()
-	if g.layoutDropped.After(sent) {
-		return // dropped since the failed request was sent
-	}
-	g.layoutDropped = time.Now()
-	g.s.fetchTr.CloseIdleConnections()
+	g.layout.drop(sent)
 }
 
 // resetBeyondEnd picks where to fetch a partition whose committed or next

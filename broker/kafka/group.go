@@ -26,7 +26,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -142,10 +141,9 @@ type generation struct {
 	lease    context.Context
 	endLease context.CancelFunc
 
-	// layoutMu guards layoutDropped: when a fetcher last dropped the fetch
-	// transport's cached cluster layout (see followLeader).
-	layoutMu      sync.Mutex
-	layoutDropped time.Time
+	// layout drops the fetch transport's cached cluster layout when a
+	// fetcher finds it stale (see followLeader).
+	layout layoutDropper
 }
 
 // A partition is one assigned partition within a generation.
@@ -211,6 +209,7 @@ func (s *Source) serve(kg *kafkago.Generation) {
 		parts:   make(map[int]*partition),
 		kick:    make(chan struct{}, 1),
 		drained: make(chan struct{}),
+		layout:  layoutDropper{t: s.fetchTr},
 	}
 	g.lease, g.endLease = context.WithCancel(context.Background())
 	ids := make([]int, 0, len(kg.Assignments[s.cfg.Topic]))
