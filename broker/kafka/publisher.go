@@ -140,7 +140,11 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		WriteTimeout: cfg.WriteTimeout,
 		RequiredAcks: cfg.RequiredAcks,
 		Compression:  cfg.Compression,
-		Transport:    t,
+		// A write refused because the partition's leader moved (or failed
+		// because its broker went away) makes the transport read the
+		// cluster's layout again, so that the next attempt goes to the new
+		// leader (see leaderFollower).
+		Transport: &leaderFollower{d: layoutDropper{t: t}},
 		// Retries are the caller's decision (Publish returns the error);
 		// kafka-go's default of 10 attempts would hide a dead cluster for
 		// seconds. Keep a few for leader changes.
