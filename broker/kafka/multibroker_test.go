@@ -25,12 +25,14 @@ package kafka_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -165,12 +167,18 @@ func (ct *connTracker) dial(ctx context.Context, network, addr string) (net.Conn
 	return c, nil
 }
 
+// cut ends every connection to addr as a broker that goes away does: from
+// the client's side, a read finds the connection closed by the other end
+// (io.EOF) and a write fails with EPIPE. Closing the client's sockets
+// plainly would give "use of closed network connection" instead, an error
+// no broker causes.
 func (ct *connTracker) cut(addr string) int {
 	ct.mu.Lock()
 	open := ct.conns[addr]
 	delete(ct.conns, addr)
 	ct.mu.Unlock()
 	for c := range open {
+		c.cut.Store(true)
 		c.Conn.Close()
 	}
 	return len(open)
@@ -180,6 +188,33 @@ type cutConn struct {
 	net.Conn
 	ct   *connTracker
 	addr string
+	cut  atomic.Bool
+}
+
+func (c *cutConn) Read(b []byte) (int, error) {
+	if c.cut.Load() {
+		return 0, io.EOF
+	}
+	n, err := c.Conn.Read(b)
+	if err != nil && c.cut.Load() {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (c *cutConn) Write(b []byte) (int, error) {
+	if c.cut.Load() {
+		return 0, c.brokenPipe()
+	}
+	n, err := c.Conn.Write(b)
+	if err != nil && c.cut.Load() {
+		err = c.brokenPipe()
+	}
+	return n, err
+}
+
+func (c *cutConn) brokenPipe() error {
+	return &net.OpError{Op: "write", Net: "tcp", Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", syscall.EPIPE)}
 }
 
 func (c *cutConn) Close() error {
@@ -650,5 +685,43 @@ func TestCommitWhileCoordinatorMovesIsNotLost(t *testing.T) {
 		offs, old, e.cluster.CoordinatorFor(group), notCoordinator.Load(), len(l.times), l.total)
 	if l.total != 2100 || len(l.times) != 2100 {
 		t.Errorf("%d handlings of %d records; want 2100 of 2100 (a record handled twice: a commit was lost at the coordinator move)", l.total, len(l.times))
+	}
+}
+
+// Kafka protocol (in-process kfake cluster, 3 brokers): a Publisher follows
+// the partition's leader when it moves, and when its broker is removed (its
+// connections cut): the publish right after each succeeds, kafka-go's
+// Writer retrying it after the Publisher read the cluster's layout again.
+func TestPublisherFollowsLeaderMoveAndRemovedBroker(t *testing.T) {
+	e := newCluster3(t)
+	t.Logf("running against %s", e.what)
+	topic := e.replicatedTopic(t, "publeader")
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: e.brokers, Topic: topic, Dialer: e.dialer, BatchTimeout: time.Millisecond,
+		Balancer: kafkago.BalancerFunc(func(kafkago.Message, ...int) int { return 0 })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close(context.Background())
+	publish := func(i int) error {
+		return pub.Publish(context.Background(), topic, &broker.Message{Body: []byte(itoa(i))})
+	}
+	if err := publish(0); err != nil {
+		t.Fatalf("Publish before any move: %v", err)
+	}
+	old := e.cluster.LeaderFor(topic, 0)
+	if err := e.cluster.MoveTopicPartition(topic, 0, (old+1)%3); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish(1); err != nil {
+		t.Errorf("Publish after partition 0's leader moved from broker %d to %d: %v", old, (old+1)%3, err)
+	}
+	leader := e.cluster.LeaderFor(topic, 0)
+	cut := e.removeNode(t, leader)
+	if err := publish(2); err != nil {
+		t.Errorf("Publish after partition 0's leader, broker %d, was removed (%d connections cut; new leader %d): %v",
+			leader, cut, e.cluster.LeaderFor(topic, 0), err)
+	}
+	if got := e.endOffsets(t, topic)[0]; got != 3 {
+		t.Errorf("partition 0 holds %d records; want 3", got)
 	}
 }
