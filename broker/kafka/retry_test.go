@@ -13,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/brokertest"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/retry"
@@ -241,6 +243,20 @@ func TestRetryTopicsAttemptSurvivesARestart(t *testing.T) {
 		t.Errorf("the record was handed out again (Attempt %d, Topic %s)", g2.m.Attempt, g2.m.Topic)
 	case <-time.After(500 * time.Millisecond):
 	}
+	// Its offset in the retry topic is committed once handled, in the
+	// tier's own group (2 s went to the 5 s tier).
+	tier := kafka.RetryTopicName(topic, 5*time.Second)
+	waitFor(t, "the retry record's offset committed", 10*time.Second, func() bool {
+		ends, done := e.endOffsets(t, tier), e.committed(t, "g.retry.5s", tier)
+		n := 0
+		for p, end := range ends {
+			n += int(end)
+			if end > 0 && done[p] != end {
+				return false
+			}
+		}
+		return n == 1
+	})
 }
 
 // TestRetryTopicsDeadLetterAfterTheBudget: a record that keeps failing goes
@@ -429,4 +445,64 @@ func TestRetryTopicsWriteFailureLosesNothing(t *testing.T) {
 	if got := readAll(t, e, tierTopic, partitions); len(got) != 0 {
 		t.Errorf("the retry topic holds %d records; want none", len(got))
 	}
+}
+
+// TestConformanceWithRetryTopics runs the public conformance suite on a
+// Source with retry topics: its delayed requeues go through them (the
+// suite's DelayedRequeue cases: not before the delay, Attempt one higher).
+// Plain requeues stay in process, so a new member still starts a record
+// that was not delay-requeued at Attempt 1 (no DurableDeliveryCount).
+func TestConformanceWithRetryTopics(t *testing.T) {
+	e := newEnv(t)
+	t.Logf("running against %s", e.what)
+	tiers := []time.Duration{100 * time.Millisecond, time.Second}
+	var groups atomic.Int64
+	brokertest.Run(t, brokertest.Harness{
+		Capabilities: brokertest.Capabilities{DeliveryCount: true, DelayedRequeue: true, UnknownDestination: true},
+		Quiet:        500 * time.Millisecond,
+		Setup: func(t *testing.T) brokertest.Fixture {
+			topic := e.topic(t, "conformance-retry")
+			for _, d := range tiers {
+				e.createTopic(t, kafka.RetryTopicName(topic, d), partitions)
+			}
+			group := "g-conformance-retry-" + itoa(int(groups.Add(1)))
+			return brokertest.Fixture{
+				Destination:           topic,
+				PublishDestination:    topic,
+				UnknownDestination:    topic + ".missing",
+				DeadLetterDestination: topic + ".dlt",
+				NewPublisher: func(t *testing.T) broker.Publisher {
+					pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: e.brokers, BatchTimeout: time.Millisecond})
+					if err != nil {
+						t.Fatalf("NewPublisher = %v", err)
+					}
+					return pub
+				},
+				NewSource: func(t *testing.T, prefetch int) broker.Source {
+					cfg := e.config(topic, group)
+					cfg.Ordering = kafka.ByKey
+					cfg.MaxInFlight = max(prefetch, 1)
+					cfg.RetryTopics = tiers
+					return newSource(t, cfg)
+				},
+				DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
+					r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: e.brokers, Topic: topic + ".dlt", Partition: 0, MaxWait: 100 * time.Millisecond})
+					defer r.Close()
+					var out []broker.Message
+					for len(out) < n {
+						m, err := r.FetchMessage(ctx)
+						if err != nil {
+							break
+						}
+						h := map[string]string{}
+						for _, x := range m.Headers {
+							h[x.Key] = string(x.Value)
+						}
+						out = append(out, broker.Message{Topic: m.Topic, Key: m.Key, Body: m.Value, Header: h, Time: m.Time})
+					}
+					return out
+				},
+			}
+		},
+	})
 }
