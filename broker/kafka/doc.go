@@ -165,7 +165,9 @@
 // record marked handled, so that its offset is committed with the gap-safe
 // rules above and its partition moves on. When the write fails, the record
 // is retried in process instead, holding its lane for the delay, as
-// without retry topics, and the failure is logged: nothing is lost.
+// without retry topics, and the failure is logged: nothing is lost. (A
+// write cut short by its context may still have reached the tier topic;
+// the record then comes back twice: at least once, as everywhere.)
 //
 // The Source consumes every tier topic, each in a consumer group of its own
 // (GroupID + ".retry." + the tier, e.g. "billing.retry.30s", so that a

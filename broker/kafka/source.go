@@ -212,7 +212,8 @@ func (s *Source) emit(kind broker.EventKind, err error) {
 // Status implements broker.StatusReporter: Connected is true while the
 // Source is a member of the group (including during a rebalance); Err is the
 // last error from joining — or, while a member, an error saying that the
-// topic does not exist (or its partitions cannot be read), or one wrapping
+// topic — or one of its retry topics (Config.RetryTopics) — does not
+// exist (or its partitions cannot be read), or one wrapping
 // ErrDeadLetterUnwritable while records wait for a dead-letter write that
 // retrying cannot fix (their partitions do not move meanwhile).
 func (s *Source) Status() broker.Status {
