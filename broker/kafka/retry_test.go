@@ -506,3 +506,45 @@ func TestConformanceWithRetryTopics(t *testing.T) {
 		},
 	})
 }
+
+// TestRetryTopicsPauseHoldsRetryRecords: a paused Source hands out no retry
+// record, due or not; after Resume the record comes, with Attempt 2, from
+// the Source's own Receive (no runtime in between).
+func TestRetryTopicsPauseHoldsRetryRecords(t *testing.T) {
+	e := newEnv(t)
+	topic, cfg := retryTopicSource(t, e, "retry-pause", "g", []time.Duration{100 * time.Millisecond})
+	e.produce(t, topic, 0, 1, itoa)
+	src := newSource(t, cfg)
+	defer src.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	d, err := src.Receive(ctx)
+	if err != nil {
+		t.Fatalf("Receive: %v", err)
+	}
+	id := d.Message().ID
+	if err := d.(broker.DelayedRequeuer).RequeueAfter(ctx, 100*time.Millisecond); err != nil {
+		t.Fatalf("RequeueAfter: %v", err)
+	}
+	if err := src.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 700*time.Millisecond)
+	if d, err := src.Receive(short); err == nil {
+		t.Errorf("a paused Source handed out %s (Attempt %d)", d.Message().ID, d.Message().Attempt)
+	}
+	cancelShort()
+	if err := src.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d, err = src.Receive(ctx)
+	if err != nil {
+		t.Fatalf("Receive after Resume: %v", err)
+	}
+	if m := d.Message(); m.ID != id || m.Attempt != 2 || m.Topic != topic {
+		t.Errorf("after Resume: %s %s Attempt %d; want %s %s Attempt 2", m.Topic, m.ID, m.Attempt, topic, id)
+	}
+	if err := d.Ack(ctx); err != nil {
+		t.Errorf("Ack: %v", err)
+	}
+}
