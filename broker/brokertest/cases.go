@@ -28,6 +28,7 @@ var cases = []testCase{
 	{name: "Receive blocks while prefetch deliveries are unsettled", needs: []need{needPrefetch}, run: testPrefetch},
 	{name: "RequeueAfter delivers the message again after the delay", needs: []need{needDelayed}, run: testRequeueAfter},
 	{name: "concurrent Receive from 8 goroutines loses and duplicates nothing", run: testConcurrentReceive},
+	{name: "ReceiveBatch returns 1 to max deliveries, each once, settled in any order, and a lane released out of order comes again in order", run: testBatchReceive},
 	{name: "Close with a cancelled context returns at once and unsettled deliveries come back to a new source", run: testCloseBounded},
 	{name: "Publish sends a batch in order with its key, headers, ID and JSON content type", run: testPublishBatch},
 	{name: "Publish after Close returns ErrPublisherClosed", run: testPublishClosed},
