@@ -160,13 +160,13 @@ func (c *testCluster) kill(t *testing.T, n int) {
 }
 
 // restore starts node n again: start_app when its VM runs, else the
-// script's start (which starts only what is down). Idempotent.
+// script's start of that node. Idempotent.
 func (c *testCluster) restore(t *testing.T, n int) {
 	t.Helper()
 	if _, err := c.ctl(n, "start_app"); err == nil {
 		return
 	}
-	if _, err := clusterCmd("start"); err != nil {
+	if _, err := clusterCmd("start", strconv.Itoa(n)); err != nil {
 		t.Errorf("restarting node %d: %v", n, err)
 	}
 }
@@ -202,7 +202,7 @@ func TestClusterFailover(t *testing.T) {
 	const (
 		total      = 20000
 		prefetch   = 64
-		rate       = 1000 // messages per second published
+		rate       = 800 // messages per second published: 25 s, over both failovers
 		publishers = 16
 	)
 	start := time.Now()
@@ -244,7 +244,19 @@ func TestClusterFailover(t *testing.T) {
 		mu.Unlock()
 		return nil
 	})
-	cons, err := consumer.New(src, h, consumer.WithConcurrency(8), consumer.WithMaxDeliveries(50), consumer.WithLogger(quietLogger()))
+	type srcEvent struct {
+		kind consumer.EventKind
+		at   time.Time
+	}
+	var events []srcEvent // the source's connection events, under mu
+	hook := consumer.WithEventHook(func(e consumer.Event) {
+		if e.Kind == consumer.EventReconnecting || e.Kind == consumer.EventConnected {
+			mu.Lock()
+			events = append(events, srcEvent{e.Kind, time.Now()})
+			mu.Unlock()
+		}
+	})
+	cons, err := consumer.New(src, h, consumer.WithConcurrency(8), consumer.WithMaxDeliveries(50), consumer.WithLogger(quietLogger()), hook)
 	_, cancel, done := runInBackground(t, cons, err)
 	defer func() {
 		cancel()
@@ -316,15 +328,17 @@ func TestClusterFailover(t *testing.T) {
 	pubDone := make(chan struct{})
 	go func() { pwg.Wait(); close(pubDone) }()
 
-	waitFor(t, 30*time.Second, "the first 2,000 messages consumed", func() bool { return consumedOnce() >= 2000 })
+	waitFor(t, 30*time.Second, "the first 1,500 messages consumed", func() bool { return consumedOnce() >= 1500 })
 
 	// Failover 1: the consumer's node stops.
 	type failover struct {
 		what       string
 		node       int
-		at         time.Time // the stop command started
-		resumed    time.Duration
-		maxGap     time.Duration
+		at         time.Time     // the stop command started
+		maxGap     time.Duration // the longest pause in consuming after at
+		lost       bool          // the consumer lost its connection
+		subscribed time.Duration // from its loss to the source subscribed again
+		resumed    time.Duration // from its loss to the first message handled after
 		dups       int
 		consumedAt int
 	}
@@ -341,9 +355,10 @@ func TestClusterFailover(t *testing.T) {
 			return len(handledAt) >= before+200
 		})
 		mu.Lock()
-		// Resume time: from the stop command's start to the first
-		// handling after the longest pause since (the outage).
-		var gapEnd time.Time
+		defer mu.Unlock()
+		// The outage as the handlers see it: the longest pause between
+		// two handlings since the stop command started (the command
+		// itself takes a second or two before the node stops).
 		for i := 1; i < len(handledAt); i++ {
 			if handledAt[i].Before(fo.at) {
 				continue
@@ -352,13 +367,28 @@ func TestClusterFailover(t *testing.T) {
 			if prev.Before(fo.at) {
 				prev = fo.at
 			}
-			if g := handledAt[i].Sub(prev); g > fo.maxGap {
-				fo.maxGap, gapEnd = g, handledAt[i]
-			}
+			fo.maxGap = max(fo.maxGap, handledAt[i].Sub(prev))
 		}
-		mu.Unlock()
-		if !gapEnd.IsZero() {
-			fo.resumed = gapEnd.Sub(fo.at)
+		// When the consumer's connection was lost: from then to the
+		// source subscribed again, and to the next message handled.
+		for i, e := range events {
+			if e.at.Before(fo.at) || e.kind != consumer.EventReconnecting {
+				continue
+			}
+			fo.lost = true
+			for _, e2 := range events[i+1:] {
+				if e2.kind == consumer.EventConnected {
+					fo.subscribed = e2.at.Sub(e.at)
+					break
+				}
+			}
+			for _, at := range handledAt {
+				if at.After(e.at) {
+					fo.resumed = at.Sub(e.at)
+					break
+				}
+			}
+			break
 		}
 	}
 
@@ -367,13 +397,14 @@ func TestClusterFailover(t *testing.T) {
 	fos = append(fos, fo1)
 	c.stopApp(t, n1)
 	resume(fo1)
-	t.Logf("failover 1: consumer's node qk-c%d stopped (consumer now on qk-c%d)", n1, c.nodeOfAddr(rec.addr()))
+	t.Logf("%v: failover 1: consumer's node qk-c%d stopped (consumer now on qk-c%d)", since(start), n1, c.nodeOfAddr(rec.addr()))
 	c.restore(t, n1) // two of three must run for the second failover to keep a quorum
 	// A quorum member that was down catches up before it counts again.
 	waitFor(t, 60*time.Second, "node back", func() bool {
 		_, err := c.ctl(n1, "await_startup", "--timeout", "5")
 		return err == nil
 	})
+	t.Logf("%v: qk-c%d back", since(start), n1)
 	time.Sleep(time.Second)
 
 	// Failover 2: the leader's node stops, and its VM is killed.
@@ -386,10 +417,10 @@ func TestClusterFailover(t *testing.T) {
 	fos = append(fos, fo2)
 	c.kill(t, l)
 	resume(fo2)
-	t.Logf("failover 2: leader's node qk-c%d stopped and killed (new leader qk-c%d, consumer on qk-c%d)", l, c.leader(t, ask, q), c.nodeOfAddr(rec.addr()))
+	t.Logf("%v: failover 2: leader's node qk-c%d stopped and killed (new leader qk-c%d, consumer on qk-c%d)", since(start), l, c.leader(t, ask, q), c.nodeOfAddr(rec.addr()))
 	// The killed node restarts meanwhile (the cluster is reusable after).
 	restored := make(chan struct{})
-	go func() { defer close(restored); _, _ = clusterCmd("start") }()
+	go func() { defer close(restored); c.restore(t, l) }()
 
 	select {
 	case <-pubDone:
@@ -409,6 +440,7 @@ func TestClusterFailover(t *testing.T) {
 		}
 		return true
 	})
+	t.Logf("%v: every confirmed message consumed", since(start))
 	time.Sleep(500 * time.Millisecond) // late redeliveries count too
 	cancel()
 	if err := <-done; err != nil {
@@ -416,6 +448,7 @@ func TestClusterFailover(t *testing.T) {
 	}
 	done = closedErr()
 	<-restored
+	t.Logf("%v: qk-c%d back", since(start), l)
 
 	mu.Lock()
 	defer mu.Unlock()
@@ -453,8 +486,13 @@ func TestClusterFailover(t *testing.T) {
 		t.Logf("  publish error ×%d: %s", n, err)
 	}
 	for i, fo := range fos {
-		t.Logf("failover %d (%s, qk-c%d, after %d consumed): consuming resumed %v after the stop command (longest pause %v); %d duplicates",
-			i+1, fo.what, fo.node, fo.consumedAt, fo.resumed.Round(time.Millisecond), fo.maxGap.Round(time.Millisecond), fo.dups)
+		conn := "the consumer kept its connection"
+		if fo.lost {
+			conn = fmt.Sprintf("the consumer lost its connection: subscribed again after %v, first message handled after %v",
+				fo.subscribed.Round(time.Millisecond), fo.resumed.Round(time.Millisecond))
+		}
+		t.Logf("failover %d (%s, qk-c%d, after %d consumed): longest pause in consuming %v; %s; %d duplicates",
+			i+1, fo.what, fo.node, fo.consumedAt, fo.maxGap.Round(time.Millisecond), conn, fo.dups)
 		if fo.dups > prefetch {
 			t.Errorf("failover %d: %d duplicates; want at most the prefetch, %d", i+1, fo.dups, prefetch)
 		}
@@ -478,6 +516,8 @@ func clusterLogger() *slog.Logger {
 	}
 	return quietLogger()
 }
+
+func since(t time.Time) time.Duration { return time.Since(t).Round(100 * time.Millisecond) }
 
 // closedErr returns a channel that yields one nil.
 func closedErr() chan error {
