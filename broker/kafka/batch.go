@@ -29,7 +29,8 @@ var (
 // record, the later records of its lane in the batch are given back with
 // Release, and come again after it. They may be settled in any order.
 // Offsets are committed as with Receive: up to the first unsettled record
-// of each partition.
+// of each partition. With Config.RetryTopics, a due retry record is handed
+// out first, in a batch of its own.
 func (s *Source) ReceiveBatch(ctx context.Context, n int) ([]broker.Delivery, error) {
 	n = min(max(n, 1), 1<<16)
 	s.startOnce.Do(s.start)
@@ -54,14 +55,7 @@ func (s *Source) ReceiveBatch(ctx context.Context, n int) ([]broker.Delivery, er
 			ds := make([]broker.Delivery, len(recs))
 			attempts := make([]int, len(recs))
 			for i, rec := range recs {
-				rec.g.dispatched++
-				d := &rec.first
-				if rec.out {
-					d = new(delivery)
-				}
-				rec.out = true
-				attempts[i] = rec.attempt
-				ds[i] = d
+				ds[i], attempts[i] = s.handOutLocked(rec)
 			}
 			more := s.ready.len() > 0
 			s.mu.Unlock()
