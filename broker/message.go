@@ -31,7 +31,9 @@ type Message struct {
 	Time time.Time
 	// Attempt is 1 on the first delivery and grows with each redelivery.
 	// Adapters take it from broker counters where they exist (x-delivery-count,
-	// x-death), so the delivery budget survives consumer restarts.
+	// x-death, a SQL row's attempts column, a Kafka retry topic's header), so
+	// the delivery budget survives consumer restarts there; docs/attempts.md
+	// in the repository says what each broker can and cannot count.
 	Attempt int
 }
 
