@@ -119,6 +119,12 @@ func newRetry(s *Source) (*retryState, error) {
 	w, err := NewPublisher(PublisherConfig{
 		Brokers: cfg.Brokers,
 		Dialer:  cfg.Dialer,
+		// One record per request, as for dead letters: a record as large
+		// as the main topic allows is never refused by the client, nor
+		// for the records it was batched with (a refused write falls
+		// back to the in-process retry).
+		BatchSize:  1,
+		BatchBytes: deadLetterBatchBytes(0),
 		// A retry write is waited for by the worker that failed the
 		// record: never let it wait for others to batch with.
 		BatchTimeout: time.Millisecond,
