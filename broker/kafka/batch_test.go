@@ -467,3 +467,92 @@ func TestBatchFencedByRebalanceIsRedelivered(t *testing.T) {
 		t.Errorf("the blocked batch's context ended with %v; want broker.ErrStaleDelivery", causes)
 	}
 }
+
+// Under ByKey with 4 workers, batches of up to 64 and about one record in
+// 23 failing on its first attempt: no commit passes a record whose handler
+// has not succeeded, every record is handled, and each key's records are
+// handled for the last time in offset order. Kafka protocol (in-process
+// kfake cluster).
+func TestBatchByKeyWithFailuresKeepsKeyOrderAndCommitsSafely(t *testing.T) {
+	e := newEnv(t)
+	e.needKfake(t) // the commit check reads OffsetCommit requests
+	t.Logf("running against %s", e.what)
+	topic := e.topic(t, "batch-bykey")
+	const n, keys = 3000, 40
+	e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i%keys) })
+	watch := newCommitWatch()
+	watch.install(e, "g-batch-bykey", topic)
+	var (
+		trace batchTrace
+		mu    sync.Mutex
+		ok    = map[string]bool{}
+	)
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		trace.add(msgs)
+		failed := map[int]error{}
+		mu.Lock()
+		defer mu.Unlock()
+		for i, m := range msgs {
+			body, _ := strconv.Atoi(string(m.Body))
+			if body%23 == 7 && m.Attempt == 1 {
+				failed[i] = errors.New("refused once")
+				continue
+			}
+			ok[m.ID] = true
+			p, off := idOffset(m.ID)
+			watch.finish(p, off)
+		}
+		return consumer.BatchFailures(failed)
+	})
+	cfg := e.config(topic, "g-batch-bykey")
+	cfg.Ordering = kafka.ByKey
+	cfg.MaxInFlight = 64
+	cfg.CommitBatch = 50 // many commits to check
+	runKafkaBatch(t, e, cfg, consumer.Batch{MaxSize: 64, MaxWait: 5 * time.Millisecond}, h, consumer.WithConcurrency(4))
+	end := e.endOffsets(t, topic)
+	waitFor(t, "every record committed", 60*time.Second, func() bool {
+		got := e.committed(t, "g-batch-bykey", topic)
+		for p := range partitions {
+			if got[p] != end[p] {
+				return false
+			}
+		}
+		return true
+	})
+
+	watch.mu.Lock()
+	defer watch.mu.Unlock()
+	for _, v := range watch.violations[:min(len(watch.violations), 5)] {
+		t.Error(v)
+	}
+	if watch.commits < 5 {
+		t.Errorf("only %d commits observed; the check saw too little", watch.commits)
+	}
+	trace.mu.Lock()
+	defer trace.mu.Unlock()
+	last := map[string]int{}
+	for i, r := range trace.recs {
+		last[r.id] = i
+	}
+	if len(last) != n {
+		t.Fatalf("%d distinct records handled; want %d", len(last), n)
+	}
+	prev := map[string]int64{}
+	for i, r := range trace.recs {
+		if last[r.id] != i {
+			continue
+		}
+		p, off := idOffset(r.id)
+		lane := strconv.Itoa(p) + "/" + r.key
+		if q, seen := prev[lane]; seen && off < q {
+			t.Errorf("key %s: offset %d handled for good after %d", lane, off, q)
+		}
+		prev[lane] = off
+	}
+	maxSize := 0
+	for _, s := range trace.sizes {
+		maxSize = max(maxSize, s)
+	}
+	t.Logf("%d records, %d keys: %d handlings in %d batches (largest %d), %d commits checked, %d violations",
+		n, keys, len(trace.recs), len(trace.sizes), maxSize, watch.commits, len(watch.violations))
+}
