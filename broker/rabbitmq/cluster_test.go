@@ -419,8 +419,14 @@ func TestClusterFailover(t *testing.T) {
 	resume(fo2)
 	t.Logf("%v: failover 2: leader's node qk-c%d stopped and killed (new leader qk-c%d, consumer on qk-c%d)", since(start), l, c.leader(t, ask, q), c.nodeOfAddr(rec.addr()))
 	// The killed node restarts meanwhile (the cluster is reusable after).
-	restored := make(chan struct{})
-	go func() { defer close(restored); c.restore(t, l) }()
+	restored := make(chan error, 1) // no t.Error on this goroutine: the test may have ended when it is done
+	go func() { _, err := clusterCmd("start", strconv.Itoa(l)); restored <- err }()
+	defer func() {
+		if err := <-restored; err != nil {
+			t.Errorf("restarting node %d: %v", l, err)
+		}
+		t.Logf("%v: qk-c%d back", since(start), l)
+	}()
 
 	select {
 	case <-pubDone:
@@ -447,8 +453,6 @@ func TestClusterFailover(t *testing.T) {
 		t.Errorf("consumer Run = %v", err)
 	}
 	done = closedErr()
-	<-restored
-	t.Logf("%v: qk-c%d back", since(start), l)
 
 	mu.Lock()
 	defer mu.Unlock()
