@@ -461,3 +461,42 @@ func TestBatchMaxWaitZeroOnAPlainSource(t *testing.T) {
 		t.Fatalf("batch sizes %v; want [1 1 1 1 1]", log.sizes)
 	}
 }
+
+// A batch consumer is a Consumer: a Supervisor runs it, reports it ready,
+// pauses and resumes it by name, and drains it when its context ends.
+func TestBatchConsumerUnderASupervisor(t *testing.T) {
+	b := memory.NewBroker()
+	publishN(t, b, "q", 20)
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error { return nil })
+	c, err := consumer.NewBatch(newSource(t, b, "q", 10), h, consumer.Batch{MaxSize: 10, MaxWait: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup := &consumer.Supervisor{Logger: quiet}
+	if err := sup.Add("bulk", c); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	waitFor(t, "the first 20 acked", func() bool { return b.Stats("q").Acked == 20 })
+	if h := sup.Health(); !h.Ready || h.Runners[0].Name != "bulk" || h.Runners[0].State != consumer.StateRunning {
+		t.Fatalf("Health() = %+v; want ready, bulk running", h)
+	}
+	if err := sup.Pause(context.Background(), "bulk"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "paused", func() bool { return c.State() == consumer.StatePaused })
+	publishN(t, b, "q", 5)
+	if err := sup.Resume(context.Background(), "bulk"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all acked", func() bool { return b.Stats("q").Acked == 25 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Supervisor.Run = %v", err)
+	}
+	if st := c.State(); st != consumer.StateStopped {
+		t.Fatalf("State() = %v after the Supervisor stopped; want stopped", st)
+	}
+}
