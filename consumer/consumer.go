@@ -14,7 +14,8 @@ import (
 )
 
 // A Consumer takes deliveries from a Source, runs a Handler on each with
-// bounded concurrency, and settles every delivery according to the result:
+// bounded concurrency (or, made with NewBatch, a BatchHandler on batches of
+// them), and settles every delivery according to the result:
 // nil → Ack; a permanent error (retry.Permanent) → DeadLetter at once; any
 // other error → Requeue, until the delivery budget (WithMaxDeliveries) is
 // spent, then DeadLetter with the reason in the message headers.
