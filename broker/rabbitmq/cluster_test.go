@@ -202,7 +202,7 @@ func TestClusterFailover(t *testing.T) {
 	const (
 		total      = 20000
 		prefetch   = 64
-		rate       = 800 // messages per second published: 25 s, over both failovers
+		rate       = 1000 // messages per second published, at most
 		publishers = 16
 	)
 	start := time.Now()
@@ -265,8 +265,10 @@ func TestClusterFailover(t *testing.T) {
 		}
 	}()
 
-	// The publishers: message i goes out no earlier than start+i/rate, so
-	// that publishing spans both failovers; a failed publish is retried
+	// The publishers: at most rate messages a second in all; messages
+	// from 3,000 on wait for the first failover to start, and from 12,000
+	// on for the second, so that publishing goes on through both however
+	// long the nodes take to stop and restart. A failed publish is retried
 	// with a new id until one is confirmed.
 	pub, err := NewPublisher(PublisherConfig{
 		Dialer:       Dialer{URLs: c.urls, Heartbeat: 2 * time.Second},
@@ -285,7 +287,12 @@ func TestClusterFailover(t *testing.T) {
 		failed    []string // ids whose publish returned an error (may or may not be in the queue)
 		pubErrs   = map[string]int{}
 	)
-	pubStart := time.Now()
+	tick := time.NewTicker(time.Second / rate)
+	defer tick.Stop()
+	gate1, gate2 := make(chan struct{}), make(chan struct{}) // closed when failover 1, 2 start
+	var gateOnce1, gateOnce2 sync.Once
+	defer gateOnce1.Do(func() { close(gate1) })
+	defer gateOnce2.Do(func() { close(gate2) })
 	var pwg sync.WaitGroup
 	stopPub := make(chan struct{}) // a test that failed early stops its publishers
 	defer pwg.Wait()
@@ -295,9 +302,7 @@ func TestClusterFailover(t *testing.T) {
 		go func() {
 			defer pwg.Done()
 			for i := g; i < total; i += publishers {
-				select {
-				case <-time.After(time.Until(pubStart.Add(time.Duration(i) * time.Second / rate))):
-				case <-stopPub:
+				if i >= 3000 && !waitOr(gate1, stopPub) || i >= 12000 && !waitOr(gate2, stopPub) || !waitOr(tick.C, stopPub) {
 					return
 				}
 				for try := 1; ; try++ {
@@ -395,6 +400,7 @@ func TestClusterFailover(t *testing.T) {
 	n1 := c.nodeOfAddr(rec.addr())
 	fo1 := &failover{what: "stop_app of the consumer's node", node: n1, at: time.Now(), consumedAt: consumedOnce()}
 	fos = append(fos, fo1)
+	gateOnce1.Do(func() { close(gate1) })
 	c.stopApp(t, n1)
 	resume(fo1)
 	t.Logf("%v: failover 1: consumer's node qk-c%d stopped (consumer now on qk-c%d)", since(start), n1, c.nodeOfAddr(rec.addr()))
@@ -415,6 +421,7 @@ func TestClusterFailover(t *testing.T) {
 	}
 	fo2 := &failover{what: "stop_app and kill of the queue leader's node", node: l, at: time.Now(), consumedAt: consumedOnce()}
 	fos = append(fos, fo2)
+	gateOnce2.Do(func() { close(gate2) })
 	c.kill(t, l)
 	resume(fo2)
 	t.Logf("%v: failover 2: leader's node qk-c%d stopped and killed (new leader qk-c%d, consumer on qk-c%d)", since(start), l, c.leader(t, ask, q), c.nodeOfAddr(rec.addr()))
@@ -519,6 +526,16 @@ func clusterLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	return quietLogger()
+}
+
+// waitOr waits for ch; it reports false when stop came first.
+func waitOr[T any](ch <-chan T, stop <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	case <-stop:
+		return false
+	}
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(100 * time.Millisecond) }
