@@ -90,7 +90,9 @@ func (b Batch) validate() error {
 // holds what arrived within b.MaxWait). A Kafka source (a
 // broker.BatchReceiver) hands out runs of consecutive records of a partition
 // or key: its MaxInFlight bounds how many records of one partition a batch
-// can hold.
+// can hold, and a batch holds of each partition (or key) the records
+// fetched when it first took from it; what arrives later waits for the
+// next batch, while MaxWait lets other partitions join.
 //
 // Drain and pause: a batch whose collection is cut short by the intake
 // stopping (Pause, the kill switch, the drain) is given back whole, unhandled

@@ -22,7 +22,11 @@ var (
 // first. From each free lane it takes the head and the records queued
 // behind it, in offset order, as long as nothing else of that lane is out:
 // under ByPartition a batch can hold up to MaxInFlight records of one
-// partition. Then it takes from the next free lane, and so on.
+// partition. Then it takes from the next free lane, and so on. A lane with
+// records out takes no part in a later call until they are all settled: so
+// a batch collected over several calls (consumer.Batch.MaxWait) holds, of
+// each lane, the run that was queued when it first took from the lane, and
+// records of the lane fetched meanwhile wait for the next batch.
 //
 // Whoever settles a batch must keep each lane's order (see
 // broker.BatchReceiver; the consumer's batch runtime does): after a failed

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -555,4 +556,68 @@ func TestBatchByKeyWithFailuresKeepsKeyOrderAndCommitsSafely(t *testing.T) {
 	}
 	t.Logf("%d records, %d keys: %d handlings in %d batches (largest %d), %d commits checked, %d violations",
 		n, keys, len(trace.recs), len(trace.sizes), maxSize, watch.commits, len(watch.violations))
+}
+
+// A batch being collected when the intake stops is given back whole
+// (Release), at a Pause and at the drain, and nothing of it is committed:
+// the group's next member gets every record from the start. A batch that
+// waits for more records gets none of a partition it already holds: those
+// wait for the next batch. Kafka protocol (in-process kfake cluster).
+func TestBatchCollectingGivenBackOnPauseAndDrain(t *testing.T) {
+	e := newEnv(t)
+	t.Logf("running against %s", e.what)
+	topic := e.topic(t, "batch-pause")
+	const n = 100
+	e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i%16) })
+	var calls atomic.Int64
+	a := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		calls.Add(1)
+		return nil
+	})
+	cfg := e.config(topic, "g-batch-pause")
+	src := newSource(t, cfg)
+	// One more than there is, and an hour to wait: the batch is collected
+	// and never complete.
+	c, err := consumer.NewBatch(src, a, consumer.Batch{MaxSize: n + 1, MaxWait: time.Hour},
+		consumer.WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &member{c: c, src: src, done: make(chan error, 1)}
+	go func() { m.done <- c.Run(context.Background()) }()
+	waitFor(t, "every record collected", 20*time.Second, func() bool { return kafka.OutCount(src) == n })
+	if err := c.Pause(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the collected records given back", 20*time.Second, func() bool { return kafka.OutCount(src) == 0 })
+	if err := c.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every record collected again", 20*time.Second, func() bool { return kafka.OutCount(src) == n })
+	m.stop(t) // the drain gives the batch back
+	if k := calls.Load(); k != 0 {
+		t.Fatalf("the handler ran %d times; want 0 (the batch was never complete)", k)
+	}
+
+	var trace batchTrace
+	b := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		trace.add(msgs)
+		return nil
+	})
+	runKafkaBatch(t, e, cfg, consumer.Batch{MaxSize: n, MaxWait: 10 * time.Millisecond}, b)
+	waitFor(t, "every record handled by the next member", 30*time.Second, func() bool {
+		trace.mu.Lock()
+		defer trace.mu.Unlock()
+		return len(trace.recs) == n
+	})
+	trace.mu.Lock()
+	defer trace.mu.Unlock()
+	next := map[int]int64{}
+	for _, r := range trace.recs {
+		p, off := idOffset(r.id)
+		if off != next[p] {
+			t.Errorf("partition %d: offset %d handled; want %d (nothing committed by the first member)", p, off, next[p])
+		}
+		next[p] = off + 1
+	}
 }

@@ -26,3 +26,14 @@ func CheckBatchAccounting(s *Source) error {
 	}
 	return nil
 }
+
+// OutCount is how many records of the current generation are handed out
+// and not settled.
+func OutCount(s *Source) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen == nil {
+		return 0
+	}
+	return s.gen.dispatched
+}
