@@ -1,19 +1,26 @@
 package broker
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // A BatchReceiver is a Source that can hand out several deliveries in one
-// call. The runtime uses it, when a source has it, to fill the batches of a
-// batch consumer (consumer.NewBatch); everything else goes through Receive.
-// A source whose Receive hands out one delivery of an ordered lane at a
-// time (a Kafka partition, or a key) needs it for batches to hold more than
-// one delivery per lane.
+// call. The runtime uses it, when a source has it, to collect the batches of
+// a batch consumer (consumer.NewBatch); everything else goes through
+// Receive. A source whose Receive hands out one delivery of an ordered lane
+// at a time (a Kafka partition, or a key) needs it for batches to hold more
+// than one delivery per lane.
 //
 // ReceiveBatch blocks until at least one delivery is available or ctx is
-// done (then it returns ctx's error, or an error wrapping it), and returns
-// between 1 and max deliveries, without waiting for more than it has
-// ready. Its errors are those of Receive. It must be safe for concurrent use,
-// with itself and with Receive.
+// done (then it returns ctx's error, or an error wrapping it, and no
+// delivery). Once it has one, it collects more, up to max, for at most
+// wait (0: only what it has ready), and returns them. When ctx ends, the
+// source closes or the source cannot go on collecting (a rebalance, a
+// pause) while it has deliveries, it returns them at once with a nil error:
+// the caller gives them back when it no longer wants them. Its other errors
+// are those of Receive. It must be safe for concurrent use, with itself and
+// with Receive.
 //
 // Deliveries of one lane (see Sequenced) come in the order they must be
 // handled in. Whoever settles them must keep that order: once a delivery of
@@ -22,7 +29,7 @@ import "context"
 // acknowledged, so that they come again after the failed one. The source
 // must accept the settlements of a batch in any order.
 type BatchReceiver interface {
-	ReceiveBatch(ctx context.Context, max int) ([]Delivery, error)
+	ReceiveBatch(ctx context.Context, max int, wait time.Duration) ([]Delivery, error)
 }
 
 // A Sequenced delivery belongs to an ordered lane of its source (a Kafka

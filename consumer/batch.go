@@ -88,11 +88,10 @@ func (b Batch) validate() error {
 // with what it has handed over: give a RabbitMQ or memory source a prefetch
 // of at least b.MaxSize × concurrency, or batches stay smaller (a batch then
 // holds what arrived within b.MaxWait). A Kafka source (a
-// broker.BatchReceiver) hands out runs of consecutive records of a partition
-// or key: its MaxInFlight bounds how many records of one partition a batch
-// can hold, and a batch holds of each partition (or key) the records
-// fetched when it first took from it; what arrives later waits for the
-// next batch, while MaxWait lets other partitions join.
+// broker.BatchReceiver) collects a batch itself, as runs of consecutive
+// records of a partition (or key) that go on growing while the batch waits:
+// its MaxInFlight bounds how many records of one partition a batch can
+// hold.
 //
 // Drain and pause: a batch whose collection is cut short by the intake
 // stopping (Pause, the kill switch, the drain) is given back whole, unhandled

@@ -33,7 +33,7 @@ func (s *laneSource) Receive(ctx context.Context) (broker.Delivery, error) {
 	return nil, errors.New("laneSource: Receive called; the runtime should use ReceiveBatch")
 }
 
-func (s *laneSource) ReceiveBatch(ctx context.Context, max int) ([]broker.Delivery, error) {
+func (s *laneSource) ReceiveBatch(ctx context.Context, max int, wait time.Duration) ([]broker.Delivery, error) {
 	s.mu.Lock()
 	if len(s.batches) == 0 {
 		s.mu.Unlock()

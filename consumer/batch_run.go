@@ -85,54 +85,70 @@ func (r *run) giveBackBatch(wb *workerBatch) {
 
 // collect fills wb with a batch received under intake in: it blocks for the
 // first delivery, then takes more until the batch holds MaxSize or MaxWait
-// passed since the first arrived. It returns an error only when the source
-// failed or the intake stopped before the batch was complete (wb then holds
-// what was collected, for the caller to give back); the end of MaxWait is
-// no error.
+// passed since the first arrived; a broker.BatchReceiver collects the batch
+// itself, in one call. It returns an error only when the source failed or
+// the intake stopped before a delivery arrived (wb then holds what was
+// collected, for the caller to give back); the end of MaxWait is no error,
+// and neither is the intake stopping once deliveries arrived (the caller
+// sees in.stopped and gives them back).
 func (r *run) collect(in *intake, wb *workerBatch) error {
 	cfg := r.c.batch.cfg
-	br, _ := r.c.src.(broker.BatchReceiver)
-	if err := r.receiveInto(in.ctx, br, wb, cfg.MaxSize); err != nil {
+	if br, ok := r.c.src.(broker.BatchReceiver); ok {
+		return r.receiveBatchInto(in.ctx, br, wb, cfg.MaxSize, cfg.MaxWait)
+	}
+	d, m, err := r.receive(in.ctx)
+	if err != nil {
 		return err
 	}
-	if len(wb.ds) >= cfg.MaxSize || cfg.MaxWait == 0 {
+	wb.ds, wb.ms = append(wb.ds, d), append(wb.ms, m)
+	if cfg.MaxSize == 1 || cfg.MaxWait == 0 {
 		return nil
 	}
 	// One context per batch, not per Receive: its deadline is the batch's.
 	ctx, cancel := context.WithTimeout(in.ctx, cfg.MaxWait)
 	defer cancel()
 	for len(wb.ds) < cfg.MaxSize {
-		if err := r.receiveInto(ctx, br, wb, cfg.MaxSize-len(wb.ds)); err != nil {
+		d, m, err := r.receive(ctx)
+		if err != nil {
 			if in.ctx.Err() == nil && ctx.Err() != nil && !safeIsFatal(err) {
 				return nil // MaxWait is over: the batch is what arrived
 			}
 			return err
 		}
+		wb.ds, wb.ms = append(wb.ds, d), append(wb.ms, m)
 	}
 	return nil
 }
 
-// receiveInto receives up to max deliveries (at least one, unless it
-// fails) and appends them and their messages to wb: with br.ReceiveBatch
-// when the source is a broker.BatchReceiver, else with one Receive. It
-// guards the source as receive does: a panic, a nil delivery or a nil
-// message is a fatal error of the run, and a source that returns more than
-// max deliveries is broken too (what it handed out is given back).
-func (r *run) receiveInto(ctx context.Context, br broker.BatchReceiver, wb *workerBatch, max int) error {
-	if br == nil {
-		d, m, err := r.receive(ctx)
-		if err != nil {
-			return err
-		}
-		wb.ds, wb.ms = append(wb.ds, d), append(wb.ms, m)
-		return nil
-	}
-	ds, err := r.receiveBatch(ctx, br, max)
+// receiveBatchInto collects a batch with br.ReceiveBatch into wb, guarded as
+// receive guards Receive: a panic, no delivery and no error, a nil
+// delivery or message are a fatal error of the run, and so are more
+// deliveries than asked for (what it handed out is given back).
+func (r *run) receiveBatchInto(ctx context.Context, br broker.BatchReceiver, wb *workerBatch, max int, wait time.Duration) (err error) {
+	var ds []broker.Delivery
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				ds = nil
+				err = broker.Fatal(fmt.Errorf("queuekit: source %T panicked: %v", r.c.src, p))
+			}
+		}()
+		ds, err = br.ReceiveBatch(ctx, max, wait)
+	}()
 	if err != nil {
 		return err
 	}
+	if len(ds) == 0 {
+		return broker.Fatal(fmt.Errorf("queuekit: source %T returned no delivery and no error from ReceiveBatch", r.c.src))
+	}
 	for _, d := range ds {
-		// receiveBatch checked every delivery and message.
+		if isNil(d) || safeMessage(d) == nil {
+			// Nothing can be settled: the others are lost to this run
+			// too, and the broker redelivers them.
+			return broker.Fatal(fmt.Errorf("queuekit: source %T returned a nil delivery or message from ReceiveBatch", r.c.src))
+		}
+	}
+	for _, d := range ds {
 		wb.ds, wb.ms = append(wb.ds, d), append(wb.ms, d.Message())
 	}
 	if len(ds) > max {
@@ -141,29 +157,14 @@ func (r *run) receiveInto(ctx context.Context, br broker.BatchReceiver, wb *work
 	return nil
 }
 
-// receiveBatch calls br.ReceiveBatch, guarded as receive guards Receive.
-func (r *run) receiveBatch(ctx context.Context, br broker.BatchReceiver, max int) (ds []broker.Delivery, err error) {
+// safeMessage is d.Message(), or nil when it panics (a broken source).
+func safeMessage(d broker.Delivery) (m *broker.Message) {
 	defer func() {
-		if p := recover(); p != nil {
-			ds = nil
-			err = broker.Fatal(fmt.Errorf("queuekit: source %T panicked: %v", r.c.src, p))
+		if recover() != nil {
+			m = nil
 		}
 	}()
-	ds, err = br.ReceiveBatch(ctx, max)
-	if err != nil {
-		return nil, err
-	}
-	if len(ds) == 0 {
-		return nil, broker.Fatal(fmt.Errorf("queuekit: source %T returned no delivery and no error from ReceiveBatch", r.c.src))
-	}
-	for _, d := range ds {
-		if d == nil || d.Message() == nil {
-			// Nothing can be settled: the deliveries with messages are
-			// lost to this run too, and the broker redelivers them.
-			return nil, broker.Fatal(fmt.Errorf("queuekit: source %T returned a nil delivery or message from ReceiveBatch", r.c.src))
-		}
-	}
-	return ds, nil
+	return d.Message()
 }
 
 // processBatch runs the batch handler on wb, received under intake in, and

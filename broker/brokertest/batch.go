@@ -27,12 +27,12 @@ func testBatchReceive(e *env) {
 		e.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), e.h.Timeout)
 		defer cancel()
-		ds, err := br.ReceiveBatch(ctx, max)
+		ds, err := br.ReceiveBatch(ctx, max, 0)
 		if err != nil {
-			e.Fatalf("ReceiveBatch(ctx, %d) = %v after waiting up to %v", max, err, e.h.Timeout)
+			e.Fatalf("ReceiveBatch(ctx, %d, 0) = %v after waiting up to %v", max, err, e.h.Timeout)
 		}
 		if len(ds) < 1 || len(ds) > max {
-			e.Fatalf("ReceiveBatch(ctx, %d) returned %d deliveries; want 1 to %d", max, len(ds), max)
+			e.Fatalf("ReceiveBatch(ctx, %d, 0) returned %d deliveries; want 1 to %d", max, len(ds), max)
 		}
 		for _, d := range ds {
 			if d == nil || d.Message() == nil {

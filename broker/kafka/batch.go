@@ -8,6 +8,7 @@ package kafka
 
 import (
 	"context"
+	"time"
 
 	"github.com/queuekit/queuekit/broker"
 )
@@ -17,96 +18,183 @@ var (
 	_ broker.Sequenced     = (*delivery)(nil)
 )
 
-// ReceiveBatch implements broker.BatchReceiver: it returns up to n
-// records (at least one; n below 1 counts as 1), waiting only for the
-// first. From each free lane it takes the head and the records queued
-// behind it, in offset order, as long as nothing else of that lane is out:
-// under ByPartition a batch can hold up to MaxInFlight records of one
-// partition. Then it takes from the next free lane, and so on. A lane with
-// records out takes no part in a later call until they are all settled: so
-// a batch collected over several calls (consumer.Batch.MaxWait) holds, of
-// each lane, the run that was queued when it first took from the lane, and
-// records of the lane fetched meanwhile wait for the next batch.
+// ReceiveBatch implements broker.BatchReceiver: it returns up to n records
+// (at least one; n below 1 counts as 1), waiting for the first until ctx
+// ends and then, for up to wait, for more. From each free lane it takes the
+// head and the records queued behind it, in offset order; while it waits,
+// the lanes it holds go on growing with the records fetched meanwhile (no
+// one else can take them), and other lanes join as they become free. So
+// under ByPartition a batch can hold up to MaxInFlight records of each
+// partition. A lane whose head was free but with records of another batch
+// still out (a record retried while later ones are out) gives only its head.
+//
+// It returns early, with what it has, when ctx ends (the caller gives those
+// back), the Source closes, the generation of its records ends (a
+// rebalance: they are fenced) or the Source is paused. A due retry record
+// (Config.RetryTopics) comes first, in a batch of its own.
 //
 // Whoever settles a batch must keep each lane's order (see
 // broker.BatchReceiver; the consumer's batch runtime does): after a failed
 // record, the later records of its lane in the batch are given back with
 // Release, and come again after it. They may be settled in any order.
 // Offsets are committed as with Receive: up to the first unsettled record
-// of each partition. With Config.RetryTopics, a due retry record is handed
-// out first, in a batch of its own.
-func (s *Source) ReceiveBatch(ctx context.Context, n int) ([]broker.Delivery, error) {
+// of each partition.
+func (s *Source) ReceiveBatch(ctx context.Context, n int, wait time.Duration) ([]broker.Delivery, error) {
 	n = min(max(n, 1), 1<<16)
 	s.startOnce.Do(s.start)
 	if s.startErr != nil {
 		return nil, s.startErr
 	}
+	var (
+		b     batchTake
+		timer *time.Timer
+		tick  *time.Ticker
+		due   <-chan time.Time
+		poll  <-chan time.Time
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+			tick.Stop()
+		}
+	}()
 	for {
-		// A due retry record (Config.RetryTopics) goes first, alone.
-		if d, err := s.nextRetry(); d != nil || err != nil { // retry.go
-			if err != nil {
-				return nil, err
+		if len(b.recs) == 0 {
+			// A due retry record (Config.RetryTopics) goes first, alone.
+			if d, err := s.nextRetry(); d != nil || err != nil { // retry.go
+				if err != nil {
+					return nil, err
+				}
+				return []broker.Delivery{d}, nil
 			}
-			return []broker.Delivery{d}, nil
 		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
+			if len(b.recs) > 0 {
+				return b.deliveries(s), nil
+			}
 			return nil, broker.ErrSourceClosed
 		}
-		if s.ready.len() > 0 && !s.paused {
-			recs := s.takeBatchLocked(n)
-			ds := make([]broker.Delivery, len(recs))
-			attempts := make([]int, len(recs))
-			for i, rec := range recs {
-				ds[i], attempts[i] = s.handOutLocked(rec)
-			}
-			more := s.ready.len() > 0
-			s.mu.Unlock()
-			if more {
-				// Pass the wake-up on, as Receive does.
-				select {
-				case s.notify <- struct{}{}:
-				default:
-				}
-			}
-			for i, rec := range recs {
-				s.fillDelivery(ds[i].(*delivery), rec, attempts[i])
-			}
-			return ds, nil
+		stop := len(b.recs) > 0 && (b.recs[0].g.draining || s.paused)
+		if !stop && !s.paused {
+			s.takeBatchLocked(&b, n)
 		}
+		more := s.ready.len() > 0
 		s.mu.Unlock()
+		if more {
+			// Pass the wake-up on, as Receive does.
+			select {
+			case s.notify <- struct{}{}:
+			default:
+			}
+		}
+		expired := false
+		if due != nil {
+			select {
+			case <-due:
+				expired = true
+			default:
+			}
+		}
+		if len(b.recs) > 0 && (stop || len(b.recs) >= n || wait <= 0 || expired) {
+			return b.deliveries(s), nil
+		}
+		if len(b.recs) > 0 && timer == nil {
+			// The lanes held grow without a wake-up (the fetcher wakes
+			// Receive only for a free lane's head): look every millisecond.
+			timer, tick = time.NewTimer(wait), time.NewTicker(time.Millisecond)
+			due, poll = timer.C, tick.C
+		}
 		select {
 		case <-s.notify:
+		case <-poll:
+		case <-due:
+			due = closedTime // look once more, then return
 		case <-s.closedCh:
 		case <-ctx.Done():
+			if len(b.recs) > 0 {
+				return b.deliveries(s), nil
+			}
 			return nil, ctx.Err()
 		}
 	}
 }
 
-// takeBatchLocked takes up to max records off s.ready and their lanes'
-// queues (see ReceiveBatch); s.ready is not empty.
-func (s *Source) takeBatchLocked(max int) []*record {
-	recs := make([]*record, 0, min(max, s.ready.len()+64))
-	for len(recs) < max && s.ready.len() > 0 {
+// closedTime is a closed channel: a deadline that has passed.
+var closedTime = func() <-chan time.Time {
+	c := make(chan time.Time)
+	close(c)
+	return c
+}()
+
+// batchTake is a batch that ReceiveBatch is taking: its records, their
+// hand-outs and attempts, and the lanes it holds alone (whose queues it
+// may go on taking from).
+type batchTake struct {
+	recs     []*record
+	ds       []*delivery
+	attempts []int
+	owned    []*record // the first record taken of each lane held alone
+}
+
+// deliveries fills the hand-outs, outside s.mu, and returns them.
+func (b *batchTake) deliveries(s *Source) []broker.Delivery {
+	out := make([]broker.Delivery, len(b.recs))
+	for i, rec := range b.recs {
+		s.fillDelivery(b.ds[i], rec, b.attempts[i])
+		out[i] = b.ds[i]
+	}
+	return out
+}
+
+// add hands rec out as part of b.
+func (s *Source) addToBatchLocked(b *batchTake, rec *record) {
+	d, attempt := s.handOutLocked(rec)
+	b.recs = append(b.recs, rec)
+	b.ds = append(b.ds, d)
+	b.attempts = append(b.attempts, attempt)
+}
+
+// takeBatchLocked adds to b, up to n records: first the records queued
+// since on the lanes b holds alone, then from s.ready the heads of free
+// lanes and the records queued behind them.
+func (s *Source) takeBatchLocked(b *batchTake, n int) {
+	for _, first := range b.owned {
+		if len(b.recs) >= n {
+			return
+		}
+		s.takeQueueLocked(b, first, n)
+	}
+	for len(b.recs) < n && s.ready.len() > 0 {
 		rec := s.ready.pop()
-		recs = append(recs, rec)
+		s.addToBatchLocked(b, rec)
 		ln := rec.p.lanes[rec.lane]
 		if ln == nil || ln.extra > 0 {
-			// Other records of the lane are out (a batch's, one of which
-			// may yet be given back ahead of the queue): the queue waits.
+			// Other records of the lane are out (another batch's, one of
+			// which may yet be given back ahead of the queue): the queue
+			// waits.
 			continue
 		}
-		for len(recs) < max && len(ln.q) > 0 {
-			next := ln.q[0]
-			ln.q[0] = nil
-			ln.q = ln.q[1:]
-			ln.extra++
-			recs = append(recs, next)
-		}
+		b.owned = append(b.owned, rec)
+		s.takeQueueLocked(b, rec, n)
 	}
-	return recs
+}
+
+// takeQueueLocked adds to b, up to n records, the records queued on the lane
+// of first, which b holds alone.
+func (s *Source) takeQueueLocked(b *batchTake, first *record, n int) {
+	ln := first.p.lanes[first.lane]
+	if ln == nil || first.epoch != first.p.epoch {
+		return
+	}
+	for len(b.recs) < n && len(ln.q) > 0 {
+		next := ln.q[0]
+		ln.q[0] = nil
+		ln.q = ln.q[1:]
+		ln.extra++
+		s.addToBatchLocked(b, next)
+	}
 }
 
 // Lane implements broker.Sequenced: the record's partition, and under

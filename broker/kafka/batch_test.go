@@ -237,7 +237,7 @@ func TestReceiveBatchKeepsLaneOrderInAnySettleOrder(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		ds, err := src.ReceiveBatch(ctx, max)
+		ds, err := src.ReceiveBatch(ctx, max, 0)
 		if err != nil {
 			t.Fatalf("ReceiveBatch: %v", err)
 		}
@@ -619,5 +619,50 @@ func TestBatchCollectingGivenBackOnPauseAndDrain(t *testing.T) {
 			t.Errorf("partition %d: offset %d handled; want %d (nothing committed by the first member)", p, off, next[p])
 		}
 		next[p] = off + 1
+	}
+}
+
+// A batch waiting for more (MaxWait) goes on taking the records of the
+// partitions it holds as they arrive: 10 records, then 40 more of the same
+// partition produced while it waits, make one batch of 50 in offset order.
+// Kafka protocol (in-process kfake cluster).
+func TestBatchGrowsWithRecordsArrivingWhileItWaits(t *testing.T) {
+	e := newEnv(t)
+	t.Logf("running against %s", e.what)
+	topic := e.topic(t, "batch-grow")
+	const first, n = 10, 50
+	one := func(int) string { return "one-key" } // one partition
+	e.produce(t, topic, 0, first, one)
+	var trace batchTrace
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		trace.add(msgs)
+		return nil
+	})
+	cfg := e.config(topic, "g-batch-grow")
+	src := newSource(t, cfg)
+	c, err := consumer.NewBatch(src, h, consumer.Batch{MaxSize: n, MaxWait: time.Minute},
+		consumer.WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &member{c: c, src: src, done: make(chan error, 1)}
+	go func() { m.done <- c.Run(context.Background()) }()
+	t.Cleanup(func() { m.stop(t) })
+	waitFor(t, "the first records collected", 20*time.Second, func() bool { return kafka.OutCount(src) == first })
+	e.produce(t, topic, first, n-first, one)
+	waitFor(t, "a batch handled", 30*time.Second, func() bool {
+		trace.mu.Lock()
+		defer trace.mu.Unlock()
+		return len(trace.sizes) > 0
+	})
+	trace.mu.Lock()
+	defer trace.mu.Unlock()
+	if trace.sizes[0] != n {
+		t.Fatalf("first batch of %d records; want %d (the partition's records that arrived while it waited)", trace.sizes[0], n)
+	}
+	for i, r := range trace.recs {
+		if _, off := idOffset(r.id); off != int64(i) {
+			t.Fatalf("record %d of the batch has offset %d; want %d", i, off, i)
+		}
 	}
 }
