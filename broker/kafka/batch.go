@@ -102,8 +102,9 @@ func (s *Source) ReceiveBatch(ctx context.Context, n int, wait time.Duration) ([
 		}
 		if len(b.recs) > 0 && timer == nil {
 			// The lanes held grow without a wake-up (the fetcher wakes
-			// Receive only for a free lane's head): look every millisecond.
-			timer, tick = time.NewTimer(wait), time.NewTicker(time.Millisecond)
+			// Receive only for a free lane's head): look again every
+			// eighth of the wait, between 1 and 10 ms.
+			timer, tick = time.NewTimer(wait), time.NewTicker(min(max(wait/8, time.Millisecond), 10*time.Millisecond))
 			due, poll = timer.C, tick.C
 		}
 		select {
