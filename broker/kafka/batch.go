@@ -149,7 +149,7 @@ func (b *batchTake) deliveries(s *Source) []broker.Delivery {
 	return out
 }
 
-// add hands rec out as part of b.
+// addToBatchLocked hands rec out as part of b.
 func (s *Source) addToBatchLocked(b *batchTake, rec *record) {
 	d, attempt := s.handOutLocked(rec)
 	b.recs = append(b.recs, rec)
