@@ -182,8 +182,10 @@ type Config struct {
 	DeadLetterMaxBytes int
 
 	// RetryTopics turns on non-blocking delayed retries: one retry topic
-	// per delay tier, named RetryTopicName(Topic, tier) (Topic +
-	// ".retry.1s", ".retry.30s", …). A record requeued with a delay
+	// per delay tier, named RetryTopicName(Topic, GroupID, tier) (Topic +
+	// ".retry." + GroupID + ".1s", ".30s", …: the retry topics are the
+	// group's own, so GroupID must then be valid in a topic name: a-z,
+	// A-Z, 0-9, '.', '_' and '-'). A record requeued with a delay
 	// (broker.DelayedRequeuer; the consumer runtime does it for an error
 	// from retry.After) is written to the topic of the shortest tier at
 	// least as long as the delay (the longest tier for a longer delay),

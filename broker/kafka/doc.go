@@ -143,8 +143,9 @@
 //
 // Config.RetryTopics turns on non-blocking retries with a delay, as
 // Spring Kafka's @RetryableTopic does. It is off by default: it needs
-// topics of its own (one per tier, Topic + ".retry.<tier>", e.g.
-// "orders.retry.1s" and "orders.retry.30s"; DeclareTopology creates them)
+// topics of its own (one per tier and consumer group, Topic + ".retry." +
+// GroupID + "." + the tier, e.g. "orders.retry.billing.1s" and
+// "orders.retry.billing.30s"; DeclareTopology creates them)
 // and the write access to them, and it gives up per-key order for the
 // retried records (below), which a Source that was upgraded must not do
 // behind its users' backs. Without it a delayed requeue holds its lane:
@@ -159,7 +160,15 @@
 //   - HeaderDue: when it may be handed out, in Unix milliseconds (the
 //     time of the failure plus delay);
 //   - HeaderTopic, HeaderPartition, HeaderOffset: where it was first
-//     consumed from (kept as they were when a retry record is retried).
+//     consumed from (kept as they were when a retry record is retried);
+//   - HeaderGroup: the consumer group that wrote it.
+//
+// The retry topics belong to the group: two groups (two applications)
+// consuming the same topic each retry their own failures in their own
+// retry topics, and neither handles the other's. So a GroupID used with
+// RetryTopics must be valid in a topic name (NewSource refuses one that is
+// not), and a tier consumer commits past a record whose HeaderGroup names
+// another group without handing it out.
 //
 // The write waits for all in-sync replicas (acks=all); only then is the
 // record marked handled, so that its offset is committed with the gap-safe

@@ -43,14 +43,28 @@ const (
 	// HeaderDue holds the time, in Unix milliseconds, before which the
 	// record is not handed out (the failure's time plus its delay).
 	HeaderDue = "x-queuekit-due"
+	// HeaderGroup holds the consumer group (Config.GroupID) whose member
+	// wrote the record to its retry topic. The retry topics are the
+	// group's own (RetryTopicName); a tier consumer commits past a record
+	// of another group without handing it out.
+	HeaderGroup = "x-queuekit-group"
 )
 
-// RetryTopicName returns the name of the retry topic of topic for tier: the
-// topic, ".retry.", and the tier in whole hours ("1h"), minutes ("5m"),
-// seconds ("30s") or milliseconds ("1500ms"), the largest unit that
-// divides it. So RetryTopicName("orders", time.Second) is "orders.retry.1s".
-func RetryTopicName(topic string, tier time.Duration) string {
-	return topic + ".retry." + tierName(tier)
+// RetryTopicName returns the name of the retry topic of topic for the
+// consumer group group and tier: the topic, ".retry.", the group, ".", and
+// the tier in whole hours ("1h"), minutes ("5m"), seconds ("30s") or
+// milliseconds ("1500ms"), the largest unit that divides it. So
+// RetryTopicName("orders", "billing", time.Second) is
+// "orders.retry.billing.1s". The retry topics belong to a group: two groups
+// consuming the same topic (two applications) each retry their own
+// failures, and neither sees the other's.
+func RetryTopicName(topic, group string, tier time.Duration) string {
+	return retryPrefix(topic, group) + tierName(tier)
+}
+
+// retryPrefix is what every retry topic of topic and group begins with.
+func retryPrefix(topic, group string) string {
+	return topic + ".retry." + group + "."
 }
 
 func tierName(d time.Duration) string {
@@ -80,8 +94,15 @@ func (c *Config) validateRetry() error {
 		case i > 0 && d == c.RetryTopics[i-1]:
 			return invalid("RetryTopics: %v given twice", d)
 		}
-		name := RetryTopicName(c.Topic, d)
-		if err := invalidTopic("RetryTopics (topic "+strconv.Quote(c.Topic)+" + \".retry.\" + tier)", name); err != nil {
+		if i == 0 {
+			// The group is part of the retry topics' names: it must be
+			// something Kafka accepts in a topic name.
+			if err := validTopicName(c.GroupID); err != nil {
+				return invalid("RetryTopics: the retry topics are named Topic + \".retry.\" + GroupID + \".\" + tier, and GroupID %.60q holds characters (or is longer than) Kafka accepts in a topic name (a-z, A-Z, 0-9, '.', '_' and '-'); use such a GroupID with RetryTopics", c.GroupID)
+			}
+		}
+		name := RetryTopicName(c.Topic, c.GroupID, d)
+		if err := invalidTopic("RetryTopics (Topic + \".retry.\" + GroupID + \".\" + tier)", name); err != nil {
 			return err
 		}
 		if name == c.DeadLetterTopic {
@@ -137,7 +158,7 @@ func newRetry(s *Source) (*retryState, error) {
 	rs := &retryState{w: w}
 	for _, d := range cfg.RetryTopics {
 		tc := *cfg
-		tc.Topic = RetryTopicName(cfg.Topic, d)
+		tc.Topic = RetryTopicName(cfg.Topic, cfg.GroupID, d)
 		// A group of its own per tier: its members joining and leaving
 		// never rebalance (drain) the main topic's partitions, nor the
 		// other tiers'.
@@ -264,6 +285,16 @@ func (s *Source) receiveRetry() *delivery {
 		ts.mu.Lock()
 		for !ts.closed && ts.ready.len() > 0 {
 			rec := ts.ready.pop()
+			if !ownRecord(rec, s.cfg.GroupID) {
+				// Written by a member of another group (never by this
+				// package, whose retry topics are a group's own):
+				// commit past it.
+				ts.handOutLocked(rec)
+				ts.handledLocked(rec)
+				ts.log.Warn("kafka: skipping a record of another consumer group in a retry topic",
+					"retry_topic", rec.m.Topic, "partition", rec.m.Partition, "offset", rec.m.Offset)
+				continue
+			}
 			if wait := dueIn(rec, now); wait > 0 {
 				ts.holdLocked(rec, wait)
 				continue
@@ -324,6 +355,17 @@ func dueMillis(t time.Time) int64 {
 		ms++
 	}
 	return ms
+}
+
+// ownRecord reports whether rec, a tier record, was written by a member of
+// group (or carries no HeaderGroup).
+func ownRecord(rec *record, group string) bool {
+	for _, h := range rec.m.Headers {
+		if h.Key == HeaderGroup {
+			return string(h.Value) == group
+		}
+	}
+	return true
 }
 
 // dueIn is how long rec, a tier record, is still to be held (<= 0: due).
@@ -416,6 +458,7 @@ func (d *delivery) requeueToTier(ctx context.Context, rs *retryState, delay time
 	h[HeaderOffset] = strconv.FormatInt(off, 10)
 	h[HeaderAttempt] = strconv.Itoa(d.msg.Attempt + 1)
 	h[HeaderDue] = strconv.FormatInt(dueMillis(time.Now().Add(delay)), 10)
+	h[HeaderGroup] = s.retryGroup()
 	// The record still counts as dispatched while it is written, so a
 	// drain waits for the write.
 	werr := rs.w.Publish(ctx, t.topic, &broker.Message{Key: m.Key, Body: m.Value, Header: h, Time: m.Time})
@@ -441,6 +484,15 @@ func (d *delivery) requeueToTier(ctx context.Context, rs *retryState, delay time
 	return nil
 }
 
+// retryGroup is the group whose retry topics s writes to: its own, or its
+// main Source's for a tier consumer.
+func (s *Source) retryGroup() string {
+	if s.tier != nil {
+		return s.tier.main.cfg.GroupID
+	}
+	return s.cfg.GroupID
+}
+
 // pauseTiers pauses or resumes the tier consumers with their main Source,
 // so that they stop fetching too.
 func (s *Source) pauseTiers(ctx context.Context, pause bool) {
@@ -460,7 +512,7 @@ func (s *Source) pauseTiers(ctx context.Context, pause bool) {
 func (s *Source) retryTopicNames() []string {
 	var names []string
 	for _, d := range s.cfg.RetryTopics {
-		names = append(names, RetryTopicName(s.cfg.Topic, d))
+		names = append(names, RetryTopicName(s.cfg.Topic, s.cfg.GroupID, d))
 	}
 	return names
 }

@@ -245,7 +245,7 @@ func TestRetryTopicsAttemptSurvivesARestart(t *testing.T) {
 	}
 	// Its offset in the retry topic is committed once handled, in the
 	// tier's own group (2 s went to the 5 s tier).
-	tier := kafka.RetryTopicName(topic, 5*time.Second)
+	tier := kafka.RetryTopicName(topic, "g", 5*time.Second)
 	waitFor(t, "the retry record's offset committed", 10*time.Second, func() bool {
 		ends, done := e.endOffsets(t, tier), e.committed(t, "g.retry.5s", tier)
 		n := 0
@@ -333,7 +333,7 @@ func readAll(t *testing.T, e *env, topic string, parts int) []kafkaMsg {
 }
 
 func TestRetryTopicsConfig(t *testing.T) {
-	long := strings.Repeat("t", 241) // + ".retry.1s": 250 characters
+	long := strings.Repeat("t", 239) // + ".retry.g.1s": 250 characters
 	for _, tc := range []struct {
 		name  string
 		topic string
@@ -348,7 +348,7 @@ func TestRetryTopicsConfig(t *testing.T) {
 		{"a tier of a fraction of a millisecond is refused", "orders", []time.Duration{1500 * time.Microsecond}, "", false},
 		{"a tier over a week is refused", "orders", []time.Duration{8 * 24 * time.Hour}, "", false},
 		{"a retry topic name too long for Kafka is refused", long, []time.Duration{time.Second}, "d", false},
-		{"a retry topic that is the dead-letter topic is refused", "orders", []time.Duration{time.Second}, "orders.retry.1s", false},
+		{"a retry topic that is the dead-letter topic is refused", "orders", []time.Duration{time.Second}, "orders.retry.g.1s", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src, err := kafka.NewSource(kafka.Config{Brokers: []string{"127.0.0.1:9092"}, GroupID: "g", Topic: tc.topic, DeadLetterTopic: tc.dlt, RetryTopics: tc.tiers})
@@ -369,10 +369,10 @@ func TestRetryTopicsConfig(t *testing.T) {
 	for _, tc := range []struct {
 		d    time.Duration
 		want string
-	}{{time.Second, "orders.retry.1s"}, {30 * time.Second, "orders.retry.30s"}, {5 * time.Minute, "orders.retry.5m"},
-		{2 * time.Hour, "orders.retry.2h"}, {1500 * time.Millisecond, "orders.retry.1500ms"}} {
-		if got := kafka.RetryTopicName("orders", tc.d); got != tc.want {
-			t.Errorf("RetryTopicName(orders, %v) = %s; want %s", tc.d, got, tc.want)
+	}{{time.Second, "orders.retry.billing.1s"}, {30 * time.Second, "orders.retry.billing.30s"}, {5 * time.Minute, "orders.retry.billing.5m"},
+		{2 * time.Hour, "orders.retry.billing.2h"}, {1500 * time.Millisecond, "orders.retry.billing.1500ms"}} {
+		if got := kafka.RetryTopicName("orders", "billing", tc.d); got != tc.want {
+			t.Errorf("RetryTopicName(orders, billing, %v) = %s; want %s", tc.d, got, tc.want)
 		}
 	}
 }
@@ -384,7 +384,7 @@ func TestRetryTopicsWriteFailureLosesNothing(t *testing.T) {
 	e := newEnv(t)
 	e.needKfake(t)
 	topic, cfg := retryTopicSource(t, e, "retry-fail", "g", []time.Duration{time.Second})
-	tierTopic := kafka.RetryTopicName(topic, time.Second)
+	tierTopic := kafka.RetryTopicName(topic, "g", time.Second)
 	var refused atomic.Int64
 	e.cluster.ControlKey(int16(kmsg.Produce), func(kr kmsg.Request) (kmsg.Response, error, bool) {
 		e.cluster.KeepControl()
@@ -462,10 +462,10 @@ func TestConformanceWithRetryTopics(t *testing.T) {
 		Quiet:        500 * time.Millisecond,
 		Setup: func(t *testing.T) brokertest.Fixture {
 			topic := e.topic(t, "conformance-retry")
-			for _, d := range tiers {
-				e.createTopic(t, kafka.RetryTopicName(topic, d), partitions)
-			}
 			group := "g-conformance-retry-" + itoa(int(groups.Add(1)))
+			for _, d := range tiers {
+				e.createTopic(t, kafka.RetryTopicName(topic, group, d), partitions)
+			}
 			return brokertest.Fixture{
 				Destination:           topic,
 				PublishDestination:    topic,
