@@ -130,6 +130,7 @@ type retryTier struct {
 // and the timers holding records until due (under the tier Source's mu).
 type tierOf struct {
 	main  *Source
+	index int // the tier's place in Config.RetryTopics (sorted)
 	holds map[*record]*time.Timer
 }
 
@@ -156,7 +157,7 @@ func newRetry(s *Source) (*retryState, error) {
 		return nil, err
 	}
 	rs := &retryState{w: w}
-	for _, d := range cfg.RetryTopics {
+	for i, d := range cfg.RetryTopics {
 		tc := *cfg
 		tc.Topic = RetryTopicName(cfg.Topic, cfg.GroupID, d)
 		// A group of its own per tier: its members joining and leaving
@@ -174,7 +175,7 @@ func newRetry(s *Source) (*retryState, error) {
 			rs.closeAll(context.Background())
 			return nil, fmt.Errorf("kafka: retry tier %v: %w", d, err)
 		}
-		src.tier = &tierOf{main: s, holds: make(map[*record]*time.Timer)}
+		src.tier = &tierOf{main: s, index: i, holds: make(map[*record]*time.Timer)}
 		// Records that become ready in the tier wake the main Source's
 		// Receive.
 		src.notify = s.notify

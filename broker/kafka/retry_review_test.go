@@ -2,6 +2,8 @@ package kafka_test
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -57,5 +59,63 @@ func TestRetryTopicsBelongToTheGroup(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if b, s := bn.Load(), sn.Load(); b != 2 || s != 1 {
 		t.Errorf("billing handled the record %d times, shipping %d; want 2 and 1", b, s)
+	}
+}
+
+// oneTierSource declares a topic of one partition with one retry tier of
+// its own (one partition too) and returns it and its config.
+func oneTierSource(t *testing.T, e *env, name string, tier time.Duration) (string, kafka.Config) {
+	t.Helper()
+	topic := fmt.Sprintf("%s-%d-%d", name, os.Getpid(), topicSeq.Add(1))
+	cfg := e.config(topic, "g")
+	cfg.RetryTopics = []time.Duration{tier}
+	cfg.Topology = kafka.Topology{Partitions: 1, ReplicationFactor: 1}
+	declareFor(t, cfg)
+	return topic, cfg
+}
+
+func receive(t *testing.T, src *kafka.Source) broker.Delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	d, err := src.Receive(ctx)
+	if err != nil {
+		t.Fatalf("Receive: %v", err)
+	}
+	return d
+}
+
+// TestRetryRecordLaneIsNotTheMainPartitions: a retry record (tier
+// partition 0) and a record of the main topic's partition 0 are out at
+// once; their Lane values (broker.Sequenced, which a batch consumer uses to
+// give back the records after a failed one of the same lane) must differ.
+// They were equal: a failed retry record made the runtime give back main
+// records handled already.
+func TestRetryRecordLaneIsNotTheMainPartitions(t *testing.T) {
+	e := newEnv(t)
+	topic, cfg := oneTierSource(t, e, "retry-lane", 50*time.Millisecond)
+	src := newSource(t, cfg)
+	defer src.Close(context.Background())
+	e.produce(t, topic, 0, 1, itoa)
+	first := receive(t, src)
+	if err := first.(broker.DelayedRequeuer).RequeueAfter(context.Background(), 50*time.Millisecond); err != nil {
+		t.Fatalf("RequeueAfter: %v", err)
+	}
+	e.produce(t, topic, 1, 1, itoa)
+	a, b := receive(t, src), receive(t, src)
+	if string(a.Message().Body) != "0" {
+		a, b = b, a
+	}
+	if string(a.Message().Body) != "0" || a.Message().Attempt != 2 || string(b.Message().Body) != "1" {
+		t.Fatalf("got %s@%d and %s@%d; want the retry of 0 and 1", a.Message().Body, a.Message().Attempt, b.Message().Body, b.Message().Attempt)
+	}
+	la, lb := a.(broker.Sequenced).Lane(), b.(broker.Sequenced).Lane()
+	if la == lb {
+		t.Errorf("the retry record and the main partition's record share Lane %#x", la)
+	}
+	for _, d := range []broker.Delivery{a, b} {
+		if err := d.Ack(context.Background()); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
 	}
 }
