@@ -450,19 +450,16 @@ func (d *delivery) requeueToTier(ctx context.Context, rs *retryState, delay time
 	m := &rec.m
 	t := rs.pickTier(delay)
 	topic, part, off := s.originOf(rec)
-	h := fromHeaders(m.Headers)
-	if h == nil {
-		h = make(map[string]string, 5)
-	}
-	h[HeaderTopic] = topic
-	h[HeaderPartition] = strconv.Itoa(part)
-	h[HeaderOffset] = strconv.FormatInt(off, 10)
-	h[HeaderAttempt] = strconv.Itoa(d.msg.Attempt + 1)
-	h[HeaderDue] = strconv.FormatInt(dueMillis(time.Now().Add(delay)), 10)
-	h[HeaderGroup] = s.retryGroup()
+	hs := retryHeaders(m.Headers,
+		kafkago.Header{Key: HeaderTopic, Value: []byte(topic)},
+		kafkago.Header{Key: HeaderPartition, Value: []byte(strconv.Itoa(part))},
+		kafkago.Header{Key: HeaderOffset, Value: []byte(strconv.FormatInt(off, 10))},
+		kafkago.Header{Key: HeaderAttempt, Value: []byte(strconv.Itoa(d.msg.Attempt + 1))},
+		kafkago.Header{Key: HeaderDue, Value: []byte(strconv.FormatInt(dueMillis(time.Now().Add(delay)), 10))},
+		kafkago.Header{Key: HeaderGroup, Value: []byte(s.retryGroup())})
 	// The record still counts as dispatched while it is written, so a
 	// drain waits for the write.
-	werr := rs.w.Publish(ctx, t.topic, &broker.Message{Key: m.Key, Body: m.Value, Header: h, Time: m.Time})
+	werr := rs.write(ctx, kafkago.Message{Topic: t.topic, Key: m.Key, Value: m.Value, Headers: hs, Time: m.Time})
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -492,6 +489,40 @@ func (s *Source) retryGroup() string {
 		return s.tier.main.cfg.GroupID
 	}
 	return s.cfg.GroupID
+}
+
+// retryHeaders returns the headers of a retry copy: the record's own
+// headers hs, in order and with repeated keys kept, less those of the keys
+// set, followed by set.
+func retryHeaders(hs []kafkago.Header, set ...kafkago.Header) []kafkago.Header {
+	out := make([]kafkago.Header, 0, len(hs)+len(set))
+	for _, h := range hs {
+		if !slices.ContainsFunc(set, func(x kafkago.Header) bool { return x.Key == h.Key }) {
+			out = append(out, h)
+		}
+	}
+	return append(out, set...)
+}
+
+// write writes m, a record of a tier topic, acknowledged by all in-sync
+// replicas. It writes the record's headers as they are (Publish takes a
+// map, which would keep one value of a repeated key).
+func (rs *retryState) write(ctx context.Context, m kafkago.Message) error {
+	p := rs.w
+	if p.closed.Load() {
+		return fmt.Errorf("kafka: write to %s: %w", m.Topic, broker.ErrPublisherClosed)
+	}
+	if err := ctxEnded(ctx); err != nil {
+		return fmt.Errorf("kafka: write to %s: nothing was written: %w", m.Topic, err)
+	}
+	err := p.w.WriteMessages(ctx, m)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, kafkago.UnknownTopicOrPartition):
+		return fmt.Errorf("kafka: write: topic %s does not exist (see Source.DeclareTopology): %w", m.Topic, err)
+	}
+	return fmt.Errorf("kafka: write to %s: %w", m.Topic, err)
 }
 
 // pauseTiers pauses or resumes the tier consumers with their main Source,

@@ -4,9 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
@@ -117,5 +121,61 @@ func TestRetryRecordLaneIsNotTheMainPartitions(t *testing.T) {
 		if err := d.Ack(context.Background()); err != nil {
 			t.Fatalf("Ack: %v", err)
 		}
+	}
+}
+
+// produceRaw writes one record of its own making to topic.
+func produceRaw(t *testing.T, e *env, topic string, m kafkago.Message) {
+	t.Helper()
+	_, tr := e.client()
+	defer tr.CloseIdleConnections()
+	w := &kafkago.Writer{Addr: kafkago.TCP(e.brokers...), Topic: topic, Transport: tr, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	if err := w.WriteMessages(context.Background(), m); err != nil {
+		t.Fatalf("WriteMessages: %v", err)
+	}
+}
+
+// failOnce receives the next record, requeues it with delay through the
+// retry topic, and returns its retry delivery.
+func failOnce(t *testing.T, src *kafka.Source, delay time.Duration) broker.Delivery {
+	t.Helper()
+	d := receive(t, src)
+	if err := d.(broker.DelayedRequeuer).RequeueAfter(context.Background(), delay); err != nil {
+		t.Fatalf("RequeueAfter: %v", err)
+	}
+	r := receive(t, src)
+	if r.Message().Attempt != 2 {
+		t.Fatalf("got Attempt %d; want the retry (2)", r.Message().Attempt)
+	}
+	return r
+}
+
+// TestRetryCopyKeepsRepeatedHeaders: a record with a header key given
+// twice keeps both in its retry copy, in order (they went through a map,
+// which kept the last).
+func TestRetryCopyKeepsRepeatedHeaders(t *testing.T) {
+	e := newEnv(t)
+	topic, cfg := oneTierSource(t, e, "retry-headers", 50*time.Millisecond)
+	src := newSource(t, cfg)
+	defer src.Close(context.Background())
+	produceRaw(t, e, topic, kafkago.Message{Value: []byte("x"), Headers: []kafkago.Header{
+		{Key: "h", Value: []byte("1")}, {Key: "other", Value: []byte("o")}, {Key: "h", Value: []byte("2")}}})
+	r := failOnce(t, src, 50*time.Millisecond)
+	if err := r.Ack(context.Background()); err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+	recs := e.readTopic(t, kafka.RetryTopicName(topic, cfg.GroupID, 50*time.Millisecond), 1)
+	if len(recs) != 1 {
+		t.Fatalf("the retry topic holds %d records; want 1", len(recs))
+	}
+	var hs []string
+	for _, h := range recs[0].Headers {
+		if !strings.HasPrefix(h.Key, "x-queuekit-") {
+			hs = append(hs, h.Key+"="+string(h.Value))
+		}
+	}
+	if want := []string{"h=1", "other=o", "h=2"}; !slices.Equal(hs, want) {
+		t.Errorf("the retry copy's own headers are %v; want %v", hs, want)
 	}
 }
