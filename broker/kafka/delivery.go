@@ -58,7 +58,7 @@ func (s *Source) fillDelivery(d *delivery, rec *record, attempt int) {
 		Key:     m.Key,
 		Body:    m.Value,
 		Header:  fromHeaders(m.Headers),
-		Time:    m.Time,
+		Time:    s.originTime(rec),
 		Attempt: attempt,
 	}}
 }
@@ -347,8 +347,10 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	h[HeaderOffset] = strconv.FormatInt(off, 10)
 	delete(h, HeaderAttempt)
 	delete(h, HeaderDue)
+	delete(h, HeaderGroup)
+	delete(h, HeaderTime)
 	werr := s.dlt.Publish(ctx, s.cfg.DeadLetterTopic, &broker.Message{
-		Key: m.Key, Body: m.Value, Header: h, Time: m.Time,
+		Key: m.Key, Body: m.Value, Header: h, Time: s.originTime(d.rec),
 	})
 
 	s.mu.Lock()

@@ -161,7 +161,12 @@
 //     time of the failure plus delay);
 //   - HeaderTopic, HeaderPartition, HeaderOffset: where it was first
 //     consumed from (kept as they were when a retry record is retried);
-//   - HeaderGroup: the consumer group that wrote it.
+//   - HeaderGroup: the consumer group that wrote it;
+//   - HeaderTime: the original record's timestamp (Unix milliseconds).
+//     The copy itself is written with the time of the failure, so that
+//     the tier topic's time-based retention (retention.ms) and
+//     message.timestamp.* limits count from then; the retry record is
+//     handed out with the original Message.Time.
 //
 // The retry topics belong to the group: two groups (two applications)
 // consuming the same topic each retry their own failures in their own
@@ -199,8 +204,8 @@
 // same gap-safe rules once it was settled; settling it with a delay again
 // writes it to a tier again, with the next attempt. Dead-lettering it
 // writes the original topic, partition and offset in HeaderTopic,
-// HeaderPartition and HeaderOffset (not the tier's), without HeaderAttempt
-// and HeaderDue.
+// HeaderPartition and HeaderOffset (not the tier's), and the original
+// timestamp, without HeaderAttempt, HeaderDue, HeaderGroup and HeaderTime.
 //
 // Order: a record that went to a retry topic leaves its key's order — the
 // records after it in its partition (with ByKey, of its key) are handled

@@ -48,6 +48,12 @@ const (
 	// group's own (RetryTopicName); a tier consumer commits past a record
 	// of another group without handing it out.
 	HeaderGroup = "x-queuekit-group"
+	// HeaderTime holds the original record's timestamp, in Unix
+	// milliseconds: the retry copy is written with the time of the
+	// failure (the tier topic's time-based retention counts from then),
+	// and a Source hands the retry record out with its original
+	// Message.Time.
+	HeaderTime = "x-queuekit-time"
 )
 
 // RetryTopicName returns the name of the retry topic of topic for the
@@ -439,6 +445,23 @@ func (s *Source) originOf(rec *record) (topic string, partition int, offset int6
 	return m.Topic, m.Partition, m.Offset
 }
 
+// originTime returns the timestamp of the record rec was first consumed
+// as: its own for the main topic, HeaderTime's for a tier record (its
+// own when the header is missing or unreadable).
+func (s *Source) originTime(rec *record) time.Time {
+	if s.tier != nil {
+		for _, h := range rec.m.Headers {
+			if h.Key == HeaderTime {
+				if ms, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
+					return time.UnixMilli(ms)
+				}
+				break
+			}
+		}
+	}
+	return rec.m.Time
+}
+
 // requeueToTier writes d's record (claimed) to the retry tier for delay,
 // and marks it handled once the write was acknowledged by all in-sync
 // replicas, so that its partition moves on. When the write fails, the
@@ -457,9 +480,14 @@ func (d *delivery) requeueToTier(ctx context.Context, rs *retryState, delay time
 		kafkago.Header{Key: HeaderAttempt, Value: []byte(strconv.Itoa(d.msg.Attempt + 1))},
 		kafkago.Header{Key: HeaderDue, Value: []byte(strconv.FormatInt(dueMillis(time.Now().Add(delay)), 10))},
 		kafkago.Header{Key: HeaderGroup, Value: []byte(s.retryGroup())})
+	if ot := s.originTime(rec); !ot.IsZero() {
+		hs = retryHeaders(hs, kafkago.Header{Key: HeaderTime, Value: []byte(strconv.FormatInt(ot.UnixMilli(), 10))})
+	}
 	// The record still counts as dispatched while it is written, so a
-	// drain waits for the write.
-	werr := rs.write(ctx, kafkago.Message{Topic: t.topic, Key: m.Key, Value: m.Value, Headers: hs, Time: m.Time})
+	// drain waits for the write. It is written with the time of the
+	// failure: with the original's, the tier topic's retention.ms (or
+	// message.timestamp.*) could delete or refuse it before it is due.
+	werr := rs.write(ctx, kafkago.Message{Topic: t.topic, Key: m.Key, Value: m.Value, Headers: hs, Time: time.Now()})
 
 	s.mu.Lock()
 	defer s.mu.Unlock()

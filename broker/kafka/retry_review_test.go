@@ -179,3 +179,31 @@ func TestRetryCopyKeepsRepeatedHeaders(t *testing.T) {
 		t.Errorf("the retry copy's own headers are %v; want %v", hs, want)
 	}
 }
+
+// TestRetryCopyHasTheWriteTime: the retry copy is written with the time of
+// the failure (so that the tier topic's time-based retention and
+// message.timestamp limits count from then, not from the original record's
+// time), and the retry delivery's Message.Time is still the original's.
+func TestRetryCopyHasTheWriteTime(t *testing.T) {
+	e := newEnv(t)
+	topic, cfg := oneTierSource(t, e, "retry-time", 50*time.Millisecond)
+	src := newSource(t, cfg)
+	defer src.Close(context.Background())
+	orig := time.Now().Add(-48 * time.Hour).Truncate(time.Millisecond)
+	produceRaw(t, e, topic, kafkago.Message{Value: []byte("x"), Time: orig})
+	before := time.Now().Add(-time.Minute)
+	r := failOnce(t, src, 50*time.Millisecond)
+	if got := r.Message().Time; !got.Equal(orig) {
+		t.Errorf("the retry delivery's Time is %v; want the original %v", got, orig)
+	}
+	if err := r.Ack(context.Background()); err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+	recs := e.readTopic(t, kafka.RetryTopicName(topic, cfg.GroupID, 50*time.Millisecond), 1)
+	if len(recs) != 1 {
+		t.Fatalf("the retry topic holds %d records; want 1", len(recs))
+	}
+	if got := recs[0].Time; got.Before(before) {
+		t.Errorf("the retry copy's timestamp is %v; want the time of the failure (after %v)", got, before)
+	}
+}
