@@ -309,6 +309,12 @@ func validTopicName(name string) error {
 	return nil
 }
 
+// topicsCollide reports whether a and b are names Kafka refuses to have
+// both: equal once every '.' is read as '_' (their metric names collide).
+func topicsCollide(a, b string) bool {
+	return strings.ReplaceAll(a, ".", "_") == strings.ReplaceAll(b, ".", "_")
+}
+
 // invalidTopic is the constructor error for a topic name Kafka refuses.
 func invalidTopic(field, name string) error {
 	if err := validTopicName(name); err != nil {
@@ -336,6 +342,8 @@ func (c *Config) validate() error {
 		return invalidTopic("DeadLetterTopic (default: Topic + \".dlt\")", c.DeadLetterTopic)
 	case c.DeadLetterTopic == c.Topic:
 		return invalid("DeadLetterTopic %q is the consumed topic", c.Topic)
+	case topicsCollide(c.DeadLetterTopic, c.Topic):
+		return invalid("DeadLetterTopic %q and Topic %q differ only by '.' against '_', which Kafka treats as the same name (their metric names collide): one of them cannot be created", c.DeadLetterTopic, c.Topic)
 	case c.Ordering != ByPartition && c.Ordering != ByKey:
 		return invalid("unknown Ordering %d", int(c.Ordering))
 	case c.Isolation != ReadCommitted && c.Isolation != ReadUncommitted:

@@ -111,8 +111,13 @@ func (c *Config) validateRetry() error {
 		if err := invalidTopic("RetryTopics (Topic + \".retry.\" + GroupID + \".\" + tier)", name); err != nil {
 			return err
 		}
-		if name == c.DeadLetterTopic {
+		switch {
+		case name == c.DeadLetterTopic:
 			return invalid("retry topic %s is the DeadLetterTopic", name)
+		case topicsCollide(name, c.DeadLetterTopic):
+			return invalid("retry topic %s and DeadLetterTopic %s differ only by '.' against '_', which Kafka treats as the same name (their metric names collide): one of them cannot be created", name, c.DeadLetterTopic)
+		case topicsCollide(name, c.Topic):
+			return invalid("retry topic %s and Topic %s differ only by '.' against '_', which Kafka treats as the same name", name, c.Topic)
 		}
 	}
 	return nil

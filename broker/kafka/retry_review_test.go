@@ -2,6 +2,7 @@ package kafka_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -205,5 +206,28 @@ func TestRetryCopyHasTheWriteTime(t *testing.T) {
 	}
 	if got := recs[0].Time; got.Before(before) {
 		t.Errorf("the retry copy's timestamp is %v; want the time of the failure (after %v)", got, before)
+	}
+}
+
+// TestRetryTopicsCollidingNamesRefused: Kafka refuses a topic whose name
+// differs from another's only by '.' against '_' (their metric names
+// collide), so NewSource refuses a DeadLetterTopic that collides so with a
+// retry topic or with Topic.
+func TestRetryTopicsCollidingNamesRefused(t *testing.T) {
+	for _, tc := range []struct{ topic, dlt string }{
+		{"orders", "orders_retry_g_1s"},
+		{"orders", "orders.retry_g.1s"},
+		{"a.b", "a_b"},
+	} {
+		src, err := kafka.NewSource(kafka.Config{Brokers: []string{"127.0.0.1:9092"}, GroupID: "g", Topic: tc.topic,
+			DeadLetterTopic: tc.dlt, RetryTopics: []time.Duration{time.Second}})
+		if err == nil {
+			src.Close(context.Background())
+		}
+		if !errors.Is(err, broker.ErrInvalidConfig) {
+			t.Errorf("NewSource(Topic %s, DeadLetterTopic %s) = %v; want an error wrapping ErrInvalidConfig", tc.topic, tc.dlt, err)
+		} else {
+			t.Logf("%v", err)
+		}
 	}
 }
