@@ -591,19 +591,30 @@ func sortedTiers(tiers []time.Duration) []time.Duration {
 	return slices.Sorted(slices.Values(tiers))
 }
 
-// retryTopicErr reports a tier topic that cannot be read (missing), for
-// Status.
+// retryTopicErr reports, for Status, a tier consumer that cannot join its
+// group (its retries do not come back meanwhile) or whose topic cannot be
+// read (missing).
 func (s *Source) retryTopicErr() error {
 	if s.retry == nil {
 		return nil
 	}
 	for _, t := range s.retry.tiers {
 		t.src.mu.Lock()
-		err := t.src.topicErr
+		st, err := t.src.status, t.src.topicErr
 		t.src.mu.Unlock()
+		if st.Err != nil && !st.Connected {
+			return t.src.tierGroupErr(st.Err)
+		}
 		if err != nil {
 			return fmt.Errorf("kafka: retry topic: %w", err)
 		}
 	}
 	return nil
+}
+
+// tierGroupErr is err, an error of s (a tier consumer) joining its group,
+// as its main Source reports it.
+func (s *Source) tierGroupErr(err error) error {
+	return fmt.Errorf("kafka: retry tier group %s (topic %s), whose retries do not come back until it joins: %w",
+		s.cfg.GroupID, s.cfg.Topic, err)
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
@@ -229,5 +231,65 @@ func TestRetryTopicsCollidingNamesRefused(t *testing.T) {
 		} else {
 			t.Logf("%v", err)
 		}
+	}
+}
+
+// TestRetryTierGroupRefusedIsReported: the coordinator refuses the group
+// of a tier consumer (GROUP_AUTHORIZATION_FAILED on FindCoordinator): the
+// retries of that tier never come back, so Status().Err and a
+// broker.EventReconnecting event must say so, naming the tier group (they
+// said nothing).
+func TestRetryTierGroupRefusedIsReported(t *testing.T) {
+	e := newEnv(t)
+	e.needKfake(t)
+	_, cfg := oneTierSource(t, e, "retry-acl", 50*time.Millisecond)
+	const tierGroup = "g.retry.50ms"
+	e.cluster.ControlKey(int16(kmsg.FindCoordinator), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+		e.cluster.KeepControl()
+		req := kr.(*kmsg.FindCoordinatorRequest)
+		if req.CoordinatorKey != tierGroup && !slices.Contains(req.CoordinatorKeys, tierGroup) {
+			return nil, nil, false
+		}
+		resp := req.ResponseKind().(*kmsg.FindCoordinatorResponse)
+		resp.Version = req.Version
+		resp.ErrorCode = kerr.GroupAuthorizationFailed.Code
+		for _, k := range req.CoordinatorKeys {
+			rc := kmsg.NewFindCoordinatorResponseCoordinator()
+			rc.Key = k
+			rc.ErrorCode = kerr.GroupAuthorizationFailed.Code
+			resp.Coordinators = append(resp.Coordinators, rc)
+		}
+		return resp, nil, true
+	})
+	src := newSource(t, cfg)
+	var reported atomic.Bool
+	src.SetEventHook(func(ev broker.Event) {
+		if ev.Kind == broker.EventReconnecting && ev.Err != nil && strings.Contains(ev.Err.Error(), tierGroup) {
+			reported.Store(true)
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		src.Receive(ctx) // joins the groups; nothing to receive
+	}()
+	defer func() {
+		cancel()
+		<-done
+		src.Close(context.Background())
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && !(reported.Load() && src.Status().Err != nil) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	st := src.Status()
+	if st.Err == nil || !strings.Contains(st.Err.Error(), tierGroup) {
+		t.Errorf("Status = %+v; want an Err naming the tier group %s", st, tierGroup)
+	} else {
+		t.Logf("Status().Err: %v", st.Err)
+	}
+	if !reported.Load() {
+		t.Errorf("no EventReconnecting naming the tier group %s", tierGroup)
 	}
 }

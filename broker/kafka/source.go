@@ -204,6 +204,15 @@ func (s *Source) SetEventHook(f func(broker.Event)) {
 }
 
 func (s *Source) emit(kind broker.EventKind, err error) {
+	if s.tier != nil {
+		// A tier consumer's group failing to join is its main Source's
+		// (the tier's retries do not come back meanwhile); its other
+		// events (its own rebalances) are not.
+		if kind == broker.EventReconnecting {
+			s.tier.main.emit(kind, s.tierGroupErr(err))
+		}
+		return
+	}
 	if f := s.hook.Load(); f != nil {
 		(*f)(broker.Event{Kind: kind, Err: err, Time: time.Now()})
 	}
@@ -213,7 +222,10 @@ func (s *Source) emit(kind broker.EventKind, err error) {
 // Source is a member of the group (including during a rebalance); Err is the
 // last error from joining — or, while a member, an error saying that the
 // topic — or one of its retry topics (Config.RetryTopics) — does not
-// exist (or its partitions cannot be read), or one wrapping
+// exist (or its partitions cannot be read), or that the consumer group of
+// a retry tier cannot join (its retries do not come back meanwhile; the
+// failures also emit broker.EventReconnecting naming the tier group), or
+// one wrapping
 // ErrDeadLetterUnwritable while records wait for a dead-letter write that
 // retrying cannot fix (their partitions do not move meanwhile).
 func (s *Source) Status() broker.Status {
