@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -32,8 +33,17 @@ import (
 // order. Messages of other lanes are settled by their own outcome.
 //
 // msgs holds between 1 and Batch.MaxSize messages, in the order they were
-// received. The slice is reused for the next batch: do not keep it after
-// HandleBatch returns (the messages themselves may be kept). ctx is as a
+// received. The slice is the handler's own copy: it may sort, reorder, nil
+// or overwrite its entries, and the runtime still settles (and checks the
+// delivery budget of) each message it received. The failure indexes of a
+// BatchError refer to msgs as the handler left it when it returned: after
+// a sort, index i is the message then at msgs[i] (the runtime finds it by
+// pointer). When msgs no longer holds each message of the batch exactly
+// once (an entry set to nil, to a copy or to another message, or a message
+// twice), the indexes cannot be mapped and a BatchError fails the whole
+// batch (logged, saying why); nil and other errors are not affected. The
+// slice is reused for the next batch: do not keep it after HandleBatch
+// returns (the messages themselves may be kept). ctx is as a
 // Handler's (see Handler): it is cancelled with cause ErrDrainTimeout at the
 // drain deadline, with ErrConsumerClosed on Close, and with
 // broker.ErrStaleDelivery when the source fences one of the batch's
@@ -127,11 +137,12 @@ type batchMode struct {
 // batch and have the rest acknowledged (see BatchHandler). Make one with
 // BatchFailures; the runtime finds it with errors.As, so it may be wrapped.
 type BatchError struct {
-	// Failed maps the index of a message in the batch to its error. An
-	// index outside the batch fails the whole batch (the runtime cannot
-	// tell which message was meant), and so does a BatchError that names
-	// no failed message (return nil when all were handled); next to
-	// failed ones, a nil error means the message was handled.
+	// Failed maps the index of a message in the handler's msgs, as the
+	// handler left it (see BatchHandler), to its error. An index outside
+	// the batch fails the whole batch (the runtime cannot tell which
+	// message was meant), and so does a BatchError that names no failed
+	// message (return nil when all were handled); next to failed ones, a
+	// nil error means the message was handled.
 	Failed map[int]error
 }
 
@@ -189,36 +200,84 @@ func (e *BatchError) Unwrap() []error {
 	return errs
 }
 
-// batchOutcomes returns the error of each of n messages for the batch
-// handler's result err: nil for all when err is nil; per message for a
-// *BatchError; err for all otherwise (a plain error, a panic, a BatchError
-// naming an index outside the batch). The user's error methods may panic:
-// errors.As is guarded.
-func batchOutcomes(err error, out []error) []error {
-	n := len(out)
+// batchOutcomes returns in out the error of each of the batch's messages
+// ms (the runtime's, in delivery order) for the batch handler's result err,
+// given hs, the handler's msgs as it left them: nil for all when err is
+// nil; per message for a *BatchError, whose indexes refer to hs; err for
+// all otherwise (a plain error, a panic). misuse is not nil when the
+// handler's per-message verdict cannot be applied (an index outside the
+// batch; hs no longer a permutation of ms, so that an index cannot be
+// mapped to a message): every message then fails with misuse, which says
+// why (for the log). The user's error methods may panic: errors.As is
+// guarded.
+func batchOutcomes(err error, hs, ms []*broker.Message, out []error) (_ []error, misuse error) {
 	clear(out)
 	if err == nil {
-		return out
+		return out, nil
 	}
 	be := asBatchError(err)
 	if be == nil {
-		for i := range out {
-			out[i] = err
+		return fill(out, err), nil
+	}
+	n := len(out)
+	for i, e := range be.Failed {
+		if e != nil && (i < 0 || i >= n) {
+			misuse = fmt.Errorf("queuekit: the batch handler failed message %d of a batch of %d; failing the whole batch: %w", i, n, err)
+			return fill(out, misuse), misuse
 		}
-		return out
+	}
+	// Where hs[i] is ms[k]: the identity unless the handler reordered.
+	var pos []int
+	if !slices.Equal(hs, ms) {
+		var why string
+		pos, why = permutation(hs, ms)
+		if pos == nil {
+			misuse = fmt.Errorf("queuekit: the batch handler %s, so its failure indexes cannot be mapped to messages; failing the whole batch: %w", why, err)
+			return fill(out, misuse), misuse
+		}
 	}
 	for i, e := range be.Failed {
 		if e == nil {
 			continue
 		}
-		if i < 0 || i >= n {
-			whole := fmt.Errorf("queuekit: the batch handler failed message %d of a batch of %d; failing the whole batch: %w", i, n, err)
-			for j := range out {
-				out[j] = whole
-			}
-			return out
+		if pos != nil {
+			i = pos[i]
 		}
 		out[i] = e
+	}
+	return out, nil
+}
+
+// permutation returns pos, where hs[i] is ms[pos[i]], when hs holds each
+// message of ms exactly once (compared by pointer); otherwise nil, and why
+// not.
+func permutation(hs, ms []*broker.Message) (pos []int, why string) {
+	at := make(map[*broker.Message]int, len(ms))
+	for k, m := range ms {
+		at[m] = k
+	}
+	pos = make([]int, len(hs))
+	seen := make([]bool, len(ms))
+	for i, h := range hs {
+		k, ok := at[h]
+		switch {
+		case h == nil:
+			return nil, fmt.Sprintf("set msgs[%d] to nil", i)
+		case !ok:
+			return nil, fmt.Sprintf("put in msgs[%d] a message not of the batch", i)
+		case seen[k]:
+			return nil, fmt.Sprintf("put message %q in msgs twice (msgs[%d])", ms[k].ID, i)
+		}
+		seen[k] = true
+		pos[i] = k
+	}
+	return pos, ""
+}
+
+// fill sets every error of out to err.
+func fill(out []error, err error) []error {
+	for i := range out {
+		out[i] = err
 	}
 	return out
 }

@@ -16,9 +16,16 @@ import (
 // writes it; abandon reads ds once it took the worker's slot from
 // slotRunning to slotAbandoned, after which the worker no longer touches it
 // (the worker writes ds before it stores slotRunning).
+//
+// ms[j] is ds[j]'s message as the source handed it over; the handler never
+// sees ms but hs, a copy made for each call, which it may reorder, nil or
+// overwrite: the runtime reads hs back only to map failure indexes to
+// deliveries (batchOutcomes), and settles, budget-checks, logs and observes
+// each delivery with its own ms[j].
 type workerBatch struct {
 	ds   []broker.Delivery
 	ms   []*broker.Message
+	hs   []*broker.Message // the handler's msgs
 	errs []error
 }
 
@@ -26,8 +33,9 @@ type workerBatch struct {
 func (wb *workerBatch) reset() {
 	clear(wb.ds)
 	clear(wb.ms)
+	clear(wb.hs)
 	clear(wb.errs)
-	wb.ds, wb.ms, wb.errs = wb.ds[:0], wb.ms[:0], wb.errs[:0]
+	wb.ds, wb.ms, wb.hs, wb.errs = wb.ds[:0], wb.ms[:0], wb.hs[:0], wb.errs[:0]
 }
 
 // takeBatch is take for a batch consumer: worker i, which holds a slot of
@@ -184,11 +192,14 @@ func (r *run) processBatch(i int, in *intake, wb *workerBatch) bool {
 	}
 	probe := in.probe && r.c.ks.state.Load() == ksProbing
 	hctx, release := r.batchContext(&r.leases[i], in, wb.ds)
+	// The handler gets a copy of the messages: what it does to its slice
+	// cannot change which message the runtime settles (see workerBatch).
+	wb.hs = append(wb.hs[:0], wb.ms...)
 	var err error
 	if l := r.c.limiter; l != nil {
-		err = r.callBatchLimited(l, hctx, wb.ms)
+		err = r.callBatchLimited(l, hctx, wb.hs, wb.ms[0])
 	} else {
-		err = r.callBatch(hctx, wb.ms)
+		err = r.callBatch(hctx, wb.hs, wb.ms[0])
 	}
 	if release != nil {
 		release()
@@ -208,7 +219,11 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 	if cap(wb.errs) < n {
 		wb.errs = make([]error, n, r.c.batch.cfg.MaxSize)
 	}
-	errs := batchOutcomes(err, wb.errs[:n])
+	errs, misuse := batchOutcomes(err, wb.hs, wb.ms, wb.errs[:n])
+	if misuse != nil {
+		r.c.logger().Error("queuekit: the batch handler's failures cannot be told apart; the batch failed", "messages", n,
+			"first_message_id", wb.ms[0].ID, "error", errorText(misuse))
+	}
 	// The lanes with a failed delivery so far: the later deliveries of such
 	// a lane are given back unhandled, to come again after the failed one.
 	// A batch rarely holds more than a few lanes: a slice beats a map.
@@ -323,26 +338,28 @@ func containsLease(leases []context.Context, lease context.Context) bool {
 	return false
 }
 
-// callBatch runs the batch handler, turning a panic into a *PanicError for
-// the whole batch.
-func (r *run) callBatch(ctx context.Context, ms []*broker.Message) (err error) {
+// callBatch runs the batch handler on hs, the handler's copy of the batch
+// whose first message is first (the runtime's, for the log: hs[0] may be
+// anything by then), turning a panic into a *PanicError for the whole batch.
+func (r *run) callBatch(ctx context.Context, hs []*broker.Message, first *broker.Message) (err error) {
+	n := len(hs)
 	defer func() {
 		if p := recover(); p != nil {
 			pe := &PanicError{Value: p, Stack: debug.Stack()}
-			r.c.logger().Error("queuekit: batch handler panicked; the batch failed", "messages", len(ms),
-				"first_message_id", ms[0].ID, "outcome", "panic", "panic", fmt.Sprint(p), "stack", string(pe.Stack))
+			r.c.logger().Error("queuekit: batch handler panicked; the batch failed", "messages", n,
+				"first_message_id", first.ID, "outcome", "panic", "panic", fmt.Sprint(p), "stack", string(pe.Stack))
 			err = pe
 		}
 	}()
-	return r.c.batch.h.HandleBatch(ctx, ms)
+	return r.c.batch.h.HandleBatch(ctx, hs)
 }
 
 // callBatchLimited is callLimited for a batch: the limiter sees one call
 // per batch, with the batch's latency, failed when the whole batch failed.
-func (r *run) callBatchLimited(l concurrencyLimiter, ctx context.Context, ms []*broker.Message) error {
+func (r *run) callBatchLimited(l concurrencyLimiter, ctx context.Context, hs []*broker.Message, first *broker.Message) error {
 	n := int(r.running.Add(1))
 	start := time.Now()
-	err := r.callBatch(ctx, ms)
+	err := r.callBatch(ctx, hs, first)
 	lat := time.Since(start)
 	r.running.Add(-1)
 	failed := isFailure(err) && asBatchError(err) == nil

@@ -1,0 +1,172 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/memory"
+	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/retry"
+)
+
+// deadLetterIDs returns the IDs of queue's dead letters, sorted.
+func deadLetterIDs(b *memory.Broker, queue string) []string {
+	var ids []string
+	for _, m := range b.DeadLetters(queue) {
+		ids = append(ids, m.ID)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// The handler's msgs is its own: whatever it does to the slice (sort,
+// reverse, nil entries, replace or duplicate them), the runtime settles
+// and budget-checks its own deliveries, never dereferences what the handler
+// left, and maps failure indexes (which refer to msgs as the handler left
+// it) to messages by identity; when msgs is no longer a permutation of the
+// batch, failure indexes cannot be trusted and the whole batch fails.
+// Regression: a review found the handler's changes read back (a crash on a
+// nil entry, a poison acked after a sort, a budget never spent).
+func TestBatchHandlerOwnsItsSlice(t *testing.T) {
+	poison := retry.Permanent(errors.New("poison"))
+	for _, tc := range []struct {
+		name     string
+		handle   func(msgs []*broker.Message) error
+		wantDead []string // with WithMaxDeliveries(1): every failed message
+	}{
+		{
+			name: "sorted, failure by index into the sorted slice",
+			handle: func(msgs []*broker.Message) error {
+				sort.Slice(msgs, func(i, j int) bool { return msgs[i].ID > msgs[j].ID })
+				return consumer.BatchFailures(map[int]error{slices.IndexFunc(msgs, func(m *broker.Message) bool { return m.ID == "m1" }): poison})
+			},
+			wantDead: []string{"m1"},
+		},
+		{
+			name: "reversed, failure by index as left",
+			handle: func(msgs []*broker.Message) error {
+				slices.Reverse(msgs)
+				return consumer.BatchFailures(map[int]error{0: poison}) // m3
+			},
+			wantDead: []string{"m3"},
+		},
+		{
+			name: "a nil entry and a plain error",
+			handle: func(msgs []*broker.Message) error {
+				msgs[0] = nil
+				return errors.New("database down")
+			},
+			wantDead: []string{"m0", "m1", "m2", "m3"},
+		},
+		{
+			name: "a nil entry and a panic",
+			handle: func(msgs []*broker.Message) error {
+				msgs[0] = nil
+				panic("bug")
+			},
+			wantDead: []string{"m0", "m1", "m2", "m3"},
+		},
+		{
+			name: "every entry nil and success",
+			handle: func(msgs []*broker.Message) error {
+				clear(msgs)
+				return nil
+			},
+		},
+		{
+			name: "a nil entry and BatchFailures",
+			handle: func(msgs []*broker.Message) error {
+				msgs[2] = nil
+				return consumer.BatchFailures(map[int]error{1: poison})
+			},
+			wantDead: []string{"m0", "m1", "m2", "m3"},
+		},
+		{
+			name: "a duplicate entry and BatchFailures",
+			handle: func(msgs []*broker.Message) error {
+				msgs[0] = msgs[1]
+				return consumer.BatchFailures(map[int]error{1: poison})
+			},
+			wantDead: []string{"m0", "m1", "m2", "m3"},
+		},
+		{
+			name: "a foreign entry and BatchFailures",
+			handle: func(msgs []*broker.Message) error {
+				cp := *msgs[3]
+				msgs[3] = &cp
+				return consumer.BatchFailures(map[int]error{3: poison})
+			},
+			wantDead: []string{"m0", "m1", "m2", "m3"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := memory.NewBroker()
+			publishN(t, b, "q", 4)
+			var mu sync.Mutex
+			var observed []string
+			h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+				return tc.handle(msgs)
+			})
+			c, err := consumer.NewBatch(newSource(t, b, "q", 4), h, consumer.Batch{MaxSize: 4, MaxWait: time.Minute},
+				consumer.WithLogger(quiet), consumer.WithMaxDeliveries(1),
+				consumer.WithObserver(func(ctx context.Context, m *broker.Message, s consumer.Settlement, err error) {
+					mu.Lock()
+					defer mu.Unlock()
+					observed = append(observed, m.ID) // m is never nil
+				}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			runBatch(t, c, func() bool {
+				st := b.Stats("q")
+				return st.Acked+st.DeadLettered == 4
+			})
+			if got := deadLetterIDs(b, "q"); fmt.Sprint(got) != fmt.Sprint(tc.wantDead) {
+				t.Errorf("dead-lettered %v; want %v", got, tc.wantDead)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			sort.Strings(observed)
+			if fmt.Sprint(observed) != "[m0 m1 m2 m3]" {
+				t.Errorf("observer saw %v; want [m0 m1 m2 m3]", observed)
+			}
+		})
+	}
+}
+
+// The delivery budget counts the runtime's messages, not what the handler
+// put in their place. Regression: a handler that replaced its messages with
+// copies of Attempt 0 had a poison handled without end.
+func TestBatchBudgetIgnoresTheHandlersReplacements(t *testing.T) {
+	b := memory.NewBroker()
+	publishN(t, b, "q", 2)
+	log := newBatchLog()
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		log.see(msgs)
+		for i, m := range msgs {
+			cp := *m
+			cp.Attempt = 0
+			msgs[i] = &cp
+		}
+		slices.Reverse(msgs)
+		return errors.New("database down")
+	})
+	c, err := consumer.NewBatch(newSource(t, b, "q", 2), h, consumer.Batch{MaxSize: 2, MaxWait: time.Minute},
+		consumer.WithLogger(quiet), consumer.WithMaxDeliveries(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runBatch(t, c, func() bool { return b.Stats("q").DeadLettered == 2 })
+	for _, id := range []string{"m0", "m1"} {
+		if n := log.count(id); n != 3 {
+			t.Errorf("%s handled %d times; want 3 (WithMaxDeliveries(3))", id, n)
+		}
+	}
+}
