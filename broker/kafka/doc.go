@@ -193,11 +193,17 @@
 // the headers above are in Message.Header. Nothing sleeps on the main
 // topic's partitions: a tier record not yet due is held by a timer, and
 // while it is held the tier partition behind it waits (the tier consumer
-// runs ByPartition). Since all the records of a tier were written with
-// delays of at most that tier, a record waits behind an earlier one by at
-// most the tier's length minus its own delay; choose tiers close to the
-// delays you use (in the longest tier, longer delays may hold shorter
-// ones). HeaderDue is the writer's wall-clock time: a member whose clock
+// runs ByPartition). Since the records of a tier were written with delays
+// of at most that tier, a record waits behind an earlier one by at most
+// the tier's length minus its own delay; choose tiers close to the delays
+// you use. A delay longer than the longest tier goes to the longest tier:
+// such a record, due more than the tier's length later when it reaches the
+// head of its tier partition, is held there for one tier length and then
+// written again to the tail of the same tier, as it is (same attempt, due
+// time and origin; acks=all, then its offset is committed). So no record
+// waits behind another longer than about two tier lengths, and a delay
+// longer than the longest tier costs one rewrite per tier length: keep the
+// longest tier at least as long as the delays you use. HeaderDue is the writer's wall-clock time: a member whose clock
 // runs ahead of the writer's hands a record out early by the difference,
 // so keep the members' clocks synchronized (NTP). A retry record's offset
 // in its tier topic is committed by the

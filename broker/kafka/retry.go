@@ -17,7 +17,9 @@ package kafka
 // tier consumer runs ByPartition, so a held record is the head of its tier
 // partition and nothing behind it is handed out before it: every record of
 // a tier partition waits for the one before it, which is due first, or
-// at most the tier's length later (see pickTier).
+// at most the tier's length later (see pickTier). A record due more than a
+// tier's length later (a delay longer than the longest tier) is held one
+// tier length, then written to the tail of its tier again (recycle).
 
 import (
 	"context"
@@ -141,8 +143,14 @@ type retryTier struct {
 // and the timers holding records until due (under the tier Source's mu).
 type tierOf struct {
 	main  *Source
-	index int // the tier's place in Config.RetryTopics (sorted)
+	index int           // the tier's place in Config.RetryTopics (sorted)
+	delay time.Duration // the tier's length
 	holds map[*record]*time.Timer
+	// waited holds the records, due more than a tier's length later, that
+	// were held a tier's length at the head of their tier partition
+	// already: the next time they are at the head and still not due, they
+	// are written to the tail of the tier (recycle).
+	waited map[*record]struct{}
 }
 
 // newRetry builds the tier writer and consumers of a main Source whose
@@ -186,7 +194,7 @@ func newRetry(s *Source) (*retryState, error) {
 			rs.closeAll(context.Background())
 			return nil, fmt.Errorf("kafka: retry tier %v: %w", d, err)
 		}
-		src.tier = &tierOf{main: s, index: i, holds: make(map[*record]*time.Timer)}
+		src.tier = &tierOf{main: s, index: i, delay: d, holds: make(map[*record]*time.Timer), waited: make(map[*record]struct{})}
 		// Records that become ready in the tier wake the main Source's
 		// Receive.
 		src.notify = s.notify
@@ -226,8 +234,9 @@ func (rs *retryState) closeAll(ctx context.Context) error {
 // long as the delay, or the longest tier for a longer delay. A record never
 // comes back before its own delay (it is held until HeaderDue); in a tier
 // it may wait behind a record due later, by at most the tier's length
-// minus its delay (or, in the longest tier, by the longer delays before
-// it).
+// minus its delay (in the longest tier, behind a longer delay, by up to
+// two tier lengths: such a record is written again to the tail of its
+// tier after one tier length at the head; see receiveRetry).
 func (rs *retryState) pickTier(delay time.Duration) *retryTier {
 	for _, t := range rs.tiers {
 		if t.delay >= delay {
@@ -308,6 +317,20 @@ func (s *Source) receiveRetry() *delivery {
 				continue
 			}
 			if wait := dueIn(rec, now); wait > 0 {
+				if wait > ts.tier.delay {
+					// Due more than a tier's length later (a delay
+					// longer than the longest tier): after holding it
+					// a tier's length, write it to the tail of the
+					// tier, so that nothing waits behind it longer.
+					if _, ok := ts.tier.waited[rec]; ok {
+						delete(ts.tier.waited, rec)
+						ts.handOutLocked(rec) // a drain waits for the write
+						go ts.recycle(rec)
+						continue
+					}
+					ts.tier.waited[rec] = struct{}{}
+					wait = ts.tier.delay
+				}
 				ts.holdLocked(rec, wait)
 				continue
 			}
@@ -344,6 +367,11 @@ func (s *Source) holdLocked(rec *record, wait time.Duration) {
 			delete(s.tier.holds, r)
 		}
 	}
+	for r := range s.tier.waited {
+		if r.g.draining {
+			delete(s.tier.waited, r)
+		}
+	}
 	s.tier.holds[rec] = time.AfterFunc(wait, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -357,6 +385,48 @@ func (s *Source) holdLocked(rec *record, wait time.Duration) {
 			s.wakeLocked()
 		}
 	})
+}
+
+// recycle writes rec, a tier record handed out (dispatched) to nobody,
+// due more than a tier's length later, to the tail of its tier topic as
+// it is (same headers: attempt, due time, origin), acknowledged by all
+// in-sync replicas, and then marks it handled. When the write fails it is
+// held a tier's length again, as before.
+func (s *Source) recycle(rec *record) {
+	rs := s.tier.main.retry
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+	defer cancel()
+	m := &rec.m
+	werr := rs.write(ctx, kafkago.Message{Topic: m.Topic, Key: m.Key, Value: m.Value,
+		Headers: slices.Clone(m.Headers), Time: time.Now()})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g := rec.g
+	switch {
+	case werr != nil:
+		s.log.Warn("kafka: writing a retry record due later than its tier's length to the tail of its tier failed; holding it at the head a tier's length again",
+			"retry_topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "error", werr)
+		g.dispatched--
+		if g.draining {
+			if g.dispatched == 0 {
+				g.closeDrainedLocked()
+			}
+			return
+		}
+		if s.closed {
+			return
+		}
+		s.tier.waited[rec] = struct{}{}
+		s.holdLocked(rec, s.tier.delay)
+	case g.fenced:
+		// The copy was written; the original, not committed, goes to
+		// the partition's next owner too: it comes twice (at least once).
+		g.dispatched--
+	case rec.epoch != rec.p.epoch:
+		s.releaseLocked(rec, true)
+	default:
+		s.handledLocked(rec)
+	}
 }
 
 // dueMillis is t in Unix milliseconds, rounded up: truncated, a record

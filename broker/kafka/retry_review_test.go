@@ -293,3 +293,34 @@ func TestRetryTierGroupRefusedIsReported(t *testing.T) {
 		t.Errorf("no EventReconnecting naming the tier group %s", tierGroup)
 	}
 }
+
+// TestRetryLongDelayDoesNotHoldTheTier: a record requeued with a delay far
+// longer than the longest tier (an hour, in a tier of 100 ms) is the head
+// of its tier partition; a record requeued after it with 100 ms must come
+// back within a few tier lengths, not after the hour (it waited behind it:
+// the head-of-line wait had no bound).
+func TestRetryLongDelayDoesNotHoldTheTier(t *testing.T) {
+	e := newEnv(t)
+	topic, cfg := oneTierSource(t, e, "retry-long", 100*time.Millisecond)
+	src := newSource(t, cfg)
+	defer src.Close(context.Background())
+	e.produce(t, topic, 0, 2, func(int) string { return "k" })
+	for _, delay := range []time.Duration{time.Hour, 100 * time.Millisecond} {
+		d := receive(t, src)
+		if err := d.(broker.DelayedRequeuer).RequeueAfter(context.Background(), delay); err != nil {
+			t.Fatalf("RequeueAfter: %v", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d, err := src.Receive(ctx)
+	if err != nil {
+		t.Fatalf("the record requeued for 100 ms behind one requeued for an hour did not come back within 5 s: %v", err)
+	}
+	if m := d.Message(); string(m.Body) != "1" || m.Attempt != 2 {
+		t.Errorf("got %s@%d; want 1@2", m.Body, m.Attempt)
+	}
+	if err := d.Ack(context.Background()); err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+}
