@@ -63,7 +63,9 @@ func (f BatchHandlerFunc) HandleBatch(ctx context.Context, msgs []*broker.Messag
 
 // Batch says how a batch consumer (NewBatch) forms its batches.
 type Batch struct {
-	// MaxSize is the most messages a batch holds; at least 1.
+	// MaxSize is the most messages a batch holds: 1 to 65,536 (a batch is
+	// held in memory, MaxSize × concurrency messages at most). A Kafka
+	// source hands out batches of up to 65,536 records too.
 	MaxSize int
 	// MaxWait is how long a batch may wait for more messages once its first
 	// one arrived (0 or more): the handler gets MaxSize messages, or what
@@ -74,10 +76,14 @@ type Batch struct {
 	MaxWait time.Duration
 }
 
+// maxBatchSize bounds Batch.MaxSize (see there); broker/kafka's ReceiveBatch
+// has the same cap.
+const maxBatchSize = 1 << 16
+
 func (b Batch) validate() error {
 	switch {
-	case b.MaxSize < 1:
-		return fmt.Errorf("%w: batch max size %d, want at least 1", broker.ErrInvalidConfig, b.MaxSize)
+	case b.MaxSize < 1 || b.MaxSize > maxBatchSize:
+		return fmt.Errorf("%w: batch max size %d, want 1 to %d", broker.ErrInvalidConfig, b.MaxSize, maxBatchSize)
 	case b.MaxWait < 0:
 		return fmt.Errorf("%w: batch max wait %v, want 0 or more", broker.ErrInvalidConfig, b.MaxWait)
 	}

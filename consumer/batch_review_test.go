@@ -170,3 +170,25 @@ func TestBatchBudgetIgnoresTheHandlersReplacements(t *testing.T) {
 		}
 	}
 }
+
+// Batch.MaxSize is at most 65,536 (1<<16): a larger one is a configuration
+// error, not a batch buffer sized to it. Regression: MaxSize 1<<30 made
+// the first settlement allocate 16 GiB.
+func TestNewBatchBoundsMaxSize(t *testing.T) {
+	b := memory.NewBroker()
+	h := consumer.BatchHandlerFunc(func(context.Context, []*broker.Message) error { return nil })
+	for _, tc := range []struct {
+		size int
+		ok   bool
+	}{
+		{1 << 16, true},
+		{1<<16 + 1, false},
+		{1 << 30, false},
+		{int(^uint(0) >> 1), false},
+	} {
+		_, err := consumer.NewBatch(newSource(t, b, "q", 1), h, consumer.Batch{MaxSize: tc.size})
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, broker.ErrInvalidConfig)) {
+			t.Errorf("NewBatch(MaxSize %d) = %v; want ok %v, or an error wrapping ErrInvalidConfig", tc.size, err, tc.ok)
+		}
+	}
+}

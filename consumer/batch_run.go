@@ -217,7 +217,8 @@ func (r *run) processBatch(i int, in *intake, wb *workerBatch) bool {
 func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err error) {
 	n := len(wb.ds)
 	if cap(wb.errs) < n {
-		wb.errs = make([]error, n, r.c.batch.cfg.MaxSize)
+		// Sized to the batch, not to MaxSize: most batches are far smaller.
+		wb.errs = make([]error, n)
 	}
 	errs, misuse := batchOutcomes(err, wb.hs, wb.ms, wb.errs[:n])
 	if misuse != nil {
