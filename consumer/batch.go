@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -23,7 +22,8 @@ import (
 // delivery budget, dead-lettered at once when permanent or when the budget
 // is spent, given back unspent when it wraps ErrNotHandled after its intake
 // stopped). Any other error fails every message of the batch, and so does a
-// panic (recovered, logged with its stack).
+// panic (recovered, logged with its stack). BatchError says how the runtime
+// finds BatchErrors in a wrapped or joined error.
 //
 // On a source whose deliveries come in ordered lanes (broker.Sequenced:
 // Kafka's partitions, or keys under kafka.ByKey), the messages of a lane
@@ -141,7 +141,18 @@ type batchMode struct {
 
 // BatchError is what a BatchHandler returns to fail some messages of its
 // batch and have the rest acknowledged (see BatchHandler). Make one with
-// BatchFailures; the runtime finds it with errors.As, so it may be wrapped.
+// BatchFailures.
+//
+// It may be wrapped and joined: the runtime walks the handler's error
+// through Unwrap() error and Unwrap() []error (fmt.Errorf's %w,
+// errors.Join) down to the BatchErrors, whose own Unwrap it does not
+// follow. The failures of every BatchError found count (where two fail the
+// same message, the first found, depth first, gives its error). When the
+// walk meets any other failure — an error that is neither a BatchError nor
+// wraps one, such as errors.Join(BatchFailures(rows), errCommit) — that
+// failure concerns the whole batch, and every message fails with the
+// handler's error. A wrapper's meaning is not looked at: a BatchError
+// wrapped in retry.Permanent fails its messages with their own errors.
 type BatchError struct {
 	// Failed maps the index of a message in the handler's msgs, as the
 	// handler left it (see BatchHandler), to its error. An index outside
@@ -153,8 +164,10 @@ type BatchError struct {
 }
 
 // BatchFailures returns a *BatchError for the messages of a batch that
-// failed, by their index in the batch, or nil when failed holds no error
-// (every message was handled). It copies failed, dropping nil errors.
+// failed, by their index in the handler's msgs, or nil when failed holds no
+// error (every message was handled). It copies failed, dropping nil errors.
+// Wrapped or joined with other BatchErrors, its failures still count;
+// joined with any other error, the whole batch fails (see BatchError).
 func BatchFailures(failed map[int]error) error {
 	out := make(map[int]error, len(failed))
 	for i, err := range failed {
@@ -209,27 +222,30 @@ func (e *BatchError) Unwrap() []error {
 // batchOutcomes returns in out the error of each of the batch's messages
 // ms (the runtime's, in delivery order) for the batch handler's result err,
 // given hs, the handler's msgs as it left them: nil for all when err is
-// nil; per message for a *BatchError, whose indexes refer to hs; err for
-// all otherwise (a plain error, a panic). misuse is not nil when the
+// nil; per message when err is made of *BatchErrors (see batchErrors),
+// whose indexes refer to hs; err for all otherwise (a plain error, a
+// panic, a BatchError joined with another error). misuse is not nil when the
 // handler's per-message verdict cannot be applied (an index outside the
 // batch; hs no longer a permutation of ms, so that an index cannot be
 // mapped to a message): every message then fails with misuse, which says
-// why (for the log). The user's error methods may panic: errors.As is
+// why (for the log). The user's error methods may panic: batchErrors is
 // guarded.
 func batchOutcomes(err error, hs, ms []*broker.Message, out []error) (_ []error, misuse error) {
 	clear(out)
 	if err == nil {
 		return out, nil
 	}
-	be := asBatchError(err)
-	if be == nil {
+	bes := batchErrors(err)
+	if bes == nil {
 		return fill(out, err), nil
 	}
 	n := len(out)
-	for i, e := range be.Failed {
-		if e != nil && (i < 0 || i >= n) {
-			misuse = fmt.Errorf("queuekit: the batch handler failed message %d of a batch of %d; failing the whole batch: %w", i, n, err)
-			return fill(out, misuse), misuse
+	for _, be := range bes {
+		for i, e := range be.Failed {
+			if e != nil && (i < 0 || i >= n) {
+				misuse = fmt.Errorf("queuekit: the batch handler failed message %d of a batch of %d; failing the whole batch: %w", i, n, err)
+				return fill(out, misuse), misuse
+			}
 		}
 	}
 	// Where hs[i] is ms[k]: the identity unless the handler reordered.
@@ -242,14 +258,18 @@ func batchOutcomes(err error, hs, ms []*broker.Message, out []error) (_ []error,
 			return fill(out, misuse), misuse
 		}
 	}
-	for i, e := range be.Failed {
-		if e == nil {
-			continue
+	// Failures in index order, so that of two BatchErrors failing one
+	// message the first in the tree's walk has its say.
+	for _, be := range bes {
+		for _, i := range be.indexes() {
+			k := i
+			if pos != nil {
+				k = pos[i]
+			}
+			if out[k] == nil {
+				out[k] = be.Failed[i]
+			}
 		}
-		if pos != nil {
-			i = pos[i]
-		}
-		out[i] = e
 	}
 	return out, nil
 }
@@ -288,23 +308,70 @@ func fill(out []error, err error) []error {
 	return out
 }
 
-// asBatchError is errors.As(err, &be), guarded against panicking error
-// methods; nil when err holds no usable *BatchError (a typed nil included).
-func asBatchError(err error) (be *BatchError) {
+// batchErrors returns the *BatchErrors of the batch handler's result err
+// (not nil), found by walking its tree through Unwrap() error and
+// Unwrap() []error, in depth-first order; nil when err fails the whole
+// batch: when the tree holds a failure that is neither a BatchError nor a
+// wrapper of failures (a leaf error other than a BatchError, a wrapper
+// whose Unwrap returns nothing), a BatchError that names no failure (a typed
+// nil included), or when walking it failed (a panicking Unwrap, more than
+// maxErrorTree errors: a cycle). A BatchError's own Unwrap (its messages'
+// errors) is not walked.
+func batchErrors(err error) (bes []*BatchError) {
 	defer func() {
 		if recover() != nil {
-			be = nil
+			bes = nil
 		}
 	}()
-	if !errors.As(err, &be) || be == nil {
+	nodes := 0
+	var walk func(err error) bool
+	walk = func(err error) bool {
+		if nodes++; nodes > maxErrorTree {
+			return false
+		}
+		switch e := err.(type) {
+		case *BatchError:
+			if e == nil || !e.failsAny() {
+				return false
+			}
+			bes = append(bes, e)
+			return true
+		case interface{ Unwrap() error }:
+			inner := e.Unwrap()
+			return inner != nil && walk(inner)
+		case interface{ Unwrap() []error }:
+			found := false
+			for _, inner := range e.Unwrap() {
+				if inner == nil {
+					continue
+				}
+				if !walk(inner) {
+					return false
+				}
+				found = true
+			}
+			return found
+		}
+		return false
+	}
+	if !walk(err) {
 		return nil
 	}
-	for _, e := range be.Failed {
-		if e != nil {
-			return be
+	return bes
+}
+
+// maxErrorTree bounds the errors batchErrors looks at: an Unwrap cycle
+// would walk for ever.
+const maxErrorTree = 1 << 17
+
+// failsAny reports whether e names a failed message.
+func (e *BatchError) failsAny() bool {
+	for _, err := range e.Failed {
+		if err != nil {
+			return true
 		}
 	}
-	return nil
+	return false
 }
 
 // hasMiddleware reports whether mw holds a middleware that is not nil.

@@ -192,3 +192,48 @@ func TestNewBatchBoundsMaxSize(t *testing.T) {
 		}
 	}
 }
+
+// The runtime walks the handler's error tree (Unwrap() error and
+// Unwrap() []error): the failures of every BatchError in it count, and any
+// other failure in it fails the whole batch. Regression: errors.Join of a
+// BatchError and a plain error acked the others, and of two BatchErrors
+// acked the second's failures.
+func TestBatchErrorTree(t *testing.T) {
+	bad := func(i int) error {
+		return consumer.BatchFailures(map[int]error{i: retry.Permanent(fmt.Errorf("row %d", i))})
+	}
+	commit := errors.New("commit failed")
+	all := []string{"m0", "m1", "m2", "m3"}
+	for _, tc := range []struct {
+		name     string
+		err      error
+		wantDead []string
+	}{
+		{"a wrapped BatchError", fmt.Errorf("saving: %w", bad(1)), []string{"m1"}},
+		{"a BatchError joined with a plain error", errors.Join(bad(0), commit), all},
+		{"a plain error joined with a BatchError", errors.Join(commit, bad(0)), all},
+		{"a BatchError and a plain error in one wrapper", fmt.Errorf("%w; %w", bad(1), commit), all},
+		{"two joined BatchErrors", errors.Join(bad(0), bad(3)), []string{"m0", "m3"}},
+		{"a joined BatchError and a wrapped one", errors.Join(bad(0), fmt.Errorf("part 2: %w", bad(2))), []string{"m0", "m2"}},
+		{"two BatchErrors failing one message", errors.Join(bad(2), bad(2)), []string{"m2"}},
+		{"a joined BatchError naming an index outside the batch", errors.Join(bad(0), bad(4)), all},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := memory.NewBroker()
+			publishN(t, b, "q", 4)
+			h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error { return tc.err })
+			c, err := consumer.NewBatch(newSource(t, b, "q", 4), h, consumer.Batch{MaxSize: 4, MaxWait: time.Minute},
+				consumer.WithLogger(quiet), consumer.WithMaxDeliveries(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			runBatch(t, c, func() bool {
+				st := b.Stats("q")
+				return st.Acked+st.DeadLettered == 4
+			})
+			if got := deadLetterIDs(b, "q"); fmt.Sprint(got) != fmt.Sprint(tc.wantDead) {
+				t.Errorf("dead-lettered %v; want %v", got, tc.wantDead)
+			}
+		})
+	}
+}

@@ -363,7 +363,7 @@ func (r *run) callBatchLimited(l concurrencyLimiter, ctx context.Context, hs []*
 	err := r.callBatch(ctx, hs, first)
 	lat := time.Since(start)
 	r.running.Add(-1)
-	failed := isFailure(err) && asBatchError(err) == nil
+	failed := isFailure(err) && batchErrors(err) == nil
 	limit := guarded(-1, func() int { return l.observe(lat, failed, n) })
 	if limit > 0 {
 		r.c.gate.setLimit(limit)
