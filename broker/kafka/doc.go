@@ -223,6 +223,17 @@
 // Source.Lag and Backlog report the main topic only; the tier topics are
 // in their groups' lag.
 //
+// Changing the tiers: a Source consumes only the tiers of its config. The
+// records of a tier that is removed from Config.RetryTopics (or of every
+// tier, when RetryTopics is turned off) stay in its topic, and nothing
+// hands them out. To retire a tier, first stop using delays that go to it,
+// keep it configured until its group's lag (GroupID + ".retry." + the
+// tier) is 0, and only then remove it. At its first Receive a Source looks
+// once for retry topics of its topic and group that its config does not
+// have and that still hold records past their tier group's committed
+// offsets; it logs a warning naming them, and Status().Err reports them
+// until the Source is closed.
+//
 // # Concurrency
 //
 // A Source is safe for concurrent use; the runtime calls Receive from all its

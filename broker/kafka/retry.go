@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
@@ -275,6 +276,7 @@ func (s *Source) startRetry() error {
 // record of a tier, or returns nil. Receive and ReceiveBatch call it before
 // they look at the main topic's ready records.
 func (s *Source) nextRetry() (*delivery, error) {
+	s.strandedOnce.Do(s.startStrandedCheck)
 	if s.retry == nil {
 		return nil, nil
 	}
@@ -626,6 +628,88 @@ func (rs *retryState) write(ctx context.Context, m kafkago.Message) error {
 		return fmt.Errorf("kafka: write: topic %s does not exist (see Source.DeclareTopology): %w", m.Topic, err)
 	}
 	return fmt.Errorf("kafka: write to %s: %w", m.Topic, err)
+}
+
+// startStrandedCheck looks, once, in the background (a call Close waits
+// for, see enter), for retry topics of the group that the config does not
+// have (see strandedTiers).
+func (s *Source) startStrandedCheck() {
+	ctx, leave, err := s.enter(context.Background())
+	if err != nil {
+		return
+	}
+	go func() {
+		defer leave()
+		ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.Timeout)
+		defer cancel()
+		msg, err := s.strandedTiers(ctx)
+		if err != nil {
+			s.log.Info("kafka: could not look for retry topics left over from an earlier config", "error", err)
+			return
+		}
+		if msg == "" {
+			return
+		}
+		err = fmt.Errorf("kafka: retry records stranded: %s; nothing consumes them (Config.RetryTopics does not have their tiers): add their tiers back to Config.RetryTopics until their lag is 0, then remove them", msg)
+		s.log.Warn("kafka: retry topics of this group that the config does not have still hold records", "error", err)
+		s.mu.Lock()
+		s.stranded = err
+		s.mu.Unlock()
+	}()
+}
+
+// strandedTiers lists the cluster's topics and returns, for each retry
+// topic of s's topic and group (RetryTopicName) whose tier Config.RetryTopics
+// does not have and which still holds records past its tier group's
+// committed offsets, "<topic> (<n> records)"; "" when there is none.
+func (s *Source) strandedTiers(ctx context.Context) (string, error) {
+	md, err := s.lagCli.Metadata(ctx, &kafkago.MetadataRequest{})
+	if err != nil {
+		return "", fmt.Errorf("metadata: %w", err)
+	}
+	prefix := retryPrefix(s.cfg.Topic, s.cfg.GroupID)
+	var out []string
+	for _, t := range md.Topics {
+		tier, ok := strings.CutPrefix(t.Name, prefix)
+		if !ok || t.Error != nil || strings.Contains(tier, ".") || slices.Contains(s.retryTopicNames(), t.Name) {
+			continue
+		}
+		var ids []int
+		reqs := make([]kafkago.OffsetRequest, 0, 2*len(t.Partitions))
+		for _, p := range t.Partitions {
+			ids = append(ids, p.ID)
+			reqs = append(reqs, kafkago.FirstOffsetOf(p.ID), kafkago.LastOffsetOf(p.ID))
+		}
+		lo, err := s.lagCli.ListOffsets(ctx, &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{t.Name: reqs}})
+		if err != nil {
+			return "", fmt.Errorf("list offsets of %s: %w", t.Name, err)
+		}
+		of, err := s.lagCli.OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: s.cfg.GroupID + ".retry." + tier, Topics: map[string][]int{t.Name: ids}})
+		if err != nil {
+			return "", fmt.Errorf("offset fetch of %s: %w", t.Name, err)
+		}
+		committed := map[int]int64{}
+		for _, p := range of.Topics[t.Name] {
+			if p.Error == nil {
+				committed[p.Partition] = p.CommittedOffset
+			}
+		}
+		var lag int64
+		for _, p := range lo.Topics[t.Name] {
+			if p.Error != nil {
+				continue
+			}
+			if c, ok := committed[p.Partition]; ok && c >= 0 {
+				lag += max(p.LastOffset-c, 0)
+			} else {
+				lag += p.LastOffset - p.FirstOffset
+			}
+		}
+		if lag > 0 {
+			out = append(out, fmt.Sprintf("%s (%d records)", t.Name, lag))
+		}
+	}
+	return strings.Join(out, ", "), nil
 }
 
 // pauseTiers pauses or resumes the tier consumers with their main Source,

@@ -324,3 +324,35 @@ func TestRetryLongDelayDoesNotHoldTheTier(t *testing.T) {
 		t.Fatalf("Ack: %v", err)
 	}
 }
+
+// TestRetryStrandedTierIsReported: a retry topic of the group's that the
+// config no longer has (the tiers changed, or retry topics were turned
+// off) still holds a record nobody consumes: Status().Err must name it
+// (those retries were stranded silently).
+func TestRetryStrandedTierIsReported(t *testing.T) {
+	e := newEnv(t)
+	topic, cfg := oneTierSource(t, e, "retry-stranded", 50*time.Millisecond)
+	old := kafka.RetryTopicName(topic, cfg.GroupID, 5*time.Second)
+	e.createTopic(t, old, 1)
+	produceRaw(t, e, old, kafkago.Message{Value: []byte("pending retry")})
+	for _, tiers := range [][]time.Duration{nil, {50 * time.Millisecond}} {
+		cfg.RetryTopics = tiers
+		src := newSource(t, cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		src.Receive(ctx) // starts the Source; nothing to receive
+		cancel()
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) && src.Status().Err == nil {
+			time.Sleep(20 * time.Millisecond)
+		}
+		st := src.Status()
+		if st.Err == nil || !strings.Contains(st.Err.Error(), old) {
+			t.Errorf("RetryTopics %v: Status = %+v; want an Err naming the stranded retry topic %s", tiers, st, old)
+		} else {
+			t.Logf("RetryTopics %v: Status().Err: %v", tiers, st.Err)
+		}
+		if err := src.Close(context.Background()); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	}
+}

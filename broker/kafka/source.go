@@ -105,6 +105,11 @@ type Source struct {
 	// Source. Both are written by NewSource only.
 	retry *retryState
 	tier  *tierOf
+	// strandedOnce starts, on the first Receive, the look for retry
+	// topics of the group that the config does not have but which still
+	// hold records; stranded (under mu) is what it found, for Status.
+	strandedOnce sync.Once
+	stranded     error
 }
 
 // NewSource returns a Source for cfg. It returns an error wrapping
@@ -227,7 +232,10 @@ func (s *Source) emit(kind broker.EventKind, err error) {
 // failures also emit broker.EventReconnecting naming the tier group), or
 // one wrapping
 // ErrDeadLetterUnwritable while records wait for a dead-letter write that
-// retrying cannot fix (their partitions do not move meanwhile).
+// retrying cannot fix (their partitions do not move meanwhile), or, found
+// once at the first Receive, retry topics of the group that
+// Config.RetryTopics no longer has but which still hold records nobody
+// consumes (see "Retry topics" in the package documentation).
 func (s *Source) Status() broker.Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -240,6 +248,9 @@ func (s *Source) Status() broker.Status {
 	}
 	if n := len(s.unwritable); n > 0 && st.Err == nil {
 		st.Err = fmt.Errorf("kafka: %d record(s) hold their partitions; the latest: %w", n, s.lastUnwritable)
+	}
+	if st.Err == nil {
+		st.Err = s.stranded
 	}
 	return st
 }
