@@ -237,3 +237,36 @@ func TestBatchErrorTree(t *testing.T) {
 		})
 	}
 }
+
+// A source whose Sequenced.Lane panics is broken, like one that returns a
+// nil delivery: the run fails with a fatal error before the handler sees
+// the batch, and every delivery is given back. Regression: the batch was
+// handled, given back and received again without end.
+func TestBatchPanickingLaneFailsTheRun(t *testing.T) {
+	src := newLaneSource(1, 2, 3)
+	src.batches[0][1].panic = true
+	handled := 0
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		handled++ // one worker: no race
+		return nil
+	})
+	c, err := consumer.NewBatch(src, h, consumer.Batch{MaxSize: 10}, consumer.WithLogger(quiet),
+		consumer.WithDrainTimeout(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = c.Run(ctx)
+	if !broker.IsFatal(err) {
+		t.Fatalf("Run = %v; want a fatal error", err)
+	}
+	if handled != 0 {
+		t.Errorf("handler called %d times; want 0", handled)
+	}
+	for _, id := range []string{"m0", "m1", "m2"} {
+		if got := src.outcome(id); got != "release" {
+			t.Errorf("%s settled with %q; want release", id, got)
+		}
+	}
+}

@@ -23,10 +23,17 @@ import (
 // deliveries (batchOutcomes), and settles, budget-checks, logs and observes
 // each delivery with its own ms[j].
 type workerBatch struct {
-	ds   []broker.Delivery
-	ms   []*broker.Message
-	hs   []*broker.Message // the handler's msgs
-	errs []error
+	ds    []broker.Delivery
+	ms    []*broker.Message
+	hs    []*broker.Message // the handler's msgs
+	lanes []lane            // ds[j]'s lane, asked once the batch is collected
+	errs  []error
+}
+
+// lane is a delivery's lane (broker.Sequenced), when it has one.
+type lane struct {
+	id  uint64
+	seq bool
 }
 
 // reset drops the batch's references, keeping its arrays.
@@ -36,6 +43,28 @@ func (wb *workerBatch) reset() {
 	clear(wb.hs)
 	clear(wb.errs)
 	wb.ds, wb.ms, wb.hs, wb.errs = wb.ds[:0], wb.ms[:0], wb.hs[:0], wb.errs[:0]
+	wb.lanes = wb.lanes[:0]
+}
+
+// askLanes fills wb.lanes. Lane is the source's code: when it panics, the
+// source is broken (the runtime cannot keep its lanes in order), and the
+// error is fatal, as for a source that returns a nil delivery; asking
+// before the handler runs means the batch goes back unhandled.
+func (wb *workerBatch) askLanes(src broker.Source) (err error) {
+	wb.lanes = wb.lanes[:0]
+	for _, d := range wb.ds {
+		sq, ok := d.(broker.Sequenced)
+		if !ok {
+			wb.lanes = append(wb.lanes, lane{})
+			continue
+		}
+		id, ok := safeLane(sq)
+		if !ok {
+			return broker.Fatal(fmt.Errorf("queuekit: source %T: Lane of a %T delivery panicked", src, d))
+		}
+		wb.lanes = append(wb.lanes, lane{id: id, seq: true})
+	}
+	return nil
 }
 
 // takeBatch is take for a batch consumer: worker i, which holds a slot of
@@ -46,6 +75,9 @@ func (r *run) takeBatch(i int, in *intake) int {
 	wb := &r.batches[i]
 	s.state.Store(slotReceiving)
 	err := r.collect(in, wb)
+	if err == nil {
+		err = wb.askLanes(r.c.src)
+	}
 	if err != nil {
 		// Whatever was collected is given back unhandled; the error is what
 		// a single Receive's would be.
@@ -231,16 +263,14 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 	var failedLanes []uint64
 	for j, d := range wb.ds {
 		m, e := wb.ms[j], errs[j]
-		if sq, ok := d.(broker.Sequenced); ok {
-			lane, ok := safeLane(sq)
-			if !ok || containsLane(failedLanes, lane) {
-				// After a failure in its lane (or with a lane that cannot
-				// be told: a panicking Lane), handled or not, it goes back.
+		if l := wb.lanes[j]; l.seq {
+			if containsLane(failedLanes, l.id) {
+				// After a failure in its lane, handled or not, it goes back.
 				r.giveBack(d, m)
 				continue
 			}
 			if e != nil {
-				failedLanes = append(failedLanes, lane)
+				failedLanes = append(failedLanes, l.id)
 			}
 		}
 		if e != nil && in.stopped.Load() && !r.abandoning.Load() && safeIs(e, ErrNotHandled) {
