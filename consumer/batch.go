@@ -96,8 +96,10 @@ func (b Batch) validate() error {
 // BatchHandler). Everything else is as for a Consumer made with New: Run,
 // Shutdown, Close, Pause, Resume, a Supervisor, health, events, Stats
 // (which count messages, not batches), WithKillSwitch (fed with each
-// message's outcome) and WithAdaptiveConcurrency (which limits how many
-// batches run at once, from each batch's latency).
+// message's outcome; while it probes, a batch holds one message, so that a
+// failed probe spends one attempt of one message, as with a Handler) and
+// WithAdaptiveConcurrency (which limits how many batches run at once, from
+// each batch's latency).
 //
 // Memory is bounded by b.MaxSize × concurrency messages held by the
 // workers, plus what the source prefetches. A source fills batches only

@@ -270,3 +270,50 @@ func TestBatchPanickingLaneFailsTheRun(t *testing.T) {
 		}
 	}
 }
+
+// While the kill switch probes, a batch holds one message: a probe that
+// fails spends one message's attempt, not a whole batch's. Regression: each
+// failed probe was a batch of MaxSize, spending an attempt of each.
+func TestBatchKillSwitchProbesWithOneMessage(t *testing.T) {
+	b := memory.NewBroker()
+	publishN(t, b, "q", 50)
+	var mu sync.Mutex
+	probing := false
+	var probeSizes []int
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if probing {
+			probeSizes = append(probeSizes, len(msgs))
+		}
+		return errors.New("database down")
+	})
+	c, err := consumer.NewBatch(newSource(t, b, "q", 50), h, consumer.Batch{MaxSize: 10, MaxWait: time.Minute},
+		consumer.WithLogger(quiet), consumer.WithMaxDeliveries(100),
+		consumer.WithKillSwitch(consumer.KillSwitch{MinMessages: 5, RestartTimeout: time.Millisecond}),
+		consumer.WithEventHook(func(e consumer.Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			switch e.Kind {
+			case consumer.EventProbing:
+				probing = true
+			case consumer.EventTripped:
+				probing = false
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runBatch(t, c, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(probeSizes) >= 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, n := range probeSizes {
+		if n != 1 {
+			t.Fatalf("probe batch sizes %v; want 1 each", probeSizes)
+		}
+	}
+}

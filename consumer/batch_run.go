@@ -133,6 +133,11 @@ func (r *run) giveBackBatch(wb *workerBatch) {
 // sees in.stopped and gives them back).
 func (r *run) collect(in *intake, wb *workerBatch) error {
 	cfg := r.c.batch.cfg
+	if in.probe && r.c.ks.state.Load() == ksProbing {
+		// A probe is one message, as for a Handler: a failed probe spends
+		// one attempt, not one of each message of a batch.
+		cfg.MaxSize = 1
+	}
 	if br, ok := r.c.src.(broker.BatchReceiver); ok {
 		return r.receiveBatchInto(in.ctx, br, wb, cfg.MaxSize, cfg.MaxWait)
 	}

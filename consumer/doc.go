@@ -126,15 +126,17 @@
 // Batch.MaxWait of the first, and hands them over in one call, for one bulk
 // insert instead of a round trip per message. It is a Consumer like any
 // other (Supervisor, health, Pause, the kill switch, the drain, events and
-// Stats, which count messages). The handler fails single messages with
-// BatchFailures: those are settled alone, as a Handler's failed message is,
-// and the rest are acknowledged; a plain error or a panic fails the whole
-// batch. On a source with ordered lanes (Kafka's partitions, or keys), the
-// messages of a lane after a failed one in the same batch are given back
-// unhandled, so that they come again after it. A batch cut short by the
-// intake stopping is given back whole; one running at the drain deadline is
-// given back whole. Memory is bounded by MaxSize × concurrency; a RabbitMQ
-// or memory source fills batches only with a prefetch of at least that.
+// Stats, which count messages); while the kill switch probes, a batch holds
+// one message, so that a failed probe spends one message's attempt. The
+// handler fails single messages with BatchFailures: those are settled
+// alone, as a Handler's failed message is, and the rest are acknowledged; a
+// plain error or a panic fails the whole batch. On a source with ordered
+// lanes (Kafka's partitions, or keys), the messages of a lane after a
+// failed one in the same batch are given back unhandled, so that they come
+// again after it. A batch cut short by the intake stopping is given back
+// whole; one running at the drain deadline is given back whole. Memory is
+// bounded by MaxSize × concurrency; a RabbitMQ or memory source fills
+// batches only with a prefetch of at least that.
 //
 // # Giving a message back
 //
