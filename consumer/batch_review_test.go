@@ -317,3 +317,50 @@ func TestBatchKillSwitchProbesWithOneMessage(t *testing.T) {
 		}
 	}
 }
+
+// A batch given back at a Pause keeps its order on a source that puts a
+// released message at the head of its queue (memory). Regression: it came
+// back reversed.
+func TestBatchGivenBackKeepsItsOrder(t *testing.T) {
+	b := memory.NewBroker()
+	publishN(t, b, "q", 4)
+	var mu sync.Mutex
+	var got []string
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, m := range msgs {
+			got = append(got, m.ID)
+		}
+		return nil
+	})
+	c, err := consumer.NewBatch(newSource(t, b, "q", 10), h, consumer.Batch{MaxSize: 5, MaxWait: time.Hour}, consumer.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	waitFor(t, "the worker to hold 4 messages", func() bool { return b.Stats("q").Unacked == 4 })
+	if err := c.Pause(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the batch given back", func() bool { st := b.Stats("q"); return st.Unacked == 0 && st.Ready == 4 })
+	m4 := &broker.Message{ID: "m4", Body: []byte("4")}
+	if err := b.Publish(context.Background(), "q", m4); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the batch", func() bool { return b.Stats("q").Acked == 5 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != "[m0 m1 m2 m3 m4]" {
+		t.Errorf("handled %v; want [m0 m1 m2 m3 m4]", got)
+	}
+}

@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"runtime/debug"
@@ -115,10 +116,13 @@ func (r *run) takeBatch(i int, in *intake) int {
 	return takeNext
 }
 
-// giveBackBatch gives back every delivery of wb, in order, and empties it.
+// giveBackBatch gives back every delivery of wb, last first, and empties
+// it: a source that puts a released message at the head of its queue
+// (memory) then has them back in their order, and one that puts it back at
+// its own place (Kafka, RabbitMQ) does not mind.
 func (r *run) giveBackBatch(wb *workerBatch) {
-	for j, d := range wb.ds {
-		r.giveBack(d, wb.ms[j])
+	for j := len(wb.ds) - 1; j >= 0; j-- {
+		r.giveBack(wb.ds[j], wb.ms[j])
 	}
 	wb.reset()
 }
@@ -266,12 +270,17 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 	// a lane are given back unhandled, to come again after the failed one.
 	// A batch rarely holds more than a few lanes: a slice beats a map.
 	var failedLanes []uint64
+	// The deliveries to give back, given back last first once the others
+	// are settled (see giveBackBatch). errs[j] is done with once read:
+	// its slot marks a give-back.
+	back := false
 	for j, d := range wb.ds {
 		m, e := wb.ms[j], errs[j]
+		errs[j] = nil
 		if l := wb.lanes[j]; l.seq {
 			if containsLane(failedLanes, l.id) {
 				// After a failure in its lane, handled or not, it goes back.
-				r.giveBack(d, m)
+				errs[j], back = errGiveBack, true
 				continue
 			}
 			if e != nil {
@@ -279,11 +288,11 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 			}
 		}
 		if e != nil && in.stopped.Load() && !r.abandoning.Load() && safeIs(e, ErrNotHandled) {
-			r.giveBack(d, m)
+			errs[j], back = errGiveBack, true
 			continue
 		}
 		if r.c.ks != nil && !r.abandoning.Load() && r.c.ksOutcome(probe, e) {
-			r.giveBack(d, m)
+			errs[j], back = errGiveBack, true
 			s.counts.count(e, SettledGiveBack, nil)
 			continue
 		}
@@ -291,7 +300,15 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 		inc(&s.counts.settled)
 		s.counts.count(e, st, serr)
 	}
+	for j := len(wb.ds) - 1; back && j >= 0; j-- {
+		if errs[j] == errGiveBack {
+			r.giveBack(wb.ds[j], wb.ms[j])
+		}
+	}
 }
+
+// errGiveBack marks, in settleBatch, a delivery to give back.
+var errGiveBack = errors.New("queuekit: give back")
 
 func containsLane(lanes []uint64, lane uint64) bool {
 	for _, l := range lanes {
