@@ -19,7 +19,8 @@ var (
 )
 
 // ReceiveBatch implements broker.BatchReceiver: it returns up to n records
-// (at least one; n below 1 counts as 1), waiting for the first until ctx
+// (at least one; n below 1 counts as 1, and n above 65,536, the most a
+// consumer.Batch may hold, as 65,536), waiting for the first until ctx
 // ends and then, for up to wait, for more. From each free lane it takes the
 // head and the records queued behind it, in offset order; while it waits,
 // the lanes it holds go on growing with the records fetched meanwhile (no
