@@ -128,15 +128,19 @@
 // other (Supervisor, health, Pause, the kill switch, the drain, events and
 // Stats, which count messages); while the kill switch probes, a batch holds
 // one message, so that a failed probe spends one message's attempt. The
-// handler fails single messages with BatchFailures: those are settled
-// alone, as a Handler's failed message is, and the rest are acknowledged; a
-// plain error or a panic fails the whole batch. On a source with ordered
-// lanes (Kafka's partitions, or keys), the messages of a lane after a
-// failed one in the same batch are given back unhandled, so that they come
-// again after it. A batch cut short by the intake stopping is given back
-// whole; one running at the drain deadline is given back whole. Memory is
-// bounded by MaxSize × concurrency; a RabbitMQ or memory source fills
-// batches only with a prefetch of at least that.
+// handler fails single messages with BatchFailures: those are settled alone,
+// as a Handler's failed message is, and the rest are acknowledged; a plain
+// error or a panic fails the whole batch, and so does a BatchError joined
+// with another error. Failure indexes refer to the handler's msgs as it left
+// them: the slice is the handler's own (sorting it is fine), and the runtime
+// settles the messages it received, whatever the handler did to it. On a
+// source with ordered lanes (Kafka's partitions, or keys), the messages of a
+// lane after a failed one in the same batch are given back unhandled, so
+// that they come again after it. A batch cut short by the intake stopping is
+// given back whole; one running at the drain deadline is given back whole.
+// MaxSize is at most 65,536; memory is bounded by MaxSize × concurrency
+// messages, and a RabbitMQ or memory source fills batches only with a
+// prefetch of at least that.
 //
 // # Giving a message back
 //
