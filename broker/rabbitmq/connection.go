@@ -39,7 +39,10 @@ type Dialer struct {
 	// validated by the constructor. A one-element URLs is the same as URL.
 	URLs []string
 	// TLS configures TLS for amqps:// URLs (default: the system roots and the
-	// URL's host name).
+	// URL's host name). Each dial uses a copy: when its ServerName is empty,
+	// each node is verified against the host name of its own URL; a
+	// ServerName set here is used for every node. The Dialer never modifies
+	// it.
 	TLS *tls.Config
 	// Dial opens the network connection (default: net.Dialer with a 10s
 	// timeout). Use it for proxies, custom resolvers or tests.
@@ -118,8 +121,12 @@ const dialTimeout = 10 * time.Second
 // of the user's cannot be interrupted).
 func (d Dialer) dial(ctx context.Context, raw string, track func(net.Conn) bool) (*amqp.Connection, error) {
 	cfg := amqp.Config{
-		Heartbeat:       d.Heartbeat,
-		TLSClientConfig: d.TLS,
+		Heartbeat: d.Heartbeat,
+		// A copy per dial: amqp091 writes the URL's host into the config's
+		// ServerName when it is empty, so the user's config would verify
+		// every later node against the first one's name (and concurrent
+		// dials would race on it). A ServerName the user set is kept.
+		TLSClientConfig: d.TLS.Clone(),
 		Locale:          "en_US",
 		Properties:      amqp.NewConnectionProperties(),
 	}
