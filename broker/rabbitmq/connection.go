@@ -45,7 +45,12 @@ type Dialer struct {
 	// it.
 	TLS *tls.Config
 	// Dial opens the network connection (default: net.Dialer with a 10s
-	// timeout). Use it for proxies, custom resolvers or tests.
+	// timeout). Use it for proxies, custom resolvers or tests. It bounds its
+	// own connect; the TLS and AMQP handshakes on the connection it returns
+	// are bounded by the Dialer (10s, or the URL's connection_timeout
+	// parameter in milliseconds), as on the default path, so that a node
+	// that accepts connections and never answers does not hold the dial and
+	// the next URL is tried.
 	Dial func(network, addr string) (net.Conn, error)
 	// Heartbeat is the AMQP heartbeat interval (default 10s): a dead peer is
 	// noticed within about twice this.
@@ -110,16 +115,26 @@ func validateURL(label, raw string) error {
 }
 
 // dialTimeout bounds the TCP connect and, after it, the TLS and AMQP
-// handshakes of the default dial (amqp091 clears the deadline once the
-// connection is open).
+// handshakes of a dial (amqp091 clears the deadline once the connection is
+// open), unless the URL's connection_timeout parameter (milliseconds) says
+// otherwise.
 const dialTimeout = 10 * time.Second
 
 // dial opens an AMQP connection to raw, one of d's URLs. The network
 // connection it opens is passed to track before any handshake, so that its
 // owner can close it at any time (see Connection.abort); when track returns
 // false, dial gives up. ctx cancels the default TCP connect (a Dialer.Dial
-// of the user's cannot be interrupted).
+// of the user's cannot be interrupted: it bounds its own connect).
+//
+// The TLS and AMQP handshakes are bounded by the handshake timeout on both
+// paths: heartbeats have not started yet, so a node that accepts the TCP
+// connection and never answers would otherwise hold the dial forever, and
+// the next URL would never be tried.
 func (d Dialer) dial(ctx context.Context, raw string, track func(net.Conn) bool) (*amqp.Connection, error) {
+	timeout := dialTimeout
+	if uri, err := amqp.ParseURI(raw); err == nil && uri.ConnectionTimeout > 0 {
+		timeout = time.Duration(uri.ConnectionTimeout) * time.Millisecond
+	}
 	cfg := amqp.Config{
 		Heartbeat: d.Heartbeat,
 		// A copy per dial: amqp091 writes the URL's host into the config's
@@ -133,20 +148,41 @@ func (d Dialer) dial(ctx context.Context, raw string, track func(net.Conn) bool)
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = 10 * time.Second
 	}
+	// hs bounds the handshakes on a connection of the user's Dial: a
+	// deadline set on it would replace one the Dial set itself (shorter,
+	// perhaps), so a timer closes it instead, unless the dial finished
+	// first. The timer is started by cfg.Dial and stopped below, both on
+	// this goroutine; mu orders its firing against the end of the dial.
+	var hs struct {
+		mu       sync.Mutex
+		timer    *time.Timer
+		finished bool
+		fired    bool
+	}
 	cfg.Dial = func(network, addr string) (net.Conn, error) {
 		var (
 			c   net.Conn
 			err error
 		)
 		if d.Dial != nil {
-			c, err = d.Dial(network, addr)
+			if c, err = d.Dial(network, addr); err == nil && c == nil {
+				err = errors.New("Dialer.Dial returned no connection and no error")
+			}
+			if err == nil {
+				hs.timer = time.AfterFunc(timeout, func() {
+					hs.mu.Lock()
+					defer hs.mu.Unlock()
+					if !hs.finished {
+						hs.fired = true
+						_ = c.Close()
+					}
+				})
+			}
 		} else {
-			nd := net.Dialer{Timeout: dialTimeout}
+			nd := net.Dialer{Timeout: timeout}
 			if c, err = nd.DialContext(ctx, network, addr); err == nil {
-				// What amqp.DefaultDial does: heartbeats have not started
-				// yet, so a broker that stops answering during the
-				// handshakes must not stall the dial forever.
-				if err = c.SetDeadline(time.Now().Add(dialTimeout)); err != nil {
+				// What amqp.DefaultDial does.
+				if err = c.SetDeadline(time.Now().Add(timeout)); err != nil {
 					_ = c.Close()
 				}
 			}
@@ -166,6 +202,20 @@ func (d Dialer) dial(ctx context.Context, raw string, track func(net.Conn) bool)
 	}
 	cfg.Properties.SetClientConnectionName(name)
 	c, err := amqp.DialConfig(raw, cfg)
+	hs.mu.Lock()
+	hs.finished = true
+	fired := hs.fired
+	hs.mu.Unlock()
+	if hs.timer != nil {
+		hs.timer.Stop()
+	}
+	if fired {
+		if c != nil {
+			_ = c.Close()
+		}
+		return nil, fmt.Errorf("rabbitmq: dial %s: no handshake within %v (the node accepted the connection and did not answer): %w",
+			RedactURL(raw), timeout, os.ErrDeadlineExceeded)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("rabbitmq: dial %s: %w", RedactURL(raw), RedactError(err, raw))
 	}
