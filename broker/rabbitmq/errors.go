@@ -48,7 +48,8 @@ func quoteName(s string) string {
 // unfixable reports whether err is an AMQP error that reconnecting cannot
 // fix: the broker refused access, or an existing object does not match what
 // we declare. NOT_FOUND is unfixable only where the caller says so (passive
-// declaration), since a declared topology creates what is missing.
+// declaration), since a declared topology creates what is missing, and
+// never for a queue that exists on a node that is down (queueNodeDown).
 func unfixable(err error, notFoundToo bool) bool {
 	var ae *amqp.Error
 	if !errors.As(err, &ae) {
@@ -58,7 +59,7 @@ func unfixable(err error, notFoundToo bool) bool {
 	case amqp.AccessRefused, amqp.PreconditionFailed, amqp.NotAllowed, amqp.CommandInvalid:
 		return true
 	case amqp.NotFound:
-		return notFoundToo
+		return notFoundToo && !queueNodeDown(err)
 	}
 	return false
 }

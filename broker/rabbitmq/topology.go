@@ -324,16 +324,18 @@ func (t *Topology) ensure(open func() (*amqp.Channel, error), queue string) erro
 
 // queueNodeDown reports whether err is RabbitMQ's answer to the declaration
 // of a classic queue that exists on a cluster node that is down: 404
-// NOT_FOUND, "home node … of durable queue … is down or inaccessible" (the
-// reason text is the only thing that tells it from a queue that does not
-// exist). The retry queue is always a classic queue, and so is the
+// NOT_FOUND, "home node … of durable queue … is down or inaccessible", or,
+// while the node stops (stop_app), "queue … process is stopped by
+// supervisor" (the reason text is the only thing that tells it from a queue
+// that does not exist). It is never fatal, Passive or not (see unfixable). The retry queue is always a classic queue, and so is the
 // dead-letter queue of a classic topology: while its node is down, the
 // source still subscribes to its own queue (a quorum queue keeps working
 // through the loss of a node), and only what needs that queue (RequeueAfter,
 // dead-lettering) fails and is retried until the node is back.
 func queueNodeDown(err error) bool {
 	var ae *amqp.Error
-	return errors.As(err, &ae) && ae.Code == amqp.NotFound && strings.Contains(ae.Reason, "is down or inaccessible")
+	return errors.As(err, &ae) && ae.Code == amqp.NotFound &&
+		(strings.Contains(ae.Reason, "is down or inaccessible") || strings.Contains(ae.Reason, "process is stopped by supervisor"))
 }
 
 // declare declares everything actively (Strict), or, when Passive, checks that
