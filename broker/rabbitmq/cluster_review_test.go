@@ -179,3 +179,58 @@ func TestClusterPassiveSourceSurvivesItsQueueNodeStopping(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDialerRejectsURLsWithoutANode (review M1, L2): a URL with no host
+// dialled localhost (amqp091's default) — another broker than the one
+// meant; port 0 cannot be dialled; the same node twice in URLs is a
+// mistake. Each is ErrInvalidConfig, for URL and for every URLs entry,
+// without the password. An empty URLs is the same as a nil one.
+func TestDialerRejectsURLsWithoutANode(t *testing.T) {
+	good := "amqp://app:s3cret-pw@127.0.0.1:5672/vh"
+	for _, tc := range []struct {
+		name string
+		d    Dialer
+		want string // in the error
+	}{
+		{"no host", Dialer{URL: "amqp://app:s3cret-pw@/vh"}, "no host"},
+		{"port without host", Dialer{URL: "amqp://app:s3cret-pw@:5681/vh"}, "no host"},
+		{"nothing but the vhost", Dialer{URL: "amqp:///vh"}, "no host"},
+		{"amqps without host", Dialer{URL: "amqps://app:s3cret-pw@/vh"}, "no host"},
+		{"no host in URLs", Dialer{URLs: []string{good, "amqp://app:s3cret-pw@:5681/vh"}}, "URLs[1]"},
+		{"port 0", Dialer{URL: "amqp://app:s3cret-pw@127.0.0.1:0/vh"}, "port"},
+		{"port 0 in URLs", Dialer{URLs: []string{"amqp://app:s3cret-pw@127.0.0.1:0/vh", good}}, "URLs[0]"},
+		{"same URL twice", Dialer{URLs: []string{good, "amqp://app:other-s3cret@127.0.0.2:5672/vh", good}}, "URLs[2]"},
+		{"same node twice", Dialer{URLs: []string{good, "amqp://app:s3cret-pw@127.0.0.1/vh"}}, "URLs[1]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, try := range []func() error{
+				func() error { _, err := NewConnection(tc.d); return err },
+				func() error { _, err := NewPublisher(PublisherConfig{Dialer: tc.d}); return err },
+				func() error { _, err := NewSource(Config{Dialer: tc.d, Queue: "q"}); return err },
+			} {
+				err := try()
+				if !errors.Is(err, broker.ErrInvalidConfig) {
+					t.Fatalf("error = %v; want one wrapping broker.ErrInvalidConfig", err)
+				}
+				if !strings.Contains(err.Error(), tc.want) {
+					t.Errorf("error %q does not say %q", err, tc.want)
+				}
+				if strings.Contains(err.Error(), "s3cret") {
+					t.Errorf("error %q shows the password", err)
+				}
+			}
+		})
+	}
+	for _, d := range []Dialer{
+		{URLs: []string{}},
+		{URLs: []string{good, "amqp://app:s3cret-pw@127.0.0.1:5673/vh", "amqp://app:s3cret-pw@127.0.0.1:5672/other"}},
+		{URL: "amqp://app:s3cret-pw@[::1]:5672/vh"},
+	} {
+		if _, err := NewConnection(d); err != nil {
+			t.Errorf("NewConnection(%v) = %v; want it valid", d.URLs, err)
+		}
+	}
+	if got := (Dialer{URLs: []string{}}).urls(); len(got) != 1 || got[0] != DefaultURL {
+		t.Errorf("Dialer{URLs: []string{}}.urls() = %v; want [DefaultURL], as for nil", got)
+	}
+}

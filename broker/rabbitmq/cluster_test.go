@@ -674,7 +674,7 @@ func TestDialerURLsValidation(t *testing.T) {
 			}
 		})
 	}
-	if _, err := NewConnection(Dialer{URLs: []string{good, good}}); err != nil {
+	if _, err := NewConnection(Dialer{URLs: []string{good, "amqp://app:s3cret-pw@127.0.0.2:5672/"}}); err != nil {
 		t.Errorf("two good URLs: %v", err)
 	}
 }

@@ -36,7 +36,10 @@ type Dialer struct {
 	// it moves to a live node at once. When no node answers, the dial fails
 	// with an error that names each node (passwords redacted), and the
 	// Source or Publisher retries with its reconnect backoff. Every URL is
-	// validated by the constructor. A one-element URLs is the same as URL.
+	// validated by the constructor: each names a host, and no node (host,
+	// port and vhost) is listed twice. A one-element URLs is the same as
+	// URL; an empty one (nil or not) is the same as none: URL, or
+	// DefaultURL when URL is empty too.
 	URLs []string
 	// TLS configures TLS for amqps:// URLs (default: the system roots and the
 	// URL's host name). Each dial uses a copy: when its ServerName is empty,
@@ -81,6 +84,7 @@ func (d Dialer) validate() error {
 			return fmt.Errorf("%w: rabbitmq: Dialer.URLs[%d] is empty", broker.ErrInvalidConfig, i)
 		}
 	}
+	seen := map[string]int{} // node and vhost → index in URLs
 	for i, raw := range d.urls() {
 		label := "URL"
 		if len(d.URLs) > 0 {
@@ -89,6 +93,16 @@ func (d Dialer) validate() error {
 		if err := validateURL(label, raw); err != nil {
 			return err
 		}
+		if len(d.URLs) == 0 {
+			continue
+		}
+		uri, _ := amqp.ParseURI(raw) // valid: checked above
+		key := fmt.Sprintf("%s://%s/%s", uri.Scheme, net.JoinHostPort(strings.ToLower(uri.Host), fmt.Sprint(uri.Port)), uri.Vhost)
+		if j, ok := seen[key]; ok {
+			return fmt.Errorf("%w: rabbitmq: Dialer.%s %s names the same node and vhost as URLs[%d]; list each node once",
+				broker.ErrInvalidConfig, label, RedactURL(raw), j)
+		}
+		seen[key] = i
 	}
 	if d.Heartbeat < 0 {
 		return fmt.Errorf("%w: rabbitmq: negative heartbeat %v", broker.ErrInvalidConfig, d.Heartbeat)
@@ -110,6 +124,14 @@ func validateURL(label, raw string) error {
 		// and amqp091 would dial its default, localhost:5672, as guest —
 		// another broker than the one named.
 		return fmt.Errorf("%w: rabbitmq: %s %s: missing \"//\" after the scheme (want amqp://user:pass@host:port/vhost)", broker.ErrInvalidConfig, label, RedactURL(raw))
+	}
+	if u, err := url.Parse(raw); err == nil && u.Hostname() == "" {
+		// amqp091 would dial its default, localhost: another broker than
+		// the one meant.
+		return fmt.Errorf("%w: rabbitmq: %s %s: no host (want amqp://user:pass@host:port/vhost)", broker.ErrInvalidConfig, label, RedactURL(raw))
+	}
+	if uri.Port <= 0 {
+		return fmt.Errorf("%w: rabbitmq: %s %s: port %d cannot be dialled (leave it out for the default)", broker.ErrInvalidConfig, label, RedactURL(raw), uri.Port)
 	}
 	return nil
 }

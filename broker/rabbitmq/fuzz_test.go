@@ -520,10 +520,15 @@ func redactOutputs(raw string) []string {
 	} else {
 		_ = c.Close()
 	}
-	// A cluster's dial that finds no node names every node it tried.
+	// A cluster's dial that finds no node names every node it tried (the
+	// same node twice is invalid, and the error says so; dialled anyway,
+	// for the text of a dial to two nodes).
 	dd := Dialer{URLs: []string{raw, raw}, Dial: d.Dial}
 	if err := dd.validate(); err != nil {
 		out = append(out, err.Error())
+	}
+	if d.validate() != nil {
+		// Nothing to dial.
 	} else if c, err := newConnection(dd).get(); err != nil {
 		out = append(out, err.Error())
 	} else {
