@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,4 +238,210 @@ func TestDialerRejectsURLsWithoutANode(t *testing.T) {
 	if got := (Dialer{URLs: []string{}}).urls(); len(got) != 1 || got[0] != DefaultURL {
 		t.Errorf("Dialer{URLs: []string{}}.urls() = %v; want [DefaultURL], as for nil", got)
 	}
+}
+
+// switchNode is a node in front of the tests' broker that can be down
+// (it accepts each connection and closes it at once) or up (it forwards
+// each connection to the broker).
+type switchNode struct {
+	ln    net.Listener
+	up    atomic.Bool
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func newSwitchNode(t *testing.T) *switchNode {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &switchNode{ln: ln}
+	backend := hostPort()
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if !n.up.Load() {
+				_ = c.Close()
+				continue
+			}
+			b, err := net.Dial("tcp", backend)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			n.mu.Lock()
+			n.conns = append(n.conns, c, b)
+			n.mu.Unlock()
+			n.wg.Add(2)
+			go func() { defer n.wg.Done(); _, _ = io.Copy(b, c); _ = b.Close() }()
+			go func() { defer n.wg.Done(); _, _ = io.Copy(c, b); _ = c.Close() }()
+		}
+	}()
+	t.Cleanup(n.close)
+	return n
+}
+
+// url is the tests' broker URL through this node, with password pw.
+func (n *switchNode) url(t *testing.T, pw string) string {
+	t.Helper()
+	u, err := url.Parse(amqpURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = n.ln.Addr().String()
+	u.User = url.UserPassword(userOf(amqpURL()), pw)
+	return u.String()
+}
+
+func (n *switchNode) close() {
+	_ = n.ln.Close()
+	n.mu.Lock()
+	for _, c := range n.conns {
+		_ = c.Close()
+	}
+	n.mu.Unlock()
+	n.wg.Wait()
+}
+
+// wrongPassword is the tests' broker URL with a password it refuses.
+func wrongPassword(t *testing.T) string {
+	t.Helper()
+	u, err := url.Parse(amqpURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(userOf(amqpURL()), "wrong-s3cret")
+	return u.String()
+}
+
+// TestDialerURLsOneNodeRefusesTheUser (review H3): URLs = [a node that
+// refuses the user (403 ACCESS_REFUSED), a live node]. While the live node
+// was down too, the combined dial error held the 403, and the Source gave
+// up for good (it never resumed when the node came back), while the
+// Publisher recovered. The rule: a dial to several nodes is fatal only when
+// every node refused for a reason reconnecting cannot fix; a node that was
+// merely unreachable may come back. (That every node refusing is fatal is
+// TestNodeRefusalRule's: RabbitMQ takes 3s to refuse a password.)
+func TestDialerURLsOneNodeRefusesTheUser(t *testing.T) {
+	needBroker(t)
+	ctx := context.Background()
+	q := uniqueQueue(t)
+	if err := DeclareTopology(ctx, Dialer{URL: amqpURL()}, q, Topology{}); err != nil {
+		t.Fatal(err)
+	}
+	defer deleteQueues(q)
+	pw := func() string { u, _ := url.Parse(amqpURL()); p, _ := u.User.Password(); return p }()
+	node := newSwitchNode(t) // down
+	d := Dialer{URLs: []string{wrongPassword(t), node.url(t, pw)}}
+	var logs logBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	// The refusing node first (the order is random otherwise), on a
+	// connection the Source and the Publisher share.
+	conn, err := NewConnection(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close(ctx) }()
+	conn.init()
+	conn.addrs = slices.Clone(d.URLs)
+	conn.log = log
+	src, err := NewSource(Config{Conn: conn, Queue: q, Logger: log, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = src.Close(ctx) }()
+	pub, err := NewPublisher(PublisherConfig{Conn: conn, Logger: log, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = pub.Close(ctx) }()
+
+	// RabbitMQ answers a wrong password after about 3s.
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = src.Receive(rctx)
+	cancel()
+	t.Logf("Receive while the live node is down = %v", err)
+	if broker.IsFatal(err) {
+		t.Fatalf("Receive while the live node is down = %v; want a transient error, not a fatal one", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = pub.Publish(pctx, "", &broker.Message{ID: "down", Key: []byte(q), Body: []byte("down")})
+	cancel()
+	if err == nil || broker.IsFatal(err) {
+		t.Fatalf("Publish while the live node is down = %v; want a transient error", err)
+	}
+	if !strings.Contains(logs.String(), "refused") || strings.Contains(logs.String(), "wrong-s3cret") {
+		t.Errorf("log does not name the refusing node (or shows its password):\n%s", logs.String())
+	}
+
+	node.up.Store(true)
+	waitFor(t, 10*time.Second, "a publish through the live node", func() bool {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		return pub.Publish(pctx, "", &broker.Message{ID: "up", Key: []byte(q), Body: []byte("up")}) == nil
+	})
+	rctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	del, err := src.Receive(rctx)
+	if err != nil {
+		t.Fatalf("Receive after the live node came back = %v; want the message", err)
+	}
+	if err := del.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+}
+
+// TestNodeRefusalRule: a refusal that reconnecting cannot fix is fatal for
+// a dial to several nodes only when every node refused so; a vhost that is
+// down (a node still booting, 530 NOT_ALLOWED "… is down") is transient.
+func TestNodeRefusalRule(t *testing.T) {
+	refused := fmt.Errorf("rabbitmq: dial a: %w", &amqp.Error{Code: amqp.AccessRefused, Reason: "username or password not allowed"})
+	gone := fmt.Errorf("rabbitmq: dial b: %w", errors.New("connect: connection refused"))
+	booting := fmt.Errorf("rabbitmq: dial c: %w", &amqp.Error{Code: amqp.NotAllowed, Reason: "NOT_ALLOWED - access to vhost 'v' refused for user 'u': vhost 'v' is down"})
+	noVhost := fmt.Errorf("rabbitmq: dial d: %w", &amqp.Error{Code: amqp.NotAllowed, Reason: "NOT_ALLOWED - vhost v not found"})
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"one node refused", refused, true},
+		{"one node gone", gone, false},
+		{"one node booting", booting, false},
+		{"one node without the vhost", noVhost, true},
+		{"refused and gone", dialErr([]error{refused, gone}), false},
+		{"gone and refused", dialErr([]error{gone, refused}), false},
+		{"refused and booting", dialErr([]error{refused, booting}), false},
+		{"every node refused", dialErr([]error{refused, noVhost, refused}), true},
+		{"wrapped", fmt.Errorf("rabbitmq: declare: %w", dialErr([]error{refused, gone})), false},
+	} {
+		if got := unfixable(tc.err, false); got != tc.want {
+			t.Errorf("%s: unfixable(%v) = %v; want %v", tc.name, tc.err, got, tc.want)
+		}
+	}
+}
+
+// logBuffer is an io.Writer for a slog handler, safe for concurrent use.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

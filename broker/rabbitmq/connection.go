@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -35,7 +36,11 @@ type Dialer struct {
 	// lost, it redials starting with the node after the one it had, so that
 	// it moves to a live node at once. When no node answers, the dial fails
 	// with an error that names each node (passwords redacted), and the
-	// Source or Publisher retries with its reconnect backoff. Every URL is
+	// Source or Publisher retries with its reconnect backoff. A node that
+	// refuses the user (wrong credentials, no access to the vhost) is
+	// logged at error level (at most once a minute) and the other nodes are
+	// used; the Source or Publisher gives up for good only when every node
+	// refuses so, never while one is merely unreachable. Every URL is
 	// validated by the constructor: each names a host, and no node (host,
 	// port and vhost) is listed twice. A one-element URLs is the same as
 	// URL; an empty one (nil or not) is the same as none: URL, or
@@ -276,6 +281,11 @@ type Connection struct {
 	// the index of the one the next dial tries first. Both under mu.
 	addrs []string
 	next  int
+	// log receives the refusals of single nodes (nil: slog.Default()), set
+	// by the Source or Publisher that owns the connection; refusedAt is
+	// when each node's refusal was last logged. Under mu.
+	log       *slog.Logger
+	refusedAt map[string]time.Time
 
 	// sockMu guards socks and aborted. It is never held while dialling (the
 	// dial only takes it to register its socket), so that abort never waits
@@ -420,6 +430,9 @@ func (c *Connection) get() (*amqp.Connection, error) {
 			break
 		}
 		errs = append(errs, err)
+		if len(c.addrs) > 1 && unfixable(err, false) {
+			c.logRefusal(raw, err)
+		}
 		if sock != nil {
 			c.sockMu.Lock()
 			delete(c.socks, sock)
@@ -454,6 +467,33 @@ func (c *Connection) get() (*amqp.Connection, error) {
 	conn.NotifyClose(make(chan *amqp.Error, 1))
 	c.cur = conn
 	return conn, nil
+}
+
+// refusalLogEvery is how often a node that keeps refusing is logged.
+const refusalLogEvery = time.Minute
+
+// logRefusal logs, at error level and at most once a refusalLogEvery per
+// node, that node raw of several refused the connection for a reason
+// reconnecting cannot fix (wrong credentials, no access to the vhost): the
+// other nodes are used meanwhile, and the dial fails for good only when
+// they all refuse (see unfixable), so this log is what shows a
+// misconfigured node. Called with mu held.
+func (c *Connection) logRefusal(raw string, err error) {
+	node := RedactURL(raw)
+	now := time.Now()
+	if last, ok := c.refusedAt[node]; ok && now.Sub(last) < refusalLogEvery {
+		return
+	}
+	if c.refusedAt == nil {
+		c.refusedAt = map[string]time.Time{}
+	}
+	c.refusedAt[node] = now
+	log := c.log
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Error("rabbitmq: a node refused the connection (check its URL's credentials and permissions); using the other nodes",
+		"node", node, "error", err)
 }
 
 // dialErr is the error of a dial that found no node: the one node's error,

@@ -3,6 +3,7 @@ package rabbitmq
 import (
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -50,13 +51,31 @@ func quoteName(s string) string {
 // we declare. NOT_FOUND is unfixable only where the caller says so (passive
 // declaration), since a declared topology creates what is missing, and
 // never for a queue that exists on a node that is down (queueNodeDown).
+//
+// A dial to several nodes that all failed is unfixable only when every node
+// refused for such a reason: a node that was merely unreachable (refused,
+// timed out, still booting) may come back, so one node that refuses the
+// user (logged by the Connection) must not end a Source or Publisher whose
+// other nodes are down for a while. A vhost that is down (530 NOT_ALLOWED
+// "… is down", a node still booting) is transient too.
 func unfixable(err error, notFoundToo bool) bool {
+	var ne *nodesError
+	if errors.As(err, &ne) {
+		for _, e := range ne.errs {
+			if !unfixable(e, notFoundToo) {
+				return false
+			}
+		}
+		return true
+	}
 	var ae *amqp.Error
 	if !errors.As(err, &ae) {
 		return false
 	}
 	switch ae.Code {
-	case amqp.AccessRefused, amqp.PreconditionFailed, amqp.NotAllowed, amqp.CommandInvalid:
+	case amqp.NotAllowed:
+		return !strings.Contains(ae.Reason, " is down")
+	case amqp.AccessRefused, amqp.PreconditionFailed, amqp.CommandInvalid:
 		return true
 	case amqp.NotFound:
 		return notFoundToo && !queueNodeDown(err)

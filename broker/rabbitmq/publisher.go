@@ -147,6 +147,7 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	p := &Publisher{cfg: cfg, conn: cfg.Conn, done: make(chan struct{}), closeDone: make(chan struct{})}
 	if p.conn == nil {
 		p.conn = newConnection(cfg.Dialer)
+		p.conn.log = cfg.Logger
 		p.ownConn = true
 	}
 	return p, nil

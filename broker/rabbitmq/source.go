@@ -254,6 +254,7 @@ func NewSource(cfg Config) (*Source, error) {
 	}
 	if s.conn == nil {
 		s.conn = newConnection(cfg.Dialer)
+		s.conn.log = s.cfg.Logger
 		s.ownConn = true
 	}
 	pub, err := NewPublisher(PublisherConfig{
