@@ -523,6 +523,15 @@ func (e *nodesError) Error() string {
 
 func (e *nodesError) Unwrap() []error { return e.errs }
 
+// dialled reports whether the connection's last dial succeeded (the
+// connection may have been lost since).
+func (c *Connection) dialled() bool {
+	c.init()
+	c.sockMu.Lock()
+	defer c.sockMu.Unlock()
+	return c.curNode != ""
+}
+
 func (c *Connection) isAborted() bool {
 	c.sockMu.Lock()
 	defer c.sockMu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
@@ -110,6 +111,18 @@ type Publisher struct {
 	ownConn bool
 
 	dialMu    sync.Mutex // held while opening a channel (see channel)
+	// dialErr is the error of the last failed dial, returned without a
+	// new dial until retryAt, and dialBo the backoff that sets retryAt:
+	// concurrent publishes share one dial and one backoff (see channel).
+	// Under dialMu.
+	dialErr error
+	retryAt time.Time
+	dialBo  backoff
+	// warnedAt is when the "channel unavailable" warning was last logged
+	// (unix nanoseconds), and quiet how many were left out since: one line
+	// per warnEvery for the whole publisher, whatever the concurrency.
+	warnedAt atomic.Int64
+	quiet    atomic.Int64
 	mu        sync.Mutex // guards cur and closed; never held while dialling
 	cur       *confirmChannel
 	closed    bool
@@ -144,7 +157,8 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	if err := cfg.resolve(); err != nil {
 		return nil, err
 	}
-	p := &Publisher{cfg: cfg, conn: cfg.Conn, done: make(chan struct{}), closeDone: make(chan struct{})}
+	p := &Publisher{cfg: cfg, conn: cfg.Conn, done: make(chan struct{}), closeDone: make(chan struct{}),
+		dialBo: backoff{min: cfg.ReconnectMin, max: cfg.ReconnectMax}}
 	if p.conn == nil {
 		p.conn = newConnection(cfg.Dialer)
 		p.conn.log = cfg.Logger
@@ -354,9 +368,7 @@ func (p *Publisher) publish(ctx context.Context, exchange string, out []outgoing
 			return expired()
 		}
 		lastErr = err
-		if bo.n == 0 { // once per Publish: a long outage must not flood the log
-			p.cfg.Logger.Warn("rabbitmq: publisher channel unavailable; retrying until the deadline", "error", err)
-		}
+		p.warnUnavailable(err)
 		if !sleepCtx(ctx, p.done, bo.next()) {
 			if ctx.Err() != nil {
 				return expired()
@@ -462,9 +474,30 @@ func (p *Publisher) channelCtx(ctx context.Context) (*confirmChannel, error) {
 	}
 }
 
+// warnEvery is how often a Publisher logs that its channel is unavailable.
+const warnEvery = 10 * time.Second
+
+// warnUnavailable logs that a publish found no channel, at most once per
+// warnEvery for the whole publisher: with every node down, each of many
+// concurrent publishes failing would otherwise log a line of its own.
+func (p *Publisher) warnUnavailable(err error) {
+	now := time.Now().UnixNano()
+	last := p.warnedAt.Load()
+	if last != 0 && now-last < int64(warnEvery) || !p.warnedAt.CompareAndSwap(last, now) {
+		p.quiet.Add(1)
+		return
+	}
+	p.cfg.Logger.Warn("rabbitmq: publisher channel unavailable; retrying until the deadline",
+		"error", err, "suppressed", p.quiet.Swap(0))
+}
+
 // channel returns the live confirm channel, opening one if needed. p.dialMu
-// makes concurrent callers share one dial; p.mu is never held while dialling,
-// so that Publish and Close never wait for a dial behind a lock.
+// makes concurrent callers share one dial: those that wait behind a dial
+// that failed get its error, and no caller dials again before the shared
+// backoff (dialBo) allows, so that many publishes during an outage make one
+// dial per backoff step, not one each. p.mu is never held while dialling,
+// so that Publish and Close never wait for a dial behind a lock (a Publish
+// waits in channelCtx, bounded by its ctx).
 func (p *Publisher) channel() (*confirmChannel, error) {
 	p.dialMu.Lock()
 	defer p.dialMu.Unlock()
@@ -479,13 +512,21 @@ func (p *Publisher) channel() (*confirmChannel, error) {
 		return cc, nil
 	}
 	p.mu.Unlock()
+	// The cached error stands until retryAt, unless the connection was
+	// dialled meanwhile (shared with a Source, which redials it itself).
+	if p.dialErr != nil && time.Now().Before(p.retryAt) && !p.conn.dialled() {
+		return nil, p.dialErr
+	}
 	ch, l, err := p.conn.channelOn()
 	if err != nil {
 		if unfixable(err, false) {
-			return nil, broker.Fatal(err) // e.g. ACCESS_REFUSED: retrying cannot help
+			err = broker.Fatal(err) // e.g. ACCESS_REFUSED: retrying cannot help
 		}
+		p.dialErr, p.retryAt = err, time.Now().Add(p.dialBo.next())
 		return nil, err
 	}
+	p.dialErr = nil
+	p.dialBo.reset()
 	for _, x := range p.cfg.Exchanges {
 		if err := ch.ExchangeDeclare(x.Name, x.Kind, true, false, false, false, nil); err != nil {
 			err = fmt.Errorf("rabbitmq: declare exchange %q: %w", x.Name, err)
