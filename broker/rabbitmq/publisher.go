@@ -110,7 +110,7 @@ type Publisher struct {
 	conn    *Connection
 	ownConn bool
 
-	dialMu    sync.Mutex // held while opening a channel (see channel)
+	dialMu sync.Mutex // held while opening a channel (see channel)
 	// dialErr is the error of the last failed dial, returned without a
 	// new dial until retryAt, and dialBo the backoff that sets retryAt:
 	// concurrent publishes share one dial and one backoff (see channel).
@@ -121,8 +121,8 @@ type Publisher struct {
 	// warnedAt is when the "channel unavailable" warning was last logged
 	// (unix nanoseconds), and quiet how many were left out since: one line
 	// per warnEvery for the whole publisher, whatever the concurrency.
-	warnedAt atomic.Int64
-	quiet    atomic.Int64
+	warnedAt  atomic.Int64
+	quiet     atomic.Int64
 	mu        sync.Mutex // guards cur and closed; never held while dialling
 	cur       *confirmChannel
 	closed    bool
