@@ -28,13 +28,23 @@ import (
 func TestConformance(t *testing.T) {
 	e := newEnv(t)
 	t.Logf("running against %s", e.what)
+	brokertest.Run(t, conformanceHarness(e, "conformance", nil))
+}
+
+// conformanceHarness is the suite's harness on e: each case a topic and a
+// group of its own named after name, and a Source with the retry topics of
+// tiers (created for each case) when there are any.
+func conformanceHarness(e *env, name string, tiers []time.Duration) brokertest.Harness {
 	var groups atomic.Int64
-	brokertest.Run(t, brokertest.Harness{
+	return brokertest.Harness{
 		Capabilities: brokertest.Capabilities{DeliveryCount: true, DelayedRequeue: true, UnknownDestination: true},
 		Quiet:        500 * time.Millisecond,
 		Setup: func(t *testing.T) brokertest.Fixture {
-			topic := e.topic(t, "conformance")
-			group := "g-conformance-" + itoa(int(groups.Add(1)))
+			topic := e.topic(t, name)
+			group := "g-" + name + "-" + itoa(int(groups.Add(1)))
+			for _, d := range tiers {
+				e.createTopic(t, kafka.RetryTopicName(topic, group, d), partitions)
+			}
 			return brokertest.Fixture{
 				Destination:           topic,
 				PublishDestination:    topic,
@@ -54,6 +64,7 @@ func TestConformance(t *testing.T) {
 					// would block on a partition's first record.
 					cfg.Ordering = kafka.ByKey
 					cfg.MaxInFlight = max(prefetch, 1)
+					cfg.RetryTopics = tiers
 					return newSource(t, cfg)
 				},
 				DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
@@ -75,5 +86,5 @@ func TestConformance(t *testing.T) {
 				},
 			}
 		},
-	})
+	}
 }

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -455,56 +454,7 @@ func TestRetryTopicsWriteFailureLosesNothing(t *testing.T) {
 func TestConformanceWithRetryTopics(t *testing.T) {
 	e := newEnv(t)
 	t.Logf("running against %s", e.what)
-	tiers := []time.Duration{100 * time.Millisecond, time.Second}
-	var groups atomic.Int64
-	brokertest.Run(t, brokertest.Harness{
-		Capabilities: brokertest.Capabilities{DeliveryCount: true, DelayedRequeue: true, UnknownDestination: true},
-		Quiet:        500 * time.Millisecond,
-		Setup: func(t *testing.T) brokertest.Fixture {
-			topic := e.topic(t, "conformance-retry")
-			group := "g-conformance-retry-" + itoa(int(groups.Add(1)))
-			for _, d := range tiers {
-				e.createTopic(t, kafka.RetryTopicName(topic, group, d), partitions)
-			}
-			return brokertest.Fixture{
-				Destination:           topic,
-				PublishDestination:    topic,
-				UnknownDestination:    topic + ".missing",
-				DeadLetterDestination: topic + ".dlt",
-				NewPublisher: func(t *testing.T) broker.Publisher {
-					pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: e.brokers, BatchTimeout: time.Millisecond})
-					if err != nil {
-						t.Fatalf("NewPublisher = %v", err)
-					}
-					return pub
-				},
-				NewSource: func(t *testing.T, prefetch int) broker.Source {
-					cfg := e.config(topic, group)
-					cfg.Ordering = kafka.ByKey
-					cfg.MaxInFlight = max(prefetch, 1)
-					cfg.RetryTopics = tiers
-					return newSource(t, cfg)
-				},
-				DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
-					r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: e.brokers, Topic: topic + ".dlt", Partition: 0, MaxWait: 100 * time.Millisecond})
-					defer r.Close()
-					var out []broker.Message
-					for len(out) < n {
-						m, err := r.FetchMessage(ctx)
-						if err != nil {
-							break
-						}
-						h := map[string]string{}
-						for _, x := range m.Headers {
-							h[x.Key] = string(x.Value)
-						}
-						out = append(out, broker.Message{Topic: m.Topic, Key: m.Key, Body: m.Value, Header: h, Time: m.Time})
-					}
-					return out
-				},
-			}
-		},
-	})
+	brokertest.Run(t, conformanceHarness(e, "conformance-retry", []time.Duration{100 * time.Millisecond, time.Second}))
 }
 
 // TestRetryTopicsPauseHoldsRetryRecords: a paused Source hands out no retry
