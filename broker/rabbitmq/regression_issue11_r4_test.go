@@ -34,6 +34,12 @@ func newKillProxy(t *testing.T) *killProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return forwardFrom(t, ln)
+}
+
+// forwardFrom is a killProxy on ln (a TCP or TLS listener), forwarding to
+// the tests' broker; it is closed when the test ends.
+func forwardFrom(t *testing.T, ln net.Listener) *killProxy {
 	p := &killProxy{ln: ln}
 	target := hostPort()
 	p.wg.Add(1)
@@ -68,6 +74,12 @@ func (p *killProxy) kill() {
 		_ = c.Close()
 	}
 	p.conns = nil
+}
+
+// port is the port the proxy listens on.
+func (p *killProxy) port() string {
+	_, port, _ := net.SplitHostPort(p.ln.Addr().String())
+	return port
 }
 
 func (p *killProxy) URL() string {

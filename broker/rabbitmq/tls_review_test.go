@@ -7,71 +7,23 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"io"
 	"math/big"
 	"net"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
 
-// tlsProxy is a TLS listener that forwards each connection to the tests'
-// broker: a TLS node of its own, with its own certificate.
-type tlsProxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-}
-
-func newTLSProxy(t *testing.T, cert tls.Certificate) *tlsProxy {
+// newTLSProxy is a TLS listener that forwards each connection to the
+// tests' broker: a TLS node of its own, with its own certificate.
+func newTLSProxy(t *testing.T, cert tls.Certificate) *killProxy {
 	t.Helper()
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &tlsProxy{ln: ln}
-	backend := hostPort()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b, err := net.Dial("tcp", backend)
-			if err != nil {
-				_ = c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, b)
-			p.mu.Unlock()
-			p.wg.Add(2)
-			go func() { defer p.wg.Done(); _, _ = io.Copy(b, c); _ = b.Close() }()
-			go func() { defer p.wg.Done(); _, _ = io.Copy(c, b); _ = c.Close() }()
-		}
-	}()
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *tlsProxy) port() string {
-	_, port, _ := net.SplitHostPort(p.ln.Addr().String())
-	return port
-}
-
-func (p *tlsProxy) close() {
-	_ = p.ln.Close()
-	p.mu.Lock()
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
+	return forwardFrom(t, ln)
 }
 
 // testCA is a certificate authority made for one test.
