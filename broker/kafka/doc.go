@@ -196,14 +196,28 @@
 // runs ByPartition). Since the records of a tier were written with delays
 // of at most that tier, a record waits behind an earlier one by at most
 // the tier's length minus its own delay; choose tiers close to the delays
-// you use. A delay longer than the longest tier goes to the longest tier:
-// such a record, due more than the tier's length later when it reaches the
-// head of its tier partition, is held there for one tier length and then
+// you use. A delay longer than the longest tier goes to the longest tier.
+// Such a record — due later than its write time (the copy's Kafka
+// timestamp) plus the tier's length — is held at the head of its tier
+// partition only until its write time plus the tier's length, and then
 // written again to the tail of the same tier, as it is (same attempt, due
-// time and origin; acks=all, then its offset is committed). So no record
-// waits behind another longer than about two tier lengths, and a delay
-// longer than the longest tier costs one rewrite per tier length: keep the
-// longest tier at least as long as the delays you use. HeaderDue is the writer's wall-clock time: a member whose clock
+// time and origin, with the current time; acks=all, then its offset is
+// committed); the last copy, due within a tier length of its write, is
+// held until due. The bound: a tier record written at w keeps its tier
+// partition at most until w + the tier's length (or until it is written
+// again), so a record written at r, behind any number of records written
+// before it, reaches the head by r + the tier's length, and a retry with
+// delay d comes back at most the tier's length minus d late, plus the
+// time of the writes of the records ahead of it that are written again
+// (one acks=all write each) — when the tier consumer keeps up, and with
+// the members' clocks synchronized. A timestamp in the future of the
+// reading member's clock counts from when the record reached the head (it
+// holds the partition one tier length at most); a missing or older one
+// makes it written again at once. The cost: a delay longer than the
+// longest tier is written to its tier once per tier length until it is
+// due within a tier length (a one-day delay in a one-minute tier: 1,440
+// writes) — keep the longest tier at least as long as the delays you use.
+// HeaderDue is the writer's wall-clock time: a member whose clock
 // runs ahead of the writer's hands a record out early by the difference,
 // so keep the members' clocks synchronized (NTP). A retry record's offset
 // in its tier topic is committed by the

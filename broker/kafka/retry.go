@@ -17,9 +17,12 @@ package kafka
 // tier consumer runs ByPartition, so a held record is the head of its tier
 // partition and nothing behind it is handed out before it: every record of
 // a tier partition waits for the one before it, which is due first, or
-// at most the tier's length later (see pickTier). A record due more than a
-// tier's length later (a delay longer than the longest tier) is held one
-// tier length, then written to the tail of its tier again (recycle).
+// at most the tier's length later (see pickTier). A record due later than
+// its write time (its Kafka timestamp) plus the tier's length (a delay
+// longer than the longest tier) is held only until then, and then written
+// to the tail of its tier again (recycle): so a record written at w holds
+// its tier partition at most until w + the tier's length, whatever is
+// ahead of it, and nothing is kept about a record but the record itself.
 
 import (
 	"context"
@@ -141,17 +144,14 @@ type retryTier struct {
 }
 
 // tierOf is the tier consumer's part: the main Source it hands records to,
-// and the timers holding records until due (under the tier Source's mu).
+// and the timers holding records until due (under the tier Source's mu):
+// at most one per tier partition (its head), plus those of an ended
+// generation until the next hold drops them.
 type tierOf struct {
 	main  *Source
 	index int           // the tier's place in Config.RetryTopics (sorted)
 	delay time.Duration // the tier's length
 	holds map[*record]*time.Timer
-	// waited holds the records, due more than a tier's length later, that
-	// were held a tier's length at the head of their tier partition
-	// already: the next time they are at the head and still not due, they
-	// are written to the tail of the tier (recycle).
-	waited map[*record]struct{}
 }
 
 // newRetry builds the tier writer and consumers of a main Source whose
@@ -195,7 +195,7 @@ func newRetry(s *Source) (*retryState, error) {
 			rs.closeAll(context.Background())
 			return nil, fmt.Errorf("kafka: retry tier %v: %w", d, err)
 		}
-		src.tier = &tierOf{main: s, index: i, delay: d, holds: make(map[*record]*time.Timer), waited: make(map[*record]struct{})}
+		src.tier = &tierOf{main: s, index: i, delay: d, holds: make(map[*record]*time.Timer)}
 		// Records that become ready in the tier wake the main Source's
 		// Receive.
 		src.notify = s.notify
@@ -234,10 +234,10 @@ func (rs *retryState) closeAll(ctx context.Context) error {
 // pickTier returns the tier a delay goes to: the shortest tier at least as
 // long as the delay, or the longest tier for a longer delay. A record never
 // comes back before its own delay (it is held until HeaderDue); in a tier
-// it may wait behind a record due later, by at most the tier's length
-// minus its delay (in the longest tier, behind a longer delay, by up to
-// two tier lengths: such a record is written again to the tail of its
-// tier after one tier length at the head; see receiveRetry).
+// it may wait behind records written before it, by at most the tier's
+// length minus its delay (plus the time of writing again those due later
+// than their write time plus the tier's length, a delay longer than the
+// longest tier: see receiveRetry).
 func (rs *retryState) pickTier(delay time.Duration) *retryTier {
 	for _, t := range rs.tiers {
 		if t.delay >= delay {
@@ -319,21 +319,18 @@ func (s *Source) receiveRetry() *delivery {
 				continue
 			}
 			if wait := dueIn(rec, now); wait > 0 {
-				if wait > ts.tier.delay {
-					// Due more than a tier's length later (a delay
-					// longer than the longest tier): after holding it
-					// a tier's length, write it to the tail of the
-					// tier, so that nothing waits behind it longer.
-					if _, ok := ts.tier.waited[rec]; ok {
-						delete(ts.tier.waited, rec)
-						ts.handOutLocked(rec) // a drain waits for the write
-						go ts.recycle(rec)
-						continue
-					}
-					ts.tier.waited[rec] = struct{}{}
-					wait = ts.tier.delay
+				// A record holds its tier partition at most until its
+				// write time plus the tier's length (see headLimit);
+				// one due later (a delay longer than the longest tier)
+				// is then written to the tail of the tier.
+				switch limit := ts.headLimit(rec, now); {
+				case wait <= limit+dueSlack:
+					ts.holdLocked(rec, wait, false)
+				case limit <= 0:
+					ts.recycleLocked(rec)
+				default:
+					ts.holdLocked(rec, limit, true)
 				}
-				ts.holdLocked(rec, wait)
 				continue
 			}
 			d, attempt := ts.handOutLocked(rec)
@@ -354,11 +351,30 @@ func (s *Source) receiveRetry() *delivery {
 	return nil
 }
 
+// dueSlack covers the rounding of a tier record's due time (rounded up to
+// the millisecond) and timestamp (truncated): a record written with a
+// delay of exactly its tier's length is not written again for it.
+const dueSlack = 2 * time.Millisecond
+
+// headLimit is how much longer rec, a tier record at the head of its tier
+// partition, may hold it: until its Kafka timestamp (the copy is written
+// with the time of its write, see requeueToTier and recycle) plus the
+// tier's length, and never more than a tier's length from now. So a
+// timestamp in the future of this member's clock (a writer's clock ahead,
+// or one set by someone else) counts from now, the time it is first seen
+// at the head; a missing or old one gives 0 or less: written again at once
+// (the copy then has a timestamp of this member's clock).
+func (s *Source) headLimit(rec *record, now time.Time) time.Duration {
+	return min(s.tier.delay, rec.m.Time.Add(s.tier.delay).Sub(now))
+}
+
 // holdLocked keeps rec, a tier record not due yet, out of the ready queue
-// for wait; its lane (the tier partition) stays busy meanwhile. A timer
-// that fires after the generation ended or the Source closed drops the
-// record: it is not committed, so the tier's next owner reads it again.
-func (s *Source) holdLocked(rec *record, wait time.Duration) {
+// for wait; its lane (the tier partition) stays busy meanwhile. Then it is
+// handed out, or, with rewrite and still not due, written to the tail of
+// its tier (recycleLocked). A timer that fires after the generation ended
+// or the Source closed drops the record: it is not committed, so the
+// tier's next owner reads it again.
+func (s *Source) holdLocked(rec *record, wait time.Duration, rewrite bool) {
 	g := rec.g
 	// Timers of ended generations hold nothing any more (their records go
 	// to the tier's next owner): stop them rather than keep their records
@@ -369,11 +385,6 @@ func (s *Source) holdLocked(rec *record, wait time.Duration) {
 			delete(s.tier.holds, r)
 		}
 	}
-	for r := range s.tier.waited {
-		if r.g.draining {
-			delete(s.tier.waited, r)
-		}
-	}
 	s.tier.holds[rec] = time.AfterFunc(wait, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -382,6 +393,8 @@ func (s *Source) holdLocked(rec *record, wait time.Duration) {
 		case g.draining || s.closed:
 		case rec.epoch != rec.p.epoch:
 			s.releaseLocked(rec, false)
+		case rewrite && dueIn(rec, time.Now()) > 0:
+			s.recycleLocked(rec)
 		default:
 			s.ready.pushFront(rec)
 			s.wakeLocked()
@@ -389,11 +402,21 @@ func (s *Source) holdLocked(rec *record, wait time.Duration) {
 	})
 }
 
+// recycleLocked writes rec, a tier record at the head of its tier
+// partition and not due yet, to the tail of its tier (recycle). It counts
+// as handed out meanwhile, so that its lane stays busy and a drain waits
+// for the write.
+func (s *Source) recycleLocked(rec *record) {
+	s.handOutLocked(rec)
+	go s.recycle(rec)
+}
+
 // recycle writes rec, a tier record handed out (dispatched) to nobody,
-// due more than a tier's length later, to the tail of its tier topic as
-// it is (same headers: attempt, due time, origin), acknowledged by all
-// in-sync replicas, and then marks it handled. When the write fails it is
-// held a tier's length again, as before.
+// due later than its write time plus the tier's length, to the tail of its
+// tier topic as it is (same headers: attempt, due time, origin) with the
+// current time, acknowledged by all in-sync replicas, and then marks it
+// handled. When the write fails it is held a tier's length again, and then
+// written again (or handed out if due by then).
 func (s *Source) recycle(rec *record) {
 	rs := s.tier.main.retry
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
@@ -418,8 +441,7 @@ func (s *Source) recycle(rec *record) {
 		if s.closed {
 			return
 		}
-		s.tier.waited[rec] = struct{}{}
-		s.holdLocked(rec, s.tier.delay)
+		s.holdLocked(rec, s.tier.delay, true)
 	case g.fenced:
 		// The copy was written; the original, not committed, goes to
 		// the partition's next owner too: it comes twice (at least once).
