@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/internal/errtree"
 )
 
 // A BatchHandler processes several messages in one call: one bulk insert
@@ -363,8 +364,9 @@ func batchErrors(err error) (bes []*BatchError) {
 }
 
 // maxErrorTree bounds the errors batchErrors looks at: an Unwrap cycle
-// would walk for ever.
-const maxErrorTree = 1 << 17
+// would walk for ever. It is the bound of the runtime's other walks
+// (handlerResult).
+const maxErrorTree = errtree.MaxNodes
 
 // failsAny reports whether e names a failed message.
 func (e *BatchError) failsAny() bool {

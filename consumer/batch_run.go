@@ -274,9 +274,19 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 	// are settled (see giveBackBatch). errs[j] is done with once read:
 	// its slot marks a give-back.
 	back := false
+	// Each message's error is bounded before it is looked at (see
+	// handlerResult); a whole-batch failure is one error for all, bounded
+	// once.
+	var lastRaw, lastBound error
 	for j, d := range wb.ds {
 		m, e := wb.ms[j], errs[j]
 		errs[j] = nil
+		if e != nil {
+			if lastRaw == nil || !sameError(e, lastRaw) {
+				lastRaw, lastBound = e, handlerResult(e)
+			}
+			e = lastBound
+		}
 		if l := wb.lanes[j]; l.seq {
 			if containsLane(failedLanes, l.id) {
 				// After a failure in its lane, handled or not, it goes back.
@@ -415,7 +425,9 @@ func (r *run) callBatchLimited(l concurrencyLimiter, ctx context.Context, hs []*
 	err := r.callBatch(ctx, hs, first)
 	lat := time.Since(start)
 	r.running.Add(-1)
-	failed := isFailure(err) && batchErrors(err) == nil
+	// batchErrors' walk is bounded; a whole-batch failure is bounded before
+	// it is classified (see handlerResult).
+	failed := err != nil && batchErrors(err) == nil && isFailure(handlerResult(err))
 	limit := guarded(-1, func() int { return l.observe(lat, failed, n) })
 	if limit > 0 {
 		r.c.gate.setLimit(limit)

@@ -623,7 +623,7 @@ func (r *run) call(ctx context.Context, m *broker.Message) (err error) {
 			err = pe
 		}
 	}()
-	return r.c.h.Handle(ctx, m)
+	return handlerResult(r.c.h.Handle(ctx, m))
 }
 
 // callLimited calls the handler as call does, and reports its latency and

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/internal/errtree"
 	"github.com/queuekit/queuekit/retry"
 )
 
@@ -73,6 +74,32 @@ type undescribedError struct {
 
 func (e *undescribedError) Error() string { return e.text }
 
+// handlerResult is what the runtime makes of an error returned by user code
+// (a handler with its middleware, a batch handler's failure of a message)
+// before it inspects it: the error itself, unless its Unwrap tree is
+// unbounded (an Unwrap returning its own error, nested errors.Join of one
+// error), which errors.Is and errors.As would walk for ever or until the
+// stack overflows. Such an error is replaced by a plain one that keeps its
+// text (bounded) and does not unwrap: an ordinary, retryable failure (see
+// errtree.Bound). A single chain costs a few pointer steps.
+func handlerResult(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errtree.Bound(err)
+}
+
+// sameError reports whether a and b are the same error value; false where
+// == would panic (an uncomparable dynamic type).
+func sameError(a, b error) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
+}
+
 // classify is verdict's view of a handler error: permanent, and the
 // retry-after delay it asks for. errors.As walks the user's Unwrap and As
 // methods, which may panic like Error: such an error is an ordinary failure.
@@ -102,13 +129,21 @@ func guarded[T any](fallback T, f func() T) (v T) {
 	return f()
 }
 
-// safeIs is errors.Is, with a panic in the chain's methods reported as false.
+// safeIs is errors.Is, with a panic in the chain's methods reported as false,
+// and so is an unbounded chain (see handlerResult).
 func safeIs(err, target error) bool {
+	if !errtree.Bounded(err) {
+		return false
+	}
 	return guarded(false, func() bool { return errors.Is(err, target) })
 }
 
-// safeIsFatal is IsFatal, with a panic in the chain's methods reported as false.
+// safeIsFatal is IsFatal, with a panic in the chain's methods reported as
+// false, and so is an unbounded chain (see handlerResult).
 func safeIsFatal(err error) bool {
+	if !errtree.Bounded(err) {
+		return false
+	}
 	return guarded(false, func() bool { return broker.IsFatal(err) })
 }
 

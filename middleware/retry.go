@@ -6,6 +6,7 @@ import (
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/internal/errtree"
 	"github.com/queuekit/queuekit/retry"
 )
 
@@ -42,6 +43,12 @@ func Retry(p retry.Policy) consumer.Middleware {
 			// The first attempt is made here rather than inside retry.Do so
 			// that the common case, success at once, allocates nothing.
 			err := next.Handle(ctx, m)
+			if err != nil {
+				// An error whose Unwrap tree is unbounded (a cycle) would
+				// make errors.Is below walk for ever: it becomes a plain,
+				// retryable error (as the runtime does, see errtree).
+				err = errtree.Bound(err)
+			}
 			if err == nil || retry.IsPermanent(err) || ctx.Err() != nil || errors.Is(err, consumer.ErrNotHandled) {
 				return err
 			}
@@ -71,7 +78,7 @@ func Retry(p retry.Policy) consumer.Middleware {
 				}
 				actx, cancel := context.WithCancel(ctx)
 				defer cancel()
-				err := next.Handle(actx, m)
+				err := errtree.Bound(next.Handle(actx, m))
 				if errors.Is(err, consumer.ErrNotHandled) {
 					stop() // not a failure to retry: the work was not done
 				}

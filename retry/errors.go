@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/queuekit/queuekit/internal/errtree"
 )
 
 // PermanentError marks an error that retrying cannot fix, such as a payload
@@ -29,9 +31,13 @@ func (e *PermanentError) Error() string { return e.Err.Error() }
 func (e *PermanentError) Unwrap() error { return e.Err }
 
 // IsPermanent reports whether err, or any error it wraps, was marked with
-// Permanent. backoff/v4's own PermanentError counts too.
+// Permanent. backoff/v4's own PermanentError counts too. An error whose
+// Unwrap tree is unbounded (an Unwrap that returns its own error, a cycle
+// through Unwrap() []error, nested errors.Join of one error: more than
+// 131,072 paths, which errors.As would walk for ever or until the stack
+// overflows) is not permanent: its tree is not walked.
 func IsPermanent(err error) bool {
-	if err == nil {
+	if err == nil || !errtree.Bounded(err) {
 		return false
 	}
 	var pe *PermanentError
@@ -69,7 +75,11 @@ func (e *RetryAfterError) Error() string { return e.Err.Error() }
 func (e *RetryAfterError) Unwrap() error { return e.Err }
 
 // RetryAfter returns the delay asked for with After anywhere in err's chain.
+// An unbounded chain (see IsPermanent) asks for none.
 func RetryAfter(err error) (time.Duration, bool) {
+	if err == nil || !errtree.Bounded(err) {
+		return 0, false
+	}
 	var ra *RetryAfterError
 	if errors.As(err, &ra) {
 		return ra.Delay, true
