@@ -16,3 +16,20 @@ func RetryBookkeeping(s *Source) int {
 	}
 	return n
 }
+
+// PauseStates returns, for the tests, whether s is paused and whether each
+// of its tier consumers is.
+func PauseStates(s *Source) (main bool, tiers []bool) {
+	s.mu.Lock()
+	main = s.paused
+	s.mu.Unlock()
+	if s.retry == nil {
+		return main, nil
+	}
+	for _, t := range s.retry.tiers {
+		t.src.mu.Lock()
+		tiers = append(tiers, t.src.paused)
+		t.src.mu.Unlock()
+	}
+	return main, tiers
+}

@@ -19,7 +19,7 @@ import (
 // rebalance while paused drains and commits as usual; the next generation
 // starts paused.
 func (s *Source) Pause(ctx context.Context) error {
-	defer s.pauseTiers(ctx, true) // retry.go
+	defer s.pauseTiers(ctx) // retry.go
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.paused {
@@ -33,7 +33,7 @@ func (s *Source) Pause(ctx context.Context) error {
 // where they stopped. Resuming a Source that is not paused does nothing. It
 // returns nil.
 func (s *Source) Resume(ctx context.Context) error {
-	defer s.pauseTiers(ctx, false) // retry.go
+	defer s.pauseTiers(ctx) // retry.go
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.paused {

@@ -31,6 +31,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
@@ -134,6 +135,9 @@ type retryState struct {
 	w     *Publisher // writes to every tier topic, acks from all replicas
 	tiers []*retryTier
 	next  int // under the main Source's mu: the tier Receive looks at first
+	// pauseMu orders the main Source's Pause and Resume calls applying
+	// their state to the tiers (pauseTiers).
+	pauseMu sync.Mutex
 }
 
 // retryTier is one tier: its delay, topic, and the consumer of that topic.
@@ -734,12 +738,22 @@ func (s *Source) strandedTiers(ctx context.Context) (string, error) {
 	return strings.Join(out, ", "), nil
 }
 
-// pauseTiers pauses or resumes the tier consumers with their main Source,
-// so that they stop fetching too.
-func (s *Source) pauseTiers(ctx context.Context, pause bool) {
+// pauseTiers makes the tier consumers paused exactly when their main
+// Source is, so that they stop fetching too. Pause and Resume call it
+// after setting s.paused: it applies the state of the last of them to
+// have set it, under rs.pauseMu, so that a Pause and a Resume called at
+// once never leave the tiers in the state of the first (each applied its
+// own after releasing s.mu: the tiers could stay paused while the main
+// Source ran).
+func (s *Source) pauseTiers(ctx context.Context) {
 	if s.retry == nil {
 		return
 	}
+	s.retry.pauseMu.Lock()
+	defer s.retry.pauseMu.Unlock()
+	s.mu.Lock()
+	pause := s.paused
+	s.mu.Unlock()
 	for _, t := range s.retry.tiers {
 		if pause {
 			t.src.Pause(ctx)
