@@ -78,7 +78,12 @@ func (i Isolation) level() kafkago.IsolationLevel {
 type Config struct {
 	// Brokers are the bootstrap broker addresses, host:port.
 	Brokers []string
-	// GroupID is the consumer group.
+	// GroupID is the consumer group. With RetryTopics, the Source also
+	// joins one group per tier, GroupID + ".retry." + the tier (e.g.
+	// "billing.retry.30s"): those names share the cluster's name space of
+	// consumer groups, so no other consumer may use them (another
+	// application's group of that name would take the tier's partitions and
+	// commit their offsets).
 	GroupID string
 	// Topic is the topic to consume: a name Kafka accepts (1 to 249
 	// characters of a-z, A-Z, 0-9, '.', '_' and '-', not "." or "..").
@@ -200,7 +205,10 @@ type Config struct {
 	// and given once; the order does not matter. The tier topics must
 	// exist (Source.DeclareTopology creates them). Each tier is consumed
 	// in a consumer group of its own, GroupID + ".retry." + the tier
-	// ("billing.retry.30s").
+	// ("billing.retry.30s"): a group name like any other, which no other
+	// consumer of the cluster may use (nor may another Source's GroupID be
+	// one of them, e.g. GroupID "billing.retry.30s" next to "billing"
+	// with a tier of 30s).
 	//
 	// Default: none. A delayed requeue then holds the record's lane — its
 	// partition with ByPartition, its key with ByKey — for the delay, in

@@ -185,7 +185,9 @@
 //
 // The Source consumes every tier topic, each in a consumer group of its own
 // (GroupID + ".retry." + the tier, e.g. "billing.retry.30s", so that a
-// member of one never makes the main topic's group rebalance), and hands a
+// member of one never makes the main topic's group rebalance; these names
+// share the cluster's name space of consumer groups: give no other
+// consumer one of them), and hands a
 // retry record out through the same Receive once HeaderDue has passed —
 // never earlier — before the main topic's ready records. It hands it out as
 // the original record: Message.Topic is the original topic, Message.ID the
