@@ -135,8 +135,11 @@ func validateURL(label, raw string) error {
 		// the one meant.
 		return fmt.Errorf("%w: rabbitmq: %s %s: no host (want amqp://user:pass@host:port/vhost)", broker.ErrInvalidConfig, label, RedactURL(raw))
 	}
-	if uri.Port <= 0 {
+	if uri.Port <= 0 || uri.Port > 65535 {
 		return fmt.Errorf("%w: rabbitmq: %s %s: port %d cannot be dialled (leave it out for the default)", broker.ErrInvalidConfig, label, RedactURL(raw), uri.Port)
+	}
+	if uri.ConnectionTimeout < 0 {
+		return fmt.Errorf("%w: rabbitmq: %s %s: negative connection_timeout %d (milliseconds; leave it out for the default)", broker.ErrInvalidConfig, label, RedactURL(raw), uri.ConnectionTimeout)
 	}
 	return nil
 }
@@ -186,6 +189,7 @@ func (d Dialer) dial(ctx context.Context, raw string, track func(net.Conn) bool)
 		finished bool
 		fired    bool
 	}
+	var rc *readErrConn // set by cfg.Dial, on this goroutine
 	cfg.Dial = func(network, addr string) (net.Conn, error) {
 		var (
 			c   net.Conn
@@ -221,7 +225,8 @@ func (d Dialer) dial(ctx context.Context, raw string, track func(net.Conn) bool)
 			_ = c.Close()
 			return nil, ErrConnectionClosed
 		}
-		return c, nil
+		rc = &readErrConn{Conn: c}
+		return rc, nil
 	}
 	name := d.Name
 	if name == "" {
@@ -243,10 +248,56 @@ func (d Dialer) dial(ctx context.Context, raw string, track func(net.Conn) bool)
 		return nil, fmt.Errorf("rabbitmq: dial %s: no handshake within %v (the node accepted the connection and did not answer): %w",
 			RedactURL(raw), timeout, os.ErrDeadlineExceeded)
 	}
+	if errors.Is(err, amqp.ErrCredentials) && rc != nil {
+		if rerr := rc.readErr(); rerr != nil && (errors.Is(rerr, os.ErrDeadlineExceeded) || errors.Is(rerr, net.ErrClosed)) {
+			// amqp091 reports any end of the socket after start-ok as
+			// ErrCredentials (403, not from the server), since RabbitMQ
+			// refuses a user by closing the connection (it sends a
+			// connection.close only to clients that advertise
+			// authentication_failure_close, a capability amqp091 overwrites
+			// with its own). A refusal is the peer closing the socket (EOF,
+			// or a reset: RabbitMQ 4 resets it); a read that timed out (the
+			// handshake deadline) or whose socket was closed here (the
+			// handshake timer of a Dialer.Dial, or Close) is a node that
+			// stalled: transient, so not ErrCredentials (unfixable). A node
+			// that drops the connection after start-ok cannot be told from
+			// a refusal: it stays ErrCredentials, fatal only when every
+			// node does so.
+			return nil, fmt.Errorf("rabbitmq: dial %s: the connection was lost during the AMQP handshake, after the credentials were sent: %w",
+				RedactURL(raw), RedactError(rerr, raw))
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("rabbitmq: dial %s: %w", RedactURL(raw), RedactError(err, raw))
 	}
 	return c, nil
+}
+
+// readErrConn is a dial's network connection that keeps the first error its
+// reads returned: how the socket ended, which amqp091 does not report for a
+// handshake that failed after start-ok (see Dialer.dial).
+type readErrConn struct {
+	net.Conn
+	mu  sync.Mutex
+	err error
+}
+
+func (c *readErrConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.mu.Lock()
+		if c.err == nil {
+			c.err = err
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+func (c *readErrConn) readErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 func progName() string {
@@ -296,6 +347,7 @@ type Connection struct {
 	curNode    string                        // cur's node: its URL, redacted
 	sockOf     map[*amqp.Connection]net.Conn // cur's socket, for link.drop
 	aborted    bool
+	stopping   bool            // set by stopDial: no dial starts or goes on
 	dialCtx    context.Context // cancelled by abort: ends a default TCP connect
 	cancelDial context.CancelFunc
 	initOnce   sync.Once // makes the above, so that a Connection{} literal works too
@@ -395,7 +447,7 @@ func (c *Connection) get() (*amqp.Connection, error) {
 	c.init()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.isAborted() {
+	if c.closed || c.isStopped() {
 		return nil, ErrConnectionClosed
 	}
 	if c.cur != nil && !c.cur.IsClosed() {
@@ -418,7 +470,7 @@ func (c *Connection) get() (*amqp.Connection, error) {
 		conn, err = c.d.dial(c.dialCtx, raw, func(s net.Conn) bool {
 			c.sockMu.Lock()
 			defer c.sockMu.Unlock()
-			if c.aborted {
+			if c.aborted || c.stopping {
 				return false
 			}
 			c.socks[s] = struct{}{}
@@ -438,7 +490,7 @@ func (c *Connection) get() (*amqp.Connection, error) {
 			delete(c.socks, sock)
 			c.sockMu.Unlock()
 		}
-		if c.isAborted() {
+		if c.isStopped() {
 			break
 		}
 	}
@@ -452,7 +504,7 @@ func (c *Connection) get() (*amqp.Connection, error) {
 	if conn == nil {
 		c.sockMu.Unlock()
 		err := dialErr(errs)
-		if c.isAborted() {
+		if c.isStopped() {
 			return nil, fmt.Errorf("%w (%w)", ErrConnectionClosed, err)
 		}
 		return nil, err
@@ -532,6 +584,33 @@ func (c *Connection) dialled() bool {
 	return c.curNode != ""
 }
 
+// isStopped reports whether abort or stopDial was called: a dial neither
+// starts nor tries another node.
+func (c *Connection) isStopped() bool {
+	c.sockMu.Lock()
+	defer c.sockMu.Unlock()
+	return c.aborted || c.stopping
+}
+
+// stopDial ends a dial in progress, for the Close of the connection's
+// owner: its TCP connect is cancelled, the network connection it opened is
+// closed (which ends its TLS or AMQP handshake at once, whatever Dial made
+// it), no other node is tried, and no dial starts again: get fails with
+// ErrConnectionClosed. The current connection is left open, for its close
+// handshake.
+func (c *Connection) stopDial() {
+	c.init()
+	c.sockMu.Lock()
+	defer c.sockMu.Unlock()
+	c.stopping = true
+	c.cancelDial()
+	for s := range c.socks {
+		if s != c.curSock {
+			_ = s.Close()
+		}
+	}
+}
+
 func (c *Connection) isAborted() bool {
 	c.sockMu.Lock()
 	defer c.sockMu.Unlock()
@@ -580,14 +659,13 @@ func (c *Connection) Close(ctx context.Context) error {
 // close is Close without a bound: the owner of the connection calls it on a
 // goroutine that abort ends.
 func (c *Connection) close() error {
+	c.stopDial() // or close would wait for the dial, up to its handshake timeout per node
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil
 	}
 	c.closed = true
-	c.init()
-	c.cancelDial()
 	if c.cur != nil && !c.cur.IsClosed() {
 		if err := c.cur.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) && !c.isAborted() {
 			return fmt.Errorf("rabbitmq: close connection: %w", err)

@@ -57,7 +57,10 @@ func quoteName(s string) string {
 // timed out, still booting) may come back, so one node that refuses the
 // user (logged by the Connection) must not end a Source or Publisher whose
 // other nodes are down for a while. A vhost that is down (530 NOT_ALLOWED
-// "… is down", a node still booting) is transient too.
+// "… is down", a node still booting) and a connection limit that is reached
+// (530 "… connection limit (N) is reached") are transient too (see
+// capacityRefusal), as is a node that stalls or drops the connection after
+// the credentials were sent (see Dialer.dial).
 func unfixable(err error, notFoundToo bool) bool {
 	var ne *nodesError
 	if errors.As(err, &ne) {
@@ -74,13 +77,24 @@ func unfixable(err error, notFoundToo bool) bool {
 	}
 	switch ae.Code {
 	case amqp.NotAllowed:
-		return !strings.Contains(ae.Reason, " is down")
+		return !capacityRefusal(ae.Reason)
 	case amqp.AccessRefused, amqp.PreconditionFailed, amqp.CommandInvalid:
 		return true
 	case amqp.NotFound:
 		return notFoundToo && !queueNodeDown(err)
 	}
 	return false
+}
+
+// capacityRefusal reports whether reason, that of a 530 NOT_ALLOWED, is a
+// refusal that ends by itself: a vhost that is down (a node still booting)
+// or a connection or channel limit that is reached ("connection limit (N)
+// is reached", per vhost or per user), which frees up as other clients
+// disconnect. Access refused to the vhost is not.
+func capacityRefusal(reason string) bool {
+	r := strings.ToLower(reason)
+	return strings.Contains(r, " is down") || strings.Contains(r, " limit (") ||
+		strings.Contains(r, "limit is reached") || strings.Contains(r, "is reached")
 }
 
 // backoff is a capped exponential backoff with full jitter: the n-th wait is

@@ -595,6 +595,11 @@ func (p *Publisher) Close(ctx context.Context) error {
 // stop waiting for it. It closes p.closeDone when done.
 func (p *Publisher) shutdown() {
 	defer close(p.closeDone)
+	if p.ownConn {
+		// A publish that waits for a dial of our own connection fails now
+		// instead of holding Close up to its handshake timeout per node.
+		p.conn.stopDial()
+	}
 	p.inflight.Wait()
 	p.mu.Lock()
 	cc := p.cur
@@ -603,13 +608,9 @@ func (p *Publisher) shutdown() {
 	if cc != nil {
 		cc.close()
 	}
-	// A dial in progress closes what it opened, since p.closed is set. The
-	// default dial of our own connection ends now; a Dialer.Dial of the
-	// user's ends when it returns.
-	if p.ownConn {
-		p.conn.init()
-		p.conn.cancelDial()
-	}
+	// A dial in progress closes what it opened, since p.closed is set; one
+	// of our own connection was ended above (a Dialer.Dial of the user's
+	// that is still connecting ends when it returns).
 	p.dials.Wait()
 	var err error
 	if p.ownConn {

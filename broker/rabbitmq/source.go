@@ -776,6 +776,9 @@ func (s *Source) Close(ctx context.Context) error {
 // written before.
 func (s *Source) shutdown(started bool) {
 	defer close(s.closeDone)
+	if s.ownConn {
+		s.conn.stopDial() // the loop may be dialling: end it now
+	}
 	if started {
 		<-s.loopDone
 		<-s.dispatchDone // so that the hook is never called after Close returned
