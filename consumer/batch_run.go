@@ -270,9 +270,9 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 	// a lane are given back unhandled, to come again after the failed one.
 	// A batch rarely holds more than a few lanes: a slice beats a map.
 	var failedLanes []uint64
-	// The deliveries to give back, given back last first once the others
-	// are settled (see giveBackBatch). errs[j] is done with once read:
-	// its slot marks a give-back.
+	// The deliveries to give back or failed, settled last first once the
+	// others are (see giveBackBatch). errs[j] is done with once read: its
+	// slot then marks a give-back (errGiveBack) or holds a failure.
 	back := false
 	// Each message's error is bounded before it is looked at (see
 	// handlerResult); a whole-batch failure is one error for all, bounded
@@ -306,14 +306,29 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 			s.counts.count(e, SettledGiveBack, nil)
 			continue
 		}
-		st, serr := r.settle(d, m, e)
-		inc(&s.counts.settled)
-		s.counts.count(e, st, serr)
-	}
-	for j := len(wb.ds) - 1; back && j >= 0; j-- {
-		if errs[j] == errGiveBack {
-			r.giveBack(wb.ds[j], wb.ms[j])
+		if e != nil {
+			// A failure is settled with the give-backs, last first.
+			errs[j], back = e, true
+			continue
 		}
+		st, serr := r.settle(d, m, nil)
+		inc(&s.counts.settled)
+		s.counts.count(nil, st, serr)
+	}
+	// Give-backs and failures last first: a source that puts a returned
+	// message at the head of its queue (memory) delivers them again in
+	// their order. errGiveBack is an *errors.errorString: == with another
+	// error cannot panic (their dynamic types differ, or both are that).
+	for j := len(wb.ds) - 1; back && j >= 0; j-- {
+		switch e := errs[j]; {
+		case e == errGiveBack:
+			r.giveBack(wb.ds[j], wb.ms[j])
+		case e != nil:
+			st, serr := r.settle(wb.ds[j], wb.ms[j], e)
+			inc(&s.counts.settled)
+			s.counts.count(e, st, serr)
+		}
+		errs[j] = nil
 	}
 }
 

@@ -191,3 +191,30 @@ func TestUnboundedErrorDeadLetterReason(t *testing.T) {
 		t.Errorf("reason %d bytes: %.200q…", len(reason), reason)
 	}
 }
+
+// Review (LOW): the failed messages of a batch come back in their order on a
+// source that puts a requeued message at the head of its queue (memory), as
+// given-back ones do. They came back reversed.
+func TestBatchFailuresComeBackInOrder(t *testing.T) {
+	b := memory.NewBroker()
+	publishN(t, b, "q", 4)
+	var got []string
+	h := consumer.BatchHandlerFunc(func(ctx context.Context, msgs []*broker.Message) error {
+		for _, m := range msgs {
+			got = append(got, fmt.Sprintf("%s@%d", m.ID, m.Attempt))
+		}
+		if msgs[0].Attempt == 1 && len(msgs) == 4 {
+			return consumer.BatchFailures(map[int]error{0: errors.New("a"), 2: errors.New("c"), 3: errors.New("d")})
+		}
+		return nil
+	})
+	c, err := consumer.NewBatch(newSource(t, b, "q", 10), h, consumer.Batch{MaxSize: 4, MaxWait: 300 * time.Millisecond},
+		consumer.WithLogger(quiet), consumer.WithConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runBoundedUntil(t, c, "every message acknowledged", func() bool { return b.Stats("q").Acked == 4 })
+	if fmt.Sprint(got) != "[m0@1 m1@1 m2@1 m3@1 m0@2 m2@2 m3@2]" {
+		t.Errorf("handled %v; want the failed ones again in order", got)
+	}
+}
