@@ -88,13 +88,12 @@ func unfixable(err error, notFoundToo bool) bool {
 
 // capacityRefusal reports whether reason, that of a 530 NOT_ALLOWED, is a
 // refusal that ends by itself: a vhost that is down (a node still booting)
-// or a connection or channel limit that is reached ("connection limit (N)
-// is reached", per vhost or per user), which frees up as other clients
+// or a connection limit that is reached ("connection limit (N) is
+// reached", per vhost or per user), which frees up as other clients
 // disconnect. Access refused to the vhost is not.
 func capacityRefusal(reason string) bool {
 	r := strings.ToLower(reason)
-	return strings.Contains(r, " is down") || strings.Contains(r, " limit (") ||
-		strings.Contains(r, "limit is reached") || strings.Contains(r, "is reached")
+	return strings.Contains(r, " is down") || strings.Contains(r, " is reached")
 }
 
 // backoff is a capped exponential backoff with full jitter: the n-th wait is
