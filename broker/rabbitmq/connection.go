@@ -509,6 +509,13 @@ func (c *Connection) get() (*amqp.Connection, error) {
 		}
 		return nil, err
 	}
+	if c.stopping || c.aborted {
+		// stopDial ran after the handshake: its socket may be closed.
+		delete(c.socks, sock)
+		c.sockMu.Unlock()
+		_ = conn.Close()
+		return nil, ErrConnectionClosed
+	}
 	c.curSock = sock
 	c.curNode = RedactURL(raw)
 	c.sockOf[conn] = sock
