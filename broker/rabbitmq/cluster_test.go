@@ -655,26 +655,32 @@ func TestDialerURLsValidation(t *testing.T) {
 		{"bad scheme", Dialer{URLs: []string{good, "http://app:s3cret-pw@h/"}}, "URLs[1]"},
 		{"no slashes", Dialer{URLs: []string{"amqp:app:s3cret-pw@h"}}, "URLs[0]"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			for _, try := range []func() error{
-				func() error { _, err := NewConnection(tc.d); return err },
-				func() error { _, err := NewPublisher(PublisherConfig{Dialer: tc.d}); return err },
-				func() error { _, err := NewSource(Config{Dialer: tc.d, Queue: "q"}); return err },
-			} {
-				err := try()
-				if !errors.Is(err, broker.ErrInvalidConfig) {
-					t.Fatalf("error = %v; want one wrapping broker.ErrInvalidConfig", err)
-				}
-				if !strings.Contains(err.Error(), tc.want) {
-					t.Errorf("error %q does not say %q", err, tc.want)
-				}
-				if strings.Contains(err.Error(), "s3cret-pw") {
-					t.Errorf("error %q shows the password", err)
-				}
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkInvalidDialer(t, tc.d, tc.want) })
 	}
 	if _, err := NewConnection(Dialer{URLs: []string{good, "amqp://app:s3cret-pw@127.0.0.2:5672/"}}); err != nil {
 		t.Errorf("two good URLs: %v", err)
+	}
+}
+
+// checkInvalidDialer checks that NewConnection, NewPublisher and NewSource
+// each refuse d with an error wrapping broker.ErrInvalidConfig that says
+// want and shows no password (the tests' URLs hold "s3cret").
+func checkInvalidDialer(t *testing.T, d Dialer, want string) {
+	t.Helper()
+	for _, try := range []func() error{
+		func() error { _, err := NewConnection(d); return err },
+		func() error { _, err := NewPublisher(PublisherConfig{Dialer: d}); return err },
+		func() error { _, err := NewSource(Config{Dialer: d, Queue: "q"}); return err },
+	} {
+		err := try()
+		if !errors.Is(err, broker.ErrInvalidConfig) {
+			t.Fatalf("error = %v; want one wrapping broker.ErrInvalidConfig", err)
+		}
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("error %q shows the password", err)
+		}
 	}
 }
