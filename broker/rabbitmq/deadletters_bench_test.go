@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/queuekit/queuekit/broker"
 )
 
@@ -70,12 +68,7 @@ func TestDeadLettersList10k(t *testing.T) {
 // order.
 func peekIDsByConsume(t testing.TB, q string) []string {
 	t.Helper()
-	c, err := amqp.Dial(amqpURL())
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer c.Close()
-	ch, err := c.Channel()
+	ch, err := rawConn(t).Channel()
 	if err != nil {
 		t.Fatal(err)
 	}
