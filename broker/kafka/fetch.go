@@ -14,7 +14,7 @@ import (
 	"github.com/segmentio/kafka-go/protocol"
 	fetchapi "github.com/segmentio/kafka-go/protocol/fetch"
 
-	"github.com/queuekit/queuekit/broker/kafka/internal/offsets"
+	"github.com/queuekit/queuekit/internal/offsets"
 	"github.com/queuekit/queuekit/retry"
 )
 

@@ -31,7 +31,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/queuekit/queuekit/broker"
-	"github.com/queuekit/queuekit/broker/kafka/internal/offsets"
+	"github.com/queuekit/queuekit/internal/offsets"
 	"github.com/queuekit/queuekit/retry"
 )
 
