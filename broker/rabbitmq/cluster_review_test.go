@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -127,61 +126,6 @@ func TestQueueNodeDownReasons(t *testing.T) {
 		if got := unfixable(err, true); got == tc.want {
 			t.Errorf("unfixable(%q, passive) = %v; want %v", tc.reason, got, !tc.want)
 		}
-	}
-}
-
-// TestClusterPassiveSourceSurvivesItsQueueNodeStopping (review H4): a
-// classic queue on node 1, a Passive source connected to the other nodes,
-// and node 1 stopped (stop_app) for a while. The passive check answered 404
-// "process is stopped by supervisor" (or "is down or inaccessible"), which
-// is fatal under Passive for a queue that does not exist: the source gave
-// up for good. It must retry, and deliver once the node is back.
-func TestClusterPassiveSourceSurvivesItsQueueNodeStopping(t *testing.T) {
-	c := needCluster(t)
-	ctx := context.Background()
-	q := fmt.Sprintf("qk-review-h4-%06d", rand.IntN(1000000))
-	topo := Topology{} // classic
-	// Declared through the first node: the classic queues are local to it.
-	if err := DeclareTopology(ctx, Dialer{URL: c.urls[0]}, q, topo); err != nil {
-		t.Fatal(err)
-	}
-	others := Dialer{URLs: c.urls[1:]}
-	topo.Passive = true
-	src, err := NewSource(Config{Dialer: others, Queue: q, Topology: topo, Logger: clusterLogger(),
-		ReconnectMin: 50 * time.Millisecond, ReconnectMax: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = src.Close(ctx) }()
-	rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	_, _ = src.Receive(rctx) // subscribes
-	cancel()
-	if err := src.Status().Err; err != nil {
-		t.Fatalf("source not subscribed: %v", err)
-	}
-	c.stopApp(t, c.nodes[0])
-	waitFor(t, 20*time.Second, "the source to see its queue's node go", func() bool { return src.Status().Err != nil })
-	time.Sleep(time.Second) // a few passive checks while the node is down
-	t.Logf("while node %d is stopped: %v", c.nodes[0], src.Status().Err)
-	c.restore(t, c.nodes[0])
-	pub, err := NewPublisher(PublisherConfig{Dialer: others, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = pub.Close(ctx) }()
-	waitFor(t, 20*time.Second, "a publish to the queue once its node is back", func() bool {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		return pub.Publish(pctx, "", &broker.Message{ID: "m", Key: []byte(q), Body: []byte("m")}) == nil
-	})
-	rctx, cancel = context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	d, err := src.Receive(rctx)
-	if err != nil {
-		t.Fatalf("Receive from a passive source after its queue's node came back = %v (status %+v); want the message", err, src.Status())
-	}
-	if err := d.Ack(ctx); err != nil {
-		t.Fatal(err)
 	}
 }
 
