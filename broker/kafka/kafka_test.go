@@ -132,21 +132,6 @@ func (e *env) endOffsets(t testing.TB, topic string) map[int]int64 {
 	return out
 }
 
-// onlyMember returns the member ID of the group's single member.
-func (e *env) onlyMember(t testing.TB, group string) string {
-	t.Helper()
-	cli, tr := e.client()
-	defer tr.CloseIdleConnections()
-	resp, err := cli.DescribeGroups(context.Background(), &kafkago.DescribeGroupsRequest{GroupIDs: []string{group}})
-	if err != nil {
-		t.Fatalf("DescribeGroups: %v", err)
-	}
-	if len(resp.Groups) != 1 || len(resp.Groups[0].Members) != 1 {
-		t.Fatalf("DescribeGroups(%s) = %+v; want one group with one member", group, resp.Groups)
-	}
-	return resp.Groups[0].Members[0].MemberID
-}
-
 func (e *env) committed(t testing.TB, group, topic string) map[int]int64 {
 	t.Helper()
 	cli, tr := e.client()

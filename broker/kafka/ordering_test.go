@@ -1,19 +1,15 @@
 package kafka_test
 
 import (
-	"context"
-	"math/rand/v2"
 	"strconv"
 	"sync"
-	"testing"
-	"time"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
-
-	"github.com/queuekit/queuekit/broker"
-	"github.com/queuekit/queuekit/broker/kafka"
-	"github.com/queuekit/queuekit/consumer"
 )
+
+// The ordering scenarios (ByKey and ByPartition) are shared with the
+// franz-go adapter: internal/kafkatest, run by TestScenarios
+// (scenarios_test.go). commitWatch stays for the batch tests.
 
 // commitWatch checks every OffsetCommit the cluster receives for the group
 // against what handlers finished: a commit of offset c on a partition is
@@ -65,138 +61,4 @@ func (w *commitWatch) install(e *env, group, topic string) {
 		}
 		return nil, nil, false // let the cluster handle it
 	})
-}
-
-// With Ordering ByKey, records of different keys in one partition run
-// concurrently, records of one key never overlap and run in offset order,
-// and no commit passes a record whose handler has not finished.
-func TestByKeyKeepsPerKeyOrderAndNeverCommitsPastUnfinishedWork(t *testing.T) {
-	e := newEnv(t)
-	e.needKfake(t) // the commit check reads OffsetCommit requests
-	t.Logf("running against %s", e.what)
-	topic := e.topic(t, "bykey")
-	const n, keys = 3000, 40
-	e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i%keys) })
-	watch := newCommitWatch()
-	watch.install(e, "g-bykey", topic)
-
-	var (
-		mu         sync.Mutex
-		last       = map[string]int{}  // key → body index of the last started record
-		running    = map[string]bool{} // key → a record of it is running
-		perPart    = map[int]int{}     // partition → records running now
-		maxPerPart int
-		errs       []string
-		done       int
-	)
-	h := consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
-		i, _ := strconv.Atoi(string(m.Body))
-		k := string(m.Key)
-		p, off := idOffset(m.ID)
-		mu.Lock()
-		if running[k] {
-			errs = append(errs, "key "+k+": two records at once")
-		}
-		if prev, ok := last[k]; ok && prev >= i {
-			errs = append(errs, "key "+k+": record "+strconv.Itoa(i)+" after "+strconv.Itoa(prev))
-		}
-		running[k], last[k] = true, i
-		perPart[p]++
-		maxPerPart = max(maxPerPart, perPart[p])
-		mu.Unlock()
-
-		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
-
-		mu.Lock()
-		running[k] = false
-		perPart[p]--
-		done++
-		mu.Unlock()
-		watch.finish(p, off)
-		return nil
-	})
-	cfg := e.config(topic, "g-bykey")
-	cfg.Ordering = kafka.ByKey
-	cfg.MaxInFlight = 16
-	cfg.CommitBatch = 50 // many commits to check
-	m := startMember(t, newSource(t, cfg), h, consumer.WithConcurrency(32))
-	waitFor(t, "every record handled", 60*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return done >= n })
-	m.stop(t)
-
-	mu.Lock()
-	defer mu.Unlock()
-	watch.mu.Lock()
-	defer watch.mu.Unlock()
-	t.Logf("%d records, %d keys: %d commits checked, %d violations; at most %d records of one partition ran at once; order errors %d",
-		n, keys, watch.commits, len(watch.violations), maxPerPart, len(errs))
-	for _, v := range watch.violations[:min(len(watch.violations), 5)] {
-		t.Error(v)
-	}
-	for _, v := range errs[:min(len(errs), 5)] {
-		t.Error(v)
-	}
-	if done != n {
-		t.Errorf("handled %d records; want %d (each once)", done, n)
-	}
-	if watch.commits < 5 {
-		t.Errorf("only %d commits observed; the check saw too little", watch.commits)
-	}
-	if maxPerPart < 2 {
-		t.Errorf("at most %d records of a partition ran at once; ByKey should run different keys concurrently", maxPerPart)
-	}
-	if maxPerPart > cfg.MaxInFlight {
-		t.Errorf("%d records of a partition ran at once; MaxInFlight is %d", maxPerPart, cfg.MaxInFlight)
-	}
-	end, got := e.endOffsets(t, topic), e.committed(t, "g-bykey", topic)
-	for p := range partitions {
-		if got[p] != end[p] {
-			t.Errorf("partition %d: committed = %d; want end offset %d", p, got[p], end[p])
-		}
-	}
-}
-
-// By default (ByPartition) a partition's records run one at a time, in
-// offset order.
-func TestByPartitionRunsOneRecordPerPartitionInOffsetOrder(t *testing.T) {
-	e := newEnv(t)
-	t.Logf("running against %s", e.what)
-	topic := e.topic(t, "bypart")
-	const n = 1000
-	e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i%37) })
-	var (
-		mu      sync.Mutex
-		last    = map[int]int64{}
-		running = map[int]bool{}
-		errs    []string
-		done    int
-	)
-	h := consumer.HandlerFunc(func(_ context.Context, m *broker.Message) error {
-		p, off := idOffset(m.ID)
-		mu.Lock()
-		if running[p] {
-			errs = append(errs, "partition "+strconv.Itoa(p)+": two records at once")
-		}
-		if prev, ok := last[p]; ok && prev >= off {
-			errs = append(errs, "partition "+strconv.Itoa(p)+": offset "+strconv.FormatInt(off, 10)+" after "+strconv.FormatInt(prev, 10))
-		}
-		running[p], last[p] = true, off
-		mu.Unlock()
-		time.Sleep(50 * time.Microsecond)
-		mu.Lock()
-		running[p] = false
-		done++
-		mu.Unlock()
-		return nil
-	})
-	m := startMember(t, newSource(t, e.config(topic, "g-bypart")), h, consumer.WithConcurrency(16))
-	waitFor(t, "every record handled", 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return done >= n })
-	m.stop(t)
-	mu.Lock()
-	defer mu.Unlock()
-	for _, v := range errs[:min(len(errs), 5)] {
-		t.Error(v)
-	}
-	if done != n {
-		t.Errorf("handled %d; want %d", done, n)
-	}
 }
