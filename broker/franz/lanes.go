@@ -1,0 +1,431 @@
+package franz
+
+// Lanes: the poll goroutine takes records from kgo and queues them on
+// their lanes; Receive hands out the head of each free lane from s.ready.
+//
+// Cost per record is what the throughput of the Source is made of, so the
+// records of a poll are allocated in one block (each with its first
+// delivery inside), their IDs in one string, and queued under one lock
+// per chunk; lanes and the ready queue are intrusive lists (record.next),
+// so queueing allocates nothing.
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"strconv"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// record is one polled record on its way through the Source.
+type record struct {
+	r  *kgo.Record
+	id string // topic/partition/offset
+	// Under s.mu:
+	p       *partState
+	ln      *lane
+	next    *record // the next record on the list it is on (s.ready or its lane)
+	key     uint64  // the lane key under ByKey
+	attempt int
+	out     bool     // first was handed out: a new hand-out gets a new delivery
+	first   delivery // the first hand-out, allocated with the record
+}
+
+// lane is an ordered lane of a partition: all of it (ByPartition) or one
+// key (ByKey). While busy, one record of the lane is on s.ready or out, and
+// the records behind it wait on the lane's list. Under s.mu.
+type lane struct {
+	key        uint64
+	busy       bool
+	head, tail *record
+	// extra counts the records of the lane out beyond the one a busy lane
+	// has: those of a batch (batch.go).
+	extra int
+}
+
+func (l *lane) push(r *record) {
+	r.next = nil
+	if l.tail == nil {
+		l.head, l.tail = r, r
+		return
+	}
+	l.tail.next = r
+	l.tail = r
+}
+
+func (l *lane) pop() *record {
+	r := l.head
+	if r == nil {
+		return nil
+	}
+	l.head = r.next
+	if l.head == nil {
+		l.tail = nil
+	}
+	r.next = nil
+	return r
+}
+
+// insert puts r into the lane's list in offset order.
+func (l *lane) insert(r *record) {
+	if l.head == nil || l.head.r.Offset > r.r.Offset {
+		r.next = l.head
+		l.head = r
+		if l.tail == nil {
+			l.tail = r
+		}
+		return
+	}
+	at := l.head
+	for at.next != nil && at.next.r.Offset < r.r.Offset {
+		at = at.next
+	}
+	r.next = at.next
+	at.next = r
+	if r.next == nil {
+		l.tail = r
+	}
+}
+
+// readyList is the FIFO of records waiting for Receive, under s.mu.
+type readyList struct {
+	head, tail *record
+}
+
+func (q *readyList) push(r *record) {
+	r.next = nil
+	if q.tail == nil {
+		q.head, q.tail = r, r
+		return
+	}
+	q.tail.next = r
+	q.tail = r
+}
+
+func (q *readyList) pushFront(r *record) {
+	r.next = q.head
+	q.head = r
+	if q.tail == nil {
+		q.tail = r
+	}
+}
+
+func (q *readyList) pop() *record {
+	r := q.head
+	if r == nil {
+		return nil
+	}
+	q.head = r.next
+	if q.head == nil {
+		q.tail = nil
+	}
+	r.next = nil
+	return r
+}
+
+// remove takes off the records for which drop reports true.
+func (q *readyList) remove(drop func(*record) bool) {
+	var head, tail *record
+	for r := q.head; r != nil; {
+		next := r.next
+		r.next = nil
+		if !drop(r) {
+			if tail == nil {
+				head = r
+			} else {
+				tail.next = r
+			}
+			tail = r
+		}
+		r = next
+	}
+	q.head, q.tail = head, tail
+}
+
+// pollLoop moves records from kgo to the lanes until ctx ends.
+func (s *Source) pollLoop(ctx context.Context) {
+	defer s.run.Done()
+	var scratch pollScratch
+	for {
+		fs := s.cl.PollRecords(ctx, 0)
+		if ctx.Err() != nil {
+			s.cl.AllowRebalance()
+			return
+		}
+		s.take(fs, &scratch)
+		// Records are queued (or dropped as not ours): a rebalance may
+		// run now.
+		s.cl.AllowRebalance()
+	}
+}
+
+// pollScratch is reused from poll to poll.
+type pollScratch struct {
+	ends []int
+}
+
+// chunk is how many records take queues under one hold of s.mu, so that
+// Receive and settlements do not wait long behind a large poll.
+const chunk = 1024
+
+// uncommittedWindow bounds, in multiples of MaxInFlight, how far past its
+// oldest unfinished record a partition is taken (see Config.MaxInFlight).
+const uncommittedWindow = 4
+
+// take queues the records of a poll on their lanes.
+func (s *Source) take(fs kgo.Fetches, sc *pollScratch) {
+	s.pollErrors(fs)
+	n := fs.NumRecords()
+	if n == 0 {
+		return
+	}
+	// Outside the lock: the records and their IDs, in one block each.
+	block := make([]record, n)
+	topic := s.cfg.Topic
+	idBuf := make([]byte, 0, n*(len(topic)+12))
+	sc.ends = sc.ends[:0]
+	i := 0
+	byKey := s.cfg.Ordering == ByKey
+	fs.EachPartition(func(fp kgo.FetchTopicPartition) {
+		prefix := len(idBuf)
+		idBuf = append(idBuf, fp.Topic...)
+		idBuf = append(idBuf, '/')
+		idBuf = strconv.AppendInt(idBuf, int64(fp.Partition), 10)
+		idBuf = append(idBuf, '/')
+		plen := len(idBuf) - prefix
+		for j, r := range fp.Records {
+			if j > 0 {
+				idBuf = append(idBuf, idBuf[prefix:prefix+plen]...)
+			}
+			idBuf = strconv.AppendInt(idBuf, r.Offset, 10)
+			sc.ends = append(sc.ends, len(idBuf))
+			rec := &block[i]
+			rec.r = r
+			rec.attempt = 1
+			if byKey && len(r.Key) > 0 {
+				rec.key = maphash.Bytes(s.seed, r.Key)
+			}
+			i++
+		}
+	})
+	if len(idBuf) > 0 {
+		// idBuf is never written again: the IDs share its bytes.
+		ids := unsafe.String(&idBuf[0], len(idBuf))
+		start := 0
+		for k := range block {
+			block[k].id = ids[start:sc.ends[k]]
+			start = sc.ends[k]
+		}
+	}
+	for lo := 0; lo < n; lo += chunk {
+		s.queue(block[lo:min(lo+chunk, n)])
+	}
+}
+
+// queue puts recs, records of one poll in partition and offset order, on
+// their lanes under one hold of s.mu. A record of a partition not (or no
+// longer) assigned here, or already taken, is dropped: kgo fetches it again
+// for the partition's owner from the committed offset.
+func (s *Source) queue(recs []record) {
+	maxIn := s.cfg.MaxInFlight
+	flow := false
+	s.mu.Lock()
+	var p *partState
+	pid := int32(-1)
+	woke := false
+	for k := range recs {
+		rec := &recs[k]
+		r := rec.r
+		if r.Partition != pid || p == nil {
+			if p != nil && !p.fetchPaused && (p.held >= maxIn || p.trk.Pending() >= uncommittedWindow*maxIn) {
+				flow = true
+			}
+			pid = r.Partition
+			p = s.parts[pid]
+		}
+		if p == nil || p.revoking || r.Offset < p.next || r.Topic != s.cfg.Topic {
+			continue
+		}
+		p.next = r.Offset + 1
+		p.epoch = r.LeaderEpoch
+		if !p.trk.Add(r.Offset) {
+			continue
+		}
+		if r.Attrs.IsControl() {
+			// A transaction marker: never handed out, committed past.
+			p.trk.Done(r.Offset)
+			continue
+		}
+		rec.p = p
+		p.held++
+		var ln *lane
+		if s.cfg.Ordering == ByKey {
+			ln = p.lanes[rec.key]
+			if ln == nil {
+				ln = p.newLane(rec.key)
+			}
+		} else {
+			ln = &p.one
+		}
+		rec.ln = ln
+		if ln.busy {
+			ln.push(rec)
+		} else {
+			ln.busy = true
+			s.ready.push(rec)
+			woke = true
+		}
+	}
+	if p != nil && !p.fetchPaused && (p.held >= maxIn || p.trk.Pending() >= uncommittedWindow*maxIn) {
+		flow = true
+	}
+	if woke {
+		s.wakeLocked()
+	}
+	s.mu.Unlock()
+	if flow {
+		s.kickFlow()
+	}
+}
+
+// newLane returns an idle lane of p for key, from spare or new, and
+// registers it.
+func (p *partState) newLane(key uint64) *lane {
+	var ln *lane
+	if n := len(p.spare); n > 0 {
+		ln = p.spare[n-1]
+		p.spare[n-1] = nil
+		p.spare = p.spare[:n-1]
+	} else {
+		ln = new(lane)
+	}
+	ln.key = key
+	p.lanes[key] = ln
+	return ln
+}
+
+// handOutLocked counts rec as out and returns the delivery for this
+// hand-out and its attempt. The delivery is not shared yet: fill fills it
+// outside s.mu.
+func (s *Source) handOutLocked(rec *record) (*delivery, int) {
+	rec.p.out++
+	d := &rec.first
+	if rec.out {
+		d = new(delivery)
+	}
+	rec.out = true
+	return d, rec.attempt
+}
+
+// fill makes d the hand-out of rec with attempt.
+func (s *Source) fill(d *delivery, rec *record, attempt int) {
+	r := rec.r
+	*d = delivery{s: s, rec: rec, msg: broker.Message{
+		ID:      rec.id,
+		Topic:   s.cfg.Topic,
+		Key:     r.Key,
+		Body:    r.Value,
+		Header:  messageHeader(r.Headers),
+		Time:    r.Timestamp,
+		Attempt: attempt,
+	}}
+}
+
+// freeLaneLocked frees rec's lane after rec settled for good or went back
+// to wait: its next record is made ready, or the lane ends. With records
+// of a batch still out on the lane (extra), it only counts one of them
+// done.
+func (s *Source) freeLaneLocked(rec *record) {
+	ln := rec.ln
+	if ln.extra > 0 {
+		ln.extra--
+		return
+	}
+	if next := ln.pop(); next != nil {
+		s.ready.push(next)
+		s.wakeLocked()
+		return
+	}
+	ln.busy = false
+	if s.cfg.Ordering == ByKey {
+		p := rec.p
+		if p.lanes[ln.key] == ln {
+			delete(p.lanes, ln.key)
+			p.spare = append(p.spare, ln)
+		}
+	}
+}
+
+// releaseToLaneLocked puts rec, out and given back unhandled (Release),
+// back in its place in its lane: first in line, at the head of s.ready,
+// when nothing else of its lane is out and nothing before it waits; else
+// into the lane's list in offset order (a batch's records may be settled
+// in any order), so that the lane goes on in order once the others are
+// settled.
+func (s *Source) releaseToLaneLocked(rec *record) {
+	ln := rec.ln
+	if ln.extra == 0 && (ln.head == nil || ln.head.r.Offset > rec.r.Offset) {
+		s.ready.pushFront(rec)
+		s.wakeLocked()
+		return
+	}
+	ln.insert(rec)
+	if ln.extra > 0 {
+		ln.extra--
+		return
+	}
+	s.ready.pushFront(ln.pop())
+	s.wakeLocked()
+}
+
+// errThrottle logs a repeated error at most once a second.
+type errThrottle struct {
+	mu   sync.Mutex
+	last time.Time
+	n    int
+}
+
+// pollErrors reports the errors of a poll: logged (throttled) and in
+// Status. A client closed or a cancelled poll is not an error.
+func (s *Source) pollErrors(fs kgo.Fetches) {
+	fs.EachError(func(topic string, part int32, err error) {
+		if errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) {
+			return
+		}
+		s.mu.Lock()
+		if s.status.Err == nil {
+			s.status.Err = err
+		}
+		s.mu.Unlock()
+		t := &s.pollErr
+		t.mu.Lock()
+		t.n++
+		if time.Since(t.last) < time.Second {
+			t.mu.Unlock()
+			return
+		}
+		n := t.n
+		t.n, t.last = 0, time.Now()
+		t.mu.Unlock()
+		s.log.Warn("franz: fetch error", "partition", part, "error", err, "errors_since_last_log", n)
+	})
+}
+
+// messageHeader returns the headers as a map, nil when there are none. A
+// repeated key keeps its last value.
+func messageHeader(hs []kgo.RecordHeader) map[string]string {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(hs))
+	for _, h := range hs {
+		out[h.Key] = string(h.Value)
+	}
+	return out
+}

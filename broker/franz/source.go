@@ -1,0 +1,406 @@
+package franz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/queuekit/queuekit/broker"
+)
+
+// A Source consumes one topic as a member of a Kafka consumer group, on a
+// franz-go kgo.Client. It implements broker.Source and the capabilities
+// broker.Pauser, broker.StatusReporter, broker.EventSource,
+// broker.BacklogReporter, broker.TopologyDeclarer and
+// broker.BatchReceiver; its deliveries implement broker.DelayedRequeuer,
+// broker.Releaser, broker.Leased and broker.Sequenced. See the package
+// documentation for the guarantees.
+//
+// A Source is safe for concurrent use. The zero value is not usable: make
+// one with NewSource. It joins the group on the first Receive (or
+// ReceiveBatch); after Close it cannot be used again (Receive returns
+// broker.ErrSourceClosed).
+type Source struct {
+	cfg  Config
+	log  *slog.Logger
+	seed maphash.Seed
+	// admin is a client outside the group, for the admin requests (Lag,
+	// Backlog, DeclareTopology) and the dead-letter writes. NewSource makes
+	// it; it connects on first use.
+	admin *kgo.Client
+	adm   *kadm.Client
+	// dl is the dead-letter operations' state (deadletters.go).
+	dl   deadLetterState
+	hook atomic.Pointer[func(broker.Event)]
+
+	// The group client and the goroutines serving it (poll, commit, flow)
+	// are made once by start, before startOnce.Do returns, and only read
+	// after it.
+	startOnce sync.Once
+	cl        *kgo.Client
+	// clReady is closed once cl is set: the rebalance callbacks, which kgo
+	// may call before NewClient returned, wait for it.
+	clReady   chan struct{}
+	startErr  error
+	runCancel context.CancelFunc
+	run       sync.WaitGroup
+
+	// abortCtx ends when Close's ctx ended before Close was done: drains
+	// stop waiting, commits are cancelled, and so are the Lag, Backlog and
+	// DeclareTopology calls in progress (see enter).
+	abortCtx  context.Context
+	abortFn   context.CancelFunc
+	abortOnce sync.Once
+	// calls counts the Lag, Backlog, DeclareTopology and dead-letter
+	// calls in progress; Close waits for them before closing the admin
+	// client.
+	calls sync.WaitGroup
+
+	// commitMu orders the commits: the committer's rounds and the final
+	// commit of revoked partitions, so that an older snapshot of offsets
+	// is never sent after a newer one.
+	commitMu sync.Mutex
+	kick     chan struct{} // wakes the committer: CommitBatch settled
+	// flowMu orders the backpressure pauses and resumes of partitions
+	// (pause.go), flowKick wakes the goroutine that applies them.
+	flowMu   sync.Mutex
+	flowKick chan struct{}
+	// pauseMu orders Pause and Resume calls applying their state to kgo.
+	pauseMu sync.Mutex
+
+	// mu guards everything below and every field of partState, lane,
+	// record and delivery documented as "under s.mu". It is held for short
+	// non-blocking sections only: the poll goroutine takes it once per
+	// chunk of records, Receive and each settlement once.
+	mu      sync.Mutex
+	ready   readyList // heads of free lanes, waiting for Receive
+	waiting int       // Receive and ReceiveBatch calls waiting on notify
+	notify  chan struct{}
+	closed  bool
+	// closedCh is closed when Close begins, closeDone when it is done.
+	closedCh  chan struct{}
+	closeDone chan struct{}
+	paused    bool // Pause: nothing is handed out, the topic is not fetched
+	parts     map[int32]*partState
+	settled   int // settlements since the last commit
+	status    broker.Status
+	joined    bool // EventConnected was emitted for the current membership
+	// closeCommitErr is the error of the final commit at Close.
+	closeCommitErr error
+	// timers hold records requeued with a delay (RequeueAfter).
+	timers  map[*record]*time.Timer
+	pollErr errThrottle
+}
+
+// NewSource returns a Source for cfg. It returns an error wrapping
+// broker.ErrInvalidConfig when cfg is invalid. It does not connect: the
+// first Receive joins the group.
+func NewSource(cfg Config) (*Source, error) {
+	cfg.normalize()
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if len(cfg.RetryTopics) > 0 && !retryTopicsSupported {
+		return nil, invalid("RetryTopics is not yet supported by this adapter; leave it empty (a delayed requeue then holds its lane in process) or use the kafka adapter")
+	}
+	log := cfg.Logger.With("topic", cfg.Topic, "group", cfg.GroupID)
+	admin, err := kgo.NewClient(append(slices.Clone(cfg.ClientOptions),
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.WithLogger(kgoLogger{log}),
+		// Dead letters: acks from all in-sync replicas, idempotent, sent
+		// at once.
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0),
+	)...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: franz: ClientOptions: %w", broker.ErrInvalidConfig, err)
+	}
+	abortCtx, abortFn := context.WithCancel(context.Background())
+	s := &Source{
+		cfg:       cfg,
+		log:       log,
+		seed:      maphash.MakeSeed(),
+		admin:     admin,
+		adm:       kadm.NewClient(admin),
+		abortCtx:  abortCtx,
+		abortFn:   abortFn,
+		kick:      make(chan struct{}, 1),
+		clReady:   make(chan struct{}),
+		flowKick:  make(chan struct{}, 1),
+		notify:    make(chan struct{}, 1),
+		closedCh:  make(chan struct{}),
+		closeDone: make(chan struct{}),
+		parts:     make(map[int32]*partState),
+		status:    broker.Status{Err: errors.New("franz: not joined yet")},
+		timers:    make(map[*record]*time.Timer),
+	}
+	return s, nil
+}
+
+// start makes the group client and starts its goroutines, once.
+func (s *Source) start() {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		s.startErr = broker.ErrSourceClosed
+		return
+	}
+	cfg := &s.cfg
+	iso := kgo.ReadCommitted()
+	if cfg.Isolation == ReadUncommitted {
+		iso = kgo.ReadUncommitted()
+	}
+	reset := kgo.NewOffset().AtStart()
+	if cfg.StartOffset == LastOffset {
+		reset = kgo.NewOffset().AtEnd()
+	}
+	opts := append(slices.Clone(cfg.ClientOptions),
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.WithLogger(kgoLogger{s.log}),
+		kgo.ConsumerGroup(cfg.GroupID),
+		kgo.ConsumeTopics(cfg.Topic),
+		kgo.DisableAutoCommit(),
+		kgo.Balancers(cfg.Balancers...),
+		kgo.FetchIsolationLevel(iso),
+		// Control records (transaction markers) come to the poll loop,
+		// which commits past them without handing them out.
+		kgo.KeepControlRecords(),
+		// No rebalance callback runs between a poll's return and the
+		// queueing of its records (see pollLoop): a record of an earlier
+		// assignment can never be taken for one of the current one.
+		kgo.BlockRebalanceOnPoll(),
+		kgo.OnPartitionsAssigned(s.onAssigned),
+		kgo.OnPartitionsRevoked(s.onRevoked),
+		kgo.OnPartitionsLost(s.onLost),
+		kgo.ConsumeResetOffset(reset),
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.HeartbeatInterval(cfg.HeartbeatInterval),
+		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
+		kgo.FetchMaxWait(cfg.MaxWait),
+		kgo.FetchMaxPartitionBytes(int32(cfg.MaxBytes)),
+	)
+	if cfg.MaxBytes > 50<<20 {
+		opts = append(opts, kgo.FetchMaxBytes(int32(cfg.MaxBytes)))
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		s.startErr = broker.Fatal(fmt.Errorf("%w: franz: consumer group client: %w", broker.ErrInvalidConfig, err))
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.pauseMu.Lock()
+	s.cl, s.runCancel = cl, cancel
+	close(s.clReady)
+	s.mu.Lock()
+	paused := s.paused
+	s.mu.Unlock()
+	if paused {
+		cl.PauseFetchTopics(cfg.Topic)
+	}
+	s.pauseMu.Unlock()
+	s.run.Add(3)
+	go s.pollLoop(ctx)   // lanes.go
+	go s.commitLoop(ctx) // commit.go
+	go s.flowLoop(ctx)   // pause.go
+}
+
+// begin starts the Source on first use and returns why it cannot be used.
+func (s *Source) begin() error {
+	s.startOnce.Do(s.start)
+	return s.startErr
+}
+
+// SetEventHook implements broker.EventSource. The hook is called from the
+// Source's goroutines and kgo's group goroutine, never while a lock of the
+// Source is held, and never after Close returned.
+func (s *Source) SetEventHook(f func(broker.Event)) {
+	if f == nil {
+		s.hook.Store(nil)
+		return
+	}
+	s.hook.Store(&f)
+}
+
+func (s *Source) emit(kind broker.EventKind, err error) {
+	if f := s.hook.Load(); f != nil {
+		(*f)(broker.Event{Kind: kind, Err: err, Time: time.Now()})
+	}
+}
+
+// Receive implements broker.Source. It returns the next record whose lane
+// is free: never a record while an earlier record of its lane is unsettled.
+func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
+	if err := s.begin(); err != nil {
+		return nil, err
+	}
+	waited := false
+	for {
+		s.mu.Lock()
+		if waited {
+			s.waiting--
+		}
+		if s.closed {
+			s.mu.Unlock()
+			return nil, broker.ErrSourceClosed
+		}
+		if !s.paused {
+			if rec := s.ready.pop(); rec != nil {
+				d, attempt := s.handOutLocked(rec)
+				pass := s.ready.head != nil && s.waiting > 0
+				s.mu.Unlock()
+				if pass {
+					// One wake-up may stand for several records.
+					s.signal()
+				}
+				s.fill(d, rec, attempt)
+				return d, nil
+			}
+		}
+		s.waiting++
+		waited = true
+		s.mu.Unlock()
+		select {
+		case <-s.notify:
+		case <-s.closedCh:
+		case <-ctx.Done():
+			s.mu.Lock()
+			s.waiting--
+			s.mu.Unlock()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// signal wakes one Receive waiting on notify.
+func (s *Source) signal() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// wakeLocked wakes a waiting Receive, if any, after records were made
+// ready.
+func (s *Source) wakeLocked() {
+	if s.waiting > 0 {
+		s.signal()
+	}
+}
+
+// Close implements broker.Source. It stops intake, fences the records still
+// handed out at once (the runtime calls Close only after every delivery it
+// received was settled or abandoned, so none is waited for), commits what
+// was handled, leaves the group, and waits for every goroutine of the
+// Source. Records not handled are not committed and go to the partitions'
+// next owner. When the final commit fails, Close still leaves the group and
+// releases everything, and returns an error that wraps the commit's error:
+// what was handled since the last commit will be handled again. Close waits
+// for the Lag, Backlog, DeclareTopology and dead-letter calls in progress;
+// those called after Close began return an error wrapping
+// broker.ErrSourceClosed.
+//
+// Close is bounded by ctx: when ctx ends first, Close stops the final
+// commit and the group leave where they are, closes the clients, and
+// returns an error wrapping ctx's. Nothing is lost: the partitions' next
+// owner handles again what was not committed, once the coordinator's
+// session timeout declared this member gone (at worst). Close is
+// idempotent; a second call waits for the first, or for its own ctx.
+func (s *Source) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		select {
+		case <-s.closeDone:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("franz: close: %w", ctx.Err())
+		}
+	}
+	s.closed = true
+	close(s.closedCh)
+	s.mu.Unlock()
+	s.startOnce.Do(func() {}) // no group after Close
+
+	stop := context.AfterFunc(ctx, s.abort)
+	var leaveErr error
+	if s.cl != nil {
+		// The poll, commit and flow goroutines end; the poll goroutine
+		// allows rebalances as it returns, so that the leave below is not
+		// held by it.
+		s.runCancel()
+		s.run.Wait()
+		// Leaving revokes every partition: onRevoked fences what is
+		// still out and commits what was handled (bounded by ctx), then
+		// kgo sends LeaveGroup.
+		leaveErr = s.cl.LeaveGroupContext(ctx)
+		s.cl.Close()
+	}
+	s.calls.Wait()
+	dlErr := s.dl.close(ctx) // deadletters.go
+	s.admin.Close()
+	aborted := !stop()
+	if aborted {
+		s.abort()
+	}
+	s.mu.Lock()
+	s.status = broker.Status{Err: broker.ErrSourceClosed}
+	s.ready = readyList{}
+	for rec, t := range s.timers {
+		t.Stop()
+		delete(s.timers, rec)
+	}
+	commitErr := s.closeCommitErr
+	s.mu.Unlock()
+	close(s.closeDone)
+	switch {
+	case aborted || ctx.Err() != nil:
+		s.log.Warn("franz: close cut short by its context: the final commit and the group leave may have been skipped; the partitions' next owner gets the unhandled records after the session timeout at worst",
+			"error", ctx.Err())
+		return fmt.Errorf("franz: close: final commit and group leave cut short: %w", ctx.Err())
+	case commitErr != nil:
+		return errors.Join(fmt.Errorf("franz: close: the final commit failed; the partitions' next owner will handle again what was handled since the last commit: %w", commitErr), dlErr)
+	case leaveErr != nil:
+		return errors.Join(fmt.Errorf("franz: close: leave group: %w", leaveErr), dlErr)
+	}
+	return dlErr
+}
+
+// abort is what Close does when its ctx ends first: drains stop waiting,
+// commits and admin calls in progress are cancelled. It is idempotent.
+func (s *Source) abort() {
+	s.abortOnce.Do(s.abortFn)
+}
+
+func (s *Source) isAborted() bool { return s.abortCtx.Err() != nil }
+
+// enter begins a Lag, Backlog, DeclareTopology or dead-letter call: it
+// refuses the call once Close began (the error wraps
+// broker.ErrSourceClosed), and otherwise returns a ctx that Close's abort
+// cancels and a func that ends the call.
+func (s *Source) enter(ctx context.Context) (context.Context, func(), error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, nil, broker.ErrSourceClosed
+	}
+	s.calls.Add(1)
+	s.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.abortCtx, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+		s.calls.Done()
+	}, nil
+}
