@@ -816,7 +816,7 @@ func (o *dlOp) fetch(topic string, p int, offset int64, refresh bool) (*kmsg.Fet
 	req.SessionID = 0
 	req.SessionEpoch = -1
 	rt := kmsg.NewFetchRequestTopic()
-	rt.Topic = topic // up to v12
+	rt.Topic = topic  // up to v12
 	rt.TopicID = t.id // from v13
 	rpart := kmsg.NewFetchRequestTopicPartition()
 	rpart.Partition = int32(p)
