@@ -95,10 +95,13 @@ type DeadLetters struct {
 	doneTopic string
 	log       *slog.Logger
 
+	// mu guards the fields below it. A call registers in begin (active,
+	// idle) and takes the abort context of that moment; stop cancels it
+	// to end the calls in progress, and waits for idle.
 	mu     sync.Mutex
 	closed bool
-	active int // calls in progress
-	calls  sync.WaitGroup
+	active int           // calls in progress
+	idle   chan struct{} // closed when active drops to 0; nil while it is 0
 
 	abortCtx context.Context
 	abortFn  context.CancelFunc
@@ -167,16 +170,18 @@ func NewDeadLetters(cfg DeadLetterConfig) (*DeadLetters, error) {
 }
 
 // deadLetterState is a Source's DeadLetters, made on first use from the
-// Source's config.
+// Source's config. The zero value is ready.
 type deadLetterState struct {
-	once sync.Once
-	d    *DeadLetters
-	err  error
+	mu  sync.Mutex
+	d   *DeadLetters
+	err error
 }
 
 // get returns the DeadLetters of cfg, made on the first call.
 func (st *deadLetterState) get(cfg *Config) (*DeadLetters, error) {
-	st.once.Do(func() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.d == nil && st.err == nil {
 		st.d, st.err = NewDeadLetters(DeadLetterConfig{
 			Brokers:         cfg.Brokers,
 			ClientOptions:   cfg.ClientOptions,
@@ -184,34 +189,36 @@ func (st *deadLetterState) get(cfg *Config) (*DeadLetters, error) {
 			DeadLetterTopic: cfg.DeadLetterTopic,
 			Logger:          cfg.Logger,
 		})
-	})
+	}
 	return st.d, st.err
 }
 
-// close closes the DeadLetters if one was made: it refuses new calls and
-// ends those in progress, bounded by ctx (see DeadLetters.Close).
+// close is the Source's Close for its DeadLetters: it waits for the calls
+// in progress and, when ctx ends first, cancels them (they return at once)
+// and returns an error wrapping ctx's. It does not refuse later calls: as
+// with the kafka-go adapter, a Source's dead letters work after its Close
+// (each call has a client of its own, so nothing is left open).
 func (st *deadLetterState) close(ctx context.Context) error {
-	// None made: none will be (DeadLetters then answers with
-	// ErrDeadLettersClosed).
-	st.once.Do(func() { st.err = ErrDeadLettersClosed })
-	if st.d == nil {
+	st.mu.Lock()
+	d := st.d
+	st.mu.Unlock()
+	if d == nil {
 		return nil
 	}
-	return st.d.Close(ctx)
+	return d.stop(ctx, false)
 }
 
 // DeadLetters implements broker.DeadLetterSource: the dead letters of the
 // Source's topic, in Config.DeadLetterTopic, reached with the Source's
-// brokers and ClientOptions. It returns the same value on every call; it
-// shares no connection with the Source and works before the first Receive.
-// The Source's Close closes it: calls in progress end, later ones return
-// an error wrapping ErrDeadLettersClosed (use NewDeadLetters for dead
-// letters that outlive a Source).
+// brokers and ClientOptions. It returns the same value on every call. It
+// shares no connection with the Source: it works before the first Receive
+// and after Close too. The Source's Close waits for the calls in progress,
+// and cancels them when its ctx ends first.
 func (s *Source) DeadLetters() broker.DeadLetters {
 	d, err := s.dl.get(&s.cfg)
 	if err != nil {
-		// NewSource validated the same fields, so this is a closed
-		// Source; a nil would make the caller panic.
+		// NewSource validated the same fields: this cannot happen, but a
+		// nil would make the caller panic.
 		return failedDeadLetters{err}
 	}
 	return d
@@ -242,29 +249,46 @@ func (f failedDeadLetters) Purge(context.Context, broker.DeadLetterSelection, bo
 // stays a dead letter (a copy may already be in the source: see Redrive).
 // Close is idempotent.
 func (d *DeadLetters) Close(ctx context.Context) error {
-	if d.abortFn == nil {
+	return d.stop(ctx, true)
+}
+
+// stop waits for the calls in progress, and cancels them when ctx ends
+// first. With refuse, later calls are refused (Close); without, they run
+// as usual once those in progress ended (a Source's Close).
+func (d *DeadLetters) stop(ctx context.Context, refuse bool) error {
+	if d.dlt == "" {
 		return nil // the zero value: no call ever began
 	}
 	d.mu.Lock()
-	d.closed = true
-	active := d.active
+	if refuse {
+		d.closed = true
+	}
+	idle, abort := d.idle, d.abortFn
 	d.mu.Unlock()
-	if active == 0 {
+	if idle == nil {
 		return nil
 	}
-	done := make(chan struct{})
-	go func() {
-		d.calls.Wait()
-		close(done)
-	}()
 	select {
-	case <-done:
+	case <-idle:
 		return nil
 	case <-ctx.Done():
-		d.abortFn()
-		<-done
-		return fmt.Errorf("franz: close dead letters: calls in progress were cancelled: %w", ctx.Err())
 	}
+	abort()
+	// The calls begun meanwhile took the cancelled context too, and end at
+	// once; idle is closed when the last of them does.
+	<-idle
+	if !refuse {
+		d.mu.Lock()
+		if d.abortCtx.Err() != nil {
+			d.abortCtx, d.abortFn = context.WithCancel(context.Background())
+		}
+		d.mu.Unlock()
+	}
+	what := "close dead letters"
+	if !refuse {
+		what = "close the source's dead letters"
+	}
+	return fmt.Errorf("franz: %s: calls in progress were cancelled: %w", what, ctx.Err())
 }
 
 // errZeroDeadLetters is the error of every call of a DeadLetters not made
@@ -292,7 +316,7 @@ type dlTopic struct {
 }
 
 func (d *DeadLetters) begin(ctx context.Context) (*dlOp, error) {
-	if d.abortCtx == nil {
+	if d.dlt == "" { // the zero value
 		return nil, errZeroDeadLetters
 	}
 	d.mu.Lock()
@@ -300,14 +324,19 @@ func (d *DeadLetters) begin(ctx context.Context) (*dlOp, error) {
 		d.mu.Unlock()
 		return nil, ErrDeadLettersClosed
 	}
-	d.calls.Add(1)
+	if d.active == 0 {
+		d.idle = make(chan struct{})
+	}
 	d.active++
+	abortCtx := d.abortCtx
 	d.mu.Unlock()
 	done := func() {
 		d.mu.Lock()
-		d.active--
+		if d.active--; d.active == 0 {
+			close(d.idle)
+			d.idle = nil
+		}
 		d.mu.Unlock()
-		d.calls.Done()
 	}
 	if err := ctx.Err(); err != nil {
 		done()
@@ -333,7 +362,7 @@ func (d *DeadLetters) begin(ctx context.Context) (*dlOp, error) {
 		return nil, fmt.Errorf("%w: client options: %w", broker.ErrInvalidConfig, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	stopAbort := context.AfterFunc(d.abortCtx, cancel)
+	stopAbort := context.AfterFunc(abortCtx, cancel)
 	op := &dlOp{
 		d: d, ctx: ctx, cl: cl, adm: kadm.NewClient(cl),
 		topics: make(map[string]*dlTopic),

@@ -15,6 +15,7 @@ import (
 	"hash/fnv"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // dlDead is a dead letter to write: on partition part of the dead-letter
@@ -163,12 +165,13 @@ func TestDeadLettersConfigErrorsAreInvalidConfig(t *testing.T) {
 	}
 }
 
-// TestDeadLettersListPages follows List's cursors over three partitions:
-// every dead letter once, by partition then offset, pages of at most Limit;
-// the cursor is the kafka-go adapter's (base64url of "k1:<p>:<offset>").
+// TestDeadLettersListPages follows List's cursors over three partitions
+// (led by three brokers): every dead letter once, by partition then offset,
+// pages of at most Limit; the cursor is the kafka-go adapter's (base64url
+// of "k1:<p>:<offset>").
 func TestDeadLettersListPages(t *testing.T) {
 	t.Parallel()
-	c := pubCluster(t, map[string]int32{"orders": 3, "orders.dlt": 3})
+	c := pubClusterN(t, 3, map[string]int32{"orders": 3, "orders.dlt": 3})
 	dlWrite(t, c, "orders.dlt",
 		dlDead{part: 1, body: "b0", src: "orders"}, dlDead{part: 0, body: "a0", src: "orders"},
 		dlDead{part: 2, body: "c0", src: "orders"}, dlDead{part: 0, body: "a1", src: "orders"},
@@ -488,5 +491,166 @@ func TestDeadLettersDestinationChecks(t *testing.T) {
 	}
 	if _, err := d.Count(dlCtx(t), broker.DeadLetterFilter{}); !errors.Is(err, franz.ErrDeadLettersClosed) {
 		t.Errorf("Count after Close = %v; want an error wrapping ErrDeadLettersClosed", err)
+	}
+}
+
+// dlStuckFetches leaves Fetch requests unanswered until the returned
+// function is called (or the test ends).
+func dlStuckFetches(t testing.TB, c *kfake.Cluster) (release func()) {
+	var stuck atomic.Bool
+	stuck.Store(true)
+	c.ControlKey(int16(kmsg.Fetch), func(kmsg.Request) (kmsg.Response, error, bool) {
+		if !stuck.Load() {
+			c.DropControl()
+			return nil, nil, false
+		}
+		c.KeepControl()
+		return nil, nil, true
+	})
+	release = func() { stuck.Store(false) }
+	t.Cleanup(release)
+	return release
+}
+
+// TestDeadLettersContextAndClose: every call honours its ctx; Close waits
+// for the calls in progress, cancels them when its ctx ends, and refuses
+// later calls.
+func TestDeadLettersContextAndClose(t *testing.T) {
+	t.Parallel()
+	c := pubCluster(t, map[string]int32{"cx": 1, "cx.dlt": 1})
+	dlWrite(t, c, "cx.dlt", dlDead{body: "a", src: "cx"}, dlDead{body: "b", src: "cx"})
+	d := dlNew(t, c, "cx")
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := d.List(cancelled, broker.DeadLetterQuery{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("List(cancelled) = %v; want an error wrapping context.Canceled", err)
+	}
+	if _, err := d.Count(cancelled, broker.DeadLetterFilter{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Count(cancelled) = %v; want an error wrapping context.Canceled", err)
+	}
+	if _, err := d.Redrive(cancelled, broker.DeadLetterSelection{All: true}, broker.RedriveOptions{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Redrive(cancelled) = %v; want an error wrapping context.Canceled", err)
+	}
+	if _, err := d.Purge(cancelled, broker.DeadLetterSelection{All: true}, false); !errors.Is(err, context.Canceled) {
+		t.Errorf("Purge(cancelled) = %v; want an error wrapping context.Canceled", err)
+	}
+
+	release := dlStuckFetches(t, c)
+	short, cancelShort := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancelShort()
+	if _, err := d.Count(short, broker.DeadLetterFilter{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Count against a broker that does not answer fetches = %v; want an error wrapping context.DeadlineExceeded", err)
+	}
+	listed := make(chan error, 1)
+	go func() {
+		_, err := d.List(context.Background(), broker.DeadLetterQuery{})
+		listed <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // let the List reach its fetch
+	closeCtx, cancelClose := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancelClose()
+	if err := d.Close(closeCtx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close with a call stuck = %v; want an error wrapping context.DeadlineExceeded", err)
+	}
+	select {
+	case err := <-listed:
+		if err == nil {
+			t.Error("a List cut short by Close returned nil")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the List did not return within 5s of Close's ctx ending")
+	}
+	release()
+	if _, err := d.Count(dlCtx(t), broker.DeadLetterFilter{}); !errors.Is(err, franz.ErrDeadLettersClosed) {
+		t.Errorf("Count after Close = %v; want an error wrapping ErrDeadLettersClosed", err)
+	}
+	if err := d.Close(context.Background()); err != nil {
+		t.Errorf("second Close = %v; want nil", err)
+	}
+}
+
+// TestDeadLettersOfASource: a Source's DeadLetters works before the first
+// Receive and after Close, as the kafka-go adapter's does; the Source's
+// Close ends a call stuck in progress when its ctx ends.
+func TestDeadLettersOfASource(t *testing.T) {
+	t.Parallel()
+	c := pubCluster(t, map[string]int32{"sd": 1, "sd.dlt": 1})
+	dlWrite(t, c, "sd.dlt", dlDead{body: "a", src: "sd"}, dlDead{body: "b", src: "sd"})
+	src, err := franz.NewSource(franz.Config{Brokers: c.ListenAddrs(), GroupID: "g-sd", Topic: "sd"})
+	if err != nil {
+		t.Fatalf("NewSource: %v", err)
+	}
+	dl := src.DeadLetters()
+	if n, err := dl.Count(dlCtx(t), broker.DeadLetterFilter{}); n != 2 || err != nil {
+		t.Fatalf("Count before Receive = %d, %v; want 2", n, err)
+	}
+
+	release := dlStuckFetches(t, c)
+	listed := make(chan error, 1)
+	go func() {
+		_, err := dl.List(context.Background(), broker.DeadLetterQuery{})
+		listed <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // let the List reach its fetch
+	closeCtx, cancelClose := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancelClose()
+	if err := franz.CloseSourceDeadLettersForTest(closeCtx, src); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("the Source's close of its dead letters with a call stuck = %v; want an error wrapping context.DeadlineExceeded", err)
+	}
+	select {
+	case err := <-listed:
+		if err == nil {
+			t.Error("a List cut short by the Source's Close returned nil")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the List did not return within 5s of the Source's Close's ctx ending")
+	}
+	release()
+	if err := src.Close(dlCtx(t)); err != nil {
+		t.Fatalf("Source.Close: %v", err)
+	}
+	res, err := src.DeadLetters().Purge(dlCtx(t), broker.DeadLetterSelection{All: true}, false)
+	if err != nil || len(res.Done) != 2 {
+		t.Fatalf("Purge after the Source's Close = %+v, %v; want both done", res, err)
+	}
+	if n, err := src.DeadLetters().Count(dlCtx(t), broker.DeadLetterFilter{}); n != 0 || err != nil {
+		t.Errorf("Count after Purge = %d, %v; want 0", n, err)
+	}
+}
+
+// TestDeadLettersTopicRecreated: a dead-letter topic deleted and recreated;
+// the progress kept for the old log does not hide the new dead letters.
+func TestDeadLettersTopicRecreated(t *testing.T) {
+	t.Parallel()
+	c := pubCluster(t, map[string]int32{"re": 1, "re.dlt": 1})
+	var old []dlDead
+	for i := range 4 {
+		old = append(old, dlDead{body: "old" + strconv.Itoa(i), src: "re"})
+	}
+	dlWrite(t, c, "re.dlt", old...)
+	d := dlNew(t, c, "re")
+	// 0:0 starts the progress, 0:2 is done out of order (a done marker).
+	for _, id := range []string{"0:0", "0:2"} {
+		if res, err := d.Purge(dlCtx(t), broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{IDs: []string{id}}}, false); err != nil || len(res.Done) != 1 {
+			t.Fatalf("Purge(%s) = %+v, %v", id, res, err)
+		}
+	}
+	adm, cl := dlAdmin(t, c)
+	defer cl.Close()
+	if _, err := adm.DeleteTopic(dlCtx(t), "re.dlt"); err != nil {
+		t.Fatalf("DeleteTopic: %v", err)
+	}
+	if _, err := adm.CreateTopic(dlCtx(t), 1, 1, nil, "re.dlt"); err != nil {
+		t.Fatalf("CreateTopic: %v", err)
+	}
+	dlWrite(t, c, "re.dlt", dlDead{body: "new0", src: "re"}, dlDead{body: "new1", src: "re"}, dlDead{body: "new2", src: "re"})
+	if n, err := d.Count(dlCtx(t), broker.DeadLetterFilter{}); n != 3 || err != nil {
+		t.Fatalf("Count after the topic was recreated = %d, %v; want 3", n, err)
+	}
+	if res, err := d.Purge(dlCtx(t), broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{IDs: []string{"0:1"}}}, false); err != nil || len(res.Done) != 1 {
+		t.Fatalf("Purge(0:1) on the new log = %+v, %v", res, err)
+	}
+	if got := dlBodies(dlListAll(t, dlNew(t, c, "re"), broker.DeadLetterQuery{})); got != "new0,new2" {
+		t.Fatalf("List by another DeadLetters = %s; want new0,new2", got)
 	}
 }

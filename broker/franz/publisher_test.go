@@ -34,7 +34,13 @@ func TestMain(m *testing.M) {
 // (name → partitions) and closes it when the test ends.
 func pubCluster(t testing.TB, topics map[string]int32) *kfake.Cluster {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	return pubClusterN(t, 1, topics)
+}
+
+// pubClusterN is pubCluster with n brokers.
+func pubClusterN(t testing.TB, n int, topics map[string]int32) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(n))
 	if err != nil {
 		t.Fatalf("kfake.NewCluster: %v", err)
 	}
