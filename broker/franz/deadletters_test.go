@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/fnv"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/franz"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -653,4 +655,105 @@ func TestDeadLettersTopicRecreated(t *testing.T) {
 	if got := dlBodies(dlListAll(t, dlNew(t, c, "re"), broker.DeadLetterQuery{})); got != "new0,new2" {
 		t.Fatalf("List by another DeadLetters = %s; want new0,new2", got)
 	}
+}
+
+// TestDeadLettersRedriveLargeAndTooLarge: dead letters larger together
+// than a request the topic takes are sent back in several; one larger
+// alone than the topic's max.message.bytes is skipped with
+// kerr.MessageTooLarge and stays, and the others go.
+func TestDeadLettersRedriveLargeAndTooLarge(t *testing.T) {
+	t.Parallel()
+	c := pubCluster(t, map[string]int32{"big.dlt": 1})
+	adm, cl := dlAdmin(t, c)
+	defer cl.Close()
+	limit := "60000"
+	if _, err := adm.CreateTopic(dlCtx(t), 1, 1, map[string]*string{"max.message.bytes": &limit}, "big"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	rnd := rand.New(rand.NewPCG(1, 2))
+	noise := func(size int) string { // does not compress (kgo compresses batches)
+		b := make([]byte, size)
+		for i := range b {
+			b[i] = byte(rnd.Uint32())
+		}
+		return string(b)
+	}
+	var ds []dlDead
+	for i := range n {
+		body := noise(20 << 10) // three make a batch over the limit
+		if i == 7 {
+			body = noise(80 << 10) // over the limit alone
+		}
+		ds = append(ds, dlDead{body: body, src: "big"})
+	}
+	for i := 0; i < n; i += 2 {
+		dlWrite(t, c, "big.dlt", ds[i:i+2]...)
+	}
+	d := dlNew(t, c, "big")
+	res, err := d.Redrive(dlCtx(t), broker.DeadLetterSelection{All: true}, broker.RedriveOptions{})
+	if len(res.Done) != n-1 || len(res.Skipped) != 1 || res.Skipped[0].ID != "0:7" || !errors.Is(res.Skipped[0], kerr.MessageTooLarge) || !errors.Is(err, kerr.MessageTooLarge) {
+		t.Fatalf("Redrive = %d done, skipped %v, %v; want %d done and 0:7 skipped as too large", len(res.Done), res.Skipped, err, n-1)
+	}
+	if got := len(pubRead(t, c, "big", n-1)); got != n-1 {
+		t.Errorf("the topic holds %d copies; want %d", got, n-1)
+	}
+	if got := dlListAll(t, d, broker.DeadLetterQuery{BodyLimit: 1}); len(got) != 1 || got[0].ID != "0:7" || got[0].BodySize != 80<<10 {
+		t.Errorf("List after Redrive = %v; want only 0:7, whole size %d", got, 80<<10)
+	}
+}
+
+// TestDeadLettersConcurrentRedrives: two Redrives at once, one of all and
+// one by reason: each dead letter reaches the source once or twice, none
+// is lost, none is left.
+func TestDeadLettersConcurrentRedrives(t *testing.T) {
+	t.Parallel()
+	c := pubCluster(t, map[string]int32{"cc": 2, "cc.dlt": 2})
+	const n = 60
+	var ds []dlDead
+	for i := range n {
+		ds = append(ds, dlDead{part: int32(i % 2), body: "m" + strconv.Itoa(i), src: "cc", srcPart: i % 2})
+	}
+	dlWrite(t, c, "cc.dlt", ds...)
+	d1, d2 := dlNew(t, c, "cc"), dlNew(t, c, "cc")
+	errc := make(chan error, 2)
+	go func() {
+		_, err := d1.Redrive(dlCtx(t), broker.DeadLetterSelection{All: true}, broker.RedriveOptions{})
+		errc <- err
+	}()
+	go func() {
+		_, err := d2.Redrive(dlCtx(t), broker.DeadLetterSelection{DeadLetterFilter: broker.DeadLetterFilter{Reason: "m1"}}, broker.RedriveOptions{})
+		errc <- err
+	}()
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatalf("Redrive = %v", err)
+		}
+	}
+	if left, err := d1.Count(dlCtx(t), broker.DeadLetterFilter{}); left != 0 || err != nil {
+		t.Fatalf("Count after both = %d, %v; want 0", left, err)
+	}
+	adm, cl := dlAdmin(t, c)
+	defer cl.Close()
+	ends, err := adm.ListEndOffsets(dlCtx(t), "cc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	ends.Each(func(o kadm.ListedOffset) { total += int(o.Offset) })
+	got := map[string]int{}
+	for _, r := range pubRead(t, c, "cc", total) {
+		got[string(r.Value)]++
+	}
+	twice := 0
+	for _, d := range ds {
+		switch got[d.body] {
+		case 1:
+		case 2:
+			twice++
+		default:
+			t.Errorf("%s reached the source %d times; want once or twice", d.body, got[d.body])
+		}
+	}
+	t.Logf("%d dead letters, two concurrent Redrives: %d arrived twice", n, twice)
 }
