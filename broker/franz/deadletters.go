@@ -66,16 +66,6 @@ const (
 	DeadLetterDoneSuffix = ".queuekit-done"
 )
 
-// Headers a Source writes on a dead letter, next to the broker.Reason
-// headers, that the dead-letter operations read: where the record was
-// consumed from. The same names as the kafka-go adapter's HeaderTopic,
-// HeaderPartition and HeaderOffset.
-const (
-	dlHeaderTopic     = "x-queuekit-topic"
-	dlHeaderPartition = "x-queuekit-partition"
-	dlHeaderOffset    = "x-queuekit-offset"
-)
-
 // DeadLetters reads, redrives and purges the dead letters of a topic: the
 // records a Source wrote to its dead-letter topic. It implements
 // broker.DeadLetters, in the formats of the kafka-go adapter (see
@@ -126,16 +116,16 @@ var ErrDeadLettersClosed = errors.New("franz: dead letters closed")
 func NewDeadLetters(cfg DeadLetterConfig) (*DeadLetters, error) {
 	cfg.Brokers = slices.Clone(cfg.Brokers)
 	cfg.ClientOptions = slices.Clone(cfg.ClientOptions)
-	if err := checkBrokerAddrs(cfg.Brokers); err != nil {
+	if err := validateBrokers(cfg.Brokers); err != nil {
 		return nil, err
 	}
 	for i, o := range cfg.ClientOptions {
 		if o == nil {
-			return nil, invalidConfig("dead letters: ClientOptions[%d] is nil", i)
+			return nil, invalid("dead letters: ClientOptions[%d] is nil", i)
 		}
 	}
 	if cfg.Topic == "" {
-		return nil, invalidConfig("dead letters: empty Topic")
+		return nil, invalid("dead letters: empty Topic")
 	}
 	if err := checkTopicName(cfg.Topic); err != nil {
 		return nil, fmt.Errorf("%w: franz: dead letters: Topic: %w", broker.ErrInvalidConfig, err)
@@ -147,11 +137,11 @@ func NewDeadLetters(cfg DeadLetterConfig) (*DeadLetters, error) {
 		return nil, fmt.Errorf("%w: franz: dead letters: DeadLetterTopic (default: Topic + \".dlt\"): %w", broker.ErrInvalidConfig, err)
 	}
 	if cfg.DeadLetterTopic == cfg.Topic {
-		return nil, invalidConfig("dead letters: DeadLetterTopic %q is the consumed topic", cfg.Topic)
+		return nil, invalid("dead letters: DeadLetterTopic %q is the consumed topic", cfg.Topic)
 	}
 	done := cfg.DeadLetterTopic + DeadLetterDoneSuffix
 	if err := checkTopicName(done); err != nil {
-		return nil, invalidConfig("dead letters: DeadLetterTopic is too long for its done topic (DeadLetterTopic + %q): %v", DeadLetterDoneSuffix, err)
+		return nil, invalid("dead letters: DeadLetterTopic is too long for its done topic (DeadLetterTopic + %q): %v", DeadLetterDoneSuffix, err)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -933,10 +923,10 @@ func (d *DeadLetters) deadLetter(p int, r *kgo.Record) broker.DeadLetter {
 		Redriven:  broker.Redriven(h),
 	}
 	dl.Reason, dl.HasReason = broker.ParseReason(h)
-	if v, err := strconv.Atoi(h[dlHeaderPartition]); err == nil && v >= 0 {
+	if v, err := strconv.Atoi(h[HeaderPartition]); err == nil && v >= 0 {
 		dl.Partition = v
 	}
-	if v, err := strconv.ParseInt(h[dlHeaderOffset], 10, 64); err == nil && v >= 0 {
+	if v, err := strconv.ParseInt(h[HeaderOffset], 10, 64); err == nil && v >= 0 {
 		dl.Offset = v
 	}
 	return dl
@@ -1116,18 +1106,19 @@ func (d *DeadLetters) Count(ctx context.Context, f broker.DeadLetterFilter) (int
 // Redrive implements broker.DeadLetters. For each selected dead letter, in
 // order, it writes a copy to the topic these dead letters belong to
 // (DeadLetterConfig.Topic), or to opts.Destination, with its key, body and
-// headers (broker.RedriveHeader, without the topic, partition and offset
-// headers the Source wrote), to the partition it was consumed from when it
-// goes back to that topic and the partition exists, else to the partition
-// its key hashes to (as Publisher places keys). The copies of a batch (up
+// headers (broker.RedriveHeader, without HeaderTopic, HeaderPartition and
+// HeaderOffset), to the partition it was consumed from (HeaderPartition)
+// when it goes back to that topic and the partition exists, else to the
+// partition its key hashes to (where Publisher, and the kafka-go adapter,
+// put that key). The copies of a batch (up
 // to 256 dead letters) are written with acks=all; only once the brokers
 // confirmed them are the dead letters recorded as done. A crash in between
 // leaves them dead letters: the next Redrive sends them again (a
 // duplicate, never a loss).
 //
 // Headers do not choose where a copy goes: without opts.Destination, a
-// dead letter whose reason names another topic (HeaderSource, else the
-// topic header), or none, is skipped with an error wrapping
+// dead letter whose reason names another topic (HeaderSource, else
+// HeaderTopic), or none, is skipped with an error wrapping
 // broker.ErrNoSource, as is one whose topic does not exist (it is not
 // created); one redriven opts.Limit() times already with one wrapping
 // broker.ErrRedriveLimit; one whose copy the topic refuses as too large
@@ -1339,7 +1330,7 @@ func (d *DeadLetters) ownTopic(topic string) error {
 func (o *dlOp) redriveCopy(dl *broker.DeadLetter, dest string, now time.Time) (*dlCopy, error) {
 	h := dl.Message.Header
 	own := o.d.cfg.Topic
-	origin := h[dlHeaderTopic]
+	origin := h[HeaderTopic]
 	named := dl.Reason.Source
 	if named == "" {
 		named = origin
@@ -1350,7 +1341,7 @@ func (o *dlOp) redriveCopy(dl *broker.DeadLetter, dest string, now time.Time) (*
 		case own:
 			target = own
 		case "":
-			return &dlCopy{skip: fmt.Errorf("%w: no %s or %s header, and no destination given", broker.ErrNoSource, dlHeaderTopic, broker.HeaderSource)}, nil
+			return &dlCopy{skip: fmt.Errorf("%w: no %s or %s header, and no destination given", broker.ErrNoSource, HeaderTopic, broker.HeaderSource)}, nil
 		default:
 			return &dlCopy{skip: fmt.Errorf("%w: it came from %.60q, not from %s (whose dead letters these are); give a destination to send it elsewhere", broker.ErrNoSource, named, own)}, nil
 		}
@@ -1363,9 +1354,9 @@ func (o *dlOp) redriveCopy(dl *broker.DeadLetter, dest string, now time.Time) (*
 		return &dlCopy{skip: fmt.Errorf("%w: topic %s does not exist (it is not created)", broker.ErrNoSource, target)}, nil
 	}
 	ch := broker.RedriveHeader(h, dl.ID, now)
-	delete(ch, dlHeaderTopic)
-	delete(ch, dlHeaderPartition)
-	delete(ch, dlHeaderOffset)
+	delete(ch, HeaderTopic)
+	delete(ch, HeaderPartition)
+	delete(ch, HeaderOffset)
 	rec := &kgo.Record{Topic: target, Timestamp: now, Key: dl.Message.Key, Value: dl.Message.Body, Headers: recordHeaders(ch)}
 	if target == origin && dl.Partition >= 0 && dl.Partition < n {
 		rec.Partition = int32(dl.Partition)

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
-	"net"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,7 +79,7 @@ const unknownTopicRetries = 2
 // broker.ErrInvalidConfig when the config is invalid. It does not connect:
 // the first Publish does.
 func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
-	if err := checkBrokerAddrs(cfg.Brokers); err != nil {
+	if err := validateBrokers(cfg.Brokers); err != nil {
 		return nil, err
 	}
 	if cfg.Topic != "" {
@@ -90,11 +88,11 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		}
 	}
 	if cfg.Linger < 0 {
-		return nil, invalidConfig("publisher Linger %v, want >= 0", cfg.Linger)
+		return nil, invalid("publisher Linger %v, want >= 0", cfg.Linger)
 	}
 	for i, o := range cfg.ClientOptions {
 		if o == nil {
-			return nil, invalidConfig("publisher ClientOptions[%d] is nil", i)
+			return nil, invalid("publisher ClientOptions[%d] is nil", i)
 		}
 	}
 	opts := append(slices.Clone(cfg.ClientOptions),
@@ -313,43 +311,11 @@ func recordHeaders(h map[string]string) []kgo.RecordHeader {
 	return out
 }
 
-// invalidConfig is a constructor error: it wraps broker.ErrInvalidConfig.
-func invalidConfig(format string, args ...any) error {
-	return fmt.Errorf("%w: franz: "+format, append([]any{broker.ErrInvalidConfig}, args...)...)
-}
-
-// checkBrokerAddrs returns an error wrapping broker.ErrInvalidConfig unless
-// brokers is a non-empty list of host:port addresses. It says which entry is
-// wrong without echoing it: an address copied from a URL could carry
-// credentials.
-func checkBrokerAddrs(brokers []string) error {
-	if len(brokers) == 0 {
-		return invalidConfig("no brokers")
-	}
-	for i, b := range brokers {
-		if strings.Contains(b, "@") || strings.Contains(b, "://") {
-			return invalidConfig("broker %d is not host:port (a URL or credentials?)", i)
-		}
-		if _, _, err := net.SplitHostPort(b); err != nil {
-			return invalidConfig("broker %d is not host:port", i)
-		}
-	}
-	return nil
-}
-
-// checkTopicName returns nil if name is a topic name Kafka accepts: 1 to
-// 249 characters of [a-zA-Z0-9._-], and not "." or "..". Otherwise the
-// error wraps kerr.InvalidTopicException (what the broker would answer) and
-// quotes the name.
+// checkTopicName is validTopicName with the error the broker would answer,
+// kerr.InvalidTopicException, wrapped too.
 func checkTopicName(name string) error {
-	bad := len(name) == 0 || len(name) > 249 || name == "." || name == ".."
-	for i := 0; i < len(name) && !bad; i++ {
-		c := name[i]
-		bad = !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-')
-	}
-	if bad {
-		return fmt.Errorf("%.60q is not a valid Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-', not \".\" or \"..\"): %w",
-			name, kerr.InvalidTopicException)
+	if err := validTopicName(name); err != nil {
+		return fmt.Errorf("%w: %w", err, kerr.InvalidTopicException)
 	}
 	return nil
 }
