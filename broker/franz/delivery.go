@@ -104,8 +104,10 @@ func (s *Source) handledLocked(rec *record) bool {
 		return false
 	}
 	s.freeLaneLocked(rec)
-	if p.fetchPaused && p.held <= s.cfg.MaxInFlight/2 {
-		s.kickFlow()
+	if p.bhead != nil {
+		s.admitLocked(p)
+	} else if p.held <= s.cfg.MaxInFlight/2 && s.pollWaiting {
+		s.openGateLocked()
 	}
 	s.settled++
 	return s.settled == s.cfg.CommitBatch

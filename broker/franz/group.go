@@ -61,8 +61,16 @@ type partState struct {
 	fenced      bool
 	lease       context.Context
 	cancelLease context.CancelFunc
-	// fetchPaused: kgo does not fetch the partition (backpressure, see
-	// pause.go); flowPending: the flow goroutine was woken for it.
+	// backlog holds, in offset order, the records polled beyond what
+	// the lanes take (MaxInFlight): they are not in trk yet. admitLocked
+	// moves them onto the lanes as room frees up.
+	bhead, btail *record
+	nBacklog     int
+	maxPoll      int // the most records of the partition one poll brought
+	// wantPause asks the flow goroutine to stop kgo fetching the
+	// partition (its backlog does not drain as fast as polls fill it);
+	// fetchPaused is what the flow goroutine applied (pause.go).
+	wantPause   bool
 	fetchPaused bool
 	one         lane             // the lane of every record, with ByPartition
 	lanes       map[uint64]*lane // lanes by key hash, with ByKey
@@ -95,6 +103,7 @@ func (s *Source) onAssigned(_ context.Context, _ *kgo.Client, assigned map[strin
 		}
 		s.parts[id] = s.newPart(id)
 	}
+	s.openGateLocked() // lanes.go: the new partitions want records
 	first := !s.joined
 	s.joined = true
 	s.status = broker.Status{Connected: true}
@@ -248,4 +257,5 @@ func (s *Source) dropQueuedLocked(p *partState) {
 	p.one = lane{}
 	clear(p.lanes)
 	p.spare = nil
+	p.bhead, p.btail, p.nBacklog = nil, nil, 0
 }

@@ -47,7 +47,14 @@ type lane struct {
 	// extra counts the records of the lane out beyond the one a busy lane
 	// has: those of a batch (batch.go).
 	extra int
+	// run counts the records of the lane made ready at the front of
+	// s.ready in a row (freeLaneLocked).
+	run int
 }
+
+// affinityRun bounds how many records of a lane in a row freeLaneLocked
+// puts at the front of s.ready, so that the other lanes are not starved.
+const affinityRun = 64
 
 func (l *lane) push(r *record) {
 	r.next = nil
@@ -148,11 +155,27 @@ func (q *readyList) remove(drop func(*record) bool) {
 	q.head, q.tail = head, tail
 }
 
-// pollLoop moves records from kgo to the lanes until ctx ends.
+// pollLoop moves records from kgo to the lanes until ctx ends. It polls
+// only while a partition wants records (gateOpenLocked): records kgo
+// fetched meanwhile wait in kgo's buffer, which stops kgo fetching further
+// ahead, so that a consumer slower than the fetches neither piles records
+// up nor makes kgo fetch records it would throw away.
 func (s *Source) pollLoop(ctx context.Context) {
 	defer s.run.Done()
 	var scratch pollScratch
 	for {
+		s.mu.Lock()
+		for !s.gateOpenLocked() {
+			s.pollWaiting = true
+			s.mu.Unlock()
+			select {
+			case <-s.gate:
+			case <-ctx.Done():
+				return
+			}
+			s.mu.Lock()
+		}
+		s.mu.Unlock()
 		fs := s.cl.PollRecords(ctx, 0)
 		if ctx.Err() != nil {
 			s.cl.AllowRebalance()
@@ -165,9 +188,38 @@ func (s *Source) pollLoop(ctx context.Context) {
 	}
 }
 
+// gateOpenLocked reports whether the poll goroutine should poll: some
+// partition assigned here is fetched and hungry (nothing in its backlog,
+// and its lanes at most half full).
+func (s *Source) gateOpenLocked() bool {
+	for _, p := range s.parts {
+		if p.hungry(s.cfg.MaxInFlight) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *partState) hungry(maxIn int) bool {
+	return !p.revoking && !p.fetchPaused && p.nBacklog == 0 && p.held <= maxIn/2
+}
+
+// openGateLocked wakes the poll goroutine if it waits for a hungry
+// partition.
+func (s *Source) openGateLocked() {
+	if s.pollWaiting {
+		s.pollWaiting = false
+		select {
+		case s.gate <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // pollScratch is reused from poll to poll.
 type pollScratch struct {
-	ends []int
+	ends   []int
+	counts map[int32]int // records per partition in the poll
 }
 
 // chunk is how many records take queues under one hold of s.mu, so that
@@ -190,6 +242,10 @@ func (s *Source) take(fs kgo.Fetches, sc *pollScratch) {
 	topic := s.cfg.Topic
 	idBuf := make([]byte, 0, n*(len(topic)+12))
 	sc.ends = sc.ends[:0]
+	if sc.counts == nil {
+		sc.counts = make(map[int32]int)
+	}
+	clear(sc.counts)
 	i := 0
 	byKey := s.cfg.Ordering == ByKey
 	fs.EachPartition(func(fp kgo.FetchTopicPartition) {
@@ -199,6 +255,7 @@ func (s *Source) take(fs kgo.Fetches, sc *pollScratch) {
 		idBuf = strconv.AppendInt(idBuf, int64(fp.Partition), 10)
 		idBuf = append(idBuf, '/')
 		plen := len(idBuf) - prefix
+		sc.counts[fp.Partition] += len(fp.Records)
 		for j, r := range fp.Records {
 			if j > 0 {
 				idBuf = append(idBuf, idBuf[prefix:prefix+plen]...)
@@ -224,28 +281,45 @@ func (s *Source) take(fs kgo.Fetches, sc *pollScratch) {
 		}
 	}
 	for lo := 0; lo < n; lo += chunk {
-		s.queue(block[lo:min(lo+chunk, n)])
+		s.queue(block[lo:min(lo+chunk, n)], sc.counts)
 	}
 }
 
-// queue puts recs, records of one poll in partition and offset order, on
-// their lanes under one hold of s.mu. A record of a partition not (or no
-// longer) assigned here, or already taken, is dropped: kgo fetches it again
-// for the partition's owner from the committed offset.
-func (s *Source) queue(recs []record) {
-	maxIn := s.cfg.MaxInFlight
+// queue puts recs, records of one poll in partition and offset order
+// (counts says how many of each partition the whole poll brought), on
+// their partitions' backlogs and admits what the lanes have room for,
+// under one hold of s.mu. A record of a partition not (or no longer)
+// assigned here, or already taken, is dropped: kgo fetches it again for
+// the partition's owner from the committed offset.
+//
+// A partition whose backlog grew past three of its largest polls is not
+// keeping up with the polls that the other partitions' hunger makes (its
+// lanes are slow): it is paused in kgo (pause.go) until its backlog is
+// down to MaxInFlight, so that it holds at most about four fetch responses
+// (Config.MaxBytes each) beyond its lanes while the other partitions go
+// on. A partition that keeps up is never paused: pausing makes kgo drop
+// what it fetched ahead for it, and fetch it again.
+func (s *Source) queue(recs []record, counts map[int32]int) {
 	flow := false
 	s.mu.Lock()
 	var p *partState
 	pid := int32(-1)
-	woke := false
+	done := func() {
+		if p == nil {
+			return
+		}
+		p.maxPoll = max(p.maxPoll, counts[p.id])
+		s.admitLocked(p)
+		if !p.wantPause && p.nBacklog > 3*max(p.maxPoll, s.cfg.MaxInFlight) {
+			p.wantPause = true
+			flow = true
+		}
+	}
 	for k := range recs {
 		rec := &recs[k]
 		r := rec.r
-		if r.Partition != pid || p == nil {
-			if p != nil && !p.fetchPaused && (p.held >= maxIn || p.trk.Pending() >= uncommittedWindow*maxIn) {
-				flow = true
-			}
+		if r.Partition != pid {
+			done()
 			pid = r.Partition
 			p = s.parts[pid]
 		}
@@ -254,15 +328,46 @@ func (s *Source) queue(recs []record) {
 		}
 		p.next = r.Offset + 1
 		p.epoch = r.LeaderEpoch
-		if !p.trk.Add(r.Offset) {
-			continue
-		}
-		if r.Attrs.IsControl() {
-			// A transaction marker: never handed out, committed past.
-			p.trk.Done(r.Offset)
-			continue
-		}
 		rec.p = p
+		rec.next = nil
+		if p.btail == nil {
+			p.bhead = rec
+		} else {
+			p.btail.next = rec
+		}
+		p.btail = rec
+		p.nBacklog++
+	}
+	done()
+	s.mu.Unlock()
+	if flow {
+		s.kickFlow()
+	}
+}
+
+// admitLocked moves records of p's backlog onto their lanes while p has
+// room: fewer than MaxInFlight records held, and fewer than
+// 4×MaxInFlight past its oldest unfinished one. Control records
+// (transaction markers) are committed past, never handed out.
+func (s *Source) admitLocked(p *partState) {
+	maxIn := s.cfg.MaxInFlight
+	woke := false
+	for p.bhead != nil && p.held < maxIn && p.trk.Pending() < uncommittedWindow*maxIn {
+		rec := p.bhead
+		p.bhead = rec.next
+		if p.bhead == nil {
+			p.btail = nil
+		}
+		rec.next = nil
+		p.nBacklog--
+		off := rec.r.Offset
+		if !p.trk.Add(off) {
+			continue
+		}
+		if rec.r.Attrs.IsControl() {
+			p.trk.Done(off)
+			continue
+		}
 		p.held++
 		var ln *lane
 		if s.cfg.Ordering == ByKey {
@@ -282,14 +387,11 @@ func (s *Source) queue(recs []record) {
 			woke = true
 		}
 	}
-	if p != nil && !p.fetchPaused && (p.held >= maxIn || p.trk.Pending() >= uncommittedWindow*maxIn) {
-		flow = true
-	}
 	if woke {
 		s.wakeLocked()
 	}
-	s.mu.Unlock()
-	if flow {
+	if p.wantPause && p.nBacklog <= maxIn {
+		p.wantPause = false
 		s.kickFlow()
 	}
 }
@@ -348,7 +450,18 @@ func (s *Source) freeLaneLocked(rec *record) {
 		return
 	}
 	if next := ln.pop(); next != nil {
-		s.ready.push(next)
+		// The lane's next record goes to the front, up to affinityRun
+		// times in a row: the worker that settled this record, which is
+		// likely to ask next, gets a record of the same partition (the
+		// same Lease), which lets the consumer runtime keep its handler
+		// context instead of making one per record.
+		if ln.run < affinityRun {
+			ln.run++
+			s.ready.pushFront(next)
+		} else {
+			ln.run = 0
+			s.ready.push(next)
+		}
 		s.wakeLocked()
 		return
 	}

@@ -63,11 +63,12 @@ func (s *Source) kickFlow() {
 	}
 }
 
-// flowLoop applies the backpressure of MaxInFlight: it pauses the fetching
-// of a partition holding MaxInFlight records (or 4×MaxInFlight past its
-// oldest unfinished one), and resumes it once half of them settled. kgo
-// drops what it had buffered of a paused partition and fetches it again
-// from its position on resume: nothing is lost.
+// flowLoop applies the backpressure decided under s.mu (partState's
+// wantPause, see queue and admitLocked): it pauses kgo's fetching of a
+// partition whose backlog does not drain as fast as polls fill it, and
+// resumes it once the backlog is down to MaxInFlight. kgo drops what it
+// had buffered of a paused partition and fetches it again from its
+// position on resume: nothing is lost.
 func (s *Source) flowLoop(ctx context.Context) {
 	defer s.run.Done()
 	for {
@@ -83,23 +84,21 @@ func (s *Source) flowLoop(ctx context.Context) {
 func (s *Source) applyFlow() {
 	s.flowMu.Lock()
 	defer s.flowMu.Unlock()
-	maxIn := s.cfg.MaxInFlight
 	var pause, resume []int32
 	s.mu.Lock()
 	for id, p := range s.parts {
-		if p.revoking {
+		if p.revoking || p.wantPause == p.fetchPaused {
 			continue
 		}
-		pending := p.trk.Pending()
+		p.fetchPaused = p.wantPause
 		if p.fetchPaused {
-			if p.held <= maxIn/2 && pending <= uncommittedWindow*maxIn/2 {
-				p.fetchPaused = false
-				resume = append(resume, id)
-			}
-		} else if p.held >= maxIn || pending >= uncommittedWindow*maxIn {
-			p.fetchPaused = true
 			pause = append(pause, id)
+		} else {
+			resume = append(resume, id)
 		}
+	}
+	if len(resume) > 0 {
+		s.openGateLocked()
 	}
 	s.mu.Unlock()
 	if len(pause) > 0 {
@@ -119,6 +118,7 @@ func (s *Source) resumeFetch(ps []*partState) {
 	var ids []int32
 	s.mu.Lock()
 	for _, p := range ps {
+		p.wantPause = false
 		if p.fetchPaused {
 			p.fetchPaused = false
 			ids = append(ids, p.id)

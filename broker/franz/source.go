@@ -84,6 +84,10 @@ type Source struct {
 	mu      sync.Mutex
 	ready   readyList // heads of free lanes, waiting for Receive
 	waiting int       // Receive and ReceiveBatch calls waiting on notify
+	// pollWaiting: the poll goroutine waits on gate for a hungry
+	// partition (lanes.go).
+	pollWaiting bool
+	gate        chan struct{}
 	notify  chan struct{}
 	closed  bool
 	// closedCh is closed when Close begins, closeDone when it is done.
@@ -138,6 +142,7 @@ func NewSource(cfg Config) (*Source, error) {
 		clReady:   make(chan struct{}),
 		flowKick:  make(chan struct{}, 1),
 		notify:    make(chan struct{}, 1),
+		gate:      make(chan struct{}, 1),
 		closedCh:  make(chan struct{}),
 		closeDone: make(chan struct{}),
 		parts:     make(map[int32]*partState),
