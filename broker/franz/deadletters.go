@@ -68,10 +68,42 @@ const (
 
 // DeadLetters reads, redrives and purges the dead letters of a topic: the
 // records a Source wrote to its dead-letter topic. It implements
-// broker.DeadLetters, in the formats of the kafka-go adapter (see
-// DeadLetterGroupSuffix and DeadLetterDoneSuffix): ids "<partition>:<offset>"
-// of the dead-letter topic, progress kept in Kafka itself, where every
-// process and every later call finds it.
+// broker.DeadLetters. A dead letter's ID is "<partition>:<offset>" of its
+// record in the dead-letter topic; Partition and Offset are where the
+// failed record was consumed from (HeaderPartition, HeaderOffset).
+//
+// List and Count read the dead-letter topic by offset, with Fetch requests
+// of their own and no consumer group (read-committed: records of aborted
+// transactions are not dead letters): nothing is consumed or moved, and a
+// listing is the same twice. A List cursor is opaque.
+//
+// Kafka cannot delete one record, so Redrive and Purge record which dead
+// letters are done next to the topic, in Kafka itself, where every process
+// and every later call finds it, in the compacted topic DeadLetterTopic +
+// DeadLetterDoneSuffix (one partition; created on first use): progress
+// markers "progress:<partition>:<offset>" (every dead letter of the
+// partition before the offset is done; the highest marker counts, so the
+// progress never moves back) and done markers "<partition>:<offset>" for
+// dead letters done out of order, valued "<redriven|purged> <time>
+// <fingerprint>", the fingerprint naming the record (a hash of its
+// timestamp, key and value), so that a marker left from a dead-letter
+// topic deleted and recreated hides nothing. The consumer group
+// DeadLetterTopic + DeadLetterGroupSuffix gets the progress as its
+// committed offsets, for the tools that show a group's lag. The done topic
+// must keep its markers: a call refuses one whose cleanup.policy is not
+// "compact" alone (error wrapping broker.ErrInvalidConfig). These are the
+// kafka-go adapter's names and formats: the two adapters share the state
+// of a dead-letter topic, one after the other or at once.
+//
+// A Redrive handles the selected dead letters in batches of up to 256: it
+// writes the copies and waits until the brokers acknowledged them
+// (acks=all), and only then writes the markers and commits. A crash or a
+// cancelled ctx between the two leaves those dead letters in place: the
+// next Redrive sends them again. So a dead letter is redriven at least
+// once, sometimes twice (two Redrives at once may both send it), never
+// lost. A call cut short while writing its markers does not know whether
+// they reached the broker: its error names the dead letters whose outcome
+// is unknown, and they are not in Done.
 //
 // It is safe for concurrent use. Each call makes a kgo.Client of its own
 // and closes it before it returns, so a DeadLetters holds nothing between
