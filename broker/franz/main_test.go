@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,6 +32,7 @@ type env struct {
 	cluster *kfake.Cluster
 	brokers []string
 	cl      *kgo.Client // producer and admin client of the test
+	manual  *kgo.Client // producer to the partition a record names
 	adm     *kadm.Client
 }
 
@@ -53,8 +55,16 @@ func newEnv(t testing.TB) *env {
 		c.Close()
 		t.Fatalf("kgo.NewClient: %v", err)
 	}
-	e.cl, e.adm = cl, kadm.NewClient(cl)
+	manual, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ProducerLinger(0),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		cl.Close()
+		c.Close()
+		t.Fatalf("kgo.NewClient: %v", err)
+	}
+	e.cl, e.manual, e.adm = cl, manual, kadm.NewClient(cl)
 	t.Cleanup(func() {
+		manual.Close()
 		cl.Close()
 		c.Close()
 	})
@@ -179,4 +189,45 @@ func (e *env) committed(t testing.TB, group, topic string) map[int32]int64 {
 		}
 	})
 	return out
+}
+
+// produceTo writes one record with body to partition of topic and returns
+// its offset.
+func (e *env) produceTo(t testing.TB, topic string, partition int32, body string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := e.manual.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: partition, Value: []byte(body)}).First()
+	if err != nil {
+		t.Fatalf("produce to %s/%d: %v", topic, partition, err)
+	}
+	return r.Offset
+}
+
+// receive waits up to 10 s for a delivery of src.
+func receive(t testing.TB, src broker.Source) broker.Delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d, err := src.Receive(ctx)
+	if err != nil {
+		t.Fatalf("Receive = %v", err)
+	}
+	return d
+}
+
+// partitionOf returns the partition in a Message.ID "topic/partition/offset".
+func partitionOf(t testing.TB, id string) (int32, int64) {
+	t.Helper()
+	var p int32
+	var off int64
+	i := strings.LastIndexByte(id, '/')
+	j := strings.LastIndexByte(id[:i], '/')
+	pv, err1 := strconv.Atoi(id[j+1 : i])
+	ov, err2 := strconv.ParseInt(id[i+1:], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("Message.ID %q is not topic/partition/offset", id)
+	}
+	p, off = int32(pv), ov
+	return p, off
 }
