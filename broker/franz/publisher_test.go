@@ -297,6 +297,24 @@ func TestPublisherUnknownTopicFailsAndThePublisherGoesOn(t *testing.T) {
 	if err := p.Publish(ctx, "exists", &broker.Message{Body: []byte("y")}); err != nil {
 		t.Fatalf("Publish(exists) after the failure = %v; want nil", err)
 	}
+	start = time.Now()
+	err = p.Publish(ctx, "missing", &broker.Message{Body: []byte("x")})
+	t.Logf("Publish to the missing topic again returned after %v", time.Since(start))
+	if !errors.Is(err, kerr.UnknownTopicOrPartition) || ctx.Err() != nil {
+		t.Fatalf("Publish(missing) again = %v; want an error wrapping kerr.UnknownTopicOrPartition", err)
+	}
+	// Once the topic is created, publishing to it works.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, nil, "missing"); err != nil {
+		t.Fatalf("create topic missing: %v", err)
+	}
+	if err := p.Publish(ctx, "missing", &broker.Message{Body: []byte("x")}); err != nil {
+		t.Errorf("Publish(missing) once created = %v; want nil", err)
+	}
 	if err := p.Publish(ctx, "bad name", &broker.Message{Body: []byte("z")}); !errors.Is(err, kerr.InvalidTopicException) {
 		t.Errorf("Publish(bad name) = %v; want an error wrapping kerr.InvalidTopicException", err)
 	}
