@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/fnv"
+	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -101,7 +102,8 @@ func dlFingerprint(ts time.Time, key, value string) string {
 
 func dlNew(t testing.TB, c *kfake.Cluster, topic string) *franz.DeadLetters {
 	t.Helper()
-	d, err := franz.NewDeadLetters(franz.DeadLetterConfig{Brokers: c.ListenAddrs(), Topic: topic})
+	// The warnings (a recreated topic) are expected where they occur.
+	d, err := franz.NewDeadLetters(franz.DeadLetterConfig{Brokers: c.ListenAddrs(), Topic: topic, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("NewDeadLetters: %v", err)
 	}
