@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/queuekit/queuekit v0.0.0
+	github.com/queuekit/queuekit/broker/franz v0.0.0
 	github.com/queuekit/queuekit/broker/kafka v0.0.0
 	github.com/queuekit/queuekit/broker/rabbitmq v0.0.0
 	github.com/queuekit/queuekit/sql v0.0.0
@@ -43,5 +44,6 @@ replace (
 	github.com/queuekit/queuekit/broker/franz => ../broker/franz
 	github.com/queuekit/queuekit/broker/kafka => ../broker/kafka
 	github.com/queuekit/queuekit/broker/rabbitmq => ../broker/rabbitmq
+	github.com/queuekit/queuekit/internal/kafkatest => ../internal/kafkatest
 	github.com/queuekit/queuekit/sql => ../sql
 )

@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/franz"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 )
@@ -70,6 +71,7 @@ type kafkaContender struct {
 // in this list).
 var kafkaContenders = []kafkaContender{
 	{"raw-franz", runRawFranz},
+	{"franz", runFranzAdapter},
 	{"kafka-go", runKafkaGoAdapter},
 }
 
@@ -285,6 +287,29 @@ func runRawFranz(tb testing.TB, k *kafkaTopic, _ kafkaShape, group string) kafka
 	}
 	k.checkCommitted(tb, group)
 	return kafkaRun{n: k.n, total: last.Sub(start), steady: last.Sub(first), cpu: cpu1 - cpu0, polls: polls}
+}
+
+// runFranzAdapter runs the consumer runtime on broker/franz's Source.
+func runFranzAdapter(tb testing.TB, k *kafkaTopic, sh kafkaShape, group string) kafkaRun {
+	tb.Helper()
+	ord := franz.ByPartition
+	if sh.byKey {
+		ord = franz.ByKey
+	}
+	return runRuntime(tb, k, sh, group, "franz adapter", func() (broker.Source, error) {
+		return franz.NewSource(franz.Config{
+			Brokers:           k.brokers,
+			GroupID:           group,
+			Topic:             k.topic,
+			Ordering:          ord,
+			HeartbeatInterval: kafkaHeartbeat,
+			SessionTimeout:    kafkaSessionTimeout,
+			RebalanceTimeout:  kafkaRebalanceTimeout,
+			MaxWait:           kafkaMaxWait,
+			CommitInterval:    time.Second, // the default, as CommitBatch (1000) and MaxInFlight (256)
+			Logger:            quiet,
+		})
+	})
 }
 
 // runKafkaGoAdapter runs the consumer runtime on broker/kafka's Source.
