@@ -198,7 +198,7 @@ func (c *Config) setDefaults() {
 	if c.RebalanceTimeout == 0 {
 		c.RebalanceTimeout = 60 * time.Second
 	}
-	if c.RebalanceDrainTimeout == 0 {
+	if c.RebalanceDrainTimeout == 0 && c.SessionTimeout > 0 && c.RebalanceTimeout > 0 {
 		c.RebalanceDrainTimeout = min(c.SessionTimeout, c.RebalanceTimeout) / 3
 	}
 	if c.StartOffset == 0 {
@@ -315,9 +315,9 @@ func (c *Config) validate() error {
 		name string
 		v    time.Duration
 	}{
-		{"CommitInterval", c.CommitInterval}, {"RebalanceDrainTimeout", c.RebalanceDrainTimeout},
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"SessionTimeout", c.SessionTimeout},
-		{"RebalanceTimeout", c.RebalanceTimeout}, {"MaxWait", c.MaxWait},
+		{"RebalanceTimeout", c.RebalanceTimeout}, {"RebalanceDrainTimeout", c.RebalanceDrainTimeout},
+		{"CommitInterval", c.CommitInterval}, {"MaxWait", c.MaxWait},
 	} {
 		if d.v <= 0 || d.v > maxMillis {
 			return invalid("%s %v out of range", d.name, d.v)

@@ -1,0 +1,182 @@
+package franz_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/franz"
+)
+
+// TestPauseKeepsTheMembership: a paused Source hands out nothing, stays a
+// member of its group (no rebalance, Status connected), and after Resume
+// hands out what was produced meanwhile, once each. Kafka protocol
+// (in-process kfake cluster).
+func TestPauseKeepsTheMembership(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "pause", partitions)
+	src := newSource(t, e.config(topic, "g-pause"))
+	var (
+		mu     sync.Mutex
+		events []broker.EventKind
+	)
+	src.SetEventHook(func(ev broker.Event) {
+		mu.Lock()
+		events = append(events, ev.Kind)
+		mu.Unlock()
+	})
+	e.produceN(t, topic, 0, 1, strconv.Itoa)
+	d := receive(t, src)
+	if err := src.Pause(t.Context()); err != nil {
+		t.Fatalf("Pause = %v", err)
+	}
+	if err := d.Ack(t.Context()); err != nil { // settling goes on while paused
+		t.Fatalf("Ack while paused = %v", err)
+	}
+	e.produceN(t, topic, 1, 20, strconv.Itoa)
+	ctx, cancel := context.WithTimeout(t.Context(), 700*time.Millisecond) // > SessionTimeout/2: heartbeats must go on
+	if d, err := src.Receive(ctx); err == nil {
+		t.Fatalf("a paused Source handed out %s", d.Message().ID)
+	}
+	cancel()
+	if st := src.Status(); !st.Connected {
+		t.Fatalf("Status while paused = %+v; want connected (a pause is not a leave)", st)
+	}
+	if err := src.Resume(t.Context()); err != nil {
+		t.Fatalf("Resume = %v", err)
+	}
+	seen := map[string]int{}
+	for range 20 {
+		d := receive(t, src)
+		seen[string(d.Message().Body)]++
+		if err := d.Ack(t.Context()); err != nil {
+			t.Fatalf("Ack = %v", err)
+		}
+	}
+	for i := 1; i <= 20; i++ {
+		if seen[strconv.Itoa(i)] != 1 {
+			t.Errorf("record %d handed out %d times after Resume; want once", i, seen[strconv.Itoa(i)])
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, k := range events {
+		if k == broker.EventRebalanced || k == broker.EventReconnecting {
+			t.Errorf("events %v: a pause made the member leave or lose its partitions", events)
+		}
+	}
+}
+
+// TestSlowPartitionDoesNotHoldTheOthers: one partition's first record is
+// held unsettled (ByPartition: its lane is blocked) while both partitions
+// receive many more records than MaxInFlight and one fetch carry: the
+// other partition's records all come; the blocked one is paused in kgo
+// rather than let its backlog grow without bound, and its records come
+// once the held one is acked, in order. Kafka protocol (in-process kfake
+// cluster).
+func TestSlowPartitionDoesNotHoldTheOthers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "slow", 2)
+	cfg := e.config(topic, "g-slow")
+	cfg.MaxInFlight = 8
+	cfg.MaxBytes = 2048 // a few records per partition per fetch
+	src := newSource(t, cfg)
+	e.produceTo(t, topic, 0, "held")
+	held := receive(t, src)
+	const n = 600
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	var recs []*kgo.Record
+	for i := range n {
+		for p := range int32(2) {
+			recs = append(recs, &kgo.Record{Topic: topic, Partition: p, Value: []byte(strconv.Itoa(i))})
+		}
+	}
+	if err := e.manual.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	next := 0
+	for next < n {
+		d, err := src.Receive(ctx)
+		if err != nil {
+			t.Fatalf("partition 1 handed out %d of %d records while partition 0 was blocked, then Receive = %v", next, n, err)
+		}
+		p, _ := partitionOf(t, d.Message().ID)
+		if p != 1 || string(d.Message().Body) != strconv.Itoa(next) {
+			t.Fatalf("received %s %q; want partition 1's record %d (partition 0's lane is blocked)", d.Message().ID, d.Message().Body, next)
+		}
+		next++
+		if err := d.Ack(ctx); err != nil {
+			t.Fatalf("Ack = %v", err)
+		}
+	}
+	if err := held.Ack(ctx); err != nil {
+		t.Fatalf("Ack(held) = %v", err)
+	}
+	for i := range n {
+		d, err := src.Receive(ctx)
+		if err != nil {
+			t.Fatalf("partition 0 handed out %d of %d records after its lane was freed, then Receive = %v", i, n, err)
+		}
+		if p, _ := partitionOf(t, d.Message().ID); p != 0 || string(d.Message().Body) != strconv.Itoa(i) {
+			t.Fatalf("received %s %q; want partition 0's record %d, in order", d.Message().ID, d.Message().Body, i)
+		}
+		if err := d.Ack(ctx); err != nil {
+			t.Fatalf("Ack = %v", err)
+		}
+	}
+}
+
+// TestCloseWithACancelledContext: Close with a context already done
+// returns (an error wrapping context.Canceled), and what was not settled
+// comes back to the next member. Kafka protocol (in-process kfake cluster).
+func TestCloseWithACancelledContext(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "close", 1)
+	cfg := e.config(topic, "g-close")
+	a := newSource(t, cfg)
+	e.produceN(t, topic, 0, 2, strconv.Itoa)
+	first := receive(t, a)
+	if err := first.Ack(t.Context()); err != nil {
+		t.Fatalf("Ack = %v", err)
+	}
+	_ = receive(t, a) // left unsettled
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- a.Close(ctx) }()
+	select {
+	case err := <-done:
+		t.Logf("Close with a cancelled context returned %v after %v", err, time.Since(start).Round(time.Millisecond))
+		if err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("Close(cancelled) = %v; want nil or an error wrapping context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close with a cancelled context did not return within 5 s")
+	}
+	if _, err := a.Receive(t.Context()); !errors.Is(err, broker.ErrSourceClosed) {
+		t.Fatalf("Receive after Close = %v; want ErrSourceClosed", err)
+	}
+	// The next member gets the unsettled record (and maybe the acked one:
+	// the final commit may have been skipped), after the session timeout
+	// at worst.
+	b := newSource(t, cfg)
+	for {
+		d := receive(t, b)
+		if string(d.Message().Body) == "1" {
+			break
+		}
+		d.Ack(t.Context())
+	}
+	_ = franz.ByKey
+}
