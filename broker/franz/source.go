@@ -88,8 +88,8 @@ type Source struct {
 	// partition (lanes.go).
 	pollWaiting bool
 	gate        chan struct{}
-	notify  chan struct{}
-	closed  bool
+	notify      chan struct{}
+	closed      bool
 	// closedCh is closed when Close begins, closeDone when it is done.
 	closedCh  chan struct{}
 	closeDone chan struct{}
