@@ -1,2 +1,130 @@
-// Package franz is queuekit's second Kafka adapter, on franz-go's kgo.Client.
+// Package franz is queuekit's second Kafka adapter, on franz-go's
+// kgo.Client (github.com/twmb/franz-go). It has the shape and the
+// guarantees of the kafka-go adapter (package kafka): a Source that
+// consumes one topic as a member of a consumer group, a Publisher, and the
+// dead-letter operations (DeadLetters). A program switches between the two
+// by changing its constructor call; both write the same formats (message
+// IDs, dead-letter headers, retry-topic names), so they interoperate on one
+// cluster and on one consumer group.
+//
+// Why a second adapter: kgo owns fetching, batching and the group protocol
+// with far less CPU per record than kafka-go, and offers the cooperative
+// (incremental) rebalancing that kafka-go lacks.
+//
+// # Lifecycle
+//
+// NewSource validates its Config (an error wrapping broker.ErrInvalidConfig)
+// and does not connect. The first Receive (or ReceiveBatch) makes the
+// group's kgo.Client, which joins the group and fetches; Close leaves it.
+// A Source is used by the consumer runtime (consumer.New) like any
+// broker.Source:
+//
+//	src, err := franz.NewSource(franz.Config{
+//		Brokers: []string{"localhost:9092"}, GroupID: "billing", Topic: "orders",
+//	})
+//	...
+//	c, err := consumer.New(src, handler, consumer.WithConcurrency(16))
+//	...
+//	err = c.Run(ctx)
+//
+// Close stops intake, fences what is still handed out, commits what was
+// handled, leaves the group and waits for every goroutine of the Source,
+// bounded by its ctx: when the ctx ends first, it gives up the commit and
+// the leave and returns an error wrapping the ctx's. Nothing is lost that
+// way; what was not committed is handled again by the partitions' next
+// owner.
+//
+// # Acknowledgement
+//
+// Kafka keeps one offset per partition, not an acknowledgement per
+// message. A delivery's Ack marks its record handled; the Source commits,
+// per partition, the offset after the longest handled prefix (records
+// handled out of order behind an unfinished one wait for it), every
+// Config.CommitInterval or once Config.CommitBatch records were settled,
+// and a last time before a partition is given up (a rebalance, Close). A
+// crash loses no record: what was not committed is delivered again, so
+// handlers must be idempotent (at-least-once).
+//
+// Kafka has no per-message nack: Requeue hands the record out again in
+// this process, before anything after it in its lane, with Attempt + 1;
+// RequeueAfter does the same after a delay, holding the record's lane (its
+// partition with ByPartition, its key with ByKey) meanwhile. Release gives
+// back a record no handler saw, with the same Attempt. DeadLetter writes
+// the record to Config.DeadLetterTopic (acknowledged by all in-sync
+// replicas) with the reason (broker.Reason.Header) and its origin
+// (HeaderTopic, HeaderPartition, HeaderOffset) in its headers, and only
+// then marks it handled; a failed write returns an error and commits
+// nothing.
+//
+// # Ordering and concurrency
+//
+// With ByPartition (the default) the records of a partition are handled
+// one at a time, in offset order; with ByKey, records with the same key are
+// handled in order and different keys of a partition concurrently.
+// Config.MaxInFlight bounds, per partition, the records queued and not yet
+// settled; records polled beyond it wait in the partition's backlog, and a
+// partition whose backlog does not drain (a slow lane) stops being fetched
+// (kgo's PauseFetchPartitions) until it does, while the others go on. The
+// Source and its deliveries are safe for concurrent use; the runtime calls
+// Receive from every worker at once. ReceiveBatch (broker.BatchReceiver)
+// hands out runs of a lane, for consumer.NewBatch.
+//
+// # Rebalances
+//
+// The default balancer is kgo's cooperative-sticky one: a rebalance takes
+// away only the partitions that move, and the others keep flowing while a
+// member joins or leaves. A partition taken away is drained: nothing more
+// of it is handed out, the Source waits up to Config.RebalanceDrainTimeout
+// for the deliveries of it still out, commits its handled prefix, and
+// only then lets kgo give it up. A delivery still out after that is
+// fenced: its Ack, Requeue and DeadLetter return an error wrapping
+// broker.ErrStaleDelivery and do nothing (the record is not committed, and
+// the partition's next owner handles it), and its Lease context is
+// cancelled, so the runtime cancels its handler with cause
+// broker.ErrStaleDelivery. Partitions lost (the member was fenced by the
+// coordinator: session expired) are fenced at once, without a commit. The
+// Source emits broker.EventRebalanced (ErrRebalance) when partitions were
+// taken away and broker.EventReconnecting (ErrPartitionsLost) when they
+// were lost. An eager balancer (Config.Balancers) drains every partition at
+// every rebalance instead.
+//
+// # Transactions
+//
+// Config.Isolation is ReadCommitted by default: records of aborted
+// transactions are never handed out, records of open ones not until they
+// commit. Transaction markers (control records) are never handed out; the
+// Source commits past them, so the group's lag reaches 0 on a
+// transactional topic. ReadUncommitted hands out the data records of
+// aborted transactions too.
+//
+// # Pause
+//
+// Pause (broker.Pauser) stops fetching the topic (kgo's PauseFetchTopics)
+// and handing out records, and keeps the membership: heartbeats go on, no
+// rebalance happens. Resume starts again where it stopped.
+//
+// # Errors
+//
+// Settling a delivery twice returns broker.ErrAlreadySettled; settling a
+// fenced one, an error wrapping broker.ErrStaleDelivery. Receive after
+// Close returns broker.ErrSourceClosed. Fetch errors kgo reports (a
+// missing topic, an authorization failure) are logged, at most once a
+// second, and shown by Status until the next assignment; kgo retries
+// them. Config.Logger receives the Source's lifecycle logs and kgo's
+// warnings and errors; no log line or error carries credentials.
+//
+// # Operations
+//
+// Status (broker.StatusReporter) says whether the Source is a member with
+// partitions; Lag and Backlog (broker.BacklogReporter) read the group's
+// committed offsets and the partitions' end offsets from the cluster (kadm);
+// DeclareTopology (broker.TopologyDeclarer) creates the topic and its
+// dead-letter topic. DeadLetters lists, redrives and purges the dead
+// letters (see DeadLetters).
+//
+// # Testing
+//
+// The package's tests run against the Kafka protocol served in process by
+// kfake (github.com/twmb/franz-go/pkg/kfake), including the public
+// conformance suite (broker/brokertest); the runnable examples do too.
 package franz
