@@ -8,6 +8,7 @@ package franz_test
 // kgo client, as a Source writes them.
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/binary"
@@ -40,6 +41,7 @@ type dlDead struct {
 	srcOff    int64
 	redriven  int
 	noHeaders bool
+	err       string // the error text; default "boom: " + body
 }
 
 // dlTime is the timestamp of the dead letters the tests write.
@@ -59,7 +61,7 @@ func dlWrite(t testing.TB, c *kfake.Cluster, topic string, ds ...dlDead) {
 		r := &kgo.Record{Topic: topic, Partition: d.part, Key: []byte("k-" + d.body), Value: []byte(d.body), Timestamp: dlTime}
 		if !d.noHeaders {
 			h := map[string]string{
-				broker.HeaderError:     "boom: " + d.body,
+				broker.HeaderError:     cmp.Or(d.err, "boom: "+d.body),
 				broker.HeaderAttempts:  "3",
 				broker.HeaderSource:    d.src,
 				broker.HeaderPermanent: "false",
