@@ -71,8 +71,11 @@ var _ broker.Publisher = (*Publisher)(nil)
 
 // unknownTopicRetries is how many metadata answers saying "unknown topic"
 // the client takes before it fails a topic's records: enough to see a topic
-// just created on another broker, few enough that a publish to a missing
-// topic fails within seconds instead of hanging (kgo's own default is 4).
+// just created, few enough that a publish to a missing topic fails promptly
+// instead of hanging. Measured on kfake: with 2, the first publish to a
+// missing topic failed after 0.5 s and the next after 0.75 s; with kgo's
+// default of 4, after 1 s and then 15.5 s (later retries wait for the
+// client's metadata min age, 5 s).
 const unknownTopicRetries = 2
 
 // NewPublisher returns a Publisher. It returns an error wrapping
