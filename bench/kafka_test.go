@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -90,12 +91,26 @@ type kafkaRun struct {
 	// polls is the raw loop's count of polls (and commits); 0 for the
 	// adapters.
 	polls int
+	// mallocs and bytes are the process's heap allocations over the run,
+	// from start to after leaving the group (the cluster's included).
+	mallocs, bytes uint64
 }
 
 func (r kafkaRun) rate() float64       { return float64(r.n) / r.total.Seconds() }
 func (r kafkaRun) steadyRate() float64 { return float64(r.n) / r.steady.Seconds() }
 func (r kafkaRun) cpuPerRecord() float64 {
 	return float64(r.cpu.Microseconds()) / float64(r.n)
+}
+
+// measureAllocs runs f and adds the heap allocations made meanwhile to
+// its result.
+func measureAllocs(f func() kafkaRun) kafkaRun {
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	r := f()
+	runtime.ReadMemStats(&m1)
+	r.mallocs, r.bytes = m1.Mallocs-m0.Mallocs, m1.TotalAlloc-m0.TotalAlloc
+	return r
 }
 
 // kafkaTopic is the cluster and its pre-filled topic.
@@ -475,13 +490,14 @@ func kafkaRounds(tb testing.TB, k *kafkaTopic, rounds int, shapes []kafkaShape, 
 			for i := range contenders {
 				c := contenders[(i+r)%len(contenders)]
 				runtime.GC()
-				run := c.run(tb, k, sh, k.group(c.name))
+				run := measureAllocs(func() kafkaRun { return c.run(tb, k, sh, k.group(c.name)) })
 				byName[c.name] = run
 				runs[sh.name][c.name] = append(runs[sh.name][c.name], run)
 			}
 			for _, c := range contenders { // the table's columns in list order
 				run := byName[c.name]
-				fmt.Fprintf(&line, "  %-9s %8.0f rec/s (steady %8.0f, %5.2f µs CPU/rec", c.name, run.rate(), run.steadyRate(), run.cpuPerRecord())
+				fmt.Fprintf(&line, "  %-9s %8.0f rec/s (steady %8.0f, %5.2f µs CPU/rec, %.2f allocs/rec, %.0f B/rec",
+					c.name, run.rate(), run.steadyRate(), run.cpuPerRecord(), float64(run.mallocs)/float64(run.n), float64(run.bytes)/float64(run.n))
 				if run.polls > 0 {
 					fmt.Fprintf(&line, ", %d polls", run.polls)
 				}
@@ -542,9 +558,9 @@ func kafkaRounds(tb testing.TB, k *kafkaTopic, rounds int, shapes []kafkaShape, 
 // The rounds run first; then one sub-benchmark per shape logs a line per
 // round (the load average at the round's start; per contender rec/s, the
 // steady rec/s from the first record to the last, and the process's CPU
-// per record: client and in-process cluster together; the round's ratios)
-// and reports, over the
-// rounds: <contender>-rec/s (all records over all time), franz/raw and
+// time and heap allocations per record: client and in-process cluster
+// together; the round's ratios) and reports, over the rounds:
+// <contender>-rec/s (all records over all time), franz/raw and
 // franz/kafka-go (the median of the per-round ratios of rec/s), and
 // min-franz/raw and min-franz/kafka-go (the worst round); its ns/op is the
 // franz adapter's time per record. The bar is franz/raw ≥ 0.9 and
@@ -553,11 +569,27 @@ func kafkaRounds(tb testing.TB, k *kafkaTopic, rounds int, shapes []kafkaShape, 
 // QUEUEKIT_BENCH_KAFKA_SHAPES (e.g. by-key-16workers) and
 // QUEUEKIT_BENCH_KAFKA_ONLY (e.g. franz, for a CPU profile of it alone)
 // restrict the shapes and contenders, comma-separated.
+// QUEUEKIT_BENCH_KAFKA_CPUPROFILE=file writes a CPU profile of the rounds
+// alone (go test's -cpuprofile includes filling the topic).
 func BenchmarkKafkaThroughput(b *testing.B) {
 	shapes, contenders := kafkaSelection(b)
 	rounds := kafkaEnvInt(b, "QUEUEKIT_BENCH_KAFKA_ROUNDS", 3)
 	k := newKafkaTopic(b, kafkaEnvInt(b, "QUEUEKIT_BENCH_KAFKA_RECORDS", 1_000_000))
+	if path := os.Getenv("QUEUEKIT_BENCH_KAFKA_CPUPROFILE"); path != "" {
+		// The rounds only, without filling the topic (-cpuprofile
+		// profiles the whole process).
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
 	runs, lines := kafkaRounds(b, k, rounds, shapes, contenders)
+	pprof.StopCPUProfile() // before the sub-benchmarks; a no-op without a profile
 	for _, sh := range shapes {
 		byName := runs[sh.name]
 		b.Run(sh.name, func(b *testing.B) {
