@@ -53,8 +53,9 @@ require (
 	github.com/quic-go/quic-go v0.59.0 // indirect
 	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
 	github.com/twitchyliquid64/golang-asm v0.15.1 // indirect
-	github.com/twmb/franz-go v1.22.2 // indirect
-	github.com/twmb/franz-go/pkg/kmsg v1.15.0 // indirect
+	github.com/twmb/franz-go v1.22.3 // indirect
+	github.com/twmb/franz-go/pkg/kadm v1.20.0 // indirect
+	github.com/twmb/franz-go/pkg/kmsg v1.15.1 // indirect
 	github.com/ugorji/go/codec v1.3.1 // indirect
 	go.mongodb.org/mongo-driver/v2 v2.5.0 // indirect
 	golang.org/x/arch v0.22.0 // indirect
@@ -74,6 +75,7 @@ require (
 replace github.com/queuekit/queuekit => ../
 
 replace (
+	github.com/queuekit/queuekit/broker/franz => ../broker/franz
 	github.com/queuekit/queuekit/broker/kafka => ../broker/kafka
 	github.com/queuekit/queuekit/broker/rabbitmq => ../broker/rabbitmq
 	github.com/queuekit/queuekit/middleware/otelqueuekit => ../middleware/otelqueuekit
@@ -83,6 +85,7 @@ replace (
 
 require (
 	github.com/chromedp/chromedp v0.23.1
+	github.com/queuekit/queuekit/broker/franz v0.0.0
 	github.com/queuekit/queuekit/broker/kafka v0.0.0
 	github.com/queuekit/queuekit/broker/rabbitmq v0.0.0
 	github.com/queuekit/queuekit/middleware/promqueuekit v0.0.0

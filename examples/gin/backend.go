@@ -3,15 +3,12 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
-
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/franz"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/broker/rabbitmq"
@@ -153,53 +150,59 @@ func newKafkaBackend(ctx context.Context, cfg config, logger *slog.Logger) (*bac
 	for i := range brokers {
 		brokers[i] = strings.TrimSpace(brokers[i])
 	}
-	if err := ensureTopics(ctx, brokers, cfg.kafkaPartitions, cfg.queue, cfg.queue+".dlt"); err != nil {
+	// Orders are keyed by their id, so ByKey handles up to -concurrency of
+	// them at once instead of one per partition. The two Kafka adapters
+	// take the same settings; only the constructors differ (-kafka-client).
+	group := cfg.queue + "-service"
+	var (
+		pub    broker.Publisher
+		source func() (broker.Source, error)
+		err    error
+	)
+	switch cfg.kafkaClient {
+	case "franz":
+		pub, err = franz.NewPublisher(franz.PublisherConfig{Brokers: brokers})
+		source = func() (broker.Source, error) {
+			return franz.NewSource(franz.Config{
+				Brokers: brokers, GroupID: group, Topic: cfg.queue,
+				Ordering: franz.ByKey,
+				Topology: franz.Topology{Partitions: cfg.kafkaPartitions},
+				Logger:   logger,
+			})
+		}
+	default:
+		pub, err = kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers})
+		source = func() (broker.Source, error) {
+			return kafka.NewSource(kafka.Config{
+				Brokers: brokers, GroupID: group, Topic: cfg.queue,
+				Ordering: kafka.ByKey,
+				Topology: kafka.Topology{Partitions: cfg.kafkaPartitions},
+				Logger:   logger,
+			})
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := ensureTopics(ctx, source); err != nil {
 		// Clusters where the service may not create topics have them
 		// provisioned elsewhere: say so and go on.
 		logger.Warn("could not create the Kafka topics; they must exist", "topic", cfg.queue, "error", err)
 	}
-	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers})
-	if err != nil {
-		return nil, err
-	}
-	return &backend{
-		name: "kafka",
-		pub:  pub,
-		source: func() (broker.Source, error) {
-			return kafka.NewSource(kafka.Config{
-				Brokers: brokers,
-				GroupID: cfg.queue + "-service",
-				Topic:   cfg.queue,
-				// Orders are keyed by their id, so ByKey handles up to
-				// -concurrency of them at once instead of one per partition.
-				Ordering: kafka.ByKey,
-				Logger:   logger,
-			})
-		},
-	}, nil
+	return &backend{name: "kafka", pub: pub, source: source}, nil
 }
 
-// ensureTopics creates the topics with the given number of partitions and
-// the cluster's default replication factor (Kafka 2.4 and later) unless they
-// exist.
-func ensureTopics(ctx context.Context, brokers []string, partitions int, topics ...string) error {
+// ensureTopics creates the topic and its dead-letter topic, with the
+// partitions of -kafka-partitions and the cluster's default replication
+// factor (Kafka 2.4 and later), unless they exist: DeclareTopology of a
+// Source that never joins the group.
+func ensureTopics(ctx context.Context, source func() (broker.Source, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	tr := &kafkago.Transport{Dial: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}
-	defer tr.CloseIdleConnections()
-	cli := &kafkago.Client{Addr: kafkago.TCP(brokers...), Transport: tr}
-	req := &kafkago.CreateTopicsRequest{}
-	for _, t := range topics {
-		req.Topics = append(req.Topics, kafkago.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: -1})
-	}
-	resp, err := cli.CreateTopics(ctx, req)
+	src, err := source()
 	if err != nil {
 		return err
 	}
-	for t, err := range resp.Errors {
-		if err != nil && !errors.Is(err, kafkago.TopicAlreadyExists) {
-			return fmt.Errorf("create topic %s: %w", t, err)
-		}
-	}
-	return nil
+	defer src.Close(context.WithoutCancel(ctx))
+	return src.(broker.TopologyDeclarer).DeclareTopology(ctx)
 }

@@ -16,14 +16,21 @@ import (
 // The same service runs on Kafka: here on an in-process Kafka-protocol
 // cluster (kfake, a protocol-level stand-in for Apache Kafka). The service
 // creates its topic and dead-letter topic, joins its consumer group, and
-// processes what it accepts.
+// processes what it accepts. It does so on each Kafka adapter
+// (-kafka-client): kafka-go's and franz-go's.
 func TestServiceOnKafka(t *testing.T) {
+	for _, client := range []string{"kafka-go", "franz"} {
+		t.Run(client, func(t *testing.T) { testServiceOnKafka(t, client) })
+	}
+}
+
+func testServiceOnKafka(t *testing.T, client string) {
 	c, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close) // after the service's own cleanup, registered later
-	base, s, stop := startInProcess(t, testConfig(t, "-kafka-brokers", strings.Join(c.ListenAddrs(), ","), "-process-time", "1ms"))
+	base, s, stop := startInProcess(t, testConfig(t, "-kafka-brokers", strings.Join(c.ListenAddrs(), ","), "-kafka-client", client, "-process-time", "1ms"))
 	if s.backend.name != "kafka" {
 		t.Fatalf("backend = %s; want kafka", s.backend.name)
 	}
@@ -64,5 +71,5 @@ func TestServiceOnKafka(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("run = %v; want nil after a graceful shutdown", err)
 	}
-	t.Logf("50 orders processed on Kafka (kfake); shutdown took %v", time.Since(start).Round(time.Millisecond))
+	t.Logf("50 orders processed on Kafka (kfake) with the %s adapter; shutdown took %v", client, time.Since(start).Round(time.Millisecond))
 }

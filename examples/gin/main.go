@@ -28,6 +28,7 @@
 //	DATABASE_URL=postgres://app:pw@localhost:5432/app go run ./examples/gin # or -database-url
 //	AMQP_URL=amqp://guest:guest@localhost:5672/ go run ./examples/gin       # or -amqp-url
 //	go run ./examples/gin -kafka-brokers localhost:9092                      # or KAFKA_BROKERS=…
+//	go run ./examples/gin -kafka-brokers localhost:9092 -kafka-client franz  # the franz-go adapter, or KAFKA_CLIENT=franz
 //	go run ./examples/gin -broker memory                                     # in-process: queued orders end with the process
 //
 // While the database cannot be reached at start, /readyz answers 503 with
@@ -132,6 +133,7 @@ type config struct {
 	amqpURL         string // secret: never logged or printed
 	amqpQueueType   string
 	kafkaBrokers    string
+	kafkaClient     string // "kafka-go" (default) or "franz": the Kafka adapter
 	kafkaPartitions int
 	queue           string
 	concurrency     int
@@ -226,6 +228,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&cfg.amqpURL, "amqp-url", "", "run on RabbitMQ at this amqp:// or amqps:// URL (env AMQP_URL, which keeps the password out of ps)")
 	fs.StringVar(&cfg.amqpQueueType, "amqp-queue-type", "classic", "RabbitMQ queue type when the queue is declared: classic or quorum")
 	fs.StringVar(&cfg.kafkaBrokers, "kafka-brokers", "", "run on Kafka: comma-separated bootstrap brokers host:port (env KAFKA_BROKERS)")
+	fs.StringVar(&cfg.kafkaClient, "kafka-client", "kafka-go", "with -kafka-brokers: the Kafka adapter, kafka-go (broker/kafka) or franz (broker/franz, on franz-go) (env KAFKA_CLIENT)")
 	fs.IntVar(&cfg.kafkaPartitions, "kafka-partitions", 4, "partitions of the Kafka topics when the service creates them")
 	fs.StringVar(&cfg.queue, "queue", "orders", "queue (RabbitMQ, memory) or topic (Kafka) of the orders; the consumer is named after it")
 	fs.IntVar(&cfg.concurrency, "concurrency", 8, "orders handled at once")
@@ -258,6 +261,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	if !given["amqp-url"] && !given["kafka-brokers"] {
 		cfg.amqpURL, cfg.kafkaBrokers = getenv("AMQP_URL"), getenv("KAFKA_BROKERS")
 	}
+	if !given["kafka-client"] {
+		cfg.kafkaClient = envOr(getenv, "KAFKA_CLIENT", cfg.kafkaClient)
+	}
 	if !given["shutdown-delay"] && getenv("KUBERNETES_SERVICE_HOST") != "" {
 		cfg.shutdownDelay = orchestratedShutdownDelay
 	}
@@ -281,6 +287,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 		return cfg, errors.New("choose one broker: RabbitMQ (-amqp-url, AMQP_URL) or Kafka (-kafka-brokers, KAFKA_BROKERS), not both")
 	case cfg.concurrency < 1:
 		return cfg, fmt.Errorf("-concurrency must be at least 1, not %d", cfg.concurrency)
+	case cfg.kafkaClient != "kafka-go" && cfg.kafkaClient != "franz":
+		return cfg, fmt.Errorf("-kafka-client must be kafka-go or franz, not %q", cfg.kafkaClient)
 	case cfg.kafkaPartitions < 1:
 		return cfg, fmt.Errorf("-kafka-partitions must be at least 1, not %d", cfg.kafkaPartitions)
 	case cfg.maxQueued < 1:

@@ -337,6 +337,17 @@ func TestParseConfig(t *testing.T) {
 		def.databaseURL != "queuekit-gin.db" || def.shutdownDelay != 0 || len(def.orderIDSecret) != 0 || !def.killSwitch || def.killSwitchRestart != 30*time.Second {
 		t.Errorf("defaults = %+v, %v; want :8080 on the SQL queue in queuekit-gin.db, no shutdown delay, no configured order id secret, the kill switch on with a 30s restart timeout", def, err)
 	}
+	if def, _ := parseConfig(nil, func(string) string { return "" }); def.kafkaClient != "kafka-go" {
+		t.Errorf("default -kafka-client = %q; want kafka-go", def.kafkaClient)
+	}
+	// KAFKA_CLIENT fills in for -kafka-client; the flag wins.
+	franzEnv := func(k string) string { return map[string]string{"KAFKA_CLIENT": "franz"}[k] }
+	if cfg, err := parseConfig(nil, franzEnv); err != nil || cfg.kafkaClient != "franz" {
+		t.Errorf("KAFKA_CLIENT=franz: -kafka-client %q, %v; want franz", cfg.kafkaClient, err)
+	}
+	if cfg, err := parseConfig([]string{"-kafka-client", "kafka-go"}, franzEnv); err != nil || cfg.kafkaClient != "kafka-go" {
+		t.Errorf("-kafka-client kafka-go over KAFKA_CLIENT=franz: %q, %v; want kafka-go", cfg.kafkaClient, err)
+	}
 	if cfg, err := parseConfig([]string{"-kill-switch=false"}, func(string) string { return "" }); err != nil || cfg.killSwitch {
 		t.Errorf("-kill-switch=false: kill switch %v, %v; want off", cfg.killSwitch, err)
 	}
@@ -382,6 +393,7 @@ func TestParseConfig(t *testing.T) {
 		{"-broker", "memory", "-amqp-url", "amqp://x"},
 		{"-database-url", ""},
 		{"-kafka-partitions", "0"},
+		{"-kafka-brokers", "k:9092", "-kafka-client", "sarama"},
 		{"-amqp-url", "amqp://x", "-kafka-brokers", "k:9092"},
 		{"extra"},
 	} {
