@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/queuekit/queuekit/broker"
-	"github.com/queuekit/queuekit/broker/kafka"
 )
 
 // ledger stands in for the service the events are applied to. An account
@@ -52,6 +51,7 @@ const shown = 3
 // from the command line): list them with their reasons, fix the cause,
 // redrive them, and check that none is left once the group handled them.
 type operator struct {
+	cl      client
 	brokers []string
 	topic   string
 	books   *ledger
@@ -67,7 +67,7 @@ func (o *operator) run(ctx context.Context, total int) error {
 	// NewDeadLetters needs no Source and joins no group: it reads the
 	// dead-letter topic by offset, and keeps the progress of Redrive in
 	// Kafka (see broker/kafka's "Dead letters").
-	dls, err := kafka.NewDeadLetters(kafka.DeadLetterConfig{Brokers: o.brokers, Topic: o.topic, Logger: o.logger})
+	dls, err := o.cl.newDLs(o.brokers, o.topic, o.logger)
 	if err != nil {
 		return err
 	}
@@ -82,7 +82,7 @@ func (o *operator) run(ctx context.Context, total int) error {
 		return fmt.Errorf("list the dead letters: %w", err)
 	}
 	o.rep.DeadLetters = all
-	o.out.printf("dead letters in %s.dlt, listed with kafka.NewDeadLetters(…).List (nothing consumed): %d\n", o.topic, len(all))
+	o.out.printf("dead letters in %s.dlt, listed with %s.NewDeadLetters(…).List (nothing consumed): %d\n", o.topic, o.cl.pkg, len(all))
 	for i, d := range all {
 		if i == shown {
 			o.out.printf("    … and %d more %s\n", len(all)-shown, sameAs(all[0], all[shown:]))

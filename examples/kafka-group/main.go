@@ -1,6 +1,7 @@
 // Command kafka-group shows a Kafka consumer group that handles events of
 // different keys concurrently and the events of each key strictly in order
-// (broker/kafka's ByKey ordering).
+// (ByKey ordering), on either Kafka adapter: broker/kafka (kafka-go, the
+// default) or broker/franz (franz-go) with -client franz.
 //
 // It creates a topic with 4 partitions, publishes a run of events for each of
 // a dozen accounts (the key), and consumes them with two members of one
@@ -14,12 +15,13 @@
 // On the way it shows an operator's work on dead letters: the ledger refuses
 // the events of one account, which is not open there yet, so they are
 // dead-lettered with the reason. The program lists them with
-// kafka.NewDeadLetters (why each failed), opens the account (the fix),
+// the adapter's NewDeadLetters (why each failed), opens the account (the fix),
 // redrives them to the topic (same key, same partition, so the account's
 // order holds) and waits until the group has handled them.
 //
 //	go run ./examples/kafka-group
 //	go run ./examples/kafka-group -brokers kafka-1:9092,kafka-2:9092
+//	go run ./examples/kafka-group -client franz   # the franz-go adapter
 //
 // The brokers come from -brokers, else QUEUEKIT_KAFKA_BROKERS. With neither,
 // the example starts an embedded in-process cluster (github.com/twmb/franz-go's
@@ -53,7 +55,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/queuekit/queuekit/broker"
-	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
 	"github.com/queuekit/queuekit/middleware"
 	"github.com/queuekit/queuekit/retry"
@@ -69,6 +70,8 @@ const (
 type config struct {
 	// Brokers to use; empty starts an embedded kfake cluster.
 	Brokers []string
+	// Client is the Kafka adapter: "kafka-go" (default) or "franz".
+	Client string
 	// Accounts and EventsPerAccount size the run.
 	Accounts, EventsPerAccount int
 	// Timeout bounds the run: joining the group, and handling every event.
@@ -80,6 +83,7 @@ type config struct {
 func main() {
 	cfg := config{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	brokers := flag.String("brokers", os.Getenv("QUEUEKIT_KAFKA_BROKERS"), "comma-separated Kafka brokers, host:port (default from QUEUEKIT_KAFKA_BROKERS; none: an embedded kfake cluster)")
+	flag.StringVar(&cfg.Client, "client", "kafka-go", "the Kafka adapter: kafka-go (broker/kafka) or franz (broker/franz, on franz-go)")
 	flag.IntVar(&cfg.Accounts, "accounts", 12, "number of accounts (keys)")
 	flag.IntVar(&cfg.EventsPerAccount, "events", 20, "events per account")
 	flag.DurationVar(&cfg.Timeout, "timeout", time.Minute, "give up if the events are not handled within this")
@@ -163,6 +167,10 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cl, err := clientNamed(cfg.Client)
+	if err != nil {
+		return nil, err
+	}
 	out := &printer{w: stdout}
 	timeout := time.NewTimer(cfg.Timeout)
 	defer timeout.Stop()
@@ -180,6 +188,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	} else {
 		out.printf("brokers %s\n", strings.Join(brokers, ","))
 	}
+	out.printf("Kafka adapter: %s (broker/%s)\n", cl.name, cl.pkg)
 
 	// A fresh topic and group for each run, so that runs do not see each
 	// other's events; the topics are deleted at the end.
@@ -188,7 +197,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	admin := &kafkago.Client{Addr: kafkago.TCP(brokers...), Timeout: 10 * time.Second, Transport: &kafkago.Transport{}}
 	defer admin.Transport.(*kafkago.Transport).CloseIdleConnections()
 	actx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err := createTopics(actx, admin, topic, topic+".dlt")
+	err = createTopics(actx, admin, topic, topic+".dlt")
 	cancel()
 	if err != nil {
 		return nil, err
@@ -198,7 +207,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 		defer cancel()
 		// The done topic of the dead letters' redrive progress exists only
 		// if a redrive needed it (see broker/kafka's "Dead letters").
-		if err := deleteTopics(dctx, admin, topic, topic+".dlt", topic+".dlt"+kafka.DeadLetterDoneSuffix); err != nil {
+		if err := deleteTopics(dctx, admin, topic, topic+".dlt", topic+".dlt"+cl.doneSuffix); err != nil {
 			out.printf("could not delete the topics: %v\n", err)
 			return
 		}
@@ -256,25 +265,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	sup.OnEvent = joined.observe
 	for i := 1; i <= members; i++ {
 		name := "member-" + strconv.Itoa(i)
-		src, err := kafka.NewSource(kafka.Config{
-			Brokers:  brokers,
-			GroupID:  group,
-			Topic:    topic,
-			Ordering: kafka.ByKey, // one lane per key within a partition
-			// At most 32 events per partition queued or running. With
-			// ByKey one event per key among them runs at a time (here a
-			// partition holds 3 accounts, so at most 3), and at most
-			// WithConcurrency in all.
-			MaxInFlight: 32,
-			// Faster group operations than the defaults, within what
-			// Apache Kafka accepts (group.min.session.timeout.ms is 6 s):
-			// a member learns of a rebalance on its next heartbeat.
-			HeartbeatInterval: 250 * time.Millisecond,
-			SessionTimeout:    6 * time.Second,
-			RebalanceTimeout:  6 * time.Second, // RebalanceDrainTimeout defaults to a third of it
-			JoinGroupBackoff:  250 * time.Millisecond,
-			Logger:            cfg.Logger,
-		})
+		src, err := cl.newMember(brokers, group, topic, cfg.Logger)
 		if err != nil {
 			return nil, err
 		}
@@ -331,7 +322,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 		return nil, fmt.Errorf("the members did not join the group within %v: %v", cfg.Timeout, joined.lastErr())
 	}
 
-	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers})
+	pub, err := cl.newPublisher(brokers)
 	if err != nil {
 		return nil, err
 	}
@@ -385,7 +376,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 
 	// The operator's part: see why they failed, fix, redrive.
 	if !rep.Interrupted {
-		op := operator{brokers: brokers, topic: topic, books: books, tr: tr, rep: rep, out: out, logger: cfg.Logger, timeout: timeout.C, stopped: supDone}
+		op := operator{cl: cl, brokers: brokers, topic: topic, books: books, tr: tr, rep: rep, out: out, logger: cfg.Logger, timeout: timeout.C, stopped: supDone}
 		if err := op.run(ctx, total); err != nil {
 			if ctx.Err() == nil {
 				_ = stopSupervisor()
@@ -406,7 +397,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*report, error) {
 	// handled again by the next member to join.
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	rep.Lag, err = groupLag(lctx, brokers, group, topic)
+	rep.Lag, err = groupLag(lctx, cl, brokers, group, topic)
 	if err != nil {
 		return nil, err
 	}
@@ -608,8 +599,8 @@ func (w *groupWatch) lastErr() error {
 
 // groupLag reads the group's lag per partition from the brokers, through a
 // Source that never joins the group (Backlog needs no membership).
-func groupLag(ctx context.Context, brokers []string, group, topic string) (map[int]int64, error) {
-	src, err := kafka.NewSource(kafka.Config{Brokers: brokers, GroupID: group, Topic: topic})
+func groupLag(ctx context.Context, cl client, brokers []string, group, topic string) (map[int]int64, error) {
+	src, err := cl.newLagReader(brokers, group, topic)
 	if err != nil {
 		return nil, err
 	}

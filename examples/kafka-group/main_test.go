@@ -24,10 +24,16 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // redriven account's too) and one at a time, different accounts at the same
 // time, both members sharing the work, and everything committed at shutdown. It runs on the
 // embedded kfake cluster (Kafka protocol, not Apache Kafka), or on the
-// cluster at QUEUEKIT_KAFKA_BROKERS.
+// cluster at QUEUEKIT_KAFKA_BROKERS, on each Kafka adapter (-client).
 func TestGroupHandlesEveryEventInOrderPerKey(t *testing.T) {
+	for _, client := range []string{"kafka-go", "franz"} {
+		t.Run(client, func(t *testing.T) { testGroupHandlesEveryEventInOrderPerKey(t, client) })
+	}
+}
+
+func testGroupHandlesEveryEventInOrderPerKey(t *testing.T, client string) {
 	const accounts, events = 12, 20
-	cfg := config{Accounts: accounts, EventsPerAccount: events, Timeout: 2 * time.Minute, Logger: slog.New(slog.DiscardHandler)}
+	cfg := config{Client: client, Accounts: accounts, EventsPerAccount: events, Timeout: 2 * time.Minute, Logger: slog.New(slog.DiscardHandler)}
 	if b := os.Getenv("QUEUEKIT_KAFKA_BROKERS"); b != "" {
 		cfg.Brokers = strings.Split(b, ",")
 	}
@@ -135,6 +141,9 @@ func checkDeadLetters(t *testing.T, rep *report, cfg config, stdout string) {
 func TestRunRejectsInvalidConfig(t *testing.T) {
 	if _, err := run(context.Background(), config{Accounts: 0, EventsPerAccount: 5}, &bytes.Buffer{}); err == nil {
 		t.Error("run with 0 accounts = nil; want an error")
+	}
+	if _, err := run(context.Background(), config{Client: "sarama", Accounts: 1, EventsPerAccount: 1}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "-client") {
+		t.Errorf("run with -client sarama = %v; want an error naming -client", err)
 	}
 }
 
