@@ -10,6 +10,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/queuekit/queuekit/broker"
+	"github.com/queuekit/queuekit/broker/franz"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/broker/memory"
 	"github.com/queuekit/queuekit/broker/rabbitmq"
@@ -80,6 +81,32 @@ func onKafka(ctx context.Context, brokers []string, dest string, logger *slog.Lo
 		return nil, nil, err
 	}
 	pub, err := kafka.NewPublisher(kafka.PublisherConfig{Brokers: brokers})
+	if err != nil {
+		return nil, nil, errors.Join(err, src.Close(context.Background()))
+	}
+	return pub, src, nil
+}
+
+// onFranz is onKafka on the franz-go adapter (broker/franz): the same
+// topic, group and settings. Its Source creates the topics itself
+// (DeclareTopology), which the kafka-go Source could do as well.
+func onFranz(ctx context.Context, brokers []string, dest string, logger *slog.Logger) (broker.Publisher, broker.Source, error) {
+	src, err := franz.NewSource(franz.Config{
+		Brokers:  brokers,
+		GroupID:  dest + ".group",
+		Topic:    dest,
+		Topology: franz.Topology{Partitions: kafkaPartitions},
+		Logger:   logger,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := src.DeclareTopology(dctx); err != nil {
+		return nil, nil, errors.Join(err, src.Close(context.Background()))
+	}
+	pub, err := franz.NewPublisher(franz.PublisherConfig{Brokers: brokers})
 	if err != nil {
 		return nil, nil, errors.Join(err, src.Close(context.Background()))
 	}

@@ -12,6 +12,7 @@
 //	go run ./examples/portable                     # the in-process broker
 //	go run ./examples/portable -broker rabbitmq    # $QUEUEKIT_AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/
 //	go run ./examples/portable -broker kafka       # $QUEUEKIT_KAFKA_BROKERS, else an embedded kfake cluster
+//	go run ./examples/portable -broker franz       # the same Kafka, through the franz-go adapter
 //
 // On RabbitMQ and Kafka the queue, exchange or topic is -dest (default
 // queuekit-example-portable), and stays after the run, empty: a next run
@@ -45,7 +46,7 @@ const defaultAMQPURL = "amqp://guest:guest@127.0.0.1:5672/"
 const defaultDest = "queuekit-example-portable"
 
 func main() {
-	which := flag.String("broker", "memory", "memory, rabbitmq ($QUEUEKIT_AMQP_URL) or kafka ($QUEUEKIT_KAFKA_BROKERS, else an embedded kfake cluster)")
+	which := flag.String("broker", "memory", "memory, rabbitmq ($QUEUEKIT_AMQP_URL), kafka ($QUEUEKIT_KAFKA_BROKERS, else an embedded kfake cluster) or franz (the same Kafka through the franz-go adapter)")
 	cfg := config{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	flag.StringVar(&cfg.Dest, "dest", defaultDest, "the queue, exchange or topic")
 	flag.IntVar(&cfg.Orders, "orders", 20, "how many orders to publish")
@@ -85,7 +86,7 @@ func start(ctx context.Context, which string, cfg config, stdout io.Writer) erro
 		}
 		fmt.Fprintf(stdout, "on RabbitMQ at %s\n", rabbitmq.RedactURL(url))
 		pub, src, err = onRabbitMQ(url, cfg.Dest, cfg.Logger)
-	case "kafka":
+	case "kafka", "franz":
 		var brokers []string
 		for _, b := range strings.Split(os.Getenv("QUEUEKIT_KAFKA_BROKERS"), ",") {
 			if b = strings.TrimSpace(b); b != "" {
@@ -103,9 +104,13 @@ func start(ctx context.Context, which string, cfg config, stdout io.Writer) erro
 		} else {
 			fmt.Fprintf(stdout, "on Kafka at %s\n", strings.Join(brokers, ","))
 		}
-		pub, src, err = onKafka(ctx, brokers, cfg.Dest, cfg.Logger)
+		if which == "franz" {
+			pub, src, err = onFranz(ctx, brokers, cfg.Dest, cfg.Logger)
+		} else {
+			pub, src, err = onKafka(ctx, brokers, cfg.Dest, cfg.Logger)
+		}
 	default:
-		return fmt.Errorf("-broker %q: want memory, rabbitmq or kafka", which)
+		return fmt.Errorf("-broker %q: want memory, rabbitmq, kafka or franz", which)
 	}
 	if err != nil {
 		return err

@@ -76,6 +76,16 @@ func TestSameProgramOnEveryBroker(t *testing.T) {
 				return onKafka(context.Background(), c.ListenAddrs(), dest, testLogger(t))
 			}
 		}},
+		{"franz", func(t *testing.T, dest string) func() (broker.Publisher, broker.Source, error) {
+			c, err := kfake.NewCluster(kfake.NumBrokers(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.Close)
+			return func() (broker.Publisher, broker.Source, error) {
+				return onFranz(context.Background(), c.ListenAddrs(), dest, testLogger(t))
+			}
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
