@@ -105,7 +105,7 @@ func (s *Source) handledLocked(rec *record) bool {
 	}
 	s.freeLaneLocked(rec)
 	if p.bhead != nil {
-		s.admitLocked(p)
+		s.admitLocked(p, true)
 	} else if p.held <= s.cfg.MaxInFlight/2 && s.pollWaiting {
 		s.openGateLocked()
 	}

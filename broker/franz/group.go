@@ -67,22 +67,20 @@ type partState struct {
 	bhead, btail *record
 	nBacklog     int
 	maxPoll      int // the most records of the partition one poll brought
+	run          int // records admitted to the front of s.ready in a row
 	// wantPause asks the flow goroutine to stop kgo fetching the
 	// partition (its backlog does not drain as fast as polls fill it);
 	// fetchPaused is what the flow goroutine applied (pause.go).
 	wantPause   bool
 	fetchPaused bool
-	one         lane             // the lane of every record, with ByPartition
-	lanes       map[uint64]*lane // lanes by key hash, with ByKey
-	spare       []*lane          // idle lanes of lanes, for reuse
+	one         lane      // the lane of every record, with ByPartition
+	lanes       laneTable // the busy lanes by key hash, with ByKey
+	spare       []*lane   // idle lanes of lanes, for reuse
 }
 
 func (s *Source) newPart(id int32) *partState {
 	p := &partState{id: id, next: -1, committed: -1}
 	p.lease, p.cancelLease = context.WithCancel(context.Background())
-	if s.cfg.Ordering == ByKey {
-		p.lanes = make(map[uint64]*lane)
-	}
 	return p
 }
 
@@ -255,7 +253,7 @@ func (s *Source) dropQueuedLocked(p *partState) {
 		}
 	}
 	p.one = lane{}
-	clear(p.lanes)
+	p.lanes = laneTable{}
 	p.spare = nil
 	p.bhead, p.btail, p.nBacklog = nil, nil, 0
 }

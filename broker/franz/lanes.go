@@ -256,11 +256,29 @@ func (s *Source) take(fs kgo.Fetches, sc *pollScratch) {
 		idBuf = append(idBuf, '/')
 		plen := len(idBuf) - prefix
 		sc.counts[fp.Partition] += len(fp.Records)
+		prev, prevOff := prefix, int64(-2) // the previous ID of the partition starts at prev
 		for j, r := range fp.Records {
-			if j > 0 {
-				idBuf = append(idBuf, idBuf[prefix:prefix+plen]...)
+			start := len(idBuf)
+			if j == 0 {
+				start = prefix // the prefix is written already
 			}
-			idBuf = strconv.AppendInt(idBuf, r.Offset, 10)
+			if j > 0 && r.Offset == prevOff+1 && !allNines(idBuf[prev+plen:start]) {
+				// The next offset: the previous ID with its number
+				// incremented in place, cheaper than formatting it.
+				idBuf = append(idBuf, idBuf[prev:start]...)
+				k := len(idBuf) - 1
+				for idBuf[k] == '9' {
+					idBuf[k] = '0'
+					k--
+				}
+				idBuf[k]++
+			} else {
+				if j > 0 {
+					idBuf = append(idBuf, idBuf[prefix:prefix+plen]...)
+				}
+				idBuf = strconv.AppendInt(idBuf, r.Offset, 10)
+			}
+			prev, prevOff = start, r.Offset
 			sc.ends = append(sc.ends, len(idBuf))
 			rec := &block[i]
 			rec.r = r
@@ -309,7 +327,7 @@ func (s *Source) queue(recs []record, counts map[int32]int) {
 			return
 		}
 		p.maxPoll = max(p.maxPoll, counts[p.id])
-		s.admitLocked(p)
+		s.admitLocked(p, false)
 		if !p.wantPause && p.nBacklog > 3*max(p.maxPoll, s.cfg.MaxInFlight) {
 			p.wantPause = true
 			flow = true
@@ -348,8 +366,12 @@ func (s *Source) queue(recs []record, counts map[int32]int) {
 // admitLocked moves records of p's backlog onto their lanes while p has
 // room: fewer than MaxInFlight records held, and fewer than
 // 4×MaxInFlight past its oldest unfinished one. Control records
-// (transaction markers) are committed past, never handed out.
-func (s *Source) admitLocked(p *partState) {
+// (transaction markers) are committed past, never handed out. A record
+// admitted because one of p settled (front) goes to the front of s.ready,
+// up to affinityRun times in a row, for the same reason as in
+// freeLaneLocked: the settling worker then gets a record of the same
+// partition, and keeps its handler context.
+func (s *Source) admitLocked(p *partState, front bool) {
 	maxIn := s.cfg.MaxInFlight
 	woke := false
 	for p.bhead != nil && p.held < maxIn && p.trk.Pending() < uncommittedWindow*maxIn {
@@ -371,7 +393,7 @@ func (s *Source) admitLocked(p *partState) {
 		p.held++
 		var ln *lane
 		if s.cfg.Ordering == ByKey {
-			ln = p.lanes[rec.key]
+			ln = p.lanes.get(rec.key)
 			if ln == nil {
 				ln = p.newLane(rec.key)
 			}
@@ -379,9 +401,16 @@ func (s *Source) admitLocked(p *partState) {
 			ln = &p.one
 		}
 		rec.ln = ln
-		if ln.busy {
+		switch {
+		case ln.busy:
 			ln.push(rec)
-		} else {
+		case front && p.run < affinityRun:
+			p.run++
+			ln.busy = true
+			s.ready.pushFront(rec)
+			woke = true
+		default:
+			p.run = 0
 			ln.busy = true
 			s.ready.push(rec)
 			woke = true
@@ -396,6 +425,17 @@ func (s *Source) admitLocked(p *partState) {
 	}
 }
 
+// allNines reports whether the decimal number b is all nines (its
+// increment is one digit longer).
+func allNines(b []byte) bool {
+	for _, c := range b {
+		if c != '9' {
+			return false
+		}
+	}
+	return true
+}
+
 // newLane returns an idle lane of p for key, from spare or new, and
 // registers it.
 func (p *partState) newLane(key uint64) *lane {
@@ -408,7 +448,7 @@ func (p *partState) newLane(key uint64) *lane {
 		ln = new(lane)
 	}
 	ln.key = key
-	p.lanes[key] = ln
+	p.lanes.put(ln)
 	return ln
 }
 
@@ -468,8 +508,7 @@ func (s *Source) freeLaneLocked(rec *record) {
 	ln.busy = false
 	if s.cfg.Ordering == ByKey {
 		p := rec.p
-		if p.lanes[ln.key] == ln {
-			delete(p.lanes, ln.key)
+		if p.lanes.del(ln) {
 			p.spare = append(p.spare, ln)
 		}
 	}
@@ -541,4 +580,80 @@ func messageHeader(hs []kgo.RecordHeader) map[string]string {
 		out[h.Key] = string(h.Value)
 	}
 	return out
+}
+
+// laneTable is a partition's busy lanes by key hash, with ByKey: an open
+// addressing table (linear probing, deletion by backward shift). A busy
+// lane holds at least one record, so it holds at most MaxInFlight lanes;
+// it costs a third of a Go map per record here, where every record of a
+// distinct key adds a lane and its settlement removes it. The keys are
+// maphash values: their low bits are as good as any.
+type laneTable struct {
+	slots []*lane
+	n     int
+}
+
+func (t *laneTable) get(key uint64) *lane {
+	if t.n == 0 {
+		return nil
+	}
+	mask := uint64(len(t.slots) - 1)
+	for i := key & mask; ; i = (i + 1) & mask {
+		ln := t.slots[i]
+		if ln == nil || ln.key == key {
+			return ln
+		}
+	}
+}
+
+// put adds ln, whose key is not in t.
+func (t *laneTable) put(ln *lane) {
+	if 2*(t.n+1) > len(t.slots) {
+		t.grow()
+	}
+	mask := uint64(len(t.slots) - 1)
+	i := ln.key & mask
+	for t.slots[i] != nil {
+		i = (i + 1) & mask
+	}
+	t.slots[i] = ln
+	t.n++
+}
+
+func (t *laneTable) grow() {
+	old := t.slots
+	t.slots = make([]*lane, max(16, 2*len(old)))
+	t.n = 0
+	for _, ln := range old {
+		if ln != nil {
+			t.put(ln)
+		}
+	}
+}
+
+// del removes ln and reports whether it was there.
+func (t *laneTable) del(ln *lane) bool {
+	if t.n == 0 {
+		return false
+	}
+	mask := uint64(len(t.slots) - 1)
+	i := ln.key & mask
+	for t.slots[i] != ln {
+		if t.slots[i] == nil {
+			return false
+		}
+		i = (i + 1) & mask
+	}
+	// Backward shift: move up the entries of the probe run behind i whose
+	// home slot is not between the hole and them.
+	for j := (i + 1) & mask; t.slots[j] != nil; j = (j + 1) & mask {
+		home := t.slots[j].key & mask
+		if (j-home)&mask >= (j-i)&mask {
+			t.slots[i] = t.slots[j]
+			i = j
+		}
+	}
+	t.slots[i] = nil
+	t.n--
+	return true
 }
