@@ -146,8 +146,9 @@ func NewSource(cfg Config) (*Source, error) {
 		closedCh:  make(chan struct{}),
 		closeDone: make(chan struct{}),
 		parts:     make(map[int32]*partState),
-		status:    broker.Status{Err: errors.New("franz: not joined yet")},
-		timers:    make(map[*record]*time.Timer),
+		status: broker.Status{Err: fmt.Errorf("franz: not joined yet: the member joins group %s at the first Receive, once topic %s exists (DeclareTopology creates it)",
+			cfg.GroupID, cfg.Topic)},
+		timers: make(map[*record]*time.Timer),
 	}
 	return s, nil
 }
