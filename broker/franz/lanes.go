@@ -4,9 +4,9 @@ package franz
 // their lanes; Receive hands out the head of each free lane from s.ready.
 //
 // Cost per record is what the throughput of the Source is made of, so the
-// records of a poll are allocated in one block (each with its first
-// delivery inside), their IDs in one string, and queued under one lock
-// per chunk; lanes and the ready queue are intrusive lists (record.next),
+// records of a poll are allocated in one block per partition (each with
+// its first delivery inside), their IDs in one string, and queued under
+// one lock per chunk; lanes and the ready queue are intrusive lists (record.next),
 // so queueing allocates nothing.
 
 import (
@@ -233,70 +233,77 @@ const uncommittedWindow = 4
 // take queues the records of a poll on their lanes.
 func (s *Source) take(fs kgo.Fetches, sc *pollScratch) {
 	s.pollErrors(fs)
-	n := fs.NumRecords()
-	if n == 0 {
+	if fs.NumRecords() == 0 {
 		return
 	}
-	// Outside the lock: the records and their IDs, in one block each.
-	block := make([]record, n)
-	topic := s.cfg.Topic
-	idBuf := make([]byte, 0, n*(len(topic)+12))
-	sc.ends = sc.ends[:0]
 	if sc.counts == nil {
 		sc.counts = make(map[int32]int)
 	}
 	clear(sc.counts)
-	i := 0
-	byKey := s.cfg.Ordering == ByKey
 	fs.EachPartition(func(fp kgo.FetchTopicPartition) {
-		prefix := len(idBuf)
-		idBuf = append(idBuf, fp.Topic...)
-		idBuf = append(idBuf, '/')
-		idBuf = strconv.AppendInt(idBuf, int64(fp.Partition), 10)
-		idBuf = append(idBuf, '/')
-		plen := len(idBuf) - prefix
 		sc.counts[fp.Partition] += len(fp.Records)
-		prev, prevOff := prefix, int64(-2) // the previous ID of the partition starts at prev
-		for j, r := range fp.Records {
-			start := len(idBuf)
-			if j == 0 {
-				start = prefix // the prefix is written already
-			}
-			if j > 0 && r.Offset == prevOff+1 && !allNines(idBuf[prev+plen:start]) {
-				// The next offset: the previous ID with its number
-				// incremented in place, cheaper than formatting it.
-				idBuf = append(idBuf, idBuf[prev:start]...)
-				k := len(idBuf) - 1
-				for idBuf[k] == '9' {
-					idBuf[k] = '0'
-					k--
-				}
-				idBuf[k]++
-			} else {
-				if j > 0 {
-					idBuf = append(idBuf, idBuf[prefix:prefix+plen]...)
-				}
-				idBuf = strconv.AppendInt(idBuf, r.Offset, 10)
-			}
-			prev, prevOff = start, r.Offset
-			sc.ends = append(sc.ends, len(idBuf))
-			rec := &block[i]
-			rec.r = r
-			rec.attempt = 1
-			if byKey && len(r.Key) > 0 {
-				rec.key = maphash.Bytes(s.seed, r.Key)
-			}
-			i++
+	})
+	fs.EachPartition(func(fp kgo.FetchTopicPartition) {
+		if len(fp.Records) > 0 {
+			s.takePartition(fp, sc)
 		}
 	})
-	if len(idBuf) > 0 {
-		// idBuf is never written again: the IDs share its bytes.
-		ids := unsafe.String(&idBuf[0], len(idBuf))
-		start := 0
-		for k := range block {
-			block[k].id = ids[start:sc.ends[k]]
-			start = sc.ends[k]
+}
+
+// takePartition queues the records of one partition of a poll. Outside the
+// lock, it makes them, with their first deliveries, in one block, and
+// their IDs in one string: one allocation each per partition and poll, as
+// kgo allocates its records per record batch. A record still out keeps
+// its block alive, so a block is never more than one partition's share of
+// a poll.
+func (s *Source) takePartition(fp kgo.FetchTopicPartition, sc *pollScratch) {
+	n := len(fp.Records)
+	block := make([]record, n)
+	byKey := s.cfg.Ordering == ByKey
+	idBuf := make([]byte, 0, n*(len(fp.Topic)+12))
+	idBuf = append(idBuf, fp.Topic...)
+	idBuf = append(idBuf, '/')
+	idBuf = strconv.AppendInt(idBuf, int64(fp.Partition), 10)
+	idBuf = append(idBuf, '/')
+	plen := len(idBuf)
+	sc.ends = sc.ends[:0]
+	prev, prevOff := 0, int64(-2) // the previous ID starts at prev
+	for j, r := range fp.Records {
+		start := len(idBuf)
+		if j == 0 {
+			start = 0 // the prefix is written already
 		}
+		if j > 0 && r.Offset == prevOff+1 && !allNines(idBuf[prev+plen:start]) {
+			// The next offset: the previous ID with its number incremented
+			// in place, cheaper than formatting it.
+			idBuf = append(idBuf, idBuf[prev:start]...)
+			k := len(idBuf) - 1
+			for idBuf[k] == '9' {
+				idBuf[k] = '0'
+				k--
+			}
+			idBuf[k]++
+		} else {
+			if j > 0 {
+				idBuf = append(idBuf, idBuf[:plen]...)
+			}
+			idBuf = strconv.AppendInt(idBuf, r.Offset, 10)
+		}
+		prev, prevOff = start, r.Offset
+		sc.ends = append(sc.ends, len(idBuf))
+		rec := &block[j]
+		rec.r = r
+		rec.attempt = 1
+		if byKey && len(r.Key) > 0 {
+			rec.key = maphash.Bytes(s.seed, r.Key)
+		}
+	}
+	// idBuf is never written again: the IDs share its bytes.
+	ids := unsafe.String(&idBuf[0], len(idBuf))
+	start := 0
+	for k := range block {
+		block[k].id = ids[start:sc.ends[k]]
+		start = sc.ends[k]
 	}
 	for lo := 0; lo < n; lo += chunk {
 		s.queue(block[lo:min(lo+chunk, n)], sc.counts)
