@@ -84,8 +84,8 @@
 // broker.ErrStaleDelivery. Partitions lost (the member was fenced by the
 // coordinator: session expired) are fenced at once, without a commit. The
 // Source emits broker.EventRebalanced (ErrRebalance) when partitions were
-// taken away and broker.EventReconnecting (ErrPartitionsLost) when they
-// were lost. An eager balancer (Config.Balancers) drains every partition at
+// taken away or, after its first assignment, given to it, and
+// broker.EventReconnecting (ErrPartitionsLost) when they were lost. An eager balancer (Config.Balancers) drains every partition at
 // every rebalance instead.
 //
 // # Transactions

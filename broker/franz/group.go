@@ -28,9 +28,12 @@ import (
 )
 
 // ErrRebalance is wrapped by the Err of the broker.EventRebalanced event a
-// Source emits when partitions were taken from it (a member joined or
-// left). The text says how many in-flight records finished during the
-// drain and how many were fenced.
+// Source emits when its consumer group moved partitions: when partitions
+// were taken from it (the text says how many in-flight records finished
+// during the drain and how many were fenced), and when it was assigned
+// partitions after its first assignment (with the cooperative balancer, a
+// member that only gains partitions — another one left — is revoked
+// nothing).
 var ErrRebalance = errors.New("franz: consumer group rebalance")
 
 // ErrPartitionsLost is wrapped by the Err of the broker.EventReconnecting
@@ -106,9 +109,15 @@ func (s *Source) onAssigned(_ context.Context, _ *kgo.Client, assigned map[strin
 	s.joined = true
 	s.status = broker.Status{Connected: true}
 	s.mu.Unlock()
-	s.log.Debug("franz: partitions assigned", "partitions", assigned[s.cfg.Topic])
-	if first {
+	ids := assigned[s.cfg.Topic]
+	s.log.Debug("franz: partitions assigned", "partitions", ids)
+	switch {
+	case first:
 		s.emit(broker.EventConnected, nil)
+	case len(ids) > 0:
+		// A member that gains partitions without losing any (another one
+		// left, with the cooperative balancer) sees the rebalance too.
+		s.emit(broker.EventRebalanced, fmt.Errorf("%w: partitions %v assigned", ErrRebalance, ids))
 	}
 }
 
