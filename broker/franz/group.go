@@ -185,6 +185,10 @@ func (s *Source) revoke(ids []int32, lost bool) {
 				break wait
 			case <-s.abortCtx.Done():
 				break wait
+			case <-s.closedCh:
+				// Close began: the runtime settled or abandoned every
+				// delivery before it, so the rest will not be settled.
+				break wait
 			}
 		}
 		timer.Stop()

@@ -180,3 +180,41 @@ func TestCloseWithACancelledContext(t *testing.T) {
 	}
 	_ = franz.ByKey
 }
+
+// TestCloseDuringADrainDoesNotWaitForIt: a member holds deliveries when a
+// second joins, so its revoke waits for them (RebalanceDrainTimeout 5 s);
+// Close meanwhile returns without waiting the drain out: the runtime calls
+// Close only once it settled or abandoned what it received, so the rest
+// will never be settled. Kafka protocol (in-process kfake cluster).
+func TestCloseDuringADrainDoesNotWaitForIt(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "close-drain", partitions)
+	cfg := e.config(topic, "g-close-drain")
+	cfg.SessionTimeout, cfg.RebalanceTimeout, cfg.RebalanceDrainTimeout = 8*time.Second, 8*time.Second, 5*time.Second
+	for p := range int32(partitions) {
+		e.produceTo(t, topic, p, "held")
+	}
+	a := newSource(t, cfg)
+	for range partitions {
+		receive(t, a) // held, never settled
+	}
+	b := newSource(t, cfg)
+	go func() { // B's first Receive joins the group: A's revoke starts draining
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if d, err := b.Receive(ctx); err == nil {
+			d.Ack(ctx)
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	if err := a.Close(t.Context()); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	took := time.Since(start)
+	t.Logf("Close during a drain took %v (drain budget %v)", took.Round(time.Millisecond), cfg.RebalanceDrainTimeout)
+	if took >= cfg.RebalanceDrainTimeout-time.Second {
+		t.Fatalf("Close took %v: it waited for the drain of deliveries that will never be settled", took)
+	}
+}
