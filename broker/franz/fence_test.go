@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/franz"
 )
@@ -136,5 +139,69 @@ func TestLateAckAfterRevokeDoesNotCommit(t *testing.T) {
 	}
 	if got := e.committed(t, group, topic); got[0] > off {
 		t.Fatalf("committed offset %d after a stale Ack and an unsettled redelivery; want at most %d", got[0], off)
+	}
+}
+
+// TestLostPartitionsAreFencedAtOnce: the coordinator answers a heartbeat
+// with UNKNOWN_MEMBER_ID (the member was expelled, as after a session
+// expiry): kgo reports the partitions lost. The Source fences what is out
+// at once (stale Ack, Lease cancelled), commits nothing for it, emits
+// EventReconnecting wrapping ErrPartitionsLost, rejoins, and hands the
+// record out again. Kafka protocol (in-process kfake cluster, its request
+// control injecting the heartbeat error).
+func TestLostPartitionsAreFencedAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "lost", 1)
+	const group = "g-lost"
+	off := e.produceTo(t, topic, 0, "held")
+	src := newSource(t, e.config(topic, group))
+	events := make(chan broker.Event, 16)
+	src.SetEventHook(func(ev broker.Event) {
+		select {
+		case events <- ev:
+		default:
+		}
+	})
+	d := receive(t, src)
+	e.cluster.ControlKey(int16(kmsg.Heartbeat), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		req := kreq.(*kmsg.HeartbeatRequest)
+		if req.Group != group {
+			e.cluster.KeepControl()
+			return nil, nil, false
+		}
+		resp := req.ResponseKind().(*kmsg.HeartbeatResponse)
+		resp.ErrorCode = kerr.UnknownMemberID.Code
+		return resp, nil, true
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	select {
+	case <-d.(broker.Leased).Lease().Done():
+	case <-ctx.Done():
+		t.Fatal("the delivery's Lease was not cancelled after the member was expelled")
+	}
+	if err := d.Ack(ctx); !errors.Is(err, broker.ErrStaleDelivery) {
+		t.Fatalf("Ack after the partitions were lost = %v; want ErrStaleDelivery", err)
+	}
+	lost := false
+	for !lost {
+		select {
+		case ev := <-events:
+			lost = ev.Kind == broker.EventReconnecting && errors.Is(ev.Err, franz.ErrPartitionsLost)
+			t.Logf("event %v: %v", ev.Kind, ev.Err)
+		case <-ctx.Done():
+			t.Fatal("no EventReconnecting wrapping ErrPartitionsLost")
+		}
+	}
+	again := receive(t, src)
+	if _, o := partitionOf(t, again.Message().ID); o != off {
+		t.Fatalf("after rejoining, received %s; want offset %d again", again.Message().ID, off)
+	}
+	if got := e.committed(t, group, topic); got[0] > off {
+		t.Fatalf("committed %d after a stale Ack; want at most %d", got[0], off)
+	}
+	if err := again.Ack(ctx); err != nil {
+		t.Fatalf("Ack of the redelivery = %v", err)
 	}
 }
