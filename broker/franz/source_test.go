@@ -3,6 +3,7 @@ package franz_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"testing"
@@ -216,5 +217,96 @@ func TestCloseDuringADrainDoesNotWaitForIt(t *testing.T) {
 	t.Logf("Close during a drain took %v (drain budget %v)", took.Round(time.Millisecond), cfg.RebalanceDrainTimeout)
 	if took >= cfg.RebalanceDrainTimeout-time.Second {
 		t.Fatalf("Close took %v: it waited for the drain of deliveries that will never be settled", took)
+	}
+}
+
+// TestDeclareTopology creates the topic and its dead-letter topic with
+// Config.Topology, is idempotent, and is refused after Close. Kafka
+// protocol (in-process kfake cluster).
+func TestDeclareTopology(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cfg := e.config("declared", "g-declared")
+	cfg.Topology = franz.Topology{Partitions: 3, ReplicationFactor: 1}
+	src := newSource(t, cfg)
+	for range 2 {
+		if err := src.DeclareTopology(t.Context()); err != nil {
+			t.Fatalf("DeclareTopology = %v", err)
+		}
+	}
+	td, err := e.adm.ListTopics(t.Context(), "declared", "declared.dlt")
+	if err != nil {
+		t.Fatalf("ListTopics: %v", err)
+	}
+	for _, name := range []string{"declared", "declared.dlt"} {
+		if n := len(td[name].Partitions); n != 3 {
+			t.Errorf("topic %s has %d partitions; want 3", name, n)
+		}
+	}
+	if err := src.Close(t.Context()); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	if err := src.DeclareTopology(t.Context()); !errors.Is(err, broker.ErrSourceClosed) {
+		t.Fatalf("DeclareTopology after Close = %v; want ErrSourceClosed", err)
+	}
+}
+
+// TestDeadLetterWriteFailureCommitsNothing: while the dead-letter topic
+// does not exist, DeadLetter returns an error and the delivery stays
+// unsettled (nothing committed, its lane held); once the topic exists,
+// the same delivery is dead-lettered, with the reason and its origin in
+// its headers. Kafka protocol (in-process kfake cluster).
+func TestDeadLetterWriteFailureCommitsNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := fmt.Sprintf("dlfail-%d", topicSeq.Add(1))
+	e.createTopic(t, topic, 1) // no dead-letter topic
+	const group = "g-dlfail"
+	off := e.produceTo(t, topic, 0, "poison")
+	e.produceTo(t, topic, 0, "next")
+	src := newSource(t, e.config(topic, group))
+	d := receive(t, src)
+	reason := broker.Reason{Err: "bad payload", Attempts: 3, Permanent: true}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	err := d.DeadLetter(ctx, reason)
+	cancel()
+	if err == nil {
+		t.Fatal("DeadLetter to a topic that does not exist = nil; want an error")
+	}
+	t.Logf("DeadLetter without its topic: %v", err)
+	quiet, cancelQuiet := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	if d2, err := src.Receive(quiet); err == nil {
+		t.Fatalf("received %s while the record before it was unsettled (ByPartition)", d2.Message().ID)
+	}
+	cancelQuiet()
+	if got := e.committed(t, group, topic); got[0] > off {
+		t.Fatalf("committed %d after a failed dead-letter write; want at most %d", got[0], off)
+	}
+	e.createTopic(t, topic+".dlt", 1)
+	if err := d.DeadLetter(t.Context(), reason); err != nil {
+		t.Fatalf("DeadLetter once the topic exists = %v", err)
+	}
+	if next := receive(t, src); string(next.Message().Body) != "next" {
+		t.Fatalf("after the dead letter, received %q; want \"next\"", next.Message().Body)
+	}
+	dctx, dcancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer dcancel()
+	dls := e.readAll(dctx, t, topic+".dlt", 1)
+	if len(dls) != 1 {
+		t.Fatalf("dead-letter topic holds %d records; want 1", len(dls))
+	}
+	h := map[string]string{}
+	for _, x := range dls[0].Headers {
+		h[x.Key] = string(x.Value)
+	}
+	want := map[string]string{
+		broker.HeaderError: "bad payload", broker.HeaderAttempts: "3", broker.HeaderPermanent: "true",
+		broker.HeaderSource: topic, franz.HeaderTopic: topic, franz.HeaderPartition: "0",
+		franz.HeaderOffset: strconv.FormatInt(off, 10),
+	}
+	for k, v := range want {
+		if h[k] != v {
+			t.Errorf("dead letter header %s = %q; want %q (headers %v)", k, h[k], v, h)
+		}
 	}
 }
