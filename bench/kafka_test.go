@@ -94,6 +94,9 @@ type kafkaRun struct {
 	// mallocs and bytes are the process's heap allocations over the run,
 	// from start to after leaving the group (the cluster's included).
 	mallocs, bytes uint64
+	// others is the CPU the machine's other processes used during the
+	// run, in cores (from /proc/stat, less this process's); -1 if unknown.
+	others float64
 }
 
 func (r kafkaRun) rate() float64       { return float64(r.n) / r.total.Seconds() }
@@ -102,15 +105,46 @@ func (r kafkaRun) cpuPerRecord() float64 {
 	return float64(r.cpu.Microseconds()) / float64(r.n)
 }
 
-// measureAllocs runs f and adds the heap allocations made meanwhile to
-// its result.
-func measureAllocs(f func() kafkaRun) kafkaRun {
+// measure runs f and adds to its result the heap allocations made
+// meanwhile and the CPU the other processes used.
+func measure(f func() kafkaRun) kafkaRun {
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
+	busy0, self0, t0 := machineBusy(), processCPU(), time.Now()
 	r := f()
+	busy1, self1, elapsed := machineBusy(), processCPU(), time.Since(t0)
 	runtime.ReadMemStats(&m1)
 	r.mallocs, r.bytes = m1.Mallocs-m0.Mallocs, m1.TotalAlloc-m0.TotalAlloc
+	r.others = -1
+	if busy0 >= 0 && busy1 >= 0 {
+		r.others = max(0, (busy1-busy0-(self1-self0)).Seconds()/elapsed.Seconds())
+	}
 	return r
+}
+
+// machineBusy returns the CPU time all processes used so far (every CPU's
+// time from /proc/stat but idle and iowait), or -1 if unknown.
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return -1
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return -1
+	}
+	var busy int64
+	for i, v := range f[1:9] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return -1
+		}
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return time.Duration(busy) * clockTick()
 }
 
 // kafkaTopic is the cluster and its pre-filled topic.
@@ -490,7 +524,7 @@ func kafkaRounds(tb testing.TB, k *kafkaTopic, rounds int, shapes []kafkaShape, 
 			for i := range contenders {
 				c := contenders[(i+r)%len(contenders)]
 				runtime.GC()
-				run := measureAllocs(func() kafkaRun { return c.run(tb, k, sh, k.group(c.name)) })
+				run := measure(func() kafkaRun { return c.run(tb, k, sh, k.group(c.name)) })
 				byName[c.name] = run
 				runs[sh.name][c.name] = append(runs[sh.name][c.name], run)
 			}
@@ -500,6 +534,9 @@ func kafkaRounds(tb testing.TB, k *kafkaTopic, rounds int, shapes []kafkaShape, 
 					c.name, run.rate(), run.steadyRate(), run.cpuPerRecord(), float64(run.mallocs)/float64(run.n), float64(run.bytes)/float64(run.n))
 				if run.polls > 0 {
 					fmt.Fprintf(&line, ", %d polls", run.polls)
+				}
+				if run.others >= 0 {
+					fmt.Fprintf(&line, ", others %.2f cores", run.others)
 				}
 				line.WriteString(")")
 			}
@@ -559,7 +596,8 @@ func kafkaRounds(tb testing.TB, k *kafkaTopic, rounds int, shapes []kafkaShape, 
 // round (the load average at the round's start; per contender rec/s, the
 // steady rec/s from the first record to the last, and the process's CPU
 // time and heap allocations per record: client and in-process cluster
-// together; the round's ratios) and reports, over the rounds:
+// together; the CPU the machine's other processes used meanwhile, in
+// cores; the round's ratios) and reports, over the rounds:
 // <contender>-rec/s (all records over all time), franz/raw and
 // franz/kafka-go (the median of the per-round ratios of rec/s), and
 // min-franz/raw and min-franz/kafka-go (the worst round); its ns/op is the
