@@ -106,7 +106,8 @@ func (s *Source) handledLocked(rec *record) bool {
 	s.freeLaneLocked(rec)
 	if p.bhead != nil {
 		s.admitLocked(p, true)
-	} else if p.held <= s.cfg.MaxInFlight/2 && s.pollWaiting {
+	}
+	if s.pollWaiting && p.hungry(s.cfg.MaxInFlight) {
 		s.openGateLocked()
 	}
 	s.settled++

@@ -189,8 +189,7 @@ func (s *Source) pollLoop(ctx context.Context) {
 }
 
 // gateOpenLocked reports whether the poll goroutine should poll: some
-// partition assigned here is fetched and hungry (nothing in its backlog,
-// and its lanes at most half full).
+// partition assigned here is fetched and hungry.
 func (s *Source) gateOpenLocked() bool {
 	for _, p := range s.parts {
 		if p.hungry(s.cfg.MaxInFlight) {
@@ -200,8 +199,14 @@ func (s *Source) gateOpenLocked() bool {
 	return false
 }
 
+// hungry reports whether p, fetched, holds (on its lanes and in its
+// backlog) at most half of what its polls bring: the next poll is then
+// taken while half a poll's worth is still to be handled, so that kgo
+// fetches the one after it meanwhile, and the lanes do not run dry
+// waiting for a fetch. With polls smaller than MaxInFlight, half of
+// MaxInFlight counts instead.
 func (p *partState) hungry(maxIn int) bool {
-	return !p.revoking && !p.fetchPaused && p.nBacklog == 0 && p.held <= maxIn/2
+	return !p.revoking && !p.fetchPaused && p.held+p.nBacklog <= max(p.maxPoll, maxIn)/2
 }
 
 // openGateLocked wakes the poll goroutine if it waits for a hungry
