@@ -108,11 +108,16 @@ type Config struct {
 	// markers (control records) are never handed out; their offsets are
 	// committed past.
 	Isolation Isolation
-	// MaxInFlight bounds, per partition, the records queued for handling
-	// and not yet settled (waiting or being handled). When a partition
-	// reaches it, the Source stops fetching it (kgo's
-	// PauseFetchPartitions) until half of them settled (backpressure); a
-	// poll that returned more records of it than that is queued whole. With
+	// MaxInFlight bounds, per partition, the records on its lanes: queued
+	// for handling or being handled, not yet settled. Records polled beyond
+	// it wait in the partition's backlog and join the lanes as records
+	// settle. The Source polls kgo only while some partition runs low, so
+	// that kgo, which fetches one response ahead, stops fetching while the
+	// handlers are behind; a partition whose backlog still grows past
+	// three of its polls (its lanes are slow while the others go on) stops
+	// being fetched (kgo's PauseFetchPartitions) until its backlog is down
+	// to MaxInFlight. So a partition holds at most MaxInFlight records on
+	// its lanes plus about four fetch responses (MaxBytes each). With
 	// ByKey, at most 4×MaxInFlight records of a partition are taken past
 	// its oldest unfinished record, so that one slow record does not let
 	// the partition be handled ever further past its committed offset.
