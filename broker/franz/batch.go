@@ -60,6 +60,16 @@ func (s *Source) ReceiveBatch(ctx context.Context, n int, wait time.Duration) ([
 		}
 	}()
 	for {
+		if s.retry != nil && len(b.recs) == 0 {
+			// A due record of a retry tier comes first, in a batch of
+			// its own (retry.go).
+			if d, err := s.takeRetry(waited); d != nil || err != nil {
+				if err != nil {
+					return nil, err
+				}
+				return []broker.Delivery{d}, nil
+			}
+		}
 		s.mu.Lock()
 		if waited {
 			s.waiting--
@@ -218,6 +228,14 @@ func (s *Source) takeLaneLocked(b *batchTake, first *record, n int) {
 // Lane implements broker.Sequenced: the record's partition, and under
 // ByKey its key's lane. Lanes of different partitions may share a value (a
 // hash collision), which only makes the runtime give back more.
+//
+// A retry record's lane (its tier partition) is salted with its tier, so
+// that it is not the lane of the main topic's partition, or of another
+// tier's, of the same number.
 func (d *delivery) Lane() uint64 {
-	return uint64(d.rec.p.id+1)*0x9E3779B97F4A7C15 ^ d.rec.key
+	v := uint64(d.rec.p.id+1)*0x9E3779B97F4A7C15 ^ d.rec.key
+	if t := d.s.tier; t != nil {
+		v ^= (uint64(t.index) + 1) * 0xC2B2AE3D27D4EB4F
+	}
+	return v
 }

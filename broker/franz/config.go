@@ -165,14 +165,27 @@ type Config struct {
 	// cluster creates topics automatically.
 	DeadLetterTopic string
 
-	// RetryTopics are the delay tiers of non-blocking delayed retries, as
-	// in the kafka adapter's Config.RetryTopics (same topic names, see
-	// RetryTopicName, and headers). Each tier must be above 0, at most a
-	// week, in whole milliseconds, and given once.
+	// RetryTopics turns on non-blocking delayed retries: one retry topic
+	// per delay tier, named RetryTopicName(Topic, GroupID, tier) (Topic +
+	// ".retry." + GroupID + ".1s", ".30s", …: the retry topics are the
+	// group's own). A record settled with RequeueAfter (the runtime does,
+	// from retry.After) is written to the topic of the shortest tier at
+	// least as long as the delay (the longest tier for a longer delay),
+	// with its next attempt, due time and origin in headers, and its
+	// partition moves on; the Source consumes the tier topics too and
+	// hands a retry record out, as the original record with the Attempt of
+	// its header, once its delay has passed. Topic names, headers and tier
+	// groups are the kafka adapter's: members of both adapters share
+	// them. See "Retry topics" in the package documentation. Default: none
+	// (a delayed requeue holds the record's lane in this process for the
+	// delay).
 	//
-	// This adapter does not support them yet: NewSource refuses a Config
-	// with RetryTopics (broker.ErrInvalidConfig). Without them, a delayed
-	// requeue holds the record's lane in this process for the delay.
+	// Each tier must be above 0, at most a week, in whole milliseconds,
+	// and given once; the order does not matter. The tier topics must
+	// exist (Source.DeclareTopology creates them). Each tier is consumed
+	// in a consumer group of its own, GroupID + ".retry." + the tier
+	// ("billing.retry.30s"): a group name like any other, which no other
+	// consumer may use.
 	RetryTopics []time.Duration
 
 	// Topology is how Source.DeclareTopology creates the topic and its
@@ -384,10 +397,6 @@ func (c *Config) validateRetry() error {
 	}
 	return nil
 }
-
-// retryTopicsSupported is false until the retry topics exist in this
-// adapter (retry.go); NewSource then refuses Config.RetryTopics.
-var retryTopicsSupported = false
 
 // RetryTopicName returns the name of the retry topic of topic and group for
 // a delay tier: topic + ".retry." + group + "." + the tier ("1s", "30s",

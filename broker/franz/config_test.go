@@ -64,9 +64,10 @@ func TestNewSourceRefusesInvalidConfig(t *testing.T) {
 		{"retry tiers with a GroupID Kafka refuses in a topic name", func(c *franz.Config) {
 			c.GroupID, c.RetryTopics = "my group", []time.Duration{time.Second}
 		}, "GroupID"},
-		{"valid retry tiers: not yet supported by this adapter", func(c *franz.Config) {
+		{"a retry topic that is the dead-letter topic", func(c *franz.Config) {
 			c.RetryTopics = []time.Duration{time.Second, time.Minute}
-		}, "not yet supported"},
+			c.DeadLetterTopic = franz.RetryTopicName(c.Topic, c.GroupID, time.Minute)
+		}, "retry topic"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

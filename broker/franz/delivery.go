@@ -153,7 +153,10 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 // requeueAfter settles d with a delayed requeue. It is the seam of the
 // retry topics: with them (retry.go) a delayed record is written to a tier
 // topic instead of being held in process.
-func (s *Source) requeueAfter(_ context.Context, d *delivery, delay time.Duration) error {
+func (s *Source) requeueAfter(ctx context.Context, d *delivery, delay time.Duration) error {
+	if rs := s.retryOwner(); rs != nil && delay > 0 {
+		return s.requeueToTier(ctx, rs, d, delay) // retry.go
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := d.claimLocked(); err != nil {
@@ -238,14 +241,18 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 		reason.Source = d.msg.Topic
 	}
 	h := reason.Header(messageHeader(r.Headers))
-	h[HeaderTopic] = r.Topic
-	h[HeaderPartition] = strconv.Itoa(int(r.Partition))
-	h[HeaderOffset] = strconv.FormatInt(r.Offset, 10)
+	// Where the record was first consumed from: for a retry record, its
+	// original topic, partition, offset and time, from its headers
+	// (retry.go).
+	topic, part, off, ts := s.originOf(d.rec)
+	h[HeaderTopic] = topic
+	h[HeaderPartition] = strconv.Itoa(int(part))
+	h[HeaderOffset] = strconv.FormatInt(off, 10)
 	for _, k := range retryHeaders {
 		delete(h, k)
 	}
 	werr := s.writeDeadLetter(ctx, &kgo.Record{
-		Topic: s.cfg.DeadLetterTopic, Key: r.Key, Value: r.Value, Headers: kgoHeaders(h), Timestamp: r.Timestamp,
+		Topic: s.cfg.DeadLetterTopic, Key: r.Key, Value: r.Value, Headers: kgoHeaders(h), Timestamp: ts,
 	})
 
 	s.mu.Lock()

@@ -19,6 +19,7 @@ import (
 // PauseFetchPartitions); the two do not undo each other.
 func (s *Source) Pause(context.Context) error {
 	s.setPaused(true)
+	s.pauseTiers() // retry.go
 	return nil
 }
 
@@ -27,6 +28,7 @@ func (s *Source) Pause(context.Context) error {
 // It returns nil.
 func (s *Source) Resume(context.Context) error {
 	s.setPaused(false)
+	s.pauseTiers() // retry.go
 	return nil
 }
 

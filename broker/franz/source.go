@@ -103,6 +103,14 @@ type Source struct {
 	// timers hold records requeued with a delay (RequeueAfter).
 	timers  map[*record]*time.Timer
 	pollErr errThrottle
+
+	// Retry topics (retry.go): retry is set on a Source with
+	// Config.RetryTopics (its tier consumers), tier on a tier consumer;
+	// stranded is what the look for retry topics left over from an
+	// earlier config found, for Status.
+	retry    *retryState
+	tier     *tierOf
+	stranded atomic.Pointer[error]
 }
 
 // NewSource returns a Source for cfg. It returns an error wrapping
@@ -113,9 +121,6 @@ func NewSource(cfg Config) (*Source, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
-	}
-	if len(cfg.RetryTopics) > 0 && !retryTopicsSupported {
-		return nil, invalid("RetryTopics is not yet supported by this adapter; leave it empty (a delayed requeue then holds its lane in process) or use the kafka adapter")
 	}
 	log := cfg.Logger.With("topic", cfg.Topic, "group", cfg.GroupID)
 	admin, err := kgo.NewClient(append(slices.Clone(cfg.ClientOptions),
@@ -149,6 +154,15 @@ func NewSource(cfg Config) (*Source, error) {
 		status: broker.Status{Err: fmt.Errorf("franz: not joined yet: the member joins group %s at the first Receive, once topic %s exists (DeclareTopology creates it)",
 			cfg.GroupID, cfg.Topic)},
 		timers: make(map[*record]*time.Timer),
+	}
+	if len(cfg.RetryTopics) > 0 {
+		rs, err := newRetry(s) // retry.go
+		if err != nil {
+			admin.Close()
+			abortFn()
+			return nil, err
+		}
+		s.retry = rs
 	}
 	return s, nil
 }
@@ -219,6 +233,9 @@ func (s *Source) start() {
 	go s.pollLoop(ctx)   // lanes.go
 	go s.commitLoop(ctx) // commit.go
 	go s.flowLoop(ctx)   // pause.go
+
+	// Retry topics of the group left over from an earlier config.
+	s.startStrandedCheck() // retry.go
 }
 
 // begin starts the Source on first use and returns why it cannot be used.
@@ -239,6 +256,15 @@ func (s *Source) SetEventHook(f func(broker.Event)) {
 }
 
 func (s *Source) emit(kind broker.EventKind, err error) {
+	if s.tier != nil {
+		// A tier consumer's group failing is its main Source's (the
+		// tier's retries do not come back meanwhile); its other events
+		// (its own rebalances) are not.
+		if kind == broker.EventReconnecting {
+			s.tier.main.emit(kind, s.tierGroupErr(err))
+		}
+		return
+	}
 	if f := s.hook.Load(); f != nil {
 		(*f)(broker.Event{Kind: kind, Err: err, Time: time.Now()})
 	}
@@ -252,6 +278,12 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 	}
 	waited := false
 	for {
+		if s.retry != nil {
+			// A due record of a retry tier comes first (retry.go).
+			if d, err := s.takeRetry(waited); d != nil || err != nil {
+				return d, err
+			}
+		}
 		s.mu.Lock()
 		if waited {
 			s.waiting--
@@ -339,6 +371,7 @@ func (s *Source) Close(ctx context.Context) error {
 	s.startOnce.Do(func() {}) // no group after Close
 
 	stop := context.AfterFunc(ctx, s.abort)
+	tiersDone := s.closeTiers(ctx) // retry.go: the tier consumers close alongside
 	var leaveErr error
 	if s.cl != nil {
 		// The poll, commit and flow goroutines end; the poll goroutine
@@ -352,8 +385,9 @@ func (s *Source) Close(ctx context.Context) error {
 		leaveErr = s.cl.LeaveGroupContext(ctx)
 		s.cl.Close()
 	}
+	tierErr := tiersDone()
 	s.calls.Wait()
-	dlErr := s.dl.close(ctx) // deadletters.go
+	dlErr := errors.Join(s.dl.close(ctx), tierErr) // deadletters.go
 	s.admin.Close()
 	aborted := !stop()
 	if aborted {

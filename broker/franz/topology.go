@@ -42,7 +42,7 @@ func (s *Source) DeclareTopology(ctx context.Context) error {
 		return fmt.Errorf("franz: declare topology: %w", err)
 	}
 	defer leave()
-	names := []string{s.cfg.Topic, s.cfg.DeadLetterTopic}
+	names := append([]string{s.cfg.Topic, s.cfg.DeadLetterTopic}, s.retryTopicNames()...)
 	np, rf := int32(s.cfg.Topology.Partitions), int16(s.cfg.Topology.ReplicationFactor)
 	if np == 0 {
 		np = -1 // the broker's default
