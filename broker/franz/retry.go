@@ -702,6 +702,9 @@ func (s *Source) strandedTiers(ctx context.Context) (string, error) {
 			return "", fmt.Errorf("list offsets of %s: %w", name, err)
 		}
 		done, err := s.adm.FetchOffsetsForTopics(ctx, s.cfg.GroupID+".retry."+tier, name)
+		if errors.Is(err, kerr.GroupIDNotFound) {
+			done, err = nil, nil // the tier group never committed
+		}
 		if err != nil {
 			return "", fmt.Errorf("offset fetch of %s: %w", name, err)
 		}
