@@ -598,7 +598,9 @@ func kafkaRounds(tb testing.TB, k *kafkaTopic, rounds int, shapes []kafkaShape, 
 // time and heap allocations per record: client and in-process cluster
 // together; the CPU the machine's other processes used meanwhile, in
 // cores; the round's ratios) and reports, over the rounds:
-// <contender>-rec/s (all records over all time), franz/raw and
+// <contender>-rec/s (all records over all time), <contender>-cpu-ns/rec
+// (the process's CPU time per record: on a shared machine steadier than
+// the rates, as others' load does not count in it), franz/raw and
 // franz/kafka-go (the median of the per-round ratios of rec/s), and
 // min-franz/raw and min-franz/kafka-go (the worst round); its ns/op is the
 // franz adapter's time per record. The bar is franz/raw ≥ 0.9 and
@@ -639,11 +641,12 @@ func BenchmarkKafkaThroughput(b *testing.B) {
 			}
 			for _, c := range contenders {
 				var n int
-				var total time.Duration
+				var total, cpu time.Duration
 				for _, r := range byName[c.name] {
-					n, total = n+r.n, total+r.total
+					n, total, cpu = n+r.n, total+r.total, cpu+r.cpu
 				}
 				b.ReportMetric(float64(n)/total.Seconds(), c.name+"-rec/s")
+				b.ReportMetric(float64(cpu.Nanoseconds())/float64(n), c.name+"-cpu-ns/rec")
 				if c.name == "franz" {
 					b.ReportMetric(float64(total.Nanoseconds())/float64(n), "ns/op")
 				}
