@@ -303,7 +303,7 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 		}
 		if r.c.ks != nil && !r.abandoning.Load() && r.c.ksOutcome(probe, e) {
 			errs[j], back = errGiveBack, true
-			s.counts.count(e, SettledGiveBack, nil)
+			s.counts.countGivenBack()
 			continue
 		}
 		if e != nil {
@@ -312,7 +312,6 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 			continue
 		}
 		st, serr := r.settle(d, m, nil)
-		inc(&s.counts.settled)
 		s.counts.count(nil, st, serr)
 	}
 	// Give-backs and failures last first: a source that puts a returned
@@ -325,7 +324,6 @@ func (r *run) settleBatch(s *slot, in *intake, probe bool, wb *workerBatch, err 
 			r.giveBack(wb.ds[j], wb.ms[j])
 		case e != nil:
 			st, serr := r.settle(wb.ds[j], wb.ms[j], e)
-			inc(&s.counts.settled)
 			s.counts.count(e, st, serr)
 		}
 		errs[j] = nil

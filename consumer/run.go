@@ -526,11 +526,10 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) b
 		// it): the outage, not the message, failed. Give it back unspent.
 		// A failed probe is settled below, as any failure.
 		r.giveBack(d, m)
-		s.counts.count(err, SettledGiveBack, nil)
+		s.counts.countGivenBack()
 		return true
 	}
 	st, serr := r.settle(d, m, err)
-	inc(&s.counts.settled)
 	s.counts.count(err, st, serr)
 	return true
 }

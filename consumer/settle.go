@@ -111,9 +111,12 @@ func release(ctx context.Context, d broker.Delivery) (err error) {
 // returns the settlement and its error, for the worker's counters.
 func (r *run) settle(d broker.Delivery, m *broker.Message, herr error) (Settlement, error) {
 	s, delay := r.verdict(m, herr)
-	var reason broker.Reason
+	// A pointer, nil but for a dead letter: an Ack (the common case) then
+	// neither clears nor copies a Reason.
+	var reason *broker.Reason
 	if s == SettledDeadLetter {
-		reason = r.reason(m, herr)
+		rs := r.reason(m, herr)
+		reason = &rs
 	}
 	err := r.apply(r.clock.Context(), d, s, reason, delay)
 	if err != nil && retriableSettle(err) {
@@ -196,13 +199,15 @@ func (r *run) verdict(m *broker.Message, herr error) (Settlement, time.Duration)
 	return SettledRequeue, 0
 }
 
-func (r *run) apply(ctx context.Context, d broker.Delivery, s Settlement, reason broker.Reason, delay time.Duration) (err error) {
+// apply settles d with s: reason is a dead letter's (nil for the others),
+// delay a delayed requeue's.
+func (r *run) apply(ctx context.Context, d broker.Delivery, s Settlement, reason *broker.Reason, delay time.Duration) (err error) {
 	defer recoverSettle(d, &err)
 	switch s {
 	case SettledAck:
 		return d.Ack(ctx)
 	case SettledDeadLetter:
-		return d.DeadLetter(ctx, reason)
+		return d.DeadLetter(ctx, *reason)
 	case SettledDelayedRequeue:
 		if dr, ok := d.(broker.DelayedRequeuer); ok {
 			return dr.RequeueAfter(ctx, delay)

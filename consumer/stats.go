@@ -74,26 +74,30 @@ func (s *Stats) add(o Stats) {
 // settles. Only that worker writes them (a load and a store, no
 // read-modify-write: there is no other writer to race with), on the slot's
 // own cache line, so counting costs the hot path no shared-line traffic;
-// Stats reads them atomically from any goroutine.
+// Stats reads them atomically from any goroutine. A success settled with a
+// verdict, the common case, writes one counter (handled): every one is
+// settled with a verdict, so what a DrainReport calls Handled (settled with
+// a verdict) is handled + failedSettled, not a counter of its own.
 type slotCounts struct {
 	handled, failed, requeued, deadLettered atomic.Int64
-	// settled counts the deliveries the worker settled with a verdict
-	// (not given back): what a DrainReport calls Handled.
-	settled atomic.Int64
+	// failedSettled counts the failures the worker settled with a verdict
+	// (failed counts those given back unspent by the kill switch too).
+	failedSettled atomic.Int64
 }
 
 // inc increments a counter that only the calling worker writes.
 func inc(c *atomic.Int64) { c.Store(c.Load() + 1) }
 
-// count records the settlement s of a handler result herr in the worker's
-// counters. settleErr is the settlement's error: a requeue or dead letter
-// the broker did not take is counted in SettleFailed (by settleFailed), not
-// here.
+// count records in the worker's counters that it settled, with a verdict,
+// the delivery whose handler returned herr: settlement s, whose error was
+// settleErr. A requeue or dead letter the broker did not take is counted in
+// SettleFailed (by settleFailed), not here.
 func (sc *slotCounts) count(herr error, s Settlement, settleErr error) {
 	if herr == nil {
 		inc(&sc.handled)
 	} else {
 		inc(&sc.failed)
+		inc(&sc.failedSettled)
 	}
 	if settleErr != nil {
 		return
@@ -105,6 +109,10 @@ func (sc *slotCounts) count(herr error, s Settlement, settleErr error) {
 		inc(&sc.deadLettered)
 	}
 }
+
+// countGivenBack records a failure given back unspent, without a verdict,
+// because the kill switch was tripped (ksOutcome gives back failures only).
+func (sc *slotCounts) countGivenBack() { inc(&sc.failed) }
 
 // runStats returns the counters of run r so far. For a run in progress it
 // races benignly with the workers (each counter is read atomically).
@@ -126,11 +134,13 @@ func (r *run) runStats() Stats {
 
 // settledCount returns how many deliveries the workers of r settled with a
 // verdict so far (each worker counts its own, on its own cache line: the
-// message path touches no shared counter).
+// message path touches no shared counter): their successes, all settled
+// with a verdict, and the failures they settled with one.
 func (r *run) settledCount() int64 {
 	var n int64
 	for i := range r.slots {
-		n += r.slots[i].counts.settled.Load()
+		c := &r.slots[i].counts
+		n += c.handled.Load() + c.failedSettled.Load()
 	}
 	return n
 }
