@@ -23,14 +23,23 @@ import (
 // PublishedID). The Source is a broker.DeadLetterSource, so the suite's
 // dead-letter cases run too.
 func TestConformance(t *testing.T) {
-	e := newEnv(t)
+	brokertest.Run(t, conformanceHarness(newEnv(t), "conformance", nil))
+}
+
+// conformanceHarness is the suite's harness on e: each case a topic and a
+// group of its own named after name, and a Source with the retry topics of
+// tiers (created for each case) when there are any.
+func conformanceHarness(e *env, name string, tiers []time.Duration) brokertest.Harness {
 	var groups atomic.Int64
-	brokertest.Run(t, brokertest.Harness{
+	return brokertest.Harness{
 		Capabilities: brokertest.Capabilities{DeliveryCount: true, DelayedRequeue: true, UnknownDestination: true},
 		Quiet:        500 * time.Millisecond,
 		Setup: func(t *testing.T) brokertest.Fixture {
-			topic := e.topic(t, "conformance", partitions)
-			group := "g-conformance-" + strconv.Itoa(int(groups.Add(1)))
+			topic := e.topic(t, name, partitions)
+			group := "g-" + name + "-" + strconv.Itoa(int(groups.Add(1)))
+			for _, d := range tiers {
+				e.createTopic(t, franz.RetryTopicName(topic, group, d), partitions)
+			}
 			return brokertest.Fixture{
 				Destination:           topic,
 				DeadLetterDestination: topic + ".dlt",
@@ -50,6 +59,7 @@ func TestConformance(t *testing.T) {
 					// would block on a partition's first record.
 					cfg.Ordering = franz.ByKey
 					cfg.MaxInFlight = max(prefetch, 1)
+					cfg.RetryTopics = tiers
 					return newSource(t, cfg)
 				},
 				DeadLetters: func(ctx context.Context, t *testing.T, n int) []broker.Message {
@@ -65,5 +75,5 @@ func TestConformance(t *testing.T) {
 				},
 			}
 		},
-	})
+	}
 }

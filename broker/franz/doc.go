@@ -48,13 +48,62 @@
 // Kafka has no per-message nack: Requeue hands the record out again in
 // this process, before anything after it in its lane, with Attempt + 1;
 // RequeueAfter does the same after a delay, holding the record's lane (its
-// partition with ByPartition, its key with ByKey) meanwhile. Release gives
+// partition with ByPartition, its key with ByKey) meanwhile — unless
+// Config.RetryTopics is set (see Retry topics). Release gives
 // back a record no handler saw, with the same Attempt. DeadLetter writes
 // the record to Config.DeadLetterTopic (acknowledged by all in-sync
 // replicas) with the reason (broker.Reason.Header) and its origin
 // (HeaderTopic, HeaderPartition, HeaderOffset) in its headers, and only
 // then marks it handled; a failed write returns an error and commits
 // nothing.
+//
+// # Retry topics
+//
+// Config.RetryTopics turns on non-blocking retries with a delay, with the
+// design, topic names, consumer groups and headers of the kafka adapter:
+// its package documentation ("Retry topics" and "Attempts" in package
+// github.com/queuekit/queuekit/broker/kafka) has the full rules, which
+// hold here as they are. Members of both adapters can share a group and
+// its retry topics. In short:
+//
+//   - RequeueAfter(delay) writes the record — key, value, its own headers
+//     — to the tier topic RetryTopicName(Topic, GroupID, tier) of the
+//     shortest tier at least as long as delay (the longest tier for a
+//     longer delay), with HeaderAttempt (its next attempt), HeaderDue (the
+//     failure's time plus delay, Unix milliseconds rounded up),
+//     HeaderTopic, HeaderPartition and HeaderOffset (where it was first
+//     consumed from, kept across retries), HeaderGroup and HeaderTime (the
+//     original timestamp; the copy itself has the time of the write). The
+//     write waits for all in-sync replicas; only then is the record marked
+//     handled, so its partition moves on, by the gap-safe commit rules. A
+//     failed write falls back to the in-process retry above (the record
+//     holds its lane for the delay; the failure is logged): nothing is
+//     lost.
+//   - The Source consumes each tier topic in a consumer group of its own,
+//     GroupID + ".retry." + the tier (a kgo.Client per tier, with the
+//     Config's balancers), and hands a retry record out through the same
+//     Receive (and ReceiveBatch, in a batch of its own) before the main
+//     topic's records, once HeaderDue has passed and never earlier, as
+//     the original record: Message.Topic the original topic, Message.ID
+//     the original "topic/partition/offset", Message.Time the original
+//     timestamp, Message.Attempt from HeaderAttempt (so the runtime's
+//     budget counts across restarts and members, and dead-letters the
+//     record once spent, with the original coordinates). A record not
+//     yet due is held by a timer at the head of its tier partition; one
+//     due more than a tier length after its write (a delay longer than
+//     the longest tier) is held only until its write time plus the tier's
+//     length and then written again to the tail of its tier, so a tier
+//     partition is never held longer than a tier length by one record.
+//   - A record that went to a retry topic leaves its key's order; use no
+//     RetryTopics when order matters more than throughput.
+//   - DeclareTopology creates the tier topics; Pause and Resume pause the
+//     tier consumers too; Close closes them, bounded by the same ctx.
+//     Status reports a tier whose group is not joined (a missing tier
+//     topic, a group the coordinator refuses; the refusals also emit
+//     broker.EventReconnecting naming the tier group), and, looked for
+//     once at the first Receive, retry topics of the group that
+//     Config.RetryTopics no longer has but which still hold records.
+//     Lag and Backlog report the main topic only.
 //
 // # Ordering and concurrency
 //
@@ -118,8 +167,8 @@
 // Status (broker.StatusReporter) says whether the Source is a member with
 // partitions; Lag and Backlog (broker.BacklogReporter) read the group's
 // committed offsets and the partitions' end offsets from the cluster (kadm);
-// DeclareTopology (broker.TopologyDeclarer) creates the topic and its
-// dead-letter topic. DeadLetters lists, redrives and purges the dead
+// DeclareTopology (broker.TopologyDeclarer) creates the topic, its
+// dead-letter topic and its retry topics. DeadLetters lists, redrives and purges the dead
 // letters (see DeadLetters).
 //
 // # Testing

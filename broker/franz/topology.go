@@ -15,8 +15,8 @@ var _ broker.TopologyDeclarer = (*Source)(nil)
 
 // Topology says how DeclareTopology creates the topics a Source uses.
 type Topology struct {
-	// Partitions is the partition count of the topic and of its
-	// dead-letter topic. Zero means the broker's default (num.partitions).
+	// Partitions is the partition count of the topic, of its
+	// dead-letter topic and of its retry topics. Zero means the broker's default (num.partitions).
 	Partitions int
 	// ReplicationFactor is the number of replicas of each partition. Zero
 	// means the broker's default (default.replication.factor).
@@ -24,8 +24,9 @@ type Topology struct {
 }
 
 // DeclareTopology implements broker.TopologyDeclarer: it creates the
-// consumed topic (Config.Topic) and its dead-letter topic
-// (Config.DeadLetterTopic), with the partitions and replication of
+// consumed topic (Config.Topic), its dead-letter topic
+// (Config.DeadLetterTopic) and its retry topics (Config.RetryTopics, see
+// RetryTopicName), with the partitions and replication of
 // Config.Topology. It is idempotent: a topic that exists is left as it is,
 // its partitions and replication neither checked nor changed. It calls the
 // cluster's controller (kadm's CreateTopics), bounded by ctx, and returns
