@@ -16,7 +16,8 @@ var _ broker.TopologyDeclarer = (*Source)(nil)
 // Topology says how DeclareTopology creates the topics a Source uses.
 type Topology struct {
 	// Partitions is the partition count of the topic, of its
-	// dead-letter topic and of its retry topics. Zero means the broker's default (num.partitions).
+	// dead-letter topic and of its retry topics. Zero means the broker's
+	// default (num.partitions).
 	Partitions int
 	// ReplicationFactor is the number of replicas of each partition. Zero
 	// means the broker's default (default.replication.factor).
