@@ -145,7 +145,7 @@ func (r *run) collect(in *intake, wb *workerBatch) error {
 	if br, ok := r.c.src.(broker.BatchReceiver); ok {
 		return r.receiveBatchInto(in.ctx, br, wb, cfg.MaxSize, cfg.MaxWait)
 	}
-	d, m, err := r.receive(in.ctx)
+	d, m, _, err := r.receive(in.ctx, false)
 	if err != nil {
 		return err
 	}
@@ -157,7 +157,7 @@ func (r *run) collect(in *intake, wb *workerBatch) error {
 	ctx, cancel := context.WithTimeout(in.ctx, cfg.MaxWait)
 	defer cancel()
 	for len(wb.ds) < cfg.MaxSize {
-		d, m, err := r.receive(ctx)
+		d, m, _, err := r.receive(ctx, false)
 		if err != nil {
 			if in.ctx.Err() == nil && ctx.Err() != nil && !safeIsFatal(err) {
 				return nil // MaxWait is over: the batch is what arrived
@@ -379,7 +379,7 @@ func (r *run) batchContext(lc *leaseCtx, in *intake, ds []broker.Delivery) (cont
 	case len(leases) == 0:
 		return in.hctx, nil
 	case len(leases) == 1 && !unleased:
-		return r.handlerContext(lc, in, ds[0])
+		return r.handlerContext(lc, in, leases[0])
 	}
 	ctx, cancel := context.WithCancelCause(in.hctx)
 	stops := make([]func() bool, 0, len(leases))
@@ -396,6 +396,17 @@ func (r *run) batchContext(lc *leaseCtx, in *intake, ds []broker.Delivery) (cont
 		}
 		cancel(nil)
 	}
+}
+
+// safeLease calls l.Lease, a method of user code (a third-party source): a
+// panic there means no lease.
+func safeLease(l broker.Leased) (lease context.Context) {
+	defer func() {
+		if recover() != nil {
+			lease = nil
+		}
+	}()
+	return l.Lease()
 }
 
 // containsLease reports whether leases holds lease. Only pointers are

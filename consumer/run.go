@@ -395,7 +395,7 @@ func (r *run) take(i int, in *intake) int {
 	}
 	s := &r.slots[i]
 	s.state.Store(slotReceiving)
-	d, m, err := r.receive(in.ctx)
+	d, m, lease, err := r.receive(in.ctx, true)
 	if err != nil {
 		s.state.Store(slotIdle)
 		if in.ctx.Err() != nil && !safeIsFatal(err) {
@@ -424,7 +424,7 @@ func (r *run) take(i int, in *intake) int {
 		s.state.Store(slotIdle)
 		return takeAwaitStop
 	}
-	if !r.process(i, in, d, m) { // process moves the slot from receiving to running
+	if !r.process(i, in, d, m, lease) { // process moves the slot from receiving to running
 		return takeAbandoned
 	}
 	return takeNext
@@ -453,38 +453,53 @@ func (r *run) awaitGiveBacks(ctx context.Context) {
 	}
 }
 
-// receive takes the next delivery from the source, and its message. The
+// receive takes the next delivery from the source, its message and, with
+// leased, its lease: nil for a delivery that is not broker.Leased, or whose
+// Lease method panicked (user code: a panic there means no lease). The
 // source is user code as much as the handler (a third-party adapter): a
 // panic in Receive or Message, a nil delivery (typed or not) or a nil
 // message is a broken source, which restarting will not mend — a fatal
-// error of the run, never a crash of the process.
-func (r *run) receive(ctx context.Context) (d broker.Delivery, m *broker.Message, err error) {
+// error of the run, never a crash of the process. One deferred recover
+// covers the three calls: it costs the message path a few nanoseconds
+// each time.
+func (r *run) receive(ctx context.Context, leased bool) (d broker.Delivery, m *broker.Message, lease context.Context, err error) {
+	inLease := false
 	defer func() {
 		if p := recover(); p != nil {
-			d, m = nil, nil
+			if inLease {
+				lease = nil // d and m stand
+				return
+			}
+			d, m, lease = nil, nil, nil
 			err = broker.Fatal(fmt.Errorf("queuekit: source %T panicked: %v", r.c.src, p))
 		}
 	}()
 	d, err = r.c.src.Receive(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if d == nil {
-		return nil, nil, broker.Fatal(errors.New("queuekit: source returned a nil delivery and no error"))
+		return nil, nil, nil, broker.Fatal(errors.New("queuekit: source returned a nil delivery and no error"))
 	}
 	if m = d.Message(); m == nil {
 		// A typed nil delivery panics above, in its Message method, or
 		// returns nil here; either way there is nothing to handle or settle.
-		return nil, nil, broker.Fatal(fmt.Errorf("queuekit: source returned a %T delivery with a nil message", d))
+		return nil, nil, nil, broker.Fatal(fmt.Errorf("queuekit: source returned a %T delivery with a nil message", d))
 	}
-	return d, m, nil
+	if leased {
+		if l, ok := d.(broker.Leased); ok {
+			inLease = true
+			lease = l.Lease()
+		}
+	}
+	return d, m, lease, nil
 }
 
-// process runs the handler on d, received under intake in, and settles it.
-// It reports false when the drain deadline abandoned the delivery; the
-// worker must then exit (its wg.Done is done already, by abandon or
-// here).
-func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) bool {
+// process runs the handler on d, received under intake in with its lease
+// (nil if none), and settles it. It reports false when the drain deadline
+// abandoned the delivery; the worker must then exit (its wg.Done is done
+// already, by abandon or here).
+func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message, lease context.Context) bool {
 	s := &r.slots[i]
 	s.d = d
 	s.state.Store(slotRunning)
@@ -499,17 +514,35 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) b
 	}
 	// A probe: received while the kill switch probes (see ksOutcome).
 	probe := in.probe && r.c.ks.state.Load() == ksProbing
-	hctx, release := r.handlerContext(&r.leases[i], in, d)
+	hctx, release := r.handlerContext(&r.leases[i], in, lease)
 	var err error
-	if l := r.c.limiter; l != nil {
+	idle := false // the slot was moved from running to idle already
+	switch l := r.c.limiter; {
+	case l != nil:
 		err = r.callLimited(l, hctx, m)
-	} else {
+	case release != nil || r.c.ks != nil:
 		err = r.call(hctx, m)
+	default:
+		// The common case (no limiter, kill switch or context to release):
+		// the handler and, when it succeeds, the Ack in one call.
+		var at int
+		var ackErr error
+		err, at, ackErr = r.callAndAck(s, hctx, d, m)
+		switch at {
+		case fastAbandoned:
+			return false
+		case fastAcked:
+			r.settled(d, m, nil, SettledAck, nil, 0, ackErr)
+			s.counts.count(nil, SettledAck, ackErr)
+			return true
+		case fastIdle:
+			idle = true
+		}
 	}
 	if release != nil {
 		release()
 	}
-	if !s.state.CompareAndSwap(slotRunning, slotIdle) {
+	if !idle && !s.state.CompareAndSwap(slotRunning, slotIdle) {
 		return false
 	}
 	if err != nil && in.stopped.Load() && !r.abandoning.Load() && safeIs(err, ErrNotHandled) {
@@ -534,11 +567,11 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) b
 	return true
 }
 
-// handlerContext is the context a handler of d runs with, and a function
-// to call when the handler returned, or nil: the run's
-// handler context (carrying intake in, for IntakeStopped), and for a Leased
-// delivery one that also ends, with cause ErrStaleDelivery, when its lease
-// does. The context of a lease is made once per worker and lease (a lease
+// handlerContext is the context a handler of a delivery under lease (nil
+// if none) runs with, and a function to call when the handler returned, or
+// nil: the run's handler context (carrying intake in, for IntakeStopped),
+// and for a Leased delivery one that also ends, with cause
+// ErrStaleDelivery, when its lease does. The context of a lease is made once per worker and lease (a lease
 // lasts a consumer-group generation: thousands of messages) and kept per
 // worker (leaseCtx), not once per message: a context, a cancel registration
 // on the intake's and one on the lease's context per message cost five
@@ -546,12 +579,7 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message) b
 // the worker's (r.leases, beside r.slots: a slot is one cache line). So,
 // as with in.hctx, a handler's context does not end when the handler
 // returns; it ends with its lease, its intake, or the worker.
-func (r *run) handlerContext(lc *leaseCtx, in *intake, d broker.Delivery) (ctx context.Context, release func()) {
-	l, ok := d.(broker.Leased)
-	if !ok {
-		return in.hctx, nil
-	}
-	lease := safeLease(l)
+func (r *run) handlerContext(lc *leaseCtx, in *intake, lease context.Context) (ctx context.Context, release func()) {
 	if lease == nil {
 		return in.hctx, nil
 	}
@@ -582,17 +610,6 @@ func (r *run) handlerContext(lc *leaseCtx, in *intake, d broker.Delivery) (ctx c
 	return ctx, nil
 }
 
-// safeLease calls l.Lease, a method of user code (a third-party source): a
-// panic there means no lease.
-func safeLease(l broker.Leased) (lease context.Context) {
-	defer func() {
-		if recover() != nil {
-			lease = nil
-		}
-	}()
-	return l.Lease()
-}
-
 // leaseCtx is a worker's handler context for the deliveries of one lease
 // under one intake (see handlerContext).
 type leaseCtx struct {
@@ -616,13 +633,59 @@ func (lc *leaseCtx) end() {
 func (r *run) call(ctx context.Context, m *broker.Message) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			pe := &PanicError{Value: p, Stack: debug.Stack()}
-			r.c.logger().Error("queuekit: handler panicked", "topic", m.Topic, "message_id", m.ID,
-				"attempt", m.Attempt, "outcome", "panic", "panic", fmt.Sprint(p), "stack", string(pe.Stack))
-			err = pe
+			err = r.handlerPanicked(m, p)
 		}
 	}()
 	return handlerResult(r.c.h.Handle(ctx, m))
+}
+
+// handlerPanicked logs the panic p of m's handler and returns it as the
+// handler's error. It is called in the deferred function that recovered p,
+// so that the stack is the handler's.
+func (r *run) handlerPanicked(m *broker.Message, p any) error {
+	pe := &PanicError{Value: p, Stack: debug.Stack()}
+	r.c.logger().Error("queuekit: handler panicked", "topic", m.Topic, "message_id", m.ID,
+		"attempt", m.Attempt, "outcome", "panic", "panic", fmt.Sprint(p), "stack", string(pe.Stack))
+	return pe
+}
+
+// What callAndAck got to.
+const (
+	fastFailed    = iota // the handler failed (or panicked): nothing else done
+	fastAbandoned        // the drain abandoned the delivery meanwhile: the worker exits
+	fastIdle             // the slot is idle; the drain deadline passed: settle by the rules (give back)
+	fastAcked            // the slot is idle and Ack was tried: ackErr is its error
+)
+
+// callAndAck is call, then, if the handler succeeded, what process and
+// settle do for a success when no limiter or kill switch is set: the slot
+// moved from running to idle (unless the drain abandoned it) and, unless
+// the drain deadline passed meanwhile, the delivery acknowledged (the
+// verdict on a success). One deferred recover covers the handler and Ack,
+// the user code of the message path's second half: a recover costs a few
+// nanoseconds per message. A panic in the handler is its error, as in call;
+// one in Ack is the Ack's, as in apply.
+func (r *run) callAndAck(s *slot, ctx context.Context, d broker.Delivery, m *broker.Message) (herr error, at int, ackErr error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if at == fastAcked {
+				ackErr = settlePanicked(d, p)
+				return
+			}
+			herr = r.handlerPanicked(m, p)
+		}
+	}()
+	if herr = handlerResult(r.c.h.Handle(ctx, m)); herr != nil {
+		return herr, fastFailed, nil
+	}
+	if !s.state.CompareAndSwap(slotRunning, slotIdle) {
+		return nil, fastAbandoned, nil
+	}
+	if r.abandoning.Load() {
+		return nil, fastIdle, nil
+	}
+	at = fastAcked
+	return nil, fastAcked, d.Ack(r.clock.Context())
 }
 
 // callLimited calls the handler as call does, and reports its latency and

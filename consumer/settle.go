@@ -78,8 +78,13 @@ func (c *settleClock) Stop() {
 // like any failed settlement.
 func recoverSettle(d broker.Delivery, err *error) {
 	if p := recover(); p != nil {
-		*err = fmt.Errorf("queuekit: settling a %T delivery panicked: %v", d, p)
+		*err = settlePanicked(d, p)
 	}
+}
+
+// settlePanicked is the error of a settlement of d that panicked with p.
+func settlePanicked(d broker.Delivery, p any) error {
+	return fmt.Errorf("queuekit: settling a %T delivery panicked: %v", d, p)
 }
 
 // giveBack returns a delivery no handler has seen (it arrived as intake
@@ -118,7 +123,14 @@ func (r *run) settle(d broker.Delivery, m *broker.Message, herr error) (Settleme
 		rs := r.reason(m, herr)
 		reason = &rs
 	}
-	err := r.apply(r.clock.Context(), d, s, reason, delay)
+	return s, r.settled(d, m, herr, s, reason, delay, r.apply(r.clock.Context(), d, s, reason, delay))
+}
+
+// settled follows the settlement s of d (whose handler returned herr; with
+// reason for a dead letter, delay for a delayed requeue), tried once with
+// error err: tried again while that may help (see retrySettle), reported to
+// the observer, logged and emitted. It returns the settlement's final error.
+func (r *run) settled(d broker.Delivery, m *broker.Message, herr error, s Settlement, reason *broker.Reason, delay time.Duration, err error) error {
 	if err != nil && retriableSettle(err) {
 		err = r.retrySettle(m, s.String(), err, func(ctx context.Context) error { return r.apply(ctx, d, s, reason, delay) })
 	}
@@ -133,7 +145,7 @@ func (r *run) settle(d broker.Delivery, m *broker.Message, herr error) (Settleme
 		// message stays with the broker, which delivers it again.
 		r.settleFailed(m, s.String(), err)
 	}
-	return s, err
+	return err
 }
 
 // retrySettle tries a settlement that failed with err again. A settlement
