@@ -362,8 +362,9 @@ func (s *Source) recycleLocked(rec *record) {
 // retryWriteTimeout bounds a recycle write.
 const retryWriteTimeout = 30 * time.Second
 
-// recycle writes rec, a tier record handed out to nobody, due later than
-// its write time plus the tier's length, to the tail of its tier topic as
+// recycle (entered in the main Source: see recycleLocked) writes rec, a
+// tier record handed out to nobody, due later than its write time plus
+// the tier's length, to the tail of its tier topic as
 // it is (same headers: attempt, due time, origin) with the current time,
 // acknowledged by all in-sync replicas, and then marks it handled. When
 // the write fails it is held a tier's length again, and then written again
@@ -372,7 +373,7 @@ func (s *Source) recycle(ctx context.Context, rec *record) {
 	ctx, cancel := context.WithTimeout(ctx, retryWriteTimeout)
 	defer cancel()
 	r := rec.r
-	werr := s.tier.main.writeTier(ctx, &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value,
+	werr := s.tier.main.produceTier(ctx, &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value,
 		Headers: slices.Clone(r.Headers), Timestamp: time.Now()})
 	s.mu.Lock()
 	defer s.mu.Unlock()
