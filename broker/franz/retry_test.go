@@ -626,3 +626,60 @@ func TestRetryTopicsConfigAccepted(t *testing.T) {
 		t.Fatalf("Close of a Source that never received = %v", err)
 	}
 }
+
+// TestRetryTopicsCloseWithACancelledContext: Close, with a context already
+// done, of a Source whose tier consumer holds a retry record not due yet
+// and whose main topic has a record out, returns at once (an error
+// wrapping context.Canceled, or nil), closing the tier consumers too
+// (goleak checks the package for goroutines left); the next member gets
+// both: the retry with Attempt 2, once due, and the unsettled record.
+func TestRetryTopicsCloseWithACancelledContext(t *testing.T) {
+	e := newEnv(t)
+	topic, cfg := retrySetup(t, e, "retry-close", "g", 1, []time.Duration{100 * time.Millisecond, time.Second})
+	produceKeys(t, e, topic, 0, 2, strconv.Itoa)
+	a, err := franz.NewSource(cfg)
+	if err != nil {
+		t.Fatalf("NewSource: %v", err)
+	}
+	failed := time.Now()
+	requeue(t, receive(t, a), 500*time.Millisecond) // to the 1 s tier, held there
+	_ = receive(t, a)                               // left unsettled
+	// A Close cut short skips the final commit: let the committer commit
+	// the retried record's offset first, or it comes from the main topic
+	// again too (at least once).
+	waitUntil(t, "the retried record's offset committed", 10*time.Second, func() bool {
+		return e.committed(t, "g", topic)[0] >= 1
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- a.Close(ctx) }()
+	select {
+	case err := <-done:
+		t.Logf("Kafka protocol (in-process kfake cluster): Close with a cancelled context returned %v after %v", err, time.Since(start).Round(time.Millisecond))
+		if err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("Close(cancelled) = %v; want nil or an error wrapping context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close with a cancelled context did not return within 5 s")
+	}
+	b := newSource(t, cfg)
+	got := map[string]int{}
+	for len(got) < 2 {
+		d := receive(t, b)
+		m := d.Message()
+		if m.Body != nil && string(m.Body) == "0" && m.Attempt == 2 {
+			if since := time.Since(failed); since < 500*time.Millisecond {
+				t.Errorf("the retry came back %v after its failure; want >= 500ms", since)
+			}
+		}
+		got[string(m.Body)] = max(got[string(m.Body)], m.Attempt)
+		if err := d.Ack(t.Context()); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+	}
+	if got["0"] != 2 || got["1"] != 1 {
+		t.Errorf("the next member got %v; want 0 with Attempt 2 and 1 with Attempt 1", got)
+	}
+}
