@@ -80,7 +80,10 @@ const (
 type Config struct {
 	// Brokers are the bootstrap broker addresses, host:port.
 	Brokers []string
-	// GroupID is the consumer group.
+	// GroupID is the consumer group. With RetryTopics, the Source also
+	// joins one group per tier, GroupID + ".retry." + the tier (e.g.
+	// "billing.retry.30s"), and GroupID is part of the retry topics'
+	// names, so it must be valid in a topic name.
 	GroupID string
 	// Topic is the topic to consume: a name Kafka accepts (1 to 249
 	// characters of a-z, A-Z, 0-9, '.', '_' and '-', not "." or "..").

@@ -146,6 +146,16 @@ func (d *delivery) Requeue(context.Context) error {
 // Requeue). The record's lane stays blocked for the delay (the whole
 // partition, with ByPartition), so per-key order holds, and the Attempt
 // count lives in this process only.
+//
+// With Config.RetryTopics it writes the record instead to the retry topic
+// of the tier chosen for delay, with its next attempt number, due time and
+// origin in headers (HeaderAttempt, HeaderDue, HeaderTopic, …), waits for
+// the write to be acknowledged by all in-sync replicas, and then marks the
+// record handled: its partition moves on, and the record comes back from
+// the retry topic, to this member or another, once it is due. When the
+// write fails, the record is retried in process as above (the failure is
+// logged): nothing is lost. See "Retry topics" in the package
+// documentation.
 func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error {
 	return d.s.requeueAfter(ctx, d, delay)
 }
