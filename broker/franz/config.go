@@ -179,7 +179,9 @@ type Config struct {
 	// hands a retry record out, as the original record with the Attempt of
 	// its header, once its delay has passed. Topic names, headers and tier
 	// groups are the kafka adapter's: members of both adapters share
-	// them. See "Retry topics" in the package documentation. Default: none
+	// them (in a group of members of both, Balancers must hold one that
+	// kafka-go's members support too, e.g. kgo.RangeBalancer(); the tier
+	// groups use the same Balancers). See "Retry topics" in the package documentation. Default: none
 	// (a delayed requeue holds the record's lane in this process for the
 	// delay).
 	//

@@ -64,7 +64,9 @@
 // its package documentation ("Retry topics" and "Attempts" in package
 // github.com/queuekit/queuekit/broker/kafka) has the full rules, which
 // hold here as they are. Members of both adapters can share a group and
-// its retry topics. In short:
+// its retry topics (each tier group uses Config.Balancers, like the main
+// group: a group mixing the adapters needs a balancer both support, such
+// as kgo.RangeBalancer()). In short:
 //
 //   - RequeueAfter(delay) writes the record — key, value, its own headers
 //     — to the tier topic RetryTopicName(Topic, GroupID, tier) of the
