@@ -514,7 +514,16 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message, l
 	}
 	// A probe: received while the kill switch probes (see ksOutcome).
 	probe := in.probe && r.c.ks.state.Load() == ksProbing
-	hctx, release := r.handlerContext(&r.leases[i], in, lease)
+	// handlerContext, its common cases written out (it is too big to be
+	// inlined, and this runs once per message).
+	hctx, release := in.hctx, (func())(nil)
+	if lease != nil {
+		if lc := &r.leases[i]; lc.ctx != nil && lc.lease == lease && lc.in == in && lc.ctx.Err() == nil {
+			hctx = lc.ctx
+		} else {
+			hctx, release = r.leaseContext(lc, in, lease)
+		}
+	}
 	var err error
 	idle := false // the slot was moved from running to idle already
 	switch l := r.c.limiter; {
@@ -532,8 +541,12 @@ func (r *run) process(i int, in *intake, d broker.Delivery, m *broker.Message, l
 		case fastAbandoned:
 			return false
 		case fastAcked:
-			r.settled(d, m, nil, SettledAck, nil, 0, ackErr)
-			s.counts.count(nil, SettledAck, ackErr)
+			if ackErr == nil && r.c.o.observer == nil {
+				// All that settled and count would do.
+				inc(&s.counts.handled)
+				return true
+			}
+			s.counts.count(nil, SettledAck, r.settled(d, m, nil, SettledAck, nil, 0, ackErr))
 			return true
 		case fastIdle:
 			idle = true
@@ -583,10 +596,16 @@ func (r *run) handlerContext(lc *leaseCtx, in *intake, lease context.Context) (c
 	if lease == nil {
 		return in.hctx, nil
 	}
-	// lc.lease is a pointer (below), so == cannot panic.
+	// lc.lease is a pointer (see leaseContext), so == cannot panic.
 	if lc.ctx != nil && lc.lease == lease && lc.in == in && lc.ctx.Err() == nil {
 		return lc.ctx, nil
 	}
+	return r.leaseContext(lc, in, lease)
+}
+
+// leaseContext is handlerContext for a lease (not nil) that lc does not
+// hold a live context of: it makes one, and keeps it in lc when it can.
+func (r *run) leaseContext(lc *leaseCtx, in *intake, lease context.Context) (ctx context.Context, release func()) {
 	lc.end()
 	ctx, cancel := context.WithCancelCause(in.hctx)
 	if lease.Err() != nil {
