@@ -14,5 +14,6 @@ import (
 // process, so a new member still starts a record that was not
 // delay-requeued at Attempt 1 (no DurableDeliveryCount).
 func TestConformanceWithRetryTopics(t *testing.T) {
+	t.Parallel()
 	brokertest.Run(t, conformanceHarness(newEnv(t), "conformance-retry", []time.Duration{100 * time.Millisecond, time.Second}))
 }

@@ -50,6 +50,7 @@ func failOnce(t *testing.T, src *franz.Source, delay time.Duration) broker.Deliv
 // record, due or not; after Resume the record comes, with Attempt 2, from
 // the Source's own Receive (no runtime in between).
 func TestRetryTopicsPauseHoldsRetryRecords(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := retrySetup(t, e, "retry-pause", "g", partitions, []time.Duration{100 * time.Millisecond})
 	produceKeys(t, e, topic, 0, 1, strconv.Itoa)
@@ -86,6 +87,7 @@ func TestRetryTopicsPauseHoldsRetryRecords(t *testing.T) {
 // at once, many times; afterwards the tier consumers must be paused exactly
 // when the main Source is. No cluster call: Pause and Resume are local.
 func TestRetryPauseResumeRaceTiersFollowTheLastCall(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	_, cfg := retrySetup(t, e, "retry-pauserace", "g", 1, []time.Duration{100 * time.Millisecond, time.Second})
 	src := newSource(t, cfg)
@@ -119,6 +121,7 @@ func TestRetryPauseResumeRaceTiersFollowTheLastCall(t *testing.T) {
 // retry topics; one fails a record once, the other handles it at once. The
 // retry reaches the failing group only.
 func TestRetryTopicsBelongToTheGroup(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	tiers := []time.Duration{100 * time.Millisecond}
 	topic, billing := retrySetup(t, e, "retry-groups", "billing", partitions, tiers)
@@ -149,6 +152,7 @@ func TestRetryTopicsBelongToTheGroup(t *testing.T) {
 // once; their Lane values (broker.Sequenced) must differ, or a failed
 // retry record would make a batch runtime give back main records.
 func TestRetryRecordLaneIsNotTheMainPartitions(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := oneTier(t, e, "retry-lane", 50*time.Millisecond)
 	src := newSource(t, cfg)
@@ -176,6 +180,7 @@ func TestRetryRecordLaneIsNotTheMainPartitions(t *testing.T) {
 // out first, in a batch of its own, with Attempt 2; the main topic's
 // records come in the next batch.
 func TestRetryRecordComesAloneInABatch(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := oneTier(t, e, "retry-batch", 50*time.Millisecond)
 	src := newSource(t, cfg)
@@ -209,6 +214,7 @@ func TestRetryRecordComesAloneInABatch(t *testing.T) {
 // TestRetryCopyKeepsRepeatedHeaders: a record with a header key given
 // twice keeps both in its retry copy, in order.
 func TestRetryCopyKeepsRepeatedHeaders(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := oneTier(t, e, "retry-headers", 50*time.Millisecond)
 	src := newSource(t, cfg)
@@ -236,6 +242,7 @@ func TestRetryCopyKeepsRepeatedHeaders(t *testing.T) {
 // TestRetryCopyHasTheWriteTime: the retry copy is written with the time of
 // the failure, and the retry delivery's Message.Time is the original's.
 func TestRetryCopyHasTheWriteTime(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := oneTier(t, e, "retry-time", 50*time.Millisecond)
 	src := newSource(t, cfg)
@@ -269,6 +276,7 @@ func TestRetryCopyHasTheWriteTime(t *testing.T) {
 // its tier offset is committed in the shared tier group, and dead-lettering
 // it writes the original coordinates and time without the retry headers.
 func TestRetryRecordOfTheKafkaAdapterIsHandled(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := oneTier(t, e, "retry-interop", time.Second)
 	tier := franz.RetryTopicName(topic, "g", time.Second)
@@ -323,6 +331,7 @@ func TestRetryRecordOfTheKafkaAdapterIsHandled(t *testing.T) {
 // TestRetryRecordOfAnotherGroupIsSkipped: a record in a tier topic that
 // names another group is committed past without being handed out.
 func TestRetryRecordOfAnotherGroupIsSkipped(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	_, cfg := oneTier(t, e, "retry-other", 50*time.Millisecond)
 	tier := franz.RetryTopicName(cfg.Topic, "g", 50*time.Millisecond)
@@ -365,6 +374,7 @@ func statusErrWithin(t *testing.T, src *franz.Source, want string) broker.Status
 // retries never come back, so Status().Err and a broker.EventReconnecting
 // event say so, naming the tier group.
 func TestRetryTierGroupRefusedIsReported(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	_, cfg := oneTier(t, e, "retry-acl", 50*time.Millisecond)
 	const tierGroup = "g.retry.50ms"
@@ -406,6 +416,7 @@ func TestRetryTierGroupRefusedIsReported(t *testing.T) {
 // TestRetryTierTopicMissingIsReported: a tier topic that does not exist
 // (not declared): Status().Err names it (its retries would not come back).
 func TestRetryTierTopicMissingIsReported(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic := e.topic(t, "retry-missing", 1) // the topic and its dead-letter topic only
 	cfg := e.config(topic, "g")
@@ -424,6 +435,7 @@ func TestRetryTierTopicMissingIsReported(t *testing.T) {
 // config no longer has (the tiers changed, or retry topics were turned
 // off) still holds a record nobody consumes: Status().Err names it.
 func TestRetryStrandedTierIsReported(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := oneTier(t, e, "retry-stranded", 50*time.Millisecond)
 	old := franz.RetryTopicName(topic, cfg.GroupID, 5*time.Second)

@@ -257,6 +257,7 @@ func runFlow(t *testing.T, tiers []time.Duration, fail bool) flowResult {
 // claims belong in benchmarks); the failing record comes back no earlier
 // than 2 s later, with Attempt 2 (asserted: a correctness bound).
 func TestRetryTopicsDoNotHoldThePartition(t *testing.T) {
+	t.Parallel()
 	tiers := []time.Duration{2 * time.Second, time.Second}
 	base := runFlow(t, tiers, false)
 	with := runFlow(t, tiers, true)
@@ -280,6 +281,7 @@ func TestRetryTopicsDoNotHoldThePartition(t *testing.T) {
 // topic and ID, and its origin in the headers — and never from the main
 // topic again.
 func TestRetryTopicsAttemptSurvivesARestart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := retrySetup(t, e, "retry-restart", "g", partitions, []time.Duration{time.Second, 5 * time.Second})
 	produceKeys(t, e, topic, 0, 20, func(int) string { return "k" })
@@ -369,6 +371,7 @@ func TestRetryTopicsAttemptSurvivesARestart(t *testing.T) {
 // header), and once the runtime's budget is spent goes to the dead-letter
 // topic with its original topic, partition and offset.
 func TestRetryTopicsDeadLetterAfterTheBudget(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := retrySetup(t, e, "retry-budget", "g", partitions, []time.Duration{100 * time.Millisecond, time.Second})
 	produceKeys(t, e, topic, 0, 1, func(int) string { return "fail" })
@@ -443,6 +446,7 @@ func requeue(t *testing.T, d broker.Delivery, delay time.Duration) {
 // of its tier partition; a record requeued after it with 100 ms must come
 // back within a few tier lengths, not after the hour.
 func TestRetryLongDelayDoesNotHoldTheTier(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := oneTier(t, e, "retry-long", 100*time.Millisecond)
 	src := newSource(t, cfg)
@@ -472,6 +476,7 @@ func TestRetryLongDelayDoesNotHoldTheTier(t *testing.T) {
 // about a tier length after its failure, not k tier lengths: the bound
 // asserted is half of k × tier.
 func TestRetryLongDelaysDoNotAddUpAtTheHead(t *testing.T) {
+	t.Parallel()
 	const k = 20
 	tier := 100 * time.Millisecond
 	e := newEnv(t)
@@ -508,6 +513,7 @@ func TestRetryLongDelaysDoNotAddUpAtTheHead(t *testing.T) {
 // then held the rest and handed out. Once they are all settled, the tier
 // consumer keeps nothing of them.
 func TestRetryLongDelayLeavesNoBookkeeping(t *testing.T) {
+	t.Parallel()
 	const n = 5
 	tier := 100 * time.Millisecond
 	e := newEnv(t)
@@ -536,6 +542,7 @@ func TestRetryLongDelayLeavesNoBookkeeping(t *testing.T) {
 // TOPIC_AUTHORIZATION_FAILED); the record is then retried in process, and
 // nothing is lost.
 func TestRetryTopicsWriteFailureLosesNothing(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := retrySetup(t, e, "retry-fail", "g", partitions, []time.Duration{time.Second})
 	tierTopic := franz.RetryTopicName(topic, "g", time.Second)
@@ -617,6 +624,7 @@ func TestRetryTopicsWriteFailureLosesNothing(t *testing.T) {
 // (they were refused as not yet supported), and a Source with them that
 // never received closes at once.
 func TestRetryTopicsConfigAccepted(t *testing.T) {
+	t.Parallel()
 	s, err := franz.NewSource(franz.Config{Brokers: []string{"localhost:9092"}, GroupID: "g", Topic: "orders",
 		RetryTopics: []time.Duration{30 * time.Second, time.Second}})
 	if err != nil {
@@ -634,6 +642,7 @@ func TestRetryTopicsConfigAccepted(t *testing.T) {
 // (goleak checks the package for goroutines left); the next member gets
 // both: the retry with Attempt 2, once due, and the unsettled record.
 func TestRetryTopicsCloseWithACancelledContext(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	topic, cfg := retrySetup(t, e, "retry-close", "g", 1, []time.Duration{100 * time.Millisecond, time.Second})
 	produceKeys(t, e, topic, 0, 2, strconv.Itoa)
