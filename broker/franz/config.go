@@ -361,6 +361,11 @@ func (c *Config) validate() error {
 			return invalid("Balancers[%d] is nil", i)
 		}
 	}
+	for i, o := range c.ClientOptions {
+		if o == nil {
+			return invalid("ClientOptions[%d] is nil", i)
+		}
+	}
 	return nil
 }
 

@@ -123,14 +123,14 @@ func NewSource(cfg Config) (*Source, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("topic", cfg.Topic, "group", cfg.GroupID)
-	admin, err := kgo.NewClient(append(slices.Clone(cfg.ClientOptions),
+	admin, err := newClient(append(slices.Clone(cfg.ClientOptions),
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.WithLogger(kgoLogger{log}),
 		// Dead letters: acks from all in-sync replicas, idempotent, sent
 		// at once.
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
-	)...)
+	))
 	if err != nil {
 		return nil, fmt.Errorf("%w: franz: ClientOptions: %w", broker.ErrInvalidConfig, err)
 	}
@@ -213,7 +213,7 @@ func (s *Source) start() {
 	if cfg.MaxBytes > 50<<20 {
 		opts = append(opts, kgo.FetchMaxBytes(int32(cfg.MaxBytes)))
 	}
-	cl, err := kgo.NewClient(opts...)
+	cl, err := newClient(opts)
 	if err != nil {
 		s.startErr = broker.Fatal(fmt.Errorf("%w: franz: consumer group client: %w", broker.ErrInvalidConfig, err))
 		return
