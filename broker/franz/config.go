@@ -248,9 +248,13 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: franz: "+format, append([]any{broker.ErrInvalidConfig}, args...)...)
 }
 
-// validateBrokers checks the bootstrap addresses. An error says which entry
-// is wrong without echoing it: an address copied from a URL may carry
-// credentials.
+// validateBrokers checks the bootstrap addresses: each must be exactly
+// host:port, the host a name of letters, digits, '.', '_' and '-' or an IP
+// address ([…] for IPv6), the port 1…65535 in decimal digits. An error says
+// which entry is wrong (by index) without echoing it: an address copied
+// from a URL or a connection string may carry credentials. The addresses
+// that pass cannot make kgo's own errors (which this package wraps) carry
+// anything but a host and a port.
 func validateBrokers(brokers []string) error {
 	if len(brokers) == 0 {
 		return invalid("no brokers")
@@ -259,11 +263,46 @@ func validateBrokers(brokers []string) error {
 		if strings.Contains(b, "@") || strings.Contains(b, "://") {
 			return invalid("broker %d is not host:port (a URL or credentials?)", i)
 		}
-		if _, _, err := net.SplitHostPort(b); err != nil {
-			return invalid("broker %d is not host:port", i)
+		host, port, err := net.SplitHostPort(b)
+		if err != nil || !validHost(host) || !validPort(port) {
+			return invalid("broker %d is not host:port (a host name or IP address, and a port 1…65535)", i)
 		}
 	}
 	return nil
+}
+
+// validHost reports whether host is an IP address or a host name of
+// letters, digits, '.', '_' and '-'.
+func validHost(host string) bool {
+	if host == "" || len(host) > 253 {
+		return false
+	}
+	if net.ParseIP(host) != nil {
+		return true
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// validPort reports whether port is 1…65535 in decimal digits only.
+func validPort(port string) bool {
+	if port == "" || len(port) > 5 {
+		return false
+	}
+	n := 0
+	for i := 0; i < len(port); i++ {
+		c := port[i]
+		if c < '0' || c > '9' {
+			return false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n >= 1 && n <= 65535
 }
 
 // validTopicName returns nil if name is a topic name Kafka accepts: 1 to

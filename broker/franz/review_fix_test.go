@@ -71,4 +71,69 @@ func TestReviewBadClientOptionIsInvalidConfig(t *testing.T) {
 	}
 }
 
-var _ = strings.Contains
+// TestReviewBrokerAddressSecretsNotEchoed (finding 2): a broker address
+// that is not exactly host:port (a port 1…65535 in digits) is refused by
+// every constructor with an error wrapping broker.ErrInvalidConfig that
+// names the entry by index and never echoes it (it may carry a secret).
+func TestReviewBrokerAddressSecretsNotEchoed(t *testing.T) {
+	const secret = "hunter2SECRET"
+	for _, addr := range []string{
+		"host:9092?password=" + secret,
+		"host:" + secret,
+		"host:9092/" + secret,
+		secret + " x:9092",
+		":9092",
+		"host:0",
+		"host:65536",
+		"host:+9092",
+		"host:-1",
+		"somehost:",
+		"[::1]:" + secret,
+	} {
+		brokers := []string{"localhost:9092", addr}
+		errs := map[string]error{}
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("%q: panic %v", addr, r)
+				}
+			}()
+			if s, err := franz.NewSource(franz.Config{Brokers: brokers, GroupID: "g", Topic: "t"}); err != nil {
+				errs["NewSource"] = err
+			} else {
+				s.Close(t.Context())
+			}
+			if p, err := franz.NewPublisher(franz.PublisherConfig{Brokers: brokers}); err != nil {
+				errs["NewPublisher"] = err
+			} else {
+				p.Close(t.Context())
+			}
+			d, err := franz.NewDeadLetters(franz.DeadLetterConfig{Brokers: brokers, Topic: "t"})
+			if err == nil {
+				_, err = d.Count(t.Context(), broker.DeadLetterFilter{})
+				d.Close(t.Context())
+			}
+			errs["DeadLetters"] = err
+		}()
+		for _, what := range []string{"NewSource", "NewPublisher", "DeadLetters"} {
+			err := errs[what]
+			switch {
+			case !errors.Is(err, broker.ErrInvalidConfig):
+				t.Errorf("%s(%q) = %v, want an error wrapping ErrInvalidConfig", what, addr, err)
+			case strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), addr):
+				t.Errorf("%s(%q) = %q: echoes the address", what, addr, err)
+			case !strings.Contains(err.Error(), "broker 1"):
+				t.Errorf("%s(%q) = %q: does not name the entry (broker 1)", what, addr, err)
+			}
+		}
+	}
+	// Good addresses still pass.
+	for _, addr := range []string{"localhost:9092", "10.0.0.1:1", "[::1]:65535", "kafka-0.kafka.svc.cluster.local:9093", "my_host:9092"} {
+		s, err := franz.NewSource(franz.Config{Brokers: []string{addr}, GroupID: "g", Topic: "t"})
+		if err != nil {
+			t.Errorf("NewSource(%q) = %v", addr, err)
+			continue
+		}
+		s.Close(t.Context())
+	}
+}
