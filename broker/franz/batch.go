@@ -60,6 +60,25 @@ func (s *Source) ReceiveBatch(ctx context.Context, n int, wait time.Duration) ([
 		}
 	}()
 	for {
+		// A done ctx wins over ready records, which stay for another
+		// call; what was taken already is returned (the caller gives it
+		// back), as below.
+		if err := ctx.Err(); err != nil {
+			if waited {
+				// The wake-up this call may have taken is passed on.
+				s.mu.Lock()
+				s.waiting--
+				pass := s.ready.head != nil && s.waiting > 0
+				s.mu.Unlock()
+				if pass {
+					s.signal()
+				}
+			}
+			if len(b.recs) > 0 {
+				return b.deliveries(s), nil
+			}
+			return nil, err
+		}
 		if s.retry != nil && len(b.recs) == 0 {
 			// A due record of a retry tier comes first, in a batch of
 			// its own (retry.go).

@@ -5,9 +5,12 @@ package franz_test
 // in-process kfake cluster where a cluster is needed.
 
 import (
+	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -135,5 +138,41 @@ func TestReviewBrokerAddressSecretsNotEchoed(t *testing.T) {
 			continue
 		}
 		s.Close(t.Context())
+	}
+}
+
+// TestReviewReceiveWithDoneContext (finding 3): Receive and ReceiveBatch
+// with a ctx already done return ctx's error, not a ready record; the
+// records stay for a later call. Kafka protocol (in-process kfake cluster).
+func TestReviewReceiveWithDoneContext(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "ctxdone", 1)
+	e.produceN(t, topic, 0, 3, func(i int) string { return "k" })
+	s := newSource(t, e.config(topic, "g-"+topic))
+	d := receive(t, s) // joined; the other records are polled
+	if err := d.Ack(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the next record is ready
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := 0; i < 20; i++ {
+		if d, err := s.Receive(done); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Receive(done ctx) = %v, %v; want context.Canceled", d, err)
+		}
+		if ds, err := s.ReceiveBatch(done, 5, time.Second); !errors.Is(err, context.Canceled) || len(ds) > 0 {
+			t.Fatalf("ReceiveBatch(done ctx) = %d deliveries, %v; want context.Canceled", len(ds), err)
+		}
+	}
+	// The records were left for a live call.
+	for i := 1; i < 3; i++ {
+		d := receive(t, s)
+		if string(d.Message().Body) != strconv.Itoa(i) {
+			t.Fatalf("record %q, want %d", d.Message().Body, i)
+		}
+		if err := d.Ack(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -278,6 +278,21 @@ func (s *Source) Receive(ctx context.Context) (broker.Delivery, error) {
 	}
 	waited := false
 	for {
+		// A done ctx wins over a ready record, which stays for another
+		// call (broker.Source: Receive returns ctx's error).
+		if err := ctx.Err(); err != nil {
+			if waited {
+				// The wake-up this call may have taken is passed on.
+				s.mu.Lock()
+				s.waiting--
+				pass := s.ready.head != nil && s.waiting > 0
+				s.mu.Unlock()
+				if pass {
+					s.signal()
+				}
+			}
+			return nil, err
+		}
 		if s.retry != nil {
 			// A due record of a retry tier comes first (retry.go).
 			if d, err := s.takeRetry(waited); d != nil || err != nil {
