@@ -57,15 +57,18 @@ func (d *delivery) Message() *broker.Message { return &d.msg }
 // broker.ErrStaleDelivery.
 func (d *delivery) Lease() context.Context { return d.rec.p.lease }
 
-// claimLocked marks d settled, or says why it cannot be.
+// claimLocked marks d settled, or says why it cannot be. A fenced delivery
+// never settled stays unsettled: every settlement of it returns an error
+// wrapping broker.ErrStaleDelivery, so that a caller retrying one is not
+// told it was settled (it was not committed).
 func (d *delivery) claimLocked() error {
 	if d.settled {
 		return broker.ErrAlreadySettled
 	}
-	d.settled = true
 	if d.rec.p.fenced {
 		return d.stale()
 	}
+	d.settled = true
 	return nil
 }
 
@@ -273,6 +276,8 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 		return fmt.Errorf("franz: dead-letter %s to %s: %w", d.msg.ID, s.cfg.DeadLetterTopic, werr)
 	}
 	if d.rec.p.fenced {
+		// Not committed: a later settlement is told it is stale too.
+		d.settled = false
 		return fmt.Errorf("%w (it was written to %s)", d.stale(), s.cfg.DeadLetterTopic)
 	}
 	kick := s.handledLocked(d.rec)

@@ -576,6 +576,7 @@ func (s *Source) requeueToTier(ctx context.Context, rs *retryState, d *delivery,
 		return nil
 	}
 	if rec.p.fenced {
+		d.settled = false // not committed: a later settlement is stale too
 		return fmt.Errorf("%w: %s was written to %s but its partition was taken from this member first; it will be redelivered too",
 			broker.ErrStaleDelivery, d.msg.ID, t.topic)
 	}

@@ -176,3 +176,36 @@ func TestReviewReceiveWithDoneContext(t *testing.T) {
 		}
 	}
 }
+
+// TestReviewFencedDeliveryStaysStale (finding 9): every settlement of a
+// fenced delivery that was never settled (held across Close) returns an
+// error wrapping broker.ErrStaleDelivery, not only the first: a caller
+// retrying is not told "already settled" for a record that was not
+// committed. Kafka protocol (in-process kfake cluster).
+func TestReviewFencedDeliveryStaysStale(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "stale", 1)
+	e.produceN(t, topic, 0, 1, func(int) string { return "k" })
+	s := newSource(t, e.config(topic, "g-"+topic))
+	d := receive(t, s)
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	settles := []struct {
+		name string
+		f    func() error
+	}{
+		{"Ack", func() error { return d.Ack(t.Context()) }},
+		{"Requeue", func() error { return d.Requeue(t.Context()) }},
+		{"RequeueAfter", func() error { return d.(broker.DelayedRequeuer).RequeueAfter(t.Context(), time.Millisecond) }},
+		{"Release", func() error { return d.(broker.Releaser).Release(t.Context()) }},
+		{"DeadLetter", func() error { return d.DeadLetter(t.Context(), broker.Reason{Err: "x"}) }},
+		{"Ack again", func() error { return d.Ack(t.Context()) }},
+	}
+	for _, st := range settles {
+		if err := st.f(); !errors.Is(err, broker.ErrStaleDelivery) {
+			t.Errorf("%s after the fence = %v, want ErrStaleDelivery", st.name, err)
+		}
+	}
+}
