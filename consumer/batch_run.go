@@ -359,7 +359,7 @@ func safeLane(sq broker.Sequenced) (lane uint64, ok bool) {
 // is the worker's context of that lease; when they have several, or some
 // have none, it is a context of the batch's own that ends when any of
 // their leases does.
-func (r *run) batchContext(lc *leaseCtx, in *intake, ds []broker.Delivery) (context.Context, func()) {
+func (r *run) batchContext(lc *leaseCache, in *intake, ds []broker.Delivery) (context.Context, func()) {
 	var leases []context.Context // distinct, as far as sameLease can tell
 	unleased := false
 	for _, d := range ds {
