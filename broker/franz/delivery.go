@@ -146,7 +146,9 @@ func (d *delivery) Requeue(context.Context) error {
 }
 
 // RequeueAfter hands the record out again after delay (a delay <= 0 is a
-// Requeue). The record's lane stays blocked for the delay (the whole
+// Requeue; a delay above a week, the longest retry tier Config.RetryTopics
+// allows, is a week, so that an absurd delay cannot hold a lane for ever).
+// The record's lane stays blocked for the delay (the whole
 // partition, with ByPartition), so per-key order holds, and the Attempt
 // count lives in this process only.
 //
@@ -163,10 +165,15 @@ func (d *delivery) RequeueAfter(ctx context.Context, delay time.Duration) error 
 	return d.s.requeueAfter(ctx, d, delay)
 }
 
+// maxRequeueDelay caps a RequeueAfter delay: a week, the longest retry
+// tier (maxRetryTier). A var for the tests.
+var maxRequeueDelay = maxRetryTier
+
 // requeueAfter settles d with a delayed requeue. It is the seam of the
 // retry topics: with them (retry.go) a delayed record is written to a tier
 // topic instead of being held in process.
 func (s *Source) requeueAfter(ctx context.Context, d *delivery, delay time.Duration) error {
+	delay = min(delay, maxRequeueDelay)
 	if rs := s.retryOwner(); rs != nil && delay > 0 {
 		return s.requeueToTier(ctx, rs, d, delay) // retry.go
 	}

@@ -209,3 +209,33 @@ func TestReviewFencedDeliveryStaysStale(t *testing.T) {
 		}
 	}
 }
+
+// TestReviewRequeueAfterIsCapped (finding 10): a RequeueAfter delay past
+// the cap (a week; set to 100 ms here) is the cap, so that an absurd delay
+// does not freeze the record's lane for ever; a negative one is a Requeue.
+// Kafka protocol (in-process kfake cluster). Not parallel: it sets the cap.
+func TestReviewRequeueAfterIsCapped(t *testing.T) {
+	t.Cleanup(franz.SetMaxRequeueDelay(100 * time.Millisecond))
+	e := newEnv(t)
+	topic := e.topic(t, "requeue-cap", 1)
+	e.produceN(t, topic, 0, 1, func(int) string { return "k" })
+	s := newSource(t, e.config(topic, "g-"+topic))
+	d := receive(t, s)
+	for _, delay := range []time.Duration{1 << 62, time.Hour, -time.Hour} {
+		if err := d.(broker.DelayedRequeuer).RequeueAfter(t.Context(), delay); err != nil {
+			t.Fatalf("RequeueAfter(%v) = %v", delay, err)
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		next, err := s.Receive(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("after RequeueAfter(%v): Receive = %v (the lane is held past the cap)", delay, err)
+		}
+		t.Logf("RequeueAfter(%v): back after %v", delay, time.Since(start))
+		d = next
+	}
+	if err := d.Ack(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}

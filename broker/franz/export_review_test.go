@@ -1,0 +1,11 @@
+package franz
+
+import "time"
+
+// SetMaxRequeueDelay sets, for a test that does not run in parallel, the
+// cap of a RequeueAfter delay, and returns a func that restores it.
+func SetMaxRequeueDelay(d time.Duration) (restore func()) {
+	old := maxRequeueDelay
+	maxRequeueDelay = d
+	return func() { maxRequeueDelay = old }
+}
