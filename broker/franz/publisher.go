@@ -37,7 +37,8 @@ type PublisherConfig struct {
 	Linger time.Duration
 	// Inject, if set, is called for every message with the Publish context
 	// and a copy of the message's headers, and returns the headers to send.
-	// Use it to propagate trace context or a correlation id from ctx.
+	// Use it to propagate trace context or a correlation id from ctx. If it
+	// panics, Publish returns an error and writes none of its messages.
 	Inject func(ctx context.Context, header map[string]string) map[string]string
 }
 
@@ -124,6 +125,18 @@ func newClient(opts []kgo.Opt) (cl *kgo.Client, err error) {
 	return kgo.NewClient(opts...)
 }
 
+// callInject calls inject and turns a panic of it into an error: user code
+// panicking must not panic out of Publish (as with the rabbitmq adapter).
+// Inject runs before anything of the call is sent, so nothing is written.
+func callInject(ctx context.Context, inject func(context.Context, map[string]string) map[string]string, h map[string]string) (out map[string]string, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = nil, fmt.Errorf("franz: publish: PublisherConfig.Inject panicked: %v; nothing was published", r)
+		}
+	}()
+	return inject(ctx, h), nil
+}
+
 // keyPartitioner returns the partitioner of the Publisher: a keyed record
 // goes to partition abs(int32(fnv1a32(key)) % n), as kafka-go's default
 // kafkago.Hash balancer and Sarama's default partitioner place it, so that
@@ -191,7 +204,10 @@ func (p *Publisher) Publish(ctx context.Context, topic string, msgs ...*broker.M
 		}
 		h := m.Header
 		if p.inject != nil {
-			h = p.inject(ctx, maps.Clone(h)) // the caller's map is not modified
+			var err error
+			if h, err = callInject(ctx, p.inject, maps.Clone(h)); err != nil { // the caller's map is not modified
+				return err
+			}
 		}
 		recs[i] = &kgo.Record{Topic: topic, Key: m.Key, Value: m.Body, Timestamp: m.Time, Headers: recordHeaders(h)}
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -237,5 +238,49 @@ func TestReviewRequeueAfterIsCapped(t *testing.T) {
 	}
 	if err := d.Ack(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReviewPanickingInjectIsAnError (finding 12): a PublisherConfig.Inject
+// that panics makes Publish return an error (nothing is written), as the
+// rabbitmq adapter does, instead of panicking in the caller's goroutine;
+// the Publisher stays usable. Kafka protocol (in-process kfake cluster).
+func TestReviewPanickingInjectIsAnError(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "inject", 1)
+	var boom atomic.Bool
+	boom.Store(true)
+	p, err := franz.NewPublisher(franz.PublisherConfig{Brokers: e.brokers, Topic: topic,
+		Inject: func(_ context.Context, h map[string]string) map[string]string {
+			if boom.Load() {
+				panic("inject boom")
+			}
+			return h
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(t.Context())
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.Fatalf("Publish panicked: %v", r)
+			}
+		}()
+		err = p.Publish(t.Context(), "", &broker.Message{Body: []byte("a")}, &broker.Message{Body: []byte("b")})
+	}()
+	if err == nil || !strings.Contains(err.Error(), "Inject panicked") {
+		t.Fatalf("Publish with a panicking Inject = %v, want an error saying Inject panicked", err)
+	}
+	boom.Store(false)
+	if err := p.Publish(t.Context(), "", &broker.Message{Body: []byte("c")}); err != nil {
+		t.Fatalf("Publish after = %v", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	recs := e.readAll(ctx, t, topic, 1)
+	if len(recs) != 1 || string(recs[0].Value) != "c" {
+		t.Fatalf("topic holds %d records, want only c", len(recs))
 	}
 }
