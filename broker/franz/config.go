@@ -152,6 +152,15 @@ type Config struct {
 	// RebalanceTimeout is how long the coordinator waits for members to
 	// rejoin during a rebalance. Default 60 s.
 	RebalanceTimeout time.Duration
+	// PartitionWatchInterval is how often the member checks the topic's
+	// partition count, as in the kafka adapter: partitions added to the
+	// topic are assigned (and consumed) within about this long. It is
+	// kgo's metadata refresh interval (kgo.MetadataMaxAge, and
+	// kgo.MetadataMinAge at most 5 s and at most it; kgo bounds them to
+	// 10 ms…1 h, and so does the Source, silently); the Source's values
+	// win over those options in ClientOptions. Default 5 s (kgo's own
+	// default is 5 min).
+	PartitionWatchInterval time.Duration
 
 	// StartOffset is where a partition without a committed offset starts:
 	// FirstOffset (default) or LastOffset.
@@ -220,6 +229,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RebalanceTimeout == 0 {
 		c.RebalanceTimeout = 60 * time.Second
+	}
+	if c.PartitionWatchInterval == 0 {
+		c.PartitionWatchInterval = 5 * time.Second
 	}
 	if c.RebalanceDrainTimeout == 0 && c.SessionTimeout > 0 && c.RebalanceTimeout > 0 {
 		c.RebalanceDrainTimeout = min(c.SessionTimeout, c.RebalanceTimeout) / 3
@@ -380,6 +392,7 @@ func (c *Config) validate() error {
 		{"HeartbeatInterval", c.HeartbeatInterval}, {"SessionTimeout", c.SessionTimeout},
 		{"RebalanceTimeout", c.RebalanceTimeout}, {"RebalanceDrainTimeout", c.RebalanceDrainTimeout},
 		{"CommitInterval", c.CommitInterval}, {"MaxWait", c.MaxWait},
+		{"PartitionWatchInterval", c.PartitionWatchInterval},
 	} {
 		if d.v <= 0 || d.v > maxMillis {
 			return invalid("%s %v out of range", d.name, d.v)

@@ -284,3 +284,51 @@ func TestReviewPanickingInjectIsAnError(t *testing.T) {
 		t.Fatalf("topic holds %d records, want only c", len(recs))
 	}
 }
+
+// TestReviewPartitionsAddedAreConsumed (finding 6): partitions added to
+// the topic while the Source consumes are assigned and consumed within
+// about Config.PartitionWatchInterval (200 ms here; the bound asserted is
+// a generous 15 s, kgo's default metadata refresh being 5 min). Kafka
+// protocol (in-process kfake cluster).
+func TestReviewPartitionsAddedAreConsumed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "grow", 1)
+	e.produceTo(t, topic, 0, "p0")
+	cfg := e.config(topic, "g-"+topic)
+	cfg.PartitionWatchInterval = 200 * time.Millisecond
+	s := newSource(t, cfg)
+	if d := receive(t, s); string(d.Message().Body) != "p0" {
+		t.Fatalf("got %q", d.Message().Body)
+	} else if err := d.Ack(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := e.adm.CreatePartitions(ctx, 2, topic); err != nil {
+		t.Fatalf("CreatePartitions: %v", err)
+	}
+	// A new producer: e.manual's metadata still says 1 partition.
+	pr, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ProducerLinger(0),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	start := time.Now()
+	if err := pr.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: 2, Value: []byte("p2")}).FirstErr(); err != nil {
+		t.Fatalf("produce to partition 2: %v", err)
+	}
+	ctx, cancel = context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	var d broker.Delivery
+	d, err = s.Receive(ctx)
+	if err != nil {
+		t.Fatalf("the record of the added partition was not handed out within 15 s: %v", err)
+	}
+	t.Logf("record of an added partition handed out %v after it was written", time.Since(start))
+	if string(d.Message().Body) != "p2" {
+		t.Fatalf("got %q, want p2", d.Message().Body)
+	}
+	d.Ack(t.Context())
+}

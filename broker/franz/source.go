@@ -210,6 +210,7 @@ func (s *Source) start() {
 		kgo.FetchMaxWait(cfg.MaxWait),
 		kgo.FetchMaxPartitionBytes(int32(cfg.MaxBytes)),
 	)
+	opts = append(opts, metadataAges(cfg.PartitionWatchInterval)...)
 	if cfg.MaxBytes > 50<<20 {
 		opts = append(opts, kgo.FetchMaxBytes(int32(cfg.MaxBytes)))
 	}
@@ -236,6 +237,16 @@ func (s *Source) start() {
 
 	// Retry topics of the group left over from an earlier config.
 	s.startStrandedCheck() // retry.go
+}
+
+// metadataAges returns kgo's metadata refresh options for
+// Config.PartitionWatchInterval: the max age is the interval, and the min
+// age (kgo's default 5 s) at most the interval, both within what kgo
+// accepts (10 ms…1 h).
+func metadataAges(interval time.Duration) []kgo.Opt {
+	maxAge := min(max(interval, 10*time.Millisecond), time.Hour)
+	minAge := min(maxAge, 5*time.Second)
+	return []kgo.Opt{kgo.MetadataMaxAge(maxAge), kgo.MetadataMinAge(minAge)}
 }
 
 // begin starts the Source on first use and returns why it cannot be used.
