@@ -9,3 +9,7 @@ func SetMaxRequeueDelay(d time.Duration) (restore func()) {
 	maxRequeueDelay = d
 	return func() { maxRequeueDelay = old }
 }
+
+// WaitClientsClosed waits until the kgo clients' Close calls that a Close
+// cut short by its ctx left running in the background have returned.
+func WaitClientsClosed(s *Source) { s.bg.Wait() }

@@ -8,12 +8,14 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/franz"
@@ -331,4 +333,51 @@ func TestReviewPartitionsAddedAreConsumed(t *testing.T) {
 		t.Fatalf("got %q, want p2", d.Message().Body)
 	}
 	d.Ack(t.Context())
+}
+
+// TestReviewCloseBoundedWhenBrokerHangs (finding 4): when the broker stops
+// answering, Close returns at its ctx's end (an error wrapping ctx's), not
+// ~2 s later (kgo's Client.Close takes no ctx: it waits for fetch sessions
+// and the metrics push); kgo's close ends in the background, and the
+// Source's goroutines with it (goleak). Kafka protocol (in-process kfake
+// cluster, whose Control blocks every request until released). The bound
+// asserted is a correctness bound: ctx + 1 s.
+func TestReviewCloseBoundedWhenBrokerHangs(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "close-hang", 2)
+	e.produceN(t, topic, 0, 4, func(i int) string { return strconv.Itoa(i) })
+	s, err := franz.NewSource(e.config(topic, "g-"+topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := receive(t, s)
+	if err := d.Ack(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(func() {
+		unblock()
+		franz.WaitClientsClosed(s) // kgo's close, left running, ends
+	})
+	e.cluster.KeepControl()
+	e.cluster.Control(func(kmsg.Request) (kmsg.Response, error, bool) {
+		<-release
+		return nil, nil, false
+	})
+	const bound = 500 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	start := time.Now()
+	err = s.Close(ctx)
+	took := time.Since(start)
+	t.Logf("Close(%v ctx) with a hung broker: %v after %v", bound, err, took)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close = %v, want an error wrapping context.DeadlineExceeded", err)
+	}
+	if took > bound+time.Second {
+		t.Errorf("Close took %v with a %v ctx: not bounded by it", took, bound)
+	}
 }

@@ -53,6 +53,9 @@ type Source struct {
 	startErr  error
 	runCancel context.CancelFunc
 	run       sync.WaitGroup
+	// bg counts the kgo Client.Close calls that Close, cut short by its
+	// ctx, left running (kgo's Close takes no ctx).
+	bg sync.WaitGroup
 
 	// abortCtx ends when Close's ctx ended before Close was done: drains
 	// stop waiting, commits are cancelled, and so are the Lag, Backlog and
@@ -376,7 +379,10 @@ func (s *Source) wakeLocked() {
 //
 // Close is bounded by ctx: when ctx ends first, Close stops the final
 // commit and the group leave where they are, closes the clients, and
-// returns an error wrapping ctx's. Nothing is lost: the partitions' next
+// returns an error wrapping ctx's. (kgo's Client.Close takes no ctx: with a
+// broker that stopped answering, the clients' close goes on in the
+// background for up to about 2 s after Close returned, then ends, and
+// with it every goroutine of the Source.) Nothing is lost: the partitions' next
 // owner handles again what was not committed, once the coordinator's
 // session timeout declared this member gone (at worst). Close is
 // idempotent; a second call waits for the first, or for its own ctx.
@@ -409,12 +415,12 @@ func (s *Source) Close(ctx context.Context) error {
 		// still out and commits what was handled (bounded by ctx), then
 		// kgo sends LeaveGroup.
 		leaveErr = s.cl.LeaveGroupContext(ctx)
-		s.cl.Close()
+		s.closeClient(ctx, s.cl)
 	}
 	tierErr := tiersDone()
 	s.calls.Wait()
 	dlErr := errors.Join(s.dl.close(ctx), tierErr) // deadletters.go
-	s.admin.Close()
+	s.closeClient(ctx, s.admin)
 	aborted := !stop()
 	if aborted {
 		s.abort()
@@ -440,6 +446,26 @@ func (s *Source) Close(ctx context.Context) error {
 		return errors.Join(fmt.Errorf("franz: close: leave group: %w", leaveErr), dlErr)
 	}
 	return dlErr
+}
+
+// closeClient closes cl, waiting no longer than ctx: kgo's Client.Close
+// takes no ctx, and with a broker that stopped answering it waits about
+// 2 s (fetch sessions, metrics push). When ctx ends first, the close goes
+// on in the background (counted by s.bg) and ends by itself; nothing of
+// the Source waits for it.
+func (s *Source) closeClient(ctx context.Context, cl *kgo.Client) {
+	done := make(chan struct{})
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		defer close(done)
+		cl.Close()
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.abort()
+	}
 }
 
 // abort is what Close does when its ctx ends first: drains stop waiting,
