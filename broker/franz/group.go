@@ -71,6 +71,7 @@ type partState struct {
 	nBacklog     int
 	maxPoll      int // the most records of the partition one poll brought
 	run          int // records admitted to the front of s.ready in a row
+	ready        int // records of this assignment waiting on s.ready
 	// wantPause asks the flow goroutine to stop kgo fetching the
 	// partition (its backlog does not drain as fast as polls fill it);
 	// fetchPaused is what the flow goroutine applied (pause.go).

@@ -100,12 +100,16 @@ func (l *lane) insert(r *record) {
 	}
 }
 
-// readyList is the FIFO of records waiting for Receive, under s.mu.
+// readyList is the FIFO of records waiting for Receive, under s.mu. It
+// counts, per partition, the records it holds (partState.ready), so that a
+// record is put at its front only when no older record of its partition
+// waits behind it (see frontOK).
 type readyList struct {
 	head, tail *record
 }
 
 func (q *readyList) push(r *record) {
+	r.p.ready++
 	r.next = nil
 	if q.tail == nil {
 		q.head, q.tail = r, r
@@ -116,6 +120,7 @@ func (q *readyList) push(r *record) {
 }
 
 func (q *readyList) pushFront(r *record) {
+	r.p.ready++
 	r.next = q.head
 	q.head = r
 	if q.tail == nil {
@@ -133,6 +138,7 @@ func (q *readyList) pop() *record {
 		q.tail = nil
 	}
 	r.next = nil
+	r.p.ready--
 	return r
 }
 
@@ -142,7 +148,9 @@ func (q *readyList) remove(drop func(*record) bool) {
 	for r := q.head; r != nil; {
 		next := r.next
 		r.next = nil
-		if !drop(r) {
+		if drop(r) {
+			r.p.ready--
+		} else {
 			if tail == nil {
 				head = r
 			} else {
@@ -416,7 +424,12 @@ func (s *Source) admitLocked(p *partState, front bool) {
 		switch {
 		case ln.busy:
 			ln.push(rec)
-		case front && p.run < affinityRun:
+		case front && p.run < affinityRun && p.ready == 0:
+			// Only when no record of p waits on s.ready: those are older
+			// (other keys' lanes), and a newer record handed out before
+			// them leaves a gap that no commit can pass until they are
+			// handled — at a stop or a rebalance, the records handled
+			// after the gap are handled again by the next owner.
 			p.run++
 			ln.busy = true
 			s.ready.pushFront(rec)
@@ -507,7 +520,9 @@ func (s *Source) freeLaneLocked(rec *record) {
 		// likely to ask next, gets a record of the same partition (the
 		// same Lease), which lets the consumer runtime keep its handler
 		// context instead of making one per record.
-		if ln.run < affinityRun {
+		if ln.run < affinityRun && rec.p.ready == 0 {
+			// Not ahead of older records of the partition (other keys'
+			// lanes) waiting on s.ready: see admitLocked.
 			ln.run++
 			s.ready.pushFront(next)
 		} else {
