@@ -90,11 +90,17 @@ type Config struct {
 	Topic string
 
 	// ClientOptions are passed to every kgo.Client the Source makes: TLS
-	// (kgo.DialTLSConfig), SASL (kgo.SASL), kgo.ClientID, kgo.Dialer and
-	// the like. They are applied first, and the Source's own options
-	// (group, topic, commits, rebalance callbacks, isolation, balancers,
-	// fetch sizes) after them, so that they cannot be overridden by
-	// accident.
+	// (kgo.DialTLSConfig), SASL (kgo.SASL), kgo.ClientID, kgo.Dialer,
+	// kgo.InstanceID and the like. NewSource refuses (ErrInvalidConfig,
+	// naming the option) those that would break the Source's guarantees
+	// or that a field of Config sets: the consuming and group options
+	// (kgo.ConsumerGroup, ConsumeTopics, ConsumeRegex, ConsumePartitions,
+	// the AutoCommit options, OnPartitionsAssigned/Revoked/Lost, …),
+	// kgo.TransactionalID, kgo.DisableIdempotentWrite, kgo.RequiredAcks
+	// other than kgo.AllISRAcks(), and the options of Brokers, Logger,
+	// Isolation, Balancers, the timeouts, MaxWait, MaxBytes, StartOffset
+	// and PartitionWatchInterval. The others are applied first, and the
+	// Source's own options after them.
 	ClientOptions []kgo.Opt
 
 	// Balancers are the group balancers this member supports, in order of
@@ -413,12 +419,7 @@ func (c *Config) validate() error {
 			return invalid("Balancers[%d] is nil", i)
 		}
 	}
-	for i, o := range c.ClientOptions {
-		if o == nil {
-			return invalid("ClientOptions[%d] is nil", i)
-		}
-	}
-	return nil
+	return checkClientOptions("", c.ClientOptions, sourceRefused) // options.go
 }
 
 // maxRetryTier bounds a retry tier: a week, as in the kafka adapter.

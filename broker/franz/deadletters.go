@@ -38,8 +38,12 @@ type DeadLetterConfig struct {
 	Brokers []string
 	// ClientOptions are passed to kgo.NewClient first: TLS
 	// (kgo.DialTLSConfig), SASL (kgo.SASL), kgo.ClientID, kgo.Dialer and
-	// the like. The options DeadLetters needs (seed brokers, acks,
-	// partitioning, no consuming) come after them and win.
+	// the like. NewDeadLetters refuses (ErrInvalidConfig, naming the
+	// option) the consuming and group options, kgo.TransactionalID,
+	// kgo.DisableIdempotentWrite, kgo.RequiredAcks other than
+	// kgo.AllISRAcks() and kgo.SeedBrokers. The options DeadLetters needs
+	// (seed brokers, acks, partitioning, no consuming) come after them and
+	// win.
 	ClientOptions []kgo.Opt
 	// Topic is the topic whose dead letters these are (Config.Topic of the
 	// Source). It names the default DeadLetterTopic.
@@ -151,10 +155,8 @@ func NewDeadLetters(cfg DeadLetterConfig) (*DeadLetters, error) {
 	if err := validateBrokers(cfg.Brokers); err != nil {
 		return nil, err
 	}
-	for i, o := range cfg.ClientOptions {
-		if o == nil {
-			return nil, invalid("dead letters: ClientOptions[%d] is nil", i)
-		}
+	if err := checkClientOptions("dead letters: ", cfg.ClientOptions, deadLettersRefused); err != nil { // options.go
+		return nil, err
 	}
 	if cfg.Topic == "" {
 		return nil, invalid("dead letters: empty Topic")

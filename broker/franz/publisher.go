@@ -27,9 +27,14 @@ type PublisherConfig struct {
 	Topic string
 	// ClientOptions are passed to kgo.NewClient first: TLS
 	// (kgo.DialTLSConfig), SASL (kgo.SASL), kgo.ClientID, kgo.Dialer,
-	// kgo.RecordDeliveryTimeout and the like. The Publisher's own options
-	// (seed brokers, acks, partitioner, linger, unknown-topic retries) come
-	// after them and win.
+	// kgo.RecordDeliveryTimeout and the like. NewPublisher refuses
+	// (ErrInvalidConfig, naming the option) kgo.TransactionalID,
+	// kgo.DisableIdempotentWrite, kgo.RequiredAcks other than
+	// kgo.AllISRAcks(), the consuming and group options, and
+	// kgo.SeedBrokers, kgo.ProducerLinger and kgo.RecordPartitioner (the
+	// Publisher sets them). The Publisher's own options (seed brokers,
+	// acks, partitioner, linger, unknown-topic retries) come after them
+	// and win.
 	ClientOptions []kgo.Opt
 	// Linger is how long a partition's records wait for more to batch with
 	// before they are sent. Default 0: sent as soon as possible, batching
@@ -94,10 +99,8 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	if cfg.Linger < 0 {
 		return nil, invalid("publisher Linger %v, want >= 0", cfg.Linger)
 	}
-	for i, o := range cfg.ClientOptions {
-		if o == nil {
-			return nil, invalid("publisher ClientOptions[%d] is nil", i)
-		}
+	if err := checkClientOptions("publisher ", cfg.ClientOptions, publisherRefused); err != nil { // options.go
+		return nil, err
 	}
 	opts := append(slices.Clone(cfg.ClientOptions),
 		kgo.SeedBrokers(cfg.Brokers...),

@@ -8,8 +8,8 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"sync"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -379,5 +379,78 @@ func TestReviewCloseBoundedWhenBrokerHangs(t *testing.T) {
 	}
 	if took > bound+time.Second {
 		t.Errorf("Close took %v with a %v ctx: not bounded by it", took, bound)
+	}
+}
+
+// TestReviewConflictingClientOptionsRefused (finding 5): ClientOptions
+// that would break a Source's or a Publisher's guarantees, or that a
+// Config field sets (and would be overridden), are refused by the
+// constructor with an error wrapping broker.ErrInvalidConfig that names
+// the option; harmless ones pass. No cluster: nothing connects.
+func TestReviewConflictingClientOptionsRefused(t *testing.T) {
+	t.Parallel()
+	brokers := []string{"localhost:9092"}
+	source := map[string]kgo.Opt{
+		"ConsumePartitions":      kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{"t": {0: kgo.NewOffset()}}),
+		"ConsumeRegex":           kgo.ConsumeRegex(),
+		"ConsumeTopics":          kgo.ConsumeTopics("x"),
+		"ConsumerGroup":          kgo.ConsumerGroup("other"),
+		"AutoCommitMarks":        kgo.AutoCommitMarks(),
+		"AutoCommitInterval":     kgo.AutoCommitInterval(time.Second),
+		"OnPartitionsRevoked":    kgo.OnPartitionsRevoked(func(context.Context, *kgo.Client, map[string][]int32) {}),
+		"OnPartitionsAssigned":   kgo.OnPartitionsAssigned(func(context.Context, *kgo.Client, map[string][]int32) {}),
+		"OnPartitionsLost":       kgo.OnPartitionsLost(func(context.Context, *kgo.Client, map[string][]int32) {}),
+		"TransactionalID":        kgo.TransactionalID("tx"),
+		"DisableIdempotentWrite": kgo.DisableIdempotentWrite(),
+		"RequiredAcks":           kgo.RequiredAcks(kgo.LeaderAck()),
+		"SessionTimeout":         kgo.SessionTimeout(10 * time.Second),
+		"FetchIsolationLevel":    kgo.FetchIsolationLevel(kgo.ReadUncommitted()),
+		"SeedBrokers":            kgo.SeedBrokers("other:9092"),
+	}
+	for name, o := range source {
+		s, err := franz.NewSource(franz.Config{Brokers: brokers, GroupID: "g", Topic: "t", ClientOptions: []kgo.Opt{kgo.ClientID("c"), o}})
+		if err == nil {
+			s.Close(t.Context())
+		}
+		if !errors.Is(err, broker.ErrInvalidConfig) || !strings.Contains(err.Error(), "ClientOptions[1]: kgo."+name) {
+			t.Errorf("NewSource with kgo.%s = %v, want ErrInvalidConfig naming ClientOptions[1]: kgo.%s", name, err, name)
+		}
+	}
+	publisher := map[string]kgo.Opt{
+		"TransactionalID":        kgo.TransactionalID("tx"),
+		"DisableIdempotentWrite": kgo.DisableIdempotentWrite(),
+		"RequiredAcks":           kgo.RequiredAcks(kgo.NoAck()),
+		"ConsumeTopics":          kgo.ConsumeTopics("x"),
+		"ConsumerGroup":          kgo.ConsumerGroup("g"),
+		"ProducerLinger":         kgo.ProducerLinger(time.Second),
+		"RecordPartitioner":      kgo.RecordPartitioner(kgo.RoundRobinPartitioner()),
+	}
+	for name, o := range publisher {
+		p, err := franz.NewPublisher(franz.PublisherConfig{Brokers: brokers, ClientOptions: []kgo.Opt{o}})
+		if err == nil {
+			p.Close(t.Context())
+		}
+		if !errors.Is(err, broker.ErrInvalidConfig) || !strings.Contains(err.Error(), "ClientOptions[0]: kgo."+name) {
+			t.Errorf("NewPublisher with kgo.%s = %v, want ErrInvalidConfig naming ClientOptions[0]: kgo.%s", name, err, name)
+		}
+	}
+	ok := []kgo.Opt{kgo.ClientID("c"), kgo.InstanceID("i"), kgo.DialTimeout(time.Second), kgo.WithHooks(),
+		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.RequestRetries(3)}
+	s, err := franz.NewSource(franz.Config{Brokers: brokers, GroupID: "g", Topic: "t", ClientOptions: ok})
+	if err != nil {
+		t.Fatalf("NewSource with harmless options = %v", err)
+	}
+	s.Close(t.Context())
+	p, err := franz.NewPublisher(franz.PublisherConfig{Brokers: brokers, ClientOptions: []kgo.Opt{kgo.ClientID("c"), kgo.RequiredAcks(kgo.AllISRAcks())}})
+	if err != nil {
+		t.Fatalf("NewPublisher with harmless options = %v", err)
+	}
+	p.Close(t.Context())
+	d, err := franz.NewDeadLetters(franz.DeadLetterConfig{Brokers: brokers, Topic: "t", ClientOptions: []kgo.Opt{kgo.TransactionalID("tx")}})
+	if !errors.Is(err, broker.ErrInvalidConfig) || !strings.Contains(err.Error(), "kgo.TransactionalID") {
+		t.Errorf("NewDeadLetters with kgo.TransactionalID = %v, want ErrInvalidConfig naming it", err)
+	}
+	if d != nil {
+		d.Close(t.Context())
 	}
 }
