@@ -110,6 +110,7 @@ func (s *Source) onAssigned(_ context.Context, _ *kgo.Client, assigned map[strin
 	s.joined = true
 	s.status = broker.Status{Connected: true}
 	s.mu.Unlock()
+	s.clearErr() // status.go: the failures before this assignment are over
 	ids := assigned[s.cfg.Topic]
 	s.log.Debug("franz: partitions assigned", "partitions", ids)
 	switch {

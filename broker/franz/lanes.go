@@ -577,11 +577,7 @@ func (s *Source) pollErrors(fs kgo.Fetches) {
 		if errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) {
 			return
 		}
-		s.mu.Lock()
-		if s.status.Err == nil {
-			s.status.Err = err
-		}
-		s.mu.Unlock()
+		s.noteErr(err) // status.go
 		t := &s.pollErr
 		t.mu.Lock()
 		t.n++

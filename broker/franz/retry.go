@@ -765,7 +765,7 @@ func (s *Source) retryStatusErr() error {
 		for _, t := range s.retry.tiers {
 			ts := t.src
 			ts.mu.Lock()
-			st, gerr := ts.status, ts.tier.groupErr
+			st, gerr := ts.statusLocked(time.Now()), ts.tier.groupErr
 			ts.mu.Unlock()
 			switch {
 			case !st.Connected && gerr != nil:

@@ -7,6 +7,7 @@ package franz_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -452,5 +453,94 @@ func TestReviewConflictingClientOptionsRefused(t *testing.T) {
 	}
 	if d != nil {
 		d.Close(t.Context())
+	}
+}
+
+// TestReviewStatusNotConnectedWithAnError (finding 7): a Source whose
+// fetches fail (its topic deleted and recreated: UNKNOWN_TOPIC_ID) reports
+// Connected:false with the error, never Connected:true with an Err
+// (broker.Status: Err is why the source is not connected). Kafka protocol
+// (in-process kfake cluster).
+func TestReviewStatusNotConnectedWithAnError(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "recreate", 1)
+	e.produceTo(t, topic, 0, "a")
+	cfg := e.config(topic, "g-"+topic)
+	cfg.PartitionWatchInterval = 200 * time.Millisecond
+	s := newSource(t, cfg)
+	d := receive(t, s)
+	if err := d.Ack(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); !st.Connected || st.Err != nil {
+		t.Fatalf("Status after the first record = %+v, want connected", st)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := e.adm.DeleteTopics(ctx, topic); err != nil {
+		t.Fatalf("DeleteTopics: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	e.createTopic(t, topic, 1)
+	e.produceN(t, topic, 0, 2, func(int) string { return "k" })
+	// The Source's fetches now fail; Status says so, not connected.
+	var st broker.Status
+	start := time.Now()
+	// kgo surfaces UNKNOWN_TOPIC_ID to the poll after about 12 s here.
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if st = s.Status(); st.Err != nil || !st.Connected {
+			break
+		}
+	}
+	t.Logf("Status %v after the topic was recreated: %+v", time.Since(start), st)
+	if st.Err == nil {
+		t.Skip("no fetch error within 30 s (kgo/kfake behaved differently): nothing to check")
+	}
+	if st.Connected {
+		t.Errorf("Status = {Connected:true Err:%v}: an error with Connected", st.Err)
+	}
+}
+
+// TestReviewStatusSaysWhyNotJoined (finding 8): with the brokers
+// unreachable, Status reports the dial failure kgo saw, not the fixed
+// "not joined yet … once topic exists" hint. Kafka protocol (a closed
+// port; no cluster answers).
+func TestReviewStatusSaysWhyNotJoined(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	cfg := franz.Config{Brokers: []string{addr}, GroupID: "g", Topic: "t",
+		HeartbeatInterval: 100 * time.Millisecond, SessionTimeout: time.Second, RebalanceTimeout: time.Second}
+	s := newSource(t, cfg)
+	before := s.Status()
+	if before.Connected || before.Err == nil {
+		t.Fatalf("Status before the first Receive = %+v, want not connected with a reason", before)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	var st broker.Status
+	go func() {
+		for ctx.Err() == nil {
+			if st := s.Status(); st.Err != nil && strings.Contains(st.Err.Error(), "refused") {
+				cancel()
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	if _, err := s.Receive(ctx); !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Receive = %v", err)
+	}
+	st = s.Status()
+	t.Logf("Status with the brokers unreachable: %+v", st)
+	if st.Connected || st.Err == nil || !strings.Contains(st.Err.Error(), "refused") {
+		t.Errorf("Status = %+v, want not connected, with the dial error (connection refused)", st)
+	}
+	if strings.Contains(st.Err.Error(), "once topic") {
+		t.Errorf("Status = %v: still the fixed hint", st.Err)
 	}
 }

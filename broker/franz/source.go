@@ -106,6 +106,15 @@ type Source struct {
 	// timers hold records requeued with a delay (RequeueAfter).
 	timers  map[*record]*time.Timer
 	pollErr errThrottle
+	// notJoined is the Status error until the first assignment.
+	notJoined error
+
+	// errMu guards lastErr and lastErrAt: the latest failure kgo
+	// reported (a fetch error, a group error, a failed dial), for Status
+	// (status.go). kgo's hooks take it, never s.mu.
+	errMu     sync.Mutex
+	lastErr   error
+	lastErrAt time.Time
 
 	// Retry topics (retry.go): retry is set on a Source with
 	// Config.RetryTopics (its tier consumers), tier on a tier consumer;
@@ -138,6 +147,8 @@ func NewSource(cfg Config) (*Source, error) {
 		return nil, fmt.Errorf("%w: franz: ClientOptions: %w", broker.ErrInvalidConfig, err)
 	}
 	abortCtx, abortFn := context.WithCancel(context.Background())
+	notJoined := fmt.Errorf("franz: not joined yet: the member joins group %s at the first Receive, once topic %s exists (DeclareTopology creates it)",
+		cfg.GroupID, cfg.Topic)
 	s := &Source{
 		cfg:       cfg,
 		log:       log,
@@ -154,9 +165,9 @@ func NewSource(cfg Config) (*Source, error) {
 		closedCh:  make(chan struct{}),
 		closeDone: make(chan struct{}),
 		parts:     make(map[int32]*partState),
-		status: broker.Status{Err: fmt.Errorf("franz: not joined yet: the member joins group %s at the first Receive, once topic %s exists (DeclareTopology creates it)",
-			cfg.GroupID, cfg.Topic)},
-		timers: make(map[*record]*time.Timer),
+		status:    broker.Status{Err: notJoined},
+		notJoined: notJoined,
+		timers:    make(map[*record]*time.Timer),
 	}
 	if len(cfg.RetryTopics) > 0 {
 		rs, err := newRetry(s) // retry.go
@@ -206,6 +217,8 @@ func (s *Source) start() {
 		kgo.OnPartitionsAssigned(s.onAssigned),
 		kgo.OnPartitionsRevoked(s.onRevoked),
 		kgo.OnPartitionsLost(s.onLost),
+		// Group and dial failures, for Status (status.go).
+		kgo.WithHooks(statusHook{s}),
 		kgo.ConsumeResetOffset(reset),
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.HeartbeatInterval(cfg.HeartbeatInterval),
