@@ -148,6 +148,13 @@
 // transactional topic. ReadUncommitted hands out the data records of
 // aborted transactions too.
 //
+// Lag and Backlog count from the partitions' end offsets (high
+// watermarks), not their last stable offsets: with ReadCommitted, the
+// records of a transaction still open, and every record written behind
+// it, are counted although none of them can be handed out until the
+// transaction ends (nothing reports the partition as held at its last
+// stable offset).
+//
 // # Pause
 //
 // Pause (broker.Pauser) stops fetching the topic (kgo's PauseFetchTopics)
@@ -157,12 +164,18 @@
 // # Errors
 //
 // Settling a delivery twice returns broker.ErrAlreadySettled; settling a
-// fenced one, an error wrapping broker.ErrStaleDelivery. Receive after
-// Close returns broker.ErrSourceClosed. Fetch errors kgo reports (a
-// missing topic, an authorization failure) are logged, at most once a
-// second, and shown by Status until the next assignment; kgo retries
-// them. Config.Logger receives the Source's lifecycle logs and kgo's
-// warnings and errors; no log line or error carries credentials.
+// fenced one (every time, while it was never settled), an error wrapping
+// broker.ErrStaleDelivery. Receive after Close returns
+// broker.ErrSourceClosed; Receive with a ctx already done returns ctx's
+// error. Fetch errors kgo reports (a missing topic, an authorization
+// failure), group errors and failed dials are logged (fetch errors at most
+// once a second) and shown by Status (Connected false) while current; kgo
+// retries them. A topic deleted and recreated while a Source consumes it
+// fails its fetches (UNKNOWN_TOPIC_ID: kgo keeps the old topic ID) until
+// the Source is closed and made again. Config.Logger receives the
+// Source's lifecycle logs and kgo's warnings and errors; no log line or
+// error carries credentials (broker addresses are validated as host:port
+// and never echoed when refused).
 //
 // # Operations
 //
