@@ -242,7 +242,11 @@ func (d *delivery) Release(context.Context) error {
 // HeaderOffset) in its headers, acknowledged by all in-sync replicas, and
 // only then marks it handled. If the write fails, the error is returned
 // and the delivery stays unsettled (its lane held, nothing committed): the
-// runtime tries again, without running the handler again. If the
+// runtime tries again, without running the handler again. The write is
+// bounded by ctx: when ctx ends before the acknowledgement, the error wraps
+// ctx's and says that the dead letter may still be written (kgo keeps a
+// record it has taken), and the delivery stays unsettled likewise, so a
+// record may be dead-lettered twice, never lost. If the
 // partition was taken away meanwhile, the write happened but the record is
 // not committed: the error wraps broker.ErrStaleDelivery, and the
 // partition's next owner handles the record again.
@@ -297,14 +301,15 @@ func (d *delivery) DeadLetter(ctx context.Context, reason broker.Reason) error {
 	return nil
 }
 
-// writeDeadLetter produces rec and waits for its acknowledgement.
+// writeDeadLetter produces rec and waits for its acknowledgement, no
+// longer than ctx (the record may then still be written).
 func (s *Source) writeDeadLetter(ctx context.Context, rec *kgo.Record) error {
 	ctx, leave, err := s.enter(ctx)
 	if err != nil {
 		return err
 	}
 	defer leave()
-	return s.admin.ProduceSync(ctx, rec).FirstErr()
+	return s.produceAcked(ctx, rec) // retry.go
 }
 
 // kgoHeaders returns h as record headers.

@@ -80,7 +80,12 @@
 //     handled, so its partition moves on, by the gap-safe commit rules. A
 //     failed write falls back to the in-process retry above (the record
 //     holds its lane for the delay; the failure is logged): nothing is
-//     lost.
+//     lost. The write is bounded by RequeueAfter's ctx (and by Close's):
+//     when ctx ends before the acknowledgement (a broker that stopped
+//     answering), RequeueAfter falls back to the in-process retry too and
+//     commits nothing past the record, and as kgo keeps a record it has
+//     taken, the copy may still reach the tier topic later: the record may
+//     then be delivered twice (at-least-once), never lost.
 //   - The Source consumes each tier topic in a consumer group of its own,
 //     GroupID + ".retry." + the tier (a kgo.Client per tier, with the
 //     Config's balancers), and hands a retry record out through the same

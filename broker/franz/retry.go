@@ -627,7 +627,7 @@ func (s *Source) writeTier(ctx context.Context, rec *kgo.Record) error {
 
 // produceTier produces rec on s's admin client; the caller entered.
 func (s *Source) produceTier(ctx context.Context, rec *kgo.Record) error {
-	err := s.admin.ProduceSync(ctx, rec).FirstErr()
+	err := s.produceAcked(ctx, rec)
 	switch {
 	case err == nil:
 		return nil
@@ -635,6 +635,36 @@ func (s *Source) produceTier(ctx context.Context, rec *kgo.Record) error {
 		return fmt.Errorf("franz: write: topic %s does not exist (see Source.DeclareTopology): %w", rec.Topic, err)
 	}
 	return fmt.Errorf("franz: write to %s: %w", rec.Topic, err)
+}
+
+// produceAcked produces rec on s's admin client and waits for its
+// acknowledgement, no longer than ctx. kgo's idempotent producer keeps a
+// record it has taken until it is acknowledged or the client closes,
+// whatever the record's ctx does (ProduceSync would wait for it), so the
+// wait is on ctx here: when ctx ends first, produceAcked returns an error
+// wrapping ctx's, and the record may still be written (at-least-once). The
+// record carries a ctx cancelled with ctx only while it is handed over (a
+// full buffer makes Produce wait), as Publish's records do.
+func (s *Source) produceAcked(ctx context.Context, rec *kgo.Record) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("nothing was written: %w", err)
+	}
+	done := make(chan error, 1)
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, cancel)
+	s.admin.Produce(rctx, rec, func(_ *kgo.Record, err error) { done <- err })
+	stop()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		select {
+		case err := <-done: // finished meanwhile: its outcome is known
+			return err
+		default:
+			return fmt.Errorf("not yet acknowledged, it may still be written: %w", ctx.Err())
+		}
+	}
 }
 
 // strandedTimeout bounds the look for stranded retry topics.

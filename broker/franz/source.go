@@ -395,7 +395,10 @@ func (s *Source) wakeLocked() {
 // returns an error wrapping ctx's. (kgo's Client.Close takes no ctx: with a
 // broker that stopped answering, the clients' close goes on in the
 // background for up to about 2 s after Close returned, then ends, and
-// with it every goroutine of the Source.) Nothing is lost: the partitions' next
+// with it every goroutine of the Source. The Lag, Backlog, DeclareTopology,
+// dead-letter and retry-topic calls in progress are cancelled then: each
+// returns at once with an error wrapping its ctx's, its write possibly still
+// landing; the wait for them ends in the background with them.) Nothing is lost: the partitions' next
 // owner handles again what was not committed, once the coordinator's
 // session timeout declared this member gone (at worst). Close is
 // idempotent; a second call waits for the first, or for its own ctx.
@@ -431,7 +434,21 @@ func (s *Source) Close(ctx context.Context) error {
 		s.closeClient(ctx, s.cl)
 	}
 	tierErr := tiersDone()
-	s.calls.Wait()
+	// Every call honours its ctx, which abort cancels: once Close's ctx
+	// ended, the calls end at once. The waiter is counted in s.bg (it ends
+	// with the last call).
+	calls := make(chan struct{})
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.calls.Wait()
+		close(calls)
+	}()
+	select {
+	case <-calls:
+	case <-ctx.Done():
+		s.abort()
+	}
 	dlErr := errors.Join(s.dl.close(ctx), tierErr) // deadletters.go
 	s.closeClient(ctx, s.admin)
 	aborted := !stop()
