@@ -97,7 +97,8 @@ type Config struct {
 	// (kgo.ConsumerGroup, ConsumeTopics, ConsumeRegex, ConsumePartitions,
 	// the AutoCommit options, OnPartitionsAssigned/Revoked/Lost, …),
 	// kgo.TransactionalID, kgo.DisableIdempotentWrite, kgo.RequiredAcks
-	// other than kgo.AllISRAcks(), and the options of Brokers, Logger,
+	// other than kgo.AllISRAcks(), kgo.DefaultProduceTopicAlways and
+	// kgo.ManualFlushing, and the options of Brokers, Logger,
 	// Isolation, Balancers, the timeouts, MaxWait, MaxBytes, StartOffset
 	// and PartitionWatchInterval. The others are applied first, and the
 	// Source's own options after them.

@@ -41,7 +41,8 @@ type DeadLetterConfig struct {
 	// the like. NewDeadLetters refuses (ErrInvalidConfig, naming the
 	// option) the consuming and group options, kgo.TransactionalID,
 	// kgo.DisableIdempotentWrite, kgo.RequiredAcks other than
-	// kgo.AllISRAcks() and kgo.SeedBrokers. The options DeadLetters needs
+	// kgo.AllISRAcks(), kgo.DefaultProduceTopicAlways, kgo.ManualFlushing
+	// and kgo.SeedBrokers. The options DeadLetters needs
 	// (seed brokers, acks, partitioning, no consuming) come after them and
 	// win.
 	ClientOptions []kgo.Opt

@@ -98,8 +98,10 @@ func renamed(m map[string]string, why string) map[string]string {
 // acknowledged, idempotent writes of dead letters, retry records and
 // Publish.
 var producingRefused = map[string]string{
-	"TransactionalID":        "writes are not transactional (a transactional client refuses writes outside a transaction)",
-	"DisableIdempotentWrite": "writes are idempotent",
+	"TransactionalID":           "writes are not transactional (a transactional client refuses writes outside a transaction)",
+	"DisableIdempotentWrite":    "writes are idempotent",
+	"DefaultProduceTopicAlways": "every write goes to the topic it names (kgo would send retry copies, dead letters and published messages to the default topic)",
+	"ManualFlushing":            "writes are sent at once (with manual flushing, nothing is sent until Flush, which the adapter never calls)",
 	// RequiredAcks is refused only when it is not kgo.AllISRAcks().
 	"RequiredAcks": "writes wait for every in-sync replica (acks=all)",
 }

@@ -30,7 +30,9 @@ type PublisherConfig struct {
 	// kgo.RecordDeliveryTimeout and the like. NewPublisher refuses
 	// (ErrInvalidConfig, naming the option) kgo.TransactionalID,
 	// kgo.DisableIdempotentWrite, kgo.RequiredAcks other than
-	// kgo.AllISRAcks(), the consuming and group options, and
+	// kgo.AllISRAcks(), kgo.DefaultProduceTopicAlways (messages would go
+	// to the default topic), kgo.ManualFlushing (nothing would be sent),
+	// the consuming and group options, and
 	// kgo.SeedBrokers, kgo.ProducerLinger and kgo.RecordPartitioner (the
 	// Publisher sets them). The Publisher's own options (seed brokers,
 	// acks, partitioner, linger, unknown-topic retries) come after them

@@ -3,10 +3,12 @@ package franz_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/queuekit/queuekit/broker"
@@ -101,4 +103,50 @@ func TestReview2HungProduceBoundedByCtx(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReview2ProducingOptionsRefused (review 2, R2-1): kgo options that
+// send the Source's retry copies and dead letters, and Publish's messages,
+// to another topic than the one named (kgo.DefaultProduceTopicAlways) or
+// never send them (kgo.ManualFlushing) are refused by NewSource,
+// NewPublisher and NewDeadLetters with an error wrapping
+// broker.ErrInvalidConfig that names the option. No cluster: nothing
+// connects.
+func TestReview2ProducingOptionsRefused(t *testing.T) {
+	t.Parallel()
+	brokers := []string{"localhost:9092"}
+	refused := map[string][]kgo.Opt{
+		"DefaultProduceTopicAlways": {kgo.DefaultProduceTopic("other"), kgo.DefaultProduceTopicAlways()},
+		"ManualFlushing":            {kgo.ClientID("c"), kgo.ManualFlushing()},
+	}
+	for name, opts := range refused {
+		want := "ClientOptions[1]: kgo." + name
+		s, err := franz.NewSource(franz.Config{Brokers: brokers, GroupID: "g", Topic: "t", ClientOptions: opts})
+		if err == nil {
+			s.Close(t.Context())
+		}
+		if !errors.Is(err, broker.ErrInvalidConfig) || !strings.Contains(err.Error(), want) {
+			t.Errorf("NewSource with kgo.%s = %v, want ErrInvalidConfig naming %s", name, err, want)
+		}
+		p, err := franz.NewPublisher(franz.PublisherConfig{Brokers: brokers, ClientOptions: opts})
+		if err == nil {
+			p.Close(t.Context())
+		}
+		if !errors.Is(err, broker.ErrInvalidConfig) || !strings.Contains(err.Error(), want) {
+			t.Errorf("NewPublisher with kgo.%s = %v, want ErrInvalidConfig naming %s", name, err, want)
+		}
+		d, err := franz.NewDeadLetters(franz.DeadLetterConfig{Brokers: brokers, Topic: "t", ClientOptions: opts})
+		if err == nil {
+			d.Close(t.Context())
+		}
+		if !errors.Is(err, broker.ErrInvalidConfig) || !strings.Contains(err.Error(), want) {
+			t.Errorf("NewDeadLetters with kgo.%s = %v, want ErrInvalidConfig naming %s", name, err, want)
+		}
+	}
+	// kgo.DefaultProduceTopic alone is harmless: a record's Topic wins.
+	p, err := franz.NewPublisher(franz.PublisherConfig{Brokers: brokers, ClientOptions: []kgo.Opt{kgo.DefaultProduceTopic("other")}})
+	if err != nil {
+		t.Fatalf("NewPublisher with kgo.DefaultProduceTopic alone = %v", err)
+	}
+	p.Close(t.Context())
 }
