@@ -97,11 +97,14 @@ type Config struct {
 	// (kgo.ConsumerGroup, ConsumeTopics, ConsumeRegex, ConsumePartitions,
 	// the AutoCommit options, OnPartitionsAssigned/Revoked/Lost, …),
 	// kgo.TransactionalID, kgo.DisableIdempotentWrite, kgo.RequiredAcks
-	// other than kgo.AllISRAcks(), kgo.DefaultProduceTopicAlways and
-	// kgo.ManualFlushing, and the options of Brokers, Logger,
-	// Isolation, Balancers, the timeouts, MaxWait, MaxBytes, StartOffset
-	// and PartitionWatchInterval. The others are applied first, and the
-	// Source's own options after them.
+	// other than kgo.AllISRAcks(), kgo.DefaultProduceTopicAlways,
+	// kgo.ManualFlushing, kgo.ShareGroup, kgo.WithContext (the Source owns
+	// its clients' lifetime), kgo.GroupProtocol, kgo.ServerSideBalancer
+	// (KIP-848 groups), kgo.InstanceID when RetryTopics is set (static
+	// membership is for Sources without retry topics), and the options of
+	// Brokers, Logger, Isolation, Balancers, the timeouts, MaxWait,
+	// MaxBytes, StartOffset and PartitionWatchInterval. The others are
+	// applied first, and the Source's own options after them.
 	ClientOptions []kgo.Opt
 
 	// Balancers are the group balancers this member supports, in order of
@@ -420,7 +423,13 @@ func (c *Config) validate() error {
 			return invalid("Balancers[%d] is nil", i)
 		}
 	}
-	return checkClientOptions("", c.ClientOptions, sourceRefused) // options.go
+	if err := checkClientOptions("", c.ClientOptions, sourceRefused); err != nil { // options.go
+		return err
+	}
+	if len(c.RetryTopics) > 0 {
+		return refuseInstanceIDWithRetry(c.ClientOptions) // options.go
+	}
+	return nil
 }
 
 // maxRetryTier bounds a retry tier: a week, as in the kafka adapter.

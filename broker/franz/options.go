@@ -29,6 +29,7 @@ var consumingRefused = map[string]string{
 	"ConsumeTopics":          "the topic is Config.Topic",
 	"ConsumeRegex":           "the topic is Config.Topic, consumed by name",
 	"ConsumePartitions":      "a Source consumes as a group member (Config.GroupID)",
+	"ShareGroup":             "a Source consumes as a member of a classic consumer group (Config.GroupID), not a share group",
 	"ConsumeExcludeTopics":   "the topic is Config.Topic",
 	"ConsumeResetOffset":     "set Config.StartOffset",
 	"ConsumeStartOffset":     "set Config.StartOffset",
@@ -60,7 +61,26 @@ var sourceRefused = merge(consumingRefused, map[string]string{
 	"SeedBrokers":    "set Config.Brokers",
 	"WithLogger":     "set Config.Logger",
 	"ProducerLinger": "dead letters and retry records are sent at once",
+	"WithContext":    "the Source owns its clients' lifetime (Close ends them); a cancelled client context would stop the Source silently",
+	"GroupProtocol":  "the group uses the \"consumer\" protocol type, as kafka-go members and Kafka's tools do",
+	// With Balancers[0] range or sticky on Kafka 4+, kgo.ServerSideBalancer
+	// switches to a KIP-848 group: the broker assigns, and Config's
+	// Balancers, SessionTimeout and HeartbeatInterval no longer apply.
+	"ServerSideBalancer": "the Source runs the classic group protocol with Config.Balancers and Config's timeouts (KIP-848 groups are not supported)",
 })
+
+// refuseInstanceIDWithRetry refuses kgo.InstanceID when the Source has
+// retry topics: every tier client would join its tier group with the same
+// static member id as the main client (and as every other tier's), which
+// static membership does not foresee.
+func refuseInstanceIDWithRetry(opts []kgo.Opt) error {
+	for i, o := range opts {
+		if kgoOptName(o) == "InstanceID" {
+			return invalid("ClientOptions[%d]: kgo.InstanceID is not allowed with RetryTopics: the tier consumers would share the main member's static id (use no RetryTopics for static membership)", i)
+		}
+	}
+	return nil
+}
 
 // publisherRefused are the options a Publisher refuses.
 var publisherRefused = merge(renamed(consumingRefused, "a Publisher does not consume or join a group"), map[string]string{

@@ -150,3 +150,49 @@ func TestReview2ProducingOptionsRefused(t *testing.T) {
 	}
 	p.Close(t.Context())
 }
+
+// TestReview2SourceGroupOptionsRefused (review 2, R2-3): NewSource refuses,
+// with an error wrapping broker.ErrInvalidConfig that names the option, the
+// kgo options that break the Source or fail only at the first Receive:
+// kgo.ShareGroup, kgo.WithContext (the Source owns its clients' lifetime),
+// kgo.GroupProtocol (not the "consumer" protocol type kafka-go members
+// use), kgo.ServerSideBalancer (KIP-848 groups ignore Config.Balancers and
+// the timeouts), and kgo.InstanceID with RetryTopics (the tier groups'
+// members would share it). The legitimate ones stay accepted. No cluster:
+// nothing connects.
+func TestReview2SourceGroupOptionsRefused(t *testing.T) {
+	t.Parallel()
+	brokers := []string{"localhost:9092"}
+	refused := map[string]kgo.Opt{
+		"ShareGroup":         kgo.ShareGroup("sg"),
+		"WithContext":        kgo.WithContext(context.Background()),
+		"GroupProtocol":      kgo.GroupProtocol("x"),
+		"ServerSideBalancer": kgo.ServerSideBalancer(),
+	}
+	for name, o := range refused {
+		s, err := franz.NewSource(franz.Config{Brokers: brokers, GroupID: "g", Topic: "t", ClientOptions: []kgo.Opt{kgo.ClientID("c"), o}})
+		if err == nil {
+			s.Close(t.Context())
+		}
+		if want := "ClientOptions[1]: kgo." + name; !errors.Is(err, broker.ErrInvalidConfig) || !strings.Contains(err.Error(), want) {
+			t.Errorf("NewSource with kgo.%s = %v, want ErrInvalidConfig naming %s", name, err, want)
+		}
+	}
+	s, err := franz.NewSource(franz.Config{Brokers: brokers, GroupID: "g", Topic: "t",
+		RetryTopics: []time.Duration{time.Second}, ClientOptions: []kgo.Opt{kgo.InstanceID("i")}})
+	if err == nil {
+		s.Close(t.Context())
+	}
+	if !errors.Is(err, broker.ErrInvalidConfig) || !strings.Contains(err.Error(), "kgo.InstanceID") {
+		t.Errorf("NewSource with kgo.InstanceID and RetryTopics = %v, want ErrInvalidConfig naming kgo.InstanceID", err)
+	}
+	ok := []kgo.Opt{kgo.ClientID("c"), kgo.InstanceID("i"), kgo.SASL(), kgo.DialTLSConfig(nil), kgo.WithHooks(),
+		kgo.FetchMaxBytes(1 << 20), kgo.MaxConcurrentFetches(2),
+		kgo.ConsumePreferringLagFn(kgo.PreferLagAt(10)), kgo.Rack("r"), kgo.RequireStableFetchOffsets(),
+		kgo.RequiredAcks(kgo.AllISRAcks()), kgo.RequestRetries(3)}
+	s, err = franz.NewSource(franz.Config{Brokers: brokers, GroupID: "g", Topic: "t", ClientOptions: ok})
+	if err != nil {
+		t.Fatalf("NewSource with legitimate options = %v", err)
+	}
+	s.Close(t.Context())
+}
