@@ -80,7 +80,9 @@
 //     handled, so its partition moves on, by the gap-safe commit rules. A
 //     failed write falls back to the in-process retry above (the record
 //     holds its lane for the delay; the failure is logged): nothing is
-//     lost. The write is bounded by RequeueAfter's ctx (and by Close's):
+//     lost. A deleted tier topic fails the write after a few metadata
+//     answers (about a second at most on kfake), as a Publish to a missing
+//     topic does. The write is bounded by RequeueAfter's ctx (and by Close's):
 //     when ctx ends before the acknowledgement (a broker that stopped
 //     answering), RequeueAfter falls back to the in-process retry too and
 //     commits nothing past the record, and as kgo keeps a record it has

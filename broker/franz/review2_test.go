@@ -196,3 +196,59 @@ func TestReview2SourceGroupOptionsRefused(t *testing.T) {
 	}
 	s.Close(t.Context())
 }
+
+// TestReview2DeletedTierFallsBackSoon (review 2, R2-4): with its tier topic
+// deleted, RequeueAfter falls back to the in-process retry after a few
+// metadata answers saying "unknown topic" (the Source's writes retry an
+// unknown topic as the Publisher does), not after kgo's default ~15 s of
+// retries, and the record comes back. Kafka protocol (in-process kfake
+// cluster). The time is logged; the bound asserted is a correctness bound.
+func TestReview2DeletedTierFallsBackSoon(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "tier-deleted", 1)
+	group := "g-" + topic
+	cfg := e.config(topic, group)
+	cfg.RetryTopics = []time.Duration{300 * time.Millisecond}
+	s := newSource(t, cfg)
+	if err := s.DeclareTopology(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	e.produceN(t, topic, 0, 1, func(int) string { return "k" })
+	// A first retry through the tier: the Source's writer knows the topic.
+	d := receive(t, s)
+	if err := d.(broker.DelayedRequeuer).RequeueAfter(t.Context(), 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	d = receive(t, s)
+	if d.Message().Attempt != 2 {
+		t.Fatalf("got %s attempt %d, want the retry (attempt 2)", d.Message().ID, d.Message().Attempt)
+	}
+	if err := d.Ack(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	e.produceN(t, topic, 1, 1, func(int) string { return "k" })
+	d = receive(t, s)
+	tier := franz.RetryTopicName(topic, group, 300*time.Millisecond)
+	if _, err := e.adm.DeleteTopics(t.Context(), tier); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	err := d.(broker.DelayedRequeuer).RequeueAfter(context.Background(), 100*time.Millisecond)
+	took := time.Since(start)
+	t.Logf("RequeueAfter with the tier topic deleted: %v after %v", err, took)
+	if err != nil {
+		t.Fatalf("RequeueAfter = %v, want nil (the in-process fallback)", err)
+	}
+	if took > 8*time.Second {
+		t.Errorf("RequeueAfter took %v to fall back with the tier topic deleted (kgo's default unknown-topic retries)", took)
+	}
+	d = receive(t, s)
+	if d.Message().Attempt != 2 {
+		t.Errorf("redelivered with Attempt %d, want 2", d.Message().Attempt)
+	}
+	if err := d.Ack(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -142,6 +142,14 @@ func NewSource(cfg Config) (*Source, error) {
 		// at once.
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
+		// A deleted retry or dead-letter topic fails a write after a few
+		// metadata answers, as a Publish does (publisher.go), not after
+		// kgo's default ~15 s: a RequeueAfter then falls back to the
+		// in-process retry soon. The metadata answers are asked for at
+		// most every adminMetadataMinAge (kgo's default, 5 s, made the
+		// retries of a topic deleted after a write last ~10 s).
+		kgo.UnknownTopicRetries(unknownTopicRetries),
+		kgo.MetadataMinAge(adminMetadataMinAge),
 	))
 	if err != nil {
 		return nil, fmt.Errorf("%w: franz: ClientOptions: %w", broker.ErrInvalidConfig, err)
@@ -477,6 +485,13 @@ func (s *Source) Close(ctx context.Context) error {
 	}
 	return dlErr
 }
+
+// adminMetadataMinAge is the least time between two metadata requests of a
+// Source's admin client (which writes the dead letters and retry copies):
+// short, so that a write to a deleted topic fails after its few
+// unknown-topic retries (unknownTopicRetries) in about a second. Metadata
+// is asked for only when a write or an admin call needs it.
+const adminMetadataMinAge = 250 * time.Millisecond
 
 // closeClient closes cl, waiting no longer than ctx: kgo's Client.Close
 // takes no ctx, and with a broker that stopped answering it waits about
