@@ -112,7 +112,14 @@ type Config struct {
 	// rebalance moves (and drains) only the partitions that change owner;
 	// the others keep flowing. With an eager balancer (kgo.RangeBalancer,
 	// kgo.RoundRobinBalancer, kgo.StickyBalancer) every rebalance drains
-	// every partition.
+	// every partition. The coordinator picks the first balancer every
+	// member of the group supports and refuses a member with none in
+	// common (INCONSISTENT_GROUP_PROTOCOL): kafka-go members (package
+	// kafka) offer range and round-robin only, so a group shared with
+	// them needs kgo.RangeBalancer() here, e.g.
+	// []kgo.GroupBalancer{kgo.CooperativeStickyBalancer(), kgo.RangeBalancer()}
+	// during a rolling switch (the package documentation, "Switching from
+	// the kafka-go adapter").
 	Balancers []kgo.GroupBalancer
 
 	// Ordering: ByPartition (default) or ByKey.

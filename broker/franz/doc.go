@@ -5,7 +5,13 @@
 // dead-letter operations (DeadLetters). A program switches between the two
 // by changing its constructor call; both write the same formats (message
 // IDs, dead-letter headers, retry-topic names), so they interoperate on one
-// cluster and on one consumer group.
+// cluster and on one consumer group — provided the group's members share a
+// balancer: kafka-go's members offer range and round-robin, and this
+// adapter's default is cooperative-sticky alone, so a franz member joining a
+// group that still has kafka-go members is refused
+// (INCONSISTENT_GROUP_PROTOCOL, which Status explains) until
+// Config.Balancers also has kgo.RangeBalancer(). See "Switching from the
+// kafka-go adapter" for the rolling switch of a running group.
 //
 // Why a second adapter: kgo owns fetching, batching and the group protocol
 // with far less CPU per record than kafka-go, and offers the cooperative
@@ -145,6 +151,35 @@
 // taken away or, after its first assignment, given to it, and
 // broker.EventReconnecting (ErrPartitionsLost) when they were lost. An eager balancer (Config.Balancers) drains every partition at
 // every rebalance instead.
+//
+// # Switching from the kafka-go adapter
+//
+// A group consumed by kafka-go members (package kafka) is switched to this
+// adapter with two rolling deploys, as Kafka's KIP-429 upgrade path to
+// cooperative rebalancing:
+//
+//  1. Deploy the franz members with
+//     Balancers: []kgo.GroupBalancer{kgo.CooperativeStickyBalancer(), kgo.RangeBalancer()}.
+//     The coordinator picks the first balancer every member supports: while
+//     any kafka-go member is in the group, that is range, and the whole group
+//     runs eager range rebalances (kgo follows the balancer the coordinator
+//     chose: a franz member then revokes all its partitions at every
+//     rebalance, as the kafka-go members do). Once the last kafka-go member
+//     has left, the next rebalance picks cooperative-sticky, and the group
+//     is cooperative.
+//  2. Once no kafka-go member is left, deploy again with the default
+//     Balancers (cooperative-sticky alone), so that a kafka-go member
+//     started by mistake is refused rather than turning the group back to
+//     eager rebalances.
+//
+// The offsets, dead letters and retry topics carry over (the same formats);
+// a record handled but not committed when its partition moved is handled
+// again (at-least-once), as in any rebalance. Without step 1 (the default
+// Balancers from the start), the franz members stay unjoined
+// (Status: INCONSISTENT_GROUP_PROTOCOL) until every kafka-go member is
+// gone: nothing is lost, but the group runs on the old members alone. The
+// tier groups of RetryTopics use Config.Balancers too, so the same holds
+// for them.
 //
 // # Transactions
 //

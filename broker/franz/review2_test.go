@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -250,5 +251,42 @@ func TestReview2DeletedTierFallsBackSoon(t *testing.T) {
 	}
 	if err := d.Ack(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReview2StatusSaysInconsistentBalancers (review 2, R2-5): a member
+// whose balancers share none with the group's other members (here an eager
+// range member joined first, as a kafka-go member would; this one has the
+// default cooperative-sticky alone) is refused by the coordinator with
+// INCONSISTENT_GROUP_PROTOCOL, and its Status says what that means. Kafka
+// protocol (in-process kfake cluster).
+func TestReview2StatusSaysInconsistentBalancers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, "balancers", 2)
+	group := "g-" + topic
+	e.produceN(t, topic, 0, 2, func(i int) string { return "k" + string(rune('0'+i)) })
+	cfg := e.config(topic, group)
+	cfg.Balancers = []kgo.GroupBalancer{kgo.RangeBalancer()}
+	a := newSource(t, cfg)
+	receive(t, a)
+	b := newSource(t, e.config(topic, group))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	go b.Receive(ctx) // joins; refused
+	var st broker.Status
+	for ctx.Err() == nil {
+		st = b.Status()
+		if st.Err != nil && strings.Contains(st.Err.Error(), "INCONSISTENT_GROUP_PROTOCOL") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("Status of the member refused: %+v", st)
+	if st.Err == nil || !strings.Contains(st.Err.Error(), "INCONSISTENT_GROUP_PROTOCOL") {
+		t.Fatalf("Status.Err = %v, want INCONSISTENT_GROUP_PROTOCOL", st.Err)
+	}
+	if !strings.Contains(st.Err.Error(), "see Config.Balancers") || !errors.Is(st.Err, kerr.InconsistentGroupProtocol) {
+		t.Errorf("Status.Err = %v, want it to say the other members use another balancer (see Config.Balancers), wrapping kerr.InconsistentGroupProtocol", st.Err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/queuekit/queuekit/broker"
@@ -101,6 +102,10 @@ var (
 // OnGroupManageError implements kgo.HookGroupManageError.
 func (h statusHook) OnGroupManageError(err error) {
 	if errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) {
+		return
+	}
+	if errors.Is(err, kerr.InconsistentGroupProtocol) {
+		h.s.noteErr(fmt.Errorf("franz: group %s: the group's other members use another balancer: see Config.Balancers (a group shared with kafka-go members needs kgo.RangeBalancer() among them): %w", h.s.cfg.GroupID, err))
 		return
 	}
 	h.s.noteErr(fmt.Errorf("franz: group %s: %w", h.s.cfg.GroupID, err))
