@@ -104,7 +104,13 @@ type Config struct {
 	// membership is for Sources without retry topics), and the options of
 	// Brokers, Logger, Isolation, Balancers, the timeouts, MaxWait,
 	// MaxBytes, StartOffset and PartitionWatchInterval. The others are
-	// applied first, and the Source's own options after them.
+	// applied first, and the Source's own options after them. The check
+	// reads an option's kgo constructor from the name the compiler gives
+	// its closure; an option whose name it cannot read is let through (a
+	// limit: the forms seen — func values, nested closures, generic
+	// helpers — are read), and the Source's own options, applied after
+	// it, override the group, consuming and acknowledgement settings the
+	// Source relies on.
 	ClientOptions []kgo.Opt
 
 	// Balancers are the group balancers this member supports, in order of

@@ -7,8 +7,13 @@ package franz
 // with consuming or group options, starts fetching or joining), so the
 // name is read from the option's function: kgo's option constructors
 // return a struct holding one closure, named <constructor>.funcN (or
-// <caller>.<constructor>.funcN when inlined). An option whose name cannot
-// be read is let through.
+// <caller>.<constructor>.funcN, or <caller>.funcM.<constructor>.N, when
+// inlined). An option whose name cannot be read (a form of the compiler's
+// naming not foreseen here) is let through: for a Source, its own options
+// are applied after the caller's and override the consuming, group and
+// producing settings it relies on, so such an option has no effect there
+// (as seen in review 2); for a Publisher or DeadLetters, likewise for the
+// options they set.
 
 import (
 	"reflect"
@@ -169,10 +174,27 @@ func kgoOptName(o kgo.Opt) string {
 		return ""
 	}
 	parts := strings.Split(fn.Name(), ".")
-	if len(parts) < 3 || !strings.HasPrefix(parts[len(parts)-1], "func") {
+	if len(parts) < 3 || !closureSuffix(parts[len(parts)-1]) {
 		return ""
 	}
 	return parts[len(parts)-2]
+}
+
+// closureSuffix reports whether seg, the last segment of a closure's name,
+// is one the compiler gives: "funcN", or "N" when the constructor was
+// inlined into a func literal or a func value's call
+// ("pkg.caller.func1.ConsumeRegex.1").
+func closureSuffix(seg string) bool {
+	seg = strings.TrimPrefix(seg, "func")
+	if seg == "" {
+		return false
+	}
+	for _, c := range seg {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // allISRAcks reports whether o, a kgo.RequiredAcks option, asks for

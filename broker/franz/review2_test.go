@@ -290,3 +290,33 @@ func TestReview2StatusSaysInconsistentBalancers(t *testing.T) {
 		t.Errorf("Status.Err = %v, want it to say the other members use another balancer (see Config.Balancers), wrapping kerr.InconsistentGroupProtocol", st.Err)
 	}
 }
+
+// review2Identity passes an option through a generic function.
+func review2Identity[T any](x T) T { return x }
+
+// TestReview2OptionNameForms (review 2, R2-6): the refused options are
+// refused in the forms ordinary Go code makes them, whose closures the
+// compiler names differently when it inlines them: a constructor taken as
+// a func value, an option made in a nested closure or passed through a
+// generic helper. No cluster: nothing connects.
+func TestReview2OptionNameForms(t *testing.T) {
+	t.Parallel()
+	forms := map[string]func() kgo.Opt{
+		"func value":   func() kgo.Opt { g := kgo.ConsumerGroup; return g("x") },
+		"func value 2": func() kgo.Opt { g := kgo.ConsumeRegex; return g() },
+		"nested closure": func() kgo.Opt {
+			f := func() kgo.Opt { return kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()) }
+			return f()
+		},
+		"generic": func() kgo.Opt { return review2Identity(kgo.OnPartitionsRevoked(nil)) },
+	}
+	for name, f := range forms {
+		s, err := franz.NewSource(franz.Config{Brokers: []string{"localhost:9092"}, GroupID: "g", Topic: "t", ClientOptions: []kgo.Opt{f()}})
+		if err == nil {
+			s.Close(t.Context())
+		}
+		if !errors.Is(err, broker.ErrInvalidConfig) {
+			t.Errorf("%s: NewSource = %v, want ErrInvalidConfig", name, err)
+		}
+	}
+}
