@@ -10,6 +10,7 @@ func SetMaxRequeueDelay(d time.Duration) (restore func()) {
 	return func() { maxRequeueDelay = old }
 }
 
-// WaitClientsClosed waits until the kgo clients' Close calls that a Close
-// cut short by its ctx left running in the background have returned.
+// WaitClientsClosed waits until the kgo clients' Close calls, and the wait
+// for the calls in progress, that a Close cut short by its ctx left running
+// in the background have returned.
 func WaitClientsClosed(s *Source) { s.bg.Wait() }
