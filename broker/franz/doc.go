@@ -149,8 +149,14 @@
 // coordinator: session expired) are fenced at once, without a commit. The
 // Source emits broker.EventRebalanced (ErrRebalance) when partitions were
 // taken away or, after its first assignment, given to it, and
-// broker.EventReconnecting (ErrPartitionsLost) when they were lost. An eager balancer (Config.Balancers) drains every partition at
-// every rebalance instead.
+// broker.EventReconnecting (ErrPartitionsLost) when they were lost.
+// broker.EventConnected comes once, at the first assignment (and again
+// after partitions were lost): a member stays connected through a
+// rebalance, unlike the kafka-go adapter's, which ends its generation at
+// every rebalance and connects again — a program that waits for its
+// members to join should count a member that rebalanced as joined. An
+// eager balancer (Config.Balancers) drains every partition at every
+// rebalance instead.
 //
 // # Switching from the kafka-go adapter
 //

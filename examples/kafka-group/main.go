@@ -550,16 +550,17 @@ func partitionOf(id string) (int, bool) {
 // group: each member's latest group event is EventConnected (a generation
 // started for it), not EventRebalanced (its generation ended).
 type groupWatch struct {
-	mu      sync.Mutex
-	want    int
-	last    map[string]consumer.EventKind
-	err     error
-	ready   chan struct{}
-	readied bool
+	mu        sync.Mutex
+	want      int
+	last      map[string]consumer.EventKind
+	connected map[string]bool // the runners that connected at least once
+	err       error
+	ready     chan struct{}
+	readied   bool
 }
 
 func newGroupWatch(members int) *groupWatch {
-	return &groupWatch{want: members, last: map[string]consumer.EventKind{}, ready: make(chan struct{})}
+	return &groupWatch{want: members, last: map[string]consumer.EventKind{}, connected: map[string]bool{}, ready: make(chan struct{})}
 }
 
 // observe is the Supervisor's OnEvent hook: it is called from one goroutine,
@@ -570,15 +571,24 @@ func (w *groupWatch) observe(e consumer.Event) {
 	switch e.Kind {
 	case consumer.EventConnected, consumer.EventRebalanced, consumer.EventReconnecting:
 		w.last[e.Runner] = e.Kind
+		if e.Kind == consumer.EventConnected {
+			w.connected[e.Runner] = true
+		}
 		if e.Err != nil {
 			w.err = e.Err
 		}
 	default:
 		return
 	}
+	// A member has joined once it connected and is not reconnecting: a
+	// rebalance keeps it in the group. (kafka-go's members end their
+	// generation at a rebalance and connect again; with franz-go's
+	// cooperative rebalancing a member keeps the partitions that do not
+	// move, and a member that only gives some up, or only gains some, is
+	// not connected again.)
 	n := 0
-	for _, k := range w.last {
-		if k == consumer.EventConnected {
+	for r, k := range w.last {
+		if w.connected[r] && k != consumer.EventReconnecting {
 			n++
 		}
 	}

@@ -13,6 +13,8 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/queuekit/queuekit/consumer"
 	"go.uber.org/goleak"
 )
 
@@ -181,5 +183,32 @@ func TestGroupOnGivenBrokers(t *testing.T) {
 		if strings.HasPrefix(tp.Name, rep.Topic) {
 			t.Errorf("topic %s still exists after the run", tp.Name)
 		}
+	}
+}
+
+// The group watch counts a member that rebalanced as joined: with franz-go's
+// cooperative rebalancing, member-1 joins alone, gives partitions up when
+// member-2 joins (EventRebalanced) and is not connected again. Before, the
+// watch waited for member-1's next EventConnected, which never came (the
+// example failed in CI under load: "the members did not join the group
+// within 2m0s").
+func TestGroupWatchCountsARebalancedMemberAsJoined(t *testing.T) {
+	w := newGroupWatch(2)
+	w.observe(consumer.Event{Kind: consumer.EventConnected, Runner: "member-1"})
+	w.observe(consumer.Event{Kind: consumer.EventRebalanced, Runner: "member-1"})
+	w.observe(consumer.Event{Kind: consumer.EventConnected, Runner: "member-2"})
+	select {
+	case <-w.ready:
+	default:
+		t.Fatal("not ready with member-1 rebalanced and member-2 connected")
+	}
+	w = newGroupWatch(2)
+	w.observe(consumer.Event{Kind: consumer.EventConnected, Runner: "member-1"})
+	w.observe(consumer.Event{Kind: consumer.EventReconnecting, Runner: "member-1"})
+	w.observe(consumer.Event{Kind: consumer.EventRebalanced, Runner: "member-2"})
+	select {
+	case <-w.ready:
+		t.Fatal("ready with member-1 reconnecting and member-2 never connected")
+	default:
 	}
 }
