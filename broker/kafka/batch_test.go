@@ -12,6 +12,7 @@ import (
 	"github.com/queuekit/queuekit/broker"
 	"github.com/queuekit/queuekit/broker/kafka"
 	"github.com/queuekit/queuekit/consumer"
+	"github.com/queuekit/queuekit/internal/kafkatest"
 )
 
 // seenRecord is one message a batch handler got.
@@ -481,8 +482,7 @@ func TestBatchByKeyWithFailuresKeepsKeyOrderAndCommitsSafely(t *testing.T) {
 	topic := e.topic(t, "batch-bykey")
 	const n, keys = 3000, 40
 	e.produce(t, topic, 0, n, func(i int) string { return "key-" + strconv.Itoa(i%keys) })
-	watch := newCommitWatch()
-	watch.install(e, "g-batch-bykey", topic)
+	watch := kafkatest.WatchCommits(e.cluster, "g-batch-bykey", topic)
 	var (
 		trace batchTrace
 		mu    sync.Mutex
@@ -501,7 +501,7 @@ func TestBatchByKeyWithFailuresKeepsKeyOrderAndCommitsSafely(t *testing.T) {
 			}
 			ok[m.ID] = true
 			p, off := idOffset(m.ID)
-			watch.finish(p, off)
+			watch.Finish(p, off)
 		}
 		return consumer.BatchFailures(failed)
 	})
@@ -521,13 +521,12 @@ func TestBatchByKeyWithFailuresKeepsKeyOrderAndCommitsSafely(t *testing.T) {
 		return true
 	})
 
-	watch.mu.Lock()
-	defer watch.mu.Unlock()
-	for _, v := range watch.violations[:min(len(watch.violations), 5)] {
+	commits, violations := watch.Result()
+	for _, v := range violations[:min(len(violations), 5)] {
 		t.Error(v)
 	}
-	if watch.commits < 5 {
-		t.Errorf("only %d commits observed; the check saw too little", watch.commits)
+	if commits < 5 {
+		t.Errorf("only %d commits observed; the check saw too little", commits)
 	}
 	trace.mu.Lock()
 	defer trace.mu.Unlock()
@@ -555,7 +554,7 @@ func TestBatchByKeyWithFailuresKeepsKeyOrderAndCommitsSafely(t *testing.T) {
 		maxSize = max(maxSize, s)
 	}
 	t.Logf("%d records, %d keys: %d handlings in %d batches (largest %d), %d commits checked, %d violations",
-		n, keys, len(trace.recs), len(trace.sizes), maxSize, watch.commits, len(watch.violations))
+		n, keys, len(trace.recs), len(trace.sizes), maxSize, commits, len(violations))
 }
 
 // A batch being collected when the intake stops is given back whole

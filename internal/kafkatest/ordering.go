@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/queuekit/queuekit/broker"
@@ -41,9 +42,11 @@ func (w *commitWatch) finish(p int, off int64) {
 	}
 }
 
-func (w *commitWatch) install(c *Cluster, group, topic string) {
-	c.Fake.ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		c.Fake.KeepControl()
+func (w *commitWatch) install(c *Cluster, group, topic string) { w.installOn(c.Fake, group, topic) }
+
+func (w *commitWatch) installOn(fake *kfake.Cluster, group, topic string) {
+	fake.ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		fake.KeepControl()
 		r := req.(*kmsg.OffsetCommitRequest)
 		if r.Group != group {
 			return nil, nil, false
@@ -64,6 +67,32 @@ func (w *commitWatch) install(c *Cluster, group, topic string) {
 		}
 		return nil, nil, false // let the cluster handle it
 	})
+}
+
+// A CommitWatch checks every OffsetCommit a kfake cluster receives for one
+// group and topic against the records whose handlers finished (Finish): a
+// commit of offset c on a partition is correct only if every record below c
+// finished. It is the check of ByKeyKeepsPerKeyOrder, for an adapter's own
+// tests (batches).
+type CommitWatch struct{ w *commitWatch }
+
+// WatchCommits starts checking the commits of group on topic that fake
+// receives.
+func WatchCommits(fake *kfake.Cluster, group, topic string) *CommitWatch {
+	w := newCommitWatch()
+	w.installOn(fake, group, topic)
+	return &CommitWatch{w: w}
+}
+
+// Finish records that the handler of the record at off of partition p
+// finished.
+func (c *CommitWatch) Finish(p int, off int64) { c.w.finish(p, off) }
+
+// Result returns the number of commits seen and the violations found so far.
+func (c *CommitWatch) Result() (commits int, violations []string) {
+	c.w.mu.Lock()
+	defer c.w.mu.Unlock()
+	return c.w.commits, append([]string(nil), c.w.violations...)
 }
 
 // ByKeyKeepsPerKeyOrder: with Ordering ByKey, records of different keys in

@@ -20,7 +20,7 @@ import (
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
 		if n := skipped.Load(); n > 0 {
-			fmt.Printf("queuekit: %d RabbitMQ cluster tests skipped: QUEUEKIT_RABBITMQ_CLUSTER is unset (start one with .ci/rabbitmq-cluster start)\n", n)
+			printSummary(fmt.Sprintf("queuekit: %d RabbitMQ cluster tests skipped: QUEUEKIT_RABBITMQ_CLUSTER is unset (start one with .ci/rabbitmq-cluster start)", n))
 		}
 		os.Exit(code)
 	}))
@@ -104,4 +104,22 @@ func runInBackground(t testing.TB, c *consumer.Consumer, err error) (ctx context
 	ch := make(chan error, 1)
 	go func() { ch <- c.Run(ctx) }()
 	return ctx, cancel, ch
+}
+
+// printSummary shows line to whoever runs the tests, without -v: go test in
+// package list mode discards what a passing test binary prints unless -v,
+// so without -v and when stdout is not the terminal the line goes to the
+// controlling terminal (/dev/tty) too, as broker/rabbitmq's summary does.
+func printSummary(line string) {
+	fmt.Println(line)
+	if testing.Verbose() {
+		return
+	}
+	if fi, err := os.Stdout.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		return
+	}
+	if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+		fmt.Fprintln(tty, line)
+		_ = tty.Close()
+	}
 }
